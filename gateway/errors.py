@@ -1,0 +1,87 @@
+"""
+Errors of the request path, and how they reach the client.
+
+Every answer the gateway makes itself (404, 429, 502, ...) is a JSON object
+C{{"error": "...", ...}}, the same shape as the admin API's errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, Mapping, Optional, Sequence
+
+import attrs
+
+
+class UpstreamError(Exception):
+    """
+    A request to a backend failed.  C{status} is what the client gets.
+    """
+
+    status = 502
+    reason = "upstream error"
+
+
+class UpstreamConnectError(UpstreamError):
+    """
+    No connection could be made to the backend (refused, unreachable).
+    """
+
+    status = 502
+    reason = "upstream refused the connection"
+
+
+class UpstreamTimeout(UpstreamError):
+    """
+    The backend did not answer in time.
+    """
+
+    status = 504
+    reason = "upstream timed out"
+
+
+class UpstreamBroken(UpstreamError):
+    """
+    The connection to the backend broke, or it answered with garbage.
+    """
+
+    status = 502
+    reason = "upstream connection failed"
+
+
+class NoBackendAvailable(UpstreamError):
+    """
+    Every server of the cluster is down, drained or held off by its breaker.
+    """
+
+    status = 503
+    reason = "no healthy server available"
+
+
+@attrs.frozen
+class EarlyResponse:
+    """
+    An answer a filter (or the proxy) gives without asking any backend.
+
+    @ivar code: the HTTP status.
+    @ivar body: the JSON object of the answer.
+    @ivar headers: extra response headers, C{{name: [values]}}.
+    """
+
+    code: int
+    body: Mapping[str, object]
+    headers: Mapping[str, Sequence[str]] = attrs.Factory(dict)
+
+    @classmethod
+    def error(
+        cls, code: int, message: str, headers: Optional[Dict[str, Sequence[str]]] = None, **extra
+    ) -> EarlyResponse:
+        """
+        @return: a JSON error answer C{{"error": message, **extra}}.
+        """
+        body: Dict[str, object] = {"error": message}
+        body.update(extra)
+        return cls(code, body, headers or {})
+
+    def encode(self) -> bytes:
+        return json.dumps(self.body, separators=(",", ":")).encode("utf-8") + b"\n"

@@ -1,0 +1,190 @@
+"""
+The interfaces that hold the gateway together.
+
+Every pluggable part of the gateway (filters, load balancers, the store, the
+upstream HTTP client) is described here, so that built-in implementations and
+third-party ones are the same kind of object and can be checked with
+L{zope.interface.verify.verifyObject}.
+"""
+
+from __future__ import annotations
+
+from twisted.plugin import IPlugin
+from zope.interface import Attribute, Interface
+
+
+class IFilter(Interface):
+    """
+    One step of the request pipeline.
+
+    The proxy runs the C{before} hooks of the filters in order before it
+    dispatches a request, then the C{after} hooks (or the C{error} hooks) in
+    reverse order once the upstream answered.  Any hook may return a
+    L{twisted.internet.defer.Deferred}; a filter that answers synchronously
+    costs no Deferred at all on the hot path.
+    """
+
+    name = Attribute("The filter's unique name, as used in the configuration.")
+
+    def before(context):
+        """
+        Inspect or change a request before it is dispatched.
+
+        @param context: the request's L{gateway.context.RequestContext}.
+        @return: L{None} to let the request go on, or a
+            L{gateway.errors.EarlyResponse} to answer the client at once
+            without touching any upstream (the filters already run see it in
+            their C{after} hook).  May be a Deferred firing with either.
+        """
+
+    def after(context, response):
+        """
+        See the response on its way back to the client.
+
+        @param context: the request's L{gateway.context.RequestContext}.
+        @param response: the L{gateway.context.ResponseInfo} about to be sent;
+            a filter may change its C{code} and C{headers}.  Its body is not
+            buffered on plain proxying.
+        @return: L{None}, or a Deferred firing with L{None}.
+        """
+
+    def error(context, failure):
+        """
+        Be told that the request failed upstream (refused, timed out, reset).
+
+        @param context: the request's L{gateway.context.RequestContext}.
+        @param failure: the L{twisted.python.failure.Failure}.
+        @return: L{None}.
+        """
+
+
+class IFilterFactory(IPlugin):
+    """
+    A Twisted plugin that makes filters.
+
+    A custom filter ships as a module-level object providing this interface in
+    some package's C{twisted/plugins/} folder.  The gateway loads factories by
+    C{name} with L{twisted.plugin.getPlugins}.
+    """
+
+    name = Attribute("Unique name of the filter, as named in configuration.")
+    description = Attribute("One line saying what the filter does.")
+
+    def makeFilter(config, reactor):
+        """
+        Build a filter.
+
+        @param config: the filter's configuration: a L{dict} from the config
+            file or an API's C{filters} entry (empty when none is given).
+        @param reactor: an L{IReactorTime} provider; filters read time from it.
+        @return: a provider of L{IFilter}.
+        @raise ValueError: when C{config} is invalid; the message says why.
+        """
+
+
+class ILoadBalancer(Interface):
+    """
+    Picks one backend of a cluster for each request.
+
+    A balancer is built for one set of backends (one snapshot of a cluster) by
+    a callable C{factory(backends)} registered in L{gateway.balance}; it keeps
+    whatever state its algorithm needs between calls.
+    """
+
+    name = Attribute("The algorithm's name, as in a cluster's C{loadBalance}.")
+    backends = Attribute("The sequence of L{gateway.backend.Backend}s it picks from.")
+
+    def choose(key=None):
+        """
+        Pick a backend that is available (healthy and admitting traffic).
+
+        @param key: an affinity key (the client address for C{ip-hash}), or
+            L{None}.
+        @type key: L{str} or L{None}
+        @return: a L{gateway.backend.Backend}, or L{None} when no backend is
+            available.
+        """
+
+
+class IUpstreamClient(Interface):
+    """
+    Sends one request to one backend and streams the answer back.
+
+    This is the gateway's own seam around its HTTP client so that the client
+    can be replaced (Twisted's C{Agent} costs ~500 microseconds of CPU per
+    request on CPython) without touching the proxy.
+    """
+
+    def request(backend, method, uri, headers, bodyProducer=None, timeout=None):
+        """
+        Send a request to a backend over a pooled keep-alive connection.
+
+        @param backend: the L{gateway.backend.Backend} to talk to.
+        @param method: the method, e.g. C{b"GET"}.
+        @type method: L{bytes}
+        @param uri: the request target (path and query), e.g. C{b"/a?b=c"}.
+        @type uri: L{bytes}
+        @param headers: the headers to send, hop-by-hop ones already removed.
+        @type headers: L{twisted.web.http_headers.Headers}
+        @param bodyProducer: an L{twisted.web.iweb.IBodyProducer} or L{None}.
+        @param timeout: seconds to wait for the response headers, or L{None}.
+        @return: a Deferred that fires with an L{twisted.web.iweb.IResponse}
+            whose C{headers} still hold C{Content-Length} when the upstream
+            sent one.  It fails with L{gateway.errors.UpstreamTimeout} on
+            timeout and L{gateway.errors.UpstreamConnectError} when no
+            connection could be made; cancelling it aborts the request.
+        """
+
+    def close():
+        """
+        Close every pooled connection.
+
+        @return: a Deferred that fires when they are closed.
+        """
+
+
+class IStore(Interface):
+    """
+    Where the gateway's resources (servers, clusters, apis, routings) live.
+
+    Resources are JSON objects (L{dict}s in their REST form) keyed by kind and
+    name.  The store keeps a revision number that grows with every commit.
+    Writes are optimistic: a caller reads a L{gateway.store.StoreState}, works
+    out its changes, and commits them against the revision it read; the commit
+    fails with L{gateway.store.ConflictError} when anything changed meanwhile.
+    """
+
+    def load():
+        """
+        Read everything.
+
+        @return: a Deferred firing with a L{gateway.store.StoreState}.
+        """
+
+    def commit(changes, baseRevision):
+        """
+        Apply changes atomically, all or none.
+
+        @param changes: a sequence of L{gateway.store.Change}s.
+        @param baseRevision: the revision the changes were computed from.
+        @return: a Deferred firing with the new revision once the changes are
+            durable; it fails with L{gateway.store.ConflictError} when the
+            store is no longer at C{baseRevision}.
+        """
+
+    def watch(listener):
+        """
+        Be told of every commit, from this store or from another process.
+
+        @param listener: a callable taking a L{gateway.store.StoreState}, the
+            whole new state after the change.  It is called in the reactor
+            thread, once per revision or batch of revisions.
+        @return: a no-argument callable that stops the watch.
+        """
+
+    def close():
+        """
+        Release files, connections and watches.
+
+        @return: a Deferred.
+        """

@@ -1,0 +1,124 @@
+"""
+The store: where servers, clusters, apis and routings live.
+
+A store provides L{gateway.interfaces.IStore}.  This module holds the values
+every store speaks in, and L{storeFromURL}, which picks a store from the
+config file's C{store:} URL.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
+
+import attrs
+
+#: The kinds of resource, in the order in which they may refer to each other
+#: (a cluster names servers, an api names clusters, a routing names both).
+KINDS = ("servers", "clusters", "apis", "routings")
+
+
+class ConflictError(Exception):
+    """
+    A commit lost a race: the store changed since the state it was based on.
+    """
+
+
+class StoreError(Exception):
+    """
+    The store could not be reached, read or written.
+    """
+
+
+@attrs.frozen
+class Change:
+    """
+    One write: put a resource (C{value} is its JSON object) or delete it
+    (C{value} is L{None}).
+    """
+
+    kind: str
+    name: str
+    value: Optional[Mapping[str, Any]]
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}")
+
+
+def _freeze(resources: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str, Any]]:
+    return MappingProxyType(
+        {kind: MappingProxyType(dict(resources.get(kind, {}))) for kind in KINDS}
+    )
+
+
+@attrs.frozen
+class StoreState:
+    """
+    Everything in a store at one revision.
+
+    @ivar revision: grows with every commit; 0 for an empty, new store.
+    @ivar resources: C{{kind: {name: json-object}}} for every kind in
+        L{KINDS}, read-only.
+    """
+
+    revision: int
+    resources: Mapping[str, Mapping[str, Any]] = attrs.field(converter=_freeze)
+
+    def get(self, kind: str, name: str) -> Optional[Mapping[str, Any]]:
+        """
+        @return: the JSON object of one resource, or L{None}.
+        """
+        return self.resources[kind].get(name)
+
+    def withChanges(self, changes, revision: int) -> StoreState:
+        """
+        @return: a new state with C{changes} applied, at C{revision}.
+        """
+        resources = {kind: dict(self.resources[kind]) for kind in KINDS}
+        for change in changes:
+            if change.value is None:
+                resources[change.kind].pop(change.name, None)
+            else:
+                resources[change.kind][change.name] = change.value
+        return StoreState(revision, resources)
+
+
+def emptyState() -> StoreState:
+    """
+    @return: the state of a new store.
+    """
+    return StoreState(0, {})
+
+
+def storeFromURL(url: str, reactor=None):
+    """
+    Make the store a config file names.
+
+    @param url: C{file:PATH} for the embedded file store, or
+        C{etcd://HOST:PORT[,HOST:PORT...]/PREFIX} for etcd.
+    @return: a provider of L{gateway.interfaces.IStore}.
+    @raise ValueError: when the URL names no store this gateway knows.
+    """
+    if url.startswith("file:"):
+        from gateway.store.file import FileStore
+
+        path = url[len("file:") :]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise ValueError("file: store needs a path, e.g. file:./gateway-data.json")
+        return FileStore(path, reactor=reactor)
+    if url.startswith("memory:"):
+        from gateway.store.file import FileStore
+
+        return FileStore(None, reactor=reactor)
+    if url.startswith("etcd://"):
+        try:
+            from gateway.store.etcd import etcdStoreFromURL
+        except ImportError:
+            raise ValueError("the etcd store is not available in this build")
+        return etcdStoreFromURL(url, reactor=reactor)
+    raise ValueError(
+        f"unknown store {url!r}: use file:PATH, memory: or etcd://HOST:PORT/PREFIX"
+    )
