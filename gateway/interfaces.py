@@ -18,10 +18,13 @@ class IFilter(Interface):
     One step of the request pipeline.
 
     The proxy runs the C{before} hooks of the filters in order before it
-    dispatches a request, then the C{after} hooks (or the C{error} hooks) in
-    reverse order once the upstream answered.  Any hook may return a
-    L{twisted.internet.defer.Deferred}; a filter that answers synchronously
-    costs no Deferred at all on the hot path.
+    dispatches a request.  Every answer then passes the C{after} hooks of
+    the filters whose C{before} ran, in reverse order, exactly once: a
+    proxied response, an early answer of a later filter, or the gateway's
+    own JSON error.  When the upstream failed (refused, timed out, broken),
+    the C{error} hooks run first, then the error answer passes C{after}.
+    C{before} may return a L{twisted.internet.defer.Deferred}; a filter that
+    answers synchronously costs no Deferred at all on the hot path.
     """
 
     name = Attribute("The filter's unique name, as used in the configuration.")
@@ -45,7 +48,8 @@ class IFilter(Interface):
         @param response: the L{gateway.context.ResponseInfo} about to be sent;
             a filter may change its C{code} and C{headers}.  Its body is not
             buffered on plain proxying.
-        @return: L{None}, or a Deferred firing with L{None}.
+        @return: L{None}.  (The response is on its way: C{after} must not
+            wait for anything.)
         """
 
     def error(context, failure):

@@ -1,0 +1,115 @@
+"""
+Filters: loading them from Twisted plugins, and running them.
+
+A filter is any provider of L{gateway.interfaces.IFilter}.  Filters are made
+by factories that providing L{gateway.interfaces.IFilterFactory} and ship as
+Twisted plugins (module-level objects in a C{twisted/plugins/} folder), so
+the built-in filters and third-party ones load the same way::
+
+    registry = FilterRegistry.fromPlugins()
+    chain = registry.makeFilters([{"name": "request-id"}], reactor)
+
+A name that no plugin provides, a plugin that does not provide the
+interface, or a filter that refuses its configuration is an error naming
+the filter; the gateway never skips a filter silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Mapping, Sequence, Tuple
+
+from twisted.logger import Logger
+from twisted.plugin import getPlugins
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyObject
+
+from gateway.interfaces import IFilter, IFilterFactory
+from gateway.schema import ValidationError
+
+log = Logger()
+
+
+class FilterError(ValidationError):
+    """
+    A filter could not be loaded or configured.  C{field} says where it was
+    named (e.g. C{"filters[1].name"}).
+    """
+
+
+class FilterRegistry:
+    """
+    The filter factories this process knows, by name.
+    """
+
+    def __init__(self, factories: Mapping[str, Any]) -> None:
+        self._factories = dict(factories)
+
+    @classmethod
+    def fromPlugins(cls, package: Any = None) -> FilterRegistry:
+        """
+        Discover every L{IFilterFactory} plugin.
+
+        @param package: the plugin package to search (default
+            C{twisted.plugins}, which spans every C{twisted/plugins} folder
+            on C{sys.path}).
+        @raise FilterError: when two plugins claim one name, or a plugin does
+            not fully provide L{IFilterFactory} (L{getPlugins} only checks the
+            declaration, so a broken plugin would otherwise load).
+        """
+        found: Dict[str, Any] = {}
+        plugins = getPlugins(IFilterFactory) if package is None else getPlugins(IFilterFactory, package)
+        for plugin in plugins:
+            name = getattr(plugin, "name", None)
+            try:
+                verifyObject(IFilterFactory, plugin)
+            except Invalid as e:
+                raise FilterError("", f"filter plugin {name or plugin!r} is broken: {e}")
+            if not isinstance(name, str) or not name:
+                raise FilterError("", f"filter plugin {plugin!r} has no name")
+            if name in found and found[name] is not plugin:
+                raise FilterError(
+                    "", f"two filter plugins are named {name!r}: {found[name]!r} and {plugin!r}"
+                )
+            found[name] = plugin
+        return cls(found)
+
+    def names(self) -> Sequence[str]:
+        return sorted(self._factories)
+
+    def makeFilter(self, name: str, config: Mapping[str, Any], reactor: Any, field: str = ""):
+        """
+        Make one filter.
+
+        @raise FilterError: naming C{field} when the name is unknown, the
+            factory refuses the configuration, or what it makes is not an
+            L{IFilter}.
+        """
+        factory = self._factories.get(name)
+        if factory is None:
+            known = ", ".join(self.names()) or "none"
+            raise FilterError(field, f"no filter plugin named {name!r} (known: {known})")
+        try:
+            made = factory.makeFilter(dict(config), reactor)
+        except ValueError as e:
+            raise FilterError(field, f"filter {name!r} refused its config: {e}")
+        try:
+            verifyObject(IFilter, made)
+        except Invalid as e:
+            raise FilterError(field, f"filter plugin {name!r} made a broken filter: {e}")
+        return made
+
+    def makeFilters(self, specs: Iterable[Any], reactor: Any, field: str = "filters") -> Tuple:
+        """
+        Make a chain of filters from specs: names, C{{"name", "config"}}
+        mappings, or L{gateway.model.FilterSpec}s.
+        """
+        chain = []
+        for i, spec in enumerate(specs):
+            if isinstance(spec, str):
+                name, config = spec, {}
+            elif isinstance(spec, Mapping):
+                name, config = spec.get("name"), spec.get("config") or {}
+            else:
+                name, config = spec.name, spec.config
+            chain.append(self.makeFilter(name, config, reactor, f"{field}[{i}].name"))
+        return tuple(chain)

@@ -1,0 +1,492 @@
+"""
+The proxy: a C{twisted.web} resource that serves every request from the
+current snapshot.
+
+For each request: match an API in the snapshot (404 if none), run the
+filters' C{before} hooks (global ones, then the API's own; any may answer
+early), apply routing rules (split to another cluster, mirror a copy), let
+the cluster's balancer pick a backend, and stream the request to it over a
+pooled connection and its answer back to the client with backpressure.
+Every answer, proxied or made by the gateway, passes the C{after} hooks of
+the filters that ran, in reverse order; an upstream failure first passes
+their C{error} hooks.  Gateway-made answers are JSON errors:
+404 (no API), 502 (refused, broken), 503 (no healthy server, not ready),
+504 (timeout).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, FrozenSet, Optional, Sequence
+
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
+from twisted.web.http import PotentialDataLoss as HTTPPotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+
+from gateway.context import RequestContext, ResponseInfo
+from gateway.errors import EarlyResponse, NoBackendAvailable, UpstreamError
+from gateway.upstream import BytesBodyProducer
+
+log = Logger()
+
+#: Headers that describe one connection, never forwarded (RFC 9110 7.6.1),
+#: plus those the upstream client sets itself.
+REQUEST_SKIP: FrozenSet[bytes] = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    ]
+)
+RESPONSE_SKIP: FrozenSet[bytes] = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+)
+_NO_BODY_METHODS = frozenset([b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"])
+#: Bodies up to this size are held in memory by twisted.web and sent in one
+#: write; larger ones are spooled to a temporary file and streamed from it.
+_SMALL_BODY = 100_000
+
+
+class GatewayRequest(server.Request):
+    """
+    A request that adds no C{Content-Type} of its own: a proxy passes on
+    what the upstream said, or nothing.
+    """
+
+    defaultContentType = None
+
+
+def _connectionTokens(headers: Headers) -> FrozenSet[bytes]:
+    values = headers.getRawHeaders(b"connection")
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
+    )
+
+
+def copyRequestHeaders(incoming: Headers) -> Headers:
+    """
+    @return: the headers to send upstream: all but hop-by-hop ones and those
+        named in C{Connection}.
+    """
+    named = _connectionTokens(incoming)
+    out = Headers()
+    for name, values in incoming.getAllRawHeaders():
+        lower = name.lower()
+        if lower in REQUEST_SKIP or lower in named:
+            continue
+        out.setRawHeaders(name, values)
+    return out
+
+
+def copyResponseHeaders(upstream: Headers, outgoing: Headers) -> None:
+    """
+    Copy an upstream response's headers to the client's, but hop-by-hop ones.
+    """
+    named = _connectionTokens(upstream)
+    for name, values in upstream.getAllRawHeaders():
+        lower = name.lower()
+        if lower in RESPONSE_SKIP or lower in named:
+            continue
+        outgoing.setRawHeaders(name, values)
+
+
+class ClientAddresses:
+    """
+    Decides which address is the client's.
+
+    Without trusted proxies the direct peer is the client, whatever
+    C{X-Forwarded-For} says.  When the peer is a trusted proxy, the client
+    is the right-most address in C{X-Forwarded-For} that is not itself a
+    trusted proxy.
+    """
+
+    def __init__(self, trusted: Sequence[str] = ()) -> None:
+        self._trusted = tuple(ipaddress.ip_network(t, strict=False) for t in trusted)
+
+    def _isTrusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+    def clientOf(self, request: Any) -> str:
+        peer = request.getClientAddress()
+        address = getattr(peer, "host", None) or "unknown"
+        if not self._trusted or not self._isTrusted(address):
+            return address
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+        hops = [h.strip() for v in forwarded for h in v.decode("latin-1").split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._isTrusted(hop):
+                return hop
+        return address
+
+
+class _StreamBody(Protocol):
+    """
+    Streams an upstream response body to the client.  The upstream
+    connection is registered as the client request's producer, so a slow
+    client pauses reading from the backend instead of filling memory.
+    """
+
+    def __init__(self, proxy: GatewayResource, context: RequestContext) -> None:
+        self._proxy = proxy
+        self._context = context
+        self._request = context.request
+
+    def connectionMade(self) -> None:
+        self._context.attributes["gateway.bodyTransport"] = self.transport
+        self._request.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._request.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        request = self._request
+        context = self._context
+        context.attributes.pop("gateway.bodyTransport", None)
+        request.unregisterProducer()
+        self._proxy._upstreamDone(context)
+        if request._disconnected:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss):
+            request.finish()
+        else:
+            # The body broke half-way: the status is already sent, so the
+            # only honest thing left is to cut the client's connection, so
+            # that it sees a truncated answer rather than a complete one.
+            log.warn(
+                "upstream {backend} broke mid-body: {reason}",
+                backend=context.backend.name if context.backend else None,
+                reason=reason.getErrorMessage(),
+            )
+            request.channel.transport.abortConnection()
+
+
+class _Discard(Protocol):
+    def connectionLost(self, reason: Failure) -> None:
+        pass
+
+
+class GatewayResource(Resource):
+    """
+    The proxy's root resource: every path is served from the snapshot.
+
+    @param manager: the L{gateway.snapshot.SnapshotManager} that holds the
+        current snapshot.
+    @param client: the L{gateway.interfaces.IUpstreamClient}.
+    @param clientAddresses: a L{ClientAddresses}.
+    @param aggregator: serves APIs with several nodes (see
+        L{gateway.aggregate}), or L{None}.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        manager: Any,
+        client: Any,
+        reactor: Any,
+        clientAddresses: Optional[ClientAddresses] = None,
+        aggregator: Any = None,
+        mirror: Any = None,
+    ) -> None:
+        super().__init__()
+        self._manager = manager
+        self._client = client
+        self._reactor = reactor
+        self._clients = clientAddresses or ClientAddresses()
+        self._aggregator = aggregator
+        self._mirror = mirror
+
+    # -- entry ------------------------------------------------------------------
+
+    def render(self, request: Any) -> Any:
+        snapshot = self._manager.snapshot
+        if snapshot is None:
+            return self._plainError(request, 503, "gateway is starting, no configuration yet")
+        host = request.requestHeaders.getRawHeaders(b"host")
+        match = snapshot.match(
+            request.method.decode("ascii", "replace"),
+            host[0].decode("latin-1") if host else None,
+            request.path.decode("utf-8", "surrogateescape"),
+        )
+        if match is None:
+            return self._plainError(request, 404, "no API matches this request")
+        api = match.value
+        clientIP = self._clients.clientOf(request)
+        headers = copyRequestHeaders(request.requestHeaders)
+        previous = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+        peer = getattr(request.getClientAddress(), "host", "unknown").encode("ascii", "replace")
+        headers.setRawHeaders(
+            b"x-forwarded-for", [b", ".join(previous + [peer]) if previous else peer]
+        )
+        headers.setRawHeaders(b"x-forwarded-proto", [b"https" if request.isSecure() else b"http"])
+        if host:
+            headers.setRawHeaders(b"x-forwarded-host", host[:1])
+        context = RequestContext(
+            request, snapshot, api, match.params, clientIP, self._reactor.seconds(), headers
+        )
+        request.notifyFinish().addErrback(self._clientGone, context)
+        chain = snapshot.filters + api.filters if api.filters else snapshot.filters
+        self._runBefore(context, chain, 0)
+        return server.NOT_DONE_YET
+
+    def _plainError(self, request: Any, code: int, message: str) -> bytes:
+        body = EarlyResponse.error(code, message).encode()
+        request.setResponseCode(code)
+        request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
+        return body
+
+    # -- the filter chain -----------------------------------------------------
+
+    def _runBefore(self, context: RequestContext, chain: Sequence[Any], start: int) -> None:
+        for i in range(start, len(chain)):
+            try:
+                result = chain[i].before(context)
+            except Exception:
+                log.failure("filter {name} failed in before()", name=chain[i].name)
+                self._answer(context, chain[:i], _internalError())
+                return
+            if result is None:
+                continue
+            if isinstance(result, defer.Deferred):
+                result.addCallbacks(
+                    self._beforeResumed,
+                    self._beforeFailed,
+                    callbackArgs=(context, chain, i),
+                    errbackArgs=(context, chain, i),
+                )
+                return
+            self._answer(context, chain[:i], result)
+            return
+        self._dispatch(context, chain)
+
+    def _beforeResumed(self, result: Any, context: RequestContext, chain: Any, i: int) -> None:
+        if context.request._disconnected:
+            return
+        if result is None:
+            self._runBefore(context, chain, i + 1)
+        else:
+            self._answer(context, chain[:i], result)
+
+    def _beforeFailed(self, failure: Failure, context: RequestContext, chain: Any, i: int) -> None:
+        log.failure("filter {name} failed in before()", failure, name=chain[i].name)
+        if not context.request._disconnected:
+            self._answer(context, chain[:i], _internalError())
+
+    def _runAfter(self, context: RequestContext, chain: Sequence[Any], info: ResponseInfo) -> None:
+        context.status = info.code
+        for f in reversed(chain):
+            try:
+                f.after(context, info)
+            except Exception:
+                log.failure("filter {name} failed in after()", name=f.name)
+
+    def _runError(self, context: RequestContext, chain: Sequence[Any], failure: Failure) -> None:
+        for f in reversed(chain):
+            try:
+                f.error(context, failure)
+            except Exception:
+                log.failure("filter {name} failed in error()", name=f.name)
+
+    def _answer(self, context: RequestContext, chain: Sequence[Any], answer: EarlyResponse) -> None:
+        """
+        Send an answer the gateway made itself, through the C{after} hooks.
+        """
+        request = context.request
+        body = answer.encode()
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"content-type", [b"application/json"])
+        for name, values in answer.headers.items():
+            headers.setRawHeaders(name, list(values))
+        headers.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
+        info = ResponseInfo(answer.code, headers)
+        self._runAfter(context, chain, info)
+        request.setResponseCode(info.code)
+        request.write(body)
+        request.finish()
+
+    # -- dispatch ---------------------------------------------------------------
+
+    def _dispatch(self, context: RequestContext, chain: Sequence[Any]) -> None:
+        api = context.api
+        if api.routings and context.cluster is None:
+            for rule in api.routings:
+                if rule.selects(context):
+                    target = context.snapshot.clusters[rule.routing.cluster]
+                    if rule.routing.strategy == "mirror":
+                        if self._mirror is not None:
+                            self._mirror.send(context, target)
+                    elif context.cluster is None:
+                        context.cluster = target
+                        context.attributes["gateway.routing"] = rule.routing.name
+        if api.aggregate:
+            if self._aggregator is None:
+                self._answer(
+                    context, chain, EarlyResponse.error(501, "aggregation is not enabled")
+                )
+            else:
+                self._aggregator.serve(context, chain, self)
+            return
+        node = api.nodes[0]
+        cluster = context.cluster or node.cluster
+        context.cluster = cluster
+        backend = cluster.choose(context.clientIP)
+        if backend is None:
+            self._failed(
+                Failure(NoBackendAvailable(f"cluster {cluster.name!r} has no healthy server")),
+                context,
+                chain,
+            )
+            return
+        context.backend = backend
+        request = context.request
+        uri = context.upstreamURI
+        if uri is None:
+            uri = node.rewrite.expand(context.params, request) if node.rewrite else request.uri
+            context.upstreamURI = uri
+        backend.requestStarted()
+        context.attributes["gateway.sentAt"] = self._reactor.seconds()
+        d = self._client.request(
+            backend,
+            request.method,
+            uri,
+            context.upstreamHeaders,
+            bodyProducerFor(request),
+            node.timeout,
+        )
+        context.attributes["gateway.pending"] = d
+        d.addCallbacks(
+            self._gotResponse,
+            self._upstreamFailed,
+            callbackArgs=(context, chain),
+            errbackArgs=(context, chain),
+        )
+
+    def _gotResponse(self, response: Any, context: RequestContext, chain: Sequence[Any]) -> None:
+        attributes = context.attributes
+        attributes.pop("gateway.pending", None)
+        context.upstreamLatency = self._reactor.seconds() - attributes["gateway.sentAt"]
+        request = context.request
+        if request._disconnected:
+            response.deliverBody(_Discard())
+            self._upstreamDone(context)
+            return
+        copyResponseHeaders(response.headers, request.responseHeaders)
+        info = ResponseInfo(response.code, request.responseHeaders)
+        self._runAfter(context, chain, info)
+        if info.code == response.code:
+            request.setResponseCode(response.code, response.phrase)
+        else:
+            request.setResponseCode(info.code)
+        if request.method == b"HEAD" or response.code in (204, 304):
+            response.deliverBody(_Discard())
+            self._upstreamDone(context)
+            request.finish()
+            return
+        response.deliverBody(_StreamBody(self, context))
+
+    def _upstreamDone(self, context: RequestContext) -> None:
+        backend = context.backend
+        if backend is not None:
+            backend.requestFinished(context.upstreamLatency)
+
+    def _upstreamFailed(self, failure: Failure, context: RequestContext, chain: Any) -> None:
+        context.attributes.pop("gateway.pending", None)
+        if context.backend is not None:
+            context.backend.requestFinished(None)
+        if failure.check(defer.CancelledError) and context.request._disconnected:
+            return
+        self._failed(failure, context, chain)
+
+    def _failed(self, failure: Failure, context: RequestContext, chain: Any) -> None:
+        """
+        Answer an upstream failure: C{error} hooks, then a JSON error through
+        the C{after} hooks.
+        """
+        self._runError(context, chain, failure)
+        if context.request._disconnected:
+            return
+        error = failure.value
+        if isinstance(error, UpstreamError):
+            code, message = error.status, error.reason
+        else:
+            log.failure("unexpected upstream failure", failure)
+            code, message = 502, "upstream error"
+        extra = {"api": context.api.name}
+        if context.backend is not None:
+            extra["server"] = context.backend.name
+        self._answer(context, chain, EarlyResponse.error(code, message, **extra))
+
+    def _clientGone(self, failure: Failure, context: RequestContext) -> None:
+        """
+        The client went away: stop whatever is still running for it.
+        """
+        pending = context.attributes.pop("gateway.pending", None)
+        if pending is not None:
+            pending.cancel()
+        transport = context.attributes.pop("gateway.bodyTransport", None)
+        if transport is not None:
+            transport.stopProducing()
+        canceller = context.attributes.pop("gateway.cancel", None)
+        if canceller is not None:
+            canceller()
+
+
+def _internalError() -> EarlyResponse:
+    return EarlyResponse.error(500, "internal error")
+
+
+def bodyProducerFor(request: Any) -> Any:
+    """
+    @return: an L{IBodyProducer} for the client's request body, or L{None}
+        when there is none to send.
+    """
+    content = request.content
+    if content is None:
+        return None
+    content.seek(0, 2)
+    length = content.tell()
+    content.seek(0, 0)
+    if length == 0:
+        if request.method in _NO_BODY_METHODS and not (
+            request.requestHeaders.hasHeader(b"content-length")
+            or request.requestHeaders.hasHeader(b"transfer-encoding")
+        ):
+            return None
+        return BytesBodyProducer(b"")
+    if length <= _SMALL_BODY and hasattr(content, "getvalue"):
+        return BytesBodyProducer(content.getvalue())
+    return FileBodyProducer(content, readSize=65536)

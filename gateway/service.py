@@ -1,0 +1,221 @@
+"""
+The gateway process as a tree of Twisted services.
+
+L{GatewayService} opens the store, seeds it from the config file, builds
+the first snapshot, and runs the roles the config asks for: the proxy
+site, the admin site, or both, each on its own endpoint.  It watches the
+store, so every committed change is compiled and swapped in while the
+process serves.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Dict, List, Optional
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+
+import gateway
+from gateway.model import Catalog
+from gateway.proxy import ClientAddresses, GatewayRequest, GatewayResource
+from gateway.schema import toJSON
+from gateway.snapshot import SnapshotManager
+from gateway.store import Change, StoreState, storeFromURL
+from gateway.upstream import AgentUpstreamClient
+
+log = Logger()
+
+
+class GatewaySite(server.Site):
+    """
+    The proxy's site: L{GatewayRequest}s, and no access log of its own (the
+    C{access-log} filter writes a structured one when configured).
+    """
+
+    requestFactory = GatewayRequest
+    displayTracebacks = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class AdminSite(server.Site):
+    displayTracebacks = False
+
+
+def seedChanges(state: StoreState, seed: Dict[str, List[Any]]) -> List[Change]:
+    """
+    @return: the changes that create the config file's seed resources that
+        the store does not have yet.  Resources already in the store win:
+        what an operator changed through the admin survives a restart.
+    """
+    changes = []
+    for kind, objects in seed.items():
+        for obj in objects:
+            if state.get(kind, obj.name) is None:
+                changes.append(Change(kind, obj.name, toJSON(obj)))
+    return changes
+
+
+def _resultNow(d: defer.Deferred) -> Any:
+    """
+    @return: the result of a Deferred that has already fired (raising its
+        failure), or the Deferred itself when it has not.
+    """
+    box: List[Any] = []
+    d.addBoth(box.append)
+    if not box:
+        return d
+    result = box[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+class GatewayService(MultiService):
+    """
+    One gateway process.
+
+    @ivar store: the L{gateway.interfaces.IStore}.
+    @ivar manager: the L{SnapshotManager}.
+    @ivar ready: whether the first snapshot is serving.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        reactor: Any,
+        filterRegistry: Any,
+        store: Any = None,
+        client: Any = None,
+    ) -> None:
+        super().__init__()
+        self._config = config
+        self._reactor = reactor
+        self.store = store if store is not None else storeFromURL(config.store, reactor)
+        proxyConfig = config.proxy
+        self.manager = SnapshotManager(
+            filterRegistry,
+            reactor,
+            globalFilters=proxyConfig.filters if proxyConfig is not None else (),
+        )
+        self.ready = False
+        self.startedAt = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        self._unwatch: Optional[Any] = None
+        self._client: Optional[Any] = None
+
+        # A store that answers at once (the file store) is loaded, seeded
+        # and compiled here, so a bad store or seed stops the start with a
+        # message instead of a process that serves nothing.
+        loaded = _resultNow(self._loadAndSeed())
+        self._pendingStart = loaded if isinstance(loaded, defer.Deferred) else None
+
+        if proxyConfig is not None:
+            self._client = client if client is not None else AgentUpstreamClient(reactor)
+            self.proxyResource = GatewayResource(
+                self.manager,
+                self._client,
+                reactor,
+                ClientAddresses(proxyConfig.trustedProxies),
+            )
+            site = GatewaySite(self.proxyResource)
+            self._listen("proxy", proxyConfig.listen, site)
+        if config.admin is not None:
+            from gateway.admin.api import AdminAPI
+
+            self.admin = AdminAPI(
+                self.store,
+                config.admin.token,
+                validate=self.manager.validate,
+                proxies=self.proxies,
+                stats=self.stats,
+                reactor=reactor,
+            )
+            self._listen("admin", config.admin.listen, AdminSite(self.admin.resource()))
+
+    def _listen(self, name: str, description: str, factory: Any) -> None:
+        endpoint = serverFromString(self._reactor, description)
+        service = StreamServerEndpointService(endpoint, factory)
+        # A port that cannot be bound stops the process instead of being
+        # logged and forgotten.
+        service._raiseSynchronously = True
+        service.setName(name)
+        service.setServiceParent(self)
+
+    async def _loadAndSeedAsync(self) -> None:
+        state = await self.store.load()
+        changes = seedChanges(state, self._config.seed)
+        if changes:
+            self.manager.validate(
+                Catalog.fromResources(state.withChanges(changes, state.revision).resources)
+            )
+            revision = await self.store.commit(changes, state.revision)
+            state = state.withChanges(changes, revision)
+            log.info("seeded {n} resource(s) from the config file", n=len(changes))
+        self.manager.apply(state)
+        self.ready = True
+        log.info("serving store revision {revision}", revision=state.revision)
+
+    def _loadAndSeed(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._loadAndSeedAsync())
+
+    def startService(self) -> None:
+        super().startService()
+        self._unwatch = self.store.watch(self.manager.update)
+        if self._pendingStart is not None:
+            self._pendingStart.addErrback(self._startFailed)
+
+    def _startFailed(self, failure: Failure) -> None:
+        log.failure("the gateway could not load its configuration", failure)
+        self._reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        yield defer.maybeDeferred(super().stopService)
+        if self._client is not None:
+            yield self._client.close()
+        yield self.store.close()
+
+    # -- what the admin shows ---------------------------------------------------
+
+    def proxies(self) -> List[Dict[str, Any]]:
+        """
+        @return: the proxies this process knows of: itself, when it runs one.
+        """
+        if self._config.proxy is None:
+            return []
+        snapshot = self.manager.snapshot
+        return [
+            {
+                "addr": self._config.proxy.listen,
+                "version": gateway.__version__,
+                "startedAt": self.startedAt,
+                "revision": snapshot.revision if snapshot is not None else None,
+                "ready": self.ready,
+            }
+        ]
+
+    def stats(self) -> Dict[str, Any]:
+        """
+        @return: the live state of every server.
+        """
+        return {
+            "servers": {
+                name: {
+                    "addr": f"{b.host}:{b.port}",
+                    "active": b.active,
+                    "latencyEWMA": b.ewma,
+                    "healthy": b.healthy,
+                }
+                for name, b in sorted(self.manager.backends.items())
+            }
+        }

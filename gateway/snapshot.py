@@ -1,0 +1,307 @@
+"""
+The routing snapshot: everything the proxy needs to serve a request,
+compiled from one store state, immutable, swapped in one assignment.
+
+A store change builds a new L{Snapshot} off the request path
+(L{SnapshotManager.update}); when the build succeeds it replaces the old
+one, and when it fails the running snapshot stays untouched.  A request
+keeps a reference to the snapshot it started on, so a reload never changes
+the rules under a request in flight.
+
+Live state outlives snapshots: a server keeps its L{Backend} (in-flight
+count, latency, health, breaker), a cluster whose definition did not change
+keeps its balancer (and so its round-robin position), and an API whose
+filters did not change keeps its filter objects (and their rate-limit
+buckets).
+"""
+
+from __future__ import annotations
+
+import json
+import random as _random
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from twisted.logger import Logger
+
+from gateway.backend import Backend
+from gateway.balance import makeBalancer
+from gateway.model import API, Catalog, Cluster, Node, ReferenceError
+from gateway.rewrite import Rewrite
+from gateway.routing import compileRouting, orderRoutings
+from gateway.schema import ValidationError
+from gateway.urlpattern import Route, RouteConflict, Router, parsePattern
+
+log = Logger()
+
+
+class ClusterRuntime:
+    """
+    A cluster as the proxy uses it: its backends and its balancer.
+    """
+
+    __slots__ = ("name", "config", "backends", "balancer", "_serverConfigs")
+
+    def __init__(self, config: Cluster, backends: Sequence[Backend], rng: Any) -> None:
+        self.name = config.name
+        self.config = config
+        self.backends = tuple(backends)
+        self._serverConfigs = tuple(b.config for b in self.backends)
+        self.balancer = makeBalancer(config.loadBalance, self.backends, rng)
+
+    def sameAs(self, config: Cluster, backends: Sequence[Backend]) -> bool:
+        """
+        @return: whether this runtime can serve C{config} over C{backends}
+            as it is (so its balancer's state is kept).
+        """
+        return (
+            config == self.config
+            and len(backends) == len(self.backends)
+            and all(a is b for a, b in zip(backends, self.backends))
+            and tuple(b.config for b in backends) == self._serverConfigs
+        )
+
+    def choose(self, key: Optional[str] = None) -> Optional[Backend]:
+        return self.balancer.choose(key)
+
+
+class CompiledNode:
+    """
+    One dispatch node of an API, ready to use.
+    """
+
+    __slots__ = ("config", "cluster", "rewrite", "attrName", "timeout", "required", "batch")
+
+    def __init__(self, config: Node, rewrite: Optional[Rewrite]) -> None:
+        self.config = config
+        #: The L{ClusterRuntime}, linked when the snapshot is committed.
+        self.cluster: Any = None
+        self.rewrite = rewrite
+        self.attrName = config.attrName
+        self.timeout = config.timeout
+        self.required = config.required
+        self.batch = config.batch
+
+
+class CompiledAPI:
+    """
+    An API as the proxy serves it.
+
+    @ivar filters: the API's own filters, run after the global ones.
+    @ivar routings: the routing rules that apply to it, in evaluation order.
+    @ivar aggregate: whether it fans out to several nodes.
+    """
+
+    __slots__ = ("name", "config", "pattern", "nodes", "filters", "routings", "aggregate")
+
+    def __init__(
+        self,
+        config: API,
+        pattern: Any,
+        nodes: Tuple[CompiledNode, ...],
+        filters: Tuple[Any, ...],
+        routings: Tuple[Any, ...],
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.pattern = pattern
+        self.nodes = nodes
+        self.filters = filters
+        self.routings = routings
+        self.aggregate = len(nodes) > 1
+
+
+class Snapshot:
+    """
+    The compiled routing table at one store revision.
+    """
+
+    def __init__(
+        self,
+        revision: int,
+        catalog: Catalog,
+        router: Router,
+        apis: Mapping[str, CompiledAPI],
+        clusters: Mapping[str, ClusterRuntime],
+        backends: Mapping[str, Backend],
+        filters: Tuple[Any, ...],
+    ) -> None:
+        self.revision = revision
+        self.catalog = catalog
+        self.router = router
+        self.apis = apis
+        self.clusters = clusters
+        self.backends = backends
+        self.filters = filters
+
+    def match(self, method: str, host: Optional[str], path: str) -> Any:
+        """
+        @return: a L{gateway.urlpattern.Match} whose C{value} is the
+            L{CompiledAPI}, or L{None}.
+        """
+        return self.router.match(method, host, path)
+
+
+def _filterKey(apiName: str, spec: Any) -> Tuple[str, str, str]:
+    return (apiName, spec.name, json.dumps(spec.config, sort_keys=True, default=str))
+
+
+class SnapshotManager:
+    """
+    Builds snapshots from store states and holds the current one.
+
+    @ivar snapshot: the snapshot serving requests now, or L{None} before the
+        first successful build.
+    @ivar backends: the live L{Backend} of every server of the current
+        snapshot, by name.
+    """
+
+    def __init__(
+        self,
+        filterRegistry: Any,
+        reactor: Any,
+        globalFilters: Sequence[Any] = (),
+        random: Optional[_random.Random] = None,
+    ) -> None:
+        self._filters = filterRegistry
+        self._reactor = reactor
+        self._random = random or _random.Random()
+        self.globalFilters = filterRegistry.makeFilters(globalFilters, reactor)
+        self.snapshot: Optional[Snapshot] = None
+        self.backends: Dict[str, Backend] = {}
+        self._apiFilters: Dict[Tuple[str, str, str], Any] = {}
+        self._listeners: List[Callable[[Snapshot], None]] = []
+
+    def addListener(self, listener: Callable[[Snapshot], None]) -> None:
+        """
+        Call C{listener(snapshot)} after every swap (health checks use it to
+        follow the set of servers).
+        """
+        self._listeners.append(listener)
+
+    def validate(self, catalog: Catalog) -> None:
+        """
+        Check that a proposed catalog would compile, without swapping
+        anything in.  The admin calls this before it commits a change.
+
+        @raise ValidationError: or L{ReferenceError} (a route conflict is one).
+        """
+        self._compile(catalog)
+
+    def apply(self, state: Any) -> Snapshot:
+        """
+        Build a snapshot from a store state and swap it in.
+
+        @raise ValidationError: when the state does not compile; the running
+            snapshot and every live object are untouched.
+        """
+        catalog = Catalog.fromResources(state.resources)
+        apis, router, pendingFilters = self._compile(catalog)
+
+        # Nothing below can fail on valid input: only now touch the state
+        # that outlives snapshots.
+        previous = self.snapshot
+        backends: Dict[str, Backend] = {}
+        for name, server in catalog.servers.items():
+            backend = self.backends.get(name)
+            if backend is None:
+                backend = Backend(server)
+            else:
+                backend.configure(server)
+            backends[name] = backend
+        clusters: Dict[str, ClusterRuntime] = {}
+        for name, cluster in catalog.clusters.items():
+            members = [backends[s] for s in cluster.servers]
+            old = previous.clusters.get(name) if previous is not None else None
+            if old is not None and old.sameAs(cluster, members):
+                clusters[name] = old
+            else:
+                clusters[name] = ClusterRuntime(cluster, members, self._random)
+        for compiled in apis.values():
+            for node in compiled.nodes:
+                node.cluster = clusters[node.config.cluster]
+
+        snapshot = Snapshot(
+            state.revision, catalog, router, apis, clusters, backends, self.globalFilters
+        )
+        self.backends = backends
+        self._apiFilters = pendingFilters
+        self.snapshot = snapshot
+        for listener in self._listeners:
+            try:
+                listener(snapshot)
+            except Exception:
+                log.failure("snapshot listener {listener!r} failed", listener=listener)
+        return snapshot
+
+    def update(self, state: Any) -> bool:
+        """
+        Apply a store state, as a store watcher: a state that does not
+        compile is logged and refused, and the running snapshot serves on.
+
+        @return: whether the new state was applied.
+        """
+        current = self.snapshot
+        if current is not None and state.revision <= current.revision:
+            return False
+        try:
+            self.apply(state)
+        except ValueError as e:
+            log.error(
+                "refused store revision {revision}: {error}; still serving revision {current}",
+                revision=state.revision,
+                error=str(e),
+                current=current.revision if current is not None else None,
+            )
+            return False
+        log.info("serving store revision {revision}", revision=state.revision)
+        return True
+
+    def _compile(self, catalog: Catalog) -> Tuple[Dict[str, CompiledAPI], Router, Dict]:
+        """
+        Everything of a build that can fail, touching no live state.
+        """
+        catalog.check()
+        compiledRoutings = orderRoutings(
+            compileRouting(r, self._random) for r in catalog.routings.values()
+        )
+        pendingFilters: Dict[Tuple[str, str, str], Any] = {}
+        apis: Dict[str, CompiledAPI] = {}
+        routes = []
+        for name, api in catalog.apis.items():
+            try:
+                compiled = self._compileAPI(api, compiledRoutings, pendingFilters)
+            except ValidationError as e:
+                raise type(e)(f"apis/{name}:{e.field}", e.message)
+            apis[name] = compiled
+            routes.append(Route(compiled.pattern, api.method, api.host, compiled))
+        try:
+            router = Router(routes)
+        except RouteConflict as e:
+            raise ReferenceError("urlPattern", str(e))
+        return apis, router, pendingFilters
+
+    def _compileAPI(
+        self, api: API, routings: Sequence[Any], pendingFilters: Dict
+    ) -> CompiledAPI:
+        pattern = parsePattern(api.urlPattern)
+        nodes = []
+        for i, node in enumerate(api.nodes):
+            rewrite = None
+            if node.urlRewrite is not None:
+                try:
+                    rewrite = Rewrite(node.urlRewrite, tuple(pattern.paramNames))
+                except ValueError as e:
+                    raise ValidationError(f"nodes[{i}].urlRewrite", str(e))
+            nodes.append(CompiledNode(node, rewrite))
+        filters = []
+        for i, spec in enumerate(api.filters):
+            key = _filterKey(api.name, spec)
+            made = pendingFilters.get(key) or self._apiFilters.get(key)
+            if made is None:
+                made = self._filters.makeFilter(
+                    spec.name, spec.config, self._reactor, f"filters[{i}].name"
+                )
+            pendingFilters[key] = made
+            filters.append(made)
+        scoped = tuple(r for r in routings if r.routing.api is None or r.routing.api == api.name)
+        return CompiledAPI(api, pattern, tuple(nodes), tuple(filters), scoped)

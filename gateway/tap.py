@@ -1,0 +1,69 @@
+"""
+C{twistd gateway}: options and service maker.
+
+    twistd -n gateway --config gateway.yaml
+
+A config file that is missing, unreadable or invalid, or that names a
+filter no plugin provides, stops the start with a message naming the key
+at fault and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.python import usage
+
+
+class Options(usage.Options):
+    synopsis = "--config FILE"
+    longdesc = (
+        "Run the API gateway: the proxy, the admin API and web UI, or both, "
+        "as the config file says."
+    )
+    optParameters = [
+        ["config", "c", None, "The gateway's YAML config file."],
+    ]
+
+    def postOptions(self) -> None:
+        from gateway.config import ConfigError, loadConfig
+        from gateway.filters import FilterError, FilterRegistry
+
+        if not self["config"]:
+            raise usage.UsageError("--config FILE is required")
+        try:
+            config = loadConfig(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+        try:
+            registry = FilterRegistry.fromPlugins()
+        except FilterError as e:
+            raise usage.UsageError(str(e))
+        if config.proxy is not None:
+            known = set(registry.names())
+            for i, spec in enumerate(config.proxy.filters):
+                name = spec if isinstance(spec, str) else spec.name
+                if name not in known:
+                    raise usage.UsageError(
+                        f"{self['config']}: proxy.filters[{i}]: no filter plugin named "
+                        f"{name!r} (known: {', '.join(sorted(known)) or 'none'})"
+                    )
+        self["gatewayConfig"] = config
+        self["filterRegistry"] = registry
+
+
+def makeService(options: Options) -> Any:
+    """
+    @return: the L{gateway.service.GatewayService} for the config file.
+    """
+    from twisted.internet import reactor
+
+    from gateway.service import GatewayService
+    from gateway.store import StoreError
+
+    try:
+        return GatewayService(options["gatewayConfig"], reactor, options["filterRegistry"])
+    except (ValueError, StoreError) as e:
+        sys.stderr.write(f"gateway: cannot start: {e}\n")
+        raise SystemExit(1)

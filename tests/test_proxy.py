@@ -1,0 +1,602 @@
+"""
+The proxy resource end to end, in one process: real twisted.web backends
+and the real upstream client on 127.0.0.1, requests made with treq.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.web import server
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+
+import twisted.plugins
+from gateway.filters import FilterRegistry
+from gateway.proxy import ClientAddresses, GatewayResource
+from gateway.service import GatewaySite
+from gateway.snapshot import SnapshotManager
+from gateway.store import StoreState
+from gateway.upstream import AgentUpstreamClient
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class EchoBackend(Resource):
+    """
+    A backend that describes the request it got, and a few special paths.
+    """
+
+    isLeaf = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.hanging: List[Any] = []
+        self.seen: List[str] = []
+
+    def render(self, request):
+        path = request.path
+        self.seen.append(request.uri.decode())
+        if path.startswith(b"/hang"):
+            self.hanging.append(request)
+            return server.NOT_DONE_YET
+        if path == b"/nocontent":
+            request.setResponseCode(204)
+            return b""
+        if path == b"/chunked":
+            request.write(b"a" * 10)
+
+            def more():
+                if not request._disconnected:
+                    request.write(b"b" * 10)
+                    request.finish()
+
+            reactor.callLater(0.01, more)
+            return server.NOT_DONE_YET
+        if path == b"/teapot":
+            request.setResponseCode(418, b"I'm a teapot")
+            request.setHeader(b"x-backend", self.name.encode())
+            return b"short and stout"
+        body = request.content.read()
+        payload = {
+            "server": self.name,
+            "method": request.method.decode(),
+            "uri": request.uri.decode(),
+            "headers": {
+                k.decode().lower(): [x.decode() for x in v]
+                for k, v in request.requestHeaders.getAllRawHeaders()
+            },
+            "bodyLength": len(body),
+            "bodySha256": hashlib.sha256(body).hexdigest(),
+        }
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"x-backend", self.name.encode())
+        request.setHeader(b"connection", b"x-secret-hop")
+        request.setHeader(b"x-secret-hop", b"must not pass")
+        return json.dumps(payload).encode()
+
+
+class _Collect(Protocol):
+    def __init__(self, done):
+        self.data = []
+        self.done = done
+
+    def dataReceived(self, data):
+        self.data.append(data)
+
+    def connectionLost(self, reason):
+        self.done.callback(b"".join(self.data))
+
+
+async def rawRequest(url: str, request: bytes) -> Any:
+    """
+    Send raw bytes and read the whole answer until the server closes.
+
+    @return: (status line, {lower-name: [values]}, body bytes as framed).
+    """
+    port = int(url.rsplit(":", 1)[1])
+    done: defer.Deferred = defer.Deferred()
+    proto = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), _Collect(done))
+    proto.transport.write(request)
+    raw = await done
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers: Dict[str, List[str]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers.setdefault(name.decode().lower(), []).append(value.strip().decode())
+    return lines[0].decode(), headers, body
+
+
+async def listen(resource: Resource, site: Optional[server.Site] = None) -> Any:
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    return await endpoint.listen(site or server.Site(resource))
+
+
+def state(backendPorts: Dict[str, int], apis: List[dict], **extra: Any) -> StoreState:
+    servers = {
+        name: {"name": name, "addr": f"127.0.0.1:{port}"} for name, port in backendPorts.items()
+    }
+    clusters = extra.pop(
+        "clusters", {"main": {"name": "main", "servers": sorted(backendPorts)}}
+    )
+    return StoreState(
+        extra.pop("revision", 1),
+        {
+            "servers": servers,
+            "clusters": clusters,
+            "apis": {a["name"]: a for a in apis},
+            "routings": extra.pop("routings", {}),
+        },
+    )
+
+
+class Harness:
+    """
+    Backends, a snapshot manager and a proxy listening on 127.0.0.1.
+    """
+
+    def __init__(self) -> None:
+        self.ports: List[Any] = []
+        self.backends: Dict[str, EchoBackend] = {}
+        self.backendPorts: Dict[str, int] = {}
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.client = AgentUpstreamClient(reactor, connectTimeout=2)
+
+    async def start(self, names=("b1",), globalFilters=(), registry=None, trusted=()):
+        for name in names:
+            backend = EchoBackend(name)
+            port = await listen(backend)
+            self.ports.append(port)
+            self.backends[name] = backend
+            self.backendPorts[name] = port.getHost().port
+        self.manager = SnapshotManager(
+            registry or FilterRegistry.fromPlugins(), reactor, globalFilters=globalFilters
+        )
+        self.resource = GatewayResource(
+            self.manager, self.client, reactor, ClientAddresses(trusted)
+        )
+        port = await listen(None, GatewaySite(self.resource))
+        self.ports.append(port)
+        self.url = f"http://127.0.0.1:{port.getHost().port}"
+        return self
+
+    def apply(self, apis: List[dict], **extra: Any) -> None:
+        self.manager.apply(state(self.backendPorts, apis, **extra))
+
+    def request(self, method: str, path: str, **kw: Any) -> defer.Deferred:
+        return treq.request(method, self.url + path, pool=self.pool, **kw)
+
+    async def stop(self) -> None:
+        for backend in self.backends.values():
+            for request in backend.hanging:
+                if not request._disconnected and not request.finished:
+                    request.finish()
+        await self.client.close()
+        await self.pool.closeCachedConnections()
+        for port in self.ports:
+            await port.stopListening()
+
+
+@pytest.fixture
+def harness():
+    h = Harness()
+    yield h
+    pytest_twisted.blockon(defer.ensureDeferred(h.stop()))
+
+
+API = {"name": "echo", "urlPattern": "/echo/*", "nodes": [{"cluster": "main"}]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_with_query_and_headers(harness):
+    """
+    A GET reaches the backend with its path, query and end-to-end headers
+    intact; hop-by-hop headers (including those named in Connection) are
+    dropped both ways; X-Forwarded-* are set; the response keeps its
+    Content-Length instead of going out chunked.
+    """
+    await harness.start()
+    harness.apply([API])
+    response = await harness.request(
+        "GET",
+        "/echo/a/b?x=1&y=%20z",
+        headers={
+            "X-Custom": "kept",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "dropped",
+            "Keep-Alive": "timeout=5",
+            "Proxy-Authorization": "Basic Zm9v",
+            "X-Forwarded-For": "10.9.8.7",
+        },
+    )
+    assert response.code == 200
+    seen = json.loads(await response.content())
+    assert seen["method"] == "GET"
+    assert seen["uri"] == "/echo/a/b?x=1&y=%20z"
+    headers = seen["headers"]
+    assert headers["x-custom"] == ["kept"]
+    for hop in ("x-hop", "keep-alive", "proxy-authorization"):
+        assert hop not in headers
+    assert headers["x-forwarded-for"] == ["10.9.8.7, 127.0.0.1"]
+    assert headers["x-forwarded-proto"] == ["http"]
+    assert headers["x-forwarded-host"] == [harness.url[len("http://") :]]
+    assert headers["host"] == [f"127.0.0.1:{harness.backendPorts['b1']}"]
+
+    status, responseHeaders, body = await rawRequest(
+        harness.url, b"GET /echo/raw HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )
+    assert status == "HTTP/1.1 200 OK"
+    assert responseHeaders["content-length"] == [str(len(body))]
+    assert "transfer-encoding" not in responseHeaders
+    assert "content-encoding" not in responseHeaders
+    assert responseHeaders["x-backend"] == ["b1"]
+    assert responseHeaders["content-type"] == ["application/json"]
+    assert json.loads(body)["uri"] == "/echo/raw"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+@pytest.mark.parametrize("size", [0, 10, 150_000, 3_000_000])
+@pytest_twisted.ensureDeferred
+async def test_bodies_pass_intact(harness, method, size):
+    """
+    Request bodies of every size (empty, in memory, spooled to disk) reach
+    the backend byte for byte, with one right Content-Length.
+    """
+    await harness.start()
+    harness.apply([API])
+    body = os.urandom(size)
+    response = await harness.request(method, "/echo/up", data=body)
+    assert response.code == 200
+    seen = json.loads(await response.content())
+    assert seen["method"] == method
+    assert seen["bodyLength"] == size
+    assert seen["bodySha256"] == hashlib.sha256(body).hexdigest()
+    if size or method != "DELETE":
+        assert seen["headers"]["content-length"] == [str(size)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_phrase_and_body(harness):
+    """
+    The backend's status, reason phrase, headers and body come back as they
+    were sent.
+    """
+    await harness.start()
+    harness.apply([{"name": "t", "urlPattern": "/teapot", "nodes": [{"cluster": "main"}]}])
+    status, headers, body = await rawRequest(
+        harness.url, b"GET /teapot HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )
+    assert status == "HTTP/1.1 418 I'm a teapot"
+    assert body == b"short and stout"
+    assert headers["content-length"] == ["15"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_and_no_content(harness):
+    """
+    HEAD answers carry the backend's Content-Length and no body; 204 answers
+    have no body and no chunked framing.
+    """
+    await harness.start()
+    harness.apply(
+        [
+            {"name": "t", "urlPattern": "/teapot", "nodes": [{"cluster": "main"}]},
+            {"name": "nc", "urlPattern": "/nocontent", "nodes": [{"cluster": "main"}]},
+        ]
+    )
+    status, headHeaders, headBody = await rawRequest(
+        harness.url, b"HEAD /teapot HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )
+    assert status == "HTTP/1.1 418 I'm a teapot"
+    assert headHeaders["content-length"] == ["15"]
+    assert headBody == b""
+    status, ncHeaders, ncBody = await rawRequest(
+        harness.url, b"GET /nocontent HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )
+    assert status.startswith("HTTP/1.1 204")
+    assert "transfer-encoding" not in ncHeaders
+    assert ncBody == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_upstream_is_streamed(harness):
+    """
+    An upstream answer without Content-Length is passed on chunked, whole.
+    """
+    await harness.start()
+    harness.apply([{"name": "c", "urlPattern": "/chunked", "nodes": [{"cluster": "main"}]}])
+    response = await harness.request("GET", "/chunked")
+    assert response.code == 200
+    assert await response.content() == b"a" * 10 + b"b" * 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_url_rewrite(harness):
+    """
+    urlRewrite builds the upstream path from pattern parameters, query
+    parameters and headers, percent-encoding what it inserts; the client's
+    query is kept when the rewrite has none.
+    """
+    await harness.start()
+    harness.apply(
+        [
+            {
+                "name": "user",
+                "urlPattern": "/api/users/{id:int}",
+                "nodes": [{"cluster": "main", "urlRewrite": "/users/{id}"}],
+            },
+            {
+                "name": "search",
+                "urlPattern": "/api/search/{term}",
+                "nodes": [
+                    {
+                        "cluster": "main",
+                        "urlRewrite": "/s?q={term}&lang=$header.X-Lang&page=$query.p",
+                    }
+                ],
+            },
+        ]
+    )
+    r = await harness.request("GET", "/api/users/42?fields=name")
+    assert json.loads(await r.content())["uri"] == "/users/42?fields=name"
+    r = await harness.request("GET", "/api/search/a%20b%26c?p=2&other=1", headers={"X-Lang": "de"})
+    assert json.loads(await r.content())["uri"] == "/s?q=a%20b%26c&lang=de&page=2"
+    r = await harness.request("GET", "/api/users/abc")
+    assert r.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_api_is_404_json(harness):
+    """
+    A request no API matches gets a JSON 404 and never reaches a backend.
+    """
+    await harness.start()
+    harness.apply([API])
+    r = await harness.request("GET", "/nowhere")
+    assert r.code == 404
+    assert r.headers.getRawHeaders("content-type") == ["application/json"]
+    assert json.loads(await r.content()) == {"error": "no API matches this request"}
+    assert harness.backends["b1"].seen == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_ready_is_503(harness):
+    """
+    Before the first snapshot, the proxy answers 503 rather than 404.
+    """
+    await harness.start()
+    r = await harness.request("GET", "/echo/x")
+    assert r.code == 503
+    assert "starting" in json.loads(await r.content())["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_refused_is_502(harness):
+    """
+    A server that refuses connections gives a JSON 502 naming the API and
+    server, at once.
+    """
+    await harness.start()
+    probe = await listen(Resource())
+    deadPort = probe.getHost().port
+    await probe.stopListening()
+    harness.backendPorts = {"dead": deadPort}
+    harness.apply([API])
+    r = await harness.request("GET", "/echo/x")
+    assert r.code == 502
+    body = json.loads(await r.content())
+    assert body == {"error": "upstream refused the connection", "api": "echo", "server": "dead"}
+    assert harness.manager.backends["dead"].active == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeout_is_504(harness):
+    """
+    A backend that does not answer within the node's timeout gives a 504,
+    and the in-flight count goes back to zero.
+    """
+    await harness.start()
+    harness.apply(
+        [{"name": "h", "urlPattern": "/hang", "nodes": [{"cluster": "main", "timeout": 0.3}]}]
+    )
+    started = reactor.seconds()
+    r = await harness.request("GET", "/hang")
+    elapsed = reactor.seconds() - started
+    assert r.code == 504
+    assert json.loads(await r.content())["error"] == "upstream timed out"
+    assert 0.25 <= elapsed < 2.0
+    assert harness.manager.backends["b1"].active == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_healthy_server_is_503(harness):
+    """
+    With every server of the cluster down, the proxy answers 503 without
+    trying any.
+    """
+    await harness.start(names=("b1", "b2"))
+    harness.apply([API])
+    for backend in harness.manager.backends.values():
+        backend.healthy = False
+    r = await harness.request("GET", "/echo/x")
+    assert r.code == 503
+    assert json.loads(await r.content())["error"] == "no healthy server available"
+    assert harness.backends["b1"].seen == harness.backends["b2"].seen == []
+    harness.manager.backends["b2"].healthy = True
+    r = await harness.request("GET", "/echo/x")
+    assert r.code == 200
+    assert json.loads(await r.content())["server"] == "b2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_round_robin_over_cluster(harness):
+    """
+    Requests are spread over the cluster's servers by its balancer.
+    """
+    await harness.start(names=("b1", "b2", "b3"))
+    harness.apply([API])
+    seen = []
+    for _ in range(9):
+        r = await harness.request("GET", "/echo/x")
+        seen.append(json.loads(await r.content())["server"])
+    assert sorted(seen) == ["b1"] * 3 + ["b2"] * 3 + ["b3"] * 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_flight_request_keeps_its_snapshot(harness):
+    """
+    A request in flight when a new snapshot is swapped in finishes on the
+    snapshot it started with; new requests use the new one.
+    """
+    await harness.start(names=("b1", "b2"))
+    clusters = {
+        "one": {"name": "one", "servers": ["b1"]},
+        "two": {"name": "two", "servers": ["b2"]},
+    }
+    slow = {"name": "slow", "urlPattern": "/hang", "nodes": [{"cluster": "one"}]}
+    harness.apply([slow], clusters=clusters, revision=1)
+    pending = harness.request("GET", "/hang")
+    while not harness.backends["b1"].hanging:
+        await task.deferLater(reactor, 0.01, lambda: None)
+    moved = dict(slow, nodes=[{"cluster": "two"}])
+    harness.apply([moved], clusters=clusters, revision=2)
+    assert harness.manager.snapshot.revision == 2
+    harness.backends["b1"].hanging[0].write(b"from old")
+    harness.backends["b1"].hanging[0].finish()
+    r = await pending
+    assert await r.content() == b"from old"
+    r2 = harness.request("GET", "/hang")
+    while not harness.backends["b2"].hanging:
+        await task.deferLater(reactor, 0.01, lambda: None)
+    harness.backends["b2"].hanging[0].write(b"from new")
+    harness.backends["b2"].hanging[0].finish()
+    assert await (await r2).content() == b"from new"
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_disconnect_cancels_upstream(harness):
+    """
+    When the client goes away while the backend is still thinking, the
+    upstream request is cancelled and the in-flight count drops.
+    """
+    await harness.start()
+    harness.apply([{"name": "h", "urlPattern": "/hang", "nodes": [{"cluster": "main"}]}])
+    d = harness.request("GET", "/hang")
+    while not harness.backends["b1"].hanging:
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert harness.manager.backends["b1"].active == 1
+    d.cancel()
+    with pytest.raises(Exception):
+        await d
+    for _ in range(100):
+        if harness.backends["b1"].hanging[0]._disconnected:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert harness.backends["b1"].hanging[0]._disconnected
+    assert harness.manager.backends["b1"].active == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_id_filter(harness):
+    """
+    The built-in request-id filter, loaded as a Twisted plugin by name,
+    gives the request an id, passes it upstream and returns it; a client's
+    sane id is kept.
+    """
+    await harness.start(globalFilters=["request-id"])
+    harness.apply([API])
+    r = await harness.request("GET", "/echo/x")
+    rid = r.headers.getRawHeaders("x-request-id")
+    assert rid and len(rid[0]) == 32
+    assert json.loads(await r.content())["headers"]["x-request-id"] == rid
+    r = await harness.request("GET", "/echo/x", headers={"X-Request-Id": "abc-123"})
+    assert r.headers.getRawHeaders("x-request-id") == ["abc-123"]
+    await r.content()
+    r = await harness.request("GET", "/nowhere")
+    assert r.code == 404
+
+
+@pytest.fixture
+def goodPlugins():
+    path = os.path.join(HERE, "plugins_good")
+    twisted.plugins.__path__.append(path)
+    yield FilterRegistry.fromPlugins()
+    twisted.plugins.__path__.remove(path)
+
+
+@pytest.mark.parametrize("delay", [0, 0.05])
+@pytest_twisted.ensureDeferred
+async def test_custom_plugin_filter_per_api(harness, goodPlugins, delay):
+    """
+    A custom filter from a test-only plugins folder, enabled per API with
+    its config, can answer early (synchronously or after a Deferred)
+    without touching the backend; the filters that ran see every answer in
+    their after hook, including the early one and the gateway's own errors.
+    """
+    await harness.start(globalFilters=["request-id"], registry=goodPlugins)
+    api = dict(API, filters=[{"name": "deny-header", "config": {"delay": delay}}])
+    harness.apply([api])
+    r = await harness.request("GET", "/echo/x", headers={"X-Deny": "1"})
+    assert r.code == 403
+    assert r.headers.getRawHeaders("x-denied") == ["yes"]
+    assert r.headers.getRawHeaders("x-request-id") is not None
+    assert json.loads(await r.content()) == {"error": "denied by test filter"}
+    assert harness.backends["b1"].seen == []
+    r = await harness.request("GET", "/echo/x")
+    assert r.code == 200
+    assert r.headers.getRawHeaders("x-seen-by") == ["deny-header"]
+    assert json.loads(await r.content())["headers"]["x-test-filter"] == ["passed"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_filter_error_hook_sees_upstream_failure(harness, goodPlugins):
+    """
+    An upstream failure passes the error hooks, then the 502 passes the
+    after hooks.
+    """
+    await harness.start(registry=goodPlugins)
+    probe = await listen(Resource())
+    deadPort = probe.getHost().port
+    await probe.stopListening()
+    harness.backendPorts = {"dead": deadPort}
+    harness.apply([dict(API, filters=[{"name": "deny-header"}])])
+    r = await harness.request("GET", "/echo/x")
+    assert r.code == 502
+    assert r.headers.getRawHeaders("x-seen-by") == ["deny-header"]
+    (made,) = harness.manager.snapshot.apis["echo"].filters
+    assert len(made.errors) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_trusted_proxy_client_address(harness):
+    """
+    With 127.0.0.1 trusted, the client address is the right-most untrusted
+    X-Forwarded-For hop; the chain sent upstream is extended, not replaced.
+    """
+    await harness.start(trusted=["127.0.0.0/8"])
+    harness.apply([API])
+    seenIPs = []
+
+    original = harness.resource._dispatch
+
+    def spy(context, chain):
+        seenIPs.append(context.clientIP)
+        return original(context, chain)
+
+    harness.resource._dispatch = spy
+    r = await harness.request("GET", "/echo/x", headers={"X-Forwarded-For": "1.1.1.1, 2.2.2.2"})
+    seen = json.loads(await r.content())
+    assert seenIPs == ["2.2.2.2"]
+    assert seen["headers"]["x-forwarded-for"] == ["1.1.1.1, 2.2.2.2, 127.0.0.1"]
