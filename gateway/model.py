@@ -84,6 +84,15 @@ def _checkPattern(value: str) -> None:
     parsePattern(value)
 
 
+def _checkHost(value: str) -> None:
+    from gateway.urlpattern import checkHost
+
+    checkHost(value)
+
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
 def _checkRewrite(value: str) -> None:
     if not value.startswith("/"):
         raise ValueError("must start with /")
@@ -242,7 +251,11 @@ class API:
         ListOf(Obj(Node), minItems=1, maxItems=64), validator=_checkNodes
     )
     method: str = field(Str(check=_checkMethod), "*", converter=_upperMethod)
-    host: Optional[str] = field(Nullable(Str(minLength=1, maxLength=255)), None)
+    host: Optional[str] = field(
+        Nullable(Str(minLength=1, maxLength=255, check=_checkHost)),
+        None,
+        doc="only requests for this host (example.com, *.example.com)",
+    )
     maxQPS: int = field(Int(0, 10_000_000), 0, doc="requests per second, 0 = no limit")
     rateLimit: Optional[RateLimit] = field(Nullable(Obj(RateLimit)), None)
     ipAccess: Optional[IPAccess] = field(Nullable(Obj(IPAccess)), None)
@@ -269,6 +282,8 @@ class Condition:
     def __attrs_post_init__(self) -> None:
         if self.source != "method" and not self.name:
             raise ValidationError("name", f"is required for source {self.source!r}")
+        if self.source in ("header", "cookie") and not _TOKEN_RE.match(self.name):
+            raise ValidationError("name", f"is not a valid {self.source} name")
         if self.op == "exists":
             return
         if self.op == "in":

@@ -22,6 +22,8 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 import gateway
+from gateway.aggregate import Aggregator
+from gateway.mirror import Mirror
 from gateway.model import Catalog
 from gateway.proxy import ClientAddresses, GatewayRequest, GatewayResource
 from gateway.schema import toJSON
@@ -40,6 +42,13 @@ class GatewaySite(server.Site):
 
     requestFactory = GatewayRequest
     displayTracebacks = False
+
+    def __init__(self, resource: Any, **kwargs: Any) -> None:
+        # A proxy forwards form bodies as they are: never parse them into
+        # request.args (a query rule would see body fields, and Twisted
+        # would read the whole body into memory to parse it).
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, **kwargs)
 
     def log(self, request: Any) -> None:
         pass
@@ -118,11 +127,14 @@ class GatewayService(MultiService):
 
         if proxyConfig is not None:
             self._client = client if client is not None else AgentUpstreamClient(reactor)
+            self.mirror = Mirror(self._client, reactor)
             self.proxyResource = GatewayResource(
                 self.manager,
                 self._client,
                 reactor,
                 ClientAddresses(proxyConfig.trustedProxies),
+                aggregator=Aggregator(self._client, reactor),
+                mirror=self.mirror,
             )
             site = GatewaySite(self.proxyResource)
             self._listen("proxy", proxyConfig.listen, site)

@@ -292,6 +292,13 @@ class SnapshotManager:
                     rewrite = Rewrite(node.urlRewrite, tuple(pattern.paramNames))
                 except ValueError as e:
                     raise ValidationError(f"nodes[{i}].urlRewrite", str(e))
+                earlier = {n.attrName for n in api.nodes if n.batch < node.batch}
+                for attr in rewrite.depends:
+                    if attr not in earlier:
+                        raise ValidationError(
+                            f"nodes[{i}].urlRewrite",
+                            f"$depend.{attr} must name a node of an earlier batch",
+                        )
             nodes.append(CompiledNode(node, rewrite))
         filters = []
         for i, spec in enumerate(api.filters):
