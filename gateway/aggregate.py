@@ -226,10 +226,17 @@ class Aggregator:
 
         def gotResponse(response: Any) -> Any:
             latency[0] = self._reactor.seconds() - sentAt
+            if backend.isFailureStatus(response.code):
+                response.deliverBody(Protocol())
+                raise NodeFailed(f"status {response.code}")
             return _readJSON(response)
 
         def done(result: Any) -> Any:
-            backend.requestFinished(latency[0])
+            if isinstance(result, Failure):
+                cancelled = result.check(defer.CancelledError) and not latency[0]
+                backend.requestFinished(latency[0], None if cancelled else False)
+            else:
+                backend.requestFinished(latency[0], True)
             return result
 
         d.addCallback(gotResponse)

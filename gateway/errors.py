@@ -20,6 +20,8 @@ class UpstreamError(Exception):
 
     status = 502
     reason = "upstream error"
+    #: Seconds after which a retry may succeed (sent as Retry-After).
+    retryAfter: Optional[float] = None
 
 
 class UpstreamConnectError(UpstreamError):
@@ -56,6 +58,19 @@ class NoBackendAvailable(UpstreamError):
 
     status = 503
     reason = "no healthy server available"
+
+
+class ServersRateLimited(UpstreamError):
+    """
+    Every server of the cluster is at its C{maxQPS}.
+    """
+
+    status = 429
+    reason = "rate limit exceeded"
+
+    def __init__(self, message: str, retryAfter: float) -> None:
+        super().__init__(message)
+        self.retryAfter = retryAfter
 
 
 @attrs.frozen

@@ -108,6 +108,7 @@ class Mirror:
 
         def done(_: Any) -> None:
             self.inFlight -= 1
-            backend.requestFinished(None)
+            # Mirrors are best effort: their outcome does not judge servers.
+            backend.requestFinished(None, None)
 
         d.addCallbacks(answered, failed).addBoth(done)

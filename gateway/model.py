@@ -130,6 +130,25 @@ class CircuitBreaker:
     openTimeout: float = field(Num(0, 86400, exclusiveMinimum=True), 30.0, doc="seconds")
     halfOpenTrafficRate: float = field(Num(0, 100, exclusiveMinimum=True), 10.0, doc="%")
     successRateToClose: float = field(Num(0, 100, exclusiveMinimum=True), 80.0, doc="%")
+    halfOpenRequests: int = field(
+        Int(1, 100_000), 10, doc="trial requests judged in half-open before deciding"
+    )
+    failureStatuses: Tuple[int, ...] = field(
+        ListOf(Int(100, 599), unique=True),
+        (500, 502, 503, 504),
+        doc="upstream statuses that count as failures (connection errors and timeouts always do)",
+    )
+
+
+@attrs.frozen
+class PassiveHealth:
+    """
+    Ejects a server from rotation after C{consecutiveFailures} proxied
+    requests in a row failed, for C{ejectTime} seconds.
+    """
+
+    consecutiveFailures: int = field(Int(1, 10_000), 5)
+    ejectTime: float = field(Num(0, 86400, exclusiveMinimum=True), 30.0, doc="seconds")
 
 
 @attrs.frozen
@@ -144,6 +163,7 @@ class Server:
     maxQPS: int = field(Int(0, 10_000_000), 0, doc="requests per second, 0 = no limit")
     healthCheck: Optional[HealthCheck] = field(Nullable(Obj(HealthCheck)), None)
     circuitBreaker: Optional[CircuitBreaker] = field(Nullable(Obj(CircuitBreaker)), None)
+    passiveHealth: Optional[PassiveHealth] = field(Nullable(Obj(PassiveHealth)), None)
 
 
 # -- clusters -----------------------------------------------------------------
@@ -181,6 +201,11 @@ class Node:
     timeout: float = field(Num(0, 3600, exclusiveMinimum=True), 30.0, doc="seconds")
     required: bool = field(Bool(), True)
     batch: int = field(Int(0, 100), 0, doc="aggregation stage; lower runs first")
+    retries: int = field(
+        Int(0, 5),
+        1,
+        doc="retries on another server when a connection fails (idempotent methods only)",
+    )
 
 
 @attrs.frozen
@@ -196,6 +221,8 @@ class RateLimit:
         "none",
         doc="none | ip | header:NAME",
     )
+    onLimit: str = field(Enum(("reject", "queue")), "reject", doc="429 at once, or wait")
+    maxWait: float = field(Num(0, 60), 1.0, doc="seconds a queued request may wait")
 
 
 @attrs.frozen
@@ -259,6 +286,7 @@ class API:
     maxQPS: int = field(Int(0, 10_000_000), 0, doc="requests per second, 0 = no limit")
     rateLimit: Optional[RateLimit] = field(Nullable(Obj(RateLimit)), None)
     ipAccess: Optional[IPAccess] = field(Nullable(Obj(IPAccess)), None)
+    circuitBreaker: Optional[CircuitBreaker] = field(Nullable(Obj(CircuitBreaker)), None)
     filters: Tuple[FilterSpec, ...] = field(ListOf(Obj(FilterSpec)), ())
 
 

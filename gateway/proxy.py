@@ -17,6 +17,7 @@ their C{error} hooks.  Gateway-made answers are JSON errors:
 from __future__ import annotations
 
 import ipaddress
+import math
 from typing import Any, FrozenSet, Optional, Sequence
 
 from twisted.internet import defer
@@ -30,7 +31,15 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from gateway.context import RequestContext, ResponseInfo
-from gateway.errors import EarlyResponse, NoBackendAvailable, UpstreamError
+from gateway.errors import (
+    EarlyResponse,
+    NoBackendAvailable,
+    ServersRateLimited,
+    UpstreamBroken,
+    UpstreamConnectError,
+    UpstreamError,
+)
+from gateway.retry import RetryBudget
 from gateway.upstream import BytesBodyProducer
 
 log = Logger()
@@ -69,6 +78,8 @@ RESPONSE_SKIP: FrozenSet[bytes] = frozenset(
     ]
 )
 _NO_BODY_METHODS = frozenset([b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"])
+#: Methods a request may be sent again for (RFC 9110 9.2.2).
+IDEMPOTENT_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
 #: Bodies up to this size are held in memory by twisted.web and sent in one
 #: write; larger ones are spooled to a temporary file and streamed from it.
 _SMALL_BODY = 100_000
@@ -176,10 +187,12 @@ class _StreamBody(Protocol):
         context = self._context
         context.attributes.pop("gateway.bodyTransport", None)
         request.unregisterProducer()
-        self._proxy._upstreamDone(context)
+        clean = reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss) is not None
         if request._disconnected:
+            self._proxy._upstreamDone(context, None)
             return
-        if reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss):
+        self._proxy._upstreamDone(context, clean)
+        if clean:
             request.finish()
         else:
             # The body broke half-way: the status is already sent, so the
@@ -220,6 +233,7 @@ class GatewayResource(Resource):
         clientAddresses: Optional[ClientAddresses] = None,
         aggregator: Any = None,
         mirror: Any = None,
+        retryBudget: Optional[RetryBudget] = None,
     ) -> None:
         super().__init__()
         self._manager = manager
@@ -228,6 +242,7 @@ class GatewayResource(Resource):
         self._clients = clientAddresses or ClientAddresses()
         self._aggregator = aggregator
         self._mirror = mirror
+        self._retryBudget = retryBudget or RetryBudget(reactor)
 
     # -- entry ------------------------------------------------------------------
 
@@ -291,7 +306,10 @@ class GatewayResource(Resource):
                 return
             self._answer(context, chain[:i], result)
             return
-        self._dispatch(context, chain)
+        try:
+            self._dispatch(context, chain)
+        except Exception:
+            self._bug(Failure(), context)
 
     def _beforeResumed(self, result: Any, context: RequestContext, chain: Any, i: int) -> None:
         if context.request._disconnected:
@@ -363,26 +381,28 @@ class GatewayResource(Resource):
         node = api.nodes[0]
         cluster = context.cluster or node.cluster
         context.cluster = cluster
-        backend = cluster.choose(context.clientIP)
-        if backend is None:
-            self._failed(
-                Failure(NoBackendAvailable(f"cluster {cluster.name!r} has no healthy server")),
-                context,
-                chain,
-            )
-            return
-        context.backend = backend
         request = context.request
         uri = context.upstreamURI
         if uri is None:
             uri = node.rewrite.expand(context.params, request) if node.rewrite else request.uri
             context.upstreamURI = uri
+        self._retryBudget.requestSent()
+        self._send(context, chain, node, cluster.choose(context.clientIP), ())
+
+    def _send(
+        self, context: RequestContext, chain: Sequence[Any], node: Any, backend: Any, tried: tuple
+    ) -> None:
+        if backend is None:
+            self._failed(Failure(noBackendError(context.cluster)), context, chain)
+            return
+        context.backend = backend
+        request = context.request
         backend.requestStarted()
         context.attributes["gateway.sentAt"] = self._reactor.seconds()
         d = self._client.request(
             backend,
             request.method,
-            uri,
+            context.upstreamURI,
             context.upstreamHeaders,
             bodyProducerFor(request),
             node.timeout,
@@ -392,17 +412,38 @@ class GatewayResource(Resource):
             self._gotResponse,
             self._upstreamFailed,
             callbackArgs=(context, chain),
-            errbackArgs=(context, chain),
+            errbackArgs=(context, chain, node, tried + (backend,)),
         )
+        d.addErrback(self._bug, context)
+
+    def _bug(self, failure: Failure, context: RequestContext) -> None:
+        """
+        Last resort: a bug in the request path must not leave the client
+        waiting forever.
+        """
+        log.failure("internal error while proxying", failure)
+        request = context.request
+        if request._disconnected or request.finished:
+            return
+        if request.startedWriting:
+            request.channel.transport.abortConnection()
+            return
+        body = _internalError().encode()
+        request.setResponseCode(500)
+        request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
+        request.write(body)
+        request.finish()
 
     def _gotResponse(self, response: Any, context: RequestContext, chain: Sequence[Any]) -> None:
         attributes = context.attributes
         attributes.pop("gateway.pending", None)
         context.upstreamLatency = self._reactor.seconds() - attributes["gateway.sentAt"]
+        attributes["gateway.ok"] = not context.backend.isFailureStatus(response.code)
         request = context.request
         if request._disconnected:
             response.deliverBody(_Discard())
-            self._upstreamDone(context)
+            self._upstreamDone(context, None)
             return
         copyResponseHeaders(response.headers, request.responseHeaders)
         info = ResponseInfo(response.code, request.responseHeaders)
@@ -418,17 +459,50 @@ class GatewayResource(Resource):
             return
         response.deliverBody(_StreamBody(self, context))
 
-    def _upstreamDone(self, context: RequestContext) -> None:
+    def _upstreamDone(self, context: RequestContext, ok: Optional[bool] = True) -> None:
+        """
+        The upstream exchange is over: account for it on the backend.
+
+        @param ok: L{False} when the body broke, L{None} when the client
+            left (the server is not to blame), else L{True}; a failure status
+            (see L{gateway.backend.Backend.isFailureStatus}) still counts.
+        """
         backend = context.backend
         if backend is not None:
-            backend.requestFinished(context.upstreamLatency)
+            if ok:
+                ok = context.attributes.get("gateway.ok", True)
+            backend.requestFinished(context.upstreamLatency, ok)
 
-    def _upstreamFailed(self, failure: Failure, context: RequestContext, chain: Any) -> None:
+    def _upstreamFailed(
+        self, failure: Failure, context: RequestContext, chain: Any, node: Any, tried: tuple
+    ) -> None:
         context.attributes.pop("gateway.pending", None)
-        if context.backend is not None:
-            context.backend.requestFinished(None)
-        if failure.check(defer.CancelledError) and context.request._disconnected:
+        request = context.request
+        backend = context.backend
+        if failure.check(defer.CancelledError) and request._disconnected:
+            # The client left: not the server's fault, so not judged.
+            backend.requestFinished(None, None)
             return
+        backend.requestFinished(None, False)
+        if (
+            failure.check(UpstreamConnectError, UpstreamBroken)
+            and len(tried) <= node.retries
+            and request.method in IDEMPOTENT_METHODS
+            and not request._disconnected
+        ):
+            retryWith = nextBackend(context.cluster, context.clientIP, tried)
+            if retryWith is not None and self._retryBudget.tryRetry():
+                log.info(
+                    "retrying {method} {uri} on {next} after {failed}: {error}",
+                    method=request.method,
+                    uri=context.upstreamURI,
+                    next=retryWith.name,
+                    failed=backend.name,
+                    error=failure.getErrorMessage(),
+                )
+                context.attributes["gateway.retries"] = len(tried)
+                self._send(context, chain, node, retryWith, tried)
+                return
         self._failed(failure, context, chain)
 
     def _failed(self, failure: Failure, context: RequestContext, chain: Any) -> None:
@@ -440,15 +514,18 @@ class GatewayResource(Resource):
         if context.request._disconnected:
             return
         error = failure.value
+        headers = {}
         if isinstance(error, UpstreamError):
             code, message = error.status, error.reason
+            if error.retryAfter is not None:
+                headers[b"retry-after"] = [b"%d" % (max(1, math.ceil(error.retryAfter)),)]
         else:
             log.failure("unexpected upstream failure", failure)
             code, message = 502, "upstream error"
         extra = {"api": context.api.name}
         if context.backend is not None:
             extra["server"] = context.backend.name
-        self._answer(context, chain, EarlyResponse.error(code, message, **extra))
+        self._answer(context, chain, EarlyResponse.error(code, message, headers, **extra))
 
     def _clientGone(self, failure: Failure, context: RequestContext) -> None:
         """
@@ -463,6 +540,38 @@ class GatewayResource(Resource):
         canceller = context.attributes.pop("gateway.cancel", None)
         if canceller is not None:
             canceller()
+
+
+def nextBackend(cluster: Any, key: Optional[str], tried: tuple) -> Any:
+    """
+    @return: a backend to retry on that was not tried yet, or L{None}.
+    """
+    pick = cluster.choose(key)
+    if pick is not None and pick not in tried:
+        return pick
+    for backend in cluster.backends:
+        if backend not in tried and backend.available():
+            return backend
+    return None
+
+
+def noBackendError(cluster: Any) -> UpstreamError:
+    """
+    @return: why a cluster has no backend to offer, as the error to answer:
+        429 when servers are only held back by their C{maxQPS}, else 503.
+    """
+    reasons = [b.unavailableReason() for b in cluster.backends]
+    if reasons and "rate-limited" in reasons and all(
+        r in ("rate-limited", "drained") for r in reasons
+    ):
+        limited = [b.limiter for b in cluster.backends if b.limiter is not None]
+        wait = min(limiter.retryAfter() for limiter in limited) if limited else 1.0
+        return ServersRateLimited(f"cluster {cluster.name!r}: servers at maxQPS", wait)
+    if "circuit-open" in reasons:
+        error = NoBackendAvailable(f"cluster {cluster.name!r}: circuit open")
+        error.reason = "circuit open: no server is admitting traffic"
+        return error
+    return NoBackendAvailable(f"cluster {cluster.name!r} has no healthy server")
 
 
 def _internalError() -> EarlyResponse:

@@ -69,7 +69,16 @@ class CompiledNode:
     One dispatch node of an API, ready to use.
     """
 
-    __slots__ = ("config", "cluster", "rewrite", "attrName", "timeout", "required", "batch")
+    __slots__ = (
+        "config",
+        "cluster",
+        "rewrite",
+        "attrName",
+        "timeout",
+        "required",
+        "batch",
+        "retries",
+    )
 
     def __init__(self, config: Node, rewrite: Optional[Rewrite]) -> None:
         self.config = config
@@ -80,6 +89,7 @@ class CompiledNode:
         self.timeout = config.timeout
         self.required = config.required
         self.batch = config.batch
+        self.retries = config.retries
 
 
 class CompiledAPI:
@@ -204,7 +214,7 @@ class SnapshotManager:
         for name, server in catalog.servers.items():
             backend = self.backends.get(name)
             if backend is None:
-                backend = Backend(server)
+                backend = Backend(server, self._reactor, self._random)
             else:
                 backend.configure(server)
             backends[name] = backend

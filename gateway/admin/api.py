@@ -1,0 +1,433 @@
+"""
+The admin REST API, under C{/api/v1}: create, read, replace and delete
+servers, clusters, apis and routings, and look at the live proxies and their
+statistics.
+
+Every write follows one path: read the store, parse and check the new
+resource, check the references between resources and the caller's validator
+against the whole proposed catalog, then commit against the revision that was
+read.  A refused write changes nothing; a write that lost a race with another
+admin is tried again from the start.
+
+Every answer, errors included, is JSON: C{{"error": "...", "field": "..."}}
+for errors, never a Twisted HTML page.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import attrs
+from klein import Klein
+from twisted.internet.defer import CancelledError, maybeDeferred
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from gateway.model import Catalog, parseResource
+from gateway.model import ReferenceError as ModelReferenceError
+from gateway.schema import ValidationError, toJSON
+from gateway.store import KINDS, Change, ConflictError, StoreError, StoreState
+
+#: The prefix of every route of the REST API.
+PREFIX = "/api/v1"
+
+_KIND = "<any(" + ", ".join(KINDS) + "):kind>"
+_JSON = b"application/json"
+_REALM = b'Bearer realm="gateway"'
+
+
+class APIError(Exception):
+    """
+    A request is answered with an error.
+
+    @ivar code: the HTTP status.
+    @ivar body: the JSON object answered, at least C{error} and C{field}.
+    @ivar headers: extra response headers.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        field: str = "",
+        headers: Optional[Dict[bytes, bytes]] = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.body = dict(extra, error=message, field=field)
+        self.headers = headers or {}
+
+
+@attrs.frozen
+class _Answer:
+    code: int
+    body: Any
+    headers: Dict[bytes, bytes] = attrs.Factory(dict)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _normalise(value: Any) -> Any:
+    # The JSON the store keeps (lists, not tuples), to compare and answer with.
+    return json.loads(json.dumps(value))
+
+
+def _refuseConstant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _defaultValidate(catalog: Catalog) -> None:
+    catalog.check()
+
+
+def _defaultProxies() -> List[dict]:
+    return []
+
+
+def _defaultStats() -> Dict[str, Any]:
+    return {}
+
+
+def _describeRefs(refs: List[Tuple[str, str, str]]) -> str:
+    return ", ".join(f"{k}/{n} ({f})" for k, n, f in refs)
+
+
+def _jsonEndpoint(
+    authenticated: bool = True,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """
+    Turn a coroutine method returning an L{_Answer} into a Klein route
+    handler that writes JSON, and every exception into a JSON error.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        async def handler(self: AdminAPI, request: IRequest, *args: Any, **kwargs: Any) -> bytes:
+            try:
+                if authenticated:
+                    self._authorize(request)
+                answer = await f(self, request, *args, **kwargs)
+            except CancelledError:
+                raise
+            except Exception as e:
+                answer = self._errorAnswer(e)
+            return self._write(request, answer)
+
+        return handler
+
+    return decorate
+
+
+class AdminAPI:
+    """
+    The REST API of the admin site, as a Klein app.
+
+    @ivar app: the L{Klein} app; L{resource} gives its resource.
+    """
+
+    app = Klein()
+    log = Logger()
+
+    #: How many times a write that lost a race is tried again.
+    maxRetries = 5
+
+    def __init__(
+        self,
+        store: Any,
+        token: Optional[str],
+        validate: Optional[Callable[[Catalog], Any]] = None,
+        proxies: Optional[Callable[[], Any]] = None,
+        stats: Optional[Callable[[], Any]] = None,
+        reactor: Any = None,
+        maxBodySize: int = 1_048_576,
+    ) -> None:
+        """
+        @param store: the L{gateway.interfaces.IStore} provider to serve.
+        @param token: the bearer token every C{/api/v1} request must carry,
+            or L{None} for no authentication.
+        @param validate: called with the whole proposed L{Catalog} before a
+            write is committed; it raises L{gateway.model.ReferenceError}
+            (answered 409), L{ValidationError} (400) or another L{ValueError}
+            (409) to refuse it, and may return a Deferred.  The default checks
+            the references between resources.
+        @param proxies: returns (or returns a Deferred of) the list of live
+            proxies for C{GET /api/v1/proxies}.
+        @param stats: returns (or returns a Deferred of) the statistics for
+            C{GET /api/v1/stats}.
+        @param reactor: an L{IReactorTime} provider, or L{None} for the
+            global reactor.
+        @param maxBodySize: the largest request body accepted, in bytes;
+            larger ones are answered 413.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._reactor = reactor
+        self._store = store
+        self._token = None if token is None else token.encode("utf-8")
+        self._validate = validate if validate is not None else _defaultValidate
+        self._proxies = proxies if proxies is not None else _defaultProxies
+        self._stats = stats if stats is not None else _defaultStats
+        self._maxBodySize = maxBodySize
+
+    def resource(self) -> IResource:
+        """
+        @return: the resource that serves the API, to put at the root of the
+            admin site.
+        """
+        return self.app.resource()
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _authorize(self, request: IRequest) -> None:
+        if self._token is None:
+            return
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+            raise APIError(
+                401,
+                "missing or invalid admin token",
+                headers={b"WWW-Authenticate": _REALM},
+            )
+
+    def _errorAnswer(self, e: Exception) -> _Answer:
+        if isinstance(e, APIError):
+            return _Answer(e.code, e.body, e.headers)
+        if isinstance(e, StoreError):
+            self.log.warn("store unavailable: {error}", error=e)
+            return _Answer(503, {"error": f"store unavailable: {e}", "field": ""})
+        self.log.failure("admin API request failed", failure=None)
+        return _Answer(500, {"error": "internal error", "field": ""})
+
+    def _write(self, request: IRequest, answer: _Answer) -> bytes:
+        request.setResponseCode(answer.code)
+        request.setHeader(b"Content-Type", _JSON)
+        request.setHeader(b"Cache-Control", b"no-store")
+        for name, value in answer.headers.items():
+            request.setHeader(name, value)
+        if answer.code == 204:
+            return b""
+        try:
+            body = _dumps(answer.body)
+        except (TypeError, ValueError):
+            # A proxies or stats provider gave something that is not JSON.
+            self.log.failure("admin API answer is not JSON: {body!r}", body=answer.body)
+            request.setResponseCode(500)
+            body = _dumps({"error": "internal error", "field": ""})
+        request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+        return body
+
+    def _readBody(self, request: IRequest) -> Dict[str, Any]:
+        tooLarge = APIError(413, f"request body is larger than {self._maxBodySize} bytes")
+        length = request.getHeader(b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self._maxBodySize:
+            raise tooLarge
+        content = request.content  # type: ignore[attr-defined]
+        content.seek(0)
+        data = content.read(self._maxBodySize + 1)
+        if len(data) > self._maxBodySize:
+            raise tooLarge
+        try:
+            value = json.loads(data.decode("utf-8"), parse_constant=_refuseConstant)
+        except RecursionError:
+            raise APIError(400, "invalid JSON: nested too deeply")
+        except ValueError as e:
+            raise APIError(400, f"invalid JSON: {e}")
+        if not isinstance(value, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        return value
+
+    def _catalogOf(self, state: StoreState) -> Catalog:
+        try:
+            return Catalog.fromResources(state.resources)
+        except ValidationError as e:
+            # Not the caller's fault: the store holds something this version
+            # of the gateway cannot read (edited by hand, or an older format).
+            self.log.error("the store holds an invalid resource: {error}", error=e)
+            raise APIError(500, f"the store holds an invalid resource: {e.message}", e.field)
+
+    async def _check(self, catalog: Catalog) -> None:
+        try:
+            await maybeDeferred(self._validate, catalog)
+        except ModelReferenceError as e:
+            raise APIError(409, e.message, e.field)
+        except ValidationError as e:
+            raise APIError(400, e.message, e.field)
+        except ValueError as e:
+            raise APIError(409, str(e))
+
+    async def _commit(self, attempt: Callable[[StoreState], Any]) -> _Answer:
+        """
+        Run one write: C{attempt(state)} returns C{(answer, changes)} for the
+        state read, and the changes are committed against it; a lost race
+        runs it all again.
+        """
+        for _ in range(self.maxRetries + 1):
+            state = await self._store.load()
+            answer, changes = await attempt(state)
+            if not changes:
+                return answer
+            try:
+                await self._store.commit(changes, state.revision)
+            except ConflictError:
+                continue
+            return answer
+        raise APIError(409, "concurrent modification, retry")
+
+    # -- routes ---------------------------------------------------------------
+
+    @app.route("/healthz", methods=["GET"])
+    @_jsonEndpoint(authenticated=False)
+    async def healthz(self, request: IRequest) -> _Answer:
+        """
+        C{GET /healthz}: the admin site is up.
+        """
+        return _Answer(200, {"status": "ok"})
+
+    @app.route(PREFIX + "/" + _KIND, methods=["GET", "POST"])
+    @_jsonEndpoint()
+    async def collection(self, request: IRequest, kind: str) -> _Answer:
+        """
+        C{GET /api/v1/KIND} lists the resources of a kind, sorted by name;
+        C{POST /api/v1/KIND} creates one.
+        """
+        if request.method == b"POST":
+            return await self._put(kind, None, self._readBody(request))
+        state = await self._store.load()
+        items = state.resources[kind]
+        return _Answer(200, [items[name] for name in sorted(items)])
+
+    @app.route(PREFIX + "/" + _KIND + "/<name>", methods=["GET", "PUT", "DELETE"])
+    @_jsonEndpoint()
+    async def item(self, request: IRequest, kind: str, name: str) -> _Answer:
+        """
+        C{GET}, C{PUT} (create or replace) and C{DELETE} one resource.
+        """
+        if request.method == b"PUT":
+            return await self._put(kind, name, self._readBody(request))
+        if request.method == b"DELETE":
+            return await self._delete(kind, name)
+        state = await self._store.load()
+        value = state.get(kind, name)
+        if value is None:
+            raise self._notFound(kind, name)
+        return _Answer(200, value)
+
+    @app.route(PREFIX + "/proxies", methods=["GET"])
+    @_jsonEndpoint()
+    async def proxies(self, request: IRequest) -> _Answer:
+        """
+        C{GET /api/v1/proxies}: the live proxies.
+        """
+        return _Answer(200, await maybeDeferred(self._proxies))
+
+    @app.route(PREFIX + "/stats", methods=["GET"])
+    @_jsonEndpoint()
+    async def stats(self, request: IRequest) -> _Answer:
+        """
+        C{GET /api/v1/stats}: per API and server statistics.
+        """
+        return _Answer(200, await maybeDeferred(self._stats))
+
+    @app.handle_errors(NotFound)
+    @_jsonEndpoint(authenticated=False)
+    async def notFound(self, request: IRequest, failure: Any) -> _Answer:
+        """
+        Any other path: 404, once the caller is known for C{/api/v1} paths
+        (an anonymous caller learns nothing about what exists there).
+        """
+        self._authorizeUnder(request)
+        return _Answer(404, {"error": "no such resource", "field": ""})
+
+    @app.handle_errors(MethodNotAllowed)
+    @_jsonEndpoint(authenticated=False)
+    async def methodNotAllowed(self, request: IRequest, failure: Any) -> _Answer:
+        """
+        A known path with a method it does not take: 405 with C{Allow}.
+        """
+        self._authorizeUnder(request)
+        allowed = sorted(failure.value.valid_methods or ())
+        method = request.method.decode("ascii", "replace")
+        return _Answer(
+            405,
+            {"error": f"method {method} not allowed", "field": ""},
+            {b"Allow": ", ".join(allowed).encode("ascii")},
+        )
+
+    def _authorizeUnder(self, request: IRequest) -> None:
+        path = b"/" + b"/".join(request.postpath)  # type: ignore[attr-defined]
+        prefix = PREFIX.encode("ascii")
+        if path == prefix or path.startswith(prefix + b"/"):
+            self._authorize(request)
+
+    # -- writes ---------------------------------------------------------------
+
+    def _notFound(self, kind: str, name: str) -> APIError:
+        return APIError(404, f"{kind[:-1]} {name!r} does not exist", "name")
+
+    async def _put(self, kind: str, name: Optional[str], body: Dict[str, Any]) -> _Answer:
+        """
+        Create (C{name} is L{None}: a C{POST}) or create-or-replace (a C{PUT}
+        to C{name}) one resource.
+        """
+        createOnly = name is None
+        try:
+            resource = parseResource(kind, body, name)
+        except ValidationError as e:
+            raise APIError(400, e.message, e.field)
+        name = resource.name
+        value = _normalise(toJSON(resource))
+        location = f"{PREFIX}/{kind}/{name}".encode("ascii")
+
+        async def attempt(state: StoreState) -> Tuple[_Answer, List[Change]]:
+            existing = state.get(kind, name)
+            if existing is not None and createOnly:
+                raise APIError(409, f"{kind[:-1]} {name!r} already exists", "name")
+            if existing is not None and _normalise(existing) == value:
+                return _Answer(200, value), []
+            catalog = self._catalogOf(state).withResource(kind, name, resource)
+            for _, _, fieldName, targetKind, target in (
+                ref for ref in catalog.brokenReferences() if ref[:2] == (kind, name)
+            ):
+                raise APIError(409, f"{targetKind[:-1]} {target!r} does not exist", fieldName)
+            await self._check(catalog)
+            if existing is None:
+                answer = _Answer(201, value, {b"Location": location})
+            else:
+                answer = _Answer(200, value)
+            return answer, [Change(kind, name, value)]
+
+        return await self._commit(attempt)
+
+    async def _delete(self, kind: str, name: str) -> _Answer:
+        """
+        Delete one resource, unless others still name it.
+        """
+
+        async def attempt(state: StoreState) -> Tuple[_Answer, List[Change]]:
+            if state.get(kind, name) is None:
+                raise self._notFound(kind, name)
+            catalog = self._catalogOf(state)
+            users = catalog.usersOf(kind, name)
+            if users:
+                userKind, userName, userField = users[0]
+                raise APIError(
+                    409,
+                    f"{kind[:-1]} {name!r} is still used by {_describeRefs(users)}",
+                    f"{userKind}/{userName}:{userField}",
+                    users=[{"kind": k, "name": n, "field": f} for k, n, f in users],
+                )
+            await self._check(catalog.withResource(kind, name, None))
+            return _Answer(204, None), [Change(kind, name, None)]
+
+        return await self._commit(attempt)

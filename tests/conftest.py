@@ -1,0 +1,115 @@
+"""
+Shared fixtures.
+
+Unit tests need none of these.  Integration tests (marked
+C{@pytest.mark.integration}) start real processes through the C{backends}
+and C{gateways} factories, which stop everything they started when the
+test ends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, List, Mapping, Optional, Tuple, Union
+
+import pytest
+from harness import (
+    Backend,
+    GatewayProcess,
+    Process,
+    runGatewayExpectingFailure,
+    startBackend,
+    startGateway,
+)
+
+
+@pytest.fixture(autouse=True)
+def _workInTmpPath(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Run every test in its own temporary directory, so that files a test
+    makes with a relative path (trial's C{mktemp}, a C{file:} store) never
+    land in the working tree.
+    """
+    monkeypatch.chdir(tmp_path)
+
+
+def _tail(process: Process, lines: int = 60) -> str:
+    return "\n".join(process.output().splitlines()[-lines:])
+
+
+class Backends:
+    """
+    Starts test backends (C{tests/backend_app.py}) and stops them all at the
+    end of the test: C{backends("b1")} returns a L{harness.Backend}.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.started: List[Backend] = []
+
+    def __call__(self, name: Optional[str] = None, port: int = 0) -> Backend:
+        name = name or f"b{len(self.started) + 1}"
+        backend = startBackend(name, self._directory, port=port)
+        self.started.append(backend)
+        return backend
+
+    def stopAll(self) -> None:
+        for backend in self.started:
+            backend.stop()
+
+
+class Gateways:
+    """
+    Starts gateways (C{twistd -n gateway}) and stops them all at the end of
+    the test: C{gateways({"proxy": {}, "admin": {"token": "t"}})} returns a
+    L{harness.GatewayProcess} listening on free ports.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.started: List[GatewayProcess] = []
+
+    def __call__(
+        self, config: Union[str, Mapping[str, Any]], timeout: float = 15.0
+    ) -> GatewayProcess:
+        gateway = startGateway(config, self._directory, timeout)
+        self.started.append(gateway)
+        return gateway
+
+    def expectFailure(
+        self, config: Union[str, Mapping[str, Any], None], **kwargs: Any
+    ) -> Tuple[int, str]:
+        """
+        See L{harness.runGatewayExpectingFailure}.
+        """
+        return runGatewayExpectingFailure(config, self._directory, **kwargs)
+
+    def stopAll(self) -> None:
+        for gateway in self.started:
+            gateway.stop()
+            # Shown by pytest only when the test failed.
+            print(f"--- {gateway.logPath} (last lines) ---\n{_tail(gateway)}")
+
+
+@pytest.fixture
+def backends(tmp_path: Path) -> Iterator[Backends]:
+    """
+    A factory of test backends, all stopped after the test.
+    """
+    factory = Backends(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.stopAll()
+
+
+@pytest.fixture
+def gateways(tmp_path: Path) -> Iterator[Gateways]:
+    """
+    A factory of gateway processes, all stopped after the test.
+    """
+    factory = Gateways(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.stopAll()
