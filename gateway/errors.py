@@ -8,7 +8,7 @@ C{{"error": "...", ...}}, the same shape as the admin API's errors.
 from __future__ import annotations
 
 import json
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 import attrs
 
@@ -85,11 +85,15 @@ class EarlyResponse:
 
     code: int
     body: Mapping[str, object]
-    headers: Mapping[str, Sequence[str]] = attrs.Factory(dict)
+    headers: Mapping[Union[str, bytes], Sequence[Union[str, bytes]]] = attrs.Factory(dict)
 
     @classmethod
     def error(
-        cls, code: int, message: str, headers: Optional[Dict[str, Sequence[str]]] = None, **extra
+        cls,
+        code: int,
+        message: str,
+        headers: Optional[Mapping[Union[str, bytes], Sequence[Union[str, bytes]]]] = None,
+        **extra: object,
     ) -> EarlyResponse:
         """
         @return: a JSON error answer C{{"error": message, **extra}}.

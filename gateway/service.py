@@ -72,6 +72,21 @@ def seedChanges(state: StoreState, seed: Dict[str, List[Any]]) -> List[Change]:
     return changes
 
 
+def globalFilterSpecs(proxyConfig: Any) -> List[Any]:
+    """
+    @return: the global filter chain of a proxy: C{access-log} first when
+        C{accessLog} is on (so its C{after} hook runs last and sees the
+        final answer), then the configured filters.
+    """
+    if proxyConfig is None:
+        return []
+    specs = list(proxyConfig.filters)
+    names = [spec if isinstance(spec, str) else spec.name for spec in specs]
+    if proxyConfig.accessLog and "access-log" not in names:
+        specs.insert(0, "access-log")
+    return specs
+
+
 def _resultNow(d: defer.Deferred) -> Any:
     """
     @return: the result of a Deferred that has already fired (raising its
@@ -110,9 +125,7 @@ class GatewayService(MultiService):
         self.store = store if store is not None else storeFromURL(config.store, reactor)
         proxyConfig = config.proxy
         self.manager = SnapshotManager(
-            filterRegistry,
-            reactor,
-            globalFilters=proxyConfig.filters if proxyConfig is not None else (),
+            filterRegistry, reactor, globalFilters=globalFilterSpecs(proxyConfig)
         )
         self.ready = False
         self.startedAt = datetime.datetime.now(datetime.timezone.utc).isoformat()

@@ -25,6 +25,9 @@ from twisted.logger import Logger
 
 from gateway.backend import Backend
 from gateway.balance import makeBalancer
+from gateway.breaker import makeAPIBreakerFilter
+from gateway.ipaccess import makeIPAccessFilter
+from gateway.ratelimit import makeRateLimitFilter
 from gateway.model import API, Catalog, Cluster, Node, ReferenceError
 from gateway.rewrite import Rewrite
 from gateway.routing import compileRouting, orderRoutings
@@ -290,6 +293,36 @@ class SnapshotManager:
             raise ReferenceError("urlPattern", str(e))
         return apis, router, pendingFilters
 
+    def _protectionFilters(self, api: API, pendingFilters: Dict) -> List[Any]:
+        """
+        The filters an API's own protection settings ask for, in front of
+        its plugin filters: IP access first (a denied client costs no
+        token), then the API's circuit breaker, then its rate limits.  The
+        stateful ones are kept across snapshots while their settings stay.
+        """
+        filters: List[Any] = []
+        ipAccess = makeIPAccessFilter(api.ipAccess) if api.ipAccess is not None else None
+        if ipAccess is not None:
+            filters.append(ipAccess)
+        stateful = (
+            (
+                ("circuit-breaker", api.name, repr(api.circuitBreaker)),
+                lambda: makeAPIBreakerFilter(api, self._reactor, self._random),
+            ),
+            (
+                ("rate-limit", api.name, repr((api.maxQPS, api.rateLimit))),
+                lambda: makeRateLimitFilter(api, self._reactor),
+            ),
+        )
+        for key, make in stateful:
+            made = pendingFilters.get(key) or self._apiFilters.get(key)
+            if made is None:
+                made = make()
+            if made is not None:
+                pendingFilters[key] = made
+                filters.append(made)
+        return filters
+
     def _compileAPI(
         self, api: API, routings: Sequence[Any], pendingFilters: Dict
     ) -> CompiledAPI:
@@ -310,7 +343,7 @@ class SnapshotManager:
                             f"$depend.{attr} must name a node of an earlier batch",
                         )
             nodes.append(CompiledNode(node, rewrite))
-        filters = []
+        filters = self._protectionFilters(api, pendingFilters)
         for i, spec in enumerate(api.filters):
             key = _filterKey(api.name, spec)
             made = pendingFilters.get(key) or self._apiFilters.get(key)
