@@ -32,6 +32,7 @@ import yaml
 from gateway.model import Catalog, FilterSpec, parseResource
 from gateway.schema import (
     Bool,
+    Int,
     Name,
     Nullable,
     Spec,
@@ -136,6 +137,11 @@ class ProxyConfig:
         ListOf(Str(check=checkCIDR)), (), doc="CIDRs whose X-Forwarded-For is believed"
     )
     accessLog: bool = field(Bool(), True)
+    workers: int = field(
+        Int(0, 256),
+        1,
+        doc="proxy processes sharing the port (SO_REUSEPORT); 0 = one per core",
+    )
 
 
 @attrs.frozen
@@ -243,6 +249,15 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
     proxy, admin = sections["proxy"], sections["admin"]
     if proxy is not None and admin is not None and proxy.listen == admin.listen:
         raise ConfigError("admin.listen", "is the same endpoint as proxy.listen", source)
+    if proxy is not None and proxy.workers != 1:
+        if not proxy.listen.startswith(("tcp:", "tcp6:")):
+            raise ConfigError(
+                "proxy.workers", "several workers need a tcp: or tcp6: listen endpoint", source
+            )
+        if store.startswith("memory:"):
+            raise ConfigError(
+                "proxy.workers", "several workers need a shared store (file: or etcd://)", source
+            )
     return GatewayConfig(proxy=proxy, admin=admin, store=store, seed=seed, path=source)
 
 

@@ -38,6 +38,7 @@ from gateway.errors import (
     UpstreamBroken,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamTimeout,
 )
 from gateway.retry import RetryBudget
 from gateway.upstream import BytesBodyProducer
@@ -221,6 +222,12 @@ class GatewayResource(Resource):
     @param clientAddresses: a L{ClientAddresses}.
     @param aggregator: serves APIs with several nodes (see
         L{gateway.aggregate}), or L{None}.
+    @param stats: told of every answer once, as C{stats.record(context,
+        code, outcome)}, where C{outcome} is L{None} for an answer from
+        upstream (or an aggregation), C{"reject:FILTER"} when the filter
+        named FILTER answered early (C{reject:rate-limit},
+        C{reject:ip-access}, C{reject:circuit-breaker}, ...), or what
+        L{outcomeOf} says of an upstream failure.
     """
 
     isLeaf = True
@@ -234,6 +241,7 @@ class GatewayResource(Resource):
         aggregator: Any = None,
         mirror: Any = None,
         retryBudget: Optional[RetryBudget] = None,
+        stats: Any = None,
     ) -> None:
         super().__init__()
         self._manager = manager
@@ -243,6 +251,7 @@ class GatewayResource(Resource):
         self._aggregator = aggregator
         self._mirror = mirror
         self._retryBudget = retryBudget or RetryBudget(reactor)
+        self._stats = stats
 
     # -- entry ------------------------------------------------------------------
 
@@ -297,6 +306,7 @@ class GatewayResource(Resource):
             if result is None:
                 continue
             if isinstance(result, defer.Deferred):
+                context.attributes["gateway.waitingOn"] = chain[i].name
                 result.addCallbacks(
                     self._beforeResumed,
                     self._beforeFailed,
@@ -304,6 +314,7 @@ class GatewayResource(Resource):
                     errbackArgs=(context, chain, i),
                 )
                 return
+            context.attributes["gateway.outcome"] = "reject:" + chain[i].name
             self._answer(context, chain[:i], result)
             return
         try:
@@ -317,6 +328,7 @@ class GatewayResource(Resource):
         if result is None:
             self._runBefore(context, chain, i + 1)
         else:
+            context.attributes["gateway.outcome"] = "reject:" + chain[i].name
             self._answer(context, chain[:i], result)
 
     def _beforeFailed(self, failure: Failure, context: RequestContext, chain: Any, i: int) -> None:
@@ -325,12 +337,14 @@ class GatewayResource(Resource):
             self._answer(context, chain[:i], _internalError())
 
     def _runAfter(self, context: RequestContext, chain: Sequence[Any], info: ResponseInfo) -> None:
-        context.status = info.code
         for f in reversed(chain):
             try:
                 f.after(context, info)
             except Exception:
                 log.failure("filter {name} failed in after()", name=f.name)
+        context.status = info.code
+        if self._stats is not None:
+            self._stats.record(context, info.code, context.attributes.get("gateway.outcome"))
 
     def _runError(self, context: RequestContext, chain: Sequence[Any], failure: Failure) -> None:
         for f in reversed(chain):
@@ -514,6 +528,7 @@ class GatewayResource(Resource):
         if context.request._disconnected:
             return
         error = failure.value
+        context.attributes["gateway.outcome"] = outcomeOf(error)
         headers = {}
         if isinstance(error, UpstreamError):
             code, message = error.status, error.reason
@@ -540,6 +555,26 @@ class GatewayResource(Resource):
         canceller = context.attributes.pop("gateway.cancel", None)
         if canceller is not None:
             canceller()
+
+
+_OUTCOMES = (
+    (UpstreamTimeout, "timeout"),
+    (UpstreamConnectError, "refused"),
+    (ServersRateLimited, "reject:server-limit"),
+    (NoBackendAvailable, "unavailable"),
+)
+
+
+def outcomeOf(error: BaseException) -> str:
+    """
+    @return: the outcome of a request that failed with C{error}, as
+        recorded in stats: C{timeout}, C{refused}, C{reject:server-limit},
+        C{unavailable} or C{broken}.
+    """
+    for kind, outcome in _OUTCOMES:
+        if isinstance(error, kind):
+            return outcome
+    return "broken"
 
 
 def nextBackend(cluster: Any, key: Optional[str], tried: tuple) -> Any:

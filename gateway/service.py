@@ -29,7 +29,9 @@ from gateway.proxy import ClientAddresses, GatewayRequest, GatewayResource
 from gateway.schema import toJSON
 from gateway.snapshot import SnapshotManager
 from gateway.store import Change, StoreState, storeFromURL
+from gateway.health import HealthChecker
 from gateway.upstream import AgentUpstreamClient
+from gateway.workers import WorkerPool, reusePortEndpoint, workerCommand, workerCount
 
 log = Logger()
 
@@ -118,28 +120,46 @@ class GatewayService(MultiService):
         filterRegistry: Any,
         store: Any = None,
         client: Any = None,
+        role: str = "main",
     ) -> None:
+        """
+        @param role: C{"main"} for the gateway process (the proxy in this
+            process, or its workers when C{proxy.workers} asks for several;
+            the admin; the health checks; seeding), C{"worker"} for one
+            proxy worker (the proxy alone, the store read-only, health from
+            the parent).
+        """
         super().__init__()
         self._config = config
         self._reactor = reactor
-        self.store = store if store is not None else storeFromURL(config.store, reactor)
+        self.role = role
+        isWorker = role == "worker"
         proxyConfig = config.proxy
+        workers = workerCount(proxyConfig.workers) if proxyConfig is not None else 1
+        if store is None:
+            store = storeFromURL(config.store, reactor, readOnly=isWorker)
+        self.store = store
         self.manager = SnapshotManager(
             filterRegistry, reactor, globalFilters=globalFilterSpecs(proxyConfig)
         )
         self.ready = False
         self.startedAt = datetime.datetime.now(datetime.timezone.utc).isoformat()
         self._unwatch: Optional[Any] = None
-        self._client: Optional[Any] = None
+        self._client = client
+        self.workerPool: Optional[WorkerPool] = None
+        self.health: Optional[HealthChecker] = None
+        self._workerStats: Dict[int, dict] = {}
 
         # A store that answers at once (the file store) is loaded, seeded
         # and compiled here, so a bad store or seed stops the start with a
         # message instead of a process that serves nothing.
-        loaded = _resultNow(self._loadAndSeed())
+        loaded = _resultNow(self._loadAndSeed(seed=not isWorker))
         self._pendingStart = loaded if isinstance(loaded, defer.Deferred) else None
 
-        if proxyConfig is not None:
-            self._client = client if client is not None else AgentUpstreamClient(reactor)
+        if proxyConfig is not None or not isWorker:
+            if self._client is None:
+                self._client = AgentUpstreamClient(reactor)
+        if proxyConfig is not None and (isWorker or workers == 1):
             self.mirror = Mirror(self._client, reactor)
             self.proxyResource = GatewayResource(
                 self.manager,
@@ -150,8 +170,25 @@ class GatewayService(MultiService):
                 mirror=self.mirror,
             )
             site = GatewaySite(self.proxyResource)
-            self._listen("proxy", proxyConfig.listen, site)
-        if config.admin is not None:
+            if isWorker:
+                self._serve("proxy", reusePortEndpoint(reactor, proxyConfig.listen), site)
+            else:
+                self._listen("proxy", proxyConfig.listen, site)
+        elif proxyConfig is not None:
+            self.workerPool = WorkerPool(
+                reactor,
+                workers,
+                workerCommand(config.path),
+                healthSource=self.healthStates,
+                onStats=self._workerStats.__setitem__,
+            )
+            self.workerPool.setName("workers")
+            self.workerPool.setServiceParent(self)
+        if not isWorker:
+            self.health = HealthChecker(self._client, reactor, self.manager)
+            self.health.setName("health")
+            self.health.setServiceParent(self)
+        if config.admin is not None and not isWorker:
             from gateway.admin.api import AdminAPI
 
             self.admin = AdminAPI(
@@ -164,8 +201,32 @@ class GatewayService(MultiService):
             )
             self._listen("admin", config.admin.listen, AdminSite(self.admin.resource()))
 
+    def healthStates(self) -> Dict[str, bool]:
+        """
+        @return: C{{server: healthy}} as this process's health checks see it.
+        """
+        return {name: b.healthy for name, b in self.manager.backends.items()}
+
+    def applyHealth(self, states: Dict[str, bool]) -> None:
+        """
+        Take the servers' health from the parent (in a worker).
+        """
+        self._health = dict(states)
+        self._applyHealth()
+
+    def _applyHealth(self, snapshot: Any = None) -> None:
+        states = getattr(self, "_health", None)
+        if not states:
+            return
+        for name, backend in self.manager.backends.items():
+            healthy = states.get(name)
+            if healthy is not None:
+                backend.healthy = bool(healthy)
+
     def _listen(self, name: str, description: str, factory: Any) -> None:
-        endpoint = serverFromString(self._reactor, description)
+        self._serve(name, serverFromString(self._reactor, description), factory)
+
+    def _serve(self, name: str, endpoint: Any, factory: Any) -> None:
         service = StreamServerEndpointService(endpoint, factory)
         # A port that cannot be bound stops the process instead of being
         # logged and forgotten.
@@ -173,9 +234,9 @@ class GatewayService(MultiService):
         service.setName(name)
         service.setServiceParent(self)
 
-    async def _loadAndSeedAsync(self) -> None:
+    async def _loadAndSeedAsync(self, seed: bool) -> None:
         state = await self.store.load()
-        changes = seedChanges(state, self._config.seed)
+        changes = seedChanges(state, self._config.seed) if seed else []
         if changes:
             self.manager.validate(
                 Catalog.fromResources(state.withChanges(changes, state.revision).resources)
@@ -187,12 +248,15 @@ class GatewayService(MultiService):
         self.ready = True
         log.info("serving store revision {revision}", revision=state.revision)
 
-    def _loadAndSeed(self) -> defer.Deferred:
-        return defer.Deferred.fromCoroutine(self._loadAndSeedAsync())
+    def _loadAndSeed(self, seed: bool = True) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._loadAndSeedAsync(seed))
 
     def startService(self) -> None:
         super().startService()
         self._unwatch = self.store.watch(self.manager.update)
+        if self.role == "worker":
+            # Health comes from the parent: keep it across snapshot swaps.
+            self.manager.addListener(self._applyHealth)
         if self._pendingStart is not None:
             self._pendingStart.addErrback(self._startFailed)
 

@@ -91,12 +91,14 @@ def emptyState() -> StoreState:
     return StoreState(0, {})
 
 
-def storeFromURL(url: str, reactor=None):
+def storeFromURL(url: str, reactor=None, readOnly: bool = False):
     """
     Make the store a config file names.
 
     @param url: C{file:PATH} for the embedded file store, or
         C{etcd://HOST:PORT[,HOST:PORT...]/PREFIX} for etcd.
+    @param readOnly: for a process that only reads (a proxy worker): the
+        file store then follows the file as its writer changes it.
     @return: a provider of L{gateway.interfaces.IStore}.
     @raise ValueError: when the URL names no store this gateway knows.
     """
@@ -108,7 +110,7 @@ def storeFromURL(url: str, reactor=None):
             path = path[2:]
         if not path:
             raise ValueError("file: store needs a path, e.g. file:./gateway-data.json")
-        return FileStore(path, reactor=reactor)
+        return FileStore(path, reactor=reactor, follow=readOnly)
     if url.startswith("memory:"):
         from gateway.store.file import FileStore
 

@@ -154,7 +154,13 @@ class FileStore:
 
     log = Logger()
 
-    def __init__(self, path: Optional[str], reactor: Any = None) -> None:
+    def __init__(
+        self,
+        path: Optional[str],
+        reactor: Any = None,
+        follow: bool = False,
+        pollInterval: float = 0.2,
+    ) -> None:
         """
         Open a store, reading its file when it exists.
 
@@ -163,6 +169,11 @@ class FileStore:
             keeps everything in memory only.
         @param reactor: an L{IReactorTime} provider, or L{None} for the global
             reactor.
+        @param follow: open the store read-only, following the file as
+            another process (the gateway's parent, which owns the admin)
+            writes it: the file is polled every C{pollInterval} seconds while
+            someone watches, and every new revision is passed to the
+            watchers.  Commits are refused.
         @raise StoreError: when the file exists but cannot be read or is not
             a valid store file.  The file is left as it is.
         """
@@ -174,12 +185,28 @@ class FileStore:
         self.path = path
         self._listeners: List[Callable[[StoreState], Any]] = []
         self._closed = False
+        self._follow = follow and path is not None
+        self._pollInterval = pollInterval
+        self._poller: Optional[Any] = None
+        self._seen: Optional[tuple] = None
         self._state = self._open()
+
+    def _stat(self) -> Optional[tuple]:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _open(self) -> StoreState:
         if self.path is None:
             return emptyState()
-        self._removeStaleTempFiles()
+        if self._follow:
+            # The temporary files belong to the writing process.
+            self._seen = self._stat()
+        else:
+            self._removeStaleTempFiles()
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
@@ -225,6 +252,8 @@ class FileStore:
         """
         if self._closed:
             return fail(StoreError("the store is closed"))
+        if self._follow:
+            return fail(StoreError(f"{self.path}: this process follows the store read-only"))
         if baseRevision != self._state.revision:
             return fail(
                 ConflictError(f"store is at revision {self._state.revision}, not {baseRevision}")
@@ -267,6 +296,8 @@ class FileStore:
             nothing.
         """
         self._listeners.append(listener)
+        if self._follow and self._poller is None and not self._closed:
+            self._poller = self._reactor.callLater(self._pollInterval, self._poll)
 
         def stop() -> None:
             try:
@@ -276,6 +307,28 @@ class FileStore:
 
         return stop
 
+    def _poll(self) -> None:
+        self._poller = None
+        if self._closed:
+            return
+        try:
+            seen = self._stat()
+            if seen is not None and seen != self._seen:
+                self._seen = seen
+                assert self.path is not None
+                with open(self.path, "rb") as f:
+                    state = parseStoreFile(self.path, f.read())
+                if state.revision > self._state.revision:
+                    self._state = state
+                    self._notify(state)
+        except (OSError, StoreError) as e:
+            # A writer replaces the file atomically, so this is a real
+            # problem; keep the last good state and look again later.
+            self._seen = None
+            self.log.error("cannot follow the store file: {error}", error=str(e))
+        if self._listeners:
+            self._poller = self._reactor.callLater(self._pollInterval, self._poll)
+
     def close(self) -> Deferred:
         """
         Stop the watches; later loads and commits fail with L{StoreError}.
@@ -284,6 +337,9 @@ class FileStore:
         """
         self._closed = True
         del self._listeners[:]
+        if self._poller is not None and self._poller.active():
+            self._poller.cancel()
+        self._poller = None
         return succeed(None)
 
     def __repr__(self) -> str:

@@ -1,0 +1,274 @@
+"""
+Several proxy processes on one port.
+
+With C{proxy.workers: N} the gateway process (the parent) keeps the admin,
+the store and the health checks, and runs N worker processes that serve the
+proxy port.  Each worker binds the port itself with C{SO_REUSEPORT}, so the
+kernel spreads connections over them (one listening socket shared by
+children did not spread keep-alive connections: one child took them all).
+
+Parent and worker talk over a socketpair, one JSON object per line: the
+parent sends the servers' health (workers run no health checks of their
+own), workers send their stats.  A worker that dies is started again, with
+a back-off when it keeps dying; the parent stops them all (SIGTERM, then
+SIGKILL after a grace period) when it stops.  A worker whose parent is gone
+stops too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet import defer, error, tcp
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
+
+log = Logger()
+
+
+def workerCount(configured: int) -> int:
+    """
+    @return: the number of workers for C{proxy.workers} (0 = one per core).
+    """
+    if configured > 0:
+        return configured
+    return max(1, os.cpu_count() or 1)
+
+
+class _ReusePortPort(tcp.Port):
+    def createInternetSocket(self) -> socket.socket:
+        s = super().createInternetSocket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return s
+
+
+@implementer(IStreamServerEndpoint)
+class ReusePortEndpoint:
+    """
+    A TCP server endpoint whose socket has C{SO_REUSEPORT} set, so that
+    several processes can each listen on the same port.
+    """
+
+    def __init__(self, reactor: Any, port: int, backlog: int, interface: str) -> None:
+        self._reactor = reactor
+        self._port = port
+        self._backlog = backlog
+        self._interface = interface
+
+    def listen(self, factory: Any) -> defer.Deferred:
+        port = _ReusePortPort(self._port, factory, self._backlog, self._interface, self._reactor)
+        try:
+            port.startListening()
+        except Exception:
+            return defer.fail()
+        return defer.succeed(port)
+
+
+def reusePortEndpoint(reactor: Any, description: str) -> ReusePortEndpoint:
+    """
+    @param description: a C{tcp:} or C{tcp6:} endpoint string.
+    @raise ValueError: for any other kind of endpoint.
+    """
+    endpoint = serverFromString(reactor, description)
+    if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)):
+        raise ValueError(f"{description!r}: several workers need a tcp: or tcp6: endpoint")
+    return ReusePortEndpoint(reactor, endpoint._port, endpoint._backlog, endpoint._interface)
+
+
+class ControlChannel(LineOnlyReceiver):
+    """
+    One end of the parent/worker channel: JSON objects, one per line.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 16 * 1024 * 1024
+
+    def __init__(self, onMessage: Callable[[dict], None], onLost: Callable[[], None]) -> None:
+        self._onMessage = onMessage
+        self._onLost = onLost
+
+    def send(self, message: dict) -> None:
+        if self.transport is not None:
+            self.sendLine(json.dumps(message, separators=(",", ":")).encode("utf-8"))
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.error("garbled control message: {line!r}", line=line[:200])
+            return
+        self._onMessage(message)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._onLost()
+
+
+def adoptChannel(reactor: Any, fd: int, channel: ControlChannel) -> ControlChannel:
+    """
+    Run C{channel} over the UNIX stream socket C{fd} (which is duplicated;
+    the caller closes its own copy).
+    """
+    factory = Factory.forProtocol(lambda: channel)
+    reactor.adoptStreamConnection(fd, socket.AF_UNIX, factory)
+    return channel
+
+
+class _WorkerProcess(ProcessProtocol):
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.ended: defer.Deferred = defer.Deferred()
+        self.startedAt = pool._reactor.seconds()
+
+    def connectionMade(self) -> None:
+        self.transport.closeStdin()
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value)
+        self.pool._workerEnded(self, reason.value)
+
+
+class WorkerPool(Service):
+    """
+    Starts, watches and stops the worker processes.
+
+    @param argv: the command that runs one worker, without C{--index I}.
+    @param healthSource: a callable giving C{{server: healthy}}, sent to the
+        workers whenever it changes.
+    @param onStats: called with C{(index, stats)} when a worker reports.
+    """
+
+    restartDelay = 0.5
+    maxRestartDelay = 30.0
+    stopTimeout = 15.0
+    healthInterval = 0.25
+
+    def __init__(
+        self,
+        reactor: Any,
+        count: int,
+        argv: List[str],
+        healthSource: Optional[Callable[[], Dict[str, bool]]] = None,
+        onStats: Optional[Callable[[int, dict], None]] = None,
+    ) -> None:
+        self._reactor = reactor
+        self.count = count
+        self._argv = argv
+        self._healthSource = healthSource
+        self._onStats = onStats
+        self.processes: Dict[int, _WorkerProcess] = {}
+        self._channels: Dict[int, ControlChannel] = {}
+        self._delays: Dict[int, float] = {}
+        self._pendingRestarts: Dict[int, Any] = {}
+        self._lastHealth: Optional[Dict[str, bool]] = None
+        self._healthCall: Optional[Any] = None
+        self.restarts = 0
+
+    def startService(self) -> None:
+        super().startService()
+        for index in range(self.count):
+            self._spawn(index)
+        if self._healthSource is not None:
+            self._healthCall = self._reactor.callLater(self.healthInterval, self._pushHealth)
+
+    def _spawn(self, index: int) -> None:
+        self._pendingRestarts.pop(index, None)
+        parentSide, childSide = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        process = _WorkerProcess(self, index)
+        try:
+            self._reactor.spawnProcess(
+                process,
+                self._argv[0],
+                self._argv + ["--index", str(index)],
+                env=dict(os.environ),
+                childFDs={0: "w", 1: 1, 2: 2, 3: childSide.fileno()},
+            )
+        finally:
+            childSide.close()
+        self.processes[index] = process
+        channel = ControlChannel(
+            lambda message: self._received(index, message), lambda: None
+        )
+        adoptChannel(self._reactor, parentSide.fileno(), channel)
+        parentSide.close()
+        self._channels[index] = channel
+        if self._healthSource is not None:
+            channel.send({"health": self._healthSource()})
+        log.info("started proxy worker {index} (pid {pid})", index=index, pid=process.transport.pid)
+
+    def _received(self, index: int, message: dict) -> None:
+        if "stats" in message and self._onStats is not None:
+            self._onStats(index, message["stats"])
+
+    def _pushHealth(self) -> None:
+        self._healthCall = None
+        health = self._healthSource() if self._healthSource is not None else {}
+        if health != self._lastHealth:
+            self._lastHealth = health
+            for channel in self._channels.values():
+                channel.send({"health": health})
+        if self.running:
+            self._healthCall = self._reactor.callLater(self.healthInterval, self._pushHealth)
+
+    def _workerEnded(self, process: _WorkerProcess, reason: Any) -> None:
+        index = process.index
+        if self.processes.get(index) is process:
+            del self.processes[index]
+            self._channels.pop(index, None)
+        if not self.running:
+            return
+        uptime = self._reactor.seconds() - process.startedAt
+        delay = self._delays.get(index, self.restartDelay)
+        # A worker that ran for a while gets restarted at once; one that
+        # keeps dying waits longer each time.
+        delay = self.restartDelay if uptime > 60 else min(delay * 2, self.maxRestartDelay)
+        self._delays[index] = delay
+        self.restarts += 1
+        log.error(
+            "proxy worker {index} ended ({reason}); restarting in {delay:.1f}s",
+            index=index,
+            reason=reason,
+            delay=delay,
+        )
+        self._pendingRestarts[index] = self._reactor.callLater(delay, self._spawn, index)
+
+    def signalAll(self, signal: str) -> None:
+        for process in list(self.processes.values()):
+            try:
+                process.transport.signalProcess(signal)
+            except error.ProcessExitedAlready:
+                pass
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        if self._healthCall is not None and self._healthCall.active():
+            self._healthCall.cancel()
+        for call in self._pendingRestarts.values():
+            if call.active():
+                call.cancel()
+        self._pendingRestarts.clear()
+        ended = [p.ended for p in self.processes.values()]
+        if not ended:
+            return
+        self.signalAll("TERM")
+        timer = self._reactor.callLater(self.stopTimeout, self.signalAll, "KILL")
+        yield defer.DeferredList(ended)
+        if timer.active():
+            timer.cancel()
+
+
+def workerCommand(configPath: str) -> List[str]:
+    """
+    @return: the command line that runs one worker for a config file.
+    """
+    return [sys.executable, "-m", "gateway.worker", "--config", os.path.abspath(configPath)]
