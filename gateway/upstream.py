@@ -18,12 +18,23 @@ from typing import Any, Dict, Optional, Tuple
 from twisted.internet import defer, error
 from twisted.python.failure import Failure
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseFailed,
+    ResponseNeverReceived,
+    _HTTP11ClientFactory,
+)
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from gateway.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
 from gateway.interfaces import IUpstreamClient
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # One log line per upstream connection is noise in a proxy's log.
+    noisy = False
 
 
 @implementer(IAgentEndpointFactory)
@@ -124,6 +135,7 @@ class AgentUpstreamClient:
     ) -> None:
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool._factory = _QuietClientFactory
         self._pool.maxPersistentPerHost = maxPersistentPerHost
         self._pool.cachedConnectionTimeout = idleTimeout
         self._pool.retryAutomatically = True

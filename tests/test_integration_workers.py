@@ -1,0 +1,121 @@
+"""
+Several proxy workers (proxy.workers: N), as real processes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import List
+
+import pytest
+
+from harness import waitFor
+
+pytestmark = pytest.mark.integration
+
+
+def workerPIDs(parent: int) -> List[int]:
+    """
+    @return: the pids of the gateway worker processes of C{parent}.
+    """
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"gateway.worker" in cmdline:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+def cpuTicks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def config(backend, workers=2):
+    return {
+        "proxy": {"workers": workers, "accessLog": False},
+        "admin": {"token": "t"},
+        "servers": [{"name": "b1", "addr": backend.addr}],
+        "clusters": [{"name": "c", "servers": ["b1"]}],
+        "apis": [{"name": "echo", "urlPattern": "/echo/*", "nodes": [{"cluster": "c"}]}],
+    }
+
+
+def test_workers_share_the_port_and_are_restarted(backends, gateways):
+    """
+    With two workers, both serve the proxy port (the kernel spreads new
+    connections over their SO_REUSEPORT sockets); a killed worker costs no
+    later request and is started again; an admin change reaches every
+    worker within a second; SIGTERM stops the workers and the gateway
+    exits 0.
+    """
+    backend = backends("b1")
+    gateway = gateways(config(backend))
+    waitFor(lambda: len(workerPIDs(gateway.pid)) == 2, 10, what="two workers")
+    first, second = workerPIDs(gateway.pid)
+    before = {pid: cpuTicks(pid) for pid in (first, second)}
+    for _ in range(300):
+        assert gateway.proxy("GET", "/echo/x").status == 200
+    busy = [pid for pid in (first, second) if cpuTicks(pid) - before[pid] >= 5]
+    assert sorted(busy) == [first, second], "both workers must take connections"
+
+    os.kill(first, signal.SIGKILL)
+    # Connections already queued on the dying worker's socket die with it
+    # (SO_REUSEPORT); once it is gone, nothing may fail.
+    waitFor(lambda: first not in workerPIDs(gateway.pid), 5, what="the worker to die")
+    for _ in range(50):
+        assert gateway.proxy("GET", "/echo/x").status == 200
+    waitFor(
+        lambda: len(workerPIDs(gateway.pid)) == 2 and first not in workerPIDs(gateway.pid),
+        10,
+        what="the killed worker to be replaced",
+    )
+
+    changed = gateway.admin(
+        "PUT",
+        "/api/v1/apis/echo",
+        {"urlPattern": "/echo/*", "nodes": [{"cluster": "c", "urlRewrite": "/echo/new"}]},
+    )
+    assert changed.status == 200
+    started = time.monotonic()
+
+    def everyWorkerServesTheChange() -> bool:
+        # New connections land on either worker: 20 in a row must all see it.
+        return all(
+            gateway.proxy("GET", "/echo/x").json()["path"] == "/echo/new" for _ in range(20)
+        )
+
+    waitFor(everyWorkerServesTheChange, 5, interval=0.05, what="the change")
+    assert time.monotonic() - started < 1.5
+
+    workers = workerPIDs(gateway.pid)
+    # twistd re-raises the signal that stopped it once it has shut down in
+    # order, so that its parent sees why it ended.
+    assert gateway.stop() == -signal.SIGTERM
+    assert "Server Shut Down." in gateway.output()
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_workers_need_a_shared_store(gateways):
+    """
+    Several workers with an in-memory store (which they could not share)
+    is refused at start, naming the key.
+    """
+    code, output = gateways.expectFailure(
+        {"proxy": {"workers": 2}, "store": "memory:"}
+    )
+    assert code != 0
+    assert "proxy.workers" in output
