@@ -164,7 +164,11 @@ class Aggregator:
             calls: List[defer.Deferred] = []
             requiredFailure: List[Failure] = []
 
-            def failFast(failure: Failure) -> Failure:
+            def failFast(
+                failure: Failure,
+                calls: List[defer.Deferred] = calls,
+                requiredFailure: List[Failure] = requiredFailure,
+            ) -> Failure:
                 # A required node failed: the request has failed, so stop
                 # the other calls now instead of waiting for them.
                 if not requiredFailure:

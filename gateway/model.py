@@ -399,7 +399,7 @@ class Catalog:
             prefixed with C{kind/name:}.
         """
         parsed = {}
-        for kind, resourceClass in RESOURCE_CLASSES.items():
+        for kind in RESOURCE_CLASSES:
             items = {}
             for name, data in resources.get(kind, {}).items():
                 try:
@@ -450,11 +450,7 @@ class Catalog:
         @return: C{(kind, name, field)} of every resource that names
             C{kind/name}.
         """
-        return [
-            (k, n, f)
-            for (k, n, f, tk, tn) in self.references()
-            if tk == kind and tn == name
-        ]
+        return [(k, n, f) for (k, n, f, tk, tn) in self.references() if tk == kind and tn == name]
 
     def check(self) -> None:
         """

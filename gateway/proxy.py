@@ -386,9 +386,7 @@ class GatewayResource(Resource):
                         context.attributes["gateway.routing"] = rule.routing.name
         if api.aggregate:
             if self._aggregator is None:
-                self._answer(
-                    context, chain, EarlyResponse.error(501, "aggregation is not enabled")
-                )
+                self._answer(context, chain, EarlyResponse.error(501, "aggregation is not enabled"))
             else:
                 self._aggregator.serve(context, chain, self)
             return
@@ -596,8 +594,10 @@ def noBackendError(cluster: Any) -> UpstreamError:
         429 when servers are only held back by their C{maxQPS}, else 503.
     """
     reasons = [b.unavailableReason() for b in cluster.backends]
-    if reasons and "rate-limited" in reasons and all(
-        r in ("rate-limited", "drained") for r in reasons
+    if (
+        reasons
+        and "rate-limited" in reasons
+        and all(r in ("rate-limited", "drained") for r in reasons)
     ):
         limited = [b.limiter for b in cluster.backends if b.limiter is not None]
         wait = min(limiter.retryAfter() for limiter in limited) if limited else 1.0

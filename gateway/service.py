@@ -23,13 +23,13 @@ from twisted.web import server
 
 import gateway
 from gateway.aggregate import Aggregator
+from gateway.health import HealthChecker
 from gateway.mirror import Mirror
 from gateway.model import Catalog
 from gateway.proxy import ClientAddresses, GatewayRequest, GatewayResource
 from gateway.schema import toJSON
 from gateway.snapshot import SnapshotManager
 from gateway.store import Change, StoreState, storeFromURL
-from gateway.health import HealthChecker
 from gateway.upstream import AgentUpstreamClient
 from gateway.workers import WorkerPool, reusePortEndpoint, workerCommand, workerCount
 

@@ -27,8 +27,8 @@ from gateway.backend import Backend
 from gateway.balance import makeBalancer
 from gateway.breaker import makeAPIBreakerFilter
 from gateway.ipaccess import makeIPAccessFilter
-from gateway.ratelimit import makeRateLimitFilter
 from gateway.model import API, Catalog, Cluster, Node, ReferenceError
+from gateway.ratelimit import makeRateLimitFilter
 from gateway.rewrite import Rewrite
 from gateway.routing import compileRouting, orderRoutings
 from gateway.schema import ValidationError
@@ -323,9 +323,7 @@ class SnapshotManager:
                 filters.append(made)
         return filters
 
-    def _compileAPI(
-        self, api: API, routings: Sequence[Any], pendingFilters: Dict
-    ) -> CompiledAPI:
+    def _compileAPI(self, api: API, routings: Sequence[Any], pendingFilters: Dict) -> CompiledAPI:
         pattern = parsePattern(api.urlPattern)
         nodes = []
         for i, node in enumerate(api.nodes):

@@ -16,8 +16,8 @@ import ipaddress
 from typing import Any, Dict, Optional, Tuple
 
 from twisted.internet import defer, error
-from twisted.python.failure import Failure
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,

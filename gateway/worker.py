@@ -41,7 +41,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return ""
         return f"{formatTime(event.get('log_time'))} {prefix} {text}\n"
 
-    globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, format)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo(
+        [FileLogObserver(sys.stdout, format)], redirectStandardIO=False
+    )
     try:
         config = loadConfig(args.config)
         service = GatewayService(config, reactor, FilterRegistry.fromPlugins(), role="worker")

@@ -195,9 +195,7 @@ class WorkerPool(Service):
         finally:
             childSide.close()
         self.processes[index] = process
-        channel = ControlChannel(
-            lambda message: self._received(index, message), lambda: None
-        )
+        channel = ControlChannel(lambda message: self._received(index, message), lambda: None)
         adoptChannel(self._reactor, parentSide.fileno(), channel)
         parentSide.close()
         self._channels[index] = channel

@@ -14,6 +14,7 @@ Run it as C{python tests/backend_app.py --port 0 --name b1}: it listens on
     Content-Length, at the pace the client reads them;
   - C{/upload}: C{bodyLength} and C{bodySha256} of the request body;
   - C{/json/NAME}: a small JSON object naming NAME and this server;
+    C{/json/NAME?delay=MS} answers it after MS milliseconds;
   - C{/health}: C{200 ok}, or C{503 down} once switched off;
   - C{POST /control/health/up|down}, C{POST /control/fail/CODE} (every
     C{/echo} and C{/json} answer CODE until C{/control/fail/0}), C{POST
@@ -226,9 +227,19 @@ class BackendResource(Resource):
         if held is not None:
             return held
         name = "/".join(args)
-        return self.answer(
-            request, {"name": name, "server": self.name, "value": f"{name}@{self.name}"}
-        )
+        data = {"name": name, "server": self.name, "value": f"{name}@{self.name}"}
+        delay = request.args.get(b"delay")
+        if not delay:
+            return self.answer(request, data)
+        ms = _intArg([delay[0].decode("ascii", "replace")], 0, 3_600_000)
+
+        def done() -> None:
+            request.write(self.answer(request, data))
+            request.finish()
+
+        call = self._reactor.callLater(ms / 1000.0, done)
+        request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
+        return NOT_DONE_YET
 
     def render_health(self, request: Any, args: List[str]) -> bytes:
         request.setHeader(b"content-type", b"text/plain")

@@ -113,3 +113,18 @@ def gateways(tmp_path: Path) -> Iterator[Gateways]:
         yield factory
     finally:
         factory.stopAll()
+
+
+@pytest.fixture
+def harness() -> Iterator[Any]:
+    """
+    An in-process proxy with real backends on 127.0.0.1 (L{inprocess.Harness}),
+    torn down after the test.
+    """
+    import pytest_twisted
+    from inprocess import Harness
+    from twisted.internet import defer
+
+    h = Harness()
+    yield h
+    pytest_twisted.blockon(defer.ensureDeferred(h.stop()))

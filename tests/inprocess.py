@@ -9,8 +9,6 @@ import hashlib
 import json
 from typing import Any, Dict, List, Optional
 
-import pytest
-import pytest_twisted
 import treq
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
@@ -162,9 +160,7 @@ def state(backendPorts: Dict[str, int], apis: List[dict], **extra: Any) -> Store
     servers = {
         name: {"name": name, "addr": f"127.0.0.1:{port}"} for name, port in backendPorts.items()
     }
-    clusters = extra.pop(
-        "clusters", {"main": {"name": "main", "servers": sorted(backendPorts)}}
-    )
+    clusters = extra.pop("clusters", {"main": {"name": "main", "servers": sorted(backendPorts)}})
     return StoreState(
         extra.pop("revision", 1),
         {
@@ -227,19 +223,3 @@ class Harness:
         await self.pool.closeCachedConnections()
         for port in self.ports:
             await port.stopListening()
-
-
-@pytest.fixture
-def harness():
-    h = Harness()
-    yield h
-    pytest_twisted.blockon(defer.ensureDeferred(h.stop()))
-
-
-
-
-@pytest.fixture
-def harness():
-    h = Harness()
-    yield h
-    pytest_twisted.blockon(defer.ensureDeferred(h.stop()))

@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest_twisted
+from inprocess import listen
 from twisted.internet import reactor, task
-
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-
-from inprocess import harness, listen  # noqa: F401
 
 
 def aggregation(*nodes, name="agg", pattern="/agg/{id}"):
@@ -71,8 +69,11 @@ async def test_batches_run_in_order_and_pass_values(harness):
         [
             aggregation(
                 node("first", "/json/first?delay=50", batch=0),
-                node("second", "/json/second?from=$depend.first.name&srv=$depend.first.server",
-                     batch=1),
+                node(
+                    "second",
+                    "/json/second?from=$depend.first.name&srv=$depend.first.server",
+                    batch=1,
+                ),
             )
         ]
     )
@@ -94,9 +95,7 @@ async def test_depend_on_same_or_later_batch_is_refused(harness):
     from gateway.schema import ValidationError
 
     with pytest.raises(ValidationError) as e:
-        harness.apply(
-            [aggregation(node("a", "/json/a"), node("b", "/json/b?x=$depend.a.name"))]
-        )
+        harness.apply([aggregation(node("a", "/json/a"), node("b", "/json/b?x=$depend.a.name"))])
     assert e.value.field == "apis/agg:nodes[1].urlRewrite"
 
 
@@ -176,9 +175,7 @@ async def test_client_cancel_cancels_nodes(harness):
     A client that goes away cancels every node call in flight.
     """
     await harness.start()
-    harness.apply(
-        [aggregation(node("a", "/json/a?delay=3000"), node("b", "/json/b?delay=3000"))]
-    )
+    harness.apply([aggregation(node("a", "/json/a?delay=3000"), node("b", "/json/b?delay=3000"))])
     d = harness.request("GET", "/agg/1")
     await wait(lambda: harness.manager.backends["b1"].active == 2)
     d.cancel()

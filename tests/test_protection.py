@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest_twisted
+from inprocess import listen
 from twisted.internet import reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-
-from inprocess import harness, listen  # noqa: F401
 
 
 async def deadPort():

@@ -35,7 +35,6 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from gateway.context import RequestContext
 from gateway.model import Routing, parseResource
-from gateway.schema import ValidationError
 from gateway.routing import (
     JSON_BODY_ATTRIBUTE,
     JSON_BODY_LIMIT,
@@ -47,6 +46,7 @@ from gateway.routing import (
     orderRoutings,
     readJSONField,
 )
+from gateway.schema import ValidationError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

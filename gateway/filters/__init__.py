@@ -57,7 +57,10 @@ class FilterRegistry:
             declaration, so a broken plugin would otherwise load).
         """
         found: Dict[str, Any] = {}
-        plugins = getPlugins(IFilterFactory) if package is None else getPlugins(IFilterFactory, package)
+        if package is None:
+            plugins = getPlugins(IFilterFactory)
+        else:
+            plugins = getPlugins(IFilterFactory, package)
         for plugin in plugins:
             name = getattr(plugin, "name", None)
             try:

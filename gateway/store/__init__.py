@@ -121,6 +121,4 @@ def storeFromURL(url: str, reactor=None, readOnly: bool = False):
         except ImportError:
             raise ValueError("the etcd store is not available in this build")
         return etcdStoreFromURL(url, reactor=reactor)
-    raise ValueError(
-        f"unknown store {url!r}: use file:PATH, memory: or etcd://HOST:PORT/PREFIX"
-    )
+    raise ValueError(f"unknown store {url!r}: use file:PATH, memory: or etcd://HOST:PORT/PREFIX")
