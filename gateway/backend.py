@@ -144,6 +144,9 @@ class Backend:
         self.requests += 1
         if self.limiter is not None:
             self.limiter.take()
+        if self.breaker is not None:
+            # In half-open, holds one trial slot until the outcome is known.
+            self.breaker.requestStarted()
 
     def requestFinished(self, latency: Optional[float], ok: Optional[bool] = True) -> None:
         """
@@ -155,6 +158,8 @@ class Backend:
         """
         self.active -= 1
         if ok is None:
+            if self.breaker is not None:
+                self.breaker.record(None)
             return
         if latency is not None:
             if self.ewma == 0.0:

@@ -55,9 +55,14 @@ class _BoundedBody(Protocol):
         self._size = 0
         self.finished: defer.Deferred = defer.Deferred(self._cancel)
 
+    def _stop(self) -> None:
+        # The transport of a response body is a producer.
+        producer: Any = self.transport
+        if producer is not None:
+            producer.stopProducing()
+
     def _cancel(self, d: defer.Deferred) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        self._stop()
 
     def _done(self) -> None:
         if not self.finished.called:
@@ -71,7 +76,7 @@ class _BoundedBody(Protocol):
             self._chunks.append(data[:room])
             self._size = self._limit
             self._done()
-            self.transport.stopProducing()
+            self._stop()
             return
         self._chunks.append(data)
         self._size += len(data)
@@ -282,7 +287,9 @@ class HealthChecker(Service):
         d = defer.Deferred.fromCoroutine(self._probe(target.backend, config))
         d.addTimeout(config.timeout, self._reactor)
         target.pending = d
-        d.addCallbacks(self._checked, self._checkFailed, (target,), None, (target,))
+        d.addCallbacks(
+            self._checked, self._checkFailed, callbackArgs=(target,), errbackArgs=(target,)
+        )
         d.addErrback(self._bug, target)
 
     async def _probe(self, backend: Any, config: HealthCheck) -> Optional[str]:
@@ -315,9 +322,9 @@ class HealthChecker(Service):
         elif failure.check(UpstreamConnectError):
             reason = f"connection failed: {failure.getErrorMessage()}"
         elif failure.check(UpstreamError):
-            reason = failure.getErrorMessage() or failure.value.reason
+            reason = failure.getErrorMessage() or UpstreamError.reason
         else:
-            reason = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+            reason = f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
         self._checked(reason, target)
 
     def _checked(self, reason: Optional[str], target: _Target) -> None:
