@@ -33,6 +33,7 @@ from gateway.model import Catalog, FilterSpec, parseResource
 from gateway.schema import (
     Bool,
     Int,
+    Num,
     Name,
     Nullable,
     Spec,
@@ -141,6 +142,9 @@ class ProxyConfig:
         Int(0, 256),
         1,
         doc="proxy processes sharing the port (SO_REUSEPORT); 0 = one per core",
+    )
+    drainTimeout: float = field(
+        Num(0, 3600), 10.0, doc="seconds a stopping proxy waits for requests in flight"
     )
 
 

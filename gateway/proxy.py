@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from typing import Any, FrozenSet, Optional, Sequence
+from typing import Any, FrozenSet, List, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
@@ -252,6 +252,10 @@ class GatewayResource(Resource):
         self._mirror = mirror
         self._retryBudget = retryBudget or RetryBudget(reactor)
         self._stats = stats
+        #: Requests being served now.
+        self.inFlight = 0
+        self._draining = False
+        self._drained: List[defer.Deferred] = []
 
     # -- entry ------------------------------------------------------------------
 
@@ -281,7 +285,10 @@ class GatewayResource(Resource):
         context = RequestContext(
             request, snapshot, api, match.params, clientIP, self._reactor.seconds(), headers
         )
-        request.notifyFinish().addErrback(self._clientGone, context)
+        self.inFlight += 1
+        request.notifyFinish().addErrback(self._clientGone, context).addBoth(
+            self._requestEnded, request
+        )
         chain = snapshot.filters + api.filters if api.filters else snapshot.filters
         self._runBefore(context, chain, 0)
         return server.NOT_DONE_YET
@@ -539,6 +546,35 @@ class GatewayResource(Resource):
         if context.backend is not None:
             extra["server"] = context.backend.name
         self._answer(context, chain, EarlyResponse.error(code, message, headers, **extra))
+
+    def _requestEnded(self, _: Any, request: Any) -> None:
+        self.inFlight -= 1
+        if self._draining:
+            # Tell keep-alive clients to go elsewhere: close the connection
+            # once this answer is out.
+            transport = getattr(request.channel, "transport", None)
+            if transport is not None:
+                transport.loseConnection()
+            if self.inFlight == 0:
+                waiting, self._drained = self._drained, []
+                for d in waiting:
+                    d.callback(None)
+
+    def drain(self, timeout: float) -> defer.Deferred:
+        """
+        Stop keeping connections alive and wait for the requests in flight.
+
+        @param timeout: seconds to wait at most.
+        @return: a Deferred that fires with the number of requests still in
+            flight when it gave up (0 when all finished).
+        """
+        self._draining = True
+        if self.inFlight == 0:
+            return defer.succeed(0)
+        d: defer.Deferred = defer.Deferred()
+        self._drained.append(d)
+        d.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda result, t: self.inFlight)
+        return d.addCallback(lambda _: self.inFlight)
 
     def _clientGone(self, failure: Failure, context: RequestContext) -> None:
         """

@@ -269,6 +269,13 @@ class GatewayService(MultiService):
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
+        proxy = self.getServiceNamed("proxy") if "proxy" in self.namedServices else None
+        if proxy is not None and proxy.running:
+            # Stop accepting first, then let the requests in flight finish.
+            yield defer.maybeDeferred(proxy.stopService)
+            left = yield self.proxyResource.drain(self._config.proxy.drainTimeout)
+            if left:
+                log.warn("stopping with {n} request(s) still in flight", n=left)
         yield defer.maybeDeferred(super().stopService)
         if self._client is not None:
             yield self._client.close()
