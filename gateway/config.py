@@ -265,7 +265,7 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
     return GatewayConfig(proxy=proxy, admin=admin, store=store, seed=seed, path=source)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """
     A safe loader that refuses a key given twice in one mapping, which plain
     YAML resolves silently in favour of the last one.
@@ -310,7 +310,7 @@ def loadConfig(path: str) -> GatewayConfig:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError("", f"cannot read the config file: {reason}", path)
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -1,0 +1,1260 @@
+"""
+Tests for L{gateway.cli}, the C{gateway} command: C{validate} offline, the
+plan C{apply} computes from two states, the admin client's error messages,
+C{export}'s compact YAML, and (marked C{integration}) the real command run
+as a subprocess against a real gateway.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.message
+import io
+import json
+import socket
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import pytest
+import yaml
+from harness import REPO, GatewayProcess, freePort, subprocessEnv
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.cli import (
+    DEFAULT_ADMIN,
+    AdminClient,
+    AdminError,
+    CLIError,
+    Plan,
+    Problem,
+    Step,
+    applyPlan,
+    checkResources,
+    compactResource,
+    computePlan,
+    exportDocument,
+    jsonEqual,
+    makeParser,
+    normalise,
+    normaliseAdminURL,
+    parseResourceFile,
+    renderPlan,
+    run,
+)
+from gateway.store import KINDS
+
+TOKEN = "cli-token"
+
+#: A resource file with every kind, nested objects and non-default values.
+BASE: Dict[str, List[Dict[str, Any]]] = {
+    "servers": [
+        {"name": "s1", "addr": "127.0.0.1:9001"},
+        {"name": "s2", "addr": "127.0.0.1:9002", "weight": 3},
+        {
+            "name": "s3",
+            "addr": "127.0.0.1:9003",
+            "maxQPS": 50,
+            "healthCheck": {"path": "/health", "body": "ok", "interval": 2, "timeout": 1},
+            "circuitBreaker": {"failureRateToOpen": 30, "minRequests": 5},
+        },
+    ],
+    "clusters": [
+        {"name": "c1", "servers": ["s1", "s2"], "loadBalance": "weighted-round-robin"},
+        {"name": "c2", "servers": ["s3"]},
+    ],
+    "apis": [
+        {
+            "name": "a-users",
+            "method": "GET",
+            "urlPattern": "/users/{id}",
+            "nodes": [{"cluster": "c1", "urlRewrite": "/v1/users/{id}"}],
+        },
+        {
+            "name": "a-overview",
+            "method": "GET",
+            "urlPattern": "/users/{id}/overview",
+            "nodes": [
+                {"cluster": "c1", "urlRewrite": "/v1/users/{id}", "attrName": "user"},
+                {"cluster": "c2", "attrName": "extra", "required": False, "timeout": 2},
+            ],
+            "rateLimit": {"rate": 10, "key": "ip"},
+        },
+    ],
+    "routings": [
+        {
+            "name": "r-canary",
+            "api": "a-users",
+            "cluster": "c2",
+            "trafficRate": 10,
+            "conditions": [{"source": "header", "name": "X-Canary", "op": "eq", "value": "yes"}],
+        },
+        {
+            "name": "r-mirror",
+            "cluster": "c2",
+            "strategy": "mirror",
+            "conditions": [{"source": "query", "name": "debug", "op": "exists"}],
+        },
+    ],
+}
+
+
+def edited() -> Dict[str, List[Dict[str, Any]]]:
+    """
+    @return: L{BASE} with one server changed, one API added and one routing
+        removed.
+    """
+    data = copy.deepcopy(BASE)
+    data["servers"][1]["addr"] = "127.0.0.1:9012"
+    data["apis"].append({"name": "a-orders", "urlPattern": "/orders", "nodes": [{"cluster": "c2"}]})
+    data["routings"] = [r for r in data["routings"] if r["name"] != "r-mirror"]
+    return data
+
+
+def normalisedState(data: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """
+    @return: C{{kind: {name: normalised JSON}}} of a resource file's lists.
+    """
+    return {
+        kind: {item["name"]: normalise(kind, item) for item in data.get(kind) or []}
+        for kind in KINDS
+    }
+
+
+def byName(data: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """
+    @return: C{{kind: {name: JSON as written}}} of a resource file's lists.
+    """
+    return {kind: {item["name"]: item for item in data.get(kind) or []} for kind in KINDS}
+
+
+def writeFile(directory: Path, name: str, data: Any) -> str:
+    """
+    Write C{data} as YAML (or C{data} itself, when it is text).
+
+    @return: the path.
+    """
+    path = Path(directory) / name
+    text = data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def runInProcess(
+    argv: List[str], environ: Optional[Mapping[str, str]] = None, stdin: str = ""
+) -> Tuple[int, str, str]:
+    """
+    Run the command in this process.
+
+    @return: C{(exit status, stdout, stderr)}.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    code = run(argv, out, err, environ if environ is not None else {}, io.StringIO(stdin))
+    return code, out.getvalue(), err.getvalue()
+
+
+# -- validate -------------------------------------------------------------------
+
+
+class ValidateTests(SynchronousTestCase):
+    """
+    C{gateway validate FILE} checks a file offline and names every problem
+    by resource and field.
+    """
+
+    def validate(self, data: Any) -> Tuple[int, str, str]:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        return runInProcess(["validate", writeFile(directory, "resources.yaml", data)])
+
+    def assertErrors(self, data: Any, expected: List[str]) -> str:
+        """
+        Validating C{data} fails with exit status 1 and exactly the
+        C{expected} problem lines on stderr, and nothing on stdout.
+        """
+        code, out, err = self.validate(data)
+        self.assertEqual(code, 1, err)
+        self.assertEqual(out, "")
+        lines = err.splitlines()
+        self.assertTrue(lines[0].startswith("error: "), err)
+        self.assertTrue(
+            lines[0].endswith(f": {len(expected)} error{'s' if len(expected) != 1 else ''}"), err
+        )
+        self.assertEqual([line.strip() for line in lines[1:]], expected)
+        return err
+
+    def test_goodFile(self) -> None:
+        """
+        A valid file passes with exit status 0 and a count of each kind.
+        """
+        code, out, err = self.validate(BASE)
+        self.assertEqual((code, err), (0, ""))
+        self.assertRegex(
+            out, r"resources\.yaml: OK \(3 servers, 2 clusters, 2 apis, 2 routings\)\n$"
+        )
+
+    def test_gatewayConfigFile(self) -> None:
+        """
+        A gateway config file is a resource file: its resource lists are
+        checked and its C{proxy}, C{admin} and C{store} keys ignored with a
+        note.  The demo's config passes.
+        """
+        code, out, err = runInProcess(["validate", str(REPO / "demo" / "gateway.yaml")])
+        self.assertEqual(code, 0, err)
+        self.assertIn("gateway.yaml: OK (3 servers, 3 clusters, 3 apis, 1 routings)", out)
+        self.assertIn("ignoring proxy, admin, store", err)
+
+    def test_stdinAndJSON(self) -> None:
+        """
+        C{-} reads the file from stdin, and JSON is accepted (it is YAML).
+        """
+        code, out, err = runInProcess(["validate", "-"], stdin=json.dumps(BASE))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, "<stdin>: OK (3 servers, 2 clusters, 2 apis, 2 routings)\n")
+
+    def test_invalidResources(self) -> None:
+        """
+        Every invalid resource is reported in one run, named by its list,
+        position and name, with the field at fault: a bad value, an unknown
+        field, a missing name, an item that is not an object, and a nested
+        field.
+        """
+        data = copy.deepcopy(BASE)
+        data["servers"][1]["addr"] = "nope"
+        data["servers"].append({"addr": "127.0.0.1:1"})
+        data["servers"].append(42)
+        data["clusters"][0]["bogus"] = 1
+        data["apis"][1]["nodes"][1]["timeout"] = -1
+        self.assertErrors(
+            data,
+            [
+                "servers[1] (s2).addr: must be host:port",
+                "servers[3].name: is required",
+                "servers[4]: must be an object, not number",
+                "clusters[0] (c1).bogus: is not a known field",
+                "apis[1] (a-overview).nodes[1].timeout: must be greater than 0",
+            ],
+        )
+
+    def test_duplicateName(self) -> None:
+        """
+        A name given twice in one list is an error at the second one.
+        """
+        data = copy.deepcopy(BASE)
+        data["clusters"].append({"name": "c1", "servers": ["s1"]})
+        self.assertErrors(data, ["clusters[2] (c1).name: duplicate name 'c1' (as clusters[0])"])
+
+    def test_brokenReferences(self) -> None:
+        """
+        Every reference to a resource that is not in the file is reported:
+        a cluster's server, an API node's cluster, a routing's cluster and
+        API.
+        """
+        data = copy.deepcopy(BASE)
+        data["clusters"][1]["servers"] = ["s3", "s9"]
+        data["apis"].append({"name": "users", "urlPattern": "/u", "nodes": [{"cluster": "x"}]})
+        data["routings"][0]["api"] = "gone"
+        data["routings"][1]["cluster"] = "c7"
+        self.assertErrors(
+            data,
+            [
+                "clusters[1] (c2).servers[1]: names server 's9', which does not exist",
+                "apis[2] (users).nodes[0].cluster: names cluster 'x', which does not exist",
+                "routings[0] (r-canary).api: names api 'gone', which does not exist",
+                "routings[1] (r-mirror).cluster: names cluster 'c7', which does not exist",
+            ],
+        )
+
+    def test_routeConflict(self) -> None:
+        """
+        Two APIs with the same pattern, method and host are refused, as the
+        gateway would refuse them.
+        """
+        data = copy.deepcopy(BASE)
+        data["apis"].append(
+            {
+                "name": "a-users2",
+                "method": "get",
+                "urlPattern": "/users/{uid}",
+                "nodes": [{"cluster": "c1"}],
+            }
+        )
+        self.assertErrors(
+            data,
+            [
+                "apis[2] (a-users2).urlPattern: 'a-users' and 'a-users2' have the same"
+                " URL pattern /users/{}, method GET and host any host"
+            ],
+        )
+
+    def test_urlRewriteChecked(self) -> None:
+        """
+        An API that would not compile in the gateway (a rewrite naming a
+        parameter its pattern lacks) is refused, naming the field.
+        """
+        data = copy.deepcopy(BASE)
+        data["apis"][0]["nodes"][0]["urlRewrite"] = "/v1/users/{nope}"
+        self.assertErrors(
+            data,
+            [
+                "apis[0] (a-users).nodes[0].urlRewrite:"
+                " {nope} is not a parameter of the URL pattern (it has: id)"
+            ],
+        )
+
+    def test_filters(self) -> None:
+        """
+        A filter whose plugin is installed has its config checked; one whose
+        plugin is not installed here is a warning, not an error (the
+        gateway may have it).
+        """
+        data = copy.deepcopy(BASE)
+        data["apis"][0]["filters"] = [{"name": "access-log", "config": {"a": 1}}]
+        self.assertErrors(
+            data,
+            [
+                "apis[0] (a-users).filters[0].name:"
+                " filter 'access-log' refused its config: access-log takes no config"
+            ],
+        )
+        data["apis"][0]["filters"] = [{"name": "request-id"}, {"name": "not-here"}]
+        code, out, err = self.validate(data)
+        self.assertEqual(code, 0, err)
+        self.assertIn("OK", out)
+        self.assertTrue(err.startswith("warning: "), err)
+        self.assertIn(
+            "apis[0] (a-users).filters[1].name:"
+            " no filter plugin named 'not-here' is installed here",
+            err,
+        )
+
+    def test_fileShape(self) -> None:
+        """
+        An unknown top-level key (a typo), a kind that is not a list, an
+        empty file and a file with none of the four lists are refused.
+        """
+        self.assertErrors(
+            {"srevers": [], "servers": []},
+            [
+                "srevers: is not a known key; known keys: servers, clusters, apis, routings"
+                " (proxy, admin, store are ignored)"
+            ],
+        )
+        self.assertErrors({"servers": {"s1": {}}}, ["servers: must be a list of resources"])
+        self.assertErrors("", ["the file is empty"])
+        self.assertErrors(
+            "- a\n- b\n", ["must be a mapping with servers:, clusters:, apis:, routings:"]
+        )
+        self.assertErrors(
+            {"store": "memory:"}, ["has none of the lists servers, clusters, apis, routings"]
+        )
+
+    def test_emptyLists(self) -> None:
+        """
+        Explicit empty (or null) lists are a valid, empty file.
+        """
+        code, out, err = self.validate("servers: []\nclusters:\n")
+        self.assertEqual(code, 0, err)
+        self.assertIn("OK (0 servers, 0 clusters, 0 apis, 0 routings)", out)
+
+    def test_badYAML(self) -> None:
+        """
+        A YAML syntax error names the line; a key given twice is refused.
+        """
+        self.assertErrors(
+            "servers:\n  - {name: a\n",
+            [
+                "invalid YAML at line 3, column 1: while parsing a flow mapping"
+                " expected ',' or '}', but got '<stream end>'"
+            ],
+        )
+        err = self.validate("servers: []\nservers: []\n")[2]
+        self.assertIn("found duplicate key 'servers'", err)
+
+    def test_missingFile(self) -> None:
+        """
+        A file that cannot be read is an error with the reason.
+        """
+        code, out, err = runInProcess(["validate", "no-such-file.yaml"])
+        self.assertEqual(code, 1)
+        self.assertIn("no-such-file.yaml: 1 error", err)
+        self.assertIn("cannot read the file: No such file or directory", err)
+
+
+class CheckResourcesTests(SynchronousTestCase):
+    """
+    L{checkResources} checks a whole proposed state, which for C{apply}
+    without C{--prune} includes what only the admin holds.
+    """
+
+    def test_adminResourcesCount(self) -> None:
+        """
+        A file's resource may name one that only the admin holds; messages
+        name the file's resources by position, the admin's by kind/name.
+        """
+        resourceFile = parseResourceFile(
+            {"clusters": [{"name": "c", "servers": ["s1", "s9"]}]}, "partial.yaml"
+        )
+        admin = normalisedState(BASE)
+        merged = {kind: {**admin[kind], **resourceFile.resources[kind]} for kind in KINDS}
+        self.assertEqual(
+            checkResources(merged, resourceFile.label),
+            (
+                [Problem("clusters[0] (c).servers[1]", "names server 's9', which does not exist")],
+                [],
+            ),
+        )
+        merged["servers"]["s9"] = normalise("servers", {"name": "s9", "addr": "h:9"})
+        self.assertEqual(checkResources(merged, resourceFile.label), ([], []))
+        self.assertEqual(resourceFile.label("servers", "s9"), "servers/s9")
+
+    def test_unreadableResource(self) -> None:
+        """
+        A resource the model cannot read (written by another version of the
+        gateway) is an error, not a crash.
+        """
+        resources: Dict[str, Dict[str, Any]] = {kind: {} for kind in KINDS}
+        resources["servers"]["x"] = {"name": "x", "addr": "h:1", "future": True}
+        errors, warnings = checkResources(resources, lambda kind, name: f"{kind}/{name}")
+        self.assertEqual(
+            errors, [Problem("servers/x.future", "cannot be read: is not a known field")]
+        )
+
+
+# -- usage ----------------------------------------------------------------------
+
+
+class UsageTests(SynchronousTestCase):
+    """
+    The command line: subcommands, exit status 2 for usage errors, and the
+    admin's address and token from the environment.
+    """
+
+    def test_helpListsCommands(self) -> None:
+        """
+        C{gateway --help} lists the three commands and exits 0.
+        """
+        code, out, err = runInProcess(["--help"])
+        self.assertEqual(code, 0)
+        for command in ("validate", "apply", "export"):
+            self.assertRegex(out, rf"\n\s+{command}\s+\w")
+
+    def test_usageErrors(self) -> None:
+        """
+        No command, an unknown command, a missing file, an unknown option,
+        an admin URL that is not http(s) and a bad timeout exit with 2 and
+        a usage message.
+        """
+        for argv in (
+            [],
+            ["frobnicate"],
+            ["validate"],
+            ["apply", "f.yaml", "--force"],
+            ["export", "--admin", "ftp://host"],
+            ["export", "--admin", "http://host:99999"],
+            ["export", "--timeout", "0"],
+        ):
+            code, out, err = runInProcess(argv)
+            self.assertEqual(code, 2, argv)
+            self.assertIn("usage: gateway", err, argv)
+            self.assertIn("error:", err, argv)
+
+    def test_adminDefaults(self) -> None:
+        """
+        C{--admin} defaults to C{$GATEWAY_ADMIN}, else the local admin, and
+        C{--token} to C{$GATEWAY_TOKEN}; an explicit option wins, and a
+        trailing C{/api/v1} is dropped.
+        """
+        args = makeParser({}).parse_args(["export"])
+        self.assertEqual((args.admin, args.token, args.timeout), (DEFAULT_ADMIN, None, 10.0))
+        environ = {"GATEWAY_ADMIN": "http://admin.example:9999/api/v1/", "GATEWAY_TOKEN": "t0"}
+        args = makeParser(environ).parse_args(["apply", "f.yaml"])
+        self.assertEqual((args.admin, args.token), ("http://admin.example:9999", "t0"))
+        args = makeParser(environ).parse_args(
+            ["export", "--admin", "https://other/", "--token", "t1"]
+        )
+        self.assertEqual((args.admin, args.token), ("https://other", "t1"))
+
+    def test_normaliseAdminURL(self) -> None:
+        """
+        Admin URLs keep a path prefix (an admin behind a reverse proxy) but
+        lose the API prefix and trailing slashes; others are refused.
+        """
+        self.assertEqual(normaliseAdminURL("http://h:1/gw/api/v1"), "http://h:1/gw")
+        self.assertEqual(normaliseAdminURL(" http://h/ "), "http://h")
+        for bad in ("h:9090", "http://", "file:///x", "http://h:0"):
+            self.assertRaises(ValueError, normaliseAdminURL, bad)
+
+
+# -- plans ----------------------------------------------------------------------
+
+
+def steps(plan: Plan) -> List[str]:
+    """
+    @return: the C{+}, C{~} and C{-} lines of a plan's steps.
+    """
+    return [step.describe() for step in plan.steps]
+
+
+class PlanTests(SynchronousTestCase):
+    """
+    L{computePlan} compares two states, normalised, and orders the changes
+    so that no reference ever breaks; L{renderPlan} shows them.
+    """
+
+    def test_defaultsAreNoChange(self) -> None:
+        """
+        A file that leaves defaults out matches an admin that holds them
+        written out; numbers compare by value and methods case-blind.
+        """
+        current = normalisedState(BASE)
+        current["servers"]["s3"]["healthCheck"]["interval"] = 2.0
+        desired = copy.deepcopy(BASE)
+        desired["apis"][0]["method"] = "get"
+        plan = computePlan(current, byName(desired))
+        self.assertEqual(plan.steps, ())
+        self.assertEqual(plan.unchanged, 9)
+        self.assertEqual(renderPlan(plan), ["no changes (9 resources up to date)"])
+
+    def test_order(self) -> None:
+        """
+        Creates and updates come in the order servers, clusters, apis,
+        routings (what is named exists first); deletes, with C{prune}, in
+        the reverse order (what names something goes first); each kind by
+        name.
+        """
+        current = normalisedState(
+            {
+                "servers": [{"name": "old-s", "addr": "h:1"}, {"name": "s1", "addr": "h:1"}],
+                "clusters": [{"name": "old-c", "servers": ["old-s"]}],
+                "apis": [{"name": "old-a", "urlPattern": "/old", "nodes": [{"cluster": "old-c"}]}],
+                "routings": [{"name": "old-r", "cluster": "old-c"}],
+            }
+        )
+        desired = normalisedState(
+            {
+                "servers": [{"name": "s2", "addr": "h:2"}, {"name": "s1", "addr": "h:9"}],
+                "clusters": [{"name": "c", "servers": ["s1", "s2"]}],
+                "apis": [{"name": "a", "urlPattern": "/a", "nodes": [{"cluster": "c"}]}],
+                "routings": [{"name": "r", "cluster": "c"}],
+            }
+        )
+        plan = computePlan(current, desired, prune=True)
+        self.assertEqual(
+            steps(plan),
+            [
+                "~ servers/s1",
+                "+ servers/s2",
+                "+ clusters/c",
+                "+ apis/a",
+                "+ routings/r",
+                "- routings/old-r",
+                "- apis/old-a",
+                "- clusters/old-c",
+                "- servers/old-s",
+            ],
+        )
+        self.assertEqual(
+            (plan.count("create"), plan.count("update"), plan.count("delete")), (4, 1, 4)
+        )
+        self.assertEqual(plan.unmanaged, ())
+
+    def test_withoutPruneNothingIsDeleted(self) -> None:
+        """
+        Without C{prune} the admin's resources that the file lacks are kept
+        and listed as unmanaged.
+        """
+        current = normalisedState(BASE)
+        desired = normalisedState(edited())
+        plan = computePlan(current, desired)
+        self.assertEqual(steps(plan), ["~ servers/s2", "+ apis/a-orders"])
+        self.assertEqual(plan.unmanaged, ("routings/r-mirror",))
+        self.assertEqual(
+            steps(computePlan(current, desired, prune=True)),
+            ["~ servers/s2", "+ apis/a-orders", "- routings/r-mirror"],
+        )
+
+    def test_stepsCarryNormalisedJSON(self) -> None:
+        """
+        Each step carries the normalised JSON of both sides, which is what
+        C{apply} sends.
+        """
+        plan = computePlan(normalisedState(BASE), byName(edited()), prune=True)
+        update, create, delete = plan.steps
+        self.assertEqual(update.before, normalise("servers", BASE["servers"][1]))
+        self.assertEqual(update.after, normalise("servers", edited()["servers"][1]))
+        self.assertEqual(create.before, None)
+        self.assertEqual(create.after, normalise("apis", edited()["apis"][2]))
+        self.assertEqual(delete.after, None)
+        self.assertEqual(delete.before, normalise("routings", BASE["routings"][1]))
+
+    def test_render(self) -> None:
+        """
+        A plan shows one line per change, each update followed by the
+        unified diff of its JSON indented by four spaces, a summary and a
+        note about unmanaged resources.
+        """
+        plan = computePlan(normalisedState(BASE), byName(edited()))
+        self.assertEqual(
+            renderPlan(plan),
+            [
+                "~ servers/s2",
+                "    --- servers/s2 (admin)",
+                "    +++ servers/s2 (file)",
+                "    @@ -1,6 +1,6 @@",
+                "     {",
+                '       "name": "s2",',
+                '    -  "addr": "127.0.0.1:9002",',
+                '    +  "addr": "127.0.0.1:9012",',
+                '       "weight": 3,',
+                '       "maxQPS": 0,',
+                '       "healthCheck": null,',
+                "+ apis/a-orders",
+                "1 to create, 1 to update, 0 to delete (7 unchanged)",
+                "note: 1 resource(s) of the admin are not in the file and are kept"
+                " (--prune deletes them): routings/r-mirror",
+            ],
+        )
+
+    def test_jsonEqual(self) -> None:
+        """
+        Numbers compare by value, but a boolean is not a number, and
+        containers compare item by item.
+        """
+        self.assertTrue(jsonEqual({"a": [1, 2.0]}, {"a": [1.0, 2]}))
+        self.assertFalse(jsonEqual(True, 1))
+        self.assertFalse(jsonEqual(0, False))
+        self.assertFalse(jsonEqual(None, 0))
+        self.assertFalse(jsonEqual({"a": 1}, {"a": 1, "b": None}))
+        self.assertFalse(jsonEqual([1], [1, 1]))
+        self.assertFalse(jsonEqual("1", 1))
+
+
+class FakeClient:
+    """
+    Records the writes of L{applyPlan}; fails the write to C{failOn}.
+    """
+
+    def __init__(self, failOn: Optional[str] = None) -> None:
+        self.calls: List[Tuple[str, str, Any]] = []
+        self.failOn = failOn
+
+    def _call(self, method: str, kind: str, name: str, value: Any) -> None:
+        if f"{kind}/{name}" == self.failOn:
+            raise AdminError("409 cluster 'c9' does not exist (field nodes[0].cluster)", 409)
+        self.calls.append((method, f"{kind}/{name}", value))
+
+    def put(self, kind: str, name: str, value: Any) -> None:
+        self._call("PUT", kind, name, value)
+
+    def delete(self, kind: str, name: str) -> None:
+        self._call("DELETE", kind, name, None)
+
+
+class ApplyPlanTests(SynchronousTestCase):
+    """
+    L{applyPlan} makes one request per step, in the plan's order, and stops
+    at the first one the admin refuses.
+    """
+
+    plan = computePlan(normalisedState(BASE), normalisedState(edited()), prune=True)
+
+    def test_requestsInOrder(self) -> None:
+        """
+        Creates and updates are C{PUT}s of the file's normalised JSON,
+        deletes are C{DELETE}s; a line is written for each.
+        """
+        client, lines = FakeClient(), []
+        self.assertEqual(applyPlan(client, self.plan, lines.append), 3)
+        self.assertEqual(
+            client.calls,
+            [
+                ("PUT", "servers/s2", normalise("servers", edited()["servers"][1])),
+                ("PUT", "apis/a-orders", normalise("apis", edited()["apis"][2])),
+                ("DELETE", "routings/r-mirror", None),
+            ],
+        )
+        self.assertEqual(
+            lines, ["updated servers/s2", "created apis/a-orders", "deleted routings/r-mirror"]
+        )
+
+    def test_stopsAtFirstError(self) -> None:
+        """
+        A refused step raises L{CLIError} with the admin's message and
+        field and how far it got; no later step is tried.
+        """
+        client, lines = FakeClient(failOn="apis/a-orders"), []
+        error = self.assertRaises(CLIError, applyPlan, client, self.plan, lines.append)
+        self.assertEqual(
+            error.message,
+            "cannot create apis/a-orders: 409 cluster 'c9' does not exist (field nodes[0].cluster)"
+            "\nstopped after 1 of 3 change(s); the rest were not made",
+        )
+        self.assertEqual([call[1] for call in client.calls], ["servers/s2"])
+        self.assertEqual(lines, ["updated servers/s2"])
+
+    def test_stepDescribe(self) -> None:
+        """
+        Steps show as C{+}, C{~} and C{-} lines; only updates have a diff.
+        """
+        self.assertEqual(Step("create", "servers", "x", None, {}).describe(), "+ servers/x")
+        self.assertEqual(Step("delete", "apis", "y", {}, None).describe(), "- apis/y")
+        self.assertEqual(Step("create", "servers", "x", None, {"a": 1}).diff(), [])
+
+
+# -- export ---------------------------------------------------------------------
+
+
+class ExportTests(SynchronousTestCase):
+    """
+    C{export} writes the four lists sorted by name, default-valued fields
+    left out, in a form C{apply} reads back as the same resources.
+    """
+
+    def test_defaultsLeftOut(self) -> None:
+        """
+        Fields that hold their model default are left out, in nested
+        objects and lists of objects too; others are kept, a default of
+        C{null} replaced by an object of defaults included.
+        """
+        server = normalise(
+            "servers",
+            {
+                "name": "s",
+                "addr": "h:1",
+                "weight": 0,
+                "healthCheck": {"path": "/h", "interval": 10},
+                "passiveHealth": {},
+            },
+        )
+        self.assertEqual(
+            compactResource("servers", server),
+            {
+                "name": "s",
+                "addr": "h:1",
+                "weight": 0,
+                "healthCheck": {"path": "/h"},
+                "passiveHealth": {},
+            },
+        )
+        self.assertEqual(
+            compactResource("apis", normalise("apis", BASE["apis"][1])),
+            {
+                "name": "a-overview",
+                "urlPattern": "/users/{id}/overview",
+                "nodes": [
+                    {"cluster": "c1", "urlRewrite": "/v1/users/{id}", "attrName": "user"},
+                    {"cluster": "c2", "attrName": "extra", "timeout": 2, "required": False},
+                ],
+                "method": "GET",
+                "rateLimit": {"rate": 10, "key": "ip"},
+            },
+        )
+        self.assertEqual(
+            compactResource("routings", normalise("routings", BASE["routings"][1])),
+            {
+                "name": "r-mirror",
+                "cluster": "c2",
+                "conditions": [{"source": "query", "op": "exists", "name": "debug"}],
+                "strategy": "mirror",
+            },
+        )
+
+    def test_compactMeansTheSame(self) -> None:
+        """
+        Every compact resource normalises back to what it was made from.
+        """
+        for kind, items in normalisedState(BASE).items():
+            for value in items.values():
+                self.assertEqual(normalise(kind, compactResource(kind, value)), value)
+
+    def test_document(self) -> None:
+        """
+        The document lists every kind (empty ones as C{[]}), each sorted by
+        name, and parses as a resource file to the same resources.
+        """
+        state = normalisedState(BASE)
+        document = exportDocument(state, "http://127.0.0.1:9090")
+        self.assertTrue(
+            document.startswith("# Gateway resources exported from http://127.0.0.1:9090")
+        )
+        data = yaml.safe_load(document)
+        self.assertEqual(list(data), list(KINDS))
+        self.assertEqual([s["name"] for s in data["servers"]], ["s1", "s2", "s3"])
+        self.assertEqual([a["name"] for a in data["apis"]], ["a-overview", "a-users"])
+        self.assertEqual(data["servers"][0], {"name": "s1", "addr": "127.0.0.1:9001"})
+        self.assertIn("servers: [s1, s2]", document)
+        self.assertEqual(parseResourceFile(data, "export").resources, state)
+
+        empty = yaml.safe_load(exportDocument({kind: {} for kind in KINDS}))
+        self.assertEqual(empty, {kind: [] for kind in KINDS})
+        self.assertEqual(
+            parseResourceFile(empty, "export").counts(), "0 servers, 0 clusters, 0 apis, 0 routings"
+        )
+
+
+# -- the admin client -----------------------------------------------------------
+
+
+class FakeAnswer:
+    """
+    What L{urllib.request.urlopen} returns.
+    """
+
+    def __init__(self, status: int, body: bytes, contentType: str = "application/json") -> None:
+        self.status = status
+        self.headers = email.message.Message()
+        self.headers["Content-Type"] = contentType
+        self._body = body
+
+    def read(self) -> bytes:
+        return self._body
+
+    def __enter__(self) -> FakeAnswer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def httpError(
+    status: int, body: bytes, contentType: str = "application/json"
+) -> urllib.error.HTTPError:
+    headers = email.message.Message()
+    headers["Content-Type"] = contentType
+    return urllib.error.HTTPError("http://x", status, "error", headers, io.BytesIO(body))
+
+
+class FakeURLOpen:
+    """
+    Stands in for L{urllib.request.urlopen}: records requests and answers
+    (or raises) what it was given.
+    """
+
+    def __init__(self, *outcomes: Any) -> None:
+        self.outcomes = list(outcomes)
+        self.requests: List[Tuple[Any, float]] = []
+
+    def __call__(self, request: Any, timeout: float) -> Any:
+        self.requests.append((request, timeout))
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+class AdminClientTests(SynchronousTestCase):
+    """
+    L{AdminClient} sends JSON with the bearer token and turns every way a
+    request can fail into an L{AdminError} with a clear message.
+    """
+
+    def client(
+        self, *outcomes: Any, token: Optional[str] = "tok"
+    ) -> Tuple[AdminClient, FakeURLOpen]:
+        urlopen = FakeURLOpen(*outcomes)
+        return AdminClient("http://admin.test:9090/", token, 10.0, urlopen), urlopen
+
+    def failure(self, *outcomes: Any, token: Optional[str] = "tok") -> AdminError:
+        client, _ = self.client(*outcomes, token=token)
+        return self.assertRaises(AdminError, client.request, "GET", "/servers")
+
+    def test_request(self) -> None:
+        """
+        A request goes to C{/api/v1} under the admin URL with the token,
+        C{Accept} and, with a body, JSON; names are quoted in paths; the
+        timeout is passed on; the JSON answer is decoded, C{204} is
+        L{None}.
+        """
+        client, urlopen = self.client(FakeAnswer(201, b'{"name": "a b"}'), FakeAnswer(204, b""))
+        self.assertEqual(client.put("servers", "a b", {"name": "a b"}), {"name": "a b"})
+        self.assertIsNone(client.delete("servers", "a/b"))
+        (put, timeout), (delete, _) = urlopen.requests
+        self.assertEqual(
+            (put.method, put.full_url), ("PUT", "http://admin.test:9090/api/v1/servers/a%20b")
+        )
+        self.assertEqual(put.get_header("Authorization"), "Bearer tok")
+        self.assertEqual(put.get_header("Content-type"), "application/json")
+        self.assertEqual(json.loads(put.data), {"name": "a b"})
+        self.assertEqual(timeout, 10.0)
+        self.assertEqual(
+            (delete.method, delete.full_url),
+            ("DELETE", "http://admin.test:9090/api/v1/servers/a%2Fb"),
+        )
+        self.assertIsNone(delete.data)
+
+    def test_state(self) -> None:
+        """
+        L{AdminClient.state} reads the four collections, keyed by name.
+        """
+        client, urlopen = self.client(
+            FakeAnswer(200, b'[{"name": "s1", "addr": "h:1"}]'),
+            FakeAnswer(200, b"[]"),
+            FakeAnswer(200, b"[]"),
+            FakeAnswer(200, b"[]"),
+        )
+        self.assertEqual(
+            client.state(),
+            {
+                "servers": {"s1": {"name": "s1", "addr": "h:1"}},
+                "clusters": {},
+                "apis": {},
+                "routings": {},
+            },
+        )
+        self.assertEqual([r.full_url.rsplit("/", 1)[1] for r, _ in urlopen.requests], list(KINDS))
+
+    def test_noTokenNoHeader(self) -> None:
+        """
+        Without a token no C{Authorization} header is sent.
+        """
+        client, urlopen = self.client(FakeAnswer(200, b"[]"), token=None)
+        client.request("GET", "/servers")
+        self.assertFalse(urlopen.requests[0][0].has_header("Authorization"))
+
+    def test_connectionRefused(self) -> None:
+        """
+        A refused connection names the admin URL and says so.
+        """
+        error = self.failure(
+            urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+        )
+        self.assertEqual(
+            error.message,
+            "cannot reach the admin at http://admin.test:9090: connection refused"
+            " (is the gateway's admin running there? see --admin or $GATEWAY_ADMIN)",
+        )
+        self.assertIsNone(error.status)
+
+    def test_connectionRefusedForReal(self) -> None:
+        """
+        With the real L{urllib.request.urlopen}, a port nobody listens on
+        gives the same message.
+        """
+        client = AdminClient(f"http://127.0.0.1:{freePort()}", "tok")
+        error = self.assertRaises(AdminError, client.state)
+        self.assertIn("connection refused", error.message)
+
+    def test_timeout(self) -> None:
+        """
+        No answer in time (while connecting or reading) says how long it
+        waited.
+        """
+        for outcome in (
+            urllib.error.URLError(socket.timeout("timed out")),
+            socket.timeout("timed out"),
+        ):
+            error = self.failure(outcome)
+            self.assertEqual(
+                error.message, "the admin at http://admin.test:9090 did not answer within 10 s"
+            )
+
+    def test_otherConnectionErrors(self) -> None:
+        """
+        A connection reset or a broken HTTP answer is reported with its
+        reason.
+        """
+        error = self.failure(ConnectionResetError(104, "Connection reset by peer"))
+        self.assertEqual(
+            error.message,
+            "the connection to the admin at http://admin.test:9090 failed:"
+            " Connection reset by peer",
+        )
+
+    def test_unauthorized(self) -> None:
+        """
+        A 401 says whether the token was refused or missing.
+        """
+        body = b'{"error": "missing or invalid admin token", "field": ""}'
+        error = self.failure(httpError(401, body))
+        self.assertEqual(
+            (error.status, error.message),
+            (401, "401 Unauthorized: the admin refused the token; check --token or $GATEWAY_TOKEN"),
+        )
+        error = self.failure(httpError(401, body), token=None)
+        self.assertIn(
+            "the admin needs a token; pass it with --token or $GATEWAY_TOKEN", error.message
+        )
+
+    def test_notJSON(self) -> None:
+        """
+        An answer that is not JSON (another web server at that address)
+        says so, with the status and content type.
+        """
+        error = self.failure(FakeAnswer(200, b"<html>hello</html>", "text/html"))
+        self.assertEqual(
+            error.message,
+            "GET http://admin.test:9090/api/v1/servers: the answer (status 200, Content-Type"
+            " text/html) is not JSON; is http://admin.test:9090 the gateway's admin?",
+        )
+        error = self.failure(httpError(502, b"Bad Gateway", "text/plain"))
+        self.assertIn("(status 502, Content-Type text/plain) is not JSON", error.message)
+
+    def test_notAList(self) -> None:
+        """
+        A collection that is not a list of resources is refused.
+        """
+        client, _ = self.client(FakeAnswer(200, b'{"status": "ok"}'))
+        error = self.assertRaises(AdminError, client.listKind, "servers")
+        self.assertIn("the answer is not a list of resources", error.message)
+
+    def test_apiError(self) -> None:
+        """
+        An error answer gives its status, message and field.
+        """
+        body = b'{"error": "cluster \'c9\' does not exist", "field": "nodes[0].cluster"}'
+        client, _ = self.client(httpError(409, body))
+        error = self.assertRaises(AdminError, client.put, "apis", "a", {"name": "a"})
+        self.assertEqual(
+            (error.status, error.field, error.message),
+            (409, "nodes[0].cluster", "409 cluster 'c9' does not exist (field nodes[0].cluster)"),
+        )
+
+    def test_notFoundCollection(self) -> None:
+        """
+        A 404 for a collection hints that the URL is not the admin's.
+        """
+        error = self.failure(httpError(404, b'{"error": "no API matches this request"}'))
+        self.assertEqual(
+            error.message,
+            "404 no API matches this request; is http://admin.test:9090 the gateway's admin?",
+        )
+
+
+# -- integration ------------------------------------------------------------------
+
+
+def cli(*args: str, env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess:
+    """
+    Run C{python -m gateway.cli ARGS} as a subprocess, without any
+    C{GATEWAY_*} variable of the test's environment.
+    """
+    environ = {k: v for k, v in subprocessEnv().items() if not k.startswith("GATEWAY_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+    )
+
+
+def adminState(gateway: GatewayProcess) -> Dict[str, Dict[str, Any]]:
+    """
+    @return: C{{kind: {name: JSON}}} as the admin serves it.
+    """
+    state = {}
+    for kind in KINDS:
+        answer = gateway.admin("GET", f"/api/v1/{kind}")
+        assert answer.status == 200, answer
+        state[kind] = {item["name"]: item for item in answer.json()}
+    return state
+
+
+def startEmptyGateway(gateways: Any) -> GatewayProcess:
+    """
+    @return: a gateway (proxy and admin, file store) that holds nothing.
+    """
+    gateway = gateways({"proxy": {}, "admin": {"token": TOKEN}, "store": "file:data.json"})
+    assert adminState(gateway) == {kind: {} for kind in KINDS}
+    return gateway
+
+
+def changeLines(output: str) -> List[str]:
+    """
+    @return: the C{+}, C{~} and C{-} lines of a plan (diff lines are
+        indented, so they are not among them).
+    """
+    return [line for line in output.splitlines() if line[:2] in ("+ ", "~ ", "- ")]
+
+
+@pytest.mark.integration
+class CLIIntegrationTests:
+    """
+    The real command, run as a subprocess, against a real gateway's admin.
+    """
+
+    def test_applyToEmptyThenExportUnchanged(self, gateways: Any, tmp_path: Path) -> None:
+        """
+        Applying a file to an empty gateway creates every resource in
+        dependency order, and the admin then holds exactly the file's
+        resources; exporting gives them back (the exported YAML parses to
+        the same resources, defaults left out), and applying the export is
+        no change.
+        """
+        gateway = startEmptyGateway(gateways)
+        admin = ["--admin", gateway.adminURL, "--token", TOKEN]
+        path = writeFile(tmp_path, "base.yaml", BASE)
+
+        done = cli("apply", path, *admin)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [
+            "created servers/s1",
+            "created servers/s2",
+            "created servers/s3",
+            "created clusters/c1",
+            "created clusters/c2",
+            "created apis/a-overview",
+            "created apis/a-users",
+            "created routings/r-canary",
+            "created routings/r-mirror",
+            f"applied 9 change(s) to {gateway.adminURL}: 9 created, 0 updated, 0 deleted"
+            " (0 unchanged)",
+        ]
+        assert adminState(gateway) == normalisedState(BASE)
+
+        exportPath = tmp_path / "exported.yaml"
+        done = cli("export", *admin, "-o", str(exportPath))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == ""
+        assert "wrote" in done.stderr
+        exported = yaml.safe_load(exportPath.read_text(encoding="utf-8"))
+        assert parseResourceFile(exported, "export").resources == normalisedState(BASE)
+        assert exported["servers"][0] == {"name": "s1", "addr": "127.0.0.1:9001"}
+        toStdout = cli("export", *admin)
+        assert toStdout.returncode == 0, toStdout.stderr
+        assert toStdout.stdout == exportPath.read_text(encoding="utf-8")
+
+        for extra in ([], ["--prune", "--dry-run"]):
+            done = cli("apply", str(exportPath), *admin, *extra)
+            assert done.returncode == 0, done.stderr
+            assert changeLines(done.stdout) == []
+            assert "no changes (9 resources up to date)" in done.stdout
+        assert adminState(gateway) == normalisedState(BASE)
+
+    def test_applyEditedFileChangesOnlyTheDiff(self, gateways: Any, tmp_path: Path) -> None:
+        """
+        With one server changed, one API added and one routing removed, the
+        dry run lists exactly those three changes (the routing only with
+        C{--prune}) and changes nothing; applying makes exactly them.
+        """
+        gateway = startEmptyGateway(gateways)
+        admin = ["--admin", gateway.adminURL, "--token", TOKEN]
+        assert cli("apply", writeFile(tmp_path, "base.yaml", BASE), *admin).returncode == 0
+        before = adminState(gateway)
+        path = writeFile(tmp_path, "edited.yaml", edited())
+
+        done = cli("apply", path, *admin, "--dry-run")
+        assert done.returncode == 0, done.stderr
+        assert changeLines(done.stdout) == ["~ servers/s2", "+ apis/a-orders"]
+        assert "kept (--prune deletes them): routings/r-mirror" in done.stdout
+
+        done = cli("apply", path, *admin, "--dry-run", "--prune")
+        assert done.returncode == 0, done.stderr
+        assert changeLines(done.stdout) == [
+            "~ servers/s2",
+            "+ apis/a-orders",
+            "- routings/r-mirror",
+        ]
+        assert '    -  "addr": "127.0.0.1:9002",' in done.stdout.splitlines()
+        assert '    +  "addr": "127.0.0.1:9012",' in done.stdout.splitlines()
+        assert "1 to create, 1 to update, 1 to delete (7 unchanged)" in done.stdout
+        assert "dry run: nothing was changed" in done.stdout
+        assert adminState(gateway) == before
+
+        done = cli("apply", path, *admin, "--prune")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[:3] == [
+            "updated servers/s2",
+            "created apis/a-orders",
+            "deleted routings/r-mirror",
+        ]
+        after = adminState(gateway)
+        assert after == normalisedState(edited())
+        changed = {
+            f"{kind}/{name}"
+            for kind in KINDS
+            for name in set(before[kind]) | set(after[kind])
+            if before[kind].get(name) != after[kind].get(name)
+        }
+        assert changed == {"servers/s2", "apis/a-orders", "routings/r-mirror"}
+
+    def test_badToken(self, gateways: Any, tmp_path: Path) -> None:
+        """
+        A wrong or missing token exits 1 with a message about the token,
+        and changes nothing.
+        """
+        gateway = startEmptyGateway(gateways)
+        path = writeFile(tmp_path, "base.yaml", BASE)
+        done = cli("apply", path, "--admin", gateway.adminURL, "--token", "wrong")
+        assert done.returncode == 1
+        assert done.stdout == ""
+        assert done.stderr.strip() == (
+            "error: 401 Unauthorized: the admin refused the token; check --token or $GATEWAY_TOKEN"
+        )
+        done = cli("export", "--admin", gateway.adminURL)
+        assert done.returncode == 1
+        assert "the admin needs a token" in done.stderr
+        assert adminState(gateway) == {kind: {} for kind in KINDS}
+
+    def test_environment(self, gateways: Any, tmp_path: Path) -> None:
+        """
+        C{$GATEWAY_ADMIN} and C{$GATEWAY_TOKEN} stand in for the options.
+        """
+        gateway = startEmptyGateway(gateways)
+        env = {"GATEWAY_ADMIN": gateway.adminURL + "/api/v1", "GATEWAY_TOKEN": TOKEN}
+        done = cli("apply", writeFile(tmp_path, "base.yaml", BASE), env=env)
+        assert done.returncode == 0, done.stderr
+        assert adminState(gateway) == normalisedState(BASE)
+
+    def test_stopsAtFirstAdminError(self, gateways: Any, tmp_path: Path) -> None:
+        """
+        When the admin refuses a change (here an API naming a filter plugin
+        the gateway lacks, which the command only warns about), apply stops
+        there with the admin's message and field, exits 1, and what came
+        before it stays applied.
+        """
+        gateway = startEmptyGateway(gateways)
+        data = copy.deepcopy(BASE)
+        data["apis"][1]["filters"] = [{"name": "no-such-filter"}]
+        done = cli(
+            "apply",
+            writeFile(tmp_path, "bad.yaml", data),
+            "--admin",
+            gateway.adminURL,
+            "--token",
+            TOKEN,
+        )
+        assert done.returncode == 1
+        assert "no filter plugin named 'no-such-filter' is installed here" in done.stderr
+        assert (
+            "error: cannot create apis/a-overview: 400 no filter plugin named 'no-such-filter'"
+            in done.stderr
+        )
+        assert "(field apis/a-overview:filters[0].name)" in done.stderr
+        assert "stopped after 5 of 9 change(s); the rest were not made" in done.stderr
+        state = adminState(gateway)
+        assert {kind: sorted(items) for kind, items in state.items()} == {
+            "servers": ["s1", "s2", "s3"],
+            "clusters": ["c1", "c2"],
+            "apis": [],
+            "routings": [],
+        }
+
+    def test_referencesCheckedBeforeAnyChange(self, gateways: Any, tmp_path: Path) -> None:
+        """
+        Without C{--prune} a file may name resources that only the admin
+        holds; with C{--prune} they would be deleted, so the same file is
+        refused before any change.
+        """
+        gateway = startEmptyGateway(gateways)
+        admin = ["--admin", gateway.adminURL, "--token", TOKEN]
+        assert cli("apply", writeFile(tmp_path, "base.yaml", BASE), *admin).returncode == 0
+        partial = {"clusters": [{"name": "c3", "servers": ["s1"]}]}
+        path = writeFile(tmp_path, "partial.yaml", partial)
+
+        done = cli("apply", path, *admin, "--prune")
+        assert done.returncode == 1
+        assert "clusters[0] (c3).servers[0]: names server 's1', which does not exist" in done.stderr
+        assert f"nothing was changed on {gateway.adminURL}" in done.stderr
+        assert adminState(gateway) == normalisedState(BASE)
+
+        done = cli("apply", path, *admin)
+        assert done.returncode == 0, done.stderr
+        assert adminState(gateway)["clusters"]["c3"] == normalise(
+            "clusters", partial["clusters"][0]
+        )
