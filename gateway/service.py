@@ -11,12 +11,14 @@ process serves.
 from __future__ import annotations
 
 import datetime
+import sys
 from typing import Any, Dict, List, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -72,6 +74,13 @@ def seedChanges(state: StoreState, seed: Dict[str, List[Any]]) -> List[Change]:
             if state.get(kind, obj.name) is None:
                 changes.append(Change(kind, obj.name, toJSON(obj)))
     return changes
+
+
+def _portOf(section: Any) -> Optional[int]:
+    if section is None:
+        return None
+    parts = section.listen.split(":")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
 
 
 def globalFilterSpecs(proxyConfig: Any) -> List[Any]:
@@ -250,6 +259,18 @@ class GatewayService(MultiService):
 
     def _loadAndSeed(self, seed: bool = True) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._loadAndSeedAsync(seed))
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # Name the setting at fault rather than print a traceback.
+            role = "proxy" if e.port == _portOf(self._config.proxy) else "admin"
+            sys.stderr.write(
+                f"gateway: cannot start: {role}.listen: cannot listen on "
+                f"{e.interface or '*'}:{e.port}: {e.socketError}\n"
+            )
+            raise SystemExit(1)
 
     def startService(self) -> None:
         super().startService()

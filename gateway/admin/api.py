@@ -126,6 +126,11 @@ def _jsonEndpoint(
     return decorate
 
 
+def _relativeField(field: str, written: str) -> str:
+    prefix = written + ":"
+    return field[len(prefix) :] if written and field.startswith(prefix) else field
+
+
 class AdminAPI:
     """
     The REST API of the admin site, as a Klein app.
@@ -256,13 +261,19 @@ class AdminAPI:
             self.log.error("the store holds an invalid resource: {error}", error=e)
             raise APIError(500, f"the store holds an invalid resource: {e.message}", e.field)
 
-    async def _check(self, catalog: Catalog) -> None:
+    async def _check(self, catalog: Catalog, written: str = "") -> None:
+        """
+        @param written: C{"kind/name"} of the resource being written: an
+            error about one of its own fields names the field relative to
+            the body sent (C{nodes[0].urlRewrite}), as parsing errors do;
+            an error about another resource keeps its C{kind/name:} prefix.
+        """
         try:
             await maybeDeferred(self._validate, catalog)
         except ModelReferenceError as e:
-            raise APIError(409, e.message, e.field)
+            raise APIError(409, e.message, _relativeField(e.field, written))
         except ValidationError as e:
-            raise APIError(400, e.message, e.field)
+            raise APIError(400, e.message, _relativeField(e.field, written))
         except ValueError as e:
             raise APIError(409, str(e))
 
@@ -400,7 +411,7 @@ class AdminAPI:
                 ref for ref in catalog.brokenReferences() if ref[:2] == (kind, name)
             ):
                 raise APIError(409, f"{targetKind[:-1]} {target!r} does not exist", fieldName)
-            await self._check(catalog)
+            await self._check(catalog, f"{kind}/{name}")
             if existing is None:
                 answer = _Answer(201, value, {b"Location": location})
             else:
