@@ -95,7 +95,7 @@ class Str(Spec):
             )
         if len(value) > self.maxLength:
             raise ValidationError(path, f"must be at most {self.maxLength} characters")
-        if self.pattern is not None and not re.match(self.pattern, value):
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
             raise ValidationError(path, f"must match {self.pattern}")
         if self.check is not None:
             try:

@@ -26,6 +26,8 @@ from twisted.web import server
 import gateway
 from gateway.aggregate import Aggregator
 from gateway.health import HealthChecker
+from gateway.metrics import metricsResource
+from gateway.stats import Stats, mergeSnapshots
 from gateway.mirror import Mirror
 from gateway.model import Catalog
 from gateway.proxy import ClientAddresses, GatewayRequest, GatewayResource
@@ -158,6 +160,8 @@ class GatewayService(MultiService):
         self.workerPool: Optional[WorkerPool] = None
         self.health: Optional[HealthChecker] = None
         self._workerStats: Dict[int, dict] = {}
+        self.counters = Stats(reactor)
+        self.counters.follow(self.manager)
 
         # A store that answers at once (the file store) is loaded, seeded
         # and compiled here, so a bad store or seed stops the start with a
@@ -177,6 +181,7 @@ class GatewayService(MultiService):
                 ClientAddresses(proxyConfig.trustedProxies),
                 aggregator=Aggregator(self._client, reactor),
                 mirror=self.mirror,
+                stats=self.counters,
             )
             site = GatewaySite(self.proxyResource)
             if isWorker:
@@ -207,6 +212,7 @@ class GatewayService(MultiService):
                 proxies=self.proxies,
                 stats=self.stats,
                 reactor=reactor,
+                metrics=metricsResource(self.counters, self.manager, self.health),
             )
             self._listen("admin", config.admin.listen, AdminSite(self.admin.resource()))
 
@@ -323,16 +329,23 @@ class GatewayService(MultiService):
 
     def stats(self) -> Dict[str, Any]:
         """
-        @return: the live state of every server.
+        @return: the stats of this process's proxy; with workers, their sum,
+            and each worker's under C{"proxies"}.
         """
-        return {
-            "servers": {
-                name: {
-                    "addr": f"{b.host}:{b.port}",
-                    "active": b.active,
-                    "latencyEWMA": b.ewma,
-                    "healthy": b.healthy,
-                }
-                for name, b in sorted(self.manager.backends.items())
-            }
-        }
+        own = self.counters.snapshot(self.manager, self.health)
+        if self.workerPool is None:
+            return own
+        workers = [self._workerStats[i] for i in sorted(self._workerStats)]
+        if not workers:
+            return own
+        merged = mergeSnapshots(workers)
+        # Live server state (health, breakers) is the parent's view.
+        for name, server in own.get("servers", {}).items():
+            mergedServer = merged.setdefault("servers", {}).setdefault(name, {})
+            for key in ("health", "healthy", "addr"):
+                if key in server:
+                    mergedServer[key] = server[key]
+        merged["proxies"] = [
+            {"worker": i, "stats": self._workerStats[i]} for i in sorted(self._workerStats)
+        ]
+        return merged

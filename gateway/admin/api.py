@@ -28,6 +28,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from gateway.admin.openapi import openAPIDocument
 from gateway.model import Catalog, parseResource
 from gateway.model import ReferenceError as ModelReferenceError
 from gateway.schema import ValidationError, toJSON
@@ -153,6 +154,7 @@ class AdminAPI:
         stats: Optional[Callable[[], Any]] = None,
         reactor: Any = None,
         maxBodySize: int = 1_048_576,
+        metrics: Optional[IResource] = None,
     ) -> None:
         """
         @param store: the L{gateway.interfaces.IStore} provider to serve.
@@ -183,6 +185,7 @@ class AdminAPI:
         self._proxies = proxies if proxies is not None else _defaultProxies
         self._stats = stats if stats is not None else _defaultStats
         self._maxBodySize = maxBodySize
+        self._metrics = metrics
 
     def resource(self) -> IResource:
         """
@@ -349,6 +352,31 @@ class AdminAPI:
         C{GET /api/v1/stats}: per API and server statistics.
         """
         return _Answer(200, await maybeDeferred(self._stats))
+
+    @app.route(PREFIX + "/openapi.json", methods=["GET"])
+    @_jsonEndpoint(authenticated=False)
+    async def openapi(self, request: IRequest) -> _Answer:
+        """
+        C{GET /api/v1/openapi.json}: the OpenAPI document of this API (no
+        token needed: it tells nothing about the configuration).
+        """
+        return _Answer(200, openAPIDocument())
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> Any:
+        """
+        C{GET /metrics}: Prometheus metrics.  They describe the whole
+        configuration, so they need the token like every other route but
+        C{/healthz} (Prometheus sends it with C{authorization:
+        {credentials: ...}}).
+        """
+        try:
+            self._authorize(request)
+        except APIError as e:
+            return self._write(request, self._errorAnswer(e))
+        if self._metrics is None:
+            return self._write(request, _Answer(404, {"error": "no such resource", "field": ""}))
+        return self._metrics
 
     @app.handle_errors(NotFound)
     @_jsonEndpoint(authenticated=False)

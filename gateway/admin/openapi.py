@@ -1,0 +1,599 @@
+"""
+The OpenAPI 3.0 document of the admin API, served at
+C{GET /api/v1/openapi.json}.
+
+The resource schemas are not written here: they are generated from the
+model (L{gateway.schema.jsonSchema} of L{gateway.model.Server},
+L{gateway.model.Cluster}, L{gateway.model.API}, L{gateway.model.Routing}),
+the same field specs that parse and validate the admin's input, so the
+document cannot drift from what the API accepts.  What this module adds is
+the shape of the API around them (see L{gateway.admin.api}): the routes,
+their statuses and the error shape.
+
+Each kind has three generated schemas:
+
+  - C{Server} (and C{Cluster}, C{API}, C{Routing}): a resource as the admin
+    answers it, every field present, defaults filled in;
+  - C{ServerCreate}: the body of a C{POST}: as above, but a field with a
+    default may be left out or sent as C{null} (the default is taken);
+  - C{ServerReplace}: the body of a C{PUT} to C{/servers/{name}}: the same,
+    and C{name} may be left out (it must match the URL when given).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Dict, List, Optional
+
+from twisted.web.resource import IResource, Resource
+
+import gateway
+from gateway.model import RESOURCE_CLASSES
+from gateway.schema import jsonSchema
+from gateway.stats import ERROR_KINDS, REJECT_REASONS
+
+#: OpenAPI version of the document.
+OPENAPI_VERSION = "3.0.3"
+PREFIX = "/api/v1"
+
+#: kind (URL segment) -> (schema name, singular for summaries, tag).
+KIND_NAMES: Dict[str, Any] = {
+    "servers": ("Server", "server", "Servers"),
+    "clusters": ("Cluster", "cluster", "Clusters"),
+    "apis": ("API", "API", "APIs"),
+    "routings": ("Routing", "routing", "Routings"),
+}
+
+_JSON = "application/json"
+
+#: A valid body for each kind, shown in the document (and sent to a real
+#: admin by the tests, so an example that stops being valid fails them).
+EXAMPLES: Dict[str, Dict[str, Any]] = {
+    "servers": {
+        "name": "users-1",
+        "addr": "10.0.0.11:8080",
+        "weight": 2,
+        "maxQPS": 500,
+        "healthCheck": {"path": "/health", "interval": 5, "timeout": 2},
+        "circuitBreaker": {"failureRateToOpen": 50, "minRequests": 20, "openTimeout": 30},
+    },
+    "clusters": {"name": "users", "servers": ["users-1"], "loadBalance": "least-connections"},
+    "apis": {
+        "name": "get-user",
+        "urlPattern": "/users/{id:int}",
+        "method": "GET",
+        "nodes": [{"cluster": "users", "urlRewrite": "/v2/users/{id}", "timeout": 5}],
+        "rateLimit": {"rate": 100, "burst": 200, "key": "ip"},
+    },
+    "routings": {
+        "name": "users-canary",
+        "api": "get-user",
+        "cluster": "users",
+        "conditions": [{"source": "header", "name": "X-Canary", "op": "eq", "value": "1"}],
+        "strategy": "split",
+        "trafficRate": 10,
+    },
+}
+
+
+def toOpenAPI30(schema: Any) -> Any:
+    """
+    Turn a JSON Schema as L{gateway.schema.jsonSchema} writes it into an
+    OpenAPI 3.0 Schema Object: a numeric C{exclusiveMinimum} (or
+    C{exclusiveMaximum}), as newer JSON Schema drafts write it, becomes the
+    boolean form OpenAPI 3.0 wants, with the bound in C{minimum}.
+
+    @return: a converted copy.
+    """
+    if isinstance(schema, list):
+        return [toOpenAPI30(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: toOpenAPI30(value) for key, value in schema.items()}
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = out.get(exclusive)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[bound] = value
+            out[exclusive] = True
+    return out
+
+
+def acceptNulls(schema: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    @return: a copy of an object schema in which every optional property
+        (in nested objects too) may also be C{null}: the admin reads a
+        C{null} for a field that has a default as the default.
+    """
+    schema = copy.deepcopy(schema)
+
+    def visit(s: Any) -> None:
+        if not isinstance(s, dict):
+            return
+        properties = s.get("properties")
+        if isinstance(properties, dict):
+            required = set(s.get("required", ()))
+            for name, prop in properties.items():
+                visit(prop)
+                if name not in required:
+                    prop["nullable"] = True
+        if "items" in s:
+            visit(s["items"])
+
+    visit(schema)
+    return schema
+
+
+def _withoutRequired(schema: Dict[str, Any], name: str) -> Dict[str, Any]:
+    schema = copy.deepcopy(schema)
+    required = [r for r in schema.get("required", ()) if r != name]
+    if required:
+        schema["required"] = required
+    else:
+        schema.pop("required", None)
+    return schema
+
+
+def resourceSchemas() -> Dict[str, Dict[str, Any]]:
+    """
+    @return: the generated component schemas of the four kinds: C{Server},
+        C{ServerCreate}, C{ServerReplace}, and so on.
+    """
+    schemas: Dict[str, Dict[str, Any]] = {}
+    for kind, cls in RESOURCE_CLASSES.items():
+        schemaName = KIND_NAMES[kind][0]
+        resource = toOpenAPI30(jsonSchema(cls))
+        schemas[schemaName] = resource
+        create = acceptNulls(resource)
+        schemas[schemaName + "Create"] = create
+        replace = _withoutRequired(create, "name")
+        replace["description"] = (
+            resource.get("description", "") + " The name may be left out: it is the URL's."
+        ).strip()
+        schemas[schemaName + "Replace"] = replace
+    return schemas
+
+
+def _ref(name: str) -> Dict[str, str]:
+    return {"$ref": "#/components/schemas/" + name}
+
+
+def _counts(keys: Any) -> Dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {k: {"type": "integer", "minimum": 0} for k in keys},
+        "required": list(keys),
+        "additionalProperties": {"type": "integer", "minimum": 0},
+    }
+
+
+def _statsSchemas() -> Dict[str, Dict[str, Any]]:
+    anything: Dict[str, Any] = {"type": "object", "additionalProperties": True}
+    latency = {
+        "type": "object",
+        "description": "Time from arrival to the answer's status, in milliseconds.",
+        "properties": {
+            "count": {"type": "integer", "minimum": 0},
+            "sumMs": {"type": "number"},
+            "p50": {"type": "number", "nullable": True, "description": "estimated, ms"},
+            "p99": {"type": "number", "nullable": True, "description": "estimated, ms"},
+            "buckets": {
+                "type": "array",
+                "description": 'cumulative [le, count] pairs, le in ms, "+Inf" last',
+                "items": {
+                    "type": "array",
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "items": {"oneOf": [{"type": "number"}, {"type": "string", "enum": ["+Inf"]}]},
+                },
+            },
+        },
+        "required": ["count", "sumMs", "p50", "p99", "buckets"],
+    }
+    breaker = {
+        "type": "object",
+        "nullable": True,
+        "description": "A circuit breaker's state (null: the server has none).",
+        "properties": {
+            "state": {"type": "string", "enum": ["closed", "open", "half-open"]},
+            "since": {"type": "number"},
+            "failureRate": {"type": "number"},
+            "requests": {"type": "integer"},
+            "retryAfter": {"type": "number"},
+            "transitions": {"type": "array", "items": anything},
+            "counters": anything,
+            "trials": anything,
+        },
+        "required": ["state"],
+    }
+    counted = {
+        "requests": {"type": "integer", "minimum": 0},
+        "errors": _ref("ErrorCounts"),
+        "rejects": _ref("RejectCounts"),
+        "latency": _ref("Latency"),
+    }
+    apiStats = {
+        "type": "object",
+        "properties": dict(counted, breaker=_ref("BreakerState")),
+        "required": ["requests", "errors", "rejects", "latency"],
+    }
+    serverStats = {
+        "type": "object",
+        "properties": dict(
+            counted,
+            addr={"type": "string"},
+            active={"type": "integer"},
+            latencyEWMA={
+                "type": "number",
+                "description": "moving average of the response time, seconds",
+            },
+            healthy={"type": "boolean"},
+            ejected={"type": "boolean"},
+            upstreamRequests={"type": "integer", "minimum": 0},
+            upstreamFailures={"type": "integer", "minimum": 0},
+            health=dict(anything, nullable=True, description="the active health check"),
+            breaker=_ref("BreakerState"),
+        ),
+        "required": ["requests", "errors", "rejects", "latency"],
+    }
+    stats = {
+        "type": "object",
+        "description": (
+            "Statistics of the proxies: per API and per server requests, errors"
+            " by kind, rejects by reason, latency, breaker and health state."
+            " With several proxies, the sum, and each proxy's under proxies."
+        ),
+        "properties": {
+            "totals": {
+                "type": "object",
+                "properties": {
+                    "requests": {"type": "integer", "minimum": 0},
+                    "errors": {"type": "integer", "minimum": 0},
+                    "rejects": {"type": "integer", "minimum": 0},
+                    "latency": _ref("Latency"),
+                },
+                "required": ["requests", "errors", "rejects"],
+            },
+            "apis": {"type": "object", "additionalProperties": _ref("APIStats")},
+            "servers": {"type": "object", "additionalProperties": _ref("ServerStats")},
+            "revision": {"type": "integer", "nullable": True},
+            "at": {"type": "number", "nullable": True},
+            "proxies": {"type": "object", "additionalProperties": _ref("Stats")},
+        },
+    }
+    return {
+        "ErrorCounts": _counts(ERROR_KINDS),
+        "RejectCounts": _counts(REJECT_REASONS),
+        "Latency": latency,
+        "BreakerState": breaker,
+        "APIStats": apiStats,
+        "ServerStats": serverStats,
+        "Stats": stats,
+    }
+
+
+def _otherSchemas() -> Dict[str, Dict[str, Any]]:
+    return {
+        "Error": {
+            "type": "object",
+            "description": "Every error answer.",
+            "properties": {
+                "error": {"type": "string", "description": "what went wrong, for a human"},
+                "field": {
+                    "type": "string",
+                    "description": "the field at fault (dotted path), or empty",
+                },
+                "users": {
+                    "type": "array",
+                    "description": "on a refused delete: the resources that still use it",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "kind": {"type": "string"},
+                            "name": {"type": "string"},
+                            "field": {"type": "string"},
+                        },
+                    },
+                },
+            },
+            "required": ["error", "field"],
+        },
+        "Proxy": {
+            "type": "object",
+            "properties": {
+                "addr": {"type": "string"},
+                "version": {"type": "string"},
+                "startedAt": {"type": "string"},
+                "revision": {"type": "integer", "nullable": True},
+                "ready": {"type": "boolean"},
+            },
+        },
+        "Health": {
+            "type": "object",
+            "properties": {"status": {"type": "string", "enum": ["ok"]}},
+            "required": ["status"],
+        },
+    }
+
+
+def _error(description: str, headers: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    response: Dict[str, Any] = {
+        "description": description,
+        "content": {_JSON: {"schema": _ref("Error")}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _responses() -> Dict[str, Dict[str, Any]]:
+    return {
+        "BadRequest": _error("Invalid: bad JSON, or a field at fault (named in field)."),
+        "Unauthorized": _error(
+            "No or bad admin token.",
+            {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+        ),
+        "NotFound": _error("No such resource."),
+        "MethodNotAllowed": _error(
+            "A method the path does not take (any path of the API).",
+            {"Allow": {"required": True, "schema": {"type": "string"}}},
+        ),
+        "Conflict": _error(
+            "Refused: a name already taken, a reference to a missing resource, a resource"
+            " still in use, a change the proxies cannot compile, or a race lost too often."
+        ),
+        "TooLarge": _error("The request body is too large."),
+        "StoreUnavailable": _error("The store cannot be reached."),
+    }
+
+
+def _use(name: str) -> Dict[str, str]:
+    return {"$ref": "#/components/responses/" + name}
+
+
+def _ok(description: str, schema: Dict[str, Any], headers: Any = None) -> Dict[str, Any]:
+    response: Dict[str, Any] = {
+        "description": description,
+        "content": {_JSON: {"schema": schema}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
+    schemaName, singular, tag = KIND_NAMES[kind]
+    title = schemaName
+    location = {
+        "Location": {
+            "required": True,
+            "description": "the URL of the new resource",
+            "schema": {"type": "string"},
+        }
+    }
+    nameParameter = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "description": f"the {singular}'s name",
+        "schema": toOpenAPI30(jsonSchema(RESOURCE_CLASSES[kind]))["properties"]["name"],
+    }
+    collection = {
+        "get": {
+            "tags": [tag],
+            "operationId": f"list{title}s",
+            "summary": f"List the {kind}, sorted by name",
+            "responses": {
+                "200": _ok(f"Every {singular}.", {"type": "array", "items": _ref(schemaName)}),
+                "401": _use("Unauthorized"),
+                "503": _use("StoreUnavailable"),
+            },
+        },
+        "post": {
+            "tags": [tag],
+            "operationId": f"create{title}",
+            "summary": f"Create a {singular}",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    _JSON: {"schema": _ref(schemaName + "Create"), "example": EXAMPLES[kind]}
+                },
+            },
+            "responses": {
+                "201": _ok(f"Created; the {singular} as stored.", _ref(schemaName), location),
+                "400": _use("BadRequest"),
+                "401": _use("Unauthorized"),
+                "409": _use("Conflict"),
+                "413": _use("TooLarge"),
+                "503": _use("StoreUnavailable"),
+            },
+        },
+    }
+    item = {
+        "parameters": [nameParameter],
+        "get": {
+            "tags": [tag],
+            "operationId": f"get{title}",
+            "summary": f"Read a {singular}",
+            "responses": {
+                "200": _ok(f"The {singular}.", _ref(schemaName)),
+                "401": _use("Unauthorized"),
+                "404": _use("NotFound"),
+                "503": _use("StoreUnavailable"),
+            },
+        },
+        "put": {
+            "tags": [tag],
+            "operationId": f"replace{title}",
+            "summary": f"Create or replace a {singular}",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    _JSON: {
+                        "schema": _ref(schemaName + "Replace"),
+                        "example": {k: v for k, v in EXAMPLES[kind].items() if k != "name"},
+                    }
+                },
+            },
+            "responses": {
+                "200": _ok(f"Replaced (or unchanged); the {singular} as stored.", _ref(schemaName)),
+                "201": _ok(f"Created; the {singular} as stored.", _ref(schemaName), location),
+                "400": _use("BadRequest"),
+                "401": _use("Unauthorized"),
+                "404": _use("NotFound"),
+                "409": _use("Conflict"),
+                "413": _use("TooLarge"),
+                "503": _use("StoreUnavailable"),
+            },
+        },
+        "delete": {
+            "tags": [tag],
+            "operationId": f"delete{title}",
+            "summary": f"Delete a {singular} that nothing uses",
+            "responses": {
+                "204": {"description": "Deleted."},
+                "401": _use("Unauthorized"),
+                "404": _use("NotFound"),
+                "409": _use("Conflict"),
+                "503": _use("StoreUnavailable"),
+            },
+        },
+    }
+    return {f"{PREFIX}/{kind}": collection, f"{PREFIX}/{kind}/{{name}}": item}
+
+
+def _paths() -> Dict[str, Dict[str, Any]]:
+    public: List[Dict[str, List[str]]] = []
+    paths: Dict[str, Dict[str, Any]] = {
+        "/healthz": {
+            "get": {
+                "tags": ["Status"],
+                "operationId": "healthz",
+                "summary": "The admin site is up",
+                "security": public,
+                "responses": {"200": _ok("Up.", _ref("Health"))},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "tags": ["Status"],
+                "operationId": "metrics",
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": _use("Unauthorized"),
+                },
+            }
+        },
+        PREFIX + "/openapi.json": {
+            "get": {
+                "tags": ["Status"],
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": public,
+                "responses": {"200": _ok("The OpenAPI document.", {"type": "object"})},
+            }
+        },
+    }
+    for kind in KIND_NAMES:
+        paths.update(_kindPaths(kind))
+    paths[PREFIX + "/proxies"] = {
+        "get": {
+            "tags": ["Status"],
+            "operationId": "listProxies",
+            "summary": "The live proxies, their address and version",
+            "responses": {
+                "200": _ok("The proxies.", {"type": "array", "items": _ref("Proxy")}),
+                "401": _use("Unauthorized"),
+            },
+        }
+    }
+    paths[PREFIX + "/stats"] = {
+        "get": {
+            "tags": ["Status"],
+            "operationId": "stats",
+            "summary": "Per API and per server statistics, breaker and health state",
+            "responses": {
+                "200": _ok("The statistics.", _ref("Stats")),
+                "401": _use("Unauthorized"),
+            },
+        }
+    }
+    return paths
+
+
+_DESCRIPTION = """\
+The admin API of the gateway: servers, clusters, APIs and routings, and the
+live state of the proxies.
+
+Every request under /api/v1 carries the admin token:
+`Authorization: Bearer TOKEN` (401 otherwise).  Bodies are JSON objects;
+unknown fields are refused.  Every error is JSON
+`{"error": "...", "field": "..."}` where `field` names the field at fault
+(e.g. `nodes[0].cluster`) or is empty.  A path that exists answers a method
+it does not take with 405 and an `Allow` header; any other path, 404.
+A refused write changes nothing.
+"""
+
+
+def openAPIDocument() -> Dict[str, Any]:
+    """
+    @return: the OpenAPI 3.0.3 document of the admin API, as JSON.
+    """
+    schemas: Dict[str, Any] = {}
+    schemas.update(resourceSchemas())
+    schemas.update(_statsSchemas())
+    schemas.update(_otherSchemas())
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "Gateway admin API",
+            "version": gateway.__version__,
+            "description": _DESCRIPTION,
+        },
+        "tags": [
+            {"name": tag, "description": f"The {kind}."} for kind, (_, _, tag) in KIND_NAMES.items()
+        ]
+        + [{"name": "Status", "description": "Health, proxies, statistics and metrics."}],
+        "paths": _paths(),
+        "components": {
+            "schemas": schemas,
+            "responses": _responses(),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the admin token of the gateway's config file",
+                }
+            },
+        },
+        "security": [{"bearerAuth": []}],
+    }
+
+
+class OpenAPIResource(Resource):
+    """
+    Serves the document as JSON.  It is built once: it only changes with
+    the code.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._body = json.dumps(openAPIDocument(), sort_keys=True).encode("utf-8")
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % (len(self._body),))
+        return self._body
+
+
+def openAPIResource() -> IResource:
+    """
+    @return: a resource that serves L{openAPIDocument} at any path.
+    """
+    return OpenAPIResource()

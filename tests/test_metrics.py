@@ -1,0 +1,321 @@
+"""
+Prometheus metrics: L{gateway.metrics}, scraped and parsed with
+C{prometheus_client.parser}.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import pytest_twisted
+import treq
+from inprocess import listen
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import REGISTRY
+from test_stats import SEQUENCE, _Context, runSequence
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+import gateway
+from gateway.filters import FilterRegistry
+from gateway.metrics import GatewayCollector, metricsRegistry, metricsResource
+from gateway.snapshot import SnapshotManager
+from gateway.stats import Stats
+from gateway.store import StoreState
+
+Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    """
+    @return: every sample of an exposition, by C{(name, sorted labels)}.
+    """
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def scrape(stats: Stats, manager=None, health=None) -> Tuple[Samples, DummyRequest, bytes]:
+    resource = metricsResource(stats, manager, health)
+    request = DummyRequest([b"metrics"])
+    body = resource.render(request)
+    return parse(body.decode("utf-8")), request, body
+
+
+def _state(revision: int = 3) -> StoreState:
+    return StoreState(
+        revision,
+        {
+            "servers": {
+                "s1": {"name": "s1", "addr": "127.0.0.1:1001", "circuitBreaker": {}},
+                "s2": {"name": "s2", "addr": "127.0.0.1:1002"},
+            },
+            "clusters": {"main": {"name": "main", "servers": ["s1", "s2"]}},
+            "apis": {
+                "a": {
+                    "name": "a",
+                    "urlPattern": "/a",
+                    "nodes": [{"cluster": "main"}],
+                    "circuitBreaker": {"minRequests": 1, "openTimeout": 5},
+                }
+            },
+            "routings": {},
+        },
+    )
+
+
+class CollectorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.manager = SnapshotManager(FilterRegistry({}), self.clock)
+        self.manager.apply(_state())
+        self.stats = Stats(self.clock)
+        self.stats.follow(self.manager)
+
+    def answer(self, ms: float, code: int = 200, outcome=None, backend="s1") -> None:
+        self.clock.rightNow = ms / 1000.0
+        self.stats.record(_Context("a", 0.0, backend), code, outcome)
+
+    def test_exact_values(self) -> None:
+        """
+        Counters, histogram buckets (cumulative, in seconds), sums and
+        counts are the Stats' numbers, per API and per server.
+        """
+        self.answer(0.5)
+        self.answer(30)
+        self.answer(30, 500)
+        self.answer(3000, 504, "timeout")
+        self.answer(1, 429, "reject:rate-limit", backend=None)
+        self.answer(1, 403, "reject:ip-access", backend=None)
+        samples, request, _ = scrape(self.stats, self.manager)
+        self.assertEqual(value(samples, "gateway_requests_total", api="a"), 6)
+        self.assertEqual(value(samples, "gateway_errors_total", api="a", kind="5xx"), 1)
+        self.assertEqual(value(samples, "gateway_errors_total", api="a", kind="timeout"), 1)
+        self.assertEqual(value(samples, "gateway_errors_total", api="a", kind="4xx"), 0)
+        self.assertEqual(value(samples, "gateway_rejects_total", api="a", reason="rateLimit"), 1)
+        self.assertEqual(value(samples, "gateway_rejects_total", api="a", reason="access"), 1)
+        self.assertEqual(value(samples, "gateway_rejects_total", api="a", reason="breaker"), 0)
+        buckets = {
+            le: value(samples, "gateway_request_duration_seconds_bucket", api="a", le=le)
+            for le in ("0.001", "0.025", "0.05", "2.5", "5.0", "+Inf")
+        }
+        self.assertEqual(
+            buckets, {"0.001": 3, "0.025": 3, "0.05": 5, "2.5": 5, "5.0": 6, "+Inf": 6}
+        )
+        self.assertEqual(value(samples, "gateway_request_duration_seconds_count", api="a"), 6)
+        self.assertAlmostEqual(
+            value(samples, "gateway_request_duration_seconds_sum", api="a"), 3.0625
+        )
+        self.assertEqual(value(samples, "gateway_server_requests_total", server="s1"), 4)
+        self.assertEqual(value(samples, "gateway_server_requests_total", server="s2"), 0)
+        self.assertEqual(
+            value(samples, "gateway_server_errors_total", server="s1", kind="timeout"), 1
+        )
+        self.assertEqual(
+            value(samples, "gateway_server_request_duration_seconds_count", server="s1"), 4
+        )
+
+    def test_live_state(self) -> None:
+        """
+        Server gauges come from the live backends: requests sent and failed,
+        in flight, latency average, health, ejection; breakers show 1 for
+        their current state and 0 for the others; the revision and version
+        are exported.
+        """
+        s1 = self.manager.backends["s1"]
+        s1.requestStarted()
+        s1.requestStarted()
+        s1.requestFinished(0.5, False)
+        s2 = self.manager.backends["s2"]
+        s2.healthy = False
+        s2.ejectedUntil = self.clock.seconds() + 10
+        samples, _, _ = scrape(self.stats, self.manager)
+        self.assertEqual(value(samples, "gateway_upstream_requests_total", server="s1"), 2)
+        self.assertEqual(value(samples, "gateway_upstream_failures_total", server="s1"), 1)
+        self.assertEqual(value(samples, "gateway_server_active_requests", server="s1"), 1)
+        self.assertEqual(value(samples, "gateway_server_latency_ewma_seconds", server="s1"), 0.5)
+        self.assertEqual(value(samples, "gateway_server_healthy", server="s1"), 1)
+        self.assertEqual(value(samples, "gateway_server_healthy", server="s2"), 0)
+        self.assertEqual(value(samples, "gateway_server_ejected", server="s1"), 0)
+        self.assertEqual(value(samples, "gateway_server_ejected", server="s2"), 1)
+        for state, expected in (("closed", 1), ("open", 0), ("half-open", 0)):
+            self.assertEqual(
+                value(samples, "gateway_circuit_breaker_state", server="s1", state=state),
+                expected,
+            )
+        self.assertNotIn(
+            ("gateway_circuit_breaker_state", (("server", "s2"), ("state", "closed"))), samples
+        )
+        self.assertEqual(value(samples, "gateway_snapshot_revision"), 3)
+        self.assertEqual(value(samples, "gateway_info", version=gateway.__version__), 1)
+
+    def test_api_breaker_state(self) -> None:
+        """
+        An API's own breaker is exported per API, and an open breaker whose
+        openTimeout has passed shows half-open at the next scrape.
+        """
+        breaker = self.manager.snapshot.apis["a"].filters[0].breaker
+        breaker.record(False)
+        samples, _, _ = scrape(self.stats, self.manager)
+        self.assertEqual(
+            value(samples, "gateway_api_circuit_breaker_state", api="a", state="open"), 1
+        )
+        self.clock.advance(5)
+        samples, _, _ = scrape(self.stats, self.manager)
+        self.assertEqual(
+            value(samples, "gateway_api_circuit_breaker_state", api="a", state="half-open"), 1
+        )
+        self.assertEqual(
+            value(samples, "gateway_api_circuit_breaker_state", api="a", state="open"), 0
+        )
+
+    def test_health_checked(self) -> None:
+        """
+        With a health checker, whether each server has an active check is
+        exported.
+        """
+
+        class Health:
+            def status(self, name):
+                return {"checked": name == "s1"}
+
+        samples, _, _ = scrape(self.stats, self.manager, Health())
+        self.assertEqual(value(samples, "gateway_server_health_checked", server="s1"), 1)
+        self.assertEqual(value(samples, "gateway_server_health_checked", server="s2"), 0)
+
+    def test_pruned_names_disappear(self) -> None:
+        """
+        After a configuration change, removed APIs and servers have no
+        series any more.
+        """
+        self.answer(1)
+        resources = {kind: dict(items) for kind, items in _state().resources.items()}
+        del resources["apis"]["a"]
+        del resources["servers"]["s1"]
+        resources["clusters"]["main"] = {"name": "main", "servers": ["s2"]}
+        self.manager.apply(StoreState(4, resources))
+        samples, _, _ = scrape(self.stats, self.manager)
+        labels = {dict(key[1]).get("api") for key in samples} | {
+            dict(key[1]).get("server") for key in samples
+        }
+        self.assertEqual(labels - {None}, {"s2"})
+
+    def test_content_type(self) -> None:
+        """
+        The resource answers the text exposition format with its content
+        type, and OpenMetrics to a scraper that asks for it.
+        """
+        _, request, _ = scrape(self.stats, self.manager)
+        self.assertEqual(
+            request.responseHeaders.getRawHeaders(b"content-type"),
+            [CONTENT_TYPE_LATEST.encode("ascii")],
+        )
+        resource = metricsResource(self.stats, self.manager)
+        request = DummyRequest([b"metrics"])
+        request.requestHeaders.setRawHeaders(b"accept", [b"application/openmetrics-text"])
+        body = resource.render(request)
+        contentType = request.responseHeaders.getRawHeaders(b"content-type")[0]
+        self.assertTrue(contentType.startswith(b"application/openmetrics-text"))
+        self.assertTrue(body.endswith(b"# EOF\n"))
+
+    def test_private_registry(self) -> None:
+        """
+        The collector lives in its own registry, never the process-wide one.
+        """
+        registry = metricsRegistry(self.stats, self.manager)
+        self.assertIsNot(registry, REGISTRY)
+        self.assertIsNone(REGISTRY.get_sample_value("gateway_snapshot_revision"))
+        self.assertEqual(registry.get_sample_value("gateway_snapshot_revision"), 3)
+
+    def test_without_manager(self) -> None:
+        """
+        Without a manager, the counters are exported and the revision is -1.
+        """
+        self.answer(1)
+        collector = GatewayCollector(self.stats, None)
+        names = {family.name for family in collector.collect()}
+        self.assertIn("gateway_requests", names)
+        samples, _, _ = scrape(self.stats)
+        self.assertEqual(value(samples, "gateway_snapshot_revision"), -1)
+        self.assertEqual(value(samples, "gateway_requests_total", api="a"), 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_scrape_after_sequence(harness):
+    """
+    After a known sequence through the real proxy, a scrape over HTTP shows
+    exactly its counts, and no label value comes from what clients sent
+    (paths, headers): only configured names and fixed label sets.
+    """
+    stats = await runSequence(harness)
+    # Client input that must never become a label.
+    for path in ("/up/attacker-path-1", "/up/attacker-path-2?x=attacker-query"):
+        response = await harness.request("GET", path, headers={"X-Attacker": "attacker-header"})
+        await response.content()
+    port = await listen(metricsResource(stats, harness.manager))
+    try:
+        response = await treq.get(f"http://127.0.0.1:{port.getHost().port}/metrics")
+        text = (await response.content()).decode("utf-8")
+        assert response.headers.getRawHeaders("content-type") == [CONTENT_TYPE_LATEST]
+    finally:
+        await port.stopListening()
+    samples = parse(text)
+    requests = {
+        dict(labels)["api"]: v
+        for (name, labels), v in samples.items()
+        if name == "gateway_requests_total"
+    }
+    assert requests == {
+        "up": 8,
+        "slow": 1,
+        "dead": 1,
+        "limited": 3,
+        "denied": 1,
+        "drained": 1,
+        "guarded": 2,
+        "blocked": 2,
+    }
+    assert sum(requests.values()) == len(SEQUENCE) - 1 + 2
+    assert value(samples, "gateway_errors_total", api="up", kind="5xx") == 2
+    assert value(samples, "gateway_errors_total", api="up", kind="4xx") == 1
+    assert value(samples, "gateway_errors_total", api="slow", kind="timeout") == 1
+    assert value(samples, "gateway_errors_total", api="dead", kind="refused") == 1
+    assert value(samples, "gateway_errors_total", api="drained", kind="unavailable") == 1
+    assert value(samples, "gateway_rejects_total", api="limited", reason="rateLimit") == 2
+    assert value(samples, "gateway_rejects_total", api="denied", reason="access") == 1
+    assert value(samples, "gateway_rejects_total", api="guarded", reason="breaker") == 1
+    assert value(samples, "gateway_rejects_total", api="blocked", reason="other") == 1
+    assert value(samples, "gateway_request_duration_seconds_count", api="up") == 8
+    assert value(samples, "gateway_upstream_requests_total", server="b1") == 12
+    assert value(samples, "gateway_upstream_requests_total", server="dead") == 1
+    assert value(samples, "gateway_server_active_requests", server="b1") == 0
+    assert value(samples, "gateway_api_circuit_breaker_state", api="guarded", state="open") == 1
+    assert value(samples, "gateway_snapshot_revision") == 1
+
+    configured = {"up", "slow", "dead", "limited", "denied", "drained", "guarded", "blocked"}
+    servers = {"b1", "b2", "dead"}
+    fixed = {
+        "kind": {"4xx", "5xx", "timeout", "refused", "broken", "unavailable"},
+        "reason": {"rateLimit", "breaker", "access", "other"},
+        "state": {"closed", "open", "half-open"},
+        "version": {gateway.__version__},
+    }
+    for name, labels in samples:
+        for key, labelValue in labels:
+            assert "attacker" not in labelValue
+            if key == "api":
+                assert labelValue in configured, (name, labelValue)
+            elif key == "server":
+                assert labelValue in servers, (name, labelValue)
+            elif key == "le":
+                float(labelValue)
+            else:
+                assert labelValue in fixed[key], (name, key, labelValue)
