@@ -27,12 +27,12 @@ import gateway
 from gateway.aggregate import Aggregator
 from gateway.health import HealthChecker
 from gateway.metrics import metricsResource
-from gateway.stats import Stats, mergeSnapshots
 from gateway.mirror import Mirror
 from gateway.model import Catalog
 from gateway.proxy import ClientAddresses, GatewayRequest, GatewayResource
 from gateway.schema import toJSON
 from gateway.snapshot import SnapshotManager
+from gateway.stats import SnapshotStats, Stats, mergeSnapshots
 from gateway.store import Change, StoreState, storeFromURL
 from gateway.upstream import AgentUpstreamClient
 from gateway.workers import WorkerPool, reusePortEndpoint, workerCommand, workerCount
@@ -212,7 +212,13 @@ class GatewayService(MultiService):
                 proxies=self.proxies,
                 stats=self.stats,
                 reactor=reactor,
-                metrics=metricsResource(self.counters, self.manager, self.health),
+                metrics=metricsResource(
+                    self.counters
+                    if self.workerPool is None
+                    else SnapshotStats(self.stats, reactor),
+                    self.manager,
+                    self.health,
+                ),
             )
             self._listen("admin", config.admin.listen, AdminSite(self.admin.resource()))
 
@@ -340,11 +346,11 @@ class GatewayService(MultiService):
             return own
         merged = mergeSnapshots(workers)
         # Live server state (health, breakers) is the parent's view.
-        for name, server in own.get("servers", {}).items():
+        for name, ownServer in own.get("servers", {}).items():
             mergedServer = merged.setdefault("servers", {}).setdefault(name, {})
             for key in ("health", "healthy", "addr"):
-                if key in server:
-                    mergedServer[key] = server[key]
+                if key in ownServer:
+                    mergedServer[key] = ownServer[key]
         merged["proxies"] = [
             {"worker": i, "stats": self._workerStats[i]} for i in sorted(self._workerStats)
         ]

@@ -39,7 +39,8 @@ from a request.
 from __future__ import annotations
 
 import bisect
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from collections import defaultdict
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 #: Upper bounds of the latency buckets, in milliseconds; a last bucket
 #: (C{"+Inf"}) takes the rest.
@@ -491,3 +492,41 @@ def _worseBreaker(
     ):
         return {"state": state}
     return dict(current)
+
+
+class _SnapshotCounters:
+    """
+    The counters of one API or server read back from a snapshot's JSON.
+    """
+
+    def __init__(self, entry: Dict[str, Any]) -> None:
+        self.requests = entry.get("requests", 0)
+        self.errors: Dict[str, int] = defaultdict(int, entry.get("errors") or {})
+        self.rejects: Dict[str, int] = defaultdict(int, entry.get("rejects") or {})
+        latency = entry.get("latency") or {}
+        self._buckets = [count for _, count in latency.get("buckets") or []]
+        self.latencySum = (latency.get("sumMs") or 0.0) / 1000.0
+
+    def cumulativeBuckets(self) -> List[int]:
+        return self._buckets or [0] * len(BUCKETS_MS) + [0]
+
+
+class SnapshotStats:
+    """
+    A read-only L{Stats} look-alike over snapshots made elsewhere (the
+    proxy workers'), so that the metrics collector serves their sum.
+
+    @param source: a callable giving a (merged) snapshot.
+    """
+
+    def __init__(self, source: Callable[[], Dict[str, Any]], clock: Any) -> None:
+        self._source = source
+        self._clock = clock
+
+    @property
+    def apis(self) -> Dict[str, _SnapshotCounters]:
+        return {n: _SnapshotCounters(e) for n, e in self._source().get("apis", {}).items()}
+
+    @property
+    def servers(self) -> Dict[str, _SnapshotCounters]:
+        return {n: _SnapshotCounters(e) for n, e in self._source().get("servers", {}).items()}
