@@ -70,6 +70,15 @@ def test_workers_share_the_port_and_are_restarted(backends, gateways):
     busy = [pid for pid in (first, second) if cpuTicks(pid) - before[pid] >= 5]
     assert sorted(busy) == [first, second], "both workers must take connections"
 
+    def statsMerged() -> bool:
+        stats = gateway.admin("GET", "/api/v1/stats").json()
+        return stats["totals"]["requests"] == 300 and len(stats.get("proxies", [])) == 2
+
+    # Workers report every second; the admin answers their sum.
+    waitFor(statsMerged, 5, what="the workers' stats in the admin")
+    metrics = gateway.admin("GET", "/metrics").text
+    assert 'gateway_requests_total{api="echo"} 300.0' in metrics
+
     os.kill(first, signal.SIGKILL)
     # Connections already queued on the dying worker's socket die with it
     # (SO_REUSEPORT); once it is gone, nothing may fail.
