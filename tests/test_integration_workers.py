@@ -36,6 +36,19 @@ def workerPIDs(parent: int) -> List[int]:
     return sorted(pids)
 
 
+def dead(pid: int) -> bool:
+    """
+    @return: whether C{pid} has finished exiting (a zombie, or reaped): its
+        sockets are closed only then, not when its memory is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
 def cpuTicks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -82,7 +95,7 @@ def test_workers_share_the_port_and_are_restarted(backends, gateways):
     os.kill(first, signal.SIGKILL)
     # Connections already queued on the dying worker's socket die with it
     # (SO_REUSEPORT); once it is gone, nothing may fail.
-    waitFor(lambda: first not in workerPIDs(gateway.pid), 5, what="the worker to die")
+    waitFor(lambda: dead(first), 5, what="the worker to die")
     for _ in range(50):
         assert gateway.proxy("GET", "/echo/x").status == 200
     waitFor(
