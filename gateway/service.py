@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 import gateway
+from gateway.admin.webui import withWebUI
 from gateway.aggregate import Aggregator
 from gateway.health import HealthChecker
 from gateway.metrics import metricsResource
@@ -220,7 +221,9 @@ class GatewayService(MultiService):
                     self.health,
                 ),
             )
-            self._listen("admin", config.admin.listen, AdminSite(self.admin.resource()))
+            self._listen(
+                "admin", config.admin.listen, AdminSite(withWebUI(self.admin.resource()))
+            )
 
     def healthStates(self) -> Dict[str, bool]:
         """

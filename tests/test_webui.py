@@ -1,0 +1,867 @@
+"""
+The admin web UI.
+
+L{WebUIServingTests} check how the admin serves the UI's files
+(L{gateway.admin.webui}) over a loopback connection.  The browser tests
+(C{integration} and C{browser}) drive Debian's Chromium through Playwright
+against a real gateway process (C{tests/webui_server.py}: the gateway's
+service with the UI at the admin's root) in front of real backends: they log
+in, create a server, a cluster and an API through the forms, see proxied
+traffic on the dashboard, trip a circuit breaker and see it on the server's
+page and in the dashboard's alerts, and see the admin's validation errors
+next to the field at fault.  Screenshots of the main pages go to
+C{test-artifacts/screenshots/}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+import pytest_twisted
+import treq
+import yaml
+from harness import (
+    HOST,
+    REPO,
+    Backend,
+    Process,
+    freePort,
+    request,
+    startBackend,
+    subprocessEnv,
+    waitFor,
+)
+from twisted.web import server
+
+from gateway.admin.api import AdminAPI
+from gateway.admin.webui import WEBUI_ROOT, withWebUI
+from gateway.store.file import FileStore
+
+TOKEN = "ui-secret"
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+WEBUI_SERVER = Path(__file__).resolve().parent / "webui_server.py"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+# -- serving the files --------------------------------------------------------
+
+
+async def fetch(
+    resource: Any, path: str, headers: Optional[Dict[str, str]] = None
+) -> Tuple[Any, bytes]:
+    """
+    Serve C{resource} on a free loopback port, GET C{path} from it with a
+    real HTTP client, and stop listening.
+
+    A real reactor, not L{treq.testing.StubTreq}: L{static.File} writes
+    through a pull producer that Twisted drives with the global reactor's
+    cooperator.
+
+    @return: the response and its body.
+    """
+    from twisted.internet import reactor
+
+    port = reactor.listenTCP(0, server.Site(resource), interface=HOST)
+    try:
+        url = f"http://{HOST}:{port.getHost().port}{path}"
+        response = await treq.get(url, headers=headers or {}, persistent=False)
+        body = await response.content()
+    finally:
+        await port.stopListening()
+    return response, body
+
+
+def header(response: Any, name: str) -> Optional[str]:
+    values = response.headers.getRawHeaders(name)
+    return values[0] if values else None
+
+
+def adminWithUI(root: Optional[str] = None) -> Any:
+    return withWebUI(AdminAPI(FileStore(None), TOKEN).resource(), root=root)
+
+
+class WebUIServingTests:
+    """
+    L{withWebUI} serves the UI's files at the admin's root and leaves every
+    other path to the admin's REST API.
+    """
+
+    @pytest_twisted.ensureDeferred
+    async def test_indexAtRoot(self) -> None:
+        """
+        C{GET /} answers C{index.html} as UTF-8 HTML, with a strict
+        Content-Security-Policy and C{Cache-Control: no-cache}.
+        """
+        response, body = await fetch(adminWithUI(), "/")
+        assert response.code == 200
+        assert header(response, "content-type") == "text/html; charset=utf-8"
+        assert b'<script type="module" src="js/app.js">' in body
+        assert header(response, "cache-control") == "no-cache"
+        csp = header(response, "content-security-policy") or ""
+        assert "default-src 'self'" in csp
+        assert "script-src 'self';" in csp
+        assert header(response, "x-frame-options") == "DENY"
+
+    @pytest_twisted.ensureDeferred
+    async def test_contentTypes(self) -> None:
+        """
+        Modules are served as C{text/javascript} (browsers refuse to run a
+        module of another type), styles as CSS, the icon as SVG, all with
+        C{nosniff} and C{no-cache}, byte for byte.
+        """
+        root = adminWithUI()
+        for path, expected in [
+            ("/js/app.js", "text/javascript; charset=utf-8"),
+            ("/js/pages/dashboard.js", "text/javascript; charset=utf-8"),
+            ("/style.css", "text/css; charset=utf-8"),
+            ("/favicon.svg", "image/svg+xml"),
+        ]:
+            response, body = await fetch(root, path)
+            assert response.code == 200, path
+            assert header(response, "content-type") == expected, path
+            assert header(response, "x-content-type-options") == "nosniff"
+            assert header(response, "cache-control") == "no-cache"
+            assert body == (Path(WEBUI_ROOT) / path.lstrip("/")).read_bytes()
+
+    @pytest_twisted.ensureDeferred
+    async def test_notModified(self) -> None:
+        """
+        A browser revalidating an unchanged file gets a 304 and no body.
+        """
+        root = adminWithUI()
+        response, _ = await fetch(root, "/style.css")
+        lastModified = header(response, "last-modified")
+        assert lastModified
+        response, body = await fetch(root, "/style.css", {"If-Modified-Since": lastModified})
+        assert (response.code, body) == (304, b"")
+
+    @pytest_twisted.ensureDeferred
+    async def test_noListingNoDotFiles(self, tmp_path: Path) -> None:
+        """
+        A folder of the UI is not listed, dot-files are not served, and a
+        missing file is a 404.
+        """
+        (tmp_path / "index.html").write_text("<!doctype html>")
+        (tmp_path / ".secret").write_text("hidden")
+        (tmp_path / "js").mkdir()
+        (tmp_path / "js" / "app.js").write_text("export {};")
+        root = adminWithUI(str(tmp_path))
+        for path in ["/js/", "/.secret", "/js/nope.js"]:
+            response, body = await fetch(root, path)
+            assert response.code == 404, path
+            assert b"app.js" not in body and b"hidden" not in body
+
+    @pytest_twisted.ensureDeferred
+    async def test_apiUntouched(self) -> None:
+        """
+        The REST API answers as it does without the UI: 401 without the
+        token, JSON with it, and a JSON 404 for an unknown API path.
+        """
+        root = adminWithUI()
+        response, body = await fetch(root, "/api/v1/servers")
+        assert response.code == 401
+        assert json.loads(body)["error"] == "missing or invalid admin token"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        response, body = await fetch(root, "/api/v1/servers", auth)
+        assert (response.code, json.loads(body)) == (200, [])
+        response, body = await fetch(root, "/api/v1/nothing", auth)
+        assert (response.code, json.loads(body)["error"]) == (404, "no such resource")
+        response, body = await fetch(root, "/healthz")
+        assert (response.code, json.loads(body)) == (200, {"status": "ok"})
+
+    @pytest_twisted.ensureDeferred
+    async def test_uiRedirects(self) -> None:
+        """
+        C{/ui} and C{/ui/} redirect to the UI at C{/}.
+        """
+        from twisted.internet import reactor
+
+        port = reactor.listenTCP(0, server.Site(adminWithUI()), interface=HOST)
+        try:
+            for path in ["/ui", "/ui/"]:
+                url = f"http://{HOST}:{port.getHost().port}{path}"
+                response = await treq.get(url, allow_redirects=False, persistent=False)
+                await response.content()
+                assert response.code == 302, path
+                assert header(response, "location") == "/"
+        finally:
+            await port.stopListening()
+
+    @pytest_twisted.ensureDeferred
+    async def test_missingFiles(self, tmp_path: Path) -> None:
+        """
+        Without the UI's files the root says so with a 404, and the API
+        still works.
+        """
+        root = adminWithUI(str(tmp_path))
+        response, body = await fetch(root, "/")
+        assert response.code == 404
+        assert b"not installed" in body
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        response, _ = await fetch(root, "/api/v1/servers", auth)
+        assert response.code == 200
+
+
+# -- in the browser -----------------------------------------------------------
+
+
+class UIGateway:
+    """
+    A gateway started by C{tests/webui_server.py}, with its URLs.
+    """
+
+    def __init__(self, process: Process, adminURL: str, proxyURL: str) -> None:
+        self.process = process
+        self.adminURL = adminURL
+        self.proxyURL = proxyURL
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        answer = request(method, self.adminURL + path, body, {"Authorization": f"Bearer {TOKEN}"})
+        assert answer.status < 300, (method, path, answer.status, answer.text)
+        return answer.json() if answer.body else None
+
+    def proxy(self, path: str) -> Any:
+        return request("GET", self.proxyURL + path, timeout=5.0)
+
+    def stats(self) -> Dict[str, Any]:
+        return self.admin("GET", "/api/v1/stats")
+
+
+def startUIGateway(directory: Path) -> UIGateway:
+    """
+    Run C{tests/webui_server.py} with an in-memory store on free ports, until
+    its admin answers.
+    """
+    adminPort, proxyPort = freePort(), freePort()
+    config = {
+        "proxy": {"listen": f"tcp:{proxyPort}:interface={HOST}"},
+        "admin": {"listen": f"tcp:{adminPort}:interface={HOST}", "token": TOKEN},
+        "store": "memory:",
+    }
+    configPath = directory / "webui-gateway.yaml"
+    configPath.write_text(yaml.safe_dump(config), encoding="utf-8")
+    logPath = directory / "webui-gateway.log"
+    with open(logPath, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(WEBUI_SERVER), "--config", str(configPath)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(directory),
+            env=subprocessEnv(),
+            start_new_session=True,
+        )
+    process = Process(proc, logPath)
+    gateway = UIGateway(process, f"http://{HOST}:{adminPort}", f"http://{HOST}:{proxyPort}")
+
+    def ready() -> bool:
+        if not process.alive():
+            raise AssertionError("the gateway exited:\n" + process.output())
+        try:
+            return request("GET", gateway.adminURL + "/healthz", timeout=1.0).status == 200
+        except OSError:
+            return False
+
+    try:
+        waitFor(ready, 15.0, interval=0.1, what="the UI gateway to listen")
+    except AssertionError:
+        process.stop()
+        raise
+    return gateway
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]:
+    """
+    One gateway, two backends (C{ok} always answers, C{flaky} is told to
+    fail) and one Chromium for the browser tests of this module.
+    """
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (scripts/test.sh installs Debian's chromium)")
+    syncAPI = pytest.importorskip("playwright.sync_api")
+    directory = tmp_path_factory.mktemp("webui")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    started: List[Process] = []
+    playwright = None
+    try:
+        backends = {}
+        for name in ("ok", "flaky"):
+            backends[name] = startBackend(name, directory)
+            started.append(backends[name])
+        gateway = startUIGateway(directory)
+        started.append(gateway.process)
+        playwright = syncAPI.sync_playwright().start()
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield {"gateway": gateway, "backends": backends, "browser": browser}
+        browser.close()
+    finally:
+        if playwright is not None:
+            playwright.stop()
+        for process in started:
+            process.stop()
+        log = directory / "webui-gateway.log"
+        if log.exists():
+            # Shown by pytest only when a test failed; access log lines left out.
+            lines = [x for x in log.read_text(errors="replace").splitlines() if '" 200 ' not in x]
+            print("--- gateway log (last lines) ---\n" + "\n".join(lines[-40:]))
+
+
+class Browser:
+    """
+    One browser tab on the admin UI, failing the test on any script error
+    or Content-Security-Policy violation.
+    """
+
+    def __init__(self, world: Dict[str, Any]) -> None:
+        self.gateway: UIGateway = world["gateway"]
+        self.backends: Dict[str, Backend] = world["backends"]
+        self.context = world["browser"].new_context(viewport={"width": 1400, "height": 900})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(10_000)
+        self.problems: List[str] = []
+        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        self.page.on("console", self._console)
+
+    def _console(self, message: Any) -> None:
+        # Chromium logs every 4xx answer (the login probe's 401, the 400s and
+        # 409s the tests provoke); anything else logged as an error (script
+        # errors, Content-Security-Policy violations) is a defect.
+        if (
+            message.type == "error"
+            and "the server responded with a status of 4" not in message.text
+        ):
+            self.problems.append(f"console error: {message.text}")
+
+    def close(self) -> None:
+        self.context.close()
+
+    def go(self, route: str) -> None:
+        self.page.goto(f"{self.gateway.adminURL}/#{route}")
+
+    def login(self) -> None:
+        self.go("/login")
+        self.page.get_by_label("Admin token").fill(TOKEN)
+        self.page.get_by_role("button", name="Sign in").click()
+        self.page.get_by_role("heading", name="Dashboard", level=1).wait_for()
+
+    def nav(self, name: str) -> None:
+        """
+        Follow a link of the main navigation.
+        """
+        self.page.get_by_role("navigation", name="Main").get_by_role("link", name=name).click()
+
+    def screenshot(self, name: str) -> None:
+        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    def errorNextTo(self, field: str) -> str:
+        """
+        @return: the error message shown for the input of an API field
+            path: tied to it by C{aria-describedby}, visible, and right
+            below or beside it.
+        """
+        locator = self.page.locator(f'[data-field="{field}"]')
+        locator.wait_for()
+        found = self.page.wait_for_function(
+            """(field) => {
+                const el = document.querySelector(`[data-field="${CSS.escape(field)}"]`);
+                const ids = (el.getAttribute("aria-describedby") || "").split(/\\s+/);
+                for (const id of ids) {
+                    const e = id && document.getElementById(id);
+                    if (e && e.classList.contains("field-error") && !e.hidden && e.textContent) {
+                        const a = el.getBoundingClientRect(), b = e.getBoundingClientRect();
+                        return {text: e.textContent, dy: b.top - a.bottom, dx: b.left - a.left,
+                                invalid: el.getAttribute("aria-invalid")};
+                    }
+                }
+                return null;
+            }""",
+            arg=field,
+        ).json_value()
+        assert 0 <= found["dy"] < 40 and abs(found["dx"]) < 40, found
+        assert found["invalid"] == "true", found
+        return found["text"]
+
+    def submit(self, label: str) -> None:
+        self.page.get_by_role("button", name=label, exact=True).click()
+
+
+@pytest.fixture
+def browser(world: Dict[str, Any]) -> Iterator[Browser]:
+    """
+    A fresh tab (its own sessionStorage) for one test.
+    """
+    tab = Browser(world)
+    try:
+        yield tab
+    finally:
+        tab.close()
+    assert not tab.problems, tab.problems
+
+
+def kpi(page: Any, key: str) -> str:
+    return page.locator(f'[data-kpi="{key}"]').inner_text()
+
+
+def sendUntil(gateway: UIGateway, path: str, status: int, what: str) -> None:
+    waitFor(lambda: gateway.proxy(path).status == status, 10.0, 0.1, what)
+
+
+@pytest.mark.integration
+@pytest.mark.browser
+class BrowserTests:
+    """
+    The web UI in Chromium, against a real gateway.
+    """
+
+    def test_login(self, browser: Browser) -> None:
+        """
+        The UI asks for the token first, refuses a wrong one, keeps a good
+        one in sessionStorage for the API calls, and sends the user back to
+        the login screen when the admin refuses the token later.
+        """
+        page = browser.page
+        browser.go("/servers")
+        page.get_by_role("heading", name="Gateway admin").wait_for()
+        assert "#/login?next=%2Fservers" in page.url
+        page.get_by_label("Admin token").fill("wrong")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_text("This token is not accepted by the admin.").wait_for()
+        assert page.evaluate("sessionStorage.getItem('gateway.adminToken')") is None
+
+        page.get_by_label("Admin token").fill(TOKEN)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("heading", name="Servers", level=1).wait_for()
+        assert page.evaluate("sessionStorage.getItem('gateway.adminToken')") == TOKEN
+        browser.screenshot("login-then-servers")
+
+        # The admin now refuses the kept token: back to the login screen.
+        page.evaluate("sessionStorage.setItem('gateway.adminToken', 'revoked')")
+        browser.nav("Clusters")
+        page.get_by_text("Your session ended").wait_for()
+        assert "expired=1" in page.url
+        assert page.evaluate("sessionStorage.getItem('gateway.adminToken')") is None
+
+        browser.login()
+        page.get_by_role("button", name="Sign out").click()
+        page.get_by_label("Admin token").wait_for()
+        assert page.evaluate("sessionStorage.getItem('gateway.adminToken')") is None
+
+    def test_createThroughFormsAndSeeTraffic(self, browser: Browser) -> None:
+        """
+        A server, a cluster and an API created through the forms are stored
+        as entered and serve traffic, and the requests sent through the
+        proxy show on the dashboard.
+        """
+        page, gateway = browser.page, browser.gateway
+        ok = browser.backends["ok"]
+        browser.login()
+
+        browser.nav("Servers")
+        page.get_by_role("link", name="New server").first.click()
+        page.get_by_role("textbox", name="Name", exact=True).fill("web1")
+        page.get_by_label("Address").fill(ok.addr)
+        page.get_by_label("Weight").fill("3")
+        browser.submit("Create server")
+        page.get_by_role("heading", name="web1", level=1).wait_for()
+
+        browser.go("/clusters/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("web")
+        page.get_by_label("Load balancing").select_option("least-connections")
+        page.get_by_role("checkbox", name="web1").check()
+        browser.submit("Create cluster")
+        page.get_by_role("heading", name="Clusters", level=1).wait_for()
+        page.get_by_role("cell", name="web", exact=True).wait_for()
+
+        browser.go("/apis/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("echo")
+        page.get_by_label("URL pattern").fill("/ui/echo/{id}")
+        page.get_by_label("Method").select_option("GET")
+        page.get_by_label("Node 1 cluster").select_option("web")
+        page.get_by_label("Node 1 URL rewrite").fill("/echo/{id}")
+        page.get_by_label("Node 1 timeout in seconds").fill("5")
+        browser.submit("Create API")
+        page.get_by_role("heading", name="APIs", level=1).wait_for()
+
+        assert gateway.admin("GET", "/api/v1/servers/web1")["addr"] == ok.addr
+        assert gateway.admin("GET", "/api/v1/servers/web1")["weight"] == 3
+        cluster = gateway.admin("GET", "/api/v1/clusters/web")
+        assert (cluster["servers"], cluster["loadBalance"]) == (["web1"], "least-connections")
+        api = gateway.admin("GET", "/api/v1/apis/echo")
+        assert (api["urlPattern"], api["method"]) == ("/ui/echo/{id}", "GET")
+        assert [(n["cluster"], n["urlRewrite"], n["timeout"]) for n in api["nodes"]] == [
+            ("web", "/echo/{id}", 5)
+        ]
+
+        before = gateway.stats()["totals"]["requests"]
+        browser.go("/")
+        sendUntil(gateway, "/ui/echo/7", 200, "the new API to serve")
+        answer = gateway.proxy("/ui/echo/8")
+        assert answer.json()["path"] == "/echo/8"
+        page.wait_for_function(
+            "(n) => Number(document.querySelector('[data-kpi=requests]')"
+            ".textContent.replace(/[^0-9]/g, '')) >= n",
+            arg=before + 2,
+        )
+        page.locator('tr[data-server="web1"]').get_by_text("healthy", exact=True).wait_for()
+        page.wait_for_function(
+            "() => Number(document.querySelector('tr[data-api=echo] [data-col=requests]')"
+            "?.textContent) >= 2"
+        )
+
+        # A few seconds of steady traffic, for charts worth a screenshot.
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                gateway.proxy("/ui/echo/9")
+                stop.wait(0.1)
+
+        sender = threading.Thread(target=traffic, daemon=True)
+        sender.start()
+        try:
+            page.wait_for_timeout(4500)
+        finally:
+            stop.set()
+            sender.join(5)
+        assert kpi(page, "rps") not in ("\u2013", "0/s")
+        browser.screenshot("dashboard")
+        browser.go("/servers")
+        page.get_by_role("link", name="web1", exact=True).wait_for()
+        page.locator('tr[data-name="web1"]').get_by_text("healthy", exact=True).wait_for()
+
+    def test_validationErrorsNextToTheField(self, browser: Browser) -> None:
+        """
+        The admin's validation errors appear next to the input they are
+        about, top-level, nested and in editor rows alike; a fixed form
+        then saves.
+        """
+        page, gateway = browser.page, browser.gateway
+        gateway.admin("PUT", "/api/v1/servers/v1", {"addr": browser.backends["ok"].addr})
+        gateway.admin("PUT", "/api/v1/clusters/vc1", {"servers": ["v1"]})
+        gateway.admin("PUT", "/api/v1/clusters/vc2", {"servers": ["v1"]})
+        browser.login()
+
+        browser.go("/servers/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("bad")
+        page.get_by_label("Address").fill("nope")
+        browser.submit("Create server")
+        assert browser.errorNextTo("addr") == "must be host:port"
+        assert page.locator(".banner-error").is_hidden()
+
+        page.get_by_label("Address").fill(browser.backends["ok"].addr)
+        page.get_by_text("Enable health check").click()
+        page.get_by_label("Interval (s)").fill("-1")
+        browser.submit("Create server")
+        assert "must be" in browser.errorNextTo("healthCheck.interval")
+        assert page.get_by_label("Address").get_attribute("aria-invalid") is None
+
+        page.get_by_label("Interval (s)").fill("5")
+        browser.submit("Create server")
+        page.get_by_role("heading", name="bad", level=1).wait_for()
+        assert gateway.admin("GET", "/api/v1/servers/bad")["healthCheck"]["interval"] == 5
+
+        # An aggregation: two nodes need attribute names.
+        browser.go("/apis/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("overview")
+        page.get_by_label("URL pattern").fill("/ui/overview/{id}")
+        page.get_by_label("Node 1 cluster").select_option("vc1")
+        page.get_by_label("Node 1 URL rewrite").fill("/json/user")
+        page.get_by_role("button", name="Add node").click()
+        page.get_by_label("Node 2 cluster").select_option("vc2")
+        page.get_by_label("Node 2 URL rewrite").fill("/json/orders")
+        browser.submit("Create API")
+        assert browser.errorNextTo("nodes[0].attrName") == (
+            "is required when an API has several nodes"
+        )
+
+        page.get_by_label("Node 1 attribute name").fill("user")
+        page.get_by_label("Node 2 attribute name").fill("orders")
+        page.get_by_role("button", name="Add node").click()
+        page.get_by_label("Node 3 cluster").select_option("vc2")
+        page.get_by_label("Node 3 URL rewrite").fill("/json/recommended")
+        page.get_by_label("Node 3 attribute name").fill("recommended")
+        page.get_by_label("Node 3 batch").fill("1")
+        page.get_by_label("Node 3 required").uncheck()
+        # Reorder: orders first, then remove and re-add nothing else.
+        page.get_by_role("button", name="Move Node 2 up").click()
+        assert page.get_by_label("Node 1 attribute name").input_value() == "orders"
+        page.get_by_text("Aggregation plan").wait_for()
+        browser.screenshot("api-editor-aggregation")
+        browser.submit("Create API")
+        page.get_by_role("heading", name="APIs", level=1).wait_for()
+        saved = gateway.admin("GET", "/api/v1/apis/overview")
+        assert [
+            (n["attrName"], n["cluster"], n["batch"], n["required"]) for n in saved["nodes"]
+        ] == [
+            ("orders", "vc2", 0, True),
+            ("user", "vc1", 0, True),
+            ("recommended", "vc2", 1, False),
+        ]
+
+        # Editing shows what is stored and saves it back unchanged.
+        browser.go("/apis/overview/edit")
+        assert page.get_by_label("Node 3 attribute name").input_value() == "recommended"
+        assert page.get_by_role("textbox", name="Name", exact=True).is_disabled()
+        browser.submit("Save changes")
+        page.get_by_role("heading", name="APIs", level=1).wait_for()
+        assert gateway.admin("GET", "/api/v1/apis/overview") == saved
+
+        # A conflict with no input of its own is named next to the name.
+        browser.go("/clusters/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("vc1")
+        browser.submit("Create cluster")
+        assert browser.errorNextTo("name") == "cluster 'vc1' already exists"
+
+    def test_routingConditionBuilder(self, browser: Browser) -> None:
+        """
+        A routing is built with rows of source, name, operator and value,
+        and stored with the conditions as entered (a list for "is one of",
+        a number for comparisons, no value for "exists").
+        """
+        page, gateway = browser.page, browser.gateway
+        gateway.admin("PUT", "/api/v1/servers/r1", {"addr": browser.backends["ok"].addr})
+        gateway.admin("PUT", "/api/v1/clusters/stable", {"servers": ["r1"]})
+        gateway.admin("PUT", "/api/v1/clusters/canary", {"servers": ["r1"]})
+        gateway.admin(
+            "PUT",
+            "/api/v1/apis/shop",
+            {"urlPattern": "/ui/shop/{id}", "nodes": [{"cluster": "stable"}]},
+        )
+        browser.login()
+        browser.go("/routings/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("canary-users")
+        page.get_by_label("API", exact=True).select_option("shop")
+        page.get_by_label("Target cluster").select_option("canary")
+        page.get_by_label("Traffic rate (%)").fill("25")
+        page.get_by_label("Sticky on").select_option("cookie")
+        page.get_by_label("Header or cookie name").fill("session")
+
+        add = page.get_by_role("button", name="Add condition")
+        add.click()
+        page.get_by_label("Condition 1 source").select_option("header")
+        page.get_by_label("Condition 1 name").fill("X-Canary")
+        page.get_by_label("Condition 1 operator").select_option("eq")
+        page.get_by_label("Condition 1 value").fill("yes")
+        add.click()
+        page.get_by_label("Condition 2 source").select_option("query")
+        page.get_by_label("Condition 2 name").fill("v")
+        page.get_by_label("Condition 2 operator").select_option("in")
+        page.get_by_label("Condition 2 value").fill("2, 3")
+        add.click()
+        page.get_by_label("Condition 3 source").select_option("json")
+        page.get_by_label("Condition 3 name").fill("user.age")
+        page.get_by_label("Condition 3 operator").select_option("ge")
+        page.get_by_label("Condition 3 value").fill("18")
+        add.click()
+        page.get_by_label("Condition 4 source").select_option("cookie")
+        page.get_by_label("Condition 4 name").fill("beta")
+        page.get_by_label("Condition 4 operator").select_option("exists")
+        assert page.get_by_label("Condition 4 value").is_disabled()
+        add.click()
+        page.get_by_role("button", name="Remove Condition 5").click()
+        page.get_by_text("Matches requests where").wait_for()
+        browser.screenshot("routing-editor")
+
+        # An invalid header name is shown in its row.
+        page.get_by_label("Condition 1 name").fill("X Canary")
+        browser.submit("Create routing")
+        assert browser.errorNextTo("conditions[0].name") == "is not a valid header name"
+        page.get_by_label("Condition 1 name").fill("X-Canary")
+        browser.submit("Create routing")
+        page.get_by_role("heading", name="Routings", level=1).wait_for()
+        page.get_by_text('header X-Canary equals "yes"').wait_for()
+
+        routing = gateway.admin("GET", "/api/v1/routings/canary-users")
+        assert routing["conditions"] == [
+            {"source": "header", "name": "X-Canary", "op": "eq", "value": "yes"},
+            {"source": "query", "name": "v", "op": "in", "value": ["2", "3"]},
+            {"source": "json", "name": "user.age", "op": "ge", "value": 18},
+            {"source": "cookie", "name": "beta", "op": "exists", "value": None},
+        ]
+        assert (routing["api"], routing["cluster"], routing["trafficRate"]) == (
+            "shop",
+            "canary",
+            25,
+        )
+        assert (routing["strategy"], routing["hashOn"]) == ("split", "cookie:session")
+
+        # Editing one field keeps the rest as they were.
+        page.get_by_role("link", name="Edit routing canary-users").click()
+        page.get_by_role("heading", name="Edit routing canary-users").wait_for()
+        assert page.get_by_label("Condition 2 value").input_value() == "2, 3"
+        page.get_by_label("Traffic rate (%)").fill("50")
+        browser.submit("Save changes")
+        page.get_by_role("heading", name="Routings", level=1).wait_for()
+        assert gateway.admin("GET", "/api/v1/routings/canary-users") == dict(
+            routing, trafficRate=50
+        )
+
+    def test_breakerTripShown(self, browser: Browser) -> None:
+        """
+        A server whose circuit breaker opens shows it: the server's page
+        has the open state and the closed -> open transition, and the
+        dashboard raises an alert linking to it.
+        """
+        page, gateway = browser.page, browser.gateway
+        flaky = browser.backends["flaky"]
+        browser.login()
+        browser.go("/servers/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("flaky1")
+        page.get_by_label("Address").fill(flaky.addr)
+        page.get_by_text("Enable circuit breaker").click()
+        page.get_by_label("Failure rate to open (%)").fill("50")
+        page.get_by_label("Minimum requests").fill("2")
+        page.get_by_label("Open timeout (s)").fill("120")
+        browser.submit("Create server")
+        page.get_by_role("heading", name="flaky1", level=1).wait_for()
+        breaker = gateway.admin("GET", "/api/v1/servers/flaky1")["circuitBreaker"]
+        assert (breaker["failureRateToOpen"], breaker["minRequests"]) == (50, 2)
+        page.locator("[data-breaker-state=closed]").wait_for()
+
+        gateway.admin("PUT", "/api/v1/clusters/flaky", {"servers": ["flaky1"]})
+        gateway.admin(
+            "PUT",
+            "/api/v1/apis/flaky",
+            {"urlPattern": "/ui/flaky", "nodes": [{"cluster": "flaky", "urlRewrite": "/echo"}]},
+        )
+        sendUntil(gateway, "/ui/flaky", 200, "the flaky API to serve")
+        flaky.control("fail/500")
+        try:
+            statuses = [gateway.proxy("/ui/flaky").status for _ in range(4)]
+        finally:
+            flaky.control("fail/0")
+        # The success before counts in the window: the first failure opens it.
+        assert statuses[0] == 500, statuses
+        assert statuses[-1] == 503, statuses
+
+        page.locator("[data-breaker-state=open]").wait_for()
+        transitions = page.locator("table.transitions tbody tr")
+        assert "closed" in transitions.first.inner_text()
+        assert "open" in transitions.first.inner_text()
+        page.locator(".status-line").get_by_text("open", exact=True).wait_for()
+        page.wait_for_timeout(2100)  # one more poll: the charts have a line
+        browser.screenshot("server-detail")
+
+        browser.nav("Dashboard")
+        alert = page.get_by_role("link", name="Circuit breaker open on flaky1")
+        alert.wait_for()
+        page.locator('tr[data-server="flaky1"]').get_by_text("open", exact=True).wait_for()
+        browser.screenshot("dashboard-alert")
+        alert.click()
+        page.get_by_role("heading", name="flaky1", level=1).wait_for()
+
+        browser.nav("Servers")
+        page.locator('tr[data-name="flaky1"]').get_by_text("open", exact=True).wait_for()
+        browser.screenshot("servers")
+
+    def test_intervalFiguresMatchTheGateway(self, browser: Browser) -> None:
+        """
+        The dashboard's figures for a polling interval, computed in the
+        browser from two cumulative snapshots, are those of the requests in
+        between: rates from the counter deltas, and p50/p99 from the delta
+        of the histograms equal to the gateway's own estimate for them.
+        """
+        from gateway.stats import BUCKETS_MS, latencyJSON, percentile
+
+        def cumulative(perBucket: List[int]) -> List[int]:
+            out, total = [], 0
+            for n in perBucket:
+                total += n
+                out.append(total)
+            return out
+
+        size = len(BUCKETS_MS) + 1
+        before = [5, 3, 0, 2] + [0] * (size - 4)
+        added = [0, 10, 20, 5, 1, 0, 0, 3] + [0] * (size - 9) + [1]
+        after = [a + b for a, b in zip(before, added)]
+
+        def doc(perBucket: List[int], errors: int, sumMs: float) -> Dict[str, Any]:
+            latency = latencyJSON(cumulative(perBucket), sumMs)
+            count = latency["count"]
+            return {
+                "totals": {"requests": count, "errors": errors, "rejects": 0, "latency": latency}
+            }
+
+        browser.go("/login")
+        figures = browser.page.evaluate(
+            """async ([prev, cur]) => {
+                const m = await import("./js/stats.js");
+                const r = m.rates(m.totalsOf(cur), m.totalsOf(prev), 2);
+                return [r.rps, r.errorRate, r.meanMs, r.p50, r.p99];
+            }""",
+            [doc(before, 1, 100.0), doc(after, 11, 500.0)],
+        )
+        delta = cumulative(added)
+        assert figures == pytest.approx(
+            [40 / 2, 10 * 100 / 40, 400.0 / 40, percentile(delta, 0.5), percentile(delta, 0.99)]
+        )
+
+    def test_deleteFromTheList(self, browser: Browser) -> None:
+        """
+        Deleting asks first; a cluster still used by an API is refused with
+        the admin's reason, an unused one is removed.
+        """
+        page, gateway = browser.page, browser.gateway
+        gateway.admin("PUT", "/api/v1/servers/d1", {"addr": browser.backends["ok"].addr})
+        gateway.admin("PUT", "/api/v1/clusters/used", {"servers": ["d1"]})
+        gateway.admin("PUT", "/api/v1/clusters/unused", {"servers": ["d1"]})
+        gateway.admin(
+            "PUT",
+            "/api/v1/apis/user-of-used",
+            {"urlPattern": "/ui/d", "nodes": [{"cluster": "used"}]},
+        )
+        browser.login()
+        browser.go("/clusters")
+
+        page.get_by_role("button", name="Delete cluster used", exact=True).click()
+        dialog = page.get_by_role("dialog")
+        assert "Delete cluster used?" in dialog.inner_text()
+        dialog.get_by_role("button", name="Delete").click()
+        page.get_by_text("Cannot delete cluster used: cluster 'used' is still used by").wait_for()
+        assert gateway.admin("GET", "/api/v1/clusters/used")["name"] == "used"
+
+        page.get_by_role("button", name="Delete cluster unused", exact=True).click()
+        page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
+        assert page.locator('tr[data-name="unused"]').is_visible()
+        page.get_by_role("button", name="Delete cluster unused", exact=True).click()
+        page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+        page.locator('tr[data-name="unused"]').wait_for(state="detached")
+        answer = request(
+            "GET",
+            gateway.adminURL + "/api/v1/clusters/unused",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert answer.status == 404
+
+
+def test_screenshotsFolderIgnored() -> None:
+    """
+    The screenshots land in a folder git ignores, so a test run leaves the
+    working tree clean.
+    """
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "check-ignore", "-q", str(SCREENSHOTS / "dashboard.png")],
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,206 @@
+// The dashboard: live traffic, errors and latency, what needs attention
+// (open breakers, unhealthy or ejected servers), servers, APIs and proxies.
+
+import { fetchProxies } from "../api.js";
+import { h, mount, fmtNum, fmtRate, fmtPct, fmtMs, badge, isNum, DASH } from "../dom.js";
+import { poller } from "../stats.js";
+import { LineChart, COLORS } from "../charts.js";
+import { pageHeader, alertsOf, alertList, healthBadge, breakerBadge } from "./common.js";
+
+/** Column headings; a leading "#" marks a numeric (right-aligned) column. */
+function headings(names) {
+  return names.map((n) => (n.startsWith("#") ? h("th", { scope: "col", class: "num" }, n.slice(1)) : h("th", { scope: "col" }, n)));
+}
+
+function kpi(label, key, hint) {
+  const value = h("div", { class: "kpi-value", dataset: { kpi: key } }, DASH);
+  const sub = h("div", { class: "kpi-sub" }, hint || "");
+  return { el: h("div", { class: "kpi" }, h("div", { class: "kpi-label" }, label), value, sub), value, sub };
+}
+
+export function proxiesTable(proxies) {
+  if (!proxies.length) return h("p", { class: "muted" }, "No proxy has reported yet.");
+  return h(
+    "div",
+    { class: "table-scroll" },
+    h(
+    "table",
+    { class: "table table-compact" },
+    h("thead", null, h("tr", null, headings(["Address", "Version", "Started", "#Store revision", "State"]))),
+    h(
+      "tbody",
+      null,
+      proxies.map((p) =>
+        h(
+          "tr",
+          null,
+          h("td", null, h("code", null, p.addr ?? DASH)),
+          h("td", null, p.version ?? DASH),
+          h("td", null, p.startedAt ? new Date(p.startedAt).toLocaleString(undefined, { hour12: false }) : DASH),
+          h("td", { class: "num" }, p.revision ?? DASH),
+          h("td", null, p.ready === false ? badge("starting", "warn") : badge("serving", "ok")),
+        ),
+      ),
+    ),
+    ),
+  );
+}
+
+export function renderDashboard(outlet) {
+  const kpis = {
+    rps: kpi("Requests/s", "rps", "last 2 s"),
+    errorRate: kpi("Error rate", "errorRate", "errors / requests"),
+    p50: kpi("Latency p50", "p50", ""),
+    p99: kpi("Latency p99", "p99", ""),
+    requests: kpi("Requests", "requests", "since start"),
+    rejects: kpi("Rejected", "rejects", "rate limit, breaker, access"),
+  };
+  const traffic = new LineChart({
+    title: "Traffic",
+    series: [
+      { key: "rps", label: "requests/s", color: COLORS.blue, fill: true },
+      { key: "errorsPs", label: "errors/s", color: COLORS.red },
+      { key: "rejectsPs", label: "rejects/s", color: COLORS.amber },
+    ],
+    format: (v) => fmtNum(v, v < 10 ? 2 : 0),
+  });
+  const errors = new LineChart({
+    title: "Error rate",
+    series: [{ key: "errorRate", label: "errors", color: COLORS.red, fill: true }],
+    format: (v) => `${fmtNum(v, v < 10 ? 1 : 0)}%`,
+    yMax: 4,
+  });
+  const latency = new LineChart({
+    title: "Latency",
+    series: [
+      { key: "p50", label: "p50", color: COLORS.teal },
+      { key: "p99", label: "p99", color: COLORS.violet },
+      { key: "meanMs", label: "mean", color: COLORS.amber },
+    ],
+    format: fmtMs,
+  });
+  const alerts = h("div", { class: "alerts-body" }, h("p", { class: "muted" }, "Waiting for the first statistics\u2026"));
+  const serversBody = h("tbody");
+  const apisBody = h("tbody");
+  const proxiesBody = h("div", null, h("p", { class: "muted" }, "Loading\u2026"));
+  const freshness = h("span", { class: "muted" });
+
+  mount(
+    outlet,
+    pageHeader("Dashboard", { subtitle: h("span", null, "Live, from every proxy. ", freshness) }),
+    h("section", { class: "kpis", "aria-label": "Live figures" }, Object.values(kpis).map((k) => k.el)),
+    h("section", { class: "card", "aria-labelledby": "alerts-h" }, h("h2", { id: "alerts-h" }, "Alerts"), alerts),
+    h("div", { class: "grid-3" }, h("div", { class: "card" }, traffic.el), h("div", { class: "card" }, errors.el), h("div", { class: "card" }, latency.el)),
+    h(
+      "div",
+      { class: "grid-tables" },
+      h(
+        "section",
+        { class: "card card-flush", "aria-labelledby": "servers-h" },
+        h("h2", { id: "servers-h", class: "card-title" }, "Servers"),
+        h("div", { class: "table-scroll" }, h("table", { class: "table table-compact" }, h("thead", null, h("tr", null, headings(["Server", "Health", "Breaker", "#In flight", "#Req/s", "#Latency"]))), serversBody)),
+      ),
+      h(
+        "section",
+        { class: "card card-flush", "aria-labelledby": "apis-h" },
+        h("h2", { id: "apis-h", class: "card-title" }, "APIs"),
+        h("div", { class: "table-scroll" }, h("table", { class: "table table-compact" }, h("thead", null, h("tr", null, headings(["API", "#Requests", "#Req/s", "#Errors", "#Rejects", "#p50 (all)", "#p99 (all)"]))), apisBody)),
+      ),
+    ),
+    h("section", { class: "card", "aria-labelledby": "proxies-h" }, h("h2", { id: "proxies-h" }, "Proxies"), proxiesBody),
+  );
+
+  let stopped = false;
+  const loadProxies = async () => {
+    try {
+      const proxies = await fetchProxies();
+      if (!stopped) mount(proxiesBody, proxiesTable(proxies || []));
+    } catch (e) {
+      if (!stopped && e.status !== 401) mount(proxiesBody, h("p", { class: "banner banner-error" }, `Could not load the proxies: ${e.message}`));
+    }
+  };
+  loadProxies();
+  const proxyTimer = setInterval(loadProxies, 10000);
+
+  const unsubscribe = poller.subscribe((p) => {
+    const sample = p.latest;
+    if (p.error && p.error.status !== 401) {
+      freshness.textContent = `Statistics unavailable: ${p.error.message}`;
+      freshness.className = "stale";
+    } else if (sample) {
+      freshness.textContent = `Updated ${new Date().toLocaleTimeString(undefined, { hour12: false })}.`;
+      freshness.className = "muted";
+    }
+    if (!sample) return;
+    const t = sample.total;
+    kpis.rps.value.textContent = fmtRate(t.rps);
+    kpis.errorRate.value.textContent = fmtPct(t.errorRate);
+    kpis.errorRate.el.classList.toggle("kpi-bad", t.errorRate >= 5);
+    // The last interval's percentiles; when nothing finished in it, those
+    // of every request since the start.
+    const recent = isNum(t.p50);
+    const lat = sample.cum.total.latency;
+    kpis.p50.value.textContent = fmtMs(recent ? t.p50 : lat.p50);
+    kpis.p99.value.textContent = fmtMs(recent ? t.p99 : lat.p99);
+    kpis.p50.sub.textContent = kpis.p99.sub.textContent = isNum(recent ? t.p50 : lat.p50) ? (recent ? "last 2 s" : "since start") : "";
+    kpis.requests.value.textContent = fmtNum(sample.cum.total.requests);
+    kpis.rejects.value.textContent = fmtNum(sample.cum.total.rejects);
+    kpis.requests.sub.textContent = `${fmtNum(sample.cum.total.errors)} errors since start`;
+
+    mount(alerts, alertList(alertsOf(sample)));
+    const points = p.samples.map((x) => ({ t: x.t, ...x.total }));
+    traffic.update(points);
+    errors.update(points);
+    latency.update(points);
+
+    const servers = Object.entries(sample.data?.servers || {}).sort(([a], [b]) => a.localeCompare(b));
+    mount(
+      serversBody,
+      servers.length
+        ? servers.map(([name, s]) => {
+            const r = sample.servers[name] || {};
+            return h(
+              "tr",
+              { dataset: { server: name } },
+              h("td", null, h("a", { href: `#/servers/${encodeURIComponent(name)}`, class: "strong" }, name), h("div", { class: "muted small" }, s.addr || "")),
+              h("td", null, healthBadge(s)),
+              h("td", null, breakerBadge(s)),
+              h("td", { class: "num" }, fmtNum(s.active)),
+              h("td", { class: "num" }, fmtRate(r.rps)),
+              h("td", { class: "num" }, fmtMs(r.meanMs ?? r.ewmaMs)),
+            );
+          })
+        : h("tr", null, h("td", { colspan: 6, class: "muted" }, "No server yet.")),
+    );
+    const apis = Object.entries(sample.data?.apis || {}).sort(([a], [b]) => a.localeCompare(b));
+    mount(
+      apisBody,
+      apis.length
+        ? apis.map(([name]) => {
+            const c = sample.cum.apis[name] || {};
+            const r = sample.apis[name] || {};
+            return h(
+              "tr",
+              { dataset: { api: name } },
+              h("td", null, h("a", { href: `#/apis/${encodeURIComponent(name)}/edit`, class: "strong" }, name)),
+              h("td", { class: "num", dataset: { col: "requests" } }, fmtNum(c.requests)),
+              h("td", { class: "num" }, fmtRate(r.rps)),
+              h("td", { class: "num" }, fmtNum(c.errors)),
+              h("td", { class: "num" }, fmtNum(c.rejects)),
+              h("td", { class: "num" }, fmtMs(c.latency?.p50)),
+              h("td", { class: "num" }, fmtMs(c.latency?.p99)),
+            );
+          })
+        : h("tr", null, h("td", { colspan: 7, class: "muted" }, sample.data?.apis ? "No API has served a request yet." : "The gateway does not report per-API statistics.")),
+    );
+  });
+
+  return () => {
+    stopped = true;
+    clearInterval(proxyTimer);
+    unsubscribe();
+    traffic.destroy();
+    errors.destroy();
+    latency.destroy();
+  };
+}

@@ -1,0 +1,177 @@
+// Servers: the list (with live health and breaker state) and the form.
+
+import { resources } from "../api.js";
+import { h, mount, fmtNum, fmtRate, fmtMs, DASH } from "../dom.js";
+import { poller } from "../stats.js";
+import { inputField, numberField, optionalSection, section, readText, readNumber, readList, assign, LocalError } from "../forms.js";
+import { pageHeader, loading, errorState, linkButton, emptyState, resourceTable, healthBadge, breakerBadge, formPage, clone } from "./common.js";
+
+export async function renderServerList(outlet) {
+  const header = pageHeader("Servers", {
+    subtitle: "Backend addresses, with their protection settings and live state.",
+    actions: [linkButton("New server", "#/servers/new", "btn-primary")],
+  });
+  mount(outlet, header, loading());
+  let servers;
+  try {
+    servers = await resources.list("servers");
+  } catch (e) {
+    mount(outlet, header, errorState(e, () => renderServerList(outlet)));
+    return;
+  }
+  if (!servers.length) {
+    mount(outlet, header, emptyState("No servers yet. A server is one backend address (host:port).", "Create a server", "#/servers/new"));
+    return;
+  }
+  const live = {};
+  const cellOf = (name, key) => {
+    live[name] = live[name] || {};
+    const cell = h("span", { class: key === "rps" || key === "latency" ? "num" : "" }, DASH);
+    live[name][key] = cell;
+    return cell;
+  };
+  const table = resourceTable({
+    kind: "servers",
+    items: servers,
+    columns: [
+      { label: "Name", cell: (s) => h("a", { href: `#/servers/${encodeURIComponent(s.name)}`, class: "strong" }, s.name) },
+      { label: "Address", cell: (s) => h("code", null, s.addr) },
+      { label: "Weight", cell: (s) => fmtNum(s.weight), className: "num" },
+      { label: "Max QPS", cell: (s) => (s.maxQPS ? fmtNum(s.maxQPS) : "\u221E"), className: "num" },
+      { label: "Health", cell: (s) => cellOf(s.name, "health") },
+      { label: "Circuit breaker", cell: (s) => cellOf(s.name, "breaker") },
+      { label: "Requests/s", cell: (s) => cellOf(s.name, "rps"), className: "num" },
+      { label: "Latency", cell: (s) => cellOf(s.name, "latency"), className: "num" },
+    ],
+  });
+  mount(outlet, header, table);
+  return poller.subscribe((p) => {
+    const sample = p.latest;
+    for (const s of servers) {
+      const stats = sample?.data?.servers?.[s.name];
+      const rates = sample?.servers?.[s.name];
+      const cells = live[s.name];
+      cells.health.replaceChildren(healthBadge(stats));
+      cells.breaker.replaceChildren(breakerBadge(stats));
+      cells.rps.textContent = fmtRate(rates?.rps);
+      cells.latency.textContent = fmtMs(rates?.meanMs ?? rates?.ewmaMs);
+    }
+  });
+}
+
+const HEALTH_DEFAULTS = { path: "/health", interval: 10, timeout: 5, status: 200, rise: 1, fall: 1 };
+const BREAKER_DEFAULTS = { failureRateToOpen: 50, minRequests: 20, window: 10, openTimeout: 30, halfOpenTrafficRate: 10, successRateToClose: 80, halfOpenRequests: 10, failureStatuses: [500, 502, 503, 504] };
+const PASSIVE_DEFAULTS = { consecutiveFailures: 5, ejectTime: 30 };
+
+/** The fields of a circuit breaker (shared with the API form). */
+export function breakerSection(prefix, value, what) {
+  const v = value || BREAKER_DEFAULTS;
+  const f = {
+    failureRateToOpen: numberField({ label: "Failure rate to open (%)", field: `${prefix}.failureRateToOpen`, value: v.failureRateToOpen }),
+    minRequests: numberField({ label: "Minimum requests", field: `${prefix}.minRequests`, value: v.minRequests, help: "in the window, before the rate counts" }),
+    window: numberField({ label: "Window (s)", field: `${prefix}.window`, value: v.window }),
+    openTimeout: numberField({ label: "Open timeout (s)", field: `${prefix}.openTimeout`, value: v.openTimeout, help: "then half-open" }),
+    halfOpenTrafficRate: numberField({ label: "Half-open traffic (%)", field: `${prefix}.halfOpenTrafficRate`, value: v.halfOpenTrafficRate }),
+    successRateToClose: numberField({ label: "Success rate to close (%)", field: `${prefix}.successRateToClose`, value: v.successRateToClose }),
+    halfOpenRequests: numberField({ label: "Half-open trial requests", field: `${prefix}.halfOpenRequests`, value: v.halfOpenRequests }),
+    failureStatuses: inputField({ label: "Failure statuses", field: `${prefix}.failureStatuses`, value: (v.failureStatuses || []).join(", "), help: "comma separated; refused connections and timeouts always count" }),
+  };
+  const sec = optionalSection({
+    title: "Circuit breaker",
+    field: prefix,
+    enabled: !!value,
+    description: `Stops sending to ${what} when too many requests fail, and answers 503 at once until it recovers.`,
+    children: Object.values(f).map((x) => x.el),
+  });
+  const collect = (original) => {
+    if (!sec.enabled) return null;
+    const out = clone(original || {});
+    for (const key of Object.keys(f)) {
+      if (key === "failureStatuses") continue;
+      assign(out, key, readNumber(f[key].input));
+    }
+    const statuses = readList(f.failureStatuses.input).map((s) => {
+      const n = Number(s);
+      if (!Number.isInteger(n)) throw new LocalError(`${prefix}.failureStatuses`, `${s} is not an HTTP status`);
+      return n;
+    });
+    assign(out, "failureStatuses", statuses.length ? statuses : undefined);
+    return out;
+  };
+  return { el: sec.el, collect };
+}
+
+export function renderServerForm(outlet, params) {
+  return formPage({
+    outlet,
+    kind: "servers",
+    name: params.name,
+    description: "One backend address and how the gateway protects it.",
+    after: (saved) => `#/servers/${encodeURIComponent(saved.name)}`,
+    build(item) {
+      const editing = !!item;
+      const name = inputField({ label: "Name", field: "name", value: item?.name, required: true, disabled: editing, help: editing ? "The name cannot change." : "Letters, digits, - _ and ." });
+      const addr = inputField({ label: "Address", field: "addr", value: item?.addr, required: true, placeholder: "10.0.0.5:8080", help: "host:port" });
+      const weight = numberField({ label: "Weight", field: "weight", value: item?.weight ?? 1, help: "share for weighted balancing; 0 drains it" });
+      const maxQPS = numberField({ label: "Max QPS", field: "maxQPS", value: item?.maxQPS ?? 0, help: "0 = no limit" });
+
+      const hc = item?.healthCheck || HEALTH_DEFAULTS;
+      const hf = {
+        path: inputField({ label: "Path", field: "healthCheck.path", value: hc.path, placeholder: "/health" }),
+        status: numberField({ label: "Expected status", field: "healthCheck.status", value: hc.status }),
+        body: inputField({ label: "Expected body text", field: "healthCheck.body", value: hc.body, help: "optional substring" }),
+        interval: numberField({ label: "Interval (s)", field: "healthCheck.interval", value: hc.interval }),
+        timeout: numberField({ label: "Timeout (s)", field: "healthCheck.timeout", value: hc.timeout }),
+        rise: numberField({ label: "Rise", field: "healthCheck.rise", value: hc.rise, help: "passes in a row to come back" }),
+        fall: numberField({ label: "Fall", field: "healthCheck.fall", value: hc.fall, help: "failures in a row to leave" }),
+      };
+      const health = optionalSection({
+        title: "Health check",
+        field: "healthCheck",
+        enabled: !!item?.healthCheck,
+        description: "The gateway fetches the path every interval; a server that fails leaves its clusters' rotation until it passes again.",
+        children: Object.values(hf).map((x) => x.el),
+      });
+      const breaker = breakerSection("circuitBreaker", item?.circuitBreaker, "this server");
+      const ph = item?.passiveHealth || PASSIVE_DEFAULTS;
+      const pf = {
+        consecutiveFailures: numberField({ label: "Consecutive failures", field: "passiveHealth.consecutiveFailures", value: ph.consecutiveFailures }),
+        ejectTime: numberField({ label: "Eject time (s)", field: "passiveHealth.ejectTime", value: ph.ejectTime }),
+      };
+      const passive = optionalSection({
+        title: "Passive health",
+        field: "passiveHealth",
+        enabled: !!item?.passiveHealth,
+        description: "Takes the server out of rotation after proxied requests fail in a row.",
+        children: Object.values(pf).map((x) => x.el),
+      });
+      const fields = [section("Server", null, name.el, addr.el, weight.el, maxQPS.el), health.el, breaker.el, passive.el];
+      const collect = () => {
+        const out = clone(item);
+        assign(out, "name", readText(name.input));
+        assign(out, "addr", readText(addr.input));
+        assign(out, "weight", readNumber(weight.input));
+        assign(out, "maxQPS", readNumber(maxQPS.input));
+        if (health.enabled) {
+          const v = clone(item?.healthCheck);
+          assign(v, "path", readText(hf.path.input));
+          assign(v, "body", readText(hf.body.input) ?? null);
+          for (const key of ["status", "interval", "timeout", "rise", "fall"]) assign(v, key, readNumber(hf[key].input));
+          out.healthCheck = v;
+        } else {
+          out.healthCheck = null;
+        }
+        out.circuitBreaker = breaker.collect(item?.circuitBreaker);
+        if (passive.enabled) {
+          const v = clone(item?.passiveHealth);
+          for (const key of Object.keys(pf)) assign(v, key, readNumber(pf[key].input));
+          out.passiveHealth = v;
+        } else {
+          out.passiveHealth = null;
+        }
+        return out;
+      };
+      return { fields, collect };
+    },
+  });
+}
