@@ -31,10 +31,12 @@ from gateway.metrics import metricsResource
 from gateway.mirror import Mirror
 from gateway.model import Catalog
 from gateway.proxy import ClientAddresses, GatewayRequest, GatewayResource
+from gateway.registry import ProxyRegistry, advertisedAddress, listProxies
 from gateway.schema import toJSON
 from gateway.snapshot import SnapshotManager
 from gateway.stats import SnapshotStats, Stats, mergeSnapshots
 from gateway.store import Change, StoreState, storeFromURL
+from gateway.store.etcd import EtcdStore
 from gateway.upstream import AgentUpstreamClient
 from gateway.workers import WorkerPool, reusePortEndpoint, workerCommand, workerCount
 
@@ -161,6 +163,7 @@ class GatewayService(MultiService):
         self.workerPool: Optional[WorkerPool] = None
         self.health: Optional[HealthChecker] = None
         self._workerStats: Dict[int, dict] = {}
+        self.registry: Optional[Any] = None
         self.counters = Stats(reactor)
         self.counters.follow(self.manager)
 
@@ -199,6 +202,19 @@ class GatewayService(MultiService):
             )
             self.workerPool.setName("workers")
             self.workerPool.setServiceParent(self)
+        if proxyConfig is not None and not isWorker and isinstance(self.store, EtcdStore):
+            # Several gateways share this etcd: say that this one serves.
+            self.registry = ProxyRegistry(
+                self.store.client,
+                self.store.prefix,
+                advertisedAddress(proxyConfig.listen),
+                gateway.__version__,
+                stats=self.stats,
+                ready=lambda: self.ready,
+                startedAt=self.startedAt,
+                reactor=reactor,
+            )
+            self.registry.setServiceParent(self)
         if not isWorker:
             self.health = HealthChecker(self._client, reactor, self.manager)
             self.health.setName("health")
@@ -212,6 +228,7 @@ class GatewayService(MultiService):
                 validate=self.manager.validate,
                 proxies=self.proxies,
                 stats=self.stats,
+                ready=lambda: self.ready,
                 reactor=reactor,
                 metrics=metricsResource(
                     self.counters
@@ -221,9 +238,7 @@ class GatewayService(MultiService):
                     self.health,
                 ),
             )
-            self._listen(
-                "admin", config.admin.listen, AdminSite(withWebUI(self.admin.resource()))
-            )
+            self._listen("admin", config.admin.listen, AdminSite(withWebUI(self.admin.resource())))
 
     def healthStates(self) -> Dict[str, bool]:
         """
@@ -268,8 +283,13 @@ class GatewayService(MultiService):
             revision = await self.store.commit(changes, state.revision)
             state = state.withChanges(changes, revision)
             log.info("seeded {n} resource(s) from the config file", n=len(changes))
-        self.manager.apply(state)
+        current = self.manager.snapshot
+        # The watch may have applied a newer state meanwhile: never roll back.
+        if current is None or current.revision < state.revision:
+            self.manager.apply(state)
         self.ready = True
+        if self.registry is not None:
+            self.registry.refresh()
         log.info("serving store revision {revision}", revision=state.revision)
 
     def _loadAndSeed(self, seed: bool = True) -> defer.Deferred:
@@ -321,8 +341,11 @@ class GatewayService(MultiService):
 
     def proxies(self) -> List[Dict[str, Any]]:
         """
-        @return: the proxies this process knows of: itself, when it runs one.
+        @return: the live proxies: those registered in etcd, or this
+            process, when it runs one.
         """
+        if isinstance(self.store, EtcdStore):
+            return listProxies(self.store.client, self.store.prefix)
         if self._config.proxy is None:
             return []
         snapshot = self.manager.snapshot

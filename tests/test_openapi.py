@@ -206,7 +206,7 @@ class DocumentTests(SynchronousTestCase):
                     continue
                 responses = operation["responses"]
                 public = operation.get("security") == []
-                self.assertEqual(public, path in ("/healthz", "/api/v1/openapi.json"))
+                self.assertEqual(public, path in ("/healthz", "/readyz", "/api/v1/openapi.json"))
                 if not public:
                     self.assertIn("401", responses, (path, method))
                 if method in ("post", "put"):

@@ -155,6 +155,7 @@ class AdminAPI:
         reactor: Any = None,
         maxBodySize: int = 1_048_576,
         metrics: Optional[IResource] = None,
+        ready: Optional[Callable[[], bool]] = None,
     ) -> None:
         """
         @param store: the L{gateway.interfaces.IStore} provider to serve.
@@ -186,6 +187,7 @@ class AdminAPI:
         self._stats = stats if stats is not None else _defaultStats
         self._maxBodySize = maxBodySize
         self._metrics = metrics
+        self._ready = ready if ready is not None else (lambda: True)
 
     def resource(self) -> IResource:
         """
@@ -352,6 +354,17 @@ class AdminAPI:
         C{GET /api/v1/stats}: per API and server statistics.
         """
         return _Answer(200, await maybeDeferred(self._stats))
+
+    @app.route("/readyz", methods=["GET"])
+    @_jsonEndpoint(authenticated=False)
+    async def readyz(self, request: IRequest) -> _Answer:
+        """
+        C{GET /readyz}: 200 once this gateway has loaded its configuration
+        and serves it, 503 before (for load balancers and orchestrators).
+        """
+        if self._ready():
+            return _Answer(200, {"status": "ready"})
+        return _Answer(503, {"status": "starting"})
 
     @app.route(PREFIX + "/openapi.json", methods=["GET"])
     @_jsonEndpoint(authenticated=False)

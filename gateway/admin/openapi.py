@@ -313,6 +313,11 @@ def _otherSchemas() -> Dict[str, Dict[str, Any]]:
             "properties": {"status": {"type": "string", "enum": ["ok"]}},
             "required": ["status"],
         },
+        "Readiness": {
+            "type": "object",
+            "properties": {"status": {"type": "string", "enum": ["ready", "starting"]}},
+            "required": ["status"],
+        },
     }
 
 
@@ -472,6 +477,18 @@ def _paths() -> Dict[str, Dict[str, Any]]:
                 "summary": "The admin site is up",
                 "security": public,
                 "responses": {"200": _ok("Up.", _ref("Health"))},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "tags": ["Status"],
+                "operationId": "readyz",
+                "summary": "The gateway has loaded its configuration and serves it",
+                "security": public,
+                "responses": {
+                    "200": _ok("Ready.", _ref("Readiness")),
+                    "503": _ok("Still starting.", _ref("Readiness")),
+                },
             }
         },
         "/metrics": {
