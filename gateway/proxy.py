@@ -63,6 +63,9 @@ REQUEST_SKIP: FrozenSet[bytes] = frozenset(
         b"x-forwarded-for",
         b"x-forwarded-proto",
         b"x-forwarded-host",
+        # twisted.web has answered "100-continue" itself and holds the whole
+        # body: forwarding it would only draw an interim answer upstream.
+        b"expect",
     ]
 )
 RESPONSE_SKIP: FrozenSet[bytes] = frozenset(

@@ -27,6 +27,7 @@ import gateway
 from gateway.admin.webui import withWebUI
 from gateway.aggregate import Aggregator
 from gateway.health import HealthChecker
+from gateway.httpclient import HTTP11UpstreamClient
 from gateway.metrics import metricsResource
 from gateway.mirror import Mirror
 from gateway.model import Catalog
@@ -37,7 +38,6 @@ from gateway.snapshot import SnapshotManager
 from gateway.stats import SnapshotStats, Stats, mergeSnapshots
 from gateway.store import Change, StoreState, storeFromURL
 from gateway.store.etcd import EtcdStore
-from gateway.upstream import AgentUpstreamClient
 from gateway.workers import WorkerPool, reusePortEndpoint, workerCommand, workerCount
 
 log = Logger()
@@ -175,7 +175,7 @@ class GatewayService(MultiService):
 
         if proxyConfig is not None or not isWorker:
             if self._client is None:
-                self._client = AgentUpstreamClient(reactor)
+                self._client = HTTP11UpstreamClient(reactor)
         if proxyConfig is not None and (isWorker or workers == 1):
             self.mirror = Mirror(self._client, reactor)
             self.proxyResource = GatewayResource(

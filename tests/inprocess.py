@@ -19,12 +19,12 @@ from twisted.web.resource import Resource
 
 from gateway.aggregate import Aggregator
 from gateway.filters import FilterRegistry
+from gateway.httpclient import HTTP11UpstreamClient
 from gateway.mirror import Mirror
 from gateway.proxy import ClientAddresses, GatewayResource
 from gateway.service import GatewaySite
 from gateway.snapshot import SnapshotManager
 from gateway.store import StoreState
-from gateway.upstream import AgentUpstreamClient
 
 
 class EchoBackend(Resource):
@@ -182,7 +182,7 @@ class Harness:
         self.backends: Dict[str, EchoBackend] = {}
         self.backendPorts: Dict[str, int] = {}
         self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.client = AgentUpstreamClient(reactor, connectTimeout=2)
+        self.client = HTTP11UpstreamClient(reactor, connectTimeout=2)
 
     async def start(self, names=("b1",), globalFilters=(), registry=None, trusted=()):
         for name in names:

@@ -4,7 +4,7 @@ Tests for L{gateway.health}.
 Exact timing is checked with L{task.Clock} and a scripted
 L{IUpstreamClient} whose requests the test answers by hand; the servers
 come from a real L{SnapshotManager} fed with store states.  Real-reactor
-tests then run the checker with L{AgentUpstreamClient} against a real
+tests then run the checker with L{HTTP11UpstreamClient} against a real
 twisted.web server on 127.0.0.1.
 """
 
@@ -32,10 +32,10 @@ from gateway.backend import Backend
 from gateway.errors import UpstreamConnectError
 from gateway.filters import FilterRegistry
 from gateway.health import BODY_LIMIT, HealthChecker
+from gateway.httpclient import HTTP11UpstreamClient
 from gateway.interfaces import IUpstreamClient
 from gateway.snapshot import SnapshotManager
 from gateway.store import StoreState
-from gateway.upstream import AgentUpstreamClient
 
 # -- a scripted upstream client ------------------------------------------------
 
@@ -688,7 +688,7 @@ class RealServer:
             name: reactor.listenTCP(0, site, interface="127.0.0.1")
             for name, site in self.sites.items()
         }
-        self.client = AgentUpstreamClient(reactor, connectTimeout=1.0)
+        self.client = HTTP11UpstreamClient(reactor, connectTimeout=1.0)
         self.manager = SnapshotManager(FilterRegistry({}), reactor)
         check = dict({"interval": 0.1, "timeout": 1.0, "body": "ok"}, **check)
         self.manager.apply(

@@ -70,6 +70,8 @@ async def test_get_with_query_and_headers(harness):
     assert "content-encoding" not in responseHeaders
     assert responseHeaders["x-backend"] == ["b1"]
     assert responseHeaders["content-type"] == ["application/json"]
+    # The backend named X-Secret-Hop in its Connection header: hop-by-hop.
+    assert "x-secret-hop" not in responseHeaders
     assert json.loads(body)["uri"] == "/echo/raw"
 
 
