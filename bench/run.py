@@ -1,0 +1,1722 @@
+"""
+The gateway's benchmark: one run, back to back, on 127.0.0.1 only.
+
+Run it through C{scripts/bench.sh} (which installs nginx, wrk, PyPy and the
+virtualenvs first), or by hand with the project's CPython:
+
+    .venv/bin/python bench/run.py [--quick] [--pypy .venv-pypy/bin/python]
+
+It starts an nginx backend answering a 96-byte JSON body, then measures
+with C{wrk --latency}, each row warmed up and then run C{--runs} times:
+
+  1. the backend direct;
+  2. nginx as a reverse proxy (one worker, upstream keep-alive 64);
+  3. Twisted's C{ReverseProxyResource} (C{bench/twisted_reverse_proxy.py});
+  4. the gateway: (a) plain proxying, (b) with a rate limit, a circuit
+     breaker and a routing rule, (c) a 3-way aggregation; on one worker and
+     on N when the config has C{workers:}; (d) a naive treq fan-out
+     (C{bench/treq_fanout.py}) to compare the aggregation with;
+
+each on CPython and on PyPy when given.  For every row: requests per
+second, p50 and p99 latency, and the CPU time the measured process tree
+(utime + stime + reaped children, from C{/proc/PID/stat}) spent per
+request wrk completed; medians over the runs.  Then, apart from wrk: 1 GiB
+streamed through a fresh gateway (its peak RSS), a 3-way aggregation's
+latency against nodes of known delay, and 10 vs 10,000 APIs (per-request
+cost, and the time from one admin PUT until the proxy serves the change).
+
+Output: a Markdown report on stdout and in C{bench/results/latest.md}, the
+same data as JSON in C{bench/results/latest.json}.  Every process it
+starts runs in its own process group and is stopped on the way out, and
+the whole run is bounded by C{--time-limit}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import grp
+import http.client
+import json
+import os
+import platform
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+HOST = "127.0.0.1"
+#: The backend's answer: 96 bytes of JSON (with its newline).
+BODY = (
+    '{"id":12345,"name":"benchmark","items":[1,2,3,4,5],"ok":true,'
+    '"pad":"xxxxxxxxxxxxxxxxxxxxxxxxx"}\n'
+)
+assert len(BODY) == 96
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GIB = 1 << 30
+ADMIN_TOKEN = "bench"
+
+# The issue's targets (issue 7), checked against this run's numbers.
+TARGET_CPU_CPYTHON_US = 150.0
+TARGET_CPU_PYPY_VS_NGINX = 2.0
+TARGET_WORKERS_SCALING = 1.8
+TARGET_AGGREGATION_VS_TREQ = 4.0
+TARGET_AGGREGATION_OVERHEAD_MS = 1.0
+TARGET_PEAK_RSS_MB = 80.0
+TARGET_ROUTING_COST = 0.10
+TARGET_REBUILD_MS = 200.0
+
+
+class BenchError(Exception):
+    """
+    A process did not start, or a measurement could not be made.
+    """
+
+
+class TimeLimit(BaseException):
+    """
+    The run went over C{--time-limit}.
+    """
+
+
+# -- processes ----------------------------------------------------------------
+
+
+def freePort() -> int:
+    """
+    @return: a TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def childEnv() -> Dict[str, str]:
+    """
+    @return: the environment of the Python children: the repository first
+        on C{PYTHONPATH} (so C{gateway} and C{twisted/plugins} are found),
+        unbuffered output.
+    """
+    env = dict(os.environ)
+    paths = [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Child:
+    """
+    A process this run started, in its own process group (so that stopping
+    it stops what it started too), its output in C{logPath}.
+    """
+
+    def __init__(self, name: str, argv: List[str], logPath: Path, cwd: Path) -> None:
+        self.name = name
+        self.logPath = logPath
+        self._log = open(logPath, "wb")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(cwd),
+            env=childEnv(),
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        try:
+            return self.logPath.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def waitForLine(self, pattern: str, timeout: float) -> re.Match[str]:
+        """
+        @return: the first match of C{pattern} in the output.
+        @raise BenchError: when the process exits or C{timeout} seconds pass
+            first.
+        """
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern, re.M)
+        while True:
+            match = regex.search(self.output())
+            if match:
+                return match
+            if not self.alive():
+                raise BenchError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name}: no {pattern!r} in {timeout} s:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """
+        SIGTERM to the process group, SIGKILL to it after C{timeout} s.
+        """
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left in the group (a worker that ignored SIGTERM).
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+
+class Children:
+    """
+    Every process of the run, for stopping them all at the end.
+    """
+
+    def __init__(self, workDir: Path) -> None:
+        self.workDir = workDir
+        self.started: List[Child] = []
+        self._count = 0
+
+    def start(self, name: str, argv: List[str]) -> Child:
+        self._count += 1
+        logPath = self.workDir / f"{self._count:02d}-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.log"
+        child = Child(name, argv, logPath, self.workDir)
+        self.started.append(child)
+        return child
+
+    def stop(self, child: Child) -> None:
+        child.stop()
+        if child in self.started:
+            self.started.remove(child)
+
+    def stopAll(self) -> None:
+        while self.started:
+            self.stop(self.started[-1])
+
+
+def _statTimes(pid: int) -> Tuple[int, float]:
+    """
+    @return: C{(ppid, utime + stime + cutime + cstime in seconds)} of a
+        live process.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read().decode("latin-1")
+    # The command name is in parentheses and may hold spaces or parentheses.
+    fields = data[data.rindex(")") + 2 :].split()
+    ppid = int(fields[1])
+    ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return ppid, ticks / CLK_TCK
+
+
+def treeCPU(root: int) -> float:
+    """
+    @return: the CPU seconds (user + system) that a process and all its
+        live descendants used, with the children they reaped; a multi-worker
+        gateway or nginx master and worker count as one.
+    """
+    times: Dict[int, float] = {}
+    parents: Dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid, cpu = _statTimes(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+        times[int(entry)] = cpu
+        parents[int(entry)] = ppid
+    total = 0.0
+    for pid in times:
+        p = pid
+        while p and p != root:
+            p = parents.get(p, 0)
+        if p == root:
+            total += times[pid]
+    return total
+
+
+def treePIDs(root: int) -> List[int]:
+    """
+    @return: a process and its live descendants.
+    """
+    parents: Dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = _statTimes(int(entry))[0]
+            except (OSError, ValueError, IndexError):
+                continue
+    found = []
+    for pid in parents:
+        p = pid
+        while p and p != root:
+            p = parents.get(p, 0)
+        if p == root:
+            found.append(pid)
+    return sorted(found)
+
+
+def procStatus(pid: int, key: str) -> int:
+    """
+    @return: a C{/proc/PID/status} memory figure (C{VmHWM}, C{VmRSS}) in
+        bytes.
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise BenchError(f"no {key} for process {pid}")
+
+
+# -- HTTP ---------------------------------------------------------------------
+
+
+def get(
+    port: int,
+    path: str,
+    method: str = "GET",
+    body: Optional[bytes] = None,
+    headers: Optional[Dict[str, str]] = None,
+    timeout: float = 10.0,
+) -> Tuple[int, bytes]:
+    """
+    One request on a new connection to 127.0.0.1.
+
+    @return: C{(status, body)}.
+    """
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+def waitForHTTP(child: Child, port: int, path: str, timeout: float) -> bytes:
+    """
+    Poll C{path} until it answers 200.
+
+    @return: the body of that answer.
+    @raise BenchError: when the process exits or C{timeout} passes first.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        if not child.alive():
+            raise BenchError(f"{child.name} exited ({child.proc.returncode}):\n{child.tail()}")
+        try:
+            status, body = get(port, path, timeout=5)
+            if status == 200:
+                return body
+            last = f"status {status}: {body[:200]!r}"
+        except OSError as e:
+            last = str(e)
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{child.name}: {path} not 200 in {timeout} s ({last}):\n{child.tail()}"
+            )
+        time.sleep(0.05)
+
+
+# -- wrk ----------------------------------------------------------------------
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * _UNITS[unit]
+
+
+def parseWrk(text: str) -> Dict[str, Any]:
+    """
+    Read the output of C{wrk --latency}.
+
+    @return: C{requests}, C{seconds}, C{reqPerSec}, C{p50Ms}, C{p75Ms},
+        C{p90Ms}, C{p99Ms}, C{non2xx}, C{socketErrors}.
+    @raise BenchError: when the output is not wrk's.
+    """
+    result: Dict[str, Any] = {"non2xx": 0, "socketErrors": 0}
+    done = re.search(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", text, re.M)
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    if not done or not rate:
+        raise BenchError(f"cannot read wrk's output:\n{text}")
+    result["requests"] = int(done.group(1))
+    result["seconds"] = _ms(done.group(2), done.group(3)) / 1e3
+    result["reqPerSec"] = float(rate.group(1))
+    for pct, value, unit in re.findall(
+        r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M
+    ):
+        result[f"p{pct}Ms"] = _ms(value, unit)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if non2xx:
+        result["non2xx"] = int(non2xx.group(1))
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if errors:
+        result["socketErrors"] = sum(int(n) for n in errors.groups())
+    return result
+
+
+class Wrk:
+    """
+    How wrk is run: C{wrk -tT -cC -dDs --latency URL}.
+    """
+
+    def __init__(self, threads: int, connections: int, duration: float, timeout: float) -> None:
+        self.threads = threads
+        self.connections = connections
+        self.duration = duration
+        self.timeout = timeout
+        self.binary = shutil.which("wrk") or "wrk"
+
+    def describe(self) -> str:
+        return f"wrk -t{self.threads} -c{self.connections} -d{self.duration:g}s --latency"
+
+    def run(self, url: str, duration: Optional[float] = None) -> Dict[str, Any]:
+        seconds = self.duration if duration is None else duration
+        argv = [
+            self.binary,
+            f"-t{self.threads}",
+            f"-c{self.connections}",
+            f"-d{max(1, int(round(seconds)))}s",
+            f"--timeout={max(1, int(self.timeout))}s",
+            "--latency",
+            url,
+        ]
+        try:
+            done = subprocess.run(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=seconds + self.timeout + 30,
+                text=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"wrk did not finish: {' '.join(argv)}")
+        if done.returncode != 0:
+            raise BenchError(f"wrk failed ({done.returncode}): {done.stdout}")
+        return parseWrk(done.stdout)
+
+
+def median(values: List[float]) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+#: The length of one warm-up slice, seconds.
+WARMUP_SLICE = 2.0
+#: Warm-up ends once two slices in a row are no more than this much faster
+#: than the best slice before them.
+WARMUP_STABLE = 1.10
+
+
+def warmUp(wrk: Wrk, url: str, least: float, most: float) -> Tuple[float, List[float]]:
+    """
+    Load C{url} in slices of L{WARMUP_SLICE} seconds for at least C{least}
+    seconds, and on while the rate still climbs (a JIT at work) up to
+    C{most} seconds: until two slices in a row are no faster (by
+    L{WARMUP_STABLE}) than the best one before them.
+
+    @return: C{(seconds spent, req/s of each slice)}.
+    """
+    most = max(least, most)
+    spent = 0.0
+    rates: List[float] = []
+    while spent < most:
+        seconds = max(1.0, min(WARMUP_SLICE, most - spent))
+        rates.append(wrk.run(url, seconds)["reqPerSec"])
+        spent += seconds
+        if spent < least:
+            continue
+        if most == least:
+            break
+        if len(rates) >= 3 and rates[-1] > 0:
+            if max(rates[-2:]) <= max(rates[:-2]) * WARMUP_STABLE:
+                break
+    return spent, rates
+
+
+def measure(
+    wrk: Wrk,
+    url: str,
+    pid: Optional[int],
+    runs: int,
+    warmup: float,
+    warmupMost: Optional[float] = None,
+) -> Dict[str, Any]:
+    """
+    Warm up (L{warmUp}: C{warmup} seconds, on up to C{warmupMost} while
+    the rate climbs), then run wrk C{runs} times against C{url}, reading the
+    CPU time of the process tree of C{pid} around each run.
+
+    @return: the medians (C{reqPerSec}, C{p50Ms}, C{p99Ms}, C{cpuUsPerReq}),
+        every run's figures under C{runs}, the warm-up under C{warmup}.
+    """
+    warmed: Dict[str, Any] = {"seconds": 0.0, "reqPerSec": []}
+    if warmup > 0:
+        spent, rates = warmUp(wrk, url, warmup, max(warmup, warmupMost or 0))
+        warmed = {"seconds": spent, "reqPerSec": rates}
+    results = []
+    for _ in range(runs):
+        before = treeCPU(pid) if pid else None
+        result = wrk.run(url)
+        if pid:
+            used = treeCPU(pid) - before
+            result["cpuSeconds"] = used
+            result["cpuUsPerReq"] = used / result["requests"] * 1e6 if result["requests"] else None
+        results.append(result)
+    summary: Dict[str, Any] = {
+        key: median([r.get(key) for r in results])
+        for key in ("reqPerSec", "p50Ms", "p99Ms", "cpuUsPerReq")
+    }
+    summary["reqPerSecRange"] = [
+        min(r["reqPerSec"] for r in results),
+        max(r["reqPerSec"] for r in results),
+    ]
+    summary["non2xx"] = sum(r["non2xx"] for r in results)
+    summary["socketErrors"] = sum(r["socketErrors"] for r in results)
+    summary["runs"] = results
+    summary["warmup"] = warmed
+    return summary
+
+
+# -- what is measured ---------------------------------------------------------
+
+
+class Interpreter:
+    """
+    A Python with the project installed: its C{python} and C{twistd}.
+    """
+
+    def __init__(self, name: str, python: str) -> None:
+        self.name = name
+        # Absolute (children run elsewhere), but not resolved: a venv's
+        # python is a symlink to the interpreter outside the venv.
+        self.python = os.path.abspath(python)
+        twistd = Path(self.python).parent / "twistd"
+        if twistd.exists():
+            self.twistd = [str(twistd)]
+        else:
+            self.twistd = [self.python, "-c", "from twisted.scripts.twistd import run; run()"]
+        self.version = ""
+        self.twistedVersion = ""
+
+    def probe(self) -> None:
+        code = (
+            "import sys, twisted; "
+            "print(sys.version.replace(chr(10), ' ')); print(twisted.__version__)"
+        )
+        done = subprocess.run(
+            [self.python, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=60,
+            env=childEnv(),
+        )
+        if done.returncode != 0:
+            raise BenchError(f"{self.python} cannot import twisted: {done.stdout}")
+        lines = done.stdout.strip().splitlines()
+        self.version, self.twistedVersion = lines[0], lines[-1]
+
+
+def nginxBinary() -> str:
+    found = shutil.which("nginx")
+    if found:
+        return found
+    if os.path.exists("/usr/sbin/nginx"):
+        return "/usr/sbin/nginx"
+    raise BenchError("nginx is not installed (scripts/bench.sh installs it)")
+
+
+def startNginx(children: Children, name: str, port: int, upstream: str, location: str) -> Child:
+    """
+    Start one nginx (one worker, foreground) in a fresh prefix directory.
+    """
+    prefix = children.workDir / name
+    prefix.mkdir()
+    userLine = ""
+    if os.geteuid() == 0:
+        # Workers of a root master otherwise run as nobody, who cannot
+        # write to the (private) temporary prefix.
+        userLine = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
+    template = string.Template((BENCH / "nginx.conf.template").read_text())
+    config = template.substitute(
+        user_line=userLine, prefix=prefix, port=port, upstream=upstream, location=location
+    )
+    (prefix / "nginx.conf").write_text(config)
+    argv = [
+        nginxBinary(),
+        "-p",
+        str(prefix),
+        "-c",
+        str(prefix / "nginx.conf"),
+        "-e",
+        str(prefix / "error.log"),
+    ]
+    child = children.start(name, argv)
+    waitForHTTP(child, port, "/", 15)
+    return child
+
+
+def nginxBackend(children: Children) -> Tuple[Child, int]:
+    port = freePort()
+    body = BODY.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+    location = f"            default_type application/json;\n            return 200 '{body}';"
+    return startNginx(children, "nginx-backend", port, "", location), port
+
+
+def nginxProxy(children: Children, backendPort: int) -> Tuple[Child, int]:
+    port = freePort()
+    upstream = (
+        "    upstream backend {\n"
+        f"        server 127.0.0.1:{backendPort};\n"
+        "        keepalive 64;\n"
+        "    }\n"
+    )
+    location = (
+        "            proxy_pass http://backend;\n"
+        "            proxy_http_version 1.1;\n"
+        '            proxy_set_header Connection "";'
+    )
+    return startNginx(children, "nginx-proxy", port, upstream, location), port
+
+
+def startTwistedServer(
+    children: Children, name: str, interpreter: Interpreter, script: str, backendPort: int
+) -> Tuple[Child, int]:
+    argv = [
+        interpreter.python,
+        str(BENCH / script),
+        "--port",
+        "0",
+        "--backend",
+        f"127.0.0.1:{backendPort}",
+    ]
+    child = children.start(name, argv)
+    port = int(child.waitForLine(r"^READY (\d+)$", 60).group(1))
+    waitForHTTP(child, port, "/", 30)
+    return child, port
+
+
+def workersKey() -> Optional[str]:
+    """
+    @return: where this tree's config takes C{workers: N}: C{"top"} (a
+        top-level key), C{"proxy"} (in the C{proxy:} section), or L{None}
+        when it does not know the key yet.
+    """
+    try:
+        from gateway.config import ConfigError, parseConfig
+    except ImportError:
+        return None
+    proxy = {"listen": "tcp:8080:interface=127.0.0.1"}
+    for where, data in (
+        ("top", {"proxy": proxy, "workers": 2}),
+        ("proxy", {"proxy": dict(proxy, workers=2)}),
+    ):
+        try:
+            parseConfig(data)
+        except ConfigError:
+            continue
+        return where
+    return None
+
+
+def withWorkers(config: Dict[str, Any], workers: Optional[int], where: Optional[str]) -> None:
+    if workers is None or where is None:
+        return
+    if where == "top":
+        config["workers"] = workers
+    else:
+        config["proxy"]["workers"] = workers
+
+
+def gatewayConfig(
+    proxyPort: int,
+    backendPort: int,
+    workers: Optional[int] = None,
+    where: Optional[str] = None,
+    adminPort: Optional[int] = None,
+    extraServers: Tuple[Dict[str, Any], ...] = (),
+    extraClusters: Tuple[Dict[str, Any], ...] = (),
+    extraApis: Tuple[Dict[str, Any], ...] = (),
+) -> Dict[str, Any]:
+    """
+    @return: the config of a benchmarked gateway: the default filters
+        (C{request-id}; the access log off), a file store, and three
+        APIs to the nginx backend: C{/plain} (plain proxying),
+        C{/protected} (a rate limit that never triggers, a circuit breaker
+        on its server, a routing rule whose header condition never matches)
+        and C{/aggregate} (three nodes merged).
+    """
+    backend = f"127.0.0.1:{backendPort}"
+    config: Dict[str, Any] = {
+        "proxy": {
+            "listen": f"tcp:{proxyPort}:interface=127.0.0.1",
+            "filters": ["request-id"],
+            "accessLog": False,
+        },
+        "store": "file:gateway-data.json",
+        "servers": [
+            {"name": "nginx", "addr": backend},
+            {
+                "name": "nginx-guarded",
+                "addr": backend,
+                "circuitBreaker": {
+                    "failureRateToOpen": 50,
+                    "minRequests": 20,
+                    "window": 10,
+                    "openTimeout": 30,
+                },
+            },
+            *extraServers,
+        ],
+        "clusters": [
+            {"name": "plain", "servers": ["nginx"]},
+            {"name": "guarded", "servers": ["nginx-guarded"]},
+            {"name": "canary", "servers": ["nginx"]},
+            *extraClusters,
+        ],
+        "apis": [
+            {
+                "name": "plain",
+                "method": "GET",
+                "urlPattern": "/plain",
+                "nodes": [{"cluster": "plain"}],
+            },
+            {
+                "name": "protected",
+                "method": "GET",
+                "urlPattern": "/protected",
+                "rateLimit": {"rate": 10_000_000, "key": "ip"},
+                "nodes": [{"cluster": "guarded"}],
+            },
+            {
+                "name": "aggregate",
+                "method": "GET",
+                "urlPattern": "/aggregate",
+                "nodes": [
+                    {"cluster": "plain", "urlRewrite": "/a", "attrName": "a"},
+                    {"cluster": "plain", "urlRewrite": "/b", "attrName": "b"},
+                    {"cluster": "plain", "urlRewrite": "/c", "attrName": "c"},
+                ],
+            },
+            *extraApis,
+        ],
+        "routings": [
+            {
+                "name": "canary",
+                "api": "protected",
+                "cluster": "canary",
+                "strategy": "split",
+                "trafficRate": 100,
+                "conditions": [
+                    {"source": "header", "name": "X-Bench-Canary", "op": "eq", "value": "yes"}
+                ],
+            }
+        ],
+    }
+    if adminPort is not None:
+        config["admin"] = {"listen": f"tcp:{adminPort}:interface=127.0.0.1", "token": ADMIN_TOKEN}
+    withWorkers(config, workers, where)
+    return config
+
+
+def startGateway(
+    children: Children,
+    name: str,
+    interpreter: Interpreter,
+    config: Dict[str, Any],
+    readyPath: str = "/plain",
+    timeout: float = 90.0,
+    store: str = "file",
+) -> Tuple[Child, int]:
+    """
+    Write C{config} and start C{twistd -n --pidfile= gateway --config} on
+    it; wait until C{readyPath} answers 200.
+
+    @param store: C{"file"} (a new store file of its own) or C{"memory"}.
+    """
+    path = children.workDir / f"{name}.yaml"
+    # Each gateway its own (new) store file: the seed is all it holds.
+    storeURL = f"file:{children.workDir / (name + '-store.json')}" if store == "file" else "memory:"
+    config = dict(config, store=storeURL)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = int(config["proxy"]["listen"].split(":")[1])
+    argv = interpreter.twistd + ["-n", "--pidfile=", "gateway", "--config", str(path)]
+    child = children.start(name, argv)
+    waitForHTTP(child, port, readyPath, timeout)
+    return child, port
+
+
+# -- the report ---------------------------------------------------------------
+
+
+class Report:
+    """
+    The rows, the extra checks and the notes of one run.
+    """
+
+    def __init__(self) -> None:
+        self.rows: List[Dict[str, Any]] = []
+        self.extras: Dict[str, Any] = {}
+        self.notes: List[str] = []
+        self.machine: Dict[str, Any] = {}
+        self.settings: Dict[str, Any] = {}
+
+    def row(self, key: str, what: str, interpreter: str, workers: Any, **kw: Any) -> Dict[str, Any]:
+        row = {"key": key, "what": what, "interpreter": interpreter, "workers": workers}
+        row.update(kw)
+        self.rows.append(row)
+        return row
+
+    def find(self, key: str) -> Optional[Dict[str, Any]]:
+        for row in self.rows:
+            if row["key"] == key and row.get("reqPerSec") is not None:
+                return row
+        return None
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None or not b:
+        return None
+    return a / b
+
+
+def computeTargets(report: Report) -> List[Dict[str, Any]]:
+    """
+    @return: the issue's targets, each with what this run measured:
+        C{target}, C{measured} (a number), C{goal} (text), C{met} (bool or
+        None when not measured), C{detail}.
+    """
+    targets: List[Dict[str, Any]] = []
+
+    def add(
+        target: str,
+        measured: Optional[float],
+        unit: str,
+        goal: str,
+        ok: Optional[bool],
+        detail: str,
+    ) -> None:
+        targets.append(
+            {
+                "target": target,
+                "measured": measured,
+                "unit": unit,
+                "goal": goal,
+                "met": ok,
+                "detail": detail,
+            }
+        )
+
+    nginx = report.find("nginx-proxy")
+    nginxCPU = nginx.get("cpuUsPerReq") if nginx else None
+    for interp in ("cpython", "pypy"):
+        gw = report.find(f"gateway-plain-{interp}-1")
+        cpu = gw.get("cpuUsPerReq") if gw else None
+        vsNginx = _ratio(cpu, nginxCPU)
+        if interp == "cpython":
+            add(
+                "gateway CPU/request, CPython, default filters",
+                cpu,
+                "µs",
+                f"<= {TARGET_CPU_CPYTHON_US:g} µs",
+                None if cpu is None else cpu <= TARGET_CPU_CPYTHON_US,
+                f"{_fmt(vsNginx, 1)}x nginx's {_fmt(nginxCPU, 1)} µs" if vsNginx else "",
+            )
+        else:
+            add(
+                "gateway CPU/request vs nginx, PyPy",
+                vsNginx,
+                "x",
+                f"<= {TARGET_CPU_PYPY_VS_NGINX:g}x nginx (~48 µs)",
+                None if vsNginx is None else vsNginx <= TARGET_CPU_PYPY_VS_NGINX,
+                f"{_fmt(cpu, 1)} µs vs nginx's {_fmt(nginxCPU, 1)} µs" if cpu else "",
+            )
+    for interp in ("cpython", "pypy"):
+        one = report.find(f"gateway-plain-{interp}-1")
+        many = [r for r in report.rows if r["key"].startswith(f"gateway-plain-{interp}-")]
+        many = [r for r in many if r["workers"] != 1 and r.get("reqPerSec") is not None]
+        scaling = _ratio(many[0]["reqPerSec"], one["reqPerSec"]) if many and one else None
+        add(
+            f"N workers vs 1, {interp}",
+            scaling,
+            "x",
+            f">= {TARGET_WORKERS_SCALING:g}x req/s (2 workers on 2 cores)",
+            None if scaling is None else scaling >= TARGET_WORKERS_SCALING,
+            f"{many[0]['workers']} workers" if many else "no N-worker row",
+        )
+    for interp in ("cpython", "pypy"):
+        agg = report.find(f"gateway-aggregate-{interp}-1")
+        naive = report.find(f"treq-fanout-{interp}")
+        ratio = _ratio(agg["reqPerSec"] if agg else None, naive["reqPerSec"] if naive else None)
+        add(
+            f"3-way aggregation vs naive treq fan-out, {interp}",
+            ratio,
+            "x",
+            f">= {TARGET_AGGREGATION_VS_TREQ:g}x req/s",
+            None if ratio is None else ratio >= TARGET_AGGREGATION_VS_TREQ,
+            "1 worker each",
+        )
+    latency = report.extras.get("aggregationLatency") or {}
+    overhead = latency.get("overheadMs")
+    add(
+        "aggregation latency over the slowest node",
+        overhead,
+        "ms",
+        f"≈ +{TARGET_AGGREGATION_OVERHEAD_MS:g} ms",
+        None if overhead is None else overhead <= TARGET_AGGREGATION_OVERHEAD_MS,
+        latency.get("detail", ""),
+    )
+    large = report.extras.get("largeBody") or {}
+    peak = [v.get("peakRssMB") for v in large.values() if isinstance(v, dict)]
+    cpyPeak = (large.get("cpython") or {}).get("peakRssMB")
+    add(
+        "1 GiB streamed: gateway peak RSS (CPython)",
+        cpyPeak,
+        "MB",
+        f"<= {TARGET_PEAK_RSS_MB:g} MB",
+        None if cpyPeak is None else cpyPeak <= TARGET_PEAK_RSS_MB,
+        ", ".join(
+            f"{k}: {_fmt(v.get('peakRssMB'), 1)} MB"
+            for k, v in large.items()
+            if isinstance(v, dict) and v.get("peakRssMB") is not None
+        )
+        if peak
+        else "",
+    )
+    apis = report.extras.get("apis") or {}
+    many = f"{report.settings.get('manyApis', 10_000):,} APIs"
+    cost = apis.get("routingCost")
+    add(
+        f"{many}: per-request CPU vs 10 APIs",
+        cost,
+        "%",
+        f"within {TARGET_ROUTING_COST:.0%}",
+        None if cost is None else abs(cost) <= TARGET_ROUTING_COST,
+        apis.get("detail", ""),
+    )
+    rebuild = apis.get("rebuildMs")
+    add(
+        f"{many}: one admin PUT until served",
+        rebuild,
+        "ms",
+        f"<= {TARGET_REBUILD_MS:g} ms",
+        None if rebuild is None else rebuild <= TARGET_REBUILD_MS,
+        f"median; {report.settings.get('apisStore')} store, one worker, includes the admin request",
+    )
+    return targets
+
+
+def _fmt(value: Optional[float], digits: int = 0, thousands: bool = False) -> str:
+    if value is None:
+        return "–"
+    if thousands:
+        return f"{value:,.{digits}f}"
+    return f"{value:.{digits}f}"
+
+
+def _measuredText(target: Dict[str, Any]) -> str:
+    value, unit = target["measured"], target["unit"]
+    if value is None:
+        return "–"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "%":
+        return f"{value:+.1%}"
+    return f"{value:.1f} {unit}"
+
+
+def errorSummary(error: str) -> str:
+    """
+    @return: one line for the table: the first line of an error, and the
+        last line of the process output it quotes (the actual complaint).
+    """
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    if not lines:
+        return "?"
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+    return text.replace("|", "/")[:240]
+
+
+def renderMarkdown(report: Report, targets: List[Dict[str, Any]]) -> str:
+    m = report.machine
+    s = report.settings
+    lines = [
+        f"# Gateway benchmark, {m.get('date', '')}",
+        "",
+        f"- machine: {m.get('nproc')} CPUs ({m.get('cpuModel', '?')}), "
+        f"Linux {m.get('kernel', '?')}, load average at start {m.get('loadAverage', '?')}",
+        f"- git: {m.get('git', '?')}",
+    ]
+    for name, info in (m.get("interpreters") or {}).items():
+        lines.append(f"- {name}: Python {info['version']}, Twisted {info['twisted']}")
+    lines += [
+        f"- tools: {m.get('nginx', '?')}, {m.get('wrk', '?')}",
+        f"- load: `{s.get('wrk')}`, {s.get('warmup'):g} s warm-up "
+        f"(on PyPy: {s.get('pypyWarmup') / 3:g} s, and on while the rate climbs, up to "
+        f"{s.get('pypyWarmup'):g} s), median of "
+        f"{s.get('runs')} run(s); 96-byte JSON from an nginx backend; 127.0.0.1 only",
+        "- CPU µs/req: utime+stime of the measured process tree (/proc) over a run, "
+        "divided by the requests wrk completed",
+        "",
+        "| # | what | python | workers | req/s | p50 ms | p99 ms | CPU µs/req | notes |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for i, row in enumerate(report.rows, 1):
+        notes = list(row.get("notes", []))
+        if row.get("runs") and not all(r["requests"] for r in row["runs"]):
+            notes.append("a run completed no request")
+        if row.get("non2xx"):
+            notes.append(f"{row['non2xx']} non-2xx")
+        if row.get("socketErrors"):
+            notes.append(f"{row['socketErrors']} socket errors")
+        if row.get("skipped"):
+            notes.insert(0, "skipped: " + row["skipped"])
+        if row.get("error"):
+            notes.insert(0, "failed: " + errorSummary(row["error"]))
+        lines.append(
+            f"| {i} | {row['what']} | {row['interpreter']} | {row['workers']} | "
+            f"{_fmt(row.get('reqPerSec'), 0, True)} | {_fmt(row.get('p50Ms'), 2)} | "
+            f"{_fmt(row.get('p99Ms'), 2)} | {_fmt(row.get('cpuUsPerReq'), 1)} | "
+            f"{'; '.join(notes)} |"
+        )
+    lines += [
+        "",
+        "## The issue's targets",
+        "",
+        "| target | measured | goal | met | detail |",
+        "| --- | ---: | --- | --- | --- |",
+    ]
+    for t in targets:
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        lines.append(
+            f"| {t['target']} | {_measuredText(t)} | {t['goal']} | {met} | {t['detail']} |"
+        )
+    extras = report.extras
+    if extras:
+        lines += ["", "## Checks apart from wrk", ""]
+    large = extras.get("largeBody")
+    if large:
+        for name, info in large.items():
+            if not isinstance(info, dict):
+                continue
+            if info.get("error"):
+                lines.append(f"- 1 GiB through the gateway, {name}: failed: {info['error']}")
+                continue
+            lines.append(
+                f"- 1 GiB through the gateway, {name}: {info['bytes']:,} bytes in "
+                f"{info['seconds']:.1f} s ({info['mbPerSec']:.0f} MB/s); gateway peak RSS "
+                f"(VmHWM) {info['peakRssMB']:.1f} MB (before the transfer: "
+                f"{info['peakRssBeforeMB']:.1f} MB)"
+            )
+    latency = extras.get("aggregationLatency")
+    if latency:
+        if latency.get("error"):
+            lines.append(f"- aggregation latency: failed: {latency['error']}")
+        else:
+            lines.append(f"- aggregation latency: {latency['detail']}")
+    apis = extras.get("apis")
+    if apis:
+        if apis.get("error"):
+            lines.append(f"- 10,000 APIs: failed: {apis['error']}")
+        for count in sorted((k for k in apis if k.isdigit()), key=int):
+            info = apis[count]
+            if info:
+                lines.append(
+                    f"- {int(count):,} APIs: started in {info['startSeconds']:.1f} s; "
+                    f"`{info['route']}` {_fmt(info.get('reqPerSec'), 0, True)} req/s, "
+                    f"{_fmt(info.get('cpuUsPerReq'), 1)} µs/req; admin PUT until served: "
+                    f"{', '.join(f'{v:.1f}' for v in info.get('rebuildMs', []))} ms (the "
+                    f"admin answered after "
+                    f"{', '.join(f'{v:.1f}' for v in info.get('putAnsweredMs', []))} ms)"
+                )
+    if report.notes:
+        lines += ["", "## Notes", ""]
+        lines += [f"- {note}" for note in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+# -- the run ------------------------------------------------------------------
+
+
+def machineInfo(interpreters: Dict[str, Interpreter]) -> Dict[str, Any]:
+    info: Dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "loadAverage": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "interpreters": {
+            name: {"python": i.python, "version": i.version, "twisted": i.twistedVersion}
+            for name, i in interpreters.items()
+        },
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpuModel"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    for key, argv in (
+        ("nginx", [nginxBinary(), "-v"]),
+        ("wrk", [shutil.which("wrk") or "wrk", "-v"]),
+        ("git", ["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
+    ):
+        try:
+            done = subprocess.run(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=10
+            )
+            info[key] = done.stdout.strip().splitlines()[0] if done.stdout.strip() else "?"
+        except (OSError, subprocess.TimeoutExpired, BenchError):
+            info[key] = "?"
+    return info
+
+
+class Bench:
+    """
+    One benchmark run.
+    """
+
+    def __init__(self, options: argparse.Namespace, children: Children, report: Report) -> None:
+        self.options = options
+        self.children = children
+        self.report = report
+        self.wrk = Wrk(options.threads, options.connections, options.duration, options.wrk_timeout)
+        self.interpreters: Dict[str, Interpreter] = {
+            "cpython": Interpreter("cpython", options.python)
+        }
+        if options.pypy:
+            self.interpreters["pypy"] = Interpreter("pypy", options.pypy)
+        self.backendPort = 0
+        self.workersWhere = workersKey()
+        self.manyWorkers = options.workers or (os.cpu_count() or 1)
+
+    def log(self, message: str) -> None:
+        sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+        sys.stderr.flush()
+
+    def warmupFor(self, interpreter: str) -> Tuple[float, float]:
+        """
+        @return: the least and the most warm-up seconds of a row: PyPy's
+            JIT needs many seconds of traffic to reach speed (longer on a
+            busy machine), so its rows warm up for a third of
+            C{--pypy-warmup} at least, and on while the rate still climbs.
+        """
+        if interpreter == "pypy":
+            most = max(self.options.warmup, self.options.pypy_warmup)
+            return max(self.options.warmup, most / 3), most
+        return self.options.warmup, self.options.warmup
+
+    def measureRow(self, row: Dict[str, Any], url: str, pid: Optional[int]) -> None:
+        self.log(f"{row['what']} ({row['interpreter']}, {row['workers']} worker(s)): {url}")
+        least, most = self.warmupFor(row["interpreter"])
+        try:
+            row.update(measure(self.wrk, url, pid, self.options.runs, least, most))
+        except (BenchError, OSError) as e:
+            row["error"] = str(e)
+        else:
+            self.log(
+                f"  {row['reqPerSec']:,.0f} req/s, p99 {row['p99Ms']:.2f} ms, "
+                f"{_fmt(row.get('cpuUsPerReq'), 1)} µs/req"
+            )
+
+    def run(self) -> None:
+        options = self.options
+        for name, interpreter in list(self.interpreters.items()):
+            try:
+                interpreter.probe()
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                self.report.notes.append(f"{name} skipped: {e}")
+                del self.interpreters[name]
+        if "pypy" not in self.interpreters:
+            self.report.notes.append(
+                "PyPy rows skipped: "
+                + (options.pypy_missing or "no PyPy interpreter given (--pypy)")
+            )
+        self.report.machine = machineInfo(self.interpreters)
+        self.report.settings = {
+            "wrk": self.wrk.describe(),
+            "runs": options.runs,
+            "warmup": options.warmup,
+            "pypyWarmup": options.pypy_warmup,
+            "quick": options.quick,
+            "workersKey": self.workersWhere,
+            "manyWorkers": self.manyWorkers,
+            "apisStore": options.apis_store,
+            "manyApis": options.many_apis,
+        }
+        self.report.notes.append(
+            "Gateway rows: filters [request-id], accessLog: false (the access log is off for "
+            "throughput, as it is for nginx), a file store (seeded from the config); one "
+            "gateway process (tree) per "
+            "(python, workers) serves /plain, /protected and /aggregate."
+        )
+        if self.workersWhere is None:
+            self.report.notes.append(
+                "N-worker gateway rows skipped: gateway/config.py has no `workers:` key yet."
+            )
+        elif self.manyWorkers <= 1:
+            self.report.notes.append("N-worker rows skipped: one CPU (or --workers 1).")
+
+        backend, self.backendPort = nginxBackend(self.children)
+        self.throughput(backend)
+        if not options.skip_extras:
+            self.largeBody()
+            self.apisScale()
+
+    def throughput(self, backend: Child) -> None:
+        options = self.options
+        only = set(options.only.split(",")) if options.only else None
+
+        def wanted(group: str) -> bool:
+            return only is None or group in only
+
+        report = self.report
+        if wanted("direct"):
+            row = report.row("direct", "backend direct (nginx)", "–", 1)
+            row["notes"] = ["CPU: the backend's"]
+            status, body = get(self.backendPort, "/")
+            row["bodyBytes"] = len(body)
+            self.measureRow(row, f"http://{HOST}:{self.backendPort}/", backend.pid)
+        if wanted("nginx"):
+            row = report.row("nginx-proxy", "nginx reverse proxy, upstream keepalive 64", "–", 1)
+            self.withChild(
+                row,
+                lambda: nginxProxy(self.children, self.backendPort),
+                "/",
+            )
+        for name, interpreter in self.interpreters.items():
+            if wanted("twisted"):
+                row = report.row(f"twisted-rpr-{name}", "Twisted ReverseProxyResource", name, 1)
+                self.withChild(
+                    row,
+                    lambda name=name, interpreter=interpreter: startTwistedServer(
+                        self.children,
+                        f"rpr-{name}",
+                        interpreter,
+                        "twisted_reverse_proxy.py",
+                        self.backendPort,
+                    ),
+                    "/",
+                )
+            if wanted("treq"):
+                row = report.row(
+                    f"treq-fanout-{name}", "naive treq 3-way fan-out (baseline)", name, 1
+                )
+                self.withChild(
+                    row,
+                    lambda name=name, interpreter=interpreter: startTwistedServer(
+                        self.children,
+                        f"treq-{name}",
+                        interpreter,
+                        "treq_fanout.py",
+                        self.backendPort,
+                    ),
+                    "/",
+                )
+        if not wanted("gateway"):
+            return
+        for name, interpreter in self.interpreters.items():
+            counts: List[Optional[int]] = [1]
+            if self.workersWhere is not None and self.manyWorkers > 1:
+                counts.append(self.manyWorkers)
+            for workers in counts:
+                self.gatewayRows(name, interpreter, workers)
+            if len(counts) == 1:
+                for setup in ("plain", "protected", "aggregate"):
+                    report.row(
+                        f"gateway-{setup}-{name}-N",
+                        f"gateway, {setup}",
+                        name,
+                        "N",
+                        skipped="no `workers:` in the config yet",
+                    )
+
+    def withChild(
+        self, row: Dict[str, Any], start: Callable[[], Tuple[Child, int]], path: str
+    ) -> None:
+        child = None
+        try:
+            child, port = start()
+            self.measureRow(row, f"http://{HOST}:{port}{path}", child.pid)
+        except (BenchError, OSError) as e:
+            row["error"] = str(e)
+            self.log(f"  failed: {e}")
+        finally:
+            if child is not None:
+                self.children.stop(child)
+
+    def gatewayRows(self, name: str, interpreter: Interpreter, workers: int) -> None:
+        setups = [
+            ("plain", "gateway, plain proxying", "/plain"),
+            ("protected", "gateway, rate limit + breaker + routing rule", "/protected"),
+            ("aggregate", "gateway, 3-way aggregation", "/aggregate"),
+        ]
+        rows = [
+            self.report.row(f"gateway-{setup}-{name}-{workers}", what, name, workers)
+            for setup, what, _ in setups
+        ]
+        config = gatewayConfig(
+            freePort(),
+            self.backendPort,
+            workers=workers,
+            where=self.workersWhere,
+        )
+        child = None
+        try:
+            child, port = startGateway(
+                self.children, f"gateway-{name}-{workers}w", interpreter, config
+            )
+            status, body = get(port, "/aggregate")
+            try:
+                merged = json.loads(body) if status == 200 else None
+            except ValueError:
+                merged = None
+            if not (isinstance(merged, dict) and set(merged) >= {"a", "b", "c"}):
+                rows[2]["notes"] = [f"unexpected /aggregate answer {status}: {body[:100]!r}"]
+            for row, (_, _, path) in zip(rows, setups):
+                self.measureRow(row, f"http://{HOST}:{port}{path}", child.pid)
+            if workers > 1:
+                for row in rows:
+                    row.setdefault("notes", []).append(f"{len(treePIDs(child.pid))} processes")
+        except (BenchError, OSError) as e:
+            for row in rows:
+                row.setdefault("error", str(e))
+            self.log(f"  failed: {e}")
+        finally:
+            if child is not None:
+                self.children.stop(child)
+
+    # -- the checks apart from wrk ---------------------------------------------
+
+    def startTestBackend(self, name: str) -> Tuple[Child, int]:
+        argv = [
+            self.interpreters["cpython"].python,
+            str(REPO / "tests" / "backend_app.py"),
+            "--port",
+            "0",
+            "--name",
+            name,
+        ]
+        child = self.children.start(name, argv)
+        port = int(child.waitForLine(r"^READY (\d+)$", 60).group(1))
+        return child, port
+
+    def largeBody(self) -> None:
+        """
+        1 GiB through a fresh one-worker gateway, its peak RSS; then the
+        latency of an aggregation over nodes of 10, 20 and 30 ms.
+        """
+        self.log("large body and aggregation latency")
+        results: Dict[str, Any] = {}
+        self.report.extras["largeBody"] = results
+        backend = None
+        try:
+            backend, bigPort = self.startTestBackend("big")
+        except (BenchError, OSError) as e:
+            results["error"] = str(e)
+            return
+        delays = (10, 20, 30)
+        extraServers = ({"name": "big", "addr": f"127.0.0.1:{bigPort}"},)
+        extraClusters = ({"name": "big", "servers": ["big"]},)
+        extraApis = (
+            {
+                "name": "bytes",
+                "method": "GET",
+                "urlPattern": "/bytes/{n}",
+                "nodes": [{"cluster": "big"}],
+            },
+            {
+                "name": "slow-aggregate",
+                "method": "GET",
+                "urlPattern": "/slow-aggregate",
+                "nodes": [
+                    {"cluster": "big", "urlRewrite": f"/json/n{d}?delay={d}", "attrName": f"n{d}"}
+                    for d in delays
+                ],
+            },
+        )
+        try:
+            for name, interpreter in self.interpreters.items():
+                info: Dict[str, Any] = {}
+                results[name] = info
+                config = gatewayConfig(
+                    freePort(),
+                    self.backendPort,
+                    workers=1,
+                    where=self.workersWhere,
+                    extraServers=extraServers,
+                    extraClusters=extraClusters,
+                    extraApis=extraApis,
+                )
+                child = None
+                try:
+                    child, port = startGateway(
+                        self.children, f"gateway-large-{name}", interpreter, config
+                    )
+                    info.update(self.streamThrough(child, port, self.options.large_bytes))
+                    self.log(
+                        f"  {name}: {info['mbPerSec']:.0f} MB/s, "
+                        f"peak RSS {info['peakRssMB']:.1f} MB"
+                    )
+                    if name == "cpython":
+                        self.aggregationLatency(port, bigPort, delays)
+                except (BenchError, OSError) as e:
+                    info["error"] = str(e)
+                    self.log(f"  failed: {e}")
+                finally:
+                    if child is not None:
+                        self.children.stop(child)
+        finally:
+            self.children.stop(backend)
+
+    def streamThrough(self, child: Child, port: int, length: int) -> Dict[str, Any]:
+        pids = treePIDs(child.pid)
+        before = max(procStatus(pid, "VmHWM") for pid in pids)
+        connection = http.client.HTTPConnection(HOST, port, timeout=30)
+        start = time.monotonic()
+        received = 0
+        try:
+            connection.request("GET", f"/bytes/{length}")
+            answer = connection.getresponse()
+            if answer.status != 200:
+                raise BenchError(f"/bytes/{length} answered {answer.status}")
+            while True:
+                chunk = answer.read(1 << 20)
+                if not chunk:
+                    break
+                received += len(chunk)
+                if time.monotonic() - start > self.options.large_timeout:
+                    raise BenchError(
+                        f"1 GiB transfer over {self.options.large_timeout} s "
+                        f"({received:,} bytes so far)"
+                    )
+        except OSError as e:
+            raise BenchError(f"the transfer broke after {received:,} bytes: {e}")
+        finally:
+            connection.close()
+        seconds = time.monotonic() - start
+        if received != length:
+            raise BenchError(f"received {received:,} of {length:,} bytes")
+        peak = max(procStatus(pid, "VmHWM") for pid in treePIDs(child.pid))
+        return {
+            "bytes": received,
+            "seconds": seconds,
+            "mbPerSec": received / seconds / 1e6,
+            "peakRssMB": peak / 1e6,
+            "peakRssBeforeMB": before / 1e6,
+        }
+
+    def aggregationLatency(self, port: int, backendPort: int, delays: Tuple[int, ...]) -> None:
+        """
+        Sequential requests, alternately, to an aggregation of nodes that
+        answer after C{delays} ms and to its slowest node directly: the
+        difference of their medians is what the aggregation adds.
+        """
+        result: Dict[str, Any] = {}
+        self.report.extras["aggregationLatency"] = result
+        slowest = max(delays)
+        targets = [
+            (port, "/slow-aggregate"),
+            (backendPort, f"/json/n{slowest}?delay={slowest}"),
+        ]
+        samples: List[List[float]] = [[], []]
+        connections = [http.client.HTTPConnection(HOST, p, timeout=10) for p, _ in targets]
+        try:
+            for i in range(self.options.latency_samples + 3):
+                for j, (connection, (_, path)) in enumerate(zip(connections, targets)):
+                    start = time.monotonic()
+                    connection.request("GET", path)
+                    answer = connection.getresponse()
+                    answer.read()
+                    elapsed = (time.monotonic() - start) * 1e3
+                    if answer.status != 200:
+                        raise BenchError(f"{path} answered {answer.status}")
+                    if i >= 3:
+                        samples[j].append(elapsed)
+        except (OSError, BenchError) as e:
+            result["error"] = str(e)
+            return
+        finally:
+            for connection in connections:
+                connection.close()
+        p50, direct = statistics.median(samples[0]), statistics.median(samples[1])
+        result.update(
+            {
+                "nodeDelaysMs": list(delays),
+                "samples": len(samples[0]),
+                "p50Ms": p50,
+                "maxMs": max(samples[0]),
+                "slowestDirectP50Ms": direct,
+                "overheadMs": p50 - direct,
+                "detail": (
+                    f"CPython gateway, nodes of {'/'.join(map(str, delays))} ms: median "
+                    f"{p50:.1f} ms vs {direct:.1f} ms for the slowest node asked directly, "
+                    f"{len(samples[0])} sequential requests each"
+                ),
+            }
+        )
+
+    def apisScale(self) -> None:
+        """
+        A CPython gateway with 10 APIs, then one with 10,000: wrk on one of
+        their routes, and one admin PUT until the proxy serves it.
+        """
+        result: Dict[str, Any] = {}
+        self.report.extras["apis"] = result
+        route = "/svc7/items/42"
+        for count in (10, self.options.many_apis):
+            self.log(f"{count:,} APIs")
+            apis = tuple(
+                {
+                    "name": f"svc{i}",
+                    "method": "GET",
+                    "urlPattern": f"/svc{i}/items/{{id}}",
+                    "nodes": [{"cluster": "plain"}],
+                }
+                for i in range(count)
+            )
+            adminPort = freePort()
+            config = gatewayConfig(
+                freePort(),
+                self.backendPort,
+                workers=1,
+                where=self.workersWhere,
+                adminPort=adminPort,
+                extraApis=apis,
+            )
+            info: Dict[str, Any] = {"route": route}
+            child = None
+            try:
+                start = time.monotonic()
+                child, port = startGateway(
+                    self.children,
+                    f"gateway-apis-{count}",
+                    self.interpreters["cpython"],
+                    config,
+                    readyPath=route,
+                    timeout=self.options.apis_start_timeout,
+                    store=self.options.apis_store,
+                )
+                info["startSeconds"] = time.monotonic() - start
+                row = measure(
+                    self.wrk,
+                    f"http://{HOST}:{port}{route}",
+                    child.pid,
+                    self.options.runs,
+                    self.options.warmup,
+                )
+                info.update(
+                    {k: row[k] for k in ("reqPerSec", "p50Ms", "p99Ms", "cpuUsPerReq", "non2xx")}
+                )
+                timings = [
+                    self.putUntilServed(port, adminPort, k) for k in range(1, self.options.puts + 1)
+                ]
+                info["putAnsweredMs"] = [answered for answered, _ in timings]
+                info["rebuildMs"] = [served for _, served in timings]
+                self.log(
+                    f"  {info['reqPerSec']:,.0f} req/s, {_fmt(info.get('cpuUsPerReq'), 1)} µs/req, "
+                    f"PUT until served {', '.join(f'{v:.1f}' for v in info['rebuildMs'])} ms"
+                )
+            except (BenchError, OSError) as e:
+                result["error"] = f"{count} APIs: {e}"
+                self.log(f"  failed: {e}")
+                return
+            finally:
+                if child is not None:
+                    self.children.stop(child)
+            result[str(count)] = info
+        few, many = result["10"], result[str(self.options.many_apis)]
+        result["reqPerSecRatio"] = _ratio(many["reqPerSec"], few["reqPerSec"])
+        cpuRatio = _ratio(many.get("cpuUsPerReq"), few.get("cpuUsPerReq"))
+        result["cpuRatio"] = cpuRatio
+        # The per-request routing cost: extra CPU per request with many APIs
+        # (CPU is less noisy than req/s on a shared machine).
+        result["routingCost"] = None if cpuRatio is None else cpuRatio - 1
+        result["rebuildMs"] = statistics.median(many["rebuildMs"])
+        result["detail"] = (
+            f"CPU/request {_fmt(many.get('cpuUsPerReq'), 1)} vs "
+            f"{_fmt(few.get('cpuUsPerReq'), 1)} µs; "
+            f"req/s {_fmt(result['reqPerSecRatio'], 2)}x"
+        )
+
+    def putUntilServed(self, port: int, adminPort: int, k: int) -> Tuple[float, float]:
+        """
+        Move API C{svc3} to a new URL pattern through the admin and poll the
+        proxy until it serves the new one.
+
+        @return: C{(milliseconds until the admin answered, milliseconds
+            until the proxy answered 200)}, both from sending the PUT.
+        """
+        newPath = f"/moved{k}/items/{{id}}"
+        body = json.dumps(
+            {
+                "name": "svc3",
+                "method": "GET",
+                "urlPattern": newPath,
+                "nodes": [{"cluster": "plain"}],
+            }
+        ).encode("utf-8")
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+        start = time.monotonic()
+        status, answer = get(adminPort, "/api/v1/apis/svc3", "PUT", body, headers, timeout=60)
+        answered = (time.monotonic() - start) * 1e3
+        if status not in (200, 201):
+            raise BenchError(f"admin PUT answered {status}: {answer[:200]!r}")
+        probe = newPath.replace("{id}", "1")
+        deadline = start + 60
+        while True:
+            status, _ = get(port, probe, timeout=10)
+            if status == 200:
+                return answered, (time.monotonic() - start) * 1e3
+            if time.monotonic() > deadline:
+                raise BenchError(f"{probe} not served 60 s after the PUT")
+            time.sleep(0.001)
+
+
+def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the gateway against nginx and Twisted's own proxy (127.0.0.1 only)."
+    )
+    parser.add_argument("--quick", action="store_true", help="3 s runs, 1 run each, 1 s warm-up")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10; quick 3)")
+    parser.add_argument("--runs", type=int, help="runs per row, the median is kept (3; quick 1)")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up per row (3; quick 1)")
+    parser.add_argument(
+        "--pypy-warmup",
+        type=float,
+        help="most warm-up seconds per row on PyPy, spent while its rate climbs (60; quick 30)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
+    parser.add_argument("--wrk-timeout", type=float, default=5, help="wrk's request timeout, s")
+    parser.add_argument("--python", default=sys.executable, help="CPython with the project")
+    parser.add_argument("--pypy", default="", help="PyPy with the project (none: no PyPy rows)")
+    parser.add_argument("--pypy-missing", default="", help="why there is no PyPy (for the report)")
+    parser.add_argument("--workers", type=int, default=0, help="N of the N-worker rows (nproc)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated groups: direct,nginx,twisted,treq,gateway"
+    )
+    parser.add_argument("--skip-extras", action="store_true", help="no large body, no 10k APIs")
+    parser.add_argument("--large-bytes", type=int, default=GIB, help="bytes streamed (1 GiB)")
+    parser.add_argument("--large-timeout", type=float, default=300, help="seconds for that")
+    parser.add_argument("--latency-samples", type=int, default=30)
+    parser.add_argument("--many-apis", type=int, default=10_000)
+    parser.add_argument("--apis-start-timeout", type=float, default=300)
+    parser.add_argument(
+        "--apis-store",
+        choices=("memory", "file"),
+        default="memory",
+        help="the store of the 10 vs 10,000 APIs gateways (memory: the snapshot rebuild alone)",
+    )
+    parser.add_argument("--puts", type=int, default=3, help="admin PUTs timed per API count")
+    parser.add_argument("--time-limit", type=float, default=3600, help="the whole run, seconds")
+    parser.add_argument("--results", default=str(BENCH / "results"), help="output folder")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, configs)")
+    options = parser.parse_args(argv)
+    quick = options.quick
+    if options.duration is None:
+        options.duration = 3.0 if quick else 10.0
+    if options.runs is None:
+        options.runs = 1 if quick else 3
+    if options.warmup is None:
+        options.warmup = 1.0 if quick else 3.0
+    if options.pypy_warmup is None:
+        options.pypy_warmup = 30.0 if quick else 60.0
+    if quick:
+        options.latency_samples = min(options.latency_samples, 15)
+        options.puts = min(options.puts, 2)
+    return options
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    options = parseArgs(argv)
+    report = Report()
+    workDir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    children = Children(workDir)
+
+    def onSignal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def onAlarm(signum: int, frame: Any) -> None:
+        raise TimeLimit(f"the run went over --time-limit {options.time_limit:g} s")
+
+    signal.signal(signal.SIGTERM, onSignal)
+    signal.signal(signal.SIGALRM, onAlarm)
+    signal.setitimer(signal.ITIMER_REAL, options.time_limit)
+    status = 0
+    try:
+        Bench(options, children, report).run()
+    except (TimeLimit, KeyboardInterrupt, BenchError) as e:
+        report.notes.append(f"the run stopped early: {e}")
+        sys.stderr.write(f"bench: stopped early: {e}\n")
+        status = 1
+    except Exception as e:
+        # A defect of the benchmark itself: still stop everything and write
+        # what was measured.
+        traceback.print_exc()
+        report.notes.append(f"the run stopped early on an error: {e!r}")
+        status = 2
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        children.stopAll()
+        if options.keep:
+            sys.stderr.write(f"bench: logs and configs kept in {workDir}\n")
+        else:
+            shutil.rmtree(workDir, ignore_errors=True)
+    targets = computeTargets(report)
+    markdown = renderMarkdown(report, targets)
+    results = Path(options.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "latest.md").write_text(markdown, encoding="utf-8")
+    data = {
+        "machine": report.machine,
+        "settings": report.settings,
+        "rows": report.rows,
+        "targets": targets,
+        "extras": report.extras,
+        "notes": report.notes,
+    }
+    (results / "latest.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    sys.stdout.write(markdown)
+    sys.stdout.write(f"\n(written to {results / 'latest.md'} and {results / 'latest.json'})\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""
+Tests for the benchmark driver's own logic (C{bench/run.py}): reading
+wrk's output, the gateway configs it generates, the CPU accounting from
+C{/proc}, and the targets and report it computes.  Nothing here starts a
+process or opens a socket.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
+
+from bench import run
+from gateway.config import ConfigError, parseConfig
+
+WRK_OUTPUT = """\
+Running 3s test @ http://127.0.0.1:8080/plain
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.13ms  500.00us  30.00ms   90.00%
+    Req/Sec    23.50k     1.20k   25.00k    70.00%
+  Latency Distribution
+     50%  850.00us
+     75%    1.50ms
+     90%    2.00ms
+     99%    1.20s
+  70500 requests in 3.00s, 20.00MB read
+Requests/sec:  23500.00
+Transfer/sec:      6.67MB
+"""
+
+WRK_ERRORS = """\
+Running 3s test @ http://127.0.0.1:8080/plain
+  Latency Distribution
+     50%   10.00ms
+     75%   20.00ms
+     90%   30.00ms
+     99%   40.00ms
+  1200 requests in 3.01s, 200.00KB read
+  Socket errors: connect 1, read 2, write 3, timeout 50
+  Non-2xx or 3xx responses: 17
+Requests/sec:    398.67
+Transfer/sec:     66.45KB
+"""
+
+
+class ParseWrkTests(SynchronousTestCase):
+    def test_figures(self) -> None:
+        """
+        Requests, duration, rate and the latency percentiles are read, each
+        latency converted to milliseconds whatever unit wrk chose.
+        """
+        result = run.parseWrk(WRK_OUTPUT)
+        self.assertEqual(result["requests"], 70500)
+        self.assertEqual(result["seconds"], 3.0)
+        self.assertEqual(result["reqPerSec"], 23500.0)
+        self.assertAlmostEqual(result["p50Ms"], 0.85)
+        self.assertAlmostEqual(result["p75Ms"], 1.5)
+        self.assertAlmostEqual(result["p99Ms"], 1200.0)
+        self.assertEqual((result["non2xx"], result["socketErrors"]), (0, 0))
+
+    def test_errors(self) -> None:
+        """
+        Non-2xx answers and socket errors (all kinds summed) are counted.
+        """
+        result = run.parseWrk(WRK_ERRORS)
+        self.assertEqual(result["non2xx"], 17)
+        self.assertEqual(result["socketErrors"], 56)
+        self.assertEqual(result["requests"], 1200)
+
+    def test_notWrk(self) -> None:
+        """
+        Output that is not wrk's report raises L{run.BenchError} quoting it.
+        """
+        with self.assertRaises(run.BenchError) as e:
+            run.parseWrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+        self.assertIn("Connection refused", str(e.exception))
+
+
+class _FakeWrk:
+    """
+    Answers each run with the next rate of a list.
+    """
+
+    def __init__(self, rates):
+        self.rates = list(rates)
+        self.durations = []
+
+    def run(self, url, duration=None):
+        self.durations.append(duration)
+        return {"reqPerSec": self.rates.pop(0)}
+
+
+class WarmUpTests(SynchronousTestCase):
+    def test_fixed(self) -> None:
+        """
+        With no more than the least time allowed, the warm-up lasts exactly
+        that long whatever the rates do.
+        """
+        wrk = _FakeWrk([100, 200, 400])
+        spent, rates = run.warmUp(wrk, "http://x/", 3, 3)
+        self.assertEqual(spent, 3)
+        self.assertEqual(wrk.durations, [2.0, 1.0])
+
+    def test_untilStable(self) -> None:
+        """
+        Past the least time, the warm-up goes on while the rate climbs, and
+        stops once two slices in a row are no more than 10 % faster than
+        the best slice before them.
+        """
+        wrk = _FakeWrk([100, 300, 250, 600, 650, 640, 5000])
+        spent, rates = run.warmUp(wrk, "http://x/", 2, 60)
+        self.assertEqual(rates, [100, 300, 250, 600, 650, 640])
+        self.assertEqual(spent, 12.0)
+
+    def test_bounded(self) -> None:
+        """
+        A rate that keeps climbing is warmed up for the most time allowed,
+        no more.
+        """
+        wrk = _FakeWrk([1, 2, 4, 8, 16, 32])
+        spent, rates = run.warmUp(wrk, "http://x/", 1, 5)
+        self.assertEqual(spent, 5.0)
+        self.assertEqual(wrk.durations, [2.0, 2.0, 1.0])
+
+
+class GatewayConfigTests(SynchronousTestCase):
+    def test_valid(self) -> None:
+        """
+        The config the benchmark generates for the gateway rows is one the
+        gateway accepts, with the request-id filter, the access log off and
+        the three benchmarked APIs.
+        """
+        data = run.gatewayConfig(8080, 8081)
+        config = parseConfig(data)
+        self.assertFalse(config.proxy.accessLog)
+        self.assertEqual([f.name for f in config.proxy.filters], ["request-id"])
+        self.assertEqual(
+            [api.name for api in config.seed["apis"]], ["plain", "protected", "aggregate"]
+        )
+        self.assertEqual(len(config.seed["routings"]), 1)
+
+    def test_extras(self) -> None:
+        """
+        With an admin and many extra APIs (the 10,000 APIs check, here
+        100), the config is still valid.
+        """
+        apis = tuple(
+            {
+                "name": f"svc{i}",
+                "method": "GET",
+                "urlPattern": f"/svc{i}/items/{{id}}",
+                "nodes": [{"cluster": "plain"}],
+            }
+            for i in range(100)
+        )
+        config = parseConfig(run.gatewayConfig(8080, 8081, adminPort=9090, extraApis=apis))
+        self.assertEqual(len(config.seed["apis"]), 103)
+        self.assertEqual(config.admin.token, run.ADMIN_TOKEN)
+
+    def test_workers(self) -> None:
+        """
+        When the config knows C{workers:}, the benchmark puts it where the
+        config reads it, and the config then says that many workers.
+        """
+        where = run.workersKey()
+        if where is None:
+            raise pytest.skip("this tree's config has no workers: key")
+        data = run.gatewayConfig(8080, 8081, workers=2, where=where)
+        try:
+            config = parseConfig(data)
+        except ConfigError as e:
+            self.fail(f"the N-worker config is refused: {e}")
+        workers = config.proxy.workers if where == "proxy" else data["workers"]
+        self.assertEqual(workers, 2)
+
+
+class TreeCPUTests(SynchronousTestCase):
+    def test_self(self) -> None:
+        """
+        The CPU time of this process's tree is at least what this process
+        used (up to a clock tick of rounding).
+        """
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        own = usage.ru_utime + usage.ru_stime
+        self.assertGreaterEqual(run.treeCPU(os.getpid()), own - 2.0 / run.CLK_TCK)
+
+    def test_noSuchProcess(self) -> None:
+        """
+        A process that does not exist used no CPU.
+        """
+        self.assertEqual(run.treeCPU(2**22 + 12345), 0.0)
+
+
+def _row(report, key, workers=1, **figures):
+    interpreter = "pypy" if "pypy" in key else "cpython"
+    return report.row(key, key, interpreter, workers, **figures)
+
+
+class TargetsTests(SynchronousTestCase):
+    def test_ratios(self) -> None:
+        """
+        The targets are computed from the rows of the run: gateway CPU per
+        request (absolute on CPython, against nginx on PyPy), N workers
+        against one, and the aggregation against the naive treq fan-out.
+        """
+        report = run.Report()
+        _row(report, "nginx-proxy", reqPerSec=9000.0, cpuUsPerReq=25.0)
+        _row(report, "gateway-plain-cpython-1", reqPerSec=1000.0, cpuUsPerReq=120.0)
+        _row(report, "gateway-plain-cpython-2", 2, reqPerSec=1900.0, cpuUsPerReq=125.0)
+        _row(report, "gateway-plain-pypy-1", reqPerSec=5000.0, cpuUsPerReq=60.0)
+        _row(report, "gateway-aggregate-cpython-1", reqPerSec=800.0)
+        _row(report, "treq-fanout-cpython", reqPerSec=100.0)
+        targets = {t["target"]: t for t in run.computeTargets(report)}
+
+        cpu = targets["gateway CPU/request, CPython, default filters"]
+        self.assertEqual((cpu["measured"], cpu["met"]), (120.0, True))
+        pypy = targets["gateway CPU/request vs nginx, PyPy"]
+        self.assertEqual((pypy["measured"], pypy["met"]), (2.4, False))
+        scaling = targets["N workers vs 1, cpython"]
+        self.assertEqual((scaling["measured"], scaling["met"]), (1.9, True))
+        self.assertIsNone(targets["N workers vs 1, pypy"]["met"])
+        aggregation = targets["3-way aggregation vs naive treq fan-out, cpython"]
+        self.assertEqual((aggregation["measured"], aggregation["met"]), (8.0, True))
+        self.assertIsNone(targets["3-way aggregation vs naive treq fan-out, pypy"]["measured"])
+
+    def test_skippedRowsIgnored(self) -> None:
+        """
+        A skipped or failed row counts as not measured, not as zero.
+        """
+        report = run.Report()
+        _row(report, "gateway-plain-cpython-1", reqPerSec=1000.0, cpuUsPerReq=500.0)
+        _row(report, "gateway-plain-cpython-N", "N", skipped="no workers key")
+        _row(report, "gateway-plain-pypy-1", error="pypy exited")
+        targets = {t["target"]: t for t in run.computeTargets(report)}
+        self.assertIsNone(targets["N workers vs 1, cpython"]["measured"])
+        self.assertIsNone(targets["gateway CPU/request vs nginx, PyPy"]["measured"])
+        self.assertFalse(targets["gateway CPU/request, CPython, default filters"]["met"])
+
+
+class ReportTests(SynchronousTestCase):
+    def test_markdown(self) -> None:
+        """
+        The Markdown report has one table line per row, with the skip
+        reason, the failure and the non-2xx count in the notes column.
+        """
+        report = run.Report()
+        report.settings = {"wrk": "wrk -t1 -c50 -d3s --latency", "warmup": 1.0, "pypyWarmup": 30}
+        _row(report, "nginx-proxy", reqPerSec=9000.0, p50Ms=5.0, p99Ms=12.0, cpuUsPerReq=30.0)
+        _row(report, "gateway-plain-cpython-1", reqPerSec=700.0, non2xx=3)
+        _row(report, "gateway-plain-cpython-N", "N", skipped="no `workers:` in the config yet")
+        _row(report, "gateway-plain-pypy-1", error="gw exited (1):\nTraceback\nValueError: bad")
+        text = run.renderMarkdown(report, run.computeTargets(report))
+        lines = [line for line in text.splitlines() if line.startswith("| ") and "|" in line[2:]]
+        self.assertIn("| 1 | nginx-proxy | cpython | 1 | 9,000 | 5.00 | 12.00 | 30.0 |  |", lines)
+        self.assertIn("3 non-2xx", text)
+        self.assertIn("skipped: no `workers:` in the config yet", text)
+        self.assertIn("failed: gw exited (1): ValueError: bad", text)
