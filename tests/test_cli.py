@@ -1225,7 +1225,7 @@ class CLIIntegrationTests:
             "error: cannot create apis/a-overview: 400 no filter plugin named 'no-such-filter'"
             in done.stderr
         )
-        assert "(field apis/a-overview:filters[0].name)" in done.stderr
+        assert "(field filters[0].name)" in done.stderr
         assert "stopped after 5 of 9 change(s); the rest were not made" in done.stderr
         state = adminState(gateway)
         assert {kind: sorted(items) for kind, items in state.items()} == {
