@@ -212,9 +212,10 @@ class Aggregator:
         """
         One node request; a required node's failure cancels its siblings.
         """
-        backend = node.cluster.choose(context.clientIP)
+        cluster = context.snapshot.clusters[node.clusterName]
+        backend = cluster.choose(context.clientIP)
         if backend is None:
-            return defer.fail(NoBackendAvailable(f"cluster {node.cluster.name!r}: no server"))
+            return defer.fail(NoBackendAvailable(f"cluster {cluster.name!r}: no server"))
         request = context.request
         if node.rewrite is not None:
             uri = node.rewrite.expand(context.params, request, results)

@@ -401,7 +401,7 @@ class GatewayResource(Resource):
                 self._aggregator.serve(context, chain, self)
             return
         node = api.nodes[0]
-        cluster = context.cluster or node.cluster
+        cluster = context.cluster or context.snapshot.clusters[node.clusterName]
         context.cluster = cluster
         request = context.request
         uri = context.upstreamURI

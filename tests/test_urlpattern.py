@@ -1094,3 +1094,121 @@ class ScaleTests(SynchronousTestCase):
             )
         self.assertIsNone(r.match("GET", None, "/svc2500/items"))
         self.assertIsNone(r.match("GET", None, "/svc1/other"))
+
+
+_POOL = [
+    "/",
+    "/users",
+    "/users/{id}",
+    "/users/{id:int}",
+    "/users/{id:int}/orders",
+    "/users/me",
+    "/users/*",
+    "/files/*",
+    "/files/{name:slug}",
+    "/a/{x}/b/{y}",
+    "/a/{x:alpha}/b",
+    "/a/c/b",
+    "/{any}",
+    "/{any}/x",
+    "/*",
+]
+_PROBES = [
+    "/",
+    "/users",
+    "/users/7",
+    "/users/me",
+    "/users/abc",
+    "/users/7/orders",
+    "/users/x/y/z",
+    "/files/a-b",
+    "/files/a/b",
+    "/a/q/b/r",
+    "/a/qq/b",
+    "/a/c/b",
+    "/zz",
+    "/zz/x",
+    "/zz/y",
+    "/nothing/at/all",
+]
+
+
+def _routeSet(indexes, methods, hosts):
+    return [
+        Route(parsePattern(_POOL[i]), method=m, host=h, value=f"r{i}-{m}-{h}")
+        for i, m, h in zip(indexes, methods, hosts)
+    ]
+
+
+def _answers(router):
+    return [
+        ((m.value, dict(m.params)) if (m := router.match(method, host, path)) else None)
+        for path in _PROBES
+        for method in ("GET", "POST")
+        for host in (None, "a.example.com")
+    ]
+
+
+class RouterUpdateTests(SynchronousTestCase):
+    """
+    Router.updated: a copy-on-write change equals a fresh build, and never
+    changes the router it came from.
+    """
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(0, len(_POOL) - 1),
+                st.sampled_from(["*", "GET"]),
+                st.sampled_from([None, "a.example.com", "*.example.com"]),
+            ),
+            unique=True,
+            max_size=12,
+        ),
+        st.data(),
+    )
+    def test_updatedEqualsFresh(self, specs, data) -> None:
+        """
+        Removing some routes and adding others gives a router that answers
+        every probe as a router built from scratch with the same routes, and
+        the original router still answers as before.
+        """
+        routes = _routeSet(*zip(*specs)) if specs else []
+        router = Router(routes)
+        before = _answers(router)
+        removed = [r for r in routes if data.draw(st.booleans())]
+        kept = [r for r in routes if r not in removed]
+        taken = {(str(r.pattern.canonical()), r.method, r.host) for r in kept}
+        extra = data.draw(
+            st.lists(
+                st.tuples(
+                    st.integers(0, len(_POOL) - 1),
+                    st.sampled_from(["*", "GET"]),
+                    st.sampled_from([None, "a.example.com", "*.example.com"]),
+                ),
+                unique=True,
+                max_size=5,
+            )
+        )
+        added = [
+            r
+            for r in (_routeSet(*zip(*extra)) if extra else [])
+            if (str(r.pattern.canonical()), r.method, r.host) not in taken
+        ]
+        added = list({(str(r.pattern.canonical()), r.method, r.host): r for r in added}.values())
+        updated = router.updated(removed, added)
+        self.assertEqual(_answers(updated), _answers(Router(kept + added)))
+        self.assertEqual(_answers(router), before)
+        self.assertEqual(len(updated), len(kept) + len(added))
+
+    def test_updateConflict(self) -> None:
+        """
+        Adding a route that conflicts with a kept one raises RouteConflict,
+        and the original router is unchanged.
+        """
+        first = Route(parsePattern("/a/{x}"), method="GET", value="first")
+        router = Router([first])
+        with self.assertRaises(RouteConflict):
+            router.updated([], [Route(parsePattern("/a/{y}"), method="GET", value="second")])
+        self.assertEqual(router.match("GET", None, "/a/1").value, "first")

@@ -29,7 +29,7 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from gateway.admin.openapi import openAPIDocument
-from gateway.model import Catalog, parseResource
+from gateway.model import Catalog, CatalogParser, parseResource
 from gateway.model import ReferenceError as ModelReferenceError
 from gateway.schema import ValidationError, toJSON
 from gateway.store import KINDS, Change, ConflictError, StoreError, StoreState
@@ -187,6 +187,7 @@ class AdminAPI:
         self._stats = stats if stats is not None else _defaultStats
         self._maxBodySize = maxBodySize
         self._metrics = metrics
+        self._parser = CatalogParser()
         self._ready = ready if ready is not None else (lambda: True)
 
     def resource(self) -> IResource:
@@ -259,7 +260,7 @@ class AdminAPI:
 
     def _catalogOf(self, state: StoreState) -> Catalog:
         try:
-            return Catalog.fromResources(state.resources)
+            return self._parser.parse(state.resources)
         except ValidationError as e:
             # Not the caller's fault: the store holds something this version
             # of the gateway cannot read (edited by hand, or an older format).

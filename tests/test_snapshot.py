@@ -1,0 +1,158 @@
+"""
+The snapshot manager: compiling store states, swapping, refusing bad
+changes, and paying only for what changed.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.filters import FilterRegistry
+from gateway.model import ReferenceError
+from gateway.schema import ValidationError
+from gateway.snapshot import SnapshotManager
+from gateway.store import Change, StoreState
+
+
+def api(name, pattern, cluster="c", **extra):
+    return dict({"name": name, "urlPattern": pattern, "nodes": [{"cluster": cluster}]}, **extra)
+
+
+def state(apis, revision=1, servers=("s1", "s2"), routings=None):
+    return StoreState(
+        revision,
+        {
+            "servers": {
+                s: {"name": s, "addr": f"127.0.0.1:{9000 + i}"} for i, s in enumerate(servers)
+            },
+            "clusters": {"c": {"name": "c", "servers": list(servers)}},
+            "apis": {a["name"]: a for a in apis},
+            "routings": routings or {},
+        },
+    )
+
+
+class SnapshotManagerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.manager = SnapshotManager(FilterRegistry.fromPlugins(), self.clock)
+
+    def test_applyAndMatch(self) -> None:
+        """
+        A state compiles into a snapshot that matches requests to APIs and
+        carries the store revision.
+        """
+        snapshot = self.manager.apply(state([api("u", "/users/{id:int}")], revision=3))
+        self.assertIs(self.manager.snapshot, snapshot)
+        self.assertEqual(snapshot.revision, 3)
+        match = snapshot.match("GET", None, "/users/7")
+        self.assertEqual((match.value.name, match.params), ("u", {"id": "7"}))
+        self.assertIsNone(snapshot.match("GET", None, "/users/x"))
+
+    def test_refusedChangeKeepsRunningSnapshot(self) -> None:
+        """
+        update() refuses a state that does not compile (a dangling cluster,
+        a route conflict, an unknown filter) and the running snapshot serves
+        on; apply() raises with the field.
+        """
+        first = self.manager.apply(state([api("u", "/users")]))
+        bad = [
+            state([api("u", "/users", cluster="missing")], revision=2),
+            state([api("u", "/users"), api("v", "/users")], revision=3),
+            state([api("u", "/users", filters=[{"name": "no-such-filter"}])], revision=4),
+        ]
+        for s in bad:
+            self.assertFalse(self.manager.update(s))
+            self.assertIs(self.manager.snapshot, first)
+        with self.assertRaises(ReferenceError) as e:
+            self.manager.apply(bad[1])
+        self.assertEqual(e.exception.field, "urlPattern")
+        with self.assertRaises(ValidationError) as e2:
+            self.manager.apply(bad[2])
+        self.assertEqual(e2.exception.field, "apis/u:filters[0].name")
+
+    def test_validateDoesNotSwap(self) -> None:
+        """
+        validate() compiles a proposed catalog without swapping it in.
+        """
+        first = self.manager.apply(state([api("u", "/users")]))
+        from gateway.model import Catalog
+
+        proposed = Catalog.fromResources(state([api("u", "/people")]).resources)
+        self.manager.validate(proposed)
+        self.assertIs(self.manager.snapshot, first)
+        self.assertIsNotNone(first.match("GET", None, "/users"))
+
+    def test_oldRevisionIgnored(self) -> None:
+        """
+        A watcher delivering an older or equal revision changes nothing.
+        """
+        self.manager.apply(state([api("u", "/users")], revision=5))
+        self.assertFalse(self.manager.update(state([api("u", "/people")], revision=5)))
+        self.assertFalse(self.manager.update(state([api("u", "/people")], revision=4)))
+        self.assertIsNotNone(self.manager.snapshot.match("GET", None, "/users"))
+
+    def test_onlyChangedAPIsRecompile(self) -> None:
+        """
+        With many APIs, a change recompiles only the changed API: the others
+        keep their compiled objects, and the previous snapshot's router still
+        answers as before (it is never changed in place).
+        """
+        apis = [api(f"a{i}", f"/svc{i}/{{id:int}}") for i in range(200)]
+        s1 = state(apis, revision=1)
+        first = self.manager.apply(s1)
+        changed = s1.withChanges([Change("apis", "a5", api("a5", "/moved/{id:int}"))], 2)
+        second = self.manager.apply(changed)
+        for i in range(200):
+            if i != 5:
+                self.assertIs(second.apis[f"a{i}"], first.apis[f"a{i}"])
+        self.assertIsNot(second.apis["a5"], first.apis["a5"])
+        self.assertEqual(second.match("GET", None, "/moved/3").value.name, "a5")
+        self.assertIsNone(second.match("GET", None, "/svc5/3"))
+        self.assertEqual(first.match("GET", None, "/svc5/3").value.name, "a5")
+        self.assertIsNone(first.match("GET", None, "/moved/3"))
+
+    def test_liveStateSurvivesChange(self) -> None:
+        """
+        A server that still exists keeps its Backend (in-flight count,
+        health) across a change; an unchanged cluster keeps its balancer.
+        """
+        first = self.manager.apply(state([api("u", "/users")]))
+        backend = first.backends["s1"]
+        backend.healthy = False
+        backend.requestStarted()
+        balancer = first.clusters["c"].balancer
+        second = self.manager.apply(state([api("u", "/people")], revision=2))
+        self.assertIs(second.backends["s1"], backend)
+        self.assertEqual(backend.active, 1)
+        self.assertFalse(backend.healthy)
+        self.assertIs(second.clusters["c"].balancer, balancer)
+        third = self.manager.apply(state([api("u", "/people")], revision=3, servers=("s1",)))
+        self.assertIsNot(third.clusters["c"].balancer, balancer)
+        self.assertEqual(set(third.backends), {"s1"})
+
+    def test_rateLimitFilterKeptAcrossChanges(self) -> None:
+        """
+        An API's rate-limit filter (and its buckets) survives changes that
+        do not touch its limits, and is replaced when they change.
+        """
+        limited = api("u", "/users", rateLimit={"rate": 1})
+        first = self.manager.apply(state([limited, api("v", "/v")]))
+        second = self.manager.apply(state([limited, api("v", "/v2")], revision=2))
+        self.assertEqual(first.apis["u"].filters, second.apis["u"].filters)
+        third = self.manager.apply(
+            state([api("u", "/users", rateLimit={"rate": 2}), api("v", "/v2")], revision=3)
+        )
+        self.assertIsNot(third.apis["u"].filters[0], first.apis["u"].filters[0])
+
+    def test_listenersCalled(self) -> None:
+        """
+        Listeners hear of every swap; one that raises does not stop the swap.
+        """
+        seen = []
+        self.manager.addListener(lambda snapshot: 1 / 0)
+        self.manager.addListener(seen.append)
+        snapshot = self.manager.apply(state([api("u", "/users")]))
+        self.assertEqual(seen, [snapshot])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
