@@ -33,9 +33,9 @@ from gateway.model import Catalog, FilterSpec, parseResource
 from gateway.schema import (
     Bool,
     Int,
-    Num,
     Name,
     Nullable,
+    Num,
     Spec,
     Str,
     ValidationError,

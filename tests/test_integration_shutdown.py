@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-
 from harness import request, waitFor
 
 pytestmark = pytest.mark.integration

@@ -26,6 +26,7 @@ from twisted.web.util import Redirect
 
 log = Logger()
 
+
 def _findWebUI() -> str:
     """
     The UI's folder: C{webui/} of a source checkout (or an editable
