@@ -23,10 +23,10 @@ in flight, and so does a client that goes away.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
@@ -64,7 +64,11 @@ class BodyTooLarge(UpstreamBroken):
 class _Collect(Protocol):
     """
     Collects a response body, up to a limit.
+
+    @ivar transport: the response's producer (pause/resume/stopProducing).
     """
+
+    transport: Any
 
     def __init__(self, finished: defer.Deferred, limit: int) -> None:
         self._finished = finished
@@ -80,7 +84,7 @@ class _Collect(Protocol):
             return
         self._parts.append(data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._finished.called:
             return
         if self._size > self._limit:
@@ -140,7 +144,7 @@ class Aggregator:
         if context.request._disconnected:
             return
         merged, partial = result
-        headers = {}
+        headers: Dict[Union[str, bytes], Sequence[Union[str, bytes]]] = {}
         if partial:
             headers[b"x-gateway-partial"] = [",".join(partial).encode("utf-8")]
         proxy._answer(context, chain, EarlyResponse(200, merged, headers))

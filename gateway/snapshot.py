@@ -280,12 +280,12 @@ class SnapshotManager:
         catalog.check()
         routingCache = {}
         for name, routing in catalog.routings.items():
-            hit = self._compiledRoutings.get(name)
-            if hit is None or hit[0] != routing:
-                hit = (routing, compileRouting(routing, self._random))
-            routingCache[name] = hit
+            cached = self._compiledRoutings.get(name)
+            if cached is None or cached[0] != routing:
+                cached = (routing, compileRouting(routing, self._random))
+            routingCache[name] = cached
         self._compiledRoutings = routingCache
-        compiledRoutings = orderRoutings(hit[1] for hit in routingCache.values())
+        compiledRoutings = orderRoutings(entry[1] for entry in routingCache.values())
         pendingFilters: Dict[Tuple[str, str, str], Any] = {}
         apis: Dict[str, CompiledAPI] = {}
         apiCache = {}

@@ -108,10 +108,11 @@ class FilterRegistry:
         """
         chain = []
         for i, spec in enumerate(specs):
+            config: Mapping[str, Any]
             if isinstance(spec, str):
                 name, config = spec, {}
             elif isinstance(spec, Mapping):
-                name, config = spec.get("name"), spec.get("config") or {}
+                name, config = str(spec.get("name")), spec.get("config") or {}
             else:
                 name, config = spec.name, spec.config
             chain.append(self.makeFilter(name, config, reactor, f"{field}[{i}].name"))
