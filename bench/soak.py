@@ -3,7 +3,7 @@ Soak test: a steady request rate through a real gateway for a long time
 (10 minutes by default), checking that its memory and open files stay
 flat.  Not run in CI.
 
-    .venv/bin/python bench/soak.py [--duration 600] [--rate 500] [--workers 1]
+    .venv/bin/python bench/soak.py [--duration 600] [--rate 200] [--workers 1]
 
 It starts a test backend (C{tests/backend_app.py}) and a gateway (C{twistd
 -n gateway}) on 127.0.0.1, then sends C{--rate} requests a second to
@@ -111,10 +111,12 @@ class WrkLoad:
             self._url,
         ]
 
-    def start(self) -> None:
-        # wrk waits delay() after each answer, so a connection's period is
-        # the delay plus the request's own time: measure that for a few
-        # seconds, then take it off the delay.
+    def calibrate(self) -> None:
+        """
+        wrk waits C{delay()} after each answer, so a connection's period
+        is the delay plus the request's own time: measure that for a few
+        seconds, then take it off the delay.
+        """
         period = 1000.0 * self._connections / self._rate
         calibration = subprocess.run(
             self._command(period, 5), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -122,6 +124,8 @@ class WrkLoad:
         achieved = _intOf(r"(\d+) requests in", calibration) / 5.0
         overhead = 1000.0 * self._connections / achieved - period if achieved else 0.0
         self.delayMs = max(0.0, period - overhead)
+
+    def start(self) -> None:
         self._process = subprocess.Popen(
             self._command(self.delayMs, self._duration),
             stdout=subprocess.PIPE,
@@ -172,6 +176,9 @@ class PythonLoad:
         self._lock = threading.Lock()
         self.requests = 0
         self.errors = 0
+
+    def calibrate(self) -> None:
+        pass
 
     def start(self) -> None:
         self._started = time.monotonic()
@@ -227,7 +234,7 @@ def thirds(values: List[float]) -> Tuple[float, float]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds (600)")
-    parser.add_argument("--rate", type=float, default=500.0, help="requests a second (500)")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests a second (200)")
     parser.add_argument("--connections", type=int, default=10, help="client connections (10)")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=None, help="seconds ignored (duration/10)")
@@ -264,6 +271,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         print(f"{'t (s)':>7} {'RSS (MiB)':>10} {'fds':>5} {'procs':>5}")
         rows: List[Tuple[float, int, int]] = []
+        load.calibrate()
         started = time.monotonic()
         load.start()
         nextSample = started + options.interval
@@ -280,7 +288,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"{elapsed:7.0f} {rss / 1024:10.1f} {fds:5d} {procs:5d}{mark}", flush=True)
                 nextSample += options.interval
         result = load.finish()
-        elapsed = time.monotonic() - started
+        elapsed = max(options.duration, time.monotonic() - started)
 
         steady = [row for row in rows if row[0] >= warmup]
         if len(steady) < 3:

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import attrs
 import yaml
 
+from gateway.httpserver import HTTPLimits, isLoopbackEndpoint
 from gateway.model import Catalog, FilterSpec, parseResource
 from gateway.schema import (
     Bool,
@@ -36,6 +37,7 @@ from gateway.schema import (
     Name,
     Nullable,
     Num,
+    Obj,
     Spec,
     Str,
     ValidationError,
@@ -146,6 +148,11 @@ class ProxyConfig:
     drainTimeout: float = field(
         Num(0, 3600), 10.0, doc="seconds a stopping proxy waits for requests in flight"
     )
+    limits: HTTPLimits = field(
+        Obj(HTTPLimits),
+        attrs.Factory(HTTPLimits),
+        doc="request size limits and client timeouts (413, 414, 431, 408)",
+    )
 
 
 @attrs.frozen
@@ -251,6 +258,13 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
     except ValidationError as e:
         raise ConfigError(e.field, e.message, source)
     proxy, admin = sections["proxy"], sections["admin"]
+    if admin is not None and admin.token is None and not isLoopbackEndpoint(admin.listen):
+        raise ConfigError(
+            "admin.token",
+            "is required when admin.listen is not a loopback address "
+            "(anyone who reaches the port would control the gateway)",
+            source,
+        )
     if proxy is not None and admin is not None and proxy.listen == admin.listen:
         raise ConfigError("admin.listen", "is the same endpoint as proxy.listen", source)
     if proxy is not None and proxy.workers != 1:

@@ -289,6 +289,11 @@ class API:
     ipAccess: Optional[IPAccess] = field(Nullable(Obj(IPAccess)), None)
     circuitBreaker: Optional[CircuitBreaker] = field(Nullable(Obj(CircuitBreaker)), None)
     filters: Tuple[FilterSpec, ...] = field(ListOf(Obj(FilterSpec)), ())
+    maxBodySize: Optional[int] = field(
+        Nullable(Int(0, 1 << 50)),
+        None,
+        doc="largest request body in bytes (413); null = the proxy's limits.maxBodySize",
+    )
 
 
 # -- routings -----------------------------------------------------------------

@@ -21,13 +21,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
 
 import gateway
 from gateway.admin.webui import withWebUI
 from gateway.aggregate import Aggregator
 from gateway.health import HealthChecker
 from gateway.httpclient import HTTP11UpstreamClient
+from gateway.httpserver import ADMIN_LIMITS, LimitedSite, snapshotBodyLimits
 from gateway.metrics import metricsResource
 from gateway.mirror import Mirror
 from gateway.model import Catalog
@@ -43,7 +43,7 @@ from gateway.workers import WorkerPool, reusePortEndpoint, workerCommand, worker
 log = Logger()
 
 
-class GatewaySite(server.Site):
+class GatewaySite(LimitedSite):
     """
     The proxy's site: L{GatewayRequest}s, and no access log of its own (the
     C{access-log} filter writes a structured one when configured).
@@ -63,8 +63,9 @@ class GatewaySite(server.Site):
         pass
 
 
-class AdminSite(server.Site):
+class AdminSite(LimitedSite):
     displayTracebacks = False
+    errorFields = {"field": ""}
 
 
 def seedChanges(state: StoreState, seed: Dict[str, List[Any]]) -> List[Change]:
@@ -187,7 +188,12 @@ class GatewayService(MultiService):
                 mirror=self.mirror,
                 stats=self.counters,
             )
-            site = GatewaySite(self.proxyResource)
+            site = GatewaySite(
+                self.proxyResource,
+                limits=proxyConfig.limits,
+                bodyLimitFor=snapshotBodyLimits(self.manager),
+                reactor=reactor,
+            )
             if isWorker:
                 self._serve("proxy", reusePortEndpoint(reactor, proxyConfig.listen), site)
             else:
@@ -238,7 +244,10 @@ class GatewayService(MultiService):
                     self.health,
                 ),
             )
-            self._listen("admin", config.admin.listen, AdminSite(withWebUI(self.admin.resource())))
+            adminSite = AdminSite(
+                withWebUI(self.admin.resource()), limits=ADMIN_LIMITS, reactor=reactor
+            )
+            self._listen("admin", config.admin.listen, adminSite)
 
     def healthStates(self) -> Dict[str, bool]:
         """

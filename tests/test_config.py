@@ -114,9 +114,11 @@ class LoadConfigTests(SynchronousTestCase):
         A config with only an admin section has no proxy, the default file
         store, no token and no seed resources.
         """
-        config = loadConfig(self.write("admin:\n  listen: tcp:9090\n"))
+        config = loadConfig(self.write("admin:\n  listen: tcp:9090:interface=127.0.0.1\n"))
         self.assertIsNone(config.proxy)
-        self.assertEqual(config.admin, AdminConfig(listen="tcp:9090", token=None))
+        self.assertEqual(
+            config.admin, AdminConfig(listen="tcp:9090:interface=127.0.0.1", token=None)
+        )
         self.assertEqual(config.store, DEFAULT_STORE)
         self.assertEqual(
             dict(config.seed), {"servers": (), "clusters": (), "apis": (), "routings": ()}
@@ -207,7 +209,7 @@ class LoadConfigTests(SynchronousTestCase):
             self.write(
                 """\
                 admin:
-                  listen: tcp:9090
+                  listen: tcp:9090:interface=127.0.0.1
                 servers:
                   - &base {name: a, addr: "127.0.0.1:1", weight: 2}
                   - <<: *base

@@ -1,0 +1,815 @@
+"""
+The gateway's own HTTP/1.1 server channel: C{twisted.web}'s L{HTTPChannel}
+with the limits, timeouts and strict parsing a front door needs.
+
+A gateway parses every request before any backend sees it, and a backend
+must never be able to read a request differently from the gateway
+(request smuggling), so the request head is parsed strictly here:
+
+  - request line: three parts separated by single spaces, a method token,
+    a target of visible ASCII, C{HTTP/1.0} or C{HTTP/1.1}; otherwise 400
+    (505 for another well-formed version, 501 for C{CONNECT}); longer than
+    L{HTTPLimits.maxRequestLineLength}: 414;
+  - headers: C{name: value} with a token name (no space before the colon),
+    no control characters in the value, no obsolete line folding; one
+    C{Host} (required in HTTP/1.1); otherwise 400; more than
+    L{HTTPLimits.maxHeaderCount} headers or more than
+    L{HTTPLimits.maxHeadersSize} bytes of head: 431;
+  - framing: C{Content-Length} once, digits only; C{Transfer-Encoding}
+    exactly C{chunked}, only in HTTP/1.1, never with C{Content-Length};
+    anything else (C{xchunked}, C{chunked, identity}, a second header, ...)
+    is 400, so a request is never forwarded with a framing two parsers could
+    read differently;
+  - path: with L{HTTPLimits.rejectAmbiguousPaths}, a path with a dot segment
+    (also percent-encoded), an empty segment (C{//}), an encoded slash or
+    backslash (C{%2F}, C{%5C}), a backslash, an encoded NUL or a malformed
+    percent escape is 400: a backend that normalises such a path would
+    otherwise serve another path than the one the gateway routed;
+  - body: larger than the limit of the request's route (see
+    L{LimitedSite.bodyLimitFor}) or than L{HTTPLimits.maxBodySize}: 413, at
+    once when C{Content-Length} says so (the body is never read), as soon
+    as the running total passes it for a chunked body.
+
+And slow clients are cut off: a request head must arrive within
+L{HTTPLimits.headerTimeout} seconds (of the connection, or of the first byte
+of a later request on a kept-alive connection), a body within
+L{HTTPLimits.bodyTimeout} seconds of its head, plus a second for every
+L{HTTPLimits.minBodyRate} bytes received (408 otherwise), and a
+kept-alive connection idle for L{HTTPLimits.idleTimeout} seconds is closed.
+Every timer runs on the site's reactor, so tests drive them with a
+L{twisted.internet.task.Clock}.
+
+Every refusal is a small JSON answer, C{{"error": "..."}}, with
+C{Connection: close}; the connection is then half-closed and what the client
+still sends is read and dropped for L{GatewayHTTPChannel.lingerTimeout}
+seconds, so that a client still sending its body reads the answer instead
+of a connection reset.
+
+Use L{LimitedSite} (or set C{protocol = GatewayHTTPChannel} and a C{limits}
+attribute on a L{twisted.web.server.Site}).  The channel speaks HTTP/1.1
+only: it does not offer HTTP/2 through ALPN, which would bypass these
+checks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import unquote_to_bytes
+
+import attrs
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.iweb import INonQueuedRequestFactory
+
+from gateway.schema import Bool, Int, Nullable, Num, field
+
+log = Logger()
+
+__all__ = [
+    "ADMIN_LIMITS",
+    "BodyLimitFor",
+    "GatewayHTTPChannel",
+    "HTTPLimits",
+    "LimitedSite",
+    "ambiguousPath",
+    "isLoopbackEndpoint",
+    "snapshotBodyLimits",
+]
+
+MB = 1024 * 1024
+
+
+@attrs.frozen
+class HTTPLimits:
+    """
+    What the server accepts from a client, and how long it waits.  The
+    fields carry schema specs, so this is also a config section
+    (C{proxy.limits}).
+
+    @ivar maxRequestLineLength: the longest request line, in bytes (414).
+    @ivar maxHeadersSize: the largest request head (request line and every
+        header line), in bytes (431).
+    @ivar maxHeaderCount: the most header lines in one request (431).
+    @ivar maxBodySize: the largest request body, in bytes, unless the
+        request's route says otherwise; L{None} for no limit (413).
+    @ivar headerTimeout: seconds to receive a whole request head, from the
+        connection (first request) or from its first byte (later requests
+        on a kept-alive connection) (408).
+    @ivar bodyTimeout: seconds to receive a whole request body, from the
+        end of its head, plus one second for every C{minBodyRate} bytes
+        received (408): a large upload at a fair pace gets the time it
+        needs, a body trickled in gets C{bodyTimeout}.
+    @ivar minBodyRate: see C{bodyTimeout}; 0 for C{bodyTimeout} alone.
+    @ivar idleTimeout: seconds a kept-alive connection may stay idle between
+        requests before it is closed.
+    @ivar rejectAmbiguousPaths: whether paths a backend could normalise
+        into another path are refused (400); see L{ambiguousPath}.
+    """
+
+    maxRequestLineLength: int = field(Int(256, 1 << 20), 8192, doc="bytes; longer: 414")
+    maxHeadersSize: int = field(Int(1024, 1 << 22), 32768, doc="bytes of request head; 431")
+    maxHeaderCount: int = field(Int(1, 10_000), 100, doc="header lines; more: 431")
+    maxBodySize: Optional[int] = field(
+        Nullable(Int(0, 1 << 50)), 1024 * MB, doc="bytes, unless the API sets its own; 413"
+    )
+    headerTimeout: float = field(Num(0, 3600, exclusiveMinimum=True), 10.0, doc="seconds; 408")
+    bodyTimeout: float = field(
+        Num(0, 86400, exclusiveMinimum=True), 60.0, doc="seconds, plus minBodyRate's; 408"
+    )
+    minBodyRate: int = field(
+        Int(0, 1 << 40), 65536, doc="bytes/s a long body earns time at; 0 = bodyTimeout only"
+    )
+    idleTimeout: float = field(Num(0, 86400, exclusiveMinimum=True), 60.0, doc="seconds")
+    rejectAmbiguousPaths: bool = field(Bool(), True, doc="refuse //, dot segments, %2F (400)")
+
+
+#: The admin site's limits: small bodies (resources are small JSON objects).
+ADMIN_LIMITS = HTTPLimits(maxBodySize=MB)
+
+#: C{bodyLimitFor(method, host, path)}: the body limit of the route a request
+#: head names, or L{None} for the site's default.  C{host} is the raw
+#: C{Host} header (or L{None}), C{path} the raw path without its query.
+BodyLimitFor = Callable[[bytes, Optional[bytes], bytes], Optional[int]]
+
+
+def snapshotBodyLimits(manager: Any) -> BodyLimitFor:
+    """
+    @param manager: a L{gateway.snapshot.SnapshotManager}.
+    @return: a L{BodyLimitFor} that matches the request in the current
+        snapshot, as the proxy will, and answers the matched API's
+        C{maxBodySize} (L{None} when no API matches or the API sets none).
+    """
+
+    def bodyLimitFor(method: bytes, host: Optional[bytes], path: bytes) -> Optional[int]:
+        snapshot = manager.snapshot
+        if snapshot is None:
+            return None
+        match = snapshot.match(
+            method.decode("ascii", "replace"),
+            host.decode("latin-1") if host is not None else None,
+            path.decode("utf-8", "surrogateescape"),
+        )
+        if match is None:
+            return None
+        api = match.value
+        return getattr(getattr(api, "config", api), "maxBodySize", None)
+
+    return bodyLimitFor
+
+
+def _splitEndpoint(description: str) -> List[str]:
+    # Twisted's endpoint syntax: ":" separates, "\\" escapes the next character.
+    parts, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def isLoopbackEndpoint(description: str) -> bool:
+    """
+    Tell whether a server endpoint string listens on this machine only.
+
+    @param description: a Twisted server endpoint string, e.g.
+        C{tcp:9090:interface=127.0.0.1}.
+    @return: L{True} for a C{unix:} socket and for a C{tcp:}, C{tcp6:} or
+        C{ssl:} endpoint whose C{interface} is a loopback address (or
+        C{localhost}); L{False} otherwise, in particular when no interface
+        is given (every address) and for other kinds of endpoint.
+    """
+    parts = _splitEndpoint(description.strip())
+    kind = parts[0].lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    interface = ""
+    positional = 0
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if eq:
+            if key == "interface":
+                interface = value
+        else:
+            positional += 1
+            if positional == 2 and kind != "ssl":
+                interface = part
+    interface = interface.strip().strip("[]")
+    if interface.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+# -- syntax (RFC 9110, RFC 9112) ----------------------------------------------
+
+_COMMON_METHODS = frozenset([b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"])
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?\Z")
+_ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://")
+#: Bytes a request target may not hold: controls, space, DEL and non-ASCII.
+_NOT_IN_TARGET = bytes(list(range(0x21)) + list(range(0x7F, 0x100)))
+#: Bytes a header value may not hold: controls but HTAB, and DEL.
+_NOT_IN_VALUE = bytes([c for c in range(0x20) if c != 0x09] + [0x7F])
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+#: Header names that, spelt with C{_} for C{-}, some backends (CGI, WSGI)
+#: would take for these: refused, or they could override what the gateway
+#: sets or checks.
+_UNDERSCORE_LOOKALIKES = frozenset(
+    [
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"connection",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+    ]
+)
+
+
+#: Reason phrases of RFC 9110 that Twisted lacks or spells the old way.
+_PHRASES = {
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    505: b"HTTP Version Not Supported",
+}
+
+
+class _Refused(Exception):
+    """
+    A request is refused with C{code} and C{message}.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def ambiguousPath(path: bytes) -> Optional[str]:
+    """
+    Tell whether a raw request path could mean another path to a backend
+    than to the gateway's router.
+
+    @param path: the path of a request target, percent-encoded, without its
+        query.
+    @return: why the path is ambiguous, or L{None} when it is not: a
+        backslash, a malformed percent escape, an encoded slash, backslash
+        or NUL, an empty segment (C{//}, but a trailing slash is fine) or a
+        dot segment (C{.}, C{..}, also percent-encoded in any case, also
+        followed by C{;} path parameters).
+    """
+    if b"%" not in path and b"\\" not in path and b"//" not in path and b"/." not in path:
+        # The common case, decided without splitting.
+        return None
+    if b"\\" in path:
+        return "backslash in path"
+    if b"%" in path:
+        parts = path.split(b"%")
+        for part in parts[1:]:
+            if len(part) < 2 or part[0] not in _HEX or part[1] not in _HEX:
+                return "malformed percent-encoding in path"
+            escaped = part[:2].lower()
+            if escaped in (b"2f", b"5c"):
+                return "encoded slash or backslash in path"
+            if escaped == b"00":
+                return "encoded NUL in path"
+    segments = path.split(b"/")
+    last = len(segments) - 1
+    for i in range(1, len(segments)):
+        segment = segments[i]
+        if not segment:
+            if i != last:
+                return "empty segment (//) in path"
+            continue
+        if b"." in segment or b"%" in segment:
+            # "..;x" is ".." to servers that strip path parameters (Tomcat).
+            if unquote_to_bytes(segment.split(b";", 1)[0]) in (b".", b".."):
+                return "dot segment in path"
+    return None
+
+
+def _parseRequestLine(line: bytes, checkPath: bool) -> Tuple[bytes, bytes, bytes]:
+    """
+    @return: C{(method, target, version)}.
+    @raise _Refused: when the line is malformed or asks for what the
+        gateway does not serve.
+    """
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise _Refused(400, "malformed request line")
+    method, target, version = parts
+    if method not in _COMMON_METHODS and not _TOKEN.match(method):
+        raise _Refused(400, "invalid method")
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+        if _VERSION.match(version):
+            raise _Refused(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+        raise _Refused(400, "malformed HTTP version")
+    if not target or len(target.translate(None, _NOT_IN_TARGET)) != len(target):
+        raise _Refused(400, "invalid character in the request target")
+    if b"#" in target:
+        raise _Refused(400, "a request target has no fragment")
+    if method == b"CONNECT":
+        raise _Refused(501, "CONNECT is not supported")
+    if target[0:1] == b"/":
+        if checkPath:
+            reason = ambiguousPath(target.split(b"?", 1)[0])
+            if reason is not None:
+                raise _Refused(400, reason)
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise _Refused(400, "the * target is only for OPTIONS")
+    elif not _ABSOLUTE.match(target):
+        raise _Refused(400, "the request target must be a path")
+    return method, target, version
+
+
+def _connectionTokens(values: Optional[List[bytes]]) -> List[bytes]:
+    if not values:
+        return []
+    return [t.strip(b" \t").lower() for v in values for t in v.split(b",")]
+
+
+#: The headers that frame a request, and where L{_parseHeaders} keeps them.
+_FRAMING = {b"content-length": 0, b"transfer-encoding": 1, b"host": 2}
+
+
+def _parseHeaders(
+    lines: List[bytes], version: bytes
+) -> Tuple[List[Tuple[bytes, bytes]], Optional[int], bool, Optional[bytes]]:
+    """
+    Parse and check the header lines of one request head (C{lines[0]} is
+    its request line), alone and as a whole.
+
+    @return: C{(headers, length, chunked, host)}: the C{(name, value)}
+        pairs in order, the C{Content-Length} or L{None}, whether the body
+        is chunked, and the C{Host} header or L{None}.
+    @raise _Refused: when a line is malformed, the framing is ambiguous or
+        the Host header missing, repeated or invalid.
+    """
+    headers = []
+    framing: List[List[bytes]] = [[], [], []]
+    isToken = _TOKEN.match
+    for i in range(1, len(lines)):
+        line = lines[i]
+        name, colon, value = line.partition(b":")
+        if not colon or not isToken(name):
+            if line[:1] in (b" ", b"\t"):
+                raise _Refused(400, "obsolete header line folding is not accepted")
+            raise _Refused(400, "malformed header line")
+        value = value.strip(b" \t")
+        if value.translate(None, _NOT_IN_VALUE) != value:
+            raise _Refused(400, "invalid character in a header value")
+        headers.append((name, value))
+        lower = name.lower()
+        kind = _FRAMING.get(lower)
+        if kind is not None:
+            framing[kind].append(value)
+        elif b"_" in lower and lower.replace(b"_", b"-") in _UNDERSCORE_LOOKALIKES:
+            raise _Refused(400, "header name with an underscore for a dash")
+    lengths, encodings, hosts = framing
+    host = None
+    if len(hosts) > 1:
+        raise _Refused(400, "more than one Host header")
+    if hosts:
+        host = hosts[0]
+        if not _HOST.match(host):
+            raise _Refused(400, "invalid Host header")
+    elif version == b"HTTP/1.1":
+        raise _Refused(400, "an HTTP/1.1 request needs a Host header")
+    if encodings:
+        if version != b"HTTP/1.1":
+            raise _Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if lengths:
+            raise _Refused(400, "both Content-Length and Transfer-Encoding")
+        if _connectionTokens(encodings) != [b"chunked"]:
+            raise _Refused(400, "unsupported Transfer-Encoding (only chunked is accepted)")
+        return headers, None, True, host
+    if lengths:
+        if len(lengths) > 1:
+            raise _Refused(400, "more than one Content-Length")
+        if not lengths[0].isdigit():
+            raise _Refused(400, "invalid Content-Length")
+        return headers, int(lengths[0]), False, host
+    return headers, None, False, host
+
+
+# -- the channel --------------------------------------------------------------
+
+
+class GatewayHTTPChannel(http.HTTPChannel):
+    """
+    An L{HTTPChannel} that parses request heads strictly, enforces
+    L{HTTPLimits} and answers every refusal with a JSON error.
+
+    It takes its limits from its site's C{limits} attribute (else
+    L{limits}), the body limit of a route from the site's C{bodyLimitFor}
+    (see L{LimitedSite}), and extra fields of its error bodies from the
+    site's C{errorFields}.
+
+    A request head is parsed whole, once its blank line has arrived,
+    instead of line by line: one pass over a few lines is cheaper than a
+    callback per line, and nothing of a request is acted on before all of
+    it is known.
+
+    @cvar limits: the limits when the site has none.
+    @cvar lingerTimeout: seconds a refused connection keeps reading (and
+        dropping) what the client still sends after the answer, before it is
+        cut.
+    """
+
+    limits = HTTPLimits()
+    lingerTimeout = 2.0
+
+    _rejected = False
+    _leadingEmptyLine = False
+    _scanFrom = 0
+    _headStartedAt: Optional[float] = None
+    _headerTimer: Any = None
+    _bodyTimer: Any = None
+    _bodyStartedAt = 0.0
+    _bodyLimit: Optional[int] = None
+    _bodyReceived = 0
+    _bodyRequest: Any = None
+    _bodyLimitFor: Optional[BodyLimitFor] = None
+    _errorFields: Mapping[str, Any] = {}
+    _clock: Any = None
+
+    # -- connection -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        site = getattr(self, "site", None)
+        limits = getattr(site, "limits", None)
+        if limits is not None:
+            self.limits = limits
+        self._bodyLimitFor = getattr(site, "bodyLimitFor", None)
+        self._errorFields = getattr(site, "errorFields", None) or {}
+        self._clock = getattr(site, "reactor", None)
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor
+        super().connectionMade()
+        # A new connection has headerTimeout seconds for its first request.
+        self._headStarted()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancelTimers()
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse request heads whole; hand bodies (and what arrives while a
+        request is answered) to L{HTTPChannel.rawDataReceived}.
+        """
+        if self._rejected:
+            return
+        self.resetTimeout()
+        if self._busyReceiving:
+            # Called back from within the loop below (a request answered at
+            # once gives back what was buffered behind it): the loop goes on
+            # with it.
+            self._buffer += data
+            return
+        self._busyReceiving = True
+        try:
+            self._buffer += data
+            while self._buffer and not self._rejected:
+                if self.line_mode:
+                    if not self.persistent:
+                        # More after a request that closes the connection:
+                        # dropped, as HTTPChannel does.
+                        self._buffer = b""
+                        return
+                    try:
+                        if not self._parseHead():
+                            return
+                    except _Refused as e:
+                        self._reject(e.code, e.message)
+                        return
+                else:
+                    data, self._buffer = self._buffer, b""
+                    self.rawDataReceived(data)
+        finally:
+            self._busyReceiving = False
+
+    # -- the head ---------------------------------------------------------------
+
+    def _parseHead(self) -> bool:
+        """
+        Parse the request head at the start of the buffer, if it is all
+        there.
+
+        @return: whether a head was consumed (the loop goes on with the rest
+            of the buffer), L{False} when more data is needed.
+        @raise _Refused: when the head is refused.
+        """
+        limits = self.limits
+        buffer = self._buffer
+        if self._headStartedAt is None:
+            self._headStarted()
+        if buffer[:2] == b"\r\n" and not self._leadingEmptyLine:
+            # RFC 9112 2.2: ignore an empty line before a request line (some
+            # clients send CRLF after a POST body).
+            self._leadingEmptyLine = True
+            self._buffer = buffer = buffer[2:]
+            if not buffer:
+                return False
+        end = buffer.find(b"\r\n\r\n", self._scanFrom)
+        lineEnd = buffer.find(b"\r\n", 0, limits.maxRequestLineLength + 2)
+        if lineEnd == -1 and len(buffer) > limits.maxRequestLineLength + 1:
+            raise _Refused(414, "request line too long")
+        if end == -1:
+            if len(buffer) > limits.maxHeadersSize:
+                raise _Refused(431, "request header fields too large")
+            self._scanFrom = max(0, len(buffer) - 3)
+            return False
+        if end + 4 > limits.maxHeadersSize:
+            raise _Refused(431, "request header fields too large")
+        self._buffer = buffer[end + 4 :]
+        self._scanFrom = 0
+        lines = buffer[:end].split(b"\r\n")
+        method, target, version = _parseRequestLine(lines[0], limits.rejectAmbiguousPaths)
+        if len(lines) > limits.maxHeaderCount + 1:
+            raise _Refused(431, "too many header fields")
+        headers, length, chunked, host = _parseHeaders(lines, version)
+        self._headStartedAt = None
+        self._leadingEmptyLine = False
+        self._request(method, target, version, headers, length, chunked, host)
+        return True
+
+    def _request(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: List[Tuple[bytes, bytes]],
+        length: Optional[int],
+        chunked: bool,
+        host: Optional[bytes],
+    ) -> None:
+        """
+        Start a request whose head was parsed and checked: make the
+        L{Request}, and read its body, if any.
+        """
+        factory = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            request = factory(self)
+        else:
+            request = factory(self, len(self.requests))
+        self.requests.append(request)
+        add = request.requestHeaders.addRawHeader
+        for name, value in headers:
+            add(name, value)
+        self._command, self._path, self._version = method, target, version
+
+        if chunked or length:
+            limit = self._limitFor(method, host, target)
+            if limit is not None and length is not None and length > limit:
+                raise _Refused(413, f"request body larger than {limit} bytes")
+            self._bodyLimit = limit
+            self._bodyReceived = 0
+            self._bodyRequest = request
+        if chunked:
+            self.length = None
+            self._transferDecoder = http._ChunkedTransferDecoder(
+                self._bodyChunk, self._finishRequestBody
+            )
+        elif length:
+            self.length = length
+            self._transferDecoder = http._IdentityTransferDecoder(
+                length, self._bodyChunk, self._finishRequestBody
+            )
+        else:
+            self.length = 0
+
+        self.allHeadersReceived()
+        if self.length == 0:
+            self.allContentReceived()
+        else:
+            self.setRawMode()
+            self._bodyStartedAt = self._clock.seconds()
+            self._bodyTimer = self.callLater(self.limits.bodyTimeout, self._bodyTimerFired)
+
+    def _limitFor(self, method: bytes, host: Optional[bytes], target: bytes) -> Optional[int]:
+        limit = self.limits.maxBodySize
+        if self._bodyLimitFor is None:
+            return limit
+        try:
+            routeLimit = self._bodyLimitFor(method, host, target.split(b"?", 1)[0])
+        except Exception:
+            log.failure("bodyLimitFor failed; using the default body limit")
+            return limit
+        return limit if routeLimit is None else routeLimit
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """
+        Like L{HTTPChannel.checkPersistence}, but C{Connection} is a
+        comma-separated list (C{keep-alive,close} closes too).
+        """
+        tokens = _connectionTokens(request.requestHeaders.getRawHeaders(b"connection"))
+        if version != b"HTTP/1.1":
+            return False
+        if b"close" in tokens:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return True
+
+    # -- the body ---------------------------------------------------------------
+
+    def _bodyChunk(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        self._bodyReceived += len(data)
+        limit = self._bodyLimit
+        if limit is not None and self._bodyReceived > limit:
+            self._reject(413, f"request body larger than {limit} bytes")
+            return
+        self._bodyRequest.handleContentChunk(data)
+
+    def _finishRequestBody(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        super()._finishRequestBody(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        if self._bodyTimer is not None:
+            if self._bodyTimer.active():
+                self._bodyTimer.cancel()
+            self._bodyTimer = None
+        self._bodyLimit = None
+        self._bodyRequest = None
+        super().allContentReceived()
+
+    # -- timers -----------------------------------------------------------------
+
+    def _headStarted(self) -> None:
+        """
+        A request head starts now: it must be complete within
+        C{headerTimeout} seconds.
+
+        One timer per connection serves every request: it is not cancelled
+        when a head completes but checks, when it fires, whether a head is
+        still awaited and since when, and waits again if need be; so a busy
+        kept-alive connection does not schedule a timer per request.
+        """
+        self._headStartedAt = self._clock.seconds()
+        if self._headerTimer is None:
+            self._headerTimer = self.callLater(self.limits.headerTimeout, self._headerTimerFired)
+
+    def _headerTimerFired(self) -> None:
+        self._headerTimer = None
+        started = self._headStartedAt
+        if started is None or self._handlingRequest or not self.line_mode:
+            return
+        left = started + self.limits.headerTimeout - self._clock.seconds()
+        if left > 0:
+            self._headerTimer = self.callLater(left, self._headerTimerFired)
+        else:
+            self._reject(408, "request head not received in time")
+
+    def _cancelTimers(self) -> None:
+        for name in ("_headerTimer", "_bodyTimer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                if timer.active():
+                    timer.cancel()
+                setattr(self, name, None)
+
+    def _bodyTimerFired(self) -> None:
+        self._bodyTimer = None
+        if self._handlingRequest or self.line_mode:
+            return
+        limits = self.limits
+        deadline = self._bodyStartedAt + limits.bodyTimeout
+        if limits.minBodyRate:
+            deadline += self._bodyReceived / limits.minBodyRate
+        left = deadline - self._clock.seconds()
+        if left > 0:
+            self._bodyTimer = self.callLater(left, self._bodyTimerFired)
+        else:
+            self._reject(408, "request body not received in time")
+
+    # -- refusing ---------------------------------------------------------------
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own refusals (a malformed chunked body) get our answer.
+        self._reject(400, "malformed request")
+
+    def _reject(self, code: int, message: str) -> None:
+        """
+        Answer C{code} with a JSON error and C{Connection: close}, then close
+        the connection, reading and dropping what the client still sends
+        for L{lingerTimeout} seconds.
+        """
+        if self._rejected:
+            return
+        self._rejected = True
+        self._cancelTimers()
+        self.setTimeout(None)
+        transport: Any = self.transport
+        if transport is None:
+            return
+        site = getattr(self, "site", None)
+        counts = getattr(site, "rejections", None)
+        if counts is not None:
+            counts[code] = counts.get(code, 0) + 1
+        if self._handlingRequest:
+            # Never interleave with an answer being written.
+            transport.abortConnection()
+            return
+        body = dict(self._errorFields)
+        body["error"] = message
+        payload = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+        phrase = _PHRASES.get(code) or http.RESPONSES.get(code, b"Error")
+        transport.writeSequence(
+            [
+                b"HTTP/1.1 %d %s\r\n" % (code, phrase),
+                b"Content-Type: application/json\r\n",
+                b"Content-Length: %d\r\n" % (len(payload),),
+                b"Connection: close\r\n\r\n",
+                payload,
+            ]
+        )
+        log.debug(
+            "refused a request from {peer}: {code} {message}",
+            peer=transport.getPeer(),
+            code=code,
+            message=message,
+        )
+        self._networkProducer.unregisterProducer()  # type: ignore[attr-defined]
+        halfClose = getattr(transport, "loseWriteConnection", None)
+        if halfClose is not None and self.lingerTimeout:
+            halfClose()
+            self._abortingCall = self.callLater(self.lingerTimeout, self.forceAbortClient)
+        else:
+            transport.loseConnection()
+            if self.abortTimeout is not None:
+                self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+
+
+class LimitedSite(server.Site):
+    """
+    A site served by L{GatewayHTTPChannel}s.
+
+    @ivar limits: the L{HTTPLimits} of every connection.
+    @ivar bodyLimitFor: a L{BodyLimitFor} (the body limit of a route), or
+        L{None} to apply C{limits.maxBodySize} to every request.
+    @ivar errorFields: extra fields of the JSON body of every refusal (the
+        admin adds C{"field": ""} to match its own errors).
+    @ivar rejections: C{{status: count}} of the requests refused so far.
+    """
+
+    # The channel itself, not HTTPFactory's HTTP/1.1-or-HTTP/2 wrapper: an
+    # HTTP/2 connection would bypass these checks.
+    protocol = GatewayHTTPChannel  # type: ignore[assignment]
+    errorFields: Mapping[str, Any] = {}
+
+    def __init__(
+        self,
+        resource: Any,
+        limits: Optional[HTTPLimits] = None,
+        bodyLimitFor: Optional[BodyLimitFor] = None,
+        **kwargs: Any,
+    ) -> None:
+        """
+        @param resource: the root resource.
+        @param limits: the limits, by default L{HTTPLimits}().
+        @param bodyLimitFor: see L{bodyLimitFor}.
+        @param kwargs: passed to L{server.Site}; C{timeout} defaults to
+            C{limits.idleTimeout}.
+        """
+        if limits is None:
+            limits = HTTPLimits()
+        kwargs.setdefault("timeout", limits.idleTimeout)
+        super().__init__(resource, **kwargs)
+        self.limits = limits
+        self.bodyLimitFor = bodyLimitFor
+        self.rejections: Dict[int, int] = {}
