@@ -30,6 +30,12 @@ from gateway.interfaces import ILoadBalancer
 #: Turns the top 53 bits of a 64-bit hash into a float in (0, 1].
 _UNIT = 2.0**-53
 
+#: Balancers set their state on every pick (C{RoundRobin._next}, ...): with
+#: no hook on assignment (none is needed: no field is validated, and the
+#: converted ones are set once), attrs adds no C{__setattr__}, so each store
+#: is a plain one rather than a Python call.
+_PLAIN = attrs.setters.NO_OP
+
 BalancerFactory = Callable[[Sequence[Backend], Optional[Random]], ILoadBalancer]
 
 
@@ -48,7 +54,7 @@ def _toTuple(backends: Sequence[Backend]) -> Tuple[Backend, ...]:
     return tuple(backends)
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=_PLAIN)
 class _Balancer:
     """
     What every balancer has: its backends, in cluster order, and a source of
@@ -64,7 +70,7 @@ class _Balancer:
 
 
 @implementer(ILoadBalancer)
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=_PLAIN)
 class RoundRobin(_Balancer):
     """
     Cycle through the available backends in order.
@@ -100,7 +106,7 @@ class RoundRobin(_Balancer):
 
 
 @implementer(ILoadBalancer)
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=_PLAIN)
 class WeightedRoundRobin(_Balancer):
     """
     nginx's smooth weighted round-robin.
@@ -145,7 +151,7 @@ class WeightedRoundRobin(_Balancer):
 
 
 @implementer(ILoadBalancer)
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=_PLAIN)
 class LeastConnections(_Balancer):
     """
     Pick the available backend with the fewest requests in flight relative to
@@ -196,7 +202,7 @@ class LeastConnections(_Balancer):
 
 
 @implementer(ILoadBalancer)
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=_PLAIN)
 class IPHash(_Balancer):
     """
     Send each key (a client address) to the same backend: weighted rendezvous
@@ -266,7 +272,7 @@ class IPHash(_Balancer):
 
 
 @implementer(ILoadBalancer)
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=_PLAIN)
 class WeightedRandom(_Balancer):
     """
     Pick an available backend at random, in proportion to its weight.
@@ -313,7 +319,7 @@ class WeightedRandom(_Balancer):
 
 
 @implementer(ILoadBalancer)
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=_PLAIN)
 class PowerOfTwoEWMA(_Balancer):
     """
     Power of two choices over latency: take two distinct available backends

@@ -159,7 +159,7 @@ class CircuitBreaker:
             self._trialsInFlight.clear()
         elif new == CLOSED:
             self._epoch = self._epochAt(now)
-            pass
+            self._clearWindow()
         self.transitions.append({"at": now, "from": old, "to": new, "reason": reason})
         log.info(
             "circuit {name} {from} -> {to}: {reason}",

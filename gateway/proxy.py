@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from typing import Any, FrozenSet, List, Optional, Sequence
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
@@ -28,6 +28,7 @@ from twisted.web import server
 from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
 from twisted.web.http import PotentialDataLoss as HTTPPotentialDataLoss
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 
 from gateway.context import RequestContext, ResponseInfo
@@ -40,10 +41,13 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.fastrequest import GatewayRequest as GatewayRequest  # the proxy site's
+from gateway.fastrequest import headerKey, rawHeadersOf
 from gateway.retry import RetryBudget
 from gateway.upstream import BytesBodyProducer
 
 log = Logger()
+
 
 #: Headers that describe one connection, never forwarded (RFC 9110 7.6.1),
 #: plus those the upstream client sets itself.
@@ -87,24 +91,58 @@ IDEMPOTENT_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b
 #: Bodies up to this size are held in memory by twisted.web and sent in one
 #: write; larger ones are spooled to a temporary file and streamed from it.
 _SMALL_BODY = 100_000
+#: Response bodies of a known length up to this size are relayed without
+#: backpressure (see L{_StreamBody}).
+_SMALL_RESPONSE = 65_536
 
 
-class GatewayRequest(server.Request):
-    """
-    A request that adds no C{Content-Type} of its own: a proxy passes on
-    what the upstream said, or nothing.
-    """
+_REQUEST_SKIP_KEYS = frozenset(headerKey(name) for name in REQUEST_SKIP)
+_RESPONSE_SKIP_KEYS = frozenset(headerKey(name) for name in RESPONSE_SKIP)
+_CONNECTION = headerKey(b"connection")
+_HOST = headerKey(b"host")
+_CONTENT_LENGTH = headerKey(b"content-length")
+_TRANSFER_ENCODING = headerKey(b"transfer-encoding")
+_X_FORWARDED_FOR = headerKey(b"x-forwarded-for")
+_X_FORWARDED_PROTO = headerKey(b"x-forwarded-proto")
+_X_FORWARDED_HOST = headerKey(b"x-forwarded-host")
+_HTTP = [b"http"]
+_HTTPS = [b"https"]
+_NO_TOKENS: FrozenSet[bytes] = frozenset()
 
-    defaultContentType = None
 
-
-def _connectionTokens(headers: Headers) -> FrozenSet[bytes]:
-    values = headers.getRawHeaders(b"connection")
+def _tokens(values: Optional[Sequence[bytes]]) -> FrozenSet[bytes]:
     if not values:
-        return frozenset()
+        return _NO_TOKENS
     return frozenset(
         token.strip().lower() for value in values for token in value.split(b",") if token.strip()
     )
+
+
+#: C{Connection} value -> the header names it adds to those skipped:
+#: C{keep-alive} and C{close}, the usual values, add none.
+_namedCache: Dict[Tuple[bytes, FrozenSet[bytes]], FrozenSet[bytes]] = {}
+
+
+def _alsoNamed(values: Optional[Sequence[bytes]], skipped: FrozenSet[bytes]) -> FrozenSet[bytes]:
+    """
+    @return: the lower-case names a C{Connection} header (its C{values})
+        names that are not in C{skipped} already.
+    """
+    if not values:
+        return _NO_TOKENS
+    if len(values) > 1:
+        return _tokens(values) - skipped
+    key = (values[0], skipped)
+    named = _namedCache.get(key)
+    if named is None:
+        named = _tokens(values) - skipped
+        if len(_namedCache) < 256:
+            _namedCache[key] = named
+    return named
+
+
+def _connectionTokens(headers: Headers) -> FrozenSet[bytes]:
+    return _tokens(headers.getRawHeaders(b"connection"))
 
 
 def copyRequestHeaders(incoming: Headers) -> Headers:
@@ -112,6 +150,19 @@ def copyRequestHeaders(incoming: Headers) -> Headers:
     @return: the headers to send upstream: all but hop-by-hop ones and those
         named in C{Connection}.
     """
+    raw = rawHeadersOf(incoming)
+    if raw is not None:
+        # The values were checked when the request was parsed: copy the
+        # lists, as the filters may change the upstream headers.
+        named = _alsoNamed(raw.get(_CONNECTION), REQUEST_SKIP)
+        copied = {}
+        for key, values in raw.items():
+            if key in _REQUEST_SKIP_KEYS or (named and key.lower() in named):
+                continue
+            copied[key] = values[:]
+        out = Headers()
+        out._rawHeaders = copied  # type: ignore[attr-defined]
+        return out
     named = _connectionTokens(incoming)
     out = Headers()
     for name, values in incoming.getAllRawHeaders():
@@ -126,6 +177,18 @@ def copyResponseHeaders(upstream: Headers, outgoing: Headers) -> None:
     """
     Copy an upstream response's headers to the client's, but hop-by-hop ones.
     """
+    raw = rawHeadersOf(upstream)
+    out = rawHeadersOf(outgoing)
+    if raw is not None and out is not None:
+        # The upstream client parsed these values (no CR, LF or NUL in
+        # them) and hands the response over: its lists are taken as they
+        # are.
+        named = _alsoNamed(raw.get(_CONNECTION), RESPONSE_SKIP)
+        for key, values in raw.items():
+            if key in _RESPONSE_SKIP_KEYS or (named and key.lower() in named):
+                continue
+            out[key] = values
+        return
     named = _connectionTokens(upstream)
     for name, values in upstream.getAllRawHeaders():
         lower = name.lower()
@@ -154,8 +217,13 @@ class ClientAddresses:
             return False
         return any(ip in network for network in self._trusted)
 
-    def clientOf(self, request: Any) -> str:
-        peer = request.getClientAddress()
+    def clientOf(self, request: Any, peer: Any = None) -> str:
+        """
+        @param peer: the request's client address, when the caller has it.
+        @return: the client's address, as a string.
+        """
+        if peer is None:
+            peer = request.getClientAddress()
         address = getattr(peer, "host", None) or "unknown"
         if not self._trusted or not self._isTrusted(address):
             return address
@@ -167,21 +235,34 @@ class ClientAddresses:
         return address
 
 
+_CLEAN_ENDS = (ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss)
+#: Request methods as the snapshot matches them.
+_METHODS = {
+    m: m.decode("ascii")
+    for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"TRACE")
+}
+
+
 class _StreamBody(Protocol):
     """
     Streams an upstream response body to the client.  The upstream
     connection is registered as the client request's producer, so a slow
-    client pauses reading from the backend instead of filling memory.
+    client pauses reading from the backend instead of filling memory;
+    a body of a known length up to L{_SMALL_RESPONSE} bytes is written as it
+    comes, without (it holds little memory, and registering costs time on
+    every request).
     """
 
-    def __init__(self, proxy: GatewayResource, context: RequestContext) -> None:
+    def __init__(self, proxy: GatewayResource, context: RequestContext, stream: bool) -> None:
         self._proxy = proxy
         self._context = context
         self._request = context.request
+        self._stream = stream
 
     def connectionMade(self) -> None:
         self._context.attributes["gateway.bodyTransport"] = self.transport
-        self._request.registerProducer(self.transport, True)
+        if self._stream:
+            self._request.registerProducer(self.transport, True)
 
     def dataReceived(self, data: bytes) -> None:
         self._request.write(data)
@@ -190,8 +271,11 @@ class _StreamBody(Protocol):
         request = self._request
         context = self._context
         context.attributes.pop("gateway.bodyTransport", None)
-        request.unregisterProducer()
-        clean = reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss) is not None
+        if self._stream and not request._disconnected:
+            # (A request whose client left has let go of its channel, and
+            # with it of the producer.)
+            request.unregisterProducer()
+        clean = isinstance(reason.value, _CLEAN_ENDS)
         if request._disconnected:
             self._proxy._upstreamDone(context, None)
             return
@@ -266,32 +350,50 @@ class GatewayResource(Resource):
         snapshot = self._manager.snapshot
         if snapshot is None:
             return self._plainError(request, 503, "gateway is starting, no configuration yet")
-        host = request.requestHeaders.getRawHeaders(b"host")
+        incoming = request.requestHeaders
+        raw = rawHeadersOf(incoming)
+        host = raw.get(_HOST) if raw is not None else incoming.getRawHeaders(b"host")
+        method = request.method
         match = snapshot.match(
-            request.method.decode("ascii", "replace"),
+            _METHODS.get(method) or method.decode("ascii", "replace"),
             host[0].decode("latin-1") if host else None,
             request.path.decode("utf-8", "surrogateescape"),
         )
         if match is None:
             return self._plainError(request, 404, "no API matches this request")
         api = match.value
-        clientIP = self._clients.clientOf(request)
-        headers = copyRequestHeaders(request.requestHeaders)
-        previous = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
-        peer = getattr(request.getClientAddress(), "host", "unknown").encode("ascii", "replace")
-        headers.setRawHeaders(
-            b"x-forwarded-for", [b", ".join(previous + [peer]) if previous else peer]
-        )
-        headers.setRawHeaders(b"x-forwarded-proto", [b"https" if request.isSecure() else b"http"])
-        if host:
-            headers.setRawHeaders(b"x-forwarded-host", host[:1])
+        address = request.getClientAddress()
+        clientIP = self._clients.clientOf(request, address)
+        headers = copyRequestHeaders(incoming)
+        peer = getattr(address, "host", "unknown").encode("ascii", "replace")
+        out = rawHeadersOf(headers)
+        if out is not None and raw is not None:
+            previous = raw.get(_X_FORWARDED_FOR)
+            out[_X_FORWARDED_FOR] = [b", ".join(previous + [peer]) if previous else peer]
+            out[_X_FORWARDED_PROTO] = _HTTPS[:] if request.isSecure() else _HTTP[:]
+            if host:
+                out[_X_FORWARDED_HOST] = host[:1]
+        else:
+            previous = incoming.getRawHeaders(b"x-forwarded-for")
+            headers.setRawHeaders(
+                b"x-forwarded-for", [b", ".join(previous + [peer]) if previous else peer]
+            )
+            headers.setRawHeaders(
+                b"x-forwarded-proto", [b"https" if request.isSecure() else b"http"]
+            )
+            if host:
+                headers.setRawHeaders(b"x-forwarded-host", host[:1])
         context = RequestContext(
             request, snapshot, api, match.params, clientIP, self._reactor.seconds(), headers
         )
         self.inFlight += 1
-        request.notifyFinish().addErrback(self._clientGone, context).addBoth(
-            self._requestEnded, request
-        )
+        notifyDone = getattr(request, "notifyDone", None)
+        if notifyDone is not None:
+            notifyDone(self._requestOver, context)
+        else:
+            request.notifyFinish().addErrback(self._clientGone, context).addBoth(
+                self._requestEnded, request
+            )
         chain = snapshot.filters + api.filters if api.filters else snapshot.filters
         self._runBefore(context, chain, 0)
         return server.NOT_DONE_YET
@@ -431,12 +533,27 @@ class GatewayResource(Resource):
         )
         context.attributes["gateway.pending"] = d
         d.addCallbacks(
-            self._gotResponse,
-            self._upstreamFailed,
+            self._gotResponseSafely,
+            self._upstreamFailedSafely,
             callbackArgs=(context, chain),
             errbackArgs=(context, chain, node, tried + (backend,)),
         )
-        d.addErrback(self._bug, context)
+
+    def _gotResponseSafely(
+        self, response: Any, context: RequestContext, chain: Sequence[Any]
+    ) -> None:
+        try:
+            self._gotResponse(response, context, chain)
+        except Exception:
+            self._bug(Failure(), context)
+
+    def _upstreamFailedSafely(
+        self, failure: Failure, context: RequestContext, chain: Any, node: Any, tried: tuple
+    ) -> None:
+        try:
+            self._upstreamFailed(failure, context, chain, node, tried)
+        except Exception:
+            self._bug(Failure(), context)
 
     def _bug(self, failure: Failure, context: RequestContext) -> None:
         """
@@ -479,7 +596,9 @@ class GatewayResource(Resource):
             self._upstreamDone(context)
             request.finish()
             return
-        response.deliverBody(_StreamBody(self, context))
+        length = getattr(response, "length", UNKNOWN_LENGTH)
+        stream = length is UNKNOWN_LENGTH or length > _SMALL_RESPONSE
+        response.deliverBody(_StreamBody(self, context, stream))
 
     def _upstreamDone(self, context: RequestContext, ok: Optional[bool] = True) -> None:
         """
@@ -550,12 +669,22 @@ class GatewayResource(Resource):
             extra["server"] = context.backend.name
         self._answer(context, chain, EarlyResponse.error(code, message, headers, **extra))
 
+    def _requestOver(self, reason: Optional[Failure], context: RequestContext) -> None:
+        """
+        The request is over (see L{gateway.fastrequest.GatewayRequest.notifyDone}):
+        finished (C{reason} is L{None}) or cut off by the client.
+        """
+        if reason is not None:
+            self._clientGone(reason, context)
+        self._requestEnded(None, context.request)
+
     def _requestEnded(self, _: Any, request: Any) -> None:
         self.inFlight -= 1
         if self._draining:
             # Tell keep-alive clients to go elsewhere: close the connection
-            # once this answer is out.
-            transport = getattr(request.channel, "transport", None)
+            # once this answer is out.  (The request has let go of its
+            # channel by now; its transport is the connection's.)
+            transport = getattr(request, "transport", None)
             if transport is not None:
                 transport.loseConnection()
             if self.inFlight == 0:
@@ -664,11 +793,17 @@ def bodyProducerFor(request: Any) -> Any:
     length = content.tell()
     content.seek(0, 0)
     if length == 0:
-        if request.method in _NO_BODY_METHODS and not (
-            request.requestHeaders.hasHeader(b"content-length")
-            or request.requestHeaders.hasHeader(b"transfer-encoding")
-        ):
-            return None
+        if request.method in _NO_BODY_METHODS:
+            headers = request.requestHeaders
+            raw = rawHeadersOf(headers)
+            if raw is None:
+                framed = headers.hasHeader(b"content-length") or headers.hasHeader(
+                    b"transfer-encoding"
+                )
+            else:
+                framed = _CONTENT_LENGTH in raw or _TRANSFER_ENCODING in raw
+            if not framed:
+                return None
         return BytesBodyProducer(b"")
     if length <= _SMALL_BODY and hasattr(content, "getvalue"):
         return BytesBodyProducer(content.getvalue())

@@ -235,23 +235,27 @@ class Stats:
         if latency < 0.0:
             latency = 0.0
         bucket = bisect.bisect_left(BUCKETS_SECONDS, latency)
-        if outcome is None and code < 400:
-            kind = reason = None
-        else:
-            kind, reason = classify(code, outcome)
-        self.totals.add(bucket, latency, kind, reason)
         name = context.api.name
-        counters = self.apis.get(name)
-        if counters is None:
-            counters = self._newEntry(self.apis, self._apiNames, name)
-        if counters is not None:
-            counters.add(bucket, latency, kind, reason)
+        api = self.apis.get(name)
+        if api is None:
+            api = self._newEntry(self.apis, self._apiNames, name)
         backend = context.backend
+        server = None
         if backend is not None:
             name = backend.name
-            counters = self.servers.get(name)
-            if counters is None:
-                counters = self._newEntry(self.servers, self._serverNames, name)
+            server = self.servers.get(name)
+            if server is None:
+                server = self._newEntry(self.servers, self._serverNames, name)
+        if outcome is None and code < 400:
+            # A success, the common case: Counters.add inlined.
+            for counters in (self.totals, api, server):
+                if counters is not None:
+                    counters.requests += 1
+                    counters.buckets[bucket] += 1
+                    counters.latencySum += latency
+            return
+        kind, reason = classify(code, outcome)
+        for counters in (self.totals, api, server):
             if counters is not None:
                 counters.add(bucket, latency, kind, reason)
 

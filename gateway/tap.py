@@ -13,7 +13,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from twisted.copyright import version as twistedVersion
 from twisted.python import usage
+
+# twistd before Twisted 26.10 (twisted#12656; what PyPy 3.9 gets) prints a
+# usage error but exits 0: a refused start must still exit non-zero.
+_twistdExitsZeroOnUsageError = tuple(map(int, twistedVersion.split(".")[:2])) < (26, 10)
 
 
 class Options(usage.Options):
@@ -27,6 +32,17 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        try:
+            self._loadConfig()
+        except usage.UsageError as e:
+            if not _twistdExitsZeroOnUsageError or self.parent is None:
+                raise
+            # What twistd prints, then the exit status it gives since 26.10.
+            print(self.parent)
+            print(f"{' '.join(sys.argv[0:2])}: {e}")
+            raise SystemExit(1)
+
+    def _loadConfig(self) -> None:
         from gateway.config import ConfigError, loadConfig
         from gateway.filters import FilterError, FilterRegistry
 

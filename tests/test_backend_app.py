@@ -13,7 +13,7 @@ import time
 
 import pytest
 from backend_app import CHUNK, PATTERN
-from harness import freePort, peakRSS, prepareConfig, request
+from harness import freePort, peakRSS, prepareConfig, request, streamingRSSLimit
 
 pytestmark = pytest.mark.integration
 
@@ -138,6 +138,7 @@ def test_bytesStreamsWithBackpressure(backends):
     backend's peak memory stays far below the size of the answer.
     """
     backend = backends()
+    rssLimit = streamingRSSLimit(backend.pid, 100 * 1024 * 1024)
     n = 200 * 1024 * 1024
     connection = http.client.HTTPConnection("127.0.0.1", backend.port, timeout=30)
     try:
@@ -156,7 +157,7 @@ def test_bytesStreamsWithBackpressure(backends):
         connection.close()
     assert received == n
     assert digest.hexdigest() == patternSha256(n)
-    assert peakRSS(backend.pid) < 100 * 1024 * 1024
+    assert peakRSS(backend.pid) < rssLimit
 
 
 def test_upload(backends):

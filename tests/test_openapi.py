@@ -460,7 +460,7 @@ else:  # pragma: no cover
         """
         Skipped: schemathesis is not installed.
         """
-        pytest.skip("schemathesis is not installed")
+        pytest.skip("schemathesis is not installed (a CPython-only test extra, setup.cfg)")
 
 
 @pytest.mark.integration

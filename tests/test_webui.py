@@ -295,7 +295,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]:
     """
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (scripts/test.sh installs Debian's chromium)")
-    syncAPI = pytest.importorskip("playwright.sync_api")
+    syncAPI = pytest.importorskip(
+        "playwright.sync_api",
+        reason="playwright is not installed (a CPython-only test extra, setup.cfg)",
+    )
     directory = tmp_path_factory.mktemp("webui")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     started: List[Process] = []
