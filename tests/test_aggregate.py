@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import pytest_twisted
 from inprocess import listen
 from twisted.internet import reactor, task
@@ -90,7 +91,6 @@ async def test_depend_on_same_or_later_batch_is_refused(harness):
     snapshot is built, naming the field.
     """
     await harness.start()
-    import pytest
 
     from gateway.schema import ValidationError
 
@@ -233,3 +233,64 @@ async def test_mirror_does_not_affect_client(harness):
     assert r.code == 200
     assert json.loads(await r.content())["server"] == "main1"
     await wait(lambda: harness.mirror.failed >= 1)
+
+
+def _splitSetup(harness, **routing):
+    clusters = {
+        "main": {"name": "main", "servers": ["main1"]},
+        "beta": {"name": "beta", "servers": ["beta1"]},
+    }
+    rule = dict(
+        {
+            "name": "beta",
+            "cluster": "beta",
+            "strategy": "split",
+            "conditions": [{"source": "header", "name": "X-Group", "op": "eq", "value": "a"}],
+        },
+        **routing,
+    )
+    api = {"name": "j", "urlPattern": "/json/*", "nodes": [{"cluster": "main"}]}
+    harness.apply([api], clusters=clusters, routings={"beta": rule})
+
+
+@pytest_twisted.ensureDeferred
+async def test_split_share_through_proxy(harness):
+    """
+    A 30 % split rule sends 30 % of 2,000 matching requests to its cluster,
+    within 4 standard deviations (sd = sqrt(2000 x 0.3 x 0.7) ~ 20.5, so
+    600 +/- 82); requests that do not match never go there.
+    """
+    await harness.start(names=("main1", "beta1"))
+    _splitSetup(harness, trafficRate=30)
+    servers = []
+    for i in range(2000):
+        r = await harness.request("GET", f"/json/x{i}", headers={"X-Group": "a"})
+        servers.append(json.loads(await r.content())["server"])
+    beta = servers.count("beta1")
+    assert 518 <= beta <= 682, beta
+    for i in range(50):
+        r = await harness.request("GET", "/json/y", headers={"X-Group": "b"})
+        assert json.loads(await r.content())["server"] == "main1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_sticky_split_through_proxy(harness):
+    """
+    With hashOn, each client stays on one side across requests, and the
+    share of clients sent to the split cluster follows the rate.
+    """
+    await harness.start(names=("main1", "beta1"))
+    _splitSetup(harness, trafficRate=50, hashOn="header:X-User")
+    sides = {}
+    for user in range(200):
+        seen = set()
+        for _ in range(3):
+            r = await harness.request(
+                "GET", "/json/z", headers={"X-Group": "a", "X-User": f"u{user}"}
+            )
+            seen.add(json.loads(await r.content())["server"])
+        assert len(seen) == 1, (user, seen)
+        sides[user] = seen.pop()
+    share = list(sides.values()).count("beta1")
+    # 200 clients at 50 %: sd ~ 7.1; 4 sd.
+    assert 72 <= share <= 128, share
