@@ -268,7 +268,7 @@ async def test_split_share_through_proxy(harness):
         servers.append(json.loads(await r.content())["server"])
     beta = servers.count("beta1")
     assert 518 <= beta <= 682, beta
-    for i in range(50):
+    for _ in range(50):
         r = await harness.request("GET", "/json/y", headers={"X-Group": "b"})
         assert json.loads(await r.content())["server"] == "main1"
 
