@@ -66,6 +66,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.iweb import INonQueuedRequestFactory
 
+from gateway.endpoints import splitEndpoint
 from gateway.schema import Bool, Int, Nullable, Num, field
 
 log = Logger()
@@ -162,24 +163,6 @@ def snapshotBodyLimits(manager: Any) -> BodyLimitFor:
     return bodyLimitFor
 
 
-def _splitEndpoint(description: str) -> List[str]:
-    # Twisted's endpoint syntax: ":" separates, "\\" escapes the next character.
-    parts, current, escaped = [], [], False
-    for char in description:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
-
-
 def isLoopbackEndpoint(description: str) -> bool:
     """
     Tell whether a server endpoint string listens on this machine only.
@@ -191,7 +174,7 @@ def isLoopbackEndpoint(description: str) -> bool:
         C{localhost}); L{False} otherwise, in particular when no interface
         is given (every address) and for other kinds of endpoint.
     """
-    parts = _splitEndpoint(description.strip())
+    parts = splitEndpoint(description.strip())
     kind = parts[0].lower()
     if kind == "unix":
         return True

@@ -22,6 +22,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.endpoints import splitEndpoint
 from gateway.store.etcd import Backoff, EtcdClient, EtcdError, StoreError
 
 log = Logger()
@@ -74,7 +75,7 @@ def advertisedAddress(listen: str, hostname: Optional[str] = None) -> str:
         are not TCP.
     """
     hostname = hostname or socket.gethostname()
-    parts = _splitEndpoint(listen)
+    parts = splitEndpoint(listen)
     kind = parts[0].lower() if parts else ""
     if kind not in ("tcp", "tcp6", "ssl"):
         return f"{hostname}:{listen}"
@@ -92,24 +93,6 @@ def advertisedAddress(listen: str, hostname: Optional[str] = None) -> str:
     if ":" in interface:
         interface = f"[{interface}]"
     return f"{interface}:{port}"
-
-
-def _splitEndpoint(description: str) -> List[str]:
-    # Endpoint strings separate arguments with ":" and escape it as "\\:".
-    parts, current, escaped = [], [], False
-    for char in description:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
 
 
 class ProxyRegistry(Service):

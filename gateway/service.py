@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 import gateway
 from gateway.admin.webui import withWebUI
 from gateway.aggregate import Aggregator
+from gateway.endpoints import endpointPort
 from gateway.health import HealthChecker
 from gateway.httpclient import HTTP11UpstreamClient
 from gateway.httpserver import ADMIN_LIMITS, LimitedSite, snapshotBodyLimits
@@ -80,13 +81,6 @@ def seedChanges(state: StoreState, seed: Dict[str, List[Any]]) -> List[Change]:
             if state.get(kind, obj.name) is None:
                 changes.append(Change(kind, obj.name, toJSON(obj)))
     return changes
-
-
-def _portOf(section: Any) -> Optional[int]:
-    if section is None:
-        return None
-    parts = section.listen.split(":")
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
 
 
 def globalFilterSpecs(proxyConfig: Any) -> List[Any]:
@@ -309,7 +303,10 @@ class GatewayService(MultiService):
             super().privilegedStartService()
         except CannotListenError as e:
             # Name the setting at fault rather than print a traceback.
-            role = "proxy" if e.port == _portOf(self._config.proxy) else "admin"
+            proxy = self._config.proxy
+            role = (
+                "proxy" if proxy is not None and e.port == endpointPort(proxy.listen) else "admin"
+            )
             sys.stderr.write(
                 f"gateway: cannot start: {role}.listen: cannot listen on "
                 f"{e.interface or '*'}:{e.port}: {e.socketError}\n"
