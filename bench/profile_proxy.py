@@ -1,0 +1,655 @@
+"""
+Where the gateway's CPU goes, per request: a reproducible measurement for
+profile-guided work on the hot path (127.0.0.1 only).
+
+    .venv/bin/python bench/profile_proxy.py [--runs 3] [--duration 5]
+        [--profile] [--top 40] [--mode gateway|site|raw] [--path /plain]
+
+It starts an nginx backend (the one of C{bench/run.py}, a 96-byte JSON
+answer), then a server in a child process of its own:
+
+  - C{gateway}: the gateway of C{bench/run.py}'s config (filters
+    C{[request-id]}, access log off, one process), served in-process by
+    L{gateway.service.GatewayService};
+  - C{site}: a bare C{twisted.web} L{Site} whose resource answers the same
+    96 bytes itself (no upstream): what the server side costs alone;
+  - C{raw}: a bare L{Protocol} that answers each request head with the
+    same bytes (no HTTP machinery): what the reactor and sockets cost.
+
+and drives C{wrk -t1 -cN} at it: a warm-up, then C{--runs} runs, reading
+the child's CPU time (utime + stime from C{/proc}) around each.  It prints
+each run's requests per second and CPU microseconds per request, their
+medians, and the load average.  With C{--profile}, the child runs
+L{cProfile} during one more run (the profiler slows it down: its figures
+are not counted) and the top functions by total time are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import run as benchrun  # noqa: E402
+
+BODY = benchrun.BODY.encode("ascii")
+
+
+# -- the child: one server --------------------------------------------------
+
+
+class _Profiling:
+    """
+    Toggles a L{cProfile.Profile} on C{SIGUSR1} (start) and C{SIGUSR2}
+    (stop and dump to C{path}).
+    """
+
+    def __init__(self, path: str) -> None:
+        import cProfile
+
+        self._path = path
+        self._profile = cProfile.Profile()
+        signal.signal(signal.SIGUSR1, self._start)
+        signal.signal(signal.SIGUSR2, self._stop)
+
+    def _start(self, signum: int, frame: Any) -> None:
+        self._profile.enable()
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self._profile.disable()
+        self._profile.dump_stats(self._path)
+
+
+def _useChannel(channel: str) -> None:
+    """
+    Make the proxy site use another channel than its own: C{twisted} (the
+    plain L{HTTPChannel}) or C{gateway} (L{GatewayHTTPChannel}).
+    """
+    from gateway.service import GatewaySite
+
+    if channel == "twisted":
+        from twisted.web import server
+
+        GatewaySite.protocol = server.Site.protocol
+    elif channel == "gateway":
+        from gateway.httpserver import GatewayHTTPChannel
+
+        GatewaySite.protocol = GatewayHTTPChannel
+
+
+def _serveGateway(configPath: str, channel: str) -> None:
+    from twisted.internet import reactor
+
+    from gateway.config import loadConfig
+    from gateway.filters import FilterRegistry
+    from gateway.service import GatewayService
+
+    _useChannel(channel)
+    config = loadConfig(configPath)
+    service = GatewayService(config, reactor, FilterRegistry.fromPlugins())
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    port = int(config.proxy.listen.split(":")[1])
+    reactor.callWhenRunning(print, f"READY {port}", flush=True)
+
+
+def _serveSite(channel: str, requests: str) -> None:
+    from twisted.internet import reactor
+    from twisted.web import resource, server
+
+    class Constant(resource.Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+            return BODY
+
+    site = server.Site(Constant())
+    if requests == "gateway":
+        from gateway.fastrequest import GatewayRequest
+
+        site.requestFactory = GatewayRequest
+    if channel == "gateway":
+        from gateway.httpserver import GatewayHTTPChannel
+
+        site.protocol = GatewayHTTPChannel  # type: ignore[assignment]
+    port = reactor.listenTCP(0, site, interface=benchrun.HOST)
+    reactor.callWhenRunning(print, f"READY {port.getHost().port}", flush=True)
+
+
+def _serveRaw() -> None:
+    from twisted.internet import protocol, reactor
+
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(BODY), BODY)
+    )
+
+    class Raw(protocol.Protocol):
+        buffer = b""
+
+        def dataReceived(self, data: bytes) -> None:
+            # Enough for wrk's GETs: one answer per request head.
+            buffer = self.buffer + data
+            heads = buffer.count(b"\r\n\r\n")
+            if heads:
+                self.transport.write(answer * heads)
+                buffer = buffer[buffer.rindex(b"\r\n\r\n") + 4 :]
+            self.buffer = buffer
+
+    factory = protocol.Factory.forProtocol(Raw)
+    port = reactor.listenTCP(0, factory, interface=benchrun.HOST)
+    reactor.callWhenRunning(print, f"READY {port.getHost().port}", flush=True)
+
+
+def _serveLean() -> None:
+    """
+    A sketch of a lean HTTP/1.1 server protocol, for what one would cost:
+    each request head parsed in one pass (request line, header fields into
+    a dict, C{Content-Length} framing, C{Connection: close}), a small
+    request object, and the answer's head built and written in one piece,
+    with C{Server} and C{Date}.  No timers, no bodies: an estimate, not a
+    server.
+    """
+    from twisted.internet import protocol, reactor
+
+    from gateway.fastrequest import httpDate
+
+    class LeanRequest:
+        __slots__ = ("method", "target", "version", "headers", "channel")
+
+        def __init__(self, channel: Any, method: bytes, target: bytes, version: bytes) -> None:
+            self.channel = channel
+            self.method = method
+            self.target = target
+            self.version = version
+            self.headers: dict = {}
+
+    class Lean(protocol.Protocol):
+        buffer = b""
+
+        def dataReceived(self, data: bytes) -> None:
+            buffer = self.buffer + data
+            while True:
+                end = buffer.find(b"\r\n\r\n")
+                if end == -1:
+                    break
+                lines = buffer[:end].split(b"\r\n")
+                buffer = buffer[end + 4 :]
+                method, target, version = lines[0].split(b" ")
+                request = LeanRequest(self, method, target, version)
+                headers = request.headers
+                for line in lines[1:]:
+                    name, _, value = line.partition(b":")
+                    headers[name.lower()] = value.strip(b" \t")
+                self.answer(request)
+            self.buffer = buffer
+
+        def answer(self, request: LeanRequest) -> None:
+            close = headersClose(request.headers)
+            head = [
+                b"HTTP/1.1 200 OK\r\nServer: lean\r\nDate: ",
+                httpDate(reactor.seconds()),
+                b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % (len(BODY),),
+                b"Connection: close\r\n\r\n" if close else b"\r\n",
+                BODY,
+            ]
+            self.transport.write(b"".join(head))
+            if close:
+                self.transport.loseConnection()
+
+    def headersClose(headers: dict) -> bool:
+        return b"close" in headers.get(b"connection", b"").lower()
+
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Lean), interface=benchrun.HOST)
+    reactor.callWhenRunning(print, f"READY {port.getHost().port}", flush=True)
+
+
+def _serveRawProxy(backend: str) -> None:
+    """
+    The floor of a proxy on Twisted: each client connection gets its own
+    upstream connection; a request head is answered by sending a fixed
+    request upstream and relaying the answer's bytes (framed by its
+    C{Content-Length}) as they are.  No HTTP machinery, no headers
+    rewritten: only the reactor and two sockets per request.
+    """
+    from twisted.internet import protocol, reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    host, port = backend.split(":")
+    upstreamRequest = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % (backend.encode(),)
+
+    class Upstream(protocol.Protocol):
+        def __init__(self, client: Any) -> None:
+            self.client = client
+            self.buffer = b""
+
+        def dataReceived(self, data: bytes) -> None:
+            buffer = self.buffer + data
+            while True:
+                end = buffer.find(b"\r\n\r\n")
+                if end == -1:
+                    break
+                start = buffer.find(b"Content-Length: ", 0, end) + 16
+                length = int(buffer[start : buffer.find(b"\r\n", start)])
+                total = end + 4 + length
+                if len(buffer) < total:
+                    break
+                self.client.transport.write(buffer[:total])
+                buffer = buffer[total:]
+            self.buffer = buffer
+
+    class Client(protocol.Protocol):
+        upstream: Any = None
+        buffer = b""
+        waiting = 0
+
+        def connectionMade(self) -> None:
+            endpoint = TCP4ClientEndpoint(reactor, host, int(port))
+            connectProtocol(endpoint, Upstream(self)).addCallback(self._connected)
+
+        def _connected(self, upstream: Any) -> None:
+            self.upstream = upstream
+            if self.waiting:
+                upstream.transport.write(upstreamRequest * self.waiting)
+                self.waiting = 0
+
+        def dataReceived(self, data: bytes) -> None:
+            buffer = self.buffer + data
+            heads = buffer.count(b"\r\n\r\n")
+            if heads:
+                if self.upstream is None:
+                    self.waiting += heads
+                else:
+                    self.upstream.transport.write(upstreamRequest * heads)
+                buffer = buffer[buffer.rindex(b"\r\n\r\n") + 4 :]
+            self.buffer = buffer
+
+        def connectionLost(self, reason: Any) -> None:
+            if self.upstream is not None:
+                self.upstream.transport.loseConnection()
+
+    factory = protocol.Factory.forProtocol(Client)
+    listening = reactor.listenTCP(0, factory, interface=benchrun.HOST)
+    reactor.callWhenRunning(print, f"READY {listening.getHost().port}", flush=True)
+
+
+def _eagerWrites() -> None:
+    """
+    An experiment, for what it would save: TCP transports send at once
+    when nothing is buffered, instead of waiting for the reactor to report
+    the socket writable (two C{epoll_ctl} calls and a dispatch per write).
+    """
+    from twisted.internet import tcp
+
+    write = tcp.Connection.write
+
+    def eagerWrite(self: Any, data: bytes) -> None:
+        if (
+            not self.dataBuffer
+            and not self._tempDataBuffer
+            and self.connected
+            and not self.disconnecting
+        ):
+            try:
+                sent = self.socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        write(self, data)
+
+    tcp.Connection.write = eagerWrite
+
+
+def serve(options: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+
+    if options.eager_writes:
+        _eagerWrites()
+
+    if options.profile_out:
+        _Profiling(options.profile_out)
+    if options.mode == "gateway":
+        _serveGateway(options.serve, options.channel)
+    elif options.mode == "site":
+        _serveSite(options.channel, options.requestClass)
+    elif options.mode == "lean":
+        _serveLean()
+    elif options.mode == "raw-proxy":
+        _serveRawProxy(options.serve)
+    else:
+        _serveRaw()
+    reactor.run()
+    return 0
+
+
+# -- the parent: measure ----------------------------------------------------
+
+
+def cpuSeconds(pid: int) -> Tuple[float, float]:
+    """
+    @return: C{(user, system)} CPU seconds of a process.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read().decode("latin-1")
+    fields = data[data.rindex(")") + 2 :].split()
+    return int(fields[11]) / benchrun.CLK_TCK, int(fields[12]) / benchrun.CLK_TCK
+
+
+def loadAverage() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def printProfile(path: str, top: int, requests: int) -> None:
+    import pstats
+
+    stats = pstats.Stats(path)
+    total = stats.total_tt
+    perRequest = total / requests * 1e6
+    print(f"\ncProfile: {total:.2f} s over {requests} requests ({perRequest:.0f} µs/req)")
+    print("(profiler overhead included; shares matter, not absolutes)\n")
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    print(f"{'tottime %':>9} {'µs/req':>7} {'cum µs/req':>10} {'calls/req':>9}  function")
+    for (filename, line, name), (_, nc, tt, ct, _) in rows:
+        where = filename
+        for marker in ("site-packages/", "/work/main/"):
+            if marker in where:
+                where = where.split(marker, 1)[1]
+        print(
+            f"{tt / total * 100:8.1f}% {tt / requests * 1e6:7.1f} {ct / requests * 1e6:10.1f} "
+            f"{nc / requests:9.2f}  {where}:{line}({name})"
+        )
+
+
+def measureAll(options: argparse.Namespace) -> int:
+    if options.tree:
+        # The server imports the gateway (and its plugins) from that tree.
+        benchrun.REPO = Path(options.tree).resolve()
+    workDir = Path(tempfile.mkdtemp(prefix="gateway-profile-"))
+    children = benchrun.Children(workDir)
+    wrk = benchrun.Wrk(1, options.connections, options.duration, 5)
+    try:
+        backend, backendPort = benchrun.nginxBackend(children)
+        argv = [sys.executable, str(Path(__file__).resolve()), "--mode", options.mode]
+        argv += ["--channel", options.channel, "--requests-class", options.requestClass]
+        if options.eager_writes:
+            argv.append("--eager-writes")
+        path = options.path
+        if options.mode == "gateway":
+            port = benchrun.freePort()
+            config = benchrun.gatewayConfig(port, backendPort, workers=1, where="proxy")
+            config["store"] = "memory:"
+            import yaml
+
+            configPath = workDir / "gateway.yaml"
+            configPath.write_text(yaml.safe_dump(config, sort_keys=False))
+            argv += ["--serve", str(configPath)]
+        elif options.mode == "raw-proxy":
+            argv += ["--serve", f"{benchrun.HOST}:{backendPort}"]
+        else:
+            argv += ["--serve", "-"]
+        profileOut = str(workDir / "proxy.prof")
+        if options.profile:
+            argv += ["--profile-out", profileOut]
+        child = children.start("server", argv)
+        port = int(child.waitForLine(r"^READY (\d+)$", 60).group(1))
+        url = f"http://{benchrun.HOST}:{port}{path}"
+        benchrun.waitForHTTP(child, port, path, 30)
+        print(
+            f"{options.mode} (channel: {options.channel}): {url}, "
+            f"wrk -t1 -c{options.connections} -d{options.duration:g}s"
+        )
+        print(f"load average before: {loadAverage()}")
+        if options.warmup:
+            wrk.run(url, options.warmup)
+        rates: List[float] = []
+        costs: List[float] = []
+        for i in range(options.runs):
+            before = cpuSeconds(child.pid)
+            result = wrk.run(url)
+            after = cpuSeconds(child.pid)
+            user, system = after[0] - before[0], after[1] - before[1]
+            requests = result["requests"]
+            cost = (user + system) / requests * 1e6 if requests else float("nan")
+            systemCost = system / requests * 1e6 if requests else float("nan")
+            rates.append(result["reqPerSec"])
+            costs.append(cost)
+            bad = result["non2xx"] + result["socketErrors"]
+            print(
+                f"  run {i + 1}: {result['reqPerSec']:8,.0f} req/s  {cost:6.1f} µs/req"
+                f" (sys {systemCost:5.1f})"
+                f"  p99 {result['p99Ms']:.1f} ms"
+                + (f"  ({bad} errors/non-2xx)" if bad else "")
+                + f"  load {loadAverage()}"
+            )
+        print(
+            f"median: {benchrun.median(rates):,.0f} req/s, {benchrun.median(costs):.1f} µs/req"
+            f"  (min {min(costs):.1f}, max {max(costs):.1f}); load after: {loadAverage()}"
+        )
+        if options.profile:
+            os.kill(child.pid, signal.SIGUSR1)
+            result = wrk.run(url)
+            os.kill(child.pid, signal.SIGUSR2)
+            deadline = time.monotonic() + 30
+            while not os.path.exists(profileOut) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)
+            printProfile(profileOut, options.top, result["requests"])
+        return 0
+    finally:
+        children.stopAll()
+
+
+# -- in-process: the Python-side cost alone ------------------------------------
+
+#: The head nginx answers the benchmark's requests with.
+_UPSTREAM_HEAD = [
+    b"HTTP/1.1 200 OK",
+    b"Server: nginx/1.22.1",
+    b"Date: Mon, 23 Nov 2026 23:55:23 GMT",
+    b"Content-Type: application/json",
+    b"Content-Length: 96",
+    b"Connection: keep-alive",
+]
+
+
+class _FakeUpstream:
+    """
+    An upstream client that sends nothing: it serialises the request head
+    as L{gateway.httpclient.HTTP11UpstreamClient} does and keeps the
+    Deferred for the driver to answer.
+    """
+
+    def __init__(self) -> None:
+        self.pending: List[Any] = []
+
+    def request(
+        self, backend: Any, method: bytes, uri: bytes, headers: Any, body: Any = None, t: Any = None
+    ) -> Any:
+        from twisted.internet.defer import Deferred
+
+        parts = [method, b" ", uri, b" HTTP/1.1\r\n", b"Host: x\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                parts.extend((name, b": ", value, b"\r\n"))
+        parts.append(b"\r\n")
+        b"".join(parts)
+        d: Deferred = Deferred()
+        self.pending.append(d)
+        return d
+
+    def close(self) -> Any:
+        from twisted.internet.defer import succeed
+
+        return succeed(None)
+
+
+def micro(options: argparse.Namespace) -> int:
+    """
+    Serve requests through the gateway's site and resource in-process: a
+    channel on a L{StringTransport}, an upstream client that answers at
+    once with a parsed copy of nginx's head and body; report the CPU time
+    per request (C{time.process_time}), best of C{--runs} rounds.
+    """
+    import yaml
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+    from twisted.python.failure import Failure
+    from twisted.web.client import ResponseDone
+
+    from gateway.config import parseConfig
+    from gateway.filters import FilterRegistry
+    from gateway.httpclient import _Response, parseHead
+    from gateway.service import GatewayService, GatewaySite
+
+    _useChannel(options.channel)
+    data = benchrun.gatewayConfig(8080, 8081, workers=1, where="proxy")
+    data["store"] = "memory:"
+    config = parseConfig(yaml.safe_load(yaml.safe_dump(data)))
+    reactor = MemoryReactorClock()
+    upstream = _FakeUpstream()
+    service = GatewayService(config, reactor, FilterRegistry.fromPlugins(), client=upstream)
+    site = GatewaySite(service.proxyResource, reactor=reactor)
+    constant = options.resource != "gateway"
+    if constant:
+        # The server side alone: a resource that answers by itself.
+        from twisted.web import resource, server
+
+        class Constant(resource.Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+                return BODY
+
+        if options.resource == "constant-twisted":
+            site = server.Site(Constant(), reactor=reactor)
+        else:
+            site = GatewaySite(Constant(), reactor=reactor)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(
+        hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+        peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+    )
+    channel.makeConnection(transport)
+    head = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n" % (options.path.encode(),)
+    done = Failure(ResponseDone())
+
+    def one() -> None:
+        channel.dataReceived(head)
+        if constant:
+            return
+        d = upstream.pending.pop()
+        version, code, phrase, headers, length, _, _ = parseHead(_UPSTREAM_HEAD)
+        response = _Response(None, version, code, phrase, headers, 96)
+        d.callback(response)
+        response._data(BODY)
+        response._finish(done)
+
+    one()
+    first = transport.value()
+    assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(BODY), first
+    if options.show:
+        print(first.decode("latin-1"))
+    transport.clear()
+    count = options.requests
+    profile = None
+    if options.profile:
+        import cProfile
+
+        profile = cProfile.Profile()
+    costs = []
+    for _ in range(options.runs):
+        started = time.process_time()
+        if profile is not None:
+            profile.enable()
+        for _ in range(count):
+            one()
+            transport.clear()
+        if profile is not None:
+            profile.disable()
+        costs.append((time.process_time() - started) / count * 1e6)
+    costs.sort()
+    print(
+        f"in-process, channel {options.channel}, {options.resource}: best {costs[0]:.1f} µs/req, "
+        f"median {costs[len(costs) // 2]:.1f} (of {options.runs} x {count} requests)"
+    )
+    if profile is not None:
+        path = tempfile.mktemp(suffix=".prof")
+        profile.dump_stats(path)
+        printProfile(path, options.top, count * options.runs)
+    return 0
+
+
+def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--mode",
+        choices=("gateway", "site", "lean", "raw", "raw-proxy", "micro"),
+        default="gateway",
+    )
+    parser.add_argument(
+        "--channel",
+        choices=("default", "twisted", "gateway"),
+        default="default",
+        help="the channel: the site's own (default), twisted.web's HTTPChannel, or "
+        "gateway.httpserver's GatewayHTTPChannel",
+    )
+    parser.add_argument(
+        "--requests-class",
+        dest="requestClass",
+        choices=("twisted", "gateway"),
+        default="twisted",
+        help="site mode: twisted.web's Request or gateway.fastrequest's",
+    )
+    parser.add_argument("--path", default="/plain", help="path requested (gateway: /plain)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--profile", action="store_true", help="cProfile one more run")
+    parser.add_argument("--top", type=int, default=40, help="functions shown")
+    parser.add_argument("--requests", type=int, default=5000, help="micro: requests per run")
+    parser.add_argument(
+        "--resource",
+        choices=("gateway", "constant", "constant-twisted"),
+        default="gateway",
+        help="micro: the gateway, or a constant answer from GatewaySite or twisted's Site",
+    )
+    parser.add_argument("--show", action="store_true", help="micro: print the first answer")
+    parser.add_argument(
+        "--eager-writes",
+        action="store_true",
+        help="experiment: TCP transports send at once when nothing is buffered",
+    )
+    parser.add_argument(
+        "--tree", help="serve the gateway from this copy of the source tree (A/B comparisons)"
+    )
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-out", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    options = parseArgs(argv)
+    if options.serve:
+        return serve(options)
+    if options.mode == "micro":
+        return micro(options)
+    if options.mode in ("site", "lean", "raw", "raw-proxy") and options.path == "/plain":
+        options.path = "/"
+    return measureAll(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""
+A lean L{twisted.web.server.Request} for the proxy site, and fast access to
+L{Headers} for the proxy's hot path.
+
+The proxy serves every request from one leaf resource and writes each
+answer in one piece, so much of what a general C{twisted.web} request does
+per request is wasted there: asking the transport for both addresses (a
+system call), adapting it to L{ISSLTransport}, formatting the C{Date}
+header, unquoting the path into C{postpath}, traversing the resource tree,
+looking for a C{getContentFile} the site does not have (an exception),
+writing the head and the body as separate writes, and a L{Deferred} for
+L{notifyFinish}.  L{GatewayRequest} does the same work with less: what a
+connection does not change is kept per connection, the date per second,
+C{postpath} is made when read, the head and the first body bytes go out in
+one write, and L{GatewayRequest.notifyDone} calls a function back instead
+of firing a Deferred.  What it sends is byte for byte what
+L{twisted.web.server.Request} sends; whatever it does not handle itself (an
+encoder, a faked C{HEAD}, a channel that is not an L{HTTPChannel}) goes
+the general way.
+
+L{Headers} canonicalises a name and sanitises every value on each
+C{setRawHeaders}, and encodes the name again on each C{getRawHeaders}.  When
+the installed Twisted keeps its values in a C{_rawHeaders} dict of lists
+(checked once, at import: L{RAW_HEADERS}), L{rawHeadersOf} gives that dict,
+to be read and written with the keys L{headerKey} computes, for values
+already known to be sane (parsed by a channel or an upstream client, or
+made by the gateway).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+
+# Names, not attributes of the module: twisted.web.http is a deprecation
+# proxy whose every attribute read costs a Python call.
+from twisted.web.http import (
+    NO_BODY_CODES,
+    NO_CONTENT,
+    NOT_MODIFIED,
+    HTTPChannel,
+    _getContentFile,
+    datetimeToString,
+    parse_qs,
+    toChunk,
+    unquote,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.resource import _IEncodingResource
+
+log = Logger()
+
+__all__ = [
+    "RAW_HEADERS",
+    "GatewayRequest",
+    "headerKey",
+    "httpDate",
+    "rawHeadersOf",
+]
+
+
+# -- headers ------------------------------------------------------------------
+
+
+def _headersStoreRawKeys() -> bool:
+    """
+    @return: whether L{Headers} keeps its values in a C{_rawHeaders} dict of
+        lists under the key C{addRawHeader} computes, and reads them from it
+        as they are, so that the dict may be used directly.
+    """
+    probe = Headers()
+    probe.addRawHeader(b"x-Probe-name", b"v")
+    raw = getattr(probe, "_rawHeaders", None)
+    if not isinstance(raw, dict) or len(raw) != 1:
+        return False
+    key, values = next(iter(raw.items()))
+    if values != [b"v"] or not isinstance(values, list):
+        return False
+    copy = Headers()
+    copy._rawHeaders[key] = [b"w"]  # type: ignore[attr-defined]
+    return copy.getRawHeaders(b"X-PROBE-NAME") == [b"w"] and list(copy.getAllRawHeaders()) == [
+        (key, [b"w"])
+    ]
+
+
+#: Whether L{rawHeadersOf} gives the dict of a L{Headers}.
+RAW_HEADERS = _headersStoreRawKeys()
+
+_KEYS: Dict[bytes, bytes] = {}
+_MAX_KEYS = 10_000
+
+
+def headerKey(name: bytes) -> bytes:
+    """
+    @param name: a valid header field name, in any case.
+    @return: the key L{Headers} stores C{name} under.
+    @raise ValueError: when C{name} is not a valid field name.
+    """
+    key = _KEYS.get(name)
+    if key is None:
+        probe = Headers()
+        probe.addRawHeader(name, b"")
+        key = next(iter(probe._rawHeaders)) if RAW_HEADERS else name  # type: ignore[attr-defined]
+        if len(_KEYS) < _MAX_KEYS:
+            _KEYS[name] = key
+    return key
+
+
+def rawHeadersOf(headers: Any) -> Optional[Dict[bytes, List[bytes]]]:
+    """
+    @return: the C{{key: [value, ...]}} dict a L{Headers} keeps (keys from
+        L{headerKey}), or L{None} when that is not possible (another kind
+        of object, or a Twisted that stores headers otherwise).
+    """
+    if RAW_HEADERS and type(headers) is Headers:
+        return headers._rawHeaders  # type: ignore[attr-defined,no-any-return]
+    return None
+
+
+_date: List[Any] = [None, b""]
+
+
+def httpDate(now: float) -> bytes:
+    """
+    @param now: seconds since the epoch.
+    @return: C{now} as an HTTP date (RFC 9110 5.6.7), made once a second.
+    """
+    second = int(now)
+    if second != _date[0]:
+        _date[1] = datetimeToString(second)
+        _date[0] = second
+    return _date[1]  # type: ignore[no-any-return]
+
+
+_SERVER = headerKey(b"server")
+_DATE = headerKey(b"date")
+_CONTENT_TYPE = headerKey(b"content-type")
+_CONTENT_LENGTH = headerKey(b"content-length")
+_TRANSFER_ENCODING = headerKey(b"transfer-encoding")
+_COOKIE = headerKey(b"cookie")
+_CHUNKED = [b"chunked"]
+_NO_BODY_CODES = NO_BODY_CODES
+_HTTPChannel = HTTPChannel
+
+#: Channel classes the fast write path may be used with: those that write
+#: a head as L{HTTPChannel} does.
+_plainChannels: Dict[type, bool] = {}
+
+
+def _isPlainChannel(channel: Any) -> bool:
+    kind = type(channel)
+    plain = _plainChannels.get(kind)
+    if plain is None:
+        plain = _plainChannels[kind] = (
+            isinstance(channel, _HTTPChannel)
+            and kind.writeHeaders is _HTTPChannel.writeHeaders
+            and kind.writeSequence is _HTTPChannel.writeSequence
+            and kind.write is _HTTPChannel.write
+        )
+    return plain
+
+
+def _connectionOf(channel: Any) -> Tuple[Any, Any, bool]:
+    """
+    @return: C{(peer, host, secure)} of a channel's connection, asked once
+        per connection (kept on the channel).
+    """
+    known = channel.__dict__.get("_gatewayConnection")
+    if known is None:
+        known = channel._gatewayConnection = (
+            channel.getPeer(),
+            channel.getHost(),
+            bool(channel.isSecure()),
+        )
+    return known  # type: ignore[no-any-return]
+
+
+def _ignore(data: bytes) -> None:
+    pass
+
+
+# -- the request --------------------------------------------------------------
+
+
+class GatewayRequest(server.Request):
+    """
+    A L{server.Request} that costs less per request (see the module
+    docstring), and that adds no C{Content-Type} of its own: a proxy passes
+    on what the upstream said, or nothing.
+    """
+
+    defaultContentType = None
+    _postpath: Optional[List[bytes]] = None
+    _doneHooks: Optional[List[Tuple[Callable[..., Any], Tuple[Any, ...]]]] = None
+
+    def __init__(
+        self,
+        channel: Any,
+        queued: Any = None,
+        parsePOSTFormSubmission: Optional[bool] = None,
+    ) -> None:
+        # What http.Request.__init__ and server.Request.__init__ set, with
+        # the connection's addresses asked once per connection.
+        self.notifications: List[Any] = []
+        self.channel = channel
+        self.client, self.host, self._secure = _connectionOf(channel)
+        self.requestHeaders = Headers()
+        self.received_cookies: Dict[bytes, bytes] = {}
+        self.responseHeaders = Headers()
+        self.cookies: List[bytes] = []
+        self.transport = channel.transport
+        self.queued = queued or False
+        if parsePOSTFormSubmission is None:
+            parsePOSTFormSubmission = channel.site._parsePOSTFormSubmission
+        self._parsePOSTFormSubmission = parsePOSTFormSubmission
+        self._adapterCache: Dict[Any, Any] = {}
+
+    def isSecure(self) -> bool:
+        """
+        Like L{http.Request.isSecure}, with the answer of the channel asked
+        once per connection.
+        """
+        if self._forceSSL:
+            return True
+        if getattr(self, "channel", None) is None:
+            return False
+        return self._secure
+
+    # -- paths, made when read ------------------------------------------------
+
+    @property  # type: ignore[override]
+    def postpath(self) -> Optional[List[bytes]]:
+        """
+        The path segments not yet consumed by resource traversal, unquoted;
+        made from C{path} when first read.
+        """
+        postpath = self._postpath
+        if postpath is None and self.path is not None and self.prepath is not None:
+            postpath = self._postpath = [unquote(s) for s in self.path[1:].split(b"/")]
+        return postpath
+
+    @postpath.setter
+    def postpath(self, value: Optional[List[bytes]]) -> None:
+        self._postpath = value
+
+    # -- from the channel ---------------------------------------------------------
+
+    def gotLength(self, length: Optional[int]) -> None:
+        getContentFile = getattr(self.channel.site, "getContentFile", None)
+        if getContentFile is None:
+            self.content = _getContentFile(length)
+        else:
+            self.content = getContentFile(length)
+
+    def parseCookies(self) -> None:
+        headers = self.requestHeaders
+        if not RAW_HEADERS or type(headers) is not Headers or headers._rawHeaders.get(_COOKIE):
+            super().parseCookies()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if command == b"POST" and self._parsePOSTFormSubmission:
+            # Form bodies are parsed into args the general way.
+            super().requestReceived(command, path, version)
+            return
+        self.content.seek(0, 0)
+        self.method = command
+        self.uri = path
+        self.clientproto = version
+        query = path.find(b"?")
+        if query == -1:
+            self.path = path
+            self.args = {}
+        else:
+            self.path = path[:query]
+            self.args = parse_qs(path[query + 1 :], 1)
+        self.process()
+
+    def process(self) -> None:
+        """
+        Like L{server.Request.process}: the default C{Server} and C{Date}
+        headers, then the resource; a leaf root is rendered without
+        traversal.
+        """
+        site = self.site = self.channel.site
+        date = httpDate(site.reactor.seconds())
+        raw = rawHeadersOf(self.responseHeaders)
+        if raw is None:
+            self.setHeader(b"Server", server.version)
+            self.setHeader(b"Date", date)
+        else:
+            raw[_SERVER] = [server.version]
+            raw[_DATE] = [date]
+        self.prepath = []
+        self._postpath = None
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            root = site.resource
+            if getattr(root, "isLeaf", False):
+                self.sitepath = []
+                resource = root
+            else:
+                resource = site.getResourceFor(self)
+            if _IEncodingResource.providedBy(resource):
+                encoder = resource.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
+    # -- the answer ---------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """
+        Like L{server.Request.write}, but the head and the first body bytes
+        go out in one write, of one string.
+        """
+        if self.startedWriting:
+            if self.finished:
+                raise RuntimeError(
+                    "Request.write called on a request after Request.finish was called."
+                )
+            if self._disconnected or self._encoder is not None:
+                super().write(data)
+                return
+            self.sentLength += len(data)
+            if data:
+                if self.chunked:
+                    self.channel.writeSequence(toChunk(data))
+                else:
+                    self.channel.write(data)
+            return
+        if (
+            self.finished
+            or self._disconnected
+            or self._encoder is not None
+            or self._inFakeHead
+            or not _isPlainChannel(self.channel)
+            or not isinstance(self.responseHeaders, Headers)
+        ):
+            super().write(data)
+            return
+        self._writeFirst(data)
+
+    def _writeFirst(self, data: bytes) -> None:
+        headers = self.responseHeaders
+        code = self.code
+        method = self.method
+        if self.defaultContentType is not None and code not in (
+            NOT_MODIFIED,
+            NO_CONTENT,
+        ):
+            contentLength = headers.getRawHeaders(b"Content-Length")
+            if headers.getRawHeaders(b"Content-Type") is None and not (
+                contentLength and contentLength[0] == b"0"
+            ):
+                headers.setRawHeaders(b"Content-Type", [self.defaultContentType])
+        self.startedWriting = 1
+        version = self.clientproto
+        raw = rawHeadersOf(headers)
+        if raw is None:
+            hasLength = headers.getRawHeaders(b"Content-Length") is not None
+        else:
+            hasLength = bool(raw.get(_CONTENT_LENGTH))
+        if (
+            version == b"HTTP/1.1"
+            and not hasLength
+            and method != b"HEAD"
+            and code not in _NO_BODY_CODES
+        ):
+            if raw is None:
+                headers.setRawHeaders(b"Transfer-Encoding", _CHUNKED)
+            else:
+                raw[_TRANSFER_ENCODING] = [b"chunked"]
+            self.chunked = 1
+        if self.lastModified is not None:
+            if headers.hasHeader(b"Last-Modified"):
+                self._log.info(
+                    "Warning: last-modified specified both in header list and "
+                    "lastModified attribute."
+                )
+            else:
+                headers.setRawHeaders(b"Last-Modified", [datetimeToString(self.lastModified)])
+        if self.etag is not None:
+            headers.setRawHeaders(b"ETag", [self.etag])
+        if self.cookies:
+            headers.setRawHeaders(b"Set-Cookie", self.cookies)
+        head = [version, b" %d " % (code,), self.code_message, b"\r\n"]
+        extend = head.extend
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        if method == b"HEAD" or code in _NO_BODY_CODES:
+            self.write = _ignore  # type: ignore[method-assign]
+        else:
+            self.sentLength = len(data)
+            if data:
+                if self.chunked:
+                    extend(toChunk(data))
+                else:
+                    head.append(data)
+        # One piece: a transport checks each piece of a sequence it is given.
+        self.channel.write(b"".join(head))
+
+    def finish(self) -> None:
+        if self._encoder is not None:
+            super().finish()
+            return
+        if self._disconnected:
+            raise RuntimeError(
+                "Request.finish called on a request after its connection was lost; "
+                "use Request.notifyFinish to keep track of this."
+            )
+        if self.finished:
+            warnings.warn("Warning! request.finish called twice.", stacklevel=2)
+            return
+        if not self.startedWriting:
+            self.write(b"")
+        channel = self.channel
+        if self.chunked:
+            channel.write(b"0\r\n\r\n")
+        factory = getattr(channel, "factory", None)
+        if factory is not None:
+            factory.log(self)
+        self.finished = 1
+        if not self.queued:
+            self._cleanup()
+
+    # -- the end ------------------------------------------------------------------
+
+    def notifyDone(self, callback: Callable[..., Any], *args: Any) -> None:
+        """
+        Call C{callback(reason, *args)} once when this request is over: with
+        L{None} when the answer was finished, with the L{Failure} when the
+        connection was lost first.  Like L{notifyFinish}, without a
+        L{Deferred}; an exception from C{callback} is logged.
+        """
+        if self._doneHooks is None:
+            self._doneHooks = [(callback, args)]
+        else:
+            self._doneHooks.append((callback, args))
+
+    def _runDoneHooks(self, reason: Any) -> None:
+        hooks = self._doneHooks
+        if hooks is None:
+            return
+        self._doneHooks = None
+        for callback, args in hooks:
+            try:
+                callback(reason, *args)
+            except Exception:
+                log.failure("request end hook {callback} failed", callback=callback)
+
+    def _cleanup(self) -> None:
+        if self.producer or self.notifications:
+            super()._cleanup()
+        else:
+            # http.Request._cleanup, for what is left to do.
+            self.channel.requestDone(self)
+            del self.channel
+            content = self.content
+            if content is not None:
+                try:
+                    content.close()
+                except OSError:
+                    pass
+                del self.content
+        if self._doneHooks is not None:
+            self._runDoneHooks(None)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        if self._doneHooks is not None:
+            self._runDoneHooks(reason)
