@@ -250,7 +250,7 @@ class GatewayRequest(server.Request):
     # -- from the channel ---------------------------------------------------------
 
     def gotLength(self, length: Optional[int]) -> None:
-        getContentFile = getattr(self.channel.site, "getContentFile", None)
+        getContentFile = getattr(self.channel.site, "getContentFile", None)  # type: ignore[attr-defined]
         if getContentFile is None:
             self.content = _getContentFile(length)
         else:
@@ -266,7 +266,7 @@ class GatewayRequest(server.Request):
             # Form bodies are parsed into args the general way.
             super().requestReceived(command, path, version)
             return
-        self.content.seek(0, 0)
+        self.content.seek(0, 0)  # type: ignore[union-attr]
         self.method = command
         self.uri = path
         self.clientproto = version
@@ -285,7 +285,7 @@ class GatewayRequest(server.Request):
         headers, then the resource; a leaf root is rendered without
         traversal.
         """
-        site = self.site = self.channel.site
+        site = self.site = self.channel.site  # type: ignore[attr-defined]
         date = httpDate(site.reactor.seconds())
         raw = rawHeadersOf(self.responseHeaders)
         if raw is None:
@@ -302,7 +302,7 @@ class GatewayRequest(server.Request):
         try:
             root = site.resource
             if getattr(root, "isLeaf", False):
-                self.sitepath = []
+                self.sitepath: List[bytes] = []
                 resource = root
             else:
                 resource = site.getResourceFor(self)

@@ -21,7 +21,7 @@ import math
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -156,10 +156,10 @@ def copyRequestHeaders(incoming: Headers) -> Headers:
         # lists, as the filters may change the upstream headers.
         named = _alsoNamed(raw.get(_CONNECTION), REQUEST_SKIP)
         copied = {}
-        for key, values in raw.items():
+        for key, kept in raw.items():
             if key in _REQUEST_SKIP_KEYS or (named and key.lower() in named):
                 continue
-            copied[key] = values[:]
+            copied[key] = kept[:]
         out = Headers()
         out._rawHeaders = copied  # type: ignore[attr-defined]
         return out
@@ -184,10 +184,10 @@ def copyResponseHeaders(upstream: Headers, outgoing: Headers) -> None:
         # them) and hands the response over: its lists are taken as they
         # are.
         named = _alsoNamed(raw.get(_CONNECTION), RESPONSE_SKIP)
-        for key, values in raw.items():
+        for key, kept in raw.items():
             if key in _RESPONSE_SKIP_KEYS or (named and key.lower() in named):
                 continue
-            out[key] = values
+            out[key] = kept
         return
     named = _connectionTokens(upstream)
     for name, values in upstream.getAllRawHeaders():
@@ -267,7 +267,7 @@ class _StreamBody(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._request.write(data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         request = self._request
         context = self._context
         context.attributes.pop("gateway.bodyTransport", None)
@@ -295,7 +295,7 @@ class _StreamBody(Protocol):
 
 
 class _Discard(Protocol):
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         pass
 
 
@@ -578,7 +578,8 @@ class GatewayResource(Resource):
         attributes = context.attributes
         attributes.pop("gateway.pending", None)
         context.upstreamLatency = self._reactor.seconds() - attributes["gateway.sentAt"]
-        attributes["gateway.ok"] = not context.backend.isFailureStatus(response.code)
+        backend: Any = context.backend
+        attributes["gateway.ok"] = not backend.isFailureStatus(response.code)
         request = context.request
         if request._disconnected:
             response.deliverBody(_Discard())
@@ -597,7 +598,7 @@ class GatewayResource(Resource):
             request.finish()
             return
         length = getattr(response, "length", UNKNOWN_LENGTH)
-        stream = length is UNKNOWN_LENGTH or length > _SMALL_RESPONSE
+        stream = not isinstance(length, int) or length > _SMALL_RESPONSE
         response.deliverBody(_StreamBody(self, context, stream))
 
     def _upstreamDone(self, context: RequestContext, ok: Optional[bool] = True) -> None:
@@ -619,7 +620,7 @@ class GatewayResource(Resource):
     ) -> None:
         context.attributes.pop("gateway.pending", None)
         request = context.request
-        backend = context.backend
+        backend: Any = context.backend
         if failure.check(defer.CancelledError) and request._disconnected:
             # The client left: not the server's fault, so not judged.
             backend.requestFinished(None, None)
@@ -654,9 +655,9 @@ class GatewayResource(Resource):
         self._runError(context, chain, failure)
         if context.request._disconnected:
             return
-        error = failure.value
+        error: Any = failure.value
         context.attributes["gateway.outcome"] = outcomeOf(error)
-        headers = {}
+        headers: Dict[Any, Any] = {}
         if isinstance(error, UpstreamError):
             code, message = error.status, error.reason
             if error.retryAfter is not None:
