@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -303,7 +304,13 @@ def test_backend_hangs(backends: Any, gateways: Any) -> None:
 #: Changes a second each store takes under load here: the file store
 #: fsyncs the file and its directory on every commit (about 20 ms on these
 #: machines), so it commits fewer than 100 a second.
-CHURN_RATES = {"memory:": 100.0, "file:data.json": 40.0}
+# PyPy runs the admin's cold code (validation, snapshot rebuild) ~3x slower
+# than CPython (~12 ms a change against ~4).  The rate x 10 s / 4 writers must
+# stay even for the {200, 404} check below.
+CHURN_RATES = {
+    "memory:": 60.0 if sys.implementation.name == "pypy" else 100.0,
+    "file:data.json": 40.0,
+}
 
 
 @pytest.mark.parametrize("store", sorted(CHURN_RATES))
