@@ -39,6 +39,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IClientRequest, IResponse
 from zope.interface import implementer
 
 from gateway.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
+from gateway.fastrequest import RAW_HEADERS
 from gateway.interfaces import IUpstreamClient
 from gateway.upstream import BytesBodyProducer, CachedEndpointFactory
 
@@ -189,28 +190,10 @@ _FIELDS: Dict[bytes, Tuple[bytes, int]] = {}
 _MAX_FIELDS = 10_000
 
 
-def _headersStoreRawKeys() -> bool:
-    """
-    @return: whether L{Headers} keeps its values in a C{_rawHeaders} dict of
-        lists, so that a parser may fill it directly with the keys
-        L{Headers} itself computes (L{_field}), skipping per-value
-        sanitising that a parsed value never needs (it holds no CR or LF).
-        Checked once, against the installed Twisted.
-    """
-    probe = Headers()
-    probe.addRawHeader(b"x-Probe-name", b"v")
-    raw = getattr(probe, "_rawHeaders", None)
-    if not isinstance(raw, dict) or len(raw) != 1:
-        return False
-    key, values = next(iter(raw.items()))
-    if values != [b"v"] or not isinstance(values, list):
-        return False
-    copy = Headers()
-    copy._rawHeaders[key] = [b"v"]  # type: ignore[attr-defined]
-    return copy == probe and copy.getRawHeaders(b"X-PROBE-NAME") == [b"v"]
-
-
-_RAW_KEYS = _headersStoreRawKeys()
+# Whether the parser may fill Headers' internal dict directly with the keys
+# Headers itself computes (L{_field}), skipping per-value sanitising that a
+# parsed value never needs: checked once, against the installed Twisted.
+_RAW_KEYS = RAW_HEADERS
 
 
 def _field(name: bytes) -> Tuple[bytes, int]:

@@ -49,9 +49,9 @@ from gateway.upstream import BytesBodyProducer
 log = Logger()
 
 
-#: Headers that describe one connection, never forwarded (RFC 9110 7.6.1),
-#: plus those the upstream client sets itself.
-REQUEST_SKIP: FrozenSet[bytes] = frozenset(
+#: Headers that describe one connection, never forwarded either way
+#: (RFC 9110 7.6.1).
+HOP_BY_HOP: FrozenSet[bytes] = frozenset(
     [
         b"connection",
         b"keep-alive",
@@ -62,6 +62,12 @@ REQUEST_SKIP: FrozenSet[bytes] = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
+    ]
+)
+#: Not copied from the client's request: hop-by-hop headers, and those the
+#: proxy or the upstream client sets itself.
+REQUEST_SKIP: FrozenSet[bytes] = HOP_BY_HOP | frozenset(
+    [
         b"host",
         b"content-length",
         b"x-forwarded-for",
@@ -72,19 +78,7 @@ REQUEST_SKIP: FrozenSet[bytes] = frozenset(
         b"expect",
     ]
 )
-RESPONSE_SKIP: FrozenSet[bytes] = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-)
+RESPONSE_SKIP: FrozenSet[bytes] = HOP_BY_HOP
 _NO_BODY_METHODS = frozenset([b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"])
 #: Methods a request may be sent again for (RFC 9110 9.2.2).
 IDEMPOTENT_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
