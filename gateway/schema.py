@@ -393,7 +393,9 @@ def jsonSchema(cls: type) -> dict:
             s["description"] = a.metadata["doc"]
         if a.default is attrs.NOTHING:
             required.append(a.name)
-        elif not isinstance(a.default, attrs.Factory) and a.default is not None:
+        # attrs' stubs declare Factory as a function (so that
+        # "x: int = Factory(int)" type-checks); at run time it is a class.
+        elif not isinstance(a.default, attrs.Factory) and a.default is not None:  # type: ignore[arg-type]
             s["default"] = spec.dump(a.default)
         properties[a.name] = s
     out: dict = {"type": "object", "properties": properties, "additionalProperties": False}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Type, Union
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -50,7 +50,10 @@ class GatewaySite(LimitedSite):
     C{access-log} filter writes a structured one when configured).
     """
 
-    requestFactory = GatewayRequest
+    # Declared, or mypy checks GatewayRequest's constructor against
+    # server.Request's (channel, *args, **kw), which it need not match: the
+    # channel only ever passes the channel and queued.
+    requestFactory: Type[GatewayRequest] = GatewayRequest
     displayTracebacks = False
 
     def __init__(self, resource: Any, **kwargs: Any) -> None:
@@ -345,10 +348,10 @@ class GatewayService(MultiService):
 
     # -- what the admin shows ---------------------------------------------------
 
-    def proxies(self) -> List[Dict[str, Any]]:
+    def proxies(self) -> Union[List[Dict[str, Any]], defer.Deferred[List[Dict[str, Any]]]]:
         """
-        @return: the live proxies: those registered in etcd, or this
-            process, when it runs one.
+        @return: the live proxies: those registered in etcd (a L{Deferred}
+            firing with them), or this process, when it runs one.
         """
         if isinstance(self.store, EtcdStore):
             return listProxies(self.store.client, self.store.prefix)

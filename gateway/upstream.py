@@ -137,7 +137,9 @@ class AgentUpstreamClient:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool._factory = _QuietClientFactory
         self._pool.maxPersistentPerHost = maxPersistentPerHost
-        self._pool.cachedConnectionTimeout = idleTimeout
+        # Twisted infers int from its default (240), but it is any number of
+        # seconds (it goes to callLater).
+        self._pool.cachedConnectionTimeout = idleTimeout  # type: ignore[assignment]
         self._pool.retryAutomatically = True
         self._agent = Agent.usingEndpointFactory(
             reactor, CachedEndpointFactory(reactor, connectTimeout), pool=self._pool

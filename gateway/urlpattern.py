@@ -752,18 +752,21 @@ class Router:
 
         def editor(route: Route) -> _Editor:
             host = route.host
+            key: Tuple[str, Optional[str]]
             if host is None:
-                key, trees = ("any", None), None
+                key = ("any", None)
             elif host.startswith("*."):
-                key, trees = ("wildcard", host[1:]), self._wildcardHosts
+                key = ("wildcard", host[1:])
             else:
-                key, trees = ("exact", host), self._exactHosts
+                key = ("exact", host)
             found = editors.get(key)
             if found is None:
-                if trees is None:
+                kind, name = key
+                if name is None:
                     tree = self._anyHost
                 else:
-                    tree = trees.get(key[1]) or _Node()  # type: ignore[arg-type]
+                    trees = self._wildcardHosts if kind == "wildcard" else self._exactHosts
+                    tree = trees.get(name) or _Node()
                 found = editors[key] = _Editor(tree)
             return found
 

@@ -130,7 +130,8 @@ class _WorkerProcess(ProcessProtocol):
         self.startedAt = pool._reactor.seconds()
 
     def connectionMade(self) -> None:
-        self.transport.closeStdin()
+        if self.transport is not None:
+            self.transport.closeStdin()
 
     def processEnded(self, reason: Any) -> None:
         self.ended.callback(reason.value)
@@ -201,7 +202,9 @@ class WorkerPool(Service):
         self._channels[index] = channel
         if self._healthSource is not None:
             channel.send({"health": self._healthSource()})
-        log.info("started proxy worker {index} (pid {pid})", index=index, pid=process.transport.pid)
+        transport = process.transport
+        pid = transport.pid if transport is not None else None
+        log.info("started proxy worker {index} (pid {pid})", index=index, pid=pid)
 
     def _received(self, index: int, message: dict) -> None:
         if "stats" in message and self._onStats is not None:
@@ -241,8 +244,12 @@ class WorkerPool(Service):
 
     def signalAll(self, signal: str) -> None:
         for process in list(self.processes.values()):
+            transport = process.transport
+            if transport is None:
+                # Not connected (yet, or any more): no process to signal.
+                continue
             try:
-                process.transport.signalProcess(signal)
+                transport.signalProcess(signal)
             except error.ProcessExitedAlready:
                 pass
 
