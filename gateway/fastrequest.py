@@ -155,12 +155,19 @@ def _isPlainChannel(channel: Any) -> bool:
     kind = type(channel)
     plain = _plainChannels.get(kind)
     if plain is None:
-        plain = _plainChannels[kind] = (
-            isinstance(channel, _HTTPChannel)
-            and kind.writeHeaders is _HTTPChannel.writeHeaders
-            and kind.writeSequence is _HTTPChannel.writeSequence
-            and kind.write is _HTTPChannel.write
-        )
+        plain = False
+        # twisted.web's channel, or one that names the class whose writes
+        # go to the transport as they are (GatewayHTTPChannel).
+        for base in (_HTTPChannel, getattr(kind, "plainWrites", None)):
+            if (
+                base is not None
+                and isinstance(channel, base)
+                and kind.writeHeaders is base.writeHeaders
+                and kind.writeSequence is base.writeSequence
+                and kind.write is base.write
+            ):
+                plain = True
+        _plainChannels[kind] = plain
     return plain
 
 

@@ -1,6 +1,7 @@
 """
-The gateway's own HTTP/1.1 server channel: C{twisted.web}'s L{HTTPChannel}
-with the limits, timeouts and strict parsing a front door needs.
+The gateway's own HTTP/1.1 server channel for C{twisted.web} requests: a
+lean replacement of L{twisted.web.http.HTTPChannel} with the limits,
+timeouts and strict parsing a front door needs.
 
 A gateway parses every request before any backend sees it, and a backend
 must never be able to read a request differently from the gateway
@@ -60,13 +61,17 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 import attrs
-from twisted.internet.protocol import connectionDone
+from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import INonQueuedRequestFactory
+from zope.interface import implementer
 
 from gateway.endpoints import splitEndpoint
+from gateway.fastrequest import headerKey, rawHeadersOf
 from gateway.schema import Bool, Int, Nullable, Num, field
 
 log = Logger()
@@ -402,136 +407,244 @@ def _parseHeaders(
 # -- the channel --------------------------------------------------------------
 
 
-class GatewayHTTPChannel(http.HTTPChannel):
+#: What the channel is doing (L{GatewayHTTPChannel._state}).
+_HEAD = 0  # waiting for (the rest of) a request head
+_BODY = 1  # receiving a request body
+_BUSY = 2  # a request is being answered; what arrives is buffered
+_DONE = 3  # refused or closing: what arrives is dropped
+
+_EXPECT = headerKey(b"expect")
+
+#: Bytes of pipelined requests buffered while a request is answered, before
+#: the channel stops reading from the client.
+_EAGER_READ = 0x4000
+
+
+@implementer(IPushProducer)
+class GatewayHTTPChannel(Protocol):
     """
-    An L{HTTPChannel} that parses request heads strictly, enforces
-    L{HTTPLimits} and answers every refusal with a JSON error.
+    An HTTP/1.1 server channel for L{twisted.web.server.Request}s that
+    parses request heads strictly, enforces L{HTTPLimits} and answers every
+    refusal with a JSON error.
 
     It takes its limits from its site's C{limits} attribute (else
     L{limits}), the body limit of a route from the site's C{bodyLimitFor}
     (see L{LimitedSite}), and extra fields of its error bodies from the
     site's C{errorFields}.
 
-    A request head is parsed whole, once its blank line has arrived,
-    instead of line by line: one pass over a few lines is cheaper than a
-    callback per line, and nothing of a request is acted on before all of
-    it is known.
+    It is a lean replacement of L{http.HTTPChannel}, with the same interface
+    towards its requests (C{requestDone}, C{write}, C{writeHeaders},
+    C{registerProducer}, C{getPeer}, ...), that costs less per request:
+
+      - a request head is parsed whole, once its blank line has arrived,
+        instead of line by line: one pass over a few lines is cheaper than
+        a callback per line, and nothing of a request is acted on before
+        all of it is known;
+      - its fields go straight into the request's L{Headers} (they were
+        checked while parsed);
+      - one timer per connection serves every deadline (head, body, idle):
+        it is not cancelled and re-armed per request, but checks, when it
+        fires, what the connection is waiting for and since when, and waits
+        again if need be;
+      - a C{Content-Length} body is counted here, without a decoder object.
+
+    Requests are answered one at a time, in order: what a client sends
+    while a request is answered is buffered (up to L{_EAGER_READ} bytes,
+    then the channel stops reading) and parsed once the answer is
+    finished.  When the client does not read its answers, the channel stops
+    reading its requests, and pauses the answer's producer.
 
     @cvar limits: the limits when the site has none.
     @cvar lingerTimeout: seconds a refused connection keeps reading (and
         dropping) what the client still sends after the answer, before it is
         cut.
+    @cvar abortTimeout: seconds a connection closed for idleness has to
+        close cleanly before it is cut.
+    @ivar requests: the request being received or answered, if any (a list,
+        as in L{http.HTTPChannel}).
     """
 
     limits = HTTPLimits()
     lingerTimeout = 2.0
+    abortTimeout: Optional[float] = 15
+    requestFactory: Any = server.Request
+    site: Any = None
+    timeOut: Optional[float] = None
 
-    _rejected = False
-    _leadingEmptyLine = False
+    persistent = True
+    _state = _HEAD
+    _buffer = b""
     _scanFrom = 0
+    _leadingEmptyLine = False
+    _busyReceiving = False
+    _readPaused = False
+    _writeBlocked = False
+    _transportPaused = False
+    _producer: Any = None
+    _producerStreaming = False
+    _registered = False
+    _timer: Any = None
     _headStartedAt: Optional[float] = None
-    _headerTimer: Any = None
-    _bodyTimer: Any = None
+    _idleSince: Optional[float] = None
     _bodyStartedAt = 0.0
+    _bodyRemaining = 0
     _bodyLimit: Optional[int] = None
     _bodyReceived = 0
-    _bodyRequest: Any = None
+    _chunked: Any = None
+    _command = b""
+    _path = b""
+    _version = b""
     _bodyLimitFor: Optional[BodyLimitFor] = None
     _errorFields: Mapping[str, Any] = {}
     _clock: Any = None
+    _abortingCall: Any = None
+
+    def __init__(self) -> None:
+        self.requests: List[Any] = []
 
     # -- connection -----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        site = getattr(self, "site", None)
+        site = self.site
         limits = getattr(site, "limits", None)
         if limits is not None:
             self.limits = limits
         self._bodyLimitFor = getattr(site, "bodyLimitFor", None)
         self._errorFields = getattr(site, "errorFields", None) or {}
-        self._clock = getattr(site, "reactor", None)
-        if self._clock is None:
-            from twisted.internet import reactor
-
-            self._clock = reactor
-        super().connectionMade()
+        clock: Any = getattr(site, "reactor", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        transport: Any = self.transport
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+        canPause: bool = IPushProducer.providedBy(transport)
+        if canPause:
+            # The channel is its transport's producer: a client that does
+            # not read its answers pauses the answer's producer, and the
+            # reading of its requests.
+            transport.registerProducer(self, True)
+            self._registered = True
         # A new connection has headerTimeout seconds for its first request.
-        self._headStarted()
+        self._headStartedAt = clock.seconds()
+        self._armTimer(self.limits.headerTimeout)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._cancelTimers()
-        super().connectionLost(reason)
+        self._state = _DONE
+        self._buffer = b""
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+        aborting = self._abortingCall
+        if aborting is not None:
+            self._abortingCall = None
+            if aborting.active():
+                aborting.cancel()
+        requests, self.requests = self.requests, []
+        for request in requests:
+            request.connectionLost(reason)
+
+    @property
+    def _handlingRequest(self) -> bool:
+        return self._state == _BUSY
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Parse request heads whole; hand bodies (and what arrives while a
-        request is answered) to L{HTTPChannel.rawDataReceived}.
+        Parse request heads and bodies; buffer what arrives while a request
+        is answered.
         """
-        if self._rejected:
+        state = self._state
+        if state == _DONE:
             return
-        self.resetTimeout()
-        if self._busyReceiving:
-            # Called back from within the loop below (a request answered at
-            # once gives back what was buffered behind it): the loop goes on
-            # with it.
+        if state == _BUSY or self._busyReceiving:
+            # Pipelined, or called back from within the loop below: kept
+            # for when the answer is finished (or for the loop).
             self._buffer += data
+            if state == _BUSY and len(self._buffer) > _EAGER_READ and not self._readPaused:
+                self._readPaused = True
+                self._updateReading()
             return
         self._busyReceiving = True
         try:
-            self._buffer += data
-            while self._buffer and not self._rejected:
-                if self.line_mode:
-                    if not self.persistent:
-                        # More after a request that closes the connection:
-                        # dropped, as HTTPChannel does.
-                        self._buffer = b""
-                        return
-                    try:
-                        if not self._parseHead():
-                            return
-                    except _Refused as e:
-                        self._reject(e.code, e.message)
-                        return
-                else:
-                    data, self._buffer = self._buffer, b""
-                    self.rawDataReceived(data)
+            if self._buffer:
+                data = self._buffer + data
+                self._buffer = b""
+            self._receive(data)
         finally:
             self._busyReceiving = False
+        if self._state == _HEAD and self._buffer and self._headStartedAt is None:
+            # Part of a head is waiting: it has headerTimeout seconds.
+            self._headStartedAt = self._clock.seconds()
+            self._armTimer(self.limits.headerTimeout)
+
+    def _receive(self, data: bytes) -> None:
+        """
+        Consume C{data}, and what is buffered meanwhile, until more is
+        needed or a request is being answered.
+        """
+        while data:
+            state = self._state
+            if state == _HEAD:
+                try:
+                    rest = self._parseHead(data)
+                except _Refused as e:
+                    self._reject(e.code, e.message)
+                    return
+                if rest is None:
+                    return
+                data = rest
+            elif state == _BODY:
+                data = self._bodyData(data)
+            elif state == _BUSY:
+                # Older than what arrived meanwhile.
+                self._buffer = data + self._buffer
+                return
+            else:
+                return
+            if self._buffer:
+                # Arrived meanwhile (a callback wrote to the channel), or
+                # what followed a chunked body.
+                data += self._buffer
+                self._buffer = b""
 
     # -- the head ---------------------------------------------------------------
 
-    def _parseHead(self) -> bool:
+    def _parseHead(self, buffer: bytes) -> Optional[bytes]:
         """
-        Parse the request head at the start of the buffer, if it is all
-        there.
+        Parse the request head at the start of C{buffer}, if it is all
+        there, and start its request.
 
-        @return: whether a head was consumed (the loop goes on with the rest
-            of the buffer), L{False} when more data is needed.
+        @return: what follows the head, or L{None} when more data is needed
+            (then C{buffer} is kept).
         @raise _Refused: when the head is refused.
         """
         limits = self.limits
-        buffer = self._buffer
-        if self._headStartedAt is None:
-            self._headStarted()
         if buffer[:2] == b"\r\n" and not self._leadingEmptyLine:
             # RFC 9112 2.2: ignore an empty line before a request line (some
             # clients send CRLF after a POST body).
             self._leadingEmptyLine = True
-            self._buffer = buffer = buffer[2:]
+            buffer = buffer[2:]
             if not buffer:
-                return False
+                return None
         end = buffer.find(b"\r\n\r\n", self._scanFrom)
-        lineEnd = buffer.find(b"\r\n", 0, limits.maxRequestLineLength + 2)
-        if lineEnd == -1 and len(buffer) > limits.maxRequestLineLength + 1:
-            raise _Refused(414, "request line too long")
         if end == -1:
+            if (
+                len(buffer) > limits.maxRequestLineLength + 1
+                and buffer.find(b"\r\n", 0, limits.maxRequestLineLength + 2) == -1
+            ):
+                raise _Refused(414, "request line too long")
             if len(buffer) > limits.maxHeadersSize:
                 raise _Refused(431, "request header fields too large")
             self._scanFrom = max(0, len(buffer) - 3)
-            return False
+            self._buffer = buffer
+            return None
+        lineEnd = buffer.find(b"\r\n", 0, min(end, limits.maxRequestLineLength) + 2)
+        if lineEnd == -1 or lineEnd > limits.maxRequestLineLength:
+            raise _Refused(414, "request line too long")
         if end + 4 > limits.maxHeadersSize:
             raise _Refused(431, "request header fields too large")
-        self._buffer = buffer[end + 4 :]
         self._scanFrom = 0
         lines = buffer[:end].split(b"\r\n")
         method, target, version = _parseRequestLine(lines[0], limits.rejectAmbiguousPaths)
@@ -539,9 +652,10 @@ class GatewayHTTPChannel(http.HTTPChannel):
             raise _Refused(431, "too many header fields")
         headers, length, chunked, host = _parseHeaders(lines, version)
         self._headStartedAt = None
+        self._idleSince = None
         self._leadingEmptyLine = False
         self._request(method, target, version, headers, length, chunked, host)
-        return True
+        return buffer[end + 4 :]
 
     def _request(
         self,
@@ -555,46 +669,58 @@ class GatewayHTTPChannel(http.HTTPChannel):
     ) -> None:
         """
         Start a request whose head was parsed and checked: make the
-        L{Request}, and read its body, if any.
+        L{Request}, and read its body, if any, or answer it.
         """
-        factory = self.requestFactory
-        if INonQueuedRequestFactory.providedBy(factory):
-            request = factory(self)
-        else:
-            request = factory(self, len(self.requests))
-        self.requests.append(request)
-        add = request.requestHeaders.addRawHeader
-        for name, value in headers:
-            add(name, value)
-        self._command, self._path, self._version = method, target, version
-
         if chunked or length:
             limit = self._limitFor(method, host, target)
             if limit is not None and length is not None and length > limit:
                 raise _Refused(413, f"request body larger than {limit} bytes")
-            self._bodyLimit = limit
-            self._bodyReceived = 0
-            self._bodyRequest = request
+        else:
+            limit = None
+        factory = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            request = factory(self)
+        else:
+            request = factory(self, False)
+        self.requests.append(request)
+        requestHeaders = request.requestHeaders
+        raw = rawHeadersOf(requestHeaders)
+        if raw is None:
+            add = requestHeaders.addRawHeader
+            for name, value in headers:
+                add(name, value)
+        else:
+            for name, value in headers:
+                key = headerKey(name)
+                values = raw.get(key)
+                if values is None:
+                    raw[key] = [value]
+                else:
+                    values.append(value)
+        self._command, self._path, self._version = method, target, version
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, version)
+        # (0 for no body: L{None} would make a temporary file.)
+        request.gotLength(None if chunked else (length or 0))
+        if not (chunked or length):
+            self._allContentReceived()
+            return
+        if version == b"HTTP/1.1":
+            expect = raw.get(_EXPECT) if raw is not None else None
+            if raw is None:
+                expect = requestHeaders.getRawHeaders(b"expect")
+            if expect and expect[0].lower() == b"100-continue":
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+        self._bodyLimit = limit
+        self._bodyReceived = 0
         if chunked:
-            self.length = None
-            self._transferDecoder = http._ChunkedTransferDecoder(
-                self._bodyChunk, self._finishRequestBody
-            )
-        elif length:
-            self.length = length
-            self._transferDecoder = http._IdentityTransferDecoder(
-                length, self._bodyChunk, self._finishRequestBody
-            )
+            self._chunked = http._ChunkedTransferDecoder(self._bodyChunk, self._chunkedDone)
         else:
-            self.length = 0
-
-        self.allHeadersReceived()
-        if self.length == 0:
-            self.allContentReceived()
-        else:
-            self.setRawMode()
-            self._bodyStartedAt = self._clock.seconds()
-            self._bodyTimer = self.callLater(self.limits.bodyTimeout, self._bodyTimerFired)
+            self._chunked = None
+            self._bodyRemaining = length  # type: ignore[assignment]
+        self._state = _BODY
+        self._bodyStartedAt = self._clock.seconds()
+        self._armTimer(self.limits.bodyTimeout)
 
     def _limitFor(self, method: bytes, host: Optional[bytes], target: bytes) -> Optional[int]:
         limit = self.limits.maxBodySize
@@ -609,102 +735,289 @@ class GatewayHTTPChannel(http.HTTPChannel):
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         """
-        Like L{HTTPChannel.checkPersistence}, but C{Connection} is a
-        comma-separated list (C{keep-alive,close} closes too).
+        Tell whether the connection stays open after C{request}: in
+        HTTP/1.1, unless C{Connection} (a comma-separated list) says
+        C{close}, which the answer then says too; never in HTTP/1.0.
         """
-        tokens = _connectionTokens(request.requestHeaders.getRawHeaders(b"connection"))
         if version != b"HTTP/1.1":
             return False
-        if b"close" in tokens:
+        connection = request.requestHeaders.getRawHeaders(b"connection")
+        if connection and b"close" in _connectionTokens(connection):
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
             return False
         return True
 
     # -- the body ---------------------------------------------------------------
 
+    def _bodyData(self, data: bytes) -> bytes:
+        """
+        Take the body bytes at the start of C{data}.
+
+        @return: what follows the body (or nothing).
+        """
+        decoder = self._chunked
+        if decoder is not None:
+            try:
+                decoder.dataReceived(data)
+            except http._MalformedChunkedDataError:
+                self._reject(400, "malformed chunked request body")
+            # What follows the body came back through _chunkedDone.
+            return b""
+        remaining = self._bodyRemaining
+        if len(data) < remaining:
+            self._bodyRemaining = remaining - len(data)
+            self._bodyChunk(data)
+            return b""
+        self._bodyRemaining = 0
+        if remaining:
+            self._bodyChunk(data[:remaining])
+        if self._state == _BODY:
+            self._allContentReceived()
+        return data[remaining:]
+
     def _bodyChunk(self, data: bytes) -> None:
-        if self._rejected:
+        if self._state != _BODY:
             return
         self._bodyReceived += len(data)
         limit = self._bodyLimit
         if limit is not None and self._bodyReceived > limit:
             self._reject(413, f"request body larger than {limit} bytes")
             return
-        self._bodyRequest.handleContentChunk(data)
+        self.requests[-1].handleContentChunk(data)
 
-    def _finishRequestBody(self, data: bytes) -> None:
-        if self._rejected:
+    def _chunkedDone(self, rest: bytes) -> None:
+        if self._state != _BODY:
             return
-        super()._finishRequestBody(data)
+        self._chunked = None
+        self._allContentReceived()
+        if rest:
+            # Parsed after this answer, or by the loop when it was answered
+            # at once.
+            self._buffer = rest + self._buffer
 
-    def rawDataReceived(self, data: bytes) -> None:
-        if self._rejected:
-            return
-        super().rawDataReceived(data)
-
-    def allContentReceived(self) -> None:
-        if self._bodyTimer is not None:
-            if self._bodyTimer.active():
-                self._bodyTimer.cancel()
-            self._bodyTimer = None
+    def _allContentReceived(self) -> None:
+        """
+        The request is complete: answer it.
+        """
+        self._state = _BUSY
         self._bodyLimit = None
-        self._bodyRequest = None
-        super().allContentReceived()
+        request = self.requests[-1]
+        command, path, version = self._command, self._path, self._version
+        self._command = self._path = self._version = b""
+        request.requestReceived(command, path, version)
+
+    # -- the answer -------------------------------------------------------------
+
+    def requestDone(self, request: Any) -> None:
+        """
+        Called by C{request} once its answer is finished: close the
+        connection, or go on with the next request.
+        """
+        requests = self.requests
+        if not requests or request is not requests[0]:
+            raise TypeError(f"{request!r} is not this channel's current request")
+        del requests[0]
+        if self._state == _DONE:
+            return
+        if not self.persistent:
+            self._state = _DONE
+            self._buffer = b""
+            self.loseConnection()
+            return
+        self._state = _HEAD
+        if self._readPaused or self._writeBlocked:
+            self._readPaused = False
+            self._updateReading()
+        buffered = self._buffer
+        if buffered:
+            self._buffer = b""
+            self.dataReceived(buffered)
+            if self._state != _HEAD or self._buffer:
+                return
+        # Idle until the next request: idleTimeout seconds.
+        self._idleSince = self._clock.seconds()
+        self._armTimer(self._idleTimeout())
+
+    def _idleTimeout(self) -> float:
+        return self.timeOut or self.limits.idleTimeout
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.transport.writeSequence(iovec)  # type: ignore[union-attr]
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """
+        Write a response head, as L{http.HTTPChannel.writeHeaders} does.
+        """
+        if not isinstance(headers, Headers):
+            sanitized = Headers()
+            for name, value in headers:
+                sanitized.addRawHeader(name, value)
+            headers = sanitized
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self.transport.write(b"".join(head))  # type: ignore[union-attr]
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()  # type: ignore[union-attr]
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()  # type: ignore[union-attr]
+
+    def isSecure(self) -> bool:
+        return ISSLTransport(self.transport, None) is not None
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection once what was written is sent.
+        """
+        transport: Any = self.transport
+        if self._registered:
+            self._registered = False
+            transport.unregisterProducer()
+        transport.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own refusals (a malformed form body) get our answer.
+        self._reject(400, "malformed request")
+
+    # -- producing ------------------------------------------------------------------
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """
+        Register the producer of the current answer: the channel pauses and
+        resumes it as the client reads.
+        """
+        if self._producer is not None:
+            raise RuntimeError(
+                f"Cannot register producer {producer}, because producer "
+                f"{self._producer} was never unregistered."
+            )
+        if not streaming:
+            producer = http._PullToPush(producer, self)
+        self._producer = producer
+        self._producerStreaming = streaming
+        if not streaming:
+            producer.startStreaming()
+        elif self._writeBlocked:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        if not self._producerStreaming:
+            producer.stopStreaming()
+        self._producer = None
+        self._producerStreaming = False
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's buffer is full: pause the answer's producer, and
+        stop reading requests.
+        """
+        self._writeBlocked = True
+        if self._producer is not None:
+            self._producer.pauseProducing()
+        self._updateReading()
+
+    def resumeProducing(self) -> None:
+        self._writeBlocked = False
+        if self._producer is not None:
+            self._producer.resumeProducing()
+        self._updateReading()
+
+    def stopProducing(self) -> None:
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+    def _updateReading(self) -> None:
+        """
+        Read from the client unless its answers are not read or too much of
+        its pipelined requests waits.
+        """
+        transport: Any = self.transport
+        if transport is None or self._state == _DONE:
+            return
+        pause = self._readPaused or (self._writeBlocked and self._state != _BUSY)
+        if pause != self._transportPaused:
+            self._transportPaused = pause
+            if pause:
+                transport.pauseProducing()
+            else:
+                transport.resumeProducing()
 
     # -- timers -----------------------------------------------------------------
 
-    def _headStarted(self) -> None:
+    def _armTimer(self, seconds: float) -> None:
         """
-        A request head starts now: it must be complete within
-        C{headerTimeout} seconds.
-
-        One timer per connection serves every request: it is not cancelled
-        when a head completes but checks, when it fires, whether a head is
-        still awaited and since when, and waits again if need be; so a busy
-        kept-alive connection does not schedule a timer per request.
+        Make sure the connection's timer fires within C{seconds}.
         """
-        self._headStartedAt = self._clock.seconds()
-        if self._headerTimer is None:
-            self._headerTimer = self.callLater(self.limits.headerTimeout, self._headerTimerFired)
+        timer = self._timer
+        if timer is None:
+            self._timer = self._clock.callLater(seconds, self._timerFired)
+        elif timer.getTime() > self._clock.seconds() + seconds:
+            timer.reset(seconds)
 
-    def _headerTimerFired(self) -> None:
-        self._headerTimer = None
-        started = self._headStartedAt
-        if started is None or self._handlingRequest or not self.line_mode:
-            return
-        left = started + self.limits.headerTimeout - self._clock.seconds()
-        if left > 0:
-            self._headerTimer = self.callLater(left, self._headerTimerFired)
-        else:
-            self._reject(408, "request head not received in time")
-
-    def _cancelTimers(self) -> None:
-        for name in ("_headerTimer", "_bodyTimer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                if timer.active():
-                    timer.cancel()
-                setattr(self, name, None)
-
-    def _bodyTimerFired(self) -> None:
-        self._bodyTimer = None
-        if self._handlingRequest or self.line_mode:
-            return
+    def _timerFired(self) -> None:
+        """
+        Act on the deadline of what the connection waits for, or wait for
+        it again.
+        """
+        self._timer = None
+        state = self._state
         limits = self.limits
-        deadline = self._bodyStartedAt + limits.bodyTimeout
-        if limits.minBodyRate:
-            deadline += self._bodyReceived / limits.minBodyRate
-        left = deadline - self._clock.seconds()
-        if left > 0:
-            self._bodyTimer = self.callLater(left, self._bodyTimerFired)
+        now = self._clock.seconds()
+        if state == _HEAD:
+            started = self._headStartedAt
+            if started is not None:
+                left = started + limits.headerTimeout - now
+                if left <= 0:
+                    self._reject(408, "request head not received in time")
+                    return
+            elif self._idleSince is not None:
+                left = self._idleSince + self._idleTimeout() - now
+                if left <= 0:
+                    self._timeOutIdle()
+                    return
+            else:
+                return
+        elif state == _BODY:
+            deadline = self._bodyStartedAt + limits.bodyTimeout
+            if limits.minBodyRate:
+                deadline += self._bodyReceived / limits.minBodyRate
+            left = deadline - now
+            if left <= 0:
+                self._reject(408, "request body not received in time")
+                return
         else:
-            self._reject(408, "request body not received in time")
+            # Answering (no deadline: the upstream's bound it), or done.
+            return
+        self._timer = self._clock.callLater(left, self._timerFired)
+
+    def _timeOutIdle(self) -> None:
+        transport: Any = self.transport
+        log.info("Timing out client: {peer}", peer=str(transport.getPeer()))
+        self._state = _DONE
+        if self.abortTimeout is not None:
+            self._abortingCall = self._clock.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+    def forceAbortClient(self) -> None:
+        """
+        Cut a connection that did not close in time.
+        """
+        self._abortingCall = None
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
     # -- refusing ---------------------------------------------------------------
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's own refusals (a malformed chunked body) get our answer.
-        self._reject(400, "malformed request")
 
     def _reject(self, code: int, message: str) -> None:
         """
@@ -712,19 +1025,24 @@ class GatewayHTTPChannel(http.HTTPChannel):
         the connection, reading and dropping what the client still sends
         for L{lingerTimeout} seconds.
         """
-        if self._rejected:
+        state = self._state
+        if state == _DONE:
             return
-        self._rejected = True
-        self._cancelTimers()
-        self.setTimeout(None)
+        self._state = _DONE
+        self._buffer = b""
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
         transport: Any = self.transport
         if transport is None:
             return
-        site = getattr(self, "site", None)
+        site = self.site
         counts = getattr(site, "rejections", None)
         if counts is not None:
             counts[code] = counts.get(code, 0) + 1
-        if self._handlingRequest:
+        if state == _BUSY:
             # Never interleave with an answer being written.
             transport.abortConnection()
             return
@@ -732,14 +1050,10 @@ class GatewayHTTPChannel(http.HTTPChannel):
         body["error"] = message
         payload = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
         phrase = _PHRASES.get(code) or http.RESPONSES.get(code, b"Error")
-        transport.writeSequence(
-            [
-                b"HTTP/1.1 %d %s\r\n" % (code, phrase),
-                b"Content-Type: application/json\r\n",
-                b"Content-Length: %d\r\n" % (len(payload),),
-                b"Connection: close\r\n\r\n",
-                payload,
-            ]
+        transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (code, phrase, len(payload), payload)
         )
         log.debug(
             "refused a request from {peer}: {code} {message}",
@@ -747,15 +1061,26 @@ class GatewayHTTPChannel(http.HTTPChannel):
             code=code,
             message=message,
         )
-        self._networkProducer.unregisterProducer()  # type: ignore[attr-defined]
+        if self._registered:
+            self._registered = False
+            transport.unregisterProducer()
+        if self._transportPaused:
+            # Read (and drop) what the client still sends.
+            self._transportPaused = False
+            transport.resumeProducing()
         halfClose = getattr(transport, "loseWriteConnection", None)
         if halfClose is not None and self.lingerTimeout:
             halfClose()
-            self._abortingCall = self.callLater(self.lingerTimeout, self.forceAbortClient)
+            self._abortingCall = self._clock.callLater(self.lingerTimeout, self.forceAbortClient)
         else:
             transport.loseConnection()
             if self.abortTimeout is not None:
-                self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+                self._abortingCall = self._clock.callLater(self.abortTimeout, self.forceAbortClient)
+
+
+#: Write methods whose writes go to the transport as they are (see
+#: L{gateway.fastrequest}).
+GatewayHTTPChannel.plainWrites = GatewayHTTPChannel  # type: ignore[attr-defined]
 
 
 class LimitedSite(server.Site):

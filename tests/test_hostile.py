@@ -8,6 +8,7 @@ every route, body limits).
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -931,6 +932,119 @@ class PersistenceTests(ServerTestCase):
         self.assertEqual([a.status for a in answers], [200, 200, 200])
         self.assertEqual([s[1] for s in self.resource.seen], [b"/1", b"/p", b"/3"])
         self.assertFalse(transport.disconnecting)
+
+
+class FlowControlTests(ServerTestCase):
+    """
+    L{GatewayHTTPChannel} reads no faster than it answers, and keeps one
+    timer per connection.
+    """
+
+    def test_pipelined_bytes_bounded(self) -> None:
+        """
+        While a request is answered, what the client pipelines behind it is
+        buffered up to 16 KB; past that the channel stops reading, and it
+        reads again (and answers the buffered requests, in order) once the
+        answer is finished.
+        """
+        self.resource.hold = True
+        channel, transport = self.connect()
+        channel.dataReceived(get(b"/1"))
+        self.assertEqual(transport.producerState, "producing")
+        pipelined = b"".join(get(b"/%d" % (i,)) for i in range(2, 700))
+        channel.dataReceived(pipelined[:8000])
+        self.assertEqual(transport.producerState, "producing")
+        channel.dataReceived(pipelined[8000:])
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(self.resource.seen), 1)
+        self.resource.hold = False
+        self.resource.seen[0][3].finish()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual([s[1] for s in self.resource.seen], [b"/%d" % (i,) for i in range(1, 700)])
+        self.assertEqual(len(parseAnswers(transport.value())), 699)
+
+    def test_client_not_reading_pauses_producer(self) -> None:
+        """
+        When the client does not read its answer (the transport pauses the
+        channel), the answer's producer is paused, and resumed with it.
+        """
+        self.resource.hold = True
+        channel, transport = self.connect()
+        channel.dataReceived(get())
+        request = self.resource.seen[0][3]
+        producer = StringTransport()
+        request.registerProducer(producer, True)
+        transport.producer.pauseProducing()
+        self.assertEqual(producer.producerState, "paused")
+        # Reading goes on while answering: the client may still be sending.
+        self.assertEqual(transport.producerState, "producing")
+        transport.producer.resumeProducing()
+        self.assertEqual(producer.producerState, "producing")
+        request.unregisterProducer()
+        request.finish()
+
+    def test_client_not_reading_stops_requests(self) -> None:
+        """
+        Between requests, a client that does not read its answers is not
+        read from either, until it does.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(get())
+        transport.producer.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        transport.producer.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_one_timer(self) -> None:
+        """
+        A busy kept-alive connection schedules no timer per request: one
+        per connection serves the head, body and idle deadlines.
+        """
+        channel, transport = self.connect()
+        for _ in range(50):
+            channel.dataReceived(get() + post(b"Content-Length: 2", body=b"ab"))
+            self.clock.advance(0.1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(len(parseAnswers(transport.value())), 100)
+        self.assertFalse(transport.disconnecting)
+
+    def test_continue_only_for_a_body(self) -> None:
+        """
+        C{Expect: 100-continue} on a request without a body is answered
+        without an interim C{100}.
+        """
+        answers, _ = self.exchange(get(b"/", b"Expect: 100-continue"))
+        self.assertEqual([a.status for a in answers], [200])
+
+    def test_small_bodies_in_memory(self) -> None:
+        """
+        A request without a body, or with a small one, keeps it in memory
+        (no temporary file per request).
+        """
+        self.resource.hold = True
+        channel, _ = self.connect()
+        channel.dataReceived(get())
+        self.assertIsInstance(self.resource.seen[0][3].content, io.BytesIO)
+        channel, _ = self.connect()
+        channel.dataReceived(post(b"Content-Length: 2", body=b"ab"))
+        self.assertIsInstance(self.resource.seen[1][3].content, io.BytesIO)
+
+    def test_request_done_out_of_order(self) -> None:
+        """
+        A request that is not the channel's current one cannot end it.
+        """
+        channel, _ = self.connect()
+        self.assertRaises(TypeError, channel.requestDone, object())
+
+    def test_http10_closes(self) -> None:
+        """
+        An HTTP/1.0 request is answered, then the connection is closed and
+        what followed it is dropped.
+        """
+        answers, transport = self.exchange(b"GET /a HTTP/1.0\r\n\r\n" + get(b"/b"))
+        self.assertEqual([a.status for a in answers], [200])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([s[1] for s in self.resource.seen], [b"/a"])
 
 
 # -- paths --------------------------------------------------------------------
