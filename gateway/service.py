@@ -229,6 +229,7 @@ class GatewayService(MultiService):
                 self.store,
                 config.admin.token,
                 validate=self.manager.validate,
+                parser=self.manager.parser,
                 proxies=self.proxies,
                 stats=self.stats,
                 ready=lambda: self.ready,

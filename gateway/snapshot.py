@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random as _random
+import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
@@ -184,12 +185,18 @@ class SnapshotManager:
         self.backends: Dict[str, Backend] = {}
         self._apiFilters: Dict[Tuple[str, str, str], Any] = {}
         self._listeners: List[Callable[[Snapshot], None]] = []
-        self._parser = CatalogParser()
+        #: The L{CatalogParser} of store states (shared with the admin).
+        self.parser = CatalogParser()
         # What compiling costs is paid once per changed resource: compiled
         # routings by name, and compiled APIs by name, each with the model
         # it was compiled from (and the filters it made).
         self._compiledRoutings: Dict[str, Tuple[Any, Any]] = {}
         self._compiledAPIs: Dict[str, Tuple[API, Tuple[Any, ...], CompiledAPI, Dict, Route]] = {}
+        self._everyAPI: Tuple[Any, ...] = ()
+        #: The routes by API name of the routers made, while they live.
+        self._routesOf: weakref.WeakKeyDictionary[Router, Dict[str, Route]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def addListener(self, listener: Callable[[Snapshot], None]) -> None:
         """
@@ -214,7 +221,7 @@ class SnapshotManager:
         @raise ValidationError: when the state does not compile; the running
             snapshot and every live object are untouched.
         """
-        catalog = self._parser.parse(state.resources)
+        catalog = self.parser.parse(state.resources)
         apis, router, pendingFilters = self._compile(catalog)
 
         # Nothing below can fail on valid input: only now touch the state
@@ -290,15 +297,30 @@ class SnapshotManager:
         apis: Dict[str, CompiledAPI] = {}
         apiCache = {}
         routes: Dict[str, Route] = {}
+        # The routings that apply to an API: those for every API, and its
+        # own, in order (most APIs have none of their own).
+        # The same tuple as last time when they are the same routings, so
+        # that an API they left alone is known by identity.
+        everyAPI = tuple(r for r in compiledRoutings if r.routing.api is None)
+        if _sameItems(everyAPI, self._everyAPI):
+            everyAPI = self._everyAPI
+        self._everyAPI = everyAPI
+        named = {r.routing.api for r in compiledRoutings if r.routing.api is not None}
+        previous = self._compiledAPIs
         for name, api in catalog.apis.items():
-            scoped = tuple(r for r in compiledRoutings if r.routing.api in (None, name))
-            hit = self._compiledAPIs.get(name)
-            if (
-                hit is not None
-                and hit[0] == api
-                and len(hit[1]) == len(scoped)
-                and all(a is b for a, b in zip(hit[1], scoped))
-            ):
+            hit = previous.get(name)
+            if name in named:
+                scoped = tuple(r for r in compiledRoutings if r.routing.api in (None, name))
+            else:
+                scoped = everyAPI
+                if hit is not None and hit[0] is api and hit[1] is scoped:
+                    # Unchanged (the common case): nothing to make.
+                    pendingFilters.update(hit[3])
+                    apiCache[name] = hit
+                    apis[name] = hit[2]
+                    routes[name] = hit[4]
+                    continue
+            if hit is not None and (hit[0] is api or hit[0] == api) and _sameItems(hit[1], scoped):
                 compiled, filters, route = hit[2], hit[3], hit[4]
             else:
                 filters = {}
@@ -326,13 +348,20 @@ class SnapshotManager:
         """
         current = self.snapshot
         if current is None:
-            return Router(routes.values())
-        old = {route.value.name: route for route in current.router.routes}
-        removed = [r for n, r in old.items() if routes.get(n) is not r]
-        added = [r for n, r in routes.items() if old.get(n) is not r]
-        if len(removed) + len(added) > max(64, len(routes) // 10):
-            return Router(routes.values())
-        return current.router.updated(removed, added)
+            router = Router(routes.values())
+        else:
+            old = self._routesOf.get(current.router)
+            if old is None:
+                old = {route.value.name: route for route in current.router.routes}
+            removed = [r for n, r in old.items() if routes.get(n) is not r]
+            added = [r for n, r in routes.items() if old.get(n) is not r]
+            if len(removed) + len(added) > max(64, len(routes) // 10):
+                router = Router(routes.values())
+            else:
+                router = current.router.updated(removed, added)
+        # Its routes by name, for the next change (while it lives).
+        self._routesOf[router] = routes
+        return router
 
     def _protectionFilters(self, api: API, pendingFilters: Dict) -> List[Any]:
         """
@@ -393,3 +422,10 @@ class SnapshotManager:
             pendingFilters[key] = made
             filters.append(made)
         return CompiledAPI(api, pattern, tuple(nodes), tuple(filters), scoped)
+
+
+def _sameItems(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """
+    @return: whether C{a} and C{b} hold the same objects, in order.
+    """
+    return a is b or (len(a) == len(b) and all(x is y for x, y in zip(a, b)))

@@ -6,6 +6,7 @@ in-process backends on 127.0.0.1.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest_twisted
@@ -154,6 +155,8 @@ async def test_server_breaker_opens_and_balancer_skips(harness):
     assert harness.manager.backends["dead"].breaker.state == "open"
     assert await codes(harness, 4) == [200, 200, 200, 200]
 
+    # A state's JSON is read-only once given to the manager: a copy changes.
+    state = copy.deepcopy(state)
     state["clusters"]["main"]["servers"] = ["dead"]
     harness.manager.apply(StoreState(6, state))
     started = reactor.seconds()

@@ -156,6 +156,7 @@ class AdminAPI:
         maxBodySize: int = 1_048_576,
         metrics: Optional[IResource] = None,
         ready: Optional[Callable[[], bool]] = None,
+        parser: Optional[CatalogParser] = None,
     ) -> None:
         """
         @param store: the L{gateway.interfaces.IStore} provider to serve.
@@ -174,6 +175,11 @@ class AdminAPI:
             global reactor.
         @param maxBodySize: the largest request body accepted, in bytes;
             larger ones are answered 413.
+        @param parser: the L{CatalogParser} to read store states with; the
+            snapshot manager's (L{SnapshotManager.parser}), so that what
+            the admin validates and what the manager then compiles are the
+            same objects, known by identity (with 10,000 APIs, comparing
+            them all would cost more than the change).
         """
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -187,7 +193,7 @@ class AdminAPI:
         self._stats = stats if stats is not None else _defaultStats
         self._maxBodySize = maxBodySize
         self._metrics = metrics
-        self._parser = CatalogParser()
+        self._parser = parser if parser is not None else CatalogParser()
         self._ready = ready if ready is not None else (lambda: True)
 
     def resource(self) -> IResource:

@@ -59,7 +59,11 @@ class StoreState:
 
     @ivar revision: grows with every commit; 0 for an empty, new store.
     @ivar resources: C{{kind: {name: json-object}}} for every kind in
-        L{KINDS}, read-only.
+        L{KINDS}, read-only, JSON objects included: a new state keeps the
+        objects of the resources its changes left alone, and readers (the
+        L{gateway.model.CatalogParser}) know those by identity, so a JSON
+        object once in a state must never be changed in place (change a
+        copy, in a new state).
     """
 
     revision: int
