@@ -89,10 +89,13 @@ class _Collect(Protocol):
             return
         if self._size > self._limit:
             self._finished.errback(BodyTooLarge(f"more than {self._limit} bytes"))
-        elif reason.check(ResponseDone, PotentialDataLoss):
+        elif isinstance(reason.value, _CLEAN_ENDS):
             self._finished.callback(b"".join(self._parts))
         else:
             self._finished.errback(UpstreamBroken(reason.getErrorMessage()))
+
+
+_CLEAN_ENDS = (ResponseDone, PotentialDataLoss)
 
 
 def _readJSON(response: Any) -> defer.Deferred:
@@ -130,17 +133,9 @@ class Aggregator:
         """
         Fan out, merge, and answer through the proxy's C{after} hooks.
         """
-        d = defer.Deferred.fromCoroutine(self._aggregate(context))
-        context.attributes["gateway.cancel"] = d.cancel
-        d.addCallbacks(
-            self._merged,
-            self._failed,
-            callbackArgs=(context, chain, proxy),
-            errbackArgs=(context, chain, proxy),
-        )
+        _Aggregation(self, context, chain, proxy).start()
 
     def _merged(self, result: Tuple[dict, List[str]], context: Any, chain: Any, proxy: Any) -> None:
-        context.attributes.pop("gateway.cancel", None)
         if context.request._disconnected:
             return
         merged, partial = result
@@ -150,117 +145,233 @@ class Aggregator:
         proxy._answer(context, chain, EarlyResponse(200, merged, headers))
 
     def _failed(self, failure: Failure, context: Any, chain: Any, proxy: Any) -> None:
-        context.attributes.pop("gateway.cancel", None)
         if failure.check(defer.CancelledError) and context.request._disconnected:
             return
         proxy._failed(failure, context, chain)
 
-    async def _aggregate(self, context: Any) -> Tuple[dict, List[str]]:
-        request = context.request
-        body = _requestBody(request)
+
+class _Aggregation:
+    """
+    One aggregated request: its batches of nodes, one after the other, the
+    nodes of a batch at once.
+
+    A plain object with callbacks rather than a coroutine over a
+    L{defer.DeferredList}, and one timer per batch for every node's
+    C{timeout} (from when the batch starts, until its JSON is read) rather
+    than one per node: an aggregation is several upstream exchanges per
+    request, so what each costs counts several times.
+    """
+
+    def __init__(self, aggregator: Aggregator, context: Any, chain: Any, proxy: Any) -> None:
+        self._aggregator = aggregator
+        self._reactor = aggregator._reactor
+        self._context = context
+        self._chain = chain
+        self._proxy = proxy
+        self._body: Optional[bytes] = None
         batches: Dict[int, List[Any]] = {}
         for node in context.api.nodes:
             batches.setdefault(node.batch, []).append(node)
-        results: Dict[str, Any] = {}
-        partial: List[str] = []
-        for batchNumber in sorted(batches):
-            nodes = batches[batchNumber]
-            calls: List[defer.Deferred] = []
-            requiredFailure: List[Failure] = []
+        self._batches = [batches[n] for n in sorted(batches)]
+        self._next = 0
+        self._results: Dict[str, Any] = {}
+        self._partial: List[str] = []
+        self._over = False
+        # The batch in flight: per node, its call (None once answered),
+        # outcome, deadline and whether it timed out.
+        self._nodes: List[Any] = []
+        self._calls: List[Optional[defer.Deferred]] = []
+        self._outcomes: List[Any] = []
+        self._deadlines: List[float] = []
+        self._timedOut: List[bool] = []
+        self._pending = 0
+        self._timer: Any = None
 
-            def failFast(
-                failure: Failure,
-                calls: List[defer.Deferred] = calls,
-                requiredFailure: List[Failure] = requiredFailure,
-            ) -> Failure:
-                # A required node failed: the request has failed, so stop
-                # the other calls now instead of waiting for them.
-                if not requiredFailure:
-                    requiredFailure.append(failure)
-                    for call in calls:
-                        call.cancel()
-                return failure
+    def start(self) -> None:
+        self._context.attributes["gateway.cancel"] = self.cancel
+        try:
+            self._body = _requestBody(self._context.request)
+        except Exception:
+            self._fail(Failure())
+            return
+        self._nextBatch()
 
-            for node in nodes:
-                call = self._call(context, node, body, results)
-                if node.required:
-                    call.addErrback(failFast)
-                calls.append(call)
-                if requiredFailure:
-                    break
-            # consumeErrors: every failure is handled below, none is "lost".
-            gathered = defer.DeferredList(calls, consumeErrors=True)
-            try:
-                outcomes = await gathered
-            except defer.CancelledError:
-                for call in calls:
-                    call.cancel()
-                raise
-            if requiredFailure:
-                requiredFailure[0].raiseException()
-            for node, (ok, value) in zip(nodes, outcomes):
-                if ok:
-                    results[node.attrName] = value
-                else:
-                    log.info(
-                        "optional node {attr} of {api} failed: {error}",
-                        attr=node.attrName,
-                        api=context.api.name,
-                        error=value.getErrorMessage(),
-                    )
-                    results[node.attrName] = None
-                    partial.append(node.attrName)
-        return results, partial
-
-    def _call(self, context: Any, node: Any, body: Optional[bytes], results: dict) -> Any:
+    def cancel(self) -> None:
         """
-        One node request; a required node's failure cancels its siblings.
+        Stop: the client went away (or the request is cut short).
         """
+        self._fail(Failure(defer.CancelledError()))
+
+    # -- batches --------------------------------------------------------------
+
+    def _nextBatch(self) -> None:
+        if self._next == len(self._batches):
+            self._finish()
+            return
+        nodes = self._nodes = self._batches[self._next]
+        self._next += 1
+        count = len(nodes)
+        self._calls = [None] * count
+        self._outcomes = [None] * count
+        self._timedOut = [False] * count
+        now = self._reactor.seconds()
+        self._deadlines = [now + node.timeout for node in nodes]
+        self._pending = count
+        batch = self._next
+        for i, node in enumerate(nodes):
+            self._startNode(i, node)
+            if self._over or self._next != batch:
+                # Over, or this batch was done at once (its last node
+                # answered synchronously) and the next one started.
+                return
+        if self._pending:
+            self._armTimer()
+
+    def _batchDone(self) -> None:
+        self._cancelTimer()
+        results, partial = self._results, self._partial
+        for node, (ok, value) in zip(self._nodes, self._outcomes):
+            if ok:
+                results[node.attrName] = value
+            else:
+                log.info(
+                    "optional node {attr} of {api} failed: {error}",
+                    attr=node.attrName,
+                    api=self._context.api.name,
+                    error=value.getErrorMessage(),
+                )
+                results[node.attrName] = None
+                partial.append(node.attrName)
+        self._nextBatch()
+
+    # -- one node -----------------------------------------------------------------
+
+    def _startNode(self, i: int, node: Any) -> None:
+        context = self._context
         cluster = context.snapshot.clusters[node.clusterName]
         backend = cluster.choose(context.clientIP)
         if backend is None:
-            return defer.fail(NoBackendAvailable(f"cluster {cluster.name!r}: no server"))
+            self._nodeFailed(Failure(NoBackendAvailable(f"cluster {cluster.name!r}: no server")), i)
+            return
         request = context.request
         if node.rewrite is not None:
-            uri = node.rewrite.expand(context.params, request, results)
+            uri = node.rewrite.expand(context.params, request, self._results)
         else:
             uri = request.uri
+        body = self._body
         producer = BytesBodyProducer(body) if body is not None else None
         backend.requestStarted()
-        sentAt = self._reactor.seconds()
-        d = self._client.request(
-            backend, request.method, uri, context.upstreamHeaders, producer, node.timeout
+        reactor = self._reactor
+        sentAt = reactor.seconds()
+        # No timeout of the client's: the batch's timer bounds the whole
+        # exchange, connecting and reading the body included.
+        d = self._aggregator._client.request(
+            backend, request.method, uri, context.upstreamHeaders, producer, None
         )
         latency: List[Optional[float]] = [None]
 
         def gotResponse(response: Any) -> Any:
-            latency[0] = self._reactor.seconds() - sentAt
+            latency[0] = reactor.seconds() - sentAt
             if backend.isFailureStatus(response.code):
                 response.deliverBody(Protocol())
                 raise NodeFailed(f"status {response.code}")
             return _readJSON(response)
 
-        def done(result: Any) -> Any:
-            if isinstance(result, Failure):
-                cancelled = result.check(defer.CancelledError) and not latency[0]
-                backend.requestFinished(latency[0], None if cancelled else False)
+        def answered(value: Any) -> None:
+            backend.requestFinished(latency[0], True)
+            self._nodeAnswered(value, i)
+
+        def failed(failure: Failure) -> None:
+            if self._timedOut[i]:
+                backend.requestFinished(latency[0], False)
+                failure = Failure(UpstreamTimeout(f"no complete answer within {node.timeout:g}s"))
+            elif failure.check(defer.CancelledError) and not latency[0]:
+                # Stopped by us before an answer: not the server's fault.
+                backend.requestFinished(None, None)
             else:
-                backend.requestFinished(latency[0], True)
-            return result
+                backend.requestFinished(latency[0], False)
+            self._nodeFailed(failure, i)
 
+        self._calls[i] = d
         d.addCallback(gotResponse)
-        # The body read is bounded by the timeout too.
-        d.addTimeout(node.timeout, self._reactor, onTimeoutCancel=_timedOut)
-        d.addBoth(done)
-        return d
+        d.addCallbacks(answered, failed)
 
+    def _nodeAnswered(self, value: Any, i: int) -> None:
+        if self._over or self._calls[i] is None:
+            return
+        self._calls[i] = None
+        self._outcomes[i] = (True, value)
+        self._pending -= 1
+        if not self._pending:
+            self._batchDone()
 
-def _timedOut(result: Any, timeout: float) -> Any:
-    # Called only when the timeout fired and cancelled the call, whatever
-    # error the cancellation surfaced as.
-    if isinstance(result, Failure):
-        raise UpstreamTimeout(f"no complete answer within {timeout:g}s")
-    return result
+    def _nodeFailed(self, failure: Failure, i: int) -> None:
+        if self._over:
+            return
+        self._calls[i] = None
+        if self._nodes[i].required:
+            # The request has failed: stop the other calls now instead of
+            # waiting for them.
+            self._fail(failure)
+            return
+        self._outcomes[i] = (False, failure)
+        self._pending -= 1
+        if not self._pending:
+            self._batchDone()
+
+    # -- the timer ------------------------------------------------------------------
+
+    def _armTimer(self) -> None:
+        deadlines = self._deadlines
+        soonest = min(d for d, call in zip(deadlines, self._calls) if call is not None)
+        self._timer = self._reactor.callLater(
+            max(0.0, soonest - self._reactor.seconds()), self._timerFired
+        )
+
+    def _cancelTimer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+
+    def _timerFired(self) -> None:
+        self._timer = None
+        now = self._reactor.seconds()
+        batch = self._next
+        calls = self._calls
+        for i, deadline in enumerate(self._deadlines):
+            if self._over or self._next != batch:
+                # Cancelling ended the request, or its batch.
+                return
+            call = calls[i]
+            if call is not None and deadline <= now:
+                self._timedOut[i] = True
+                call.cancel()
+        if self._pending:
+            self._armTimer()
+
+    # -- the end ------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        self._over = True
+        self._cancelTimer()
+        self._context.attributes.pop("gateway.cancel", None)
+        self._aggregator._merged(
+            (self._results, self._partial), self._context, self._chain, self._proxy
+        )
+
+    def _fail(self, failure: Failure) -> None:
+        if self._over:
+            return
+        self._over = True
+        self._cancelTimer()
+        calls, self._calls = self._calls, []
+        for call in calls:
+            if call is not None:
+                call.cancel()
+        self._context.attributes.pop("gateway.cancel", None)
+        self._aggregator._failed(failure, self._context, self._chain, self._proxy)
 
 
 def _requestBody(request: Any) -> Optional[bytes]:

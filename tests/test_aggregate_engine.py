@@ -1,0 +1,210 @@
+"""
+The aggregation engine (L{gateway.aggregate}) on a L{Clock}, with an
+in-memory upstream client whose answers the tests give: node timeouts
+from one timer per batch, synchronous answers and failures, and what each
+backend is told.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+
+from gateway.aggregate import Aggregator
+from gateway.errors import UpstreamConnectError
+from gateway.fastrequest import GatewayRequest
+from gateway.filters import FilterRegistry
+from gateway.httpserver import LimitedSite
+from gateway.proxy import GatewayResource
+from gateway.snapshot import SnapshotManager
+from gateway.store import StoreState
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class Answer:
+    """
+    An upstream response with a body given at once.
+    """
+
+    def __init__(self, code: int, body: bytes) -> None:
+        self.code = code
+        self.phrase = b"OK"
+        self.headers = Headers()
+        self.length = len(body)
+        self._body = body
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(self._body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class Client:
+    """
+    An upstream client whose calls wait for the test, or fail at once for
+    the servers in C{refuse}.
+    """
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[str, bytes, Deferred, Optional[float]]] = []
+        self.refuse: set = set()
+        self.cancelled: List[bytes] = []
+
+    def request(self, backend, method, uri, headers, bodyProducer=None, timeout=None):
+        if backend.name in self.refuse:
+            return fail(UpstreamConnectError("refused"))
+        d: Deferred = Deferred(lambda d: self.cancelled.append(uri))
+        self.calls.append((backend.name, uri, d, timeout))
+        return d
+
+    def answer(self, uri: bytes, code: int = 200, value: Any = None) -> None:
+        for _, called, d, _ in self.calls:
+            if called == uri and not d.called:
+                d.callback(Answer(code, json.dumps(value).encode()))
+                return
+        raise AssertionError(f"no call to {uri!r} waits")
+
+
+def node(attr: str, path: str, cluster: str = "c", **extra: Any) -> Dict[str, Any]:
+    return dict({"cluster": cluster, "attrName": attr, "urlRewrite": path}, **extra)
+
+
+class AggregationEngineTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = Client()
+
+    def serve(self, *nodes: Dict[str, Any]) -> Tuple[StringTransport, Any]:
+        manager = SnapshotManager(FilterRegistry({}), self.clock)
+        manager.apply(
+            StoreState(
+                1,
+                {
+                    "servers": {
+                        "s": {"name": "s", "addr": "127.0.0.1:1"},
+                        "down": {"name": "down", "addr": "127.0.0.1:2"},
+                    },
+                    "clusters": {
+                        "c": {"name": "c", "servers": ["s"]},
+                        "d": {"name": "d", "servers": ["down"]},
+                    },
+                    "apis": {"agg": {"name": "agg", "urlPattern": "/agg", "nodes": list(nodes)}},
+                    "routings": {},
+                },
+            )
+        )
+        self.manager = manager
+        resource = GatewayResource(
+            manager, self.client, self.clock, aggregator=Aggregator(self.client, self.clock)
+        )
+        site = LimitedSite(resource, reactor=self.clock, requestFactory=GatewayRequest)
+        channel = site.buildProtocol(PEER)
+        transport = StringTransport(peerAddress=PEER)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /agg HTTP/1.1\r\nHost: gw\r\n\r\n")
+        return transport, channel
+
+    def answerOf(self, transport: StringTransport) -> Tuple[int, Dict[str, str], Any]:
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.decode().lower()] = value.strip().decode()
+        return int(lines[0].split(b" ")[1]), headers, json.loads(body)
+
+    def test_one_timer_per_batch(self) -> None:
+        """
+        The nodes of a batch share one timer, and the client is asked for
+        no timer of its own: the batch's bounds the whole exchange.
+        """
+        transport, _ = self.serve(node("a", "/a"), node("b", "/b"), node("c", "/c"))
+        self.assertEqual([c[3] for c in self.client.calls], [None, None, None])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)  # + the connection's
+        for uri, value in ((b"/a", 1), (b"/b", 2), (b"/c", 3)):
+            self.client.answer(uri, value=value)
+        self.assertEqual(self.answerOf(transport)[2], {"a": 1, "b": 2, "c": 3})
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_each_node_its_own_timeout(self) -> None:
+        """
+        An optional node times out after its own C{timeout}; a node with a
+        longer one is still waited for, and answers.
+        """
+        transport, _ = self.serve(
+            node("fast", "/fast", timeout=1, required=False), node("slow", "/slow", timeout=5)
+        )
+        self.clock.advance(1)
+        self.assertEqual(self.client.cancelled, [b"/fast"])
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(3)
+        self.client.answer(b"/slow", value="late")
+        code, headers, body = self.answerOf(transport)
+        self.assertEqual((code, body), (200, {"fast": None, "slow": "late"}))
+        self.assertEqual(headers["x-gateway-partial"], "fast")
+        backend = self.manager.backends["s"]
+        self.assertEqual(backend.active, 0)
+
+    def test_required_timeout(self) -> None:
+        """
+        A required node that times out fails the request with 504 and
+        cancels its siblings; the timed-out server is judged, the
+        cancelled one is not.
+        """
+        transport, _ = self.serve(node("a", "/a", timeout=2), node("b", "/b", timeout=9))
+        self.clock.advance(2)
+        code, _, body = self.answerOf(transport)
+        self.assertEqual(code, 504)
+        self.assertEqual(sorted(self.client.cancelled), [b"/a", b"/b"])
+        self.assertEqual(self.manager.backends["s"].active, 0)
+
+    def test_synchronous_failures_then_next_batch(self) -> None:
+        """
+        Optional nodes that fail at once (their server refuses) leave a
+        batch done at once, and the next batch runs.
+        """
+        self.client.refuse.add("down")
+        transport, _ = self.serve(
+            node("x", "/x", cluster="d", required=False),
+            node("y", "/y", cluster="d", required=False),
+            node("z", "/z", batch=1),
+        )
+        self.assertEqual([c[1] for c in self.client.calls], [b"/z"])
+        self.client.answer(b"/z", value={"ok": True})
+        code, headers, body = self.answerOf(transport)
+        self.assertEqual((code, body), (200, {"x": None, "y": None, "z": {"ok": True}}))
+        self.assertEqual(headers["x-gateway-partial"], "x,y")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_required_failure_at_once(self) -> None:
+        """
+        A required node that fails at once fails the request before its
+        later siblings are even asked.
+        """
+        self.client.refuse.add("down")
+        transport, _ = self.serve(node("x", "/x", cluster="d"), node("y", "/y"))
+        self.assertEqual(self.client.calls, [])
+        self.assertEqual(self.answerOf(transport)[0], 502)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_client_gone(self) -> None:
+        """
+        A client that goes away cancels the calls in flight and the timer;
+        nothing is written.
+        """
+        transport, channel = self.serve(node("a", "/a"), node("b", "/b"))
+        self.client.answer(b"/a", value=1)
+        channel.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(self.client.cancelled, [b"/b"])
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
