@@ -15,8 +15,9 @@ C{postpath} is made when read, the head and the first body bytes go out in
 one write, and L{GatewayRequest.notifyDone} calls a function back instead
 of firing a Deferred.  What it sends is byte for byte what
 L{twisted.web.server.Request} sends; whatever it does not handle itself (an
-encoder, a faked C{HEAD}, a channel that is not an L{HTTPChannel}) goes
-the general way.
+encoder, a faked C{HEAD}, a channel that writes otherwise than
+L{HTTPChannel} and L{gateway.httpserver.GatewayHTTPChannel}) goes the
+general way.
 
 L{Headers} canonicalises a name and sanitises every value on each
 C{setRawHeaders}, and encodes the name again on each C{getRawHeaders}.  When
@@ -146,8 +147,8 @@ _CHUNKED = [b"chunked"]
 _NO_BODY_CODES = NO_BODY_CODES
 _HTTPChannel = HTTPChannel
 
-#: Channel classes the fast write path may be used with: those that write
-#: a head as L{HTTPChannel} does.
+#: Channel classes the fast write path may be used with (whether each is):
+#: those that write to their transport as L{HTTPChannel} does.
 _plainChannels: Dict[type, bool] = {}
 
 
