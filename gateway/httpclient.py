@@ -42,6 +42,7 @@ from gateway.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
 from gateway.fastrequest import RAW_HEADERS
 from gateway.interfaces import IUpstreamClient
 from gateway.upstream import BytesBodyProducer, CachedEndpointFactory
+from gateway.writesoon import writeSoon
 
 log = Logger()
 
@@ -626,7 +627,7 @@ class _Connection(Protocol):
         self.state = _HEAD
         self.got = False
         self.scan = 0
-        self.transport.write(req.data)
+        writeSoon(self.transport, req.data)
         producer = req.producer
         if producer is not None:
             consumer = self.consumer = _BodyConsumer(self, producer, req.chunked, req.length)

@@ -73,6 +73,7 @@ from zope.interface import implementer
 from gateway.endpoints import splitEndpoint
 from gateway.fastrequest import headerKey, rawHeadersOf
 from gateway.schema import Bool, Int, Nullable, Num, field
+from gateway.writesoon import writeSoon
 
 log = Logger()
 
@@ -842,10 +843,14 @@ class GatewayHTTPChannel(Protocol):
         return self.timeOut or self.limits.idleTimeout
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        """
+        Write (part of) an answer: sent on the reactor's next turn (see
+        L{gateway.writesoon}).
+        """
+        writeSoon(self.transport, data)
 
     def writeSequence(self, iovec: Any) -> None:
-        self.transport.writeSequence(iovec)  # type: ignore[union-attr]
+        writeSoon(self.transport, b"".join(iovec))
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         """
@@ -861,7 +866,7 @@ class GatewayHTTPChannel(Protocol):
             for value in values:
                 head.extend((name, b": ", value, b"\r\n"))
         head.append(b"\r\n")
-        self.transport.write(b"".join(head))  # type: ignore[union-attr]
+        writeSoon(self.transport, b"".join(head))
 
     def getPeer(self) -> Any:
         return self.transport.getPeer()  # type: ignore[union-attr]

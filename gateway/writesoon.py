@@ -1,0 +1,142 @@
+"""
+Write to TCP connections without asking the reactor to watch each one.
+
+A TCP transport's C{write} buffers the bytes and asks the reactor to watch
+the socket for writing (an C{epoll_ctl} call); on its next turn the reactor
+reports the socket writable (one more event to dispatch), the transport
+sends, and stops the watching (another C{epoll_ctl}).  A proxy writes each
+request upstream and each answer back in one piece, into sockets that can
+almost always take them, so that is two system calls and one event per
+write, four and two per request, for nothing.
+
+L{writeSoon} puts the bytes in the very buffer C{write} uses (so they keep
+their order with every other write), and sends the buffers of every
+connection written so on the reactor's next turn, before it polls: the
+writes of one turn still go out together, as they would have, minus the
+watching.  Whatever a socket does not take is left to the reactor, as
+usual, and so is a connection that is closing or was closed meanwhile.
+
+It applies to Twisted's own TCP connections without TLS, when their buffers
+are where this module expects them (checked once, at import:
+L{SUPPORTED}); any other transport (TLS, a test's C{StringTransport}, a
+Twisted that buffers otherwise) is simply written to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from twisted.internet import abstract, tcp
+from twisted.logger import Logger
+
+__all__ = ["SUPPORTED", "writeSoon"]
+
+log = Logger()
+
+
+def _buffersKnown() -> bool:
+    """
+    @return: whether L{abstract.FileDescriptor} buffers and sends as this
+        module expects.
+    """
+    probe = abstract.FileDescriptor.__new__(abstract.FileDescriptor)
+    try:
+        abstract.FileDescriptor.__init__(probe)
+    except Exception:
+        return False
+    names = ("dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen", "_writeDisconnected")
+    return (
+        all(hasattr(probe, name) for name in names)
+        and isinstance(probe._tempDataBuffer, list)
+        and callable(getattr(probe, "_maybePauseProducer", None))
+        and hasattr(tcp.Connection, "TLS")
+    )
+
+
+#: Whether L{writeSoon} can defer sends on this Twisted.
+SUPPORTED = _buffersKnown()
+
+_kinds: Dict[type, bool] = {}
+
+
+def _isPlainTCP(kind: type) -> bool:
+    plain = _kinds.get(kind)
+    if plain is None:
+        plain = _kinds[kind] = (
+            SUPPORTED
+            and issubclass(kind, tcp.Connection)
+            and kind.write is tcp.Connection.write
+            and kind.doWrite is abstract.FileDescriptor.doWrite
+            and kind.writeSomeData is tcp.Connection.writeSomeData
+        )
+    return plain
+
+
+class _Flusher:
+    """
+    The connections of one reactor with bytes to send on its next turn.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._pending: List[Any] = []
+
+    def add(self, transport: Any) -> None:
+        pending = self._pending
+        if not pending:
+            self._reactor.callLater(0, self._flush)
+        pending.append(transport)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for transport in pending:
+            if (
+                not transport.connected
+                or transport.disconnecting
+                or getattr(transport, "_aborting", False)
+                or transport._writeDisconnected
+                or not (transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
+            ):
+                # Closed, or closing (the reactor sends what is left), or
+                # sent already.
+                continue
+            try:
+                why = transport.doWrite()
+            except Exception:
+                log.failure("sending to {transport} failed", transport=transport)
+                why = True
+            if why is not None or transport._tempDataLen or transport.dataBuffer:
+                # The socket took part of it, or failed: the reactor goes
+                # on, and reports a failure as it always does.
+                transport.startWriting()
+
+
+_flushers: Dict[int, _Flusher] = {}
+
+
+def writeSoon(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, sent on the reactor's next turn without
+    watching the socket (see the module docstring).
+
+    @param transport: any transport.
+    @param data: the bytes to send.
+    """
+    if not data or not _isPlainTCP(type(transport)) or transport.TLS or transport.disconnecting:
+        transport.write(data)
+        return
+    if not transport.connected or transport._writeDisconnected:
+        return
+    queued = transport._tempDataLen or len(transport.dataBuffer) > transport.offset
+    transport._tempDataBuffer.append(data)
+    transport._tempDataLen += len(data)
+    transport._maybePauseProducer()
+    if queued:
+        # Already waiting to be sent: by the reactor (it is watched) or by
+        # the flush to come.
+        return
+    reactor = transport.reactor
+    flusher = _flushers.get(id(reactor))
+    if flusher is None or flusher._reactor is not reactor:
+        flusher = _flushers[id(reactor)] = _Flusher(reactor)
+    flusher.add(transport)
