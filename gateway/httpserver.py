@@ -531,13 +531,7 @@ class GatewayHTTPChannel(Protocol):
         self._armTimer(self.limits.headerTimeout)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._state = _DONE
-        self._buffer = b""
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            if timer.active():
-                timer.cancel()
+        self._close()
         aborting = self._abortingCall
         if aborting is not None:
             self._abortingCall = None
@@ -959,6 +953,18 @@ class GatewayHTTPChannel(Protocol):
 
     # -- timers -----------------------------------------------------------------
 
+    def _close(self) -> None:
+        """
+        Read no more requests: drop what is buffered, stop the timer.
+        """
+        self._state = _DONE
+        self._buffer = b""
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+
     def _armTimer(self, seconds: float) -> None:
         """
         Make sure the connection's timer fires within C{seconds}.
@@ -1033,13 +1039,7 @@ class GatewayHTTPChannel(Protocol):
         state = self._state
         if state == _DONE:
             return
-        self._state = _DONE
-        self._buffer = b""
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            if timer.active():
-                timer.cancel()
+        self._close()
         transport: Any = self.transport
         if transport is None:
             return
