@@ -61,61 +61,120 @@ class BodyTooLarge(UpstreamBroken):
     reason = "upstream answer too large to aggregate"
 
 
-class _Collect(Protocol):
+_CLEAN_ENDS = (ResponseDone, PotentialDataLoss)
+
+
+class _NodeCall(Protocol):
     """
-    Collects a response body, up to a limit.
+    One node's exchange: the request, then its JSON body, collected up to
+    L{MAX_NODE_BODY} bytes and decoded; the end (an answer or an error) is
+    reported to the aggregation once, with the backend told first.
 
-    @ivar transport: the response's producer (pause/resume/stopProducing).
+    @ivar transport: once the head is in, the body's producer.
     """
 
-    transport: Any
+    transport: Any = None
 
-    def __init__(self, finished: defer.Deferred, limit: int) -> None:
-        self._finished = finished
-        self._limit = limit
+    def __init__(self, aggregation: _Aggregation, index: int, node: Any, backend: Any) -> None:
+        self._aggregation = aggregation
+        self._index = index
+        self._node = node
+        self._backend = backend
+        self._reactor = aggregation._reactor
+        self._sentAt = 0.0
+        self._deferred: Optional[defer.Deferred] = None
+        self._latency: Optional[float] = None
+        self._code = 0
         self._parts: List[bytes] = []
         self._size = 0
+        self._cancelled = False
+        self._over = False
+
+    def start(self, deferred: defer.Deferred) -> None:
+        """
+        @param deferred: the client's call, fired with the response head.
+        """
+        self._sentAt = self._reactor.seconds()
+        self._deferred = deferred
+        deferred.addCallbacks(self._head, self._headFailed)
+
+    def cancel(self) -> None:
+        """
+        Stop the exchange: its end is then reported as a failure (now
+        before the head, once the connection is cut during the body).
+        """
+        self._cancelled = True
+        deferred = self._deferred
+        if deferred is not None:
+            deferred.cancel()
+        elif self.transport is not None and not self._over:
+            self.transport.stopProducing()
+
+    # -- the client's call ------------------------------------------------------
+
+    def _head(self, response: Any) -> None:
+        self._deferred = None
+        self._latency = self._reactor.seconds() - self._sentAt
+        code = response.code
+        if self._backend.isFailureStatus(code):
+            response.deliverBody(Protocol())
+            self._end(Failure(NodeFailed(f"status {code}")))
+            return
+        self._code = code
+        response.deliverBody(self)
+
+    def _headFailed(self, failure: Failure) -> None:
+        self._deferred = None
+        self._end(failure)
+
+    # -- the body ----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         self._size += len(data)
-        if self._size > self._limit:
+        if self._size > MAX_NODE_BODY:
             self._parts = []
             self.transport.stopProducing()
             return
         self._parts.append(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._finished.called:
-            return
-        if self._size > self._limit:
-            self._finished.errback(BodyTooLarge(f"more than {self._limit} bytes"))
-        elif isinstance(reason.value, _CLEAN_ENDS):
-            self._finished.callback(b"".join(self._parts))
+        if self._size > MAX_NODE_BODY:
+            self._end(Failure(BodyTooLarge(f"more than {MAX_NODE_BODY} bytes")))
+        elif not isinstance(reason.value, _CLEAN_ENDS):
+            self._end(Failure(UpstreamBroken(reason.getErrorMessage())))
+        elif not 200 <= self._code < 300:
+            self._end(Failure(NodeFailed(f"status {self._code}")))
         else:
-            self._finished.errback(UpstreamBroken(reason.getErrorMessage()))
+            try:
+                value = json.loads(b"".join(self._parts))
+            except ValueError as e:
+                self._end(Failure(NodeFailed(f"answer is not JSON: {e}")))
+                return
+            self._end(None, value)
 
-
-_CLEAN_ENDS = (ResponseDone, PotentialDataLoss)
-
-
-def _readJSON(response: Any) -> defer.Deferred:
-    def cancel(d: defer.Deferred) -> None:
-        if collector.transport is not None:
-            collector.transport.stopProducing()
-
-    finished: defer.Deferred = defer.Deferred(cancel)
-    collector = _Collect(finished, MAX_NODE_BODY)
-    response.deliverBody(collector)
-
-    def decode(body: bytes) -> Any:
-        if not 200 <= response.code < 300:
-            raise NodeFailed(f"status {response.code}")
-        try:
-            return json.loads(body)
-        except ValueError as e:
-            raise NodeFailed(f"answer is not JSON: {e}")
-
-    return finished.addCallback(decode)
+    def _end(self, failure: Optional[Failure], value: Any = None) -> None:
+        if self._over:
+            return
+        self._over = True
+        self._parts = []
+        aggregation = self._aggregation
+        index = self._index
+        if failure is None:
+            self._backend.requestFinished(self._latency, True)
+            aggregation._nodeAnswered(value, index)
+            return
+        if aggregation._timedOut[index]:
+            self._backend.requestFinished(self._latency, False)
+            failure = Failure(
+                UpstreamTimeout(f"no complete answer within {self._node.timeout:g}s")
+            )
+        elif self._cancelled:
+            # Stopped by us (the client left, a sibling failed): not the
+            # server's fault.
+            self._backend.requestFinished(self._latency, None)
+        else:
+            self._backend.requestFinished(self._latency, False)
+        aggregation._nodeFailed(failure, index)
 
 
 class Aggregator:
@@ -169,10 +228,7 @@ class _Aggregation:
         self._chain = chain
         self._proxy = proxy
         self._body: Optional[bytes] = None
-        batches: Dict[int, List[Any]] = {}
-        for node in context.api.nodes:
-            batches.setdefault(node.batch, []).append(node)
-        self._batches = [batches[n] for n in sorted(batches)]
+        self._batches = context.api.batches
         self._next = 0
         self._results: Dict[str, Any] = {}
         self._partial: List[str] = []
@@ -180,7 +236,7 @@ class _Aggregation:
         # The batch in flight: per node, its call (None once answered),
         # outcome, deadline and whether it timed out.
         self._nodes: List[Any] = []
-        self._calls: List[Optional[defer.Deferred]] = []
+        self._calls: List[Optional[_NodeCall]] = []
         self._outcomes: List[Any] = []
         self._deadlines: List[float] = []
         self._timedOut: List[bool] = []
@@ -261,40 +317,14 @@ class _Aggregation:
         body = self._body
         producer = BytesBodyProducer(body) if body is not None else None
         backend.requestStarted()
-        reactor = self._reactor
-        sentAt = reactor.seconds()
+        call = self._calls[i] = _NodeCall(self, i, node, backend)
         # No timeout of the client's: the batch's timer bounds the whole
         # exchange, connecting and reading the body included.
-        d = self._aggregator._client.request(
-            backend, request.method, uri, context.upstreamHeaders, producer, None
+        call.start(
+            self._aggregator._client.request(
+                backend, request.method, uri, context.upstreamHeaders, producer, None
+            )
         )
-        latency: List[Optional[float]] = [None]
-
-        def gotResponse(response: Any) -> Any:
-            latency[0] = reactor.seconds() - sentAt
-            if backend.isFailureStatus(response.code):
-                response.deliverBody(Protocol())
-                raise NodeFailed(f"status {response.code}")
-            return _readJSON(response)
-
-        def answered(value: Any) -> None:
-            backend.requestFinished(latency[0], True)
-            self._nodeAnswered(value, i)
-
-        def failed(failure: Failure) -> None:
-            if self._timedOut[i]:
-                backend.requestFinished(latency[0], False)
-                failure = Failure(UpstreamTimeout(f"no complete answer within {node.timeout:g}s"))
-            elif failure.check(defer.CancelledError) and not latency[0]:
-                # Stopped by us before an answer: not the server's fault.
-                backend.requestFinished(None, None)
-            else:
-                backend.requestFinished(latency[0], False)
-            self._nodeFailed(failure, i)
-
-        self._calls[i] = d
-        d.addCallback(gotResponse)
-        d.addCallbacks(answered, failed)
 
     def _nodeAnswered(self, value: Any, i: int) -> None:
         if self._over or self._calls[i] is None:

@@ -104,9 +104,19 @@ class CompiledAPI:
     @ivar filters: the API's own filters, run after the global ones.
     @ivar routings: the routing rules that apply to it, in evaluation order.
     @ivar aggregate: whether it fans out to several nodes.
+    @ivar batches: its nodes grouped by C{batch}, in ascending order.
     """
 
-    __slots__ = ("name", "config", "pattern", "nodes", "filters", "routings", "aggregate")
+    __slots__ = (
+        "name",
+        "config",
+        "pattern",
+        "nodes",
+        "filters",
+        "routings",
+        "aggregate",
+        "batches",
+    )
 
     def __init__(
         self,
@@ -123,6 +133,10 @@ class CompiledAPI:
         self.filters = filters
         self.routings = routings
         self.aggregate = len(nodes) > 1
+        grouped: Dict[int, List[CompiledNode]] = {}
+        for node in nodes:
+            grouped.setdefault(node.batch, []).append(node)
+        self.batches = tuple(tuple(grouped[n]) for n in sorted(grouped))
 
 
 class Snapshot:
