@@ -165,9 +165,7 @@ class _NodeCall(Protocol):
             return
         if aggregation._timedOut[index]:
             self._backend.requestFinished(self._latency, False)
-            failure = Failure(
-                UpstreamTimeout(f"no complete answer within {self._node.timeout:g}s")
-            )
+            failure = Failure(UpstreamTimeout(f"no complete answer within {self._node.timeout:g}s"))
         elif self._cancelled:
             # Stopped by us (the client left, a sibling failed): not the
             # server's fault.
@@ -352,8 +350,10 @@ class _Aggregation:
     # -- the timer ------------------------------------------------------------------
 
     def _armTimer(self) -> None:
-        deadlines = self._deadlines
-        soonest = min(d for d, call in zip(deadlines, self._calls) if call is not None)
+        waiting = [d for d, call in zip(self._deadlines, self._calls) if call is not None]
+        if not waiting:
+            return
+        soonest = min(waiting)
         self._timer = self._reactor.callLater(
             max(0.0, soonest - self._reactor.seconds()), self._timerFired
         )
@@ -378,7 +378,7 @@ class _Aggregation:
             if call is not None and deadline <= now:
                 self._timedOut[i] = True
                 call.cancel()
-        if self._pending:
+        if not self._over and self._next == batch and self._pending:
             self._armTimer()
 
     # -- the end ------------------------------------------------------------------

@@ -49,6 +49,23 @@ class Answer:
         protocol.connectionLost(Failure(ResponseDone()))
 
 
+class HeldAnswer(Answer):
+    """
+    A response whose body starts but does not end until stopped: stopping
+    it cuts the connection, as the real client does.
+    """
+
+    def deliverBody(self, protocol: Any) -> None:
+        producer = StringTransport()
+
+        def stop() -> None:
+            protocol.connectionLost(Failure(ConnectionError("aborted")))
+
+        producer.stopProducing = stop  # type: ignore[method-assign]
+        protocol.makeConnection(producer)
+        protocol.dataReceived(self._body[:1])
+
+
 class Client:
     """
     An upstream client whose calls wait for the test, or fail at once for
@@ -67,10 +84,10 @@ class Client:
         self.calls.append((backend.name, uri, d, timeout))
         return d
 
-    def answer(self, uri: bytes, code: int = 200, value: Any = None) -> None:
+    def answer(self, uri: bytes, code: int = 200, value: Any = None, kind: Any = Answer) -> None:
         for _, called, d, _ in self.calls:
             if called == uri and not d.called:
-                d.callback(Answer(code, json.dumps(value).encode()))
+                d.callback(kind(code, json.dumps(value).encode()))
                 return
         raise AssertionError(f"no call to {uri!r} waits")
 
@@ -208,3 +225,31 @@ class AggregationEngineTests(SynchronousTestCase):
         self.assertEqual(self.client.cancelled, [b"/b"])
         self.assertEqual(transport.value(), b"")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        # The cancelled call is not held against its server.
+        backend = self.manager.backends["s"]
+        self.assertEqual((backend.active, backend.failures), (0, 0))
+
+    def test_stopped_mid_body_not_judged(self) -> None:
+        """
+        A node whose body was being read when a required sibling failed is
+        stopped, and its server is not blamed for it; the sibling's is.
+        """
+        transport, _ = self.serve(node("a", "/a"), node("b", "/b", cluster="d", timeout=2))
+        self.client.answer(b"/a", value={"x": 1}, kind=HeldAnswer)
+        self.assertEqual(self.manager.backends["s"].active, 1)
+        self.clock.advance(2)
+        self.assertEqual(self.answerOf(transport)[0], 504)
+        reading, late = self.manager.backends["s"], self.manager.backends["down"]
+        self.assertEqual((reading.active, reading.failures), (0, 0))
+        self.assertEqual((late.active, late.failures), (0, 1))
+
+    def test_timeout_judged(self) -> None:
+        """
+        A node that timed out counts as a failure of its server; the
+        sibling stopped because of it does not.
+        """
+        self.serve(node("a", "/a", timeout=2), node("b", "/b", cluster="d", timeout=9))
+        self.clock.advance(2)
+        self.assertEqual(self.manager.backends["s"].failures, 1)
+        self.assertEqual(self.manager.backends["down"].failures, 0)
+        self.assertEqual(self.manager.backends["down"].active, 0)
