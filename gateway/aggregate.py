@@ -29,7 +29,6 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone
 
 from gateway.errors import (
     EarlyResponse,
@@ -38,7 +37,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from gateway.upstream import BytesBodyProducer
+from gateway.upstream import CLEAN_ENDS, BytesBodyProducer
 
 log = Logger()
 
@@ -59,9 +58,6 @@ class NodeFailed(UpstreamError):
 
 class BodyTooLarge(UpstreamBroken):
     reason = "upstream answer too large to aggregate"
-
-
-_CLEAN_ENDS = (ResponseDone, PotentialDataLoss)
 
 
 class _NodeCall(Protocol):
@@ -140,7 +136,7 @@ class _NodeCall(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._size > MAX_NODE_BODY:
             self._end(Failure(BodyTooLarge(f"more than {MAX_NODE_BODY} bytes")))
-        elif not isinstance(reason.value, _CLEAN_ENDS):
+        elif not isinstance(reason.value, CLEAN_ENDS):
             self._end(Failure(UpstreamBroken(reason.getErrorMessage())))
         elif not 200 <= self._code < 300:
             self._end(Failure(NodeFailed(f"status {self._code}")))

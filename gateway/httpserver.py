@@ -541,10 +541,6 @@ class GatewayHTTPChannel(Protocol):
         for request in requests:
             request.connectionLost(reason)
 
-    @property
-    def _handlingRequest(self) -> bool:
-        return self._state == _BUSY
-
     def dataReceived(self, data: bytes) -> None:
         """
         Parse request heads and bodies; buffer what arrives while a request
@@ -701,9 +697,10 @@ class GatewayHTTPChannel(Protocol):
             self._allContentReceived()
             return
         if version == b"HTTP/1.1":
-            expect = raw.get(_EXPECT) if raw is not None else None
             if raw is None:
                 expect = requestHeaders.getRawHeaders(b"expect")
+            else:
+                expect = raw.get(_EXPECT)
             if expect and expect[0].lower() == b"100-continue":
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
         self._bodyLimit = limit

@@ -25,8 +25,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
-from twisted.web.http import PotentialDataLoss as HTTPPotentialDataLoss
+from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
@@ -44,7 +43,7 @@ from gateway.errors import (
 from gateway.fastrequest import GatewayRequest as GatewayRequest  # the proxy site's
 from gateway.fastrequest import headerKey, rawHeadersOf
 from gateway.retry import RetryBudget
-from gateway.upstream import BytesBodyProducer
+from gateway.upstream import CLEAN_ENDS, BytesBodyProducer
 
 log = Logger()
 
@@ -229,7 +228,6 @@ class ClientAddresses:
         return address
 
 
-_CLEAN_ENDS = (ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss)
 #: Request methods as the snapshot matches them.
 _METHODS = {
     m: m.decode("ascii")
@@ -269,7 +267,7 @@ class _StreamBody(Protocol):
             # (A request whose client left has let go of its channel, and
             # with it of the producer.)
             request.unregisterProducer()
-        clean = isinstance(reason.value, _CLEAN_ENDS)
+        clean = isinstance(reason.value, CLEAN_ENDS)
         if request._disconnected:
             self._proxy._upstreamDone(context, None)
             return

@@ -21,6 +21,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
+    PotentialDataLoss,
+    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
     _HTTP11ClientFactory,
@@ -30,6 +32,11 @@ from zope.interface import implementer
 
 from gateway.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
 from gateway.interfaces import IUpstreamClient
+
+#: What a response body's C{connectionLost} reason is when the body is
+#: complete: L{ResponseDone}, or L{PotentialDataLoss} at the end of a body
+#: delimited by the connection's close.
+CLEAN_ENDS = (ResponseDone, PotentialDataLoss)
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):

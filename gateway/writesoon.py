@@ -111,7 +111,7 @@ class _Flusher:
                 transport.startWriting()
 
 
-_flushers: Dict[int, _Flusher] = {}
+_flushers: Dict[Any, _Flusher] = {}
 
 
 def writeSoon(transport: Any, data: bytes) -> None:
@@ -136,7 +136,7 @@ def writeSoon(transport: Any, data: bytes) -> None:
         # the flush to come.
         return
     reactor = transport.reactor
-    flusher = _flushers.get(id(reactor))
-    if flusher is None or flusher._reactor is not reactor:
-        flusher = _flushers[id(reactor)] = _Flusher(reactor)
+    flusher = _flushers.get(reactor)
+    if flusher is None:
+        flusher = _flushers[reactor] = _Flusher(reactor)
     flusher.add(transport)
