@@ -312,6 +312,13 @@ def _eagerWrites() -> None:
 
 
 def serve(options: argparse.Namespace) -> int:
+    if options.reactor == "gateway":
+        try:
+            from gateway.reactor import installIfNone
+        except ImportError:
+            pass  # a tree from before gateway.reactor (--tree)
+        else:
+            installIfNone()
     from twisted.internet import reactor
 
     if options.eager_writes:
@@ -384,6 +391,7 @@ def measureAll(options: argparse.Namespace) -> int:
         argv += ["--channel", options.channel, "--requests-class", options.requestClass]
         if options.eager_writes:
             argv.append("--eager-writes")
+        argv += ["--reactor", options.reactor]
         path = options.path
         if options.mode == "gateway":
             port = benchrun.freePort()
@@ -631,6 +639,12 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         "--eager-writes",
         action="store_true",
         help="experiment: TCP transports send at once when nothing is buffered",
+    )
+    parser.add_argument(
+        "--reactor",
+        choices=("gateway", "epoll"),
+        default="gateway",
+        help="the child's reactor: gateway.reactor's (as twistd gateway runs), or Twisted's epoll",
     )
     parser.add_argument(
         "--tree", help="serve the gateway from this copy of the source tree (A/B comparisons)"

@@ -199,7 +199,7 @@ class GatewayService(MultiService):
             self.workerPool = WorkerPool(
                 reactor,
                 workers,
-                workerCommand(config.path),
+                workerCommand(config.path, reactor),
                 healthSource=self.healthStates,
                 onStats=self._workerStats.__setitem__,
             )

@@ -3,6 +3,10 @@ C{twistd gateway}: options and service maker.
 
     twistd -n gateway --config gateway.yaml
 
+It runs on L{gateway.reactor.GatewayReactor} (epoll with less work per
+event) unless twistd is given another reactor: C{twistd -r epoll -n gateway
+--config gateway.yaml}.
+
 A config file that is missing, unreadable or invalid, or that names a
 filter no plugin provides, stops the start with a message naming the key
 at fault and a non-zero exit status.
@@ -32,6 +36,12 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        if self.parent is not None:
+            # Run on the gateway's reactor unless twistd was told another
+            # (-r NAME installs it before this runs).
+            from gateway.reactor import installIfNone
+
+            installIfNone()
         try:
             self._loadConfig()
         except usage.UsageError as e:

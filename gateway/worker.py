@@ -23,8 +23,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway.worker")
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
+    parser.add_argument(
+        "--reactor",
+        choices=("gateway", "default"),
+        default="default",
+        help="gateway: gateway.reactor's (the parent's, when it runs on it)",
+    )
     args = parser.parse_args(argv)
 
+    if args.reactor == "gateway":
+        from gateway.reactor import installIfNone
+
+        installIfNone()
     from twisted.internet import reactor
     from twisted.logger import FileLogObserver, formatEvent, formatTime, globalLogBeginner
 

@@ -272,8 +272,22 @@ class WorkerPool(Service):
             timer.cancel()
 
 
-def workerCommand(configPath: str) -> List[str]:
+def workerCommand(configPath: str, reactor: Any = None) -> List[str]:
     """
+    @param reactor: the parent's reactor: the workers run on a
+        L{gateway.reactor.GatewayReactor} when it is one, on Twisted's
+        default reactor otherwise.
     @return: the command line that runs one worker for a config file.
     """
-    return [sys.executable, "-m", "gateway.worker", "--config", os.path.abspath(configPath)]
+    from gateway.reactor import isGatewayReactor
+
+    kind = "gateway" if isGatewayReactor(reactor) else "default"
+    return [
+        sys.executable,
+        "-m",
+        "gateway.worker",
+        "--config",
+        os.path.abspath(configPath),
+        "--reactor",
+        kind,
+    ]

@@ -11,7 +11,9 @@ write, four and two per request, for nothing.
 
 L{writeSoon} puts the bytes in the very buffer C{write} uses (so they keep
 their order with every other write), and sends the buffers of every
-connection written so on the reactor's next turn, before it polls: the
+connection written so at the end of the reactor's turn, before it polls
+again (L{gateway.reactor.GatewayReactor.callAfterTurn}; on another reactor,
+a timed call for now, which it runs on its next turn before it polls): the
 writes of one turn still go out together, as they would have, minus the
 watching.  Whatever a socket does not take is left to the reactor, as
 usual, and so is a connection that is closing or was closed meanwhile.
@@ -24,7 +26,7 @@ Twisted that buffers otherwise) is simply written to.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 from twisted.internet import abstract, tcp
 from twisted.logger import Logger
@@ -41,7 +43,9 @@ def _buffersKnown() -> bool:
     """
     probe = abstract.FileDescriptor.__new__(abstract.FileDescriptor)
     try:
-        abstract.FileDescriptor.__init__(probe)
+        # A reactor of its own: without one, the global reactor would be
+        # imported (and installed) by this import.
+        abstract.FileDescriptor.__init__(probe, reactor=object())  # type: ignore[arg-type]
     except Exception:
         return False
     names = ("dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen", "_writeDisconnected")
@@ -78,13 +82,20 @@ class _Flusher:
     """
 
     def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
+        # The reactor's end of turn (L{gateway.reactor.GatewayReactor}), or
+        # a timed call for now (any other reactor).
+        afterTurn = getattr(reactor, "callAfterTurn", None)
+        self._schedule: Callable[[], Any]
+        if afterTurn is None:
+            self._schedule = lambda: reactor.callLater(0, self._flush)
+        else:
+            self._schedule = lambda: afterTurn(self._flush)
         self._pending: List[Any] = []
 
     def add(self, transport: Any) -> None:
         pending = self._pending
         if not pending:
-            self._reactor.callLater(0, self._flush)
+            self._schedule()
         pending.append(transport)
 
     def _flush(self) -> None:

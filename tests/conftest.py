@@ -10,7 +10,7 @@ test ends.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pytest
 from harness import (
@@ -70,9 +70,12 @@ class Gateways:
         self.started: List[GatewayProcess] = []
 
     def __call__(
-        self, config: Union[str, Mapping[str, Any]], timeout: float = 15.0
+        self,
+        config: Union[str, Mapping[str, Any]],
+        timeout: float = 15.0,
+        twistdArgs: Sequence[str] = (),
     ) -> GatewayProcess:
-        gateway = startGateway(config, self._directory, timeout)
+        gateway = startGateway(config, self._directory, timeout, twistdArgs)
         self.started.append(gateway)
         return gateway
 

@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import attrs
 import yaml
@@ -442,7 +442,10 @@ def _accepts(url: str) -> bool:
 
 
 def startGateway(
-    config: Union[str, Mapping[str, Any]], directory: Path, timeout: float = 15.0
+    config: Union[str, Mapping[str, Any]],
+    directory: Path,
+    timeout: float = 15.0,
+    twistdArgs: Sequence[str] = (),
 ) -> GatewayProcess:
     """
     Write a config file into C{directory} and run C{twistd -n gateway
@@ -451,6 +454,7 @@ def startGateway(
 
     @param config: a mapping (see L{prepareConfig}: listen endpoints are
         filled in) or YAML text.
+    @param twistdArgs: twistd's own options, before C{gateway}.
     @raise AssertionError: with the gateway's output, when it exits or is
         not ready within C{timeout} seconds.
     """
@@ -461,7 +465,11 @@ def startGateway(
     admin = data.get("admin") if isinstance(data.get("admin"), dict) else {}
     proxy = data.get("proxy") if isinstance(data.get("proxy"), dict) else {}
     gateway = GatewayProcess(
-        _spawn(twistdCommand("gateway", "--config", str(configPath)), logPath, cwd=directory),
+        _spawn(
+            twistdCommand(*twistdArgs, "gateway", "--config", str(configPath)),
+            logPath,
+            cwd=directory,
+        ),
         logPath,
         configPath=configPath,
         proxyURL=_endpointURL(proxy.get("listen")),

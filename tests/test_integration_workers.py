@@ -77,6 +77,11 @@ def test_workers_share_the_port_and_are_restarted(backends, gateways):
     gateway = gateways(config(backend))
     waitFor(lambda: len(workerPIDs(gateway.pid)) == 2, 10, what="two workers")
     first, second = workerPIDs(gateway.pid)
+    # twistd gateway runs on the gateway's reactor, and so do its workers.
+    assert "reactor class: gateway.reactor.GatewayReactor" in gateway.output()
+    for pid in (first, second):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert b"\0--reactor\0gateway" in f.read()
     before = {pid: cpuTicks(pid) for pid in (first, second)}
     for _ in range(300):
         assert gateway.proxy("GET", "/echo/x").status == 200
@@ -137,3 +142,19 @@ def test_workers_need_a_shared_store(gateways):
     code, output = gateways.expectFailure({"proxy": {"workers": 2}, "store": "memory:"})
     assert code != 0
     assert "proxy.workers" in output
+
+
+def test_another_reactor_can_be_chosen(backends, gateways):
+    """
+    C{twistd -r epoll gateway} runs on Twisted's epoll reactor, and so do
+    its workers.
+    """
+    backend = backends("b1")
+    gateway = gateways(config(backend), twistdArgs=("-r", "epoll"))
+    waitFor(lambda: len(workerPIDs(gateway.pid)) == 2, 10, what="two workers")
+    assert "reactor class: twisted.internet.epollreactor.EPollReactor" in gateway.output()
+    for pid in workerPIDs(gateway.pid):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert b"\0--reactor\0default" in f.read()
+    for _ in range(20):
+        assert gateway.proxy("GET", "/echo/x").status == 200
