@@ -141,14 +141,15 @@ class _NodeCall(Protocol):
         elif not 200 <= self._code < 300:
             self._end(Failure(NodeFailed(f"status {self._code}")))
         else:
+            data = b"".join(self._parts)
             try:
-                value = json.loads(b"".join(self._parts))
+                value, raw = _decode(data)
             except ValueError as e:
                 self._end(Failure(NodeFailed(f"answer is not JSON: {e}")))
                 return
-            self._end(None, value)
+            self._end(None, value, raw)
 
-    def _end(self, failure: Optional[Failure], value: Any = None) -> None:
+    def _end(self, failure: Optional[Failure], value: Any = None, raw: Any = None) -> None:
         if self._over:
             return
         self._over = True
@@ -157,7 +158,7 @@ class _NodeCall(Protocol):
         index = self._index
         if failure is None:
             self._backend.requestFinished(self._latency, True)
-            aggregation._nodeAnswered(value, index)
+            aggregation._nodeAnswered(value, raw, index)
             return
         if aggregation._timedOut[index]:
             self._backend.requestFinished(self._latency, False)
@@ -169,6 +170,39 @@ class _NodeCall(Protocol):
         else:
             self._backend.requestFinished(self._latency, False)
         aggregation._nodeFailed(failure, index)
+
+
+def _decode(data: bytes) -> Tuple[Any, Optional[bytes]]:
+    """
+    @return: C{(value, raw)}: the JSON value of a node's answer, and the
+        answer itself when it can be spliced into the merged one as it is
+        (UTF-8 without a byte order mark), else L{None}.
+    @raise ValueError: when it is not JSON.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        # UTF-16 or UTF-32, which json finds out (RFC 8259 says UTF-8, but
+        # json.loads has always taken them here).
+        return json.loads(data), None
+    if text[:1] == "\ufeff":
+        return json.loads(text[1:]), None
+    return json.loads(text), data
+
+
+_memberNames: Dict[str, bytes] = {}
+
+
+def _memberName(name: str) -> bytes:
+    """
+    @return: C{"name":} in JSON.
+    """
+    encoded = _memberNames.get(name)
+    if encoded is None:
+        encoded = json.dumps(name).encode("utf-8") + b":"
+        if len(_memberNames) < 10_000:
+            _memberNames[name] = encoded
+    return encoded
 
 
 class Aggregator:
@@ -188,14 +222,16 @@ class Aggregator:
         """
         _Aggregation(self, context, chain, proxy).start()
 
-    def _merged(self, result: Tuple[dict, List[str]], context: Any, chain: Any, proxy: Any) -> None:
+    def _merged(
+        self, result: Tuple[dict, List[str], bytes], context: Any, chain: Any, proxy: Any
+    ) -> None:
         if context.request._disconnected:
             return
-        merged, partial = result
+        merged, partial, encoded = result
         headers: Dict[Union[str, bytes], Sequence[Union[str, bytes]]] = {}
         if partial:
             headers[b"x-gateway-partial"] = [",".join(partial).encode("utf-8")]
-        proxy._answer(context, chain, EarlyResponse(200, merged, headers))
+        proxy._answer(context, chain, EarlyResponse(200, merged, headers, encoded))
 
     def _failed(self, failure: Failure, context: Any, chain: Any, proxy: Any) -> None:
         if failure.check(defer.CancelledError) and context.request._disconnected:
@@ -225,6 +261,8 @@ class _Aggregation:
         self._batches = context.api.batches
         self._next = 0
         self._results: Dict[str, Any] = {}
+        # attrName -> the node's JSON as it came (None: to be encoded).
+        self._members: Dict[str, Optional[bytes]] = {}
         self._partial: List[str] = []
         self._over = False
         # The batch in flight: per node, its call (None once answered),
@@ -279,10 +317,11 @@ class _Aggregation:
 
     def _batchDone(self) -> None:
         self._cancelTimer()
-        results, partial = self._results, self._partial
-        for node, (ok, value) in zip(self._nodes, self._outcomes):
+        results, partial, members = self._results, self._partial, self._members
+        for node, (ok, value, raw) in zip(self._nodes, self._outcomes):
             if ok:
                 results[node.attrName] = value
+                members[node.attrName] = raw
             else:
                 log.info(
                     "optional node {attr} of {api} failed: {error}",
@@ -291,6 +330,7 @@ class _Aggregation:
                     error=value.getErrorMessage(),
                 )
                 results[node.attrName] = None
+                members[node.attrName] = b"null"
                 partial.append(node.attrName)
         self._nextBatch()
 
@@ -320,11 +360,11 @@ class _Aggregation:
             )
         )
 
-    def _nodeAnswered(self, value: Any, i: int) -> None:
+    def _nodeAnswered(self, value: Any, raw: Optional[bytes], i: int) -> None:
         if self._over or self._calls[i] is None:
             return
         self._calls[i] = None
-        self._outcomes[i] = (True, value)
+        self._outcomes[i] = (True, value, raw)
         self._pending -= 1
         if not self._pending:
             self._batchDone()
@@ -338,7 +378,7 @@ class _Aggregation:
             # waiting for them.
             self._fail(failure)
             return
-        self._outcomes[i] = (False, failure)
+        self._outcomes[i] = (False, failure, None)
         self._pending -= 1
         if not self._pending:
             self._batchDone()
@@ -384,8 +424,25 @@ class _Aggregation:
         self._cancelTimer()
         self._context.attributes.pop("gateway.cancel", None)
         self._aggregator._merged(
-            (self._results, self._partial), self._context, self._chain, self._proxy
+            (self._results, self._partial, self._encode()),
+            self._context,
+            self._chain,
+            self._proxy,
         )
+
+    def _encode(self) -> bytes:
+        """
+        @return: the merged object as JSON, each node's answer spliced in
+            as it came (it was decoded already, to check it), rather than
+            encoded again from its decoded value.
+        """
+        results = self._results
+        parts = []
+        for name, raw in self._members.items():
+            if raw is None:
+                raw = json.dumps(results[name], separators=(",", ":")).encode("utf-8")
+            parts.append(_memberName(name) + raw)
+        return b"{" + b",".join(parts) + b"}\n"
 
     def _fail(self, failure: Failure) -> None:
         if self._over:

@@ -81,11 +81,15 @@ class EarlyResponse:
     @ivar code: the HTTP status.
     @ivar body: the JSON object of the answer.
     @ivar headers: extra response headers, C{{name: [values]}}.
+    @ivar encoded: C{body} as JSON, when the maker has it already (an
+        aggregation splices its nodes' answers): L{encode} returns it.
     """
 
     code: int
     body: Mapping[str, object]
     headers: Mapping[Union[str, bytes], Sequence[Union[str, bytes]]] = attrs.Factory(dict)
+    #: C{body} already encoded (what L{encode} returns), or L{None}.
+    encoded: Optional[bytes] = None
 
     @classmethod
     def error(
@@ -103,4 +107,6 @@ class EarlyResponse:
         return cls(code, body, headers or {})
 
     def encode(self) -> bytes:
+        if self.encoded is not None:
+            return self.encoded
         return json.dumps(self.body, separators=(",", ":")).encode("utf-8") + b"\n"

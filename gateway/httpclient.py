@@ -267,7 +267,24 @@ def _parseHead(lines: List[bytes]) -> Tuple[Any, ...]:
     return version, int(code), status[13:], headers, contentLength, transferEncoding, connection
 
 
+#: A lone field value -> its tokens: upstreams send the same few values
+#: (C{keep-alive}, C{close}, C{chunked}) on every answer.
+_tokensOfValue: Dict[bytes, List[bytes]] = {}
+
+
 def _tokens(values: List[bytes]) -> List[bytes]:
+    """
+    @return: the lower-case tokens of a comma-separated list field's values
+        (not to be changed: a lone value's are shared).
+    """
+    if len(values) == 1:
+        value = values[0]
+        tokens = _tokensOfValue.get(value)
+        if tokens is None:
+            tokens = [t.strip(b" \t").lower() for t in value.split(b",")]
+            if len(_tokensOfValue) < 256:
+                _tokensOfValue[value] = tokens
+        return tokens
     return [t.strip(b" \t").lower() for v in values for t in v.split(b",")]
 
 

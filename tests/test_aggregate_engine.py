@@ -91,6 +91,13 @@ class Client:
                 return
         raise AssertionError(f"no call to {uri!r} waits")
 
+    def answerBytes(self, uri: bytes, body: bytes) -> None:
+        for _, called, d, _ in self.calls:
+            if called == uri and not d.called:
+                d.callback(Answer(200, body))
+                return
+        raise AssertionError(f"no call to {uri!r} waits")
+
 
 def node(attr: str, path: str, cluster: str = "c", **extra: Any) -> Dict[str, Any]:
     return dict({"cluster": cluster, "attrName": attr, "urlRewrite": path}, **extra)
@@ -152,6 +159,41 @@ class AggregationEngineTests(SynchronousTestCase):
             self.client.answer(uri, value=value)
         self.assertEqual(self.answerOf(transport)[2], {"a": 1, "b": 2, "c": 3})
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_answers_spliced_as_they_came(self) -> None:
+        """
+        A node's UTF-8 answer goes into the merged one byte for byte (it
+        was decoded, to check it, but is not encoded again); one in UTF-16
+        or with a byte order mark is encoded again; a failed optional node
+        is C{null}.  The whole is valid JSON, in the nodes' order.
+        """
+        self.client.refuse.add("down")
+        transport, _ = self.serve(
+            node("plain", "/plain"),
+            node("wide", "/wide"),
+            node("marked", "/marked"),
+            node("gone", "/gone", cluster="d", required=False),
+        )
+        plain = '{"name": "caf\u00e9 \u2615",\n "n": [1, 2.50, null]}'.encode("utf-8")
+        self.client.answerBytes(b"/plain", plain)
+        self.client.answerBytes(b"/wide", '{"w": "\u00e9"}'.encode("utf-16"))
+        self.client.answerBytes(b"/marked", b"\xef\xbb\xbf[true]")
+        raw = transport.value().partition(b"\r\n\r\n")[2]
+        self.assertIn(b'"plain":' + plain + b",", raw)
+        code, headers, body = self.answerOf(transport)
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            body,
+            {
+                "plain": {"name": "caf\u00e9 \u2615", "n": [1, 2.5, None]},
+                "wide": {"w": "\u00e9"},
+                "marked": [True],
+                "gone": None,
+            },
+        )
+        self.assertEqual(list(body), ["plain", "wide", "marked", "gone"])
+        self.assertEqual(headers["x-gateway-partial"], "gone")
+        self.assertEqual(int(headers["content-length"]), len(raw))
 
     def test_each_node_its_own_timeout(self) -> None:
         """
