@@ -42,6 +42,7 @@ import os
 import platform
 import pwd
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -1107,6 +1108,68 @@ def machineInfo(interpreters: Dict[str, Interpreter]) -> Dict[str, Any]:
     return info
 
 
+class _FanOut:
+    """
+    GET requests sent at once to several servers on 127.0.0.1 over
+    keep-alive connections, timed until every answer is complete (framed by
+    C{Content-Length} or chunked): a direct fan-out without a gateway.
+    """
+
+    def __init__(self, ports: List[int], paths: List[str]) -> None:
+        self._sockets = [socket.create_connection((HOST, p), timeout=10) for p in ports]
+        self._requests = [
+            f"GET {path} HTTP/1.1\r\nHost: {HOST}:{p}\r\n\r\n".encode("ascii")
+            for p, path in zip(ports, paths)
+        ]
+
+    def run(self) -> float:
+        """
+        @return: seconds from the first send until the last answer ended.
+        """
+        selector = selectors.DefaultSelector()
+        buffers: Dict[socket.socket, bytearray] = {}
+        start = time.monotonic()
+        for sock, request in zip(self._sockets, self._requests):
+            sock.sendall(request)
+            buffers[sock] = bytearray()
+            selector.register(sock, selectors.EVENT_READ)
+        try:
+            while buffers:
+                events = selector.select(10)
+                if not events:
+                    raise BenchError("a direct fan-out got no answer within 10 s")
+                for key, _ in events:
+                    sock = key.fileobj
+                    data = sock.recv(65536)  # type: ignore[union-attr]
+                    if not data:
+                        raise BenchError("a backend closed during a direct fan-out")
+                    buffer = buffers[sock]  # type: ignore[index]
+                    buffer += data
+                    if _answerComplete(buffer):
+                        del buffers[sock]  # type: ignore[arg-type]
+                        selector.unregister(sock)
+        finally:
+            selector.close()
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+def _answerComplete(buffer: bytearray) -> bool:
+    end = buffer.find(b"\r\n\r\n")
+    if end == -1:
+        return False
+    head = bytes(buffer[:end]).lower()
+    if not head.startswith(b"http/1.1 200"):
+        raise BenchError(f"a direct fan-out got: {bytes(buffer[:80])!r}")
+    found = re.search(rb"\r\ncontent-length: *(\d+)", head)
+    if found is not None:
+        return len(buffer) - end - 4 >= int(found.group(1))
+    return buffer.endswith(b"0\r\n\r\n")
+
+
 class Bench:
     """
     One benchmark run.
@@ -1345,15 +1408,28 @@ class Bench:
         self.log("large body and aggregation latency")
         results: Dict[str, Any] = {}
         self.report.extras["largeBody"] = results
-        backend = None
+        backends: List[Child] = []
+        delays = (10, 20, 30)
+        # The aggregation's nodes each on a backend of their own, as an
+        # aggregation's services are: one single-threaded backend for all
+        # three would take their requests one after the other (~0.3 ms of
+        # Python each), starting the slowest node's delay late.
+        names = ["big"] + [f"node{i}" for i in range(1, len(delays))]
+        ports: List[int] = []
         try:
-            backend, bigPort = self.startTestBackend("big")
+            for name in names:
+                child, port = self.startTestBackend(name)
+                backends.append(child)
+                ports.append(port)
         except (BenchError, OSError) as e:
             results["error"] = str(e)
+            for child in backends:
+                self.children.stop(child)
             return
-        delays = (10, 20, 30)
-        extraServers = ({"name": "big", "addr": f"127.0.0.1:{bigPort}"},)
-        extraClusters = ({"name": "big", "servers": ["big"]},)
+        extraServers = tuple(
+            {"name": name, "addr": f"127.0.0.1:{port}"} for name, port in zip(names, ports)
+        )
+        extraClusters = tuple({"name": name, "servers": [name]} for name in names)
         extraApis = (
             {
                 "name": "bytes",
@@ -1366,8 +1442,16 @@ class Bench:
                 "method": "GET",
                 "urlPattern": "/slow-aggregate",
                 "nodes": [
-                    {"cluster": "big", "urlRewrite": f"/json/n{d}?delay={d}", "attrName": f"n{d}"}
-                    for d in delays
+                    {"cluster": name, "urlRewrite": f"/json/n{d}?delay={d}", "attrName": f"n{d}"}
+                    for name, d in zip(names, delays)
+                ],
+            },
+            {
+                "name": "slow-plain",
+                "method": "GET",
+                "urlPattern": "/slow-plain",
+                "nodes": [
+                    {"cluster": names[-1], "urlRewrite": f"/json/n{delays[-1]}?delay={delays[-1]}"}
                 ],
             },
         )
@@ -1395,7 +1479,7 @@ class Bench:
                         f"peak RSS {info['peakRssMB']:.1f} MB"
                     )
                     if name == "cpython":
-                        self.aggregationLatency(port, bigPort, delays)
+                        self.aggregationLatency(port, ports, delays)
                 except (BenchError, OSError) as e:
                     info["error"] = str(e)
                     self.log(f"  failed: {e}")
@@ -1403,7 +1487,8 @@ class Bench:
                     if child is not None:
                         self.children.stop(child)
         finally:
-            self.children.stop(backend)
+            for child in backends:
+                self.children.stop(child)
 
     def streamThrough(self, child: Child, port: int, length: int) -> Dict[str, Any]:
         pids = treePIDs(child.pid)
@@ -1442,51 +1527,72 @@ class Bench:
             "peakRssBeforeMB": before / 1e6,
         }
 
-    def aggregationLatency(self, port: int, backendPort: int, delays: Tuple[int, ...]) -> None:
+    def aggregationLatency(self, port: int, nodePorts: List[int], delays: Tuple[int, ...]) -> None:
         """
-        Sequential requests, alternately, to an aggregation of nodes that
-        answer after C{delays} ms and to its slowest node directly: the
-        difference of their medians is what the aggregation adds.
+        Sequential requests, in turn: to an aggregation of nodes that answer
+        after C{delays} ms (each on its backend in C{nodePorts}); to the
+        same nodes asked directly and at once by this process, until all
+        have answered (what the slowest node takes within a fan-out, its
+        backends' contention for the cores included); to the slowest node
+        alone, directly and through the gateway (one proxy hop).  What the
+        aggregation adds is the difference of the medians of the first two.
         """
         result: Dict[str, Any] = {}
         self.report.extras["aggregationLatency"] = result
         slowest = max(delays)
-        targets = [
+        paths = [f"/json/n{d}?delay={d}" for d in delays]
+        fanOut = _FanOut(nodePorts, paths)
+        targets: List[Tuple[Any, str]] = [
             (port, "/slow-aggregate"),
-            (backendPort, f"/json/n{slowest}?delay={slowest}"),
+            (fanOut, ""),
+            (nodePorts[delays.index(slowest)], paths[delays.index(slowest)]),
+            (port, "/slow-plain"),
         ]
-        samples: List[List[float]] = [[], []]
-        connections = [http.client.HTTPConnection(HOST, p, timeout=10) for p, _ in targets]
+        samples: List[List[float]] = [[] for _ in targets]
+        connections = [
+            None if isinstance(p, _FanOut) else http.client.HTTPConnection(HOST, p, timeout=10)
+            for p, _ in targets
+        ]
         try:
             for i in range(self.options.latency_samples + 3):
                 for j, (connection, (_, path)) in enumerate(zip(connections, targets)):
-                    start = time.monotonic()
-                    connection.request("GET", path)
-                    answer = connection.getresponse()
-                    answer.read()
-                    elapsed = (time.monotonic() - start) * 1e3
-                    if answer.status != 200:
-                        raise BenchError(f"{path} answered {answer.status}")
+                    if connection is None:
+                        elapsed = fanOut.run() * 1e3
+                    else:
+                        start = time.monotonic()
+                        connection.request("GET", path)
+                        answer = connection.getresponse()
+                        answer.read()
+                        elapsed = (time.monotonic() - start) * 1e3
+                        if answer.status != 200:
+                            raise BenchError(f"{path} answered {answer.status}")
                     if i >= 3:
                         samples[j].append(elapsed)
         except (OSError, BenchError) as e:
             result["error"] = str(e)
             return
         finally:
+            fanOut.close()
             for connection in connections:
-                connection.close()
-        p50, direct = statistics.median(samples[0]), statistics.median(samples[1])
+                if connection is not None:
+                    connection.close()
+        p50, fanned, direct, proxied = (statistics.median(each) for each in samples)
         result.update(
             {
                 "nodeDelaysMs": list(delays),
                 "samples": len(samples[0]),
                 "p50Ms": p50,
                 "maxMs": max(samples[0]),
+                "directFanOutP50Ms": fanned,
                 "slowestDirectP50Ms": direct,
-                "overheadMs": p50 - direct,
+                "slowestProxiedP50Ms": proxied,
+                "overheadMs": p50 - fanned,
+                "overSlowestAloneMs": p50 - direct,
                 "detail": (
-                    f"CPython gateway, nodes of {'/'.join(map(str, delays))} ms: median "
-                    f"{p50:.1f} ms vs {direct:.1f} ms for the slowest node asked directly, "
+                    f"CPython gateway, nodes of {'/'.join(map(str, delays))} ms, each on a "
+                    f"backend of its own: median {p50:.1f} ms vs {fanned:.1f} ms for the same "
+                    f"nodes asked directly at once ({direct:.1f} ms for the slowest alone, "
+                    f"{proxied:.1f} ms for it alone through the gateway), "
                     f"{len(samples[0])} sequential requests each"
                 ),
             }
