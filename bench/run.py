@@ -1600,35 +1600,38 @@ class Bench:
 
     def apisScale(self) -> None:
         """
-        A CPython gateway with 10 APIs, then one with 10,000: wrk on one of
-        their routes, and one admin PUT until the proxy serves it.
+        A CPython gateway with 10 APIs and one with 10,000, both running:
+        wrk on one of their routes, the two in turn (run for run, so that
+        the machine's drift falls on both alike), then admin PUTs until the
+        proxy serves them.
         """
         result: Dict[str, Any] = {}
         self.report.extras["apis"] = result
         route = "/svc7/items/42"
-        for count in (10, self.options.many_apis):
-            self.log(f"{count:,} APIs")
-            apis = tuple(
-                {
-                    "name": f"svc{i}",
-                    "method": "GET",
-                    "urlPattern": f"/svc{i}/items/{{id}}",
-                    "nodes": [{"cluster": "plain"}],
-                }
-                for i in range(count)
-            )
-            adminPort = freePort()
-            config = gatewayConfig(
-                freePort(),
-                self.backendPort,
-                workers=1,
-                where=self.workersWhere,
-                adminPort=adminPort,
-                extraApis=apis,
-            )
-            info: Dict[str, Any] = {"route": route}
-            child = None
-            try:
+        counts = (10, self.options.many_apis)
+        started: Dict[int, Tuple[Child, int, int]] = {}
+        infos: Dict[int, Dict[str, Any]] = {}
+        try:
+            for count in counts:
+                self.log(f"{count:,} APIs: starting")
+                apis = tuple(
+                    {
+                        "name": f"svc{i}",
+                        "method": "GET",
+                        "urlPattern": f"/svc{i}/items/{{id}}",
+                        "nodes": [{"cluster": "plain"}],
+                    }
+                    for i in range(count)
+                )
+                adminPort = freePort()
+                config = gatewayConfig(
+                    freePort(),
+                    self.backendPort,
+                    workers=1,
+                    where=self.workersWhere,
+                    adminPort=adminPort,
+                    extraApis=apis,
+                )
                 start = time.monotonic()
                 child, port = startGateway(
                     self.children,
@@ -1639,45 +1642,70 @@ class Bench:
                     timeout=self.options.apis_start_timeout,
                     store=self.options.apis_store,
                 )
-                info["startSeconds"] = time.monotonic() - start
-                row = measure(
-                    self.wrk,
-                    f"http://{HOST}:{port}{route}",
-                    child.pid,
-                    self.options.runs,
-                    self.options.warmup,
-                )
+                started[count] = (child, port, adminPort)
+                infos[count] = {"route": route, "startSeconds": time.monotonic() - start}
+            rows: Dict[int, List[Dict[str, Any]]] = {count: [] for count in counts}
+            for turn in range(self.options.runs):
+                for count in counts:
+                    child, port, _ = started[count]
+                    rows[count].append(
+                        measure(
+                            self.wrk,
+                            f"http://{HOST}:{port}{route}",
+                            child.pid,
+                            1,
+                            self.options.warmup if turn == 0 else 0,
+                        )
+                    )
+            for count in counts:
+                runs = [row["runs"][0] for row in rows[count]]
+                info = infos[count]
                 info.update(
-                    {k: row[k] for k in ("reqPerSec", "p50Ms", "p99Ms", "cpuUsPerReq", "non2xx")}
+                    {
+                        key: median([r.get(key) for r in runs])
+                        for key in ("reqPerSec", "p50Ms", "p99Ms", "cpuUsPerReq")
+                    }
                 )
+                info["non2xx"] = sum(r["non2xx"] for r in runs)
+                info["runs"] = runs
+                child, port, adminPort = started[count]
                 timings = [
                     self.putUntilServed(port, adminPort, k) for k in range(1, self.options.puts + 1)
                 ]
                 info["putAnsweredMs"] = [answered for answered, _ in timings]
                 info["rebuildMs"] = [served for _, served in timings]
                 self.log(
-                    f"  {info['reqPerSec']:,.0f} req/s, {_fmt(info.get('cpuUsPerReq'), 1)} µs/req, "
-                    f"PUT until served {', '.join(f'{v:.1f}' for v in info['rebuildMs'])} ms"
+                    f"  {count:,} APIs: {info['reqPerSec']:,.0f} req/s, "
+                    f"{_fmt(info.get('cpuUsPerReq'), 1)} µs/req, PUT until served "
+                    f"{', '.join(f'{v:.1f}' for v in info['rebuildMs'])} ms"
                 )
-            except (BenchError, OSError) as e:
-                result["error"] = f"{count} APIs: {e}"
-                self.log(f"  failed: {e}")
-                return
-            finally:
-                if child is not None:
-                    self.children.stop(child)
-            result[str(count)] = info
+                result[str(count)] = info
+        except (BenchError, OSError) as e:
+            result["error"] = f"{e}"
+            self.log(f"  failed: {e}")
+            return
+        finally:
+            for child, _, _ in started.values():
+                self.children.stop(child)
         few, many = result["10"], result[str(self.options.many_apis)]
         result["reqPerSecRatio"] = _ratio(many["reqPerSec"], few["reqPerSec"])
-        cpuRatio = _ratio(many.get("cpuUsPerReq"), few.get("cpuUsPerReq"))
-        result["cpuRatio"] = cpuRatio
         # The per-request routing cost: extra CPU per request with many APIs
-        # (CPU is less noisy than req/s on a shared machine).
+        # (CPU is less noisy than req/s on a shared machine), as the median
+        # of the ratios of runs made one after the other.
+        pairs = [
+            _ratio(a.get("cpuUsPerReq"), b.get("cpuUsPerReq"))
+            for a, b in zip(many["runs"], few["runs"])
+        ]
+        known = [p for p in pairs if p is not None]
+        cpuRatio = statistics.median(known) if known else None
+        result["cpuRatios"] = pairs
+        result["cpuRatio"] = cpuRatio
         result["routingCost"] = None if cpuRatio is None else cpuRatio - 1
         result["rebuildMs"] = statistics.median(many["rebuildMs"])
         result["detail"] = (
             f"CPU/request {_fmt(many.get('cpuUsPerReq'), 1)} vs "
-            f"{_fmt(few.get('cpuUsPerReq'), 1)} µs; "
+            f"{_fmt(few.get('cpuUsPerReq'), 1)} µs (medians of {len(pairs)} runs in turn; "
+            f"ratios {', '.join(_fmt(p, 2) for p in pairs)}); "
             f"req/s {_fmt(result['reqPerSecRatio'], 2)}x"
         )
 

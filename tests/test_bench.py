@@ -257,3 +257,29 @@ class ReportTests(SynchronousTestCase):
         self.assertIn("3 non-2xx", text)
         self.assertIn("skipped: no `workers:` in the config yet", text)
         self.assertIn("failed: gw exited (1): ValueError: bad", text)
+
+
+class AnswerCompleteTests(SynchronousTestCase):
+    """
+    How the direct fan-out of the aggregation-latency measurement knows an
+    answer is whole.
+    """
+
+    def test_contentLength(self) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+        self.assertFalse(run._answerComplete(bytearray(head[:-2])))
+        self.assertFalse(run._answerComplete(bytearray(head + b"abcd")))
+        self.assertTrue(run._answerComplete(bytearray(head + b"abcde")))
+
+    def test_chunked(self) -> None:
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        self.assertFalse(run._answerComplete(bytearray(head + b"3\r\nabc\r\n")))
+        self.assertTrue(run._answerComplete(bytearray(head + b"3\r\nabc\r\n0\r\n\r\n")))
+
+    def test_notOK(self) -> None:
+        """
+        An answer other than 200 stops the measurement: it would time
+        something else than the nodes' work.
+        """
+        with self.assertRaises(run.BenchError):
+            run._answerComplete(bytearray(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"))
