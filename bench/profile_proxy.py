@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import signal
 import sys
 import tempfile
@@ -66,6 +67,73 @@ class _Profiling:
     def _stop(self, signum: int, frame: Any) -> None:
         self._profile.disable()
         self._profile.dump_stats(self._path)
+
+
+class _VMProfiling:
+    """
+    On PyPy, where cProfile sees no JIT-compiled code as it runs: toggles
+    the C{vmprof} sampling profiler (C{pip install vmprof} into the PyPy
+    venv) on C{SIGUSR1} and C{SIGUSR2}, into C{path}.
+    """
+
+    def __init__(self, path: str) -> None:
+        import vmprof
+
+        self._vmprof = vmprof
+        self._path = path
+        self._file: Any = None
+        signal.signal(signal.SIGUSR1, self._start)
+        signal.signal(signal.SIGUSR2, self._stop)
+
+    def _start(self, signum: int, frame: Any) -> None:
+        self._file = open(self._path + ".tmp", "w+b")
+        self._vmprof.enable(self._file.fileno(), period=0.0005)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self._vmprof.disable()
+        self._file.close()
+        os.rename(self._path + ".tmp", self._path)
+
+
+def printVMProfile(path: str, top: int) -> None:
+    """
+    Print the functions with the most samples at the top of the stack
+    (self) and anywhere in it (inclusive), from a C{vmprof} file.
+    """
+    import collections
+
+    import vmprof
+
+    stats = vmprof.read_profile(path)
+    own: collections.Counter = collections.Counter()
+    anywhere: collections.Counter = collections.Counter()
+    total = 0
+    for profile in stats.profiles:
+        stack = profile[0]
+        count = profile[1] if len(profile) > 1 and isinstance(profile[1], int) else 1
+        names = [stats.get_addr_info(addr) for addr in stack]
+        names = [n for n in names if n]
+        if not names:
+            continue
+        total += count
+
+        def label(info: Any) -> str:
+            kind, name, line, filename = info
+            for marker in ("site-packages/", "/work/main/", "lib_pypy/", "lib-python/"):
+                if marker in filename:
+                    filename = filename.split(marker, 1)[1]
+            return f"{name} {filename}:{line}"
+
+        own[label(names[-1])] += count
+        for seen in {label(n) for n in names}:
+            anywhere[seen] += count
+    print(f"\nvmprof: {total} samples")
+    print("--- self")
+    for name, count in own.most_common(top):
+        print(f"{count / total * 100:6.1f}%  {name}")
+    print("--- inclusive")
+    for name, count in anywhere.most_common(top):
+        print(f"{count / total * 100:6.1f}%  {name}")
 
 
 def _useChannel(channel: str) -> None:
@@ -325,7 +393,10 @@ def serve(options: argparse.Namespace) -> int:
         _eagerWrites()
 
     if options.profile_out:
-        _Profiling(options.profile_out)
+        if platform.python_implementation() == "PyPy":
+            _VMProfiling(options.profile_out)
+        else:
+            _Profiling(options.profile_out)
     if options.mode == "gateway":
         _serveGateway(options.serve, options.channel)
     elif options.mode == "site":
@@ -452,7 +523,10 @@ def measureAll(options: argparse.Namespace) -> int:
             while not os.path.exists(profileOut) and time.monotonic() < deadline:
                 time.sleep(0.1)
             time.sleep(0.5)
-            printProfile(profileOut, options.top, result["requests"])
+            if platform.python_implementation() == "PyPy":
+                printVMProfile(profileOut, options.top)
+            else:
+                printProfile(profileOut, options.top, result["requests"])
         return 0
     finally:
         children.stopAll()

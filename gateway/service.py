@@ -11,6 +11,7 @@ process serves.
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 from typing import Any, Dict, List, Optional, Type, Union
 
@@ -34,6 +35,7 @@ from gateway.mirror import Mirror
 from gateway.model import Catalog
 from gateway.proxy import ClientAddresses, GatewayRequest, GatewayResource
 from gateway.registry import ProxyRegistry, advertisedAddress, listProxies
+from gateway.runtime import nurseryAdvice
 from gateway.schema import toJSON
 from gateway.snapshot import SnapshotManager
 from gateway.stats import SnapshotStats, Stats, mergeSnapshots
@@ -319,6 +321,10 @@ class GatewayService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        if getattr(self, "proxyResource", None) is not None and self.role != "worker":
+            advice = nurseryAdvice(os.environ)
+            if advice is not None:
+                log.warn(advice)
         self._unwatch = self.store.watch(self.manager.update)
         if self.role == "worker":
             # Health comes from the parent: keep it across snapshot swaps.

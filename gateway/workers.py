@@ -32,6 +32,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
+from gateway.runtime import processEnvironment
+
 log = Logger()
 
 
@@ -190,7 +192,7 @@ class WorkerPool(Service):
                 process,
                 self._argv[0],
                 self._argv + ["--index", str(index)],
-                env=dict(os.environ),
+                env=processEnvironment(os.environ),
                 childFDs={0: "w", 1: 1, 2: 2, 3: childSide.fileno()},
             )
         finally:

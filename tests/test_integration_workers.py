@@ -12,6 +12,8 @@ from typing import List
 import pytest
 from harness import waitFor
 
+from gateway.runtime import PYPY, PYPY_NURSERY
+
 pytestmark = pytest.mark.integration
 
 
@@ -82,6 +84,10 @@ def test_workers_share_the_port_and_are_restarted(backends, gateways):
     for pid in (first, second):
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             assert b"\0--reactor\0gateway" in f.read()
+        if PYPY:
+            # PyPy workers run with the GC nursery the gateway asks for.
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                assert f"PYPY_GC_NURSERY={PYPY_NURSERY}".encode() in f.read().split(b"\0")
     before = {pid: cpuTicks(pid) for pid in (first, second)}
     for _ in range(300):
         assert gateway.proxy("GET", "/echo/x").status == 200

@@ -1,0 +1,38 @@
+"""
+L{gateway.runtime}: the PyPy GC nursery the gateway asks for.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.runtime import PYPY_NURSERY, nurseryAdvice, processEnvironment
+
+
+class ProcessEnvironmentTests(SynchronousTestCase):
+    def test_pypyGetsTheNursery(self) -> None:
+        env = processEnvironment({"PATH": "/bin"}, pypy=True)
+        self.assertEqual(env, {"PATH": "/bin", "PYPY_GC_NURSERY": PYPY_NURSERY})
+
+    def test_theOperatorsChoiceKept(self) -> None:
+        env = processEnvironment({"PYPY_GC_NURSERY": "8MB"}, pypy=True)
+        self.assertEqual(env["PYPY_GC_NURSERY"], "8MB")
+
+    def test_cpythonUnchanged(self) -> None:
+        environ = {"PATH": "/bin"}
+        env = processEnvironment(environ, pypy=False)
+        self.assertEqual(env, environ)
+        self.assertIsNot(env, environ)
+
+
+class NurseryAdviceTests(SynchronousTestCase):
+    def test_pypyWithout(self) -> None:
+        advice = nurseryAdvice({}, pypy=True)
+        assert advice is not None
+        self.assertIn(f"PYPY_GC_NURSERY={PYPY_NURSERY}", advice)
+
+    def test_pypyWith(self) -> None:
+        self.assertIsNone(nurseryAdvice({"PYPY_GC_NURSERY": "16MB"}, pypy=True))
+
+    def test_cpython(self) -> None:
+        self.assertIsNone(nurseryAdvice({}, pypy=False))
