@@ -380,6 +380,21 @@ def _eagerWrites() -> None:
 
 
 def serve(options: argparse.Namespace) -> int:
+    if options.gc_threshold is not None:
+        import gc
+
+        if options.gc_threshold == 0:
+            gc.disable()
+        else:
+            gc.set_threshold(options.gc_threshold, *gc.get_threshold()[1:])
+    elif options.mode == "gateway":
+        # As twistd gateway does.
+        try:
+            from gateway.runtime import tuneGC
+        except ImportError:
+            pass  # a tree from before gateway.runtime (--tree)
+        else:
+            tuneGC()
     if options.reactor == "gateway":
         try:
             from gateway.reactor import installIfNone
@@ -463,6 +478,8 @@ def measureAll(options: argparse.Namespace) -> int:
         if options.eager_writes:
             argv.append("--eager-writes")
         argv += ["--reactor", options.reactor]
+        if options.gc_threshold is not None:
+            argv += ["--gc-threshold", str(options.gc_threshold)]
         path = options.path
         if options.mode == "gateway":
             port = benchrun.freePort()
@@ -713,6 +730,12 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         "--eager-writes",
         action="store_true",
         help="experiment: TCP transports send at once when nothing is buffered",
+    )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        help="the child's first-generation GC threshold (CPython; 0: GC off; default: the "
+        "gateway's own, gateway.runtime.tuneGC, in gateway mode)",
     )
     parser.add_argument(
         "--reactor",

@@ -17,14 +17,32 @@ PyPy reads the size from C{PYPY_GC_NURSERY} when it starts, and has no way
 to change it later: the gateway sets it for the worker processes it
 starts (L{processEnvironment}), and a gateway that serves in its own
 process logs how to set it when it is not (L{nurseryAdvice}).
+
+CPython's cycle collector has the same kind of cost, smaller: it runs its
+youngest generation every 700 new container objects (a few requests'
+worth), and finds the objects of the requests in flight alive each time,
+then again in the next generation.  The gateway's processes raise that
+threshold to L{GC_THRESHOLD} (L{tuneGC}): each collection still finds the
+requests in flight, but there are 28 times fewer of them.  Measured A/B
+with C{bench/profile_proxy.py}, 5 alternating rounds: 8 % less CPU per
+proxied request (e.g. 253 -> 209, 274 -> 253, 254 -> 245 µs).  Reference
+cycles, which only this collector frees, then wait a little longer.
 """
 
 from __future__ import annotations
 
+import gc
 import platform
 from typing import Dict, Mapping, Optional
 
-__all__ = ["PYPY", "PYPY_NURSERY", "nurseryAdvice", "processEnvironment"]
+__all__ = [
+    "GC_THRESHOLD",
+    "PYPY",
+    "PYPY_NURSERY",
+    "nurseryAdvice",
+    "processEnvironment",
+    "tuneGC",
+]
 
 #: Whether this is PyPy.
 PYPY = platform.python_implementation() == "PyPy"
@@ -61,3 +79,28 @@ def nurseryAdvice(environ: Mapping[str, str], pypy: bool = PYPY) -> Optional[str
         f"with a larger one: start it with {_VARIABLE}={PYPY_NURSERY} in its environment "
         f"(its workers get that by themselves)"
     )
+
+
+#: The first-generation threshold of CPython's cycle collector in the
+#: gateway's processes.
+GC_THRESHOLD = 20_000
+
+
+def tuneGC(collector: object = gc) -> bool:
+    """
+    Raise the first-generation threshold of CPython's cycle collector to
+    L{GC_THRESHOLD}, unless it is higher already or the collector is off
+    (a threshold of 0); nothing on PyPy, whose collector has no thresholds.
+
+    @param collector: the C{gc} module (a test gives another).
+    @return: whether the threshold was changed.
+    """
+    getThreshold = getattr(collector, "get_threshold", None)
+    setThreshold = getattr(collector, "set_threshold", None)
+    if getThreshold is None or setThreshold is None:
+        return False
+    first, *older = getThreshold()
+    if first == 0 or first >= GC_THRESHOLD:
+        return False
+    setThreshold(GC_THRESHOLD, *older)
+    return True

@@ -85,8 +85,11 @@ def makeService(options: Options) -> Any:
     """
     from twisted.internet import reactor
 
+    from gateway.runtime import tuneGC
     from gateway.service import GatewayService
     from gateway.store import StoreError
+
+    tuneGC()
 
     try:
         return GatewayService(options["gatewayConfig"], reactor, options["filterRegistry"])

@@ -40,8 +40,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from gateway.config import ConfigError, loadConfig
     from gateway.filters import FilterRegistry
+    from gateway.runtime import tuneGC
     from gateway.service import GatewayService
     from gateway.workers import ControlChannel, adoptChannel
+
+    tuneGC()
 
     prefix = f"[worker-{args.index}]"
 

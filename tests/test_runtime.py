@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.runtime import PYPY_NURSERY, nurseryAdvice, processEnvironment
+from gateway.runtime import GC_THRESHOLD, PYPY_NURSERY, nurseryAdvice, processEnvironment, tuneGC
 
 
 class ProcessEnvironmentTests(SynchronousTestCase):
@@ -36,3 +36,37 @@ class NurseryAdviceTests(SynchronousTestCase):
 
     def test_cpython(self) -> None:
         self.assertIsNone(nurseryAdvice({}, pypy=False))
+
+
+class FakeGC:
+    def __init__(self, *threshold: int) -> None:
+        self.threshold = threshold
+
+    def get_threshold(self) -> tuple:
+        return self.threshold
+
+    def set_threshold(self, *threshold: int) -> None:
+        self.threshold = threshold
+
+
+class TuneGCTests(SynchronousTestCase):
+    def test_raised(self) -> None:
+        collector = FakeGC(700, 10, 10)
+        self.assertTrue(tuneGC(collector))
+        self.assertEqual(collector.threshold, (GC_THRESHOLD, 10, 10))
+
+    def test_higherKept(self) -> None:
+        collector = FakeGC(50_000, 10, 10)
+        self.assertFalse(tuneGC(collector))
+        self.assertEqual(collector.threshold, (50_000, 10, 10))
+
+    def test_offKept(self) -> None:
+        collector = FakeGC(0, 10, 10)
+        self.assertFalse(tuneGC(collector))
+        self.assertEqual(collector.threshold, (0, 10, 10))
+
+    def test_noThresholds(self) -> None:
+        """
+        PyPy's C{gc} has no thresholds: nothing to do.
+        """
+        self.assertFalse(tuneGC(object()))
