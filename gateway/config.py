@@ -148,6 +148,11 @@ class ProxyConfig:
     drainTimeout: float = field(
         Num(0, 3600), 10.0, doc="seconds a stopping proxy waits for requests in flight"
     )
+    upstreamKeepalive: int = field(
+        Int(0, 65536),
+        512,
+        doc="idle keep-alive connections kept per server (more are closed); 0 = none",
+    )
     limits: HTTPLimits = field(
         Obj(HTTPLimits),
         attrs.Factory(HTTPLimits),

@@ -1118,7 +1118,7 @@ class HTTP11UpstreamClient:
         self,
         reactor: Any,
         connectTimeout: float = 5.0,
-        maxIdlePerBackend: int = 128,
+        maxIdlePerBackend: int = 512,
         idleTimeout: float = 60.0,
     ) -> None:
         self._reactor = reactor

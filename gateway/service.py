@@ -175,7 +175,12 @@ class GatewayService(MultiService):
 
         if proxyConfig is not None or not isWorker:
             if self._client is None:
-                self._client = HTTP11UpstreamClient(reactor)
+                pool = (
+                    {}
+                    if proxyConfig is None
+                    else {"maxIdlePerBackend": proxyConfig.upstreamKeepalive}
+                )
+                self._client = HTTP11UpstreamClient(reactor, **pool)
         if proxyConfig is not None and (isWorker or workers == 1):
             self.mirror = Mirror(self._client, reactor)
             self.proxyResource = GatewayResource(

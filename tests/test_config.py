@@ -135,6 +135,7 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertEqual(config.proxy.filters, ())
         self.assertEqual(config.proxy.trustedProxies, ())
         self.assertTrue(config.proxy.accessLog)
+        self.assertEqual(config.proxy.upstreamKeepalive, 512)
         self.assertEqual(config.store, "memory:")
 
     def test_missingFile(self) -> None:
@@ -360,6 +361,31 @@ class ParseConfigTests(SynchronousTestCase):
         self.assertError(
             {"proxy": dict(PROXY, accessLog="sometimes")}, "proxy.accessLog", "true or false"
         )
+
+    def test_upstreamKeepalive(self) -> None:
+        """
+        C{proxy.upstreamKeepalive} is a count of connections, 0 or more; it
+        sizes the upstream client's idle pool per server.
+        """
+        self.assertError(
+            {"proxy": dict(PROXY, upstreamKeepalive=-1)}, "proxy.upstreamKeepalive", "at least 0"
+        )
+        self.assertError(
+            {"proxy": dict(PROXY, upstreamKeepalive="many")}, "proxy.upstreamKeepalive", "integer"
+        )
+        from twisted.internet.task import Clock
+
+        from gateway.filters import FilterRegistry
+        from gateway.service import GatewayService
+
+        config = parseConfig(
+            {
+                "proxy": {"listen": "tcp:8080", "upstreamKeepalive": 7, "accessLog": False},
+                "store": "memory:",
+            }
+        )
+        service = GatewayService(config, Clock(), FilterRegistry({}))
+        self.assertEqual(service._client._maxIdle, 7)
 
     def test_badToken(self) -> None:
         """
