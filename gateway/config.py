@@ -140,10 +140,14 @@ class ProxyConfig:
         ListOf(Str(check=checkCIDR)), (), doc="CIDRs whose X-Forwarded-For is believed"
     )
     accessLog: bool = field(Bool(), True)
-    workers: int = field(
-        Int(0, 256),
-        1,
-        doc="proxy processes sharing the port (SO_REUSEPORT); 0 = one per core",
+    workers: Optional[int] = field(
+        Nullable(Int(0, 256)),
+        None,
+        doc=(
+            "proxy processes sharing the port (SO_REUSEPORT); 0 = one per core; unset = one "
+            "per core when they can share the port and the store (a tcp: listen endpoint, a "
+            "file: or etcd:// store), else 1"
+        ),
     )
     drainTimeout: float = field(
         Num(0, 3600), 10.0, doc="seconds a stopping proxy waits for requests in flight"
@@ -272,7 +276,7 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
         )
     if proxy is not None and admin is not None and proxy.listen == admin.listen:
         raise ConfigError("admin.listen", "is the same endpoint as proxy.listen", source)
-    if proxy is not None and proxy.workers != 1:
+    if proxy is not None and proxy.workers is not None and proxy.workers != 1:
         if not proxy.listen.startswith(("tcp:", "tcp6:")):
             raise ConfigError(
                 "proxy.workers", "several workers need a tcp: or tcp6: listen endpoint", source

@@ -41,7 +41,13 @@ from gateway.snapshot import SnapshotManager
 from gateway.stats import SnapshotStats, Stats, mergeSnapshots
 from gateway.store import Change, StoreState, storeFromURL
 from gateway.store.etcd import EtcdStore
-from gateway.workers import WorkerPool, reusePortEndpoint, workerCommand, workerCount
+from gateway.workers import (
+    WorkerPool,
+    canShare,
+    reusePortEndpoint,
+    workerCommand,
+    workerCount,
+)
 
 log = Logger()
 
@@ -149,7 +155,11 @@ class GatewayService(MultiService):
         self.role = role
         isWorker = role == "worker"
         proxyConfig = config.proxy
-        workers = workerCount(proxyConfig.workers) if proxyConfig is not None else 1
+        workers = (
+            workerCount(proxyConfig.workers, canShare(proxyConfig.listen, config.store))
+            if proxyConfig is not None
+            else 1
+        )
         if store is None:
             store = storeFromURL(config.store, reactor, readOnly=isWorker)
         self.store = store

@@ -349,8 +349,10 @@ def prepareConfig(config: Union[str, Mapping[str, Any]]) -> Tuple[str, Dict[str,
     Turn a test's config into the text of a config file.
 
     A mapping is copied, and each of its C{proxy} and C{admin} sections
-    without a C{listen} gets a free port on 127.0.0.1.  YAML text is used
-    as it is.
+    without a C{listen} gets a free port on 127.0.0.1; a C{proxy} section
+    without C{workers} gets C{workers: 1} (the tests run one process unless
+    they ask for more; C{workers: None} leaves the gateway's default).  YAML
+    text is used as it is.
 
     @return: C{(yaml text, parsed data)}.
     """
@@ -362,6 +364,9 @@ def prepareConfig(config: Union[str, Mapping[str, Any]]) -> Tuple[str, Dict[str,
         section = data.get(role)
         if isinstance(section, dict) and "listen" not in section:
             section["listen"] = f"tcp:{freePort()}:interface={HOST}"
+    proxy = data.get("proxy")
+    if isinstance(proxy, dict):
+        proxy.setdefault("workers", 1)
     return yaml.safe_dump(data, sort_keys=False), data
 
 

@@ -136,6 +136,7 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertEqual(config.proxy.trustedProxies, ())
         self.assertTrue(config.proxy.accessLog)
         self.assertEqual(config.proxy.upstreamKeepalive, 512)
+        self.assertIsNone(config.proxy.workers)
         self.assertEqual(config.store, "memory:")
 
     def test_missingFile(self) -> None:

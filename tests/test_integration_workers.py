@@ -164,3 +164,33 @@ def test_another_reactor_can_be_chosen(backends, gateways):
             assert b"\0--reactor\0default" in f.read()
     for _ in range(20):
         assert gateway.proxy("GET", "/echo/x").status == 200
+
+
+def test_one_worker_per_core_by_default(backends, gateways):
+    """
+    Without C{workers}, a gateway with a tcp: endpoint and a file store
+    runs one worker per core (one core: in its own process).
+    """
+    backend = backends("b1")
+    data = config(backend)
+    data["proxy"]["workers"] = None
+    gateway = gateways(data)
+    cores = os.cpu_count() or 1
+    expected = cores if cores > 1 else 0
+    waitFor(lambda: len(workerPIDs(gateway.pid)) == expected, 10, what=f"{expected} workers")
+    for _ in range(20):
+        assert gateway.proxy("GET", "/echo/x").status == 200
+
+
+def test_memory_store_serves_in_process_by_default(backends, gateways):
+    """
+    Without C{workers}, a gateway whose store cannot be shared (memory:)
+    serves in its own process rather than refusing to start.
+    """
+    backend = backends("b1")
+    data = config(backend)
+    data["proxy"]["workers"] = None
+    data["store"] = "memory:"
+    gateway = gateways(data)
+    assert gateway.proxy("GET", "/echo/x").status == 200
+    assert workerPIDs(gateway.pid) == []
