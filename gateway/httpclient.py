@@ -425,6 +425,9 @@ class _Response:
                 protocol.dataReceived(data)
         if self._done:
             reason, self._reason = self._reason, None
+            # Let go of the protocol, which holds our producer, which holds
+            # us: a cycle only the garbage collector would free.
+            self._protocol = _DELIVERED
             _notifyLost(protocol, reason)
             return
         conn = self._conn
@@ -456,7 +459,13 @@ class _Response:
         if protocol is None:
             self._reason = reason
         else:
+            # (As in deliverBody: no cycle left through the protocol.)
+            self._protocol = _DELIVERED
             _notifyLost(protocol, reason)
+
+
+#: What L{_Response._protocol} holds once the body's end was delivered.
+_DELIVERED = object()
 
 
 def _notifyLost(protocol: Any, reason: Any) -> None:
