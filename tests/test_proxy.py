@@ -429,3 +429,55 @@ async def test_trusted_proxy_client_address(harness):
     seen = json.loads(await r.content())
     assert seenIPs == ["2.2.2.2"]
     assert seen["headers"]["x-forwarded-for"] == ["1.1.1.1, 2.2.2.2, 127.0.0.1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_proxied_request_leaves_no_reference_cycle(harness):
+    """
+    Once answered, a proxied request (plain or aggregated) is freed by
+    reference counting alone: none of the gateway's per-request objects is
+    left for the cycle collector, which would otherwise run every few
+    requests under load.
+    """
+    import gc
+
+    await harness.start()
+    harness.apply(
+        [
+            API,
+            {
+                "name": "agg",
+                "urlPattern": "/agg",
+                "nodes": [
+                    {"cluster": "main", "urlRewrite": "/echo/a", "attrName": "a"},
+                    {"cluster": "main", "urlRewrite": "/echo/b", "attrName": "b"},
+                ],
+            },
+        ]
+    )
+    for path in ("/echo/x", "/agg"):
+        # A first request makes the pooled connections, which live on.
+        response = await harness.request("GET", path)
+        await response.content()
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(5):
+            for path in ("/echo/x", "/agg"):
+                response = await harness.request("GET", path)
+                assert response.code == 200
+                await response.content()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        kinds = {
+            f"{type(o).__module__}.{type(o).__qualname__}"
+            for o in gc.garbage
+            if type(o).__module__.startswith("gateway.")
+        }
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if enabled:
+            gc.enable()
+    assert kinds == set()
