@@ -70,7 +70,8 @@ if AVAILABLE:
             Call C{f(*args)} once, at the end of this turn of the reactor:
             after the I/O events and the timed calls being handled, before
             the reactor waits for more.  Functions run in the order they
-            were given; an exception from one is logged.
+            were given; an exception from one is logged.  From the
+            reactor's thread only (others: C{callFromThread}).
             """
             self._afterTurn.append((f, args))
 
