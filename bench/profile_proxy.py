@@ -3,7 +3,12 @@ Where the gateway's CPU goes, per request: a reproducible measurement for
 profile-guided work on the hot path (127.0.0.1 only).
 
     .venv/bin/python bench/profile_proxy.py [--runs 3] [--duration 5]
-        [--profile] [--top 40] [--mode gateway|site|raw] [--path /plain]
+        [--profile] [--top 40] [--mode gateway|site|lean|raw|raw-proxy|micro]
+        [--path /plain] [--tree DIR] [--reactor gateway|epoll]
+        [--gc-threshold N]
+
+(or C{.venv-pypy/bin/python} for PyPy, where C{--profile} samples with
+C{vmprof}).
 
 It starts an nginx backend (the one of C{bench/run.py}, a 96-byte JSON
 answer), then a server in a child process of its own:
