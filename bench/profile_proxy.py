@@ -32,6 +32,7 @@ are not counted) and the top functions by total time are printed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import signal
@@ -384,6 +385,17 @@ def _eagerWrites() -> None:
     tcp.Connection.write = eagerWrite
 
 
+def _ifThere(module: str, name: str) -> Any:
+    """
+    @return: C{module.name}, or a function that does nothing when the tree
+        served (C{--tree}) is from before it.
+    """
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return lambda: None
+
+
 def serve(options: argparse.Namespace) -> int:
     if options.gc_threshold is not None:
         import gc
@@ -394,19 +406,9 @@ def serve(options: argparse.Namespace) -> int:
             gc.set_threshold(options.gc_threshold, *gc.get_threshold()[1:])
     elif options.mode == "gateway":
         # As twistd gateway does.
-        try:
-            from gateway.runtime import tuneGC
-        except ImportError:
-            pass  # a tree from before gateway.runtime (--tree)
-        else:
-            tuneGC()
+        _ifThere("gateway.runtime", "tuneGC")()
     if options.reactor == "gateway":
-        try:
-            from gateway.reactor import installIfNone
-        except ImportError:
-            pass  # a tree from before gateway.reactor (--tree)
-        else:
-            installIfNone()
+        _ifThere("gateway.reactor", "installIfNone")()
     from twisted.internet import reactor
 
     if options.eager_writes:
