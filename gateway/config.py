@@ -277,15 +277,28 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
     if proxy is not None and admin is not None and proxy.listen == admin.listen:
         raise ConfigError("admin.listen", "is the same endpoint as proxy.listen", source)
     if proxy is not None and proxy.workers is not None and proxy.workers != 1:
-        if not proxy.listen.startswith(("tcp:", "tcp6:")):
+        if not proxy.listen.startswith(_SHARED_ENDPOINTS):
             raise ConfigError(
                 "proxy.workers", "several workers need a tcp: or tcp6: listen endpoint", source
             )
-        if store.startswith("memory:"):
+        if not workersCanShare(proxy.listen, store):
             raise ConfigError(
                 "proxy.workers", "several workers need a shared store (file: or etcd://)", source
             )
     return GatewayConfig(proxy=proxy, admin=admin, store=store, seed=seed, path=source)
+
+
+#: Listen endpoints several worker processes can each bind (SO_REUSEPORT).
+_SHARED_ENDPOINTS = ("tcp:", "tcp6:")
+
+
+def workersCanShare(listen: str, store: str) -> bool:
+    """
+    @return: whether several proxy workers can share the listen endpoint
+        C{listen} and the store C{store} (not C{memory:}, which lives in
+        one process).
+    """
+    return listen.startswith(_SHARED_ENDPOINTS) and not store.startswith("memory:")
 
 
 class UniqueKeyLoader(yaml.SafeLoader):

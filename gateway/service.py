@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 import gateway
 from gateway.admin.webui import withWebUI
 from gateway.aggregate import Aggregator
+from gateway.config import workersCanShare
 from gateway.endpoints import endpointPort
 from gateway.health import HealthChecker
 from gateway.httpclient import HTTP11UpstreamClient
@@ -41,13 +42,7 @@ from gateway.snapshot import SnapshotManager
 from gateway.stats import SnapshotStats, Stats, mergeSnapshots
 from gateway.store import Change, StoreState, storeFromURL
 from gateway.store.etcd import EtcdStore
-from gateway.workers import (
-    WorkerPool,
-    canShare,
-    reusePortEndpoint,
-    workerCommand,
-    workerCount,
-)
+from gateway.workers import WorkerPool, reusePortEndpoint, workerCommand, workerCount
 
 log = Logger()
 
@@ -156,7 +151,7 @@ class GatewayService(MultiService):
         isWorker = role == "worker"
         proxyConfig = config.proxy
         workers = (
-            workerCount(proxyConfig.workers, canShare(proxyConfig.listen, config.store))
+            workerCount(proxyConfig.workers, workersCanShare(proxyConfig.listen, config.store))
             if proxyConfig is not None
             else 1
         )

@@ -42,8 +42,7 @@ def workerCount(configured: Optional[int], shareable: bool = True) -> int:
     @param configured: C{proxy.workers}: a count, 0 for one per core, or
         L{None} (not set) for one per core when C{shareable}, else 1.
     @param shareable: whether workers could share the proxy's port and
-        store (a C{tcp:} or C{tcp6:} endpoint; a C{file:} or C{etcd://}
-        store).
+        store (L{gateway.config.workersCanShare}).
     @return: the number of proxy processes.
     """
     if configured is None:
@@ -51,13 +50,6 @@ def workerCount(configured: Optional[int], shareable: bool = True) -> int:
     if configured > 0:
         return configured
     return max(1, os.cpu_count() or 1)
-
-
-def canShare(listen: str, store: str) -> bool:
-    """
-    @return: whether workers can share a proxy endpoint and a store.
-    """
-    return listen.startswith(("tcp:", "tcp6:")) and not store.startswith("memory:")
 
 
 class _ReusePortPort(tcp.Port):

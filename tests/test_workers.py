@@ -8,7 +8,8 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.workers import canShare, workerCount
+from gateway.config import workersCanShare
+from gateway.workers import workerCount
 
 CORES = max(1, os.cpu_count() or 1)
 
@@ -32,11 +33,11 @@ class WorkerCountTests(SynchronousTestCase):
 
 class CanShareTests(SynchronousTestCase):
     def test_tcpAndFile(self) -> None:
-        self.assertTrue(canShare("tcp:8080", "file:./g.json"))
-        self.assertTrue(canShare("tcp6:8080", "etcd://127.0.0.1:2379/gw"))
+        self.assertTrue(workersCanShare("tcp:8080", "file:./g.json"))
+        self.assertTrue(workersCanShare("tcp6:8080", "etcd://127.0.0.1:2379/gw"))
 
     def test_memoryStore(self) -> None:
-        self.assertFalse(canShare("tcp:8080", "memory:"))
+        self.assertFalse(workersCanShare("tcp:8080", "memory:"))
 
     def test_unixEndpoint(self) -> None:
-        self.assertFalse(canShare("unix:/tmp/g.sock", "file:./g.json"))
+        self.assertFalse(workersCanShare("unix:/tmp/g.sock", "file:./g.json"))
