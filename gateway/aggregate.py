@@ -187,7 +187,9 @@ def _decode(data: bytes) -> Tuple[Any, Optional[bytes]]:
         return json.loads(data), None
     if text[:1] == "\ufeff":
         return json.loads(text[1:]), None
-    return json.loads(text), data
+    # Without the whitespace around it (most bodies end with a newline),
+    # which would otherwise show inside the merged object.
+    return json.loads(text), data.strip(b" \t\r\n")
 
 
 _memberNames: Dict[str, bytes] = {}

@@ -162,8 +162,9 @@ class AggregationEngineTests(SynchronousTestCase):
 
     def test_answers_spliced_as_they_came(self) -> None:
         """
-        A node's UTF-8 answer goes into the merged one byte for byte (it
-        was decoded, to check it, but is not encoded again); one in UTF-16
+        A node's UTF-8 answer goes into the merged one byte for byte, but
+        the whitespace around it (it was decoded, to check it, but is not
+        encoded again); one in UTF-16
         or with a byte order mark is encoded again; a failed optional node
         is C{null}.  The whole is valid JSON, in the nodes' order.
         """
@@ -175,7 +176,7 @@ class AggregationEngineTests(SynchronousTestCase):
             node("gone", "/gone", cluster="d", required=False),
         )
         plain = '{"name": "caf\u00e9 \u2615",\n "n": [1, 2.50, null]}'.encode("utf-8")
-        self.client.answerBytes(b"/plain", plain)
+        self.client.answerBytes(b"/plain", b" " + plain + b"\n")
         self.client.answerBytes(b"/wide", '{"w": "\u00e9"}'.encode("utf-16"))
         self.client.answerBytes(b"/marked", b"\xef\xbb\xbf[true]")
         raw = transport.value().partition(b"\r\n\r\n")[2]
