@@ -163,10 +163,10 @@ class AggregationEngineTests(SynchronousTestCase):
     def test_answers_spliced_as_they_came(self) -> None:
         """
         A node's UTF-8 answer goes into the merged one byte for byte, but
-        the whitespace around it (it was decoded, to check it, but is not
-        encoded again); one in UTF-16
-        or with a byte order mark is encoded again; a failed optional node
-        is C{null}.  The whole is valid JSON, in the nodes' order.
+        for the whitespace around it (it was decoded, to check it, but is
+        not encoded again); one in UTF-16 or with a byte order mark is
+        encoded again; a failed optional node is C{null}.  The whole is
+        valid JSON, in the nodes' order.
         """
         self.client.refuse.add("down")
         transport, _ = self.serve(
