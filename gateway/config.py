@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import attrs
 import yaml
 
+from gateway.httpclient import DEFAULT_MAX_IDLE
 from gateway.httpserver import HTTPLimits, isLoopbackEndpoint
 from gateway.model import Catalog, FilterSpec, parseResource
 from gateway.schema import (
@@ -154,7 +155,7 @@ class ProxyConfig:
     )
     upstreamKeepalive: int = field(
         Int(0, 65536),
-        512,
+        DEFAULT_MAX_IDLE,
         doc="idle keep-alive connections kept per server (more are closed); 0 = none",
     )
     limits: HTTPLimits = field(

@@ -1096,6 +1096,10 @@ class _Address:
         self.port = port
 
 
+#: Idle keep-alive connections kept per backend address, by default.
+DEFAULT_MAX_IDLE = 512
+
+
 @implementer(IUpstreamClient)
 class HTTP11UpstreamClient:
     """
@@ -1127,7 +1131,7 @@ class HTTP11UpstreamClient:
         self,
         reactor: Any,
         connectTimeout: float = 5.0,
-        maxIdlePerBackend: int = 512,
+        maxIdlePerBackend: int = DEFAULT_MAX_IDLE,
         idleTimeout: float = 60.0,
     ) -> None:
         self._reactor = reactor

@@ -29,7 +29,7 @@ from gateway.aggregate import Aggregator
 from gateway.config import workersCanShare
 from gateway.endpoints import endpointPort
 from gateway.health import HealthChecker
-from gateway.httpclient import HTTP11UpstreamClient
+from gateway.httpclient import DEFAULT_MAX_IDLE, HTTP11UpstreamClient
 from gateway.httpserver import ADMIN_LIMITS, LimitedSite, snapshotBodyLimits
 from gateway.metrics import metricsResource
 from gateway.mirror import Mirror
@@ -126,7 +126,10 @@ class GatewayService(MultiService):
     @ivar store: the L{gateway.interfaces.IStore}.
     @ivar manager: the L{SnapshotManager}.
     @ivar ready: whether the first snapshot is serving.
+    @ivar proxyResource: the proxy served in this process, or L{None}.
     """
+
+    proxyResource: Optional[GatewayResource] = None
 
     def __init__(
         self,
@@ -180,12 +183,14 @@ class GatewayService(MultiService):
 
         if proxyConfig is not None or not isWorker:
             if self._client is None:
-                pool = (
-                    {}
-                    if proxyConfig is None
-                    else {"maxIdlePerBackend": proxyConfig.upstreamKeepalive}
+                self._client = HTTP11UpstreamClient(
+                    reactor,
+                    maxIdlePerBackend=(
+                        proxyConfig.upstreamKeepalive
+                        if proxyConfig is not None
+                        else DEFAULT_MAX_IDLE
+                    ),
                 )
-                self._client = HTTP11UpstreamClient(reactor, **pool)
         if proxyConfig is not None and (isWorker or workers == 1):
             self.mirror = Mirror(self._client, reactor)
             self.proxyResource = GatewayResource(
@@ -331,7 +336,7 @@ class GatewayService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        if getattr(self, "proxyResource", None) is not None and self.role != "worker":
+        if self.proxyResource is not None and self.role != "worker":
             advice = nurseryAdvice(os.environ)
             if advice is not None:
                 log.warn(advice)
@@ -352,7 +357,7 @@ class GatewayService(MultiService):
             self._unwatch()
             self._unwatch = None
         proxy = self.getServiceNamed("proxy") if "proxy" in self.namedServices else None
-        if proxy is not None and proxy.running:
+        if proxy is not None and proxy.running and self.proxyResource is not None:
             # Stop accepting first, then let the requests in flight finish.
             yield defer.maybeDeferred(proxy.stopService)
             left = yield self.proxyResource.drain(self._config.proxy.drainTimeout)
