@@ -306,7 +306,14 @@ def test_proxiesStartBeforeEtcd(tmp_path, backends, gateways):
         admin = gateways(
             dict(seed([b1]), admin={"token": TOKEN}, store=storeURL([server.endpoint]))
         )
-        assert admin.admin("GET", "/api/v1/apis/live").status == 200
+        # The admin answers before its seed is in etcd (a store that does
+        # not answer at once is seeded once the gateway runs).
+        waitFor(
+            lambda: admin.admin("GET", "/api/v1/apis/live").status == 200,
+            10,
+            0.05,
+            "the admin's seed in etcd",
+        )
         waitFor(lambda: Cluster._serves(proxy), 15, 0.05, "the proxy to serve")
     finally:
         server.cleanup()
