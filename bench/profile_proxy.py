@@ -36,6 +36,7 @@ import importlib
 import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -558,64 +559,60 @@ def measureAll(options: argparse.Namespace) -> int:
 
 # -- in-process: the Python-side cost alone ------------------------------------
 
-#: The head nginx answers the benchmark's requests with.
-_UPSTREAM_HEAD = [
-    b"HTTP/1.1 200 OK",
-    b"Server: nginx/1.22.1",
-    b"Date: Mon, 23 Nov 2026 23:55:23 GMT",
-    b"Content-Type: application/json",
-    b"Content-Length: 96",
-    b"Connection: keep-alive",
-]
+#: The answer nginx gives the benchmark's requests.
+_UPSTREAM_ANSWER = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Server: nginx/1.22.1\r\n"
+    b"Date: Mon, 23 Nov 2026 23:55:23 GMT\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Content-Length: %d\r\n"
+    b"Connection: keep-alive\r\n\r\n" % (len(BODY),)
+) + BODY
 
 
-class _FakeUpstream:
+class _MemoryEndpoints:
     """
-    An upstream client that sends nothing: it serialises the request head
-    as L{gateway.httpclient.HTTP11UpstreamClient} does and keeps the
-    Deferred for the driver to answer.
+    Stands in for L{gateway.endpoints.CachedEndpointFactory}: every
+    endpoint connects at once to a L{StringTransport}, and the protocols
+    connected so are kept for the driver to answer on.
     """
 
     def __init__(self) -> None:
-        self.pending: List[Any] = []
+        self.connected: List[Any] = []
 
-    def request(
-        self, backend: Any, method: bytes, uri: bytes, headers: Any, body: Any = None, t: Any = None
-    ) -> Any:
-        from twisted.internet.defer import Deferred
+    def endpointForURI(self, uri: Any) -> Any:
+        return self
 
-        parts = [method, b" ", uri, b" HTTP/1.1\r\n", b"Host: x\r\n"]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                parts.extend((name, b": ", value, b"\r\n"))
-        parts.append(b"\r\n")
-        b"".join(parts)
-        d: Deferred = Deferred()
-        self.pending.append(d)
-        return d
-
-    def close(self) -> Any:
+    def connect(self, factory: Any) -> Any:
+        from twisted.internet.address import IPv4Address
         from twisted.internet.defer import succeed
+        from twisted.internet.testing import StringTransport
 
-        return succeed(None)
+        address = IPv4Address("TCP", "127.0.0.1", 8081)
+        protocol = factory.buildProtocol(address)
+        protocol.makeConnection(
+            StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 40001), peerAddress=address)
+        )
+        self.connected.append(protocol)
+        return succeed(protocol)
 
 
 def micro(options: argparse.Namespace) -> int:
     """
-    Serve requests through the gateway's site and resource in-process: a
-    channel on a L{StringTransport}, an upstream client that answers at
-    once with a parsed copy of nginx's head and body; report the CPU time
-    per request (C{time.process_time}), best of C{--runs} rounds.
+    Serve requests through the gateway's site, resource and upstream
+    client in-process: the client's side of the proxy on a
+    L{StringTransport}, its upstream connection on another, answered with
+    nginx's bytes; report the CPU time per request (C{time.process_time}),
+    best of C{--runs} rounds.  Everything but the sockets and the reactor
+    runs as it does in a gateway.
     """
     import yaml
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactorClock, StringTransport
-    from twisted.python.failure import Failure
-    from twisted.web.client import ResponseDone
 
     from gateway.config import parseConfig
     from gateway.filters import FilterRegistry
-    from gateway.httpclient import _Response, parseHead
+    from gateway.httpclient import HTTP11UpstreamClient
     from gateway.service import GatewayService, GatewaySite
 
     _useChannel(options.channel)
@@ -623,7 +620,8 @@ def micro(options: argparse.Namespace) -> int:
     data["store"] = "memory:"
     config = parseConfig(yaml.safe_load(yaml.safe_dump(data)))
     reactor = MemoryReactorClock()
-    upstream = _FakeUpstream()
+    upstream = HTTP11UpstreamClient(reactor)
+    endpoints = upstream._endpoints = _MemoryEndpoints()  # type: ignore[assignment]
     service = GatewayService(config, reactor, FilterRegistry.fromPlugins(), client=upstream)
     site = GatewaySite(service.proxyResource, reactor=reactor)
     constant = options.resource != "gateway"
@@ -649,18 +647,15 @@ def micro(options: argparse.Namespace) -> int:
     )
     channel.makeConnection(transport)
     head = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n" % (options.path.encode(),)
-    done = Failure(ResponseDone())
 
     def one() -> None:
         channel.dataReceived(head)
         if constant:
             return
-        d = upstream.pending.pop()
-        version, code, phrase, headers, length, _, _ = parseHead(_UPSTREAM_HEAD)
-        response = _Response(None, version, code, phrase, headers, 96)
-        d.callback(response)
-        response._data(BODY)
-        response._finish(done)
+        # One keep-alive connection, answered as nginx answers.
+        conn = endpoints.connected[-1]
+        conn.transport.clear()
+        conn.dataReceived(_UPSTREAM_ANSWER)
 
     one()
     first = transport.value()
@@ -685,6 +680,8 @@ def micro(options: argparse.Namespace) -> int:
         if profile is not None:
             profile.disable()
         costs.append((time.process_time() - started) / count * 1e6)
+    if not constant and len(endpoints.connected) != 1:
+        raise SystemExit(f"the upstream connection was not kept alive: {len(endpoints.connected)}")
     costs.sort()
     print(
         f"in-process, channel {options.channel}, {options.resource}: best {costs[0]:.1f} µs/req, "
@@ -763,6 +760,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if options.serve:
         return serve(options)
     if options.mode == "micro":
+        if options.tree and os.environ.get("GATEWAY_PROFILE_TREE") != options.tree:
+            # The gateway of that tree, imported before this one's.
+            env = dict(os.environ, GATEWAY_PROFILE_TREE=options.tree)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(Path(options.tree).resolve()), env.get("PYTHONPATH")) if p
+            )
+            return subprocess.call([sys.executable, *sys.argv], env=env)
         return micro(options)
     if options.mode in ("site", "lean", "raw", "raw-proxy") and options.path == "/plain":
         options.path = "/"

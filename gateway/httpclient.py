@@ -358,6 +358,9 @@ class _Response:
         close-delimited body.
     @ivar request: the L{IClientRequest} when made through L{UpstreamAgent},
         else L{None}.
+    @ivar body: the whole body, when it came with the head (the exchange
+        was over when the response was handed out; L{deliverBody} still
+        delivers it), else L{None}.
     """
 
     __slots__ = (
@@ -366,6 +369,7 @@ class _Response:
         "phrase",
         "headers",
         "length",
+        "body",
         "request",
         "previousResponse",
         "_conn",
@@ -390,6 +394,7 @@ class _Response:
         self.phrase = phrase
         self.headers = headers
         self.length = length
+        self.body: Optional[bytes] = None
         self.request: Any = None
         self.previousResponse: Any = None
         self._conn = conn
@@ -466,6 +471,10 @@ class _Response:
 
 #: What L{_Response._protocol} holds once the body's end was delivered.
 _DELIVERED = object()
+
+#: The end of every complete body: one shared failure, as Twisted shares
+#: L{twisted.internet.main.connectionDone}; it has no traceback to keep.
+_RESPONSE_DONE = Failure(ResponseDone())
 
 
 def _notifyLost(protocol: Any, reason: Any) -> None:
@@ -802,7 +811,7 @@ class _Connection(Protocol):
                 self.transport.abortConnection()
             else:
                 self.transport.loseConnection()
-        response._finish(Failure(ResponseDone()))  # type: ignore[union-attr]
+        response._finish(_RESPONSE_DONE)  # type: ignore[union-attr]
 
     # -- parsing ----------------------------------------------------------------
 
@@ -897,6 +906,22 @@ class _Connection(Protocol):
             state = _UNTIL_CLOSE
         self.keepAlive = keepAlive
         response = self.response = _Response(self, version, code, phrase, headers, length)
+        if state == _LENGTH and len(rest) >= length:
+            # The whole body came with the head, as a small answer does:
+            # the exchange is over before anyone hears of it.  The
+            # connection goes back to the pool, and the response holds its
+            # body (L{_Response.body}) and its end for L{deliverBody}.
+            if len(rest) == length:
+                body, rest = rest, b""
+            else:
+                body, rest = rest[:length], rest[length:]
+            response.body = body
+            if body:
+                response._pending = [body]
+                response._pendingSize = length
+            self._responseDone(rest)
+            req.succeed(response)  # type: ignore[union-attr]
+            return None
         self.state = state
         if state == _LENGTH:
             self.remaining = length
@@ -905,9 +930,6 @@ class _Connection(Protocol):
         req.succeed(response)  # type: ignore[union-attr]
         if self.dead or self.response is not response:
             return None  # its callbacks aborted it: connectionLost ends it
-        if state == _LENGTH and not length:
-            self._responseDone(rest)
-            return None
         return rest
 
     def _sizedBody(self, data: bytes, state: int) -> Optional[bytes]:

@@ -589,6 +589,15 @@ class GatewayResource(Resource):
             self._upstreamDone(context)
             request.finish()
             return
+        body = getattr(response, "body", None)
+        if body is not None:
+            # The whole body came with the head (L{HTTP11UpstreamClient}
+            # says so of small answers): nothing to stream.
+            self._upstreamDone(context)
+            if body:
+                request.write(body)
+            request.finish()
+            return
         length = getattr(response, "length", UNKNOWN_LENGTH)
         stream = not isinstance(length, int) or length > _SMALL_RESPONSE
         response.deliverBody(_StreamBody(self, context, stream))

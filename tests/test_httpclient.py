@@ -414,6 +414,36 @@ class FramingTests(ClientTestCase):
         collect.reason.trap(ResponseDone)
         self.assertEqual(self.idle(), 1)
 
+    def test_bodyWithHead(self) -> None:
+        """
+        A sized body that comes in the same read as its head is the
+        response's C{body}, and the exchange is over when the response is
+        handed out: the connection is back in the pool already, and the
+        body is still delivered to a protocol.  A body still to come leaves
+        C{body} L{None}.
+        """
+        seen = []
+        d = self.request()
+        upstream = self.connect()
+        d.addCallback(lambda response: seen.append((response.body, self.idle())) or response)
+        upstream.send(SIMPLE + b"\r\n")
+        self.assertEqual(seen, [(b"hello", 1)])
+        collect = Collect()
+        self.successResultOf(d).deliverBody(collect)
+        self.assertEqual(collect.body, b"hello")
+        collect.reason.trap(ResponseDone)
+
+        d = self.request()
+        upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+        response = self.successResultOf(d)
+        self.assertIsNone(response.body)
+        self.assertEqual(self.idle(), 0)
+        collect = Collect()
+        response.deliverBody(collect)
+        upstream.send(b"lo")
+        self.assertEqual((collect.body, self.idle()), (b"hello", 1))
+        self.assertIsNone(response.body)
+
     def test_chunked(self) -> None:
         """
         A chunked body is de-chunked; chunk extensions and trailer fields
@@ -1246,15 +1276,20 @@ class PoolTests(ClientTestCase):
                 self.transport.stopProducing()
 
         for answer in [
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n",
+            # (A sized body that comes with its head is over before it is
+            # delivered: see test_stoppedInResponseCallback.)
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"hello"),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n",
+            ),
         ]:
             d = self.request()
             upstream = self.connect()
             collect = StopAtOnce()
             d.addCallback(lambda response, collect=collect: response.deliverBody(collect))
-            upstream.send(answer)
+            for data in answer:
+                upstream.send(data)
             self.assertTrue(upstream.transport.disconnected)
             self.assertEqual(self.idle(), 0)
             self.assertIsNone(collect.reason)
@@ -1265,8 +1300,32 @@ class PoolTests(ClientTestCase):
 
     def test_stoppedInResponseCallback(self) -> None:
         """
-        A body-less response whose body is stopped from the response
-        callback does not pool its aborted connection.
+        A response whose whole body came with its head is over before its
+        callback runs: stopping its body from there is harmless, the body
+        ends cleanly and the connection stays pooled.
+        """
+
+        class StopOnConnect(Collect):
+            def connectionMade(self) -> None:
+                self.transport.stopProducing()
+
+        for answer in (b"HTTP/1.1 204 No Content\r\n\r\n", SIMPLE):
+            d = self.request()
+            if answer is not SIMPLE:
+                upstream = self.connect()
+            collect = StopOnConnect()
+            d.addCallback(lambda response, collect=collect: response.deliverBody(collect))
+            upstream.send(answer)
+            self.assertFalse(upstream.transport.disconnected)
+            self.assertEqual(self.idle(), 1)
+            collect.reason.trap(ResponseDone)
+        self.assertEqual(collect.body, b"hello")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_stoppedInResponseCallbackMidBody(self) -> None:
+        """
+        A response whose body is still to come, stopped from the response
+        callback, does not pool its aborted connection.
         """
 
         class StopOnConnect(Collect):
@@ -1277,7 +1336,7 @@ class PoolTests(ClientTestCase):
         upstream = self.connect()
         collect = StopOnConnect()
         d.addCallback(lambda response: response.deliverBody(collect))
-        upstream.send(b"HTTP/1.1 204 No Content\r\n\r\n")
+        upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
         self.assertTrue(upstream.transport.disconnected)
         self.assertEqual(self.idle(), 0)
         upstream.lose(error.ConnectionAborted())
