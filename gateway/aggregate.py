@@ -117,7 +117,14 @@ class _NodeCall(Protocol):
             self._end(Failure(NodeFailed(f"status {code}")))
             return
         self._code = code
-        response.deliverBody(self)
+        body = getattr(response, "body", None)
+        if body is None:
+            response.deliverBody(self)
+        elif len(body) > MAX_NODE_BODY:
+            self._end(Failure(BodyTooLarge(f"more than {MAX_NODE_BODY} bytes")))
+        else:
+            # The whole body came with the head: nothing to collect.
+            self._complete(body)
 
     def _headFailed(self, failure: Failure) -> None:
         self._deferred = None
@@ -138,16 +145,22 @@ class _NodeCall(Protocol):
             self._end(Failure(BodyTooLarge(f"more than {MAX_NODE_BODY} bytes")))
         elif not isinstance(reason.value, CLEAN_ENDS):
             self._end(Failure(UpstreamBroken(reason.getErrorMessage())))
-        elif not 200 <= self._code < 300:
-            self._end(Failure(NodeFailed(f"status {self._code}")))
         else:
-            data = b"".join(self._parts)
-            try:
-                value, raw = _decode(data)
-            except ValueError as e:
-                self._end(Failure(NodeFailed(f"answer is not JSON: {e}")))
-                return
-            self._end(None, value, raw)
+            self._complete(b"".join(self._parts))
+
+    def _complete(self, data: bytes) -> None:
+        """
+        The whole body is in: the node's answer, if it is JSON.
+        """
+        if not 200 <= self._code < 300:
+            self._end(Failure(NodeFailed(f"status {self._code}")))
+            return
+        try:
+            value, raw = _decode(data)
+        except ValueError as e:
+            self._end(Failure(NodeFailed(f"answer is not JSON: {e}")))
+            return
+        self._end(None, value, raw)
 
     def _end(self, failure: Optional[Failure], value: Any = None, raw: Any = None) -> None:
         if self._over:

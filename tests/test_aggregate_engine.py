@@ -49,6 +49,21 @@ class Answer:
         protocol.connectionLost(Failure(ResponseDone()))
 
 
+class WholeAnswer(Answer):
+    """
+    A response whose whole body came with its head, as
+    L{gateway.httpclient.HTTP11UpstreamClient} hands out small ones: its
+    C{body} is read, its C{deliverBody} never called.
+    """
+
+    def __init__(self, code: int, body: bytes) -> None:
+        Answer.__init__(self, code, body)
+        self.body = body
+
+    def deliverBody(self, protocol: Any) -> None:
+        raise AssertionError("a whole body is not to be delivered")
+
+
 class HeldAnswer(Answer):
     """
     A response whose body starts but does not end until stopped: stopping
@@ -195,6 +210,47 @@ class AggregationEngineTests(SynchronousTestCase):
         self.assertEqual(list(body), ["plain", "wide", "marked", "gone"])
         self.assertEqual(headers["x-gateway-partial"], "gone")
         self.assertEqual(int(headers["content-length"]), len(raw))
+
+    def test_whole_bodies(self) -> None:
+        """
+        Answers whose whole body came with their head are taken as they
+        are: merged when they are JSON of a 2xx answer, else the node
+        failed (C{null} for an optional node), as a streamed body would.
+        """
+        transport, _ = self.serve(
+            node("ok", "/ok"),
+            node("streamed", "/streamed"),
+            node("notJSON", "/notJSON", required=False),
+            node("notFound", "/notFound", required=False),
+            node("huge", "/huge", required=False),
+        )
+        self.client.answer(b"/ok", value={"a": [1, 2]}, kind=WholeAnswer)
+        self.client.answer(b"/streamed", value=7)
+        for uri, code, body in (
+            (b"/notJSON", 200, b"<html>"),
+            (b"/notFound", 404, b"{}"),
+            (b"/huge", 200, b"[" + b"0," * (4 * 1024 * 1024) + b"0]"),
+        ):
+            for _, called, d, _ in self.client.calls:
+                if called == uri:
+                    d.callback(WholeAnswer(code, body))
+        code, headers, body = self.answerOf(transport)
+        self.assertEqual(
+            (code, body),
+            (
+                200,
+                {
+                    "ok": {"a": [1, 2]},
+                    "streamed": 7,
+                    "notJSON": None,
+                    "notFound": None,
+                    "huge": None,
+                },
+            ),
+        )
+        self.assertEqual(headers["x-gateway-partial"], "notJSON,notFound,huge")
+        backend = self.manager.backends["s"]
+        self.assertEqual(backend.active, 0)
 
     def test_each_node_its_own_timeout(self) -> None:
         """
