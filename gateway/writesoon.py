@@ -48,7 +48,15 @@ def _buffersKnown() -> bool:
         abstract.FileDescriptor.__init__(probe, reactor=object())  # type: ignore[arg-type]
     except Exception:
         return False
-    names = ("dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen", "_writeDisconnected")
+    names = (
+        "dataBuffer",
+        "offset",
+        "_tempDataBuffer",
+        "_tempDataLen",
+        "_writeDisconnected",
+        "_writeDisconnecting",
+        "producer",
+    )
     return (
         all(hasattr(probe, name) for name in names)
         and isinstance(probe._tempDataBuffer, list)
@@ -111,6 +119,33 @@ class _Flusher:
                 # Closed, or closing (the reactor sends what is left), or
                 # sent already.
                 continue
+            if (
+                transport.producer is None
+                and not transport.dataBuffer
+                and not transport._writeDisconnecting
+                and transport._tempDataLen <= _SEND_LIMIT
+            ):
+                # The common case, sent here: what C{doWrite} does with it,
+                # without the calls it makes for the cases it also serves
+                # (a partial buffer, a producer to resume, a half-close, and
+                # unwatching a socket that is not watched).
+                chunks = transport._tempDataBuffer
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                transport._tempDataBuffer = []
+                transport._tempDataLen = 0
+                try:
+                    sent = transport.socket.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    # Left to the reactor, whose next C{doWrite} meets the
+                    # same error and ends the connection as it always does.
+                    sent = 0
+                if sent < len(data):
+                    transport.dataBuffer = data
+                    transport.offset = sent
+                    transport.startWriting()
+                continue
             try:
                 why = transport.doWrite()
             except Exception:
@@ -121,6 +156,9 @@ class _Flusher:
                 # on, and reports a failure as it always does.
                 transport.startWriting()
 
+
+#: The most a transport sends in one call (L{abstract.FileDescriptor.SEND_LIMIT}).
+_SEND_LIMIT = abstract.FileDescriptor.SEND_LIMIT
 
 _flushers: Dict[Any, _Flusher] = {}
 

@@ -11,7 +11,7 @@ from typing import Any, List
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 
 from gateway import writesoon
@@ -123,3 +123,99 @@ async def test_closed_before_sent() -> None:
     assert sink.received == []
     await port.stopListening()
     await port2.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_socket_full() -> None:
+    """
+    Writes into a socket that takes only part of them (its peer does not
+    read): the rest waits in the transport's buffer, watched by the
+    reactor, later writes queue behind it, and everything arrives in order
+    once the peer reads again.
+    """
+    piece = 100 * 1024
+    sender, sink, port = await pair(0)
+    sink.transport.pauseProducing()
+    transport = sender.transport
+    written = []
+    for i in range(400):
+        data = bytes([65 + i % 26]) * piece
+        writeSoon(transport, data)
+        written.append(data)
+        await deferLater(0)
+        if transport in reactor.getWriters():
+            break
+    assert transport in reactor.getWriters(), "the socket never filled up"
+    writeSoon(transport, b"end")
+    written.append(b"end")
+    sink.expected = sum(len(d) for d in written)
+    sink.transport.resumeProducing()
+    assert await sink.done == b"".join(written)
+    await deferLater(0.01)
+    assert transport not in reactor.getWriters()
+    transport.loseConnection()
+    await port.stopListening()
+
+
+class Lost(protocol.Protocol):
+    def __init__(self) -> None:
+        self.lost: defer.Deferred = defer.Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback([reason])
+
+
+@pytest_twisted.ensureDeferred
+async def test_peer_reset() -> None:
+    """
+    A send that fails (the peer reset the connection) is left to the
+    reactor, which ends the connection as it does for any write.
+    """
+    import socket
+    import struct
+
+    sinks: List[Sink] = []
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(lambda: sinks.append(Sink(1)) or sinks[-1])
+    )
+    sender = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Lost()
+    )
+    while not sinks:
+        await deferLater(0.001)
+    # Closing with a zero linger time resets the connection at once.
+    peer = sinks[0].transport.socket
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sinks[0].transport.stopReading()
+    peer.close()
+    sent = []
+    realSend = sender.transport.socket.send
+
+    def send(data: Any) -> int:
+        try:
+            result = realSend(data)
+        except OSError as e:
+            sent.append(e)
+            raise
+        sent.append(result)
+        return result
+
+    sender.transport.socket = _Wrapped(sender.transport.socket, send)
+    writeSoon(sender.transport, b"x" * 1000)
+    [reason] = await sender.lost
+    assert reason.check(error.ConnectionDone, error.ConnectionLost)
+    assert isinstance(sent[0], OSError), sent
+    await port.stopListening()
+
+
+class _Wrapped:
+    """
+    A socket whose C{send} is another function.
+    """
+
+    def __init__(self, socket: Any, send: Any) -> None:
+        self._socket = socket
+        self.send = send
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._socket, name)
