@@ -191,6 +191,14 @@ _FIELDS: Dict[bytes, Tuple[bytes, int]] = {}
 _MAX_FIELDS = 10_000
 
 
+#: Header line as received -> (its L{Headers} key, its kind, its value):
+#: an upstream sends most of its lines (C{Server}, C{Content-Type},
+#: C{Connection}, ...) the same on every answer.  Emptied when full, which
+#: lines that vary (C{Date}, ids) make it now and then.
+_LINES: Dict[bytes, Tuple[bytes, int, bytes]] = {}
+_MAX_LINES = 1024
+
+
 # Whether the parser may fill Headers' internal dict directly with the keys
 # Headers itself computes (L{_field}), skipping per-value sanitising that a
 # parsed value never needs: checked once, against the installed Twisted.
@@ -229,18 +237,24 @@ def _parseHead(lines: List[bytes]) -> Tuple[Any, ...]:
     raw = headers._rawHeaders if _RAW_KEYS else None  # type: ignore[attr-defined]
     contentLength = transferEncoding = connection = None
     fields = _FIELDS
+    known = _LINES
     for i in range(1, len(lines)):
         line = lines[i]
-        name, sep, value = line.partition(b":")
-        field = fields.get(name)
-        if field is None or not sep:
-            if not sep or not name or name.translate(None, _TCHAR):
-                if line[:1] in (b" ", b"\t"):
-                    raise _Folded()
-                raise _Malformed(f"upstream sent a malformed header field: {line[:80]!r}")
-            field = _field(name)
-        key, kind = field
-        value = value.strip(b" \t")
+        parsed = known.get(line)
+        if parsed is None:
+            name, sep, value = line.partition(b":")
+            field = fields.get(name)
+            if field is None or not sep:
+                if not sep or not name or name.translate(None, _TCHAR):
+                    if line[:1] in (b" ", b"\t"):
+                        raise _Folded()
+                    raise _Malformed(f"upstream sent a malformed header field: {line[:80]!r}")
+                field = _field(name)
+            parsed = (field[0], field[1], value.strip(b" \t"))
+            if len(known) >= _MAX_LINES:
+                known.clear()
+            known[line] = parsed
+        key, kind, value = parsed
         if raw is None:
             headers.addRawHeader(name, value)
         else:

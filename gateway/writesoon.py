@@ -56,6 +56,8 @@ def _buffersKnown() -> bool:
         "_writeDisconnected",
         "_writeDisconnecting",
         "producer",
+        "streamingProducer",
+        "producerPaused",
     )
     return (
         all(hasattr(probe, name) for name in names)
@@ -119,16 +121,17 @@ class _Flusher:
                 # Closed, or closing (the reactor sends what is left), or
                 # sent already.
                 continue
+            producer = transport.producer
             if (
-                transport.producer is None
+                (producer is None or (transport.streamingProducer and not transport.producerPaused))
                 and not transport.dataBuffer
                 and not transport._writeDisconnecting
                 and transport._tempDataLen <= _SEND_LIMIT
             ):
                 # The common case, sent here: what C{doWrite} does with it,
                 # without the calls it makes for the cases it also serves
-                # (a partial buffer, a producer to resume, a half-close, and
-                # unwatching a socket that is not watched).
+                # (a partial buffer, a paused producer to resume, a
+                # half-close, and unwatching a socket that is not watched).
                 chunks = transport._tempDataBuffer
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 transport._tempDataBuffer = []

@@ -270,6 +270,28 @@ class ParseHeadTests(SynchronousTestCase):
         self.assertEqual(self.parse(b"HTTP/1.1 204 ")[1:3], (204, b""))
         self.assertEqual(self.parse(b"HTTP/1.1 204")[1:3], (204, b""))
 
+    def test_linesRemembered(self) -> None:
+        """
+        Header lines seen before are taken from a bounded cache, and parse
+        as they did the first time, framing fields included; lines that
+        vary only fill the cache up to its bound, when it starts over.
+        """
+        head = b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length:  5 \r\nConnection: close"
+        first = self.parse(head)
+        again = self.parse(head)
+        self.assertEqual(
+            (again[3].getRawHeaders(b"server"), again[4], again[6]), ([b"x"], [b"5"], [b"close"])
+        )
+        self.assertEqual(list(first[3].getAllRawHeaders()), list(again[3].getAllRawHeaders()))
+        for i in range(httpclient._MAX_LINES + 10):
+            parsed = self.parse(b"HTTP/1.1 200 OK\r\nX-Id: %d" % (i,))
+            self.assertEqual(parsed[3].getRawHeaders(b"x-id"), [b"%d" % (i,)])
+            self.assertLessEqual(len(httpclient._LINES), httpclient._MAX_LINES)
+        with self.assertRaises(UpstreamBroken):
+            self.parse(b"HTTP/1.1 200 OK\r\nBad Name: 1")
+        with self.assertRaises(UpstreamBroken):
+            self.parse(b"HTTP/1.1 200 OK\r\nBad Name: 1")
+
     def test_malformedStatusLine(self) -> None:
         """
         Anything but C{HTTP/1.x DDD[ phrase]} is refused.
