@@ -202,7 +202,8 @@ class TargetsTests(SynchronousTestCase):
     def test_ratios(self) -> None:
         """
         The targets are computed from the rows of the run: gateway CPU per
-        request (absolute on CPython, against nginx on PyPy), N workers
+        request (absolute and against the Agent proxy on CPython, against
+        nginx on PyPy), N workers
         against one, and the aggregation against the naive treq fan-out.
         """
         report = run.Report()
@@ -212,10 +213,13 @@ class TargetsTests(SynchronousTestCase):
         _row(report, "gateway-plain-pypy-1", reqPerSec=5000.0, cpuUsPerReq=60.0)
         _row(report, "gateway-aggregate-cpython-1", reqPerSec=800.0)
         _row(report, "treq-fanout-cpython", reqPerSec=100.0)
+        _row(report, "twisted-agent-cpython", reqPerSec=400.0, cpuUsPerReq=300.0)
         targets = {t["target"]: t for t in run.computeTargets(report)}
 
         cpu = targets["gateway CPU/request, CPython, default filters"]
         self.assertEqual((cpu["measured"], cpu["met"]), (120.0, True))
+        agent = targets["gateway CPU/request vs Twisted's Agent proxy, CPython"]
+        self.assertEqual((agent["measured"], agent["met"]), (2.5, False))
         pypy = targets["gateway CPU/request vs nginx, PyPy"]
         self.assertEqual((pypy["measured"], pypy["met"]), (2.4, False))
         scaling = targets["N workers vs 1, cpython"]
@@ -236,6 +240,9 @@ class TargetsTests(SynchronousTestCase):
         targets = {t["target"]: t for t in run.computeTargets(report)}
         self.assertIsNone(targets["N workers vs 1, cpython"]["measured"])
         self.assertIsNone(targets["gateway CPU/request vs nginx, PyPy"]["measured"])
+        self.assertIsNone(
+            targets["gateway CPU/request vs Twisted's Agent proxy, CPython"]["measured"]
+        )
         self.assertFalse(targets["gateway CPU/request, CPython, default filters"]["met"])
 
 
