@@ -146,8 +146,15 @@ class AggregationEngineTests(SynchronousTestCase):
         resource = GatewayResource(
             manager, self.client, self.clock, aggregator=Aggregator(self.client, self.clock)
         )
-        site = LimitedSite(resource, reactor=self.clock, requestFactory=GatewayRequest)
-        channel = site.buildProtocol(PEER)
+        self.site = LimitedSite(resource, reactor=self.clock, requestFactory=GatewayRequest)
+        return self.again()
+
+    def again(self) -> Tuple[StringTransport, Any]:
+        """
+        Ask the aggregation of the last L{serve} once more, on a new
+        connection.
+        """
+        channel = self.site.buildProtocol(PEER)
         transport = StringTransport(peerAddress=PEER)
         channel.makeConnection(transport)
         channel.dataReceived(b"GET /agg HTTP/1.1\r\nHost: gw\r\n\r\n")
@@ -251,6 +258,35 @@ class AggregationEngineTests(SynchronousTestCase):
         self.assertEqual(headers["x-gateway-partial"], "notJSON,notFound,huge")
         backend = self.manager.backends["s"]
         self.assertEqual(backend.active, 0)
+
+    def test_slowest_first(self) -> None:
+        """
+        The nodes of a batch are asked slowest first, by how long each took
+        before (a timeout counts as what it waited); nodes never timed keep
+        their order, after the others; the answer keeps the nodes' order.
+        """
+        transport, channel = self.serve(
+            node("a", "/a"), node("b", "/b"), node("c", "/c", timeout=5), node("d", "/d")
+        )
+        self.assertEqual([c[1] for c in self.client.calls], [b"/a", b"/b", b"/c", b"/d"])
+        self.clock.advance(0.01)
+        self.client.answer(b"/a", value=1)
+        self.clock.advance(0.02)
+        self.client.answer(b"/b", value=2)
+        channel.connectionLost(Failure(ConnectionError("gone")))  # d: not timed
+        self.client.calls.clear()
+
+        transport, channel = self.again()
+        self.assertEqual([c[1] for c in self.client.calls], [b"/b", b"/a", b"/c", b"/d"])
+        self.clock.advance(5)  # c times out
+        self.assertEqual(self.answerOf(transport)[0], 504)
+        self.client.calls.clear()
+
+        transport, _ = self.again()
+        self.assertEqual([c[1] for c in self.client.calls], [b"/c", b"/b", b"/a", b"/d"])
+        for uri, value in ((b"/d", 4), (b"/c", 3), (b"/b", 2), (b"/a", 1)):
+            self.client.answer(uri, value=value)
+        self.assertEqual(list(self.answerOf(transport)[2]), ["a", "b", "c", "d"])
 
     def test_each_node_its_own_timeout(self) -> None:
         """
