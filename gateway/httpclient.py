@@ -536,7 +536,8 @@ class _BodyConsumer:
 
 class _Request:
     """
-    One request's life: connecting, waiting for the head, and its timer.
+    One request's life: connecting, waiting for the head, and its deadline
+    (see L{_Deadlines}); once C{finished}, nothing of it is left to do.
     """
 
     __slots__ = (
@@ -547,7 +548,7 @@ class _Request:
         "length",
         "retryable",
         "deferred",
-        "timer",
+        "deadline",
         "conn",
         "connecting",
         "finished",
@@ -561,7 +562,7 @@ class _Request:
         self.length = 0
         self.retryable = False
         self.deferred: Any = None
-        self.timer: Any = None
+        self.deadline = 0.0
         self.conn: Optional[_Connection] = None
         self.connecting: Any = None
         self.finished = False
@@ -574,17 +575,12 @@ class _Request:
             self._stop()
 
     def timedOut(self) -> None:
-        self.timer = None
         if not self.finished:
             self.finished = True
             self._stop()
             self.deferred.errback(Failure(UpstreamTimeout("upstream did not answer in time")))
 
     def _stop(self) -> None:
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
         connecting = self.connecting
         if connecting is not None:
             self.connecting = None
@@ -598,10 +594,6 @@ class _Request:
     def succeed(self, response: _Response) -> None:
         self.finished = True
         self.conn = None
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
         self.deferred.callback(response)
 
     def fail(self, exc: Exception) -> None:
@@ -609,10 +601,6 @@ class _Request:
             return
         self.finished = True
         self.conn = None
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
         self.deferred.errback(Failure(exc))
 
     def connected(self, conn: _Connection) -> None:
@@ -1124,6 +1112,76 @@ class _HostPool:
         return waits
 
 
+class _Deadlines:
+    """
+    The requests sent with one timeout, in the order they were sent, which
+    is the order of their deadlines, and one timer for the soonest.
+
+    A timer per request would cost a L{DelayedCall} made, pushed on the
+    reactor's heap and cancelled again for nearly every request.  A request
+    that ends is only marked C{finished}, and dropped when it reaches the
+    front of the queue (or when the queue is compacted, should a slow
+    request hold up the front).
+    """
+
+    __slots__ = ("reactor", "timeout", "queue", "limit", "timer")
+
+    def __init__(self, reactor: Any, timeout: float) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.queue: Deque[_Request] = deque()
+        #: The length past which the queue is compacted.
+        self.limit = _COMPACT_AT
+        self.timer: Any = None
+
+    def add(self, req: _Request) -> None:
+        req.deadline = self.reactor.seconds() + self.timeout
+        queue = self.queue
+        while queue and queue[0].finished:
+            queue.popleft()
+        queue.append(req)
+        if len(queue) > self.limit:
+            # Held up behind a request that is still waiting: what ended
+            # meanwhile goes now (each entry is looked at once per doubling
+            # of the queue, so this costs O(1) per request on the whole).
+            self.queue = queue = deque(r for r in queue if not r.finished)
+            self.limit = max(_COMPACT_AT, 2 * len(queue))
+        if self.timer is None:
+            self.timer = self.reactor.callLater(self.timeout, self._expire)
+
+    def _expire(self) -> None:
+        self.timer = None
+        queue = self.queue
+        now = self.reactor.seconds()
+        while queue:
+            req = queue[0]
+            if req.finished:
+                queue.popleft()
+            elif req.deadline <= now:
+                queue.popleft()
+                req.timedOut()
+                queue = self.queue  # (compacted by a request its failure sent)
+            else:
+                break
+        if queue and self.timer is None:
+            self.timer = self.reactor.callLater(queue[0].deadline - now, self._expire)
+
+    def stopIfDone(self) -> None:
+        """
+        Stop the timer now if every request has ended (rather than let it
+        lapse).
+        """
+        if all(req.finished for req in self.queue):
+            self.queue.clear()
+            timer, self.timer = self.timer, None
+            if timer is not None:
+                timer.cancel()
+
+
+#: The shortest queue of deadlines that is compacted (L{_Deadlines.add}).
+_COMPACT_AT = 1024
+
+
 class _Address:
     __slots__ = ("host", "port")
 
@@ -1175,6 +1233,7 @@ class HTTP11UpstreamClient:
         self._maxIdle = maxIdlePerBackend
         self._idleTimeout = idleTimeout
         self._pools: Dict[Tuple[str, int], _HostPool] = {}
+        self._deadlines: Dict[float, _Deadlines] = {}
         self._closed = False
 
     def _newPool(self, host: str, port: int) -> _HostPool:
@@ -1243,7 +1302,10 @@ class HTTP11UpstreamClient:
         req.data = b"".join(parts)
         d = req.deferred = Deferred(req.cancel)
         if timeout is not None:
-            req.timer = self._reactor.callLater(timeout, req.timedOut)
+            deadlines = self._deadlines.get(timeout)
+            if deadlines is None:
+                deadlines = self._deadlines[timeout] = _Deadlines(self._reactor, timeout)
+            deadlines.add(req)
         idle = pool.idle
         if idle:
             conn = idle.pop()
@@ -1261,6 +1323,8 @@ class HTTP11UpstreamClient:
         @return: a Deferred that fires when the idle ones are closed.
         """
         self._closed = True
+        for deadlines in self._deadlines.values():
+            deadlines.stopIfDone()
         waits: List[Deferred] = []
         for pool in self._pools.values():
             waits.extend(pool.closeIdle())

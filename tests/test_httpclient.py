@@ -1550,22 +1550,80 @@ class TimeoutTests(ClientTestCase):
         self.assertEqual(collect.body, b"hello")
         collect.reason.trap(ResponseDone)
 
-    def test_timerCancelled(self) -> None:
+    def test_timerShared(self) -> None:
         """
-        No timer is left behind once a request ended, whichever way.
+        Requests with the same timeout share one timer, whichever way they
+        end; once they all ended it lapses without timing any out, and no
+        timer is left behind.
         """
         self.exchange(SIMPLE)
+        sweep = self.client._pools[("127.0.0.1", 8080)].sweep
         d = self.request(timeout=5)
         self.upstreams[0].send(SIMPLE)
         self.successResultOf(d)
+        self.reactor.advance(1)
         d = self.request(timeout=5)
         d.cancel()
         self.failureResultOf(d, CancelledError)
         d = self.request(timeout=5)
         self.connect().lose()
         self.failureResultOf(d, UpstreamBroken)
-        pending = [c for c in self.reactor.getDelayedCalls() if c.active()]
-        self.assertEqual([c.func for c in pending], [self.client._pools[("127.0.0.1", 8080)].sweep])
+        other = self.request(timeout=7)
+        pending = [c.func for c in self.reactor.getDelayedCalls() if c.active()]
+        self.assertEqual(len(pending), 3)
+        self.assertIn(sweep, pending)
+        self.reactor.advance(5)
+        self.assertNoResult(other)
+        self.reactor.advance(2)
+        self.failureResultOf(other, UpstreamTimeout)
+        pending = [c.func for c in self.reactor.getDelayedCalls() if c.active()]
+        self.assertEqual(pending, [sweep])
+        # Closing the client stops a timer whose requests all ended.
+        d = self.request(timeout=5)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.client.close()
+        pending = [c.func for c in self.reactor.getDelayedCalls() if c.active()]
+        self.assertNotIn(self.client._deadlines[5]._expire, pending)
+
+    def test_timeoutsInOrder(self) -> None:
+        """
+        Requests sent one after the other with one timeout each time out at
+        their own deadline, while the others go on.
+        """
+        first = self.request(timeout=5)
+        self.reactor.advance(2)
+        second = self.request(timeout=5)
+        third = self.request(timeout=5)
+        self.reactor.advance(3)
+        self.failureResultOf(first, UpstreamTimeout)
+        self.assertNoResult(second)
+        self.reactor.advance(1.9)
+        self.assertNoResult(second)
+        self.reactor.advance(0.1)
+        self.failureResultOf(second, UpstreamTimeout)
+        self.failureResultOf(third, UpstreamTimeout)
+
+    def test_deadlinesCompacted(self) -> None:
+        """
+        Requests that ended behind one that still waits are let go of once
+        they are many, not only when that one ends.
+        """
+        from gateway.httpclient import _COMPACT_AT
+
+        waiting = self.request(timeout=60)
+        self.connect()
+        upstream = None
+        for _ in range(3 * _COMPACT_AT):
+            d = self.request(timeout=60)
+            if upstream is None:
+                upstream = self.connect()
+            upstream.send(SIMPLE)
+            self.successResultOf(d)
+        self.assertLessEqual(len(self.client._deadlines[60].queue), _COMPACT_AT + 1)
+        self.assertNoResult(waiting)
+        self.reactor.advance(60)
+        self.failureResultOf(waiting, UpstreamTimeout)
 
     def test_connectTimeout(self) -> None:
         """
