@@ -187,6 +187,23 @@ def _connectionOf(channel: Any) -> Tuple[Any, Any, bool]:
     return known  # type: ignore[no-any-return]
 
 
+#: Resource -> whether it provides L{_IEncodingResource}: asked once per
+#: resource (the root, for the gateway), not once per request.
+_encoding: Dict[Any, bool] = {}
+
+
+def _isEncoding(resource: Any) -> bool:
+    try:
+        encoding = _encoding.get(resource)
+    except TypeError:  # unhashable
+        return bool(_IEncodingResource.providedBy(resource))
+    if encoding is None:
+        encoding = bool(_IEncodingResource.providedBy(resource))
+        if len(_encoding) < 64:
+            _encoding[resource] = encoding
+    return encoding
+
+
 def _ignore(data: bytes) -> None:
     pass
 
@@ -314,7 +331,7 @@ class GatewayRequest(server.Request):
                 resource = root
             else:
                 resource = site.getResourceFor(self)
-            if _IEncodingResource.providedBy(resource):
+            if _isEncoding(resource):
                 encoder = resource.getEncoder(self)
                 if encoder is not None:
                     self._encoder = encoder

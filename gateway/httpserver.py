@@ -408,6 +408,10 @@ def _parseHeaders(
 # -- the channel --------------------------------------------------------------
 
 
+#: Request factory -> whether it provides L{INonQueuedRequestFactory}
+#: (asked once per factory, not once per request).
+_nonQueued: Dict[Any, bool] = {}
+
 #: What the channel is doing (L{GatewayHTTPChannel._state}).
 _HEAD = 0  # waiting for (the rest of) a request head
 _BODY = 1  # receiving a request body
@@ -669,7 +673,12 @@ class GatewayHTTPChannel(Protocol):
         else:
             limit = None
         factory = self.requestFactory
-        if INonQueuedRequestFactory.providedBy(factory):
+        nonQueued = _nonQueued.get(factory)
+        if nonQueued is None:
+            nonQueued = INonQueuedRequestFactory.providedBy(factory)
+            if len(_nonQueued) < 64:
+                _nonQueued[factory] = nonQueued
+        if nonQueued:
             request = factory(self)
         else:
             request = factory(self, False)
