@@ -23,7 +23,7 @@ drive it (C{treq.client.HTTPClient(UpstreamAgent(client))}).
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, error
@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from gateway.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
 from gateway.fastrequest import RAW_HEADERS
-from gateway.interfaces import IUpstreamClient
+from gateway.interfaces import ICallbackUpstreamClient
 from gateway.upstream import BytesBodyProducer, CachedEndpointFactory
 from gateway.writesoon import writeSoon
 
@@ -547,7 +547,9 @@ class _Request:
         "chunked",
         "length",
         "retryable",
-        "deferred",
+        "onResponse",
+        "onFailure",
+        "args",
         "deadline",
         "conn",
         "connecting",
@@ -561,24 +563,39 @@ class _Request:
         self.chunked = False
         self.length = 0
         self.retryable = False
-        self.deferred: Any = None
+        #: Called as C{onResponse(response, *args)} or C{onFailure(failure,
+        #: *args)}, once (a Deferred's callback and errback, or the
+        #: caller's own: see L{HTTP11UpstreamClient.send}).
+        self.onResponse: Callable[..., Any] = _nothing
+        self.onFailure: Callable[..., Any] = _nothing
+        self.args: Tuple[Any, ...] = ()
         self.deadline = 0.0
         self.conn: Optional[_Connection] = None
         self.connecting: Any = None
         self.finished = False
 
-    def cancel(self, deferred: Any) -> None:
+    def cancelled(self, deferred: Any) -> None:
         # The Deferred's canceller: Deferred.cancel fails it with
         # CancelledError once this returns.
         if not self.finished:
             self.finished = True
             self._stop()
 
+    def cancel(self) -> None:
+        """
+        Abandon the request (see L{HTTP11UpstreamClient.send}): it fails
+        with L{defer.CancelledError} unless it is over already.
+        """
+        if not self.finished:
+            self.finished = True
+            self._stop()
+            self.onFailure(Failure(defer.CancelledError()), *self.args)
+
     def timedOut(self) -> None:
         if not self.finished:
             self.finished = True
             self._stop()
-            self.deferred.errback(Failure(UpstreamTimeout("upstream did not answer in time")))
+            self.onFailure(Failure(UpstreamTimeout("upstream did not answer in time")), *self.args)
 
     def _stop(self) -> None:
         connecting = self.connecting
@@ -594,14 +611,14 @@ class _Request:
     def succeed(self, response: _Response) -> None:
         self.finished = True
         self.conn = None
-        self.deferred.callback(response)
+        self.onResponse(response, *self.args)
 
     def fail(self, exc: Exception) -> None:
         if self.finished:
             return
         self.finished = True
         self.conn = None
-        self.deferred.errback(Failure(exc))
+        self.onFailure(Failure(exc), *self.args)
 
     def connected(self, conn: _Connection) -> None:
         self.connecting = None
@@ -1178,6 +1195,10 @@ class _Deadlines:
                 timer.cancel()
 
 
+def _nothing(*args: Any) -> None:
+    pass
+
+
 #: The shortest queue of deadlines that is compacted (L{_Deadlines.add}).
 _COMPACT_AT = 1024
 
@@ -1194,7 +1215,7 @@ class _Address:
 DEFAULT_MAX_IDLE = 512
 
 
-@implementer(IUpstreamClient)
+@implementer(ICallbackUpstreamClient)
 class HTTP11UpstreamClient:
     """
     L{IUpstreamClient} with a parser and keep-alive pool of its own.
@@ -1264,12 +1285,57 @@ class HTTP11UpstreamClient:
         L{gateway.errors.UpstreamBroken} reports a connection that broke or
         an answer that is not valid HTTP/1.1.
         """
-        pool = self._pools.get((backend.host, backend.port))
-        if pool is None:
-            pool = self._newPool(backend.host, backend.port)
         if not uri or b" " in uri or b"\r" in uri or b"\n" in uri:
             return defer.fail(ValueError(f"invalid request target: {uri!r}"))
         req = _Request(method)
+        d: Deferred = Deferred(req.cancelled)
+        req.onResponse = d.callback
+        req.onFailure = d.errback
+        self._start(req, backend, method, uri, headers, bodyProducer, timeout)
+        return d
+
+    def send(
+        self,
+        backend: Any,
+        method: bytes,
+        uri: bytes,
+        headers: Any,
+        bodyProducer: Optional[Any],
+        timeout: Optional[float],
+        onResponse: Callable[..., Any],
+        onFailure: Callable[..., Any],
+        *args: Any,
+    ) -> Any:
+        """
+        See L{gateway.interfaces.ICallbackUpstreamClient.send}: L{request}
+        without a L{Deferred}.
+
+        @return: the request, whose C{cancel()} abandons it and whose
+            C{finished} says whether it is over.
+        @raise ValueError: when C{uri} is not a valid request target.
+        """
+        if not uri or b" " in uri or b"\r" in uri or b"\n" in uri:
+            raise ValueError(f"invalid request target: {uri!r}")
+        req = _Request(method)
+        req.onResponse = onResponse
+        req.onFailure = onFailure
+        req.args = args
+        self._start(req, backend, method, uri, headers, bodyProducer, timeout)
+        return req
+
+    def _start(
+        self,
+        req: _Request,
+        backend: Any,
+        method: bytes,
+        uri: bytes,
+        headers: Any,
+        bodyProducer: Optional[Any],
+        timeout: Optional[float],
+    ) -> None:
+        pool = self._pools.get((backend.host, backend.port))
+        if pool is None:
+            pool = self._newPool(backend.host, backend.port)
         # Host goes first (RFC 9112 3.2), unless the caller gave one.
         parts = [method, b" ", uri, b" HTTP/1.1\r\n", pool.hostLine]
         extend = parts.extend
@@ -1300,7 +1366,6 @@ class HTTP11UpstreamClient:
                 req.length = length
             req.producer = bodyProducer
         req.data = b"".join(parts)
-        d = req.deferred = Deferred(req.cancel)
         if timeout is not None:
             deadlines = self._deadlines.get(timeout)
             if deadlines is None:
@@ -1313,7 +1378,6 @@ class HTTP11UpstreamClient:
             conn.send(req)
         else:
             pool.connect(req)
-        return d
 
     def close(self) -> Deferred:
         """

@@ -147,6 +147,31 @@ class IUpstreamClient(Interface):
         """
 
 
+class ICallbackUpstreamClient(IUpstreamClient):
+    """
+    An L{IUpstreamClient} that can also call back without a L{Deferred}:
+    the proxy's path, where a Deferred per request (made, called back,
+    its callbacks run) is a cost of its own.
+    """
+
+    def send(
+        backend, method, uri, headers, bodyProducer, timeout, onResponse, onFailure, *args
+    ):
+        """
+        Like L{IUpstreamClient.request}, but what the Deferred would fire
+        with is given to C{onResponse(response, *args)} or
+        C{onFailure(failure, *args)} instead, once: not before this returns,
+        unless connecting failed at once (the request returned is then
+        C{finished} already).
+
+        @return: the request in flight: its C{cancel()} abandons it (then
+            C{onFailure} gets a L{twisted.internet.defer.CancelledError}
+            unless it is over already) and its C{finished} says whether it
+            is over.
+        @raise ValueError: when C{uri} is not a valid request target.
+        """
+
+
 class IStore(Interface):
     """
     Where the gateway's resources (servers, clusters, apis, routings) live.

@@ -42,6 +42,7 @@ from gateway.errors import (
 )
 from gateway.fastrequest import GatewayRequest as GatewayRequest  # the proxy site's
 from gateway.fastrequest import headerKey, rawHeadersOf
+from gateway.interfaces import ICallbackUpstreamClient
 from gateway.retry import RetryBudget
 from gateway.upstream import CLEAN_ENDS, BytesBodyProducer
 
@@ -330,6 +331,7 @@ class GatewayResource(Resource):
         self._aggregator = aggregator
         self._mirror = mirror
         self._retryBudget = retryBudget or RetryBudget(reactor)
+        self._callbackClient = ICallbackUpstreamClient.providedBy(client)
         self._stats = stats
         #: Requests being served now.
         self.inFlight = 0
@@ -515,6 +517,32 @@ class GatewayResource(Resource):
         request = context.request
         backend.requestStarted()
         context.attributes["gateway.sentAt"] = self._reactor.seconds()
+        tried = tried + (backend,)
+        if self._callbackClient:
+            # Without a Deferred (see ICallbackUpstreamClient).
+            try:
+                sent = self._client.send(
+                    backend,
+                    request.method,
+                    context.upstreamURI,
+                    context.upstreamHeaders,
+                    bodyProducerFor(request),
+                    node.timeout,
+                    self._gotResponseSafely,
+                    self._upstreamFailedSafely,
+                    context,
+                    chain,
+                    node,
+                    tried,
+                )
+            except ValueError:
+                self._upstreamFailedSafely(Failure(), context, chain, node, tried)
+                return
+            if not sent.finished:
+                # (Over already when connecting failed at once: its failure
+                # was handled, and a retry may be pending in its place.)
+                context.attributes["gateway.pending"] = sent
+            return
         d = self._client.request(
             backend,
             request.method,
@@ -527,12 +555,12 @@ class GatewayResource(Resource):
         d.addCallbacks(
             self._gotResponseSafely,
             self._upstreamFailedSafely,
-            callbackArgs=(context, chain),
-            errbackArgs=(context, chain, node, tried + (backend,)),
+            callbackArgs=(context, chain, node, tried),
+            errbackArgs=(context, chain, node, tried),
         )
 
     def _gotResponseSafely(
-        self, response: Any, context: RequestContext, chain: Sequence[Any]
+        self, response: Any, context: RequestContext, chain: Sequence[Any], node: Any, tried: tuple
     ) -> None:
         try:
             self._gotResponse(response, context, chain)

@@ -40,7 +40,7 @@ from gateway.httpclient import (
     parseHead,
     splitHead,
 )
-from gateway.interfaces import IUpstreamClient
+from gateway.interfaces import ICallbackUpstreamClient, IUpstreamClient
 from gateway.upstream import BytesBodyProducer
 
 # -- helpers ----------------------------------------------------------------------
@@ -1792,9 +1792,75 @@ class InterfaceTests(ClientTestCase):
 
     def test_client(self) -> None:
         """
-        L{HTTP11UpstreamClient} provides L{IUpstreamClient}.
+        L{HTTP11UpstreamClient} provides L{IUpstreamClient}, and
+        L{ICallbackUpstreamClient} too.
         """
         self.assertTrue(verifyObject(IUpstreamClient, self.client))
+        self.assertTrue(verifyObject(ICallbackUpstreamClient, self.client))
+
+    def send(self, timeout: Optional[float] = None, uri: bytes = b"/") -> Any:
+        """
+        @return: C{(request, outcomes)}: a request sent without a Deferred,
+            and the list its callbacks append C{("response" | "failure",
+            result, *args)} to.
+        """
+        outcomes: List[Any] = []
+        sent = self.client.send(
+            self.backend,
+            b"GET",
+            uri,
+            Headers(),
+            None,
+            timeout,
+            lambda response, *args: outcomes.append(("response", response) + args),
+            lambda failure, *args: outcomes.append(("failure", failure) + args),
+            "a",
+            2,
+        )
+        return sent, outcomes
+
+    def test_send(self) -> None:
+        """
+        C{send} calls back with the response, and the arguments given,
+        once; the request it returns is then C{finished}.
+        """
+        sent, outcomes = self.send(timeout=5)
+        self.assertEqual((outcomes, sent.finished), ([], False))
+        upstream = self.connect()
+        upstream.send(SIMPLE)
+        [(kind, response, a, b)] = outcomes
+        self.assertEqual(
+            (kind, response.code, response.body, a, b), ("response", 200, b"hello", "a", 2)
+        )
+        self.assertTrue(sent.finished)
+        sent.cancel()  # over: nothing happens
+        self.assertEqual(len(outcomes), 1)
+
+    def test_sendFails(self) -> None:
+        """
+        C{send} calls back with a failure when the request times out, is
+        cancelled, or its connection breaks; an invalid target raises at
+        once.
+        """
+        sent, outcomes = self.send()
+        self.connect().lose()
+        [(kind, failure, a, b)] = outcomes
+        failure.trap(UpstreamBroken)
+        self.assertEqual((kind, a, b), ("failure", "a", 2))
+        self.assertTrue(sent.finished)
+
+        sent, outcomes = self.send(timeout=5)
+        self.reactor.advance(5)
+        [(kind, failure, _, _)] = outcomes
+        failure.trap(UpstreamTimeout)
+
+        sent, outcomes = self.send()
+        sent.cancel()
+        [(kind, failure, _, _)] = outcomes
+        failure.trap(CancelledError)
+
+        with self.assertRaises(ValueError):
+            self.send(uri=b"/a b")
 
     def test_response(self) -> None:
         """
