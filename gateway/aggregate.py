@@ -37,6 +37,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.interfaces import ICallbackUpstreamClient
 from gateway.upstream import CLEAN_ENDS, BytesBodyProducer
 
 log = Logger()
@@ -78,7 +79,9 @@ class _NodeCall(Protocol):
         self._backend = backend
         self._reactor = aggregation._reactor
         self._sentAt = 0.0
-        self._deferred: Optional[defer.Deferred] = None
+        #: The client's call until the head is in: a Deferred, or the
+        #: request of L{ICallbackUpstreamClient.send}.
+        self._pending: Any = None
         self._latency: Optional[float] = None
         self._code = 0
         self._parts: List[bytes] = []
@@ -86,12 +89,36 @@ class _NodeCall(Protocol):
         self._cancelled = False
         self._over = False
 
-    def start(self, deferred: defer.Deferred) -> None:
+    def start(self, method: bytes, uri: bytes, headers: Any, producer: Any) -> None:
         """
-        @param deferred: the client's call, fired with the response head.
+        Send the node's request, without a timeout of the client's (the
+        batch's timer bounds the whole exchange, connecting and reading
+        the body included).
         """
         self._sentAt = self._reactor.seconds()
-        self._deferred = deferred
+        aggregator = self._aggregation._aggregator
+        client = aggregator._client
+        if aggregator._callbackClient:
+            # Without a Deferred (see ICallbackUpstreamClient).
+            try:
+                sent = client.send(
+                    self._backend,
+                    method,
+                    uri,
+                    headers,
+                    producer,
+                    None,
+                    self._head,
+                    self._headFailed,
+                )
+            except ValueError:
+                self._headFailed(Failure())
+                return
+            if not sent.finished:
+                self._pending = sent
+            return
+        deferred = client.request(self._backend, method, uri, headers, producer, None)
+        self._pending = deferred
         deferred.addCallbacks(self._head, self._headFailed)
 
     def cancel(self) -> None:
@@ -100,16 +127,16 @@ class _NodeCall(Protocol):
         before the head, once the connection is cut during the body).
         """
         self._cancelled = True
-        deferred = self._deferred
-        if deferred is not None:
-            deferred.cancel()
+        pending = self._pending
+        if pending is not None:
+            pending.cancel()
         elif self.transport is not None and not self._over:
             self.transport.stopProducing()
 
     # -- the client's call ------------------------------------------------------
 
     def _head(self, response: Any) -> None:
-        self._deferred = None
+        self._pending = None
         self._latency = self._reactor.seconds() - self._sentAt
         code = response.code
         if self._backend.isFailureStatus(code):
@@ -127,7 +154,7 @@ class _NodeCall(Protocol):
             self._complete(body)
 
     def _headFailed(self, failure: Failure) -> None:
-        self._deferred = None
+        self._pending = None
         self._end(failure)
 
     # -- the body ----------------------------------------------------------------
@@ -244,6 +271,7 @@ class Aggregator:
 
     def __init__(self, client: Any, reactor: Any) -> None:
         self._client = client
+        self._callbackClient = ICallbackUpstreamClient.providedBy(client)
         self._reactor = reactor
         #: (API name, node attrName) -> a moving average of the seconds the
         #: node takes to answer (see L{_Aggregation._nextBatch}).
@@ -406,13 +434,7 @@ class _Aggregation:
         producer = BytesBodyProducer(body) if body is not None else None
         backend.requestStarted()
         call = self._calls[i] = _NodeCall(self, i, node, backend)
-        # No timeout of the client's: the batch's timer bounds the whole
-        # exchange, connecting and reading the body included.
-        call.start(
-            self._aggregator._client.request(
-                backend, request.method, uri, context.upstreamHeaders, producer, None
-            )
-        )
+        call.start(request.method, uri, context.upstreamHeaders, producer)
 
     def _nodeAnswered(self, value: Any, raw: Optional[bytes], i: int) -> None:
         if self._over or self._calls[i] is None:

@@ -154,9 +154,7 @@ class ICallbackUpstreamClient(IUpstreamClient):
     its callbacks run) is a cost of its own.
     """
 
-    def send(
-        backend, method, uri, headers, bodyProducer, timeout, onResponse, onFailure, *args
-    ):
+    def send(backend, method, uri, headers, bodyProducer, timeout, onResponse, onFailure, *args):
         """
         Like L{IUpstreamClient.request}, but what the Deferred would fire
         with is given to C{onResponse(response, *args)} or

@@ -15,8 +15,10 @@ connection written so at the end of the reactor's turn, before it polls
 again (L{gateway.reactor.GatewayReactor.callAfterTurn}; on another reactor,
 a timed call for now, which it runs on its next turn before it polls): the
 writes of one turn still go out together, as they would have, minus the
-watching.  Whatever a socket does not take is left to the reactor, as
-usual, and so is a connection that is closing or was closed meanwhile.
+watching, and (the common case: nothing left over from before, no paused
+producer) with one C{socket.send} rather than through C{doWrite}.
+Whatever a socket does not take is left to the reactor, as usual, and so
+is a connection that is closing or was closed meanwhile.
 
 It applies to Twisted's own TCP connections without TLS, when their buffers
 are where this module expects them (checked once, at import:
@@ -138,11 +140,10 @@ class _Flusher:
                 transport._tempDataLen = 0
                 try:
                     sent = transport.socket.send(data)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
                 except OSError:
-                    # Left to the reactor, whose next C{doWrite} meets the
-                    # same error and ends the connection as it always does.
+                    # Full (EAGAIN), interrupted, or broken: left to the
+                    # reactor, whose C{doWrite} sends it later or meets the
+                    # same error and ends the connection, as it always does.
                     sent = 0
                 if sent < len(data):
                     transport.dataBuffer = data
