@@ -19,9 +19,9 @@ It listens on 127.0.0.1 and prints C{READY <port>} once it does.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from typing import Any, List, Optional
+
+from baseline import parseOptions, serve
 
 #: Headers that belong to one connection (RFC 9110 7.6.1), not forwarded.
 HOP_BY_HOP = frozenset(
@@ -40,18 +40,14 @@ HOP_BY_HOP = frozenset(
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--port", type=int, default=0, help="0: any free port")
-    parser.add_argument("--backend", required=True, help="HOST:PORT of the backend")
-    parser.add_argument("--pool", type=int, default=256, help="persistent connections per host")
-    options = parser.parse_args(argv)
+    options = parseOptions(__doc__, argv, pool=True)
 
     from twisted.internet import reactor
     from twisted.internet.protocol import Protocol
     from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
     from twisted.web.http_headers import Headers
     from twisted.web.resource import Resource
-    from twisted.web.server import NOT_DONE_YET, Site
+    from twisted.web.server import NOT_DONE_YET
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = options.pool
@@ -103,13 +99,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             d.addCallbacks(answered, failed)
             return NOT_DONE_YET
 
-    site = Site(AgentProxy())
-    site.displayTracebacks = False
-    site.log = lambda request: None
-    listening = reactor.listenTCP(options.port, site, interface="127.0.0.1")
-    sys.stdout.write(f"READY {listening.getHost().port}\n")
-    sys.stdout.flush()
-    reactor.run()
+    serve(AgentProxy(), options.port)
 
 
 def _bytesIO(data: bytes) -> Any:

@@ -1343,47 +1343,22 @@ class Bench:
                 lambda: nginxProxy(self.children, self.backendPort),
                 "/",
             )
+        baselines = (
+            ("twisted", "twisted-rpr", "Twisted ReverseProxyResource", "twisted_reverse_proxy.py"),
+            ("agent", "twisted-agent", "Twisted `Agent` proxy, persistent pool", "agent_proxy.py"),
+            ("treq", "treq-fanout", "naive treq 3-way fan-out (baseline)", "treq_fanout.py"),
+        )
         for name, interpreter in self.interpreters.items():
-            if wanted("twisted"):
-                row = report.row(f"twisted-rpr-{name}", "Twisted ReverseProxyResource", name, 1)
+            for group, key, what, script in baselines:
+                if not wanted(group):
+                    continue
+                row = report.row(f"{key}-{name}", what, name, 1)
                 self.withChild(
                     row,
-                    lambda name=name, interpreter=interpreter: startTwistedServer(
-                        self.children,
-                        f"rpr-{name}",
-                        interpreter,
-                        "twisted_reverse_proxy.py",
-                        self.backendPort,
-                    ),
-                    "/",
-                )
-            if wanted("agent"):
-                row = report.row(
-                    f"twisted-agent-{name}", "Twisted `Agent` proxy, persistent pool", name, 1
-                )
-                self.withChild(
-                    row,
-                    lambda name=name, interpreter=interpreter: startTwistedServer(
-                        self.children,
-                        f"agent-{name}",
-                        interpreter,
-                        "agent_proxy.py",
-                        self.backendPort,
-                    ),
-                    "/",
-                )
-            if wanted("treq"):
-                row = report.row(
-                    f"treq-fanout-{name}", "naive treq 3-way fan-out (baseline)", name, 1
-                )
-                self.withChild(
-                    row,
-                    lambda name=name, interpreter=interpreter: startTwistedServer(
-                        self.children,
-                        f"treq-{name}",
-                        interpreter,
-                        "treq_fanout.py",
-                        self.backendPort,
+                    lambda key=key, script=script, name=name, interpreter=interpreter: (
+                        startTwistedServer(
+                            self.children, f"{key}-{name}", interpreter, script, self.backendPort
+                        )
                     ),
                     "/",
                 )

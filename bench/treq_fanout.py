@@ -18,27 +18,23 @@ It listens on 127.0.0.1 and prints C{READY <port>} once it does.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from typing import Any, List, Optional
+
+from baseline import parseOptions, serve
 
 NODES = (("a", "/a"), ("b", "/b"), ("c", "/c"))
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--port", type=int, default=0, help="0: any free port")
-    parser.add_argument("--backend", required=True, help="HOST:PORT of the backend")
-    parser.add_argument("--pool", type=int, default=256, help="persistent connections per host")
-    options = parser.parse_args(argv)
+    options = parseOptions(__doc__, argv, pool=True)
 
     import treq
     from treq.client import HTTPClient
     from twisted.internet import defer, reactor
     from twisted.web.client import Agent, HTTPConnectionPool
     from twisted.web.resource import Resource
-    from twisted.web.server import NOT_DONE_YET, Site
+    from twisted.web.server import NOT_DONE_YET
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = options.pool
@@ -71,13 +67,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             d.addCallbacks(merged, failed)
             return NOT_DONE_YET
 
-    site = Site(FanOut())
-    site.displayTracebacks = False
-    site.log = lambda request: None
-    listening = reactor.listenTCP(options.port, site, interface="127.0.0.1")
-    sys.stdout.write(f"READY {listening.getHost().port}\n")
-    sys.stdout.flush()
-    reactor.run()
+    serve(FanOut(), options.port)
 
 
 if __name__ == "__main__":

@@ -1285,13 +1285,15 @@ class HTTP11UpstreamClient:
         L{gateway.errors.UpstreamBroken} reports a connection that broke or
         an answer that is not valid HTTP/1.1.
         """
-        if not uri or b" " in uri or b"\r" in uri or b"\n" in uri:
-            return defer.fail(ValueError(f"invalid request target: {uri!r}"))
-        req = _Request(method)
-        d: Deferred = Deferred(req.cancelled)
-        req.onResponse = d.callback
-        req.onFailure = d.errback
-        self._start(req, backend, method, uri, headers, bodyProducer, timeout)
+        # (Cancelling the Deferred stops the request, then fails the
+        # Deferred itself.)
+        d: Deferred = Deferred(lambda d: sent.cancelled(d))
+        try:
+            sent = self.send(
+                backend, method, uri, headers, bodyProducer, timeout, d.callback, d.errback
+            )
+        except ValueError:
+            return defer.fail()
         return d
 
     def send(
@@ -1320,19 +1322,6 @@ class HTTP11UpstreamClient:
         req.onResponse = onResponse
         req.onFailure = onFailure
         req.args = args
-        self._start(req, backend, method, uri, headers, bodyProducer, timeout)
-        return req
-
-    def _start(
-        self,
-        req: _Request,
-        backend: Any,
-        method: bytes,
-        uri: bytes,
-        headers: Any,
-        bodyProducer: Optional[Any],
-        timeout: Optional[float],
-    ) -> None:
         pool = self._pools.get((backend.host, backend.port))
         if pool is None:
             pool = self._newPool(backend.host, backend.port)
@@ -1378,6 +1367,7 @@ class HTTP11UpstreamClient:
             conn.send(req)
         else:
             pool.connect(req)
+        return req
 
     def close(self) -> Deferred:
         """

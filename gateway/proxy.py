@@ -518,16 +518,19 @@ class GatewayResource(Resource):
         backend.requestStarted()
         context.attributes["gateway.sentAt"] = self._reactor.seconds()
         tried = tried + (backend,)
+        what = (
+            backend,
+            request.method,
+            context.upstreamURI,
+            context.upstreamHeaders,
+            bodyProducerFor(request),
+            node.timeout,
+        )
         if self._callbackClient:
             # Without a Deferred (see ICallbackUpstreamClient).
             try:
                 sent = self._client.send(
-                    backend,
-                    request.method,
-                    context.upstreamURI,
-                    context.upstreamHeaders,
-                    bodyProducerFor(request),
-                    node.timeout,
+                    *what,
                     self._gotResponseSafely,
                     self._upstreamFailedSafely,
                     context,
@@ -543,14 +546,7 @@ class GatewayResource(Resource):
                 # was handled, and a retry may be pending in its place.)
                 context.attributes["gateway.pending"] = sent
             return
-        d = self._client.request(
-            backend,
-            request.method,
-            context.upstreamURI,
-            context.upstreamHeaders,
-            bodyProducerFor(request),
-            node.timeout,
-        )
+        d = self._client.request(*what)
         context.attributes["gateway.pending"] = d
         d.addCallbacks(
             self._gotResponseSafely,
