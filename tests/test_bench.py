@@ -229,6 +229,27 @@ class TargetsTests(SynchronousTestCase):
         self.assertEqual((aggregation["measured"], aggregation["met"]), (8.0, True))
         self.assertIsNone(targets["3-way aggregation vs naive treq fan-out, pypy"]["measured"])
 
+    def test_agentPairPreferred(self) -> None:
+        """
+        The ratio to the Agent proxy measured in turn with the gateway, when
+        there is one, is the one the target goes by (the rows, measured
+        minutes apart, are named in its detail).
+        """
+        report = run.Report()
+        _row(report, "gateway-plain-cpython-1", reqPerSec=1000.0, cpuUsPerReq=160.0)
+        _row(report, "twisted-agent-cpython", reqPerSec=400.0, cpuUsPerReq=400.0)
+        report.extras["agentPair"] = {"ratio": 3.1, "detail": "in turn"}
+        target = {t["target"]: t for t in run.computeTargets(report)}[
+            "gateway CPU/request vs Twisted's Agent proxy, CPython"
+        ]
+        self.assertEqual((target["measured"], target["met"]), (3.1, True))
+        self.assertEqual(target["detail"], "in turn; rows: 160.0 µs vs the Agent proxy's 400.0 µs")
+        report.extras["agentPair"] = {"error": "agent proxy exited"}
+        target = {t["target"]: t for t in run.computeTargets(report)}[
+            "gateway CPU/request vs Twisted's Agent proxy, CPython"
+        ]
+        self.assertEqual((target["measured"], target["met"]), (2.5, False))
+
     def test_skippedRowsIgnored(self) -> None:
         """
         A skipped or failed row counts as not measured, not as zero.
