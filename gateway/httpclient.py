@@ -580,6 +580,7 @@ class _Request:
         if not self.finished:
             self.finished = True
             self._stop()
+            self._letGo()
 
     def cancel(self) -> None:
         """
@@ -589,13 +590,29 @@ class _Request:
         if not self.finished:
             self.finished = True
             self._stop()
-            self.onFailure(Failure(defer.CancelledError()), *self.args)
+            self._failWith(Failure(defer.CancelledError()))
 
     def timedOut(self) -> None:
         if not self.finished:
             self.finished = True
             self._stop()
-            self.onFailure(Failure(UpstreamTimeout("upstream did not answer in time")), *self.args)
+            self._failWith(Failure(UpstreamTimeout("upstream did not answer in time")))
+
+    def _failWith(self, failure: Failure) -> None:
+        onFailure, args = self.onFailure, self.args
+        self._letGo()
+        onFailure(failure, *args)
+
+    def _letGo(self) -> None:
+        """
+        Drop what a finished request no longer needs: it may wait in a
+        queue of deadlines for a while (L{_Deadlines}), and its callbacks'
+        arguments hold the caller's whole request.
+        """
+        self.onResponse = self.onFailure = _nothing
+        self.args = ()
+        self.data = b""
+        self.producer = None
 
     def _stop(self) -> None:
         connecting = self.connecting
@@ -611,14 +628,16 @@ class _Request:
     def succeed(self, response: _Response) -> None:
         self.finished = True
         self.conn = None
-        self.onResponse(response, *self.args)
+        onResponse, args = self.onResponse, self.args
+        self._letGo()
+        onResponse(response, *args)
 
     def fail(self, exc: Exception) -> None:
         if self.finished:
             return
         self.finished = True
         self.conn = None
-        self.onFailure(Failure(exc), *self.args)
+        self._failWith(Failure(exc))
 
     def connected(self, conn: _Connection) -> None:
         self.connecting = None

@@ -1586,6 +1586,32 @@ class TimeoutTests(ClientTestCase):
         pending = [c.func for c in self.reactor.getDelayedCalls() if c.active()]
         self.assertNotIn(self.client._deadlines[5]._expire, pending)
 
+    def test_finishedLetGo(self) -> None:
+        """
+        A request that ended, whichever way, keeps nothing of its caller's
+        while it waits in the queue of deadlines: not its callbacks, their
+        arguments, its bytes or its body.
+        """
+        caller = object()
+        ends = [lambda sent: self.connect().send(SIMPLE), lambda sent: sent.cancel()]
+        ends.append(lambda sent: self.reactor.advance(5))
+        for end in ends:
+            sent = self.client.send(
+                self.backend,
+                b"POST",
+                b"/",
+                Headers(),
+                BytesBodyProducer(b"body"),
+                5,
+                lambda *a: None,
+                lambda *a: None,
+                caller,
+            )
+            end(sent)
+            self.assertTrue(sent.finished)
+            self.assertEqual((sent.args, sent.data, sent.producer), ((), b"", None))
+            self.assertIs(sent.onResponse, sent.onFailure)
+
     def test_timeoutsInOrder(self) -> None:
         """
         Requests sent one after the other with one timeout each time out at
