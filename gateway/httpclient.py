@@ -256,7 +256,9 @@ def _parseHead(lines: List[bytes]) -> Tuple[Any, ...]:
             known[line] = parsed
         key, kind, value = parsed
         if raw is None:
-            headers.addRawHeader(name, value)
+            # (Without Headers' own keys, L{_field} keeps the name as it
+            # came: a line from the cache has no name of its own here.)
+            headers.addRawHeader(key, value)
         else:
             values = raw.get(key)
             if values is None:

@@ -292,6 +292,19 @@ class ParseHeadTests(SynchronousTestCase):
         with self.assertRaises(UpstreamBroken):
             self.parse(b"HTTP/1.1 200 OK\r\nBad Name: 1")
 
+    def test_linesRememberedWithoutRawKeys(self) -> None:
+        """
+        On a Twisted whose L{Headers} the parser cannot fill directly, a
+        line taken from the cache is added under its own name too.
+        """
+        self.patch(httpclient, "_RAW_KEYS", False)
+        self.patch(httpclient, "_FIELDS", {})
+        self.patch(httpclient, "_LINES", {})
+        for _ in range(2):
+            parsed = self.parse(b"HTTP/1.1 200 OK\r\nX-Thing: 1\r\nContent-Length: 5")
+            self.assertEqual(parsed[3].getRawHeaders(b"x-thing"), [b"1"])
+            self.assertEqual(parsed[4], [b"5"])
+
     def test_malformedStatusLine(self) -> None:
         """
         Anything but C{HTTP/1.x DDD[ phrase]} is refused.
