@@ -37,8 +37,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from gateway.interfaces import ICallbackUpstreamClient
-from gateway.upstream import CLEAN_ENDS, BytesBodyProducer
+from gateway.upstream import CLEAN_ENDS, BytesBodyProducer, senderFor
 
 log = Logger()
 
@@ -79,8 +78,8 @@ class _NodeCall(Protocol):
         self._backend = backend
         self._reactor = aggregation._reactor
         self._sentAt = 0.0
-        #: The client's call until the head is in: a Deferred, or the
-        #: request of L{ICallbackUpstreamClient.send}.
+        #: What cancels the client's call until the head is in (see
+        #: L{gateway.upstream.senderFor}).
         self._pending: Any = None
         self._latency: Optional[float] = None
         self._code = 0
@@ -96,30 +95,9 @@ class _NodeCall(Protocol):
         the body included).
         """
         self._sentAt = self._reactor.seconds()
-        aggregator = self._aggregation._aggregator
-        client = aggregator._client
-        if aggregator._callbackClient:
-            # Without a Deferred (see ICallbackUpstreamClient).
-            try:
-                sent = client.send(
-                    self._backend,
-                    method,
-                    uri,
-                    headers,
-                    producer,
-                    None,
-                    self._head,
-                    self._headFailed,
-                )
-            except ValueError:
-                self._headFailed(Failure())
-                return
-            if not sent.finished:
-                self._pending = sent
-            return
-        deferred = client.request(self._backend, method, uri, headers, producer, None)
-        self._pending = deferred
-        deferred.addCallbacks(self._head, self._headFailed)
+        self._pending = self._aggregation._aggregator._sendUpstream(
+            self._backend, method, uri, headers, producer, None, self._head, self._headFailed
+        )
 
     def cancel(self) -> None:
         """
@@ -271,7 +249,7 @@ class Aggregator:
 
     def __init__(self, client: Any, reactor: Any) -> None:
         self._client = client
-        self._callbackClient = ICallbackUpstreamClient.providedBy(client)
+        self._sendUpstream = senderFor(client)
         self._reactor = reactor
         #: (API name, node attrName) -> a moving average of the seconds the
         #: node takes to answer (see L{_Aggregation._nextBatch}).

@@ -42,9 +42,8 @@ from gateway.errors import (
 )
 from gateway.fastrequest import GatewayRequest as GatewayRequest  # the proxy site's
 from gateway.fastrequest import headerKey, rawHeadersOf
-from gateway.interfaces import ICallbackUpstreamClient
 from gateway.retry import RetryBudget
-from gateway.upstream import CLEAN_ENDS, BytesBodyProducer
+from gateway.upstream import CLEAN_ENDS, BytesBodyProducer, senderFor
 
 log = Logger()
 
@@ -331,7 +330,7 @@ class GatewayResource(Resource):
         self._aggregator = aggregator
         self._mirror = mirror
         self._retryBudget = retryBudget or RetryBudget(reactor)
-        self._callbackClient = ICallbackUpstreamClient.providedBy(client)
+        self._sendUpstream = senderFor(client)
         self._stats = stats
         #: Requests being served now.
         self.inFlight = 0
@@ -518,42 +517,24 @@ class GatewayResource(Resource):
         backend.requestStarted()
         context.attributes["gateway.sentAt"] = self._reactor.seconds()
         tried = tried + (backend,)
-        what = (
+        pending = self._sendUpstream(
             backend,
             request.method,
             context.upstreamURI,
             context.upstreamHeaders,
             bodyProducerFor(request),
             node.timeout,
-        )
-        if self._callbackClient:
-            # Without a Deferred (see ICallbackUpstreamClient).
-            try:
-                sent = self._client.send(
-                    *what,
-                    self._gotResponseSafely,
-                    self._upstreamFailedSafely,
-                    context,
-                    chain,
-                    node,
-                    tried,
-                )
-            except ValueError:
-                self._upstreamFailedSafely(Failure(), context, chain, node, tried)
-                return
-            if not sent.finished:
-                # (Over already when connecting failed at once: its failure
-                # was handled, and a retry may be pending in its place.)
-                context.attributes["gateway.pending"] = sent
-            return
-        d = self._client.request(*what)
-        context.attributes["gateway.pending"] = d
-        d.addCallbacks(
             self._gotResponseSafely,
             self._upstreamFailedSafely,
-            callbackArgs=(context, chain, node, tried),
-            errbackArgs=(context, chain, node, tried),
+            context,
+            chain,
+            node,
+            tried,
         )
+        if pending is not None:
+            # (None when it failed at once: that was handled, and a retry
+            # may be pending in its place.)
+            context.attributes["gateway.pending"] = pending
 
     def _gotResponseSafely(
         self, response: Any, context: RequestContext, chain: Sequence[Any], node: Any, tried: tuple

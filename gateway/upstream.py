@@ -13,7 +13,7 @@ client can replace it.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -31,7 +31,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProduce
 from zope.interface import implementer
 
 from gateway.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
-from gateway.interfaces import IUpstreamClient
+from gateway.interfaces import ICallbackUpstreamClient, IUpstreamClient
 
 #: What a response body's C{connectionLost} reason is when the body is
 #: complete: L{ResponseDone}, or L{PotentialDataLoss} at the end of a body
@@ -206,3 +206,53 @@ def _restoreContentLength(response: Any) -> Any:
         if response.code not in (204, 304) and not (100 <= response.code < 200):
             response.headers.setRawHeaders(b"content-length", [b"%d" % (response.length,)])
     return response
+
+
+def senderFor(client: Any) -> Callable[..., Any]:
+    """
+    @param client: an L{IUpstreamClient}.
+    @return: C{send(backend, method, uri, headers, bodyProducer, timeout,
+        onResponse, onFailure, *args)}, which sends a request through
+        C{client} and calls back C{onResponse(response, *args)} or
+        C{onFailure(failure, *args)}: without a L{defer.Deferred} when the
+        client provides L{ICallbackUpstreamClient}, else through its
+        C{request}.  C{send} returns what cancels the request while its
+        head is awaited (C{cancel()}), or L{None} when it is over already
+        (it failed at once: its callback has run).
+    """
+    callback = ICallbackUpstreamClient.providedBy(client)
+
+    def send(
+        backend: Any,
+        method: bytes,
+        uri: bytes,
+        headers: Any,
+        bodyProducer: Any,
+        timeout: Optional[float],
+        onResponse: Callable[..., Any],
+        onFailure: Callable[..., Any],
+        *args: Any,
+    ) -> Any:
+        if callback:
+            try:
+                sent = client.send(
+                    backend,
+                    method,
+                    uri,
+                    headers,
+                    bodyProducer,
+                    timeout,
+                    onResponse,
+                    onFailure,
+                    *args,
+                )
+            except ValueError:
+                # An invalid target: failed as request() fails it.
+                onFailure(Failure(), *args)
+                return None
+            return None if sent.finished else sent
+        d = client.request(backend, method, uri, headers, bodyProducer, timeout)
+        d.addCallbacks(onResponse, onFailure, callbackArgs=args, errbackArgs=args)
+        return None if d.called else d
+
+    return send
