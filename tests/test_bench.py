@@ -229,6 +229,24 @@ class TargetsTests(SynchronousTestCase):
         self.assertEqual((aggregation["measured"], aggregation["met"]), (8.0, True))
         self.assertIsNone(targets["3-way aggregation vs naive treq fan-out, pypy"]["measured"])
 
+    def test_workersBound(self) -> None:
+        """
+        The N-worker target's detail says how far the machine's cores allow
+        N workers to go, from how busy the whole machine was with one (wrk
+        and the backend share the cores), and how the aggregation, which
+        is mostly the gateway's own CPU, scaled.
+        """
+        report = run.Report()
+        _row(report, "gateway-plain-cpython-1", reqPerSec=1000.0, machineBusy=0.625)
+        _row(report, "gateway-plain-cpython-2", 2, reqPerSec=1300.0, machineBusy=0.99)
+        _row(report, "gateway-aggregate-cpython-1", reqPerSec=400.0)
+        _row(report, "gateway-aggregate-cpython-2", 2, reqPerSec=820.0)
+        scaling = {t["target"]: t for t in run.computeTargets(report)}["N workers vs 1, cpython"]
+        self.assertEqual((scaling["measured"], scaling["met"]), (1.3, False))
+        self.assertIn("62 % busy with 1 worker, 99 % with 2", scaling["detail"])
+        self.assertIn("the cores allow at most 1.60x", scaling["detail"])
+        self.assertIn("where the gateway's own CPU dominates: 2.05x", scaling["detail"])
+
     def test_agentPairPreferred(self) -> None:
         """
         The ratio to the Agent proxy measured in turn with the gateway, when
