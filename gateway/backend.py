@@ -49,8 +49,18 @@ class Backend:
     """
 
     def __init__(
-        self, config: Server, reactor: Any = None, random: Optional[_random.Random] = None
+        self,
+        config: Server,
+        reactor: Any = None,
+        random: Optional[_random.Random] = None,
+        buckets: Any = None,
     ) -> None:
+        """
+        @param buckets: what makes its C{maxQPS} bucket: one of this
+            process (L{None}), or the workers'
+            L{gateway.sharedbuckets.SharedBuckets}.
+        """
+        self._buckets = buckets
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -98,9 +108,14 @@ class Backend:
             if config.maxQPS <= 0:
                 self.limiter = None
             else:
-                from gateway.ratelimit import TokenBucket
+                from gateway.ratelimit import LOCAL
 
-                self.limiter = TokenBucket(config.maxQPS, config.maxQPS, self._reactor)
+                self.limiter = (self._buckets or LOCAL).bucket(
+                    f"server/{config.name}/maxQPS/{config.maxQPS}",
+                    config.maxQPS,
+                    config.maxQPS,
+                    self._reactor,
+                )
         if previous is not None and previous.passiveHealth != config.passiveHealth:
             self.ejectedUntil = 0.0
             self.consecutiveFailures = 0

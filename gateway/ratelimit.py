@@ -73,6 +73,11 @@ class TokenBucket:
 
     __slots__ = ("rate", "burst", "_clock", "_anchor", "_taken", "_last")
 
+    #: What makes a decision on several buckets one: L{None} for a bucket
+    #: of this process (one thread decides), the table for a bucket shared
+    #: by processes (L{gateway.sharedbuckets.SharedTokenBucket}).
+    lock: Any = None
+
     def __init__(self, rate: float, burst: float, clock: Any) -> None:
         """
         @param rate: tokens per second, above zero.
@@ -330,6 +335,32 @@ class KeyedBuckets:
         return bucket
 
 
+class LocalBuckets:
+    """
+    Makes the buckets of limits that hold in this process alone (one
+    proxy process; L{gateway.sharedbuckets.SharedBuckets} makes those that
+    several workers share).
+    """
+
+    def bucket(self, name: str, rate: float, burst: float, clock: Any) -> TokenBucket:
+        """
+        @param name: what the limit is (unused here: each call makes a new
+            bucket).
+        @return: the bucket of a limit that is not keyed.
+        """
+        return TokenBucket(rate, burst, clock)
+
+    def keyed(self, name: str, rate: float, burst: float, clock: Any, maxKeys: int) -> Any:
+        """
+        @return: the L{KeyedBuckets} of a keyed limit.
+        """
+        return KeyedBuckets(rate, burst, clock, maxKeys)
+
+
+#: The buckets of a process that shares them with none.
+LOCAL = LocalBuckets()
+
+
 class _Limit:
     """
     One limit of an API: a bucket, or a bucket per key.
@@ -337,21 +368,35 @@ class _Limit:
 
     __slots__ = ("rate", "burst", "key", "_header", "_single", "_keyed")
 
-    def __init__(self, rate: float, burst: float, key: str, clock: Any, maxKeys: int) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        key: str,
+        clock: Any,
+        maxKeys: int,
+        buckets: Any = LOCAL,
+        name: str = "",
+    ) -> None:
+        """
+        @param buckets: what makes the buckets: L{LOCAL}, or the
+            L{gateway.sharedbuckets.SharedBuckets} of the workers.
+        @param name: what the limit is, the same in every worker.
+        """
         self.rate = float(rate)
         self.burst = float(burst)
         self.key = key
         self._header: Optional[bytes] = None
         self._single: Optional[TokenBucket] = None
-        self._keyed: Optional[KeyedBuckets] = None
+        self._keyed: Optional[Any] = None
         if key == "none":
-            self._single = TokenBucket(rate, burst, clock)
+            self._single = buckets.bucket(name, rate, burst, clock)
             return
         if key.startswith("header:"):
             self._header = key[len("header:") :].lower().encode("ascii")
         elif key != "ip":
             raise ValueError(f"key must be none, ip or header:NAME, not {key!r}")
-        self._keyed = KeyedBuckets(rate, burst, clock, maxKeys)
+        self._keyed = buckets.keyed(name, rate, burst, clock, maxKeys)
 
     def keyOf(self, context: Any) -> Hashable:
         """
@@ -652,17 +697,30 @@ class RateLimitFilter:
 
 def _takeAll(buckets: Sequence[TokenBucket]) -> bool:
     """
-    Take a token from every bucket, or from none.
+    Take a token from every bucket, or from none (under the lock of shared
+    buckets, so that no other worker takes one in between).
     """
+    lock = None
     for bucket in buckets:
-        if not bucket.allows():
-            return False
-    for bucket in buckets:
-        bucket.take()
-    return True
+        if bucket.lock is not None:
+            lock = bucket.lock
+            lock.acquire()
+            break
+    try:
+        for bucket in buckets:
+            if not bucket.allows():
+                return False
+        for bucket in buckets:
+            bucket.take()
+        return True
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def makeRateLimitFilter(api: Any, clock: Any, maxKeys: int = MAX_KEYS) -> Optional[RateLimitFilter]:
+def makeRateLimitFilter(
+    api: Any, clock: Any, maxKeys: int = MAX_KEYS, buckets: Any = LOCAL
+) -> Optional[RateLimitFilter]:
     """
     Build the traffic control of an API.
 
@@ -676,15 +734,20 @@ def makeRateLimitFilter(api: Any, clock: Any, maxKeys: int = MAX_KEYS) -> Option
     @param clock: an L{twisted.internet.interfaces.IReactorTime}.
     @param maxKeys: the most keys a keyed limit keeps buckets for (see
         L{KeyedBuckets}).
+    @param buckets: what makes the buckets: L{LOCAL} in a gateway with one
+        proxy process, the workers' L{gateway.sharedbuckets.SharedBuckets}
+        otherwise (the limits then hold for all of them together).
     @return: the filter, or L{None} when the API has no limit.
     """
     limits: List[_Limit] = []
     rateLimit = api.rateLimit
     if rateLimit is not None:
         burst = rateLimit.burst if rateLimit.burst is not None else max(1.0, rateLimit.rate)
-        limits.append(_Limit(rateLimit.rate, burst, rateLimit.key, clock, maxKeys))
+        name = f"api/{api.name}/rateLimit/{rateLimit.rate!r}/{burst!r}/{rateLimit.key}"
+        limits.append(_Limit(rateLimit.rate, burst, rateLimit.key, clock, maxKeys, buckets, name))
     if api.maxQPS > 0:
-        limits.append(_Limit(api.maxQPS, api.maxQPS, "none", clock, maxKeys))
+        name = f"api/{api.name}/maxQPS/{api.maxQPS}"
+        limits.append(_Limit(api.maxQPS, api.maxQPS, "none", clock, maxKeys, buckets, name))
     if not limits:
         return None
     queueing = rateLimit is not None and rateLimit.onLimit == "queue"

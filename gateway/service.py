@@ -35,9 +35,11 @@ from gateway.metrics import metricsResource
 from gateway.mirror import Mirror
 from gateway.model import Catalog
 from gateway.proxy import ClientAddresses, GatewayRequest, GatewayResource
+from gateway.ratelimit import LOCAL
 from gateway.registry import ProxyRegistry, advertisedAddress, listProxies
 from gateway.runtime import nurseryAdvice
 from gateway.schema import toJSON
+from gateway.sharedbuckets import SharedBuckets
 from gateway.snapshot import SnapshotManager
 from gateway.stats import SnapshotStats, Stats, mergeSnapshots
 from gateway.store import Change, StoreState, storeFromURL
@@ -139,6 +141,7 @@ class GatewayService(MultiService):
         store: Any = None,
         client: Any = None,
         role: str = "main",
+        buckets: Any = None,
     ) -> None:
         """
         @param role: C{"main"} for the gateway process (the proxy in this
@@ -146,6 +149,8 @@ class GatewayService(MultiService):
             the admin; the health checks; seeding), C{"worker"} for one
             proxy worker (the proxy alone, the store read-only, health from
             the parent).
+        @param buckets: in a worker, the L{SharedBuckets} of all the
+            workers, for limits that hold for the gateway as a whole.
         """
         super().__init__()
         self._config = config
@@ -161,8 +166,16 @@ class GatewayService(MultiService):
         if store is None:
             store = storeFromURL(config.store, reactor, readOnly=isWorker)
         self.store = store
+        #: The workers' shared buckets (made here in the gateway process
+        #: when it runs several, passed to each worker).
+        self.sharedBuckets: Optional[SharedBuckets] = buckets
+        if buckets is None and not isWorker and proxyConfig is not None and workers > 1:
+            self.sharedBuckets = SharedBuckets.create()
         self.manager = SnapshotManager(
-            filterRegistry, reactor, globalFilters=globalFilterSpecs(proxyConfig)
+            filterRegistry,
+            reactor,
+            globalFilters=globalFilterSpecs(proxyConfig),
+            buckets=buckets if buckets is not None else LOCAL,
         )
         self.ready = False
         self.startedAt = datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -219,6 +232,7 @@ class GatewayService(MultiService):
                 workerCommand(config.path, reactor),
                 healthSource=self.healthStates,
                 onStats=self._workerStats.__setitem__,
+                sharedFD=self.sharedBuckets.fileno() if self.sharedBuckets is not None else None,
             )
             self.workerPool.setName("workers")
             self.workerPool.setServiceParent(self)

@@ -29,7 +29,7 @@ from gateway.balance import makeBalancer
 from gateway.breaker import makeAPIBreakerFilter
 from gateway.ipaccess import makeIPAccessFilter
 from gateway.model import API, Catalog, CatalogParser, Cluster, Node, ReferenceError
-from gateway.ratelimit import makeRateLimitFilter
+from gateway.ratelimit import LOCAL, makeRateLimitFilter
 from gateway.rewrite import Rewrite
 from gateway.routing import compileRouting, orderRoutings
 from gateway.schema import ValidationError
@@ -190,7 +190,14 @@ class SnapshotManager:
         reactor: Any,
         globalFilters: Sequence[Any] = (),
         random: Optional[_random.Random] = None,
+        buckets: Any = LOCAL,
     ) -> None:
+        """
+        @param buckets: what makes the buckets of the APIs' and servers'
+            limits: L{LOCAL} (this process's), or the workers'
+            L{gateway.sharedbuckets.SharedBuckets}.
+        """
+        self._buckets = buckets
         self._filters = filterRegistry
         self._reactor = reactor
         self._random = random or _random.Random()
@@ -245,7 +252,7 @@ class SnapshotManager:
         for name, server in catalog.servers.items():
             backend = self.backends.get(name)
             if backend is None:
-                backend = Backend(server, self._reactor, self._random)
+                backend = Backend(server, self._reactor, self._random, self._buckets)
             else:
                 backend.configure(server)
             backends[name] = backend
@@ -395,7 +402,7 @@ class SnapshotManager:
             ),
             (
                 ("rate-limit", api.name, repr((api.maxQPS, api.rateLimit))),
-                lambda: makeRateLimitFilter(api, self._reactor),
+                lambda: makeRateLimitFilter(api, self._reactor, buckets=self._buckets),
             ),
         )
         for key, make in stateful:

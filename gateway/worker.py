@@ -6,7 +6,9 @@ One proxy worker process (see L{gateway.workers}).
 The parent starts it with the control channel on file descriptor 3.  It
 serves the proxy port (with C{SO_REUSEPORT}) from the store, read-only,
 takes the servers' health from the parent, reports its stats, and stops
-when the parent goes away.
+when the parent goes away.  With C{--buckets-fd N} its limits keep their
+buckets in the workers' shared table (L{gateway.sharedbuckets}), so they
+hold for all the workers together.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         default="default",
         help="gateway: gateway.reactor's (the parent's, when it runs on it)",
     )
+    parser.add_argument(
+        "--buckets-fd",
+        type=int,
+        default=None,
+        help="the file descriptor of the workers' shared rate-limit buckets",
+    )
     args = parser.parse_args(argv)
 
     if args.reactor == "gateway":
@@ -42,6 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from gateway.filters import FilterRegistry
     from gateway.runtime import tuneGC
     from gateway.service import GatewayService
+    from gateway.sharedbuckets import SharedBuckets
     from gateway.workers import ControlChannel, adoptChannel
 
     tuneGC()
@@ -58,9 +67,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         [FileLogObserver(sys.stdout, format)], redirectStandardIO=False
     )
     try:
+        buckets = SharedBuckets.fromFD(args.buckets_fd) if args.buckets_fd is not None else None
         config = loadConfig(args.config)
-        service = GatewayService(config, reactor, FilterRegistry.fromPlugins(), role="worker")
-    except (ConfigError, ValueError) as e:
+        service = GatewayService(
+            config, reactor, FilterRegistry.fromPlugins(), role="worker", buckets=buckets
+        )
+    except (ConfigError, ValueError, OSError) as e:
         sys.stderr.write(f"{prefix} cannot start: {e}\n")
         return 1
 

@@ -9,9 +9,12 @@ children did not spread keep-alive connections: one child took them all).
 
 Parent and worker talk over a socketpair, one JSON object per line: the
 parent sends the servers' health (workers run no health checks of their
-own), workers send their stats.  A worker that dies is started again, with
-a back-off when it keeps dying; the parent stops them all (SIGTERM, then
-SIGKILL after a grace period) when it stops.  A worker whose parent is gone
+own), workers send their stats.  The workers keep the buckets of their
+limits in one table of shared memory the parent makes and passes to each
+(L{gateway.sharedbuckets}), so limits hold for all of them together.  A
+worker that dies is started again, with a back-off when it keeps dying;
+the parent stops them all (SIGTERM, then SIGKILL after a grace period)
+when it stops.  A worker whose parent is gone
 stops too.
 """
 
@@ -35,6 +38,9 @@ from zope.interface import implementer
 from gateway.runtime import processEnvironment
 
 log = Logger()
+
+#: Where a worker finds the workers' shared buckets.
+SHARED_BUCKETS_FD = 4
 
 
 def workerCount(configured: Optional[int], shareable: bool = True) -> int:
@@ -154,6 +160,9 @@ class WorkerPool(Service):
     @param healthSource: a callable giving C{{server: healthy}}, sent to the
         workers whenever it changes.
     @param onStats: called with C{(index, stats)} when a worker reports.
+    @param sharedFD: the file descriptor of the workers'
+        L{gateway.sharedbuckets.SharedBuckets}, passed to each as its
+        descriptor C{SHARED_BUCKETS_FD} (with C{--buckets-fd}).
     """
 
     restartDelay = 0.5
@@ -168,8 +177,10 @@ class WorkerPool(Service):
         argv: List[str],
         healthSource: Optional[Callable[[], Dict[str, bool]]] = None,
         onStats: Optional[Callable[[int, dict], None]] = None,
+        sharedFD: Optional[int] = None,
     ) -> None:
         self._reactor = reactor
+        self._sharedFD = sharedFD
         self.count = count
         self._argv = argv
         self._healthSource = healthSource
@@ -193,13 +204,18 @@ class WorkerPool(Service):
         self._pendingRestarts.pop(index, None)
         parentSide, childSide = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         process = _WorkerProcess(self, index)
+        argv = self._argv + ["--index", str(index)]
+        childFDs: Dict[int, Any] = {0: "w", 1: 1, 2: 2, 3: childSide.fileno()}
+        if self._sharedFD is not None:
+            childFDs[SHARED_BUCKETS_FD] = self._sharedFD
+            argv += ["--buckets-fd", str(SHARED_BUCKETS_FD)]
         try:
             self._reactor.spawnProcess(
                 process,
                 self._argv[0],
-                self._argv + ["--index", str(index)],
+                argv,
                 env=processEnvironment(os.environ),
-                childFDs={0: "w", 1: 1, 2: 2, 3: childSide.fileno()},
+                childFDs=childFDs,
             )
         finally:
             childSide.close()

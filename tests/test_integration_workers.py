@@ -194,3 +194,62 @@ def test_memory_store_serves_in_process_by_default(backends, gateways):
     gateway = gateways(data)
     assert gateway.proxy("GET", "/echo/x").status == 200
     assert workerPIDs(gateway.pid) == []
+
+
+def test_limits_hold_for_all_the_workers(backends, gateways):
+    """
+    A rate limit and a server's maxQPS hold for the gateway as a whole:
+    the workers keep their buckets in one shared table, so a client whose
+    connections the kernel spreads over two workers does not get twice its
+    rate, and the server does not get twice its maxQPS.
+    """
+    backend = backends("b1")
+    data = config(backend)
+    data["servers"].append({"name": "b2", "addr": backend.addr, "maxQPS": 1})
+    data["clusters"].append({"name": "c2", "servers": ["b2"]})
+    data["apis"] += [
+        {
+            "name": "limited",
+            "urlPattern": "/limited/*",
+            "nodes": [{"cluster": "c", "urlRewrite": "/echo/limited"}],
+            "rateLimit": {"rate": 1, "burst": 8, "key": "ip"},
+        },
+        {
+            "name": "slow-server",
+            "urlPattern": "/server/*",
+            "nodes": [{"cluster": "c2", "urlRewrite": "/echo/server"}],
+        },
+    ]
+    gateway = gateways(data)
+    waitFor(lambda: len(workerPIDs(gateway.pid)) == 2, 10, what="two workers")
+    workers = workerPIDs(gateway.pid)
+    for pid in workers:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert b"\0--buckets-fd\0" in f.read()
+    # Both workers must be answering before the limits are counted.
+    waitFor(
+        lambda: (
+            gateway.proxy("GET", "/echo/x").status == 200
+            and all(cpuTicks(pid) > 0 for pid in workers)
+        ),
+        10,
+        what="both workers serving",
+    )
+    before = {pid: cpuTicks(pid) for pid in workers}
+
+    started = time.monotonic()
+    statuses = [gateway.proxy("GET", "/limited/x").status for _ in range(40)]
+    elapsed = time.monotonic() - started
+    assert set(statuses) <= {200, 429}
+    # One bucket of 8, refilled at 1 a second: per-worker buckets would
+    # have let about twice as many through.
+    assert 8 <= statuses.count(200) <= 8 + int(elapsed) + 1, (statuses, elapsed)
+
+    started = time.monotonic()
+    statuses = [gateway.proxy("GET", "/server/x").status for _ in range(20)]
+    elapsed = time.monotonic() - started
+    assert set(statuses) <= {200, 429}
+    assert 1 <= statuses.count(200) <= 1 + int(elapsed) + 1, (statuses, elapsed)
+
+    # The requests (each on a new connection) went to both workers.
+    assert all(cpuTicks(pid) > before[pid] for pid in workers)
