@@ -30,6 +30,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.backend import startRequest
 from gateway.errors import (
     EarlyResponse,
     NoBackendAvailable,
@@ -410,7 +411,11 @@ class _Aggregation:
             uri = request.uri
         body = self._body
         producer = BytesBodyProducer(body) if body is not None else None
-        backend.requestStarted()
+        backend = startRequest(cluster, backend)
+        if backend is None:
+            # Another worker took its server's last maxQPS token.
+            self._nodeFailed(Failure(NoBackendAvailable(f"cluster {cluster.name!r}: no server")), i)
+            return
         call = self._calls[i] = _NodeCall(self, i, node, backend)
         call.start(request.method, uri, context.upstreamHeaders, producer)
 

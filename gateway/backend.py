@@ -151,17 +151,24 @@ class Backend:
             return "rate-limited"
         return ""
 
-    def requestStarted(self) -> None:
+    def requestStarted(self) -> bool:
         """
-        A request was sent to it: count it, and take its C{maxQPS} token.
+        A request is sent to it: take its C{maxQPS} token, and count it.
+
+        @return: whether it may go; L{False} (and nothing counted) when the
+            C{maxQPS} token is gone since L{available} said yes, which only
+            another process sharing the bucket can do (see
+            L{startRequest}).
         """
+        limiter = self.limiter
+        if limiter is not None and not limiter.take():
+            return False
         self.active += 1
         self.requests += 1
-        if self.limiter is not None:
-            self.limiter.take()
         if self.breaker is not None:
             # In half-open, holds one trial slot until the outcome is known.
             self.breaker.requestStarted()
+        return True
 
     def requestFinished(self, latency: Optional[float], ok: Optional[bool] = True) -> None:
         """
@@ -202,3 +209,25 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.host}:{self.port} active={self.active}>"
+
+
+def startRequest(cluster: Any, backend: Optional[Backend], tried: tuple = ()) -> Optional[Backend]:
+    """
+    Start a request (L{Backend.requestStarted}) on C{backend}, which
+    C{cluster} picked, or, when another worker took that server's last
+    C{maxQPS} token since, on another available server of C{cluster} not
+    in C{tried}.
+
+    @return: the backend the request was started on, or L{None} when there
+        is none.
+    """
+    while backend is not None:
+        if backend.requestStarted():
+            return backend
+        tried = tried + (backend,)
+        backend = None
+        for other in cluster.backends:
+            if other not in tried and other.available():
+                backend = other
+                break
+    return None

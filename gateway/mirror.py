@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from gateway.backend import startRequest
 from gateway.upstream import BytesBodyProducer
 
 log = Logger()
@@ -87,9 +88,12 @@ class Mirror:
         node = context.api.nodes[0]
         uri = node.rewrite.expand(context.params, request) if node.rewrite else request.uri
         headers = context.upstreamHeaders.copy()
+        backend = startRequest(cluster, backend)
+        if backend is None:
+            self.dropped += 1
+            return
         self.inFlight += 1
         self.sent += 1
-        backend.requestStarted()
         d = self._client.request(
             backend,
             request.method,

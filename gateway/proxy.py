@@ -30,6 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 
+from gateway.backend import startRequest
 from gateway.context import RequestContext, ResponseInfo
 from gateway.errors import (
     EarlyResponse,
@@ -509,12 +510,15 @@ class GatewayResource(Resource):
     def _send(
         self, context: RequestContext, chain: Sequence[Any], node: Any, backend: Any, tried: tuple
     ) -> None:
-        if backend is None:
-            self._failed(Failure(noBackendError(context.cluster)), context, chain)
-            return
+        if backend is None or not backend.requestStarted():
+            # (Or another worker took the server's last maxQPS token since
+            # it was picked.)
+            backend = startRequest(context.cluster, backend, tried)
+            if backend is None:
+                self._failed(Failure(noBackendError(context.cluster)), context, chain)
+                return
         context.backend = backend
         request = context.request
-        backend.requestStarted()
         context.attributes["gateway.sentAt"] = self._reactor.seconds()
         tried = tried + (backend,)
         pending = self._sendUpstream(

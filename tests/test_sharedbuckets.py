@@ -16,7 +16,7 @@ import textwrap
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.backend import Backend
+from gateway.backend import Backend, startRequest
 from gateway.model import parseResource
 from gateway.ratelimit import LOCAL, TokenBucket, makeRateLimitFilter
 from gateway.sharedbuckets import SharedBuckets, SharedTokenBucket
@@ -178,6 +178,32 @@ class SharedBucketsTests(SynchronousTestCase):
         backends[1].requestStarted()
         self.assertFalse(backends[0].available())
         self.assertEqual(backends[0].unavailableReason(), "rate-limited")
+
+    def test_lostRaceGoesElsewhere(self) -> None:
+        """
+        When another worker takes a server's last maxQPS token between this
+        worker's pick and its send, the request starts on another available
+        server of the cluster, or on none; nothing is counted on the server
+        it could not start on.
+        """
+        servers = [
+            parseResource("servers", {"name": name, "addr": "127.0.0.1:1", "maxQPS": 1})
+            for name in ("s1", "s2")
+        ]
+        mine = [Backend(server, self.clock, buckets=self.first) for server in servers]
+        theirs = [Backend(server, self.clock, buckets=self.second) for server in servers]
+
+        class Cluster:
+            backends = mine
+
+        picked = mine[0]
+        self.assertTrue(picked.available())
+        self.assertTrue(theirs[0].requestStarted())
+        self.assertIs(startRequest(Cluster, picked), mine[1])
+        self.assertEqual((mine[0].active, mine[0].requests), (0, 0))
+        self.assertEqual((mine[1].active, mine[1].requests), (1, 1))
+        self.assertIsNone(startRequest(Cluster, mine[0]))
+        self.assertIsNone(startRequest(Cluster, None))
 
     def test_localByDefault(self) -> None:
         """
