@@ -942,10 +942,11 @@ def computeTargets(report: Report) -> List[Dict[str, Any]]:
             busy = one.get("machineBusy")
             if busy:
                 # Every process's CPU per request as with one worker, all
-                # cores busy: the most that N workers can reach here.
+                # cores busy: about the most that N workers can reach here
+                # (unless that CPU per request was high with one worker).
                 detail += (
-                    f"; at 1 worker's whole-machine CPU per request, the cores "
-                    f"allow at most {_fmt(1 / busy, 2)}x"
+                    f"; all cores busy at 1 worker's whole-machine CPU per request "
+                    f"would give {_fmt(1 / busy, 2)}x"
                 )
             aggOne = report.find(f"gateway-aggregate-{interp}-1")
             aggMany = report.find(f"gateway-aggregate-{interp}-{many[0]['workers']}")

@@ -244,7 +244,7 @@ class TargetsTests(SynchronousTestCase):
         scaling = {t["target"]: t for t in run.computeTargets(report)}["N workers vs 1, cpython"]
         self.assertEqual((scaling["measured"], scaling["met"]), (1.3, False))
         self.assertIn("62 % busy with 1 worker, 99 % with 2", scaling["detail"])
-        self.assertIn("the cores allow at most 1.60x", scaling["detail"])
+        self.assertIn("would give 1.60x", scaling["detail"])
         self.assertIn("where the gateway's own CPU dominates: 2.05x", scaling["detail"])
 
     def test_agentPairPreferred(self) -> None:
