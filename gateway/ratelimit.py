@@ -211,6 +211,14 @@ class TokenBucket:
             self._rebase(now)
         return True
 
+    def takeStatus(self, n: int = 1) -> Tuple[bool, int, float]:
+        """
+        L{take}, then L{status}, as one decision.
+
+        @return: C{(taken, remaining, resetAfter)}.
+        """
+        return (self.take(n),) + self.status()
+
     def retryAfter(self, n: int = 1) -> float:
         """
         @return: seconds until the bucket holds C{n} tokens (0.0 when it
@@ -541,8 +549,9 @@ class RateLimitFilter:
                 if queue is not None:
                     return self._enqueue(queue, context)
             bucket = limit.bucketFor(key)
-            if bucket.take():
-                self._admitted(context, (bucket,))
+            taken, remaining, reset = bucket.takeStatus()
+            if taken:
+                context.attributes[ATTRIBUTE] = (int(bucket.burst), remaining, _ceilSeconds(reset))
                 return None
             buckets: Tuple[TokenBucket, ...] = (bucket,)
         else:

@@ -38,7 +38,7 @@ import mmap
 import os
 import struct
 import tempfile
-from typing import Any, Dict, Hashable
+from typing import Any, Dict, Hashable, Tuple
 
 from gateway.ratelimit import TokenBucket
 
@@ -268,6 +268,11 @@ class SharedTokenBucket(TokenBucket):
         """
         return self._table
 
+    def _takeStatus(self, n: int = 1) -> Tuple[bool, int, float]:
+        # One read and write of the slot for both.
+        return (TokenBucket.take(self, n),) + TokenBucket.status(self)
+
+    takeStatus = _locked(_takeStatus)
     allows = _locked(TokenBucket.allows)
     take = _locked(TokenBucket.take)
     retryAfter = _locked(TokenBucket.retryAfter)

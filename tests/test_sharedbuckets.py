@@ -58,6 +58,17 @@ class SharedBucketsTests(SynchronousTestCase):
         self.assertFalse(a.take())
         self.assertEqual(a.status(), (0, 3.0))
 
+    def test_takeStatus(self) -> None:
+        """
+        C{takeStatus} takes and reports the state after, as one decision.
+        """
+        a = self.first.bucket("b", 1, 2, self.clock)
+        b = self.second.bucket("b", 1, 2, self.clock)
+        self.assertEqual(a.takeStatus(), (True, 1, 1.0))
+        self.assertEqual(b.takeStatus(), (True, 0, 2.0))
+        self.assertEqual(a.takeStatus(), (False, 0, 2.0))
+        self.assertEqual(self.first._depth, 0)
+
     def test_namesApart(self) -> None:
         """
         Buckets of other names (another limit, another setting) are apart.
