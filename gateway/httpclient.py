@@ -113,7 +113,7 @@ def splitHead(data: bytes, start: int = 0) -> Optional[Tuple[List[bytes], int]]:
         n = len(lines) - 1
         # The fast path: every line ends in CRLF and no bare CR or LF hides
         # an earlier end of the head.
-        if head.count(b"\n") == n and head.count(b"\r") == n and b"\x00" not in head:
+        if head.count(b"\n") == n and head.count(b"\r") == n and 0 not in head:
             return lines, end + 4
     elif data.find(b"\n\n", start) < 0 and data.find(b"\n\r\n", start) < 0:
         return None
@@ -1337,7 +1337,8 @@ class HTTP11UpstreamClient:
             C{finished} says whether it is over.
         @raise ValueError: when C{uri} is not a valid request target.
         """
-        if not uri or b" " in uri or b"\r" in uri or b"\n" in uri:
+        # (Bytes looked for as ints: a memchr each.)
+        if not uri or 0x20 in uri or 0x0D in uri or 0x0A in uri:
             raise ValueError(f"invalid request target: {uri!r}")
         req = _Request(method)
         req.onResponse = onResponse

@@ -270,8 +270,10 @@ def ambiguousPath(path: bytes) -> Optional[str]:
         dot segment (C{.}, C{..}, also percent-encoded in any case, also
         followed by C{;} path parameters).
     """
-    if b"%" not in path and b"\\" not in path and b"//" not in path and b"/." not in path:
-        # The common case, decided without splitting.
+    # The common case, decided without splitting.  (Bytes are looked for
+    # as ints, C{0x25 in path}: a memchr, where a one-byte bytes needle
+    # costs several times as much on CPython.)
+    if 0x25 not in path and 0x5C not in path and path.find(b"//") < 0 and path.find(b"/.") < 0:
         return None
     if b"\\" in path:
         return "backslash in path"
@@ -318,7 +320,7 @@ def _parseRequestLine(line: bytes, checkPath: bool) -> Tuple[bytes, bytes, bytes
         raise _Refused(400, "malformed HTTP version")
     if not target or len(target.translate(None, _NOT_IN_TARGET)) != len(target):
         raise _Refused(400, "invalid character in the request target")
-    if b"#" in target:
+    if 0x23 in target:  # "#"
         raise _Refused(400, "a request target has no fragment")
     if method == b"CONNECT":
         raise _Refused(501, "CONNECT is not supported")
@@ -376,7 +378,7 @@ def _parseHeaders(
         kind = _FRAMING.get(lower)
         if kind is not None:
             framing[kind].append(value)
-        elif b"_" in lower and lower.replace(b"_", b"-") in _UNDERSCORE_LOOKALIKES:
+        elif 0x5F in lower and lower.replace(b"_", b"-") in _UNDERSCORE_LOOKALIKES:  # "_"
             raise _Refused(400, "header name with an underscore for a dash")
     lengths, encodings, hosts = framing
     host = None
