@@ -13,6 +13,8 @@ import sys
 import tempfile
 import textwrap
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -228,10 +230,45 @@ class SharedBucketsTests(SynchronousTestCase):
         self.assertIs(type(backend.limiter), TokenBucket)
 
 
+class EquivalenceTests(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None)
+    @given(
+        rate=st.floats(min_value=0.01, max_value=1000),
+        burst=st.integers(min_value=1, max_value=50),
+        steps=st.lists(
+            st.tuples(
+                st.sampled_from(["take", "allows", "retryAfter", "status", "takeStatus"]),
+                st.booleans(),
+                st.floats(min_value=0, max_value=2),
+            ),
+            max_size=60,
+        ),
+    )
+    def test_sameAsOneBucket(self, rate, burst, steps) -> None:
+        """
+        Any sequence of decisions spread over two workers' views of a
+        shared bucket gives exactly what one bucket of one process gives:
+        the state goes through the table without loss.
+        """
+        clock = Clock()
+        clock.advance(1_000_000)
+        first = SharedBuckets.create(slots=16)
+        second = SharedBuckets.fromFD(os.dup(first.fileno()))
+        try:
+            local = TokenBucket(rate, burst, clock)
+            views = (first.bucket("b", rate, burst, clock), second.bucket("b", rate, burst, clock))
+            for operation, which, wait in steps:
+                clock.advance(wait)
+                shared = views[which]
+                self.assertEqual(getattr(shared, operation)(), getattr(local, operation)())
+        finally:
+            second.close()
+            first.close()
+
+
 _TAKER = textwrap.dedent(
     """
     import sys, time
-    from twisted.internet.task import Clock
     from gateway.sharedbuckets import SharedBuckets
 
     class WallClock:
