@@ -844,6 +844,18 @@ class Report:
         return None
 
 
+def pairedTurns(runs: int) -> List[Tuple[int, int]]:
+    """
+    The order of two setups measured in turn: first one, then the other,
+    then the other way round, and so on, for an even number of turns (at
+    least C{runs}), so that neither always runs first or second.
+
+    @return: C{(first, second)} pairs of the indices 0 and 1.
+    """
+    turns = max(2, runs + runs % 2)
+    return [(0, 1) if turn % 2 == 0 else (1, 0) for turn in range(turns)]
+
+
 def _percent(fraction: Optional[float]) -> Optional[float]:
     return None if fraction is None else fraction * 100
 
@@ -1486,13 +1498,16 @@ class Bench:
             warmUp(self.wrk, agentURL, self.options.warmup, self.options.warmup)
             gateways: List[float] = []
             agents: List[float] = []
-            for _ in range(self.options.runs):
-                ours = measure(self.wrk, gatewayURL, gateway.pid, 1, 0)["cpuUsPerReq"]
-                theirs = measure(self.wrk, agentURL, agent.pid, 1, 0)["cpuUsPerReq"]
-                if ours is None or theirs is None:
+            targets = ((gatewayURL, gateway.pid), (agentURL, agent.pid))
+            for order in pairedTurns(self.options.runs):
+                figures = {}
+                for i in order:
+                    url, pid = targets[i]
+                    figures[i] = measure(self.wrk, url, pid, 1, 0)["cpuUsPerReq"]
+                if figures[0] is None or figures[1] is None:
                     raise BenchError("a run completed no request")
-                gateways.append(ours)
-                agents.append(theirs)
+                gateways.append(figures[0])
+                agents.append(figures[1])
         except (BenchError, OSError) as e:
             result["error"] = str(e)
             self.log(f"  failed: {e}")
@@ -1776,12 +1791,21 @@ class Bench:
                 started[count] = (child, port, adminPort)
                 infos[count] = {"route": route, "startSeconds": time.monotonic() - start}
             rows: Dict[int, List[Dict[str, Any]]] = {count: [] for count in counts}
-            for turn in range(self.options.runs):
-                for count in counts:
+            # Twice the runs, half as long: on this shared machine two
+            # identical gateways measured in turn differ by up to a third
+            # in a single run, and a median of more ratios holds steadier.
+            wrk = Wrk(
+                self.wrk.threads,
+                self.wrk.connections,
+                max(2.0, self.wrk.duration / 2),
+                self.wrk.timeout,
+            )
+            for turn, order in enumerate(pairedTurns(2 * self.options.runs)):
+                for count in (counts[i] for i in order):
                     child, port, _ = started[count]
                     rows[count].append(
                         measure(
-                            self.wrk,
+                            wrk,
                             f"http://{HOST}:{port}{route}",
                             child.pid,
                             1,

@@ -50,7 +50,7 @@ from typing import (
 import attrs
 import yaml
 
-from gateway.config import UniqueKeyLoader
+from gateway.config import loadYAML
 from gateway.model import RESOURCE_CLASSES, Catalog, parseResource
 from gateway.schema import List as ListOf
 from gateway.schema import Nullable, Obj, ValidationError, toJSON
@@ -292,7 +292,7 @@ def loadResourceFile(path: str, stdin: Optional[TextIO] = None) -> ResourceFile:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise FileError(source, [Problem("", f"cannot read the file: {reason}")])
     try:
-        data = yaml.load(text, Loader=UniqueKeyLoader)
+        data = loadYAML(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -302,10 +302,10 @@ def workersCanShare(listen: str, store: str) -> bool:
     return listen.startswith(_SHARED_ENDPOINTS) and not store.startswith("memory:")
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeys:
     """
-    A safe loader that refuses a key given twice in one mapping, which plain
-    YAML resolves silently in favour of the last one.
+    Refuses a key given twice in one mapping, which plain YAML resolves
+    silently in favour of the last one (a mixin for a YAML loader).
     """
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
@@ -314,7 +314,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
             if keyNode.tag == "tag:yaml.org,2002:merge":
                 # "<<: *defaults" merges, and keys given next override.
                 continue
-            key = self.construct_object(keyNode, deep=deep)
+            key = self.construct_object(keyNode, deep=deep)  # type: ignore[attr-defined]
             try:
                 duplicate = key in seen
             except TypeError:
@@ -328,7 +328,41 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     keyNode.start_mark,
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[misc]
+
+
+class UniqueKeyLoader(_UniqueKeys, yaml.SafeLoader):
+    """
+    A safe loader that refuses a key given twice in one mapping.
+    """
+
+
+if hasattr(yaml, "CSafeLoader"):
+
+    class _FastUniqueKeyLoader(_UniqueKeys, yaml.CSafeLoader):  # type: ignore[misc]
+        """
+        L{UniqueKeyLoader} on libyaml's parser (several times faster on a
+        large file).
+        """
+
+else:  # pragma: no cover (PyYAML built without libyaml, as on PyPy)
+    _FastUniqueKeyLoader = UniqueKeyLoader  # type: ignore[misc,assignment]
+
+
+def loadYAML(text: str) -> Any:
+    """
+    Parse YAML safely, refusing duplicate keys, with libyaml when PyYAML
+    has it.
+
+    @raise yaml.YAMLError: when it is not valid YAML; the error is PyYAML's
+        own parser's, whose messages say more than libyaml's.
+    """
+    try:
+        return yaml.load(text, Loader=_FastUniqueKeyLoader)
+    except yaml.YAMLError:
+        if _FastUniqueKeyLoader is UniqueKeyLoader:
+            raise
+    return yaml.load(text, Loader=UniqueKeyLoader)
 
 
 def loadConfig(path: str) -> GatewayConfig:
@@ -347,7 +381,7 @@ def loadConfig(path: str) -> GatewayConfig:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError("", f"cannot read the config file: {reason}", path)
     try:
-        data = yaml.load(text, Loader=UniqueKeyLoader)
+        data = loadYAML(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -55,11 +55,13 @@ class Options(usage.Options):
     def _loadConfig(self) -> None:
         from gateway.config import ConfigError, loadConfig
         from gateway.filters import FilterError, FilterRegistry
+        from gateway.runtime import collectorPaused
 
         if not self["config"]:
             raise usage.UsageError("--config FILE is required")
         try:
-            config = loadConfig(self["config"])
+            with collectorPaused():
+                config = loadConfig(self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e))
         try:
@@ -85,14 +87,16 @@ def makeService(options: Options) -> Any:
     """
     from twisted.internet import reactor
 
-    from gateway.runtime import tuneGC
+    from gateway.runtime import collectorPaused, tuneGC
     from gateway.service import GatewayService
     from gateway.store import StoreError
 
     tuneGC()
 
     try:
-        return GatewayService(options["gatewayConfig"], reactor, options["filterRegistry"])
+        # (A file store is loaded and compiled here, at once.)
+        with collectorPaused():
+            return GatewayService(options["gatewayConfig"], reactor, options["filterRegistry"])
     except (ValueError, StoreError) as e:
         sys.stderr.write(f"gateway: cannot start: {e}\n")
         raise SystemExit(1)

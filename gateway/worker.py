@@ -48,7 +48,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from gateway.config import ConfigError, loadConfig
     from gateway.filters import FilterRegistry
-    from gateway.runtime import tuneGC
+    from gateway.runtime import collectorPaused, tuneGC
     from gateway.service import GatewayService
     from gateway.sharedbuckets import SharedBuckets
     from gateway.workers import ControlChannel, adoptChannel
@@ -68,10 +68,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     try:
         buckets = SharedBuckets.fromFD(args.buckets_fd) if args.buckets_fd is not None else None
-        config = loadConfig(args.config)
-        service = GatewayService(
-            config, reactor, FilterRegistry.fromPlugins(), role="worker", buckets=buckets
-        )
+        with collectorPaused():
+            config = loadConfig(args.config)
+            service = GatewayService(
+                config, reactor, FilterRegistry.fromPlugins(), role="worker", buckets=buckets
+            )
     except (ConfigError, ValueError, OSError) as e:
         sys.stderr.write(f"{prefix} cannot start: {e}\n")
         return 1

@@ -285,6 +285,17 @@ class TargetsTests(SynchronousTestCase):
         self.assertFalse(targets["gateway CPU/request, CPython, default filters"]["met"])
 
 
+class PairedTurnsTests(SynchronousTestCase):
+    def test_alternating(self) -> None:
+        """
+        Two setups measured in turn go first by turns, an even number of
+        times, at least as many as the runs asked for.
+        """
+        self.assertEqual(run.pairedTurns(1), [(0, 1), (1, 0)])
+        self.assertEqual(run.pairedTurns(3), [(0, 1), (1, 0), (0, 1), (1, 0)])
+        self.assertEqual(run.pairedTurns(4), [(0, 1), (1, 0), (0, 1), (1, 0)])
+
+
 class ReportTests(SynchronousTestCase):
     def test_markdown(self) -> None:
         """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import textwrap
 
+import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import (
@@ -201,6 +202,21 @@ class LoadConfigTests(SynchronousTestCase):
             "line 3",
             "duplicate key 'proxy'",
         )
+
+    def test_bothParsers(self) -> None:
+        """
+        The loader on libyaml's parser, used first when PyYAML has it,
+        refuses duplicate keys and takes merge keys as PyYAML's own does.
+        """
+        from gateway import config as module
+
+        text = "a: &x {k: 1}\nb:\n  <<: *x\n  j: 2\n"
+        for loader in (module._FastUniqueKeyLoader, module.UniqueKeyLoader):
+            self.assertEqual(yaml.load(text, Loader=loader), {"a": {"k": 1}, "b": {"k": 1, "j": 2}})
+            self.assertRaises(
+                yaml.constructor.ConstructorError, yaml.load, "a: 1\na: 2\n", Loader=loader
+            )
+        self.assertEqual(module.loadYAML(text), yaml.load(text, Loader=module.UniqueKeyLoader))
 
     def test_mergeKeys(self) -> None:
         """

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.runtime import GC_THRESHOLD, PYPY_NURSERY, nurseryAdvice, processEnvironment, tuneGC
+from gateway.runtime import (
+    GC_THRESHOLD,
+    PYPY_NURSERY,
+    collectorPaused,
+    nurseryAdvice,
+    processEnvironment,
+    tuneGC,
+)
 
 
 class ProcessEnvironmentTests(SynchronousTestCase):
@@ -70,3 +77,42 @@ class TuneGCTests(SynchronousTestCase):
         PyPy's C{gc} has no thresholds: nothing to do.
         """
         self.assertFalse(tuneGC(object()))
+
+
+class Switch:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def isenabled(self) -> bool:
+        return self.enabled
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def disable(self) -> None:
+        self.enabled = False
+
+
+class CollectorPausedTests(SynchronousTestCase):
+    def test_pausedThenOn(self) -> None:
+        """
+        The collector is off inside, and on again after, also after an
+        error.
+        """
+        collector = Switch(True)
+        with collectorPaused(collector):
+            self.assertFalse(collector.enabled)
+        self.assertTrue(collector.enabled)
+        with self.assertRaises(ValueError):
+            with collectorPaused(collector):
+                raise ValueError()
+        self.assertTrue(collector.enabled)
+
+    def test_offStaysOff(self) -> None:
+        """
+        A collector that was off stays off.
+        """
+        collector = Switch(False)
+        with collectorPaused(collector):
+            pass
+        self.assertFalse(collector.enabled)
