@@ -38,9 +38,9 @@ import mmap
 import os
 import struct
 import tempfile
-from typing import Any, Dict, Hashable, Tuple
+from typing import Any, Hashable, Tuple
 
-from gateway.ratelimit import TokenBucket
+from gateway.ratelimit import KeyedBuckets, TokenBucket
 
 #: Buckets in a table made with the defaults.
 DEFAULT_SLOTS = 1 << 17
@@ -281,32 +281,24 @@ class SharedTokenBucket(TokenBucket):
     status = _locked(TokenBucket.status)
 
 
-class SharedKeyedBuckets:
+class SharedKeyedBuckets(KeyedBuckets):
     """
     The buckets of one keyed limit in a L{SharedBuckets}, as
     L{gateway.ratelimit.KeyedBuckets} are in one process.
     """
 
-    __slots__ = ("rate", "burst", "maxKeys", "_clock", "_table", "_prefix", "_buckets")
+    __slots__ = ("_table", "_prefix")
 
     def __init__(
         self, table: SharedBuckets, name: str, rate: float, burst: float, clock: Any, maxKeys: int
     ) -> None:
-        if maxKeys < 1:
-            raise ValueError("maxKeys must be at least 1")
-        # Fail now, not on the first request, on a bad rate or burst.
-        TokenBucket(rate, burst, clock)
-        self.rate = rate
-        self.burst = burst
-        self.maxKeys = maxKeys
-        self._clock = clock
+        KeyedBuckets.__init__(self, rate, burst, clock, maxKeys)
         self._table = table
         self._prefix = name.encode("utf-8") + b"\x00"
-        self._buckets: Dict[Hashable, SharedTokenBucket] = {}
 
-    def get(self, key: Hashable) -> SharedTokenBucket:
+    def get(self, key: Hashable) -> TokenBucket:
         """
-        @return: the bucket of C{key}.
+        @return: the L{SharedTokenBucket} of C{key}.
         """
         bucket = self._buckets.get(key)
         if bucket is None:
