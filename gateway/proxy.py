@@ -510,13 +510,10 @@ class GatewayResource(Resource):
     def _send(
         self, context: RequestContext, chain: Sequence[Any], node: Any, backend: Any, tried: tuple
     ) -> None:
-        if backend is None or not backend.requestStarted():
-            # (Or another worker took the server's last maxQPS token since
-            # it was picked.)
-            backend = startRequest(context.cluster, backend, tried)
-            if backend is None:
-                self._failed(Failure(noBackendError(context.cluster)), context, chain)
-                return
+        backend = startRequest(context.cluster, backend, tried)
+        if backend is None:
+            self._failed(Failure(noBackendError(context.cluster)), context, chain)
+            return
         context.backend = backend
         request = context.request
         context.attributes["gateway.sentAt"] = self._reactor.seconds()

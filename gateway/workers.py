@@ -14,8 +14,7 @@ limits in one table of shared memory the parent makes and passes to each
 (L{gateway.sharedbuckets}), so limits hold for all of them together.  A
 worker that dies is started again, with a back-off when it keeps dying;
 the parent stops them all (SIGTERM, then SIGKILL after a grace period)
-when it stops.  A worker whose parent is gone
-stops too.
+when it stops.  A worker whose parent is gone stops too.
 """
 
 from __future__ import annotations
