@@ -83,9 +83,10 @@ class SharedBuckets:
 
     def __init__(self, fd: int) -> None:
         """
-        @param fd: a file descriptor of a table made by L{create}; it is
-            the caller's (not closed here) and must stay open.
-        @raise ValueError: when it is not such a table.
+        @param fd: a file descriptor of a table made by L{create}, which
+            the table owns from then on (L{close} closes it).
+        @raise ValueError: when it is not such a table (C{fd} is left
+            open).
         """
         size = os.fstat(fd).st_size
         if size < _HEADER + _SLOT.size:
