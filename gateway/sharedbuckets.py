@@ -32,6 +32,7 @@ random 64-bit hashes that is vanishingly unlikely.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import math
 import mmap
@@ -175,21 +176,22 @@ class SharedBuckets:
         _SLOT.pack_into(table, oldest, nameHash, now, 0.0, now)
         return oldest
 
-    def load(self, bucket: SharedTokenBucket) -> int:
+    def read(self, nameHash: int, now: float) -> Tuple[int, float, float, float]:
         """
-        Read C{bucket}'s state from its slot.  Call with the lock held.
+        Read the state of the bucket C{nameHash} (full at C{now} when it is
+        new).  Call with the lock held.
 
-        @return: the slot's offset, for L{save}.
+        @return: C{(offset, anchor, taken, last)}: its slot, for L{write},
+            and the state of a L{TokenBucket}.
         """
-        offset = self._slotOf(bucket._hash, float(bucket._clock.seconds()))
-        bucket._anchor, bucket._taken, bucket._last = _STATE.unpack_from(self._map, offset + 8)
-        return offset
+        offset = self._slotOf(nameHash, now)
+        return (offset,) + _STATE.unpack_from(self._map, offset + 8)
 
-    def save(self, offset: int, bucket: SharedTokenBucket) -> None:
+    def write(self, offset: int, anchor: float, taken: float, last: float) -> None:
         """
-        Write C{bucket}'s state back to its slot.  Call with the lock held.
+        Write a bucket's state back to its slot.  Call with the lock held.
         """
-        _STATE.pack_into(self._map, offset + 8, bucket._anchor, bucket._taken, bucket._last)
+        _STATE.pack_into(self._map, offset + 8, anchor, taken, last)
 
     # -- the limits' buckets ------------------------------------------------------
 
@@ -228,19 +230,25 @@ def _anonymousFile() -> int:
 
 
 def _locked(method: Any) -> Any:
+    """
+    A L{TokenBucket} method run on the state of the bucket's slot, read
+    before and written back after, under the table's lock.
+    """
+
+    @functools.wraps(method)
     def shared(self: SharedTokenBucket, *args: Any) -> Any:
         table = self._table
         table.acquire()
         try:
-            offset = table.load(self)
+            offset, self._anchor, self._taken, self._last = table.read(
+                self._hash, float(self._clock.seconds())
+            )
             result = method(self, *args)
-            table.save(offset, self)
+            table.write(offset, self._anchor, self._taken, self._last)
             return result
         finally:
             table.release()
 
-    shared.__name__ = method.__name__
-    shared.__doc__ = method.__doc__
     return shared
 
 
