@@ -164,8 +164,8 @@ def inProcess(name: str, n: int) -> float:
     from twisted.internet.testing import MemoryReactorClock, StringTransport
     from twisted.web.http_headers import Headers
 
-    from gateway.httpclient import HTTP11UpstreamClient
-    from gateway.upstream import AgentUpstreamClient
+    from bench.agent_client import AgentUpstreamClient
+    from gateway.http.client import HTTP11UpstreamClient
 
     memory = MemoryReactorClock()
     if name == "lean":
@@ -232,8 +232,8 @@ def main(argv: List[str]) -> None:
 
     from twisted.internet import defer, reactor, task
 
-    from gateway.httpclient import HTTP11UpstreamClient
-    from gateway.upstream import AgentUpstreamClient
+    from bench.agent_client import AgentUpstreamClient
+    from gateway.http.client import HTTP11UpstreamClient
 
     warnings.simplefilter("ignore", DeprecationWarning)
     port = freePort()

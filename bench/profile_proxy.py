@@ -15,7 +15,7 @@ answer), then a server in a child process of its own:
 
   - C{gateway}: the gateway of C{bench/run.py}'s config (filters
     C{[request-id]}, access log off, one process), served in-process by
-    L{gateway.service.GatewayService};
+    L{gateway.process.service.GatewayService};
   - C{site}: a bare C{twisted.web} L{Site} whose resource answers the same
     96 bytes itself (no upstream): what the server side costs alone;
   - C{raw}: a bare L{Protocol} that answers each request head with the
@@ -148,14 +148,14 @@ def _useChannel(channel: str) -> None:
     Make the proxy site use another channel than its own: C{twisted} (the
     plain L{HTTPChannel}) or C{gateway} (L{GatewayHTTPChannel}).
     """
-    from gateway.service import GatewaySite
+    from gateway.process.service import GatewaySite
 
     if channel == "twisted":
         from twisted.web import server
 
         GatewaySite.protocol = server.Site.protocol
     elif channel == "gateway":
-        from gateway.httpserver import GatewayHTTPChannel
+        from gateway.http.channel import GatewayHTTPChannel
 
         GatewaySite.protocol = GatewayHTTPChannel
 
@@ -163,9 +163,9 @@ def _useChannel(channel: str) -> None:
 def _serveGateway(configPath: str, channel: str) -> None:
     from twisted.internet import reactor
 
-    from gateway.config import loadConfig
     from gateway.filters import FilterRegistry
-    from gateway.service import GatewayService
+    from gateway.model.config import loadConfig
+    from gateway.process.service import GatewayService
 
     _useChannel(channel)
     config = loadConfig(configPath)
@@ -189,11 +189,11 @@ def _serveSite(channel: str, requests: str) -> None:
 
     site = server.Site(Constant())
     if requests == "gateway":
-        from gateway.fastrequest import GatewayRequest
+        from gateway.http.request import GatewayRequest
 
         site.requestFactory = GatewayRequest
     if channel == "gateway":
-        from gateway.httpserver import GatewayHTTPChannel
+        from gateway.http.channel import GatewayHTTPChannel
 
         site.protocol = GatewayHTTPChannel  # type: ignore[assignment]
     port = reactor.listenTCP(0, site, interface=benchrun.HOST)
@@ -236,7 +236,7 @@ def _serveLean() -> None:
     """
     from twisted.internet import protocol, reactor
 
-    from gateway.fastrequest import httpDate
+    from gateway.http.headers import httpDate
 
     class LeanRequest:
         __slots__ = ("method", "target", "version", "headers", "channel")
@@ -407,9 +407,9 @@ def serve(options: argparse.Namespace) -> int:
             gc.set_threshold(options.gc_threshold, *gc.get_threshold()[1:])
     elif options.mode == "gateway":
         # As twistd gateway does.
-        _ifThere("gateway.runtime", "tuneGC")()
+        _ifThere("gateway.process.interpreter", "tuneGC")()
     if options.reactor == "gateway":
-        _ifThere("gateway.reactor", "installIfNone")()
+        _ifThere("gateway.http.reactor", "installIfNone")()
     from twisted.internet import reactor
 
     if options.eager_writes:
@@ -572,7 +572,7 @@ _UPSTREAM_ANSWER = (
 
 class _MemoryEndpoints:
     """
-    Stands in for L{gateway.endpoints.CachedEndpointFactory}: every
+    Stands in for L{gateway.model.endpoints.CachedEndpointFactory}: every
     endpoint connects at once to a L{StringTransport}, and the protocols
     connected so are kept for the driver to answer on.
     """
@@ -610,10 +610,10 @@ def micro(options: argparse.Namespace) -> int:
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-    from gateway.config import parseConfig
     from gateway.filters import FilterRegistry
-    from gateway.httpclient import HTTP11UpstreamClient
-    from gateway.service import GatewayService, GatewaySite
+    from gateway.http.client import HTTP11UpstreamClient
+    from gateway.model.config import parseConfig
+    from gateway.process.service import GatewayService, GatewaySite
 
     _useChannel(options.channel)
     data = benchrun.gatewayConfig(8080, 8081, workers=1, where="proxy")
@@ -706,14 +706,14 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         choices=("default", "twisted", "gateway"),
         default="default",
         help="the channel: the site's own (default), twisted.web's HTTPChannel, or "
-        "gateway.httpserver's GatewayHTTPChannel",
+        "gateway.http.channel's GatewayHTTPChannel",
     )
     parser.add_argument(
         "--requests-class",
         dest="requestClass",
         choices=("twisted", "gateway"),
         default="twisted",
-        help="site mode: twisted.web's Request or gateway.fastrequest's",
+        help="site mode: twisted.web's Request or gateway.http.request's",
     )
     parser.add_argument("--path", default="/plain", help="path requested (gateway: /plain)")
     parser.add_argument("--runs", type=int, default=3)
@@ -739,13 +739,13 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         "--gc-threshold",
         type=int,
         help="the child's first-generation GC threshold (CPython; 0: GC off; default: the "
-        "gateway's own, gateway.runtime.tuneGC, in gateway mode)",
+        "gateway's own, gateway.process.interpreter.tuneGC, in gateway mode)",
     )
     parser.add_argument(
         "--reactor",
         choices=("gateway", "epoll"),
         default="gateway",
-        help="the child's reactor: gateway.reactor's (as twistd gateway runs), or Twisted's epoll",
+        help="the child's reactor: gateway.http.reactor's (as twistd gateway runs), or Twisted's epoll",
     )
     parser.add_argument(
         "--tree", help="serve the gateway from this copy of the source tree (A/B comparisons)"

@@ -60,7 +60,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
-from gateway.runtime import PYPY_NURSERY
+from gateway.process.interpreter import PYPY_NURSERY
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -673,7 +673,7 @@ def workersKey() -> Optional[str]:
         when it does not know the key yet.
     """
     try:
-        from gateway.config import ConfigError, parseConfig
+        from gateway.model.config import ConfigError, parseConfig
     except ImportError:
         return None
     proxy = {"listen": "tcp:8080:interface=127.0.0.1"}

@@ -33,9 +33,9 @@ class IFilter(Interface):
         """
         Inspect or change a request before it is dispatched.
 
-        @param context: the request's L{gateway.context.RequestContext}.
+        @param context: the request's L{gateway.pipeline.exchange.RequestContext}.
         @return: L{None} to let the request go on, or a
-            L{gateway.errors.EarlyResponse} to answer the client at once
+            L{gateway.pipeline.exchange.EarlyResponse} to answer the client at once
             without touching any upstream (the filters already run see it in
             their C{after} hook).  May be a Deferred firing with either.
         """
@@ -44,8 +44,8 @@ class IFilter(Interface):
         """
         See the response on its way back to the client.
 
-        @param context: the request's L{gateway.context.RequestContext}.
-        @param response: the L{gateway.context.ResponseInfo} about to be sent;
+        @param context: the request's L{gateway.pipeline.exchange.RequestContext}.
+        @param response: the L{gateway.pipeline.exchange.ResponseInfo} about to be sent;
             a filter may change its C{code} and C{headers}.  Its body is not
             buffered on plain proxying.
         @return: L{None}.  (The response is on its way: C{after} must not
@@ -56,7 +56,7 @@ class IFilter(Interface):
         """
         Be told that the request failed upstream (refused, timed out, reset).
 
-        @param context: the request's L{gateway.context.RequestContext}.
+        @param context: the request's L{gateway.pipeline.exchange.RequestContext}.
         @param failure: the L{twisted.python.failure.Failure}.
         @return: L{None}.
         """
@@ -91,12 +91,12 @@ class ILoadBalancer(Interface):
     Picks one backend of a cluster for each request.
 
     A balancer is built for one set of backends (one snapshot of a cluster) by
-    a callable C{factory(backends)} registered in L{gateway.balance}; it keeps
+    a callable C{factory(backends)} registered in L{gateway.balancing.balancers}; it keeps
     whatever state its algorithm needs between calls.
     """
 
     name = Attribute("The algorithm's name, as in a cluster's C{loadBalance}.")
-    backends = Attribute("The sequence of L{gateway.backend.Backend}s it picks from.")
+    backends = Attribute("The sequence of L{gateway.balancing.backend.Backend}s it picks from.")
 
     def choose(key=None):
         """
@@ -105,7 +105,7 @@ class ILoadBalancer(Interface):
         @param key: an affinity key (the client address for C{ip-hash}), or
             L{None}.
         @type key: L{str} or L{None}
-        @return: a L{gateway.backend.Backend}, or L{None} when no backend is
+        @return: a L{gateway.balancing.backend.Backend}, or L{None} when no backend is
             available.
         """
 
@@ -123,7 +123,7 @@ class IUpstreamClient(Interface):
         """
         Send a request to a backend over a pooled keep-alive connection.
 
-        @param backend: the L{gateway.backend.Backend} to talk to.
+        @param backend: the L{gateway.balancing.backend.Backend} to talk to.
         @param method: the method, e.g. C{b"GET"}.
         @type method: L{bytes}
         @param uri: the request target (path and query), e.g. C{b"/a?b=c"}.
@@ -134,8 +134,8 @@ class IUpstreamClient(Interface):
         @param timeout: seconds to wait for the response headers, or L{None}.
         @return: a Deferred that fires with an L{twisted.web.iweb.IResponse}
             whose C{headers} still hold C{Content-Length} when the upstream
-            sent one.  It fails with L{gateway.errors.UpstreamTimeout} on
-            timeout and L{gateway.errors.UpstreamConnectError} when no
+            sent one.  It fails with L{gateway.http.errors.UpstreamTimeout} on
+            timeout and L{gateway.http.errors.UpstreamConnectError} when no
             connection could be made; cancelling it aborts the request.
         """
 

@@ -17,13 +17,14 @@ from twisted.web import server
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 
-from gateway.aggregate import Aggregator
 from gateway.filters import FilterRegistry
-from gateway.httpclient import HTTP11UpstreamClient
-from gateway.mirror import Mirror
-from gateway.proxy import ClientAddresses, GatewayResource
-from gateway.service import GatewaySite
-from gateway.snapshot import SnapshotManager
+from gateway.http.client import HTTP11UpstreamClient
+from gateway.pipeline.aggregate import Aggregator
+from gateway.pipeline.forwarding import ClientAddresses
+from gateway.pipeline.mirror import Mirror
+from gateway.pipeline.resource import GatewayResource
+from gateway.process.service import GatewaySite
+from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
 
 

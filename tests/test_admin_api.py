@@ -16,9 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from gateway.admin import AdminAPI
-from gateway.model import Catalog, parseResource
-from gateway.model import ReferenceError as ModelReferenceError
-from gateway.schema import ValidationError, toJSON
+from gateway.model.resources import Catalog, parseResource
+from gateway.model.resources import ReferenceError as ModelReferenceError
+from gateway.model.schema import ValidationError, toJSON
 from gateway.store import Change, StoreError
 from gateway.store.file import FileStore
 

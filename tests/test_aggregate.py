@@ -92,7 +92,7 @@ async def test_depend_on_same_or_later_batch_is_refused(harness):
     """
     await harness.start()
 
-    from gateway.schema import ValidationError
+    from gateway.model.schema import ValidationError
 
     with pytest.raises(ValidationError) as e:
         harness.apply([aggregation(node("a", "/json/a"), node("b", "/json/b?x=$depend.a.name"))])

@@ -1,5 +1,5 @@
 """
-The aggregation engine (L{gateway.aggregate}) on a L{Clock}, with an
+The aggregation engine (L{gateway.pipeline.aggregate}) on a L{Clock}, with an
 in-memory upstream client whose answers the tests give: node timeouts
 from one timer per batch, synchronous answers and failures, and what each
 backend is told.
@@ -19,13 +19,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
-from gateway.aggregate import Aggregator
-from gateway.errors import UpstreamConnectError
-from gateway.fastrequest import GatewayRequest
 from gateway.filters import FilterRegistry
-from gateway.httpserver import LimitedSite
-from gateway.proxy import GatewayResource
-from gateway.snapshot import SnapshotManager
+from gateway.http.errors import UpstreamConnectError
+from gateway.http.request import GatewayRequest
+from gateway.http.site import LimitedSite
+from gateway.pipeline.aggregate import Aggregator
+from gateway.pipeline.resource import GatewayResource
+from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -52,7 +52,7 @@ class Answer:
 class WholeAnswer(Answer):
     """
     A response whose whole body came with its head, as
-    L{gateway.httpclient.HTTP11UpstreamClient} hands out small ones: its
+    L{gateway.http.client.HTTP11UpstreamClient} hands out small ones: its
     C{body} is read, its C{deliverBody} never called.
     """
 

@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.balance}.
+Tests for L{gateway.balancing.balancers}.
 
 Deterministic algorithms are checked exactly.  Random ones use seeded
 L{Random}s and check proportions over many picks against bounds of three
@@ -16,10 +16,10 @@ from typing import Dict, List, Optional, Sequence
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from gateway.backend import Backend
-from gateway.balance import BALANCERS, makeBalancer
+from gateway.balancing.backend import Backend
+from gateway.balancing.balancers import BALANCERS, makeBalancer
 from gateway.interfaces import ILoadBalancer
-from gateway.model import LOAD_BALANCERS, Server
+from gateway.model.resources import LOAD_BALANCERS, Server
 
 NAMES = "abcdefghij"
 

@@ -13,7 +13,7 @@ import resource
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench import run
-from gateway.config import ConfigError, parseConfig
+from gateway.model.config import ConfigError, parseConfig
 
 WRK_OUTPUT = """\
 Running 3s test @ http://127.0.0.1:8080/plain

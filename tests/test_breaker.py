@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.breaker}: the circuit breaker's state machine, timed
+Tests for L{gateway.protection.breaker}: the circuit breaker's state machine, timed
 with L{task.Clock} and drawn with seeded L{Random}s, and the API breaker
 filter.
 """
@@ -17,20 +17,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
-from gateway.breaker import (
-    CLOSED,
-    HALF_OPEN,
-    OPEN,
-    APIBreakerFilter,
-    CircuitBreaker,
-    makeAPIBreakerFilter,
-)
-from gateway.context import RequestContext, ResponseInfo
-from gateway.errors import EarlyResponse, UpstreamTimeout
+from gateway.filters.breaker import APIBreakerFilter, makeAPIBreakerFilter
+from gateway.http.errors import UpstreamTimeout
 from gateway.interfaces import IFilter
-from gateway.model import CircuitBreaker as CircuitBreakerConfig
-from gateway.model import parseResource
-from gateway.snapshot import CompiledAPI
+from gateway.model.resources import CircuitBreaker as CircuitBreakerConfig
+from gateway.model.resources import parseResource
+from gateway.pipeline.exchange import EarlyResponse, RequestContext, ResponseInfo
+from gateway.protection.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from gateway.routing.snapshot import CompiledAPI
 
 
 def makeBreaker(**settings: Any) -> Tuple[CircuitBreaker, task.Clock]:

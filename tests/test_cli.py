@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.cli}, the C{gateway} command: C{validate} offline, the
+Tests for L{gateway.cli.main}, the C{gateway} command: C{validate} offline, the
 plan C{apply} computes from two states, the admin client's error messages,
 C{export}'s compact YAML, and (marked C{integration}) the real command run
 as a subprocess against a real gateway.
@@ -23,27 +23,13 @@ import yaml
 from harness import REPO, GatewayProcess, freePort, subprocessEnv
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.cli import (
-    DEFAULT_ADMIN,
-    AdminClient,
-    AdminError,
-    CLIError,
-    Plan,
-    Problem,
-    Step,
-    applyPlan,
-    checkResources,
-    compactResource,
-    computePlan,
-    exportDocument,
-    jsonEqual,
-    makeParser,
-    normalise,
-    normaliseAdminURL,
-    parseResourceFile,
-    renderPlan,
-    run,
-)
+from gateway.cli.checks import checkResources
+from gateway.cli.client import DEFAULT_ADMIN, AdminClient, normaliseAdminURL
+from gateway.cli.export import compactResource, exportDocument
+from gateway.cli.main import makeParser, run
+from gateway.cli.plan import Plan, Step, applyPlan, computePlan, renderPlan
+from gateway.cli.problems import AdminError, CLIError, Problem
+from gateway.cli.resources import jsonEqual, normalise, parseResourceFile
 from gateway.store import KINDS
 
 TOKEN = "cli-token"
@@ -1028,13 +1014,13 @@ class AdminClientTests(SynchronousTestCase):
 
 def cli(*args: str, env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess:
     """
-    Run C{python -m gateway.cli ARGS} as a subprocess, without any
+    Run C{python -m gateway.cli.main ARGS} as a subprocess, without any
     C{GATEWAY_*} variable of the test's environment.
     """
     environ = {k: v for k, v in subprocessEnv().items() if not k.startswith("GATEWAY_")}
     environ.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "gateway.cli.main", *args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.config}: loading and checking the config file.
+Tests for L{gateway.model.config}: loading and checking the config file.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import textwrap
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.config import (
+from gateway.model.config import (
     DEFAULT_STORE,
     AdminConfig,
     ConfigError,
@@ -19,7 +19,7 @@ from gateway.config import (
     loadConfig,
     parseConfig,
 )
-from gateway.model import API, Cluster, FilterSpec, Routing, Server
+from gateway.model.resources import API, Cluster, FilterSpec, Routing, Server
 
 GOOD = """\
 proxy:
@@ -208,7 +208,7 @@ class LoadConfigTests(SynchronousTestCase):
         The loader on libyaml's parser, used first when PyYAML has it,
         refuses duplicate keys and takes merge keys as PyYAML's own does.
         """
-        from gateway import config as module
+        from gateway.model import config as module
 
         text = "a: &x {k: 1}\nb:\n  <<: *x\n  j: 2\n"
         for loader in (module._FastUniqueKeyLoader, module.UniqueKeyLoader):
@@ -393,7 +393,7 @@ class ParseConfigTests(SynchronousTestCase):
         from twisted.internet.task import Clock
 
         from gateway.filters import FilterRegistry
-        from gateway.service import GatewayService
+        from gateway.process.service import GatewayService
 
         config = parseConfig(
             {

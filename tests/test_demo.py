@@ -11,8 +11,8 @@ from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.config import loadConfig
 from gateway.demo import DemoBackend, listen, orders, parsePorts
+from gateway.model.config import loadConfig
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "demo" / "gateway.yaml"
 

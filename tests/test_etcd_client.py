@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.store.etcd.EtcdClient} and its parts.
+Tests for L{gateway.store.etcd.client.EtcdClient} and its parts.
 
 The pieces that need no server (back-off, the line-buffered stream reader,
 outage logging, URL parsing) are tested alone; the client itself against a
@@ -28,8 +28,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseNeverReceived
 
-from gateway.store import etcd as etcdModule
-from gateway.store.etcd import (
+from gateway.store.etcd import client as etcdModule
+from gateway.store.etcd.client import (
     DELETE,
     PUT,
     Availability,
@@ -40,15 +40,15 @@ from gateway.store.etcd import (
     EtcdUnavailable,
     Event,
     KeyValue,
-    _LineStream,
     compareModRevision,
     compareVersion,
     opDelete,
     opPut,
     opRange,
-    parseEtcdURL,
     prefixEnd,
 )
+from gateway.store.etcd.store import parseEtcdURL
+from gateway.store.etcd.watch import _LineStream
 
 # -- without a server ------------------------------------------------------------------
 

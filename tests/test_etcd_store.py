@@ -1,10 +1,10 @@
 """
-Tests for L{gateway.store.etcd.EtcdStore}: the L{IStore} semantics of the
+Tests for L{gateway.store.etcd.store.EtcdStore}: the L{IStore} semantics of the
 embedded file store (revisions, conflicts on a stale base, watchers told of
 every change with the whole new state), against a real etcd 3.4, plus what
 only a shared store has: changes from another process, two stores racing,
 and etcd going away and coming back.  Also the proxy registry
-(L{gateway.registry}), which lives in the same etcd.
+(L{gateway.store.etcd.registry}), which lives in the same etcd.
 """
 
 from __future__ import annotations
@@ -24,17 +24,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from gateway.interfaces import IStore
-from gateway.registry import ProxyRegistry, advertisedAddress, listProxies
 from gateway.store import KINDS, Change, ConflictError, StoreError, StoreState, storeFromURL
-from gateway.store.etcd import (
+from gateway.store.etcd.client import (
     EtcdClient,
     EtcdError,
     EtcdIndeterminate,
-    EtcdStore,
     EtcdUnavailable,
     TxnResult,
-    etcdStoreFromURL,
 )
+from gateway.store.etcd.registry import ProxyRegistry, advertisedAddress, listProxies
+from gateway.store.etcd.store import EtcdStore, etcdStoreFromURL
 
 SERVER = {"name": "s1", "addr": "127.0.0.1:9001", "weight": 1}
 CLUSTER = {"name": "c1", "servers": ["s1"], "loadBalance": "round-robin"}

@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.fastrequest}: the proxy's lean request sends what
+Tests for L{gateway.http.request}: the proxy's lean request sends what
 C{twisted.web}'s own request sends, and costs less.
 """
 
@@ -22,16 +22,11 @@ from twisted.web.resource import EncodingResourceWrapper, Resource
 from twisted.web.server import GzipEncoderFactory
 from zope.interface import implementer
 
-from gateway.fastrequest import (
-    RAW_HEADERS,
-    GatewayRequest,
-    headerKey,
-    httpDate,
-    rawHeadersOf,
-)
 from gateway.filters import FilterRegistry
-from gateway.proxy import GatewayResource
-from gateway.snapshot import SnapshotManager
+from gateway.http.headers import RAW_HEADERS, headerKey, httpDate, rawHeadersOf
+from gateway.http.request import GatewayRequest
+from gateway.pipeline.resource import GatewayResource
+from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
 
 PEER = IPv4Address("TCP", "10.0.0.7", 40000)
@@ -587,7 +582,7 @@ class CopyHeadersTests(SynchronousTestCase):
         Hop-by-hop headers, those C{Connection} names, and those the upstream
         client sets are dropped; the rest is copied, not shared.
         """
-        from gateway.proxy import copyRequestHeaders
+        from gateway.pipeline.forwarding import copyRequestHeaders
 
         fast = copyRequestHeaders(self.sample(Headers))
         slow = copyRequestHeaders(self.sample(self.Slow))
@@ -605,7 +600,7 @@ class CopyHeadersTests(SynchronousTestCase):
         An upstream answer's headers replace the client's of the same name,
         but hop-by-hop ones and those C{Connection} names.
         """
-        from gateway.proxy import copyResponseHeaders
+        from gateway.pipeline.forwarding import copyResponseHeaders
 
         results = []
         for kind in (Headers, self.Slow):

@@ -19,12 +19,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.config import ConfigError, loadConfig, parseConfig
-from gateway.httpserver import HTTPLimits, LimitedSite, ambiguousPath
-from gateway.model import parseResource
-from gateway.proxy import GatewayRequest
-from gateway.routing import compileRouting
-from gateway.schema import ValidationError, toJSON
+from gateway.http.channel import ambiguousPath
+from gateway.http.request import GatewayRequest
+from gateway.http.site import LimitedSite
+from gateway.model.config import ConfigError, loadConfig, parseConfig
+from gateway.model.limits import HTTPLimits
+from gateway.model.resources import parseResource
+from gateway.model.schema import ValidationError, toJSON
+from gateway.routing.rules import compileRouting
 
 FUZZ = settings(
     max_examples=200,

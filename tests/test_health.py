@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.health}.
+Tests for L{gateway.balancing.health}.
 
 Exact timing is checked with L{task.Clock} and a scripted
 L{IUpstreamClient} whose requests the test answers by hand; the servers
@@ -28,13 +28,13 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gateway.backend import Backend
-from gateway.errors import UpstreamConnectError
+from gateway.balancing.backend import Backend
+from gateway.balancing.health import BODY_LIMIT, HealthChecker
 from gateway.filters import FilterRegistry
-from gateway.health import BODY_LIMIT, HealthChecker
-from gateway.httpclient import HTTP11UpstreamClient
+from gateway.http.client import HTTP11UpstreamClient
+from gateway.http.errors import UpstreamConnectError
 from gateway.interfaces import IUpstreamClient
-from gateway.snapshot import SnapshotManager
+from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
 
 # -- a scripted upstream client ------------------------------------------------

@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.httpserver}: the gateway's HTTP channel against hostile
+Tests for L{gateway.http.channel}: the gateway's HTTP channel against hostile
 clients (malformed and oversized request heads, request smuggling, bodies
 over a limit, slow clients, ambiguous paths), driven over in-memory
 transports with a L{Clock}; and the admin's hardening (authentication on
@@ -29,17 +29,13 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from gateway.filters import FilterRegistry
-from gateway.httpserver import (
-    ADMIN_LIMITS,
-    GatewayHTTPChannel,
-    HTTPLimits,
-    LimitedSite,
-    ambiguousPath,
-    isLoopbackEndpoint,
-    snapshotBodyLimits,
-)
-from gateway.proxy import GatewayRequest, GatewayResource
-from gateway.snapshot import SnapshotManager
+from gateway.http.channel import GatewayHTTPChannel, ambiguousPath
+from gateway.http.request import GatewayRequest
+from gateway.http.site import LimitedSite
+from gateway.model.endpoints import isLoopbackEndpoint
+from gateway.model.limits import ADMIN_LIMITS, HTTPLimits
+from gateway.pipeline.resource import GatewayResource
+from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -685,8 +681,8 @@ class BodyLimitTests(ServerTestCase):
 
     def test_snapshot_body_limits(self) -> None:
         """
-        L{snapshotBodyLimits} matches the request in the manager's current
-        snapshot and answers the API's C{maxBodySize}; L{None} when there is
+        L{SnapshotManager.bodyLimitFor} matches the request in the manager's
+        current snapshot and answers the API's C{maxBodySize}; L{None} when there is
         no snapshot, no match, or the API sets no limit.
         """
 
@@ -712,8 +708,8 @@ class BodyLimitTests(ServerTestCase):
                     "/open": Match(Compiled(API(None))),
                 }.get(path)
 
-        manager = type("Manager", (), {"snapshot": None})()
-        limitFor = snapshotBodyLimits(manager)
+        manager = SnapshotManager(FilterRegistry({}), self.clock)
+        limitFor = manager.bodyLimitFor
         self.assertIsNone(limitFor(b"POST", b"h", b"/limited"))
         manager.snapshot = Snapshot()
         self.assertEqual(limitFor(b"POST", b"h\xe9", b"/limited"), 7)
@@ -723,11 +719,11 @@ class BodyLimitTests(ServerTestCase):
 
     def test_snapshot_body_limits_real_snapshot(self) -> None:
         """
-        L{snapshotBodyLimits} works over a real snapshot: an API without a
+        L{SnapshotManager.bodyLimitFor} works over a real snapshot: an API without a
         C{maxBodySize} gives the default.
         """
         proxy = ProxyFixture(self.clock)
-        limitFor = snapshotBodyLimits(proxy.manager)
+        limitFor = proxy.manager.bodyLimitFor
         self.assertIsNone(limitFor(b"POST", b"gw", b"/public/x"))
         self.assertIsNone(limitFor(b"POST", b"gw", b"/nothing"))
 
@@ -1476,7 +1472,7 @@ class AdminConfigTests(SynchronousTestCase):
         L{ConfigError} naming C{admin.token}; with a token, or on loopback,
         it is accepted.
         """
-        from gateway.config import ConfigError, parseConfig
+        from gateway.model.config import ConfigError, parseConfig
 
         for listen in ("tcp:9090", "tcp:9090:interface=0.0.0.0", "tcp:9090:interface=10.1.1.1"):
             error = self.assertRaises(ConfigError, parseConfig, {"admin": {"listen": listen}})

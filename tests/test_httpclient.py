@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.httpclient}: the response parser, request writing, the
+Tests for L{gateway.http.client}: the response parser, request writing, the
 keep-alive pool, timeouts, cancellation and backpressure with a memory
 reactor, then the client against real twisted.web servers on 127.0.0.1.
 """
@@ -31,24 +31,24 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gateway import httpclient
-from gateway.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
-from gateway.httpclient import (
+from gateway.http import client as httpclient
+from gateway.http.body import BytesBodyProducer
+from gateway.http.client import (
     HTTP11UpstreamClient,
     UpstreamAgent,
     parseContentLength,
     parseHead,
     splitHead,
 )
+from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
 from gateway.interfaces import ICallbackUpstreamClient, IUpstreamClient
-from gateway.upstream import BytesBodyProducer
 
 # -- helpers ----------------------------------------------------------------------
 
 
 class FakeBackend:
     """
-    What the client needs of a L{gateway.backend.Backend}.
+    What the client needs of a L{gateway.balancing.backend.Backend}.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080) -> None:
@@ -1648,7 +1648,7 @@ class TimeoutTests(ClientTestCase):
         Requests that ended behind one that still waits are let go of once
         they are many, not only when that one ends.
         """
-        from gateway.httpclient import _COMPACT_AT
+        from gateway.http.client import _COMPACT_AT
 
         waiting = self.request(timeout=60)
         self.connect()

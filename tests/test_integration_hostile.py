@@ -421,7 +421,7 @@ def test_admin_open_to_the_network_needs_a_token(gateways: Any) -> None:
     An admin listening on every address without a token refuses to start,
     naming admin.token; with a token it starts.
     """
-    from gateway.config import ConfigError, parseConfig
+    from gateway.model.config import ConfigError, parseConfig
 
     listen = f"tcp:{freePort()}:interface=0.0.0.0"
     # Checked in-process first, so that a missing check never opens a port

@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.ipaccess}: the C{ip-access} filter's rules, and its
+Tests for L{gateway.protection.ipaccess}: the C{ip-access} filter's rules, and its
 range lookup checked against L{ipaddress}'s own membership test.
 """
 
@@ -17,17 +17,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyChannel
 from zope.interface.verify import verifyObject
 
-from gateway.context import RequestContext
-from gateway.errors import EarlyResponse
+from gateway.filters.ipaccess import IPAccessFilter, makeIPAccessFilter
 from gateway.interfaces import IFilter
-from gateway.ipaccess import (
-    AddressRanges,
-    IPAccessFilter,
-    makeIPAccessFilter,
-    parseAddress,
-    parseNetwork,
-)
-from gateway.model import IPAccess, parseResource
+from gateway.model.resources import IPAccess, parseResource
+from gateway.pipeline.exchange import EarlyResponse, RequestContext
+from gateway.protection.ipaccess import AddressRanges, parseAddress, parseNetwork
 
 
 def makeContext(clientIP: str) -> RequestContext:

@@ -1,5 +1,5 @@
 """
-Prometheus metrics: L{gateway.metrics}, scraped and parsed with
+Prometheus metrics: L{gateway.telemetry.metrics}, scraped and parsed with
 C{prometheus_client.parser}.
 """
 
@@ -20,10 +20,10 @@ from twisted.web.test.requesthelper import DummyRequest
 
 import gateway
 from gateway.filters import FilterRegistry
-from gateway.metrics import GatewayCollector, metricsRegistry, metricsResource
-from gateway.snapshot import SnapshotManager
-from gateway.stats import Stats
+from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
+from gateway.telemetry.metrics import GatewayCollector, metricsRegistry, metricsResource
+from gateway.telemetry.stats import Stats
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 

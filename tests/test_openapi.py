@@ -32,8 +32,8 @@ from gateway.admin.openapi import (
     openAPIResource,
     toOpenAPI30,
 )
-from gateway.model import RESOURCE_CLASSES
-from gateway.schema import jsonSchema
+from gateway.model.resources import RESOURCE_CLASSES
+from gateway.model.schema import jsonSchema
 
 _METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 _CONVERTER = re.compile(r"<(?:(\w+)(?:\((.*?)\))?:)?(\w+)>")
@@ -252,9 +252,9 @@ import gateway
 from gateway.admin.api import AdminAPI
 from gateway.admin.openapi import openAPIResource
 from gateway.filters import FilterRegistry
-from gateway.metrics import metricsResource
-from gateway.snapshot import SnapshotManager
-from gateway.stats import Stats
+from gateway.telemetry.metrics import metricsResource
+from gateway.routing.snapshot import SnapshotManager
+from gateway.telemetry.stats import Stats
 from gateway.store.file import FileStore
 
 port, token = int(sys.argv[1]), sys.argv[2]

@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.ratelimit}: token buckets, keyed buckets and the
+Tests for L{gateway.protection.ratelimit}: token buckets, keyed buckets and the
 C{rate-limit} filter, all on a L{task.Clock}.
 
 The central promise (DESIGN.md, "Traffic control") is checked as a
@@ -26,19 +26,12 @@ from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyChannel
 from zope.interface.verify import verifyObject
 
-from gateway import ratelimit
-from gateway.context import RequestContext, ResponseInfo
-from gateway.errors import EarlyResponse
+from gateway.filters.ratelimit import ATTRIBUTE, CANCEL, RateLimitFilter, makeRateLimitFilter
 from gateway.interfaces import IFilter
-from gateway.model import API, parseResource
-from gateway.ratelimit import (
-    ATTRIBUTE,
-    CANCEL,
-    KeyedBuckets,
-    RateLimitFilter,
-    TokenBucket,
-    makeRateLimitFilter,
-)
+from gateway.model.resources import API, parseResource
+from gateway.pipeline.exchange import EarlyResponse, RequestContext, ResponseInfo
+from gateway.protection import ratelimit
+from gateway.protection.ratelimit import KeyedBuckets, TokenBucket
 
 
 def makeAPI(**fields: Any) -> API:

@@ -1,5 +1,5 @@
 """
-L{gateway.reactor.GatewayReactor}: a reactor of its own per test (not the
+L{gateway.http.reactor.GatewayReactor}: a reactor of its own per test (not the
 global one), turned by hand, with real TCP connections over 127.0.0.1.
 """
 
@@ -14,9 +14,9 @@ from twisted.internet import protocol
 from twisted.internet.error import ConnectionDone
 from twisted.logger import globalLogPublisher
 
-from gateway import reactor as gatewayreactor
-from gateway import writesoon
-from gateway.writesoon import writeSoon
+from gateway.http import reactor as gatewayreactor
+from gateway.http import writesoon
+from gateway.http.writesoon import writeSoon
 
 pytestmark = pytest.mark.skipif(not gatewayreactor.AVAILABLE, reason="no epoll here")
 
@@ -213,7 +213,7 @@ def test_install_if_none_leaves_an_installed_reactor_alone() -> None:
 
 
 def test_workers_run_on_the_reactor_of_their_parent(r: Any) -> None:
-    from gateway.workers import workerCommand
+    from gateway.process.pool import workerCommand
 
     assert workerCommand("/tmp/g.yaml", r)[-2:] == ["--reactor", "gateway"]
     assert workerCommand("/tmp/g.yaml", object())[-2:] == ["--reactor", "default"]
@@ -227,11 +227,11 @@ def test_loading_the_config_installs_no_reactor() -> None:
     """
     code = (
         "import sys\n"
-        "import gateway.tap, gateway.config, gateway.writesoon\n"
+        "import gateway.process.tap, gateway.model.config, gateway.http.writesoon\n"
         "from gateway.filters import FilterRegistry\n"
         "FilterRegistry.fromPlugins()\n"
         "assert 'twisted.internet.reactor' not in sys.modules, 'a reactor was installed'\n"
-        "from gateway.reactor import installIfNone\n"
+        "from gateway.http.reactor import installIfNone\n"
         "assert installIfNone()\n"
         "from twisted.internet import reactor\n"
         "print(type(reactor).__name__)\n"

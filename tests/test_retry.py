@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.retry import RetryBudget
+from gateway.pipeline.retry import RetryBudget
 
 
 class RetryBudgetTests(SynchronousTestCase):

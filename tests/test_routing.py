@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.routing}.
+Tests for L{gateway.routing.rules}.
 
 Requests are real L{twisted.web.server.Request}s: raw HTTP bytes go through
 a L{twisted.web.server.Site}'s own L{twisted.web.http.HTTPChannel}, which
@@ -33,9 +33,10 @@ from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
 
-from gateway.context import RequestContext
-from gateway.model import Routing, parseResource
-from gateway.routing import (
+from gateway.model.resources import Routing, parseResource
+from gateway.model.schema import ValidationError
+from gateway.pipeline.exchange import RequestContext
+from gateway.routing.rules import (
     JSON_BODY_ATTRIBUTE,
     JSON_BODY_LIMIT,
     CompiledRouting,
@@ -46,7 +47,6 @@ from gateway.routing import (
     orderRoutings,
     readJSONField,
 )
-from gateway.schema import ValidationError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -1042,9 +1042,9 @@ class StickySelectsTests(SynchronousTestCase):
         """
         script = (
             "import sys\n"
-            "from gateway.context import RequestContext\n"
-            "from gateway.model import parseResource\n"
-            "from gateway.routing import compileRouting\n"
+            "from gateway.pipeline.exchange import RequestContext\n"
+            "from gateway.model.resources import parseResource\n"
+            "from gateway.routing.rules import compileRouting\n"
             "r = compileRouting(parseResource('routings', {'name': 'canary', "
             "'cluster': 'c', 'trafficRate': 50, 'hashOn': 'ip'}))\n"
             "ips = [f'192.168.{i}.{i}' for i in range(200)]\n"

@@ -1,12 +1,12 @@
 """
-L{gateway.runtime}: the PyPy GC nursery the gateway asks for.
+L{gateway.process.interpreter}: the PyPy GC nursery the gateway asks for.
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.runtime import (
+from gateway.process.interpreter import (
     GC_THRESHOLD,
     PYPY_NURSERY,
     collectorPaused,

@@ -1,5 +1,5 @@
 """
-Token buckets shared by processes (gateway.sharedbuckets).
+Token buckets shared by processes (gateway.protection.sharedbuckets).
 
 Two tables over one file stand for two workers (their state is the same
 memory); the exactness under contention is checked with real processes.
@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.backend import Backend, startRequest
-from gateway.model import parseResource
-from gateway.ratelimit import LOCAL, TokenBucket, makeRateLimitFilter
-from gateway.sharedbuckets import SharedBuckets, SharedTokenBucket
+from gateway.balancing.backend import Backend, startRequest
+from gateway.filters.ratelimit import makeRateLimitFilter
+from gateway.model.resources import parseResource
+from gateway.protection.ratelimit import LOCAL, TokenBucket
+from gateway.protection.sharedbuckets import SharedBuckets, SharedTokenBucket
 
 
 class _Context:
@@ -269,7 +270,7 @@ class EquivalenceTests(SynchronousTestCase):
 _TAKER = textwrap.dedent(
     """
     import sys, time
-    from gateway.sharedbuckets import SharedBuckets
+    from gateway.protection.sharedbuckets import SharedBuckets
 
     class WallClock:
         seconds = staticmethod(time.time)

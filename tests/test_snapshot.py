@@ -11,9 +11,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.filters import FilterRegistry
-from gateway.model import ReferenceError
-from gateway.schema import ValidationError
-from gateway.snapshot import SnapshotManager
+from gateway.model.resources import ReferenceError
+from gateway.model.schema import ValidationError
+from gateway.routing.snapshot import SnapshotManager
 from gateway.store import Change, StoreState
 
 
@@ -79,7 +79,7 @@ class SnapshotManagerTests(SynchronousTestCase):
         validate() compiles a proposed catalog without swapping it in.
         """
         first = self.manager.apply(state([api("u", "/users")]))
-        from gateway.model import Catalog
+        from gateway.model.resources import Catalog
 
         proposed = Catalog.fromResources(state([api("u", "/people")]).resources)
         self.manager.validate(proposed)

@@ -1,5 +1,5 @@
 """
-Request statistics: L{gateway.stats}.
+Request statistics: L{gateway.telemetry.stats}.
 
 Unit tests drive L{Stats} with a L{Clock} and hand-made contexts, so every
 latency is exact; the proxy tests send a known sequence of requests through
@@ -19,11 +19,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from gateway.errors import EarlyResponse
 from gateway.filters import FilterRegistry
 from gateway.interfaces import IFilter
-from gateway.snapshot import SnapshotManager
-from gateway.stats import (
+from gateway.pipeline.exchange import EarlyResponse
+from gateway.routing.snapshot import SnapshotManager
+from gateway.store import StoreState
+from gateway.telemetry.stats import (
     BUCKETS_MS,
     ERROR_KINDS,
     REJECT_REASONS,
@@ -33,7 +34,6 @@ from gateway.stats import (
     mergeSnapshots,
     percentile,
 )
-from gateway.store import StoreState
 
 
 class _API:
@@ -48,7 +48,7 @@ class _Backend:
 
 class _Context:
     """
-    The fields of a L{gateway.context.RequestContext} that stats read.
+    The fields of a L{gateway.pipeline.exchange.RequestContext} that stats read.
     """
 
     def __init__(self, api: str, startTime: float, backend: Optional[str] = None) -> None:

@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.tap}: the options of C{twistd gateway}.
+Tests for L{gateway.process.tap}: the options of C{twistd gateway}.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway import tap
+from gateway.process import tap
 
 
 class OptionsTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.urlpattern}: pattern parsing and the route tree.
+Tests for L{gateway.model.urlpattern}: pattern parsing and the route tree.
 """
 
 from __future__ import annotations
@@ -12,20 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.urlpattern import (
+from gateway.model.urlpattern import (
     PARAM_TYPES,
-    Match,
     ParamSegment,
     Pattern,
-    Route,
-    RouteConflict,
-    Router,
     StaticSegment,
     WildcardSegment,
     checkHost,
     normalizeHost,
     parsePattern,
 )
+from gateway.routing.router import Match, Route, RouteConflict, Router
 
 UUID = "123e4567-e89b-12d3-a456-426614174000"
 
@@ -225,8 +222,8 @@ class ParsePatternTests(SynchronousTestCase):
         """
         The API model refuses a bad C{urlPattern} with the parser's message.
         """
-        from gateway.model import API
-        from gateway.schema import ValidationError, fromJSON
+        from gateway.model.resources import API
+        from gateway.model.schema import ValidationError, fromJSON
 
         data = {"name": "a", "urlPattern": "/f-{id}", "nodes": [{"cluster": "c"}]}
         with self.assertRaises(ValidationError) as ctx:

@@ -783,7 +783,7 @@ class BrowserTests:
         between: rates from the counter deltas, and p50/p99 from the delta
         of the histograms equal to the gateway's own estimate for them.
         """
-        from gateway.stats import BUCKETS_MS, latencyJSON, percentile
+        from gateway.telemetry.stats import BUCKETS_MS, latencyJSON, percentile
 
         def cumulative(perBucket: List[int]) -> List[int]:
             out, total = [], 0

@@ -1,5 +1,5 @@
 """
-How many proxy workers a config asks for (L{gateway.workers.workerCount}).
+How many proxy workers a config asks for (L{gateway.process.pool.workerCount}).
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.config import workersCanShare
-from gateway.workers import workerCount
+from gateway.model.config import workersCanShare
+from gateway.process.pool import workerCount
 
 CORES = max(1, os.cpu_count() or 1)
 

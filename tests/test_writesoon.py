@@ -1,5 +1,5 @@
 """
-L{gateway.writesoon} on real TCP connections over 127.0.0.1: bytes keep
+L{gateway.http.writesoon} on real TCP connections over 127.0.0.1: bytes keep
 their order with ordinary writes, large writes the socket cannot take at
 once still arrive whole, nothing is watched for writing when the socket
 takes it all, and a connection that closes or aborts first is left alone.
@@ -14,8 +14,8 @@ import pytest_twisted
 from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 
-from gateway import writesoon
-from gateway.writesoon import writeSoon
+from gateway.http import writesoon
+from gateway.http.writesoon import writeSoon
 
 pytestmark = pytest.mark.skipif(not writesoon.SUPPORTED, reason="this Twisted buffers otherwise")
 

@@ -3,7 +3,7 @@ The gateway as the web UI's browser tests run it.
 
     python tests/webui_server.py --config gateway.yaml
 
-It is the real L{gateway.service.GatewayService} (store, snapshots, proxy,
+It is the real L{gateway.process.service.GatewayService} (store, snapshots, proxy,
 admin REST API, statistics) built from the config file, with the admin's
 port serving L{gateway.admin.webui.withWebUI} around the service's own
 admin resource, so the browser loads the UI and calls the API on one
@@ -35,9 +35,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from gateway.admin.webui import withWebUI
-    from gateway.config import loadConfig
     from gateway.filters import FilterRegistry
-    from gateway.service import AdminSite, GatewayService
+    from gateway.model.config import loadConfig
+    from gateway.process.service import AdminSite, GatewayService
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     config = loadConfig(args.config)

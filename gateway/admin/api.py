@@ -29,9 +29,9 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from gateway.admin.openapi import openAPIDocument
-from gateway.model import Catalog, CatalogParser, parseResource
-from gateway.model import ReferenceError as ModelReferenceError
-from gateway.schema import ValidationError, toJSON
+from gateway.model.resources import Catalog, CatalogParser, parseResource
+from gateway.model.resources import ReferenceError as ModelReferenceError
+from gateway.model.schema import ValidationError, toJSON
 from gateway.store import KINDS, Change, ConflictError, StoreError, StoreState
 
 #: The prefix of every route of the REST API.
@@ -163,7 +163,7 @@ class AdminAPI:
         @param token: the bearer token every C{/api/v1} request must carry,
             or L{None} for no authentication.
         @param validate: called with the whole proposed L{Catalog} before a
-            write is committed; it raises L{gateway.model.ReferenceError}
+            write is committed; it raises L{gateway.model.resources.ReferenceError}
             (answered 409), L{ValidationError} (400) or another L{ValueError}
             (409) to refuse it, and may return a Deferred.  The default checks
             the references between resources.

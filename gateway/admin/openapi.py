@@ -3,8 +3,8 @@ The OpenAPI 3.0 document of the admin API, served at
 C{GET /api/v1/openapi.json}.
 
 The resource schemas are not written here: they are generated from the
-model (L{gateway.schema.jsonSchema} of L{gateway.model.Server},
-L{gateway.model.Cluster}, L{gateway.model.API}, L{gateway.model.Routing}),
+model (L{gateway.model.schema.jsonSchema} of L{gateway.model.resources.Server},
+L{gateway.model.resources.Cluster}, L{gateway.model.resources.API}, L{gateway.model.resources.Routing}),
 the same field specs that parse and validate the admin's input, so the
 document cannot drift from what the API accepts.  What this module adds is
 the shape of the API around them (see L{gateway.admin.api}): the routes,
@@ -29,9 +29,9 @@ from typing import Any, Dict, List, Optional
 from twisted.web.resource import IResource, Resource
 
 import gateway
-from gateway.model import RESOURCE_CLASSES
-from gateway.schema import jsonSchema
-from gateway.stats import ERROR_KINDS, REJECT_REASONS
+from gateway.model.resources import RESOURCE_CLASSES
+from gateway.model.schema import jsonSchema
+from gateway.telemetry.stats import ERROR_KINDS, REJECT_REASONS
 
 #: OpenAPI version of the document.
 OPENAPI_VERSION = "3.0.3"
@@ -79,7 +79,7 @@ EXAMPLES: Dict[str, Dict[str, Any]] = {
 
 def toOpenAPI30(schema: Any) -> Any:
     """
-    Turn a JSON Schema as L{gateway.schema.jsonSchema} writes it into an
+    Turn a JSON Schema as L{gateway.model.schema.jsonSchema} writes it into an
     OpenAPI 3.0 Schema Object: a numeric C{exclusiveMinimum} (or
     C{exclusiveMaximum}), as newer JSON Schema drafts write it, becomes the
     boolean form OpenAPI 3.0 wants, with the bound in C{minimum}.

@@ -24,7 +24,7 @@ from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
 from gateway.interfaces import IFilter, IFilterFactory
-from gateway.schema import ValidationError
+from gateway.model.schema import ValidationError
 
 log = Logger()
 
@@ -104,7 +104,7 @@ class FilterRegistry:
     def makeFilters(self, specs: Iterable[Any], reactor: Any, field: str = "filters") -> Tuple:
         """
         Make a chain of filters from specs: names, C{{"name", "config"}}
-        mappings, or L{gateway.model.FilterSpec}s.
+        mappings, or L{gateway.model.resources.FilterSpec}s.
         """
         chain = []
         for i, spec in enumerate(specs):

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 from zope.interface import implementer
 
-from gateway.fastrequest import headerKey, rawHeadersOf
+from gateway.http.headers import headerKey, rawHeadersOf
 from gateway.interfaces import IFilter
 
 HEADER = b"x-request-id"

@@ -61,7 +61,7 @@ class StoreState:
     @ivar resources: C{{kind: {name: json-object}}} for every kind in
         L{KINDS}, read-only, JSON objects included: a new state keeps the
         objects of the resources its changes left alone, and readers (the
-        L{gateway.model.CatalogParser}) know those by identity, so a JSON
+        L{gateway.model.resources.CatalogParser}) know those by identity, so a JSON
         object once in a state must never be changed in place (change a
         copy, in a new state).
     """
@@ -121,7 +121,7 @@ def storeFromURL(url: str, reactor=None, readOnly: bool = False):
         return FileStore(None, reactor=reactor)
     if url.startswith("etcd://"):
         try:
-            from gateway.store.etcd import etcdStoreFromURL
+            from gateway.store.etcd.store import etcdStoreFromURL
         except ImportError:
             raise ValueError("the etcd store is not available in this build")
         return etcdStoreFromURL(url, reactor=reactor)

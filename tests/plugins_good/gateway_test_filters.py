@@ -7,8 +7,8 @@ from twisted.internet import defer
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.errors import EarlyResponse
 from gateway.interfaces import IFilter, IFilterFactory
+from gateway.pipeline.exchange import EarlyResponse
 
 
 @implementer(IFilter)

@@ -6,7 +6,7 @@ from twisted.application.service import ServiceMaker
 
 gateway = ServiceMaker(
     "Gateway",
-    "gateway.tap",
+    "gateway.process.tap",
     "An HTTP API gateway: routing, protection, load balancing, aggregation.",
     "gateway",
 )

@@ -1,0 +1,3 @@
+"""
+The C{gateway} command: declarative configuration through the admin API.
+"""

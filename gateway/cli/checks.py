@@ -1,0 +1,150 @@
+"""
+C{gateway validate}: offline checks of a resource file, the admin's own
+validation and compilation run on it without a network.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Sequence,
+    Tuple,
+)
+
+from gateway.cli.problems import Problem
+from gateway.cli.resources import JSONResources, _join
+from gateway.model.resources import Catalog, parseResource
+from gateway.model.schema import ValidationError
+from gateway.routing.router import Route, RouteConflict, Router
+from gateway.store import KINDS
+
+
+class _UncheckedFilter:
+    """
+    Stands in for a filter whose plugin is not installed where the command
+    runs (the gateway may have it): L{checkResources} warns about it.
+    """
+
+
+class _LenientRegistry:
+    """
+    A filter registry for offline checks: filters whose plugin is installed
+    here are made (so their config is checked), others are skipped.
+    """
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    def names(self) -> Sequence[str]:
+        return self._registry.names() if self._registry is not None else ()
+
+    def makeFilters(self, specs: Iterable[Any], reactor: Any, field: str = "filters") -> Tuple:
+        return ()
+
+    def makeFilter(self, name: str, config: Any, reactor: Any, field: str = "") -> Any:
+        if name not in self.names():
+            return _UncheckedFilter()
+        return self._registry.makeFilter(name, config, reactor, field)
+
+
+_COMPILED_FIELD = re.compile(r"^(" + "|".join(KINDS) + r")/([^:]+):(.*)$")
+
+
+def _compileProblems(
+    catalog: Catalog, label: Callable[[str, str], str]
+) -> Tuple[List[Problem], List[Problem]]:
+    """
+    Build the catalog as a gateway would (URL rewrites, filter configs),
+    with the filter plugins installed here; warn about the others.
+
+    @return: C{(errors, warnings)}.
+    """
+    # Imported here: they pull in the whole proxy, which --help and the
+    # admin commands do not need.
+    from twisted.internet.task import Clock
+
+    from gateway.filters import FilterError, FilterRegistry
+    from gateway.routing.snapshot import SnapshotManager
+
+    warnings: List[Problem] = []
+    try:
+        registry: Any = FilterRegistry.fromPlugins()
+    except FilterError as e:
+        warnings.append(Problem("", f"filter plugins not checked: {e.message}"))
+        registry = None
+    lenient = _LenientRegistry(registry)
+    for name, api in sorted(catalog.apis.items()):
+        for i, spec in enumerate(api.filters):
+            if registry is not None and spec.name not in lenient.names():
+                warnings.append(
+                    Problem(
+                        f"{label('apis', name)}.filters[{i}].name",
+                        f"no filter plugin named {spec.name!r} is installed here;"
+                        " the gateway must have it",
+                    )
+                )
+    try:
+        SnapshotManager(lenient, Clock()).validate(catalog)
+    except ValidationError as e:
+        # The snapshot names fields "apis/NAME:nodes[0].urlRewrite".
+        match = _COMPILED_FIELD.match(e.field)
+        where = _join(label(match.group(1), match.group(2)), match.group(3)) if match else e.field
+        return [Problem(where, e.message)], warnings
+    except ValueError as e:
+        return [Problem("", str(e))], warnings
+    return [], warnings
+
+
+def checkResources(
+    resources: JSONResources, label: Callable[[str, str], str]
+) -> Tuple[List[Problem], List[Problem]]:
+    """
+    Check a whole set of resources as the gateway would before it accepts
+    them: every reference names an existing resource, no two APIs claim the
+    same route, and each API compiles (URL rewrites, filter configs).  No
+    network: filters are checked with the plugins installed here.
+
+    @param resources: C{{kind: {name: JSON}}}, valid resources.
+    @param label: names a resource in messages, e.g.
+        L{ResourceFile.label}.
+    @return: C{(errors, warnings)}; the set is usable when there are no
+        errors.
+    """
+    parsed: Dict[str, Dict[str, Any]] = {kind: {} for kind in KINDS}
+    errors: List[Problem] = []
+    for kind in KINDS:
+        for name, value in sorted(resources[kind].items()):
+            try:
+                parsed[kind][name] = parseResource(kind, value)
+            except ValidationError as e:
+                # Only the admin's own resources can get here (a file's
+                # are parsed already): another version of the gateway
+                # wrote something this one cannot read.
+                errors.append(
+                    Problem(_join(label(kind, name), e.field), f"cannot be read: {e.message}")
+                )
+    if errors:
+        return errors, []
+    catalog = Catalog(**parsed)
+    errors = [
+        Problem(
+            f"{label(kind, name)}.{fieldName}",
+            f"names {targetKind[:-1]} {target!r}, which does not exist",
+        )
+        for kind, name, fieldName, targetKind, target in catalog.brokenReferences()
+    ]
+    routes = [
+        Route(api.urlPattern, api.method, api.host, api) for _, api in sorted(catalog.apis.items())
+    ]
+    try:
+        Router(routes)
+    except RouteConflict as e:
+        errors.append(Problem(f"{label('apis', e.routes[1].value.name)}.urlPattern", str(e)))
+    if errors:
+        return errors, []
+    return _compileProblems(catalog, label)

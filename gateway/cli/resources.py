@@ -1,0 +1,199 @@
+"""
+Resource files: the four lists of a gateway config file (C{servers:},
+C{clusters:}, C{apis:}, C{routings:}) read, parsed and normalised.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import (
+    Any,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    TextIO,
+    Tuple,
+)
+
+import attrs
+import yaml
+
+from gateway.cli.problems import FileError, Problem
+from gateway.model.config import loadYAML
+from gateway.model.resources import parseResource
+from gateway.model.schema import ValidationError, toJSON
+from gateway.store import KINDS
+
+#: Keys of a gateway config file that configure the process, not resources.
+#: Resources by kind, then name, in their REST (JSON) form.
+JSONResources = Mapping[str, Mapping[str, Any]]
+
+
+IGNORED_KEYS = ("proxy", "admin", "store")
+
+
+def _jsonCopy(value: Any) -> Any:
+    # Lists rather than tuples, plain dicts: the JSON the admin speaks.
+    return json.loads(json.dumps(value))
+
+
+def normalise(kind: str, value: Any) -> Dict[str, Any]:
+    """
+    @return: the JSON the model makes of one resource, every default filled
+        in (what the admin stores), so that two descriptions of the same
+        resource compare equal.
+    @raise ValidationError: when C{value} is not a valid resource.
+    """
+    return _jsonCopy(toJSON(parseResource(kind, value)))
+
+
+def jsonEqual(a: Any, b: Any) -> bool:
+    """
+    @return: whether two JSON values are the same: numbers by value (C{10}
+        is C{10.0}), but booleans are not numbers.
+    """
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(jsonEqual(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(jsonEqual(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+@attrs.frozen
+class ResourceFile:
+    """
+    A parsed resource file.
+
+    @ivar source: where it came from (its path, or C{-} for stdin).
+    @ivar resources: C{{kind: {name: normalised JSON}}} for every kind in
+        L{KINDS}.
+    @ivar index: C{{(kind, name): position in its list}}, for messages.
+    @ivar ignored: the top-level keys that were ignored (C{proxy}, ...).
+    """
+
+    source: str
+    resources: Mapping[str, Mapping[str, Dict[str, Any]]]
+    index: Mapping[Tuple[str, str], int] = attrs.Factory(dict)
+    ignored: Tuple[str, ...] = ()
+
+    def label(self, kind: str, name: str) -> str:
+        """
+        @return: how messages name a resource: C{apis[2] (users)} for one of
+            the file, C{apis/users} for one that is only in the admin.
+        """
+        position = self.index.get((kind, name))
+        if position is None:
+            return f"{kind}/{name}"
+        return f"{kind}[{position}] ({name})"
+
+    def counts(self) -> str:
+        """
+        @return: C{"2 servers, 1 clusters, 3 apis, 0 routings"}.
+        """
+        return ", ".join(f"{len(self.resources[kind])} {kind}" for kind in KINDS)
+
+
+def _itemLabel(kind: str, position: int, item: Any) -> str:
+    name = item.get("name") if isinstance(item, dict) else None
+    if isinstance(name, str) and name:
+        return f"{kind}[{position}] ({name})"
+    return f"{kind}[{position}]"
+
+
+def _join(where: str, fieldName: str) -> str:
+    return f"{where}.{fieldName}" if fieldName else where
+
+
+def parseResourceFile(data: Any, source: str) -> ResourceFile:
+    """
+    Check the parsed YAML of a resource file: its shape, each resource
+    against the model, and that no name is given twice.  References
+    between resources are checked by L{checkResources}.
+
+    @param data: what the YAML loader gave.
+    @raise FileError: listing every problem found.
+    """
+    if data is None:
+        raise FileError(source, [Problem("", "the file is empty")])
+    if not isinstance(data, dict):
+        raise FileError(
+            source, [Problem("", "must be a mapping with servers:, clusters:, apis:, routings:")]
+        )
+    problems: List[Problem] = []
+    known = ", ".join(KINDS)
+    for key in data:
+        if key not in KINDS and key not in IGNORED_KEYS:
+            problems.append(
+                Problem(
+                    str(key),
+                    f"is not a known key; known keys: {known}"
+                    f" ({', '.join(IGNORED_KEYS)} are ignored)",
+                )
+            )
+    if not problems and not any(kind in data for kind in KINDS):
+        problems.append(Problem("", f"has none of the lists {known}"))
+    resources: Dict[str, Dict[str, Dict[str, Any]]] = {kind: {} for kind in KINDS}
+    index: Dict[Tuple[str, str], int] = {}
+    for kind in KINDS:
+        items = data.get(kind)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            problems.append(Problem(kind, "must be a list of resources"))
+            continue
+        for position, item in enumerate(items):
+            where = _itemLabel(kind, position, item)
+            try:
+                value = normalise(kind, item)
+            except ValidationError as e:
+                problems.append(Problem(_join(where, e.field), e.message))
+                continue
+            name = value["name"]
+            if (kind, name) in index:
+                first = index[(kind, name)]
+                problems.append(
+                    Problem(f"{where}.name", f"duplicate name {name!r} (as {kind}[{first}])")
+                )
+                continue
+            index[(kind, name)] = position
+            resources[kind][name] = value
+    if problems:
+        raise FileError(source, problems)
+    ignored = tuple(str(key) for key in data if key in IGNORED_KEYS)
+    return ResourceFile(source, resources, index, ignored)
+
+
+def loadResourceFile(path: str, stdin: Optional[TextIO] = None) -> ResourceFile:
+    """
+    Read and parse a resource file (YAML, or JSON, which is YAML too).
+
+    @param path: the file, or C{-} for C{stdin}.
+    @raise FileError: when it cannot be read, is not valid YAML (the
+        problem names the line) or holds invalid resources.
+    """
+    source = "<stdin>" if path == "-" else path
+    try:
+        if path == "-":
+            text = (stdin if stdin is not None else sys.stdin).read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise FileError(source, [Problem("", f"cannot read the file: {reason}")])
+    try:
+        data = loadYAML(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(p for p in (e.context, e.problem) if p)
+        raise FileError(source, [Problem("", f"invalid YAML{where}: {what}")])
+    except yaml.YAMLError as e:
+        raise FileError(source, [Problem("", f"invalid YAML: {e}")])
+    return parseResourceFile(data, source)

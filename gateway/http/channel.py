@@ -1,0 +1,996 @@
+"""
+The gateway's own HTTP/1.1 server channel for C{twisted.web} requests: a
+lean replacement of L{twisted.web.http.HTTPChannel} with the limits,
+timeouts and strict parsing a front door needs.
+
+A gateway parses every request before any backend sees it, and a backend
+must never be able to read a request differently from the gateway
+(request smuggling), so the request head is parsed strictly here:
+
+  - request line: three parts separated by single spaces, a method token,
+    a target of visible ASCII, C{HTTP/1.0} or C{HTTP/1.1}; otherwise 400
+    (505 for another well-formed version, 501 for C{CONNECT}); longer than
+    L{HTTPLimits.maxRequestLineLength}: 414;
+  - headers: C{name: value} with a token name (no space before the colon),
+    no control characters in the value, no obsolete line folding; one
+    C{Host} (required in HTTP/1.1); otherwise 400; more than
+    L{HTTPLimits.maxHeaderCount} headers or more than
+    L{HTTPLimits.maxHeadersSize} bytes of head: 431;
+  - framing: C{Content-Length} once, digits only; C{Transfer-Encoding}
+    exactly C{chunked}, only in HTTP/1.1, never with C{Content-Length};
+    anything else (C{xchunked}, C{chunked, identity}, a second header, ...)
+    is 400, so a request is never forwarded with a framing two parsers could
+    read differently;
+  - path: with L{HTTPLimits.rejectAmbiguousPaths}, a path with a dot segment
+    (also percent-encoded), an empty segment (C{//}), an encoded slash or
+    backslash (C{%2F}, C{%5C}), a backslash, an encoded NUL or a malformed
+    percent escape is 400: a backend that normalises such a path would
+    otherwise serve another path than the one the gateway routed;
+  - body: larger than the limit of the request's route (see
+    L{LimitedSite.bodyLimitFor}) or than L{HTTPLimits.maxBodySize}: 413, at
+    once when C{Content-Length} says so (the body is never read), as soon
+    as the running total passes it for a chunked body.
+
+And slow clients are cut off: a request head must arrive within
+L{HTTPLimits.headerTimeout} seconds (of the connection, or of the first byte
+of a later request on a kept-alive connection), a body within
+L{HTTPLimits.bodyTimeout} seconds of its head, plus a second for every
+L{HTTPLimits.minBodyRate} bytes received (408 otherwise), and a
+kept-alive connection idle for L{HTTPLimits.idleTimeout} seconds is closed.
+Every timer runs on the site's reactor, so tests drive them with a
+L{twisted.internet.task.Clock}.
+
+Every refusal is a small JSON answer, C{{"error": "..."}}, with
+C{Connection: close}; the connection is then half-closed and what the client
+still sends is read and dropped for L{GatewayHTTPChannel.lingerTimeout}
+seconds, so that a client still sending its body reads the answer instead
+of a connection reset.
+
+Use L{LimitedSite} (or set C{protocol = GatewayHTTPChannel} and a C{limits}
+attribute on a L{twisted.web.server.Site}).  The channel speaks HTTP/1.1
+only: it does not offer HTTP/2 through ALPN, which would bypass these
+checks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import INonQueuedRequestFactory
+from zope.interface import implementer
+
+from gateway.http.headers import headerKey, rawHeadersOf
+from gateway.http.writesoon import writeSoon
+from gateway.model.limits import HTTPLimits
+
+log = Logger()
+
+__all__ = [
+    "BodyLimitFor",
+    "GatewayHTTPChannel",
+    "ambiguousPath",
+]
+
+#: C{bodyLimitFor(method, host, path)}: the body limit of the route a request
+#: head names, or L{None} for the site's default.  C{host} is the raw
+#: C{Host} header (or L{None}), C{path} the raw path without its query.
+BodyLimitFor = Callable[[bytes, Optional[bytes], bytes], Optional[int]]
+
+
+_COMMON_METHODS = frozenset([b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"])
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
+
+
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?\Z")
+
+
+_ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://")
+
+
+#: Bytes a request target may not hold: controls, space, DEL and non-ASCII.
+_NOT_IN_TARGET = bytes(list(range(0x21)) + list(range(0x7F, 0x100)))
+
+
+#: Bytes a header value may not hold: controls but HTAB, and DEL.
+_NOT_IN_VALUE = bytes([c for c in range(0x20) if c != 0x09] + [0x7F])
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+#: Header names that, spelt with C{_} for C{-}, some backends (CGI, WSGI)
+#: would take for these: refused, or they could override what the gateway
+#: sets or checks.
+_UNDERSCORE_LOOKALIKES = frozenset(
+    [
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"connection",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+    ]
+)
+
+
+#: Reason phrases of RFC 9110 that Twisted lacks or spells the old way.
+_PHRASES = {
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    505: b"HTTP Version Not Supported",
+}
+
+
+class _Refused(Exception):
+    """
+    A request is refused with C{code} and C{message}.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def ambiguousPath(path: bytes) -> Optional[str]:
+    """
+    Tell whether a raw request path could mean another path to a backend
+    than to the gateway's router.
+
+    @param path: the path of a request target, percent-encoded, without its
+        query.
+    @return: why the path is ambiguous, or L{None} when it is not: a
+        backslash, a malformed percent escape, an encoded slash, backslash
+        or NUL, an empty segment (C{//}, but a trailing slash is fine) or a
+        dot segment (C{.}, C{..}, also percent-encoded in any case, also
+        followed by C{;} path parameters).
+    """
+    # The common case, decided without splitting.  (Bytes are looked for
+    # as ints, C{0x25 in path}: a memchr, where a one-byte bytes needle
+    # costs several times as much on CPython.)
+    if 0x25 not in path and 0x5C not in path and path.find(b"//") < 0 and path.find(b"/.") < 0:
+        return None
+    if b"\\" in path:
+        return "backslash in path"
+    if b"%" in path:
+        parts = path.split(b"%")
+        for part in parts[1:]:
+            if len(part) < 2 or part[0] not in _HEX or part[1] not in _HEX:
+                return "malformed percent-encoding in path"
+            escaped = part[:2].lower()
+            if escaped in (b"2f", b"5c"):
+                return "encoded slash or backslash in path"
+            if escaped == b"00":
+                return "encoded NUL in path"
+    segments = path.split(b"/")
+    last = len(segments) - 1
+    for i in range(1, len(segments)):
+        segment = segments[i]
+        if not segment:
+            if i != last:
+                return "empty segment (//) in path"
+            continue
+        if b"." in segment or b"%" in segment:
+            # "..;x" is ".." to servers that strip path parameters (Tomcat).
+            if unquote_to_bytes(segment.split(b";", 1)[0]) in (b".", b".."):
+                return "dot segment in path"
+    return None
+
+
+def _parseRequestLine(line: bytes, checkPath: bool) -> Tuple[bytes, bytes, bytes]:
+    """
+    @return: C{(method, target, version)}.
+    @raise _Refused: when the line is malformed or asks for what the
+        gateway does not serve.
+    """
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise _Refused(400, "malformed request line")
+    method, target, version = parts
+    if method not in _COMMON_METHODS and not _TOKEN.match(method):
+        raise _Refused(400, "invalid method")
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+        if _VERSION.match(version):
+            raise _Refused(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+        raise _Refused(400, "malformed HTTP version")
+    if not target or len(target.translate(None, _NOT_IN_TARGET)) != len(target):
+        raise _Refused(400, "invalid character in the request target")
+    if 0x23 in target:  # "#"
+        raise _Refused(400, "a request target has no fragment")
+    if method == b"CONNECT":
+        raise _Refused(501, "CONNECT is not supported")
+    if target[0:1] == b"/":
+        if checkPath:
+            reason = ambiguousPath(target.split(b"?", 1)[0])
+            if reason is not None:
+                raise _Refused(400, reason)
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise _Refused(400, "the * target is only for OPTIONS")
+    elif not _ABSOLUTE.match(target):
+        raise _Refused(400, "the request target must be a path")
+    return method, target, version
+
+
+def _connectionTokens(values: Optional[List[bytes]]) -> List[bytes]:
+    if not values:
+        return []
+    return [t.strip(b" \t").lower() for v in values for t in v.split(b",")]
+
+
+#: The headers that frame a request, and where L{_parseHeaders} keeps them.
+_FRAMING = {b"content-length": 0, b"transfer-encoding": 1, b"host": 2}
+
+
+def _parseHeaders(
+    lines: List[bytes], version: bytes
+) -> Tuple[List[Tuple[bytes, bytes]], Optional[int], bool, Optional[bytes]]:
+    """
+    Parse and check the header lines of one request head (C{lines[0]} is
+    its request line), alone and as a whole.
+
+    @return: C{(headers, length, chunked, host)}: the C{(name, value)}
+        pairs in order, the C{Content-Length} or L{None}, whether the body
+        is chunked, and the C{Host} header or L{None}.
+    @raise _Refused: when a line is malformed, the framing is ambiguous or
+        the Host header missing, repeated or invalid.
+    """
+    headers = []
+    framing: List[List[bytes]] = [[], [], []]
+    isToken = _TOKEN.match
+    for i in range(1, len(lines)):
+        line = lines[i]
+        name, colon, value = line.partition(b":")
+        if not colon or not isToken(name):
+            if line[:1] in (b" ", b"\t"):
+                raise _Refused(400, "obsolete header line folding is not accepted")
+            raise _Refused(400, "malformed header line")
+        value = value.strip(b" \t")
+        if value.translate(None, _NOT_IN_VALUE) != value:
+            raise _Refused(400, "invalid character in a header value")
+        headers.append((name, value))
+        lower = name.lower()
+        kind = _FRAMING.get(lower)
+        if kind is not None:
+            framing[kind].append(value)
+        elif 0x5F in lower and lower.replace(b"_", b"-") in _UNDERSCORE_LOOKALIKES:  # "_"
+            raise _Refused(400, "header name with an underscore for a dash")
+    lengths, encodings, hosts = framing
+    host = None
+    if len(hosts) > 1:
+        raise _Refused(400, "more than one Host header")
+    if hosts:
+        host = hosts[0]
+        if not _HOST.match(host):
+            raise _Refused(400, "invalid Host header")
+    elif version == b"HTTP/1.1":
+        raise _Refused(400, "an HTTP/1.1 request needs a Host header")
+    if encodings:
+        if version != b"HTTP/1.1":
+            raise _Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if lengths:
+            raise _Refused(400, "both Content-Length and Transfer-Encoding")
+        if _connectionTokens(encodings) != [b"chunked"]:
+            raise _Refused(400, "unsupported Transfer-Encoding (only chunked is accepted)")
+        return headers, None, True, host
+    if lengths:
+        if len(lengths) > 1:
+            raise _Refused(400, "more than one Content-Length")
+        if not lengths[0].isdigit():
+            raise _Refused(400, "invalid Content-Length")
+        return headers, int(lengths[0]), False, host
+    return headers, None, False, host
+
+
+#: Request factory -> whether it provides L{INonQueuedRequestFactory}
+#: (asked once per factory, not once per request).
+_nonQueued: Dict[Any, bool] = {}
+
+
+#: What the channel is doing (L{GatewayHTTPChannel._state}).
+_HEAD = 0  # waiting for (the rest of) a request head
+
+
+_BODY = 1  # receiving a request body
+
+
+_BUSY = 2  # a request is being answered; what arrives is buffered
+
+
+_DONE = 3  # refused or closing: what arrives is dropped
+
+
+_EXPECT = headerKey(b"expect")
+
+
+#: Bytes of pipelined requests buffered while a request is answered, before
+#: the channel stops reading from the client.
+_EAGER_READ = 0x4000
+
+
+@implementer(IPushProducer)
+class GatewayHTTPChannel(Protocol):
+    """
+    An HTTP/1.1 server channel for L{twisted.web.server.Request}s that
+    parses request heads strictly, enforces L{HTTPLimits} and answers every
+    refusal with a JSON error.
+
+    It takes its limits from its site's C{limits} attribute (else
+    L{limits}), the body limit of a route from the site's C{bodyLimitFor}
+    (see L{LimitedSite}), and extra fields of its error bodies from the
+    site's C{errorFields}.
+
+    It is a lean replacement of L{http.HTTPChannel}, with the same interface
+    towards its requests (C{requestDone}, C{write}, C{writeHeaders},
+    C{registerProducer}, C{getPeer}, ...), that costs less per request:
+
+      - a request head is parsed whole, once its blank line has arrived,
+        instead of line by line: one pass over a few lines is cheaper than
+        a callback per line, and nothing of a request is acted on before
+        all of it is known;
+      - its fields go straight into the request's L{Headers} (they were
+        checked while parsed);
+      - one timer per connection serves every deadline (head, body, idle):
+        it is not cancelled and re-armed per request, but checks, when it
+        fires, what the connection is waiting for and since when, and waits
+        again if need be;
+      - a C{Content-Length} body is counted here, without a decoder object.
+
+    Requests are answered one at a time, in order: what a client sends
+    while a request is answered is buffered (up to L{_EAGER_READ} bytes,
+    then the channel stops reading) and parsed once the answer is
+    finished.  When the client does not read its answers, the channel stops
+    reading its requests, and pauses the answer's producer.
+
+    @cvar limits: the limits when the site has none.
+    @cvar lingerTimeout: seconds a refused connection keeps reading (and
+        dropping) what the client still sends after the answer, before it is
+        cut.
+    @cvar abortTimeout: seconds a connection closed for idleness has to
+        close cleanly before it is cut.
+    @ivar requests: the request being received or answered, if any (a list,
+        as in L{http.HTTPChannel}).
+    """
+
+    limits = HTTPLimits()
+    lingerTimeout = 2.0
+    abortTimeout: Optional[float] = 15
+    requestFactory: Any = server.Request
+    site: Any = None
+    timeOut: Optional[float] = None
+
+    persistent = True
+    _state = _HEAD
+    _buffer = b""
+    _scanFrom = 0
+    _leadingEmptyLine = False
+    _busyReceiving = False
+    _readPaused = False
+    _writeBlocked = False
+    _transportPaused = False
+    _producer: Any = None
+    _producerStreaming = False
+    _registered = False
+    _timer: Any = None
+    _headStartedAt: Optional[float] = None
+    _idleSince: Optional[float] = None
+    _bodyStartedAt = 0.0
+    _bodyRemaining = 0
+    _bodyLimit: Optional[int] = None
+    _bodyReceived = 0
+    _chunked: Any = None
+    _command = b""
+    _path = b""
+    _version = b""
+    _bodyLimitFor: Optional[BodyLimitFor] = None
+    _errorFields: Mapping[str, Any] = {}
+    _clock: Any = None
+    _abortingCall: Any = None
+
+    def __init__(self) -> None:
+        self.requests: List[Any] = []
+
+    # -- connection -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        site = self.site
+        limits = getattr(site, "limits", None)
+        if limits is not None:
+            self.limits = limits
+        self._bodyLimitFor = getattr(site, "bodyLimitFor", None)
+        self._errorFields = getattr(site, "errorFields", None) or {}
+        clock: Any = getattr(site, "reactor", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        transport: Any = self.transport
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+        canPause: bool = IPushProducer.providedBy(transport)
+        if canPause:
+            # The channel is its transport's producer: a client that does
+            # not read its answers pauses the answer's producer, and the
+            # reading of its requests.
+            transport.registerProducer(self, True)
+            self._registered = True
+        # A new connection has headerTimeout seconds for its first request.
+        self._headStartedAt = clock.seconds()
+        self._armTimer(self.limits.headerTimeout)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._close()
+        aborting = self._abortingCall
+        if aborting is not None:
+            self._abortingCall = None
+            if aborting.active():
+                aborting.cancel()
+        requests, self.requests = self.requests, []
+        for request in requests:
+            request.connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse request heads and bodies; buffer what arrives while a request
+        is answered.
+        """
+        state = self._state
+        if state == _DONE:
+            return
+        if state == _BUSY or self._busyReceiving:
+            # Pipelined, or called back from within the loop below: kept
+            # for when the answer is finished (or for the loop).
+            self._buffer += data
+            if state == _BUSY and len(self._buffer) > _EAGER_READ and not self._readPaused:
+                self._readPaused = True
+                self._updateReading()
+            return
+        self._busyReceiving = True
+        try:
+            if self._buffer:
+                data = self._buffer + data
+                self._buffer = b""
+            self._receive(data)
+        finally:
+            self._busyReceiving = False
+        if self._state == _HEAD and self._buffer and self._headStartedAt is None:
+            # Part of a head is waiting: it has headerTimeout seconds.
+            self._headStartedAt = self._clock.seconds()
+            self._armTimer(self.limits.headerTimeout)
+
+    def _receive(self, data: bytes) -> None:
+        """
+        Consume C{data}, and what is buffered meanwhile, until more is
+        needed or a request is being answered.
+        """
+        while data:
+            state = self._state
+            if state == _HEAD:
+                try:
+                    rest = self._parseHead(data)
+                except _Refused as e:
+                    self._reject(e.code, e.message)
+                    return
+                if rest is None:
+                    return
+                data = rest
+            elif state == _BODY:
+                data = self._bodyData(data)
+            elif state == _BUSY:
+                # Older than what arrived meanwhile.
+                self._buffer = data + self._buffer
+                return
+            else:
+                return
+            if self._buffer:
+                # Arrived meanwhile (a callback wrote to the channel), or
+                # what followed a chunked body.
+                data += self._buffer
+                self._buffer = b""
+
+    # -- the head ---------------------------------------------------------------
+
+    def _parseHead(self, buffer: bytes) -> Optional[bytes]:
+        """
+        Parse the request head at the start of C{buffer}, if it is all
+        there, and start its request.
+
+        @return: what follows the head, or L{None} when more data is needed
+            (then C{buffer} is kept).
+        @raise _Refused: when the head is refused.
+        """
+        limits = self.limits
+        if buffer[:2] == b"\r\n" and not self._leadingEmptyLine:
+            # RFC 9112 2.2: ignore an empty line before a request line (some
+            # clients send CRLF after a POST body).
+            self._leadingEmptyLine = True
+            buffer = buffer[2:]
+            if not buffer:
+                return None
+        end = buffer.find(b"\r\n\r\n", self._scanFrom)
+        if end == -1:
+            if (
+                len(buffer) > limits.maxRequestLineLength + 1
+                and buffer.find(b"\r\n", 0, limits.maxRequestLineLength + 2) == -1
+            ):
+                raise _Refused(414, "request line too long")
+            if len(buffer) > limits.maxHeadersSize:
+                raise _Refused(431, "request header fields too large")
+            self._scanFrom = max(0, len(buffer) - 3)
+            self._buffer = buffer
+            return None
+        lineEnd = buffer.find(b"\r\n", 0, min(end, limits.maxRequestLineLength) + 2)
+        if lineEnd == -1 or lineEnd > limits.maxRequestLineLength:
+            raise _Refused(414, "request line too long")
+        if end + 4 > limits.maxHeadersSize:
+            raise _Refused(431, "request header fields too large")
+        self._scanFrom = 0
+        lines = buffer[:end].split(b"\r\n")
+        method, target, version = _parseRequestLine(lines[0], limits.rejectAmbiguousPaths)
+        if len(lines) > limits.maxHeaderCount + 1:
+            raise _Refused(431, "too many header fields")
+        headers, length, chunked, host = _parseHeaders(lines, version)
+        self._headStartedAt = None
+        self._idleSince = None
+        self._leadingEmptyLine = False
+        self._request(method, target, version, headers, length, chunked, host)
+        return buffer[end + 4 :]
+
+    def _request(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: List[Tuple[bytes, bytes]],
+        length: Optional[int],
+        chunked: bool,
+        host: Optional[bytes],
+    ) -> None:
+        """
+        Start a request whose head was parsed and checked: make the
+        L{Request}, and read its body, if any, or answer it.
+        """
+        if chunked or length:
+            limit = self._limitFor(method, host, target)
+            if limit is not None and length is not None and length > limit:
+                raise _Refused(413, f"request body larger than {limit} bytes")
+        else:
+            limit = None
+        factory = self.requestFactory
+        nonQueued = _nonQueued.get(factory)
+        if nonQueued is None:
+            nonQueued = INonQueuedRequestFactory.providedBy(factory)
+            if len(_nonQueued) < 64:
+                _nonQueued[factory] = nonQueued
+        if nonQueued:
+            request = factory(self)
+        else:
+            request = factory(self, False)
+        self.requests.append(request)
+        requestHeaders = request.requestHeaders
+        raw = rawHeadersOf(requestHeaders)
+        if raw is None:
+            add = requestHeaders.addRawHeader
+            for name, value in headers:
+                add(name, value)
+        else:
+            for name, value in headers:
+                key = headerKey(name)
+                values = raw.get(key)
+                if values is None:
+                    raw[key] = [value]
+                else:
+                    values.append(value)
+        self._command, self._path, self._version = method, target, version
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, version)
+        # (0 for no body: L{None} would make a temporary file.)
+        request.gotLength(None if chunked else (length or 0))
+        if not (chunked or length):
+            self._allContentReceived()
+            return
+        if version == b"HTTP/1.1":
+            if raw is None:
+                expect = requestHeaders.getRawHeaders(b"expect")
+            else:
+                expect = raw.get(_EXPECT)
+            if expect and expect[0].lower() == b"100-continue":
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+        self._bodyLimit = limit
+        self._bodyReceived = 0
+        if chunked:
+            self._chunked = http._ChunkedTransferDecoder(self._bodyChunk, self._chunkedDone)
+        else:
+            self._chunked = None
+            self._bodyRemaining = length  # type: ignore[assignment]
+        self._state = _BODY
+        self._bodyStartedAt = self._clock.seconds()
+        self._armTimer(self.limits.bodyTimeout)
+
+    def _limitFor(self, method: bytes, host: Optional[bytes], target: bytes) -> Optional[int]:
+        limit = self.limits.maxBodySize
+        if self._bodyLimitFor is None:
+            return limit
+        try:
+            routeLimit = self._bodyLimitFor(method, host, target.split(b"?", 1)[0])
+        except Exception:
+            log.failure("bodyLimitFor failed; using the default body limit")
+            return limit
+        return limit if routeLimit is None else routeLimit
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """
+        Tell whether the connection stays open after C{request}: in
+        HTTP/1.1, unless C{Connection} (a comma-separated list) says
+        C{close}, which the answer then says too; never in HTTP/1.0.
+        """
+        if version != b"HTTP/1.1":
+            return False
+        connection = request.requestHeaders.getRawHeaders(b"connection")
+        if connection and b"close" in _connectionTokens(connection):
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return True
+
+    # -- the body ---------------------------------------------------------------
+
+    def _bodyData(self, data: bytes) -> bytes:
+        """
+        Take the body bytes at the start of C{data}.
+
+        @return: what follows the body (or nothing).
+        """
+        decoder = self._chunked
+        if decoder is not None:
+            try:
+                decoder.dataReceived(data)
+            except http._MalformedChunkedDataError:
+                self._reject(400, "malformed chunked request body")
+            # What follows the body came back through _chunkedDone.
+            return b""
+        remaining = self._bodyRemaining
+        if len(data) < remaining:
+            self._bodyRemaining = remaining - len(data)
+            self._bodyChunk(data)
+            return b""
+        self._bodyRemaining = 0
+        if remaining:
+            self._bodyChunk(data[:remaining])
+        if self._state == _BODY:
+            self._allContentReceived()
+        return data[remaining:]
+
+    def _bodyChunk(self, data: bytes) -> None:
+        if self._state != _BODY:
+            return
+        self._bodyReceived += len(data)
+        limit = self._bodyLimit
+        if limit is not None and self._bodyReceived > limit:
+            self._reject(413, f"request body larger than {limit} bytes")
+            return
+        self.requests[-1].handleContentChunk(data)
+
+    def _chunkedDone(self, rest: bytes) -> None:
+        if self._state != _BODY:
+            return
+        self._chunked = None
+        self._allContentReceived()
+        if rest:
+            # Parsed after this answer, or by the loop when it was answered
+            # at once.
+            self._buffer = rest + self._buffer
+
+    def _allContentReceived(self) -> None:
+        """
+        The request is complete: answer it.
+        """
+        self._state = _BUSY
+        self._bodyLimit = None
+        request = self.requests[-1]
+        command, path, version = self._command, self._path, self._version
+        self._command = self._path = self._version = b""
+        request.requestReceived(command, path, version)
+
+    # -- the answer -------------------------------------------------------------
+
+    def requestDone(self, request: Any) -> None:
+        """
+        Called by C{request} once its answer is finished: close the
+        connection, or go on with the next request.
+        """
+        requests = self.requests
+        if not requests or request is not requests[0]:
+            raise TypeError(f"{request!r} is not this channel's current request")
+        del requests[0]
+        if self._state == _DONE:
+            return
+        if not self.persistent:
+            self._state = _DONE
+            self._buffer = b""
+            self.loseConnection()
+            return
+        self._state = _HEAD
+        if self._readPaused or self._writeBlocked:
+            self._readPaused = False
+            self._updateReading()
+        buffered = self._buffer
+        if buffered:
+            self._buffer = b""
+            self.dataReceived(buffered)
+            if self._state != _HEAD or self._buffer:
+                return
+        # Idle until the next request: idleTimeout seconds.
+        self._idleSince = self._clock.seconds()
+        self._armTimer(self._idleTimeout())
+
+    def _idleTimeout(self) -> float:
+        return self.timeOut or self.limits.idleTimeout
+
+    def write(self, data: bytes) -> None:
+        """
+        Write (part of) an answer: sent on the reactor's next turn (see
+        L{gateway.http.writesoon}).
+        """
+        writeSoon(self.transport, data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        writeSoon(self.transport, b"".join(iovec))
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """
+        Write a response head, as L{http.HTTPChannel.writeHeaders} does.
+        """
+        if not isinstance(headers, Headers):
+            sanitized = Headers()
+            for name, value in headers:
+                sanitized.addRawHeader(name, value)
+            headers = sanitized
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        writeSoon(self.transport, b"".join(head))
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()  # type: ignore[union-attr]
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()  # type: ignore[union-attr]
+
+    def isSecure(self) -> bool:
+        return ISSLTransport(self.transport, None) is not None
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection once what was written is sent.
+        """
+        transport: Any = self.transport
+        if self._registered:
+            self._registered = False
+            transport.unregisterProducer()
+        transport.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own refusals (a malformed form body) get our answer.
+        self._reject(400, "malformed request")
+
+    # -- producing ------------------------------------------------------------------
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """
+        Register the producer of the current answer: the channel pauses and
+        resumes it as the client reads.
+        """
+        if self._producer is not None:
+            raise RuntimeError(
+                f"Cannot register producer {producer}, because producer "
+                f"{self._producer} was never unregistered."
+            )
+        if not streaming:
+            producer = http._PullToPush(producer, self)
+        self._producer = producer
+        self._producerStreaming = streaming
+        if not streaming:
+            producer.startStreaming()
+        elif self._writeBlocked:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        if not self._producerStreaming:
+            producer.stopStreaming()
+        self._producer = None
+        self._producerStreaming = False
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's buffer is full: pause the answer's producer, and
+        stop reading requests.
+        """
+        self._writeBlocked = True
+        if self._producer is not None:
+            self._producer.pauseProducing()
+        self._updateReading()
+
+    def resumeProducing(self) -> None:
+        self._writeBlocked = False
+        if self._producer is not None:
+            self._producer.resumeProducing()
+        self._updateReading()
+
+    def stopProducing(self) -> None:
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+    def _updateReading(self) -> None:
+        """
+        Read from the client unless its answers are not read or too much of
+        its pipelined requests waits.
+        """
+        transport: Any = self.transport
+        if transport is None or self._state == _DONE:
+            return
+        pause = self._readPaused or (self._writeBlocked and self._state != _BUSY)
+        if pause != self._transportPaused:
+            self._transportPaused = pause
+            if pause:
+                transport.pauseProducing()
+            else:
+                transport.resumeProducing()
+
+    # -- timers -----------------------------------------------------------------
+
+    def _close(self) -> None:
+        """
+        Read no more requests: drop what is buffered, stop the timer.
+        """
+        self._state = _DONE
+        self._buffer = b""
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+
+    def _armTimer(self, seconds: float) -> None:
+        """
+        Make sure the connection's timer fires within C{seconds}.
+        """
+        timer = self._timer
+        if timer is None:
+            self._timer = self._clock.callLater(seconds, self._timerFired)
+        elif timer.getTime() > self._clock.seconds() + seconds:
+            timer.reset(seconds)
+
+    def _timerFired(self) -> None:
+        """
+        Act on the deadline of what the connection waits for, or wait for
+        it again.
+        """
+        self._timer = None
+        state = self._state
+        limits = self.limits
+        now = self._clock.seconds()
+        if state == _HEAD:
+            started = self._headStartedAt
+            if started is not None:
+                left = started + limits.headerTimeout - now
+                if left <= 0:
+                    self._reject(408, "request head not received in time")
+                    return
+            elif self._idleSince is not None:
+                left = self._idleSince + self._idleTimeout() - now
+                if left <= 0:
+                    self._timeOutIdle()
+                    return
+            else:
+                return
+        elif state == _BODY:
+            deadline = self._bodyStartedAt + limits.bodyTimeout
+            if limits.minBodyRate:
+                deadline += self._bodyReceived / limits.minBodyRate
+            left = deadline - now
+            if left <= 0:
+                self._reject(408, "request body not received in time")
+                return
+        else:
+            # Answering (no deadline: the upstream's bound it), or done.
+            return
+        self._timer = self._clock.callLater(left, self._timerFired)
+
+    def _timeOutIdle(self) -> None:
+        transport: Any = self.transport
+        log.info("Timing out client: {peer}", peer=str(transport.getPeer()))
+        self._state = _DONE
+        if self.abortTimeout is not None:
+            self._abortingCall = self._clock.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+    def forceAbortClient(self) -> None:
+        """
+        Cut a connection that did not close in time.
+        """
+        self._abortingCall = None
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    # -- refusing ---------------------------------------------------------------
+
+    def _reject(self, code: int, message: str) -> None:
+        """
+        Answer C{code} with a JSON error and C{Connection: close}, then close
+        the connection, reading and dropping what the client still sends
+        for L{lingerTimeout} seconds.
+        """
+        state = self._state
+        if state == _DONE:
+            return
+        self._close()
+        transport: Any = self.transport
+        if transport is None:
+            return
+        site = self.site
+        counts = getattr(site, "rejections", None)
+        if counts is not None:
+            counts[code] = counts.get(code, 0) + 1
+        if state == _BUSY:
+            # Never interleave with an answer being written.
+            transport.abortConnection()
+            return
+        body = dict(self._errorFields)
+        body["error"] = message
+        payload = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+        phrase = _PHRASES.get(code) or http.RESPONSES.get(code, b"Error")
+        transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (code, phrase, len(payload), payload)
+        )
+        log.debug(
+            "refused a request from {peer}: {code} {message}",
+            peer=transport.getPeer(),
+            code=code,
+            message=message,
+        )
+        if self._registered:
+            self._registered = False
+            transport.unregisterProducer()
+        if self._transportPaused:
+            # Read (and drop) what the client still sends.
+            self._transportPaused = False
+            transport.resumeProducing()
+        halfClose = getattr(transport, "loseWriteConnection", None)
+        if halfClose is not None and self.lingerTimeout:
+            halfClose()
+            self._abortingCall = self._clock.callLater(self.lingerTimeout, self.forceAbortClient)
+        else:
+            transport.loseConnection()
+            if self.abortTimeout is not None:
+                self._abortingCall = self._clock.callLater(self.abortTimeout, self.forceAbortClient)
+
+
+#: Write methods whose writes go to the transport as they are (see
+#: L{gateway.http.request}).
+GatewayHTTPChannel.plainWrites = GatewayHTTPChannel  # type: ignore[attr-defined]

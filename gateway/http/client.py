@@ -1,0 +1,1568 @@
+"""
+The gateway's own HTTP/1.1 client for talking to backends.
+
+Twisted's C{Agent} costs ~500 microseconds of CPU per proxied request on
+CPython (PERF-NOTES.md) and hides the upstream's C{Connection} header in
+its parser.  L{HTTP11UpstreamClient} is a lean replacement behind
+L{IUpstreamClient}: one keep-alive pool per backend address, the request
+head (and a small in-memory body) sent in one write, and a small response
+parser of its own that keeps every header the upstream sent, including
+C{Content-Length} and C{Connection}, so that the proxy can strip hop-by-hop
+headers itself.
+
+Message framing follows RFC 9112 section 6: no body for C{HEAD}, 1xx, 204
+and 304; C{Transfer-Encoding: chunked} (which wins over C{Content-Length});
+C{Content-Length}; otherwise the body ends when the connection closes.
+Interim 1xx answers are skipped.  A connection goes back to the pool only
+after a complete, well-framed answer to a fully sent request.
+
+L{UpstreamAgent} puts an L{IAgent} face on the client, so that treq can
+drive it (C{treq.client.HTTPClient(UpstreamAgent(client))}).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
+
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IClientRequest, IResponse
+from zope.interface import implementer
+
+from gateway.http.body import BytesBodyProducer
+from gateway.http.connect import CachedEndpointFactory
+from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
+from gateway.http.headers import RAW_HEADERS
+from gateway.http.writesoon import writeSoon
+from gateway.interfaces import ICallbackUpstreamClient
+
+log = Logger()
+
+#: Most bytes a status line and its header fields (or a chunked body's
+#: trailer section) may take.
+MAX_HEAD = 65536
+
+
+#: Most bytes of one chunk-size line, extensions included.
+MAX_CHUNK_LINE = 4096
+
+
+#: Body bytes buffered for a response whose C{deliverBody} was not called
+#: yet, above which reading from the upstream is paused.
+MAX_PENDING = 65536
+
+
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+_HEXDIG = b"0123456789abcdefABCDEF"
+
+
+_VERSIONS = {b"HTTP/1.1 ": (b"HTTP", 1, 1), b"HTTP/1.0 ": (b"HTTP", 1, 0)}
+
+
+#: Methods that carry a body by definition: without one they get
+#: C{Content-Length: 0}.
+_BODY_METHODS = frozenset([b"POST", b"PUT", b"PATCH"])
+
+
+#: Methods that may be sent again after a stale keep-alive connection broke
+#: (RFC 9110 9.2.2; RFC 9112 9.3.1.1: a proxy must not retry others).
+_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"])
+
+
+#: Caller headers that describe message framing, which the client sets itself.
+_FRAMING = frozenset([b"Content-Length", b"Transfer-Encoding"])
+
+
+# Parser states of a connection.
+_IDLE = 0  # no request in flight
+
+
+_HEAD = 1  # waiting for the status line and header fields
+
+
+_LENGTH = 2  # a body of known length
+
+
+_CHUNK_SIZE = 3  # a chunked body: the next chunk-size line
+
+
+_CHUNK_DATA = 4  # a chunked body: inside a chunk
+
+
+_CHUNK_END = 5  # a chunked body: the CRLF after a chunk's data
+
+
+_TRAILER = 6  # a chunked body: the trailer section
+
+
+_UNTIL_CLOSE = 7  # a body that ends when the connection closes
+
+
+_DEAD = 8  # closing or closed: everything received is ignored
+
+
+class _Malformed(UpstreamBroken):
+    """
+    The upstream answered with something that is not HTTP/1.1.
+    """
+
+
+class _Folded(Exception):
+    """
+    A header section uses obsolete line folding.
+    """
+
+
+def splitHead(data: bytes, start: int = 0) -> Optional[Tuple[List[bytes], int]]:
+    """
+    Find the end of a message head (status line and header fields).
+
+    Lines end with CRLF; a bare LF is accepted too (RFC 9112 2.2), and a
+    bare CR inside a line is replaced by a space.
+
+    @param data: bytes received so far, starting with the status line.
+    @param start: where to start looking for the end (bytes before it were
+        looked at already).
+    @return: C{(lines, bodyStart)}: the head's lines without their line
+        ends, and the index in C{data} where what follows the head starts;
+        or L{None} when the head is not complete yet.
+    @raise UpstreamBroken: when the head holds a NUL byte.
+    """
+    end = data.find(b"\r\n\r\n", start)
+    if end >= 0:
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        n = len(lines) - 1
+        # The fast path: every line ends in CRLF and no bare CR or LF hides
+        # an earlier end of the head.
+        if head.count(b"\n") == n and head.count(b"\r") == n and 0 not in head:
+            return lines, end + 4
+    elif data.find(b"\n\n", start) < 0 and data.find(b"\n\r\n", start) < 0:
+        return None
+    return _splitHeadSlowly(data)
+
+
+def _splitHeadSlowly(data: bytes) -> Optional[Tuple[List[bytes], int]]:
+    lines = []
+    pos = 0
+    while True:
+        i = data.find(b"\n", pos)
+        if i < 0:
+            return None
+        line = data[pos:i]
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        pos = i + 1
+        if not line:
+            break
+        if b"\x00" in line:
+            raise _Malformed("upstream sent a NUL byte in its response head")
+        if b"\r" in line:
+            line = line.replace(b"\r", b" ")
+        lines.append(line)
+    return lines, pos
+
+
+def _unfold(lines: List[bytes]) -> List[bytes]:
+    """
+    Replace obsolete line folding with spaces (RFC 9112 5.2).
+    """
+    out = [lines[0]]
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            if len(out) == 1:
+                raise _Malformed("upstream sent whitespace before its first header field")
+            out[-1] = out[-1].rstrip(b" \t") + b" " + line.strip(b" \t")
+        else:
+            out.append(line)
+    return out
+
+
+def parseHead(lines: List[bytes]) -> Tuple[Any, ...]:
+    """
+    Parse a response's status line and header fields.
+
+    @param lines: the head's lines, as returned by L{splitHead}.
+    @return: C{(version, code, phrase, headers, contentLength,
+        transferEncoding, connection)}: C{version} is a tuple like
+        C{(b"HTTP", 1, 1)}, C{headers} a L{Headers} holding every field
+        received, and the last three the raw values of those fields (lists
+        of L{bytes}) or L{None} when absent.
+    @raise UpstreamBroken: when the head is malformed.
+    """
+    try:
+        return _parseHead(lines)
+    except _Folded:
+        return _parseHead(_unfold(lines))
+
+
+# What kind of header field a name is, for framing.
+_ORDINARY = 0
+
+
+_CONTENT_LENGTH = 1
+
+
+_TRANSFER_ENCODING = 2
+
+
+_CONNECTION = 3
+
+
+_KINDS = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+}
+
+
+#: Field name as received -> (the key L{Headers} stores it under, its kind).
+#: Bounded, like Twisted's own cache of canonical names: an upstream could
+#: send endless variations.
+_FIELDS: Dict[bytes, Tuple[bytes, int]] = {}
+
+
+_MAX_FIELDS = 10_000
+
+
+#: Header line as received -> (its L{Headers} key, its kind, its value):
+#: an upstream sends most of its lines (C{Server}, C{Content-Type},
+#: C{Connection}, ...) the same on every answer.  Emptied when full, which
+#: lines that vary (C{Date}, ids) make it now and then.
+_LINES: Dict[bytes, Tuple[bytes, int, bytes]] = {}
+
+
+_MAX_LINES = 1024
+
+
+# Whether the parser may fill Headers' internal dict directly with the keys
+# Headers itself computes (L{_field}), skipping per-value sanitising that a
+# parsed value never needs: checked once, against the installed Twisted.
+_RAW_KEYS = RAW_HEADERS
+
+
+def _field(name: bytes) -> Tuple[bytes, int]:
+    """
+    @return: the L{Headers} storage key and the kind of a valid field name.
+    """
+    probe = Headers()
+    probe.addRawHeader(name, b"")
+    if _RAW_KEYS:
+        key = next(iter(probe._rawHeaders))  # type: ignore[attr-defined]
+    else:
+        key = name
+    field = (key, _KINDS.get(name.lower(), _ORDINARY))
+    if len(_FIELDS) < _MAX_FIELDS:
+        _FIELDS[name] = field
+    return field
+
+
+def _parseHead(lines: List[bytes]) -> Tuple[Any, ...]:
+    status = lines[0]
+    version = _VERSIONS.get(status[:9])
+    code = status[9:12]
+    if (
+        version is None
+        or len(code) != 3
+        or not code.isdigit()
+        or code[0] == 48  # b"0"
+        or (len(status) > 12 and status[12] != 32)  # b" "
+    ):
+        raise _Malformed(f"upstream sent a malformed status line: {status[:80]!r}")
+    headers = Headers()
+    raw = headers._rawHeaders if _RAW_KEYS else None  # type: ignore[attr-defined]
+    contentLength = transferEncoding = connection = None
+    fields = _FIELDS
+    known = _LINES
+    for i in range(1, len(lines)):
+        line = lines[i]
+        parsed = known.get(line)
+        if parsed is None:
+            name, sep, value = line.partition(b":")
+            field = fields.get(name)
+            if field is None or not sep:
+                if not sep or not name or name.translate(None, _TCHAR):
+                    if line[:1] in (b" ", b"\t"):
+                        raise _Folded()
+                    raise _Malformed(f"upstream sent a malformed header field: {line[:80]!r}")
+                field = _field(name)
+            parsed = (field[0], field[1], value.strip(b" \t"))
+            if len(known) >= _MAX_LINES:
+                known.clear()
+            known[line] = parsed
+        key, kind, value = parsed
+        if raw is None:
+            # (Without Headers' own keys, L{_field} keeps the name as it
+            # came: a line from the cache has no name of its own here.)
+            headers.addRawHeader(key, value)
+        else:
+            values = raw.get(key)
+            if values is None:
+                raw[key] = [value]
+            else:
+                values.append(value)
+        if kind:
+            if kind == _CONTENT_LENGTH:
+                if contentLength is None:
+                    contentLength = [value]
+                else:
+                    contentLength.append(value)
+            elif kind == _TRANSFER_ENCODING:
+                if transferEncoding is None:
+                    transferEncoding = [value]
+                else:
+                    transferEncoding.append(value)
+            elif connection is None:
+                connection = [value]
+            else:
+                connection.append(value)
+    return version, int(code), status[13:], headers, contentLength, transferEncoding, connection
+
+
+#: A lone field value -> its tokens: upstreams send the same few values
+#: (C{keep-alive}, C{close}, C{chunked}) on every answer.
+_tokensOfValue: Dict[bytes, List[bytes]] = {}
+
+
+def _tokens(values: List[bytes]) -> List[bytes]:
+    """
+    @return: the lower-case tokens of a comma-separated list field's values
+        (not to be changed: a lone value's are shared).
+    """
+    if len(values) == 1:
+        value = values[0]
+        tokens = _tokensOfValue.get(value)
+        if tokens is None:
+            tokens = [t.strip(b" \t").lower() for t in value.split(b",")]
+            if len(_tokensOfValue) < 256:
+                _tokensOfValue[value] = tokens
+        return tokens
+    return [t.strip(b" \t").lower() for v in values for t in v.split(b",")]
+
+
+def parseContentLength(values: List[bytes]) -> Tuple[int, bool]:
+    """
+    Validate the values of C{Content-Length} fields (RFC 9112 6.3).
+
+    @param values: the raw field values, at least one.
+    @return: C{(length, normalise)}: C{normalise} is true when several
+        identical values were sent, which should be replaced with one.
+    @raise UpstreamBroken: when a value is not a number or they differ.
+    """
+    if len(values) == 1:
+        value = values[0]
+        if value.isdigit():
+            return int(value), False
+    found = set()
+    for value in values:
+        for part in value.split(b","):
+            part = part.strip(b" \t")
+            if not part.isdigit():
+                raise _Malformed(f"upstream sent an invalid Content-Length: {value[:40]!r}")
+            found.add(int(part))
+    if len(found) != 1:
+        raise _Malformed("upstream sent conflicting Content-Length values")
+    return found.pop(), True
+
+
+@implementer(IPushProducer)
+class _BodyProducer:
+    """
+    The transport a response body's protocol sees: pausing it pauses
+    reading from the upstream; stopping it aborts the upstream connection.
+    Once the body is complete it controls nothing (the connection may be
+    serving another request by then).
+    """
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: _Response) -> None:
+        self._response = response
+
+    def pauseProducing(self) -> None:
+        conn = self._response._conn
+        if conn is not None:
+            conn.userPaused = True
+            conn.updatePause()
+
+    def resumeProducing(self) -> None:
+        conn = self._response._conn
+        if conn is not None:
+            conn.userPaused = False
+            conn.updatePause()
+
+    def stopProducing(self) -> None:
+        conn = self._response._conn
+        if conn is not None:
+            conn.abort()
+
+    #: L{twisted.web.client.readBody} aborts the "transport" when cancelled.
+    abortConnection = stopProducing
+
+
+@implementer(IResponse)
+class _Response:
+    """
+    An upstream's response, whose body is streamed to the protocol given to
+    L{deliverBody}.
+
+    @ivar length: the body's length, or L{UNKNOWN_LENGTH} for a chunked or
+        close-delimited body.
+    @ivar request: the L{IClientRequest} when made through L{UpstreamAgent},
+        else L{None}.
+    @ivar body: the whole body, when it came with the head (the exchange
+        was over when the response was handed out; L{deliverBody} still
+        delivers it), else L{None}.
+    """
+
+    __slots__ = (
+        "version",
+        "code",
+        "phrase",
+        "headers",
+        "length",
+        "body",
+        "request",
+        "previousResponse",
+        "_conn",
+        "_protocol",
+        "_pending",
+        "_pendingSize",
+        "_reason",
+        "_done",
+    )
+
+    def __init__(
+        self,
+        conn: Any,
+        version: Tuple[bytes, int, int],
+        code: int,
+        phrase: bytes,
+        headers: Any,
+        length: Any,
+    ) -> None:
+        self.version = version
+        self.code = code
+        self.phrase = phrase
+        self.headers = headers
+        self.length = length
+        self.body: Optional[bytes] = None
+        self.request: Any = None
+        self.previousResponse: Any = None
+        self._conn = conn
+        self._protocol: Any = None
+        self._pending: Optional[List[bytes]] = None
+        self._pendingSize = 0
+        self._reason: Optional[Failure] = None
+        self._done = False
+
+    def __repr__(self) -> str:
+        return f"<Response {self.code} {self.phrase!r} length={self.length!r}>"
+
+    def setPreviousResponse(self, response: Any) -> None:
+        self.previousResponse = response
+
+    def deliverBody(self, protocol: Any) -> None:
+        """
+        Stream the body to C{protocol}: its C{makeConnection} gets a push
+        producer, then C{dataReceived} is called with the body's bytes, and
+        C{connectionLost} with L{ResponseDone} at a clean end,
+        L{PotentialDataLoss} at the end of a close-delimited body, or
+        another failure when the body broke.
+        """
+        if self._protocol is not None:
+            raise RuntimeError("the body of a response can be delivered only once")
+        self._protocol = protocol
+        protocol.makeConnection(_BodyProducer(self))
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self._pendingSize = 0
+            for data in pending:
+                protocol.dataReceived(data)
+        if self._done:
+            reason, self._reason = self._reason, None
+            # Let go of the protocol, which holds our producer, which holds
+            # us: a cycle only the garbage collector would free.
+            self._protocol = _DELIVERED
+            _notifyLost(protocol, reason)
+            return
+        conn = self._conn
+        if conn is not None and conn.bufferPaused:
+            conn.bufferPaused = False
+            conn.updatePause()
+
+    def _data(self, data: bytes) -> None:
+        protocol = self._protocol
+        if protocol is not None:
+            protocol.dataReceived(data)
+            return
+        if self._pending is None:
+            self._pending = [data]
+        else:
+            self._pending.append(data)
+        self._pendingSize += len(data)
+        conn = self._conn
+        if self._pendingSize > MAX_PENDING and conn is not None and not conn.bufferPaused:
+            conn.bufferPaused = True
+            conn.updatePause()
+
+    def _finish(self, reason: Failure) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._conn = None
+        protocol = self._protocol
+        if protocol is None:
+            self._reason = reason
+        else:
+            # (As in deliverBody: no cycle left through the protocol.)
+            self._protocol = _DELIVERED
+            _notifyLost(protocol, reason)
+
+
+#: What L{_Response._protocol} holds once the body's end was delivered.
+_DELIVERED = object()
+
+
+#: The end of every complete body: one shared failure, as Twisted shares
+#: L{twisted.internet.main.connectionDone}; it has no traceback to keep.
+_RESPONSE_DONE = Failure(ResponseDone())
+
+
+def _notifyLost(protocol: Any, reason: Any) -> None:
+    try:
+        protocol.connectionLost(reason)
+    except Exception:
+        log.failure("response body protocol {protocol} failed in connectionLost", protocol=protocol)
+
+
+@implementer(IConsumer)
+class _BodyConsumer:
+    """
+    Takes a request body from its producer and writes it to the
+    connection, chunk-encoded or counted against the promised length.
+    """
+
+    __slots__ = ("conn", "producer", "chunked", "remaining")
+
+    def __init__(self, conn: _Connection, producer: Any, chunked: bool, length: int) -> None:
+        self.conn: Optional[_Connection] = conn
+        self.producer = producer
+        self.chunked = chunked
+        self.remaining = length
+
+    def write(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None or not data:
+            return
+        if self.chunked:
+            conn.transport.writeSequence((b"%x\r\n" % (len(data),), data, b"\r\n"))
+            return
+        self.remaining -= len(data)
+        if self.remaining < 0:
+            conn.fail(UpstreamBroken("the request body is longer than its length"))
+            return
+        conn.transport.write(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        # The connection registers the body producer with its transport.
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+
+class _Request:
+    """
+    One request's life: connecting, waiting for the head, and its deadline
+    (see L{_Deadlines}); once C{finished}, nothing of it is left to do.
+    """
+
+    __slots__ = (
+        "method",
+        "data",
+        "producer",
+        "chunked",
+        "length",
+        "retryable",
+        "onResponse",
+        "onFailure",
+        "args",
+        "deadline",
+        "conn",
+        "connecting",
+        "finished",
+    )
+
+    def __init__(self, method: bytes) -> None:
+        self.method = method
+        self.data = b""
+        self.producer: Any = None
+        self.chunked = False
+        self.length = 0
+        self.retryable = False
+        #: Called as C{onResponse(response, *args)} or C{onFailure(failure,
+        #: *args)}, once (a Deferred's callback and errback, or the
+        #: caller's own: see L{HTTP11UpstreamClient.send}).
+        self.onResponse: Callable[..., Any] = _nothing
+        self.onFailure: Callable[..., Any] = _nothing
+        self.args: Tuple[Any, ...] = ()
+        self.deadline = 0.0
+        self.conn: Optional[_Connection] = None
+        self.connecting: Any = None
+        self.finished = False
+
+    def cancelled(self, deferred: Any) -> None:
+        # The Deferred's canceller: Deferred.cancel fails it with
+        # CancelledError once this returns.
+        if not self.finished:
+            self.finished = True
+            self._stop()
+            self._letGo()
+
+    def cancel(self) -> None:
+        """
+        Abandon the request (see L{HTTP11UpstreamClient.send}): it fails
+        with L{defer.CancelledError} unless it is over already.
+        """
+        if not self.finished:
+            self.finished = True
+            self._stop()
+            self._failWith(Failure(defer.CancelledError()))
+
+    def timedOut(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._stop()
+            self._failWith(Failure(UpstreamTimeout("upstream did not answer in time")))
+
+    def _failWith(self, failure: Failure) -> None:
+        onFailure, args = self.onFailure, self.args
+        self._letGo()
+        onFailure(failure, *args)
+
+    def _letGo(self) -> None:
+        """
+        Drop what a finished request no longer needs: it may wait in a
+        queue of deadlines for a while (L{_Deadlines}), and its callbacks'
+        arguments hold the caller's whole request.
+        """
+        self.onResponse = self.onFailure = _nothing
+        self.args = ()
+        self.data = b""
+        self.producer = None
+
+    def _stop(self) -> None:
+        connecting = self.connecting
+        if connecting is not None:
+            self.connecting = None
+            connecting.cancel()
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.req = None
+            conn.abort()
+
+    def succeed(self, response: _Response) -> None:
+        self.finished = True
+        self.conn = None
+        onResponse, args = self.onResponse, self.args
+        self._letGo()
+        onResponse(response, *args)
+
+    def fail(self, exc: Exception) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.conn = None
+        self._failWith(Failure(exc))
+
+    def connected(self, conn: _Connection) -> None:
+        self.connecting = None
+        if self.finished:
+            # Cannot happen (finishing cancels the connection attempt),
+            # but an unused connection must not leak.
+            conn.dead = True
+            conn.transport.loseConnection()
+            return
+        conn.send(self)
+
+    def connectFailed(self, failure: Failure) -> None:
+        self.connecting = None
+        if self.finished:
+            return
+        message = failure.getErrorMessage()
+        if failure.check(error.TimeoutError, defer.TimeoutError):
+            exc: Exception = UpstreamTimeout(message)
+        elif failure.check(error.ConnectError, error.DNSLookupError):
+            exc = UpstreamConnectError(message)
+        else:
+            exc = UpstreamBroken(message)
+        self.fail(exc)
+
+
+class _Connection(Protocol):
+    """
+    One connection to a backend: sends requests one at a time and parses
+    the answers.
+    """
+
+    transport: Any  # an ITCPTransport, also a push producer and a consumer
+
+    def __init__(self, pool: _HostPool) -> None:
+        self.pool = pool
+        self.req: Optional[_Request] = None
+        self.response: Optional[_Response] = None
+        self.state = _IDLE
+        self.buf = b""
+        self.scan = 0
+        self.remaining = 0
+        self.trailerSize = 0
+        self.keepAlive = False
+        self.reused = False
+        self.got = False
+        self.consumer: Optional[_BodyConsumer] = None
+        self.userPaused = False
+        self.bufferPaused = False
+        self.transportPaused = False
+        self.dead = False
+        self.inPool = False
+        self.idleSince = 0.0
+        self.onLost: Optional[Deferred] = None
+
+    # -- sending ----------------------------------------------------------------
+
+    def send(self, req: _Request) -> None:
+        self.req = req
+        req.conn = self
+        self.state = _HEAD
+        self.got = False
+        self.scan = 0
+        writeSoon(self.transport, req.data)
+        producer = req.producer
+        if producer is not None:
+            consumer = self.consumer = _BodyConsumer(self, producer, req.chunked, req.length)
+            self.transport.registerProducer(producer, True)
+            try:
+                d = producer.startProducing(consumer)
+            except Exception:
+                d = defer.fail()
+            d.addCallbacks(
+                self._bodySent, self._bodyFailed, callbackArgs=(consumer,), errbackArgs=(consumer,)
+            )
+
+    def _bodySent(self, result: Any, consumer: _BodyConsumer) -> None:
+        if self.consumer is not consumer:
+            return
+        self.consumer = None
+        consumer.conn = None
+        self.transport.unregisterProducer()
+        if consumer.chunked:
+            self.transport.write(b"0\r\n\r\n")
+        elif consumer.remaining:
+            self.fail(UpstreamBroken("the request body is shorter than its length"))
+
+    def _bodyFailed(self, failure: Failure, consumer: _BodyConsumer) -> None:
+        if self.consumer is not consumer:
+            # Stopped by us: the request or its connection is over already.
+            return
+        self.fail(UpstreamBroken("the request body failed: " + failure.getErrorMessage()))
+
+    def _stopBody(self) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        self.consumer = None
+        consumer.conn = None
+        try:
+            self.transport.unregisterProducer()
+        except Exception:
+            pass
+        try:
+            consumer.producer.stopProducing()
+        except Exception:
+            pass
+
+    # -- ending -----------------------------------------------------------------
+
+    def abort(self) -> None:
+        """
+        Drop the connection at once; it will not be reused.
+        """
+        if self.dead:
+            return
+        self.dead = True
+        self.state = _DEAD
+        if self.inPool:
+            self.pool.remove(self)
+        self._stopBody()
+        self.transport.abortConnection()
+
+    def fail(self, exc: Exception) -> None:
+        """
+        Abort the connection and fail what it was doing with C{exc}.
+        """
+        req, response = self.req, self.response
+        self.req = self.response = None
+        self.abort()
+        if response is not None:
+            response._finish(Failure(ResponseFailed([Failure(exc)])))
+        elif req is not None:
+            req.fail(exc)
+
+    def updatePause(self) -> None:
+        """
+        Pause reading from the upstream while the body's consumer asked for
+        a pause or too much body waits for C{deliverBody}.
+        """
+        if self.dead:
+            return
+        want = self.userPaused or self.bufferPaused
+        if want != self.transportPaused:
+            self.transportPaused = want
+            if want:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        state = self.state
+        self.dead = True
+        self.state = _DEAD
+        self._stopBody()
+        if self.inPool:
+            self.pool.remove(self)
+        onLost = self.onLost
+        if onLost is not None:
+            self.onLost = None
+            onLost.callback(None)
+        req, response = self.req, self.response
+        self.req = self.response = None
+        if response is not None:
+            if state == _UNTIL_CLOSE and reason.check(error.ConnectionDone):
+                response._finish(Failure(PotentialDataLoss()))
+            else:
+                response._finish(Failure(ResponseFailed([reason])))
+        elif req is not None and not req.finished:
+            if not self.got and self.reused and req.retryable:
+                # The keep-alive race: the upstream closed this idle
+                # connection while the request was on its way.  The retry
+                # goes on a new connection, which is never retried.
+                req.conn = None
+                self.pool.connect(req)
+            elif self.got:
+                req.fail(UpstreamBroken("upstream closed the connection in the response head"))
+            else:
+                req.fail(UpstreamBroken("upstream closed the connection without answering"))
+
+    def _responseDone(self, rest: bytes) -> None:
+        """
+        The response is complete: pool or close the connection, then tell
+        the body's protocol.
+        """
+        response = self.response
+        self.req = self.response = None
+        response._conn = None  # type: ignore[union-attr]
+        # (Callers stop parsing once a callback aborted the connection, so
+        # it is alive here.)
+        if (
+            self.keepAlive
+            and self.consumer is None
+            and not (rest and rest.strip(b"\r\n"))
+            and not self.pool.client._closed
+        ):
+            self.state = _IDLE
+            self.userPaused = self.bufferPaused = False
+            if self.transportPaused:
+                self.transportPaused = False
+                self.transport.resumeProducing()
+            self.pool.release(self)
+        else:
+            self.dead = True
+            self.state = _DEAD
+            if self.consumer is not None:
+                # Answered before the request body was sent: the upstream
+                # will not read the rest of it on this connection.
+                self._stopBody()
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
+        response._finish(_RESPONSE_DONE)  # type: ignore[union-attr]
+
+    # -- parsing ----------------------------------------------------------------
+
+    def dataReceived(self, received: bytes) -> None:
+        data: Optional[bytes] = received
+        if self.buf:
+            data = self.buf + received
+            self.buf = b""
+        while data:
+            state = self.state
+            if state == _LENGTH or state == _CHUNK_DATA:
+                data = self._sizedBody(data, state)
+            elif state == _HEAD:
+                data = self._head(data)
+            elif state == _CHUNK_SIZE:
+                data = self._chunkSize(data)
+            elif state == _CHUNK_END:
+                data = self._chunkEnd(data)
+            elif state == _TRAILER:
+                data = self._trailer(data)
+            elif state == _UNTIL_CLOSE:
+                self.response._data(data)  # type: ignore[union-attr]
+                return
+            elif state == _IDLE:
+                # Nothing was asked: whatever this is (a 408 before an idle
+                # close, garbage), the connection cannot be trusted.
+                self.abort()
+                return
+            else:
+                return
+
+    def _head(self, data: bytes) -> Optional[bytes]:
+        self.got = True
+        first = data[0]
+        if first == 13 or first == 10:
+            # RFC 9112 2.2: ignore empty lines before the status line.
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return None
+        try:
+            found = splitHead(data, self.scan)
+            if found is None:
+                if len(data) > MAX_HEAD:
+                    raise _Malformed(f"upstream response head is larger than {MAX_HEAD} bytes")
+                self.scan = max(0, len(data) - 3)
+                self.buf = data
+                return None
+            lines, start = found
+            if start > MAX_HEAD:
+                raise _Malformed(f"upstream response head is larger than {MAX_HEAD} bytes")
+            self.scan = 0
+            return self._gotHead(parseHead(lines), data[start:])
+        except UpstreamBroken as e:
+            self.fail(e)
+            return None
+
+    def _gotHead(self, parsed: Tuple[Any, ...], rest: bytes) -> Optional[bytes]:
+        version, code, phrase, headers, contentLength, transferEncoding, connection = parsed
+        req = self.req
+        if code < 200:
+            if code == 101:
+                raise _Malformed("upstream switched protocols, which is not supported")
+            return rest  # an interim answer: wait for the final one
+        if connection is None:
+            keepAlive = version[2] == 1
+        elif version[2] == 1:
+            keepAlive = b"close" not in _tokens(connection)
+        else:
+            keepAlive = b"keep-alive" in _tokens(connection)
+        if req.method == b"HEAD" or code == 204 or code == 304:  # type: ignore[union-attr]
+            length: Any = 0
+            state = _LENGTH
+        elif transferEncoding is not None:
+            if version[2] == 0:
+                raise _Malformed("upstream sent Transfer-Encoding in an HTTP/1.0 response")
+            if _tokens(transferEncoding) != [b"chunked"]:
+                raise _Malformed("upstream sent an unsupported Transfer-Encoding")
+            if contentLength is not None:
+                # RFC 9112 6.3: chunked wins, and the message was suspect.
+                headers.removeHeader(b"content-length")
+                keepAlive = False
+            length = UNKNOWN_LENGTH
+            state = _CHUNK_SIZE
+        elif contentLength is not None:
+            length, normalise = parseContentLength(contentLength)
+            if normalise:
+                headers.setRawHeaders(b"content-length", [b"%d" % (length,)])
+            state = _LENGTH
+        else:
+            length = UNKNOWN_LENGTH
+            keepAlive = False
+            state = _UNTIL_CLOSE
+        self.keepAlive = keepAlive
+        response = self.response = _Response(self, version, code, phrase, headers, length)
+        if state == _LENGTH and len(rest) >= length:
+            # The whole body came with the head, as a small answer does:
+            # the exchange is over before anyone hears of it.  The
+            # connection goes back to the pool, and the response holds its
+            # body (L{_Response.body}) and its end for L{deliverBody}.
+            if len(rest) == length:
+                body, rest = rest, b""
+            else:
+                body, rest = rest[:length], rest[length:]
+            response.body = body
+            if body:
+                response._pending = [body]
+                response._pendingSize = length
+            self._responseDone(rest)
+            req.succeed(response)  # type: ignore[union-attr]
+            return None
+        self.state = state
+        if state == _LENGTH:
+            self.remaining = length
+        elif state == _CHUNK_SIZE:
+            self.trailerSize = 0
+        req.succeed(response)  # type: ignore[union-attr]
+        if self.dead or self.response is not response:
+            return None  # its callbacks aborted it: connectionLost ends it
+        return rest
+
+    def _sizedBody(self, data: bytes, state: int) -> Optional[bytes]:
+        response = self.response
+        remaining = self.remaining
+        size = len(data)
+        if size < remaining:
+            self.remaining = remaining - size
+            response._data(data)  # type: ignore[union-attr]
+            return None
+        self.remaining = 0
+        if size == remaining:
+            rest = b""
+        else:
+            rest = data[remaining:]
+            data = data[:remaining]
+        response._data(data)  # type: ignore[union-attr]
+        if self.dead or self.response is not response:
+            return None
+        if state == _LENGTH:
+            self._responseDone(rest)
+            return None
+        self.state = _CHUNK_END
+        return rest
+
+    def _chunkSize(self, data: bytes) -> Optional[bytes]:
+        i = data.find(b"\n")
+        if i < 0:
+            if len(data) > MAX_CHUNK_LINE:
+                self.fail(_Malformed("upstream sent a chunk-size line that is too long"))
+            else:
+                self.buf = data
+            return None
+        line = data[:i]
+        if i > MAX_CHUNK_LINE:
+            self.fail(_Malformed("upstream sent a chunk-size line that is too long"))
+            return None
+        # chunk-size [ chunk-ext ] CRLF: extensions are ignored.
+        size = line.split(b";", 1)[0].strip(b" \t\r")
+        if not size or size.translate(None, _HEXDIG) or len(size) > 16:
+            self.fail(_Malformed(f"upstream sent an invalid chunk size: {line[:40]!r}"))
+            return None
+        n = int(size, 16)
+        if n:
+            self.remaining = n
+            self.state = _CHUNK_DATA
+        else:
+            self.state = _TRAILER
+        return data[i + 1 :]
+
+    def _chunkEnd(self, data: bytes) -> Optional[bytes]:
+        if data[:2] == b"\r\n":
+            data = data[2:]
+        elif data[:1] == b"\n":
+            data = data[1:]
+        elif data == b"\r":
+            self.buf = data
+            return None
+        else:
+            self.fail(_Malformed("upstream sent a chunk without its CRLF"))
+            return None
+        self.state = _CHUNK_SIZE
+        return data
+
+    def _trailer(self, data: bytes) -> Optional[bytes]:
+        # Trailer fields are read and dropped, line by line.
+        while True:
+            i = data.find(b"\n")
+            if i < 0:
+                if self.trailerSize + len(data) > MAX_HEAD:
+                    self.fail(_Malformed("upstream sent a trailer section that is too large"))
+                else:
+                    self.buf = data
+                return None
+            self.trailerSize += i + 1
+            if self.trailerSize > MAX_HEAD:
+                self.fail(_Malformed("upstream sent a trailer section that is too large"))
+                return None
+            line = data[:i]
+            data = data[i + 1 :]
+            if not line or line == b"\r":
+                self._responseDone(data)
+                return None
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, pool: _HostPool) -> None:
+        self.pool = pool
+
+    def buildProtocol(self, addr: Any) -> _Connection:
+        return _Connection(self.pool)
+
+
+class _HostPool:
+    """
+    The idle keep-alive connections to one backend address.
+
+    Idle connections are reused last-in first-out, so that the ones a
+    quieter moment leaves unused grow old together at the front of the
+    queue, where one timer per pool closes them after the idle timeout.
+    """
+
+    __slots__ = ("client", "endpoint", "hostLine", "idle", "factory", "timer")
+
+    def __init__(self, client: HTTP11UpstreamClient, endpoint: Any, hostLine: bytes) -> None:
+        self.client = client
+        self.endpoint = endpoint
+        self.hostLine = hostLine
+        self.idle: Deque[_Connection] = deque()
+        self.factory = _ConnectionFactory(self)
+        self.timer: Any = None
+
+    def connect(self, req: _Request) -> None:
+        d = self.endpoint.connect(self.factory)
+        req.connecting = d
+        d.addCallbacks(req.connected, req.connectFailed)
+
+    def release(self, conn: _Connection) -> None:
+        client = self.client
+        if len(self.idle) >= client._maxIdle:
+            conn.dead = True
+            conn.state = _DEAD
+            conn.transport.loseConnection()
+            return
+        conn.reused = True
+        conn.inPool = True
+        conn.idleSince = client._reactor.seconds()
+        self.idle.append(conn)
+        if self.timer is None:
+            self.timer = client._reactor.callLater(client._idleTimeout, self.sweep)
+
+    def remove(self, conn: _Connection) -> None:
+        conn.inPool = False
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def sweep(self) -> None:
+        """
+        Close the connections that were idle for the idle timeout.
+        """
+        self.timer = None
+        client = self.client
+        timeout = client._idleTimeout
+        # A millisecond of slack: the timer is scheduled for the oldest
+        # connection's expiry, which float rounding may put a hair early.
+        limit = client._reactor.seconds() - timeout + 0.001
+        idle = self.idle
+        expired = []
+        while idle and idle[0].idleSince <= limit:
+            expired.append(idle.popleft())
+        for conn in expired:
+            conn.inPool = False
+            conn.dead = True
+            conn.state = _DEAD
+            conn.transport.loseConnection()
+        if idle:
+            delay = idle[0].idleSince + timeout - client._reactor.seconds()
+            self.timer = client._reactor.callLater(max(delay, 0.001), self.sweep)
+
+    def closeIdle(self) -> List[Deferred]:
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        waits = []
+        while self.idle:
+            conn = self.idle.popleft()
+            conn.inPool = False
+            conn.dead = True
+            conn.state = _DEAD
+            d = conn.onLost = Deferred()
+            waits.append(d)
+            conn.transport.loseConnection()
+        return waits
+
+
+class _Deadlines:
+    """
+    The requests sent with one timeout, in the order they were sent, which
+    is the order of their deadlines, and one timer for the soonest.
+
+    A timer per request would cost a L{DelayedCall} made, pushed on the
+    reactor's heap and cancelled again for nearly every request.  A request
+    that ends is only marked C{finished}, and dropped when it reaches the
+    front of the queue (or when the queue is compacted, should a slow
+    request hold up the front).
+    """
+
+    __slots__ = ("reactor", "timeout", "queue", "limit", "timer")
+
+    def __init__(self, reactor: Any, timeout: float) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.queue: Deque[_Request] = deque()
+        #: The length past which the queue is compacted.
+        self.limit = _COMPACT_AT
+        self.timer: Any = None
+
+    def add(self, req: _Request) -> None:
+        req.deadline = self.reactor.seconds() + self.timeout
+        queue = self.queue
+        while queue and queue[0].finished:
+            queue.popleft()
+        queue.append(req)
+        if len(queue) > self.limit:
+            # Held up behind a request that is still waiting: what ended
+            # meanwhile goes now (each entry is looked at once per doubling
+            # of the queue, so this costs O(1) per request on the whole).
+            self.queue = queue = deque(r for r in queue if not r.finished)
+            self.limit = max(_COMPACT_AT, 2 * len(queue))
+        if self.timer is None:
+            self.timer = self.reactor.callLater(self.timeout, self._expire)
+
+    def _expire(self) -> None:
+        self.timer = None
+        queue = self.queue
+        now = self.reactor.seconds()
+        while queue:
+            req = queue[0]
+            if req.finished:
+                queue.popleft()
+            elif req.deadline <= now:
+                queue.popleft()
+                req.timedOut()
+                queue = self.queue  # (compacted by a request its failure sent)
+            else:
+                break
+        if queue and self.timer is None:
+            self.timer = self.reactor.callLater(queue[0].deadline - now, self._expire)
+
+    def stopIfDone(self) -> None:
+        """
+        Stop the timer now if every request has ended (rather than let it
+        lapse).
+        """
+        if all(req.finished for req in self.queue):
+            self.queue.clear()
+            timer, self.timer = self.timer, None
+            if timer is not None:
+                timer.cancel()
+
+
+def _nothing(*args: Any) -> None:
+    pass
+
+
+#: The shortest queue of deadlines that is compacted (L{_Deadlines.add}).
+_COMPACT_AT = 1024
+
+
+class _Address:
+    __slots__ = ("host", "port")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+
+
+#: Idle keep-alive connections kept per backend address, by default.
+DEFAULT_MAX_IDLE = 512
+
+
+@implementer(ICallbackUpstreamClient)
+class HTTP11UpstreamClient:
+    """
+    L{IUpstreamClient} with a parser and keep-alive pool of its own.
+
+    Failures: L{UpstreamConnectError} when no connection could be made,
+    L{UpstreamTimeout} when the response head did not arrive within the
+    request's timeout (connecting included) or connecting timed out,
+    L{UpstreamBroken} when the connection broke before the head or the
+    answer is not valid HTTP/1.1 (bad status line or fields, head over
+    L{MAX_HEAD}, conflicting C{Content-Length}, a transfer coding other
+    than chunked, a 101).  A body that breaks after the head ends its
+    protocol with L{ResponseFailed}.
+
+    A request whose reused connection broke before any byte of the answer
+    (the upstream closed it while idle) is sent once more on a new
+    connection, if its method is idempotent and its body is absent or in
+    memory (L{BytesBodyProducer}): RFC 9112 9.3.1.1 forbids a proxy to
+    retry any other.
+
+    @param reactor: the reactor (L{IReactorTCP} and L{IReactorTime}).
+    @param connectTimeout: seconds to wait for a connection.
+    @param maxIdlePerBackend: idle keep-alive connections kept per backend
+        address; more are closed when their request ends.
+    @param idleTimeout: seconds an idle connection is kept.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        connectTimeout: float = 5.0,
+        maxIdlePerBackend: int = DEFAULT_MAX_IDLE,
+        idleTimeout: float = 60.0,
+    ) -> None:
+        self._reactor = reactor
+        self._endpoints = CachedEndpointFactory(reactor, connectTimeout)
+        self._maxIdle = maxIdlePerBackend
+        self._idleTimeout = idleTimeout
+        self._pools: Dict[Tuple[str, int], _HostPool] = {}
+        self._deadlines: Dict[float, _Deadlines] = {}
+        self._closed = False
+
+    def _newPool(self, host: str, port: int) -> _HostPool:
+        try:
+            hostBytes = host.encode("ascii")
+        except UnicodeEncodeError:
+            hostBytes = host.encode("idna")
+        endpoint = self._endpoints.endpointForURI(_Address(hostBytes, port))  # type: ignore[arg-type]
+        authority = b"[" + hostBytes + b"]" if b":" in hostBytes else hostBytes
+        if port != 80:
+            authority += b":%d" % (port,)
+        pool = self._pools[(host, port)] = _HostPool(
+            self, endpoint, b"Host: " + authority + b"\r\n"
+        )
+        return pool
+
+    def request(
+        self,
+        backend: Any,
+        method: bytes,
+        uri: bytes,
+        headers: Any,
+        bodyProducer: Optional[Any] = None,
+        timeout: Optional[float] = None,
+    ) -> Deferred:
+        """
+        See L{IUpstreamClient.request}.  The upstream's
+        L{gateway.http.errors.UpstreamBroken} reports a connection that broke or
+        an answer that is not valid HTTP/1.1.
+        """
+        # (Cancelling the Deferred stops the request, then fails the
+        # Deferred itself.)
+        d: Deferred = Deferred(lambda d: sent.cancelled(d))
+        try:
+            sent = self.send(
+                backend, method, uri, headers, bodyProducer, timeout, d.callback, d.errback
+            )
+        except ValueError:
+            return defer.fail()
+        return d
+
+    def send(
+        self,
+        backend: Any,
+        method: bytes,
+        uri: bytes,
+        headers: Any,
+        bodyProducer: Optional[Any],
+        timeout: Optional[float],
+        onResponse: Callable[..., Any],
+        onFailure: Callable[..., Any],
+        *args: Any,
+    ) -> Any:
+        """
+        See L{gateway.interfaces.ICallbackUpstreamClient.send}: L{request}
+        without a L{Deferred}.
+
+        @return: the request, whose C{cancel()} abandons it and whose
+            C{finished} says whether it is over.
+        @raise ValueError: when C{uri} is not a valid request target.
+        """
+        # (Bytes looked for as ints: a memchr each.)
+        if not uri or 0x20 in uri or 0x0D in uri or 0x0A in uri:
+            raise ValueError(f"invalid request target: {uri!r}")
+        req = _Request(method)
+        req.onResponse = onResponse
+        req.onFailure = onFailure
+        req.args = args
+        pool = self._pools.get((backend.host, backend.port))
+        if pool is None:
+            pool = self._newPool(backend.host, backend.port)
+        # Host goes first (RFC 9112 3.2), unless the caller gave one.
+        parts = [method, b" ", uri, b" HTTP/1.1\r\n", pool.hostLine]
+        extend = parts.extend
+        for name, values in headers.getAllRawHeaders():
+            if name in _FRAMING:
+                continue
+            if name == b"Host":
+                parts[4] = b""
+            for value in values:
+                extend((name, b": ", value, b"\r\n"))
+        if bodyProducer is None:
+            parts.append(b"Content-Length: 0\r\n\r\n" if method in _BODY_METHODS else b"\r\n")
+            req.retryable = method in _IDEMPOTENT
+        elif type(bodyProducer) is BytesBodyProducer:
+            # An in-memory body goes out with the head, in one write, and
+            # can be sent again.
+            body = bodyProducer._body
+            parts.append(b"Content-Length: %d\r\n\r\n" % (len(body),))
+            parts.append(body)
+            req.retryable = method in _IDEMPOTENT
+        else:
+            length = bodyProducer.length
+            if length is UNKNOWN_LENGTH:
+                parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
+                req.chunked = True
+            else:
+                parts.append(b"Content-Length: %d\r\n\r\n" % (length,))
+                req.length = length
+            req.producer = bodyProducer
+        req.data = b"".join(parts)
+        if timeout is not None:
+            deadlines = self._deadlines.get(timeout)
+            if deadlines is None:
+                deadlines = self._deadlines[timeout] = _Deadlines(self._reactor, timeout)
+            deadlines.add(req)
+        idle = pool.idle
+        if idle:
+            conn = idle.pop()
+            conn.inPool = False
+            conn.send(req)
+        else:
+            pool.connect(req)
+        return req
+
+    def close(self) -> Deferred:
+        """
+        Close every idle connection; connections in use are closed when
+        their request ends.
+
+        @return: a Deferred that fires when the idle ones are closed.
+        """
+        self._closed = True
+        for deadlines in self._deadlines.values():
+            deadlines.stopIfDone()
+        waits: List[Deferred] = []
+        for pool in self._pools.values():
+            waits.extend(pool.closeIdle())
+        return defer.gatherResults(waits).addCallback(lambda _: None)
+
+
+@implementer(IClientRequest)
+class _ClientRequest:
+    __slots__ = ("method", "absoluteURI", "headers")
+
+    def __init__(self, method: bytes, absoluteURI: bytes, headers: Any) -> None:
+        self.method = method
+        self.absoluteURI = absoluteURI
+        self.headers = headers
+
+
+@implementer(IAgent)
+class UpstreamAgent:
+    """
+    An L{IAgent} on an L{HTTP11UpstreamClient}'s pools, for C{http://} URIs,
+    so that treq can use the lean client: C{HTTPClient(UpstreamAgent(c))}.
+
+    Failures are the gateway's (L{UpstreamConnectError}, L{UpstreamBroken},
+    L{UpstreamTimeout}), not Twisted's.
+
+    @param client: the L{HTTP11UpstreamClient}.
+    @param timeout: seconds to wait for each response's head, or L{None}.
+    """
+
+    def __init__(self, client: HTTP11UpstreamClient, timeout: Optional[float] = None) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._addresses: Dict[Tuple[bytes, int], _Address] = {}
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Optional[Headers] = None,
+        bodyProducer: Optional[Any] = None,
+    ) -> Deferred:
+        try:
+            parts = urlsplit(uri)
+            if parts.scheme.lower() != b"http":
+                raise SchemeNotSupported(f"unsupported scheme: {parts.scheme!r}")
+            host = parts.hostname
+            port = parts.port or 80
+            if not host:
+                raise ValueError(f"no host in {uri!r}")
+        except Exception:
+            return defer.fail()
+        target = parts.path or b"/"
+        if parts.query:
+            target += b"?" + parts.query
+        address = self._addresses.get((host, port))
+        if address is None:
+            address = self._addresses[(host, port)] = _Address(host.decode("ascii"), port)
+        if headers is None:
+            headers = Headers()
+        d = self._client.request(address, method, target, headers, bodyProducer, self._timeout)
+        d.addCallback(_withRequest, _ClientRequest(method, uri, headers))
+        return d
+
+
+def _withRequest(response: _Response, request: _ClientRequest) -> _Response:
+    response.request = request
+    return response
+
+
+def senderFor(client: Any) -> Callable[..., Any]:
+    """
+    @param client: an L{IUpstreamClient}.
+    @return: C{send(backend, method, uri, headers, bodyProducer, timeout,
+        onResponse, onFailure, *args)}, which sends a request through
+        C{client} and calls back C{onResponse(response, *args)} or
+        C{onFailure(failure, *args)}: without a L{defer.Deferred} when the
+        client provides L{ICallbackUpstreamClient}, else through its
+        C{request}.  C{send} returns what cancels the request while its
+        head is awaited (C{cancel()}), or L{None} when it is over already
+        (it failed at once: its callback has run).
+    """
+    callback = ICallbackUpstreamClient.providedBy(client)
+
+    def send(
+        backend: Any,
+        method: bytes,
+        uri: bytes,
+        headers: Any,
+        bodyProducer: Any,
+        timeout: Optional[float],
+        onResponse: Callable[..., Any],
+        onFailure: Callable[..., Any],
+        *args: Any,
+    ) -> Any:
+        if callback:
+            try:
+                sent = client.send(
+                    backend,
+                    method,
+                    uri,
+                    headers,
+                    bodyProducer,
+                    timeout,
+                    onResponse,
+                    onFailure,
+                    *args,
+                )
+            except ValueError:
+                # An invalid target: failed as request() fails it.
+                onFailure(Failure(), *args)
+                return None
+            return None if sent.finished else sent
+        d = client.request(backend, method, uri, headers, bodyProducer, timeout)
+        d.addCallbacks(onResponse, onFailure, callbackArgs=args, errbackArgs=args)
+        return None if d.called else d
+
+    return send

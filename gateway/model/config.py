@@ -1,0 +1,397 @@
+"""
+The gateway's config file (C{twistd gateway --config gateway.yaml}).
+
+The file says which roles the process runs (C{proxy:}, C{admin:} or both),
+where each listens (Twisted endpoint strings), which store holds the
+resources, and may seed resources (C{servers:}, C{clusters:}, C{apis:},
+C{routings:} in their REST form)::
+
+    proxy:
+      listen: tcp:8080:interface=127.0.0.1
+      filters: [request-id, {name: access-log, config: {}}]
+      trustedProxies: [10.0.0.0/8]
+      accessLog: true
+    admin:
+      listen: tcp:9090:interface=127.0.0.1
+      token: change-me
+    store: file:./gateway-data.json
+    servers: [{name: s1, addr: "127.0.0.1:9001"}]
+
+Everything is checked before the gateway starts: a missing, unreadable or
+invalid file raises L{ConfigError}, which names the key at fault
+(C{"proxy.listen"}, C{"servers[2].addr"}).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import attrs
+import yaml
+
+from gateway.http.client import DEFAULT_MAX_IDLE
+from gateway.model.endpoints import isLoopbackEndpoint
+from gateway.model.limits import HTTPLimits
+from gateway.model.resources import Catalog, FilterSpec, parseResource
+from gateway.model.schema import (
+    Bool,
+    Int,
+    Name,
+    Nullable,
+    Num,
+    Obj,
+    Spec,
+    Str,
+    ValidationError,
+    checkCIDR,
+    field,
+    fromJSON,
+)
+from gateway.model.schema import List as ListOf
+from gateway.store import KINDS
+
+DEFAULT_STORE = "file:gateway-data.json"
+
+
+STORE_SCHEMES = ("file:", "memory:", "etcd://")
+
+
+class ConfigError(ValueError):
+    """
+    The config file is missing, unreadable or invalid.
+
+    @ivar key: the dotted path of the key at fault, e.g. C{"proxy.listen"}
+        or C{"servers[2].addr"}; empty when the file as a whole is at fault.
+    @ivar message: what is wrong, for a human.
+    @ivar source: the file (or other origin) of the config.
+    """
+
+    def __init__(self, key: str, message: str, source: str = "") -> None:
+        parts = [p for p in (source, key) if p]
+        super().__init__(": ".join(parts + [message]))
+        self.key = key
+        self.message = message
+        self.source = source
+
+
+def _checkEndpoint(description: str) -> None:
+    # A MemoryReactor lets Twisted's own parser check the whole string
+    # (type, arguments, certificate files) without listening on anything.
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    example = "e.g. tcp:8080:interface=127.0.0.1"
+    try:
+        endpoint = serverFromString(MemoryReactor(), description)
+    except Exception as e:
+        raise ValueError(f"{description!r} is not a valid Twisted endpoint ({e}); {example}")
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (0 to 65535)")
+
+
+def _checkHostPort(hostPort: str, url: str) -> None:
+    host, _, port = hostPort.rpartition(":")
+    if not host:
+        raise ValueError(f"{url!r} needs HOST:PORT, e.g. etcd://127.0.0.1:2379/gateway")
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{url!r}: {port!r} is not a port number")
+
+
+def _checkStore(url: str) -> None:
+    if not url.startswith(STORE_SCHEMES):
+        raise ValueError(
+            f"unknown store {url!r}: use file:PATH, memory: or etcd://HOST:PORT/PREFIX"
+        )
+    if url.startswith("file:"):
+        path = url[len("file:") :]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise ValueError("file: needs a path, e.g. file:./gateway-data.json")
+    elif url.startswith("etcd://"):
+        hosts = url[len("etcd://") :].partition("/")[0]
+        for hostPort in hosts.split(","):
+            _checkHostPort(hostPort, url)
+
+
+@attrs.frozen
+class _FilterRef(Spec):
+    """
+    A filter named in the config: its plugin name alone, or C{{name, config}}.
+    """
+
+    def parse(self, value: Any, path: str) -> FilterSpec:
+        if isinstance(value, str):
+            return FilterSpec(name=Name().parse(value, path))
+        return fromJSON(FilterSpec, value, path)
+
+    def schema(self) -> dict:
+        return {}
+
+
+@attrs.frozen
+class ProxyConfig:
+    """
+    The C{proxy:} section: the gateway's public side.
+    """
+
+    listen: str = field(Str(check=_checkEndpoint, minLength=1), doc="Twisted endpoint string")
+    filters: Tuple[FilterSpec, ...] = field(
+        ListOf(_FilterRef()), (), doc="global filters, by plugin name, run for every API"
+    )
+    trustedProxies: Tuple[str, ...] = field(
+        ListOf(Str(check=checkCIDR)), (), doc="CIDRs whose X-Forwarded-For is believed"
+    )
+    accessLog: bool = field(Bool(), True)
+    workers: Optional[int] = field(
+        Nullable(Int(0, 256)),
+        None,
+        doc=(
+            "proxy processes sharing the port (SO_REUSEPORT); 0 = one per core; unset = one "
+            "per core when they can share the port and the store (a tcp: listen endpoint, a "
+            "file: or etcd:// store), else 1"
+        ),
+    )
+    drainTimeout: float = field(
+        Num(0, 3600), 10.0, doc="seconds a stopping proxy waits for requests in flight"
+    )
+    upstreamKeepalive: int = field(
+        Int(0, 65536),
+        DEFAULT_MAX_IDLE,
+        doc="idle keep-alive connections kept per server (more are closed); 0 = none",
+    )
+    limits: HTTPLimits = field(
+        Obj(HTTPLimits),
+        attrs.Factory(HTTPLimits),
+        doc="request size limits and client timeouts (413, 414, 431, 408)",
+    )
+
+
+@attrs.frozen
+class AdminConfig:
+    """
+    The C{admin:} section: the REST API, the web UI and C{/metrics}.
+    """
+
+    listen: str = field(Str(check=_checkEndpoint, minLength=1), doc="Twisted endpoint string")
+    token: Optional[str] = field(
+        Nullable(Str(minLength=1)), None, doc="bearer token; null = no authentication"
+    )
+
+
+@attrs.frozen
+class GatewayConfig:
+    """
+    A checked config file.
+
+    @ivar proxy: the proxy role, or L{None} when this process runs no proxy.
+    @ivar admin: the admin role, or L{None}.
+    @ivar store: the store URL (C{file:PATH}, C{memory:}, C{etcd://...}).
+    @ivar seed: C{{kind: (resource, ...)}} for every kind in
+        L{gateway.store.KINDS}, parsed model objects in file order.
+    @ivar path: where the config came from (the file's path).
+    """
+
+    proxy: Optional[ProxyConfig]
+    admin: Optional[AdminConfig]
+    store: str = DEFAULT_STORE
+    seed: Mapping[str, Tuple[Any, ...]] = attrs.Factory(lambda: {kind: () for kind in KINDS})
+    path: Optional[str] = None
+
+
+_SECTIONS = {"proxy": ProxyConfig, "admin": AdminConfig}
+
+
+_TOP_KEYS = ("proxy", "admin", "store") + KINDS
+
+
+def _parseSeed(data: Mapping[str, Any]) -> Dict[str, Tuple[Any, ...]]:
+    seed: Dict[str, Tuple[Any, ...]] = {}
+    index: Dict[Tuple[str, str], int] = {}
+    for kind in KINDS:
+        items = data.get(kind)
+        if items is None:
+            seed[kind] = ()
+            continue
+        if not isinstance(items, list):
+            raise ValidationError(kind, "must be a list of resources")
+        parsed: List[Any] = []
+        for i, item in enumerate(items):
+            try:
+                resource = parseResource(kind, item)
+            except ValidationError as e:
+                raise ValidationError(
+                    f"{kind}[{i}]" + (f".{e.field}" if e.field else ""), e.message
+                )
+            if (kind, resource.name) in index:
+                first = index[(kind, resource.name)]
+                raise ValidationError(
+                    f"{kind}[{i}].name", f"duplicate name {resource.name!r} (as {kind}[{first}])"
+                )
+            index[(kind, resource.name)] = i
+            parsed.append(resource)
+        seed[kind] = tuple(parsed)
+    catalog = Catalog(**{kind: {r.name: r for r in seed[kind]} for kind in KINDS})
+    broken = catalog.brokenReferences()
+    if broken:
+        kind, name, fieldName, targetKind, target = broken[0]
+        raise ValidationError(
+            f"{kind}[{index[(kind, name)]}].{fieldName}",
+            f"names {targetKind[:-1]} {target!r}, which is not among the seeded {targetKind}",
+        )
+    return seed
+
+
+def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
+    """
+    Check the parsed YAML (or JSON) of a config file.
+
+    @param data: what C{yaml.safe_load} gave.
+    @param source: where C{data} came from, for error messages and
+        L{GatewayConfig.path}.
+    @raise ConfigError: naming the first key at fault.
+    """
+    if data is None:
+        raise ConfigError("", "the config is empty; it needs a proxy: or admin: section", source)
+    if not isinstance(data, dict):
+        raise ConfigError("", "must be a mapping of keys (proxy:, admin:, store:, ...)", source)
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise ConfigError(
+                str(key), "is not a known key; known keys: " + ", ".join(_TOP_KEYS), source
+            )
+    if "proxy" not in data and "admin" not in data:
+        raise ConfigError("", "needs a proxy: or an admin: section (or both)", source)
+    try:
+        sections = {
+            name: fromJSON(cls, data[name], name) if name in data else None
+            for name, cls in _SECTIONS.items()
+        }
+        store = Str(check=_checkStore, minLength=1).parse(data.get("store", DEFAULT_STORE), "store")
+        seed = _parseSeed(data)
+    except ValidationError as e:
+        raise ConfigError(e.field, e.message, source)
+    proxy, admin = sections["proxy"], sections["admin"]
+    if admin is not None and admin.token is None and not isLoopbackEndpoint(admin.listen):
+        raise ConfigError(
+            "admin.token",
+            "is required when admin.listen is not a loopback address "
+            "(anyone who reaches the port would control the gateway)",
+            source,
+        )
+    if proxy is not None and admin is not None and proxy.listen == admin.listen:
+        raise ConfigError("admin.listen", "is the same endpoint as proxy.listen", source)
+    if proxy is not None and proxy.workers is not None and proxy.workers != 1:
+        if not proxy.listen.startswith(_SHARED_ENDPOINTS):
+            raise ConfigError(
+                "proxy.workers", "several workers need a tcp: or tcp6: listen endpoint", source
+            )
+        if not workersCanShare(proxy.listen, store):
+            raise ConfigError(
+                "proxy.workers", "several workers need a shared store (file: or etcd://)", source
+            )
+    return GatewayConfig(proxy=proxy, admin=admin, store=store, seed=seed, path=source)
+
+
+#: Listen endpoints several worker processes can each bind (SO_REUSEPORT).
+_SHARED_ENDPOINTS = ("tcp:", "tcp6:")
+
+
+def workersCanShare(listen: str, store: str) -> bool:
+    """
+    @return: whether several proxy workers can share the listen endpoint
+        C{listen} and the store C{store} (not C{memory:}, which lives in
+        one process).
+    """
+    return listen.startswith(_SHARED_ENDPOINTS) and not store.startswith("memory:")
+
+
+class _UniqueKeys:
+    """
+    Refuses a key given twice in one mapping, which plain YAML resolves
+    silently in favour of the last one (a mixin for a YAML loader).
+    """
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for keyNode, _ in node.value:
+            if keyNode.tag == "tag:yaml.org,2002:merge":
+                # "<<: *defaults" merges, and keys given next override.
+                continue
+            key = self.construct_object(keyNode, deep=deep)  # type: ignore[attr-defined]
+            try:
+                duplicate = key in seen
+            except TypeError:
+                # Unhashable keys: let the base class report them.
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    keyNode.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[misc]
+
+
+class UniqueKeyLoader(_UniqueKeys, yaml.SafeLoader):
+    """
+    A safe loader that refuses a key given twice in one mapping.
+    """
+
+
+if hasattr(yaml, "CSafeLoader"):
+
+    class _FastUniqueKeyLoader(_UniqueKeys, yaml.CSafeLoader):  # type: ignore[misc]
+        """
+        L{UniqueKeyLoader} on libyaml's parser (several times faster on a
+        large file).
+        """
+
+else:  # pragma: no cover (PyYAML built without libyaml, as on PyPy)
+    _FastUniqueKeyLoader = UniqueKeyLoader  # type: ignore[misc,assignment]
+
+
+def loadYAML(text: str) -> Any:
+    """
+    Parse YAML safely, refusing duplicate keys, with libyaml when PyYAML
+    has it.
+
+    @raise yaml.YAMLError: when it is not valid YAML; the error is PyYAML's
+        own parser's, whose messages say more than libyaml's.
+    """
+    try:
+        return yaml.load(text, Loader=_FastUniqueKeyLoader)
+    except yaml.YAMLError:
+        if _FastUniqueKeyLoader is UniqueKeyLoader:
+            raise
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
+def loadConfig(path: str) -> GatewayConfig:
+    """
+    Read and check a config file.
+
+    @param path: the YAML file.
+    @raise ConfigError: when the file is missing, unreadable, not valid
+        YAML (the message gives the line) or not a valid config (the key
+        names what is wrong).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError("", f"cannot read the config file: {reason}", path)
+    try:
+        data = loadYAML(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(p for p in (e.context, e.problem) if p)
+        raise ConfigError("", f"invalid YAML{where}: {what}", path)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"invalid YAML: {e}", path)
+    return parseConfig(data, path)

@@ -1,0 +1,118 @@
+"""
+Traffic mirroring: a copy of a request sent to another cluster, its answer
+thrown away.
+
+The client's response never waits for or depends on a mirror: the copy is
+sent next to the real request, errors are only counted, and at most
+C{maxInFlight} copies are outstanding at once (beyond that, copies are
+dropped and counted), so a slow or dead mirror can cost neither latency
+nor memory.  Bodies up to C{maxBody} bytes are mirrored; a request with a
+larger body is not mirrored at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from gateway.balancing.backend import startRequest
+from gateway.http.body import BytesBodyProducer
+
+log = Logger()
+
+
+class _Drain(Protocol):
+    """
+    Reads a mirror's answer to the end, so its connection can be reused.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+class Mirror:
+    """
+    Sends mirror copies for L{gateway.pipeline.resource.GatewayResource}.
+
+    @ivar sent: copies sent.
+    @ivar failed: copies whose upstream failed.
+    @ivar dropped: copies not sent because too many were in flight or the
+        body was too large.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        reactor: Any,
+        maxInFlight: int = 64,
+        maxBody: int = 1024 * 1024,
+        timeout: float = 10.0,
+    ) -> None:
+        self._client = client
+        self._reactor = reactor
+        self._maxInFlight = maxInFlight
+        self._maxBody = maxBody
+        self._timeout = timeout
+        self.inFlight = 0
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def send(self, context: Any, cluster: Any) -> None:
+        """
+        Send a copy of the context's request to a backend of C{cluster}.
+        """
+        if self.inFlight >= self._maxInFlight:
+            self.dropped += 1
+            return
+        request = context.request
+        body = None
+        content = request.content
+        if content is not None:
+            content.seek(0, 2)
+            length = content.tell()
+            if length > self._maxBody:
+                content.seek(0, 0)
+                self.dropped += 1
+                return
+            content.seek(0, 0)
+            if length:
+                body = content.read()
+                content.seek(0, 0)
+        backend = cluster.choose(context.clientIP)
+        if backend is None:
+            self.dropped += 1
+            return
+        node = context.api.nodes[0]
+        uri = node.rewrite.expand(context.params, request) if node.rewrite else request.uri
+        headers = context.upstreamHeaders.copy()
+        backend = startRequest(cluster, backend)
+        if backend is None:
+            self.dropped += 1
+            return
+        self.inFlight += 1
+        self.sent += 1
+        d = self._client.request(
+            backend,
+            request.method,
+            uri,
+            headers,
+            BytesBodyProducer(body) if body is not None else None,
+            self._timeout,
+        )
+
+        def answered(response: Any) -> None:
+            response.deliverBody(_Drain())
+
+        def failed(failure: Any) -> None:
+            self.failed += 1
+            log.debug("mirror to {backend} failed: {e}", backend=backend.name, e=failure.value)
+
+        def done(_: Any) -> None:
+            self.inFlight -= 1
+            # Mirrors are best effort: their outcome does not judge servers.
+            backend.requestFinished(None, None)
+
+        d.addCallbacks(answered, failed).addBoth(done)

@@ -1,0 +1,274 @@
+"""
+Several proxy processes on one port.
+
+With C{proxy.workers: N} the gateway process (the parent) keeps the admin,
+the store and the health checks, and runs N worker processes that serve the
+proxy port.  Each worker binds the port itself with C{SO_REUSEPORT}, so the
+kernel spreads connections over them (one listening socket shared by
+children did not spread keep-alive connections: one child took them all).
+
+Parent and worker talk over a socketpair, one JSON object per line: the
+parent sends the servers' health (workers run no health checks of their
+own), workers send their stats.  The workers keep the buckets of their
+limits in one table of shared memory the parent makes and passes to each
+(L{gateway.protection.sharedbuckets}), so limits hold for all of them together.  A
+worker that dies is started again, with a back-off when it keeps dying;
+the parent stops them all (SIGTERM, then SIGKILL after a grace period)
+when it stops.  A worker whose parent is gone stops too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet import defer, error
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+
+from gateway.process.interpreter import processEnvironment
+
+log = Logger()
+
+
+#: Where a worker finds the workers' shared buckets.
+SHARED_BUCKETS_FD = 4
+
+
+def workerCount(configured: Optional[int], shareable: bool = True) -> int:
+    """
+    @param configured: C{proxy.workers}: a count, 0 for one per core, or
+        L{None} (not set) for one per core when C{shareable}, else 1.
+    @param shareable: whether workers could share the proxy's port and
+        store (L{gateway.model.config.workersCanShare}).
+    @return: the number of proxy processes.
+    """
+    if configured is None:
+        return max(1, os.cpu_count() or 1) if shareable else 1
+    if configured > 0:
+        return configured
+    return max(1, os.cpu_count() or 1)
+
+
+class ControlChannel(LineOnlyReceiver):
+    """
+    One end of the parent/worker channel: JSON objects, one per line.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 16 * 1024 * 1024
+
+    def __init__(self, onMessage: Callable[[dict], None], onLost: Callable[[], None]) -> None:
+        self._onMessage = onMessage
+        self._onLost = onLost
+
+    def send(self, message: dict) -> None:
+        if self.transport is not None:
+            self.sendLine(json.dumps(message, separators=(",", ":")).encode("utf-8"))
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.error("garbled control message: {line!r}", line=line[:200])
+            return
+        self._onMessage(message)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._onLost()
+
+
+def adoptChannel(reactor: Any, fd: int, channel: ControlChannel) -> ControlChannel:
+    """
+    Run C{channel} over the UNIX stream socket C{fd} (which is duplicated;
+    the caller closes its own copy).
+    """
+    factory = Factory.forProtocol(lambda: channel)
+    reactor.adoptStreamConnection(fd, socket.AF_UNIX, factory)
+    return channel
+
+
+class _WorkerProcess(ProcessProtocol):
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.ended: defer.Deferred = defer.Deferred()
+        self.startedAt = pool._reactor.seconds()
+
+    def connectionMade(self) -> None:
+        if self.transport is not None:
+            self.transport.closeStdin()
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value)
+        self.pool._workerEnded(self, reason.value)
+
+
+class WorkerPool(Service):
+    """
+    Starts, watches and stops the worker processes.
+
+    @param argv: the command that runs one worker, without C{--index I}.
+    @param healthSource: a callable giving C{{server: healthy}}, sent to the
+        workers whenever it changes.
+    @param onStats: called with C{(index, stats)} when a worker reports.
+    @param sharedFD: the file descriptor of the workers'
+        L{gateway.protection.sharedbuckets.SharedBuckets}, passed to each as its
+        descriptor C{SHARED_BUCKETS_FD} (with C{--buckets-fd}).
+    """
+
+    restartDelay = 0.5
+    maxRestartDelay = 30.0
+    stopTimeout = 15.0
+    healthInterval = 0.25
+
+    def __init__(
+        self,
+        reactor: Any,
+        count: int,
+        argv: List[str],
+        healthSource: Optional[Callable[[], Dict[str, bool]]] = None,
+        onStats: Optional[Callable[[int, dict], None]] = None,
+        sharedFD: Optional[int] = None,
+    ) -> None:
+        self._reactor = reactor
+        self._sharedFD = sharedFD
+        self.count = count
+        self._argv = argv
+        self._healthSource = healthSource
+        self._onStats = onStats
+        self.processes: Dict[int, _WorkerProcess] = {}
+        self._channels: Dict[int, ControlChannel] = {}
+        self._delays: Dict[int, float] = {}
+        self._pendingRestarts: Dict[int, Any] = {}
+        self._lastHealth: Optional[Dict[str, bool]] = None
+        self._healthCall: Optional[Any] = None
+        self.restarts = 0
+
+    def startService(self) -> None:
+        super().startService()
+        for index in range(self.count):
+            self._spawn(index)
+        if self._healthSource is not None:
+            self._healthCall = self._reactor.callLater(self.healthInterval, self._pushHealth)
+
+    def _spawn(self, index: int) -> None:
+        self._pendingRestarts.pop(index, None)
+        parentSide, childSide = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        process = _WorkerProcess(self, index)
+        argv = self._argv + ["--index", str(index)]
+        childFDs: Dict[int, Any] = {0: "w", 1: 1, 2: 2, 3: childSide.fileno()}
+        if self._sharedFD is not None:
+            childFDs[SHARED_BUCKETS_FD] = self._sharedFD
+            argv += ["--buckets-fd", str(SHARED_BUCKETS_FD)]
+        try:
+            self._reactor.spawnProcess(
+                process,
+                self._argv[0],
+                argv,
+                env=processEnvironment(os.environ),
+                childFDs=childFDs,
+            )
+        finally:
+            childSide.close()
+        self.processes[index] = process
+        channel = ControlChannel(lambda message: self._received(index, message), lambda: None)
+        adoptChannel(self._reactor, parentSide.fileno(), channel)
+        parentSide.close()
+        self._channels[index] = channel
+        if self._healthSource is not None:
+            channel.send({"health": self._healthSource()})
+        transport = process.transport
+        pid = transport.pid if transport is not None else None
+        log.info("started proxy worker {index} (pid {pid})", index=index, pid=pid)
+
+    def _received(self, index: int, message: dict) -> None:
+        if "stats" in message and self._onStats is not None:
+            self._onStats(index, message["stats"])
+
+    def _pushHealth(self) -> None:
+        self._healthCall = None
+        health = self._healthSource() if self._healthSource is not None else {}
+        if health != self._lastHealth:
+            self._lastHealth = health
+            for channel in self._channels.values():
+                channel.send({"health": health})
+        if self.running:
+            self._healthCall = self._reactor.callLater(self.healthInterval, self._pushHealth)
+
+    def _workerEnded(self, process: _WorkerProcess, reason: Any) -> None:
+        index = process.index
+        if self.processes.get(index) is process:
+            del self.processes[index]
+            self._channels.pop(index, None)
+        if not self.running:
+            return
+        uptime = self._reactor.seconds() - process.startedAt
+        delay = self._delays.get(index, self.restartDelay)
+        # A worker that ran for a while gets restarted at once; one that
+        # keeps dying waits longer each time.
+        delay = self.restartDelay if uptime > 60 else min(delay * 2, self.maxRestartDelay)
+        self._delays[index] = delay
+        self.restarts += 1
+        log.error(
+            "proxy worker {index} ended ({reason}); restarting in {delay:.1f}s",
+            index=index,
+            reason=reason,
+            delay=delay,
+        )
+        self._pendingRestarts[index] = self._reactor.callLater(delay, self._spawn, index)
+
+    def signalAll(self, signal: str) -> None:
+        for process in list(self.processes.values()):
+            transport = process.transport
+            if transport is None:
+                # Not connected (yet, or any more): no process to signal.
+                continue
+            try:
+                transport.signalProcess(signal)
+            except error.ProcessExitedAlready:
+                pass
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        if self._healthCall is not None and self._healthCall.active():
+            self._healthCall.cancel()
+        for call in self._pendingRestarts.values():
+            if call.active():
+                call.cancel()
+        self._pendingRestarts.clear()
+        ended = [p.ended for p in self.processes.values()]
+        if not ended:
+            return
+        self.signalAll("TERM")
+        timer = self._reactor.callLater(self.stopTimeout, self.signalAll, "KILL")
+        yield defer.DeferredList(ended)
+        if timer.active():
+            timer.cancel()
+
+
+def workerCommand(configPath: str, reactor: Any = None) -> List[str]:
+    """
+    @param reactor: the parent's reactor: the workers run on a
+        L{gateway.http.reactor.GatewayReactor} when it is one, on Twisted's
+        default reactor otherwise.
+    @return: the command line that runs one worker for a config file.
+    """
+    from gateway.http.reactor import isGatewayReactor
+
+    kind = "gateway" if isGatewayReactor(reactor) else "default"
+    return [
+        sys.executable,
+        "-m",
+        "gateway.process.worker",
+        "--config",
+        os.path.abspath(configPath),
+        "--reactor",
+        kind,
+    ]

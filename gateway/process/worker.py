@@ -1,0 +1,105 @@
+"""
+One proxy worker process (see L{gateway.process.pool}).
+
+    python -m gateway.process.worker --config gateway.yaml --index 0
+
+The parent starts it with the control channel on file descriptor 3.  It
+serves the proxy port (with C{SO_REUSEPORT}) from the store, read-only,
+takes the servers' health from the parent, reports its stats, and stops
+when the parent goes away.  With C{--buckets-fd N} its limits keep their
+buckets in the workers' shared table (L{gateway.protection.sharedbuckets}), so they
+hold for all the workers together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, List, Optional
+
+CONTROL_FD = 3
+
+
+STATS_INTERVAL = 1.0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway.process.worker")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument(
+        "--reactor",
+        choices=("gateway", "default"),
+        default="default",
+        help="gateway: gateway.http.reactor's (the parent's, when it runs on it)",
+    )
+    parser.add_argument(
+        "--buckets-fd",
+        type=int,
+        default=None,
+        help="the file descriptor of the workers' shared rate-limit buckets",
+    )
+    args = parser.parse_args(argv)
+
+    if args.reactor == "gateway":
+        from gateway.http.reactor import installIfNone
+
+        installIfNone()
+    from twisted.internet import reactor
+    from twisted.logger import FileLogObserver, formatEvent, formatTime, globalLogBeginner
+
+    from gateway.filters import FilterRegistry
+    from gateway.model.config import ConfigError, loadConfig
+    from gateway.process.interpreter import collectorPaused, tuneGC
+    from gateway.process.pool import ControlChannel, adoptChannel
+    from gateway.process.service import GatewayService
+    from gateway.protection.sharedbuckets import SharedBuckets
+
+    tuneGC()
+
+    prefix = f"[worker-{args.index}]"
+
+    def format(event: Any) -> str:
+        text = formatEvent(event)
+        if not text:
+            return ""
+        return f"{formatTime(event.get('log_time'))} {prefix} {text}\n"
+
+    globalLogBeginner.beginLoggingTo(
+        [FileLogObserver(sys.stdout, format)], redirectStandardIO=False
+    )
+    try:
+        buckets = SharedBuckets.fromFD(args.buckets_fd) if args.buckets_fd is not None else None
+        with collectorPaused():
+            config = loadConfig(args.config)
+            service = GatewayService(
+                config, reactor, FilterRegistry.fromPlugins(), role="worker", buckets=buckets
+            )
+    except (ConfigError, ValueError, OSError) as e:
+        sys.stderr.write(f"{prefix} cannot start: {e}\n")
+        return 1
+
+    def received(message: dict) -> None:
+        health = message.get("health")
+        if isinstance(health, dict):
+            service.applyHealth(health)
+
+    def parentGone() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    channel = adoptChannel(reactor, CONTROL_FD, ControlChannel(received, parentGone))
+
+    def reportStats() -> None:
+        channel.send({"stats": service.stats()})
+        reactor.callLater(STATS_INTERVAL, reportStats)
+
+    reactor.callWhenRunning(service.startService)
+    reactor.callWhenRunning(reactor.callLater, STATS_INTERVAL, reportStats)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

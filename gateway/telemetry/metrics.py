@@ -1,0 +1,270 @@
+"""
+Prometheus metrics, served by the admin at C{GET /metrics}.
+
+Nothing is counted here: L{GatewayCollector} reads the L{gateway.telemetry.stats.Stats}
+counters and the live L{gateway.balancing.backend.Backend} state when Prometheus
+scrapes, so the request path pays nothing for metrics.  The collector lives
+in a private L{CollectorRegistry}, not the process-wide default one, so
+several gateways in one process (tests) never mix their numbers.
+
+Labels are the names of configured APIs and servers (and fixed sets such
+as error kinds and breaker states), never anything a client sends, so the
+number of series is bounded by the configuration.
+
+Metrics::
+
+  gateway_requests_total{api}                      answers per API
+  gateway_errors_total{api,kind}                   4xx 5xx timeout refused broken unavailable
+  gateway_rejects_total{api,reason}                rateLimit breaker access other
+  gateway_request_duration_seconds{api}            histogram, arrival to status
+  gateway_server_requests_total{server}            answers whose request went to it last
+  gateway_server_errors_total{server,kind}
+  gateway_server_request_duration_seconds{server}  histogram
+  gateway_upstream_requests_total{server}          requests sent to it (retries, nodes, mirrors)
+  gateway_upstream_failures_total{server}          those that failed
+  gateway_server_active_requests{server}           in flight now
+  gateway_server_latency_ewma_seconds{server}      moving average of its response time
+  gateway_server_healthy{server}                   1 when its active check says healthy
+  gateway_server_ejected{server}                   1 while passive checking keeps it out
+  gateway_server_health_checked{server}            1 when it has an active check
+  gateway_circuit_breaker_state{server,state}      1 for the current state, 0 others
+  gateway_api_circuit_breaker_state{api,state}     the same for an API's own breaker
+  gateway_snapshot_revision                        store revision being served
+  gateway_info{version}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+from twisted.web.resource import IResource, Resource
+
+import gateway
+from gateway.telemetry.stats import (
+    BUCKETS_SECONDS,
+    ERROR_KINDS,
+    REJECT_REASONS,
+    Counters,
+    apiBreaker,
+)
+
+#: The states a circuit breaker can be in, as labels.
+BREAKER_STATES: Tuple[str, ...] = ("closed", "open", "half-open")
+
+
+_BUCKET_LABELS: Tuple[str, ...] = tuple(repr(b) for b in BUCKETS_SECONDS) + ("+Inf",)
+
+
+def _histogramBuckets(counters: Counters) -> List[Tuple[str, float]]:
+    return list(zip(_BUCKET_LABELS, counters.cumulativeBuckets()))
+
+
+def _breakerStates(family: GaugeMetricFamily, labels: List[str], state: str) -> None:
+    for s in BREAKER_STATES:
+        family.add_metric(labels + [s], 1.0 if s == state else 0.0)
+
+
+class GatewayCollector(Collector):
+    """
+    Reads the gateway's statistics and live state at scrape time.
+    """
+
+    def __init__(self, stats: Any, manager: Any, health: Any = None, reactor: Any = None) -> None:
+        """
+        @param stats: the L{gateway.telemetry.stats.Stats}.
+        @param manager: the L{gateway.routing.snapshot.SnapshotManager}, or L{None}.
+        @param health: the L{gateway.balancing.health.HealthChecker}, or L{None}.
+        @param reactor: an L{IReactorTime}, to tell whether a server is
+            ejected now; the stats' clock when L{None}.
+        """
+        self._stats = stats
+        self._manager = manager
+        self._health = health
+        self._clock = reactor if reactor is not None else stats._clock
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        yield from self._counters(
+            "gateway",
+            "api",
+            stats.apis,
+            "Answers per API (requests that matched no API are not counted)",
+        )
+        yield from self._counters(
+            "gateway_server",
+            "server",
+            stats.servers,
+            "Answers per server, by the server the request was last sent to",
+            rejects=False,
+        )
+        yield from self._live()
+        info = InfoMetricFamily("gateway", "Gateway version")
+        info.add_metric([], {"version": gateway.__version__})
+        yield info
+
+    def _counters(
+        self, prefix: str, label: str, entries: Any, doc: str, rejects: bool = True
+    ) -> Iterator[Metric]:
+        names = sorted(entries)
+        requests = CounterMetricFamily(prefix + "_requests", doc, labels=[label])
+        errors = CounterMetricFamily(
+            prefix + "_errors", "Errors by kind: " + ", ".join(ERROR_KINDS), labels=[label, "kind"]
+        )
+        rejected = CounterMetricFamily(
+            prefix + "_rejects",
+            "Requests the gateway refused, by reason: " + ", ".join(REJECT_REASONS),
+            labels=[label, "reason"],
+        )
+        duration = HistogramMetricFamily(
+            prefix + "_request_duration_seconds",
+            "Time from a request's arrival to its answer's status",
+            labels=[label],
+        )
+        for name in names:
+            counters = entries[name]
+            requests.add_metric([name], counters.requests)
+            for kind in ERROR_KINDS:
+                errors.add_metric([name, kind], counters.errors[kind])
+            for reason in REJECT_REASONS:
+                rejected.add_metric([name, reason], counters.rejects[reason])
+            duration.add_metric([name], _histogramBuckets(counters), counters.latencySum)
+        yield requests
+        yield errors
+        if rejects:
+            yield rejected
+        yield duration
+
+    def _live(self) -> Iterator[Metric]:
+        manager = self._manager
+        backends = manager.backends if manager is not None else {}
+        snapshot = manager.snapshot if manager is not None else None
+        now = self._clock.seconds()
+        upstream = CounterMetricFamily(
+            "gateway_upstream_requests",
+            "Requests sent to a server (retries, aggregation nodes and mirrors included)",
+            labels=["server"],
+        )
+        failures = CounterMetricFamily(
+            "gateway_upstream_failures", "Requests to a server that failed", labels=["server"]
+        )
+        active = GaugeMetricFamily(
+            "gateway_server_active_requests", "Requests in flight to a server", labels=["server"]
+        )
+        ewma = GaugeMetricFamily(
+            "gateway_server_latency_ewma_seconds",
+            "Moving average of a server's response time",
+            labels=["server"],
+        )
+        healthy = GaugeMetricFamily(
+            "gateway_server_healthy",
+            "1 when the server's active health check says healthy",
+            labels=["server"],
+        )
+        ejected = GaugeMetricFamily(
+            "gateway_server_ejected",
+            "1 while passive health checking keeps the server out of rotation",
+            labels=["server"],
+        )
+        checked = GaugeMetricFamily(
+            "gateway_server_health_checked",
+            "1 when the server has an active health check",
+            labels=["server"],
+        )
+        breakers = GaugeMetricFamily(
+            "gateway_circuit_breaker_state",
+            "A server's circuit breaker: 1 for its current state, 0 for the others",
+            labels=["server", "state"],
+        )
+        apiBreakers = GaugeMetricFamily(
+            "gateway_api_circuit_breaker_state",
+            "An API's circuit breaker: 1 for its current state, 0 for the others",
+            labels=["api", "state"],
+        )
+        health = self._health
+        for name in sorted(backends):
+            backend = backends[name]
+            upstream.add_metric([name], backend.requests)
+            failures.add_metric([name], backend.failures)
+            active.add_metric([name], backend.active)
+            ewma.add_metric([name], backend.ewma)
+            healthy.add_metric([name], 1.0 if backend.healthy else 0.0)
+            out = bool(backend.ejectedUntil and now < backend.ejectedUntil)
+            ejected.add_metric([name], 1.0 if out else 0.0)
+            if health is not None:
+                checked.add_metric([name], 1.0 if health.status(name)["checked"] else 0.0)
+            breaker = backend.breaker
+            if breaker is not None:
+                # snapshot() moves an open breaker to half-open when due.
+                _breakerStates(breakers, [name], breaker.snapshot()["state"])
+        if snapshot is not None:
+            for name in sorted(snapshot.apis):
+                breaker = apiBreaker(snapshot.apis[name])
+                if breaker is not None:
+                    _breakerStates(apiBreakers, [name], breaker.snapshot()["state"])
+        families: Sequence[Metric] = (upstream, failures, active, ewma, healthy, ejected)
+        yield from families
+        if health is not None:
+            yield checked
+        yield breakers
+        yield apiBreakers
+        revision = GaugeMetricFamily(
+            "gateway_snapshot_revision", "The store revision the proxy serves (-1: none yet)"
+        )
+        revision.add_metric([], snapshot.revision if snapshot is not None else -1)
+        yield revision
+
+
+def metricsRegistry(
+    stats: Any, manager: Any, health: Any = None, reactor: Any = None
+) -> CollectorRegistry:
+    """
+    @return: a private registry that holds one L{GatewayCollector}.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(stats, manager, health, reactor))
+    return registry
+
+
+class MetricsResource(Resource):
+    """
+    Serves a registry in the Prometheus text format (or OpenMetrics, when
+    the scraper asks for it in C{Accept}).
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Any) -> bytes:
+        accept = request.getHeader(b"accept") or b""
+        if b"openmetrics" in accept:
+            encoder, contentType = choose_encoder(accept.decode("latin-1"))
+        else:
+            encoder, contentType = generate_latest, CONTENT_TYPE_LATEST
+        body = encoder(self.registry)
+        request.setHeader(b"content-type", contentType.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return body
+
+
+def metricsResource(
+    stats: Any, manager: Any, health: Optional[Any] = None, reactor: Any = None
+) -> IResource:
+    """
+    @param stats: the L{gateway.telemetry.stats.Stats}.
+    @param manager: the L{gateway.routing.snapshot.SnapshotManager}.
+    @param health: the L{gateway.balancing.health.HealthChecker}, or L{None}.
+    @return: the resource of C{GET /metrics}.
+    """
+    return MetricsResource(metricsRegistry(stats, manager, health, reactor))

@@ -1,0 +1,545 @@
+"""
+Request statistics: what the proxy answered, per API and per server.
+
+L{Stats} is told of every answer once (C{GatewayResource(stats=...)} calls
+L{Stats.record}) and keeps plain counters: requests, errors by kind,
+rejects by reason and a latency histogram in fixed buckets.  Recording is a
+handful of integer increments on objects made once per configured name, so
+it costs next to nothing on the request path; everything else (percentiles,
+JSON, Prometheus metrics) is computed when someone asks.
+
+How an answer is counted (C{outcome} as L{gateway.pipeline.resource.outcomeOf} and the
+filter chain name it):
+
+  - C{None} (an answer from upstream, or an aggregation): an error C{4xx}
+    or C{5xx} when its status is one, else nothing more than a request;
+  - C{timeout}, C{refused}, C{broken}, C{unavailable}: an error of that
+    kind (and not also C{5xx}).  C{unavailable} is every "no server to
+    send it to" answer, including when every server's breaker is open:
+    the breaker shows up in the server's C{breaker} state, not as a
+    reject;
+  - C{reject:rate-limit} (an API's limit) and C{reject:server-limit}
+    (every server at its C{maxQPS}): a reject C{rateLimit};
+    C{reject:circuit-breaker} (an API's own breaker): C{breaker};
+    C{reject:ip-access}: C{access}; any other filter's C{reject:NAME}:
+    C{other}.  Rejects are not errors.
+
+Latency is the time from the request's arrival to the moment its answer's
+status is known (C{record} is called before the body is streamed), in
+milliseconds in the JSON.  Requests that match no API (the proxy's own
+404) are not recorded at all: there is no API to count them under, and a
+per-path count would let clients create labels at will.
+
+Cardinality is bounded by the configuration: after the first L{prune}
+(called with every new snapshot, see L{Stats.follow}) only the APIs and
+servers of the current configuration have entries, never anything taken
+from a request.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+#: Upper bounds of the latency buckets, in milliseconds; a last bucket
+#: (C{"+Inf"}) takes the rest.
+BUCKETS_MS: Tuple[int, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+#: The same bounds in seconds (what Prometheus wants).
+BUCKETS_SECONDS: Tuple[float, ...] = tuple(b / 1000.0 for b in BUCKETS_MS)
+
+
+#: The label of the last bucket.
+INF = "+Inf"
+
+
+#: Error kinds, in the order they are shown.
+ERROR_KINDS: Tuple[str, ...] = ("4xx", "5xx", "timeout", "refused", "broken", "unavailable")
+
+
+#: Reject reasons, in the order they are shown.
+REJECT_REASONS: Tuple[str, ...] = ("rateLimit", "breaker", "access", "other")
+
+
+_FAILURES = {
+    "timeout": "timeout",
+    "refused": "refused",
+    "broken": "broken",
+    "unavailable": "unavailable",
+}
+
+
+_REJECTS = {
+    "reject:rate-limit": "rateLimit",
+    "reject:server-limit": "rateLimit",
+    "reject:circuit-breaker": "breaker",
+    "reject:ip-access": "access",
+}
+
+
+_BREAKER_SEVERITY = {"closed": 0, "half-open": 1, "open": 2}
+
+
+def classify(code: int, outcome: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """
+    @param code: the status sent.
+    @param outcome: the outcome, as L{Stats.record} takes it.
+    @return: C{(errorKind, rejectReason)}, either or both L{None}.
+    """
+    if outcome is not None:
+        reason = _REJECTS.get(outcome)
+        if reason is not None:
+            return None, reason
+        kind = _FAILURES.get(outcome)
+        if kind is not None:
+            return kind, None
+        if outcome.startswith("reject:"):
+            return None, "other"
+    if code >= 500:
+        return "5xx", None
+    if code >= 400:
+        return "4xx", None
+    return None, None
+
+
+class Counters:
+    """
+    The counters of one API, one server, or all of them.
+
+    @ivar requests: answers counted.
+    @ivar errors: C{{kind: count}} for every kind of L{ERROR_KINDS}.
+    @ivar rejects: C{{reason: count}} for every reason of L{REJECT_REASONS}.
+    @ivar buckets: answers per latency bucket (not cumulative), the last one
+        past the largest bound.
+    @ivar latencySum: the sum of the latencies, in seconds.
+    """
+
+    __slots__ = ("requests", "errors", "rejects", "buckets", "latencySum")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors: Dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
+        self.rejects: Dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self.buckets: List[int] = [0] * (len(BUCKETS_MS) + 1)
+        self.latencySum = 0.0
+
+    def add(self, bucket: int, latency: float, kind: Optional[str], reason: Optional[str]) -> None:
+        """
+        Count one answer.
+        """
+        self.requests += 1
+        self.buckets[bucket] += 1
+        self.latencySum += latency
+        if kind is not None:
+            self.errors[kind] += 1
+        if reason is not None:
+            self.rejects[reason] += 1
+
+    def cumulativeBuckets(self) -> List[int]:
+        """
+        @return: answers at or under each bound, the last one being all.
+        """
+        out = []
+        total = 0
+        for n in self.buckets:
+            total += n
+            out.append(total)
+        return out
+
+    def toJSON(self) -> Dict[str, Any]:
+        """
+        @return: C{requests}, C{errors}, C{rejects} and C{latency} (see
+            L{latencyJSON}).
+        """
+        return {
+            "requests": self.requests,
+            "errors": dict(self.errors),
+            "rejects": dict(self.rejects),
+            "latency": latencyJSON(self.cumulativeBuckets(), self.latencySum * 1000.0),
+        }
+
+
+def percentile(cumulative: Sequence[int], q: float) -> Optional[float]:
+    """
+    Estimate a percentile from a histogram, interpolating linearly inside
+    the bucket it falls in (as Prometheus' C{histogram_quantile} does).
+
+    @param cumulative: answers at or under each bound of L{BUCKETS_MS}, and
+        the total last.
+    @param q: the quantile, from 0 to 1.
+    @return: the estimate in milliseconds, or L{None} for an empty
+        histogram.  A quantile that falls past the largest bound is
+        estimated as that bound.
+    """
+    total = cumulative[-1] if cumulative else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    previous = 0
+    for i, upTo in enumerate(cumulative):
+        if upTo >= rank and upTo > previous:
+            if i >= len(BUCKETS_MS):
+                return float(BUCKETS_MS[-1])
+            lower = BUCKETS_MS[i - 1] if i > 0 else 0
+            upper = BUCKETS_MS[i]
+            return lower + (upper - lower) * (rank - previous) / (upTo - previous)
+        previous = upTo
+    return float(BUCKETS_MS[-1])
+
+
+def latencyJSON(cumulative: Sequence[int], sumMs: float) -> Dict[str, Any]:
+    """
+    @param cumulative: as L{percentile} takes it.
+    @param sumMs: the sum of the latencies, in milliseconds.
+    @return: C{count}, C{sumMs}, C{p50}, C{p99} (ms, L{None} when empty) and
+        C{buckets}: C{[[le, count], ...]}, cumulative as in Prometheus,
+        C{le} in ms and C{"+Inf"} for the last.
+    """
+    bounds: List[Any] = list(BUCKETS_MS) + [INF]
+    return {
+        "count": cumulative[-1],
+        "sumMs": sumMs,
+        "p50": percentile(cumulative, 0.5),
+        "p99": percentile(cumulative, 0.99),
+        "buckets": [[le, n] for le, n in zip(bounds, cumulative)],
+    }
+
+
+class Stats:
+    """
+    The counters of one proxy.
+
+    @ivar totals: the L{Counters} of every answer recorded.
+    @ivar apis: C{{name: L{Counters}}} per API.
+    @ivar servers: C{{name: L{Counters}}} per server, for answers whose
+        request was last sent to that server (aggregations are counted
+        under their API only; every upstream request, aggregation nodes
+        and retries included, is in the server's C{upstreamRequests}).
+    """
+
+    def __init__(self, clock: Any) -> None:
+        """
+        @param clock: an L{IReactorTime}; latencies are measured with it
+            against L{gateway.pipeline.exchange.RequestContext.startTime}.
+        """
+        self._clock = clock
+        self.totals = Counters()
+        self.apis: Dict[str, Counters] = {}
+        self.servers: Dict[str, Counters] = {}
+        # The configured names, once known: entries are made for these
+        # only.  None until the first prune (anything the proxy hands us
+        # comes from its configuration anyway).
+        self._apiNames: Optional[frozenset] = None
+        self._serverNames: Optional[frozenset] = None
+
+    def record(self, context: Any, code: int, outcome: Optional[str]) -> None:
+        """
+        Count one answer.  Called by the proxy exactly once per answer.
+
+        @param context: the L{gateway.pipeline.exchange.RequestContext}.
+        @param code: the status sent.
+        @param outcome: L{None} for an upstream answer, C{"reject:FILTER"}
+            for a filter's early answer, or an upstream failure's kind.
+        """
+        latency = self._clock.seconds() - context.startTime
+        if latency < 0.0:
+            latency = 0.0
+        bucket = bisect.bisect_left(BUCKETS_SECONDS, latency)
+        name = context.api.name
+        api = self.apis.get(name)
+        if api is None:
+            api = self._newEntry(self.apis, self._apiNames, name)
+        backend = context.backend
+        server = None
+        if backend is not None:
+            name = backend.name
+            server = self.servers.get(name)
+            if server is None:
+                server = self._newEntry(self.servers, self._serverNames, name)
+        if outcome is None and code < 400:
+            # A success, the common case: Counters.add inlined.
+            for counters in (self.totals, api, server):
+                if counters is not None:
+                    counters.requests += 1
+                    counters.buckets[bucket] += 1
+                    counters.latencySum += latency
+            return
+        kind, reason = classify(code, outcome)
+        for counters in (self.totals, api, server):
+            if counters is not None:
+                counters.add(bucket, latency, kind, reason)
+
+    @staticmethod
+    def _newEntry(
+        entries: Dict[str, Counters], allowed: Optional[frozenset], name: str
+    ) -> Optional[Counters]:
+        # A name that is no longer configured (a request that started on an
+        # older snapshot) is not given an entry again.
+        if allowed is not None and name not in allowed:
+            return None
+        counters = entries[name] = Counters()
+        return counters
+
+    # -- configuration ----------------------------------------------------------
+
+    def prune(self, apiNames: Iterable[str], serverNames: Iterable[str]) -> None:
+        """
+        Keep entries for these names only, and make the missing ones (so
+        that a configured API or server shows zeros rather than nothing).
+        The totals are kept.
+        """
+        self._apiNames = frozenset(apiNames)
+        self._serverNames = frozenset(serverNames)
+        for entries, names in ((self.apis, self._apiNames), (self.servers, self._serverNames)):
+            for name in list(entries):
+                if name not in names:
+                    del entries[name]
+            for name in names:
+                if name not in entries:
+                    entries[name] = Counters()
+
+    def snapshotChanged(self, snapshot: Any) -> None:
+        """
+        Prune to a new snapshot's APIs and servers: a
+        L{gateway.routing.snapshot.SnapshotManager} listener.
+        """
+        self.prune(snapshot.apis, snapshot.backends)
+
+    def follow(self, manager: Any) -> None:
+        """
+        Prune now and after every snapshot swap of C{manager}.
+
+        @param manager: a L{gateway.routing.snapshot.SnapshotManager}.
+        """
+        if manager.snapshot is not None:
+            self.snapshotChanged(manager.snapshot)
+        manager.addListener(self.snapshotChanged)
+
+    # -- reading ----------------------------------------------------------------
+
+    def snapshot(self, manager: Any = None, health: Any = None) -> Dict[str, Any]:
+        """
+        @param manager: the L{gateway.routing.snapshot.SnapshotManager}, for the live
+            state of servers (and the API breakers), or L{None}.
+        @param health: the L{gateway.balancing.health.HealthChecker}, or L{None}.
+        @return: the statistics as JSON: C{totals} C{{"requests", "errors",
+            "rejects"}} (numbers, and the C{"latency"} of every answer),
+            C{apis} C{{name: {"requests", "errors", "rejects", "latency",
+            "breaker"?}}}, C{servers} C{{name:
+            {"requests", "errors", "rejects", "latency", and with a manager
+            "addr", "active", "latencyEWMA" (seconds, as the backend keeps
+            it), "healthy", "ejected", "upstreamRequests",
+            "upstreamFailures", "health", "breaker"}}},
+            C{revision} (of the snapshot, or L{None}) and C{at} (clock
+            seconds).  See L{latencyJSON} for C{latency}.
+        """
+        now = self._clock.seconds()
+        totals = self.totals
+        apis: Dict[str, Any] = {}
+        current = manager.snapshot if manager is not None else None
+        for name in sorted(self.apis):
+            entry = self.apis[name].toJSON()
+            compiled = current.apis.get(name) if current is not None else None
+            if compiled is not None:
+                breaker = apiBreaker(compiled)
+                if breaker is not None:
+                    entry["breaker"] = breaker.snapshot()
+            apis[name] = entry
+        backends: Mapping[str, Any] = manager.backends if manager is not None else {}
+        servers: Dict[str, Any] = {}
+        for name in sorted(set(self.servers) | set(backends)):
+            counters = self.servers.get(name)
+            entry = (counters or Counters()).toJSON()
+            backend = backends.get(name)
+            if backend is not None:
+                entry.update(backendJSON(backend, now, health))
+            servers[name] = entry
+        return {
+            "totals": {
+                "requests": totals.requests,
+                "errors": sum(totals.errors.values()),
+                "rejects": sum(totals.rejects.values()),
+                "latency": latencyJSON(totals.cumulativeBuckets(), totals.latencySum * 1000.0),
+            },
+            "apis": apis,
+            "servers": servers,
+            "revision": current.revision if current is not None else None,
+            "at": now,
+        }
+
+
+def apiBreaker(compiled: Any) -> Any:
+    """
+    @return: the L{gateway.protection.breaker.CircuitBreaker} of a compiled API's own
+        C{circuitBreaker}, or L{None}.
+    """
+    for f in compiled.filters:
+        if getattr(f, "name", None) == "circuit-breaker" and hasattr(f, "breaker"):
+            return f.breaker
+    return None
+
+
+def backendJSON(backend: Any, now: float, health: Any = None) -> Dict[str, Any]:
+    """
+    @return: the live state of a L{gateway.balancing.backend.Backend} for the stats.
+    """
+    breaker = backend.breaker
+    return {
+        "addr": f"{backend.host}:{backend.port}",
+        "active": backend.active,
+        "latencyEWMA": backend.ewma,
+        "healthy": backend.healthy,
+        "ejected": bool(backend.ejectedUntil and now < backend.ejectedUntil),
+        "upstreamRequests": backend.requests,
+        "upstreamFailures": backend.failures,
+        "health": health.status(backend.name) if health is not None else None,
+        "breaker": breaker.snapshot() if breaker is not None else None,
+    }
+
+
+def _addCounts(into: Dict[str, Any], entry: Mapping[str, Any]) -> None:
+    into["requests"] = into.get("requests", 0) + entry.get("requests", 0)
+    for key in ("errors", "rejects"):
+        mine = into.setdefault(key, {})
+        for k, v in (entry.get(key) or {}).items():
+            mine[k] = mine.get(k, 0) + v
+    _addLatency(into.setdefault("latency", {}), entry.get("latency"))
+
+
+def _addLatency(into: Dict[str, Any], latency: Optional[Mapping[str, Any]]) -> None:
+    if not latency:
+        return
+    into["sumMs"] = into.get("sumMs", 0.0) + latency.get("sumMs", 0.0)
+    counts = [n for _, n in latency.get("buckets", ())]
+    mine = into.get("cumulative")
+    if mine is None:
+        into["cumulative"] = counts
+    elif len(counts) == len(mine):
+        into["cumulative"] = [a + b for a, b in zip(mine, counts)]
+
+
+def _finishLatency(entry: Dict[str, Any]) -> None:
+    latency = entry.pop("latency", None)
+    cumulative = latency.get("cumulative") if latency else None
+    if not cumulative:
+        cumulative = [0] * (len(BUCKETS_MS) + 1)
+    entry["latency"] = latencyJSON(cumulative, latency.get("sumMs", 0.0) if latency else 0.0)
+
+
+def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """
+    Sum the L{Stats.snapshot}s of several proxies.
+
+    Counters and histograms are added up and the percentiles computed again
+    from the summed buckets.  Of the live server state: C{active},
+    C{upstreamRequests} and C{upstreamFailures} are summed, C{latencyEWMA}
+    is the mean of the proxies', C{healthy} is whether every proxy finds
+    the server healthy, C{ejected} whether any ejected it, C{breaker} is
+    C{{"state": ...}} with the worst state any proxy has (open, then
+    half-open), and C{health} is dropped (L{None}): each proxy's own is in
+    its snapshot.
+
+    @return: a snapshot of the same shape; C{at} is the latest of theirs,
+        C{revision} the highest.
+    """
+    totals: Dict[str, Any] = {"requests": 0, "errors": 0, "rejects": 0}
+    totalLatency: Dict[str, Any] = {}
+    apis: Dict[str, Dict[str, Any]] = {}
+    servers: Dict[str, Dict[str, Any]] = {}
+    ewmas: Dict[str, List[float]] = {}
+    at = None
+    revision = None
+    for snap in snapshots:
+        for key in totals:
+            totals[key] += (snap.get("totals") or {}).get(key, 0)
+        _addLatency(totalLatency, (snap.get("totals") or {}).get("latency"))
+        if snap.get("at") is not None:
+            at = snap["at"] if at is None else max(at, snap["at"])
+        if snap.get("revision") is not None:
+            revision = snap["revision"] if revision is None else max(revision, snap["revision"])
+        for name, entry in (snap.get("apis") or {}).items():
+            merged = apis.setdefault(name, {})
+            _addCounts(merged, entry)
+            breaker = entry.get("breaker")
+            if breaker is not None:
+                merged["breaker"] = _worseBreaker(merged.get("breaker"), breaker)
+        for name, entry in (snap.get("servers") or {}).items():
+            merged = servers.setdefault(name, {})
+            _addCounts(merged, entry)
+            if "addr" not in entry:
+                continue
+            merged.setdefault("addr", entry["addr"])
+            for key in ("active", "upstreamRequests", "upstreamFailures"):
+                merged[key] = merged.get(key, 0) + entry.get(key, 0)
+            ewmas.setdefault(name, []).append(entry.get("latencyEWMA", 0.0))
+            merged["healthy"] = merged.get("healthy", True) and bool(entry.get("healthy"))
+            merged["ejected"] = merged.get("ejected", False) or bool(entry.get("ejected"))
+            merged["health"] = None
+            merged["breaker"] = _worseBreaker(merged.get("breaker"), entry.get("breaker"))
+    for entries in (apis, servers):
+        for entry in entries.values():
+            _finishLatency(entry)
+    totals["latency"] = totalLatency
+    _finishLatency(totals)
+    for name, values in ewmas.items():
+        servers[name]["latencyEWMA"] = sum(values) / len(values)
+    return {
+        "totals": totals,
+        "apis": {name: apis[name] for name in sorted(apis)},
+        "servers": {name: servers[name] for name in sorted(servers)},
+        "revision": revision,
+        "at": at,
+    }
+
+
+def _worseBreaker(
+    current: Optional[Mapping[str, Any]], other: Optional[Mapping[str, Any]]
+) -> Optional[Dict[str, Any]]:
+    if other is None:
+        return dict(current) if current is not None else None
+    state = other.get("state", "closed")
+    if current is None or _BREAKER_SEVERITY.get(state, 0) > _BREAKER_SEVERITY.get(
+        current.get("state", "closed"), 0
+    ):
+        return {"state": state}
+    return dict(current)
+
+
+class _SnapshotCounters:
+    """
+    The counters of one API or server read back from a snapshot's JSON.
+    """
+
+    def __init__(self, entry: Dict[str, Any]) -> None:
+        self.requests = entry.get("requests", 0)
+        self.errors: Dict[str, int] = defaultdict(int, entry.get("errors") or {})
+        self.rejects: Dict[str, int] = defaultdict(int, entry.get("rejects") or {})
+        latency = entry.get("latency") or {}
+        self._buckets = [count for _, count in latency.get("buckets") or []]
+        self.latencySum = (latency.get("sumMs") or 0.0) / 1000.0
+
+    def cumulativeBuckets(self) -> List[int]:
+        return self._buckets or [0] * len(BUCKETS_MS) + [0]
+
+
+class SnapshotStats:
+    """
+    A read-only L{Stats} look-alike over snapshots made elsewhere (the
+    proxy workers'), so that the metrics collector serves their sum.
+
+    @param source: a callable giving a (merged) snapshot.
+    """
+
+    def __init__(self, source: Callable[[], Dict[str, Any]], clock: Any) -> None:
+        self._source = source
+        self._clock = clock
+
+    @property
+    def apis(self) -> Dict[str, _SnapshotCounters]:
+        return {n: _SnapshotCounters(e) for n, e in self._source().get("apis", {}).items()}
+
+    @property
+    def servers(self) -> Dict[str, _SnapshotCounters]:
+        return {n: _SnapshotCounters(e) for n, e in self._source().get("servers", {}).items()}
