@@ -745,7 +745,10 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         "--reactor",
         choices=("gateway", "epoll"),
         default="gateway",
-        help="the child's reactor: gateway.http.reactor's (as twistd gateway runs), or Twisted's epoll",
+        help=(
+            "the child's reactor: gateway.http.reactor's (as twistd gateway runs), "
+            "or Twisted's epoll"
+        ),
     )
     parser.add_argument(
         "--tree", help="serve the gateway from this copy of the source tree (A/B comparisons)"

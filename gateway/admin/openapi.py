@@ -3,8 +3,8 @@ The OpenAPI 3.0 document of the admin API, served at
 C{GET /api/v1/openapi.json}.
 
 The resource schemas are not written here: they are generated from the
-model (L{gateway.model.schema.jsonSchema} of L{gateway.model.resources.Server},
-L{gateway.model.resources.Cluster}, L{gateway.model.resources.API}, L{gateway.model.resources.Routing}),
+model (L{gateway.model.schema.jsonSchema} of the classes of
+L{gateway.model.resources}: C{Server}, C{Cluster}, C{API}, C{Routing}),
 the same field specs that parse and validate the admin's input, so the
 document cannot drift from what the API accepts.  What this module adds is
 the shape of the API around them (see L{gateway.admin.api}): the routes,
