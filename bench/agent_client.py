@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from gateway.http.connect import CachedEndpointFactory
 from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
-from gateway.interfaces import IUpstreamClient
+from gateway.interfaces import IUpstreamClient, IUpstreamRequest
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -90,7 +90,24 @@ class AgentUpstreamClient:
             prefix = self._prefixes[key] = f"http://{host}:{backend.port}".encode("ascii")
         return prefix
 
-    def request(
+    def send(
+        self,
+        backend: Any,
+        method: bytes,
+        uri: bytes,
+        headers: Any,
+        bodyProducer: Optional[Any],
+        timeout: Optional[float],
+        onResponse: Any,
+        onFailure: Any,
+        *args: Any,
+    ) -> Any:
+        d = self._request(backend, method, uri, headers, bodyProducer, timeout)
+        sent = _Sent(d)
+        d.addCallbacks(sent.succeeded, sent.failed, (onResponse, args), None, (onFailure, args))
+        return sent
+
+    def _request(
         self,
         backend: Any,
         method: bytes,
@@ -124,6 +141,24 @@ class AgentUpstreamClient:
 
     def close(self) -> defer.Deferred:
         return self._pool.closeCachedConnections()
+
+
+@implementer(IUpstreamRequest)
+class _Sent:
+    def __init__(self, d: defer.Deferred) -> None:
+        self._d = d
+        self.finished = False
+
+    def cancel(self) -> None:
+        self._d.cancel()
+
+    def succeeded(self, response: Any, onResponse: Any, args: Any) -> None:
+        self.finished = True
+        onResponse(response, *args)
+
+    def failed(self, failure: Failure, onFailure: Any, args: Any) -> None:
+        self.finished = True
+        onFailure(failure, *args)
 
 
 def _restoreContentLength(response: Any) -> Any:

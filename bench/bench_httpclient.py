@@ -70,14 +70,16 @@ async def run(reactor: Any, client: Any, backend: Backend, n: int) -> Tuple[floa
     from twisted.web.client import readBody
     from twisted.web.http_headers import Headers
 
+    from gateway.http.client import request
+
     headers = Headers({b"accept": [b"application/json"], b"x-forwarded-for": [b"127.0.0.1"]})
     # Warm up: connect, fill caches.
     for _ in range(200):
-        response = await client.request(backend, b"GET", b"/bench?x=1", headers, None, 10.0)
+        response = await request(client, backend, b"GET", b"/bench?x=1", headers, None, 10.0)
         await readBody(response)
     start = cpu()
     for _ in range(n):
-        response = await client.request(backend, b"GET", b"/bench?x=1", headers, None, 10.0)
+        response = await request(client, backend, b"GET", b"/bench?x=1", headers, None, 10.0)
         body = await readBody(response)
         assert len(body) == 96
     end = cpu()
@@ -160,12 +162,12 @@ def inProcess(name: str, n: int) -> float:
     StringTransport connection, the same canned 96-byte answer fed
     straight to the client's protocol; no sockets, no event loop.
     """
+    from agent_client import AgentUpstreamClient
     from twisted.internet.protocol import Protocol
     from twisted.internet.testing import MemoryReactorClock, StringTransport
     from twisted.web.http_headers import Headers
 
-    from bench.agent_client import AgentUpstreamClient
-    from gateway.http.client import HTTP11UpstreamClient
+    from gateway.http.client import HTTP11UpstreamClient, request
 
     memory = MemoryReactorClock()
     if name == "lean":
@@ -187,7 +189,7 @@ def inProcess(name: str, n: int) -> float:
     got: List[Any] = []
 
     def one() -> None:
-        d = client.request(backend, b"GET", b"/bench?x=1", headers, None, 10.0)
+        d = request(client, backend, b"GET", b"/bench?x=1", headers, None, 10.0)
         if len(memory.tcpClients) > len(protocols):
             protocol = memory.tcpClients[-1][2].buildProtocol(None)
             protocol.makeConnection(transport)
@@ -230,9 +232,9 @@ def main(argv: List[str]) -> None:
 
     import warnings
 
+    from agent_client import AgentUpstreamClient
     from twisted.internet import defer, reactor, task
 
-    from bench.agent_client import AgentUpstreamClient
     from gateway.http.client import HTTP11UpstreamClient
 
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -572,7 +572,7 @@ _UPSTREAM_ANSWER = (
 
 class _MemoryEndpoints:
     """
-    Stands in for L{gateway.model.endpoints.CachedEndpointFactory}: every
+    Stands in for L{gateway.http.connect.CachedEndpointFactory}: every
     endpoint connects at once to a L{StringTransport}, and the protocols
     connected so are kept for the driver to answer on.
     """

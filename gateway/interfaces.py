@@ -33,7 +33,7 @@ class IFilter(Interface):
         """
         Inspect or change a request before it is dispatched.
 
-        @param context: the request's L{gateway.pipeline.exchange.RequestContext}.
+        @param context: the request's L{gateway.pipeline.exchange.Exchange}.
         @return: L{None} to let the request go on, or a
             L{gateway.pipeline.exchange.EarlyResponse} to answer the client at once
             without touching any upstream (the filters already run see it in
@@ -44,7 +44,7 @@ class IFilter(Interface):
         """
         See the response on its way back to the client.
 
-        @param context: the request's L{gateway.pipeline.exchange.RequestContext}.
+        @param context: the request's L{gateway.pipeline.exchange.Exchange}.
         @param response: the L{gateway.pipeline.exchange.ResponseInfo} about to be sent;
             a filter may change its C{code} and C{headers}.  Its body is not
             buffered on plain proxying.
@@ -56,7 +56,7 @@ class IFilter(Interface):
         """
         Be told that the request failed upstream (refused, timed out, reset).
 
-        @param context: the request's L{gateway.pipeline.exchange.RequestContext}.
+        @param context: the request's L{gateway.pipeline.exchange.Exchange}.
         @param failure: the L{twisted.python.failure.Failure}.
         @return: L{None}.
         """
@@ -110,33 +110,60 @@ class ILoadBalancer(Interface):
         """
 
 
+class IUpstreamRequest(Interface):
+    """
+    A request an L{IUpstreamClient} is sending.
+    """
+
+    finished = Attribute(
+        "Whether the request is over: its C{onResponse} or C{onFailure} was called."
+    )
+
+    def cancel():
+        """
+        Abandon the request: C{onFailure} then gets a
+        L{twisted.internet.defer.CancelledError}, unless it is over already.
+        """
+
+
 class IUpstreamClient(Interface):
     """
     Sends one request to one backend and streams the answer back.
 
-    This is the gateway's own seam around its HTTP client so that the client
-    can be replaced (Twisted's C{Agent} costs ~500 microseconds of CPU per
-    request on CPython) without touching the proxy.
+    This is the gateway's seam around its HTTP client, so that the client
+    can be replaced without touching the pipeline.  The pipeline's hot path
+    calls back without a L{twisted.internet.defer.Deferred} (one per request
+    is a cost of its own); L{gateway.http.client.request} gives a Deferred
+    on top of any client for code that prefers one.
     """
 
-    def request(backend, method, uri, headers, bodyProducer=None, timeout=None):
+    def send(backend, method, uri, headers, bodyProducer, timeout, onResponse, onFailure, *args):
         """
         Send a request to a backend over a pooled keep-alive connection.
 
-        @param backend: the L{gateway.balancing.backend.Backend} to talk to.
+        Exactly one of C{onResponse(response, *args)} or
+        C{onFailure(failure, *args)} is called, once.  It may be called
+        before C{send} returns when the request fails at once (an invalid
+        target, no connection to be had): the request returned is then
+        C{finished} already.
+
+        @param backend: the L{gateway.balancing.backend.Backend} to talk to
+            (its C{host} and C{port}).
         @param method: the method, e.g. C{b"GET"}.
-        @type method: L{bytes}
         @param uri: the request target (path and query), e.g. C{b"/a?b=c"}.
-        @type uri: L{bytes}
-        @param headers: the headers to send, hop-by-hop ones already removed.
-        @type headers: L{twisted.web.http_headers.Headers}
+        @param headers: the L{twisted.web.http_headers.Headers} to send,
+            hop-by-hop ones already removed.
         @param bodyProducer: an L{twisted.web.iweb.IBodyProducer} or L{None}.
-        @param timeout: seconds to wait for the response headers, or L{None}.
-        @return: a Deferred that fires with an L{twisted.web.iweb.IResponse}
+        @param timeout: seconds to wait for the response head, or L{None}.
+        @param onResponse: called with an L{twisted.web.iweb.IResponse}
             whose C{headers} still hold C{Content-Length} when the upstream
-            sent one.  It fails with L{gateway.http.errors.UpstreamTimeout} on
-            timeout and L{gateway.http.errors.UpstreamConnectError} when no
-            connection could be made; cancelling it aborts the request.
+            sent one.
+        @param onFailure: called with a L{twisted.python.failure.Failure}:
+            L{gateway.http.errors.UpstreamTimeout} on timeout,
+            L{gateway.http.errors.UpstreamConnectError} when no connection
+            could be made, L{gateway.http.errors.UpstreamBroken} for a broken
+            exchange, L{ValueError} for an invalid C{uri}.
+        @return: the L{IUpstreamRequest} in flight.
         """
 
     def close():
@@ -144,29 +171,6 @@ class IUpstreamClient(Interface):
         Close every pooled connection.
 
         @return: a Deferred that fires when they are closed.
-        """
-
-
-class ICallbackUpstreamClient(IUpstreamClient):
-    """
-    An L{IUpstreamClient} that can also call back without a L{Deferred}:
-    the proxy's path, where a Deferred per request (made, called back,
-    its callbacks run) is a cost of its own.
-    """
-
-    def send(backend, method, uri, headers, bodyProducer, timeout, onResponse, onFailure, *args):
-        """
-        Like L{IUpstreamClient.request}, but what the Deferred would fire
-        with is given to C{onResponse(response, *args)} or
-        C{onFailure(failure, *args)} instead, once: not before this returns,
-        unless connecting failed at once (the request returned is then
-        C{finished} already).
-
-        @return: the request in flight: its C{cancel()} abandons it (then
-            C{onFailure} gets a L{twisted.internet.defer.CancelledError}
-            unless it is over already) and its C{finished} says whether it
-            is over.
-        @raise ValueError: when C{uri} is not a valid request target.
         """
 
 

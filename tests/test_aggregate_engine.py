@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
+from fakes import ScriptedUpstreamClient
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
@@ -81,7 +82,7 @@ class HeldAnswer(Answer):
         protocol.dataReceived(self._body[:1])
 
 
-class Client:
+class Client(ScriptedUpstreamClient):
     """
     An upstream client whose calls wait for the test, or fail at once for
     the servers in C{refuse}.
@@ -92,7 +93,7 @@ class Client:
         self.refuse: set = set()
         self.cancelled: List[bytes] = []
 
-    def request(self, backend, method, uri, headers, bodyProducer=None, timeout=None):
+    def respond(self, backend, method, uri, headers, bodyProducer, timeout):
         if backend.name in self.refuse:
             return fail(UpstreamConnectError("refused"))
         d: Deferred = Deferred(lambda d: self.cancelled.append(uri))

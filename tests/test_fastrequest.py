@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
+from fakes import ScriptedUpstreamClient
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
@@ -454,12 +455,12 @@ class SlowResponse:
         protocol.makeConnection(BodyTransport(self))
 
 
-class SlowClient:
+class SlowClient(ScriptedUpstreamClient):
     def __init__(self, length: Any) -> None:
         self.length = length
         self.responses: List[SlowResponse] = []
 
-    def request(self, backend, method, uri, headers, bodyProducer=None, timeout=None):
+    def respond(self, backend, method, uri, headers, bodyProducer, timeout):
         from twisted.internet.defer import succeed
 
         response = SlowResponse(self.length)

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import attrs
 import pytest_twisted
+from fakes import ScriptedUpstreamClient
 from twisted.internet import defer, reactor, task
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
@@ -100,8 +101,7 @@ class Call:
         self.deferred.errback(error)
 
 
-@implementer(IUpstreamClient)
-class ScriptedClient:
+class ScriptedClient(ScriptedUpstreamClient):
     """
     An L{IUpstreamClient} that records requests and leaves their answers to
     the test.  (A test double for exact timing only: the real client is
@@ -111,7 +111,7 @@ class ScriptedClient:
     def __init__(self) -> None:
         self.calls: List[Call] = []
 
-    def request(
+    def respond(
         self,
         backend: Any,
         method: bytes,

@@ -13,6 +13,7 @@ import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import attrs
+from fakes import ScriptedUpstreamClient
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
@@ -1139,7 +1140,7 @@ class NullProducer:
         pass
 
 
-class FakeClient:
+class FakeClient(ScriptedUpstreamClient):
     """
     An upstream client that records what it is asked to send and answers
     200 at once.
@@ -1148,7 +1149,7 @@ class FakeClient:
     def __init__(self) -> None:
         self.sent: List[Tuple[str, bytes, bytes]] = []
 
-    def request(self, backend, method, uri, headers, bodyProducer=None, timeout=None):
+    def respond(self, backend, method, uri, headers, bodyProducer, timeout):
         self.sent.append((backend.name, method, uri))
         response = FakeResponse(headers=Headers({b"content-length": [b"8"]}))
         return succeed(response)

@@ -38,10 +38,11 @@ from gateway.http.client import (
     UpstreamAgent,
     parseContentLength,
     parseHead,
+    request,
     splitHead,
 )
 from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
-from gateway.interfaces import ICallbackUpstreamClient, IUpstreamClient
+from gateway.interfaces import IUpstreamClient, IUpstreamRequest
 
 # -- helpers ----------------------------------------------------------------------
 
@@ -152,8 +153,14 @@ class ClientTestCase(SynchronousTestCase):
         body: Any = None,
         timeout: Optional[float] = None,
     ) -> defer.Deferred:
-        return self.client.request(
-            self.backend, method, uri, headers if headers is not None else Headers(), body, timeout
+        return request(
+            self.client,
+            self.backend,
+            method,
+            uri,
+            headers if headers is not None else Headers(),
+            body,
+            timeout,
         )
 
     def connect(self) -> Upstream:
@@ -1831,11 +1838,12 @@ class InterfaceTests(ClientTestCase):
 
     def test_client(self) -> None:
         """
-        L{HTTP11UpstreamClient} provides L{IUpstreamClient}, and
-        L{ICallbackUpstreamClient} too.
+        L{HTTP11UpstreamClient} provides L{IUpstreamClient}, and what its
+        C{send} returns provides L{IUpstreamRequest}.
         """
         self.assertTrue(verifyObject(IUpstreamClient, self.client))
-        self.assertTrue(verifyObject(ICallbackUpstreamClient, self.client))
+        sent, _ = self.send()
+        self.assertTrue(verifyObject(IUpstreamRequest, sent))
 
     def send(self, timeout: Optional[float] = None, uri: bytes = b"/") -> Any:
         """
@@ -1878,8 +1886,8 @@ class InterfaceTests(ClientTestCase):
     def test_sendFails(self) -> None:
         """
         C{send} calls back with a failure when the request times out, is
-        cancelled, or its connection breaks; an invalid target raises at
-        once.
+        cancelled, or its connection breaks; for an invalid target, at once
+        (the request it returns is finished already).
         """
         sent, outcomes = self.send()
         self.connect().lose()
@@ -1898,8 +1906,10 @@ class InterfaceTests(ClientTestCase):
         [(kind, failure, _, _)] = outcomes
         failure.trap(CancelledError)
 
-        with self.assertRaises(ValueError):
-            self.send(uri=b"/a b")
+        sent, outcomes = self.send(uri=b"/a b")
+        [(kind, failure, _, _)] = outcomes
+        failure.trap(ValueError)
+        self.assertTrue(sent.finished)
 
     def test_response(self) -> None:
         """
@@ -2047,9 +2057,9 @@ def live() -> Any:
     yield env
 
     async def stop() -> None:
-        for request in env.echo.hanging:  # type: ignore[attr-defined]
-            if not request._disconnected and not request.finished:
-                request.finish()
+        for hanging in env.echo.hanging:  # type: ignore[attr-defined]
+            if not hanging._disconnected and not hanging.finished:
+                hanging.finish()
         await env.client.close()  # type: ignore[attr-defined]
         for port in env.ports:  # type: ignore[attr-defined]
             await port.stopListening()
@@ -2077,7 +2087,7 @@ async def test_live_bodies(live: Any, size: int) -> None:
     """
     data = _pattern(size)
     digest = hashlib.sha256(data).hexdigest()
-    response = await live.client.request(live.backend, b"GET", b"/bytes/%d" % size, Headers())
+    response = await request(live.client, live.backend, b"GET", b"/bytes/%d" % size, Headers())
     body = await readAll(response)
     assert (response.length, len(body), hashlib.sha256(body).hexdigest()) == (size, size, digest)
 
@@ -2087,8 +2097,8 @@ async def test_live_bodies(live: Any, size: int) -> None:
         ChunkedProducer(data),
     ]
     for producer in producers:
-        response = await live.client.request(
-            live.backend, b"POST", b"/echo", Headers(), producer, 10
+        response = await request(
+            live.client, live.backend, b"POST", b"/echo", Headers(), producer, 10
         )
         echoed = json.loads(await readAll(response))
         assert (echoed["length"], echoed["sha256"]) == (size, digest)
@@ -2138,7 +2148,7 @@ async def test_live_chunked(live: Any) -> None:
     """
     A chunked response streamed over time is de-chunked.
     """
-    response = await live.client.request(live.backend, b"GET", b"/chunked", Headers())
+    response = await request(live.client, live.backend, b"GET", b"/chunked", Headers())
     assert response.length is UNKNOWN_LENGTH
     assert response.headers.getRawHeaders(b"transfer-encoding") == [b"chunked"]
     assert await readAll(response) == b"".join(b"chunk-%d;" % i for i in range(20))
@@ -2150,7 +2160,7 @@ async def test_live_timeout(live: Any) -> None:
     A backend that never answers times out with L{UpstreamTimeout}.
     """
     with pytest.raises(UpstreamTimeout):
-        await live.client.request(live.backend, b"GET", b"/hang", Headers(), None, 0.2)
+        await request(live.client, live.backend, b"GET", b"/hang", Headers(), None, 0.2)
 
 
 @pytest_twisted.ensureDeferred
@@ -2162,7 +2172,7 @@ async def test_live_refused(live: Any) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(UpstreamConnectError):
-        await live.client.request(FakeBackend("127.0.0.1", port), b"GET", b"/", Headers())
+        await request(live.client, FakeBackend("127.0.0.1", port), b"GET", b"/", Headers())
 
 
 @pytest.mark.parametrize("closeAfter", [True, False])
@@ -2180,7 +2190,7 @@ async def test_live_serverClosesKeepAlive(live: Any, closeAfter: bool) -> None:
     live.ports.append(port)
     backend = FakeBackend("127.0.0.1", port.getHost().port)
     for _ in range(10):
-        response = await live.client.request(backend, b"GET", b"/", Headers(), None, 5)
+        response = await request(live.client, backend, b"GET", b"/", Headers(), None, 5)
         assert await readAll(response) == b"ok"
         if closeAfter:
             await task.deferLater(reactor, 0.01, lambda: None)
@@ -2221,7 +2231,7 @@ async def test_live_download_backpressure(live: Any) -> None:
         def connectionLost(self, reason: Failure) -> None:
             done.callback([reason])
 
-    response = await live.client.request(live.backend, b"GET", b"/bytes/%d" % size, Headers())
+    response = await request(live.client, live.backend, b"GET", b"/bytes/%d" % size, Headers())
     slow = Slow()
     response.deliverBody(slow)
     (reason,) = await done

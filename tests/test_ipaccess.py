@@ -20,16 +20,16 @@ from zope.interface.verify import verifyObject
 from gateway.filters.ipaccess import IPAccessFilter, makeIPAccessFilter
 from gateway.interfaces import IFilter
 from gateway.model.resources import IPAccess, parseResource
-from gateway.pipeline.exchange import EarlyResponse, RequestContext
+from gateway.pipeline.exchange import EarlyResponse, Exchange
 from gateway.protection.ipaccess import AddressRanges, parseAddress, parseNetwork
 
 
-def makeContext(clientIP: str) -> RequestContext:
+def makeContext(clientIP: str) -> Exchange:
     """
     @return: the context of a real L{server.Request} from C{clientIP}.
     """
     api = parseResource("apis", {"name": "a", "urlPattern": "/a", "nodes": [{"cluster": "c"}]})
-    return RequestContext(
+    return Exchange(
         server.Request(DummyChannel(), False),
         snapshot=None,
         api=api,

@@ -435,7 +435,7 @@ async def test_trusted_proxy_client_address(harness):
 #: The gateway's objects made for each proxied request.
 PER_REQUEST = {
     "GatewayRequest",
-    "RequestContext",
+    "Exchange",
     "_Request",
     "_Response",
     "_BodyProducer",

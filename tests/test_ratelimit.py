@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import server
@@ -26,10 +26,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyChannel
 from zope.interface.verify import verifyObject
 
-from gateway.filters.ratelimit import ATTRIBUTE, CANCEL, RateLimitFilter, makeRateLimitFilter
+from gateway.filters.ratelimit import RateLimitFilter, makeRateLimitFilter
 from gateway.interfaces import IFilter
 from gateway.model.resources import API, parseResource
-from gateway.pipeline.exchange import EarlyResponse, RequestContext, ResponseInfo
+from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
 from gateway.protection import ratelimit
 from gateway.protection.ratelimit import KeyedBuckets, TokenBucket
 
@@ -45,13 +45,13 @@ def makeAPI(**fields: Any) -> API:
 
 def makeContext(
     clientIP: str = "1.2.3.4", headers: Optional[Dict[bytes, List[bytes]]] = None
-) -> RequestContext:
+) -> Exchange:
     """
     @return: the context of a real L{server.Request} from C{clientIP}.
     """
     request = server.Request(DummyChannel(), False)
     request.requestHeaders = Headers(headers or {})
-    return RequestContext(
+    return Exchange(
         request,
         snapshot=None,
         api=makeAPI(),
@@ -78,7 +78,7 @@ def rejection(retryAfter: int, limit: int, reset: int) -> EarlyResponse:
     )
 
 
-def responseHeaders(filter: RateLimitFilter, context: RequestContext) -> Dict[bytes, List[bytes]]:
+def responseHeaders(filter: RateLimitFilter, context: Exchange) -> Dict[bytes, List[bytes]]:
     """
     @return: the RateLimit-* headers C{after} puts on a 200 response.
     """
@@ -492,7 +492,7 @@ class RateLimitFilterTests(SynchronousTestCase):
         f = self.makeFilter(rateLimit={"rate": 0.5, "burst": 3})
         first = makeContext()
         self.assertIsNone(f.before(first))
-        self.assertEqual(first.attributes[ATTRIBUTE], (3, 2, 2))
+        self.assertEqual(first.attributes[f], (3, 2, 2))
         self.assertEqual(
             responseHeaders(f, first),
             {
@@ -588,12 +588,12 @@ class RateLimitFilterTests(SynchronousTestCase):
         f = self.makeFilter(maxQPS=10, rateLimit={"rate": 1, "burst": 3, "key": "ip"})
         context = makeContext()
         self.assertIsNone(f.before(context))
-        self.assertEqual(context.attributes[ATTRIBUTE], (3, 2, 1))
+        self.assertEqual(context.attributes[f], (3, 2, 1))
         for i in range(8):
             self.assertIsNone(f.before(makeContext(f"10.0.0.{i}")))
         context = makeContext("10.1.0.0")
         self.assertIsNone(f.before(context))
-        self.assertEqual(context.attributes[ATTRIBUTE], (10, 0, 1))
+        self.assertEqual(context.attributes[f], (10, 0, 1))
 
 
 class QueueingTests(SynchronousTestCase):
@@ -635,12 +635,11 @@ class QueueingTests(SynchronousTestCase):
         self.assertEqual(fired, [])
         self.clock.advance(0.5)
         self.assertEqual(fired, [(2, None, 1.0)])
-        self.assertEqual(second.attributes[ATTRIBUTE], (1, 0, 1))
+        self.assertEqual(second.attributes[f], (1, 0, 1))
         self.clock.advance(1)
         self.assertEqual(fired, [(2, None, 1.0), (3, None, 2.0)])
         self.assertEqual(f.queued(), 0)
         self.assertEqual(f._queues, {})
-        self.assertNotIn(CANCEL, second.attributes)
         # The queue kept the limit: the bucket is empty now.
         d = f.before(makeContext())
         self.assertIsInstance(d, Deferred)
@@ -706,22 +705,19 @@ class QueueingTests(SynchronousTestCase):
 
     def test_cancelledWaiter(self) -> None:
         """
-        A waiting request whose client goes away (the proxy calls
-        C{attributes["gateway.cancel"]}) leaves the queue without a token,
-        the one behind it moves up, and an earlier canceller is still
-        called.
+        A waiting request whose client goes away (the pipeline cancels the
+        Deferred it waits on) leaves the queue without a token, its
+        Deferred fails with L{CancelledError}, and the one behind it moves
+        up.
         """
         f = self.makeFilter(rate=1, burst=1, maxWait=3)
         f.before(makeContext())
         gone, behind = makeContext(), makeContext()
-        earlier: List[str] = []
-        gone.attributes[CANCEL] = lambda: earlier.append("called")
         dGone = f.before(gone)
         dBehind = f.before(behind)
-        gone.request._disconnected = True
-        gone.attributes.pop(CANCEL)()
-        self.assertEqual(earlier, ["called"])
-        self.assertIsNone(self.successResultOf(dGone))
+        gone.gone = True
+        dGone.cancel()
+        self.failureResultOf(dGone, CancelledError)
         self.assertEqual(f.queued(), 1)
         self.clock.advance(1)
         self.assertIsNone(self.successResultOf(dBehind))
@@ -736,29 +732,30 @@ class QueueingTests(SynchronousTestCase):
         f.before(makeContext())
         context = makeContext()
         d = f.before(context)
-        context.request._disconnected = True
-        context.attributes.pop(CANCEL)()
-        self.assertIsNone(self.successResultOf(d))
+        context.gone = True
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
         self.assertEqual(f._queues, {})
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertTrue(f.before(makeContext()) is not None)
 
     def test_disconnectedWhenDue(self) -> None:
         """
-        A waiter found disconnected when its turn comes is dropped without a
-        token; the next one takes it.
+        A waiter whose client is gone (but whose Deferred was not cancelled)
+        when its turn comes is dropped without a token; the next one takes
+        it.
         """
         f = self.makeFilter(rate=1, burst=1, maxWait=3)
         f.before(makeContext())
         gone, behind = makeContext(), makeContext()
         dGone = f.before(gone)
         dBehind = f.before(behind)
-        gone.request._disconnected = True
+        gone.gone = True
         self.clock.advance(1)
         self.assertIsNone(self.successResultOf(dGone))
-        self.assertNotIn(ATTRIBUTE, gone.attributes)
+        self.assertNotIn(f, gone.attributes)
         self.assertIsNone(self.successResultOf(dBehind))
-        self.assertIn(ATTRIBUTE, behind.attributes)
+        self.assertIn(f, behind.attributes)
 
     def test_sharedLimitDeadline(self) -> None:
         """
@@ -815,15 +812,13 @@ class QueueingTests(SynchronousTestCase):
         admitted: List[Any] = []
         answered: Dict[int, float] = {}
 
-        def leave(context: RequestContext) -> None:
-            context.request._disconnected = True
-            cancel = context.attributes.pop(CANCEL, None)
-            if cancel is not None:
-                cancel()
+        def leave(context: Exchange, d: Deferred) -> None:
+            context.gone = True
+            d.cancel()
 
-        def done(result: Any, i: int, context: RequestContext) -> None:
+        def done(result: Any, i: int, context: Exchange) -> None:
             answered[i] = clock.seconds()
-            if result is None and not context.request._disconnected:
+            if result is None and not context.gone:
                 admitted.append((i, clock.seconds()))
 
         arrivedAt = {}
@@ -833,9 +828,10 @@ class QueueingTests(SynchronousTestCase):
             arrivedAt[i] = clock.seconds()
             result = f.before(context)
             if isinstance(result, Deferred):
-                result.addCallback(done, i, context)
                 if leaveAfter is not None:
-                    clock.callLater(leaveAfter, leave, context)
+                    clock.callLater(leaveAfter, leave, context, result)
+                result.addErrback(lambda f: f.trap(CancelledError))
+                result.addCallback(done, i, context)
             else:
                 done(result, i, context)
         advance(clock, 100)

@@ -48,7 +48,7 @@ class _Backend:
 
 class _Context:
     """
-    The fields of a L{gateway.pipeline.exchange.RequestContext} that stats read.
+    The fields of a L{gateway.pipeline.exchange.Exchange} that stats read.
     """
 
     def __init__(self, api: str, startTime: float, backend: Optional[str] = None) -> None:

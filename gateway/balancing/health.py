@@ -28,6 +28,7 @@ from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.http import PotentialDataLoss as HTTPPotentialDataLoss
 from twisted.web.http_headers import Headers
 
+from gateway.http.client import request as upstreamRequest
 from gateway.http.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from gateway.model.resources import HealthCheck
 
@@ -305,7 +306,8 @@ class HealthChecker(Service):
 
         @return: L{None} when it passed, else why it failed.
         """
-        response = await self._client.request(
+        response = await upstreamRequest(
+            self._client,
             backend,
             b"GET",
             config.path.encode("utf-8"),

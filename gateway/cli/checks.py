@@ -51,6 +51,12 @@ class _LenientRegistry:
             return _UncheckedFilter()
         return self._registry.makeFilter(name, config, reactor, field)
 
+    def apiFilterSpecs(self, api: Any, reactor: Any, random: Any, buckets: Any) -> Any:
+        # The built-in filters are always here.
+        from gateway.filters import FilterRegistry
+
+        return FilterRegistry({}).apiFilterSpecs(api, reactor, random, buckets)
+
 
 _COMPILED_FIELD = re.compile(r"^(" + "|".join(KINDS) + r")/([^:]+):(.*)$")
 

@@ -16,7 +16,7 @@ the filter; the gateway never skips a filter silently.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
@@ -117,3 +117,49 @@ class FilterRegistry:
                 name, config = spec.name, spec.config
             chain.append(self.makeFilter(name, config, reactor, f"{field}[{i}].name"))
         return tuple(chain)
+
+    def apiFilterSpecs(
+        self, api: Any, reactor: Any, random: Any, buckets: Any
+    ) -> List[Tuple[Hashable, Callable[[], Optional[Any]]]]:
+        """
+        The built-in filters an API's own settings ask for, in the order
+        they run, in front of its plugin filters: IP access first (a denied
+        client costs no token), then the API's circuit breaker, then its
+        rate limits.
+
+        @param api: the L{gateway.model.resources.API}.
+        @param reactor: the L{IReactorTime} the filters read time from.
+        @param random: the L{random.Random} a breaker's half-open draws use.
+        @param buckets: what makes the buckets of the rate limits
+            (L{gateway.protection.ratelimit.LOCAL}, or the workers'
+            L{gateway.protection.sharedbuckets.SharedBuckets}).
+        @return: C{(key, make)} pairs: C{make()} makes the filter (or
+            L{None} when the settings ask for none); C{key} changes when the
+            settings do, so a snapshot keeps the filter made for a key, and
+            its state (a breaker, buckets), while the key stays.
+        """
+        from gateway.filters.breaker import makeAPIBreakerFilter
+        from gateway.filters.ipaccess import makeIPAccessFilter
+        from gateway.filters.ratelimit import makeRateLimitFilter
+
+        specs: List[Tuple[Hashable, Callable[[], Optional[Any]]]] = []
+        if api.ipAccess is not None:
+            specs.append(
+                (
+                    ("ip-access", api.name, repr(api.ipAccess)),
+                    lambda: makeIPAccessFilter(api.ipAccess),
+                )
+            )
+        specs.append(
+            (
+                ("circuit-breaker", api.name, repr(api.circuitBreaker)),
+                lambda: makeAPIBreakerFilter(api, reactor, random),
+            )
+        )
+        specs.append(
+            (
+                ("rate-limit", api.name, repr((api.maxQPS, api.rateLimit))),
+                lambda: makeRateLimitFilter(api, reactor, buckets=buckets),
+            )
+        )
+        return specs

@@ -43,9 +43,9 @@ class AccessLogFilter:
             api=context.api.name if context.api is not None else None,
             upstream=backend.name if backend is not None else None,
             ms=(self.reactor.seconds() - context.startTime) * 1000.0,
-            requestId=context.attributes.get("requestId"),
-            error=context.attributes.get("gateway.error"),
+            requestId=context.requestId,
+            error=context.error,
         )
 
     def error(self, context: Any, failure: Any) -> None:
-        context.attributes["gateway.error"] = failure.getErrorMessage()
+        return None

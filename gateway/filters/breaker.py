@@ -17,7 +17,7 @@ from zope.interface import implementer
 from gateway.interfaces import IFilter
 from gateway.model.resources import API
 from gateway.pipeline.exchange import EarlyResponse
-from gateway.protection.breaker import COUNTED, RECORDED, CircuitBreaker
+from gateway.protection.breaker import CircuitBreaker
 
 log = Logger()
 
@@ -57,22 +57,19 @@ class APIBreakerFilter:
                 api=context.api.name,
             )
         breaker.requestStarted()
-        context.attributes[COUNTED] = True
+        # Counted until recorded, once (see after and error).
+        context.attributes[self] = True
         return None
 
     def after(self, context: Any, response: Any) -> None:
-        attributes = context.attributes
-        if attributes.get(COUNTED) and not attributes.get(RECORDED):
-            attributes[RECORDED] = True
+        if context.attributes.pop(self, False):
             self.breaker.record(response.code not in self._failureStatuses)
         return None
 
     def error(self, context: Any, failure: Any) -> None:
-        attributes = context.attributes
-        if attributes.get(COUNTED) and not attributes.get(RECORDED):
-            # The gateway's own error answer passes after() next: this flag
-            # keeps it from counting the request a second time.
-            attributes[RECORDED] = True
+        # (The gateway's own error answer passes after() next: popping the
+        # mark keeps it from counting the request a second time.)
+        if context.attributes.pop(self, False):
             self.breaker.record(False)
         return None
 

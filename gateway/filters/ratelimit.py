@@ -19,14 +19,6 @@ from gateway.interfaces import IFilter
 from gateway.pipeline.exchange import EarlyResponse
 from gateway.protection.ratelimit import LOCAL, MAX_KEYS, TokenBucket
 
-#: Where the filter leaves C{(limit, remaining, reset)} for its C{after} hook.
-ATTRIBUTE = "gateway.ratelimit"
-
-
-#: The proxy calls C{context.attributes[CANCEL]()} when the client goes away.
-CANCEL = "gateway.cancel"
-
-
 _LIMIT = b"RateLimit-Limit"
 
 
@@ -98,13 +90,15 @@ class _Limit:
 
 
 class _Waiter:
-    __slots__ = ("context", "deferred", "deadline", "previousCancel")
+    __slots__ = ("context", "deferred", "deadline")
 
-    def __init__(self, context: Any, deadline: float, previousCancel: Any) -> None:
+    #: What the request waits on (given after it is made: its canceller
+    #: names the waiter).
+    deferred: Deferred[Optional[EarlyResponse]]
+
+    def __init__(self, context: Any, deadline: float) -> None:
         self.context = context
-        self.deferred: Deferred[Optional[EarlyResponse]] = Deferred()
         self.deadline = deadline
-        self.previousCancel = previousCancel
 
 
 class _Queue:
@@ -221,7 +215,7 @@ class RateLimitFilter:
             bucket = limit.bucketFor(key)
             taken, remaining, reset = bucket.takeStatus()
             if taken:
-                context.attributes[ATTRIBUTE] = (int(bucket.burst), remaining, _ceilSeconds(reset))
+                context.attributes[self] = (int(bucket.burst), remaining, _ceilSeconds(reset))
                 return None
             buckets: Tuple[TokenBucket, ...] = (bucket,)
         else:
@@ -243,7 +237,7 @@ class RateLimitFilter:
         return self._enqueue(queue, context)
 
     def after(self, context: Any, response: Any) -> None:
-        recorded = context.attributes.get(ATTRIBUTE)
+        recorded = context.attributes.get(self)
         if recorded is None:
             return None
         limit, remaining, reset = recorded
@@ -265,7 +259,7 @@ class RateLimitFilter:
             otherRemaining, otherReset = bucket.status()
             if otherRemaining < remaining or (otherRemaining == remaining and otherReset > reset):
                 tightest, remaining, reset = bucket, otherRemaining, otherReset
-        context.attributes[ATTRIBUTE] = (int(tightest.burst), remaining, _ceilSeconds(reset))
+        context.attributes[self] = (int(tightest.burst), remaining, _ceilSeconds(reset))
 
     # -- queueing ---------------------------------------------------------------
 
@@ -294,19 +288,12 @@ class RateLimitFilter:
             if not queue.waiters:
                 del self._queues[queue.key]
             return _rejection(queue.buckets, wait)
-        attributes = context.attributes
-        previous = attributes.get(CANCEL)
         # A hair of slack so that float rounding of the release time never
         # turns away a request whose estimate was exactly maxWait.
-        waiter = _Waiter(context, self._clock.seconds() + self.maxWait + 1e-6, previous)
+        waiter = _Waiter(context, self._clock.seconds() + self.maxWait + 1e-6)
+        # Cancelled by the pipeline when the client goes away.
+        waiter.deferred = Deferred(lambda d: self._cancel(queue, waiter))
         queue.waiters.append(waiter)
-
-        def cancel() -> None:
-            self._cancel(queue, waiter)
-            if previous is not None:
-                previous()
-
-        attributes[CANCEL] = cancel
         if queue.timer is None:
             self._schedule(queue)
         return waiter.deferred
@@ -319,33 +306,23 @@ class RateLimitFilter:
         delay = max(0.0, min(delay, head.deadline - self._clock.seconds()))
         queue.timer = self._clock.callLater(delay, self._drain, queue)
 
-    def _release(self, waiter: _Waiter) -> None:
-        attributes = waiter.context.attributes
-        if waiter.previousCancel is None:
-            attributes.pop(CANCEL, None)
-        else:
-            attributes[CANCEL] = waiter.previousCancel
-
     def _drain(self, queue: _Queue) -> None:
         queue.timer = None
         waiters = queue.waiters
         while waiters:
             waiter = waiters[0]
-            if waiter.context.request._disconnected:
-                # Gone without the proxy telling us: no token for it.
+            if waiter.context.gone:
+                # Gone, and not cancelled (yet): no token for it.
                 waiters.popleft()
-                self._release(waiter)
                 waiter.deferred.callback(None)
                 continue
             if _takeAll(queue.buckets):
                 waiters.popleft()
-                self._release(waiter)
                 self._admitted(waiter.context, queue.buckets)
                 waiter.deferred.callback(None)
                 continue
             if self._clock.seconds() >= waiter.deadline:
                 waiters.popleft()
-                self._release(waiter)
                 waiter.deferred.callback(_rejection(queue.buckets))
                 continue
             break
@@ -357,8 +334,9 @@ class RateLimitFilter:
 
     def _cancel(self, queue: _Queue, waiter: _Waiter) -> None:
         """
-        The client of a waiting request went away: it leaves the queue
-        without taking a token.
+        The waiting request's Deferred was cancelled (its client went
+        away): it leaves the queue without taking a token, and the Deferred
+        fails with L{twisted.internet.defer.CancelledError}.
         """
         try:
             queue.waiters.remove(waiter)
@@ -370,8 +348,6 @@ class RateLimitFilter:
                 queue.timer = None
             if self._queues.get(queue.key) is queue:
                 del self._queues[queue.key]
-        # The proxy sees the client is gone and goes no further.
-        waiter.deferred.callback(None)
 
 
 def _takeAll(buckets: Sequence[TokenBucket]) -> bool:

@@ -79,11 +79,11 @@ class RequestIdFilter:
                 headers.setRawHeaders(self.header, [requestId])
             else:
                 raw[headerKey(self.header)] = [requestId]
-        context.attributes["requestId"] = requestId
+        context.requestId = requestId
         return None
 
     def after(self, context: Any, response: Any) -> None:
-        requestId = context.attributes.get("requestId")
+        requestId = context.requestId
         if requestId is not None:
             raw = rawHeadersOf(response.headers)
             if raw is None:

@@ -1,19 +1,23 @@
 """
-Request bodies as the engine sends them (L{BytesBodyProducer}), and how a
-response body ends cleanly (L{CLEAN_ENDS}).
+Bodies: a client request's body as the gateway reads it (L{RequestBody}, the
+one accessor that proxying, aggregation, mirroring and routing conditions
+share), request bodies as the engine sends them (L{BytesBodyProducer}), and
+how a response body ends cleanly (L{CLEAN_ENDS}).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet import defer
-from twisted.web.client import (
-    PotentialDataLoss,
-    ResponseDone,
-)
+from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
+
+from gateway.http.headers import headerKey, rawHeadersOf
+
+_CONTENT_LENGTH = headerKey(b"content-length")
+_TRANSFER_ENCODING = headerKey(b"transfer-encoding")
 
 #: What a response body's C{connectionLost} reason is when the body is
 #: complete: L{ResponseDone}, or L{PotentialDataLoss} at the end of a body
@@ -44,3 +48,83 @@ class BytesBodyProducer:
 
     def stopProducing(self) -> None:
         pass
+
+
+#: Methods whose requests usually have no body: without a framing header,
+#: none is sent upstream either.
+_NO_BODY_METHODS = frozenset([b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"])
+
+
+#: Bodies up to this size are held in memory by the request and sent in
+#: one write; larger ones are streamed from where the request keeps them.
+_SMALL_BODY = 100_000
+
+
+class RequestBody:
+    """
+    The body of one client request.
+
+    @ivar length: its size in bytes (0 when there is none).
+    """
+
+    __slots__ = ("_request", "_content", "length")
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        content = self._content = request.content
+        if content is None:
+            self.length = 0
+        else:
+            content.seek(0, 2)
+            self.length = content.tell()
+            content.seek(0, 0)
+
+    def read(self, limit: int) -> Optional[bytes]:
+        """
+        @return: the whole body, or L{None} when it is larger than C{limit}
+            bytes.  The body stays readable for forwarding.
+        """
+        length = self.length
+        if length > limit:
+            return None
+        if length == 0:
+            return b""
+        content = self._content
+        getvalue = getattr(content, "getvalue", None)
+        if getvalue is not None:
+            return getvalue()  # type: ignore[no-any-return]
+        content.seek(0, 0)
+        data: bytes = content.read()
+        content.seek(0, 0)
+        return data
+
+    def producer(self) -> Optional[IBodyProducer]:
+        """
+        @return: an L{IBodyProducer} of the body to send upstream, or
+            L{None} when there is none to send (no body, and no framing
+            header saying there is an empty one on a method that usually
+            has none).
+        """
+        length = self.length
+        if length == 0:
+            request = self._request
+            if self._content is None:
+                return None
+            if request.method in _NO_BODY_METHODS:
+                headers = request.requestHeaders
+                raw = rawHeadersOf(headers)
+                if raw is None:
+                    framed = headers.hasHeader(b"content-length") or headers.hasHeader(
+                        b"transfer-encoding"
+                    )
+                else:
+                    framed = _CONTENT_LENGTH in raw or _TRANSFER_ENCODING in raw
+                if not framed:
+                    return None
+            return BytesBodyProducer(b"")
+        content = self._content
+        if length <= _SMALL_BODY and hasattr(content, "getvalue"):
+            return BytesBodyProducer(content.getvalue())
+        # From its start: a retry sends the body again.
+        content.seek(0, 0)
+        return FileBodyProducer(content, readSize=65536)  # type: ignore[no-any-return]

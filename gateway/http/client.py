@@ -2,7 +2,7 @@
 The gateway's own HTTP/1.1 client for talking to backends.
 
 Twisted's C{Agent} costs ~500 microseconds of CPU per proxied request on
-CPython (PERF-NOTES.md) and hides the upstream's C{Connection} header in
+CPython (measured in C{bench/}: the Agent proxy row) and hides the upstream's C{Connection} header in
 its parser.  L{HTTP11UpstreamClient} is a lean replacement behind
 L{IUpstreamClient}: one keep-alive pool per backend address, the request
 head (and a small in-memory body) sent in one write, and a small response
@@ -43,7 +43,7 @@ from gateway.http.connect import CachedEndpointFactory
 from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
 from gateway.http.headers import RAW_HEADERS
 from gateway.http.writesoon import writeSoon
-from gateway.interfaces import ICallbackUpstreamClient
+from gateway.interfaces import IUpstreamClient, IUpstreamRequest
 
 log = Logger()
 
@@ -584,6 +584,7 @@ class _BodyConsumer:
         pass
 
 
+@implementer(IUpstreamRequest)
 class _Request:
     """
     One request's life: connecting, waiting for the head, and its deadline
@@ -623,14 +624,6 @@ class _Request:
         self.conn: Optional[_Connection] = None
         self.connecting: Any = None
         self.finished = False
-
-    def cancelled(self, deferred: Any) -> None:
-        # The Deferred's canceller: Deferred.cancel fails it with
-        # CancelledError once this returns.
-        if not self.finished:
-            self.finished = True
-            self._stop()
-            self._letGo()
 
     def cancel(self) -> None:
         """
@@ -1284,7 +1277,7 @@ class _Address:
 DEFAULT_MAX_IDLE = 512
 
 
-@implementer(ICallbackUpstreamClient)
+@implementer(IUpstreamClient)
 class HTTP11UpstreamClient:
     """
     L{IUpstreamClient} with a parser and keep-alive pool of its own.
@@ -1340,31 +1333,6 @@ class HTTP11UpstreamClient:
         )
         return pool
 
-    def request(
-        self,
-        backend: Any,
-        method: bytes,
-        uri: bytes,
-        headers: Any,
-        bodyProducer: Optional[Any] = None,
-        timeout: Optional[float] = None,
-    ) -> Deferred:
-        """
-        See L{IUpstreamClient.request}.  The upstream's
-        L{gateway.http.errors.UpstreamBroken} reports a connection that broke or
-        an answer that is not valid HTTP/1.1.
-        """
-        # (Cancelling the Deferred stops the request, then fails the
-        # Deferred itself.)
-        d: Deferred = Deferred(lambda d: sent.cancelled(d))
-        try:
-            sent = self.send(
-                backend, method, uri, headers, bodyProducer, timeout, d.callback, d.errback
-            )
-        except ValueError:
-            return defer.fail()
-        return d
-
     def send(
         self,
         backend: Any,
@@ -1378,17 +1346,19 @@ class HTTP11UpstreamClient:
         *args: Any,
     ) -> Any:
         """
-        See L{gateway.interfaces.ICallbackUpstreamClient.send}: L{request}
-        without a L{Deferred}.
+        See L{IUpstreamClient.send}.  The upstream's
+        L{gateway.http.errors.UpstreamBroken} reports a connection that
+        broke or an answer that is not valid HTTP/1.1.
 
-        @return: the request, whose C{cancel()} abandons it and whose
-            C{finished} says whether it is over.
-        @raise ValueError: when C{uri} is not a valid request target.
+        @return: the L{IUpstreamRequest}, whose C{cancel()} abandons it and
+            whose C{finished} says whether it is over.
         """
+        req = _Request(method)
         # (Bytes looked for as ints: a memchr each.)
         if not uri or 0x20 in uri or 0x0D in uri or 0x0A in uri:
-            raise ValueError(f"invalid request target: {uri!r}")
-        req = _Request(method)
+            req.finished = True
+            onFailure(Failure(ValueError(f"invalid request target: {uri!r}")), *args)
+            return req
         req.onResponse = onResponse
         req.onFailure = onFailure
         req.args = args
@@ -1508,7 +1478,7 @@ class UpstreamAgent:
             address = self._addresses[(host, port)] = _Address(host.decode("ascii"), port)
         if headers is None:
             headers = Headers()
-        d = self._client.request(address, method, target, headers, bodyProducer, self._timeout)
+        d = request(self._client, address, method, target, headers, bodyProducer, self._timeout)
         d.addCallback(_withRequest, _ClientRequest(method, uri, headers))
         return d
 
@@ -1518,51 +1488,42 @@ def _withRequest(response: _Response, request: _ClientRequest) -> _Response:
     return response
 
 
-def senderFor(client: Any) -> Callable[..., Any]:
+def request(
+    client: IUpstreamClient,
+    backend: Any,
+    method: bytes,
+    uri: bytes,
+    headers: Headers,
+    bodyProducer: Optional[Any] = None,
+    timeout: Optional[float] = None,
+) -> Deferred[Any]:
     """
-    @param client: an L{IUpstreamClient}.
-    @return: C{send(backend, method, uri, headers, bodyProducer, timeout,
-        onResponse, onFailure, *args)}, which sends a request through
-        C{client} and calls back C{onResponse(response, *args)} or
-        C{onFailure(failure, *args)}: without a L{defer.Deferred} when the
-        client provides L{ICallbackUpstreamClient}, else through its
-        C{request}.  C{send} returns what cancels the request while its
-        head is awaited (C{cancel()}), or L{None} when it is over already
-        (it failed at once: its callback has run).
+    Send a request through any L{IUpstreamClient}, for code that prefers a
+    L{Deferred} to L{IUpstreamClient.send}'s callbacks (health checks,
+    mirrors, treq through L{UpstreamAgent}).
+
+    @return: a Deferred that fires with the response or fails as
+        C{onFailure} would be called; cancelling it abandons the request.
     """
-    callback = ICallbackUpstreamClient.providedBy(client)
+    sent: List[Any] = []
 
-    def send(
-        backend: Any,
-        method: bytes,
-        uri: bytes,
-        headers: Any,
-        bodyProducer: Any,
-        timeout: Optional[float],
-        onResponse: Callable[..., Any],
-        onFailure: Callable[..., Any],
-        *args: Any,
-    ) -> Any:
-        if callback:
-            try:
-                sent = client.send(
-                    backend,
-                    method,
-                    uri,
-                    headers,
-                    bodyProducer,
-                    timeout,
-                    onResponse,
-                    onFailure,
-                    *args,
-                )
-            except ValueError:
-                # An invalid target: failed as request() fails it.
-                onFailure(Failure(), *args)
-                return None
-            return None if sent.finished else sent
-        d = client.request(backend, method, uri, headers, bodyProducer, timeout)
-        d.addCallbacks(onResponse, onFailure, callbackArgs=args, errbackArgs=args)
-        return None if d.called else d
+    def cancel(d: Deferred[Any]) -> None:
+        if sent:
+            sent[0].cancel()
 
-    return send
+    d: Deferred[Any] = Deferred(cancel)
+    sent.append(
+        client.send(backend, method, uri, headers, bodyProducer, timeout, _callback, _errback, d)
+    )
+    return d
+
+
+def _callback(response: Any, d: Deferred[Any]) -> None:
+    d.callback(response)
+
+
+def _errback(failure: Failure, d: Deferred[Any]) -> None:
+    # A cancelled request reports its CancelledError after Deferred.cancel
+    # has failed the Deferred already.
+    if not d.called:
+        d.errback(failure)

@@ -27,6 +27,7 @@ log = Logger()
 __all__ = [
     "RAW_HEADERS",
     "headerKey",
+    "headersFromRaw",
     "httpDate",
     "rawHeadersOf",
 ]
@@ -88,6 +89,23 @@ def rawHeadersOf(headers: Any) -> Optional[Dict[bytes, List[bytes]]]:
     if RAW_HEADERS and type(headers) is Headers:
         return headers._rawHeaders  # type: ignore[attr-defined,no-any-return]
     return None
+
+
+def headersFromRaw(raw: Dict[bytes, List[bytes]]) -> Headers:
+    """
+    @param raw: a C{{key: [value, ...]}} dict as L{rawHeadersOf} gives,
+        keys from L{headerKey}, values already known to be sane; it becomes
+        the new headers' own (not copied).
+    @return: L{Headers} holding C{raw}.
+    @raise ValueError: when L{RAW_HEADERS} is false (this Twisted keeps
+        headers otherwise: use L{rawHeadersOf} first, and the public API
+        when it answers L{None}).
+    """
+    if not RAW_HEADERS:
+        raise ValueError("this Twisted does not keep headers in a dict of lists")
+    headers = Headers()
+    headers._rawHeaders = raw  # type: ignore[attr-defined]
+    return headers
 
 
 _date: List[Any] = [None, b""]

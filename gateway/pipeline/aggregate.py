@@ -26,16 +26,18 @@ import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.balancing.backend import startRequest
 from gateway.http.body import CLEAN_ENDS, BytesBodyProducer
-from gateway.http.client import senderFor
 from gateway.http.errors import UpstreamBroken, UpstreamError, UpstreamTimeout
+from gateway.interfaces import IUpstreamClient
 from gateway.pipeline.errors import NoBackendAvailable
-from gateway.pipeline.exchange import EarlyResponse
+from gateway.pipeline.exchange import EarlyResponse, Exchange
 
 log = Logger()
 
@@ -79,8 +81,7 @@ class _NodeCall(Protocol):
         self._backend = backend
         self._reactor = aggregation._reactor
         self._sentAt = 0.0
-        #: What cancels the client's call until the head is in (see
-        #: L{gateway.http.client.senderFor}).
+        #: The client's call, until its head is in (or it failed).
         self._pending: Any = None
         self._latency: Optional[float] = None
         self._code = 0
@@ -96,9 +97,11 @@ class _NodeCall(Protocol):
         the body included).
         """
         self._sentAt = self._reactor.seconds()
-        self._pending = self._aggregation._aggregator._sendUpstream(
+        sent = self._aggregation._aggregator._client.send(
             self._backend, method, uri, headers, producer, None, self._head, self._headFailed
         )
+        if not sent.finished:
+            self._pending = sent
 
     def cancel(self) -> None:
         """
@@ -182,7 +185,7 @@ class _NodeCall(Protocol):
             if latency is None:
                 latency = self._reactor.seconds() - self._sentAt
             aggregation._aggregator._noteLatency(
-                (aggregation._context.api.name, self._node.attrName), latency
+                (aggregation._exchange.api.name, self._node.attrName), latency
             )
         if failure is None:
             self._backend.requestFinished(self._latency, True)
@@ -250,9 +253,8 @@ class Aggregator:
     @param client: the L{gateway.interfaces.IUpstreamClient}.
     """
 
-    def __init__(self, client: Any, reactor: Any) -> None:
+    def __init__(self, client: IUpstreamClient, reactor: IReactorTime) -> None:
         self._client = client
-        self._sendUpstream = senderFor(client)
         self._reactor = reactor
         #: (API name, node attrName) -> a moving average of the seconds the
         #: node takes to answer (see L{_Aggregation._nextBatch}).
@@ -269,27 +271,18 @@ class Aggregator:
         else:
             expected[key] = before + _LATENCY_WEIGHT * (seconds - before)
 
-    def serve(self, context: Any, chain: Sequence[Any], proxy: Any) -> None:
+    def serve(self, exchange: Exchange) -> Deferred[EarlyResponse]:
         """
-        Fan out, merge, and answer through the proxy's C{after} hooks.
+        Fan an aggregated request out to its nodes and merge their answers.
+
+        @param exchange: the request's L{Exchange}; its API has several
+            nodes.
+        @return: a L{Deferred} that fires with the merged answer (naming
+            failed optional nodes in C{X-Gateway-Partial}), or fails with
+            the L{UpstreamError} of a failed required node; cancelling it
+            cancels the node calls in flight.
         """
-        _Aggregation(self, context, chain, proxy).start()
-
-    def _merged(
-        self, result: Tuple[dict, List[str], bytes], context: Any, chain: Any, proxy: Any
-    ) -> None:
-        if context.request._disconnected:
-            return
-        merged, partial, encoded = result
-        headers: Dict[Union[str, bytes], Sequence[Union[str, bytes]]] = {}
-        if partial:
-            headers[b"x-gateway-partial"] = [",".join(partial).encode("utf-8")]
-        proxy._answer(context, chain, EarlyResponse(200, merged, headers, encoded))
-
-    def _failed(self, failure: Failure, context: Any, chain: Any, proxy: Any) -> None:
-        if failure.check(defer.CancelledError) and context.request._disconnected:
-            return
-        proxy._failed(failure, context, chain)
+        return _Aggregation(self, exchange).start()
 
 
 class _Aggregation:
@@ -304,14 +297,13 @@ class _Aggregation:
     request, so what each costs counts several times.
     """
 
-    def __init__(self, aggregator: Aggregator, context: Any, chain: Any, proxy: Any) -> None:
+    def __init__(self, aggregator: Aggregator, exchange: Exchange) -> None:
         self._aggregator = aggregator
         self._reactor = aggregator._reactor
-        self._context = context
-        self._chain = chain
-        self._proxy = proxy
+        self._exchange = exchange
+        self._done: Deferred[EarlyResponse] = Deferred(self._cancelled)
         self._body: Optional[bytes] = None
-        self._batches = context.api.batches
+        self._batches = exchange.api.batches
         self._next = 0
         self._results: Dict[str, Any] = {}
         # attrName -> the node's JSON as it came (None: to be encoded).
@@ -328,19 +320,18 @@ class _Aggregation:
         self._pending = 0
         self._timer: Any = None
 
-    def start(self) -> None:
-        self._context.attributes["gateway.cancel"] = self.cancel
+    def start(self) -> Deferred[EarlyResponse]:
+        done = self._done
         try:
-            self._body = _requestBody(self._context.request)
+            self._body = _requestBody(self._exchange)
         except Exception:
             self._fail(Failure())
-            return
+            return done
         self._nextBatch()
+        return done
 
-    def cancel(self) -> None:
-        """
-        Stop: the client went away (or the request is cut short).
-        """
+    def _cancelled(self, done: Deferred[EarlyResponse]) -> None:
+        # The Deferred's canceller: the client went away.
         self._fail(Failure(defer.CancelledError()))
 
     # -- batches --------------------------------------------------------------
@@ -367,7 +358,7 @@ class _Aggregation:
             # sends the next, so the last one sent leaves later; that
             # should be the one that answers first anyway.  (Nodes never
             # timed yet keep their order, after the others.)
-            api = self._context.api.name
+            api = self._exchange.api.name
             order = sorted(order, key=lambda i: -expected.get((api, nodes[i].attrName), 0.0))
         for i in order:
             self._startNode(i, nodes[i])
@@ -389,7 +380,7 @@ class _Aggregation:
                 log.info(
                     "optional node {attr} of {api} failed: {error}",
                     attr=node.attrName,
-                    api=self._context.api.name,
+                    api=self._exchange.api.name,
                     error=value.getErrorMessage(),
                 )
                 results[node.attrName] = None
@@ -400,15 +391,15 @@ class _Aggregation:
     # -- one node -----------------------------------------------------------------
 
     def _startNode(self, i: int, node: Any) -> None:
-        context = self._context
-        cluster = context.snapshot.clusters[node.clusterName]
-        backend = cluster.choose(context.clientIP)
+        exchange = self._exchange
+        cluster = exchange.snapshot.clusters[node.clusterName]
+        backend = cluster.choose(exchange.clientIP)
         if backend is None:
             self._nodeFailed(Failure(NoBackendAvailable(f"cluster {cluster.name!r}: no server")), i)
             return
-        request = context.request
+        request = exchange.request
         if node.rewrite is not None:
-            uri = node.rewrite.expand(context.params, request, self._results)
+            uri = node.rewrite.expand(exchange.params, request, self._results)
         else:
             uri = request.uri
         body = self._body
@@ -419,7 +410,7 @@ class _Aggregation:
             self._nodeFailed(Failure(NoBackendAvailable(f"cluster {cluster.name!r}: no server")), i)
             return
         call = self._calls[i] = _NodeCall(self, i, node, backend)
-        call.start(request.method, uri, context.upstreamHeaders, producer)
+        call.start(request.method, uri, exchange.upstreamHeaders, producer)
 
     def _nodeAnswered(self, value: Any, raw: Optional[bytes], i: int) -> None:
         if self._over or self._calls[i] is None:
@@ -483,13 +474,10 @@ class _Aggregation:
     def _finish(self) -> None:
         self._over = True
         self._cancelTimer()
-        self._context.attributes.pop("gateway.cancel", None)
-        self._aggregator._merged(
-            (self._results, self._partial, self._encode()),
-            self._context,
-            self._chain,
-            self._proxy,
-        )
+        headers: Dict[Union[str, bytes], Sequence[Union[str, bytes]]] = {}
+        if self._partial:
+            headers[b"x-gateway-partial"] = [",".join(self._partial).encode("utf-8")]
+        self._done.callback(EarlyResponse(200, self._results, headers, self._encode()))
 
     def _encode(self) -> bytes:
         """
@@ -514,28 +502,19 @@ class _Aggregation:
         for call in calls:
             if call is not None:
                 call.cancel()
-        self._context.attributes.pop("gateway.cancel", None)
-        self._aggregator._failed(failure, self._context, self._chain, self._proxy)
+        if not self._done.called:
+            self._done.errback(failure)
 
 
-def _requestBody(request: Any) -> Optional[bytes]:
+def _requestBody(exchange: Exchange) -> Optional[bytes]:
     """
     @return: the client's body to repeat to every node, or L{None}.
     @raise UpstreamError: when it is too large to repeat.
     """
-    content = request.content
-    if content is None:
-        return None
-    content.seek(0, 2)
-    length = content.tell()
-    content.seek(0, 0)
-    if length == 0:
-        return None
-    if length > MAX_REQUEST_BODY:
+    data = exchange.body.read(MAX_REQUEST_BODY)
+    if data is None:
         raise _RequestTooLarge(f"request body over {MAX_REQUEST_BODY} bytes")
-    data = content.read()
-    content.seek(0, 0)
-    return data
+    return data or None
 
 
 class _RequestTooLarge(UpstreamError):

@@ -1,6 +1,6 @@
 """
 The exchange of one request: what the pipeline knows about a request on
-its way (L{RequestContext}), the response filters see on its way back
+its way (L{Exchange}), the response filters see on its way back
 (L{ResponseInfo}), and the answers the gateway makes itself
 (L{EarlyResponse}).  Filters receive these through L{gateway.interfaces.IFilter}.
 """
@@ -8,9 +8,13 @@ its way (L{RequestContext}), the response filters see on its way back
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Hashable, Mapping, Optional, Sequence, Tuple, Union
 
 import attrs
+from twisted.internet.defer import Deferred
+from twisted.web.http_headers import Headers
+
+from gateway.http.body import RequestBody
 
 
 @attrs.frozen
@@ -52,27 +56,61 @@ class EarlyResponse:
         return json.dumps(self.body, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-class RequestContext:
+class Exchange:
     """
-    The state of one proxied request, handed to every filter hook.
+    One request on its way through the pipeline: what the pipeline knows
+    about it, handed to every filter hook.
 
-    @ivar request: the L{twisted.web.server.Request} from the client.
-    @ivar snapshot: the L{gateway.routing.snapshot.Snapshot} this request is served
-        from, start to end, even when a newer one is swapped in meanwhile.
+    Filters may read every attribute, change C{upstreamHeaders} and
+    C{upstreamURI} in C{before}, and choose the C{cluster}; the rest is the
+    pipeline's own bookkeeping.  A filter keeps per-request state of its own
+    in C{attributes}, under a key it owns (itself, or an object of its
+    module): never the pipeline's.
+
+    @ivar request: the L{gateway.http.request.GatewayRequest} from the client.
+    @ivar snapshot: the L{gateway.routing.snapshot.Snapshot} this request is
+        served from, start to end, even when a newer one is swapped in
+        meanwhile.
     @ivar api: the L{gateway.routing.snapshot.CompiledAPI} that matched.
     @ivar params: the path parameters of the match, C{{name: str}}.
     @ivar clientIP: the client's address as the gateway trusts it (the
         direct peer, or the address a trusted proxy forwarded).
     @ivar startTime: when the request reached the gateway (reactor seconds).
-    @ivar cluster: the L{gateway.routing.snapshot.ClusterRuntime} to dispatch to;
-        L{None} until dispatch, unless a filter (routing) chose one earlier.
-    @ivar backend: the L{gateway.balancing.backend.Backend} chosen, once chosen.
-    @ivar upstreamHeaders: the L{twisted.web.http_headers.Headers} that will
-        be sent upstream; filters may change them in C{before}.
+    @ivar upstreamHeaders: the L{Headers} that will be sent upstream.
     @ivar upstreamURI: the request target sent upstream (L{bytes}), or
         L{None} until dispatch computes it; a filter may set it.
-    @ivar attributes: free space for filters to keep per-request state.
+    @ivar cluster: the L{gateway.routing.snapshot.ClusterRuntime} to dispatch
+        to; L{None} until dispatch, unless a filter chose one earlier.
+    @ivar routing: the name of the C{split} routing that chose the cluster,
+        or L{None}.
+    @ivar backend: the L{gateway.balancing.backend.Backend} chosen, once
+        chosen (the last one tried, after retries).
+    @ivar retries: how many times the request was sent again.
+    @ivar sentAt: when the request was last sent upstream.
+    @ivar upstreamLatency: seconds from sending to the upstream's head, once
+        it came.
+    @ivar upstreamOK: whether the upstream's status counts as a success for
+        its server (see L{gateway.balancing.backend.Backend.isFailureStatus}).
+    @ivar outcome: how the request ended when no upstream answered it, as
+        stats record it: C{"reject:FILTER"} (a filter answered early),
+        C{timeout}, C{refused}, C{unavailable}, C{broken}, ...; L{None} for
+        an answer from upstream.
+    @ivar error: what went wrong upstream, in words, or L{None}.
     @ivar status: the status sent to the client, once known.
+    @ivar requestId: the request's id (L{bytes}), when the C{request-id}
+        filter gave one.
+    @ivar gone: whether the client went away before its answer was out.
+    @ivar waiting: the L{Deferred} the pipeline waits on (a filter's
+        C{before}, an aggregation): cancelled when the client goes away.
+    @ivar pending: the upstream request whose head is awaited (an
+        L{gateway.interfaces.IUpstreamRequest}), cancelled when the client
+        goes away.
+    @ivar bodyTransport: while a response body streams, its upstream
+        connection (stopped when the client goes away).
+    @ivar body: the request's body (L{RequestBody}).
+    @ivar jsonBody: the request's JSON body as routing conditions read it,
+        parsed once: C{(limit, found, document)}, or L{None}.
+    @ivar attributes: per-request state of filters, by a key each owns.
     """
 
     __slots__ = (
@@ -82,13 +120,26 @@ class RequestContext:
         "params",
         "clientIP",
         "startTime",
-        "cluster",
-        "backend",
         "upstreamHeaders",
         "upstreamURI",
-        "attributes",
-        "status",
+        "cluster",
+        "routing",
+        "backend",
+        "retries",
+        "sentAt",
         "upstreamLatency",
+        "upstreamOK",
+        "outcome",
+        "error",
+        "status",
+        "requestId",
+        "gone",
+        "waiting",
+        "pending",
+        "bodyTransport",
+        "jsonBody",
+        "_body",
+        "attributes",
     )
 
     def __init__(
@@ -99,7 +150,7 @@ class RequestContext:
         params: Dict[str, str],
         clientIP: str,
         startTime: float,
-        upstreamHeaders: Any,
+        upstreamHeaders: Headers,
     ) -> None:
         self.request = request
         self.snapshot = snapshot
@@ -107,13 +158,37 @@ class RequestContext:
         self.params = params
         self.clientIP = clientIP
         self.startTime = startTime
-        self.cluster: Optional[Any] = None
-        self.backend: Optional[Any] = None
         self.upstreamHeaders = upstreamHeaders
         self.upstreamURI: Optional[bytes] = None
-        self.attributes: Dict[str, Any] = {}
-        self.status: Optional[int] = None
+        self.cluster: Optional[Any] = None
+        self.routing: Optional[str] = None
+        self.backend: Optional[Any] = None
+        self.retries = 0
+        self.sentAt = 0.0
         self.upstreamLatency: Optional[float] = None
+        self.upstreamOK = True
+        self.outcome: Optional[str] = None
+        self.error: Optional[str] = None
+        self.status: Optional[int] = None
+        self.requestId: Optional[bytes] = None
+        self.gone = False
+        self.waiting: Optional[Deferred[Any]] = None
+        self.pending: Optional[Any] = None
+        self.bodyTransport: Optional[Any] = None
+        self.jsonBody: Optional[Tuple[int, bool, Any]] = None
+        self._body: Optional[RequestBody] = None
+        self.attributes: Dict[Hashable, Any] = {}
+
+    @property
+    def body(self) -> RequestBody:
+        """
+        The request's body (L{RequestBody}), the one accessor every part of
+        the pipeline reads it through; made when first asked for.
+        """
+        body = self._body
+        if body is None:
+            body = self._body = RequestBody(self.request)
+        return body
 
 
 class ResponseInfo:

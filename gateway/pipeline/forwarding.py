@@ -7,13 +7,12 @@ the gateway trusts (L{ClientAddresses}).
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
-from gateway.http.headers import headerKey, rawHeadersOf
-from gateway.http.request import GatewayRequest as GatewayRequest  # the proxy site's
+from gateway.http.headers import headerKey, headersFromRaw, rawHeadersOf
 
 log = Logger()
 
@@ -123,9 +122,7 @@ def copyRequestHeaders(incoming: Headers) -> Headers:
             if key in _REQUEST_SKIP_KEYS or (named and key.lower() in named):
                 continue
             copied[key] = kept[:]
-        out = Headers()
-        out._rawHeaders = copied  # type: ignore[attr-defined]
-        return out
+        return headersFromRaw(copied)
     named = _connectionTokens(incoming)
     out = Headers()
     for name, values in incoming.getAllRawHeaders():
@@ -158,6 +155,34 @@ def copyResponseHeaders(upstream: Headers, outgoing: Headers) -> None:
         if lower in RESPONSE_SKIP or lower in named:
             continue
         outgoing.setRawHeaders(name, values)
+
+
+def upstreamHeaders(request: Any, host: Optional[List[bytes]], peer: bytes) -> Headers:
+    """
+    The headers to send upstream for a client's request: its own but
+    hop-by-hop ones (L{copyRequestHeaders}), and C{X-Forwarded-For},
+    C{X-Forwarded-Proto} and C{X-Forwarded-Host}.
+
+    @param host: the request's C{Host} values, or L{None}.
+    @param peer: the direct peer's address.
+    """
+    incoming = request.requestHeaders
+    raw = rawHeadersOf(incoming)
+    headers = copyRequestHeaders(incoming)
+    out = rawHeadersOf(headers)
+    if out is not None and raw is not None:
+        previous = raw.get(_X_FORWARDED_FOR)
+        out[_X_FORWARDED_FOR] = [b", ".join(previous + [peer]) if previous else peer]
+        out[_X_FORWARDED_PROTO] = _HTTPS[:] if request.isSecure() else _HTTP[:]
+        if host:
+            out[_X_FORWARDED_HOST] = host[:1]
+        return headers
+    previous = incoming.getRawHeaders(b"x-forwarded-for")
+    headers.setRawHeaders(b"x-forwarded-for", [b", ".join(previous + [peer]) if previous else peer])
+    headers.setRawHeaders(b"x-forwarded-proto", [b"https" if request.isSecure() else b"http"])
+    if host:
+        headers.setRawHeaders(b"x-forwarded-host", host[:1])
+    return headers
 
 
 class ClientAddresses:

@@ -19,6 +19,8 @@ from twisted.logger import Logger
 
 from gateway.balancing.backend import startRequest
 from gateway.http.body import BytesBodyProducer
+from gateway.http.client import request as upstreamRequest
+from gateway.pipeline.exchange import Exchange
 
 log = Logger()
 
@@ -60,47 +62,34 @@ class Mirror:
         self.failed = 0
         self.dropped = 0
 
-    def send(self, context: Any, cluster: Any) -> None:
+    def send(self, exchange: Exchange, cluster: Any) -> None:
         """
-        Send a copy of the context's request to a backend of C{cluster}.
+        Send a copy of the exchange's request to a backend of C{cluster}.
         """
         if self.inFlight >= self._maxInFlight:
             self.dropped += 1
             return
-        request = context.request
-        body = None
-        content = request.content
-        if content is not None:
-            content.seek(0, 2)
-            length = content.tell()
-            if length > self._maxBody:
-                content.seek(0, 0)
-                self.dropped += 1
-                return
-            content.seek(0, 0)
-            if length:
-                body = content.read()
-                content.seek(0, 0)
-        backend = cluster.choose(context.clientIP)
+        body = exchange.body.read(self._maxBody)
+        if body is None:
+            self.dropped += 1
+            return
+        backend = cluster.choose(exchange.clientIP)
         if backend is None:
             self.dropped += 1
             return
-        node = context.api.nodes[0]
-        uri = node.rewrite.expand(context.params, request) if node.rewrite else request.uri
-        headers = context.upstreamHeaders.copy()
+        request = exchange.request
+        node = exchange.api.nodes[0]
+        uri = node.rewrite.expand(exchange.params, request) if node.rewrite else request.uri
+        headers = exchange.upstreamHeaders.copy()
         backend = startRequest(cluster, backend)
         if backend is None:
             self.dropped += 1
             return
         self.inFlight += 1
         self.sent += 1
-        d = self._client.request(
-            backend,
-            request.method,
-            uri,
-            headers,
-            BytesBodyProducer(body) if body is not None else None,
-            self._timeout,
+        producer = BytesBodyProducer(body) if body else None
+        d = upstreamRequest(
+            self._client, backend, request.method, uri, headers, producer, self._timeout
         )
 
         def answered(response: Any) -> None:

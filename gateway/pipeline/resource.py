@@ -17,9 +17,10 @@ their C{error} hooks.  Gateway-made answers are JSON errors:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -29,25 +30,21 @@ from twisted.web.resource import Resource
 
 from gateway.balancing.backend import startRequest
 from gateway.http.body import CLEAN_ENDS
-from gateway.http.client import senderFor
 from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from gateway.http.headers import rawHeadersOf
-from gateway.http.request import GatewayRequest as GatewayRequest  # the proxy site's
-from gateway.pipeline.body import bodyProducerFor
+from gateway.interfaces import IFilter, IUpstreamClient
+from gateway.pipeline.aggregate import Aggregator
 from gateway.pipeline.errors import NoBackendAvailable, ServersRateLimited
-from gateway.pipeline.exchange import EarlyResponse, RequestContext, ResponseInfo
+from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
 from gateway.pipeline.forwarding import (
     _HOST,
-    _HTTP,
-    _HTTPS,
-    _X_FORWARDED_FOR,
-    _X_FORWARDED_HOST,
-    _X_FORWARDED_PROTO,
     ClientAddresses,
-    copyRequestHeaders,
     copyResponseHeaders,
+    upstreamHeaders,
 )
+from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
+from gateway.routing.rules import decideRoutings
 
 log = Logger()
 
@@ -77,14 +74,14 @@ class _StreamBody(Protocol):
     every request).
     """
 
-    def __init__(self, proxy: GatewayResource, context: RequestContext, stream: bool) -> None:
+    def __init__(self, proxy: GatewayResource, exchange: Exchange, stream: bool) -> None:
         self._proxy = proxy
-        self._context = context
-        self._request = context.request
+        self._exchange = exchange
+        self._request = exchange.request
         self._stream = stream
 
     def connectionMade(self) -> None:
-        self._context.attributes["gateway.bodyTransport"] = self.transport
+        self._exchange.bodyTransport = self.transport
         if self._stream:
             self._request.registerProducer(self.transport, True)
 
@@ -93,17 +90,17 @@ class _StreamBody(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         request = self._request
-        context = self._context
-        context.attributes.pop("gateway.bodyTransport", None)
-        if self._stream and not request._disconnected:
+        exchange = self._exchange
+        exchange.bodyTransport = None
+        if exchange.gone:
             # (A request whose client left has let go of its channel, and
             # with it of the producer.)
+            self._proxy._upstreamDone(exchange, None)
+            return
+        if self._stream:
             request.unregisterProducer()
         clean = isinstance(reason.value, CLEAN_ENDS)
-        if request._disconnected:
-            self._proxy._upstreamDone(context, None)
-            return
-        self._proxy._upstreamDone(context, clean)
+        self._proxy._upstreamDone(exchange, clean)
         if clean:
             request.finish()
         else:
@@ -112,7 +109,7 @@ class _StreamBody(Protocol):
             # that it sees a truncated answer rather than a complete one.
             log.warn(
                 "upstream {backend} broke mid-body: {reason}",
-                backend=context.backend.name if context.backend else None,
+                backend=exchange.backend.name if exchange.backend else None,
                 reason=reason.getErrorMessage(),
             )
             request.channel.transport.abortConnection()
@@ -123,22 +120,26 @@ class _Discard(Protocol):
         pass
 
 
+#: A filter chain: the filters whose C{before} ran, in order.
+Chain = Sequence[IFilter]
+
+
 class GatewayResource(Resource):
     """
     The proxy's root resource: every path is served from the snapshot.
 
-    @param manager: the L{gateway.routing.snapshot.SnapshotManager} that holds the
-        current snapshot.
-    @param client: the L{gateway.interfaces.IUpstreamClient}.
+    @param manager: the L{gateway.routing.snapshot.SnapshotManager} that
+        holds the current snapshot.
+    @param client: the L{IUpstreamClient}.
+    @param reactor: the L{IReactorTime} requests are timed with.
     @param clientAddresses: a L{ClientAddresses}.
-    @param aggregator: serves APIs with several nodes (see
-        L{gateway.pipeline.aggregate}), or L{None}.
-    @param stats: told of every answer once, as C{stats.record(context,
-        code, outcome)}, where C{outcome} is L{None} for an answer from
-        upstream (or an aggregation), C{"reject:FILTER"} when the filter
-        named FILTER answered early (C{reject:rate-limit},
-        C{reject:ip-access}, C{reject:circuit-breaker}, ...), or what
-        L{outcomeOf} says of an upstream failure.
+    @param aggregator: serves APIs with several nodes (an
+        L{gateway.pipeline.aggregate.Aggregator}), or L{None}.
+    @param mirror: sends mirror copies (a L{gateway.pipeline.mirror.Mirror}),
+        or L{None}.
+    @param retryBudget: the L{RetryBudget} retries are taken from.
+    @param stats: told of every answer once, as C{stats.record(exchange,
+        code, outcome)} (see L{Exchange.outcome}).
     """
 
     isLeaf = True
@@ -146,11 +147,11 @@ class GatewayResource(Resource):
     def __init__(
         self,
         manager: Any,
-        client: Any,
-        reactor: Any,
+        client: IUpstreamClient,
+        reactor: IReactorTime,
         clientAddresses: Optional[ClientAddresses] = None,
-        aggregator: Any = None,
-        mirror: Any = None,
+        aggregator: Optional[Aggregator] = None,
+        mirror: Optional[Mirror] = None,
         retryBudget: Optional[RetryBudget] = None,
         stats: Any = None,
     ) -> None:
@@ -162,12 +163,11 @@ class GatewayResource(Resource):
         self._aggregator = aggregator
         self._mirror = mirror
         self._retryBudget = retryBudget or RetryBudget(reactor)
-        self._sendUpstream = senderFor(client)
         self._stats = stats
         #: Requests being served now.
         self.inFlight = 0
         self._draining = False
-        self._drained: List[defer.Deferred] = []
+        self._drained: List[defer.Deferred[int]] = []
 
     # -- entry ------------------------------------------------------------------
 
@@ -189,38 +189,26 @@ class GatewayResource(Resource):
         api = match.value
         address = request.getClientAddress()
         clientIP = self._clients.clientOf(request, address)
-        headers = copyRequestHeaders(incoming)
         peer = getattr(address, "host", "unknown").encode("ascii", "replace")
-        out = rawHeadersOf(headers)
-        if out is not None and raw is not None:
-            previous = raw.get(_X_FORWARDED_FOR)
-            out[_X_FORWARDED_FOR] = [b", ".join(previous + [peer]) if previous else peer]
-            out[_X_FORWARDED_PROTO] = _HTTPS[:] if request.isSecure() else _HTTP[:]
-            if host:
-                out[_X_FORWARDED_HOST] = host[:1]
-        else:
-            previous = incoming.getRawHeaders(b"x-forwarded-for")
-            headers.setRawHeaders(
-                b"x-forwarded-for", [b", ".join(previous + [peer]) if previous else peer]
-            )
-            headers.setRawHeaders(
-                b"x-forwarded-proto", [b"https" if request.isSecure() else b"http"]
-            )
-            if host:
-                headers.setRawHeaders(b"x-forwarded-host", host[:1])
-        context = RequestContext(
-            request, snapshot, api, match.params, clientIP, self._reactor.seconds(), headers
+        exchange = Exchange(
+            request,
+            snapshot,
+            api,
+            match.params,
+            clientIP,
+            self._reactor.seconds(),
+            upstreamHeaders(request, host, peer),
         )
         self.inFlight += 1
         notifyDone = getattr(request, "notifyDone", None)
         if notifyDone is not None:
-            notifyDone(self._requestOver, context)
+            notifyDone(self._requestOver, exchange)
         else:
-            request.notifyFinish().addErrback(self._clientGone, context).addBoth(
+            request.notifyFinish().addErrback(self._clientGone, exchange).addBoth(
                 self._requestEnded, request
             )
         chain = snapshot.filters + api.filters if api.filters else snapshot.filters
-        self._runBefore(context, chain, 0)
+        self._runBefore(exchange, chain, 0)
         return server.NOT_DONE_YET
 
     def _plainError(self, request: Any, code: int, message: str) -> bytes:
@@ -232,69 +220,75 @@ class GatewayResource(Resource):
 
     # -- the filter chain -----------------------------------------------------
 
-    def _runBefore(self, context: RequestContext, chain: Sequence[Any], start: int) -> None:
+    def _runBefore(self, exchange: Exchange, chain: Chain, start: int) -> None:
         for i in range(start, len(chain)):
             try:
-                result = chain[i].before(context)
+                result = chain[i].before(exchange)
             except Exception:
                 log.failure("filter {name} failed in before()", name=chain[i].name)
-                self._answer(context, chain[:i], _internalError())
+                self._answer(exchange, chain[:i], _internalError())
                 return
             if result is None:
                 continue
             if isinstance(result, defer.Deferred):
-                context.attributes["gateway.waitingOn"] = chain[i].name
+                exchange.waiting = result
                 result.addCallbacks(
                     self._beforeResumed,
                     self._beforeFailed,
-                    callbackArgs=(context, chain, i),
-                    errbackArgs=(context, chain, i),
+                    callbackArgs=(exchange, chain, i),
+                    errbackArgs=(exchange, chain, i),
                 )
                 return
-            context.attributes["gateway.outcome"] = "reject:" + chain[i].name
-            self._answer(context, chain[:i], result)
+            exchange.outcome = "reject:" + chain[i].name
+            self._answer(exchange, chain[:i], result)
             return
         try:
-            self._dispatch(context, chain)
+            self._dispatch(exchange, chain)
         except Exception:
-            self._bug(Failure(), context)
+            self._bug(Failure(), exchange)
 
-    def _beforeResumed(self, result: Any, context: RequestContext, chain: Any, i: int) -> None:
-        if context.request._disconnected:
+    def _beforeResumed(
+        self, result: Optional[EarlyResponse], exchange: Exchange, chain: Chain, i: int
+    ) -> None:
+        exchange.waiting = None
+        if exchange.gone:
             return
         if result is None:
-            self._runBefore(context, chain, i + 1)
+            self._runBefore(exchange, chain, i + 1)
         else:
-            context.attributes["gateway.outcome"] = "reject:" + chain[i].name
-            self._answer(context, chain[:i], result)
+            exchange.outcome = "reject:" + chain[i].name
+            self._answer(exchange, chain[:i], result)
 
-    def _beforeFailed(self, failure: Failure, context: RequestContext, chain: Any, i: int) -> None:
+    def _beforeFailed(self, failure: Failure, exchange: Exchange, chain: Chain, i: int) -> None:
+        exchange.waiting = None
+        if exchange.gone:
+            # (Cancelled because the client left.)
+            return
         log.failure("filter {name} failed in before()", failure, name=chain[i].name)
-        if not context.request._disconnected:
-            self._answer(context, chain[:i], _internalError())
+        self._answer(exchange, chain[:i], _internalError())
 
-    def _runAfter(self, context: RequestContext, chain: Sequence[Any], info: ResponseInfo) -> None:
+    def _runAfter(self, exchange: Exchange, chain: Chain, info: ResponseInfo) -> None:
         for f in reversed(chain):
             try:
-                f.after(context, info)
+                f.after(exchange, info)
             except Exception:
                 log.failure("filter {name} failed in after()", name=f.name)
-        context.status = info.code
+        exchange.status = info.code
         if self._stats is not None:
-            self._stats.record(context, info.code, context.attributes.get("gateway.outcome"))
+            self._stats.record(exchange, info.code, exchange.outcome)
 
-    def _runError(self, context: RequestContext, chain: Sequence[Any], failure: Failure) -> None:
+    def _runError(self, exchange: Exchange, chain: Chain, failure: Failure) -> None:
         for f in reversed(chain):
             try:
-                f.error(context, failure)
+                f.error(exchange, failure)
             except Exception:
                 log.failure("filter {name} failed in error()", name=f.name)
 
-    def _answer(self, context: RequestContext, chain: Sequence[Any], answer: EarlyResponse) -> None:
+    def _answer(self, exchange: Exchange, chain: Chain, answer: EarlyResponse) -> None:
         """
         Send an answer the gateway made itself, through the C{after} hooks.
         """
-        request = context.request
+        request = exchange.request
         body = answer.encode()
         headers = request.responseHeaders
         headers.setRawHeaders(b"content-type", [b"application/json"])
@@ -302,96 +296,113 @@ class GatewayResource(Resource):
             headers.setRawHeaders(name, list(values))
         headers.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
         info = ResponseInfo(answer.code, headers)
-        self._runAfter(context, chain, info)
+        self._runAfter(exchange, chain, info)
         request.setResponseCode(info.code)
         request.write(body)
         request.finish()
 
     # -- dispatch ---------------------------------------------------------------
 
-    def _dispatch(self, context: RequestContext, chain: Sequence[Any]) -> None:
-        api = context.api
-        if api.routings and context.cluster is None:
-            for rule in api.routings:
-                if rule.selects(context):
-                    target = context.snapshot.clusters[rule.routing.cluster]
-                    if rule.routing.strategy == "mirror":
-                        if self._mirror is not None:
-                            self._mirror.send(context, target)
-                    elif context.cluster is None:
-                        context.cluster = target
-                        context.attributes["gateway.routing"] = rule.routing.name
+    def _dispatch(self, exchange: Exchange, chain: Chain) -> None:
+        api = exchange.api
+        snapshot = exchange.snapshot
+        if api.routings and exchange.cluster is None:
+            decision = decideRoutings(api.routings, exchange)
+            split = decision.split
+            if split is not None:
+                exchange.cluster = snapshot.clusters[split.routing.cluster]
+                exchange.routing = split.routing.name
+            if decision.mirrors and self._mirror is not None:
+                for mirrored in decision.mirrors:
+                    self._mirror.send(exchange, snapshot.clusters[mirrored.routing.cluster])
         if api.aggregate:
             if self._aggregator is None:
-                self._answer(context, chain, EarlyResponse.error(501, "aggregation is not enabled"))
-            else:
-                self._aggregator.serve(context, chain, self)
+                self._answer(
+                    exchange, chain, EarlyResponse.error(501, "aggregation is not enabled")
+                )
+                return
+            d = exchange.waiting = self._aggregator.serve(exchange)
+            d.addCallbacks(
+                self._aggregated,
+                self._aggregationFailed,
+                callbackArgs=(exchange, chain),
+                errbackArgs=(exchange, chain),
+            )
             return
         node = api.nodes[0]
-        cluster = context.cluster or context.snapshot.clusters[node.clusterName]
-        context.cluster = cluster
-        request = context.request
-        uri = context.upstreamURI
-        if uri is None:
-            uri = node.rewrite.expand(context.params, request) if node.rewrite else request.uri
-            context.upstreamURI = uri
+        cluster = exchange.cluster or snapshot.clusters[node.clusterName]
+        exchange.cluster = cluster
+        if exchange.upstreamURI is None:
+            request = exchange.request
+            exchange.upstreamURI = (
+                node.rewrite.expand(exchange.params, request) if node.rewrite else request.uri
+            )
         self._retryBudget.requestSent()
-        self._send(context, chain, node, cluster.choose(context.clientIP), ())
+        self._send(exchange, chain, node, cluster.choose(exchange.clientIP), ())
+
+    def _aggregated(self, answer: EarlyResponse, exchange: Exchange, chain: Chain) -> None:
+        exchange.waiting = None
+        if not exchange.gone:
+            self._answer(exchange, chain, answer)
+
+    def _aggregationFailed(self, failure: Failure, exchange: Exchange, chain: Chain) -> None:
+        exchange.waiting = None
+        if not exchange.gone:
+            self._failed(failure, exchange, chain)
 
     def _send(
-        self, context: RequestContext, chain: Sequence[Any], node: Any, backend: Any, tried: tuple
+        self, exchange: Exchange, chain: Chain, node: Any, backend: Any, tried: Tuple[Any, ...]
     ) -> None:
-        backend = startRequest(context.cluster, backend, tried)
+        backend = startRequest(exchange.cluster, backend, tried)
         if backend is None:
-            self._failed(Failure(noBackendError(context.cluster)), context, chain)
+            self._failed(Failure(noBackendError(exchange.cluster)), exchange, chain)
             return
-        context.backend = backend
-        request = context.request
-        context.attributes["gateway.sentAt"] = self._reactor.seconds()
+        exchange.backend = backend
+        exchange.sentAt = self._reactor.seconds()
         tried = tried + (backend,)
-        pending = self._sendUpstream(
+        sent = self._client.send(
             backend,
-            request.method,
-            context.upstreamURI,
-            context.upstreamHeaders,
-            bodyProducerFor(request),
+            exchange.request.method,
+            exchange.upstreamURI,
+            exchange.upstreamHeaders,
+            exchange.body.producer(),
             node.timeout,
             self._gotResponseSafely,
             self._upstreamFailedSafely,
-            context,
+            exchange,
             chain,
             node,
             tried,
         )
-        if pending is not None:
-            # (None when it failed at once: that was handled, and a retry
-            # may be pending in its place.)
-            context.attributes["gateway.pending"] = pending
+        if not sent.finished:
+            # (When it failed at once, that was handled, and a retry may be
+            # pending in its place.)
+            exchange.pending = sent
 
     def _gotResponseSafely(
-        self, response: Any, context: RequestContext, chain: Sequence[Any], node: Any, tried: tuple
+        self, response: Any, exchange: Exchange, chain: Chain, node: Any, tried: Tuple[Any, ...]
     ) -> None:
         try:
-            self._gotResponse(response, context, chain)
+            self._gotResponse(response, exchange, chain)
         except Exception:
-            self._bug(Failure(), context)
+            self._bug(Failure(), exchange)
 
     def _upstreamFailedSafely(
-        self, failure: Failure, context: RequestContext, chain: Any, node: Any, tried: tuple
+        self, failure: Failure, exchange: Exchange, chain: Chain, node: Any, tried: Tuple[Any, ...]
     ) -> None:
         try:
-            self._upstreamFailed(failure, context, chain, node, tried)
+            self._upstreamFailed(failure, exchange, chain, node, tried)
         except Exception:
-            self._bug(Failure(), context)
+            self._bug(Failure(), exchange)
 
-    def _bug(self, failure: Failure, context: RequestContext) -> None:
+    def _bug(self, failure: Failure, exchange: Exchange) -> None:
         """
         Last resort: a bug in the request path must not leave the client
         waiting forever.
         """
         log.failure("internal error while proxying", failure)
-        request = context.request
-        if request._disconnected or request.finished:
+        request = exchange.request
+        if exchange.gone or request.finished:
             return
         if request.startedWriting:
             request.channel.transport.abortConnection()
@@ -403,63 +414,68 @@ class GatewayResource(Resource):
         request.write(body)
         request.finish()
 
-    def _gotResponse(self, response: Any, context: RequestContext, chain: Sequence[Any]) -> None:
-        attributes = context.attributes
-        attributes.pop("gateway.pending", None)
-        context.upstreamLatency = self._reactor.seconds() - attributes["gateway.sentAt"]
-        backend: Any = context.backend
-        attributes["gateway.ok"] = not backend.isFailureStatus(response.code)
-        request = context.request
-        if request._disconnected:
+    def _gotResponse(self, response: Any, exchange: Exchange, chain: Chain) -> None:
+        exchange.pending = None
+        exchange.upstreamLatency = self._reactor.seconds() - exchange.sentAt
+        backend: Any = exchange.backend
+        exchange.upstreamOK = not backend.isFailureStatus(response.code)
+        request = exchange.request
+        if exchange.gone:
             response.deliverBody(_Discard())
-            self._upstreamDone(context, None)
+            self._upstreamDone(exchange, None)
             return
         copyResponseHeaders(response.headers, request.responseHeaders)
         info = ResponseInfo(response.code, request.responseHeaders)
-        self._runAfter(context, chain, info)
+        self._runAfter(exchange, chain, info)
         if info.code == response.code:
             request.setResponseCode(response.code, response.phrase)
         else:
             request.setResponseCode(info.code)
         if request.method == b"HEAD" or response.code in (204, 304):
             response.deliverBody(_Discard())
-            self._upstreamDone(context)
+            self._upstreamDone(exchange)
             request.finish()
             return
         body = getattr(response, "body", None)
         if body is not None:
             # The whole body came with the head (L{HTTP11UpstreamClient}
             # says so of small answers): nothing to stream.
-            self._upstreamDone(context)
+            self._upstreamDone(exchange)
             if body:
                 request.write(body)
             request.finish()
             return
         length = getattr(response, "length", UNKNOWN_LENGTH)
         stream = not isinstance(length, int) or length > _SMALL_RESPONSE
-        response.deliverBody(_StreamBody(self, context, stream))
+        response.deliverBody(_StreamBody(self, exchange, stream))
 
-    def _upstreamDone(self, context: RequestContext, ok: Optional[bool] = True) -> None:
+    def _upstreamDone(self, exchange: Exchange, ok: Optional[bool] = True) -> None:
         """
         The upstream exchange is over: account for it on the backend.
 
         @param ok: L{False} when the body broke, L{None} when the client
             left (the server is not to blame), else L{True}; a failure status
-            (see L{gateway.balancing.backend.Backend.isFailureStatus}) still counts.
+            (see L{gateway.balancing.backend.Backend.isFailureStatus}) still
+            counts.
         """
-        backend = context.backend
+        backend = exchange.backend
         if backend is not None:
             if ok:
-                ok = context.attributes.get("gateway.ok", True)
-            backend.requestFinished(context.upstreamLatency, ok)
+                ok = exchange.upstreamOK
+            backend.requestFinished(exchange.upstreamLatency, ok)
 
     def _upstreamFailed(
-        self, failure: Failure, context: RequestContext, chain: Any, node: Any, tried: tuple
+        self,
+        failure: Failure,
+        exchange: Exchange,
+        chain: Chain,
+        node: Any,
+        tried: Tuple[Any, ...],
     ) -> None:
-        context.attributes.pop("gateway.pending", None)
-        request = context.request
-        backend: Any = context.backend
-        if failure.check(defer.CancelledError) and request._disconnected:
+        exchange.pending = None
+        request = exchange.request
+        backend: Any = exchange.backend
+        if exchange.gone and failure.check(defer.CancelledError):
             # The client left: not the server's fault, so not judged.
             backend.requestFinished(None, None)
             return
@@ -468,33 +484,34 @@ class GatewayResource(Resource):
             failure.check(UpstreamConnectError, UpstreamBroken)
             and len(tried) <= node.retries
             and request.method in IDEMPOTENT_METHODS
-            and not request._disconnected
+            and not exchange.gone
         ):
-            retryWith = nextBackend(context.cluster, context.clientIP, tried)
+            retryWith = nextBackend(exchange.cluster, exchange.clientIP, tried)
             if retryWith is not None and self._retryBudget.tryRetry():
                 log.info(
                     "retrying {method} {uri} on {next} after {failed}: {error}",
                     method=request.method,
-                    uri=context.upstreamURI,
+                    uri=exchange.upstreamURI,
                     next=retryWith.name,
                     failed=backend.name,
                     error=failure.getErrorMessage(),
                 )
-                context.attributes["gateway.retries"] = len(tried)
-                self._send(context, chain, node, retryWith, tried)
+                exchange.retries = len(tried)
+                self._send(exchange, chain, node, retryWith, tried)
                 return
-        self._failed(failure, context, chain)
+        self._failed(failure, exchange, chain)
 
-    def _failed(self, failure: Failure, context: RequestContext, chain: Any) -> None:
+    def _failed(self, failure: Failure, exchange: Exchange, chain: Chain) -> None:
         """
         Answer an upstream failure: C{error} hooks, then a JSON error through
         the C{after} hooks.
         """
-        self._runError(context, chain, failure)
-        if context.request._disconnected:
+        exchange.error = failure.getErrorMessage()
+        self._runError(exchange, chain, failure)
+        if exchange.gone:
             return
         error: Any = failure.value
-        context.attributes["gateway.outcome"] = outcomeOf(error)
+        exchange.outcome = outcomeOf(error)
         headers: Dict[Any, Any] = {}
         if isinstance(error, UpstreamError):
             code, message = error.status, error.reason
@@ -503,19 +520,19 @@ class GatewayResource(Resource):
         else:
             log.failure("unexpected upstream failure", failure)
             code, message = 502, "upstream error"
-        extra = {"api": context.api.name}
-        if context.backend is not None:
-            extra["server"] = context.backend.name
-        self._answer(context, chain, EarlyResponse.error(code, message, headers, **extra))
+        extra = {"api": exchange.api.name}
+        if exchange.backend is not None:
+            extra["server"] = exchange.backend.name
+        self._answer(exchange, chain, EarlyResponse.error(code, message, headers, **extra))
 
-    def _requestOver(self, reason: Optional[Failure], context: RequestContext) -> None:
+    def _requestOver(self, reason: Optional[Failure], exchange: Exchange) -> None:
         """
         The request is over (see L{gateway.http.request.GatewayRequest.notifyDone}):
         finished (C{reason} is L{None}) or cut off by the client.
         """
         if reason is not None:
-            self._clientGone(reason, context)
-        self._requestEnded(None, context.request)
+            self._clientGone(reason, exchange)
+        self._requestEnded(None, exchange.request)
 
     def _requestEnded(self, _: Any, request: Any) -> None:
         self.inFlight -= 1
@@ -529,9 +546,9 @@ class GatewayResource(Resource):
             if self.inFlight == 0:
                 waiting, self._drained = self._drained, []
                 for d in waiting:
-                    d.callback(None)
+                    d.callback(0)
 
-    def drain(self, timeout: float) -> defer.Deferred:
+    def drain(self, timeout: float) -> defer.Deferred[int]:
         """
         Stop keeping connections alive and wait for the requests in flight.
 
@@ -542,24 +559,28 @@ class GatewayResource(Resource):
         self._draining = True
         if self.inFlight == 0:
             return defer.succeed(0)
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[int] = defer.Deferred()
         self._drained.append(d)
         d.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda result, t: self.inFlight)
         return d.addCallback(lambda _: self.inFlight)
 
-    def _clientGone(self, failure: Failure, context: RequestContext) -> None:
+    def _clientGone(self, failure: Failure, exchange: Exchange) -> None:
         """
         The client went away: stop whatever is still running for it.
         """
-        pending = context.attributes.pop("gateway.pending", None)
+        exchange.gone = True
+        pending = exchange.pending
         if pending is not None:
+            exchange.pending = None
             pending.cancel()
-        transport = context.attributes.pop("gateway.bodyTransport", None)
+        transport = exchange.bodyTransport
         if transport is not None:
+            exchange.bodyTransport = None
             transport.stopProducing()
-        canceller = context.attributes.pop("gateway.cancel", None)
-        if canceller is not None:
-            canceller()
+        waiting = exchange.waiting
+        if waiting is not None:
+            exchange.waiting = None
+            waiting.cancel()
 
 
 _OUTCOMES = (

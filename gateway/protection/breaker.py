@@ -338,10 +338,3 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name} {self.state}>"
-
-
-#: context.attributes keys of L{APIBreakerFilter}.
-COUNTED = "gateway.apiBreakerCounted"
-
-
-RECORDED = "gateway.apiBreakerRecorded"

@@ -117,7 +117,6 @@ from gateway.model.resources import Condition, Routing
 
 __all__ = [
     "JSON_BODY_LIMIT",
-    "JSON_BODY_ATTRIBUTE",
     "CompiledRouting",
     "RoutingDecision",
     "compileRouting",
@@ -128,21 +127,8 @@ __all__ = [
 ]
 
 
+#: The largest request body, in bytes, that C{json} conditions look into.
 JSON_BODY_LIMIT = 65536
-
-
-"""
-The largest request body, in bytes, that C{json} conditions look into.
-"""
-
-
-JSON_BODY_ATTRIBUTE = "gateway.jsonBody"
-
-
-"""
-The key of L{gateway.pipeline.exchange.RequestContext.attributes} under which the
-parsed JSON body is cached, as C{(limit, found, document)}.
-"""
 
 
 _MISSING = object()
@@ -325,29 +311,23 @@ def _refuseConstant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _loadJSONBody(request: Any, limit: int) -> Tuple[bool, Any]:
+def _loadJSONBody(context: Any, limit: int) -> Tuple[bool, Any]:
     """
-    Parse a request's body as JSON, leaving the body file where it was.
+    Parse a request's body as JSON (through the exchange's body accessor,
+    which leaves it whole for forwarding).
 
+    @param context: the request's L{gateway.pipeline.exchange.Exchange}.
     @return: C{(True, document)}, or C{(False, None)} when the body is not
         JSON, is larger than C{limit} bytes, or cannot be read.
     """
-    contentTypes = request.requestHeaders.getRawHeaders(b"content-type")
+    contentTypes = context.request.requestHeaders.getRawHeaders(b"content-type")
     if not contentTypes or not _isJSONType(contentTypes[0]):
         return False, None
-    content = getattr(request, "content", None)
-    if content is None:
-        return False, None
     try:
-        position = content.tell()
-        content.seek(0)
-        try:
-            data = content.read(limit + 1)
-        finally:
-            content.seek(position)
+        data = context.body.read(limit)
     except (OSError, ValueError):
         return False, None
-    if len(data) > limit:
+    if data is None:
         return False, None
     try:
         return True, json.loads(data, parse_constant=_refuseConstant)
@@ -378,21 +358,18 @@ def _walk(document: Any, steps: Tuple[Tuple[str, Optional[int]], ...]) -> Any:
     return document
 
 
-def readJSONField(request: Any, dottedPath: str, limit: int = JSON_BODY_LIMIT) -> Tuple[bool, Any]:
+def readJSONField(context: Any, dottedPath: str, limit: int = JSON_BODY_LIMIT) -> Tuple[bool, Any]:
     """
     Read one field of a request's JSON body.
 
-    The body file is read from its start and left at the position it had,
-    so the body can still be forwarded.
-
-    @param request: a L{twisted.web.server.Request}.
+    @param context: the request's L{gateway.pipeline.exchange.Exchange}.
     @param dottedPath: the field, e.g. C{user.id} or C{items.0.sku}.
     @param limit: the largest body, in bytes, to look into.
     @return: C{(True, value)} (C{value} may be L{None} for a JSON C{null}),
         or C{(False, None)} when the field is missing, the body is not JSON
         or not declared as JSON, or the body is larger than C{limit}.
     """
-    found, document = _loadJSONBody(request, limit)
+    found, document = _loadJSONBody(context, limit)
     if not found:
         return False, None
     value = _walk(document, _pathSteps(dottedPath))
@@ -405,11 +382,10 @@ def _jsonGetter(name: str, limit: int = JSON_BODY_LIMIT) -> _Getter:
     steps = _pathSteps(name)
 
     def getJSON(context: Any) -> Any:
-        cached = context.attributes.get(JSON_BODY_ATTRIBUTE)
+        cached = context.jsonBody
         if cached is None or cached[0] != limit:
-            found, document = _loadJSONBody(context.request, limit)
-            cached = (limit, found, document)
-            context.attributes[JSON_BODY_ATTRIBUTE] = cached
+            found, document = _loadJSONBody(context, limit)
+            cached = context.jsonBody = (limit, found, document)
         if not cached[1]:
             return _MISSING
         return _walk(cached[2], steps)
@@ -517,7 +493,7 @@ _ORDERS = {"lt": _lt, "le": _le, "gt": _gt, "ge": _ge}
 def _compileCondition(condition: Condition, jsonBodyLimit: int = JSON_BODY_LIMIT) -> _Test:
     """
     @param jsonBodyLimit: the largest body C{json} conditions look into.
-    @return: a callable that takes a L{gateway.pipeline.exchange.RequestContext} and
+    @return: a callable that takes a L{gateway.pipeline.exchange.Exchange} and
         says whether the condition holds.
     """
     if condition.source == "json":
@@ -603,7 +579,7 @@ class CompiledRouting:
 
     def matches(self, context: Any) -> bool:
         """
-        @param context: the L{gateway.pipeline.exchange.RequestContext} of a request.
+        @param context: the L{gateway.pipeline.exchange.Exchange} of a request.
         @return: whether the request meets every condition.
         """
         for test in self._tests:
@@ -613,7 +589,7 @@ class CompiledRouting:
 
     def selects(self, context: Any) -> bool:
         """
-        @param context: the L{gateway.pipeline.exchange.RequestContext} of a request.
+        @param context: the L{gateway.pipeline.exchange.Exchange} of a request.
         @return: whether this routing takes the request: it matches and
             falls within the C{trafficRate} share (sticky per C{hashOn}
             key when one is set).
@@ -717,7 +693,7 @@ def decideRoutings(routings: Iterable[CompiledRouting], context: Any) -> Routing
 
     @param routings: the applicable routings, in evaluation order
         (L{applicableRoutings}).
-    @param context: the request's L{gateway.pipeline.exchange.RequestContext}.
+    @param context: the request's L{gateway.pipeline.exchange.Exchange}.
     @return: a L{RoutingDecision}.
     """
     split = None

@@ -26,16 +26,13 @@ from twisted.logger import Logger
 
 from gateway.balancing.backend import Backend
 from gateway.balancing.balancers import makeBalancer
-from gateway.filters.breaker import makeAPIBreakerFilter
-from gateway.filters.ipaccess import makeIPAccessFilter
-from gateway.filters.ratelimit import makeRateLimitFilter
 from gateway.model.resources import API, Catalog, CatalogParser, Cluster, Node, ReferenceError
 from gateway.model.schema import ValidationError
 from gateway.model.urlpattern import parsePattern
 from gateway.protection.ratelimit import LOCAL
 from gateway.routing.rewrite import Rewrite
 from gateway.routing.router import Route, RouteConflict, Router
-from gateway.routing.rules import compileRouting, orderRoutings
+from gateway.routing.rules import applicableRoutings, compileRouting, orderRoutings
 
 log = Logger()
 
@@ -346,7 +343,7 @@ class SnapshotManager:
         # own, in order (most APIs have none of their own).
         # The same tuple as last time when they are the same routings, so
         # that an API they left alone is known by identity.
-        everyAPI = tuple(r for r in compiledRoutings if r.routing.api is None)
+        everyAPI = applicableRoutings(compiledRoutings, None)
         if _sameItems(everyAPI, self._everyAPI):
             everyAPI = self._everyAPI
         self._everyAPI = everyAPI
@@ -355,7 +352,7 @@ class SnapshotManager:
         for name, api in catalog.apis.items():
             hit = previous.get(name)
             if name in named:
-                scoped = tuple(r for r in compiledRoutings if r.routing.api in (None, name))
+                scoped = applicableRoutings(compiledRoutings, name)
             else:
                 scoped = everyAPI
                 if hit is not None and hit[0] is api and hit[1] is scoped:
@@ -410,26 +407,14 @@ class SnapshotManager:
 
     def _protectionFilters(self, api: API, pendingFilters: Dict) -> List[Any]:
         """
-        The filters an API's own protection settings ask for, in front of
-        its plugin filters: IP access first (a denied client costs no
-        token), then the API's circuit breaker, then its rate limits.  The
-        stateful ones are kept across snapshots while their settings stay.
+        The built-in filters an API's own settings ask for (the filter
+        registry's L{apiFilterSpecs<gateway.filters.FilterRegistry.apiFilterSpecs>},
+        in its order), in front of its plugin filters; each kept across
+        snapshots while its settings stay.
         """
         filters: List[Any] = []
-        ipAccess = makeIPAccessFilter(api.ipAccess) if api.ipAccess is not None else None
-        if ipAccess is not None:
-            filters.append(ipAccess)
-        stateful = (
-            (
-                ("circuit-breaker", api.name, repr(api.circuitBreaker)),
-                lambda: makeAPIBreakerFilter(api, self._reactor, self._random),
-            ),
-            (
-                ("rate-limit", api.name, repr((api.maxQPS, api.rateLimit))),
-                lambda: makeRateLimitFilter(api, self._reactor, buckets=self._buckets),
-            ),
-        )
-        for key, make in stateful:
+        specs = self._filters.apiFilterSpecs(api, self._reactor, self._random, self._buckets)
+        for key, make in specs:
             made = pendingFilters.get(key) or self._apiFilters.get(key)
             if made is None:
                 made = make()

@@ -222,7 +222,7 @@ class Stats:
     def __init__(self, clock: Any) -> None:
         """
         @param clock: an L{IReactorTime}; latencies are measured with it
-            against L{gateway.pipeline.exchange.RequestContext.startTime}.
+            against L{gateway.pipeline.exchange.Exchange.startTime}.
         """
         self._clock = clock
         self.totals = Counters()
@@ -238,7 +238,7 @@ class Stats:
         """
         Count one answer.  Called by the proxy exactly once per answer.
 
-        @param context: the L{gateway.pipeline.exchange.RequestContext}.
+        @param context: the L{gateway.pipeline.exchange.Exchange}.
         @param code: the status sent.
         @param outcome: L{None} for an upstream answer, C{"reject:FILTER"}
             for a filter's early answer, or an upstream failure's kind.
