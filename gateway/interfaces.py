@@ -25,6 +25,10 @@ class IFilter(Interface):
     the C{error} hooks run first, then the error answer passes C{after}.
     C{before} may return a L{twisted.internet.defer.Deferred}; a filter that
     answers synchronously costs no Deferred at all on the hot path.
+
+    Global filters (C{proxy.filters}) also see the gateway's own answers to
+    requests no API matches (404, and 503 before the first configuration):
+    their exchange's C{api} is L{None}.
     """
 
     name = Attribute("The filter's unique name, as used in the configuration.")

@@ -358,6 +358,29 @@ async def test_request_id_filter(harness):
     assert r.code == 404
 
 
+@pytest_twisted.ensureDeferred
+async def test_own_answers_pass_global_filters(harness, goodPlugins):
+    """
+    The gateway's own answers pass the global filters too: the 503 before
+    any configuration and the 404 for no API carry the request id, and a
+    global filter may answer such a request itself.
+    """
+    await harness.start(globalFilters=["request-id", "deny-header"], registry=goodPlugins)
+    r = await harness.request("GET", "/echo/x")
+    assert r.code == 503
+    assert r.headers.getRawHeaders("x-request-id") is not None
+    await r.content()
+    harness.apply([API])
+    r = await harness.request("GET", "/nowhere", headers={"X-Request-Id": "abc-123"})
+    assert r.code == 404
+    assert r.headers.getRawHeaders("x-request-id") == ["abc-123"]
+    assert r.headers.getRawHeaders("x-seen-by") == ["deny-header"]
+    assert json.loads(await r.content()) == {"error": "no API matches this request"}
+    r = await harness.request("GET", "/nowhere", headers={"X-Deny": "1"})
+    assert r.code == 403
+    assert json.loads(await r.content()) == {"error": "denied by test filter"}
+
+
 @pytest.fixture
 def goodPlugins():
     path = os.path.join(HERE, "plugins_good")

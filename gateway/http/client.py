@@ -2,8 +2,8 @@
 The gateway's own HTTP/1.1 client for talking to backends.
 
 Twisted's C{Agent} costs ~500 microseconds of CPU per proxied request on
-CPython (measured in C{bench/}: the Agent proxy row) and hides the upstream's C{Connection} header in
-its parser.  L{HTTP11UpstreamClient} is a lean replacement behind
+CPython (measured in C{bench/}: the Agent proxy row) and hides the
+upstream's C{Connection} header in its parser.  L{HTTP11UpstreamClient} is a lean replacement behind
 L{IUpstreamClient}: one keep-alive pool per backend address, the request
 head (and a small in-memory body) sent in one write, and a small response
 parser of its own that keeps every header the upstream sent, including

@@ -70,8 +70,10 @@ class Exchange:
     @ivar request: the L{gateway.http.request.GatewayRequest} from the client.
     @ivar snapshot: the L{gateway.routing.snapshot.Snapshot} this request is
         served from, start to end, even when a newer one is swapped in
-        meanwhile.
-    @ivar api: the L{gateway.routing.snapshot.CompiledAPI} that matched.
+        meanwhile (L{None} before the first one).
+    @ivar api: the L{gateway.routing.snapshot.CompiledAPI} that matched, or
+        L{None} when none did (or there is no configuration yet): the
+        gateway then answers itself (404, 503), through the global filters.
     @ivar params: the path parameters of the match, C{{name: str}}.
     @ivar clientIP: the client's address as the gateway trusts it (the
         direct peer, or the address a trusted proxy forwarded).

@@ -173,32 +173,35 @@ class GatewayResource(Resource):
 
     def render(self, request: Any) -> Any:
         snapshot = self._manager.snapshot
-        if snapshot is None:
-            return self._plainError(request, 503, "gateway is starting, no configuration yet")
         incoming = request.requestHeaders
         raw = rawHeadersOf(incoming)
         host = raw.get(_HOST) if raw is not None else incoming.getRawHeaders(b"host")
-        method = request.method
-        match = snapshot.match(
-            _METHODS.get(method) or method.decode("ascii", "replace"),
-            host[0].decode("latin-1") if host else None,
-            request.path.decode("utf-8", "surrogateescape"),
-        )
-        if match is None:
-            return self._plainError(request, 404, "no API matches this request")
-        api = match.value
+        if snapshot is None:
+            # No configuration yet: the global filters still see the answer.
+            match = None
+            chain: Chain = self._manager.globalFilters
+        else:
+            method = request.method
+            match = snapshot.match(
+                _METHODS.get(method) or method.decode("ascii", "replace"),
+                host[0].decode("latin-1") if host else None,
+                request.path.decode("utf-8", "surrogateescape"),
+            )
+            chain = snapshot.filters
         address = request.getClientAddress()
         clientIP = self._clients.clientOf(request, address)
         peer = getattr(address, "host", "unknown").encode("ascii", "replace")
         exchange = Exchange(
             request,
             snapshot,
-            api,
-            match.params,
+            match.value if match is not None else None,
+            match.params if match is not None else {},
             clientIP,
             self._reactor.seconds(),
             upstreamHeaders(request, host, peer),
         )
+        if match is not None and match.value.filters:
+            chain = chain + match.value.filters
         self.inFlight += 1
         notifyDone = getattr(request, "notifyDone", None)
         if notifyDone is not None:
@@ -207,16 +210,8 @@ class GatewayResource(Resource):
             request.notifyFinish().addErrback(self._clientGone, exchange).addBoth(
                 self._requestEnded, request
             )
-        chain = snapshot.filters + api.filters if api.filters else snapshot.filters
         self._runBefore(exchange, chain, 0)
         return server.NOT_DONE_YET
-
-    def _plainError(self, request: Any, code: int, message: str) -> bytes:
-        body = EarlyResponse.error(code, message).encode()
-        request.setResponseCode(code)
-        request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
-        return body
 
     # -- the filter chain -----------------------------------------------------
 
@@ -306,6 +301,14 @@ class GatewayResource(Resource):
     def _dispatch(self, exchange: Exchange, chain: Chain) -> None:
         api = exchange.api
         snapshot = exchange.snapshot
+        if api is None:
+            # The gateway's own answer, through the global filters.
+            if snapshot is None:
+                answer = EarlyResponse.error(503, "gateway is starting, no configuration yet")
+            else:
+                answer = EarlyResponse.error(404, "no API matches this request")
+            self._answer(exchange, chain, answer)
+            return
         if api.routings and exchange.cluster is None:
             decision = decideRoutings(api.routings, exchange)
             split = decision.split

@@ -247,10 +247,15 @@ class Stats:
         if latency < 0.0:
             latency = 0.0
         bucket = bisect.bisect_left(BUCKETS_SECONDS, latency)
-        name = context.api.name
-        api = self.apis.get(name)
-        if api is None:
-            api = self._newEntry(self.apis, self._apiNames, name)
+        compiled = context.api
+        if compiled is None:
+            # The gateway's own 404 (or 503 before any configuration).
+            api = None
+        else:
+            name = compiled.name
+            api = self.apis.get(name)
+            if api is None:
+                api = self._newEntry(self.apis, self._apiNames, name)
         backend = context.backend
         server = None
         if backend is not None:
