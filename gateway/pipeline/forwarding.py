@@ -212,11 +212,13 @@ class ClientAddresses:
         """
         if peer is None:
             peer = request.getClientAddress()
-        address = getattr(peer, "host", None) or "unknown"
+        address: str = getattr(peer, "host", None) or "unknown"
         if not self._trusted or not self._isTrusted(address):
             return address
         forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
-        hops = [h.strip() for v in forwarded for h in v.decode("latin-1").split(",") if h.strip()]
+        hops: List[str] = [
+            h.strip() for v in forwarded for h in v.decode("latin-1").split(",") if h.strip()
+        ]
         for hop in reversed(hops):
             if not self._isTrusted(hop):
                 return hop

@@ -606,7 +606,7 @@ def outcomeOf(error: BaseException) -> str:
     return "broken"
 
 
-def nextBackend(cluster: Any, key: Optional[str], tried: tuple) -> Any:
+def nextBackend(cluster: Any, key: Optional[str], tried: Tuple[Any, ...]) -> Any:
     """
     @return: a backend to retry on that was not tried yet, or L{None}.
     """
