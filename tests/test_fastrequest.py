@@ -505,7 +505,8 @@ class ProxyStreamingTests(SynchronousTestCase):
         self.assertEqual(resource.inFlight, 1)
         response.protocol.dataReceived(b"hello")
         response.protocol.connectionLost(Failure(ResponseDone()))
-        self.assertTrue(transport.value().endswith(b"Content-Length: 5\r\n\r\nhello"))
+        self.assertIn(b"\r\nContent-Length: 5\r\n", transport.value())
+        self.assertTrue(transport.value().endswith(b"\r\n\r\nhello"))
         self.assertEqual(resource.inFlight, 0)
         backend = resource._manager.backends["s"]
         self.assertEqual(backend.active, 0)

@@ -32,8 +32,10 @@ async def test_get_with_query_and_headers(harness):
     """
     A GET reaches the backend with its path, query and end-to-end headers
     intact; hop-by-hop headers (including those named in Connection) are
-    dropped both ways; X-Forwarded-* are set; the response keeps its
-    Content-Length instead of going out chunked.
+    dropped both ways; the forwarding headers are the gateway's own (a
+    client that is no trusted proxy cannot choose them), Via names this
+    hop both ways; the response keeps its Content-Length instead of going
+    out chunked.
     """
     await harness.start()
     harness.apply([API])
@@ -47,6 +49,12 @@ async def test_get_with_query_and_headers(harness):
             "Keep-Alive": "timeout=5",
             "Proxy-Authorization": "Basic Zm9v",
             "X-Forwarded-For": "10.9.8.7",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "evil.example",
+            "X-Forwarded-Port": "1",
+            "X-Real-IP": "10.9.8.7",
+            "Forwarded": "for=10.9.8.7;proto=https",
+            "Via": "1.0 client-side",
         },
     )
     assert response.code == 200
@@ -57,9 +65,15 @@ async def test_get_with_query_and_headers(harness):
     assert headers["x-custom"] == ["kept"]
     for hop in ("x-hop", "keep-alive", "proxy-authorization"):
         assert hop not in headers
-    assert headers["x-forwarded-for"] == ["10.9.8.7, 127.0.0.1"]
+    gatewayHost = harness.url[len("http://") :]
+    assert headers["x-forwarded-for"] == ["127.0.0.1"]
+    assert headers["x-real-ip"] == ["127.0.0.1"]
     assert headers["x-forwarded-proto"] == ["http"]
-    assert headers["x-forwarded-host"] == [harness.url[len("http://") :]]
+    assert headers["x-forwarded-host"] == [gatewayHost]
+    assert headers["x-forwarded-port"] == [gatewayHost.rpartition(":")[2]]
+    assert headers["forwarded"] == [f'for=127.0.0.1;host="{gatewayHost}";proto=http']
+    assert ", ".join(headers["via"]) == "1.0 client-side, 1.1 gateway"
+    assert response.headers.getRawHeaders("via") == ["1.1 gateway"]
     assert headers["host"] == [f"127.0.0.1:{harness.backendPorts['b1']}"]
 
     status, responseHeaders, body = await rawRequest(
@@ -74,6 +88,43 @@ async def test_get_with_query_and_headers(harness):
     # The backend named X-Secret-Hop in its Connection header: hop-by-hop.
     assert "x-secret-hop" not in responseHeaders
     assert json.loads(body)["uri"] == "/echo/raw"
+
+
+@pytest_twisted.ensureDeferred
+async def test_trusted_proxy_forwarding(harness):
+    """
+    From a trusted proxy the forwarding headers are believed: the client is
+    the right-most untrusted address of X-Forwarded-For, which is extended
+    with the peer, as Forwarded is; X-Forwarded-Proto, -Host, -Port and
+    X-Real-IP are kept as the proxy sent them, and filled in when missing.
+    """
+    await harness.start(trusted=["127.0.0.0/8"])
+    harness.apply([API])
+    response = await harness.request(
+        "GET",
+        "/echo/t",
+        headers={
+            "X-Forwarded-For": "203.0.113.9, 127.0.0.5",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "api.example.com",
+            "Forwarded": 'for=203.0.113.9;host=api.example.com;proto=https, for="[2001:db8::1]"',
+        },
+    )
+    headers = json.loads(await response.content())["headers"]
+    gatewayHost = harness.url[len("http://") :]
+    assert headers["x-forwarded-for"] == ["203.0.113.9, 127.0.0.5, 127.0.0.1"]
+    assert headers["x-forwarded-proto"] == ["https"]
+    assert headers["x-forwarded-host"] == ["api.example.com"]
+    assert headers["x-forwarded-port"] == [gatewayHost.rpartition(":")[2]]
+    assert headers["x-real-ip"] == ["203.0.113.9"]
+    assert headers["forwarded"] == [
+        'for=203.0.113.9;host=api.example.com;proto=https, for="[2001:db8::1]", '
+        f'for=127.0.0.1;host="{gatewayHost}";proto=http'
+    ]
+    response = await harness.request("GET", "/echo/t", headers={"X-Real-IP": "198.51.100.1"})
+    headers = json.loads(await response.content())["headers"]
+    assert headers["x-real-ip"] == ["198.51.100.1"]
+    assert headers["x-forwarded-for"] == ["127.0.0.1"]
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])

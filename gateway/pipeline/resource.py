@@ -36,12 +36,7 @@ from gateway.interfaces import IFilter, IUpstreamClient
 from gateway.pipeline.aggregate import Aggregator
 from gateway.pipeline.errors import NoBackendAvailable, ServersRateLimited
 from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
-from gateway.pipeline.forwarding import (
-    _HOST,
-    ClientAddresses,
-    copyResponseHeaders,
-    upstreamHeaders,
-)
+from gateway.pipeline.forwarding import _HOST, ClientAddresses, copyResponseHeaders
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
 from gateway.routing.rules import decideRoutings
@@ -188,9 +183,7 @@ class GatewayResource(Resource):
                 request.path.decode("utf-8", "surrogateescape"),
             )
             chain = snapshot.filters
-        address = request.getClientAddress()
-        clientIP = self._clients.clientOf(request, address)
-        peer = getattr(address, "host", "unknown").encode("ascii", "replace")
+        clientIP, headers = self._clients.forward(request, host, request.getClientAddress())
         exchange = Exchange(
             request,
             snapshot,
@@ -198,7 +191,7 @@ class GatewayResource(Resource):
             match.params if match is not None else {},
             clientIP,
             self._reactor.seconds(),
-            upstreamHeaders(request, host, peer),
+            headers,
         )
         if match is not None and match.value.filters:
             chain = chain + match.value.filters
