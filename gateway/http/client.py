@@ -44,6 +44,7 @@ from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamTi
 from gateway.http.headers import RAW_HEADERS
 from gateway.http.writesoon import writeSoon
 from gateway.interfaces import ICallbackUpstreamClient
+from gateway.model.limits import DEFAULT_MAX_IDLE
 
 log = Logger()
 
@@ -1278,10 +1279,6 @@ class _Address:
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-
-
-#: Idle keep-alive connections kept per backend address, by default.
-DEFAULT_MAX_IDLE = 512
 
 
 @implementer(ICallbackUpstreamClient)

@@ -29,10 +29,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import attrs
 import yaml
 
-from gateway.http.client import DEFAULT_MAX_IDLE
 from gateway.model.endpoints import isLoopbackEndpoint
-from gateway.model.limits import HTTPLimits
-from gateway.model.resources import Catalog, FilterSpec, parseResource
+from gateway.model.limits import DEFAULT_MAX_IDLE, HTTPLimits
+from gateway.model.resources import KINDS, Catalog, FilterSpec, parseResource
 from gateway.model.schema import (
     Bool,
     Int,
@@ -48,7 +47,6 @@ from gateway.model.schema import (
     fromJSON,
 )
 from gateway.model.schema import List as ListOf
-from gateway.store import KINDS
 
 DEFAULT_STORE = "file:gateway-data.json"
 
