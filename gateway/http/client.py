@@ -44,7 +44,9 @@ from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamTi
 from gateway.http.headers import RAW_HEADERS
 from gateway.http.writesoon import writeSoon
 from gateway.interfaces import ICallbackUpstreamClient
-from gateway.model.limits import DEFAULT_MAX_IDLE
+
+# Re-exported: the default of the config (proxy.upstreamKeepalive) and of the client.
+from gateway.model.limits import DEFAULT_MAX_IDLE as DEFAULT_MAX_IDLE
 
 log = Logger()
 

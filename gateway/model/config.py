@@ -342,7 +342,7 @@ class UniqueKeyLoader(_UniqueKeys, yaml.SafeLoader):
 
 if hasattr(yaml, "CSafeLoader"):
 
-    class _FastUniqueKeyLoader(_UniqueKeys, yaml.CSafeLoader):  # type: ignore[misc]
+    class _FastUniqueKeyLoader(_UniqueKeys, yaml.CSafeLoader):
         """
         L{UniqueKeyLoader} on libyaml's parser (several times faster on a
         large file).
