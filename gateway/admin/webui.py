@@ -76,6 +76,8 @@ class WebUIFile(static.File):
 
     contentTypes = dict(static.File.contentTypes, **CONTENT_TYPES)
     indexNames = ["index.html"]
+    # (static.File declares the deprecated resource class it uses here; any
+    # IResource serves.)
     childNotFound = pages.notFound("Not found", "No such file in the web UI.")  # type: ignore[assignment]
 
     def directoryListing(self) -> IResource:

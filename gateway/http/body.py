@@ -5,9 +5,9 @@ response body ends cleanly (L{CLEAN_ENDS}).
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
 from twisted.web.client import (
     PotentialDataLoss,
     ResponseDone,
@@ -31,7 +31,7 @@ class BytesBodyProducer:
         self._body = body
         self.length = len(body)
 
-    def startProducing(self, consumer: Any) -> Any:
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         if self._body:
             consumer.write(self._body)
         return defer.succeed(None)

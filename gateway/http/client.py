@@ -22,20 +22,30 @@ drive it (C{treq.client.HTTPClient(UpstreamAgent(client))}).
 
 from __future__ import annotations
 
+import typing
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IProtocol,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IClientRequest, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IClientRequest, IResponse
 from zope.interface import implementer
 
 from gateway.http.body import BytesBodyProducer
@@ -43,7 +53,7 @@ from gateway.http.connect import CachedEndpointFactory
 from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
 from gateway.http.headers import RAW_HEADERS
 from gateway.http.writesoon import writeSoon
-from gateway.interfaces import ICallbackUpstreamClient
+from gateway.interfaces import ICallbackUpstreamClient, IUpstreamClient
 
 # Re-exported: the default of the config (proxy.upstreamKeepalive) and of the client.
 from gateway.model.limits import DEFAULT_MAX_IDLE as DEFAULT_MAX_IDLE
@@ -70,7 +80,54 @@ _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 _HEXDIG = b"0123456789abcdefABCDEF"
 
 
-_VERSIONS = {b"HTTP/1.1 ": (b"HTTP", 1, 1), b"HTTP/1.0 ": (b"HTTP", 1, 0)}
+#: An HTTP version, as L{IResponse.version} has it: C{(b"HTTP", 1, 1)}.
+Version = Tuple[bytes, int, int]
+
+
+_VERSIONS: Dict[bytes, Version] = {b"HTTP/1.1 ": (b"HTTP", 1, 1), b"HTTP/1.0 ": (b"HTTP", 1, 0)}
+
+
+#: What L{parseHead} returns: C{(version, code, phrase, headers,
+#: contentLength, transferEncoding, connection)}.
+Head = Tuple[
+    Version,
+    int,
+    bytes,
+    Headers,
+    Optional[List[bytes]],
+    Optional[List[bytes]],
+    Optional[List[bytes]],
+]
+
+
+class UpstreamAddress(typing.Protocol):
+    """
+    What the client knows of a backend: its address.  A
+    L{gateway.balancing.backend.Backend} is one.
+    """
+
+    @property
+    def host(self) -> str:
+        """
+        The host name or IP address to connect to.
+        """
+
+    @property
+    def port(self) -> int:
+        """
+        The TCP port to connect to.
+        """
+
+
+class Cancellable(typing.Protocol):
+    """
+    A request in flight, as L{senderFor}'s C{send} returns it.
+    """
+
+    def cancel(self) -> object:
+        """
+        Abandon the request.
+        """
 
 
 #: Methods that carry a body by definition: without one they get
@@ -192,7 +249,7 @@ def _unfold(lines: List[bytes]) -> List[bytes]:
     return out
 
 
-def parseHead(lines: List[bytes]) -> Tuple[Any, ...]:
+def parseHead(lines: List[bytes]) -> Head:
     """
     Parse a response's status line and header fields.
 
@@ -262,7 +319,7 @@ def _field(name: bytes) -> Tuple[bytes, int]:
     probe = Headers()
     probe.addRawHeader(name, b"")
     if _RAW_KEYS:
-        key = next(iter(probe._rawHeaders))  # type: ignore[attr-defined]
+        key = next(iter(probe._rawHeaders))
     else:
         key = name
     field = (key, _KINDS.get(name.lower(), _ORDINARY))
@@ -271,7 +328,7 @@ def _field(name: bytes) -> Tuple[bytes, int]:
     return field
 
 
-def _parseHead(lines: List[bytes]) -> Tuple[Any, ...]:
+def _parseHead(lines: List[bytes]) -> Head:
     status = lines[0]
     version = _VERSIONS.get(status[:9])
     code = status[9:12]
@@ -284,8 +341,10 @@ def _parseHead(lines: List[bytes]) -> Tuple[Any, ...]:
     ):
         raise _Malformed(f"upstream sent a malformed status line: {status[:80]!r}")
     headers = Headers()
-    raw = headers._rawHeaders if _RAW_KEYS else None  # type: ignore[attr-defined]
-    contentLength = transferEncoding = connection = None
+    raw = headers._rawHeaders if _RAW_KEYS else None
+    contentLength: Optional[List[bytes]] = None
+    transferEncoding: Optional[List[bytes]] = None
+    connection: Optional[List[bytes]] = None
     fields = _FIELDS
     known = _LINES
     for i in range(1, len(lines)):
@@ -448,12 +507,12 @@ class _Response:
 
     def __init__(
         self,
-        conn: Any,
-        version: Tuple[bytes, int, int],
+        conn: Optional[_Connection],
+        version: Version,
         code: int,
         phrase: bytes,
-        headers: Any,
-        length: Any,
+        headers: Headers,
+        length: Union[int, str],
     ) -> None:
         self.version = version
         self.code = code
@@ -461,10 +520,10 @@ class _Response:
         self.headers = headers
         self.length = length
         self.body: Optional[bytes] = None
-        self.request: Any = None
-        self.previousResponse: Any = None
+        self.request: Optional[IClientRequest] = None
+        self.previousResponse: Optional[IResponse] = None
         self._conn = conn
-        self._protocol: Any = None
+        self._protocol: Optional[IProtocol] = None
         self._pending: Optional[List[bytes]] = None
         self._pendingSize = 0
         self._reason: Optional[Failure] = None
@@ -473,10 +532,10 @@ class _Response:
     def __repr__(self) -> str:
         return f"<Response {self.code} {self.phrase!r} length={self.length!r}>"
 
-    def setPreviousResponse(self, response: Any) -> None:
+    def setPreviousResponse(self, response: IResponse) -> None:
         self.previousResponse = response
 
-    def deliverBody(self, protocol: Any) -> None:
+    def deliverBody(self, protocol: IProtocol) -> None:
         """
         Stream the body to C{protocol}: its C{makeConnection} gets a push
         producer, then C{dataReceived} is called with the body's bytes, and
@@ -487,7 +546,10 @@ class _Response:
         if self._protocol is not None:
             raise RuntimeError("the body of a response can be delivered only once")
         self._protocol = protocol
-        protocol.makeConnection(_BodyProducer(self))
+        # A body's protocol gets a push producer for its "transport", as
+        # with Twisted's own responses (IResponse.deliverBody): not an
+        # ITransport, hence the ignore.
+        protocol.makeConnection(_BodyProducer(self))  # type: ignore[arg-type]
         pending = self._pending
         if pending is not None:
             self._pending = None
@@ -496,6 +558,7 @@ class _Response:
                 protocol.dataReceived(data)
         if self._done:
             reason, self._reason = self._reason, None
+            assert reason is not None  # (set by _finish, with _done)
             # Let go of the protocol, which holds our producer, which holds
             # us: a cycle only the garbage collector would free.
             self._protocol = _DELIVERED
@@ -535,8 +598,9 @@ class _Response:
             _notifyLost(protocol, reason)
 
 
-#: What L{_Response._protocol} holds once the body's end was delivered.
-_DELIVERED = object()
+#: What L{_Response._protocol} holds once the body's end was delivered (only
+#: ever compared by identity, never called).
+_DELIVERED = cast(IProtocol, object())
 
 
 #: The end of every complete body: one shared failure, as Twisted shares
@@ -544,7 +608,7 @@ _DELIVERED = object()
 _RESPONSE_DONE = Failure(ResponseDone())
 
 
-def _notifyLost(protocol: Any, reason: Any) -> None:
+def _notifyLost(protocol: IProtocol, reason: Failure) -> None:
     try:
         protocol.connectionLost(reason)
     except Exception:
@@ -560,7 +624,9 @@ class _BodyConsumer:
 
     __slots__ = ("conn", "producer", "chunked", "remaining")
 
-    def __init__(self, conn: _Connection, producer: Any, chunked: bool, length: int) -> None:
+    def __init__(
+        self, conn: _Connection, producer: IBodyProducer, chunked: bool, length: int
+    ) -> None:
         self.conn: Optional[_Connection] = conn
         self.producer = producer
         self.chunked = chunked
@@ -579,7 +645,7 @@ class _BodyConsumer:
             return
         conn.transport.write(data)
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         # The connection registers the body producer with its transport.
         pass
 
@@ -612,22 +678,22 @@ class _Request:
     def __init__(self, method: bytes) -> None:
         self.method = method
         self.data = b""
-        self.producer: Any = None
+        self.producer: Optional[IBodyProducer] = None
         self.chunked = False
         self.length = 0
         self.retryable = False
         #: Called as C{onResponse(response, *args)} or C{onFailure(failure,
         #: *args)}, once (a Deferred's callback and errback, or the
         #: caller's own: see L{HTTP11UpstreamClient.send}).
-        self.onResponse: Callable[..., Any] = _nothing
-        self.onFailure: Callable[..., Any] = _nothing
-        self.args: Tuple[Any, ...] = ()
+        self.onResponse: Callable[..., object] = _nothing
+        self.onFailure: Callable[..., object] = _nothing
+        self.args: Tuple[object, ...] = ()
         self.deadline = 0.0
         self.conn: Optional[_Connection] = None
-        self.connecting: Any = None
+        self.connecting: Optional[Deferred[IProtocol]] = None
         self.finished = False
 
-    def cancelled(self, deferred: Any) -> None:
+    def cancelled(self, deferred: Deferred[IResponse]) -> None:
         # The Deferred's canceller: Deferred.cancel fails it with
         # CancelledError once this returns.
         if not self.finished:
@@ -743,7 +809,7 @@ class _Connection(Protocol):
         self.dead = False
         self.inPool = False
         self.idleSince = 0.0
-        self.onLost: Optional[Deferred] = None
+        self.onLost: Optional[Deferred[None]] = None
 
     # -- sending ----------------------------------------------------------------
 
@@ -766,7 +832,7 @@ class _Connection(Protocol):
                 self._bodySent, self._bodyFailed, callbackArgs=(consumer,), errbackArgs=(consumer,)
             )
 
-    def _bodySent(self, result: Any, consumer: _BodyConsumer) -> None:
+    def _bodySent(self, result: object, consumer: _BodyConsumer) -> None:
         if self.consumer is not consumer:
             return
         self.consumer = None
@@ -876,8 +942,9 @@ class _Connection(Protocol):
         the body's protocol.
         """
         response = self.response
+        assert response is not None  # (called when a response is complete)
         self.req = self.response = None
-        response._conn = None  # type: ignore[union-attr]
+        response._conn = None
         # (Callers stop parsing once a callback aborted the connection, so
         # it is alive here.)
         if (
@@ -902,7 +969,7 @@ class _Connection(Protocol):
                 self.transport.abortConnection()
             else:
                 self.transport.loseConnection()
-        response._finish(_RESPONSE_DONE)  # type: ignore[union-attr]
+        response._finish(_RESPONSE_DONE)
 
     # -- parsing ----------------------------------------------------------------
 
@@ -924,7 +991,9 @@ class _Connection(Protocol):
             elif state == _TRAILER:
                 data = self._trailer(data)
             elif state == _UNTIL_CLOSE:
-                self.response._data(data)  # type: ignore[union-attr]
+                response = self.response
+                assert response is not None  # (a body is being read)
+                response._data(data)
                 return
             elif state == _IDLE:
                 # Nothing was asked: whatever this is (a 408 before an idle
@@ -959,9 +1028,10 @@ class _Connection(Protocol):
             self.fail(e)
             return None
 
-    def _gotHead(self, parsed: Tuple[Any, ...], rest: bytes) -> Optional[bytes]:
+    def _gotHead(self, parsed: Head, rest: bytes) -> Optional[bytes]:
         version, code, phrase, headers, contentLength, transferEncoding, connection = parsed
         req = self.req
+        assert req is not None  # (a head is awaited only for a request)
         if code < 200:
             if code == 101:
                 raise _Malformed("upstream switched protocols, which is not supported")
@@ -972,8 +1042,10 @@ class _Connection(Protocol):
             keepAlive = b"close" not in _tokens(connection)
         else:
             keepAlive = b"keep-alive" in _tokens(connection)
-        if req.method == b"HEAD" or code == 204 or code == 304:  # type: ignore[union-attr]
-            length: Any = 0
+        # The body's length, or -1 when it is not known (UNKNOWN_LENGTH).
+        length: int
+        if req.method == b"HEAD" or code == 204 or code == 304:
+            length = 0
             state = _LENGTH
         elif transferEncoding is not None:
             if version[2] == 0:
@@ -984,7 +1056,7 @@ class _Connection(Protocol):
                 # RFC 9112 6.3: chunked wins, and the message was suspect.
                 headers.removeHeader(b"content-length")
                 keepAlive = False
-            length = UNKNOWN_LENGTH
+            length = -1
             state = _CHUNK_SIZE
         elif contentLength is not None:
             length, normalise = parseContentLength(contentLength)
@@ -992,11 +1064,13 @@ class _Connection(Protocol):
                 headers.setRawHeaders(b"content-length", [b"%d" % (length,)])
             state = _LENGTH
         else:
-            length = UNKNOWN_LENGTH
+            length = -1
             keepAlive = False
             state = _UNTIL_CLOSE
         self.keepAlive = keepAlive
-        response = self.response = _Response(self, version, code, phrase, headers, length)
+        response = self.response = _Response(
+            self, version, code, phrase, headers, UNKNOWN_LENGTH if length < 0 else length
+        )
         if state == _LENGTH and len(rest) >= length:
             # The whole body came with the head, as a small answer does:
             # the exchange is over before anyone hears of it.  The
@@ -1011,25 +1085,26 @@ class _Connection(Protocol):
                 response._pending = [body]
                 response._pendingSize = length
             self._responseDone(rest)
-            req.succeed(response)  # type: ignore[union-attr]
+            req.succeed(response)
             return None
         self.state = state
         if state == _LENGTH:
             self.remaining = length
         elif state == _CHUNK_SIZE:
             self.trailerSize = 0
-        req.succeed(response)  # type: ignore[union-attr]
+        req.succeed(response)
         if self.dead or self.response is not response:
             return None  # its callbacks aborted it: connectionLost ends it
         return rest
 
     def _sizedBody(self, data: bytes, state: int) -> Optional[bytes]:
         response = self.response
+        assert response is not None  # (a body is being read)
         remaining = self.remaining
         size = len(data)
         if size < remaining:
             self.remaining = remaining - size
-            response._data(data)  # type: ignore[union-attr]
+            response._data(data)
             return None
         self.remaining = 0
         if size == remaining:
@@ -1037,7 +1112,7 @@ class _Connection(Protocol):
         else:
             rest = data[remaining:]
             data = data[:remaining]
-        response._data(data)  # type: ignore[union-attr]
+        response._data(data)
         if self.dead or self.response is not response:
             return None
         if state == _LENGTH:
@@ -1112,7 +1187,7 @@ class _ConnectionFactory(Factory):
     def __init__(self, pool: _HostPool) -> None:
         self.pool = pool
 
-    def buildProtocol(self, addr: Any) -> _Connection:
+    def buildProtocol(self, addr: Optional[IAddress]) -> _Connection:
         return _Connection(self.pool)
 
 
@@ -1127,13 +1202,15 @@ class _HostPool:
 
     __slots__ = ("client", "endpoint", "hostLine", "idle", "factory", "timer")
 
-    def __init__(self, client: HTTP11UpstreamClient, endpoint: Any, hostLine: bytes) -> None:
+    def __init__(
+        self, client: HTTP11UpstreamClient, endpoint: IStreamClientEndpoint, hostLine: bytes
+    ) -> None:
         self.client = client
         self.endpoint = endpoint
         self.hostLine = hostLine
         self.idle: Deque[_Connection] = deque()
         self.factory = _ConnectionFactory(self)
-        self.timer: Any = None
+        self.timer: Optional[IDelayedCall] = None
 
     def connect(self, req: _Request) -> None:
         d = self.endpoint.connect(self.factory)
@@ -1184,7 +1261,7 @@ class _HostPool:
             delay = idle[0].idleSince + timeout - client._reactor.seconds()
             self.timer = client._reactor.callLater(max(delay, 0.001), self.sweep)
 
-    def closeIdle(self) -> List[Deferred]:
+    def closeIdle(self) -> List[Deferred[None]]:
         timer = self.timer
         if timer is not None:
             self.timer = None
@@ -1195,7 +1272,8 @@ class _HostPool:
             conn.inPool = False
             conn.dead = True
             conn.state = _DEAD
-            d = conn.onLost = Deferred()
+            d: Deferred[None] = Deferred()
+            conn.onLost = d
             waits.append(d)
             conn.transport.loseConnection()
         return waits
@@ -1215,13 +1293,13 @@ class _Deadlines:
 
     __slots__ = ("reactor", "timeout", "queue", "limit", "timer")
 
-    def __init__(self, reactor: Any, timeout: float) -> None:
+    def __init__(self, reactor: IReactorTime, timeout: float) -> None:
         self.reactor = reactor
         self.timeout = timeout
         self.queue: Deque[_Request] = deque()
         #: The length past which the queue is compacted.
         self.limit = _COMPACT_AT
-        self.timer: Any = None
+        self.timer: Optional[IDelayedCall] = None
 
     def add(self, req: _Request) -> None:
         req.deadline = self.reactor.seconds() + self.timeout
@@ -1267,7 +1345,7 @@ class _Deadlines:
                 timer.cancel()
 
 
-def _nothing(*args: Any) -> None:
+def _nothing(*args: object) -> None:
     pass
 
 
@@ -1276,6 +1354,10 @@ _COMPACT_AT = 1024
 
 
 class _Address:
+    """
+    An L{UpstreamAddress} of L{UpstreamAgent}'s.
+    """
+
     __slots__ = ("host", "port")
 
     def __init__(self, host: str, port: int) -> None:
@@ -1303,7 +1385,8 @@ class HTTP11UpstreamClient:
     memory (L{BytesBodyProducer}): RFC 9112 9.3.1.1 forbids a proxy to
     retry any other.
 
-    @param reactor: the reactor (L{IReactorTCP} and L{IReactorTime}).
+    @param reactor: the reactor: an L{IReactorTime} that is also an
+        L{IReactorTCP} (see L{CachedEndpointFactory}).
     @param connectTimeout: seconds to wait for a connection.
     @param maxIdlePerBackend: idle keep-alive connections kept per backend
         address; more are closed when their request ends.
@@ -1312,7 +1395,7 @@ class HTTP11UpstreamClient:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         connectTimeout: float = 5.0,
         maxIdlePerBackend: int = DEFAULT_MAX_IDLE,
         idleTimeout: float = 60.0,
@@ -1330,7 +1413,7 @@ class HTTP11UpstreamClient:
             hostBytes = host.encode("ascii")
         except UnicodeEncodeError:
             hostBytes = host.encode("idna")
-        endpoint = self._endpoints.endpointForURI(_Address(hostBytes, port))  # type: ignore[arg-type]
+        endpoint = self._endpoints.endpointFor(hostBytes, port)
         authority = b"[" + hostBytes + b"]" if b":" in hostBytes else hostBytes
         if port != 80:
             authority += b":%d" % (port,)
@@ -1341,13 +1424,13 @@ class HTTP11UpstreamClient:
 
     def request(
         self,
-        backend: Any,
+        backend: UpstreamAddress,
         method: bytes,
         uri: bytes,
-        headers: Any,
-        bodyProducer: Optional[Any] = None,
+        headers: Headers,
+        bodyProducer: Optional[IBodyProducer] = None,
         timeout: Optional[float] = None,
-    ) -> Deferred:
+    ) -> Deferred[IResponse]:
         """
         See L{IUpstreamClient.request}.  The upstream's
         L{gateway.http.errors.UpstreamBroken} reports a connection that broke or
@@ -1355,7 +1438,7 @@ class HTTP11UpstreamClient:
         """
         # (Cancelling the Deferred stops the request, then fails the
         # Deferred itself.)
-        d: Deferred = Deferred(lambda d: sent.cancelled(d))
+        d: Deferred[IResponse] = Deferred(lambda d: sent.cancelled(d))
         try:
             sent = self.send(
                 backend, method, uri, headers, bodyProducer, timeout, d.callback, d.errback
@@ -1366,16 +1449,16 @@ class HTTP11UpstreamClient:
 
     def send(
         self,
-        backend: Any,
+        backend: UpstreamAddress,
         method: bytes,
         uri: bytes,
-        headers: Any,
-        bodyProducer: Optional[Any],
+        headers: Headers,
+        bodyProducer: Optional[IBodyProducer],
         timeout: Optional[float],
-        onResponse: Callable[..., Any],
-        onFailure: Callable[..., Any],
-        *args: Any,
-    ) -> Any:
+        onResponse: Callable[..., object],
+        onFailure: Callable[..., object],
+        *args: object,
+    ) -> _Request:
         """
         See L{gateway.interfaces.ICallbackUpstreamClient.send}: L{request}
         without a L{Deferred}.
@@ -1438,7 +1521,7 @@ class HTTP11UpstreamClient:
             pool.connect(req)
         return req
 
-    def close(self) -> Deferred:
+    def close(self) -> Deferred[None]:
         """
         Close every idle connection; connections in use are closed when
         their request ends.
@@ -1448,7 +1531,7 @@ class HTTP11UpstreamClient:
         self._closed = True
         for deadlines in self._deadlines.values():
             deadlines.stopIfDone()
-        waits: List[Deferred] = []
+        waits: List[Deferred[None]] = []
         for pool in self._pools.values():
             waits.extend(pool.closeIdle())
         return defer.gatherResults(waits).addCallback(lambda _: None)
@@ -1458,7 +1541,7 @@ class HTTP11UpstreamClient:
 class _ClientRequest:
     __slots__ = ("method", "absoluteURI", "headers")
 
-    def __init__(self, method: bytes, absoluteURI: bytes, headers: Any) -> None:
+    def __init__(self, method: bytes, absoluteURI: bytes, headers: Headers) -> None:
         self.method = method
         self.absoluteURI = absoluteURI
         self.headers = headers
@@ -1487,8 +1570,8 @@ class UpstreamAgent:
         method: bytes,
         uri: bytes,
         headers: Optional[Headers] = None,
-        bodyProducer: Optional[Any] = None,
-    ) -> Deferred:
+        bodyProducer: Optional[IBodyProducer] = None,
+    ) -> Deferred[IResponse]:
         try:
             parts = urlsplit(uri)
             if parts.scheme.lower() != b"http":
@@ -1512,12 +1595,12 @@ class UpstreamAgent:
         return d
 
 
-def _withRequest(response: _Response, request: _ClientRequest) -> _Response:
+def _withRequest(response: IResponse, request: _ClientRequest) -> IResponse:
     response.request = request
     return response
 
 
-def senderFor(client: Any) -> Callable[..., Any]:
+def senderFor(client: IUpstreamClient) -> Callable[..., Optional[Cancellable]]:
     """
     @param client: an L{IUpstreamClient}.
     @return: C{send(backend, method, uri, headers, bodyProducer, timeout,
@@ -1529,22 +1612,22 @@ def senderFor(client: Any) -> Callable[..., Any]:
         head is awaited (C{cancel()}), or L{None} when it is over already
         (it failed at once: its callback has run).
     """
-    callback = ICallbackUpstreamClient.providedBy(client)
+    callbackClient = client if ICallbackUpstreamClient.providedBy(client) else None
 
     def send(
-        backend: Any,
+        backend: UpstreamAddress,
         method: bytes,
         uri: bytes,
-        headers: Any,
-        bodyProducer: Any,
+        headers: Headers,
+        bodyProducer: Optional[IBodyProducer],
         timeout: Optional[float],
-        onResponse: Callable[..., Any],
-        onFailure: Callable[..., Any],
-        *args: Any,
-    ) -> Any:
-        if callback:
+        onResponse: Callable[..., object],
+        onFailure: Callable[..., object],
+        *args: object,
+    ) -> Optional[Cancellable]:
+        if callbackClient is not None:
             try:
-                sent = client.send(
+                sent = callbackClient.send(
                     backend,
                     method,
                     uri,
