@@ -2067,6 +2067,8 @@ async def readAll(response: Any) -> bytes:
     return collect.body
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest.mark.parametrize("size", [0, 10, 3 * 1024 * 1024])
 @pytest_twisted.ensureDeferred
 async def test_live_bodies(live: Any, size: int) -> None:
@@ -2133,6 +2135,8 @@ class ChunkedProducer:
         pass
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_live_chunked(live: Any) -> None:
     """
@@ -2144,6 +2148,8 @@ async def test_live_chunked(live: Any) -> None:
     assert await readAll(response) == b"".join(b"chunk-%d;" % i for i in range(20))
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_live_timeout(live: Any) -> None:
     """
@@ -2153,6 +2159,8 @@ async def test_live_timeout(live: Any) -> None:
         await live.client.request(live.backend, b"GET", b"/hang", Headers(), None, 0.2)
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_live_refused(live: Any) -> None:
     """
@@ -2165,6 +2173,8 @@ async def test_live_refused(live: Any) -> None:
         await live.client.request(FakeBackend("127.0.0.1", port), b"GET", b"/", Headers())
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest.mark.parametrize("closeAfter", [True, False])
 @pytest_twisted.ensureDeferred
 async def test_live_serverClosesKeepAlive(live: Any, closeAfter: bool) -> None:
@@ -2187,6 +2197,8 @@ async def test_live_serverClosesKeepAlive(live: Any, closeAfter: bool) -> None:
     assert stats == {"connections": 10, "answers": 10}
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_live_download_backpressure(live: Any) -> None:
     """
@@ -2232,6 +2244,8 @@ async def test_live_download_backpressure(live: Any) -> None:
     assert slow.pauses > 10
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_live_treq(live: Any) -> None:
     """
