@@ -863,7 +863,7 @@ class GatewayHTTPChannel(Protocol):
         if producer is None:
             return
         if not self._producerStreaming:
-            cast(http._PullToPush, producer).stopStreaming()
+            cast("http._PullToPush", producer).stopStreaming()
         self._producer = None
         self._producerStreaming = False
 
