@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test, on a fresh Debian machine (as root) with only Python:
-# installs the Debian packages the tests use, makes .venv with the project
-# and its test and lint extras, then runs pytest with the arguments given
-# (e.g. scripts/test.sh -m 'not integration').  Quick when run again.
+# Runs every check and every test, on a fresh Debian machine (as root) with
+# only Python: installs the Debian packages the tests use, makes .venv with
+# the project and its test and lint extras, runs the checks (scripts/check.sh:
+# ruff, ruff format, mypy, import contracts; stops at the first failure), then
+# pytest with the arguments given (e.g. scripts/test.sh -m 'not integration').
+# Quick when run again.
+# GATEWAY_CHECKS=0 scripts/test.sh ... runs the tests alone (CI never does).
 # GATEWAY_PYTHON=pypy3 scripts/test.sh runs them on PyPy instead
 # (scripts/test-pypy.sh; opt-in, CI does not).
 set -euo pipefail
@@ -19,4 +22,7 @@ DEBIAN_PACKAGES="etcd-server chromium nginx wrk"
 # shellcheck disable=SC2086
 debianInstall $DEBIAN_PACKAGES
 ensureVenv test,lint
+if [ "${GATEWAY_CHECKS:-1}" != 0 ]; then
+    bash scripts/check.sh
+fi
 exec .venv/bin/pytest "$@"

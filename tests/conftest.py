@@ -5,6 +5,12 @@ Unit tests need none of these.  Integration tests (marked
 C{@pytest.mark.integration}) start real processes through the C{backends}
 and C{gateways} factories, which stop everything they started when the
 test ends.
+
+A unit test (one not marked C{integration}) cannot open an internet socket
+or start a process: L{guard._unitTestsStayInProcess} makes either fail with
+a message saying so.  Unit tests use memory transports (C{StringTransport},
+C{MemoryReactor}) and L{twisted.internet.task.Clock}; a test that needs the
+network, a real reactor or another process is an integration test.
 """
 
 from __future__ import annotations
@@ -13,6 +19,14 @@ from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pytest
+
+# The guard of unit tests: an autouse fixture and two hooks (imported here,
+# which registers them).
+from guard import (  # noqa: F401
+    _unitTestsStayInProcess,
+    pytest_runtest_call,
+    pytest_runtest_setup,
+)
 from harness import (
     Backend,
     GatewayProcess,

@@ -14,6 +14,9 @@ from twisted.internet import reactor, task
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+# Real backends on 127.0.0.1, through the real reactor: integration tests.
+pytestmark = pytest.mark.integration
+
 
 def aggregation(*nodes, name="agg", pattern="/agg/{id}"):
     return {"name": name, "urlPattern": pattern, "nodes": list(nodes)}

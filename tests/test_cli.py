@@ -914,6 +914,8 @@ class AdminClientTests(SynchronousTestCase):
         )
         self.assertIsNone(error.status)
 
+    # Connects to a real port on 127.0.0.1: an integration test.
+    @pytest.mark.integration
     def test_connectionRefusedForReal(self) -> None:
         """
         With the real L{urllib.request.urlopen}, a port nobody listens on

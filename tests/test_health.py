@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence
 
 import attrs
+import pytest
 import pytest_twisted
 from fakes import ScriptedUpstreamClient
 from twisted.internet import defer, reactor, task
@@ -718,6 +719,8 @@ class RealServer:
                 await port.stopListening()
 
 
+# Real sockets on 127.0.0.1 and the real reactor: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_leavesAndReentersRotation() -> None:
     """
@@ -748,6 +751,8 @@ async def test_leavesAndReentersRotation() -> None:
         await bed.stop()
 
 
+# Real sockets on 127.0.0.1 and the real reactor: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_refusedAndHangingServers() -> None:
     """

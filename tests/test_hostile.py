@@ -18,7 +18,7 @@ from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -28,6 +28,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from gateway.filters import FilterRegistry
 from gateway.http.channel import GatewayHTTPChannel, ambiguousPath
@@ -1480,3 +1481,18 @@ class AdminConfigTests(SynchronousTestCase):
             self.assertEqual(error.key, "admin.token")
             parseConfig({"admin": {"listen": listen, "token": "t"}})
         parseConfig({"admin": {"listen": "tcp:9090:interface=127.0.0.1"}})
+
+
+class ChannelInterfaceTests(ServerTestCase):
+    """
+    L{GatewayHTTPChannel} is the producer its transport pauses and the
+    consumer an answer's producer is registered with.
+    """
+
+    def test_interfaces(self) -> None:
+        """
+        A connected channel provides L{IPushProducer} and L{IConsumer}.
+        """
+        channel, _ = self.connect()
+        self.assertTrue(verifyObject(IPushProducer, channel))
+        self.assertTrue(verifyObject(IConsumer, channel))

@@ -2077,6 +2077,8 @@ async def readAll(response: Any) -> bytes:
     return collect.body
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest.mark.parametrize("size", [0, 10, 3 * 1024 * 1024])
 @pytest_twisted.ensureDeferred
 async def test_live_bodies(live: Any, size: int) -> None:
@@ -2143,6 +2145,8 @@ class ChunkedProducer:
         pass
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_live_chunked(live: Any) -> None:
     """
@@ -2154,6 +2158,8 @@ async def test_live_chunked(live: Any) -> None:
     assert await readAll(response) == b"".join(b"chunk-%d;" % i for i in range(20))
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_live_timeout(live: Any) -> None:
     """
@@ -2163,6 +2169,8 @@ async def test_live_timeout(live: Any) -> None:
         await request(live.client, live.backend, b"GET", b"/hang", Headers(), None, 0.2)
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_live_refused(live: Any) -> None:
     """
@@ -2175,6 +2183,8 @@ async def test_live_refused(live: Any) -> None:
         await request(live.client, FakeBackend("127.0.0.1", port), b"GET", b"/", Headers())
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest.mark.parametrize("closeAfter", [True, False])
 @pytest_twisted.ensureDeferred
 async def test_live_serverClosesKeepAlive(live: Any, closeAfter: bool) -> None:
@@ -2197,6 +2207,8 @@ async def test_live_serverClosesKeepAlive(live: Any, closeAfter: bool) -> None:
     assert stats == {"connections": 10, "answers": 10}
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_live_download_backpressure(live: Any) -> None:
     """
@@ -2242,6 +2254,8 @@ async def test_live_download_backpressure(live: Any) -> None:
     assert slow.pauses > 10
 
 
+# A real server on 127.0.0.1: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_live_treq(live: Any) -> None:
     """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
+import pytest
 import pytest_twisted
 import treq
 from inprocess import listen
@@ -248,6 +249,8 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(value(samples, "gateway_requests_total", api="a"), 1)
 
 
+# Real sockets on 127.0.0.1 and the real reactor: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_scrape_after_sequence(harness):
     """

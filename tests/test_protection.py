@@ -9,11 +9,15 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 import pytest_twisted
 from inprocess import listen
 from twisted.internet import reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+
+# Real backends on 127.0.0.1, through the real reactor: integration tests.
+pytestmark = pytest.mark.integration
 
 
 async def deadPort():

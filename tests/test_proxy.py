@@ -21,6 +21,9 @@ from twisted.web.resource import Resource
 import twisted.plugins
 from gateway.filters import FilterRegistry
 
+# Real backends on 127.0.0.1, through the real reactor: integration tests.
+pytestmark = pytest.mark.integration
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

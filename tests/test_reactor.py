@@ -18,7 +18,11 @@ from gateway.http import reactor as gatewayreactor
 from gateway.http import writesoon
 from gateway.http.writesoon import writeSoon
 
-pytestmark = pytest.mark.skipif(not gatewayreactor.AVAILABLE, reason="no epoll here")
+# Real reactors (epoll), real TCP connections over 127.0.0.1 and a subprocess: integration tests.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not gatewayreactor.AVAILABLE, reason="no epoll here"),
+]
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from random import Random
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import attrs
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -1037,6 +1038,8 @@ class StickySelectsTests(SynchronousTestCase):
         )
         self.assertFalse(routing.selects(ipContext("10.0.0.1")))
 
+    # Starts Python processes: an integration test.
+    @pytest.mark.integration
     def test_sameInEveryProcess(self) -> None:
         """
         The answer for a key is the same in every process (every proxy of a

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import textwrap
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
@@ -284,6 +285,8 @@ _TAKER = textwrap.dedent(
 )
 
 
+# Starts processes: integration tests.
+@pytest.mark.integration
 class ProcessesTests(SynchronousTestCase):
     def test_exactUnderContention(self) -> None:
         """

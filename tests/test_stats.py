@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import pytest
 import pytest_twisted
 from inprocess import listen
 from twisted.internet import reactor
@@ -605,6 +606,8 @@ async def runSequence(harness: Any) -> Stats:
     return stats
 
 
+# Real sockets on 127.0.0.1 and the real reactor: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_sequence_counted_exactly(harness):
     """
@@ -662,6 +665,8 @@ async def test_sequence_counted_exactly(harness):
     assert snap["apis"]["guarded"]["breaker"]["state"] == "open"
 
 
+# Real sockets on 127.0.0.1 and the real reactor: an integration test.
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_sequence_latency(harness):
     """

@@ -97,6 +97,8 @@ def adminWithUI(root: Optional[str] = None) -> Any:
     return withWebUI(AdminAPI(FileStore(None), TOKEN).resource(), root=root)
 
 
+# A real admin site on 127.0.0.1: integration tests.
+@pytest.mark.integration
 class WebUIServingTests:
     """
     L{withWebUI} serves the UI's files at the admin's root and leaves every
@@ -856,6 +858,8 @@ class BrowserTests:
         assert answer.status == 404
 
 
+# Runs git: an integration test.
+@pytest.mark.integration
 def test_screenshotsFolderIgnored() -> None:
     """
     The screenshots land in a folder git ignores, so a test run leaves the

@@ -17,7 +17,11 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, c
 from gateway.http import writesoon
 from gateway.http.writesoon import writeSoon
 
-pytestmark = pytest.mark.skipif(not writesoon.SUPPORTED, reason="this Twisted buffers otherwise")
+# Real TCP connections over 127.0.0.1: integration tests.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not writesoon.SUPPORTED, reason="this Twisted buffers otherwise"),
+]
 
 
 class Sink(protocol.Protocol):

@@ -249,7 +249,7 @@ class AdminAPI:
         length = request.getHeader(b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self._maxBodySize:
             raise tooLarge
-        content = request.content  # type: ignore[attr-defined]
+        content = request.content
         content.seek(0)
         data = content.read(self._maxBodySize + 1)
         if len(data) > self._maxBodySize:
@@ -424,7 +424,7 @@ class AdminAPI:
         )
 
     def _authorizeUnder(self, request: IRequest) -> None:
-        path = b"/" + b"/".join(request.postpath)  # type: ignore[attr-defined]
+        path = b"/" + b"/".join(request.postpath)
         prefix = PREFIX.encode("ascii")
         if path == prefix or path.startswith(prefix + b"/"):
             self._authorize(request)

@@ -76,6 +76,8 @@ class WebUIFile(static.File):
 
     contentTypes = dict(static.File.contentTypes, **CONTENT_TYPES)
     indexNames = ["index.html"]
+    # (static.File declares the deprecated resource class it uses here; any
+    # IResource serves.)
     childNotFound = pages.notFound("Not found", "No such file in the web UI.")  # type: ignore[assignment]
 
     def directoryListing(self) -> IResource:
@@ -156,11 +158,11 @@ class AdminRoot(Resource):
         """
         if self._isUIPath(name):
             return self.webui.getChildWithDefault(name, request)
-        if name == b"ui" and not [s for s in request.postpath if s]:  # type: ignore[attr-defined]
-            parent = request.prepath[:-1]  # type: ignore[attr-defined]
+        if name == b"ui" and not [s for s in request.postpath if s]:
+            parent = request.prepath[:-1]
             return Redirect(b"/" + b"".join(s + b"/" for s in parent))
         # Give the segment back: the admin routes on the whole path.
-        request.postpath.insert(0, request.prepath.pop())  # type: ignore[attr-defined]
+        request.postpath.insert(0, request.prepath.pop())
         return self.admin
 
     def render(self, request: IRequest) -> Any:

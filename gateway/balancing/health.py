@@ -89,7 +89,7 @@ class _BoundedBody(Protocol):
         self._chunks.append(data)
         self._size += len(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         if self.finished.called:
             return
         if reason is None or reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss):

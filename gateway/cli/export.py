@@ -24,6 +24,8 @@ from gateway.store import KINDS
 
 def _defaultJSON(attribute: Any, spec: Any) -> Any:
     default = attribute.default
+    # attrs' stubs declare Factory as a function (so that "x: int =
+    # Factory(int)" type-checks); at run time it is a class.
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
         default = default.factory()
     return _jsonCopy(spec.dump(default))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
 from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -35,7 +37,7 @@ class BytesBodyProducer:
         self._body = body
         self.length = len(body)
 
-    def startProducing(self, consumer: Any) -> Any:
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         if self._body:
             consumer.write(self._body)
         return defer.succeed(None)
@@ -127,4 +129,4 @@ class RequestBody:
             return BytesBodyProducer(content.getvalue())
         # From its start: a retry sends the body again.
         content.seek(0, 0)
-        return FileBodyProducer(content, readSize=65536)  # type: ignore[no-any-return]
+        return FileBodyProducer(content, readSize=65536)

@@ -56,10 +56,33 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import (
+    Any,
+    Callable,
+    ClassVar,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+    cast,
+)
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IPullProducer,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -231,7 +254,7 @@ def _parseRequestLine(line: bytes, checkPath: bool) -> Tuple[bytes, bytes, bytes
     return method, target, version
 
 
-def _connectionTokens(values: Optional[List[bytes]]) -> List[bytes]:
+def _connectionTokens(values: Optional[Sequence[bytes]]) -> List[bytes]:
     if not values:
         return []
     return [t.strip(b" \t").lower() for v in values for t in v.split(b",")]
@@ -303,7 +326,7 @@ def _parseHeaders(
 
 #: Request factory -> whether it provides L{INonQueuedRequestFactory}
 #: (asked once per factory, not once per request).
-_nonQueued: Dict[Any, bool] = {}
+_nonQueued: Dict[Callable[..., http.Request], bool] = {}
 
 
 #: What the channel is doing (L{GatewayHTTPChannel._state}).
@@ -327,7 +350,7 @@ _EXPECT = headerKey(b"expect")
 _EAGER_READ = 0x4000
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IConsumer)
 class GatewayHTTPChannel(Protocol):
     """
     An HTTP/1.1 server channel for L{twisted.web.server.Request}s that
@@ -374,9 +397,16 @@ class GatewayHTTPChannel(Protocol):
     limits = HTTPLimits()
     lingerTimeout = 2.0
     abortTimeout: Optional[float] = 15
-    requestFactory: Any = server.Request
-    site: Any = None
+    requestFactory: Callable[..., http.Request] = server.Request
+    site: Optional[server.Site] = None
     timeOut: Optional[float] = None
+    #: The class whose write methods send to the transport as they are
+    #: (L{gateway.http.request}); set below, once the class exists.
+    plainWrites: ClassVar[type]
+
+    # An ITransport that is also an IConsumer, an IPushProducer and, but for
+    # tests' transports, an ITCPTransport: no one interface says it all.
+    transport: Any
 
     persistent = True
     _state = _HEAD
@@ -387,27 +417,27 @@ class GatewayHTTPChannel(Protocol):
     _readPaused = False
     _writeBlocked = False
     _transportPaused = False
-    _producer: Any = None
+    _producer: Optional[IPushProducer] = None
     _producerStreaming = False
     _registered = False
-    _timer: Any = None
+    _timer: Optional[IDelayedCall] = None
     _headStartedAt: Optional[float] = None
     _idleSince: Optional[float] = None
     _bodyStartedAt = 0.0
     _bodyRemaining = 0
     _bodyLimit: Optional[int] = None
     _bodyReceived = 0
-    _chunked: Any = None
+    _chunked: Optional[http._ChunkedTransferDecoder] = None
     _command = b""
     _path = b""
     _version = b""
     _bodyLimitFor: Optional[BodyLimitFor] = None
-    _errorFields: Mapping[str, Any] = {}
-    _clock: Any = None
-    _abortingCall: Any = None
+    _errorFields: Mapping[str, object] = {}
+    _clock: IReactorTime
+    _abortingCall: Optional[IDelayedCall] = None
 
     def __init__(self) -> None:
-        self.requests: List[Any] = []
+        self.requests: List[http.Request] = []
 
     # -- connection -----------------------------------------------------------
 
@@ -418,11 +448,13 @@ class GatewayHTTPChannel(Protocol):
             self.limits = limits
         self._bodyLimitFor = getattr(site, "bodyLimitFor", None)
         self._errorFields = getattr(site, "errorFields", None) or {}
-        clock: Any = getattr(site, "reactor", None)
+        clock: Optional[IReactorTime] = getattr(site, "reactor", None)
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor as globalReactor
+
+            clock = globalReactor
         self._clock = clock
-        transport: Any = self.transport
+        transport = self.transport
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         canPause: bool = IPushProducer.providedBy(transport)
@@ -613,14 +645,15 @@ class GatewayHTTPChannel(Protocol):
             else:
                 expect = raw.get(_EXPECT)
             if expect and expect[0].lower() == b"100-continue":
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._bodyLimit = limit
         self._bodyReceived = 0
         if chunked:
             self._chunked = http._ChunkedTransferDecoder(self._bodyChunk, self._chunkedDone)
         else:
+            assert length is not None  # (neither chunked nor 0 nor absent: see above)
             self._chunked = None
-            self._bodyRemaining = length  # type: ignore[assignment]
+            self._bodyRemaining = length
         self._state = _BODY
         self._bodyStartedAt = self._clock.seconds()
         self._armTimer(self.limits.bodyTimeout)
@@ -636,7 +669,7 @@ class GatewayHTTPChannel(Protocol):
             return limit
         return limit if routeLimit is None else routeLimit
 
-    def checkPersistence(self, request: Any, version: bytes) -> bool:
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:
         """
         Tell whether the connection stays open after C{request}: in
         HTTP/1.1, unless C{Connection} (a comma-separated list) says
@@ -711,7 +744,7 @@ class GatewayHTTPChannel(Protocol):
 
     # -- the answer -------------------------------------------------------------
 
-    def requestDone(self, request: Any) -> None:
+    def requestDone(self, request: http.Request) -> None:
         """
         Called by C{request} once its answer is finished: close the
         connection, or go on with the next request.
@@ -751,10 +784,16 @@ class GatewayHTTPChannel(Protocol):
         """
         writeSoon(self.transport, data)
 
-    def writeSequence(self, iovec: Any) -> None:
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
         writeSoon(self.transport, b"".join(iovec))
 
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+    def writeHeaders(
+        self,
+        version: bytes,
+        code: bytes,
+        reason: bytes,
+        headers: Union[Headers, Iterable[Tuple[bytes, bytes]]],
+    ) -> None:
         """
         Write a response head, as L{http.HTTPChannel.writeHeaders} does.
         """
@@ -770,11 +809,13 @@ class GatewayHTTPChannel(Protocol):
         head.append(b"\r\n")
         writeSoon(self.transport, b"".join(head))
 
-    def getPeer(self) -> Any:
-        return self.transport.getPeer()  # type: ignore[union-attr]
+    def getPeer(self) -> IAddress:
+        peer: IAddress = self.transport.getPeer()
+        return peer
 
-    def getHost(self) -> Any:
-        return self.transport.getHost()  # type: ignore[union-attr]
+    def getHost(self) -> IAddress:
+        host: IAddress = self.transport.getHost()
+        return host
 
     def isSecure(self) -> bool:
         return ISSLTransport(self.transport, None) is not None
@@ -783,7 +824,7 @@ class GatewayHTTPChannel(Protocol):
         """
         Close the connection once what was written is sent.
         """
-        transport: Any = self.transport
+        transport = self.transport
         if self._registered:
             self._registered = False
             transport.unregisterProducer()
@@ -795,7 +836,7 @@ class GatewayHTTPChannel(Protocol):
 
     # -- producing ------------------------------------------------------------------
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         """
         Register the producer of the current answer: the channel pauses and
         resumes it as the client reads.
@@ -805,21 +846,24 @@ class GatewayHTTPChannel(Protocol):
                 f"Cannot register producer {producer}, because producer "
                 f"{self._producer} was never unregistered."
             )
-        if not streaming:
-            producer = http._PullToPush(producer, self)
-        self._producer = producer
-        self._producerStreaming = streaming
-        if not streaming:
-            producer.startStreaming()
-        elif self._writeBlocked:
-            producer.pauseProducing()
+        if streaming:
+            # (A streaming producer is a push producer: IConsumer says so.)
+            push = self._producer = cast(IPushProducer, producer)
+            self._producerStreaming = True
+            if self._writeBlocked:
+                push.pauseProducing()
+        else:
+            pull = http._PullToPush(cast(IPullProducer, producer), self)
+            self._producer = pull
+            self._producerStreaming = False
+            pull.startStreaming()
 
     def unregisterProducer(self) -> None:
         producer = self._producer
         if producer is None:
             return
         if not self._producerStreaming:
-            producer.stopStreaming()
+            cast("http._PullToPush", producer).stopStreaming()
         self._producer = None
         self._producerStreaming = False
 
@@ -848,7 +892,7 @@ class GatewayHTTPChannel(Protocol):
         Read from the client unless its answers are not read or too much of
         its pipelined requests waits.
         """
-        transport: Any = self.transport
+        transport = self.transport
         if transport is None or self._state == _DONE:
             return
         pause = self._readPaused or (self._writeBlocked and self._state != _BUSY)
@@ -920,7 +964,7 @@ class GatewayHTTPChannel(Protocol):
         self._timer = self._clock.callLater(left, self._timerFired)
 
     def _timeOutIdle(self) -> None:
-        transport: Any = self.transport
+        transport = self.transport
         log.info("Timing out client: {peer}", peer=str(transport.getPeer()))
         self._state = _DONE
         if self.abortTimeout is not None:
@@ -932,7 +976,7 @@ class GatewayHTTPChannel(Protocol):
         Cut a connection that did not close in time.
         """
         self._abortingCall = None
-        transport: Any = self.transport
+        transport = self.transport
         if transport is not None:
             transport.abortConnection()
 
@@ -948,7 +992,7 @@ class GatewayHTTPChannel(Protocol):
         if state == _DONE:
             return
         self._close()
-        transport: Any = self.transport
+        transport = self.transport
         if transport is None:
             return
         site = self.site
@@ -991,6 +1035,4 @@ class GatewayHTTPChannel(Protocol):
                 self._abortingCall = self._clock.callLater(self.abortTimeout, self.forceAbortClient)
 
 
-#: Write methods whose writes go to the transport as they are (see
-#: L{gateway.http.request}).
-GatewayHTTPChannel.plainWrites = GatewayHTTPChannel  # type: ignore[attr-defined]
+GatewayHTTPChannel.plainWrites = GatewayHTTPChannel

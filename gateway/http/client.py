@@ -22,20 +22,30 @@ drive it (C{treq.client.HTTPClient(UpstreamAgent(client))}).
 
 from __future__ import annotations
 
+import typing
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IProtocol,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IClientRequest, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IClientRequest, IResponse
 from zope.interface import implementer
 
 from gateway.http.body import BytesBodyProducer
@@ -44,6 +54,9 @@ from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamTi
 from gateway.http.headers import RAW_HEADERS
 from gateway.http.writesoon import writeSoon
 from gateway.interfaces import IUpstreamClient, IUpstreamRequest
+
+# Re-exported: the default of the config (proxy.upstreamKeepalive) and of the client.
+from gateway.model.limits import DEFAULT_MAX_IDLE as DEFAULT_MAX_IDLE
 
 log = Logger()
 
@@ -67,7 +80,43 @@ _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 _HEXDIG = b"0123456789abcdefABCDEF"
 
 
-_VERSIONS = {b"HTTP/1.1 ": (b"HTTP", 1, 1), b"HTTP/1.0 ": (b"HTTP", 1, 0)}
+#: An HTTP version, as L{IResponse.version} has it: C{(b"HTTP", 1, 1)}.
+Version = Tuple[bytes, int, int]
+
+
+_VERSIONS: Dict[bytes, Version] = {b"HTTP/1.1 ": (b"HTTP", 1, 1), b"HTTP/1.0 ": (b"HTTP", 1, 0)}
+
+
+#: What L{parseHead} returns: C{(version, code, phrase, headers,
+#: contentLength, transferEncoding, connection)}.
+Head = Tuple[
+    Version,
+    int,
+    bytes,
+    Headers,
+    Optional[List[bytes]],
+    Optional[List[bytes]],
+    Optional[List[bytes]],
+]
+
+
+class UpstreamAddress(typing.Protocol):
+    """
+    What the client knows of a backend: its address.  A
+    L{gateway.balancing.backend.Backend} is one.
+    """
+
+    @property
+    def host(self) -> str:
+        """
+        The host name or IP address to connect to.
+        """
+
+    @property
+    def port(self) -> int:
+        """
+        The TCP port to connect to.
+        """
 
 
 #: Methods that carry a body by definition: without one they get
@@ -189,7 +238,7 @@ def _unfold(lines: List[bytes]) -> List[bytes]:
     return out
 
 
-def parseHead(lines: List[bytes]) -> Tuple[Any, ...]:
+def parseHead(lines: List[bytes]) -> Head:
     """
     Parse a response's status line and header fields.
 
@@ -259,7 +308,7 @@ def _field(name: bytes) -> Tuple[bytes, int]:
     probe = Headers()
     probe.addRawHeader(name, b"")
     if _RAW_KEYS:
-        key = next(iter(probe._rawHeaders))  # type: ignore[attr-defined]
+        key = next(iter(probe._rawHeaders))
     else:
         key = name
     field = (key, _KINDS.get(name.lower(), _ORDINARY))
@@ -268,7 +317,7 @@ def _field(name: bytes) -> Tuple[bytes, int]:
     return field
 
 
-def _parseHead(lines: List[bytes]) -> Tuple[Any, ...]:
+def _parseHead(lines: List[bytes]) -> Head:
     status = lines[0]
     version = _VERSIONS.get(status[:9])
     code = status[9:12]
@@ -281,8 +330,10 @@ def _parseHead(lines: List[bytes]) -> Tuple[Any, ...]:
     ):
         raise _Malformed(f"upstream sent a malformed status line: {status[:80]!r}")
     headers = Headers()
-    raw = headers._rawHeaders if _RAW_KEYS else None  # type: ignore[attr-defined]
-    contentLength = transferEncoding = connection = None
+    raw = headers._rawHeaders if _RAW_KEYS else None
+    contentLength: Optional[List[bytes]] = None
+    transferEncoding: Optional[List[bytes]] = None
+    connection: Optional[List[bytes]] = None
     fields = _FIELDS
     known = _LINES
     for i in range(1, len(lines)):
@@ -445,12 +496,12 @@ class _Response:
 
     def __init__(
         self,
-        conn: Any,
-        version: Tuple[bytes, int, int],
+        conn: Optional[_Connection],
+        version: Version,
         code: int,
         phrase: bytes,
-        headers: Any,
-        length: Any,
+        headers: Headers,
+        length: Union[int, str],
     ) -> None:
         self.version = version
         self.code = code
@@ -458,10 +509,10 @@ class _Response:
         self.headers = headers
         self.length = length
         self.body: Optional[bytes] = None
-        self.request: Any = None
-        self.previousResponse: Any = None
+        self.request: Optional[IClientRequest] = None
+        self.previousResponse: Optional[IResponse] = None
         self._conn = conn
-        self._protocol: Any = None
+        self._protocol: Optional[IProtocol] = None
         self._pending: Optional[List[bytes]] = None
         self._pendingSize = 0
         self._reason: Optional[Failure] = None
@@ -470,10 +521,10 @@ class _Response:
     def __repr__(self) -> str:
         return f"<Response {self.code} {self.phrase!r} length={self.length!r}>"
 
-    def setPreviousResponse(self, response: Any) -> None:
+    def setPreviousResponse(self, response: IResponse) -> None:
         self.previousResponse = response
 
-    def deliverBody(self, protocol: Any) -> None:
+    def deliverBody(self, protocol: IProtocol) -> None:
         """
         Stream the body to C{protocol}: its C{makeConnection} gets a push
         producer, then C{dataReceived} is called with the body's bytes, and
@@ -484,7 +535,10 @@ class _Response:
         if self._protocol is not None:
             raise RuntimeError("the body of a response can be delivered only once")
         self._protocol = protocol
-        protocol.makeConnection(_BodyProducer(self))
+        # A body's protocol gets a push producer for its "transport", as
+        # with Twisted's own responses (IResponse.deliverBody): not an
+        # ITransport, hence the ignore.
+        protocol.makeConnection(_BodyProducer(self))  # type: ignore[arg-type]
         pending = self._pending
         if pending is not None:
             self._pending = None
@@ -493,6 +547,7 @@ class _Response:
                 protocol.dataReceived(data)
         if self._done:
             reason, self._reason = self._reason, None
+            assert reason is not None  # (set by _finish, with _done)
             # Let go of the protocol, which holds our producer, which holds
             # us: a cycle only the garbage collector would free.
             self._protocol = _DELIVERED
@@ -532,8 +587,9 @@ class _Response:
             _notifyLost(protocol, reason)
 
 
-#: What L{_Response._protocol} holds once the body's end was delivered.
-_DELIVERED = object()
+#: What L{_Response._protocol} holds once the body's end was delivered (only
+#: ever compared by identity, never called).
+_DELIVERED = cast(IProtocol, object())
 
 
 #: The end of every complete body: one shared failure, as Twisted shares
@@ -541,7 +597,7 @@ _DELIVERED = object()
 _RESPONSE_DONE = Failure(ResponseDone())
 
 
-def _notifyLost(protocol: Any, reason: Any) -> None:
+def _notifyLost(protocol: IProtocol, reason: Failure) -> None:
     try:
         protocol.connectionLost(reason)
     except Exception:
@@ -557,7 +613,9 @@ class _BodyConsumer:
 
     __slots__ = ("conn", "producer", "chunked", "remaining")
 
-    def __init__(self, conn: _Connection, producer: Any, chunked: bool, length: int) -> None:
+    def __init__(
+        self, conn: _Connection, producer: IBodyProducer, chunked: bool, length: int
+    ) -> None:
         self.conn: Optional[_Connection] = conn
         self.producer = producer
         self.chunked = chunked
@@ -576,7 +634,7 @@ class _BodyConsumer:
             return
         conn.transport.write(data)
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         # The connection registers the body producer with its transport.
         pass
 
@@ -610,19 +668,19 @@ class _Request:
     def __init__(self, method: bytes) -> None:
         self.method = method
         self.data = b""
-        self.producer: Any = None
+        self.producer: Optional[IBodyProducer] = None
         self.chunked = False
         self.length = 0
         self.retryable = False
         #: Called as C{onResponse(response, *args)} or C{onFailure(failure,
         #: *args)}, once (a Deferred's callback and errback, or the
         #: caller's own: see L{HTTP11UpstreamClient.send}).
-        self.onResponse: Callable[..., Any] = _nothing
-        self.onFailure: Callable[..., Any] = _nothing
-        self.args: Tuple[Any, ...] = ()
+        self.onResponse: Callable[..., object] = _nothing
+        self.onFailure: Callable[..., object] = _nothing
+        self.args: Tuple[object, ...] = ()
         self.deadline = 0.0
         self.conn: Optional[_Connection] = None
-        self.connecting: Any = None
+        self.connecting: Optional[Deferred[IProtocol]] = None
         self.finished = False
 
     def cancel(self) -> None:
@@ -733,7 +791,7 @@ class _Connection(Protocol):
         self.dead = False
         self.inPool = False
         self.idleSince = 0.0
-        self.onLost: Optional[Deferred] = None
+        self.onLost: Optional[Deferred[None]] = None
 
     # -- sending ----------------------------------------------------------------
 
@@ -756,7 +814,7 @@ class _Connection(Protocol):
                 self._bodySent, self._bodyFailed, callbackArgs=(consumer,), errbackArgs=(consumer,)
             )
 
-    def _bodySent(self, result: Any, consumer: _BodyConsumer) -> None:
+    def _bodySent(self, result: object, consumer: _BodyConsumer) -> None:
         if self.consumer is not consumer:
             return
         self.consumer = None
@@ -866,8 +924,9 @@ class _Connection(Protocol):
         the body's protocol.
         """
         response = self.response
+        assert response is not None  # (called when a response is complete)
         self.req = self.response = None
-        response._conn = None  # type: ignore[union-attr]
+        response._conn = None
         # (Callers stop parsing once a callback aborted the connection, so
         # it is alive here.)
         if (
@@ -892,7 +951,7 @@ class _Connection(Protocol):
                 self.transport.abortConnection()
             else:
                 self.transport.loseConnection()
-        response._finish(_RESPONSE_DONE)  # type: ignore[union-attr]
+        response._finish(_RESPONSE_DONE)
 
     # -- parsing ----------------------------------------------------------------
 
@@ -914,7 +973,9 @@ class _Connection(Protocol):
             elif state == _TRAILER:
                 data = self._trailer(data)
             elif state == _UNTIL_CLOSE:
-                self.response._data(data)  # type: ignore[union-attr]
+                response = self.response
+                assert response is not None  # (a body is being read)
+                response._data(data)
                 return
             elif state == _IDLE:
                 # Nothing was asked: whatever this is (a 408 before an idle
@@ -949,9 +1010,10 @@ class _Connection(Protocol):
             self.fail(e)
             return None
 
-    def _gotHead(self, parsed: Tuple[Any, ...], rest: bytes) -> Optional[bytes]:
+    def _gotHead(self, parsed: Head, rest: bytes) -> Optional[bytes]:
         version, code, phrase, headers, contentLength, transferEncoding, connection = parsed
         req = self.req
+        assert req is not None  # (a head is awaited only for a request)
         if code < 200:
             if code == 101:
                 raise _Malformed("upstream switched protocols, which is not supported")
@@ -962,8 +1024,10 @@ class _Connection(Protocol):
             keepAlive = b"close" not in _tokens(connection)
         else:
             keepAlive = b"keep-alive" in _tokens(connection)
-        if req.method == b"HEAD" or code == 204 or code == 304:  # type: ignore[union-attr]
-            length: Any = 0
+        # The body's length, or -1 when it is not known (UNKNOWN_LENGTH).
+        length: int
+        if req.method == b"HEAD" or code == 204 or code == 304:
+            length = 0
             state = _LENGTH
         elif transferEncoding is not None:
             if version[2] == 0:
@@ -974,7 +1038,7 @@ class _Connection(Protocol):
                 # RFC 9112 6.3: chunked wins, and the message was suspect.
                 headers.removeHeader(b"content-length")
                 keepAlive = False
-            length = UNKNOWN_LENGTH
+            length = -1
             state = _CHUNK_SIZE
         elif contentLength is not None:
             length, normalise = parseContentLength(contentLength)
@@ -982,11 +1046,13 @@ class _Connection(Protocol):
                 headers.setRawHeaders(b"content-length", [b"%d" % (length,)])
             state = _LENGTH
         else:
-            length = UNKNOWN_LENGTH
+            length = -1
             keepAlive = False
             state = _UNTIL_CLOSE
         self.keepAlive = keepAlive
-        response = self.response = _Response(self, version, code, phrase, headers, length)
+        response = self.response = _Response(
+            self, version, code, phrase, headers, UNKNOWN_LENGTH if length < 0 else length
+        )
         if state == _LENGTH and len(rest) >= length:
             # The whole body came with the head, as a small answer does:
             # the exchange is over before anyone hears of it.  The
@@ -1001,25 +1067,26 @@ class _Connection(Protocol):
                 response._pending = [body]
                 response._pendingSize = length
             self._responseDone(rest)
-            req.succeed(response)  # type: ignore[union-attr]
+            req.succeed(response)
             return None
         self.state = state
         if state == _LENGTH:
             self.remaining = length
         elif state == _CHUNK_SIZE:
             self.trailerSize = 0
-        req.succeed(response)  # type: ignore[union-attr]
+        req.succeed(response)
         if self.dead or self.response is not response:
             return None  # its callbacks aborted it: connectionLost ends it
         return rest
 
     def _sizedBody(self, data: bytes, state: int) -> Optional[bytes]:
         response = self.response
+        assert response is not None  # (a body is being read)
         remaining = self.remaining
         size = len(data)
         if size < remaining:
             self.remaining = remaining - size
-            response._data(data)  # type: ignore[union-attr]
+            response._data(data)
             return None
         self.remaining = 0
         if size == remaining:
@@ -1027,7 +1094,7 @@ class _Connection(Protocol):
         else:
             rest = data[remaining:]
             data = data[:remaining]
-        response._data(data)  # type: ignore[union-attr]
+        response._data(data)
         if self.dead or self.response is not response:
             return None
         if state == _LENGTH:
@@ -1102,7 +1169,7 @@ class _ConnectionFactory(Factory):
     def __init__(self, pool: _HostPool) -> None:
         self.pool = pool
 
-    def buildProtocol(self, addr: Any) -> _Connection:
+    def buildProtocol(self, addr: Optional[IAddress]) -> _Connection:
         return _Connection(self.pool)
 
 
@@ -1117,13 +1184,15 @@ class _HostPool:
 
     __slots__ = ("client", "endpoint", "hostLine", "idle", "factory", "timer")
 
-    def __init__(self, client: HTTP11UpstreamClient, endpoint: Any, hostLine: bytes) -> None:
+    def __init__(
+        self, client: HTTP11UpstreamClient, endpoint: IStreamClientEndpoint, hostLine: bytes
+    ) -> None:
         self.client = client
         self.endpoint = endpoint
         self.hostLine = hostLine
         self.idle: Deque[_Connection] = deque()
         self.factory = _ConnectionFactory(self)
-        self.timer: Any = None
+        self.timer: Optional[IDelayedCall] = None
 
     def connect(self, req: _Request) -> None:
         d = self.endpoint.connect(self.factory)
@@ -1174,7 +1243,7 @@ class _HostPool:
             delay = idle[0].idleSince + timeout - client._reactor.seconds()
             self.timer = client._reactor.callLater(max(delay, 0.001), self.sweep)
 
-    def closeIdle(self) -> List[Deferred]:
+    def closeIdle(self) -> List[Deferred[None]]:
         timer = self.timer
         if timer is not None:
             self.timer = None
@@ -1185,7 +1254,8 @@ class _HostPool:
             conn.inPool = False
             conn.dead = True
             conn.state = _DEAD
-            d = conn.onLost = Deferred()
+            d: Deferred[None] = Deferred()
+            conn.onLost = d
             waits.append(d)
             conn.transport.loseConnection()
         return waits
@@ -1205,13 +1275,13 @@ class _Deadlines:
 
     __slots__ = ("reactor", "timeout", "queue", "limit", "timer")
 
-    def __init__(self, reactor: Any, timeout: float) -> None:
+    def __init__(self, reactor: IReactorTime, timeout: float) -> None:
         self.reactor = reactor
         self.timeout = timeout
         self.queue: Deque[_Request] = deque()
         #: The length past which the queue is compacted.
         self.limit = _COMPACT_AT
-        self.timer: Any = None
+        self.timer: Optional[IDelayedCall] = None
 
     def add(self, req: _Request) -> None:
         req.deadline = self.reactor.seconds() + self.timeout
@@ -1257,7 +1327,7 @@ class _Deadlines:
                 timer.cancel()
 
 
-def _nothing(*args: Any) -> None:
+def _nothing(*args: object) -> None:
     pass
 
 
@@ -1266,15 +1336,15 @@ _COMPACT_AT = 1024
 
 
 class _Address:
+    """
+    An L{UpstreamAddress} of L{UpstreamAgent}'s.
+    """
+
     __slots__ = ("host", "port")
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-
-
-#: Idle keep-alive connections kept per backend address, by default.
-DEFAULT_MAX_IDLE = 512
 
 
 @implementer(IUpstreamClient)
@@ -1297,7 +1367,8 @@ class HTTP11UpstreamClient:
     memory (L{BytesBodyProducer}): RFC 9112 9.3.1.1 forbids a proxy to
     retry any other.
 
-    @param reactor: the reactor (L{IReactorTCP} and L{IReactorTime}).
+    @param reactor: the reactor: an L{IReactorTime} that is also an
+        L{IReactorTCP} (see L{CachedEndpointFactory}).
     @param connectTimeout: seconds to wait for a connection.
     @param maxIdlePerBackend: idle keep-alive connections kept per backend
         address; more are closed when their request ends.
@@ -1306,7 +1377,7 @@ class HTTP11UpstreamClient:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         connectTimeout: float = 5.0,
         maxIdlePerBackend: int = DEFAULT_MAX_IDLE,
         idleTimeout: float = 60.0,
@@ -1324,7 +1395,7 @@ class HTTP11UpstreamClient:
             hostBytes = host.encode("ascii")
         except UnicodeEncodeError:
             hostBytes = host.encode("idna")
-        endpoint = self._endpoints.endpointForURI(_Address(hostBytes, port))  # type: ignore[arg-type]
+        endpoint = self._endpoints.endpointFor(hostBytes, port)
         authority = b"[" + hostBytes + b"]" if b":" in hostBytes else hostBytes
         if port != 80:
             authority += b":%d" % (port,)
@@ -1335,16 +1406,16 @@ class HTTP11UpstreamClient:
 
     def send(
         self,
-        backend: Any,
+        backend: UpstreamAddress,
         method: bytes,
         uri: bytes,
-        headers: Any,
-        bodyProducer: Optional[Any],
+        headers: Headers,
+        bodyProducer: Optional[IBodyProducer],
         timeout: Optional[float],
-        onResponse: Callable[..., Any],
-        onFailure: Callable[..., Any],
-        *args: Any,
-    ) -> Any:
+        onResponse: Callable[..., object],
+        onFailure: Callable[..., object],
+        *args: object,
+    ) -> _Request:
         """
         See L{IUpstreamClient.send}.  The upstream's
         L{gateway.http.errors.UpstreamBroken} reports a connection that
@@ -1409,7 +1480,7 @@ class HTTP11UpstreamClient:
             pool.connect(req)
         return req
 
-    def close(self) -> Deferred:
+    def close(self) -> Deferred[None]:
         """
         Close every idle connection; connections in use are closed when
         their request ends.
@@ -1419,7 +1490,7 @@ class HTTP11UpstreamClient:
         self._closed = True
         for deadlines in self._deadlines.values():
             deadlines.stopIfDone()
-        waits: List[Deferred] = []
+        waits: List[Deferred[None]] = []
         for pool in self._pools.values():
             waits.extend(pool.closeIdle())
         return defer.gatherResults(waits).addCallback(lambda _: None)
@@ -1429,7 +1500,7 @@ class HTTP11UpstreamClient:
 class _ClientRequest:
     __slots__ = ("method", "absoluteURI", "headers")
 
-    def __init__(self, method: bytes, absoluteURI: bytes, headers: Any) -> None:
+    def __init__(self, method: bytes, absoluteURI: bytes, headers: Headers) -> None:
         self.method = method
         self.absoluteURI = absoluteURI
         self.headers = headers
@@ -1458,8 +1529,8 @@ class UpstreamAgent:
         method: bytes,
         uri: bytes,
         headers: Optional[Headers] = None,
-        bodyProducer: Optional[Any] = None,
-    ) -> Deferred:
+        bodyProducer: Optional[IBodyProducer] = None,
+    ) -> Deferred[IResponse]:
         try:
             parts = urlsplit(uri)
             if parts.scheme.lower() != b"http":
@@ -1483,20 +1554,20 @@ class UpstreamAgent:
         return d
 
 
-def _withRequest(response: _Response, request: _ClientRequest) -> _Response:
+def _withRequest(response: IResponse, request: _ClientRequest) -> IResponse:
     response.request = request
     return response
 
 
 def request(
     client: IUpstreamClient,
-    backend: Any,
+    backend: UpstreamAddress,
     method: bytes,
     uri: bytes,
     headers: Headers,
-    bodyProducer: Optional[Any] = None,
+    bodyProducer: Optional[IBodyProducer] = None,
     timeout: Optional[float] = None,
-) -> Deferred[Any]:
+) -> Deferred[IResponse]:
     """
     Send a request through any L{IUpstreamClient}, for code that prefers a
     L{Deferred} to L{IUpstreamClient.send}'s callbacks (health checks,
@@ -1505,24 +1576,24 @@ def request(
     @return: a Deferred that fires with the response or fails as
         C{onFailure} would be called; cancelling it abandons the request.
     """
-    sent: List[Any] = []
+    sent: List[IUpstreamRequest] = []
 
-    def cancel(d: Deferred[Any]) -> None:
+    def cancel(d: Deferred[IResponse]) -> None:
         if sent:
             sent[0].cancel()
 
-    d: Deferred[Any] = Deferred(cancel)
+    d: Deferred[IResponse] = Deferred(cancel)
     sent.append(
         client.send(backend, method, uri, headers, bodyProducer, timeout, _callback, _errback, d)
     )
     return d
 
 
-def _callback(response: Any, d: Deferred[Any]) -> None:
+def _callback(response: IResponse, d: Deferred[IResponse]) -> None:
     d.callback(response)
 
 
-def _errback(failure: Failure, d: Deferred[Any]) -> None:
+def _errback(failure: Failure, d: Deferred[IResponse]) -> None:
     # A cancelled request reports its CancelledError after Deferred.cancel
     # has failed the Deferred already.
     if not d.called:

@@ -6,9 +6,11 @@ once (L{CachedEndpointFactory}).
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Dict, Tuple
+from typing import Dict, Tuple
 
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.web.client import URI
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
@@ -22,21 +24,40 @@ class CachedEndpointFactory:
     request cost ~12% of the proxy's CPU; backends are few and fixed, so
     their endpoints are cached.  An IP literal gets a plain TCP endpoint,
     which needs no name resolution at all.
+
+    @param reactor: the reactor the endpoints connect with: an
+        L{IReactorTime} (for the connect timeout) that is also an
+        L{IReactorTCP}, and an L{IReactorPluggableNameResolver} for host
+        names.
+    @param connectTimeout: seconds to wait for a connection.
     """
 
-    def __init__(self, reactor: Any, connectTimeout: float = 5.0) -> None:
+    def __init__(self, reactor: IReactorTime, connectTimeout: float = 5.0) -> None:
         self._reactor = reactor
         self._connectTimeout = connectTimeout
-        self._endpoints: Dict[Tuple[bytes, int], Any] = {}
+        self._endpoints: Dict[Tuple[bytes, int], IStreamClientEndpoint] = {}
 
-    def endpointForURI(self, uri: Any) -> Any:
-        key = (uri.host, uri.port)
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        """
+        See L{IAgentEndpointFactory.endpointForURI}: the endpoint of the
+        URI's host and port (its scheme is not looked at).
+        """
+        return self.endpointFor(uri.host, uri.port)
+
+    def endpointFor(self, host: bytes, port: int) -> IStreamClientEndpoint:
+        """
+        @param host: a host name (IDNA-encoded) or an IP address.
+        @param port: the TCP port.
+        @return: the endpoint that connects to C{host} and C{port}, the same
+            one every time.
+        """
+        key = (host, port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = self._endpoints[key] = self._makeEndpoint(uri.host, uri.port)
+            endpoint = self._endpoints[key] = self._makeEndpoint(host, port)
         return endpoint
 
-    def _makeEndpoint(self, host: bytes, port: int) -> Any:
+    def _makeEndpoint(self, host: bytes, port: int) -> IStreamClientEndpoint:
         text = host.decode("ascii")
         try:
             address = ipaddress.ip_address(text)

@@ -12,7 +12,7 @@ made by the gateway).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
@@ -48,7 +48,7 @@ def _headersStoreRawKeys() -> bool:
     if values != [b"v"] or not isinstance(values, list):
         return False
     copy = Headers()
-    copy._rawHeaders[key] = [b"w"]  # type: ignore[attr-defined]
+    copy._rawHeaders[key] = [b"w"]
     return copy.getRawHeaders(b"X-PROBE-NAME") == [b"w"] and list(copy.getAllRawHeaders()) == [
         (key, [b"w"])
     ]
@@ -74,20 +74,20 @@ def headerKey(name: bytes) -> bytes:
     if key is None:
         probe = Headers()
         probe.addRawHeader(name, b"")
-        key = next(iter(probe._rawHeaders)) if RAW_HEADERS else name  # type: ignore[attr-defined]
+        key = next(iter(probe._rawHeaders)) if RAW_HEADERS else name
         if len(_KEYS) < _MAX_KEYS:
             _KEYS[name] = key
     return key
 
 
-def rawHeadersOf(headers: Any) -> Optional[Dict[bytes, List[bytes]]]:
+def rawHeadersOf(headers: object) -> Optional[Dict[bytes, List[bytes]]]:
     """
     @return: the C{{key: [value, ...]}} dict a L{Headers} keeps (keys from
         L{headerKey}), or L{None} when that is not possible (another kind
         of object, or a Twisted that stores headers otherwise).
     """
     if RAW_HEADERS and type(headers) is Headers:
-        return headers._rawHeaders  # type: ignore[attr-defined,no-any-return]
+        return headers._rawHeaders
     return None
 
 
@@ -104,11 +104,12 @@ def headersFromRaw(raw: Dict[bytes, List[bytes]]) -> Headers:
     if not RAW_HEADERS:
         raise ValueError("this Twisted does not keep headers in a dict of lists")
     headers = Headers()
-    headers._rawHeaders = raw  # type: ignore[attr-defined]
+    headers._rawHeaders = raw
     return headers
 
 
-_date: List[Any] = [None, b""]
+#: The last second L{httpDate} was asked for, and its date.
+_date: Tuple[int, bytes] = (-1, b"")
 
 
 def httpDate(now: float) -> bytes:
@@ -116,8 +117,9 @@ def httpDate(now: float) -> bytes:
     @param now: seconds since the epoch.
     @return: C{now} as an HTTP date (RFC 9110 5.6.7), made once a second.
     """
+    global _date
     second = int(now)
-    if second != _date[0]:
-        _date[1] = datetimeToString(second)
-        _date[0] = second
-    return _date[1]  # type: ignore[no-any-return]
+    date = _date
+    if second != date[0]:
+        date = _date = (second, datetimeToString(second))
+    return date[1]

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import errno
 import sys
-from typing import Any, Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
+from twisted.internet.interfaces import ILoggingContext, IReadWriteDescriptor
 from twisted.logger import Logger
 from twisted.python import log as legacyLog
 
@@ -42,6 +43,7 @@ log = Logger()
 try:
     from twisted.internet.epollreactor import EPollReactor
 except ImportError:  # pragma: no cover - not Linux
+    # (mypy checks the Linux branch: there, None is not a class.)
     EPollReactor = None  # type: ignore[assignment,misc]
 
 
@@ -57,17 +59,17 @@ _MAX_ROUNDS = 16
 
 if AVAILABLE:
 
-    class GatewayReactor(EPollReactor):  # type: ignore[misc,valid-type]
+    class GatewayReactor(EPollReactor):
         """
         An epoll reactor that dispatches I/O events without the legacy log
         context, and runs end-of-turn functions (see the module docstring).
         """
 
         def __init__(self) -> None:
-            self._afterTurn: List[Tuple[Callable[..., Any], Tuple[Any, ...]]] = []
+            self._afterTurn: List[Tuple[Callable[..., object], Tuple[object, ...]]] = []
             super().__init__()
 
-        def callAfterTurn(self, f: Callable[..., Any], *args: Any) -> None:
+        def callAfterTurn(self, f: Callable[..., object], *args: object) -> None:
             """
             Call C{f(*args)} once, at the end of this turn of the reactor:
             after the I/O events and the timed calls being handled, before
@@ -94,13 +96,13 @@ if AVAILABLE:
             if self._afterTurn:
                 self._runAfterTurn()
 
-        def timeout(self) -> Any:
+        def timeout(self) -> Optional[float]:
             if self._afterTurn:
                 # More were added than one turn runs: do not sleep.
                 return 0
             return super().timeout()
 
-        def doPoll(self, timeout: Any) -> None:
+        def doPoll(self, timeout: Optional[float]) -> None:
             """
             Poll for events and handle each, as L{EPollReactor.doPoll}
             does, without C{callWithLogger}; then the end-of-turn calls.
@@ -124,12 +126,12 @@ if AVAILABLE:
 
         doIteration = doPoll
 
-        def _doReadOrWrite(self, selectable: Any, fd: int, event: int) -> None:
+        def _doReadOrWrite(self, selectable: IReadWriteDescriptor, fd: int, event: int) -> None:
             """
             What L{twisted.internet.posixbase._PollLikeMixin._doReadOrWrite}
             does, with a failure logged under the selectable's prefix.
             """
-            why: Any = None
+            why: object = None
             inRead = False
             if event & self._POLL_DISCONNECTED and not (event & self._POLL_IN):
                 # Hung up with nothing left to read: a clean end if we were
@@ -164,24 +166,25 @@ if AVAILABLE:
     from twisted.internet.posixbase import _NO_FILEDESC
 
 else:  # pragma: no cover - not Linux
+    # (mypy checks the Linux branch: there, None is not a class.)
     GatewayReactor = None  # type: ignore[assignment,misc]
 
 
-def _prefixOf(selectable: Any) -> str:
+def _prefixOf(selectable: ILoggingContext) -> str:
     try:
         return str(selectable.logPrefix())
     except BaseException:
         return "(buggy logPrefix method)"
 
 
-def isGatewayReactor(reactor: Any) -> bool:
+def isGatewayReactor(reactor: object) -> bool:
     """
     @return: whether C{reactor} is a L{GatewayReactor}.
     """
     return GatewayReactor is not None and isinstance(reactor, GatewayReactor)
 
 
-def install() -> Any:
+def install() -> GatewayReactor:
     """
     Install a L{GatewayReactor} as Twisted's global reactor (what
     C{twistd -r gateway} calls).

@@ -31,8 +31,10 @@ made by the gateway).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -48,7 +50,7 @@ from twisted.web.http import (
     unquote,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.resource import _IEncodingResource
+from twisted.web.resource import IResource, _IEncodingResource
 
 from gateway.http.headers import RAW_HEADERS, headerKey, httpDate, rawHeadersOf
 
@@ -93,7 +95,7 @@ _HTTPChannel = HTTPChannel
 _plainChannels: Dict[type, bool] = {}
 
 
-def _isPlainChannel(channel: Any) -> bool:
+def _isPlainChannel(channel: HTTPChannel) -> bool:
     kind = type(channel)
     plain = _plainChannels.get(kind)
     if plain is None:
@@ -113,27 +115,28 @@ def _isPlainChannel(channel: Any) -> bool:
     return plain
 
 
-def _connectionOf(channel: Any) -> Tuple[Any, Any, bool]:
+def _connectionOf(channel: HTTPChannel) -> Tuple[IAddress, IAddress, bool]:
     """
     @return: C{(peer, host, secure)} of a channel's connection, asked once
         per connection (kept on the channel).
     """
+    known: Optional[Tuple[IAddress, IAddress, bool]]
     known = channel.__dict__.get("_gatewayConnection")
     if known is None:
-        known = channel._gatewayConnection = (
+        known = channel.__dict__["_gatewayConnection"] = (
             channel.getPeer(),
             channel.getHost(),
             bool(channel.isSecure()),
         )
-    return known  # type: ignore[no-any-return]
+    return known
 
 
 #: Resource -> whether it provides L{_IEncodingResource}: asked once per
 #: resource (the root, for the gateway), not once per request.
-_encoding: Dict[Any, bool] = {}
+_encoding: Dict[IResource, bool] = {}
 
 
-def _isEncoding(resource: Any) -> bool:
+def _isEncoding(resource: IResource) -> bool:
     try:
         encoding = _encoding.get(resource)
     except TypeError:  # unhashable
@@ -158,17 +161,17 @@ class GatewayRequest(server.Request):
 
     defaultContentType = None
     _postpath: Optional[List[bytes]] = None
-    _doneHooks: Optional[List[Tuple[Callable[..., Any], Tuple[Any, ...]]]] = None
+    _doneHooks: Optional[List[Tuple[Callable[..., object], Tuple[object, ...]]]] = None
 
     def __init__(
         self,
-        channel: Any,
-        queued: Any = None,
+        channel: HTTPChannel,
+        queued: object = None,
         parsePOSTFormSubmission: Optional[bool] = None,
     ) -> None:
         # What http.Request.__init__ and server.Request.__init__ set, with
         # the connection's addresses asked once per connection.
-        self.notifications: List[Any] = []
+        self.notifications: List[Deferred[None]] = []
         self.channel = channel
         self.client, self.host, self._secure = _connectionOf(channel)
         self.requestHeaders = Headers()
@@ -178,9 +181,11 @@ class GatewayRequest(server.Request):
         self.transport = channel.transport
         self.queued = queued or False
         if parsePOSTFormSubmission is None:
-            parsePOSTFormSubmission = channel.site._parsePOSTFormSubmission
+            # (The channel's site, here and below, is what Site.buildProtocol
+            # gives it: HTTPChannel does not declare it, hence the ignores.)
+            parsePOSTFormSubmission = channel.site._parsePOSTFormSubmission  # type: ignore[attr-defined]
         self._parsePOSTFormSubmission = parsePOSTFormSubmission
-        self._adapterCache: Dict[Any, Any] = {}
+        self._adapterCache: Dict[str, object] = {}
 
     def isSecure(self) -> bool:
         """
@@ -195,7 +200,7 @@ class GatewayRequest(server.Request):
 
     # -- paths, made when read ------------------------------------------------
 
-    @property  # type: ignore[override]
+    @property
     def postpath(self) -> Optional[List[bytes]]:
         """
         The path segments not yet consumed by resource traversal, unquoted;
@@ -229,7 +234,9 @@ class GatewayRequest(server.Request):
             # Form bodies are parsed into args the general way.
             super().requestReceived(command, path, version)
             return
-        self.content.seek(0, 0)  # type: ignore[union-attr]
+        content = self.content
+        assert content is not None  # made by gotLength, which the channel called first
+        content.seek(0, 0)
         self.method = command
         self.uri = path
         self.clientproto = version
@@ -361,6 +368,8 @@ class GatewayRequest(server.Request):
                 extend((name, b": ", value, b"\r\n"))
         head.append(b"\r\n")
         if method == b"HEAD" or code in _NO_BODY_CODES:
+            # No body may follow: later writes are dropped by this instance
+            # attribute, without a call to the method (hence the ignore).
             self.write = _ignore  # type: ignore[method-assign]
         else:
             self.sentLength = len(data)
@@ -398,7 +407,7 @@ class GatewayRequest(server.Request):
 
     # -- the end ------------------------------------------------------------------
 
-    def notifyDone(self, callback: Callable[..., Any], *args: Any) -> None:
+    def notifyDone(self, callback: Callable[..., object], *args: object) -> None:
         """
         Call C{callback(reason, *args)} once when this request is over: with
         L{None} when the answer was finished, with the L{Failure} when the
@@ -410,7 +419,7 @@ class GatewayRequest(server.Request):
         else:
             self._doneHooks.append((callback, args))
 
-    def _runDoneHooks(self, reason: Any) -> None:
+    def _runDoneHooks(self, reason: Optional[Failure]) -> None:
         hooks = self._doneHooks
         if hooks is None:
             return
@@ -438,7 +447,7 @@ class GatewayRequest(server.Request):
         if self._doneHooks is not None:
             self._runDoneHooks(None)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
         if self._doneHooks is not None:
             self._runDoneHooks(reason)

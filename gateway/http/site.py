@@ -9,6 +9,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from twisted.logger import Logger
 from twisted.web import server
+from twisted.web.resource import IResource
 
 from gateway.http.channel import BodyLimitFor, GatewayHTTPChannel
 from gateway.model.limits import HTTPLimits
@@ -33,13 +34,14 @@ class LimitedSite(server.Site):
     """
 
     # The channel itself, not HTTPFactory's HTTP/1.1-or-HTTP/2 wrapper: an
-    # HTTP/2 connection would bypass these checks.
+    # HTTP/2 connection would bypass these checks.  (HTTPFactory declares
+    # that wrapper's type for this attribute, not a protocol factory.)
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
-    errorFields: Mapping[str, Any] = {}
+    errorFields: Mapping[str, object] = {}
 
     def __init__(
         self,
-        resource: Any,
+        resource: IResource,
         limits: Optional[HTTPLimits] = None,
         bodyLimitFor: Optional[BodyLimitFor] = None,
         **kwargs: Any,

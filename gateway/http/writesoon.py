@@ -28,10 +28,14 @@ Twisted that buffers otherwise) is simply written to.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 from twisted.internet import abstract, tcp
+from twisted.internet.interfaces import IReactorFDSet, IReactorTime, ITransport
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeGuard
 
 __all__ = ["SUPPORTED", "writeSoon"]
 log = Logger()
@@ -44,8 +48,9 @@ def _buffersKnown() -> bool:
     """
     probe = abstract.FileDescriptor.__new__(abstract.FileDescriptor)
     try:
-        # A reactor of its own: without one, the global reactor would be
-        # imported (and installed) by this import.
+        # A reactor of its own, which the probe never uses: without one, the
+        # global reactor would be imported (and installed) by this import.
+        # (Not an IReactorFDSet, hence the ignore.)
         abstract.FileDescriptor.__init__(probe, reactor=object())  # type: ignore[arg-type]
     except Exception:
         return False
@@ -75,7 +80,12 @@ SUPPORTED = _buffersKnown()
 _kinds: Dict[type, bool] = {}
 
 
-def _isPlainTCP(kind: type) -> bool:
+def _isPlainTCP(transport: object) -> TypeGuard[tcp.Connection]:
+    """
+    @return: whether C{transport} is one of Twisted's own TCP connections,
+        whose buffers this module may fill (asked once per class).
+    """
+    kind = type(transport)
     plain = _kinds.get(kind)
     if plain is None:
         plain = _kinds[kind] = (
@@ -93,18 +103,19 @@ class _Flusher:
     The connections of one reactor with bytes to send on its next turn.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorTime) -> None:
         # The reactor's end of turn (L{gateway.http.reactor.GatewayReactor}), or
         # a timed call for now (any other reactor).
+        afterTurn: Optional[Callable[[Callable[[], None]], None]]
         afterTurn = getattr(reactor, "callAfterTurn", None)
-        self._schedule: Callable[[], Any]
+        self._schedule: Callable[[], object]
         if afterTurn is None:
             self._schedule = lambda: reactor.callLater(0, self._flush)
         else:
             self._schedule = lambda: afterTurn(self._flush)
-        self._pending: List[Any] = []
+        self._pending: List[tcp.Connection] = []
 
-    def add(self, transport: Any) -> None:
+    def add(self, transport: tcp.Connection) -> None:
         pending = self._pending
         if not pending:
             self._schedule()
@@ -165,10 +176,10 @@ class _Flusher:
 _SEND_LIMIT = abstract.FileDescriptor.SEND_LIMIT
 
 
-_flushers: Dict[Any, _Flusher] = {}
+_flushers: Dict[IReactorFDSet, _Flusher] = {}
 
 
-def writeSoon(transport: Any, data: bytes) -> None:
+def writeSoon(transport: ITransport, data: bytes) -> None:
     """
     Write C{data} to C{transport}, sent on the reactor's next turn without
     watching the socket (see the module docstring).
@@ -176,7 +187,7 @@ def writeSoon(transport: Any, data: bytes) -> None:
     @param transport: any transport.
     @param data: the bytes to send.
     """
-    if not data or not _isPlainTCP(type(transport)) or transport.TLS or transport.disconnecting:
+    if not data or not _isPlainTCP(transport) or transport.TLS or transport.disconnecting:
         transport.write(data)
         return
     if not transport.connected or transport._writeDisconnected:
@@ -192,5 +203,6 @@ def writeSoon(transport: Any, data: bytes) -> None:
     reactor = transport.reactor
     flusher = _flushers.get(reactor)
     if flusher is None:
-        flusher = _flushers[reactor] = _Flusher(reactor)
+        # (A reactor that watches sockets also keeps time.)
+        flusher = _flushers[reactor] = _Flusher(IReactorTime(reactor))
     flusher.add(transport)

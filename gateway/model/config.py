@@ -24,15 +24,14 @@ invalid file raises L{ConfigError}, which names the key at fault
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 import attrs
 import yaml
 
-from gateway.http.client import DEFAULT_MAX_IDLE
 from gateway.model.endpoints import isLoopbackEndpoint
-from gateway.model.limits import HTTPLimits
-from gateway.model.resources import Catalog, FilterSpec, parseResource
+from gateway.model.limits import DEFAULT_MAX_IDLE, HTTPLimits
+from gateway.model.resources import KINDS, Catalog, FilterSpec, parseResource
 from gateway.model.schema import (
     Bool,
     Int,
@@ -48,7 +47,6 @@ from gateway.model.schema import (
     fromJSON,
 )
 from gateway.model.schema import List as ListOf
-from gateway.store import KINDS
 
 DEFAULT_STORE = "file:gateway-data.json"
 
@@ -307,7 +305,14 @@ def workersCanShare(listen: str, store: str) -> bool:
     return listen.startswith(_SHARED_ENDPOINTS) and not store.startswith("memory:")
 
 
-class _UniqueKeys:
+if TYPE_CHECKING:
+    # What the mixin below is mixed into: a loader's constructor.
+    _Constructor = yaml.constructor.SafeConstructor
+else:
+    _Constructor = object
+
+
+class _UniqueKeys(_Constructor):
     """
     Refuses a key given twice in one mapping, which plain YAML resolves
     silently in favour of the last one (a mixin for a YAML loader).
@@ -319,7 +324,7 @@ class _UniqueKeys:
             if keyNode.tag == "tag:yaml.org,2002:merge":
                 # "<<: *defaults" merges, and keys given next override.
                 continue
-            key = self.construct_object(keyNode, deep=deep)  # type: ignore[attr-defined]
+            key = self.construct_object(keyNode, deep=deep)
             try:
                 duplicate = key in seen
             except TypeError:
@@ -333,7 +338,7 @@ class _UniqueKeys:
                     keyNode.start_mark,
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)  # type: ignore[misc]
+        return super().construct_mapping(node, deep=deep)
 
 
 class UniqueKeyLoader(_UniqueKeys, yaml.SafeLoader):
@@ -344,13 +349,14 @@ class UniqueKeyLoader(_UniqueKeys, yaml.SafeLoader):
 
 if hasattr(yaml, "CSafeLoader"):
 
-    class _FastUniqueKeyLoader(_UniqueKeys, yaml.CSafeLoader):  # type: ignore[misc]
+    class _FastUniqueKeyLoader(_UniqueKeys, yaml.CSafeLoader):
         """
         L{UniqueKeyLoader} on libyaml's parser (several times faster on a
         large file).
         """
 
 else:  # pragma: no cover (PyYAML built without libyaml, as on PyPy)
+    # (One name, two classes: mypy checks the branch above.)
     _FastUniqueKeyLoader = UniqueKeyLoader  # type: ignore[misc,assignment]
 
 

@@ -16,10 +16,15 @@ log = Logger()
 
 __all__ = [
     "ADMIN_LIMITS",
+    "DEFAULT_MAX_IDLE",
     "HTTPLimits",
 ]
 
 MB = 1024 * 1024
+
+#: Idle keep-alive connections kept per backend address, by default (the
+#: config's C{proxy.upstreamKeepalive} and the upstream client's default).
+DEFAULT_MAX_IDLE = 512
 
 
 @attrs.frozen

@@ -36,6 +36,10 @@ from gateway.model.schema import (
 )
 from gateway.model.schema import List as ListOf
 
+#: The kinds of resource, in the order in which they may refer to each other
+#: (a cluster names servers, an api names clusters, a routing names both).
+KINDS = ("servers", "clusters", "apis", "routings")
+
 LOAD_BALANCERS = (
     "round-robin",
     "weighted-round-robin",

@@ -352,14 +352,14 @@ class ClientAddresses:
     ) -> Tuple[str, Headers]:
         # The same through Headers' public API, for a Twisted whose Headers
         # cannot be used as a dict (see gateway.http.headers.RAW_HEADERS).
-        headers.setRawHeaders(b"via", (incoming.getRawHeaders(b"via") or []) + [VIA])
+        headers.setRawHeaders(b"via", list(incoming.getRawHeaders(b"via") or []) + [VIA])
         client = self._believed(request, address) if trusted else address
         if trusted:
             for name, value in (
                 (b"x-forwarded-for", hop.xForwardedFor),
                 (b"forwarded", hop.forwarded),
             ):
-                previous = incoming.getRawHeaders(name)
+                previous = list(incoming.getRawHeaders(name) or [])
                 headers.setRawHeaders(name, [b", ".join(previous + [value]) if previous else value])
         else:
             headers.setRawHeaders(b"x-forwarded-for", [hop.xForwardedFor])

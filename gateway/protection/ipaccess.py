@@ -54,7 +54,7 @@ def parseAddress(address: str) -> Optional[_Address]:
     except ValueError:
         return None
     if ip.version == 6:
-        mapped = ip.ipv4_mapped  # type: ignore[union-attr]
+        mapped = ip.ipv4_mapped
         if mapped is not None:
             return mapped
     return ip
@@ -67,9 +67,7 @@ def parseNetwork(cidr: str) -> _Network:
     @raise ValueError: when C{cidr} is not a network or an address.
     """
     network = ipaddress.ip_network(cidr.strip(), strict=False)
-    if (
-        network.version == 6 and network.prefixlen >= 96 and network.subnet_of(_MAPPED)  # type: ignore[arg-type]
-    ):
+    if network.version == 6 and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
         return ipaddress.IPv4Network(
             (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)
         )

@@ -245,7 +245,7 @@ class SnapshotManager:
         )
         if match is None:
             return None
-        return match.value.config.maxBodySize  # type: ignore[no-any-return]
+        return match.value.config.maxBodySize
 
     def validate(self, catalog: Catalog) -> None:
         """

@@ -13,9 +13,19 @@ from typing import Any, Mapping, Optional
 
 import attrs
 
-#: The kinds of resource, in the order in which they may refer to each other
-#: (a cluster names servers, an api names clusters, a routing names both).
-KINDS = ("servers", "clusters", "apis", "routings")
+# The stores keep the model's kinds of resource; re-exported here because
+# every store speaks in them.
+from gateway.model.resources import KINDS
+
+__all__ = [
+    "KINDS",
+    "Change",
+    "ConflictError",
+    "StoreError",
+    "StoreState",
+    "emptyState",
+    "storeFromURL",
+]
 
 
 class ConflictError(Exception):
