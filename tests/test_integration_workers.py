@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import List
+from typing import List, Optional
 
 import pytest
 from harness import waitFor
@@ -55,6 +55,24 @@ def cpuTicks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def waitForWorkersServing(gateway, count: int, timeout: float = 10) -> List[dict]:
+    """
+    Wait until C{GET /api/v1/proxies} lists C{count} workers that each
+    serve a revision (a worker confirms one once it has bound the port).
+
+    @return: the workers as listed.
+    """
+
+    def serving() -> Optional[List[dict]]:
+        proxies = gateway.admin("GET", "/api/v1/proxies").json()
+        workers = proxies[0].get("workers", []) if proxies else []
+        if len(workers) == count and all(w.get("revision") is not None for w in workers):
+            return workers
+        return None
+
+    return waitFor(serving, timeout, what=f"{count} workers serving")
 
 
 def config(backend, workers=2):
@@ -237,14 +255,8 @@ def test_limits_hold_for_all_the_workers(backends, gateways):
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             assert b"\0--buckets-fd\0" in f.read()
     # Both workers must be answering before the limits are counted.
-    waitFor(
-        lambda: (
-            gateway.proxy("GET", "/echo/x").status == 200
-            and all(cpuTicks(pid) > 0 for pid in workers)
-        ),
-        10,
-        what="both workers serving",
-    )
+    waitForWorkersServing(gateway, 2)
+    assert gateway.proxy("GET", "/echo/x").status == 200
     before = {pid: cpuTicks(pid) for pid in workers}
 
     started = time.monotonic()

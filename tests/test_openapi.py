@@ -258,7 +258,7 @@ from gateway.telemetry.stats import Stats
 from gateway.store.file import FileStore
 
 port, token = int(sys.argv[1]), sys.argv[2]
-store = FileStore(None, reactor=reactor)
+store = FileStore(None)
 manager = SnapshotManager(FilterRegistry.fromPlugins(), reactor)
 store.load().addCallback(manager.apply)
 store.watch(manager.update)
@@ -272,7 +272,7 @@ def proxies():
              "revision": snapshot.revision if snapshot is not None else None, "ready": True}]
 
 
-metrics = metricsResource(stats, manager)
+metrics = metricsResource(stats, manager, None, reactor)
 extra = {}
 if "metrics" in inspect.signature(AdminAPI).parameters:
     extra["metrics"] = metrics

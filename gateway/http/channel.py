@@ -418,9 +418,9 @@ class GatewayHTTPChannel(Protocol):
             self.limits = limits
         self._bodyLimitFor = getattr(site, "bodyLimitFor", None)
         self._errorFields = getattr(site, "errorFields", None) or {}
-        clock: Any = getattr(site, "reactor", None)
-        if clock is None:
-            from twisted.internet import reactor as clock
+        # The site's reactor (a LimitedSite is always given one): timeouts
+        # run on the clock the tests control.
+        clock: Any = site.reactor
         self._clock = clock
         transport: Any = self.transport
         if ITCPTransport.providedBy(transport):
