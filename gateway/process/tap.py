@@ -104,13 +104,13 @@ def makeService(options: Options) -> Any:
     """
     from twisted.internet import reactor
 
+    from gateway.process import root
     from gateway.process.interpreter import tuneGC
-    from gateway.process.root import makeService as makeGatewayService
     from gateway.process.startup import Abort
 
     tuneGC()
     try:
-        return makeGatewayService(
+        return root.makeService(
             options["gatewayConfig"],
             reactor,
             options["filterRegistry"],
