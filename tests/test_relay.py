@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 from gateway.filters import FilterRegistry
 from gateway.interfaces import IStore
 from gateway.process.parent import ParentLink
-from gateway.process.pool import WorkerPool
+from gateway.process.pool import ControlChannel, WorkerPool, encodeMessage
 from gateway.process.propagation import ServedRevisions
 from gateway.process.storeservice import StoreService
 from gateway.routing.snapshot import SnapshotManager
@@ -168,6 +168,49 @@ class RelayedStoreTests(SynchronousTestCase):
         self.successResultOf(store.close())
         self.failureResultOf(loading, StoreError)
         self.failureResultOf(store.load(), StoreError)
+
+
+class ControlChannelTests(SynchronousTestCase):
+    """
+    Tests for L{ControlChannel}: JSON objects, one per line.
+    """
+
+    def setUp(self) -> None:
+        self.messages: List[Any] = []
+        self.lost: List[bool] = []
+        self.channel = ControlChannel(self.messages.append, lambda: self.lost.append(True))
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+
+    def test_send(self) -> None:
+        """
+        A message goes out as one line of compact JSON.
+        """
+        self.channel.send({"serving": 3})
+        self.channel.sendEncoded(encodeMessage({"resync": True}))
+        self.assertEqual(self.transport.value(), b'{"serving":3}\n{"resync":true}\n')
+
+    def test_pieces(self) -> None:
+        """
+        Lines arrive whole whatever the reads: several in one, one over
+        many (a large state, in small reads), a garbled one skipped.
+        """
+        big = {"state": fullMessage(state(1, servers={f"s{i}": S1 for i in range(2000)}))}
+        data = encodeMessage({"a": 1}) + b"\nnot json\n" + encodeMessage(big) + b"\n"
+        data += encodeMessage({"b": 2}) + b"\n"
+        for i in range(0, len(data), 1000):
+            self.channel.dataReceived(data[i : i + 1000])
+        self.assertEqual(self.messages, [{"a": 1}, overJSON(big), {"b": 2}])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_tooLong(self) -> None:
+        """
+        A line longer than C{MAX_LENGTH} drops the channel.
+        """
+        self.channel.MAX_LENGTH = 10
+        self.channel.dataReceived(b'{"a":"0123456789"')
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.messages, [])
 
 
 class ProcessTransport:

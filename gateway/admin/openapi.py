@@ -69,7 +69,9 @@ PROPAGATION = {
 }
 
 
-def _headers(revision: bool = True, propagation: bool = False) -> Dict[str, Any]:
+def _headers(
+    revision: Optional[bool] = True, propagation: Optional[bool] = False
+) -> Dict[str, Any]:
     """
     @return: the C{headers} of a response: C{X-Gateway-Revision} (and
         C{X-Gateway-Propagation}), required when C{True}, optional when

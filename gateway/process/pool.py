@@ -40,9 +40,8 @@ from typing import Any, Callable, Dict, List, Optional, Set
 
 from twisted.application.service import Service
 from twisted.internet import defer, error
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import LineOnlyReceiver
 
 from gateway.process.interpreter import processEnvironment
 from gateway.process.propagation import ServedRevisions
@@ -71,17 +70,26 @@ def workerCount(configured: Optional[int], shareable: bool = True) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-class ControlChannel(LineOnlyReceiver):
+class ControlChannel(Protocol):
     """
     One end of the parent/worker channel: JSON objects, one per line.
+
+    A line may be large (a whole store state, megabytes): its pieces are
+    kept as they arrive and joined once, when its end arrives (Twisted's
+    line receivers join the buffer again at every read, which is quadratic
+    in the size of a line).
     """
 
     delimiter = b"\n"
-    MAX_LENGTH = 16 * 1024 * 1024
+    #: The longest line taken, in bytes (a whole state of a large
+    #: configuration); a longer one drops the channel.
+    MAX_LENGTH = 1024 * 1024 * 1024
 
     def __init__(self, onMessage: Callable[[dict], None], onLost: Callable[[], None]) -> None:
         self._onMessage = onMessage
         self._onLost = onLost
+        self._pieces: List[bytes] = []
+        self._pending = 0
 
     def send(self, message: dict) -> None:
         """
@@ -95,7 +103,33 @@ class ControlChannel(LineOnlyReceiver):
         to every worker once).
         """
         if self.transport is not None:
-            self.sendLine(line)
+            self.transport.writeSequence([line, self.delimiter])
+
+    def dataReceived(self, data: bytes) -> None:
+        start = 0
+        while True:
+            end = data.find(self.delimiter, start)
+            if end < 0:
+                break
+            if self._pieces:
+                self._pieces.append(data[start:end])
+                line = b"".join(self._pieces)
+                self._pieces = []
+                self._pending = 0
+            else:
+                line = data[start:end]
+            start = end + 1
+            self.lineReceived(line)
+            if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+                return
+        if start < len(data):
+            self._pieces.append(data[start:])
+            self._pending += len(data) - start
+            if self._pending > self.MAX_LENGTH:
+                log.error("control message over {n} bytes: dropping the channel", n=self.MAX_LENGTH)
+                self._pieces = []
+                if self.transport is not None:
+                    self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
         try:
