@@ -102,6 +102,7 @@ class ProcessService(MultiService):
 
         @raise SystemExit: with the exit status, when a part failed.
         """
+        Service.privilegedStartService(self)
         for service in self:
             if self.abort.status is not None:
                 break
