@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from gateway.admin.api import AdminAPI
+from gateway.admin.api import AdminAPI, _Unwatched
 from gateway.interfaces import IPropagation
 from gateway.process.propagation import Propagation, ServedRevisions
 from gateway.store import StoreError
@@ -148,9 +148,11 @@ class PropagationTests(SynchronousTestCase):
 
     def test_interface(self) -> None:
         """
-        L{Propagation} provides L{IPropagation}.
+        L{Propagation} provides L{IPropagation}, and so does the admin's
+        default (no proxy to wait for).
         """
         self.assertTrue(verifyObject(IPropagation, Propagation(self.clock, self.served)))
+        self.assertTrue(verifyObject(IPropagation, _Unwatched()))
 
     def test_serving(self) -> None:
         """

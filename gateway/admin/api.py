@@ -33,8 +33,10 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from zope.interface import implementer
 
 from gateway.admin.openapi import openAPIDocument
+from gateway.interfaces import IPropagation
 from gateway.model.resources import Catalog, CatalogParser, parseResource
 from gateway.model.resources import ReferenceError as ModelReferenceError
 from gateway.model.schema import ValidationError, toJSON
@@ -114,6 +116,7 @@ def _defaultStats() -> Dict[str, Any]:
     return {}
 
 
+@implementer(IPropagation)
 class _Unwatched:
     """
     The propagation of an admin that knows no proxy: a write answers once
