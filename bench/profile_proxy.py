@@ -15,7 +15,7 @@ answer), then a server in a child process of its own:
 
   - C{gateway}: the gateway of C{bench/run.py}'s config (filters
     C{[request-id]}, access log off, one process), served in-process by
-    L{gateway.process.service.GatewayService};
+    L{gateway.process.root.makeService};
   - C{site}: a bare C{twisted.web} L{Site} whose resource answers the same
     96 bytes itself (no upstream): what the server side costs alone;
   - C{raw}: a bare L{Protocol} that answers each request head with the
@@ -148,7 +148,7 @@ def _useChannel(channel: str) -> None:
     Make the proxy site use another channel than its own: C{twisted} (the
     plain L{HTTPChannel}) or C{gateway} (L{GatewayHTTPChannel}).
     """
-    from gateway.process.service import GatewaySite
+    from gateway.process.sites import GatewaySite
 
     if channel == "twisted":
         from twisted.web import server
@@ -165,11 +165,13 @@ def _serveGateway(configPath: str, channel: str) -> None:
 
     from gateway.filters import FilterRegistry
     from gateway.model.config import loadConfig
-    from gateway.process.service import GatewayService
+    from gateway.process.root import makeService
+    from gateway.process.startup import Abort
 
     _useChannel(channel)
     config = loadConfig(configPath)
-    service = GatewayService(config, reactor, FilterRegistry.fromPlugins())
+    service = makeService(config, reactor, FilterRegistry.fromPlugins(), Abort(reactor))
+    service.privilegedStartService()
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     port = int(config.proxy.listen.split(":")[1])
@@ -613,7 +615,9 @@ def micro(options: argparse.Namespace) -> int:
     from gateway.filters import FilterRegistry
     from gateway.http.client import HTTP11UpstreamClient
     from gateway.model.config import parseConfig
-    from gateway.process.service import GatewayService, GatewaySite
+    from gateway.process.root import makeService
+    from gateway.process.sites import GatewaySite
+    from gateway.process.startup import Abort
 
     _useChannel(options.channel)
     data = benchrun.gatewayConfig(8080, 8081, workers=1, where="proxy")
@@ -622,8 +626,13 @@ def micro(options: argparse.Namespace) -> int:
     reactor = MemoryReactorClock()
     upstream = HTTP11UpstreamClient(reactor)
     endpoints = upstream._endpoints = _MemoryEndpoints()  # type: ignore[assignment]
-    service = GatewayService(config, reactor, FilterRegistry.fromPlugins(), client=upstream)
-    site = GatewaySite(service.proxyResource, reactor=reactor)
+    service = makeService(
+        config, reactor, FilterRegistry.fromPlugins(), Abort(reactor), client=upstream
+    )
+    # Loads the (memory) store and binds the proxy's port on the memory
+    # reactor; the requests below go to a site of their own.
+    service.privilegedStartService()
+    site = GatewaySite(service.getServiceNamed("proxy").resource, reactor=reactor)
     constant = options.resource != "gateway"
     if constant:
         # The server side alone: a resource that answers by itself.

@@ -223,3 +223,73 @@ class IStore(Interface):
 
         @return: a Deferred.
         """
+
+
+class ISharedStore(IStore):
+    """
+    An L{IStore} that several gateways share (etcd), and where each gateway
+    that serves says so: a registry of the live proxies, each with a record
+    that every admin can list.
+
+    Whether a store offers this is decided with C{ISharedStore.providedBy};
+    a store of one process (the file store) does not.
+    """
+
+    def proxyRegistry(addr, version, startedAt, describe):
+        """
+        Make the service that keeps this proxy's record in the store while
+        it runs, and takes it away when it stops (or, when the process
+        dies, soon after).
+
+        @param addr: this proxy's address, C{host:port}.
+        @type addr: L{str}
+        @param version: the gateway's version.
+        @type version: L{str}
+        @param startedAt: when this process started (ISO 8601).
+        @type startedAt: L{str}
+        @param describe: a no-argument callable returning the live part of
+            the record, a JSON object: at least C{ready} (whether the proxy
+            serves its first configuration) and C{revision} (the store
+            revision every proxy process of this gateway serves); it is
+            called each time the record is written.
+        @return: an L{twisted.application.service.IService}; its
+            C{refresh()} writes the record again at once (call it when what
+            C{describe} returns changed).
+        """
+
+    def listProxies():
+        """
+        Read the records of the live proxies.
+
+        @return: a Deferred firing with a list of JSON objects, sorted by
+            C{addr}: each has C{addr}, C{version}, C{startedAt}, C{ready},
+            C{revision} and whatever else its C{describe} gave.
+        """
+
+
+class IPropagation(Interface):
+    """
+    Tells when a store revision serves: on every proxy process of this
+    gateway (its workers, or its own proxy), or on every proxy that shares
+    its store.  The admin waits on it before it answers a write.
+    """
+
+    def serving():
+        """
+        @return: the store revision every proxy process of this gateway
+            serves (L{int}), or L{None} while none serves.
+        """
+
+    def whenServed(revision, everywhere):
+        """
+        Wait until C{revision} (or a later one) serves.
+
+        @param revision: a store revision.
+        @type revision: L{int}
+        @param everywhere: L{False} for the proxy processes of this
+            gateway; L{True} for every live proxy registered in a shared
+            store as well (the same as L{False} with a store of one
+            gateway).
+        @return: a Deferred firing with L{None} once it serves; it does not
+            time out by itself: cancel it to stop waiting.
+        """

@@ -23,7 +23,7 @@ from gateway.pipeline.aggregate import Aggregator
 from gateway.pipeline.forwarding import ClientAddresses
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.resource import GatewayResource
-from gateway.process.service import GatewaySite
+from gateway.process.sites import GatewaySite
 from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
 
@@ -204,7 +204,7 @@ class Harness:
             aggregator=Aggregator(self.client, reactor),
             mirror=self.mirror,
         )
-        port = await listen(None, GatewaySite(self.resource))
+        port = await listen(None, GatewaySite(self.resource, reactor=reactor))
         self.ports.append(port)
         self.url = f"http://127.0.0.1:{port.getHost().port}"
         return self

@@ -78,7 +78,7 @@ class APITestCase(SynchronousTestCase):
         self.stub = StubTreq(self.api.resource())
 
     def makeStore(self) -> FileStore:
-        return FileStore(None, reactor=self.clock)
+        return FileStore(None)
 
     def makeAPI(self, **kwargs: Any) -> AdminAPI:
         return AdminAPI(self.store, self.token, reactor=self.clock, **kwargs)
@@ -723,7 +723,7 @@ class ConcurrencyTests(APITestCase):
     """
 
     def makeStore(self) -> FileStore:
-        return RacingStore(None, reactor=self.clock)
+        return RacingStore(None)
 
     def test_retry(self) -> None:
         """
@@ -784,7 +784,7 @@ class StoreOutageTests(APITestCase):
     """
 
     def makeStore(self) -> FileStore:
-        return BrokenStore(None, reactor=self.clock)
+        return BrokenStore(None)
 
     def test_loadFails(self) -> None:
         """

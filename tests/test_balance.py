@@ -13,6 +13,7 @@ from collections import Counter
 from random import Random
 from typing import Dict, List, Optional, Sequence
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -29,7 +30,7 @@ def makeBackends(*weights: int) -> List[Backend]:
     @return: one backend per weight, named C{a}, C{b}, C{c}... in order.
     """
     return [
-        Backend(Server(name=NAMES[i], addr=f"127.0.0.1:{8000 + i}", weight=weight))
+        Backend(Server(name=NAMES[i], addr=f"127.0.0.1:{8000 + i}", weight=weight), Clock())
         for i, weight in enumerate(weights)
     ]
 

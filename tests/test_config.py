@@ -390,10 +390,11 @@ class ParseConfigTests(SynchronousTestCase):
         self.assertError(
             {"proxy": dict(PROXY, upstreamKeepalive="many")}, "proxy.upstreamKeepalive", "integer"
         )
-        from twisted.internet.task import Clock
+        from twisted.internet.testing import MemoryReactorClock
 
         from gateway.filters import FilterRegistry
-        from gateway.process.service import GatewayService
+        from gateway.process.root import makeService
+        from gateway.process.startup import Abort
 
         config = parseConfig(
             {
@@ -401,8 +402,9 @@ class ParseConfigTests(SynchronousTestCase):
                 "store": "memory:",
             }
         )
-        service = GatewayService(config, Clock(), FilterRegistry({}))
-        self.assertEqual(service._client._maxIdle, 7)
+        reactor = MemoryReactorClock()
+        service = makeService(config, reactor, FilterRegistry({}), Abort(reactor))
+        self.assertEqual(service.getServiceNamed("upstream").client._maxIdle, 7)
 
     def test_badToken(self) -> None:
         """

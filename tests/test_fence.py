@@ -39,7 +39,6 @@ ENGINE = "gateway/http/"
 # lead: to empty
 KNOWN: FrozenSet[Tuple[str, str]] = frozenset(
     {
-        ("gateway/process/service.py", "_raiseSynchronously"),
         ("gateway/store/etcd/client.py", "twisted.web._newclient"),
     }
 )
@@ -155,6 +154,11 @@ def _privateImports(tree: ast.Module) -> Iterator[Tuple[int, str]]:
                     yield node.lineno, f"{node.module}.{alias.name}"
 
 
+#: Names of the standard library that are public API despite their
+#: underscore, as C{(module, name)}.
+_PUBLIC_UNDERSCORED = frozenset([("os", "_exit")])
+
+
 def _foreignPrivateAttributes(tree: ast.Module, own: Set[str]) -> Iterator[Tuple[int, str]]:
     """
     @return: C{(line, name)} of each access to a private attribute that the
@@ -162,6 +166,9 @@ def _foreignPrivateAttributes(tree: ast.Module, own: Set[str]) -> Iterator[Tuple
     """
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and _isPrivate(node.attr) and node.attr not in own:
+            base = node.value
+            if isinstance(base, ast.Name) and (base.id, node.attr) in _PUBLIC_UNDERSCORED:
+                continue
             yield node.lineno, node.attr
 
 

@@ -1326,7 +1326,7 @@ class AdminHardeningTests(SynchronousTestCase):
         from gateway.store.file import FileStore
 
         self.clock = Clock()
-        self.api = AdminAPI(FileStore(None, reactor=self.clock), TOKEN, reactor=self.clock)
+        self.api = AdminAPI(FileStore(None), TOKEN, reactor=self.clock)
         self.stub = StubTreq(self.api.resource())
 
     def call(self, method: str, path: str, headers: Optional[Dict[str, str]] = None) -> Any:

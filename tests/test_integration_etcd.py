@@ -346,7 +346,8 @@ def test_adminListsProxies(etcd, backends, gateways):  # noqa: F811
     """
     C{GET /api/v1/proxies} on the admin lists both proxies, each once, with
     its version and start time, ready.  (Needs the registry wired into
-    L{gateway.process.service.GatewayService} for C{etcd://} stores.)
+    L{gateway.process.root.makeService} for stores that provide
+    L{gateway.interfaces.ISharedStore}.)
     """
     b1 = backends("b1")
     cluster = Cluster(gateways, storeURL([etcd.endpoint]), [b1])

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
-from typing import List
+from typing import Any, List, Optional, Tuple
 
 import pytest
 from harness import waitFor
@@ -55,6 +56,24 @@ def cpuTicks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def waitForWorkersServing(gateway, count: int, timeout: float = 10) -> List[dict]:
+    """
+    Wait until C{GET /api/v1/proxies} lists C{count} workers that each
+    serve a revision (a worker confirms one once it has bound the port).
+
+    @return: the workers as listed.
+    """
+
+    def serving() -> Optional[List[dict]]:
+        proxies = gateway.admin("GET", "/api/v1/proxies").json()
+        workers = proxies[0].get("workers", []) if proxies else []
+        if len(workers) == count and all(w.get("revision") is not None for w in workers):
+            return workers
+        return None
+
+    return waitFor(serving, timeout, what=f"{count} workers serving")
 
 
 def config(backend, workers=2):
@@ -237,14 +256,8 @@ def test_limits_hold_for_all_the_workers(backends, gateways):
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             assert b"\0--buckets-fd\0" in f.read()
     # Both workers must be answering before the limits are counted.
-    waitFor(
-        lambda: (
-            gateway.proxy("GET", "/echo/x").status == 200
-            and all(cpuTicks(pid) > 0 for pid in workers)
-        ),
-        10,
-        what="both workers serving",
-    )
+    waitForWorkersServing(gateway, 2)
+    assert gateway.proxy("GET", "/echo/x").status == 200
     before = {pid: cpuTicks(pid) for pid in workers}
 
     started = time.monotonic()
@@ -263,3 +276,126 @@ def test_limits_hold_for_all_the_workers(backends, gateways):
 
     # The requests (each on a new connection) went to both workers.
     assert all(cpuTicks(pid) > before[pid] for pid in workers)
+
+
+def test_a_created_api_serves_at_once_on_every_worker(backends, gateways):
+    """
+    An admin write answers once the change serves on every worker: a
+    client that creates an API and calls it at once (new connections, so
+    the kernel spreads them over both workers) never gets a 404, 50 times
+    in a row.  Each answer names the new store revision and says the
+    change serves everywhere.
+    """
+    backend = backends("b1")
+    gateway = gateways(config(backend))
+    waitForWorkersServing(gateway, 2)
+    revisions = []
+    for i in range(50):
+        created = gateway.admin(
+            "POST",
+            "/api/v1/apis",
+            {
+                "name": f"new-{i}",
+                "urlPattern": f"/new{i}/*",
+                "nodes": [{"cluster": "c", "urlRewrite": f"/echo/new{i}"}],
+            },
+        )
+        assert created.status == 201, created.text
+        assert created.header("X-Gateway-Propagation") == "complete"
+        revisions.append(int(created.header("X-Gateway-Revision")))
+        statuses = [gateway.proxy("GET", f"/new{i}/x").status for _ in range(4)]
+        assert statuses == [200] * 4, (i, statuses)
+    assert revisions == sorted(set(revisions))
+
+
+def test_proxies_show_what_each_worker_serves(backends, gateways):
+    """
+    C{GET /api/v1/proxies} shows the revision the gateway serves and each
+    worker's (with its pid), all at the revision the last write answered;
+    reads carry the revision they read.
+    """
+    backend = backends("b1")
+    gateway = gateways(config(backend))
+    waitForWorkersServing(gateway, 2)
+    changed = gateway.admin(
+        "PUT",
+        "/api/v1/apis/echo",
+        {"urlPattern": "/echo/*", "nodes": [{"cluster": "c", "urlRewrite": "/echo/v2"}]},
+    )
+    assert changed.status == 200, changed.text
+    revision = int(changed.header("X-Gateway-Revision"))
+    listed = gateway.admin("GET", "/api/v1/proxies")
+    assert listed.header("X-Gateway-Revision") == str(revision)
+    [proxy] = listed.json()
+    assert proxy["revision"] == revision
+    assert sorted(w["pid"] for w in proxy["workers"]) == workerPIDs(gateway.pid)
+    assert [(w["worker"], w["revision"]) for w in proxy["workers"]] == [
+        (0, revision),
+        (1, revision),
+    ]
+    read = gateway.admin("GET", "/api/v1/apis/echo")
+    assert read.header("X-Gateway-Revision") == str(revision)
+    assert read.header("X-Gateway-Propagation") is None
+
+
+def test_a_stuck_or_dying_worker_does_not_hold_writes(backends, gateways):
+    """
+    A worker that does not confirm (stopped) holds a write no longer than
+    C{admin.propagationTimeout}, and the answer says the change is not
+    everywhere yet; a worker that dies while a write waits for it ends the
+    wait at once; the worker started in its place loads the current state
+    before it serves, so every write made meanwhile serves there.
+    """
+    backend = backends("b1")
+    data = config(backend)
+    data["admin"]["propagationTimeout"] = 4
+    gateway = gateways(data)
+    waitForWorkersServing(gateway, 2)
+    stuck, other = workerPIDs(gateway.pid)
+
+    def create(name: str) -> Tuple[Any, float]:
+        started = time.monotonic()
+        answer = gateway.admin(
+            "POST",
+            "/api/v1/apis",
+            {
+                "name": name,
+                "urlPattern": f"/{name}/*",
+                "nodes": [{"cluster": "c", "urlRewrite": f"/echo/{name}"}],
+            },
+        )
+        return answer, time.monotonic() - started
+
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        answer, elapsed = create("first")
+        assert answer.status == 201, answer.text
+        assert answer.header("X-Gateway-Propagation") == "incomplete"
+        assert 3.9 <= elapsed < 10, elapsed
+
+        done: List[Tuple[Any, float]] = []
+        writer = threading.Thread(target=lambda: done.append(create("second")))
+        writer.start()
+        time.sleep(0.5)
+        os.kill(stuck, signal.SIGKILL)
+        writer.join(10)
+    finally:
+        if not dead(stuck):
+            os.kill(stuck, signal.SIGKILL)
+    [(answer, elapsed)] = done
+    assert answer.status == 201, answer.text
+    assert answer.header("X-Gateway-Propagation") == "complete"
+    assert elapsed < 3.5, elapsed
+    revision = int(answer.header("X-Gateway-Revision"))
+
+    waitFor(
+        lambda: len(workerPIDs(gateway.pid)) == 2 and stuck not in workerPIDs(gateway.pid),
+        15,
+        what="the killed worker to be replaced",
+    )
+    workers = waitForWorkersServing(gateway, 2, timeout=15)
+    assert [w["revision"] for w in workers] == [revision, revision]
+    assert other in [w["pid"] for w in workers]
+    for name in ("first", "second"):
+        statuses = [gateway.proxy("GET", f"/{name}/x").status for _ in range(10)]
+        assert statuses == [200] * 10, (name, statuses)

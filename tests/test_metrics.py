@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import REGISTRY
 from test_stats import SEQUENCE, _Context, runSequence
+from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -44,8 +45,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def scrape(stats: Stats, manager=None, health=None) -> Tuple[Samples, DummyRequest, bytes]:
-    resource = metricsResource(stats, manager, health)
+def scrape(
+    clock: Clock, stats: Stats, manager=None, health=None
+) -> Tuple[Samples, DummyRequest, bytes]:
+    resource = metricsResource(stats, manager, health, clock)
     request = DummyRequest([b"metrics"])
     body = resource.render(request)
     return parse(body.decode("utf-8")), request, body
@@ -96,7 +99,7 @@ class CollectorTests(SynchronousTestCase):
         self.answer(3000, 504, "timeout")
         self.answer(1, 429, "reject:rate-limit", backend=None)
         self.answer(1, 403, "reject:ip-access", backend=None)
-        samples, request, _ = scrape(self.stats, self.manager)
+        samples, request, _ = scrape(self.clock, self.stats, self.manager)
         self.assertEqual(value(samples, "gateway_requests_total", api="a"), 6)
         self.assertEqual(value(samples, "gateway_errors_total", api="a", kind="5xx"), 1)
         self.assertEqual(value(samples, "gateway_errors_total", api="a", kind="timeout"), 1)
@@ -138,7 +141,7 @@ class CollectorTests(SynchronousTestCase):
         s2 = self.manager.backends["s2"]
         s2.healthy = False
         s2.ejectedUntil = self.clock.seconds() + 10
-        samples, _, _ = scrape(self.stats, self.manager)
+        samples, _, _ = scrape(self.clock, self.stats, self.manager)
         self.assertEqual(value(samples, "gateway_upstream_requests_total", server="s1"), 2)
         self.assertEqual(value(samples, "gateway_upstream_failures_total", server="s1"), 1)
         self.assertEqual(value(samples, "gateway_server_active_requests", server="s1"), 1)
@@ -165,12 +168,12 @@ class CollectorTests(SynchronousTestCase):
         """
         breaker = self.manager.snapshot.apis["a"].filters[0].breaker
         breaker.record(False)
-        samples, _, _ = scrape(self.stats, self.manager)
+        samples, _, _ = scrape(self.clock, self.stats, self.manager)
         self.assertEqual(
             value(samples, "gateway_api_circuit_breaker_state", api="a", state="open"), 1
         )
         self.clock.advance(5)
-        samples, _, _ = scrape(self.stats, self.manager)
+        samples, _, _ = scrape(self.clock, self.stats, self.manager)
         self.assertEqual(
             value(samples, "gateway_api_circuit_breaker_state", api="a", state="half-open"), 1
         )
@@ -188,7 +191,7 @@ class CollectorTests(SynchronousTestCase):
             def status(self, name):
                 return {"checked": name == "s1"}
 
-        samples, _, _ = scrape(self.stats, self.manager, Health())
+        samples, _, _ = scrape(self.clock, self.stats, self.manager, Health())
         self.assertEqual(value(samples, "gateway_server_health_checked", server="s1"), 1)
         self.assertEqual(value(samples, "gateway_server_health_checked", server="s2"), 0)
 
@@ -203,7 +206,7 @@ class CollectorTests(SynchronousTestCase):
         del resources["servers"]["s1"]
         resources["clusters"]["main"] = {"name": "main", "servers": ["s2"]}
         self.manager.apply(StoreState(4, resources))
-        samples, _, _ = scrape(self.stats, self.manager)
+        samples, _, _ = scrape(self.clock, self.stats, self.manager)
         labels = {dict(key[1]).get("api") for key in samples} | {
             dict(key[1]).get("server") for key in samples
         }
@@ -214,12 +217,12 @@ class CollectorTests(SynchronousTestCase):
         The resource answers the text exposition format with its content
         type, and OpenMetrics to a scraper that asks for it.
         """
-        _, request, _ = scrape(self.stats, self.manager)
+        _, request, _ = scrape(self.clock, self.stats, self.manager)
         self.assertEqual(
             request.responseHeaders.getRawHeaders(b"content-type"),
             [CONTENT_TYPE_LATEST.encode("ascii")],
         )
-        resource = metricsResource(self.stats, self.manager)
+        resource = metricsResource(self.stats, self.manager, None, self.clock)
         request = DummyRequest([b"metrics"])
         request.requestHeaders.setRawHeaders(b"accept", [b"application/openmetrics-text"])
         body = resource.render(request)
@@ -231,7 +234,7 @@ class CollectorTests(SynchronousTestCase):
         """
         The collector lives in its own registry, never the process-wide one.
         """
-        registry = metricsRegistry(self.stats, self.manager)
+        registry = metricsRegistry(self.stats, self.manager, None, self.clock)
         self.assertIsNot(registry, REGISTRY)
         self.assertIsNone(REGISTRY.get_sample_value("gateway_snapshot_revision"))
         self.assertEqual(registry.get_sample_value("gateway_snapshot_revision"), 3)
@@ -241,10 +244,10 @@ class CollectorTests(SynchronousTestCase):
         Without a manager, the counters are exported and the revision is -1.
         """
         self.answer(1)
-        collector = GatewayCollector(self.stats, None)
+        collector = GatewayCollector(self.stats, None, None, self.clock)
         names = {family.name for family in collector.collect()}
         self.assertIn("gateway_requests", names)
-        samples, _, _ = scrape(self.stats)
+        samples, _, _ = scrape(self.clock, self.stats)
         self.assertEqual(value(samples, "gateway_snapshot_revision"), -1)
         self.assertEqual(value(samples, "gateway_requests_total", api="a"), 1)
 
@@ -263,7 +266,7 @@ async def test_scrape_after_sequence(harness):
     for path in ("/up/attacker-path-1", "/up/attacker-path-2?x=attacker-query"):
         response = await harness.request("GET", path, headers={"X-Attacker": "attacker-header"})
         await response.content()
-    port = await listen(metricsResource(stats, harness.manager))
+    port = await listen(metricsResource(stats, harness.manager, None, reactor))
     try:
         response = await treq.get(f"http://127.0.0.1:{port.getHost().port}/metrics")
         text = (await response.content()).decode("utf-8")

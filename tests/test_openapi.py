@@ -220,6 +220,45 @@ class DocumentTests(SynchronousTestCase):
             self.assertEqual(schema, {"$ref": "#/components/schemas/Error"})
 
 
+class PropagationDocumentTests(SynchronousTestCase):
+    """
+    The document describes the revision and propagation headers and the
+    C{wait} parameter of the writes.
+    """
+
+    def test_writes(self) -> None:
+        """
+        Every write takes C{wait} (C{workers} or C{proxies}); its success
+        answers carry C{X-Gateway-Revision} and (but for an unchanged
+        C{PUT}) C{X-Gateway-Propagation}; reads carry the revision.
+        """
+        paths = openAPIDocument()["paths"]
+        for kind in ("servers", "clusters", "apis", "routings"):
+            collection = paths[f"/api/v1/{kind}"]
+            item = paths[f"/api/v1/{kind}/{{name}}"]
+            writes = [
+                (collection["post"], "201", True),
+                (item["put"], "201", True),
+                (item["put"], "200", False),
+                (item["delete"], "204", True),
+            ]
+            for operation, code, changed in writes:
+                [wait] = [p for p in operation["parameters"] if p["name"] == "wait"]
+                self.assertEqual(wait["in"], "query")
+                self.assertEqual(wait["schema"]["enum"], ["workers", "proxies"])
+                self.assertIn("400", operation["responses"])
+                headers = operation["responses"][code]["headers"]
+                self.assertTrue(headers["X-Gateway-Revision"]["required"])
+                propagation = headers["X-Gateway-Propagation"]
+                self.assertEqual(propagation["required"], changed)
+                self.assertEqual(propagation["schema"]["enum"], ["complete", "incomplete"])
+            for operation in (collection["get"], item["get"]):
+                headers = operation["responses"]["200"]["headers"]
+                self.assertTrue(headers["X-Gateway-Revision"]["required"])
+        proxies = paths["/api/v1/proxies"]["get"]["responses"]["200"]
+        self.assertIn("X-Gateway-Revision", proxies["headers"])
+
+
 class ExpandRuleTests(SynchronousTestCase):
     def test_expand(self) -> None:
         """
@@ -258,7 +297,7 @@ from gateway.telemetry.stats import Stats
 from gateway.store.file import FileStore
 
 port, token = int(sys.argv[1]), sys.argv[2]
-store = FileStore(None, reactor=reactor)
+store = FileStore(None)
 manager = SnapshotManager(FilterRegistry.fromPlugins(), reactor)
 store.load().addCallback(manager.apply)
 store.watch(manager.update)
@@ -272,7 +311,7 @@ def proxies():
              "revision": snapshot.revision if snapshot is not None else None, "ready": True}]
 
 
-metrics = metricsResource(stats, manager)
+metrics = metricsResource(stats, manager, None, reactor)
 extra = {}
 if "metrics" in inspect.signature(AdminAPI).parameters:
     extra["metrics"] = metrics

@@ -54,7 +54,7 @@ class FileStoreTests(SynchronousTestCase):
         self.clock = Clock()
 
     def store(self) -> FileStore:
-        return FileStore(self.path, reactor=self.clock)
+        return FileStore(self.path)
 
     def commit(self, store, changes, base=None):
         if base is None:
@@ -199,13 +199,19 @@ class FileStoreTests(SynchronousTestCase):
         )
 
     def assertCorrupt(self, content: bytes, problem: str) -> None:
+        """
+        A store on a file holding C{content} is made without reading it;
+        its load and its commits fail with L{StoreError} naming the file
+        and C{problem}, and the file is left as it is.
+        """
         with open(self.path, "wb") as f:
             f.write(content)
-        with self.assertRaises(StoreError) as raised:
-            self.store()
-        message = str(raised.exception)
+        store = self.store()
+        failure = self.failureResultOf(store.load(), StoreError)
+        message = failure.getErrorMessage()
         self.assertIn(self.path, message)
         self.assertIn(problem, message)
+        self.failureResultOf(store.commit([Change("servers", "s1", SERVER)], 0), StoreError)
         with open(self.path, "rb") as f:
             self.assertEqual(f.read(), content)
 
@@ -269,10 +275,25 @@ class FileStoreTests(SynchronousTestCase):
         L{StoreError} naming it.
         """
         os.mkdir(self.path)
-        with self.assertRaises(StoreError) as raised:
-            self.store()
-        self.assertIn(self.path, str(raised.exception))
-        self.assertIn("cannot read", str(raised.exception))
+        message = self.failureResultOf(self.store().load(), StoreError).getErrorMessage()
+        self.assertIn(self.path, message)
+        self.assertIn("cannot read", message)
+
+    def test_madeWithoutReading(self) -> None:
+        """
+        Making a store reads nothing: the file is read by the first load
+        (so a file written after the store was made is what it holds), and
+        stale temporary files are removed only then.
+        """
+        stale = os.path.join(self.directory, ".store.json.abc123.tmp")
+        with open(stale, "wb") as f:
+            f.write(b"partial")
+        store = self.store()
+        self.assertTrue(os.path.exists(stale))
+        with open(self.path, "wb") as f:
+            f.write(b'{"format": 1, "revision": 4, "resources": {}}')
+        self.assertEqual(self.successResultOf(store.load()).revision, 4)
+        self.assertFalse(os.path.exists(stale))
 
     def test_staleTempFiles(self) -> None:
         """
@@ -404,7 +425,7 @@ class MemoryStoreTests(SynchronousTestCase):
         cwd = os.getcwd()
         os.chdir(directory)
         self.addCleanup(os.chdir, cwd)
-        store = FileStore(None, reactor=Clock())
+        store = FileStore(None)
         self.assertTrue(verifyObject(IStore, store))
         seen = []
         store.watch(lambda s: seen.append(s.revision))
@@ -436,7 +457,7 @@ from twisted.internet.task import Clock
 from gateway.store import Change
 from gateway.store.file import FileStore
 
-store = FileStore(sys.argv[1], reactor=Clock())
+store = FileStore(sys.argv[1])
 blob = "x" * 2000
 while True:
     states = []
@@ -496,7 +517,7 @@ def test_crashSafety(tmp_path) -> None:
             child.wait()
             child.stdout.close()
         acknowledged = [first] + [int(line) for line in rest.split(b"\n")[:-1]]
-        store = FileStore(path, reactor=Clock())
+        store = FileStore(path)
         states = []
         store.load().addCallback(states.append)
         state = states[0]

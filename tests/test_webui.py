@@ -39,6 +39,7 @@ from harness import (
     subprocessEnv,
     waitFor,
 )
+from twisted.internet.task import Clock
 from twisted.web import server
 
 from gateway.admin.api import AdminAPI
@@ -94,7 +95,7 @@ def header(response: Any, name: str) -> Optional[str]:
 
 
 def adminWithUI(root: Optional[str] = None) -> Any:
-    return withWebUI(AdminAPI(FileStore(None), TOKEN).resource(), root=root)
+    return withWebUI(AdminAPI(FileStore(None), TOKEN, Clock()).resource(), root=root)
 
 
 # A real admin site on 127.0.0.1: integration tests.

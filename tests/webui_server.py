@@ -3,12 +3,10 @@ The gateway as the web UI's browser tests run it.
 
     python tests/webui_server.py --config gateway.yaml
 
-It is the real L{gateway.process.service.GatewayService} (store, snapshots, proxy,
-admin REST API, statistics) built from the config file, with the admin's
-port serving L{gateway.admin.webui.withWebUI} around the service's own
-admin resource, so the browser loads the UI and calls the API on one
-origin whether or not the admin site of the running tree mounts the UI
-itself.
+It is the real gateway process (L{gateway.process.root.makeService}: store,
+snapshots, proxy, admin REST API, statistics) built from the config file;
+its admin site serves the web UI (L{gateway.admin.webui.withWebUI}) beside
+the API, so the browser loads the UI and calls the API on one origin.
 """
 
 from __future__ import annotations
@@ -34,22 +32,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from gateway.admin.webui import withWebUI
     from gateway.filters import FilterRegistry
     from gateway.model.config import loadConfig
-    from gateway.process.service import AdminSite, GatewayService
+    from gateway.process.root import makeService
+    from gateway.process.startup import Abort
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     config = loadConfig(args.config)
     if config.admin is None:
         parser.error("the config needs an admin: section")
-    service = GatewayService(config, reactor, FilterRegistry.fromPlugins())
-    site = AdminSite(withWebUI(service.admin.resource()))
-    service.getServiceNamed("admin").factory = site
+    abort = Abort(reactor)
+    service = makeService(config, reactor, FilterRegistry.fromPlugins(), abort)
+    try:
+        service.privilegedStartService()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
-    return 0
+    return abort.status or 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,12 @@ Every write follows one path: read the store, parse and check the new
 resource, check the references between resources and the caller's validator
 against the whole proposed catalog, then commit against the revision that was
 read.  A refused write changes nothing; a write that lost a race with another
-admin is tried again from the start.
+admin is tried again from the start.  A write that changed the store answers
+once the change serves on every proxy process of this gateway (with
+C{?wait=proxies}, on every proxy of a shared store), or once
+C{propagationTimeout} passed, saying then that it has not reached them all
+(C{X-Gateway-Propagation: incomplete}).  Every answer that read or wrote the
+store carries the revision it read or made (C{X-Gateway-Revision}).
 
 Every answer, errors included, is JSON: C{{"error": "...", "field": "..."}}
 for errors, never a Twisted HTML page.
@@ -22,13 +27,16 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, maybeDeferred
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from zope.interface import implementer
 
 from gateway.admin.openapi import openAPIDocument
+from gateway.interfaces import IPropagation
 from gateway.model.resources import Catalog, CatalogParser, parseResource
 from gateway.model.resources import ReferenceError as ModelReferenceError
 from gateway.model.schema import ValidationError, toJSON
@@ -36,6 +44,11 @@ from gateway.store import KINDS, Change, ConflictError, StoreError, StoreState
 
 #: The prefix of every route of the REST API.
 PREFIX = "/api/v1"
+
+#: The header of the store revision an answer read or made.
+REVISION_HEADER = b"X-Gateway-Revision"
+#: The header that says whether a write serves on every proxy it waited for.
+PROPAGATION_HEADER = b"X-Gateway-Propagation"
 
 _KIND = "<any(" + ", ".join(KINDS) + "):kind>"
 _JSON = b"application/json"
@@ -72,6 +85,12 @@ class _Answer:
     headers: Dict[bytes, bytes] = attrs.Factory(dict)
 
 
+def _withHeaders(answer: _Answer, headers: Dict[bytes, bytes]) -> _Answer:
+    merged = dict(answer.headers)
+    merged.update(headers)
+    return attrs.evolve(answer, headers=merged)
+
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
@@ -95,6 +114,24 @@ def _defaultProxies() -> List[dict]:
 
 def _defaultStats() -> Dict[str, Any]:
     return {}
+
+
+@implementer(IPropagation)
+class _Unwatched:
+    """
+    The propagation of an admin that knows no proxy: a write answers once
+    it is committed.
+    """
+
+    def serving(self) -> Optional[int]:
+        return None
+
+    def whenServed(self, revision: int, everywhere: bool) -> Deferred:
+        return succeed(None)
+
+
+def _revision(revision: int) -> Dict[bytes, bytes]:
+    return {REVISION_HEADER: str(revision).encode("ascii")}
 
 
 def _describeRefs(refs: List[Tuple[str, str, str]]) -> str:
@@ -149,19 +186,23 @@ class AdminAPI:
         self,
         store: Any,
         token: Optional[str],
+        reactor: Any,
         validate: Optional[Callable[[Catalog], Any]] = None,
         proxies: Optional[Callable[[], Any]] = None,
         stats: Optional[Callable[[], Any]] = None,
-        reactor: Any = None,
         maxBodySize: int = 1_048_576,
         metrics: Optional[IResource] = None,
         ready: Optional[Callable[[], bool]] = None,
         parser: Optional[CatalogParser] = None,
+        propagation: Optional[Any] = None,
+        propagationTimeout: float = 2.0,
     ) -> None:
         """
         @param store: the L{gateway.interfaces.IStore} provider to serve.
         @param token: the bearer token every C{/api/v1} request must carry,
             or L{None} for no authentication.
+        @param reactor: an L{IReactorTime}: it bounds the wait for a write
+            to serve everywhere.
         @param validate: called with the whole proposed L{Catalog} before a
             write is committed; it raises L{gateway.model.resources.ReferenceError}
             (answered 409), L{ValidationError} (400) or another L{ValueError}
@@ -171,8 +212,6 @@ class AdminAPI:
             proxies for C{GET /api/v1/proxies}.
         @param stats: returns (or returns a Deferred of) the statistics for
             C{GET /api/v1/stats}.
-        @param reactor: an L{IReactorTime} provider, or L{None} for the
-            global reactor.
         @param maxBodySize: the largest request body accepted, in bytes;
             larger ones are answered 413.
         @param parser: the L{CatalogParser} to read store states with; the
@@ -180,12 +219,15 @@ class AdminAPI:
             the admin validates and what the manager then compiles are the
             same objects, known by identity (with 10,000 APIs, comparing
             them all would cost more than the change).
+        @param propagation: the L{gateway.interfaces.IPropagation} a write
+            waits on before it answers; by default none (a write answers
+            once committed).
+        @param propagationTimeout: how long a write waits for its change to
+            serve everywhere, in seconds, before it answers anyway.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
         self._reactor = reactor
+        self._propagation = propagation if propagation is not None else _Unwatched()
+        self._propagationTimeout = propagationTimeout
         self._store = store
         self._token = None if token is None else token.encode("utf-8")
         self._validate = validate if validate is not None else _defaultValidate
@@ -289,23 +331,74 @@ class AdminAPI:
         except ValueError as e:
             raise APIError(409, str(e))
 
-    async def _commit(self, attempt: Callable[[StoreState], Any]) -> _Answer:
+    async def _commit(self, attempt: Callable[[StoreState], Any], everywhere: bool) -> _Answer:
         """
         Run one write: C{attempt(state)} returns C{(answer, changes)} for the
         state read, and the changes are committed against it; a lost race
-        runs it all again.
+        runs it all again.  The answer waits for the change to serve (see
+        L{_propagated}).
+
+        @param everywhere: wait for every proxy of a shared store, not only
+            for this gateway's proxy processes.
         """
         for _ in range(self.maxRetries + 1):
             state = await self._store.load()
-            answer, changes = await attempt(state)
-            if not changes:
-                return answer
             try:
-                await self._store.commit(changes, state.revision)
+                answer, changes = await attempt(state)
+            except APIError as e:
+                e.headers.update(_revision(state.revision))
+                raise
+            if not changes:
+                # Nothing changed, nothing to wait for.
+                return _withHeaders(answer, _revision(state.revision))
+            try:
+                revision = await self._store.commit(changes, state.revision)
             except ConflictError:
                 continue
-            return answer
+            return await self._propagated(answer, revision, everywhere)
         raise APIError(409, "concurrent modification, retry")
+
+    async def _propagated(self, answer: _Answer, revision: int, everywhere: bool) -> _Answer:
+        """
+        Wait until C{revision} serves (at most C{propagationTimeout}
+        seconds), then say in the answer whether it does.
+        """
+        waiting = self._propagation.whenServed(revision, everywhere)
+        waiting.addTimeout(self._propagationTimeout, self._reactor)
+        try:
+            await waiting
+        except defer.TimeoutError:
+            self.log.warn(
+                "revision {revision} did not serve on every {what} within {timeout}s",
+                revision=revision,
+                what="proxy" if everywhere else "proxy process of this gateway",
+                timeout=self._propagationTimeout,
+            )
+            propagation = b"incomplete"
+        else:
+            propagation = b"complete"
+        headers = _revision(revision)
+        headers[PROPAGATION_HEADER] = propagation
+        return _withHeaders(answer, headers)
+
+    def _everywhere(self, request: IRequest) -> bool:
+        """
+        @return: whether a write waits for every proxy of a shared store
+            (C{?wait=proxies}) or only for this gateway's (C{?wait=workers},
+            the default).
+        """
+        values = request.args.get(b"wait")
+        if not values:
+            return False
+        if values == [b"proxies"]:
+            return True
+        if values == [b"workers"]:
+            return False
+        raise APIError(400, "must be 'workers' or 'proxies', given once", "wait")
+
+    def _serving(self) -> Dict[bytes, bytes]:
+        revision = self._propagation.serving()
+        return _revision(revision) if revision is not None else {}
 
     # -- routes ---------------------------------------------------------------
 
@@ -325,10 +418,11 @@ class AdminAPI:
         C{POST /api/v1/KIND} creates one.
         """
         if request.method == b"POST":
-            return await self._put(kind, None, self._readBody(request))
+            everywhere = self._everywhere(request)
+            return await self._put(kind, None, self._readBody(request), everywhere)
         state = await self._store.load()
         items = state.resources[kind]
-        return _Answer(200, [items[name] for name in sorted(items)])
+        return _Answer(200, [items[name] for name in sorted(items)], _revision(state.revision))
 
     @app.route(PREFIX + "/" + _KIND + "/<name>", methods=["GET", "PUT", "DELETE"])
     @_jsonEndpoint()
@@ -337,22 +431,26 @@ class AdminAPI:
         C{GET}, C{PUT} (create or replace) and C{DELETE} one resource.
         """
         if request.method == b"PUT":
-            return await self._put(kind, name, self._readBody(request))
+            everywhere = self._everywhere(request)
+            return await self._put(kind, name, self._readBody(request), everywhere)
         if request.method == b"DELETE":
-            return await self._delete(kind, name)
+            return await self._delete(kind, name, self._everywhere(request))
         state = await self._store.load()
         value = state.get(kind, name)
         if value is None:
-            raise self._notFound(kind, name)
-        return _Answer(200, value)
+            error = self._notFound(kind, name)
+            error.headers.update(_revision(state.revision))
+            raise error
+        return _Answer(200, value, _revision(state.revision))
 
     @app.route(PREFIX + "/proxies", methods=["GET"])
     @_jsonEndpoint()
     async def proxies(self, request: IRequest) -> _Answer:
         """
-        C{GET /api/v1/proxies}: the live proxies.
+        C{GET /api/v1/proxies}: the live proxies, and the revision each
+        serves (and each of their workers).
         """
-        return _Answer(200, await maybeDeferred(self._proxies))
+        return _Answer(200, await maybeDeferred(self._proxies), self._serving())
 
     @app.route(PREFIX + "/stats", methods=["GET"])
     @_jsonEndpoint()
@@ -360,7 +458,7 @@ class AdminAPI:
         """
         C{GET /api/v1/stats}: per API and server statistics.
         """
-        return _Answer(200, await maybeDeferred(self._stats))
+        return _Answer(200, await maybeDeferred(self._stats), self._serving())
 
     @app.route("/readyz", methods=["GET"])
     @_jsonEndpoint(authenticated=False)
@@ -434,7 +532,9 @@ class AdminAPI:
     def _notFound(self, kind: str, name: str) -> APIError:
         return APIError(404, f"{kind[:-1]} {name!r} does not exist", "name")
 
-    async def _put(self, kind: str, name: Optional[str], body: Dict[str, Any]) -> _Answer:
+    async def _put(
+        self, kind: str, name: Optional[str], body: Dict[str, Any], everywhere: bool
+    ) -> _Answer:
         """
         Create (C{name} is L{None}: a C{POST}) or create-or-replace (a C{PUT}
         to C{name}) one resource.
@@ -466,9 +566,9 @@ class AdminAPI:
                 answer = _Answer(200, value)
             return answer, [Change(kind, name, value)]
 
-        return await self._commit(attempt)
+        return await self._commit(attempt, everywhere)
 
-    async def _delete(self, kind: str, name: str) -> _Answer:
+    async def _delete(self, kind: str, name: str, everywhere: bool) -> _Answer:
         """
         Delete one resource, unless others still name it.
         """
@@ -489,4 +589,4 @@ class AdminAPI:
             await self._check(catalog.withResource(kind, name, None))
             return _Answer(204, None), [Change(kind, name, None)]
 
-        return await self._commit(attempt)
+        return await self._commit(attempt, everywhere)

@@ -47,6 +47,59 @@ KIND_NAMES: Dict[str, Any] = {
 
 _JSON = "application/json"
 
+#: The headers of the store revision and of a write's propagation.
+REVISION = {
+    "description": (
+        "The store revision the answer read, or the one the write made. On /proxies and"
+        " /stats: the revision every proxy process of this gateway serves (absent while"
+        " none serves)."
+    ),
+    "schema": {"type": "integer", "minimum": 0},
+}
+PROPAGATION = {
+    "description": (
+        "Whether the change serves on every proxy the write waited for: every proxy"
+        " process (worker) of this gateway, or with ?wait=proxies every live proxy"
+        " registered in a shared (etcd) store. The write waits at most"
+        " admin.propagationTimeout seconds (2 by default), then answers `incomplete`: the"
+        " change is committed and reaches the rest shortly. Absent when the write changed"
+        " nothing."
+    ),
+    "schema": {"type": "string", "enum": ["complete", "incomplete"]},
+}
+
+
+def _headers(
+    revision: Optional[bool] = True, propagation: Optional[bool] = False
+) -> Dict[str, Any]:
+    """
+    @return: the C{headers} of a response: C{X-Gateway-Revision} (and
+        C{X-Gateway-Propagation}), required when C{True}, optional when
+        L{None}, absent when L{False}.
+    """
+    headers: Dict[str, Any] = {}
+    for name, value, spec in (
+        ("X-Gateway-Revision", revision, REVISION),
+        ("X-Gateway-Propagation", propagation, PROPAGATION),
+    ):
+        if value is not False:
+            headers[name] = dict(spec, required=bool(value))
+    return headers
+
+
+#: The C{wait} query parameter of the writes.
+WAIT_PARAMETER = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": (
+        "What the write waits for before it answers (at most admin.propagationTimeout"
+        " seconds): `workers` (the default), every proxy process of this gateway; `proxies`,"
+        " every live proxy registered in a shared (etcd) store too."
+    ),
+    "schema": {"type": "string", "enum": ["workers", "proxies"], "default": "workers"},
+}
+
 #: A valid body for each kind, shown in the document (and sent to a real
 #: admin by the tests, so an example that stops being valid fails them).
 EXAMPLES: Dict[str, Dict[str, Any]] = {
@@ -304,8 +357,24 @@ def _otherSchemas() -> Dict[str, Dict[str, Any]]:
                 "addr": {"type": "string"},
                 "version": {"type": "string"},
                 "startedAt": {"type": "string"},
-                "revision": {"type": "integer", "nullable": True},
+                "revision": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "the store revision every proxy process of it serves",
+                },
                 "ready": {"type": "boolean"},
+                "workers": {
+                    "type": "array",
+                    "description": "with proxy workers: each one, and the revision it serves",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "worker": {"type": "integer"},
+                            "pid": {"type": "integer", "nullable": True},
+                            "revision": {"type": "integer", "nullable": True},
+                        },
+                    },
+                },
             },
         },
         "Health": {
@@ -338,14 +407,15 @@ def _responses() -> Dict[str, Dict[str, Any]]:
             "No or bad admin token.",
             {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
         ),
-        "NotFound": _error("No such resource."),
+        "NotFound": _error("No such resource.", _headers(revision=None)),
         "MethodNotAllowed": _error(
             "A method the path does not take (any path of the API).",
             {"Allow": {"required": True, "schema": {"type": "string"}}},
         ),
         "Conflict": _error(
             "Refused: a name already taken, a reference to a missing resource, a resource"
-            " still in use, a change the proxies cannot compile, or a race lost too often."
+            " still in use, a change the proxies cannot compile, or a race lost too often.",
+            _headers(revision=None),
         ),
         "TooLarge": _error("The request body is too large."),
         "StoreUnavailable": _error("The store cannot be reached."),
@@ -364,6 +434,15 @@ def _ok(description: str, schema: Dict[str, Any], headers: Any = None) -> Dict[s
     if headers:
         response["headers"] = headers
     return response
+
+
+WRITE_DESCRIPTION = (
+    "Answers once the change serves on every proxy process (worker) of this gateway, or"
+    " with `?wait=proxies` on every live proxy registered in a shared (etcd) store; after"
+    " admin.propagationTimeout seconds (2 by default) it answers anyway, with"
+    " `X-Gateway-Propagation: incomplete`. `X-Gateway-Revision` names the store revision"
+    " the write made (or read, when it changed nothing)."
+)
 
 
 def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
@@ -389,7 +468,11 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
             "operationId": f"list{title}s",
             "summary": f"List the {kind}, sorted by name",
             "responses": {
-                "200": _ok(f"Every {singular}.", {"type": "array", "items": _ref(schemaName)}),
+                "200": _ok(
+                    f"Every {singular}.",
+                    {"type": "array", "items": _ref(schemaName)},
+                    _headers(),
+                ),
                 "401": _use("Unauthorized"),
                 "503": _use("StoreUnavailable"),
             },
@@ -398,6 +481,8 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
             "tags": [tag],
             "operationId": f"create{title}",
             "summary": f"Create a {singular}",
+            "description": WRITE_DESCRIPTION,
+            "parameters": [WAIT_PARAMETER],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -405,7 +490,11 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
                 },
             },
             "responses": {
-                "201": _ok(f"Created; the {singular} as stored.", _ref(schemaName), location),
+                "201": _ok(
+                    f"Created; the {singular} as stored.",
+                    _ref(schemaName),
+                    dict(location, **_headers(propagation=True)),
+                ),
                 "400": _use("BadRequest"),
                 "401": _use("Unauthorized"),
                 "409": _use("Conflict"),
@@ -421,7 +510,7 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
             "operationId": f"get{title}",
             "summary": f"Read a {singular}",
             "responses": {
-                "200": _ok(f"The {singular}.", _ref(schemaName)),
+                "200": _ok(f"The {singular}.", _ref(schemaName), _headers()),
                 "401": _use("Unauthorized"),
                 "404": _use("NotFound"),
                 "503": _use("StoreUnavailable"),
@@ -431,6 +520,8 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
             "tags": [tag],
             "operationId": f"replace{title}",
             "summary": f"Create or replace a {singular}",
+            "description": WRITE_DESCRIPTION,
+            "parameters": [WAIT_PARAMETER],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -441,8 +532,16 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
                 },
             },
             "responses": {
-                "200": _ok(f"Replaced (or unchanged); the {singular} as stored.", _ref(schemaName)),
-                "201": _ok(f"Created; the {singular} as stored.", _ref(schemaName), location),
+                "200": _ok(
+                    f"Replaced (or unchanged); the {singular} as stored.",
+                    _ref(schemaName),
+                    _headers(propagation=None),
+                ),
+                "201": _ok(
+                    f"Created; the {singular} as stored.",
+                    _ref(schemaName),
+                    dict(location, **_headers(propagation=True)),
+                ),
                 "400": _use("BadRequest"),
                 "401": _use("Unauthorized"),
                 "404": _use("NotFound"),
@@ -455,8 +554,11 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
             "tags": [tag],
             "operationId": f"delete{title}",
             "summary": f"Delete a {singular} that nothing uses",
+            "description": WRITE_DESCRIPTION,
+            "parameters": [WAIT_PARAMETER],
             "responses": {
-                "204": {"description": "Deleted."},
+                "204": {"description": "Deleted.", "headers": _headers(propagation=True)},
+                "400": _use("BadRequest"),
                 "401": _use("Unauthorized"),
                 "404": _use("NotFound"),
                 "409": _use("Conflict"),
@@ -521,9 +623,15 @@ def _paths() -> Dict[str, Dict[str, Any]]:
         "get": {
             "tags": ["Status"],
             "operationId": "listProxies",
-            "summary": "The live proxies, their address and version",
+            "summary": "The live proxies, their address, version and the revision they serve",
             "responses": {
-                "200": _ok("The proxies.", {"type": "array", "items": _ref("Proxy")}),
+                "200": _ok(
+                    "The proxies: this gateway's, or with a shared (etcd) store every"
+                    " registered one; each with the store revision all its proxy processes"
+                    " serve and, with workers, each worker's.",
+                    {"type": "array", "items": _ref("Proxy")},
+                    _headers(revision=None),
+                ),
                 "401": _use("Unauthorized"),
             },
         }
@@ -534,7 +642,7 @@ def _paths() -> Dict[str, Dict[str, Any]]:
             "operationId": "stats",
             "summary": "Per API and per server statistics, breaker and health state",
             "responses": {
-                "200": _ok("The statistics.", _ref("Stats")),
+                "200": _ok("The statistics.", _ref("Stats"), _headers(revision=None)),
                 "401": _use("Unauthorized"),
             },
         }
@@ -553,6 +661,12 @@ unknown fields are refused.  Every error is JSON
 (e.g. `nodes[0].cluster`) or is empty.  A path that exists answers a method
 it does not take with 405 and an `Allow` header; any other path, 404.
 A refused write changes nothing.
+
+A write answers once its change serves on every proxy process of this
+gateway (`?wait=proxies`: on every proxy of a shared etcd store too), or
+after `admin.propagationTimeout` seconds with
+`X-Gateway-Propagation: incomplete`.  Every answer that read or wrote the
+store carries `X-Gateway-Revision`, the revision it read or made.
 """
 
 

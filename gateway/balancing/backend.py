@@ -53,20 +53,18 @@ class Backend:
     def __init__(
         self,
         config: Server,
-        reactor: Any = None,
+        reactor: Any,
         random: Optional[_random.Random] = None,
         buckets: Any = None,
     ) -> None:
         """
+        @param reactor: an L{IReactorTime}: breakers, ejection and limits
+            read time from it.
         @param buckets: what makes its C{maxQPS} bucket: one of this
             process (L{None}), or the workers'
             L{gateway.protection.sharedbuckets.SharedBuckets}.
         """
         self._buckets = buckets
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
         self._reactor = reactor
         self._random = random or _random.Random()
         self.active = 0

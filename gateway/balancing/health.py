@@ -161,18 +161,14 @@ class HealthChecker(Service):
     @ivar checking: the names of the servers being checked.
     """
 
-    def __init__(self, client: Any, reactor: Any = None, manager: Any = None) -> None:
+    def __init__(self, client: Any, reactor: Any, manager: Any = None) -> None:
         """
         @param client: the L{gateway.interfaces.IUpstreamClient} to send
             checks through.
-        @param reactor: an L{IReactorTime}; the global reactor when L{None}.
+        @param reactor: an L{IReactorTime}.
         @param manager: a L{gateway.routing.snapshot.SnapshotManager} to follow; with
             L{None}, call L{update} with each new snapshot yourself.
         """
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
         self._client = client
         self._reactor = reactor
         self._manager = manager

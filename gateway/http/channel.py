@@ -448,11 +448,10 @@ class GatewayHTTPChannel(Protocol):
             self.limits = limits
         self._bodyLimitFor = getattr(site, "bodyLimitFor", None)
         self._errorFields = getattr(site, "errorFields", None) or {}
-        clock: Optional[IReactorTime] = getattr(site, "reactor", None)
-        if clock is None:
-            from twisted.internet import reactor as globalReactor
-
-            clock = globalReactor
+        # The site's reactor (a LimitedSite is always given one): timeouts
+        # run on the clock the tests control.
+        assert site is not None, "a channel is built by its site"
+        clock: IReactorTime = site.reactor
         self._clock = clock
         transport = self.transport
         if ITCPTransport.providedBy(transport):

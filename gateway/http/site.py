@@ -44,19 +44,23 @@ class LimitedSite(server.Site):
         resource: IResource,
         limits: Optional[HTTPLimits] = None,
         bodyLimitFor: Optional[BodyLimitFor] = None,
+        *,
+        reactor: Any,
         **kwargs: Any,
     ) -> None:
         """
         @param resource: the root resource.
         @param limits: the limits, by default L{HTTPLimits}().
         @param bodyLimitFor: see L{bodyLimitFor}.
+        @param reactor: the reactor of the connections' timeouts (an
+            L{IReactorTime}); given, never Twisted's global one by default.
         @param kwargs: passed to L{server.Site}; C{timeout} defaults to
             C{limits.idleTimeout}.
         """
         if limits is None:
             limits = HTTPLimits()
         kwargs.setdefault("timeout", limits.idleTimeout)
-        super().__init__(resource, **kwargs)
+        super().__init__(resource, reactor=reactor, **kwargs)
         self.limits = limits
         self.bodyLimitFor = bodyLimitFor
         self.rejections: Dict[int, int] = {}

@@ -176,6 +176,11 @@ class AdminConfig:
     token: Optional[str] = field(
         Nullable(Str(minLength=1)), None, doc="bearer token; null = no authentication"
     )
+    propagationTimeout: float = field(
+        Num(0, 60),
+        2.0,
+        doc="seconds a write waits for its change to serve on every proxy before it answers",
+    )
 
 
 @attrs.frozen

@@ -7,14 +7,27 @@ proxy port.  Each worker binds the port itself with C{SO_REUSEPORT}, so the
 kernel spreads connections over them (one listening socket shared by
 children did not spread keep-alive connections: one child took them all).
 
-Parent and worker talk over a socketpair, one JSON object per line: the
-parent sends the servers' health (workers run no health checks of their
-own), workers send their stats.  The workers keep the buckets of their
-limits in one table of shared memory the parent makes and passes to each
-(L{gateway.protection.sharedbuckets}), so limits hold for all of them together.  A
-worker that dies is started again, with a back-off when it keeps dying;
-the parent stops them all (SIGTERM, then SIGKILL after a grace period)
-when it stops.  A worker whose parent is gone stops too.
+Parent and worker talk over a socketpair, one JSON object per line:
+
+    parent -> worker  {"state": ...}     a new store state (see
+                                         L{gateway.store.relayed}): the whole
+                                         state first, then what changed
+                      {"health": {...}}  the servers' health (workers run no
+                                         health checks of their own)
+    worker -> parent  {"serving": N}     the worker serves store revision N
+                      {"resync": true}   send the whole state again
+                      {"stats": {...}}   its statistics, every second
+
+Workers do not read the store: the parent relays every state it takes to
+each of them, and each confirms the revision it then serves, so that the
+admin can answer a write once every worker serves it
+(L{gateway.process.propagation}).  A worker that starts gets the current
+state before it listens.  The workers keep the buckets of their limits in
+one table of shared memory the parent makes and passes to each
+(L{gateway.protection.sharedbuckets}), so limits hold for all of them
+together.  A worker that dies is started again, with a back-off when it
+keeps dying; the parent stops them all (SIGTERM, then SIGKILL after a grace
+period) when it stops.  A worker whose parent is gone stops too.
 """
 
 from __future__ import annotations
@@ -23,15 +36,17 @@ import json
 import os
 import socket
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from twisted.application.service import Service
 from twisted.internet import defer, error
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import LineOnlyReceiver
 
 from gateway.process.interpreter import processEnvironment
+from gateway.process.propagation import ServedRevisions
+from gateway.store import StoreState
+from gateway.store.relayed import deltaMessage, fullMessage
 
 log = Logger()
 
@@ -55,21 +70,66 @@ def workerCount(configured: Optional[int], shareable: bool = True) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-class ControlChannel(LineOnlyReceiver):
+class ControlChannel(Protocol):
     """
     One end of the parent/worker channel: JSON objects, one per line.
+
+    A line may be large (a whole store state, megabytes): its pieces are
+    kept as they arrive and joined once, when its end arrives (Twisted's
+    line receivers join the buffer again at every read, which is quadratic
+    in the size of a line).
     """
 
     delimiter = b"\n"
-    MAX_LENGTH = 16 * 1024 * 1024
+    #: The longest line taken, in bytes (a whole state of a large
+    #: configuration); a longer one drops the channel.
+    MAX_LENGTH = 1024 * 1024 * 1024
 
     def __init__(self, onMessage: Callable[[dict], None], onLost: Callable[[], None]) -> None:
         self._onMessage = onMessage
         self._onLost = onLost
+        self._pieces: List[bytes] = []
+        self._pending = 0
 
     def send(self, message: dict) -> None:
+        """
+        Send one message (a JSON object).
+        """
+        self.sendEncoded(encodeMessage(message))
+
+    def sendEncoded(self, line: bytes) -> None:
+        """
+        Send one message L{encodeMessage} encoded (to encode a message sent
+        to every worker once).
+        """
         if self.transport is not None:
-            self.sendLine(json.dumps(message, separators=(",", ":")).encode("utf-8"))
+            self.transport.writeSequence([line, self.delimiter])
+
+    def dataReceived(self, data: bytes) -> None:
+        start = 0
+        while True:
+            end = data.find(self.delimiter, start)
+            if end < 0:
+                break
+            if self._pieces:
+                self._pieces.append(data[start:end])
+                line = b"".join(self._pieces)
+                self._pieces = []
+                self._pending = 0
+            else:
+                line = data[start:end]
+            start = end + 1
+            self.lineReceived(line)
+            if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+                return
+        if start < len(data):
+            self._pieces.append(data[start:])
+            self._pending += len(data) - start
+            if self._pending > self.MAX_LENGTH:
+                log.error("control message over {n} bytes: dropping the channel", n=self.MAX_LENGTH)
+                self._pieces = []
+                if self.transport is not None:
+                    self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
         try:
@@ -81,6 +141,13 @@ class ControlChannel(LineOnlyReceiver):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._onLost()
+
+
+def encodeMessage(message: dict) -> bytes:
+    """
+    @return: the line (without its delimiter) that carries C{message}.
+    """
+    return json.dumps(message, separators=(",", ":")).encode("utf-8")
 
 
 def adoptChannel(reactor: Any, fd: int, channel: ControlChannel) -> ControlChannel:
@@ -117,9 +184,13 @@ class WorkerPool(Service):
     @param healthSource: a callable giving C{{server: healthy}}, sent to the
         workers whenever it changes.
     @param onStats: called with C{(index, stats)} when a worker reports.
-    @param sharedFD: the file descriptor of the workers'
-        L{gateway.protection.sharedbuckets.SharedBuckets}, passed to each as its
-        descriptor C{SHARED_BUCKETS_FD} (with C{--buckets-fd}).
+    @param makeBuckets: makes the workers'
+        L{gateway.protection.sharedbuckets.SharedBuckets} when the pool
+        starts (it closes them when it stops): each worker gets them as its
+        descriptor C{SHARED_BUCKETS_FD} (with C{--buckets-fd}).  L{None}:
+        none.
+    @param served: where the revision each worker serves is kept.
+    @ivar buckets: the workers' shared buckets while the pool runs.
     """
 
     restartDelay = 0.5
@@ -134,10 +205,14 @@ class WorkerPool(Service):
         argv: List[str],
         healthSource: Optional[Callable[[], Dict[str, bool]]] = None,
         onStats: Optional[Callable[[int, dict], None]] = None,
-        sharedFD: Optional[int] = None,
+        makeBuckets: Optional[Callable[[], Any]] = None,
+        served: Optional[ServedRevisions] = None,
     ) -> None:
+        self.setName("workers")
         self._reactor = reactor
-        self._sharedFD = sharedFD
+        self._makeBuckets = makeBuckets
+        self.buckets: Optional[Any] = None
+        self.served = served if served is not None else ServedRevisions()
         self.count = count
         self._argv = argv
         self._healthSource = healthSource
@@ -148,10 +223,15 @@ class WorkerPool(Service):
         self._pendingRestarts: Dict[int, Any] = {}
         self._lastHealth: Optional[Dict[str, bool]] = None
         self._healthCall: Optional[Any] = None
+        #: The last state relayed, and the workers that hold it.
+        self._relayed: Optional[StoreState] = None
+        self._synced: Set[int] = set()
         self.restarts = 0
 
     def startService(self) -> None:
         super().startService()
+        if self._makeBuckets is not None and self.buckets is None:
+            self.buckets = self._makeBuckets()
         for index in range(self.count):
             self._spawn(index)
         if self._healthSource is not None:
@@ -163,8 +243,8 @@ class WorkerPool(Service):
         process = _WorkerProcess(self, index)
         argv = self._argv + ["--index", str(index)]
         childFDs: Dict[int, Any] = {0: "w", 1: 1, 2: 2, 3: childSide.fileno()}
-        if self._sharedFD is not None:
-            childFDs[SHARED_BUCKETS_FD] = self._sharedFD
+        if self.buckets is not None:
+            childFDs[SHARED_BUCKETS_FD] = self.buckets.fileno()
             argv += ["--buckets-fd", str(SHARED_BUCKETS_FD)]
         try:
             self._reactor.spawnProcess(
@@ -177,19 +257,79 @@ class WorkerPool(Service):
         finally:
             childSide.close()
         self.processes[index] = process
-        channel = ControlChannel(lambda message: self._received(index, message), lambda: None)
+        channel = ControlChannel(
+            lambda message: self._received(process, message), lambda: self._lost(process)
+        )
         adoptChannel(self._reactor, parentSide.fileno(), channel)
         parentSide.close()
         self._channels[index] = channel
+        self._synced.discard(index)
         if self._healthSource is not None:
             channel.send({"health": self._healthSource()})
+        if self._relayed is not None:
+            self._sendWhole(index)
         transport = process.transport
         pid = transport.pid if transport is not None else None
         log.info("started proxy worker {index} (pid {pid})", index=index, pid=pid)
 
-    def _received(self, index: int, message: dict) -> None:
+    def _current(self, process: _WorkerProcess) -> bool:
+        # A worker that ended may still have lines in its channel: they
+        # speak for a process that serves no more.
+        return self.processes.get(process.index) is process
+
+    def _received(self, process: _WorkerProcess, message: dict) -> None:
+        if not self._current(process) or not isinstance(message, dict):
+            return
+        index = process.index
         if "stats" in message and self._onStats is not None:
             self._onStats(index, message["stats"])
+        serving = message.get("serving")
+        if isinstance(serving, int) and not isinstance(serving, bool):
+            self.served.serving(index, serving)
+        if message.get("resync") and self._relayed is not None:
+            self._sendWhole(index)
+
+    def _lost(self, process: _WorkerProcess) -> None:
+        if self._current(process):
+            self.served.gone(process.index)
+
+    # -- the store's states -----------------------------------------------------
+
+    def relay(self, state: StoreState) -> None:
+        """
+        Send a new store state to every worker: what changed since the
+        state relayed before to those that hold it, the whole state to the
+        others (and to every worker started later).  An older state than
+        the last one relayed is not sent.
+        """
+        previous = self._relayed
+        if previous is not None and state.revision < previous.revision:
+            return
+        self._relayed = state
+        delta: Optional[bytes] = None
+        for index, channel in list(self._channels.items()):
+            if previous is None or index not in self._synced:
+                self._sendWhole(index)
+                continue
+            if delta is None:
+                delta = encodeMessage({"state": deltaMessage(previous, state)})
+            channel.sendEncoded(delta)
+
+    def _sendWhole(self, index: int) -> None:
+        channel = self._channels.get(index)
+        if channel is None or self._relayed is None:
+            return
+        channel.send({"state": fullMessage(self._relayed)})
+        self._synced.add(index)
+
+    def pids(self) -> Dict[int, Optional[int]]:
+        """
+        @return: C{{index: pid}} of the workers running now.
+        """
+        return {
+            index: getattr(process.transport, "pid", None)
+            for index, process in sorted(self.processes.items())
+        }
 
     def _pushHealth(self) -> None:
         self._healthCall = None
@@ -206,6 +346,8 @@ class WorkerPool(Service):
         if self.processes.get(index) is process:
             del self.processes[index]
             self._channels.pop(index, None)
+            self._synced.discard(index)
+            self.served.gone(index)
         if not self.running:
             return
         uptime = self._reactor.seconds() - process.startedAt
@@ -244,16 +386,18 @@ class WorkerPool(Service):
                 call.cancel()
         self._pendingRestarts.clear()
         ended = [p.ended for p in self.processes.values()]
-        if not ended:
-            return
-        self.signalAll("TERM")
-        timer = self._reactor.callLater(self.stopTimeout, self.signalAll, "KILL")
-        yield defer.DeferredList(ended)
-        if timer.active():
-            timer.cancel()
+        if ended:
+            self.signalAll("TERM")
+            timer = self._reactor.callLater(self.stopTimeout, self.signalAll, "KILL")
+            yield defer.DeferredList(ended)
+            if timer.active():
+                timer.cancel()
+        buckets, self.buckets = self.buckets, None
+        if buckets is not None:
+            buckets.close()
 
 
-def workerCommand(configPath: str, reactor: Any = None) -> List[str]:
+def workerCommand(configPath: str, reactor: Any) -> List[str]:
     """
     @param reactor: the parent's reactor: the workers run on a
         L{gateway.http.reactor.GatewayReactor} when it is one, on Twisted's

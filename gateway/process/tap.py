@@ -9,11 +9,15 @@ event) unless twistd is given another reactor: C{twistd -r epoll -n gateway
 
 A config file that is missing, unreadable or invalid, or that names a
 filter no plugin provides, stops the start with a message naming the key
-at fault and a non-zero exit status.
+at fault and a non-zero exit status; so does a store that cannot be read,
+a seed that does not compile or a port that cannot be bound, when the
+services start.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 from typing import Any
 
@@ -81,22 +85,37 @@ class Options(usage.Options):
         self["filterRegistry"] = registry
 
 
+def _exitWith(status: int) -> None:
+    # twistd exits 0 once its reactor stopped, whatever stopped it: once it
+    # has cleaned up (pid file, logs), end the process with this status.
+    def exit() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    atexit.register(exit)
+
+
 def makeService(options: Options) -> Any:
     """
-    @return: the L{gateway.process.service.GatewayService} for the config file.
+    @return: the gateway process's services for the config file (see
+        L{gateway.process.root.makeService}), on the global reactor; nothing
+        is read, bound or started yet.
     """
     from twisted.internet import reactor
 
-    from gateway.process.interpreter import collectorPaused, tuneGC
-    from gateway.process.service import GatewayService
-    from gateway.store import StoreError
+    from gateway.process import root
+    from gateway.process.interpreter import tuneGC
+    from gateway.process.startup import Abort
 
     tuneGC()
-
     try:
-        # (A file store is loaded and compiled here, at once.)
-        with collectorPaused():
-            return GatewayService(options["gatewayConfig"], reactor, options["filterRegistry"])
-    except (ValueError, StoreError) as e:
+        return root.makeService(
+            options["gatewayConfig"],
+            reactor,
+            options["filterRegistry"],
+            Abort(reactor, whenStopped=_exitWith),
+        )
+    except ValueError as e:
         sys.stderr.write(f"gateway: cannot start: {e}\n")
         raise SystemExit(1)

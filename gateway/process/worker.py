@@ -4,11 +4,13 @@ One proxy worker process (see L{gateway.process.pool}).
     python -m gateway.process.worker --config gateway.yaml --index 0
 
 The parent starts it with the control channel on file descriptor 3.  It
-serves the proxy port (with C{SO_REUSEPORT}) from the store, read-only,
-takes the servers' health from the parent, reports its stats, and stops
-when the parent goes away.  With C{--buckets-fd N} its limits keep their
-buckets in the workers' shared table (L{gateway.protection.sharedbuckets}), so they
-hold for all the workers together.
+serves the proxy port (with C{SO_REUSEPORT}) from the store states the
+parent relays over that channel (it never reads the store itself), confirms
+each revision it serves, takes the servers' health from the parent,
+reports its stats, and stops when the parent goes away.  With
+C{--buckets-fd N} its limits keep their buckets in the workers' shared
+table (L{gateway.protection.sharedbuckets}), so they hold for all the
+workers together.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from typing import Any, List, Optional
 CONTROL_FD = 3
 
 
-STATS_INTERVAL = 1.0
-
-
 def main(argv: Optional[List[str]] = None) -> int:
+    """
+    Run one proxy worker until its parent stops it (or goes away).
+
+    @return: the exit status: 0, or 1 when it could not start.
+    """
     parser = argparse.ArgumentParser(prog="gateway.process.worker")
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
@@ -51,8 +55,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from gateway.filters import FilterRegistry
     from gateway.model.config import ConfigError, loadConfig
     from gateway.process.interpreter import collectorPaused, tuneGC
-    from gateway.process.pool import ControlChannel, adoptChannel
-    from gateway.process.service import GatewayService
+    from gateway.process.root import WorkerRole, makeService
+    from gateway.process.startup import Abort
     from gateway.protection.sharedbuckets import SharedBuckets
 
     tuneGC()
@@ -68,37 +72,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     globalLogBeginner.beginLoggingTo(
         [FileLogObserver(sys.stdout, format)], redirectStandardIO=False
     )
+    abort = Abort(reactor, prefix=f"{prefix} cannot start: ")
     try:
         buckets = SharedBuckets.fromFD(args.buckets_fd) if args.buckets_fd is not None else None
         with collectorPaused():
             config = loadConfig(args.config)
-            service = GatewayService(
-                config, reactor, FilterRegistry.fromPlugins(), role="worker", buckets=buckets
-            )
+        service = makeService(
+            config,
+            reactor,
+            FilterRegistry.fromPlugins(),
+            abort,
+            worker=WorkerRole(args.index, CONTROL_FD, buckets),
+        )
+        service.privilegedStartService()
     except (ConfigError, ValueError, OSError) as e:
         sys.stderr.write(f"{prefix} cannot start: {e}\n")
         return 1
-
-    def received(message: dict) -> None:
-        health = message.get("health")
-        if isinstance(health, dict):
-            service.applyHealth(health)
-
-    def parentGone() -> None:
-        if reactor.running:
-            reactor.stop()
-
-    channel = adoptChannel(reactor, CONTROL_FD, ControlChannel(received, parentGone))
-
-    def reportStats() -> None:
-        channel.send({"stats": service.stats()})
-        reactor.callLater(STATS_INTERVAL, reportStats)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
 
     reactor.callWhenRunning(service.startService)
-    reactor.callWhenRunning(reactor.callLater, STATS_INTERVAL, reportStats)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
-    return 0
+    return abort.status or 0
 
 
 if __name__ == "__main__":

@@ -105,14 +105,16 @@ def emptyState() -> StoreState:
     return StoreState(0, {})
 
 
-def storeFromURL(url: str, reactor=None, readOnly: bool = False):
+def storeFromURL(url: str, reactor: Any) -> Any:
     """
-    Make the store a config file names.
+    Make the store a config file names.  Nothing is read or connected yet:
+    that happens when the store is first used.
 
-    @param url: C{file:PATH} for the embedded file store, or
-        C{etcd://HOST:PORT[,HOST:PORT...]/PREFIX} for etcd.
-    @param readOnly: for a process that only reads (a proxy worker): the
-        file store then follows the file as its writer changes it.
+    @param url: C{file:PATH} for the embedded file store, C{memory:} for one
+        kept in memory only, or C{etcd://HOST:PORT[,HOST:PORT...]/PREFIX}
+        for etcd.
+    @param reactor: the reactor the store uses (etcd's connections and
+        timers).
     @return: a provider of L{gateway.interfaces.IStore}.
     @raise ValueError: when the URL names no store this gateway knows.
     """
@@ -124,11 +126,11 @@ def storeFromURL(url: str, reactor=None, readOnly: bool = False):
             path = path[2:]
         if not path:
             raise ValueError("file: store needs a path, e.g. file:./gateway-data.json")
-        return FileStore(path, reactor=reactor, follow=readOnly)
+        return FileStore(path)
     if url.startswith("memory:"):
         from gateway.store.file import FileStore
 
-        return FileStore(None, reactor=reactor)
+        return FileStore(None)
     if url.startswith("etcd://"):
         try:
             from gateway.store.etcd.store import etcdStoreFromURL

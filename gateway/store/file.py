@@ -9,7 +9,11 @@ therefore leaves either the old file or the new one, never a mix, and a
 commit is only acknowledged once it would survive a power cut.
 
 The store serves one process: it holds the current state in memory and only
-reads the file when it is opened.
+reads the file once, when it is first loaded (making a store reads nothing,
+so a bad file is found when the gateway starts its services, not while it
+is being put together).  Other processes of the same gateway (the proxy
+workers) do not read the file: the gateway process relays every new state
+to them (L{gateway.store.relayed}).
 """
 
 from __future__ import annotations
@@ -154,59 +158,34 @@ class FileStore:
 
     log = Logger()
 
-    def __init__(
-        self,
-        path: Optional[str],
-        reactor: Any = None,
-        follow: bool = False,
-        pollInterval: float = 0.2,
-    ) -> None:
+    def __init__(self, path: Optional[str]) -> None:
         """
-        Open a store, reading its file when it exists.
+        Make a store; its file is read by the first L{load} or L{commit}.
 
         @param path: the file's path; a missing file is an empty store (the
             file and its directory are created on the first commit).  L{None}
             keeps everything in memory only.
-        @param reactor: an L{IReactorTime} provider, or L{None} for the global
-            reactor.
-        @param follow: open the store read-only, following the file as
-            another process (the gateway's parent, which owns the admin)
-            writes it: the file is polled every C{pollInterval} seconds while
-            someone watches, and every new revision is passed to the
-            watchers.  Commits are refused.
-        @raise StoreError: when the file exists but cannot be read or is not
-            a valid store file.  The file is left as it is.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
-        self._reactor = reactor
         self.path = path
         self._listeners: List[Callable[[StoreState], Any]] = []
         self._closed = False
-        self._follow = follow and path is not None
-        self._pollInterval = pollInterval
-        self._poller: Optional[Any] = None
-        self._seen: Optional[tuple] = None
-        self._state = self._open()
+        self._state: Optional[StoreState] = None
 
-    def _stat(self) -> Optional[tuple]:
-        assert self.path is not None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    def _current(self) -> StoreState:
+        """
+        @return: the current state, reading the file the first time.
+        @raise StoreError: when the file exists but cannot be read or is not
+            a valid store file.  The file is left as it is, and the next
+            call tries again.
+        """
+        if self._state is None:
+            self._state = self._open()
+        return self._state
 
     def _open(self) -> StoreState:
         if self.path is None:
             return emptyState()
-        if self._follow:
-            # The temporary files belong to the writing process.
-            self._seen = self._stat()
-        else:
-            self._removeStaleTempFiles()
+        self._removeStaleTempFiles()
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
@@ -235,11 +214,16 @@ class FileStore:
 
     def load(self) -> Deferred:
         """
-        @return: a Deferred firing with the current L{StoreState}.
+        @return: a Deferred firing with the current L{StoreState}; the
+            first load reads the file, and fails with L{StoreError} when it
+            exists but cannot be read or is not a valid store file.
         """
         if self._closed:
             return fail(StoreError("the store is closed"))
-        return succeed(self._state)
+        try:
+            return succeed(self._current())
+        except StoreError as e:
+            return fail(e)
 
     def commit(self, changes: Sequence[Change], baseRevision: int) -> Deferred:
         """
@@ -252,12 +236,12 @@ class FileStore:
         """
         if self._closed:
             return fail(StoreError("the store is closed"))
-        if self._follow:
-            return fail(StoreError(f"{self.path}: this process follows the store read-only"))
-        if baseRevision != self._state.revision:
-            return fail(
-                ConflictError(f"store is at revision {self._state.revision}, not {baseRevision}")
-            )
+        try:
+            state = self._current()
+        except StoreError as e:
+            return fail(e)
+        if baseRevision != state.revision:
+            return fail(ConflictError(f"store is at revision {state.revision}, not {baseRevision}"))
         try:
             changes = [
                 Change(c.kind, c.name, None if c.value is None else _copyJSON(c.value))
@@ -265,7 +249,7 @@ class FileStore:
             ]
         except (TypeError, ValueError) as e:
             return fail(e)
-        newState = self._state.withChanges(changes, self._state.revision + 1)
+        newState = state.withChanges(changes, state.revision + 1)
         if self.path is not None:
             try:
                 writeFileAtomically(self.path, dumpStoreState(newState))
@@ -296,8 +280,6 @@ class FileStore:
             nothing.
         """
         self._listeners.append(listener)
-        if self._follow and self._poller is None and not self._closed:
-            self._poller = self._reactor.callLater(self._pollInterval, self._poll)
 
         def stop() -> None:
             try:
@@ -307,28 +289,6 @@ class FileStore:
 
         return stop
 
-    def _poll(self) -> None:
-        self._poller = None
-        if self._closed:
-            return
-        try:
-            seen = self._stat()
-            if seen is not None and seen != self._seen:
-                self._seen = seen
-                assert self.path is not None
-                with open(self.path, "rb") as f:
-                    state = parseStoreFile(self.path, f.read())
-                if state.revision > self._state.revision:
-                    self._state = state
-                    self._notify(state)
-        except (OSError, StoreError) as e:
-            # A writer replaces the file atomically, so this is a real
-            # problem; keep the last good state and look again later.
-            self._seen = None
-            self.log.error("cannot follow the store file: {error}", error=str(e))
-        if self._listeners:
-            self._poller = self._reactor.callLater(self._pollInterval, self._poll)
-
     def close(self) -> Deferred:
         """
         Stop the watches; later loads and commits fail with L{StoreError}.
@@ -337,10 +297,10 @@ class FileStore:
         """
         self._closed = True
         del self._listeners[:]
-        if self._poller is not None and self._poller.active():
-            self._poller.cancel()
-        self._poller = None
         return succeed(None)
 
     def __repr__(self) -> str:
-        return f"<FileStore {self.path or 'in memory'} at revision {self._state.revision}>"
+        where = self.path or "in memory"
+        if self._state is None:
+            return f"<FileStore {where}, not loaded yet>"
+        return f"<FileStore {where} at revision {self._state.revision}>"

@@ -78,18 +78,18 @@ class GatewayCollector(Collector):
     Reads the gateway's statistics and live state at scrape time.
     """
 
-    def __init__(self, stats: Any, manager: Any, health: Any = None, reactor: Any = None) -> None:
+    def __init__(self, stats: Any, manager: Any, health: Any, reactor: Any) -> None:
         """
         @param stats: the L{gateway.telemetry.stats.Stats}.
         @param manager: the L{gateway.routing.snapshot.SnapshotManager}, or L{None}.
         @param health: the L{gateway.balancing.health.HealthChecker}, or L{None}.
         @param reactor: an L{IReactorTime}, to tell whether a server is
-            ejected now; the stats' clock when L{None}.
+            ejected now.
         """
         self._stats = stats
         self._manager = manager
         self._health = health
-        self._clock = reactor if reactor is not None else stats._clock
+        self._clock = reactor
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -223,9 +223,7 @@ class GatewayCollector(Collector):
         yield revision
 
 
-def metricsRegistry(
-    stats: Any, manager: Any, health: Any = None, reactor: Any = None
-) -> CollectorRegistry:
+def metricsRegistry(stats: Any, manager: Any, health: Any, reactor: Any) -> CollectorRegistry:
     """
     @return: a private registry that holds one L{GatewayCollector}.
     """
@@ -258,13 +256,12 @@ class MetricsResource(Resource):
         return body
 
 
-def metricsResource(
-    stats: Any, manager: Any, health: Optional[Any] = None, reactor: Any = None
-) -> IResource:
+def metricsResource(stats: Any, manager: Any, health: Optional[Any], reactor: Any) -> IResource:
     """
     @param stats: the L{gateway.telemetry.stats.Stats}.
     @param manager: the L{gateway.routing.snapshot.SnapshotManager}.
     @param health: the L{gateway.balancing.health.HealthChecker}, or L{None}.
+    @param reactor: an L{IReactorTime}.
     @return: the resource of C{GET /metrics}.
     """
     return MetricsResource(metricsRegistry(stats, manager, health, reactor))

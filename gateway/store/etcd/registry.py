@@ -274,6 +274,10 @@ class ProxyRegistry(Service):
         Rewrite the record now (e.g. once the proxy is ready) instead of at
         the next refresh.
         """
+        if self._wait is None:
+            # A write is under way (or about to be): write once more after
+            # it, or what changed meanwhile waits for the next refresh.
+            self._again = True
         self._wake()
 
     def stopService(self) -> Deferred:

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.interfaces import IStore
+from gateway.interfaces import ISharedStore, IStore
 from gateway.store import KINDS, Change, ConflictError, StoreError, StoreState
 from gateway.store.etcd.client import (
     DELETE,
@@ -36,6 +36,7 @@ from gateway.store.etcd.client import (
     opRange,
     prefixEnd,
 )
+from gateway.store.etcd.registry import ProxyRegistry, listProxies
 from gateway.store.etcd.watch import EtcdWatch
 
 log = Logger()
@@ -90,7 +91,7 @@ def _dumpValue(value: Any) -> bytes:
     )
 
 
-@implementer(IStore)
+@implementer(IStore, ISharedStore)
 class EtcdStore:
     """
     An L{IStore} in etcd, shared by every gateway process of a cluster.
@@ -385,6 +386,32 @@ class EtcdStore:
                 listener=listener,
                 revision=state.revision,
             )
+
+    # -- ISharedStore -----------------------------------------------------------------
+
+    def proxyRegistry(
+        self, addr: str, version: str, startedAt: str, describe: Callable[[], Dict[str, Any]]
+    ) -> Any:
+        """
+        See L{ISharedStore.proxyRegistry}: a
+        L{gateway.store.etcd.registry.ProxyRegistry} on this store's client
+        and prefix.
+        """
+        return ProxyRegistry(
+            self.client,
+            self.prefix,
+            addr,
+            version,
+            startedAt=startedAt,
+            reactor=self._reactor,
+            extra=describe,
+        )
+
+    def listProxies(self) -> Deferred:
+        """
+        See L{ISharedStore.listProxies}.
+        """
+        return listProxies(self.client, self.prefix)
 
     def close(self) -> Deferred:
         """

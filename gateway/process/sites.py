@@ -1,0 +1,57 @@
+"""
+The sites a gateway process serves: the proxy's and the admin's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Type
+
+from gateway.http.request import GatewayRequest
+from gateway.http.site import LimitedSite
+
+
+class GatewaySite(LimitedSite):
+    """
+    The proxy's site: L{GatewayRequest}s, and no access log of its own (the
+    C{access-log} filter writes a structured one when configured).
+    """
+
+    # Declared, or mypy checks GatewayRequest's constructor against
+    # server.Request's (channel, *args, **kw), which it need not match: the
+    # channel only ever passes the channel and queued.
+    requestFactory: Type[GatewayRequest] = GatewayRequest
+    displayTracebacks = False
+
+    def __init__(self, resource: Any, **kwargs: Any) -> None:
+        # A proxy forwards form bodies as they are: never parse them into
+        # request.args (a query rule would see body fields, and Twisted
+        # would read the whole body into memory to parse it).
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, **kwargs)
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class AdminSite(LimitedSite):
+    """
+    The admin's site: its refusals carry the admin's C{field} key.
+    """
+
+    displayTracebacks = False
+    errorFields = {"field": ""}
+
+
+def globalFilterSpecs(proxyConfig: Any) -> List[Any]:
+    """
+    @return: the global filter chain of a proxy: C{access-log} first when
+        C{accessLog} is on (so its C{after} hook runs last and sees the
+        final answer), then the configured filters.
+    """
+    if proxyConfig is None:
+        return []
+    specs = list(proxyConfig.filters)
+    names = [spec if isinstance(spec, str) else spec.name for spec in specs]
+    if proxyConfig.accessLog and "access-log" not in names:
+        specs.insert(0, "access-log")
+    return specs

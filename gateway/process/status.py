@@ -1,0 +1,136 @@
+"""
+L{GatewayStatus}: what the admin shows of its gateway: the proxies, the
+store revision each of them (and each worker) serves, and their statistics.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Dict, List, Optional
+
+import gateway
+from gateway.process.propagation import ServedRevisions
+from gateway.telemetry.stats import mergeSnapshots
+
+
+class GatewayStatus:
+    """
+    The live state of one gateway process, for C{/api/v1/proxies},
+    C{/api/v1/stats} and the proxy registry of a shared store.
+
+    @ivar startedAt: when the process was put together (ISO 8601).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: Any,
+        manager: Any,
+        counters: Any,
+        store: Any,
+        served: ServedRevisions,
+        health: Optional[Any] = None,
+        pool: Optional[Any] = None,
+        shared: Optional[Any] = None,
+    ) -> None:
+        """
+        @param reactor: an L{IReactorTime}.
+        @param config: the L{gateway.model.config.GatewayConfig}.
+        @param manager: this process's L{gateway.routing.snapshot.SnapshotManager}.
+        @param counters: this process's L{gateway.telemetry.stats.Stats}.
+        @param store: the L{gateway.process.storeservice.StoreService}.
+        @param served: the revisions this gateway's proxy processes serve.
+        @param health: the L{gateway.balancing.health.HealthChecker}, or
+            L{None}.
+        @param pool: the L{gateway.process.pool.WorkerPool}, or L{None} when
+            the proxy serves in this process (or there is none).
+        @param shared: the store when it provides
+            L{gateway.interfaces.ISharedStore}, or L{None}.
+        """
+        self._config = config
+        self._manager = manager
+        self._counters = counters
+        self._store = store
+        self._served = served
+        self._health = health
+        self._pool = pool
+        self._shared = shared
+        self._workerStats: Dict[int, dict] = {}
+        self.startedAt = datetime.datetime.fromtimestamp(
+            reactor.seconds(), datetime.timezone.utc
+        ).isoformat()
+
+    def ready(self) -> bool:
+        """
+        @return: whether this gateway serves its first configuration.
+        """
+        return bool(self._store.ready)
+
+    def workerReported(self, index: int, stats: dict) -> None:
+        """
+        Keep the stats a worker reported.
+        """
+        self._workerStats[index] = stats
+
+    def _workers(self) -> List[Dict[str, Any]]:
+        assert self._pool is not None
+        revisions = self._served.revisions()
+        return [
+            {"worker": index, "pid": pid, "revision": revisions.get(index)}
+            for index, pid in self._pool.pids().items()
+        ]
+
+    def describe(self) -> Dict[str, Any]:
+        """
+        @return: the live part of this gateway's proxy record: whether it is
+            ready, the revision every proxy process serves, each worker's,
+            and the stats.
+        """
+        record: Dict[str, Any] = {"ready": self.ready(), "revision": self._served.lowest()}
+        if self._pool is not None:
+            record["workers"] = self._workers()
+        record["stats"] = self.stats()
+        return record
+
+    def proxies(self) -> Any:
+        """
+        @return: the live proxies: the records of a shared store (a
+            Deferred), or this gateway's own, when it runs a proxy.
+        """
+        if self._shared is not None:
+            return self._shared.listProxies()
+        if self._config.proxy is None:
+            return []
+        record: Dict[str, Any] = {
+            "addr": self._config.proxy.listen,
+            "version": gateway.__version__,
+            "startedAt": self.startedAt,
+            "ready": self.ready(),
+            "revision": self._served.lowest(),
+        }
+        if self._pool is not None:
+            record["workers"] = self._workers()
+        return [record]
+
+    def stats(self) -> Dict[str, Any]:
+        """
+        @return: the stats of this process's proxy; with workers, their sum,
+            and each worker's under C{"proxies"}.
+        """
+        own = self._counters.snapshot(self._manager, self._health)
+        if self._pool is None:
+            return own
+        workers = [self._workerStats[i] for i in sorted(self._workerStats)]
+        if not workers:
+            return own
+        merged = mergeSnapshots(workers)
+        # Live server state (health, breakers) is the parent's view.
+        for name, ownServer in own.get("servers", {}).items():
+            mergedServer = merged.setdefault("servers", {}).setdefault(name, {})
+            for key in ("health", "healthy", "addr"):
+                if key in ownServer:
+                    mergedServer[key] = ownServer[key]
+        merged["proxies"] = [
+            {"worker": i, "stats": self._workerStats[i]} for i in sorted(self._workerStats)
+        ]
+        return merged

@@ -1,0 +1,181 @@
+"""
+L{StoreService}: a process's store, from the first load to the close.
+
+When the service starts, it watches the store, loads it, creates the
+config file's seed resources the store does not have yet, and builds the
+first snapshot; every later state the store gives is compiled and swapped
+in.  A store that cannot be read or a seed that does not compile ends the
+start (L{gateway.process.startup.Abort}): with the file store at once,
+before any port is bound; with etcd once it answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.model.resources import Catalog
+from gateway.model.schema import toJSON
+from gateway.process.interpreter import collectorPaused
+from gateway.store import Change, StoreError, StoreState
+
+log = Logger()
+
+
+def seedChanges(state: StoreState, seed: Dict[str, Any]) -> List[Change]:
+    """
+    @return: the changes that create the config file's seed resources that
+        the store does not have yet.  Resources already in the store win:
+        what an operator changed through the admin survives a restart.
+    """
+    changes = []
+    for kind, objects in seed.items():
+        for obj in objects:
+            if state.get(kind, obj.name) is None:
+                changes.append(Change(kind, obj.name, toJSON(obj)))
+    return changes
+
+
+class StoreService(Service):
+    """
+    Loads, seeds and follows a store while the service runs, and closes it
+    when it stops.
+
+    @ivar ready: whether the first snapshot serves.
+    @ivar state: the last store state taken, or L{None} before the first.
+    """
+
+    name = "store"
+
+    def __init__(
+        self,
+        store: Any,
+        manager: Any,
+        abort: Callable[[str], None],
+        seed: Optional[Dict[str, Any]] = None,
+        relay: Optional[Callable[[StoreState], None]] = None,
+    ) -> None:
+        """
+        @param store: the L{gateway.interfaces.IStore}.
+        @param manager: the L{gateway.routing.snapshot.SnapshotManager} that
+            compiles its states.
+        @param abort: called with a message when the store cannot be loaded
+            or the seed does not compile.
+        @param seed: the config file's seed resources (C{{kind: [model
+            object]}}), created when the store lacks them; L{None} for a
+            process that only reads (a proxy worker).
+        @param relay: called with every state taken (the gateway process
+            relays them to its workers), or L{None}.
+        """
+        self.store = store
+        self._manager = manager
+        self._abort = abort
+        self._seed = seed
+        self._relay = relay
+        self.ready = False
+        self.state: Optional[StoreState] = None
+        self._starting: Optional[Deferred] = None
+        self._unwatch: Optional[Callable[[], None]] = None
+        self._readyWaiters: List[Deferred] = []
+
+    def whenReady(self) -> Deferred:
+        """
+        @return: a Deferred firing with L{None} once the first snapshot
+            serves (it never fails: a start that fails ends the process).
+        """
+        if self.ready:
+            return succeed(None)
+
+        def cancel(d: Deferred) -> None:
+            if d in self._readyWaiters:
+                self._readyWaiters.remove(d)
+
+        d: Deferred = Deferred(cancel)
+        self._readyWaiters.append(d)
+        return d
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._begin()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._starting is None:
+            self._begin()
+
+    def _begin(self) -> None:
+        self._unwatch = self.store.watch(self._take)
+        self._starting = Deferred.fromCoroutine(self._loadAndSeed())
+        self._starting.addErrback(self._failed)
+
+    def _take(self, state: StoreState) -> None:
+        """
+        A state from the store's watch.
+        """
+        if self.state is not None and state.revision < self.state.revision:
+            return
+        self.state = state
+        if self._relay is not None:
+            self._relay(state)
+        self._manager.update(state)
+
+    async def _loadAndSeed(self) -> None:
+        # What is read and compiled now lives on: the cycle collector would
+        # only go over it again and again (see collectorPaused).
+        with collectorPaused():
+            loading = self.store.load()
+        state = await loading
+        changes = seedChanges(state, self._seed) if self._seed else []
+        if changes:
+            with collectorPaused():
+                self._manager.validate(
+                    Catalog.fromResources(state.withChanges(changes, state.revision).resources)
+                )
+            revision = await self.store.commit(changes, state.revision)
+            state = state.withChanges(changes, revision)
+            log.info("seeded {n} resource(s) from the config file", n=len(changes))
+        # The watch may have taken a newer state meanwhile: never roll back.
+        if self.state is None or self.state.revision < state.revision:
+            self.state = state
+            if self._relay is not None:
+                self._relay(state)
+        current = self._manager.snapshot
+        if current is None or current.revision < self.state.revision:
+            with collectorPaused():
+                self._manager.apply(self.state)
+        self.ready = True
+        log.info("serving store revision {revision}", revision=self.state.revision)
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return
+        if failure.check(StoreError):
+            self._abort(f"store: {failure.value}")
+            return
+        if failure.check(ValueError):
+            # A seed that does not compile (its message names the resource
+            # and field), or a store holding what this gateway cannot read.
+            self._abort(str(failure.value))
+            return
+        log.failure("the gateway could not load its configuration", failure)
+        self._abort(f"store: cannot load the configuration: {failure.getErrorMessage()}")
+
+    def stopService(self) -> Deferred:
+        """
+        Stop following the store and close it.
+        """
+        super().stopService()
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.called:
+            starting.cancel()
+        return self.store.close()

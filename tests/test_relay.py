@@ -1,0 +1,422 @@
+"""
+Tests for the store states the gateway process relays to its workers:
+L{gateway.store.relayed} (the states and their messages), the parent's side
+(L{gateway.process.pool.WorkerPool}) and the worker's
+(L{gateway.process.parent.ParentLink}), over memory transports.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectionDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from gateway.filters import FilterRegistry
+from gateway.interfaces import IStore
+from gateway.process.parent import ParentLink
+from gateway.process.pool import ControlChannel, WorkerPool, encodeMessage
+from gateway.process.propagation import ServedRevisions
+from gateway.process.storeservice import StoreService
+from gateway.routing.snapshot import SnapshotManager
+from gateway.store import Change, StoreError, StoreState
+from gateway.store.relayed import (
+    RelayedStateError,
+    RelayedStore,
+    changesBetween,
+    deltaMessage,
+    fullMessage,
+)
+
+S1 = {"name": "s1", "addr": "127.0.0.1:9001"}
+S2 = {"name": "s2", "addr": "127.0.0.1:9002"}
+C1 = {"name": "c1", "servers": ["s1"]}
+
+
+def state(revision: int, **resources: Dict[str, Any]) -> StoreState:
+    return StoreState(revision, resources)
+
+
+def overJSON(message: Any) -> Any:
+    """
+    @return: C{message} as the other end of the channel reads it.
+    """
+    return json.loads(json.dumps(message))
+
+
+class MessagesTests(SynchronousTestCase):
+    """
+    Tests for L{changesBetween}, L{fullMessage} and L{deltaMessage}.
+    """
+
+    def test_changes(self) -> None:
+        """
+        The changes between two states: puts for what is new or different,
+        deletes for what is gone, nothing for what is the same.
+        """
+        old = state(1, servers={"s1": S1, "s2": S2}, clusters={"c1": C1})
+        new = old.withChanges(
+            [Change("servers", "s2", None), Change("servers", "s3", dict(S2, name="s3"))], 2
+        )
+        new = new.withChanges([Change("clusters", "c1", dict(C1))], 3)
+        self.assertEqual(
+            changesBetween(old, new),
+            [Change("servers", "s3", dict(S2, name="s3")), Change("servers", "s2", None)],
+        )
+
+    def test_roundTrip(self) -> None:
+        """
+        A whole state, then a delta, through JSON, give the states sent.
+        """
+        store = RelayedStore()
+        first = state(1, servers={"s1": S1})
+        second = first.withChanges([Change("servers", "s2", S2)], 2)
+        self.assertTrue(store.receive(overJSON(fullMessage(first))))
+        self.assertEqual(store.state, first)
+        self.assertTrue(store.receive(overJSON(deltaMessage(first, second))))
+        self.assertEqual(store.state, second)
+
+
+class RelayedStoreTests(SynchronousTestCase):
+    """
+    Tests for L{RelayedStore}.
+    """
+
+    def test_interface(self) -> None:
+        """
+        L{RelayedStore} provides L{IStore}.
+        """
+        self.assertTrue(verifyObject(IStore, RelayedStore()))
+
+    def test_loadWaitsForTheFirstState(self) -> None:
+        """
+        A load before the first state waits for it; later loads answer the
+        last state at once.
+        """
+        store = RelayedStore()
+        loading = store.load()
+        self.assertNoResult(loading)
+        store.receive({"revision": 4, "resources": {"servers": {"s1": S1}}})
+        self.assertEqual(self.successResultOf(loading).revision, 4)
+        self.assertEqual(self.successResultOf(store.load()).revision, 4)
+
+    def test_watch(self) -> None:
+        """
+        Watchers see every state received after they started watching;
+        an older state than the one held is ignored.
+        """
+        store = RelayedStore()
+        seen: List[int] = []
+        stop = store.watch(lambda s: seen.append(s.revision))
+        store.receive({"revision": 2, "resources": {}})
+        store.receive({"revision": 1, "resources": {}})
+        store.receive({"revision": 3, "base": 2, "changes": [["servers", "s1", S1]]})
+        stop()
+        store.receive({"revision": 4, "base": 3, "changes": []})
+        self.assertEqual(seen, [2, 3])
+        self.assertEqual(store.state.revision, 4)
+
+    def test_deltaFromAnotherState(self) -> None:
+        """
+        A delta from a state the store does not hold is not taken: the
+        store says so (the worker then asks for the whole state).
+        """
+        store = RelayedStore()
+        self.assertFalse(store.receive({"revision": 2, "base": 1, "changes": []}))
+        store.receive({"revision": 5, "resources": {}})
+        self.assertFalse(store.receive({"revision": 7, "base": 6, "changes": []}))
+        self.assertEqual(store.state.revision, 5)
+
+    def test_garbled(self) -> None:
+        """
+        A message that is not a state is refused with
+        L{RelayedStateError}, and changes nothing.
+        """
+        store = RelayedStore()
+        store.receive({"revision": 1, "resources": {}})
+        for message in (
+            [],
+            {"revision": "2", "resources": {}},
+            {"revision": 2, "resources": {"widgets": {}}},
+            {"revision": 2, "resources": {"servers": {"s1": 3}}},
+            {"revision": 2, "base": 1, "changes": [["servers", "s1"]]},
+            {"revision": 2, "base": 1, "changes": {}},
+        ):
+            self.assertRaises(RelayedStateError, store.receive, message)
+        self.assertEqual(store.state.revision, 1)
+
+    def test_readOnly(self) -> None:
+        """
+        Commits are refused.
+        """
+        self.failureResultOf(RelayedStore().commit([Change("servers", "s1", S1)], 0), StoreError)
+
+    def test_close(self) -> None:
+        """
+        Closing fails a load still waiting, and the loads after it.
+        """
+        store = RelayedStore()
+        loading = store.load()
+        cancelled = store.load()
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        self.successResultOf(store.close())
+        self.failureResultOf(loading, StoreError)
+        self.failureResultOf(store.load(), StoreError)
+
+
+class ControlChannelTests(SynchronousTestCase):
+    """
+    Tests for L{ControlChannel}: JSON objects, one per line.
+    """
+
+    def setUp(self) -> None:
+        self.messages: List[Any] = []
+        self.lost: List[bool] = []
+        self.channel = ControlChannel(self.messages.append, lambda: self.lost.append(True))
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+
+    def test_send(self) -> None:
+        """
+        A message goes out as one line of compact JSON.
+        """
+        self.channel.send({"serving": 3})
+        self.channel.sendEncoded(encodeMessage({"resync": True}))
+        self.assertEqual(self.transport.value(), b'{"serving":3}\n{"resync":true}\n')
+
+    def test_pieces(self) -> None:
+        """
+        Lines arrive whole whatever the reads: several in one, one over
+        many (a large state, in small reads), a garbled one skipped.
+        """
+        big = {"state": fullMessage(state(1, servers={f"s{i}": S1 for i in range(2000)}))}
+        data = encodeMessage({"a": 1}) + b"\nnot json\n" + encodeMessage(big) + b"\n"
+        data += encodeMessage({"b": 2}) + b"\n"
+        for i in range(0, len(data), 1000):
+            self.channel.dataReceived(data[i : i + 1000])
+        self.assertEqual(self.messages, [{"a": 1}, overJSON(big), {"b": 2}])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_tooLong(self) -> None:
+        """
+        A line longer than C{MAX_LENGTH} drops the channel.
+        """
+        self.channel.MAX_LENGTH = 10
+        self.channel.dataReceived(b'{"a":"0123456789"')
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.messages, [])
+
+
+class ProcessTransport:
+    """
+    The transport of a worker process spawned on L{PoolReactor}.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: List[str] = []
+
+    def closeStdin(self) -> None:
+        pass
+
+    def signalProcess(self, signal: str) -> None:
+        self.signals.append(signal)
+
+
+class PoolReactor(MemoryReactorClock):
+    """
+    A memory reactor that spawns pretend processes and connects adopted
+    control channels to memory transports.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: List[Any] = []
+        self.channels: List[Any] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: Any, **kwargs: Any) -> Any:
+        transport = ProcessTransport(1000 + len(self.spawned))
+        protocol.makeConnection(transport)
+        self.spawned.append(protocol)
+        return transport
+
+    def adoptStreamConnection(self, fd: int, family: Any, factory: Any) -> None:
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.channels.append((protocol, transport))
+
+
+def sent(transport: StringTransport) -> List[Any]:
+    """
+    @return: the messages written to a channel's transport (and clears it).
+    """
+    lines = transport.value().split(b"\n")
+    transport.clear()
+    return [json.loads(line) for line in lines if line]
+
+
+class PoolRelayTests(SynchronousTestCase):
+    """
+    The parent's side: L{WorkerPool} relays store states and keeps the
+    revision each worker confirms.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = PoolReactor()
+        self.served = ServedRevisions()
+        self.pool = WorkerPool(self.reactor, 2, ["python", "-m", "worker"], served=self.served)
+        self.pool.startService()
+        self.addCleanup(self.pool.stopService)
+
+    def channel(self, index: int) -> Any:
+        return self.reactor.channels[index]
+
+    def test_wholeThenChanges(self) -> None:
+        """
+        Each worker gets the whole first state, then only what changed.
+        """
+        first = state(1, servers={"s1": S1})
+        second = first.withChanges([Change("servers", "s2", S2)], 2)
+        self.pool.relay(first)
+        self.pool.relay(second)
+        for index in (0, 1):
+            messages = sent(self.channel(index)[1])
+            self.assertEqual(
+                messages,
+                [
+                    overJSON({"state": fullMessage(first)}),
+                    {"state": {"revision": 2, "base": 1, "changes": [["servers", "s2", S2]]}},
+                ],
+            )
+
+    def test_olderStateNotRelayed(self) -> None:
+        """
+        A state older than the last one relayed is not sent.
+        """
+        self.pool.relay(state(3))
+        self.pool.relay(state(2))
+        self.assertEqual([m["state"]["revision"] for m in sent(self.channel(0)[1])], [3])
+
+    def test_newWorkerGetsTheWholeState(self) -> None:
+        """
+        A worker started after a state was relayed gets the whole current
+        state at once; a worker that asks (C{resync}) gets it again.
+        """
+        current = state(2, servers={"s1": S1, "s2": S2})
+        self.pool.relay(state(1, servers={"s1": S1}))
+        self.pool.relay(current)
+        self.reactor.spawned[1].processEnded(Failure(ProcessTerminated(signal=9)))
+        self.reactor.advance(self.pool.maxRestartDelay)
+        self.assertEqual(len(self.reactor.channels), 3)
+        protocol, transport = self.reactor.channels[2]
+        whole = overJSON({"state": fullMessage(current)})
+        self.assertEqual(sent(transport), [whole])
+        protocol.dataReceived(b'{"resync":true}\n')
+        self.assertEqual(sent(transport), [whole])
+
+    def test_confirmations(self) -> None:
+        """
+        The revision each worker confirms is kept; a worker that ends, or
+        whose channel is lost, leaves; lines still arriving from a worker
+        that ended are ignored.
+        """
+        first, second = self.channel(0)[0], self.channel(1)[0]
+        first.dataReceived(b'{"serving":3}\n')
+        second.dataReceived(b'{"serving":2}\n{"stats":{"n":1}}\n')
+        self.assertEqual(self.served.revisions(), {0: 3, 1: 2})
+        self.assertEqual(self.pool.pids(), {0: 1000, 1: 1001})
+
+        self.reactor.spawned[1].processEnded(Failure(ProcessTerminated(signal=9)))
+        self.assertEqual(self.served.revisions(), {0: 3})
+        second.dataReceived(b'{"serving":4}\n')
+        self.assertEqual(self.served.revisions(), {0: 3})
+
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.served.revisions(), {})
+
+
+class ParentLinkTests(SynchronousTestCase):
+    """
+    The worker's side: L{ParentLink} feeds the relayed store, confirms
+    what the worker serves, keeps the parent's health, reports stats.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = PoolReactor()
+        self.reactor.running = True
+        self.manager = SnapshotManager(FilterRegistry({}), self.reactor)
+        self.store = RelayedStore()
+        self.link = ParentLink(
+            self.reactor, 3, self.store, self.manager, stats=lambda: {"requests": 5}
+        )
+        self.aborted: List[str] = []
+        self.storeService = StoreService(self.store, self.manager, self.aborted.append)
+        self.link.startService()
+        self.storeService.startService()
+        self.protocol, self.transport = self.reactor.channels[0]
+
+    def send(self, message: Any) -> None:
+        self.protocol.dataReceived(json.dumps(message).encode() + b"\n")
+
+    def test_confirmsWhatItServes(self) -> None:
+        """
+        Each state relayed is served, then confirmed with its revision.
+        """
+        first = state(1, servers={"s1": S1})
+        self.send({"state": fullMessage(first)})
+        self.assertEqual(self.manager.snapshot.revision, 1)
+        self.assertEqual(sent(self.transport), [{"serving": 1}])
+        self.send({"state": deltaMessage(first, first.withChanges([], 2))})
+        self.assertEqual(sent(self.transport), [{"serving": 2}])
+        self.assertTrue(self.storeService.ready)
+
+    def test_resync(self) -> None:
+        """
+        A change from a state it does not hold, or a garbled state, makes
+        the worker ask for the whole state.
+        """
+        self.send({"state": {"revision": 2, "base": 1, "changes": []}})
+        self.assertEqual(sent(self.transport), [{"resync": True}])
+        self.send({"state": {"revision": "x"}})
+        self.assertEqual(sent(self.transport), [{"resync": True}])
+        self.assertIsNone(self.manager.snapshot)
+
+    def test_health(self) -> None:
+        """
+        The servers' health comes from the parent, and stays across
+        snapshot swaps.
+        """
+        self.send({"state": fullMessage(state(1, servers={"s1": S1, "s2": S2}))})
+        self.send({"health": {"s1": False, "s2": True}})
+        self.assertEqual(self.manager.backends["s1"].healthy, False)
+        self.send(
+            {"state": fullMessage(state(2, servers={"s1": S1, "s2": S2}, clusters={"c1": C1}))}
+        )
+        self.assertEqual(self.manager.backends["s1"].healthy, False)
+        self.assertEqual(self.manager.backends["s2"].healthy, True)
+
+    def test_stats(self) -> None:
+        """
+        Stats are reported every C{statsInterval}, until it stops.
+        """
+        self.reactor.advance(1.0)
+        self.assertEqual(sent(self.transport), [{"stats": {"requests": 5}}])
+        self.reactor.advance(1.0)
+        self.assertEqual(sent(self.transport), [{"stats": {"requests": 5}}])
+        self.link.stopService()
+        self.reactor.advance(5.0)
+        self.assertEqual(sent(self.transport), [])
+
+    def test_parentGone(self) -> None:
+        """
+        When the parent goes away, the worker stops.
+        """
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(self.reactor.hasStopped)
