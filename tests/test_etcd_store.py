@@ -31,9 +31,11 @@ from gateway.store.etcd.client import (
     EtcdIndeterminate,
     EtcdUnavailable,
     TxnResult,
+    etcdBackoff,
 )
 from gateway.store.etcd.registry import ProxyRegistry, advertisedAddress, listProxies
 from gateway.store.etcd.store import EtcdStore, etcdStoreFromURL
+from gateway.store.etcd.watch import startWatch
 
 SERVER = {"name": "s1", "addr": "127.0.0.1:9001", "weight": 1}
 CLUSTER = {"name": "c1", "servers": ["s1"], "loadBalance": "round-robin"}
@@ -69,7 +71,7 @@ class EtcdStoreURLTests(SynchronousTestCase):
         """
         A URL without a port is refused with a message naming it.
         """
-        e = self.assertRaises(ValueError, etcdStoreFromURL, "etcd://localhost/x")
+        e = self.assertRaises(ValueError, etcdStoreFromURL, "etcd://localhost/x", task.Clock())
         self.assertIn("etcd://localhost/x", str(e))
 
 
@@ -84,6 +86,7 @@ class FakeClient:
         self.answers = list(answers)
         self.calls: List[Any] = []
         self.endpoints = ["fake:1"]
+        self.backoff = etcdBackoff(random=lambda: 0.0)
 
     def txn(self, compare: Any, success: Any, failure: Any = ()) -> Any:
         self.calls.append((compare, success, failure))
@@ -111,7 +114,7 @@ class EtcdStoreCommitTests(SynchronousTestCase):
         self.clock = task.Clock()
 
     def store(self, client: Any) -> EtcdStore:
-        return EtcdStore(client, "/gw", reactor=self.clock, random=lambda: 0.0)
+        return EtcdStore(client, "/gw", self.clock)
 
     def test_oneTransaction(self) -> None:
         """
@@ -465,7 +468,8 @@ async def test_resyncAfterCompaction(etcd):  # noqa: F811
         base = await within(other.commit([Change("servers", "s1", SERVER)], base))
         base = await within(other.commit([Change("clusters", "c1", CLUSTER)], base))
         await within(other.client.compact(base))
-        store._watch = store.client.watch(
+        store._watch = startWatch(
+            store.client,
             store._resources,
             store._onEvents,
             prefix=True,

@@ -95,12 +95,13 @@ def emptyState() -> StoreState:
     return StoreState(0, {})
 
 
-def storeFromURL(url: str, reactor=None, readOnly: bool = False):
+def storeFromURL(url: str, reactor, readOnly: bool = False):
     """
-    Make the store a config file names.
+    Make the store a config file names (without any I/O).
 
     @param url: C{file:PATH} for the embedded file store, or
         C{etcd://HOST:PORT[,HOST:PORT...]/PREFIX} for etcd.
+    @param reactor: the reactor the store runs on.
     @param readOnly: for a process that only reads (a proxy worker): the
         file store then follows the file as its writer changes it.
     @return: a provider of L{gateway.interfaces.IStore}.
@@ -124,5 +125,5 @@ def storeFromURL(url: str, reactor=None, readOnly: bool = False):
             from gateway.store.etcd.store import etcdStoreFromURL
         except ImportError:
             raise ValueError("the etcd store is not available in this build")
-        return etcdStoreFromURL(url, reactor=reactor)
+        return etcdStoreFromURL(url, reactor)
     raise ValueError(f"unknown store {url!r}: use file:PATH, memory: or etcd://HOST:PORT/PREFIX")

@@ -1,13 +1,37 @@
 """
-L{EtcdStore}: the L{gateway.interfaces.IStore} over etcd v3, so that
-several gateways share one configuration.
+L{EtcdStore}: the L{gateway.interfaces.IStore} in etcd v3, so that several
+gateways share one configuration; selected by C{store:
+etcd://HOST:PORT[,HOST:PORT...]/PREFIX} (L{etcdStoreFromURL}).
+
+Its key layout under C{PREFIX} (C{/gateway} when the URL names none):
+
+    PREFIX/resources/KIND/NAME   one resource, its JSON object as the value
+                                 (KIND is servers, clusters, apis, routings)
+    PREFIX/commit                put by every commit (value: a random
+                                 token naming that commit)
+    PREFIX/proxies/ADDR          a live proxy, under its lease
+                                 (L{gateway.store.etcd.registry})
+
+The store's revision is etcd's revision.  A commit is one transaction that
+holds only when nothing under C{PREFIX/resources/} was modified after the
+base revision I{and} the C{commit} key was not either.  The second compare
+is what catches deletions (a deleted key has no revision left to compare),
+so two admins racing can never leave an api pointing at a cluster the other
+deleted: one of them gets L{ConflictError}, which the admin retries from a
+fresh read.  Proxies live outside C{resources/}, so their heartbeats neither
+wake the store's watchers nor make commits conflict.  A commit whose answer
+was lost (a leader change, a member dying mid-request) is sent again as it
+was: its compares let at most one copy apply, and the token on the commit
+key tells whether the copy that applied was this commit's.
+
+Known limit: the watch trusts etcd's revisions to grow.  An etcd restored
+from a backup (revisions going back) needs the gateways restarted.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -22,21 +46,20 @@ from gateway.store import KINDS, Change, ConflictError, StoreError, StoreState
 from gateway.store.etcd.client import (
     DELETE,
     UNAVAILABLE,
-    Backoff,
     EtcdClient,
     EtcdError,
     EtcdIndeterminate,
     Event,
     KeyValue,
     TxnResult,
-    _splitEndpoint,
     compareModRevision,
+    normaliseEndpoint,
     opDelete,
     opPut,
     opRange,
     prefixEnd,
 )
-from gateway.store.etcd.watch import EtcdWatch
+from gateway.store.etcd.watch import EtcdWatch, startWatch
 
 log = Logger()
 
@@ -65,17 +88,18 @@ def parseEtcdURL(url: str) -> Tuple[List[str], str]:
     endpoints = []
     for hostPort in hosts.split(","):
         try:
-            endpoints.append(_splitEndpoint(hostPort))
+            endpoints.append(normaliseEndpoint(hostPort))
         except ValueError as e:
             raise ValueError(f"{url!r}: {e}")
     return endpoints, _normalisePrefix("/" + urllib.parse.unquote(path))
 
 
-def etcdStoreFromURL(url: str, reactor: Any = None) -> EtcdStore:
+def etcdStoreFromURL(url: str, reactor: Any) -> EtcdStore:
     """
-    Make the store C{store: etcd://...} names.
+    Make the store C{store: etcd://...} names (without any I/O).
 
     @param url: C{etcd://HOST:PORT[,HOST:PORT...][/PREFIX]}.
+    @param reactor: the reactor the store and its client run on.
     @return: an L{EtcdStore} with its own L{EtcdClient}.
     @raise ValueError: when the URL is not valid.
     """
@@ -111,28 +135,23 @@ class EtcdStore:
     def __init__(
         self,
         client: EtcdClient,
-        prefix: str = "/gateway",
-        reactor: Any = None,
+        prefix: str,
+        reactor: Any,
         ownsClient: bool = False,
-        random: Callable[[], float] = random.random,
     ) -> None:
         """
-        @param client: the L{EtcdClient} to use.
+        @param client: the L{EtcdClient} to use; its back-off policy paces
+            the retries of commits etcd could not confirm.
         @param prefix: where the gateway's keys live.
+        @param reactor: the reactor (an L{IReactorTime}).
         @param ownsClient: whether L{close} closes C{client} too.
-        @param random: the source of the retries' jitter.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
         self._reactor = reactor
         self.client = client
         self.prefix = _normalisePrefix(prefix)
         self._resources = (self.prefix + "/resources/").encode("utf-8")
         self._commitKey = (self.prefix + "/commit").encode("utf-8")
         self._ownsClient = ownsClient
-        self._random = random
         self._listeners: List[Callable[[StoreState], Any]] = []
         self.state: Optional[StoreState] = None
         self._everLoaded = False
@@ -272,7 +291,7 @@ class EtcdStore:
         # times out; the cluster elects another within a second or so.  Try
         # again for a while, but not when no member answers at all.
         deadline = self._reactor.seconds() + self.commitTimeout
-        backoff = Backoff(random=self._random)
+        attempt = 0
         while True:
             try:
                 return await self.client.txn(compare, success, failure)
@@ -282,7 +301,8 @@ class EtcdStore:
                 if e.code != UNAVAILABLE:
                     raise
                 problem = e
-            delay = backoff.next()
+            delay = self.client.backoff(attempt)
+            attempt += 1
             if self._reactor.seconds() + delay > deadline:
                 raise StoreError(f"etcd did not confirm the commit: {problem}")
             log.info("commit not confirmed ({problem}); trying again", problem=str(problem))
@@ -342,7 +362,8 @@ class EtcdStore:
         if self._closed:
             return
         self._setState(self._stateOf(kvs, revision))
-        self._watch = self.client.watch(
+        self._watch = startWatch(
+            self.client,
             self._resources,
             self._onEvents,
             prefix=True,
