@@ -97,8 +97,12 @@ class FakeClient:
 
 
 def markerRange(value: bytes, revision: int) -> Any:
+    """
+    @return: what a failed commit's probes read: the commit key with
+        C{value} at C{revision}, no writer, no undo record.
+    """
     kv = {"key": "eA==", "value": base64.b64encode(value).decode(), "mod_revision": str(revision)}
-    return [{"response_range": {"kvs": [kv]}}]
+    return [{"response_range": {"kvs": [kv]}}, {"response_range": {}}, {"response_range": {}}]
 
 
 def tokenOf(success: Any) -> bytes:
@@ -118,25 +122,42 @@ class EtcdStoreCommitTests(SynchronousTestCase):
 
     def test_oneTransaction(self) -> None:
         """
-        A commit is one transaction: it holds only if neither the commit
-        key nor any resource was modified after the base revision, and it
-        puts the commit key and every change.
+        A commit that fits one transaction is one: it holds only if neither
+        the commit key nor any resource was modified after the base
+        revision, and no large commit is unfinished (no undo record); it
+        puts the commit key and every change, and reads, should it fail,
+        the commit key, the writer key and the undo records' keys.
         """
         client = FakeClient(lambda ops: TxnResult(True, [], 12))
         store = self.store(client)
         changes = [Change("servers", "s1", SERVER), Change("apis", "old", None)]
         self.assertEqual(self.successResultOf(store.commit(changes, 10)), 12)
         [(compare, success, failure)] = client.calls
+        b64 = lambda key: base64.b64encode(key).decode()  # noqa: E731
         self.assertEqual(
-            [(c["key"], c.get("range_end"), c["result"], c["mod_revision"]) for c in compare],
             [
-                (base64.b64encode(b"/gw/commit").decode(), None, "LESS", "11"),
+                (c["target"], c["key"], c.get("range_end"), c["result"])
+                + (c.get("mod_revision", c.get("version")),)
+                for c in compare
+            ],
+            [
+                ("MOD", b64(b"/gw/commit"), None, "LESS", "11"),
+                ("MOD", b64(b"/gw/resources/"), b64(b"/gw/resources0"), "LESS", "11"),
                 (
-                    base64.b64encode(b"/gw/resources/").decode(),
-                    base64.b64encode(b"/gw/resources0").decode(),
-                    "LESS",
-                    "11",
+                    "VERSION",
+                    b64(b"/gw/resources/.undo/"),
+                    b64(b"/gw/resources/.undo0"),
+                    "EQUAL",
+                    "0",
                 ),
+            ],
+        )
+        self.assertEqual(
+            [(op["request_range"]["key"], op["request_range"].get("range_end")) for op in failure],
+            [
+                (b64(b"/gw/commit"), None),
+                (b64(b"/gw/writer"), None),
+                (b64(b"/gw/resources/.undo/"), b64(b"/gw/resources/.undo0")),
             ],
         )
         self.assertEqual(
