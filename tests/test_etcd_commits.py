@@ -20,10 +20,10 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import pytest_twisted
-from etcdserver import etcd  # noqa: F401  (fixtures)
+from etcdserver import EtcdServer, etcd, etcdAvailable  # noqa: F401  (fixtures)
 from fakeetcd import FakeEtcd, FakeEtcdClient
 from test_etcd_client import until, within
-from twisted.internet import reactor, task
+from twisted.internet import reactor, task, threads
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -680,3 +680,33 @@ async def test_abandonedCommitOnEtcd(etcd):  # noqa: F811
     finally:
         await other.close()
         await real.close()
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_lowerLimitsOnEtcd(tmp_path):
+    """
+    An etcd started with C{--max-txn-ops 32} and C{--max-request-bytes}
+    256 KiB takes a 200-resource commit, then one of 40 resources of 20 KB:
+    the store learns the limits from etcd's refusals and cuts its
+    transactions to fit.
+    """
+    if not etcdAvailable():
+        pytest.skip("no etcd server")
+    member = EtcdServer(
+        tmp_path, extraArgs=["--max-txn-ops", "32", "--max-request-bytes", str(256 * 1024)]
+    )
+    store = newStore([member.endpoint])
+    try:
+        await within(threads.deferToThread(member.start))
+        base = (await within(store.load())).revision
+        base = await within(store.commit(seed(200), base), 60)
+        assert store.maxTxnOps <= 32
+        await within(store.commit(seed(40, note="z" * 20_000), base), 60)
+        assert store.maxTxnBytes <= 256 * 1024
+        state = await within(store.load())
+        assert len(state.resources["servers"]) == 200
+        assert state.get("servers", "s39") == server(39, note="z" * 20_000)
+    finally:
+        await store.close()
+        member.cleanup()

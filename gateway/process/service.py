@@ -15,11 +15,12 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Type, Union
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -44,7 +45,7 @@ from gateway.process.pool import WorkerPool, workerCommand, workerCount
 from gateway.protection.ratelimit import LOCAL
 from gateway.protection.sharedbuckets import SharedBuckets
 from gateway.routing.snapshot import SnapshotManager
-from gateway.store import Change, StoreState, storeFromURL
+from gateway.store import Change, ConflictError, StoreError, StoreState, storeFromURL
 from gateway.store.etcd.registry import ProxyRegistry, advertisedAddress, listProxies
 from gateway.store.etcd.store import EtcdStore
 from gateway.telemetry.metrics import metricsResource
@@ -113,16 +114,50 @@ def globalFilterSpecs(proxyConfig: Any) -> List[Any]:
 def _resultNow(d: defer.Deferred) -> Any:
     """
     @return: the result of a Deferred that has already fired (raising its
-        failure), or the Deferred itself when it has not.
+        failure), or the Deferred itself when it has not, its result (or
+        failure) still in it.
     """
     box: List[Any] = []
-    d.addBoth(box.append)
+
+    def keep(result: Any) -> Any:
+        box.append(result)
+        return result
+
+    d.addBoth(keep)
     if not box:
         return d
     result = box[0]
     if isinstance(result, Failure):
+        d.addErrback(lambda _: None)
         result.raiseException()
     return result
+
+
+#: How many times the seed is computed and committed again when another
+#: gateway wrote to the store meanwhile (seeding the same file, maybe).
+SEED_ATTEMPTS = 10
+
+_seedBackoff = backoffPolicy(initialDelay=0.1, maxDelay=5.0, factor=2.0)
+
+
+def _exitAfterStop(reactor: Any, status: int) -> None:
+    """
+    Stop the reactor, and make the process exit with C{status} once it has
+    stopped: twistd exits 0 whatever happened once its reactor ran, and a
+    start that failed must not look like a clean stop.
+    """
+
+    def exit() -> None:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:
+                pass
+        os._exit(status)
+
+    reactor.addSystemEventTrigger("after", "shutdown", exit)
+    reactor.stop()
 
 
 class GatewayService(MultiService):
@@ -316,15 +351,33 @@ class GatewayService(MultiService):
         service.setServiceParent(self)
 
     async def _loadAndSeedAsync(self, seed: bool) -> None:
-        state = await self.store.load()
-        changes = seedChanges(state, self._config.seed) if seed else []
-        if changes:
+        attempt = 0
+        while True:
+            state = await self.store.load()
+            changes = seedChanges(state, self._config.seed) if seed else []
+            if not changes:
+                break
             self.manager.validate(
                 Catalog.fromResources(state.withChanges(changes, state.revision).resources)
             )
-            revision = await self.store.commit(changes, state.revision)
+            try:
+                revision = await self.store.commit(changes, state.revision)
+            except ConflictError as e:
+                # Another gateway wrote meanwhile: read again (what it
+                # wrote wins, as a resource already in the store does).
+                attempt += 1
+                if attempt >= SEED_ATTEMPTS:
+                    raise StoreError(
+                        f"seeding {len(changes)} resource(s) from the config file: the store "
+                        f"kept changing ({e})"
+                    )
+                await deferLater(self._reactor, _seedBackoff(attempt), lambda: None)
+                continue
+            except StoreError as e:
+                raise StoreError(f"seeding {len(changes)} resource(s) from the config file: {e}")
             state = state.withChanges(changes, revision)
             log.info("seeded {n} resource(s) from the config file", n=len(changes))
+            break
         current = self.manager.snapshot
         # The watch may have applied a newer state meanwhile: never roll back.
         if current is None or current.revision < state.revision:
@@ -366,8 +419,13 @@ class GatewayService(MultiService):
             self._pendingStart.addErrback(self._startFailed)
 
     def _startFailed(self, failure: Failure) -> None:
-        log.failure("the gateway could not load its configuration", failure)
-        self._reactor.stop()
+        if failure.check(defer.CancelledError):
+            return
+        if failure.check(StoreError, ValueError):
+            log.error("gateway: cannot start: {problem}", problem=failure.getErrorMessage())
+        else:
+            log.failure("gateway: cannot start: the configuration could not be loaded", failure)
+        _exitAfterStop(self._reactor, 1)
 
     @defer.inlineCallbacks
     def stopService(self):
