@@ -452,6 +452,20 @@ class ClientFailoverTests(SynchronousTestCase):
         self.assertEqual(self.endpoints(), ["a:1"])
         self.assertEqual(self.client.currentEndpoint, "b:2")
 
+    def test_readOnlyTxnFailsOver(self) -> None:
+        """
+        A transaction that only reads is sent again to the next endpoint
+        after its answer was lost, as a range is; one that writes is not.
+        """
+        self.treq.answers = {"a:1": [LOST], "b:2": [OK]}
+        result = self.successResultOf(self.client.txn([], [opRange("/k")], [opRange("/j")]))
+        self.assertEqual(result.revision, 9)
+        self.treq.answers = {"b:2": [LOST], "a:1": [OK]}
+        self.failureResultOf(
+            self.client.txn([], [opRange("/k"), opPut("/k", b"v")]), EtcdIndeterminate
+        )
+        self.assertEqual(self.endpoints(), ["a:1", "b:2", "b:2"])
+
     def test_writeUnavailable(self) -> None:
         """
         etcd answering "unavailable" to a write fails it with that

@@ -20,6 +20,7 @@ from harness import freePort
 from test_etcd_client import until, within
 from twisted.internet import reactor, task, threads
 from twisted.internet.defer import DeferredList, fail, succeed
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -59,6 +60,19 @@ class EtcdStoreURLTests(SynchronousTestCase):
         self.assertEqual(store.client.endpoints, ["127.0.0.1:2379", "127.0.0.2:2379"])
         self.assertEqual(store.prefix, "/gw/one")
         self.assertEqual(store.keyOf("apis", "a1"), b"/gw/one/resources/apis/a1")
+
+    def test_madeWithoutIO(self) -> None:
+        """
+        Making the store (and its client) opens no connection; its first
+        load does.
+        """
+        memory = MemoryReactorClock()
+        store = etcdStoreFromURL("etcd://127.0.0.1:2379/gw", memory)
+        self.assertEqual(memory.tcpClients, [])
+        store.load()
+        self.assertEqual(
+            [(host, port) for host, port, *_ in memory.tcpClients], [("127.0.0.1", 2379)]
+        )
 
     def test_defaultPrefix(self) -> None:
         """
