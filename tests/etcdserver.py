@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence
 
 import pytest
 from harness import HOST, freePort, waitFor
@@ -52,6 +52,7 @@ class EtcdServer:
     @ivar clientPort: where clients connect.
     @ivar peerPort: where the other members connect.
     @ivar dataDir: its data directory (kept across L{stop} and L{start}).
+    @ivar extraArgs: more options for C{etcd} (e.g. C{--max-txn-ops}).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class EtcdServer:
         peerPort: int = 0,
         initialCluster: Optional[str] = None,
         clusterToken: Optional[str] = None,
+        extraArgs: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.directory = Path(directory)
@@ -73,6 +75,7 @@ class EtcdServer:
         self.logPath = self.directory / f"{name}.log"
         self.initialCluster = initialCluster or f"{name}={self.peerURL}"
         self.clusterToken = clusterToken or f"gateway-test-{os.getpid()}-{self.peerPort}"
+        self.extraArgs = list(extraArgs)
         self.proc: Optional[subprocess.Popen] = None
 
     @property
@@ -120,6 +123,7 @@ class EtcdServer:
             "zap",
             "--log-level",
             "warn",
+            *self.extraArgs,
         ]
 
     def spawn(self) -> None:

@@ -2,7 +2,8 @@
 Tests for L{gateway.store.etcd.client.EtcdClient} and its parts.
 
 The pieces that need no server (back-off, the line-buffered stream reader,
-outage logging, URL parsing) are tested alone; the client itself against a
+outage logging, URL parsing, failover, a watch on scripted streams) are
+tested alone; the client itself against a
 real etcd 3.4 (Debian's C{etcd-server}) started by the test on free
 loopback ports: every operation, a 200 KB value through a watch, a watch
 that resumes without losing an event after its stream is cut or etcd
@@ -12,8 +13,11 @@ restarts, a resync after compaction, and failover between the members of a
 
 from __future__ import annotations
 
+import ast
+import base64
 import json
-from typing import Any, Callable, Dict, List, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 import pytest_twisted
@@ -28,12 +32,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseNeverReceived
 
+from gateway.store import StoreError
 from gateway.store.etcd import client as etcdModule
 from gateway.store.etcd.client import (
     DELETE,
+    JITTER,
     PUT,
     Availability,
-    Backoff,
     EtcdClient,
     EtcdError,
     EtcdIndeterminate,
@@ -41,51 +46,110 @@ from gateway.store.etcd.client import (
     Event,
     KeyValue,
     compareModRevision,
+    compareValue,
     compareVersion,
+    etcdBackoff,
     opDelete,
     opPut,
     opRange,
     prefixEnd,
 )
 from gateway.store.etcd.store import parseEtcdURL
-from gateway.store.etcd.watch import _LineStream
+from gateway.store.etcd.watch import EtcdWatch, _LineStream, startWatch
 
 # -- without a server ------------------------------------------------------------------
 
 
 class BackoffTests(SynchronousTestCase):
     """
-    Tests for L{Backoff}.
+    Tests for L{etcdBackoff}, Twisted's C{backoffPolicy} as the etcd
+    modules use it.
     """
 
     def test_doublesUpToTheCap(self) -> None:
         """
-        Without jitter the delays double from the initial one and stay at
-        the cap.
+        Without jitter the delays double from 0.1 s and stay at the 5 s
+        cap, however many attempts failed.
         """
-        backoff = Backoff(0.1, 5.0, random=lambda: 0.0)
-        delays = [round(backoff.next(), 6) for _ in range(9)]
+        policy = etcdBackoff(random=lambda: 0.0)
+        delays = [round(policy(attempt), 6) for attempt in range(9)]
         self.assertEqual(delays, [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
+        self.assertEqual(policy(10_000), 5.0)
 
     def test_jitter(self) -> None:
         """
-        The jitter scales each delay by a factor between C{1 - jitter} and
-        1, from the random source.
+        The jitter adds up to L{JITTER} seconds to each delay, drawn from
+        the random source.
         """
-        backoff = Backoff(1.0, 8.0, jitter=0.5, random=lambda: 1.0)
-        self.assertEqual([backoff.next() for _ in range(3)], [0.5, 1.0, 2.0])
-        backoff = Backoff(1.0, 8.0, jitter=0.5, random=lambda: 0.5)
-        self.assertEqual([backoff.next() for _ in range(3)], [0.75, 1.5, 3.0])
+        policy = etcdBackoff(random=lambda: 0.5)
+        self.assertEqual(
+            [policy(a) for a in range(3)], [0.1 + JITTER / 2, 0.2 + JITTER / 2, 0.4 + JITTER / 2]
+        )
+        self.assertEqual(etcdBackoff(random=lambda: 1.0)(20), 5.0 + JITTER)
 
-    def test_reset(self) -> None:
+    def test_clientDefault(self) -> None:
         """
-        After L{Backoff.reset} the delays start again from the initial one.
+        A client's policy is L{etcdBackoff} unless it is given one.
         """
-        backoff = Backoff(0.1, 5.0, random=lambda: 0.0)
-        for _ in range(5):
-            backoff.next()
-        backoff.reset()
-        self.assertEqual(backoff.next(), 0.1)
+        client = EtcdClient(["a:1"], task.Clock(), treqClient=FakeTreq())
+        for attempt in range(8):
+            delay = client.backoff(attempt)
+            base = min(0.1 * 2**attempt, 5.0)
+            self.assertTrue(base <= delay < base + JITTER, (attempt, delay))
+        policy = etcdBackoff(random=lambda: 0.0)
+        self.assertIs(EtcdClient(["a:1"], task.Clock(), backoff=policy).backoff, policy)
+
+
+class ModuleBoundaryTests(SynchronousTestCase):
+    """
+    The store modules keep to public names: Twisted's, and each other's.
+    """
+
+    STORE = Path(etcdModule.__file__).parent.parent
+
+    def privateUses(self, path: Path) -> List[str]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                parts = (node.module or "").split(".")
+                names = [alias.name for alias in node.names]
+                if node.module == "__future__":
+                    continue
+                if any(p.startswith("_") for p in parts) or any(n.startswith("_") for n in names):
+                    found.append(f"{path.name}:{node.lineno}: from {node.module} import {names}")
+            elif isinstance(node, ast.Attribute):
+                private = node.attr.startswith("_") and not node.attr.startswith("__")
+                own = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+                if private and not own:
+                    found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+        return found
+
+    def test_noPrivateNames(self) -> None:
+        """
+        No module under C{gateway/store} imports a private name (of Twisted
+        or of another module) or touches another object's private
+        attribute.
+        """
+        found = []
+        for path in sorted(self.STORE.rglob("*.py")):
+            found.extend(self.privateUses(path))
+        self.assertEqual(found, [])
+
+    def test_clientKnowsNoWatch(self) -> None:
+        """
+        The dependency between the client and the watch points one way:
+        the client module imports nothing of the watch, the store or the
+        registry.
+        """
+        tree = ast.parse(Path(etcdModule.__file__).read_text(encoding="utf-8"))
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module is not None
+        }
+        self.assertEqual(sorted(m for m in imported if m.startswith("gateway.store.etcd")), [])
+        self.assertNotIn("EtcdWatch", Path(etcdModule.__file__).read_text(encoding="utf-8"))
 
 
 class ValuesTests(SynchronousTestCase):
@@ -138,9 +202,34 @@ class ValuesTests(SynchronousTestCase):
             compareVersion("/a", "EQUAL", 0),
             {"target": "VERSION", "key": "L2E=", "result": "EQUAL", "version": "0"},
         )
+        self.assertEqual(
+            compareValue("/a", "EQUAL", b"v"),
+            {"target": "VALUE", "key": "L2E=", "result": "EQUAL", "value": "dg=="},
+        )
+        self.assertEqual(compareVersion("/a/", "GREATER", 0, rangeEnd="/a0")["range_end"], "L2Ew")
         self.assertEqual(opPut("/a", "v", lease=5)["request_put"]["lease"], "5")
         self.assertEqual(opDelete("/a/", prefix=True)["request_delete_range"]["range_end"], "L2Ew")
         self.assertNotIn("range_end", opRange("/a")["request_range"])
+        self.assertIs(
+            opRange("/a/", prefix=True, keysOnly=True)["request_range"]["keys_only"], True
+        )
+
+    def test_errorFromJSON(self) -> None:
+        """
+        An error object of an answer or a stream becomes an L{EtcdError}
+        with its gRPC code; etcd refusing a transaction for its size is
+        told apart from other invalid requests.
+        """
+        error = EtcdError.fromJSON({"grpc_code": 14, "http_code": 503, "message": "no leader"})
+        self.assertEqual((error.code, error.status, error.message), (14, 503, "no leader"))
+        self.assertEqual(EtcdError.fromJSON("broken").message, "broken")
+        tooMany = EtcdError(3, "etcdserver: too many operations in txn request")
+        tooBig = EtcdError(3, "etcdserver: request is too large")
+        grpcLimit = EtcdError(8, "grpc: received message larger than max")
+        other = EtcdError(3, "etcdserver: duplicate key given in txn request")
+        self.assertEqual(
+            [e.tooLarge for e in (tooMany, tooBig, grpcLimit, other)], [True, True, True, False]
+        )
 
     def test_parseURL(self) -> None:
         """
@@ -290,10 +379,14 @@ class FakeTreq:
     def __init__(self) -> None:
         self.answers: Dict[str, List[Any]] = {}
         self.requests: List[Tuple[str, Dict[str, Any]]] = []
+        self.unbuffered: List[bool] = []
 
-    def post(self, url: str, data: bytes, headers: Any = None) -> Deferred:
+    def post(
+        self, url: str, data: bytes, headers: Any = None, unbuffered: bool = False
+    ) -> Deferred:
         endpoint, path = url[len("http://") :].split("/", 1)
         self.requests.append((endpoint + " /" + path, json.loads(data)))
+        self.unbuffered.append(unbuffered)
         answer = self.answers[endpoint].pop(0)
         if answer is None:
             return Deferred()
@@ -332,11 +425,11 @@ class ClientFailoverTests(SynchronousTestCase):
         serve) is sent to the next, which then stays the current one.
         """
         for problem in (REFUSED, LOST, NO_LEADER):
+            client = EtcdClient(["a:1", "b:2"], self.clock, treqClient=self.treq)
             self.treq.answers = {"a:1": [problem], "b:2": [OK]}
-            self.client._current = 0
-            kvs, revision = self.successResultOf(self.client.range("/k"))
+            kvs, revision = self.successResultOf(client.range("/k"))
             self.assertEqual((kvs, revision), ([], 9))
-            self.assertEqual(self.client.currentEndpoint, "b:2")
+            self.assertEqual(client.currentEndpoint, "b:2")
         self.assertEqual(self.endpoints(), ["a:1", "b:2"] * 3)
 
     def test_writeNotSentFailsOver(self) -> None:
@@ -358,6 +451,20 @@ class ClientFailoverTests(SynchronousTestCase):
         self.failureResultOf(self.client.put("/k", b"v"), EtcdIndeterminate)
         self.assertEqual(self.endpoints(), ["a:1"])
         self.assertEqual(self.client.currentEndpoint, "b:2")
+
+    def test_readOnlyTxnFailsOver(self) -> None:
+        """
+        A transaction that only reads is sent again to the next endpoint
+        after its answer was lost, as a range is; one that writes is not.
+        """
+        self.treq.answers = {"a:1": [LOST], "b:2": [OK]}
+        result = self.successResultOf(self.client.txn([], [opRange("/k")], [opRange("/j")]))
+        self.assertEqual(result.revision, 9)
+        self.treq.answers = {"b:2": [LOST], "a:1": [OK]}
+        self.failureResultOf(
+            self.client.txn([], [opRange("/k"), opPut("/k", b"v")]), EtcdIndeterminate
+        )
+        self.assertEqual(self.endpoints(), ["a:1", "b:2", "b:2"])
 
     def test_writeUnavailable(self) -> None:
         """
@@ -416,7 +523,7 @@ class ClientFailoverTests(SynchronousTestCase):
             ["a:1"],
             reactor=self.clock,
             treqClient=self.treq,
-            backoff=lambda: Backoff(0.1, 5.0, random=lambda: 0.0),
+            backoff=etcdBackoff(random=lambda: 0.0),
         )
         self.treq.answers = {"a:1": [REFUSED] * 4 + [OK]}
         d = client.retrying(lambda: client.range("/k"))
@@ -425,6 +532,181 @@ class ClientFailoverTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.clock.advance(0.2)
         self.assertEqual(self.successResultOf(d)[1], 9)
+
+
+class StreamResponse:
+    """
+    A 200 answer whose body is a stream the test writes into, line by line.
+    """
+
+    code = 200
+
+    def __init__(self) -> None:
+        self.protocol: Any = None
+        self.transport = StringTransport()
+
+    def deliverBody(self, protocol: Any) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+
+    def send(self, message: Dict[str, Any]) -> None:
+        self.protocol.dataReceived(json.dumps(message).encode() + b"\n")
+
+    def end(self, reason: Optional[Exception] = None) -> None:
+        self.protocol.connectionLost(Failure(reason or ResponseDone()))
+
+
+def created(revision: int) -> Dict[str, Any]:
+    return {"result": {"header": {"revision": str(revision)}, "created": True}}
+
+
+def events(*puts: Tuple[bytes, bytes, int]) -> Dict[str, Any]:
+    return {
+        "result": {
+            "events": [
+                {
+                    "kv": {
+                        "key": base64.b64encode(key).decode(),
+                        "value": base64.b64encode(value).decode(),
+                        "mod_revision": str(revision),
+                    }
+                }
+                for key, value, revision in puts
+            ]
+        }
+    }
+
+
+class WatchTests(SynchronousTestCase):
+    """
+    Tests for L{EtcdWatch} on an L{EtcdClient} whose streams the test
+    scripts: the watch uses only the client's public surface.
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.treq = FakeTreq()
+        self.client = EtcdClient(
+            ["a:1", "b:2"],
+            self.clock,
+            treqClient=self.treq,
+            backoff=etcdBackoff(random=lambda: 0.0),
+        )
+        self.seen: List[Tuple[List[Event], int]] = []
+
+    def creates(self) -> List[Tuple[str, Dict[str, Any]]]:
+        return [(where, body["create_request"]) for where, body in self.treq.requests]
+
+    def test_madeWithoutIO(self) -> None:
+        """
+        Making a watch sends nothing; L{EtcdWatch.start} opens an
+        unbuffered stream (treq would otherwise keep every byte a stream
+        that lives for days ever sent) for the prefix, from the start
+        revision.
+        """
+        stream = StreamResponse()
+        self.treq.answers = {"a:1": [stream]}
+        watch = EtcdWatch(self.client, "/w/", self.record, prefix=True, startRevision=5)
+        self.assertEqual(self.treq.requests, [])
+        watch.start()
+        self.assertEqual(
+            self.creates(),
+            [("a:1 /v3/watch", {"key": "L3cv", "range_end": "L3cw", "start_revision": "5"})],
+        )
+        self.assertEqual(self.treq.unbuffered, [True])
+
+    def record(self, events: List[Event], revision: int) -> None:
+        self.seen.append((events, revision))
+
+    def test_eventsAndResume(self) -> None:
+        """
+        Events are delivered in order with their revision; when the stream
+        ends the failure is reported to the client (which moves to the next
+        endpoint), and after the back-off's first delay the watch resumes
+        there from the last revision delivered plus one.  Once a stream is
+        created the back-off starts again from its first delay.
+        """
+        first, second, third = StreamResponse(), StreamResponse(), StreamResponse()
+        self.treq.answers = {"a:1": [first, third], "b:2": [second]}
+        watch = startWatch(self.client, "/w/", self.record, prefix=True)
+        first.send(created(3))
+        self.assertTrue(watch.connected)
+        self.assertEqual(watch.revision, 3)
+        first.send(events((b"/w/a", b"1", 4), (b"/w/b", b"2", 4)))
+        first.send(events((b"/w/a", b"3", 6)))
+        self.assertEqual(
+            [([(e.kv.key, e.kv.value) for e in batch], r) for batch, r in self.seen],
+            [([(b"/w/a", b"1"), (b"/w/b", b"2")], 4), ([(b"/w/a", b"3")], 6)],
+        )
+        first.end()
+        self.assertFalse(watch.connected)
+        self.assertEqual(self.client.currentEndpoint, "b:2")
+        self.clock.advance(0.05)
+        self.assertEqual(len(self.treq.requests), 1)
+        self.clock.advance(0.05)
+        self.assertEqual(
+            self.creates()[1],
+            ("b:2 /v3/watch", {"key": "L3cv", "range_end": "L3cw", "start_revision": "7"}),
+        )
+        second.send(created(6))
+        second.end(ConnectionDone())
+        self.clock.advance(0.1)
+        self.assertEqual(self.creates()[2][0], "a:1 /v3/watch")
+        self.assertEqual(self.creates()[2][1]["start_revision"], "7")
+
+    def test_errorMessage(self) -> None:
+        """
+        An error message on the stream drops it, and the watch opens
+        another (on the next endpoint, when etcd said it cannot serve)
+        after a back-off, growing while the errors go on.
+        """
+        streams = [StreamResponse() for _ in range(3)]
+        # etcd unable to serve: each new stream goes to the next endpoint.
+        self.treq.answers = {"a:1": [streams[0], streams[2]], "b:2": [streams[1]]}
+        startWatch(self.client, "/w/", self.record, prefix=True, startRevision=2)
+        streams[0].send({"error": {"grpc_code": 14, "message": "no leader"}})
+        self.assertEqual(streams[0].transport.producerState, "stopped")
+        streams[0].end()
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.treq.requests), 2)
+        streams[1].send({"error": {"grpc_code": 14, "message": "no leader"}})
+        streams[1].end()
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.treq.requests), 2)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.treq.requests), 3)
+
+    def test_closingTheClientStopsTheWatch(self) -> None:
+        """
+        Closing the client stops its watches (their streams are dropped and
+        no other is opened); a closed client starts no watch.
+        """
+        stream = StreamResponse()
+        self.treq.answers = {"a:1": [stream]}
+        watch = startWatch(self.client, "/w/", self.record, prefix=True)
+        stream.send(created(3))
+        self.successResultOf(self.client.close())
+        self.assertEqual(stream.transport.producerState, "stopped")
+        stream.end()
+        self.clock.advance(10)
+        self.assertEqual(len(self.treq.requests), 1)
+        self.assertFalse(watch.connected)
+        self.assertRaises(StoreError, startWatch, self.client, "/w/", self.record)
+
+    def test_stop(self) -> None:
+        """
+        A stopped watch drops its stream, opens no other, and is no longer
+        stopped by the client's close.
+        """
+        stream = StreamResponse()
+        self.treq.answers = {"a:1": [stream]}
+        watch = startWatch(self.client, "/w/", self.record, prefix=True)
+        stream.send(created(3))
+        self.successResultOf(watch.stop())
+        self.assertEqual(stream.transport.producerState, "stopped")
+        self.clock.advance(10)
+        self.assertEqual(len(self.treq.requests), 1)
+        self.successResultOf(self.client.close())
 
 
 # -- against a real etcd ---------------------------------------------------------------
@@ -633,7 +915,7 @@ async def test_watchEvents(etcd):  # noqa: F811
     seen = Recorder()
     try:
         r0 = await within(client.put("/w/before", b"0"))
-        watch = client.watch("/w/", seen.events, prefix=True, startRevision=r0)
+        watch = startWatch(client, "/w/", seen.events, prefix=True, startRevision=r0)
         r1 = await within(client.put("/w/a", b"1"))
         await within(client.put("/other", b"x"))
         result = await within(client.txn([], [opPut("/w/b", b"2"), opDelete("/w/a")]))
@@ -668,7 +950,7 @@ async def test_watchLargeValue(etcd):  # noqa: F811
     seen = Recorder()
     big = bytes(range(256)) * 800
     try:
-        watch = client.watch("/big/", seen.events, prefix=True)
+        watch = startWatch(client, "/big/", seen.events, prefix=True)
         await until(lambda: watch.connected, what="the watch")
         await within(client.put("/big/value", big))
         await within(client.put("/big/small", b"s"))
@@ -689,7 +971,7 @@ async def test_watchResumesAfterCut(etcd):  # noqa: F811
     client = newClient([etcd.endpoint])
     seen = Recorder()
     try:
-        watch = client.watch("/r/", seen.events, prefix=True)
+        watch = startWatch(client, "/r/", seen.events, prefix=True)
         await until(lambda: watch.connected, what="the watch")
         expected = []
         for i in range(30):
@@ -727,7 +1009,7 @@ async def test_watchResumesAfterRestart(etcd):  # noqa: F811
     client = newClient([etcd.endpoint])
     seen = Recorder()
     try:
-        watch = client.watch("/s/", seen.events, prefix=True)
+        watch = startWatch(client, "/s/", seen.events, prefix=True)
         await until(lambda: watch.connected, what="the watch")
         await within(client.put("/s/before", b"1"))
         await within(threads.deferToThread(etcd.restart, 1.0))
@@ -760,8 +1042,8 @@ async def test_watchResyncAfterCompaction(etcd):  # noqa: F811
         await within(client.delete("/c/a"))
         last = await within(client.put("/c/c", b"3"))
         await within(client.compact(last))
-        watch = client.watch(
-            "/c/", seen.events, prefix=True, startRevision=first, onResync=seen.resync
+        watch = startWatch(
+            client, "/c/", seen.events, prefix=True, startRevision=first, onResync=seen.resync
         )
         await until(lambda: seen.resyncs, what="the resync")
         kvs, revision = seen.resyncs[0]
@@ -788,7 +1070,7 @@ async def test_failover(etcdCluster):  # noqa: F811
     client = newClient([first.endpoint, second.endpoint, etcdCluster.leader().endpoint])
     seen = Recorder()
     try:
-        watch = client.watch("/f/", seen.events, prefix=True)
+        watch = startWatch(client, "/f/", seen.events, prefix=True)
         await until(lambda: watch.connected, what="the watch")
         await within(client.put("/f/a", b"1"))
         assert client.currentEndpoint == first.endpoint

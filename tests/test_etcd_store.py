@@ -20,6 +20,7 @@ from harness import freePort
 from test_etcd_client import until, within
 from twisted.internet import reactor, task, threads
 from twisted.internet.defer import DeferredList, fail, succeed
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -31,9 +32,11 @@ from gateway.store.etcd.client import (
     EtcdIndeterminate,
     EtcdUnavailable,
     TxnResult,
+    etcdBackoff,
 )
 from gateway.store.etcd.registry import ProxyRegistry, advertisedAddress, listProxies
 from gateway.store.etcd.store import EtcdStore, etcdStoreFromURL
+from gateway.store.etcd.watch import startWatch
 
 SERVER = {"name": "s1", "addr": "127.0.0.1:9001", "weight": 1}
 CLUSTER = {"name": "c1", "servers": ["s1"], "loadBalance": "round-robin"}
@@ -58,6 +61,19 @@ class EtcdStoreURLTests(SynchronousTestCase):
         self.assertEqual(store.prefix, "/gw/one")
         self.assertEqual(store.keyOf("apis", "a1"), b"/gw/one/resources/apis/a1")
 
+    def test_madeWithoutIO(self) -> None:
+        """
+        Making the store (and its client) opens no connection; its first
+        load does.
+        """
+        memory = MemoryReactorClock()
+        store = etcdStoreFromURL("etcd://127.0.0.1:2379/gw", memory)
+        self.assertEqual(memory.tcpClients, [])
+        store.load()
+        self.assertEqual(
+            [(host, port) for host, port, *_ in memory.tcpClients], [("127.0.0.1", 2379)]
+        )
+
     def test_defaultPrefix(self) -> None:
         """
         Without a prefix the keys live under C{/gateway}.
@@ -69,7 +85,7 @@ class EtcdStoreURLTests(SynchronousTestCase):
         """
         A URL without a port is refused with a message naming it.
         """
-        e = self.assertRaises(ValueError, etcdStoreFromURL, "etcd://localhost/x")
+        e = self.assertRaises(ValueError, etcdStoreFromURL, "etcd://localhost/x", task.Clock())
         self.assertIn("etcd://localhost/x", str(e))
 
 
@@ -84,6 +100,7 @@ class FakeClient:
         self.answers = list(answers)
         self.calls: List[Any] = []
         self.endpoints = ["fake:1"]
+        self.backoff = etcdBackoff(random=lambda: 0.0)
 
     def txn(self, compare: Any, success: Any, failure: Any = ()) -> Any:
         self.calls.append((compare, success, failure))
@@ -94,8 +111,12 @@ class FakeClient:
 
 
 def markerRange(value: bytes, revision: int) -> Any:
+    """
+    @return: what a failed commit's probes read: the commit key with
+        C{value} at C{revision}, no writer, no undo record.
+    """
     kv = {"key": "eA==", "value": base64.b64encode(value).decode(), "mod_revision": str(revision)}
-    return [{"response_range": {"kvs": [kv]}}]
+    return [{"response_range": {"kvs": [kv]}}, {"response_range": {}}, {"response_range": {}}]
 
 
 def tokenOf(success: Any) -> bytes:
@@ -111,29 +132,46 @@ class EtcdStoreCommitTests(SynchronousTestCase):
         self.clock = task.Clock()
 
     def store(self, client: Any) -> EtcdStore:
-        return EtcdStore(client, "/gw", reactor=self.clock, random=lambda: 0.0)
+        return EtcdStore(client, "/gw", self.clock)
 
     def test_oneTransaction(self) -> None:
         """
-        A commit is one transaction: it holds only if neither the commit
-        key nor any resource was modified after the base revision, and it
-        puts the commit key and every change.
+        A commit that fits one transaction is one: it holds only if neither
+        the commit key nor any resource was modified after the base
+        revision, and no large commit is unfinished (no undo record); it
+        puts the commit key and every change, and reads, should it fail,
+        the commit key, the writer key and the undo records' keys.
         """
         client = FakeClient(lambda ops: TxnResult(True, [], 12))
         store = self.store(client)
         changes = [Change("servers", "s1", SERVER), Change("apis", "old", None)]
         self.assertEqual(self.successResultOf(store.commit(changes, 10)), 12)
         [(compare, success, failure)] = client.calls
+        b64 = lambda key: base64.b64encode(key).decode()  # noqa: E731
         self.assertEqual(
-            [(c["key"], c.get("range_end"), c["result"], c["mod_revision"]) for c in compare],
             [
-                (base64.b64encode(b"/gw/commit").decode(), None, "LESS", "11"),
+                (c["target"], c["key"], c.get("range_end"), c["result"])
+                + (c.get("mod_revision", c.get("version")),)
+                for c in compare
+            ],
+            [
+                ("MOD", b64(b"/gw/commit"), None, "LESS", "11"),
+                ("MOD", b64(b"/gw/resources/"), b64(b"/gw/resources0"), "LESS", "11"),
                 (
-                    base64.b64encode(b"/gw/resources/").decode(),
-                    base64.b64encode(b"/gw/resources0").decode(),
-                    "LESS",
-                    "11",
+                    "VERSION",
+                    b64(b"/gw/resources/.undo/"),
+                    b64(b"/gw/resources/.undo0"),
+                    "EQUAL",
+                    "0",
                 ),
+            ],
+        )
+        self.assertEqual(
+            [(op["request_range"]["key"], op["request_range"].get("range_end")) for op in failure],
+            [
+                (b64(b"/gw/commit"), None),
+                (b64(b"/gw/writer"), None),
+                (b64(b"/gw/resources/.undo/"), b64(b"/gw/resources/.undo0")),
             ],
         )
         self.assertEqual(
@@ -465,7 +503,8 @@ async def test_resyncAfterCompaction(etcd):  # noqa: F811
         base = await within(other.commit([Change("servers", "s1", SERVER)], base))
         base = await within(other.commit([Change("clusters", "c1", CLUSTER)], base))
         await within(other.client.compact(base))
-        store._watch = store.client.watch(
+        store._watch = startWatch(
+            store.client,
             store._resources,
             store._onEvents,
             prefix=True,

@@ -34,15 +34,6 @@ GATEWAY = ROOT / "gateway"
 #: The package allowed to touch Twisted's private names.
 ENGINE = "gateway/http/"
 
-#: Offenders the fence found when it was built, as C{(file, name)}, each
-#: being removed by the work on the packages that hold them.
-# lead: to empty
-KNOWN: FrozenSet[Tuple[str, str]] = frozenset(
-    {
-        ("gateway/store/etcd/client.py", "twisted.web._newclient"),
-    }
-)
-
 #: What "transport" means for the model and the stores: an HTTP server
 #: (Twisted's web server and resources, Klein) and the channel and request
 #: classes of C{twisted.web.http}; Twisted's HTTP client internals below
@@ -237,32 +228,17 @@ class FenceTests(SynchronousTestCase):
     Twisted's private names stay inside C{gateway/http}.
     """
 
-    def test_noNewOffenders(self) -> None:
+    def test_noOffenders(self) -> None:
         """
         Outside C{gateway/http}, no module imports a private Twisted name or
-        module, or touches a private attribute the gateway does not define,
-        except the known offenders being removed (L{KNOWN}).
+        module, or touches a private attribute the gateway does not define.
         """
         offenders = fenceOffenders(_sources())
-        new = {key: lines for key, lines in offenders.items() if key not in KNOWN}
-        if new:
+        if offenders:
             self.fail(
                 "Twisted's private names are touched outside gateway/http (STYLE.md: only "
                 "the engine may, behind a documented function; use Twisted's public API or "
-                "add one to gateway/http):\n" + _describe(new)
-            )
-
-    def test_knownOffendersStillThere(self) -> None:
-        """
-        Every entry of L{KNOWN} is still an offender: one that was removed is
-        taken off the list, so that it cannot come back unnoticed.
-        """
-        offenders = fenceOffenders(_sources())
-        gone = sorted(KNOWN - set(offenders))
-        if gone:
-            self.fail(
-                "these are no longer offenders: remove them from KNOWN in tests/test_fence.py:\n"
-                + "\n".join(f"  {path}: {name}" for path, name in gone)
+                "add one to gateway/http):\n" + _describe(offenders)
             )
 
     def test_modelAndStoresImportNoTransport(self) -> None:

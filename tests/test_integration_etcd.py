@@ -8,12 +8,14 @@ within a second; that a client sending through both proxies sees no failed
 request through 50 changes and an etcd restart; that with etcd stopped the
 proxies serve on, and the changes made once it is back arrive; that a
 3-member etcd cluster losing a member (its leader) keeps everything working;
-and that the admin lists the live proxies.
+that the admin lists the live proxies; and that a seed larger than one etcd
+transaction lands whole, or stops the start when etcd cannot take it.
 """
 
 from __future__ import annotations
 
 import http.client
+import re
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -364,3 +366,105 @@ def test_adminListsProxies(etcd, backends, gateways):  # noqa: F811
     assert addresses == expected
     for record in proxies:
         assert record["version"] and record["startedAt"]
+
+
+def bigSeed(backend: Backend, apis: int) -> Dict[str, Any]:
+    """
+    @return: a seed of one server, one cluster and C{apis} APIs
+        (C{/api{i}/*} to that cluster's C{/echo/api{i}}).
+    """
+    return {
+        "servers": [{"name": backend.name, "addr": backend.addr}],
+        "clusters": [{"name": "c1", "servers": [backend.name]}],
+        "apis": [
+            {
+                "name": f"api{i}",
+                "urlPattern": f"/api{i}/*",
+                "nodes": [{"cluster": "c1", "urlRewrite": f"/echo/api{i}"}],
+            }
+            for i in range(apis)
+        ],
+    }
+
+
+def revisionsServed(gateway: GatewayProcess) -> List[Tuple[str, int]]:
+    """
+    @return: C{(what, revision)} for each store revision the gateway
+        served (its first, then each its watch brought) or refused, from
+        its log, each once.
+    """
+    found = []
+    for line in gateway.output().splitlines():
+        match = re.search(
+            r"\[gateway\.(?:routing\.snapshot|process\.service)#\w+\] "
+            r"(serving|refused) store revision (\d+)",
+            line,
+        )
+        if match and (match.group(1), int(match.group(2))) not in found:
+            found.append((match.group(1), int(match.group(2))))
+    return found
+
+
+def test_largeSeedServedWhole(etcd, backends, gateways):  # noqa: F811
+    """
+    A config file seeding 600 resources (more than etcd takes in one
+    transaction) lands whole: the admin lists every API, the gateway that
+    seeded and a proxy that was already watching serve all of them, and
+    the watching proxy went from the empty store to the full seed in one
+    state (no half-seed served or refused on the way).
+    """
+    b1 = backends("b1")
+    url = storeURL([etcd.endpoint])
+    watching = gateways({"proxy": {}, "store": url}, timeout=30)
+    waitFor(lambda: revisionsServed(watching), 15, 0.05, "the empty store served")
+    seeder = gateways(
+        dict(bigSeed(b1, 598), admin={"token": TOKEN}, proxy={}, store=url), timeout=60
+    )
+
+    def listed() -> Any:
+        answer = seeder.admin("GET", "/api/v1/apis")
+        return answer if answer.status == 200 and len(answer.json()) == 598 else None
+
+    answer = waitFor(listed, 30, 0.1, "the 598 seeded APIs")
+    assert sorted(api["name"] for api in answer.json())[:2] == ["api0", "api1"]
+    for gateway in (seeder, watching):
+        for i in (0, 299, 597):
+            waitFor(
+                lambda g=gateway, i=i: g.proxy("GET", f"/api{i}/x", timeout=5).status == 200,
+                15,
+                0.05,
+                f"/api{i}/ served by {gateway.proxyURL}",
+            )
+            answer = gateway.proxy("GET", f"/api{i}/x")
+            assert served(answer) == "b1"
+            assert answer.json()["path"] == f"/echo/api{i}"
+    served_ = revisionsServed(watching)
+    assert [what for what, _ in served_] == ["serving", "serving"], served_
+    assert "seeded 600 resource(s)" in seeder.output()
+
+
+def test_seedEtcdRefusesStopsTheStart(tmp_path, gateways):
+    """
+    A seed etcd cannot take (its C{--max-txn-ops} set lower than any
+    useful transaction) stops the gateway's start: it exits with a
+    non-zero status and a message that names the seed and the etcd
+    setting, instead of serving an empty configuration.
+    """
+    from etcdserver import EtcdServer, etcdAvailable
+
+    if not etcdAvailable():
+        pytest.skip("no etcd server")
+    server = EtcdServer(tmp_path, extraArgs=["--max-txn-ops", "4"])
+    try:
+        server.start()
+        seedOf = {
+            "servers": [{"name": f"s{i}", "addr": f"127.0.0.1:{9000 + i}"} for i in range(20)]
+        }
+        status, output = gateways.expectFailure(
+            dict(seedOf, admin={"token": TOKEN}, store=storeURL([server.endpoint])), timeout=60
+        )
+    finally:
+        server.cleanup()
+    assert status != 0, output
+    assert "cannot start" in output and "seeding 20 resource(s)" in output, output
+    assert "--max-txn-ops" in output, output

@@ -480,7 +480,12 @@ class StoreServiceTests(SynchronousTestCase):
         """
         store = FileStore(None)
         service = StoreService(
-            store, self.manager, self.messages.append, self.seed(), self.relayed.append
+            store,
+            self.manager,
+            self.messages.append,
+            self.reactor,
+            self.seed(),
+            self.relayed.append,
         )
         ready = service.whenReady()
         self.assertNoResult(ready)
@@ -505,7 +510,9 @@ class StoreServiceTests(SynchronousTestCase):
         store = FileStore(None)
         changed = dict(SERVER, addr="127.0.0.1:9999")
         self.successResultOf(store.commit([Change("servers", "s1", changed)], 0))
-        StoreService(store, self.manager, self.messages.append, self.seed()).startService()
+        StoreService(
+            store, self.manager, self.messages.append, self.reactor, self.seed()
+        ).startService()
         self.assertEqual(self.manager.backends["s1"].port, 9999)
 
     def test_unreadable(self) -> None:
@@ -515,7 +522,7 @@ class StoreServiceTests(SynchronousTestCase):
         """
         path = os.path.abspath(self.mktemp())
         os.mkdir(path)
-        service = StoreService(FileStore(path), self.manager, self.messages.append)
+        service = StoreService(FileStore(path), self.manager, self.messages.append, self.reactor)
         service.privilegedStartService()
         self.assertEqual(len(self.messages), 1)
         self.assertTrue(self.messages[0].startswith(f"store: {path}: cannot read"))
@@ -538,7 +545,7 @@ class StoreServiceTests(SynchronousTestCase):
                 0,
             )
         )
-        service = StoreService(store, self.manager, self.messages.append, self.seed())
+        service = StoreService(store, self.manager, self.messages.append, self.reactor, self.seed())
         service.startService()
         self.assertEqual(len(self.messages), 1)
         self.assertIn("a1", self.messages[0])

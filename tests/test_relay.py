@@ -357,7 +357,9 @@ class ParentLinkTests(SynchronousTestCase):
             self.reactor, 3, self.store, self.manager, stats=lambda: {"requests": 5}
         )
         self.aborted: List[str] = []
-        self.storeService = StoreService(self.store, self.manager, self.aborted.append)
+        self.storeService = StoreService(
+            self.store, self.manager, self.aborted.append, MemoryReactorClock()
+        )
         self.link.startService()
         self.storeService.startService()
         self.protocol, self.transport = self.reactor.channels[0]

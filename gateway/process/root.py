@@ -193,6 +193,7 @@ def makeGatewayService(
         store,
         manager,
         abort,
+        reactor,
         seed=config.seed,
         relay=pool.relay if pool is not None else None,
     )
@@ -294,7 +295,7 @@ def makeWorkerService(
     counters.follow(manager)
     if client is None:
         client = _upstreamClient(reactor, proxyConfig)
-    storeService = StoreService(store, manager, abort)
+    storeService = StoreService(store, manager, abort, reactor)
     ParentLink(
         reactor,
         worker.controlFD,

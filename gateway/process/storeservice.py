@@ -13,17 +13,26 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.model.resources import Catalog
 from gateway.model.schema import toJSON
 from gateway.process.interpreter import collectorPaused
-from gateway.store import Change, StoreError, StoreState
+from gateway.store import Change, ConflictError, StoreError, StoreState
 
 log = Logger()
+
+#: How many times the seed is worked out and committed again when another
+#: gateway wrote to the store meanwhile (seeding the same file, maybe).
+SEED_ATTEMPTS = 10
+
+_seedBackoff = backoffPolicy(initialDelay=0.1, maxDelay=5.0, factor=2.0)
 
 
 def seedChanges(state: StoreState, seed: Dict[str, Any]) -> List[Change]:
@@ -56,6 +65,7 @@ class StoreService(Service):
         store: Any,
         manager: Any,
         abort: Callable[[str], None],
+        reactor: IReactorTime,
         seed: Optional[Dict[str, Any]] = None,
         relay: Optional[Callable[[StoreState], None]] = None,
     ) -> None:
@@ -64,7 +74,9 @@ class StoreService(Service):
         @param manager: the L{gateway.routing.snapshot.SnapshotManager} that
             compiles its states.
         @param abort: called with a message when the store cannot be loaded
-            or the seed does not compile.
+            or the seed does not compile or land.
+        @param reactor: the L{IReactorTime} a seed that lost a race waits
+            on before it tries again.
         @param seed: the config file's seed resources (C{{kind: [model
             object]}}), created when the store lacks them; L{None} for a
             process that only reads (a proxy worker).
@@ -74,6 +86,7 @@ class StoreService(Service):
         self.store = store
         self._manager = manager
         self._abort = abort
+        self._reactor = reactor
         self._seed = seed
         self._relay = relay
         self.ready = False
@@ -129,15 +142,8 @@ class StoreService(Service):
         with collectorPaused():
             loading = self.store.load()
         state = await loading
-        changes = seedChanges(state, self._seed) if self._seed else []
-        if changes:
-            with collectorPaused():
-                self._manager.validate(
-                    Catalog.fromResources(state.withChanges(changes, state.revision).resources)
-                )
-            revision = await self.store.commit(changes, state.revision)
-            state = state.withChanges(changes, revision)
-            log.info("seeded {n} resource(s) from the config file", n=len(changes))
+        if self._seed:
+            state = await self._seedInto(state)
         # The watch may have taken a newer state meanwhile: never roll back.
         if self.state is None or self.state.revision < state.revision:
             self.state = state
@@ -152,6 +158,44 @@ class StoreService(Service):
         waiters, self._readyWaiters = self._readyWaiters, []
         for waiter in waiters:
             waiter.callback(None)
+
+    async def _seedInto(self, state: StoreState) -> StoreState:
+        """
+        Create the seed resources the store lacks; when another gateway
+        wrote meanwhile (seeding the same file, maybe), read the store again
+        and create what is still missing (what it wrote wins, as a resource
+        already in the store does).
+
+        @return: the state with the seed in it.
+        @raise StoreError: naming the seed, when the store refused it.
+        """
+        attempt = 0
+        while True:
+            changes = seedChanges(state, self._seed or {})
+            if not changes:
+                return state
+            with collectorPaused():
+                self._manager.validate(
+                    Catalog.fromResources(state.withChanges(changes, state.revision).resources)
+                )
+            try:
+                revision = await self.store.commit(changes, state.revision)
+            except ConflictError as e:
+                attempt += 1
+                if attempt >= SEED_ATTEMPTS:
+                    raise StoreError(
+                        f"seeding {len(changes)} resource(s) from the config file: the store "
+                        f"kept changing ({e})"
+                    )
+                await deferLater(self._reactor, _seedBackoff(attempt), lambda: None)
+                with collectorPaused():
+                    loading = self.store.load()
+                state = await loading
+                continue
+            except StoreError as e:
+                raise StoreError(f"seeding {len(changes)} resource(s) from the config file: {e}")
+            log.info("seeded {n} resource(s) from the config file", n=len(changes))
+            return state.withChanges(changes, revision)
 
     def _failed(self, failure: Failure) -> None:
         if failure.check(CancelledError):

@@ -136,5 +136,5 @@ def storeFromURL(url: str, reactor: Any) -> Any:
             from gateway.store.etcd.store import etcdStoreFromURL
         except ImportError:
             raise ValueError("the etcd store is not available in this build")
-        return etcdStoreFromURL(url, reactor=reactor)
+        return etcdStoreFromURL(url, reactor)
     raise ValueError(f"unknown store {url!r}: use file:PATH, memory: or etcd://HOST:PORT/PREFIX")

@@ -1,41 +1,29 @@
 """
-The shared store: etcd v3, spoken to through its JSON gateway with treq.
+A small etcd v3 client, on treq, for etcd's JSON gateway (C{/v3/...}, etcd
+3.4 and later).
 
-L{EtcdClient} is a small etcd v3 client: range, put, delete, transactions,
-leases and watches, against C{/v3/...} on one or several endpoints of an
-etcd cluster.  Keys and values travel base64-encoded and int64 fields arrive
-as JSON strings; the client hides both.  Watches read the gateway's stream
-(one JSON object per line, a line may span any number of network reads),
-resume from the last revision seen after the stream drops, start over from a
-full read when that revision was compacted, and reconnect with a capped,
-jittered exponential back-off, failing over between endpoints.  An outage is
-logged once when it starts and once when it ends, never per retry.
+L{EtcdClient} speaks to one or several endpoints of an etcd cluster: range,
+put, delete, transactions, compaction and leases, plus what a long-lived
+stream needs (L{EtcdClient.openStream}, with which
+L{gateway.store.etcd.watch} builds its watches).  The JSON gateway sends keys
+and values base64-encoded and int64 fields as JSON strings (leaving out
+zeros); the client hides both behind L{KeyValue}, L{Event} and L{TxnResult},
+and the builders L{opPut}, L{opDelete}, L{opRange}, L{compareModRevision},
+L{compareVersion} and L{compareValue} make a transaction's parts.
 
-L{EtcdStore} is the L{IStore} on top of it, selected by
-C{store: etcd://HOST:PORT[,HOST:PORT...]/PREFIX}.  Its key layout under
-C{PREFIX} (C{/gateway} when the URL names none):
+Requests go to one endpoint at a time and move on to the next when it cannot
+be reached.  A read goes to the next endpoint on any failure; a write only
+when it certainly never reached etcd, and otherwise fails with
+L{EtcdIndeterminate}, since it may have been applied.  L{EtcdClient.retrying}
+runs an operation until etcd answers, waiting between attempts as
+L{etcdBackoff} says: Twisted's capped, jittered exponential back-off
+(L{twisted.application.internet.backoffPolicy}).  An outage (every endpoint
+failing) is logged once when it starts and once when it ends, never per
+retry (L{Availability}).
 
-    PREFIX/resources/KIND/NAME   one resource, its JSON object as the value
-                                 (KIND is servers, clusters, apis, routings)
-    PREFIX/commit                put by every commit (value: a random
-                                 token naming that commit)
-    PREFIX/proxies/ADDR          a live proxy, under its lease
-                                 (L{gateway.store.etcd.registry})
-
-The store's revision is etcd's revision.  A commit is one transaction that
-holds only when nothing under C{PREFIX/resources/} was modified after the
-base revision I{and} the C{commit} key was not either.  The second compare
-is what catches deletions (a deleted key has no revision left to compare),
-so two admins racing can never leave an api pointing at a cluster the other
-deleted: one of them gets L{ConflictError}, which the admin retries from a
-fresh read.  Proxies live outside C{resources/}, so their heartbeats neither
-wake the store's watchers nor make commits conflict.  A commit whose answer
-was lost (a leader change, a member dying mid-request) is sent again as it
-was: its compares let at most one copy apply, and the token on the commit
-key tells whether the copy that applied was this commit's.
-
-Known limit: the watch trusts etcd's revisions to grow.  An etcd restored
-from a backup (revisions going back) needs the gateways restarted.
+The client knows nothing of what the keys mean: the gateway's key layout is
+L{gateway.store.etcd.store}'s, the live proxies' records
+L{gateway.store.etcd.registry}'s.
 """
 
 from __future__ import annotations
@@ -43,34 +31,20 @@ from __future__ import annotations
 import base64
 import json
 import random
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    List,
-    Optional,
-    Sequence,
-    Tuple,
-    Union,
-)
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import attrs
 from treq.client import HTTPClient
+from twisted.application.internet import backoffPolicy
 from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import RequestNotSent
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, RequestNotSent
 from twisted.web.http_headers import Headers
 
 from gateway.store import StoreError
-
-if TYPE_CHECKING:
-    from gateway.store.etcd.watch import EtcdWatch
 
 log = Logger()
 
@@ -81,15 +55,84 @@ KeyLike = Union[bytes, str]
 #: right now (no leader, a request timed out, the member is stopping).
 UNAVAILABLE = 14
 
+#: The gRPC status code of a request etcd refuses as malformed or too big
+#: (among others, more operations in a transaction than C{--max-txn-ops},
+#: or a request over C{--max-request-bytes}).
+INVALID_ARGUMENT = 3
 
-#: The longest line a watch stream may send (a response with every event of
-#: a catch-up); past it the stream is dropped as broken.
-MAX_LINE = 256 * 1024 * 1024
+#: The gRPC status code of a message over gRPC's own size limit.
+RESOURCE_EXHAUSTED = 8
+
+#: etcd's gRPC code for "not found" (a lease that expired or was revoked).
+NOT_FOUND = 5
 
 
 def _jsonHeaders() -> Headers:
     # A new one per request: treq may add to the headers it is given.
     return Headers({b"Content-Type": [b"application/json"]})
+
+
+def int64(value: Any) -> int:
+    """
+    @return: an int64 field of a JSON gateway answer: sent as a string, and
+        left out when it is 0.
+    """
+    return int(value) if value not in (None, "") else 0
+
+
+def encode(data: KeyLike) -> str:
+    """
+    @return: a key or value in the JSON gateway's form: base64 of its bytes
+        (of its UTF-8 encoding, for a L{str}).
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def decode(text: Optional[str]) -> bytes:
+    """
+    @return: the bytes of a base64 key or value from an answer (empty when
+        the field was left out).
+    """
+    return base64.b64decode(text) if text else b""
+
+
+def headerRevision(answer: Dict[str, Any]) -> int:
+    """
+    @return: the store's revision in an answer's header.
+    """
+    return int64((answer.get("header") or {}).get("revision"))
+
+
+def describe(reason: Any) -> str:
+    """
+    @param reason: an exception or a L{Failure}.
+    @return: a one-line description of why a request failed, for the log.
+    """
+    if isinstance(reason, Failure):
+        reason = reason.value
+    # twisted.web's ResponseFailed and its kind carry a list of failures.
+    reasons = getattr(reason, "reasons", None)
+    if isinstance(reasons, list) and reasons:
+        return "; ".join(describe(r) for r in reasons)
+    text = str(reason) or type(reason).__name__
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def normaliseEndpoint(endpoint: str) -> str:
+    """
+    @param endpoint: C{HOST:PORT}, with or without C{http://}.
+    @return: C{HOST:PORT}.
+    @raise ValueError: when C{endpoint} is not of that form.
+    """
+    endpoint = endpoint.strip()
+    for scheme in ("http://", "https://"):
+        if endpoint.startswith(scheme):
+            endpoint = endpoint[len(scheme) :]
+    host, sep, port = endpoint.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"etcd endpoint {endpoint!r} is not HOST:PORT")
+    return f"{host}:{int(port)}"
 
 
 class EtcdError(StoreError):
@@ -108,6 +151,36 @@ class EtcdError(StoreError):
         self.message = message
         self.status = status
 
+    @classmethod
+    def fromJSON(cls, problem: Any, status: int = 0) -> EtcdError:
+        """
+        @param problem: the C{error} object of an answer or of a streamed
+            message (C{{"grpc_code": ..., "message": ...}} or C{{"code":
+            ...}}), or a bare message.
+        @return: the error it describes.
+        """
+        if not isinstance(problem, dict):
+            return cls(0, str(problem), status)
+        return cls(
+            int64(problem.get("grpc_code") or problem.get("code")),
+            str(problem.get("message") or problem.get("error") or problem),
+            status or int64(problem.get("http_code")),
+        )
+
+    @property
+    def tooLarge(self) -> bool:
+        """
+        Whether etcd refused the request for its size: more operations in a
+        transaction than C{--max-txn-ops}, or more bytes than
+        C{--max-request-bytes} (or gRPC's message limit).
+        """
+        text = self.message.lower()
+        if self.code == RESOURCE_EXHAUSTED:
+            return True
+        return self.code == INVALID_ARGUMENT and (
+            "too many operations" in text or "too large" in text
+        )
+
 
 class EtcdUnavailable(StoreError):
     """
@@ -120,23 +193,6 @@ class EtcdIndeterminate(EtcdUnavailable):
     A write was sent but its answer was lost (the connection broke, or it
     timed out): it may or may not have been applied.
     """
-
-
-def _bytes(key: KeyLike) -> bytes:
-    return key.encode("utf-8") if isinstance(key, str) else bytes(key)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: Optional[str]) -> bytes:
-    return base64.b64decode(text) if text else b""
-
-
-def _int(value: Any) -> int:
-    # The JSON gateway sends int64 fields as strings and leaves out zeros.
-    return int(value) if value not in (None, "") else 0
 
 
 def prefixEnd(key: KeyLike) -> bytes:
@@ -154,6 +210,10 @@ def prefixEnd(key: KeyLike) -> bytes:
     return b"\0"
 
 
+def _bytes(key: KeyLike) -> bytes:
+    return key.encode("utf-8") if isinstance(key, str) else bytes(key)
+
+
 @attrs.frozen
 class KeyValue:
     """
@@ -169,13 +229,16 @@ class KeyValue:
 
     @classmethod
     def fromJSON(cls, data: Dict[str, Any]) -> KeyValue:
+        """
+        @param data: a C{kv} object of an answer or an event.
+        """
         return cls(
-            key=_unb64(data.get("key")),
-            value=_unb64(data.get("value")),
-            createRevision=_int(data.get("create_revision")),
-            modRevision=_int(data.get("mod_revision")),
-            version=_int(data.get("version")),
-            lease=_int(data.get("lease")),
+            key=decode(data.get("key")),
+            value=decode(data.get("value")),
+            createRevision=int64(data.get("create_revision")),
+            modRevision=int64(data.get("mod_revision")),
+            version=int64(data.get("version")),
+            lease=int64(data.get("lease")),
         )
 
 
@@ -201,6 +264,9 @@ class Event:
 
     @classmethod
     def fromJSON(cls, data: Dict[str, Any]) -> Event:
+        """
+        @param data: one of the C{events} of a watch answer.
+        """
         return cls(type=data.get("type") or PUT, kv=KeyValue.fromJSON(data.get("kv") or {}))
 
 
@@ -220,6 +286,14 @@ class TxnResult:
     responses: List[Dict[str, Any]]
     revision: int
 
+    def rangeAt(self, index: int) -> List[KeyValue]:
+        """
+        @return: the keys read by the range operation at C{index} among the
+            operations that ran.
+        """
+        answer = self.responses[index].get("response_range") or {}
+        return [KeyValue.fromJSON(kv) for kv in answer.get("kvs") or ()]
+
 
 def compareModRevision(
     key: KeyLike, result: str, revision: int, rangeEnd: Optional[KeyLike] = None
@@ -233,32 +307,49 @@ def compareModRevision(
     """
     compare = {
         "target": "MOD",
-        "key": _b64(_bytes(key)),
+        "key": encode(key),
         "result": result,
         "mod_revision": str(revision),
     }
     if rangeEnd is not None:
-        compare["range_end"] = _b64(_bytes(rangeEnd))
+        compare["range_end"] = encode(rangeEnd)
     return compare
 
 
-def compareVersion(key: KeyLike, result: str, version: int) -> Dict[str, Any]:
+def compareVersion(
+    key: KeyLike, result: str, version: int, rangeEnd: Optional[KeyLike] = None
+) -> Dict[str, Any]:
     """
+    @param rangeEnd: compare every key in C{[key, rangeEnd)}: the compare
+        holds when it holds for each of them, and an empty range compares as
+        one key of version 0 (so C{EQUAL 0} holds when the range is empty,
+        C{GREATER 0} when it is not).
     @return: a compare of a key's C{version} (0 when it does not exist).
     """
-    return {
+    compare = {
         "target": "VERSION",
-        "key": _b64(_bytes(key)),
+        "key": encode(key),
         "result": result,
         "version": str(version),
     }
+    if rangeEnd is not None:
+        compare["range_end"] = encode(rangeEnd)
+    return compare
+
+
+def compareValue(key: KeyLike, result: str, value: KeyLike) -> Dict[str, Any]:
+    """
+    @return: a compare of a key's value with C{value}; it never holds for a
+        key that does not exist.
+    """
+    return {"target": "VALUE", "key": encode(key), "result": result, "value": encode(value)}
 
 
 def opPut(key: KeyLike, value: KeyLike, lease: int = 0) -> Dict[str, Any]:
     """
     @return: an operation that puts C{value} at C{key}.
     """
-    put: Dict[str, Any] = {"key": _b64(_bytes(key)), "value": _b64(_bytes(value))}
+    put: Dict[str, Any] = {"key": encode(key), "value": encode(value)}
     if lease:
         put["lease"] = str(lease)
     return {"request_put": put}
@@ -268,66 +359,46 @@ def opDelete(key: KeyLike, prefix: bool = False) -> Dict[str, Any]:
     """
     @return: an operation that deletes C{key}, or every key under it.
     """
-    delete = {"key": _b64(_bytes(key))}
+    delete = {"key": encode(key)}
     if prefix:
-        delete["range_end"] = _b64(prefixEnd(key))
+        delete["range_end"] = encode(prefixEnd(key))
     return {"request_delete_range": delete}
 
 
-def opRange(key: KeyLike, prefix: bool = False) -> Dict[str, Any]:
+def opRange(key: KeyLike, prefix: bool = False, keysOnly: bool = False) -> Dict[str, Any]:
     """
+    @param keysOnly: read the keys and their revisions, not their values.
     @return: an operation that reads C{key}, or every key under it.
     """
-    request = {"key": _b64(_bytes(key))}
+    request: Dict[str, Any] = {"key": encode(key)}
     if prefix:
-        request["range_end"] = _b64(prefixEnd(key))
+        request["range_end"] = encode(prefixEnd(key))
+    if keysOnly:
+        request["keys_only"] = True
     return {"request_range": request}
 
 
-class Backoff:
+def _writes(operations: Iterable[Dict[str, Any]]) -> bool:
+    return any("request_range" not in op for op in operations)
+
+
+#: The most jitter L{etcdBackoff} adds to a delay, in seconds.
+JITTER = 0.25
+
+
+def etcdBackoff(random: Callable[[], float] = random.random) -> Callable[[int], float]:
     """
-    Capped exponential back-off with jitter: each delay doubles, up to
-    C{maximum}, and is then scaled by a random factor in C{[1 - jitter, 1]}
-    so that many clients retrying together spread out.
+    The back-off between attempts to reach etcd: Twisted's
+    L{backoffPolicy}, 0.1 s doubling up to 5 s, plus up to L{JITTER}
+    seconds of jitter so that many gateways retrying together spread out.
+
+    @param random: a source of numbers in C{[0, 1)} for the jitter.
+    @return: a policy: attempt number (0 for the first retry) to delay in
+        seconds.
     """
-
-    def __init__(
-        self,
-        initial: float = 0.1,
-        maximum: float = 5.0,
-        jitter: float = 0.5,
-        random: Callable[[], float] = random.random,
-    ) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.jitter = jitter
-        self._random = random
-        self._attempt = 0
-
-    def next(self) -> float:
-        """
-        @return: the delay before the next attempt, in seconds.
-        """
-        base = min(self.maximum, self.initial * (2 ** min(self._attempt, 60)))
-        self._attempt += 1
-        return base * (1.0 - self.jitter * self._random())
-
-    def reset(self) -> None:
-        """
-        Start again from the initial delay, after a success.
-        """
-        self._attempt = 0
-
-
-def _describe(reason: Any) -> str:
-    if isinstance(reason, Failure):
-        reason = reason.value
-    # twisted.web's ResponseFailed and its kind carry a list of failures.
-    reasons = getattr(reason, "reasons", None)
-    if isinstance(reasons, list) and reasons:
-        return "; ".join(_describe(r) for r in reasons)
-    text = str(reason) or type(reason).__name__
-    return text if len(text) < 300 else text[:300] + "..."
+    return backoffPolicy(
+        initialDelay=0.1, maxDelay=5.0, factor=2.0, jitter=lambda: JITTER * random()
+    )
 
 
 class Availability:
@@ -348,6 +419,9 @@ class Availability:
 
     @property
     def available(self) -> bool:
+        """
+        Whether etcd answered since every endpoint last failed.
+        """
         return self.outageSince is None
 
     def failed(self, endpoint: str, reason: Any) -> None:
@@ -361,7 +435,7 @@ class Availability:
                 "etcd is unreachable ({endpoints}): {reason}; serving on with the "
                 "last known state and retrying until it answers",
                 endpoints=", ".join(sorted(self._endpoints)),
-                reason=_describe(reason),
+                reason=describe(reason),
             )
 
     def succeeded(self, endpoint: str) -> None:
@@ -401,26 +475,11 @@ def _checkAnswer(status: int, body: bytes) -> Dict[str, Any]:
         return document
     if isinstance(document, dict):
         raise EtcdError(
-            _int(document.get("code")),
+            int64(document.get("code")),
             str(document.get("message") or document.get("error") or ""),
             status,
         )
     raise EtcdError(0, f"HTTP {status}: {body[:200]!r}", status)
-
-
-def _splitEndpoint(endpoint: str) -> str:
-    endpoint = endpoint.strip()
-    for scheme in ("http://", "https://"):
-        if endpoint.startswith(scheme):
-            endpoint = endpoint[len(scheme) :]
-    host, sep, port = endpoint.rstrip("/").rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"etcd endpoint {endpoint!r} is not HOST:PORT")
-    return f"{host}:{int(port)}"
-
-
-def _headerRevision(answer: Dict[str, Any]) -> int:
-    return _int((answer.get("header") or {}).get("revision"))
 
 
 class EtcdClient:
@@ -430,37 +489,39 @@ class EtcdClient:
     Requests go to one endpoint at a time; when it cannot be reached, the
     next one is tried.  Reads go to the next endpoint on any failure;
     writes only when they certainly never reached etcd (a write whose
-    answer was lost fails with L{EtcdUnavailable}, since it may have been
+    answer was lost fails with L{EtcdIndeterminate}, since it may have been
     applied).
+
+    Making a client does no I/O: connections open with the first request.
 
     @ivar endpoints: the C{host:port} of each endpoint.
     @ivar availability: the L{Availability} shared by every request and
-        watch.
+        stream.
+    @ivar backoff: the back-off policy of every retry loop on this client
+        (attempt number to delay in seconds; see L{etcdBackoff}).
     """
 
     def __init__(
         self,
         endpoints: Sequence[str],
-        reactor: Any = None,
+        reactor: Any,
         treqClient: Optional[HTTPClient] = None,
         timeout: float = 5.0,
-        backoff: Optional[Callable[[], Backoff]] = None,
+        backoff: Optional[Callable[[int], float]] = None,
     ) -> None:
         """
         @param endpoints: C{"host:port"} of each member (C{http://} allowed).
-        @param reactor: the reactor, or L{None} for the global one.
+        @param reactor: the reactor (an L{IReactorTime} and, without
+            C{treqClient}, an L{IReactorTCP}).
         @param treqClient: the treq L{HTTPClient}, or L{None} for one of our
             own with a persistent connection pool.
-        @param timeout: the longest a request may take, in seconds (watch
-            streams are only bounded until etcd answers their headers).
-        @param backoff: makes the L{Backoff} of each retry loop.
+        @param timeout: the longest a request may take, in seconds (streams
+            are only bounded until etcd answers their headers).
+        @param backoff: the back-off policy of the retry loops; by default
+            L{etcdBackoff}.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
         self._reactor = reactor
-        self.endpoints = [_splitEndpoint(e) for e in endpoints]
+        self.endpoints = [normaliseEndpoint(e) for e in endpoints]
         if not self.endpoints:
             raise ValueError("an etcd client needs at least one endpoint")
         self._current = 0
@@ -471,12 +532,12 @@ class EtcdClient:
             self._pool.maxPersistentPerHost = 4
             treqClient = HTTPClient(Agent(reactor, connectTimeout=timeout, pool=self._pool))
         self._treq = treqClient
-        self._backoff = backoff if backoff is not None else Backoff
+        self.backoff: Callable[[int], float] = backoff if backoff is not None else etcdBackoff()
         self.availability = Availability(self.endpoints, reactor)
-        self._watches: List[Any] = []
+        self._onClose: List[Callable[[], Any]] = []
         self._closed = False
 
-    # -- plumbing --------------------------------------------------------------------
+    # -- endpoints -------------------------------------------------------------------
 
     @property
     def currentEndpoint(self) -> str:
@@ -485,7 +546,23 @@ class EtcdClient:
         """
         return self.endpoints[self._current % len(self.endpoints)]
 
-    def _failOver(self, endpoint: str) -> None:
+    @property
+    def closed(self) -> bool:
+        """
+        Whether L{close} was called: no request may start any more.
+        """
+        return self._closed
+
+    def endpointFailed(self, endpoint: str, reason: Any) -> None:
+        """
+        Say that a request to C{endpoint} failed without an answer (or with
+        etcd unable to serve): the outage is logged if every endpoint has
+        failed, and the next request goes to the next endpoint.
+
+        Requests made through this client report themselves; a caller of
+        L{openStream} reports how its stream ended.
+        """
+        self.availability.failed(endpoint, reason)
         # Only move on when the failed endpoint is still the current one:
         # concurrent requests that failed together move it once.
         if self.currentEndpoint == endpoint and len(self.endpoints) > 1:
@@ -499,12 +576,20 @@ class EtcdClient:
                 next=self.currentEndpoint,
             )
 
-    def _url(self, endpoint: str, path: str) -> str:
+    def endpointAnswered(self, endpoint: str) -> None:
+        """
+        Say that C{endpoint} answered (ending an outage, if there was one).
+        """
+        self.availability.succeeded(endpoint)
+
+    # -- requests ------------------------------------------------------------------
+
+    def _urlOf(self, endpoint: str, path: str) -> str:
         return f"http://{endpoint}{path}"
 
     async def _postOnce(self, endpoint: str, path: str, body: bytes) -> Dict[str, Any]:
         response = await self._treq.post(
-            self._url(endpoint, path), data=body, headers=_jsonHeaders()
+            self._urlOf(endpoint, path), data=body, headers=_jsonHeaders()
         )
         content = await response.content()
         return _checkAnswer(response.code, content)
@@ -539,35 +624,64 @@ class EtcdClient:
                 answer = await self._post(endpoint, path, body)
             except EtcdError as e:
                 if e.code != UNAVAILABLE:
-                    self.availability.succeeded(endpoint)
+                    self.endpointAnswered(endpoint)
                     raise
                 # Reachable, but cannot serve (no leader, a proposal lost
                 # with a leader change, stopping): ask another member.
-                self.availability.failed(endpoint, e)
-                self._failOver(endpoint)
+                self.endpointFailed(endpoint, e)
                 if not idempotent:
                     raise
                 last = e
             except CancelledError:
                 raise
             except Exception as e:
-                self.availability.failed(endpoint, e)
-                self._failOver(endpoint)
+                self.endpointFailed(endpoint, e)
                 if not (idempotent or _wasNotSent(e)):
                     raise EtcdIndeterminate(
                         f"etcd at {endpoint} did not answer a write, which may or may not "
-                        f"have been applied: {_describe(e)}"
+                        f"have been applied: {describe(e)}"
                     )
                 last = e
             else:
-                self.availability.succeeded(endpoint)
+                self.endpointAnswered(endpoint)
                 return answer
         raise EtcdUnavailable(
-            f"no etcd endpoint answered ({', '.join(self.endpoints)}): {_describe(last)}"
+            f"no etcd endpoint answered ({', '.join(self.endpoints)}): {describe(last)}"
         )
 
     def _call(self, path: str, payload: Dict[str, Any], idempotent: bool = True) -> Deferred:
         return Deferred.fromCoroutine(self.call(path, payload, idempotent))
+
+    def openStream(self, endpoint: str, path: str, payload: Dict[str, Any]) -> Deferred:
+        """
+        POST a request whose answer is a stream (a watch) to one endpoint,
+        without failing over: the caller knows where to resume, and says
+        how the stream went with L{endpointFailed} and L{endpointAnswered}.
+
+        The answer's body is not buffered: what the caller's protocol does
+        not keep is gone once read.
+
+        @return: a Deferred firing with the L{IResponse} once etcd answered
+            200 (within the client's timeout); the caller delivers its body
+            to a protocol.  It fails with L{EtcdError} when etcd answered
+            with an error, and as the connection failed otherwise.
+        """
+
+        async def go() -> Any:
+            if self._closed:
+                raise StoreError("the etcd client is closed")
+            body = json.dumps(payload).encode("utf-8")
+            # Unbuffered: treq would otherwise keep every byte of a stream
+            # that lives for days.
+            posted = self._treq.post(
+                self._urlOf(endpoint, path), data=body, headers=_jsonHeaders(), unbuffered=True
+            )
+            response = await posted.addTimeout(self._timeout, self._reactor)
+            if response.code != 200:
+                _checkAnswer(response.code, await response.content())
+            return response
+
+        return Deferred.fromCoroutine(go())
 
     def sleep(self, seconds: float) -> Deferred:
         """
@@ -579,8 +693,8 @@ class EtcdClient:
     def retrying(self, operation: Callable[[], Any], what: str = "etcd request") -> Deferred:
         """
         Run C{operation} until it does not fail with L{EtcdUnavailable} (or
-        an L{EtcdError} meaning unavailable), waiting with back-off between
-        attempts.  Other errors end it.
+        an L{EtcdError} meaning unavailable), waiting as L{backoff} says
+        between attempts.  Other errors end it.
 
         @param operation: returns a Deferred or a coroutine.
         @return: a Deferred with C{operation}'s result; cancelling it stops
@@ -588,7 +702,7 @@ class EtcdClient:
         """
 
         async def loop() -> Any:
-            backoff = self._backoff()
+            attempt = 0
             while True:
                 try:
                     result = operation()
@@ -602,29 +716,14 @@ class EtcdClient:
                         raise
                 if self._closed:
                     raise StoreError("the etcd client is closed")
-                delay = backoff.next()
+                delay = self.backoff(attempt)
+                attempt += 1
                 log.debug("{what} failed; retrying in {delay:.2f} s", what=what, delay=delay)
                 await self.sleep(delay)
 
         return Deferred.fromCoroutine(loop())
 
     # -- key-value -------------------------------------------------------------------
-
-    def _rangePayload(
-        self,
-        key: KeyLike,
-        prefix: bool,
-        revision: Optional[int],
-        rangeEnd: Optional[KeyLike],
-    ) -> Dict[str, Any]:
-        payload: Dict[str, Any] = {"key": _b64(_bytes(key))}
-        if prefix:
-            payload["range_end"] = _b64(prefixEnd(key))
-        elif rangeEnd is not None:
-            payload["range_end"] = _b64(_bytes(rangeEnd))
-        if revision:
-            payload["revision"] = str(revision)
-        return payload
 
     def range(
         self,
@@ -640,15 +739,19 @@ class EtcdClient:
         @return: a Deferred firing with C{(kvs, revision)}: a list of
             L{KeyValue}s sorted by key, and the store's revision.
         """
-
-        async def go() -> Tuple[List[KeyValue], int]:
-            answer = await self.call(
-                "/v3/kv/range", self._rangePayload(key, prefix, revision, rangeEnd)
+        payload: Dict[str, Any] = {"key": encode(key)}
+        if prefix:
+            payload["range_end"] = encode(prefixEnd(key))
+        elif rangeEnd is not None:
+            payload["range_end"] = encode(rangeEnd)
+        if revision:
+            payload["revision"] = str(revision)
+        return self._call("/v3/kv/range", payload).addCallback(
+            lambda answer: (
+                [KeyValue.fromJSON(kv) for kv in answer.get("kvs") or ()],
+                headerRevision(answer),
             )
-            kvs = [KeyValue.fromJSON(kv) for kv in answer.get("kvs") or ()]
-            return kvs, _int((answer.get("header") or {}).get("revision"))
-
-        return Deferred.fromCoroutine(go())
+        )
 
     def get(self, key: KeyLike) -> Deferred:
         """
@@ -662,10 +765,8 @@ class EtcdClient:
 
         @return: a Deferred firing with the new revision.
         """
-        payload: Dict[str, Any] = {"key": _b64(_bytes(key)), "value": _b64(_bytes(value))}
-        if lease:
-            payload["lease"] = str(lease)
-        return self._call("/v3/kv/put", payload, idempotent=False).addCallback(_headerRevision)
+        payload = opPut(key, value, lease)["request_put"]
+        return self._call("/v3/kv/put", payload, idempotent=False).addCallback(headerRevision)
 
     def delete(self, key: KeyLike, prefix: bool = False) -> Deferred:
         """
@@ -674,11 +775,9 @@ class EtcdClient:
         @return: a Deferred firing with C{(deleted, revision)}: how many keys
             went, and the new revision.
         """
-        payload = {"key": _b64(_bytes(key))}
-        if prefix:
-            payload["range_end"] = _b64(prefixEnd(key))
+        payload = opDelete(key, prefix)["request_delete_range"]
         return self._call("/v3/kv/deleterange", payload, idempotent=False).addCallback(
-            lambda answer: (_int(answer.get("deleted")), _headerRevision(answer))
+            lambda answer: (int64(answer.get("deleted")), headerRevision(answer))
         )
 
     def txn(
@@ -691,16 +790,20 @@ class EtcdClient:
         Run a transaction: if every compare holds, the C{success}
         operations, else the C{failure} ones, atomically.  Build compares
         and operations with L{compareModRevision}, L{compareVersion},
-        L{opPut}, L{opDelete} and L{opRange}.
+        L{compareValue}, L{opPut}, L{opDelete} and L{opRange}.
+
+        A transaction that only reads is sent again, like a range, after a
+        failure; one that writes is not (see L{EtcdIndeterminate}).
 
         @return: a Deferred firing with a L{TxnResult}.
         """
         payload = {"compare": list(compare), "success": list(success), "failure": list(failure)}
-        return self._call("/v3/kv/txn", payload, idempotent=False).addCallback(
+        idempotent = not (_writes(payload["success"]) or _writes(payload["failure"]))
+        return self._call("/v3/kv/txn", payload, idempotent=idempotent).addCallback(
             lambda answer: TxnResult(
                 bool(answer.get("succeeded")),
                 list(answer.get("responses") or ()),
-                _headerRevision(answer),
+                headerRevision(answer),
             )
         )
 
@@ -723,7 +826,7 @@ class EtcdClient:
             granted, in seconds.
         """
         return self._call("/v3/lease/grant", {"TTL": str(int(ttl))}).addCallback(
-            lambda answer: (_int(answer.get("ID")), _int(answer.get("TTL")))
+            lambda answer: (int64(answer.get("ID")), int64(answer.get("TTL")))
         )
 
     def leaseKeepAlive(self, leaseID: int) -> Deferred:
@@ -737,12 +840,8 @@ class EtcdClient:
         def parse(answer: Dict[str, Any]) -> int:
             # A stream of one answer: {"result": {...}} or {"error": {...}}.
             if "error" in answer:
-                problem = answer["error"]
-                raise EtcdError(
-                    _int(problem.get("grpc_code") or problem.get("code")),
-                    str(problem.get("message") or problem),
-                )
-            return _int((answer.get("result") or answer).get("TTL"))
+                raise EtcdError.fromJSON(answer["error"])
+            return int64((answer.get("result") or answer).get("TTL"))
 
         return self._call("/v3/lease/keepalive", {"ID": str(leaseID)}).addCallback(parse)
 
@@ -751,7 +850,7 @@ class EtcdClient:
         Revoke a lease: every key under it is deleted.
 
         @return: a Deferred firing with L{None}; it fails with L{EtcdError}
-            (code 5) when the lease does not exist.
+            (code L{NOT_FOUND}) when the lease does not exist.
         """
         return self._call("/v3/lease/revoke", {"ID": str(leaseID)}).addCallback(lambda _: None)
 
@@ -761,59 +860,40 @@ class EtcdClient:
             (-1 when it does not exist).
         """
         return self._call("/v3/lease/timetolive", {"ID": str(leaseID)}).addCallback(
-            lambda answer: _int(answer.get("TTL"))
+            lambda answer: int64(answer.get("TTL"))
         )
 
-    # -- watches ----------------------------------------------------------------------------
+    # -- closing ----------------------------------------------------------------------------
 
-    def watch(
-        self,
-        key: KeyLike,
-        callback: Callable[[List[Event], int], Any],
-        prefix: bool = False,
-        startRevision: Optional[int] = None,
-        onResync: Optional[Callable[[List[KeyValue], int], Any]] = None,
-        rangeEnd: Optional[KeyLike] = None,
-    ) -> EtcdWatch:
+    def onClose(self, stop: Callable[[], Any]) -> Callable[[], None]:
         """
-        Watch a key, or every key under a prefix, until stopped.
+        Have C{stop} called when the client closes, for what runs on the
+        client and must end with it (a watch).
 
-        @param callback: called with C{(events, revision)} for each batch of
-            events (never splitting one revision's events), C{revision}
-            being the revision of the last event.
-        @param startRevision: the first revision to see; L{None} for
-            changes from now on.
-        @param onResync: called with C{(kvs, revision)}, everything under
-            the key at C{revision}, when the watch had to start over because
-            the revision it resumes from was compacted; the events from
-            C{revision + 1} follow.  Without it, the watch logs the gap and
-            goes on from the oldest revision etcd still has.
-        @return: the running L{EtcdWatch}.
+        @param stop: returns a Deferred (or L{None}); L{close} waits for it.
+        @return: a callable that cancels the registration.
         """
-        if self._closed:
-            raise StoreError("the etcd client is closed")
-        from gateway.store.etcd.watch import EtcdWatch
+        self._onClose.append(stop)
 
-        end = prefixEnd(key) if prefix else (_bytes(rangeEnd) if rangeEnd is not None else None)
-        watch = EtcdWatch(self, _bytes(key), end, callback, startRevision, onResync)
-        self._watches.append(watch)
-        watch.start()
-        return watch
+        def cancel() -> None:
+            try:
+                self._onClose.remove(stop)
+            except ValueError:
+                pass
 
-    def _forget(self, watch: Any) -> None:
-        try:
-            self._watches.remove(watch)
-        except ValueError:
-            pass
+        return cancel
 
     def close(self) -> Deferred:
         """
-        Stop every watch and close the connections of our own pool.
+        Stop what registered with L{onClose} (the watches) and close the
+        connections of our own pool.
 
         @return: a Deferred firing when that is done.
         """
         self._closed = True
-        stopping = [watch.stop() for watch in list(self._watches)]
+        stopping = [stop() for stop in list(self._onClose)]
+        del self._onClose[:]
+        waits: List[Deferred] = [d for d in stopping if isinstance(d, Deferred)]
         if self._pool is not None:
-            stopping.append(self._pool.closeCachedConnections())
-        return gatherResults(stopping).addCallback(lambda _: None)
+            waits.append(self._pool.closeCachedConnections())
+        return gatherResults(waits).addCallback(lambda _: None)

@@ -7,7 +7,13 @@ every few seconds with whether it is ready and its statistics.  A proxy that
 stops revokes its lease, so its record goes at once; one that dies stops
 renewing, and its record goes when the lease expires (10 s).
 C{GET /api/v1/proxies} on any admin lists the records there
-(L{listProxies}).
+(L{listProxies}).  The records live outside C{PREFIX/resources/}, so the
+heartbeats neither wake the store's watches nor make its commits conflict
+(see L{gateway.store.etcd.store}).
+
+L{ProxyRegistry} is a L{Service}: making one does no I/O; it registers when
+started and revokes its lease when stopped.  L{advertisedAddress} works out
+the C{host:port} other machines reach a proxy at.
 """
 
 from __future__ import annotations
@@ -24,13 +30,9 @@ from twisted.python.failure import Failure
 
 from gateway.model.endpoints import splitEndpoint
 from gateway.store import StoreError
-from gateway.store.etcd.client import Backoff, EtcdClient, EtcdError
+from gateway.store.etcd.client import NOT_FOUND, EtcdClient, EtcdError
 
 log = Logger()
-
-
-#: etcd's gRPC code for "not found" (here: the lease has expired).
-_NOT_FOUND = 5
 
 
 def proxiesPrefix(prefix: str) -> str:
@@ -115,10 +117,10 @@ class ProxyRegistry(Service):
         prefix: str,
         addr: str,
         version: str,
+        reactor: Any,
         stats: Optional[Callable[[], Any]] = None,
         ready: Optional[Callable[[], bool]] = None,
         startedAt: Optional[str] = None,
-        reactor: Any = None,
         ttl: int = 10,
         refreshInterval: float = 3.0,
         extra: Optional[Callable[[], Dict[str, Any]]] = None,
@@ -129,6 +131,7 @@ class ProxyRegistry(Service):
         @param addr: this proxy's address, C{host:port} (see
             L{advertisedAddress}).
         @param version: the gateway's version.
+        @param reactor: the reactor (an L{IReactorTime}).
         @param stats: returns this proxy's statistics as a JSON object.
         @param ready: returns whether this proxy serves its first full
             configuration.
@@ -139,10 +142,6 @@ class ProxyRegistry(Service):
             record rewritten, in seconds; well under C{ttl}.
         @param extra: returns more fields for the record.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
         self._reactor = reactor
         self._client = client
         self._prefix = prefix
@@ -212,7 +211,7 @@ class ProxyRegistry(Service):
             log.failure("the proxy registry stopped", failure)
 
     async def _run(self) -> None:
-        backoff = Backoff()
+        attempt = 0
         while self.running:
             try:
                 await self._refreshOnce()
@@ -220,20 +219,22 @@ class ProxyRegistry(Service):
                 raise
             except EtcdError as e:
                 # The lease expired (a long outage): take a new one now.
-                if e.code == _NOT_FOUND and self.lease is not None:
+                if e.code == NOT_FOUND and self.lease is not None:
                     log.info("the registry's lease expired; registering again")
                     self.lease = None
                     continue
                 self.registered = False
                 log.warn("could not register this proxy: {error}", error=str(e))
-                await self._sleep(backoff.next())
+                await self._sleep(self._client.backoff(attempt))
+                attempt += 1
                 continue
             except StoreError:
                 # Unreachable etcd: the client logs the outage once.
                 self.registered = False
-                await self._sleep(backoff.next())
+                await self._sleep(self._client.backoff(attempt))
+                attempt += 1
                 continue
-            backoff.reset()
+            attempt = 0
             if self._again:
                 self._again = False
                 continue

@@ -1,7 +1,21 @@
 """
-An etcd watch over the JSON gateway's streaming C{/v3/watch}: events in
-order, resumed from the last revision seen after a broken stream, and a
-resync when etcd has compacted past it.
+Watches of etcd keys over the JSON gateway's streaming C{/v3/watch}.
+
+An L{EtcdWatch} follows a key, or every key under a prefix, through an
+L{EtcdClient}: it delivers the events in order, a revision's events never
+split between two calls; after a broken stream it resumes from the last
+revision it delivered plus one (on the next endpoint when the one it used
+failed), waiting as the client's back-off policy says between attempts;
+when etcd has compacted that revision away it reads everything again (a
+resync) and goes on from there.  The stream is read by L{_LineStream}: one
+JSON object per line, a line spanning any number of network reads.
+
+The watch uses the client's public surface only (L{EtcdClient.openStream},
+L{EtcdClient.range}, L{EtcdClient.endpointFailed},
+L{EtcdClient.endpointAnswered}, L{EtcdClient.sleep}, L{EtcdClient.backoff},
+L{EtcdClient.onClose}); the client knows nothing of watches, and stops
+them, when it closes, as it stops anything registered with
+L{EtcdClient.onClose}.
 """
 
 from __future__ import annotations
@@ -18,22 +32,26 @@ from twisted.web.http import PotentialDataLoss
 
 from gateway.store import StoreError
 from gateway.store.etcd.client import (
-    MAX_LINE,
     UNAVAILABLE,
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
     Event,
+    KeyLike,
     KeyValue,
-    _b64,
-    _checkAnswer,
-    _describe,
-    _headerRevision,
-    _int,
-    _jsonHeaders,
+    describe,
+    encode,
+    headerRevision,
+    int64,
+    prefixEnd,
 )
 
 log = Logger()
+
+
+#: The longest line a watch stream may send (a response with every event of
+#: a catch-up); past it the stream is dropped as broken.
+MAX_LINE = 256 * 1024 * 1024
 
 
 class _LineStream(Protocol):
@@ -115,6 +133,8 @@ class EtcdWatch:
     """
     A watch that survives dropped streams, restarts and outages of etcd.
 
+    Making one does no I/O: L{start} opens its stream.
+
     @ivar revision: the last revision delivered (or read, after a resync);
         after a drop the watch resumes at C{revision + 1}.
     @ivar connected: whether a stream is open and created.
@@ -123,15 +143,37 @@ class EtcdWatch:
     def __init__(
         self,
         client: EtcdClient,
-        key: bytes,
-        rangeEnd: Optional[bytes],
+        key: KeyLike,
         callback: Callable[[List[Event], int], Any],
-        startRevision: Optional[int],
-        onResync: Optional[Callable[[List[KeyValue], int], Any]],
+        prefix: bool = False,
+        startRevision: Optional[int] = None,
+        onResync: Optional[Callable[[List[KeyValue], int], Any]] = None,
+        rangeEnd: Optional[KeyLike] = None,
     ) -> None:
+        """
+        @param key: the key to watch, or the first of a range.
+        @param callback: called with C{(events, revision)} for each batch of
+            events (never splitting one revision's events), C{revision}
+            being the revision of the last event.
+        @param prefix: watch every key under C{key}.
+        @param startRevision: the first revision to see; L{None} for
+            changes from the moment the stream is created on.
+        @param onResync: called with C{(kvs, revision)}, everything in the
+            watched range at C{revision}, when the watch had to start over
+            because the revision it resumes from was compacted; the events
+            from C{revision + 1} follow.  Without it, the watch logs the gap
+            and goes on from the oldest revision etcd still has.
+        @param rangeEnd: watch every key in C{[key, rangeEnd)} (when not
+            C{prefix}).
+        """
         self._client = client
-        self._key = key
-        self._rangeEnd = rangeEnd
+        self._key = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+        if prefix:
+            self._rangeEnd: Optional[bytes] = prefixEnd(self._key)
+        elif rangeEnd is not None:
+            self._rangeEnd = rangeEnd.encode("utf-8") if isinstance(rangeEnd, str) else rangeEnd
+        else:
+            self._rangeEnd = None
         self._callback = callback
         self._onResync = onResync
         self.revision: Optional[int] = None if startRevision is None else startRevision - 1
@@ -143,12 +185,21 @@ class EtcdWatch:
         self._streamError: Optional[BaseException] = None
         self._endpoint = client.currentEndpoint
         self._lastProblem: Optional[str] = None
-        self._backoff = client._backoff()
+        self._attempt = 0
+        self._unregister: Optional[Callable[[], None]] = None
 
     def start(self) -> None:
+        """
+        Open the stream, and keep one open until L{stop}.
+
+        @raise StoreError: when the client is closed.
+        """
         if self._running:
             return
+        if self._client.closed:
+            raise StoreError("the etcd client is closed")
         self._running = True
+        self._unregister = self._client.onClose(self.stop)
         self._loop = Deferred.fromCoroutine(self._run())
         self._loop.addErrback(self._crashed)
 
@@ -163,7 +214,10 @@ class EtcdWatch:
         @return: a Deferred firing once the stream is closed.
         """
         self._running = False
-        self._client._forget(self)
+        self.connected = False
+        unregister, self._unregister = self._unregister, None
+        if unregister is not None:
+            unregister()
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.abort()
@@ -202,7 +256,7 @@ class EtcdWatch:
                     return
                 if isinstance(e, EtcdError) and e.code != UNAVAILABLE:
                     # Logged when it changes, not on every retry.
-                    problem = _describe(e)
+                    problem = describe(e)
                     if problem != self._lastProblem:
                         self._lastProblem = problem
                         log.warn(
@@ -211,11 +265,12 @@ class EtcdWatch:
                             error=problem,
                         )
                 else:
-                    self._client.availability.failed(endpoint, e)
-                    self._client._failOver(endpoint)
+                    self._client.endpointFailed(endpoint, e)
             self.connected = False
             if self._running:
-                await self._client.sleep(self._backoff.next())
+                delay = self._client.backoff(self._attempt)
+                self._attempt += 1
+                await self._client.sleep(delay)
 
     async def _doResync(self) -> None:
         kvs, revision = await self._client.range(self._key, rangeEnd=self._rangeEnd)
@@ -229,18 +284,12 @@ class EtcdWatch:
 
     async def _watchOnce(self, endpoint: str) -> None:
         self._endpoint = endpoint
-        create: Dict[str, Any] = {"key": _b64(self._key)}
+        create: Dict[str, Any] = {"key": encode(self._key)}
         if self._rangeEnd is not None:
-            create["range_end"] = _b64(self._rangeEnd)
+            create["range_end"] = encode(self._rangeEnd)
         if self.revision is not None:
             create["start_revision"] = str(self.revision + 1)
-        body = json.dumps({"create_request": create}).encode("utf-8")
-        headers = self._client._treq.post(
-            self._client._url(endpoint, "/v3/watch"), data=body, headers=_jsonHeaders()
-        )
-        response = await headers.addTimeout(self._client._timeout, self._client._reactor)
-        if response.code != 200:
-            _checkAnswer(response.code, await response.content())
+        response = await self._client.openStream(endpoint, "/v3/watch", {"create_request": create})
         stream = _LineStream(self._message)
         self._stream = stream
         self._streamError = None
@@ -263,14 +312,7 @@ class EtcdWatch:
     def _message(self, message: Dict[str, Any]) -> None:
         stream = self._stream
         if "error" in message:
-            problem = message["error"]
-            if not isinstance(problem, dict):
-                problem = {"message": problem}
-            self._streamError = EtcdError(
-                _int(problem.get("grpc_code") or problem.get("code")),
-                str(problem.get("message") or problem),
-                _int(problem.get("http_code")),
-            )
+            self._streamError = EtcdError.fromJSON(message["error"])
             if stream is not None:
                 stream.abort()
             return
@@ -278,11 +320,11 @@ class EtcdWatch:
         if result.get("created"):
             self.connected = True
             self._lastProblem = None
-            self._backoff.reset()
-            self._client.availability.succeeded(self._endpoint)
+            self._attempt = 0
+            self._client.endpointAnswered(self._endpoint)
             if self.revision is None:
-                self.revision = _headerRevision(result)
-        compacted = _int(result.get("compact_revision"))
+                self.revision = headerRevision(result)
+        compacted = int64(result.get("compact_revision"))
         if compacted:
             if self._onResync is not None:
                 log.info(
@@ -316,3 +358,25 @@ class EtcdWatch:
             self._callback(events, revision)
         except Exception:
             log.failure("etcd watch callback failed at revision {r}", r=revision)
+
+
+def startWatch(
+    client: EtcdClient,
+    key: KeyLike,
+    callback: Callable[[List[Event], int], Any],
+    prefix: bool = False,
+    startRevision: Optional[int] = None,
+    onResync: Optional[Callable[[List[KeyValue], int], Any]] = None,
+    rangeEnd: Optional[KeyLike] = None,
+) -> EtcdWatch:
+    """
+    Watch a key, or every key under a prefix, until the watch is stopped or
+    the client closed.
+
+    @param client: the L{EtcdClient} the watch runs on.
+    @return: the running L{EtcdWatch} (see it for the other parameters).
+    @raise StoreError: when the client is closed.
+    """
+    watch = EtcdWatch(client, key, callback, prefix, startRevision, onResync, rangeEnd)
+    watch.start()
+    return watch
