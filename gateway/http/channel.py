@@ -37,7 +37,12 @@ of a later request on a kept-alive connection), a body within
 L{HTTPLimits.bodyTimeout} seconds of its head, plus a second for every
 L{HTTPLimits.minBodyRate} bytes received (408 otherwise), and a
 kept-alive connection idle for L{HTTPLimits.idleTimeout} seconds is closed.
-Every timer runs on the site's reactor, so tests drive them with a
+A client that stops reading is cut off too: when it takes no byte of its
+answer for L{HTTPLimits.sendTimeout} seconds (the send buffer stays full,
+or the last bytes of a closing connection wait), its connection is
+aborted, which stops the answer's producer (the upstream connection), and
+the site's C{stats} count it (C{countSendTimeout}).  Every timer runs on
+the site's reactor, so tests drive them with a
 L{twisted.internet.task.Clock}.
 
 Every refusal is a small JSON answer, C{{"error": "..."}}, with
@@ -69,7 +74,7 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
 from gateway.http.headers import headerKey, rawHeadersOf
-from gateway.http.writesoon import writeSoon
+from gateway.http.writesoon import unsentBytes, writeSoon
 from gateway.model.limits import HTTPLimits
 
 log = Logger()
@@ -322,6 +327,9 @@ _DONE = 3  # refused or closing: what arrives is dropped
 _EXPECT = headerKey(b"expect")
 
 
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 #: Bytes of pipelined requests buffered while a request is answered, before
 #: the channel stops reading from the client.
 _EAGER_READ = 0x4000
@@ -349,7 +357,8 @@ class GatewayHTTPChannel(Protocol):
         all of it is known;
       - its fields go straight into the request's L{Headers} (they were
         checked while parsed);
-      - one timer per connection serves every deadline (head, body, idle):
+      - one timer per connection serves every deadline (head, body, idle,
+        send):
         it is not cancelled and re-armed per request, but checks, when it
         fires, what the connection is waiting for and since when, and waits
         again if need be;
@@ -405,6 +414,9 @@ class GatewayHTTPChannel(Protocol):
     _errorFields: Mapping[str, Any] = {}
     _clock: Any = None
     _abortingCall: Any = None
+    _written = 0
+    _sendStalledAt: Optional[float] = None
+    _sentMark = 0
 
     def __init__(self) -> None:
         self.requests: List[Any] = []
@@ -613,7 +625,8 @@ class GatewayHTTPChannel(Protocol):
             else:
                 expect = raw.get(_EXPECT)
             if expect and expect[0].lower() == b"100-continue":
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+                self._written += len(_CONTINUE)
+                self.transport.write(_CONTINUE)  # type: ignore[union-attr]
         self._bodyLimit = limit
         self._bodyReceived = 0
         if chunked:
@@ -749,10 +762,13 @@ class GatewayHTTPChannel(Protocol):
         Write (part of) an answer: sent on the reactor's next turn (see
         L{gateway.http.writesoon}).
         """
+        self._written += len(data)
         writeSoon(self.transport, data)
 
     def writeSequence(self, iovec: Any) -> None:
-        writeSoon(self.transport, b"".join(iovec))
+        data = b"".join(iovec)
+        self._written += len(data)
+        writeSoon(self.transport, data)
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         """
@@ -768,7 +784,9 @@ class GatewayHTTPChannel(Protocol):
             for value in values:
                 head.extend((name, b": ", value, b"\r\n"))
         head.append(b"\r\n")
-        writeSoon(self.transport, b"".join(head))
+        data = b"".join(head)
+        self._written += len(data)
+        writeSoon(self.transport, data)
 
     def getPeer(self) -> Any:
         return self.transport.getPeer()  # type: ignore[union-attr]
@@ -781,12 +799,18 @@ class GatewayHTTPChannel(Protocol):
 
     def loseConnection(self) -> None:
         """
-        Close the connection once what was written is sent.
+        Close the connection once what was written is sent, within
+        L{HTTPLimits.sendTimeout} seconds without progress.
         """
         transport: Any = self.transport
         if self._registered:
             self._registered = False
             transport.unregisterProducer()
+        unsent = unsentBytes(transport)
+        if self._writeBlocked or unsent:
+            # The client may never take the rest: the transport would wait
+            # for it forever (and no pause or resume comes any more).
+            self._sendStalled()
         transport.loseConnection()
 
     def _respondToBadRequestAndDisconnect(self) -> None:
@@ -826,15 +850,21 @@ class GatewayHTTPChannel(Protocol):
     def pauseProducing(self) -> None:
         """
         The transport's buffer is full: pause the answer's producer, and
-        stop reading requests.
+        stop reading requests, for L{HTTPLimits.sendTimeout} seconds without
+        progress at most.
         """
         self._writeBlocked = True
+        self._sendStalled()
         if self._producer is not None:
             self._producer.pauseProducing()
         self._updateReading()
 
     def resumeProducing(self) -> None:
         self._writeBlocked = False
+        if self._registered:
+            # (Not closing: a closing connection's last bytes keep their
+            # deadline.)
+            self._sendStalledAt = None
         if self._producer is not None:
             self._producer.resumeProducing()
         self._updateReading()
@@ -892,6 +922,7 @@ class GatewayHTTPChannel(Protocol):
         state = self._state
         limits = self.limits
         now = self._clock.seconds()
+        left: Optional[float] = None
         if state == _HEAD:
             started = self._headStartedAt
             if started is not None:
@@ -904,8 +935,6 @@ class GatewayHTTPChannel(Protocol):
                 if left <= 0:
                     self._timeOutIdle()
                     return
-            else:
-                return
         elif state == _BODY:
             deadline = self._bodyStartedAt + limits.bodyTimeout
             if limits.minBodyRate:
@@ -914,10 +943,77 @@ class GatewayHTTPChannel(Protocol):
             if left <= 0:
                 self._reject(408, "request body not received in time")
                 return
-        else:
-            # Answering (no deadline: the upstream's bound it), or done.
+        # Answering has no deadline of its own (the upstream's bound it), but
+        # an answer the client does not take has.
+        if self._sendStalledAt is not None:
+            sendLeft = self._sendLeft(now)
+            if sendLeft is None:
+                pass
+            elif sendLeft <= 0:
+                self._timeOutSend()
+                return
+            elif left is None or sendLeft < left:
+                left = sendLeft
+        if left is not None:
+            self._timer = self._clock.callLater(left, self._timerFired)
+
+    # -- a client that does not read ------------------------------------------
+
+    def _sent(self) -> Optional[int]:
+        """
+        @return: how many of the bytes written the transport has sent, when
+            it says (see L{unsentBytes}).
+        """
+        unsent = unsentBytes(self.transport)
+        return None if unsent is None else self._written - unsent
+
+    def _sendStalled(self) -> None:
+        """
+        The client is not taking its answer (the send buffer is full, or the
+        connection closes with bytes unsent): start the send deadline, unless
+        it runs already.
+        """
+        if self._sendStalledAt is not None:
             return
-        self._timer = self._clock.callLater(left, self._timerFired)
+        self._sendStalledAt = self._clock.seconds()
+        self._sentMark = self._sent() or 0
+        self._armTimer(self.limits.sendTimeout)
+
+    def _sendLeft(self, now: float) -> Optional[float]:
+        """
+        @return: the seconds left before the send deadline, L{None} when it
+            no longer applies.  Progress (bytes sent since the last look)
+            starts the deadline again.
+        """
+        sent = self._sent()
+        if sent is not None:
+            if sent > self._sentMark:
+                self._sentMark = sent
+                self._sendStalledAt = now
+            if sent >= self._written and not self._writeBlocked:
+                # Everything was sent.
+                self._sendStalledAt = None
+                return None
+        assert self._sendStalledAt is not None
+        return self._sendStalledAt + self.limits.sendTimeout - now
+
+    def _timeOutSend(self) -> None:
+        """
+        Cut a client that took nothing of its answer for too long: its
+        requests learn of it (and stop their producers) through
+        C{connectionLost}.
+        """
+        transport: Any = self.transport
+        log.info(
+            "cut off {peer}: it read nothing of its answer for {seconds} seconds",
+            peer=str(transport.getPeer()),
+            seconds=self.limits.sendTimeout,
+        )
+        self._close()
+        stats = getattr(self.site, "stats", None)
+        if stats is not None:
+            stats.countSendTimeout()
+        transport.abortConnection()
 
     def _timeOutIdle(self) -> None:
         transport: Any = self.transport

@@ -30,6 +30,9 @@ class LimitedSite(server.Site):
     @ivar errorFields: extra fields of the JSON body of every refusal (the
         admin adds C{"field": ""} to match its own errors).
     @ivar rejections: C{{status: count}} of the requests refused so far.
+    @ivar stats: told of every client cut off for not reading its answer
+        (C{stats.countSendTimeout()}, see L{HTTPLimits.sendTimeout}), or
+        L{None}; a L{gateway.telemetry.stats.Stats} for the proxy.
     """
 
     # The channel itself, not HTTPFactory's HTTP/1.1-or-HTTP/2 wrapper: an
@@ -42,12 +45,14 @@ class LimitedSite(server.Site):
         resource: Any,
         limits: Optional[HTTPLimits] = None,
         bodyLimitFor: Optional[BodyLimitFor] = None,
+        stats: Any = None,
         **kwargs: Any,
     ) -> None:
         """
         @param resource: the root resource.
         @param limits: the limits, by default L{HTTPLimits}().
         @param bodyLimitFor: see L{bodyLimitFor}.
+        @param stats: see L{stats}.
         @param kwargs: passed to L{server.Site}; C{timeout} defaults to
             C{limits.idleTimeout}.
         """
@@ -57,4 +62,5 @@ class LimitedSite(server.Site):
         super().__init__(resource, **kwargs)
         self.limits = limits
         self.bodyLimitFor = bodyLimitFor
+        self.stats = stats
         self.rejections: Dict[int, int] = {}

@@ -28,12 +28,12 @@ Twisted that buffers otherwise) is simply written to.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet import abstract, tcp
 from twisted.logger import Logger
 
-__all__ = ["SUPPORTED", "writeSoon"]
+__all__ = ["SUPPORTED", "unsentBytes", "writeSoon"]
 log = Logger()
 
 
@@ -194,3 +194,19 @@ def writeSoon(transport: Any, data: bytes) -> None:
     if flusher is None:
         flusher = _flushers[reactor] = _Flusher(reactor)
     flusher.add(transport)
+
+
+def unsentBytes(transport: Any) -> Optional[int]:
+    """
+    Tell how much of what was written to a transport it still holds: bytes
+    not yet handed to its socket.  A connection's sending makes progress
+    when, between two looks, more was written than this grew by.
+
+    @param transport: any transport.
+    @return: the number of bytes, or L{None} when the transport does not
+        say (a transport other than Twisted's plain TCP one, see
+        L{SUPPORTED}).
+    """
+    if not _isPlainTCP(type(transport)) or transport.TLS:
+        return None
+    return int(transport._tempDataLen + len(transport.dataBuffer) - transport.offset)

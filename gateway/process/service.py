@@ -223,6 +223,7 @@ class GatewayService(MultiService):
                 self.proxyResource,
                 limits=proxyConfig.limits,
                 bodyLimitFor=self.manager.bodyLimitFor,
+                stats=self.counters,
                 reactor=reactor,
             )
             if isWorker:
