@@ -29,7 +29,10 @@ must never be able to read a request differently from the gateway
   - body: larger than the limit of the request's route (see
     L{LimitedSite.bodyLimitFor}) or than L{HTTPLimits.maxBodySize}: 413, at
     once when C{Content-Length} says so (the body is never read), as soon
-    as the running total passes it for a chunked body.
+    as a chunk size takes a chunked body past it; a chunked body is decoded
+    strictly (L{gateway.http.chunked}): a malformed chunk or trailer line is
+    400 as soon as its bytes show it, trailers over
+    L{HTTPLimits.maxHeadersSize} bytes 431.
 
 And slow clients are cut off: a request head must arrive within
 L{HTTPLimits.headerTimeout} seconds (of the connection, or of the first byte
@@ -68,12 +71,14 @@ from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransp
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import http
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
+from gateway.http.chunked import ChunkedDecoder, ChunkedError
 from gateway.http.headers import headerKey, rawHeadersOf
+from gateway.http.status import PhrasedRequest, reasonPhrase
 from gateway.http.writesoon import unsentBytes, writeSoon
 from gateway.model.limits import HTTPLimits
 
@@ -133,16 +138,6 @@ _UNDERSCORE_LOOKALIKES = frozenset(
         b"x-real-ip",
     ]
 )
-
-
-#: Reason phrases of RFC 9110 that Twisted lacks or spells the old way.
-_PHRASES = {
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    505: b"HTTP Version Not Supported",
-}
 
 
 class _Refused(Exception):
@@ -383,7 +378,7 @@ class GatewayHTTPChannel(Protocol):
     limits = HTTPLimits()
     lingerTimeout = 2.0
     abortTimeout: Optional[float] = 15
-    requestFactory: Any = server.Request
+    requestFactory: Any = PhrasedRequest
     site: Any = None
     timeOut: Optional[float] = None
 
@@ -416,7 +411,7 @@ class GatewayHTTPChannel(Protocol):
     _abortingCall: Any = None
     _written = 0
     _sendStalledAt: Optional[float] = None
-    _sentMark = 0
+    _sentMark: Optional[int] = None
 
     def __init__(self) -> None:
         self.requests: List[Any] = []
@@ -630,7 +625,9 @@ class GatewayHTTPChannel(Protocol):
         self._bodyLimit = limit
         self._bodyReceived = 0
         if chunked:
-            self._chunked = http._ChunkedTransferDecoder(self._bodyChunk, self._chunkedDone)
+            self._chunked = ChunkedDecoder(
+                self._bodyChunk, self._chunkedDone, limit, self.limits.maxHeadersSize
+            )
         else:
             self._chunked = None
             self._bodyRemaining = length  # type: ignore[assignment]
@@ -675,8 +672,8 @@ class GatewayHTTPChannel(Protocol):
         if decoder is not None:
             try:
                 decoder.dataReceived(data)
-            except http._MalformedChunkedDataError:
-                self._reject(400, "malformed chunked request body")
+            except ChunkedError as e:
+                self._reject(e.code, e.message)
             # What follows the body came back through _chunkedDone.
             return b""
         remaining = self._bodyRemaining
@@ -952,8 +949,13 @@ class GatewayHTTPChannel(Protocol):
             elif sendLeft <= 0:
                 self._timeOutSend()
                 return
-            elif left is None or sendLeft < left:
-                left = sendLeft
+            else:
+                if self._sentMark is not None:
+                    # Look for progress four times per period: a client
+                    # that stops is cut within 1.25 sendTimeout.
+                    sendLeft = min(sendLeft, limits.sendTimeout / 4)
+                if left is None or sendLeft < left:
+                    left = sendLeft
         if left is not None:
             self._timer = self._clock.callLater(left, self._timerFired)
 
@@ -976,18 +978,20 @@ class GatewayHTTPChannel(Protocol):
         if self._sendStalledAt is not None:
             return
         self._sendStalledAt = self._clock.seconds()
-        self._sentMark = self._sent() or 0
-        self._armTimer(self.limits.sendTimeout)
+        # (None: the transport does not say; only a resume is progress.)
+        sent = self._sentMark = self._sent()
+        timeout = self.limits.sendTimeout
+        self._armTimer(timeout if sent is None else timeout / 4)
 
     def _sendLeft(self, now: float) -> Optional[float]:
         """
         @return: the seconds left before the send deadline, L{None} when it
-            no longer applies.  Progress (bytes sent since the last look)
-            starts the deadline again.
+            no longer applies.  Progress (bytes sent since the last look,
+            when the transport says) starts the deadline again.
         """
         sent = self._sent()
         if sent is not None:
-            if sent > self._sentMark:
+            if self._sentMark is None or sent > self._sentMark:
                 self._sentMark = sent
                 self._sendStalledAt = now
             if sent >= self._written and not self._writeBlocked:
@@ -1058,7 +1062,7 @@ class GatewayHTTPChannel(Protocol):
         body = dict(self._errorFields)
         body["error"] = message
         payload = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
-        phrase = _PHRASES.get(code) or http.RESPONSES.get(code, b"Error")
+        phrase = reasonPhrase(code)
         transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.web import server
 
 from gateway.http.channel import BodyLimitFor, GatewayHTTPChannel
+from gateway.http.status import PhrasedRequest
 from gateway.model.limits import HTTPLimits
 
 log = Logger()
@@ -38,6 +39,8 @@ class LimitedSite(server.Site):
     # The channel itself, not HTTPFactory's HTTP/1.1-or-HTTP/2 wrapper: an
     # HTTP/2 connection would bypass these checks.
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
+    # Status lines with the phrases of RFC 9110 (Twisted's table lacks 429).
+    requestFactory = PhrasedRequest
     errorFields: Mapping[str, Any] = {}
 
     def __init__(
