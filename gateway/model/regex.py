@@ -85,7 +85,8 @@ thread only).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import re
+from typing import Any, Dict, List, Tuple
 
 import hyperscan
 
@@ -93,9 +94,13 @@ from gateway.model.schema import ValidationError
 
 __all__ = [
     "CACHE_SIZE",
+    "MAX_COST",
     "MAX_PATTERN_LENGTH",
+    "MAX_REPEAT",
+    "WIDE",
     "Regex",
     "RegexError",
+    "compileCost",
     "compileRegex",
 ]
 
@@ -166,34 +171,29 @@ class Regex:
     A user's regular expression, compiled; build one with L{compileRegex}.
 
     @ivar pattern: the pattern as written.
+    @ivar whole: whether it must match the whole text (else anywhere).
     """
 
-    __slots__ = ("pattern", "_search", "_whole")
+    __slots__ = ("pattern", "whole", "_form")
 
-    def __init__(self, pattern: str, search: _Form, whole: _Form) -> None:
+    def __init__(self, pattern: str, whole: bool, form: _Form) -> None:
         self.pattern = pattern
-        self._search = search
-        self._whole = whole
+        self.whole = whole
+        self._form = form
 
     def __repr__(self) -> str:
-        return f"<Regex {self.pattern!r}>"
+        return f"<Regex {self.pattern!r}{' (whole)' if self.whole else ''}>"
 
-    def search(self, text: str) -> bool:
+    def matches(self, text: str) -> bool:
         """
-        @return: whether the pattern matches somewhere in C{text}
-            (C{re.search}).
+        @return: whether the pattern matches the whole of C{text} (as
+            C{re.fullmatch}) when L{whole}, else somewhere in it (as
+            C{re.search}).
         """
-        return self._search.matches(_utf8(text))
-
-    def fullmatch(self, text: str) -> bool:
-        """
-        @return: whether the pattern matches the whole of C{text}
-            (C{re.fullmatch}).
-        """
-        return self._whole.matches(_utf8(text))
+        return self._form.matches(_utf8(text))
 
 
-_cache: Dict[str, Regex] = {}
+_cache: Dict[Tuple[str, bool], Regex] = {}
 
 
 class RegexError(ValidationError):
@@ -219,22 +219,279 @@ def _engineReason(error: Exception) -> str:
     return (str(error).strip().rstrip(".") or type(error).__name__) + _LINEAR
 
 
-def compileRegex(pattern: str, field: str = "") -> Regex:
+# -- what a pattern costs to compile ----------------------------------------------
+
+#: What an atom matching one of many characters costs (C{.}, a negated
+#: class, a class of non-ASCII characters, C{\\W}, any class under C{(?i)}):
+#: its UTF-8 automaton has many states, and Hyperscan's compile time grows
+#: with the states of every copy a counted repeat makes.
+WIDE = 10
+
+
+#: The largest L{compileCost} accepted.  Measured on 10,000 random patterns
+#: under it: compiling takes milliseconds for most, half a second for the
+#: worst (C{.{100}}: 40 ms; an alternation of 140 words: 60 ms).
+MAX_COST = 1000
+
+
+#: The largest count of a counted repeat C{{n,m}} (RE2's limit).
+MAX_REPEAT = 1000
+
+
+_COUNTED = re.compile(r"\{([0-9]+)(,([0-9]*))?\}")
+
+
+#: A group that only sets flags, C{(?i)}, C{(?x-s)}: no group.
+_FLAGS_ONLY = re.compile(r"\(\?[a-zA-Z]*(?:-[a-zA-Z]*)?\)")
+
+
+#: The opening of a group, whatever its kind.
+_GROUP_OPEN = re.compile(
+    r"\((?:\?(?:P?<[A-Za-z_][A-Za-z0-9_]*>|'[A-Za-z_][A-Za-z0-9_]*'|<=|<!|[:=!>|]"
+    r"|[a-zA-Z]*(?:-[a-zA-Z]*)?:))?"
+)
+
+
+#: Flags that turn caseless matching on somewhere.
+_CASELESS = re.compile(r"\(\?[a-zA-Z]*i")
+
+
+_UNSUPPORTED_PROPERTY = (
+    "Unicode property classes (\\p{...}, \\P{...}) are not supported: their automata take"
+    " seconds to build; write ranges of code points such as [\\x{0400}-\\x{04FF}]"
+)
+
+
+def _skipBraces(pattern: str, i: int) -> int:
+    """
+    @return: the index after the C{{...}}, C{<...>} or C{'...'} at C{i},
+        if there is one there, else C{i}.
+    """
+    closing = {"{": "}", "<": ">", "'": "'"}.get(pattern[i : i + 1])
+    if closing is None:
+        return i
+    end = pattern.find(closing, i + 1)
+    return len(pattern) if end == -1 else end + 1
+
+
+def _escapeCost(pattern: str, i: int, caseless: bool) -> Tuple[int, int]:
+    """
+    @return: C{(next index, cost)} of the escape at C{pattern[i]}.
+    @raise ValueError: for a Unicode property class.
+    """
+    code = pattern[i + 1 : i + 2]
+    after = i + 2
+    if code in ("p", "P"):
+        raise ValueError(_UNSUPPORTED_PROPERTY)
+    if code == "Q":
+        end = pattern.find("\\E", after)
+        quoted = pattern[after:] if end == -1 else pattern[after:end]
+        cost = sum(2 if caseless and c.isalpha() else 1 for c in quoted)
+        return (len(pattern) if end == -1 else end + 2), cost
+    if code in ("x", "o"):
+        if pattern[after : after + 1] == "{":
+            return _skipBraces(pattern, after), 1
+        while after < len(pattern) and after < i + 4 and pattern[after] in _HEX:
+            after += 1
+        return after, 1
+    if code in ("k", "g"):
+        return _skipBraces(pattern, after), 1
+    if code == "c":
+        return after + 1, 1
+    if code.isdigit():
+        while after < len(pattern) and pattern[after].isdigit():
+            after += 1
+        return after, 1
+    if code in ("b", "B", "A", "z", "Z", "G", "E", "K"):
+        return after, 0
+    if code in ("D", "W", "S", "H", "V", "N", "R", "X", "C"):
+        return after, WIDE
+    if code in ("d", "w", "s", "h", "v"):
+        return after, WIDE if caseless else 1
+    return after, 2 if caseless and code.isalpha() else 1
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _classCost(pattern: str, i: int, caseless: bool) -> Tuple[int, int]:
+    """
+    @return: C{(next index, cost)} of the character class opening at
+        C{pattern[i]}.
+    @raise ValueError: for a Unicode property class inside it.
+    """
+    n = len(pattern)
+    j = i + 1
+    wide = caseless
+    if pattern[j : j + 1] == "^":
+        wide = True
+        j += 1
+    if pattern[j : j + 1] == "]":
+        j += 1
+    while j < n:
+        c = pattern[j]
+        if c == "\\":
+            code = pattern[j + 1 : j + 2]
+            if code in ("p", "P"):
+                raise ValueError(_UNSUPPORTED_PROPERTY)
+            if code == "Q":
+                end = pattern.find("\\E", j + 2)
+                quoted = pattern[j + 2 :] if end == -1 else pattern[j + 2 : end]
+                wide = wide or not quoted.isascii()
+                j = n if end == -1 else end + 2
+                continue
+            if code in ("x", "o") and pattern[j + 2 : j + 3] == "{":
+                # A code point given in braces may be beyond ASCII.
+                wide = True
+                j = _skipBraces(pattern, j + 2)
+                continue
+            if code in ("D", "W", "S", "H", "V", "N", "R"):
+                wide = True
+            j += 2
+            continue
+        if c == "[" and pattern[j + 1 : j + 2] == ":":
+            end = pattern.find(":]", j + 2)
+            if end != -1:
+                wide = wide or pattern[j + 2 : j + 3] == "^"
+                j = end + 2
+                continue
+        if c == "]":
+            return j + 1, WIDE if wide else 1
+        if ord(c) > 0x7F:
+            wide = True
+        j += 1
+    return n, WIDE
+
+
+def compileCost(pattern: str) -> int:
+    """
+    Estimate what compiling a pattern costs, deterministically, before
+    Hyperscan is asked: Hyperscan's compile time grows with the states of
+    the automaton, which counted repeats copy (C{.{1000}} takes a second,
+    C{(ab|cd|ef){1000}} more), so a pattern can take seconds to compile,
+    on the only thread, at save time and in every process that loads it.
+
+    Every character matched counts 1 (2 for a letter under C{(?i)} or a
+    non-ASCII character); an atom matching one of many characters counts
+    L{WIDE}; a group counts the sum of what it holds; a counted repeat
+    C{{n,m}} multiplies what it repeats by C{m}, and a group of C{k}
+    alternatives once more by C{k}; a loop (C{*}, C{+}) counts what it
+    repeats twice, and three times over inside a counted repeat (C{{n,}}
+    repeats C{3(n + 1)} times).  The estimate errs on the large side for
+    what it does not parse (C{(?x)} comments count as characters).
+
+    @return: the cost; see L{MAX_COST}.
+    @raise ValueError: for what is refused outright: a Unicode property
+        class, a counted repeat over L{MAX_REPEAT}.
+    """
+    caseless = _CASELESS.search(pattern) is not None
+    n = len(pattern)
+    # One [total, cost of the last atom, alternatives] per open group.
+    stack: List[List[int]] = [[0, 0, 1]]
+    i = 0
+    while i < n:
+        c = pattern[i]
+        cost = -1
+        if c == "\\":
+            i, cost = _escapeCost(pattern, i, caseless)
+        elif c == "[":
+            i, cost = _classCost(pattern, i, caseless)
+        elif c == "(":
+            if pattern.startswith("(?#", i):
+                end = pattern.find(")", i)
+                i = n if end == -1 else end + 1
+                continue
+            flags = _FLAGS_ONLY.match(pattern, i)
+            if flags is not None:
+                i = flags.end()
+                stack[-1][1] = 0
+                continue
+            opening = _GROUP_OPEN.match(pattern, i)
+            i = opening.end() if opening is not None else i + 1
+            stack.append([0, 0, 1])
+            continue
+        elif c == ")":
+            i += 1
+            if len(stack) > 1:
+                total, _, alternatives = stack.pop()
+                frame = stack[-1]
+                frame[0] += total
+                # Copies of alternatives multiply the paths to analyse.
+                frame[1] = total * alternatives
+                continue
+            cost = 1
+        elif c == "|":
+            stack[-1][1] = 0
+            stack[-1][2] += 1
+            i += 1
+            continue
+        elif c in "*+":
+            # A loop: counted once more, and thrice when repeated.
+            i += 1
+            frame = stack[-1]
+            frame[0] += frame[1]
+            frame[1] *= 3
+            continue
+        elif c == "?":
+            i += 1
+            continue
+        elif c == "{":
+            counted = _COUNTED.match(pattern, i)
+            if counted is None:
+                i += 1
+                cost = 1
+            else:
+                low = int(counted.group(1))
+                high = counted.group(3)
+                copies = low if counted.group(2) is None else (int(high) if high else low + 1)
+                if max(low, copies) > MAX_REPEAT:
+                    raise ValueError(f"a counted repeat over {MAX_REPEAT}")
+                if counted.group(2) is not None and not high:
+                    # {n,}: a loop too.
+                    copies = 3 * (low + 1)
+                frame = stack[-1]
+                frame[0] += frame[1] * (max(copies, 1) - 1)
+                frame[1] *= max(copies, 1)
+                i = counted.end()
+                continue
+        elif c == ".":
+            i += 1
+            cost = WIDE
+        elif c in "^$":
+            i += 1
+            cost = 0
+        else:
+            i += 1
+            # Letters are two under (?i); a non-ASCII character is a
+            # sequence of bytes.
+            cost = 2 if (caseless and c.isalpha()) or ord(c) > 0x7F else 1
+        frame = stack[-1]
+        frame[0] += cost
+        frame[1] = cost
+    while len(stack) > 1:
+        stack[-2][0] += stack.pop()[0]
+    return stack[0][0]
+
+
+def compileRegex(pattern: str, field: str = "", whole: bool = False) -> Regex:
     """
     Compile a user's regular expression (see the module docstring for the
     syntax).
 
     @param pattern: the pattern.
     @param field: the field that holds it, named by the error.
+    @param whole: whether it must match the whole text (a C{re:} type)
+        rather than anywhere in it (a C{match} condition).
     @return: the L{Regex}; the same object for the same pattern while it
         is remembered.
-    @raise RegexError: for C{field}, when the pattern is invalid or cannot
-        be matched in linear time.
+    @raise RegexError: for C{field}, when the pattern is invalid, cannot be
+        matched in linear time, or would take too long to compile.
     @raise ValidationError: when C{pattern} is not a string.
     """
     if not isinstance(pattern, str):
         raise ValidationError(field, "must be a regular expression string")
-    found = _cache.get(pattern)
+    key = (pattern, whole)
+    found = _cache.get(key)
     if found is not None:
         return found
     if len(pattern) > MAX_PATTERN_LENGTH:
@@ -246,20 +503,36 @@ def compileRegex(pattern: str, field: str = "") -> Regex:
     except UnicodeEncodeError:
         raise RegexError(field, "not valid Unicode (a lone surrogate)")
     try:
-        search = _Form(encoded)
-    except hyperscan.error as e:
-        raise RegexError(field, _engineReason(e))
+        cost = compileCost(pattern)
+    except ValueError as e:
+        raise RegexError(field, str(e))
+    if cost > MAX_COST:
+        raise RegexError(
+            field,
+            f"too large (a cost of {cost}, more than {MAX_COST}: use fewer or smaller"
+            " counted repeats {n,m}, fewer ., negated classes or classes of non-ASCII"
+            " characters under them)",
+        )
+    expression = b"\\A(?:" + encoded + b")\\z" if whole else encoded
     try:
-        whole = _Form(b"\\A(?:" + encoded + b")\\z")
+        form = _Form(expression)
     except hyperscan.error as e:
-        # The pattern alone compiled: what follows it was swallowed (an
-        # unterminated \Q), or made it too big.
-        raise RegexError(field, _engineReason(e) + "; a pattern may not end inside \\Q")
-    regex = Regex(pattern, search, whole)
+        error: Exception = e
+        if whole:
+            # The error of the pattern as written (its positions are the
+            # user's); when it has none, the pattern swallowed what follows
+            # it (an unterminated \Q).
+            try:
+                _Form(encoded)
+            except hyperscan.error as plain:
+                error = plain
+            else:
+                raise RegexError(field, "it may not end inside \\Q...")
+        raise RegexError(field, _engineReason(error))
+    regex = Regex(pattern, whole, form)
     if len(_cache) >= CACHE_SIZE:
-        # The oldest goes (dicts keep their insertion order).
-        oldest: List[str] = list(_cache)[: CACHE_SIZE // 4]
-        for key in oldest:
-            del _cache[key]
-    _cache[pattern] = regex
+        # The oldest go (dicts keep their insertion order).
+        for oldest in list(_cache)[: CACHE_SIZE // 4]:
+            del _cache[oldest]
+    _cache[key] = regex
     return regex

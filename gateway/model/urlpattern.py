@@ -302,12 +302,12 @@ def _parseParam(segment: str, seen: List[str]) -> ParamSegment:
         if not regex:
             raise ValueError(f"parameter {name!r} has an empty regular expression")
         try:
-            compiled = compileRegex(regex)
+            compiled = compileRegex(regex, whole=True)
         except RegexError as e:
             raise ValueError(
                 f"invalid regular expression {regex!r} for parameter {name!r}: {e.reason}"
             )
-        return ParamSegment(name, "re", regex, compiled.fullmatch)
+        return ParamSegment(name, "re", regex, compiled.matches)
     check = _TYPE_CHECKS.get(kind)
     if check is None:
         raise ValueError(

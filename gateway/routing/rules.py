@@ -488,7 +488,7 @@ def _inPredicate(expected: Any) -> _Test:
 
 
 def _matchPredicate(expected: Any) -> _Test:
-    search = compileRegex(expected, "value").search
+    search = compileRegex(expected, "value").matches
 
     def match(value: Any) -> bool:
         text = _textOf(value)
