@@ -22,8 +22,8 @@ C{^(a+)+$} search of C{"a" * 33 + "!"}):
     millisecond, adversarial 64 KiB texts at most half a millisecond
     whatever the accepted pattern: its automata have a bounded state, and
     a pattern whose automaton would be too large is refused at compile
-    time.  Compiling takes about a millisecond, more for large repeats of
-    large classes (see below).
+    time.  Compiling takes about a millisecond, far more for large repeats
+    and Unicode classes (see "What compiling costs").
   - C{regex-rs} (the Rust C{regex} crate): 0.1 microseconds a match on
     both, but its last release is from 2023 and has no wheels for Python
     3.13; and its time per byte grows with the size of the compiled
@@ -40,47 +40,55 @@ The syntax (README.md, "Regular expressions", says the same for users)
 ======================================================================
 Patterns are compiled with C{HS_FLAG_UTF8} (the pattern and the text are
 Unicode, C{.} and classes take whole characters), C{HS_FLAG_ALLOWEMPTY}
-and C{HS_FLAG_SINGLEMATCH}, and without C{HS_FLAG_UCP}, which gives RE2's
+and C{HS_FLAG_SINGLEMATCH}, and without C{HS_FLAG_UCP} (with it, C{\\b} is
+refused and C{\\w} compiles as slowly as C{\\p{L}}), which gives RE2's
 semantics:
 
-  - accepted: literals (any Unicode), C{.}, classes C{[...]} with ranges,
-    C{\\d \\w \\s} and their negations (ASCII, as in RE2; Unicode classes are
-    written C{\\p{L}}, C{\\p{N}}, C{\\p{Greek}}...), POSIX classes
-    C{[[:alpha:]]}, anchors C{^ $ \\A \\Z \\z} and word boundaries C{\\b \\B},
-    groups C{(...)}, C{(?:...)}, C{(?P<name>...)}, alternation, every
-    quantifier (C{* + ? {n} {n,} {n,m}} and their lazy forms), inline
-    flags C{(?i) (?m) (?s) (?x)} (C{(?i)} folds Unicode case), comments
-    C{(?#...)}, escapes C{\\x41 \\x{1F600} \\t \\n} and C{\\Q...\\E};
+  - accepted: literals (any Unicode), C{.}, classes C{[...]} with ranges
+    (C{[\\x{0400}-\\x{04FF}]}), C{\\d \\w \\s} and their negations (ASCII,
+    as in RE2), POSIX classes C{[[:alpha:]]}, anchors C{^ $ \\A \\Z \\z},
+    word boundaries C{\\b \\B}, groups C{(...)}, C{(?:...)},
+    C{(?P<name>...)}, alternation, every quantifier (C{* + ? {n} {n,}
+    {n,m}} and their lazy forms), inline flags C{(?i) (?m) (?s) (?x)}
+    (C{(?i)} folds Unicode case), comments C{(?#...)}, escapes C{\\x41
+    \\x{1F600} \\t \\n} and C{\\Q...\\E};
   - refused at save time, with a 400 naming the field: backreferences
     (C{\\1}, C{(?P=name)}), lookahead and lookbehind, atomic groups,
     possessive quantifiers, conditionals, recursion, C{\\G \\K \\X},
     C{\\u} and C{\\N{...}} escapes (write C{\\x{...}}), Python's C{(?a)}
-    and C{(?u)} flags, a NUL character (write C{\\x00}), patterns longer
-    than L{MAX_PATTERN_LENGTH} characters, and patterns whose automaton
-    is too large (C{\\w{1000}}, C{.{5000}}, C{\\p{L}{100}}).
+    and C{(?u)} flags, a NUL character (write C{\\x00}), Unicode property
+    classes C{\\p{...}} (Python's C{re} had none either: see below),
+    patterns longer than L{MAX_PATTERN_LENGTH} characters, counted repeats
+    over L{MAX_REPEAT}, and patterns that would take long to compile
+    (L{compileCost} over L{MAX_COST}: C{.{101}}, C{(ab|cd|ef){1000}}).
 
-A pattern the old engine (Python's C{re}) took with another meaning:
-C{\\d \\w \\s \\b} were Unicode-aware (C{\\w} matched C{é}), and C{$} still
-matches before a final newline in a C{match} condition, as it did.
+What the old engine (Python's C{re}) took with another meaning: C{\\d \\w
+\\s \\b} were Unicode-aware (C{\\w} matched C{é}).  C{$} still matches
+before a final newline, as it did.
 
 How a pattern is applied
 ========================
-L{Regex.search} says whether the pattern matches anywhere in the text
-(C{re.search}), L{Regex.fullmatch} whether it matches the whole text
-(C{re.fullmatch}: the pattern is compiled a second time as
-C{\\A(?:pattern)\\z}).  Both forms are compiled, and so checked, when the
-pattern is: a pattern is accepted or refused whatever it is used for.
-Text with lone surrogates (a JSON string may carry C{"\\ud800"}) is
-matched with U+FFFD in their place.
+L{compileRegex} compiles a pattern for one use: found anywhere in the text
+(C{re.search}, a C{match} condition), or matching the whole text
+(C{re.fullmatch}, a C{re:} type: compiled as C{\\A(?:pattern)\\z}).
+L{Regex.matches} says whether it does.  Text with lone surrogates (a JSON
+string may carry C{"\\ud800"}) is matched with U+FFFD in their place.
 
-Compiling costs about a millisecond a form (more, up to seconds before a
-refusal, for large repeats of large Unicode classes such as
-C{(?i)(\\p{L}\\s){30}}), on the thread that compiles: a compiled pattern is
-kept (L{compileRegex} remembers the last L{CACHE_SIZE} patterns), so that a
-routing snapshot rebuilt after a change compiles only the patterns that
-are new.  A L{Regex} holds one Hyperscan scratch space per form, so it
-must be used by one thread at a time (the gateway matches on its reactor
-thread only).
+What compiling costs
+====================
+Matching is cheap and bounded; compiling is not: Hyperscan builds its
+automata when a pattern is compiled, on the thread that compiles (the
+reactor's, when a change is saved and when a snapshot is built), and its
+time grows with the automaton: C{.{1000}} takes a second, C{\\p{L}} (650
+ranges of code points in UTF-8) a tenth of a second for each copy.  So a
+pattern is refused, before Hyperscan is asked, when L{compileCost}, a
+deterministic estimate, passes L{MAX_COST}, and Unicode property classes
+are refused outright; patterns under the limit compile in milliseconds,
+half a second for the worst of 10,000 random ones near it.  A compiled
+pattern is kept (the last L{CACHE_SIZE}), so a snapshot rebuilt after a
+change compiles only the patterns that are new.  A L{Regex} holds a
+Hyperscan scratch space, so it must be used by one thread at a time (the
+gateway matches on its reactor thread only).
 """
 
 from __future__ import annotations
