@@ -17,7 +17,7 @@ Measured here (x86-64; a 3-character text; the issue's hostile case is a
 C{^(a+)+$} search of C{"a" * 33 + "!"}):
 
   - C{hyperscan} (Intel's Hyperscan, a bundled library; releases in 2026):
-    0.4 microseconds a match on CPython, 3 on PyPy (a Python call back per
+    0.4 to 0.6 microseconds a match on CPython, 3 to 5 on PyPy (a call back per
     match, through C{cpyext} on PyPy); the hostile case well under a
     millisecond, adversarial 64 KiB texts at most half a millisecond
     whatever the accepted pattern: its automata have a bounded state, and
@@ -144,34 +144,14 @@ def _utf8(text: str) -> bytes:
         return fixed.encode("utf-8")
 
 
-class _Form:
+def _database(expression: bytes) -> Any:
     """
-    One compiled expression and its scratch space.
+    @return: the Hyperscan database of one expression.
+    @raise hyperscan.error: when Hyperscan refuses the expression.
     """
-
-    __slots__ = ("_database", "_scratch", "_found", "_onMatch")
-
-    def __init__(self, expression: bytes) -> None:
-        """
-        @raise hyperscan.error: when Hyperscan refuses the expression.
-        """
-        database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        database.compile(expressions=[expression], flags=_FLAGS)
-        self._database = database
-        self._scratch = hyperscan.Scratch(database)
-        self._found = False
-        # Made once: a bound method made per scan would cost an allocation.
-        self._onMatch = self._matched
-
-    def _matched(self, expressionId: int, start: int, end: int, flags: int, context: Any) -> None:
-        # HS_FLAG_SINGLEMATCH: called at most once per scan.  Returning
-        # None (rather than asking to stop) spares an exception per match.
-        self._found = True
-
-    def matches(self, data: bytes) -> bool:
-        self._found = False
-        self._database.scan(data, match_event_handler=self._onMatch, scratch=self._scratch)
-        return self._found
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    database.compile(expressions=[expression], flags=_FLAGS)
+    return database
 
 
 class Regex:
@@ -182,15 +162,24 @@ class Regex:
     @ivar whole: whether it must match the whole text (else anywhere).
     """
 
-    __slots__ = ("pattern", "whole", "_form")
+    __slots__ = ("pattern", "whole", "_database", "_scratch", "_found", "_onMatch")
 
-    def __init__(self, pattern: str, whole: bool, form: _Form) -> None:
+    def __init__(self, pattern: str, whole: bool, database: Any) -> None:
         self.pattern = pattern
         self.whole = whole
-        self._form = form
+        self._database = database
+        self._scratch = hyperscan.Scratch(database)
+        self._found = False
+        # Made once: a bound method made per scan would cost an allocation.
+        self._onMatch = self._matched
 
     def __repr__(self) -> str:
         return f"<Regex {self.pattern!r}{' (whole)' if self.whole else ''}>"
+
+    def _matched(self, expressionId: int, start: int, end: int, flags: int, context: Any) -> None:
+        # HS_FLAG_SINGLEMATCH: called at most once per scan.  Returning
+        # None (rather than asking to stop) spares an exception per match.
+        self._found = True
 
     def matches(self, text: str) -> bool:
         """
@@ -198,7 +187,15 @@ class Regex:
             C{re.fullmatch}) when L{whole}, else somewhere in it (as
             C{re.search}).
         """
-        return self._form.matches(_utf8(text))
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            data = _utf8(text)
+        self._found = False
+        # (data, match_event_handler, flags, context, scratch): positional
+        # arguments are parsed faster than keywords.
+        self._database.scan(data, self._onMatch, 0, None, self._scratch)
+        return self._found
 
 
 _cache: Dict[Tuple[str, bool], Regex] = {}
@@ -523,7 +520,7 @@ def compileRegex(pattern: str, field: str = "", whole: bool = False) -> Regex:
         )
     expression = b"\\A(?:" + encoded + b")\\z" if whole else encoded
     try:
-        form = _Form(expression)
+        database = _database(expression)
     except hyperscan.error as e:
         error: Exception = e
         if whole:
@@ -531,13 +528,13 @@ def compileRegex(pattern: str, field: str = "", whole: bool = False) -> Regex:
             # user's); when it has none, the pattern swallowed what follows
             # it (an unterminated \Q).
             try:
-                _Form(encoded)
+                _database(encoded)
             except hyperscan.error as plain:
                 error = plain
             else:
                 raise RegexError(field, "it may not end inside \\Q...")
         raise RegexError(field, _engineReason(error))
-    regex = Regex(pattern, whole, form)
+    regex = Regex(pattern, whole, database)
     if len(_cache) >= CACHE_SIZE:
         # The oldest go (dicts keep their insertion order).
         for oldest in list(_cache)[: CACHE_SIZE // 4]:
