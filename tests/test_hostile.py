@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import attrs
+import pytest
 from fakes import ScriptedUpstreamClient
 from treq.testing import StubTreq
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
@@ -39,6 +42,7 @@ from gateway.model.limits import ADMIN_LIMITS, HTTPLimits
 from gateway.pipeline.resource import GatewayResource
 from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
+from gateway.telemetry.stats import Stats
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 HOST = IPv4Address("TCP", "127.0.0.1", 8080)
@@ -730,6 +734,127 @@ class BodyLimitTests(ServerTestCase):
         self.assertIsNone(limitFor(b"POST", b"gw", b"/nothing"))
 
 
+class ChunkedBodyTests(ServerTestCase):
+    """
+    Chunked bodies are decoded strictly: a chunk size past the body limit is
+    413 and a malformed size or trailer line 400 as soon as the bytes that
+    show it arrive, never after a timeout.
+    """
+
+    limits = HTTPLimits(maxBodySize=1000)
+
+    def assertRefusedAtOnce(self, body: bytes, code: int) -> Answer:
+        """
+        A chunked request whose body starts with C{body} (and never goes on)
+        is answered C{code} without the clock moving, nothing reaches the
+        resource, and the connection is closed.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(post(b"Transfer-Encoding: chunked"))
+        channel.dataReceived(body)
+        answers = parseAnswers(transport.value())
+        self.assertEqual([a.status for a in answers], [code], body)
+        self.assertEqual(self.resource.seen, [])
+        self.assertTrue(transport.disconnecting)
+        return answers[0]
+
+    def test_chunk_size_over_the_limit(self) -> None:
+        """
+        A chunk size that takes the body past its limit is answered 413 as
+        soon as its line is read, before any of its data, and as soon as
+        its digits alone say so, before the end of its line.
+        """
+        answer = self.assertRefusedAtOnce(b"3e9\r\n", 413)
+        self.assertIn("1000", answer.json()["error"])
+        self.assertRefusedAtOnce(b"fffffffffffffffffffff", 413)
+        self.assertRefusedAtOnce(b"3e8\r\n" + b"x" * 1000 + b"\r\n1\r\n", 413)
+        self.assertRefusedAtOnce(b"1f4\r\n" + b"x" * 500 + b"\r\n1f5;ext=1", 413)
+
+    def test_body_at_the_limit(self) -> None:
+        """
+        Chunks adding up to the limit, with extensions and split anywhere,
+        are served whole.
+        """
+        body = b"1f4;a=b\r\n" + b"x" * 500 + b'\r\n1F4 ; q="v"\r\n' + b"y" * 500 + b"\r\n0\r\n\r\n"
+        for size in (1, 7, len(body)):
+            self.resource.seen = []
+            channel, transport = self.connect()
+            channel.dataReceived(post(b"Transfer-Encoding: chunked"))
+            for i in range(0, len(body), size):
+                channel.dataReceived(body[i : i + size])
+            self.assertEqual([a.body for a in parseAnswers(transport.value())], [b"ok 1000"])
+            self.assertEqual(self.resource.seen[0][2], b"x" * 500 + b"y" * 500)
+
+    def test_malformed_size_lines(self) -> None:
+        """
+        A chunk-size line that is not hexadecimal digits, optional
+        extensions and CRLF is answered 400 at once, also before its end.
+        """
+        for body in [
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\rhello",
+            b"5 \r\n",
+            b"+5\r\n",
+            b"0x5\r\n",
+            b"-1\r\n",
+            b"5;a\x01\r\n",
+            b"\r\n",
+            b"zz",
+            b"5 x",
+            b"5;" + b"a" * 2000,
+            b"5\r\nhelloXX",
+        ]:
+            self.assertRefusedAtOnce(body, 400)
+
+    def test_trailer_without_colon(self) -> None:
+        """
+        A trailer line without a colon is answered 400 (it used to be
+        accepted and the request served).
+        """
+        self.assertRefusedAtOnce(b"3\r\nabc\r\n0\r\nno-colon\r\n\r\n", 400)
+        self.assertRefusedAtOnce(b"0\r\nno colon, and never ended", 400)
+
+    def test_malformed_trailers(self) -> None:
+        """
+        A trailer line with a bare LF or CR, obsolete line folding, a name
+        that is not a token or a control character in its value is answered
+        400 as soon as it arrives (a bare LF used to wait for the body
+        timeout).
+        """
+        for body in [
+            b"0\r\nX-A: 1\n\r\n",
+            b"0\r\nX-A: 1\n",
+            b"0\r\nX-A: 1\rX-B: 2\r\n\r\n",
+            b"0\r\nX-A: 1\r\n folded\r\n\r\n",
+            b"0\r\nBad Name: 1\r\n\r\n",
+            b"0\r\nX-A: a\x00b\r\n\r\n",
+            b"0\r\n\n",
+        ]:
+            self.assertRefusedAtOnce(body, 400)
+
+    def test_trailers_too_large(self) -> None:
+        """
+        Trailers over C{maxHeadersSize} bytes are answered 431 as soon as
+        they pass it.
+        """
+        self.assertRefusedAtOnce(b"0\r\nX-A: " + b"a" * 40000, 431)
+        self.assertRefusedAtOnce(b"0\r\n" + b"X-A: 1\r\n" * 5000, 431)
+
+    def test_valid_trailers(self) -> None:
+        """
+        Well-formed trailers are read (and dropped), and a request pipelined
+        after the body is served in turn.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(
+            post(b"Transfer-Encoding: chunked")
+            + b"3\r\nabc\r\n0\r\nX-Checksum: abc\r\nX-Empty:\r\n\r\n"
+            + get(b"/next")
+        )
+        self.assertEqual([a.status for a in parseAnswers(transport.value())], [200, 200])
+        self.assertEqual([s[1:3] for s in self.resource.seen], [(b"/p", b"abc"), (b"/next", b"")])
+
+
 # -- timeouts -----------------------------------------------------------------
 
 
@@ -902,6 +1027,173 @@ class TimeoutTests(ServerTestCase):
         self.clock.advance(0.1)
         self.assertTrue(transport.aborted)
         self.assertEqual(self.resource.seen, [])
+
+
+def tcpPair() -> Tuple[socket.socket, socket.socket]:
+    """
+    @return: the two ends of a TCP connection on 127.0.0.1.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        clientSide = socket.create_connection(listener.getsockname(), timeout=5)
+        gatewaySide, _ = listener.accept()
+    return gatewaySide, clientSide
+
+
+class _TCPConnection(tcp.Connection):
+    """
+    Twisted's TCP connection over a socket of a C{socketpair}, with fixed
+    addresses.
+    """
+
+    def getPeer(self) -> IPv4Address:
+        return PEER
+
+    def getHost(self) -> IPv4Address:
+        return HOST
+
+
+class SendTimeoutTests(ServerTestCase):
+    """
+    A client that takes nothing of its answer for C{sendTimeout} seconds is
+    cut off, its request learns that its connection is lost (the proxy then
+    stops the upstream connection), and the site's stats count it.
+    """
+
+    limits = HTTPLimits(sendTimeout=30, idleTimeout=1000, headerTimeout=1000)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.stats = Stats(self.clock)
+        self.site = self.makeSite(stats=self.stats)
+        self.resource.hold = True
+
+    def startAnswer(
+        self, target: bytes = b"/", version: bytes = b"HTTP/1.1"
+    ) -> Tuple[GatewayHTTPChannel, HalfClosingTransport, Any, StringTransport, List[Failure]]:
+        """
+        Start answering a request, with a producer (standing for the
+        upstream connection) registered.
+
+        @return: the channel, its transport, the request, the producer, and
+            a list that gets the failure of the request's C{notifyFinish}.
+        """
+        transport = HalfClosingTransport(hostAddress=HOST, peerAddress=PEER)
+        channel, _ = self.connect(transport=transport)
+        channel.dataReceived(get(target, version=version))
+        request = self.resource.seen[-1][3]
+        producer = StringTransport()
+        request.registerProducer(producer, True)
+        request.write(b"x" * 1000)
+        lost: List[Failure] = []
+        request.notifyFinish().addErrback(lost.append)
+        return channel, transport, request, producer, lost
+
+    def test_cut_off(self) -> None:
+        """
+        When the transport's buffer stays full (the transport pauses the
+        channel and never resumes it) for C{sendTimeout} seconds, the
+        connection is aborted, counted, and its request told.  Until then
+        the answer's producer is paused.
+        """
+        channel, transport, request, producer, lost = self.startAnswer()
+        transport.producer.pauseProducing()
+        self.assertEqual(producer.producerState, "paused")
+        self.clock.advance(29.9)
+        self.assertFalse(transport.aborted)
+        self.assertEqual(self.stats.sendTimeouts, 0)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.aborted)
+        self.assertEqual(self.stats.sendTimeouts, 1)
+        self.assertEqual(self.stats.snapshot()["sendTimeouts"], 1)
+        channel.connectionLost(Failure(ConnectionAborted()))
+        self.assertEqual(len(lost), 1)
+
+    def test_resumed_in_time(self) -> None:
+        """
+        A client that takes its answer before C{sendTimeout} (the transport
+        resumes the channel) starts the deadline again at the next pause; a
+        client that reads normally is never cut, however long the answer.
+        """
+        channel, transport, request, producer, lost = self.startAnswer()
+        transport.producer.pauseProducing()
+        self.clock.advance(29)
+        transport.producer.resumeProducing()
+        self.assertEqual(producer.producerState, "producing")
+        self.clock.advance(1000)
+        transport.producer.pauseProducing()
+        self.clock.advance(29)
+        self.assertFalse(transport.aborted)
+        self.clock.advance(1)
+        self.assertTrue(transport.aborted)
+        self.assertEqual(self.stats.sendTimeouts, 1)
+
+    def test_no_site_stats(self) -> None:
+        """
+        A site without stats cuts the client all the same.
+        """
+        self.site = self.makeSite()
+        channel, transport, request, producer, lost = self.startAnswer()
+        transport.producer.pauseProducing()
+        self.clock.advance(30)
+        self.assertTrue(transport.aborted)
+
+    def test_closing_connection(self) -> None:
+        """
+        A connection closing after its last answer (HTTP/1.0) while the
+        client reads nothing is aborted after C{sendTimeout} seconds: the
+        transport would otherwise wait for the client forever.
+        """
+        channel, transport, request, producer, lost = self.startAnswer(version=b"HTTP/1.0")
+        transport.producer.pauseProducing()
+        self.clock.advance(10)
+        request.unregisterProducer()
+        request.finish()
+        self.assertTrue(transport.disconnecting)
+        self.clock.advance(19.9)
+        self.assertFalse(transport.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.aborted)
+        self.assertEqual(self.stats.sendTimeouts, 1)
+
+    @pytest.mark.integration
+    def test_progress_on_tcp(self) -> None:
+        """
+        Over Twisted's TCP transport, bytes the client takes while the send
+        buffer stays full are progress: the deadline starts again from them
+        (seen within a quarter of C{sendTimeout}), so a slow reader is not
+        cut while it reads, and is once it stops.
+        """
+        reactor = MemoryReactorClock()
+        site = LimitedSite(self.resource, limits=self.limits, reactor=reactor, stats=self.stats)
+        gatewaySide, clientSide = tcpPair()
+        self.addCleanup(gatewaySide.close)
+        self.addCleanup(clientSide.close)
+        gatewaySide.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        clientSide.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        gatewaySide.setblocking(False)
+        channel = site.buildProtocol(PEER)
+        transport = _TCPConnection(gatewaySide, channel, reactor)
+        transport.connected = 1
+        channel.makeConnection(transport)
+        channel.dataReceived(get())
+        request = self.resource.seen[-1][3]
+        lost: List[Failure] = []
+        request.notifyFinish().addErrback(lost.append)
+        request.write(b"x" * 300_000)
+        reactor.advance(0)
+        self.assertTrue(transport.producerPaused)
+        reactor.pump([1] * 20)
+        clientSide.recv(100_000)
+        transport.doWrite()
+        self.assertTrue(transport.producerPaused)
+        reactor.pump([1] * 30)
+        self.assertEqual((self.stats.sendTimeouts, lost), (0, []))
+        reactor.pump([1] * 10)
+        self.assertEqual(self.stats.sendTimeouts, 1)
+        reactor.advance(0)
+        self.assertEqual(len(lost), 1)
 
 
 # -- persistence --------------------------------------------------------------

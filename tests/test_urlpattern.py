@@ -201,7 +201,9 @@ class ParsePatternTests(SynchronousTestCase):
             (
                 "/{id:re:x(}",
                 "invalid regular expression 'x(' for parameter 'id':"
-                " missing ), unterminated subpattern at position 1",
+                " Missing close parenthesis for group started at index 1 (patterns are"
+                " matched in linear time: no backreferences, lookaround, atomic groups or"
+                " possessive quantifiers)",
             ),
             ("/a?b=1", "has 'a?b=1': a pattern matches the path only, without ? or #"),
             ("/a#top", "has 'a#top': a pattern matches the path only, without ? or #"),

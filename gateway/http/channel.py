@@ -29,7 +29,10 @@ must never be able to read a request differently from the gateway
   - body: larger than the limit of the request's route (see
     L{LimitedSite.bodyLimitFor}) or than L{HTTPLimits.maxBodySize}: 413, at
     once when C{Content-Length} says so (the body is never read), as soon
-    as the running total passes it for a chunked body.
+    as a chunk size takes a chunked body past it; a chunked body is decoded
+    strictly (L{gateway.http.chunked}): a malformed chunk or trailer line is
+    400 as soon as its bytes show it, trailers over
+    L{HTTPLimits.maxHeadersSize} bytes 431.
 
 And slow clients are cut off: a request head must arrive within
 L{HTTPLimits.headerTimeout} seconds (of the connection, or of the first byte
@@ -37,7 +40,12 @@ of a later request on a kept-alive connection), a body within
 L{HTTPLimits.bodyTimeout} seconds of its head, plus a second for every
 L{HTTPLimits.minBodyRate} bytes received (408 otherwise), and a
 kept-alive connection idle for L{HTTPLimits.idleTimeout} seconds is closed.
-Every timer runs on the site's reactor, so tests drive them with a
+A client that stops reading is cut off too: when it takes no byte of its
+answer for L{HTTPLimits.sendTimeout} seconds (the send buffer stays full,
+or the last bytes of a closing connection wait), its connection is
+aborted, which stops the answer's producer (the upstream connection), and
+the site's C{stats} count it (C{countSendTimeout}).  Every timer runs on
+the site's reactor, so tests drive them with a
 L{twisted.internet.task.Clock}.
 
 Every refusal is a small JSON answer, C{{"error": "..."}}, with
@@ -91,8 +99,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
+from gateway.http.chunked import ChunkedDecoder, ChunkedError
 from gateway.http.headers import headerKey, rawHeadersOf
-from gateway.http.writesoon import writeSoon
+from gateway.http.status import PhrasedRequest, reasonPhrase
+from gateway.http.writesoon import unsentBytes, writeSoon
 from gateway.model.limits import HTTPLimits
 
 log = Logger()
@@ -151,16 +161,6 @@ _UNDERSCORE_LOOKALIKES = frozenset(
         b"x-real-ip",
     ]
 )
-
-
-#: Reason phrases of RFC 9110 that Twisted lacks or spells the old way.
-_PHRASES = {
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    505: b"HTTP Version Not Supported",
-}
 
 
 class _Refused(Exception):
@@ -345,6 +345,9 @@ _DONE = 3  # refused or closing: what arrives is dropped
 _EXPECT = headerKey(b"expect")
 
 
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 #: Bytes of pipelined requests buffered while a request is answered, before
 #: the channel stops reading from the client.
 _EAGER_READ = 0x4000
@@ -372,7 +375,8 @@ class GatewayHTTPChannel(Protocol):
         all of it is known;
       - its fields go straight into the request's L{Headers} (they were
         checked while parsed);
-      - one timer per connection serves every deadline (head, body, idle):
+      - one timer per connection serves every deadline (head, body, idle,
+        send):
         it is not cancelled and re-armed per request, but checks, when it
         fires, what the connection is waiting for and since when, and waits
         again if need be;
@@ -397,7 +401,7 @@ class GatewayHTTPChannel(Protocol):
     limits = HTTPLimits()
     lingerTimeout = 2.0
     abortTimeout: Optional[float] = 15
-    requestFactory: Callable[..., http.Request] = server.Request
+    requestFactory: Callable[..., http.Request] = PhrasedRequest
     site: Optional[server.Site] = None
     timeOut: Optional[float] = None
     #: The class whose write methods send to the transport as they are
@@ -427,7 +431,7 @@ class GatewayHTTPChannel(Protocol):
     _bodyRemaining = 0
     _bodyLimit: Optional[int] = None
     _bodyReceived = 0
-    _chunked: Optional[http._ChunkedTransferDecoder] = None
+    _chunked: Optional[ChunkedDecoder] = None
     _command = b""
     _path = b""
     _version = b""
@@ -435,6 +439,9 @@ class GatewayHTTPChannel(Protocol):
     _errorFields: Mapping[str, object] = {}
     _clock: IReactorTime
     _abortingCall: Optional[IDelayedCall] = None
+    _written = 0
+    _sendStalledAt: Optional[float] = None
+    _sentMark: Optional[int] = None
 
     def __init__(self) -> None:
         self.requests: List[http.Request] = []
@@ -644,11 +651,14 @@ class GatewayHTTPChannel(Protocol):
             else:
                 expect = raw.get(_EXPECT)
             if expect and expect[0].lower() == b"100-continue":
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._written += len(_CONTINUE)
+                self.transport.write(_CONTINUE)
         self._bodyLimit = limit
         self._bodyReceived = 0
         if chunked:
-            self._chunked = http._ChunkedTransferDecoder(self._bodyChunk, self._chunkedDone)
+            self._chunked = ChunkedDecoder(
+                self._bodyChunk, self._chunkedDone, limit, self.limits.maxHeadersSize
+            )
         else:
             assert length is not None  # (neither chunked nor 0 nor absent: see above)
             self._chunked = None
@@ -694,8 +704,8 @@ class GatewayHTTPChannel(Protocol):
         if decoder is not None:
             try:
                 decoder.dataReceived(data)
-            except http._MalformedChunkedDataError:
-                self._reject(400, "malformed chunked request body")
+            except ChunkedError as e:
+                self._reject(e.code, e.message)
             # What follows the body came back through _chunkedDone.
             return b""
         remaining = self._bodyRemaining
@@ -781,10 +791,13 @@ class GatewayHTTPChannel(Protocol):
         Write (part of) an answer: sent on the reactor's next turn (see
         L{gateway.http.writesoon}).
         """
+        self._written += len(data)
         writeSoon(self.transport, data)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
-        writeSoon(self.transport, b"".join(iovec))
+        data = b"".join(iovec)
+        self._written += len(data)
+        writeSoon(self.transport, data)
 
     def writeHeaders(
         self,
@@ -806,7 +819,9 @@ class GatewayHTTPChannel(Protocol):
             for value in values:
                 head.extend((name, b": ", value, b"\r\n"))
         head.append(b"\r\n")
-        writeSoon(self.transport, b"".join(head))
+        data = b"".join(head)
+        self._written += len(data)
+        writeSoon(self.transport, data)
 
     def getPeer(self) -> IAddress:
         peer: IAddress = self.transport.getPeer()
@@ -821,12 +836,18 @@ class GatewayHTTPChannel(Protocol):
 
     def loseConnection(self) -> None:
         """
-        Close the connection once what was written is sent.
+        Close the connection once what was written is sent, within
+        L{HTTPLimits.sendTimeout} seconds without progress.
         """
         transport = self.transport
         if self._registered:
             self._registered = False
             transport.unregisterProducer()
+        unsent = unsentBytes(transport)
+        if self._writeBlocked or unsent:
+            # The client may never take the rest: the transport would wait
+            # for it forever (and no pause or resume comes any more).
+            self._sendStalled()
         transport.loseConnection()
 
     def _respondToBadRequestAndDisconnect(self) -> None:
@@ -869,15 +890,21 @@ class GatewayHTTPChannel(Protocol):
     def pauseProducing(self) -> None:
         """
         The transport's buffer is full: pause the answer's producer, and
-        stop reading requests.
+        stop reading requests, for L{HTTPLimits.sendTimeout} seconds without
+        progress at most.
         """
         self._writeBlocked = True
+        self._sendStalled()
         if self._producer is not None:
             self._producer.pauseProducing()
         self._updateReading()
 
     def resumeProducing(self) -> None:
         self._writeBlocked = False
+        if self._registered:
+            # (Not closing: a closing connection's last bytes keep their
+            # deadline.)
+            self._sendStalledAt = None
         if self._producer is not None:
             self._producer.resumeProducing()
         self._updateReading()
@@ -935,6 +962,7 @@ class GatewayHTTPChannel(Protocol):
         state = self._state
         limits = self.limits
         now = self._clock.seconds()
+        left: Optional[float] = None
         if state == _HEAD:
             started = self._headStartedAt
             if started is not None:
@@ -947,8 +975,6 @@ class GatewayHTTPChannel(Protocol):
                 if left <= 0:
                     self._timeOutIdle()
                     return
-            else:
-                return
         elif state == _BODY:
             deadline = self._bodyStartedAt + limits.bodyTimeout
             if limits.minBodyRate:
@@ -957,10 +983,84 @@ class GatewayHTTPChannel(Protocol):
             if left <= 0:
                 self._reject(408, "request body not received in time")
                 return
-        else:
-            # Answering (no deadline: the upstream's bound it), or done.
+        # Answering has no deadline of its own (the upstream's bound it), but
+        # an answer the client does not take has.
+        if self._sendStalledAt is not None:
+            sendLeft = self._sendLeft(now)
+            if sendLeft is None:
+                pass
+            elif sendLeft <= 0:
+                self._timeOutSend()
+                return
+            else:
+                if self._sentMark is not None:
+                    # Look for progress four times per period: a client
+                    # that stops is cut within 1.25 sendTimeout.
+                    sendLeft = min(sendLeft, limits.sendTimeout / 4)
+                if left is None or sendLeft < left:
+                    left = sendLeft
+        if left is not None:
+            self._timer = self._clock.callLater(left, self._timerFired)
+
+    # -- a client that does not read ------------------------------------------
+
+    def _sent(self) -> Optional[int]:
+        """
+        @return: how many of the bytes written the transport has sent, when
+            it says (see L{unsentBytes}).
+        """
+        unsent = unsentBytes(self.transport)
+        return None if unsent is None else self._written - unsent
+
+    def _sendStalled(self) -> None:
+        """
+        The client is not taking its answer (the send buffer is full, or the
+        connection closes with bytes unsent): start the send deadline, unless
+        it runs already.
+        """
+        if self._sendStalledAt is not None:
             return
-        self._timer = self._clock.callLater(left, self._timerFired)
+        self._sendStalledAt = self._clock.seconds()
+        # (None: the transport does not say; only a resume is progress.)
+        sent = self._sentMark = self._sent()
+        timeout = self.limits.sendTimeout
+        self._armTimer(timeout if sent is None else timeout / 4)
+
+    def _sendLeft(self, now: float) -> Optional[float]:
+        """
+        @return: the seconds left before the send deadline, L{None} when it
+            no longer applies.  Progress (bytes sent since the last look,
+            when the transport says) starts the deadline again.
+        """
+        sent = self._sent()
+        if sent is not None:
+            if self._sentMark is None or sent > self._sentMark:
+                self._sentMark = sent
+                self._sendStalledAt = now
+            if sent >= self._written and not self._writeBlocked:
+                # Everything was sent.
+                self._sendStalledAt = None
+                return None
+        assert self._sendStalledAt is not None
+        return self._sendStalledAt + self.limits.sendTimeout - now
+
+    def _timeOutSend(self) -> None:
+        """
+        Cut a client that took nothing of its answer for too long: its
+        requests learn of it (and stop their producers) through
+        C{connectionLost}.
+        """
+        transport: Any = self.transport
+        log.info(
+            "cut off {peer}: it read nothing of its answer for {seconds} seconds",
+            peer=str(transport.getPeer()),
+            seconds=self.limits.sendTimeout,
+        )
+        self._close()
+        stats = getattr(self.site, "stats", None)
+        if stats is not None:
+            stats.countSendTimeout()
+        transport.abortConnection()
 
     def _timeOutIdle(self) -> None:
         transport = self.transport
@@ -1005,7 +1105,7 @@ class GatewayHTTPChannel(Protocol):
         body = dict(self._errorFields)
         body["error"] = message
         payload = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
-        phrase = _PHRASES.get(code) or http.RESPONSES.get(code, b"Error")
+        phrase = reasonPhrase(code)
         transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"

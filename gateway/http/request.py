@@ -53,6 +53,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, _IEncodingResource
 
 from gateway.http.headers import RAW_HEADERS, headerKey, httpDate, rawHeadersOf
+from gateway.http.status import PhrasedRequest
 
 log = Logger()
 
@@ -152,11 +153,12 @@ def _ignore(data: bytes) -> None:
     pass
 
 
-class GatewayRequest(server.Request):
+class GatewayRequest(PhrasedRequest):
     """
     A L{server.Request} that costs less per request (see the module
-    docstring), and that adds no C{Content-Type} of its own: a proxy passes
-    on what the upstream said, or nothing.
+    docstring), that adds no C{Content-Type} of its own (a proxy passes
+    on what the upstream said, or nothing), and that sends the reason
+    phrases of L{gateway.http.status}.
     """
 
     defaultContentType = None

@@ -12,6 +12,7 @@ from twisted.web import server
 from twisted.web.resource import IResource
 
 from gateway.http.channel import BodyLimitFor, GatewayHTTPChannel
+from gateway.http.status import PhrasedRequest
 from gateway.model.limits import HTTPLimits
 
 log = Logger()
@@ -31,12 +32,17 @@ class LimitedSite(server.Site):
     @ivar errorFields: extra fields of the JSON body of every refusal (the
         admin adds C{"field": ""} to match its own errors).
     @ivar rejections: C{{status: count}} of the requests refused so far.
+    @ivar stats: told of every client cut off for not reading its answer
+        (C{stats.countSendTimeout()}, see L{HTTPLimits.sendTimeout}), or
+        L{None}; a L{gateway.telemetry.stats.Stats} for the proxy.
     """
 
     # The channel itself, not HTTPFactory's HTTP/1.1-or-HTTP/2 wrapper: an
     # HTTP/2 connection would bypass these checks.  (HTTPFactory declares
     # that wrapper's type for this attribute, not a protocol factory.)
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
+    # Status lines with the phrases of RFC 9110 (Twisted's table lacks 429).
+    requestFactory = PhrasedRequest
     errorFields: Mapping[str, object] = {}
 
     def __init__(
@@ -44,6 +50,7 @@ class LimitedSite(server.Site):
         resource: IResource,
         limits: Optional[HTTPLimits] = None,
         bodyLimitFor: Optional[BodyLimitFor] = None,
+        stats: Any = None,
         *,
         reactor: Any,
         **kwargs: Any,
@@ -52,6 +59,7 @@ class LimitedSite(server.Site):
         @param resource: the root resource.
         @param limits: the limits, by default L{HTTPLimits}().
         @param bodyLimitFor: see L{bodyLimitFor}.
+        @param stats: see L{stats}.
         @param reactor: the reactor of the connections' timeouts (an
             L{IReactorTime}); given, never Twisted's global one by default.
         @param kwargs: passed to L{server.Site}; C{timeout} defaults to
@@ -63,4 +71,5 @@ class LimitedSite(server.Site):
         super().__init__(resource, reactor=reactor, **kwargs)
         self.limits = limits
         self.bodyLimitFor = bodyLimitFor
+        self.stats = stats
         self.rejections: Dict[int, int] = {}

@@ -28,7 +28,7 @@ Twisted that buffers otherwise) is simply written to.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from twisted.internet import abstract, tcp
 from twisted.internet.interfaces import IReactorFDSet, IReactorTime, ITransport
@@ -37,7 +37,7 @@ from twisted.logger import Logger
 if TYPE_CHECKING:
     from typing_extensions import TypeGuard
 
-__all__ = ["SUPPORTED", "writeSoon"]
+__all__ = ["SUPPORTED", "unsentBytes", "writeSoon"]
 log = Logger()
 
 
@@ -206,3 +206,19 @@ def writeSoon(transport: ITransport, data: bytes) -> None:
         # (A reactor that watches sockets also keeps time.)
         flusher = _flushers[reactor] = _Flusher(IReactorTime(reactor))
     flusher.add(transport)
+
+
+def unsentBytes(transport: Any) -> Optional[int]:
+    """
+    Tell how much of what was written to a transport it still holds: bytes
+    not yet handed to its socket.  A connection's sending makes progress
+    when, between two looks, more was written than this grew by.
+
+    @param transport: any transport.
+    @return: the number of bytes, or L{None} when the transport does not
+        say (a transport other than Twisted's plain TCP one, see
+        L{SUPPORTED}).
+    """
+    if not _isPlainTCP(transport) or transport.TLS:
+        return None
+    return int(transport._tempDataLen + len(transport.dataBuffer) - transport.offset)

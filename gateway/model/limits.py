@@ -50,6 +50,10 @@ class HTTPLimits:
     @ivar minBodyRate: see C{bodyTimeout}; 0 for C{bodyTimeout} alone.
     @ivar idleTimeout: seconds a kept-alive connection may stay idle between
         requests before it is closed.
+    @ivar sendTimeout: seconds the client may take no bytes of its answer
+        (the gateway's send buffer for it stays full, or a closing
+        connection's last bytes wait) before its connection is cut, and
+        with it the upstream connection feeding the answer.
     @ivar rejectAmbiguousPaths: whether paths a backend could normalise
         into another path are refused (400); see L{ambiguousPath}.
     """
@@ -68,6 +72,11 @@ class HTTPLimits:
         Int(0, 1 << 40), 65536, doc="bytes/s a long body earns time at; 0 = bodyTimeout only"
     )
     idleTimeout: float = field(Num(0, 86400, exclusiveMinimum=True), 60.0, doc="seconds")
+    sendTimeout: float = field(
+        Num(0, 86400, exclusiveMinimum=True),
+        60.0,
+        doc="seconds a client may read nothing of its answer before it is cut",
+    )
     rejectAmbiguousPaths: bool = field(Bool(), True, doc="refuse //, dot segments, %2F (400)")
 
 

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import attrs
 
+from gateway.model.regex import compileRegex
 from gateway.model.schema import (
     Anything,
     Bool,
@@ -321,12 +322,7 @@ class Condition:
             if not isinstance(self.value, list):
                 raise ValidationError("value", "must be a list for op 'in'")
         elif self.op == "match":
-            if not isinstance(self.value, str):
-                raise ValidationError("value", "must be a regular expression string")
-            try:
-                re.compile(self.value)
-            except re.error as e:
-                raise ValidationError("value", f"invalid regular expression: {e}")
+            compileRegex(self.value, "value")
         elif self.value is None or isinstance(self.value, (list, dict)):
             raise ValidationError("value", f"must be a string or a number for op {self.op!r}")
 

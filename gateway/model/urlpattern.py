@@ -18,9 +18,10 @@ A pattern starts with C{/} and is split on C{/} into segments:
       - C{alpha}: C{[A-Za-z]+};
       - C{alnum}: C{[A-Za-z0-9]+};
       - C{slug}: C{[A-Za-z0-9_-]+};
-      - C{re:REGEX}: the segment must match the regular expression as a whole
-        (C{re.fullmatch}); braces inside it must be balanced or escaped with
-        a backslash.
+      - C{re:REGEX}: the decoded segment must match the regular expression
+        as a whole (as C{re.fullmatch}), in linear time (L{gateway.model.regex}
+        says what syntax is accepted); braces inside it must be balanced or
+        escaped with a backslash.
   - C{*}: the last segment only; it matches the rest of the path, zero or
     more segments, captured as the parameter C{*} (without a leading slash).
 
@@ -77,6 +78,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import quote, unquote
 
 import attrs
+
+from gateway.model.regex import RegexError, compileRegex
 
 __all__ = [
     "MAX_SEGMENTS",
@@ -299,10 +302,12 @@ def _parseParam(segment: str, seen: List[str]) -> ParamSegment:
         if not regex:
             raise ValueError(f"parameter {name!r} has an empty regular expression")
         try:
-            compiled = re.compile(regex)
-        except re.error as e:
-            raise ValueError(f"invalid regular expression {regex!r} for parameter {name!r}: {e}")
-        return ParamSegment(name, "re", regex, compiled.fullmatch)
+            compiled = compileRegex(regex, whole=True)
+        except RegexError as e:
+            raise ValueError(
+                f"invalid regular expression {regex!r} for parameter {name!r}: {e.reason}"
+            )
+        return ParamSegment(name, "re", regex, compiled.matches)
     check = _TYPE_CHECKS.get(kind)
     if check is None:
         raise ValueError(

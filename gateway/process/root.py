@@ -144,6 +144,7 @@ def _proxySite(
         resource,
         limits=proxyConfig.limits,
         bodyLimitFor=manager.bodyLimitFor,
+        stats=counters,
         reactor=reactor,
     )
     return resource, site

@@ -71,9 +71,10 @@ The operators:
     C{"10" < "9"} when one side is not a number).
   - C{in}: the value C{eq} one of the list's elements.
   - C{match}: the regular expression C{value} is found anywhere in the
-    value (C{re.search}; anchor it with C{^...$} to match the whole
-    value).  Numbers are matched in their JSON spelling, booleans as
-    C{true}/C{false}.
+    value (as C{re.search}; anchor it with C{^...$} to match the whole
+    value).  It is matched in linear time by L{gateway.model.regex}, which
+    says what syntax is accepted.  Numbers are matched in their JSON
+    spelling, booleans as C{true}/C{false}.
 A missing value fails every operator except C{ne}.  A comparison between
 values of mismatched types (an object with a number, say) is never an
 error: it is false (and its C{ne} is true).
@@ -113,6 +114,7 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 import attrs
 
+from gateway.model.regex import compileRegex
 from gateway.model.resources import Condition, Routing
 
 __all__ = [
@@ -462,11 +464,11 @@ def _inPredicate(expected: Any) -> _Test:
 
 
 def _matchPredicate(expected: Any) -> _Test:
-    search = re.compile(expected).search
+    search = compileRegex(expected, "value").matches
 
     def match(value: Any) -> bool:
         text = _textOf(value)
-        return text is not None and search(text) is not None
+        return text is not None and search(text)
 
     return match
 

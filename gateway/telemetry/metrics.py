@@ -29,6 +29,7 @@ Metrics::
   gateway_server_health_checked{server}            1 when it has an active check
   gateway_circuit_breaker_state{server,state}      1 for the current state, 0 others
   gateway_api_circuit_breaker_state{api,state}     the same for an API's own breaker
+  gateway_send_timeouts_total                      clients cut off for not reading
   gateway_snapshot_revision                        store revision being served
   gateway_info{version}
 """
@@ -107,6 +108,13 @@ class GatewayCollector(Collector):
             rejects=False,
         )
         yield from self._live()
+        sendTimeouts = CounterMetricFamily(
+            "gateway_send_timeouts",
+            "Clients cut off for reading nothing of their answer for proxy.limits.sendTimeout"
+            " seconds",
+        )
+        sendTimeouts.add_metric([], getattr(stats, "sendTimeouts", 0))
+        yield sendTimeouts
         info = InfoMetricFamily("gateway", "Gateway version")
         info.add_metric([], {"version": gateway.__version__})
         yield info

@@ -217,7 +217,11 @@ class Stats:
         request was last sent to that server (aggregations are counted
         under their API only; every upstream request, aggregation nodes
         and retries included, is in the server's C{upstreamRequests}).
+    @ivar sendTimeouts: clients cut off for reading nothing of their answer
+        for C{proxy.limits.sendTimeout} seconds (see L{countSendTimeout}).
     """
+
+    sendTimeouts = 0
 
     def __init__(self, clock: Any) -> None:
         """
@@ -275,6 +279,13 @@ class Stats:
         for counters in (self.totals, api, server):
             if counters is not None:
                 counters.add(bucket, latency, kind, reason)
+
+    def countSendTimeout(self) -> None:
+        """
+        Count a client cut off by the send timeout (the proxy's channel
+        calls this, see L{gateway.http.site.LimitedSite.stats}).
+        """
+        self.sendTimeouts += 1
 
     @staticmethod
     def _newEntry(
@@ -337,8 +348,8 @@ class Stats:
             "addr", "active", "latencyEWMA" (seconds, as the backend keeps
             it), "healthy", "ejected", "upstreamRequests",
             "upstreamFailures", "health", "breaker"}}},
-            C{revision} (of the snapshot, or L{None}) and C{at} (clock
-            seconds).  See L{latencyJSON} for C{latency}.
+            C{sendTimeouts} (see L{countSendTimeout}), C{revision} (of the
+            snapshot, or L{None}) and C{at} (clock seconds).  See L{latencyJSON} for C{latency}.
         """
         now = self._clock.seconds()
         totals = self.totals
@@ -370,6 +381,7 @@ class Stats:
             },
             "apis": apis,
             "servers": servers,
+            "sendTimeouts": self.sendTimeouts,
             "revision": current.revision if current is not None else None,
             "at": now,
         }
@@ -447,7 +459,7 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     its snapshot.
 
     @return: a snapshot of the same shape; C{at} is the latest of theirs,
-        C{revision} the highest.
+        C{revision} the highest, C{sendTimeouts} their sum.
     """
     totals: Dict[str, Any] = {"requests": 0, "errors": 0, "rejects": 0}
     totalLatency: Dict[str, Any] = {}
@@ -456,7 +468,9 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     ewmas: Dict[str, List[float]] = {}
     at = None
     revision = None
+    sendTimeouts = 0
     for snap in snapshots:
+        sendTimeouts += snap.get("sendTimeouts") or 0
         for key in totals:
             totals[key] += (snap.get("totals") or {}).get(key, 0)
         _addLatency(totalLatency, (snap.get("totals") or {}).get("latency"))
@@ -494,6 +508,7 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "totals": totals,
         "apis": {name: apis[name] for name in sorted(apis)},
         "servers": {name: servers[name] for name in sorted(servers)},
+        "sendTimeouts": sendTimeouts,
         "revision": revision,
         "at": at,
     }
@@ -548,3 +563,7 @@ class SnapshotStats:
     @property
     def servers(self) -> Dict[str, _SnapshotCounters]:
         return {n: _SnapshotCounters(e) for n, e in self._source().get("servers", {}).items()}
+
+    @property
+    def sendTimeouts(self) -> int:
+        return int(self._source().get("sendTimeouts") or 0)
