@@ -150,9 +150,10 @@ class DocumentTests(SynchronousTestCase):
             {"type": "number", "minimum": 0, "exclusiveMinimum": True},
         )
         schemas = openAPIDocument()["components"]["schemas"]
-        timeout = schemas["API"]["properties"]["nodes"]["items"]["properties"]["timeout"]
-        self.assertIs(timeout["exclusiveMinimum"], True)
-        self.assertEqual(timeout["minimum"], 0)
+        breaker = schemas["API"]["properties"]["circuitBreaker"]["properties"]
+        rate = breaker["failureRateToOpen"]
+        self.assertIs(rate["exclusiveMinimum"], True)
+        self.assertEqual(rate["minimum"], 0)
 
     def test_accept_nulls(self) -> None:
         """
@@ -188,8 +189,9 @@ class DocumentTests(SynchronousTestCase):
     def test_operations_have_responses(self) -> None:
         """
         Every operation (/metrics too) but openapi.json requires the bearer
-        token and documents 401; writes document 400, 409 and 413; item
-        operations document 404; errors use the Error schema.
+        token and documents 401; writes document 400, 409, 413, 415, 422,
+        500 and 503; item reads and deletes document 404 (a PUT creates:
+        never 404); errors use the Error schema.
         """
         document = openAPIDocument()
         self.assertEqual(
@@ -210,12 +212,21 @@ class DocumentTests(SynchronousTestCase):
                 if not public:
                     self.assertIn("401", responses, (path, method))
                 if method in ("post", "put"):
-                    for code in ("400", "409", "413"):
+                    for code in ("400", "409", "413", "415", "422", "500", "503"):
                         self.assertIn(code, responses, (path, method))
-                if "{name}" in path:
+                if "{name}" in path and method != "put":
                     self.assertIn("404", responses, (path, method))
         errors = document["components"]["responses"]
-        for name in ("BadRequest", "Unauthorized", "NotFound", "Conflict", "MethodNotAllowed"):
+        for name in (
+            "BadRequest",
+            "Unauthorized",
+            "NotFound",
+            "Conflict",
+            "MethodNotAllowed",
+            "Unprocessable",
+            "UnsupportedMediaType",
+            "InternalError",
+        ):
             schema = errors[name]["content"]["application/json"]["schema"]
             self.assertEqual(schema, {"$ref": "#/components/schemas/Error"})
 

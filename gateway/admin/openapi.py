@@ -103,7 +103,11 @@ def acceptNulls(schema: Dict[str, Any]) -> Dict[str, Any]:
     """
     @return: a copy of an object schema in which every optional property
         (in nested objects too) may also be C{null}: the admin reads a
-        C{null} for a field that has a default as the default.
+        C{null} for a field that has a default as the default.  An
+        enumeration lists C{null} among its values (OpenAPI 3.0.3: a
+        nullable enum must).  The rules of an object (its C{allOf}) are
+        left as they are: where they require a property, C{null} is not
+        the property.
     """
     schema = copy.deepcopy(schema)
 
@@ -117,6 +121,8 @@ def acceptNulls(schema: Dict[str, Any]) -> Dict[str, Any]:
                 visit(prop)
                 if name not in required:
                     prop["nullable"] = True
+                    if "enum" in prop and None not in prop["enum"]:
+                        prop["enum"] = prop["enum"] + [None]
         if "items" in s:
             visit(s["items"])
 
@@ -281,7 +287,25 @@ def _otherSchemas() -> Dict[str, Dict[str, Any]]:
                 "error": {"type": "string", "description": "what went wrong, for a human"},
                 "field": {
                     "type": "string",
-                    "description": "the field at fault (dotted path), or empty",
+                    "minLength": 1,
+                    "description": "the field at fault (dotted path); absent when no field is",
+                },
+                "errors": {
+                    "type": "array",
+                    "description": (
+                        "on 400 and 422: every error of the body, the first one being"
+                        " error and field"
+                    ),
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "error": {"type": "string"},
+                            "field": {"type": "string", "minLength": 1},
+                        },
+                        "required": ["error"],
+                        "additionalProperties": False,
+                    },
                 },
                 "users": {
                     "type": "array",
@@ -296,7 +320,7 @@ def _otherSchemas() -> Dict[str, Dict[str, Any]]:
                     },
                 },
             },
-            "required": ["error", "field"],
+            "required": ["error"],
         },
         "Proxy": {
             "type": "object",
@@ -333,7 +357,22 @@ def _error(description: str, headers: Optional[Dict[str, Any]] = None) -> Dict[s
 
 def _responses() -> Dict[str, Dict[str, Any]]:
     return {
-        "BadRequest": _error("Invalid: bad JSON, or a field at fault (named in field)."),
+        "BadRequest": _error(
+            "Invalid: not JSON, not an object, or fields that the schema refuses (every one"
+            " in errors)."
+        ),
+        "Unprocessable": _error(
+            "The body fits the schema but breaks a rule the schema states in words only"
+            " (every error in errors): a name other than the URL's, a URL pattern naming a"
+            " parameter twice or holding an invalid regular expression, a rewrite naming a"
+            " parameter the pattern lacks, two nodes with one attrName, a filter that"
+            " refuses its config..."
+        ),
+        "UnsupportedMediaType": _error("The body is not sent as JSON (Content-Type)."),
+        "InternalError": _error(
+            "The store holds a resource this gateway cannot read, or a provider of the"
+            " proxies or statistics failed."
+        ),
         "Unauthorized": _error(
             "No or bad admin token.",
             {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
@@ -364,6 +403,20 @@ def _ok(description: str, schema: Dict[str, Any], headers: Any = None) -> Dict[s
     if headers:
         response["headers"] = headers
     return response
+
+
+def _writeErrors() -> Dict[str, Any]:
+    # Every error a POST or a PUT can get.
+    return {
+        "400": _use("BadRequest"),
+        "401": _use("Unauthorized"),
+        "409": _use("Conflict"),
+        "413": _use("TooLarge"),
+        "415": _use("UnsupportedMediaType"),
+        "422": _use("Unprocessable"),
+        "500": _use("InternalError"),
+        "503": _use("StoreUnavailable"),
+    }
 
 
 def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
@@ -406,11 +459,7 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
             },
             "responses": {
                 "201": _ok(f"Created; the {singular} as stored.", _ref(schemaName), location),
-                "400": _use("BadRequest"),
-                "401": _use("Unauthorized"),
-                "409": _use("Conflict"),
-                "413": _use("TooLarge"),
-                "503": _use("StoreUnavailable"),
+                **_writeErrors(),
             },
         },
     }
@@ -443,12 +492,7 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
             "responses": {
                 "200": _ok(f"Replaced (or unchanged); the {singular} as stored.", _ref(schemaName)),
                 "201": _ok(f"Created; the {singular} as stored.", _ref(schemaName), location),
-                "400": _use("BadRequest"),
-                "401": _use("Unauthorized"),
-                "404": _use("NotFound"),
-                "409": _use("Conflict"),
-                "413": _use("TooLarge"),
-                "503": _use("StoreUnavailable"),
+                **_writeErrors(),
             },
         },
         "delete": {
@@ -460,6 +504,7 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
                 "401": _use("Unauthorized"),
                 "404": _use("NotFound"),
                 "409": _use("Conflict"),
+                "500": _use("InternalError"),
                 "503": _use("StoreUnavailable"),
             },
         },
@@ -502,6 +547,7 @@ def _paths() -> Dict[str, Dict[str, Any]]:
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
                     "401": _use("Unauthorized"),
+                    "404": _use("NotFound"),
                 },
             }
         },
@@ -525,6 +571,8 @@ def _paths() -> Dict[str, Dict[str, Any]]:
             "responses": {
                 "200": _ok("The proxies.", {"type": "array", "items": _ref("Proxy")}),
                 "401": _use("Unauthorized"),
+                "500": _use("InternalError"),
+                "503": _use("StoreUnavailable"),
             },
         }
     }
@@ -536,6 +584,8 @@ def _paths() -> Dict[str, Dict[str, Any]]:
             "responses": {
                 "200": _ok("The statistics.", _ref("Stats")),
                 "401": _use("Unauthorized"),
+                "500": _use("InternalError"),
+                "503": _use("StoreUnavailable"),
             },
         }
     }
@@ -547,12 +597,18 @@ The admin API of the gateway: servers, clusters, APIs and routings, and the
 live state of the proxies.
 
 Every request under /api/v1 carries the admin token:
-`Authorization: Bearer TOKEN` (401 otherwise).  Bodies are JSON objects;
-unknown fields are refused.  Every error is JSON
-`{"error": "...", "field": "..."}` where `field` names the field at fault
-(e.g. `nodes[0].cluster`) or is empty.  A path that exists answers a method
-it does not take with 405 and an `Allow` header; any other path, 404.
-A refused write changes nothing.
+`Authorization: Bearer TOKEN` (401 otherwise).  Bodies are JSON objects
+(`Content-Type: application/json`; another media type is answered 415);
+unknown fields are refused; a field that has a default may be sent as
+`null` to take it.  Every error is JSON `{"error": "...", "field": "..."}`
+where `field` names the field at fault (e.g. `nodes[0].cluster`), and is
+left out when no field is.  An invalid body gets every one of its errors at
+once in `errors` (`[{"field": ..., "error": ...}, ...]`, the first being
+`error` and `field`): 400 when the body breaks this document's schemas, 422
+when it fits them but breaks a rule they state in words only (the
+descriptions say which).  A path that exists answers a method it does not
+take with 405 and an `Allow` header; any other path, 404.  A refused write
+changes nothing.
 """
 
 
