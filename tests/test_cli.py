@@ -216,11 +216,12 @@ class ValidateTests(SynchronousTestCase):
         self.assertErrors(
             data,
             [
-                "servers[1] (s2).addr: must be host:port",
+                "servers[1] (s2).addr: must be host:port (a host name, an IPv4 address or [IPv6],"
+                " and a port from 1 to 65535)",
                 "servers[3].name: is required",
                 "servers[4]: must be an object, not number",
                 "clusters[0] (c1).bogus: is not a known field",
-                "apis[1] (a-overview).nodes[1].timeout: must be greater than 0",
+                "apis[1] (a-overview).nodes[1].timeout: must be at least 0.001",
             ],
         )
 

@@ -167,8 +167,11 @@ def unicodeProblem(value: str) -> Optional[str]:
     )
 
 
-def _displayKey(key: Any) -> str:
-    # A field name for messages: what cannot be printed is escaped.
+def displayKey(key: Any) -> str:
+    """
+    @return: a key as messages name it: what cannot be printed (control
+        characters, lone surrogates) escaped as in Python.
+    """
     text = str(key)
     if unicodeProblem(text) is not None or _CONTROL_RE.search(text):
         return ascii(text)[1:-1]
@@ -205,14 +208,14 @@ def checkJSON(value: Any, path: str) -> list[ValidationError]:
                 if not isinstance(key, str):
                     errors.append(
                         ValidationError(
-                            _join(where, _displayKey(key)),
+                            _join(where, displayKey(key)),
                             f"keys must be strings, not {_typeName(key)}",
                         )
                     )
                     continue
                 problem = unicodeProblem(key)
                 if problem is not None:
-                    errors.append(ValidationError(_join(where, _displayKey(key)), "key " + problem))
+                    errors.append(ValidationError(_join(where, displayKey(key)), "key " + problem))
                     continue
                 entries.append((v, _join(where, key)))
             stack.extend(reversed(entries))
@@ -663,7 +666,7 @@ def fromJSON(cls: type, data: Any, path: str = "") -> Any:
             values[a.name] = _default(a)
     for key in data:
         if key not in known:
-            errors.append(ValidationError(_join(path, _displayKey(key)), "is not a known field"))
+            errors.append(ValidationError(_join(path, displayKey(key)), "is not a known field"))
     for rule in rulesOf(cls):
         if all(name in values for name in rule.fields):
             errors.extend(rule.errors(values, path))
