@@ -85,11 +85,14 @@ class APIError(Exception):
             answered.
         @return: the answer to an invalid resource: 400 when any error is
             one the OpenAPI document's schema states, else 422, with every
-            error in C{errors}.
+            error in C{errors}: those of the schema first, so that the
+            first one (C{error} and C{field}) is one the status is for.
         """
         if rename is not None:
             error = error.renamed(rename)
-        code = 422 if all(leaf.semantic for leaf in error.errors) else 400
+        leaves = sorted(error.errors, key=lambda leaf: leaf.semantic)
+        error = ValidationError.collect(leaves)
+        code = 422 if error.semantic else 400
         body = error.toJSON()
         return cls(code, body.pop("error"), body.pop("field", ""), **body)
 

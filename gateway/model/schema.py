@@ -52,7 +52,8 @@ class ValidationError(ValueError):
         regular expression, two nodes with one C{attrName}...).  The admin
         answers the first kind 400 and the second 422.
     @ivar errors: every error, each naming one field (this error alone
-        when it is one); those of the schema first.
+        when it is one), in the order found: the object's fields in their
+        order, then its unknown keys, then its rules.
     """
 
     def __init__(
@@ -75,12 +76,10 @@ class ValidationError(ValueError):
     def collect(cls, errors: Sequence[ValidationError]) -> ValidationError:
         """
         @param errors: one or more errors, each possibly gathering others.
-        @return: one error that gathers all of them, those the schema states
-            first (else in the order given); the error itself when there is
-            one.
+        @return: one error that gathers all of them, in the order given;
+            the error itself when there is one.
         """
         leaves = [leaf for error in errors for leaf in error.errors]
-        leaves.sort(key=lambda leaf: leaf.semantic)
         if len(leaves) == 1:
             return leaves[0]
         first = leaves[0]
