@@ -29,7 +29,6 @@ from gateway.model.config import ConfigError, parseConfig
 from gateway.model.limits import ADMIN_LIMITS
 from gateway.model.resources import RESOURCE_CLASSES, parseResource
 from gateway.model.schema import (
-    MIN_SECONDS,
     Anything,
     Enum,
     Map,
@@ -48,6 +47,9 @@ from gateway.routing.snapshot import SnapshotManager
 from gateway.store.file import FileStore
 
 TOKEN = "validation-token"
+
+#: The shortest duration (gateway.model.schema.MIN_SECONDS).
+MIN_SECONDS = 0.001
 BASE = "http://admin.example/api/v1"
 
 #: One resource of each kind with every string field set (nested objects

@@ -361,6 +361,10 @@ def _responses() -> Dict[str, Dict[str, Any]]:
             "Invalid: not JSON, not an object, or fields that the schema refuses (every one"
             " in errors)."
         ),
+        "BadPath": _error(
+            "A path the server refuses before any operation: an encoded slash or backslash,"
+            " a dot segment, an empty segment (a name cannot hold them)."
+        ),
         "Unprocessable": _error(
             "The body fits the schema but breaks a rule the schema states in words only"
             " (every error in errors): a name other than the URL's, a URL pattern naming a"
@@ -471,6 +475,7 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
             "summary": f"Read a {singular}",
             "responses": {
                 "200": _ok(f"The {singular}.", _ref(schemaName)),
+                "400": _use("BadPath"),
                 "401": _use("Unauthorized"),
                 "404": _use("NotFound"),
                 "503": _use("StoreUnavailable"),
@@ -501,6 +506,7 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
             "summary": f"Delete a {singular} that nothing uses",
             "responses": {
                 "204": {"description": "Deleted."},
+                "400": _use("BadPath"),
                 "401": _use("Unauthorized"),
                 "404": _use("NotFound"),
                 "409": _use("Conflict"),
@@ -608,7 +614,9 @@ once in `errors` (`[{"field": ..., "error": ...}, ...]`, the first being
 when it fits them but breaks a rule they state in words only (the
 descriptions say which).  A path that exists answers a method it does not
 take with 405 and an `Allow` header; any other path, 404.  A refused write
-changes nothing.
+changes nothing.  Before any operation, the HTTP server refuses a request
+it cannot take with 400 (malformed), 408 (too slow), 413 (body over 1 MB),
+414 (request line too long) or 431 (headers too large).
 """
 
 
