@@ -166,8 +166,7 @@ class Server:
         Str(
             pattern=patterns.ADDR,
             maxLength=300,
-            patternHint="must be host:port (a host name, an IPv4 address or [IPv6], and a"
-            " port from 1 to 65535)",
+            patternHint="must be host:port",
         ),
         doc="host:port",
     )
@@ -371,7 +370,7 @@ def _conditionName(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
     if not name:
         yield "name", f"is required for source {source!r}"
     elif source in _TOKEN_SOURCES and not _TOKEN_RE.match(name):
-        yield "name", (f"is not a valid {source} name (letters, digits and !#$%&'*+.^_`|~-)")
+        yield "name", f"is not a valid {source} name"
 
 
 def _conditionValue(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
