@@ -765,9 +765,7 @@ class ConcurrencyTests(APITestCase):
         """
         self.store.races = 100
         code, _, result = self.call("PUT", "/servers/s1", SERVER)
-        self.assertEqual(
-            (code, result), (409, {"error": "concurrent modification, retry"})
-        )
+        self.assertEqual((code, result), (409, {"error": "concurrent modification, retry"}))
         self.assertEqual(self.store.commits, AdminAPI.maxRetries + 1)
         self.assertIsNone(self.state().get("servers", "s1"))
 
