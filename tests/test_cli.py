@@ -1275,7 +1275,8 @@ class CLIIntegrationTests:
     def test_stopsAtFirstAdminError(self, gateways: Any, tmp_path: Path) -> None:
         """
         When the admin refuses a change (here an API naming a filter plugin
-        the gateway lacks, which the command only warns about), apply stops
+        the gateway lacks, which the command only warns about: 422, the
+        body fits the schema), apply stops
         there with the admin's message and field, exits 1, and what came
         before it stays applied.
         """
@@ -1293,7 +1294,7 @@ class CLIIntegrationTests:
         assert done.returncode == 1
         assert "no filter plugin named 'no-such-filter' is installed here" in done.stderr
         assert (
-            "error: cannot create apis/a-overview: 400 no filter plugin named 'no-such-filter'"
+            "error: cannot create apis/a-overview: 422 no filter plugin named 'no-such-filter'"
             in done.stderr
         )
         assert "(field filters[0].name)" in done.stderr
