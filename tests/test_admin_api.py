@@ -138,7 +138,9 @@ class APITestCase(SynchronousTestCase):
     def assertError(self, result: Tuple[int, Any, Any], code: int, field: Optional[str] = None):
         self.assertEqual(result[0], code, result[2])
         self.assertIsInstance(result[2]["error"], str)
-        if field is not None:
+        if field == "":
+            self.assertNotIn("field", result[2])
+        elif field is not None:
             self.assertEqual(result[2]["field"], field, result[2])
         return result[2]
 
@@ -263,9 +265,12 @@ class CRUDTests(APITestCase):
 
     def test_putNameMismatch(self) -> None:
         """
-        A C{PUT} whose body names another resource than the URL is refused.
+        A C{PUT} whose body names another resource than the URL is refused
+        with 400, the error marked as a rule: the body fits the schema,
+        which cannot tie it to the URL.
         """
-        self.assertError(self.call("PUT", "/servers/x", SERVER), 400, "name")
+        error = self.assertError(self.call("PUT", "/servers/x", SERVER), 400, "name")
+        self.assertTrue(error["errors"][0]["rule"])
         self.assertEqual(self.snapshot()[0], 0)
 
     def test_putUnchanged(self) -> None:
@@ -330,7 +335,7 @@ class CRUDTests(APITestCase):
         """
         self.stub = StubTreq(self.makeAPI(stats=lambda: {"when": object()}).resource())
         code, _, result = self.call("GET", "/stats")
-        self.assertEqual((code, result), (500, {"error": "internal error", "field": ""}))
+        self.assertEqual((code, result), (500, {"error": "internal error"}))
         self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
 
 
@@ -383,14 +388,16 @@ class BadInputTests(APITestCase):
 
     def test_badRegex(self) -> None:
         """
-        A routing condition with an invalid regular expression is refused,
-        naming the condition's value.
+        A routing condition with an invalid regular expression is refused
+        with 400 naming the condition's value, marked as a rule (a string,
+        as the schema wants, but not a regular expression).
         """
         body = dict(
             ROUTING, conditions=[{"source": "query", "name": "q", "op": "match", "value": "("}]
         )
         error = self.assertError(self.call("PUT", "/routings/r1", body), 400, "conditions[0].value")
         self.assertIn("regular expression", error["error"])
+        self.assertTrue(error["errors"][0]["rule"])
 
     def test_badNestedField(self) -> None:
         """
@@ -633,9 +640,12 @@ class ValidateHookTests(APITestCase):
 
     def test_errorsMapped(self) -> None:
         """
-        A L{ValidationError} from the hook is a 400, a reference error or
-        another L{ValueError} (a route conflict) a 409; the store is
-        unchanged in every case, also for a delete.
+        A L{ValidationError} from the hook is a 400 on a write, marked as a
+        rule (the resource fits the schema but cannot be compiled), and a
+        409 on a delete (what
+        remains would not compile); a reference error or another
+        L{ValueError} (a route conflict) a 409; the store is unchanged in
+        every case.
         """
         self.seed("servers")
         before = self.snapshot()
@@ -646,17 +656,26 @@ class ValidateHookTests(APITestCase):
 
             return hook
 
-        for error, code, field in [
-            (ValidationError("filters[0].name", "no filter plugin 'x'"), 400, "filters[0].name"),
-            (ModelReferenceError("nodes[0].cluster", "gone"), 409, "nodes[0].cluster"),
-            (ValueError("GET /a conflicts with api b"), 409, ""),
+        for error, code, deleteCode, field in [
+            (
+                ValidationError("filters[0].name", "no filter plugin 'x'"),
+                400,
+                409,
+                "filters[0].name",
+            ),
+            (ModelReferenceError("nodes[0].cluster", "gone"), 409, 409, "nodes[0].cluster"),
+            (ValueError("GET /a conflicts with api b"), 409, 409, ""),
         ]:
             self.useHook(raising(error))
             result = self.assertError(
                 self.call("PUT", "/servers/s2", dict(SERVER, name="s2")), code, field
             )
             self.assertIn(str(error.args[0]).split(": ")[-1], result["error"])
-            self.assertError(self.call("DELETE", "/servers/s1"), code, field)
+            if code == 400:
+                self.assertEqual(
+                    result["errors"], [{"field": field, "error": error.message, "rule": True}]
+                )
+            self.assertError(self.call("DELETE", "/servers/s1"), deleteCode, field)
         self.useHook(lambda catalog: fail(ValueError("later")))
         self.assertError(self.call("DELETE", "/servers/s1"), 409, "")
         self.assertEqual(self.snapshot(), before)
@@ -668,7 +687,7 @@ class ValidateHookTests(APITestCase):
         """
         self.useHook(lambda catalog: 1 / 0)
         code, _, result = self.call("POST", "/servers", SERVER)
-        self.assertEqual((code, result), (500, {"error": "internal error", "field": ""}))
+        self.assertEqual((code, result), (500, {"error": "internal error"}))
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertEqual(self.snapshot()[0], 0)
 
@@ -752,9 +771,7 @@ class ConcurrencyTests(APITestCase):
         """
         self.store.races = 100
         code, _, result = self.call("PUT", "/servers/s1", SERVER)
-        self.assertEqual(
-            (code, result), (409, {"error": "concurrent modification, retry", "field": ""})
-        )
+        self.assertEqual((code, result), (409, {"error": "concurrent modification, retry"}))
         self.assertEqual(self.store.commits, AdminAPI.maxRetries + 1)
         self.assertIsNone(self.state().get("servers", "s1"))
 

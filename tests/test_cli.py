@@ -220,7 +220,30 @@ class ValidateTests(SynchronousTestCase):
                 "servers[3].name: is required",
                 "servers[4]: must be an object, not number",
                 "clusters[0] (c1).bogus: is not a known field",
-                "apis[1] (a-overview).nodes[1].timeout: must be greater than 0",
+                "apis[1] (a-overview).nodes[1].timeout: must be at least 0.001",
+            ],
+        )
+
+    def test_everyErrorOfAResource(self) -> None:
+        """
+        A resource with several errors has each of them reported, not only
+        the first (a server's address and weight, a nested field, and an
+        API's nodes).
+        """
+        data = copy.deepcopy(BASE)
+        data["servers"][0].update(addr="nope", weight="heavy")
+        data["servers"][2]["healthCheck"]["path"] = "health"
+        data["apis"][1]["nodes"][1].pop("attrName")
+        data["apis"][1]["maxQPS"] = -1
+        self.assertErrors(
+            data,
+            [
+                "servers[0] (s1).addr: must be host:port",
+                "servers[0] (s1).weight: must be an integer, not string",
+                "servers[2] (s3).healthCheck.path: must start with / and hold no spaces or"
+                " control characters",
+                "apis[1] (a-overview).maxQPS: must be at least 0",
+                "apis[1] (a-overview).nodes[1].attrName: is required when an API has several nodes",
             ],
         )
 
@@ -1000,6 +1023,68 @@ class AdminClientTests(SynchronousTestCase):
             (409, "nodes[0].cluster", "409 cluster 'c9' does not exist (field nodes[0].cluster)"),
         )
 
+    def test_apiErrors(self) -> None:
+        """
+        An invalid resource's answer lists every error: the message has
+        them one a line, and L{AdminError.errors} holds them.
+        """
+        body = json.dumps(
+            {
+                "error": "must be host:port",
+                "field": "addr",
+                "errors": [
+                    {"field": "addr", "error": "must be host:port"},
+                    {"field": "weight", "error": "must be at least 0"},
+                ],
+            }
+        ).encode()
+        client, _ = self.client(httpError(400, body))
+        error = self.assertRaises(AdminError, client.put, "servers", "s", {"name": "s"})
+        self.assertEqual(
+            error.message, "400: 2 errors\n  addr: must be host:port\n  weight: must be at least 0"
+        )
+        self.assertEqual(
+            error.errors,
+            [Problem("addr", "must be host:port"), Problem("weight", "must be at least 0")],
+        )
+        self.assertEqual(error.field, "addr")
+
+    def test_applyShowsEveryError(self) -> None:
+        """
+        C{gateway apply} stopped by an invalid resource prints each of the
+        admin's errors for it.
+        """
+        body = json.dumps(
+            {
+                "error": "duplicate 'x'",
+                "field": "urlPattern",
+                "errors": [
+                    {"field": "urlPattern", "error": "has the parameter 'id' twice"},
+                    {"field": "nodes[1].attrName", "error": "duplicate 'x'"},
+                ],
+            }
+        ).encode()
+        empty = FakeAnswer(200, b"[]")
+        urlopen = FakeURLOpen(empty, empty, empty, empty, httpError(400, body))
+        import gateway.cli.main as main
+
+        self.patch(
+            main,
+            "AdminClient",
+            lambda url, token, timeout: AdminClient(url, token, timeout, urlopen),
+        )
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        resources = {"servers": [{"name": "s1", "addr": "127.0.0.1:1"}]}
+        code, out, err = runInProcess(["apply", writeFile(directory, "r.yaml", resources)])
+        self.assertEqual(code, 1)
+        self.assertIn(
+            "cannot create servers/s1: 400: 2 errors\n"
+            "  urlPattern: has the parameter 'id' twice\n"
+            "  nodes[1].attrName: duplicate 'x'\n",
+            err,
+        )
+
     def test_notFoundCollection(self) -> None:
         """
         A 404 for a collection hints that the URL is not the admin's.
@@ -1192,7 +1277,8 @@ class CLIIntegrationTests:
     def test_stopsAtFirstAdminError(self, gateways: Any, tmp_path: Path) -> None:
         """
         When the admin refuses a change (here an API naming a filter plugin
-        the gateway lacks, which the command only warns about), apply stops
+        the gateway lacks, which the command only warns about: 400, a rule
+        the schema states in words only), apply stops
         there with the admin's message and field, exits 1, and what came
         before it stays applied.
         """

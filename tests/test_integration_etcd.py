@@ -396,7 +396,7 @@ def revisionsServed(gateway: GatewayProcess) -> List[Tuple[str, int]]:
     found = []
     for line in gateway.output().splitlines():
         match = re.search(
-            r"\[gateway\.(?:routing\.snapshot|process\.service)#\w+\] "
+            r"\[gateway\.(?:routing\.snapshot|process\.storeservice)#\w+\] "
             r"(serving|refused) store revision (\d+)",
             line,
         )

@@ -454,7 +454,7 @@ def test_admin_body_limit(setup: Tuple[Backend, GatewayProcess]) -> None:
     answers, elapsed = exchange(admin, head % (1024**3,))
     assert [a.status for a in answers] == [413]
     assert elapsed < 1.5
-    assert set(answers[0].json()) == {"error", "field"}
+    assert set(answers[0].json()) == {"error"}
     big = json.dumps({"name": "s", "addr": "127.0.0.1:1", "pad": "x" * 2_000_000}).encode()
     answer = gateway.admin("POST", "/api/v1/servers", big)
     assert answer.status == 413

@@ -14,8 +14,16 @@ C{propagationTimeout} passed, saying then that it has not reached them all
 (C{X-Gateway-Propagation: incomplete}).  Every answer that read or wrote the
 store carries the revision it read or made (C{X-Gateway-Revision}).
 
-Every answer, errors included, is JSON: C{{"error": "...", "field": "..."}}
-for errors, never a Twisted HTML page.
+Every answer, errors included, is JSON, never a Twisted HTML page.  An
+error is C{{"error": "...", "field": "..."}}, C{field} naming the field at
+fault (left out when no field is); an invalid resource (400) adds
+C{errors}, every error of the resource as C{{"field", "error"}} objects,
+the first of which is the one in C{error} and C{field}: first those that
+break the API's OpenAPI document (not JSON, not an object, a field its
+schema refuses), then those that break a rule the document states only in
+words (a URL pattern naming a parameter twice, a rewrite naming a parameter
+the pattern lacks, a PUT whose name is not the URL's, a regular expression
+the linear engine refuses...), each marked C{"rule": true}.
 """
 
 from __future__ import annotations
@@ -60,7 +68,8 @@ class APIError(Exception):
     A request is answered with an error.
 
     @ivar code: the HTTP status.
-    @ivar body: the JSON object answered, at least C{error} and C{field}.
+    @ivar body: the JSON object answered: C{error}, C{field} when a field
+        is at fault, and C{extra}.
     @ivar headers: extra response headers.
     """
 
@@ -74,8 +83,29 @@ class APIError(Exception):
     ) -> None:
         super().__init__(message)
         self.code = code
-        self.body = dict(extra, error=message, field=field)
+        self.body = dict(extra, error=message)
+        if field:
+            self.body["field"] = field
         self.headers = headers or {}
+
+    @classmethod
+    def invalid(
+        cls, error: ValidationError, rename: Optional[Callable[[str], str]] = None
+    ) -> APIError:
+        """
+        @param error: every error of a resource.
+        @param rename: maps each field as the error names it to the field
+            answered.
+        @return: the answer to an invalid resource: 400, with every error
+            in C{errors}: those the OpenAPI document's schema states first,
+            then the rules it states in words (marked C{"rule": true}).
+        """
+        if rename is not None:
+            error = error.renamed(rename)
+        leaves = sorted(error.errors, key=lambda leaf: leaf.semantic)
+        error = ValidationError.collect(leaves)
+        body = error.toJSON()
+        return cls(400, body.pop("error"), body.pop("field", ""), **body)
 
 
 @attrs.frozen
@@ -102,6 +132,24 @@ def _normalise(value: Any) -> Any:
 
 def _refuseConstant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _badRequest(message: str) -> APIError:
+    # A body that cannot be read as a resource at all: no field.
+    return APIError(400, message, errors=[{"error": message}])
+
+
+#: Media types a body is read from: JSON, and the form type that curl's
+#: -d sends when no Content-Type is given (its content is JSON all the
+#: same).  Any other is answered 415.
+_JSON_TYPES = (b"application/json", b"text/json", b"application/x-www-form-urlencoded")
+
+
+def _isJSONType(contentType: bytes) -> bool:
+    mediaType = contentType.split(b";", 1)[0].strip().lower()
+    if mediaType in _JSON_TYPES:
+        return True
+    return mediaType.startswith(b"application/") and mediaType.endswith(b"+json")
 
 
 def _defaultValidate(catalog: Catalog) -> None:
@@ -264,9 +312,9 @@ class AdminAPI:
             return _Answer(e.code, e.body, e.headers)
         if isinstance(e, StoreError):
             self.log.warn("store unavailable: {error}", error=e)
-            return _Answer(503, {"error": f"store unavailable: {e}", "field": ""})
+            return _Answer(503, {"error": f"store unavailable: {e}"})
         self.log.failure("admin API request failed", failure=None)
-        return _Answer(500, {"error": "internal error", "field": ""})
+        return _Answer(500, {"error": "internal error"})
 
     def _write(self, request: IRequest, answer: _Answer) -> bytes:
         request.setResponseCode(answer.code)
@@ -282,11 +330,18 @@ class AdminAPI:
             # A proxies or stats provider gave something that is not JSON.
             self.log.failure("admin API answer is not JSON: {body!r}", body=answer.body)
             request.setResponseCode(500)
-            body = _dumps({"error": "internal error", "field": ""})
+            body = _dumps({"error": "internal error"})
         request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
         return body
 
     def _readBody(self, request: IRequest) -> Dict[str, Any]:
+        contentType = request.getHeader(b"content-type")
+        if contentType is not None and not _isJSONType(contentType):
+            mediaType = contentType.split(b";", 1)[0].strip().decode("latin-1")
+            raise APIError(
+                415,
+                f"the body must be JSON (Content-Type: application/json), not {mediaType!r}",
+            )
         tooLarge = APIError(413, f"request body is larger than {self._maxBodySize} bytes")
         length = request.getHeader(b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self._maxBodySize:
@@ -299,11 +354,11 @@ class AdminAPI:
         try:
             value = json.loads(data.decode("utf-8"), parse_constant=_refuseConstant)
         except RecursionError:
-            raise APIError(400, "invalid JSON: nested too deeply")
+            raise _badRequest("invalid JSON: nested too deeply")
         except ValueError as e:
-            raise APIError(400, f"invalid JSON: {e}")
+            raise _badRequest(f"invalid JSON: {e}")
         if not isinstance(value, dict):
-            raise APIError(400, "the request body must be a JSON object")
+            raise _badRequest("the request body must be a JSON object")
         return value
 
     def _catalogOf(self, state: StoreState) -> Catalog:
@@ -317,17 +372,27 @@ class AdminAPI:
 
     async def _check(self, catalog: Catalog, written: str = "") -> None:
         """
-        @param written: C{"kind/name"} of the resource being written: an
-            error about one of its own fields names the field relative to
-            the body sent (C{nodes[0].urlRewrite}), as parsing errors do;
-            an error about another resource keeps its C{kind/name:} prefix.
+        @param written: C{"kind/name"} of the resource being written, or
+            empty for a delete.  An error about one of its own fields names
+            the field relative to the body sent (C{nodes[0].urlRewrite}),
+            as parsing errors do, and is answered 400, marked as a rule:
+            the resource fits the schema (it was parsed) but cannot be
+            compiled.  An error
+            about another resource keeps its C{kind/name:} prefix; after a
+            delete it is a conflict with what remains (409).
         """
         try:
             await maybeDeferred(self._validate, catalog)
         except ModelReferenceError as e:
             raise APIError(409, e.message, _relativeField(e.field, written))
         except ValidationError as e:
-            raise APIError(400, e.message, _relativeField(e.field, written))
+            if not written:
+                raise APIError(409, e.message, e.field)
+            # The validator's errors are all beyond the document's schema.
+            leaves = [type(leaf)(leaf.field, leaf.message, True) for leaf in e.errors]
+            raise APIError.invalid(
+                ValidationError.collect(leaves), lambda field: _relativeField(field, written)
+            )
         except ValueError as e:
             raise APIError(409, str(e))
 
@@ -493,7 +558,7 @@ class AdminAPI:
         except APIError as e:
             return self._write(request, self._errorAnswer(e))
         if self._metrics is None:
-            return self._write(request, _Answer(404, {"error": "no such resource", "field": ""}))
+            return self._write(request, _Answer(404, {"error": "no such resource"}))
         return self._metrics
 
     @app.handle_errors(NotFound)
@@ -504,7 +569,7 @@ class AdminAPI:
         (an anonymous caller learns nothing about what exists there).
         """
         self._authorizeUnder(request)
-        return _Answer(404, {"error": "no such resource", "field": ""})
+        return _Answer(404, {"error": "no such resource"})
 
     @app.handle_errors(MethodNotAllowed)
     @_jsonEndpoint(authenticated=False)
@@ -517,7 +582,7 @@ class AdminAPI:
         method = request.method.decode("ascii", "replace")
         return _Answer(
             405,
-            {"error": f"method {method} not allowed", "field": ""},
+            {"error": f"method {method} not allowed"},
             {b"Allow": ", ".join(allowed).encode("ascii")},
         )
 
@@ -543,7 +608,7 @@ class AdminAPI:
         try:
             resource = parseResource(kind, body, name)
         except ValidationError as e:
-            raise APIError(400, e.message, e.field)
+            raise APIError.invalid(e)
         name = resource.name
         value = _normalise(toJSON(resource))
         location = f"{PREFIX}/{kind}/{name}".encode("ascii")

@@ -156,7 +156,11 @@ def acceptNulls(schema: Dict[str, Any]) -> Dict[str, Any]:
     """
     @return: a copy of an object schema in which every optional property
         (in nested objects too) may also be C{null}: the admin reads a
-        C{null} for a field that has a default as the default.
+        C{null} for a field that has a default as the default.  An
+        enumeration lists C{null} among its values (OpenAPI 3.0.3: a
+        nullable enum must).  The rules of an object (its C{allOf}) are
+        left as they are: where they require a property, C{null} is not
+        the property.
     """
     schema = copy.deepcopy(schema)
 
@@ -170,6 +174,8 @@ def acceptNulls(schema: Dict[str, Any]) -> Dict[str, Any]:
                 visit(prop)
                 if name not in required:
                     prop["nullable"] = True
+                    if "enum" in prop and None not in prop["enum"]:
+                        prop["enum"] = prop["enum"] + [None]
         if "items" in s:
             visit(s["items"])
 
@@ -334,7 +340,32 @@ def _otherSchemas() -> Dict[str, Dict[str, Any]]:
                 "error": {"type": "string", "description": "what went wrong, for a human"},
                 "field": {
                     "type": "string",
-                    "description": "the field at fault (dotted path), or empty",
+                    "minLength": 1,
+                    "description": "the field at fault (dotted path); absent when no field is",
+                },
+                "errors": {
+                    "type": "array",
+                    "description": (
+                        "on 400: every error of the body, the first one being error and"
+                        " field; those that break a rule the schema states in words only"
+                        " (not the schema itself) are marked rule: true"
+                    ),
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "error": {"type": "string"},
+                            "field": {"type": "string", "minLength": 1},
+                            "rule": {
+                                "type": "boolean",
+                                "enum": [True],
+                                "description": "the body fits the schema but breaks a rule"
+                                " the schema states in words only",
+                            },
+                        },
+                        "required": ["error"],
+                        "additionalProperties": False,
+                    },
                 },
                 "users": {
                     "type": "array",
@@ -349,7 +380,7 @@ def _otherSchemas() -> Dict[str, Dict[str, Any]]:
                     },
                 },
             },
-            "required": ["error", "field"],
+            "required": ["error"],
         },
         "Proxy": {
             "type": "object",
@@ -402,7 +433,23 @@ def _error(description: str, headers: Optional[Dict[str, Any]] = None) -> Dict[s
 
 def _responses() -> Dict[str, Dict[str, Any]]:
     return {
-        "BadRequest": _error("Invalid: bad JSON, or a field at fault (named in field)."),
+        "BadRequest": _error(
+            "Invalid (every error in errors): not JSON, not an object, fields that the"
+            " schema refuses, or a body that fits the schema but breaks a rule it states in"
+            " words only (such errors marked rule: true): a name other than the URL's, a URL"
+            " pattern naming a parameter twice or holding a regular expression the linear"
+            " engine refuses, a rewrite naming a parameter the pattern lacks, two nodes with"
+            " one attrName, a filter that refuses its config..."
+        ),
+        "BadPath": _error(
+            "A path the server refuses before any operation: an encoded slash or backslash,"
+            " a dot segment, an empty segment (a name cannot hold them)."
+        ),
+        "UnsupportedMediaType": _error("The body is not sent as JSON (Content-Type)."),
+        "InternalError": _error(
+            "The store holds a resource this gateway cannot read, or a provider of the"
+            " proxies or statistics failed."
+        ),
         "Unauthorized": _error(
             "No or bad admin token.",
             {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
@@ -443,6 +490,19 @@ WRITE_DESCRIPTION = (
     " `X-Gateway-Propagation: incomplete`. `X-Gateway-Revision` names the store revision"
     " the write made (or read, when it changed nothing)."
 )
+
+
+def _writeErrors() -> Dict[str, Any]:
+    # Every error a POST or a PUT can get.
+    return {
+        "400": _use("BadRequest"),
+        "401": _use("Unauthorized"),
+        "409": _use("Conflict"),
+        "413": _use("TooLarge"),
+        "415": _use("UnsupportedMediaType"),
+        "500": _use("InternalError"),
+        "503": _use("StoreUnavailable"),
+    }
 
 
 def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
@@ -495,11 +555,7 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
                     _ref(schemaName),
                     dict(location, **_headers(propagation=True)),
                 ),
-                "400": _use("BadRequest"),
-                "401": _use("Unauthorized"),
-                "409": _use("Conflict"),
-                "413": _use("TooLarge"),
-                "503": _use("StoreUnavailable"),
+                **_writeErrors(),
             },
         },
     }
@@ -511,6 +567,7 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
             "summary": f"Read a {singular}",
             "responses": {
                 "200": _ok(f"The {singular}.", _ref(schemaName), _headers()),
+                "400": _use("BadPath"),
                 "401": _use("Unauthorized"),
                 "404": _use("NotFound"),
                 "503": _use("StoreUnavailable"),
@@ -542,12 +599,7 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
                     _ref(schemaName),
                     dict(location, **_headers(propagation=True)),
                 ),
-                "400": _use("BadRequest"),
-                "401": _use("Unauthorized"),
-                "404": _use("NotFound"),
-                "409": _use("Conflict"),
-                "413": _use("TooLarge"),
-                "503": _use("StoreUnavailable"),
+                **_writeErrors(),
             },
         },
         "delete": {
@@ -562,6 +614,7 @@ def _kindPaths(kind: str) -> Dict[str, Dict[str, Any]]:
                 "401": _use("Unauthorized"),
                 "404": _use("NotFound"),
                 "409": _use("Conflict"),
+                "500": _use("InternalError"),
                 "503": _use("StoreUnavailable"),
             },
         },
@@ -604,6 +657,7 @@ def _paths() -> Dict[str, Dict[str, Any]]:
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
                     "401": _use("Unauthorized"),
+                    "404": _use("NotFound"),
                 },
             }
         },
@@ -633,6 +687,8 @@ def _paths() -> Dict[str, Dict[str, Any]]:
                     _headers(revision=None),
                 ),
                 "401": _use("Unauthorized"),
+                "500": _use("InternalError"),
+                "503": _use("StoreUnavailable"),
             },
         }
     }
@@ -644,6 +700,8 @@ def _paths() -> Dict[str, Dict[str, Any]]:
             "responses": {
                 "200": _ok("The statistics.", _ref("Stats"), _headers(revision=None)),
                 "401": _use("Unauthorized"),
+                "500": _use("InternalError"),
+                "503": _use("StoreUnavailable"),
             },
         }
     }
@@ -655,12 +713,21 @@ The admin API of the gateway: servers, clusters, APIs and routings, and the
 live state of the proxies.
 
 Every request under /api/v1 carries the admin token:
-`Authorization: Bearer TOKEN` (401 otherwise).  Bodies are JSON objects;
-unknown fields are refused.  Every error is JSON
-`{"error": "...", "field": "..."}` where `field` names the field at fault
-(e.g. `nodes[0].cluster`) or is empty.  A path that exists answers a method
-it does not take with 405 and an `Allow` header; any other path, 404.
-A refused write changes nothing.
+`Authorization: Bearer TOKEN` (401 otherwise).  Bodies are JSON objects
+(`Content-Type: application/json`; another media type is answered 415);
+unknown fields are refused; a field that has a default may be sent as
+`null` to take it.  Every error is JSON `{"error": "...", "field": "..."}`
+where `field` names the field at fault (e.g. `nodes[0].cluster`), and is
+left out when no field is.  An invalid body gets every one of its errors at
+once in `errors` (`[{"field": ..., "error": ...}, ...]`, the first being
+`error` and `field`), with 400: first the errors against this document's
+schemas, then those against a rule they state in words only (the
+descriptions say which), each marked `"rule": true`.  A path that exists
+answers a method it does not take with 405 and an `Allow` header; any other
+path, 404.  A refused write
+changes nothing.  Before any operation, the HTTP server refuses a request
+it cannot take with 400 (malformed), 408 (too slow), 413 (body over 1 MB),
+414 (request line too long) or 431 (headers too large).
 
 A write answers once its change serves on every proxy process of this
 gateway (`?wait=proxies`: on every proxy of a shared etcd store too), or

@@ -98,9 +98,16 @@ def _compileProblems(
         SnapshotManager(lenient, Clock()).validate(catalog)
     except ValidationError as e:
         # The snapshot names fields "apis/NAME:nodes[0].urlRewrite".
-        match = _COMPILED_FIELD.match(e.field)
-        where = _join(label(match.group(1), match.group(2)), match.group(3)) if match else e.field
-        return [Problem(where, e.message)], warnings
+        problems = []
+        for leaf in e.errors:
+            match = _COMPILED_FIELD.match(leaf.field)
+            where = (
+                _join(label(match.group(1), match.group(2)), match.group(3))
+                if match
+                else leaf.field
+            )
+            problems.append(Problem(where, leaf.message))
+        return problems, warnings
     except ValueError as e:
         return [Problem("", str(e))], warnings
     return [], warnings
@@ -131,8 +138,9 @@ def checkResources(
                 # Only the admin's own resources can get here (a file's
                 # are parsed already): another version of the gateway
                 # wrote something this one cannot read.
-                errors.append(
-                    Problem(_join(label(kind, name), e.field), f"cannot be read: {e.message}")
+                errors.extend(
+                    Problem(_join(label(kind, name), leaf.field), f"cannot be read: {leaf.message}")
+                    for leaf in e.errors
                 )
     if errors:
         return errors, []

@@ -21,7 +21,7 @@ from typing import (
 
 import attrs
 
-from gateway.cli.problems import AdminError
+from gateway.cli.problems import AdminError, Problem
 from gateway.store import KINDS
 
 #: Where C{apply} and C{export} find the admin when neither C{--admin} nor
@@ -44,6 +44,20 @@ def _describeReason(reason: Any) -> str:
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror
     return str(reason)
+
+
+def _problems(errors: Any) -> List[Problem]:
+    """
+    @return: the admin's C{errors} list as L{Problem}s (what of it is
+        well-formed).
+    """
+    if not isinstance(errors, list):
+        return []
+    return [
+        Problem(str(error.get("field") or ""), str(error.get("error") or ""))
+        for error in errors
+        if isinstance(error, dict)
+    ]
 
 
 @attrs.define
@@ -128,14 +142,21 @@ class AdminClient:
             )
         if status >= 400:
             message, fieldName = str(status), ""
+            problems: List[Problem] = []
             if isinstance(value, dict):
                 message = f"{status} {value.get('error', '')}".rstrip()
                 fieldName = str(value.get("field") or "")
-            if fieldName:
+                problems = _problems(value.get("errors"))
+            if len(problems) > 1:
+                # Every error of the resource, one a line.
+                message = f"{status}: {len(problems)} errors" + "".join(
+                    f"\n  {problem}" for problem in problems
+                )
+            elif fieldName:
                 message += f" (field {fieldName})"
             if status == 404 and method == "GET" and path.count("/") == 1:
                 message += f"; is {self.url} the gateway's admin?"
-            raise AdminError(message, status, fieldName)
+            raise AdminError(message, status, fieldName, problems)
         return value
 
     def listKind(self, kind: str) -> List[Dict[str, Any]]:

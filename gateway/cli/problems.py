@@ -65,9 +65,18 @@ class AdminError(CLIError):
 
     @ivar status: the HTTP status, or L{None} when there was no answer.
     @ivar field: the field the admin named as at fault, if any.
+    @ivar errors: every error of an invalid resource, as L{Problem}s (the
+        admin's C{errors}); empty for other errors.
     """
 
-    def __init__(self, message: str, status: Optional[int] = None, field: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        status: Optional[int] = None,
+        field: str = "",
+        errors: Sequence[Problem] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.field = field
+        self.errors = list(errors)

@@ -23,7 +23,7 @@ import yaml
 from gateway.cli.problems import FileError, Problem
 from gateway.model.config import loadYAML
 from gateway.model.resources import parseResource
-from gateway.model.schema import ValidationError, toJSON
+from gateway.model.schema import NAME_RE, ValidationError, displayKey, toJSON
 from gateway.store import KINDS
 
 #: Keys of a gateway config file that configure the process, not resources.
@@ -101,7 +101,7 @@ class ResourceFile:
 
 def _itemLabel(kind: str, position: int, item: Any) -> str:
     name = item.get("name") if isinstance(item, dict) else None
-    if isinstance(name, str) and name:
+    if isinstance(name, str) and NAME_RE.match(name):
         return f"{kind}[{position}] ({name})"
     return f"{kind}[{position}]"
 
@@ -131,7 +131,7 @@ def parseResourceFile(data: Any, source: str) -> ResourceFile:
         if key not in KINDS and key not in IGNORED_KEYS:
             problems.append(
                 Problem(
-                    str(key),
+                    displayKey(key),
                     f"is not a known key; known keys: {known}"
                     f" ({', '.join(IGNORED_KEYS)} are ignored)",
                 )
@@ -152,7 +152,9 @@ def parseResourceFile(data: Any, source: str) -> ResourceFile:
             try:
                 value = normalise(kind, item)
             except ValidationError as e:
-                problems.append(Problem(_join(where, e.field), e.message))
+                problems.extend(
+                    Problem(_join(where, leaf.field), leaf.message) for leaf in e.errors
+                )
                 continue
             name = value["name"]
             if (kind, name) in index:

@@ -24,7 +24,7 @@ invalid file raises L{ConfigError}, which names the key at fault
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
 import yaml
@@ -58,18 +58,45 @@ class ConfigError(ValueError):
     """
     The config file is missing, unreadable or invalid.
 
-    @ivar key: the dotted path of the key at fault, e.g. C{"proxy.listen"}
-        or C{"servers[2].addr"}; empty when the file as a whole is at fault.
-    @ivar message: what is wrong, for a human.
+    @ivar key: the dotted path of the (first) key at fault, e.g.
+        C{"proxy.listen"} or C{"servers[2].addr"}; empty when the file as a
+        whole is at fault.
+    @ivar message: what is wrong with it, for a human.
     @ivar source: the file (or other origin) of the config.
+    @ivar errors: C{(key, message)} of every error found, the first one
+        first.
     """
 
-    def __init__(self, key: str, message: str, source: str = "") -> None:
-        parts = [p for p in (source, key) if p]
-        super().__init__(": ".join(parts + [message]))
+    def __init__(
+        self,
+        key: str,
+        message: str,
+        source: str = "",
+        errors: Optional[Sequence[Tuple[str, str]]] = None,
+    ) -> None:
         self.key = key
         self.message = message
         self.source = source
+        self.errors: Tuple[Tuple[str, str], ...] = tuple(errors) if errors else ((key, message),)
+        lines = [": ".join([p for p in (source, k) if p] + [m]) for k, m in self.errors]
+        if len(lines) == 1:
+            text = lines[0]
+        else:
+            head = f"{source}: " if source else ""
+            text = f"{head}{len(lines)} errors:\n" + "\n".join("  " + line for line in lines)
+        super().__init__(text)
+
+    @classmethod
+    def fromValidation(cls, error: ValidationError, source: str) -> ConfigError:
+        """
+        @return: the config error of every error that C{error} gathers.
+        """
+        return cls(
+            error.field,
+            error.message,
+            source,
+            [(leaf.field, leaf.message) for leaf in error.errors],
+        )
 
 
 def _checkEndpoint(description: str) -> None:
@@ -174,7 +201,15 @@ class AdminConfig:
 
     listen: str = field(Str(check=_checkEndpoint, minLength=1), doc="Twisted endpoint string")
     token: Optional[str] = field(
-        Nullable(Str(minLength=1)), None, doc="bearer token; null = no authentication"
+        Nullable(
+            Str(
+                pattern=r"^[^\s]([^\x00-\x1f\x7f-\x9f]*[^\s])?$",
+                minLength=1,
+                patternHint="must not start or end with a space, nor hold control characters",
+            )
+        ),
+        None,
+        doc="bearer token; null = no authentication",
     )
     propagationTimeout: float = field(
         Num(0, 60),
@@ -210,39 +245,56 @@ _TOP_KEYS = ("proxy", "admin", "store") + KINDS
 
 
 def _parseSeed(data: Mapping[str, Any]) -> Dict[str, Tuple[Any, ...]]:
+    """
+    @raise ValidationError: gathering every error of the seed resources:
+        each invalid one, each name given twice, each reference to a
+        resource that is not seeded.
+    """
     seed: Dict[str, Tuple[Any, ...]] = {}
     index: Dict[Tuple[str, str], int] = {}
+    errors: List[ValidationError] = []
     for kind in KINDS:
         items = data.get(kind)
         if items is None:
             seed[kind] = ()
             continue
         if not isinstance(items, list):
-            raise ValidationError(kind, "must be a list of resources")
+            errors.append(ValidationError(kind, "must be a list of resources"))
+            seed[kind] = ()
+            continue
         parsed: List[Any] = []
         for i, item in enumerate(items):
             try:
                 resource = parseResource(kind, item)
             except ValidationError as e:
-                raise ValidationError(
-                    f"{kind}[{i}]" + (f".{e.field}" if e.field else ""), e.message
-                )
+                errors.append(e.within(f"{kind}[{i}]"))
+                continue
             if (kind, resource.name) in index:
                 first = index[(kind, resource.name)]
-                raise ValidationError(
-                    f"{kind}[{i}].name", f"duplicate name {resource.name!r} (as {kind}[{first}])"
+                errors.append(
+                    ValidationError(
+                        f"{kind}[{i}].name",
+                        f"duplicate name {resource.name!r} (as {kind}[{first}])",
+                    )
                 )
+                continue
             index[(kind, resource.name)] = i
             parsed.append(resource)
         seed[kind] = tuple(parsed)
-    catalog = Catalog(**{kind: {r.name: r for r in seed[kind]} for kind in KINDS})
-    broken = catalog.brokenReferences()
-    if broken:
-        kind, name, fieldName, targetKind, target = broken[0]
-        raise ValidationError(
-            f"{kind}[{index[(kind, name)]}].{fieldName}",
-            f"names {targetKind[:-1]} {target!r}, which is not among the seeded {targetKind}",
-        )
+    if not errors:
+        # References are checked between valid resources only: one that
+        # was refused would be reported twice.
+        catalog = Catalog(**{kind: {r.name: r for r in seed[kind]} for kind in KINDS})
+        for kind, name, fieldName, targetKind, target in catalog.brokenReferences():
+            errors.append(
+                ValidationError(
+                    f"{kind}[{index[(kind, name)]}].{fieldName}",
+                    f"names {targetKind[:-1]} {target!r}, which is not among the seeded"
+                    f" {targetKind}",
+                )
+            )
+    if errors:
+        raise ValidationError.collect(errors)
     return seed
 
 
@@ -253,47 +305,65 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
     @param data: what C{yaml.safe_load} gave.
     @param source: where C{data} came from, for error messages and
         L{GatewayConfig.path}.
-    @raise ConfigError: naming the first key at fault.
+    @raise ConfigError: naming every key at fault (L{ConfigError.errors}),
+        the first one in C{key}.
     """
     if data is None:
         raise ConfigError("", "the config is empty; it needs a proxy: or admin: section", source)
     if not isinstance(data, dict):
         raise ConfigError("", "must be a mapping of keys (proxy:, admin:, store:, ...)", source)
+    errors: List[ValidationError] = []
     for key in data:
         if key not in _TOP_KEYS:
-            raise ConfigError(
-                str(key), "is not a known key; known keys: " + ", ".join(_TOP_KEYS), source
+            errors.append(
+                ValidationError(str(key), "is not a known key; known keys: " + ", ".join(_TOP_KEYS))
             )
     if "proxy" not in data and "admin" not in data:
-        raise ConfigError("", "needs a proxy: or an admin: section (or both)", source)
+        errors.append(ValidationError("", "needs a proxy: or an admin: section (or both)"))
+    sections: Dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        sections[name] = None
+        if name in data:
+            try:
+                sections[name] = fromJSON(cls, data[name], name)
+            except ValidationError as e:
+                errors.append(e)
+    store = DEFAULT_STORE
     try:
-        sections = {
-            name: fromJSON(cls, data[name], name) if name in data else None
-            for name, cls in _SECTIONS.items()
-        }
         store = Str(check=_checkStore, minLength=1).parse(data.get("store", DEFAULT_STORE), "store")
+    except ValidationError as e:
+        errors.append(e)
+    seed: Dict[str, Tuple[Any, ...]] = {kind: () for kind in KINDS}
+    try:
         seed = _parseSeed(data)
     except ValidationError as e:
-        raise ConfigError(e.field, e.message, source)
+        errors.append(e)
     proxy, admin = sections["proxy"], sections["admin"]
     if admin is not None and admin.token is None and not isLoopbackEndpoint(admin.listen):
-        raise ConfigError(
-            "admin.token",
-            "is required when admin.listen is not a loopback address "
-            "(anyone who reaches the port would control the gateway)",
-            source,
+        errors.append(
+            ValidationError(
+                "admin.token",
+                "is required when admin.listen is not a loopback address "
+                "(anyone who reaches the port would control the gateway)",
+            )
         )
     if proxy is not None and admin is not None and proxy.listen == admin.listen:
-        raise ConfigError("admin.listen", "is the same endpoint as proxy.listen", source)
+        errors.append(ValidationError("admin.listen", "is the same endpoint as proxy.listen"))
     if proxy is not None and proxy.workers is not None and proxy.workers != 1:
         if not proxy.listen.startswith(_SHARED_ENDPOINTS):
-            raise ConfigError(
-                "proxy.workers", "several workers need a tcp: or tcp6: listen endpoint", source
+            errors.append(
+                ValidationError(
+                    "proxy.workers", "several workers need a tcp: or tcp6: listen endpoint"
+                )
             )
-        if not workersCanShare(proxy.listen, store):
-            raise ConfigError(
-                "proxy.workers", "several workers need a shared store (file: or etcd://)", source
+        elif not workersCanShare(proxy.listen, store):
+            errors.append(
+                ValidationError(
+                    "proxy.workers", "several workers need a shared store (file: or etcd://)"
+                )
             )
+    if errors:
+        raise ConfigError.fromValidation(ValidationError.collect(errors), source)
     return GatewayConfig(proxy=proxy, admin=admin, store=store, seed=seed, path=source)
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 import attrs
 from twisted.logger import Logger
 
-from gateway.model.schema import Bool, Int, Nullable, Num, field
+from gateway.model.schema import Bool, Int, Nullable, Seconds, field
 
 log = Logger()
 
@@ -64,16 +64,14 @@ class HTTPLimits:
     maxBodySize: Optional[int] = field(
         Nullable(Int(0, 1 << 50)), 1024 * MB, doc="bytes, unless the API sets its own; 413"
     )
-    headerTimeout: float = field(Num(0, 3600, exclusiveMinimum=True), 10.0, doc="seconds; 408")
-    bodyTimeout: float = field(
-        Num(0, 86400, exclusiveMinimum=True), 60.0, doc="seconds, plus minBodyRate's; 408"
-    )
+    headerTimeout: float = field(Seconds(3600), 10.0, doc="seconds; 408")
+    bodyTimeout: float = field(Seconds(86400), 60.0, doc="seconds, plus minBodyRate's; 408")
     minBodyRate: int = field(
         Int(0, 1 << 40), 65536, doc="bytes/s a long body earns time at; 0 = bodyTimeout only"
     )
-    idleTimeout: float = field(Num(0, 86400, exclusiveMinimum=True), 60.0, doc="seconds")
+    idleTimeout: float = field(Seconds(86400), 60.0, doc="seconds")
     sendTimeout: float = field(
-        Num(0, 86400, exclusiveMinimum=True),
+        Seconds(86400),
         60.0,
         doc="seconds a client may read nothing of its answer before it is cut",
     )

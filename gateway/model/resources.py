@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import attrs
 
-from gateway.model.regex import compileRegex
+from gateway.model import patterns
+from gateway.model.regex import RegexError, compileRegex
 from gateway.model.schema import (
     Anything,
     Bool,
@@ -28,6 +29,8 @@ from gateway.model.schema import (
     Nullable,
     Num,
     Obj,
+    Rule,
+    Seconds,
     Str,
     ValidationError,
     checkCIDR,
@@ -54,18 +57,6 @@ LOAD_BALANCERS = (
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 
 
-def _checkAddr(value: str) -> None:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError("must be host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or any(c in host for c in "/ ?#@"):
-        raise ValueError("must be host:port")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("port must be a number from 1 to 65535")
-
-
 def splitAddr(value: str) -> Tuple[str, int]:
     """
     @return: C{(host, port)} of a C{host:port} (or C{[v6]:port}) address.
@@ -74,16 +65,6 @@ def splitAddr(value: str) -> Tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
-
-
-def _checkPath(value: str) -> None:
-    if not value.startswith("/"):
-        raise ValueError("must start with /")
-
-
-def _checkMethod(value: str) -> None:
-    if value != "*" and value.upper() not in HTTP_METHODS:
-        raise ValueError("must be * or an HTTP method (" + ", ".join(HTTP_METHODS) + ")")
 
 
 def _checkPattern(value: str) -> None:
@@ -98,12 +79,33 @@ def _checkHost(value: str) -> None:
     checkHost(value)
 
 
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+def CIDR() -> Str:
+    """
+    An IP network or address (C{10.0.0.0/8}, C{::1}).
+    """
+    return Str(
+        pattern=patterns.CIDR,
+        maxLength=64,
+        check=checkCIDR,
+        patternHint="must be an IP network or address, e.g. 10.0.0.0/8, 10.0.0.1 or ::1/128",
+    )
 
 
-def _checkRewrite(value: str) -> None:
-    if not value.startswith("/"):
-        raise ValueError("must start with /")
+def Path(**kw: Any) -> Str:
+    """
+    A path sent in a request line: from C{/}, without spaces or control
+    characters.
+    """
+    return Str(
+        pattern=patterns.PATH,
+        minLength=1,
+        path=True,
+        patternHint="must start with / and hold no spaces or control characters",
+        **kw,
+    )
+
+
+_TOKEN_RE = re.compile(patterns.HEADER_NAME)
 
 
 @attrs.frozen
@@ -113,10 +115,12 @@ class HealthCheck:
     seconds and expects C{status} (and C{body} in the answer, when set).
     """
 
-    path: str = field(Str(check=_checkPath, minLength=1), doc="path to GET, e.g. /health")
-    body: Optional[str] = field(Nullable(Str()), None, doc="expected substring of the body")
-    interval: float = field(Num(0, 86400, exclusiveMinimum=True), 10.0, doc="seconds")
-    timeout: float = field(Num(0, 3600, exclusiveMinimum=True), 5.0, doc="seconds")
+    path: str = field(Path(), doc="path to GET, e.g. /health")
+    body: Optional[str] = field(
+        Nullable(Str(controls=True)), None, doc="expected substring of the body"
+    )
+    interval: float = field(Seconds(86400), 10.0, doc="seconds")
+    timeout: float = field(Seconds(3600), 5.0, doc="seconds")
     status: int = field(Int(100, 599), 200, doc="expected HTTP status")
     rise: int = field(Int(1, 100), 1, doc="passes in a row to become healthy")
     fall: int = field(Int(1, 100), 1, doc="failures in a row to become unhealthy")
@@ -131,8 +135,8 @@ class CircuitBreaker:
 
     failureRateToOpen: float = field(Num(0, 100, exclusiveMinimum=True), 50.0, doc="%")
     minRequests: int = field(Int(1, 1_000_000), 20)
-    window: float = field(Num(0, 3600, exclusiveMinimum=True), 10.0, doc="seconds")
-    openTimeout: float = field(Num(0, 86400, exclusiveMinimum=True), 30.0, doc="seconds")
+    window: float = field(Seconds(3600), 10.0, doc="seconds")
+    openTimeout: float = field(Seconds(86400), 30.0, doc="seconds")
     halfOpenTrafficRate: float = field(Num(0, 100, exclusiveMinimum=True), 10.0, doc="%")
     successRateToClose: float = field(Num(0, 100, exclusiveMinimum=True), 80.0, doc="%")
     halfOpenRequests: int = field(
@@ -153,7 +157,7 @@ class PassiveHealth:
     """
 
     consecutiveFailures: int = field(Int(1, 10_000), 5)
-    ejectTime: float = field(Num(0, 86400, exclusiveMinimum=True), 30.0, doc="seconds")
+    ejectTime: float = field(Seconds(86400), 30.0, doc="seconds")
 
 
 @attrs.frozen
@@ -163,7 +167,14 @@ class Server:
     """
 
     name: str = field(Name())
-    addr: str = field(Str(check=_checkAddr, minLength=1), doc="host:port")
+    addr: str = field(
+        Str(
+            pattern=patterns.ADDR,
+            maxLength=300,
+            patternHint="must be host:port",
+        ),
+        doc="host:port",
+    )
     weight: int = field(Int(0, 10000), 1, doc="share for weighted balancing; 0 = drain")
     maxQPS: int = field(Int(0, 10_000_000), 0, doc="requests per second, 0 = no limit")
     healthCheck: Optional[HealthCheck] = field(Nullable(Obj(HealthCheck)), None)
@@ -190,14 +201,14 @@ class Node:
 
     cluster: str = field(Name())
     urlRewrite: Optional[str] = field(
-        Nullable(Str(check=_checkRewrite)),
+        Nullable(Path()),
         None,
         doc="new path and query; may use {param}, $query.x, $header.x",
     )
     attrName: Optional[str] = field(
         Nullable(Str(minLength=1, maxLength=128)), None, doc="key of this node in an aggregation"
     )
-    timeout: float = field(Num(0, 3600, exclusiveMinimum=True), 30.0, doc="seconds")
+    timeout: float = field(Seconds(3600), 30.0, doc="seconds")
     required: bool = field(Bool(), True)
     batch: int = field(Int(0, 100), 0, doc="aggregation stage; lower runs first")
     retries: int = field(
@@ -213,7 +224,7 @@ class RateLimit:
     A token bucket: C{rate} per second, up to C{burst} at once, per C{key}.
     """
 
-    rate: float = field(Num(0, 10_000_000, exclusiveMinimum=True))
+    rate: float = field(Num(0.001, 10_000_000), doc="requests per second, at least 0.001")
     burst: Optional[int] = field(Nullable(Int(1, 10_000_000)), None, doc="default: rate")
     key: str = field(
         Str(pattern=r"^(none|ip|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+)$"),
@@ -231,8 +242,8 @@ class IPAccess:
     an empty C{allow} allows everyone not denied.
     """
 
-    allow: Tuple[str, ...] = field(ListOf(Str(check=checkCIDR)), ())
-    deny: Tuple[str, ...] = field(ListOf(Str(check=checkCIDR)), ())
+    allow: Tuple[str, ...] = field(ListOf(CIDR()), ())
+    deny: Tuple[str, ...] = field(ListOf(CIDR()), ())
 
 
 @attrs.frozen
@@ -245,17 +256,39 @@ class FilterSpec:
     config: Mapping[str, Any] = field(Map(), attrs.Factory(dict))
 
 
-def _checkNodes(instance: Any, attribute: Any, nodes: Tuple[Node, ...]) -> None:
+def _attrNamesGiven(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    nodes = values["nodes"]
     if len(nodes) > 1:
-        seen = set()
         for i, node in enumerate(nodes):
             if node.attrName is None:
-                raise ValidationError(
-                    f"nodes[{i}].attrName", "is required when an API has several nodes"
-                )
+                yield f"nodes[{i}].attrName", "is required when an API has several nodes"
+
+
+def _attrNamesUnique(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    seen = set()
+    for i, node in enumerate(values["nodes"]):
+        if node.attrName is not None:
             if node.attrName in seen:
-                raise ValidationError(f"nodes[{i}].attrName", f"duplicate {node.attrName!r}")
+                yield f"nodes[{i}].attrName", f"duplicate {node.attrName!r}"
             seen.add(node.attrName)
+
+
+#: Several nodes: each has an attrName (JSON Schema can say it).
+_ATTR_NAMES_GIVEN = {
+    "properties": {
+        "nodes": {
+            "anyOf": [
+                {"maxItems": 1},
+                {
+                    "items": {
+                        "required": ["attrName"],
+                        "properties": {"attrName": {"type": "string"}},
+                    }
+                },
+            ]
+        }
+    }
+}
 
 
 def _upperMethod(value: str) -> str:
@@ -271,14 +304,39 @@ class API:
 
     name: str = field(Name())
     urlPattern: str = field(
-        Str(check=_checkPattern, minLength=1), doc="/users/{id}, /users/{id:int}, /files/*"
+        Str(
+            pattern=patterns.URL_PATTERN,
+            minLength=1,
+            check=_checkPattern,
+            path=True,
+            patternHint="must be a URL pattern: / then segments of text, {name}, {name:type}"
+            " or a last *, without spaces, control characters, ? or #",
+        ),
+        doc="/users/{id}, /users/{id:int}, /files/*; a parameter is named once, a re: type"
+        " holds a valid regular expression with balanced braces, at most 128 segments,"
+        " no . or .. segment",
     )
-    nodes: Tuple[Node, ...] = field(
-        ListOf(Obj(Node), minItems=1, maxItems=64), validator=_checkNodes
+    nodes: Tuple[Node, ...] = field(ListOf(Obj(Node), minItems=1, maxItems=64))
+    method: str = field(
+        Str(
+            pattern=patterns.methodPattern(list(HTTP_METHODS)),
+            patternHint="must be * or an HTTP method (" + ", ".join(HTTP_METHODS) + ")",
+        ),
+        "*",
+        converter=_upperMethod,
     )
-    method: str = field(Str(check=_checkMethod), "*", converter=_upperMethod)
     host: Optional[str] = field(
-        Nullable(Str(minLength=1, maxLength=255, check=_checkHost)),
+        Nullable(
+            Str(
+                pattern=patterns.HOST,
+                minLength=1,
+                maxLength=255,
+                check=_checkHost,
+                patternHint="must be a host name (letters, digits, - and _ separated by dots,"
+                " optionally starting with *. for any subdomain), an IPv4 address or [IPv6],"
+                " without a port",
+            )
+        ),
         None,
         doc="only requests for this host (example.com, *.example.com)",
     )
@@ -293,11 +351,83 @@ class API:
         doc="largest request body in bytes (413); null = the proxy's limits.maxBodySize",
     )
 
+    rules: ClassVar[Tuple[Rule, ...]] = (
+        Rule(("nodes",), _attrNamesGiven, schema=_ATTR_NAMES_GIVEN),
+        Rule(("nodes",), _attrNamesUnique, doc="The nodes' attrNames are distinct."),
+    )
+
 
 CONDITION_SOURCES = ("header", "cookie", "query", "path", "json", "method")
 
 
 CONDITION_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "match", "exists")
+
+
+_NAMED_SOURCES = ("query", "path", "json")
+_TOKEN_SOURCES = ("header", "cookie")
+_COMPARISONS = ("eq", "ne", "lt", "le", "gt", "ge")
+
+
+def _conditionName(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    source, name = values["source"], values["name"]
+    if source == "method":
+        return
+    if not name:
+        yield "name", f"is required for source {source!r}"
+    elif source in _TOKEN_SOURCES and not _TOKEN_RE.match(name):
+        yield "name", f"is not a valid {source} name"
+
+
+def _conditionValue(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    op, value = values["op"], values["value"]
+    if op == "in":
+        if not isinstance(value, list):
+            yield "value", "must be a list for op 'in'"
+    elif op == "match":
+        if not isinstance(value, str):
+            yield "value", "must be a regular expression string for op 'match'"
+    elif op != "exists" and (value is None or isinstance(value, (list, dict))):
+        yield "value", f"must be a string, a number or a boolean for op {op!r}"
+
+
+def _conditionRegex(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["op"] == "match" and isinstance(values["value"], str):
+        try:
+            compileRegex(values["value"], "value")
+        except RegexError as e:
+            yield "value", e.message
+
+
+def _variant(key: str, choices: Tuple[str, ...], **properties: Any) -> Dict[str, Any]:
+    variant: Dict[str, Any] = {"properties": {key: {"enum": list(choices)}}}
+    variant["properties"].update(properties)
+    if properties:
+        variant["required"] = list(properties)
+    return variant
+
+
+#: What name a condition needs, by source (the rule of L{_conditionName}).
+_NAME_BY_SOURCE = {
+    "anyOf": [
+        _variant(
+            "source", _TOKEN_SOURCES, name={"type": "string", "pattern": patterns.HEADER_NAME}
+        ),
+        _variant("source", _NAMED_SOURCES, name={"type": "string", "minLength": 1}),
+        _variant("source", ("method",)),
+    ]
+}
+
+_SCALAR = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+
+#: What value a condition needs, by op (the rule of L{_conditionValue}).
+_VALUE_BY_OP = {
+    "anyOf": [
+        _variant("op", ("exists",)),
+        _variant("op", ("in",), value={"type": "array"}),
+        _variant("op", ("match",), value={"type": "string"}),
+        _variant("op", _COMPARISONS, value=_SCALAR),
+    ]
+}
 
 
 @attrs.frozen
@@ -311,20 +441,15 @@ class Condition:
     name: str = field(Str(maxLength=256), "", doc="header/cookie/query/param name or json path")
     value: Any = field(Anything(), None)
 
-    def __attrs_post_init__(self) -> None:
-        if self.source != "method" and not self.name:
-            raise ValidationError("name", f"is required for source {self.source!r}")
-        if self.source in ("header", "cookie") and not _TOKEN_RE.match(self.name):
-            raise ValidationError("name", f"is not a valid {self.source} name")
-        if self.op == "exists":
-            return
-        if self.op == "in":
-            if not isinstance(self.value, list):
-                raise ValidationError("value", "must be a list for op 'in'")
-        elif self.op == "match":
-            compileRegex(self.value, "value")
-        elif self.value is None or isinstance(self.value, (list, dict)):
-            raise ValidationError("value", f"must be a string or a number for op {self.op!r}")
+    rules: ClassVar[Tuple[Rule, ...]] = (
+        Rule(("source", "name"), _conditionName, schema=_NAME_BY_SOURCE),
+        Rule(("op", "value"), _conditionValue, schema=_VALUE_BY_OP),
+        Rule(
+            ("op", "value"),
+            _conditionRegex,
+            doc="With op match, the value is a valid regular expression.",
+        ),
+    )
 
 
 @attrs.frozen
@@ -361,14 +486,23 @@ def parseResource(kind: str, data: Any, name: Optional[str] = None) -> Any:
 
     @param name: when given (a C{PUT} to C{/kind/name}), the name the body
         must carry; a body without a name takes it.
-    @raise ValidationError: naming the field at fault.
+    @raise ValidationError: gathering every error of the resource.
     """
+    errors: List[ValidationError] = []
     if name is not None and isinstance(data, dict):
         if "name" not in data:
             data = dict(data, name=name)
-        elif data["name"] != name:
-            raise ValidationError("name", f"must match the URL ({name!r})")
-    return fromJSON(RESOURCE_CLASSES[kind], data)
+        elif data["name"] != name and isinstance(data["name"], str):
+            # Beyond JSON Schema: the document cannot tie a body's field to
+            # the URL's.
+            errors.append(ValidationError("name", f"must match the URL ({name!r})", semantic=True))
+    try:
+        resource = fromJSON(RESOURCE_CLASSES[kind], data)
+    except ValidationError as e:
+        errors.append(e)
+    if errors:
+        raise ValidationError.collect(errors)
+    return resource
 
 
 class ReferenceError(ValidationError):
@@ -516,7 +650,7 @@ class CatalogParser:
                 try:
                     obj = parseResource(kind, dict(data), name)
                 except ValidationError as e:
-                    raise ValidationError(f"{kind}/{name}:{e.field}", e.message)
+                    raise e.renamed(f"{kind}/{name}:".__add__)
                 fresh[key] = (copy.deepcopy(dict(data)), obj, data)
                 items[name] = obj
             parsed[kind] = items

@@ -10,36 +10,131 @@ OpenAPI document (L{jsonSchema}), so the three cannot drift apart.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import math
 import re
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple
 
 import attrs
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+#: Control characters: C0, DEL and C1.  Refused in every string field but
+#: free text (L{Str} with C{controls=True}).
+CONTROLS = "\\x00-\\x1f\\x7f-\\x9f"
+
+#: What a path (C{urlPattern}, C{urlRewrite}, C{healthCheck.path}) may not
+#: hold: control characters and the space, which would end the path in a
+#: request line.
+PATH_EXCLUDED = "\\x00-\\x20\\x7f-\\x9f"
+
+_CONTROL_RE = re.compile("[" + CONTROLS + "]")
+_PATH_EXCLUDED_RE = re.compile("[" + PATH_EXCLUDED + "]")
+_SURROGATE_RE = re.compile("[\\ud800-\\udfff]")
 
 
 class ValidationError(ValueError):
     """
     A resource or a config value is invalid.
 
+    One error names one field; an error that gathers several (every error
+    of a resource, L{collect}) names its first one, and lists them all in
+    C{errors}.
+
     @ivar field: the dotted path of the field at fault, e.g.
         C{"nodes[0].cluster"}; empty for the whole object.
     @ivar message: what is wrong, for a human.
+    @ivar semantic: C{False} when the rule broken is one the resource's
+        JSON Schema (the admin's OpenAPI document) states, C{True} when the
+        value fits the schema but breaks a rule that JSON Schema cannot
+        state (a parameter named twice in a URL pattern, an invalid
+        regular expression, two nodes with one C{attrName}...).  Both are
+        400 in the admin; each of its C{errors} says which kind it is
+        (C{"rule": true} for the second).
+    @ivar errors: every error, each naming one field (this error alone
+        when it is one), in the order found: the object's fields in their
+        order, then its unknown keys, then its rules.
     """
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
+    def __init__(
+        self,
+        field: str,
+        message: str,
+        semantic: bool = False,
+        errors: Optional[Sequence[ValidationError]] = None,
+    ) -> None:
         self.field = field
         self.message = message
+        self.semantic = semantic
+        self.errors: Tuple[ValidationError, ...] = tuple(errors) if errors else (self,)
+        text = f"{field}: {message}" if field else message
+        if len(self.errors) > 1:
+            text += f" (and {len(self.errors) - 1} more)"
+        super().__init__(text)
+
+    @classmethod
+    def collect(cls, errors: Sequence[ValidationError]) -> ValidationError:
+        """
+        @param errors: one or more errors, each possibly gathering others.
+        @return: one error that gathers all of them, in the order given;
+            the error itself when there is one.
+        """
+        leaves = [leaf for error in errors for leaf in error.errors]
+        if len(leaves) == 1:
+            return leaves[0]
+        first = leaves[0]
+        return cls(first.field, first.message, first.semantic, leaves)
+
+    def renamed(self, rename: Callable[[str], str]) -> ValidationError:
+        """
+        @param rename: maps a field path to another (e.g. prefixes it).
+        @return: the same error (of the same class) with every field renamed.
+        """
+        leaves = [
+            type(leaf)(rename(leaf.field), leaf.message, leaf.semantic) for leaf in self.errors
+        ]
+        if len(leaves) == 1:
+            return leaves[0]
+        return type(self)(leaves[0].field, leaves[0].message, leaves[0].semantic, leaves)
+
+    def within(self, path: str) -> ValidationError:
+        """
+        @return: the same error with every field under C{path}.
+        """
+        if not path:
+            return self
+        return self.renamed(lambda field: _join(path, field))
 
     def toJSON(self) -> dict:
-        return {"error": self.message, "field": self.field}
+        """
+        @return: C{{"error", "field", "errors": [{"field", "error"}, ...]}},
+            each C{field} left out when it is empty, and each semantic error
+            marked C{"rule": true}.
+        """
+        out = _errorJSON(self.field, self.message)
+        errors = out["errors"] = []
+        for leaf in self.errors:
+            entry = _errorJSON(leaf.field, leaf.message)
+            if leaf.semantic:
+                entry["rule"] = True
+            errors.append(entry)
+        return out
+
+
+def _errorJSON(field: str, message: str) -> dict:
+    out = {"error": message}
+    if field:
+        out["field"] = field
+    return out
 
 
 def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
+    if not path:
+        return name
+    if not name:
+        return path
+    return f"{path}{name}" if name.startswith("[") else f"{path}.{name}"
 
 
 def _typeName(value: Any) -> str:
@@ -58,12 +153,92 @@ def _typeName(value: Any) -> str:
     return type(value).__name__
 
 
+def _describeChar(value: str, index: int) -> str:
+    return f"U+{ord(value[index]):04X} at position {index}"
+
+
+def unicodeProblem(value: str) -> Optional[str]:
+    """
+    @return: why C{value} is not valid Unicode text (a lone surrogate, which
+        JSON's C{\\ud800} escapes can carry but no UTF-8 text can), or
+        L{None}.
+    """
+    bad = _SURROGATE_RE.search(value)
+    if bad is None:
+        return None
+    return (
+        "must be valid Unicode text: it holds a lone surrogate ("
+        + _describeChar(value, bad.start())
+        + ")"
+    )
+
+
+def displayKey(key: Any) -> str:
+    """
+    @return: a key as messages name it: what cannot be printed (control
+        characters, lone surrogates) escaped as in Python.
+    """
+    text = str(key)
+    if unicodeProblem(text) is not None or _CONTROL_RE.search(text):
+        return ascii(text)[1:-1]
+    return text
+
+
+def checkJSON(value: Any, path: str) -> list[ValidationError]:
+    """
+    Check free-form data (a filter's C{config}, a condition's C{value}):
+    plain JSON made of valid Unicode text.  A YAML config file could hold
+    more (dates, sets, C{.nan}, keys that are not strings), which the
+    stores cannot keep.
+
+    @return: the errors found, each naming its place under C{path}.
+    """
+    errors: list[ValidationError] = []
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if item is None or isinstance(item, (bool, int)):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                errors.append(ValidationError(where, "must be a finite number"))
+        elif isinstance(item, str):
+            problem = unicodeProblem(item)
+            if problem is not None:
+                errors.append(ValidationError(where, problem))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, dict):
+            entries = []
+            for key, v in item.items():
+                if not isinstance(key, str):
+                    errors.append(
+                        ValidationError(
+                            _join(where, displayKey(key)),
+                            f"keys must be strings, not {_typeName(key)}",
+                        )
+                    )
+                    continue
+                problem = unicodeProblem(key)
+                if problem is not None:
+                    errors.append(ValidationError(_join(where, displayKey(key)), "key " + problem))
+                    continue
+                entries.append((v, _join(where, key)))
+            stack.extend(reversed(entries))
+        else:
+            errors.append(ValidationError(where, f"must be JSON, not {_typeName(item)}"))
+    return errors
+
+
 class Spec:
     """
     How one JSON value is parsed, validated, serialised and documented.
     """
 
     def parse(self, value: Any, path: str) -> Any:
+        """
+        @raise ValidationError: gathering every error of the value.
+        """
         raise NotImplementedError()
 
     def dump(self, value: Any) -> Any:
@@ -76,8 +251,25 @@ class Spec:
 @attrs.frozen
 class Str(Spec):
     """
-    A string, optionally matching a regular expression or checked by a
-    callable that raises L{ValueError}.
+    A string of valid Unicode text (no lone surrogate), optionally matching
+    a regular expression, then checked by a callable that raises
+    L{ValueError}.
+
+    The regular expression is in the JSON Schema: a string it refuses is
+    refused with an error of the schema.  The callable refines it with
+    what JSON Schema cannot state (a URL pattern's parameter named twice,
+    an invalid regular expression): its errors are semantic.  So a
+    pattern must hold all that a regular expression can say of the value.
+
+    @ivar pattern: a regular expression for the whole value, in the
+        dialect common to Python and ECMA 262 (JSON Schema's), anchored
+        with C{^...$}.  It must refuse control characters unless
+        C{controls} is set.
+    @ivar patternHint: what the pattern means, for error messages (else
+        the message shows the pattern).
+    @ivar controls: whether control characters are allowed (free text
+        only); without a pattern, a string holding one is refused.
+    @ivar path: refuse the space too (paths of request lines).
     """
 
     pattern: Optional[str] = None
@@ -85,10 +277,23 @@ class Str(Spec):
     maxLength: int = 4096
     check: Optional[Callable[[str], Any]] = None
     description: str = ""
+    patternHint: str = ""
+    controls: bool = False
+    path: bool = False
 
     def parse(self, value: Any, path: str) -> str:
         if not isinstance(value, str):
             raise ValidationError(path, f"must be a string, not {_typeName(value)}")
+        problem = unicodeProblem(value)
+        if problem is not None:
+            raise ValidationError(path, problem)
+        if not self.controls:
+            bad = (_PATH_EXCLUDED_RE if self.path else _CONTROL_RE).search(value)
+            if bad is not None:
+                what = "spaces or control characters" if self.path else "control characters"
+                raise ValidationError(
+                    path, f"must not contain {what} ({_describeChar(value, bad.start())})"
+                )
         if len(value) < self.minLength:
             raise ValidationError(
                 path, "must not be empty" if self.minLength == 1 else "is too short"
@@ -96,18 +301,28 @@ class Str(Spec):
         if len(value) > self.maxLength:
             raise ValidationError(path, f"must be at most {self.maxLength} characters")
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
-            raise ValidationError(path, f"must match {self.pattern}")
+            # The check, when it refuses the value too, says more precisely
+            # what is wrong; the error is the pattern's all the same.
+            message = self.patternHint or f"must match {self.pattern}"
+            if self.check is not None:
+                try:
+                    self.check(value)
+                except ValueError as e:
+                    message = str(e)
+            raise ValidationError(path, message)
         if self.check is not None:
             try:
                 self.check(value)
             except ValueError as e:
-                raise ValidationError(path, str(e))
+                raise ValidationError(path, str(e), semantic=True)
         return value
 
     def schema(self) -> dict:
         s: dict = {"type": "string"}
         if self.pattern:
             s["pattern"] = self.pattern
+        elif not self.controls:
+            s["pattern"] = "^[^" + (PATH_EXCLUDED if self.path else CONTROLS) + "]*$"
         if self.minLength:
             s["minLength"] = self.minLength
         s["maxLength"] = self.maxLength
@@ -118,7 +333,12 @@ def Name() -> Str:
     """
     A resource name: letters, digits, C{-}, C{_}, C{.}.
     """
-    return Str(pattern=NAME_RE.pattern, minLength=1, maxLength=128)
+    return Str(
+        pattern=NAME_RE.pattern,
+        minLength=1,
+        maxLength=128,
+        patternHint="must be 1 to 128 letters, digits, -, _ or .",
+    )
 
 
 @attrs.frozen
@@ -152,7 +372,10 @@ class Int(Spec):
 class Num(Spec):
     """
     A number (seconds, percentages).  C{exclusiveMinimum} refuses the minimum
-    itself, for values that must be positive.
+    itself, for values that must be positive.  Durations take a positive
+    minimum (L{MIN_SECONDS}) rather than an exclusive 0: a timeout or a
+    window of C{5e-324} seconds is no duration, and dividing by one
+    overflows.
     """
 
     minimum: Optional[float] = None
@@ -162,14 +385,24 @@ class Num(Spec):
     def parse(self, value: Any, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValidationError(path, f"must be a number, not {_typeName(value)}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:
+            # An integer too large for a float (JSON allows 1 followed by
+            # 400 zeros).
+            number = math.inf if value > 0 else -math.inf
+        if not math.isfinite(number):
+            if self.maximum is not None and number > 0:
+                raise ValidationError(path, f"must be at most {self.maximum:g}")
+            if self.minimum is not None and number < 0:
+                raise ValidationError(path, f"must be at least {self.minimum:g}")
             raise ValidationError(path, "must be a finite number")
         if self.minimum is not None:
-            if self.exclusiveMinimum and value <= self.minimum:
+            if self.exclusiveMinimum and number <= self.minimum:
                 raise ValidationError(path, f"must be greater than {self.minimum:g}")
-            if value < self.minimum:
+            if number < self.minimum:
                 raise ValidationError(path, f"must be at least {self.minimum:g}")
-        if self.maximum is not None and value > self.maximum:
+        if self.maximum is not None and number > self.maximum:
             raise ValidationError(path, f"must be at most {self.maximum:g}")
         return value
 
@@ -181,6 +414,17 @@ class Num(Spec):
         if self.maximum is not None:
             s["maximum"] = self.maximum
         return s
+
+
+#: The shortest duration a seconds field takes: one millisecond.
+MIN_SECONDS = 0.001
+
+
+def Seconds(maximum: float) -> Num:
+    """
+    A duration in seconds, from L{MIN_SECONDS} to C{maximum}.
+    """
+    return Num(MIN_SECONDS, maximum)
 
 
 @attrs.frozen
@@ -199,7 +443,7 @@ class Enum(Spec):
     choices: Sequence[str]
 
     def parse(self, value: Any, path: str) -> str:
-        if value not in self.choices:
+        if not isinstance(value, str) or value not in self.choices:
             raise ValidationError(path, "must be one of " + ", ".join(self.choices))
         return value
 
@@ -210,10 +454,14 @@ class Enum(Spec):
 @attrs.frozen
 class Anything(Spec):
     """
-    Any JSON value (a routing condition's C{value}, a filter's C{config}).
+    Any JSON value (a routing condition's C{value}), its strings valid
+    Unicode text.
     """
 
     def parse(self, value: Any, path: str) -> Any:
+        errors = checkJSON(value, path)
+        if errors:
+            raise ValidationError.collect(errors)
         return value
 
     def schema(self) -> dict:
@@ -223,12 +471,16 @@ class Anything(Spec):
 @attrs.frozen
 class Map(Spec):
     """
-    A JSON object with free-form keys (a filter's C{config}).
+    A JSON object with free-form keys (a filter's C{config}), its strings
+    valid Unicode text.
     """
 
     def parse(self, value: Any, path: str) -> dict:
         if not isinstance(value, dict):
             raise ValidationError(path, f"must be an object, not {_typeName(value)}")
+        errors = checkJSON(value, path)
+        if errors:
+            raise ValidationError.collect(errors)
         return value
 
     def schema(self) -> dict:
@@ -249,14 +501,22 @@ class List(Spec):
             raise ValidationError(path, f"must have at least {self.minItems} item(s)")
         if len(value) > self.maxItems:
             raise ValidationError(path, f"must have at most {self.maxItems} items")
-        result = tuple(self.item.parse(v, f"{path}[{i}]") for i, v in enumerate(value))
-        if self.unique:
+        result = []
+        errors = []
+        for i, v in enumerate(value):
+            try:
+                result.append(self.item.parse(v, f"{path}[{i}]"))
+            except ValidationError as e:
+                errors.append(e)
+        if self.unique and not errors:
             seen = set()
             for i, v in enumerate(result):
                 if v in seen:
-                    raise ValidationError(f"{path}[{i}]", f"duplicate {v!r}")
+                    errors.append(ValidationError(f"{path}[{i}]", f"duplicate {v!r}"))
                 seen.add(v)
-        return result
+        if errors:
+            raise ValidationError.collect(errors)
+        return tuple(result)
 
     def dump(self, value: Any) -> list:
         return [self.item.dump(v) for v in value]
@@ -265,6 +525,7 @@ class List(Spec):
         s: dict = {"type": "array", "items": self.item.schema()}
         if self.minItems:
             s["minItems"] = self.minItems
+        s["maxItems"] = self.maxItems
         if self.unique:
             s["uniqueItems"] = True
         return s
@@ -310,6 +571,46 @@ class Nullable(Spec):
         return s
 
 
+@attrs.frozen
+class Rule:
+    """
+    A rule over several fields of one object (a condition's C{value} must
+    be a list for C{op: in}).
+
+    A rule with a C{schema} is one that JSON Schema states: the fragment
+    joins the object's schema (in its C{allOf}), and its errors are errors
+    of the schema.  A rule without one is semantic: stated in C{doc}, for
+    the document's readers.
+
+    @ivar fields: the fields the rule reads; it is checked when each of
+        them is valid on its own.
+    @ivar check: called with C{{field: parsed value}} (defaults filled in)
+        of the object; yields C{(field, message)} for each error, C{field}
+        relative to the object.
+    @ivar schema: the JSON Schema the object must also match, or L{None}.
+    @ivar doc: what the rule says, for the object's description.
+    """
+
+    fields: Tuple[str, ...]
+    check: Callable[[Mapping[str, Any]], Iterable[Tuple[str, str]]]
+    schema: Optional[Mapping[str, Any]] = None
+    doc: str = ""
+
+    def errors(self, values: Mapping[str, Any], path: str) -> list[ValidationError]:
+        semantic = self.schema is None
+        return [
+            ValidationError(_join(path, field), message, semantic)
+            for field, message in self.check(values)
+        ]
+
+
+def rulesOf(cls: type) -> Tuple[Rule, ...]:
+    """
+    @return: the L{Rule}s of a resource class (its C{rules} attribute).
+    """
+    return tuple(getattr(cls, "rules", ()))
+
+
 def checkCIDR(value: str) -> None:
     """
     @raise ValueError: when C{value} is not an IPv4 or IPv6 network or address.
@@ -331,37 +632,56 @@ def field(spec: Spec, default: Any = attrs.NOTHING, doc: str = "", **kw: Any) ->
     return attrs.field(default=default, metadata={"spec": spec, "doc": doc}, **kw)
 
 
+def _default(a: Any) -> Any:
+    default = a.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return default.factory()
+    return default
+
+
 def fromJSON(cls: type, data: Any, path: str = "") -> Any:
     """
     Parse a JSON object into an instance of the resource class C{cls}.
 
-    @raise ValidationError: naming the first field at fault.  Unknown keys
-        are refused, so a typo never passes silently.
+    A field that is absent, or C{null} when it has a default, takes its
+    default.  Unknown keys are refused, so a typo never passes silently.
+
+    @raise ValidationError: gathering every error of the object (see
+        L{ValidationError.collect}): each field is checked, then each
+        L{Rule} whose fields are valid.
     """
     if not isinstance(data, dict):
         raise ValidationError(path, f"must be an object, not {_typeName(data)}")
-    known = {}
-    kwargs = {}
+    errors: list[ValidationError] = []
+    known = set()
+    values = {}
     for a in attrs.fields(cls):
         spec = a.metadata.get("spec")
         if spec is None:
             continue
-        known[a.name] = a
+        known.add(a.name)
         fieldPath = _join(path, a.name)
         if a.name in data and not (data[a.name] is None and a.default is not attrs.NOTHING):
-            kwargs[a.name] = spec.parse(data[a.name], fieldPath)
+            try:
+                values[a.name] = spec.parse(data[a.name], fieldPath)
+            except ValidationError as e:
+                errors.append(e)
         elif a.default is attrs.NOTHING:
-            raise ValidationError(fieldPath, "is required")
+            errors.append(ValidationError(fieldPath, "is required"))
+        else:
+            values[a.name] = _default(a)
     for key in data:
         if key not in known:
-            raise ValidationError(_join(path, str(key)), "is not a known field")
+            errors.append(ValidationError(_join(path, displayKey(key)), "is not a known field"))
+    for rule in rulesOf(cls):
+        if all(name in values for name in rule.fields):
+            errors.extend(rule.errors(values, path))
+    if errors:
+        raise ValidationError.collect(errors)
     try:
-        obj = cls(**kwargs)
+        return cls(**values)
     except ValidationError as e:
-        if path:
-            raise ValidationError(_join(path, e.field), e.message)
-        raise
-    return obj
+        raise e.within(path)
 
 
 def toJSON(obj: Any) -> dict:
@@ -380,7 +700,9 @@ def toJSON(obj: Any) -> dict:
 
 def jsonSchema(cls: type) -> dict:
     """
-    @return: the JSON Schema of a resource class, for the OpenAPI document.
+    @return: the JSON Schema of a resource class, for the OpenAPI document:
+        its fields, and its rules (those that JSON Schema can state in
+        C{allOf}, the others in the description).
     """
     properties = {}
     required = []
@@ -401,6 +723,14 @@ def jsonSchema(cls: type) -> dict:
     out: dict = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         out["required"] = required
-    if cls.__doc__:
-        out["description"] = " ".join(cls.__doc__.split())
+    rules = rulesOf(cls)
+    stated = [copy.deepcopy(dict(rule.schema)) for rule in rules if rule.schema is not None]
+    if stated:
+        out["allOf"] = stated
+    description = " ".join((cls.__doc__ or "").split())
+    notes = [rule.doc for rule in rules if rule.doc]
+    if notes:
+        description = " ".join([description] + notes).strip()
+    if description:
+        out["description"] = description
     return out
