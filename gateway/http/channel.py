@@ -99,6 +99,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
+from gateway.http.bodystream import BodyStream, RequestBodyError
 from gateway.http.chunked import ChunkedDecoder, ChunkedError
 from gateway.http.headers import headerKey, rawHeadersOf
 from gateway.http.status import PhrasedRequest, reasonPhrase
@@ -340,6 +341,7 @@ _BUSY = 2  # a request is being answered; what arrives is buffered
 
 
 _DONE = 3  # refused or closing: what arrives is dropped
+_DRAIN = 4  # a streamed body failed: what arrives is dropped until the answer is out
 
 
 _EXPECT = headerKey(b"expect")
@@ -442,6 +444,12 @@ class GatewayHTTPChannel(Protocol):
     _written = 0
     _sendStalledAt: Optional[float] = None
     _sentMark: Optional[int] = None
+    _streamBodies = False
+    _stream: Optional[BodyStream] = None
+    _dispatchPending = False
+    _bodyPaused = False
+    _bodyPausedAt: Optional[float] = None
+    _bodyPausedFor = 0.0
 
     def __init__(self) -> None:
         self.requests: List[http.Request] = []
@@ -455,6 +463,7 @@ class GatewayHTTPChannel(Protocol):
             self.limits = limits
         self._bodyLimitFor = getattr(site, "bodyLimitFor", None)
         self._errorFields = getattr(site, "errorFields", None) or {}
+        self._streamBodies = bool(getattr(site, "streamBodies", False))
         # The site's reactor (a LimitedSite is always given one): timeouts
         # run on the clock the tests control.
         assert site is not None, "a channel is built by its site"
@@ -476,6 +485,10 @@ class GatewayHTTPChannel(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._close()
+        stream = self._stream
+        if stream is not None:
+            self._stream = None
+            stream.fail(Failure(RequestBodyError(400, "the client went away mid-body")))
         aborting = self._abortingCall
         if aborting is not None:
             self._abortingCall = None
@@ -491,7 +504,7 @@ class GatewayHTTPChannel(Protocol):
         is answered.
         """
         state = self._state
-        if state == _DONE:
+        if state == _DONE or state == _DRAIN:
             return
         if state == _BUSY or self._busyReceiving:
             # Pipelined, or called back from within the loop below: kept
@@ -509,6 +522,10 @@ class GatewayHTTPChannel(Protocol):
             self._receive(data)
         finally:
             self._busyReceiving = False
+        if self._dispatchPending:
+            # A streamed body is still arriving: answer its request now
+            # (what arrived of the body is the stream's already).
+            self._dispatch()
         if self._state == _HEAD and self._buffer and self._headStartedAt is None:
             # Part of a head is waiting: it has headerTimeout seconds.
             self._headStartedAt = self._clock.seconds()
@@ -640,8 +657,13 @@ class GatewayHTTPChannel(Protocol):
         self._command, self._path, self._version = method, target, version
         request.parseCookies()
         self.persistent = self.checkPersistence(request, version)
-        # (0 for no body: L{None} would make a temporary file.)
-        request.gotLength(None if chunked else (length or 0))
+        # (0 for no body, or one that streams: L{None}, or a large length,
+        # would make a temporary file.)
+        streamed = self._streamBodies and (chunked or bool(length))
+        if streamed or not (chunked or length):
+            request.gotLength(0)
+        else:
+            request.gotLength(None if chunked else length)
         if not (chunked or length):
             self._allContentReceived()
             return
@@ -655,6 +677,13 @@ class GatewayHTTPChannel(Protocol):
                 self.transport.write(_CONTINUE)
         self._bodyLimit = limit
         self._bodyReceived = 0
+        self._bodyPausedFor = 0.0
+        if streamed:
+            # Answered while the body arrives (see dataReceived), the body
+            # sent upstream as it comes.
+            stream = self._stream = BodyStream(self, None if chunked else length)
+            request.bodyStream = stream  # type: ignore[attr-defined]
+            self._dispatchPending = True
         if chunked:
             self._chunked = ChunkedDecoder(
                 self._bodyChunk, self._chunkedDone, limit, self.limits.maxHeadersSize
@@ -728,6 +757,10 @@ class GatewayHTTPChannel(Protocol):
         if limit is not None and self._bodyReceived > limit:
             self._reject(413, f"request body larger than {limit} bytes")
             return
+        stream = self._stream
+        if stream is not None:
+            stream.feed(data)
+            return
         self.requests[-1].handleContentChunk(data)
 
     def _chunkedDone(self, rest: bytes) -> None:
@@ -746,6 +779,21 @@ class GatewayHTTPChannel(Protocol):
         """
         self._state = _BUSY
         self._bodyLimit = None
+        stream = self._stream
+        if stream is not None:
+            self._stream = None
+            self._bodyPaused = False
+            stream.finish()
+            if not self._dispatchPending:
+                # Being answered already.
+                return
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """
+        Hand the current request to its resource.
+        """
+        self._dispatchPending = False
         request = self.requests[-1]
         command, path, version = self._command, self._path, self._version
         self._command = self._path = self._version = b""
@@ -764,6 +812,24 @@ class GatewayHTTPChannel(Protocol):
         del requests[0]
         if self._state == _DONE:
             return
+        if self._state == _BODY or self._state == _DRAIN:
+            # Answered before its (streamed) body all arrived: the rest of
+            # the body cannot be told from a next request.  Close, reading
+            # and dropping what the client still sends for a while, so that
+            # it gets its answer rather than a reset.
+            stream = self._stream
+            if stream is not None:
+                self._stream = None
+                stream.fail(Failure(RequestBodyError(400, "answered before the body arrived")))
+            self._closeLingering()
+            return
+        self._nextRequest()
+
+    def _nextRequest(self) -> None:
+        """
+        The request was answered: close the connection, or go on with the
+        next request.
+        """
         if not self.persistent:
             self._state = _DONE
             self._buffer = b""
@@ -913,6 +979,28 @@ class GatewayHTTPChannel(Protocol):
         if self._producer is not None:
             self._producer.stopProducing()
 
+    def pauseBody(self) -> None:
+        """
+        A streamed body's consumer does not take what arrives (see
+        L{gateway.http.bodystream}): stop reading from the client.  The time
+        paused does not count against the client's body deadline.
+        """
+        if not self._bodyPaused:
+            self._bodyPaused = True
+            self._bodyPausedAt = self._clock.seconds()
+            self._updateReading()
+
+    def resumeBody(self) -> None:
+        """
+        A streamed body's consumer takes what arrives again.
+        """
+        if self._bodyPaused:
+            self._bodyPaused = False
+            if self._bodyPausedAt is not None:
+                self._bodyPausedFor += self._clock.seconds() - self._bodyPausedAt
+                self._bodyPausedAt = None
+            self._updateReading()
+
     def _updateReading(self) -> None:
         """
         Read from the client unless its answers are not read or too much of
@@ -921,7 +1009,9 @@ class GatewayHTTPChannel(Protocol):
         transport = self.transport
         if transport is None or self._state == _DONE:
             return
-        pause = self._readPaused or (self._writeBlocked and self._state != _BUSY)
+        pause = (
+            self._readPaused or self._bodyPaused or (self._writeBlocked and self._state != _BUSY)
+        )
         if pause != self._transportPaused:
             self._transportPaused = pause
             if pause:
@@ -976,9 +1066,13 @@ class GatewayHTTPChannel(Protocol):
                     self._timeOutIdle()
                     return
         elif state == _BODY:
-            deadline = self._bodyStartedAt + limits.bodyTimeout
+            deadline = self._bodyStartedAt + limits.bodyTimeout + self._bodyPausedFor
             if limits.minBodyRate:
                 deadline += self._bodyReceived / limits.minBodyRate
+            if self._bodyPaused:
+                # Waiting for the upstream, not for the client.
+                assert self._bodyPausedAt is not None
+                deadline += now - self._bodyPausedAt
             left = deadline - now
             if left <= 0:
                 self._reject(408, "request body not received in time")
@@ -1081,6 +1175,61 @@ class GatewayHTTPChannel(Protocol):
 
     # -- refusing ---------------------------------------------------------------
 
+    def _countRejection(self, code: int) -> None:
+        counts = getattr(self.site, "rejections", None)
+        if counts is not None:
+            counts[code] = counts.get(code, 0) + 1
+
+    def _refuseStreamed(self, stream: BodyStream, code: int, message: str) -> None:
+        """
+        Refuse a streamed body its request is being answered for: the body
+        fails, and with it the request sending it upstream, whose answer
+        then gives the client C{code} (or, when its answer started already,
+        the connection is cut); what the client still sends is dropped, and
+        the connection closes after the answer.
+        """
+        self._countRejection(code)
+        self._stream = None
+        self._state = _DRAIN
+        self.persistent = False
+        self._bodyPaused = False
+        self._updateReading()
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+        request = self.requests[-1] if self.requests else None
+        if request is not None and request.startedWriting:
+            self._close()
+            self.transport.abortConnection()
+            return
+        log.debug("refused a streamed request body: {code} {message}", code=code, message=message)
+        stream.fail(Failure(RequestBodyError(code, message)))
+
+    def _closeLingering(self) -> None:
+        """
+        Close after the answer, while the client may still send: half-close,
+        read and drop what comes for L{lingerTimeout} seconds, then cut.
+        """
+        self._close()
+        transport = self.transport
+        if transport is None:
+            return
+        if self._registered:
+            self._registered = False
+            transport.unregisterProducer()
+        self._bodyPaused = False
+        if self._transportPaused:
+            self._transportPaused = False
+            transport.resumeProducing()
+        halfClose = getattr(transport, "loseWriteConnection", None)
+        if halfClose is not None and self.lingerTimeout:
+            halfClose()
+            self._abortingCall = self._clock.callLater(self.lingerTimeout, self.forceAbortClient)
+        else:
+            transport.loseConnection()
+
     def _reject(self, code: int, message: str) -> None:
         """
         Answer C{code} with a JSON error and C{Connection: close}, then close
@@ -1088,16 +1237,17 @@ class GatewayHTTPChannel(Protocol):
         for L{lingerTimeout} seconds.
         """
         state = self._state
-        if state == _DONE:
+        if state == _DONE or state == _DRAIN:
+            return
+        stream = self._stream
+        if state == _BODY and stream is not None and not self._dispatchPending:
+            self._refuseStreamed(stream, code, message)
             return
         self._close()
         transport = self.transport
         if transport is None:
             return
-        site = self.site
-        counts = getattr(site, "rejections", None)
-        if counts is not None:
-            counts[code] = counts.get(code, 0) + 1
+        self._countRejection(code)
         if state == _BUSY:
             # Never interleave with an answer being written.
             transport.abortConnection()

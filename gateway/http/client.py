@@ -50,7 +50,12 @@ from zope.interface import implementer
 
 from gateway.http.body import BytesBodyProducer
 from gateway.http.connect import CachedEndpointFactory
-from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamTimeout
+from gateway.http.errors import (
+    UpstreamBroken,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from gateway.http.headers import RAW_HEADERS
 from gateway.http.writesoon import writeSoon
 from gateway.interfaces import IUpstreamClient, IUpstreamRequest
@@ -829,7 +834,12 @@ class _Connection(Protocol):
         if self.consumer is not consumer:
             # Stopped by us: the request or its connection is over already.
             return
-        self.fail(UpstreamBroken("the request body failed: " + failure.getErrorMessage()))
+        error = failure.value
+        if not isinstance(error, UpstreamError):
+            # (A body that failed with a status of its own, the client's
+            # refused body, keeps it: see gateway.http.bodystream.)
+            error = UpstreamBroken("the request body failed: " + failure.getErrorMessage())
+        self.fail(error)
 
     def _stopBody(self) -> None:
         consumer = self.consumer

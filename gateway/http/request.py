@@ -52,6 +52,7 @@ from twisted.web.http import (
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, _IEncodingResource
 
+from gateway.http.bodystream import BodyStream
 from gateway.http.headers import RAW_HEADERS, headerKey, httpDate, rawHeadersOf
 from gateway.http.status import PhrasedRequest
 
@@ -162,6 +163,10 @@ class GatewayRequest(PhrasedRequest):
     """
 
     defaultContentType = None
+    #: The body as it arrives, when the site streams bodies (the channel
+    #: sets it: L{gateway.http.bodystream.BodyStream}); L{None} when the
+    #: body is read whole into C{content} first.
+    bodyStream: Optional[BodyStream] = None
     _postpath: Optional[List[bytes]] = None
     _doneHooks: Optional[List[Tuple[Callable[..., object], Tuple[object, ...]]]] = None
 

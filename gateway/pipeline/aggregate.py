@@ -303,6 +303,7 @@ class _Aggregation:
         self._exchange = exchange
         self._done: Deferred[EarlyResponse] = Deferred(self._cancelled)
         self._body: Optional[bytes] = None
+        self._bodyWait: Optional[Deferred[Optional[bytes]]] = None
         self._batches = exchange.api.batches
         self._next = 0
         self._results: Dict[str, Any] = {}
@@ -322,13 +323,24 @@ class _Aggregation:
 
     def start(self) -> Deferred[EarlyResponse]:
         done = self._done
-        try:
-            self._body = _requestBody(self._exchange)
-        except Exception:
-            self._fail(Failure())
-            return done
-        self._nextBatch()
+        body = self._exchange.body
+        if body.complete:
+            self._gotBody(body.read(MAX_REQUEST_BODY))
+        else:
+            # A streamed body: every node gets all of it, so wait for it.
+            waiting = self._bodyWait = body.whenRead(MAX_REQUEST_BODY)
+            waiting.addCallbacks(self._gotBody, self._fail)
         return done
+
+    def _gotBody(self, body: Optional[bytes]) -> None:
+        self._bodyWait = None
+        if self._over:
+            return
+        if body is None:
+            self._fail(Failure(_RequestTooLarge(f"request body over {MAX_REQUEST_BODY} bytes")))
+            return
+        self._body = body or None
+        self._nextBatch()
 
     def _cancelled(self, done: Deferred[EarlyResponse]) -> None:
         # The Deferred's canceller: the client went away.
@@ -497,6 +509,9 @@ class _Aggregation:
         if self._over:
             return
         self._over = True
+        bodyWait, self._bodyWait = self._bodyWait, None
+        if bodyWait is not None:
+            bodyWait.cancel()
         self._cancelTimer()
         calls, self._calls = self._calls, []
         for call in calls:
@@ -504,17 +519,6 @@ class _Aggregation:
                 call.cancel()
         if not self._done.called:
             self._done.errback(failure)
-
-
-def _requestBody(exchange: Exchange) -> Optional[bytes]:
-    """
-    @return: the client's body to repeat to every node, or L{None}.
-    @raise UpstreamError: when it is too large to repeat.
-    """
-    data = exchange.body.read(MAX_REQUEST_BODY)
-    if data is None:
-        raise _RequestTooLarge(f"request body over {MAX_REQUEST_BODY} bytes")
-    return data or None
 
 
 class _RequestTooLarge(UpstreamError):

@@ -12,10 +12,11 @@ larger body is not mirrored at all.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.balancing.backend import startRequest
 from gateway.http.body import BytesBodyProducer
@@ -64,13 +65,26 @@ class Mirror:
 
     def send(self, exchange: Exchange, cluster: Any) -> None:
         """
-        Send a copy of the exchange's request to a backend of C{cluster}.
+        Send a copy of the exchange's request to a backend of C{cluster}
+        (once all of its body arrived, when it streams).
         """
         if self.inFlight >= self._maxInFlight:
             self.dropped += 1
             return
-        body = exchange.body.read(self._maxBody)
-        if body is None:
+        body = exchange.body
+        if body.complete:
+            self._withBody(body.read(self._maxBody), exchange, cluster)
+            return
+        # (A failed body is no copy to send.)
+        body.whenRead(self._maxBody).addCallbacks(
+            self._withBody, self._noBody, callbackArgs=(exchange, cluster)
+        )
+
+    def _noBody(self, failure: Failure) -> None:
+        self.dropped += 1
+
+    def _withBody(self, body: Optional[bytes], exchange: Exchange, cluster: Any) -> None:
+        if body is None or self.inFlight >= self._maxInFlight:
             self.dropped += 1
             return
         backend = cluster.choose(exchange.clientIP)

@@ -30,6 +30,7 @@ from twisted.web.resource import Resource
 
 from gateway.balancing.backend import startRequest
 from gateway.http.body import CLEAN_ENDS
+from gateway.http.bodystream import RequestBodyError
 from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from gateway.http.headers import rawHeadersOf
 from gateway.interfaces import IFilter, IUpstreamClient
@@ -39,7 +40,7 @@ from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
 from gateway.pipeline.forwarding import _HOST, ClientAddresses, copyResponseHeaders
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
-from gateway.routing.rules import decideRoutings
+from gateway.routing.rules import JSON_BODY_LIMIT, decideRoutings
 
 log = Logger()
 
@@ -302,6 +303,34 @@ class GatewayResource(Resource):
                 answer = EarlyResponse.error(404, "no API matches this request")
             self._answer(exchange, chain, answer)
             return
+        if api.routingReadsBody and exchange.cluster is None and not exchange.body.complete:
+            # A condition on the JSON body: wait for the body (or to know
+            # it is too large to look into), then decide.
+            reading = exchange.waiting = exchange.body.whenRead(JSON_BODY_LIMIT)
+            reading.addCallbacks(
+                self._bodyArrived,
+                self._waitFailed,
+                callbackArgs=(exchange, chain),
+                errbackArgs=(exchange, chain),
+            )
+            return
+        self._route(exchange, chain)
+
+    def _bodyArrived(self, body: Optional[bytes], exchange: Exchange, chain: Chain) -> None:
+        exchange.waiting = None
+        if exchange.gone:
+            return
+        try:
+            self._route(exchange, chain)
+        except Exception:
+            self._bug(Failure(), exchange)
+
+    def _route(self, exchange: Exchange, chain: Chain) -> None:
+        """
+        Apply the routings, then send the request (or fan it out).
+        """
+        api = exchange.api
+        snapshot = exchange.snapshot
         if api.routings and exchange.cluster is None:
             decision = decideRoutings(api.routings, exchange)
             split = decision.split
@@ -320,7 +349,7 @@ class GatewayResource(Resource):
             d = exchange.waiting = self._aggregator.serve(exchange)
             d.addCallbacks(
                 self._aggregated,
-                self._aggregationFailed,
+                self._waitFailed,
                 callbackArgs=(exchange, chain),
                 errbackArgs=(exchange, chain),
             )
@@ -341,7 +370,7 @@ class GatewayResource(Resource):
         if not exchange.gone:
             self._answer(exchange, chain, answer)
 
-    def _aggregationFailed(self, failure: Failure, exchange: Exchange, chain: Chain) -> None:
+    def _waitFailed(self, failure: Failure, exchange: Exchange, chain: Chain) -> None:
         exchange.waiting = None
         if not exchange.gone:
             self._failed(failure, exchange, chain)
@@ -475,12 +504,19 @@ class GatewayResource(Resource):
             # The client left: not the server's fault, so not judged.
             backend.requestFinished(None, None)
             return
+        if failure.check(RequestBodyError):
+            # The client's body failed (too slow, too large): not the
+            # server's fault either; answered with the body's status.
+            backend.requestFinished(None, None)
+            self._failed(failure, exchange, chain)
+            return
         backend.requestFinished(None, False)
         if (
             failure.check(UpstreamConnectError, UpstreamBroken)
             and len(tried) <= node.retries
             and request.method in IDEMPOTENT_METHODS
             and not exchange.gone
+            and exchange.body.replayable
         ):
             retryWith = nextBackend(exchange.cluster, exchange.clientIP, tried)
             if retryWith is not None and self._retryBudget.tryRetry():
@@ -580,6 +616,7 @@ class GatewayResource(Resource):
 
 
 _OUTCOMES = (
+    (RequestBodyError, "body"),
     (UpstreamTimeout, "timeout"),
     (UpstreamConnectError, "refused"),
     (ServersRateLimited, "reject:server-limit"),

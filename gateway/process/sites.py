@@ -21,6 +21,9 @@ class GatewaySite(LimitedSite):
     # channel only ever passes the channel and queued.
     requestFactory: Type[GatewayRequest] = GatewayRequest
     displayTracebacks = False
+    #: Bodies stream: a request is answered (and sent upstream) while its
+    #: body arrives (see L{gateway.http.bodystream}).
+    streamBodies = True
 
     def __init__(self, resource: Any, **kwargs: Any) -> None:
         # A proxy forwards form bodies as they are: never parse them into

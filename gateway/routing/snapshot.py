@@ -113,6 +113,7 @@ class CompiledAPI:
         "nodes",
         "filters",
         "routings",
+        "routingReadsBody",
         "aggregate",
         "batches",
     )
@@ -131,6 +132,9 @@ class CompiledAPI:
         self.nodes = nodes
         self.filters = filters
         self.routings = routings
+        #: Whether a routing condition reads the JSON body (the pipeline
+        #: then has the body before it decides).
+        self.routingReadsBody = any(r.usesBody for r in routings)
         self.aggregate = len(nodes) > 1
         grouped: Dict[int, List[CompiledNode]] = {}
         for node in nodes:
