@@ -185,7 +185,7 @@ class Harness:
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.client = HTTP11UpstreamClient(reactor, connectTimeout=2)
 
-    async def start(self, names=("b1",), globalFilters=(), registry=None, trusted=()):
+    async def start(self, names=("b1",), globalFilters=(), registry=None, trusted=(), stats=None):
         for name in names:
             backend = EchoBackend(name)
             port = await listen(backend)
@@ -195,14 +195,15 @@ class Harness:
         self.manager = SnapshotManager(
             registry or FilterRegistry.fromPlugins(), reactor, globalFilters=globalFilters
         )
-        self.mirror = Mirror(self.client, reactor)
+        self.mirror = Mirror(self.client, reactor, stats=stats)
         self.resource = GatewayResource(
             self.manager,
             self.client,
             reactor,
             ClientAddresses(trusted),
-            aggregator=Aggregator(self.client, reactor),
+            aggregator=Aggregator(self.client, reactor, stats=stats),
             mirror=self.mirror,
+            stats=stats,
         )
         port = await listen(None, GatewaySite(self.resource, reactor=reactor))
         self.ports.append(port)

@@ -63,6 +63,23 @@ async def test_nodes_run_concurrently_and_merge(harness):
 
 
 @pytest_twisted.ensureDeferred
+async def test_head_answers_as_get(harness):
+    """
+    HEAD on an aggregation answers as GET would, without the body: the
+    same status and headers (its Content-Length the GET's body's), and its
+    nodes are asked with GETs (a HEAD's empty answers are no JSON).
+    """
+    await harness.start(names=("b1", "b2"))
+    harness.apply([aggregation(node("user", "/json/user-{id}"), node("prefs", "/json/p-{id}"))])
+    got = await harness.request("GET", "/agg/7")
+    body = await got.content()
+    head = await harness.request("HEAD", "/agg/7")
+    assert (head.code, await head.content()) == (200, b"")
+    assert head.headers.getRawHeaders("content-length") == [str(len(body))]
+    assert head.headers.getRawHeaders("x-gateway-partial") is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_batches_run_in_order_and_pass_values(harness):
     """
     A later batch starts after the earlier one and can use its answer's

@@ -213,6 +213,33 @@ class OpenTests(SynchronousTestCase):
         )
         self.assertEqual(breaker.counters["ignored"], 7)
 
+    def test_showsTheRateThatOpenedIt(self) -> None:
+        """
+        Open, its failure rate is the one that opened it, also once the
+        window it was counted in has passed (the window counts nothing
+        while open); once closed again, the window's own rate.
+        """
+        breaker, clock = makeBreaker(
+            minRequests=4, failureRateToOpen=50, window=10.0, openTimeout=30.0
+        )
+        recordAll(breaker, "sfsf")
+        self.assertEqual(breaker.state, OPEN)
+        self.assertEqual(breaker.snapshot()["failureRate"], 50.0)
+        clock.advance(25.0)
+        self.assertEqual(breaker.snapshot()["failureRate"], 50.0)
+        self.assertEqual(breaker.failureRate(), 50.0)
+
+    def test_reopenedShowsTheTrials(self) -> None:
+        """
+        Opened again from half-open, its failure rate is that of the trial
+        requests.
+        """
+        breaker, clock = halfOpenBreaker(halfOpenRequests=2, successRateToClose=100)
+        breaker.record(True)
+        breaker.record(False)
+        self.assertEqual(breaker.state, OPEN)
+        self.assertEqual(breaker.snapshot()["failureRate"], 50.0)
+
     def test_snapshotTurnsHalfOpen(self) -> None:
         """
         Reading the stats after the timeout shows it half-open.

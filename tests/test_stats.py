@@ -13,7 +13,7 @@ from typing import Any, Optional
 import pytest
 import pytest_twisted
 from inprocess import listen
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -491,6 +491,13 @@ class _BlockerFactory:
         return _Blocker()
 
 
+async def wait(predicate: Any, limit: float = 5.0) -> None:
+    deadline = reactor.seconds() + limit
+    while not predicate():
+        assert reactor.seconds() < deadline, "condition not reached in time"
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
 async def _deadPort() -> int:
     probe = await listen(None, Site(Resource()))
     port = probe.getHost().port
@@ -666,6 +673,76 @@ async def test_sequence_counted_exactly(harness):
 
 
 # Real sockets on 127.0.0.1 and the real reactor: an integration test.
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_node_calls_and_mirror_copies_counted_per_server(harness):
+    """
+    A server's counters include the calls it got as an aggregation node
+    (and their failures) and the mirror copies it got, not only the
+    client answers it gave; a cluster whose every breaker is open answers
+    503 counted as a breaker reject.
+    """
+    stats = Stats(reactor)
+    await harness.start(names=("b1", "b2"), stats=stats)
+    stats.follow(harness.manager)
+    ports = harness.backendPorts
+    servers = {name: {"name": name, "addr": f"127.0.0.1:{ports[name]}"} for name in ports}
+    servers["flaky"] = dict(
+        servers["b2"],
+        name="flaky",
+        circuitBreaker={"minRequests": 1, "failureRateToOpen": 50, "openTimeout": 600},
+    )
+    apis = [
+        {
+            "name": "agg",
+            "urlPattern": "/agg",
+            "nodes": [
+                {"cluster": "one", "attrName": "a", "urlRewrite": "/json/a"},
+                {"cluster": "two", "attrName": "b", "urlRewrite": "/json/b?status=500"},
+            ],
+        },
+        {"name": "copied", "urlPattern": "/copied", "nodes": [{"cluster": "one"}]},
+        {"name": "guarded", "urlPattern": "/guarded", "nodes": [{"cluster": "flakyc"}]},
+    ]
+    harness.manager.apply(
+        StoreState(
+            1,
+            {
+                "servers": servers,
+                "clusters": {
+                    "one": {"name": "one", "servers": ["b1"]},
+                    "two": {"name": "two", "servers": ["b2"]},
+                    "flakyc": {"name": "flakyc", "servers": ["flaky"]},
+                },
+                "apis": {a["name"]: a for a in apis},
+                "routings": {
+                    "m": {"name": "m", "api": "copied", "cluster": "two", "strategy": "mirror"}
+                },
+            },
+        )
+    )
+    r = await harness.request("GET", "/agg")
+    assert r.code == 502
+    await r.content()
+    r = await harness.request("GET", "/copied")
+    await r.content()
+    await wait(lambda: stats.servers["b2"].requests == 2)
+    # The server's breaker opens (minRequests 1, 50 %).
+    harness.manager.backends["flaky"].breaker.record(False)
+    r = await harness.request("GET", "/guarded")
+    assert r.code == 503
+    await r.content()
+    snap = stats.snapshot(harness.manager)
+    b1, b2 = snap["servers"]["b1"], snap["servers"]["b2"]
+    # b1: the node call, and the proxied request of /copied.
+    assert b1["requests"] == 2
+    # b2: the failing node call (500) and the mirror copy.
+    assert b2["requests"] == 2
+    assert b2["errors"]["5xx"] == 1
+    assert snap["apis"]["guarded"]["rejects"]["breaker"] == 1
+    assert snap["apis"]["guarded"]["errors"]["unavailable"] == 0
+
+
 @pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_sequence_latency(harness):

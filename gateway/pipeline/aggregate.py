@@ -36,7 +36,7 @@ from gateway.balancing.backend import startRequest
 from gateway.http.body import CLEAN_ENDS, BytesBodyProducer
 from gateway.http.errors import UpstreamBroken, UpstreamError, UpstreamTimeout
 from gateway.interfaces import IUpstreamClient
-from gateway.pipeline.errors import NoBackendAvailable
+from gateway.pipeline.errors import NoBackendAvailable, outcomeOf
 from gateway.pipeline.exchange import EarlyResponse, Exchange
 
 log = Logger()
@@ -120,7 +120,7 @@ class _NodeCall(Protocol):
     def _head(self, response: Any) -> None:
         self._pending = None
         self._latency = self._reactor.seconds() - self._sentAt
-        code = response.code
+        code = self._code = response.code
         if self._backend.isFailureStatus(code):
             response.deliverBody(Protocol())
             self._end(Failure(NodeFailed(f"status {code}")))
@@ -187,19 +187,32 @@ class _NodeCall(Protocol):
             aggregation._aggregator._noteLatency(
                 (aggregation._exchange.api.name, self._node.attrName), latency
             )
+        stats = aggregation._aggregator._stats
+        elapsed = self._reactor.seconds() - self._sentAt
+        name = self._backend.name
         if failure is None:
             self._backend.requestFinished(self._latency, True)
+            if stats is not None:
+                stats.recordUpstream(name, self._code, None, elapsed)
             aggregation._nodeAnswered(value, raw, index)
             return
         if aggregation._timedOut[index]:
             self._backend.requestFinished(self._latency, False)
             failure = Failure(UpstreamTimeout(f"no complete answer within {self._node.timeout:g}s"))
+            if stats is not None:
+                stats.recordUpstream(name, None, "timeout", elapsed)
         elif self._cancelled:
             # Stopped by us (the client left, a sibling failed): not the
-            # server's fault.
+            # server's fault, and not counted for it.
             self._backend.requestFinished(self._latency, None)
         else:
             self._backend.requestFinished(self._latency, False)
+            if stats is not None:
+                code = self._code or None
+                # (An answer that is no 2xx JSON is counted by its status;
+                # one that breaks, or is no JSON, as broken.)
+                outcome = None if code is not None and code >= 400 else outcomeOf(failure.value)
+                stats.recordUpstream(name, code, outcome, elapsed)
         aggregation._nodeFailed(failure, index)
 
 
@@ -253,9 +266,15 @@ class Aggregator:
     @param client: the L{gateway.interfaces.IUpstreamClient}.
     """
 
-    def __init__(self, client: IUpstreamClient, reactor: IReactorTime) -> None:
+    def __init__(self, client: IUpstreamClient, reactor: IReactorTime, stats: Any = None) -> None:
+        """
+        @param stats: told of every node call, for its server
+            (C{recordUpstream}, see L{gateway.telemetry.stats.Stats}), or
+            L{None}.
+        """
         self._client = client
         self._reactor = reactor
+        self._stats = stats
         #: (API name, node attrName) -> a moving average of the seconds the
         #: node takes to answer (see L{_Aggregation._nextBatch}).
         self._expected: Dict[Tuple[str, str], float] = {}
@@ -422,7 +441,10 @@ class _Aggregation:
             self._nodeFailed(Failure(NoBackendAvailable(f"cluster {cluster.name!r}: no server")), i)
             return
         call = self._calls[i] = _NodeCall(self, i, node, backend)
-        call.start(request.method, uri, exchange.upstreamHeaders, producer)
+        # A HEAD is answered as a GET would be, without the body (which the
+        # client's request drops): its nodes' JSON is asked for with GETs.
+        method = b"GET" if request.method == b"HEAD" else request.method
+        call.start(method, uri, exchange.upstreamHeaders, producer)
 
     def _nodeAnswered(self, value: Any, raw: Optional[bytes], i: int) -> None:
         if self._over or self._calls[i] is None:

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from gateway.balancing.backend import startRequest
 from gateway.http.body import BytesBodyProducer
 from gateway.http.client import request as upstreamRequest
+from gateway.pipeline.errors import outcomeOf
 from gateway.pipeline.exchange import Exchange
 
 log = Logger()
@@ -52,12 +53,18 @@ class Mirror:
         maxInFlight: int = 64,
         maxBody: int = 1024 * 1024,
         timeout: float = 10.0,
+        stats: Any = None,
     ) -> None:
+        """
+        @param stats: told of every copy, for its server (C{recordUpstream},
+            see L{gateway.telemetry.stats.Stats}), or L{None}.
+        """
         self._client = client
         self._reactor = reactor
         self._maxInFlight = maxInFlight
         self._maxBody = maxBody
         self._timeout = timeout
+        self._stats = stats
         self.inFlight = 0
         self.sent = 0
         self.failed = 0
@@ -102,16 +109,26 @@ class Mirror:
         self.inFlight += 1
         self.sent += 1
         producer = BytesBodyProducer(body) if body else None
+        sentAt = self._reactor.seconds()
         d = upstreamRequest(
             self._client, backend, request.method, uri, headers, producer, self._timeout
         )
+        stats = self._stats
 
         def answered(response: Any) -> None:
             response.deliverBody(_Drain())
+            if stats is not None:
+                stats.recordUpstream(
+                    backend.name, response.code, None, self._reactor.seconds() - sentAt
+                )
 
         def failed(failure: Any) -> None:
             self.failed += 1
             log.debug("mirror to {backend} failed: {e}", backend=backend.name, e=failure.value)
+            if stats is not None:
+                stats.recordUpstream(
+                    backend.name, None, outcomeOf(failure.value), self._reactor.seconds() - sentAt
+                )
 
         def done(_: Any) -> None:
             self.inFlight -= 1

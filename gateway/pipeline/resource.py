@@ -31,11 +31,16 @@ from twisted.web.resource import Resource
 from gateway.balancing.backend import startRequest
 from gateway.http.body import CLEAN_ENDS
 from gateway.http.bodystream import RequestBodyError
-from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamError, UpstreamTimeout
+from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamError
 from gateway.http.headers import rawHeadersOf
 from gateway.interfaces import IFilter, IUpstreamClient
 from gateway.pipeline.aggregate import Aggregator
-from gateway.pipeline.errors import NoBackendAvailable, ServersRateLimited
+from gateway.pipeline.errors import (
+    CircuitOpen,
+    NoBackendAvailable,
+    ServersRateLimited,
+    outcomeOf,
+)
 from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
 from gateway.pipeline.forwarding import _HOST, ClientAddresses, copyResponseHeaders
 from gateway.pipeline.mirror import Mirror
@@ -615,27 +620,6 @@ class GatewayResource(Resource):
             waiting.cancel()
 
 
-_OUTCOMES = (
-    (RequestBodyError, "body"),
-    (UpstreamTimeout, "timeout"),
-    (UpstreamConnectError, "refused"),
-    (ServersRateLimited, "reject:server-limit"),
-    (NoBackendAvailable, "unavailable"),
-)
-
-
-def outcomeOf(error: BaseException) -> str:
-    """
-    @return: the outcome of a request that failed with C{error}, as
-        recorded in stats: C{timeout}, C{refused}, C{reject:server-limit},
-        C{unavailable} or C{broken}.
-    """
-    for kind, outcome in _OUTCOMES:
-        if isinstance(error, kind):
-            return outcome
-    return "broken"
-
-
 def nextBackend(cluster: Any, key: Optional[str], tried: Tuple[Any, ...]) -> Any:
     """
     @return: a backend to retry on that was not tried yet, or L{None}.
@@ -664,9 +648,7 @@ def noBackendError(cluster: Any) -> UpstreamError:
         wait = min(limiter.retryAfter() for limiter in limited) if limited else 1.0
         return ServersRateLimited(f"cluster {cluster.name!r}: servers at maxQPS", wait)
     if "circuit-open" in reasons:
-        error = NoBackendAvailable(f"cluster {cluster.name!r}: circuit open")
-        error.reason = "circuit open: no server is admitting traffic"
-        return error
+        return CircuitOpen(f"cluster {cluster.name!r}: circuit open")
     return NoBackendAvailable(f"cluster {cluster.name!r} has no healthy server")
 
 

@@ -136,8 +136,8 @@ def _proxySite(
         client,
         reactor,
         ClientAddresses(proxyConfig.trustedProxies),
-        aggregator=Aggregator(client, reactor),
-        mirror=Mirror(client, reactor),
+        aggregator=Aggregator(client, reactor, stats=counters),
+        mirror=Mirror(client, reactor, stats=counters),
         stats=counters,
     )
     site = GatewaySite(

@@ -111,6 +111,7 @@ class CircuitBreaker:
         self._failed = 0
         # Open state.
         self._openedAt = 0.0
+        self._openingRate: Optional[float] = None
         # Half-open state.
         self._trialSuccesses = 0
         self._trialFailures = 0
@@ -150,12 +151,19 @@ class CircuitBreaker:
 
     # -- the state machine --------------------------------------------------
 
-    def _transition(self, new: str, reason: str, now: float) -> None:
+    def _transition(
+        self, new: str, reason: str, now: float, failureRate: Optional[float] = None
+    ) -> None:
+        """
+        @param failureRate: when it opens, the failure rate (%) that opened
+            it: what the stats show while it is open.
+        """
         old = self.state
         self.state = new
         self.since = now
         if new == OPEN:
             self._openedAt = now
+            self._openingRate = failureRate
             self.counters["opened"] += 1
         elif new == HALF_OPEN:
             self._trialSuccesses = 0
@@ -250,6 +258,7 @@ class CircuitBreaker:
                     f"{self._failed} of {total} requests failed in {config.window:g}s"
                     f" (threshold {config.failureRateToOpen:g}%)",
                     now,
+                    self._failed * 100.0 / total,
                 )
             return
         if state == OPEN:
@@ -273,11 +282,13 @@ class CircuitBreaker:
             # The most successes still possible, against what closing needs.
             best = config.halfOpenRequests - self._trialFailures
             if best * 100.0 < config.successRateToClose * config.halfOpenRequests:
+                trials = self._trialSuccesses + self._trialFailures
                 self._transition(
                     OPEN,
                     f"failure in half-open ({self._trialFailures} of"
-                    f" {self._trialSuccesses + self._trialFailures} trial requests failed)",
+                    f" {trials} trial requests failed)",
                     now,
+                    self._trialFailures * 100.0 / trials,
                 )
                 return
         judged = self._trialSuccesses + self._trialFailures
@@ -286,7 +297,12 @@ class CircuitBreaker:
             if self._trialSuccesses * 100.0 >= config.successRateToClose * config.halfOpenRequests:
                 self._transition(CLOSED, summary, now)
             else:
-                self._transition(OPEN, f"{summary} (needs {config.successRateToClose:g}%)", now)
+                self._transition(
+                    OPEN,
+                    f"{summary} (needs {config.successRateToClose:g}%)",
+                    now,
+                    self._trialFailures * 100.0 / judged,
+                )
 
     # -- for the stats and for clients ---------------------------------------
 
@@ -303,15 +319,19 @@ class CircuitBreaker:
     def failureRate(self) -> float:
         """
         @return: the failure rate of the current window, in % (0.0 when
-            empty).
+            empty); while open, the rate that opened it (the window counts
+            nothing then).
         """
+        if self.state == OPEN and self._openingRate is not None:
+            return self._openingRate
         self._advance(self._clock.seconds())
         return self._failed * 100.0 / self._total if self._total else 0.0
 
     def snapshot(self) -> Dict[str, Any]:
         """
         @return: the breaker's state for the stats: C{state}, C{since},
-            C{failureRate} (% in the current window), C{requests} (in the
+            C{failureRate} (% in the current window; while open, the rate
+            that opened it), C{requests} (in the
             window), C{transitions} (a list, oldest first), C{counters},
             and in half-open C{trials} C{{"successes", "failures",
             "inFlight"}}.

@@ -287,6 +287,29 @@ class Stats:
         """
         self.sendTimeouts += 1
 
+    def recordUpstream(
+        self, server: str, code: Optional[int], outcome: Optional[str], latency: float
+    ) -> None:
+        """
+        Count one upstream call that is not a client's answer (an
+        aggregation node's, a mirror copy's) for its server only.
+
+        @param code: the status the server answered, or L{None} when it
+            did not.
+        @param outcome: L{None} when it answered as it should, else what
+            went wrong, as L{record} takes it (C{timeout}, C{refused},
+            C{broken}...).
+        """
+        counters = self.servers.get(server)
+        if counters is None:
+            counters = self._newEntry(self.servers, self._serverNames, server)
+            if counters is None:
+                return
+        if latency < 0.0:
+            latency = 0.0
+        kind, reason = classify(code if code is not None else 502, outcome)
+        counters.add(bisect.bisect_left(BUCKETS_SECONDS, latency), latency, kind, reason)
+
     @staticmethod
     def _newEntry(
         entries: Dict[str, Counters], allowed: Optional[frozenset], name: str
