@@ -65,6 +65,12 @@ class EchoBackend(Resource):
             return server.NOT_DONE_YET
         if path.startswith(b"/json/"):
             return self._json(request, path[len(b"/json/") :].decode())
+        if path.startswith(b"/only/"):
+            # /only/NAME: 200 from the backend named NAME, 503 from others.
+            ok = path[len(b"/only/") :].decode() == self.name
+            request.setResponseCode(200 if ok else 503)
+            request.setHeader(b"x-backend", self.name.encode())
+            return self.name.encode()
         if path == b"/teapot":
             request.setResponseCode(418, b"I'm a teapot")
             request.setHeader(b"x-backend", self.name.encode())

@@ -578,3 +578,40 @@ async def test_a_proxied_request_leaves_no_reference_cycle(harness):
         if enabled:
             gc.enable()
     assert kinds == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_retry_on_status(harness):
+    """
+    An answer whose status is in the node's retryOn sends an idempotent
+    request to another server (after a short back-off); a POST is not
+    sent again, and an answer with retries exhausted goes to the client.
+    """
+    await harness.start(names=("b1", "b2"))
+    api = {
+        "name": "r",
+        "urlPattern": "/only/*",
+        "nodes": [{"cluster": "main", "retryOn": [503], "retries": 1}],
+    }
+    harness.apply([api])
+    for _ in range(4):
+        r = await harness.request("GET", "/only/b2")
+        assert (r.code, await r.content()) == (200, b"b2")
+    # (Round-robin: each first went to b1, whose 503 was retried on b2.)
+    assert len(harness.backends["b1"].seen) == 4
+    assert len(harness.backends["b2"].seen) == 4
+    answers = []
+    for _ in range(2):
+        r = await harness.request("POST", "/only/b2", data=b"x")
+        answers.append(r.code)
+        await r.content()
+    assert sorted(answers) == [200, 503]
+    harness.apply(
+        [dict(api, nodes=[{"cluster": "main", "retryOn": [503], "retries": 0}])], revision=2
+    )
+    codes = []
+    for _ in range(2):
+        r = await harness.request("GET", "/only/b2")
+        codes.append(r.code)
+        await r.content()
+    assert sorted(codes) == [200, 503]

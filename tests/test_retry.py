@@ -55,3 +55,25 @@ class RetryBudgetTests(SynchronousTestCase):
         self.assertEqual(sum(budget.tryRetry() for _ in range(10)), 5)
         clock.advance(1000)
         self.assertEqual(sum(budget.tryRetry() for _ in range(10)), 5)
+
+
+class RetryDelayTests(SynchronousTestCase):
+    """
+    L{gateway.pipeline.resource.retryDelay}: full-jitter exponential
+    back-off.
+    """
+
+    def test_boundsGrowAndCap(self) -> None:
+        """
+        The delay is drawn in [0, base * 2 ** (attempt - 1)], capped at
+        C{RETRY_CAP}.
+        """
+        from random import Random
+
+        from gateway.pipeline.resource import RETRY_BASE, RETRY_CAP, retryDelay
+
+        rng = Random(3)
+        for attempt, ceiling in ((1, RETRY_BASE), (2, 2 * RETRY_BASE), (10, RETRY_CAP)):
+            delays = [retryDelay(attempt, rng) for _ in range(200)]
+            self.assertTrue(all(0.0 <= d <= ceiling for d in delays), attempt)
+            self.assertGreater(max(delays), ceiling * 0.8)

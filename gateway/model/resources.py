@@ -214,7 +214,19 @@ class Node:
     retries: int = field(
         Int(0, 5),
         1,
-        doc="retries on another server when a connection fails (idempotent methods only)",
+        doc=(
+            "retries on another server when a connection fails or the answer's status is"
+            " in retryOn (idempotent methods only)"
+        ),
+    )
+    retryOn: Tuple[int, ...] = field(
+        ListOf(Int(400, 599), unique=True, maxItems=20),
+        (),
+        doc=(
+            "statuses answered by a server that send the request to another one, after a"
+            " short jittered back-off (idempotent methods only, within retries and the"
+            " retry budget), e.g. [502, 503, 504]"
+        ),
     )
 
 

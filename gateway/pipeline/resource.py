@@ -17,6 +17,7 @@ their C{error} hooks.  Gateway-made answers are JSON errors:
 from __future__ import annotations
 
 import math
+from random import Random
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
@@ -139,6 +140,7 @@ class GatewayResource(Resource):
     @param mirror: sends mirror copies (a L{gateway.pipeline.mirror.Mirror}),
         or L{None}.
     @param retryBudget: the L{RetryBudget} retries are taken from.
+    @param random: where retries' jitter comes from.
     @param stats: told of every answer once, as C{stats.record(exchange,
         code, outcome)} (see L{Exchange.outcome}).
     """
@@ -155,6 +157,7 @@ class GatewayResource(Resource):
         mirror: Optional[Mirror] = None,
         retryBudget: Optional[RetryBudget] = None,
         stats: Any = None,
+        random: Optional[Random] = None,
     ) -> None:
         super().__init__()
         self._manager = manager
@@ -165,6 +168,7 @@ class GatewayResource(Resource):
         self._mirror = mirror
         self._retryBudget = retryBudget or RetryBudget(reactor)
         self._stats = stats
+        self._random = random or Random()
         #: Requests being served now.
         self.inFlight = 0
         self._draining = False
@@ -413,6 +417,9 @@ class GatewayResource(Resource):
         self, response: Any, exchange: Exchange, chain: Chain, node: Any, tried: Tuple[Any, ...]
     ) -> None:
         try:
+            if node.retryOn and response.code in node.retryOn:
+                if self._retryAnswer(response, exchange, chain, node, tried):
+                    return
             self._gotResponse(response, exchange, chain)
         except Exception:
             self._bug(Failure(), exchange)
@@ -479,6 +486,70 @@ class GatewayResource(Resource):
         stream = not isinstance(length, int) or length > _SMALL_RESPONSE
         response.deliverBody(_StreamBody(self, exchange, stream))
 
+    def _retryAnswer(
+        self,
+        response: Any,
+        exchange: Exchange,
+        chain: Chain,
+        node: Any,
+        tried: Tuple[Any, ...],
+    ) -> bool:
+        """
+        An answer whose status is in the node's C{retryOn}: send the request
+        to another server, after a short jittered back-off, when it may be
+        (see L{_mayRetry}); the answer is then dropped.
+
+        @return: whether it is retried.
+        """
+        if not self._mayRetry(exchange, node, tried):
+            return False
+        retryWith = nextBackend(exchange.cluster, exchange.clientIP, tried)
+        if retryWith is None or not self._retryBudget.tryRetry():
+            return False
+        exchange.pending = None
+        backend: Any = exchange.backend
+        backend.requestFinished(
+            self._reactor.seconds() - exchange.sentAt, not backend.isFailureStatus(response.code)
+        )
+        response.deliverBody(_Discard())
+        delay = retryDelay(len(tried), self._random)
+        log.info(
+            "retrying {method} {uri} on {next} in {delay:.3f}s after {failed} answered {code}",
+            method=exchange.request.method,
+            uri=exchange.upstreamURI,
+            next=retryWith.name,
+            failed=backend.name,
+            code=response.code,
+            delay=delay,
+        )
+        exchange.retries = len(tried)
+        # Cancelled (as a pending request is) when the client leaves.
+        exchange.pending = self._reactor.callLater(
+            delay, self._resend, exchange, chain, node, retryWith, tried
+        )
+        return True
+
+    def _resend(
+        self, exchange: Exchange, chain: Chain, node: Any, backend: Any, tried: Tuple[Any, ...]
+    ) -> None:
+        exchange.pending = None
+        try:
+            self._send(exchange, chain, node, backend, tried)
+        except Exception:
+            self._bug(Failure(), exchange)
+
+    def _mayRetry(self, exchange: Exchange, node: Any, tried: Tuple[Any, ...]) -> bool:
+        """
+        @return: whether a request may be sent again: an idempotent method,
+            retries left, its client still there, its body still whole.
+        """
+        return (
+            len(tried) <= node.retries
+            and exchange.request.method in IDEMPOTENT_METHODS
+            and not exchange.gone
+            and exchange.body.replayable
+        )
+
     def _upstreamDone(self, exchange: Exchange, ok: Optional[bool] = True) -> None:
         """
         The upstream exchange is over: account for it on the backend.
@@ -516,12 +587,8 @@ class GatewayResource(Resource):
             self._failed(failure, exchange, chain)
             return
         backend.requestFinished(None, False)
-        if (
-            failure.check(UpstreamConnectError, UpstreamBroken)
-            and len(tried) <= node.retries
-            and request.method in IDEMPOTENT_METHODS
-            and not exchange.gone
-            and exchange.body.replayable
+        if failure.check(UpstreamConnectError, UpstreamBroken) and self._mayRetry(
+            exchange, node, tried
         ):
             retryWith = nextBackend(exchange.cluster, exchange.clientIP, tried)
             if retryWith is not None and self._retryBudget.tryRetry():
@@ -618,6 +685,24 @@ class GatewayResource(Resource):
         if waiting is not None:
             exchange.waiting = None
             waiting.cancel()
+
+
+#: The back-off before a retry of an answer: C{retryDelay}.
+RETRY_BASE = 0.025
+RETRY_CAP = 0.25
+
+
+def retryDelay(attempt: int, random: Any) -> float:
+    """
+    @param attempt: how many times the request was sent (1 for the first
+        retry).
+    @return: seconds to wait before sending it again: a "full jitter"
+        exponential back-off (a random delay up to C{RETRY_BASE * 2 **
+        (attempt - 1)}, capped at C{RETRY_CAP}), so that the retries of
+        many clients do not arrive together.
+    """
+    ceiling = min(RETRY_CAP, RETRY_BASE * 2 ** max(0, attempt - 1))
+    return float(random.uniform(0.0, ceiling))
 
 
 def nextBackend(cluster: Any, key: Optional[str], tried: Tuple[Any, ...]) -> Any:

@@ -81,6 +81,7 @@ class CompiledNode:
         "required",
         "batch",
         "retries",
+        "retryOn",
     )
 
     def __init__(self, config: Node, rewrite: Optional[Rewrite]) -> None:
@@ -94,6 +95,7 @@ class CompiledNode:
         self.required = config.required
         self.batch = config.batch
         self.retries = config.retries
+        self.retryOn = frozenset(config.retryOn)
 
 
 class CompiledAPI:
