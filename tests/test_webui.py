@@ -504,6 +504,7 @@ class BrowserTests:
         page.get_by_label("Node 1 cluster").select_option("web")
         page.get_by_label("Node 1 URL rewrite").fill("/echo/{id}")
         page.get_by_label("Node 1 timeout in seconds").fill("5")
+        page.get_by_label("Node 1 statuses retried").fill("502, 503")
         browser.submit("Create API")
         page.get_by_role("heading", name="APIs", level=1).wait_for()
 
@@ -513,9 +514,9 @@ class BrowserTests:
         assert (cluster["servers"], cluster["loadBalance"]) == (["web1"], "least-connections")
         api = gateway.admin("GET", "/api/v1/apis/echo")
         assert (api["urlPattern"], api["method"]) == ("/ui/echo/{id}", "GET")
-        assert [(n["cluster"], n["urlRewrite"], n["timeout"]) for n in api["nodes"]] == [
-            ("web", "/echo/{id}", 5)
-        ]
+        assert [
+            (n["cluster"], n["urlRewrite"], n["timeout"], n["retryOn"]) for n in api["nodes"]
+        ] == [("web", "/echo/{id}", 5, [502, 503])]
 
         before = gateway.stats()["totals"]["requests"]
         browser.go("/")

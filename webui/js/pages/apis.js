@@ -92,11 +92,19 @@ export async function renderApiList(outlet) {
 
 // -- the node editor ---------------------------------------------------------------
 
-const NODE_DEFAULTS = { cluster: "", urlRewrite: null, attrName: null, timeout: 30, required: true, batch: 0, retries: 1 };
+const NODE_DEFAULTS = { cluster: "", urlRewrite: null, attrName: null, timeout: 30, required: true, batch: 0, retries: 1, retryOn: [] };
+
+/** "502, 503" -> [502, 503]; what is not a number is kept as text, for the admin to refuse. */
+function readStatuses(input) {
+  return input.value
+    .split(/[\s,]+/)
+    .filter(Boolean)
+    .map((x) => (/^\d+$/.test(x) ? Number(x) : x));
+}
 
 /**
  * Rows of nodes: cluster, URL rewrite, attribute name, timeout, required,
- * batch, retries; add, remove and reorder them.
+ * batch, retries, the statuses retried; add, remove and reorder them.
  */
 function nodeEditor(initial, clusterNames) {
   const nodes = (initial && initial.length ? initial : [{ ...NODE_DEFAULTS, cluster: clusterNames[0] || "" }]).map((n) => ({ data: clone(n), key: uniqueId("node") }));
@@ -132,6 +140,7 @@ function nodeEditor(initial, clusterNames) {
       const required = bind(h("input", { type: "checkbox", checked: n.required !== false, "aria-label": `${label} required`, dataset: { field: `nodes[${i}].required` } }), "required", (x) => x.checked);
       const batch = bind(h("input", { type: "number", step: "1", class: "narrow", value: n.batch ?? 0, "aria-label": `${label} batch`, dataset: { field: `nodes[${i}].batch` } }), "batch", readNumber);
       const retries = bind(h("input", { type: "number", step: "1", class: "narrow", value: n.retries ?? 1, "aria-label": `${label} retries`, dataset: { field: `nodes[${i}].retries` } }), "retries", readNumber);
+      const retryOn = bind(h("input", { type: "text", class: "narrow", value: (n.retryOn || []).join(", "), placeholder: "502, 503", "aria-label": `${label} statuses retried`, dataset: { field: `nodes[${i}].retryOn` }, spellcheck: "false" }), "retryOn", readStatuses);
       const move = (delta) => {
         const j = i + delta;
         [nodes[i], nodes[j]] = [nodes[j], nodes[i]];
@@ -149,6 +158,7 @@ function nodeEditor(initial, clusterNames) {
         h("td", { class: "center", dataset: { errorScope: "" } }, required, h("p", { class: "field-error", hidden: true })),
         cell(batch),
         cell(retries),
+        cell(retryOn),
         h(
           "td",
           { class: "row-buttons" },
@@ -233,6 +243,7 @@ function nodeEditor(initial, clusterNames) {
             h("th", { scope: "col" }, "Required"),
             h("th", { scope: "col" }, "Batch"),
             h("th", { scope: "col" }, "Retries"),
+            h("th", { scope: "col", title: "statuses that send the request to another server" }, "Retry on"),
             h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Row actions")),
           ),
         ),
@@ -271,6 +282,7 @@ function nodeEditor(initial, clusterNames) {
       out.required = q("required").checked;
       assign(out, "batch", readNumber(q("batch")));
       assign(out, "retries", readNumber(q("retries")));
+      out.retryOn = readStatuses(q("retryOn"));
       return out;
     });
   return { el, collect };
