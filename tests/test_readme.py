@@ -10,13 +10,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import twisted.plugins
 import yaml
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
 
+import twisted.plugins
 from gateway.filters import FilterRegistry
 from gateway.model.config import parseConfig
 from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
