@@ -13,6 +13,10 @@ tests so that none of it comes back.
   - Chunked bodies: a chunk size over the body limit waited 60 s for a
     408, malformed trailers were accepted or waited; now 413 and 400 come
     at once, and nothing reaches the backend.
+  - Lone surrogates and CR/LF in the admin's string fields: a surrogate
+    passed validation (500 from the file store; with the memory store an
+    API that answered 500 forever); now both are refused with 400 naming
+    the field, and nothing changes.
 """
 
 from __future__ import annotations
@@ -172,6 +176,73 @@ def test_backtracking_regex_refused_at_save(gateways: Any) -> None:
     assert (answer.status, answer.json()["field"]) == (400, "urlPattern"), answer
     assert gateway.admin("GET", "/api/v1/routings").json() == []
     assert gateway.admin("GET", "/api/v1/apis").json() == []
+
+
+# -- lone surrogates and CR/LF in the admin ---------------------------------------
+
+
+@pytest.mark.parametrize("store", ["file:data.json", "memory:"])
+def test_surrogates_and_crlf_refused(backends: Any, gateways: Any, store: str) -> None:
+    """
+    A lone surrogate or a CR/LF in a string field (an API's pattern, a
+    rewrite, a routing condition's header name, a health check's path, a
+    server's name) is refused with 400 naming the field, with the file
+    store and the memory one; nothing is saved, and the gateway serves on.
+    """
+    b1 = backends("b1")
+    gateway: GatewayProcess = gateways(
+        {
+            "proxy": {},
+            "admin": {"token": TOKEN},
+            "store": store,
+            "servers": [{"name": "s", "addr": b1.addr}],
+            "clusters": [{"name": "c", "servers": ["s"]}],
+            "apis": [{"name": "ok", "urlPattern": "/echo/*", "nodes": [{"cluster": "c"}]}],
+        }
+    )
+    cases = [
+        (
+            "apis",
+            {"name": "a", "urlPattern": "/a/\ud800", "nodes": [{"cluster": "c"}]},
+            "urlPattern",
+        ),
+        (
+            "apis",
+            {
+                "name": "a",
+                "urlPattern": "/a",
+                "nodes": [{"cluster": "c", "urlRewrite": "/x\r\nX: y"}],
+            },
+            "nodes[0].urlRewrite",
+        ),
+        (
+            "routings",
+            {
+                "name": "r",
+                "cluster": "c",
+                "conditions": [{"source": "header", "name": "X-A\r\nB", "op": "exists"}],
+            },
+            "conditions[0].name",
+        ),
+        (
+            "servers",
+            {"name": "t", "addr": b1.addr, "healthCheck": {"path": "/h\ud800"}},
+            "healthCheck.path",
+        ),
+        ("servers", {"name": "t\ud800", "addr": b1.addr}, "name"),
+    ]
+    before = {
+        kind: gateway.admin("GET", f"/api/v1/{kind}").json()
+        for kind in ("apis", "routings", "servers")
+    }
+    for kind, body, field in cases:
+        answer = gateway.admin("POST", f"/api/v1/{kind}", body)
+        assert answer.status == 400, (body, answer.status, answer.text)
+        assert answer.json()["field"] == field, answer.text
+    after = {kind: gateway.admin("GET", f"/api/v1/{kind}").json() for kind in before}
+    assert after == before
+    assert gateway.proxy("GET", "/echo/x").status == 200
+    assert request("GET", gateway.adminURL + "/healthz").status == 200
 
 
 # -- a client that never reads ------------------------------------------------
