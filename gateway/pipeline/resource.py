@@ -31,7 +31,7 @@ from twisted.web.resource import Resource
 from gateway.balancing.backend import startRequest
 from gateway.http.body import CLEAN_ENDS
 from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamError, UpstreamTimeout
-from gateway.http.headers import rawHeadersOf
+from gateway.http.headers import headerKey, rawHeadersOf
 from gateway.interfaces import IFilter, IUpstreamClient
 from gateway.pipeline.aggregate import Aggregator
 from gateway.pipeline.errors import NoBackendAvailable, ServersRateLimited
@@ -177,11 +177,15 @@ class GatewayResource(Resource):
             chain: Chain = self._manager.globalFilters
         else:
             method = request.method
-            match = snapshot.match(
-                _METHODS.get(method) or method.decode("ascii", "replace"),
-                host[0].decode("latin-1") if host else None,
-                request.path.decode("utf-8", "surrogateescape"),
-            )
+            match = None
+            if method == b"OPTIONS":
+                match = _matchPreflight(snapshot, incoming, raw, host, request.path)
+            if match is None:
+                match = snapshot.match(
+                    _METHODS.get(method) or method.decode("ascii", "replace"),
+                    host[0].decode("latin-1") if host else None,
+                    request.path.decode("utf-8", "surrogateescape"),
+                )
             chain = snapshot.filters
         clientIP, headers = self._clients.forward(request, host, request.getClientAddress())
         exchange = Exchange(
@@ -227,7 +231,10 @@ class GatewayResource(Resource):
                     errbackArgs=(exchange, chain, i),
                 )
                 return
-            exchange.outcome = "reject:" + chain[i].name
+            if result.code >= 400:
+                # (An early success, such as a CORS preflight's 204, is no
+                # reject.)
+                exchange.outcome = "reject:" + chain[i].name
             self._answer(exchange, chain[:i], result)
             return
         try:
@@ -244,7 +251,8 @@ class GatewayResource(Resource):
         if result is None:
             self._runBefore(exchange, chain, i + 1)
         else:
-            exchange.outcome = "reject:" + chain[i].name
+            if result.code >= 400:
+                exchange.outcome = "reject:" + chain[i].name
             self._answer(exchange, chain[:i], result)
 
     def _beforeFailed(self, failure: Failure, exchange: Exchange, chain: Chain, i: int) -> None:
@@ -279,10 +287,13 @@ class GatewayResource(Resource):
         request = exchange.request
         body = answer.encode()
         headers = request.responseHeaders
-        headers.setRawHeaders(b"content-type", [b"application/json"])
+        contentType = answer.contentType
+        if contentType is not None:
+            headers.setRawHeaders(b"content-type", [contentType])
         for name, values in answer.headers.items():
             headers.setRawHeaders(name, list(values))
-        headers.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
+        if answer.code not in _NO_BODY_STATUSES:
+            headers.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
         info = ResponseInfo(answer.code, headers)
         self._runAfter(exchange, chain, info)
         request.setResponseCode(info.code)
@@ -301,6 +312,16 @@ class GatewayResource(Resource):
             else:
                 answer = EarlyResponse.error(404, "no API matches this request")
             self._answer(exchange, chain, answer)
+            return
+        mock = api.mock
+        if mock is not None:
+            # The gateway answers itself, after the filters (routings,
+            # which choose where to send, do not apply).
+            self._answer(
+                exchange,
+                chain,
+                EarlyResponse(mock.code, {}, mock.headers, mock.body, mock.contentType),
+            )
             return
         if api.routings and exchange.cluster is None:
             decision = decideRoutings(api.routings, exchange)
@@ -631,6 +652,37 @@ def noBackendError(cluster: Any) -> UpstreamError:
         error.reason = "circuit open: no server is admitting traffic"
         return error
     return NoBackendAvailable(f"cluster {cluster.name!r} has no healthy server")
+
+
+#: Statuses whose answers have no body, and no Content-Length (RFC 9110
+#: 8.6, 15.3.5).
+_NO_BODY_STATUSES = frozenset([204, 304])
+
+_ORIGIN = headerKey(b"origin")
+_REQUEST_METHOD = headerKey(b"access-control-request-method")
+
+
+def _matchPreflight(
+    snapshot: Any, incoming: Any, raw: Any, host: Optional[List[bytes]], path: bytes
+) -> Any:
+    """
+    @return: when an C{OPTIONS} request is a CORS preflight, the match of
+        the API it asks about (see
+        L{gateway.routing.snapshot.Snapshot.matchPreflight}), else L{None}.
+    """
+    if raw is not None:
+        origin = raw.get(_ORIGIN)
+        requested = raw.get(_REQUEST_METHOD)
+    else:
+        origin = incoming.getRawHeaders(b"origin")
+        requested = incoming.getRawHeaders(b"access-control-request-method")
+    if not origin or not requested:
+        return None
+    return snapshot.matchPreflight(
+        requested[0].decode("latin-1"),
+        host[0].decode("latin-1") if host else None,
+        path.decode("utf-8", "surrogateescape"),
+    )
 
 
 def _internalError() -> EarlyResponse:

@@ -21,7 +21,9 @@ filter chain name it):
   - C{reject:rate-limit} (an API's limit) and C{reject:server-limit}
     (every server at its C{maxQPS}): a reject C{rateLimit};
     C{reject:circuit-breaker} (an API's own breaker): C{breaker};
-    C{reject:ip-access}: C{access}; any other filter's C{reject:NAME}:
+    C{reject:ip-access} and C{reject:cors} (a preflight from an origin, or
+    for a method or a header, not allowed): C{access}; any other filter's
+    C{reject:NAME}:
     C{other}.  Rejects are not errors.
 
 Latency is the time from the request's arrival to the moment its answer's
@@ -76,6 +78,7 @@ _REJECTS = {
     "reject:server-limit": "rateLimit",
     "reject:circuit-breaker": "breaker",
     "reject:ip-access": "access",
+    "reject:cors": "access",
 }
 
 
