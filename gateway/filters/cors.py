@@ -21,7 +21,7 @@ C{-Expose-Headers} are replaced, or removed for another origin.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from zope.interface import implementer
 
@@ -150,7 +150,7 @@ class CORSFilter:
         self._expose: Optional[bytes] = (
             ", ".join(config.exposeHeaders).encode("ascii") if config.exposeHeaders else None
         )
-        fixed: Dict[bytes, List[bytes]] = {b"vary": [_PREFLIGHT_VARY]}
+        fixed: Dict[Union[str, bytes], Sequence[Union[str, bytes]]] = {b"vary": [_PREFLIGHT_VARY]}
         if config.credentials:
             fixed[b"access-control-allow-credentials"] = [b"true"]
         if config.maxAge is not None:

@@ -21,7 +21,7 @@ allowed by it).  C{*} alone allows every origin.  The origin C{null}
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Iterator, Mapping, Optional, Tuple
+from typing import Any, ClassVar, Iterator, Mapping, Optional, Tuple
 
 import attrs
 
@@ -78,9 +78,9 @@ def wildcardParts(pattern: str) -> Optional[Tuple[str, str]]:
     return scheme + "://", rest[1:]
 
 
-def _exposeStar(values: Mapping[str, object]) -> Iterator[Tuple[str, str]]:
+def _exposeStar(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
     if values["credentials"]:
-        for i, name in enumerate(values["exposeHeaders"]):  # type: ignore[arg-type]
+        for i, name in enumerate(values["exposeHeaders"]):
             if name == "*":
                 yield (
                     f"exposeHeaders[{i}]",

@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import attrs
 
 from gateway.model import patterns
+from gateway.model.schema import List as ListOf
 from gateway.model.schema import (
     Nullable,
     Obj,
@@ -43,7 +44,6 @@ from gateway.model.schema import (
     displayKey,
     field,
 )
-from gateway.model.schema import List as ListOf
 
 #: Headers that describe one connection (RFC 9110 7.6.1), or that the
 #: gateway computes itself (framing, Host, the forwarding and trust headers

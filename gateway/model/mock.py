@@ -53,8 +53,7 @@ class MockResponse:
     body: Any = field(
         Anything(),
         None,
-        doc="a string (sent as it is, text/plain) or any JSON value (sent as JSON); null:"
-        " no body",
+        doc="a string (sent as it is, text/plain) or any JSON value (sent as JSON); null: no body",
     )
 
     rules: ClassVar[Tuple[Rule, ...]] = (Rule(("status", "body"), _noBody, schema=_NO_BODY),)
@@ -89,9 +88,7 @@ class CompiledMock:
             self.body = body.encode("utf-8")
             contentType = contentType or TEXT
         else:
-            self.body = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(
-                "utf-8"
-            )
+            self.body = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
             contentType = contentType or JSON
         self.headers = headers
         self.contentType = contentType

@@ -389,8 +389,7 @@ class API:
     nodes: Tuple[Node, ...] = field(
         ListOf(Obj(Node), maxItems=64),
         (),
-        doc="where requests go: one node, or several (an aggregation); none with a mock"
-        " response",
+        doc="where requests go: one node, or several (an aggregation); none with a mock response",
     )
     method: str = field(
         Str(

@@ -23,8 +23,9 @@ filter chain name it):
     C{reject:circuit-breaker} (an API's own breaker): C{breaker};
     C{reject:ip-access} and C{reject:cors} (a preflight from an origin, or
     for a method or a header, not allowed): C{access}; any other filter's
-    C{reject:NAME}:
-    C{other}.  Rejects are not errors.
+    C{reject:NAME}: C{other}.  Rejects are not errors.  (A filter's early
+    answer below 400, such as a preflight's 204, is no reject: its outcome
+    is L{None}.)
 
 Latency is the time from the request's arrival to the moment its answer's
 status is known (C{record} is called before the body is streamed), in
