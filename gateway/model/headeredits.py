@@ -17,12 +17,15 @@ A value is text in which these variables are replaced, per request:
   - C{$query.NAME}: the first value of a query parameter of the request;
   - C{$header.NAME}: the first value of a header of the client's request.
 
-C{${query.page.size}} (braces) ends a name where the text goes on with
-name characters, or holds a name with a dot; C{$$} is a literal C{$}.  A
-C{$} followed by a letter or a brace must start a known variable (a typo
-is refused when the API is saved); any other C{$} (C{$5}) is literal.
-A variable without a value (no such query parameter, no consumer) is
-empty.
+Without braces a name ends where its kind of name does: C{$requestId},
+C{$clientIp} and C{$consumer.name} before any letter, digit or C{_}
+(C{$consumer.name-$param.id} is two variables); C{$param.NAME} after the
+identifier; C{$query.NAME} and C{$header.NAME} after letters, digits and
+C{_~-} (not ending with C{-}).  Braces, C{${query.page.size}}, end a name
+anywhere and may hold any valid name.  C{$$} is a literal C{$}.  A C{$}
+followed by a letter or a brace must start a known variable (a typo is
+refused when the API is saved); any other C{$} (C{$5}) is literal.  A
+variable without a value (no such query parameter, no consumer) is empty.
 """
 
 from __future__ import annotations
