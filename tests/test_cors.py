@@ -15,7 +15,7 @@ from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
 from gateway.filters import FilterRegistry
-from gateway.filters.cors import CORSFilter, OriginPolicy
+from gateway.filters.cors import WILDCARD_CACHE, CORSFilter, OriginPolicy
 from gateway.interfaces import IFilter
 from gateway.model.cors import CORS
 from gateway.model.resources import parseResource
@@ -110,6 +110,21 @@ class OriginPolicyTests(SynchronousTestCase):
         self.assertTrue(policy.allows(b"http://a.local.test:8080"))
         self.assertFalse(policy.allows(b"http://a.local.test"))
         self.assertFalse(policy.allows(b"http://a.local.test:8081"))
+
+    def test_wildcardDecisionsBounded(self) -> None:
+        """
+        Decisions on origins only a wildcard could allow are remembered,
+        at most L{WILDCARD_CACHE} of them, and stay right when asked again
+        or after the memory was cleared.
+        """
+        policy = OriginPolicy(["https://*.example.org"])
+        for i in range(WILDCARD_CACHE + 10):
+            self.assertTrue(policy.allows(b"https://a%d.example.org" % (i,)))
+            self.assertFalse(policy.allows(b"https://a%d.example.com" % (i,)))
+            self.assertLessEqual(len(policy._decided), WILDCARD_CACHE)
+        for _ in range(2):
+            self.assertTrue(policy.allows(b"https://A5.example.org"))
+            self.assertFalse(policy.allows(b"https://example.org"))
 
     def test_any(self) -> None:
         """
