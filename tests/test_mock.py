@@ -302,3 +302,53 @@ class AggregationDefaultTests(SynchronousTestCase):
             },
         )
         self.assertEqual(error.field, "nodes[0].default")
+
+
+class ExportTests(SynchronousTestCase):
+    """
+    C{gateway export} of the edge settings.
+    """
+
+    def test_compact(self) -> None:
+        """
+        A mock API with CORS and a transform exports without the fields
+        left at their defaults (no empty C{nodes}, no default status, no
+        empty lists), and what it exports reads back as the same API.
+        """
+        from gateway.cli.export import compactResource
+        from gateway.cli.resources import normalise
+
+        api = toJSON(
+            parseResource(
+                "apis",
+                mockAPI(
+                    {"body": {"ok": True}},
+                    cors={"origins": ["https://*.example.org"], "credentials": True},
+                    transform={"request": {"set": {"X-User": "$consumer.name"}}},
+                ),
+            )
+        )
+        short = compactResource("apis", api)
+        self.assertEqual(
+            short,
+            {
+                "name": "m",
+                "urlPattern": "/m",
+                "cors": {"origins": ["https://*.example.org"], "credentials": True},
+                "transform": {"request": {"set": {"X-User": "$consumer.name"}}},
+                "response": {"body": {"ok": True}},
+            },
+        )
+        self.assertEqual(normalise("apis", short), api)
+        node = {"cluster": "c", "attrName": "b", "required": False, "default": {"x": []}}
+        agg = toJSON(
+            parseResource(
+                "apis",
+                {
+                    "name": "a",
+                    "urlPattern": "/a",
+                    "nodes": [{"cluster": "c", "attrName": "a"}, node],
+                },
+            )
+        )
+        self.assertEqual(compactResource("apis", agg)["nodes"][1], node)
