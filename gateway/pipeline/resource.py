@@ -2,16 +2,18 @@
 The proxy: a C{twisted.web} resource that serves every request from the
 current snapshot.
 
-For each request: match an API in the snapshot (404 if none), run the
-filters' C{before} hooks (global ones, then the API's own; any may answer
-early), apply routing rules (split to another cluster, mirror a copy), let
-the cluster's balancer pick a backend, and stream the request to it over a
-pooled connection and its answer back to the client with backpressure.
-Every answer, proxied or made by the gateway, passes the C{after} hooks of
-the filters that ran, in reverse order; an upstream failure first passes
-their C{error} hooks.  Gateway-made answers are JSON errors:
-404 (no API), 502 (refused, broken), 503 (no healthy server, not ready),
-504 (timeout).
+For each request: match an API in the snapshot (404 if none; a CORS
+preflight matches the API of the method it asks about), run the filters'
+C{before} hooks (global ones, then the API's own; any may answer early),
+answer an API's mock response, or apply routing rules (split to another
+cluster, mirror a copy), let the cluster's balancer pick a backend, and
+stream the request to it over a pooled connection and its answer back to
+the client with backpressure.  Every answer, proxied or made by the
+gateway, passes the C{after} hooks of the filters that ran, in reverse
+order; an upstream failure first passes their C{error} hooks.  Besides
+mocks (and a filter's early answers), gateway-made answers are JSON
+errors: 404 (no API), 502 (refused, broken), 503 (no healthy server, not
+ready), 504 (timeout).
 """
 
 from __future__ import annotations
