@@ -56,7 +56,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -431,7 +431,12 @@ class Wrk:
     def describe(self) -> str:
         return f"wrk -t{self.threads} -c{self.connections} -d{self.duration:g}s --latency"
 
-    def run(self, url: str, duration: Optional[float] = None) -> Dict[str, Any]:
+    def run(
+        self, url: str, duration: Optional[float] = None, headers: Sequence[str] = ()
+    ) -> Dict[str, Any]:
+        """
+        @param headers: C{"Name: value"} lines every request carries.
+        """
         seconds = self.duration if duration is None else duration
         argv = [
             self.binary,
@@ -440,8 +445,10 @@ class Wrk:
             f"-d{max(1, int(round(seconds)))}s",
             f"--timeout={max(1, int(self.timeout))}s",
             "--latency",
-            url,
         ]
+        for header in headers:
+            argv += ["-H", header]
+        argv.append(url)
         try:
             done = subprocess.run(
                 argv,
@@ -469,7 +476,9 @@ WARMUP_SLICE = 2.0
 WARMUP_STABLE = 1.10
 
 
-def warmUp(wrk: Wrk, url: str, least: float, most: float) -> Tuple[float, List[float]]:
+def warmUp(
+    wrk: Wrk, url: str, least: float, most: float, headers: Sequence[str] = ()
+) -> Tuple[float, List[float]]:
     """
     Load C{url} in slices of L{WARMUP_SLICE} seconds for at least C{least}
     seconds, and on while the rate still climbs (a JIT at work) up to
@@ -483,7 +492,7 @@ def warmUp(wrk: Wrk, url: str, least: float, most: float) -> Tuple[float, List[f
     rates: List[float] = []
     while spent < most:
         seconds = max(1.0, min(WARMUP_SLICE, most - spent))
-        rates.append(wrk.run(url, seconds)["reqPerSec"])
+        rates.append(wrk.run(url, seconds, headers)["reqPerSec"])
         spent += seconds
         if spent < least:
             continue
@@ -502,6 +511,7 @@ def measure(
     runs: int,
     warmup: float,
     warmupMost: Optional[float] = None,
+    headers: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """
     Warm up (L{warmUp}: C{warmup} seconds, on up to C{warmupMost} while
@@ -513,13 +523,13 @@ def measure(
     """
     warmed: Dict[str, Any] = {"seconds": 0.0, "reqPerSec": []}
     if warmup > 0:
-        spent, rates = warmUp(wrk, url, warmup, max(warmup, warmupMost or 0))
+        spent, rates = warmUp(wrk, url, warmup, max(warmup, warmupMost or 0), headers)
         warmed = {"seconds": spent, "reqPerSec": rates}
     results = []
     for _ in range(runs):
         before = treeCPU(pid) if pid else None
         machineBefore = machineCPU()
-        result = wrk.run(url)
+        result = wrk.run(url, headers=headers)
         machineAfter = machineCPU()
         if pid:
             used = treeCPU(pid) - before
@@ -710,11 +720,15 @@ def gatewayConfig(
 ) -> Dict[str, Any]:
     """
     @return: the config of a benchmarked gateway: the default filters
-        (C{request-id}; the access log off), a file store, and three
+        (C{request-id}; the access log off), a file store, and five
         APIs to the nginx backend: C{/plain} (plain proxying),
         C{/protected} (a rate limit that never triggers, a circuit breaker
-        on its server, a routing rule whose header condition never matches)
-        and C{/aggregate} (three nodes merged).
+        on its server, a routing rule whose header condition never matches),
+        C{/cors} (plain proxying with CORS: credentials, an exposed header,
+        an exact origin and a wildcard one), C{/transform} (plain proxying
+        with a header transformation: two request headers set from
+        variables, one removed, one response header set) and
+        C{/aggregate} (three nodes merged).
     """
     backend = f"127.0.0.1:{backendPort}"
     config: Dict[str, Any] = {
@@ -759,6 +773,30 @@ def gatewayConfig(
                 "nodes": [{"cluster": "guarded"}],
             },
             {
+                "name": "cors",
+                "method": "GET",
+                "urlPattern": "/cors",
+                "nodes": [{"cluster": "plain"}],
+                "cors": {
+                    "origins": ["https://app.example.com", "https://*.example.org"],
+                    "credentials": True,
+                    "exposeHeaders": ["X-Request-Id"],
+                },
+            },
+            {
+                "name": "transform",
+                "method": "GET",
+                "urlPattern": "/transform",
+                "nodes": [{"cluster": "plain"}],
+                "transform": {
+                    "request": {
+                        "set": {"X-Client": "$clientIp", "X-Trace": "trace-$requestId"},
+                        "remove": ["Accept-Language"],
+                    },
+                    "response": {"set": {"Cache-Control": "no-store"}},
+                },
+            },
+            {
                 "name": "aggregate",
                 "method": "GET",
                 "urlPattern": "/aggregate",
@@ -787,6 +825,11 @@ def gatewayConfig(
         config["admin"] = {"listen": f"tcp:{adminPort}:interface=127.0.0.1", "token": ADMIN_TOKEN}
     withWorkers(config, workers, where)
     return config
+
+
+#: The C{Origin} of the requests of the CORS row: allowed by the wildcard
+#: of the C{/cors} API, the longer path of the two.
+CORS_ORIGIN = "https://app.bench.example.org"
 
 
 def startGateway(
@@ -1304,11 +1347,13 @@ class Bench:
             return max(self.options.warmup, most / 3), most
         return self.options.warmup, self.options.warmup
 
-    def measureRow(self, row: Dict[str, Any], url: str, pid: Optional[int]) -> None:
+    def measureRow(
+        self, row: Dict[str, Any], url: str, pid: Optional[int], headers: Sequence[str] = ()
+    ) -> None:
         self.log(f"{row['what']} ({row['interpreter']}, {row['workers']} worker(s)): {url}")
         least, most = self.warmupFor(row["interpreter"])
         try:
-            row.update(measure(self.wrk, url, pid, self.options.runs, least, most))
+            row.update(measure(self.wrk, url, pid, self.options.runs, least, most, headers))
         except (BenchError, OSError) as e:
             row["error"] = str(e)
         else:
@@ -1346,7 +1391,8 @@ class Bench:
             "Gateway rows: filters [request-id], accessLog: false (the access log is off for "
             "throughput, as it is for nginx), a file store (seeded from the config); one "
             "gateway process (tree) per "
-            "(python, workers) serves /plain, /protected and /aggregate."
+            "(python, workers) serves /plain, /protected, /aggregate, /cors (requests with an "
+            f"Origin allowed by a wildcard: {CORS_ORIGIN}) and /transform."
         )
         if self.workersWhere is None:
             self.report.notes.append(
@@ -1405,7 +1451,7 @@ class Bench:
             for workers in counts:
                 self.gatewayRows(name, interpreter, workers)
             if len(counts) == 1:
-                for setup in ("plain", "protected", "aggregate"):
+                for setup in ("plain", "protected", "aggregate", "cors", "transform"):
                     report.row(
                         f"gateway-{setup}-{name}-N",
                         f"gateway, {setup}",
@@ -1430,13 +1476,15 @@ class Bench:
 
     def gatewayRows(self, name: str, interpreter: Interpreter, workers: int) -> None:
         setups = [
-            ("plain", "gateway, plain proxying", "/plain"),
-            ("protected", "gateway, rate limit + breaker + routing rule", "/protected"),
-            ("aggregate", "gateway, 3-way aggregation", "/aggregate"),
+            ("plain", "gateway, plain proxying", "/plain", ()),
+            ("protected", "gateway, rate limit + breaker + routing rule", "/protected", ()),
+            ("aggregate", "gateway, 3-way aggregation", "/aggregate", ()),
+            ("cors", "gateway, CORS (actual requests)", "/cors", (f"Origin: {CORS_ORIGIN}",)),
+            ("transform", "gateway, header transformation", "/transform", ()),
         ]
         rows = [
             self.report.row(f"gateway-{setup}-{name}-{workers}", what, name, workers)
-            for setup, what, _ in setups
+            for setup, what, _, _ in setups
         ]
         config = gatewayConfig(
             freePort(),
@@ -1456,8 +1504,18 @@ class Bench:
                 merged = None
             if not (isinstance(merged, dict) and set(merged) >= {"a", "b", "c"}):
                 rows[2]["notes"] = [f"unexpected /aggregate answer {status}: {body[:100]!r}"]
-            for row, (_, _, path) in zip(rows, setups):
-                self.measureRow(row, f"http://{HOST}:{port}{path}", child.pid)
+            for row, (_, _, path, headers) in zip(rows, setups):
+                self.measureRow(row, f"http://{HOST}:{port}{path}", child.pid, headers)
+            plainCPU = rows[0].get("cpuUsPerReq")
+            for row in rows[3:]:
+                # What the feature adds, against /plain of the same process.
+                cpu = row.get("cpuUsPerReq")
+                if cpu is not None and plainCPU:
+                    row["overPlainUs"] = cpu - plainCPU
+                    row.setdefault("notes", []).append(
+                        f"{cpu - plainCPU:+.1f} µs/req ({(cpu / plainCPU - 1) * 100:+.0f} %)"
+                        " over plain proxying"
+                    )
             if name == "cpython" and workers == 1 and self.wanted("agent"):
                 self.pairWithAgent(child, port, interpreter)
             if workers > 1:

@@ -88,7 +88,7 @@ class _FakeWrk:
         self.rates = list(rates)
         self.durations = []
 
-    def run(self, url, duration=None):
+    def run(self, url, duration=None, headers=()):
         self.durations.append(duration)
         return {"reqPerSec": self.rates.pop(0)}
 
@@ -131,15 +131,23 @@ class GatewayConfigTests(SynchronousTestCase):
         """
         The config the benchmark generates for the gateway rows is one the
         gateway accepts, with the request-id filter, the access log off and
-        the three benchmarked APIs.
+        the five benchmarked APIs; the CORS row's origin is one its API
+        allows.
         """
+        from gateway.filters.cors import makeCORSFilter
+
         data = run.gatewayConfig(8080, 8081)
         config = parseConfig(data)
         self.assertFalse(config.proxy.accessLog)
         self.assertEqual([f.name for f in config.proxy.filters], ["request-id"])
         self.assertEqual(
-            [api.name for api in config.seed["apis"]], ["plain", "protected", "aggregate"]
+            [api.name for api in config.seed["apis"]],
+            ["plain", "protected", "cors", "transform", "aggregate"],
         )
+        cors = [api for api in config.seed["apis"] if api.name == "cors"][0]
+        corsFilter = makeCORSFilter(cors)
+        assert corsFilter is not None
+        self.assertTrue(corsFilter.origins.allows(run.CORS_ORIGIN.encode()))
         self.assertEqual(len(config.seed["routings"]), 1)
 
     def test_extras(self) -> None:
@@ -157,7 +165,7 @@ class GatewayConfigTests(SynchronousTestCase):
             for i in range(100)
         )
         config = parseConfig(run.gatewayConfig(8080, 8081, adminPort=9090, extraApis=apis))
-        self.assertEqual(len(config.seed["apis"]), 103)
+        self.assertEqual(len(config.seed["apis"]), 105)
         self.assertEqual(config.admin.token, run.ADMIN_TOKEN)
 
     def test_workers(self) -> None:

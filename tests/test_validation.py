@@ -70,12 +70,26 @@ FULL: Dict[str, Dict[str, Any]] = {
         "host": "example.com",
         "nodes": [
             {"cluster": "c1", "urlRewrite": "/u/{id}", "attrName": "user"},
-            {"cluster": "c1", "attrName": "other"},
+            {"cluster": "c1", "attrName": "other", "required": False, "default": {"v": "none"}},
         ],
         "rateLimit": {"rate": 5, "key": "header:X-Key", "onLimit": "queue"},
         "ipAccess": {"allow": ["10.0.0.0/8"], "deny": ["::1/128"]},
         "circuitBreaker": {},
         "filters": [{"name": "f1", "config": {"mode": "strict", "list": ["a"]}}],
+        "cors": {
+            "origins": ["https://*.example.org"],
+            "methods": ["PUT"],
+            "headers": ["X-Token"],
+            "exposeHeaders": ["X-Total"],
+        },
+        "transform": {
+            "request": {
+                "set": {"X-User": "$consumer.name"},
+                "add": {"X-Id": "$param.id"},
+                "remove": ["Cookie"],
+            },
+            "response": {"set": {"X-Served": "gw"}, "remove": ["Server"]},
+        },
     },
     "routings": {
         "name": "r1",
@@ -89,6 +103,23 @@ FULL: Dict[str, Dict[str, Any]] = {
         ],
     },
 }
+
+#: An API with a mock response (it cannot have nodes too): with L{FULL},
+#: every string field of every kind is set.
+MOCK_API: Dict[str, Any] = {
+    "name": "m1",
+    "urlPattern": "/mock",
+    "response": {"headers": {"Content-Type": "text/csv"}, "body": "a,b"},
+}
+
+
+def examples() -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """
+    @return: C{(kind, body)} of every example: L{FULL}'s and L{MOCK_API}.
+    """
+    yield from FULL.items()
+    yield "apis", MOCK_API
+
 
 #: Paths of a request line: no control character, no space.
 PATHS = {
@@ -107,6 +138,8 @@ FREE_JSON = {
     ("routings", "conditions[0].value"),
     ("routings", "conditions[1].value[0]"),
     ("routings", "conditions[1].value[1]"),
+    ("apis", "nodes[1].default.v"),
+    ("apis", "response.body"),
 }
 
 
@@ -178,7 +211,7 @@ def shape(path: str) -> str:
     for part in path.replace("[", ".[").split("."):
         out.append("[0]" if part.startswith("[") else part)
     joined = ".".join(out).replace(".[0]", "[0]")
-    for prefix in ("filters[0].config", "conditions[0].value"):
+    for prefix in ("filters[0].config", "conditions[0].value", "nodes[0].default"):
         if joined.startswith(prefix):
             return prefix
     return joined
@@ -190,11 +223,13 @@ class FullExampleTests(SynchronousTestCase):
         The examples are valid, and set every string field of the model
         (so that the tests below reach every one of them).
         """
-        for kind, body in FULL.items():
+        covered: Dict[str, Set[str]] = {}
+        for kind, body in examples():
             parseResource(kind, body)
-            covered = {shape(path) for path, _ in stringLeaves(body)}
+            covered.setdefault(kind, set()).update(shape(path) for path, _ in stringLeaves(body))
+        for kind, paths in covered.items():
             expected = set(stringSpecs(RESOURCE_CLASSES[kind]))
-            self.assertEqual(expected - covered, set(), kind)
+            self.assertEqual(expected - paths, set(), kind)
 
 
 class SurrogateTests(SynchronousTestCase):
@@ -211,7 +246,7 @@ class SurrogateTests(SynchronousTestCase):
         field (a key of free-form JSON too).
         """
         checked = 0
-        for kind, body in FULL.items():
+        for kind, body in examples():
             for path, value in stringLeaves(body):
                 bad = replaced(body, path, value + "\ud800")
                 error = self.assertRaises(ValidationError, parseResource, kind, bad)
@@ -260,7 +295,7 @@ class ControlCharacterTests(SynchronousTestCase):
         Each string field but free text and free-form JSON refuses a value
         with CR LF inside, naming the field; paths also refuse a space.
         """
-        for kind, body in FULL.items():
+        for kind, body in examples():
             for path, value in stringLeaves(body):
                 for bad in (value + "\r\nX-Injected: 1", value[:1] + "\x00" + value[1:]):
                     changed = replaced(body, path, bad)
@@ -886,7 +921,7 @@ class DocumentAgreesTests(SynchronousTestCase):
         control character there too (sampled on the examples).
         """
         covered: Set[str] = set()
-        for kind, body in FULL.items():
+        for kind, body in examples():
             for path, value in stringLeaves(body):
                 if (kind, path) in FREE_TEXT | FREE_JSON:
                     continue

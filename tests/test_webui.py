@@ -500,7 +500,7 @@ class BrowserTests:
         browser.go("/apis/new")
         page.get_by_role("textbox", name="Name", exact=True).fill("echo")
         page.get_by_label("URL pattern").fill("/ui/echo/{id}")
-        page.get_by_label("Method").select_option("GET")
+        page.get_by_label("Method", exact=True).select_option("GET")
         page.get_by_label("Node 1 cluster").select_option("web")
         page.get_by_label("Node 1 URL rewrite").fill("/echo/{id}")
         page.get_by_label("Node 1 timeout in seconds").fill("5")
@@ -637,6 +637,79 @@ class BrowserTests:
         page.get_by_role("textbox", name="Name", exact=True).fill("vc1")
         browser.submit("Create cluster")
         assert browser.errorNextTo("name") == "cluster 'vc1' already exists"
+
+    def test_edgeSettingsInTheAPIForm(self, browser: Browser) -> None:
+        """
+        The API form sets a mock response, CORS and a header
+        transformation: a transform of a managed header is refused next to
+        its input; the fixed API is stored as entered, the proxy answers
+        its mock with the CORS and transformed headers, and a preflight;
+        editing it shows what is stored and saves it back unchanged.
+        """
+        page, gateway = browser.page, browser.gateway
+        browser.login()
+        browser.go("/apis/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("mocked")
+        page.get_by_label("URL pattern").fill("/ui/mock/{id}")
+        page.get_by_label("Method", exact=True).select_option("GET")
+        page.get_by_text("Enable mock response").click()
+        assert page.get_by_label("Node 1 cluster").is_hidden()
+        page.get_by_label("Status", exact=True).fill("201")
+        page.get_by_label("Headers", exact=True).fill("X-Mock: yes")
+        page.get_by_label("Body", exact=True).select_option("json")
+        page.get_by_label("Body content").fill('{"id": "mock", "n": [1, 2]}')
+        page.get_by_text("CORS and header transformation").click()
+        page.get_by_text("Enable cors").click()
+        page.get_by_label("Allowed origins").fill("https://app.example.com\nhttps://*.example.org")
+        page.get_by_label("Exposed response headers").fill("X-Mock")
+        page.get_by_text("Allow credentials").click()
+        page.get_by_label("Preflight max age (s)").fill("600")
+        page.get_by_text("Enable header transformation").click()
+        page.get_by_label("Set (response)").fill("X-Forwarded-For: 1.2.3.4")
+        browser.submit("Create API")
+        assert "managed by the gateway" in browser.errorNextTo("transform.response.set")
+
+        page.get_by_label("Set (response)").fill("X-Item: $param.id")
+        browser.submit("Create API")
+        page.get_by_role("heading", name="APIs", level=1).wait_for()
+        saved = gateway.admin("GET", "/api/v1/apis/mocked")
+        assert saved["nodes"] == []
+        assert saved["response"] == {
+            "status": 201,
+            "headers": {"X-Mock": "yes"},
+            "body": {"id": "mock", "n": [1, 2]},
+        }
+        assert saved["cors"] == {
+            "origins": ["https://app.example.com", "https://*.example.org"],
+            "methods": [],
+            "headers": [],
+            "exposeHeaders": ["X-Mock"],
+            "credentials": True,
+            "maxAge": 600,
+        }
+        assert saved["transform"] == {
+            "request": None,
+            "response": {"set": {"X-Item": "$param.id"}, "add": {}, "remove": []},
+        }
+        origin = {"Origin": "https://a.example.org"}
+        sendUntil(gateway, "/ui/mock/1", 201, "the mock to serve")
+        answer = request("GET", gateway.proxyURL + "/ui/mock/7", headers=origin)
+        assert answer.json() == {"id": "mock", "n": [1, 2]}
+        assert answer.header("x-item") == "7"
+        assert answer.header("access-control-allow-origin") == "https://a.example.org"
+        answer = request(
+            "OPTIONS",
+            gateway.proxyURL + "/ui/mock/7",
+            headers=dict(origin, **{"Access-Control-Request-Method": "GET"}),
+        )
+        assert (answer.status, answer.header("access-control-max-age")) == (204, "600")
+
+        browser.go("/apis/mocked/edit")
+        assert page.get_by_label("Body content").input_value().startswith("{")
+        browser.screenshot("api-editor-mock-cors")
+        browser.submit("Save changes")
+        page.get_by_role("heading", name="APIs", level=1).wait_for()
+        assert gateway.admin("GET", "/api/v1/apis/mocked") == saved
 
     def test_routingConditionBuilder(self, browser: Browser) -> None:
         """

@@ -123,9 +123,19 @@ class FilterRegistry:
     ) -> List[Tuple[Hashable, Callable[[], Optional[Any]]]]:
         """
         The built-in filters an API's own settings ask for, in the order
-        they run, in front of its plugin filters: IP access first (a denied
-        client costs no token), then the API's circuit breaker, then its
-        rate limits.
+        they run, in front of its plugin filters (README.md, "Filters and
+        plugins", documents it):
+
+          1. IP access (a denied client costs nothing more);
+          2. CORS (a preflight is answered here: before authentication,
+             which a browser's preflight never carries);
+          3. authentication, then the access list (ACL);
+          4. the API's circuit breaker, then its rate limits (only
+             requests that may be served are counted);
+          5. header transformations (last: they may use the consumer
+             authentication found).
+
+        Their C{after} hooks run in the reverse order.
 
         @param api: the L{gateway.model.resources.API}.
         @param reactor: the L{IReactorTime} the filters read time from.
@@ -139,8 +149,10 @@ class FilterRegistry:
             its state (a breaker, buckets), while the key stays.
         """
         from gateway.filters.breaker import makeAPIBreakerFilter
+        from gateway.filters.cors import makeCORSFilter
         from gateway.filters.ipaccess import makeIPAccessFilter
         from gateway.filters.ratelimit import makeRateLimitFilter
+        from gateway.filters.transform import makeTransformFilter
 
         specs: List[Tuple[Hashable, Callable[[], Optional[Any]]]] = []
         if api.ipAccess is not None:
@@ -150,6 +162,14 @@ class FilterRegistry:
                     lambda: makeIPAccessFilter(api.ipAccess),
                 )
             )
+        if api.cors is not None:
+            specs.append(
+                (
+                    ("cors", api.name, repr(api.cors), api.method),
+                    lambda: makeCORSFilter(api),
+                )
+            )
+        # (Authentication and the ACL go here.)
         specs.append(
             (
                 ("circuit-breaker", api.name, repr(api.circuitBreaker)),
@@ -162,4 +182,11 @@ class FilterRegistry:
                 lambda: makeRateLimitFilter(api, reactor, buckets=buckets),
             )
         )
+        if api.transform is not None:
+            specs.append(
+                (
+                    ("transform", api.name, repr(api.transform)),
+                    lambda: makeTransformFilter(api),
+                )
+            )
         return specs

@@ -18,6 +18,9 @@ from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
 import attrs
 
 from gateway.model import patterns
+from gateway.model.cors import CORS
+from gateway.model.headeredits import Transform, transformTemplates
+from gateway.model.mock import MockResponse
 from gateway.model.regex import RegexError, compileRegex
 from gateway.model.schema import (
     Anything,
@@ -193,6 +196,20 @@ class Cluster:
     loadBalance: str = field(Enum(LOAD_BALANCERS), "round-robin")
 
 
+def _defaultOptional(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["default"] is not None and values["required"]:
+        yield "default", "only an optional node (required: false) may have a default"
+
+
+#: A default only on an optional node (the rule of L{_defaultOptional}).
+_DEFAULT_OPTIONAL = {
+    "anyOf": [
+        {"properties": {"default": {"enum": [None]}}},
+        {"required": ["required"], "properties": {"required": {"enum": [False]}}},
+    ]
+}
+
+
 @attrs.frozen
 class Node:
     """
@@ -227,6 +244,16 @@ class Node:
             " short jittered back-off (idempotent methods only, within retries and the"
             " retry budget), e.g. [502, 503, 504]"
         ),
+    )
+    default: Any = field(
+        Anything(),
+        None,
+        doc="in an aggregation, the JSON an optional node's attrName gets when the node fails"
+        " (instead of null; still named in X-Gateway-Partial)",
+    )
+
+    rules: ClassVar[Tuple[Rule, ...]] = (
+        Rule(("default", "required"), _defaultOptional, schema=_DEFAULT_OPTIONAL),
     )
 
 
@@ -303,6 +330,49 @@ _ATTR_NAMES_GIVEN = {
 }
 
 
+def _nodesOrResponse(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["response"] is None:
+        if not values["nodes"]:
+            yield "nodes", "is required: one node or more, unless the API has a mock response"
+    elif values["nodes"]:
+        yield "response", "an API has nodes or a mock response, not both"
+
+
+#: Nodes (one or more), or a mock response, never both (the rule of
+#: L{_nodesOrResponse}).
+_NODES_OR_RESPONSE = {
+    "anyOf": [
+        {
+            "required": ["nodes"],
+            "properties": {"nodes": {"type": "array", "minItems": 1}},
+            "not": {"required": ["response"], "properties": {"response": {"type": "object"}}},
+        },
+        {
+            "required": ["response"],
+            "properties": {"response": {"type": "object"}, "nodes": {"maxItems": 0}},
+        },
+    ]
+}
+
+
+def _transformParams(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    transform = values["transform"]
+    if transform is None:
+        return
+    from gateway.model.headeredits import templateParams
+    from gateway.model.urlpattern import parsePattern
+
+    names = parsePattern(values["urlPattern"]).paramNames
+    for where, template in transformTemplates(transform):
+        for param in templateParams(template):
+            if param not in names:
+                known = ", ".join(n for n in names if n != "*") or "none"
+                yield (
+                    f"transform.{where}",
+                    f"$param.{param} is not a parameter of the URL pattern (it has: {known})",
+                )
+
+
 def _upperMethod(value: str) -> str:
     return value.upper()
 
@@ -328,7 +398,11 @@ class API:
         " holds a valid regular expression with balanced braces, at most 128 segments,"
         " no . or .. segment",
     )
-    nodes: Tuple[Node, ...] = field(ListOf(Obj(Node), minItems=1, maxItems=64))
+    nodes: Tuple[Node, ...] = field(
+        ListOf(Obj(Node), maxItems=64),
+        (),
+        doc="where requests go: one node, or several (an aggregation); none with a mock response",
+    )
     method: str = field(
         Str(
             pattern=patterns.methodPattern(list(HTTP_METHODS)),
@@ -363,9 +437,23 @@ class API:
         doc="largest request body in bytes (413); null = the proxy's limits.maxBodySize",
     )
 
+    cors: Optional[CORS] = field(Nullable(Obj(CORS)), None)
+    transform: Optional[Transform] = field(Nullable(Obj(Transform)), None)
+    response: Optional[MockResponse] = field(
+        Nullable(Obj(MockResponse)),
+        None,
+        doc="a mock: the gateway answers this itself, after the filters (instead of nodes)",
+    )
+
     rules: ClassVar[Tuple[Rule, ...]] = (
         Rule(("nodes",), _attrNamesGiven, schema=_ATTR_NAMES_GIVEN),
         Rule(("nodes",), _attrNamesUnique, doc="The nodes' attrNames are distinct."),
+        Rule(("nodes", "response"), _nodesOrResponse, schema=_NODES_OR_RESPONSE),
+        Rule(
+            ("urlPattern", "transform"),
+            _transformParams,
+            doc="A transform's $param.NAME names a parameter of the URL pattern.",
+        ),
     )
 
 

@@ -14,8 +14,8 @@ node's C{timeout} bounds it.
 
 A node fails when its server is refused, broken or too slow, when it
 answers a status outside 2xx, or when its body is not JSON.  A failed
-optional node (C{required: false}) becomes C{null} and is named in the
-C{X-Gateway-Partial} header; a failed required node fails the whole
+optional node (C{required: false}) becomes its C{default} (C{null} when
+it has none) and is named in the C{X-Gateway-Partial} header; a failed required node fails the whole
 request with 502 (or 504 for a timeout) and cancels the node calls still
 in flight, and so does a client that goes away.
 """
@@ -414,8 +414,8 @@ class _Aggregation:
                     api=self._exchange.api.name,
                     error=value.getErrorMessage(),
                 )
-                results[node.attrName] = None
-                members[node.attrName] = b"null"
+                results[node.attrName] = node.default
+                members[node.attrName] = node.defaultJSON
                 partial.append(node.attrName)
         self._nextBatch()
 

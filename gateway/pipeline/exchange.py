@@ -26,7 +26,12 @@ class EarlyResponse:
     @ivar body: the JSON object of the answer.
     @ivar headers: extra response headers, C{{name: [values]}}.
     @ivar encoded: C{body} as JSON, when the maker has it already (an
-        aggregation splices its nodes' answers): L{encode} returns it.
+        aggregation splices its nodes' answers): L{encode} returns it.  An
+        answer that is not JSON (a mock response's text, a CORS
+        preflight's empty body) gives its bytes here, and its
+        C{contentType}.
+    @ivar contentType: the C{Content-Type} of the answer, or L{None} for
+        none.
     """
 
     code: int
@@ -34,6 +39,7 @@ class EarlyResponse:
     headers: Mapping[Union[str, bytes], Sequence[Union[str, bytes]]] = attrs.Factory(dict)
     #: C{body} already encoded (what L{encode} returns), or L{None}.
     encoded: Optional[bytes] = None
+    contentType: Optional[bytes] = b"application/json"
 
     @classmethod
     def error(

@@ -2,16 +2,18 @@
 The proxy: a C{twisted.web} resource that serves every request from the
 current snapshot.
 
-For each request: match an API in the snapshot (404 if none), run the
-filters' C{before} hooks (global ones, then the API's own; any may answer
-early), apply routing rules (split to another cluster, mirror a copy), let
-the cluster's balancer pick a backend, and stream the request to it over a
-pooled connection and its answer back to the client with backpressure.
-Every answer, proxied or made by the gateway, passes the C{after} hooks of
-the filters that ran, in reverse order; an upstream failure first passes
-their C{error} hooks.  Gateway-made answers are JSON errors:
-404 (no API), 502 (refused, broken), 503 (no healthy server, not ready),
-504 (timeout).
+For each request: match an API in the snapshot (404 if none; a CORS
+preflight matches the API of the method it asks about), run the filters'
+C{before} hooks (global ones, then the API's own; any may answer early),
+answer an API's mock response, or apply routing rules (split to another
+cluster, mirror a copy), let the cluster's balancer pick a backend, and
+stream the request to it over a pooled connection and its answer back to
+the client with backpressure.  Every answer, proxied or made by the
+gateway, passes the C{after} hooks of the filters that ran, in reverse
+order; an upstream failure first passes their C{error} hooks.  Besides
+mocks (and a filter's early answers), gateway-made answers are JSON
+errors: 404 (no API), 502 (refused, broken), 503 (no healthy server, not
+ready), 504 (timeout).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from gateway.balancing.backend import startRequest
 from gateway.http.body import CLEAN_ENDS
 from gateway.http.bodystream import RequestBodyError
 from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamError
-from gateway.http.headers import rawHeadersOf
+from gateway.http.headers import headerKey, rawHeadersOf
 from gateway.interfaces import IFilter, IUpstreamClient
 from gateway.pipeline.aggregate import Aggregator
 from gateway.pipeline.errors import (
@@ -187,11 +189,15 @@ class GatewayResource(Resource):
             chain: Chain = self._manager.globalFilters
         else:
             method = request.method
-            match = snapshot.match(
-                _METHODS.get(method) or method.decode("ascii", "replace"),
-                host[0].decode("latin-1") if host else None,
-                request.path.decode("utf-8", "surrogateescape"),
-            )
+            match = None
+            if method == b"OPTIONS":
+                match = _matchPreflight(snapshot, incoming, raw, host, request.path)
+            if match is None:
+                match = snapshot.match(
+                    _METHODS.get(method) or method.decode("ascii", "replace"),
+                    host[0].decode("latin-1") if host else None,
+                    request.path.decode("utf-8", "surrogateescape"),
+                )
             chain = snapshot.filters
         clientIP, headers = self._clients.forward(request, host, request.getClientAddress())
         exchange = Exchange(
@@ -237,7 +243,10 @@ class GatewayResource(Resource):
                     errbackArgs=(exchange, chain, i),
                 )
                 return
-            exchange.outcome = "reject:" + chain[i].name
+            if result.code >= 400:
+                # (An early success, such as a CORS preflight's 204, is no
+                # reject.)
+                exchange.outcome = "reject:" + chain[i].name
             self._answer(exchange, chain[:i], result)
             return
         try:
@@ -254,7 +263,8 @@ class GatewayResource(Resource):
         if result is None:
             self._runBefore(exchange, chain, i + 1)
         else:
-            exchange.outcome = "reject:" + chain[i].name
+            if result.code >= 400:
+                exchange.outcome = "reject:" + chain[i].name
             self._answer(exchange, chain[:i], result)
 
     def _beforeFailed(self, failure: Failure, exchange: Exchange, chain: Chain, i: int) -> None:
@@ -289,10 +299,13 @@ class GatewayResource(Resource):
         request = exchange.request
         body = answer.encode()
         headers = request.responseHeaders
-        headers.setRawHeaders(b"content-type", [b"application/json"])
+        contentType = answer.contentType
+        if contentType is not None:
+            headers.setRawHeaders(b"content-type", [contentType])
         for name, values in answer.headers.items():
             headers.setRawHeaders(name, list(values))
-        headers.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
+        if answer.code not in _NO_BODY_STATUSES:
+            headers.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
         info = ResponseInfo(answer.code, headers)
         self._runAfter(exchange, chain, info)
         request.setResponseCode(info.code)
@@ -311,6 +324,16 @@ class GatewayResource(Resource):
             else:
                 answer = EarlyResponse.error(404, "no API matches this request")
             self._answer(exchange, chain, answer)
+            return
+        mock = api.mock
+        if mock is not None:
+            # The gateway answers itself, after the filters (routings,
+            # which choose where to send, do not apply).
+            self._answer(
+                exchange,
+                chain,
+                EarlyResponse(mock.code, {}, mock.headers, mock.body, mock.contentType),
+            )
             return
         if api.routingReadsBody and exchange.cluster is None and not exchange.body.complete:
             # A condition on the JSON body: wait for the body (or to know
@@ -735,6 +758,37 @@ def noBackendError(cluster: Any) -> UpstreamError:
     if "circuit-open" in reasons:
         return CircuitOpen(f"cluster {cluster.name!r}: circuit open")
     return NoBackendAvailable(f"cluster {cluster.name!r} has no healthy server")
+
+
+#: Statuses whose answers have no body, and no Content-Length (RFC 9110
+#: 8.6, 15.3.5).
+_NO_BODY_STATUSES = frozenset([204, 304])
+
+_ORIGIN = headerKey(b"origin")
+_REQUEST_METHOD = headerKey(b"access-control-request-method")
+
+
+def _matchPreflight(
+    snapshot: Any, incoming: Any, raw: Any, host: Optional[List[bytes]], path: bytes
+) -> Any:
+    """
+    @return: when an C{OPTIONS} request is a CORS preflight, the match of
+        the API it asks about (see
+        L{gateway.routing.snapshot.Snapshot.matchPreflight}), else L{None}.
+    """
+    if raw is not None:
+        origin = raw.get(_ORIGIN)
+        requested = raw.get(_REQUEST_METHOD)
+    else:
+        origin = incoming.getRawHeaders(b"origin")
+        requested = incoming.getRawHeaders(b"access-control-request-method")
+    if not origin or not requested:
+        return None
+    return snapshot.matchPreflight(
+        requested[0].decode("latin-1"),
+        host[0].decode("latin-1") if host else None,
+        path.decode("utf-8", "surrogateescape"),
+    )
 
 
 def _internalError() -> EarlyResponse:

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from gateway.balancing.backend import Backend
 from gateway.balancing.balancers import makeBalancer
+from gateway.model.mock import CompiledMock
 from gateway.model.resources import API, Catalog, CatalogParser, Cluster, Node, ReferenceError
 from gateway.model.schema import ValidationError
 from gateway.model.urlpattern import parsePattern
@@ -82,6 +83,8 @@ class CompiledNode:
         "batch",
         "retries",
         "retryOn",
+        "default",
+        "defaultJSON",
     )
 
     def __init__(self, config: Node, rewrite: Optional[Rewrite]) -> None:
@@ -96,6 +99,10 @@ class CompiledNode:
         self.batch = config.batch
         self.retries = config.retries
         self.retryOn = frozenset(config.retryOn)
+        #: What a failed optional node of an aggregation gives: its
+        #: C{default} (L{None} for C{null}), and that as JSON, encoded once.
+        self.default = config.default
+        self.defaultJSON = json.dumps(config.default, separators=(",", ":")).encode("utf-8")
 
 
 class CompiledAPI:
@@ -106,6 +113,8 @@ class CompiledAPI:
     @ivar routings: the routing rules that apply to it, in evaluation order.
     @ivar aggregate: whether it fans out to several nodes.
     @ivar batches: its nodes grouped by C{batch}, in ascending order.
+    @ivar mock: its mock response, encoded (a
+        L{gateway.model.mock.CompiledMock}), or L{None} when it has nodes.
     """
 
     __slots__ = (
@@ -118,6 +127,7 @@ class CompiledAPI:
         "routingReadsBody",
         "aggregate",
         "batches",
+        "mock",
     )
 
     def __init__(
@@ -142,6 +152,7 @@ class CompiledAPI:
         for node in nodes:
             grouped.setdefault(node.batch, []).append(node)
         self.batches = tuple(tuple(grouped[n]) for n in sorted(grouped))
+        self.mock = CompiledMock(config.response) if config.response is not None else None
 
 
 class Snapshot:
@@ -173,6 +184,23 @@ class Snapshot:
             L{CompiledAPI}, or L{None}.
         """
         return self.router.match(method, host, path)
+
+    def matchPreflight(self, requestedMethod: str, host: Optional[str], path: str) -> Any:
+        """
+        Match a CORS preflight (C{OPTIONS} with C{Origin} and
+        C{Access-Control-Request-Method}) to the API that would serve the
+        request it asks about: C{GET /x}'s preflight is for the API of
+        C{GET /x}, whatever its method.
+
+        @param requestedMethod: the C{Access-Control-Request-Method}.
+        @return: the L{gateway.routing.router.Match} of that API when it has
+            C{cors} settings, else L{None} (the preflight is then routed as
+            any C{OPTIONS} request).
+        """
+        match = self.router.match(requestedMethod, host, path)
+        if match is None or match.value.config.cors is None:
+            return None
+        return match
 
 
 def _filterKey(apiName: str, spec: Any) -> Tuple[str, str, str]:

@@ -21,8 +21,11 @@ filter chain name it):
   - C{reject:rate-limit} (an API's limit) and C{reject:server-limit}
     (every server at its C{maxQPS}): a reject C{rateLimit};
     C{reject:circuit-breaker} (an API's own breaker): C{breaker};
-    C{reject:ip-access}: C{access}; any other filter's C{reject:NAME}:
-    C{other}.  Rejects are not errors.
+    C{reject:ip-access} and C{reject:cors} (a preflight from an origin, or
+    for a method or a header, not allowed): C{access}; any other filter's
+    C{reject:NAME}: C{other}.  Rejects are not errors.  (A filter's early
+    answer below 400, such as a preflight's 204, is no reject: its outcome
+    is L{None}.)
 
 Latency is the time from the request's arrival to the moment its answer's
 status is known (C{record} is called before the body is streamed), in
@@ -76,6 +79,7 @@ _REJECTS = {
     "reject:server-limit": "rateLimit",
     "reject:circuit-breaker": "breaker",
     "reject:ip-access": "access",
+    "reject:cors": "access",
 }
 
 

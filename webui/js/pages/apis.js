@@ -20,6 +20,7 @@ import {
 } from "../forms.js";
 import { pageHeader, loading, errorState, linkButton, emptyState, resourceTable, formPage, clone, chips } from "./common.js";
 import { breakerSection } from "./servers.js";
+import { corsSection, transformSection, mockSection } from "./apiedge.js";
 
 const METHODS = ["*", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
@@ -57,6 +58,7 @@ export async function renderApiList(outlet) {
         {
           label: "Nodes",
           cell: (a) => [
+            a.response ? badge(`mock ${a.response.status}`, "info") : null,
             (a.nodes || []).length > 1 ? badge(`aggregation \u00D7${a.nodes.length}`, "info") : null,
             " ",
             chips([...new Set((a.nodes || []).map((n) => n.cluster))], (c) => `#/clusters/${encodeURIComponent(c)}/edit`),
@@ -70,6 +72,8 @@ export async function renderApiList(outlet) {
             if (a.maxQPS) marks.push(badge(`max ${a.maxQPS} QPS`, "muted"));
             if (a.ipAccess && ((a.ipAccess.allow || []).length || (a.ipAccess.deny || []).length)) marks.push(badge("IP rules", "muted"));
             if (a.circuitBreaker) marks.push(badge("breaker", "muted"));
+            if (a.cors) marks.push(badge("CORS", "muted"));
+            if (a.transform) marks.push(badge("transform", "muted"));
             return marks.length ? h("span", { class: "chips" }, marks) : h("span", { class: "muted" }, "none");
           },
         },
@@ -92,7 +96,7 @@ export async function renderApiList(outlet) {
 
 // -- the node editor ---------------------------------------------------------------
 
-const NODE_DEFAULTS = { cluster: "", urlRewrite: null, attrName: null, timeout: 30, required: true, batch: 0, retries: 1, retryOn: [] };
+const NODE_DEFAULTS = { cluster: "", urlRewrite: null, attrName: null, timeout: 30, required: true, batch: 0, retries: 1, retryOn: [], default: null };
 
 /** "502, 503" -> [502, 503]; what is not a number is kept as text, for the admin to refuse. */
 function readStatuses(input) {
@@ -141,6 +145,7 @@ function nodeEditor(initial, clusterNames) {
       const batch = bind(h("input", { type: "number", step: "1", class: "narrow", value: n.batch ?? 0, "aria-label": `${label} batch`, dataset: { field: `nodes[${i}].batch` } }), "batch", readNumber);
       const retries = bind(h("input", { type: "number", step: "1", class: "narrow", value: n.retries ?? 1, "aria-label": `${label} retries`, dataset: { field: `nodes[${i}].retries` } }), "retries", readNumber);
       const retryOn = bind(h("input", { type: "text", class: "narrow", value: (n.retryOn || []).join(", "), placeholder: "502, 503", "aria-label": `${label} statuses retried`, dataset: { field: `nodes[${i}].retryOn` }, spellcheck: "false" }), "retryOn", readStatuses);
+      const fallback = h("input", { type: "text", value: n.default === null || n.default === undefined ? "" : JSON.stringify(n.default), placeholder: "null", "aria-label": `${label} default (JSON) when it fails`, dataset: { field: `nodes[${i}].default` }, spellcheck: "false" });
       const move = (delta) => {
         const j = i + delta;
         [nodes[i], nodes[j]] = [nodes[j], nodes[i]];
@@ -159,6 +164,7 @@ function nodeEditor(initial, clusterNames) {
         cell(batch),
         cell(retries),
         cell(retryOn),
+        cell(fallback),
         h(
           "td",
           { class: "row-buttons" },
@@ -221,7 +227,7 @@ function nodeEditor(initial, clusterNames) {
     "fieldset",
     { class: "section section-on nodes-editor", dataset: { field: "nodes", errorScope: "" }, "aria-describedby": errId },
     h("legend", null, "Dispatch nodes"),
-    h("p", { class: "help" }, "One node proxies to a cluster. Several nodes make an aggregation: their JSON answers are merged under each node's attribute name. Nodes of the same batch run concurrently; lower batches run first. A failed optional node becomes null."),
+    h("p", { class: "help" }, "One node proxies to a cluster. Several nodes make an aggregation: their JSON answers are merged under each node's attribute name. Nodes of the same batch run concurrently; lower batches run first. A failed optional node becomes its default (null when it has none)."),
     h("p", { class: "field-error", id: errId, hidden: true }),
     h(
       "div",
@@ -244,6 +250,7 @@ function nodeEditor(initial, clusterNames) {
             h("th", { scope: "col" }, "Batch"),
             h("th", { scope: "col" }, "Retries"),
             h("th", { scope: "col", title: "statuses that send the request to another server" }, "Retry on"),
+            h("th", { scope: "col", title: "JSON an optional node gives when it fails (instead of null)" }, "Default"),
             h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Row actions")),
           ),
         ),
@@ -283,6 +290,12 @@ function nodeEditor(initial, clusterNames) {
       assign(out, "batch", readNumber(q("batch")));
       assign(out, "retries", readNumber(q("retries")));
       out.retryOn = readStatuses(q("retryOn"));
+      const fallback = q("default").value.trim();
+      try {
+        out.default = fallback ? JSON.parse(fallback) : null;
+      } catch (e) {
+        throw new LocalError(`nodes[${i}].default`, `invalid JSON: ${e.message}`);
+      }
       return out;
     });
   return { el, collect };
@@ -381,11 +394,17 @@ export function renderApiForm(outlet, params) {
       const access = optionalSection({ title: "IP access", field: "ipAccess", enabled: !!item?.ipAccess, children: [allow.el, deny.el] });
       const breaker = breakerSection("circuitBreaker", item?.circuitBreaker, "this API");
       const filters = filterEditor(item?.filters);
+      const cors = corsSection(item?.cors);
+      const transform = transformSection(item?.transform);
+      const mock = mockSection(item?.response, (on) => (nodes.el.hidden = on));
+      nodes.el.hidden = mock.enabled;
 
       const fields = [
         section("Route", null, name.el, pattern.el, method.el, host.el, maxQPS.el),
         nodes.el,
+        mock.el,
         h("details", { class: "more", open: !!(item?.rateLimit || item?.ipAccess || item?.circuitBreaker || (item?.filters || []).length) }, h("summary", null, "Protection and filters"), rate.el, access.el, breaker.el, filters.el),
+        h("details", { class: "more", open: !!(item?.cors || item?.transform) }, h("summary", null, "CORS and header transformation"), cors.el, transform.el),
       ];
       const collect = () => {
         const out = clone(item);
@@ -394,7 +413,8 @@ export function renderApiForm(outlet, params) {
         out.method = method.input.value;
         out.host = readText(host.input) ?? null;
         assign(out, "maxQPS", readNumber(maxQPS.input));
-        out.nodes = nodes.collect();
+        out.nodes = mock.enabled ? [] : nodes.collect();
+        out.response = mock.collect();
         if (rate.enabled) {
           const v = clone(item?.rateLimit);
           assign(v, "rate", readNumber(rf.rate.input));
@@ -416,6 +436,8 @@ export function renderApiForm(outlet, params) {
         out.ipAccess = access.enabled ? { ...clone(item?.ipAccess), allow: readList(allow.input), deny: readList(deny.input) } : null;
         out.circuitBreaker = breaker.collect(item?.circuitBreaker);
         out.filters = filters.collect();
+        out.cors = cors.collect();
+        out.transform = transform.collect();
         return out;
       };
       return { fields, collect };
