@@ -74,9 +74,12 @@ def checkPublicKey(algorithm: str, pem: str) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+    text = pem.strip()
+    if not (text.startswith("-----BEGIN PUBLIC KEY-----") and text.endswith("-----")):
+        raise ValueError("is not a PEM public key (-----BEGIN PUBLIC KEY----- ... -----END ...)")
     try:
-        key = load_pem_public_key(pem.encode("utf-8"))
-    except (ValueError, TypeError) as e:
+        key = load_pem_public_key(text.encode("ascii"))
+    except (ValueError, TypeError, UnicodeEncodeError) as e:
         raise ValueError(f"is not a PEM public key ({e})")
     if algorithm == "RS256":
         if not isinstance(key, rsa.RSAPublicKey) or key.key_size < 2048:
@@ -516,17 +519,20 @@ class ACL:
 
 
 def consumerConflicts(
-    consumers: Mapping[str, Consumer],
+    consumers: Mapping[str, Consumer], last: Optional[str] = None
 ) -> List[Tuple[str, str, str]]:
     """
+    @param last: the consumer to look at last (the one being written), so
+        that a conflict is reported on it.
     @return: C{(name, field, message)} for each credential that another
         consumer's claims as well: the same API key, the same user name,
         or the same JWT issuer and id.  Each such pair is reported once,
-        on the consumer whose name sorts last.
+        on the consumer looked at last (C{last}, else the one whose name
+        sorts last).
     """
     seen: Dict[Tuple[str, Any], Tuple[str, str]] = {}
     conflicts: List[Tuple[str, str, str]] = []
-    for name in sorted(consumers):
+    for name in sorted(consumers, key=lambda n: (n == last, n)):
         for i, credential in enumerate(consumers[name].credentials):
             if credential.type == "key":
                 key: Any = ("key", credential.keyHash)
