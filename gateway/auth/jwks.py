@@ -68,7 +68,7 @@ def parseJWKS(document: bytes) -> List[JWK]:
     @raise ValueError: when it is not a JWKS at all.
     """
     from jwt import PyJWK
-    from jwt.exceptions import PyJWKError
+    from jwt.exceptions import PyJWTError
 
     data = json.loads(document.decode("utf-8"))
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
@@ -81,7 +81,7 @@ def parseJWKS(document: bytes) -> List[JWK]:
             continue
         try:
             jwk = PyJWK(item)
-        except (PyJWKError, ValueError, TypeError, KeyError) as e:
+        except (PyJWTError, ValueError, TypeError, KeyError) as e:
             log.warn("skipping a JWKS key: {error}", error=str(e))
             continue
         algorithm = jwk.algorithm_name
@@ -161,7 +161,11 @@ class JWKSCache:
         now = self._reactor.seconds()
         found = self._find(kid)
         if found is not None:
-            if self._fetchedAt is not None and now - self._fetchedAt >= REFRESH_INTERVAL:
+            if (
+                self._fetchedAt is not None
+                and now - self._fetchedAt >= REFRESH_INTERVAL
+                and (self._lastAttempt is None or now - self._lastAttempt >= MIN_REFRESH)
+            ):
                 self._refresh(now)
             return found
         if self._lastAttempt is not None and now - self._lastAttempt < MIN_REFRESH:
