@@ -1307,6 +1307,7 @@ class CLIIntegrationTests:
         assert {kind: sorted(items) for kind, items in state.items()} == {
             "servers": ["s1", "s2", "s3"],
             "clusters": ["c1", "c2"],
+            "consumers": [],
             "apis": [],
             "routings": [],
         }

@@ -365,3 +365,89 @@ class AdminTests(SynchronousTestCase):
         code, error = self.call("DELETE", "/consumers/guest")
         self.assertEqual(code, 409)
         self.assertEqual(error["users"], [{"kind": "apis", "name": "a", "field": "auth.anonymous"}])
+
+
+class CLITests(SynchronousTestCase):
+    """
+    The CLI: exports hold no secret and say how to give them again; a
+    plan compares and shows consumers without secrets; a file without
+    secrets keeps the admin's credentials and is refused where there are
+    none to keep.
+    """
+
+    def setUp(self) -> None:
+        stored = json.loads(json.dumps(toJSON(parseResource("consumers", ALICE))))
+        self.public = publicConsumer(stored)
+        self.current = {kind: {} for kind in ("servers", "clusters", "apis", "routings")}
+        self.current["consumers"] = {"alice": self.public}
+
+    def exported(self) -> str:
+        from gateway.cli.export import exportDocument
+
+        return exportDocument(self.current, "http://admin")
+
+    def test_exportNoSecret(self) -> None:
+        """
+        The export holds each credential's type, id and fingerprint, no
+        secret or hash, and a note on giving secrets again.
+        """
+        text = self.exported()
+        holdsNoSecret(self, text)
+        self.assertIn("without their secrets", text)
+        for credential in self.public["credentials"]:
+            self.assertIn(credential["fingerprint"], text)
+
+    def test_roundTrip(self) -> None:
+        """
+        The export applied to the admin it came from changes nothing.
+        """
+        import yaml
+
+        from gateway.cli.plan import computePlan
+        from gateway.cli.resources import parseResourceFile
+
+        resourceFile = parseResourceFile(yaml.safe_load(self.exported()), "export")
+        plan = computePlan(self.current, resourceFile.resources)
+        self.assertEqual((plan.steps, plan.unchanged), ((), 1))
+
+    def test_planShowsNoSecret(self) -> None:
+        """
+        A file that gives a key anew (the same key) is no change; a new key
+        is an update whose diff shows fingerprints, not the key, while what
+        is sent holds its digest.
+        """
+        from gateway.cli.plan import computePlan, renderPlan
+        from gateway.cli.resources import parseResourceFile
+
+        same = dict(ALICE, credentials=[ALICE["credentials"][0]] + self.public["credentials"][1:])
+        plan = computePlan(self.current, parseResourceFile({"consumers": [same]}, "f").resources)
+        self.assertEqual(plan.steps, ())
+        newKey = "a-brand-new-key-0123456789"
+        changed = dict(same, credentials=[{"type": "key", "key": newKey}] + same["credentials"][1:])
+        plan = computePlan(self.current, parseResourceFile({"consumers": [changed]}, "f").resources)
+        [step] = plan.steps
+        shown = "\n".join(renderPlan(plan))
+        self.assertNotIn(newKey, shown)
+        self.assertNotIn(keyHash(newKey), shown)
+        self.assertEqual(step.after["credentials"][0]["keyHash"], keyHash(newKey))
+
+    def test_missingSecrets(self) -> None:
+        """
+        Applied to an admin without the consumer, the export is refused
+        before any change, naming each credential and what to add.
+        """
+        import yaml
+
+        from gateway.cli.main import missingSecrets
+        from gateway.cli.resources import parseResourceFile
+
+        resourceFile = parseResourceFile(yaml.safe_load(self.exported()), "export")
+        self.assertEqual(missingSecrets(self.current, resourceFile), [])
+        empty = dict(self.current, consumers={})
+        problems = missingSecrets(empty, resourceFile)
+        self.assertEqual(
+            [p.where for p in problems],
+            [f"consumers[0] (alice).credentials[{i}]" for i in range(4)],
+        )
+        self.assertIn("add its key", problems[0].message)
+        self.assertIn("add its password", problems[1].message)

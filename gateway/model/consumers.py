@@ -274,7 +274,11 @@ def sealCredential(credential: Credential) -> Credential:
     if changes:
         credential = attrs.evolve(credential, **changes)
     material = credential.material
-    fingerprint = secrets.fingerprint(material) if material is not None else None
+    # (A credential kept without its secret keeps the fingerprint given,
+    # as an export shows it; the stored one replaces it when written.)
+    fingerprint = (
+        secrets.fingerprint(material) if material is not None else credential.fingerprint
+    )
     credentialId = credential.id
     if credentialId is None:
         if credential.type == "key":
