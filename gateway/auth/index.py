@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from gateway.http.headers import headerKey
 from gateway.model.consumers import Consumer, Credential, checkPublicKey
 
 #: The headers the backend receives about the consumer.
@@ -29,7 +30,7 @@ class ConsumerEntry:
         receives, encoded once.
     """
 
-    __slots__ = ("name", "customId", "groups", "config", "headers")
+    __slots__ = ("name", "customId", "groups", "config", "headers", "rawHeaders")
 
     def __init__(self, consumer: Consumer) -> None:
         self.name = consumer.name
@@ -42,6 +43,8 @@ class ConsumerEntry:
         if consumer.groups:
             headers.append((CONSUMER_GROUPS, ",".join(consumer.groups).encode("ascii")))
         self.headers = tuple(headers)
+        #: The same, keyed as a L{Headers}' raw dict keys them.
+        self.rawHeaders = tuple((headerKey(name), value) for name, value in headers)
 
     def __repr__(self) -> str:
         return f"<ConsumerEntry {self.name}>"
@@ -76,13 +79,15 @@ class ConsumerIndex:
     The consumers of a snapshot, by everything a request may name them by.
 
     @ivar consumers: the catalog's consumers it was built from, by name.
+    @ivar keys: the consumers by the SHA-256 digest of their API keys
+        (read-only; the hot path of key authentication reads it directly).
     """
 
     def __init__(self, consumers: Mapping[str, Consumer]) -> None:
         self.consumers = consumers
         self._byName: Dict[str, ConsumerEntry] = {}
         self._byCustomId: Dict[str, ConsumerEntry] = {}
-        self._byKey: Dict[bytes, ConsumerEntry] = {}
+        self.keys: Dict[bytes, ConsumerEntry] = {}
         self._byUsername: Dict[str, Tuple[ConsumerEntry, Credential]] = {}
         self._byIssuer: Dict[str, List[JWTKey]] = {}
         self._byKid: Dict[str, List[JWTKey]] = {}
@@ -98,7 +103,7 @@ class ConsumerIndex:
                     continue
                 if credential.type == "key":
                     assert credential.keyHash is not None
-                    self._byKey.setdefault(bytes.fromhex(credential.keyHash), entry)
+                    self.keys.setdefault(bytes.fromhex(credential.keyHash), entry)
                 elif credential.type == "basic":
                     assert credential.username is not None
                     self._byUsername.setdefault(credential.username, (entry, credential))
@@ -130,7 +135,7 @@ class ConsumerIndex:
         @param digest: the SHA-256 of a presented API key
             (L{gateway.model.secrets.keyDigest}).
         """
-        return self._byKey.get(digest)
+        return self.keys.get(digest)
 
     def byUsername(self, username: str) -> Optional[Tuple[ConsumerEntry, Credential]]:
         return self._byUsername.get(username)

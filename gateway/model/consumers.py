@@ -276,9 +276,7 @@ def sealCredential(credential: Credential) -> Credential:
     material = credential.material
     # (A credential kept without its secret keeps the fingerprint given,
     # as an export shows it; the stored one replaces it when written.)
-    fingerprint = (
-        secrets.fingerprint(material) if material is not None else credential.fingerprint
-    )
+    fingerprint = secrets.fingerprint(material) if material is not None else credential.fingerprint
     credentialId = credential.id
     if credentialId is None:
         if credential.type == "key":
