@@ -931,6 +931,39 @@ class BrowserTests:
         )
         browser.screenshot("consumers")
 
+    def test_apiAuthSettings(self, browser: Browser) -> None:
+        """
+        An API's authentication and ACL are set through the API form (the
+        methods in order, the JWT settings, the groups) and stored as
+        entered; an ACL without authentication is refused, the error shown
+        on the form.
+        """
+        page, gateway = browser.page, browser.gateway
+        gateway.admin("PUT", "/api/v1/servers/a1", {"addr": browser.backends["ok"].addr})
+        gateway.admin("PUT", "/api/v1/clusters/auth-ui", {"servers": ["a1"]})
+        browser.login()
+        browser.go("/apis/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("guarded-ui")
+        page.get_by_label("URL pattern").fill("/ui/guarded")
+        page.get_by_label("Node 1 cluster").select_option("auth-ui")
+        page.get_by_text("Authentication and ACL").click()
+        page.get_by_text("Enable acl").click()
+        page.get_by_label("Allow groups").fill("gold")
+        browser.submit("Create API")
+        page.get_by_text("an ACL decides by the consumer's groups").first.wait_for()
+        page.get_by_text("Enable authentication").click()
+        page.get_by_role("checkbox", name="JWT (Bearer)").check()
+        assert page.get_by_label("Order").input_value() == "key, jwt"
+        page.get_by_label("Audiences").fill("orders")
+        browser.screenshot("api-auth")
+        browser.submit("Create API")
+        page.get_by_role("heading", name="APIs", level=1).wait_for()
+        api = gateway.admin("GET", "/api/v1/apis/guarded-ui")
+        assert api["auth"]["methods"] == ["key", "jwt"]
+        assert api["auth"]["jwt"]["audiences"] == ["orders"]
+        assert api["acl"] == {"allow": ["gold"], "deny": []}
+        assert gateway.proxy("/ui/guarded").status == 401
+
 
 # Runs git: an integration test.
 @pytest.mark.integration
