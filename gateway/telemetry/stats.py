@@ -60,7 +60,7 @@ ERROR_KINDS: Tuple[str, ...] = ("4xx", "5xx", "timeout", "refused", "broken", "u
 
 
 #: Reject reasons, in the order they are shown.
-REJECT_REASONS: Tuple[str, ...] = ("rateLimit", "breaker", "access", "other")
+REJECT_REASONS: Tuple[str, ...] = ("rateLimit", "breaker", "access", "auth", "other")
 
 
 _FAILURES = {
@@ -76,6 +76,8 @@ _REJECTS = {
     "reject:server-limit": "rateLimit",
     "reject:circuit-breaker": "breaker",
     "reject:ip-access": "access",
+    "reject:acl": "access",
+    "reject:auth": "auth",
 }
 
 
