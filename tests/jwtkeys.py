@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 HS_SECRET = "hs256-secret-of-the-tests-0123456789abcdef"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rsaKey(which: int = 0) -> rsa.RSAPrivateKey:
     """
     @return: an RSA private key (2048 bits); C{which} tells several apart.
@@ -26,12 +26,12 @@ def rsaKey(which: int = 0) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ecKey() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def edKey() -> ed25519.Ed25519PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
 
