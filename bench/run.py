@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import grp
 import http.client
 import json
@@ -87,6 +88,10 @@ TARGET_AGGREGATION_OVERHEAD_MS = 1.0
 TARGET_PEAK_RSS_MB = 80.0
 TARGET_ROUTING_COST = 0.10
 TARGET_REBUILD_MS = 200.0
+#: Authentication's CPU per request over plain proxying, on CPython: API
+#: keys, and JWTs (verified tokens cached).
+TARGET_AUTH_KEY_OVERHEAD = 0.05
+TARGET_AUTH_JWT_OVERHEAD = 0.15
 
 
 class BenchError(Exception):
@@ -832,6 +837,80 @@ def gatewayConfig(
 CORS_ORIGIN = "https://app.bench.example.org"
 
 
+#: The consumer of the authentication rows, its key and its JWT secret.
+BENCH_KEY = "bench-key-0123456789abcdefghij"
+BENCH_SECRET = "bench-hs256-secret-0123456789abcdefghij"
+
+
+@functools.cache
+def _benchRSA() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def authConsumer() -> Dict[str, Any]:
+    """
+    @return: the consumer of the authentication rows: an API key, an HS256
+        secret and an RS256 public key.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    pem = (
+        _benchRSA()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
+    return {
+        "name": "bench",
+        "customId": "bench-1",
+        "groups": ["bench"],
+        "credentials": [
+            {"type": "key", "key": BENCH_KEY},
+            {"type": "jwt", "issuer": "bench-hs", "algorithm": "HS256", "secret": BENCH_SECRET},
+            {"type": "jwt", "issuer": "bench-rs", "algorithm": "RS256", "publicKey": pem},
+        ],
+    }
+
+
+def authSetups() -> List[Tuple[str, str, Dict[str, Any], List[str]]]:
+    """
+    @return: C{(key, what, api, headers)} of each authentication row: the
+        API, and the header lines every request sends.
+    """
+    import jwt
+
+    exp = int(time.time()) + 86400
+    hs = jwt.encode({"iss": "bench-hs", "sub": "bench", "exp": exp}, BENCH_SECRET, "HS256")
+    rs = jwt.encode({"iss": "bench-rs", "sub": "bench", "exp": exp}, _benchRSA(), "RS256")
+
+    def api(path: str, methods: List[str]) -> Dict[str, Any]:
+        return {
+            "name": path.strip("/"),
+            "method": "GET",
+            "urlPattern": path,
+            "nodes": [{"cluster": "plain"}],
+            "auth": {"methods": methods},
+        }
+
+    return [
+        ("key", "gateway, key auth", api("/auth-key", ["key"]), [f"apikey: {BENCH_KEY}"]),
+        (
+            "hs256",
+            "gateway, JWT auth (HS256)",
+            api("/auth-hs256", ["jwt"]),
+            [f"Authorization: Bearer {hs}"],
+        ),
+        (
+            "rs256",
+            "gateway, JWT auth (RS256)",
+            api("/auth-rs256", ["jwt"]),
+            [f"Authorization: Bearer {rs}"],
+        ),
+    ]
+
+
 def startGateway(
     children: Children,
     name: str,
@@ -1061,6 +1140,21 @@ def computeTargets(report: Report) -> List[Dict[str, Any]]:
         if peak
         else "",
     )
+    for key, limit in (
+        ("key", TARGET_AUTH_KEY_OVERHEAD),
+        ("hs256", TARGET_AUTH_JWT_OVERHEAD),
+        ("rs256", TARGET_AUTH_JWT_OVERHEAD),
+    ):
+        row = report.find(f"auth-{key}-cpython")
+        overhead = row.get("overhead") if row else None
+        add(
+            f"{row['what'] if row else key + ' auth'}: CPU/request over plain proxying, CPython",
+            overhead,
+            "%",
+            f"<= +{limit:.0%}",
+            None if overhead is None else overhead <= limit,
+            (row.get("notes") or [""])[0] if row else "",
+        )
     apis = report.extras.get("apis") or {}
     many = f"{report.settings.get('manyApis', 10_000):,} APIs"
     cost = apis.get("routingCost")
@@ -1443,6 +1537,9 @@ class Bench:
                     "/",
                 )
         if not wanted("gateway"):
+            for name, interpreter in self.interpreters.items():
+                if wanted("auth"):
+                    self.authRows(name, interpreter)
             return
         for name, interpreter in self.interpreters.items():
             counts: List[Optional[int]] = [1]
@@ -1450,6 +1547,9 @@ class Bench:
                 counts.append(self.manyWorkers)
             for workers in counts:
                 self.gatewayRows(name, interpreter, workers)
+        for name, interpreter in self.interpreters.items():
+            if wanted("auth"):
+                self.authRows(name, interpreter)
             if len(counts) == 1:
                 for setup in ("plain", "protected", "aggregate", "cors", "transform"):
                     report.row(
@@ -1521,6 +1621,80 @@ class Bench:
             if workers > 1:
                 for row in rows:
                     row.setdefault("notes", []).append(f"{len(treePIDs(child.pid))} processes")
+        except (BenchError, OSError) as e:
+            for row in rows:
+                row.setdefault("error", str(e))
+            self.log(f"  failed: {e}")
+        finally:
+            if child is not None:
+                self.children.stop(child)
+
+    def authRows(self, name: str, interpreter: Interpreter) -> None:
+        """
+        Authentication's CPU per request against plain proxying, in one
+        gateway (one worker): C{/plain}, then each of C{/auth-key} (an API
+        key in a header), C{/auth-hs256} and C{/auth-rs256} (a bearer
+        token, the same for every request: verified once, then cached)
+        measured in turn with C{/plain}, run for run (L{pairedTurns}), the
+        same credential header sent to both (so the bytes on the wire are
+        alike).  Each row's overhead is the median of the pair ratios.
+        """
+        setups = authSetups()
+        rows = [self.report.row(f"auth-{key}-{name}", what, name, 1) for key, what, _, _ in setups]
+        config = gatewayConfig(
+            freePort(),
+            self.backendPort,
+            workers=1,
+            where=self.workersWhere,
+            extraApis=tuple(api for _, _, api, _ in setups),
+        )
+        config["consumers"] = [authConsumer()]
+        child = None
+        try:
+            child, port = startGateway(self.children, f"auth-{name}", interpreter, config)
+            plainURL = f"http://{HOST}:{port}/plain"
+            least, most = self.warmupFor(name)
+            for row, (_, what, api, headers) in zip(rows, setups):
+                url = f"http://{HOST}:{port}{api['urlPattern']}"
+                status, _ = get(
+                    port, api["urlPattern"], headers=dict(h.split(": ", 1) for h in headers)
+                )
+                if status != 200:
+                    raise BenchError(f"{api['urlPattern']} answered {status}")
+                self.log(f"{what} ({name}) and /plain, in turn")
+                warmUp(self.wrk, url, least, most, headers)
+                warmUp(self.wrk, plainURL, least, most, headers)
+                targets = ((plainURL, headers), (url, headers))
+                figures: Dict[int, List[Dict[str, Any]]] = {0: [], 1: []}
+                # At least four turns: a ratio of a few per cent needs more
+                # than one pair on a shared machine.
+                for order in pairedTurns(max(3, self.options.runs)):
+                    for i in order:
+                        target, sent = targets[i]
+                        figures[i].append(measure(self.wrk, target, child.pid, 1, 0, headers=sent))
+                plain = [f["cpuUsPerReq"] for f in figures[0]]
+                auth = [f["cpuUsPerReq"] for f in figures[1]]
+                if None in plain or None in auth:
+                    raise BenchError("a run completed no request")
+                ratios = [a / p - 1 for a, p in zip(auth, plain)]
+                row.update(
+                    {
+                        "reqPerSec": median([f["reqPerSec"] for f in figures[1]]),
+                        "p50Ms": median([f["p50Ms"] for f in figures[1]]),
+                        "p99Ms": median([f["p99Ms"] for f in figures[1]]),
+                        "cpuUsPerReq": median(auth),
+                        "plainCpuUsPerReq": median(plain),
+                        "overhead": statistics.median(ratios),
+                        "overheads": ratios,
+                        "non2xx": sum(f["non2xx"] for f in figures[1]),
+                        "socketErrors": sum(f["socketErrors"] for f in figures[1]),
+                        "notes": [
+                            f"{statistics.median(ratios) * 100:+.1f} % CPU/request vs /plain "
+                            f"({median(plain):.1f} µs), measured in turn"
+                        ],
+                    }
+                )
+                self.log(f"  {row['notes'][0]}")
         except (BenchError, OSError) as e:
             for row in rows:
                 row.setdefault("error", str(e))
@@ -1977,7 +2151,9 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--pypy-missing", default="", help="why there is no PyPy (for the report)")
     parser.add_argument("--workers", type=int, default=0, help="N of the N-worker rows (nproc)")
     parser.add_argument(
-        "--only", default="", help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway"
+        "--only",
+        default="",
+        help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth",
     )
     parser.add_argument("--skip-extras", action="store_true", help="no large body, no 10k APIs")
     parser.add_argument("--large-bytes", type=int, default=GIB, help="bytes streamed (1 GiB)")

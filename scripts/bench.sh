@@ -43,7 +43,7 @@ ensurePypyVenv() {
     [ "$(cat .venv-pypy/.installed 2>/dev/null)" = "$hash" ] && return 0
     echo "Installing the project into .venv-pypy"
     if ! .venv-pypy/bin/python -m pip install --quiet --disable-pip-version-check \
-        --only-binary=cryptography,cffi --config-settings editable_mode=compat -e .; then
+        --only-binary=cryptography,cffi,bcrypt --config-settings editable_mode=compat -e .; then
         pypyMissing="installing the project into .venv-pypy failed"
         return 1
     fi

@@ -23,10 +23,10 @@ fi
 hash=$(cat setup.cfg pyproject.toml scripts/venv.sh scripts/test-pypy.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv-pypy/.installed-test 2>/dev/null)" != "$hash" ]; then
     echo "Installing the project into .venv-pypy (.[test])"
-    # cryptography and cffi as binary wheels: no Rust toolchain here.  compat:
+    # cryptography, cffi and bcrypt as binary wheels: no Rust toolchain here.  compat:
     # see ensureVenv in scripts/venv.sh (twistd must find twisted/plugins).
     .venv-pypy/bin/python -m pip install --quiet --disable-pip-version-check \
-        --only-binary=cryptography,cffi --config-settings editable_mode=compat -e '.[test]'
+        --only-binary=cryptography,cffi,bcrypt --config-settings editable_mode=compat -e '.[test]'
     echo "$hash" >.venv-pypy/.installed-test
 fi
 exec .venv-pypy/bin/pytest "$@"

@@ -178,7 +178,8 @@ class ValidateTests(SynchronousTestCase):
         code, out, err = self.validate(BASE)
         self.assertEqual((code, err), (0, ""))
         self.assertRegex(
-            out, r"resources\.yaml: OK \(3 servers, 2 clusters, 2 apis, 2 routings\)\n$"
+            out,
+            r"resources\.yaml: OK \(3 servers, 2 clusters, 0 consumers, 2 apis, 2 routings\)\n$",
         )
 
     def test_gatewayConfigFile(self) -> None:
@@ -189,7 +190,9 @@ class ValidateTests(SynchronousTestCase):
         """
         code, out, err = runInProcess(["validate", str(REPO / "demo" / "gateway.yaml")])
         self.assertEqual(code, 0, err)
-        self.assertIn("gateway.yaml: OK (3 servers, 3 clusters, 3 apis, 1 routings)", out)
+        self.assertIn(
+            "gateway.yaml: OK (3 servers, 3 clusters, 0 consumers, 3 apis, 1 routings)", out
+        )
         self.assertIn("ignoring proxy, admin, store", err)
 
     def test_stdinAndJSON(self) -> None:
@@ -198,7 +201,9 @@ class ValidateTests(SynchronousTestCase):
         """
         code, out, err = runInProcess(["validate", "-"], stdin=json.dumps(BASE))
         self.assertEqual(code, 0, err)
-        self.assertEqual(out, "<stdin>: OK (3 servers, 2 clusters, 2 apis, 2 routings)\n")
+        self.assertEqual(
+            out, "<stdin>: OK (3 servers, 2 clusters, 0 consumers, 2 apis, 2 routings)\n"
+        )
 
     def test_invalidResources(self) -> None:
         """
@@ -347,8 +352,8 @@ class ValidateTests(SynchronousTestCase):
         self.assertErrors(
             {"srevers": [], "servers": []},
             [
-                "srevers: is not a known key; known keys: servers, clusters, apis, routings"
-                " (proxy, admin, store are ignored)"
+                "srevers: is not a known key; known keys: servers, clusters, consumers, apis,"
+                " routings (proxy, admin, store are ignored)"
             ],
         )
         self.assertErrors({"servers": {"s1": {}}}, ["servers: must be a list of resources"])
@@ -357,7 +362,8 @@ class ValidateTests(SynchronousTestCase):
             "- a\n- b\n", ["must be a mapping with servers:, clusters:, apis:, routings:"]
         )
         self.assertErrors(
-            {"store": "memory:"}, ["has none of the lists servers, clusters, apis, routings"]
+            {"store": "memory:"},
+            ["has none of the lists servers, clusters, consumers, apis, routings"],
         )
 
     def test_emptyLists(self) -> None:
@@ -366,7 +372,7 @@ class ValidateTests(SynchronousTestCase):
         """
         code, out, err = self.validate("servers: []\nclusters:\n")
         self.assertEqual(code, 0, err)
-        self.assertIn("OK (0 servers, 0 clusters, 0 apis, 0 routings)", out)
+        self.assertIn("OK (0 servers, 0 clusters, 0 consumers, 0 apis, 0 routings)", out)
 
     def test_badYAML(self) -> None:
         """
@@ -800,7 +806,8 @@ class ExportTests(SynchronousTestCase):
         empty = yaml.safe_load(exportDocument({kind: {} for kind in KINDS}))
         self.assertEqual(empty, {kind: [] for kind in KINDS})
         self.assertEqual(
-            parseResourceFile(empty, "export").counts(), "0 servers, 0 clusters, 0 apis, 0 routings"
+            parseResourceFile(empty, "export").counts(),
+            "0 servers, 0 clusters, 0 consumers, 0 apis, 0 routings",
         )
 
 
@@ -896,10 +903,11 @@ class AdminClientTests(SynchronousTestCase):
 
     def test_state(self) -> None:
         """
-        L{AdminClient.state} reads the four collections, keyed by name.
+        L{AdminClient.state} reads the five collections, keyed by name.
         """
         client, urlopen = self.client(
             FakeAnswer(200, b'[{"name": "s1", "addr": "h:1"}]'),
+            FakeAnswer(200, b"[]"),
             FakeAnswer(200, b"[]"),
             FakeAnswer(200, b"[]"),
             FakeAnswer(200, b"[]"),
@@ -909,6 +917,7 @@ class AdminClientTests(SynchronousTestCase):
             {
                 "servers": {"s1": {"name": "s1", "addr": "h:1"}},
                 "clusters": {},
+                "consumers": {},
                 "apis": {},
                 "routings": {},
             },
@@ -1065,7 +1074,7 @@ class AdminClientTests(SynchronousTestCase):
             }
         ).encode()
         empty = FakeAnswer(200, b"[]")
-        urlopen = FakeURLOpen(empty, empty, empty, empty, httpError(400, body))
+        urlopen = FakeURLOpen(empty, empty, empty, empty, empty, httpError(400, body))
         import gateway.cli.main as main
 
         self.patch(
@@ -1305,6 +1314,7 @@ class CLIIntegrationTests:
         assert {kind: sorted(items) for kind, items in state.items()} == {
             "servers": ["s1", "s2", "s3"],
             "clusters": ["c1", "c2"],
+            "consumers": [],
             "apis": [],
             "routings": [],
         }

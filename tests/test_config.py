@@ -122,7 +122,8 @@ class LoadConfigTests(SynchronousTestCase):
         )
         self.assertEqual(config.store, DEFAULT_STORE)
         self.assertEqual(
-            dict(config.seed), {"servers": (), "clusters": (), "apis": (), "routings": ()}
+            dict(config.seed),
+            {"servers": (), "clusters": (), "consumers": (), "apis": (), "routings": ()},
         )
 
     def test_proxyDefaults(self) -> None:

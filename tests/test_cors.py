@@ -383,7 +383,9 @@ class PreflightTests(SynchronousTestCase):
         )
         stats = gateway.stats.apis["x"]
         self.assertEqual(stats.requests, 4)
-        self.assertEqual(stats.rejects, {"rateLimit": 1, "breaker": 0, "access": 1, "other": 0})
+        self.assertEqual(
+            stats.rejects, {"rateLimit": 1, "breaker": 0, "access": 1, "auth": 0, "other": 0}
+        )
         self.assertEqual(sum(stats.errors.values()), 0)
 
 

@@ -310,7 +310,7 @@ async def test_scrape_after_sequence(harness):
     servers = {"b1", "b2", "dead"}
     fixed = {
         "kind": {"4xx", "5xx", "timeout", "refused", "broken", "unavailable"},
-        "reason": {"rateLimit", "breaker", "access", "other"},
+        "reason": {"rateLimit", "breaker", "access", "auth", "other"},
         "state": {"closed", "open", "half-open"},
         "version": {gateway.__version__},
     }

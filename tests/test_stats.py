@@ -114,6 +114,8 @@ class ClassifyTests(SynchronousTestCase):
             (429, "reject:server-limit"): (None, "rateLimit"),
             (503, "reject:circuit-breaker"): (None, "breaker"),
             (403, "reject:ip-access"): (None, "access"),
+            (401, "reject:auth"): (None, "auth"),
+            (403, "reject:acl"): (None, "access"),
             (451, "reject:my-plugin"): (None, "other"),
             (500, "something-new"): ("5xx", None),
         }

@@ -166,6 +166,7 @@ class FileStoreTests(SynchronousTestCase):
                 "resources": {
                     "servers": {"s1": {"name": "s1", "b": 1, "a": 2}},
                     "clusters": {},
+                    "consumers": {},
                     "apis": {},
                     "routings": {},
                 },

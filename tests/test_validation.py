@@ -16,6 +16,7 @@ import json
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import attrs
+from jwtkeys import HS_SECRET, publicPEM, rsaKey
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -54,6 +55,10 @@ BASE = "http://admin.example/api/v1"
 
 #: One resource of each kind with every string field set (nested objects
 #: and lists included), valid.
+#: A bcrypt hash, and a PEM public key, for the consumer example.
+_BOB_HASH = "$2b$10$bA2ec4Nsep.Sz8nsCP2WquVz27qITdIOUEXHNZRTZEPhfg5eqEp3W"
+_RSA_PEM = publicPEM(rsaKey())
+
 FULL: Dict[str, Dict[str, Any]] = {
     "servers": {
         "name": "s1",
@@ -63,6 +68,24 @@ FULL: Dict[str, Dict[str, Any]] = {
         "passiveHealth": {},
     },
     "clusters": {"name": "c1", "servers": ["s1"], "loadBalance": "random"},
+    "consumers": {
+        "name": "u1",
+        "customId": "customer-1",
+        "groups": ["gold"],
+        "credentials": [
+            {
+                "type": "key",
+                "id": "k1",
+                "key": "key-of-sixteen-chars",
+                "fingerprint": "0123456789ab",
+            },
+            {"type": "key", "keyHash": "ab" * 32},
+            {"type": "basic", "username": "alice", "password": "secret"},
+            {"type": "basic", "username": "bob", "passwordHash": _BOB_HASH},
+            {"type": "jwt", "issuer": "iss-1", "algorithm": "HS256", "secret": HS_SECRET},
+            {"type": "jwt", "issuer": "iss-2", "algorithm": "RS256", "publicKey": _RSA_PEM},
+        ],
+    },
     "apis": {
         "name": "a1",
         "urlPattern": "/users/{id}",
@@ -90,6 +113,18 @@ FULL: Dict[str, Dict[str, Any]] = {
             },
             "response": {"set": {"X-Served": "gw"}, "remove": ["Server"]},
         },
+        "auth": {
+            "methods": ["key", "jwt"],
+            "keyNames": ["header:apikey"],
+            "anonymous": "u1",
+            "jwt": {
+                "jwksUrl": "https://id.example.com/jwks.json",
+                "issuer": "https://id.example.com/",
+                "audiences": ["api"],
+                "consumerClaim": "sub",
+            },
+        },
+        "acl": {"allow": ["gold"], "deny": ["banned"]},
     },
     "routings": {
         "name": "r1",
@@ -130,6 +165,10 @@ PATHS = {
 
 #: Free text: control characters are allowed (a body may hold a newline).
 FREE_TEXT = {("servers", "healthCheck.body")}
+
+#: Free text whose content a rule checks (a PEM document): control
+#: characters are allowed, but what they make of it is refused by the rule.
+CHECKED_TEXT = {("consumers", "credentials[5].publicKey")}
 
 #: Free-form JSON: strings are checked for valid Unicode only.
 FREE_JSON = {
@@ -301,6 +340,11 @@ class ControlCharacterTests(SynchronousTestCase):
                     changed = replaced(body, path, bad)
                     if (kind, path) in FREE_TEXT | FREE_JSON:
                         parseResource(kind, changed)
+                        continue
+                    if (kind, path) in CHECKED_TEXT:
+                        error = self.assertRaises(ValidationError, parseResource, kind, changed)
+                        self.assertEqual([e.field for e in error.errors], [path])
+                        self.assertTrue(error.semantic)
                         continue
                     error = self.assertRaises(ValidationError, parseResource, kind, changed)
                     self.assertEqual([e.field for e in error.errors], [path], (kind, path, bad))
@@ -856,7 +900,13 @@ class DocumentAgreesTests(SynchronousTestCase):
         return OAS30Validator(schema)
 
     def agree(self, kind: str, body: Dict[str, Any], valid: bool) -> None:
-        name = {"servers": "Server", "clusters": "Cluster", "apis": "API", "routings": "Routing"}
+        name = {
+            "servers": "Server",
+            "clusters": "Cluster",
+            "consumers": "Consumer",
+            "apis": "API",
+            "routings": "Routing",
+        }
         documented = self.validator(name[kind] + "Create").is_valid(body)
         self.assertEqual(documented, valid, body)
         try:
@@ -923,7 +973,7 @@ class DocumentAgreesTests(SynchronousTestCase):
         covered: Set[str] = set()
         for kind, body in examples():
             for path, value in stringLeaves(body):
-                if (kind, path) in FREE_TEXT | FREE_JSON:
+                if (kind, path) in FREE_TEXT | FREE_JSON | CHECKED_TEXT:
                     continue
                 covered.add(f"{kind}:{path}")
                 # Inside the value: Python's jsonschema reads "$" as Python

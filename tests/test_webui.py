@@ -932,6 +932,112 @@ class BrowserTests:
         )
         assert answer.status == 404
 
+    def test_consumerCredentials(self, browser: Browser) -> None:
+        """
+        A consumer is created through its page with a generated API key and
+        a password: each secret is shown once after saving (not on a second
+        visit), the admin holds neither, the key authenticates through the
+        proxy; revoking the key on the edit page makes the proxy refuse it.
+        """
+        page, gateway = browser.page, browser.gateway
+        gateway.admin("PUT", "/api/v1/servers/c1", {"addr": browser.backends["ok"].addr})
+        gateway.admin("PUT", "/api/v1/clusters/consumers-ui", {"servers": ["c1"]})
+        gateway.admin(
+            "PUT",
+            "/api/v1/apis/keyed",
+            {
+                "urlPattern": "/echo/keyed",
+                "nodes": [{"cluster": "consumers-ui"}],
+                "auth": {"methods": ["key", "basic"]},
+            },
+        )
+        browser.login()
+        browser.nav("Consumers")
+        page.get_by_role("link", name="New consumer").first.click()
+        page.get_by_role("textbox", name="Name", exact=True).fill("ui-alice")
+        page.get_by_label("Groups").fill("gold, staff")
+        page.get_by_role("button", name="Generate").first.click()
+        key = page.get_by_label("API key").input_value()
+        assert len(key) == 48
+        page.get_by_role("button", name="Add credential").click()
+        page.get_by_label("Type").select_option("basic")
+        page.get_by_label("User name").fill("ui-alice")
+        page.get_by_label("Password").fill("a password of the UI test")
+        page.get_by_role("button", name="Add credential").click()
+        assert page.locator("tr.credential").count() == 2
+        browser.submit("Create consumer")
+        page.get_by_role("heading", name="Consumer ui-alice saved").wait_for()
+        shown = page.locator(".secret-value").all_inner_texts()
+        assert shown == [key, "a password of the UI test"]
+        browser.screenshot("consumer-secret-once")
+
+        stored = gateway.admin("GET", "/api/v1/consumers/ui-alice")
+        assert stored["groups"] == ["gold", "staff"]
+        assert [c["type"] for c in stored["credentials"]] == ["key", "basic"]
+        assert key not in json.dumps(stored) and "a password" not in json.dumps(stored)
+        sendUntil(gateway, "/echo/keyed", 401, "the API to serve")
+        answer = request("GET", gateway.proxyURL + "/echo/keyed", headers={"apikey": key})
+        assert answer.status == 200
+        assert answer.json()["headers"]["x-consumer-name"] == ["ui-alice"]
+
+        browser.go("/consumers")
+        page.get_by_role("heading", name="Consumers", level=1).wait_for()
+        browser.go("/consumers/ui-alice/created")
+        page.get_by_text("Secrets are shown only once").wait_for()
+        assert page.locator(".secret-value").count() == 0
+
+        browser.go("/consumers/ui-alice/edit")
+        page.locator('tr.credential[data-type="key"]').wait_for()
+        keyId = stored["credentials"][0]["id"]
+        page.get_by_role("button", name=f"Revoke credential {keyId}").click()
+        browser.submit("Save changes")
+        page.get_by_role("heading", name="Consumers", level=1).wait_for()
+        after = gateway.admin("GET", "/api/v1/consumers/ui-alice")
+        assert after["credentials"] == stored["credentials"][1:]
+        waitFor(
+            lambda: (
+                request("GET", gateway.proxyURL + "/echo/keyed", headers={"apikey": key}).status
+                == 401
+            ),
+            10.0,
+            0.1,
+            "the revoked key to be refused",
+        )
+        browser.screenshot("consumers")
+
+    def test_apiAuthSettings(self, browser: Browser) -> None:
+        """
+        An API's authentication and ACL are set through the API form (the
+        methods in order, the JWT settings, the groups) and stored as
+        entered; an ACL without authentication is refused, the error shown
+        on the form.
+        """
+        page, gateway = browser.page, browser.gateway
+        gateway.admin("PUT", "/api/v1/servers/a1", {"addr": browser.backends["ok"].addr})
+        gateway.admin("PUT", "/api/v1/clusters/auth-ui", {"servers": ["a1"]})
+        browser.login()
+        browser.go("/apis/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("guarded-ui")
+        page.get_by_label("URL pattern").fill("/ui/guarded")
+        page.get_by_label("Node 1 cluster").select_option("auth-ui")
+        page.get_by_text("Authentication and ACL").click()
+        page.get_by_text("Enable acl").click()
+        page.get_by_label("Allow groups").fill("gold")
+        browser.submit("Create API")
+        page.get_by_text("an ACL decides by the consumer's groups").first.wait_for()
+        page.get_by_text("Enable authentication").click()
+        page.get_by_role("checkbox", name="JWT (Bearer)").check()
+        assert page.get_by_label("Order").input_value() == "key, jwt"
+        page.get_by_label("Audiences").fill("orders")
+        browser.screenshot("api-auth")
+        browser.submit("Create API")
+        page.get_by_role("heading", name="APIs", level=1).wait_for()
+        api = gateway.admin("GET", "/api/v1/apis/guarded-ui")
+        assert api["auth"]["methods"] == ["key", "jwt"]
+        assert api["auth"]["jwt"]["audiences"] == ["orders"]
+        assert api["acl"] == {"allow": ["gold"], "deny": []}
+        assert gateway.proxy("/ui/guarded").status == 401
+
 
 # Runs git: an integration test.
 @pytest.mark.integration

@@ -45,6 +45,7 @@ from zope.interface import implementer
 
 from gateway.admin.openapi import openAPIDocument
 from gateway.interfaces import IPropagation
+from gateway.model.consumers import consumerConflicts, keepCredentials, publicConsumer
 from gateway.model.resources import Catalog, CatalogParser, parseResource
 from gateway.model.resources import ReferenceError as ModelReferenceError
 from gateway.model.schema import ValidationError, toJSON
@@ -212,6 +213,27 @@ def _jsonEndpoint(
     return decorate
 
 
+def _present(kind: str, value: Any) -> Any:
+    """
+    @return: a stored resource as the admin answers it: a consumer without
+        its credentials' secrets and hashes.
+    """
+    if kind == "consumers" and isinstance(value, dict):
+        return publicConsumer(value)
+    return value
+
+
+def _hasPassword(body: Dict[str, Any]) -> bool:
+    credentials = body.get("credentials")
+    return isinstance(credentials, list) and any(
+        isinstance(c, dict) and c.get("password") is not None for c in credentials
+    )
+
+
+def _inline(f: Callable[..., Any], *args: Any) -> Deferred:
+    return maybeDeferred(f, *args)
+
+
 def _relativeField(field: str, written: str) -> str:
     prefix = written + ":"
     return field[len(prefix) :] if written and field.startswith(prefix) else field
@@ -244,6 +266,7 @@ class AdminAPI:
         parser: Optional[CatalogParser] = None,
         propagation: Optional[Any] = None,
         propagationTimeout: float = 2.0,
+        runInThread: Optional[Callable[..., Deferred]] = None,
     ) -> None:
         """
         @param store: the L{gateway.interfaces.IStore} provider to serve.
@@ -272,7 +295,13 @@ class AdminAPI:
             once committed).
         @param propagationTimeout: how long a write waits for its change to
             serve everywhere, in seconds, before it answers anyway.
+        @param runInThread: C{runInThread(f, *args)} runs C{f} off the
+            reactor thread and returns a Deferred of its result: a
+            consumer whose credentials hold passwords is parsed there
+            (bcrypt takes tens of milliseconds a password).  By default it
+            is run in the reactor thread.
         """
+        self._runInThread = runInThread if runInThread is not None else _inline
         self._reactor = reactor
         self._propagation = propagation if propagation is not None else _Unwatched()
         self._propagationTimeout = propagationTimeout
@@ -487,7 +516,9 @@ class AdminAPI:
             return await self._put(kind, None, self._readBody(request), everywhere)
         state = await self._store.load()
         items = state.resources[kind]
-        return _Answer(200, [items[name] for name in sorted(items)], _revision(state.revision))
+        return _Answer(
+            200, [_present(kind, items[name]) for name in sorted(items)], _revision(state.revision)
+        )
 
     @app.route(PREFIX + "/" + _KIND + "/<name>", methods=["GET", "PUT", "DELETE"])
     @_jsonEndpoint()
@@ -506,7 +537,7 @@ class AdminAPI:
             error = self._notFound(kind, name)
             error.headers.update(_revision(state.revision))
             raise error
-        return _Answer(200, value, _revision(state.revision))
+        return _Answer(200, _present(kind, value), _revision(state.revision))
 
     @app.route(PREFIX + "/proxies", methods=["GET"])
     @_jsonEndpoint()
@@ -606,29 +637,43 @@ class AdminAPI:
         """
         createOnly = name is None
         try:
-            resource = parseResource(kind, body, name)
+            if kind == "consumers" and _hasPassword(body):
+                parsed = await self._runInThread(parseResource, kind, body, name)
+            else:
+                parsed = parseResource(kind, body, name)
         except ValidationError as e:
             raise APIError.invalid(e)
-        name = resource.name
-        value = _normalise(toJSON(resource))
+        name = parsed.name
         location = f"{PREFIX}/{kind}/{name}".encode("ascii")
 
         async def attempt(state: StoreState) -> Tuple[_Answer, List[Change]]:
             existing = state.get(kind, name)
             if existing is not None and createOnly:
                 raise APIError(409, f"{kind[:-1]} {name!r} already exists", "name")
+            resource = parsed
+            if kind == "consumers":
+                stored = self._catalogOf(state).consumers.get(name)
+                try:
+                    resource = keepCredentials(parsed, stored)
+                except ValidationError as e:
+                    raise APIError.invalid(e)
+            value = _normalise(toJSON(resource))
             if existing is not None and _normalise(existing) == value:
-                return _Answer(200, value), []
+                return _Answer(200, _present(kind, value)), []
             catalog = self._catalogOf(state).withResource(kind, name, resource)
             for _, _, fieldName, targetKind, target in (
                 ref for ref in catalog.brokenReferences() if ref[:2] == (kind, name)
             ):
                 raise APIError(409, f"{targetKind[:-1]} {target!r} does not exist", fieldName)
+            if kind == "consumers":
+                for other, fieldName, message in consumerConflicts(catalog.consumers, name):
+                    if other == name:
+                        raise APIError(409, message, fieldName)
             await self._check(catalog, f"{kind}/{name}")
             if existing is None:
-                answer = _Answer(201, value, {b"Location": location})
+                answer = _Answer(201, _present(kind, value), {b"Location": location})
             else:
-                answer = _Answer(200, value)
+                answer = _Answer(200, _present(kind, value))
             return answer, [Change(kind, name, value)]
 
         return await self._commit(attempt, everywhere)

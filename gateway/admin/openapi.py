@@ -4,7 +4,8 @@ C{GET /api/v1/openapi.json}.
 
 The resource schemas are not written here: they are generated from the
 model (L{gateway.model.schema.jsonSchema} of the classes of
-L{gateway.model.resources}: C{Server}, C{Cluster}, C{API}, C{Routing}),
+L{gateway.model.resources}: C{Server}, C{Cluster}, C{Consumer}, C{API},
+C{Routing}),
 the same field specs that parse and validate the admin's input, so the
 document cannot drift from what the API accepts.  What this module adds is
 the shape of the API around them (see L{gateway.admin.api}): the routes,
@@ -41,6 +42,7 @@ PREFIX = "/api/v1"
 KIND_NAMES: Dict[str, Any] = {
     "servers": ("Server", "server", "Servers"),
     "clusters": ("Cluster", "cluster", "Clusters"),
+    "consumers": ("Consumer", "consumer", "Consumers"),
     "apis": ("API", "API", "APIs"),
     "routings": ("Routing", "routing", "Routings"),
 }
@@ -112,6 +114,12 @@ EXAMPLES: Dict[str, Dict[str, Any]] = {
         "circuitBreaker": {"failureRateToOpen": 50, "minRequests": 20, "openTimeout": 30},
     },
     "clusters": {"name": "users", "servers": ["users-1"], "loadBalance": "least-connections"},
+    "consumers": {
+        "name": "mobile-app",
+        "customId": "c-1042",
+        "groups": ["gold"],
+        "credentials": [{"type": "key", "key": "k7Rj2Qw9Lx4Pz8Vn3Ts6Ym1B"}],
+    },
     "apis": {
         "name": "get-user",
         "urlPattern": "/users/{id:int}",
@@ -709,8 +717,10 @@ def _paths() -> Dict[str, Dict[str, Any]]:
 
 
 _DESCRIPTION = """\
-The admin API of the gateway: servers, clusters, APIs and routings, and the
-live state of the proxies.
+The admin API of the gateway: servers, clusters, consumers, APIs and
+routings, and the live state of the proxies.  Consumers' secrets are
+write-only (writeOnly in the schemas): answers show each credential's
+type, id and fingerprint, never a key, password, secret or hash.
 
 Every request under /api/v1 carries the admin token:
 `Authorization: Bearer TOKEN` (401 otherwise).  Bodies are JSON objects

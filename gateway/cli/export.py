@@ -79,6 +79,17 @@ def compactResource(kind: str, value: Mapping[str, Any]) -> Dict[str, Any]:
     return full
 
 
+#: What an export says of consumers' credentials.
+SECRETS_NOTE = """\
+# Consumers' credentials are exported without their secrets (the gateway
+# never gives them back): each shows its type, id and fingerprint.  Applied
+# to the gateway it came from, a credential without its secret keeps the
+# one the gateway has.  To apply this file to another gateway, give each
+# credential its secret again: key: (type key), password: (type basic),
+# secret: or publicKey: (type jwt); or keyHash:/passwordHash: if you have
+# those.  gateway apply refuses a credential it cannot keep, naming it."""
+
+
 class _ExportDumper(yaml.SafeDumper):
     """
     Writes short lists of plain values on one line (C{servers: [a, b]}),
@@ -106,6 +117,8 @@ def exportDocument(state: JSONResources, source: str = "") -> str:
     for kind in KINDS:
         items = state.get(kind, {})
         data = {kind: [compactResource(kind, items[name]) for name in sorted(items)]}
+        if kind == "consumers" and any(c.get("credentials") for c in items.values()):
+            chunks.append(SECRETS_NOTE)
         chunks.append(
             yaml.dump(
                 data,

@@ -27,6 +27,7 @@ import contextlib
 import os
 import sys
 from typing import (
+    List,
     Mapping,
     Optional,
     Sequence,
@@ -40,7 +41,7 @@ from gateway.cli.client import DEFAULT_ADMIN, DEFAULT_TIMEOUT, AdminClient, norm
 from gateway.cli.export import _ExportDumper, exportDocument
 from gateway.cli.plan import _unmanagedNote, applyPlan, computePlan, renderPlan
 from gateway.cli.problems import CLIError, FileError, Problem
-from gateway.cli.resources import JSONResources, ResourceFile, loadResourceFile
+from gateway.cli.resources import JSONResources, ResourceFile, keptCredentials, loadResourceFile
 from gateway.store import KINDS
 
 # Exit statuses: success, invalid input or a failed request, usage error.
@@ -84,6 +85,15 @@ def cmdValidate(args: argparse.Namespace, output: _Output, stdin: Optional[TextI
     resourceFile = loadResourceFile(args.file, stdin)
     _noteIgnored(resourceFile, output)
     errors, warnings = checkResources(resourceFile.resources, resourceFile.label)
+    for name, value in sorted(resourceFile.resources["consumers"].items()):
+        for i, kind, credentialId in keptCredentials(value):
+            warnings.append(
+                Problem(
+                    f"{resourceFile.label('consumers', name)}.credentials[{i}]",
+                    f"has no secret: apply keeps the {kind} credential {credentialId!r} the"
+                    " gateway has (a gateway without it refuses the file)",
+                )
+            )
     _warnAll(resourceFile.source, warnings, output)
     if errors:
         raise FileError(resourceFile.source, errors)
@@ -93,6 +103,31 @@ def cmdValidate(args: argparse.Namespace, output: _Output, stdin: Optional[TextI
 
 def _client(args: argparse.Namespace) -> AdminClient:
     return AdminClient(args.admin, args.token or None, args.timeout)
+
+
+def missingSecrets(current: JSONResources, resourceFile: ResourceFile) -> List[Problem]:
+    """
+    @return: a problem for each credential of the file's consumers that
+        holds no secret and that the admin's consumer does not have (of
+        that id and type) to keep: such a file came from another gateway's
+        export, and needs its secrets again.
+    """
+    problems = []
+    for name, value in sorted(resourceFile.resources["consumers"].items()):
+        have = current["consumers"].get(name) or {}
+        stored = {(c.get("type"), c.get("id")) for c in have.get("credentials") or ()}
+        for i, kind, credentialId in keptCredentials(value):
+            if (kind, credentialId) not in stored:
+                secret = {"key": "key", "basic": "password"}.get(kind, "secret or publicKey")
+                problems.append(
+                    Problem(
+                        f"{resourceFile.label('consumers', name)}.credentials[{i}]",
+                        f"has no {secret}, and the admin's consumer {name!r} has no {kind}"
+                        f" credential {credentialId!r} to keep: add its {secret} to the file"
+                        " (an export holds no secret)",
+                    )
+                )
+    return problems
 
 
 def cmdApply(args: argparse.Namespace, output: _Output, stdin: Optional[TextIO]) -> int:
@@ -108,6 +143,7 @@ def cmdApply(args: argparse.Namespace, output: _Output, stdin: Optional[TextIO])
     else:
         target = {kind: {**current[kind], **resourceFile.resources[kind]} for kind in KINDS}
     errors, warnings = checkResources(target, resourceFile.label)
+    errors.extend(missingSecrets(current, resourceFile))
     _warnAll(resourceFile.source, warnings, output)
     if errors:
         raise CLIError(

@@ -19,7 +19,7 @@ from typing import (
 import attrs
 
 from gateway.cli.problems import AdminError, CLIError
-from gateway.cli.resources import JSONResources, _jsonCopy, jsonEqual, normalise
+from gateway.cli.resources import JSONResources, _jsonCopy, jsonEqual, normalise, shown
 from gateway.model.schema import ValidationError
 from gateway.store import KINDS
 
@@ -33,7 +33,10 @@ class Step:
 
     @ivar action: C{"create"}, C{"update"} or C{"delete"}.
     @ivar before: the admin's JSON (L{None} for a create).
-    @ivar after: the file's JSON (L{None} for a delete).
+    @ivar after: the file's JSON (L{None} for a delete): what is sent.  A
+        consumer's holds what verifies its credentials (a key's digest, a
+        password's bcrypt hash, a JWT secret); plans show and compare it
+        without them (L{shown}).
     """
 
     action: str
@@ -61,8 +64,9 @@ class Step:
         """
         if self.action != "update":
             return []
-        before = json.dumps(self.before, indent=2, ensure_ascii=False).splitlines()
-        after = json.dumps(self.after, indent=2, ensure_ascii=False).splitlines()
+        shownBefore, shownAfter = shown(self.kind, self.before), shown(self.kind, self.after)
+        before = json.dumps(shownBefore, indent=2, ensure_ascii=False).splitlines()
+        after = json.dumps(shownAfter, indent=2, ensure_ascii=False).splitlines()
         return list(
             difflib.unified_diff(
                 before, after, f"{self.ref} (admin)", f"{self.ref} (file)", lineterm=""
@@ -120,7 +124,7 @@ def computePlan(current: JSONResources, desired: JSONResources, prune: bool = Fa
         for name in sorted(want):
             if name not in have:
                 writes.append(Step("create", kind, name, None, want[name]))
-            elif not jsonEqual(have[name], want[name]):
+            elif not jsonEqual(shown(kind, have[name]), shown(kind, want[name])):
                 writes.append(Step("update", kind, name, have[name], want[name]))
             else:
                 unchanged += 1

@@ -22,6 +22,7 @@ import yaml
 
 from gateway.cli.problems import FileError, Problem
 from gateway.model.config import loadYAML
+from gateway.model.consumers import SECRET_FIELDS, publicConsumer
 from gateway.model.resources import parseResource
 from gateway.model.schema import NAME_RE, ValidationError, displayKey, toJSON
 from gateway.store import KINDS
@@ -47,6 +48,29 @@ def normalise(kind: str, value: Any) -> Dict[str, Any]:
     @raise ValidationError: when C{value} is not a valid resource.
     """
     return _jsonCopy(toJSON(parseResource(kind, value)))
+
+
+def shown(kind: str, value: Any) -> Any:
+    """
+    @return: a normalised resource as plans compare and show it: a
+        consumer's credentials without their secrets and hashes (type, id,
+        fingerprint, user name, issuer), as the admin answers them.
+    """
+    if kind == "consumers" and isinstance(value, dict):
+        return publicConsumer(value)
+    return value
+
+
+def keptCredentials(value: Any) -> List[Tuple[int, str, str]]:
+    """
+    @return: C{(index, type, id)} of each credential of a normalised
+        consumer that holds no secret (it keeps the admin's stored one).
+    """
+    out = []
+    for i, credential in enumerate(value.get("credentials") or ()):
+        if not any(credential.get(name) for name in SECRET_FIELDS):
+            out.append((i, credential.get("type", ""), credential.get("id", "")))
+    return out
 
 
 def jsonEqual(a: Any, b: Any) -> bool:

@@ -41,8 +41,15 @@ class FilterRegistry:
     The filter factories this process knows, by name.
     """
 
-    def __init__(self, factories: Mapping[str, Any]) -> None:
+    def __init__(self, factories: Mapping[str, Any], auth: Any = None) -> None:
+        """
+        @param factories: the filter factories, by name.
+        @param auth: the L{gateway.filters.auth.AuthServices} the API's
+            C{auth} filters share (password verifications, JWKS); made
+            when an API first needs it, by default.
+        """
         self._factories = dict(factories)
+        self._auth = auth
 
     @classmethod
     def fromPlugins(cls, package: Any = None) -> FilterRegistry:
@@ -148,6 +155,7 @@ class FilterRegistry:
             settings do, so a snapshot keeps the filter made for a key, and
             its state (a breaker, buckets), while the key stays.
         """
+        from gateway.filters.auth import makeACLFilter, makeAuthFilter
         from gateway.filters.breaker import makeAPIBreakerFilter
         from gateway.filters.cors import makeCORSFilter
         from gateway.filters.ipaccess import makeIPAccessFilter
@@ -169,7 +177,15 @@ class FilterRegistry:
                     lambda: makeCORSFilter(api),
                 )
             )
-        # (Authentication and the ACL go here.)
+        if api.auth is not None:
+            specs.append(
+                (
+                    ("auth", api.name, repr(api.auth)),
+                    lambda: makeAuthFilter(api, lambda: self._authServices(reactor)),
+                )
+            )
+        if api.acl is not None:
+            specs.append((("acl", api.name, repr(api.acl)), lambda: makeACLFilter(api)))
         specs.append(
             (
                 ("circuit-breaker", api.name, repr(api.circuitBreaker)),
@@ -190,3 +206,14 @@ class FilterRegistry:
                 )
             )
         return specs
+
+    def _authServices(self, reactor: Any) -> Any:
+        """
+        @return: the L{gateway.filters.auth.AuthServices} of this process
+            (made on first use).
+        """
+        if self._auth is None:
+            from gateway.filters.auth import AuthServices
+
+            self._auth = AuthServices(reactor)
+        return self._auth

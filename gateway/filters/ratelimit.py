@@ -36,7 +36,7 @@ class _Limit:
     One limit of an API: a bucket, or a bucket per key.
     """
 
-    __slots__ = ("rate", "burst", "key", "_header", "_single", "_keyed")
+    __slots__ = ("rate", "burst", "key", "_header", "_consumer", "_single", "_keyed")
 
     def __init__(
         self,
@@ -57,6 +57,7 @@ class _Limit:
         self.burst = float(burst)
         self.key = key
         self._header: Optional[bytes] = None
+        self._consumer = False
         self._single: Optional[TokenBucket] = None
         self._keyed: Optional[Any] = None
         if key == "none":
@@ -64,8 +65,10 @@ class _Limit:
             return
         if key.startswith("header:"):
             self._header = key[len("header:") :].lower().encode("ascii")
+        elif key == "consumer":
+            self._consumer = True
         elif key != "ip":
-            raise ValueError(f"key must be none, ip or header:NAME, not {key!r}")
+            raise ValueError(f"key must be none, ip, consumer or header:NAME, not {key!r}")
         self._keyed = buckets.keyed(name, rate, burst, clock, maxKeys)
 
     def keyOf(self, context: Any) -> Hashable:
@@ -74,6 +77,11 @@ class _Limit:
         """
         if self._single is not None:
             return None
+        if self._consumer:
+            # (The auth filter runs first; a request it let through has a
+            # consumer, the anonymous one included.)
+            consumer = context.consumer
+            return consumer.name if consumer is not None else ""
         if self._header is None:
             return context.clientIP
         values = context.request.requestHeaders.getRawHeaders(self._header)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 import attrs
 import yaml
 
+from gateway.model.consumers import keepCredentials
 from gateway.model.endpoints import isLoopbackEndpoint
 from gateway.model.limits import DEFAULT_MAX_IDLE, HTTPLimits
 from gateway.model.resources import KINDS, Catalog, FilterSpec, parseResource
@@ -266,6 +267,10 @@ def _parseSeed(data: Mapping[str, Any]) -> Dict[str, Tuple[Any, ...]]:
         for i, item in enumerate(items):
             try:
                 resource = parseResource(kind, item)
+                if kind == "consumers":
+                    # A config file has no stored credential to keep: each
+                    # needs its secret.
+                    keepCredentials(resource, None)
             except ValidationError as e:
                 errors.append(e.within(f"{kind}[{i}]"))
                 continue

@@ -1,5 +1,5 @@
 """
-The gateway's resources: servers, clusters, apis and routings.
+The gateway's resources: servers, clusters, consumers, apis and routings.
 
 Field names are those of the REST contract (DESIGN.md).  Each class is a
 frozen attrs class built from L{gateway.model.schema} fields, so
@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
 import attrs
 
 from gateway.model import patterns
+from gateway.model.consumers import ACL, Auth, Consumer, consumerConflicts
 from gateway.model.cors import CORS
 from gateway.model.headeredits import Transform, transformTemplates
 from gateway.model.mock import MockResponse
@@ -44,8 +45,9 @@ from gateway.model.schema import (
 from gateway.model.schema import List as ListOf
 
 #: The kinds of resource, in the order in which they may refer to each other
-#: (a cluster names servers, an api names clusters, a routing names both).
-KINDS = ("servers", "clusters", "apis", "routings")
+#: (a cluster names servers, an api names clusters and consumers, a routing
+#: names both).
+KINDS = ("servers", "clusters", "consumers", "apis", "routings")
 
 LOAD_BALANCERS = (
     "round-robin",
@@ -266,9 +268,9 @@ class RateLimit:
     rate: float = field(Num(0.001, 10_000_000), doc="requests per second, at least 0.001")
     burst: Optional[int] = field(Nullable(Int(1, 10_000_000)), None, doc="default: rate")
     key: str = field(
-        Str(pattern=r"^(none|ip|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+)$"),
+        Str(pattern=r"^(none|ip|consumer|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+)$"),
         "none",
-        doc="none | ip | header:NAME",
+        doc="none | ip | consumer (the API's auth names it) | header:NAME",
     )
     onLimit: str = field(Enum(("reject", "queue")), "reject", doc="429 at once, or wait")
     maxWait: float = field(Num(0, 60), 1.0, doc="seconds a queued request may wait")
@@ -373,6 +375,14 @@ def _transformParams(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
                 )
 
 
+def _aclNeedsAuth(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["acl"] is not None and values["auth"] is None:
+        yield "acl", "needs auth: an ACL decides by the consumer's groups"
+    rateLimit = values["rateLimit"]
+    if rateLimit is not None and rateLimit.key == "consumer" and values["auth"] is None:
+        yield "rateLimit.key", "consumer needs auth: without it no request has a consumer"
+
+
 def _upperMethod(value: str) -> str:
     return value.upper()
 
@@ -436,6 +446,12 @@ class API:
         None,
         doc="largest request body in bytes (413); null = the proxy's limits.maxBodySize",
     )
+    auth: Optional[Auth] = field(
+        Nullable(Obj(Auth)), None, doc="who may call: API keys, JWTs, basic; null: anyone"
+    )
+    acl: Optional[ACL] = field(
+        Nullable(Obj(ACL)), None, doc="which consumers' groups may call (needs auth)"
+    )
 
     cors: Optional[CORS] = field(Nullable(Obj(CORS)), None)
     transform: Optional[Transform] = field(Nullable(Obj(Transform)), None)
@@ -453,6 +469,11 @@ class API:
             ("urlPattern", "transform"),
             _transformParams,
             doc="A transform's $param.NAME names a parameter of the URL pattern.",
+        ),
+        Rule(
+            ("acl", "auth", "rateLimit"),
+            _aclNeedsAuth,
+            doc="An acl, and a rateLimit keyed by consumer, need auth.",
         ),
     )
 
@@ -575,6 +596,7 @@ class Routing:
 RESOURCE_CLASSES: Dict[str, type] = {
     "servers": Server,
     "clusters": Cluster,
+    "consumers": Consumer,
     "apis": API,
     "routings": Routing,
 }
@@ -621,6 +643,7 @@ class Catalog:
     servers: Mapping[str, Server] = attrs.Factory(dict)
     clusters: Mapping[str, Cluster] = attrs.Factory(dict)
     apis: Mapping[str, API] = attrs.Factory(dict)
+    consumers: Mapping[str, Consumer] = attrs.Factory(dict)
     routings: Mapping[str, Routing] = attrs.Factory(dict)
 
     @classmethod
@@ -658,6 +681,8 @@ class Catalog:
         for name, api in self.apis.items():
             for i, node in enumerate(api.nodes):
                 yield "apis", name, f"nodes[{i}].cluster", "clusters", node.cluster
+            if api.auth is not None and api.auth.anonymous is not None:
+                yield "apis", name, "auth.anonymous", "consumers", api.auth.anonymous
         for name, routing in self.routings.items():
             yield "routings", name, "cluster", "clusters", routing.cluster
             if routing.api is not None:
@@ -679,6 +704,10 @@ class Catalog:
             for i, node in enumerate(api.nodes):
                 if node.cluster not in clusters:
                     broken.append(("apis", name, f"nodes[{i}].cluster", "clusters", node.cluster))
+            auth = api.auth
+            if auth is not None and auth.anonymous is not None:
+                if auth.anonymous not in self.consumers:
+                    broken.append(("apis", name, "auth.anonymous", "consumers", auth.anonymous))
         for name, routing in self.routings.items():
             if routing.cluster not in clusters:
                 broken.append(("routings", name, "cluster", "clusters", routing.cluster))
@@ -701,6 +730,8 @@ class Catalog:
             raise ReferenceError(
                 fieldName, f"{kind}/{name} names {targetKind[:-1]} {target!r}, which does not exist"
             )
+        for name, fieldName, message in consumerConflicts(self.consumers):
+            raise ReferenceError(f"consumers/{name}:{fieldName}", message)
 
     def toResources(self) -> Dict[str, Dict[str, dict]]:
         """

@@ -621,15 +621,24 @@ def checkCIDR(value: str) -> None:
         raise ValueError(f"{value!r} is not an IP network (e.g. 10.0.0.0/8 or ::1/128)")
 
 
-def field(spec: Spec, default: Any = attrs.NOTHING, doc: str = "", **kw: Any) -> Any:
+def field(
+    spec: Spec, default: Any = attrs.NOTHING, doc: str = "", access: str = "", **kw: Any
+) -> Any:
     """
     Declare a resource field: an attrs field carrying its L{Spec}.
 
     A field without a default is required in JSON.
+
+    @param access: C{"writeOnly"} for a field the admin takes and never
+        answers (a secret), C{"readOnly"} for one it answers and works out
+        itself (a fingerprint); the JSON Schema says so.
     """
     if isinstance(default, (list, dict)):
         raise TypeError("use a tuple or a factory for mutable defaults")
-    return attrs.field(default=default, metadata={"spec": spec, "doc": doc}, **kw)
+    metadata = {"spec": spec, "doc": doc}
+    if access:
+        metadata["access"] = access
+    return attrs.field(default=default, metadata=metadata, **kw)
 
 
 def _default(a: Any) -> Any:
@@ -713,6 +722,8 @@ def jsonSchema(cls: type) -> dict:
         s = dict(spec.schema())
         if a.metadata.get("doc"):
             s["description"] = a.metadata["doc"]
+        if a.metadata.get("access"):
+            s[a.metadata["access"]] = True
         if a.default is attrs.NOTHING:
             required.append(a.name)
         # attrs' stubs declare Factory as a function (so that

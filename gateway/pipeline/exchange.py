@@ -14,6 +14,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 
+from gateway.auth.index import ConsumerEntry
 from gateway.http.body import RequestBody
 
 
@@ -118,6 +119,10 @@ class Exchange:
     @ivar body: the request's body (L{RequestBody}).
     @ivar jsonBody: the request's JSON body as routing conditions read it,
         parsed once: C{(limit, found, document)}, or L{None}.
+    @ivar consumer: who the request comes from, once the API's C{auth}
+        filter authenticated it (a L{gateway.auth.index.ConsumerEntry}:
+        its C{name}, C{customId}, C{groups}); L{None} before, and on APIs
+        without C{auth}.
     @ivar attributes: per-request state of filters, by a key each owns.
     """
 
@@ -147,6 +152,7 @@ class Exchange:
         "bodyTransport",
         "jsonBody",
         "_body",
+        "consumer",
         "attributes",
     )
 
@@ -185,6 +191,7 @@ class Exchange:
         self.bodyTransport: Optional[Any] = None
         self.jsonBody: Optional[Tuple[int, bool, Any]] = None
         self._body: Optional[RequestBody] = None
+        self.consumer: Optional[ConsumerEntry] = None
         self.attributes: Dict[Hashable, Any] = {}
 
     @property

@@ -27,6 +27,7 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThreadPool
 
 import gateway
 from gateway.admin.api import AdminAPI
@@ -239,6 +240,9 @@ def makeGatewayService(
             ),
             propagation=Propagation(reactor, served, shared),
             propagationTimeout=config.admin.propagationTimeout,
+            runInThread=lambda f, *args: deferToThreadPool(
+                reactor, reactor.getThreadPool(), f, *args
+            ),
         )
         adminSite = AdminSite(withWebUI(admin.resource()), limits=ADMIN_LIMITS, reactor=reactor)
         ListenService(

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 
+from gateway.auth.index import EMPTY, ConsumerIndex, compileConsumers
 from gateway.balancing.backend import Backend
 from gateway.balancing.balancers import makeBalancer
 from gateway.model.mock import CompiledMock
@@ -158,6 +159,9 @@ class CompiledAPI:
 class Snapshot:
     """
     The compiled routing table at one store revision.
+
+    @ivar consumers: the revision's consumers, a L{ConsumerIndex} (what the
+        API's C{auth} filters look credentials up in).
     """
 
     def __init__(
@@ -169,7 +173,9 @@ class Snapshot:
         clusters: Mapping[str, ClusterRuntime],
         backends: Mapping[str, Backend],
         filters: Tuple[Any, ...],
+        consumers: ConsumerIndex = EMPTY,
     ) -> None:
+        self.consumers = consumers
         self.revision = revision
         self.catalog = catalog
         self.router = router
@@ -320,8 +326,18 @@ class SnapshotManager:
             else:
                 clusters[name] = ClusterRuntime(cluster, members, self._random)
 
+        consumers = compileConsumers(
+            catalog.consumers, previous.consumers if previous is not None else None
+        )
         snapshot = Snapshot(
-            state.revision, catalog, router, apis, clusters, backends, self.globalFilters
+            state.revision,
+            catalog,
+            router,
+            apis,
+            clusters,
+            backends,
+            self.globalFilters,
+            consumers,
         )
         self.backends = backends
         self._apiFilters = pendingFilters

@@ -63,7 +63,7 @@ ERROR_KINDS: Tuple[str, ...] = ("4xx", "5xx", "timeout", "refused", "broken", "u
 
 
 #: Reject reasons, in the order they are shown.
-REJECT_REASONS: Tuple[str, ...] = ("rateLimit", "breaker", "access", "other")
+REJECT_REASONS: Tuple[str, ...] = ("rateLimit", "breaker", "access", "auth", "other")
 
 
 _FAILURES = {
@@ -80,6 +80,8 @@ _REJECTS = {
     "reject:circuit-breaker": "breaker",
     "reject:ip-access": "access",
     "reject:cors": "access",
+    "reject:acl": "access",
+    "reject:auth": "auth",
 }
 
 

@@ -84,7 +84,7 @@ export async function call(method, path, body, { token, redirect = true } = {}) 
 
 const enc = encodeURIComponent;
 
-/** CRUD on one kind of resource: servers, clusters, apis or routings. */
+/** CRUD on one kind of resource: servers, clusters, consumers, apis or routings. */
 export const resources = {
   list: (kind) => call("GET", `/${kind}`),
   get: (kind, name) => call("GET", `/${kind}/${enc(name)}`),

@@ -11,6 +11,7 @@ import { renderServerList, renderServerForm } from "./pages/servers.js";
 import { renderServer } from "./pages/server.js";
 import { renderClusterList, renderClusterForm } from "./pages/clusters.js";
 import { renderApiList, renderApiForm } from "./pages/apis.js";
+import { renderConsumerList, renderConsumerForm, renderConsumerCreated } from "./pages/consumers.js";
 import { renderRoutingList, renderRoutingForm } from "./pages/routings.js";
 import { renderProxies } from "./pages/proxies.js";
 
@@ -18,6 +19,7 @@ const NAV = [
   ["dashboard", "Dashboard", "#/"],
   ["servers", "Servers", "#/servers"],
   ["clusters", "Clusters", "#/clusters"],
+  ["consumers", "Consumers", "#/consumers"],
   ["apis", "APIs", "#/apis"],
   ["routings", "Routings", "#/routings"],
   ["proxies", "Proxies", "#/proxies"],
@@ -34,6 +36,11 @@ const routes = [
   { path: "/clusters/new", title: "New cluster", nav: "clusters", render: renderClusterForm },
   { path: "/clusters/:name/edit", title: "Edit cluster", nav: "clusters", render: renderClusterForm },
   { path: "/clusters/:name", title: "Edit cluster", nav: "clusters", render: renderClusterForm },
+  { path: "/consumers", title: "Consumers", nav: "consumers", render: renderConsumerList },
+  { path: "/consumers/new", title: "New consumer", nav: "consumers", render: renderConsumerForm },
+  { path: "/consumers/:name/edit", title: "Edit consumer", nav: "consumers", render: renderConsumerForm },
+  { path: "/consumers/:name/created", title: "Consumer saved", nav: "consumers", render: renderConsumerCreated },
+  { path: "/consumers/:name", title: "Edit consumer", nav: "consumers", render: renderConsumerForm },
   { path: "/apis", title: "APIs", nav: "apis", render: renderApiList },
   { path: "/apis/new", title: "New API", nav: "apis", render: renderApiForm },
   { path: "/apis/:name/edit", title: "Edit API", nav: "apis", render: renderApiForm },

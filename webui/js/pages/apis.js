@@ -21,6 +21,7 @@ import {
 import { pageHeader, loading, errorState, linkButton, emptyState, resourceTable, formPage, clone, chips } from "./common.js";
 import { breakerSection } from "./servers.js";
 import { corsSection, transformSection, mockSection } from "./apiedge.js";
+import { authSections } from "./apiauth.js";
 
 const METHODS = ["*", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
@@ -374,7 +375,7 @@ export function renderApiForm(outlet, params) {
       const rf = {
         rate: numberField({ label: "Rate (per second)", field: "rateLimit.rate", value: rl.rate }),
         burst: numberField({ label: "Burst", field: "rateLimit.burst", value: rl.burst, help: "default: the rate" }),
-        key: selectField({ label: "Per", field: "rateLimit.key", value: keyKind, options: [["none", "whole API"], ["ip", "client IP"], ["header", "header value"]] }),
+        key: selectField({ label: "Per", field: "rateLimit.key", value: keyKind, options: [["none", "whole API"], ["ip", "client IP"], ["consumer", "consumer (needs authentication)"], ["header", "header value"]] }),
         header: inputField({ label: "Header name", field: "rateLimit.keyHeader", value: keyKind === "header" ? rl.key.slice(7) : "", placeholder: "X-API-Key" }),
         onLimit: selectField({ label: "Over the limit", field: "rateLimit.onLimit", value: rl.onLimit, options: [["reject", "reject (429)"], ["queue", "queue (wait)"]] }),
         maxWait: numberField({ label: "Max wait (s)", field: "rateLimit.maxWait", value: rl.maxWait }),
@@ -398,12 +399,14 @@ export function renderApiForm(outlet, params) {
       const transform = transformSection(item?.transform);
       const mock = mockSection(item?.response, (on) => (nodes.el.hidden = on));
       nodes.el.hidden = mock.enabled;
+      const authUI = authSections(item);
 
       const fields = [
         section("Route", null, name.el, pattern.el, method.el, host.el, maxQPS.el),
         nodes.el,
         mock.el,
         h("details", { class: "more", open: !!(item?.rateLimit || item?.ipAccess || item?.circuitBreaker || (item?.filters || []).length) }, h("summary", null, "Protection and filters"), rate.el, access.el, breaker.el, filters.el),
+        h("details", { class: "more", open: !!(item?.auth || item?.acl) }, h("summary", null, "Authentication and ACL"), ...authUI.els),
         h("details", { class: "more", open: !!(item?.cors || item?.transform) }, h("summary", null, "CORS and header transformation"), cors.el, transform.el),
       ];
       const collect = () => {
@@ -436,6 +439,7 @@ export function renderApiForm(outlet, params) {
         out.ipAccess = access.enabled ? { ...clone(item?.ipAccess), allow: readList(allow.input), deny: readList(deny.input) } : null;
         out.circuitBreaker = breaker.collect(item?.circuitBreaker);
         out.filters = filters.collect();
+        authUI.collect(out);
         out.cors = cors.collect();
         out.transform = transform.collect();
         return out;
