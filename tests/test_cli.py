@@ -178,7 +178,8 @@ class ValidateTests(SynchronousTestCase):
         code, out, err = self.validate(BASE)
         self.assertEqual((code, err), (0, ""))
         self.assertRegex(
-            out, r"resources\.yaml: OK \(3 servers, 2 clusters, 2 apis, 2 routings\)\n$"
+            out,
+            r"resources\.yaml: OK \(0 certificates, 3 servers, 2 clusters, 2 apis, 2 routings\)\n$",
         )
 
     def test_gatewayConfigFile(self) -> None:
@@ -189,7 +190,9 @@ class ValidateTests(SynchronousTestCase):
         """
         code, out, err = runInProcess(["validate", str(REPO / "demo" / "gateway.yaml")])
         self.assertEqual(code, 0, err)
-        self.assertIn("gateway.yaml: OK (3 servers, 3 clusters, 3 apis, 1 routings)", out)
+        self.assertIn(
+            "gateway.yaml: OK (0 certificates, 3 servers, 3 clusters, 3 apis, 1 routings)", out
+        )
         self.assertIn("ignoring proxy, admin, store", err)
 
     def test_stdinAndJSON(self) -> None:
@@ -198,7 +201,9 @@ class ValidateTests(SynchronousTestCase):
         """
         code, out, err = runInProcess(["validate", "-"], stdin=json.dumps(BASE))
         self.assertEqual(code, 0, err)
-        self.assertEqual(out, "<stdin>: OK (3 servers, 2 clusters, 2 apis, 2 routings)\n")
+        self.assertEqual(
+            out, "<stdin>: OK (0 certificates, 3 servers, 2 clusters, 2 apis, 2 routings)\n"
+        )
 
     def test_invalidResources(self) -> None:
         """
@@ -347,7 +352,8 @@ class ValidateTests(SynchronousTestCase):
         self.assertErrors(
             {"srevers": [], "servers": []},
             [
-                "srevers: is not a known key; known keys: servers, clusters, apis, routings"
+                "srevers: is not a known key; known keys: certificates, servers, clusters, apis,"
+                " routings"
                 " (proxy, admin, store are ignored)"
             ],
         )
@@ -357,7 +363,8 @@ class ValidateTests(SynchronousTestCase):
             "- a\n- b\n", ["must be a mapping with servers:, clusters:, apis:, routings:"]
         )
         self.assertErrors(
-            {"store": "memory:"}, ["has none of the lists servers, clusters, apis, routings"]
+            {"store": "memory:"},
+            ["has none of the lists certificates, servers, clusters, apis, routings"],
         )
 
     def test_emptyLists(self) -> None:
@@ -366,7 +373,7 @@ class ValidateTests(SynchronousTestCase):
         """
         code, out, err = self.validate("servers: []\nclusters:\n")
         self.assertEqual(code, 0, err)
-        self.assertIn("OK (0 servers, 0 clusters, 0 apis, 0 routings)", out)
+        self.assertIn("OK (0 certificates, 0 servers, 0 clusters, 0 apis, 0 routings)", out)
 
     def test_badYAML(self) -> None:
         """
@@ -800,7 +807,8 @@ class ExportTests(SynchronousTestCase):
         empty = yaml.safe_load(exportDocument({kind: {} for kind in KINDS}))
         self.assertEqual(empty, {kind: [] for kind in KINDS})
         self.assertEqual(
-            parseResourceFile(empty, "export").counts(), "0 servers, 0 clusters, 0 apis, 0 routings"
+            parseResourceFile(empty, "export").counts(),
+            "0 certificates, 0 servers, 0 clusters, 0 apis, 0 routings",
         )
 
 
@@ -896,9 +904,10 @@ class AdminClientTests(SynchronousTestCase):
 
     def test_state(self) -> None:
         """
-        L{AdminClient.state} reads the four collections, keyed by name.
+        L{AdminClient.state} reads every collection, keyed by name.
         """
         client, urlopen = self.client(
+            FakeAnswer(200, b"[]"),
             FakeAnswer(200, b'[{"name": "s1", "addr": "h:1"}]'),
             FakeAnswer(200, b"[]"),
             FakeAnswer(200, b"[]"),
@@ -907,6 +916,7 @@ class AdminClientTests(SynchronousTestCase):
         self.assertEqual(
             client.state(),
             {
+                "certificates": {},
                 "servers": {"s1": {"name": "s1", "addr": "h:1"}},
                 "clusters": {},
                 "apis": {},
@@ -1065,7 +1075,7 @@ class AdminClientTests(SynchronousTestCase):
             }
         ).encode()
         empty = FakeAnswer(200, b"[]")
-        urlopen = FakeURLOpen(empty, empty, empty, empty, httpError(400, body))
+        urlopen = FakeURLOpen(empty, empty, empty, empty, empty, httpError(400, body))
         import gateway.cli.main as main
 
         self.patch(

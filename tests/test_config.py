@@ -122,7 +122,8 @@ class LoadConfigTests(SynchronousTestCase):
         )
         self.assertEqual(config.store, DEFAULT_STORE)
         self.assertEqual(
-            dict(config.seed), {"servers": (), "clusters": (), "apis": (), "routings": ()}
+            dict(config.seed),
+            {"certificates": (), "servers": (), "clusters": (), "apis": (), "routings": ()},
         )
 
     def test_proxyDefaults(self) -> None:
@@ -285,7 +286,7 @@ class ParseConfigTests(SynchronousTestCase):
         """
         e = self.assertError({"proxy": {}}, "proxy.listen", "is required")
         self.assertIsInstance(e, ValueError)
-        self.assertEqual(str(e), "test.yaml: proxy.listen: is required")
+        self.assertEqual(str(e), "test.yaml: proxy.listen: is required (or proxy.tlsListen)")
 
     def test_sectionNotAnObject(self) -> None:
         """

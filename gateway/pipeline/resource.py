@@ -37,6 +37,7 @@ from gateway.pipeline.aggregate import Aggregator
 from gateway.pipeline.errors import NoBackendAvailable, ServersRateLimited
 from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
 from gateway.pipeline.forwarding import _HOST, ClientAddresses, copyResponseHeaders
+from gateway.pipeline.https import HTTPSRedirect
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
 from gateway.routing.rules import decideRoutings
@@ -135,6 +136,8 @@ class GatewayResource(Resource):
     @param retryBudget: the L{RetryBudget} retries are taken from.
     @param stats: told of every answer once, as C{stats.record(exchange,
         code, outcome)} (see L{Exchange.outcome}).
+    @param httpsPort: the port the redirects of C{httpsOnly} APIs name
+        (see L{gateway.pipeline.https.httpsPort}), or L{None} for 443.
     """
 
     isLeaf = True
@@ -149,9 +152,11 @@ class GatewayResource(Resource):
         mirror: Optional[Mirror] = None,
         retryBudget: Optional[RetryBudget] = None,
         stats: Any = None,
+        httpsPort: Optional[int] = None,
     ) -> None:
         super().__init__()
         self._manager = manager
+        self._httpsRedirect: Tuple[IFilter, ...] = (HTTPSRedirect(httpsPort),)
         self._client = client
         self._reactor = reactor
         self._clients = clientAddresses or ClientAddresses()
@@ -193,8 +198,13 @@ class GatewayResource(Resource):
             self._reactor.seconds(),
             headers,
         )
-        if match is not None and match.value.filters:
-            chain = chain + match.value.filters
+        if match is not None:
+            api = match.value
+            if api.httpsOnly and not request.isSecure():
+                # Its own filters run on the HTTPS request that follows.
+                chain = tuple(chain) + self._httpsRedirect
+            elif api.filters:
+                chain = chain + api.filters
         self.inFlight += 1
         notifyDone = getattr(request, "notifyDone", None)
         if notifyDone is not None:
@@ -227,7 +237,9 @@ class GatewayResource(Resource):
                     errbackArgs=(exchange, chain, i),
                 )
                 return
-            exchange.outcome = "reject:" + chain[i].name
+            if exchange.outcome is None:
+                # (A filter whose early answer is no rejection says so.)
+                exchange.outcome = "reject:" + chain[i].name
             self._answer(exchange, chain[:i], result)
             return
         try:
@@ -244,7 +256,8 @@ class GatewayResource(Resource):
         if result is None:
             self._runBefore(exchange, chain, i + 1)
         else:
-            exchange.outcome = "reject:" + chain[i].name
+            if exchange.outcome is None:
+                exchange.outcome = "reject:" + chain[i].name
             self._answer(exchange, chain[:i], result)
 
     def _beforeFailed(self, failure: Failure, exchange: Exchange, chain: Chain, i: int) -> None:
@@ -516,7 +529,9 @@ class GatewayResource(Resource):
         else:
             log.failure("unexpected upstream failure", failure)
             code, message = 502, "upstream error"
-        extra = {"api": exchange.api.name}
+        extra: Dict[str, Any] = {"api": exchange.api.name}
+        if isinstance(error, UpstreamError):
+            extra.update(error.details)
         if exchange.backend is not None:
             extra["server"] = exchange.backend.name
         self._answer(exchange, chain, EarlyResponse.error(code, message, headers, **extra))

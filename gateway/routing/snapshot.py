@@ -33,6 +33,7 @@ from gateway.protection.ratelimit import LOCAL
 from gateway.routing.rewrite import Rewrite
 from gateway.routing.router import Route, RouteConflict, Router
 from gateway.routing.rules import applicableRoutings, compileRouting, orderRoutings
+from gateway.routing.tls import TLSCompiler
 
 log = Logger()
 
@@ -115,6 +116,7 @@ class CompiledAPI:
         "routings",
         "aggregate",
         "batches",
+        "httpsOnly",
     )
 
     def __init__(
@@ -132,6 +134,7 @@ class CompiledAPI:
         self.filters = filters
         self.routings = routings
         self.aggregate = len(nodes) > 1
+        self.httpsOnly = config.httpsOnly
         grouped: Dict[int, List[CompiledNode]] = {}
         for node in nodes:
             grouped.setdefault(node.batch, []).append(node)
@@ -141,6 +144,9 @@ class CompiledAPI:
 class Snapshot:
     """
     The compiled routing table at one store revision.
+
+    @ivar certificates: the L{gateway.http.tls.ServerCertificate} of each
+        certificate, by name: what the TLS listeners serve.
     """
 
     def __init__(
@@ -152,6 +158,7 @@ class Snapshot:
         clusters: Mapping[str, ClusterRuntime],
         backends: Mapping[str, Backend],
         filters: Tuple[Any, ...],
+        certificates: Optional[Mapping[str, Any]] = None,
     ) -> None:
         self.revision = revision
         self.catalog = catalog
@@ -160,6 +167,7 @@ class Snapshot:
         self.clusters = clusters
         self.backends = backends
         self.filters = filters
+        self.certificates = certificates if certificates is not None else {}
 
     def match(self, method: str, host: Optional[str], path: str) -> Any:
         """
@@ -213,6 +221,8 @@ class SnapshotManager:
         self._compiledRoutings: Dict[str, Tuple[Any, Any]] = {}
         self._compiledAPIs: Dict[str, Tuple[API, Tuple[Any, ...], CompiledAPI, Dict, Route]] = {}
         self._everyAPI: Tuple[Any, ...] = ()
+        #: The TLS objects of the certificates and servers.
+        self._tls = TLSCompiler()
         #: The routes by API name of the routers made, while they live.
         self._routesOf: weakref.WeakKeyDictionary[Router, Dict[str, Route]] = (
             weakref.WeakKeyDictionary()
@@ -264,7 +274,7 @@ class SnapshotManager:
             snapshot and every live object are untouched.
         """
         catalog = self.parser.parse(state.resources)
-        apis, router, pendingFilters = self._compile(catalog)
+        apis, router, pendingFilters, certificates, upstreamTLS = self._compile(catalog)
 
         # Nothing below can fail on valid input: only now touch the state
         # that outlives snapshots.
@@ -272,10 +282,11 @@ class SnapshotManager:
         backends: Dict[str, Backend] = {}
         for name, server in catalog.servers.items():
             backend = self.backends.get(name)
+            tls = upstreamTLS.get(name)
             if backend is None:
-                backend = Backend(server, self._reactor, self._random, self._buckets)
+                backend = Backend(server, self._reactor, self._random, self._buckets, tls)
             else:
-                backend.configure(server)
+                backend.configure(server, tls)
             backends[name] = backend
         clusters: Dict[str, ClusterRuntime] = {}
         for name, cluster in catalog.clusters.items():
@@ -287,7 +298,14 @@ class SnapshotManager:
                 clusters[name] = ClusterRuntime(cluster, members, self._random)
 
         snapshot = Snapshot(
-            state.revision, catalog, router, apis, clusters, backends, self.globalFilters
+            state.revision,
+            catalog,
+            router,
+            apis,
+            clusters,
+            backends,
+            self.globalFilters,
+            certificates,
         )
         self.backends = backends
         self._apiFilters = pendingFilters
@@ -322,11 +340,19 @@ class SnapshotManager:
         log.info("serving store revision {revision}", revision=state.revision)
         return True
 
-    def _compile(self, catalog: Catalog) -> Tuple[Dict[str, CompiledAPI], Router, Dict]:
+    def _compile(
+        self, catalog: Catalog
+    ) -> Tuple[Dict[str, CompiledAPI], Router, Dict, Dict[str, Any], Dict[str, Any]]:
         """
         Everything of a build that can fail, touching no live state.
+
+        @return: C{(apis, router, filters, certificates, upstreamTLS)}: the
+            compiled APIs, their router, the filters they made, the
+            certificates to serve and the TLS of the servers that speak it.
         """
         catalog.check()
+        certificates = self._tls.certificates(catalog)
+        upstreamTLS = self._tls.upstream(catalog)
         routingCache = {}
         for name, routing in catalog.routings.items():
             cached = self._compiledRoutings.get(name)
@@ -380,7 +406,7 @@ class SnapshotManager:
             router = self._route(routes)
         except RouteConflict as e:
             raise ReferenceError("urlPattern", str(e))
-        return apis, router, pendingFilters
+        return apis, router, pendingFilters, certificates, upstreamTLS
 
     def _route(self, routes: Dict[str, Route]) -> Router:
         """
