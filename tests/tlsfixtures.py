@@ -70,7 +70,7 @@ class Issued:
         return "".join(self.keyPEM.strip().splitlines()[1:-1])
 
 
-class TestCA:
+class CertificateAuthority:
     """
     A certificate authority for the tests.
     """
@@ -154,7 +154,7 @@ def selfSigned(names: Sequence[str]) -> Issued:
     """
     @return: a self-signed certificate for C{names}.
     """
-    ca = TestCA(names[0])
+    ca = CertificateAuthority(names[0])
     return Issued(ca.certificate, ca.key, ca.pem)
 
 

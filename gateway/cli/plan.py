@@ -19,11 +19,32 @@ from typing import (
 import attrs
 
 from gateway.cli.problems import AdminError, CLIError
-from gateway.cli.resources import JSONResources, _jsonCopy, jsonEqual, normalise
+from gateway.cli.resources import (
+    JSONResources,
+    _jsonCopy,
+    jsonEqual,
+    normalise,
+    withoutSecrets,
+)
 from gateway.model.schema import ValidationError
 from gateway.store import KINDS
 
 _SYMBOLS = {"create": "+", "update": "~", "delete": "-"}
+
+
+#: What a diff shows of a write-only field (a certificate's key) that is
+#: set: never the secret itself.
+HIDDEN = "(write-only, not shown)"
+
+
+def _shown(kind: str, value: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    if value is None:
+        return None
+    shown = withoutSecrets(kind, value)
+    for name in value:
+        if name not in shown:
+            shown[name] = None if value[name] is None else HIDDEN
+    return shown
 
 
 @attrs.frozen
@@ -61,11 +82,15 @@ class Step:
         """
         if self.action != "update":
             return []
-        before = json.dumps(self.before, indent=2, ensure_ascii=False).splitlines()
-        after = json.dumps(self.after, indent=2, ensure_ascii=False).splitlines()
+        before = json.dumps(_shown(self.kind, self.before), indent=2, ensure_ascii=False)
+        after = json.dumps(_shown(self.kind, self.after), indent=2, ensure_ascii=False)
         return list(
             difflib.unified_diff(
-                before, after, f"{self.ref} (admin)", f"{self.ref} (file)", lineterm=""
+                before.splitlines(),
+                after.splitlines(),
+                f"{self.ref} (admin)",
+                f"{self.ref} (file)",
+                lineterm="",
             )
         )
 
@@ -120,7 +145,7 @@ def computePlan(current: JSONResources, desired: JSONResources, prune: bool = Fa
         for name in sorted(want):
             if name not in have:
                 writes.append(Step("create", kind, name, None, want[name]))
-            elif not jsonEqual(have[name], want[name]):
+            elif not jsonEqual(withoutSecrets(kind, have[name]), withoutSecrets(kind, want[name])):
                 writes.append(Step("update", kind, name, have[name], want[name]))
             else:
                 unchanged += 1

@@ -198,11 +198,15 @@ class SnapshotManager:
         globalFilters: Sequence[Any] = (),
         random: Optional[_random.Random] = None,
         buckets: Any = LOCAL,
+        tls: Optional[TLSCompiler] = None,
     ) -> None:
         """
         @param buckets: what makes the buckets of the APIs' and servers'
             limits: L{LOCAL} (this process's), or the workers'
             L{gateway.protection.sharedbuckets.SharedBuckets}.
+        @param tls: the L{TLSCompiler} of certificates and upstream TLS
+            (offline checks pass one that accepts certificates without
+            their keys).
         """
         self._buckets = buckets
         self._filters = filterRegistry
@@ -222,7 +226,7 @@ class SnapshotManager:
         self._compiledAPIs: Dict[str, Tuple[API, Tuple[Any, ...], CompiledAPI, Dict, Route]] = {}
         self._everyAPI: Tuple[Any, ...] = ()
         #: The TLS objects of the certificates and servers.
-        self._tls = TLSCompiler()
+        self._tls = tls if tls is not None else TLSCompiler()
         #: The routes by API name of the routers made, while they live.
         self._routesOf: weakref.WeakKeyDictionary[Router, Dict[str, Route]] = (
             weakref.WeakKeyDictionary()

@@ -26,9 +26,14 @@ _UpstreamKey = Tuple[Any, str, Optional[Certificate]]
 class TLSCompiler:
     """
     Makes (and keeps) the TLS objects of the catalogs it is given.
+
+    @ivar requireKeys: whether a certificate without its key is an error
+        (it cannot be served); offline checks of an exported file, whose
+        certificates have none (the admin keeps them), skip those instead.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, requireKeys: bool = True) -> None:
+        self.requireKeys = requireKeys
         self._served: Dict[str, Tuple[Certificate, ServerCertificate]] = {}
         self._upstream: Dict[str, Tuple[_UpstreamKey, UpstreamTLS]] = {}
 
@@ -42,6 +47,8 @@ class TLSCompiler:
         served: Dict[str, Tuple[Certificate, ServerCertificate]] = {}
         out: Dict[str, ServerCertificate] = {}
         for name, certificate in catalog.certificates.items():
+            if certificate.key is None and not self.requireKeys:
+                continue
             hit = self._served.get(name)
             if hit is not None and (hit[0] is certificate or hit[0] == certificate):
                 entry = hit
@@ -92,7 +99,7 @@ class TLSCompiler:
             if hit is not None and hit[0] == key:
                 entry = hit
             else:
-                entry = (key, _makeUpstream(server, host, clientCertificate))
+                entry = (key, _makeUpstream(server, host, clientCertificate, self.requireKeys))
             made[name] = entry
             out[name] = entry[1]
         self._upstream = made
@@ -100,13 +107,13 @@ class TLSCompiler:
 
 
 def _makeUpstream(
-    server: Server, host: str, clientCertificate: Optional[Certificate]
+    server: Server, host: str, clientCertificate: Optional[Certificate], requireKeys: bool
 ) -> UpstreamTLS:
     tls = server.tls
     assert tls is not None
     where = f"servers/{server.name}:tls."
     client = None
-    if clientCertificate is not None:
+    if clientCertificate is not None and (clientCertificate.key is not None or requireKeys):
         if clientCertificate.key is None:
             raise ValidationError(
                 where + "clientCertificate",
