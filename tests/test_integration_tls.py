@@ -516,3 +516,246 @@ def test_https_only_and_forwarded_proto(gateways: Any, pki: PKI) -> None:
     assert json.loads(body)["headers"]["x-forwarded-proto"] == ["https"]
     stats = gateway.admin("GET", "/api/v1/stats").json()["apis"]["echo"]
     assert sum(stats["errors"].values()) == 0 and sum(stats["rejects"].values()) == 0, stats
+
+
+# -- backends -------------------------------------------------------------------
+
+
+class UpstreamPKI:
+    """
+    The certificates of the backends: a CA the gateway trusts, another it
+    does not, and a CA of client certificates.
+    """
+
+    def __init__(self) -> None:
+        self.ca = CertificateAuthority("Backend CA")
+        self.stranger = CertificateAuthority("Unknown CA")
+        self.clients = CertificateAuthority("Client CA")
+        self.good = self.ca.issue([HOST, "backend.internal"])
+        self.wrongName = self.ca.issue(["elsewhere.internal"])
+        self.expired = self.ca.issue([HOST], expired=True)
+        self.unknown = self.stranger.issue([HOST])
+        self.client = self.clients.issue([], common="gateway-client", client=True)
+
+
+@pytest.fixture(scope="module")
+def upki() -> UpstreamPKI:
+    return UpstreamPKI()
+
+
+def tlsBackend(
+    backends: Any,
+    directory: Path,
+    issued: Issued,
+    name: str,
+    clientCA: Optional[str] = None,
+    clientCert: Optional[Issued] = None,
+) -> Any:
+    """
+    A backend that speaks HTTPS with C{issued}'s certificate.
+    """
+    cert, key = writePEM(directory, issued, name)
+    control = writePEM(directory, clientCert, name + "-client") if clientCert else None
+    caFile = None
+    if clientCA is not None:
+        caFile = str(directory / f"{name}-client-ca.pem")
+        Path(caFile).write_text(clientCA)
+    return backends(name, tls=BackendTLS(cert, key, caFile, control))
+
+
+def upstreamGateway(
+    gateways: Any, servers: List[Dict[str, Any]], certificates: Optional[List[Any]] = None
+) -> Any:
+    """
+    A gateway with one API per server: C{/NAME/...} goes to cluster NAME
+    (the server alone), with its path after C{/NAME}.
+    """
+    config = {
+        "proxy": {"accessLog": False},
+        "admin": {"token": TOKEN},
+        "store": "memory:",
+        "certificates": certificates or [],
+        "servers": servers,
+        "clusters": [{"name": s["name"], "servers": [s["name"]]} for s in servers],
+        "apis": [
+            {
+                "name": s["name"],
+                "urlPattern": f"/{s['name']}/*",
+                "nodes": [{"cluster": s["name"], "urlRewrite": "/{*}", "retries": 0}],
+            }
+            for s in servers
+        ],
+    }
+    return gateways(config)
+
+
+def test_https_backends_verified(gateways: Any, backends: Any, upki: UpstreamPKI, tmp_path: Path) -> None:
+    """
+    A server with C{tls} is reached over HTTPS, verified against the CA
+    given: a good certificate serves; an unknown CA, a wrong name and an
+    expired certificate each give a 502 whose JSON says why (counted as an
+    upstream error), and the request never reaches them; a plain-HTTP
+    backend configured for TLS gets no plain HTTP either.
+    """
+    good = tlsBackend(backends, tmp_path, upki.good, "good")
+    wrong = tlsBackend(backends, tmp_path, upki.wrongName, "wrong")
+    expired = tlsBackend(backends, tmp_path, upki.expired, "expired")
+    unknown = tlsBackend(backends, tmp_path, upki.unknown, "unknown")
+    plain = _moduleBackend()
+    tls = {"ca": upki.ca.pem}
+    gateway = upstreamGateway(
+        gateways,
+        [
+            {"name": "good", "addr": good.addr, "tls": tls},
+            {"name": "named", "addr": good.addr, "tls": dict(tls, serverName="backend.internal")},
+            {"name": "wrong", "addr": wrong.addr, "tls": tls},
+            {"name": "expired", "addr": expired.addr, "tls": tls},
+            {"name": "unknown", "addr": unknown.addr, "tls": tls},
+            {"name": "plain", "addr": plain.addr, "tls": tls},
+            {"name": "system", "addr": good.addr, "tls": {}},
+            {"name": "unverified", "addr": unknown.addr, "tls": {"verify": False}},
+        ],
+    )
+    answer = gateway.proxy("GET", "/good/echo/x")
+    assert answer.status == 200, answer.text
+    assert answer.json()["tls"] is True and answer.json()["path"] == "/echo/x"
+    assert gateway.proxy("GET", "/named/echo/y").status == 200
+    assert gateway.proxy("GET", "/unverified/echo/z").json()["tls"] is True
+
+    expectations = {
+        "wrong": ("name-mismatch", "not valid for '127.0.0.1'"),
+        "expired": ("expired", "certificate has expired"),
+        "unknown": ("unknown-ca", "unknown CA"),
+        "system": ("unknown-ca", "unknown CA"),
+    }
+    for name, (kind, words) in expectations.items():
+        answer = gateway.proxy("GET", f"/{name}/echo/x")
+        assert answer.status == 502, (name, answer.text)
+        error = answer.json()
+        assert error["tls"] == kind, (name, error)
+        assert words in error["error"], (name, error)
+        assert error["server"] == name
+    # A plain-HTTP backend never sees plain HTTP: the handshake fails (502)
+    # or, when the backend waits for the end of a request line that a
+    # ClientHello lacks, the request times out (504).
+    gateway.admin(
+        "PUT",
+        "/api/v1/apis/plain",
+        {
+            "name": "plain",
+            "urlPattern": "/plain/*",
+            "nodes": [{"cluster": "plain", "urlRewrite": "/{*}", "retries": 0, "timeout": 1}],
+        },
+    )
+    answer = gateway.proxy("GET", "/plain/echo/x")
+    assert answer.status in (502, 504), answer.text
+    if answer.status == 502:
+        assert answer.json()["tls"] == "handshake", answer.text
+    for backend in (wrong, expired, plain):
+        assert backend.stats()["requests"] == 0, backend.name
+    # (The one the unverified server sent.)
+    assert unknown.stats()["requests"] == 1
+    stats = gateway.admin("GET", "/api/v1/stats").json()
+    for name in expectations:
+        assert stats["apis"][name]["errors"]["refused"] == 1, (name, stats["apis"][name])
+        assert stats["servers"][name]["upstreamFailures"] == 1
+
+
+def test_mutual_tls_backend(
+    gateways: Any, backends: Any, upki: UpstreamPKI, tmp_path: Path
+) -> None:
+    """
+    A backend that requires a client certificate gets the one the server's
+    C{tls.clientCertificate} names (a certificate resource); without one,
+    the handshake fails (502).  A server naming a missing certificate, or
+    deleting a certificate a server names, is a 409.
+    """
+    strict = tlsBackend(
+        backends, tmp_path, upki.good, "strict", clientCA=upki.clients.pem, clientCert=upki.client
+    )
+    tls = {"ca": upki.ca.pem, "clientCertificate": "client"}
+    gateway = upstreamGateway(
+        gateways,
+        [
+            {"name": "mtls", "addr": strict.addr, "tls": tls},
+            {"name": "anonymous", "addr": strict.addr, "tls": {"ca": upki.ca.pem}},
+        ],
+        certificates=[upki.client.resource("client")],
+    )
+    answer = gateway.proxy("GET", "/mtls/echo/x")
+    assert answer.status == 200, answer.text
+    assert answer.json()["clientCertificate"] == "gateway-client"
+    refused = gateway.proxy("GET", "/anonymous/echo/x")
+    assert refused.status == 502, refused.text
+    assert refused.json()["tls"] == "handshake", refused.text
+
+    missing = gateway.admin(
+        "PUT",
+        "/api/v1/servers/other",
+        {"name": "other", "addr": strict.addr, "tls": dict(tls, clientCertificate="nope")},
+    )
+    assert missing.status == 409, missing.text
+    assert missing.json()["field"] == "tls.clientCertificate"
+    inUse = gateway.admin("DELETE", "/api/v1/certificates/client")
+    assert inUse.status == 409, inUse.text
+    assert "servers/mtls" in inUse.json()["error"]
+
+
+def test_health_checks_and_keepalive_over_tls(
+    gateways: Any, backends: Any, upki: UpstreamPKI, tmp_path: Path
+) -> None:
+    """
+    Health checks of a TLS server go over TLS (and fail, saying why, when
+    its certificate does not verify); requests reuse pooled TLS
+    connections: many requests, one handshake; aggregation calls go over
+    TLS too.
+    """
+    good = tlsBackend(backends, tmp_path, upki.good, "good")
+    unknown = tlsBackend(backends, tmp_path, upki.unknown, "unknown")
+    check = {"path": "/health", "interval": 0.2, "timeout": 2}
+    tls = {"ca": upki.ca.pem}
+    gateway = upstreamGateway(
+        gateways,
+        [
+            {"name": "good", "addr": good.addr, "tls": tls, "healthCheck": check},
+            {"name": "unknown", "addr": unknown.addr, "tls": tls, "healthCheck": check},
+        ],
+    )
+
+    def health() -> Dict[str, Any]:
+        servers = gateway.admin("GET", "/api/v1/stats").json()["servers"]
+        return {name: servers[name]["health"] for name in ("good", "unknown")}
+
+    waitFor(
+        lambda: health()["good"].get("lastCheck") and health()["unknown"].get("lastCheck"),
+        timeout=10,
+        what="health checks",
+    )
+    states = health()
+    assert states["good"]["healthy"] is True, states
+    assert states["unknown"]["healthy"] is False, states
+    assert "unknown CA" in states["unknown"]["lastError"], states
+    assert good.stats()["families"].get("health", 0) >= 1
+
+    before = good.stats()["connections"]
+    for i in range(20):
+        assert gateway.proxy("GET", f"/good/echo/{i}").status == 200
+    # The health checks and the requests share the pool: at most a couple
+    # of handshakes for all of them.
+    assert good.stats()["connections"] - before <= 2, good.stats()
+
+    gateway.admin(
+        "PUT",
+        "/api/v1/apis/both",
+        {
+            "name": "both",
+            "urlPattern": "/both",
+            "nodes": [
+                {"cluster": "good", "urlRewrite": "/json/a", "attrName": "a"},
+                {"cluster": "good", "urlRewrite": "/json/b", "attrName": "b"},
+            ],
+        },
+    )
+    merged = gateway.proxy("GET", "/both")
+    assert merged.status == 200, merged.text
+    assert set(merged.json()) == {"a", "b"}

@@ -303,7 +303,9 @@ class CertificateVerifyError(SSL.Error):
     """
 
     def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
+        # OpenSSL's errors carry a list of (library, function, reason), as
+        # Twisted's TLS reads them.
+        super().__init__([("gateway", "certificate verify", message)])
         self.message = message
         self.kind = kind
 
@@ -419,10 +421,10 @@ class UpstreamTLS:
                     verify_certificate_ip_address(leaf, self.serverName)
                 else:
                     verify_certificate_hostname(leaf, self.serverName)
-            except (VerificationError, CertificateError) as e:
+            except (VerificationError, CertificateError):
                 raise CertificateVerifyError(
                     f"certificate name mismatch: it is not valid for {self.serverName!r}"
-                    f" ({_namesOf(e)})",
+                    f" ({_namesOf(leaf)})",
                     "name-mismatch",
                 )
         return True
@@ -446,11 +448,16 @@ class UpstreamTLS:
         return _TLSClientEndpoint(self, endpoint, clock)
 
 
-def _namesOf(error: Exception) -> str:
-    text = str(error)
-    if isinstance(error, CertificateError):
+def _namesOf(certificate: x509.Certificate) -> str:
+    """
+    @return: the names a certificate is valid for, for messages.
+    """
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
         return "it has no subjectAltName"
-    return text[:200] or "no name matches"
+    shown = [str(getattr(name, "value", name)) for name in names][:5]
+    return "valid for " + ", ".join(shown) if shown else "it names nothing"
 
 
 @implementer(IStreamClientEndpoint)
