@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -22,8 +21,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from harness import HOST, REPO, BackendTLS, freePort, request, subprocessEnv, waitFor
-from tlsfixtures import Issued, CertificateAuthority, writePEM
+from etcdserver import etcd, storeURL  # noqa: F401  (the etcd fixture)
+from harness import HOST, BackendTLS, freePort, subprocessEnv, waitFor
+from tlsfixtures import CertificateAuthority, Issued, writePEM
 
 pytestmark = pytest.mark.integration
 
@@ -589,7 +589,9 @@ def upstreamGateway(
     return gateways(config)
 
 
-def test_https_backends_verified(gateways: Any, backends: Any, upki: UpstreamPKI, tmp_path: Path) -> None:
+def test_https_backends_verified(
+    gateways: Any, backends: Any, upki: UpstreamPKI, tmp_path: Path
+) -> None:
     """
     A server with C{tls} is reached over HTTPS, verified against the CA
     given: a good certificate serves; an unknown CA, a wrong name and an
@@ -759,3 +761,78 @@ def test_health_checks_and_keepalive_over_tls(
     merged = gateway.proxy("GET", "/both")
     assert merged.status == 200, merged.text
     assert set(merged.json()) == {"a", "b"}
+
+
+# -- every proxy ------------------------------------------------------------------
+
+
+def _servedByAll(port: int, serverName: str, expected: bytes, tries: int = 12) -> bool:
+    """
+    @return: whether C{tries} new handshakes (spread by the kernel over the
+        workers that share the port) all got the certificate C{expected}.
+    """
+    try:
+        return all(handshake(port, serverName)[0] == expected for _ in range(tries))
+    except (ssl.SSLError, ConnectionResetError):
+        return False
+
+
+def test_workers_serve_tls_and_follow_certificates(gateways: Any, pki: PKI) -> None:
+    """
+    With several workers, each listens on the TLS port too, and each
+    serves a replaced certificate from its next handshake on, within a
+    second of the admin's answer (which waits for every worker).
+    """
+    gateway, port = tlsGateway(
+        gateways,
+        pki,
+        [pki.api.resource("api", ["api.example.com"])],
+        extra={"store": "file:store.json"},
+        proxy={"workers": 2},
+    )
+    waitFor(
+        lambda: _servedByAll(port, "api.example.com", fingerprint(pki.api)),
+        timeout=15,
+        what="both workers to serve TLS",
+    )
+    answer = gateway.admin(
+        "PUT", "/api/v1/certificates/api", pki.renewed.resource("api", ["api.example.com"])
+    )
+    assert answer.status == 200 and answer.header("X-Gateway-Propagation") == "complete"
+    started = time.monotonic()
+    waitFor(
+        lambda: _servedByAll(port, "api.example.com", fingerprint(pki.renewed)),
+        timeout=1.0,
+        interval=0.02,
+        what="every worker to serve the new certificate",
+    )
+    assert time.monotonic() - started < 1.0
+
+
+def test_certificates_through_etcd(gateways: Any, pki: PKI, etcd: Any) -> None:  # noqa: F811
+    """
+    Two gateways share an etcd store: a certificate added, replaced and
+    deleted through one's admin is served (then not) by the other's TLS
+    listener within a second.
+    """
+    url = storeURL([etcd.endpoint])
+    first, _ = tlsGateway(gateways, pki, [], extra={"store": url})
+    second, port = tlsGateway(gateways, pki, [], extra={"store": url})
+    assert _fails(port, "api.example.com")
+    for body, expected in (
+        (pki.api.resource("api", ["api.example.com"]), fingerprint(pki.api)),
+        (pki.renewed.resource("api", ["api.example.com"]), fingerprint(pki.renewed)),
+    ):
+        answer = first.admin("PUT", "/api/v1/certificates/api?wait=proxies", body)
+        assert answer.status in (200, 201), answer.text
+        started = time.monotonic()
+        waitFor(
+            lambda expected=expected: _servedByAll(port, "api.example.com", expected, 2),
+            timeout=1.0,
+            interval=0.02,
+            what="the other gateway to serve it",
+        )
+        assert time.monotonic() - started < 1.0
+    assert first.admin("DELETE", "/api/v1/certificates/api").status == 204
+    waitFor(lambda: _fails(port, "api.example.com"), timeout=1.0, interval=0.02)
+    assert "key" not in second.admin("GET", "/api/v1/stats").text
