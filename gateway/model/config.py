@@ -121,13 +121,13 @@ def _checkEndpoint(description: str) -> None:
 
 
 def _checkPlainEndpoint(description: str) -> None:
-    _checkEndpoint(description)
     if description.strip().lower().startswith("ssl:"):
         raise ValueError(
             f"{description!r} is a TLS endpoint: tlsListen takes a plain one (e.g."
             " tcp:8443:interface=127.0.0.1), to which the gateway adds TLS with the"
             " certificates of its store"
         )
+    _checkEndpoint(description)
 
 
 def endpointTuple(value: Any) -> Tuple[str, ...]:
