@@ -585,6 +585,9 @@ class _MemoryEndpoints:
     def endpointForURI(self, uri: Any) -> Any:
         return self
 
+    def endpointFor(self, host: bytes, port: int, tls: Any = None) -> Any:
+        return self
+
     def connect(self, factory: Any) -> Any:
         from twisted.internet.address import IPv4Address
         from twisted.internet.defer import succeed
