@@ -65,6 +65,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.http.errors import UpstreamTLSError
+from gateway.http.writesoon import writeSoon
 
 __all__ = [
     "ALPN_PROTOCOLS",
@@ -192,8 +193,34 @@ def loadServerCertificate(
 _Table = Tuple[Dict[str, SSL.Context], Dict[str, SSL.Context], Optional[SSL.Context]]
 
 
+class _SoonTLSProtocol(TLSMemoryBIOProtocol):
+    """
+    Twisted's TLS protocol, whose encrypted records go out with
+    L{writeSoon} (at the end of the reactor's turn, without watching the
+    socket for each write), as the engine's plain writes do.
+
+    It replaces C{_flushSendBIO} (private: L{tests.test_twisted_internals}
+    checks it), which moves what OpenSSL wrote to the memory BIO onto the
+    TCP transport.
+    """
+
+    def _flushSendBIO(self) -> None:
+        try:
+            data = self._tlsConnection.bio_read(_BIO_READ)
+        except SSL.WantReadError:
+            # Nothing to send now.
+            return
+        transport = self.transport
+        if transport is not None:
+            writeSoon(transport, data)
+
+
+#: What Twisted's TLS reads from the memory BIO at once.
+_BIO_READ = 2**15
+
+
 @implementer(ISSLTransport)
-class _ServerTLSProtocol(TLSMemoryBIOProtocol):
+class _ServerTLSProtocol(_SoonTLSProtocol):
     """
     A TLS connection of a listener: Twisted's, declared an
     L{ISSLTransport} so that requests on it are secure
@@ -478,7 +505,7 @@ class _TLSClientEndpoint:
         tls = TLSMemoryBIOFactory(self._creator, True, protocolFactory, self._clock)
         # Each request goes out in one write: nothing to gather (Twisted's
         # default protocol holds small writes back for a reactor turn).
-        tls.protocol = TLSMemoryBIOProtocol
+        tls.protocol = _SoonTLSProtocol
         return self._endpoint.connect(tls).addCallback(_wrappedProtocol)
 
 
