@@ -858,7 +858,6 @@ class BrowserTests:
         )
         assert answer.status == 404
 
-
     def test_certificatesPage(self, browser: Browser) -> None:
         """
         A certificate pasted into the form is created; the list shows its
