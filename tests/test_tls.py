@@ -219,6 +219,36 @@ class ServerTLSTests(SynchronousTestCase):
         self.assertEqual(selectProtocol(None, [b"h2", b"http/1.1"]), b"http/1.1")  # type: ignore[arg-type]
         self.assertIs(selectProtocol(None, [b"h2"]), SSL.NO_OVERLAPPING_PROTOCOLS)  # type: ignore[arg-type]
 
+    def test_siteOffersNoProtocols(self) -> None:
+        """
+        A factory that offers protocols of its own (a C{twisted.web} site
+        offers C{h2} when the C{h2} library is installed) does not change
+        what the listener negotiates: a client offering C{h2} first gets
+        C{http/1.1}, the only protocol the gateway's channel speaks.
+        """
+        from twisted.internet.interfaces import IProtocolNegotiationFactory
+        from zope.interface import implementer
+
+        @implementer(IProtocolNegotiationFactory)
+        class Offering(Factory):
+            protocol = Echo
+
+            def acceptableProtocols(self) -> List[bytes]:
+                return [b"h2", b"http/1.1"]
+
+        class H2First(UpstreamTLS):
+            def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+                connection = super().clientConnectionForTLS(tlsProtocol)
+                connection.set_alpn_protos([b"h2", b"http/1.1"])
+                return connection
+
+        client = H2First("api.example.com", trustRoots=[self.ca.certificate])
+        factory = self.server.wrap(Offering())
+        self.assertFalse(IProtocolNegotiationFactory.providedBy(factory.wrappedFactory))
+        recorder, clientTLS, pump = tlsPair(factory, client, self.clock)
+        self.assertTrue(recorder.made)
+        self.assertEqual(clientTLS.negotiatedProtocol, b"http/1.1")
+
     def test_securePerSite(self) -> None:
         """
         A site served through L{ServerTLS.wrap} sees its requests as

@@ -52,6 +52,7 @@ from service_identity.cryptography import (
 )
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    ILoggingContext,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     IProtocol,
@@ -74,6 +75,7 @@ __all__ = [
     "ServerTLS",
     "UpstreamTLS",
     "loadServerCertificate",
+    "sealContext",
     "secureContext",
     "upstreamTLSFailure",
 ]
@@ -106,12 +108,24 @@ _OPTIONS = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_R
 
 def secureContext() -> SSL.Context:
     """
-    @return: a new context that speaks TLS 1.2 and 1.3 only, with the
-        suites of L{TLS12_CIPHERS} (see the module docstring).
+    @return: a new context that speaks TLS 1.2 and 1.3 only, without
+        compression or renegotiation; L{sealContext} sets its suites once
+        the rest is set.
     """
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(_OPTIONS)
+    return context
+
+
+def sealContext(context: SSL.Context) -> SSL.Context:
+    """
+    Set the suites of L{TLS12_CIPHERS}: the last change made to a context
+    (pyOpenSSL checks the list with a connection of the context, after
+    which a context must not change).
+
+    @return: C{context}.
+    """
     context.set_cipher_list(TLS12_CIPHERS)
     return context
 
@@ -186,7 +200,7 @@ def loadServerCertificate(
     except SSL.Error as e:
         raise ValueError(f"OpenSSL refuses it: {_opensslReason(e)}")
     _serveSessions(context)
-    return ServerCertificate(name, [s.lower() for s in snis], context)
+    return ServerCertificate(name, [s.lower() for s in snis], sealContext(context))
 
 
 #: A listener's table: exact names, wildcard parents, the default.
@@ -250,6 +264,7 @@ class ServerTLS:
         base.set_timeout(SESSION_LIFETIME)
         _serveSessions(base)
         base.set_tlsext_servername_callback(self._chooseCertificate)
+        sealContext(base)
 
     def update(self, certificates: Iterable[ServerCertificate], default: Optional[str]) -> None:
         """
@@ -313,9 +328,38 @@ class ServerTLS:
         @return: the factory of TLS connections serving C{factory}, to
             listen with on any stream endpoint.
         """
-        tls = TLSMemoryBIOFactory(self, False, factory, self._clock)
+        tls = TLSMemoryBIOFactory(self, False, _WithoutNegotiation(factory), self._clock)
         tls.protocol = _ServerTLSProtocol
         return tls
+
+
+@implementer(IProtocolFactory, ILoggingContext)
+class _WithoutNegotiation:
+    """
+    The factory a listener's TLS wraps: the site's, without the
+    L{IProtocolNegotiationFactory} that a C{twisted.web} site provides
+    (offering C{h2} when the C{h2} library is installed), which some
+    Twisted releases would apply to the shared base context of every
+    connection.  ALPN is this module's (L{selectProtocol}).
+    """
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self._factory = factory
+
+    def buildProtocol(self, addr: Any) -> Optional[IProtocol]:
+        return self._factory.buildProtocol(addr)
+
+    def doStart(self) -> None:
+        self._factory.doStart()
+
+    def doStop(self) -> None:
+        self._factory.doStop()
+
+    def logPrefix(self) -> str:
+        if ILoggingContext.providedBy(self._factory):
+            prefix: str = self._factory.logPrefix()
+            return prefix
+        return type(self._factory).__name__
 
 
 class CertificateVerifyError(SSL.Error):
@@ -425,7 +469,7 @@ class UpstreamTLS:
                 context.check_privatekey()
         except SSL.Error as e:
             raise ValueError(f"OpenSSL refuses it: {_opensslReason(e)}")
-        self._context = context
+        self._context = sealContext(context)
 
     def __repr__(self) -> str:
         return f"<UpstreamTLS {self.serverName} verify={self.verify}>"
