@@ -1,7 +1,12 @@
 """
 The admin REST API, under C{/api/v1}: create, read, replace and delete
-servers, clusters, apis and routings, and look at the live proxies and their
-statistics.
+certificates, servers, clusters, apis and routings, and look at the live
+proxies and their statistics.
+
+A write-only field (a certificate's private key) is stored and never
+answered: every answer shows a resource through
+L{gateway.model.resources.publicJSON}, and a write that leaves the field out
+keeps the stored one (L{AdminAPI._withSecrets}).
 
 Every write follows one path: read the store, parse and check the new
 resource, check the references between resources and the caller's validator

@@ -101,8 +101,8 @@ class Plan:
     What makes the admin's state match a file.
 
     @ivar steps: the changes, in an order that never breaks a reference:
-        creates and updates of servers, clusters, apis, routings, then
-        deletes of routings, apis, clusters, servers.
+        creates and updates of certificates, servers, clusters, apis, routings, then
+        deletes of routings, apis, clusters, servers, certificates.
     @ivar unchanged: how many resources of the file the admin already has.
     @ivar unmanaged: C{kind/name} of the admin's resources that are not in
         the file and are kept (no C{--prune}).
