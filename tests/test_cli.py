@@ -1313,6 +1313,7 @@ class CLIIntegrationTests:
         assert "stopped after 5 of 9 change(s); the rest were not made" in done.stderr
         state = adminState(gateway)
         assert {kind: sorted(items) for kind, items in state.items()} == {
+            "certificates": [],
             "servers": ["s1", "s2", "s3"],
             "clusters": ["c1", "c2"],
             "apis": [],
