@@ -309,9 +309,11 @@ def _fails(port: int, serverName: str) -> bool:
 
 def _echoAPI(gateway: Any, backend: Any = None, path: str = "/echo/*", **api: Any) -> Any:
     """
-    Route C{path} of the gateway to a backend started on the fly (none
-    given: the gateway's own admin answers nothing useful, so the tests
-    that only need an answer use a backend the module starts).
+    Route C{path} of the gateway (API C{echo}, with C{api}'s other fields)
+    to C{backend}, by default the plain backend every test of this module
+    gets (L{_plainBackend}).
+
+    @return: the backend.
     """
     if backend is None:
         backend = _moduleBackend()
