@@ -284,11 +284,14 @@ def test_certificate_replaced_live(gateways: Any, pki: PKI) -> None:
         assert json.loads(second.read())["path"] == "/echo/2"
 
         assert gateway.admin("DELETE", "/api/v1/certificates/api").status == 204
-        waitFor(lambda: _fails(port, "api.example.com"), timeout=1.0, interval=0.02)
+        # (The old connection first: on PyPy, a Python client whose own
+        # handshake failed may report that failure again on its next read
+        # of another connection.)
         before.request("GET", "/echo/3")
         third = before.getresponse()
         assert third.status == 200
         third.read()
+        waitFor(lambda: _fails(port, "api.example.com"), timeout=1.0, interval=0.02)
 
         answer = gateway.admin(
             "POST", "/api/v1/certificates", pki.wild.resource("wild", ["*.example.org"])
