@@ -585,7 +585,7 @@ class _MemoryEndpoints:
     def endpointForURI(self, uri: Any) -> Any:
         return self
 
-    def endpointFor(self, host: Any, port: int) -> Any:
+    def endpointFor(self, host: bytes, port: int, tls: Any = None) -> Any:
         return self
 
     def connect(self, factory: Any) -> Any:

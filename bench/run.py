@@ -611,9 +611,19 @@ def nginxBinary() -> str:
     raise BenchError("nginx is not installed (scripts/bench.sh installs it)")
 
 
-def startNginx(children: Children, name: str, port: int, upstream: str, location: str) -> Child:
+def startNginx(
+    children: Children,
+    name: str,
+    port: int,
+    upstream: str,
+    location: str,
+    tls: Optional[Tuple[str, str]] = None,
+) -> Child:
     """
     Start one nginx (one worker, foreground) in a fresh prefix directory.
+
+    @param tls: C{(certFile, keyFile)}: listen with TLS (1.2 and 1.3,
+        session tickets and a session cache, as the gateway's listeners).
     """
     prefix = children.workDir / name
     prefix.mkdir()
@@ -623,8 +633,23 @@ def startNginx(children: Children, name: str, port: int, upstream: str, location
         # write to the (private) temporary prefix.
         userLine = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
     template = string.Template((BENCH / "nginx.conf.template").read_text())
+    serverExtra = ""
+    if tls is not None:
+        serverExtra = (
+            f"        ssl_certificate {tls[0]};\n"
+            f"        ssl_certificate_key {tls[1]};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+            "        ssl_session_cache shared:SSL:1m;\n"
+            "        ssl_session_tickets on;"
+        )
     config = template.substitute(
-        user_line=userLine, prefix=prefix, port=port, upstream=upstream, location=location
+        user_line=userLine,
+        prefix=prefix,
+        port=port,
+        upstream=upstream,
+        location=location,
+        listen_flags=" ssl" if tls is not None else "",
+        server_extra=serverExtra,
     )
     (prefix / "nginx.conf").write_text(config)
     argv = [
@@ -637,18 +662,51 @@ def startNginx(children: Children, name: str, port: int, upstream: str, location
         str(prefix / "error.log"),
     ]
     child = children.start(name, argv)
-    waitForHTTP(child, port, "/", 15)
+    if tls is None:
+        waitForHTTP(child, port, "/", 15)
+    else:
+        waitForPort(child, port, 15)
     return child
 
 
-def nginxBackend(children: Children) -> Tuple[Child, int]:
+def waitForPort(child: Child, port: int, timeout: float) -> None:
+    """
+    Wait until something accepts connections on C{port} (a TLS listener,
+    which L{get} cannot ask).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return
+        except OSError:
+            if not child.alive() or time.monotonic() > deadline:
+                raise BenchError(f"{child.name} does not listen on {port}:\n{child.tail()}")
+            time.sleep(0.05)
+
+
+def nginxBackend(
+    children: Children, tls: Optional[Tuple[str, str]] = None, name: str = "nginx-backend"
+) -> Tuple[Child, int]:
     port = freePort()
     body = BODY.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
     location = f"            default_type application/json;\n            return 200 '{body}';"
-    return startNginx(children, "nginx-backend", port, "", location), port
+    return startNginx(children, name, port, "", location, tls), port
 
 
-def nginxProxy(children: Children, backendPort: int) -> Tuple[Child, int]:
+def nginxProxy(
+    children: Children,
+    backendPort: int,
+    tls: Optional[Tuple[str, str]] = None,
+    upstreamTLS: bool = False,
+    name: str = "nginx-proxy",
+) -> Tuple[Child, int]:
+    """
+    nginx as a reverse proxy to the backend, with upstream keep-alive;
+    with C{tls}, it terminates TLS with that certificate; with
+    C{upstreamTLS}, it speaks HTTPS to the backend (verifying nothing,
+    reusing TLS sessions).
+    """
     port = freePort()
     upstream = (
         "    upstream backend {\n"
@@ -656,12 +714,61 @@ def nginxProxy(children: Children, backendPort: int) -> Tuple[Child, int]:
         "        keepalive 64;\n"
         "    }\n"
     )
+    scheme = "https" if upstreamTLS else "http"
     location = (
-        "            proxy_pass http://backend;\n"
+        f"            proxy_pass {scheme}://backend;\n"
         "            proxy_http_version 1.1;\n"
         '            proxy_set_header Connection "";'
     )
-    return startNginx(children, "nginx-proxy", port, upstream, location), port
+    if upstreamTLS:
+        location += "\n            proxy_ssl_session_reuse on;"
+    return startNginx(children, name, port, upstream, location, tls), port
+
+
+def makeBenchCertificate(directory: Path) -> Tuple[str, str]:
+    """
+    A self-signed P-256 certificate for 127.0.0.1 (and localhost), the one
+    both nginx and the gateway serve, and the backends' too.
+
+    @return: C{(certFile, keyFile)}.
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certFile, keyFile = directory / "bench.crt", directory / "bench.key"
+    certFile.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    keyFile.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(certFile), str(keyFile)
 
 
 def startTwistedServer(
@@ -935,6 +1042,9 @@ def startGateway(
     argv = interpreter.twistd + ["-n", "--pidfile=", "gateway", "--config", str(path)]
     child = children.start(name, argv)
     waitForHTTP(child, port, readyPath, timeout)
+    tlsListen = config["proxy"].get("tlsListen")
+    if tlsListen:
+        waitForPort(child, int(tlsListen.split(":")[1]), timeout)
     return child, port
 
 
@@ -1536,6 +1646,8 @@ class Bench:
                     ),
                     "/",
                 )
+        if wanted("tls"):
+            self.tlsRows()
         if not wanted("gateway"):
             for name, interpreter in self.interpreters.items():
                 if wanted("auth"):
@@ -1560,13 +1672,111 @@ class Bench:
                         skipped="no `workers:` in the config yet",
                     )
 
+    def tlsRows(self) -> None:
+        """
+        TLS, with one self-signed certificate for everyone: (1) HTTPS
+        termination, wrk's keep-alive connections in TLS to nginx and to
+        the gateway (one worker), each proxying to the plain backend;
+        (2) HTTPS to the backend, wrk in plain HTTP to nginx and to the
+        gateway, each proxying over pooled TLS connections to an nginx
+        backend that speaks HTTPS (the gateway verifying it against the
+        certificate).  Then the gateway's plain proxying in the same
+        process, for the cost of TLS next to it.
+        """
+        report = self.report
+        cert, key = makeBenchCertificate(self.children.workDir)
+        tlsBackend, tlsBackendPort = nginxBackend(self.children, (cert, key), "nginx-backend-tls")
+        try:
+            row = report.row("nginx-tls", "nginx, HTTPS termination, keep-alive", "–", 1)
+            self.withChild(
+                row,
+                lambda: nginxProxy(self.children, self.backendPort, tls=(cert, key)),
+                "/",
+                "https",
+            )
+            row = report.row("nginx-upstream-tls", "nginx, HTTPS to the backend", "–", 1)
+            self.withChild(
+                row,
+                lambda: nginxProxy(
+                    self.children, tlsBackendPort, upstreamTLS=True, name="nginx-proxy-tls-up"
+                ),
+                "/",
+            )
+            certificate = {"name": "bench", "certFile": cert, "keyFile": key, "snis": ["localhost"]}
+            for name, interpreter in self.interpreters.items():
+                rows = [
+                    report.row(
+                        f"gateway-tls-{name}", "gateway, HTTPS termination, keep-alive", name, 1
+                    ),
+                    report.row(
+                        f"gateway-upstream-tls-{name}", "gateway, HTTPS to the backend", name, 1
+                    ),
+                    report.row(
+                        f"gateway-plain-tls-{name}", "gateway, plain (same process)", name, 1
+                    ),
+                ]
+                tlsPort = freePort()
+                config = gatewayConfig(
+                    freePort(),
+                    self.backendPort,
+                    workers=1,
+                    where=self.workersWhere,
+                    extraServers=(
+                        {
+                            "name": "nginx-tls",
+                            "addr": f"{HOST}:{tlsBackendPort}",
+                            "tls": {"ca": Path(cert).read_text()},
+                        },
+                    ),
+                    extraClusters=({"name": "tls", "servers": ["nginx-tls"]},),
+                    extraApis=(
+                        {
+                            "name": "upstream-tls",
+                            "method": "GET",
+                            "urlPattern": "/upstream-tls",
+                            "nodes": [{"cluster": "tls"}],
+                        },
+                    ),
+                )
+                config["proxy"]["tlsListen"] = f"tcp:{tlsPort}:interface={HOST}"
+                config["proxy"]["tlsDefaultCertificate"] = "bench"
+                config["certificates"] = [certificate]
+                child = None
+                try:
+                    child, port = startGateway(
+                        self.children, f"gateway-tls-{name}", interpreter, config
+                    )
+                    status, body = get(port, "/upstream-tls")
+                    if status != 200:
+                        raise BenchError(f"/upstream-tls answered {status}: {body[:200]!r}")
+                    urls = (
+                        f"https://{HOST}:{tlsPort}/plain",
+                        f"http://{HOST}:{port}/upstream-tls",
+                        f"http://{HOST}:{port}/plain",
+                    )
+                    for row, url in zip(rows, urls):
+                        self.measureRow(row, url, child.pid)
+                except (BenchError, OSError) as e:
+                    for row in rows:
+                        row.setdefault("error", str(e))
+                    self.log(f"  failed: {e}")
+                finally:
+                    if child is not None:
+                        self.children.stop(child)
+        finally:
+            self.children.stop(tlsBackend)
+
     def withChild(
-        self, row: Dict[str, Any], start: Callable[[], Tuple[Child, int]], path: str
+        self,
+        row: Dict[str, Any],
+        start: Callable[[], Tuple[Child, int]],
+        path: str,
+        scheme: str = "http",
     ) -> None:
         child = None
         try:
             child, port = start()
-            self.measureRow(row, f"http://{HOST}:{port}{path}", child.pid)
+            self.measureRow(row, f"{scheme}://{HOST}:{port}{path}", child.pid)
         except (BenchError, OSError) as e:
             row["error"] = str(e)
             self.log(f"  failed: {e}")
@@ -2153,7 +2363,7 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth",
+        help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth,tls",
     )
     parser.add_argument("--skip-extras", action="store_true", help="no large body, no 10k APIs")
     parser.add_argument("--large-bytes", type=int, default=GIB, help="bytes streamed (1 GiB)")

@@ -180,7 +180,8 @@ class IUpstreamClient(Interface):
 
 class IStore(Interface):
     """
-    Where the gateway's resources (servers, clusters, apis, routings) live.
+    Where the gateway's resources (certificates, servers, clusters, apis,
+    routings) live.
 
     Resources are JSON objects (L{dict}s in their REST form) keyed by kind and
     name.  The store keeps a revision number that grows with every commit.

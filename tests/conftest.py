@@ -29,6 +29,7 @@ from guard import (  # noqa: F401
 )
 from harness import (
     Backend,
+    BackendTLS,
     GatewayProcess,
     Process,
     runGatewayExpectingFailure,
@@ -61,9 +62,14 @@ class Backends:
         self._directory = directory
         self.started: List[Backend] = []
 
-    def __call__(self, name: Optional[str] = None, port: int = 0) -> Backend:
+    def __call__(
+        self,
+        name: Optional[str] = None,
+        port: int = 0,
+        tls: Optional[BackendTLS] = None,
+    ) -> Backend:
         name = name or f"b{len(self.started) + 1}"
-        backend = startBackend(name, self._directory, port=port)
+        backend = startBackend(name, self._directory, port=port, tls=tls)
         self.started.append(backend)
         return backend
 

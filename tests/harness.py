@@ -266,6 +266,8 @@ class Backend(Process):
 
     name: str = ""
     port: int = 0
+    #: The L{BackendTLS} of a backend that speaks TLS, or L{None}.
+    tls: Optional[BackendTLS] = None
 
     @property
     def url(self) -> str:
@@ -282,30 +284,86 @@ class Backend(Process):
         """
         C{POST /control/ACTION}, e.g. C{"fail/500"}, C{"health/down"}.
         """
-        answer = request("POST", f"{self.url}/control/{action}")
+        answer = self._request("POST", f"/control/{action}")
         assert answer.status == 200, answer
         return answer.json()
 
     def stats(self) -> Dict[str, Any]:
         """
-        @return: C{{"requests": n, "families": {"echo": n, ...}}}.
+        @return: C{{"requests": n, "families": {"echo": n, ...},
+            "connections": n}}.
         """
-        return request("GET", f"{self.url}/control/stats").json()
+        return self._request("GET", "/control/stats").json()
+
+    def _request(self, method: str, path: str) -> Response:
+        if self.tls is None:
+            return request(method, f"{self.url}{path}")
+        return tlsRequest(method, self.port, path, self.tls)
+
+
+def tlsRequest(
+    method: str, port: int, path: str, tls: BackendTLS, timeout: float = 10.0
+) -> Response:
+    """
+    A request to a TLS backend of these tests (its certificate is not
+    verified), with the client certificate of C{tls}, if any.
+    """
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if tls.clientCert is not None:
+        context.load_cert_chain(*tls.clientCert)
+    connection = http.client.HTTPSConnection(HOST, port, timeout=timeout, context=context)
+    try:
+        connection.request(method, path)
+        answer = connection.getresponse()
+        data = answer.read()
+        return Response(answer.status, answer.reason, tuple(answer.getheaders()), data)
+    finally:
+        connection.close()
+
+
+@attrs.frozen
+class BackendTLS:
+    """
+    The TLS of a test backend: its certificate and key files; with
+    C{clientCA}, it requires client certificates that CA signed, and the
+    harness presents C{clientCert} (C{(certFile, keyFile)}) for its own
+    control requests.
+    """
+
+    cert: str
+    key: str
+    clientCA: Optional[str] = None
+    clientCert: Optional[Tuple[str, str]] = None
 
 
 def startBackend(
-    name: str, logDir: Path, port: int = 0, timeout: float = 15.0, python: Optional[str] = None
+    name: str,
+    logDir: Path,
+    port: int = 0,
+    timeout: float = 15.0,
+    python: Optional[str] = None,
+    tls: Optional[BackendTLS] = None,
 ) -> Backend:
     """
     Start a test backend and wait until it listens.
 
     @param port: 0 for any free port.
     @param python: the interpreter to run it with; by default this one.
+    @param tls: a L{BackendTLS}: speak HTTPS (requiring client
+        certificates when it names a C{clientCA}).
     """
     logPath = Path(logDir) / f"backend-{name}.log"
     command = [python or sys.executable, str(BACKEND_APP), "--name", name, "--port", str(port)]
     command += ["--host", HOST]
-    backend = Backend(_spawn(command, logPath), logPath, name=name)
+    if tls is not None:
+        command += ["--tls-cert", tls.cert, "--tls-key", tls.key]
+        if tls.clientCA is not None:
+            command += ["--tls-client-ca", tls.clientCA]
+    backend = Backend(_spawn(command, logPath), logPath, name=name, tls=tls)
 
     def ready() -> Optional[int]:
         for line in backend.output().splitlines():

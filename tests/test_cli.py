@@ -179,7 +179,8 @@ class ValidateTests(SynchronousTestCase):
         self.assertEqual((code, err), (0, ""))
         self.assertRegex(
             out,
-            r"resources\.yaml: OK \(3 servers, 2 clusters, 0 consumers, 2 apis, 2 routings\)\n$",
+            r"resources\.yaml: OK \(0 certificates, 3 servers, 2 clusters, 0 consumers, 2 apis,"
+            r" 2 routings\)\n$",
         )
 
     def test_gatewayConfigFile(self) -> None:
@@ -191,7 +192,9 @@ class ValidateTests(SynchronousTestCase):
         code, out, err = runInProcess(["validate", str(REPO / "demo" / "gateway.yaml")])
         self.assertEqual(code, 0, err)
         self.assertIn(
-            "gateway.yaml: OK (3 servers, 3 clusters, 0 consumers, 3 apis, 1 routings)", out
+            "gateway.yaml: OK (0 certificates, 3 servers, 3 clusters, 0 consumers, 3 apis,"
+            " 1 routings)",
+            out,
         )
         self.assertIn("ignoring proxy, admin, store", err)
 
@@ -202,7 +205,9 @@ class ValidateTests(SynchronousTestCase):
         code, out, err = runInProcess(["validate", "-"], stdin=json.dumps(BASE))
         self.assertEqual(code, 0, err)
         self.assertEqual(
-            out, "<stdin>: OK (3 servers, 2 clusters, 0 consumers, 2 apis, 2 routings)\n"
+            out,
+            "<stdin>: OK (0 certificates, 3 servers, 2 clusters, 0 consumers, 2 apis,"
+            " 2 routings)\n",
         )
 
     def test_invalidResources(self) -> None:
@@ -352,8 +357,8 @@ class ValidateTests(SynchronousTestCase):
         self.assertErrors(
             {"srevers": [], "servers": []},
             [
-                "srevers: is not a known key; known keys: servers, clusters, consumers, apis,"
-                " routings (proxy, admin, store are ignored)"
+                "srevers: is not a known key; known keys: certificates, servers, clusters,"
+                " consumers, apis, routings (proxy, admin, store are ignored)"
             ],
         )
         self.assertErrors({"servers": {"s1": {}}}, ["servers: must be a list of resources"])
@@ -363,7 +368,7 @@ class ValidateTests(SynchronousTestCase):
         )
         self.assertErrors(
             {"store": "memory:"},
-            ["has none of the lists servers, clusters, consumers, apis, routings"],
+            ["has none of the lists certificates, servers, clusters, consumers, apis, routings"],
         )
 
     def test_emptyLists(self) -> None:
@@ -372,7 +377,9 @@ class ValidateTests(SynchronousTestCase):
         """
         code, out, err = self.validate("servers: []\nclusters:\n")
         self.assertEqual(code, 0, err)
-        self.assertIn("OK (0 servers, 0 clusters, 0 consumers, 0 apis, 0 routings)", out)
+        self.assertIn(
+            "OK (0 certificates, 0 servers, 0 clusters, 0 consumers, 0 apis, 0 routings)", out
+        )
 
     def test_badYAML(self) -> None:
         """
@@ -807,7 +814,7 @@ class ExportTests(SynchronousTestCase):
         self.assertEqual(empty, {kind: [] for kind in KINDS})
         self.assertEqual(
             parseResourceFile(empty, "export").counts(),
-            "0 servers, 0 clusters, 0 consumers, 0 apis, 0 routings",
+            "0 certificates, 0 servers, 0 clusters, 0 consumers, 0 apis, 0 routings",
         )
 
 
@@ -903,9 +910,10 @@ class AdminClientTests(SynchronousTestCase):
 
     def test_state(self) -> None:
         """
-        L{AdminClient.state} reads the five collections, keyed by name.
+        L{AdminClient.state} reads every collection, keyed by name.
         """
         client, urlopen = self.client(
+            FakeAnswer(200, b"[]"),
             FakeAnswer(200, b'[{"name": "s1", "addr": "h:1"}]'),
             FakeAnswer(200, b"[]"),
             FakeAnswer(200, b"[]"),
@@ -915,6 +923,7 @@ class AdminClientTests(SynchronousTestCase):
         self.assertEqual(
             client.state(),
             {
+                "certificates": {},
                 "servers": {"s1": {"name": "s1", "addr": "h:1"}},
                 "clusters": {},
                 "consumers": {},
@@ -1074,7 +1083,7 @@ class AdminClientTests(SynchronousTestCase):
             }
         ).encode()
         empty = FakeAnswer(200, b"[]")
-        urlopen = FakeURLOpen(empty, empty, empty, empty, empty, httpError(400, body))
+        urlopen = FakeURLOpen(empty, empty, empty, empty, empty, empty, httpError(400, body))
         import gateway.cli.main as main
 
         self.patch(
@@ -1312,6 +1321,7 @@ class CLIIntegrationTests:
         assert "stopped after 5 of 9 change(s); the rest were not made" in done.stderr
         state = adminState(gateway)
         assert {kind: sorted(items) for kind, items in state.items()} == {
+            "certificates": [],
             "servers": ["s1", "s2", "s3"],
             "clusters": ["c1", "c2"],
             "consumers": [],

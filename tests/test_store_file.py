@@ -164,6 +164,7 @@ class FileStoreTests(SynchronousTestCase):
                 "format": 1,
                 "revision": 1,
                 "resources": {
+                    "certificates": {},
                     "servers": {"s1": {"name": "s1", "b": 1, "a": 2}},
                     "clusters": {},
                     "consumers": {},

@@ -1038,6 +1038,67 @@ class BrowserTests:
         assert api["acl"] == {"allow": ["gold"], "deny": []}
         assert gateway.proxy("/ui/guarded").status == 401
 
+    def test_certificatesPage(self, browser: Browser) -> None:
+        """
+        A certificate pasted into the form is created; the list shows its
+        SNIs, subject and expiry (never its key); editing it shows an empty
+        key field, and saving without a key keeps the stored one; a server's
+        TLS section names it as the client certificate, and an invalid key
+        is shown next to the key field.
+        """
+        from tlsfixtures import CertificateAuthority
+
+        page, gateway = browser.page, browser.gateway
+        ca = CertificateAuthority()
+        issued = ca.issue(["ui.example.com"], days=10)
+        other = ca.issue(["other.example.com"])
+        browser.login()
+        browser.nav("Certificates")
+        page.get_by_role("link", name="New certificate").first.click()
+        page.get_by_role("textbox", name="Name", exact=True).fill("ui-cert")
+        page.get_by_label("SNIs").fill("ui.example.com, *.ui.example.org")
+        page.get_by_label("Certificate chain (PEM)").fill(issued.chain)
+        page.get_by_label("Private key (PEM)").fill(other.keyPEM)
+        browser.submit("Create certificate")
+        assert "does not match cert" in browser.errorNextTo("key")
+        page.get_by_label("Private key (PEM)").fill(issued.keyPEM)
+        browser.submit("Create certificate")
+        page.get_by_role("heading", name="Certificates", level=1).wait_for()
+        row = page.locator('tr[data-name="ui-cert"]')
+        row.get_by_text("CN=ui.example.com").wait_for()
+        assert "*.ui.example.org" in row.inner_text()
+        expiry = row.locator(".expiry").inner_text()
+        assert "in 9 days" in expiry or "in 10 days" in expiry, expiry
+        assert "PRIVATE KEY" not in page.content()
+        browser.screenshot("certificates")
+
+        browser.go("/certificates/ui-cert/edit")
+        key = page.get_by_label("Private key (PEM)")
+        key.wait_for()
+        assert key.input_value() == ""
+        page.get_by_label("SNIs").fill("ui.example.com")
+        browser.submit("Save changes")
+        page.get_by_role("heading", name="Certificates", level=1).wait_for()
+        stored = gateway.admin("GET", "/api/v1/certificates/ui-cert")
+        assert stored["snis"] == ["ui.example.com"] and "key" not in stored
+
+        browser.go("/servers/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("secure1")
+        page.get_by_label("Address").fill("127.0.0.1:8443")
+        page.get_by_text("Enable tls").click()
+        page.get_by_label("Server name").fill("backend.internal")
+        page.get_by_label("Client certificate").select_option("ui-cert")
+        browser.submit("Create server")
+        page.get_by_role("heading", name="secure1", level=1).wait_for()
+        page.get_by_role("link", name="ui-cert").wait_for()
+        server = gateway.admin("GET", "/api/v1/servers/secure1")
+        assert server["tls"] == {
+            "verify": True,
+            "ca": None,
+            "serverName": "backend.internal",
+            "clientCertificate": "ui-cert",
+        }
+
 
 # Runs git: an integration test.
 @pytest.mark.integration

@@ -1,7 +1,12 @@
 """
 The admin REST API, under C{/api/v1}: create, read, replace and delete
-servers, clusters, apis and routings, and look at the live proxies and their
-statistics.
+certificates, servers, clusters, apis and routings, and look at the live
+proxies and their statistics.
+
+A write-only field (a certificate's private key) is stored and never
+answered: every answer shows a resource through
+L{gateway.model.resources.publicJSON}, and a write that leaves the field out
+keeps the stored one (L{AdminAPI._withSecrets}).
 
 Every write follows one path: read the store, parse and check the new
 resource, check the references between resources and the caller's validator
@@ -45,10 +50,17 @@ from zope.interface import implementer
 
 from gateway.admin.openapi import openAPIDocument
 from gateway.interfaces import IPropagation
-from gateway.model.consumers import consumerConflicts, keepCredentials, publicConsumer
-from gateway.model.resources import Catalog, CatalogParser, parseResource
+from gateway.model.consumers import consumerConflicts, keepCredentials
+from gateway.model.resources import (
+    RESOURCE_CLASSES,
+    Catalog,
+    CatalogParser,
+    missingSecrets,
+    parseResource,
+    publicJSON,
+)
 from gateway.model.resources import ReferenceError as ModelReferenceError
-from gateway.model.schema import ValidationError, toJSON
+from gateway.model.schema import ValidationError, toJSON, writeOnlyFields
 from gateway.store import KINDS, Change, ConflictError, StoreError, StoreState
 
 #: The prefix of every route of the REST API.
@@ -211,16 +223,6 @@ def _jsonEndpoint(
         return handler
 
     return decorate
-
-
-def _present(kind: str, value: Any) -> Any:
-    """
-    @return: a stored resource as the admin answers it: a consumer without
-        its credentials' secrets and hashes.
-    """
-    if kind == "consumers" and isinstance(value, dict):
-        return publicConsumer(value)
-    return value
 
 
 def _hasPassword(body: Dict[str, Any]) -> bool:
@@ -517,7 +519,9 @@ class AdminAPI:
         state = await self._store.load()
         items = state.resources[kind]
         return _Answer(
-            200, [_present(kind, items[name]) for name in sorted(items)], _revision(state.revision)
+            200,
+            [publicJSON(kind, items[name]) for name in sorted(items)],
+            _revision(state.revision),
         )
 
     @app.route(PREFIX + "/" + _KIND + "/<name>", methods=["GET", "PUT", "DELETE"])
@@ -537,7 +541,7 @@ class AdminAPI:
             error = self._notFound(kind, name)
             error.headers.update(_revision(state.revision))
             raise error
-        return _Answer(200, _present(kind, value), _revision(state.revision))
+        return _Answer(200, publicJSON(kind, value), _revision(state.revision))
 
     @app.route(PREFIX + "/proxies", methods=["GET"])
     @_jsonEndpoint()
@@ -638,28 +642,29 @@ class AdminAPI:
         createOnly = name is None
         try:
             if kind == "consumers" and _hasPassword(body):
-                parsed = await self._runInThread(parseResource, kind, body, name)
+                sent = await self._runInThread(parseResource, kind, body, name)
             else:
-                parsed = parseResource(kind, body, name)
+                sent = parseResource(kind, body, name)
         except ValidationError as e:
             raise APIError.invalid(e)
-        name = parsed.name
+        name = sent.name
         location = f"{PREFIX}/{kind}/{name}".encode("ascii")
 
         async def attempt(state: StoreState) -> Tuple[_Answer, List[Change]]:
             existing = state.get(kind, name)
             if existing is not None and createOnly:
                 raise APIError(409, f"{kind[:-1]} {name!r} already exists", "name")
-            resource = parsed
+            resource = self._withSecrets(kind, sent, body, existing)
             if kind == "consumers":
                 stored = self._catalogOf(state).consumers.get(name)
                 try:
-                    resource = keepCredentials(parsed, stored)
+                    resource = keepCredentials(resource, stored)
                 except ValidationError as e:
                     raise APIError.invalid(e)
             value = _normalise(toJSON(resource))
+            shown = publicJSON(kind, value)
             if existing is not None and _normalise(existing) == value:
-                return _Answer(200, _present(kind, value)), []
+                return _Answer(200, shown), []
             catalog = self._catalogOf(state).withResource(kind, name, resource)
             for _, _, fieldName, targetKind, target in (
                 ref for ref in catalog.brokenReferences() if ref[:2] == (kind, name)
@@ -669,14 +674,67 @@ class AdminAPI:
                 for other, fieldName, message in consumerConflicts(catalog.consumers, name):
                     if other == name:
                         raise APIError(409, message, fieldName)
+            if kind == "certificates":
+                for _, i, sni, other in catalog.sniConflicts(last=name)[:1]:
+                    raise APIError(
+                        409, f"{sni!r} is an SNI of certificate {other!r} already", f"snis[{i}]"
+                    )
             await self._check(catalog, f"{kind}/{name}")
             if existing is None:
-                answer = _Answer(201, _present(kind, value), {b"Location": location})
+                answer = _Answer(201, shown, {b"Location": location})
             else:
-                answer = _Answer(200, _present(kind, value))
+                answer = _Answer(200, shown)
             return answer, [Change(kind, name, value)]
 
         return await self._commit(attempt, everywhere)
+
+    def _withSecrets(
+        self, kind: str, sent: Any, body: Dict[str, Any], existing: Optional[Any]
+    ) -> Any:
+        """
+        A write may leave out a write-only field (a certificate's key: it
+        is never shown, so an exported resource lacks it): the stored one
+        is kept, and the resource checked again with it (a renewed
+        certificate must still match the stored key).
+
+        @param sent: the resource as parsed from C{body}.
+        @param existing: the stored JSON of the resource, or L{None}.
+        @return: the resource to store.
+        @raise APIError: 400 when a write-only field is neither sent nor
+            stored, or the stored one does not fit what was sent.
+        """
+        secrets = writeOnlyFields(RESOURCE_CLASSES[kind])
+        kept = {
+            field: existing[field]
+            for field in secrets
+            if getattr(sent, field) is None
+            and existing is not None
+            and existing.get(field) is not None
+        }
+        resource = sent
+        if kept:
+            data = dict(body, name=sent.name)
+            data.update(kept)
+            try:
+                resource = parseResource(kind, data)
+            except ValidationError as e:
+                leaves = [
+                    type(leaf)(
+                        leaf.field,
+                        leaf.message + " (the stored one, as none was sent)"
+                        if leaf.field in kept
+                        else leaf.message,
+                        leaf.semantic,
+                    )
+                    for leaf in e.errors
+                ]
+                raise APIError.invalid(ValidationError.collect(leaves))
+        missing = missingSecrets(resource)
+        if missing:
+            raise APIError.invalid(
+                ValidationError.collect([type(e)(e.field, e.message, True) for e in missing])
+            )
+        return resource
 
     async def _delete(self, kind: str, name: str, everywhere: bool) -> _Answer:
         """

@@ -4,10 +4,10 @@ C{GET /api/v1/openapi.json}.
 
 The resource schemas are not written here: they are generated from the
 model (L{gateway.model.schema.jsonSchema} of the classes of
-L{gateway.model.resources}: C{Server}, C{Cluster}, C{Consumer}, C{API},
-C{Routing}),
-the same field specs that parse and validate the admin's input, so the
-document cannot drift from what the API accepts.  What this module adds is
+L{gateway.model.resources}: C{Certificate}, C{Server}, C{Cluster},
+C{Consumer}, C{API}, C{Routing}), the same field specs that parse and
+validate the admin's input, so the document cannot drift from what the API
+accepts.  What this module adds is
 the shape of the API around them (see L{gateway.admin.api}): the routes,
 their statuses and the error shape.
 
@@ -40,6 +40,7 @@ PREFIX = "/api/v1"
 
 #: kind (URL segment) -> (schema name, singular for summaries, tag).
 KIND_NAMES: Dict[str, Any] = {
+    "certificates": ("Certificate", "certificate", "Certificates"),
     "servers": ("Server", "server", "Servers"),
     "clusters": ("Cluster", "cluster", "Clusters"),
     "consumers": ("Consumer", "consumer", "Consumers"),
@@ -105,6 +106,31 @@ WAIT_PARAMETER = {
 #: A valid body for each kind, shown in the document (and sent to a real
 #: admin by the tests, so an example that stops being valid fails them).
 EXAMPLES: Dict[str, Dict[str, Any]] = {
+    # A self-signed example made for this document (P-256, valid to 2125):
+    # its key guards nothing.
+    "certificates": {
+        "name": "example",
+        "cert": (
+            "-----BEGIN CERTIFICATE-----\n"
+            "MIIBZTCCAQugAwIBAgIUXywWBR+ULKeBTipn7jMwSU2z7W0wCgYIKoZIzj0EAwIw\n"
+            "GjEYMBYGA1UEAwwPYXBpLmV4YW1wbGUuY29tMCAXDTI2MDEwMTAwMDAwMFoYDzIx\n"
+            "MjUxMjA4MDAwMDAwWjAaMRgwFgYDVQQDDA9hcGkuZXhhbXBsZS5jb20wWTATBgcq\n"
+            "hkjOPQIBBggqhkjOPQMBBwNCAATwEOuAVhPaXY6191kNiSk3HgJLDmr+qwvXrLHB\n"
+            "7KBs5xgERWpT9j9HdETaV/knkbs35A4Tp7xpe2wm7r+8AxmCoy0wKzApBgNVHREE\n"
+            "IjAggg9hcGkuZXhhbXBsZS5jb22CDSouZXhhbXBsZS5vcmcwCgYIKoZIzj0EAwID\n"
+            "SAAwRQIgZWf56IRhxhWGkBNinalkfa8Hj9DJApEqjCS+KBqcs0YCIQCcuGtSA5JK\n"
+            "tQDtHDL92Ok5TOkmcHfvBgJ8h0A/5HsCfg==\n"
+            "-----END CERTIFICATE-----\n"
+        ),
+        "key": (
+            "-----BEGIN PRIVATE KEY-----\n"
+            "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg6NpUSV7J0HcZkRSb\n"
+            "RkW2vnW3zv2/WqneV7WLlBH+VrahRANCAATwEOuAVhPaXY6191kNiSk3HgJLDmr+\n"
+            "qwvXrLHB7KBs5xgERWpT9j9HdETaV/knkbs35A4Tp7xpe2wm7r+8AxmC\n"
+            "-----END PRIVATE KEY-----\n"
+        ),
+        "snis": ["api.example.com", "*.example.org"],
+    },
     "servers": {
         "name": "users-1",
         "addr": "10.0.0.11:8080",
@@ -112,6 +138,7 @@ EXAMPLES: Dict[str, Dict[str, Any]] = {
         "maxQPS": 500,
         "healthCheck": {"path": "/health", "interval": 5, "timeout": 2},
         "circuitBreaker": {"failureRateToOpen": 50, "minRequests": 20, "openTimeout": 30},
+        "tls": {"verify": True, "serverName": "users.internal"},
     },
     "clusters": {"name": "users", "servers": ["users-1"], "loadBalance": "least-connections"},
     "consumers": {
@@ -203,7 +230,7 @@ def _withoutRequired(schema: Dict[str, Any], name: str) -> Dict[str, Any]:
 
 def resourceSchemas() -> Dict[str, Dict[str, Any]]:
     """
-    @return: the generated component schemas of the four kinds: C{Server},
+    @return: the generated component schemas of every kind: C{Server},
         C{ServerCreate}, C{ServerReplace}, and so on.
     """
     schemas: Dict[str, Dict[str, Any]] = {}
@@ -231,6 +258,29 @@ def _counts(keys: Any) -> Dict[str, Any]:
         "properties": {k: {"type": "integer", "minimum": 0} for k in keys},
         "required": list(keys),
         "additionalProperties": {"type": "integer", "minimum": 0},
+    }
+
+
+def certificateStats() -> Dict[str, Any]:
+    """
+    @return: the schema of a certificate in the stats: what the admin shows
+        of it (L{gateway.model.resources.Certificate.derived}), its SNIs,
+        and the seconds left until it expires.
+    """
+    from gateway.model.resources import Certificate
+
+    properties: Dict[str, Any] = {
+        name: copy.deepcopy(dict(schema)) for name, schema in Certificate.derived.items()
+    }
+    properties["snis"] = {"type": "array", "items": {"type": "string"}}
+    properties["expiresIn"] = {
+        "type": "number",
+        "description": "seconds until notAfter (negative once expired)",
+    }
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": ["subject", "sans", "snis", "notAfter", "fingerprint", "expiresIn"],
     }
 
 
@@ -323,6 +373,11 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
             },
             "apis": {"type": "object", "additionalProperties": _ref("APIStats")},
             "servers": {"type": "object", "additionalProperties": _ref("ServerStats")},
+            "certificates": {
+                "type": "object",
+                "description": "The certificates this gateway serves (never their keys).",
+                "additionalProperties": _ref("CertificateStats"),
+            },
             "revision": {"type": "integer", "nullable": True},
             "at": {"type": "number", "nullable": True},
             "proxies": {"type": "object", "additionalProperties": _ref("Stats")},
@@ -335,6 +390,7 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
         "BreakerState": breaker,
         "APIStats": apiStats,
         "ServerStats": serverStats,
+        "CertificateStats": certificateStats(),
         "Stats": stats,
     }
 
@@ -717,10 +773,12 @@ def _paths() -> Dict[str, Dict[str, Any]]:
 
 
 _DESCRIPTION = """\
-The admin API of the gateway: servers, clusters, consumers, APIs and
-routings, and the live state of the proxies.  Consumers' secrets are
-write-only (writeOnly in the schemas): answers show each credential's
-type, id and fingerprint, never a key, password, secret or hash.
+The admin API of the gateway: certificates, servers, clusters, consumers,
+APIs and routings, and the live state of the proxies.  Secrets are
+write-only (writeOnly in the schemas): a certificate's private key is never
+answered (a write without it keeps the stored one), and consumers' answers
+show each credential's type, id and fingerprint, never a key, password,
+secret or hash.
 
 Every request under /api/v1 carries the admin token:
 `Authorization: Bearer TOKEN` (401 otherwise).  Bodies are JSON objects

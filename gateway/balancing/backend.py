@@ -35,6 +35,8 @@ class Backend:
     @ivar name: the server's name.
     @ivar host: the host to connect to.
     @ivar port: the port to connect to.
+    @ivar tls: how to speak TLS to it (a L{gateway.http.tls.UpstreamTLS}),
+        or L{None} for plain HTTP.
     @ivar weight: the server's weight for weighted balancing.
     @ivar config: the L{gateway.model.resources.Server} this backend was last built from.
     @ivar active: requests in flight to this backend.
@@ -56,10 +58,12 @@ class Backend:
         reactor: Any,
         random: Optional[_random.Random] = None,
         buckets: Any = None,
+        tls: Optional[Any] = None,
     ) -> None:
         """
         @param reactor: an L{IReactorTime}: breakers, ejection and limits
             read time from it.
+        @param tls: see L{configure}.
         @param buckets: what makes its C{maxQPS} bucket: one of this
             process (L{None}), or the workers'
             L{gateway.protection.sharedbuckets.SharedBuckets}.
@@ -77,17 +81,22 @@ class Backend:
         self.breaker: Optional[Any] = None
         self.limiter: Optional[Any] = None
         self.config: Optional[Server] = None
-        self.configure(config)
+        self.tls: Optional[Any] = None
+        self.configure(config, tls)
 
-    def configure(self, config: Server) -> None:
+    def configure(self, config: Server, tls: Optional[Any] = None) -> None:
         """
         Take a new configuration, keeping the live state; a breaker or rate
         limiter whose settings did not change is kept as it is.
+
+        @param tls: the L{gateway.http.tls.UpstreamTLS} made of
+            C{config.tls} (and of its client certificate), or L{None}.
         """
         previous = self.config
         self.config = config
         self.name = config.name
         self.host, self.port = splitAddr(config.addr)
+        self.tls = tls
         self.weight = config.weight
         breakerConfig = config.circuitBreaker
         self.failureStatuses = (
@@ -208,7 +217,8 @@ class Backend:
         return code in self.failureStatuses
 
     def __repr__(self) -> str:
-        return f"<Backend {self.name} {self.host}:{self.port} active={self.active}>"
+        scheme = "https://" if self.tls is not None else ""
+        return f"<Backend {self.name} {scheme}{self.host}:{self.port} active={self.active}>"
 
 
 def startRequest(cluster: Any, backend: Optional[Backend], tried: tuple = ()) -> Optional[Backend]:

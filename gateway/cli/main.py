@@ -1,8 +1,9 @@
 """
 The C{gateway} command: declarative configuration through the admin API.
 
-A resource file holds the four lists of a gateway config file
-(C{servers:}, C{clusters:}, C{apis:}, C{routings:}, in the REST form), so
+A resource file holds the lists of a gateway config file
+(C{certificates:}, C{servers:}, C{clusters:}, C{apis:}, C{routings:}, in
+the REST form; a certificate may name PEM files), so
 a gateway's own config file can be used as it is; its other keys
 (C{proxy:}, C{admin:}, C{store:}) are ignored with a note::
 

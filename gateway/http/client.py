@@ -57,6 +57,7 @@ from gateway.http.errors import (
     UpstreamTimeout,
 )
 from gateway.http.headers import RAW_HEADERS
+from gateway.http.tls import UpstreamTLS, upstreamTLSFailure
 from gateway.http.writesoon import writeSoon
 from gateway.interfaces import IUpstreamClient, IUpstreamRequest
 
@@ -121,6 +122,12 @@ class UpstreamAddress(typing.Protocol):
     def port(self) -> int:
         """
         The TCP port to connect to.
+        """
+
+    @property
+    def tls(self) -> Optional[UpstreamTLS]:
+        """
+        How to speak TLS to it, or L{None} for plain HTTP.
         """
 
 
@@ -926,7 +933,11 @@ class _Connection(Protocol):
             elif self.got:
                 req.fail(UpstreamBroken("upstream closed the connection in the response head"))
             else:
-                req.fail(UpstreamBroken("upstream closed the connection without answering"))
+                # (Over TLS, a handshake that failed ends here too.)
+                req.fail(
+                    upstreamTLSFailure(reason)
+                    or UpstreamBroken("upstream closed the connection without answering")
+                )
 
     def _responseDone(self, rest: bytes) -> None:
         """
@@ -1350,11 +1361,12 @@ class _Address:
     An L{UpstreamAddress} of L{UpstreamAgent}'s.
     """
 
-    __slots__ = ("host", "port")
+    __slots__ = ("host", "port", "tls")
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls: Optional[UpstreamTLS] = None) -> None:
         self.host = host
         self.port = port
+        self.tls = tls
 
 
 @implementer(IUpstreamClient)
@@ -1396,20 +1408,20 @@ class HTTP11UpstreamClient:
         self._endpoints = CachedEndpointFactory(reactor, connectTimeout)
         self._maxIdle = maxIdlePerBackend
         self._idleTimeout = idleTimeout
-        self._pools: Dict[Tuple[str, int], _HostPool] = {}
+        self._pools: Dict[Tuple[str, int, Optional[UpstreamTLS]], _HostPool] = {}
         self._deadlines: Dict[float, _Deadlines] = {}
         self._closed = False
 
-    def _newPool(self, host: str, port: int) -> _HostPool:
+    def _newPool(self, host: str, port: int, tls: Optional[UpstreamTLS]) -> _HostPool:
         try:
             hostBytes = host.encode("ascii")
         except UnicodeEncodeError:
             hostBytes = host.encode("idna")
-        endpoint = self._endpoints.endpointFor(hostBytes, port)
+        endpoint = self._endpoints.endpointFor(hostBytes, port, tls)
         authority = b"[" + hostBytes + b"]" if b":" in hostBytes else hostBytes
-        if port != 80:
+        if port != (80 if tls is None else 443):
             authority += b":%d" % (port,)
-        pool = self._pools[(host, port)] = _HostPool(
+        pool = self._pools[(host, port, tls)] = _HostPool(
             self, endpoint, b"Host: " + authority + b"\r\n"
         )
         return pool
@@ -1443,9 +1455,11 @@ class HTTP11UpstreamClient:
         req.onResponse = onResponse
         req.onFailure = onFailure
         req.args = args
-        pool = self._pools.get((backend.host, backend.port))
+        # (A backend over TLS is pooled apart, by its TLS settings.)
+        tls = getattr(backend, "tls", None)
+        pool = self._pools.get((backend.host, backend.port, tls))
         if pool is None:
-            pool = self._newPool(backend.host, backend.port)
+            pool = self._newPool(backend.host, backend.port, tls)
         # Host goes first (RFC 9112 3.2), unless the caller gave one.
         parts = [method, b" ", uri, b" HTTP/1.1\r\n", pool.hostLine]
         extend = parts.extend

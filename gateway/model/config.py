@@ -3,11 +3,14 @@ The gateway's config file (C{twistd gateway --config gateway.yaml}).
 
 The file says which roles the process runs (C{proxy:}, C{admin:} or both),
 where each listens (Twisted endpoint strings), which store holds the
-resources, and may seed resources (C{servers:}, C{clusters:}, C{apis:},
-C{routings:} in their REST form)::
+resources, and may seed resources (C{certificates:}, C{servers:},
+C{clusters:}, C{apis:}, C{routings:} in their REST form; a certificate may
+name PEM files, C{certFile} and C{keyFile}, relative to the file)::
 
     proxy:
       listen: tcp:8080:interface=127.0.0.1
+      tlsListen: [tcp:8443:interface=127.0.0.1]
+      tlsDefaultCertificate: main
       filters: [request-id, {name: access-log, config: {}}]
       trustedProxies: [10.0.0.0/8]
       accessLog: true
@@ -24,15 +27,17 @@ invalid file raises L{ConfigError}, which names the key at fault
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
 import yaml
 
+from gateway.model.certificates import inlineCertificateFiles
 from gateway.model.consumers import keepCredentials
 from gateway.model.endpoints import isLoopbackEndpoint
 from gateway.model.limits import DEFAULT_MAX_IDLE, HTTPLimits
-from gateway.model.resources import KINDS, Catalog, FilterSpec, parseResource
+from gateway.model.resources import KINDS, Catalog, FilterSpec, missingSecrets, parseResource
 from gateway.model.schema import (
     Bool,
     Int,
@@ -116,6 +121,56 @@ def _checkEndpoint(description: str) -> None:
         raise ValueError(f"port {port} is out of range (0 to 65535)")
 
 
+def _checkPlainEndpoint(description: str) -> None:
+    if description.strip().lower().startswith("ssl:"):
+        raise ValueError(
+            f"{description!r} is a TLS endpoint: tlsListen takes a plain one (e.g."
+            " tcp:8443:interface=127.0.0.1), to which the gateway adds TLS with the"
+            " certificates of its store"
+        )
+    _checkEndpoint(description)
+
+
+def endpointTuple(value: Any) -> Tuple[str, ...]:
+    """
+    @return: endpoint strings as a tuple (one given alone, or several).
+    """
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@attrs.frozen
+class Endpoints(Spec):
+    """
+    One Twisted endpoint string, or a list of them: parsed to a tuple.
+    """
+
+    check: Any = _checkEndpoint
+    minItems: int = 1
+
+    def _item(self) -> Str:
+        return Str(check=self.check, minLength=1)
+
+    def parse(self, value: Any, path: str) -> Tuple[str, ...]:
+        if isinstance(value, str):
+            return (self._item().parse(value, path),)
+        if isinstance(value, list):
+            parsed: Tuple[str, ...] = ListOf(
+                self._item(), minItems=self.minItems, maxItems=64, unique=True
+            ).parse(value, path)
+            return parsed
+        kind = "null" if value is None else type(value).__name__
+        raise ValidationError(
+            path, f"must be a string (an endpoint) or a list of strings, not {kind}"
+        )
+
+    def dump(self, value: Any) -> Any:
+        return list(value)
+
+    def schema(self) -> dict:
+        item = self._item().schema()
+        return {"anyOf": [item, {"type": "array", "items": item, "minItems": self.minItems}]}
+
+
 def _checkHostPort(hostPort: str, url: str) -> None:
     host, _, port = hostPort.rpartition(":")
     if not host:
@@ -162,7 +217,29 @@ class ProxyConfig:
     The C{proxy:} section: the gateway's public side.
     """
 
-    listen: str = field(Str(check=_checkEndpoint, minLength=1), doc="Twisted endpoint string")
+    listen: Tuple[str, ...] = field(
+        Endpoints(minItems=0),
+        (),
+        doc="Twisted endpoint string of plain HTTP, or a list of them",
+        converter=endpointTuple,
+    )
+    tlsListen: Tuple[str, ...] = field(
+        Endpoints(check=_checkPlainEndpoint, minItems=0),
+        (),
+        converter=endpointTuple,
+        doc=(
+            "endpoint string (tcp:8443) where the proxy serves HTTPS with the certificates"
+            " of the store, chosen by SNI; or a list of them"
+        ),
+    )
+    tlsDefaultCertificate: Optional[str] = field(
+        Nullable(Name()),
+        None,
+        doc=(
+            "the certificate served to TLS clients whose name (SNI) no certificate serves;"
+            " null = their handshakes fail"
+        ),
+    )
     filters: Tuple[FilterSpec, ...] = field(
         ListOf(_FilterRef()), (), doc="global filters, by plugin name, run for every API"
     )
@@ -245,11 +322,15 @@ _SECTIONS = {"proxy": ProxyConfig, "admin": AdminConfig}
 _TOP_KEYS = ("proxy", "admin", "store") + KINDS
 
 
-def _parseSeed(data: Mapping[str, Any]) -> Dict[str, Tuple[Any, ...]]:
+def _parseSeed(
+    data: Mapping[str, Any], baseDirectory: Optional[str] = None
+) -> Dict[str, Tuple[Any, ...]]:
     """
+    @param baseDirectory: where the paths of certificate files start
+        (C{certFile}, C{keyFile}: the config file's directory).
     @raise ValidationError: gathering every error of the seed resources:
         each invalid one, each name given twice, each reference to a
-        resource that is not seeded.
+        resource that is not seeded, each certificate without its key.
     """
     seed: Dict[str, Tuple[Any, ...]] = {}
     index: Dict[Tuple[str, str], int] = {}
@@ -266,11 +347,16 @@ def _parseSeed(data: Mapping[str, Any]) -> Dict[str, Tuple[Any, ...]]:
         parsed: List[Any] = []
         for i, item in enumerate(items):
             try:
+                if kind == "certificates":
+                    item = inlineCertificateFiles(item, baseDirectory)
                 resource = parseResource(kind, item)
                 if kind == "consumers":
                     # A config file has no stored credential to keep: each
                     # needs its secret.
                     keepCredentials(resource, None)
+                missing = missingSecrets(resource)
+                if missing:
+                    raise ValidationError.collect(missing)
             except ValidationError as e:
                 errors.append(e.within(f"{kind}[{i}]"))
                 continue
@@ -301,6 +387,12 @@ def _parseSeed(data: Mapping[str, Any]) -> Dict[str, Tuple[Any, ...]]:
     if errors:
         raise ValidationError.collect(errors)
     return seed
+
+
+def _directoryOf(source: str) -> Optional[str]:
+    if source.startswith("<"):
+        return None
+    return os.path.dirname(os.path.abspath(source))
 
 
 def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
@@ -340,10 +432,12 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
         errors.append(e)
     seed: Dict[str, Tuple[Any, ...]] = {kind: () for kind in KINDS}
     try:
-        seed = _parseSeed(data)
+        seed = _parseSeed(data, _directoryOf(source))
     except ValidationError as e:
         errors.append(e)
     proxy, admin = sections["proxy"], sections["admin"]
+    if proxy is not None and not proxy.listen and not proxy.tlsListen:
+        errors.append(ValidationError("proxy.listen", "is required (or proxy.tlsListen)"))
     if admin is not None and admin.token is None and not isLoopbackEndpoint(admin.listen):
         errors.append(
             ValidationError(
@@ -352,16 +446,30 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
                 "(anyone who reaches the port would control the gateway)",
             )
         )
-    if proxy is not None and admin is not None and proxy.listen == admin.listen:
-        errors.append(ValidationError("admin.listen", "is the same endpoint as proxy.listen"))
+    if proxy is not None:
+        for i, endpoint in enumerate(proxy.tlsListen):
+            if endpoint in proxy.listen:
+                errors.append(
+                    ValidationError(
+                        _listKey("proxy.tlsListen", proxy.tlsListen, i),
+                        "is also an endpoint of proxy.listen",
+                    )
+                )
+    if proxy is not None and admin is not None:
+        for key, endpoints in (
+            ("proxy.listen", proxy.listen),
+            ("proxy.tlsListen", proxy.tlsListen),
+        ):
+            if admin.listen in endpoints:
+                errors.append(ValidationError("admin.listen", f"is the same endpoint as {key}"))
     if proxy is not None and proxy.workers is not None and proxy.workers != 1:
-        if not proxy.listen.startswith(_SHARED_ENDPOINTS):
+        if not all(e.startswith(_SHARED_ENDPOINTS) for e in proxyEndpoints(proxy)):
             errors.append(
                 ValidationError(
-                    "proxy.workers", "several workers need a tcp: or tcp6: listen endpoint"
+                    "proxy.workers", "several workers need tcp: or tcp6: listen endpoints"
                 )
             )
-        elif not workersCanShare(proxy.listen, store):
+        elif not workersCanShare(proxyEndpoints(proxy), store):
             errors.append(
                 ValidationError(
                     "proxy.workers", "several workers need a shared store (file: or etcd://)"
@@ -376,13 +484,45 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
 _SHARED_ENDPOINTS = ("tcp:", "tcp6:")
 
 
-def workersCanShare(listen: str, store: str) -> bool:
+def _listKey(key: str, values: Sequence[str], index: int) -> str:
+    return key if len(values) == 1 else f"{key}[{index}]"
+
+
+def proxyEndpoints(proxy: ProxyConfig) -> Tuple[str, ...]:
     """
-    @return: whether several proxy workers can share the listen endpoint
+    @return: every endpoint the proxy listens on: C{listen}, then
+        C{tlsListen}.
+    """
+    return tuple(proxy.listen) + tuple(proxy.tlsListen)
+
+
+def listenSettings(proxy: ProxyConfig) -> List[Tuple[str, str, bool]]:
+    """
+    @return: C{(setting, endpoint, tls)} of every endpoint the proxy
+        listens on, C{setting} naming it for messages (C{proxy.listen},
+        C{proxy.tlsListen[1]}).
+    """
+    out = []
+    for key, values, tls in (
+        ("proxy.listen", proxy.listen, False),
+        ("proxy.tlsListen", proxy.tlsListen, True),
+    ):
+        for i, endpoint in enumerate(values):
+            out.append((_listKey(key, values, i), endpoint, tls))
+    return out
+
+
+def workersCanShare(listen: Any, store: str) -> bool:
+    """
+    @param listen: an endpoint string, or several.
+    @return: whether several proxy workers can share the listen endpoints
         C{listen} and the store C{store} (not C{memory:}, which lives in
         one process).
     """
-    return listen.startswith(_SHARED_ENDPOINTS) and not store.startswith("memory:")
+    endpoints = (listen,) if isinstance(listen, str) else tuple(listen)
+    return all(e.startswith(_SHARED_ENDPOINTS) for e in endpoints) and not store.startswith(
+        "memory:"
+    )
 
 
 if TYPE_CHECKING:

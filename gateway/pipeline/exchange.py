@@ -102,8 +102,10 @@ class Exchange:
         its server (see L{gateway.balancing.backend.Backend.isFailureStatus}).
     @ivar outcome: how the request ended when no upstream answered it, as
         stats record it: C{"reject:FILTER"} (a filter answered early),
-        C{timeout}, C{refused}, C{unavailable}, C{broken}, ...; L{None} for
-        an answer from upstream.
+        C{timeout}, C{refused}, C{unavailable}, C{broken}, ...,
+        C{redirect:https} (an C{httpsOnly} API asked over HTTP); L{None} for
+        an answer from upstream.  A filter that answers early may set it in
+        C{before} (else it is C{"reject:FILTER"}).
     @ivar error: what went wrong upstream, in words, or L{None}.
     @ivar status: the status sent to the client, once known.
     @ivar requestId: the request's id (L{bytes}), when the C{request-id}

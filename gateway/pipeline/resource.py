@@ -46,6 +46,7 @@ from gateway.pipeline.errors import (
 )
 from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
 from gateway.pipeline.forwarding import _HOST, ClientAddresses, copyResponseHeaders
+from gateway.pipeline.https import HTTPSRedirect
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
 from gateway.routing.rules import JSON_BODY_LIMIT, decideRoutings
@@ -145,6 +146,8 @@ class GatewayResource(Resource):
     @param random: where retries' jitter comes from.
     @param stats: told of every answer once, as C{stats.record(exchange,
         code, outcome)} (see L{Exchange.outcome}).
+    @param httpsPort: the port the redirects of C{httpsOnly} APIs name
+        (see L{gateway.pipeline.https.httpsPort}), or L{None} for 443.
     """
 
     isLeaf = True
@@ -160,9 +163,11 @@ class GatewayResource(Resource):
         retryBudget: Optional[RetryBudget] = None,
         stats: Any = None,
         random: Optional[Random] = None,
+        httpsPort: Optional[int] = None,
     ) -> None:
         super().__init__()
         self._manager = manager
+        self._httpsRedirect: Tuple[IFilter, ...] = (HTTPSRedirect(httpsPort),)
         self._client = client
         self._reactor = reactor
         self._clients = clientAddresses or ClientAddresses()
@@ -209,8 +214,13 @@ class GatewayResource(Resource):
             self._reactor.seconds(),
             headers,
         )
-        if match is not None and match.value.filters:
-            chain = chain + match.value.filters
+        if match is not None:
+            api = match.value
+            if api.httpsOnly and not request.isSecure():
+                # Its own filters run on the HTTPS request that follows.
+                chain = tuple(chain) + self._httpsRedirect
+            elif api.filters:
+                chain = chain + api.filters
         self.inFlight += 1
         notifyDone = getattr(request, "notifyDone", None)
         if notifyDone is not None:
@@ -243,9 +253,10 @@ class GatewayResource(Resource):
                     errbackArgs=(exchange, chain, i),
                 )
                 return
-            if result.code >= 400:
+            if exchange.outcome is None and result.code >= 400:
                 # (An early success, such as a CORS preflight's 204, is no
-                # reject.)
+                # reject; a filter whose early answer is no rejection may
+                # also say so itself.)
                 exchange.outcome = "reject:" + chain[i].name
             self._answer(exchange, chain[:i], result)
             return
@@ -263,7 +274,7 @@ class GatewayResource(Resource):
         if result is None:
             self._runBefore(exchange, chain, i + 1)
         else:
-            if result.code >= 400:
+            if exchange.outcome is None and result.code >= 400:
                 exchange.outcome = "reject:" + chain[i].name
             self._answer(exchange, chain[:i], result)
 
@@ -647,7 +658,9 @@ class GatewayResource(Resource):
         else:
             log.failure("unexpected upstream failure", failure)
             code, message = 502, "upstream error"
-        extra = {"api": exchange.api.name}
+        extra: Dict[str, Any] = {"api": exchange.api.name}
+        if isinstance(error, UpstreamError):
+            extra.update(error.details)
         if exchange.backend is not None:
             extra["server"] = exchange.backend.name
         self._answer(exchange, chain, EarlyResponse.error(code, message, headers, **extra))

@@ -21,7 +21,7 @@ the reactor; nothing below them imports Twisted's global one.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import attrs
 from twisted.application.service import Service
@@ -35,11 +35,14 @@ from gateway.admin.webui import withWebUI
 from gateway.balancing.health import HealthChecker
 from gateway.http.client import DEFAULT_MAX_IDLE, HTTP11UpstreamClient
 from gateway.http.listen import reusePortEndpoint
+from gateway.http.tls import ServerTLS
 from gateway.interfaces import ISharedStore
-from gateway.model.config import workersCanShare
+from gateway.model.config import listenSettings, proxyEndpoints, workersCanShare
+from gateway.model.endpoints import endpointPort
 from gateway.model.limits import ADMIN_LIMITS
 from gateway.pipeline.aggregate import Aggregator
 from gateway.pipeline.forwarding import ClientAddresses
+from gateway.pipeline.https import httpsPort
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.resource import GatewayResource
 from gateway.process.interpreter import nurseryAdvice
@@ -51,6 +54,7 @@ from gateway.process.sites import AdminSite, GatewaySite, globalFilterSpecs
 from gateway.process.startup import Abort, ProcessService
 from gateway.process.status import GatewayStatus
 from gateway.process.storeservice import StoreService
+from gateway.process.tls import CertificateFollower
 from gateway.protection.ratelimit import LOCAL
 from gateway.protection.sharedbuckets import SharedBuckets
 from gateway.routing.snapshot import SnapshotManager
@@ -132,6 +136,7 @@ def _upstreamClient(reactor: Any, proxyConfig: Any) -> HTTP11UpstreamClient:
 def _proxySite(
     proxyConfig: Any, reactor: Any, manager: SnapshotManager, client: Any, counters: Stats
 ) -> Tuple[GatewayResource, GatewaySite]:
+    tlsListen = proxyConfig.tlsListen
     resource = GatewayResource(
         manager,
         client,
@@ -140,6 +145,7 @@ def _proxySite(
         aggregator=Aggregator(client, reactor, stats=counters),
         mirror=Mirror(client, reactor, stats=counters),
         stats=counters,
+        httpsPort=httpsPort(endpointPort(tlsListen[0]) if tlsListen else None),
     )
     site = GatewaySite(
         resource,
@@ -149,6 +155,47 @@ def _proxySite(
         reactor=reactor,
     )
     return resource, site
+
+
+def _proxyServices(
+    root: ProcessService,
+    proxyConfig: Any,
+    reactor: Any,
+    manager: SnapshotManager,
+    resource: GatewayResource,
+    site: GatewaySite,
+    abort: Abort,
+    endpointFor: Callable[[str], Any],
+    **kwargs: Any,
+) -> None:
+    """
+    Listen on every endpoint of the proxy: C{proxy.listen} (plain HTTP)
+    and C{proxy.tlsListen} (HTTPS, with the certificates of the current
+    snapshot, followed as they change).  The first service is named
+    C{proxy}, the others C{proxy-1}, C{proxy-2}...
+
+    @param endpointFor: makes the server endpoint of an endpoint string.
+    @param kwargs: passed to each L{ProxyService}.
+    """
+    tlsFactory = None
+    if proxyConfig.tlsListen:
+        serverTLS = ServerTLS(reactor)
+        manager.addListener(CertificateFollower(serverTLS, proxyConfig.tlsDefaultCertificate))
+        tlsFactory = serverTLS.wrap(site)
+    for i, (setting, endpoint, tls) in enumerate(listenSettings(proxyConfig)):
+        if i:
+            # (Said once, by the first.)
+            kwargs.pop("advice", None)
+        ProxyService(
+            "proxy" if i == 0 else f"proxy-{i}",
+            setting,
+            endpointFor(endpoint),
+            tlsFactory if tls else site,
+            abort,
+            resource=resource,
+            drainTimeout=proxyConfig.drainTimeout,
+            **kwargs,
+        ).setServiceParent(root)
 
 
 def makeGatewayService(
@@ -165,7 +212,7 @@ def makeGatewayService(
     root = ProcessService(abort)
     proxyConfig = config.proxy
     workers = (
-        workerCount(proxyConfig.workers, workersCanShare(proxyConfig.listen, config.store))
+        workerCount(proxyConfig.workers, workersCanShare(proxyEndpoints(proxyConfig), config.store))
         if proxyConfig is not None
         else 1
     )
@@ -213,7 +260,7 @@ def makeGatewayService(
         # Several gateways share this store: say that this one serves, and
         # which revision it serves, as soon as that changes.
         registry = shared.proxyRegistry(
-            advertisedAddress(proxyConfig.listen),
+            advertisedAddress(proxyEndpoints(proxyConfig)[0]),
             gateway.__version__,
             status.startedAt,
             status.describe,
@@ -258,16 +305,17 @@ def makeGatewayService(
     elif proxyConfig is not None:
         manager.addListener(lambda snapshot: served.serving("proxy", snapshot.revision))
         resource, site = _proxySite(proxyConfig, reactor, manager, client, counters)
-        ProxyService(
-            "proxy",
-            "proxy.listen",
-            serverFromString(reactor, proxyConfig.listen),
+        _proxyServices(
+            root,
+            proxyConfig,
+            reactor,
+            manager,
+            resource,
             site,
             abort,
-            resource=resource,
-            drainTimeout=proxyConfig.drainTimeout,
+            lambda endpoint: serverFromString(reactor, endpoint),
             advice=nurseryAdvice(os.environ),
-        ).setServiceParent(root)
+        )
     return root
 
 
@@ -311,14 +359,15 @@ def makeWorkerService(
     storeService.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)
     resource, site = _proxySite(proxyConfig, reactor, manager, client, counters)
-    ProxyService(
-        "proxy",
-        "proxy.listen",
-        reusePortEndpoint(reactor, proxyConfig.listen),
+    _proxyServices(
+        root,
+        proxyConfig,
+        reactor,
+        manager,
+        resource,
         site,
         abort,
+        lambda endpoint: reusePortEndpoint(reactor, endpoint),
         after=storeService.whenReady,
-        resource=resource,
-        drainTimeout=proxyConfig.drainTimeout,
-    ).setServiceParent(root)
+    )
     return root

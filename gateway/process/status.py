@@ -9,7 +9,9 @@ import datetime
 from typing import Any, Dict, List, Optional
 
 import gateway
+from gateway.model.config import proxyEndpoints
 from gateway.process.propagation import ServedRevisions
+from gateway.telemetry.certificates import certificateStats
 from gateway.telemetry.stats import mergeSnapshots
 
 
@@ -56,6 +58,7 @@ class GatewayStatus:
         self._pool = pool
         self._shared = shared
         self._workerStats: Dict[int, dict] = {}
+        self._reactor = reactor
         self.startedAt = datetime.datetime.fromtimestamp(
             reactor.seconds(), datetime.timezone.utc
         ).isoformat()
@@ -102,7 +105,7 @@ class GatewayStatus:
         if self._config.proxy is None:
             return []
         record: Dict[str, Any] = {
-            "addr": self._config.proxy.listen,
+            "addr": proxyEndpoints(self._config.proxy)[0],
             "version": gateway.__version__,
             "startedAt": self.startedAt,
             "ready": self.ready(),
@@ -118,12 +121,14 @@ class GatewayStatus:
             and each worker's under C{"proxies"}.
         """
         own = self._counters.snapshot(self._manager, self._health)
+        own["certificates"] = certificateStats(self._manager.snapshot, self._reactor.seconds())
         if self._pool is None:
             return own
         workers = [self._workerStats[i] for i in sorted(self._workerStats)]
         if not workers:
             return own
         merged = mergeSnapshots(workers)
+        merged["certificates"] = own["certificates"]
         # Live server state (health, breakers) is the parent's view.
         for name, ownServer in own.get("servers", {}).items():
             mergedServer = merged.setdefault("servers", {}).setdefault(name, {})

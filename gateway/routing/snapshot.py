@@ -35,6 +35,7 @@ from gateway.protection.ratelimit import LOCAL
 from gateway.routing.rewrite import Rewrite
 from gateway.routing.router import Route, RouteConflict, Router
 from gateway.routing.rules import applicableRoutings, compileRouting, orderRoutings
+from gateway.routing.tls import TLSCompiler
 
 log = Logger()
 
@@ -129,6 +130,7 @@ class CompiledAPI:
         "aggregate",
         "batches",
         "mock",
+        "httpsOnly",
     )
 
     def __init__(
@@ -149,6 +151,7 @@ class CompiledAPI:
         #: then has the body before it decides).
         self.routingReadsBody = any(r.usesBody for r in routings)
         self.aggregate = len(nodes) > 1
+        self.httpsOnly = config.httpsOnly
         grouped: Dict[int, List[CompiledNode]] = {}
         for node in nodes:
             grouped.setdefault(node.batch, []).append(node)
@@ -162,6 +165,8 @@ class Snapshot:
 
     @ivar consumers: the revision's consumers, a L{ConsumerIndex} (what the
         API's C{auth} filters look credentials up in).
+    @ivar certificates: the L{gateway.http.tls.ServerCertificate} of each
+        certificate, by name: what the TLS listeners serve.
     """
 
     def __init__(
@@ -174,6 +179,7 @@ class Snapshot:
         backends: Mapping[str, Backend],
         filters: Tuple[Any, ...],
         consumers: ConsumerIndex = EMPTY,
+        certificates: Optional[Mapping[str, Any]] = None,
     ) -> None:
         self.consumers = consumers
         self.revision = revision
@@ -183,6 +189,7 @@ class Snapshot:
         self.clusters = clusters
         self.backends = backends
         self.filters = filters
+        self.certificates = certificates if certificates is not None else {}
 
     def match(self, method: str, host: Optional[str], path: str) -> Any:
         """
@@ -230,11 +237,15 @@ class SnapshotManager:
         globalFilters: Sequence[Any] = (),
         random: Optional[_random.Random] = None,
         buckets: Any = LOCAL,
+        tls: Optional[TLSCompiler] = None,
     ) -> None:
         """
         @param buckets: what makes the buckets of the APIs' and servers'
             limits: L{LOCAL} (this process's), or the workers'
             L{gateway.protection.sharedbuckets.SharedBuckets}.
+        @param tls: the L{TLSCompiler} of certificates and upstream TLS
+            (offline checks pass one that accepts certificates without
+            their keys).
         """
         self._buckets = buckets
         self._filters = filterRegistry
@@ -253,6 +264,8 @@ class SnapshotManager:
         self._compiledRoutings: Dict[str, Tuple[Any, Any]] = {}
         self._compiledAPIs: Dict[str, Tuple[API, Tuple[Any, ...], CompiledAPI, Dict, Route]] = {}
         self._everyAPI: Tuple[Any, ...] = ()
+        #: The TLS objects of the certificates and servers.
+        self._tls = tls if tls is not None else TLSCompiler()
         #: The routes by API name of the routers made, while they live.
         self._routesOf: weakref.WeakKeyDictionary[Router, Dict[str, Route]] = (
             weakref.WeakKeyDictionary()
@@ -304,7 +317,7 @@ class SnapshotManager:
             snapshot and every live object are untouched.
         """
         catalog = self.parser.parse(state.resources)
-        apis, router, pendingFilters = self._compile(catalog)
+        apis, router, pendingFilters, certificates, upstreamTLS = self._compile(catalog)
 
         # Nothing below can fail on valid input: only now touch the state
         # that outlives snapshots.
@@ -312,10 +325,11 @@ class SnapshotManager:
         backends: Dict[str, Backend] = {}
         for name, server in catalog.servers.items():
             backend = self.backends.get(name)
+            tls = upstreamTLS.get(name)
             if backend is None:
-                backend = Backend(server, self._reactor, self._random, self._buckets)
+                backend = Backend(server, self._reactor, self._random, self._buckets, tls)
             else:
-                backend.configure(server)
+                backend.configure(server, tls)
             backends[name] = backend
         clusters: Dict[str, ClusterRuntime] = {}
         for name, cluster in catalog.clusters.items():
@@ -338,6 +352,7 @@ class SnapshotManager:
             backends,
             self.globalFilters,
             consumers,
+            certificates,
         )
         self.backends = backends
         self._apiFilters = pendingFilters
@@ -372,11 +387,19 @@ class SnapshotManager:
         log.info("serving store revision {revision}", revision=state.revision)
         return True
 
-    def _compile(self, catalog: Catalog) -> Tuple[Dict[str, CompiledAPI], Router, Dict]:
+    def _compile(
+        self, catalog: Catalog
+    ) -> Tuple[Dict[str, CompiledAPI], Router, Dict, Dict[str, Any], Dict[str, Any]]:
         """
         Everything of a build that can fail, touching no live state.
+
+        @return: C{(apis, router, filters, certificates, upstreamTLS)}: the
+            compiled APIs, their router, the filters they made, the
+            certificates to serve and the TLS of the servers that speak it.
         """
         catalog.check()
+        certificates = self._tls.certificates(catalog)
+        upstreamTLS = self._tls.upstream(catalog)
         routingCache = {}
         for name, routing in catalog.routings.items():
             cached = self._compiledRoutings.get(name)
@@ -430,7 +453,7 @@ class SnapshotManager:
             router = self._route(routes)
         except RouteConflict as e:
             raise ReferenceError("urlPattern", str(e))
-        return apis, router, pendingFilters
+        return apis, router, pendingFilters, certificates, upstreamTLS
 
     def _route(self, routes: Dict[str, Route]) -> Router:
         """

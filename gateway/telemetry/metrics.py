@@ -50,6 +50,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.web.resource import IResource, Resource
 
 import gateway
+from gateway.telemetry.certificates import certificateStats
 from gateway.telemetry.stats import (
     BUCKETS_SECONDS,
     ERROR_KINDS,
@@ -224,6 +225,15 @@ class GatewayCollector(Collector):
             yield checked
         yield breakers
         yield apiBreakers
+        expiry = GaugeMetricFamily(
+            "gateway_certificate_expiry_seconds",
+            "When a certificate expires (its notAfter), in seconds since the epoch",
+            labels=["certificate"],
+        )
+        if snapshot is not None:
+            for name, info in certificateStats(snapshot, now).items():
+                expiry.add_metric([name], info["expiresAt"])
+        yield expiry
         revision = GaugeMetricFamily(
             "gateway_snapshot_revision", "The store revision the proxy serves (-1: none yet)"
         )

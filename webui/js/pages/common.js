@@ -5,7 +5,7 @@ import { resources } from "../api.js";
 import { h, mount, badge, confirmDialog, toast, DASH, isNum, fmtPct, fmtTime } from "../dom.js";
 import { FormErrors, errorBanner, LocalError } from "../forms.js";
 
-export const KIND_LABEL = { servers: "server", clusters: "cluster", consumers: "consumer", apis: "API", routings: "routing" };
+export const KIND_LABEL = { certificates: "certificate", servers: "server", clusters: "cluster", consumers: "consumer", apis: "API", routings: "routing" };
 
 /** The h1 of a page, with action buttons on the right. */
 export function pageHeader(title, { subtitle, actions = [], crumbs = [] } = {}) {

@@ -15,6 +15,14 @@ function dl(pairs) {
   );
 }
 
+function tlsText(tls) {
+  if (!tls) return "none (plain HTTP)";
+  const parts = [tls.verify === false ? "HTTPS, certificate not verified" : `HTTPS, verified against ${tls.ca ? "the CA given" : "the system's authorities"}`];
+  if (tls.serverName) parts.push(`as ${tls.serverName}`);
+  if (tls.clientCertificate) parts.push(h("span", null, "client certificate ", h("a", { href: `#/certificates/${encodeURIComponent(tls.clientCertificate)}/edit` }, tls.clientCertificate)));
+  return h("span", null, parts.flatMap((p, i) => (i ? [", ", p] : [p])));
+}
+
 function stat(label, key) {
   const value = h("div", { class: "kpi-value", dataset: { kpi: key } }, DASH);
   return { el: h("div", { class: "kpi" }, h("div", { class: "kpi-label" }, label), value), value };
@@ -93,6 +101,7 @@ export async function renderServer(outlet, params) {
       h("h2", { id: "config-h" }, "Configuration"),
       dl([
         ["Address", h("code", null, server.addr)],
+        ["TLS", tlsText(server.tls)],
         ["Weight", fmtNum(server.weight)],
         ["Max QPS", server.maxQPS ? fmtNum(server.maxQPS) : "no limit"],
         ["Clusters", chips(memberOf, (c) => `#/clusters/${encodeURIComponent(c)}/edit`)],

@@ -3,7 +3,7 @@
 import { resources } from "../api.js";
 import { h, mount, fmtNum, fmtRate, fmtMs, DASH } from "../dom.js";
 import { poller } from "../stats.js";
-import { inputField, numberField, optionalSection, section, readText, readNumber, readList, assign, LocalError } from "../forms.js";
+import { inputField, numberField, checkboxField, selectField, textareaField, optionalSection, section, readText, readNumber, readList, assign, LocalError } from "../forms.js";
 import { pageHeader, loading, errorState, linkButton, emptyState, resourceTable, healthBadge, breakerBadge, formPage, clone } from "./common.js";
 
 export async function renderServerList(outlet) {
@@ -108,7 +108,8 @@ export function renderServerForm(outlet, params) {
     name: params.name,
     description: "One backend address and how the gateway protects it.",
     after: (saved) => `#/servers/${encodeURIComponent(saved.name)}`,
-    build(item) {
+    loadExtra: async () => ({ certificates: await resources.list("certificates") }),
+    build(item, extra) {
       const editing = !!item;
       const name = inputField({ label: "Name", field: "name", value: item?.name, required: true, disabled: editing, help: editing ? "The name cannot change." : "Letters, digits, - _ and ." });
       const addr = inputField({ label: "Address", field: "addr", value: item?.addr, required: true, placeholder: "10.0.0.5:8080", help: "host:port" });
@@ -145,7 +146,27 @@ export function renderServerForm(outlet, params) {
         description: "Takes the server out of rotation after proxied requests fail in a row.",
         children: Object.values(pf).map((x) => x.el),
       });
-      const fields = [section("Server", null, name.el, addr.el, weight.el, maxQPS.el), health.el, breaker.el, passive.el];
+      const t = item?.tls || { verify: true };
+      const tf = {
+        verify: checkboxField({ label: "Verify the server's certificate", field: "tls.verify", checked: t.verify !== false, help: "its chain and its name; off trusts any certificate" }),
+        serverName: inputField({ label: "Server name", field: "tls.serverName", value: t.serverName, placeholder: "users.internal", help: "sent by SNI and verified; empty = the host of the address" }),
+        clientCertificate: selectField({
+          label: "Client certificate",
+          field: "tls.clientCertificate",
+          value: t.clientCertificate || "",
+          options: [["", "none"], ...extra.certificates.map((c) => [c.name, c.name])],
+          help: "presented to the server (mutual TLS)",
+        }),
+        ca: textareaField({ label: "Trusted CA certificates (PEM)", field: "tls.ca", value: t.ca, rows: 4, placeholder: "-----BEGIN CERTIFICATE-----", help: "empty = the system's authorities" }),
+      };
+      const tls = optionalSection({
+        title: "TLS",
+        field: "tls",
+        enabled: !!item?.tls,
+        description: "Speak HTTPS to this server: requests, health checks and aggregation calls. A certificate that does not verify is a 502 saying why, never a fallback to plain HTTP.",
+        children: Object.values(tf).map((x) => x.el),
+      });
+      const fields = [section("Server", null, name.el, addr.el, weight.el, maxQPS.el), tls.el, health.el, breaker.el, passive.el];
       const collect = () => {
         const out = clone(item);
         assign(out, "name", readText(name.input));
@@ -160,6 +181,16 @@ export function renderServerForm(outlet, params) {
           out.healthCheck = v;
         } else {
           out.healthCheck = null;
+        }
+        if (tls.enabled) {
+          const v = clone(item?.tls);
+          v.verify = tf.verify.input.checked;
+          assign(v, "serverName", readText(tf.serverName.input) ?? null);
+          assign(v, "clientCertificate", tf.clientCertificate.input.value || null);
+          assign(v, "ca", readText(tf.ca.input) ? tf.ca.input.value : null);
+          out.tls = v;
+        } else {
+          out.tls = null;
         }
         out.circuitBreaker = breaker.collect(item?.circuitBreaker);
         if (passive.enabled) {
