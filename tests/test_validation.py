@@ -91,14 +91,35 @@ FULL: Dict[str, Dict[str, Any]] = {
 }
 
 #: Paths of a request line: no control character, no space.
+#: More examples, for what one of FULL cannot hold together (a cluster's
+#: discovery and its servers).
+MORE: List[Tuple[str, Dict[str, Any]]] = [
+    (
+        "clusters",
+        {
+            "name": "c2",
+            "loadBalance": "weighted-round-robin",
+            "discovery": {
+                "dns": "_http._tcp.users.service.internal",
+                "type": "SRV",
+                "healthCheck": {"path": "/health", "body": "ok"},
+            },
+        },
+    ),
+]
+
+#: Every example: FULL's and MORE.
+EXAMPLES: List[Tuple[str, Dict[str, Any]]] = list(FULL.items()) + MORE
+
 PATHS = {
     ("servers", "healthCheck.path"),
+    ("clusters", "discovery.healthCheck.path"),
     ("apis", "urlPattern"),
     ("apis", "nodes[0].urlRewrite"),
 }
 
 #: Free text: control characters are allowed (a body may hold a newline).
-FREE_TEXT = {("servers", "healthCheck.body")}
+FREE_TEXT = {("servers", "healthCheck.body"), ("clusters", "discovery.healthCheck.body")}
 
 #: Free-form JSON: strings are checked for valid Unicode only.
 FREE_JSON = {
@@ -191,8 +212,10 @@ class FullExampleTests(SynchronousTestCase):
         (so that the tests below reach every one of them).
         """
         for kind, body in FULL.items():
-            parseResource(kind, body)
-            covered = {shape(path) for path, _ in stringLeaves(body)}
+            covered = set()
+            for example in [body] + [b for k, b in MORE if k == kind]:
+                parseResource(kind, example)
+                covered |= {shape(path) for path, _ in stringLeaves(example)}
             expected = set(stringSpecs(RESOURCE_CLASSES[kind]))
             self.assertEqual(expected - covered, set(), kind)
 
@@ -211,7 +234,7 @@ class SurrogateTests(SynchronousTestCase):
         field (a key of free-form JSON too).
         """
         checked = 0
-        for kind, body in FULL.items():
+        for kind, body in EXAMPLES:
             for path, value in stringLeaves(body):
                 bad = replaced(body, path, value + "\ud800")
                 error = self.assertRaises(ValidationError, parseResource, kind, bad)
@@ -260,7 +283,7 @@ class ControlCharacterTests(SynchronousTestCase):
         Each string field but free text and free-form JSON refuses a value
         with CR LF inside, naming the field; paths also refuse a space.
         """
-        for kind, body in FULL.items():
+        for kind, body in EXAMPLES:
             for path, value in stringLeaves(body):
                 for bad in (value + "\r\nX-Injected: 1", value[:1] + "\x00" + value[1:]):
                     changed = replaced(body, path, bad)
@@ -886,7 +909,7 @@ class DocumentAgreesTests(SynchronousTestCase):
         control character there too (sampled on the examples).
         """
         covered: Set[str] = set()
-        for kind, body in FULL.items():
+        for kind, body in EXAMPLES:
             for path, value in stringLeaves(body):
                 if (kind, path) in FREE_TEXT | FREE_JSON:
                     continue

@@ -48,6 +48,9 @@ class Backend:
     @ivar limiter: its C{maxQPS} L{gateway.protection.ratelimit.TokenBucket}, or L{None}.
     @ivar requests: requests sent to it since the process started.
     @ivar failures: those of them that failed.
+    @ivar origin: how DNS discovery found it (a
+        L{gateway.discovery.records.Origin}), or L{None} for a server used
+        as configured.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Backend:
         self.breaker: Optional[Any] = None
         self.limiter: Optional[Any] = None
         self.config: Optional[Server] = None
+        self.origin: Optional[Any] = None
         self.configure(config)
 
     def configure(self, config: Server) -> None:
