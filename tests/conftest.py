@@ -28,6 +28,7 @@ from guard import (  # noqa: F401
     pytest_runtest_setup,
 )
 from harness import (
+    HOST,
     Backend,
     GatewayProcess,
     Process,
@@ -61,9 +62,9 @@ class Backends:
         self._directory = directory
         self.started: List[Backend] = []
 
-    def __call__(self, name: Optional[str] = None, port: int = 0) -> Backend:
+    def __call__(self, name: Optional[str] = None, port: int = 0, host: str = HOST) -> Backend:
         name = name or f"b{len(self.started) + 1}"
-        backend = startBackend(name, self._directory, port=port)
+        backend = startBackend(name, self._directory, port=port, host=host)
         self.started.append(backend)
         return backend
 

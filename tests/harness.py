@@ -266,17 +266,18 @@ class Backend(Process):
 
     name: str = ""
     port: int = 0
+    host: str = HOST
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def addr(self) -> str:
         """
         @return: C{host:port}, as a server's C{addr}.
         """
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def control(self, action: str) -> Any:
         """
@@ -294,18 +295,26 @@ class Backend(Process):
 
 
 def startBackend(
-    name: str, logDir: Path, port: int = 0, timeout: float = 15.0, python: Optional[str] = None
+    name: str,
+    logDir: Path,
+    port: int = 0,
+    timeout: float = 15.0,
+    python: Optional[str] = None,
+    host: str = HOST,
 ) -> Backend:
     """
     Start a test backend and wait until it listens.
 
     @param port: 0 for any free port.
     @param python: the interpreter to run it with; by default this one.
+    @param host: the loopback address it listens on (another than
+        127.0.0.1, such as 127.0.0.2, for backends that a host name's
+        several addresses reach on one port).
     """
     logPath = Path(logDir) / f"backend-{name}.log"
     command = [python or sys.executable, str(BACKEND_APP), "--name", name, "--port", str(port)]
-    command += ["--host", HOST]
-    backend = Backend(_spawn(command, logPath), logPath, name=name)
+    command += ["--host", host]
+    backend = Backend(_spawn(command, logPath), logPath, name=name, host=host)
 
     def ready() -> Optional[int]:
         for line in backend.output().splitlines():

@@ -18,11 +18,12 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.names import client, dns, hosts, resolve
+from twisted.names import dns
 from twisted.names.error import DNSNameError, DomainError
 from twisted.python.failure import Failure
 
 from gateway.discovery.records import ServiceRecord, normalName, sortRecords
+from gateway.discovery.resolver import StubResolver
 from gateway.model.config import ResolverConfig, parseNameserver
 
 #: Where the system's DNS servers are listed.
@@ -73,24 +74,20 @@ def systemNameservers(path: str = RESOLV_CONF) -> List[Tuple[str, int]]:
     return servers or [("127.0.0.1", 53)]
 
 
-def makeResolver(settings: ResolverConfig, reactor: Any) -> Any:
+def makeResolver(settings: ResolverConfig, reactor: Any) -> StubResolver:
     """
-    Make the L{twisted.internet.interfaces.IResolver} discovery asks: the
-    hosts file (unless C{settings.hosts} is L{None}), then the DNS servers
-    of C{settings} (or of C{/etc/resolv.conf}), each given
-    C{settings.timeout} seconds in turn.
+    Make the resolver discovery asks: the hosts file (unless
+    C{settings.hosts} is L{None}), then the DNS servers of C{settings} (or
+    of C{/etc/resolv.conf}), each given C{settings.timeout} seconds in
+    turn.
 
     Reads C{/etc/resolv.conf} when C{settings} names no server: call it
     when the service starts, not when it is built.
 
-    @param reactor: an L{IReactorTime} and L{IReactorUDP} (and
-        L{IReactorTCP}, for truncated answers).
+    @param reactor: an L{IReactorTime}, L{IReactorUDP} and L{IReactorTCP}.
     """
     servers = [parseNameserver(s) for s in settings.nameservers] or systemNameservers()
-    dnsResolver = client.Resolver(servers=servers, timeout=(settings.timeout,), reactor=reactor)
-    if settings.hosts is None:
-        return dnsResolver
-    return resolve.ResolverChain([hosts.Resolver(file=settings.hosts.encode("utf-8")), dnsResolver])
+    return StubResolver(servers, settings.timeout, reactor, hostsFile=settings.hosts)
 
 
 def _negativeTTL(authority: Sequence[Any]) -> Optional[float]:

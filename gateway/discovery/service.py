@@ -71,6 +71,7 @@ class _Watch:
     """
 
     kind = ""
+    label = ""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -143,6 +144,7 @@ class _HostWatch(_Watch):
     """
 
     kind = "A"
+    label = "host"
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -159,6 +161,7 @@ class _ServiceWatch(_Watch):
     """
 
     kind = "SRV"
+    label = "SRV"
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -201,6 +204,7 @@ class DNSDiscovery(Service):
         self._onChange = onChange
         self._settings = settings if settings is not None else ResolverConfig()
         self._resolver = resolver
+        self._ownResolver = False
         self._serverHosts: FrozenSet[str] = frozenset()
         self._services: FrozenSet[str] = frozenset()
         self._hosts: Dict[str, _HostWatch] = {}
@@ -267,6 +271,7 @@ class DNSDiscovery(Service):
         super().startService()
         if self._resolver is None:
             self._resolver = makeResolver(self._settings, self._reactor)
+            self._ownResolver = True
         self._sync()
 
     def stopService(self) -> None:
@@ -279,6 +284,9 @@ class DNSDiscovery(Service):
         call, self._publishCall = self._publishCall, None
         if call is not None and call.active():
             call.cancel()
+        if self._ownResolver:
+            resolver, self._resolver = self._resolver, None
+            resolver.close()
 
     # -- the watches ------------------------------------------------------------
 
@@ -401,7 +409,7 @@ class DNSDiscovery(Service):
                 log.warn(
                     "looking up {kind} {name} failed ({error}); keeping what it had:"
                     " {values}; trying again until it answers",
-                    kind=watch.kind,
+                    kind=watch.label,
                     name=watch.name,
                     error=watch.lastError,
                     values=_show(watch.values()),
@@ -411,7 +419,7 @@ class DNSDiscovery(Service):
                 log.info(
                     "{kind} {name} is answered again, after {failures} failed lookup(s)"
                     " in {seconds:.1f}s: {values}",
-                    kind=watch.kind,
+                    kind=watch.label,
                     name=watch.name,
                     failures=watch.failures,
                     seconds=now - watch.failingSince,
@@ -427,7 +435,7 @@ class DNSDiscovery(Service):
         if changed:
             log.info(
                 "{kind} {name} now gives {values}",
-                kind=watch.kind,
+                kind=watch.label,
                 name=watch.name,
                 values=_show(watch.values()),
             )
