@@ -74,18 +74,14 @@ class DictAuthority(common.ResolverBase):
                 answers.append(dns.RRHeader(name, dns.A, dns.IN, ttl, dns.Record_A(ip, ttl)))
         elif type == dns.AAAA:
             for ip in entry.get("AAAA", ()):
-                answers.append(
-                    dns.RRHeader(name, dns.AAAA, dns.IN, ttl, dns.Record_AAAA(ip, ttl))
-                )
+                answers.append(dns.RRHeader(name, dns.AAAA, dns.IN, ttl, dns.Record_AAAA(ip, ttl)))
         elif type == dns.SRV:
             for priority, weight, port, target in entry.get("SRV", ()):
                 record = dns.Record_SRV(priority, weight, port, target, ttl)
                 answers.append(dns.RRHeader(name, dns.SRV, dns.IN, ttl, record))
         authority: List[dns.RRHeader] = []
         if not answers:
-            soa = dns.Record_SOA(
-                mname=b"ns.test", rname=b"admin.test", minimum=ttl, ttl=ttl
-            )
+            soa = dns.Record_SOA(mname=b"ns.test", rname=b"admin.test", minimum=ttl, ttl=ttl)
             authority.append(dns.RRHeader(b"test", dns.SOA, dns.IN, ttl, soa, auth=True))
         return defer.succeed((answers, authority, []))
 

@@ -110,4 +110,3 @@ def dnsServer(tmp_path: Path) -> Iterator[DNSServer]:
         yield server
     finally:
         server.stop()
-

@@ -77,7 +77,7 @@ def systemNameservers(path: str = RESOLV_CONF) -> List[Tuple[str, int]]:
 def makeResolver(settings: ResolverConfig, reactor: Any) -> StubResolver:
     """
     Make the resolver discovery asks: the hosts file (unless
-    C{settings.hosts} is L{None}), then the DNS servers of C{settings} (or
+    C{settings.hosts} is empty), then the DNS servers of C{settings} (or
     of C{/etc/resolv.conf}), each given C{settings.timeout} seconds in
     turn.
 
@@ -87,7 +87,7 @@ def makeResolver(settings: ResolverConfig, reactor: Any) -> StubResolver:
     @param reactor: an L{IReactorTime}, L{IReactorUDP} and L{IReactorTCP}.
     """
     servers = [parseNameserver(s) for s in settings.nameservers] or systemNameservers()
-    return StubResolver(servers, settings.timeout, reactor, hostsFile=settings.hosts)
+    return StubResolver(servers, settings.timeout, reactor, hostsFile=settings.hosts or None)
 
 
 def _negativeTTL(authority: Sequence[Any]) -> Optional[float]:

@@ -454,8 +454,16 @@ class DNSDiscovery(Service):
 
     def _publish(self) -> None:
         self._publishCall = None
+        # The targets of SRV records not counted yet are left out too.
+        visible = set(self._serverHosts)
+        for service in self._srv.values():
+            visible |= serviceTargets(service.values())
         found = Discovered(
-            {name: w.values() for name, w in self._hosts.items() if w.attempted},
+            {
+                name: w.values()
+                for name, w in self._hosts.items()
+                if w.attempted and name in visible
+            },
             {name: w.records for name, w in self._srv.items() if w.records is not None},
         )
         if found == self.current:

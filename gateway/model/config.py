@@ -282,10 +282,10 @@ class ResolverConfig:
     timeout: float = field(
         Seconds(60), 2.0, doc="seconds to wait for each DNS server's answer before the next"
     )
-    hosts: Optional[str] = field(
-        Nullable(Str(minLength=1)),
+    hosts: str = field(
+        Str(),
         "/etc/hosts",
-        doc="a hosts file whose names are answered before the DNS; null = none",
+        doc='a hosts file whose names are answered before the DNS; "" = none',
     )
     minTTL: float = field(
         Seconds(3600), 1.0, doc="seconds: a name is not looked up again sooner than this"
