@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 from harness import HOST, Process, _spawn, request, waitFor
@@ -48,23 +48,32 @@ class DNSServer:
         """
         logPath = self.directory / "dns.log"
         command = [sys.executable, str(DNS_APP), "--port", str(self.port)]
+        # The log keeps the lines of earlier runs: this run's READY is the
+        # one after them.
+        earlier = len(self._readyLines(logPath))
         process = self.process = Process(_spawn(command, logPath), logPath)
 
         def ready() -> Optional[str]:
-            for line in process.output().splitlines():
-                if line.startswith("READY "):
-                    return line
+            lines = self._readyLines(logPath)
+            if len(lines) > earlier:
+                return lines[-1]
             if not process.alive():
                 raise AssertionError(f"the DNS server exited:\n{process.output()}")
             return None
 
         line = waitFor(ready, timeout, what="the DNS server to listen")
-        # The log keeps the READY lines of earlier runs: the last is this one.
-        line = [x for x in process.output().splitlines() if x.startswith("READY ")][-1]
         _, port, control = line.split()
         self.port, self.controlPort = int(port), int(control)
         if self.records:
             self.setRecords(self.records)
+
+    @staticmethod
+    def _readyLines(logPath: Path) -> List[str]:
+        try:
+            text = logPath.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if line.startswith("READY ")]
 
     def stop(self) -> None:
         """

@@ -17,6 +17,7 @@ import collections
 import json
 from typing import Any, Dict, List, Tuple
 
+from fakes import ScriptedUpstreamClient
 from test_relay import PoolReactor, sent, state
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
@@ -29,6 +30,7 @@ from zope.interface.verify import verifyObject
 
 from gateway.balancing.backend import Backend
 from gateway.balancing.balancers import PriorityBalancer, RoundRobin, makeTieredBalancer
+from gateway.balancing.health import HealthChecker
 from gateway.discovery.lookup import (
     LookupFailed,
     lookupFamily,
@@ -1213,6 +1215,34 @@ class RediscoverTests(SynchronousTestCase):
             [b.name for b in runtime.backends],
             ["svc@10.0.0.1:80", "svc@10.0.0.2:80", "svc@10.0.0.3:90"],
         )
+
+    def test_healthChecksPerAddress(self) -> None:
+        """
+        Each address of a server with a health check is checked on its
+        own; an address that goes stops being checked (its check in flight
+        cancelled).
+        """
+
+        class Client(ScriptedUpstreamClient):
+            def __init__(self) -> None:
+                self.asked: List[Tuple[str, bytes]] = []
+                self.cancelled: List[str] = []
+
+            def respond(self, backend: Any, method: bytes, uri: bytes, *rest: Any) -> Deferred:
+                self.asked.append((backend.host, uri))
+                return Deferred(lambda d: self.cancelled.append(backend.host))
+
+        client = Client()
+        health = HealthChecker(client, self.clock, self.manager)
+        health.startService()
+        self.addCleanup(health.stopService)
+        self.manager.apply(storeState(servers=[dict(USERS, healthCheck={"path": "/ping"})]))
+        self.manager.rediscover(Discovered({"users.test": ("10.0.0.5", "10.0.0.6")}))
+        self.assertEqual(health.checking, ["users@10.0.0.5", "users@10.0.0.6"])
+        self.assertEqual(client.asked, [("10.0.0.5", b"/ping"), ("10.0.0.6", b"/ping")])
+        self.manager.rediscover(Discovered({"users.test": ("10.0.0.6",)}))
+        self.assertEqual(health.checking, ["users@10.0.0.6"])
+        self.assertEqual(client.cancelled, ["10.0.0.5"])
 
     def test_stats(self) -> None:
         """

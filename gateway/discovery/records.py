@@ -17,6 +17,7 @@ from a store change or from a discovery change alike.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
@@ -60,7 +61,13 @@ def hostToLookUp(server: Server) -> Optional[str]:
     @return: the host name (normalised) that C{server}'s C{addr} names, or
         L{None} when it is an IP address.
     """
-    host = splitAddr(server.addr)[0]
+    return _hostOf(server.addr)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _hostOf(addr: str) -> Optional[str]:
+    # Asked for every server at every store change: parsed once per addr.
+    host = splitAddr(addr)[0]
     return None if isIPAddress(host) else normalName(host)
 
 

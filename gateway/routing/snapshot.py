@@ -325,9 +325,9 @@ class SnapshotManager:
 
         # Nothing below can fail on valid input: only now touch the state
         # that outlives snapshots.
-        snapshot = self._assemble(state.revision, catalog, router, apis)
+        snapshot, backends = self._assemble(state.revision, catalog, router, apis)
         self._apiFilters = pendingFilters
-        self._swap(snapshot)
+        self._swap(snapshot, backends)
         return snapshot
 
     # -- discovery: a delimited part, see gateway.discovery ----------------------
@@ -347,8 +347,10 @@ class SnapshotManager:
         current = self.snapshot
         if current is None:
             return None
-        snapshot = self._assemble(current.revision, current.catalog, current.router, current.apis)
-        self._swap(snapshot)
+        snapshot, backends = self._assemble(
+            current.revision, current.catalog, current.router, current.apis
+        )
+        self._swap(snapshot, backends)
         return snapshot
 
     def _assemble(
@@ -357,10 +359,12 @@ class SnapshotManager:
         catalog: Catalog,
         router: Router,
         apis: Mapping[str, CompiledAPI],
-    ) -> Snapshot:
+    ) -> Tuple[Snapshot, Dict[str, Backend]]:
         """
         The snapshot of a compiled catalog over what discovery found: its
         backends (those that exist already updated in place) and clusters.
+
+        @return: the snapshot and its backends.
         """
         previous = self.snapshot
         expansion = expand(catalog, self.discovered)
@@ -381,12 +385,13 @@ class SnapshotManager:
                 clusters[name] = old
             else:
                 clusters[name] = ClusterRuntime(cluster, (), self._random, tiers)
-        return Snapshot(revision, catalog, router, apis, clusters, backends, self.globalFilters)
+        snapshot = Snapshot(revision, catalog, router, apis, clusters, backends, self.globalFilters)
+        return snapshot, backends
 
     # -- end of discovery -------------------------------------------------------
 
-    def _swap(self, snapshot: Snapshot) -> None:
-        self.backends = dict(snapshot.backends)
+    def _swap(self, snapshot: Snapshot, backends: Dict[str, Backend]) -> None:
+        self.backends = backends
         self.snapshot = snapshot
         for listener in self._listeners:
             try:
