@@ -256,6 +256,7 @@ class ModelTests(SynchronousTestCase):
             (default.nameservers, default.timeout, default.hosts, default.minTTL, default.maxTTL),
             ((), 2.0, "/etc/hosts", 1.0, 300.0),
         )
+        self.assertEqual(default.family, "v4-preferred")
 
     def test_resolverErrors(self) -> None:
         """
@@ -269,6 +270,7 @@ class ModelTests(SynchronousTestCase):
             ({"minTTL": 10, "maxTTL": 5}, "resolver.minTTL"),
             ({"timeout": 0}, "resolver.timeout"),
             ({"servers": []}, "resolver.servers"),
+            ({"family": "ipv4"}, "resolver.family"),
         ]:
             error = self.assertRaises(
                 ConfigError, parseConfig, {"proxy": {"listen": "tcp:8080"}, "resolver": value}
@@ -805,10 +807,13 @@ class DiscoveryServiceTests(SynchronousTestCase):
         self.clock = Clock()
         self.resolver = ScriptedResolver()
         self.found: List[Discovered] = []
-        self.discovery = DNSDiscovery(
+        self.discovery = self.make("all")
+
+    def make(self, family: str) -> DNSDiscovery:
+        return DNSDiscovery(
             self.clock,
             self.found.append,
-            ResolverConfig(minTTL=1.0, maxTTL=300.0),
+            ResolverConfig(minTTL=1.0, maxTTL=300.0, family=family),
             resolver=self.resolver,
         )
 
@@ -837,6 +842,36 @@ class DiscoveryServiceTests(SynchronousTestCase):
             self.found, [Discovered({"users.test": ("10.0.0.5", "10.0.0.6", "fd00::1")})]
         )
         self.assertIs(self.discovery.current, self.found[0])
+
+    def test_families(self) -> None:
+        """
+        Which addresses are servers: by default the IPv4 ones, or the IPv6
+        ones when there are none (v4-preferred); v6-preferred the other way
+        round; v4-only and v6-only look one family up; all takes both.
+        """
+        cases = [
+            ("v4-preferred", ["10.0.0.1", "fd00::1"], ("10.0.0.1",)),
+            ("v4-preferred", ["fd00::1"], ("fd00::1",)),
+            ("v6-preferred", ["10.0.0.1", "fd00::1"], ("fd00::1",)),
+            ("v6-preferred", ["10.0.0.1"], ("10.0.0.1",)),
+            ("all", ["10.0.0.1", "fd00::1"], ("10.0.0.1", "fd00::1")),
+        ]
+        for family, ips, expected in cases:
+            discovery = self.make(family)
+            discovery.want({"h.test"}, ())
+            discovery.startService()
+            self.resolver.answerHost("h.test", ips)
+            self.clock.advance(0)
+            self.assertEqual(discovery.current.addresses, {"h.test": expected}, family)
+            discovery.stopService()
+        self.assertEqual(ResolverConfig().family, "v4-preferred")
+        for family, kind in [("v4-only", "A"), ("v6-only", "AAAA")]:
+            self.resolver.asked.clear()
+            discovery = self.make(family)
+            discovery.want({"h.test"}, ())
+            discovery.startService()
+            self.assertEqual(self.resolver.asked, [("h.test", kind)])
+            discovery.stopService()
 
     def test_againOnTTL(self) -> None:
         """

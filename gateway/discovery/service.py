@@ -12,7 +12,9 @@ their answers run on the reactor, between requests).
 Each name is looked up when it first appears, then again when the least TTL
 of its answer runs out, that TTL bounded by the C{resolver:} section's
 C{minTTL} and C{maxTTL}.  A host name is looked up for its IPv4 (A) and
-IPv6 (AAAA) addresses alike, each kept apart.  A lookup that fails (no DNS
+IPv6 (AAAA) addresses at once, each kept apart, and its servers are the
+addresses of the family C{resolver.family} says (by default its IPv4 ones,
+or its IPv6 ones when it has none).  A lookup that fails (no DNS
 server answered in time, one failed or refused) keeps what the name had
 before (a name that does not exist, or has no such record, is an answer,
 not a failure): it is tried again after 1, 2, 4... times C{minTTL}, at most
@@ -140,18 +142,36 @@ class _Watch:
 
 class _HostWatch(_Watch):
     """
-    A host name: its addresses of each family, kept apart.
+    A host name: its addresses of each family, kept apart, and those of
+    them that are servers (by C{resolver.family}).
     """
 
     kind = "A"
     label = "host"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, family: str) -> None:
         super().__init__(name)
+        self.family = family
         self.families: Dict[int, Tuple[str, ...]] = {}
 
+    def lookups(self) -> Tuple[Tuple[int, str], ...]:
+        """
+        @return: C{(record type, label)} of the lookups to make.
+        """
+        if self.family == "v4-only":
+            return _FAMILIES[:1]
+        if self.family == "v6-only":
+            return _FAMILIES[1:]
+        return _FAMILIES
+
     def values(self) -> Tuple[str, ...]:
-        return tuple(sorted({ip for ips in self.families.values() for ip in ips}))
+        v4 = self.families.get(dns.A, ())
+        v6 = self.families.get(dns.AAAA, ())
+        if self.family == "v4-preferred":
+            return v4 or v6
+        if self.family == "v6-preferred":
+            return v6 or v4
+        return tuple(sorted(set(v4) | set(v6)))
 
 
 class _ServiceWatch(_Watch):
@@ -310,7 +330,7 @@ class DNSDiscovery(Service):
                 self._hosts.pop(name).stop()
                 self._changed()
         for name in sorted(wanted - set(self._hosts)):
-            watch = self._hosts[name] = _HostWatch(name)
+            watch = self._hosts[name] = _HostWatch(name, self._settings.family)
             self._lookUp(watch)
 
     def _lookUp(self, watch: _Watch) -> None:
@@ -325,9 +345,10 @@ class DNSDiscovery(Service):
 
     async def _lookUpHost(self, watch: _HostWatch) -> None:
         resolver = self._resolver
+        families = watch.lookups()
         lookups = [
             Deferred.fromCoroutine(lookupFamily(resolver, watch.name, recordType))
-            for recordType, _ in _FAMILIES
+            for recordType, _ in families
         ]
         outcomes = await DeferredList(lookups, consumeErrors=True)
         if watch.stopped:
@@ -336,7 +357,7 @@ class DNSDiscovery(Service):
         errors = []
         delays = []
         outcome: Any
-        for (recordType, label), (ok, outcome) in zip(_FAMILIES, outcomes):
+        for (recordType, label), (ok, outcome) in zip(families, outcomes):
             if ok:
                 watch.families[recordType] = outcome.values
                 delays.append(self._holdFor(outcome))

@@ -36,6 +36,7 @@ from gateway.model.limits import DEFAULT_MAX_IDLE, HTTPLimits
 from gateway.model.resources import KINDS, Catalog, FilterSpec, parseResource
 from gateway.model.schema import (
     Bool,
+    Enum,
     Int,
     Name,
     Nullable,
@@ -222,6 +223,10 @@ class AdminConfig:
     )
 
 
+#: The choices of C{resolver.family} (as Envoy's C{dns_lookup_family}).
+ADDRESS_FAMILIES = ("v4-preferred", "v6-preferred", "v4-only", "v6-only", "all")
+
+
 #: A DNS server: an IP address, with an optional port (53 by default).
 _NAMESERVER = (
     rf"^({patterns.IPV4}(:[0-9]{{1,5}})?|\[{patterns.IPV6}\](:[0-9]{{1,5}})?|{patterns.IPV6})$"
@@ -286,6 +291,14 @@ class ResolverConfig:
         Str(),
         "/etc/hosts",
         doc='a hosts file whose names are answered before the DNS; "" = none',
+    )
+    family: str = field(
+        Enum(ADDRESS_FAMILIES),
+        "v4-preferred",
+        doc=(
+            "which addresses of a host name are servers: v4-preferred (its IPv4 ones, or its"
+            " IPv6 ones when it has none), v6-preferred, v4-only, v6-only, or all"
+        ),
     )
     minTTL: float = field(
         Seconds(3600), 1.0, doc="seconds: a name is not looked up again sooner than this"
