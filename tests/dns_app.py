@@ -2,7 +2,8 @@
 A real DNS server for the integration tests, on Twisted Names.
 
 Run it as C{python tests/dns_app.py}: it serves UDP DNS on 127.0.0.1 (a
-free port, or C{--port}) from records kept in a dict, and a small HTTP
+free port, or C{--port}) from records kept in a dict (at first those of the
+JSON file C{--records} names, if any), and a small HTTP
 control API on another 127.0.0.1 port; it prints C{READY <dns port>
 <control port>} once both listen.
 
@@ -119,8 +120,14 @@ def main(argv: List[str]) -> Tuple[int, int]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--records", help="a JSON file of the records to start with")
     options = parser.parse_args(argv)
     authority = DictAuthority()
+    if options.records:
+        with open(options.records, encoding="utf-8") as f:
+            authority.records = {
+                name.lower().rstrip("."): entry for name, entry in json.load(f).items()
+            }
     factory = server.DNSServerFactory(authorities=[authority])
     udp = globalReactor.listenUDP(
         options.port, dns.DNSDatagramProtocol(factory), interface=options.host

@@ -9,6 +9,7 @@ test module uses it with C{from dnsserver import dnsServer  # noqa: F401}.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -48,6 +49,11 @@ class DNSServer:
         """
         logPath = self.directory / "dns.log"
         command = [sys.executable, str(DNS_APP), "--port", str(self.port)]
+        if self.records:
+            # Answered from its first query on.
+            recordsPath = self.directory / "dns-records.json"
+            recordsPath.write_text(json.dumps(self.records), encoding="utf-8")
+            command += ["--records", str(recordsPath)]
         # The log keeps the lines of earlier runs: this run's READY is the
         # one after them.
         earlier = len(self._readyLines(logPath))
@@ -64,8 +70,6 @@ class DNSServer:
         line = waitFor(ready, timeout, what="the DNS server to listen")
         _, port, control = line.split()
         self.port, self.controlPort = int(port), int(control)
-        if self.records:
-            self.setRecords(self.records)
 
     @staticmethod
     def _readyLines(logPath: Path) -> List[str]:

@@ -144,18 +144,35 @@ class ScriptedResolver:
     def answer(
         self, name: str, kind: str, answers: List[dns.RRHeader], authority: Any = ()
     ) -> None:
-        d = self.pending[(name, kind)].pop(0)
-        d.callback((answers, list(authority), []))
+        self._next(name, kind).callback((answers, list(authority), []))
 
     def fail(self, name: str, kind: str, error: Exception) -> None:
-        self.pending[(name, kind)].pop(0).errback(error)
+        self._next(name, kind).errback(error)
+
+    def _next(self, name: str, kind: str) -> Deferred:
+        """
+        @return: the oldest lookup of C{name} waiting (cancelled ones are
+            dropped).
+        """
+        queue = self.pending[(name, kind)]
+        while queue[0].called:
+            queue.pop(0)
+        return queue.pop(0)
 
     def answerHost(self, name: str, ips: List[str], ttl: int = 30) -> None:
         """
-        Answer the A and AAAA lookups of C{name} with C{ips}.
+        Answer the A and AAAA lookups of C{name} waiting (and those that
+        answering makes) with C{ips}.
         """
-        self.answer(name, "A", [aRecord(name, ip, ttl) for ip in ips if ":" not in ip])
-        self.answer(name, "AAAA", [aaaaRecord(name, ip, ttl) for ip in ips if ":" in ip])
+        answered = True
+        while answered:
+            answered = False
+            if self.waiting(name, "A"):
+                self.answer(name, "A", [aRecord(name, ip, ttl) for ip in ips if ":" not in ip])
+                answered = True
+            if self.waiting(name, "AAAA"):
+                self.answer(name, "AAAA", [aaaaRecord(name, ip, ttl) for ip in ips if ":" in ip])
+                answered = True
 
 
 def settings(**kw: Any) -> ResolverConfig:
@@ -865,6 +882,16 @@ class DiscoveryServiceTests(SynchronousTestCase):
             self.assertEqual(discovery.current.addresses, {"h.test": expected}, family)
             discovery.stopService()
         self.assertEqual(ResolverConfig().family, "v4-preferred")
+        # The preferred family first, the other only when it has none.
+        for family, first, second in [("v4-preferred", "A", "AAAA"), ("v6-preferred", "AAAA", "A")]:
+            self.resolver.asked.clear()
+            discovery = self.make(family)
+            discovery.want({"h.test"}, ())
+            discovery.startService()
+            self.assertEqual(self.resolver.asked, [("h.test", first)])
+            self.resolver.answer("h.test", first, [])
+            self.assertEqual(self.resolver.asked, [("h.test", first), ("h.test", second)])
+            discovery.stopService()
         for family, kind in [("v4-only", "A"), ("v6-only", "AAAA")]:
             self.resolver.asked.clear()
             discovery = self.make(family)

@@ -252,9 +252,9 @@ def test_workersTakeTheParentsDiscovery(
         store=f"file:{tmp_path}/gateway-data.json",
     )
     config["proxy"]["workers"] = 2
+    started = time.monotonic()
     gateway = gateways(config)
     ready(gateway)
-    started = time.monotonic()
     # Each request on a new connection: the kernel spreads them over both
     # workers.
     servedUntil(gateway, lambda names: names == {"b1"}, 10, "the first address")

@@ -154,15 +154,21 @@ class _HostWatch(_Watch):
         self.family = family
         self.families: Dict[int, Tuple[str, ...]] = {}
 
-    def lookups(self) -> Tuple[Tuple[int, str], ...]:
+    def plan(self) -> Tuple[Tuple[Tuple[int, str], ...], ...]:
         """
-        @return: C{(record type, label)} of the lookups to make.
+        @return: the lookups to make, C{(record type, label)}, in steps: a
+            step's lookups run at once, and the next step runs only when
+            the step answered with no address (the preferred family first,
+            as Envoy's V4_PREFERRED: a name with IPv4 addresses costs one
+            query).
         """
-        if self.family == "v4-only":
-            return _FAMILIES[:1]
-        if self.family == "v6-only":
-            return _FAMILIES[1:]
-        return _FAMILIES
+        v4, v6 = _FAMILIES
+        return {
+            "v4-preferred": ((v4,), (v6,)),
+            "v6-preferred": ((v6,), (v4,)),
+            "v4-only": ((v4,),),
+            "v6-only": ((v6,),),
+        }.get(self.family, ((v4, v6),))
 
     def values(self) -> Tuple[str, ...]:
         v4 = self.families.get(dns.A, ())
@@ -345,24 +351,28 @@ class DNSDiscovery(Service):
 
     async def _lookUpHost(self, watch: _HostWatch) -> None:
         resolver = self._resolver
-        families = watch.lookups()
-        lookups = [
-            Deferred.fromCoroutine(lookupFamily(resolver, watch.name, recordType))
-            for recordType, _ in families
-        ]
-        outcomes = await DeferredList(lookups, consumeErrors=True)
-        if watch.stopped:
-            return
         before = watch.values()
-        errors = []
-        delays = []
-        outcome: Any
-        for (recordType, label), (ok, outcome) in zip(families, outcomes):
-            if ok:
-                watch.families[recordType] = outcome.values
-                delays.append(self._holdFor(outcome))
-            else:
-                errors.append(f"{label}: {self._reason(outcome, watch)}")
+        errors: List[str] = []
+        delays: List[float] = []
+        for step in watch.plan():
+            lookups = [
+                Deferred.fromCoroutine(lookupFamily(resolver, watch.name, recordType))
+                for recordType, _ in step
+            ]
+            outcomes = await DeferredList(lookups, consumeErrors=True)
+            if watch.stopped:
+                return
+            found = False
+            outcome: Any
+            for (recordType, label), (ok, outcome) in zip(step, outcomes):
+                if ok:
+                    watch.families[recordType] = outcome.values
+                    delays.append(self._holdFor(outcome))
+                    found = found or bool(outcome.values)
+                else:
+                    errors.append(f"{label}: {self._reason(outcome, watch)}")
+            if errors or found:
+                break
         self._finish(watch, errors, delays, watch.values() != before)
 
     async def _lookUpService(self, watch: _ServiceWatch) -> None:

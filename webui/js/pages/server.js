@@ -6,6 +6,7 @@ import { h, mount, fmtNum, fmtRate, fmtMs, fmtPct, fmtTime, fmtDuration, badge, 
 import { poller } from "../stats.js";
 import { LineChart, COLORS } from "../charts.js";
 import { pageHeader, loading, errorState, linkButton, healthBadge, breakerBadge, deleteResource, chips } from "./common.js";
+import { discoveredOf, discoveredTable, lookupLine } from "./discovered.js";
 
 function dl(pairs) {
   return h(
@@ -70,6 +71,11 @@ export async function renderServer(outlet, params) {
     format: fmtMs,
   });
 
+  // A host name: its addresses are servers of their own (DNS discovery).
+  const host = server.addr.replace(/:\d+$/, "");
+  const named = !/^\[|^\d+\.\d+\.\d+\.\d+$/.test(host);
+  const foundBody = h("div");
+  const lookupSlot = h("span");
   const breakerBody = h("div");
   const healthBody = h("div");
   const cb = server.circuitBreaker;
@@ -87,6 +93,15 @@ export async function renderServer(outlet, params) {
       h("section", { class: "card", "aria-labelledby": "breaker-h" }, h("h2", { id: "breaker-h" }, "Circuit breaker"), breakerBody),
       h("section", { class: "card", "aria-labelledby": "health-h" }, h("h2", { id: "health-h" }, "Health"), healthBody),
     ),
+    named
+      ? h(
+          "section",
+          { class: "card", "aria-labelledby": "found-h" },
+          h("h2", { id: "found-h" }, "Addresses (DNS)"),
+          h("p", null, "Each address of ", h("code", null, host), " is a server of its own, checked and protected on its own; the figures above are for the server's own name, these for each address. ", lookupSlot),
+          foundBody,
+        )
+      : null,
     h(
       "section",
       { class: "card", "aria-labelledby": "config-h" },
@@ -194,6 +209,10 @@ export async function renderServer(outlet, params) {
     kpis.requests.value.textContent = fmtNum(s?.requests);
     renderBreaker(s, sample?.t);
     renderHealth(s);
+    if (named) {
+      foundBody.replaceChildren(discoveredTable(discoveredOf(sample?.data, { server: name })));
+      lookupSlot.replaceChildren(lookupLine(sample?.data, "hosts", host));
+    }
     // From the first poll that knew the server (it may be new).
     const points = p.samples.filter((x) => x.servers[name]).map((x) => ({ t: x.t, ...x.servers[name] }));
     trafficChart.update(points);
