@@ -21,6 +21,29 @@ function stat(label, key) {
   return { el: h("div", { class: "kpi" }, h("div", { class: "kpi-label" }, label), value), value };
 }
 
+/**
+ * The rates of several servers together (the addresses of a host name):
+ * requests and errors summed, the latency averaged by traffic (percentiles
+ * of several servers cannot be added: left out).
+ */
+function sumRates(list) {
+  const out = { rps: 0, errorsPs: 0 };
+  let weighted = 0;
+  let weight = 0;
+  for (const r of list) {
+    if (!r) continue;
+    out.rps += r.rps || 0;
+    out.errorsPs += r.errorsPs || 0;
+    if (isNum(r.ewmaMs)) {
+      weighted += r.ewmaMs * (r.rps || 1);
+      weight += r.rps || 1;
+    }
+  }
+  out.errorRate = out.rps > 0 ? Math.min(100, (out.errorsPs * 100) / out.rps) : 0;
+  out.ewmaMs = weight ? weighted / weight : undefined;
+  return out;
+}
+
 export async function renderServer(outlet, params) {
   const name = params.name;
   const crumbs = [["Servers", "#/servers"]];
@@ -98,7 +121,7 @@ export async function renderServer(outlet, params) {
           "section",
           { class: "card", "aria-labelledby": "found-h" },
           h("h2", { id: "found-h" }, "Addresses (DNS)"),
-          h("p", null, "Each address of ", h("code", null, host), " is a server of its own, checked and protected on its own; the figures above are for the server's own name, these for each address. ", lookupSlot),
+          h("p", null, "Each address of ", h("code", null, host), " is a server of its own, checked and protected on its own (the figures above are theirs together). ", lookupSlot),
           foundBody,
         )
       : null,
@@ -199,6 +222,32 @@ export async function renderServer(outlet, params) {
   const unsubscribe = poller.subscribe((p) => {
     const sample = p.latest;
     const s = sample?.data?.servers?.[name];
+    const found = named && !s ? discoveredOf(sample?.data, { server: name }) : [];
+    if (named) {
+      foundBody.replaceChildren(discoveredTable(found));
+      lookupSlot.replaceChildren(lookupLine(sample?.data, "hosts", host));
+    }
+    if (found.length) {
+      // A host name: the figures of its addresses together.
+      const names = found.map(([n]) => n);
+      const r = sumRates(names.map((n) => sample.servers[n]));
+      const healthy = found.filter(([, x]) => x.healthy !== false && !x.ejected).length;
+      healthSlot.replaceChildren(badge(`${healthy}/${found.length} healthy`, healthy === found.length ? "ok" : healthy ? "warn" : "bad"));
+      const open = found.filter(([, x]) => x.breaker?.state === "open").length;
+      breakerSlot.replaceChildren(found.some(([, x]) => x.breaker) ? badge(`${open}/${found.length} open`, open ? "bad" : "ok") : badge("no breaker", "muted"));
+      kpis.rps.value.textContent = fmtRate(r.rps);
+      kpis.errorRate.value.textContent = fmtPct(r.errorRate);
+      kpis.latency.value.textContent = fmtMs(r.ewmaMs);
+      kpis.active.value.textContent = fmtNum(found.reduce((sum, [, x]) => sum + (x.active || 0), 0));
+      kpis.requests.value.textContent = fmtNum(found.reduce((sum, [, x]) => sum + (x.requests || 0), 0));
+      mount(breakerBody, h("p", { class: "muted" }, "Each address has its own: see Addresses (DNS) below."));
+      mount(healthBody, h("p", { class: "muted" }, "Each address is checked on its own: see Addresses (DNS) below."));
+      lastTransitionsKey = lastHealthKey = "";
+      const points = p.samples.filter((x) => names.some((n) => x.servers[n])).map((x) => ({ t: x.t, ...sumRates(names.map((n) => x.servers[n])) }));
+      trafficChart.update(points);
+      latencyChart.update(points);
+      return;
+    }
     const r = sample?.servers?.[name];
     healthSlot.replaceChildren(healthBadge(s));
     breakerSlot.replaceChildren(breakerBadge(s));
@@ -209,10 +258,6 @@ export async function renderServer(outlet, params) {
     kpis.requests.value.textContent = fmtNum(s?.requests);
     renderBreaker(s, sample?.t);
     renderHealth(s);
-    if (named) {
-      foundBody.replaceChildren(discoveredTable(discoveredOf(sample?.data, { server: name })));
-      lookupSlot.replaceChildren(lookupLine(sample?.data, "hosts", host));
-    }
     // From the first poll that knew the server (it may be new).
     const points = p.samples.filter((x) => x.servers[name]).map((x) => ({ t: x.t, ...x.servers[name] }));
     trafficChart.update(points);
