@@ -17,7 +17,9 @@ import collections
 import json
 from typing import Any, Dict, List, Tuple
 
+import yaml
 from fakes import ScriptedUpstreamClient
+from test_readme import codeBlockAfter
 from test_relay import PoolReactor, sent, state
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
@@ -274,6 +276,19 @@ class ModelTests(SynchronousTestCase):
             ((), 2.0, "/etc/hosts", 1.0, 300.0),
         )
         self.assertEqual(default.family, "v4-preferred")
+
+    def test_readme(self) -> None:
+        """
+        The README's examples of discovery are valid: the cluster and the
+        C{resolver:} section.
+        """
+        cluster = parseResource(
+            "clusters", json.loads(codeBlockAfter("## Service discovery: DNS", "json"))
+        )
+        self.assertEqual(cluster.discovery.dns, "_http._tcp.users.service.internal")
+        resolver = yaml.safe_load(codeBlockAfter("## Service discovery: DNS", "yaml"))
+        config = parseConfig(dict(resolver, proxy={"listen": "tcp:8080"}))
+        self.assertEqual(config.resolver.nameservers, ("127.0.0.1:5353",))
 
     def test_resolverErrors(self) -> None:
         """
