@@ -33,6 +33,9 @@ from zope.interface.verify import verifyObject
 from gateway.balancing.backend import Backend
 from gateway.balancing.balancers import PriorityBalancer, RoundRobin, makeTieredBalancer
 from gateway.balancing.health import HealthChecker
+from gateway.cli.checks import checkResources
+from gateway.cli.problems import FileError
+from gateway.cli.resources import parseResourceFile
 from gateway.discovery.lookup import (
     LookupFailed,
     lookupFamily,
@@ -276,6 +279,30 @@ class ModelTests(SynchronousTestCase):
             ((), 2.0, "/etc/hosts", 1.0, 300.0),
         )
         self.assertEqual(default.family, "v4-preferred")
+
+    def test_cli(self) -> None:
+        """
+        A resource file with a discovering cluster passes C{gateway
+        validate}'s checks; one whose cluster also lists servers is refused
+        with the field.
+        """
+        good = {
+            "clusters": [{"name": "c", "discovery": {"dns": "_h._tcp.svc.test"}}],
+            "apis": [{"name": "a", "urlPattern": "/", "nodes": [{"cluster": "c"}]}],
+        }
+        resources = parseResourceFile(good, "good.yaml")
+        self.assertEqual(checkResources(resources.resources, resources.label), ([], []))
+        bad = {"clusters": [{"name": "c", "servers": ["s"], "discovery": {"dns": "x.test"}}]}
+        error = self.assertRaises(FileError, parseResourceFile, bad, "bad.yaml")
+        self.assertEqual(
+            [(p.where, p.message) for p in error.problems],
+            [
+                (
+                    "clusters[0] (c).servers",
+                    "must be empty when the cluster has discovery (its servers are found)",
+                )
+            ],
+        )
 
     def test_readme(self) -> None:
         """
