@@ -14,6 +14,7 @@ C{tests/test_integration_dns.py}.
 from __future__ import annotations
 
 import collections
+import gc
 import json
 from typing import Any, Dict, List, Tuple
 
@@ -1137,6 +1138,25 @@ class DiscoveryServiceTests(SynchronousTestCase):
         self.assertEqual(self.discovery.current.addresses, {"b.test": ("10.0.0.2",)})
         self.clock.advance(30)
         self.assertEqual(self.resolver.waiting("a.test", "A"), 0)
+
+    def test_serviceForgottenWhileItsTargetsAreLookedUp(self) -> None:
+        """
+        An SRV name forgotten while its new targets are being looked up
+        stops quietly: nothing is reported, nothing is logged as broken.
+        """
+        name = "_s._tcp.test"
+        self.start((), {name})
+        self.resolver.answer(name, "SRV", [srvRecord(name, 1, 1, 80, "a.test", 10)])
+        self.assertEqual(self.resolver.waiting("a.test", "A"), 1)
+        with capturedLogs() as events:
+            self.discovery.want((), ())
+            # (A Deferred that failed unobserved logs when it is collected.)
+            gc.collect()
+        self.assertEqual([e for e in events if e.get("log_failure")], [])
+        self.assertEqual(self.resolver.cancelled, [("a.test", "A"), ("a.test", "AAAA")])
+        self.clock.advance(0)
+        self.assertEqual(self.found, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_wantFewerNames(self) -> None:
         """

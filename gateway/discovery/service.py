@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.names import dns
 from twisted.python.failure import Failure
@@ -392,7 +392,7 @@ class DNSDiscovery(Service):
         targets = [self._hosts[t] for t in serviceTargets(answer.values) if t in self._hosts]
         waiting = [t.whenAttempted() for t in targets if not t.attempted]
         if waiting:
-            await DeferredList(waiting)
+            await DeferredList(waiting, consumeErrors=True)
             if watch.stopped:
                 return
         changed = watch.records != answer.values
@@ -474,6 +474,9 @@ class DNSDiscovery(Service):
         watch.markAttempted()
 
     def _bug(self, failure: Failure, watch: _Watch) -> None:
+        if watch.stopped and failure.check(CancelledError):
+            # Stopped while it waited: nothing broke.
+            return
         log.failure("discovery of {name} broke", failure, name=watch.name)
 
     # -- reporting --------------------------------------------------------------
