@@ -22,6 +22,7 @@ import yaml
 from fakes import ScriptedUpstreamClient
 from test_readme import codeBlockAfter
 from test_relay import PoolReactor, sent, state
+from twisted.application.service import IService
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
@@ -881,6 +882,32 @@ class DiscoveryServiceTests(SynchronousTestCase):
         self.discovery.want(hosts, services)
         self.discovery.startService()
         self.addCleanup(self.discovery.stopService)
+
+    def test_interface(self) -> None:
+        """
+        It is a service: the process starts and stops it with the others.
+        """
+        verifyObject(IService, self.discovery)
+        self.assertEqual(self.discovery.name, "discovery")
+
+    def test_ownResolver(self) -> None:
+        """
+        Without a resolver given, it makes one of its settings when it
+        starts (no file read, no socket before), and closes it when it
+        stops.
+        """
+        reactor = UDPReactor()
+        discovery = DNSDiscovery(
+            reactor, self.found.append, ResolverConfig(nameservers=("127.0.0.1:5353",), hosts="")
+        )
+        discovery.want({"a.test"}, ())
+        self.assertEqual(reactor.ports, [])
+        discovery.startService()
+        [port] = reactor.ports
+        self.assertEqual(port.written[0][1], ("127.0.0.1", 5353))
+        discovery.stopService()
+        self.assertFalse(port.listening)
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_firstLookup(self) -> None:
         """

@@ -222,9 +222,12 @@ class DNSDiscovery(Service):
             change of what was found.
         @param settings: the C{resolver:} section: TTL bounds, and the
             servers of the default resolver; by default its defaults.
-        @param resolver: the L{twisted.internet.interfaces.IResolver} to ask;
-            by default the one L{makeResolver} makes of C{settings} when the
-            service starts.
+        @param resolver: what to ask: anything with Twisted's
+            C{lookupAddress}, C{lookupIPV6Address} and C{lookupService}
+            (an L{twisted.internet.interfaces.IResolver}, a
+            L{gateway.discovery.resolver.StubResolver}); by default the
+            stub resolver that L{makeResolver} makes of C{settings} when
+            the service starts (and closes when it stops).
         """
         self._reactor = reactor
         self._onChange = onChange
@@ -312,6 +315,7 @@ class DNSDiscovery(Service):
             call.cancel()
         if self._ownResolver:
             resolver, self._resolver = self._resolver, None
+            self._ownResolver = False
             resolver.close()
 
     # -- the watches ------------------------------------------------------------
