@@ -125,7 +125,7 @@ export function renderServerForm(outlet, params) {
     build(item) {
       const editing = !!item;
       const name = inputField({ label: "Name", field: "name", value: item?.name, required: true, disabled: editing, help: editing ? "The name cannot change." : "Letters, digits, - _ and ." });
-      const addr = inputField({ label: "Address", field: "addr", value: item?.addr, required: true, placeholder: "10.0.0.5:8080", help: "host:port; a host name is looked up in the DNS, each of its addresses a server of its own" });
+      const addr = inputField({ label: "Address", field: "addr", value: item?.addr, required: true, placeholder: "10.0.0.5:8080", help: "host:port (a host name: a server per address)" });
       const weight = numberField({ label: "Weight", field: "weight", value: item?.weight ?? 1, help: "share for weighted balancing; 0 drains it" });
       const maxQPS = numberField({ label: "Max QPS", field: "maxQPS", value: item?.maxQPS ?? 0, help: "0 = no limit" });
 
