@@ -7,9 +7,9 @@ query, and the reactor logs every port opened and closed: four lines per
 lookup, every TTL, for every name, which drowns a gateway's log.  This one
 keeps a UDP socket per address family for a series of queries (as c-ares,
 the resolver of Envoy and curl, does), renewed after L{QUERIES_PER_SOCKET}
-queries so that its source port moves; each query has a random ID and an
-answer is taken only from the server asked
-(L{twisted.names.dns.DNSDatagramProtocol} checks both).  Servers are asked
+queries so that its source port moves; each query has a random ID, and a
+datagram is taken only from the configured servers (with Twisted 26 or
+later, an answer only from the server its query went to).  Servers are asked
 in order, each given C{timeout} seconds; a server that fails or refuses
 passes the question to the next one; an answer truncated to UDP's size is
 asked again over TCP.  A hosts file, when given, is read first.
@@ -55,13 +55,33 @@ _ERRORS = {
 Sections = Tuple[List[Any], List[Any], List[Any]]
 
 
+class _FromServers(dns.DNSDatagramProtocol):
+    """
+    Twisted's DNS protocol over UDP, taking datagrams from the servers asked
+    only (Twisted takes an answer only from the server it asked since its
+    release 26; before, from anywhere).
+    """
+
+    def __init__(self, controller: Any, reactor: Any, servers: Sequence[Tuple[str, int]]) -> None:
+        super().__init__(controller, reactor=reactor)
+        self.servers = frozenset(servers)
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        # (An IPv6 source is (host, port, flow info, scope).)
+        if (addr[0], addr[1]) not in self.servers:
+            return
+        super().datagramReceived(data, addr)
+
+
 class _Socket:
     """
     A UDP socket with its protocol, and how many queries it has sent.
     """
 
-    def __init__(self, reactor: Any, interface: str, controller: Any) -> None:
-        self.protocol = dns.DNSDatagramProtocol(controller, reactor=reactor)
+    def __init__(
+        self, reactor: Any, interface: str, controller: Any, servers: Sequence[Tuple[str, int]]
+    ) -> None:
+        self.protocol = _FromServers(controller, reactor, servers)
         self.protocol.noisy = False
         self.port = reactor.listenUDP(0, self.protocol, interface=interface)
         self.sent = 0
@@ -103,7 +123,8 @@ class StubResolver:
         """
         if not servers:
             raise ValueError("a resolver needs at least one DNS server")
-        self._servers = [(str(ip), int(port)) for ip, port in servers]
+        # In the form the answers' source addresses come in (::1, not 0::1).
+        self._servers = [(str(ipaddress.ip_address(ip)), int(port)) for ip, port in servers]
         self._timeout = timeout
         self._reactor = reactor
         self._hosts = hosts.Resolver(file=hostsFile.encode("utf-8")) if hostsFile else None
@@ -188,7 +209,9 @@ class StubResolver:
             sock.close()
             sock = None
         if sock is None:
-            sock = self._sockets[family] = _Socket(self._reactor, "::" if family == 6 else "", self)
+            sock = self._sockets[family] = _Socket(
+                self._reactor, "::" if family == 6 else "", self, self._servers
+            )
         sock.sent += 1
         message: dns.Message = await sock.protocol.query(server, [query], self._timeout)
         return message
