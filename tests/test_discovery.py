@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import gc
 import json
+import struct
 from typing import Any, Dict, List, Tuple
 
 import yaml
@@ -26,6 +27,7 @@ from twisted.application.service import IService
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.names import dns
 from twisted.names.error import DNSNameError, DNSQueryRefusedError, DNSServerError
@@ -681,9 +683,10 @@ class MemoryUDPPort:
         return None
 
 
-class UDPReactor(Clock):
+class UDPReactor(MemoryReactorClock):
     """
-    A clock that listens on memory UDP ports.
+    A memory reactor (TCP connections kept in C{tcpClients}) that listens
+    on memory UDP ports.
     """
 
     def __init__(self) -> None:
@@ -799,6 +802,29 @@ class StubResolverTests(SynchronousTestCase):
         self.assertEqual(address, self.SERVERS[1])
         self.deliver(reply(query, rCode=dns.EREFUSED), address)
         self.failureResultOf(d, DNSQueryRefusedError)
+
+    def test_truncatedAskedOverTCP(self) -> None:
+        """
+        An answer truncated to UDP's size is asked again over TCP, of the
+        same server; the TCP answer is the lookup's, and the connection is
+        closed after it.
+        """
+        d = self.resolver.lookupService("_big._tcp.test")
+        query, address = self.lastQuery()
+        self.deliver(reply(query, trunc=True), address)
+        [(host, port, factory, _, _)] = self.reactor.tcpClients
+        self.assertEqual((host, port), self.SERVERS[0])
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        asked = transport.value()
+        self.assertEqual(struct.unpack("!H", asked[:2])[0], len(asked) - 2)
+        name = "_big._tcp.test"
+        answer = reply(asked[2:], [srvRecord(name, 1, 1, 80, "a.test", 30)])
+        protocol.dataReceived(struct.pack("!H", len(answer)) + answer)
+        answers, _, _ = self.successResultOf(d)
+        self.assertEqual([a.payload.port for a in answers], [80])
+        self.assertTrue(transport.disconnecting)
 
     def test_nxdomain(self) -> None:
         """
