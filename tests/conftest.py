@@ -28,6 +28,7 @@ from guard import (  # noqa: F401
     pytest_runtest_setup,
 )
 from harness import (
+    HOST,
     Backend,
     BackendTLS,
     GatewayProcess,
@@ -67,9 +68,10 @@ class Backends:
         name: Optional[str] = None,
         port: int = 0,
         tls: Optional[BackendTLS] = None,
+        host: str = HOST,
     ) -> Backend:
         name = name or f"b{len(self.started) + 1}"
-        backend = startBackend(name, self._directory, port=port, tls=tls)
+        backend = startBackend(name, self._directory, port=port, tls=tls, host=host)
         self.started.append(backend)
         return backend
 

@@ -268,17 +268,18 @@ class Backend(Process):
     port: int = 0
     #: The L{BackendTLS} of a backend that speaks TLS, or L{None}.
     tls: Optional[BackendTLS] = None
+    host: str = HOST
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def addr(self) -> str:
         """
         @return: C{host:port}, as a server's C{addr}.
         """
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def control(self, action: str) -> Any:
         """
@@ -347,6 +348,7 @@ def startBackend(
     timeout: float = 15.0,
     python: Optional[str] = None,
     tls: Optional[BackendTLS] = None,
+    host: str = HOST,
 ) -> Backend:
     """
     Start a test backend and wait until it listens.
@@ -355,15 +357,18 @@ def startBackend(
     @param python: the interpreter to run it with; by default this one.
     @param tls: a L{BackendTLS}: speak HTTPS (requiring client
         certificates when it names a C{clientCA}).
+    @param host: the loopback address it listens on (another than
+        127.0.0.1, such as 127.0.0.2, for backends that a host name's
+        several addresses reach on one port).
     """
     logPath = Path(logDir) / f"backend-{name}.log"
     command = [python or sys.executable, str(BACKEND_APP), "--name", name, "--port", str(port)]
-    command += ["--host", HOST]
+    command += ["--host", host]
     if tls is not None:
         command += ["--tls-cert", tls.cert, "--tls-key", tls.key]
         if tls.clientCA is not None:
             command += ["--tls-client-ca", tls.clientCA]
-    backend = Backend(_spawn(command, logPath), logPath, name=name, tls=tls)
+    backend = Backend(_spawn(command, logPath), logPath, name=name, tls=tls, host=host)
 
     def ready() -> Optional[int]:
         for line in backend.output().splitlines():

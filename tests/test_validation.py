@@ -153,24 +153,43 @@ MOCK_API: Dict[str, Any] = {
     "response": {"headers": {"Content-Type": "text/csv"}, "body": "a,b"},
 }
 
+#: More examples, for what one of FULL cannot hold together (a cluster's
+#: discovery and its servers, an API's mock response and its nodes).
+MORE: List[Tuple[str, Dict[str, Any]]] = [
+    (
+        "clusters",
+        {
+            "name": "c2",
+            "loadBalance": "weighted-round-robin",
+            "discovery": {
+                "dns": "_http._tcp.users.service.internal",
+                "type": "SRV",
+                "healthCheck": {"path": "/health", "body": "ok"},
+            },
+        },
+    ),
+    ("apis", MOCK_API),
+]
+
 
 def examples() -> Iterator[Tuple[str, Dict[str, Any]]]:
     """
-    @return: C{(kind, body)} of every example: L{FULL}'s and L{MOCK_API}.
+    @return: C{(kind, body)} of every example: L{FULL}'s and L{MORE}.
     """
     yield from FULL.items()
-    yield "apis", MOCK_API
+    yield from MORE
 
 
 #: Paths of a request line: no control character, no space.
 PATHS = {
     ("servers", "healthCheck.path"),
+    ("clusters", "discovery.healthCheck.path"),
     ("apis", "urlPattern"),
     ("apis", "nodes[0].urlRewrite"),
 }
 
 #: Free text: control characters are allowed (a body may hold a newline).
-FREE_TEXT = {("servers", "healthCheck.body")}
+FREE_TEXT = {("servers", "healthCheck.body"), ("clusters", "discovery.healthCheck.body")}
 
 #: Free text whose content a rule checks (a PEM document): control
 #: characters are allowed, but what they make of it is refused by the rule.

@@ -895,6 +895,48 @@ class BrowserTests:
             [40 / 2, 10 * 100 / 40, 400.0 / 40, percentile(delta, 0.5), percentile(delta, 0.99)]
         )
 
+    def test_discoveredServers(self, browser: Browser) -> None:
+        """
+        DNS discovery in the UI: a server that names a host shows the
+        addresses it was found at (from the hosts file here: localhost),
+        on the list and on its page; a cluster's DNS discovery is set
+        through its form (the SRV name, no servers listed) and shown on the
+        list.
+        """
+        page, gateway = browser.page, browser.gateway
+        ok = browser.backends["ok"]
+        gateway.admin("PUT", "/api/v1/servers/named", {"addr": f"localhost:{ok.port}"})
+        browser.login()
+        browser.go("/servers")
+        row = page.locator('tr[data-name="named"]')
+        row.get_by_text("\u2192 127.0.0.1").wait_for()
+        row.get_by_text("1/1 healthy").wait_for()
+        browser.go("/servers/named")
+        page.locator('tr[data-discovered="named@127.0.0.1"]').get_by_text(
+            f"127.0.0.1:{ok.port}"
+        ).wait_for()
+        browser.screenshot("server-discovered")
+
+        browser.go("/clusters/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("found")
+        page.get_by_label("Load balancing").select_option("weighted-round-robin")
+        page.get_by_text("Enable dns discovery").click()
+        page.get_by_label("DNS name (SRV)").fill("_http._tcp.users.service.internal")
+        page.get_by_label("Health check path").fill("/health")
+        browser.submit("Create cluster")
+        page.get_by_role("heading", name="Clusters", level=1).wait_for()
+        cluster = gateway.admin("GET", "/api/v1/clusters/found")
+        assert cluster["servers"] == []
+        assert cluster["discovery"]["dns"] == "_http._tcp.users.service.internal"
+        assert cluster["discovery"]["healthCheck"]["path"] == "/health"
+        found = page.locator('tr[data-name="found"]')
+        found.get_by_text("_http._tcp.users.service.internal").wait_for()
+        browser.screenshot("clusters-discovery")
+        browser.go("/clusters/found/edit")
+        page.get_by_role("heading", name="Discovered servers").wait_for()
+        assert page.get_by_label("DNS name (SRV)").input_value() == cluster["discovery"]["dns"]
+        browser.screenshot("cluster-discovery-form")
+
     def test_deleteFromTheList(self, browser: Browser) -> None:
         """
         Deleting asks first; a cluster still used by an API is refused with

@@ -350,6 +350,26 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
             upstreamFailures={"type": "integer", "minimum": 0},
             health=dict(anything, nullable=True, description="the active health check"),
             breaker=_ref("BreakerState"),
+            discovered={
+                "type": "object",
+                "description": (
+                    "how DNS discovery found this server (absent for a configured one):"
+                    " type A (an address of the host name of server) or SRV (a record of"
+                    " the discovery of cluster), the name looked up (dns), the address;"
+                    " for SRV the record's target, priority and weight"
+                ),
+                "properties": {
+                    "type": {"type": "string", "enum": ["A", "SRV"]},
+                    "server": {"type": "string"},
+                    "cluster": {"type": "string"},
+                    "dns": {"type": "string"},
+                    "address": {"type": "string"},
+                    "target": {"type": "string"},
+                    "priority": {"type": "integer"},
+                    "weight": {"type": "integer"},
+                },
+                "required": ["type", "dns", "address"],
+            },
         ),
         "required": ["requests", "errors", "rejects", "latency"],
     }
@@ -381,7 +401,41 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
             "revision": {"type": "integer", "nullable": True},
             "at": {"type": "number", "nullable": True},
             "proxies": {"type": "object", "additionalProperties": _ref("Stats")},
+            "discovery": {
+                "type": "object",
+                "description": (
+                    "DNS discovery: each host name (hosts) and SRV name (services) looked"
+                    " up, with what it gives (values), its TTL, when it was last answered"
+                    " and is looked up next, and since when its lookups fail (null: they"
+                    " do not), how many times, why"
+                ),
+                "properties": {
+                    "hosts": {"type": "object", "additionalProperties": _ref("DiscoveredName")},
+                    "services": {
+                        "type": "object",
+                        "additionalProperties": _ref("DiscoveredName"),
+                    },
+                },
+            },
         },
+    }
+    discoveredName = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["A", "SRV"]},
+            "values": {
+                "type": "array",
+                "description": "IP addresses (A), or SRV records (priority, weight, port, target)",
+                "items": {},
+            },
+            "ttl": {"type": "number", "nullable": True},
+            "lastAnswer": {"type": "number", "nullable": True},
+            "nextLookup": {"type": "number", "nullable": True},
+            "failingSince": {"type": "number", "nullable": True},
+            "failures": {"type": "integer", "minimum": 0},
+            "error": {"type": "string", "nullable": True},
+        },
+        "required": ["type", "values"],
     }
     return {
         "ErrorCounts": _counts(ERROR_KINDS),
@@ -392,6 +446,7 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
         "ServerStats": serverStats,
         "CertificateStats": certificateStats(),
         "Stats": stats,
+        "DiscoveredName": discoveredName,
     }
 
 

@@ -50,6 +50,9 @@ class Backend:
     @ivar limiter: its C{maxQPS} L{gateway.protection.ratelimit.TokenBucket}, or L{None}.
     @ivar requests: requests sent to it since the process started.
     @ivar failures: those of them that failed.
+    @ivar origin: how DNS discovery found it (a
+        L{gateway.discovery.records.Origin}), or L{None} for a server used
+        as configured.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class Backend:
         self.limiter: Optional[Any] = None
         self.config: Optional[Server] = None
         self.tls: Optional[Any] = None
+        self.origin: Optional[Any] = None
         self.configure(config, tls)
 
     def configure(self, config: Server, tls: Optional[Any] = None) -> None:

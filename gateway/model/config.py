@@ -18,6 +18,7 @@ name PEM files, C{certFile} and C{keyFile}, relative to the file)::
       listen: tcp:9090:interface=127.0.0.1
       token: change-me
     store: file:./gateway-data.json
+    resolver: {nameservers: ["127.0.0.1:5353"], timeout: 2}
     servers: [{name: s1, addr: "127.0.0.1:9001"}]
 
 Everything is checked before the gateway starts: a missing, unreadable or
@@ -28,11 +29,12 @@ invalid file raises L{ConfigError}, which names the key at fault
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
 import yaml
 
+from gateway.model import patterns
 from gateway.model.certificates import inlineCertificateFiles
 from gateway.model.consumers import keepCredentials
 from gateway.model.endpoints import isLoopbackEndpoint
@@ -40,11 +42,14 @@ from gateway.model.limits import DEFAULT_MAX_IDLE, HTTPLimits
 from gateway.model.resources import KINDS, Catalog, FilterSpec, missingSecrets, parseResource
 from gateway.model.schema import (
     Bool,
+    Enum,
     Int,
     Name,
     Nullable,
     Num,
     Obj,
+    Rule,
+    Seconds,
     Spec,
     Str,
     ValidationError,
@@ -296,6 +301,95 @@ class AdminConfig:
     )
 
 
+#: The choices of C{resolver.family} (as Envoy's C{dns_lookup_family}).
+ADDRESS_FAMILIES = ("v4-preferred", "v6-preferred", "v4-only", "v6-only", "all")
+
+
+#: A DNS server: an IP address, with an optional port (53 by default).
+_NAMESERVER = (
+    rf"^({patterns.IPV4}(:[0-9]{{1,5}})?|\[{patterns.IPV6}\](:[0-9]{{1,5}})?|{patterns.IPV6})$"
+)
+
+
+def parseNameserver(value: str) -> Tuple[str, int]:
+    """
+    @param value: a C{resolver.nameservers} entry: C{10.0.0.2},
+        C{10.0.0.2:5353}, C{::1} or C{[::1]:5353}.
+    @return: C{(ip, port)}.
+    @raise ValueError: when the port is out of range.
+    """
+    if value.startswith("["):
+        host, _, port = value[1:].partition("]")
+        port = port[1:]
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, ""
+    number = int(port) if port else 53
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} is out of range (1 to 65535)")
+    return host, number
+
+
+def _checkNameserver(value: str) -> None:
+    parseNameserver(value)
+
+
+def _ttlBounds(values: Mapping[str, Any]) -> Any:
+    if values["minTTL"] > values["maxTTL"]:
+        yield "minTTL", "must not be above maxTTL"
+
+
+@attrs.frozen
+class ResolverConfig:
+    """
+    The C{resolver:} section: how the gateway looks up the host names of
+    servers and the SRV records of clusters' C{discovery}
+    (L{gateway.discovery}).
+    """
+
+    nameservers: Tuple[str, ...] = field(
+        ListOf(
+            Str(
+                pattern=_NAMESERVER,
+                check=_checkNameserver,
+                patternHint="must be an IP address with an optional port: 10.0.0.2,"
+                " 127.0.0.1:5353, ::1 or [::1]:5353",
+            ),
+            maxItems=16,
+            unique=True,
+        ),
+        (),
+        doc="the DNS servers to ask, in order; empty = those of /etc/resolv.conf",
+    )
+    timeout: float = field(
+        Seconds(60), 2.0, doc="seconds to wait for each DNS server's answer before the next"
+    )
+    hosts: str = field(
+        Str(),
+        "/etc/hosts",
+        doc='a hosts file whose names are answered before the DNS; "" = none',
+    )
+    family: str = field(
+        Enum(ADDRESS_FAMILIES),
+        "v4-preferred",
+        doc=(
+            "which addresses of a host name are servers: v4-preferred (its IPv4 ones, or its"
+            " IPv6 ones when it has none), v6-preferred, v4-only, v6-only, or all"
+        ),
+    )
+    minTTL: float = field(
+        Seconds(3600), 1.0, doc="seconds: a name is not looked up again sooner than this"
+    )
+    maxTTL: float = field(
+        Seconds(86400), 300.0, doc="seconds: a name is looked up again at least this often"
+    )
+
+    rules: ClassVar[Tuple[Rule, ...]] = (
+        Rule(("minTTL", "maxTTL"), _ttlBounds, doc="minTTL is at most maxTTL."),
+    )
+
+
 @attrs.frozen
 class GatewayConfig:
     """
@@ -307,6 +401,7 @@ class GatewayConfig:
     @ivar seed: C{{kind: (resource, ...)}} for every kind in
         L{gateway.store.KINDS}, parsed model objects in file order.
     @ivar path: where the config came from (the file's path).
+    @ivar resolver: the L{ResolverConfig}.
     """
 
     proxy: Optional[ProxyConfig]
@@ -314,12 +409,13 @@ class GatewayConfig:
     store: str = DEFAULT_STORE
     seed: Mapping[str, Tuple[Any, ...]] = attrs.Factory(lambda: {kind: () for kind in KINDS})
     path: Optional[str] = None
+    resolver: ResolverConfig = ResolverConfig()
 
 
 _SECTIONS = {"proxy": ProxyConfig, "admin": AdminConfig}
 
 
-_TOP_KEYS = ("proxy", "admin", "store") + KINDS
+_TOP_KEYS = ("proxy", "admin", "store", "resolver") + KINDS
 
 
 def _parseSeed(
@@ -430,6 +526,12 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
         store = Str(check=_checkStore, minLength=1).parse(data.get("store", DEFAULT_STORE), "store")
     except ValidationError as e:
         errors.append(e)
+    resolver = ResolverConfig()
+    if data.get("resolver") is not None:
+        try:
+            resolver = fromJSON(ResolverConfig, data["resolver"], "resolver")
+        except ValidationError as e:
+            errors.append(e)
     seed: Dict[str, Tuple[Any, ...]] = {kind: () for kind in KINDS}
     try:
         seed = _parseSeed(data, _directoryOf(source))
@@ -477,7 +579,9 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
             )
     if errors:
         raise ConfigError.fromValidation(ValidationError.collect(errors), source)
-    return GatewayConfig(proxy=proxy, admin=admin, store=store, seed=seed, path=source)
+    return GatewayConfig(
+        proxy=proxy, admin=admin, store=store, seed=seed, path=source, resolver=resolver
+    )
 
 
 #: Listen endpoints several worker processes can each bind (SO_REUSEPORT).

@@ -69,6 +69,10 @@ LOAD_BALANCERS = (
 )
 
 
+#: The record types a cluster's C{discovery} may look up.
+DISCOVERY_TYPES = ("SRV",)
+
+
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 
 
@@ -349,7 +353,8 @@ class Server:
             maxLength=300,
             patternHint="must be host:port",
         ),
-        doc="host:port",
+        doc="host:port; a host name is looked up in the DNS, and each of its addresses is a"
+        " server of its own",
     )
     weight: int = field(Int(0, 10000), 1, doc="share for weighted balancing; 0 = drain")
     maxQPS: int = field(Int(0, 10_000_000), 0, doc="requests per second, 0 = no limit")
@@ -364,14 +369,71 @@ class Server:
 
 
 @attrs.frozen
+class Discovery:
+    """
+    Where a cluster finds its servers in the DNS: the SRV records of a name
+    (RFC 2782), kept current on their TTL.  Each record's target is resolved
+    to its addresses, and each address (with the record's port) is a server
+    of the cluster, with the settings given here; the records of the lowest
+    priority serve while any of them is available, and their weights are
+    the servers' weights.
+    """
+
+    dns: str = field(
+        Str(
+            pattern=patterns.DNS_NAME,
+            minLength=1,
+            maxLength=253,
+            patternHint="must be a DNS name: labels of letters, digits, - and _ separated by dots",
+        ),
+        doc="the DNS name to look up, e.g. _http._tcp.users.service.internal",
+    )
+    type: str = field(Enum(DISCOVERY_TYPES), "SRV", doc="the record type: SRV")
+    maxQPS: int = field(
+        Int(0, 10_000_000), 0, doc="requests per second of each discovered server, 0 = no limit"
+    )
+    healthCheck: Optional[HealthCheck] = field(
+        Nullable(Obj(HealthCheck)), None, doc="checks each discovered server"
+    )
+    circuitBreaker: Optional[CircuitBreaker] = field(
+        Nullable(Obj(CircuitBreaker)), None, doc="one breaker per discovered server"
+    )
+    passiveHealth: Optional[PassiveHealth] = field(Nullable(Obj(PassiveHealth)), None)
+
+
+def _serversOrDiscovery(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["discovery"] is not None and values["servers"]:
+        yield "servers", "must be empty when the cluster has discovery (its servers are found)"
+
+
+#: A cluster's servers are listed or discovered, not both (JSON Schema can
+#: say it).
+_SERVERS_OR_DISCOVERY = {
+    "anyOf": [
+        {"not": {"required": ["discovery"]}},
+        {"properties": {"discovery": {"nullable": True, "enum": [None]}}},
+        {"properties": {"servers": {"maxItems": 0}}},
+    ]
+}
+
+
+@attrs.frozen
 class Cluster:
     """
-    A named set of servers that serve the same thing, and how to pick one.
+    A named set of servers that serve the same thing, and how to pick one:
+    the servers are listed (C{servers}) or found in the DNS (C{discovery}).
     """
 
     name: str = field(Name())
     servers: Tuple[str, ...] = field(ListOf(Name(), unique=True), ())
     loadBalance: str = field(Enum(LOAD_BALANCERS), "round-robin")
+    discovery: Optional[Discovery] = field(
+        Nullable(Obj(Discovery)), None, doc="find the servers in the DNS instead of listing them"
+    )
+
+    rules: ClassVar[Tuple[Rule, ...]] = (
+        Rule(("servers", "discovery"), _serversOrDiscovery, schema=_SERVERS_OR_DISCOVERY),
+    )
 
 
 def _defaultOptional(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:

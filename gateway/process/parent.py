@@ -4,7 +4,8 @@ A worker's side of its control channel (see L{gateway.process.pool}).
 L{ParentLink} is the service of a proxy worker that talks to the gateway
 process that started it: it gives the store states the parent relays to the
 worker's L{gateway.store.relayed.RelayedStore}, confirms each revision the
-worker then serves, applies the servers' health the parent's checks see,
+worker then serves, applies the servers' health the parent's checks see
+and what the parent's DNS discovery found,
 reports the worker's stats every second, and stops the worker when the
 parent goes away.
 """
@@ -16,6 +17,7 @@ from typing import Any, Callable, Dict, Optional
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from gateway.discovery.records import Discovered
 from gateway.process.pool import ControlChannel, adoptChannel
 from gateway.store.relayed import RelayedStateError, RelayedStore
 
@@ -82,6 +84,8 @@ class ParentLink(Service):
         if isinstance(health, dict):
             self._health = dict(health)
             self._applyHealth()
+        if "discovery" in message:
+            self._rediscover(message["discovery"])
         if "state" in message:
             try:
                 taken = self._store.receive(message["state"])
@@ -90,6 +94,14 @@ class ParentLink(Service):
                 taken = False
             if not taken:
                 self._send({"resync": True})
+
+    def _rediscover(self, data: Any) -> None:
+        try:
+            discovered = Discovered.fromJSON(data)
+        except ValueError as e:
+            log.error("the parent relayed a discovery this worker cannot take: {error}", error=e)
+            return
+        self._manager.rediscover(discovered)
 
     def _swapped(self, snapshot: Any) -> None:
         # Health comes from the parent: keep it across snapshot swaps.

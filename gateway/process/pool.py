@@ -14,6 +14,8 @@ Parent and worker talk over a socketpair, one JSON object per line:
                                          state first, then what changed
                       {"health": {...}}  the servers' health (workers run no
                                          health checks of their own)
+                      {"discovery": ...} what DNS discovery found (workers
+                                         look nothing up: see L{relayDiscovery})
     worker -> parent  {"serving": N}     the worker serves store revision N
                       {"resync": true}   send the whole state again
                       {"stats": {...}}   its statistics, every second
@@ -225,6 +227,8 @@ class WorkerPool(Service):
         self._healthCall: Optional[Any] = None
         #: The last state relayed, and the workers that hold it.
         self._relayed: Optional[StoreState] = None
+        #: The last discovery relayed (its message), or None.
+        self._discovery: Optional[bytes] = None
         self._synced: Set[int] = set()
         self.restarts = 0
 
@@ -266,6 +270,9 @@ class WorkerPool(Service):
         self._synced.discard(index)
         if self._healthSource is not None:
             channel.send({"health": self._healthSource()})
+        if self._discovery is not None:
+            # Before the state: the worker's first snapshot has its backends.
+            channel.sendEncoded(self._discovery)
         if self._relayed is not None:
             self._sendWhole(index)
         transport = process.transport
@@ -314,6 +321,24 @@ class WorkerPool(Service):
             if delta is None:
                 delta = encodeMessage({"state": deltaMessage(previous, state)})
             channel.sendEncoded(delta)
+
+    def relayDiscovery(self, discovered: Any) -> None:
+        """
+        Send what DNS discovery found to every worker, and to every worker
+        started later.
+
+        The gateway process looks the names up and its workers take what it
+        found, rather than each worker looking them up: the workers' backends
+        are then the parent's, by name, so the health the parent's checks
+        see (sent by backend name) is the health of the same addresses; and
+        a fleet asks its DNS servers once per name and TTL, not once per
+        worker.
+
+        @param discovered: a L{gateway.discovery.records.Discovered}.
+        """
+        self._discovery = encodeMessage({"discovery": discovered.toJSON()})
+        for channel in list(self._channels.values()):
+            channel.sendEncoded(self._discovery)
 
     def _sendWhole(self, index: int) -> None:
         channel = self._channels.get(index)

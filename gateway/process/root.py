@@ -7,9 +7,9 @@ until the services start (L{gateway.process.startup.ProcessService}).
 There is one builder per role:
 
   - the gateway process (L{makeGatewayService}): the store (loaded and
-    seeded when it starts), the upstream client, the health checks, the
-    proxy registry of a shared store, the admin, and the proxy itself or
-    the pool of proxy workers;
+    seeded when it starts), the DNS discovery (with a proxy), the upstream
+    client, the health checks, the proxy registry of a shared store, the
+    admin, and the proxy itself or the pool of proxy workers;
   - a proxy worker (L{makeWorkerService}): the link to its parent, a
     store the parent relays its states to, the upstream client and the
     proxy, which listens once the first state serves.
@@ -33,6 +33,8 @@ import gateway
 from gateway.admin.api import AdminAPI
 from gateway.admin.webui import withWebUI
 from gateway.balancing.health import HealthChecker
+from gateway.discovery.records import Discovered
+from gateway.discovery.service import DNSDiscovery
 from gateway.http.client import DEFAULT_MAX_IDLE, HTTP11UpstreamClient
 from gateway.http.listen import reusePortEndpoint
 from gateway.http.tls import ServerTLS
@@ -198,14 +200,36 @@ def _proxyServices(
         ).setServiceParent(root)
 
 
+def _discovery(
+    config: Any, reactor: Any, manager: SnapshotManager, pool: Optional[WorkerPool]
+) -> Optional[DNSDiscovery]:
+    """
+    The DNS discovery of a gateway process that runs a proxy: it looks up
+    the names of the manager's catalog, and each change of what it finds
+    is swapped in here and relayed to the workers (which look nothing up).
+    """
+    if config.proxy is None:
+        return None
+
+    def found(discovered: Discovered) -> None:
+        manager.rediscover(discovered)
+        if pool is not None:
+            pool.relayDiscovery(discovered)
+
+    discovery = DNSDiscovery(reactor, found, config.resolver)
+    discovery.follow(manager)
+    return discovery
+
+
 def makeGatewayService(
     config: Any, reactor: Any, filterRegistry: Any, abort: Abort, client: Any = None
 ) -> ProcessService:
     """
     Put the gateway process together: its children are C{store},
-    C{upstream}, C{health}, C{proxy-registry} (with a shared store and a
-    proxy), C{admin} (with an admin), and C{proxy} (the proxy in this
-    process) or C{workers} (several proxy workers).
+    C{discovery} (with a proxy), C{upstream}, C{health}, C{proxy-registry}
+    (with a shared store and a proxy), C{admin} (with an admin), and
+    C{proxy} (the proxy in this process) or C{workers} (several proxy
+    workers).
 
     See L{makeService} for the parameters.
     """
@@ -219,7 +243,11 @@ def makeGatewayService(
     store = storeFromURL(config.store, reactor)
     shared = store if ISharedStore.providedBy(store) else None
     manager = SnapshotManager(
-        filterRegistry, reactor, globalFilters=globalFilterSpecs(proxyConfig), buckets=LOCAL
+        filterRegistry,
+        reactor,
+        globalFilters=globalFilterSpecs(proxyConfig),
+        buckets=LOCAL,
+        discovery=proxyConfig is not None,
     )
     counters = Stats(reactor)
     counters.follow(manager)
@@ -248,11 +276,23 @@ def makeGatewayService(
     )
     health = HealthChecker(client, reactor, manager)
     health.setName("health")
+    discovery = _discovery(config, reactor, manager, pool)
     status = GatewayStatus(
-        reactor, config, manager, counters, storeService, served, health, pool, shared
+        reactor,
+        config,
+        manager,
+        counters,
+        storeService,
+        served,
+        health,
+        pool,
+        shared,
+        discovery=discovery,
     )
 
     storeService.setServiceParent(root)
+    if discovery is not None:
+        discovery.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)
     health.setServiceParent(root)
 
@@ -343,6 +383,7 @@ def makeWorkerService(
         reactor,
         globalFilters=globalFilterSpecs(proxyConfig),
         buckets=worker.buckets if worker.buckets is not None else LOCAL,
+        discovery=True,
     )
     counters = Stats(reactor)
     counters.follow(manager)

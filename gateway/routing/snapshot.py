@@ -13,6 +13,13 @@ count, latency, health, breaker), a cluster whose definition did not change
 keeps its balancer (and so its round-robin position), and an API whose
 filters did not change keeps its filter objects (and their rate-limit
 buckets).
+
+DNS discovery changes the backends outside the store: a server that names
+a host has one backend per address, a cluster with C{discovery} the
+servers of its SRV records (L{gateway.discovery.records.expand}).  When
+what discovery finds changes, L{SnapshotManager.rediscover} swaps in a
+snapshot of the running one's compiled catalog over it, the same way: the
+backends of addresses that stayed keep their live state.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from twisted.logger import Logger
 
 from gateway.auth.index import EMPTY, ConsumerIndex, compileConsumers
 from gateway.balancing.backend import Backend
-from gateway.balancing.balancers import makeBalancer
+from gateway.balancing.balancers import makeTieredBalancer
+from gateway.discovery.records import A, Discovered, expand
 from gateway.model.mock import CompiledMock
 from gateway.model.resources import API, Catalog, CatalogParser, Cluster, Node, ReferenceError
 from gateway.model.schema import ValidationError
@@ -43,27 +51,52 @@ log = Logger()
 class ClusterRuntime:
     """
     A cluster as the proxy uses it: its backends and its balancer.
+
+    The backends may come in tiers, tried in order (the priorities of
+    discovered SRV records): the balancer then picks from the first tier
+    that has an available backend.
     """
 
-    __slots__ = ("name", "config", "backends", "balancer", "_serverConfigs")
+    __slots__ = ("name", "config", "backends", "balancer", "_serverConfigs", "_tierSizes")
 
-    def __init__(self, config: Cluster, backends: Sequence[Backend], rng: Any) -> None:
+    def __init__(
+        self,
+        config: Cluster,
+        backends: Sequence[Backend],
+        rng: Any,
+        tiers: Optional[Sequence[Sequence[Backend]]] = None,
+    ) -> None:
+        """
+        @param backends: its backends (in one tier, unless C{tiers} is given).
+        @param tiers: its backends in tiers, the first tier first; then
+            C{backends} is ignored.
+        """
+        tiers = _tiersOf(backends, tiers)
         self.name = config.name
         self.config = config
-        self.backends = tuple(backends)
+        self.backends = tuple(b for tier in tiers for b in tier)
         self._serverConfigs = tuple(b.config for b in self.backends)
-        self.balancer = makeBalancer(config.loadBalance, self.backends, rng)
+        self._tierSizes = tuple(len(tier) for tier in tiers)
+        self.balancer = makeTieredBalancer(config.loadBalance, tiers, rng)
 
-    def sameAs(self, config: Cluster, backends: Sequence[Backend]) -> bool:
+    def sameAs(
+        self,
+        config: Cluster,
+        backends: Sequence[Backend],
+        tiers: Optional[Sequence[Sequence[Backend]]] = None,
+    ) -> bool:
         """
         @return: whether this runtime can serve C{config} over C{backends}
-            as it is (so its balancer's state is kept).
+            (or C{tiers}) as it is (so its balancer's state is kept).
         """
+        tiers = _tiersOf(backends, tiers)
+        flat = [b for tier in tiers for b in tier]
         return (
             config == self.config
-            and len(backends) == len(self.backends)
-            and all(a is b for a, b in zip(backends, self.backends))
-            and tuple(b.config for b in backends) == self._serverConfigs
+            and len(flat) == len(self.backends)
+            and all(a is b for a, b in zip(flat, self.backends))
+            and tuple(len(tier) for tier in tiers) == self._tierSizes
+            and tuple(b.config for b in flat) == self._serverConfigs
         )
 
     def choose(self, key: Optional[str] = None) -> Optional[Backend]:
@@ -216,6 +249,14 @@ class Snapshot:
         return match
 
 
+def _tiersOf(
+    backends: Sequence[Backend], tiers: Optional[Sequence[Sequence[Backend]]]
+) -> Tuple[Tuple[Backend, ...], ...]:
+    if tiers is None:
+        return (tuple(backends),)
+    return tuple(tuple(tier) for tier in tiers) or ((),)
+
+
 def _filterKey(apiName: str, spec: Any) -> Tuple[str, str, str]:
     return (apiName, spec.name, json.dumps(spec.config, sort_keys=True, default=str))
 
@@ -227,7 +268,8 @@ class SnapshotManager:
     @ivar snapshot: the snapshot serving requests now, or L{None} before the
         first successful build.
     @ivar backends: the live L{Backend} of every server of the current
-        snapshot, by name.
+        snapshot, by name (a discovered address is a backend of its own:
+        C{users@10.0.0.5}).
     """
 
     def __init__(
@@ -238,6 +280,7 @@ class SnapshotManager:
         random: Optional[_random.Random] = None,
         buckets: Any = LOCAL,
         tls: Optional[TLSCompiler] = None,
+        discovery: bool = False,
     ) -> None:
         """
         @param buckets: what makes the buckets of the APIs' and servers'
@@ -246,6 +289,12 @@ class SnapshotManager:
         @param tls: the L{TLSCompiler} of certificates and upstream TLS
             (offline checks pass one that accepts certificates without
             their keys).
+        @param discovery: whether host names and SRV records are looked up
+            (L{rediscover} gives what was found): a server that names a host
+            then has one backend per address of the host, and only once it
+            has been looked up.  Without, a server is one backend whose host
+            name is resolved when connecting, and a cluster with
+            C{discovery} has no server.
         """
         self._buckets = buckets
         self._filters = filterRegistry
@@ -254,6 +303,8 @@ class SnapshotManager:
         self.globalFilters = filterRegistry.makeFilters(globalFilters, reactor)
         self.snapshot: Optional[Snapshot] = None
         self.backends: Dict[str, Backend] = {}
+        #: What DNS discovery found (L{None} when it is off).
+        self.discovered: Optional[Discovered] = Discovered() if discovery else None
         self._apiFilters: Dict[Tuple[str, str, str], Any] = {}
         self._listeners: List[Callable[[Snapshot], None]] = []
         #: The L{CatalogParser} of store states (shared with the admin).
@@ -266,6 +317,9 @@ class SnapshotManager:
         self._everyAPI: Tuple[Any, ...] = ()
         #: The TLS objects of the certificates and servers.
         self._tls = tls if tls is not None else TLSCompiler()
+        #: The L{UpstreamTLS} of each server that speaks TLS, by name (of
+        #: the last catalog applied).
+        self._upstreamTLS: Mapping[str, Any] = {}
         #: The routes by API name of the routers made, while they live.
         self._routesOf: weakref.WeakKeyDictionary[Router, Dict[str, Route]] = (
             weakref.WeakKeyDictionary()
@@ -322,29 +376,87 @@ class SnapshotManager:
         # Nothing below can fail on valid input: only now touch the state
         # that outlives snapshots.
         previous = self.snapshot
+        consumers = compileConsumers(
+            catalog.consumers, previous.consumers if previous is not None else None
+        )
+        self._upstreamTLS = upstreamTLS
+        snapshot, backends = self._assemble(
+            state.revision, catalog, router, apis, consumers, certificates
+        )
+        self._apiFilters = pendingFilters
+        self._swap(snapshot, backends)
+        return snapshot
+
+    # -- discovery: a delimited part, see gateway.discovery ----------------------
+
+    def rediscover(self, discovered: Discovered) -> Optional[Snapshot]:
+        """
+        Take what DNS discovery found, and swap in a snapshot of the last
+        store state over it: the backends of addresses that stayed keep
+        their live state, and clusters whose backends did not change keep
+        their balancers.  Nothing is compiled again (the routes, the APIs
+        and their filters are the running snapshot's).
+
+        @return: the new snapshot, or L{None} before the first store state
+            (which will be built over C{discovered}).
+        """
+        self.discovered = discovered
+        current = self.snapshot
+        if current is None:
+            return None
+        snapshot, backends = self._assemble(
+            current.revision,
+            current.catalog,
+            current.router,
+            current.apis,
+            current.consumers,
+            current.certificates,
+        )
+        self._swap(snapshot, backends)
+        return snapshot
+
+    def _assemble(
+        self,
+        revision: int,
+        catalog: Catalog,
+        router: Router,
+        apis: Mapping[str, CompiledAPI],
+        consumers: ConsumerIndex,
+        certificates: Mapping[str, Any],
+    ) -> Tuple[Snapshot, Dict[str, Backend]]:
+        """
+        The snapshot of a compiled catalog over what discovery found: its
+        backends (those that exist already updated in place, with the
+        upstream TLS of their servers) and clusters.
+
+        @return: the snapshot and its backends.
+        """
+        previous = self.snapshot
+        expansion = expand(catalog, self.discovered)
         backends: Dict[str, Backend] = {}
-        for name, server in catalog.servers.items():
+        for name, (server, origin) in expansion.servers.items():
             backend = self.backends.get(name)
-            tls = upstreamTLS.get(name)
+            # (An address of a server's host name speaks the TLS of that
+            # server, verifying the host name.)
+            tls = self._upstreamTLS.get(
+                origin.owner if origin is not None and origin.type == A else name
+            )
             if backend is None:
                 backend = Backend(server, self._reactor, self._random, self._buckets, tls)
             else:
                 backend.configure(server, tls)
+            backend.origin = origin
             backends[name] = backend
         clusters: Dict[str, ClusterRuntime] = {}
         for name, cluster in catalog.clusters.items():
-            members = [backends[s] for s in cluster.servers]
+            tiers = [[backends[b] for b in tier] for tier in expansion.tiers[name]]
             old = previous.clusters.get(name) if previous is not None else None
-            if old is not None and old.sameAs(cluster, members):
+            if old is not None and old.sameAs(cluster, (), tiers):
                 clusters[name] = old
             else:
-                clusters[name] = ClusterRuntime(cluster, members, self._random)
-
-        consumers = compileConsumers(
-            catalog.consumers, previous.consumers if previous is not None else None
-        )
+                clusters[name] = ClusterRuntime(cluster, (), self._random, tiers)
         snapshot = Snapshot(
-            state.revision,
+            revision,
             catalog,
             router,
             apis,
@@ -354,15 +466,18 @@ class SnapshotManager:
             consumers,
             certificates,
         )
+        return snapshot, backends
+
+    # -- end of discovery -------------------------------------------------------
+
+    def _swap(self, snapshot: Snapshot, backends: Dict[str, Backend]) -> None:
         self.backends = backends
-        self._apiFilters = pendingFilters
         self.snapshot = snapshot
         for listener in self._listeners:
             try:
                 listener(snapshot)
             except Exception:
                 log.failure("snapshot listener {listener!r} failed", listener=listener)
-        return snapshot
 
     def update(self, state: Any) -> bool:
         """

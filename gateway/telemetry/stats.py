@@ -429,10 +429,11 @@ def apiBreaker(compiled: Any) -> Any:
 
 def backendJSON(backend: Any, now: float, health: Any = None) -> Dict[str, Any]:
     """
-    @return: the live state of a L{gateway.balancing.backend.Backend} for the stats.
+    @return: the live state of a L{gateway.balancing.backend.Backend} for the
+        stats; C{discovered} says how DNS discovery found it (when it did).
     """
     breaker = backend.breaker
-    return {
+    entry = {
         "addr": f"{backend.host}:{backend.port}",
         "active": backend.active,
         "latencyEWMA": backend.ewma,
@@ -443,6 +444,11 @@ def backendJSON(backend: Any, now: float, health: Any = None) -> Dict[str, Any]:
         "health": health.status(backend.name) if health is not None else None,
         "breaker": breaker.snapshot() if breaker is not None else None,
     }
+    origin = getattr(backend, "origin", None)
+    if origin is not None:
+        # Found by DNS discovery: how (the server or cluster, the name).
+        entry["discovered"] = origin.toJSON()
+    return entry
 
 
 def _addCounts(into: Dict[str, Any], entry: Mapping[str, Any]) -> None:

@@ -5,7 +5,7 @@ import { fetchProxies } from "../api.js";
 import { h, mount, fmtNum, fmtRate, fmtPct, fmtMs, badge, isNum, DASH } from "../dom.js";
 import { poller } from "../stats.js";
 import { LineChart, COLORS } from "../charts.js";
-import { pageHeader, alertsOf, alertList, healthBadge, breakerBadge } from "./common.js";
+import { pageHeader, alertsOf, alertList, healthBadge, breakerBadge, serverHref } from "./common.js";
 
 /** Column headings; a leading "#" marks a numeric (right-aligned) column. */
 function headings(names) {
@@ -162,7 +162,7 @@ export function renderDashboard(outlet) {
             return h(
               "tr",
               { dataset: { server: name } },
-              h("td", null, h("a", { href: `#/servers/${encodeURIComponent(name)}`, class: "strong" }, name), h("div", { class: "muted small" }, s.addr || "")),
+              h("td", null, h("a", { href: serverHref(name, s), class: "strong" }, name), h("div", { class: "muted small" }, s.addr || "")),
               h("td", null, healthBadge(s)),
               h("td", null, breakerBadge(s)),
               h("td", { class: "num" }, fmtNum(s.active)),

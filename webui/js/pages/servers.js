@@ -1,10 +1,11 @@
 // Servers: the list (with live health and breaker state) and the form.
 
 import { resources } from "../api.js";
-import { h, mount, fmtNum, fmtRate, fmtMs, DASH } from "../dom.js";
+import { h, mount, fmtNum, fmtRate, fmtMs, badge, DASH } from "../dom.js";
 import { poller } from "../stats.js";
 import { inputField, numberField, checkboxField, selectField, textareaField, optionalSection, section, readText, readNumber, readList, assign, LocalError } from "../forms.js";
 import { pageHeader, loading, errorState, linkButton, emptyState, resourceTable, healthBadge, breakerBadge, formPage, clone } from "./common.js";
+import { discoveredOf } from "./discovered.js";
 
 export async function renderServerList(outlet) {
   const header = pageHeader("Servers", {
@@ -26,7 +27,7 @@ export async function renderServerList(outlet) {
   const live = {};
   const cellOf = (name, key) => {
     live[name] = live[name] || {};
-    const cell = h("span", { class: key === "rps" || key === "latency" ? "num" : "" }, DASH);
+    const cell = h(key === "found" ? "div" : "span", { class: key === "rps" || key === "latency" ? "num" : key === "found" ? "muted small" : "" }, key === "found" ? "" : DASH);
     live[name][key] = cell;
     return cell;
   };
@@ -35,7 +36,7 @@ export async function renderServerList(outlet) {
     items: servers,
     columns: [
       { label: "Name", cell: (s) => h("a", { href: `#/servers/${encodeURIComponent(s.name)}`, class: "strong" }, s.name) },
-      { label: "Address", cell: (s) => h("code", null, s.addr) },
+      { label: "Address", cell: (s) => h("div", null, h("code", null, s.addr), cellOf(s.name, "found")) },
       { label: "Weight", cell: (s) => fmtNum(s.weight), className: "num" },
       { label: "Max QPS", cell: (s) => (s.maxQPS ? fmtNum(s.maxQPS) : "\u221E"), className: "num" },
       { label: "Health", cell: (s) => cellOf(s.name, "health") },
@@ -51,6 +52,19 @@ export async function renderServerList(outlet) {
       const stats = sample?.data?.servers?.[s.name];
       const rates = sample?.servers?.[s.name];
       const cells = live[s.name];
+      const found = stats ? [] : discoveredOf(sample?.data, { server: s.name });
+      if (found.length) {
+        // A host name: one server per address the DNS gives.
+        cells.found.textContent = `\u2192 ${found.map(([, x]) => x.discovered.address).join(", ")}`;
+        const healthy = found.filter(([, x]) => x.healthy !== false && !x.ejected).length;
+        cells.health.replaceChildren(badge(`${healthy}/${found.length} healthy`, healthy === found.length ? "ok" : healthy ? "warn" : "bad"));
+        const open = found.filter(([, x]) => x.breaker?.state === "open").length;
+        cells.breaker.replaceChildren(found.some(([, x]) => x.breaker) ? badge(open ? `${open} open` : "closed", open ? "bad" : "ok") : badge("no breaker", "muted"));
+        cells.rps.textContent = fmtRate(found.reduce((sum, [n]) => sum + (sample?.servers?.[n]?.rps || 0), 0));
+        cells.latency.textContent = DASH;
+        continue;
+      }
+      cells.found.textContent = "";
       cells.health.replaceChildren(healthBadge(stats));
       cells.breaker.replaceChildren(breakerBadge(stats));
       cells.rps.textContent = fmtRate(rates?.rps);
@@ -112,7 +126,7 @@ export function renderServerForm(outlet, params) {
     build(item, extra) {
       const editing = !!item;
       const name = inputField({ label: "Name", field: "name", value: item?.name, required: true, disabled: editing, help: editing ? "The name cannot change." : "Letters, digits, - _ and ." });
-      const addr = inputField({ label: "Address", field: "addr", value: item?.addr, required: true, placeholder: "10.0.0.5:8080", help: "host:port" });
+      const addr = inputField({ label: "Address", field: "addr", value: item?.addr, required: true, placeholder: "10.0.0.5:8080", help: "host:port (a host name: a server per address)" });
       const weight = numberField({ label: "Weight", field: "weight", value: item?.weight ?? 1, help: "share for weighted balancing; 0 drains it" });
       const maxQPS = numberField({ label: "Max QPS", field: "maxQPS", value: item?.maxQPS ?? 0, help: "0 = no limit" });
 
