@@ -47,6 +47,7 @@ from gateway.model.schema import (
     fromJSON,
 )
 from gateway.model.schema import List as ListOf
+from gateway.model.tracing import TracingConfig
 
 DEFAULT_STORE = "file:gateway-data.json"
 
@@ -229,6 +230,8 @@ class GatewayConfig:
     @ivar seed: C{{kind: (resource, ...)}} for every kind in
         L{gateway.store.KINDS}, parsed model objects in file order.
     @ivar path: where the config came from (the file's path).
+    @ivar tracing: the C{tracing:} section (L{TracingConfig}), or L{None}
+        when nothing is traced.
     """
 
     proxy: Optional[ProxyConfig]
@@ -236,12 +239,13 @@ class GatewayConfig:
     store: str = DEFAULT_STORE
     seed: Mapping[str, Tuple[Any, ...]] = attrs.Factory(lambda: {kind: () for kind in KINDS})
     path: Optional[str] = None
+    tracing: Optional[TracingConfig] = None
 
 
-_SECTIONS = {"proxy": ProxyConfig, "admin": AdminConfig}
+_SECTIONS = {"proxy": ProxyConfig, "admin": AdminConfig, "tracing": TracingConfig}
 
 
-_TOP_KEYS = ("proxy", "admin", "store") + KINDS
+_TOP_KEYS = ("proxy", "admin", "store", "tracing") + KINDS
 
 
 def _parseSeed(data: Mapping[str, Any]) -> Dict[str, Tuple[Any, ...]]:
@@ -364,7 +368,9 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
             )
     if errors:
         raise ConfigError.fromValidation(ValidationError.collect(errors), source)
-    return GatewayConfig(proxy=proxy, admin=admin, store=store, seed=seed, path=source)
+    return GatewayConfig(
+        proxy=proxy, admin=admin, store=store, seed=seed, path=source, tracing=sections["tracing"]
+    )
 
 
 #: Listen endpoints several worker processes can each bind (SO_REUSEPORT).

@@ -47,6 +47,7 @@ from gateway.pipeline.forwarding import _HOST, ClientAddresses, copyResponseHead
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
 from gateway.routing.rules import JSON_BODY_LIMIT, decideRoutings
+from gateway.telemetry.tracing import ITracer
 
 log = Logger()
 
@@ -143,6 +144,8 @@ class GatewayResource(Resource):
     @param random: where retries' jitter comes from.
     @param stats: told of every answer once, as C{stats.record(exchange,
         code, outcome)} (see L{Exchange.outcome}).
+    @param tracer: the L{gateway.telemetry.tracing.ITracer} told of every
+        request, or L{None} when nothing is traced.
     """
 
     isLeaf = True
@@ -158,6 +161,7 @@ class GatewayResource(Resource):
         retryBudget: Optional[RetryBudget] = None,
         stats: Any = None,
         random: Optional[Random] = None,
+        tracer: Optional[ITracer] = None,
     ) -> None:
         super().__init__()
         self._manager = manager
@@ -169,6 +173,7 @@ class GatewayResource(Resource):
         self._retryBudget = retryBudget or RetryBudget(reactor)
         self._stats = stats
         self._random = random or Random()
+        self._tracer = tracer
         #: Requests being served now.
         self.inFlight = 0
         self._draining = False
@@ -206,6 +211,9 @@ class GatewayResource(Resource):
         if match is not None and match.value.filters:
             chain = chain + match.value.filters
         self.inFlight += 1
+        # Tracing (issue 19): this one check is all it costs when it is off.
+        if self._tracer is not None:
+            self._tracer.requestStarted(exchange)
         notifyDone = getattr(request, "notifyDone", None)
         if notifyDone is not None:
             notifyDone(self._requestOver, exchange)

@@ -129,8 +129,18 @@ def _upstreamClient(reactor: Any, proxyConfig: Any) -> HTTP11UpstreamClient:
 
 
 def _proxySite(
-    proxyConfig: Any, reactor: Any, manager: SnapshotManager, client: Any, counters: Stats
+    proxyConfig: Any,
+    reactor: Any,
+    manager: SnapshotManager,
+    client: Any,
+    counters: Stats,
+    tracing: Any = None,
 ) -> Tuple[GatewayResource, GatewaySite]:
+    tracer = None
+    if tracing is not None:
+        # Every request the proxy sends upstream gets a client span.
+        client = tracing.wrap(client)
+        tracer = tracing.tracer
     resource = GatewayResource(
         manager,
         client,
@@ -139,6 +149,7 @@ def _proxySite(
         aggregator=Aggregator(client, reactor, stats=counters),
         mirror=Mirror(client, reactor, stats=counters),
         stats=counters,
+        tracer=tracer,
     )
     site = GatewaySite(
         resource,
@@ -148,6 +159,26 @@ def _proxySite(
         reactor=reactor,
     )
     return resource, site
+
+
+def _tracing(config: Any, reactor: Any, root: ProcessService, counters: Stats) -> Any:
+    """
+    Set tracing up for a process that serves the proxy, when the config
+    has a C{tracing:} section: its service joins C{root} (before the
+    proxy's, so that it stops after the proxy drained), its counters
+    C{counters}.
+
+    @return: the L{gateway.telemetry.tracing.sdk.Tracing}, or L{None}.
+    """
+    if config.tracing is None:
+        return None
+    # (Imports the OpenTelemetry SDK: only now.)
+    from gateway.telemetry.tracing import makeTracing
+
+    tracing = makeTracing(config.tracing, reactor)
+    tracing.service.setServiceParent(root)
+    counters.followTracing(tracing.counts)
+    return tracing
 
 
 def makeGatewayService(
@@ -253,7 +284,8 @@ def makeGatewayService(
         pool.setServiceParent(root)
     elif proxyConfig is not None:
         manager.addListener(lambda snapshot: served.serving("proxy", snapshot.revision))
-        resource, site = _proxySite(proxyConfig, reactor, manager, client, counters)
+        tracing = _tracing(config, reactor, root, counters)
+        resource, site = _proxySite(proxyConfig, reactor, manager, client, counters, tracing)
         ProxyService(
             "proxy",
             "proxy.listen",
@@ -306,7 +338,8 @@ def makeWorkerService(
     ).setServiceParent(root)
     storeService.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)
-    resource, site = _proxySite(proxyConfig, reactor, manager, client, counters)
+    tracing = _tracing(config, reactor, root, counters)
+    resource, site = _proxySite(proxyConfig, reactor, manager, client, counters, tracing)
     ProxyService(
         "proxy",
         "proxy.listen",
