@@ -9,17 +9,30 @@ C{/metrics}.
 
 from __future__ import annotations
 
+from random import Random
 from typing import Any, Dict, List, Optional, Tuple
 
 from fakes import ScriptedUpstreamClient
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 from prometheus_client.exposition import generate_latest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -48,13 +61,14 @@ from gateway.store import StoreState
 from gateway.telemetry.metrics import metricsRegistry
 from gateway.telemetry.stats import SnapshotStats, Stats, mergeSnapshots
 from gateway.telemetry.tracing import ITracer, makeTracing
-from gateway.telemetry.tracing.context import SAMPLED, formatTraceparent, parseTraceparent
+from gateway.telemetry.tracing.context import SAMPLED, hexTraceId, parseTraceparent, traceparent
 from gateway.telemetry.tracing.export import (
     ExportFailed,
     OTLPHTTPExporter,
     ReactorSpanProcessor,
 )
-from gateway.telemetry.tracing.sdk import TracingClient
+from gateway.telemetry.tracing.otlp import SpanEncoder
+from gateway.telemetry.tracing.spans import TracingClient
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -69,7 +83,7 @@ UNSAMPLED_PARENT = f"00-{TRACE_ID}-{CLIENT_SPAN}-00"
 
 class TraceparentTests(SynchronousTestCase):
     """
-    L{parseTraceparent} and L{formatTraceparent}: the rules of W3C Trace
+    L{parseTraceparent} and L{traceparent}: the rules of W3C Trace
     Context, section 3.2.
     """
 
@@ -79,7 +93,7 @@ class TraceparentTests(SynchronousTestCase):
         """
         self.assertEqual(
             parseTraceparent([SAMPLED_PARENT.encode()]),
-            (int(TRACE_ID, 16), int(CLIENT_SPAN, 16), 1),
+            (TRACE_ID.encode(), CLIENT_SPAN.encode(), 1),
         )
 
     def test_laterVersion(self) -> None:
@@ -87,8 +101,8 @@ class TraceparentTests(SynchronousTestCase):
         A later version is read as version 00 is, fields after the flags
         ignored when a C{-} comes first.
         """
-        value = f"cc-{TRACE_ID}-{CLIENT_SPAN}-01-what-the-future-holds".encode()
-        self.assertEqual(parseTraceparent([value])[0], int(TRACE_ID, 16))
+        value = f"cc-{TRACE_ID}-{CLIENT_SPAN}-03-what-the-future-holds".encode()
+        self.assertEqual(parseTraceparent([value]), (TRACE_ID.encode(), CLIENT_SPAN.encode(), 3))
         self.assertIsNone(parseTraceparent([f"cc-{TRACE_ID}-{CLIENT_SPAN}-01x".encode()]))
 
     def test_invalid(self) -> None:
@@ -113,12 +127,13 @@ class TraceparentTests(SynchronousTestCase):
 
     def test_format(self) -> None:
         """
-        L{formatTraceparent} writes version 00 with zero-padded lower-case
-        hex, which L{parseTraceparent} reads back.
+        L{traceparent} writes version 00 with a zero-padded span id and the
+        sampled flag alone, which L{parseTraceparent} reads back.
         """
-        value = formatTraceparent(5, 6, 1)
+        value = traceparent(hexTraceId(5), 6, True)
         self.assertEqual(value, b"00-" + b"0" * 31 + b"5-" + b"0" * 15 + b"6-01")
-        self.assertEqual(parseTraceparent([value]), (5, 6, 1))
+        self.assertEqual(parseTraceparent([value]), (b"0" * 31 + b"5", b"0" * 15 + b"6", 1))
+        self.assertTrue(traceparent(hexTraceId(5), 6, False).endswith(b"-00"))
 
 
 # -- the config -------------------------------------------------------------------
@@ -363,9 +378,13 @@ PLAIN = {"a": {"name": "a", "urlPattern": "/a", "nodes": [{"cluster": "main"}]}}
 
 
 def sentTraceparent(headers: Headers) -> Tuple[int, int, int]:
+    """
+    @return: the C{traceparent} a request was sent with, as integers.
+    """
     parsed = parseTraceparent(headers.getRawHeaders(b"traceparent"))
     assert parsed is not None
-    return parsed
+    traceId, spanId, flags = parsed
+    return int(traceId, 16), int(spanId, 16), flags
 
 
 class PipelineSpanTests(SynchronousTestCase):
@@ -547,6 +566,51 @@ class PipelineSpanTests(SynchronousTestCase):
         [(_, _, headers, _)] = pipeline.client.calls
         traceId, _, flags = sentTraceparent(headers)
         self.assertEqual((traceId, flags & SAMPLED), (int(TRACE_ID, 16), 0))
+
+    def test_decisionAsTheSDKs(self) -> None:
+        """
+        The tracer's sampling decision is the SDK's samplers':
+        C{parentbased_traceidratio} with C{parentBased}, C{traceidratio}
+        without, for every ratio, for traces that start here and for
+        clients' sampled and unsampled ones.
+        """
+        rng = Random(19)
+        for ratio in (0.0, 0.01, 0.5, 1.0):
+            for parentBased in (True, False):
+                pipeline = Pipeline(self, sampleRatio=ratio, parentBased=parentBased)
+                tracer = pipeline.tracing.tracer
+                ratioSampler = TraceIdRatioBased(ratio)
+                sampler = ParentBased(ratioSampler) if parentBased else ratioSampler
+                for _ in range(500):
+                    traceId = rng.getrandbits(128) or 1
+                    flags = rng.choice([None, 0, 1, 3])
+                    context = None
+                    if flags is not None:
+                        context = set_span_in_context(
+                            NonRecordingSpan(SpanContext(traceId, 7, True, TraceFlags(flags)))
+                        )
+                    sdk = sampler.should_sample(context, traceId, "x").decision.is_sampled()
+                    self.assertEqual(
+                        tracer.sampled(traceId, flags), sdk, (ratio, parentBased, traceId, flags)
+                    )
+
+    def test_recordedAsDecided(self) -> None:
+        """
+        At ratio 0.5, the requests whose C{traceparent} upstream says
+        sampled are exactly those whose spans were recorded, in the trace
+        the decision was made on.
+        """
+        pipeline = Pipeline(self, sampleRatio=0.5)
+        pipeline.serve(PLAIN)
+        for i in range(60):
+            pipeline.request("/a")
+            pipeline.client.answer(i)
+        sent = [sentTraceparent(h) for _, _, h, _ in pipeline.client.calls]
+        sampled = {traceId for traceId, _, flags in sent if flags & SAMPLED}
+        recorded = {s.context.trace_id for s in pipeline.spans()}
+        self.assertEqual(recorded, sampled)
+        self.assertTrue(10 < len(sampled) < 50, len(sampled))
+        self.assertEqual(len({traceId for traceId, _, _ in sent}), 60)
 
     def test_retriesOneSpanPerAttempt(self) -> None:
         """
@@ -961,21 +1025,139 @@ class Collector(ScriptedUpstreamClient):
         return fail(answer) if isinstance(answer, Exception) else succeed(answer)
 
 
-def finishedSpans(count: int) -> List[ReadableSpan]:
+def sdkTracer(serviceName: str = "svc") -> Tuple[Any, InMemorySpanExporter]:
     """
-    @return: C{count} spans made and ended by the SDK.
+    @return: a tracer of the SDK's own, and where its spans end up.
     """
     exporter = InMemorySpanExporter()
-    tracing = makeTracing(
-        TracingConfig(serviceName="svc"),
-        Clock(),
-        exportClient=Client(),
-        processor=SimpleSpanProcessor(exporter),
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": serviceName}), shutdown_on_exit=False
     )
-    tracer = tracing.provider.get_tracer("test")
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider.get_tracer("test", "1.0"), exporter
+
+
+def finishedSpans(count: int) -> List[ReadableSpan]:
+    """
+    @return: C{count} spans made and ended by the SDK's tracer.
+    """
+    tracer, exporter = sdkTracer()
     for i in range(count):
         tracer.start_span(f"span{i}", start_time=i).end(end_time=i + 1)
     return list(exporter.get_finished_spans())
+
+
+class SpanEncoderTests(SynchronousTestCase):
+    """
+    L{SpanEncoder} writes what the SDK's OTLP encoder does: both decoded
+    with the C{opentelemetry-proto} classes are the same message.
+    """
+
+    def assertSameAsTheSDK(self, spans: List[ReadableSpan]) -> None:
+        ours = ExportTraceServiceRequest()
+        ours.ParseFromString(SpanEncoder().encode(spans))
+        self.assertEqual(ours, encode_spans(spans))
+
+    def test_sdkSpans(self) -> None:
+        """
+        Spans of the SDK's own tracer: every kind, attributes of every
+        scalar type (negative integers, non-ASCII text, floats, booleans),
+        each status, remote and local parents, a trace state.
+        """
+        tracer, exporter = sdkTracer()
+        kinds = [SpanKind.SERVER, SpanKind.CLIENT, SpanKind.INTERNAL, SpanKind.PRODUCER]
+        remote = SpanContext(
+            int(TRACE_ID, 16),
+            int(CLIENT_SPAN, 16),
+            True,
+            TraceFlags(1),
+            TraceState([("vendor", "opaque"), ("b", "2")]),
+        )
+        for i in range(40):
+            parent = None
+            if i % 3 == 1:
+                parent = set_span_in_context(NonRecordingSpan(remote))
+            span = tracer.start_span(
+                f"span {i} ü", parent, kinds[i % 4], start_time=1_700_000_000_000_000_000 + i
+            )
+            span.set_attributes(
+                {
+                    "text": "héllo" * (i % 3),
+                    "int": -i * 1_000_003,
+                    "big": 2**62 + i,
+                    "float": i / 7,
+                    "flag": bool(i % 2),
+                    "same": "repeated",
+                }
+            )
+            if i % 4 == 1:
+                span.set_status(Status(StatusCode.ERROR, "broken " + str(i)))
+            elif i % 4 == 2:
+                span.set_status(StatusCode.OK)
+            if i % 3 == 2:
+                with_child = set_span_in_context(span)
+                tracer.start_span("child", with_child).end(end_time=5)
+            span.end(end_time=1_700_000_000_000_000_999 + i)
+        spans = list(exporter.get_finished_spans())
+        self.assertSameAsTheSDK(spans)
+        self.assertSameAsTheSDK(spans[:1])
+
+    def test_gatewaySpans(self) -> None:
+        """
+        The spans of a request through the pipeline (server, client).
+        """
+        pipeline = Pipeline(self)
+        pipeline.serve(PLAIN)
+        pipeline.request("/a?q=1", {"traceparent": SAMPLED_PARENT, "tracestate": "k=v"})
+        pipeline.client.answer(0, 503)
+        self.assertEqual(len(pipeline.spans()), 2)
+        self.assertSameAsTheSDK(pipeline.spans())
+
+    def test_severalResources(self) -> None:
+        """
+        Spans of two resources and scopes, interleaved, are grouped as the
+        SDK groups them.
+        """
+        first, firstSpans = sdkTracer("one")
+        second, secondSpans = sdkTracer("two")
+        for i in range(3):
+            first.start_span(f"a{i}").end()
+            second.start_span(f"b{i}").end()
+        spans = [
+            s
+            for pair in zip(firstSpans.get_finished_spans(), secondSpans.get_finished_spans())
+            for s in pair
+        ]
+        self.assertSameAsTheSDK(spans)
+
+    def test_otherwiseTheSDKsEncoder(self) -> None:
+        """
+        A batch with what the encoder does not write (an event, a list
+        attribute) is the SDK encoder's bytes.
+        """
+        tracer, exporter = sdkTracer()
+        withEvent = tracer.start_span("event")
+        withEvent.add_event("happened", {"x": 1})
+        withEvent.end()
+        tracer.start_span("list", attributes={"values": ["a", "b"]}).end()
+        for span in exporter.get_finished_spans():
+            self.assertEqual(SpanEncoder().encode([span]), encode_spans([span]).SerializeToString())
+
+    def test_manyDistinctValues(self) -> None:
+        """
+        More distinct attribute values than are cached are still written
+        right.
+        """
+        tracer, exporter = sdkTracer()
+        for i in range(5000):
+            tracer.start_span("s", attributes={"path": f"/p/{i}", "n": i}).end()
+        encoder = SpanEncoder()
+        spans = list(exporter.get_finished_spans())
+        for start in range(0, 5000, 1000):
+            batch = spans[start : start + 1000]
+            ours = ExportTraceServiceRequest()
+            ours.ParseFromString(encoder.encode(batch))
+            self.assertEqual(ours, encode_spans(batch))
 
 
 class OTLPHTTPExporterTests(SynchronousTestCase):
@@ -1044,7 +1226,7 @@ class OTLPHTTPExporterTests(SynchronousTestCase):
 
 class TracingTests(SynchronousTestCase):
     """
-    L{gateway.telemetry.tracing.sdk.Tracing} with its real processor and
+    L{gateway.telemetry.tracing.spans.Tracing} with its real processor and
     exporter, and its counters in the stats and metrics.
     """
 
@@ -1061,13 +1243,13 @@ class TracingTests(SynchronousTestCase):
             exportClient=collector,
         )
         tracing.service.startService()
-        tracer = tracing.provider.get_tracer("t")
-        tracer.start_span("one").end()
+        one, two = finishedSpans(2)
+        tracing.processor.on_end(one)
         clock.advance(1.9)
         self.assertEqual(collector.sent, [])
         clock.advance(0.1)
         self.assertEqual(len(collector.sent), 1)
-        tracer.start_span("two").end()
+        tracing.processor.on_end(two)
         self.successResultOf(tracing.service.stopService())
         self.assertEqual(len(collector.sent), 2)
         self.assertEqual(tracing.counts(), {"exported": 2, "dropped": 0, "failed": 0, "queued": 0})

@@ -168,7 +168,7 @@ def _tracing(config: Any, reactor: Any, root: ProcessService, counters: Stats) -
     proxy's, so that it stops after the proxy drained), its counters
     C{counters}.
 
-    @return: the L{gateway.telemetry.tracing.sdk.Tracing}, or L{None}.
+    @return: the L{gateway.telemetry.tracing.spans.Tracing}, or L{None}.
     """
     if config.tracing is None:
         return None

@@ -5,16 +5,19 @@ the config file, L{gateway.model.tracing.TracingConfig}).
 What the pipeline sees of it is L{ITracer}: one call per request, made only
 when tracing is on (a check of one attribute when it is off).  The rest is
 put together by the composition root (L{gateway.process.root}) with
-L{makeTracing}, which imports the OpenTelemetry SDK (L{gateway.telemetry.tracing.sdk})
-only then: a gateway without C{tracing:} never loads it.
+L{makeTracing}, which imports the OpenTelemetry SDK
+(L{gateway.telemetry.tracing.spans}) only then: a gateway without
+C{tracing:} never loads it.
 
   - L{gateway.telemetry.tracing.context}: the W3C C{traceparent} header;
-  - L{gateway.telemetry.tracing.sdk}: the server span of a request, the
+  - L{gateway.telemetry.tracing.spans}: the server span of a request, the
     client span of each upstream attempt (L{TracingClient
-    <gateway.telemetry.tracing.sdk.TracingClient>}, an
+    <gateway.telemetry.tracing.spans.TracingClient>}, an
     L{gateway.interfaces.IUpstreamClient} around the real one);
   - L{gateway.telemetry.tracing.export}: finished spans queued and sent to
-    the collector in batches, through the reactor.
+    the collector in batches, through the reactor;
+  - L{gateway.telemetry.tracing.otlp}: spans written in the OTLP protobuf
+    format.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from zope.interface import Interface
 
 if TYPE_CHECKING:
-    from gateway.telemetry.tracing.sdk import Tracing
+    from gateway.telemetry.tracing.spans import Tracing
 
 
 class ITracer(Interface):
@@ -38,7 +41,7 @@ class ITracer(Interface):
         the trace of the client's C{traceparent} when it sent a valid one,
         and put the span's context in the exchange's C{upstreamHeaders}
         (where the upstream client finds it: see
-        L{gateway.telemetry.tracing.sdk.TracingClient}).  The span ends
+        L{gateway.telemetry.tracing.spans.TracingClient}).  The span ends
         when the request is over.
 
         @param exchange: the request's L{gateway.pipeline.exchange.Exchange}.
@@ -51,9 +54,9 @@ def makeTracing(config: Any, reactor: Any, **kw: Any) -> Tracing:
 
     @param config: the L{gateway.model.tracing.TracingConfig}.
     @param reactor: the reactor spans are timed and exported with.
-    @param kw: passed to L{gateway.telemetry.tracing.sdk.Tracing}.
-    @return: a L{gateway.telemetry.tracing.sdk.Tracing}.
+    @param kw: passed to L{gateway.telemetry.tracing.spans.Tracing}.
+    @return: a L{gateway.telemetry.tracing.spans.Tracing}.
     """
-    from gateway.telemetry.tracing.sdk import Tracing
+    from gateway.telemetry.tracing.spans import Tracing
 
     return Tracing(config, reactor, **kw)

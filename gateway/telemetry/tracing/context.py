@@ -35,15 +35,15 @@ _ZERO_SPAN = b"0" * 16
 SAMPLED = 0x01
 
 
-def parseTraceparent(values: Optional[Sequence[bytes]]) -> Optional[Tuple[int, int, int]]:
+def parseTraceparent(values: Optional[Sequence[bytes]]) -> Optional[Tuple[bytes, bytes, int]]:
     """
     @param values: the C{traceparent} header's values, or L{None}.
-    @return: C{(trace id, parent id, flags)} as integers, or L{None} when
-        there is no valid header: none, several, or one that breaks the
-        rules of the specification (section 3.2: version C{ff}, upper-case
-        hex, an all-zero trace or parent id, a version-00 value of another
-        length, a later version's value whose fields go on without a
-        C{-}).
+    @return: C{(trace id, parent id, flags)}, the ids in lower-case hex
+        (what L{traceparent} takes), or L{None} when there is no valid
+        header: none, several, or one that breaks the rules of the
+        specification (section 3.2: version C{ff}, upper-case hex, an
+        all-zero trace or parent id, a version-00 value of another length,
+        a later version's value whose fields go on without a C{-}).
     """
     if not values or len(values) != 1:
         return None
@@ -56,14 +56,23 @@ def parseTraceparent(values: Optional[Sequence[bytes]]) -> Optional[Tuple[int, i
         return None
     if len(value) != 55 and (version == b"00" or value[55:56] != b"-"):
         return None
-    return int(traceId, 16), int(spanId, 16), int(flags, 16)
+    return traceId, spanId, int(flags, 16)
 
 
-def formatTraceparent(traceId: int, spanId: int, flags: int) -> bytes:
+def traceparent(traceId: bytes, spanId: int, sampled: bool) -> bytes:
     """
-    @return: a version-00 C{traceparent} value.
+    @param traceId: the trace id in lower-case hex.
+    @return: a version-00 C{traceparent} value: the only flag set is
+        C{sampled}, the only one version 00 defines.
     """
-    return b"00-%032x-%016x-%02x" % (traceId, spanId, flags & 0xFF)
+    return b"00-%s-%016x-%s" % (traceId, spanId, b"01" if sampled else b"00")
+
+
+def hexTraceId(traceId: int) -> bytes:
+    """
+    @return: a trace id in lower-case hex, as L{traceparent} takes it.
+    """
+    return b"%032x" % (traceId,)
 
 
 def tracestateOf(values: Sequence[bytes]) -> List[str]:
