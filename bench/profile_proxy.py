@@ -625,6 +625,10 @@ def micro(options: argparse.Namespace) -> int:
     _useChannel(options.channel)
     data = benchrun.gatewayConfig(8080, 8081, workers=1, where="proxy")
     data["store"] = "memory:"
+    if options.tracing is not None:
+        # Spans made and queued; never exported (the memory reactor's clock
+        # does not move): what tracing costs on the request path itself.
+        data["tracing"] = {"sampleRatio": options.tracing, "maxQueueSize": 1_000_000}
     config = parseConfig(yaml.safe_load(yaml.safe_dump(data)))
     reactor = MemoryReactorClock()
     upstream = HTTP11UpstreamClient(reactor)
@@ -742,6 +746,11 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         help="micro: the gateway, or a constant answer from GatewaySite or twisted's Site",
     )
     parser.add_argument("--show", action="store_true", help="micro: print the first answer")
+    parser.add_argument(
+        "--tracing",
+        type=float,
+        help="micro: trace with this sampleRatio (spans queued, never exported)",
+    )
     parser.add_argument(
         "--eager-writes",
         action="store_true",

@@ -1607,6 +1607,9 @@ class Bench:
 
         backend, self.backendPort = nginxBackend(self.children)
         self.throughput(backend)
+        if self.wanted("tracing"):
+            for name, interpreter in self.interpreters.items():
+                self.tracingRows(name, interpreter)
         if not options.skip_extras:
             self.largeBody()
             self.apisScale()
@@ -1972,6 +1975,113 @@ class Bench:
             }
         )
         self.log(f"  {result['detail']}")
+
+    # -- tracing (issue 19) ----------------------------------------------------
+
+    #: The tracing rows: C{(label, sampleRatio or None for no tracing:)}.
+    TRACING = (("off", None), ("1.0", 1.0), ("0.01", 0.01))
+
+    def tracingRows(self, name: str, interpreter: Interpreter) -> None:
+        """
+        C{/plain} through three one-worker gateways at once: without
+        C{tracing:}, and tracing at C{sampleRatio} 1.0 and 0.01, measured
+        in turn, run for run (the differences are what tracing costs; rows
+        measured minutes apart would carry the machine's drift).  The
+        spans go to the nginx backend, which answers every C{POST
+        /v1/traces} with 200, as a collector that takes everything would:
+        the export (encoding, sending) is in the figures.
+        """
+        rows = {
+            label: self.report.row(
+                f"gateway-plain-tracing-{label}-{name}",
+                "gateway, plain proxying, "
+                + ("no tracing (measured in turn)" if ratio is None else f"tracing {label}"),
+                name,
+                1,
+            )
+            for label, ratio in self.TRACING
+        }
+        started: Dict[str, Tuple[Child, int, int]] = {}
+        try:
+            for label, ratio in self.TRACING:
+                adminPort = freePort()
+                config = gatewayConfig(
+                    freePort(),
+                    self.backendPort,
+                    workers=1,
+                    where=self.workersWhere,
+                    adminPort=adminPort,
+                )
+                if ratio is not None:
+                    config["tracing"] = {
+                        "otlp": f"http://{HOST}:{self.backendPort}/v1/traces",
+                        "sampleRatio": ratio,
+                    }
+                child, port = startGateway(
+                    self.children, f"gateway-tracing-{label}-{name}", interpreter, config
+                )
+                started[label] = (child, port, adminPort)
+            least, most = self.warmupFor(name)
+            for label, (_, port, _) in started.items():
+                self.log(f"tracing {label} ({name}): warming up")
+                warmUp(self.wrk, f"http://{HOST}:{port}/plain", least, most)
+            results: Dict[str, List[Dict[str, Any]]] = {label: [] for label in started}
+            labels = list(started)
+            for turn in range(max(1, self.options.runs)):
+                # Each setup first in its turn.
+                order = labels[turn % len(labels) :] + labels[: turn % len(labels)]
+                for label in order:
+                    child, port, _ = started[label]
+                    result = measure(self.wrk, f"http://{HOST}:{port}/plain", child.pid, 1, 0)
+                    results[label].append(result)
+            for label, runs in results.items():
+                row = rows[label]
+                row["runs"] = [r for each in runs for r in each["runs"]]
+                for key in ("reqPerSec", "p50Ms", "p99Ms", "cpuUsPerReq"):
+                    row[key] = median([r.get(key) for r in runs])
+                row["non2xx"] = sum(r["non2xx"] for r in runs)
+                row["socketErrors"] = sum(r["socketErrors"] for r in runs)
+                self.log(f"  tracing {label}: {_fmt(row.get('cpuUsPerReq'), 1)} µs/req")
+            off = [r.get("cpuUsPerReq") for r in results["off"]]
+            for label, ratio in self.TRACING:
+                if ratio is None:
+                    continue
+                row = rows[label]
+                mine = [r.get("cpuUsPerReq") for r in results[label]]
+                deltas = [a - b for a, b in zip(mine, off) if a is not None and b is not None]
+                notes = row.setdefault("notes", [])
+                if deltas:
+                    row["tracingCostUs"] = median(deltas)
+                    notes.append(
+                        f"+{median(deltas):.1f} µs/req over no tracing (median of "
+                        f"{len(deltas)} runs in turn)"
+                    )
+                notes.append(self.tracingCounters(started[label][2]))
+        except (BenchError, OSError) as e:
+            for row in rows.values():
+                row.setdefault("error", str(e))
+            self.log(f"  failed: {e}")
+        finally:
+            for child, _, _ in started.values():
+                self.children.stop(child)
+
+    def tracingCounters(self, adminPort: int) -> str:
+        """
+        @return: what a tracing gateway's C{/metrics} says of its spans.
+        """
+        status, body = get(
+            adminPort, "/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        if status != 200:
+            return f"/metrics answered {status}"
+        counts = {}
+        for line in body.decode("utf-8", "replace").splitlines():
+            if line.startswith("gateway_tracing_spans_"):
+                key, _, value = line.rpartition(" ")
+                counts[key[len("gateway_tracing_spans_") :]] = int(float(value))
+        exported = counts.get("exported_total", 0)
+        dropped = sum(v for k, v in counts.items() if k.startswith("dropped_total"))
+        return f"spans exported {exported:,}, dropped {dropped:,}"
 
     # -- the checks apart from wrk ---------------------------------------------
 
@@ -2363,7 +2473,7 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth,tls",
+        help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth,tls,tracing",
     )
     parser.add_argument("--skip-extras", action="store_true", help="no large body, no 10k APIs")
     parser.add_argument("--large-bytes", type=int, default=GIB, help="bytes streamed (1 GiB)")

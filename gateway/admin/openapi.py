@@ -417,6 +417,18 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
                     },
                 },
             },
+            "tracing": {
+                "type": "object",
+                "description": (
+                    "Spans of the tracing: section (absent without it): exported, dropped"
+                    " (the export queue was full), failed (the collector did not take"
+                    " them), queued."
+                ),
+                "properties": {
+                    key: {"type": "integer", "minimum": 0}
+                    for key in ("exported", "dropped", "failed", "queued")
+                },
+            },
         },
     }
     discoveredName = {

@@ -58,6 +58,7 @@ from gateway.model.schema import (
     fromJSON,
 )
 from gateway.model.schema import List as ListOf
+from gateway.model.tracing import TracingConfig
 
 DEFAULT_STORE = "file:gateway-data.json"
 
@@ -402,6 +403,8 @@ class GatewayConfig:
         L{gateway.store.KINDS}, parsed model objects in file order.
     @ivar path: where the config came from (the file's path).
     @ivar resolver: the L{ResolverConfig}.
+    @ivar tracing: the C{tracing:} section (L{TracingConfig}), or L{None}
+        when nothing is traced.
     """
 
     proxy: Optional[ProxyConfig]
@@ -410,12 +413,13 @@ class GatewayConfig:
     seed: Mapping[str, Tuple[Any, ...]] = attrs.Factory(lambda: {kind: () for kind in KINDS})
     path: Optional[str] = None
     resolver: ResolverConfig = ResolverConfig()
+    tracing: Optional[TracingConfig] = None
 
 
-_SECTIONS = {"proxy": ProxyConfig, "admin": AdminConfig}
+_SECTIONS = {"proxy": ProxyConfig, "admin": AdminConfig, "tracing": TracingConfig}
 
 
-_TOP_KEYS = ("proxy", "admin", "store", "resolver") + KINDS
+_TOP_KEYS = ("proxy", "admin", "store", "resolver", "tracing") + KINDS
 
 
 def _parseSeed(
@@ -580,7 +584,13 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
     if errors:
         raise ConfigError.fromValidation(ValidationError.collect(errors), source)
     return GatewayConfig(
-        proxy=proxy, admin=admin, store=store, seed=seed, path=source, resolver=resolver
+        proxy=proxy,
+        admin=admin,
+        store=store,
+        seed=seed,
+        path=source,
+        resolver=resolver,
+        tracing=sections["tracing"],
     )
 
 

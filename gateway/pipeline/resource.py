@@ -50,6 +50,7 @@ from gateway.pipeline.https import HTTPSRedirect
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
 from gateway.routing.rules import JSON_BODY_LIMIT, decideRoutings
+from gateway.telemetry.tracing import ITracer
 
 log = Logger()
 
@@ -148,6 +149,8 @@ class GatewayResource(Resource):
         code, outcome)} (see L{Exchange.outcome}).
     @param httpsPort: the port the redirects of C{httpsOnly} APIs name
         (see L{gateway.pipeline.https.httpsPort}), or L{None} for 443.
+    @param tracer: the L{gateway.telemetry.tracing.ITracer} told of every
+        request, or L{None} when nothing is traced.
     """
 
     isLeaf = True
@@ -164,6 +167,7 @@ class GatewayResource(Resource):
         stats: Any = None,
         random: Optional[Random] = None,
         httpsPort: Optional[int] = None,
+        tracer: Optional[ITracer] = None,
     ) -> None:
         super().__init__()
         self._manager = manager
@@ -176,6 +180,7 @@ class GatewayResource(Resource):
         self._retryBudget = retryBudget or RetryBudget(reactor)
         self._stats = stats
         self._random = random or Random()
+        self._tracer = tracer
         #: Requests being served now.
         self.inFlight = 0
         self._draining = False
@@ -222,6 +227,9 @@ class GatewayResource(Resource):
             elif api.filters:
                 chain = chain + api.filters
         self.inFlight += 1
+        # Tracing (issue 19): this one check is all it costs when it is off.
+        if self._tracer is not None:
+            self._tracer.requestStarted(exchange)
         notifyDone = getattr(request, "notifyDone", None)
         if notifyDone is not None:
             notifyDone(self._requestOver, exchange)

@@ -136,9 +136,19 @@ def _upstreamClient(reactor: Any, proxyConfig: Any) -> HTTP11UpstreamClient:
 
 
 def _proxySite(
-    proxyConfig: Any, reactor: Any, manager: SnapshotManager, client: Any, counters: Stats
+    proxyConfig: Any,
+    reactor: Any,
+    manager: SnapshotManager,
+    client: Any,
+    counters: Stats,
+    tracing: Any = None,
 ) -> Tuple[GatewayResource, GatewaySite]:
     tlsListen = proxyConfig.tlsListen
+    tracer = None
+    if tracing is not None:
+        # Every request the proxy sends upstream gets a client span.
+        client = tracing.wrap(client)
+        tracer = tracing.tracer
     resource = GatewayResource(
         manager,
         client,
@@ -148,6 +158,7 @@ def _proxySite(
         mirror=Mirror(client, reactor, stats=counters),
         stats=counters,
         httpsPort=httpsPort(endpointPort(tlsListen[0]) if tlsListen else None),
+        tracer=tracer,
     )
     site = GatewaySite(
         resource,
@@ -219,6 +230,26 @@ def _discovery(
     discovery = DNSDiscovery(reactor, found, config.resolver)
     discovery.follow(manager)
     return discovery
+
+
+def _tracing(config: Any, reactor: Any, root: ProcessService, counters: Stats) -> Any:
+    """
+    Set tracing up for a process that serves the proxy, when the config
+    has a C{tracing:} section: its service joins C{root} (before the
+    proxy's, so that it stops after the proxy drained), its counters
+    C{counters}.
+
+    @return: the L{gateway.telemetry.tracing.spans.Tracing}, or L{None}.
+    """
+    if config.tracing is None:
+        return None
+    # (Imports the OpenTelemetry SDK: only now.)
+    from gateway.telemetry.tracing import makeTracing
+
+    tracing = makeTracing(config.tracing, reactor)
+    tracing.service.setServiceParent(root)
+    counters.followTracing(tracing.counts)
+    return tracing
 
 
 def makeGatewayService(
@@ -344,7 +375,8 @@ def makeGatewayService(
         pool.setServiceParent(root)
     elif proxyConfig is not None:
         manager.addListener(lambda snapshot: served.serving("proxy", snapshot.revision))
-        resource, site = _proxySite(proxyConfig, reactor, manager, client, counters)
+        tracing = _tracing(config, reactor, root, counters)
+        resource, site = _proxySite(proxyConfig, reactor, manager, client, counters, tracing)
         _proxyServices(
             root,
             proxyConfig,
@@ -399,7 +431,8 @@ def makeWorkerService(
     ).setServiceParent(root)
     storeService.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)
-    resource, site = _proxySite(proxyConfig, reactor, manager, client, counters)
+    tracing = _tracing(config, reactor, root, counters)
+    resource, site = _proxySite(proxyConfig, reactor, manager, client, counters, tracing)
     _proxyServices(
         root,
         proxyConfig,

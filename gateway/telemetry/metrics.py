@@ -31,12 +31,17 @@ Metrics::
   gateway_api_circuit_breaker_state{api,state}     the same for an API's own breaker
   gateway_send_timeouts_total                      clients cut off for not reading
   gateway_snapshot_revision                        store revision being served
+  gateway_tracing_spans_exported_total             spans the trace collector took
+  gateway_tracing_spans_dropped_total{reason}      queue-full, export-failed
+  gateway_tracing_spans_queued                     finished spans waiting for export
   gateway_info{version}
+
+(The C{gateway_tracing_*} metrics only when the config has C{tracing:}.)
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 from prometheus_client.metrics_core import (
@@ -116,6 +121,10 @@ class GatewayCollector(Collector):
         )
         sendTimeouts.add_metric([], getattr(stats, "sendTimeouts", 0))
         yield sendTimeouts
+        tracingCounts = getattr(stats, "tracingCounts", None)
+        tracing = tracingCounts() if tracingCounts is not None else None
+        if tracing is not None:
+            yield from _tracingMetrics(tracing)
         info = InfoMetricFamily("gateway", "Gateway version")
         info.add_metric([], {"version": gateway.__version__})
         yield info
@@ -239,6 +248,31 @@ class GatewayCollector(Collector):
         )
         revision.add_metric([], snapshot.revision if snapshot is not None else -1)
         yield revision
+
+
+def _tracingMetrics(counts: Mapping[str, int]) -> Iterator[Metric]:
+    """
+    @param counts: see L{gateway.telemetry.stats.Stats.tracingCounts}.
+    """
+    exported = CounterMetricFamily(
+        "gateway_tracing_spans_exported", "Spans the trace collector took"
+    )
+    exported.add_metric([], counts.get("exported", 0))
+    yield exported
+    dropped = CounterMetricFamily(
+        "gateway_tracing_spans_dropped",
+        "Spans lost: queue-full (the export queue was full), export-failed (the collector "
+        "was away, too slow, answered an error or rejected them)",
+        labels=["reason"],
+    )
+    dropped.add_metric(["queue-full"], counts.get("dropped", 0))
+    dropped.add_metric(["export-failed"], counts.get("failed", 0))
+    yield dropped
+    queued = GaugeMetricFamily(
+        "gateway_tracing_spans_queued", "Finished spans waiting to be exported"
+    )
+    queued.add_metric([], counts.get("queued", 0))
+    yield queued
 
 
 def metricsRegistry(stats: Any, manager: Any, health: Any, reactor: Any) -> CollectorRegistry:

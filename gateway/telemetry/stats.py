@@ -243,6 +243,7 @@ class Stats:
         # comes from its configuration anyway).
         self._apiNames: Optional[frozenset] = None
         self._serverNames: Optional[frozenset] = None
+        self._tracing: Optional[Callable[[], Dict[str, int]]] = None
 
     def record(self, context: Any, code: int, outcome: Optional[str]) -> None:
         """
@@ -292,6 +293,24 @@ class Stats:
         calls this, see L{gateway.http.site.LimitedSite.stats}).
         """
         self.sendTimeouts += 1
+
+    def followTracing(self, counts: Callable[[], Dict[str, int]]) -> None:
+        """
+        Report the counters of tracing's export (C{tracing} in the
+        L{snapshot}, see L{tracingCounts}).
+
+        @param counts: gives them, see
+            L{gateway.telemetry.tracing.export.ReactorSpanProcessor.counts}.
+        """
+        self._tracing = counts
+
+    def tracingCounts(self) -> Optional[Dict[str, int]]:
+        """
+        @return: the counters of tracing's export (C{exported}, C{dropped},
+            C{failed}, C{queued} spans), or L{None} when nothing is traced.
+        """
+        counts = self._tracing
+        return counts() if counts is not None else None
 
     def recordUpstream(
         self, server: str, code: Optional[int], outcome: Optional[str], latency: float
@@ -378,7 +397,9 @@ class Stats:
             it), "healthy", "ejected", "upstreamRequests",
             "upstreamFailures", "health", "breaker"}}},
             C{sendTimeouts} (see L{countSendTimeout}), C{revision} (of the
-            snapshot, or L{None}) and C{at} (clock seconds).  See L{latencyJSON} for C{latency}.
+            snapshot, or L{None}) and C{at} (clock seconds), and when
+            requests are traced C{tracing} (see L{tracingCounts}).  See
+            L{latencyJSON} for C{latency}.
         """
         now = self._clock.seconds()
         totals = self.totals
@@ -401,7 +422,7 @@ class Stats:
             if backend is not None:
                 entry.update(backendJSON(backend, now, health))
             servers[name] = entry
-        return {
+        result = {
             "totals": {
                 "requests": totals.requests,
                 "errors": sum(totals.errors.values()),
@@ -414,6 +435,10 @@ class Stats:
             "revision": current.revision if current is not None else None,
             "at": now,
         }
+        tracing = self.tracingCounts()
+        if tracing is not None:
+            result["tracing"] = tracing
+        return result
 
 
 def apiBreaker(compiled: Any) -> Any:
@@ -494,7 +519,8 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     its snapshot.
 
     @return: a snapshot of the same shape; C{at} is the latest of theirs,
-        C{revision} the highest, C{sendTimeouts} their sum.
+        C{revision} the highest, C{sendTimeouts} their sum, and so are the
+        counters of C{tracing} (when any of them has it).
     """
     totals: Dict[str, Any] = {"requests": 0, "errors": 0, "rejects": 0}
     totalLatency: Dict[str, Any] = {}
@@ -504,8 +530,13 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     at = None
     revision = None
     sendTimeouts = 0
+    tracing: Optional[Dict[str, int]] = None
     for snap in snapshots:
         sendTimeouts += snap.get("sendTimeouts") or 0
+        if snap.get("tracing"):
+            tracing = tracing if tracing is not None else {}
+            for key, n in snap["tracing"].items():
+                tracing[key] = tracing.get(key, 0) + n
         for key in totals:
             totals[key] += (snap.get("totals") or {}).get(key, 0)
         _addLatency(totalLatency, (snap.get("totals") or {}).get("latency"))
@@ -539,7 +570,7 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     _finishLatency(totals)
     for name, values in ewmas.items():
         servers[name]["latencyEWMA"] = sum(values) / len(values)
-    return {
+    merged = {
         "totals": totals,
         "apis": {name: apis[name] for name in sorted(apis)},
         "servers": {name: servers[name] for name in sorted(servers)},
@@ -547,6 +578,9 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "revision": revision,
         "at": at,
     }
+    if tracing is not None:
+        merged["tracing"] = tracing
+    return merged
 
 
 def _worseBreaker(
@@ -602,3 +636,11 @@ class SnapshotStats:
     @property
     def sendTimeouts(self) -> int:
         return int(self._source().get("sendTimeouts") or 0)
+
+    def tracingCounts(self) -> Optional[Dict[str, int]]:
+        """
+        @return: the workers' tracing counters, summed (see
+            L{Stats.tracingCounts}), or L{None}.
+        """
+        tracing: Optional[Dict[str, int]] = self._source().get("tracing")
+        return tracing
