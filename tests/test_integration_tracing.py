@@ -312,7 +312,9 @@ def test_collector_away(gateways, backends, collectors):
             [backend],
             [ECHO],
             maxQueueSize=8,
-            scheduleDelay=0.5,
+            # (Long enough for more than 4 requests' spans to come between
+            # two exports, however loaded the machine: the queue overflows.)
+            scheduleDelay=3,
             exportTimeout=1,
         )
     )
