@@ -259,6 +259,4 @@ class FakeRedisServer:
         key = tail[1]
         rate, burst, want, debt, back = tail[1 + keys :]
         now = int(round(self.clock.seconds() * 1e6))
-        return self.model.run(
-            key, now, float(rate), float(burst), int(want), int(debt), int(back)
-        )
+        return self.model.run(key, now, float(rate), float(burst), int(want), int(debt), int(back))

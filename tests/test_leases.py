@@ -289,7 +289,9 @@ class FleetPropertyTests(SynchronousTestCase):
         interleave across the processes, no interval admits more than
         M{burst + rate * t + H + 2W}.
         """
-        fleet = Fleet(scenario["workers"], scenario["rate"], scenario["burst"], scenario["leaseTime"])
+        fleet = Fleet(
+            scenario["workers"], scenario["rate"], scenario["burst"], scenario["leaseTime"]
+        )
         for action, index, amount in scenario["steps"]:
             fleet.step(action, index, amount)
         excess = fleet.worstExcess()
@@ -319,7 +321,7 @@ class FleetPropertyTests(SynchronousTestCase):
         to the limit: no round trip per request, and no starving.
         """
         fleet = Fleet(3, 100.0, 100.0, 0.02)
-        for tick in range(2000):
+        for _ in range(2000):
             fleet.step("advance", 0, 0.005)
             for index in range(3):
                 for _ in range(3):

@@ -107,7 +107,10 @@ class ProtocolTests(SynchronousTestCase):
         first = protocol.execute("GET", "a")
         second = protocol.execute("BAD")
         third = protocol.execute("PING")
-        self.assertEqual(transport.value(), encodeCommand(("GET", "a")) + encodeCommand(("BAD",)) + encodeCommand(("PING",)))
+        self.assertEqual(
+            transport.value(),
+            encodeCommand(("GET", "a")) + encodeCommand(("BAD",)) + encodeCommand(("PING",)),
+        )
         for byte in b"$1\r\nx\r\n-ERR bad\r\n+PONG\r\n":
             protocol.dataReceived(bytes([byte]))
         self.assertEqual(self.successResultOf(first), b"x")

@@ -88,7 +88,10 @@ class SharedModeTests(SynchronousTestCase):
         clock = task.Clock()
         first, server, _, _ = fleet(clock=clock)
         client2 = RedisClient(
-            parseRedisURL("redis://127.0.0.1:6379/0"), clock, timeout=TIMEOUT, connect=server.connect
+            parseRedisURL("redis://127.0.0.1:6379/0"),
+            clock,
+            timeout=TIMEOUT,
+            connect=server.connect,
         )
         second = RedisBuckets(client2, clock, LOCAL)
         client2.startService()
@@ -181,7 +184,9 @@ class FailureTests(SynchronousTestCase):
     once; a probe answered in time brings the shared buckets back.
     """
 
-    def goAway(self, buckets: RedisBuckets, server: FakeRedisServer, clock: task.Clock) -> LeasedBucket:
+    def goAway(
+        self, buckets: RedisBuckets, server: FakeRedisServer, clock: task.Clock
+    ) -> LeasedBucket:
         bucket = buckets.bucket("api/x/maxQPS/10", 10.0, 10.0, clock)
         server.hanging = True
         bucket.take()  # a credit, and a call that hangs

@@ -15,6 +15,7 @@ C{routings:} in their REST form)::
       listen: tcp:9090:interface=127.0.0.1
       token: change-me
     store: file:./gateway-data.json
+    limits: {store: "redis://127.0.0.1:6379/0", onFailure: local}
     servers: [{name: s1, addr: "127.0.0.1:9001"}]
 
 Everything is checked before the gateway starts: a missing, unreadable or
@@ -47,6 +48,7 @@ from gateway.model.schema import (
     fromJSON,
 )
 from gateway.model.schema import List as ListOf
+from gateway.model.sharedlimits import LimitsConfig
 
 DEFAULT_STORE = "file:gateway-data.json"
 
@@ -229,6 +231,8 @@ class GatewayConfig:
     @ivar seed: C{{kind: (resource, ...)}} for every kind in
         L{gateway.store.KINDS}, parsed model objects in file order.
     @ivar path: where the config came from (the file's path).
+    @ivar limits: the C{limits:} section (limits held by the fleet on
+        Redis), or L{None}.
     """
 
     proxy: Optional[ProxyConfig]
@@ -236,12 +240,13 @@ class GatewayConfig:
     store: str = DEFAULT_STORE
     seed: Mapping[str, Tuple[Any, ...]] = attrs.Factory(lambda: {kind: () for kind in KINDS})
     path: Optional[str] = None
+    limits: Optional[LimitsConfig] = None
 
 
-_SECTIONS = {"proxy": ProxyConfig, "admin": AdminConfig}
+_SECTIONS = {"proxy": ProxyConfig, "admin": AdminConfig, "limits": LimitsConfig}
 
 
-_TOP_KEYS = ("proxy", "admin", "store") + KINDS
+_TOP_KEYS = ("proxy", "admin", "store", "limits") + KINDS
 
 
 def _parseSeed(data: Mapping[str, Any]) -> Dict[str, Tuple[Any, ...]]:
@@ -364,7 +369,9 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
             )
     if errors:
         raise ConfigError.fromValidation(ValidationError.collect(errors), source)
-    return GatewayConfig(proxy=proxy, admin=admin, store=store, seed=seed, path=source)
+    return GatewayConfig(
+        proxy=proxy, admin=admin, store=store, seed=seed, path=source, limits=sections["limits"]
+    )
 
 
 #: Listen endpoints several worker processes can each bind (SO_REUSEPORT).

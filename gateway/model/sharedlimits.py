@@ -121,7 +121,9 @@ def parseRedisURL(url: str) -> RedisTarget:
     if sentinel:
         master, _, path = path.partition("/")
         if not master:
-            raise ValueError(f"{url!r} names no master, e.g. redis+sentinel://HOST:26379/mymaster/0")
+            raise ValueError(
+                f"{url!r} names no master, e.g. redis+sentinel://HOST:26379/mymaster/0"
+            )
     if "/" in path:
         raise ValueError(f"{url!r}: the path is /DB (a number)")
     return RedisTarget(

@@ -14,6 +14,9 @@ Parent and worker talk over a socketpair, one JSON object per line:
                                          state first, then what changed
                       {"health": {...}}  the servers' health (workers run no
                                          health checks of their own)
+                      {"gateways": N}    the live gateways (the fleet's
+                                         limits divide by it, see
+                                         L{gateway.protection.redisbuckets})
     worker -> parent  {"serving": N}     the worker serves store revision N
                       {"resync": true}   send the whole state again
                       {"stats": {...}}   its statistics, every second
@@ -226,6 +229,8 @@ class WorkerPool(Service):
         #: The last state relayed, and the workers that hold it.
         self._relayed: Optional[StoreState] = None
         self._synced: Set[int] = set()
+        #: What every worker is told, started now or later (L{broadcast}).
+        self._told: Dict[str, Any] = {}
         self.restarts = 0
 
     def startService(self) -> None:
@@ -266,6 +271,8 @@ class WorkerPool(Service):
         self._synced.discard(index)
         if self._healthSource is not None:
             channel.send({"health": self._healthSource()})
+        if self._told:
+            channel.send(dict(self._told))
         if self._relayed is not None:
             self._sendWhole(index)
         transport = process.transport
@@ -292,6 +299,16 @@ class WorkerPool(Service):
     def _lost(self, process: _WorkerProcess) -> None:
         if self._current(process):
             self.served.gone(process.index)
+
+    def broadcast(self, message: Dict[str, Any]) -> None:
+        """
+        Tell every worker C{message} now, and every worker started later
+        (the latest value of each key).
+        """
+        self._told.update(message)
+        line = encodeMessage(message)
+        for channel in self._channels.values():
+            channel.sendEncoded(line)
 
     # -- the store's states -----------------------------------------------------
 

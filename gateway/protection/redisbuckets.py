@@ -213,7 +213,7 @@ class LeasedBucket:
 
     def takeStatus(self, n: int = 1) -> Tuple[bool, int, float]:
         if self._factory.mode == "local":
-            return self.fallback().takeStatus(n)  # type: ignore[no-any-return]
+            return self.fallback().takeStatus(n)
         return (self.take(n),) + self.status()
 
     def retryAfter(self, n: int = 1) -> float:
@@ -239,7 +239,7 @@ class LeasedBucket:
 
     def status(self) -> Tuple[int, float]:
         if self._factory.mode == "local":
-            return self.fallback().status()  # type: ignore[no-any-return]
+            return self.fallback().status()
         tokens = self.tokens()
         return int(tokens + 1e-9), max(0.0, (self.burst - tokens) / self.rate)
 
@@ -401,7 +401,8 @@ class RedisBuckets:
         count = max(1, int(count))
         if count != self.gateways:
             log.info(
-                "limits: {count} live gateways (each holds 1/{count} of a limit while Redis is away)",
+                "limits: {count} live gateways (each holds 1/{count} of a limit"
+                " while Redis is away)",
                 count=count,
             )
             self.gateways = count
@@ -514,7 +515,8 @@ class RedisBuckets:
     def snapshot(self) -> Dict[str, Any]:
         """
         @return: the state of the fleet's limits in this process, as JSON:
-            C{store}, C{onFailure}, C{mode}, C{since} (clock seconds),
+            C{store}, C{onFailure}, C{mode}, C{modes} (C{{mode: 1 for
+            this one, 0 for the others}}), C{since} (clock seconds),
             C{gateways}, C{switches} C{{mode: n}}, C{redis} (C{up} or
             C{down}), C{calls}, C{timeouts}, C{errors} (of the Redis
             client), C{leases} (buckets holding or owing tokens).
@@ -524,6 +526,7 @@ class RedisBuckets:
             "store": self.store,
             "onFailure": self.onFailure,
             "mode": self.mode,
+            "modes": {mode: int(mode == self.mode) for mode in MODES},
             "since": self.since,
             "gateways": self.gateways,
             "switches": dict(self.switches),

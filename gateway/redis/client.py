@@ -250,7 +250,7 @@ class RedisClient(Service):
         d = self.execute("EVALSHA", script.sha, *tail, timeout=timeout)
 
         def unknown(failure: Failure) -> Any:
-            if failure.check(ReplyError) and failure.value.kind == "NOSCRIPT":
+            if isinstance(failure.value, ReplyError) and failure.value.kind == "NOSCRIPT":
                 return self.execute("EVAL", script.source, *tail, timeout=timeout)
             return failure
 
@@ -294,9 +294,13 @@ class RedisClient(Service):
             return Failure(RedisTimeout("Redis did not answer in time"))
         if counted:
             self.errors += 1
-        if failure.check(ReplyError) and failure.value.kind in _NOT_MASTER:
+        if isinstance(failure.value, ReplyError) and failure.value.kind in _NOT_MASTER:
             if connection is self._connection:
-                log.warn("Redis at {address} is no master now: {error}", address=self.address, error=failure.value)
+                log.warn(
+                    "Redis at {address} is no master now: {error}",
+                    address=self.address,
+                    error=failure.value,
+                )
                 self._drop("not a master any more")
         elif failure.check(ConnectionLost):
             return Failure(RedisUnavailable(str(failure.value)))
@@ -370,7 +374,7 @@ class RedisClient(Service):
                 self._setAvailable(False, "connection to Redis lost")
                 self._soon(0.0)
 
-        connection.connectionLost = lost  # type: ignore[method-assign]
+        connection.connectionLost = lost
         log.info("Redis master at {host}:{port}", host=address[0], port=address[1])
         self._setAvailable(True, f"connected to {address[0]}:{address[1]}")
 

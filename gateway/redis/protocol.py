@@ -99,7 +99,9 @@ MAX_DEPTH = 32
 MAX_LENGTH = 512 * 1024 * 1024
 
 
-def parseReply(buffer: Union[bytes, bytearray], start: int = 0, depth: int = 0) -> Optional[Tuple[Any, int]]:
+def parseReply(
+    buffer: Union[bytes, bytearray], start: int = 0, depth: int = 0
+) -> Optional[Tuple[Any, int]]:
     """
     Read one reply from C{buffer} at C{start}.
 
@@ -225,7 +227,9 @@ class RedisProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.connected = False
-        self._failAll(Failure(ConnectionLost(str(reason.value) if reason is not None else "closed")))
+        self._failAll(
+            Failure(ConnectionLost(str(reason.value) if reason is not None else "closed"))
+        )
 
     def close(self) -> None:
         """

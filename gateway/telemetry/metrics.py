@@ -31,6 +31,15 @@ Metrics::
   gateway_api_circuit_breaker_state{api,state}     the same for an API's own breaker
   gateway_send_timeouts_total                      clients cut off for not reading
   gateway_snapshot_revision                        store revision being served
+  gateway_limits_mode{mode}                        proxy processes deciding the fleet's
+                                                   limits in each mode (shared, local,
+                                                   open, closed): with limits.store only
+  gateway_limits_switches_total{mode}              switches to each mode
+  gateway_limits_gateways                          live gateways a limit is divided by
+                                                   while Redis is away
+  gateway_limits_redis_calls_total                 calls to Redis (leases, returns)
+  gateway_limits_redis_timeouts_total              calls Redis did not answer in time
+  gateway_limits_redis_errors_total                calls that failed otherwise
   gateway_info{version}
 """
 
@@ -115,6 +124,9 @@ class GatewayCollector(Collector):
         )
         sendTimeouts.add_metric([], getattr(stats, "sendTimeouts", 0))
         yield sendTimeouts
+        limits = getattr(stats, "limits", None)
+        if limits is not None:
+            yield from _limitsMetrics(limits.snapshot())
         info = InfoMetricFamily("gateway", "Gateway version")
         info.add_metric([], {"version": gateway.__version__})
         yield info
@@ -229,6 +241,40 @@ class GatewayCollector(Collector):
         )
         revision.add_metric([], snapshot.revision if snapshot is not None else -1)
         yield revision
+
+
+def _limitsMetrics(limits: Any) -> Iterator[Metric]:
+    """
+    The fleet's limits (C{limits.store}): see the module's documentation.
+    """
+    modes = GaugeMetricFamily(
+        "gateway_limits_mode",
+        "Proxy processes deciding the fleet's limits in each mode: shared (Redis) or"
+        " limits.onFailure's (local, open, closed) while Redis is away",
+        labels=["mode"],
+    )
+    for mode, count in sorted((limits.get("modes") or {}).items()):
+        modes.add_metric([mode], count)
+    yield modes
+    switches = CounterMetricFamily(
+        "gateway_limits_switches", "Switches of the fleet's limits to each mode", labels=["mode"]
+    )
+    for mode, count in sorted((limits.get("switches") or {}).items()):
+        switches.add_metric([mode], count)
+    yield switches
+    gateways = GaugeMetricFamily(
+        "gateway_limits_gateways", "Live gateways a limit is divided by while Redis is away"
+    )
+    gateways.add_metric([], limits.get("gateways") or 1)
+    yield gateways
+    for key, doc in (
+        ("calls", "Calls to Redis for the fleet's limits (leases, returns)"),
+        ("timeouts", "Calls to Redis not answered within limits.timeout"),
+        ("errors", "Calls to Redis that failed otherwise"),
+    ):
+        family = CounterMetricFamily(f"gateway_limits_redis_{key}", doc)
+        family.add_metric([], limits.get(key) or 0)
+        yield family
 
 
 def metricsRegistry(stats: Any, manager: Any, health: Any, reactor: Any) -> CollectorRegistry:
