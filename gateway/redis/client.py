@@ -292,9 +292,11 @@ class RedisClient(Service):
             if connection is self._connection:
                 self._lostTouch("Redis did not answer in time")
             return Failure(RedisTimeout("Redis did not answer in time"))
-        if counted:
+        error = failure.value
+        if counted and not (isinstance(error, ReplyError) and error.kind == "NOSCRIPT"):
+            # (A script a server does not know yet is sent again: no error.)
             self.errors += 1
-        if isinstance(failure.value, ReplyError) and failure.value.kind in _NOT_MASTER:
+        if isinstance(error, ReplyError) and error.kind in _NOT_MASTER:
             if connection is self._connection:
                 log.warn(
                     "Redis at {address} is no master now: {error}",
