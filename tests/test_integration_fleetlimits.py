@@ -27,7 +27,6 @@ from fakeredis import BucketModel
 from harness import GatewayProcess, waitFor
 from redisserver import RedisServer, redis  # noqa: F401  (fixtures)
 
-from gateway.protection.leases import MAX_CREDIT
 from gateway.protection.redisbuckets import LEASE_SCRIPT
 
 pytestmark = pytest.mark.integration
@@ -43,10 +42,11 @@ LEASE_TIME = 0.02
 
 def slack(rate: float, burst: float, processes: int = PROCESSES) -> int:
     """
-    @return: the documented slack M{H + 2W} (see L{gateway.protection.leases}).
+    @return: the documented slack M{H + 2K} (see L{gateway.protection.leases}):
+        three of the largest lease per process.
     """
     largest = max(1, min(int(burst), math.ceil(rate * LEASE_TIME - 1e-9)))
-    return processes * (largest + 2 * MAX_CREDIT)
+    return processes * 3 * largest
 
 
 class Fleet:

@@ -3,7 +3,7 @@ The leases of a bucket in Redis (L{gateway.protection.leases}): the rules
 one process follows, and the property that holds for a fleet of them: in
 any interleaving of requests, lease calls, answers, failures, late calls
 and returns, no interval of M{t} seconds admits more than M{burst + rate *
-t + H + 2W} (L{Lease}'s documented slack).
+t + H + 2K} (L{Lease}'s documented slack).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.protection.leases import MAX_CREDIT, Lease, leaseSize
+from gateway.protection.leases import FIRST_CREDIT, Lease, leaseSize
 
 
 class LeaseSizeTests(SynchronousTestCase):
@@ -54,7 +54,7 @@ class LeaseTests(SynchronousTestCase):
         """
         lease = Lease(10.0, 10.0, 0.02, 0.0)
         self.assertEqual(lease.take(0.0), (True, True))
-        self.assertEqual(lease.debt, MAX_CREDIT)
+        self.assertEqual(lease.debt, FIRST_CREDIT)
         self.assertEqual(lease.request(0.0), (1, 1, 0))
         self.assertEqual(lease.take(0.0), (False, False))
         self.assertFalse(lease.answered(0.001, 1, 8.0, 0.0))
@@ -215,11 +215,11 @@ class Fleet:
 
     def slack(self) -> float:
         """
-        The documented slack: M{H + 2W}, with each process holding at most
-        the largest lease.
+        The documented slack: M{H + 2K}, with each process holding at most
+        the largest lease, and allowed as much credit.
         """
         largest = max(1, min(int(self.burst), math.ceil(self.rate * self.leaseTime - 1e-9)))
-        return len(self.workers) * (largest + 2 * MAX_CREDIT)
+        return len(self.workers) * 3 * largest
 
     def worstExcess(self) -> float:
         """
@@ -287,7 +287,7 @@ class FleetPropertyTests(SynchronousTestCase):
         """
         However requests, calls, answers, failures, late calls and returns
         interleave across the processes, no interval admits more than
-        M{burst + rate * t + H + 2W}.
+        M{burst + rate * t + H + 2K}.
         """
         fleet = Fleet(
             scenario["workers"], scenario["rate"], scenario["burst"], scenario["leaseTime"]

@@ -19,9 +19,13 @@ The rules, for a request that wants a token:
      again); then the next request asks for a lease, and is refused.
   3. With none in hand, when the last answer said the bucket still held a
      token (or there was no answer yet), the request is admitted on
-     I{credit}, and the lease asked for charges that token to the bucket
-     unconditionally (C{debt}).  At most one token is owed at a time, and
-     a new credit needs an answer after the last one was charged.
+     I{credit}, and the next call charges that token to the bucket
+     unconditionally (C{debt}).  An answer saying the bucket holds a token
+     allows credit up to the lease's target, less what is still owed
+     (C{creditLeft}); an answer saying it is empty allows none; before any
+     answer, one token.  So a process whose lease runs out while the next
+     one is on its way goes on admitting, and what it owes stays within
+     one lease.
   4. Tokens a process holds and does not spend for C{returnAfter} seconds
      go back to the bucket; a failed call loses the tokens it was giving
      back (Redis may have taken them) and owes its debt again (Redis may
@@ -31,32 +35,33 @@ A lease's size follows the process's own demand: the tokens it asked for
 in the last interval, per second, capped at the limit's rate, times
 C{leaseTime} (0.02 s by default), at least 1 and at most C{burst}.
 
-The bound.  Say W processes share a bucket, and M{H} is the most tokens
-they hold at once (the sum of their leases).  Over any interval of length
-M{t} the fleet admits at most::
+The bound.  Say W processes share a bucket; M{H} is the most tokens they
+hold at once, and M{K} the sum of their credit allowances (each at most
+its lease's target, so M{K <= H} at full demand).  Over any interval of
+length M{t} the fleet admits at most::
 
-    burst + rate * t + H + 2 * W
+    burst + rate * t + H + 2 * K   (<= burst + rate * t + 3 * the sum of the leases)
 
 Why: the bucket in Redis takes grants and charges, and gets tokens back
 from returns; as a token bucket it lets at most M{burst + rate * t - L}
 net tokens go in the interval, where M{L} is its level at the end.  The
 requests admitted in the interval used tokens held at its start (at most
 M{H}), tokens granted in it and not given back, and credits: those
-charged in it (in the net count) and those not charged yet (at most one
-per process).  Only a charge can take the bucket below zero, and while it
-holds less than a token no answer can say otherwise, so each process
-charges at most one credit in such a stretch: M{L >= -W}.
+charged in it (in the net count) and those not charged yet (at most
+M{K}: what a process owes plus what it may still take on credit never
+passes its allowance).  Only a charge takes the bucket below zero; while
+it holds less than a token every answer says so and allows no credit, so
+what is charged in such a stretch was owed or allowed before it: M{L >=
+-K}.
 
-So the slack is M{H + 2W}: with demand above the rate, each process holds
-at most M{max(1, rate * leaseTime)} tokens, so M{H <= W * max(1, rate *
-leaseTime)}; with less demand, leases shrink with it, and a process that
-went quiet holds nothing after C{returnAfter} seconds.  The bound counts
-W as the processes that sent requests for the bucket recently.
+So the slack is M{H + 2K}: with demand above the rate, a process's lease
+and allowance are at most M{max(1, rate * leaseTime)} tokens each (and at
+most C{burst}); with less demand they shrink with it (down to one token),
+and a process that went quiet holds nothing after C{returnAfter} seconds.
+W counts the processes that sent requests for the bucket recently.
 
-(A process also owes a credit for its first request to a bucket, which
-came before any answer; the bound counts it among the W credits.  A key
-dropped from a process's table of keys, when more keys than
-C{maxKeys} are in use, starts afresh with such a credit.)
+(A key dropped from a process's table of keys, when more than C{maxKeys}
+are in use, starts afresh with its one token of credit.)
 """
 
 from __future__ import annotations
@@ -67,8 +72,8 @@ from typing import Tuple
 __all__ = ["Lease", "leaseSize"]
 
 
-#: The tokens owed at most by one process for one bucket.
-MAX_CREDIT = 1
+#: The credit of a process before any answer about a bucket.
+FIRST_CREDIT = 1
 
 
 def leaseSize(demand: float, rate: float, burst: float, leaseTime: float) -> int:
@@ -91,6 +96,8 @@ class Lease:
     @ivar held: tokens in hand.
     @ivar debt: tokens admitted on credit and not yet charged (or whose
         charge was not answered).
+    @ivar creditLeft: tokens that may still be admitted on credit, on the
+        strength of the last answer.
     @ivar trusted: whether the last answer said the bucket held a token
         after it (or there was none yet).
     @ivar deniedUntil: when an untrusted bucket holds a lease again, by
@@ -108,6 +115,7 @@ class Lease:
         "leaseTime",
         "held",
         "debt",
+        "creditLeft",
         "trusted",
         "deniedUntil",
         "fetching",
@@ -127,6 +135,7 @@ class Lease:
         self.leaseTime = leaseTime
         self.held = 0
         self.debt = 0
+        self.creditLeft = FIRST_CREDIT
         self.trusted = True
         self.deniedUntil = 0.0
         self.fetching = False
@@ -169,10 +178,11 @@ class Lease:
             if now < self.deniedUntil:
                 return False, False
             return False, not self.fetching
-        if n <= MAX_CREDIT and self.debt == 0 and self.held == 0:
-            self.debt = n
+        if self.creditLeft >= n:
+            self.creditLeft -= n
+            self.debt += n
             return True, not self.fetching
-        # Owing already: the answer to the charge decides what comes next.
+        # Owing all it may: the answer to the charge decides what comes next.
         return False, not self.fetching
 
     def allows(self, now: float, n: int = 1) -> Tuple[bool, bool]:
@@ -191,7 +201,7 @@ class Lease:
                 return False, False
             self.lastUse = now
             return False, not self.fetching
-        return n <= MAX_CREDIT and self.debt == 0 and self.held == 0, False
+        return self.creditLeft >= n, False
 
     def _shouldRefill(self, now: float) -> bool:
         if self.fetching:
@@ -269,7 +279,10 @@ class Lease:
         self.level = level
         self.answeredAt = now
         self.trusted = level >= 1.0
-        if not self.trusted:
+        if self.trusted:
+            self.creditLeft = max(0, self.target() - self.debt)
+        else:
+            self.creditLeft = 0
             self.deniedUntil = now + wait
         return self.debt > 0
 

@@ -14,8 +14,9 @@ a token bucket kept as a theoretical arrival time (GCRA) on Redis's own
 clock, so the clocks of the gateways never enter.  A process does not
 call it per request: it takes tokens in leases and spends them locally
 (L{gateway.protection.leases}, where the over-admission bound is stated
-and argued: at most M{burst + rate * t + H + 2 * W} in any M{t} seconds,
-with M{H} the tokens held in leases and M{W} the processes).
+and argued: at most M{burst + rate * t + H + 2K} in any M{t} seconds,
+with M{H} the tokens held in leases and M{K} the processes' credit, each
+at most a lease: M{3} leases per process in all).
 
 When Redis does not answer a call within C{limits.timeout} (a few
 milliseconds), or the connection is gone, every bucket decides at once
