@@ -1490,9 +1490,9 @@ class Bench:
         except (BenchError, OSError) as e:
             for name in self.interpreters:
                 for key in ("local", "redis"):
-                    report.row(
-                        f"fleet-{key}-{name}", f"gateway, limit ({key})", name, workers
-                    )["error"] = str(e)
+                    report.row(f"fleet-{key}-{name}", f"gateway, limit ({key})", name, workers)[
+                        "error"
+                    ] = str(e)
             return
         try:
             for name, interpreter in self.interpreters.items():

@@ -182,4 +182,7 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
             # A paused server would not stop.
             os.killpg(server.proc.pid, signal.SIGCONT)
         server.stop()
-        print(f"--- {server.logPath} (last lines) ---\n" + "\n".join(server.output().splitlines()[-10:]))
+        print(
+            f"--- {server.logPath} (last lines) ---\n"
+            + "\n".join(server.output().splitlines()[-10:])
+        )

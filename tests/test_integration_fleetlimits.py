@@ -164,7 +164,9 @@ class Load:
             with self._lock:
                 self.log.append((started, time.monotonic(), status, which))
 
-    def answers(self, start: float = 0.0, end: float = math.inf, which: Optional[int] = None) -> Dict[Any, int]:
+    def answers(
+        self, start: float = 0.0, end: float = math.inf, which: Optional[int] = None
+    ) -> Dict[Any, int]:
         counts: Dict[Any, int] = {}
         with self._lock:
             for began, _, status, path in self.log:
@@ -180,11 +182,15 @@ class Load:
             return max(e for _, e, _, _ in self.log) - min(b for b, _, _, _ in self.log)
 
 
-def resources(backendAddr: str, api: Mapping[str, Any], server: Mapping[str, Any] = {}) -> Dict[str, Any]:  # noqa: B006
+def resources(
+    backendAddr: str, api: Mapping[str, Any], server: Mapping[str, Any] = {}
+) -> Dict[str, Any]:  # noqa: B006
     return {
         "servers": [dict({"name": "b1", "addr": backendAddr}, **server)],
         "clusters": [{"name": "c", "servers": ["b1"]}],
-        "apis": [dict({"name": "limited", "urlPattern": "/echo/*", "nodes": [{"cluster": "c"}]}, **api)],
+        "apis": [
+            dict({"name": "limited", "urlPattern": "/echo/*", "nodes": [{"cluster": "c"}]}, **api)
+        ],
     }
 
 
@@ -232,9 +238,7 @@ def test_serverMaxQPSHeldByTheFleet(etcd, redis, backends, gateways):  # noqa: F
     stays within the bound; the rest is answered 429.
     """
     backend = backends("b1")
-    fleet = Fleet(
-        gateways, etcd.endpoint, redis.url, resources(backend.addr, {}, {"maxQPS": 20})
-    )
+    fleet = Fleet(gateways, etcd.endpoint, redis.url, resources(backend.addr, {}, {"maxQPS": 20}))
     before = backend.stats()["families"].get("echo", 0)
     load = Load(fleet.gateways, 100.0, 10.0, [("/echo/x", {})]).run()
     admitted = checkBound(load, 20.0, 20.0)
@@ -262,7 +266,10 @@ def test_keyedLimitHeldByTheFleet(etcd, redis, backends, gateways):  # noqa: F81
 
 
 def _outage(
-    fleet: Fleet, redis: RedisServer, rate: float, downFor: float = 3.0  # noqa: F811
+    fleet: Fleet,
+    redis: RedisServer,  # noqa: F811
+    rate: float,
+    downFor: float = 3.0,
 ) -> Tuple[Load, float, float]:
     """
     Load the fleet, kill Redis after 3 s, start it again after C{downFor}

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.protection.leases import FIRST_CREDIT, Lease, leaseSize
+from gateway.protection.leases import Lease, leaseSize
 
 
 class LeaseSizeTests(SynchronousTestCase):
@@ -49,12 +49,12 @@ class LeaseTests(SynchronousTestCase):
     def test_creditFirst(self) -> None:
         """
         The first request, before any answer, is admitted on credit and
-        asks for a lease; a second one before the answer is refused (one
-        token owed at most).
+        asks for a lease; a second one before the answer is refused (for
+        this limit, of 10/s, the largest lease is one token).
         """
         lease = Lease(10.0, 10.0, 0.02, 0.0)
         self.assertEqual(lease.take(0.0), (True, True))
-        self.assertEqual(lease.debt, FIRST_CREDIT)
+        self.assertEqual(lease.debt, 1)
         self.assertEqual(lease.request(0.0), (1, 1, 0))
         self.assertEqual(lease.take(0.0), (False, False))
         self.assertFalse(lease.answered(0.001, 1, 8.0, 0.0))
@@ -91,6 +91,26 @@ class LeaseTests(SynchronousTestCase):
         self.assertEqual(lease.take(0.15), (False, True))
         self.assertEqual(lease.allows(0.16), (False, True))
         self.assertEqual(lease.debt, 0)
+
+    def test_creditFollowsTheBucket(self) -> None:
+        """
+        Before any answer a process may owe the largest lease (the demand
+        of C{leaseTime} at the rate); after one, what the bucket said it
+        held, at most that, less what is owed.
+        """
+        lease = Lease(10_000.0, 10_000.0, 0.02, 0.0)
+        self.assertEqual(lease.largest, 200)
+        taken = [lease.take(0.0)[0] for _ in range(250)]
+        self.assertEqual(taken.count(True), 200)
+        lease.request(0.0)
+        lease.answered(0.001, 1, 3.5, 0.0)
+        self.assertEqual((lease.held, lease.debt, lease.creditLeft), (1, 0, 3))
+        lease.request(0.001)
+        lease.take(0.001)  # the token in hand
+        lease.take(0.001)  # on credit
+        self.assertEqual((lease.held, lease.debt, lease.creditLeft), (0, 1, 2))
+        lease.answered(0.002, 0, 5000.0, 0.0)
+        self.assertEqual(lease.creditLeft, 199)
 
     def test_creditNeedsAnAnswer(self) -> None:
         """

@@ -94,3 +94,12 @@ class ConfigExampleTests(SynchronousTestCase):
         self.assertEqual(config.store, "file:./gateway-data.json")
         memory = text.replace("store: file:./gateway-data.json", 'store: "memory:"')
         self.assertEqual(parseConfig(yaml.safe_load(memory)).store, "memory:")
+
+    def test_fleetParses(self) -> None:
+        """
+        The config file of I{A fleet} (limits on Redis) is valid as it is.
+        """
+        text = codeBlockAfter("## A fleet: limits held by every gateway, on Redis", "yaml")
+        config: Any = parseConfig(yaml.safe_load(text))
+        self.assertEqual(config.limits.store, "redis://10.0.0.20:6379/0")
+        self.assertEqual(config.limits.onFailure, "local")

@@ -20,12 +20,13 @@ The rules, for a request that wants a token:
   3. With none in hand, when the last answer said the bucket still held a
      token (or there was no answer yet), the request is admitted on
      I{credit}, and the next call charges that token to the bucket
-     unconditionally (C{debt}).  An answer saying the bucket holds a token
-     allows credit up to the lease's target, less what is still owed
-     (C{creditLeft}); an answer saying it is empty allows none; before any
-     answer, one token.  So a process whose lease runs out while the next
-     one is on its way goes on admitting, and what it owes stays within
-     one lease.
+     unconditionally (C{debt}).  An answer saying the bucket holds M{L >=
+     1} tokens allows credit up to M{L}, at most the largest lease, less
+     what is still owed (C{creditLeft}); an answer saying it is empty
+     allows none; before any answer, the largest lease.  So a process
+     whose lease runs out while the next one is on its way goes on
+     admitting while the bucket is far from empty, and what it owes stays
+     within the largest lease.
   4. Tokens a process holds and does not spend for C{returnAfter} seconds
      go back to the bucket; a failed call loses the tokens it was giving
      back (Redis may have taken them) and owes its debt again (Redis may
@@ -37,10 +38,10 @@ C{leaseTime} (0.02 s by default), at least 1 and at most C{burst}.
 
 The bound.  Say W processes share a bucket; M{H} is the most tokens they
 hold at once, and M{K} the sum of their credit allowances (each at most
-its lease's target, so M{K <= H} at full demand).  Over any interval of
-length M{t} the fleet admits at most::
+the largest lease, M{max(1, min(burst, rate * leaseTime))}).  Over any
+interval of length M{t} the fleet admits at most::
 
-    burst + rate * t + H + 2 * K   (<= burst + rate * t + 3 * the sum of the leases)
+    burst + rate * t + H + 2 * K   (<= burst + rate * t + 3 * W * the largest lease)
 
 Why: the bucket in Redis takes grants and charges, and gets tokens back
 from returns; as a token bucket it lets at most M{burst + rate * t - L}
@@ -54,11 +55,14 @@ it holds less than a token every answer says so and allows no credit, so
 what is charged in such a stretch was owed or allowed before it: M{L >=
 -K}.
 
-So the slack is M{H + 2K}: with demand above the rate, a process's lease
-and allowance are at most M{max(1, rate * leaseTime)} tokens each (and at
-most C{burst}); with less demand they shrink with it (down to one token),
-and a process that went quiet holds nothing after C{returnAfter} seconds.
-W counts the processes that sent requests for the bucket recently.
+So the slack is M{H + 2K}, at most three of the largest lease per process
+(with the default C{leaseTime} of 0.02 s: 3 tokens per process for a
+limit under 50/s, 60 for 1,000/s).  What is actually taken beyond the
+limit shrinks with traffic: leases follow each process's own demand (a
+process that went quiet holds nothing after C{returnAfter} seconds), and
+credit is used only by requests that arrive while a lease is on its way,
+up to the tokens the bucket last said it held.  W counts the processes
+that sent requests for the bucket recently.
 
 (A key dropped from a process's table of keys, when more than C{maxKeys}
 are in use, starts afresh with its one token of credit.)
@@ -70,10 +74,6 @@ import math
 from typing import Tuple
 
 __all__ = ["Lease", "leaseSize"]
-
-
-#: The credit of a process before any answer about a bucket.
-FIRST_CREDIT = 1
 
 
 def leaseSize(demand: float, rate: float, burst: float, leaseTime: float) -> int:
@@ -118,6 +118,7 @@ class Lease:
         "creditLeft",
         "trusted",
         "deniedUntil",
+        "largest",
         "fetching",
         "demand",
         "lastUse",
@@ -135,7 +136,9 @@ class Lease:
         self.leaseTime = leaseTime
         self.held = 0
         self.debt = 0
-        self.creditLeft = FIRST_CREDIT
+        #: The largest lease: at full demand.
+        self.largest = leaseSize(math.inf, rate, burst, leaseTime)
+        self.creditLeft = self.largest
         self.trusted = True
         self.deniedUntil = 0.0
         self.fetching = False
@@ -280,7 +283,7 @@ class Lease:
         self.answeredAt = now
         self.trusted = level >= 1.0
         if self.trusted:
-            self.creditLeft = max(0, self.target() - self.debt)
+            self.creditLeft = max(0, min(self.largest, math.floor(level)) - self.debt)
         else:
             self.creditLeft = 0
             self.deniedUntil = now + wait
