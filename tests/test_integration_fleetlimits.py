@@ -25,6 +25,7 @@ import pytest
 from etcdserver import etcd, storeURL  # noqa: F401  (fixtures)
 from fakeredis import BucketModel
 from harness import GatewayProcess, waitFor
+from redisserver import REDIS as REDIS_BINARY
 from redisserver import RedisServer, redis  # noqa: F401  (fixtures)
 
 from gateway.protection.redisbuckets import LEASE_SCRIPT
@@ -64,7 +65,11 @@ class Fleet:
         onFailure: str = "local",
     ) -> None:
         store = storeURL([etcdEndpoint])
-        limits = {"store": redisURL, "onFailure": onFailure}
+        # 50 ms, not the default 5: this machine's two cores are shared by
+        # several test runs, and a call answered late switches a process
+        # away from Redis for a probe interval, outside the bound measured
+        # here (a killed Redis is noticed at once: its connection goes).
+        limits = {"store": redisURL, "onFailure": onFailure, "timeout": 0.05}
         common = {
             "proxy": {"workers": 2, "accessLog": False},
             "admin": {"token": TOKEN},
@@ -417,3 +422,96 @@ def test_scriptMatchesItsModel(redis):  # noqa: F811
                     matched = True
                     break
         assert matched, (trial, reply, stored, after, rate, burst, want, debt, back)
+
+
+# -- several servers, Sentinels ------------------------------------------------
+
+
+def _oneGateway(gateways: Any, backendAddr: str, url: str) -> GatewayProcess:
+    config = dict(
+        resources(backendAddr, {"rateLimit": {"rate": 5, "burst": 5}}),
+        proxy={"workers": 1, "accessLog": False},
+        admin={"token": TOKEN},
+        store="memory:",
+        limits={"store": url, "onFailure": "closed", "gateways": 1},
+    )
+    return gateways(config, timeout=30)  # type: ignore[no-any-return]
+
+
+def _shared(gateway: GatewayProcess) -> bool:
+    try:
+        return Fleet.limits(gateway).get("mode") == "shared"
+    except (OSError, http.client.HTTPException, ValueError):
+        return False
+
+
+def _admitted(gateway: GatewayProcess, count: int) -> Dict[Any, int]:
+    counts: Dict[Any, int] = {}
+    for _ in range(count):
+        status = gateway.proxy("GET", "/echo/x").status
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def test_failoverToTheNextServer(tmp_path, backends, gateways):  # noqa: F811
+    """
+    With two servers in C{limits.store} (a master and its replica), the
+    gateway uses the master; when the master dies and the replica is made
+    master, the gateway finds it and the limit is shared on it.
+    """
+    master = RedisServer(tmp_path).start()
+    replica = RedisServer(tmp_path).start()
+    try:
+        replica.call("REPLICAOF", "127.0.0.1", str(master.port))
+        backend = backends("b1")
+        url = f"redis://127.0.0.1:{replica.port},127.0.0.1:{master.port}/0"
+        gateway = _oneGateway(gateways, backend.addr, url)
+        waitFor(lambda: _shared(gateway), 10, 0.05, "the gateway on the master")
+        # The replica is listed first, and passed over.
+        assert _admitted(gateway, 10).get(200) == 5
+        assert master.call("KEYS", "gateway:limit:*")
+        master.kill()
+        waitFor(lambda: not _shared(gateway), 5, 0.05, "the gateway to notice")
+        assert set(_admitted(gateway, 3)) == {503}
+        replica.call("REPLICAOF", "NO", "ONE")
+        promoted = time.monotonic()
+        waitFor(lambda: _shared(gateway), 5, 0.02, "the gateway on the new master")
+        assert time.monotonic() - promoted < 1.5
+        answers = _admitted(gateway, 10)
+        assert answers.get(429, 0) > 0 and 503 not in answers, answers
+        assert replica.call("KEYS", "gateway:limit:*")
+    finally:
+        master.kill()
+        replica.kill()
+
+
+def test_sentinel(tmp_path, backends, gateways):  # noqa: F811
+    """
+    With C{redis+sentinel://}, the gateway asks a real Sentinel where the
+    master is, and shares the limit there.
+    """
+    master = RedisServer(tmp_path).start()
+    sentinelPort = RedisServer(tmp_path).port
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinelPort}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+    )
+    sentinel = RedisServer(tmp_path, port=sentinelPort)
+    sentinel.command = lambda: [  # type: ignore[method-assign]
+        REDIS_BINARY,
+        str(conf),
+        "--sentinel",
+    ]
+    try:
+        sentinel.start()
+        backend = backends("b1")
+        gateway = _oneGateway(
+            gateways, backend.addr, f"redis+sentinel://127.0.0.1:{sentinelPort}/mymaster/0"
+        )
+        waitFor(lambda: _shared(gateway), 10, 0.05, "the gateway on the master")
+        assert _admitted(gateway, 10).get(200) == 5
+        assert master.call("KEYS", "gateway:limit:*")
+    finally:
+        sentinel.kill()
+        master.kill()

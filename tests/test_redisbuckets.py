@@ -196,14 +196,17 @@ class FailureTests(SynchronousTestCase):
     def test_localHoldsTheShare(self) -> None:
         """
         C{local}: at once, each gateway holds the limit divided by the live
-        gateways: of 10/s and 10 tokens, with 2 gateways, 5.
+        gateways: of 10/s and 10 tokens, with 2 gateways, 5/s and 5 tokens,
+        from empty (Redis does not count what passes meanwhile).
         """
         buckets, server, _, clock = fleet("local", gateways=2)
         bucket = self.goAway(buckets, server, clock)
         self.assertEqual(buckets.mode, "local")
-        self.assertEqual(sum(bucket.take() for _ in range(20)), 5)
+        self.assertEqual(sum(bucket.take() for _ in range(20)), 0)
         self.assertFalse(bucket.unavailable)
-        clock.advance(1.0)
+        clock.advance(0.21)
+        self.assertEqual(sum(bucket.take() for _ in range(20)), 1)
+        clock.advance(10.0)
         self.assertEqual(sum(bucket.take() for _ in range(20)), 5)
 
     def test_gatewaysChange(self) -> None:
@@ -213,7 +216,30 @@ class FailureTests(SynchronousTestCase):
         buckets, server, _, clock = fleet("local", gateways=2)
         bucket = self.goAway(buckets, server, clock)
         buckets.setGateways(5)
+        self.assertFalse(bucket.take())
+        clock.advance(10.0)
         self.assertEqual(sum(bucket.take() for _ in range(20)), 2)
+
+    def test_eachSwitchFromEmpty(self) -> None:
+        """
+        A short stretch away from Redis lets through what the share of the
+        limit earns in it, not its burst again, however often it happens.
+        """
+        buckets, server, _, clock = fleet("local", gateways=1)
+        bucket = self.goAway(buckets, server, clock)
+        admitted = 0
+        for _ in range(5):
+            admitted += sum(bucket.take() for _ in range(20))
+            server.release()
+            clock.advance(PROBE)
+            self.assertEqual(buckets.mode, "shared")
+            server.hanging = True
+            for _ in range(20):
+                bucket.take()
+            clock.advance(TIMEOUT)
+            self.assertEqual(buckets.mode, "local")
+        # Five stretches of 0.255 s at 10/s: about 13, never 5 bursts of 10.
+        self.assertLessEqual(admitted, 10 * 5 * (PROBE + TIMEOUT) + 1)
 
     def test_open(self) -> None:
         """

@@ -25,7 +25,12 @@ without it, as C{limits.onFailure} says:
   - C{local}: each gateway holds the limit divided by the live gateways
     (C{limits.gateways}, or the proxies of the etcd registry): its own
     buckets of M{rate / G} and M{burst / G} (at least one token), in the
-    workers' shared memory when it has workers;
+    workers' shared memory when it has workers.  They start empty at each
+    switch: Redis does not count what passes while it is away, and would
+    let its own burst through again on its return, so over a stretch of
+    M{d} seconds away the fleet lets at most M{rate * d} more through
+    than the bound says (a few tokens per process more, for the
+    at-least-one-token rounding);
   - C{open}: every request passes;
   - C{closed}: every request is refused with C{503} (L{LeasedBucket.unavailable}).
 
@@ -345,6 +350,8 @@ class RedisBuckets:
         self.fetches = 0
         self.fetchFailures = 0
         self._fallbacks: Dict[Tuple[str, int], Any] = {}
+        #: The fallback buckets emptied since the last switch away.
+        self._drained: Set[Tuple[str, Hashable]] = set()
         self._watched: Set[LeasedBucket] = set()
         self._sweepCall: Optional[Any] = None
         client.addListener(self._availabilityChanged)
@@ -376,7 +383,8 @@ class RedisBuckets:
         """
         @return: this gateway's own bucket of a limit and key: its share of
             the limit, M{rate / G} and M{burst / G} (at least one token),
-            with M{G} the live gateways now.
+            with M{G} the live gateways now, empty when first used after a
+            switch away from Redis.
         """
         gateways = self.gateways
         made = self._fallbacks.get((name, gateways))
@@ -391,9 +399,19 @@ class RedisBuckets:
             if len(self._fallbacks) > 100_000:
                 self._fallbacks.clear()
             self._fallbacks[(name, gateways)] = made
-        if key is None:
-            return made
-        return made.get(key)
+        bucket = made if key is None else made.get(key)
+        drained = self._drained
+        if (name, key) not in drained:
+            # First use in this stretch away from Redis: from empty, so
+            # that a switch lets no burst through that Redis, which does
+            # not count what passes meanwhile, would let through again.
+            if len(drained) > 100_000:
+                drained.clear()
+            drained.add((name, key))
+            whole = int(bucket.tokens())
+            if whole > 0:
+                bucket.take(whole)
+        return bucket
 
     def setGateways(self, count: int) -> None:
         """
@@ -408,6 +426,7 @@ class RedisBuckets:
             )
             self.gateways = count
             self._fallbacks.clear()
+            self._drained.clear()
 
     # -- switching ------------------------------------------------------------------
 
@@ -417,6 +436,8 @@ class RedisBuckets:
             return
         previous, self.mode = self.mode, mode
         self.switches[mode] += 1
+        if mode != "shared":
+            self._drained.clear()
         self.since = self._reactor.seconds()
         if mode == "shared":
             log.info(

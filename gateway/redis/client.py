@@ -366,19 +366,16 @@ class RedisClient(Service):
             return
         self._connection = connection
         self.address = address
-        previousLost = connection.connectionLost
-
-        def lost(reason: Any = None) -> None:
-            previousLost(reason)
-            if self._connection is connection:
-                self._connection = None
-                self.address = None
-                self._setAvailable(False, "connection to Redis lost")
-                self._soon(0.0)
-
-        connection.connectionLost = lost
+        connection.onLost = lambda: self._lost(connection)
         log.info("Redis master at {host}:{port}", host=address[0], port=address[1])
         self._setAvailable(True, f"connected to {address[0]}:{address[1]}")
+
+    def _lost(self, connection: RedisProtocol) -> None:
+        if self._connection is connection:
+            self._connection = None
+            self.address = None
+            self._setAvailable(False, "connection to Redis lost")
+            self._soon(0.0)
 
     # -- connecting ---------------------------------------------------------------
 

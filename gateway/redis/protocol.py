@@ -16,7 +16,7 @@ error (C{-ERR ...}) fails the Deferred with L{ReplyError}.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, List, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -159,7 +159,11 @@ class RedisProtocol(Protocol):
 
     @ivar pending: the Deferreds of the commands sent and not answered
         yet, oldest first.
+    @ivar onLost: called with no argument once the connection is lost
+        (after the calls waiting failed), or L{None}.
     """
+
+    onLost: Optional[Callable[[], None]] = None
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -230,6 +234,8 @@ class RedisProtocol(Protocol):
         self._failAll(
             Failure(ConnectionLost(str(reason.value) if reason is not None else "closed"))
         )
+        if self.onLost is not None:
+            self.onLost()
 
     def close(self) -> None:
         """
