@@ -243,6 +243,11 @@ class FakeRedisServer:
             if master is None:
                 return None
             return [master[0].encode(), str(master[1]).encode()]
+        if name == b"SCRIPT" and command[1].upper() == b"LOAD":
+            if command[2].decode() != LEASE_SCRIPT.source:
+                return ReplyError("ERR unknown script")
+            self.scripts.add(LEASE_SCRIPT.sha)
+            return LEASE_SCRIPT.sha.encode()
         if name == b"EVALSHA":
             if command[1].decode() not in self.scripts:
                 return ReplyError("NOSCRIPT No matching script. Please use EVAL.")

@@ -429,7 +429,7 @@ def test_scriptMatchesItsModel(redis):  # noqa: F811
 
 def _oneGateway(gateways: Any, backendAddr: str, url: str) -> GatewayProcess:
     config = dict(
-        resources(backendAddr, {"rateLimit": {"rate": 5, "burst": 5}}),
+        resources(backendAddr, {"rateLimit": {"rate": 0.5, "burst": 5}}),
         proxy={"workers": 1, "accessLog": False},
         admin={"token": TOKEN},
         store="memory:",
@@ -479,6 +479,9 @@ def test_failoverToTheNextServer(tmp_path, backends, gateways):  # noqa: F811
         assert time.monotonic() - promoted < 1.5
         answers = _admitted(gateway, 10)
         assert answers.get(429, 0) > 0 and 503 not in answers, answers
+        # (Refused without a call while the last answer said empty; the
+        # next token, 2 s later, comes from the new master.)
+        waitFor(lambda: _admitted(gateway, 1).get(200), 5, 0.1, "a token from the new master")
         assert replica.call("KEYS", "gateway:limit:*")
     finally:
         master.kill()

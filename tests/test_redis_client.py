@@ -330,6 +330,21 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(second)[0], 1)
         self.assertEqual(server.names(), [b"ROLE", b"EVALSHA", b"EVAL", b"EVALSHA"])
 
+    def test_registeredScriptsLoaded(self) -> None:
+        """
+        A registered script is loaded on connecting, before the client is
+        available, so its first run is one C{EVALSHA}.
+        """
+        from gateway.protection.redisbuckets import LEASE_SCRIPT
+
+        client, server, clock, _ = makeClient()
+        client.registerScript(LEASE_SCRIPT)
+        client.startService()
+        clock.advance(0)
+        self.assertTrue(client.available)
+        self.successResultOf(client.evalScript(LEASE_SCRIPT, ["k"], [10.0, 10.0, 1, 0, 0]))
+        self.assertEqual(server.names(), [b"ROLE", b"SCRIPT", b"EVALSHA"])
+
     def test_stopCloses(self) -> None:
         """
         Stopped, the client closes its connection, is unavailable and does

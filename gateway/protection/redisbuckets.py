@@ -354,6 +354,7 @@ class RedisBuckets:
         self._drained: Set[Tuple[str, Hashable]] = set()
         self._watched: Set[LeasedBucket] = set()
         self._sweepCall: Optional[Any] = None
+        client.registerScript(LEASE_SCRIPT)
         client.addListener(self._availabilityChanged)
 
     def __repr__(self) -> str:

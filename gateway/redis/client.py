@@ -126,6 +126,13 @@ class IRedisClient(Interface):
         Call C{listener(available, reason)} each time L{available} changes.
         """
 
+    def registerScript(script):
+        """
+        Load a L{Script} into every server connected to from now on, before
+        the client says it is available (so that its first run is not
+        slowed by its loading).
+        """
+
 
 def _tcpConnector(reactor: Any, connectTimeout: float) -> Callable[[str, int], Deferred]:
     from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
@@ -180,6 +187,7 @@ class RedisClient(Service):
         self._connect = connect or _tcpConnector(reactor, connectTimeout)
         self._connection: Optional[RedisProtocol] = None
         self._listeners: List[Callable[[bool, str], None]] = []
+        self._scripts: List[Script] = []
         self._attempt: Optional[Deferred] = None
         self._probing: Optional[Deferred] = None
         self._timer: Optional[Any] = None
@@ -214,6 +222,13 @@ class RedisClient(Service):
 
     def addListener(self, listener: Callable[[bool, str], None]) -> None:
         self._listeners.append(listener)
+
+    def registerScript(self, script: Script) -> None:
+        """
+        See L{IRedisClient.registerScript}.
+        """
+        if script not in self._scripts:
+            self._scripts.append(script)
 
     def _setAvailable(self, available: bool, reason: str) -> None:
         if available == self.available:
@@ -425,6 +440,8 @@ class RedisClient(Service):
         role = await self._call(connection, ("ROLE",), timeout, False)
         if not (isinstance(role, list) and role and role[0] == b"master"):
             raise RedisError(f"not a master (ROLE says {role[0] if role else role!r})")
+        for script in self._scripts:
+            await self._call(connection, ("SCRIPT", "LOAD", script.source), timeout, False)
 
     async def _candidates(self) -> Iterable[Tuple[str, int]]:
         target = self._target
