@@ -31,7 +31,7 @@ from gateway.store import KINDS
 JSONResources = Mapping[str, Mapping[str, Any]]
 
 
-IGNORED_KEYS = ("proxy", "admin", "store")
+IGNORED_KEYS = ("proxy", "admin", "store", "limits")
 
 
 def _jsonCopy(value: Any) -> Any:
