@@ -1018,6 +1018,66 @@ def authSetups() -> List[Tuple[str, str, Dict[str, Any], List[str]]]:
     ]
 
 
+# -- the fleet's limits on Redis (limits.store) ------------------------------------
+
+
+#: The API of the fleet-limits rows: one limit for every client (never
+#: reached), so that each request takes a token.
+FLEET_LIMITED_API: Dict[str, Any] = {
+    "name": "limited",
+    "method": "GET",
+    "urlPattern": "/limited",
+    "rateLimit": {"rate": 10_000_000, "key": "none"},
+    "nodes": [{"cluster": "plain"}],
+}
+
+
+def fleetLimitsConfig(
+    proxyPort: int,
+    backendPort: int,
+    redisPort: Optional[int],
+    workers: Optional[int] = None,
+    where: Optional[str] = None,
+) -> Dict[str, Any]:
+    """
+    @return: the config of a fleet-limits row: the benchmarked gateway with
+        API C{/limited}, and C{limits.store} on the Redis at C{redisPort}
+        (L{None}: without, the workers' shared memory holds the limit).
+    """
+    config = gatewayConfig(
+        proxyPort, backendPort, workers=workers, where=where, extraApis=(FLEET_LIMITED_API,)
+    )
+    if redisPort is not None:
+        config["limits"] = {"store": f"redis://{HOST}:{redisPort}/0", "onFailure": "local"}
+    return config
+
+
+def startRedis(children: Children) -> Tuple[Child, int]:
+    """
+    Start Debian's C{redis-server} on a free port (no persistence) and wait
+    until it answers C{PING}.
+    """
+    binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
+    if not os.path.exists(binary):
+        raise BenchError("no redis-server (Debian package redis-server)")
+    port = freePort()
+    child = children.start(
+        "redis",
+        [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as s:
+                s.sendall(b"*1\r\n$4\r\nPING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return child, port
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise BenchError(f"redis-server did not answer on {port}: {child.tail()}")
+
+
 def startGateway(
     children: Children,
     name: str,
@@ -1651,6 +1711,8 @@ class Bench:
                 )
         if wanted("tls"):
             self.tlsRows()
+        if wanted("fleetlimits"):
+            self.fleetLimitRows()
         if not wanted("gateway"):
             for name, interpreter in self.interpreters.items():
                 if wanted("auth"):
@@ -1768,6 +1830,51 @@ class Bench:
                         self.children.stop(child)
         finally:
             self.children.stop(tlsBackend)
+
+    def fleetLimitRows(self) -> None:
+        """
+        CPU per request of a limit whose bucket is in Redis (C{limits.store},
+        leases) against the same limit in the workers' shared memory, with
+        N workers (the setup a fleet runs).
+        """
+        report = self.report
+        workers = self.manyWorkers if self.workersWhere is not None else 1
+        redis = None
+        try:
+            redis, redisPort = startRedis(self.children)
+        except (BenchError, OSError) as e:
+            for name in self.interpreters:
+                for key in ("local", "redis"):
+                    report.row(f"fleet-{key}-{name}", f"gateway, limit ({key})", name, workers)[
+                        "error"
+                    ] = str(e)
+            return
+        try:
+            for name, interpreter in self.interpreters.items():
+                for key, what, port in (
+                    ("local", "gateway, rate limit in the workers' shared memory", None),
+                    ("redis", "gateway, rate limit on Redis (limits.store, leases)", redisPort),
+                ):
+                    row = report.row(f"fleet-{key}-{name}", what, name, workers)
+                    config = fleetLimitsConfig(
+                        freePort(), self.backendPort, port, workers, self.workersWhere
+                    )
+                    self.withChild(
+                        row,
+                        lambda config=config, key=key, name=name, interpreter=interpreter: (
+                            startGateway(
+                                self.children,
+                                f"fleet-{key}-{name}",
+                                interpreter,
+                                config,
+                                readyPath="/limited",
+                            )
+                        ),
+                        "/limited",
+                    )
+        finally:
+            if redis is not None:
+                self.children.stop(redis)
 
     def withChild(
         self,
@@ -2473,7 +2580,8 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth,tls,tracing",
+        help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth,tls,tracing,"
+        "fleetlimits",
     )
     parser.add_argument("--skip-extras", action="store_true", help="no large body, no 10k APIs")
     parser.add_argument("--large-bytes", type=int, default=GIB, help="bytes streamed (1 GiB)")

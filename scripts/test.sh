@@ -15,9 +15,9 @@ if [ "${GATEWAY_PYTHON:-}" = pypy3 ]; then
 fi
 . scripts/venv.sh
 
-# What the tests start for real: etcd, a browser for the web UI, nginx as a
-# backend, wrk for load.
-DEBIAN_PACKAGES="etcd-server chromium nginx wrk"
+# What the tests start for real: etcd, Redis (the fleet's limits), a browser
+# for the web UI, nginx as a backend, wrk for load.
+DEBIAN_PACKAGES="etcd-server redis-server chromium nginx wrk"
 
 # shellcheck disable=SC2086
 debianInstall $DEBIAN_PACKAGES

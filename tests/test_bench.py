@@ -150,6 +150,19 @@ class GatewayConfigTests(SynchronousTestCase):
         self.assertTrue(corsFilter.origins.allows(run.CORS_ORIGIN.encode()))
         self.assertEqual(len(config.seed["routings"]), 1)
 
+    def test_fleetLimits(self) -> None:
+        """
+        The configs of the fleet-limits rows are valid: both have API
+        C{/limited}; the Redis one has C{limits.store}, the other none.
+        """
+        onRedis = parseConfig(run.fleetLimitsConfig(8080, 8081, 6379, 2, "proxy"))
+        inMemory = parseConfig(run.fleetLimitsConfig(8080, 8081, None, 2, "proxy"))
+        assert onRedis.limits is not None
+        self.assertEqual(onRedis.limits.store, "redis://127.0.0.1:6379/0")
+        self.assertIsNone(inMemory.limits)
+        for config in (onRedis, inMemory):
+            self.assertIn("limited", [api.name for api in config.seed["apis"]])
+
     def test_extras(self) -> None:
         """
         With an admin and many extra APIs (the 10,000 APIs check, here

@@ -198,6 +198,16 @@ class ValidateTests(SynchronousTestCase):
         )
         self.assertIn("ignoring proxy, admin, store", err)
 
+    def test_gatewayConfigWithLimits(self) -> None:
+        """
+        A gateway config file's C{limits} (the fleet's limits on Redis) is
+        process configuration too: ignored with the others.
+        """
+        data = dict(BASE, limits={"store": "redis://127.0.0.1:6379/0"})
+        code, out, err = runInProcess(["validate", "-"], stdin=json.dumps(data))
+        self.assertEqual(code, 0, err)
+        self.assertIn("ignoring limits", err)
+
     def test_stdinAndJSON(self) -> None:
         """
         C{-} reads the file from stdin, and JSON is accepted (it is YAML).
@@ -358,7 +368,8 @@ class ValidateTests(SynchronousTestCase):
             {"srevers": [], "servers": []},
             [
                 "srevers: is not a known key; known keys: certificates, servers, clusters,"
-                " consumers, apis, routings (proxy, admin, store are ignored)"
+                " consumers, apis, routings (proxy, admin, store, resolver, tracing, limits"
+                " are ignored)"
             ],
         )
         self.assertErrors({"servers": {"s1": {}}}, ["servers: must be a list of resources"])

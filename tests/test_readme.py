@@ -112,3 +112,12 @@ class ConfigExampleTests(SynchronousTestCase):
         [line] = [line for line in running.splitlines() if line.startswith("# tracing:")]
         inline = yaml.safe_load(line[2:].split("  #")[0])
         self.assertEqual(parseConfig(dict(inline, proxy=proxy)).tracing.sampleRatio, 0.1)
+
+    def test_fleetParses(self) -> None:
+        """
+        The config file of I{A fleet} (limits on Redis) is valid as it is.
+        """
+        text = codeBlockAfter("## A fleet: limits held by every gateway, on Redis", "yaml")
+        config: Any = parseConfig(yaml.safe_load(text))
+        self.assertEqual(config.limits.store, "redis://10.0.0.20:6379/0")
+        self.assertEqual(config.limits.onFailure, "local")

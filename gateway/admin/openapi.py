@@ -429,6 +429,7 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
                     for key in ("exported", "dropped", "failed", "queued")
                 },
             },
+            "limits": _ref("FleetLimits"),
         },
     }
     discoveredName = {
@@ -449,7 +450,35 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
         },
         "required": ["type", "values"],
     }
+    # -- cluster-wide limits (limits.store) ---
+    modeCounts = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+    fleetLimits = {
+        "type": "object",
+        "description": (
+            "The fleet's limits on Redis (limits.store), when configured: who decides now"
+            " (shared: Redis; else limits.onFailure's local, open or closed while Redis is"
+            " away), the proxy processes in each mode, the switches to each mode, the live"
+            " gateways a limit is divided by in local mode, and the calls to Redis."
+        ),
+        "properties": {
+            "store": {"type": "string"},
+            "onFailure": {"type": "string", "enum": ["local", "open", "closed"]},
+            "mode": {"type": "string", "enum": ["shared", "local", "open", "closed"]},
+            "modes": modeCounts,
+            "switches": modeCounts,
+            "since": {"type": "number"},
+            "gateways": {"type": "integer", "minimum": 1},
+            "redis": {"type": "string", "enum": ["up", "down"]},
+            "calls": {"type": "integer", "minimum": 0},
+            "timeouts": {"type": "integer", "minimum": 0},
+            "errors": {"type": "integer", "minimum": 0},
+            "leases": {"type": "integer", "minimum": 0},
+        },
+        "required": ["mode", "modes", "switches", "gateways", "redis"],
+    }
+    # -- end cluster-wide limits ---
     return {
+        "FleetLimits": fleetLimits,
         "ErrorCounts": _counts(ERROR_KINDS),
         "RejectCounts": _counts(REJECT_REASONS),
         "Latency": latency,

@@ -150,7 +150,8 @@ class Backend:
     def unavailableReason(self) -> str:
         """
         @return: why L{available} says no: C{"unhealthy"}, C{"drained"},
-            C{"ejected"}, C{"circuit-open"}, C{"rate-limited"} or C{""}.
+            C{"ejected"}, C{"circuit-open"}, C{"rate-limited"},
+            C{"limits-unavailable"} or C{""}.
         """
         if not self.healthy:
             return "unhealthy"
@@ -161,7 +162,9 @@ class Backend:
         if self.breaker is not None and not self.breaker.allows():
             return "circuit-open"
         if self.limiter is not None and not self.limiter.allows():
-            return "rate-limited"
+            # A refusal for want of the fleet's store of buckets (limits.store,
+            # onFailure: closed) is no rate limit: 503, not 429.
+            return "limits-unavailable" if self.limiter.unavailable else "rate-limited"
         return ""
 
     def requestStarted(self) -> bool:

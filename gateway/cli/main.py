@@ -5,7 +5,8 @@ A resource file holds the lists of a gateway config file
 (C{certificates:}, C{servers:}, C{clusters:}, C{apis:}, C{routings:}, in
 the REST form; a certificate may name PEM files), so
 a gateway's own config file can be used as it is; its other keys
-(C{proxy:}, C{admin:}, C{store:}) are ignored with a note::
+(C{proxy:}, C{admin:}, C{store:}, C{resolver:}, C{tracing:}, C{limits:}) are
+ignored with a note::
 
     gateway validate gateway.yaml            # offline checks, no network
     gateway apply gateway.yaml --dry-run     # what would change, as a diff

@@ -36,7 +36,7 @@ from gateway.store import KINDS
 JSONResources = Mapping[str, Mapping[str, Any]]
 
 
-IGNORED_KEYS = ("proxy", "admin", "store")
+IGNORED_KEYS = ("proxy", "admin", "store", "resolver", "tracing", "limits")
 
 
 def _jsonCopy(value: Any) -> Any:

@@ -19,6 +19,7 @@ name PEM files, C{certFile} and C{keyFile}, relative to the file)::
       token: change-me
     store: file:./gateway-data.json
     resolver: {nameservers: ["127.0.0.1:5353"], timeout: 2}
+    limits: {store: "redis://127.0.0.1:6379/0", onFailure: local}
     servers: [{name: s1, addr: "127.0.0.1:9001"}]
 
 Everything is checked before the gateway starts: a missing, unreadable or
@@ -58,6 +59,7 @@ from gateway.model.schema import (
     fromJSON,
 )
 from gateway.model.schema import List as ListOf
+from gateway.model.sharedlimits import LimitsConfig
 from gateway.model.tracing import TracingConfig
 
 DEFAULT_STORE = "file:gateway-data.json"
@@ -405,6 +407,8 @@ class GatewayConfig:
     @ivar resolver: the L{ResolverConfig}.
     @ivar tracing: the C{tracing:} section (L{TracingConfig}), or L{None}
         when nothing is traced.
+    @ivar limits: the C{limits:} section (limits held by the fleet on
+        Redis), or L{None}.
     """
 
     proxy: Optional[ProxyConfig]
@@ -414,12 +418,18 @@ class GatewayConfig:
     path: Optional[str] = None
     resolver: ResolverConfig = ResolverConfig()
     tracing: Optional[TracingConfig] = None
+    limits: Optional[LimitsConfig] = None
 
 
-_SECTIONS = {"proxy": ProxyConfig, "admin": AdminConfig, "tracing": TracingConfig}
+_SECTIONS = {
+    "proxy": ProxyConfig,
+    "admin": AdminConfig,
+    "tracing": TracingConfig,
+    "limits": LimitsConfig,
+}
 
 
-_TOP_KEYS = ("proxy", "admin", "store", "resolver", "tracing") + KINDS
+_TOP_KEYS = ("proxy", "admin", "store", "resolver", "tracing", "limits") + KINDS
 
 
 def _parseSeed(
@@ -591,6 +601,7 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
         path=source,
         resolver=resolver,
         tracing=sections["tracing"],
+        limits=sections["limits"],
     )
 
 

@@ -41,6 +41,7 @@ class ParentLink(Service):
         manager: Any,
         stats: Callable[[], Dict[str, Any]],
         statsInterval: float = 1.0,
+        onGateways: Optional[Callable[[int], None]] = None,
     ) -> None:
         """
         @param reactor: the worker's reactor.
@@ -52,6 +53,8 @@ class ParentLink(Service):
             view of the servers' health.
         @param stats: returns the worker's stats.
         @param statsInterval: how often they are reported, in seconds.
+        @param onGateways: called with the count of live gateways the
+            parent relays (the fleet's limits divide by it), or L{None}.
         """
         self._reactor = reactor
         self._fd = fd
@@ -59,6 +62,7 @@ class ParentLink(Service):
         self._manager = manager
         self._stats = stats
         self._statsInterval = statsInterval
+        self._onGateways = onGateways
         self._health: Dict[str, bool] = {}
         self._statsCall: Optional[Any] = None
         self.channel: Optional[ControlChannel] = None
@@ -86,6 +90,9 @@ class ParentLink(Service):
             self._applyHealth()
         if "discovery" in message:
             self._rediscover(message["discovery"])
+        gateways = message.get("gateways")
+        if self._onGateways is not None and isinstance(gateways, int) and gateways > 0:
+            self._onGateways(gateways)
         if "state" in message:
             try:
                 taken = self._store.receive(message["state"])

@@ -16,6 +16,9 @@ Parent and worker talk over a socketpair, one JSON object per line:
                                          health checks of their own)
                       {"discovery": ...} what DNS discovery found (workers
                                          look nothing up: see L{relayDiscovery})
+                      {"gateways": N}    the live gateways (the fleet's
+                                         limits divide by it, see
+                                         L{gateway.protection.redisbuckets})
     worker -> parent  {"serving": N}     the worker serves store revision N
                       {"resync": true}   send the whole state again
                       {"stats": {...}}   its statistics, every second
@@ -230,6 +233,8 @@ class WorkerPool(Service):
         #: The last discovery relayed (its message), or None.
         self._discovery: Optional[bytes] = None
         self._synced: Set[int] = set()
+        #: What every worker is told, started now or later (L{broadcast}).
+        self._told: Dict[str, Any] = {}
         self.restarts = 0
 
     def startService(self) -> None:
@@ -273,6 +278,8 @@ class WorkerPool(Service):
         if self._discovery is not None:
             # Before the state: the worker's first snapshot has its backends.
             channel.sendEncoded(self._discovery)
+        if self._told:
+            channel.send(dict(self._told))
         if self._relayed is not None:
             self._sendWhole(index)
         transport = process.transport
@@ -299,6 +306,16 @@ class WorkerPool(Service):
     def _lost(self, process: _WorkerProcess) -> None:
         if self._current(process):
             self.served.gone(process.index)
+
+    def broadcast(self, message: Dict[str, Any]) -> None:
+        """
+        Tell every worker C{message} now, and every worker started later
+        (the latest value of each key).
+        """
+        self._told.update(message)
+        line = encodeMessage(message)
+        for channel in self._channels.values():
+            channel.sendEncoded(line)
 
     # -- the store's states -----------------------------------------------------
 

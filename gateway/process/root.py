@@ -47,6 +47,7 @@ from gateway.pipeline.forwarding import ClientAddresses
 from gateway.pipeline.https import httpsPort
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.resource import GatewayResource
+from gateway.process.fleetlimits import GatewayCounter, fleetLimits
 from gateway.process.interpreter import nurseryAdvice
 from gateway.process.listening import ListenService, ProxyService
 from gateway.process.parent import ParentLink
@@ -273,14 +274,20 @@ def makeGatewayService(
     )
     store = storeFromURL(config.store, reactor)
     shared = store if ISharedStore.providedBy(store) else None
+    # The fleet's limits (limits.store): the proxy's, when it runs here.
+    fleet = (
+        fleetLimits(config, reactor, LOCAL) if proxyConfig is not None and workers == 1 else None
+    )
     manager = SnapshotManager(
         filterRegistry,
         reactor,
         globalFilters=globalFilterSpecs(proxyConfig),
-        buckets=LOCAL,
+        buckets=fleet.buckets if fleet is not None else LOCAL,
         discovery=proxyConfig is not None,
     )
     counters = Stats(reactor)
+    if fleet is not None:
+        counters.limits = fleet.buckets
     counters.follow(manager)
     served = ServedRevisions()
     if client is None:
@@ -326,6 +333,9 @@ def makeGatewayService(
         discovery.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)
     health.setServiceParent(root)
+    if fleet is not None:
+        fleet.setServiceParent(root)
+    _countGateways(config, reactor, shared, fleet, pool, root)
 
     if shared is not None and proxyConfig is not None:
         # Several gateways share this store: say that this one serves, and
@@ -391,6 +401,27 @@ def makeGatewayService(
     return root
 
 
+def _countGateways(
+    config: Any, reactor: Any, shared: Any, fleet: Any, pool: Any, root: ProcessService
+) -> None:
+    """
+    With the fleet's limits and no C{limits.gateways}, count the live
+    gateways in the registry of a shared store, for the proxy here or the
+    workers (who divide the limits by it while Redis is away).
+    """
+    if config.limits is None or config.limits.gateways is not None or shared is None:
+        return
+    if config.proxy is None:
+        return
+    if pool is not None:
+        onCount = lambda count: pool.broadcast({"gateways": count})  # noqa: E731
+    elif fleet is not None:
+        onCount = fleet.buckets.setGateways
+    else:
+        return
+    GatewayCounter(shared, reactor, onCount).setServiceParent(root)
+
+
 def makeWorkerService(
     config: Any,
     reactor: Any,
@@ -410,15 +441,20 @@ def makeWorkerService(
     root = ProcessService(abort)
     proxyConfig = config.proxy
     store = RelayedStore()
+    local = worker.buckets if worker.buckets is not None else LOCAL
+    fleet = fleetLimits(config, reactor, local)
     manager = SnapshotManager(
         filterRegistry,
         reactor,
         globalFilters=globalFilterSpecs(proxyConfig),
-        buckets=worker.buckets if worker.buckets is not None else LOCAL,
+        buckets=fleet.buckets if fleet is not None else local,
         discovery=True,
     )
     counters = Stats(reactor)
     counters.follow(manager)
+    if fleet is not None:
+        counters.limits = fleet.buckets
+        fleet.setServiceParent(root)
     if client is None:
         client = _upstreamClient(reactor, proxyConfig)
     storeService = StoreService(store, manager, abort, reactor)
@@ -428,6 +464,7 @@ def makeWorkerService(
         store,
         manager,
         stats=lambda: counters.snapshot(manager, None),
+        onGateways=fleet.buckets.setGateways if fleet is not None else None,
     ).setServiceParent(root)
     storeService.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)

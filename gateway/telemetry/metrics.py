@@ -34,6 +34,15 @@ Metrics::
   gateway_tracing_spans_exported_total             spans the trace collector took
   gateway_tracing_spans_dropped_total{reason}      queue-full, export-failed
   gateway_tracing_spans_queued                     finished spans waiting for export
+  gateway_limits_mode{mode}                        proxy processes deciding the fleet's
+                                                   limits in each mode (shared, local,
+                                                   open, closed): with limits.store only
+  gateway_limits_switches_total{mode}              switches to each mode
+  gateway_limits_gateways                          live gateways a limit is divided by
+                                                   while Redis is away
+  gateway_limits_redis_calls_total                 calls to Redis (leases, returns)
+  gateway_limits_redis_timeouts_total              calls Redis did not answer in time
+  gateway_limits_redis_errors_total                calls that failed otherwise
   gateway_info{version}
 
 (The C{gateway_tracing_*} metrics only when the config has C{tracing:}.)
@@ -125,6 +134,9 @@ class GatewayCollector(Collector):
         tracing = tracingCounts() if tracingCounts is not None else None
         if tracing is not None:
             yield from _tracingMetrics(tracing)
+        limits = getattr(stats, "limits", None)
+        if limits is not None:
+            yield from _limitsMetrics(limits.snapshot())
         info = InfoMetricFamily("gateway", "Gateway version")
         info.add_metric([], {"version": gateway.__version__})
         yield info
@@ -273,6 +285,40 @@ def _tracingMetrics(counts: Mapping[str, int]) -> Iterator[Metric]:
     )
     queued.add_metric([], counts.get("queued", 0))
     yield queued
+
+
+def _limitsMetrics(limits: Any) -> Iterator[Metric]:
+    """
+    The fleet's limits (C{limits.store}): see the module's documentation.
+    """
+    modes = GaugeMetricFamily(
+        "gateway_limits_mode",
+        "Proxy processes deciding the fleet's limits in each mode: shared (Redis) or"
+        " limits.onFailure's (local, open, closed) while Redis is away",
+        labels=["mode"],
+    )
+    for mode, count in sorted((limits.get("modes") or {}).items()):
+        modes.add_metric([mode], count)
+    yield modes
+    switches = CounterMetricFamily(
+        "gateway_limits_switches", "Switches of the fleet's limits to each mode", labels=["mode"]
+    )
+    for mode, count in sorted((limits.get("switches") or {}).items()):
+        switches.add_metric([mode], count)
+    yield switches
+    gateways = GaugeMetricFamily(
+        "gateway_limits_gateways", "Live gateways a limit is divided by while Redis is away"
+    )
+    gateways.add_metric([], limits.get("gateways") or 1)
+    yield gateways
+    for key, doc in (
+        ("calls", "Calls to Redis for the fleet's limits (leases, returns)"),
+        ("timeouts", "Calls to Redis not answered within limits.timeout"),
+        ("errors", "Calls to Redis that failed otherwise"),
+    ):
+        family = CounterMetricFamily(f"gateway_limits_redis_{key}", doc)
+        family.add_metric([], limits.get(key) or 0)
+        yield family
 
 
 def metricsRegistry(stats: Any, manager: Any, health: Any, reactor: Any) -> CollectorRegistry:

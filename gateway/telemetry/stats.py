@@ -229,6 +229,10 @@ class Stats:
 
     sendTimeouts = 0
 
+    #: The fleet's limits of this proxy (L{gateway.protection.redisbuckets.RedisBuckets},
+    #: whose C{snapshot()} is under C{"limits"}), or L{None}.
+    limits: Any = None
+
     def __init__(self, clock: Any) -> None:
         """
         @param clock: an L{IReactorTime}; latencies are measured with it
@@ -438,6 +442,8 @@ class Stats:
         tracing = self.tracingCounts()
         if tracing is not None:
             result["tracing"] = tracing
+        if self.limits is not None:
+            result["limits"] = self.limits.snapshot()
         return result
 
 
@@ -580,7 +586,46 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     }
     if tracing is not None:
         merged["tracing"] = tracing
+    limits = [snap["limits"] for snap in snapshots if snap.get("limits")]
+    if limits:
+        merged["limits"] = mergeLimits(limits)
     return merged
+
+
+def mergeLimits(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """
+    Sum the fleet's limits of several proxy processes (the C{"limits"} of
+    their snapshots, see L{gateway.protection.redisbuckets.RedisBuckets.snapshot}).
+
+    @return: the same shape: C{modes} (processes in each mode),
+        C{switches}, C{calls}, C{timeouts}, C{errors} and C{leases} summed;
+        C{mode} the one mode of them all, or the fallback mode while any
+        process is in it; C{redis} C{up} only when it is for every one;
+        C{gateways} the largest count, C{since} the latest switch.
+    """
+    first = snapshots[0]
+    modes: Dict[str, int] = {}
+    switches: Dict[str, int] = {}
+    for snap in snapshots:
+        for mode, n in (snap.get("modes") or {}).items():
+            modes[mode] = modes.get(mode, 0) + n
+        for mode, n in (snap.get("switches") or {}).items():
+            switches[mode] = switches.get(mode, 0) + n
+    away = [s["mode"] for s in snapshots if s.get("mode") != "shared"]
+    return {
+        "store": first.get("store"),
+        "onFailure": first.get("onFailure"),
+        "mode": away[0] if away else "shared",
+        "modes": modes,
+        "since": max(s.get("since") or 0 for s in snapshots),
+        "gateways": max(s.get("gateways") or 1 for s in snapshots),
+        "switches": switches,
+        "redis": "up" if all(s.get("redis") == "up" for s in snapshots) else "down",
+        "calls": sum(s.get("calls") or 0 for s in snapshots),
+        "timeouts": sum(s.get("timeouts") or 0 for s in snapshots),
+        "errors": sum(s.get("errors") or 0 for s in snapshots),
+        "leases": sum(s.get("leases") or 0 for s in snapshots),
+    }
 
 
 def _worseBreaker(
@@ -644,3 +689,24 @@ class SnapshotStats:
         """
         tracing: Optional[Dict[str, int]] = self._source().get("tracing")
         return tracing
+
+    @property
+    def limits(self) -> Any:
+        """
+        The fleet's limits of the snapshot, as L{Stats.limits} has them
+        (something with a C{snapshot()}), or L{None}.
+        """
+        limits = self._source().get("limits")
+        return _Frozen(limits) if limits else None
+
+
+class _Frozen:
+    """
+    A snapshot's part read back: its C{snapshot()} gives it.
+    """
+
+    def __init__(self, data: Dict[str, Any]) -> None:
+        self._data = data
+
+    def snapshot(self) -> Dict[str, Any]:
+        return self._data

@@ -46,6 +46,43 @@ export function proxiesTable(proxies) {
   );
 }
 
+// -- cluster-wide limits (limits.store) ---
+const LIMIT_MODES = {
+  shared: ["shared on Redis", "ok", "Every limit holds for the whole fleet: its bucket is in Redis."],
+  local: ["local share", "warn", "Redis is away: each gateway holds its share of each limit (the limit divided by the live gateways)."],
+  open: ["open", "warn", "Redis is away and limits.onFailure is open: limits are not enforced."],
+  closed: ["closed (503)", "bad", "Redis is away and limits.onFailure is closed: limited requests are refused with 503."],
+};
+
+/** The fleet's limits (the "limits" of /api/v1/stats): who decides, and how it went. */
+export function fleetLimitsView(limits) {
+  const [label, tone, title] = LIMIT_MODES[limits.mode] || [limits.mode, "muted", ""];
+  const modes = Object.entries(limits.modes || {}).filter(([, n]) => n > 0).map(([m, n]) => `${n} ${m}`).join(", ");
+  const switches = Object.entries(limits.switches || {}).filter(([, n]) => n > 0).map(([m, n]) => `${n} to ${m}`).join(", ");
+  const row = (name, value) => h("tr", null, h("th", { scope: "row" }, name), h("td", null, value));
+  return h(
+    "div",
+    { dataset: { limitsMode: limits.mode } },
+    h("p", null, badge(label, tone, title), " ", h("span", { class: "muted" }, title)),
+    h(
+      "table",
+      { class: "table table-compact" },
+      h(
+        "tbody",
+        null,
+        row("Store", h("code", null, limits.store || DASH)),
+        row("While Redis is away", limits.onFailure || DASH),
+        row("Redis", limits.redis === "up" ? badge("up", "ok") : badge("down", "bad")),
+        row("Live gateways", fmtNum(limits.gateways)),
+        row("Proxy processes", modes || DASH),
+        row("Switches", switches || "none"),
+        row("Redis calls", `${fmtNum(limits.calls)} (${fmtNum(limits.timeouts)} timed out, ${fmtNum(limits.errors)} failed)`),
+      ),
+    ),
+  );
+}
+// -- end cluster-wide limits ---
+
 export function renderDashboard(outlet) {
   const kpis = {
     rps: kpi("Requests/s", "rps", "last 2 s"),
@@ -84,12 +121,16 @@ export function renderDashboard(outlet) {
   const apisBody = h("tbody");
   const proxiesBody = h("div", null, h("p", { class: "muted" }, "Loading\u2026"));
   const freshness = h("span", { class: "muted" });
+  const limitsBody = h("div");
+  const limitsCard = h("section", { class: "card", "aria-labelledby": "limits-h", dataset: { card: "limits" } }, h("h2", { id: "limits-h" }, "Fleet limits"), limitsBody);
+  limitsCard.hidden = true;
 
   mount(
     outlet,
     pageHeader("Dashboard", { subtitle: h("span", null, "Live, from every proxy. ", freshness) }),
     h("section", { class: "kpis", "aria-label": "Live figures" }, Object.values(kpis).map((k) => k.el)),
     h("section", { class: "card", "aria-labelledby": "alerts-h" }, h("h2", { id: "alerts-h" }, "Alerts"), alerts),
+    limitsCard,
     h("div", { class: "grid-3" }, h("div", { class: "card" }, traffic.el), h("div", { class: "card" }, errors.el), h("div", { class: "card" }, latency.el)),
     h(
       "div",
@@ -148,6 +189,9 @@ export function renderDashboard(outlet) {
     kpis.requests.sub.textContent = `${fmtNum(sample.cum.total.errors)} errors since start`;
 
     mount(alerts, alertList(alertsOf(sample)));
+    const limits = sample.data?.limits;
+    limitsCard.hidden = !limits;
+    if (limits) mount(limitsBody, fleetLimitsView(limits));
     const points = p.samples.map((x) => ({ t: x.t, ...x.total }));
     traffic.update(points);
     errors.update(points);
