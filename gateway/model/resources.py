@@ -303,6 +303,25 @@ _ATTR_NAMES_GIVEN = {
 }
 
 
+def _websocketOneNode(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["websocket"] and len(values["nodes"]) > 1:
+        yield "websocket", "an API with several nodes aggregates: it cannot relay a WebSocket"
+
+
+#: A websocket API has one node (JSON Schema can say it).
+_WEBSOCKET_ONE_NODE = {
+    "anyOf": [
+        {"properties": {"websocket": {"enum": [False]}}},
+        {"properties": {"nodes": {"maxItems": 1}}},
+    ]
+}
+
+
+def _websocketMethod(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["websocket"] and values["method"] not in ("*", "GET"):
+        yield "method", "must be GET or * for a websocket API (a handshake is a GET)"
+
+
 def _upperMethod(value: str) -> str:
     return value.upper()
 
@@ -362,10 +381,35 @@ class API:
         None,
         doc="largest request body in bytes (413); null = the proxy's limits.maxBodySize",
     )
+    # -- WebSocket pass-through (README: WebSocket) --
+    websocket: bool = field(
+        Bool(),
+        False,
+        doc="relay WebSocket handshakes (GET with Upgrade: websocket) to the backend, then"
+        " the connection both ways as a byte tunnel; false: Upgrade is stripped",
+    )
+    websocketIdleTimeout: Optional[float] = field(
+        Nullable(Seconds(604800)),
+        300.0,
+        doc="seconds a WebSocket tunnel may carry no byte either way before it is closed;"
+        " null = never",
+    )
+    maxWebsockets: int = field(
+        Int(0, 10_000_000),
+        0,
+        doc="open WebSocket tunnels at most, per proxy process; more handshakes get 503;"
+        " 0 = no limit",
+    )
 
     rules: ClassVar[Tuple[Rule, ...]] = (
         Rule(("nodes",), _attrNamesGiven, schema=_ATTR_NAMES_GIVEN),
         Rule(("nodes",), _attrNamesUnique, doc="The nodes' attrNames are distinct."),
+        Rule(("websocket", "nodes"), _websocketOneNode, schema=_WEBSOCKET_ONE_NODE),
+        Rule(
+            ("websocket", "method"),
+            _websocketMethod,
+            doc="A websocket API takes GET (or any method, *): a handshake is a GET.",
+        ),
     )
 
 

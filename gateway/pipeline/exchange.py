@@ -113,6 +113,8 @@ class Exchange:
     @ivar jsonBody: the request's JSON body as routing conditions read it,
         parsed once: C{(limit, found, document)}, or L{None}.
     @ivar attributes: per-request state of filters, by a key each owns.
+    @ivar upgrade: the L{gateway.pipeline.websocket.Handshake} when the
+        request is a WebSocket handshake being relayed, else L{None}.
     """
 
     __slots__ = (
@@ -142,6 +144,7 @@ class Exchange:
         "jsonBody",
         "_body",
         "attributes",
+        "upgrade",
     )
 
     def __init__(
@@ -180,6 +183,7 @@ class Exchange:
         self.jsonBody: Optional[Tuple[int, bool, Any]] = None
         self._body: Optional[RequestBody] = None
         self.attributes: Dict[Hashable, Any] = {}
+        self.upgrade: Optional[Any] = None
 
     @property
     def body(self) -> RequestBody:

@@ -46,6 +46,7 @@ from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
 from gateway.pipeline.forwarding import _HOST, ClientAddresses, copyResponseHeaders
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
+from gateway.pipeline.websocket import WebSockets, checkSwitch, switchedHeaders
 from gateway.routing.rules import JSON_BODY_LIMIT, decideRoutings
 
 log = Logger()
@@ -143,6 +144,10 @@ class GatewayResource(Resource):
     @param random: where retries' jitter comes from.
     @param stats: told of every answer once, as C{stats.record(exchange,
         code, outcome)} (see L{Exchange.outcome}).
+    @param websockets: relays the WebSocket handshakes of APIs with
+        C{websocket} and keeps their tunnels (a
+        L{gateway.pipeline.websocket.WebSockets}), or L{None}: upgrade
+        headers are then always stripped.
     """
 
     isLeaf = True
@@ -158,6 +163,7 @@ class GatewayResource(Resource):
         retryBudget: Optional[RetryBudget] = None,
         stats: Any = None,
         random: Optional[Random] = None,
+        websockets: Optional[WebSockets] = None,
     ) -> None:
         super().__init__()
         self._manager = manager
@@ -169,6 +175,7 @@ class GatewayResource(Resource):
         self._retryBudget = retryBudget or RetryBudget(reactor)
         self._stats = stats
         self._random = random or Random()
+        self._websockets = websockets
         #: Requests being served now.
         self.inFlight = 0
         self._draining = False
@@ -205,6 +212,8 @@ class GatewayResource(Resource):
         )
         if match is not None and match.value.filters:
             chain = chain + match.value.filters
+        if match is not None and match.value.config.websocket and self._websockets is not None:
+            self._websockets.handshake(exchange)
         self.inFlight += 1
         notifyDone = getattr(request, "notifyDone", None)
         if notifyDone is not None:
@@ -371,6 +380,12 @@ class GatewayResource(Resource):
             exchange.upstreamURI = (
                 node.rewrite.expand(exchange.params, request) if node.rewrite else request.uri
             )
+        if exchange.upgrade is not None:
+            refused = self._websockets.admit(exchange)  # type: ignore[union-attr]
+            if refused is not None:
+                exchange.outcome = "reject:max-websockets"
+                self._answer(exchange, chain, refused)
+                return
         self._retryBudget.requestSent()
         self._send(exchange, chain, node, cluster.choose(exchange.clientIP), ())
 
@@ -394,7 +409,9 @@ class GatewayResource(Resource):
         exchange.backend = backend
         exchange.sentAt = self._reactor.seconds()
         tried = tried + (backend,)
-        sent = self._client.send(
+        # (A WebSocket handshake goes through the upgrading client.)
+        client: Any = self._client if exchange.upgrade is None else self._websockets
+        sent = client.send(
             backend,
             exchange.request.method,
             exchange.upstreamURI,
@@ -461,6 +478,10 @@ class GatewayResource(Resource):
             response.deliverBody(_Discard())
             self._upstreamDone(exchange, None)
             return
+        if response.code == 101:
+            # (Only a WebSocket handshake's: the client refuses any other.)
+            self._switched(response, exchange, chain)
+            return
         copyResponseHeaders(response.headers, request.responseHeaders)
         info = ResponseInfo(response.code, request.responseHeaders)
         self._runAfter(exchange, chain, info)
@@ -485,6 +506,37 @@ class GatewayResource(Resource):
         length = getattr(response, "length", UNKNOWN_LENGTH)
         stream = not isinstance(length, int) or length > _SMALL_RESPONSE
         response.deliverBody(_StreamBody(self, exchange, stream))
+
+    def _switched(self, response: Any, exchange: Exchange, chain: Chain) -> None:
+        """
+        The backend switched a WebSocket handshake: check its 101, let the
+        C{after} hooks see it, answer it, and open the tunnel.
+        """
+        request = exchange.request
+        problem = checkSwitch(request, response)
+        if problem is not None:
+            response.deliverBody(_Discard())
+            exchange.upstreamOK = False
+            self._upstreamDone(exchange)
+            self._failed(Failure(UpstreamBroken(problem)), exchange, chain)
+            return
+        headers = request.responseHeaders
+        copyResponseHeaders(response.headers, headers)
+        switchedHeaders(headers)
+        info = ResponseInfo(101, headers)
+        self._runAfter(exchange, chain, info)
+        self._upstreamDone(exchange)
+        if info.code != 101:
+            # A filter answered otherwise: the backend's connection is dropped.
+            response.deliverBody(_Discard())
+            for name in (b"upgrade", b"connection", b"sec-websocket-accept"):
+                headers.removeHeader(name)
+            headers.setRawHeaders(b"content-length", [b"0"])
+            request.setResponseCode(info.code)
+            request.finish()
+            return
+        request.setResponseCode(101, response.phrase)
+        self._websockets.switch(exchange, response)  # type: ignore[union-attr]
 
     def _retryAnswer(
         self,
@@ -636,6 +688,10 @@ class GatewayResource(Resource):
         """
         if reason is not None:
             self._clientGone(reason, exchange)
+        if exchange.upgrade is not None and self._websockets.handshakeOver(exchange):  # type: ignore[union-attr]
+            # Switched to a tunnel: its connection is the tunnel's now.
+            self._requestEnded(None, None)
+            return
         self._requestEnded(None, exchange.request)
 
     def _requestEnded(self, _: Any, request: Any) -> None:
@@ -654,19 +710,27 @@ class GatewayResource(Resource):
 
     def drain(self, timeout: float) -> defer.Deferred[int]:
         """
-        Stop keeping connections alive and wait for the requests in flight.
+        Stop keeping connections alive and wait for the requests in flight
+        (and the WebSocket tunnels: those still open after C{timeout} are
+        closed, see L{WebSockets.drain}).
 
         @param timeout: seconds to wait at most.
         @return: a Deferred that fires with the number of requests still in
-            flight when it gave up (0 when all finished).
+            flight when it gave up (0 when all finished), plus the number of
+            tunnels closed.
         """
         self._draining = True
         if self.inFlight == 0:
-            return defer.succeed(0)
-        d: defer.Deferred[int] = defer.Deferred()
-        self._drained.append(d)
-        d.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda result, t: self.inFlight)
-        return d.addCallback(lambda _: self.inFlight)
+            d = defer.succeed(0)
+        else:
+            d = defer.Deferred()
+            self._drained.append(d)
+            d.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda result, t: self.inFlight)
+            d.addCallback(lambda _: self.inFlight)
+        if self._websockets is None:
+            return d
+        tunnels = self._websockets.drain(timeout)
+        return defer.gatherResults([d, tunnels]).addCallback(sum)
 
     def _clientGone(self, failure: Failure, exchange: Exchange) -> None:
         """

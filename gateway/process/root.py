@@ -34,13 +34,14 @@ from gateway.admin.webui import withWebUI
 from gateway.balancing.health import HealthChecker
 from gateway.http.client import DEFAULT_MAX_IDLE, HTTP11UpstreamClient
 from gateway.http.listen import reusePortEndpoint
-from gateway.interfaces import ISharedStore
+from gateway.interfaces import ISharedStore, IUpstreamUpgrader
 from gateway.model.config import workersCanShare
 from gateway.model.limits import ADMIN_LIMITS
 from gateway.pipeline.aggregate import Aggregator
 from gateway.pipeline.forwarding import ClientAddresses
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.resource import GatewayResource
+from gateway.pipeline.websocket import WebSockets
 from gateway.process.interpreter import nurseryAdvice
 from gateway.process.listening import ListenService, ProxyService
 from gateway.process.parent import ParentLink
@@ -139,6 +140,11 @@ def _proxySite(
         aggregator=Aggregator(client, reactor, stats=counters),
         mirror=Mirror(client, reactor, stats=counters),
         stats=counters,
+        websockets=(
+            WebSockets(client, reactor, stats=counters)
+            if IUpstreamUpgrader.providedBy(client)
+            else None
+        ),
     )
     site = GatewaySite(
         resource,
