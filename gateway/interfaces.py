@@ -216,10 +216,10 @@ class ISwitchedResponse(Interface):
         """
         Hand the connection over to C{protocol}: C{protocol.makeConnection}
         gets the connection's transport, then C{dataReceived} what the
-        backend sent after its 101 head and everything it sends next,
-        C{readConnectionLost} its half-close (when C{protocol} provides
-        L{twisted.internet.interfaces.IHalfCloseableProtocol}) and
-        C{connectionLost} the end of the connection.
+        backend sent after its 101 head and everything it sends next, and
+        C{connectionLost} the end of the connection (a half-close from the
+        backend ends it too: Twisted's client endpoints settle that when
+        they connect).
         """
 
     def deliverBody(protocol):

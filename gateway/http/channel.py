@@ -517,7 +517,12 @@ class GatewayHTTPChannel(Protocol):
         if state >= _DONE:  # _DONE, _DRAIN, _SWITCHED
             switchedTo = self._switchedTo
             if switchedTo is not None:
-                switchedTo.dataReceived(data)
+                if self._busyReceiving:
+                    # (Called back while the head that switched is being
+                    # handled: after what followed it.)
+                    self._buffer += data
+                else:
+                    switchedTo.dataReceived(data)
             return
         if state == _BUSY or self._busyReceiving:
             # Pipelined, or called back from within the loop below: kept
@@ -567,6 +572,13 @@ class GatewayHTTPChannel(Protocol):
                 self._buffer = data + self._buffer
                 return
             else:
+                switchedTo = self._switchedTo
+                if switchedTo is not None:
+                    # Switched while its head was handled: what followed is
+                    # the new protocol's.
+                    data += self._buffer
+                    self._buffer = b""
+                    switchedTo.dataReceived(data)
                 return
             if self._buffer:
                 # Arrived meanwhile (a callback wrote to the channel), or
@@ -951,7 +963,12 @@ class GatewayHTTPChannel(Protocol):
             if timer.active():
                 timer.cancel()
         self._state = _SWITCHED
-        buffered, self._buffer = self._buffer, b""
+        if self._busyReceiving:
+            # Switched while its head is handled: the parsing loop hands
+            # the new protocol what followed it, and what came meanwhile.
+            buffered = b""
+        else:
+            buffered, self._buffer = self._buffer, b""
         self.persistent = False
         if self._registered:
             self._registered = False

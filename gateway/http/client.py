@@ -37,7 +37,6 @@ from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
     IDelayedCall,
-    IHalfCloseableProtocol,
     IProducer,
     IProtocol,
     IPushProducer,
@@ -51,7 +50,7 @@ from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IClientRequest, IResponse
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
 
 from gateway.http.body import BytesBodyProducer
 from gateway.http.connect import CachedEndpointFactory
@@ -1138,22 +1137,6 @@ class _Connection(Protocol):
             self.transport.pauseProducing()
         req.succeed(switched)
 
-    def readConnectionLost(self) -> None:
-        """
-        The backend half-closed a switched connection (this is called only
-        once its new protocol is L{IHalfCloseableProtocol}).
-        """
-        switched = self.switched
-        if switched is None:
-            self.transport.loseConnection()
-        else:
-            switched._readLost()
-
-    def writeConnectionLost(self) -> None:
-        switched = self.switched
-        if switched is not None:
-            switched._writeLost()
-
     def _sizedBody(self, data: bytes, state: int) -> Optional[bytes]:
         response = self.response
         assert response is not None  # (a body is being read)
@@ -1274,10 +1257,10 @@ class _SwitchedResponse:
         self.version = version
         self.phrase = phrase
         self.headers = headers
-        self._conn: Optional[_Connection] = conn
+        self._conn = conn
         self._held: List[bytes] = [rest] if rest else []
         self._protocol: Optional[IProtocol] = None
-        self._eof = False
+        self._dropped = False
         self._end: Optional[Failure] = None
 
     def __repr__(self) -> str:
@@ -1294,13 +1277,9 @@ class _SwitchedResponse:
             already.
         """
         conn = self._conn
-        if conn is None or self._protocol is not None:
+        if self._dropped or self._protocol is not None:
             raise RuntimeError("the connection of a 101 answer can be taken only once")
         self._protocol = protocol
-        if IHalfCloseableProtocol.providedBy(protocol):
-            # So that the transport reports the backend's half-close
-            # (readConnectionLost) rather than ending the connection.
-            alsoProvides(conn, IHalfCloseableProtocol)
         protocol.makeConnection(conn.transport)
         held, self._held = self._held, []
         for data in held:
@@ -1310,11 +1289,6 @@ class _SwitchedResponse:
             self._end = None
             protocol.connectionLost(end)
             return
-        if self._eof:
-            if IHalfCloseableProtocol.providedBy(protocol):
-                cast(IHalfCloseableProtocol, protocol).readConnectionLost()
-            else:
-                conn.transport.loseConnection()
         if conn.transportPaused and not conn.dead:
             conn.transportPaused = False
             conn.transport.resumeProducing()
@@ -1323,10 +1297,10 @@ class _SwitchedResponse:
         """
         See L{ISwitchedResponse.deliverBody}: the connection is closed.
         """
-        conn = self._conn
-        if conn is not None and self._protocol is None:
-            self._conn = None
+        if not self._dropped and self._protocol is None:
+            self._dropped = True
             self._held = []
+            conn = self._conn
             conn.switched = None
             conn.abort()
         protocol.makeConnection(_NoBody())  # type: ignore[arg-type]
@@ -1342,20 +1316,7 @@ class _SwitchedResponse:
         else:
             protocol.dataReceived(data)
 
-    def _readLost(self) -> None:
-        protocol = self._protocol
-        if protocol is None:
-            self._eof = True
-        else:
-            cast(IHalfCloseableProtocol, protocol).readConnectionLost()
-
-    def _writeLost(self) -> None:
-        protocol = self._protocol
-        if protocol is not None:
-            cast(IHalfCloseableProtocol, protocol).writeConnectionLost()
-
     def _lost(self, reason: Failure) -> None:
-        self._conn = None
         protocol = self._protocol
         if protocol is None:
             self._end = reason

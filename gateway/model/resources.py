@@ -318,7 +318,7 @@ _WEBSOCKET_ONE_NODE = {
 
 
 def _websocketMethod(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
-    if values["websocket"] and values["method"] not in ("*", "GET"):
+    if values["websocket"] and values["method"].upper() not in ("*", "GET"):
         yield "method", "must be GET or * for a websocket API (a handshake is a GET)"
 
 
@@ -388,11 +388,11 @@ class API:
         doc="relay WebSocket handshakes (GET with Upgrade: websocket) to the backend, then"
         " the connection both ways as a byte tunnel; false: Upgrade is stripped",
     )
-    websocketIdleTimeout: Optional[float] = field(
-        Nullable(Seconds(604800)),
+    websocketIdleTimeout: float = field(
+        Num(0, 604800),
         300.0,
         doc="seconds a WebSocket tunnel may carry no byte either way before it is closed;"
-        " null = never",
+        " 0 = never",
     )
     maxWebsockets: int = field(
         Int(0, 10_000_000),

@@ -46,7 +46,7 @@ from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
 from gateway.pipeline.forwarding import _HOST, ClientAddresses, copyResponseHeaders
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
-from gateway.pipeline.websocket import WebSockets, checkSwitch, switchedHeaders
+from gateway.pipeline.websocket import BadSwitch, WebSockets, checkSwitch, switchedHeaders
 from gateway.routing.rules import JSON_BODY_LIMIT, decideRoutings
 
 log = Logger()
@@ -518,7 +518,7 @@ class GatewayResource(Resource):
             response.deliverBody(_Discard())
             exchange.upstreamOK = False
             self._upstreamDone(exchange)
-            self._failed(Failure(UpstreamBroken(problem)), exchange, chain)
+            self._failed(Failure(BadSwitch(problem)), exchange, chain)
             return
         headers = request.responseHeaders
         copyResponseHeaders(response.headers, headers)

@@ -34,6 +34,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
+from gateway.http.errors import UpstreamBroken
 from gateway.http.tunnel import CLOSE_TIMEOUT, Tunnel, canSwitchProtocols, switchProtocols
 from gateway.interfaces import IUpstreamUpgrader
 from gateway.pipeline.exchange import EarlyResponse
@@ -112,6 +113,17 @@ def checkSwitch(request: Any, response: Any) -> Optional[str]:
     if not accept or len(accept) != 1 or accept[0].strip() != acceptValue(key):
         return "the backend's Sec-WebSocket-Accept does not answer the handshake's key"
     return None
+
+
+class BadSwitch(UpstreamBroken):
+    """
+    The backend answered a WebSocket handshake with a 101 that does not
+    switch it to a WebSocket (502, saying why).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def switchedHeaders(headers: Headers) -> None:
@@ -257,7 +269,8 @@ class WebSockets:
         handshake: Handshake = exchange.upgrade
         counters = self._counters(handshake.api)
         config = exchange.api.config
-        tunnel = Tunnel(self._clock, config.websocketIdleTimeout, counters, self._closeTimeout)
+        idle = config.websocketIdleTimeout or None  # (0: never)
+        tunnel = Tunnel(self._clock, idle, counters, self._closeTimeout)
         # (Set first: switching finishes the request, and its end asks.)
         handshake.tunnel = tunnel
         try:
