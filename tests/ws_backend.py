@@ -91,7 +91,7 @@ async def handler(connection: ServerConnection) -> None:
         pass
     finally:
         STATE["open"] -= 1
-        received = connection.close_rcvd
+        received = connection.protocol.close_rcvd
         if received is not None:
             STATE["closeCodes"].append(received.code)
 
