@@ -12,20 +12,17 @@ import json
 import random
 import resource
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
 from harness import (
-    HOST,
-    Process,
+    WebSocketBackend,
     peakRSS,
     request,
+    startWebSocketBackend,
     streamingRSSLimit,
-    subprocessEnv,
     waitFor,
 )
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -33,52 +30,14 @@ from websockets.sync.client import ClientConnection, connect
 
 pytestmark = pytest.mark.integration
 
-WS_BACKEND = Path(__file__).resolve().parent / "ws_backend.py"
-
-
-class WebSocketBackend(Process):
-    """
-    A running C{tests/ws_backend.py}.
-    """
-
-    port = 0
-
-    @property
-    def addr(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    def stats(self) -> Dict[str, Any]:
-        answer = request("GET", f"http://{self.addr}/stats")
-        assert answer.status == 200, answer
-        return answer.json()
-
 
 @pytest.fixture
 def wsBackend(tmp_path: Path) -> Iterator[WebSocketBackend]:
     """
     A WebSocket echo server, stopped after the test.
     """
-    logPath = tmp_path / "ws-backend.log"
-    with open(logPath, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(WS_BACKEND), "--port", "0"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=subprocessEnv(),
-            start_new_session=True,
-        )
-    backend = WebSocketBackend(proc, logPath)
-
-    def ready() -> int:
-        for line in backend.output().splitlines():
-            if line.startswith("READY "):
-                return int(line.split()[1])
-        assert backend.alive(), backend.output()
-        return 0
-
+    backend = startWebSocketBackend(tmp_path)
     try:
-        backend.port = waitFor(ready, 20, what="the WebSocket backend to listen")
         yield backend
     finally:
         backend.stop()
