@@ -970,3 +970,23 @@ class StatsTests(SynchronousTestCase):
         tunnel.server.makeConnection(StringTransport())
         tunnel.client.dataReceived(b"abc")
         self.assertEqual(self.stats.websockets["ws"].bytesUp, 103)
+
+
+class ReadmeTests(SynchronousTestCase):
+    """
+    The README's WebSocket example.
+    """
+
+    def test_example(self) -> None:
+        """
+        The API of the README's WebSocket section is valid as it is.
+        """
+        import yaml
+        from test_readme import codeBlockAfter
+
+        [api] = yaml.safe_load(codeBlockAfter("## WebSocket", "yaml"))["apis"]
+        parsed = parseResource("apis", api)
+        self.assertEqual(
+            (parsed.websocket, parsed.websocketIdleTimeout, parsed.maxWebsockets),
+            (True, 300, 10000),
+        )
