@@ -54,6 +54,12 @@ still sends is read and dropped for L{GatewayHTTPChannel.lingerTimeout}
 seconds, so that a client still sending its body reads the answer instead
 of a connection reset.
 
+A request answered C{101 Switching Protocols} (a WebSocket handshake the
+proxy relays) hands the connection over for good:
+L{GatewayHTTPChannel.switchProtocols} writes the 101 head and gives the
+transport to another protocol (a L{gateway.http.tunnel.Tunnel}'s side), to
+which every byte and the client's half-close then go.
+
 Use L{LimitedSite} (or set C{protocol = GatewayHTTPChannel} and a C{limits}
 attribute on a L{twisted.web.server.Site}).  The channel speaks HTTP/1.1
 only: it does not offer HTTP/2 through ALPN, which would bypass these

@@ -16,10 +16,13 @@ other, as it comes, without looking into it::
     producer, so a side that does not read (its send buffer full) pauses
     reading from the other, whose sender then blocks in turn: memory stays
     bounded by the transports' buffers, whatever one side sends.
-  - Half-close: a side that half-closes (sends its FIN) has its half-close
-    passed on: the other side's write half is closed once what it was sent
-    is out.  The tunnel ends when both sides have half-closed, or
-    C{closeTimeout} seconds after the first did.
+  - Half-close: a side whose connection reports a half-close (its peer
+    sent its FIN: the client's, through the channel; a backend's
+    connection reports its end instead, see
+    L{gateway.interfaces.ISwitchedResponse}) has it passed on: the other
+    side's write half is closed once what it was sent is out.  The tunnel
+    ends when both sides have half-closed or ended, or C{closeTimeout}
+    seconds after the first half-close.
   - Close: when one side's connection ends, the other is closed once what
     it was sent is out, or cut after C{closeTimeout} seconds (a peer that
     does not read its last bytes).
