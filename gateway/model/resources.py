@@ -308,10 +308,11 @@ def _websocketOneNode(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
         yield "websocket", "an API with several nodes aggregates: it cannot relay a WebSocket"
 
 
-#: A websocket API has one node (JSON Schema can say it).
+#: A websocket API has one node (JSON Schema can say it; a null websocket in
+#: a body is the default, false).
 _WEBSOCKET_ONE_NODE = {
     "anyOf": [
-        {"properties": {"websocket": {"enum": [False]}}},
+        {"properties": {"websocket": {"enum": [False, None]}}},
         {"properties": {"nodes": {"maxItems": 1}}},
     ]
 }
