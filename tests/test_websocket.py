@@ -40,6 +40,7 @@ from gateway.interfaces import (
 )
 from gateway.model.resources import parseResource
 from gateway.model.schema import ValidationError
+from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.resource import GatewayResource
 from gateway.pipeline.websocket import WebSockets, acceptValue, isHandshake
 from gateway.process.sites import GatewaySite
@@ -620,7 +621,7 @@ class ProxyTests(SynchronousTestCase):
         )
         self.site = GatewaySite(self.resource, reactor=self.clock)
 
-    def configure(self, **fields: Any) -> None:
+    def configure(self, routings: Optional[Dict[str, Any]] = None, **fields: Any) -> None:
         ws: Dict[str, Any] = {
             "name": "ws",
             "urlPattern": "/chat",
@@ -644,7 +645,7 @@ class ProxyTests(SynchronousTestCase):
                             "nodes": [{"cluster": "c"}],
                         },
                     },
-                    "routings": {},
+                    "routings": routings or {},
                 },
             )
         )
@@ -867,18 +868,63 @@ class ProxyTests(SynchronousTestCase):
         self.assertNoResult(drained)
         channel.connectionLost(Failure(error.ConnectionDone()))
         upstream.protocol.connectionLost(Failure(error.ConnectionDone()))
-        self.assertEqual(self.successResultOf(drained), 1)
+        self.assertEqual(self.successResultOf(drained), 0)
+        self.assertEqual(self.successResultOf(self.websockets.whenDrained()), 1)
 
     def test_drainWithoutTunnels(self) -> None:
         """
         Tunnels that end within the drain timeout are not counted as
-        closed.
+        closed, and the drain ends with them.
         """
         channel, transport, upstream = self.switch()
         drained = self.resource.drain(10.0)
         channel.connectionLost(Failure(error.ConnectionDone()))
+        self.assertNoResult(drained)
         upstream.protocol.connectionLost(Failure(error.ConnectionDone()))
         self.assertEqual(self.successResultOf(drained), 0)
+        self.assertEqual(self.websockets.closedByDrain, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_drainWaitsForHandshakes(self) -> None:
+        """
+        A handshake in flight when the drain begins finishes; its tunnel
+        then runs until the drain timeout like the others (the drain waits
+        for it), or is closed at once when it switched after it.
+        """
+        _, early = self.handshake()
+        _, late = self.handshake()
+        drained = self.resource.drain(5.0)
+        self.client.answer(FakeSwitched(switchedHeaders()), 0)
+        self.assertTrue(early.value().startswith(b"HTTP/1.1 101 "))
+        self.assertNoResult(drained)
+        self.clock.advance(5.1)
+        self.assertTrue(early.disconnecting)
+        upstream = FakeSwitched(switchedHeaders())
+        self.client.answer(upstream, 1)
+        self.assertTrue(late.value().startswith(b"HTTP/1.1 101 "))
+        self.assertTrue(late.disconnecting)
+        self.assertTrue(upstream.transport.disconnecting)
+        self.assertEqual(self.websockets.closedByDrain, 2)
+        self.assertNoResult(drained)
+
+    def test_notMirrored(self) -> None:
+        """
+        A mirror routing copies plain requests, never a WebSocket handshake.
+        """
+        copy = {"name": "copy", "cluster": "c", "strategy": "mirror", "trafficRate": 100}
+        self.configure(routings={"copy": copy})
+        self.resource = GatewayResource(
+            self.manager,
+            self.client,
+            self.clock,
+            mirror=Mirror(self.client, self.clock),
+            websockets=self.websockets,
+        )
+        self.site = GatewaySite(self.resource, reactor=self.clock)
+        self.handshake()
+        self.assertEqual([c[0] for c in self.client.calls], ["upgrade"])
+        self.handshake(b"/plain")
+        self.assertEqual([c[0] for c in self.client.calls], ["upgrade", "send", "send"])
 
     def test_rateLimitedHandshake(self) -> None:
         """

@@ -357,7 +357,8 @@ class GatewayResource(Resource):
             if split is not None:
                 exchange.cluster = snapshot.clusters[split.routing.cluster]
                 exchange.routing = split.routing.name
-            if decision.mirrors and self._mirror is not None:
+            # (A WebSocket handshake is not mirrored: a copy cannot be a tunnel.)
+            if decision.mirrors and self._mirror is not None and exchange.upgrade is None:
                 for mirrored in decision.mirrors:
                     self._mirror.send(exchange, snapshot.clusters[mirrored.routing.cluster])
         if api.aggregate:
@@ -712,16 +713,18 @@ class GatewayResource(Resource):
 
     def drain(self, timeout: float) -> defer.Deferred[int]:
         """
-        Stop keeping connections alive and wait for the requests in flight
-        (and the WebSocket tunnels: those still open after C{timeout} are
-        closed, see L{WebSockets.drain}).
+        Stop keeping connections alive and wait for the requests in flight,
+        then for the WebSocket tunnels (those still open after C{timeout}
+        are closed: see L{WebSockets.drain}).
 
         @param timeout: seconds to wait at most.
         @return: a Deferred that fires with the number of requests still in
-            flight when it gave up (0 when all finished), plus the number of
-            tunnels closed.
+            flight when it gave up (0 when all finished).
         """
         self._draining = True
+        websockets = self._websockets
+        if websockets is not None:
+            websockets.drain(timeout)
         if self.inFlight == 0:
             d = defer.succeed(0)
         else:
@@ -729,10 +732,10 @@ class GatewayResource(Resource):
             self._drained.append(d)
             d.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda result, t: self.inFlight)
             d.addCallback(lambda _: self.inFlight)
-        if self._websockets is None:
+        if websockets is None:
             return d
-        tunnels = self._websockets.drain(timeout)
-        return defer.gatherResults([d, tunnels]).addCallback(sum)
+        # (Once the requests are over, no handshake can open a tunnel.)
+        return d.addCallback(lambda left: websockets.whenDrained().addCallback(lambda _: left))
 
     def _clientGone(self, failure: Failure, exchange: Exchange) -> None:
         """

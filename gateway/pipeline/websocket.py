@@ -29,7 +29,7 @@ import hashlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
@@ -186,7 +186,12 @@ class WebSockets:
         self._held: Dict[str, int] = {}
         self.tunnels: Set[Tunnel] = set()
         self._draining = False
-        self._drained: List[defer.Deferred[None]] = []
+        self._drainTimer: Optional[IDelayedCall] = None
+        #: Whether the drain timeout passed: tunnels are closed at once.
+        self._drainOver = False
+        #: Tunnels the gateway closed when draining.
+        self.closedByDrain = 0
+        self._drained: List[defer.Deferred[int]] = []
 
     def _counters(self, api: str) -> Any:
         stats = self._stats
@@ -271,20 +276,23 @@ class WebSockets:
         config = exchange.api.config
         idle = config.websocketIdleTimeout or None  # (0: never)
         tunnel = Tunnel(self._clock, idle, counters, self._closeTimeout)
-        # (Set first: switching finishes the request, and its end asks.)
+        # (Set first: switching finishes the request, and its end (and a
+        # drain waiting for it) asks.)
         handshake.tunnel = tunnel
+        self.tunnels.add(tunnel)
         try:
             switchProtocols(exchange.request, response, tunnel)
         except Exception:
             handshake.tunnel = None
+            self.tunnels.discard(tunnel)
             tunnel.abort()
             response.deliverBody(_Discard())
             if exchange.request.finished and handshake.held:
                 # (Its end found a tunnel, and kept the place.)
                 handshake.held = False
                 self._release(handshake.api)
+            self._maybeDrained()
             raise
-        self.tunnels.add(tunnel)
         backend = exchange.backend
         # (A tunnel keeps its server busy, for least-connections.)
         backend.active += 1
@@ -292,6 +300,11 @@ class WebSockets:
             counters.open += 1
             counters.opened += 1
         tunnel.whenClosed().addCallback(self._tunnelEnded, handshake, backend)
+        if self._drainOver:
+            # (A handshake in flight when the drain began, switched after
+            # its timeout.)
+            self.closedByDrain += 1
+            tunnel.close()
         return tunnel
 
     def handshakeOver(self, exchange: Any) -> bool:
@@ -329,33 +342,54 @@ class WebSockets:
         counters = self._counters(handshake.api)
         if counters is not None:
             counters.open -= 1
-        if not self.tunnels and self._drained:
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                if not d.called:
-                    d.callback(None)
+        self._maybeDrained()
 
-    def drain(self, timeout: float) -> defer.Deferred[int]:
+    # -- draining -------------------------------------------------------------
+
+    def drain(self, timeout: float) -> None:
         """
-        Admit no more handshakes, let the tunnels run for up to C{timeout}
+        Admit no more handshakes (503), let the tunnels run for C{timeout}
         seconds, then close those still open (each has C{closeTimeout}
-        seconds to take its last bytes).
-
-        @return: a Deferred that fires, once every tunnel has ended, with
-            the number of tunnels the gateway closed.
+        seconds to take its last bytes), and any a handshake in flight opens
+        later at once.  L{whenDrained} tells when they are all gone.
         """
+        if self._draining:
+            return
         self._draining = True
-        if not self.tunnels:
-            return defer.succeed(0)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._drained.append(d)
-        d.addTimeout(timeout, self._clock)
-        return d.addCallbacks(lambda _: 0, lambda _: self._closeAll())
+        self._drainTimer = self._clock.callLater(timeout, self._drainTimedOut)
 
-    def _closeAll(self) -> defer.Deferred[int]:
+    def whenDrained(self) -> defer.Deferred[int]:
+        """
+        @return: a Deferred that fires once no tunnel is open, with the
+            number of tunnels the gateway closed.
+        """
+        if not self.tunnels:
+            self._stopDrainTimer()
+            return defer.succeed(self.closedByDrain)
+        d: defer.Deferred[int] = defer.Deferred()
+        self._drained.append(d)
+        return d
+
+    def _drainTimedOut(self) -> None:
+        self._drainTimer = None
+        self._drainOver = True
         tunnels = list(self.tunnels)
+        if not tunnels:
+            return
         log.info("closing {n} WebSocket tunnel(s)", n=len(tunnels))
+        self.closedByDrain += len(tunnels)
         for tunnel in tunnels:
             tunnel.close()
-        ended = defer.gatherResults([t.whenClosed() for t in tunnels])
-        return ended.addCallback(lambda _: len(tunnels))
+
+    def _stopDrainTimer(self) -> None:
+        timer, self._drainTimer = self._drainTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _maybeDrained(self) -> None:
+        if self.tunnels or not self._drained:
+            return
+        self._stopDrainTimer()
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(self.closedByDrain)
