@@ -33,6 +33,8 @@ from gateway.http.errors import UpstreamBroken
 from gateway.http.site import LimitedSite
 from gateway.http.tunnel import Tunnel
 from gateway.interfaces import (
+    IFilter,
+    IFilterFactory,
     ISwitchedResponse,
     IUpstreamClient,
     IUpstreamRequest,
@@ -602,10 +604,11 @@ def switchedHeaders(accept: bytes = ACCEPT) -> Headers:
     )
 
 
-class ProxyTests(SynchronousTestCase):
+class ProxyTestCase(SynchronousTestCase):
     """
-    The proxy relays a WebSocket handshake, then the tunnel, through its
-    real channel on memory transports.
+    A proxy with a L{FakeUpgrader} and L{WebSockets}, over an API C{/chat}
+    with C{websocket} and a plain one, served by its real channel on
+    memory transports.
     """
 
     def setUp(self) -> None:
@@ -661,6 +664,19 @@ class ProxyTests(SynchronousTestCase):
         channel.dataReceived(HANDSHAKE.replace(b"/chat", path))
         return channel, transport
 
+    def switch(self) -> Tuple[Any, HalfClosingTransport, FakeSwitched]:
+        channel, transport = self.handshake()
+        upstream = FakeSwitched(switchedHeaders())
+        self.client.answer(upstream)
+        return channel, transport, upstream
+
+
+class ProxyTests(ProxyTestCase):
+    """
+    The proxy relays a WebSocket handshake, then the tunnel, through its
+    real channel on memory transports.
+    """
+
     def test_upgradeHeadersSent(self) -> None:
         """
         A handshake to a websocket API goes upstream through the upgrading
@@ -709,12 +725,6 @@ class ProxyTests(SynchronousTestCase):
         self.site = GatewaySite(self.resource, reactor=self.clock)
         self.handshake()
         self.assertEqual(self.client.calls[0][0], "send")
-
-    def switch(self) -> Tuple[Any, HalfClosingTransport, FakeSwitched]:
-        channel, transport = self.handshake()
-        upstream = FakeSwitched(switchedHeaders())
-        self.client.answer(upstream)
-        return channel, transport, upstream
 
     def test_switched(self) -> None:
         """
@@ -936,6 +946,88 @@ class ProxyTests(SynchronousTestCase):
         _, transport = self.handshake()
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 429 "), transport.value())
         self.assertEqual(len(self.client.calls), 1)
+
+
+@implementer(IFilter)
+class Veto:
+    """
+    A global filter that records the statuses its C{after} hook sees, and
+    turns a 101 into a 403 when told to.
+    """
+
+    name = "veto"
+
+    def __init__(self) -> None:
+        self.seen: List[int] = []
+        self.refuse = False
+
+    def before(self, context: Any) -> None:
+        return None
+
+    def after(self, context: Any, response: Any) -> None:
+        self.seen.append(response.code)
+        if self.refuse and response.code == 101:
+            response.code = 403
+
+    def error(self, context: Any, failure: Any) -> None:
+        pass
+
+
+@implementer(IFilterFactory)
+class VetoFactory:
+    name = "veto"
+    description = "records statuses, refuses 101s when told to"
+
+    def __init__(self) -> None:
+        self.filter = Veto()
+
+    def makeFilter(self, config: Any, reactor: Any) -> Veto:
+        return self.filter
+
+
+class FilterTests(ProxyTestCase):
+    """
+    Filters see the 101 in their C{after} hooks.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.veto = VetoFactory()
+        self.manager = SnapshotManager(
+            FilterRegistry({"veto": self.veto}), self.clock, globalFilters=["veto"]
+        )
+        self.configure()
+        self.resource = GatewayResource(
+            self.manager, self.client, self.clock, stats=self.stats, websockets=self.websockets
+        )
+        self.site = GatewaySite(self.resource, reactor=self.clock)
+
+    def test_afterSees101(self) -> None:
+        """
+        The C{after} hooks see the 101 the client gets.
+        """
+        self.switch()
+        self.assertEqual(self.veto.filter.seen, [101])
+
+    def test_filterRefuses(self) -> None:
+        """
+        A filter that turns the 101 into another status answers that, with
+        no upgrade headers and no body; the backend's connection is dropped
+        and no tunnel opens.
+        """
+        self.veto.filter.refuse = True
+        channel, transport = self.handshake()
+        upstream = FakeSwitched(switchedHeaders())
+        self.client.answer(upstream)
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 403 "), answer)
+        self.assertNotIn(b"Upgrade", answer)
+        self.assertNotIn(b"Sec-Websocket-Accept", answer)
+        self.assertIn(b"Content-Length: 0\r\n", answer)
+        self.assertTrue(upstream.dropped)
+        self.assertEqual(self.websockets.tunnels, set())
+        # Its place is back.
+        self.assertEqual(self.websockets._held, {})
 
 
 # -- stats and metrics ---------------------------------------------------------------

@@ -9,11 +9,13 @@ the cluster's balancer pick a backend, and stream the request to it over a
 pooled connection and its answer back to the client with backpressure.
 Every answer, proxied or made by the gateway, passes the C{after} hooks of
 the filters that ran, in reverse order; an upstream failure first passes
-their C{error} hooks.  A WebSocket handshake to an API with C{websocket}
-goes the same way, through the upgrading client; its C{101} then turns both
-connections into a tunnel (L{gateway.pipeline.websocket}).  Gateway-made answers are JSON errors:
+their C{error} hooks.  Gateway-made answers are JSON errors:
 404 (no API), 502 (refused, broken), 503 (no healthy server, not ready),
 504 (timeout).
+
+A WebSocket handshake to an API with C{websocket} goes the same way,
+through the upgrading client; its C{101} then turns both connections into
+a tunnel (L{gateway.pipeline.websocket}).
 """
 
 from __future__ import annotations
