@@ -7,11 +7,15 @@ through a real gateway.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import os
 import random
 import resource
 import signal
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -143,6 +147,45 @@ def test_close_codes(wsBackend, gateways):
             ws.recv(timeout=10)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4002, "bye 4002")
+
+
+def test_client_half_close(wsBackend, gateways):
+    """
+    A client that sends its close frame and half-closes (shuts down its
+    sending side) still gets the backend's close frame back: the
+    half-close is passed on, the other direction goes on until the backend
+    closes, then the client sees the end.
+    """
+    gateway = gateways(config(wsBackend))
+    host, port = gateway.proxyURL[len("http://") :].split(":")
+    key = base64.b64encode(os.urandom(16))
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+        head, _, rest = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        # A masked close frame, code 1000 (RFC 6455 5.5.1), then FIN.
+        mask = os.urandom(4)
+        payload = struct.pack("!H", 1000)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        sock.sendall(b"\x88\x82" + mask + masked)
+        sock.shutdown(socket.SHUT_WR)
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            rest += chunk
+    assert rest[:2] == b"\x88\x02", rest
+    assert struct.unpack("!H", rest[2:4]) == (1000,)
+    waitFor(lambda: 1000 in wsBackend.stats()["closeCodes"], 10, what="the backend's close")
+    waitFor(lambda: apiStats(gateway)["websocket"]["open"] == 0, 10, what="the tunnel to end")
 
 
 def _rss(pid: int) -> int:

@@ -94,6 +94,16 @@ class Collect(Protocol):
 
 
 @implementer(IHalfCloseableProtocol)
+class PausingCollect(Collect):
+    """
+    A protocol that pauses its transport as soon as it has it.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+
+
+@implementer(IHalfCloseableProtocol)
 class HalfCloseableCollect(Collect):
     def readConnectionLost(self) -> None:
         self.eof = True
@@ -352,6 +362,37 @@ class ChannelTests(SynchronousTestCase):
         self.channel.dataReceived(b"late")
         self.assertEqual(protocol.data, [])
 
+    def test_pausingLeftToProtocol(self) -> None:
+        """
+        A connection the channel had paused (too much pipelined while the
+        handshake was answered) is the protocol's to pause or resume: what
+        the protocol decides when it gets it holds, and it gets what was
+        buffered.
+        """
+        held: List[Any] = []
+
+        class Later(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                held.append(request)
+                return NOT_DONE_YET
+
+        site = LimitedSite(Later(), reactor=self.clock)
+        channel = site.buildProtocol(PEER)
+        transport = StringTransport(hostAddress=HOST, peerAddress=PEER)
+        channel.makeConnection(transport)
+        channel.dataReceived(HANDSHAKE)
+        early = b"x" * 20_000
+        channel.dataReceived(early)
+        self.assertEqual(transport.producerState, "paused")
+        [request] = held
+        request.setResponseCode(101)
+        protocol = PausingCollect()
+        channel.switchProtocols(request, protocol)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(b"".join(protocol.data), early)
+
     def test_halfCloseOnlyOnceSwitched(self) -> None:
         """
         A channel that did not switch does not claim to take half-closes
@@ -461,6 +502,16 @@ class ClientTests(SynchronousTestCase):
         self.assertIsNotNone(protocol.reason)
         self.assertEqual(sum(len(p.idle) for p in self.client._pools.values()), 0)
         self.assertRaises(RuntimeError, response.switchProtocols, Collect())
+
+    def test_pausingLeftToProtocol(self) -> None:
+        """
+        The connection, paused while it waited, is the protocol's to pause
+        or resume once it has it.
+        """
+        conn, transport = self.upgrade()
+        conn.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+        self.answers[0].switchProtocols(PausingCollect())
+        self.assertEqual(transport.producerState, "paused")
 
     def test_endedBeforeTaken(self) -> None:
         """

@@ -995,12 +995,13 @@ class GatewayHTTPChannel(Protocol):
             # So that the transport reports the client's half-close
             # (readConnectionLost) rather than ending the connection.
             alsoProvides(self, IHalfCloseableProtocol)
+        if self._transportPaused:
+            # (Before the protocol has it: pausing is the protocol's now.)
+            self._transportPaused = False
+            transport.resumeProducing()
         protocol.makeConnection(transport)
         if buffered and self._switchedTo is protocol:
             protocol.dataReceived(buffered)
-        if self._transportPaused:
-            self._transportPaused = False
-            transport.resumeProducing()
 
     def readConnectionLost(self) -> None:
         """

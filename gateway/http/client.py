@@ -1280,18 +1280,18 @@ class _SwitchedResponse:
         if self._dropped or self._protocol is not None:
             raise RuntimeError("the connection of a 101 answer can be taken only once")
         self._protocol = protocol
+        end = self._end
+        if conn.transportPaused and end is None:
+            # (Before the protocol has it: pausing is the protocol's now.)
+            conn.transportPaused = False
+            conn.transport.resumeProducing()
         protocol.makeConnection(conn.transport)
         held, self._held = self._held, []
         for data in held:
             protocol.dataReceived(data)
-        end = self._end
         if end is not None:
             self._end = None
             protocol.connectionLost(end)
-            return
-        if conn.transportPaused and not conn.dead:
-            conn.transportPaused = False
-            conn.transport.resumeProducing()
 
     def deliverBody(self, protocol: IProtocol) -> None:
         """
