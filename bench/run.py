@@ -1670,6 +1670,8 @@ class Bench:
         if self.wanted("tracing"):
             for name, interpreter in self.interpreters.items():
                 self.tracingRows(name, interpreter)
+        if self.wanted("websocket"):
+            self.websocketRows()
         if not options.skip_extras:
             self.largeBody()
             self.apisScale()
@@ -2190,6 +2192,142 @@ class Bench:
         dropped = sum(v for k, v in counts.items() if k.startswith("dropped_total"))
         return f"spans exported {exported:,}, dropped {dropped:,}"
 
+    # -- WebSocket pass-through ---------------------------------------------------
+
+    def websocketRows(self) -> None:
+        """
+        WebSocket echo (C{bench/ws_echo.py}: C{--connections} clients, each
+        sending a 64-byte message and waiting for its echo, again and
+        again): messages/s, the round trip's p50/p99 and the CPU per echoed
+        message of the measured process, the WebSocket backend
+        (C{tests/ws_backend.py}) directly, then through a one-worker
+        gateway (an API with C{websocket: true}) on each Python.
+        """
+        report = self.report
+        python = self.interpreters["cpython"].python
+        probe = subprocess.run([python, "-c", "import websockets"], capture_output=True, timeout=60)
+        if probe.returncode:
+            report.row(
+                "ws-direct",
+                "WebSocket echo, backend direct",
+                "cpython",
+                1,
+                skipped="the websockets library is missing (pip install -e '.[bench]')",
+            )
+            return
+        backend = None
+        try:
+            argv = [python, str(REPO / "tests" / "ws_backend.py"), "--port", "0"]
+            backend = self.children.start("ws-backend", argv)
+            port = int(backend.waitForLine(r"^READY (\d+)$", 60).group(1))
+            row = report.row("ws-direct", "WebSocket echo, backend direct", "cpython", 1)
+            row["notes"] = ["CPU: the backend's (websockets, asyncio)"]
+            self.measureWebSocket(row, f"ws://{HOST}:{port}/echo", backend.pid)
+            api = {
+                "name": "ws",
+                "method": "GET",
+                "urlPattern": "/echo",
+                "nodes": [{"cluster": "ws"}],
+                "websocket": True,
+            }
+            for name, interpreter in self.interpreters.items():
+                row = report.row(
+                    f"ws-gateway-{name}", "WebSocket echo through the gateway", name, 1
+                )
+                config = gatewayConfig(
+                    freePort(),
+                    self.backendPort,
+                    workers=1,
+                    where=self.workersWhere,
+                    extraServers=({"name": "ws", "addr": f"{HOST}:{port}"},),
+                    extraClusters=({"name": "ws", "servers": ["ws"]},),
+                    extraApis=(api,),
+                )
+                child = None
+                try:
+                    child, gatewayPort = startGateway(
+                        self.children, f"gateway-ws-{name}", interpreter, config
+                    )
+                    self.measureWebSocket(row, f"ws://{HOST}:{gatewayPort}/echo", child.pid)
+                    row.setdefault("notes", []).append("CPU: the gateway's")
+                except (BenchError, OSError) as e:
+                    row["error"] = str(e)
+                    self.log(f"  failed: {e}")
+                finally:
+                    if child is not None:
+                        self.children.stop(child)
+        except (BenchError, OSError) as e:
+            report.row("ws-error", "WebSocket echo", "cpython", 1, error=str(e))
+            self.log(f"  failed: {e}")
+        finally:
+            if backend is not None:
+                self.children.stop(backend)
+
+    def echoLoad(self, url: str, seconds: float) -> Dict[str, Any]:
+        """
+        Run C{bench/ws_echo.py} against C{url} for C{seconds}.
+        """
+        argv = [
+            self.interpreters["cpython"].python,
+            str(BENCH / "ws_echo.py"),
+            "--url",
+            url,
+            "--connections",
+            str(self.options.connections),
+            "--duration",
+            str(seconds),
+            "--warmup",
+            "0",
+        ]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+        lines = done.stdout.strip().splitlines()
+        if not lines:
+            raise BenchError(f"ws_echo.py printed nothing: {done.stderr[-500:]}")
+        result: Dict[str, Any] = json.loads(lines[-1])
+        if not result["messages"]:
+            raise BenchError(f"no echo: {result.get('errors')}")
+        return result
+
+    def measureWebSocket(self, row: Dict[str, Any], url: str, pid: int) -> None:
+        """
+        Warm up, then C{--runs} echo loads; the CPU of C{pid}'s process
+        tree per echoed message (its handshakes included: negligible).
+        """
+        self.log(f"{row['what']} ({row['interpreter']}): {url}")
+        least, _ = self.warmupFor(row["interpreter"])
+        try:
+            if least > 0:
+                self.echoLoad(url, least)
+            runs = []
+            for _ in range(self.options.runs):
+                before = treeCPU(pid)
+                result = self.echoLoad(url, self.options.duration)
+                used = treeCPU(pid) - before
+                result["cpuUsPerMessage"] = used / result["messages"] * 1e6
+                runs.append(result)
+        except (BenchError, OSError, subprocess.TimeoutExpired, ValueError) as e:
+            row["error"] = str(e)
+            self.log(f"  failed: {e}")
+            return
+        row.update(
+            {
+                "reqPerSec": median([r["perSecond"] for r in runs]),
+                "p50Ms": median([r["p50Ms"] for r in runs]),
+                "p99Ms": median([r["p99Ms"] for r in runs]),
+                "cpuUsPerReq": median([r["cpuUsPerMessage"] for r in runs]),
+                "runs": [dict(r, requests=r["messages"]) for r in runs],
+            }
+        )
+        row.setdefault("notes", []).append(
+            "messages/s in the req/s column, µs per echoed 64-byte message in the CPU one"
+        )
+        if any(r["errorCount"] for r in runs):
+            row["notes"].append(f"{sum(r['errorCount'] for r in runs)} client errors")
+        self.log(
+            f"  {row['reqPerSec']:,.0f} messages/s, p99 {row['p99Ms']:.2f} ms, "
+            f"{_fmt(row.get('cpuUsPerReq'), 1)} µs/message"
+        )
+
     # -- the checks apart from wrk ---------------------------------------------
 
     def startTestBackend(self, name: str) -> Tuple[Child, int]:
@@ -2581,7 +2719,7 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         "--only",
         default="",
         help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth,tls,tracing,"
-        "fleetlimits",
+        "fleetlimits,websocket",
     )
     parser.add_argument("--skip-extras", action="store_true", help="no large body, no 10k APIs")
     parser.add_argument("--large-bytes", type=int, default=GIB, help="bytes streamed (1 GiB)")

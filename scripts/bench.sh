@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/venv.sh
 
 debianInstall nginx wrk redis-server
-ensureVenv ""
+ensureVenv bench
 
 # ensurePypyVenv: makes .venv-pypy with Debian's pypy3 (installed when the
 # archive has it) and the project in it, editable; prints why not on

@@ -596,3 +596,53 @@ def runGatewayExpectingFailure(
             f"the gateway was still running after {timeout} s with a bad config:\n{output}"
         )
     return done.returncode, done.stdout.decode("utf-8", "replace")
+
+
+# -- WebSocket pass-through: a real WebSocket backend ---------------------------------
+
+WS_BACKEND_APP = Path(__file__).resolve().parent / "ws_backend.py"
+
+
+@attrs.define
+class WebSocketBackend(Process):
+    """
+    A running C{tests/ws_backend.py} (a WebSocket echo server).
+    """
+
+    port: int = 0
+
+    @property
+    def addr(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def stats(self) -> Dict[str, Any]:
+        """
+        @return: its C{GET /stats}: C{connections}, C{open}, C{closeCodes},
+            C{handshakes}.
+        """
+        answer = request("GET", f"http://{self.addr}/stats")
+        assert answer.status == 200, answer
+        return answer.json()
+
+
+def startWebSocketBackend(logDir: Path, timeout: float = 20.0) -> WebSocketBackend:
+    """
+    Start a WebSocket echo server on a free port and wait until it listens.
+    """
+    logPath = Path(logDir) / "ws-backend.log"
+    command = [sys.executable, str(WS_BACKEND_APP), "--port", "0"]
+    backend = WebSocketBackend(_spawn(command, logPath), logPath)
+
+    def ready() -> Optional[int]:
+        for line in backend.output().splitlines():
+            if line.startswith("READY "):
+                return int(line.split()[1])
+        if not backend.alive():
+            raise _failStart(backend, "the WebSocket backend exited before it listened")
+        return None
+
+    try:
+        backend.port = waitFor(ready, timeout, what="the WebSocket backend to listen")
+    except AssertionError as e:
+        raise _failStart(backend, str(e))
+    return backend

@@ -36,6 +36,7 @@ from harness import (
     freePort,
     request,
     startBackend,
+    startWebSocketBackend,
     subprocessEnv,
     waitFor,
 )
@@ -1140,6 +1141,64 @@ class BrowserTests:
             "serverName": "backend.internal",
             "clientCertificate": "ui-cert",
         }
+
+    def test_websocketAPI(self, browser: Browser, tmp_path: Path) -> None:
+        """
+        WebSocket pass-through in the UI: an API made a WebSocket one
+        through the form is stored so (an invalid idle timeout is named next
+        to its input); the API list marks it and shows its open tunnels
+        live, and the dashboard their total.
+        """
+        from websockets.sync.client import connect
+
+        page, gateway = browser.page, browser.gateway
+        echo = startWebSocketBackend(tmp_path)
+        try:
+            gateway.admin("PUT", "/api/v1/servers/wsb", {"addr": echo.addr})
+            gateway.admin("PUT", "/api/v1/clusters/wsc", {"servers": ["wsb"]})
+            browser.login()
+            browser.go("/apis/new")
+            page.get_by_role("textbox", name="Name", exact=True).fill("chat")
+            page.get_by_label("URL pattern").fill("/ui/chat")
+            page.get_by_label("Node 1 cluster").select_option("wsc")
+            assert page.get_by_label("Idle timeout (s)").is_hidden()
+            page.get_by_label("Relay WebSocket connections").check()
+            page.get_by_label("Idle timeout (s)").fill("-1")
+            page.get_by_label("Max open").fill("5")
+            browser.screenshot("api-form-websocket")
+            browser.submit("Create API")
+            assert browser.errorNextTo("websocketIdleTimeout") == "must be at least 0"
+            page.get_by_label("Idle timeout (s)").fill("120")
+            browser.submit("Create API")
+            page.get_by_role("heading", name="APIs", level=1).wait_for()
+            saved = gateway.admin("GET", "/api/v1/apis/chat")
+            assert (saved["websocket"], saved["websocketIdleTimeout"], saved["maxWebsockets"]) == (
+                True,
+                120,
+                5,
+            )
+            row = page.locator('tr[data-name="chat"]')
+            row.get_by_text("WebSocket", exact=True).wait_for()
+            tunnels = row.locator('span[title^="open tunnels"]')
+            url = gateway.proxyURL.replace("http://", "ws://", 1) + "/ui/chat"
+            with connect(url, proxy=None, ping_interval=None, open_timeout=10) as ws:
+                ws.send("hi")
+                assert ws.recv(timeout=10) == "hi"
+                page.wait_for_function(
+                    "() => document.querySelector("
+                    "'tr[data-name=chat] span[title^=\"open tunnels\"]')?.textContent === '1'"
+                )
+                assert "1 opened" in (tunnels.get_attribute("title") or "")
+                browser.screenshot("apis-websocket")
+                browser.go("/")
+                page.wait_for_function(
+                    "() => document.querySelector('[data-kpi=websockets]')?.textContent === '1'"
+                )
+            page.wait_for_function(
+                "() => document.querySelector('[data-kpi=websockets]')?.textContent === '0'"
+            )
+        finally:
+            echo.stop()
 
 
 # Runs git: an integration test.

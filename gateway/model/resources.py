@@ -595,6 +595,28 @@ _NODES_OR_RESPONSE = {
 }
 
 
+def _websocketOneNode(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if not values["websocket"]:
+        return
+    if values["response"] is not None:
+        yield "websocket", "a WebSocket is relayed to a node: an API with a mock response cannot"
+    elif len(values["nodes"]) > 1:
+        yield "websocket", "an API with several nodes aggregates: it cannot relay a WebSocket"
+
+
+#: A websocket API has one node, and no mock response (JSON Schema can say
+#: it; a null websocket in a body is the default, false).
+_WEBSOCKET_ONE_NODE = {
+    "anyOf": [
+        {"properties": {"websocket": {"enum": [False, None]}}},
+        {
+            "properties": {"nodes": {"maxItems": 1}},
+            "not": {"required": ["response"], "properties": {"response": {"type": "object"}}},
+        },
+    ]
+}
+
+
 def _transformParams(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
     transform = values["transform"]
     if transform is None:
@@ -619,6 +641,11 @@ def _aclNeedsAuth(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
     rateLimit = values["rateLimit"]
     if rateLimit is not None and rateLimit.key == "consumer" and values["auth"] is None:
         yield "rateLimit.key", "consumer needs auth: without it no request has a consumer"
+
+
+def _websocketMethod(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["websocket"] and values["method"].upper() not in ("*", "GET"):
+        yield "method", "must be GET or * for a websocket API (a handshake is a GET)"
 
 
 def _upperMethod(value: str) -> str:
@@ -703,6 +730,25 @@ class API:
         False,
         doc="plain-HTTP requests get a 308 redirect to the same URL over HTTPS",
     )
+    # -- WebSocket pass-through (README: WebSocket) --
+    websocket: bool = field(
+        Bool(),
+        False,
+        doc="relay WebSocket handshakes (GET with Upgrade: websocket) to the backend, then"
+        " the connection both ways as a byte tunnel; false: Upgrade is stripped",
+    )
+    websocketIdleTimeout: float = field(
+        Num(0, 604800),
+        300.0,
+        doc="seconds a WebSocket tunnel may carry no byte either way before it is closed;"
+        " 0 = never",
+    )
+    maxWebsockets: int = field(
+        Int(0, 10_000_000),
+        0,
+        doc="open WebSocket tunnels at most, per proxy process; more handshakes get 503;"
+        " 0 = no limit",
+    )
 
     rules: ClassVar[Tuple[Rule, ...]] = (
         Rule(("nodes",), _attrNamesGiven, schema=_ATTR_NAMES_GIVEN),
@@ -717,6 +763,12 @@ class API:
             ("acl", "auth", "rateLimit"),
             _aclNeedsAuth,
             doc="An acl, and a rateLimit keyed by consumer, need auth.",
+        ),
+        Rule(("websocket", "nodes", "response"), _websocketOneNode, schema=_WEBSOCKET_ONE_NODE),
+        Rule(
+            ("websocket", "method"),
+            _websocketMethod,
+            doc="A websocket API takes GET (or any method, *): a handshake is a GET.",
         ),
     )
 

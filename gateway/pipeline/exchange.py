@@ -126,6 +126,8 @@ class Exchange:
         its C{name}, C{customId}, C{groups}); L{None} before, and on APIs
         without C{auth}.
     @ivar attributes: per-request state of filters, by a key each owns.
+    @ivar upgrade: the L{gateway.pipeline.websocket.Handshake} when the
+        request is a WebSocket handshake being relayed, else L{None}.
     """
 
     __slots__ = (
@@ -156,6 +158,7 @@ class Exchange:
         "_body",
         "consumer",
         "attributes",
+        "upgrade",
     )
 
     def __init__(
@@ -195,6 +198,7 @@ class Exchange:
         self._body: Optional[RequestBody] = None
         self.consumer: Optional[ConsumerEntry] = None
         self.attributes: Dict[Hashable, Any] = {}
+        self.upgrade: Optional[Any] = None
 
     @property
     def body(self) -> RequestBody:

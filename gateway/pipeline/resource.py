@@ -14,6 +14,10 @@ order; an upstream failure first passes their C{error} hooks.  Besides
 mocks (and a filter's early answers), gateway-made answers are JSON
 errors: 404 (no API), 502 (refused, broken), 503 (no healthy server, not
 ready), 504 (timeout).
+
+A WebSocket handshake to an API with C{websocket} goes the same way,
+through the upgrading client; its C{101} then turns both connections into
+a tunnel (L{gateway.pipeline.websocket}).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from gateway.pipeline.forwarding import _HOST, ClientAddresses, copyResponseHead
 from gateway.pipeline.https import HTTPSRedirect
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
+from gateway.pipeline.websocket import BadSwitch, WebSockets, checkSwitch, switchedHeaders
 from gateway.routing.rules import JSON_BODY_LIMIT, decideRoutings
 from gateway.telemetry.tracing import ITracer
 
@@ -151,6 +156,10 @@ class GatewayResource(Resource):
         (see L{gateway.pipeline.https.httpsPort}), or L{None} for 443.
     @param tracer: the L{gateway.telemetry.tracing.ITracer} told of every
         request, or L{None} when nothing is traced.
+    @param websockets: relays the WebSocket handshakes of APIs with
+        C{websocket} and keeps their tunnels (a
+        L{gateway.pipeline.websocket.WebSockets}), or L{None}: upgrade
+        headers are then always stripped.
     """
 
     isLeaf = True
@@ -168,6 +177,7 @@ class GatewayResource(Resource):
         random: Optional[Random] = None,
         httpsPort: Optional[int] = None,
         tracer: Optional[ITracer] = None,
+        websockets: Optional[WebSockets] = None,
     ) -> None:
         super().__init__()
         self._manager = manager
@@ -181,6 +191,7 @@ class GatewayResource(Resource):
         self._stats = stats
         self._random = random or Random()
         self._tracer = tracer
+        self._websockets = websockets
         #: Requests being served now.
         self.inFlight = 0
         self._draining = False
@@ -224,8 +235,11 @@ class GatewayResource(Resource):
             if api.httpsOnly and not request.isSecure():
                 # Its own filters run on the HTTPS request that follows.
                 chain = tuple(chain) + self._httpsRedirect
-            elif api.filters:
-                chain = chain + api.filters
+            else:
+                if api.filters:
+                    chain = chain + api.filters
+                if api.config.websocket and self._websockets is not None:
+                    self._websockets.handshake(exchange)
         self.inFlight += 1
         # Tracing (issue 19): this one check is all it costs when it is off.
         if self._tracer is not None:
@@ -388,7 +402,8 @@ class GatewayResource(Resource):
             if split is not None:
                 exchange.cluster = snapshot.clusters[split.routing.cluster]
                 exchange.routing = split.routing.name
-            if decision.mirrors and self._mirror is not None:
+            # (A WebSocket handshake is not mirrored: a copy cannot be a tunnel.)
+            if decision.mirrors and self._mirror is not None and exchange.upgrade is None:
                 for mirrored in decision.mirrors:
                     self._mirror.send(exchange, snapshot.clusters[mirrored.routing.cluster])
         if api.aggregate:
@@ -413,6 +428,12 @@ class GatewayResource(Resource):
             exchange.upstreamURI = (
                 node.rewrite.expand(exchange.params, request) if node.rewrite else request.uri
             )
+        if exchange.upgrade is not None:
+            refused = self._websockets.admit(exchange)  # type: ignore[union-attr]
+            if refused is not None:
+                exchange.outcome = "reject:max-websockets"
+                self._answer(exchange, chain, refused)
+                return
         self._retryBudget.requestSent()
         self._send(exchange, chain, node, cluster.choose(exchange.clientIP), ())
 
@@ -436,7 +457,9 @@ class GatewayResource(Resource):
         exchange.backend = backend
         exchange.sentAt = self._reactor.seconds()
         tried = tried + (backend,)
-        sent = self._client.send(
+        # (A WebSocket handshake goes through the upgrading client.)
+        client: Any = self._client if exchange.upgrade is None else self._websockets
+        sent = client.send(
             backend,
             exchange.request.method,
             exchange.upstreamURI,
@@ -503,6 +526,10 @@ class GatewayResource(Resource):
             response.deliverBody(_Discard())
             self._upstreamDone(exchange, None)
             return
+        if response.code == 101:
+            # (Only a WebSocket handshake's: the client refuses any other.)
+            self._switched(response, exchange, chain)
+            return
         copyResponseHeaders(response.headers, request.responseHeaders)
         info = ResponseInfo(response.code, request.responseHeaders)
         self._runAfter(exchange, chain, info)
@@ -527,6 +554,37 @@ class GatewayResource(Resource):
         length = getattr(response, "length", UNKNOWN_LENGTH)
         stream = not isinstance(length, int) or length > _SMALL_RESPONSE
         response.deliverBody(_StreamBody(self, exchange, stream))
+
+    def _switched(self, response: Any, exchange: Exchange, chain: Chain) -> None:
+        """
+        The backend switched a WebSocket handshake: check its 101, let the
+        C{after} hooks see it, answer it, and open the tunnel.
+        """
+        request = exchange.request
+        problem = checkSwitch(request, response)
+        if problem is not None:
+            response.deliverBody(_Discard())
+            exchange.upstreamOK = False
+            self._upstreamDone(exchange)
+            self._failed(Failure(BadSwitch(problem)), exchange, chain)
+            return
+        headers = request.responseHeaders
+        copyResponseHeaders(response.headers, headers)
+        switchedHeaders(headers)
+        info = ResponseInfo(101, headers)
+        self._runAfter(exchange, chain, info)
+        self._upstreamDone(exchange)
+        if info.code != 101:
+            # A filter answered otherwise: the backend's connection is dropped.
+            response.deliverBody(_Discard())
+            for name in (b"upgrade", b"connection", b"sec-websocket-accept"):
+                headers.removeHeader(name)
+            headers.setRawHeaders(b"content-length", [b"0"])
+            request.setResponseCode(info.code)
+            request.finish()
+            return
+        request.setResponseCode(101, response.phrase)
+        self._websockets.switch(exchange, response)  # type: ignore[union-attr]
 
     def _retryAnswer(
         self,
@@ -680,6 +738,10 @@ class GatewayResource(Resource):
         """
         if reason is not None:
             self._clientGone(reason, exchange)
+        if exchange.upgrade is not None and self._websockets.handshakeOver(exchange):  # type: ignore[union-attr]
+            # Switched to a tunnel: its connection is the tunnel's now.
+            self._requestEnded(None, None)
+            return
         self._requestEnded(None, exchange.request)
 
     def _requestEnded(self, _: Any, request: Any) -> None:
@@ -698,19 +760,29 @@ class GatewayResource(Resource):
 
     def drain(self, timeout: float) -> defer.Deferred[int]:
         """
-        Stop keeping connections alive and wait for the requests in flight.
+        Stop keeping connections alive and wait for the requests in flight,
+        then for the WebSocket tunnels (those still open after C{timeout}
+        are closed: see L{WebSockets.drain}).
 
         @param timeout: seconds to wait at most.
         @return: a Deferred that fires with the number of requests still in
             flight when it gave up (0 when all finished).
         """
         self._draining = True
+        websockets = self._websockets
+        if websockets is not None:
+            websockets.drain(timeout)
         if self.inFlight == 0:
-            return defer.succeed(0)
-        d: defer.Deferred[int] = defer.Deferred()
-        self._drained.append(d)
-        d.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda result, t: self.inFlight)
-        return d.addCallback(lambda _: self.inFlight)
+            d = defer.succeed(0)
+        else:
+            d = defer.Deferred()
+            self._drained.append(d)
+            d.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda result, t: self.inFlight)
+            d.addCallback(lambda _: self.inFlight)
+        if websockets is None:
+            return d
+        # (Once the requests are over, no handshake can open a tunnel.)
+        return d.addCallback(lambda left: websockets.whenDrained().addCallback(lambda _: left))
 
     def _clientGone(self, failure: Failure, exchange: Exchange) -> None:
         """

@@ -38,7 +38,7 @@ from gateway.discovery.service import DNSDiscovery
 from gateway.http.client import DEFAULT_MAX_IDLE, HTTP11UpstreamClient
 from gateway.http.listen import reusePortEndpoint
 from gateway.http.tls import ServerTLS
-from gateway.interfaces import ISharedStore
+from gateway.interfaces import ISharedStore, IUpstreamUpgrader
 from gateway.model.config import listenSettings, proxyEndpoints, workersCanShare
 from gateway.model.endpoints import endpointPort
 from gateway.model.limits import ADMIN_LIMITS
@@ -47,6 +47,7 @@ from gateway.pipeline.forwarding import ClientAddresses
 from gateway.pipeline.https import httpsPort
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.resource import GatewayResource
+from gateway.pipeline.websocket import WebSockets
 from gateway.process.fleetlimits import GatewayCounter, fleetLimits
 from gateway.process.interpreter import nurseryAdvice
 from gateway.process.listening import ListenService, ProxyService
@@ -145,6 +146,9 @@ def _proxySite(
     tracing: Any = None,
 ) -> Tuple[GatewayResource, GatewaySite]:
     tlsListen = proxyConfig.tlsListen
+    # (WebSocket handshakes go through the engine's upgrading client itself:
+    # a tunnel gets no client span.)
+    upgrader = client if IUpstreamUpgrader.providedBy(client) else None
     tracer = None
     if tracing is not None:
         # Every request the proxy sends upstream gets a client span.
@@ -160,6 +164,9 @@ def _proxySite(
         stats=counters,
         httpsPort=httpsPort(endpointPort(tlsListen[0]) if tlsListen else None),
         tracer=tracer,
+        websockets=(
+            WebSockets(upgrader, reactor, stats=counters) if upgrader is not None else None
+        ),
     )
     site = GatewaySite(
         resource,

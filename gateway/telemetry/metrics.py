@@ -30,6 +30,10 @@ Metrics::
   gateway_circuit_breaker_state{server,state}      1 for the current state, 0 others
   gateway_api_circuit_breaker_state{api,state}     the same for an API's own breaker
   gateway_send_timeouts_total                      clients cut off for not reading
+  gateway_websocket_open_tunnels{api}              WebSocket tunnels open now
+  gateway_websocket_tunnels_opened_total{api}      tunnels opened (handshakes answered 101)
+  gateway_websocket_over_cap_total{api}            handshakes refused over maxWebsockets
+  gateway_websocket_bytes_total{api,direction}     bytes relayed: up (client to server), down
   gateway_snapshot_revision                        store revision being served
   gateway_tracing_spans_exported_total             spans the trace collector took
   gateway_tracing_spans_dropped_total{reason}      queue-full, export-failed
@@ -137,6 +141,7 @@ class GatewayCollector(Collector):
         limits = getattr(stats, "limits", None)
         if limits is not None:
             yield from _limitsMetrics(limits.snapshot())
+        yield from self._websockets(getattr(stats, "websockets", {}))
         info = InfoMetricFamily("gateway", "Gateway version")
         info.add_metric([], {"version": gateway.__version__})
         yield info
@@ -172,6 +177,40 @@ class GatewayCollector(Collector):
         if rejects:
             yield rejected
         yield duration
+
+    def _websockets(self, entries: Any) -> Iterator[Metric]:
+        """
+        The WebSocket tunnels of each API with C{websocket: true}.
+        """
+        openNow = GaugeMetricFamily(
+            "gateway_websocket_open_tunnels", "WebSocket tunnels open now", labels=["api"]
+        )
+        opened = CounterMetricFamily(
+            "gateway_websocket_tunnels_opened",
+            "WebSocket tunnels opened (handshakes the backend answered 101)",
+            labels=["api"],
+        )
+        overCap = CounterMetricFamily(
+            "gateway_websocket_over_cap",
+            "WebSocket handshakes refused (503) because maxWebsockets tunnels were open",
+            labels=["api"],
+        )
+        relayed = CounterMetricFamily(
+            "gateway_websocket_bytes",
+            "Bytes WebSocket tunnels relayed: up (client to server) and down (server to client)",
+            labels=["api", "direction"],
+        )
+        for name in sorted(entries):
+            counters = entries[name]
+            openNow.add_metric([name], counters.open)
+            opened.add_metric([name], counters.opened)
+            overCap.add_metric([name], counters.overCap)
+            relayed.add_metric([name, "up"], counters.bytesUp)
+            relayed.add_metric([name, "down"], counters.bytesDown)
+        yield openNow
+        yield opened
+        yield overCap
+        yield relayed
 
     def _live(self) -> Iterator[Metric]:
         manager = self._manager

@@ -33,6 +33,11 @@ milliseconds in the JSON.  Requests that match no API (the proxy's own
 404) are not recorded at all: there is no API to count them under, and a
 per-path count would let clients create labels at will.
 
+The WebSocket tunnels of an API with C{websocket: true} have counters of
+their own (L{WebSocketCounters}: open now, opened, refused over
+C{maxWebsockets}, bytes each way), under the API's C{websocket} key; the
+handshake itself is an answer like any other (its status 101).
+
 Cardinality is bounded by the configuration: after the first L{prune}
 (called with every new snapshot, see L{Stats.follow}) only the APIs and
 servers of the current configuration have entries, never anything taken
@@ -44,6 +49,8 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from gateway.http.tunnel import TunnelMeter
 
 #: Upper bounds of the latency buckets, in milliseconds; a last bucket
 #: (C{"+Inf"}) takes the rest.
@@ -167,6 +174,37 @@ class Counters:
         }
 
 
+class WebSocketCounters(TunnelMeter):
+    """
+    The WebSocket tunnels of one API (the meter its tunnels count their
+    bytes in, see L{gateway.http.tunnel}).
+
+    @ivar open: tunnels open now.
+    @ivar opened: tunnels opened so far.
+    @ivar overCap: handshakes refused (503) because C{maxWebsockets}
+        tunnels were open.
+    @ivar bytesUp: bytes relayed from clients to servers.
+    @ivar bytesDown: bytes relayed from servers to clients.
+    """
+
+    __slots__ = ("open", "opened", "overCap")
+
+    #: The keys of L{toJSON}, in order.
+    FIELDS: Tuple[str, ...] = ("open", "opened", "overCap", "bytesUp", "bytesDown")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = 0
+        self.opened = 0
+        self.overCap = 0
+
+    def toJSON(self) -> Dict[str, int]:
+        """
+        @return: C{{"open", "opened", "overCap", "bytesUp", "bytesDown"}}.
+        """
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+
 def percentile(cumulative: Sequence[int], q: float) -> Optional[float]:
     """
     Estimate a percentile from a histogram, interpolating linearly inside
@@ -225,6 +263,8 @@ class Stats:
         and retries included, is in the server's C{upstreamRequests}).
     @ivar sendTimeouts: clients cut off for reading nothing of their answer
         for C{proxy.limits.sendTimeout} seconds (see L{countSendTimeout}).
+    @ivar websockets: C{{name: L{WebSocketCounters}}} per API with
+        C{websocket: true}.
     """
 
     sendTimeouts = 0
@@ -242,6 +282,7 @@ class Stats:
         self.totals = Counters()
         self.apis: Dict[str, Counters] = {}
         self.servers: Dict[str, Counters] = {}
+        self.websockets: Dict[str, WebSocketCounters] = {}
         # The configured names, once known: entries are made for these
         # only.  None until the first prune (anything the proxy hands us
         # comes from its configuration anyway).
@@ -374,6 +415,35 @@ class Stats:
         L{gateway.routing.snapshot.SnapshotManager} listener.
         """
         self.prune(snapshot.apis, snapshot.backends)
+        self.pruneWebSockets(name for name, api in snapshot.apis.items() if api.config.websocket)
+
+    def pruneWebSockets(self, apiNames: Iterable[str]) -> None:
+        """
+        Keep WebSocket counters for these APIs only, and make the missing
+        ones.  (Tunnels of an API dropped meanwhile count on in counters no
+        longer shown.)
+        """
+        names = frozenset(apiNames)
+        websockets = self.websockets
+        for name in list(websockets):
+            if name not in names:
+                del websockets[name]
+        for name in names:
+            if name not in websockets:
+                websockets[name] = WebSocketCounters()
+
+    def websocketCounters(self, api: str) -> WebSocketCounters:
+        """
+        @return: the L{WebSocketCounters} of an API, made when missing
+            (unless the API is not configured: then counters shown
+            nowhere).
+        """
+        counters = self.websockets.get(api)
+        if counters is None:
+            counters = WebSocketCounters()
+            if self._apiNames is None or api in self._apiNames:
+                self.websockets[api] = counters
+        return counters
 
     def follow(self, manager: Any) -> None:
         """
@@ -395,7 +465,7 @@ class Stats:
         @return: the statistics as JSON: C{totals} C{{"requests", "errors",
             "rejects"}} (numbers, and the C{"latency"} of every answer),
             C{apis} C{{name: {"requests", "errors", "rejects", "latency",
-            "breaker"?}}}, C{servers} C{{name:
+            "breaker"?, "websocket"? (L{WebSocketCounters.toJSON})}}}, C{servers} C{{name:
             {"requests", "errors", "rejects", "latency", and with a manager
             "addr", "active", "latencyEWMA" (seconds, as the backend keeps
             it), "healthy", "ejected", "upstreamRequests",
@@ -416,6 +486,9 @@ class Stats:
                 breaker = apiBreaker(compiled)
                 if breaker is not None:
                     entry["breaker"] = breaker.snapshot()
+            websocket = self.websockets.get(name)
+            if websocket is not None:
+                entry["websocket"] = websocket.toJSON()
             apis[name] = entry
         backends: Mapping[str, Any] = manager.backends if manager is not None else {}
         servers: Dict[str, Any] = {}
@@ -556,6 +629,11 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
             breaker = entry.get("breaker")
             if breaker is not None:
                 merged["breaker"] = _worseBreaker(merged.get("breaker"), breaker)
+            websocket = entry.get("websocket")
+            if websocket is not None:
+                mine = merged.setdefault("websocket", dict.fromkeys(WebSocketCounters.FIELDS, 0))
+                for key in WebSocketCounters.FIELDS:
+                    mine[key] += websocket.get(key) or 0
         for name, entry in (snap.get("servers") or {}).items():
             merged = servers.setdefault(name, {})
             _addCounts(merged, entry)
@@ -658,6 +736,13 @@ class _SnapshotCounters:
         return self._buckets or [0] * len(BUCKETS_MS) + [0]
 
 
+def _webSocketCounters(entry: Mapping[str, Any]) -> WebSocketCounters:
+    counters = WebSocketCounters()
+    for key in WebSocketCounters.FIELDS:
+        setattr(counters, key, int(entry.get(key) or 0))
+    return counters
+
+
 class SnapshotStats:
     """
     A read-only L{Stats} look-alike over snapshots made elsewhere (the
@@ -677,6 +762,14 @@ class SnapshotStats:
     @property
     def servers(self) -> Dict[str, _SnapshotCounters]:
         return {n: _SnapshotCounters(e) for n, e in self._source().get("servers", {}).items()}
+
+    @property
+    def websockets(self) -> Dict[str, WebSocketCounters]:
+        return {
+            n: _webSocketCounters(e["websocket"])
+            for n, e in self._source().get("apis", {}).items()
+            if e.get("websocket") is not None
+        }
 
     @property
     def sendTimeouts(self) -> int:

@@ -91,7 +91,9 @@ export function renderDashboard(outlet) {
     p99: kpi("Latency p99", "p99", ""),
     requests: kpi("Requests", "requests", "since start"),
     rejects: kpi("Rejected", "rejects", "rate limit, breaker, access"),
+    websockets: kpi("WebSockets", "websockets", ""),
   };
+  kpis.websockets.el.hidden = true;
   const traffic = new LineChart({
     title: "Traffic",
     series: [
@@ -187,6 +189,11 @@ export function renderDashboard(outlet) {
     kpis.requests.value.textContent = fmtNum(sample.cum.total.requests);
     kpis.rejects.value.textContent = fmtNum(sample.cum.total.rejects);
     kpis.requests.sub.textContent = `${fmtNum(sample.cum.total.errors)} errors since start`;
+    // WebSocket pass-through: open tunnels over every API that relays them.
+    const tunnels = Object.values(sample.data?.apis || {}).map((a) => a.websocket).filter(Boolean);
+    kpis.websockets.el.hidden = !tunnels.length;
+    kpis.websockets.value.textContent = fmtNum(tunnels.reduce((n, w) => n + (w.open || 0), 0));
+    kpis.websockets.sub.textContent = `open; ${fmtNum(tunnels.reduce((n, w) => n + (w.opened || 0), 0))} since start`;
 
     mount(alerts, alertList(alertsOf(sample)));
     const limits = sample.data?.limits;
