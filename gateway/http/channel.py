@@ -856,6 +856,20 @@ class GatewayHTTPChannel(Protocol):
             return
         self._nextRequest()
 
+    def closesAfterAnswer(self) -> bool:
+        """
+        Called as an answer's head is about to be written: tell whether the
+        connection closes after this answer, which the head then says
+        (C{Connection: close}).  It does when the request asked for it, in
+        HTTP/1.0, and when the request's body has not all arrived (or
+        failed): the rest of it could not be told from a next request, so a
+        client that kept the connection for its next request would find it
+        closed under it.
+        """
+        if self._state == _BODY or self._state == _DRAIN:
+            self.persistent = False
+        return not self.persistent
+
     def _nextRequest(self) -> None:
         """
         The request was answered: close the connection, or go on with the
