@@ -37,6 +37,14 @@ from gateway.admin.openapi import (
 from gateway.model.resources import RESOURCE_CLASSES
 from gateway.model.schema import jsonSchema
 
+try:
+    # Imported with the module, not in the test: its HTTP stack (urllib3)
+    # opens an IPv6 socket on import, to probe for IPv6, which a unit test
+    # may not (tests/guard.py).  On CPython something imported it earlier.
+    import openapi_spec_validator  # noqa: F401
+except ImportError:
+    pass
+
 _METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 _CONVERTER = re.compile(r"<(?:(\w+)(?:\((.*?)\))?:)?(\w+)>")
 
