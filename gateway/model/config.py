@@ -10,7 +10,7 @@ C{routings:} in their REST form)::
       listen: tcp:8080:interface=127.0.0.1
       filters: [request-id, {name: access-log, config: {}}]
       trustedProxies: [10.0.0.0/8]
-      accessLog: true
+      accessLog: {path: /var/log/gateway/access.log}   # or true / false
     admin:
       listen: tcp:9090:interface=127.0.0.1
       token: change-me
@@ -24,16 +24,16 @@ invalid file raises L{ConfigError}, which names the key at fault
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import attrs
 import yaml
 
+from gateway.model.accesslog import AccessLogConfig, AccessLogSetting
 from gateway.model.endpoints import isLoopbackEndpoint
 from gateway.model.limits import DEFAULT_MAX_IDLE, HTTPLimits
 from gateway.model.resources import KINDS, Catalog, FilterSpec, parseResource
 from gateway.model.schema import (
-    Bool,
     Int,
     Name,
     Nullable,
@@ -168,7 +168,14 @@ class ProxyConfig:
     trustedProxies: Tuple[str, ...] = field(
         ListOf(Str(check=checkCIDR)), (), doc="CIDRs whose X-Forwarded-For is believed"
     )
-    accessLog: bool = field(Bool(), True)
+    accessLog: Union[bool, AccessLogConfig] = field(
+        AccessLogSetting(),
+        attrs.Factory(AccessLogConfig),
+        doc=(
+            "true: JSON lines on the standard output; false: none; or an object: "
+            "{path, format, fields, flushInterval, bufferSize, maxPending, facility, tag}"
+        ),
+    )
     workers: Optional[int] = field(
         Nullable(Int(0, 256)),
         None,

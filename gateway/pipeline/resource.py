@@ -135,6 +135,9 @@ class GatewayResource(Resource):
     @param retryBudget: the L{RetryBudget} retries are taken from.
     @param stats: told of every answer once, as C{stats.record(exchange,
         code, outcome)} (see L{Exchange.outcome}).
+    @param accessLog: told of every request once it is over, as
+        C{accessLog.log(exchange)} (a
+        L{gateway.telemetry.accesslog.IAccessLog}), or L{None}.
     """
 
     isLeaf = True
@@ -149,6 +152,7 @@ class GatewayResource(Resource):
         mirror: Optional[Mirror] = None,
         retryBudget: Optional[RetryBudget] = None,
         stats: Any = None,
+        accessLog: Any = None,
     ) -> None:
         super().__init__()
         self._manager = manager
@@ -159,6 +163,7 @@ class GatewayResource(Resource):
         self._mirror = mirror
         self._retryBudget = retryBudget or RetryBudget(reactor)
         self._stats = stats
+        self._accessLog = accessLog
         #: Requests being served now.
         self.inFlight = 0
         self._draining = False
@@ -201,7 +206,7 @@ class GatewayResource(Resource):
             notifyDone(self._requestOver, exchange)
         else:
             request.notifyFinish().addErrback(self._clientGone, exchange).addBoth(
-                self._requestEnded, request
+                self._requestEnded, request, exchange
             )
         self._runBefore(exchange, chain, 0)
         return server.NOT_DONE_YET
@@ -528,10 +533,12 @@ class GatewayResource(Resource):
         """
         if reason is not None:
             self._clientGone(reason, exchange)
-        self._requestEnded(None, exchange.request)
+        self._requestEnded(None, exchange.request, exchange)
 
-    def _requestEnded(self, _: Any, request: Any) -> None:
+    def _requestEnded(self, _: Any, request: Any, exchange: Optional[Exchange] = None) -> None:
         self.inFlight -= 1
+        if self._accessLog is not None and exchange is not None:
+            self._accessLog.log(exchange)
         if self._draining:
             # Tell keep-alive clients to go elsewhere: close the connection
             # once this answer is out.  (The request has let go of its

@@ -39,6 +39,7 @@ class ParentLink(Service):
         manager: Any,
         stats: Callable[[], Dict[str, Any]],
         statsInterval: float = 1.0,
+        onReopen: Optional[Callable[[], None]] = None,
     ) -> None:
         """
         @param reactor: the worker's reactor.
@@ -50,6 +51,9 @@ class ParentLink(Service):
             view of the servers' health.
         @param stats: returns the worker's stats.
         @param statsInterval: how often they are reported, in seconds.
+        @param onReopen: called when the parent says to open the log files
+            again (C{{"reopenLogs": true}}, see
+            L{gateway.process.pool.WorkerPool.reopenLogs}), or L{None}.
         """
         self._reactor = reactor
         self._fd = fd
@@ -57,6 +61,7 @@ class ParentLink(Service):
         self._manager = manager
         self._stats = stats
         self._statsInterval = statsInterval
+        self._onReopen = onReopen
         self._health: Dict[str, bool] = {}
         self._statsCall: Optional[Any] = None
         self.channel: Optional[ControlChannel] = None
@@ -90,6 +95,8 @@ class ParentLink(Service):
                 taken = False
             if not taken:
                 self._send({"resync": True})
+        if message.get("reopenLogs") is True and self._onReopen is not None:
+            self._onReopen()
 
     def _swapped(self, snapshot: Any) -> None:
         # Health comes from the parent: keep it across snapshot swaps.

@@ -41,6 +41,7 @@ from gateway.pipeline.aggregate import Aggregator
 from gateway.pipeline.forwarding import ClientAddresses
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.resource import GatewayResource
+from gateway.process.accesslog import AccessLogService, ReopenOnSignal, accessLogFor
 from gateway.process.interpreter import nurseryAdvice
 from gateway.process.listening import ListenService, ProxyService
 from gateway.process.parent import ParentLink
@@ -119,6 +120,18 @@ def makeService(
     return makeWorkerService(config, reactor, filterRegistry, abort, worker, client)
 
 
+def _accessLogServices(root: ProcessService, accessLog: Any, reactor: Any, abort: Abort) -> None:
+    """
+    Add the access log of the proxy in this process, if any, to C{root}:
+    before the proxy's service, so that it closes after the proxy's last
+    requests are over; reopened on C{SIGUSR1}.
+    """
+    if accessLog is None:
+        return
+    AccessLogService(accessLog, abort).setServiceParent(root)
+    ReopenOnSignal(reactor, [accessLog.reopen]).setServiceParent(root)
+
+
 def _upstreamClient(reactor: Any, proxyConfig: Any) -> HTTP11UpstreamClient:
     return HTTP11UpstreamClient(
         reactor,
@@ -129,7 +142,12 @@ def _upstreamClient(reactor: Any, proxyConfig: Any) -> HTTP11UpstreamClient:
 
 
 def _proxySite(
-    proxyConfig: Any, reactor: Any, manager: SnapshotManager, client: Any, counters: Stats
+    proxyConfig: Any,
+    reactor: Any,
+    manager: SnapshotManager,
+    client: Any,
+    counters: Stats,
+    accessLog: Any = None,
 ) -> Tuple[GatewayResource, GatewaySite]:
     resource = GatewayResource(
         manager,
@@ -139,6 +157,7 @@ def _proxySite(
         aggregator=Aggregator(client, reactor),
         mirror=Mirror(client, reactor),
         stats=counters,
+        accessLog=accessLog,
     )
     site = GatewaySite(
         resource,
@@ -250,10 +269,15 @@ def makeGatewayService(
         ).setServiceParent(root)
 
     if pool is not None:
+        if proxyConfig.accessLog is not False:
+            # Each worker writes its own lines: pass SIGUSR1 on to them.
+            ReopenOnSignal(reactor, [pool.reopenLogs]).setServiceParent(root)
         pool.setServiceParent(root)
     elif proxyConfig is not None:
         manager.addListener(lambda snapshot: served.serving("proxy", snapshot.revision))
-        resource, site = _proxySite(proxyConfig, reactor, manager, client, counters)
+        accessLog = counters.accessLog = accessLogFor(proxyConfig, reactor)
+        _accessLogServices(root, accessLog, reactor, abort)
+        resource, site = _proxySite(proxyConfig, reactor, manager, client, counters, accessLog)
         ProxyService(
             "proxy",
             "proxy.listen",
@@ -294,6 +318,7 @@ def makeWorkerService(
     )
     counters = Stats(reactor)
     counters.follow(manager)
+    accessLog = counters.accessLog = accessLogFor(proxyConfig, reactor)
     if client is None:
         client = _upstreamClient(reactor, proxyConfig)
     storeService = StoreService(store, manager, abort, reactor)
@@ -303,10 +328,12 @@ def makeWorkerService(
         store,
         manager,
         stats=lambda: counters.snapshot(manager, None),
+        onReopen=accessLog.reopen if accessLog is not None else None,
     ).setServiceParent(root)
     storeService.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)
-    resource, site = _proxySite(proxyConfig, reactor, manager, client, counters)
+    _accessLogServices(root, accessLog, reactor, abort)
+    resource, site = _proxySite(proxyConfig, reactor, manager, client, counters, accessLog)
     ProxyService(
         "proxy",
         "proxy.listen",

@@ -30,6 +30,8 @@ Metrics::
   gateway_circuit_breaker_state{server,state}      1 for the current state, 0 others
   gateway_api_circuit_breaker_state{api,state}     the same for an API's own breaker
   gateway_send_timeouts_total                      clients cut off for not reading
+  gateway_access_log_lines_total                   access log lines written
+  gateway_access_log_dropped_total                 access log lines dropped (full disk, slow pipe)
   gateway_snapshot_revision                        store revision being served
   gateway_info{version}
 """
@@ -115,6 +117,19 @@ class GatewayCollector(Collector):
         )
         sendTimeouts.add_metric([], getattr(stats, "sendTimeouts", 0))
         yield sendTimeouts
+        accessLog = getattr(stats, "accessLog", None)
+        written = CounterMetricFamily(
+            "gateway_access_log_lines", "Access log lines written (0 when the access log is off)"
+        )
+        written.add_metric([], accessLog.written if accessLog is not None else 0)
+        yield written
+        dropped = CounterMetricFamily(
+            "gateway_access_log_dropped",
+            "Access log lines dropped: the output refused them (a full disk) or could not"
+            " keep up (a full pipe)",
+        )
+        dropped.add_metric([], accessLog.dropped if accessLog is not None else 0)
+        yield dropped
         info = InfoMetricFamily("gateway", "Gateway version")
         info.add_metric([], {"version": gateway.__version__})
         yield info

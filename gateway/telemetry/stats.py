@@ -219,9 +219,12 @@ class Stats:
         and retries included, is in the server's C{upstreamRequests}).
     @ivar sendTimeouts: clients cut off for reading nothing of their answer
         for C{proxy.limits.sendTimeout} seconds (see L{countSendTimeout}).
+    @ivar accessLog: the proxy's L{gateway.telemetry.accesslog.IAccessLog},
+        whose counts the snapshot shows, or L{None}.
     """
 
     sendTimeouts = 0
+    accessLog: Any = None
 
     def __init__(self, clock: Any) -> None:
         """
@@ -348,7 +351,9 @@ class Stats:
             "addr", "active", "latencyEWMA" (seconds, as the backend keeps
             it), "healthy", "ejected", "upstreamRequests",
             "upstreamFailures", "health", "breaker"}}},
-            C{sendTimeouts} (see L{countSendTimeout}), C{revision} (of the
+            C{sendTimeouts} (see L{countSendTimeout}), C{accessLog}
+            C{{"written", "dropped"}} (lines; zeros when it is off),
+            C{revision} (of the
             snapshot, or L{None}) and C{at} (clock seconds).  See L{latencyJSON} for C{latency}.
         """
         now = self._clock.seconds()
@@ -382,9 +387,20 @@ class Stats:
             "apis": apis,
             "servers": servers,
             "sendTimeouts": self.sendTimeouts,
+            "accessLog": accessLogJSON(self.accessLog),
             "revision": current.revision if current is not None else None,
             "at": now,
         }
+
+
+def accessLogJSON(accessLog: Any) -> Dict[str, int]:
+    """
+    @return: C{{"written", "dropped"}}: the lines an access log wrote and
+        dropped so far (zeros for L{None}, no access log).
+    """
+    if accessLog is None:
+        return {"written": 0, "dropped": 0}
+    return {"written": accessLog.written, "dropped": accessLog.dropped}
 
 
 def apiBreaker(compiled: Any) -> Any:
@@ -459,7 +475,8 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     its snapshot.
 
     @return: a snapshot of the same shape; C{at} is the latest of theirs,
-        C{revision} the highest, C{sendTimeouts} their sum.
+        C{revision} the highest, C{sendTimeouts} and C{accessLog}'s counts
+        their sums.
     """
     totals: Dict[str, Any] = {"requests": 0, "errors": 0, "rejects": 0}
     totalLatency: Dict[str, Any] = {}
@@ -469,8 +486,12 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     at = None
     revision = None
     sendTimeouts = 0
+    accessLog = accessLogJSON(None)
     for snap in snapshots:
         sendTimeouts += snap.get("sendTimeouts") or 0
+        theirs = snap.get("accessLog") or {}
+        for key in accessLog:
+            accessLog[key] += theirs.get(key) or 0
         for key in totals:
             totals[key] += (snap.get("totals") or {}).get(key, 0)
         _addLatency(totalLatency, (snap.get("totals") or {}).get("latency"))
@@ -509,6 +530,7 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "apis": {name: apis[name] for name in sorted(apis)},
         "servers": {name: servers[name] for name in sorted(servers)},
         "sendTimeouts": sendTimeouts,
+        "accessLog": accessLog,
         "revision": revision,
         "at": at,
     }
@@ -567,3 +589,18 @@ class SnapshotStats:
     @property
     def sendTimeouts(self) -> int:
         return int(self._source().get("sendTimeouts") or 0)
+
+    @property
+    def accessLog(self) -> Any:
+        counts = self._source().get("accessLog") or {}
+        return _AccessLogCounts(int(counts.get("written") or 0), int(counts.get("dropped") or 0))
+
+
+class _AccessLogCounts:
+    """
+    An access log's counts read back from a snapshot's JSON.
+    """
+
+    def __init__(self, written: int, dropped: int) -> None:
+        self.written = written
+        self.dropped = dropped
