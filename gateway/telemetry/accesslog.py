@@ -138,10 +138,12 @@ class ISink(Interface):
         @raise OSError: when it failed.
         """
 
-    def reopen() -> None:
+    def reopen() -> bool:
         """
-        Open the output again (a no-op for outputs that are not files).
+        Open the output again.
 
+        @return: whether there was something to open again (not for the
+            standard output).
         @raise OSError: when it cannot be opened; the old one is kept.
         """
 
@@ -613,13 +615,14 @@ class FileSink:
     def write(self, data: bytes) -> int:
         return os.write(self._fd, data)
 
-    def reopen(self) -> None:
+    def reopen(self) -> bool:
         fd, regular = self._open()
         old, self._fd = self._fd, fd
         self.regular = regular
         self.atomic = None if regular else select.PIPE_BUF
         if old >= 0:
             os.close(old)
+        return True
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1
@@ -692,8 +695,8 @@ class StandardOutputSink:
             return self._socket.send(data, socket.MSG_DONTWAIT)
         return os.write(self._fd, data)
 
-    def reopen(self) -> None:
-        pass
+    def reopen(self) -> bool:
+        return False
 
     def close(self) -> None:
         if self._socket is not None:
@@ -787,9 +790,10 @@ class SyslogSink:
             raise
         return len(data)
 
-    def reopen(self) -> None:
+    def reopen(self) -> bool:
         self.close()
         self.open()
+        return True
 
     def close(self) -> None:
         sock, self._socket = self._socket, None
@@ -943,10 +947,17 @@ class AccessLog:
             return
         self._lines = []
         self._size = 0
-        if self._torn and sink.regular and not sink.perLine:
+        if self._torn:
             # End the line a short write tore, so that the next one starts
             # a line of its own.
-            lines.insert(0, b"\n")
+            error: OSError = OSError(errno.ENOSPC, "short write")
+            try:
+                self._torn = sink.write(b"\n") != 1
+            except OSError as e:
+                error = e
+            if self._torn:
+                self._drop(sum(line.count(b"\n") for line in lines), error)
+                return
         pieces = _pieces(lines, sink.atomic, sink.perLine)
         failed = None
         for i, piece in enumerate(pieces):
@@ -1026,7 +1037,7 @@ class AccessLog:
         if sink is None:
             return
         try:
-            sink.reopen()
+            reopened = sink.reopen()
         except OSError as e:
             log.error(
                 "access log {sink!r}: cannot open it again ({error}); writing on to the old one",
@@ -1034,8 +1045,9 @@ class AccessLog:
                 error=e,
             )
             return
-        self._torn = False
-        log.info("access log {sink!r}: opened again", sink=sink)
+        if reopened:
+            self._torn = False
+            log.info("access log {sink!r}: opened again", sink=sink)
 
     def close(self) -> None:
         """
