@@ -323,11 +323,13 @@ def test_stdout_nobody_reads(backends, tmp_path):
             )
             assert answer.status == 200
         assert time.monotonic() - started < 30
+        # Read now: the admin logs its own requests on twistd's log, on the
+        # same standard output, and twistd's log blocks when it is full.
+        reader.start()
         stats = request(
             "GET", adminURL + "/api/v1/stats", headers={"Authorization": "Bearer t"}, timeout=5
         ).json()["accessLog"]
         assert stats["dropped"] > 0, stats
-        reader.start()
         time.sleep(1)
     finally:
         if not reader.is_alive():
