@@ -51,16 +51,13 @@ from gateway.process.sites import GatewaySite, globalFilterSpecs
 from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
 from gateway.store.relayed import RelayedStore
-from gateway.telemetry.accesslog import (
-    AccessLog,
+from gateway.telemetry.accessformat import clfEscape, jsonEscape, makeRenderer
+from gateway.telemetry.accesslog import AccessLog, IAccessLog
+from gateway.telemetry.logsinks import (
     FileSink,
-    IAccessLog,
     ISink,
     StandardOutputSink,
     SyslogSink,
-    clfEscape,
-    jsonEscape,
-    makeRenderer,
     openSink,
 )
 from gateway.telemetry.metrics import GatewayCollector
@@ -128,7 +125,15 @@ def exchangeFor(
 
 
 def render(exchange: Exchange, now: float = NOON + 0.25, **config: Any) -> bytes:
-    return makeRenderer(AccessLogConfig(**config))(exchange, now)
+    """
+    @return: the line of C{exchange} over at C{now}, made by both kinds of
+        renderer (a C{bytes %} format, CPython's, and concatenation,
+        PyPy's), which must agree byte for byte.
+    """
+    formatted = makeRenderer(AccessLogConfig(**config), concat=False)(exchange, now)
+    concatenated = makeRenderer(AccessLogConfig(**config), concat=True)(exchange, now)
+    assert formatted == concatenated, (formatted, concatenated)
+    return formatted
 
 
 def renderJSON(exchange: Exchange, now: float = NOON + 0.25, **config: Any) -> dict:
@@ -403,8 +408,8 @@ class JSONLineTests(SynchronousTestCase):
         """
         exchange = exchangeFor(start=NOON)
         exchange.upstreamLatency = 0.0123456
-        for intMillis in (False, True):
-            renderer = makeRenderer(AccessLogConfig(fields=("durationMs", "upstreamMs")), intMillis)
+        for concat in (False, True):
+            renderer = makeRenderer(AccessLogConfig(fields=("durationMs", "upstreamMs")), concat)
             self.assertEqual(
                 json.loads(renderer(exchange, NOON + 1.0000004)),
                 {"durationMs": 1000.0, "upstreamMs": 12.346},
@@ -419,15 +424,24 @@ class JSONLineTests(SynchronousTestCase):
         The time is when the request was over, in UTC, to the millisecond;
         it follows the clock across seconds.
         """
-        renderer = makeRenderer(AccessLogConfig(fields=("time",)))
-        exchange = exchangeFor()
-        self.assertEqual(
-            renderer(exchange, NOON + 0.9999), b'{"time":"2026-05-01T12:00:00.999Z"}\n'
-        )
-        self.assertEqual(
-            renderer(exchange, NOON + 61.002), b'{"time":"2026-05-01T12:01:01.002Z"}\n'
-        )
-        self.assertEqual(renderer(exchange, NOON), b'{"time":"2026-05-01T12:00:00.000Z"}\n')
+        for concat in (False, True):
+            renderer = makeRenderer(AccessLogConfig(fields=("time",)), concat)
+            exchange = exchangeFor()
+            for now, text in (
+                (NOON + 0.9999, b"2026-05-01T12:00:00.999Z"),
+                (NOON + 61.0025, b"2026-05-01T12:01:01.002Z"),
+                (NOON, b"2026-05-01T12:00:00.000Z"),
+                (NOON + 0.0505, b"2026-05-01T12:00:00.050Z"),
+            ):
+                self.assertEqual(renderer(exchange, now), b'{"time":"' + text + b'"}\n')
+
+    def test_percent(self) -> None:
+        """
+        Values holding C{%} go in as they are (the C{bytes %} format keeps
+        them out of its format).
+        """
+        exchange = exchangeFor(StubRequest(uri=b"/a%20b%s%d%%"))
+        self.assertEqual(renderJSON(exchange, fields=("uri",)), {"uri": "/a%20b%s%d%%"})
 
 
 #: Values a client controls, hostile to a log reader.
