@@ -565,12 +565,32 @@ class EscapingTests(SynchronousTestCase):
         Any bytes in the target and the headers: a combined line is
         printable ASCII, its quoted fields free of unescaped quotes.
         """
-        request = StubRequest(uri=value, headers={b"user-agent": [value], b"referer": [value]})
+        request = StubRequest(
+            method=value, uri=value, headers={b"user-agent": [value], b"referer": [value]}
+        )
+        request.clientproto = value
         line = render(exchangeFor(request), format="combined")
         body = line[:-1]
         self.assertTrue(all(0x20 <= c < 0x7F for c in body), line)
         # Exactly the quotes of the format: request line, referer, agent.
         self.assertEqual(body.count(b'"'), 6, line)
+
+    def test_repeatedValuesKept(self) -> None:
+        """
+        Values that repeat (names, methods, hosts, clients) are rendered
+        once and kept, at most a bounded number of them: past it the kept
+        ones are let go, and every line is still right.
+        """
+        from gateway.telemetry import accessformat
+
+        self.patch(accessformat, "_CACHE_SIZE", 8)
+        for concat in (False, True):
+            renderer = makeRenderer(AccessLogConfig(fields=("client", "method", "host")), concat)
+            for i in range(50):
+                client = f'10.0.0.{i}"'
+                request = StubRequest(method=b"M%d" % (i % 3,), headers={b"host": [b"h%d" % i]})
+                line = json.loads(renderer(exchangeFor(request, clientIP=client), NOON))
+                self.assertEqual(line, {"client": client, "method": f"M{i % 3}", "host": f"h{i}"})
 
     def test_combinedEscapes(self) -> None:
         """

@@ -122,23 +122,45 @@ def _clfBare(value: Optional[str]) -> bytes:
     return clfEscape(value.encode("utf-8", "surrogatepass")) or b"-"
 
 
+def _jsonToken(value: Optional[bytes]) -> bytes:
+    """
+    @return: bytes as a JSON literal (quoted), C{null} for L{None}.
+    """
+    if value is None:
+        return b"null"
+    return b'"' + jsonEscape(value) + b'"'
+
+
+def _clfToken(value: Optional[bytes]) -> bytes:
+    if value is None:
+        return b"-"
+    return b'"' + clfEscape(value) + b'"'
+
+
+def _clfBareToken(value: Optional[bytes]) -> bytes:
+    if value is None:
+        return b"-"
+    return clfEscape(value)
+
+
 #: Names (of APIs, servers, clients...) kept rendered, at most this many.
 _CACHE_SIZE = 4096
 
 
 def _cachedLiteral(
-    make: Callable[[Optional[str]], bytes],
-) -> Tuple[Dict[Optional[str], bytes], Callable[[Optional[str]], bytes]]:
+    make: Callable[[Any], bytes],
+) -> Tuple[Dict[Any, bytes], Callable[[Any], bytes]]:
     """
-    @return: C{(cache, render)}: C{render(name)} renders a name with
-        C{make} and keeps it in C{cache}, which the renderers read first
-        (C{cache.get(name) or render(name)}); bounded by L{_CACHE_SIZE}
-        (emptied when full: names come from the configuration, but client
-        addresses from the world).
+    @return: C{(cache, render)}: C{render(value)} renders a value that
+        repeats (a name, a method, a host) with C{make} and keeps it in
+        C{cache}, which the renderers read first (C{cache.get(value) or
+        render(value)}, a dictionary look-up instead of a check for escapes);
+        bounded by L{_CACHE_SIZE} (emptied when full: names come from the
+        configuration, but client addresses and hosts from the world).
     """
-    cache: Dict[Optional[str], bytes] = {None: make(None)}
+    cache: Dict[Any, bytes] = {None: make(None)}
 
-    def render(value: Optional[str]) -> bytes:
+    def render(value: Any) -> bytes:
         made = make(value)
         if len(cache) >= _CACHE_SIZE:
             cache.clear()
@@ -190,11 +212,13 @@ _HEADERS = {
 #: C{request}, C{now} and C{raw} (the request's header dict).
 _SOURCES: Dict[str, Tuple[str, str]] = {
     "time": ("time", ""),
+    # (name: a str that repeats; token: the same of bytes; bytes: bytes
+    # that may not, checked for escapes each time.)
     "client": ("name", "x.clientIP"),
-    "method": ("bytes", "request.method"),
+    "method": ("token", "request.method"),
     "uri": ("bytes", "request.uri"),
-    "protocol": ("bytes", "request.clientproto"),
-    "host": ("optbytes", "(raw.get(_K_host) or _NONE)[0]"),
+    "protocol": ("token", "request.clientproto"),
+    "host": ("token", "(raw.get(_K_host) or _NONE)[0]"),
     "status": ("status", "x.status"),
     "bytes": ("int", "request.sentLength"),
     "durationMs": ("ms", "now - x.startTime"),
@@ -369,6 +393,8 @@ def _jsonField(b: _Builder, name: str, first: bool) -> None:
         )
     elif kind == "name":
         b.add("bytes", f"(_jsonNames.get({var}) or _jsonName({var}))")
+    elif kind == "token":
+        b.add("bytes", f"(_jsonTokens.get({var}) or _jsonToken({var}))")
     elif kind == "text":
         b.add("bytes", f"_jsonText({var})")
     else:  # pragma: no cover
@@ -401,6 +427,8 @@ def _clfField(b: _Builder, name: str) -> None:
         )
     elif kind == "name":
         b.add("bytes", f"(_clfNames.get({var}) or _clfName({var}))")
+    elif kind == "token":
+        b.add("bytes", f"(_clfTokens.get({var}) or _clfToken({var}))")
     elif kind == "text":
         b.add("bytes", f"_clfText({var})")
     else:  # pragma: no cover
@@ -421,7 +449,10 @@ def _clfPrefix(b: _Builder) -> None:
         var = b.value(name)
         if i:
             b.lit(b" ")
-        b.add("bytes", f"({var} if _unsafe({var}) is None else _clfEscape({var}))")
+        if name == "uri":
+            b.add("bytes", f"({var} if _unsafe({var}) is None else _clfEscape({var}))")
+        else:
+            b.add("bytes", f"(_clfBareTokens.get({var}) or _clfBareToken({var}))")
     b.lit(b'" ')
     b.add("int", b.value("status"))
     b.lit(b" ")
@@ -472,7 +503,16 @@ def makeRenderer(
     jsonNames, jsonName = _cachedLiteral(_jsonText)
     clfNames, clfName = _cachedLiteral(_clfText)
     clfBareNames, clfBareName = _cachedLiteral(_clfBare)
+    jsonTokens, jsonToken = _cachedLiteral(_jsonToken)
+    clfTokens, clfToken = _cachedLiteral(_clfToken)
+    clfBareTokens, clfBareToken = _cachedLiteral(_clfBareToken)
     namespace: Dict[str, Any] = {
+        "_jsonTokens": jsonTokens,
+        "_jsonToken": jsonToken,
+        "_clfTokens": clfTokens,
+        "_clfToken": clfToken,
+        "_clfBareTokens": clfBareTokens,
+        "_clfBareToken": clfBareToken,
         "_NONE": (None,),
         "_unsafe": _UNSAFE.search,
         "_jsonEscape": jsonEscape,
