@@ -575,6 +575,17 @@ class EscapingTests(SynchronousTestCase):
         # Exactly the quotes of the format: request line, referer, agent.
         self.assertEqual(body.count(b'"'), 6, line)
 
+    def test_safeCheck(self) -> None:
+        """
+        The check for values that need no escaping (PyPy's) agrees with
+        the regular expression (CPython's) on every byte.
+        """
+        from gateway.telemetry.accessformat import _UNSAFE, _safe
+
+        for c in range(256):
+            for value in (bytes([c]), b"/a" + bytes([c]) + b"b"):
+                self.assertEqual(_safe(value), _UNSAFE.search(value) is None, value)
+
     def test_repeatedValuesKept(self) -> None:
         """
         Values that repeat (names, methods, hosts, clients) are rendered

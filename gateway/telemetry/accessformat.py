@@ -65,6 +65,20 @@ def _uEscape(match: Any) -> str:
     return f"\\u{ord(match.group()):04x}"
 
 
+def _safe(value: bytes) -> bool:
+    """
+    @return: whether C{value} is printable ASCII without C{"} nor C{\\}
+        (what L{_UNSAFE} finds nothing in), checked the way PyPy's JIT
+        makes fastest (a regular expression search costs ten times as much
+        there, for the short values this is used on).
+    """
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    return text.isprintable() and '"' not in text and "\\" not in text
+
+
 def jsonEscape(value: bytes) -> bytes:
     """
     @param value: bytes from a request (a header, the target), in any
@@ -232,8 +246,8 @@ _SOURCES: Dict[str, Tuple[str, str]] = {
     "outcome": ("name", "x.outcome"),
     "error": ("text", "x.error"),
     "requestId": ("optbytes", "x.requestId"),
-    "userAgent": ("optbytes", "(raw.get(_K_userAgent) or _NONE)[0]"),
-    "referer": ("optbytes", "(raw.get(_K_referer) or _NONE)[0]"),
+    "userAgent": ("token", "(raw.get(_K_userAgent) or _NONE)[0]"),
+    "referer": ("token", "(raw.get(_K_referer) or _NONE)[0]"),
 }
 
 assert set(_SOURCES) == set(FIELDS), "every configurable field has a source"
@@ -282,6 +296,15 @@ class _Builder:
 
     def add(self, kind: str, expression: str) -> None:
         self.parts.append((kind, expression))
+
+    def clean(self, var: str) -> str:
+        """
+        @return: the expression that says whether bytes C{var} need no
+            escaping (see L{_safe}).
+        """
+        if self.concat:
+            return f"_safe({var})"
+        return f"_unsafe({var}) is None"
 
     def value(self, name: str) -> str:
         """
@@ -383,12 +406,12 @@ def _jsonField(b: _Builder, name: str, first: bool) -> None:
         b.millis(var, b"null")
     elif kind == "bytes":
         b.lit(b'"')
-        b.add("bytes", f"({var} if _unsafe({var}) is None else _jsonEscape({var}))")
+        b.add("bytes", f"({var} if {b.clean(var)} else _jsonEscape({var}))")
         b.lit(b'"')
     elif kind == "optbytes":
         b.add(
             "bytes",
-            f'(b"null" if {var} is None else b\'"\' + ({var} if _unsafe({var}) is None '
+            f'(b"null" if {var} is None else b\'"\' + ({var} if {b.clean(var)} '
             f"else _jsonEscape({var})) + b'\"')",
         )
     elif kind == "name":
@@ -417,12 +440,12 @@ def _clfField(b: _Builder, name: str) -> None:
         b.millis(var, b"-")
     elif kind == "bytes":
         b.lit(b'"')
-        b.add("bytes", f"({var} if _unsafe({var}) is None else _clfEscape({var}))")
+        b.add("bytes", f"({var} if {b.clean(var)} else _clfEscape({var}))")
         b.lit(b'"')
     elif kind == "optbytes":
         b.add(
             "bytes",
-            f'(b"-" if {var} is None else b\'"\' + ({var} if _unsafe({var}) is None '
+            f'(b"-" if {var} is None else b\'"\' + ({var} if {b.clean(var)} '
             f"else _clfEscape({var})) + b'\"')",
         )
     elif kind == "name":
@@ -450,7 +473,7 @@ def _clfPrefix(b: _Builder) -> None:
         if i:
             b.lit(b" ")
         if name == "uri":
-            b.add("bytes", f"({var} if _unsafe({var}) is None else _clfEscape({var}))")
+            b.add("bytes", f"({var} if {b.clean(var)} else _clfEscape({var}))")
         else:
             b.add("bytes", f"(_clfBareTokens.get({var}) or _clfBareToken({var}))")
     b.lit(b'" ')
@@ -460,11 +483,7 @@ def _clfPrefix(b: _Builder) -> None:
     for name in ("referer", "userAgent"):
         var = b.value(name)
         b.lit(b' "')
-        b.add(
-            "bytes",
-            f'(b"-" if {var} is None else ({var} if _unsafe({var}) is None '
-            f"else _clfEscape({var})))",
-        )
+        b.add("bytes", f"(_clfBareTokens.get({var}) or _clfBareToken({var}))")
         b.lit(b'"')
 
 
@@ -515,6 +534,7 @@ def makeRenderer(
         "_clfBareToken": clfBareToken,
         "_NONE": (None,),
         "_unsafe": _UNSAFE.search,
+        "_safe": _safe,
         "_jsonEscape": jsonEscape,
         "_clfEscape": clfEscape,
         "_jsonText": _jsonText,
