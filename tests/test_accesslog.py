@@ -83,6 +83,7 @@ class StubRequest:
     ) -> None:
         self.method = method
         self.uri = uri
+        self.path = uri.split(b"?")[0]
         self.clientproto = b"HTTP/1.1"
         self.code = code
         self.sentLength = sentLength
@@ -334,6 +335,7 @@ class JSONLineTests(SynchronousTestCase):
                 "client": "10.1.2.3",
                 "method": "POST",
                 "uri": "/plain?a=1",
+                "path": "/plain",
                 "protocol": "HTTP/1.1",
                 "host": "api.example.com",
                 "status": 504,
@@ -1495,6 +1497,7 @@ class ProxyTests(SynchronousTestCase):
         self.assertIn(b'{"ok":true}', transport.value())
         [line] = self.lines()
         self.assertEqual(line["client"], "192.0.2.7")
+        self.assertEqual(line["path"], "/plain")
         self.assertEqual(
             (line["method"], line["uri"], line["protocol"]), ("GET", "/plain?x=1", "HTTP/1.1")
         )

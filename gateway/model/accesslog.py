@@ -55,6 +55,7 @@ FIELDS: Tuple[str, ...] = (
     "client",
     "method",
     "uri",
+    "path",
     "protocol",
     "host",
     "status",
