@@ -26,7 +26,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
@@ -695,6 +695,9 @@ class MemorySink:
         self.writes.append(data[:n])
         return n
 
+    def pollable(self) -> Optional[int]:
+        return None
+
     def reopen(self) -> bool:
         self.reopened += 1
         return True
@@ -1003,6 +1006,63 @@ class PipeTests(SynchronousTestCase):
         lines = data.splitlines(keepends=True)
         self.assertEqual(len(lines), accessLog.written)
         self.assertEqual(set(lines), {b'{"uri":"' + uri + b'"}\n'})
+
+    def test_stdoutPipeLeavesRoom(self) -> None:
+        """
+        A standard output that is a pipe is filled to its last
+        C{StandardOutputSink.reserve} bytes at most: the process's other
+        writers (twistd's own log, which blocks) still find room when its
+        reader stalls.
+        """
+        sink = StandardOutputSink(self.write)
+        config = AccessLogConfig(fields=("uri",), bufferSize=1, maxPending=1 << 20)
+        accessLog = AccessLog(config, self.clock, lambda c: opened(sink))
+        accessLog.open()
+        self.addCleanup(sink.close)
+        for _ in range(5000):
+            accessLog.log(exchangeFor(StubRequest(uri=b"/" + b"x" * 100)))
+        self.clock.advance(0.1)
+        self.assertGreater(accessLog.written, 0)
+        # The descriptor twistd writes to is blocking: this would hang
+        # without the room left.  (The kernel keeps a pipe's bytes in
+        # pages, of which the last may be partly used.)
+        room = sink.reserve - select.PIPE_BUF
+        self.assertEqual(os.write(self.write, b"t" * room), room)
+
+    def test_watched(self) -> None:
+        """
+        Lines a full pipe cannot take are written as soon as the reactor
+        says it can take more, not at the next timer; then the reactor
+        stops watching it.
+        """
+        reactor = MemoryReactorClock()
+        sink = StandardOutputSink(self.write)
+        sink.reserve = 0
+        config = AccessLogConfig(fields=("uri",), bufferSize=1, maxPending=1 << 20)
+        accessLog = AccessLog(config, reactor, lambda c: opened(sink))
+        accessLog.open()
+        self.addCleanup(sink.close)
+        line = render(exchangeFor(StubRequest(uri=b"/" + b"x" * 1000)), fields=("uri",))
+        while not reactor.getWriters():
+            accessLog.log(exchangeFor(StubRequest(uri=b"/" + b"x" * 1000)))
+        [watch] = reactor.getWriters()
+        self.assertEqual(watch.fileno(), sink.pollable())
+        waiting = len(accessLog._lines)
+        written = accessLog.written
+        os.set_blocking(self.read, False)
+        drained = b""
+        while True:
+            try:
+                drained += os.read(self.read, 1 << 20)
+            except BlockingIOError:
+                break
+        self.assertEqual(drained, line * written)
+        watch.doWrite()
+        self.assertEqual(reactor.getWriters(), [])
+        self.assertGreater(waiting, 0)
+        self.assertEqual(accessLog._lines, [])
+        accessLog.close()
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_pieces(self) -> None:
         """

@@ -14,8 +14,9 @@ seconds, and when the log closes.
 
 The output never holds a request up nor fails it: each is written without
 blocking (see L{gateway.telemetry.logsinks}); lines an output cannot take
-now (a full pipe) wait in the buffer and are written later, up to
-C{maxPending} bytes; past that, new lines are dropped, and so are lines
+now (a full pipe) wait in the buffer, up to C{maxPending} bytes, and are
+written as soon as the reactor says the output can take more (or after
+L{AccessLog.retryInterval}, for a pipe whose last bytes are left to others); past that, new lines are dropped, and so are lines
 the output refused (a full disk, C{ENOSPC}): L{AccessLog.dropped} counts
 them (C{/api/v1/stats}, C{/metrics}), and the gateway says so once on its
 own log (then once a minute while it lasts, and when it is over).  A file
@@ -29,12 +30,13 @@ import errno
 import os
 from typing import Any, Callable, List, Optional
 
+from twisted.internet.interfaces import IReactorFDSet, IWriteDescriptor
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from gateway.model.accesslog import AccessLogConfig
 from gateway.telemetry.accessformat import makeRenderer
-from gateway.telemetry.logsinks import openSink
+from gateway.telemetry.logsinks import PipeReserved, openSink
 
 log = Logger()
 
@@ -70,6 +72,30 @@ class IAccessLog(Interface):
 
 
 # -- the log ------------------------------------------------------------------
+
+
+@implementer(IWriteDescriptor)
+class _Writable:
+    """
+    What the reactor watches while an output cannot take more: it calls
+    back when the output is writable.
+    """
+
+    def __init__(self, fd: int, writable: Callable[[], None]) -> None:
+        self._fd = fd
+        self._writable = writable
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doWrite(self) -> None:
+        self._writable()
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "access-log"
 
 
 def _pieces(lines: List[bytes], atomic: Optional[int], perLine: bool) -> List[bytes]:
@@ -110,6 +136,9 @@ class AccessLog:
 
     #: Seconds between two reports of lines being dropped, while they are.
     reportInterval = 60.0
+    #: Seconds between two tries to write to an output that could not take
+    #: more, when the reactor does not say when it can.
+    retryInterval = 0.01
 
     def __init__(
         self,
@@ -138,6 +167,7 @@ class AccessLog:
         #: The last write to a file ended inside a line.
         self._torn = False
         self._failing: Optional[str] = None
+        self._watching: Optional[_Writable] = None
         self._droppedReported = 0
         self._lastReport = 0.0
         self.sink: Optional[Any] = None
@@ -210,8 +240,8 @@ class AccessLog:
         for i, piece in enumerate(pieces):
             try:
                 n = sink.write(piece)
-            except BlockingIOError:
-                self._keep(pieces[i:])
+            except BlockingIOError as e:
+                self._keep(pieces[i:], watch=not isinstance(e, PipeReserved))
                 return
             except OSError as e:
                 failed = e
@@ -230,21 +260,54 @@ class AccessLog:
             else:
                 # A socket took part of it: the rest, and what follows,
                 # go next time.
-                self._keep([piece[n:]] + pieces[i + 1 :])
+                self._keep([piece[n:]] + pieces[i + 1 :], watch=True)
                 return
         if failed is None:
             self._recovered()
 
-    def _keep(self, pieces: List[bytes]) -> None:
+    def _keep(self, pieces: List[bytes], watch: bool) -> None:
         """
         Keep what the output could not take now, before the lines logged
-        since, and try again when the timer fires.
+        since, and try again as soon as it can take more (the reactor says
+        so, when it can watch the output and C{watch}), or soon.
         """
         self._lines = pieces + self._lines
         self._size = sum(len(p) for p in self._lines)
         self._blocked = True
+        if watch and self._watch():
+            return
         if self._call is None:
-            self._call = self._reactor.callLater(self._interval, self._timed)
+            self._call = self._reactor.callLater(
+                min(self._interval, self.retryInterval), self._timed
+            )
+
+    def _watch(self) -> bool:
+        """
+        Have the reactor say when the output can take more.
+
+        @return: whether it will (an output it can watch: a pipe, a
+            socket; and a reactor that watches descriptors).
+        """
+        if self._watching is not None:
+            return True
+        sink = self.sink
+        fd = sink.pollable() if sink is not None else None
+        if fd is None or not IReactorFDSet.providedBy(self._reactor):
+            return False
+        self._watching = _Writable(fd, self._writable)
+        self._reactor.addWriter(self._watching)
+        return True
+
+    def _unwatch(self) -> None:
+        watching, self._watching = self._watching, None
+        if watching is not None:
+            self._reactor.removeWriter(watching)
+
+    def _writable(self) -> None:
+        self._blocked = False
+        self.flush()
+        if not self._blocked:
+            self._unwatch()
 
     def _drop(self, count: int, error: OSError) -> None:
         self.dropped += count
@@ -283,6 +346,8 @@ class AccessLog:
         sink = self.sink
         if sink is None:
             return
+        # (A FIFO opened again is another descriptor.)
+        self._unwatch()
         try:
             reopened = sink.reopen()
         except OSError as e:
@@ -304,8 +369,10 @@ class AccessLog:
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
+        self._unwatch()
         self._blocked = False
         self.flush()
+        self._unwatch()
         if self._lines:
             left = sum(p.count(b"\n") for p in self._lines)
             self.dropped += left
@@ -316,6 +383,9 @@ class AccessLog:
             )
             self._lines = []
             self._size = 0
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.close()

@@ -15,10 +15,14 @@ written without blocking; L{openSink} opens the one a config names.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import select
 import socket
 import stat
+import struct
+import termios
 import time
 from typing import Callable, Optional, Tuple, Union
 
@@ -32,6 +36,7 @@ log = Logger()
 __all__ = [
     "FileSink",
     "ISink",
+    "PipeReserved",
     "StandardOutputSink",
     "SyslogSink",
     "openSink",
@@ -55,8 +60,16 @@ class ISink(Interface):
         Write bytes without blocking.
 
         @return: how many were written.
-        @raise BlockingIOError: when the output cannot take any now.
+        @raise BlockingIOError: when the output cannot take any now
+            (L{PipeReserved} when what is left of a pipe is kept for
+            others).
         @raise OSError: when it failed.
+        """
+
+    def pollable() -> Optional[int]:
+        """
+        @return: the file descriptor a reactor can watch to know when the
+            output can take more (a pipe, a socket), or L{None} (a file).
         """
 
     def reopen() -> bool:
@@ -123,6 +136,9 @@ class FileSink:
     def write(self, data: bytes) -> int:
         return os.write(self._fd, data)
 
+    def pollable(self) -> Optional[int]:
+        return None if self.regular or self._fd < 0 else self._fd
+
     def reopen(self) -> bool:
         fd, regular = self._open()
         old, self._fd = self._fd, fd
@@ -141,6 +157,39 @@ class FileSink:
         return f"<FileSink {self.path}>"
 
 
+class PipeReserved(BlockingIOError):
+    """
+    A pipe could take more, but its last bytes are kept for the process's
+    other writers (see L{StandardOutputSink}): try again later, rather
+    than when the pipe says it is writable (it is).
+    """
+
+
+#: fcntl's F_GETPIPE_SZ (Linux; not in PyPy 3.9's fcntl module).
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+
+def _pipeCapacity(fd: int) -> Optional[int]:
+    """
+    @return: the size of a pipe's buffer, or L{None} when the system does not
+        say (not Linux).
+    """
+    try:
+        return int(fcntl.fcntl(fd, _F_GETPIPE_SZ))
+    except OSError:
+        return None
+
+
+def _queued(fd: int) -> int:
+    """
+    @return: the bytes written to a pipe that its reader has not read yet.
+    """
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+    except OSError:
+        return 0
+
+
 @implementer(ISink)
 class StandardOutputSink:
     """
@@ -155,12 +204,19 @@ class StandardOutputSink:
         C{/proc/self/fd/1} with C{O_NONBLOCK}, and written in pieces of
         whole lines of at most C{PIPE_BUF} bytes, which the kernel keeps
         whole among the writes of other processes (a line longer than that
-        is written alone);
+        is written alone).  On a pipe, the last L{reserve} bytes of its
+        buffer are left to the process's other writers: twistd's own log
+        writes to the same pipe, blocking, and would hold the whole
+        process up if the access log had filled it when its reader
+        stalled;
       - a socket (systemd's journal): sent with C{MSG_DONTWAIT}.
 
     @ivar devNull: whether the standard output is C{/dev/null} (a daemon's):
         every line is then lost.
+    @ivar reserve: bytes of a pipe's buffer the access log leaves free.
     """
+
+    reserve = 16384
 
     perLine = False
 
@@ -171,6 +227,8 @@ class StandardOutputSink:
         self.regular = True
         self.atomic: Optional[int] = None
         self.devNull = False
+        #: A pipe's buffer size, or None (not a pipe, or unknown).
+        self._capacity: Optional[int] = None
 
     def open(self) -> None:
         st = os.fstat(self._stdout)
@@ -184,6 +242,8 @@ class StandardOutputSink:
         if stat.S_ISSOCK(mode):
             self._socket = socket.socket(fileno=os.dup(self._stdout))
             return
+        if stat.S_ISFIFO(mode):
+            self._capacity = _pipeCapacity(self._stdout)
         try:
             self._fd = os.open(
                 f"/proc/self/fd/{self._stdout}",
@@ -201,7 +261,16 @@ class StandardOutputSink:
     def write(self, data: bytes) -> int:
         if self._socket is not None:
             return self._socket.send(data, socket.MSG_DONTWAIT)
+        capacity = self._capacity
+        reserve = self.reserve
+        if capacity is not None and reserve and _queued(self._fd) + len(data) > capacity - reserve:
+            raise PipeReserved(errno.EAGAIN, "the pipe's last bytes are left to other writers")
         return os.write(self._fd, data)
+
+    def pollable(self) -> Optional[int]:
+        if self._socket is not None:
+            return self._socket.fileno()
+        return None if self.regular or self._fd < 0 else self._fd
 
     def reopen(self) -> bool:
         return False
@@ -297,6 +366,9 @@ class SyslogSink:
             self.close()
             raise
         return len(data)
+
+    def pollable(self) -> Optional[int]:
+        return self._socket.fileno() if self._socket is not None else None
 
     def reopen(self) -> bool:
         self.close()
