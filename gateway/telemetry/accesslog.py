@@ -16,8 +16,9 @@ The output never holds a request up nor fails it: each is written without
 blocking (see L{gateway.telemetry.logsinks}); lines an output cannot take
 now (a full pipe) wait in the buffer, up to C{maxPending} bytes, and are
 written as soon as the reactor says the output can take more (or after
-L{AccessLog.retryInterval}, for a pipe whose last bytes are left to others); past that, new lines are dropped, and so are lines
-the output refused (a full disk, C{ENOSPC}): L{AccessLog.dropped} counts
+L{AccessLog.retryInterval}, for a pipe whose last bytes are left to
+others); past that, new lines are dropped, and so are lines the output
+refused (a full disk, C{ENOSPC}): L{AccessLog.dropped} counts
 them (C{/api/v1/stats}, C{/metrics}), and the gateway says so once on its
 own log (then once a minute while it lasts, and when it is over).  A file
 that takes part of a batch (it filled up) keeps whole lines: the torn one
