@@ -2,8 +2,8 @@
 # The benchmark (bench/README.md): installs what it needs when missing
 # (Debian's nginx, wrk and pypy3; the project in .venv, and in .venv-pypy
 # for PyPy), then runs bench/run.py with the arguments given, e.g.
-#   scripts/bench.sh            # 10 s runs, medians of 3 (about 15 minutes)
-#   scripts/bench.sh --quick    # 3 s runs, one each (about 3 minutes)
+#   scripts/bench.sh            # 10 s runs, medians of 3 (about 40 minutes)
+#   scripts/bench.sh --quick    # 3 s runs, one each (about 10 minutes)
 # Set BENCH_PYPY=0 to leave PyPy out.  Results: bench/results/latest.{md,json}.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

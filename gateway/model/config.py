@@ -8,7 +8,7 @@ C{routings:} in their REST form)::
 
     proxy:
       listen: tcp:8080:interface=127.0.0.1
-      filters: [request-id, {name: access-log, config: {}}]
+      filters: [request-id]
       trustedProxies: [10.0.0.0/8]
       accessLog: {path: /var/log/gateway/access.log}   # or true / false
     admin:
