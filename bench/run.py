@@ -9,15 +9,21 @@ virtualenvs first), or by hand with the project's CPython:
 It starts an nginx backend answering a 96-byte JSON body, then measures
 with C{wrk --latency}, each row warmed up and then run C{--runs} times:
 
-  1. the backend direct;
-  2. nginx as a reverse proxy (one worker, upstream keep-alive 64);
-  3. Twisted's C{ReverseProxyResource} (C{bench/twisted_reverse_proxy.py}),
-     and a proxy on Twisted's C{Agent} with a persistent pool
-     (C{bench/agent_proxy.py});
-  4. the gateway: (a) plain proxying, (b) with a rate limit, a circuit
-     breaker and a routing rule, (c) a 3-way aggregation; on one worker and
-     on N when the config has C{workers:}; (d) a naive treq fan-out
+  1. the gateway in its shipped configuration (the access log on, the
+     default workers, no filter): the headline rows, first in the report;
+  2. the backend direct;
+  3. nginx as a reverse proxy (one worker, upstream keep-alive 64), without
+     and with an access log (buffered as the gateway's);
+  4. Twisted's C{ReverseProxyResource} (C{bench/twisted_reverse_proxy.py}),
+     a proxy on Twisted's C{Agent} with a persistent pool
+     (C{bench/agent_proxy.py}), and a naive treq fan-out
      (C{bench/treq_fanout.py}) to compare the aggregation with;
+  5. the gateway with each feature on the default configuration
+     (L{FEATURES}: request ids, a rate limit, a circuit breaker, a routing
+     rule, a 3-way aggregation) and with the access log off, on the default
+     workers; then on one worker the default configuration, the
+     aggregation and the access log off, the access log on and off
+     measured once more in turn, run for run;
 
 each on CPython and on PyPy when given.  For every row: requests per
 second, p50 and p99 latency, and the CPU time the measured process tree
@@ -76,7 +82,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 ADMIN_TOKEN = "bench"
 
-# The issue's targets (issue 7), checked against this run's numbers.
+# The issues' targets (issues 7 and 20), checked against this run's numbers.
 TARGET_CPU_CPYTHON_US = 150.0
 #: "about 3x better than the Agent proxy", which the issue measured at
 #: ~470-560 µs: the same target as a ratio, for machines slower or faster.
@@ -92,6 +98,10 @@ TARGET_REBUILD_MS = 200.0
 #: keys, and JWTs (verified tokens cached).
 TARGET_AUTH_KEY_OVERHEAD = 0.05
 TARGET_AUTH_JWT_OVERHEAD = 0.15
+#: Issue 20: the access log on costs at most this much more CPU per request.
+TARGET_ACCESS_LOG_COST = 0.10
+#: Issue 20: the default configuration's CPU per request against nginx's.
+TARGET_DEFAULT_VS_NGINX = {"cpython": 5.0, "pypy": 1.5}
 
 
 class BenchError(Exception):
@@ -694,20 +704,38 @@ def nginxBackend(
     return startNginx(children, name, port, "", location, tls), port
 
 
+#: The access log of the nginx proxy row that keeps one: the gateway's
+#: default JSON fields, escaped as JSON, written through a buffer as the
+#: gateway's (64 KiB, or 100 ms).
+NGINX_LOG_FORMAT = (
+    '    log_format gateway escape=json \'{"time":"$time_iso8601","client":'
+    '"$remote_addr","method":"$request_method","uri":"$request_uri",'
+    '"status":$status,"bytes":$body_bytes_sent,"durationMs":$request_time,'
+    '"upstreamMs":"$upstream_header_time","api":null,"server":'
+    '"$upstream_addr","requestId":"$request_id","userAgent":'
+    '"$http_user_agent"}\';\n'
+)
+
+
 def nginxProxy(
     children: Children,
     backendPort: int,
     tls: Optional[Tuple[str, str]] = None,
     upstreamTLS: bool = False,
-    name: str = "nginx-proxy",
+    name: Optional[str] = None,
+    accessLog: bool = False,
 ) -> Tuple[Child, int]:
     """
     nginx as a reverse proxy to the backend, with upstream keep-alive;
     with C{tls}, it terminates TLS with that certificate; with
     C{upstreamTLS}, it speaks HTTPS to the backend (verifying nothing,
-    reusing TLS sessions).
+    reusing TLS sessions); with C{accessLog}, it writes an access log of
+    the gateway's default fields through a 64 KiB buffer
+    (L{NGINX_LOG_FORMAT}).
     """
     port = freePort()
+    if name is None:
+        name = "nginx-proxy-log" if accessLog else "nginx-proxy"
     upstream = (
         "    upstream backend {\n"
         f"        server 127.0.0.1:{backendPort};\n"
@@ -722,6 +750,10 @@ def nginxProxy(
     )
     if upstreamTLS:
         location += "\n            proxy_ssl_session_reuse on;"
+    if accessLog:
+        upstream += NGINX_LOG_FORMAT
+        prefix = children.workDir / name
+        location += f"\n            access_log {prefix}/access.log gateway buffer=64k flush=100ms;"
     return startNginx(children, name, port, upstream, location, tls), port
 
 
@@ -820,34 +852,62 @@ def withWorkers(config: Dict[str, Any], workers: Optional[int], where: Optional[
         config["proxy"]["workers"] = workers
 
 
+#: The C{Origin} of the requests of the CORS row: allowed by the wildcard
+#: of the C{/cors} API, the longer path of the two.
+CORS_ORIGIN = "https://app.bench.example.org"
+
+#: The gateway rows' APIs: C{(setup, path, what the row is)}.  C{plain} is
+#: the shipped configuration itself; each other adds one feature to it.
+FEATURES: Tuple[Tuple[str, str, str], ...] = (
+    ("plain", "/plain", "plain proxying"),
+    ("requestid", "/request-id", "+ request ids (`request-id` filter)"),
+    ("ratelimit", "/rate-limit", "+ rate limit (per client IP, never reached)"),
+    ("breaker", "/breaker", "+ circuit breaker (on its server, never opens)"),
+    ("routing", "/routing", "+ routing rule (a header condition, never matches)"),
+    ("cors", "/cors", "+ CORS (an actual request from an allowed origin)"),
+    ("transform", "/transform", "+ header transformation (3 request headers, 1 response)"),
+    ("aggregate", "/aggregate", "3-way aggregation"),
+)
+
+#: The request headers of a feature's row, by its path (what the feature
+#: needs to act: the CORS row's requests come from an origin it allows).
+FEATURE_HEADERS: Dict[str, Tuple[str, ...]] = {"/cors": (f"Origin: {CORS_ORIGIN}",)}
+
+
 def gatewayConfig(
     proxyPort: int,
     backendPort: int,
     workers: Optional[int] = None,
     where: Optional[str] = None,
     adminPort: Optional[int] = None,
+    accessLog: Any = True,
     extraServers: Tuple[Dict[str, Any], ...] = (),
     extraClusters: Tuple[Dict[str, Any], ...] = (),
     extraApis: Tuple[Dict[str, Any], ...] = (),
 ) -> Dict[str, Any]:
     """
-    @return: the config of a benchmarked gateway: the default filters
-        (C{request-id}; the access log off), a file store, and five
-        APIs to the nginx backend: C{/plain} (plain proxying),
-        C{/protected} (a rate limit that never triggers, a circuit breaker
-        on its server, a routing rule whose header condition never matches),
-        C{/cors} (plain proxying with CORS: credentials, an exposed header,
-        an exact origin and a wildcard one), C{/transform} (plain proxying
-        with a header transformation: two request headers set from
-        variables, one removed, one response header set) and
-        C{/aggregate} (three nodes merged).
+    @param workers: C{proxy.workers}, or L{None} to leave it unset (the
+        shipped default: one worker per core).
+    @param accessLog: C{proxy.accessLog}: on by default, as shipped (JSON
+        lines on the standard output: the gateway's log file here).
+    @return: the config of a benchmarked gateway: the shipped defaults (no
+        global filter, the access log on, the workers unset unless given),
+        a file store, and one API per row of L{FEATURES} to the nginx
+        backend: C{/plain} (plain proxying), C{/request-id} (the
+        C{request-id} filter on the API), C{/rate-limit} (a token-bucket
+        C{rateLimit} keyed on the client IP that never triggers),
+        C{/breaker} (a C{circuitBreaker} on its server, which never opens),
+        C{/routing} (a routing rule whose header condition never matches),
+        C{/cors} (CORS: credentials, an exposed header, an exact origin and a
+        wildcard one), C{/transform} (a header transformation: two request
+        headers set from variables, one removed, one response header set)
+        and C{/aggregate} (three nodes merged).
     """
     backend = f"127.0.0.1:{backendPort}"
     config: Dict[str, Any] = {
         "proxy": {
             "listen": f"tcp:{proxyPort}:interface=127.0.0.1",
-            "filters": ["request-id"],
-            "accessLog": False,
+            "accessLog": accessLog,
         },
         "store": "file:gateway-data.json",
         "servers": [
@@ -878,11 +938,30 @@ def gatewayConfig(
                 "nodes": [{"cluster": "plain"}],
             },
             {
-                "name": "protected",
+                "name": "request-id",
                 "method": "GET",
-                "urlPattern": "/protected",
+                "urlPattern": "/request-id",
+                "filters": [{"name": "request-id"}],
+                "nodes": [{"cluster": "plain"}],
+            },
+            {
+                "name": "rate-limit",
+                "method": "GET",
+                "urlPattern": "/rate-limit",
                 "rateLimit": {"rate": 10_000_000, "key": "ip"},
+                "nodes": [{"cluster": "plain"}],
+            },
+            {
+                "name": "breaker",
+                "method": "GET",
+                "urlPattern": "/breaker",
                 "nodes": [{"cluster": "guarded"}],
+            },
+            {
+                "name": "routing",
+                "method": "GET",
+                "urlPattern": "/routing",
+                "nodes": [{"cluster": "plain"}],
             },
             {
                 "name": "cors",
@@ -923,7 +1002,7 @@ def gatewayConfig(
         "routings": [
             {
                 "name": "canary",
-                "api": "protected",
+                "api": "routing",
                 "cluster": "canary",
                 "strategy": "split",
                 "trafficRate": 100,
@@ -937,11 +1016,6 @@ def gatewayConfig(
         config["admin"] = {"listen": f"tcp:{adminPort}:interface=127.0.0.1", "token": ADMIN_TOKEN}
     withWorkers(config, workers, where)
     return config
-
-
-#: The C{Origin} of the requests of the CORS row: allowed by the wildcard
-#: of the C{/cors} API, the longer path of the two.
-CORS_ORIGIN = "https://app.bench.example.org"
 
 
 #: The consumer of the authentication rows, its key and its JWT secret.
@@ -1188,17 +1262,55 @@ def computeTargets(report: Report) -> List[Dict[str, Any]]:
     nginx = report.find("nginx-proxy")
     nginxCPU = nginx.get("cpuUsPerReq") if nginx else None
     for interp in ("cpython", "pypy"):
-        gw = report.find(f"gateway-plain-{interp}-1")
+        default = defaultRow(report, interp)
+        cpu = default.get("cpuUsPerReq") if default else None
+        vsNginx = _ratio(cpu, nginxCPU)
+        goal = TARGET_DEFAULT_VS_NGINX[interp]
+        add(
+            f"default configuration CPU/request vs nginx, {_NAMES[interp]}",
+            vsNginx,
+            "x",
+            f"<= {goal:g}x nginx (issue 20)",
+            None if vsNginx is None else vsNginx <= goal,
+            f"{_fmt(cpu, 1)} µs ({default['workers']} workers, access log on) vs nginx's "
+            f"{_fmt(nginxCPU, 1)} µs"
+            if default and vsNginx
+            else "",
+        )
+    for interp in ("cpython", "pypy"):
+        pair = (report.extras.get("accessLogPair") or {}).get(interp) or {}
+        cost = pair.get("cost")
+        detail = pair.get("detail", "")
+        if cost is None:
+            on, off = (
+                report.find(f"gateway-plain-{interp}-1"),
+                report.find(f"gateway-nolog-{interp}-1"),
+            )
+            ratio = _ratio(
+                on.get("cpuUsPerReq") if on else None, off.get("cpuUsPerReq") if off else None
+            )
+            cost = None if ratio is None else ratio - 1
+            detail = "from the rows (1 worker)" if cost is not None else ""
+        add(
+            f"access log on vs off, {_NAMES[interp]}",
+            cost,
+            "%",
+            f"<= {TARGET_ACCESS_LOG_COST:.0%} more CPU/request (issue 20)",
+            None if cost is None else cost <= TARGET_ACCESS_LOG_COST,
+            detail,
+        )
+    for interp in ("cpython", "pypy"):
+        gw = report.find(f"gateway-nolog-{interp}-1")
         cpu = gw.get("cpuUsPerReq") if gw else None
         vsNginx = _ratio(cpu, nginxCPU)
         if interp == "cpython":
             agent = report.find("twisted-agent-cpython")
             agentCPU = agent.get("cpuUsPerReq") if agent else None
             add(
-                "gateway CPU/request, CPython, default filters",
+                "gateway CPU/request, CPython, 1 worker, access log off",
                 cpu,
                 "µs",
-                f"<= {TARGET_CPU_CPYTHON_US:g} µs",
+                f"<= {TARGET_CPU_CPYTHON_US:g} µs (issue 7)",
                 None if cpu is None else cpu <= TARGET_CPU_CPYTHON_US,
                 f"{_fmt(vsNginx, 1)}x nginx's {_fmt(nginxCPU, 1)} µs" if vsNginx else "",
             )
@@ -1220,10 +1332,10 @@ def computeTargets(report: Report) -> List[Dict[str, Any]]:
             )
         else:
             add(
-                "gateway CPU/request vs nginx, PyPy",
+                "gateway CPU/request vs nginx, PyPy, 1 worker, access log off",
                 vsNginx,
                 "x",
-                f"<= {TARGET_CPU_PYPY_VS_NGINX:g}x nginx"
+                f"<= {TARGET_CPU_PYPY_VS_NGINX:g}x nginx (issue 7)"
                 + (f" ({TARGET_CPU_PYPY_VS_NGINX * nginxCPU:.0f} µs here)" if nginxCPU else ""),
                 None if vsNginx is None else vsNginx <= TARGET_CPU_PYPY_VS_NGINX,
                 f"{_fmt(cpu, 1)} µs vs nginx's {_fmt(nginxCPU, 1)} µs" if cpu else "",
@@ -1348,6 +1460,67 @@ def computeTargets(report: Report) -> List[Dict[str, Any]]:
     return targets
 
 
+_NAMES = {"cpython": "CPython", "pypy": "PyPy"}
+
+
+def defaultRow(report: Report, interp: str) -> Optional[Dict[str, Any]]:
+    """
+    @return: the measured row of the shipped configuration (plain
+        proxying, access log on, the default workers) on an interpreter:
+        the C{gateway-plain} row with the most workers.
+    """
+    rows = [
+        r
+        for r in report.rows
+        if r["key"].startswith(f"gateway-plain-{interp}-") and r.get("reqPerSec") is not None
+    ]
+    rows = [r for r in rows if isinstance(r["workers"], int)]
+    return max(rows, key=lambda r: r["workers"]) if rows else None
+
+
+#: The features whose cost the report gives, against the default
+#: configuration: C{(row setup, what)}; C{nolog} is the access log off
+#: (its cost is the default's CPU less that row's).
+COSTS: Tuple[Tuple[str, str], ...] = (
+    ("nolog", "access log (on, as shipped)"),
+    ("requestid", "request ids"),
+    ("ratelimit", "rate limit"),
+    ("breaker", "circuit breaker"),
+    ("routing", "routing rule"),
+    ("aggregate", "3-way aggregation (three upstream requests)"),
+)
+
+
+def featureCosts(report: Report) -> List[Dict[str, Any]]:
+    """
+    @return: what each feature costs per request against the default
+        configuration, on each interpreter, from the rows with the default
+        workers: C{{"feature", "cpython": {...}, "pypy": {...}}}, each with
+        C{usPerReq} (the feature's row), C{costUs} and C{cost} (a
+        fraction; L{None} when not measured).  The access log's cost is the
+        default's CPU less the access log off row's.
+    """
+    out = []
+    for setup, what in COSTS:
+        entry: Dict[str, Any] = {"feature": what, "setup": setup}
+        for interp in ("cpython", "pypy"):
+            default = defaultRow(report, interp)
+            base = default.get("cpuUsPerReq") if default else None
+            row = report.find(f"gateway-{setup}-{interp}-{default['workers']}") if default else None
+            cpu = row.get("cpuUsPerReq") if row else None
+            costUs = None
+            if base is not None and cpu is not None:
+                costUs = base - cpu if setup == "nolog" else cpu - base
+            reference = cpu if setup == "nolog" else base
+            entry[interp] = {
+                "usPerReq": cpu,
+                "costUs": costUs,
+                "cost": None if costUs is None or not reference else costUs / reference,
+            }
+        out.append(entry)
+    return out
+
+
 def _fmt(value: Optional[float], digits: int = 0, thousands: bool = False) -> str:
     if value is None:
         return "–"
@@ -1421,9 +1594,45 @@ def renderMarkdown(report: Report, targets: List[Dict[str, Any]]) -> str:
             f"{_fmt(row.get('p99Ms'), 2)} | {_fmt(row.get('cpuUsPerReq'), 1)} | "
             f"{'; '.join(notes)} |"
         )
+    costs = featureCosts(report)
+    if any(c[i]["costUs"] is not None for c in costs for i in ("cpython", "pypy")):
+        lines += [
+            "",
+            "## What each feature costs",
+            "",
+            "CPU per request of each feature's row against the default configuration's "
+            "(plain proxying, access log on, the default workers), in the same run; for the "
+            "access log, the default configuration against the access log off.",
+            "",
+            "| feature | CPython µs/req | CPython cost | PyPy µs/req | PyPy cost |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for c in costs:
+            cells = []
+            for interp in ("cpython", "pypy"):
+                figures = c[interp]
+                cost = figures["costUs"]
+                cells.append(_fmt(figures["usPerReq"], 1))
+                cells.append(
+                    "–"
+                    if cost is None
+                    else f"{cost:+.1f} µs ({figures['cost']:+.1%})"
+                    if figures["cost"] is not None
+                    else f"{cost:+.1f} µs"
+                )
+            lines.append(f"| {c['feature']} | " + " | ".join(cells) + " |")
+    pairs = report.extras.get("accessLogPair") or {}
+    for interp, pair in sorted(pairs.items()):
+        if pair.get("error"):
+            lines.append(f"\n- access log on vs off in turn, {interp}: failed: {pair['error']}")
+        elif pair.get("cost") is not None:
+            lines.append(
+                f"\n- access log on vs off in turn, {interp}: {pair['cost']:+.1%} "
+                f"({pair['detail']})"
+            )
     lines += [
         "",
-        "## The issue's targets",
+        "## The issues' targets",
         "",
         "| target | measured | goal | met | detail |",
         "| --- | ---: | --- | --- | --- |",
@@ -1652,18 +1861,23 @@ class Bench:
             "manyApis": options.many_apis,
         }
         self.report.notes.append(
-            "Gateway rows: filters [request-id], accessLog: false (the access log is off for "
-            "throughput, as it is for nginx), a file store (seeded from the config); one "
-            "gateway process (tree) per "
-            "(python, workers) serves /plain, /protected, /aggregate, /cors (requests with an "
-            f"Origin allowed by a wildcard: {CORS_ORIGIN}) and /transform."
+            "Gateway rows: the shipped configuration (the access log on: JSON lines on the "
+            "standard output, here the gateway's log file; `workers:` unset, one per core; "
+            "no filter) and a file store seeded from the config; each feature row adds one "
+            "feature to it (an API of its own on the same gateway); the access log off rows "
+            "are a gateway of their own. With N workers one gateway process (tree) runs at a "
+            "time; with one worker, the gateways with the access log on and off run together "
+            "and are also measured in turn. The CORS row's requests carry an Origin its API "
+            f"allows by a wildcard ({CORS_ORIGIN})."
         )
         if self.workersWhere is None:
             self.report.notes.append(
                 "N-worker gateway rows skipped: gateway/config.py has no `workers:` key yet."
             )
         elif self.manyWorkers <= 1:
-            self.report.notes.append("N-worker rows skipped: one CPU (or --workers 1).")
+            self.report.notes.append(
+                "One CPU (or --workers 1): the default configuration runs one worker."
+            )
 
         backend, self.backendPort = nginxBackend(self.children)
         self.throughput(backend)
@@ -1676,9 +1890,41 @@ class Bench:
             self.largeBody()
             self.apisScale()
 
+    def workerCounts(self) -> List[int]:
+        """
+        @return: the worker counts of the gateway rows: the default (one
+            per core, N) first, then 1 (when N is not 1 already).
+        """
+        counts = [self.manyWorkers]
+        if self.workersWhere is None:
+            counts = [1]
+        elif self.manyWorkers > 1:
+            counts.append(1)
+        return counts
+
+    def planGatewayRows(self) -> None:
+        """
+        Make the headline rows, first in the report: the gateway in its
+        shipped configuration (access log on, the default workers, no
+        filter), plain proxying, on each interpreter.  They are measured
+        with the other gateway rows (L{gatewayRows}).
+        """
+        if not self.wanted("gateway"):
+            return
+        workers = self.workerCounts()[0]
+        for name in self.interpreters:
+            self.report.row(
+                f"gateway-plain-{name}-{workers}",
+                "**gateway, default configuration** (access log on, default workers, "
+                "no filter): plain proxying",
+                name,
+                workers,
+            )
+
     def throughput(self, backend: Child) -> None:
         wanted = self.wanted
         report = self.report
+        self.planGatewayRows()
         if wanted("direct"):
             row = report.row("direct", "backend direct (nginx)", "–", 1)
             row["notes"] = ["CPU: the backend's"]
@@ -1690,6 +1936,17 @@ class Bench:
             self.withChild(
                 row,
                 lambda: nginxProxy(self.children, self.backendPort),
+                "/",
+            )
+            row = report.row(
+                "nginx-proxy-log",
+                "nginx reverse proxy, access log on (JSON, buffer=64k flush=100ms)",
+                "–",
+                1,
+            )
+            self.withChild(
+                row,
+                lambda: nginxProxy(self.children, self.backendPort, accessLog=True),
                 "/",
             )
         baselines = (
@@ -1721,23 +1978,10 @@ class Bench:
                     self.authRows(name, interpreter)
             return
         for name, interpreter in self.interpreters.items():
-            counts: List[Optional[int]] = [1]
-            if self.workersWhere is not None and self.manyWorkers > 1:
-                counts.append(self.manyWorkers)
-            for workers in counts:
-                self.gatewayRows(name, interpreter, workers)
+            self.gatewayRows(name, interpreter)
         for name, interpreter in self.interpreters.items():
             if wanted("auth"):
                 self.authRows(name, interpreter)
-            if len(counts) == 1:
-                for setup in ("plain", "protected", "aggregate", "cors", "transform"):
-                    report.row(
-                        f"gateway-{setup}-{name}-N",
-                        f"gateway, {setup}",
-                        name,
-                        "N",
-                        skipped="no `workers:` in the config yet",
-                    )
 
     def tlsRows(self) -> None:
         """
@@ -1896,59 +2140,162 @@ class Bench:
             if child is not None:
                 self.children.stop(child)
 
-    def gatewayRows(self, name: str, interpreter: Interpreter, workers: int) -> None:
-        setups = [
-            ("plain", "gateway, plain proxying", "/plain", ()),
-            ("protected", "gateway, rate limit + breaker + routing rule", "/protected", ()),
-            ("aggregate", "gateway, 3-way aggregation", "/aggregate", ()),
-            ("cors", "gateway, CORS (actual requests)", "/cors", (f"Origin: {CORS_ORIGIN}",)),
-            ("transform", "gateway, header transformation", "/transform", ()),
-        ]
-        rows = [
-            self.report.row(f"gateway-{setup}-{name}-{workers}", what, name, workers)
-            for setup, what, _, _ in setups
-        ]
+    def gatewayRow(self, key: str, what: str, name: str, workers: int) -> Dict[str, Any]:
+        """
+        @return: the row of that key (made in advance by L{planGatewayRows}),
+            or a new one.
+        """
+        for row in self.report.rows:
+            if row["key"] == key:
+                return row
+        return self.report.row(key, what, name, workers)
+
+    def startGatewayFor(
+        self, name: str, interpreter: Interpreter, workers: int, accessLog: bool
+    ) -> Tuple[Child, int]:
+        """
+        Start a gateway of the benchmark's config: the shipped defaults
+        (the workers left unset when they are the default count), with the
+        access log on or off.
+        """
+        explicit = workers if (workers == 1 or self.options.workers) else None
         config = gatewayConfig(
             freePort(),
             self.backendPort,
-            workers=workers,
+            workers=explicit,
             where=self.workersWhere,
+            accessLog=accessLog,
         )
-        child = None
-        try:
-            child, port = startGateway(
-                self.children, f"gateway-{name}-{workers}w", interpreter, config
+        label = f"gateway-{name}-{workers}w" + ("" if accessLog else "-nolog")
+        return startGateway(self.children, label, interpreter, config)
+
+    def gatewayRows(self, name: str, interpreter: Interpreter) -> None:
+        """
+        The gateway rows of one interpreter: with the default workers (N),
+        the shipped configuration and each feature on it (L{FEATURES}),
+        then the access log off; with one worker, the shipped
+        configuration, the 3-way aggregation and the access log off, the
+        access log on and off measured once more in turn
+        (L{pairAccessLog}), and on CPython the gateway against the
+        C{Agent} proxy in turn (L{pairWithAgent}).
+        """
+        counts = self.workerCounts()
+        if counts[0] != 1:
+            self.featureRows(name, interpreter, counts[0])
+            self.oneWorkerRows(name, interpreter, ("plain", "aggregate"))
+        else:
+            self.oneWorkerRows(name, interpreter, tuple(f[0] for f in FEATURES))
+
+    def rowsOf(
+        self, name: str, workers: int, setups: Tuple[str, ...], suffix: str = ""
+    ) -> List[Tuple[Dict[str, Any], str]]:
+        """
+        @return: C{(row, path)} of the gateway rows of these setups.
+        """
+        out = []
+        for setup, path, what in FEATURES:
+            if setup not in setups:
+                continue
+            prefix = "default configuration: " if setup == "plain" else ""
+            row = self.gatewayRow(
+                f"gateway-{setup}-{name}-{workers}",
+                f"gateway, {prefix}{what}{suffix}",
+                name,
+                workers,
             )
-            status, body = get(port, "/aggregate")
+            out.append((row, path))
+        return out
+
+    def checkAggregate(self, port: int, row: Dict[str, Any]) -> None:
+        status, body = get(port, "/aggregate")
+        try:
+            merged = json.loads(body) if status == 200 else None
+        except ValueError:
+            merged = None
+        if not (isinstance(merged, dict) and set(merged) >= {"a", "b", "c"}):
+            row["notes"] = [f"unexpected /aggregate answer {status}: {body[:100]!r}"]
+
+    def featureRows(self, name: str, interpreter: Interpreter, workers: int) -> None:
+        """
+        With N workers, one gateway process (tree) at a time: the shipped
+        configuration serves every feature's row, then one with the access
+        log off serves its row.
+        """
+        rows = self.rowsOf(name, workers, tuple(f[0] for f in FEATURES))
+        off = self.gatewayRow(
+            f"gateway-nolog-{name}-{workers}",
+            "gateway, access log off: plain proxying",
+            name,
+            workers,
+        )
+        for accessLog, measured in ((True, rows), (False, [(off, "/plain")])):
+            child = None
             try:
-                merged = json.loads(body) if status == 200 else None
-            except ValueError:
-                merged = None
-            if not (isinstance(merged, dict) and set(merged) >= {"a", "b", "c"}):
-                rows[2]["notes"] = [f"unexpected /aggregate answer {status}: {body[:100]!r}"]
-            for row, (_, _, path, headers) in zip(rows, setups):
-                self.measureRow(row, f"http://{HOST}:{port}{path}", child.pid, headers)
-            plainCPU = rows[0].get("cpuUsPerReq")
-            for row in rows[3:]:
-                # What the feature adds, against /plain of the same process.
-                cpu = row.get("cpuUsPerReq")
-                if cpu is not None and plainCPU:
-                    row["overPlainUs"] = cpu - plainCPU
-                    row.setdefault("notes", []).append(
-                        f"{cpu - plainCPU:+.1f} µs/req ({(cpu / plainCPU - 1) * 100:+.0f} %)"
-                        " over plain proxying"
+                child, port = self.startGatewayFor(name, interpreter, workers, accessLog)
+                if accessLog:
+                    self.checkAggregate(port, rows[-1][0])
+                processes = len(treePIDs(child.pid))
+                for row, path in measured:
+                    self.measureRow(
+                        row,
+                        f"http://{HOST}:{port}{path}",
+                        child.pid,
+                        FEATURE_HEADERS.get(path, ()),
                     )
-            if name == "cpython" and workers == 1 and self.wanted("agent"):
-                self.pairWithAgent(child, port, interpreter)
-            if workers > 1:
-                for row in rows:
-                    row.setdefault("notes", []).append(f"{len(treePIDs(child.pid))} processes")
+                    row.setdefault("notes", []).append(f"{processes} processes")
+            except (BenchError, OSError) as e:
+                for row, _ in measured:
+                    row.setdefault("error", str(e))
+                self.log(f"  failed: {e}")
+            finally:
+                if child is not None:
+                    self.children.stop(child)
+
+    def oneWorkerRows(self, name: str, interpreter: Interpreter, setups: Tuple[str, ...]) -> None:
+        """
+        With one worker, two gateways at once, the same but for the access
+        log: plain proxying on each, then the two in turn
+        (L{pairAccessLog}) and, on CPython, the second with the C{Agent}
+        proxy in turn (L{pairWithAgent}), then the other rows of C{setups}
+        on the first.
+        """
+        alone = len(setups) == len(FEATURES)
+        suffix = "" if alone else ", 1 worker"
+        rows = self.rowsOf(name, 1, setups, suffix)
+        off = self.gatewayRow(
+            f"gateway-nolog-{name}-1",
+            f"gateway, access log off: plain proxying{suffix}",
+            name,
+            1,
+        )
+        started: List[Child] = []
+        try:
+            on, onPort = self.startGatewayFor(name, interpreter, 1, True)
+            started.append(on)
+            offChild, offPort = self.startGatewayFor(name, interpreter, 1, False)
+            started.append(offChild)
+            self.checkAggregate(onPort, rows[-1][0])
+            # Plain proxying first on both, then both in turn, then the
+            # rest: each JIT (PyPy) has seen the same requests when the two
+            # are compared (one that also served the aggregation first has
+            # traces of its own, and measured 20 % more per request).
+            [(plain, plainPath)] = [(r, p) for r, p in rows if p == "/plain"]
+            self.measureRow(plain, f"http://{HOST}:{onPort}{plainPath}", on.pid)
+            self.measureRow(off, f"http://{HOST}:{offPort}/plain", offChild.pid)
+            self.pairAccessLog(name, (on, onPort), (offChild, offPort))
+            if name == "cpython" and self.wanted("agent"):
+                self.pairWithAgent(offChild, offPort, interpreter)
+            for row, path in rows:
+                if row is not plain:
+                    self.measureRow(
+                        row, f"http://{HOST}:{onPort}{path}", on.pid, FEATURE_HEADERS.get(path, ())
+                    )
         except (BenchError, OSError) as e:
-            for row in rows:
+            for row in [r for r, _ in rows] + [off]:
                 row.setdefault("error", str(e))
             self.log(f"  failed: {e}")
         finally:
-            if child is not None:
+            for child in started:
                 self.children.stop(child)
 
     def authRows(self, name: str, interpreter: Interpreter) -> None:
@@ -2024,6 +2371,55 @@ class Bench:
         finally:
             if child is not None:
                 self.children.stop(child)
+
+    def pairAccessLog(self, name: str, on: Tuple[Child, int], off: Tuple[Child, int]) -> None:
+        """
+        The access log's cost, measured in turn, run for run: two
+        one-worker gateways, the same but for the access log, both running,
+        C{/plain} of each loaded by turns; the cost is the median of the
+        ratios of their CPU per request (rows measured minutes apart carry
+        the machine's drift, runs made in turn carry it alike).
+        """
+        pairs = self.report.extras.setdefault("accessLogPair", {})
+        result: Dict[str, Any] = {}
+        pairs[name] = result
+        self.log(f"gateway ({name}, /plain, 1 worker), access log on and off, in turn")
+        targets = [
+            (f"http://{HOST}:{on[1]}/plain", on[0].pid),
+            (f"http://{HOST}:{off[1]}/plain", off[0].pid),
+        ]
+        ons: List[float] = []
+        offs: List[float] = []
+        try:
+            for order in pairedTurns(self.options.runs):
+                figures = {}
+                for i in order:
+                    url, pid = targets[i]
+                    figures[i] = measure(self.wrk, url, pid, 1, 0)["cpuUsPerReq"]
+                if figures[0] is None or figures[1] is None:
+                    raise BenchError("a run completed no request")
+                ons.append(figures[0])
+                offs.append(figures[1])
+        except (BenchError, OSError) as e:
+            result["error"] = str(e)
+            self.log(f"  failed: {e}")
+            return
+        ratios = [a / b for a, b in zip(ons, offs)]
+        result.update(
+            {
+                "onUsPerReq": statistics.median(ons),
+                "offUsPerReq": statistics.median(offs),
+                "ratio": statistics.median(ratios),
+                "cost": statistics.median(ratios) - 1,
+                "ratios": ratios,
+                "detail": (
+                    f"measured in turn, run for run, 1 worker: {statistics.median(ons):.1f} µs "
+                    f"on vs {statistics.median(offs):.1f} µs off (ratios "
+                    f"{', '.join(f'{r:.3f}' for r in ratios)})"
+                ),
+            }
+        )
+        self.log(f"  {result['detail']}")
 
     def wanted(self, group: str) -> bool:
         """
@@ -2573,6 +2969,8 @@ class Bench:
                     workers=1,
                     where=self.workersWhere,
                     adminPort=adminPort,
+                    # The routing's cost alone, comparable with earlier runs.
+                    accessLog=False,
                     extraApis=apis,
                 )
                 start = time.monotonic()

@@ -7,7 +7,7 @@
 # Quick when run again.
 # GATEWAY_CHECKS=0 scripts/test.sh ... runs the tests alone (CI never does).
 # GATEWAY_PYTHON=pypy3 scripts/test.sh runs them on PyPy instead
-# (scripts/test-pypy.sh; opt-in, CI does not).
+# (scripts/test-pypy.sh; CI, .ci/run, runs the unit tests that way too).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ "${GATEWAY_PYTHON:-}" = pypy3 ]; then

@@ -1,5 +1,10 @@
 """
-The C{access-log} filter: one structured log event per request.
+The C{access-log} filter: one structured L{twisted.logger} event per
+request, on twistd's own log, for the APIs that name it.
+
+It is not the gateway's access log (C{proxy.accessLog},
+L{gateway.telemetry.accesslog}), which writes one line per request in
+batches, for about a tenth of this filter's cost.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ name PEM files, C{certFile} and C{keyFile}, relative to the file)::
       listen: tcp:8080:interface=127.0.0.1
       tlsListen: [tcp:8443:interface=127.0.0.1]
       tlsDefaultCertificate: main
-      filters: [request-id, {name: access-log, config: {}}]
+      filters: [request-id]
       trustedProxies: [10.0.0.0/8]
-      accessLog: true
+      accessLog: {path: /var/log/gateway/access.log}   # or true / false
     admin:
       listen: tcp:9090:interface=127.0.0.1
       token: change-me
@@ -30,19 +30,30 @@ invalid file raises L{ConfigError}, which names the key at fault
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import attrs
 import yaml
 
 from gateway.model import patterns
+from gateway.model.accesslog import AccessLogConfig, AccessLogSetting
 from gateway.model.certificates import inlineCertificateFiles
 from gateway.model.consumers import keepCredentials
 from gateway.model.endpoints import isLoopbackEndpoint
 from gateway.model.limits import DEFAULT_MAX_IDLE, HTTPLimits
 from gateway.model.resources import KINDS, Catalog, FilterSpec, missingSecrets, parseResource
 from gateway.model.schema import (
-    Bool,
     Enum,
     Int,
     Name,
@@ -254,7 +265,14 @@ class ProxyConfig:
     trustedProxies: Tuple[str, ...] = field(
         ListOf(Str(check=checkCIDR)), (), doc="CIDRs whose X-Forwarded-For is believed"
     )
-    accessLog: bool = field(Bool(), True)
+    accessLog: Union[bool, AccessLogConfig] = field(
+        AccessLogSetting(),
+        attrs.Factory(AccessLogConfig),
+        doc=(
+            "true: JSON lines on the standard output; false: none; or an object: "
+            "{path, format, fields, flushInterval, bufferSize, maxPending, facility, tag}"
+        ),
+    )
     workers: Optional[int] = field(
         Nullable(Int(0, 256)),
         None,

@@ -160,6 +160,9 @@ class GatewayResource(Resource):
         C{websocket} and keeps their tunnels (a
         L{gateway.pipeline.websocket.WebSockets}), or L{None}: upgrade
         headers are then always stripped.
+    @param accessLog: told of every request once it is over, as
+        C{accessLog.log(exchange)} (a
+        L{gateway.telemetry.accesslog.IAccessLog}), or L{None}.
     """
 
     isLeaf = True
@@ -178,6 +181,7 @@ class GatewayResource(Resource):
         httpsPort: Optional[int] = None,
         tracer: Optional[ITracer] = None,
         websockets: Optional[WebSockets] = None,
+        accessLog: Any = None,
     ) -> None:
         super().__init__()
         self._manager = manager
@@ -192,6 +196,7 @@ class GatewayResource(Resource):
         self._random = random or Random()
         self._tracer = tracer
         self._websockets = websockets
+        self._accessLog = accessLog
         #: Requests being served now.
         self.inFlight = 0
         self._draining = False
@@ -249,7 +254,7 @@ class GatewayResource(Resource):
             notifyDone(self._requestOver, exchange)
         else:
             request.notifyFinish().addErrback(self._clientGone, exchange).addBoth(
-                self._requestEnded, request
+                self._requestEnded, request, exchange
             )
         self._runBefore(exchange, chain, 0)
         return server.NOT_DONE_YET
@@ -740,12 +745,14 @@ class GatewayResource(Resource):
             self._clientGone(reason, exchange)
         if exchange.upgrade is not None and self._websockets.handshakeOver(exchange):  # type: ignore[union-attr]
             # Switched to a tunnel: its connection is the tunnel's now.
-            self._requestEnded(None, None)
+            self._requestEnded(None, None, exchange)
             return
-        self._requestEnded(None, exchange.request)
+        self._requestEnded(None, exchange.request, exchange)
 
-    def _requestEnded(self, _: Any, request: Any) -> None:
+    def _requestEnded(self, _: Any, request: Any, exchange: Optional[Exchange] = None) -> None:
         self.inFlight -= 1
+        if self._accessLog is not None and exchange is not None:
+            self._accessLog.log(exchange)
         if self._draining:
             # Tell keep-alive clients to go elsewhere: close the connection
             # once this answer is out.  (The request has let go of its

@@ -42,6 +42,7 @@ class ParentLink(Service):
         stats: Callable[[], Dict[str, Any]],
         statsInterval: float = 1.0,
         onGateways: Optional[Callable[[int], None]] = None,
+        onReopen: Optional[Callable[[], None]] = None,
     ) -> None:
         """
         @param reactor: the worker's reactor.
@@ -55,6 +56,9 @@ class ParentLink(Service):
         @param statsInterval: how often they are reported, in seconds.
         @param onGateways: called with the count of live gateways the
             parent relays (the fleet's limits divide by it), or L{None}.
+        @param onReopen: called when the parent says to open the log files
+            again (C{{"reopenLogs": true}}, see
+            L{gateway.process.pool.WorkerPool.reopenLogs}), or L{None}.
         """
         self._reactor = reactor
         self._fd = fd
@@ -63,6 +67,7 @@ class ParentLink(Service):
         self._stats = stats
         self._statsInterval = statsInterval
         self._onGateways = onGateways
+        self._onReopen = onReopen
         self._health: Dict[str, bool] = {}
         self._statsCall: Optional[Any] = None
         self.channel: Optional[ControlChannel] = None
@@ -101,6 +106,8 @@ class ParentLink(Service):
                 taken = False
             if not taken:
                 self._send({"resync": True})
+        if message.get("reopenLogs") is True and self._onReopen is not None:
+            self._onReopen()
 
     def _rediscover(self, data: Any) -> None:
         try:

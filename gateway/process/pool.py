@@ -19,6 +19,8 @@ Parent and worker talk over a socketpair, one JSON object per line:
                       {"gateways": N}    the live gateways (the fleet's
                                          limits divide by it, see
                                          L{gateway.protection.redisbuckets})
+                      {"reopenLogs": true} open the access log again (the
+                                         parent got SIGUSR1)
     worker -> parent  {"serving": N}     the worker serves store revision N
                       {"resync": true}   send the whole state again
                       {"stats": {...}}   its statistics, every second
@@ -363,6 +365,15 @@ class WorkerPool(Service):
             return
         channel.send({"state": fullMessage(self._relayed)})
         self._synced.add(index)
+
+    def reopenLogs(self) -> None:
+        """
+        Tell every worker to open its access log again (the gateway got
+        C{SIGUSR1}: logrotate renamed the file).
+        """
+        message = encodeMessage({"reopenLogs": True})
+        for channel in self._channels.values():
+            channel.sendEncoded(message)
 
     def pids(self) -> Dict[int, Optional[int]]:
         """

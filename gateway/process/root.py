@@ -48,6 +48,7 @@ from gateway.pipeline.https import httpsPort
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.resource import GatewayResource
 from gateway.pipeline.websocket import WebSockets
+from gateway.process.accesslog import AccessLogService, ReopenOnSignal, accessLogFor
 from gateway.process.fleetlimits import GatewayCounter, fleetLimits
 from gateway.process.interpreter import nurseryAdvice
 from gateway.process.listening import ListenService, ProxyService
@@ -128,6 +129,18 @@ def makeService(
     return makeWorkerService(config, reactor, filterRegistry, abort, worker, client)
 
 
+def _accessLogServices(root: ProcessService, accessLog: Any, reactor: Any, abort: Abort) -> None:
+    """
+    Add the access log of the proxy in this process, if any, to C{root}:
+    before the proxy's service, so that it closes after the proxy's last
+    requests are over; reopened on C{SIGUSR1}.
+    """
+    if accessLog is None:
+        return
+    AccessLogService(accessLog, abort).setServiceParent(root)
+    ReopenOnSignal(reactor, [accessLog.reopen]).setServiceParent(root)
+
+
 def _upstreamClient(reactor: Any, proxyConfig: Any) -> HTTP11UpstreamClient:
     return HTTP11UpstreamClient(
         reactor,
@@ -144,6 +157,7 @@ def _proxySite(
     client: Any,
     counters: Stats,
     tracing: Any = None,
+    accessLog: Any = None,
 ) -> Tuple[GatewayResource, GatewaySite]:
     tlsListen = proxyConfig.tlsListen
     # (WebSocket handshakes go through the engine's upgrading client itself:
@@ -167,6 +181,7 @@ def _proxySite(
         websockets=(
             WebSockets(upgrader, reactor, stats=counters) if upgrader is not None else None
         ),
+        accessLog=accessLog,
     )
     site = GatewaySite(
         resource,
@@ -389,11 +404,18 @@ def makeGatewayService(
         ).setServiceParent(root)
 
     if pool is not None:
+        if proxyConfig.accessLog is not False:
+            # Each worker writes its own lines: pass SIGUSR1 on to them.
+            ReopenOnSignal(reactor, [pool.reopenLogs]).setServiceParent(root)
         pool.setServiceParent(root)
     elif proxyConfig is not None:
         manager.addListener(lambda snapshot: served.serving("proxy", snapshot.revision))
         tracing = _tracing(config, reactor, root, counters)
-        resource, site = _proxySite(proxyConfig, reactor, manager, client, counters, tracing)
+        accessLog = counters.accessLog = accessLogFor(proxyConfig, reactor)
+        _accessLogServices(root, accessLog, reactor, abort)
+        resource, site = _proxySite(
+            proxyConfig, reactor, manager, client, counters, tracing, accessLog
+        )
         _proxyServices(
             root,
             proxyConfig,
@@ -462,6 +484,7 @@ def makeWorkerService(
     if fleet is not None:
         counters.limits = fleet.buckets
         fleet.setServiceParent(root)
+    accessLog = counters.accessLog = accessLogFor(proxyConfig, reactor)
     if client is None:
         client = _upstreamClient(reactor, proxyConfig)
     storeService = StoreService(store, manager, abort, reactor)
@@ -472,11 +495,13 @@ def makeWorkerService(
         manager,
         stats=lambda: counters.snapshot(manager, None),
         onGateways=fleet.buckets.setGateways if fleet is not None else None,
+        onReopen=accessLog.reopen if accessLog is not None else None,
     ).setServiceParent(root)
     storeService.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)
     tracing = _tracing(config, reactor, root, counters)
-    resource, site = _proxySite(proxyConfig, reactor, manager, client, counters, tracing)
+    _accessLogServices(root, accessLog, reactor, abort)
+    resource, site = _proxySite(proxyConfig, reactor, manager, client, counters, tracing, accessLog)
     _proxyServices(
         root,
         proxyConfig,

@@ -34,6 +34,8 @@ Metrics::
   gateway_websocket_tunnels_opened_total{api}      tunnels opened (handshakes answered 101)
   gateway_websocket_over_cap_total{api}            handshakes refused over maxWebsockets
   gateway_websocket_bytes_total{api,direction}     bytes relayed: up (client to server), down
+  gateway_access_log_lines_total                   access log lines written
+  gateway_access_log_dropped_total                 access log lines dropped (full disk, slow pipe)
   gateway_snapshot_revision                        store revision being served
   gateway_tracing_spans_exported_total             spans the trace collector took
   gateway_tracing_spans_dropped_total{reason}      queue-full, export-failed
@@ -142,6 +144,19 @@ class GatewayCollector(Collector):
         if limits is not None:
             yield from _limitsMetrics(limits.snapshot())
         yield from self._websockets(getattr(stats, "websockets", {}))
+        accessLog = getattr(stats, "accessLog", None)
+        written = CounterMetricFamily(
+            "gateway_access_log_lines", "Access log lines written (0 when the access log is off)"
+        )
+        written.add_metric([], accessLog.written if accessLog is not None else 0)
+        yield written
+        dropped = CounterMetricFamily(
+            "gateway_access_log_dropped",
+            "Access log lines dropped: the output refused them (a full disk) or could not"
+            " keep up (a full pipe)",
+        )
+        dropped.add_metric([], accessLog.dropped if accessLog is not None else 0)
+        yield dropped
         info = InfoMetricFamily("gateway", "Gateway version")
         info.add_metric([], {"version": gateway.__version__})
         yield info

@@ -265,9 +265,12 @@ class Stats:
         for C{proxy.limits.sendTimeout} seconds (see L{countSendTimeout}).
     @ivar websockets: C{{name: L{WebSocketCounters}}} per API with
         C{websocket: true}.
+    @ivar accessLog: the proxy's L{gateway.telemetry.accesslog.IAccessLog},
+        whose counts the snapshot shows, or L{None}.
     """
 
     sendTimeouts = 0
+    accessLog: Any = None
 
     #: The fleet's limits of this proxy (L{gateway.protection.redisbuckets.RedisBuckets},
     #: whose C{snapshot()} is under C{"limits"}), or L{None}.
@@ -470,10 +473,11 @@ class Stats:
             "addr", "active", "latencyEWMA" (seconds, as the backend keeps
             it), "healthy", "ejected", "upstreamRequests",
             "upstreamFailures", "health", "breaker"}}},
-            C{sendTimeouts} (see L{countSendTimeout}), C{revision} (of the
-            snapshot, or L{None}) and C{at} (clock seconds), and when
-            requests are traced C{tracing} (see L{tracingCounts}).  See
-            L{latencyJSON} for C{latency}.
+            C{sendTimeouts} (see L{countSendTimeout}), C{accessLog}
+            C{{"written", "dropped"}} (lines; zeros when it is off),
+            C{revision} (of the snapshot, or L{None}) and C{at} (clock
+            seconds), and when requests are traced C{tracing} (see
+            L{tracingCounts}).  See L{latencyJSON} for C{latency}.
         """
         now = self._clock.seconds()
         totals = self.totals
@@ -509,6 +513,7 @@ class Stats:
             "apis": apis,
             "servers": servers,
             "sendTimeouts": self.sendTimeouts,
+            "accessLog": accessLogJSON(self.accessLog),
             "revision": current.revision if current is not None else None,
             "at": now,
         }
@@ -518,6 +523,16 @@ class Stats:
         if self.limits is not None:
             result["limits"] = self.limits.snapshot()
         return result
+
+
+def accessLogJSON(accessLog: Any) -> Dict[str, int]:
+    """
+    @return: C{{"written", "dropped"}}: the lines an access log wrote and
+        dropped so far (zeros for L{None}, no access log).
+    """
+    if accessLog is None:
+        return {"written": 0, "dropped": 0}
+    return {"written": accessLog.written, "dropped": accessLog.dropped}
 
 
 def apiBreaker(compiled: Any) -> Any:
@@ -598,8 +613,9 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     its snapshot.
 
     @return: a snapshot of the same shape; C{at} is the latest of theirs,
-        C{revision} the highest, C{sendTimeouts} their sum, and so are the
-        counters of C{tracing} (when any of them has it).
+        C{revision} the highest, C{sendTimeouts} and C{accessLog}'s counts
+        their sums, and so are the counters of C{tracing} (when any of them
+        has it).
     """
     totals: Dict[str, Any] = {"requests": 0, "errors": 0, "rejects": 0}
     totalLatency: Dict[str, Any] = {}
@@ -610,12 +626,16 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     revision = None
     sendTimeouts = 0
     tracing: Optional[Dict[str, int]] = None
+    accessLog = accessLogJSON(None)
     for snap in snapshots:
         sendTimeouts += snap.get("sendTimeouts") or 0
         if snap.get("tracing"):
             tracing = tracing if tracing is not None else {}
             for key, n in snap["tracing"].items():
                 tracing[key] = tracing.get(key, 0) + n
+        theirs = snap.get("accessLog") or {}
+        for key in accessLog:
+            accessLog[key] += theirs.get(key) or 0
         for key in totals:
             totals[key] += (snap.get("totals") or {}).get(key, 0)
         _addLatency(totalLatency, (snap.get("totals") or {}).get("latency"))
@@ -659,6 +679,7 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "apis": {name: apis[name] for name in sorted(apis)},
         "servers": {name: servers[name] for name in sorted(servers)},
         "sendTimeouts": sendTimeouts,
+        "accessLog": accessLog,
         "revision": revision,
         "at": at,
     }
@@ -792,6 +813,11 @@ class SnapshotStats:
         limits = self._source().get("limits")
         return _Frozen(limits) if limits else None
 
+    @property
+    def accessLog(self) -> Any:
+        counts = self._source().get("accessLog") or {}
+        return _AccessLogCounts(int(counts.get("written") or 0), int(counts.get("dropped") or 0))
+
 
 class _Frozen:
     """
@@ -803,3 +829,13 @@ class _Frozen:
 
     def snapshot(self) -> Dict[str, Any]:
         return self._data
+
+
+class _AccessLogCounts:
+    """
+    An access log's counts read back from a snapshot's JSON.
+    """
+
+    def __init__(self, written: int, dropped: int) -> None:
+        self.written = written
+        self.dropped = dropped
