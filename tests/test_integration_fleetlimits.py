@@ -433,7 +433,9 @@ def _oneGateway(gateways: Any, backendAddr: str, url: str) -> GatewayProcess:
         proxy={"workers": 1, "accessLog": False},
         admin={"token": TOKEN},
         store="memory:",
-        limits={"store": url, "onFailure": "closed", "gateways": 1},
+        # (A deadline for this machine's load, shared with other tests: with
+        # the default 5 ms a slow turn of the reactor would flip the mode.)
+        limits={"store": url, "onFailure": "closed", "gateways": 1, "timeout": 0.25},
     )
     return gateways(config, timeout=30)  # type: ignore[no-any-return]
 
