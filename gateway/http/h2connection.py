@@ -197,6 +197,7 @@ class H2ServerConnection(Protocol):
         self._requests = 0
         #: After GOAWAY: the last stream taken, or L{None}.
         self._lastStreamId: Optional[int] = None
+        self._goAwayPending = False
         #: Whether the connection is closing (no more is read or answered).
         self._closing = False
         self._lost = False
@@ -650,6 +651,12 @@ class H2ServerConnection(Protocol):
                     if not stream.closed:
                         self._send(stream)
         data = self._h2.data_to_send()
+        if self._goAwayPending and not self._closing:
+            # Not through the state machine, which sends nothing more once
+            # it sent a GOAWAY.
+            self._goAwayPending = False
+            last = self._lastStreamId or 0
+            data += GoAwayFrame(0, last_stream_id=last, error_code=0).serialize()
         if data:
             writeSoon(self.transport, data)
         if self._lastStreamId is not None and not self._streams and not self._closing:
@@ -787,20 +794,15 @@ class H2ServerConnection(Protocol):
 
     def goAway(self) -> None:
         """
-        Go away gracefully: C{GOAWAY} naming the last stream taken; the
-        streams up to it are answered, later ones refused, and the
-        connection closes once they are over.
+        Go away gracefully: C{GOAWAY} naming the last stream taken (after
+        the answers of this turn); the streams up to it are answered, later
+        ones refused, and the connection closes once they are over.
         """
         if self._lastStreamId is not None or self._closing:
             return
-        h2 = self._h2
-        last = self._lastStreamId = h2.highest_inbound_stream_id
-        # Not through the state machine, which sends nothing more once it
-        # sent a GOAWAY: written after what it has to send.
-        data = h2.data_to_send() + GoAwayFrame(0, last_stream_id=last, error_code=0).serialize()
-        writeSoon(self.transport, data)
-        if not self._streams:
-            self._close()
+        self._lastStreamId = self._h2.highest_inbound_stream_id
+        self._goAwayPending = True
+        self._scheduleFlush()
 
     def _close(self) -> None:
         """

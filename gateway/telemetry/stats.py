@@ -110,6 +110,12 @@ def classify(code: int, outcome: Optional[str]) -> Tuple[Optional[str], Optional
     return None, None
 
 
+#: What the stats count of HTTP/2 (L{Stats.countHTTP2}): connections made,
+#: streams opened (each one request), streams the clients reset, and
+#: connections ended for a flood (C{GOAWAY ENHANCE_YOUR_CALM}).
+HTTP2_COUNTS = ("connections", "streams", "resets", "floods")
+
+
 class Counters:
     """
     The counters of one API, one server, or all of them.
@@ -225,6 +231,8 @@ class Stats:
         and retries included, is in the server's C{upstreamRequests}).
     @ivar sendTimeouts: clients cut off for reading nothing of their answer
         for C{proxy.limits.sendTimeout} seconds (see L{countSendTimeout}).
+    @ivar http2: C{{what: count}} of HTTP/2 (see L{HTTP2_COUNTS} and
+        L{countHTTP2}).
     """
 
     sendTimeouts = 0
@@ -236,6 +244,7 @@ class Stats:
         """
         self._clock = clock
         self.totals = Counters()
+        self.http2: Dict[str, int] = dict.fromkeys(HTTP2_COUNTS, 0)
         self.apis: Dict[str, Counters] = {}
         self.servers: Dict[str, Counters] = {}
         # The configured names, once known: entries are made for these
@@ -292,6 +301,15 @@ class Stats:
         calls this, see L{gateway.http.site.LimitedSite.stats}).
         """
         self.sendTimeouts += 1
+
+    def countHTTP2(self, what: str) -> None:
+        """
+        Count one HTTP/2 event (the engine's HTTP/2 connections call this,
+        see L{gateway.http.site.LimitedSite.stats}).
+
+        @param what: one of L{HTTP2_COUNTS}.
+        """
+        self.http2[what] = self.http2.get(what, 0) + 1
 
     def recordUpstream(
         self, server: str, code: Optional[int], outcome: Optional[str], latency: float
@@ -377,7 +395,8 @@ class Stats:
             "addr", "active", "latencyEWMA" (seconds, as the backend keeps
             it), "healthy", "ejected", "upstreamRequests",
             "upstreamFailures", "health", "breaker"}}},
-            C{sendTimeouts} (see L{countSendTimeout}), C{revision} (of the
+            C{sendTimeouts} (see L{countSendTimeout}), C{http2} (see
+            L{HTTP2_COUNTS}), C{revision} (of the
             snapshot, or L{None}) and C{at} (clock seconds).  See L{latencyJSON} for C{latency}.
         """
         now = self._clock.seconds()
@@ -411,6 +430,7 @@ class Stats:
             "apis": apis,
             "servers": servers,
             "sendTimeouts": self.sendTimeouts,
+            "http2": dict(self.http2),
             "revision": current.revision if current is not None else None,
             "at": now,
         }
@@ -488,7 +508,7 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     its snapshot.
 
     @return: a snapshot of the same shape; C{at} is the latest of theirs,
-        C{revision} the highest, C{sendTimeouts} their sum.
+        C{revision} the highest, C{sendTimeouts} and C{http2} their sums.
     """
     totals: Dict[str, Any] = {"requests": 0, "errors": 0, "rejects": 0}
     totalLatency: Dict[str, Any] = {}
@@ -498,8 +518,11 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     at = None
     revision = None
     sendTimeouts = 0
+    http2: Dict[str, int] = dict.fromkeys(HTTP2_COUNTS, 0)
     for snap in snapshots:
         sendTimeouts += snap.get("sendTimeouts") or 0
+        for key, count in (snap.get("http2") or {}).items():
+            http2[key] = http2.get(key, 0) + count
         for key in totals:
             totals[key] += (snap.get("totals") or {}).get(key, 0)
         _addLatency(totalLatency, (snap.get("totals") or {}).get("latency"))
@@ -538,6 +561,7 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "apis": {name: apis[name] for name in sorted(apis)},
         "servers": {name: servers[name] for name in sorted(servers)},
         "sendTimeouts": sendTimeouts,
+        "http2": http2,
         "revision": revision,
         "at": at,
     }
@@ -596,3 +620,7 @@ class SnapshotStats:
     @property
     def sendTimeouts(self) -> int:
         return int(self._source().get("sendTimeouts") or 0)
+
+    @property
+    def http2(self) -> Dict[str, int]:
+        return dict(self._source().get("http2") or {})
