@@ -241,6 +241,10 @@ class ServerTLSTests(SynchronousTestCase):
         the server's SETTINGS); with the listener made without HTTP/2, it
         gets C{http/1.1} and the HTTP/1.1 channel.
         """
+        from h2.config import H2Configuration
+        from h2.connection import H2Connection
+        from h2.events import ResponseReceived
+
         from gateway.http.channel import GatewayHTTPChannel
         from gateway.http.h2connection import H2ServerConnection
 
@@ -268,6 +272,25 @@ class ServerTLSTests(SynchronousTestCase):
                 self.assertEqual(recorder.received[3:4], b"\x04")
                 self.assertEqual(len(site.http2Connections), 1)
                 self.assertIsInstance(next(iter(site.http2Connections)), kind)
+                # What the client sends goes to the HTTP/2 connection.
+                h2client = H2Connection(H2Configuration(client_side=True))
+                h2client.initiate_connection()
+                h2client.send_headers(
+                    1,
+                    [(":method", "GET"), (":scheme", "https"), (":authority", "a"), (":path", "/")],
+                    end_stream=True,
+                )
+                recorder.received = b""
+                clientTLS.write(h2client.data_to_send())
+                pump.flush()
+                self.clock.advance(0)
+                pump.flush()
+                statuses = [
+                    dict(e.headers)[b":status"]
+                    for e in h2client.receive_data(recorder.received)
+                    if isinstance(e, ResponseReceived)
+                ]
+                self.assertEqual(statuses, [b"404"])
             else:
                 clientTLS.write(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
                 pump.flush()

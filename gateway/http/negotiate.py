@@ -118,8 +118,10 @@ class ProtocolChoice(Protocol):
         site = self._site
         channel: IProtocol = site.buildHTTP2(self._addr) if http2 else site.buildHTTP11(self._addr)
         transport = self.transport
-        if not replaceProtocol(transport, self, channel):
-            self._chosen = channel
+        # Should a transport still deliver to the chooser after all, it
+        # passes everything on.
+        self._chosen = channel
+        replaceProtocol(transport, self, channel)
         channel.makeConnection(transport)
         if data:
             channel.dataReceived(data)
