@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark (bench/README.md): installs what it needs when missing
-# (Debian's nginx, wrk and pypy3; the project in .venv, and in .venv-pypy
-# for PyPy), then runs bench/run.py with the arguments given, e.g.
+# (Debian's nginx, wrk, nghttp2-client for h2load, and pypy3; the project in
+# .venv, and in .venv-pypy for PyPy), then runs bench/run.py with the arguments given, e.g.
 #   scripts/bench.sh            # 10 s runs, medians of 3 (about 15 minutes)
 #   scripts/bench.sh --quick    # 3 s runs, one each (about 3 minutes)
 # Set BENCH_PYPY=0 to leave PyPy out.  Results: bench/results/latest.{md,json}.
@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/venv.sh
 . scripts/venv.sh
 
-debianInstall nginx wrk
+debianInstall nginx wrk nghttp2-client
 ensureVenv ""
 
 # ensurePypyVenv: makes .venv-pypy with Debian's pypy3 (installed when the

@@ -11,9 +11,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/venv.sh
 . scripts/venv.sh
 
-# What the tests start for real: etcd, nginx as a backend, wrk for load (no
-# browser: the browser tests need playwright).
-debianInstall etcd-server nginx wrk pypy3
+# What the tests start for real: etcd, nginx as a backend, wrk for load, curl
+# and h2load as HTTP/2 clients (no browser: the browser tests need
+# playwright).
+debianInstall etcd-server nginx wrk pypy3 curl nghttp2-client
 # Debian's pypy3 makes virtualenvs only with pypy3-venv.
 pypy3 -c 'import ensurepip' 2>/dev/null || debianInstall pypy3-venv
 if ! .venv-pypy/bin/python -c 'import sys' >/dev/null 2>&1; then

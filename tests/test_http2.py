@@ -374,11 +374,21 @@ class RefusalTests(HTTP2TestCase):
         """
         C{CONNECT} is not supported: 501.
         """
+        from h2.config import H2Configuration
+        from h2.connection import H2Connection
+        from h2.exceptions import ProtocolError
+
+        head = [(b":method", b"CONNECT"), (b":authority", b"x:443")]
+        probe = H2Connection(H2Configuration(client_side=True))
+        probe.initiate_connection()
+        try:
+            probe.send_headers(1, head)
+        except ProtocolError:
+            # (h2 before 4.4 sends no CONNECT without :scheme and :path.)
+            head += [(b":scheme", b"https"), (b":path", b"/")]
         peer = self.connect()
         streamId = peer.client.get_next_available_stream_id()
-        peer.client.send_headers(
-            streamId, [(b":method", b"CONNECT"), (b":authority", b"x:443")], end_stream=False
-        )
+        peer.client.send_headers(streamId, head, end_stream=False)
         peer.pump()
         self.assertEqual(peer.answer(streamId).status, 501)
         self.assertEqual(peer.answer(streamId).reset, ErrorCodes.NO_ERROR)
