@@ -89,7 +89,15 @@ class H2Peer:
             peerAddress=PEER, hostAddress=HOST
         )
         self.server.makeConnection(self.transport)
-        client = self.client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        # (Sending what the tests ask, malformed or not.)
+        client = self.client = H2Connection(
+            H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
         if settings:
             client.local_settings = Settings(client=True, initial_values=settings)
         client.initiate_connection()
@@ -158,9 +166,13 @@ class H2Peer:
         end: bool = True,
         authority: bytes = b"gw",
         pump: bool = True,
+        pseudo: Optional[Sequence[Tuple[bytes, bytes]]] = None,
     ) -> int:
         """
         Send a request.
+
+        @param pseudo: its pseudo-header fields, when not the usual ones
+            made of C{method}, C{path} and C{authority}.
 
         @param body: its body, if any (sent in one go, as the windows allow).
         @param end: whether the client ends the stream (after the body).
@@ -173,7 +185,8 @@ class H2Peer:
             (b":scheme", b"https"),
             (b":authority", authority),
             (b":path", path),
-        ] + list(headers)
+        ]
+        head = list(pseudo) + list(headers) if pseudo is not None else head + list(headers)
         client.send_headers(streamId, head, end_stream=end and body is None)
         if body is not None:
             self.sendBody(streamId, body, end)

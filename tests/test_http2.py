@@ -493,30 +493,62 @@ class RefusalTests(HTTP2TestCase):
         self.assertEqual(peer.answer(streamId).status, 413)
         self.assertEqual(asked, [(b"PUT", b"gw", b"/up")])
 
-    def test_uppercaseHeaderName(self) -> None:
+    def test_malformed(self) -> None:
         """
-        What breaks the protocol (an uppercase header name) ends the
-        connection with C{GOAWAY PROTOCOL_ERROR}; its requests are lost.
+        A malformed request (RFC 9113 8.1.1) is a stream error: 400 on its
+        stream, saying why; the connection goes on.
+        """
+        usual = [
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":authority", b"gw"),
+            (b":path", b"/"),
+        ]
+        cases: List[Tuple[Dict[str, Any], str]] = [
+            ({"headers": [(b"X-Upper", b"a")]}, "invalid header field name"),
+            ({"headers": [(b"x-a", b"trailing ")]}, "invalid character in a header value"),
+            ({"headers": [(b"connection", b"close")]}, "connection-specific header field"),
+            ({"headers": [(b"te", b"gzip")]}, "te other than trailers"),
+            ({"headers": [(b"host", b"other")]}, ":authority and Host differ"),
+            ({"pseudo": usual[:1] + usual[2:]}, ":scheme and :path are required"),
+            ({"pseudo": usual + [(b":status", b"200")]}, "unknown pseudo-header field"),
+            ({"pseudo": usual + [(b":path", b"/b")]}, "repeated pseudo-header field"),
+            ({"pseudo": [], "headers": [(b"x-a", b"b")] + usual}, "a pseudo-header field after"),
+        ]
+        for request, why in cases:
+            self.resource.requests.clear()
+            body = self.assertRefused(400, **request)
+            self.assertIn(why, body["error"])
+            self.site.rejections.clear()
+
+    def test_trailersIgnored(self) -> None:
+        """
+        Trailers of a request body end it; they are not passed on.
         """
         peer = self.connect()
-        streamId = peer.client.get_next_available_stream_id()
-        frame = HeadersFrame(streamId, flags=["END_HEADERS", "END_STREAM"])
-        frame.data = peer.client.encoder.encode(
-            [
-                (b":method", b"GET"),
-                (b":scheme", b"https"),
-                (b":authority", b"gw"),
-                (b":path", b"/"),
-                (b"X-Upper", b"a"),
-            ]
-        )
+        streamId = peer.request(b"POST", body=b"abc", end=False)
+        peer.client.send_headers(streamId, [(b"x-trailer", b"1")], end_stream=True)
+        peer.pump()
+        self.assertEqual(peer.answer(streamId).status, 200)
+        request = self.resource.requests[0]
+        self.assertIsNone(request.requestHeaders.getRawHeaders(b"x-trailer"))
+
+    def test_bodyLongerThanDeclared(self) -> None:
+        """
+        What breaks the framing (a body longer than its C{content-length})
+        ends the connection with C{GOAWAY PROTOCOL_ERROR}; its requests are
+        lost.
+        """
+        self.resource.hold = True
+        peer = self.connect()
+        streamId = peer.request(b"POST", headers=[(b"content-length", b"2")], end=False)
+        frame = DataFrame(streamId, data=b"abc", flags=["END_STREAM"])
         peer.sendRaw(frame.serialize())
         self.clock.advance(0)
         peer._received(peer.transport.value())
         assert peer.terminated is not None
         self.assertEqual(peer.terminated.error_code, ErrorCodes.PROTOCOL_ERROR)
         self.assertTrue(peer.transport.disconnecting)
-        self.assertEqual(self.resource.requests, [])
 
 
 # -- the request body ----------------------------------------------------------------

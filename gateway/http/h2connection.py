@@ -8,14 +8,14 @@ What it adds to the state machine, which parses and checks frames, keeps
 the streams' states and the flow-control windows, and encodes and decodes
 header blocks:
 
-  - the request head is checked as the HTTP/1.1 channel checks it (the
-    method, the target and its path, C{Host}, header values, underscore
-    look-alikes, the header count and size, the body limit of the route)
-    and refused with the same JSON errors (400, 413, 414, 431, 501), on
-    the stream alone; the C{h2} library ends the connection itself for
-    what breaks the protocol (uppercase or connection-specific header
-    names, pseudo-headers out of place, C{:authority} and C{Host} that
-    differ, a body longer or shorter than its C{content-length});
+  - the request head is checked as RFC 9113 and the HTTP/1.1 channel
+    check it (L{gateway.http.h2head}: pseudo-headers, field names and
+    values, connection-specific fields, the method, the target and its
+    path, C{Host}, underscore look-alikes, the header count and size, the
+    body limit of the route) and refused with the same JSON errors (400,
+    413, 414, 431, 501), on the stream alone; the C{h2} library ends the
+    connection itself for what breaks the framing (a body longer or
+    shorter than its C{content-length}, frames out of place);
   - flow control tied to the streams' producers both ways: a request body
     is acknowledged (C{WINDOW_UPDATE}) only as its consumer takes it (see
     L{gateway.http.bodystream}), so a slow backend stops the client's
@@ -76,14 +76,9 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
 from gateway.http.bodystream import BodyStream, RequestBodyError
-from gateway.http.channel import (
-    _HOST,
-    _NOT_IN_VALUE,
-    _UNDERSCORE_LOOKALIKES,
-    _parseRequestLine,
-    _Refused,
-)
+from gateway.http.channel import _Refused
 from gateway.http.h2guard import FrameGuard
+from gateway.http.h2head import readRequestHead
 from gateway.http.h2stream import H2Stream, connectionLostReason
 from gateway.http.writesoon import writeSoon
 from gateway.model.limits import MAX_WINDOW, HTTPLimits
@@ -214,7 +209,20 @@ class H2ServerConnection(Protocol):
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         limits = self.limits.http2
-        h2 = self._h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        # The request heads are checked by readRequestHead, in one pass the
+        # connection makes anyway, and the answers' heads are made here in
+        # HTTP/2's form (see H2Stream.writeHeaders): the library's own
+        # checks of both would cost about as much as the rest of a request.
+        h2 = self._h2 = H2Connection(
+            H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=False,
+                normalize_inbound_headers=False,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
         settings: Dict[Any, int] = {
             SettingCodes.MAX_CONCURRENT_STREAMS: limits.maxConcurrentStreams,
             SettingCodes.MAX_HEADER_LIST_SIZE: limits.maxHeaderListSize,
@@ -341,90 +349,24 @@ class H2ServerConnection(Protocol):
 
     def _readHead(self, stream: H2Stream, headers: List[Tuple[bytes, bytes]], ended: bool) -> bool:
         """
-        Check a request head as the HTTP/1.1 channel does, and keep what
+        Read and check a request head (L{readRequestHead}), and keep what
         the request needs of it on C{stream}.
 
         @return: whether the client waits for C{100 Continue}.
         @raise _Refused: when it is refused.
         """
-        limits = self.limits
-        method = path = authority = None
-        host: Optional[bytes] = None
-        scheme = b""
-        fields: List[Tuple[bytes, bytes]] = []
-        size = 0
-        lengths: List[bytes] = []
-        expect = False
-        invalid = False
-        for name, value in headers:
-            size += len(name) + len(value) + 32
-            if name[0] == 0x3A:  # ":"
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                elif name == b":scheme":
-                    scheme = value
-                continue
-            if value.translate(None, _NOT_IN_VALUE) != value:
-                invalid = True
-            if name == b"host":
-                host = value
-            elif name == b"content-length":
-                lengths.append(value)
-            elif name == b"expect":
-                expect = value.lower() == b"100-continue"
-            elif 0x5F in name and name.replace(b"_", b"-") in _UNDERSCORE_LOOKALIKES:
-                raise _Refused(400, "header name with an underscore for a dash")
-            fields.append((name, value))
-        if size > self.limits.http2.maxHeaderListSize:
-            raise _Refused(431, "request header fields too large")
-        if len(fields) > limits.maxHeaderCount:
-            raise _Refused(431, "too many header fields")
-        if invalid:
-            raise _Refused(400, "invalid character in a header value")
-        if method is None or (path is None and method != b"CONNECT"):
-            raise _Refused(400, "malformed request: :method and :path are required")
-        if method == b"CONNECT":
-            raise _Refused(501, "CONNECT is not supported")
-        assert path is not None
-        if scheme != b"https" and scheme != b"http":
-            raise _Refused(400, "the :scheme of a request is http or https")
-        if len(path) > limits.maxRequestLineLength:
-            raise _Refused(414, "request target too long")
-        if path[:1] != b"/" and path != b"*":
-            raise _Refused(400, "the request target must be a path")
-        # The HTTP/1.1 channel's checks of a request line, on the one this
-        # request would have had: the method, the target's characters, no
-        # fragment, "*" for OPTIONS alone, the path's ambiguities.
-        _parseRequestLine(method + b" " + path + b" HTTP/1.1", limits.rejectAmbiguousPaths)
-        if host is None:
-            host = authority
-            if host is not None:
-                fields.append((b"host", host))
-        if host is None:
-            raise _Refused(400, "a request needs :authority or Host")
-        if not _HOST.match(host):
-            raise _Refused(400, "invalid Host header")
-        length: Optional[int] = None
-        if lengths:
-            if len(lengths) > 1:
-                raise _Refused(400, "more than one Content-Length")
-            if not lengths[0].isdigit():
-                raise _Refused(400, "invalid Content-Length")
-            length = int(lengths[0])
+        head = readRequestHead(headers, self.limits)
+        length = head.length
         if not ended and length != 0:
-            limit = self._limitFor(method, host, path)
+            limit = self._limitFor(head.method, head.host, head.path)
             if limit is not None and length is not None and length > limit:
                 raise _Refused(413, f"request body larger than {limit} bytes")
             stream.bodyLimit = limit
-        stream.method = method
-        stream.path = path
-        stream.headers = fields
+        stream.method = head.method
+        stream.path = head.path
+        stream.headers = head.fields
         stream.length = length
-        return expect and not ended
+        return head.expect and not ended
 
     def _limitFor(self, method: bytes, host: bytes, path: bytes) -> Optional[int]:
         limit = self.limits.maxBodySize
