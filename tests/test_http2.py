@@ -1434,3 +1434,112 @@ class PipelineTests(SynchronousTestCase):
         codes = [peer.answer(peer.request(path=b"/limited")).status for _ in range(3)]
         self.assertEqual(codes[0], 200)
         self.assertIn(429, codes)
+
+
+# -- configuration, stats and metrics ---------------------------------------------------
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    The HTTP/2 settings of the config file.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        TLS listeners offer HTTP/2 unless told not to; h2c is off; the
+        limits have their documented defaults.
+        """
+        from gateway.model.config import parseConfig
+
+        proxy = parseConfig({"proxy": {"listen": "tcp:8080"}}).proxy
+        assert proxy is not None
+        self.assertEqual((proxy.http2, proxy.h2c), (True, False))
+        self.assertEqual(
+            proxy.limits.http2,
+            HTTP2Limits(
+                maxConcurrentStreams=100,
+                maxHeaderListSize=32768,
+                initialWindowSize=65535,
+                maxContinuationFrames=16,
+                floodWindow=10.0,
+                resetBudget=200,
+                pingBudget=100,
+                settingsBudget=100,
+                priorityBudget=1000,
+                emptyFrameBudget=100,
+            ),
+        )
+
+    def test_errorsNameTheField(self) -> None:
+        """
+        An invalid HTTP/2 setting stops the start with an error naming it.
+        """
+        from gateway.model.config import ConfigError, parseConfig
+
+        for section, key, message in (
+            (
+                {"limits": {"http2": {"maxConcurrentStreams": 0}}},
+                "proxy.limits.http2.maxConcurrentStreams",
+                "at least 1",
+            ),
+            (
+                {"limits": {"http2": {"initialWindowSize": 1 << 31}}},
+                "proxy.limits.http2.initialWindowSize",
+                "at most",
+            ),
+            (
+                {"limits": {"http2": {"resetBudget": "many"}}},
+                "proxy.limits.http2.resetBudget",
+                "integer",
+            ),
+            (
+                {"limits": {"http2": {"floodWindow": 0}}},
+                "proxy.limits.http2.floodWindow",
+                "at least",
+            ),
+            ({"limits": {"http2": {"pings": 1}}}, "proxy.limits.http2.pings", ""),
+            ({"h2c": "yes"}, "proxy.h2c", "true or false"),
+            ({"http2": 1}, "proxy.http2", "true or false"),
+        ):
+            with self.assertRaises(ConfigError) as caught:
+                parseConfig({"proxy": dict({"listen": "tcp:8080"}, **section)})
+            self.assertEqual(caught.exception.key, key)
+            self.assertIn(message, caught.exception.message)
+
+
+class StatsTests(SynchronousTestCase):
+    """
+    What the stats and C{/metrics} say of HTTP/2.
+    """
+
+    def test_countedAndMerged(self) -> None:
+        """
+        The counts are in the snapshot, summed over proxies, and in
+        C{/metrics}.
+        """
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from gateway.telemetry.metrics import metricsResource
+        from gateway.telemetry.stats import mergeSnapshots
+
+        clock = Clock()
+        stats = Stats(clock)
+        for what in ("connections", "streams", "streams", "resets", "floods"):
+            stats.countHTTP2(what)
+        snapshot = stats.snapshot()
+        self.assertEqual(
+            snapshot["http2"], {"connections": 1, "streams": 2, "resets": 1, "floods": 1}
+        )
+        merged = mergeSnapshots([snapshot, snapshot])
+        self.assertEqual(
+            merged["http2"], {"connections": 2, "streams": 4, "resets": 2, "floods": 2}
+        )
+        body = metricsResource(stats, None, None, clock).render(DummyRequest([b"metrics"]))
+        text = body.decode("utf-8")
+        for line in (
+            "gateway_http2_connections_total 1.0",
+            "gateway_http2_streams_total 2.0",
+            "gateway_http2_resets_total 1.0",
+            "gateway_http2_floods_total 1.0",
+        ):
+            self.assertIn(line, text)
