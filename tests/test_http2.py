@@ -1543,3 +1543,50 @@ class StatsTests(SynchronousTestCase):
             "gateway_http2_floods_total 1.0",
         ):
             self.assertIn(line, text)
+
+
+class InterfaceTests(HTTP2TestCase):
+    """
+    The HTTP/2 objects provide the interfaces they declare.
+    """
+
+    def test_interfaces(self) -> None:
+        """
+        The connection is its transport's L{IPushProducer}, a stream its
+        request's L{IConsumer}, the chooser an L{IHandshakeListener}.
+        """
+        from twisted.internet.interfaces import IConsumer, IHandshakeListener
+        from zope.interface.verify import verifyObject
+
+        self.resource.hold = True
+        peer = self.connect()
+        peer.request()
+        verifyObject(IPushProducer, peer.server)
+        verifyObject(IConsumer, self.resource.requests[0].channel)
+        verifyObject(IHandshakeListener, ProtocolChoice(self.site, PEER, byALPN=True))
+
+    def test_tooManyStreams(self) -> None:
+        """
+        A client that opens more streams than C{maxConcurrentStreams} (it
+        ignored the SETTINGS that said so) ends its connection.
+        """
+        self.limits = limits(maxConcurrentStreams=2)
+        self.site = self.makeSite()
+        self.resource.hold = True
+        peer = self.connect()
+        frames = b""
+        for streamId in (1, 3, 5):
+            frame = HeadersFrame(streamId, flags=["END_HEADERS", "END_STREAM"])
+            frame.data = peer.client.encoder.encode(
+                [
+                    (b":method", b"GET"),
+                    (b":scheme", b"https"),
+                    (b":authority", b"gw"),
+                    (b":path", b"/"),
+                ]
+            )
+            frames += frame.serialize()
+        peer.sendRaw(frames)
+        self.clock.advance(0)
+        self.assertTrue(peer.transport.disconnecting)
+        self.assertIn(b"Max inbound streams", peer.transport.value())

@@ -872,7 +872,9 @@ class H2ServerConnection(Protocol):
             else:
                 left.append(blocked + limits.sendTimeout - now)
         if left:
-            self._timer = self.clock.callLater(min(left), self._timerFired)
+            # (A deadline armed meanwhile, an idle connection's, is kept if
+            # sooner.)
+            self._armTimer(min(left))
 
     def _timeOut(self, why: str) -> None:
         log.info("HTTP/2 connection of {peer} closed: {why}", peer=str(self.addresses[0]), why=why)

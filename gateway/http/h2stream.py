@@ -41,11 +41,18 @@ from typing import (
 )
 
 from twisted.internet.error import ConnectionAborted, ConnectionLost
-from twisted.internet.interfaces import IAddress, IProducer, IPullProducer, IPushProducer
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IProducer,
+    IPullProducer,
+    IPushProducer,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http_headers import Headers
+from zope.interface import implementer
 
 from gateway.http.bodystream import BodyStream, RequestBodyError
 from gateway.http.headers import headerKey, rawHeadersOf
@@ -87,6 +94,7 @@ def _lowerName(name: bytes) -> bytes:
     return lower
 
 
+@implementer(IConsumer)
 class H2Stream:
     """
     One stream of an L{H2ServerConnection}: the channel of its request.
@@ -251,7 +259,11 @@ class H2Stream:
             self._producerStreaming = False
             pull.startStreaming()
         self.producerPaused = False
-        if self.pendingSize > _HELD or self._connection.writeBlocked:
+        if (
+            self.pendingSize > _HELD
+            or self.blockedSince is not None
+            or self._connection.writeBlocked
+        ):
             self._pauseProducer()
 
     def unregisterProducer(self) -> None:
