@@ -18,6 +18,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -435,8 +436,38 @@ def test_many_streams_h2load(edge: Edge) -> None:
     assert after["floods"] == 0
 
 
+#: Whether the gateway runs on PyPy (the tests' interpreter runs it).
+PYPY = sys.implementation.name == "pypy"
+
+
+def viaArgs(edge: Edge, via: str, path: str) -> List[str]:
+    """
+    @return: curl's arguments for HTTP/2 to C{path}: over TLS (C{tls}), or
+        without (C{h2c}, prior knowledge on the plain listener).
+    """
+    if via == "tls":
+        return ["--http2", edge.url(path)]
+    return ["--http2-prior-knowledge", f"http://{HOST}:{edge.plainPort}{path}"]
+
+
+def checkRSS(pid: int, limit: int, via: str) -> None:
+    """
+    The gateway's peak RSS is below C{limit} (see L{streamingRSSLimit}).
+
+    Not over TLS on PyPy: there, pyOpenSSL's buffers (a new cffi buffer
+    for each record read or written) are freed so late that a process
+    grows by about the bytes that went through TLS, HTTP/1.1 as much as
+    HTTP/2 (the HTTP/1.1 channel's TLS is the same); the same transfers
+    without TLS stay flat, which the C{h2c} runs check.
+    """
+    if via == "tls" and PYPY:
+        return
+    assert peakRSS(pid) < limit, (peakRSS(pid), limit)
+
+
 @needsCurl
-def test_large_download(edge: Edge) -> None:
+@pytest.mark.parametrize("via", ["tls", "h2c"])
+def test_large_download(edge: Edge, via: str) -> None:
     """
     A 256 MiB download over HTTP/2 streams through (whole, the gateway's
     RSS bounded); a client that reads slowly pauses the upstream answer
@@ -445,22 +476,14 @@ def test_large_download(edge: Edge) -> None:
     pid = edge.gateway.pid
     limit = streamingRSSLimit(pid, 160 * MB)
     size = 256 * MB
-    status, out, err = edge.curl(
-        "--http2",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version} %{size_download}",
-        edge.url(f"/bytes/{size}"),
-        timeout=120,
-    )
+    args = ["-o", "/dev/null", "-w", "%{http_version} %{size_download}"]
+    status, out, err = edge.curl(*args, *viaArgs(edge, via, f"/bytes/{size}"), timeout=120)
     assert status == 0, err
     assert out == f"2 {size}"
-    assert peakRSS(pid) < limit, (peakRSS(pid), limit)
+    checkRSS(pid, limit, via)
     # 2 MB/s for 3 s of a 1 GiB answer: without backpressure the gateway
     # would read the backend's gigabyte meanwhile.
     status, out, err = edge.curl(
-        "--http2",
         "--limit-rate",
         "2M",
         "--max-time",
@@ -469,16 +492,17 @@ def test_large_download(edge: Edge) -> None:
         "/dev/null",
         "-w",
         "%{size_download}",
-        edge.url(f"/bytes/{1024 * MB}"),
+        *viaArgs(edge, via, f"/bytes/{1024 * MB}"),
         timeout=30,
     )
     assert status == 28, err  # (curl's "operation timed out")
     assert int(out) < 64 * MB
-    assert peakRSS(pid) < limit, (peakRSS(pid), limit)
+    checkRSS(pid, limit, via)
 
 
 @needsCurl
-def test_large_upload(edge: Edge, tmp_path: Path) -> None:
+@pytest.mark.parametrize("via", ["tls", "h2c"])
+def test_large_upload(edge: Edge, tmp_path: Path, via: str) -> None:
     """
     A 128 MiB upload over HTTP/2 streams through to the backend, whole
     (its length and digest), the gateway's RSS bounded.
@@ -494,7 +518,6 @@ def test_large_upload(edge: Edge, tmp_path: Path) -> None:
             digest.update(chunk)
             f.write(chunk)
     status, out, err = edge.curl(
-        "--http2",
         "-X",
         "POST",
         "--data-binary",
@@ -503,7 +526,7 @@ def test_large_upload(edge: Edge, tmp_path: Path) -> None:
         "Content-Type: application/octet-stream",
         "-w",
         "\n%{http_version}",
-        edge.url("/upload"),
+        *viaArgs(edge, via, "/upload"),
         timeout=180,
     )
     assert status == 0, err
@@ -512,7 +535,7 @@ def test_large_upload(edge: Edge, tmp_path: Path) -> None:
     seen = json.loads(body)
     assert seen["bodyLength"] == 128 * MB
     assert seen["bodySha256"] == digest.hexdigest()
-    assert peakRSS(pid) < limit, (peakRSS(pid), limit)
+    checkRSS(pid, limit, via)
 
 
 def test_rapid_reset(edge: Edge) -> None:
