@@ -479,6 +479,108 @@ class Wrk:
         return parseWrk(done.stdout)
 
 
+class H2Load:
+    """
+    How h2load (Debian's nghttp2-client) is run: a drop-in for L{Wrk}
+    (C{run(url, duration, headers)} gives the same figures), for HTTP/2
+    (C{-cC -mM}: C{M} streams at once on each of C{C} connections) or, with
+    C{h1}, HTTP/1.1 (C{--h1 -cC}, one request at a time per connection).
+    The latency percentiles come from its per-request log
+    (C{--log-file}).
+    """
+
+    def __init__(
+        self, clients: int, streams: int, duration: float, workDir: Path, h1: bool = False
+    ) -> None:
+        self.clients = clients
+        self.streams = 1 if h1 else streams
+        self.duration = duration
+        self.h1 = h1
+        self.workDir = workDir
+        self.binary = shutil.which("h2load") or "h2load"
+
+    def describe(self) -> str:
+        if self.h1:
+            return f"h2load --h1 -t1 -c{self.clients} -m1 -D{self.duration:g}"
+        return f"h2load -t1 -c{self.clients} -m{self.streams} -D{self.duration:g}"
+
+    def run(
+        self, url: str, duration: Optional[float] = None, headers: Sequence[str] = ()
+    ) -> Dict[str, Any]:
+        seconds = max(1, int(round(self.duration if duration is None else duration)))
+        log = self.workDir / "h2load.log"
+        argv = [
+            self.binary,
+            "-t1",
+            f"-c{self.clients}",
+            f"-m{self.streams}",
+            f"-D{seconds}",
+            f"--log-file={log}",
+        ]
+        if self.h1:
+            argv.append("--h1")
+        for header in headers:
+            argv += ["-H", header]
+        argv.append(url)
+        try:
+            done = subprocess.run(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=seconds + 60,
+                text=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"h2load did not finish: {' '.join(argv)}")
+        if done.returncode != 0:
+            raise BenchError(f"h2load failed ({done.returncode}): {done.stdout}")
+        result = parseH2load(done.stdout)
+        try:
+            latencies = sorted(
+                int(line.split("\t")[2]) / 1000.0
+                for line in log.read_text().splitlines()
+                if line.count("\t") >= 2
+            )
+        except (OSError, ValueError):
+            latencies = []
+        if latencies:
+            for pct in (50, 75, 90, 99):
+                index = min(len(latencies) - 1, int(len(latencies) * pct / 100))
+                result[f"p{pct}Ms"] = latencies[index]
+        return result
+
+
+def parseH2load(text: str) -> Dict[str, Any]:
+    """
+    Read the output of h2load.
+
+    @return: C{requests} (succeeded), C{seconds}, C{reqPerSec}, C{non2xx}
+        (failed requests and answers other than 2xx or 3xx),
+        C{socketErrors} (errored and timed-out requests), C{protocol}.
+    @raise BenchError: when the output is not h2load's.
+    """
+    finished = re.search(r"^finished in ([\d.]+)(us|ms|s|m|h), ([\d.]+) req/s", text, re.M)
+    counts = re.search(
+        r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored, (\d+) timeout",
+        text,
+        re.M,
+    )
+    codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)
+    if not finished or not counts or not codes:
+        raise BenchError(f"cannot read h2load's output:\n{text}")
+    protocol = re.search(r"^Application protocol: (\S+)", text, re.M)
+    failed, errored, timeout = (int(n) for n in counts.groups()[4:7])
+    return {
+        "requests": int(counts.group(4)),
+        "seconds": _ms(finished.group(1), finished.group(2)) / 1e3,
+        "reqPerSec": float(finished.group(3)),
+        "non2xx": failed + int(codes.group(3)) + int(codes.group(4)),
+        "socketErrors": errored + timeout,
+        "protocol": protocol.group(1) if protocol else None,
+    }
+
+
 def median(values: List[float]) -> Optional[float]:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -628,12 +730,15 @@ def startNginx(
     upstream: str,
     location: str,
     tls: Optional[Tuple[str, str]] = None,
+    http2: bool = False,
 ) -> Child:
     """
     Start one nginx (one worker, foreground) in a fresh prefix directory.
 
     @param tls: C{(certFile, keyFile)}: listen with TLS (1.2 and 1.3,
         session tickets and a session cache, as the gateway's listeners).
+    @param http2: offer HTTP/2 too (by ALPN, with C{tls}): C{http2 on}
+        (nginx 1.25.1 and later), C{listen ... http2} before.
     """
     prefix = children.workDir / name
     prefix.mkdir()
@@ -652,13 +757,19 @@ def startNginx(
             "        ssl_session_cache shared:SSL:1m;\n"
             "        ssl_session_tickets on;"
         )
+    listenFlags = " ssl" if tls is not None else ""
+    if http2:
+        if nginxVersion() >= (1, 25, 1):
+            serverExtra += "\n        http2 on;"
+        else:
+            listenFlags += " http2"
     config = template.substitute(
         user_line=userLine,
         prefix=prefix,
         port=port,
         upstream=upstream,
         location=location,
-        listen_flags=" ssl" if tls is not None else "",
+        listen_flags=listenFlags,
         server_extra=serverExtra,
     )
     (prefix / "nginx.conf").write_text(config)
@@ -677,6 +788,17 @@ def startNginx(
     else:
         waitForPort(child, port, 15)
     return child
+
+
+def nginxVersion() -> Tuple[int, ...]:
+    """
+    @return: the installed nginx's version, e.g. C{(1, 22, 1)}.
+    """
+    done = subprocess.run([nginxBinary(), "-v"], capture_output=True, text=True)
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", done.stderr + done.stdout)
+    if not found:
+        raise BenchError(f"cannot read nginx's version: {done.stderr}")
+    return tuple(int(n) for n in found.groups())
 
 
 def waitForPort(child: Child, port: int, timeout: float) -> None:
@@ -724,14 +846,15 @@ def nginxProxy(
     upstreamTLS: bool = False,
     name: Optional[str] = None,
     accessLog: bool = False,
+    http2: bool = False,
 ) -> Tuple[Child, int]:
     """
     nginx as a reverse proxy to the backend, with upstream keep-alive;
-    with C{tls}, it terminates TLS with that certificate; with
-    C{upstreamTLS}, it speaks HTTPS to the backend (verifying nothing,
-    reusing TLS sessions); with C{accessLog}, it writes an access log of
-    the gateway's default fields through a 64 KiB buffer
-    (L{NGINX_LOG_FORMAT}).
+    with C{tls}, it terminates TLS with that certificate (and offers
+    HTTP/2 with C{http2}); with C{upstreamTLS}, it speaks HTTPS to the
+    backend (verifying nothing, reusing TLS sessions); with C{accessLog},
+    it writes an access log of the gateway's default fields through a
+    64 KiB buffer (L{NGINX_LOG_FORMAT}).
     """
     port = freePort()
     if name is None:
@@ -754,7 +877,7 @@ def nginxProxy(
         upstream += NGINX_LOG_FORMAT
         prefix = children.workDir / name
         location += f"\n            access_log {prefix}/access.log gateway buffer=64k flush=100ms;"
-    return startNginx(children, name, port, upstream, location, tls), port
+    return startNginx(children, name, port, upstream, location, tls, http2), port
 
 
 def makeBenchCertificate(directory: Path) -> Tuple[str, str]:
@@ -1821,12 +1944,23 @@ class Bench:
         return self.options.warmup, self.options.warmup
 
     def measureRow(
-        self, row: Dict[str, Any], url: str, pid: Optional[int], headers: Sequence[str] = ()
+        self,
+        row: Dict[str, Any],
+        url: str,
+        pid: Optional[int],
+        headers: Sequence[str] = (),
+        loader: Any = None,
     ) -> None:
+        """
+        @param loader: what loads C{url} (L{Wrk} by default, or an
+            L{H2Load}).
+        """
         self.log(f"{row['what']} ({row['interpreter']}, {row['workers']} worker(s)): {url}")
         least, most = self.warmupFor(row["interpreter"])
         try:
-            row.update(measure(self.wrk, url, pid, self.options.runs, least, most, headers))
+            row.update(
+                measure(loader or self.wrk, url, pid, self.options.runs, least, most, headers)
+            )
         except (BenchError, OSError) as e:
             row["error"] = str(e)
         else:
@@ -1972,6 +2106,8 @@ class Bench:
             self.tlsRows()
         if wanted("fleetlimits"):
             self.fleetLimitRows()
+        if wanted("http2"):
+            self.http2Rows()
         if not wanted("gateway"):
             for name, interpreter in self.interpreters.items():
                 if wanted("auth"):
@@ -2121,6 +2257,98 @@ class Bench:
         finally:
             if redis is not None:
                 self.children.stop(redis)
+
+    def http2Rows(self) -> None:
+        """
+        HTTP/2 to clients, over TLS with the certificate of the TLS rows,
+        loaded by h2load: HTTP/2 with C{-c5 -m10} (50 streams at once, as
+        wrk's 50 connections), then HTTP/1.1 over TLS with C{--h1 -c50},
+        for nginx (C{http2} on its TLS listener) and for a one-worker
+        gateway (its C{tlsListen}, C{/plain}), each proxying to the plain
+        backend over HTTP/1.1.  The two rows of one contender are one
+        process, measured one after the other: the difference is what
+        HTTP/2 costs per request against HTTP/1.1 over TLS.
+        """
+        report = self.report
+        if shutil.which("h2load") is None:
+            for key, what in (
+                ("nginx-h2", "nginx, HTTP/2 (TLS)"),
+                ("gateway-h2", "gateway, HTTP/2 (TLS)"),
+            ):
+                report.row(key, what, "–", 1, skipped="h2load is not installed (nghttp2-client)")
+            return
+        workDir = self.children.workDir
+        duration = self.wrk.duration
+        h2 = H2Load(5, 10, duration, workDir)
+        h1 = H2Load(50, 1, duration, workDir, h1=True)
+        cert, key = makeBenchCertificate(workDir)
+        child = None
+        rows = [
+            report.row("nginx-h2", f"nginx, HTTP/2 (TLS), {h2.describe()}", "–", 1),
+            report.row("nginx-h1-tls", f"nginx, HTTP/1.1 over TLS, {h1.describe()}", "–", 1),
+        ]
+        try:
+            child, port = nginxProxy(
+                self.children, self.backendPort, tls=(cert, key), name="nginx-h2", http2=True
+            )
+            for row, loader in zip(rows, (h2, h1)):
+                self.measureRow(row, f"https://{HOST}:{port}/", child.pid, loader=loader)
+                self.checkProtocol(row, "h2" if loader is h2 else "http/1.1")
+        except (BenchError, OSError) as e:
+            for row in rows:
+                row.setdefault("error", str(e))
+            self.log(f"  failed: {e}")
+        finally:
+            if child is not None:
+                self.children.stop(child)
+        certificate = {"name": "bench", "certFile": cert, "keyFile": key, "snis": ["localhost"]}
+        for name, interpreter in self.interpreters.items():
+            rows = [
+                report.row(
+                    f"gateway-h2-{name}", f"gateway, HTTP/2 (TLS), {h2.describe()}", name, 1
+                ),
+                report.row(
+                    f"gateway-h1-tls-{name}",
+                    f"gateway, HTTP/1.1 over TLS (same process), {h1.describe()}",
+                    name,
+                    1,
+                ),
+            ]
+            tlsPort = freePort()
+            config = gatewayConfig(freePort(), self.backendPort, workers=1, where=self.workersWhere)
+            config["proxy"]["tlsListen"] = f"tcp:{tlsPort}:interface={HOST}"
+            config["proxy"]["tlsDefaultCertificate"] = "bench"
+            config["certificates"] = [certificate]
+            child = None
+            try:
+                child, _ = startGateway(self.children, f"gateway-h2-{name}", interpreter, config)
+                for row, loader in zip(rows, (h2, h1)):
+                    url = f"https://{HOST}:{tlsPort}/plain"
+                    self.measureRow(row, url, child.pid, loader=loader)
+                    self.checkProtocol(row, "h2" if loader is h2 else "http/1.1")
+                h2Cost = rows[0].get("cpuUsPerReq")
+                h1Cost = rows[1].get("cpuUsPerReq")
+                if h2Cost is not None and h1Cost is not None:
+                    rows[0].setdefault("notes", []).append(
+                        f"HTTP/2 adds {h2Cost - h1Cost:+.1f} µs/req to HTTP/1.1 over TLS"
+                        " (the next row, same process)"
+                    )
+            except (BenchError, OSError) as e:
+                for row in rows:
+                    row.setdefault("error", str(e))
+                self.log(f"  failed: {e}")
+            finally:
+                if child is not None:
+                    self.children.stop(child)
+
+    def checkProtocol(self, row: Dict[str, Any], expected: str) -> None:
+        """
+        Note in C{row} when its runs did not speak C{expected} (ALPN chose
+        another protocol).
+        """
+        spoken = {run.get("protocol") for run in row.get("runs", [])}
+        if spoken and spoken != {expected}:
+            row.setdefault("notes", []).append(f"spoke {sorted(map(str, spoken))}, not {expected}")
 
     def withChild(
         self,
@@ -3117,7 +3345,7 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         "--only",
         default="",
         help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth,tls,tracing,"
-        "fleetlimits,websocket",
+        "fleetlimits,websocket,http2",
     )
     parser.add_argument("--skip-extras", action="store_true", help="no large body, no 10k APIs")
     parser.add_argument("--large-bytes", type=int, default=GIB, help="bytes streamed (1 GiB)")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark (bench/README.md): installs what it needs when missing
-# (Debian's nginx, wrk, redis-server and pypy3; the project in .venv, and in .venv-pypy
+# (Debian's nginx, wrk, redis-server, nghttp2-client for h2load, and pypy3; the project in .venv, and in .venv-pypy
 # for PyPy), then runs bench/run.py with the arguments given, e.g.
 #   scripts/bench.sh            # 10 s runs, medians of 3 (about 40 minutes)
 #   scripts/bench.sh --quick    # 3 s runs, one each (about 10 minutes)
@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/venv.sh
 . scripts/venv.sh
 
-debianInstall nginx wrk redis-server
+debianInstall nginx wrk redis-server nghttp2-client
 ensureVenv bench
 
 # PyPy's rows need Debian's pypy3 and the project in .venv-pypy

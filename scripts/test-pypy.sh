@@ -13,8 +13,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/venv.sh
 . scripts/venv.sh
 
-# What the tests start for real: etcd, nginx as a backend, wrk for load (no
-# browser: the browser tests need playwright).
-debianInstall etcd-server redis-server nginx wrk
+# What the tests start for real: etcd, nginx as a backend, wrk for load, curl and h2load as
+# HTTP/2 clients (no browser: the browser tests need playwright).
+debianInstall etcd-server redis-server nginx wrk curl nghttp2-client
 ensurePypyVenv test
 exec .venv-pypy/bin/pytest "$@"

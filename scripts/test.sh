@@ -16,8 +16,9 @@ fi
 . scripts/venv.sh
 
 # What the tests start for real: etcd, Redis (the fleet's limits), a browser
-# for the web UI, nginx as a backend, wrk for load.
-DEBIAN_PACKAGES="etcd-server redis-server chromium nginx wrk"
+# for the web UI, nginx as a backend, wrk for load, curl and h2load
+# (nghttp2-client) as HTTP/2 clients.
+DEBIAN_PACKAGES="etcd-server redis-server chromium nginx wrk curl nghttp2-client"
 
 # shellcheck disable=SC2086
 debianInstall $DEBIAN_PACKAGES

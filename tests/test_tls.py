@@ -28,6 +28,7 @@ from gateway.http.errors import UpstreamBroken, UpstreamTLSError
 from gateway.http.site import LimitedSite
 from gateway.http.tls import (
     ALPN_PROTOCOLS,
+    HTTP11_ONLY,
     CertificateVerifyError,
     ServerTLS,
     UpstreamTLS,
@@ -212,12 +213,88 @@ class ServerTLSTests(SynchronousTestCase):
 
     def test_alpn(self) -> None:
         """
-        The listener chooses C{http/1.1} when offered (the only protocol it
-        speaks), and no protocol when the client offers none of its own.
+        The listener chooses C{h2} when offered, else C{http/1.1}, and no
+        protocol when the client offers none of its own; a listener made
+        without HTTP/2 (its TLS connections say so) offers C{http/1.1}
+        alone.
         """
-        self.assertEqual(ALPN_PROTOCOLS, (b"http/1.1",))
-        self.assertEqual(selectProtocol(None, [b"h2", b"http/1.1"]), b"http/1.1")  # type: ignore[arg-type]
-        self.assertIs(selectProtocol(None, [b"h2"]), SSL.NO_OVERLAPPING_PROTOCOLS)  # type: ignore[arg-type]
+        self.assertEqual(ALPN_PROTOCOLS, (b"h2", b"http/1.1"))
+        self.assertEqual(selectProtocol(None, [b"h2", b"http/1.1"]), b"h2")  # type: ignore[arg-type]
+        self.assertEqual(selectProtocol(None, [b"http/1.1", b"h2"]), b"h2")  # type: ignore[arg-type]
+        self.assertEqual(selectProtocol(None, [b"http/1.1"]), b"http/1.1")  # type: ignore[arg-type]
+        self.assertIs(selectProtocol(None, [b"spdy/3"]), SSL.NO_OVERLAPPING_PROTOCOLS)  # type: ignore[arg-type]
+
+        class Connection:
+            def get_app_data(self) -> Any:
+                return Listener()
+
+        class Listener:
+            alpnProtocols = HTTP11_ONLY
+
+        self.assertEqual(selectProtocol(Connection(), [b"h2", b"http/1.1"]), b"http/1.1")  # type: ignore[arg-type]
+        self.assertIs(selectProtocol(Connection(), [b"h2"]), SSL.NO_OVERLAPPING_PROTOCOLS)  # type: ignore[arg-type]
+
+    def test_h2OverTLS(self) -> None:
+        """
+        A client that offers C{h2} over a listener of a site gets it, and
+        an HTTP/2 connection of the site serves it (its first bytes are
+        the server's SETTINGS); with the listener made without HTTP/2, it
+        gets C{http/1.1} and the HTTP/1.1 channel.
+        """
+        from h2.config import H2Configuration
+        from h2.connection import H2Connection
+        from h2.events import ResponseReceived
+
+        from gateway.http.channel import GatewayHTTPChannel
+        from gateway.http.h2connection import H2ServerConnection
+
+        class H2First(UpstreamTLS):
+            def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+                connection = super().clientConnectionForTLS(tlsProtocol)
+                connection.set_alpn_protos([b"h2", b"http/1.1"])
+                return connection
+
+        site = LimitedSite(Resource(), reactor=self.clock)
+        client = H2First("api.example.com", trustRoots=[self.ca.certificate])
+        for http2, protocol, kind in (
+            (True, b"h2", H2ServerConnection),
+            (False, b"http/1.1", GatewayHTTPChannel),
+        ):
+            server = ServerTLS(self.clock, http2=http2)
+            server.update(self.certificates.values(), None)
+            factory = server.wrap(site)
+            recorder, clientTLS, pump = tlsPair(factory, client, self.clock)
+            self.assertEqual(clientTLS.negotiatedProtocol, protocol)
+            if kind is H2ServerConnection:
+                self.clock.advance(0)
+                pump.flush()
+                # A SETTINGS frame: type 4 on stream 0.
+                self.assertEqual(recorder.received[3:4], b"\x04")
+                self.assertEqual(len(site.http2Connections), 1)
+                self.assertIsInstance(next(iter(site.http2Connections)), kind)
+                # What the client sends goes to the HTTP/2 connection.
+                h2client = H2Connection(H2Configuration(client_side=True))
+                h2client.initiate_connection()
+                h2client.send_headers(
+                    1,
+                    [(":method", "GET"), (":scheme", "https"), (":authority", "a"), (":path", "/")],
+                    end_stream=True,
+                )
+                recorder.received = b""
+                clientTLS.write(h2client.data_to_send())
+                pump.flush()
+                self.clock.advance(0)
+                pump.flush()
+                statuses = [
+                    dict(e.headers)[b":status"]
+                    for e in h2client.receive_data(recorder.received)
+                    if isinstance(e, ResponseReceived)
+                ]
+                self.assertEqual(statuses, [b"404"])
+            else:
+                clientTLS.write(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+                pump.flush()
+                self.assertIn(b"HTTP/1.1 404", recorder.received)
 
     def test_siteOffersNoProtocols(self) -> None:
         """

@@ -32,7 +32,7 @@ from twisted.web.resource import IResource, Resource
 import gateway
 from gateway.model.resources import RESOURCE_CLASSES
 from gateway.model.schema import jsonSchema
-from gateway.telemetry.stats import ERROR_KINDS, REJECT_REASONS
+from gateway.telemetry.stats import ERROR_KINDS, HTTP2_COUNTS, REJECT_REASONS
 
 #: OpenAPI version of the document.
 OPENAPI_VERSION = "3.0.3"
@@ -397,6 +397,20 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
                 "type": "object",
                 "description": "The certificates this gateway serves (never their keys).",
                 "additionalProperties": _ref("CertificateStats"),
+            },
+            "sendTimeouts": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Clients cut off for taking nothing of their answer",
+            },
+            "http2": {
+                "type": "object",
+                "description": (
+                    "HTTP/2 to clients: connections made, streams opened (one request"
+                    " each), streams the clients reset, connections ended for a flood"
+                    " (GOAWAY ENHANCE_YOUR_CALM)."
+                ),
+                "properties": {key: {"type": "integer", "minimum": 0} for key in HTTP2_COUNTS},
             },
             "revision": {"type": "integer", "nullable": True},
             "at": {"type": "number", "nullable": True},

@@ -19,7 +19,9 @@ What every context of this module speaks (L{secureContext}): TLS 1.2 and
 AES-GCM or ChaCha20-Poly1305: Mozilla's "intermediate" list without
 finite-field DHE); for TLS 1.3 OpenSSL's suites, all AEAD; no compression,
 no renegotiation.  The application protocol is negotiated in one place,
-L{ALPN_PROTOCOLS} and L{selectProtocol}: C{http/1.1} today.
+L{ALPN_PROTOCOLS} and L{selectProtocol}: C{h2} first, then C{http/1.1}
+(C{http/1.1} alone on listeners made without HTTP/2); the connection's
+channel follows the choice (L{gateway.http.negotiate}).
 
 Session resumption, on listeners: both session tickets (stateless: TLS
 1.3 resumes only so, TLS 1.2 clients that offer them) and a server-side
@@ -66,10 +68,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.http.errors import UpstreamTLSError
+from gateway.http.negotiate import ProtocolChoice
 from gateway.http.writesoon import writeSoon
 
 __all__ = [
     "ALPN_PROTOCOLS",
+    "HTTP11_ONLY",
     "CertificateVerifyError",
     "ServerCertificate",
     "ServerTLS",
@@ -81,9 +85,12 @@ __all__ = [
 ]
 
 #: The application protocols TLS listeners offer by ALPN, most preferred
-#: first: the one place where they are negotiated (HTTP/2 adds C{b"h2"}
-#: here, and a channel for it where L{ServerTLS.wrap} serves the site).
-ALPN_PROTOCOLS: Tuple[bytes, ...] = (b"http/1.1",)
+#: first: the one place where they are negotiated (a listener made
+#: without HTTP/2 offers L{HTTP11_ONLY}; see L{selectProtocol}).
+ALPN_PROTOCOLS: Tuple[bytes, ...] = (b"h2", b"http/1.1")
+
+#: What a listener without HTTP/2 offers.
+HTTP11_ONLY: Tuple[bytes, ...] = (b"http/1.1",)
 
 #: What the engine asks backends for by ALPN: it speaks HTTP/1.1 to them.
 UPSTREAM_ALPN: List[bytes] = [b"http/1.1"]
@@ -132,10 +139,17 @@ def sealContext(context: SSL.Context) -> SSL.Context:
 
 def selectProtocol(connection: SSL.Connection, offered: List[bytes]) -> Any:
     """
-    The ALPN choice of a listener: the first of L{ALPN_PROTOCOLS} the
-    client offers; none in common goes on without ALPN (HTTP/1.1).
+    The ALPN choice of a listener: the first of its protocols
+    (L{ALPN_PROTOCOLS}, or L{HTTP11_ONLY} for a listener without HTTP/2,
+    which its TLS connection says: see L{ServerTLS}) the client offers;
+    none in common goes on without ALPN (HTTP/1.1).
     """
-    for protocol in ALPN_PROTOCOLS:
+    protocols = ALPN_PROTOCOLS
+    if connection is not None:
+        # (Twisted's convention: a connection's app data is its TLS
+        # protocol; ServerTLS sets it.)
+        protocols = getattr(connection.get_app_data(), "alpnProtocols", ALPN_PROTOCOLS)
+    for protocol in protocols:
         if protocol in offered:
             return protocol
     return SSL.NO_OVERLAPPING_PROTOCOLS
@@ -241,6 +255,14 @@ class _ServerTLSProtocol(_SoonTLSProtocol):
     (C{request.isSecure()}, C{X-Forwarded-Proto: https}).
     """
 
+    @property
+    def alpnProtocols(self) -> Tuple[bytes, ...]:
+        """
+        What the listener offers by ALPN (see L{selectProtocol}).
+        """
+        protocols: Tuple[bytes, ...] = getattr(self.factory, "alpnProtocols", ALPN_PROTOCOLS)
+        return protocols
+
 
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
@@ -252,11 +274,14 @@ class ServerTLS:
         name asked (no default either).
     """
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, http2: bool = True) -> None:
         """
         @param clock: the reactor the TLS connections' timers use.
+        @param http2: whether the listeners offer HTTP/2 (C{h2}) by ALPN,
+            and serve it to the clients that take it.
         """
         self._clock = clock
+        self.http2 = http2
         self._table: _Table = ({}, {}, None)
         self.handshakesRefused = 0
         base = self._base = secureContext()
@@ -318,19 +343,36 @@ class ServerTLS:
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         """
         See L{IOpenSSLServerConnectionCreator}: every connection starts on
-        the base context (the SNI callback picks the certificate).
+        the base context (the SNI callback picks the certificate), its TLS
+        protocol as its app data (ALPN reads what it offers from it).
         """
-        return SSL.Connection(self._base, None)
+        connection = SSL.Connection(self._base, None)
+        connection.set_app_data(tlsProtocol)
+        return connection
 
     def wrap(self, factory: IProtocolFactory) -> TLSMemoryBIOFactory:
         """
-        @param factory: what serves the connections (the proxy's site).
+        @param factory: what serves the connections (the proxy's site: a
+            L{gateway.http.site.LimitedSite}, whose C{buildHTTP2} serves
+            the clients that choose C{h2}).
         @return: the factory of TLS connections serving C{factory}, to
             listen with on any stream endpoint.
         """
-        tls = TLSMemoryBIOFactory(self, False, _WithoutNegotiation(factory), self._clock)
+        http2 = self.http2 and hasattr(factory, "buildHTTP2")
+        tls = _ServerTLSFactory(self, False, _WithoutNegotiation(factory, http2), self._clock)
         tls.protocol = _ServerTLSProtocol
+        tls.alpnProtocols = ALPN_PROTOCOLS if http2 else HTTP11_ONLY
         return tls
+
+
+class _ServerTLSFactory(TLSMemoryBIOFactory):
+    """
+    The factory of a listener's TLS connections.
+
+    @ivar alpnProtocols: what the listener offers by ALPN.
+    """
+
+    alpnProtocols: Tuple[bytes, ...] = ALPN_PROTOCOLS
 
 
 @implementer(IProtocolFactory, ILoggingContext)
@@ -340,13 +382,24 @@ class _WithoutNegotiation:
     L{IProtocolNegotiationFactory} that a C{twisted.web} site provides
     (offering C{h2} when the C{h2} library is installed), which some
     Twisted releases would apply to the shared base context of every
-    connection.  ALPN is this module's (L{selectProtocol}).
+    connection.  ALPN is this module's (L{selectProtocol}); with HTTP/2, a
+    connection's first protocol is a L{ProtocolChoice} that builds the
+    channel ALPN chose.
     """
 
-    def __init__(self, factory: IProtocolFactory) -> None:
+    def __init__(self, factory: IProtocolFactory, http2: bool = False) -> None:
         self._factory = factory
+        self._http2 = http2
 
     def buildProtocol(self, addr: Any) -> Optional[IProtocol]:
+        if self._http2:
+            return ProtocolChoice(self._factory, addr, byALPN=True)
+        buildHTTP11 = getattr(self._factory, "buildHTTP11", None)
+        if buildHTTP11 is not None:
+            # (Not buildProtocol: a site that takes h2c would look for its
+            # preface in what is TLS.)
+            protocol: Optional[IProtocol] = buildHTTP11(addr)
+            return protocol
         return self._factory.buildProtocol(addr)
 
     def doStart(self) -> None:

@@ -11,6 +11,8 @@ name PEM files, C{certFile} and C{keyFile}, relative to the file)::
       listen: tcp:8080:interface=127.0.0.1
       tlsListen: [tcp:8443:interface=127.0.0.1]
       tlsDefaultCertificate: main
+      http2: true                 # h2 by ALPN on tlsListen
+      h2c: false                  # HTTP/2 with prior knowledge on listen
       filters: [request-id]
       trustedProxies: [10.0.0.0/8]
       accessLog: {path: /var/log/gateway/access.log}   # or true / false
@@ -54,6 +56,7 @@ from gateway.model.endpoints import isLoopbackEndpoint
 from gateway.model.limits import DEFAULT_MAX_IDLE, HTTPLimits
 from gateway.model.resources import KINDS, Catalog, FilterSpec, missingSecrets, parseResource
 from gateway.model.schema import (
+    Bool,
     Enum,
     Int,
     Name,
@@ -257,6 +260,19 @@ class ProxyConfig:
         doc=(
             "the certificate served to TLS clients whose name (SNI) no certificate serves;"
             " null = their handshakes fail"
+        ),
+    )
+    http2: bool = field(
+        Bool(),
+        True,
+        doc="offer HTTP/2 (h2) besides HTTP/1.1 by ALPN on the tlsListen endpoints",
+    )
+    h2c: bool = field(
+        Bool(),
+        False,
+        doc=(
+            "accept HTTP/2 without TLS on the listen endpoints from clients that start with"
+            " its connection preface (prior knowledge)"
         ),
     )
     filters: Tuple[FilterSpec, ...] = field(

@@ -189,6 +189,7 @@ def _proxySite(
         bodyLimitFor=manager.bodyLimitFor,
         stats=counters,
         reactor=reactor,
+        h2c=proxyConfig.h2c,
     )
     return resource, site
 
@@ -215,7 +216,7 @@ def _proxyServices(
     """
     tlsFactory = None
     if proxyConfig.tlsListen:
-        serverTLS = ServerTLS(reactor)
+        serverTLS = ServerTLS(reactor, http2=proxyConfig.http2)
         manager.addListener(CertificateFollower(serverTLS, proxyConfig.tlsDefaultCertificate))
         tlsFactory = serverTLS.wrap(site)
     for i, (setting, endpoint, tls) in enumerate(listenSettings(proxyConfig)):
@@ -230,6 +231,7 @@ def _proxyServices(
             abort,
             resource=resource,
             drainTimeout=proxyConfig.drainTimeout,
+            site=site,
             **kwargs,
         ).setServiceParent(root)
 

@@ -95,6 +95,15 @@ def _breakerStates(family: GaugeMetricFamily, labels: List[str], state: str) -> 
         family.add_metric(labels + [s], 1.0 if s == state else 0.0)
 
 
+#: The HTTP/2 counters (L{gateway.telemetry.stats.HTTP2_COUNTS}) as metrics.
+_HTTP2_METRICS = (
+    ("connections", "HTTP/2 connections made"),
+    ("streams", "HTTP/2 streams opened (one request each)"),
+    ("resets", "HTTP/2 streams the client reset before their answer was complete"),
+    ("floods", "HTTP/2 connections ended for a flood of frames (GOAWAY ENHANCE_YOUR_CALM)"),
+)
+
+
 class GatewayCollector(Collector):
     """
     Reads the gateway's statistics and live state at scrape time.
@@ -157,6 +166,11 @@ class GatewayCollector(Collector):
         )
         dropped.add_metric([], accessLog.dropped if accessLog is not None else 0)
         yield dropped
+        http2 = getattr(stats, "http2", None) or {}
+        for what, doc in _HTTP2_METRICS:
+            family = CounterMetricFamily(f"gateway_http2_{what}", doc)
+            family.add_metric([], http2.get(what, 0))
+            yield family
         info = InfoMetricFamily("gateway", "Gateway version")
         info.add_metric([], {"version": gateway.__version__})
         yield info

@@ -117,6 +117,12 @@ def classify(code: int, outcome: Optional[str]) -> Tuple[Optional[str], Optional
     return None, None
 
 
+#: What the stats count of HTTP/2 (L{Stats.countHTTP2}): connections made,
+#: streams opened (each one request), streams the clients reset, and
+#: connections ended for a flood (C{GOAWAY ENHANCE_YOUR_CALM}).
+HTTP2_COUNTS = ("connections", "streams", "resets", "floods")
+
+
 class Counters:
     """
     The counters of one API, one server, or all of them.
@@ -267,6 +273,8 @@ class Stats:
         C{websocket: true}.
     @ivar accessLog: the proxy's L{gateway.telemetry.accesslog.IAccessLog},
         whose counts the snapshot shows, or L{None}.
+    @ivar http2: C{{what: count}} of HTTP/2 (see L{HTTP2_COUNTS} and
+        L{countHTTP2}).
     """
 
     sendTimeouts = 0
@@ -283,6 +291,7 @@ class Stats:
         """
         self._clock = clock
         self.totals = Counters()
+        self.http2: Dict[str, int] = dict.fromkeys(HTTP2_COUNTS, 0)
         self.apis: Dict[str, Counters] = {}
         self.servers: Dict[str, Counters] = {}
         self.websockets: Dict[str, WebSocketCounters] = {}
@@ -359,6 +368,15 @@ class Stats:
         """
         counts = self._tracing
         return counts() if counts is not None else None
+
+    def countHTTP2(self, what: str) -> None:
+        """
+        Count one HTTP/2 event (the engine's HTTP/2 connections call this,
+        see L{gateway.http.site.LimitedSite.stats}).
+
+        @param what: one of L{HTTP2_COUNTS}.
+        """
+        self.http2[what] = self.http2.get(what, 0) + 1
 
     def recordUpstream(
         self, server: str, code: Optional[int], outcome: Optional[str], latency: float
@@ -473,7 +491,8 @@ class Stats:
             "addr", "active", "latencyEWMA" (seconds, as the backend keeps
             it), "healthy", "ejected", "upstreamRequests",
             "upstreamFailures", "health", "breaker"}}},
-            C{sendTimeouts} (see L{countSendTimeout}), C{accessLog}
+            C{sendTimeouts} (see L{countSendTimeout}), C{http2} (see
+            L{HTTP2_COUNTS}), C{accessLog}
             C{{"written", "dropped"}} (lines; zeros when it is off),
             C{revision} (of the snapshot, or L{None}) and C{at} (clock
             seconds), and when requests are traced C{tracing} (see
@@ -514,6 +533,7 @@ class Stats:
             "servers": servers,
             "sendTimeouts": self.sendTimeouts,
             "accessLog": accessLogJSON(self.accessLog),
+            "http2": dict(self.http2),
             "revision": current.revision if current is not None else None,
             "at": now,
         }
@@ -613,7 +633,7 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     its snapshot.
 
     @return: a snapshot of the same shape; C{at} is the latest of theirs,
-        C{revision} the highest, C{sendTimeouts} and C{accessLog}'s counts
+        C{revision} the highest, C{sendTimeouts}, C{http2} and C{accessLog}'s counts
         their sums, and so are the counters of C{tracing} (when any of them
         has it).
     """
@@ -627,8 +647,11 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     sendTimeouts = 0
     tracing: Optional[Dict[str, int]] = None
     accessLog = accessLogJSON(None)
+    http2: Dict[str, int] = dict.fromkeys(HTTP2_COUNTS, 0)
     for snap in snapshots:
         sendTimeouts += snap.get("sendTimeouts") or 0
+        for key, count in (snap.get("http2") or {}).items():
+            http2[key] = http2.get(key, 0) + count
         if snap.get("tracing"):
             tracing = tracing if tracing is not None else {}
             for key, n in snap["tracing"].items():
@@ -680,6 +703,7 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "servers": {name: servers[name] for name in sorted(servers)},
         "sendTimeouts": sendTimeouts,
         "accessLog": accessLog,
+        "http2": http2,
         "revision": revision,
         "at": at,
     }
@@ -817,6 +841,10 @@ class SnapshotStats:
     def accessLog(self) -> Any:
         counts = self._source().get("accessLog") or {}
         return _AccessLogCounts(int(counts.get("written") or 0), int(counts.get("dropped") or 0))
+
+    @property
+    def http2(self) -> Dict[str, int]:
+        return dict(self._source().get("http2") or {})
 
 
 class _Frozen:
