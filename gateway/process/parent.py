@@ -5,7 +5,8 @@ L{ParentLink} is the service of a proxy worker that talks to the gateway
 process that started it: it gives the store states the parent relays to the
 worker's L{gateway.store.relayed.RelayedStore}, confirms each revision the
 worker then serves, applies the servers' health the parent's checks see
-and what the parent's DNS discovery found,
+and what the parent's DNS discovery found, drops the cache entries of the
+APIs the admin purges,
 reports the worker's stats every second, and stops the worker when the
 parent goes away.
 """
@@ -42,6 +43,7 @@ class ParentLink(Service):
         stats: Callable[[], Dict[str, Any]],
         statsInterval: float = 1.0,
         onGateways: Optional[Callable[[int], None]] = None,
+        onPurge: Optional[Callable[[str], int]] = None,
     ) -> None:
         """
         @param reactor: the worker's reactor.
@@ -55,6 +57,8 @@ class ParentLink(Service):
         @param statsInterval: how often they are reported, in seconds.
         @param onGateways: called with the count of live gateways the
             parent relays (the fleet's limits divide by it), or L{None}.
+        @param onPurge: called with the name of an API whose cache entries
+            to drop; returns how many it dropped (L{None}: no cache).
         """
         self._reactor = reactor
         self._fd = fd
@@ -63,6 +67,7 @@ class ParentLink(Service):
         self._stats = stats
         self._statsInterval = statsInterval
         self._onGateways = onGateways
+        self._onPurge = onPurge
         self._health: Dict[str, bool] = {}
         self._statsCall: Optional[Any] = None
         self.channel: Optional[ControlChannel] = None
@@ -93,6 +98,10 @@ class ParentLink(Service):
         gateways = message.get("gateways")
         if self._onGateways is not None and isinstance(gateways, int) and gateways > 0:
             self._onGateways(gateways)
+        purge = message.get("purge")
+        if isinstance(purge, dict) and isinstance(purge.get("api"), str):
+            entries = self._onPurge(purge["api"]) if self._onPurge is not None else 0
+            self._send({"purged": {"id": purge.get("id"), "entries": entries}})
         if "state" in message:
             try:
                 taken = self._store.receive(message["state"])
