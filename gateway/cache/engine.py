@@ -74,8 +74,8 @@ _GET = b"GET"
 _HEAD = b"HEAD"
 _UNSAFE = frozenset([b"POST", b"PUT", b"DELETE", b"PATCH"])
 
-#: Response headers not stored: hop-by-hop ones (RFC 9111 3.1) and those
-#: the cache sets itself on each answer.
+#: Response headers not stored: hop-by-hop ones (RFC 9111 3.1) and the
+#: length, which the cache sets itself on each answer.
 _NOT_STORED = frozenset(
     [
         b"connection",
@@ -87,12 +87,17 @@ _NOT_STORED = frozenset(
         b"transfer-encoding",
         b"upgrade",
         b"content-length",
-        b"age",
     ]
 )
 
+#: Read when an answer comes (its age then), not stored: each answer from
+#: the cache says its own.
+_AGE = b"age"
+
 #: Not taken from a 304 into the entry it refreshes (RFC 9111 3.2).
-_NOT_REFRESHED = _NOT_STORED | frozenset([b"content-encoding", b"content-range", b"vary"])
+_NOT_REFRESHED = _NOT_STORED | frozenset(
+    [_AGE, b"content-encoding", b"content-range", b"vary"]
+)
 
 _CONDITIONALS = (b"if-none-match", b"if-modified-since")
 
@@ -575,7 +580,12 @@ class Ticket:
                 cache._pass(self.key, self.policy, now)
             self._land(None)
             return None
-        self.storing = self.stored = True
+        # Stored, in memory, or in Redis when the look-up found it there
+        # (else the entry is only made for those who wait for it).
+        self.stored = self.policy.store == "memory" or self.generation is not None
+        self.storing = self.stored or self.flight is not None
+        if not self.storing:
+            self._pending = None
         return None
 
     def _refusal(
@@ -616,7 +626,7 @@ class Ticket:
         self._pending = (
             status,
             response.phrase or b"",
-            headers,
+            [(n, v) for n, v in headers if n != _AGE],
             now,
             initialAge,
             lifetime,
@@ -636,25 +646,30 @@ class Ticket:
         for name, value in headers:
             if name not in _NOT_REFRESHED:
                 fresh.setdefault(name, []).append(value)
+        if b"date" not in fresh:
+            # (A recipient with a clock dates an answer that has no Date,
+            # RFC 9110 6.6.1.)
+            fresh[b"date"] = [httpDate(now)]
         merged = [(n, v) for n, v in entry.headers if n not in fresh]
         for name, values in fresh.items():
             merged.extend((name, v) for v in values)
         lines: Dict[bytes, List[bytes]] = {}
         for name, value in merged:
             lines.setdefault(name, []).append(value)
-        date = httpDateSeconds(lines[b"date"][0]) if b"date" in lines else now
+        date = httpDateSeconds(lines[b"date"][0])
         directives = cacheControl(lines.get(b"cache-control"))
         lifetime = freshnessLifetime(
             entry.status, directives, date, lines.get(b"expires"), self.policy.ttl
         )
         requestTime = self.exchange.sentAt or now
+        ages = [v for n, v in headers if n == _AGE]
         return Entry(
             entry.status,
             entry.phrase,
             merged,
             entry.body,
             now,
-            correctedInitialAge(lines.get(b"age"), date, requestTime, now),
+            correctedInitialAge(ages or None, date, requestTime, now),
             lifetime if lifetime is not None else self.policy.ttl,
             entry.keep,
             entry.varyNames,
@@ -671,8 +686,9 @@ class Ticket:
             return
         status, phrase, headers, now, age, lifetime, keep, names, variant = pending
         entry = Entry(status, phrase, headers, body, now, age, lifetime, keep, names, variant)
-        self.cache.store(self, entry)
-        self.cache._countsOf(self.policy.api).stored += 1
+        if self.stored:
+            self.cache.store(self, entry)
+            self.cache._countsOf(self.policy.api).stored += 1
         self._land(entry)
 
     def bodyAbandoned(self, reason: str) -> None:
