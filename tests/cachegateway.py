@@ -234,14 +234,20 @@ class CacheGateway:
             )
         )
 
-    def send(self, method: str, target: str, headers: Sequence[Tuple[str, str]] = ()) -> Client:
+    def send(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[Tuple[str, str]] = (),
+        host: str = "gw",
+    ) -> Client:
         """
         Send a request on a new connection; its answer may come later.
         """
         channel = self.site.buildProtocol(PEER)
         transport = StringTransport(peerAddress=PEER)
         channel.makeConnection(transport)
-        lines = [f"{method} {target} HTTP/1.1", "Host: gw"]
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
         lines += [f"{name}: {value}" for name, value in headers]
         channel.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         return Client(transport, channel)

@@ -292,6 +292,24 @@ class HitAndMissTests(SynchronousTestCase):
             self.assertEqual(status(gw.request("GET", target))[:12], "gateway; hit")
         self.assertEqual(len(gw.backend.calls), 4)
 
+    def test_hostKeys(self) -> None:
+        """
+        The host name of the request's Host is part of the key, in any
+        case and without its port (the gateways of a fleet listen on ports
+        of their own): another name is another entry.
+        """
+        gw = CacheGateway([cachedAPI({"ttl": 10})])
+        gw.backend.auto = ok()
+        requests = [
+            ("one.example:8080", "fwd=uri-miss"),
+            ("ONE.example:9090", "hit"),
+            ("one.example", "hit"),
+            ("two.example:8080", "fwd=uri-miss"),
+        ]
+        for host, expected in requests:
+            answer = gw.send("GET", "/a/x", host=host).answer()
+            self.assertIn(expected, status(answer), host)
+
     def test_backendLifetime(self) -> None:
         """
         The backend's s-maxage (else max-age) wins over the API's ttl; its

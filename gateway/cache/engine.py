@@ -95,9 +95,7 @@ _NOT_STORED = frozenset(
 _AGE = b"age"
 
 #: Not taken from a 304 into the entry it refreshes (RFC 9111 3.2).
-_NOT_REFRESHED = _NOT_STORED | frozenset(
-    [_AGE, b"content-encoding", b"content-range", b"vary"]
-)
+_NOT_REFRESHED = _NOT_STORED | frozenset([_AGE, b"content-encoding", b"content-range", b"vary"])
 
 _CONDITIONALS = (b"if-none-match", b"if-modified-since")
 

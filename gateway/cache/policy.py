@@ -3,8 +3,8 @@ An API's cache settings made ready for requests (L{CachePolicy}): what
 keys an entry, and how a request's headers select among the variants a
 C{Vary} makes.
 
-An entry's key (L{CachePolicy.primaryKey}) is the API, the request's
-C{Host}, the cluster a C{split} routing chose (when one did), the target
+An entry's key (L{CachePolicy.primaryKey}) is the API, the host name of
+the request's C{Host} (without its port), the cluster a C{split} routing chose (when one did), the target
 sent upstream (path and query, after any rewrite) and the values of the
 API's C{varyOn}: C{header:NAME} (the client's header, all its lines),
 C{query:NAME} (the client's query parameter, every value) and
@@ -37,6 +37,17 @@ def _joined(values: Optional[Sequence[bytes]]) -> bytes:
     if values is None:
         return _ABSENT
     return b"=" + b",".join(v.strip() for v in values)
+
+
+def _hostName(host: bytes) -> bytes:
+    """
+    @return: a C{Host} value's name, in lower case, without its port (the
+        gateways of a fleet listen on ports of their own).
+    """
+    host = host.strip().lower()
+    if host.endswith(b"]"):
+        return host
+    return host.rpartition(b":")[0] if b":" in host else host
 
 
 def variantOf(names: Sequence[bytes], headers: Any) -> bytes:
@@ -112,7 +123,7 @@ class CachePolicy:
         host = request.requestHeaders.getRawHeaders(b"host")
         parts = [
             self.api.encode("utf-8"),
-            host[0].lower() if host else b"",
+            _hostName(host[0]) if host else b"",
             exchange.cluster.name.encode("utf-8") if exchange.routing is not None else b"",
             uri,
         ]
