@@ -4,14 +4,14 @@ keys an entry, and how a request's headers select among the variants a
 C{Vary} makes.
 
 An entry's key (L{CachePolicy.primaryKey}) is the API, the host name of
-the request's C{Host} (without its port), the cluster a C{split} routing chose (when one did), the target
-sent upstream (path and query, after any rewrite) and the values of the
-API's C{varyOn}: C{header:NAME} (the client's header, all its lines),
-C{query:NAME} (the client's query parameter, every value) and
-C{consumer} (the name the API's C{auth} found).  Under one key live the
-variants of the backend's C{Vary}, told apart by the values of the headers
-it names in the request as sent upstream (L{variantOf}): what the backend
-saw.
+the request's C{Host} (without its port), the cluster a C{split} routing
+chose (when one did), the target sent upstream (path and query, after any
+rewrite) and the values of the API's C{varyOn}: C{header:NAME} (the
+client's header, all its lines), C{query:NAME} (the client's query
+parameter, every value) and C{consumer} (the name the API's C{auth}
+found).  Under one key live the variants of the backend's C{Vary}, told
+apart by the values of the headers it names in the request as sent
+upstream (L{variantOf}): what the backend saw.
 """
 
 from __future__ import annotations
