@@ -432,3 +432,76 @@ class OneClientTests(SynchronousTestCase):
         service.getServiceNamed("cache-purges")
         names = [s.name for s in service]
         self.assertLess(names.index("redis"), names.index("fleet-limits"))
+
+
+class CLITests(SynchronousTestCase):
+    """
+    C{gateway cache purge API}.
+    """
+
+    def purge(self, *outcomes: Any) -> Tuple[int, str, str, List[Any]]:
+        from test_cli import FakeURLOpen, runInProcess
+
+        from gateway.cli import main
+        from gateway.cli.client import AdminClient
+
+        urlopen = FakeURLOpen(*outcomes)
+        self.patch(main, "_client", lambda args: AdminClient(args.admin, args.token, 10.0, urlopen))
+        code, out, err = runInProcess(["cache", "purge", "users", "--token", "tok"])
+        return code, out, err, urlopen.requests
+
+    def test_purge(self) -> None:
+        """
+        The command asks the admin to purge the API's cache, and says what
+        was purged, where.
+        """
+        from test_cli import FakeAnswer
+
+        answer = {
+            "api": "users",
+            "entries": 12,
+            "processes": 2,
+            "complete": True,
+            "redis": True,
+            "generation": 3,
+        }
+        code, out, err, requests = self.purge(FakeAnswer(200, json.dumps(answer).encode()))
+        self.assertEqual(code, 0, err)
+        ((request, _),) = requests
+        self.assertEqual(request.get_method(), "DELETE")
+        self.assertEqual(request.full_url, "http://127.0.0.1:9090/api/v1/apis/users/cache")
+        self.assertEqual(
+            out.splitlines(),
+            [
+                "purged the cache of API 'users': 12 entries in memory in 2 proxy processes"
+                " of http://127.0.0.1:9090",
+                "and in Redis, for every gateway (generation 3); the memory of the other"
+                " gateways follows within proxy.cache.purgePoll seconds",
+            ],
+        )
+
+    def test_errors(self) -> None:
+        """
+        An unknown API, or Redis away: the admin's error, exit status 1.
+        """
+        from test_cli import httpError
+
+        code, out, err, _ = self.purge(
+            httpError(404, b'{"error": "api users does not exist", "field": "name"}')
+        )
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn("404 api users does not exist (field name)", err)
+        code, out, err, _ = self.purge(httpError(503, b'{"error": "Redis did not take the purge"}'))
+        self.assertEqual(code, 1)
+        self.assertIn("503 Redis did not take the purge", err)
+
+    def test_usage(self) -> None:
+        """
+        C{gateway cache} needs an action, and C{purge} an API.
+        """
+        from test_cli import runInProcess
+
+        for argv in (["cache"], ["cache", "purge"], ["cache", "flush", "a"]):
+            code, _, err = runInProcess(argv)
+            self.assertEqual(code, 2, argv)
+            self.assertIn("usage: gateway cache", err)

@@ -21,6 +21,7 @@ from etcdserver import etcd, storeURL  # noqa: F401  (fixtures)
 from fakeredis import CacheModel
 from harness import GatewayProcess, peakRSS, waitFor
 from redisserver import redis  # noqa: F401  (fixtures)
+from test_cli import cli
 
 from gateway.cache.redisstore import LOOKUP_SCRIPT, PURGE_SCRIPT, STORE_SCRIPT
 
@@ -121,8 +122,12 @@ def test_sharedByTwoGateways(etcd, redis, backends, gateways):  # noqa: F811
         "the first gateway's workers to hold /local entries",
     )
     assert _stats(one)["apis"]["local"]["cache"]["hit"] > 0
-    # ... dropped by a purge asked of the second gateway's admin.
-    assert two.admin("DELETE", "/api/v1/apis/local/cache").status == 200
+    # ... dropped by a purge asked of the second gateway's admin, with the
+    # command line.
+    done = cli("cache", "purge", "local", "--admin", two.adminURL, "--token", TOKEN)
+    assert done.returncode == 0, done.stderr
+    assert "purged the cache of API 'local'" in done.stdout, done.stdout
+    assert "and in Redis, for every gateway" in done.stdout, done.stdout
     waitFor(
         lambda: _stats(one)["cache"]["entries"] == 0,
         # A poll every half second, stats reported every second.
