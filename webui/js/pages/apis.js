@@ -22,6 +22,7 @@ import { pageHeader, loading, errorState, linkButton, emptyState, resourceTable,
 import { breakerSection } from "./servers.js";
 import { corsSection, transformSection, mockSection } from "./apiedge.js";
 import { authSections } from "./apiauth.js";
+import { cacheSection } from "./apicache.js";
 
 const METHODS = ["*", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
@@ -75,12 +76,14 @@ export async function renderApiList(outlet) {
             if (a.circuitBreaker) marks.push(badge("breaker", "muted"));
             if (a.cors) marks.push(badge("CORS", "muted"));
             if (a.transform) marks.push(badge("transform", "muted"));
+            if (a.cache) marks.push(badge(`cache ${a.cache.ttl}s${a.cache.store === "redis" ? " (Redis)" : ""}`, "muted", "response cache"));
             return marks.length ? h("span", { class: "chips" }, marks) : h("span", { class: "muted" }, "none");
           },
         },
         { label: "Requests/s", cell: (a) => liveCell(a.name, "rps"), className: "num" },
         { label: "Error rate", cell: (a) => liveCell(a.name, "errors"), className: "num" },
         { label: "p99", cell: (a) => liveCell(a.name, "p99"), className: "num" },
+        { label: "Cache hits", cell: (a) => liveCell(a.name, "hits"), className: "num" },
       ],
     }),
   );
@@ -91,6 +94,8 @@ export async function renderApiList(outlet) {
       live[a.name].rps.textContent = fmtRate(r?.rps);
       live[a.name].errors.textContent = fmtPct(r?.errorRate);
       live[a.name].p99.textContent = fmtMs(r?.p99 ?? c?.latency.p99);
+      const ratio = p.latest?.data?.apis?.[a.name]?.cache?.hitRatio;
+      live[a.name].hits.textContent = a.cache && typeof ratio === "number" ? fmtPct(ratio * 100) : DASH;
     }
   });
 }
@@ -400,6 +405,7 @@ export function renderApiForm(outlet, params) {
       const mock = mockSection(item?.response, (on) => (nodes.el.hidden = on));
       nodes.el.hidden = mock.enabled;
       const authUI = authSections(item);
+      const cache = cacheSection(item);
 
       const fields = [
         section("Route", null, name.el, pattern.el, method.el, host.el, maxQPS.el),
@@ -408,6 +414,7 @@ export function renderApiForm(outlet, params) {
         h("details", { class: "more", open: !!(item?.rateLimit || item?.ipAccess || item?.circuitBreaker || (item?.filters || []).length) }, h("summary", null, "Protection and filters"), rate.el, access.el, breaker.el, filters.el),
         h("details", { class: "more", open: !!(item?.auth || item?.acl) }, h("summary", null, "Authentication and ACL"), ...authUI.els),
         h("details", { class: "more", open: !!(item?.cors || item?.transform) }, h("summary", null, "CORS and header transformation"), cors.el, transform.el),
+        h("details", { class: "more", open: !!item?.cache }, h("summary", null, "Response cache"), cache.el),
       ];
       const collect = () => {
         const out = clone(item);
@@ -442,6 +449,7 @@ export function renderApiForm(outlet, params) {
         authUI.collect(out);
         out.cors = cors.collect();
         out.transform = transform.collect();
+        out.cache = cache.collect();
         return out;
       };
       return { fields, collect };
