@@ -1249,6 +1249,78 @@ def fleetLimitsConfig(
     return config
 
 
+#: The APIs of the cache rows: the plain proxying of C{/plain}, its answers
+#: kept in the memory store (C{/cached}) and in Redis (C{/shared}).
+CACHE_APIS: Tuple[Dict[str, Any], ...] = (
+    {
+        "name": "cached",
+        "method": "GET",
+        "urlPattern": "/cached",
+        "nodes": [{"cluster": "plain", "urlRewrite": "/plain"}],
+        "cache": {"ttl": 3600},
+    },
+    {
+        "name": "shared",
+        "method": "GET",
+        "urlPattern": "/shared",
+        "nodes": [{"cluster": "plain", "urlRewrite": "/plain"}],
+        "cache": {"ttl": 3600, "store": "redis"},
+    },
+)
+
+
+def cacheConfig(
+    proxyPort: int,
+    backendPort: int,
+    redisPort: Optional[int],
+    workers: Optional[int] = None,
+    where: Optional[str] = None,
+) -> Dict[str, Any]:
+    """
+    @return: the config of the cache rows: the benchmarked gateway with
+        C{/cached} (memory store) and C{/shared} (Redis store, on the Redis
+        at C{redisPort} through C{limits.store}; L{None}: no Redis, that
+        API then bypasses its cache).
+    """
+    config = gatewayConfig(
+        proxyPort, backendPort, workers=workers, where=where, extraApis=CACHE_APIS
+    )
+    if redisPort is not None:
+        config["limits"] = {"store": f"redis://{HOST}:{redisPort}/0"}
+    return config
+
+
+def nginxCache(children: Children, backendPort: int) -> Tuple[Child, int]:
+    """
+    nginx as a caching reverse proxy: C{proxy_cache} of the backend's
+    answers (valid 10 minutes), upstream keep-alive; every measured
+    request is a hit (the first one fills the cache).
+    """
+    port = freePort()
+    zone = children.workDir / "nginx-cache-zone"
+    upstream = (
+        f"    proxy_cache_path {zone} levels=1:2 keys_zone=bench:10m max_size=100m"
+        " inactive=60m;\n"
+        "    upstream backend {\n"
+        f"        server 127.0.0.1:{backendPort};\n"
+        "        keepalive 64;\n"
+        "    }\n"
+    )
+    location = (
+        "            proxy_pass http://backend;\n"
+        "            proxy_http_version 1.1;\n"
+        '            proxy_set_header Connection "";\n'
+        "            proxy_cache bench;\n"
+        "            proxy_cache_valid 200 10m;\n"
+        "            add_header X-Cache-Status $upstream_cache_status;"
+    )
+    child = startNginx(children, "nginx-cache", port, upstream, location)
+    status, body = get(port, "/")
+    if status != 200:
+        raise BenchError(f"nginx proxy_cache answered {status}")
+    return child, port
+
+
 def startRedis(children: Children) -> Tuple[Child, int]:
     """
     Start Debian's C{redis-server} on a free port (no persistence) and wait
@@ -2108,6 +2180,8 @@ class Bench:
             self.fleetLimitRows()
         if wanted("http2"):
             self.http2Rows()
+        if wanted("cache"):
+            self.cacheRows()
         if not wanted("gateway"):
             for name, interpreter in self.interpreters.items():
                 if wanted("auth"):
@@ -2349,6 +2423,67 @@ class Bench:
         spoken = {run.get("protocol") for run in row.get("runs", [])}
         if spoken and spoken != {expected}:
             row.setdefault("notes", []).append(f"spoke {sorted(map(str, spoken))}, not {expected}")
+
+    def cacheRows(self) -> None:
+        """
+        CPU per request of a cache hit: nginx's C{proxy_cache} hit, then
+        the gateway's (one worker) from its memory store (C{/cached}) and
+        from Redis (C{/shared}), with C{/plain} of the same process for
+        what a hit saves (or costs) against proxying.
+        """
+        report = self.report
+        row = report.row("cache-nginx", "nginx proxy_cache hit", "–", 1)
+        self.withChild(row, lambda: nginxCache(self.children, self.backendPort), "/")
+        redis = None
+        try:
+            redis, redisPort = startRedis(self.children)
+        except (BenchError, OSError) as e:
+            self.report.notes.append(f"cache rows without Redis: {e}")
+            redisPort = None
+        try:
+            for name, interpreter in self.interpreters.items():
+                setups = [
+                    ("plain", "gateway, plain proxying (cache rows' process)", "/plain"),
+                    ("memory", "gateway, cache hit (memory store)", "/cached"),
+                    ("redis", "gateway, cache hit (Redis store)", "/shared"),
+                ]
+                rows = [report.row(f"cache-{key}-{name}", what, name, 1) for key, what, _ in setups]
+                child = None
+                try:
+                    child, port = startGateway(
+                        self.children,
+                        f"cache-{name}",
+                        interpreter,
+                        cacheConfig(freePort(), self.backendPort, redisPort),
+                    )
+                    for path in ("/cached", "/shared"):
+                        # The first request stores the entry.
+                        get(port, path)
+                    for row, (key, _, path) in zip(rows, setups):
+                        if key == "redis" and redisPort is None:
+                            row["skipped"] = "no redis-server"
+                            continue
+                        self.measureRow(row, f"http://{HOST}:{port}{path}", child.pid)
+                    plainCPU = rows[0].get("cpuUsPerReq")
+                    for row in rows[1:]:
+                        cpu = row.get("cpuUsPerReq")
+                        if cpu is not None and plainCPU:
+                            row["overPlainUs"] = cpu - plainCPU
+                            percent = (cpu / plainCPU - 1) * 100
+                            row.setdefault("notes", []).append(
+                                f"{cpu - plainCPU:+.1f} µs/req ({percent:+.0f} %) over plain"
+                                " proxying"
+                            )
+                except (BenchError, OSError) as e:
+                    for row in rows:
+                        row.setdefault("error", str(e))
+                    self.log(f"  failed: {e}")
+                finally:
+                    if child is not None:
+                        self.children.stop(child)
+        finally:
+            if redis is not None:
+                self.children.stop(redis)
 
     def withChild(
         self,
@@ -3345,7 +3480,7 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         "--only",
         default="",
         help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth,tls,tracing,"
-        "fleetlimits,websocket,http2",
+        "fleetlimits,websocket,http2,cache",
     )
     parser.add_argument("--skip-extras", action="store_true", help="no large body, no 10k APIs")
     parser.add_argument("--large-bytes", type=int, default=GIB, help="bytes streamed (1 GiB)")

@@ -1,7 +1,8 @@
 """
 A fake Redis for unit tests: L{FakeRedisServer} answers the commands the
 gateway sends (C{PING}, C{ROLE}, C{AUTH}, C{SELECT}, C{EVALSHA}/C{EVAL} of
-the lease script, C{SENTINEL get-master-addr-by-name}) over in-memory
+the lease script and of the response cache's scripts, C{GET}, C{DEL},
+C{HGETALL}, C{SENTINEL get-master-addr-by-name}) over in-memory
 connections, on a L{twisted.internet.task.Clock}, and can be made to hang,
 refuse connections or drop them.
 
@@ -9,6 +10,8 @@ L{BucketModel} is the lease script's arithmetic in Python
 (L{gateway.protection.redisbuckets.LEASE_SCRIPT}); the fake runs it, the
 property test of the leases uses it as the fleet's bucket, and an
 integration test checks that the real script gives the same answers.
+L{CacheModel} is the cache's scripts (L{gateway.cache.redisstore}) in
+Python, over keys with TTLs; the integration tests run the real ones.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.python.failure import Failure
 
+from gateway.cache.redisstore import LOOKUP_SCRIPT, PURGE_SCRIPT, STORE_SCRIPT
 from gateway.protection.redisbuckets import LEASE_SCRIPT
 from gateway.redis.protocol import RedisProtocol, ReplyError, parseReply
 
@@ -73,6 +77,91 @@ class BucketModel:
         else:
             self.tat.pop(key, None)
         return [int(granted), int(math.floor(level * 1000)), int(wait)]
+
+
+class CacheModel:
+    """
+    The response cache's scripts and commands in Python: strings and
+    hashes by key, each with an expiry on the clock (milliseconds).
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.data: Dict[bytes, Any] = {}
+        self.expiry: Dict[bytes, float] = {}
+
+    def _live(self, key: bytes) -> Any:
+        when = self.expiry.get(key)
+        if when is not None and when <= self.clock.seconds():
+            self.data.pop(key, None)
+            self.expiry.pop(key, None)
+        return self.data.get(key)
+
+    def delete(self, key: bytes) -> int:
+        self.expiry.pop(key, None)
+        return 1 if self.data.pop(key, None) is not None else 0
+
+    def get(self, key: bytes) -> Any:
+        return self._live(key)
+
+    def hgetall(self, key: bytes) -> List[bytes]:
+        out: List[bytes] = []
+        for field, value in (self._live(key) or {}).items():
+            out += [field, value]
+        return out
+
+    def _generation(self, keys: List[bytes], api: bytes) -> bytes:
+        return (self._live(keys[0]) or {}).get(api, b"0")
+
+    def lookup(self, keys: List[bytes], args: List[bytes]) -> Any:
+        api, names, variant = args
+        gen = self._generation(keys, api)
+        h = self._live(keys[1])
+        if h is None or h.get(b"g") != gen:
+            if h is not None:
+                self.delete(keys[1])
+            return [gen]
+        stored = h.get(b"v", b"")
+        if stored != names:
+            return [gen, stored]
+        return [gen, stored, h.get(b"=" + variant)]
+
+    def store(self, keys: List[bytes], args: List[bytes]) -> int:
+        api, expected, names, variant, entry, ttl, most = args
+        gen = self._generation(keys, api)
+        if gen != expected:
+            return 0
+        h = self._live(keys[1])
+        field = b"=" + variant
+        if (
+            h is None
+            or h.get(b"g") != gen
+            or h.get(b"v") != names
+            or (field not in h and len(h) >= int(most) + 2)
+        ):
+            self.delete(keys[1])
+            h = self.data[keys[1]] = {b"g": gen, b"v": names}
+        h[field] = entry
+        when = self.clock.seconds() + int(ttl) / 1000.0
+        current = self.expiry.get(keys[1])
+        if current is None or current < when:
+            self.expiry[keys[1]] = when
+        return 1
+
+    def purge(self, keys: List[bytes], args: List[bytes]) -> int:
+        generations = self.data.setdefault(keys[0], {})
+        gen = int(generations.get(args[0], b"0")) + 1
+        generations[args[0]] = b"%d" % (gen,)
+        self.data[keys[1]] = b"%d" % (int(self.data.get(keys[1], b"0")) + 1,)
+        return gen
+
+
+#: The cache's scripts, by SHA: what L{CacheModel} runs for each.
+_CACHE_SCRIPTS = {
+    LOOKUP_SCRIPT.sha: ("lookup", LOOKUP_SCRIPT),
+    STORE_SCRIPT.sha: ("store", STORE_SCRIPT),
+    PURGE_SCRIPT.sha: ("purge", PURGE_SCRIPT),
+}
 
 
 def encodeReply(value: Any) -> bytes:
@@ -166,6 +255,7 @@ class FakeRedisServer:
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self.model = BucketModel()
+        self.cache = CacheModel(clock)
         self.refusing: set = set()
         self.hanging = False
         self.roles: Dict[Tuple[str, int], bytes] = {}
@@ -244,20 +334,44 @@ class FakeRedisServer:
                 return None
             return [master[0].encode(), str(master[1]).encode()]
         if name == b"SCRIPT" and command[1].upper() == b"LOAD":
-            if command[2].decode() != LEASE_SCRIPT.source:
+            sha = self._known(command[2].decode())
+            if sha is None:
                 return ReplyError("ERR unknown script")
-            self.scripts.add(LEASE_SCRIPT.sha)
-            return LEASE_SCRIPT.sha.encode()
+            self.scripts.add(sha)
+            return sha.encode()
         if name == b"EVALSHA":
             if command[1].decode() not in self.scripts:
                 return ReplyError("NOSCRIPT No matching script. Please use EVAL.")
-            return self._lease(command[2:])
+            return self._run(command[1].decode(), command[2:])
         if name == b"EVAL":
-            if command[1].decode() != LEASE_SCRIPT.source:
+            sha = self._known(command[1].decode())
+            if sha is None:
                 return ReplyError("ERR unknown script")
-            self.scripts.add(LEASE_SCRIPT.sha)
-            return self._lease(command[2:])
+            self.scripts.add(sha)
+            return self._run(sha, command[2:])
+        if name == b"GET":
+            return self.cache.get(command[1])
+        if name == b"DEL":
+            return sum(self.cache.delete(key) for key in command[1:])
+        if name == b"HGETALL":
+            return self.cache.hgetall(command[1])
         return ReplyError(f"ERR unknown command '{name.decode()}'")
+
+    @staticmethod
+    def _known(source: str) -> Optional[str]:
+        if source == LEASE_SCRIPT.source:
+            return LEASE_SCRIPT.sha
+        for sha, (_, script) in _CACHE_SCRIPTS.items():
+            if source == script.source:
+                return sha
+        return None
+
+    def _run(self, sha: str, tail: List[bytes]) -> Any:
+        if sha == LEASE_SCRIPT.sha:
+            return self._lease(tail)
+        keys = int(tail[0])
+        method = getattr(self.cache, _CACHE_SCRIPTS[sha][0])
+        return method(list(tail[1 : 1 + keys]), list(tail[1 + keys :]))
 
     def _lease(self, tail: List[bytes]) -> Any:
         keys = int(tail[0])

@@ -200,6 +200,20 @@ class GatewayConfigTests(SynchronousTestCase):
         for config in (onRedis, inMemory):
             self.assertIn("limited", [api.name for api in config.seed["apis"]])
 
+    def test_cache(self) -> None:
+        """
+        The config of the cache rows is valid: C{/cached} caches in memory,
+        C{/shared} in the Redis of C{limits.store}, both rewritten to the
+        backend's C{/plain}.
+        """
+        config = parseConfig(run.cacheConfig(8080, 8081, 6379))
+        assert config.limits is not None
+        self.assertEqual(config.limits.store, "redis://127.0.0.1:6379/0")
+        apis = {api.name: api for api in config.seed["apis"]}
+        self.assertEqual(apis["cached"].cache.store, "memory")
+        self.assertEqual(apis["shared"].cache.store, "redis")
+        self.assertIsNone(parseConfig(run.cacheConfig(8080, 8081, None)).limits)
+
     def test_extras(self) -> None:
         """
         With an admin and many extra APIs (the 10,000 APIs check, here

@@ -336,8 +336,10 @@ def test_curl_http2(edge: Edge) -> None:
     assert stats["http2"]["streams"] >= 1
     assert stats["http2"]["connections"] >= 1
     waitFor(
-        lambda: '"method":"GET","uri":"/echo/x?y=1","protocol":"HTTP/2.0","status":200'
-        in edge.gateway.output(),
+        lambda: (
+            '"method":"GET","uri":"/echo/x?y=1","protocol":"HTTP/2.0","status":200'
+            in edge.gateway.output()
+        ),
         5,
         what="the access log line",
     )

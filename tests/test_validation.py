@@ -154,7 +154,8 @@ MOCK_API: Dict[str, Any] = {
 }
 
 #: More examples, for what one of FULL cannot hold together (a cluster's
-#: discovery and its servers, an API's mock response and its nodes).
+#: discovery and its servers, an API's mock response and its nodes, a
+#: cache and an aggregation).
 MORE: List[Tuple[str, Dict[str, Any]]] = [
     (
         "clusters",
@@ -169,6 +170,20 @@ MORE: List[Tuple[str, Dict[str, Any]]] = [
         },
     ),
     ("apis", MOCK_API),
+    (
+        "apis",
+        {
+            "name": "k1",
+            "urlPattern": "/k",
+            "nodes": [{"cluster": "c1"}],
+            "cache": {
+                "ttl": 30,
+                "varyOn": ["header:Accept-Language"],
+                "store": "redis",
+                "requestCacheControl": "honour",
+            },
+        },
+    ),
 ]
 
 

@@ -1081,6 +1081,64 @@ class BrowserTests:
         assert api["acl"] == {"allow": ["gold"], "deny": []}
         assert gateway.proxy("/ui/guarded").status == 401
 
+    def test_apiCache(self, browser: Browser) -> None:
+        """
+        An API's response cache is set through the API form: a varyOn of
+        consumer without authentication is refused next to its input; the
+        fixed cache is stored as entered and the proxy answers from it; the
+        APIs list shows its hit ratio, the API page what the cache did, and
+        its Purge button empties it (the next request is a miss).
+        """
+        page, gateway = browser.page, browser.gateway
+        gateway.admin("PUT", "/api/v1/servers/k1", {"addr": browser.backends["ok"].addr})
+        gateway.admin("PUT", "/api/v1/clusters/cache-ui", {"servers": ["k1"]})
+        browser.login()
+        browser.go("/apis/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("cached-ui")
+        page.get_by_label("URL pattern").fill("/ui/cached/*")
+        page.get_by_label("Node 1 cluster").select_option("cache-ui")
+        page.get_by_label("Node 1 URL rewrite").fill("/echo/{*}")
+        page.locator("summary", has_text="Response cache").click()
+        page.get_by_text("Enable response cache").click()
+        page.get_by_label("TTL (s)").fill("120")
+        page.get_by_label("Vary on").fill("header:Accept-Language\nconsumer")
+        browser.submit("Create API")
+        assert "consumer needs auth" in browser.errorNextTo("cache.varyOn")
+        page.get_by_label("Vary on").fill("header:Accept-Language")
+        page.get_by_label("Collapse wait (s)").fill("2")
+        browser.submit("Create API")
+        page.get_by_role("heading", name="APIs", level=1).wait_for()
+        saved = gateway.admin("GET", "/api/v1/apis/cached-ui")
+        assert saved["cache"] == {
+            "ttl": 120,
+            "maxBodySize": 1048576,
+            "varyOn": ["header:Accept-Language"],
+            "store": "memory",
+            "keepStale": 300,
+            "collapseTimeout": 2,
+            "requestCacheControl": "ignore",
+        }
+        sendUntil(gateway, "/ui/cached/x", 200, "the cached API to serve")
+        for _ in range(3):
+            answer = gateway.proxy("/ui/cached/x")
+            assert (answer.header("cache-status") or "").startswith("gateway; hit"), answer.headers
+        row = page.locator("tr", has=page.get_by_role("link", name="cached-ui", exact=True))
+        row.get_by_text("cache 120s").wait_for()
+        page.wait_for_function(
+            """() => [...document.querySelectorAll("td.num")].some(
+                (td) => /^[1-9][0-9.]*%$/.test(td.textContent)
+                    && td.closest("tr").textContent.includes("cached-ui"))"""
+        )
+        browser.go("/apis/cached-ui/edit")
+        summary = page.locator("[data-cache-summary]")
+        summary.get_by_text("hits").wait_for()
+        assert "hit ratio" in summary.inner_text()
+        browser.screenshot("api-cache")
+        page.get_by_role("button", name="Purge cache").click()
+        page.get_by_text("Purged the cache of cached-ui").wait_for()
+        miss = gateway.proxy("/ui/cached/x")
+        assert miss.header("cache-status") == "gateway; fwd=uri-miss; stored", miss.headers
+
     def test_certificatesPage(self, browser: Browser) -> None:
         """
         A certificate pasted into the form is created; the list shows its

@@ -61,6 +61,7 @@ from gateway.model.resources import (
 )
 from gateway.model.resources import ReferenceError as ModelReferenceError
 from gateway.model.schema import ValidationError, toJSON, writeOnlyFields
+from gateway.redis.client import RedisError
 from gateway.store import KINDS, Change, ConflictError, StoreError, StoreState
 
 #: The prefix of every route of the REST API.
@@ -269,6 +270,7 @@ class AdminAPI:
         propagation: Optional[Any] = None,
         propagationTimeout: float = 2.0,
         runInThread: Optional[Callable[..., Deferred]] = None,
+        purgeCache: Optional[Callable[[str], Deferred]] = None,
     ) -> None:
         """
         @param store: the L{gateway.interfaces.IStore} provider to serve.
@@ -302,6 +304,11 @@ class AdminAPI:
             consumer whose credentials hold passwords is parsed there
             (bcrypt takes tens of milliseconds a password).  By default it
             is run in the reactor thread.
+        @param purgeCache: C{purgeCache(name)} drops an API's response
+            cache entries (see L{gateway.cache.purges}) and returns a
+            Deferred of what it did, a JSON object; it fails with
+            L{gateway.redis.client.RedisError} when the fleet's Redis
+            could not be told.  By default there is no cache to purge.
         """
         self._runInThread = runInThread if runInThread is not None else _inline
         self._reactor = reactor
@@ -316,6 +323,7 @@ class AdminAPI:
         self._metrics = metrics
         self._parser = parser if parser is not None else CatalogParser()
         self._ready = ready if ready is not None else (lambda: True)
+        self._purgeCache = purgeCache
 
     def resource(self) -> IResource:
         """
@@ -542,6 +550,40 @@ class AdminAPI:
             error.headers.update(_revision(state.revision))
             raise error
         return _Answer(200, publicJSON(kind, value), _revision(state.revision))
+
+    @app.route(PREFIX + "/apis/<name>/cache", methods=["DELETE"])
+    @_jsonEndpoint()
+    async def purgeCache(self, request: IRequest, name: str) -> _Answer:
+        """
+        C{DELETE /api/v1/apis/NAME/cache}: purge an API's response cache,
+        in every proxy process of this gateway and, with Redis, of the
+        fleet (see L{gateway.cache.purges}).
+        """
+        state = await self._store.load()
+        if state.get("apis", name) is None:
+            error = self._notFound("apis", name)
+            error.headers.update(_revision(state.revision))
+            raise error
+        if self._purgeCache is None:
+            answer: Dict[str, Any] = {
+                "api": name,
+                "entries": 0,
+                "processes": 0,
+                "complete": True,
+                "redis": False,
+            }
+        else:
+            try:
+                answer = await self._purgeCache(name)
+            except RedisError as e:
+                raise APIError(
+                    503,
+                    f"Redis did not take the purge ({e}): the fleet's entries are not purged;"
+                    " this gateway's memory entries are",
+                    api=name,
+                )
+        self.log.info("purged the response cache of API {api}", api=name)
+        return _Answer(200, answer, _revision(state.revision))
 
     @app.route(PREFIX + "/proxies", methods=["GET"])
     @_jsonEndpoint()

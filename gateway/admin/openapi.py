@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional
 from twisted.web.resource import IResource, Resource
 
 import gateway
+from gateway.cache.engine import RESULTS as CACHE_RESULTS
 from gateway.model.resources import RESOURCE_CLASSES
 from gateway.model.schema import jsonSchema
 from gateway.telemetry.stats import ERROR_KINDS, HTTP2_COUNTS, REJECT_REASONS
@@ -331,8 +332,36 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
     }
     apiStats = {
         "type": "object",
-        "properties": dict(counted, breaker=_ref("BreakerState")),
+        "properties": dict(counted, breaker=_ref("BreakerState"), cache=_ref("CacheCounts")),
         "required": ["requests", "errors", "rejects", "latency"],
+    }
+    count = {"type": "integer", "minimum": 0}
+    cacheCounts = {
+        "type": "object",
+        "description": (
+            "An API's response cache (when it has one): its answers by what the cache did:"
+            " hit (from the cache), collapsed (from another request's forward), stale"
+            " (forwarded to revalidate a stale entry), revalidated (of those, refreshed by a"
+            " 304), miss (forwarded), bypass (not looked up: a method that is not cached,"
+            " Redis away); stored: answers stored; hitRatio: (hit + collapsed) / (hit +"
+            " collapsed + stale + miss), null before any."
+        ),
+        "properties": {
+            **{key: count for key in CACHE_RESULTS},
+            "stored": count,
+            "hitRatio": {"type": "number", "nullable": True, "minimum": 0, "maximum": 1},
+        },
+        "required": list(CACHE_RESULTS) + ["stored", "hitRatio"],
+    }
+    cacheMemory = {
+        "type": "object",
+        "description": (
+            "The memory stores of the response cache (one per proxy process, summed): bytes"
+            " held, their limit (proxy.cache.memoryBytes each), entries, evictions (entries"
+            " dropped to make room)."
+        ),
+        "properties": {key: count for key in ("bytes", "limit", "entries", "evictions")},
+        "required": ["bytes", "limit", "entries", "evictions"],
     }
     serverStats = {
         "type": "object",
@@ -444,6 +473,7 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
                 },
             },
             "limits": _ref("FleetLimits"),
+            "cache": _ref("CacheMemory"),
         },
     }
     discoveredName = {
@@ -492,6 +522,8 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
     }
     # -- end cluster-wide limits ---
     return {
+        "CacheCounts": cacheCounts,
+        "CacheMemory": cacheMemory,
         "FleetLimits": fleetLimits,
         "ErrorCounts": _counts(ERROR_KINDS),
         "RejectCounts": _counts(REJECT_REASONS),
@@ -506,7 +538,25 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
 
 
 def _otherSchemas() -> Dict[str, Dict[str, Any]]:
+    count = {"type": "integer", "minimum": 0}
     return {
+        "CachePurge": {
+            "type": "object",
+            "description": (
+                "What a purge did: the memory entries this gateway's proxy processes dropped,"
+                " how many of them confirmed, whether all did, whether Redis (the fleet's"
+                " entries) was purged, and then the API's new generation there."
+            ),
+            "properties": {
+                "api": {"type": "string"},
+                "entries": count,
+                "processes": count,
+                "complete": {"type": "boolean"},
+                "redis": {"type": "boolean"},
+                "generation": {"type": "integer", "minimum": 1},
+            },
+            "required": ["api", "entries", "processes", "complete", "redis"],
+        },
         "Error": {
             "type": "object",
             "description": "Every error answer.",
@@ -847,6 +897,41 @@ def _paths() -> Dict[str, Dict[str, Any]]:
     }
     for kind in KIND_NAMES:
         paths.update(_kindPaths(kind))
+    paths[PREFIX + "/apis/{name}/cache"] = {
+        "parameters": [
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "description": "the API's name",
+                "schema": toOpenAPI30(jsonSchema(RESOURCE_CLASSES["apis"]))["properties"]["name"],
+            }
+        ],
+        "delete": {
+            "tags": [KIND_NAMES["apis"][2]],
+            "operationId": "purgeAPICache",
+            "summary": "Purge an API's response cache",
+            "description": (
+                "Drops the API's cache entries: in the memory of every proxy process of this"
+                " gateway (the answer waits for each, at most admin.propagationTimeout"
+                " seconds: complete says whether all confirmed), and, when the gateways"
+                " share a Redis (limits.store), in Redis for every gateway at once (a new"
+                " generation of the API's entries) and in the memory of the other gateways'"
+                " proxy processes within proxy.cache.purgePoll seconds."
+            ),
+            "responses": {
+                "200": _ok("Purged.", _ref("CachePurge"), _headers(revision=None)),
+                "400": _use("BadPath"),
+                "401": _use("Unauthorized"),
+                "404": _use("NotFound"),
+                "500": _use("InternalError"),
+                "503": _error(
+                    "The store cannot be reached, or Redis did not take the purge (this"
+                    " gateway's memory entries are purged, the fleet's are not)."
+                ),
+            },
+        },
+    }
     paths[PREFIX + "/proxies"] = {
         "get": {
             "tags": ["Status"],

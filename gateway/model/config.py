@@ -50,6 +50,7 @@ import yaml
 
 from gateway.model import patterns
 from gateway.model.accesslog import AccessLogConfig, AccessLogSetting
+from gateway.model.cache import CacheSettings
 from gateway.model.certificates import inlineCertificateFiles
 from gateway.model.consumers import keepCredentials
 from gateway.model.endpoints import isLoopbackEndpoint
@@ -310,6 +311,11 @@ class ProxyConfig:
         Obj(HTTPLimits),
         attrs.Factory(HTTPLimits),
         doc="request size limits and client timeouts (413, 414, 431, 408)",
+    )
+    cache: CacheSettings = field(
+        Obj(CacheSettings),
+        attrs.Factory(CacheSettings),
+        doc="the response cache of each proxy process: its memory, its calls to Redis",
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
 import attrs
 
 from gateway.model import patterns
+from gateway.model.cache import Cache
 from gateway.model.certificates import (
     MAX_PEM,
     SNI,
@@ -641,6 +642,19 @@ def _aclNeedsAuth(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
     rateLimit = values["rateLimit"]
     if rateLimit is not None and rateLimit.key == "consumer" and values["auth"] is None:
         yield "rateLimit.key", "consumer needs auth: without it no request has a consumer"
+    cache = values["cache"]
+    if cache is not None and values["auth"] is None and "consumer" in cache.varyOn:
+        i = cache.varyOn.index("consumer")
+        yield f"cache.varyOn[{i}]", "consumer needs auth: without it no request has a consumer"
+
+
+def _cacheOneNode(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["cache"] is None:
+        return
+    if values["response"] is not None:
+        yield "cache", "a mock response is not cached: it costs nothing to make"
+    elif len(values["nodes"]) > 1:
+        yield "cache", "an aggregation (several nodes) is not cached: cache its nodes' APIs"
 
 
 def _websocketMethod(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
@@ -749,6 +763,11 @@ class API:
         doc="open WebSocket tunnels at most, per proxy process; more handshakes get 503;"
         " 0 = no limit",
     )
+    cache: Optional[Cache] = field(
+        Nullable(Obj(Cache)),
+        None,
+        doc="a response cache for GET and HEAD (RFC 9111, shared); null: none",
+    )
 
     rules: ClassVar[Tuple[Rule, ...]] = (
         Rule(("nodes",), _attrNamesGiven, schema=_ATTR_NAMES_GIVEN),
@@ -760,9 +779,14 @@ class API:
             doc="A transform's $param.NAME names a parameter of the URL pattern.",
         ),
         Rule(
-            ("acl", "auth", "rateLimit"),
+            ("acl", "auth", "rateLimit", "cache"),
             _aclNeedsAuth,
-            doc="An acl, and a rateLimit keyed by consumer, need auth.",
+            doc="An acl, a rateLimit keyed by consumer and a cache varying on consumer need auth.",
+        ),
+        Rule(
+            ("cache", "nodes", "response"),
+            _cacheOneNode,
+            doc="A cache is for an API of one node (not an aggregation, nor a mock).",
         ),
         Rule(("websocket", "nodes", "response"), _websocketOneNode, schema=_WEBSOCKET_ONE_NODE),
         Rule(

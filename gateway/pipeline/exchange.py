@@ -125,6 +125,8 @@ class Exchange:
         filter authenticated it (a L{gateway.auth.index.ConsumerEntry}:
         its C{name}, C{customId}, C{groups}); L{None} before, and on APIs
         without C{auth}.
+    @ivar cache: the request's L{gateway.cache.engine.Ticket} on an API
+        with a C{cache} (once the cache is consulted), else L{None}.
     @ivar attributes: per-request state of filters, by a key each owns.
     @ivar upgrade: the L{gateway.pipeline.websocket.Handshake} when the
         request is a WebSocket handshake being relayed, else L{None}.
@@ -157,6 +159,7 @@ class Exchange:
         "jsonBody",
         "_body",
         "consumer",
+        "cache",
         "attributes",
         "upgrade",
     )
@@ -197,6 +200,7 @@ class Exchange:
         self.jsonBody: Optional[Tuple[int, bool, Any]] = None
         self._body: Optional[RequestBody] = None
         self.consumer: Optional[ConsumerEntry] = None
+        self.cache: Optional[Any] = None
         self.attributes: Dict[Hashable, Any] = {}
         self.upgrade: Optional[Any] = None
 

@@ -36,6 +36,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 
 from gateway.balancing.backend import startRequest
+from gateway.cache.engine import ResponseCache
 from gateway.http.body import CLEAN_ENDS
 from gateway.http.bodystream import RequestBodyError
 from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamError
@@ -49,7 +50,7 @@ from gateway.pipeline.errors import (
     outcomeOf,
 )
 from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
-from gateway.pipeline.forwarding import _HOST, ClientAddresses, copyResponseHeaders
+from gateway.pipeline.forwarding import _HOST, VIA, ClientAddresses, copyResponseHeaders
 from gateway.pipeline.https import HTTPSRedirect
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
@@ -126,6 +127,43 @@ class _StreamBody(Protocol):
             request.channel.transport.abortConnection()
 
 
+class _CachingStreamBody(_StreamBody):
+    """
+    Streams an upstream response body to the client, and tees it into
+    the cache's entry (L{gateway.cache.engine.Ticket.bodyComplete}), up to
+    the API's C{maxBodySize}: past that the body is not stored, and still
+    streams on.  The client's answer is never held back for the copy.
+    """
+
+    def __init__(self, proxy: GatewayResource, exchange: Exchange, stream: bool) -> None:
+        super().__init__(proxy, exchange, stream)
+        ticket: Any = exchange.cache
+        self._ticket = ticket
+        self._parts: Optional[List[bytes]] = []
+        self._size = 0
+        self._limit = ticket.policy.maxBodySize
+
+    def dataReceived(self, data: bytes) -> None:
+        self._request.write(data)
+        parts = self._parts
+        if parts is not None:
+            self._size += len(data)
+            if self._size > self._limit:
+                self._parts = None
+                self._ticket.bodyAbandoned("too-large")
+            else:
+                parts.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        parts, self._parts = self._parts, None
+        if parts is not None:
+            if isinstance(reason.value, CLEAN_ENDS) and not self._exchange.gone:
+                self._ticket.bodyComplete(b"".join(parts))
+            else:
+                self._ticket.bodyAbandoned("broken")
+        super().connectionLost(reason)
+
+
 class _Discard(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         pass
@@ -163,6 +201,8 @@ class GatewayResource(Resource):
     @param accessLog: told of every request once it is over, as
         C{accessLog.log(exchange)} (a
         L{gateway.telemetry.accesslog.IAccessLog}), or L{None}.
+    @param cache: the L{gateway.cache.engine.ResponseCache} of the APIs
+        that have a C{cache}, or L{None} (they are then not cached).
     """
 
     isLeaf = True
@@ -182,6 +222,7 @@ class GatewayResource(Resource):
         tracer: Optional[ITracer] = None,
         websockets: Optional[WebSockets] = None,
         accessLog: Any = None,
+        cache: Optional[ResponseCache] = None,
     ) -> None:
         super().__init__()
         self._manager = manager
@@ -197,6 +238,7 @@ class GatewayResource(Resource):
         self._tracer = tracer
         self._websockets = websockets
         self._accessLog = accessLog
+        self._cache = cache
         #: Requests being served now.
         self.inFlight = 0
         self._draining = False
@@ -255,7 +297,7 @@ class GatewayResource(Resource):
         else:
             request.notifyFinish().addErrback(self._clientGone, exchange).addBoth(
                 self._requestEnded, request, exchange
-            )
+            ).addBoth(self._closeTicket, exchange)
         self._runBefore(exchange, chain, 0)
         return server.NOT_DONE_YET
 
@@ -314,6 +356,10 @@ class GatewayResource(Resource):
         self._answer(exchange, chain[:i], _internalError())
 
     def _runAfter(self, exchange: Exchange, chain: Chain, info: ResponseInfo) -> None:
+        ticket = exchange.cache
+        if ticket is not None:
+            # Cache-Status, before the filters: they may see it.
+            ticket.annotate(info.headers)
         for f in reversed(chain):
             try:
                 f.after(exchange, info)
@@ -401,6 +447,7 @@ class GatewayResource(Resource):
         """
         api = exchange.api
         snapshot = exchange.snapshot
+        mirrors: Sequence[Any] = ()
         if api.routings and exchange.cluster is None:
             decision = decideRoutings(api.routings, exchange)
             split = decision.split
@@ -408,10 +455,10 @@ class GatewayResource(Resource):
                 exchange.cluster = snapshot.clusters[split.routing.cluster]
                 exchange.routing = split.routing.name
             # (A WebSocket handshake is not mirrored: a copy cannot be a tunnel.)
-            if decision.mirrors and self._mirror is not None and exchange.upgrade is None:
-                for mirrored in decision.mirrors:
-                    self._mirror.send(exchange, snapshot.clusters[mirrored.routing.cluster])
+            if exchange.upgrade is None:
+                mirrors = decision.mirrors
         if api.aggregate:
+            self._sendMirrors(exchange, mirrors)
             if self._aggregator is None:
                 self._answer(
                     exchange, chain, EarlyResponse.error(501, "aggregation is not enabled")
@@ -439,8 +486,100 @@ class GatewayResource(Resource):
                 exchange.outcome = "reject:max-websockets"
                 self._answer(exchange, chain, refused)
                 return
+        policy = api.cache
+        if policy is not None and self._cache is not None and exchange.upgrade is None:
+            self._consultCache(exchange, chain, node, mirrors, policy)
+            return
+        self._forward(exchange, chain, node, mirrors)
+
+    def _sendMirrors(self, exchange: Exchange, mirrors: Sequence[Any]) -> None:
+        if mirrors and self._mirror is not None:
+            clusters = exchange.snapshot.clusters
+            for mirrored in mirrors:
+                self._mirror.send(exchange, clusters[mirrored.routing.cluster])
+
+    def _forward(self, exchange: Exchange, chain: Chain, node: Any, mirrors: Sequence[Any]) -> None:
+        """
+        Send the request upstream (and its mirror copies).
+        """
+        self._sendMirrors(exchange, mirrors)
+        ticket = exchange.cache
+        if ticket is not None:
+            ticket.forwarding(exchange.upstreamHeaders)
         self._retryBudget.requestSent()
+        cluster: Any = exchange.cluster
         self._send(exchange, chain, node, cluster.choose(exchange.clientIP), ())
+
+    # -- the response cache -------------------------------------------------------
+
+    def _consultCache(
+        self, exchange: Exchange, chain: Chain, node: Any, mirrors: Sequence[Any], policy: Any
+    ) -> None:
+        """
+        Ask the cache: answer from it, or forward (see
+        L{gateway.cache.engine}).
+        """
+        cache: Any = self._cache
+        ticket = exchange.cache = cache.begin(exchange, policy)
+        waiting = ticket.decide()
+        if waiting is None:
+            self._cacheDecided(exchange, chain, node, mirrors)
+            return
+        exchange.waiting = waiting
+        waiting.addCallbacks(
+            self._cacheDecidedLater,
+            self._cacheFailed,
+            callbackArgs=(exchange, chain, node, mirrors),
+            errbackArgs=(exchange,),
+        )
+
+    def _cacheDecidedLater(
+        self, _: Any, exchange: Exchange, chain: Chain, node: Any, mirrors: Sequence[Any]
+    ) -> None:
+        exchange.waiting = None
+        if exchange.gone:
+            return
+        try:
+            self._cacheDecided(exchange, chain, node, mirrors)
+        except Exception:
+            self._bug(Failure(), exchange)
+
+    def _cacheFailed(self, failure: Failure, exchange: Exchange) -> None:
+        exchange.waiting = None
+        if not exchange.gone:
+            self._bug(failure, exchange)
+
+    def _cacheDecided(
+        self, exchange: Exchange, chain: Chain, node: Any, mirrors: Sequence[Any]
+    ) -> None:
+        ticket: Any = exchange.cache
+        entry = ticket.serve
+        if entry is not None:
+            self._answerEntry(exchange, chain, entry)
+            return
+        self._forward(exchange, chain, node, mirrors)
+
+    def _answerEntry(self, exchange: Exchange, chain: Chain, entry: Any) -> None:
+        """
+        Answer from a cache entry, through the C{after} hooks.
+        """
+        request = exchange.request
+        ticket: Any = exchange.cache
+        code, phrase, body = ticket.compose(entry, request.responseHeaders, VIA)
+        info = ResponseInfo(code, request.responseHeaders)
+        self._runAfter(exchange, chain, info)
+        if info.code == code:
+            request.setResponseCode(code, phrase)
+        else:
+            request.setResponseCode(info.code)
+        if body:
+            request.write(body)
+        request.finish()
+
+    def _closeTicket(self, _: Any, exchange: Exchange) -> None:
+        ticket = exchange.cache
+        if ticket is not None:
+            ticket.close()
 
     def _aggregated(self, answer: EarlyResponse, exchange: Exchange, chain: Chain) -> None:
         exchange.waiting = None
@@ -535,6 +674,15 @@ class GatewayResource(Resource):
             # (Only a WebSocket handshake's: the client refuses any other.)
             self._switched(response, exchange, chain)
             return
+        ticket = exchange.cache
+        if ticket is not None:
+            refreshed = ticket.response(response)
+            if refreshed is not None:
+                # A 304 refreshed the stale entry: it answers.
+                response.deliverBody(_Discard())
+                self._upstreamDone(exchange)
+                self._answerEntry(exchange, chain, refreshed)
+                return
         copyResponseHeaders(response.headers, request.responseHeaders)
         info = ResponseInfo(response.code, request.responseHeaders)
         self._runAfter(exchange, chain, info)
@@ -545,6 +693,8 @@ class GatewayResource(Resource):
         if request.method == b"HEAD" or response.code in (204, 304):
             response.deliverBody(_Discard())
             self._upstreamDone(exchange)
+            if ticket is not None and ticket.storing:
+                ticket.bodyComplete(b"")
             request.finish()
             return
         body = getattr(response, "body", None)
@@ -552,13 +702,18 @@ class GatewayResource(Resource):
             # The whole body came with the head (L{HTTP11UpstreamClient}
             # says so of small answers): nothing to stream.
             self._upstreamDone(exchange)
+            if ticket is not None and ticket.storing:
+                ticket.bodyComplete(body)
             if body:
                 request.write(body)
             request.finish()
             return
         length = getattr(response, "length", UNKNOWN_LENGTH)
         stream = not isinstance(length, int) or length > _SMALL_RESPONSE
-        response.deliverBody(_StreamBody(self, exchange, stream))
+        if ticket is not None and ticket.storing:
+            response.deliverBody(_CachingStreamBody(self, exchange, stream))
+        else:
+            response.deliverBody(_StreamBody(self, exchange, stream))
 
     def _switched(self, response: Any, exchange: Exchange, chain: Chain) -> None:
         """
@@ -743,6 +898,9 @@ class GatewayResource(Resource):
         """
         if reason is not None:
             self._clientGone(reason, exchange)
+        ticket = exchange.cache
+        if ticket is not None:
+            ticket.close()
         if exchange.upgrade is not None and self._websockets.handshakeOver(exchange):  # type: ignore[union-attr]
             # Switched to a tunnel: its connection is the tunnel's now.
             self._requestEnded(None, None, exchange)

@@ -1,7 +1,8 @@
 """
 Putting the fleet's limits together (C{limits:} in the config file): the
-Redis client of a proxy process, the buckets on it, and the count of live
-gateways they divide the limits by while Redis is away.
+Redis client of a process (which the response cache shares), the buckets
+on it, and the count of live gateways they divide the limits by while
+Redis is away.
 
 Without C{limits.store} nothing here is made: the limits keep the buckets
 of their process, or of the workers' shared memory, as before.
@@ -22,27 +23,48 @@ from gateway.redis.client import RedisClient
 log = Logger()
 
 
+def redisClient(config: Any, reactor: Any) -> Optional[RedisClient]:
+    """
+    The one Redis client of a process, that the fleet's limits and the
+    response cache share (one connection): a service named C{redis},
+    which connects when it starts.
+
+    @param config: the L{gateway.model.config.GatewayConfig}.
+    @return: the client of C{limits.store}, or L{None} without C{limits:}.
+    """
+    limits = config.limits
+    if limits is None:
+        return None
+    return RedisClient(parseRedisURL(limits.store), reactor, timeout=limits.timeout)
+
+
 class FleetLimits(MultiService):
     """
-    The Redis client of one proxy process and the buckets of its limits,
-    as a service: the client connects when it starts.
+    The buckets of one proxy process's limits on Redis, as a service.
 
-    @ivar client: the L{RedisClient} (for other users of the same Redis).
+    @ivar client: the L{RedisClient} they use (see L{redisClient}).
     @ivar buckets: the L{RedisBuckets}, the limits' C{buckets} factory.
     """
 
     name = "fleet-limits"
 
-    def __init__(self, config: LimitsConfig, reactor: Any, local: Any) -> None:
+    def __init__(
+        self, config: LimitsConfig, reactor: Any, local: Any, client: Optional[RedisClient] = None
+    ) -> None:
         """
         @param config: the C{limits:} section.
         @param local: what makes this gateway's own buckets (the fallback
             of C{onFailure: local}): L{gateway.protection.ratelimit.LOCAL} or
             the workers' shared buckets.
+        @param client: the process's Redis client (a service of its own,
+            that starts before these limits and stops after them); by
+            default one of their own, as a child.
         """
         super().__init__()
-        self.client = RedisClient(parseRedisURL(config.store), reactor, timeout=config.timeout)
-        self.client.setServiceParent(self)
+        if client is None:
+            client = RedisClient(parseRedisURL(config.store), reactor, timeout=config.timeout)
+            client.setServiceParent(self)
+        self.client = client
         self.buckets = RedisBuckets(
             self.client,
             reactor,
@@ -58,15 +80,18 @@ class FleetLimits(MultiService):
         return super().stopService()
 
 
-def fleetLimits(config: Any, reactor: Any, local: Any) -> Optional[FleetLimits]:
+def fleetLimits(
+    config: Any, reactor: Any, local: Any, client: Optional[RedisClient] = None
+) -> Optional[FleetLimits]:
     """
     @param config: the L{gateway.model.config.GatewayConfig}.
+    @param client: the process's Redis client (L{redisClient}).
     @return: the fleet's limits of a proxy process, or L{None} without
         C{limits:}.
     """
     if config.limits is None:
         return None
-    return FleetLimits(config.limits, reactor, local)
+    return FleetLimits(config.limits, reactor, local, client)
 
 
 class GatewayCounter(Service):

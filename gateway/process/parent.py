@@ -5,7 +5,8 @@ L{ParentLink} is the service of a proxy worker that talks to the gateway
 process that started it: it gives the store states the parent relays to the
 worker's L{gateway.store.relayed.RelayedStore}, confirms each revision the
 worker then serves, applies the servers' health the parent's checks see
-and what the parent's DNS discovery found,
+and what the parent's DNS discovery found, drops the cache entries of the
+APIs the admin purges,
 reports the worker's stats every second, and stops the worker when the
 parent goes away.
 """
@@ -43,6 +44,7 @@ class ParentLink(Service):
         statsInterval: float = 1.0,
         onGateways: Optional[Callable[[int], None]] = None,
         onReopen: Optional[Callable[[], None]] = None,
+        onPurge: Optional[Callable[[str], int]] = None,
     ) -> None:
         """
         @param reactor: the worker's reactor.
@@ -59,6 +61,8 @@ class ParentLink(Service):
         @param onReopen: called when the parent says to open the log files
             again (C{{"reopenLogs": true}}, see
             L{gateway.process.pool.WorkerPool.reopenLogs}), or L{None}.
+        @param onPurge: called with the name of an API whose cache entries
+            to drop; returns how many it dropped (L{None}: no cache).
         """
         self._reactor = reactor
         self._fd = fd
@@ -68,6 +72,7 @@ class ParentLink(Service):
         self._statsInterval = statsInterval
         self._onGateways = onGateways
         self._onReopen = onReopen
+        self._onPurge = onPurge
         self._health: Dict[str, bool] = {}
         self._statsCall: Optional[Any] = None
         self.channel: Optional[ControlChannel] = None
@@ -98,6 +103,10 @@ class ParentLink(Service):
         gateways = message.get("gateways")
         if self._onGateways is not None and isinstance(gateways, int) and gateways > 0:
             self._onGateways(gateways)
+        purge = message.get("purge")
+        if isinstance(purge, dict) and isinstance(purge.get("api"), str):
+            entries = self._onPurge(purge["api"]) if self._onPurge is not None else 0
+            self._send({"purged": {"id": purge.get("id"), "entries": entries}})
         if "state" in message:
             try:
                 taken = self._store.receive(message["state"])

@@ -21,9 +21,14 @@ Parent and worker talk over a socketpair, one JSON object per line:
                                          L{gateway.protection.redisbuckets})
                       {"reopenLogs": true} open the access log again (the
                                          parent got SIGUSR1)
+                      {"purge": {"api": NAME, "id": N}}
+                                         drop the API's cache entries
+                                         (see L{WorkerPool.purgeCache})
     worker -> parent  {"serving": N}     the worker serves store revision N
                       {"resync": true}   send the whole state again
                       {"stats": {...}}   its statistics, every second
+                      {"purged": {"id": N, "entries": K}}
+                                         purge N done, K entries dropped
 
 Workers do not read the store: the parent relays every state it takes to
 each of them, and each confirms the revision it then serves, so that the
@@ -43,7 +48,7 @@ import json
 import os
 import socket
 import sys
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer, error
@@ -238,6 +243,10 @@ class WorkerPool(Service):
         #: What every worker is told, started now or later (L{broadcast}).
         self._told: Dict[str, Any] = {}
         self.restarts = 0
+        #: The cache purges under way, by id: the workers yet to confirm,
+        #: the entries dropped so far, the Deferred of the caller.
+        self._purges: Dict[int, Tuple[Set[int], List[int], defer.Deferred]] = {}
+        self._lastPurge = 0
 
     def startService(self) -> None:
         super().startService()
@@ -302,12 +311,66 @@ class WorkerPool(Service):
         serving = message.get("serving")
         if isinstance(serving, int) and not isinstance(serving, bool):
             self.served.serving(index, serving)
+        purged = message.get("purged")
+        if isinstance(purged, dict):
+            self._purged(index, purged.get("id"), purged.get("entries"))
         if message.get("resync") and self._relayed is not None:
             self._sendWhole(index)
 
     def _lost(self, process: _WorkerProcess) -> None:
         if self._current(process):
             self.served.gone(process.index)
+            # (A worker gone holds no entry to wait for.)
+            for purgeId in list(self._purges):
+                self._purged(process.index, purgeId, 0)
+
+    def purgeCache(self, api: str, timeout: float) -> defer.Deferred:
+        """
+        Have every worker drop its cache entries of an API.
+
+        @param timeout: seconds to wait for the workers' confirmations.
+        @return: a Deferred of C{(entries, processes, complete)}: the
+            entries dropped, the workers that confirmed, whether all did.
+        """
+        self._lastPurge += 1
+        purgeId = self._lastPurge
+        waiting = set(self._channels)
+        d: defer.Deferred = defer.Deferred()
+        counts = [0, 0]
+        self._purges[purgeId] = (waiting, counts, d)
+        line = encodeMessage({"purge": {"api": api, "id": purgeId}})
+        for channel in list(self._channels.values()):
+            channel.sendEncoded(line)
+        timer = self._reactor.callLater(timeout, self._purgeOver, purgeId)
+        if not waiting:
+            self._purgeOver(purgeId)
+
+        def cancelTimer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(cancelTimer)
+
+    def _purged(self, index: int, purgeId: Any, entries: Any) -> None:
+        purge = self._purges.get(purgeId) if isinstance(purgeId, int) else None
+        if purge is None:
+            return
+        waiting, counts, _ = purge
+        if index not in waiting:
+            return
+        waiting.discard(index)
+        if isinstance(entries, int) and not isinstance(entries, bool):
+            counts[0] += entries
+        counts[1] += 1
+        if not waiting:
+            self._purgeOver(purgeId)
+
+    def _purgeOver(self, purgeId: int) -> None:
+        purge = self._purges.pop(purgeId, None)
+        if purge is not None:
+            waiting, counts, d = purge
+            d.callback((counts[0], counts[1], not waiting))
 
     def broadcast(self, message: Dict[str, Any]) -> None:
         """

@@ -21,7 +21,7 @@ the reactor; nothing below them imports Twisted's global one.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import attrs
 from twisted.application.service import Service
@@ -33,15 +33,20 @@ import gateway
 from gateway.admin.api import AdminAPI
 from gateway.admin.webui import withWebUI
 from gateway.balancing.health import HealthChecker
+from gateway.cache.engine import ResponseCache
+from gateway.cache.purges import PurgeFollower
+from gateway.cache.redisstore import RedisStore
 from gateway.discovery.records import Discovered
 from gateway.discovery.service import DNSDiscovery
 from gateway.http.client import DEFAULT_MAX_IDLE, HTTP11UpstreamClient
 from gateway.http.listen import reusePortEndpoint
 from gateway.http.tls import ServerTLS
 from gateway.interfaces import ISharedStore, IUpstreamUpgrader
+from gateway.model.cache import sharedCacheWithoutRedis
 from gateway.model.config import listenSettings, proxyEndpoints, workersCanShare
 from gateway.model.endpoints import endpointPort
 from gateway.model.limits import ADMIN_LIMITS
+from gateway.model.schema import ValidationError
 from gateway.pipeline.aggregate import Aggregator
 from gateway.pipeline.forwarding import ClientAddresses
 from gateway.pipeline.https import httpsPort
@@ -49,7 +54,7 @@ from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.resource import GatewayResource
 from gateway.pipeline.websocket import WebSockets
 from gateway.process.accesslog import AccessLogService, ReopenOnSignal, accessLogFor
-from gateway.process.fleetlimits import GatewayCounter, fleetLimits
+from gateway.process.fleetlimits import GatewayCounter, fleetLimits, redisClient
 from gateway.process.interpreter import nurseryAdvice
 from gateway.process.listening import ListenService, ProxyService
 from gateway.process.parent import ParentLink
@@ -158,6 +163,7 @@ def _proxySite(
     counters: Stats,
     tracing: Any = None,
     accessLog: Any = None,
+    cache: Optional[ResponseCache] = None,
 ) -> Tuple[GatewayResource, GatewaySite]:
     tlsListen = proxyConfig.tlsListen
     # (WebSocket handshakes go through the engine's upgrading client itself:
@@ -182,6 +188,7 @@ def _proxySite(
             WebSockets(upgrader, reactor, stats=counters) if upgrader is not None else None
         ),
         accessLog=accessLog,
+        cache=cache,
     )
     site = GatewaySite(
         resource,
@@ -277,6 +284,92 @@ def _tracing(config: Any, reactor: Any, root: ProcessService, counters: Stats) -
     return tracing
 
 
+def _responseCache(
+    config: Any,
+    reactor: Any,
+    root: ProcessService,
+    manager: SnapshotManager,
+    counters: Stats,
+    redis: Any,
+) -> ResponseCache:
+    """
+    The response cache of a proxy process: its memory store, and the
+    Redis store on the process's Redis client when it has one, with the
+    service that follows the fleet's purges there.
+    """
+    settings = config.proxy.cache
+    cache = ResponseCache(reactor, settings.memoryBytes, redis, settings.timeout)
+    manager.addListener(cache.snapshotChanged)
+    counters.cache = cache
+    if redis is not None:
+        PurgeFollower(cache, reactor, settings.purgePoll).setServiceParent(root)
+    return cache
+
+
+def _cachePurger(
+    config: Any,
+    reactor: Any,
+    redis: Any,
+    cache: Optional[ResponseCache],
+    pool: Optional[WorkerPool],
+) -> Callable[[str], Deferred]:
+    """
+    What the admin's C{DELETE /api/v1/apis/NAME/cache} calls (see
+    L{gateway.cache.purges}): the API's entries dropped in Redis (for the
+    fleet), and in the memory of this gateway's proxy processes (its own
+    proxy, or every worker), at once.
+
+    @return: C{purge(name)}, a Deferred of what it did, as the admin
+        answers it; it fails with L{gateway.redis.client.RedisError} when
+        Redis could not be told.
+    """
+    shared = (
+        RedisStore(redis, config.proxy.cache.timeout if config.proxy else 0.025)
+        if (redis is not None)
+        else None
+    )
+    timeout = config.admin.propagationTimeout if config.admin is not None else 2.0
+
+    async def purge(name: str) -> Dict[str, Any]:
+        entries, processes, complete = 0, 0, True
+        if pool is not None:
+            entries, processes, complete = await pool.purgeCache(name, timeout)
+        elif cache is not None:
+            entries, processes = cache.purgeLocal(name), 1
+        answer: Dict[str, Any] = {
+            "api": name,
+            "entries": entries,
+            "processes": processes,
+            "complete": complete,
+            "redis": shared is not None,
+        }
+        if shared is not None:
+            answer["generation"] = await shared.purge(name)
+        return answer
+
+    return lambda name: Deferred.fromCoroutine(purge(name))
+
+
+def _adminValidate(config: Any, manager: SnapshotManager) -> Callable[[Any], None]:
+    """
+    @return: what the admin checks a proposed catalog with: that it
+        compiles, and, when this gateway has no Redis (no
+        C{limits.store}), that no API it changes caches in Redis.
+    """
+    if config.limits is not None:
+        return manager.validate
+
+    def validate(catalog: Any) -> None:
+        served = manager.snapshot
+        previous = served.catalog.apis if served is not None else None
+        errors = list(sharedCacheWithoutRedis(catalog.apis, previous))
+        if errors:
+            raise ValidationError.collect(errors)
+        manager.validate(catalog)
+
+    return validate
+
+
 def makeGatewayService(
     config: Any, reactor: Any, filterRegistry: Any, abort: Abort, client: Any = None
 ) -> ProcessService:
@@ -298,10 +391,12 @@ def makeGatewayService(
     )
     store = storeFromURL(config.store, reactor)
     shared = store if ISharedStore.providedBy(store) else None
+    proxyHere = proxyConfig is not None and workers == 1
+    # The one Redis client of this process (limits.store): for the proxy's
+    # limits and cache when it runs here, and the admin's cache purges.
+    redis = redisClient(config, reactor) if proxyHere or config.admin is not None else None
     # The fleet's limits (limits.store): the proxy's, when it runs here.
-    fleet = (
-        fleetLimits(config, reactor, LOCAL) if proxyConfig is not None and workers == 1 else None
-    )
+    fleet = fleetLimits(config, reactor, LOCAL, redis) if proxyHere else None
     manager = SnapshotManager(
         filterRegistry,
         reactor,
@@ -357,8 +452,11 @@ def makeGatewayService(
         discovery.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)
     health.setServiceParent(root)
+    if redis is not None:
+        redis.setServiceParent(root)
     if fleet is not None:
         fleet.setServiceParent(root)
+    cache = _responseCache(config, reactor, root, manager, counters, redis) if proxyHere else None
     _countGateways(config, reactor, shared, fleet, pool, root)
 
     if shared is not None and proxyConfig is not None:
@@ -379,7 +477,7 @@ def makeGatewayService(
             store,
             config.admin.token,
             reactor,
-            validate=manager.validate,
+            validate=_adminValidate(config, manager),
             parser=manager.parser,
             proxies=status.proxies,
             stats=status.stats,
@@ -395,6 +493,7 @@ def makeGatewayService(
             runInThread=lambda f, *args: deferToThreadPool(
                 reactor, reactor.getThreadPool(), f, *args
             ),
+            purgeCache=_cachePurger(config, reactor, redis, cache, pool),
         )
         adminSite = AdminSite(withWebUI(admin.resource()), limits=ADMIN_LIMITS, reactor=reactor)
         ListenService(
@@ -416,7 +515,7 @@ def makeGatewayService(
         accessLog = counters.accessLog = accessLogFor(proxyConfig, reactor)
         _accessLogServices(root, accessLog, reactor, abort)
         resource, site = _proxySite(
-            proxyConfig, reactor, manager, client, counters, tracing, accessLog
+            proxyConfig, reactor, manager, client, counters, tracing, accessLog, cache
         )
         _proxyServices(
             root,
@@ -473,7 +572,8 @@ def makeWorkerService(
     proxyConfig = config.proxy
     store = RelayedStore()
     local = worker.buckets if worker.buckets is not None else LOCAL
-    fleet = fleetLimits(config, reactor, local)
+    redis = redisClient(config, reactor)
+    fleet = fleetLimits(config, reactor, local, redis)
     manager = SnapshotManager(
         filterRegistry,
         reactor,
@@ -483,10 +583,13 @@ def makeWorkerService(
     )
     counters = Stats(reactor)
     counters.follow(manager)
+    if redis is not None:
+        redis.setServiceParent(root)
     if fleet is not None:
         counters.limits = fleet.buckets
         fleet.setServiceParent(root)
     accessLog = counters.accessLog = accessLogFor(proxyConfig, reactor)
+    cache = _responseCache(config, reactor, root, manager, counters, redis)
     if client is None:
         client = _upstreamClient(reactor, proxyConfig)
     storeService = StoreService(store, manager, abort, reactor)
@@ -498,12 +601,15 @@ def makeWorkerService(
         stats=lambda: counters.snapshot(manager, None),
         onGateways=fleet.buckets.setGateways if fleet is not None else None,
         onReopen=accessLog.reopen if accessLog is not None else None,
+        onPurge=cache.purgeLocal,
     ).setServiceParent(root)
     storeService.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)
     tracing = _tracing(config, reactor, root, counters)
     _accessLogServices(root, accessLog, reactor, abort)
-    resource, site = _proxySite(proxyConfig, reactor, manager, client, counters, tracing, accessLog)
+    resource, site = _proxySite(
+        proxyConfig, reactor, manager, client, counters, tracing, accessLog, cache
+    )
     _proxyServices(
         root,
         proxyConfig,

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from gateway.auth.index import EMPTY, ConsumerIndex, compileConsumers
 from gateway.balancing.backend import Backend
 from gateway.balancing.balancers import makeTieredBalancer
+from gateway.cache.policy import CachePolicy
 from gateway.discovery.records import A, Discovered, expand
 from gateway.model.mock import CompiledMock
 from gateway.model.resources import API, Catalog, CatalogParser, Cluster, Node, ReferenceError
@@ -150,6 +151,7 @@ class CompiledAPI:
     @ivar batches: its nodes grouped by C{batch}, in ascending order.
     @ivar mock: its mock response, encoded (a
         L{gateway.model.mock.CompiledMock}), or L{None} when it has nodes.
+    @ivar cache: its L{gateway.cache.policy.CachePolicy}, or L{None}.
     """
 
     __slots__ = (
@@ -164,6 +166,7 @@ class CompiledAPI:
         "batches",
         "mock",
         "httpsOnly",
+        "cache",
     )
 
     def __init__(
@@ -190,6 +193,7 @@ class CompiledAPI:
             grouped.setdefault(node.batch, []).append(node)
         self.batches = tuple(tuple(grouped[n]) for n in sorted(grouped))
         self.mock = CompiledMock(config.response) if config.response is not None else None
+        self.cache = CachePolicy(config.name, config.cache) if config.cache is not None else None
 
 
 class Snapshot:

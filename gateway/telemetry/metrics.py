@@ -49,6 +49,15 @@ Metrics::
   gateway_limits_redis_calls_total                 calls to Redis (leases, returns)
   gateway_limits_redis_timeouts_total              calls Redis did not answer in time
   gateway_limits_redis_errors_total                calls that failed otherwise
+  gateway_cache_requests_total{api,result}        answers of a cached API by what the
+                                                   cache did: hit, collapsed, stale,
+                                                   revalidated, miss, bypass
+  gateway_cache_stored_total{api}                  answers stored
+  gateway_cache_memory_bytes                       bytes the memory stores hold
+  gateway_cache_memory_limit_bytes                 their bound (proxy.cache.memoryBytes
+                                                   per proxy process)
+  gateway_cache_memory_entries                     entries they hold
+  gateway_cache_evictions_total                    entries dropped to make room
   gateway_info{version}
 
 (The C{gateway_tracing_*} metrics only when the config has C{tracing:}.)
@@ -171,6 +180,9 @@ class GatewayCollector(Collector):
             family = CounterMetricFamily(f"gateway_http2_{what}", doc)
             family.add_metric([], http2.get(what, 0))
             yield family
+        cache = getattr(stats, "cache", None)
+        if cache is not None:
+            yield from _cacheMetrics(cache.snapshot())
         info = InfoMetricFamily("gateway", "Gateway version")
         info.add_metric([], {"version": gateway.__version__})
         yield info
@@ -387,6 +399,47 @@ def _limitsMetrics(limits: Any) -> Iterator[Metric]:
         family = CounterMetricFamily(f"gateway_limits_redis_{key}", doc)
         family.add_metric([], limits.get(key) or 0)
         yield family
+
+
+def _cacheMetrics(cache: Mapping[str, Any]) -> Iterator[Metric]:
+    """
+    The response cache: see the module's documentation.
+    """
+    from gateway.cache.engine import RESULTS
+
+    requests = CounterMetricFamily(
+        "gateway_cache_requests",
+        "Answers of a cached API by what the cache did: hit (from the cache), collapsed (from"
+        " another request's forward), stale (forwarded to revalidate), revalidated (a 304"
+        " refreshed the entry; also counted as stale), miss (forwarded), bypass (not looked"
+        " up: a method not cached, Redis away)",
+        labels=["api", "result"],
+    )
+    stored = CounterMetricFamily(
+        "gateway_cache_stored", "Answers stored in the cache", labels=["api"]
+    )
+    for name, counts in sorted((cache.get("apis") or {}).items()):
+        for result in RESULTS:
+            requests.add_metric([name, result], counts.get(result, 0))
+        stored.add_metric([name], counts.get("stored", 0))
+    yield requests
+    yield stored
+    memory = cache.get("memory") or {}
+    for key, name, doc in (
+        ("bytes", "gateway_cache_memory_bytes", "Bytes of entries the memory stores hold"),
+        (
+            "limit",
+            "gateway_cache_memory_limit_bytes",
+            "The memory stores' bound (proxy.cache.memoryBytes per proxy process)",
+        ),
+        ("entries", "gateway_cache_memory_entries", "Entries the memory stores hold"),
+    ):
+        gauge = GaugeMetricFamily(name, doc)
+        gauge.add_metric([], memory.get(key) or 0)
+        yield gauge
+    evictions = CounterMetricFamily("gateway_cache_evictions", "Entries dropped to make room")
+    evictions.add_metric([], memory.get("evictions") or 0)
+    yield evictions
 
 
 def metricsRegistry(stats: Any, manager: Any, health: Any, reactor: Any) -> CollectorRegistry:

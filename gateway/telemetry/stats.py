@@ -50,6 +50,7 @@ import bisect
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from gateway.cache.engine import withRatio
 from gateway.http.tunnel import TunnelMeter
 
 #: Upper bounds of the latency buckets, in milliseconds; a last bucket
@@ -284,6 +285,11 @@ class Stats:
     #: whose C{snapshot()} is under C{"limits"}), or L{None}.
     limits: Any = None
 
+    #: The response cache of this proxy (L{gateway.cache.engine.ResponseCache}):
+    #: each cached API's counts under its C{"cache"}, the memory store's
+    #: figures under C{"cache"}; or L{None}.
+    cache: Any = None
+
     def __init__(self, clock: Any) -> None:
         """
         @param clock: an L{IReactorTime}; latencies are measured with it
@@ -486,7 +492,9 @@ class Stats:
         @return: the statistics as JSON: C{totals} C{{"requests", "errors",
             "rejects"}} (numbers, and the C{"latency"} of every answer),
             C{apis} C{{name: {"requests", "errors", "rejects", "latency",
-            "breaker"?, "websocket"? (L{WebSocketCounters.toJSON})}}}, C{servers} C{{name:
+            "breaker"?, "websocket"? (L{WebSocketCounters.toJSON}),
+            "cache"?}}} (C{cache}: see
+            L{gateway.cache.engine.ResponseCache.snapshot}), C{servers} C{{name:
             {"requests", "errors", "rejects", "latency", and with a manager
             "addr", "active", "latencyEWMA" (seconds, as the backend keeps
             it), "healthy", "ejected", "upstreamRequests",
@@ -496,12 +504,16 @@ class Stats:
             C{{"written", "dropped"}} (lines; zeros when it is off),
             C{revision} (of the snapshot, or L{None}) and C{at} (clock
             seconds), and when requests are traced C{tracing} (see
-            L{tracingCounts}).  See L{latencyJSON} for C{latency}.
+            L{tracingCounts})., with a
+            response cache C{cache} (its memory store: C{bytes}, C{limit},
+            C{entries}, C{evictions}).  See L{latencyJSON} for C{latency}.
         """
         now = self._clock.seconds()
         totals = self.totals
         apis: Dict[str, Any] = {}
         current = manager.snapshot if manager is not None else None
+        cache = self.cache.snapshot() if self.cache is not None else None
+        cached = cache["apis"] if cache is not None else {}
         for name in sorted(self.apis):
             entry = self.apis[name].toJSON()
             compiled = current.apis.get(name) if current is not None else None
@@ -512,6 +524,9 @@ class Stats:
             websocket = self.websockets.get(name)
             if websocket is not None:
                 entry["websocket"] = websocket.toJSON()
+            counts = cached.get(name)
+            if counts is not None:
+                entry["cache"] = counts
             apis[name] = entry
         backends: Mapping[str, Any] = manager.backends if manager is not None else {}
         servers: Dict[str, Any] = {}
@@ -542,6 +557,8 @@ class Stats:
             result["tracing"] = tracing
         if self.limits is not None:
             result["limits"] = self.limits.snapshot()
+        if cache is not None:
+            result["cache"] = cache["memory"]
         return result
 
 
@@ -635,7 +652,10 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     @return: a snapshot of the same shape; C{at} is the latest of theirs,
         C{revision} the highest, C{sendTimeouts}, C{http2} and C{accessLog}'s counts
         their sums, and so are the counters of C{tracing} (when any of them
-        has it).
+        has it), the APIs'
+        C{cache} counts (their C{hitRatio} computed again) and the memory
+        store figures of C{cache} (each process has a store of its own:
+        their bytes, limits, entries and evictions add up).
     """
     totals: Dict[str, Any] = {"requests": 0, "errors": 0, "rejects": 0}
     totalLatency: Dict[str, Any] = {}
@@ -669,6 +689,11 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         for name, entry in (snap.get("apis") or {}).items():
             merged = apis.setdefault(name, {})
             _addCounts(merged, entry)
+            if entry.get("cache"):
+                mine = merged.setdefault("cache", {})
+                for key, n in entry["cache"].items():
+                    if key != "hitRatio":
+                        mine[key] = mine.get(key, 0) + n
             breaker = entry.get("breaker")
             if breaker is not None:
                 merged["breaker"] = _worseBreaker(merged.get("breaker"), breaker)
@@ -693,6 +718,9 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     for entries in (apis, servers):
         for entry in entries.values():
             _finishLatency(entry)
+    for entry in apis.values():
+        if "cache" in entry:
+            withRatio(entry["cache"])
     totals["latency"] = totalLatency
     _finishLatency(totals)
     for name, values in ewmas.items():
@@ -712,6 +740,12 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     limits = [snap["limits"] for snap in snapshots if snap.get("limits")]
     if limits:
         merged["limits"] = mergeLimits(limits)
+    memories = [snap["cache"] for snap in snapshots if snap.get("cache")]
+    if memories:
+        merged["cache"] = {
+            key: sum(m.get(key) or 0 for m in memories)
+            for key in ("bytes", "limit", "entries", "evictions")
+        }
     return merged
 
 
@@ -845,6 +879,23 @@ class SnapshotStats:
     @property
     def http2(self) -> Dict[str, int]:
         return dict(self._source().get("http2") or {})
+
+    @property
+    def cache(self) -> Any:
+        """
+        The response cache of the snapshot, as L{Stats.cache} has it
+        (something with a C{snapshot()}), or L{None}.
+        """
+        source = self._source()
+        apis = {
+            name: entry["cache"]
+            for name, entry in (source.get("apis") or {}).items()
+            if entry.get("cache")
+        }
+        memory = source.get("cache")
+        if memory is None and not apis:
+            return None
+        return _Frozen({"apis": apis, "memory": memory or {}})
 
 
 class _Frozen:

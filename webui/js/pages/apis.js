@@ -23,6 +23,7 @@ import { pageHeader, loading, errorState, linkButton, emptyState, resourceTable,
 import { breakerSection } from "./servers.js";
 import { corsSection, transformSection, mockSection } from "./apiedge.js";
 import { authSections } from "./apiauth.js";
+import { cacheSection } from "./apicache.js";
 
 const METHODS = ["*", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
@@ -77,6 +78,7 @@ export async function renderApiList(outlet) {
             if (a.circuitBreaker) marks.push(badge("breaker", "muted"));
             if (a.cors) marks.push(badge("CORS", "muted"));
             if (a.transform) marks.push(badge("transform", "muted"));
+            if (a.cache) marks.push(badge(`cache ${a.cache.ttl}s${a.cache.store === "redis" ? " (Redis)" : ""}`, "muted", "response cache"));
             return marks.length ? h("span", { class: "chips" }, marks) : h("span", { class: "muted" }, "none");
           },
         },
@@ -85,6 +87,7 @@ export async function renderApiList(outlet) {
         { label: "p99", cell: (a) => liveCell(a.name, "p99"), className: "num" },
         // -- WebSocket pass-through: the API's tunnels (only when one has websocket) --
         ...(apis.some((a) => a.websocket) ? [{ label: "WebSockets", cell: (a) => liveCell(a.name, "ws"), className: "num" }] : []),
+        { label: "Cache hits", cell: (a) => liveCell(a.name, "hits"), className: "num" },
       ],
     }),
   );
@@ -96,6 +99,8 @@ export async function renderApiList(outlet) {
       live[a.name].errors.textContent = fmtPct(r?.errorRate);
       live[a.name].p99.textContent = fmtMs(r?.p99 ?? c?.latency.p99);
       if (live[a.name].ws) wsCell(live[a.name].ws, p, a.name);
+      const ratio = p.latest?.data?.apis?.[a.name]?.cache?.hitRatio;
+      live[a.name].hits.textContent = a.cache && typeof ratio === "number" ? fmtPct(ratio * 100) : DASH;
     }
   });
 }
@@ -455,6 +460,7 @@ export function renderApiForm(outlet, params) {
       nodes.el.hidden = mock.enabled;
       const authUI = authSections(item);
       const websocket = websocketSection(item);
+      const cache = cacheSection(item);
 
       const fields = [
         section("Route", null, name.el, pattern.el, method.el, host.el, maxQPS.el),
@@ -464,6 +470,7 @@ export function renderApiForm(outlet, params) {
         h("details", { class: "more", open: !!(item?.rateLimit || item?.ipAccess || item?.circuitBreaker || (item?.filters || []).length) }, h("summary", null, "Protection and filters"), rate.el, access.el, breaker.el, filters.el),
         h("details", { class: "more", open: !!(item?.auth || item?.acl) }, h("summary", null, "Authentication and ACL"), ...authUI.els),
         h("details", { class: "more", open: !!(item?.cors || item?.transform) }, h("summary", null, "CORS and header transformation"), cors.el, transform.el),
+        h("details", { class: "more", open: !!item?.cache }, h("summary", null, "Response cache"), cache.el),
       ];
       const collect = () => {
         const out = clone(item);
@@ -499,6 +506,7 @@ export function renderApiForm(outlet, params) {
         out.cors = cors.collect();
         out.transform = transform.collect();
         websocket.collect(out);
+        out.cache = cache.collect();
         return out;
       };
       return { fields, collect };

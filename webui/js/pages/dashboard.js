@@ -83,6 +83,18 @@ export function fleetLimitsView(limits) {
 }
 // -- end cluster-wide limits ---
 
+/** An API's cache hit ratio (its stats' "cache"), as a percentage; a dash without a cache. */
+function cacheRatio(counts) {
+  return counts && isNum(counts.hitRatio) ? fmtPct(counts.hitRatio * 100) : DASH;
+}
+
+function fmtBytes(n) {
+  if (!isNum(n)) return DASH;
+  if (n >= 1024 * 1024) return `${fmtNum(n / (1024 * 1024), 1)} MiB`;
+  if (n >= 1024) return `${fmtNum(n / 1024, 1)} KiB`;
+  return `${fmtNum(n)} B`;
+}
+
 export function renderDashboard(outlet) {
   const kpis = {
     rps: kpi("Requests/s", "rps", "last 2 s"),
@@ -92,7 +104,9 @@ export function renderDashboard(outlet) {
     requests: kpi("Requests", "requests", "since start"),
     rejects: kpi("Rejected", "rejects", "rate limit, breaker, access"),
     websockets: kpi("WebSockets", "websockets", ""),
+    cache: kpi("Cache memory", "cache", "response cache"),
   };
+  kpis.cache.el.hidden = true;
   kpis.websockets.el.hidden = true;
   const traffic = new LineChart({
     title: "Traffic",
@@ -147,7 +161,7 @@ export function renderDashboard(outlet) {
         "section",
         { class: "card card-flush", "aria-labelledby": "apis-h" },
         h("h2", { id: "apis-h", class: "card-title" }, "APIs"),
-        h("div", { class: "table-scroll" }, h("table", { class: "table table-compact" }, h("thead", null, h("tr", null, headings(["API", "#Requests", "#Req/s", "#Errors", "#Rejects", "#p50 (all)", "#p99 (all)"]))), apisBody)),
+        h("div", { class: "table-scroll" }, h("table", { class: "table table-compact" }, h("thead", null, h("tr", null, headings(["API", "#Requests", "#Req/s", "#Errors", "#Rejects", "#p50 (all)", "#p99 (all)", "#Cache hits"]))), apisBody)),
       ),
     ),
     h("section", { class: "card", "aria-labelledby": "proxies-h" }, h("h2", { id: "proxies-h" }, "Proxies"), proxiesBody),
@@ -195,6 +209,13 @@ export function renderDashboard(outlet) {
     kpis.websockets.value.textContent = fmtNum(tunnels.reduce((n, w) => n + (w.open || 0), 0));
     kpis.websockets.sub.textContent = `open; ${fmtNum(tunnels.reduce((n, w) => n + (w.opened || 0), 0))} since start`;
 
+    const memory = sample.data?.cache;
+    kpis.cache.el.hidden = !memory;
+    if (memory) {
+      kpis.cache.value.textContent = fmtBytes(memory.bytes);
+      kpis.cache.sub.textContent = `of ${fmtBytes(memory.limit)}, ${fmtNum(memory.entries)} entries, ${fmtNum(memory.evictions)} evicted`;
+    }
+
     mount(alerts, alertList(alertsOf(sample)));
     const limits = sample.data?.limits;
     limitsCard.hidden = !limits;
@@ -240,9 +261,10 @@ export function renderDashboard(outlet) {
               h("td", { class: "num" }, fmtNum(c.rejects)),
               h("td", { class: "num" }, fmtMs(c.latency?.p50)),
               h("td", { class: "num" }, fmtMs(c.latency?.p99)),
+              h("td", { class: "num", dataset: { col: "cacheHits" } }, cacheRatio(sample.data.apis[name]?.cache)),
             );
           })
-        : h("tr", null, h("td", { colspan: 7, class: "muted" }, sample.data?.apis ? "No API has served a request yet." : "The gateway does not report per-API statistics.")),
+        : h("tr", null, h("td", { colspan: 8, class: "muted" }, sample.data?.apis ? "No API has served a request yet." : "The gateway does not report per-API statistics.")),
     );
   });
 
