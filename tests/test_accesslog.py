@@ -33,6 +33,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from gateway.cache.engine import ResponseCache
 from gateway.filters import FilterRegistry
 from gateway.http.errors import UpstreamTimeout
 from gateway.model.accesslog import (
@@ -353,6 +354,7 @@ class JSONLineTests(SynchronousTestCase):
                 "requestId": "abc123",
                 "userAgent": "ua",
                 "referer": "https://example.com/",
+                "cache": None,
             },
         )
 
@@ -1516,7 +1518,13 @@ class ProxyTests(SynchronousTestCase):
                             "name": "plain",
                             "urlPattern": "/plain",
                             "nodes": [{"cluster": "c1"}],
-                        }
+                        },
+                        "cached": {
+                            "name": "cached",
+                            "urlPattern": "/cached",
+                            "nodes": [{"cluster": "c1"}],
+                            "cache": {"ttl": 60},
+                        },
                     },
                     "routings": {},
                 },
@@ -1527,7 +1535,11 @@ class ProxyTests(SynchronousTestCase):
         self.accessLog = AccessLog(config, self.clock, lambda c: self.sink)
         self.accessLog.open()
         self.resource = GatewayResource(
-            manager, self.upstream, self.clock, accessLog=self.accessLog
+            manager,
+            self.upstream,
+            self.clock,
+            accessLog=self.accessLog,
+            cache=ResponseCache(self.clock, 1 << 20),
         )
         self.site = GatewaySite(self.resource, reactor=self.clock)
 
@@ -1571,6 +1583,20 @@ class ProxyTests(SynchronousTestCase):
         self.assertIn(line["requestId"].encode(), transport.value())
         self.assertEqual((line["upstreamMs"], line["durationMs"], line["retries"]), (0.0, 0.0, 0))
         self.assertEqual((line["outcome"], line["error"]), (None, None))
+        self.assertIsNone(line["cache"])
+
+    def test_cache(self) -> None:
+        """
+        With a response cache, the line says what it did: the first
+        request a miss (forwarded), the second a hit (no upstream call).
+        """
+        channel, transport = self.connect()
+        for _ in range(2):
+            channel.dataReceived(b"GET /cached HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(transport.value().count(b'{"ok":true}'), 2)
+        first, second = self.lines()
+        self.assertEqual((first["api"], first["cache"], first["server"]), ("cached", "miss", "s1"))
+        self.assertEqual((second["cache"], second["server"], second["status"]), ("hit", None, 200))
 
     def test_timedWhenOver(self) -> None:
         """

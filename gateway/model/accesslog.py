@@ -73,6 +73,7 @@ FIELDS: Tuple[str, ...] = (
     "requestId",
     "userAgent",
     "referer",
+    "cache",
 )
 
 #: The fields of a JSON line unless C{fields} says otherwise.

@@ -32,7 +32,9 @@ head), C{api}, C{cluster}, C{server}, C{serverAddr} (the last one tried),
 C{routing} (the split routing that chose the cluster), C{retries},
 C{outcome} (how a request the upstream did not answer ended:
 C{reject:rate-limit}, C{timeout}, ...), C{error} (what went wrong
-upstream), C{requestId}, C{userAgent}, C{referer}.  Durations are
+upstream), C{requestId}, C{userAgent}, C{referer}, C{cache} (what an API's
+response cache did: C{hit}, C{collapsed}, C{stale}, C{revalidated},
+C{miss}, C{bypass}; absent without a cache).  Durations are
 milliseconds to the microsecond.
 """
 
@@ -251,6 +253,7 @@ _SOURCES: Dict[str, Tuple[str, str]] = {
     "requestId": ("optbytes", "x.requestId"),
     "userAgent": ("token", "(raw.get(_K_userAgent) or _NONE)[0]"),
     "referer": ("token", "(raw.get(_K_referer) or _NONE)[0]"),
+    "cache": ("name", "(x.cache.result if x.cache is not None else None)"),
 }
 
 assert set(_SOURCES) == set(FIELDS), "every configurable field has a source"
