@@ -43,6 +43,7 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from zope.interface import implementer
 
+from gateway.admin import batch as many
 from gateway.admin.openapi import openAPIDocument
 from gateway.interfaces import IPropagation
 from gateway.model.consumers import consumerConflicts, keepCredentials, publicConsumer
@@ -60,6 +61,14 @@ REVISION_HEADER = b"X-Gateway-Revision"
 PROPAGATION_HEADER = b"X-Gateway-Propagation"
 
 _KIND = "<any(" + ", ".join(KINDS) + "):kind>"
+
+#: The paths of the writes of many resources at once, whose bodies may be
+#: larger than one resource's (see L{bodyLimitFor}).
+BATCH_PATHS = (PREFIX + "/batch", PREFIX + "/config")
+
+#: The largest body of a write of many resources, by default, in bytes:
+#: 10,000 APIs with their clusters and servers are about 5 MB of JSON.
+MAX_BATCH_BODY = 64 * 1024 * 1024
 _JSON = b"application/json"
 _REALM = b'Bearer realm="gateway"'
 
@@ -267,6 +276,7 @@ class AdminAPI:
         propagation: Optional[Any] = None,
         propagationTimeout: float = 2.0,
         runInThread: Optional[Callable[..., Deferred]] = None,
+        maxBatchBodySize: int = MAX_BATCH_BODY,
     ) -> None:
         """
         @param store: the L{gateway.interfaces.IStore} provider to serve.
@@ -300,7 +310,11 @@ class AdminAPI:
             consumer whose credentials hold passwords is parsed there
             (bcrypt takes tens of milliseconds a password).  By default it
             is run in the reactor thread.
+        @param maxBatchBodySize: the largest body of C{POST /api/v1/batch}
+            and C{PUT /api/v1/config}, in bytes (the site must let such
+            bodies through: L{bodyLimitFor}).
         """
+        self._maxBatchBodySize = maxBatchBodySize
         self._runInThread = runInThread if runInThread is not None else _inline
         self._reactor = reactor
         self._propagation = propagation if propagation is not None else _Unwatched()
@@ -314,6 +328,17 @@ class AdminAPI:
         self._metrics = metrics
         self._parser = parser if parser is not None else CatalogParser()
         self._ready = ready if ready is not None else (lambda: True)
+
+    def bodyLimitFor(self, method: bytes, host: Optional[bytes], path: bytes) -> Optional[int]:
+        """
+        The body limit of an admin request, as the site's channel asks for
+        it before it reads a body (a L{gateway.http.channel.BodyLimitFor}):
+        C{maxBatchBodySize} for the writes of many resources, the site's
+        own limit (L{None}) for any other.
+        """
+        if path.decode("latin-1") in BATCH_PATHS:
+            return self._maxBatchBodySize
+        return None
 
     def resource(self) -> IResource:
         """
@@ -363,7 +388,8 @@ class AdminAPI:
         request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
         return body
 
-    def _readBody(self, request: IRequest) -> Dict[str, Any]:
+    def _readBody(self, request: IRequest, maxSize: Optional[int] = None) -> Dict[str, Any]:
+        maxBodySize = self._maxBodySize if maxSize is None else maxSize
         contentType = request.getHeader(b"content-type")
         if contentType is not None and not _isJSONType(contentType):
             mediaType = contentType.split(b";", 1)[0].strip().decode("latin-1")
@@ -371,14 +397,14 @@ class AdminAPI:
                 415,
                 f"the body must be JSON (Content-Type: application/json), not {mediaType!r}",
             )
-        tooLarge = APIError(413, f"request body is larger than {self._maxBodySize} bytes")
+        tooLarge = APIError(413, f"request body is larger than {maxBodySize} bytes")
         length = request.getHeader(b"content-length")
-        if length is not None and length.strip().isdigit() and int(length) > self._maxBodySize:
+        if length is not None and length.strip().isdigit() and int(length) > maxBodySize:
             raise tooLarge
         content = request.content
         content.seek(0)
-        data = content.read(self._maxBodySize + 1)
-        if len(data) > self._maxBodySize:
+        data = content.read(maxBodySize + 1)
+        if len(data) > maxBodySize:
             raise tooLarge
         try:
             value = json.loads(data.decode("utf-8"), parse_constant=_refuseConstant)
@@ -399,7 +425,9 @@ class AdminAPI:
             self.log.error("the store holds an invalid resource: {error}", error=e)
             raise APIError(500, f"the store holds an invalid resource: {e.message}", e.field)
 
-    async def _check(self, catalog: Catalog, written: str = "") -> None:
+    async def _check(
+        self, catalog: Catalog, written: str = "", rename: Optional[Callable[[str], str]] = None
+    ) -> None:
         """
         @param written: C{"kind/name"} of the resource being written, or
             empty for a delete.  An error about one of its own fields names
@@ -409,23 +437,30 @@ class AdminAPI:
             compiled.  An error
             about another resource keeps its C{kind/name:} prefix; after a
             delete it is a conflict with what remains (409).
+        @param rename: for a write of several resources, names each field
+            as the body sent does, instead of C{written}.
         """
+        # A resource written is at fault for what does not compile; a delete
+        # is in conflict with what remains.
+        blamed = bool(written) or rename is not None
+        if rename is None:
+            rename = functools.partial(_relativeField, written=written)
         try:
             await maybeDeferred(self._validate, catalog)
         except ModelReferenceError as e:
-            raise APIError(409, e.message, _relativeField(e.field, written))
+            raise APIError(409, e.message, rename(e.field))
         except ValidationError as e:
-            if not written:
+            if not blamed:
                 raise APIError(409, e.message, e.field)
             # The validator's errors are all beyond the document's schema.
             leaves = [type(leaf)(leaf.field, leaf.message, True) for leaf in e.errors]
-            raise APIError.invalid(
-                ValidationError.collect(leaves), lambda field: _relativeField(field, written)
-            )
+            raise APIError.invalid(ValidationError.collect(leaves), rename)
         except ValueError as e:
             raise APIError(409, str(e))
 
-    async def _commit(self, attempt: Callable[[StoreState], Any], everywhere: bool) -> _Answer:
+    async def _commit(
+        self, attempt: Callable[[StoreState], Any], everywhere: bool, since: Optional[int] = None
+    ) -> _Answer:
         """
         Run one write: C{attempt(state)} returns C{(answer, changes)} for the
         state read, and the changes are committed against it; a lost race
@@ -434,6 +469,9 @@ class AdminAPI:
 
         @param everywhere: wait for every proxy of a shared store, not only
             for this gateway's proxy processes.
+        @param since: the revision the caller read, when nothing may have
+            changed since: the changes are committed against it, and a
+            lost race is answered 409 (field C{revision}), not run again.
         """
         for _ in range(self.maxRetries + 1):
             state = await self._store.load()
@@ -446,8 +484,17 @@ class AdminAPI:
                 # Nothing changed, nothing to wait for.
                 return _withHeaders(answer, _revision(state.revision))
             try:
-                revision = await self._store.commit(changes, state.revision)
+                revision = await self._store.commit(
+                    changes, state.revision if since is None else since
+                )
             except ConflictError:
+                if since is not None:
+                    raise APIError(
+                        409,
+                        f"the configuration changed since revision {since}: read it again",
+                        "revision",
+                        headers=_revision(state.revision),
+                    )
                 continue
             return await self._propagated(answer, revision, everywhere)
         raise APIError(409, "concurrent modification, retry")
@@ -700,3 +747,107 @@ class AdminAPI:
             return _Answer(204, None), [Change(kind, name, None)]
 
         return await self._commit(attempt, everywhere)
+
+    # -- many resources at once (POST /api/v1/batch, GET and PUT /api/v1/config) --
+
+    @app.route(PREFIX + "/batch", methods=["POST"])
+    @_jsonEndpoint()
+    async def batch(self, request: IRequest) -> _Answer:
+        """
+        C{POST /api/v1/batch}: put and delete many resources of any kinds
+        in one revision, all or none (see L{gateway.admin.batch.readBatch}).
+        """
+        everywhere = self._everywhere(request)
+        body = self._readBody(request, self._maxBatchBodySize)
+        try:
+            batch = many.readBatch(body)
+        except ValidationError as e:
+            raise APIError.invalid(e)
+        return await self._writeMany(batch, everywhere)
+
+    @app.route(PREFIX + "/config", methods=["GET", "PUT"])
+    @_jsonEndpoint()
+    async def config(self, request: IRequest) -> _Answer:
+        """
+        C{GET /api/v1/config}: every resource, a list per kind, at one
+        revision; C{PUT /api/v1/config}: replace them all with the body's
+        (what it leaves out is deleted), in one revision, all or none.
+        """
+        if request.method == b"PUT":
+            everywhere = self._everywhere(request)
+            body = self._readBody(request, self._maxBatchBodySize)
+            try:
+                batch = many.readConfig(body)
+            except ValidationError as e:
+                raise APIError.invalid(e)
+            return await self._writeMany(batch, everywhere)
+        state = await self._store.load()
+        config = many.configOf(state.resources)
+        config["consumers"] = [_present("consumers", c) for c in config["consumers"]]
+        return _Answer(200, config, _revision(state.revision))
+
+    async def _writeMany(self, batch: many.Batch, everywhere: bool) -> _Answer:
+        """
+        Parse, check and commit a write of many resources as one revision:
+        every resource parsed once, then the whole proposed catalog
+        checked once (references, credentials, what the proxies compile).
+        """
+        try:
+            if many.hasPassword(batch):
+                parsed = await self._runInThread(many.parseItems, batch)
+            else:
+                parsed = many.parseItems(batch)
+        except ValidationError as e:
+            raise APIError.invalid(e)
+        rename = many.fieldNamer(parsed)
+
+        async def attempt(state: StoreState) -> Tuple[_Answer, List[Change]]:
+            catalog = self._catalogOf(state)
+            try:
+                plan = many.planChanges(state, catalog, batch, parsed)
+            except ValidationError as e:
+                raise APIError.invalid(e)
+            if plan.missing:
+                item = plan.missing[0]
+                raise APIError(
+                    404, f"{item.kind[:-1]} {item.name!r} does not exist", f"{item.where}.name"
+                )
+            broken = list(many.brokenReferences(plan, parsed))
+            if broken:
+                raise _conflicts(broken)
+            conflicts = [
+                (rename(f"consumers/{name}:{field}"), message)
+                for name, field, message in consumerConflicts(plan.catalog.consumers)
+            ]
+            if conflicts:
+                raise _conflicts(conflicts)
+            await self._check(plan.catalog, rename=rename)
+            counts = {action: 0 for action in (many.CREATED, many.UPDATED, many.DELETED)}
+            for _, _, action in plan.actions:
+                counts[action] += 1
+            body = dict(
+                counts,
+                unchanged=plan.unchanged,
+                changes=[
+                    {"kind": kind, "name": name, "action": action}
+                    for kind, name, action in plan.actions
+                ],
+            )
+            changes = [Change(kind, name, value) for kind, name, value in plan.changes]
+            return _Answer(200, body), changes
+
+        return await self._commit(attempt, everywhere, since=batch.revision)
+
+
+def _conflicts(problems: List[Tuple[str, str]]) -> APIError:
+    """
+    @return: a 409 naming the first of C{(field, message)} problems, and
+        all of them (up to a thousand) in C{errors}.
+    """
+    field, message = problems[0]
+    return APIError(
+        409,
+        message,
+        field,
+        errors=[{"field": f, "error": m} for f, m in problems[:1000]],
+    )

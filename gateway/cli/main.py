@@ -39,7 +39,14 @@ import attrs
 from gateway.cli.checks import checkResources
 from gateway.cli.client import DEFAULT_ADMIN, DEFAULT_TIMEOUT, AdminClient, normaliseAdminURL
 from gateway.cli.export import _ExportDumper, exportDocument
-from gateway.cli.plan import _unmanagedNote, applyPlan, computePlan, renderPlan
+from gateway.cli.plan import (
+    _unmanagedNote,
+    applyBatch,
+    applyPlan,
+    batchTimeout,
+    computePlan,
+    renderPlan,
+)
 from gateway.cli.problems import CLIError, FileError, Problem
 from gateway.cli.resources import JSONResources, ResourceFile, keptCredentials, loadResourceFile
 from gateway.store import KINDS
@@ -137,7 +144,7 @@ def cmdApply(args: argparse.Namespace, output: _Output, stdin: Optional[TextIO])
     resourceFile = loadResourceFile(args.file, stdin)
     _noteIgnored(resourceFile, output)
     client = _client(args)
-    current = client.state()
+    current, revision = client.config()
     if args.prune:
         target: JSONResources = resourceFile.resources
     else:
@@ -158,12 +165,23 @@ def cmdApply(args: argparse.Namespace, output: _Output, stdin: Optional[TextIO])
     if not plan.steps:
         output.say(f"no changes ({plan.unchanged} resources up to date)")
     else:
-        applyPlan(client, plan, output.say)
+        served = True
+        if revision is None:
+            # An older admin: no batch, no revision.
+            applyPlan(client, plan, output.say)
+        else:
+            timeout = batchTimeout(args.timeout, plan)
+            served = applyBatch(client, plan, revision, timeout, output.say)
         output.say(
             f"applied {len(plan.steps)} change(s) to {client.url}: {plan.count('create')}"
             f" created, {plan.count('update')} updated, {plan.count('delete')} deleted"
             f" ({plan.unchanged} unchanged)"
         )
+        if not served:
+            output.say(
+                "note: the admin answered before every proxy process served the change;"
+                " it reaches them shortly"
+            )
     for line in _unmanagedNote(plan):
         output.say(line)
     return OK

@@ -244,7 +244,12 @@ def makeGatewayService(
                 reactor, reactor.getThreadPool(), f, *args
             ),
         )
-        adminSite = AdminSite(withWebUI(admin.resource()), limits=ADMIN_LIMITS, reactor=reactor)
+        adminSite = AdminSite(
+            withWebUI(admin.resource()),
+            limits=ADMIN_LIMITS,
+            bodyLimitFor=admin.bodyLimitFor,
+            reactor=reactor,
+        )
         ListenService(
             "admin",
             "admin.listen",

@@ -429,7 +429,10 @@ class SnapshotManager:
         try:
             router = self._route(routes)
         except RouteConflict as e:
-            raise ReferenceError("urlPattern", str(e))
+            # Blame the API whose route is new (the one being written).
+            blamed = [r for r in e.routes if r is not previous.get(r.value.name, (None,) * 5)[4]]
+            name = (blamed or [e.routes[1]])[0].value.name
+            raise ReferenceError(f"apis/{name}:urlPattern", str(e))
         return apis, router, pendingFilters
 
     def _route(self, routes: Dict[str, Route]) -> Router:

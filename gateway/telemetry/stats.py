@@ -364,6 +364,19 @@ class Stats:
 
     # -- reading ----------------------------------------------------------------
 
+    def totalsJSON(self) -> Dict[str, Any]:
+        """
+        @return: the C{totals} of L{snapshot} alone (what costs nothing
+            however many APIs there are).
+        """
+        totals = self.totals
+        return {
+            "requests": totals.requests,
+            "errors": sum(totals.errors.values()),
+            "rejects": sum(totals.rejects.values()),
+            "latency": latencyJSON(totals.cumulativeBuckets(), totals.latencySum * 1000.0),
+        }
+
     def snapshot(self, manager: Any = None, health: Any = None) -> Dict[str, Any]:
         """
         @param manager: the L{gateway.routing.snapshot.SnapshotManager}, for the live
@@ -381,7 +394,6 @@ class Stats:
             snapshot, or L{None}) and C{at} (clock seconds).  See L{latencyJSON} for C{latency}.
         """
         now = self._clock.seconds()
-        totals = self.totals
         apis: Dict[str, Any] = {}
         current = manager.snapshot if manager is not None else None
         for name in sorted(self.apis):
@@ -402,12 +414,7 @@ class Stats:
                 entry.update(backendJSON(backend, now, health))
             servers[name] = entry
         return {
-            "totals": {
-                "requests": totals.requests,
-                "errors": sum(totals.errors.values()),
-                "rejects": sum(totals.rejects.values()),
-                "latency": latencyJSON(totals.cumulativeBuckets(), totals.latencySum * 1000.0),
-            },
+            "totals": self.totalsJSON(),
             "apis": apis,
             "servers": servers,
             "sendTimeouts": self.sendTimeouts,
