@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
+from types import MappingProxyType
 from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import attrs
@@ -761,11 +762,25 @@ class CatalogParser:
         #: (kind, name): (a copy of the JSON parsed, the parsed object, the
         #: JSON object it came from).
         self._cache: Dict[Tuple[str, str], Tuple[Any, Any, Any]] = {}
+        #: The resources parsed last, and their catalog: the admin reads
+        #: the very state its proxy compiled (one pass over 10,000 APIs
+        #: less per write).
+        self._last: Tuple[Any, Optional[Catalog]] = (None, None)
 
     def parse(self, resources: Mapping[str, Mapping[str, Any]]) -> Catalog:
         """
         @raise ValidationError: as L{Catalog.fromResources}.
         """
+        last, catalog = self._last
+        if resources is last and catalog is not None:
+            return catalog
+        catalog = self._parse(resources)
+        # Only a store state's read-only resources are known by identity.
+        if isinstance(resources, MappingProxyType):
+            self._last = (resources, catalog)
+        return catalog
+
+    def _parse(self, resources: Mapping[str, Mapping[str, Any]]) -> Catalog:
         cache = self._cache
         fresh: Dict[Tuple[str, str], Tuple[Any, Any, Any]] = {}
         parsed = {}

@@ -58,6 +58,7 @@ from gateway.store import storeFromURL
 from gateway.store.etcd.registry import advertisedAddress
 from gateway.store.relayed import RelayedStore
 from gateway.telemetry.metrics import metricsResource
+from gateway.telemetry.report import StatsReport
 from gateway.telemetry.stats import SnapshotStats, Stats
 
 
@@ -311,7 +312,7 @@ def makeWorkerService(
         worker.controlFD,
         store,
         manager,
-        stats=lambda: counters.snapshot(manager, None),
+        stats=StatsReport(counters, manager),
     ).setServiceParent(root)
     storeService.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import gateway
 from gateway.process.propagation import ServedRevisions
+from gateway.telemetry.report import mergeReport
 from gateway.telemetry.stats import mergeSnapshots
 
 
@@ -68,9 +69,10 @@ class GatewayStatus:
 
     def workerReported(self, index: int, stats: dict) -> None:
         """
-        Keep the stats a worker reported.
+        Keep the stats a worker reported (a whole snapshot, or what changed
+        since its report before: L{gateway.telemetry.report}).
         """
-        self._workerStats[index] = stats
+        self._workerStats[index] = mergeReport(self._workerStats.get(index), stats)
 
     def _workers(self) -> List[Dict[str, Any]]:
         assert self._pool is not None

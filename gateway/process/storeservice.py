@@ -23,10 +23,16 @@ from twisted.python.failure import Failure
 
 from gateway.model.resources import Catalog
 from gateway.model.schema import toJSON
-from gateway.process.interpreter import collectorPaused
+from gateway.process.interpreter import collectorPaused, settleCollector
 from gateway.store import Change, ConflictError, StoreError, StoreState
+from gateway.store.relayed import changesBetween
 
 log = Logger()
+
+#: How many resources a change must touch for the cycle collector to be
+#: settled after it (see L{settleCollector}): a large change leaves as many
+#: new long-lived objects as a start.
+SETTLE_AFTER = 1000
 
 #: How many times the seed is worked out and committed again when another
 #: gateway wrote to the store meanwhile (seeding the same file, maybe).
@@ -131,10 +137,12 @@ class StoreService(Service):
         """
         if self.state is not None and state.revision < self.state.revision:
             return
-        self.state = state
+        previous, self.state = self.state, state
         if self._relay is not None:
             self._relay(state)
-        self._manager.update(state)
+        if self._manager.update(state) and self.ready and previous is not None:
+            if len(changesBetween(previous, state)) >= SETTLE_AFTER:
+                settleCollector()
 
     async def _loadAndSeed(self) -> None:
         # What is read and compiled now lives on: the cycle collector would
@@ -153,6 +161,7 @@ class StoreService(Service):
         if current is None or current.revision < self.state.revision:
             with collectorPaused():
                 self._manager.apply(self.state)
+        settleCollector()
         self.ready = True
         log.info("serving store revision {revision}", revision=self.state.revision)
         waiters, self._readyWaiters = self._readyWaiters, []

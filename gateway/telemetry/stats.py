@@ -377,11 +377,16 @@ class Stats:
             "latency": latencyJSON(totals.cumulativeBuckets(), totals.latencySum * 1000.0),
         }
 
-    def snapshot(self, manager: Any = None, health: Any = None) -> Dict[str, Any]:
+    def snapshot(
+        self, manager: Any = None, health: Any = None, apis: Optional[Iterable[str]] = None
+    ) -> Dict[str, Any]:
         """
         @param manager: the L{gateway.routing.snapshot.SnapshotManager}, for the live
             state of servers (and the API breakers), or L{None}.
         @param health: the L{gateway.balancing.health.HealthChecker}, or L{None}.
+        @param apis: the names of the APIs whose entries to give, when not
+            all (a worker reports the APIs whose counters changed, see
+            L{gateway.telemetry.report}).
         @return: the statistics as JSON: C{totals} C{{"requests", "errors",
             "rejects"}} (numbers, and the C{"latency"} of every answer),
             C{apis} C{{name: {"requests", "errors", "rejects", "latency",
@@ -394,16 +399,19 @@ class Stats:
             snapshot, or L{None}) and C{at} (clock seconds).  See L{latencyJSON} for C{latency}.
         """
         now = self._clock.seconds()
-        apis: Dict[str, Any] = {}
         current = manager.snapshot if manager is not None else None
-        for name in sorted(self.apis):
-            entry = self.apis[name].toJSON()
+        entries: Dict[str, Any] = {}
+        for name in sorted(self.apis if apis is None else apis):
+            counters = self.apis.get(name)
+            if counters is None:
+                continue
+            entry = counters.toJSON()
             compiled = current.apis.get(name) if current is not None else None
             if compiled is not None:
                 breaker = apiBreaker(compiled)
                 if breaker is not None:
                     entry["breaker"] = breaker.snapshot()
-            apis[name] = entry
+            entries[name] = entry
         backends: Mapping[str, Any] = manager.backends if manager is not None else {}
         servers: Dict[str, Any] = {}
         for name in sorted(set(self.servers) | set(backends)):
@@ -415,7 +423,7 @@ class Stats:
             servers[name] = entry
         return {
             "totals": self.totalsJSON(),
-            "apis": apis,
+            "apis": entries,
             "servers": servers,
             "sendTimeouts": self.sendTimeouts,
             "revision": current.revision if current is not None else None,
