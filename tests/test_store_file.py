@@ -150,8 +150,8 @@ class FileStoreTests(SynchronousTestCase):
 
     def test_fileFormat(self) -> None:
         """
-        The file is pretty-printed JSON with sorted keys, holding the format
-        number, the revision and every kind.
+        The file is JSON with sorted keys, holding the format number, the
+        revision and every kind, each resource on a line of its own.
         """
         store = self.store()
         self.commit(store, [Change("servers", "s1", {"name": "s1", "b": 1, "a": 2})])
@@ -172,7 +172,22 @@ class FileStoreTests(SynchronousTestCase):
                 },
             },
         )
-        self.assertEqual(text, json.dumps(document, indent=2, sort_keys=True) + "\n")
+        self.assertEqual(
+            text,
+            "{\n"
+            '  "format": 1,\n'
+            '  "resources": {\n'
+            '    "apis": {},\n'
+            '    "clusters": {},\n'
+            '    "consumers": {},\n'
+            '    "routings": {},\n'
+            '    "servers": {\n'
+            '      "s1": {"a": 2, "b": 1, "name": "s1"}\n'
+            "    }\n"
+            "  },\n"
+            '  "revision": 1\n'
+            "}\n",
+        )
 
     def test_createsDirectoryOnWrite(self) -> None:
         """

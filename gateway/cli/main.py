@@ -91,7 +91,9 @@ def cmdValidate(args: argparse.Namespace, output: _Output, stdin: Optional[TextI
     """
     resourceFile = loadResourceFile(args.file, stdin)
     _noteIgnored(resourceFile, output)
-    errors, warnings = checkResources(resourceFile.resources, resourceFile.label)
+    errors, warnings = checkResources(
+        resourceFile.resources, resourceFile.label, resourceFile.parsed
+    )
     for name, value in sorted(resourceFile.resources["consumers"].items()):
         for i, kind, credentialId in keptCredentials(value):
             warnings.append(
@@ -149,14 +151,14 @@ def cmdApply(args: argparse.Namespace, output: _Output, stdin: Optional[TextIO])
         target: JSONResources = resourceFile.resources
     else:
         target = {kind: {**current[kind], **resourceFile.resources[kind]} for kind in KINDS}
-    errors, warnings = checkResources(target, resourceFile.label)
+    errors, warnings = checkResources(target, resourceFile.label, resourceFile.parsed)
     errors.extend(missingSecrets(current, resourceFile))
     _warnAll(resourceFile.source, warnings, output)
     if errors:
         raise CLIError(
             str(FileError(resourceFile.source, errors)) + f"\nnothing was changed on {client.url}"
         )
-    plan = computePlan(current, resourceFile.resources, prune=args.prune)
+    plan = computePlan(current, resourceFile.resources, args.prune, desiredNormalised=True)
     if args.dry_run:
         for line in renderPlan(plan):
             output.say(line)

@@ -105,7 +105,12 @@ def _lenientNormalise(kind: str, value: Any) -> Any:
         return _jsonCopy(value)
 
 
-def computePlan(current: JSONResources, desired: JSONResources, prune: bool = False) -> Plan:
+def computePlan(
+    current: JSONResources,
+    desired: JSONResources,
+    prune: bool = False,
+    desiredNormalised: bool = False,
+) -> Plan:
     """
     Compare two states, both normalised first so that a default written out
     on one side and left out on the other is no change.
@@ -113,6 +118,8 @@ def computePlan(current: JSONResources, desired: JSONResources, prune: bool = Fa
     @param current: C{{kind: {name: JSON}}} the admin holds.
     @param desired: C{{kind: {name: JSON}}} the file describes.
     @param prune: delete what the admin holds and the file does not.
+    @param desiredNormalised: whether C{desired} is normalised already (a
+        L{ResourceFile}'s resources are).
     @return: the L{Plan}.
     """
     writes: List[Step] = []
@@ -120,18 +127,31 @@ def computePlan(current: JSONResources, desired: JSONResources, prune: bool = Fa
     unchanged = 0
     unmanaged: List[str] = []
     for kind in KINDS:
-        have = {name: _lenientNormalise(kind, v) for name, v in current.get(kind, {}).items()}
-        want = {name: normalise(kind, v) for name, v in desired.get(kind, {}).items()}
+        # What the admin holds is normalised by the admin: it is normalised
+        # here only when it differs (an admin of another version may fill
+        # in other defaults).
+        have = dict(current.get(kind, {}))
+        want = {
+            name: v if desiredNormalised else normalise(kind, v)
+            for name, v in desired.get(kind, {}).items()
+        }
         for name in sorted(want):
             if name not in have:
                 writes.append(Step("create", kind, name, None, want[name]))
-            elif not jsonEqual(shown(kind, have[name]), shown(kind, want[name])):
+                continue
+            if jsonEqual(shown(kind, have[name]), shown(kind, want[name])):
+                unchanged += 1
+                continue
+            have[name] = _lenientNormalise(kind, have[name])
+            if not jsonEqual(shown(kind, have[name]), shown(kind, want[name])):
                 writes.append(Step("update", kind, name, have[name], want[name]))
             else:
                 unchanged += 1
         for name in sorted(set(have) - set(want)):
             if prune:
-                deletes.append(Step("delete", kind, name, have[name], None))
+                deletes.append(
+                    Step("delete", kind, name, _lenientNormalise(kind, have[name]), None)
+                )
             else:
                 unmanaged.append(f"{kind}/{name}")
     order = {kind: i for i, kind in enumerate(KINDS)}

@@ -431,7 +431,7 @@ class SnapshotManager:
         except RouteConflict as e:
             # Blame the API whose route is new (the one being written).
             blamed = [r for r in e.routes if r is not previous.get(r.value.name, (None,) * 5)[4]]
-            name = (blamed or [e.routes[1]])[0].value.name
+            name = (blamed or [e.routes[1]])[-1].value.name
             raise ReferenceError(f"apis/{name}:urlPattern", str(e))
         return apis, router, pendingFilters
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -83,21 +83,48 @@ def parseStoreFile(path: str, data: bytes) -> StoreState:
     return StoreState(revision, _checkResources(path, document.get("resources", {})))
 
 
-def dumpStoreState(state: StoreState) -> bytes:
+def _line(name: str, value: Mapping[str, Any]) -> str:
+    key = json.dumps(name, ensure_ascii=False)
+    return key + ": " + json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def dumpStoreState(
+    state: StoreState, lines: Optional[Dict[Tuple[str, str], Tuple[Any, str]]] = None
+) -> bytes:
     """
-    @return: the content of the store file for C{state}: pretty-printed JSON
-        with sorted keys, so that two revisions diff well.
+    @param lines: a cache of the lines written before, C{{(kind, name):
+        (JSON object, line)}}, kept by the caller from one call to the
+        next: a resource whose object is the one written before (a state
+        keeps the objects of the resources a change left alone) is not
+        encoded again.  It is updated.
+    @return: the content of the store file for C{state}: JSON with sorted
+        keys, each resource on a line of its own, so that two revisions
+        diff well, resource by resource.  (Encoded whole and indented, the
+        file of 10,000 APIs took 270 ms a commit.)
     """
-    document = {
-        "format": FORMAT,
-        "revision": state.revision,
-        "resources": {
-            kind: {name: dict(value) for name, value in state.resources[kind].items()}
-            for kind in KINDS
-        },
-    }
-    text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)
-    return (text + "\n").encode("utf-8")
+    fresh: Dict[Tuple[str, str], Tuple[Any, str]] = {}
+    kinds = []
+    for kind in sorted(KINDS):
+        items = state.resources[kind]
+        rows = []
+        for name in sorted(items):
+            value = items[name]
+            hit = lines.get((kind, name)) if lines is not None else None
+            if hit is None or hit[0] is not value:
+                hit = (value, _line(name, value))
+            fresh[(kind, name)] = hit
+            rows.append("      " + hit[1])
+        body = "{\n" + ",\n".join(rows) + "\n    }" if rows else "{}"
+        kinds.append(f"    {json.dumps(kind)}: {body}")
+    if lines is not None:
+        lines.clear()
+        lines.update(fresh)
+    text = (
+        f'{{\n  "format": {FORMAT},\n  "resources": {{\n'
+        + ",\n".join(kinds)
+        + f'\n  }},\n  "revision": {state.revision}\n}}\n'
+    )
+    return text.encode("utf-8")
 
 
 def _fsyncDirectory(directory: str) -> None:
@@ -170,6 +197,8 @@ class FileStore:
         self._listeners: List[Callable[[StoreState], Any]] = []
         self._closed = False
         self._state: Optional[StoreState] = None
+        #: The lines of the file written last, by resource.
+        self._lines: Dict[Tuple[str, str], Tuple[Any, str]] = {}
 
     def _current(self) -> StoreState:
         """
@@ -252,7 +281,7 @@ class FileStore:
         newState = state.withChanges(changes, state.revision + 1)
         if self.path is not None:
             try:
-                writeFileAtomically(self.path, dumpStoreState(newState))
+                writeFileAtomically(self.path, dumpStoreState(newState, self._lines))
             except OSError as e:
                 return fail(
                     StoreError(f"{self.path}: cannot write the store file: {e.strerror or e}")
