@@ -76,9 +76,9 @@ def _schemaError(field: str, message: str) -> ValidationError:
 
 
 def _revisionOf(body: Mapping[str, Any], errors: List[ValidationError]) -> Optional[int]:
-    revision = body.get("revision")
-    if revision is None:
+    if "revision" not in body:
         return None
+    revision = body["revision"]
     if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
         errors.append(_schemaError("revision", "must be an integer >= 0"))
         return None
@@ -132,7 +132,7 @@ def readBatch(body: Mapping[str, Any]) -> Batch:
         value = change.get("value")
         if op == "put" and not isinstance(value, dict):
             errors.append(_schemaError(f"{where}.value", "is required for a put: an object"))
-        elif op == "delete" and value is not None:
+        elif op == "delete" and "value" in change:
             errors.append(_schemaError(f"{where}.value", "must be left out of a delete"))
         if len(errors) == before:
             items.append(
@@ -161,9 +161,9 @@ def readConfig(body: Mapping[str, Any]) -> Batch:
                 )
             )
     for kind in KINDS:
-        resources = body.get(kind)
-        if resources is None:
+        if kind not in body:
             continue
+        resources = body[kind]
         if not isinstance(resources, list):
             errors.append(_schemaError(kind, "must be a list of resources"))
             continue

@@ -646,6 +646,11 @@ class Catalog:
     apis: Mapping[str, API] = attrs.Factory(dict)
     consumers: Mapping[str, Consumer] = attrs.Factory(dict)
     routings: Mapping[str, Routing] = attrs.Factory(dict)
+    #: L{brokenReferences}, once worked out (the admin, then the snapshot
+    #: it validates with, ask one catalog).
+    _broken: Optional[Tuple[Tuple[str, str, str, str, str], ...]] = attrs.field(
+        default=None, init=False, eq=False, repr=False
+    )
 
     @classmethod
     def fromResources(cls, resources: Mapping[str, Mapping[str, Any]]) -> Catalog:
@@ -693,6 +698,8 @@ class Catalog:
         """
         @return: the references whose target does not exist.
         """
+        if self._broken is not None:
+            return list(self._broken)
         broken = []
         servers, clusters, apis = self.servers, self.clusters, self.apis
         # References are checked before their field name is made: with
@@ -714,6 +721,7 @@ class Catalog:
                 broken.append(("routings", name, "cluster", "clusters", routing.cluster))
             if routing.api is not None and routing.api not in apis:
                 broken.append(("routings", name, "api", "apis", routing.api))
+        object.__setattr__(self, "_broken", tuple(broken))
         return broken
 
     def usersOf(self, kind: str, name: str) -> List[Tuple[str, str, str]]:

@@ -253,6 +253,9 @@ class SnapshotManager:
         self._compiledRoutings: Dict[str, Tuple[Any, Any]] = {}
         self._compiledAPIs: Dict[str, Tuple[API, Tuple[Any, ...], CompiledAPI, Dict, Route]] = {}
         self._everyAPI: Tuple[Any, ...] = ()
+        #: How many APIs this manager compiled (validating or applying),
+        #: since it was made: what a change cost, in APIs.
+        self.compiledAPIs = 0
         #: The routes by API name of the routers made, while they live.
         self._routesOf: weakref.WeakKeyDictionary[Router, Dict[str, Route]] = (
             weakref.WeakKeyDictionary()
@@ -477,6 +480,7 @@ class SnapshotManager:
         return filters
 
     def _compileAPI(self, api: API, scoped: Tuple[Any, ...], pendingFilters: Dict) -> CompiledAPI:
+        self.compiledAPIs += 1
         pattern = parsePattern(api.urlPattern)
         nodes = []
         for i, node in enumerate(api.nodes):
