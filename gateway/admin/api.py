@@ -812,7 +812,7 @@ class AdminAPI:
                 raise APIError(
                     404, f"{item.kind[:-1]} {item.name!r} does not exist", f"{item.where}.name"
                 )
-            broken = list(many.brokenReferences(plan, parsed))
+            broken = many.brokenReferences(plan, parsed)
             if broken:
                 raise _conflicts(broken)
             conflicts = [

@@ -17,7 +17,7 @@ L{gateway.model.resources.KINDS} is taken, whatever kinds there are.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import attrs
 
@@ -44,6 +44,7 @@ class Item:
     @ivar where: how errors name the item (C{changes[3]}, C{apis[12]}).
     @ivar valueAt: how errors name the resource's own fields' parent
         (C{changes[3].value}, C{apis[12]}).
+    @ivar index: its position among the batch's items.
     """
 
     kind: str
@@ -51,6 +52,7 @@ class Item:
     body: Optional[Dict[str, Any]]
     where: str
     valueAt: str
+    index: int = 0
 
 
 @attrs.frozen
@@ -136,7 +138,14 @@ def readBatch(body: Mapping[str, Any]) -> Batch:
             errors.append(_schemaError(f"{where}.value", "must be left out of a delete"))
         if len(errors) == before:
             items.append(
-                Item(str(kind), name, value if op == "put" else None, where, f"{where}.value")
+                Item(
+                    str(kind),
+                    name,
+                    value if op == "put" else None,
+                    where,
+                    f"{where}.value",
+                    len(items),
+                )
             )
     if errors:
         raise ValidationError.collect(errors)
@@ -172,7 +181,7 @@ def readConfig(body: Mapping[str, Any]) -> Batch:
             if not isinstance(resource, dict):
                 errors.append(_schemaError(where, "must be an object"))
                 continue
-            items.append(Item(kind, None, resource, where, where))
+            items.append(Item(kind, None, resource, where, where, len(items)))
     if errors:
         raise ValidationError.collect(errors)
     return Batch(tuple(items), replaceAll=True)
@@ -357,21 +366,28 @@ def fieldNamer(parsed: Parsed) -> Any:
     return name
 
 
-def brokenReferences(plan: Plan, parsed: Parsed) -> Iterator[Tuple[str, str]]:
+def brokenReferences(plan: Plan, parsed: Parsed) -> List[Tuple[str, str]]:
     """
     @return: C{(field, message)} of each reference the proposed catalog
-        breaks: a resource of the batch naming a missing one (its field
-        under its item), or a resource the batch deletes that another one
-        still names (the delete's item).
+        breaks, in the order of the items at fault: a resource of the
+        batch naming a missing one (its field under its item), or a
+        resource the batch deletes that another one still names (the
+        delete's item).
     """
+    found = []
     for kind, name, field, targetKind, target in plan.catalog.brokenReferences():
         item = parsed.itemOf(kind, name)
         if item is not None and item.body is not None:
-            yield f"{item.valueAt}.{field}", f"{targetKind[:-1]} {target!r} does not exist"
+            message = f"{targetKind[:-1]} {target!r} does not exist"
+            found.append((item.index, f"{item.valueAt}.{field}", message))
             continue
         deleted = parsed.itemOf(targetKind, target)
         user = f"{kind}/{name} ({field})"
         if deleted is not None:
-            yield f"{deleted.where}", f"{targetKind[:-1]} {target!r} is still used by {user}"
+            message = f"{targetKind[:-1]} {target!r} is still used by {user}"
+            found.append((deleted.index, deleted.where, message))
         else:
-            yield f"{kind}/{name}:{field}", f"{targetKind[:-1]} {target!r} does not exist"
+            message = f"{targetKind[:-1]} {target!r} does not exist"
+            found.append((-1, f"{kind}/{name}:{field}", message))
+    found.sort(key=lambda problem: problem[0])
+    return [(field, message) for _, field, message in found]

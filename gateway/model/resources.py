@@ -12,6 +12,7 @@ checks the references between them.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from types import MappingProxyType
 from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -752,6 +753,15 @@ class Catalog:
         }
 
 
+def _privateCopy(data: Mapping[str, Any]) -> Any:
+    # The JSON of a store state, copied: through the JSON encoder and
+    # decoder, twice as fast as copy.deepcopy.
+    try:
+        return json.loads(json.dumps(data))
+    except (TypeError, ValueError):
+        return copy.deepcopy(dict(data))
+
+
 class CatalogParser:
     """
     Parses store states into L{Catalog}s, parsing only what changed: a
@@ -805,7 +815,7 @@ class CatalogParser:
                     obj = parseResource(kind, dict(data), name)
                 except ValidationError as e:
                     raise e.renamed(f"{kind}/{name}:".__add__)
-                fresh[key] = (copy.deepcopy(dict(data)), obj, data)
+                fresh[key] = (_privateCopy(data), obj, data)
                 items[name] = obj
             parsed[kind] = items
         self._cache = fresh

@@ -40,9 +40,9 @@ class StatsReport:
         self._manager = manager
         #: The request counts of the APIs when last reported.
         self._requests: Dict[str, int] = {}
-        #: The entries of the APIs with a breaker, and of the servers, as
-        #: last reported.
-        self._breakerEntries: Dict[str, Any] = {}
+        #: The breakers of the APIs that have one, and the entries of the
+        #: servers, as last reported.
+        self._breakers: Dict[str, Any] = {}
         self._servers: Dict[str, Any] = {}
         #: The APIs with a breaker of their own, and the snapshot they are
         #: of.
@@ -72,20 +72,31 @@ class StatsReport:
                 for name, entry in counters.items()
                 if self._requests.get(name) != entry.requests
             ]
+            # An API's breaker changes with time too, and may come or go
+            # with its configuration.
             changed.extend(n for n in self._breakerAPIs() if n in counters)
-        snapshot = self._stats.snapshot(self._manager, None, apis=changed)
+            changed.extend(n for n in self._breakers if n in counters)
+        names = None if changed is None else set(changed)
+        snapshot = self._stats.snapshot(self._manager, None, apis=names)
         apis = snapshot["apis"]
         for name in list(apis):
             entry = apis[name]
-            if "breaker" in entry:
-                if self._reported and self._breakerEntries.get(name) == entry:
-                    del apis[name]
-                    continue
-                self._breakerEntries[name] = entry
+            breaker = entry.get("breaker")
+            if (
+                self._reported
+                and self._requests.get(name) == entry["requests"]
+                and self._breakers.get(name) == breaker
+            ):
+                del apis[name]
+                continue
             self._requests[name] = entry["requests"]
+            if breaker is None:
+                self._breakers.pop(name, None)
+            else:
+                self._breakers[name] = breaker
         servers = snapshot["servers"]
         sent = {}
-        for name, entry in servers.items():
+        for name, entry in list(servers.items()):
             sent[name] = entry
             if self._reported and self._servers.get(name) == entry:
                 del servers[name]
@@ -100,7 +111,7 @@ class StatsReport:
             }
             for name in removedAPIs:
                 del self._requests[name]
-                self._breakerEntries.pop(name, None)
+                self._breakers.pop(name, None)
         self._servers = sent
         return snapshot
 
