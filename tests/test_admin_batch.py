@@ -8,6 +8,9 @@ store and a real L{SnapshotManager} as the validator.
 from __future__ import annotations
 
 import copy
+import json
+import re
+from pathlib import Path
 from typing import Any, Dict, List
 
 from test_admin_api import API, CLUSTER, ROUTING, SERVER, APITestCase, normalised
@@ -531,3 +534,28 @@ class ReadTests(BatchTestCase):
             [(i.kind, i.name, i.where) for i in read.items],
             [("servers", None, "servers[0]"), ("apis", None, "apis[0]")],
         )
+
+
+class ReadmeTests(BatchTestCase):
+    def test_example(self) -> None:
+        """
+        The README's batch example is a batch the admin takes: with its
+        server and cluster in place and the routing it deletes, it
+        creates one server, updates the cluster and deletes the routing.
+        """
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+        start = readme.index("### Many resources at once")
+        match = re.compile(r"/api/v1/batch -H \"\$T\" -d '(.*?)'\n", re.S).search(readme, start)
+        assert match is not None
+        example = json.loads(match.group(1))
+        users = {"name": "users-1", "addr": "10.0.0.11:8080"}
+        cluster = {"name": "users", "servers": ["users-1"]}
+        routing = {"name": "old-canary", "cluster": "users"}
+        code, _, body = self.batch(
+            put("servers", users), put("clusters", cluster), put("routings", routing)
+        )
+        self.assertEqual(code, 200, body)
+        example["revision"] = self.snapshot()[0]
+        code, _, body = self.call("POST", "/batch", example)
+        self.assertEqual(code, 200, body)
+        self.assertEqual((body["created"], body["updated"], body["deleted"]), (1, 1, 1))

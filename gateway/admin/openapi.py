@@ -865,7 +865,7 @@ def _manySchemas() -> Dict[str, Dict[str, Any]]:
 
 
 def _manyPaths() -> Dict[str, Dict[str, Any]]:
-    errors = {k: v for k, v in _writeErrors().items()}
+    errors = _writeErrors()
     written = _ok(
         "Done (or nothing to do: no X-Gateway-Propagation then).",
         _ref("ManyResult"),

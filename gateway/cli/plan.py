@@ -1,6 +1,7 @@
 """
 C{gateway apply}: the plan that takes the admin from its state to a
-file's, shown as a diff and applied step by step.
+file's, shown as a diff and applied as one batch (or, to an older admin,
+step by step).
 """
 
 from __future__ import annotations
