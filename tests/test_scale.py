@@ -187,15 +187,18 @@ class SettleCollectorTests(SynchronousTestCase):
         saves).
         """
         collector = _Collector()
-        self.assertTrue(settleCollector(collector))
+        self.assertTrue(settleCollector(collector, pypy=False))
         self.assertEqual(collector.calls, ["freeze"])
 
     def test_noFreeze(self) -> None:
         """
-        A collector without C{freeze} (PyPy's) is left alone.
+        A collector without C{freeze}, or PyPy's, is left alone.
         """
         collector = _Collector(freeze=False)
-        self.assertFalse(settleCollector(collector))
+        self.assertFalse(settleCollector(collector, pypy=False))
+        self.assertEqual(collector.calls, [])
+        collector = _Collector()
+        self.assertFalse(settleCollector(collector, pypy=True))
         self.assertEqual(collector.calls, [])
 
 

@@ -134,7 +134,7 @@ def collectorPaused(collector: Any = gc) -> Iterator[None]:
             collector.enable()
 
 
-def settleCollector(collector: Any = gc) -> bool:
+def settleCollector(collector: Any = gc, pypy: bool = PYPY) -> bool:
     """
     Put what lives now out of the cycle collector's way, after a large
     configuration was loaded or changed: freeze it (C{gc.freeze}: the
@@ -155,10 +155,11 @@ def settleCollector(collector: Any = gc) -> bool:
     generations to freeze.
 
     @param collector: the C{gc} module (a test gives another).
+    @param pypy: whether this is PyPy.
     @return: whether the collector was settled.
     """
     freeze = getattr(collector, "freeze", None)
-    if freeze is None or PYPY:
+    if freeze is None or pypy:
         return False
     freeze()
     return True
