@@ -165,6 +165,11 @@ def startBackend() -> ThreadingHTTPServer:
 
 
 def gatewayConfig(store: str, admin: bool, workers: int) -> Dict[str, Any]:
+    """
+    @return: the config of a gateway on C{store}: a proxy of C{workers}
+        workers without access log, and an admin (when asked) whose writes
+        wait up to 30 s for the workers.
+    """
     config: Dict[str, Any] = {
         "proxy": {"workers": workers, "accessLog": False},
         "store": store,
@@ -177,6 +182,11 @@ def gatewayConfig(store: str, admin: bool, workers: int) -> Dict[str, Any]:
 def cli(
     gateway: GatewayProcess, args: Sequence[str], timeout: float = 3600
 ) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{gateway ARGS} against the gateway's admin.
+
+    @raise RuntimeError: with its error output, when it fails.
+    """
     command = [
         sys.executable,
         "-m",
@@ -199,8 +209,8 @@ def cli(
 
 def timeApply(gateway: GatewayProcess, path: Path) -> Dict[str, Any]:
     """
-    C{gateway apply} of the file, timed; then the plan alone (C{--dry-run},
-    the CLI's read of the admin and its comparison), timed too.
+    C{gateway apply} of the file, timed; then the same again (nothing to
+    change: the CLI's read, checks and plan), timed too.
     """
     started = time.monotonic()
     done = cli(gateway, ["apply", str(path)])
@@ -289,6 +299,9 @@ def timeChanges(
 
 
 def measure(n: int, storeKind: str, options: argparse.Namespace, directory: Path) -> Dict[str, Any]:
+    """
+    Every figure of C{n} APIs on one store (see the module's docstring).
+    """
     backend = startBackend()
     result: Dict[str, Any] = {"apis": n, "store": storeKind}
     etcd: Optional[EtcdServer] = None
@@ -351,6 +364,9 @@ def measure(n: int, storeKind: str, options: argparse.Namespace, directory: Path
 
 
 def report(results: List[Dict[str, Any]]) -> str:
+    """
+    @return: the results as a Markdown table.
+    """
     lines = [
         "| APIs | store | apply s | ms/API | apply again s | fresh proxy s | change p50 ms"
         " | change p99 ms |",

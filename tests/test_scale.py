@@ -18,6 +18,9 @@ from fakeetcd import FakeEtcd, FakeEtcdClient
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from bench import scale
+from gateway.cli.checks import checkResources
+from gateway.cli.resources import parseResourceFile
 from gateway.filters import FilterRegistry
 from gateway.model.resources import CatalogParser
 from gateway.process import storeservice
@@ -414,3 +417,31 @@ class CatalogParserTests(SynchronousTestCase):
         after = parser.parse(changed.resources)
         self.assertEqual(sorted(after.apis), ["a0", "a2"])
         self.assertIs(after.apis["a0"], catalog.apis["a0"])
+
+
+# -- the benchmark's configuration ----------------------------------------------------
+
+
+class GenerateTests(SynchronousTestCase):
+    def test_valid(self) -> None:
+        """
+        The configuration C{bench/scale.py} generates is one the gateway
+        takes (every resource valid, every reference resolved, no route
+        conflict, every API compiling), of the sizes it says, and each
+        API's probe path is one it matches.
+        """
+        data = scale.generate(300, "127.0.0.1:9")
+        self.assertEqual(
+            {kind: len(items) for kind, items in data.items()},
+            {"servers": 30, "clusters": 30, "consumers": 3, "apis": 300, "routings": 0},
+        )
+        resourceFile = parseResourceFile(data, "generated")
+        errors, _ = checkResources(resourceFile.resources, resourceFile.label, resourceFile.parsed)
+        self.assertEqual(errors, [])
+        manager = SnapshotManager(FilterRegistry.fromPlugins(), Clock())
+        snapshot = manager.apply(StoreState(1, resourceFile.resources))
+        for api in data["apis"]:
+            method = "GET" if api["method"] == "*" else api["method"]
+            match = snapshot.match(method, api.get("host"), scale.probePath(api))
+            self.assertEqual(match.value.name if match else None, api["name"])
+        self.assertEqual(len(scale.generate(2000, "127.0.0.1:9")["routings"]), 2)

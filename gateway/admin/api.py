@@ -487,11 +487,11 @@ class AdminAPI:
                 revision = await self._store.commit(
                     changes, state.revision if since is None else since
                 )
-            except ConflictError:
+            except ConflictError as e:
                 if since is not None:
                     raise APIError(
                         409,
-                        f"the configuration changed since revision {since}: read it again",
+                        f"the configuration changed since revision {since}: read it again ({e})",
                         "revision",
                         headers=_revision(state.revision),
                     )
