@@ -46,7 +46,7 @@ from zope.interface import implementer
 from gateway.admin import batch as many
 from gateway.admin.openapi import openAPIDocument
 from gateway.interfaces import IPropagation
-from gateway.model.consumers import consumerConflicts, keepCredentials, publicConsumer
+from gateway.model.consumers import consumerConflicts, publicConsumer
 from gateway.model.resources import Catalog, CatalogParser, parseResource
 from gateway.model.resources import ReferenceError as ModelReferenceError
 from gateway.model.schema import ValidationError, toJSON
@@ -697,13 +697,10 @@ class AdminAPI:
             existing = state.get(kind, name)
             if existing is not None and createOnly:
                 raise APIError(409, f"{kind[:-1]} {name!r} already exists", "name")
-            resource = parsed
-            if kind == "consumers":
-                stored = self._catalogOf(state).consumers.get(name)
-                try:
-                    resource = keepCredentials(parsed, stored)
-                except ValidationError as e:
-                    raise APIError.invalid(e)
+            try:
+                resource = many.keepStored(kind, parsed, self._catalogOf(state))
+            except ValidationError as e:
+                raise APIError.invalid(e)
             value = _normalise(toJSON(resource))
             if existing is not None and _normalise(existing) == value:
                 return _Answer(200, _present(kind, value)), []
@@ -782,8 +779,10 @@ class AdminAPI:
                 raise APIError.invalid(e)
             return await self._writeMany(batch, everywhere)
         state = await self._store.load()
-        config = many.configOf(state.resources)
-        config["consumers"] = [_present("consumers", c) for c in config["consumers"]]
+        config = {
+            kind: [_present(kind, value) for value in values]
+            for kind, values in many.configOf(state.resources).items()
+        }
         return _Answer(200, config, _revision(state.revision))
 
     async def _writeMany(self, batch: many.Batch, everywhere: bool) -> _Answer:

@@ -273,6 +273,23 @@ def parseItems(batch: Batch) -> Parsed:
     return Parsed(puts, deletes)
 
 
+def keepStored(kind: str, obj: Any, catalog: Catalog) -> Any:
+    """
+    The resource to write for C{obj}: the same, but keeping the write-only
+    secrets of the stored one that it leaves out (a consumer's credentials
+    sent without their secrets keep the stored ones).  The one place that
+    knows which kinds have such fields: single writes and batches both ask
+    it.
+
+    @param catalog: the catalog of the state written to.
+    @raise ValidationError: when a secret left out has no stored one to
+        keep.
+    """
+    if kind == "consumers":
+        return keepCredentials(obj, catalog.consumers.get(obj.name))
+    return obj
+
+
 @attrs.frozen
 class Plan:
     """
@@ -325,12 +342,11 @@ def planChanges(state: Any, catalog: Catalog, batch: Batch, parsed: Parsed) -> P
         changes.append((kind, name, None))
         actions.append((kind, name, DELETED))
     for (kind, name), (item, obj) in parsed.puts.items():
-        if kind == "consumers":
-            try:
-                obj = keepCredentials(obj, catalog.consumers.get(name))
-            except ValidationError as e:
-                errors.append(e.within(item.valueAt))
-                continue
+        try:
+            obj = keepStored(kind, obj, catalog)
+        except ValidationError as e:
+            errors.append(e.within(item.valueAt))
+            continue
         value = toJSON(obj)
         existing = state.get(kind, name)
         if existing is not None and existing == value:
