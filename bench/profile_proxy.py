@@ -5,7 +5,7 @@ profile-guided work on the hot path (127.0.0.1 only).
     .venv/bin/python bench/profile_proxy.py [--runs 3] [--duration 5]
         [--profile] [--top 40] [--mode gateway|site|lean|raw|raw-proxy|micro]
         [--path /plain] [--tree DIR] [--reactor gateway|epoll]
-        [--gc-threshold N]
+        [--gc-threshold N] [--access-log on|off|ab]
 
 (or C{.venv-pypy/bin/python} for PyPy, where C{--profile} samples with
 C{vmprof}).
@@ -13,9 +13,10 @@ C{vmprof}).
 It starts an nginx backend (the one of C{bench/run.py}, a 96-byte JSON
 answer), then a server in a child process of its own:
 
-  - C{gateway}: the gateway of C{bench/run.py}'s config (filters
-    C{[request-id]}, access log off, one process), served in-process by
-    L{gateway.process.root.makeService};
+  - C{gateway}: the gateway of C{bench/run.py}'s config (the shipped
+    configuration: no filter, the access log on, its lines on the child's
+    standard output, a file; C{--access-log off} turns it off; one process),
+    served in-process by L{gateway.process.root.makeService};
   - C{site}: a bare C{twisted.web} L{Site} whose resource answers the same
     96 bytes itself (no upstream): what the server side costs alone;
   - C{raw}: a bare L{Protocol} that answers each request head with the
@@ -493,7 +494,9 @@ def measureAll(options: argparse.Namespace) -> int:
         path = options.path
         if options.mode == "gateway":
             port = benchrun.freePort()
-            config = benchrun.gatewayConfig(port, backendPort, workers=1, where="proxy")
+            config = benchrun.gatewayConfig(
+                port, backendPort, workers=1, where="proxy", accessLog=options.access_log == "on"
+            )
             config["store"] = "memory:"
             import yaml
 
@@ -585,7 +588,7 @@ class _MemoryEndpoints:
     def endpointForURI(self, uri: Any) -> Any:
         return self
 
-    def endpointFor(self, host: Any, port: int) -> Any:
+    def endpointFor(self, host: bytes, port: int, tls: Any = None) -> Any:
         return self
 
     def connect(self, factory: Any) -> Any:
@@ -602,14 +605,11 @@ class _MemoryEndpoints:
         return succeed(protocol)
 
 
-def micro(options: argparse.Namespace) -> int:
+def _microGateway(options: argparse.Namespace, accessLog: bool) -> Any:
     """
-    Serve requests through the gateway's site, resource and upstream
-    client in-process: the client's side of the proxy on a
-    L{StringTransport}, its upstream connection on another, answered with
-    nginx's bytes; report the CPU time per request (C{time.process_time}),
-    best of C{--runs} rounds.  Everything but the sockets and the reactor
-    runs as it does in a gateway.
+    @return: C{one}, which serves one request through an in-process
+        gateway (see L{micro}) with the access log on or off, and C{one.out},
+        the client's transport.
     """
     import yaml
     from twisted.internet.address import IPv4Address
@@ -622,9 +622,19 @@ def micro(options: argparse.Namespace) -> int:
     from gateway.process.sites import GatewaySite
     from gateway.process.startup import Abort
 
-    _useChannel(options.channel)
-    data = benchrun.gatewayConfig(8080, 8081, workers=1, where="proxy")
+    setting: Any = False
+    if accessLog:
+        # A file, as the shipped configuration's standard output is in a
+        # benchmark: written when 64 KiB are buffered (no reactor here to
+        # fire the flush timer).
+        logFile = tempfile.NamedTemporaryFile(prefix="gateway-micro-access-", suffix=".log")
+        setting = {"path": logFile.name}
+    data = benchrun.gatewayConfig(8080, 8081, workers=1, where="proxy", accessLog=setting)
     data["store"] = "memory:"
+    if options.tracing is not None:
+        # Spans made and queued; never exported (the memory reactor's clock
+        # does not move): what tracing costs on the request path itself.
+        data["tracing"] = {"sampleRatio": options.tracing, "maxQueueSize": 1_000_000}
     config = parseConfig(yaml.safe_load(yaml.safe_dump(data)))
     reactor = MemoryReactorClock()
     upstream = HTTP11UpstreamClient(reactor)
@@ -662,20 +672,68 @@ def micro(options: argparse.Namespace) -> int:
 
     def one() -> None:
         channel.dataReceived(head)
-        if constant:
-            return
-        # One keep-alive connection, answered as nginx answers.
-        conn = endpoints.connected[-1]
-        conn.transport.clear()
-        conn.dataReceived(_UPSTREAM_ANSWER)
+        if not constant:
+            # One keep-alive connection, answered as nginx answers.
+            conn = endpoints.connected[-1]
+            conn.transport.clear()
+            conn.dataReceived(_UPSTREAM_ANSWER)
+        transport.clear()
 
-    one()
+    def check() -> None:
+        if not constant and len(endpoints.connected) != 1:
+            raise SystemExit(
+                f"the upstream connection was not kept alive: {len(endpoints.connected)}"
+            )
+
+    channel.dataReceived(head)
+    if not constant:
+        endpoints.connected[-1].dataReceived(_UPSTREAM_ANSWER)
     first = transport.value()
     assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(BODY), first
     if options.show:
         print(first.decode("latin-1"))
     transport.clear()
+    one.check = check  # type: ignore[attr-defined]
+    one.keep = (service, setting and logFile)  # type: ignore[attr-defined]
+    return one
+
+
+def micro(options: argparse.Namespace) -> int:
+    """
+    Serve requests through the gateway's site, resource and upstream
+    client in-process: the client's side of the proxy on a
+    L{StringTransport}, its upstream connection on another, answered with
+    nginx's bytes; report the CPU time per request (C{time.process_time}),
+    best of C{--runs} rounds.  Everything but the sockets and the reactor
+    runs as it does in a gateway.  With C{--access-log ab}, two gateways,
+    the access log on and off, serve by turns, round for round (each
+    round's order alternating): their medians and the median of the
+    rounds' ratios, the least noisy measure of what the access log costs.
+    """
+    _useChannel(options.channel)
     count = options.requests
+    if options.access_log == "ab":
+        gateways = {"on": _microGateway(options, True), "off": _microGateway(options, False)}
+        rounds: dict = {"on": [], "off": []}
+        for turn in range(options.runs):
+            for name in ("on", "off") if turn % 2 == 0 else ("off", "on"):
+                one = gateways[name]
+                started = time.process_time()
+                for _ in range(count):
+                    one()
+                rounds[name].append((time.process_time() - started) / count * 1e6)
+        for one in gateways.values():
+            one.check()
+        ratios = sorted(a / b for a, b in zip(rounds["on"], rounds["off"]))
+        on, off = (benchrun.median(rounds[name]) for name in ("on", "off"))
+        print(
+            f"in-process, channel {options.channel}, {options.resource}, access log on vs off "
+            f"by turns: on {on:.1f} µs/req, off {off:.1f} µs/req (medians of {options.runs} x "
+            f"{count} requests); on/off {ratios[len(ratios) // 2]:.3f} (median of the rounds' "
+            f"ratios; from {ratios[0]:.3f} to {ratios[-1]:.3f})"
+        )
+        return 0
+    one = _microGateway(options, options.access_log == "on")
     profile = None
     if options.profile:
         import cProfile
@@ -688,15 +746,14 @@ def micro(options: argparse.Namespace) -> int:
             profile.enable()
         for _ in range(count):
             one()
-            transport.clear()
         if profile is not None:
             profile.disable()
         costs.append((time.process_time() - started) / count * 1e6)
-    if not constant and len(endpoints.connected) != 1:
-        raise SystemExit(f"the upstream connection was not kept alive: {len(endpoints.connected)}")
+    one.check()
     costs.sort()
     print(
-        f"in-process, channel {options.channel}, {options.resource}: best {costs[0]:.1f} µs/req, "
+        f"in-process, channel {options.channel}, {options.resource}, access log "
+        f"{options.access_log}: best {costs[0]:.1f} µs/req, "
         f"median {costs[len(costs) // 2]:.1f} (of {options.runs} x {count} requests)"
     )
     if profile is not None:
@@ -743,6 +800,18 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--show", action="store_true", help="micro: print the first answer")
     parser.add_argument(
+        "--tracing",
+        type=float,
+        help="micro: trace with this sampleRatio (spans queued, never exported)",
+    )
+    parser.add_argument(
+        "--access-log",
+        choices=("on", "off", "ab"),
+        default="on",
+        help="gateway and micro: the access log as shipped (on; micro: to a temporary file) "
+        "or off; micro: ab, both by turns",
+    )
+    parser.add_argument(
         "--eager-writes",
         action="store_true",
         help="experiment: TCP transports send at once when nothing is buffered",
@@ -772,6 +841,8 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     options = parseArgs(argv)
+    if options.access_log == "ab" and options.mode != "micro":
+        raise SystemExit("--access-log ab is for --mode micro")
     if options.serve:
         return serve(options)
     if options.mode == "micro":

@@ -9,15 +9,21 @@ virtualenvs first), or by hand with the project's CPython:
 It starts an nginx backend answering a 96-byte JSON body, then measures
 with C{wrk --latency}, each row warmed up and then run C{--runs} times:
 
-  1. the backend direct;
-  2. nginx as a reverse proxy (one worker, upstream keep-alive 64);
-  3. Twisted's C{ReverseProxyResource} (C{bench/twisted_reverse_proxy.py}),
-     and a proxy on Twisted's C{Agent} with a persistent pool
-     (C{bench/agent_proxy.py});
-  4. the gateway: (a) plain proxying, (b) with a rate limit, a circuit
-     breaker and a routing rule, (c) a 3-way aggregation; on one worker and
-     on N when the config has C{workers:}; (d) a naive treq fan-out
+  1. the gateway in its shipped configuration (the access log on, the
+     default workers, no filter): the headline rows, first in the report;
+  2. the backend direct;
+  3. nginx as a reverse proxy (one worker, upstream keep-alive 64), without
+     and with an access log (buffered as the gateway's);
+  4. Twisted's C{ReverseProxyResource} (C{bench/twisted_reverse_proxy.py}),
+     a proxy on Twisted's C{Agent} with a persistent pool
+     (C{bench/agent_proxy.py}), and a naive treq fan-out
      (C{bench/treq_fanout.py}) to compare the aggregation with;
+  5. the gateway with each feature on the default configuration
+     (L{FEATURES}: request ids, a rate limit, a circuit breaker, a routing
+     rule, a 3-way aggregation) and with the access log off, on the default
+     workers; then on one worker the default configuration, the
+     aggregation and the access log off, the access log on and off
+     measured once more in turn, run for run;
 
 each on CPython and on PyPy when given.  For every row: requests per
 second, p50 and p99 latency, and the CPU time the measured process tree
@@ -76,7 +82,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 ADMIN_TOKEN = "bench"
 
-# The issue's targets (issue 7), checked against this run's numbers.
+# The issues' targets (issues 7 and 20), checked against this run's numbers.
 TARGET_CPU_CPYTHON_US = 150.0
 #: "about 3x better than the Agent proxy", which the issue measured at
 #: ~470-560 µs: the same target as a ratio, for machines slower or faster.
@@ -92,6 +98,10 @@ TARGET_REBUILD_MS = 200.0
 #: keys, and JWTs (verified tokens cached).
 TARGET_AUTH_KEY_OVERHEAD = 0.05
 TARGET_AUTH_JWT_OVERHEAD = 0.15
+#: Issue 20: the access log on costs at most this much more CPU per request.
+TARGET_ACCESS_LOG_COST = 0.10
+#: Issue 20: the default configuration's CPU per request against nginx's.
+TARGET_DEFAULT_VS_NGINX = {"cpython": 5.0, "pypy": 1.5}
 
 
 class BenchError(Exception):
@@ -469,6 +479,108 @@ class Wrk:
         return parseWrk(done.stdout)
 
 
+class H2Load:
+    """
+    How h2load (Debian's nghttp2-client) is run: a drop-in for L{Wrk}
+    (C{run(url, duration, headers)} gives the same figures), for HTTP/2
+    (C{-cC -mM}: C{M} streams at once on each of C{C} connections) or, with
+    C{h1}, HTTP/1.1 (C{--h1 -cC}, one request at a time per connection).
+    The latency percentiles come from its per-request log
+    (C{--log-file}).
+    """
+
+    def __init__(
+        self, clients: int, streams: int, duration: float, workDir: Path, h1: bool = False
+    ) -> None:
+        self.clients = clients
+        self.streams = 1 if h1 else streams
+        self.duration = duration
+        self.h1 = h1
+        self.workDir = workDir
+        self.binary = shutil.which("h2load") or "h2load"
+
+    def describe(self) -> str:
+        if self.h1:
+            return f"h2load --h1 -t1 -c{self.clients} -m1 -D{self.duration:g}"
+        return f"h2load -t1 -c{self.clients} -m{self.streams} -D{self.duration:g}"
+
+    def run(
+        self, url: str, duration: Optional[float] = None, headers: Sequence[str] = ()
+    ) -> Dict[str, Any]:
+        seconds = max(1, int(round(self.duration if duration is None else duration)))
+        log = self.workDir / "h2load.log"
+        argv = [
+            self.binary,
+            "-t1",
+            f"-c{self.clients}",
+            f"-m{self.streams}",
+            f"-D{seconds}",
+            f"--log-file={log}",
+        ]
+        if self.h1:
+            argv.append("--h1")
+        for header in headers:
+            argv += ["-H", header]
+        argv.append(url)
+        try:
+            done = subprocess.run(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=seconds + 60,
+                text=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"h2load did not finish: {' '.join(argv)}")
+        if done.returncode != 0:
+            raise BenchError(f"h2load failed ({done.returncode}): {done.stdout}")
+        result = parseH2load(done.stdout)
+        try:
+            latencies = sorted(
+                int(line.split("\t")[2]) / 1000.0
+                for line in log.read_text().splitlines()
+                if line.count("\t") >= 2
+            )
+        except (OSError, ValueError):
+            latencies = []
+        if latencies:
+            for pct in (50, 75, 90, 99):
+                index = min(len(latencies) - 1, int(len(latencies) * pct / 100))
+                result[f"p{pct}Ms"] = latencies[index]
+        return result
+
+
+def parseH2load(text: str) -> Dict[str, Any]:
+    """
+    Read the output of h2load.
+
+    @return: C{requests} (succeeded), C{seconds}, C{reqPerSec}, C{non2xx}
+        (failed requests and answers other than 2xx or 3xx),
+        C{socketErrors} (errored and timed-out requests), C{protocol}.
+    @raise BenchError: when the output is not h2load's.
+    """
+    finished = re.search(r"^finished in ([\d.]+)(us|ms|s|m|h), ([\d.]+) req/s", text, re.M)
+    counts = re.search(
+        r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored, (\d+) timeout",
+        text,
+        re.M,
+    )
+    codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)
+    if not finished or not counts or not codes:
+        raise BenchError(f"cannot read h2load's output:\n{text}")
+    protocol = re.search(r"^Application protocol: (\S+)", text, re.M)
+    failed, errored, timeout = (int(n) for n in counts.groups()[4:7])
+    return {
+        "requests": int(counts.group(4)),
+        "seconds": _ms(finished.group(1), finished.group(2)) / 1e3,
+        "reqPerSec": float(finished.group(3)),
+        "non2xx": failed + int(codes.group(3)) + int(codes.group(4)),
+        "socketErrors": errored + timeout,
+        "protocol": protocol.group(1) if protocol else None,
+    }
+
+
 def median(values: List[float]) -> Optional[float]:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -611,9 +723,22 @@ def nginxBinary() -> str:
     raise BenchError("nginx is not installed (scripts/bench.sh installs it)")
 
 
-def startNginx(children: Children, name: str, port: int, upstream: str, location: str) -> Child:
+def startNginx(
+    children: Children,
+    name: str,
+    port: int,
+    upstream: str,
+    location: str,
+    tls: Optional[Tuple[str, str]] = None,
+    http2: bool = False,
+) -> Child:
     """
     Start one nginx (one worker, foreground) in a fresh prefix directory.
+
+    @param tls: C{(certFile, keyFile)}: listen with TLS (1.2 and 1.3,
+        session tickets and a session cache, as the gateway's listeners).
+    @param http2: offer HTTP/2 too (by ALPN, with C{tls}): C{http2 on}
+        (nginx 1.25.1 and later), C{listen ... http2} before.
     """
     prefix = children.workDir / name
     prefix.mkdir()
@@ -623,8 +748,29 @@ def startNginx(children: Children, name: str, port: int, upstream: str, location
         # write to the (private) temporary prefix.
         userLine = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
     template = string.Template((BENCH / "nginx.conf.template").read_text())
+    serverExtra = ""
+    if tls is not None:
+        serverExtra = (
+            f"        ssl_certificate {tls[0]};\n"
+            f"        ssl_certificate_key {tls[1]};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+            "        ssl_session_cache shared:SSL:1m;\n"
+            "        ssl_session_tickets on;"
+        )
+    listenFlags = " ssl" if tls is not None else ""
+    if http2:
+        if nginxVersion() >= (1, 25, 1):
+            serverExtra += "\n        http2 on;"
+        else:
+            listenFlags += " http2"
     config = template.substitute(
-        user_line=userLine, prefix=prefix, port=port, upstream=upstream, location=location
+        user_line=userLine,
+        prefix=prefix,
+        port=port,
+        upstream=upstream,
+        location=location,
+        listen_flags=listenFlags,
+        server_extra=serverExtra,
     )
     (prefix / "nginx.conf").write_text(config)
     argv = [
@@ -637,31 +783,147 @@ def startNginx(children: Children, name: str, port: int, upstream: str, location
         str(prefix / "error.log"),
     ]
     child = children.start(name, argv)
-    waitForHTTP(child, port, "/", 15)
+    if tls is None:
+        waitForHTTP(child, port, "/", 15)
+    else:
+        waitForPort(child, port, 15)
     return child
 
 
-def nginxBackend(children: Children) -> Tuple[Child, int]:
+def nginxVersion() -> Tuple[int, ...]:
+    """
+    @return: the installed nginx's version, e.g. C{(1, 22, 1)}.
+    """
+    done = subprocess.run([nginxBinary(), "-v"], capture_output=True, text=True)
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", done.stderr + done.stdout)
+    if not found:
+        raise BenchError(f"cannot read nginx's version: {done.stderr}")
+    return tuple(int(n) for n in found.groups())
+
+
+def waitForPort(child: Child, port: int, timeout: float) -> None:
+    """
+    Wait until something accepts connections on C{port} (a TLS listener,
+    which L{get} cannot ask).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return
+        except OSError:
+            if not child.alive() or time.monotonic() > deadline:
+                raise BenchError(f"{child.name} does not listen on {port}:\n{child.tail()}")
+            time.sleep(0.05)
+
+
+def nginxBackend(
+    children: Children, tls: Optional[Tuple[str, str]] = None, name: str = "nginx-backend"
+) -> Tuple[Child, int]:
     port = freePort()
     body = BODY.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
     location = f"            default_type application/json;\n            return 200 '{body}';"
-    return startNginx(children, "nginx-backend", port, "", location), port
+    return startNginx(children, name, port, "", location, tls), port
 
 
-def nginxProxy(children: Children, backendPort: int) -> Tuple[Child, int]:
+#: The access log of the nginx proxy row that keeps one: the gateway's
+#: default JSON fields, escaped as JSON, written through a buffer as the
+#: gateway's (64 KiB, or 100 ms).
+NGINX_LOG_FORMAT = (
+    '    log_format gateway escape=json \'{"time":"$time_iso8601","client":'
+    '"$remote_addr","method":"$request_method","uri":"$request_uri",'
+    '"status":$status,"bytes":$body_bytes_sent,"durationMs":$request_time,'
+    '"upstreamMs":"$upstream_header_time","api":null,"server":'
+    '"$upstream_addr","requestId":"$request_id","userAgent":'
+    '"$http_user_agent"}\';\n'
+)
+
+
+def nginxProxy(
+    children: Children,
+    backendPort: int,
+    tls: Optional[Tuple[str, str]] = None,
+    upstreamTLS: bool = False,
+    name: Optional[str] = None,
+    accessLog: bool = False,
+    http2: bool = False,
+) -> Tuple[Child, int]:
+    """
+    nginx as a reverse proxy to the backend, with upstream keep-alive;
+    with C{tls}, it terminates TLS with that certificate (and offers
+    HTTP/2 with C{http2}); with C{upstreamTLS}, it speaks HTTPS to the
+    backend (verifying nothing, reusing TLS sessions); with C{accessLog},
+    it writes an access log of the gateway's default fields through a
+    64 KiB buffer (L{NGINX_LOG_FORMAT}).
+    """
     port = freePort()
+    if name is None:
+        name = "nginx-proxy-log" if accessLog else "nginx-proxy"
     upstream = (
         "    upstream backend {\n"
         f"        server 127.0.0.1:{backendPort};\n"
         "        keepalive 64;\n"
         "    }\n"
     )
+    scheme = "https" if upstreamTLS else "http"
     location = (
-        "            proxy_pass http://backend;\n"
+        f"            proxy_pass {scheme}://backend;\n"
         "            proxy_http_version 1.1;\n"
         '            proxy_set_header Connection "";'
     )
-    return startNginx(children, "nginx-proxy", port, upstream, location), port
+    if upstreamTLS:
+        location += "\n            proxy_ssl_session_reuse on;"
+    if accessLog:
+        upstream += NGINX_LOG_FORMAT
+        prefix = children.workDir / name
+        location += f"\n            access_log {prefix}/access.log gateway buffer=64k flush=100ms;"
+    return startNginx(children, name, port, upstream, location, tls, http2), port
+
+
+def makeBenchCertificate(directory: Path) -> Tuple[str, str]:
+    """
+    A self-signed P-256 certificate for 127.0.0.1 (and localhost), the one
+    both nginx and the gateway serve, and the backends' too.
+
+    @return: C{(certFile, keyFile)}.
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certFile, keyFile = directory / "bench.crt", directory / "bench.key"
+    certFile.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    keyFile.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(certFile), str(keyFile)
 
 
 def startTwistedServer(
@@ -713,34 +975,62 @@ def withWorkers(config: Dict[str, Any], workers: Optional[int], where: Optional[
         config["proxy"]["workers"] = workers
 
 
+#: The C{Origin} of the requests of the CORS row: allowed by the wildcard
+#: of the C{/cors} API, the longer path of the two.
+CORS_ORIGIN = "https://app.bench.example.org"
+
+#: The gateway rows' APIs: C{(setup, path, what the row is)}.  C{plain} is
+#: the shipped configuration itself; each other adds one feature to it.
+FEATURES: Tuple[Tuple[str, str, str], ...] = (
+    ("plain", "/plain", "plain proxying"),
+    ("requestid", "/request-id", "+ request ids (`request-id` filter)"),
+    ("ratelimit", "/rate-limit", "+ rate limit (per client IP, never reached)"),
+    ("breaker", "/breaker", "+ circuit breaker (on its server, never opens)"),
+    ("routing", "/routing", "+ routing rule (a header condition, never matches)"),
+    ("cors", "/cors", "+ CORS (an actual request from an allowed origin)"),
+    ("transform", "/transform", "+ header transformation (3 request headers, 1 response)"),
+    ("aggregate", "/aggregate", "3-way aggregation"),
+)
+
+#: The request headers of a feature's row, by its path (what the feature
+#: needs to act: the CORS row's requests come from an origin it allows).
+FEATURE_HEADERS: Dict[str, Tuple[str, ...]] = {"/cors": (f"Origin: {CORS_ORIGIN}",)}
+
+
 def gatewayConfig(
     proxyPort: int,
     backendPort: int,
     workers: Optional[int] = None,
     where: Optional[str] = None,
     adminPort: Optional[int] = None,
+    accessLog: Any = True,
     extraServers: Tuple[Dict[str, Any], ...] = (),
     extraClusters: Tuple[Dict[str, Any], ...] = (),
     extraApis: Tuple[Dict[str, Any], ...] = (),
 ) -> Dict[str, Any]:
     """
-    @return: the config of a benchmarked gateway: the default filters
-        (C{request-id}; the access log off), a file store, and five
-        APIs to the nginx backend: C{/plain} (plain proxying),
-        C{/protected} (a rate limit that never triggers, a circuit breaker
-        on its server, a routing rule whose header condition never matches),
-        C{/cors} (plain proxying with CORS: credentials, an exposed header,
-        an exact origin and a wildcard one), C{/transform} (plain proxying
-        with a header transformation: two request headers set from
-        variables, one removed, one response header set) and
-        C{/aggregate} (three nodes merged).
+    @param workers: C{proxy.workers}, or L{None} to leave it unset (the
+        shipped default: one worker per core).
+    @param accessLog: C{proxy.accessLog}: on by default, as shipped (JSON
+        lines on the standard output: the gateway's log file here).
+    @return: the config of a benchmarked gateway: the shipped defaults (no
+        global filter, the access log on, the workers unset unless given),
+        a file store, and one API per row of L{FEATURES} to the nginx
+        backend: C{/plain} (plain proxying), C{/request-id} (the
+        C{request-id} filter on the API), C{/rate-limit} (a token-bucket
+        C{rateLimit} keyed on the client IP that never triggers),
+        C{/breaker} (a C{circuitBreaker} on its server, which never opens),
+        C{/routing} (a routing rule whose header condition never matches),
+        C{/cors} (CORS: credentials, an exposed header, an exact origin and a
+        wildcard one), C{/transform} (a header transformation: two request
+        headers set from variables, one removed, one response header set)
+        and C{/aggregate} (three nodes merged).
     """
     backend = f"127.0.0.1:{backendPort}"
     config: Dict[str, Any] = {
         "proxy": {
             "listen": f"tcp:{proxyPort}:interface=127.0.0.1",
-            "filters": ["request-id"],
-            "accessLog": False,
+            "accessLog": accessLog,
         },
         "store": "file:gateway-data.json",
         "servers": [
@@ -771,11 +1061,30 @@ def gatewayConfig(
                 "nodes": [{"cluster": "plain"}],
             },
             {
-                "name": "protected",
+                "name": "request-id",
                 "method": "GET",
-                "urlPattern": "/protected",
+                "urlPattern": "/request-id",
+                "filters": [{"name": "request-id"}],
+                "nodes": [{"cluster": "plain"}],
+            },
+            {
+                "name": "rate-limit",
+                "method": "GET",
+                "urlPattern": "/rate-limit",
                 "rateLimit": {"rate": 10_000_000, "key": "ip"},
+                "nodes": [{"cluster": "plain"}],
+            },
+            {
+                "name": "breaker",
+                "method": "GET",
+                "urlPattern": "/breaker",
                 "nodes": [{"cluster": "guarded"}],
+            },
+            {
+                "name": "routing",
+                "method": "GET",
+                "urlPattern": "/routing",
+                "nodes": [{"cluster": "plain"}],
             },
             {
                 "name": "cors",
@@ -816,7 +1125,7 @@ def gatewayConfig(
         "routings": [
             {
                 "name": "canary",
-                "api": "protected",
+                "api": "routing",
                 "cluster": "canary",
                 "strategy": "split",
                 "trafficRate": 100,
@@ -830,11 +1139,6 @@ def gatewayConfig(
         config["admin"] = {"listen": f"tcp:{adminPort}:interface=127.0.0.1", "token": ADMIN_TOKEN}
     withWorkers(config, workers, where)
     return config
-
-
-#: The C{Origin} of the requests of the CORS row: allowed by the wildcard
-#: of the C{/cors} API, the longer path of the two.
-CORS_ORIGIN = "https://app.bench.example.org"
 
 
 #: The consumer of the authentication rows, its key and its JWT secret.
@@ -911,6 +1215,138 @@ def authSetups() -> List[Tuple[str, str, Dict[str, Any], List[str]]]:
     ]
 
 
+# -- the fleet's limits on Redis (limits.store) ------------------------------------
+
+
+#: The API of the fleet-limits rows: one limit for every client (never
+#: reached), so that each request takes a token.
+FLEET_LIMITED_API: Dict[str, Any] = {
+    "name": "limited",
+    "method": "GET",
+    "urlPattern": "/limited",
+    "rateLimit": {"rate": 10_000_000, "key": "none"},
+    "nodes": [{"cluster": "plain"}],
+}
+
+
+def fleetLimitsConfig(
+    proxyPort: int,
+    backendPort: int,
+    redisPort: Optional[int],
+    workers: Optional[int] = None,
+    where: Optional[str] = None,
+) -> Dict[str, Any]:
+    """
+    @return: the config of a fleet-limits row: the benchmarked gateway with
+        API C{/limited}, and C{limits.store} on the Redis at C{redisPort}
+        (L{None}: without, the workers' shared memory holds the limit).
+    """
+    config = gatewayConfig(
+        proxyPort, backendPort, workers=workers, where=where, extraApis=(FLEET_LIMITED_API,)
+    )
+    if redisPort is not None:
+        config["limits"] = {"store": f"redis://{HOST}:{redisPort}/0", "onFailure": "local"}
+    return config
+
+
+#: The APIs of the cache rows: the plain proxying of C{/plain}, its answers
+#: kept in the memory store (C{/cached}) and in Redis (C{/shared}).
+CACHE_APIS: Tuple[Dict[str, Any], ...] = (
+    {
+        "name": "cached",
+        "method": "GET",
+        "urlPattern": "/cached",
+        "nodes": [{"cluster": "plain", "urlRewrite": "/plain"}],
+        "cache": {"ttl": 3600},
+    },
+    {
+        "name": "shared",
+        "method": "GET",
+        "urlPattern": "/shared",
+        "nodes": [{"cluster": "plain", "urlRewrite": "/plain"}],
+        "cache": {"ttl": 3600, "store": "redis"},
+    },
+)
+
+
+def cacheConfig(
+    proxyPort: int,
+    backendPort: int,
+    redisPort: Optional[int],
+    workers: Optional[int] = None,
+    where: Optional[str] = None,
+) -> Dict[str, Any]:
+    """
+    @return: the config of the cache rows: the benchmarked gateway with
+        C{/cached} (memory store) and C{/shared} (Redis store, on the Redis
+        at C{redisPort} through C{limits.store}; L{None}: no Redis, that
+        API then bypasses its cache).
+    """
+    config = gatewayConfig(
+        proxyPort, backendPort, workers=workers, where=where, extraApis=CACHE_APIS
+    )
+    if redisPort is not None:
+        config["limits"] = {"store": f"redis://{HOST}:{redisPort}/0"}
+    return config
+
+
+def nginxCache(children: Children, backendPort: int) -> Tuple[Child, int]:
+    """
+    nginx as a caching reverse proxy: C{proxy_cache} of the backend's
+    answers (valid 10 minutes), upstream keep-alive; every measured
+    request is a hit (the first one fills the cache).
+    """
+    port = freePort()
+    zone = children.workDir / "nginx-cache-zone"
+    upstream = (
+        f"    proxy_cache_path {zone} levels=1:2 keys_zone=bench:10m max_size=100m"
+        " inactive=60m;\n"
+        "    upstream backend {\n"
+        f"        server 127.0.0.1:{backendPort};\n"
+        "        keepalive 64;\n"
+        "    }\n"
+    )
+    location = (
+        "            proxy_pass http://backend;\n"
+        "            proxy_http_version 1.1;\n"
+        '            proxy_set_header Connection "";\n'
+        "            proxy_cache bench;\n"
+        "            proxy_cache_valid 200 10m;\n"
+        "            add_header X-Cache-Status $upstream_cache_status;"
+    )
+    child = startNginx(children, "nginx-cache", port, upstream, location)
+    status, body = get(port, "/")
+    if status != 200:
+        raise BenchError(f"nginx proxy_cache answered {status}")
+    return child, port
+
+
+def startRedis(children: Children) -> Tuple[Child, int]:
+    """
+    Start Debian's C{redis-server} on a free port (no persistence) and wait
+    until it answers C{PING}.
+    """
+    binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
+    if not os.path.exists(binary):
+        raise BenchError("no redis-server (Debian package redis-server)")
+    port = freePort()
+    child = children.start(
+        "redis",
+        [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as s:
+                s.sendall(b"*1\r\n$4\r\nPING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return child, port
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise BenchError(f"redis-server did not answer on {port}: {child.tail()}")
+
+
 def startGateway(
     children: Children,
     name: str,
@@ -935,6 +1371,9 @@ def startGateway(
     argv = interpreter.twistd + ["-n", "--pidfile=", "gateway", "--config", str(path)]
     child = children.start(name, argv)
     waitForHTTP(child, port, readyPath, timeout)
+    tlsListen = config["proxy"].get("tlsListen")
+    if tlsListen:
+        waitForPort(child, int(tlsListen.split(":")[1]), timeout)
     return child, port
 
 
@@ -1018,17 +1457,55 @@ def computeTargets(report: Report) -> List[Dict[str, Any]]:
     nginx = report.find("nginx-proxy")
     nginxCPU = nginx.get("cpuUsPerReq") if nginx else None
     for interp in ("cpython", "pypy"):
-        gw = report.find(f"gateway-plain-{interp}-1")
+        default = defaultRow(report, interp)
+        cpu = default.get("cpuUsPerReq") if default else None
+        vsNginx = _ratio(cpu, nginxCPU)
+        goal = TARGET_DEFAULT_VS_NGINX[interp]
+        add(
+            f"default configuration CPU/request vs nginx, {_NAMES[interp]}",
+            vsNginx,
+            "x",
+            f"<= {goal:g}x nginx (issue 20)",
+            None if vsNginx is None else vsNginx <= goal,
+            f"{_fmt(cpu, 1)} µs ({default['workers']} workers, access log on) vs nginx's "
+            f"{_fmt(nginxCPU, 1)} µs"
+            if default and vsNginx
+            else "",
+        )
+    for interp in ("cpython", "pypy"):
+        pair = (report.extras.get("accessLogPair") or {}).get(interp) or {}
+        cost = pair.get("cost")
+        detail = pair.get("detail", "")
+        if cost is None:
+            on, off = (
+                report.find(f"gateway-plain-{interp}-1"),
+                report.find(f"gateway-nolog-{interp}-1"),
+            )
+            ratio = _ratio(
+                on.get("cpuUsPerReq") if on else None, off.get("cpuUsPerReq") if off else None
+            )
+            cost = None if ratio is None else ratio - 1
+            detail = "from the rows (1 worker)" if cost is not None else ""
+        add(
+            f"access log on vs off, {_NAMES[interp]}",
+            cost,
+            "%",
+            f"<= {TARGET_ACCESS_LOG_COST:.0%} more CPU/request (issue 20)",
+            None if cost is None else cost <= TARGET_ACCESS_LOG_COST,
+            detail,
+        )
+    for interp in ("cpython", "pypy"):
+        gw = report.find(f"gateway-nolog-{interp}-1")
         cpu = gw.get("cpuUsPerReq") if gw else None
         vsNginx = _ratio(cpu, nginxCPU)
         if interp == "cpython":
             agent = report.find("twisted-agent-cpython")
             agentCPU = agent.get("cpuUsPerReq") if agent else None
             add(
-                "gateway CPU/request, CPython, default filters",
+                "gateway CPU/request, CPython, 1 worker, access log off",
                 cpu,
                 "µs",
-                f"<= {TARGET_CPU_CPYTHON_US:g} µs",
+                f"<= {TARGET_CPU_CPYTHON_US:g} µs (issue 7)",
                 None if cpu is None else cpu <= TARGET_CPU_CPYTHON_US,
                 f"{_fmt(vsNginx, 1)}x nginx's {_fmt(nginxCPU, 1)} µs" if vsNginx else "",
             )
@@ -1050,10 +1527,10 @@ def computeTargets(report: Report) -> List[Dict[str, Any]]:
             )
         else:
             add(
-                "gateway CPU/request vs nginx, PyPy",
+                "gateway CPU/request vs nginx, PyPy, 1 worker, access log off",
                 vsNginx,
                 "x",
-                f"<= {TARGET_CPU_PYPY_VS_NGINX:g}x nginx"
+                f"<= {TARGET_CPU_PYPY_VS_NGINX:g}x nginx (issue 7)"
                 + (f" ({TARGET_CPU_PYPY_VS_NGINX * nginxCPU:.0f} µs here)" if nginxCPU else ""),
                 None if vsNginx is None else vsNginx <= TARGET_CPU_PYPY_VS_NGINX,
                 f"{_fmt(cpu, 1)} µs vs nginx's {_fmt(nginxCPU, 1)} µs" if cpu else "",
@@ -1178,6 +1655,67 @@ def computeTargets(report: Report) -> List[Dict[str, Any]]:
     return targets
 
 
+_NAMES = {"cpython": "CPython", "pypy": "PyPy"}
+
+
+def defaultRow(report: Report, interp: str) -> Optional[Dict[str, Any]]:
+    """
+    @return: the measured row of the shipped configuration (plain
+        proxying, access log on, the default workers) on an interpreter:
+        the C{gateway-plain} row with the most workers.
+    """
+    rows = [
+        r
+        for r in report.rows
+        if r["key"].startswith(f"gateway-plain-{interp}-") and r.get("reqPerSec") is not None
+    ]
+    rows = [r for r in rows if isinstance(r["workers"], int)]
+    return max(rows, key=lambda r: r["workers"]) if rows else None
+
+
+#: The features whose cost the report gives, against the default
+#: configuration: C{(row setup, what)}; C{nolog} is the access log off
+#: (its cost is the default's CPU less that row's).
+COSTS: Tuple[Tuple[str, str], ...] = (
+    ("nolog", "access log (on, as shipped)"),
+    ("requestid", "request ids"),
+    ("ratelimit", "rate limit"),
+    ("breaker", "circuit breaker"),
+    ("routing", "routing rule"),
+    ("aggregate", "3-way aggregation (three upstream requests)"),
+)
+
+
+def featureCosts(report: Report) -> List[Dict[str, Any]]:
+    """
+    @return: what each feature costs per request against the default
+        configuration, on each interpreter, from the rows with the default
+        workers: C{{"feature", "cpython": {...}, "pypy": {...}}}, each with
+        C{usPerReq} (the feature's row), C{costUs} and C{cost} (a
+        fraction; L{None} when not measured).  The access log's cost is the
+        default's CPU less the access log off row's.
+    """
+    out = []
+    for setup, what in COSTS:
+        entry: Dict[str, Any] = {"feature": what, "setup": setup}
+        for interp in ("cpython", "pypy"):
+            default = defaultRow(report, interp)
+            base = default.get("cpuUsPerReq") if default else None
+            row = report.find(f"gateway-{setup}-{interp}-{default['workers']}") if default else None
+            cpu = row.get("cpuUsPerReq") if row else None
+            costUs = None
+            if base is not None and cpu is not None:
+                costUs = base - cpu if setup == "nolog" else cpu - base
+            reference = cpu if setup == "nolog" else base
+            entry[interp] = {
+                "usPerReq": cpu,
+                "costUs": costUs,
+                "cost": None if costUs is None or not reference else costUs / reference,
+            }
+        out.append(entry)
+    return out
+
+
 def _fmt(value: Optional[float], digits: int = 0, thousands: bool = False) -> str:
     if value is None:
         return "–"
@@ -1251,9 +1789,45 @@ def renderMarkdown(report: Report, targets: List[Dict[str, Any]]) -> str:
             f"{_fmt(row.get('p99Ms'), 2)} | {_fmt(row.get('cpuUsPerReq'), 1)} | "
             f"{'; '.join(notes)} |"
         )
+    costs = featureCosts(report)
+    if any(c[i]["costUs"] is not None for c in costs for i in ("cpython", "pypy")):
+        lines += [
+            "",
+            "## What each feature costs",
+            "",
+            "CPU per request of each feature's row against the default configuration's "
+            "(plain proxying, access log on, the default workers), in the same run; for the "
+            "access log, the default configuration against the access log off.",
+            "",
+            "| feature | CPython µs/req | CPython cost | PyPy µs/req | PyPy cost |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for c in costs:
+            cells = []
+            for interp in ("cpython", "pypy"):
+                figures = c[interp]
+                cost = figures["costUs"]
+                cells.append(_fmt(figures["usPerReq"], 1))
+                cells.append(
+                    "–"
+                    if cost is None
+                    else f"{cost:+.1f} µs ({figures['cost']:+.1%})"
+                    if figures["cost"] is not None
+                    else f"{cost:+.1f} µs"
+                )
+            lines.append(f"| {c['feature']} | " + " | ".join(cells) + " |")
+    pairs = report.extras.get("accessLogPair") or {}
+    for interp, pair in sorted(pairs.items()):
+        if pair.get("error"):
+            lines.append(f"\n- access log on vs off in turn, {interp}: failed: {pair['error']}")
+        elif pair.get("cost") is not None:
+            lines.append(
+                f"\n- access log on vs off in turn, {interp}: {pair['cost']:+.1%} "
+                f"({pair['detail']})"
+            )
     lines += [
         "",
-        "## The issue's targets",
+        "## The issues' targets",
         "",
         "| target | measured | goal | met | detail |",
         "| --- | ---: | --- | --- | --- |",
@@ -1442,12 +2016,23 @@ class Bench:
         return self.options.warmup, self.options.warmup
 
     def measureRow(
-        self, row: Dict[str, Any], url: str, pid: Optional[int], headers: Sequence[str] = ()
+        self,
+        row: Dict[str, Any],
+        url: str,
+        pid: Optional[int],
+        headers: Sequence[str] = (),
+        loader: Any = None,
     ) -> None:
+        """
+        @param loader: what loads C{url} (L{Wrk} by default, or an
+            L{H2Load}).
+        """
         self.log(f"{row['what']} ({row['interpreter']}, {row['workers']} worker(s)): {url}")
         least, most = self.warmupFor(row["interpreter"])
         try:
-            row.update(measure(self.wrk, url, pid, self.options.runs, least, most, headers))
+            row.update(
+                measure(loader or self.wrk, url, pid, self.options.runs, least, most, headers)
+            )
         except (BenchError, OSError) as e:
             row["error"] = str(e)
         else:
@@ -1482,28 +2067,70 @@ class Bench:
             "manyApis": options.many_apis,
         }
         self.report.notes.append(
-            "Gateway rows: filters [request-id], accessLog: false (the access log is off for "
-            "throughput, as it is for nginx), a file store (seeded from the config); one "
-            "gateway process (tree) per "
-            "(python, workers) serves /plain, /protected, /aggregate, /cors (requests with an "
-            f"Origin allowed by a wildcard: {CORS_ORIGIN}) and /transform."
+            "Gateway rows: the shipped configuration (the access log on: JSON lines on the "
+            "standard output, here the gateway's log file; `workers:` unset, one per core; "
+            "no filter) and a file store seeded from the config; each feature row adds one "
+            "feature to it (an API of its own on the same gateway); the access log off rows "
+            "are a gateway of their own. With N workers one gateway process (tree) runs at a "
+            "time; with one worker, the gateways with the access log on and off run together "
+            "and are also measured in turn. The CORS row's requests carry an Origin its API "
+            f"allows by a wildcard ({CORS_ORIGIN})."
         )
         if self.workersWhere is None:
             self.report.notes.append(
                 "N-worker gateway rows skipped: gateway/config.py has no `workers:` key yet."
             )
         elif self.manyWorkers <= 1:
-            self.report.notes.append("N-worker rows skipped: one CPU (or --workers 1).")
+            self.report.notes.append(
+                "One CPU (or --workers 1): the default configuration runs one worker."
+            )
 
         backend, self.backendPort = nginxBackend(self.children)
         self.throughput(backend)
+        if self.wanted("tracing"):
+            for name, interpreter in self.interpreters.items():
+                self.tracingRows(name, interpreter)
+        if self.wanted("websocket"):
+            self.websocketRows()
         if not options.skip_extras:
             self.largeBody()
             self.apisScale()
 
+    def workerCounts(self) -> List[int]:
+        """
+        @return: the worker counts of the gateway rows: the default (one
+            per core, N) first, then 1 (when N is not 1 already).
+        """
+        counts = [self.manyWorkers]
+        if self.workersWhere is None:
+            counts = [1]
+        elif self.manyWorkers > 1:
+            counts.append(1)
+        return counts
+
+    def planGatewayRows(self) -> None:
+        """
+        Make the headline rows, first in the report: the gateway in its
+        shipped configuration (access log on, the default workers, no
+        filter), plain proxying, on each interpreter.  They are measured
+        with the other gateway rows (L{gatewayRows}).
+        """
+        if not self.wanted("gateway"):
+            return
+        workers = self.workerCounts()[0]
+        for name in self.interpreters:
+            self.report.row(
+                f"gateway-plain-{name}-{workers}",
+                "**gateway, default configuration** (access log on, default workers, "
+                "no filter): plain proxying",
+                name,
+                workers,
+            )
+
     def throughput(self, backend: Child) -> None:
         wanted = self.wanted
         report = self.report
+        self.planGatewayRows()
         if wanted("direct"):
             row = report.row("direct", "backend direct (nginx)", "–", 1)
             row["notes"] = ["CPU: the backend's"]
@@ -1515,6 +2142,17 @@ class Bench:
             self.withChild(
                 row,
                 lambda: nginxProxy(self.children, self.backendPort),
+                "/",
+            )
+            row = report.row(
+                "nginx-proxy-log",
+                "nginx reverse proxy, access log on (JSON, buffer=64k flush=100ms)",
+                "–",
+                1,
+            )
+            self.withChild(
+                row,
+                lambda: nginxProxy(self.children, self.backendPort, accessLog=True),
                 "/",
             )
         baselines = (
@@ -1536,37 +2174,328 @@ class Bench:
                     ),
                     "/",
                 )
+        if wanted("tls"):
+            self.tlsRows()
+        if wanted("fleetlimits"):
+            self.fleetLimitRows()
+        if wanted("http2"):
+            self.http2Rows()
+        if wanted("cache"):
+            self.cacheRows()
         if not wanted("gateway"):
             for name, interpreter in self.interpreters.items():
                 if wanted("auth"):
                     self.authRows(name, interpreter)
             return
         for name, interpreter in self.interpreters.items():
-            counts: List[Optional[int]] = [1]
-            if self.workersWhere is not None and self.manyWorkers > 1:
-                counts.append(self.manyWorkers)
-            for workers in counts:
-                self.gatewayRows(name, interpreter, workers)
+            self.gatewayRows(name, interpreter)
         for name, interpreter in self.interpreters.items():
             if wanted("auth"):
                 self.authRows(name, interpreter)
-            if len(counts) == 1:
-                for setup in ("plain", "protected", "aggregate", "cors", "transform"):
+
+    def tlsRows(self) -> None:
+        """
+        TLS, with one self-signed certificate for everyone: (1) HTTPS
+        termination, wrk's keep-alive connections in TLS to nginx and to
+        the gateway (one worker), each proxying to the plain backend;
+        (2) HTTPS to the backend, wrk in plain HTTP to nginx and to the
+        gateway, each proxying over pooled TLS connections to an nginx
+        backend that speaks HTTPS (the gateway verifying it against the
+        certificate).  Then the gateway's plain proxying in the same
+        process, for the cost of TLS next to it.
+        """
+        report = self.report
+        cert, key = makeBenchCertificate(self.children.workDir)
+        tlsBackend, tlsBackendPort = nginxBackend(self.children, (cert, key), "nginx-backend-tls")
+        try:
+            row = report.row("nginx-tls", "nginx, HTTPS termination, keep-alive", "–", 1)
+            self.withChild(
+                row,
+                lambda: nginxProxy(self.children, self.backendPort, tls=(cert, key)),
+                "/",
+                "https",
+            )
+            row = report.row("nginx-upstream-tls", "nginx, HTTPS to the backend", "–", 1)
+            self.withChild(
+                row,
+                lambda: nginxProxy(
+                    self.children, tlsBackendPort, upstreamTLS=True, name="nginx-proxy-tls-up"
+                ),
+                "/",
+            )
+            certificate = {"name": "bench", "certFile": cert, "keyFile": key, "snis": ["localhost"]}
+            for name, interpreter in self.interpreters.items():
+                rows = [
                     report.row(
-                        f"gateway-{setup}-{name}-N",
-                        f"gateway, {setup}",
-                        name,
-                        "N",
-                        skipped="no `workers:` in the config yet",
+                        f"gateway-tls-{name}", "gateway, HTTPS termination, keep-alive", name, 1
+                    ),
+                    report.row(
+                        f"gateway-upstream-tls-{name}", "gateway, HTTPS to the backend", name, 1
+                    ),
+                    report.row(
+                        f"gateway-plain-tls-{name}", "gateway, plain (same process)", name, 1
+                    ),
+                ]
+                tlsPort = freePort()
+                config = gatewayConfig(
+                    freePort(),
+                    self.backendPort,
+                    workers=1,
+                    where=self.workersWhere,
+                    extraServers=(
+                        {
+                            "name": "nginx-tls",
+                            "addr": f"{HOST}:{tlsBackendPort}",
+                            "tls": {"ca": Path(cert).read_text()},
+                        },
+                    ),
+                    extraClusters=({"name": "tls", "servers": ["nginx-tls"]},),
+                    extraApis=(
+                        {
+                            "name": "upstream-tls",
+                            "method": "GET",
+                            "urlPattern": "/upstream-tls",
+                            "nodes": [{"cluster": "tls"}],
+                        },
+                    ),
+                )
+                config["proxy"]["tlsListen"] = f"tcp:{tlsPort}:interface={HOST}"
+                config["proxy"]["tlsDefaultCertificate"] = "bench"
+                config["certificates"] = [certificate]
+                child = None
+                try:
+                    child, port = startGateway(
+                        self.children, f"gateway-tls-{name}", interpreter, config
                     )
+                    status, body = get(port, "/upstream-tls")
+                    if status != 200:
+                        raise BenchError(f"/upstream-tls answered {status}: {body[:200]!r}")
+                    urls = (
+                        f"https://{HOST}:{tlsPort}/plain",
+                        f"http://{HOST}:{port}/upstream-tls",
+                        f"http://{HOST}:{port}/plain",
+                    )
+                    for row, url in zip(rows, urls):
+                        self.measureRow(row, url, child.pid)
+                except (BenchError, OSError) as e:
+                    for row in rows:
+                        row.setdefault("error", str(e))
+                    self.log(f"  failed: {e}")
+                finally:
+                    if child is not None:
+                        self.children.stop(child)
+        finally:
+            self.children.stop(tlsBackend)
+
+    def fleetLimitRows(self) -> None:
+        """
+        CPU per request of a limit whose bucket is in Redis (C{limits.store},
+        leases) against the same limit in the workers' shared memory, with
+        N workers (the setup a fleet runs).
+        """
+        report = self.report
+        workers = self.manyWorkers if self.workersWhere is not None else 1
+        redis = None
+        try:
+            redis, redisPort = startRedis(self.children)
+        except (BenchError, OSError) as e:
+            for name in self.interpreters:
+                for key in ("local", "redis"):
+                    report.row(f"fleet-{key}-{name}", f"gateway, limit ({key})", name, workers)[
+                        "error"
+                    ] = str(e)
+            return
+        try:
+            for name, interpreter in self.interpreters.items():
+                for key, what, port in (
+                    ("local", "gateway, rate limit in the workers' shared memory", None),
+                    ("redis", "gateway, rate limit on Redis (limits.store, leases)", redisPort),
+                ):
+                    row = report.row(f"fleet-{key}-{name}", what, name, workers)
+                    config = fleetLimitsConfig(
+                        freePort(), self.backendPort, port, workers, self.workersWhere
+                    )
+                    self.withChild(
+                        row,
+                        lambda config=config, key=key, name=name, interpreter=interpreter: (
+                            startGateway(
+                                self.children,
+                                f"fleet-{key}-{name}",
+                                interpreter,
+                                config,
+                                readyPath="/limited",
+                            )
+                        ),
+                        "/limited",
+                    )
+        finally:
+            if redis is not None:
+                self.children.stop(redis)
+
+    def http2Rows(self) -> None:
+        """
+        HTTP/2 to clients, over TLS with the certificate of the TLS rows,
+        loaded by h2load: HTTP/2 with C{-c5 -m10} (50 streams at once, as
+        wrk's 50 connections), then HTTP/1.1 over TLS with C{--h1 -c50},
+        for nginx (C{http2} on its TLS listener) and for a one-worker
+        gateway (its C{tlsListen}, C{/plain}), each proxying to the plain
+        backend over HTTP/1.1.  The two rows of one contender are one
+        process, measured one after the other: the difference is what
+        HTTP/2 costs per request against HTTP/1.1 over TLS.
+        """
+        report = self.report
+        if shutil.which("h2load") is None:
+            for key, what in (
+                ("nginx-h2", "nginx, HTTP/2 (TLS)"),
+                ("gateway-h2", "gateway, HTTP/2 (TLS)"),
+            ):
+                report.row(key, what, "–", 1, skipped="h2load is not installed (nghttp2-client)")
+            return
+        workDir = self.children.workDir
+        duration = self.wrk.duration
+        h2 = H2Load(5, 10, duration, workDir)
+        h1 = H2Load(50, 1, duration, workDir, h1=True)
+        cert, key = makeBenchCertificate(workDir)
+        child = None
+        rows = [
+            report.row("nginx-h2", f"nginx, HTTP/2 (TLS), {h2.describe()}", "–", 1),
+            report.row("nginx-h1-tls", f"nginx, HTTP/1.1 over TLS, {h1.describe()}", "–", 1),
+        ]
+        try:
+            child, port = nginxProxy(
+                self.children, self.backendPort, tls=(cert, key), name="nginx-h2", http2=True
+            )
+            for row, loader in zip(rows, (h2, h1)):
+                self.measureRow(row, f"https://{HOST}:{port}/", child.pid, loader=loader)
+                self.checkProtocol(row, "h2" if loader is h2 else "http/1.1")
+        except (BenchError, OSError) as e:
+            for row in rows:
+                row.setdefault("error", str(e))
+            self.log(f"  failed: {e}")
+        finally:
+            if child is not None:
+                self.children.stop(child)
+        certificate = {"name": "bench", "certFile": cert, "keyFile": key, "snis": ["localhost"]}
+        for name, interpreter in self.interpreters.items():
+            rows = [
+                report.row(
+                    f"gateway-h2-{name}", f"gateway, HTTP/2 (TLS), {h2.describe()}", name, 1
+                ),
+                report.row(
+                    f"gateway-h1-tls-{name}",
+                    f"gateway, HTTP/1.1 over TLS (same process), {h1.describe()}",
+                    name,
+                    1,
+                ),
+            ]
+            tlsPort = freePort()
+            config = gatewayConfig(freePort(), self.backendPort, workers=1, where=self.workersWhere)
+            config["proxy"]["tlsListen"] = f"tcp:{tlsPort}:interface={HOST}"
+            config["proxy"]["tlsDefaultCertificate"] = "bench"
+            config["certificates"] = [certificate]
+            child = None
+            try:
+                child, _ = startGateway(self.children, f"gateway-h2-{name}", interpreter, config)
+                for row, loader in zip(rows, (h2, h1)):
+                    url = f"https://{HOST}:{tlsPort}/plain"
+                    self.measureRow(row, url, child.pid, loader=loader)
+                    self.checkProtocol(row, "h2" if loader is h2 else "http/1.1")
+                h2Cost = rows[0].get("cpuUsPerReq")
+                h1Cost = rows[1].get("cpuUsPerReq")
+                if h2Cost is not None and h1Cost is not None:
+                    rows[0].setdefault("notes", []).append(
+                        f"HTTP/2 adds {h2Cost - h1Cost:+.1f} µs/req to HTTP/1.1 over TLS"
+                        " (the next row, same process)"
+                    )
+            except (BenchError, OSError) as e:
+                for row in rows:
+                    row.setdefault("error", str(e))
+                self.log(f"  failed: {e}")
+            finally:
+                if child is not None:
+                    self.children.stop(child)
+
+    def checkProtocol(self, row: Dict[str, Any], expected: str) -> None:
+        """
+        Note in C{row} when its runs did not speak C{expected} (ALPN chose
+        another protocol).
+        """
+        spoken = {run.get("protocol") for run in row.get("runs", [])}
+        if spoken and spoken != {expected}:
+            row.setdefault("notes", []).append(f"spoke {sorted(map(str, spoken))}, not {expected}")
+
+    def cacheRows(self) -> None:
+        """
+        CPU per request of a cache hit: nginx's C{proxy_cache} hit, then
+        the gateway's (one worker) from its memory store (C{/cached}) and
+        from Redis (C{/shared}), with C{/plain} of the same process for
+        what a hit saves (or costs) against proxying.
+        """
+        report = self.report
+        row = report.row("cache-nginx", "nginx proxy_cache hit", "–", 1)
+        self.withChild(row, lambda: nginxCache(self.children, self.backendPort), "/")
+        redis = None
+        try:
+            redis, redisPort = startRedis(self.children)
+        except (BenchError, OSError) as e:
+            self.report.notes.append(f"cache rows without Redis: {e}")
+            redisPort = None
+        try:
+            for name, interpreter in self.interpreters.items():
+                setups = [
+                    ("plain", "gateway, plain proxying (cache rows' process)", "/plain"),
+                    ("memory", "gateway, cache hit (memory store)", "/cached"),
+                    ("redis", "gateway, cache hit (Redis store)", "/shared"),
+                ]
+                rows = [report.row(f"cache-{key}-{name}", what, name, 1) for key, what, _ in setups]
+                child = None
+                try:
+                    child, port = startGateway(
+                        self.children,
+                        f"cache-{name}",
+                        interpreter,
+                        cacheConfig(freePort(), self.backendPort, redisPort),
+                    )
+                    for path in ("/cached", "/shared"):
+                        # The first request stores the entry.
+                        get(port, path)
+                    for row, (key, _, path) in zip(rows, setups):
+                        if key == "redis" and redisPort is None:
+                            row["skipped"] = "no redis-server"
+                            continue
+                        self.measureRow(row, f"http://{HOST}:{port}{path}", child.pid)
+                    plainCPU = rows[0].get("cpuUsPerReq")
+                    for row in rows[1:]:
+                        cpu = row.get("cpuUsPerReq")
+                        if cpu is not None and plainCPU:
+                            row["overPlainUs"] = cpu - plainCPU
+                            percent = (cpu / plainCPU - 1) * 100
+                            row.setdefault("notes", []).append(
+                                f"{cpu - plainCPU:+.1f} µs/req ({percent:+.0f} %) over plain"
+                                " proxying"
+                            )
+                except (BenchError, OSError) as e:
+                    for row in rows:
+                        row.setdefault("error", str(e))
+                    self.log(f"  failed: {e}")
+                finally:
+                    if child is not None:
+                        self.children.stop(child)
+        finally:
+            if redis is not None:
+                self.children.stop(redis)
 
     def withChild(
-        self, row: Dict[str, Any], start: Callable[[], Tuple[Child, int]], path: str
+        self,
+        row: Dict[str, Any],
+        start: Callable[[], Tuple[Child, int]],
+        path: str,
+        scheme: str = "http",
     ) -> None:
         child = None
         try:
             child, port = start()
-            self.measureRow(row, f"http://{HOST}:{port}{path}", child.pid)
+            self.measureRow(row, f"{scheme}://{HOST}:{port}{path}", child.pid)
         except (BenchError, OSError) as e:
             row["error"] = str(e)
             self.log(f"  failed: {e}")
@@ -1574,59 +2503,162 @@ class Bench:
             if child is not None:
                 self.children.stop(child)
 
-    def gatewayRows(self, name: str, interpreter: Interpreter, workers: int) -> None:
-        setups = [
-            ("plain", "gateway, plain proxying", "/plain", ()),
-            ("protected", "gateway, rate limit + breaker + routing rule", "/protected", ()),
-            ("aggregate", "gateway, 3-way aggregation", "/aggregate", ()),
-            ("cors", "gateway, CORS (actual requests)", "/cors", (f"Origin: {CORS_ORIGIN}",)),
-            ("transform", "gateway, header transformation", "/transform", ()),
-        ]
-        rows = [
-            self.report.row(f"gateway-{setup}-{name}-{workers}", what, name, workers)
-            for setup, what, _, _ in setups
-        ]
+    def gatewayRow(self, key: str, what: str, name: str, workers: int) -> Dict[str, Any]:
+        """
+        @return: the row of that key (made in advance by L{planGatewayRows}),
+            or a new one.
+        """
+        for row in self.report.rows:
+            if row["key"] == key:
+                return row
+        return self.report.row(key, what, name, workers)
+
+    def startGatewayFor(
+        self, name: str, interpreter: Interpreter, workers: int, accessLog: bool
+    ) -> Tuple[Child, int]:
+        """
+        Start a gateway of the benchmark's config: the shipped defaults
+        (the workers left unset when they are the default count), with the
+        access log on or off.
+        """
+        explicit = workers if (workers == 1 or self.options.workers) else None
         config = gatewayConfig(
             freePort(),
             self.backendPort,
-            workers=workers,
+            workers=explicit,
             where=self.workersWhere,
+            accessLog=accessLog,
         )
-        child = None
-        try:
-            child, port = startGateway(
-                self.children, f"gateway-{name}-{workers}w", interpreter, config
+        label = f"gateway-{name}-{workers}w" + ("" if accessLog else "-nolog")
+        return startGateway(self.children, label, interpreter, config)
+
+    def gatewayRows(self, name: str, interpreter: Interpreter) -> None:
+        """
+        The gateway rows of one interpreter: with the default workers (N),
+        the shipped configuration and each feature on it (L{FEATURES}),
+        then the access log off; with one worker, the shipped
+        configuration, the 3-way aggregation and the access log off, the
+        access log on and off measured once more in turn
+        (L{pairAccessLog}), and on CPython the gateway against the
+        C{Agent} proxy in turn (L{pairWithAgent}).
+        """
+        counts = self.workerCounts()
+        if counts[0] != 1:
+            self.featureRows(name, interpreter, counts[0])
+            self.oneWorkerRows(name, interpreter, ("plain", "aggregate"))
+        else:
+            self.oneWorkerRows(name, interpreter, tuple(f[0] for f in FEATURES))
+
+    def rowsOf(
+        self, name: str, workers: int, setups: Tuple[str, ...], suffix: str = ""
+    ) -> List[Tuple[Dict[str, Any], str]]:
+        """
+        @return: C{(row, path)} of the gateway rows of these setups.
+        """
+        out = []
+        for setup, path, what in FEATURES:
+            if setup not in setups:
+                continue
+            prefix = "default configuration: " if setup == "plain" else ""
+            row = self.gatewayRow(
+                f"gateway-{setup}-{name}-{workers}",
+                f"gateway, {prefix}{what}{suffix}",
+                name,
+                workers,
             )
-            status, body = get(port, "/aggregate")
+            out.append((row, path))
+        return out
+
+    def checkAggregate(self, port: int, row: Dict[str, Any]) -> None:
+        status, body = get(port, "/aggregate")
+        try:
+            merged = json.loads(body) if status == 200 else None
+        except ValueError:
+            merged = None
+        if not (isinstance(merged, dict) and set(merged) >= {"a", "b", "c"}):
+            row["notes"] = [f"unexpected /aggregate answer {status}: {body[:100]!r}"]
+
+    def featureRows(self, name: str, interpreter: Interpreter, workers: int) -> None:
+        """
+        With N workers, one gateway process (tree) at a time: the shipped
+        configuration serves every feature's row, then one with the access
+        log off serves its row.
+        """
+        rows = self.rowsOf(name, workers, tuple(f[0] for f in FEATURES))
+        off = self.gatewayRow(
+            f"gateway-nolog-{name}-{workers}",
+            "gateway, access log off: plain proxying",
+            name,
+            workers,
+        )
+        for accessLog, measured in ((True, rows), (False, [(off, "/plain")])):
+            child = None
             try:
-                merged = json.loads(body) if status == 200 else None
-            except ValueError:
-                merged = None
-            if not (isinstance(merged, dict) and set(merged) >= {"a", "b", "c"}):
-                rows[2]["notes"] = [f"unexpected /aggregate answer {status}: {body[:100]!r}"]
-            for row, (_, _, path, headers) in zip(rows, setups):
-                self.measureRow(row, f"http://{HOST}:{port}{path}", child.pid, headers)
-            plainCPU = rows[0].get("cpuUsPerReq")
-            for row in rows[3:]:
-                # What the feature adds, against /plain of the same process.
-                cpu = row.get("cpuUsPerReq")
-                if cpu is not None and plainCPU:
-                    row["overPlainUs"] = cpu - plainCPU
-                    row.setdefault("notes", []).append(
-                        f"{cpu - plainCPU:+.1f} µs/req ({(cpu / plainCPU - 1) * 100:+.0f} %)"
-                        " over plain proxying"
+                child, port = self.startGatewayFor(name, interpreter, workers, accessLog)
+                if accessLog:
+                    self.checkAggregate(port, rows[-1][0])
+                processes = len(treePIDs(child.pid))
+                for row, path in measured:
+                    self.measureRow(
+                        row,
+                        f"http://{HOST}:{port}{path}",
+                        child.pid,
+                        FEATURE_HEADERS.get(path, ()),
                     )
-            if name == "cpython" and workers == 1 and self.wanted("agent"):
-                self.pairWithAgent(child, port, interpreter)
-            if workers > 1:
-                for row in rows:
-                    row.setdefault("notes", []).append(f"{len(treePIDs(child.pid))} processes")
+                    row.setdefault("notes", []).append(f"{processes} processes")
+            except (BenchError, OSError) as e:
+                for row, _ in measured:
+                    row.setdefault("error", str(e))
+                self.log(f"  failed: {e}")
+            finally:
+                if child is not None:
+                    self.children.stop(child)
+
+    def oneWorkerRows(self, name: str, interpreter: Interpreter, setups: Tuple[str, ...]) -> None:
+        """
+        With one worker, two gateways at once, the same but for the access
+        log: plain proxying on each, then the two in turn
+        (L{pairAccessLog}) and, on CPython, the second with the C{Agent}
+        proxy in turn (L{pairWithAgent}), then the other rows of C{setups}
+        on the first.
+        """
+        alone = len(setups) == len(FEATURES)
+        suffix = "" if alone else ", 1 worker"
+        rows = self.rowsOf(name, 1, setups, suffix)
+        off = self.gatewayRow(
+            f"gateway-nolog-{name}-1",
+            f"gateway, access log off: plain proxying{suffix}",
+            name,
+            1,
+        )
+        started: List[Child] = []
+        try:
+            on, onPort = self.startGatewayFor(name, interpreter, 1, True)
+            started.append(on)
+            offChild, offPort = self.startGatewayFor(name, interpreter, 1, False)
+            started.append(offChild)
+            self.checkAggregate(onPort, rows[-1][0])
+            # Plain proxying first on both, then both in turn, then the
+            # rest: each JIT (PyPy) has seen the same requests when the two
+            # are compared (one that also served the aggregation first has
+            # traces of its own, and measured 20 % more per request).
+            [(plain, plainPath)] = [(r, p) for r, p in rows if p == "/plain"]
+            self.measureRow(plain, f"http://{HOST}:{onPort}{plainPath}", on.pid)
+            self.measureRow(off, f"http://{HOST}:{offPort}/plain", offChild.pid)
+            self.pairAccessLog(name, (on, onPort), (offChild, offPort))
+            if name == "cpython" and self.wanted("agent"):
+                self.pairWithAgent(offChild, offPort, interpreter)
+            for row, path in rows:
+                if row is not plain:
+                    self.measureRow(
+                        row, f"http://{HOST}:{onPort}{path}", on.pid, FEATURE_HEADERS.get(path, ())
+                    )
         except (BenchError, OSError) as e:
-            for row in rows:
+            for row in [r for r, _ in rows] + [off]:
                 row.setdefault("error", str(e))
             self.log(f"  failed: {e}")
         finally:
-            if child is not None:
+            for child in started:
                 self.children.stop(child)
 
     def authRows(self, name: str, interpreter: Interpreter) -> None:
@@ -1703,6 +2735,55 @@ class Bench:
             if child is not None:
                 self.children.stop(child)
 
+    def pairAccessLog(self, name: str, on: Tuple[Child, int], off: Tuple[Child, int]) -> None:
+        """
+        The access log's cost, measured in turn, run for run: two
+        one-worker gateways, the same but for the access log, both running,
+        C{/plain} of each loaded by turns; the cost is the median of the
+        ratios of their CPU per request (rows measured minutes apart carry
+        the machine's drift, runs made in turn carry it alike).
+        """
+        pairs = self.report.extras.setdefault("accessLogPair", {})
+        result: Dict[str, Any] = {}
+        pairs[name] = result
+        self.log(f"gateway ({name}, /plain, 1 worker), access log on and off, in turn")
+        targets = [
+            (f"http://{HOST}:{on[1]}/plain", on[0].pid),
+            (f"http://{HOST}:{off[1]}/plain", off[0].pid),
+        ]
+        ons: List[float] = []
+        offs: List[float] = []
+        try:
+            for order in pairedTurns(self.options.runs):
+                figures = {}
+                for i in order:
+                    url, pid = targets[i]
+                    figures[i] = measure(self.wrk, url, pid, 1, 0)["cpuUsPerReq"]
+                if figures[0] is None or figures[1] is None:
+                    raise BenchError("a run completed no request")
+                ons.append(figures[0])
+                offs.append(figures[1])
+        except (BenchError, OSError) as e:
+            result["error"] = str(e)
+            self.log(f"  failed: {e}")
+            return
+        ratios = [a / b for a, b in zip(ons, offs)]
+        result.update(
+            {
+                "onUsPerReq": statistics.median(ons),
+                "offUsPerReq": statistics.median(offs),
+                "ratio": statistics.median(ratios),
+                "cost": statistics.median(ratios) - 1,
+                "ratios": ratios,
+                "detail": (
+                    f"measured in turn, run for run, 1 worker: {statistics.median(ons):.1f} µs "
+                    f"on vs {statistics.median(offs):.1f} µs off (ratios "
+                    f"{', '.join(f'{r:.3f}' for r in ratios)})"
+                ),
+            }
+        )
+        self.log(f"  {result['detail']}")
+
     def wanted(self, group: str) -> bool:
         """
         @return: whether C{--only} (if given) names the group of rows.
@@ -1762,6 +2843,249 @@ class Bench:
             }
         )
         self.log(f"  {result['detail']}")
+
+    # -- tracing (issue 19) ----------------------------------------------------
+
+    #: The tracing rows: C{(label, sampleRatio or None for no tracing:)}.
+    TRACING = (("off", None), ("1.0", 1.0), ("0.01", 0.01))
+
+    def tracingRows(self, name: str, interpreter: Interpreter) -> None:
+        """
+        C{/plain} through three one-worker gateways at once: without
+        C{tracing:}, and tracing at C{sampleRatio} 1.0 and 0.01, measured
+        in turn, run for run (the differences are what tracing costs; rows
+        measured minutes apart would carry the machine's drift).  The
+        spans go to the nginx backend, which answers every C{POST
+        /v1/traces} with 200, as a collector that takes everything would:
+        the export (encoding, sending) is in the figures.
+        """
+        rows = {
+            label: self.report.row(
+                f"gateway-plain-tracing-{label}-{name}",
+                "gateway, plain proxying, "
+                + ("no tracing (measured in turn)" if ratio is None else f"tracing {label}"),
+                name,
+                1,
+            )
+            for label, ratio in self.TRACING
+        }
+        started: Dict[str, Tuple[Child, int, int]] = {}
+        try:
+            for label, ratio in self.TRACING:
+                adminPort = freePort()
+                config = gatewayConfig(
+                    freePort(),
+                    self.backendPort,
+                    workers=1,
+                    where=self.workersWhere,
+                    adminPort=adminPort,
+                )
+                if ratio is not None:
+                    config["tracing"] = {
+                        "otlp": f"http://{HOST}:{self.backendPort}/v1/traces",
+                        "sampleRatio": ratio,
+                    }
+                child, port = startGateway(
+                    self.children, f"gateway-tracing-{label}-{name}", interpreter, config
+                )
+                started[label] = (child, port, adminPort)
+            least, most = self.warmupFor(name)
+            for label, (_, port, _) in started.items():
+                self.log(f"tracing {label} ({name}): warming up")
+                warmUp(self.wrk, f"http://{HOST}:{port}/plain", least, most)
+            results: Dict[str, List[Dict[str, Any]]] = {label: [] for label in started}
+            labels = list(started)
+            for turn in range(max(1, self.options.runs)):
+                # Each setup first in its turn.
+                order = labels[turn % len(labels) :] + labels[: turn % len(labels)]
+                for label in order:
+                    child, port, _ = started[label]
+                    result = measure(self.wrk, f"http://{HOST}:{port}/plain", child.pid, 1, 0)
+                    results[label].append(result)
+            for label, runs in results.items():
+                row = rows[label]
+                row["runs"] = [r for each in runs for r in each["runs"]]
+                for key in ("reqPerSec", "p50Ms", "p99Ms", "cpuUsPerReq"):
+                    row[key] = median([r.get(key) for r in runs])
+                row["non2xx"] = sum(r["non2xx"] for r in runs)
+                row["socketErrors"] = sum(r["socketErrors"] for r in runs)
+                self.log(f"  tracing {label}: {_fmt(row.get('cpuUsPerReq'), 1)} µs/req")
+            off = [r.get("cpuUsPerReq") for r in results["off"]]
+            for label, ratio in self.TRACING:
+                if ratio is None:
+                    continue
+                row = rows[label]
+                mine = [r.get("cpuUsPerReq") for r in results[label]]
+                deltas = [a - b for a, b in zip(mine, off) if a is not None and b is not None]
+                notes = row.setdefault("notes", [])
+                if deltas:
+                    row["tracingCostUs"] = median(deltas)
+                    notes.append(
+                        f"+{median(deltas):.1f} µs/req over no tracing (median of "
+                        f"{len(deltas)} runs in turn)"
+                    )
+                notes.append(self.tracingCounters(started[label][2]))
+        except (BenchError, OSError) as e:
+            for row in rows.values():
+                row.setdefault("error", str(e))
+            self.log(f"  failed: {e}")
+        finally:
+            for child, _, _ in started.values():
+                self.children.stop(child)
+
+    def tracingCounters(self, adminPort: int) -> str:
+        """
+        @return: what a tracing gateway's C{/metrics} says of its spans.
+        """
+        status, body = get(
+            adminPort, "/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        if status != 200:
+            return f"/metrics answered {status}"
+        counts = {}
+        for line in body.decode("utf-8", "replace").splitlines():
+            if line.startswith("gateway_tracing_spans_"):
+                key, _, value = line.rpartition(" ")
+                counts[key[len("gateway_tracing_spans_") :]] = int(float(value))
+        exported = counts.get("exported_total", 0)
+        dropped = sum(v for k, v in counts.items() if k.startswith("dropped_total"))
+        return f"spans exported {exported:,}, dropped {dropped:,}"
+
+    # -- WebSocket pass-through ---------------------------------------------------
+
+    def websocketRows(self) -> None:
+        """
+        WebSocket echo (C{bench/ws_echo.py}: C{--connections} clients, each
+        sending a 64-byte message and waiting for its echo, again and
+        again): messages/s, the round trip's p50/p99 and the CPU per echoed
+        message of the measured process, the WebSocket backend
+        (C{tests/ws_backend.py}) directly, then through a one-worker
+        gateway (an API with C{websocket: true}) on each Python.
+        """
+        report = self.report
+        python = self.interpreters["cpython"].python
+        probe = subprocess.run([python, "-c", "import websockets"], capture_output=True, timeout=60)
+        if probe.returncode:
+            report.row(
+                "ws-direct",
+                "WebSocket echo, backend direct",
+                "cpython",
+                1,
+                skipped="the websockets library is missing (pip install -e '.[bench]')",
+            )
+            return
+        backend = None
+        try:
+            argv = [python, str(REPO / "tests" / "ws_backend.py"), "--port", "0"]
+            backend = self.children.start("ws-backend", argv)
+            port = int(backend.waitForLine(r"^READY (\d+)$", 60).group(1))
+            row = report.row("ws-direct", "WebSocket echo, backend direct", "cpython", 1)
+            row["notes"] = ["CPU: the backend's (websockets, asyncio)"]
+            self.measureWebSocket(row, f"ws://{HOST}:{port}/echo", backend.pid)
+            api = {
+                "name": "ws",
+                "method": "GET",
+                "urlPattern": "/echo",
+                "nodes": [{"cluster": "ws"}],
+                "websocket": True,
+            }
+            for name, interpreter in self.interpreters.items():
+                row = report.row(
+                    f"ws-gateway-{name}", "WebSocket echo through the gateway", name, 1
+                )
+                config = gatewayConfig(
+                    freePort(),
+                    self.backendPort,
+                    workers=1,
+                    where=self.workersWhere,
+                    extraServers=({"name": "ws", "addr": f"{HOST}:{port}"},),
+                    extraClusters=({"name": "ws", "servers": ["ws"]},),
+                    extraApis=(api,),
+                )
+                child = None
+                try:
+                    child, gatewayPort = startGateway(
+                        self.children, f"gateway-ws-{name}", interpreter, config
+                    )
+                    self.measureWebSocket(row, f"ws://{HOST}:{gatewayPort}/echo", child.pid)
+                    row.setdefault("notes", []).append("CPU: the gateway's")
+                except (BenchError, OSError) as e:
+                    row["error"] = str(e)
+                    self.log(f"  failed: {e}")
+                finally:
+                    if child is not None:
+                        self.children.stop(child)
+        except (BenchError, OSError) as e:
+            report.row("ws-error", "WebSocket echo", "cpython", 1, error=str(e))
+            self.log(f"  failed: {e}")
+        finally:
+            if backend is not None:
+                self.children.stop(backend)
+
+    def echoLoad(self, url: str, seconds: float) -> Dict[str, Any]:
+        """
+        Run C{bench/ws_echo.py} against C{url} for C{seconds}.
+        """
+        argv = [
+            self.interpreters["cpython"].python,
+            str(BENCH / "ws_echo.py"),
+            "--url",
+            url,
+            "--connections",
+            str(self.options.connections),
+            "--duration",
+            str(seconds),
+            "--warmup",
+            "0",
+        ]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+        lines = done.stdout.strip().splitlines()
+        if not lines:
+            raise BenchError(f"ws_echo.py printed nothing: {done.stderr[-500:]}")
+        result: Dict[str, Any] = json.loads(lines[-1])
+        if not result["messages"]:
+            raise BenchError(f"no echo: {result.get('errors')}")
+        return result
+
+    def measureWebSocket(self, row: Dict[str, Any], url: str, pid: int) -> None:
+        """
+        Warm up, then C{--runs} echo loads; the CPU of C{pid}'s process
+        tree per echoed message (its handshakes included: negligible).
+        """
+        self.log(f"{row['what']} ({row['interpreter']}): {url}")
+        least, _ = self.warmupFor(row["interpreter"])
+        try:
+            if least > 0:
+                self.echoLoad(url, least)
+            runs = []
+            for _ in range(self.options.runs):
+                before = treeCPU(pid)
+                result = self.echoLoad(url, self.options.duration)
+                used = treeCPU(pid) - before
+                result["cpuUsPerMessage"] = used / result["messages"] * 1e6
+                runs.append(result)
+        except (BenchError, OSError, subprocess.TimeoutExpired, ValueError) as e:
+            row["error"] = str(e)
+            self.log(f"  failed: {e}")
+            return
+        row.update(
+            {
+                "reqPerSec": median([r["perSecond"] for r in runs]),
+                "p50Ms": median([r["p50Ms"] for r in runs]),
+                "p99Ms": median([r["p99Ms"] for r in runs]),
+                "cpuUsPerReq": median([r["cpuUsPerMessage"] for r in runs]),
+                "runs": [dict(r, requests=r["messages"]) for r in runs],
+            }
+        )
+        row.setdefault("notes", []).append(
+            "messages/s in the req/s column, µs per echoed 64-byte message in the CPU one"
+        )
+        if any(r["errorCount"] for r in runs):
+            row["notes"].append(f"{sum(r['errorCount'] for r in runs)} client errors")
+        self.log(
+            f"  {row['reqPerSec']:,.0f} messages/s, p99 {row['p99Ms']:.2f} ms, "
+            f"{_fmt(row.get('cpuUsPerReq'), 1)} µs/message"
+        )
 
     # -- the checks apart from wrk ---------------------------------------------
 
@@ -2008,6 +3332,8 @@ class Bench:
                     workers=1,
                     where=self.workersWhere,
                     adminPort=adminPort,
+                    # The routing's cost alone, comparable with earlier runs.
+                    accessLog=False,
                     extraApis=apis,
                 )
                 start = time.monotonic()
@@ -2153,7 +3479,8 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth",
+        help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth,tls,tracing,"
+        "fleetlimits,websocket,http2,cache",
     )
     parser.add_argument("--skip-extras", action="store_true", help="no large body, no 10k APIs")
     parser.add_argument("--large-bytes", type=int, default=GIB, help="bytes streamed (1 GiB)")

@@ -178,9 +178,62 @@ class IUpstreamClient(Interface):
         """
 
 
+# -- WebSocket pass-through: upgrading an upstream connection --------------------------
+
+
+class IUpstreamUpgrader(Interface):
+    """
+    Sends a request that asks a backend to switch protocols (a WebSocket
+    handshake) and hands the connection over when it does: the connection
+    of a C{101} answer is never pooled, it becomes its caller's.
+    """
+
+    def upgrade(backend, method, uri, headers, timeout, onResponse, onFailure, *args):
+        """
+        Send a request without a body, as L{IUpstreamClient.send} does (the
+        same callbacks, failures and return value), whose C{headers} ask for
+        an upgrade (C{Upgrade} and C{Connection: upgrade} are sent as given).
+
+        A C{101} answer is an L{ISwitchedResponse}: its connection then
+        speaks another protocol, for the caller to take with
+        L{ISwitchedResponse.switchProtocols}.  Any other answer is an
+        ordinary L{twisted.web.iweb.IResponse}, whose connection goes back
+        to the pool as with C{send}.
+        """
+
+
+class ISwitchedResponse(Interface):
+    """
+    A C{101 Switching Protocols} answer: its connection belongs to whoever
+    takes it.
+    """
+
+    code = Attribute("The status: 101.")
+    phrase = Attribute("The reason phrase (L{bytes}).")
+    headers = Attribute("The answer's L{twisted.web.http_headers.Headers}, as received.")
+
+    def switchProtocols(protocol):
+        """
+        Hand the connection over to C{protocol}: C{protocol.makeConnection}
+        gets the connection's transport, then C{dataReceived} what the
+        backend sent after its 101 head and everything it sends next, and
+        C{connectionLost} the end of the connection (a half-close from the
+        backend ends it too: Twisted's client endpoints settle that when
+        they connect).
+        """
+
+    def deliverBody(protocol):
+        """
+        Drop the answer: its connection, which no one takes, is closed, and
+        C{protocol} sees an empty body (as an L{twisted.web.iweb.IResponse}
+        body ends).
+        """
+
+
 class IStore(Interface):
     """
-    Where the gateway's resources (servers, clusters, apis, routings) live.
+    Where the gateway's resources (certificates, servers, clusters, apis,
+    routings) live.
 
     Resources are JSON objects (L{dict}s in their REST form) keyed by kind and
     name.  The store keeps a revision number that grows with every commit.

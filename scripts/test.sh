@@ -7,7 +7,7 @@
 # Quick when run again.
 # GATEWAY_CHECKS=0 scripts/test.sh ... runs the tests alone (CI never does).
 # GATEWAY_PYTHON=pypy3 scripts/test.sh runs them on PyPy instead
-# (scripts/test-pypy.sh; opt-in, CI does not).
+# (scripts/test-pypy.sh; CI, .ci/run, runs the unit tests that way too).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ "${GATEWAY_PYTHON:-}" = pypy3 ]; then
@@ -15,9 +15,10 @@ if [ "${GATEWAY_PYTHON:-}" = pypy3 ]; then
 fi
 . scripts/venv.sh
 
-# What the tests start for real: etcd, a browser for the web UI, nginx as a
-# backend, wrk for load.
-DEBIAN_PACKAGES="etcd-server chromium nginx wrk"
+# What the tests start for real: etcd, Redis (the fleet's limits), a browser
+# for the web UI, nginx as a backend, wrk for load, curl and h2load
+# (nghttp2-client) as HTTP/2 clients.
+DEBIAN_PACKAGES="etcd-server redis-server chromium nginx wrk curl nghttp2-client"
 
 # shellcheck disable=SC2086
 debianInstall $DEBIAN_PACKAGES

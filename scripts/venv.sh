@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Sourced by scripts/test.sh and scripts/demo.sh (from the repository root):
-# Debian packages on demand, and the project's virtualenv in .venv.
+# Sourced by the scripts (from the repository root): Debian packages on
+# demand, the project's virtualenv in .venv (ensureVenv), and its PyPy
+# virtualenv in .venv-pypy (ensurePypyVenv).
 
 # The interpreter the virtualenv is made with: python3 on PATH unless set.
 PYTHON=${PYTHON:-python3}
@@ -62,5 +63,38 @@ ensureVenv() {
     # editable mode's import hook hides it from Twisted's plugin search.
     .venv/bin/python -m pip install --quiet --disable-pip-version-check \
         --config-settings editable_mode=compat -e "$spec"
+    echo "$hash" >"$stamp"
+}
+
+# ensurePypyVenv [EXTRAS]: makes .venv-pypy with Debian's pypy3 (Python
+# 3.9; installs pypy3, and pypy3-venv without which it makes no
+# virtualenv, when missing) and installs the project into it in editable
+# mode with EXTRAS, as ensureVenv does for .venv: skipped while nothing it
+# depends on changed.  cryptography, cffi and bcrypt come as binary wheels
+# (no Rust toolchain needed).  Returns non-zero, saying why, when it cannot.
+ensurePypyVenv() {
+    local extras=${1:-}
+    if ! command -v pypy3 >/dev/null; then
+        debianInstall pypy3 || return 1
+    fi
+    pypy3 -c 'import ensurepip' 2>/dev/null || debianInstall pypy3-venv || return 1
+    if ! .venv-pypy/bin/python -c 'import sys' >/dev/null 2>&1; then
+        rm -rf .venv-pypy
+        pypy3 -m venv .venv-pypy || return 1
+    fi
+    local hash stamp spec=.
+    hash=$(cat setup.cfg pyproject.toml scripts/venv.sh | sha256sum | cut -d' ' -f1)
+    stamp=".venv-pypy/.installed-${extras:-base}"
+    [ -n "$extras" ] && spec=".[$extras]"
+    if [ -z "$extras" ]; then
+        grep -qx "$hash" .venv-pypy/.installed-* 2>/dev/null && return 0
+    elif [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
+        return 0
+    fi
+    echo "Installing the project into .venv-pypy ($spec)"
+    # compat: see ensureVenv (twistd must find twisted/plugins).
+    .venv-pypy/bin/python -m pip install --quiet --disable-pip-version-check \
+        --only-binary=cryptography,cffi,bcrypt --config-settings editable_mode=compat -e "$spec" \
+        || return 1
     echo "$hash" >"$stamp"
 }

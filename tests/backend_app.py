@@ -16,6 +16,11 @@ Run it as C{python tests/backend_app.py --port 0 --name b1}: it listens on
   - C{/json/NAME}: a small JSON object naming NAME and this server;
     C{/json/NAME?delay=MS} answers it after MS milliseconds;
   - C{/health}: C{200 ok}, or C{503 down} once switched off;
+  - with C{--tls-cert FILE --tls-key FILE} it speaks HTTPS only (and with
+    C{--tls-client-ca FILE}, requires a client certificate that authority
+    signed): C{/echo} then says C{tls: true} and the client certificate's
+    subject (C{clientCertificate}), and C{/control/stats} counts the TLS
+    connections made (C{connections}: one handshake each);
   - C{POST /control/health/up|down}, C{POST /control/fail/CODE} (every
     C{/echo} and C{/json} answer CODE until C{/control/fail/0}), C{POST
     /control/hang/1|0} (C{/echo} and C{/json} never answer while on), C{GET
@@ -114,6 +119,7 @@ class BackendResource(Resource):
         self.hung: List[Any] = []
         self.requests = 0
         self.families: Dict[str, int] = {}
+        self.connections = 0
 
     def answer(self, request: Any, data: Any, code: int = 200) -> bytes:
         request.setResponseCode(code)
@@ -149,10 +155,19 @@ class BackendResource(Resource):
             for name, values in request.requestHeaders.getAllRawHeaders()
         }
         peer = request.getClientAddress()
+        transport = request.channel.transport
+        clientCertificate = None
+        getPeerCertificate = getattr(transport, "getPeerCertificate", None)
+        if getPeerCertificate is not None:
+            certificate = getPeerCertificate()
+            if certificate is not None:
+                clientCertificate = certificate.get_subject().CN
         return self.answer(
             request,
             {
                 "server": self.name,
+                "tls": request.isSecure(),
+                "clientCertificate": clientCertificate,
                 "method": request.method.decode("ascii"),
                 "path": request.uri.decode("utf-8", "replace"),
                 "query": {
@@ -253,7 +268,12 @@ class BackendResource(Resource):
         if what == "stats" and request.method in (b"GET", b"HEAD"):
             return self.answer(
                 request,
-                {"server": self.name, "requests": self.requests, "families": self.families},
+                {
+                    "server": self.name,
+                    "requests": self.requests,
+                    "families": self.families,
+                    "connections": self.connections,
+                },
             )
         if request.method != b"POST":
             raise ValueError("control requests other than GET /control/stats are POSTs")
@@ -300,11 +320,43 @@ class BackendResource(Resource):
 class QuietSite(Site):
     """
     A site without an access log: load tests send it hundreds of thousands
-    of requests.
+    of requests.  It counts the connections it serves.
     """
 
     def log(self, request: Any) -> None:
         pass
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.resource.connections += 1
+        return super().buildProtocol(addr)
+
+
+def tlsOptions(certFile: str, keyFile: str, clientCA: Optional[str]) -> Any:
+    """
+    @return: the TLS options of a backend: its certificate, and with
+        C{clientCA}, a client certificate signed by it required.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from OpenSSL import crypto
+    from twisted.internet import ssl
+
+    with open(certFile, "rb") as f:
+        chain = x509.load_pem_x509_certificates(f.read())
+    with open(keyFile, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), None)
+    options: Dict[str, Any] = {
+        "privateKey": crypto.PKey.from_cryptography_key(key),
+        "certificate": crypto.X509.from_cryptography(chain[0]),
+        "extraCertChain": [crypto.X509.from_cryptography(c) for c in chain[1:]],
+        "enableSessions": True,
+        "enableSessionTickets": True,
+    }
+    if clientCA is not None:
+        with open(clientCA, "rb") as f:
+            authority = x509.load_pem_x509_certificates(f.read())[0]
+        options["trustRoot"] = ssl.Certificate(crypto.X509.from_cryptography(authority))
+    return ssl.CertificateOptions(**options)
 
 
 def _intArg(args: List[str], low: int, high: int) -> int:
@@ -324,6 +376,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--name", default="backend")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--tls-cert", help="PEM certificate chain: speak HTTPS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed")
     options = parser.parse_args(argv)
 
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -331,7 +386,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     site = QuietSite(BackendResource(options.name))
     site.displayTracebacks = True
-    port = globalReactor.listenTCP(options.port, site, interface=options.host)
+    if options.tls_cert:
+        contextFactory = tlsOptions(options.tls_cert, options.tls_key, options.tls_client_ca)
+        port = globalReactor.listenSSL(options.port, site, contextFactory, interface=options.host)
+    else:
+        port = globalReactor.listenTCP(options.port, site, interface=options.host)
     sys.stdout.write(f"READY {port.getHost().port}\n")
     sys.stdout.flush()
     globalReactor.run()

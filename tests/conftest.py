@@ -28,7 +28,9 @@ from guard import (  # noqa: F401
     pytest_runtest_setup,
 )
 from harness import (
+    HOST,
     Backend,
+    BackendTLS,
     GatewayProcess,
     Process,
     runGatewayExpectingFailure,
@@ -61,9 +63,15 @@ class Backends:
         self._directory = directory
         self.started: List[Backend] = []
 
-    def __call__(self, name: Optional[str] = None, port: int = 0) -> Backend:
+    def __call__(
+        self,
+        name: Optional[str] = None,
+        port: int = 0,
+        tls: Optional[BackendTLS] = None,
+        host: str = HOST,
+    ) -> Backend:
         name = name or f"b{len(self.started) + 1}"
-        backend = startBackend(name, self._directory, port=port)
+        backend = startBackend(name, self._directory, port=port, tls=tls, host=host)
         self.started.append(backend)
         return backend
 

@@ -266,46 +266,109 @@ class Backend(Process):
 
     name: str = ""
     port: int = 0
+    #: The L{BackendTLS} of a backend that speaks TLS, or L{None}.
+    tls: Optional[BackendTLS] = None
+    host: str = HOST
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def addr(self) -> str:
         """
         @return: C{host:port}, as a server's C{addr}.
         """
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def control(self, action: str) -> Any:
         """
         C{POST /control/ACTION}, e.g. C{"fail/500"}, C{"health/down"}.
         """
-        answer = request("POST", f"{self.url}/control/{action}")
+        answer = self._request("POST", f"/control/{action}")
         assert answer.status == 200, answer
         return answer.json()
 
     def stats(self) -> Dict[str, Any]:
         """
-        @return: C{{"requests": n, "families": {"echo": n, ...}}}.
+        @return: C{{"requests": n, "families": {"echo": n, ...},
+            "connections": n}}.
         """
-        return request("GET", f"{self.url}/control/stats").json()
+        return self._request("GET", "/control/stats").json()
+
+    def _request(self, method: str, path: str) -> Response:
+        if self.tls is None:
+            return request(method, f"{self.url}{path}")
+        return tlsRequest(method, self.port, path, self.tls)
+
+
+def tlsRequest(
+    method: str, port: int, path: str, tls: BackendTLS, timeout: float = 10.0
+) -> Response:
+    """
+    A request to a TLS backend of these tests (its certificate is not
+    verified), with the client certificate of C{tls}, if any.
+    """
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if tls.clientCert is not None:
+        context.load_cert_chain(*tls.clientCert)
+    connection = http.client.HTTPSConnection(HOST, port, timeout=timeout, context=context)
+    try:
+        connection.request(method, path)
+        answer = connection.getresponse()
+        data = answer.read()
+        return Response(answer.status, answer.reason, tuple(answer.getheaders()), data)
+    finally:
+        connection.close()
+
+
+@attrs.frozen
+class BackendTLS:
+    """
+    The TLS of a test backend: its certificate and key files; with
+    C{clientCA}, it requires client certificates that CA signed, and the
+    harness presents C{clientCert} (C{(certFile, keyFile)}) for its own
+    control requests.
+    """
+
+    cert: str
+    key: str
+    clientCA: Optional[str] = None
+    clientCert: Optional[Tuple[str, str]] = None
 
 
 def startBackend(
-    name: str, logDir: Path, port: int = 0, timeout: float = 15.0, python: Optional[str] = None
+    name: str,
+    logDir: Path,
+    port: int = 0,
+    timeout: float = 15.0,
+    python: Optional[str] = None,
+    tls: Optional[BackendTLS] = None,
+    host: str = HOST,
 ) -> Backend:
     """
     Start a test backend and wait until it listens.
 
     @param port: 0 for any free port.
     @param python: the interpreter to run it with; by default this one.
+    @param tls: a L{BackendTLS}: speak HTTPS (requiring client
+        certificates when it names a C{clientCA}).
+    @param host: the loopback address it listens on (another than
+        127.0.0.1, such as 127.0.0.2, for backends that a host name's
+        several addresses reach on one port).
     """
     logPath = Path(logDir) / f"backend-{name}.log"
     command = [python or sys.executable, str(BACKEND_APP), "--name", name, "--port", str(port)]
-    command += ["--host", HOST]
-    backend = Backend(_spawn(command, logPath), logPath, name=name)
+    command += ["--host", host]
+    if tls is not None:
+        command += ["--tls-cert", tls.cert, "--tls-key", tls.key]
+        if tls.clientCA is not None:
+            command += ["--tls-client-ca", tls.clientCA]
+    backend = Backend(_spawn(command, logPath), logPath, name=name, tls=tls, host=host)
 
     def ready() -> Optional[int]:
         for line in backend.output().splitlines():
@@ -533,3 +596,53 @@ def runGatewayExpectingFailure(
             f"the gateway was still running after {timeout} s with a bad config:\n{output}"
         )
     return done.returncode, done.stdout.decode("utf-8", "replace")
+
+
+# -- WebSocket pass-through: a real WebSocket backend ---------------------------------
+
+WS_BACKEND_APP = Path(__file__).resolve().parent / "ws_backend.py"
+
+
+@attrs.define
+class WebSocketBackend(Process):
+    """
+    A running C{tests/ws_backend.py} (a WebSocket echo server).
+    """
+
+    port: int = 0
+
+    @property
+    def addr(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def stats(self) -> Dict[str, Any]:
+        """
+        @return: its C{GET /stats}: C{connections}, C{open}, C{closeCodes},
+            C{handshakes}.
+        """
+        answer = request("GET", f"http://{self.addr}/stats")
+        assert answer.status == 200, answer
+        return answer.json()
+
+
+def startWebSocketBackend(logDir: Path, timeout: float = 20.0) -> WebSocketBackend:
+    """
+    Start a WebSocket echo server on a free port and wait until it listens.
+    """
+    logPath = Path(logDir) / "ws-backend.log"
+    command = [sys.executable, str(WS_BACKEND_APP), "--port", "0"]
+    backend = WebSocketBackend(_spawn(command, logPath), logPath)
+
+    def ready() -> Optional[int]:
+        for line in backend.output().splitlines():
+            if line.startswith("READY "):
+                return int(line.split()[1])
+        if not backend.alive():
+            raise _failStart(backend, "the WebSocket backend exited before it listened")
+        return None
+
+    try:
+        backend.port = waitFor(ready, timeout, what="the WebSocket backend to listen")
+    except AssertionError as e:
+        raise _failStart(backend, str(e))
+    return backend

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from test_admin_api import API, CLUSTER, ROUTING, SERVER, APITestCase, normalised
+from tlsfixtures import CertificateAuthority
 from twisted.internet.task import Clock
 
 from gateway.admin import batch as many
@@ -23,6 +24,10 @@ from gateway.filters import FilterRegistry
 from gateway.model.resources import KINDS
 from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreError
+
+CA = CertificateAuthority()
+API_CERT = CA.issue(["api.example.com"])
+OTHER_CERT = CA.issue(["other.example.com"])
 
 
 def put(kind: str, body: Dict[str, Any], name: str = "") -> Dict[str, Any]:
@@ -478,6 +483,7 @@ class ConfigTests(BatchTestCase):
         self.assertEqual(
             {kind: sorted(items) for kind, items in resources.items()},
             {
+                "certificates": [],
                 "servers": ["s2"],
                 "clusters": ["c1"],
                 "apis": ["a1"],
@@ -504,6 +510,109 @@ class ConfigTests(BatchTestCase):
         code, _, body = self.call("PUT", "/config", {"gateways": [], "apis": {}})
         self.assertEqual(code, 400, body)
         self.assertEqual([e["field"] for e in body["errors"]], ["gateways", "apis"])
+        self.assertUnchanged(before)
+
+
+class CertificateTests(BatchTestCase):
+    """
+    Certificates in writes of many resources: their keys are write-only
+    there as in single writes (L{gateway.admin.batch.keepStored}).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        code, _, body = self.batch(
+            put("certificates", API_CERT.resource("api", ["api.example.com"])),
+            put("servers", SERVER),
+        )
+        self.assertEqual(code, 200, body)
+
+    def storedKey(self, name: str = "api") -> Any:
+        return self.state().get("certificates", name)["key"]
+
+    def test_getHidesKeys(self) -> None:
+        """
+        C{GET /api/v1/config} never shows a certificate's key: each
+        certificate is as its own C{GET} shows it (its subject, expiry and
+        fingerprint, no key).
+        """
+        code, _, body = self.call("GET", "/config")
+        self.assertEqual(code, 200, body)
+        _, _, single = self.call("GET", "/certificates/api")
+        self.assertEqual(body["certificates"], [single])
+        self.assertNotIn("key", body["certificates"][0])
+        self.assertIn("fingerprint", body["certificates"][0])
+        text = json.dumps(body)
+        self.assertNotIn(API_CERT.keyBody()[:40], text)
+        self.assertNotIn("PRIVATE KEY", text)
+
+    def test_configKeepsKey(self) -> None:
+        """
+        A configuration put without a certificate's key keeps the stored
+        one: putting back what C{GET} gave changes nothing, and a new SNI
+        list sent without the key updates the certificate, key kept.
+        """
+        before = self.snapshot()
+        _, _, config = self.call("GET", "/config")
+        code, _, body = self.call("PUT", "/config", config)
+        self.assertEqual(code, 200, body)
+        self.assertEqual((body["unchanged"], body["changes"]), (2, []))
+        self.assertUnchanged(before)
+        certificate = {"name": "api", "cert": API_CERT.chain, "snis": ["new.example.com"]}
+        code, _, body = self.call(
+            "PUT", "/config", {"certificates": [certificate], "servers": [SERVER]}
+        )
+        self.assertEqual(code, 200, body)
+        self.assertEqual(
+            body["changes"], [{"kind": "certificates", "name": "api", "action": "updated"}]
+        )
+        stored = self.state().get("certificates", "api")
+        self.assertEqual((stored["key"], stored["snis"]), (API_CERT.keyPEM, ["new.example.com"]))
+
+    def test_batchKeepsKey(self) -> None:
+        """
+        A batch's put without a certificate's key keeps the stored one; a
+        certificate of another key sent without its key is refused on its
+        C{key} (the stored one does not fit), and a new certificate without
+        a key on its C{key}, as a rule; nothing changes then.
+        """
+        code, _, body = self.batch(
+            put("certificates", {"cert": API_CERT.chain, "snis": ["x.example.com"]}, "api")
+        )
+        self.assertEqual(code, 200, body)
+        self.assertEqual(body["updated"], 1)
+        self.assertEqual(self.storedKey(), API_CERT.keyPEM)
+        before = self.snapshot()
+        code, _, body = self.batch(
+            put("servers", dict(SERVER, name="s2")),
+            put("certificates", {"cert": OTHER_CERT.chain}, "api"),
+        )
+        self.assertEqual(code, 400, body)
+        self.assertEqual(body["field"], "changes[1].value.key")
+        self.assertIn("the stored one", body["error"])
+        code, _, body = self.batch(put("certificates", {"cert": API_CERT.chain}, "new"))
+        self.assertEqual(code, 400, body)
+        self.assertEqual(
+            body["errors"],
+            [{"field": "changes[0].value.key", "error": body["error"], "rule": True}],
+        )
+        self.assertUnchanged(before)
+
+    def test_sniConflict(self) -> None:
+        """
+        Two certificates claiming one SNI are a 409 naming the SNI of the
+        batch's certificate.
+        """
+        before = self.snapshot()
+        code, _, body = self.batch(
+            put(
+                "certificates",
+                OTHER_CERT.resource("other", ["other.example.com", "api.example.com"]),
+            )
+        )
+        self.assertEqual(code, 409, body)
+        self.assertEqual(body["field"], "changes[0].value.snis[1]")
+        self.assertIn("api.example.com", body["error"])
         self.assertUnchanged(before)
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import resource
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench import run
+from gateway.model.accesslog import AccessLogConfig
 from gateway.model.config import ConfigError, parseConfig
 
 WRK_OUTPUT = """\
@@ -130,25 +132,87 @@ class GatewayConfigTests(SynchronousTestCase):
     def test_valid(self) -> None:
         """
         The config the benchmark generates for the gateway rows is one the
-        gateway accepts, with the request-id filter, the access log off and
-        the five benchmarked APIs; the CORS row's origin is one its API
-        allows.
+        gateway accepts: the shipped defaults (the access log on, the
+        workers unset, no global filter) and one API per feature row, each
+        with its feature.
         """
         from gateway.filters.cors import makeCORSFilter
 
         data = run.gatewayConfig(8080, 8081)
         config = parseConfig(data)
-        self.assertFalse(config.proxy.accessLog)
-        self.assertEqual([f.name for f in config.proxy.filters], ["request-id"])
+        self.assertEqual(config.proxy.accessLog, AccessLogConfig())
+        self.assertIsNone(config.proxy.workers)
+        self.assertEqual(config.proxy.filters, ())
+        apis = {api.name: api for api in config.seed["apis"]}
         self.assertEqual(
-            [api.name for api in config.seed["apis"]],
-            ["plain", "protected", "cors", "transform", "aggregate"],
+            list(apis),
+            [
+                "plain",
+                "request-id",
+                "rate-limit",
+                "breaker",
+                "routing",
+                "cors",
+                "transform",
+                "aggregate",
+            ],
         )
-        cors = [api for api in config.seed["apis"] if api.name == "cors"][0]
-        corsFilter = makeCORSFilter(cors)
+        self.assertEqual(
+            [api.urlPattern for api in apis.values()], [path for _, path, _ in run.FEATURES]
+        )
+        self.assertEqual([f.name for f in apis["request-id"].filters], ["request-id"])
+        self.assertIsNotNone(apis["rate-limit"].rateLimit)
+        servers = {s.name: s for s in config.seed["servers"]}
+        clusters = {c.name: c for c in config.seed["clusters"]}
+        [guarded] = clusters[apis["breaker"].nodes[0].cluster].servers
+        self.assertIsNotNone(servers[guarded].circuitBreaker)
+        self.assertIsNone(servers["nginx"].circuitBreaker)
+        [routing] = config.seed["routings"]
+        self.assertEqual(routing.api, "routing")
+        self.assertEqual(len(apis["aggregate"].nodes), 3)
+        # Only the feature's API has the feature.
+        for name in ("plain", "routing", "aggregate"):
+            self.assertEqual((apis[name].filters, apis[name].rateLimit), ((), None))
+            self.assertEqual((apis[name].cors, apis[name].transform), (None, None))
+        corsFilter = makeCORSFilter(apis["cors"])
         assert corsFilter is not None
         self.assertTrue(corsFilter.origins.allows(run.CORS_ORIGIN.encode()))
-        self.assertEqual(len(config.seed["routings"]), 1)
+        self.assertEqual(run.FEATURE_HEADERS["/cors"], (f"Origin: {run.CORS_ORIGIN}",))
+        self.assertIsNotNone(apis["transform"].transform)
+
+    def test_accessLogOff(self) -> None:
+        """
+        The access log off rows' gateways have none.
+        """
+        config = parseConfig(run.gatewayConfig(8080, 8081, accessLog=False))
+        self.assertIs(config.proxy.accessLog, False)
+
+    def test_fleetLimits(self) -> None:
+        """
+        The configs of the fleet-limits rows are valid: both have API
+        C{/limited}; the Redis one has C{limits.store}, the other none.
+        """
+        onRedis = parseConfig(run.fleetLimitsConfig(8080, 8081, 6379, 2, "proxy"))
+        inMemory = parseConfig(run.fleetLimitsConfig(8080, 8081, None, 2, "proxy"))
+        assert onRedis.limits is not None
+        self.assertEqual(onRedis.limits.store, "redis://127.0.0.1:6379/0")
+        self.assertIsNone(inMemory.limits)
+        for config in (onRedis, inMemory):
+            self.assertIn("limited", [api.name for api in config.seed["apis"]])
+
+    def test_cache(self) -> None:
+        """
+        The config of the cache rows is valid: C{/cached} caches in memory,
+        C{/shared} in the Redis of C{limits.store}, both rewritten to the
+        backend's C{/plain}.
+        """
+        config = parseConfig(run.cacheConfig(8080, 8081, 6379))
+        assert config.limits is not None
+        self.assertEqual(config.limits.store, "redis://127.0.0.1:6379/0")
+        apis = {api.name: api for api in config.seed["apis"]}
+        self.assertEqual(apis["cached"].cache.store, "memory")
+        self.assertEqual(apis["shared"].cache.store, "redis")
+        self.assertIsNone(parseConfig(run.cacheConfig(8080, 8081, None)).limits)
 
     def test_extras(self) -> None:
         """
@@ -165,7 +229,7 @@ class GatewayConfigTests(SynchronousTestCase):
             for i in range(100)
         )
         config = parseConfig(run.gatewayConfig(8080, 8081, adminPort=9090, extraApis=apis))
-        self.assertEqual(len(config.seed["apis"]), 105)
+        self.assertEqual(len(config.seed["apis"]), 100 + len(run.FEATURES))
         self.assertEqual(config.admin.token, run.ADMIN_TOKEN)
 
     def test_workers(self) -> None:
@@ -209,26 +273,40 @@ def _row(report, key, workers=1, **figures):
 class TargetsTests(SynchronousTestCase):
     def test_ratios(self) -> None:
         """
-        The targets are computed from the rows of the run: gateway CPU per
-        request (absolute and against the Agent proxy on CPython, against
-        nginx on PyPy), N workers
-        against one, and the aggregation against the naive treq fan-out.
+        The targets are computed from the rows of the run: the default
+        configuration against nginx, the access log's cost, gateway CPU per
+        request with one worker and the access log off (absolute and
+        against the Agent proxy on CPython, against nginx on PyPy), N
+        workers against one, and the aggregation against the naive treq
+        fan-out.
         """
         report = run.Report()
         _row(report, "nginx-proxy", reqPerSec=9000.0, cpuUsPerReq=25.0)
-        _row(report, "gateway-plain-cpython-1", reqPerSec=1000.0, cpuUsPerReq=120.0)
+        _row(report, "gateway-plain-cpython-1", reqPerSec=1000.0, cpuUsPerReq=130.0)
+        _row(report, "gateway-nolog-cpython-1", reqPerSec=1000.0, cpuUsPerReq=120.0)
         _row(report, "gateway-plain-cpython-2", 2, reqPerSec=1900.0, cpuUsPerReq=125.0)
-        _row(report, "gateway-plain-pypy-1", reqPerSec=5000.0, cpuUsPerReq=60.0)
+        _row(report, "gateway-plain-pypy-1", reqPerSec=5000.0, cpuUsPerReq=36.0)
+        _row(report, "gateway-nolog-pypy-1", reqPerSec=5000.0, cpuUsPerReq=60.0)
         _row(report, "gateway-aggregate-cpython-1", reqPerSec=800.0)
         _row(report, "treq-fanout-cpython", reqPerSec=100.0)
         _row(report, "twisted-agent-cpython", reqPerSec=400.0, cpuUsPerReq=300.0)
         targets = {t["target"]: t for t in run.computeTargets(report)}
 
-        cpu = targets["gateway CPU/request, CPython, default filters"]
+        default = targets["default configuration CPU/request vs nginx, CPython"]
+        self.assertEqual((default["measured"], default["met"]), (5.0, True))
+        self.assertIn("125.0 µs (2 workers, access log on)", default["detail"])
+        default = targets["default configuration CPU/request vs nginx, PyPy"]
+        self.assertEqual((default["measured"], default["met"]), (1.44, True))
+        cost = targets["access log on vs off, CPython"]
+        self.assertAlmostEqual(cost["measured"], 130 / 120 - 1)
+        self.assertEqual((cost["met"], cost["detail"]), (True, "from the rows (1 worker)"))
+        cost = targets["access log on vs off, PyPy"]
+        self.assertEqual(cost["met"], True)
+        cpu = targets["gateway CPU/request, CPython, 1 worker, access log off"]
         self.assertEqual((cpu["measured"], cpu["met"]), (120.0, True))
         agent = targets["gateway CPU/request vs Twisted's Agent proxy, CPython"]
         self.assertEqual((agent["measured"], agent["met"]), (2.5, False))
-        pypy = targets["gateway CPU/request vs nginx, PyPy"]
+        pypy = targets["gateway CPU/request vs nginx, PyPy, 1 worker, access log off"]
         self.assertEqual((pypy["measured"], pypy["met"]), (2.4, False))
         scaling = targets["N workers vs 1, cpython"]
         self.assertEqual((scaling["measured"], scaling["met"]), (1.9, True))
@@ -262,7 +340,7 @@ class TargetsTests(SynchronousTestCase):
         minutes apart, are named in its detail).
         """
         report = run.Report()
-        _row(report, "gateway-plain-cpython-1", reqPerSec=1000.0, cpuUsPerReq=160.0)
+        _row(report, "gateway-nolog-cpython-1", reqPerSec=1000.0, cpuUsPerReq=160.0)
         _row(report, "twisted-agent-cpython", reqPerSec=400.0, cpuUsPerReq=400.0)
         report.extras["agentPair"] = {"ratio": 3.1, "detail": "in turn"}
         target = {t["target"]: t for t in run.computeTargets(report)}[
@@ -281,16 +359,123 @@ class TargetsTests(SynchronousTestCase):
         A skipped or failed row counts as not measured, not as zero.
         """
         report = run.Report()
-        _row(report, "gateway-plain-cpython-1", reqPerSec=1000.0, cpuUsPerReq=500.0)
+        _row(report, "gateway-nolog-cpython-1", reqPerSec=1000.0, cpuUsPerReq=500.0)
         _row(report, "gateway-plain-cpython-N", "N", skipped="no workers key")
-        _row(report, "gateway-plain-pypy-1", error="pypy exited")
+        _row(report, "gateway-nolog-pypy-1", error="pypy exited")
         targets = {t["target"]: t for t in run.computeTargets(report)}
         self.assertIsNone(targets["N workers vs 1, cpython"]["measured"])
-        self.assertIsNone(targets["gateway CPU/request vs nginx, PyPy"]["measured"])
+        self.assertIsNone(
+            targets["gateway CPU/request vs nginx, PyPy, 1 worker, access log off"]["measured"]
+        )
         self.assertIsNone(
             targets["gateway CPU/request vs Twisted's Agent proxy, CPython"]["measured"]
         )
-        self.assertFalse(targets["gateway CPU/request, CPython, default filters"]["met"])
+        self.assertIsNone(targets["default configuration CPU/request vs nginx, CPython"]["met"])
+        self.assertIsNone(targets["access log on vs off, CPython"]["measured"])
+        self.assertFalse(targets["gateway CPU/request, CPython, 1 worker, access log off"]["met"])
+
+    def test_accessLogPairPreferred(self) -> None:
+        """
+        The access log's cost measured in turn, when there is one, is the
+        one its target goes by.
+        """
+        report = run.Report()
+        _row(report, "gateway-plain-pypy-1", reqPerSec=5000.0, cpuUsPerReq=40.0)
+        _row(report, "gateway-nolog-pypy-1", reqPerSec=5000.0, cpuUsPerReq=30.0)
+        report.extras["accessLogPair"] = {"pypy": {"cost": 0.06, "detail": "in turn"}}
+        target = {t["target"]: t for t in run.computeTargets(report)}["access log on vs off, PyPy"]
+        self.assertEqual(
+            (target["measured"], target["met"], target["detail"]), (0.06, True, "in turn")
+        )
+
+
+class FeatureCostsTests(SynchronousTestCase):
+    """
+    What each feature costs, against the default configuration.
+    """
+
+    def report(self) -> run.Report:
+        report = run.Report()
+        report.settings = {"wrk": "wrk -t1 -c50 -d3s --latency", "warmup": 1.0, "pypyWarmup": 30}
+        _row(report, "gateway-plain-cpython-2", 2, reqPerSec=9000.0, cpuUsPerReq=100.0)
+        _row(report, "gateway-nolog-cpython-2", 2, reqPerSec=9500.0, cpuUsPerReq=95.0)
+        _row(report, "gateway-requestid-cpython-2", 2, reqPerSec=8900.0, cpuUsPerReq=104.0)
+        _row(report, "gateway-aggregate-cpython-2", 2, reqPerSec=3000.0, cpuUsPerReq=250.0)
+        # One worker rows are not the default configuration's here.
+        _row(report, "gateway-plain-cpython-1", reqPerSec=5000.0, cpuUsPerReq=90.0)
+        _row(report, "gateway-plain-pypy-2", 2, reqPerSec=20000.0, cpuUsPerReq=40.0)
+        _row(report, "gateway-ratelimit-pypy-2", 2, error="it broke")
+        return report
+
+    def test_costs(self) -> None:
+        """
+        Each feature's cost is its row's CPU per request less the default
+        configuration's (the most workers); the access log's, the
+        default's less the access log off row's; unmeasured rows cost
+        nothing known.
+        """
+        costs = {c["setup"]: c for c in run.featureCosts(self.report())}
+        self.assertEqual(list(costs), [setup for setup, _ in run.COSTS])
+        self.assertEqual(costs["nolog"]["cpython"]["costUs"], 5.0)
+        self.assertAlmostEqual(costs["nolog"]["cpython"]["cost"], 5 / 95)
+        self.assertEqual(costs["requestid"]["cpython"]["costUs"], 4.0)
+        self.assertAlmostEqual(costs["requestid"]["cpython"]["cost"], 0.04)
+        self.assertEqual(costs["aggregate"]["cpython"]["costUs"], 150.0)
+        self.assertIsNone(costs["breaker"]["cpython"]["costUs"])
+        self.assertIsNone(costs["ratelimit"]["pypy"]["costUs"])
+        self.assertEqual(run.defaultRow(self.report(), "cpython")["workers"], 2)
+
+    def test_markdown(self) -> None:
+        """
+        The report has a table of what each feature costs, and the access
+        log's cost measured in turn.
+        """
+        report = self.report()
+        report.extras["accessLogPair"] = {"cpython": {"cost": 0.052, "detail": "in turn, 1 worker"}}
+        text = run.renderMarkdown(report, run.computeTargets(report))
+        self.assertIn("## What each feature costs", text)
+        self.assertIn("| access log (on, as shipped) | 95.0 | +5.0 µs (+5.3%) | – | – |", text)
+        self.assertIn("| request ids | 104.0 | +4.0 µs (+4.0%) | – | – |", text)
+        self.assertIn("access log on vs off in turn, cpython: +5.2% (in turn, 1 worker)", text)
+
+
+class PlanTests(SynchronousTestCase):
+    """
+    The rows of a run, before any is measured.
+    """
+
+    def test_headlineFirst(self) -> None:
+        """
+        The report leads with the default configuration's rows (one per
+        interpreter, the default workers), before nginx and the rest.
+        """
+        options = run.parseArgs(["--quick", "--pypy", "/nowhere/pypy", "--workers", "4"])
+        bench = run.Bench(options, run.Children(Path(self.mktemp())), run.Report())
+        bench.planGatewayRows()
+        self.assertEqual(
+            [(r["key"], r["workers"]) for r in bench.report.rows],
+            [("gateway-plain-cpython-4", 4), ("gateway-plain-pypy-4", 4)],
+        )
+        self.assertIn("default configuration", bench.report.rows[0]["what"])
+        self.assertEqual(bench.workerCounts(), [4, 1])
+        # Measuring fills those rows in, rather than adding others.
+        row = bench.gatewayRow("gateway-plain-pypy-4", "x", "pypy", 4)
+        self.assertIs(row, bench.report.rows[1])
+        made = bench.rowsOf("cpython", 4, ("plain", "requestid"))
+        self.assertIs(made[0][0], bench.report.rows[0])
+        self.assertEqual(
+            [(r["key"], path) for r, path in made],
+            [("gateway-plain-cpython-4", "/plain"), ("gateway-requestid-cpython-4", "/request-id")],
+        )
+
+    def test_onlyOthers(self) -> None:
+        """
+        Without the gateway group (C{--only nginx}), no gateway row.
+        """
+        options = run.parseArgs(["--quick", "--only", "nginx"])
+        bench = run.Bench(options, run.Children(Path(self.mktemp())), run.Report())
+        bench.planGatewayRows()
+        self.assertEqual(bench.report.rows, [])
 
 
 class PairedTurnsTests(SynchronousTestCase):

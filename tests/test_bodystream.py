@@ -395,6 +395,39 @@ class StreamingChannelTests(SynchronousTestCase):
         self.assertEqual(len(self.resource.requests), 1)
         self.failureResultOf(request.bodyStream.read(1000), RequestBodyError)
 
+    def test_answeredBeforeTheBodySaysClose(self) -> None:
+        """
+        An answer that starts before its request's body all arrived says
+        C{Connection: close}: the client must not send its next request on
+        this connection, which closes after the answer (even when the body
+        then arrives before the answer ends).
+        """
+        self.post(b"Content-Length: 5")
+        [request] = self.resource.requests
+        request.setResponseCode(502)
+        request.setHeader(b"content-length", b"2")
+        request.write(b"no")
+        head = self.transport.value().split(b"\r\n\r\n", 1)[0]
+        self.assertIn(b"\r\nConnection: close", head)
+        self.channel.dataReceived(b"abcde")
+        request.finish()
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_answeredAfterTheBodyKeepsAlive(self) -> None:
+        """
+        An answer that starts once the body all arrived keeps the
+        connection (no C{Connection: close}).
+        """
+        self.post(b"Content-Length: 5")
+        [request] = self.resource.requests
+        self.channel.dataReceived(b"abcde")
+        request.setResponseCode(200)
+        request.setHeader(b"content-length", b"2")
+        request.write(b"ok")
+        request.finish()
+        self.assertNotIn(b"onnection: close", self.transport.value())
+        self.assertFalse(self.transport.disconnecting)
+
     def test_notStreamedElsewhere(self) -> None:
         """
         A site that does not stream bodies reads them whole first.

@@ -187,7 +187,8 @@ class ValidateTests(SynchronousTestCase):
         self.assertEqual((code, err), (0, ""))
         self.assertRegex(
             out,
-            r"resources\.yaml: OK \(3 servers, 2 clusters, 0 consumers, 2 apis, 2 routings\)\n$",
+            r"resources\.yaml: OK \(0 certificates, 3 servers, 2 clusters, 0 consumers, 2 apis,"
+            r" 2 routings\)\n$",
         )
 
     def test_gatewayConfigFile(self) -> None:
@@ -199,9 +200,21 @@ class ValidateTests(SynchronousTestCase):
         code, out, err = runInProcess(["validate", str(REPO / "demo" / "gateway.yaml")])
         self.assertEqual(code, 0, err)
         self.assertIn(
-            "gateway.yaml: OK (3 servers, 3 clusters, 0 consumers, 3 apis, 1 routings)", out
+            "gateway.yaml: OK (0 certificates, 3 servers, 3 clusters, 0 consumers, 3 apis,"
+            " 1 routings)",
+            out,
         )
         self.assertIn("ignoring proxy, admin, store", err)
+
+    def test_gatewayConfigWithLimits(self) -> None:
+        """
+        A gateway config file's C{limits} (the fleet's limits on Redis) is
+        process configuration too: ignored with the others.
+        """
+        data = dict(BASE, limits={"store": "redis://127.0.0.1:6379/0"})
+        code, out, err = runInProcess(["validate", "-"], stdin=json.dumps(data))
+        self.assertEqual(code, 0, err)
+        self.assertIn("ignoring limits", err)
 
     def test_stdinAndJSON(self) -> None:
         """
@@ -210,7 +223,9 @@ class ValidateTests(SynchronousTestCase):
         code, out, err = runInProcess(["validate", "-"], stdin=json.dumps(BASE))
         self.assertEqual(code, 0, err)
         self.assertEqual(
-            out, "<stdin>: OK (3 servers, 2 clusters, 0 consumers, 2 apis, 2 routings)\n"
+            out,
+            "<stdin>: OK (0 certificates, 3 servers, 2 clusters, 0 consumers, 2 apis,"
+            " 2 routings)\n",
         )
 
     def test_invalidResources(self) -> None:
@@ -360,8 +375,9 @@ class ValidateTests(SynchronousTestCase):
         self.assertErrors(
             {"srevers": [], "servers": []},
             [
-                "srevers: is not a known key; known keys: servers, clusters, consumers, apis,"
-                " routings (proxy, admin, store are ignored)"
+                "srevers: is not a known key; known keys: certificates, servers, clusters,"
+                " consumers, apis, routings (proxy, admin, store, resolver, tracing, limits"
+                " are ignored)"
             ],
         )
         self.assertErrors({"servers": {"s1": {}}}, ["servers: must be a list of resources"])
@@ -371,7 +387,7 @@ class ValidateTests(SynchronousTestCase):
         )
         self.assertErrors(
             {"store": "memory:"},
-            ["has none of the lists servers, clusters, consumers, apis, routings"],
+            ["has none of the lists certificates, servers, clusters, consumers, apis, routings"],
         )
 
     def test_emptyLists(self) -> None:
@@ -380,7 +396,9 @@ class ValidateTests(SynchronousTestCase):
         """
         code, out, err = self.validate("servers: []\nclusters:\n")
         self.assertEqual(code, 0, err)
-        self.assertIn("OK (0 servers, 0 clusters, 0 consumers, 0 apis, 0 routings)", out)
+        self.assertIn(
+            "OK (0 certificates, 0 servers, 0 clusters, 0 consumers, 0 apis, 0 routings)", out
+        )
 
     def test_badYAML(self) -> None:
         """
@@ -912,7 +930,7 @@ class ExportTests(SynchronousTestCase):
         self.assertEqual(empty, {kind: [] for kind in KINDS})
         self.assertEqual(
             parseResourceFile(empty, "export").counts(),
-            "0 servers, 0 clusters, 0 consumers, 0 apis, 0 routings",
+            "0 certificates, 0 servers, 0 clusters, 0 consumers, 0 apis, 0 routings",
         )
 
 
@@ -1064,11 +1082,12 @@ class AdminClientTests(SynchronousTestCase):
     def test_state(self) -> None:
         """
         From an admin without C{GET /api/v1/config} (404: an older
-        gateway), L{AdminClient.config} and L{AdminClient.state} read the
-        five collections instead, keyed by name, and know no revision.
+        gateway), L{AdminClient.config} and L{AdminClient.state} read
+        every collection instead, keyed by name, and know no revision.
         """
         client, urlopen = self.client(
             httpError(404, b'{"error": "no such resource"}'),
+            FakeAnswer(200, b"[]"),
             FakeAnswer(200, b'[{"name": "s1", "addr": "h:1"}]'),
             FakeAnswer(200, b"[]"),
             FakeAnswer(200, b"[]"),
@@ -1079,6 +1098,7 @@ class AdminClientTests(SynchronousTestCase):
             client.config(),
             (
                 {
+                    "certificates": {},
                     "servers": {"s1": {"name": "s1", "addr": "h:1"}},
                     "clusters": {},
                     "consumers": {},
@@ -1292,11 +1312,7 @@ class AdminClientTests(SynchronousTestCase):
         empty = FakeAnswer(200, b"[]")
         urlopen = FakeURLOpen(
             httpError(404, b'{"error": "no such resource"}'),
-            empty,
-            empty,
-            empty,
-            empty,
-            empty,
+            *[empty for _ in KINDS],
             FakeAnswer(201, b"{}"),
         )
         import gateway.cli.main as main

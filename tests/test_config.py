@@ -123,7 +123,14 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertEqual(config.store, DEFAULT_STORE)
         self.assertEqual(
             dict(config.seed),
-            {"servers": (), "clusters": (), "consumers": (), "apis": (), "routings": ()},
+            {
+                "certificates": (),
+                "servers": (),
+                "clusters": (),
+                "consumers": (),
+                "apis": (),
+                "routings": (),
+            },
         )
 
     def test_proxyDefaults(self) -> None:
@@ -286,7 +293,7 @@ class ParseConfigTests(SynchronousTestCase):
         """
         e = self.assertError({"proxy": {}}, "proxy.listen", "is required")
         self.assertIsInstance(e, ValueError)
-        self.assertEqual(str(e), "test.yaml: proxy.listen: is required")
+        self.assertEqual(str(e), "test.yaml: proxy.listen: is required (or proxy.tlsListen)")
 
     def test_sectionNotAnObject(self) -> None:
         """

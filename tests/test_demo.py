@@ -122,7 +122,7 @@ class DemoConfigTests(SynchronousTestCase):
         """
         config = loadConfig(str(DEMO_CONFIG))
         self.assertEqual(config.admin.token, "demo-token")
-        self.assertEqual(config.proxy.listen, "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(config.proxy.listen, ("tcp:8080:interface=127.0.0.1",))
         self.assertEqual(
             [(s.name, s.addr, s.healthCheck.path) for s in config.seed["servers"]],
             [

@@ -1577,7 +1577,7 @@ class TimeoutTests(ClientTestCase):
         timer is left behind.
         """
         self.exchange(SIMPLE)
-        sweep = self.client._pools[("127.0.0.1", 8080)].sweep
+        sweep = self.client._pools[("127.0.0.1", 8080, None)].sweep
         d = self.request(timeout=5)
         self.upstreams[0].send(SIMPLE)
         self.successResultOf(d)
@@ -2106,7 +2106,7 @@ async def test_live_bodies(live: Any, size: int) -> None:
         assert (echoed["length"], echoed["sha256"]) == (size, digest)
         assert echoed["host"] == f"127.0.0.1:{live.backend.port}"
     assert echoed["te"] == "chunked"
-    assert len(live.client._pools[("127.0.0.1", live.backend.port)].idle) == 1
+    assert len(live.client._pools[("127.0.0.1", live.backend.port, None)].idle) == 1
 
 
 @implementer(IBodyProducer)

@@ -95,13 +95,15 @@ class OptionsMakeServiceTests(SynchronousTestCase):
     def test_oneProcess(self) -> None:
         """
         With the proxy in the gateway process, the service is a
-        L{MultiService} of the store, the upstream client, the health
-        checks, the admin and the proxy, in that order (the order they
-        start in).
+        L{MultiService} of the store, the DNS discovery, the upstream
+        client, the health checks, the admin and the proxy, in that order
+        (the order they start in).
         """
         service = tap.makeService(self.options(gatewayConfig()))
         self.assertIsInstance(service, MultiService)
-        self.assertEqual(childNames(service), ["store", "upstream", "health", "admin", "proxy"])
+        self.assertEqual(
+            childNames(service), ["store", "discovery", "upstream", "health", "admin", "proxy"]
+        )
         self.assertIsInstance(service.getServiceNamed("proxy").factory, GatewaySite)
         self.assertIsInstance(service.getServiceNamed("admin").factory, AdminSite)
 
@@ -112,7 +114,9 @@ class OptionsMakeServiceTests(SynchronousTestCase):
         config = gatewayConfig(store="file:" + os.path.abspath(self.mktemp()))
         config["proxy"]["workers"] = 2
         service = tap.makeService(self.options(config))
-        self.assertEqual(childNames(service), ["store", "upstream", "health", "admin", "workers"])
+        self.assertEqual(
+            childNames(service), ["store", "discovery", "upstream", "health", "admin", "workers"]
+        )
         pool = service.getServiceNamed("workers")
         self.assertEqual((pool.count, pool.processes, pool.buckets), (2, {}, None))
 
@@ -124,7 +128,7 @@ class OptionsMakeServiceTests(SynchronousTestCase):
         service = tap.makeService(self.options(gatewayConfig(store="etcd://127.0.0.1:1/gw")))
         self.assertEqual(
             childNames(service),
-            ["store", "upstream", "health", "proxy-registry", "admin", "proxy"],
+            ["store", "discovery", "upstream", "health", "proxy-registry", "admin", "proxy"],
         )
         self.assertTrue(ISharedStore.providedBy(service.getServiceNamed("store").store))
 

@@ -94,3 +94,30 @@ class ConfigExampleTests(SynchronousTestCase):
         self.assertEqual(config.store, "file:./gateway-data.json")
         memory = text.replace("store: file:./gateway-data.json", 'store: "memory:"')
         self.assertEqual(parseConfig(yaml.safe_load(memory)).store, "memory:")
+
+    def test_tracing(self) -> None:
+        """
+        The C{tracing:} section of I{Tracing} is valid as it is, and so is
+        it with every commented setting on; the one-line form in the comment
+        of I{Running it} is valid too.
+        """
+        text = codeBlockAfter("## Tracing", "yaml")
+        proxy = {"listen": "tcp:8080:interface=127.0.0.1"}
+        tracing = parseConfig(dict(yaml.safe_load(text), proxy=proxy)).tracing
+        self.assertEqual(tracing.sampleRatio, 0.1)
+        everything = re.sub(r"(?m)^  # ", "  ", text)
+        tracing = parseConfig(dict(yaml.safe_load(everything), proxy=proxy)).tracing
+        self.assertEqual(tracing.headers, {"Authorization": "Bearer ..."})
+        running = codeBlockAfter("## Running it", "yaml")
+        [line] = [line for line in running.splitlines() if line.startswith("# tracing:")]
+        inline = yaml.safe_load(line[2:].split("  #")[0])
+        self.assertEqual(parseConfig(dict(inline, proxy=proxy)).tracing.sampleRatio, 0.1)
+
+    def test_fleetParses(self) -> None:
+        """
+        The config file of I{A fleet} (limits on Redis) is valid as it is.
+        """
+        text = codeBlockAfter("## A fleet: limits held by every gateway, on Redis", "yaml")
+        config: Any = parseConfig(yaml.safe_load(text))
+        self.assertEqual(config.limits.store, "redis://10.0.0.20:6379/0")
+        self.assertEqual(config.limits.onFailure, "local")

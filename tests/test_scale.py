@@ -71,6 +71,34 @@ class _Context:
 # -- a worker's stats, reported by change ------------------------------------------
 
 
+class _Cache:
+    """
+    A response cache's stats, as L{Stats} reads them.
+    """
+
+    def __init__(self, apis: Dict[str, Any]) -> None:
+        self.apis = apis
+        self.memory = {"bytes": 0, "limit": 100, "entries": 0, "evictions": 0}
+
+    def countedAPIs(self) -> List[str]:
+        return list(self.apis)
+
+    def snapshot(self) -> Dict[str, Any]:
+        return {"apis": dict(self.apis), "memory": dict(self.memory)}
+
+
+class _Limits:
+    """
+    The fleet's limits, as L{Stats} reads them.
+    """
+
+    def __init__(self, figures: Dict[str, Any]) -> None:
+        self.figures = figures
+
+    def snapshot(self) -> Dict[str, Any]:
+        return dict(self.figures)
+
+
 class StatsReportTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -159,6 +187,59 @@ class StatsReportTests(SynchronousTestCase):
         self.assertEqual(delta["removed"]["servers"], ["s2"])
         merged = mergeReport(merged, delta)
         self.assertEqual(merged, self.stats.snapshot(self.manager, None))
+
+    def test_withoutRequests(self) -> None:
+        """
+        What changes without a request counted is reported too: an API's
+        WebSocket tunnels (a tunnel closing, its bytes, long after the
+        handshake's request) and its response cache's counts; an API whose
+        tunnels and cache counts did not change is not.
+        """
+        withSocket = resources(50)
+        withSocket["apis"]["a3"] = dict(withSocket["apis"]["a3"], websocket=True)
+        self.manager.apply(StoreState(2, withSocket))
+        cache = _Cache({"a5": {"hit": 0, "stored": 0}})
+        self.stats.cache = cache
+        merged = mergeReport(None, self.report())
+        self.assertEqual(merged["apis"]["a3"]["websocket"]["open"], 0)
+        tunnels = self.stats.websocketCounters("a3")
+        tunnels.opened += 1
+        tunnels.open += 1
+        delta = self.report()
+        self.assertEqual(sorted(delta["apis"]), ["a3"])
+        self.assertEqual(delta["apis"]["a3"]["websocket"]["open"], 1)
+        merged = mergeReport(merged, delta)
+        tunnels.open -= 1
+        cache.apis["a5"] = {"hit": 0, "stored": 1}
+        delta = self.report()
+        self.assertEqual(sorted(delta["apis"]), ["a3", "a5"])
+        self.assertEqual(delta["apis"]["a5"]["cache"], {"hit": 0, "stored": 1})
+        merged = mergeReport(merged, delta)
+        self.assertEqual(merged, self.stats.snapshot(self.manager, None))
+        self.assertEqual(self.report()["apis"], {})
+
+    def test_everythingElseWhole(self) -> None:
+        """
+        A delta carries the rest of the snapshot whole (C{http2},
+        C{accessLog}, C{tracing}, C{limits}, the cache's memory store):
+        merged, it is as the worker has it now; a key the worker no longer
+        has is gone from the merge too.
+        """
+        self.stats.cache = _Cache({})
+        self.stats.limits = _Limits({"mode": "shared", "calls": 1})
+        merged = mergeReport(None, self.report())
+        self.assertEqual(merged["limits"], {"mode": "shared", "calls": 1})
+        self.stats.http2["streams"] = self.stats.http2.get("streams", 0) + 3
+        self.stats.limits = _Limits({"mode": "local", "calls": 2})
+        self.stats.cache.memory = {"bytes": 10, "limit": 100, "entries": 1, "evictions": 0}
+        merged = mergeReport(merged, self.report())
+        self.assertEqual(merged, self.stats.snapshot(self.manager, None))
+        self.assertEqual(merged["http2"]["streams"], 3)
+        self.assertEqual(merged["limits"]["mode"], "local")
+        self.assertEqual(merged["cache"]["bytes"], 10)
+        self.stats.limits = None
+        merged = mergeReport(merged, self.report())
+        self.assertNotIn("limits", merged)
 
     def test_mergeWhole(self) -> None:
         """

@@ -498,3 +498,50 @@ class EndpointTests(SynchronousTestCase):
             self.assertEqual(fields, (8080, 7, interface), what)
             ours = reusePortEndpoint(reactor, description)
             self.assertEqual((ours._port, ours._backlog, ours._interface), fields)
+
+
+class TLSTests(SynchronousTestCase):
+    """
+    C{TLSMemoryBIOProtocol._flushSendBIO} and C{._tlsConnection}:
+    L{gateway.http.tls} replaces the first (its records go out with
+    L{writesoon.writeSoon}), which reads the second.
+    """
+
+    def test_flushSendBIO(self) -> None:
+        """
+        Twisted's TLS protocol still moves OpenSSL's output to its transport
+        in C{_flushSendBIO()}, reading C{_tlsConnection}; the engine's
+        version sends the same bytes (a ClientHello, here).
+        """
+        from twisted.internet.testing import StringTransport
+        from twisted.protocols import tls
+        from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+
+        from gateway.http.tls import UpstreamTLS, _SoonTLSProtocol
+
+        source = inspect.getsource(TLSMemoryBIOProtocol)
+        self.assertIn(
+            "def _flushSendBIO(self)",
+            source,
+            changed(
+                "twisted.protocols.tls.TLSMemoryBIOProtocol._flushSendBIO",
+                "gateway/http/tls.py",
+                "it is gone or takes arguments now",
+            ),
+        )
+        self.assertIn("self._tlsConnection.bio_read(", inspect.getsource(tls))
+        self.assertEqual(parameters(_SoonTLSProtocol._flushSendBIO), ["self"])
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.internet.task import Clock
+
+        factory = TLSMemoryBIOFactory(
+            UpstreamTLS("a.example"), True, Factory.forProtocol(Protocol), Clock()
+        )
+        factory.protocol = _SoonTLSProtocol
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        from OpenSSL.SSL import Connection
+
+        self.assertIsInstance(protocol._tlsConnection, Connection)
+        self.assertTrue(transport.value().startswith(b"\x16\x03"))

@@ -24,7 +24,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.admin import AdminAPI
-from gateway.admin.openapi import openAPIDocument
+from gateway.admin.openapi import EXAMPLES, openAPIDocument
 from gateway.filters import FilterRegistry
 from gateway.model.config import ConfigError, parseConfig
 from gateway.model.limits import ADMIN_LIMITS
@@ -60,12 +60,18 @@ _BOB_HASH = "$2b$10$bA2ec4Nsep.Sz8nsCP2WquVz27qITdIOUEXHNZRTZEPhfg5eqEp3W"
 _RSA_PEM = publicPEM(rsaKey())
 
 FULL: Dict[str, Dict[str, Any]] = {
+    "certificates": dict(EXAMPLES["certificates"], name="k1"),
     "servers": {
         "name": "s1",
         "addr": "127.0.0.1:9001",
         "healthCheck": {"path": "/health", "body": "ok"},
         "circuitBreaker": {},
         "passiveHealth": {},
+        "tls": {
+            "ca": EXAMPLES["certificates"]["cert"],
+            "serverName": "users.internal",
+            "clientCertificate": "k1",
+        },
     },
     "clusters": {"name": "c1", "servers": ["s1"], "loadBalance": "random"},
     "consumers": {
@@ -147,28 +153,65 @@ MOCK_API: Dict[str, Any] = {
     "response": {"headers": {"Content-Type": "text/csv"}, "body": "a,b"},
 }
 
+#: More examples, for what one of FULL cannot hold together (a cluster's
+#: discovery and its servers, an API's mock response and its nodes, a
+#: cache and an aggregation).
+MORE: List[Tuple[str, Dict[str, Any]]] = [
+    (
+        "clusters",
+        {
+            "name": "c2",
+            "loadBalance": "weighted-round-robin",
+            "discovery": {
+                "dns": "_http._tcp.users.service.internal",
+                "type": "SRV",
+                "healthCheck": {"path": "/health", "body": "ok"},
+            },
+        },
+    ),
+    ("apis", MOCK_API),
+    (
+        "apis",
+        {
+            "name": "k1",
+            "urlPattern": "/k",
+            "nodes": [{"cluster": "c1"}],
+            "cache": {
+                "ttl": 30,
+                "varyOn": ["header:Accept-Language"],
+                "store": "redis",
+                "requestCacheControl": "honour",
+            },
+        },
+    ),
+]
+
 
 def examples() -> Iterator[Tuple[str, Dict[str, Any]]]:
     """
-    @return: C{(kind, body)} of every example: L{FULL}'s and L{MOCK_API}.
+    @return: C{(kind, body)} of every example: L{FULL}'s and L{MORE}.
     """
     yield from FULL.items()
-    yield "apis", MOCK_API
+    yield from MORE
 
 
 #: Paths of a request line: no control character, no space.
 PATHS = {
     ("servers", "healthCheck.path"),
+    ("clusters", "discovery.healthCheck.path"),
     ("apis", "urlPattern"),
     ("apis", "nodes[0].urlRewrite"),
 }
 
 #: Free text: control characters are allowed (a body may hold a newline).
-FREE_TEXT = {("servers", "healthCheck.body")}
+FREE_TEXT = {("servers", "healthCheck.body"), ("clusters", "discovery.healthCheck.body")}
 
 #: Free text whose content a rule checks (a PEM document): control
 #: characters are allowed, but what they make of it is refused by the rule.
 CHECKED_TEXT = {("consumers", "credentials[5].publicKey")}
+#: PEM text: lines (CR and LF allowed) of printable ASCII (other control
+#: characters refused).
+PEM_TEXT = {("certificates", "cert"), ("certificates", "key"), ("servers", "tls.ca")}
 
 #: Free-form JSON: strings are checked for valid Unicode only.
 FREE_JSON = {
@@ -338,6 +381,9 @@ class ControlCharacterTests(SynchronousTestCase):
             for path, value in stringLeaves(body):
                 for bad in (value + "\r\nX-Injected: 1", value[:1] + "\x00" + value[1:]):
                     changed = replaced(body, path, bad)
+                    if (kind, path) in PEM_TEXT and "\x00" not in bad:
+                        parseResource(kind, changed)
+                        continue
                     if (kind, path) in FREE_TEXT | FREE_JSON:
                         parseResource(kind, changed)
                         continue
@@ -386,6 +432,8 @@ class ControlCharacterTests(SynchronousTestCase):
 
         def visit(schema: Any, where: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
             if isinstance(schema, dict):
+                if schema.get("readOnly"):
+                    return  # (answered, never read)
                 if schema.get("type") == "string" and "enum" not in schema:
                     yield where, schema
                 for key, value in schema.items():
@@ -395,9 +443,13 @@ class ControlCharacterTests(SynchronousTestCase):
                     yield from visit(value, f"{where}/{i}")
 
         seen = 0
-        for kind in ("Server", "Cluster", "API", "Routing"):
+        for kind in ("Certificate", "Server", "Cluster", "API", "Routing"):
             for where, schema in visit(schemas[kind], kind):
                 if where.endswith("healthCheck/properties/body") or "allOf" in where:
+                    continue
+                if where.endswith(("/cert", "/key", "tls/properties/ca")):
+                    # PEM: lines of printable ASCII.
+                    self.assertIsNone(re.search(schema["pattern"], "a\x00b"), where)
                     continue
                 seen += 1
                 self.assertIn("pattern", schema, where)
@@ -901,6 +953,7 @@ class DocumentAgreesTests(SynchronousTestCase):
 
     def agree(self, kind: str, body: Dict[str, Any], valid: bool) -> None:
         name = {
+            "certificates": "Certificate",
             "servers": "Server",
             "clusters": "Cluster",
             "consumers": "Consumer",
@@ -974,6 +1027,10 @@ class DocumentAgreesTests(SynchronousTestCase):
         for kind, body in examples():
             for path, value in stringLeaves(body):
                 if (kind, path) in FREE_TEXT | FREE_JSON | CHECKED_TEXT:
+                    continue
+                if (kind, path) in PEM_TEXT:
+                    # (Lines: a newline is PEM's own; a NUL is not.)
+                    self.agree(kind, replaced(body, path, value[:1] + "\x00" + value[1:]), False)
                     continue
                 covered.add(f"{kind}:{path}")
                 # Inside the value: Python's jsonschema reads "$" as Python

@@ -36,6 +36,7 @@ from harness import (
     freePort,
     request,
     startBackend,
+    startWebSocketBackend,
     subprocessEnv,
     waitFor,
 )
@@ -895,6 +896,48 @@ class BrowserTests:
             [40 / 2, 10 * 100 / 40, 400.0 / 40, percentile(delta, 0.5), percentile(delta, 0.99)]
         )
 
+    def test_discoveredServers(self, browser: Browser) -> None:
+        """
+        DNS discovery in the UI: a server that names a host shows the
+        addresses it was found at (from the hosts file here: localhost),
+        on the list and on its page; a cluster's DNS discovery is set
+        through its form (the SRV name, no servers listed) and shown on the
+        list.
+        """
+        page, gateway = browser.page, browser.gateway
+        ok = browser.backends["ok"]
+        gateway.admin("PUT", "/api/v1/servers/named", {"addr": f"localhost:{ok.port}"})
+        browser.login()
+        browser.go("/servers")
+        row = page.locator('tr[data-name="named"]')
+        row.get_by_text("\u2192 127.0.0.1").wait_for()
+        row.get_by_text("1/1 healthy").wait_for()
+        browser.go("/servers/named")
+        page.locator('tr[data-discovered="named@127.0.0.1"]').get_by_text(
+            f"127.0.0.1:{ok.port}"
+        ).wait_for()
+        browser.screenshot("server-discovered")
+
+        browser.go("/clusters/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("found")
+        page.get_by_label("Load balancing").select_option("weighted-round-robin")
+        page.get_by_text("Enable dns discovery").click()
+        page.get_by_label("DNS name (SRV)").fill("_http._tcp.users.service.internal")
+        page.get_by_label("Health check path").fill("/health")
+        browser.submit("Create cluster")
+        page.get_by_role("heading", name="Clusters", level=1).wait_for()
+        cluster = gateway.admin("GET", "/api/v1/clusters/found")
+        assert cluster["servers"] == []
+        assert cluster["discovery"]["dns"] == "_http._tcp.users.service.internal"
+        assert cluster["discovery"]["healthCheck"]["path"] == "/health"
+        found = page.locator('tr[data-name="found"]')
+        found.get_by_text("_http._tcp.users.service.internal").wait_for()
+        browser.screenshot("clusters-discovery")
+        browser.go("/clusters/found/edit")
+        page.get_by_role("heading", name="Discovered servers").wait_for()
+        assert page.get_by_label("DNS name (SRV)").input_value() == cluster["discovery"]["dns"]
+        browser.screenshot("cluster-discovery-form")
+
     def test_deleteFromTheList(self, browser: Browser) -> None:
         """
         Deleting asks first; a cluster still used by an API is refused with
@@ -1037,6 +1080,183 @@ class BrowserTests:
         assert api["auth"]["jwt"]["audiences"] == ["orders"]
         assert api["acl"] == {"allow": ["gold"], "deny": []}
         assert gateway.proxy("/ui/guarded").status == 401
+
+    def test_apiCache(self, browser: Browser) -> None:
+        """
+        An API's response cache is set through the API form: a varyOn of
+        consumer without authentication is refused next to its input; the
+        fixed cache is stored as entered and the proxy answers from it; the
+        APIs list shows its hit ratio, the API page what the cache did, and
+        its Purge button empties it (the next request is a miss).
+        """
+        page, gateway = browser.page, browser.gateway
+        gateway.admin("PUT", "/api/v1/servers/k1", {"addr": browser.backends["ok"].addr})
+        gateway.admin("PUT", "/api/v1/clusters/cache-ui", {"servers": ["k1"]})
+        browser.login()
+        browser.go("/apis/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("cached-ui")
+        page.get_by_label("URL pattern").fill("/ui/cached/*")
+        page.get_by_label("Node 1 cluster").select_option("cache-ui")
+        page.get_by_label("Node 1 URL rewrite").fill("/echo/{*}")
+        page.locator("summary", has_text="Response cache").click()
+        page.get_by_text("Enable response cache").click()
+        page.get_by_label("TTL (s)").fill("120")
+        page.get_by_label("Vary on").fill("header:Accept-Language\nconsumer")
+        browser.submit("Create API")
+        assert "consumer needs auth" in browser.errorNextTo("cache.varyOn")
+        page.get_by_label("Vary on").fill("header:Accept-Language")
+        page.get_by_label("Collapse wait (s)").fill("2")
+        browser.submit("Create API")
+        page.get_by_role("heading", name="APIs", level=1).wait_for()
+        saved = gateway.admin("GET", "/api/v1/apis/cached-ui")
+        assert saved["cache"] == {
+            "ttl": 120,
+            "maxBodySize": 1048576,
+            "varyOn": ["header:Accept-Language"],
+            "store": "memory",
+            "keepStale": 300,
+            "collapseTimeout": 2,
+            "requestCacheControl": "ignore",
+        }
+        sendUntil(gateway, "/ui/cached/x", 200, "the cached API to serve")
+        for _ in range(3):
+            answer = gateway.proxy("/ui/cached/x")
+            assert (answer.header("cache-status") or "").startswith("gateway; hit"), answer.headers
+        row = page.locator("tr", has=page.get_by_role("link", name="cached-ui", exact=True))
+        row.get_by_text("cache 120s").wait_for()
+        page.wait_for_function(
+            """() => [...document.querySelectorAll("td.num")].some(
+                (td) => /^[1-9][0-9.]*%$/.test(td.textContent)
+                    && td.closest("tr").textContent.includes("cached-ui"))"""
+        )
+        browser.go("/apis/cached-ui/edit")
+        summary = page.locator("[data-cache-summary]")
+        summary.get_by_text("hits").wait_for()
+        assert "hit ratio" in summary.inner_text()
+        browser.screenshot("api-cache")
+        page.get_by_role("button", name="Purge cache").click()
+        page.get_by_text("Purged the cache of cached-ui").wait_for()
+        miss = gateway.proxy("/ui/cached/x")
+        assert miss.header("cache-status") == "gateway; fwd=uri-miss; stored", miss.headers
+
+    def test_certificatesPage(self, browser: Browser) -> None:
+        """
+        A certificate pasted into the form is created; the list shows its
+        SNIs, subject and expiry (never its key); editing it shows an empty
+        key field, and saving without a key keeps the stored one; a server's
+        TLS section names it as the client certificate, and an invalid key
+        is shown next to the key field.
+        """
+        from tlsfixtures import CertificateAuthority
+
+        page, gateway = browser.page, browser.gateway
+        ca = CertificateAuthority()
+        issued = ca.issue(["ui.example.com"], days=10)
+        other = ca.issue(["other.example.com"])
+        browser.login()
+        browser.nav("Certificates")
+        page.get_by_role("link", name="New certificate").first.click()
+        page.get_by_role("textbox", name="Name", exact=True).fill("ui-cert")
+        page.get_by_label("SNIs").fill("ui.example.com, *.ui.example.org")
+        page.get_by_label("Certificate chain (PEM)").fill(issued.chain)
+        page.get_by_label("Private key (PEM)").fill(other.keyPEM)
+        browser.submit("Create certificate")
+        assert "does not match cert" in browser.errorNextTo("key")
+        page.get_by_label("Private key (PEM)").fill(issued.keyPEM)
+        browser.submit("Create certificate")
+        page.get_by_role("heading", name="Certificates", level=1).wait_for()
+        row = page.locator('tr[data-name="ui-cert"]')
+        row.get_by_text("CN=ui.example.com").wait_for()
+        assert "*.ui.example.org" in row.inner_text()
+        expiry = row.locator(".expiry").inner_text()
+        assert "in 9 days" in expiry or "in 10 days" in expiry, expiry
+        assert "PRIVATE KEY" not in page.content()
+        browser.screenshot("certificates")
+
+        browser.go("/certificates/ui-cert/edit")
+        key = page.get_by_label("Private key (PEM)")
+        key.wait_for()
+        assert key.input_value() == ""
+        page.get_by_label("SNIs").fill("ui.example.com")
+        browser.submit("Save changes")
+        page.get_by_role("heading", name="Certificates", level=1).wait_for()
+        stored = gateway.admin("GET", "/api/v1/certificates/ui-cert")
+        assert stored["snis"] == ["ui.example.com"] and "key" not in stored
+
+        browser.go("/servers/new")
+        page.get_by_role("textbox", name="Name", exact=True).fill("secure1")
+        page.get_by_label("Address").fill("127.0.0.1:8443")
+        page.get_by_text("Enable tls").click()
+        page.get_by_label("Server name").fill("backend.internal")
+        page.get_by_label("Client certificate").select_option("ui-cert")
+        browser.submit("Create server")
+        page.get_by_role("heading", name="secure1", level=1).wait_for()
+        page.get_by_role("link", name="ui-cert").wait_for()
+        server = gateway.admin("GET", "/api/v1/servers/secure1")
+        assert server["tls"] == {
+            "verify": True,
+            "ca": None,
+            "serverName": "backend.internal",
+            "clientCertificate": "ui-cert",
+        }
+
+    def test_websocketAPI(self, browser: Browser, tmp_path: Path) -> None:
+        """
+        WebSocket pass-through in the UI: an API made a WebSocket one
+        through the form is stored so (an invalid idle timeout is named next
+        to its input); the API list marks it and shows its open tunnels
+        live, and the dashboard their total.
+        """
+        from websockets.sync.client import connect
+
+        page, gateway = browser.page, browser.gateway
+        echo = startWebSocketBackend(tmp_path)
+        try:
+            gateway.admin("PUT", "/api/v1/servers/wsb", {"addr": echo.addr})
+            gateway.admin("PUT", "/api/v1/clusters/wsc", {"servers": ["wsb"]})
+            browser.login()
+            browser.go("/apis/new")
+            page.get_by_role("textbox", name="Name", exact=True).fill("chat")
+            page.get_by_label("URL pattern").fill("/ui/chat")
+            page.get_by_label("Node 1 cluster").select_option("wsc")
+            assert page.get_by_label("Idle timeout (s)").is_hidden()
+            page.get_by_label("Relay WebSocket connections").check()
+            page.get_by_label("Idle timeout (s)").fill("-1")
+            page.get_by_label("Max open").fill("5")
+            browser.screenshot("api-form-websocket")
+            browser.submit("Create API")
+            assert browser.errorNextTo("websocketIdleTimeout") == "must be at least 0"
+            page.get_by_label("Idle timeout (s)").fill("120")
+            browser.submit("Create API")
+            page.get_by_role("heading", name="APIs", level=1).wait_for()
+            saved = gateway.admin("GET", "/api/v1/apis/chat")
+            assert (saved["websocket"], saved["websocketIdleTimeout"], saved["maxWebsockets"]) == (
+                True,
+                120,
+                5,
+            )
+            row = page.locator('tr[data-name="chat"]')
+            row.get_by_text("WebSocket", exact=True).wait_for()
+            tunnels = row.locator('span[title^="open tunnels"]')
+            url = gateway.proxyURL.replace("http://", "ws://", 1) + "/ui/chat"
+            with connect(url, proxy=None, ping_interval=None, open_timeout=10) as ws:
+                ws.send("hi")
+                assert ws.recv(timeout=10) == "hi"
+                page.wait_for_function(
+                    "() => document.querySelector("
+                    "'tr[data-name=chat] span[title^=\"open tunnels\"]')?.textContent === '1'"
+                )
+                assert "1 opened" in (tunnels.get_attribute("title") or "")
+                browser.screenshot("apis-websocket")
+                browser.go("/")
+                page.wait_for_function(
+                    "() => document.querySelector('[data-kpi=websockets]')?.textContent === '1'"
+                )
+            page.wait_for_function(
+                "() => document.querySelector('[data-kpi=websockets]')?.textContent === '0'"
+            )
+        finally:
+            echo.stop()
 
 
 # Runs git: an integration test.

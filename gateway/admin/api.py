@@ -1,7 +1,13 @@
 """
 The admin REST API, under C{/api/v1}: create, read, replace and delete
-servers, clusters, apis and routings, and look at the live proxies and their
-statistics.
+certificates, servers, clusters, apis and routings, and look at the live
+proxies and their statistics.
+
+A write-only field (a certificate's private key) is stored and never
+answered: every answer shows a resource through
+L{gateway.model.resources.publicJSON}, and a write that leaves the field out
+keeps the stored one (L{gateway.admin.batch.keepStored}, for single writes
+and batches alike).
 
 Every write follows one path: read the store, parse and check the new
 resource, check the references between resources and the caller's validator
@@ -46,10 +52,16 @@ from zope.interface import implementer
 from gateway.admin import batch as many
 from gateway.admin.openapi import openAPIDocument
 from gateway.interfaces import IPropagation
-from gateway.model.consumers import consumerConflicts, publicConsumer
-from gateway.model.resources import Catalog, CatalogParser, parseResource
+from gateway.model.consumers import consumerConflicts
+from gateway.model.resources import (
+    Catalog,
+    CatalogParser,
+    parseResource,
+    publicJSON,
+)
 from gateway.model.resources import ReferenceError as ModelReferenceError
 from gateway.model.schema import ValidationError, toJSON
+from gateway.redis.client import RedisError
 from gateway.store import KINDS, Change, ConflictError, StoreError, StoreState
 
 #: The prefix of every route of the REST API.
@@ -222,16 +234,6 @@ def _jsonEndpoint(
     return decorate
 
 
-def _present(kind: str, value: Any) -> Any:
-    """
-    @return: a stored resource as the admin answers it: a consumer without
-        its credentials' secrets and hashes.
-    """
-    if kind == "consumers" and isinstance(value, dict):
-        return publicConsumer(value)
-    return value
-
-
 def _hasPassword(body: Dict[str, Any]) -> bool:
     credentials = body.get("credentials")
     return isinstance(credentials, list) and any(
@@ -277,6 +279,7 @@ class AdminAPI:
         propagationTimeout: float = 2.0,
         runInThread: Optional[Callable[..., Deferred]] = None,
         maxBatchBodySize: int = MAX_BATCH_BODY,
+        purgeCache: Optional[Callable[[str], Deferred]] = None,
     ) -> None:
         """
         @param store: the L{gateway.interfaces.IStore} provider to serve.
@@ -313,6 +316,11 @@ class AdminAPI:
         @param maxBatchBodySize: the largest body of C{POST /api/v1/batch}
             and C{PUT /api/v1/config}, in bytes (the site must let such
             bodies through: L{bodyLimitFor}).
+        @param purgeCache: C{purgeCache(name)} drops an API's response
+            cache entries (see L{gateway.cache.purges}) and returns a
+            Deferred of what it did, a JSON object; it fails with
+            L{gateway.redis.client.RedisError} when the fleet's Redis
+            could not be told.  By default there is no cache to purge.
         """
         self._maxBatchBodySize = maxBatchBodySize
         self._runInThread = runInThread if runInThread is not None else _inline
@@ -328,6 +336,7 @@ class AdminAPI:
         self._metrics = metrics
         self._parser = parser if parser is not None else CatalogParser()
         self._ready = ready if ready is not None else (lambda: True)
+        self._purgeCache = purgeCache
 
     def bodyLimitFor(self, method: bytes, host: Optional[bytes], path: bytes) -> Optional[int]:
         """
@@ -564,7 +573,9 @@ class AdminAPI:
         state = await self._store.load()
         items = state.resources[kind]
         return _Answer(
-            200, [_present(kind, items[name]) for name in sorted(items)], _revision(state.revision)
+            200,
+            [publicJSON(kind, items[name]) for name in sorted(items)],
+            _revision(state.revision),
         )
 
     @app.route(PREFIX + "/" + _KIND + "/<name>", methods=["GET", "PUT", "DELETE"])
@@ -584,7 +595,41 @@ class AdminAPI:
             error = self._notFound(kind, name)
             error.headers.update(_revision(state.revision))
             raise error
-        return _Answer(200, _present(kind, value), _revision(state.revision))
+        return _Answer(200, publicJSON(kind, value), _revision(state.revision))
+
+    @app.route(PREFIX + "/apis/<name>/cache", methods=["DELETE"])
+    @_jsonEndpoint()
+    async def purgeCache(self, request: IRequest, name: str) -> _Answer:
+        """
+        C{DELETE /api/v1/apis/NAME/cache}: purge an API's response cache,
+        in every proxy process of this gateway and, with Redis, of the
+        fleet (see L{gateway.cache.purges}).
+        """
+        state = await self._store.load()
+        if state.get("apis", name) is None:
+            error = self._notFound("apis", name)
+            error.headers.update(_revision(state.revision))
+            raise error
+        if self._purgeCache is None:
+            answer: Dict[str, Any] = {
+                "api": name,
+                "entries": 0,
+                "processes": 0,
+                "complete": True,
+                "redis": False,
+            }
+        else:
+            try:
+                answer = await self._purgeCache(name)
+            except RedisError as e:
+                raise APIError(
+                    503,
+                    f"Redis did not take the purge ({e}): the fleet's entries are not purged;"
+                    " this gateway's memory entries are",
+                    api=name,
+                )
+        self.log.info("purged the response cache of API {api}", api=name)
+        return _Answer(200, answer, _revision(state.revision))
 
     @app.route(PREFIX + "/proxies", methods=["GET"])
     @_jsonEndpoint()
@@ -685,12 +730,12 @@ class AdminAPI:
         createOnly = name is None
         try:
             if kind == "consumers" and _hasPassword(body):
-                parsed = await self._runInThread(parseResource, kind, body, name)
+                sent = await self._runInThread(parseResource, kind, body, name)
             else:
-                parsed = parseResource(kind, body, name)
+                sent = parseResource(kind, body, name)
         except ValidationError as e:
             raise APIError.invalid(e)
-        name = parsed.name
+        name = sent.name
         location = f"{PREFIX}/{kind}/{name}".encode("ascii")
 
         async def attempt(state: StoreState) -> Tuple[_Answer, List[Change]]:
@@ -698,12 +743,13 @@ class AdminAPI:
             if existing is not None and createOnly:
                 raise APIError(409, f"{kind[:-1]} {name!r} already exists", "name")
             try:
-                resource = many.keepStored(kind, parsed, self._catalogOf(state))
+                resource = many.keepStored(kind, sent, self._catalogOf(state))
             except ValidationError as e:
                 raise APIError.invalid(e)
             value = _normalise(toJSON(resource))
+            shown = publicJSON(kind, value)
             if existing is not None and _normalise(existing) == value:
-                return _Answer(200, _present(kind, value)), []
+                return _Answer(200, shown), []
             catalog = self._catalogOf(state).withResource(kind, name, resource)
             for _, _, fieldName, targetKind, target in (
                 ref for ref in catalog.brokenReferences() if ref[:2] == (kind, name)
@@ -713,11 +759,16 @@ class AdminAPI:
                 for other, fieldName, message in consumerConflicts(catalog.consumers, name):
                     if other == name:
                         raise APIError(409, message, fieldName)
+            if kind == "certificates":
+                for _, i, sni, other in catalog.sniConflicts(last=name)[:1]:
+                    raise APIError(
+                        409, f"{sni!r} is an SNI of certificate {other!r} already", f"snis[{i}]"
+                    )
             await self._check(catalog, f"{kind}/{name}")
             if existing is None:
-                answer = _Answer(201, _present(kind, value), {b"Location": location})
+                answer = _Answer(201, shown, {b"Location": location})
             else:
-                answer = _Answer(200, _present(kind, value))
+                answer = _Answer(200, shown)
             return answer, [Change(kind, name, value)]
 
         return await self._commit(attempt, everywhere)
@@ -780,7 +831,7 @@ class AdminAPI:
             return await self._writeMany(batch, everywhere)
         state = await self._store.load()
         config = {
-            kind: [_present(kind, value) for value in values]
+            kind: [publicJSON(kind, value) for value in values]
             for kind, values in many.configOf(state.resources).items()
         }
         return _Answer(200, config, _revision(state.revision))
@@ -817,6 +868,12 @@ class AdminAPI:
             conflicts = [
                 (rename(f"consumers/{name}:{field}"), message)
                 for name, field, message in consumerConflicts(plan.catalog.consumers)
+            ] + [
+                (
+                    rename(f"certificates/{name}:snis[{i}]"),
+                    f"{sni!r} is an SNI of certificate {other!r} already",
+                )
+                for name, i, sni, other in plan.catalog.sniConflicts()
             ]
             if conflicts:
                 raise _conflicts(conflicts)

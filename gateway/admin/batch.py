@@ -22,8 +22,14 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import attrs
 
 from gateway.model.consumers import keepCredentials
-from gateway.model.resources import KINDS, Catalog, parseResource
-from gateway.model.schema import NAME_RE, ValidationError, displayKey, toJSON
+from gateway.model.resources import (
+    KINDS,
+    RESOURCE_CLASSES,
+    Catalog,
+    missingSecrets,
+    parseResource,
+)
+from gateway.model.schema import NAME_RE, ValidationError, displayKey, toJSON, writeOnlyFields
 
 #: The operations of a batch's changes.
 OPS = ("put", "delete")
@@ -276,15 +282,49 @@ def parseItems(batch: Batch) -> Parsed:
 def keepStored(kind: str, obj: Any, catalog: Catalog) -> Any:
     """
     The resource to write for C{obj}: the same, but keeping the write-only
-    secrets of the stored one that it leaves out (a consumer's credentials
-    sent without their secrets keep the stored ones).  The one place that
-    knows which kinds have such fields: single writes and batches both ask
-    it.
+    secrets of the stored one that it leaves out.  A write-only field of
+    the resource (a certificate's C{key}: it is never shown, so an exported
+    resource lacks it) left out takes the stored one, and the resource is
+    checked again with it (a renewed certificate must still match the
+    stored key); a consumer's credentials sent without their secrets keep
+    the stored ones.  The one place that knows how secrets are kept:
+    single writes and batches both ask it.
 
     @param catalog: the catalog of the state written to.
     @raise ValidationError: when a secret left out has no stored one to
-        keep.
+        keep, or the stored one does not fit what was sent (each error
+        names the resource's own field: C{key}, C{credentials[0]}).
     """
+    secrets = writeOnlyFields(RESOURCE_CLASSES[kind])
+    if secrets:
+        stored = catalog.kind(kind).get(obj.name)
+        kept = {
+            name: getattr(stored, name)
+            for name in secrets
+            if getattr(obj, name) is None
+            and stored is not None
+            and getattr(stored, name) is not None
+        }
+        if kept:
+            data = dict(toJSON(obj), **kept)
+            try:
+                obj = parseResource(kind, data)
+            except ValidationError as e:
+                raise ValidationError.collect(
+                    [
+                        type(leaf)(
+                            leaf.field,
+                            leaf.message + " (the stored one, as none was sent)"
+                            if leaf.field in kept
+                            else leaf.message,
+                            leaf.semantic,
+                        )
+                        for leaf in e.errors
+                    ]
+                )
+        missing = missingSecrets(obj)
+        if missing:
+            raise ValidationError.collect([type(e)(e.field, e.message, True) for e in missing])
     if kind == "consumers":
         return keepCredentials(obj, catalog.consumers.get(obj.name))
     return obj

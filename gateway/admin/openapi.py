@@ -4,10 +4,10 @@ C{GET /api/v1/openapi.json}.
 
 The resource schemas are not written here: they are generated from the
 model (L{gateway.model.schema.jsonSchema} of the classes of
-L{gateway.model.resources}: C{Server}, C{Cluster}, C{Consumer}, C{API},
-C{Routing}),
-the same field specs that parse and validate the admin's input, so the
-document cannot drift from what the API accepts.  What this module adds is
+L{gateway.model.resources}: C{Certificate}, C{Server}, C{Cluster},
+C{Consumer}, C{API}, C{Routing}), the same field specs that parse and
+validate the admin's input, so the document cannot drift from what the API
+accepts.  What this module adds is
 the shape of the API around them (see L{gateway.admin.api}): the routes,
 their statuses and the error shape.
 
@@ -30,9 +30,10 @@ from typing import Any, Dict, List, Optional
 from twisted.web.resource import IResource, Resource
 
 import gateway
+from gateway.cache.engine import RESULTS as CACHE_RESULTS
 from gateway.model.resources import RESOURCE_CLASSES
 from gateway.model.schema import jsonSchema
-from gateway.telemetry.stats import ERROR_KINDS, REJECT_REASONS
+from gateway.telemetry.stats import ERROR_KINDS, HTTP2_COUNTS, REJECT_REASONS
 
 #: OpenAPI version of the document.
 OPENAPI_VERSION = "3.0.3"
@@ -40,6 +41,7 @@ PREFIX = "/api/v1"
 
 #: kind (URL segment) -> (schema name, singular for summaries, tag).
 KIND_NAMES: Dict[str, Any] = {
+    "certificates": ("Certificate", "certificate", "Certificates"),
     "servers": ("Server", "server", "Servers"),
     "clusters": ("Cluster", "cluster", "Clusters"),
     "consumers": ("Consumer", "consumer", "Consumers"),
@@ -105,6 +107,31 @@ WAIT_PARAMETER = {
 #: A valid body for each kind, shown in the document (and sent to a real
 #: admin by the tests, so an example that stops being valid fails them).
 EXAMPLES: Dict[str, Dict[str, Any]] = {
+    # A self-signed example made for this document (P-256, valid to 2125):
+    # its key guards nothing.
+    "certificates": {
+        "name": "example",
+        "cert": (
+            "-----BEGIN CERTIFICATE-----\n"
+            "MIIBZTCCAQugAwIBAgIUXywWBR+ULKeBTipn7jMwSU2z7W0wCgYIKoZIzj0EAwIw\n"
+            "GjEYMBYGA1UEAwwPYXBpLmV4YW1wbGUuY29tMCAXDTI2MDEwMTAwMDAwMFoYDzIx\n"
+            "MjUxMjA4MDAwMDAwWjAaMRgwFgYDVQQDDA9hcGkuZXhhbXBsZS5jb20wWTATBgcq\n"
+            "hkjOPQIBBggqhkjOPQMBBwNCAATwEOuAVhPaXY6191kNiSk3HgJLDmr+qwvXrLHB\n"
+            "7KBs5xgERWpT9j9HdETaV/knkbs35A4Tp7xpe2wm7r+8AxmCoy0wKzApBgNVHREE\n"
+            "IjAggg9hcGkuZXhhbXBsZS5jb22CDSouZXhhbXBsZS5vcmcwCgYIKoZIzj0EAwID\n"
+            "SAAwRQIgZWf56IRhxhWGkBNinalkfa8Hj9DJApEqjCS+KBqcs0YCIQCcuGtSA5JK\n"
+            "tQDtHDL92Ok5TOkmcHfvBgJ8h0A/5HsCfg==\n"
+            "-----END CERTIFICATE-----\n"
+        ),
+        "key": (
+            "-----BEGIN PRIVATE KEY-----\n"
+            "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg6NpUSV7J0HcZkRSb\n"
+            "RkW2vnW3zv2/WqneV7WLlBH+VrahRANCAATwEOuAVhPaXY6191kNiSk3HgJLDmr+\n"
+            "qwvXrLHB7KBs5xgERWpT9j9HdETaV/knkbs35A4Tp7xpe2wm7r+8AxmC\n"
+            "-----END PRIVATE KEY-----\n"
+        ),
+        "snis": ["api.example.com", "*.example.org"],
+    },
     "servers": {
         "name": "users-1",
         "addr": "10.0.0.11:8080",
@@ -112,6 +139,7 @@ EXAMPLES: Dict[str, Dict[str, Any]] = {
         "maxQPS": 500,
         "healthCheck": {"path": "/health", "interval": 5, "timeout": 2},
         "circuitBreaker": {"failureRateToOpen": 50, "minRequests": 20, "openTimeout": 30},
+        "tls": {"verify": True, "serverName": "users.internal"},
     },
     "clusters": {"name": "users", "servers": ["users-1"], "loadBalance": "least-connections"},
     "consumers": {
@@ -203,7 +231,7 @@ def _withoutRequired(schema: Dict[str, Any], name: str) -> Dict[str, Any]:
 
 def resourceSchemas() -> Dict[str, Dict[str, Any]]:
     """
-    @return: the generated component schemas of the four kinds: C{Server},
+    @return: the generated component schemas of every kind: C{Server},
         C{ServerCreate}, C{ServerReplace}, and so on.
     """
     schemas: Dict[str, Dict[str, Any]] = {}
@@ -231,6 +259,29 @@ def _counts(keys: Any) -> Dict[str, Any]:
         "properties": {k: {"type": "integer", "minimum": 0} for k in keys},
         "required": list(keys),
         "additionalProperties": {"type": "integer", "minimum": 0},
+    }
+
+
+def certificateStats() -> Dict[str, Any]:
+    """
+    @return: the schema of a certificate in the stats: what the admin shows
+        of it (L{gateway.model.resources.Certificate.derived}), its SNIs,
+        and the seconds left until it expires.
+    """
+    from gateway.model.resources import Certificate
+
+    properties: Dict[str, Any] = {
+        name: copy.deepcopy(dict(schema)) for name, schema in Certificate.derived.items()
+    }
+    properties["snis"] = {"type": "array", "items": {"type": "string"}}
+    properties["expiresIn"] = {
+        "type": "number",
+        "description": "seconds until notAfter (negative once expired)",
+    }
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": ["subject", "sans", "snis", "notAfter", "fingerprint", "expiresIn"],
     }
 
 
@@ -281,8 +332,36 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
     }
     apiStats = {
         "type": "object",
-        "properties": dict(counted, breaker=_ref("BreakerState")),
+        "properties": dict(counted, breaker=_ref("BreakerState"), cache=_ref("CacheCounts")),
         "required": ["requests", "errors", "rejects", "latency"],
+    }
+    count = {"type": "integer", "minimum": 0}
+    cacheCounts = {
+        "type": "object",
+        "description": (
+            "An API's response cache (when it has one): its answers by what the cache did:"
+            " hit (from the cache), collapsed (from another request's forward), stale"
+            " (forwarded to revalidate a stale entry), revalidated (of those, refreshed by a"
+            " 304), miss (forwarded), bypass (not looked up: a method that is not cached,"
+            " Redis away); stored: answers stored; hitRatio: (hit + collapsed) / (hit +"
+            " collapsed + stale + miss), null before any."
+        ),
+        "properties": {
+            **{key: count for key in CACHE_RESULTS},
+            "stored": count,
+            "hitRatio": {"type": "number", "nullable": True, "minimum": 0, "maximum": 1},
+        },
+        "required": list(CACHE_RESULTS) + ["stored", "hitRatio"],
+    }
+    cacheMemory = {
+        "type": "object",
+        "description": (
+            "The memory stores of the response cache (one per proxy process, summed): bytes"
+            " held, their limit (proxy.cache.memoryBytes each), entries, evictions (entries"
+            " dropped to make room)."
+        ),
+        "properties": {key: count for key in ("bytes", "limit", "entries", "evictions")},
+        "required": ["bytes", "limit", "entries", "evictions"],
     }
     serverStats = {
         "type": "object",
@@ -300,6 +379,26 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
             upstreamFailures={"type": "integer", "minimum": 0},
             health=dict(anything, nullable=True, description="the active health check"),
             breaker=_ref("BreakerState"),
+            discovered={
+                "type": "object",
+                "description": (
+                    "how DNS discovery found this server (absent for a configured one):"
+                    " type A (an address of the host name of server) or SRV (a record of"
+                    " the discovery of cluster), the name looked up (dns), the address;"
+                    " for SRV the record's target, priority and weight"
+                ),
+                "properties": {
+                    "type": {"type": "string", "enum": ["A", "SRV"]},
+                    "server": {"type": "string"},
+                    "cluster": {"type": "string"},
+                    "dns": {"type": "string"},
+                    "address": {"type": "string"},
+                    "target": {"type": "string"},
+                    "priority": {"type": "integer"},
+                    "weight": {"type": "integer"},
+                },
+                "required": ["type", "dns", "address"],
+            },
         ),
         "required": ["requests", "errors", "rejects", "latency"],
     }
@@ -323,24 +422,141 @@ def _statsSchemas() -> Dict[str, Dict[str, Any]]:
             },
             "apis": {"type": "object", "additionalProperties": _ref("APIStats")},
             "servers": {"type": "object", "additionalProperties": _ref("ServerStats")},
+            "certificates": {
+                "type": "object",
+                "description": "The certificates this gateway serves (never their keys).",
+                "additionalProperties": _ref("CertificateStats"),
+            },
+            "sendTimeouts": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Clients cut off for taking nothing of their answer",
+            },
+            "http2": {
+                "type": "object",
+                "description": (
+                    "HTTP/2 to clients: connections made, streams opened (one request"
+                    " each), streams the clients reset, connections ended for a flood"
+                    " (GOAWAY ENHANCE_YOUR_CALM)."
+                ),
+                "properties": {key: {"type": "integer", "minimum": 0} for key in HTTP2_COUNTS},
+            },
             "revision": {"type": "integer", "nullable": True},
             "at": {"type": "number", "nullable": True},
             "proxies": {"type": "object", "additionalProperties": _ref("Stats")},
+            "discovery": {
+                "type": "object",
+                "description": (
+                    "DNS discovery: each host name (hosts) and SRV name (services) looked"
+                    " up, with what it gives (values), its TTL, when it was last answered"
+                    " and is looked up next, and since when its lookups fail (null: they"
+                    " do not), how many times, why"
+                ),
+                "properties": {
+                    "hosts": {"type": "object", "additionalProperties": _ref("DiscoveredName")},
+                    "services": {
+                        "type": "object",
+                        "additionalProperties": _ref("DiscoveredName"),
+                    },
+                },
+            },
+            "tracing": {
+                "type": "object",
+                "description": (
+                    "Spans of the tracing: section (absent without it): exported, dropped"
+                    " (the export queue was full), failed (the collector did not take"
+                    " them), queued."
+                ),
+                "properties": {
+                    key: {"type": "integer", "minimum": 0}
+                    for key in ("exported", "dropped", "failed", "queued")
+                },
+            },
+            "limits": _ref("FleetLimits"),
+            "cache": _ref("CacheMemory"),
         },
     }
+    discoveredName = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["A", "SRV"]},
+            "values": {
+                "type": "array",
+                "description": "IP addresses (A), or SRV records (priority, weight, port, target)",
+                "items": {},
+            },
+            "ttl": {"type": "number", "nullable": True},
+            "lastAnswer": {"type": "number", "nullable": True},
+            "nextLookup": {"type": "number", "nullable": True},
+            "failingSince": {"type": "number", "nullable": True},
+            "failures": {"type": "integer", "minimum": 0},
+            "error": {"type": "string", "nullable": True},
+        },
+        "required": ["type", "values"],
+    }
+    # -- cluster-wide limits (limits.store) ---
+    modeCounts = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+    fleetLimits = {
+        "type": "object",
+        "description": (
+            "The fleet's limits on Redis (limits.store), when configured: who decides now"
+            " (shared: Redis; else limits.onFailure's local, open or closed while Redis is"
+            " away), the proxy processes in each mode, the switches to each mode, the live"
+            " gateways a limit is divided by in local mode, and the calls to Redis."
+        ),
+        "properties": {
+            "store": {"type": "string"},
+            "onFailure": {"type": "string", "enum": ["local", "open", "closed"]},
+            "mode": {"type": "string", "enum": ["shared", "local", "open", "closed"]},
+            "modes": modeCounts,
+            "switches": modeCounts,
+            "since": {"type": "number"},
+            "gateways": {"type": "integer", "minimum": 1},
+            "redis": {"type": "string", "enum": ["up", "down"]},
+            "calls": {"type": "integer", "minimum": 0},
+            "timeouts": {"type": "integer", "minimum": 0},
+            "errors": {"type": "integer", "minimum": 0},
+            "leases": {"type": "integer", "minimum": 0},
+        },
+        "required": ["mode", "modes", "switches", "gateways", "redis"],
+    }
+    # -- end cluster-wide limits ---
     return {
+        "CacheCounts": cacheCounts,
+        "CacheMemory": cacheMemory,
+        "FleetLimits": fleetLimits,
         "ErrorCounts": _counts(ERROR_KINDS),
         "RejectCounts": _counts(REJECT_REASONS),
         "Latency": latency,
         "BreakerState": breaker,
         "APIStats": apiStats,
         "ServerStats": serverStats,
+        "CertificateStats": certificateStats(),
         "Stats": stats,
+        "DiscoveredName": discoveredName,
     }
 
 
 def _otherSchemas() -> Dict[str, Dict[str, Any]]:
+    count = {"type": "integer", "minimum": 0}
     return {
+        "CachePurge": {
+            "type": "object",
+            "description": (
+                "What a purge did: the memory entries this gateway's proxy processes dropped,"
+                " how many of them confirmed, whether all did, whether Redis (the fleet's"
+                " entries) was purged, and then the API's new generation there."
+            ),
+            "properties": {
+                "api": {"type": "string"},
+                "entries": count,
+                "processes": count,
+                "complete": {"type": "boolean"},
+                "redis": {"type": "boolean"},
+                "generation": {"type": "integer", "minimum": 1},
+            },
+            "required": ["api", "entries", "processes", "complete", "redis"],
+        },
         "Error": {
             "type": "object",
             "description": "Every error answer.",
@@ -682,6 +898,41 @@ def _paths() -> Dict[str, Dict[str, Any]]:
     }
     for kind in KIND_NAMES:
         paths.update(_kindPaths(kind))
+    paths[PREFIX + "/apis/{name}/cache"] = {
+        "parameters": [
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "description": "the API's name",
+                "schema": toOpenAPI30(jsonSchema(RESOURCE_CLASSES["apis"]))["properties"]["name"],
+            }
+        ],
+        "delete": {
+            "tags": [KIND_NAMES["apis"][2]],
+            "operationId": "purgeAPICache",
+            "summary": "Purge an API's response cache",
+            "description": (
+                "Drops the API's cache entries: in the memory of every proxy process of this"
+                " gateway (the answer waits for each, at most admin.propagationTimeout"
+                " seconds: complete says whether all confirmed), and, when the gateways"
+                " share a Redis (limits.store), in Redis for every gateway at once (a new"
+                " generation of the API's entries) and in the memory of the other gateways'"
+                " proxy processes within proxy.cache.purgePoll seconds."
+            ),
+            "responses": {
+                "200": _ok("Purged.", _ref("CachePurge"), _headers(revision=None)),
+                "400": _use("BadPath"),
+                "401": _use("Unauthorized"),
+                "404": _use("NotFound"),
+                "500": _use("InternalError"),
+                "503": _error(
+                    "The store cannot be reached, or Redis did not take the purge (this"
+                    " gateway's memory entries are purged, the fleet's are not)."
+                ),
+            },
+        },
+    }
     paths[PREFIX + "/proxies"] = {
         "get": {
             "tags": ["Status"],
@@ -718,10 +969,12 @@ def _paths() -> Dict[str, Dict[str, Any]]:
 
 
 _DESCRIPTION = """\
-The admin API of the gateway: servers, clusters, consumers, APIs and
-routings, and the live state of the proxies.  Consumers' secrets are
-write-only (writeOnly in the schemas): answers show each credential's
-type, id and fingerprint, never a key, password, secret or hash.
+The admin API of the gateway: certificates, servers, clusters, consumers,
+APIs and routings, and the live state of the proxies.  Secrets are
+write-only (writeOnly in the schemas): a certificate's private key is never
+answered (a write without it keeps the stored one), and consumers' answers
+show each credential's type, id and fingerprint, never a key, password,
+secret or hash.
 
 Every request under /api/v1 carries the admin token:
 `Authorization: Bearer TOKEN` (401 otherwise).  Bodies are JSON objects
@@ -819,7 +1072,8 @@ def _manySchemas() -> Dict[str, Dict[str, Any]]:
         "Config": {
             "type": "object",
             "description": "Every resource, a list per kind sorted by name, as the lists of"
-            " a resource file (consumers without their secrets).",
+            " a resource file, each as its own GET answers it (certificates without their keys,"
+            " consumers without their secrets).",
             "properties": {
                 kind: {"type": "array", "items": _ref(schemaName)}
                 for kind, (schemaName, _, _) in KIND_NAMES.items()
@@ -829,8 +1083,9 @@ def _manySchemas() -> Dict[str, Dict[str, Any]]:
         "ConfigReplace": {
             "type": "object",
             "description": "The whole configuration: a list per kind; a kind left out has no"
-            " resources. A consumer's credential sent without its secret keeps the stored"
-            " one (the round trip of GET /api/v1/config).",
+            " resources. A certificate sent without its key, or a consumer's credential"
+            " without its secret, keeps the stored one (the round trip of GET"
+            " /api/v1/config).",
             "properties": {
                 kind: {"type": "array", "items": _ref(schemaName + "Create")}
                 for kind, (schemaName, _, _) in KIND_NAMES.items()

@@ -35,6 +35,8 @@ class Backend:
     @ivar name: the server's name.
     @ivar host: the host to connect to.
     @ivar port: the port to connect to.
+    @ivar tls: how to speak TLS to it (a L{gateway.http.tls.UpstreamTLS}),
+        or L{None} for plain HTTP.
     @ivar weight: the server's weight for weighted balancing.
     @ivar config: the L{gateway.model.resources.Server} this backend was last built from.
     @ivar active: requests in flight to this backend.
@@ -48,6 +50,9 @@ class Backend:
     @ivar limiter: its C{maxQPS} L{gateway.protection.ratelimit.TokenBucket}, or L{None}.
     @ivar requests: requests sent to it since the process started.
     @ivar failures: those of them that failed.
+    @ivar origin: how DNS discovery found it (a
+        L{gateway.discovery.records.Origin}), or L{None} for a server used
+        as configured.
     """
 
     def __init__(
@@ -56,10 +61,12 @@ class Backend:
         reactor: Any,
         random: Optional[_random.Random] = None,
         buckets: Any = None,
+        tls: Optional[Any] = None,
     ) -> None:
         """
         @param reactor: an L{IReactorTime}: breakers, ejection and limits
             read time from it.
+        @param tls: see L{configure}.
         @param buckets: what makes its C{maxQPS} bucket: one of this
             process (L{None}), or the workers'
             L{gateway.protection.sharedbuckets.SharedBuckets}.
@@ -77,17 +84,23 @@ class Backend:
         self.breaker: Optional[Any] = None
         self.limiter: Optional[Any] = None
         self.config: Optional[Server] = None
-        self.configure(config)
+        self.tls: Optional[Any] = None
+        self.origin: Optional[Any] = None
+        self.configure(config, tls)
 
-    def configure(self, config: Server) -> None:
+    def configure(self, config: Server, tls: Optional[Any] = None) -> None:
         """
         Take a new configuration, keeping the live state; a breaker or rate
         limiter whose settings did not change is kept as it is.
+
+        @param tls: the L{gateway.http.tls.UpstreamTLS} made of
+            C{config.tls} (and of its client certificate), or L{None}.
         """
         previous = self.config
         self.config = config
         self.name = config.name
         self.host, self.port = splitAddr(config.addr)
+        self.tls = tls
         self.weight = config.weight
         breakerConfig = config.circuitBreaker
         self.failureStatuses = (
@@ -137,7 +150,8 @@ class Backend:
     def unavailableReason(self) -> str:
         """
         @return: why L{available} says no: C{"unhealthy"}, C{"drained"},
-            C{"ejected"}, C{"circuit-open"}, C{"rate-limited"} or C{""}.
+            C{"ejected"}, C{"circuit-open"}, C{"rate-limited"},
+            C{"limits-unavailable"} or C{""}.
         """
         if not self.healthy:
             return "unhealthy"
@@ -148,7 +162,9 @@ class Backend:
         if self.breaker is not None and not self.breaker.allows():
             return "circuit-open"
         if self.limiter is not None and not self.limiter.allows():
-            return "rate-limited"
+            # A refusal for want of the fleet's store of buckets (limits.store,
+            # onFailure: closed) is no rate limit: 503, not 429.
+            return "limits-unavailable" if self.limiter.unavailable else "rate-limited"
         return ""
 
     def requestStarted(self) -> bool:
@@ -208,7 +224,8 @@ class Backend:
         return code in self.failureStatuses
 
     def __repr__(self) -> str:
-        return f"<Backend {self.name} {self.host}:{self.port} active={self.active}>"
+        scheme = "https://" if self.tls is not None else ""
+        return f"<Backend {self.name} {scheme}{self.host}:{self.port} active={self.active}>"
 
 
 def startRequest(cluster: Any, backend: Optional[Backend], tried: tuple = ()) -> Optional[Backend]:

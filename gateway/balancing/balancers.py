@@ -406,3 +406,47 @@ def makeBalancer(
             f"unknown load balancer {name!r}: expected one of {', '.join(sorted(BALANCERS))}"
         )
     return factory(backends, random)
+
+
+@implementer(ILoadBalancer)
+class PriorityBalancer:
+    """
+    Tiers of backends, tried in order: a pick comes from the first tier
+    that has an available backend, by that tier's own balancer (SRV
+    priorities, RFC 2782: the lowest priority serves while it can).
+
+    @ivar name: the tiers' algorithm.
+    @ivar backends: every tier's backends, the first tier's first.
+    @ivar tiers: the balancer of each tier, in order.
+    """
+
+    def __init__(self, tiers: Sequence[ILoadBalancer]) -> None:
+        self.tiers = tuple(tiers)
+        self.name = self.tiers[0].name
+        self.backends = tuple(b for tier in self.tiers for b in tier.backends)
+
+    def choose(self, key: Optional[str] = None) -> Optional[Backend]:
+        """
+        @param key: passed to the tiers' balancers.
+        @return: the pick of the first tier that has one, or L{None}.
+        """
+        for tier in self.tiers:
+            backend = tier.choose(key)
+            if backend is not None:
+                return backend
+        return None
+
+
+def makeTieredBalancer(
+    name: str, tiers: Sequence[Sequence[Backend]], random: Optional[Random] = None
+) -> ILoadBalancer:
+    """
+    Build the load balancer of tiers of backends: with one tier, the
+    balancer of C{name} (L{makeBalancer}); with several, a
+    L{PriorityBalancer} of one such balancer per tier.
+
+    @raise ValueError: when C{name} is not a known algorithm.
+    """
+    if len(tiers) <= 1:
+        return makeBalancer(name, tiers[0] if tiers else (), random)
+    return PriorityBalancer([makeBalancer(name, tier, random) for tier in tiers])

@@ -77,6 +77,7 @@ def _compileProblems(
 
     from gateway.filters import FilterError, FilterRegistry
     from gateway.routing.snapshot import SnapshotManager
+    from gateway.routing.tls import TLSCompiler
 
     warnings: List[Problem] = []
     try:
@@ -96,7 +97,9 @@ def _compileProblems(
                     )
                 )
     try:
-        SnapshotManager(lenient, Clock()).validate(catalog)
+        # Certificates without their keys (exported: the admin keeps the
+        # keys) are checked as far as they can be.
+        SnapshotManager(lenient, Clock(), tls=TLSCompiler(requireKeys=False)).validate(catalog)
     except ValidationError as e:
         # The snapshot names fields "apis/NAME:nodes[0].urlRewrite".
         problems = []

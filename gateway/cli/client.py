@@ -258,6 +258,21 @@ class AdminClient:
         """
         self.request("DELETE", self._itemPath(kind, name))
 
+    def purgeCache(self, api: str) -> Dict[str, Any]:
+        """
+        Purge an API's response cache.
+
+        @return: what the admin says it did (see
+            L{gateway.admin.api.AdminAPI.purgeCache}).
+        """
+        answer = self.request("DELETE", self._itemPath("apis", api) + "/cache")
+        if not isinstance(answer, dict):
+            raise AdminError(
+                f"DELETE {self.url}{_API_PREFIX}/apis/{api}/cache: the answer is not a JSON"
+                f" object; is {self.url} the gateway's admin?"
+            )
+        return answer
+
 
 def normaliseAdminURL(url: str) -> str:
     """

@@ -107,7 +107,7 @@ def exportDocument(state: JSONResources, source: str = "") -> str:
     """
     @param state: C{{kind: {name: JSON}}}, as L{AdminClient.state} gives.
     @param source: where the state came from, for the header comment.
-    @return: the YAML of a resource file: the four lists, each sorted by
+    @return: the YAML of a resource file: every kind's list, each sorted by
         name, default-valued fields left out.
     """
     header = "# Gateway resources"

@@ -1,15 +1,18 @@
 """
 The C{gateway} command: declarative configuration through the admin API.
 
-A resource file holds the four lists of a gateway config file
-(C{servers:}, C{clusters:}, C{apis:}, C{routings:}, in the REST form), so
+A resource file holds the lists of a gateway config file
+(C{certificates:}, C{servers:}, C{clusters:}, C{apis:}, C{routings:}, in
+the REST form; a certificate may name PEM files), so
 a gateway's own config file can be used as it is; its other keys
-(C{proxy:}, C{admin:}, C{store:}) are ignored with a note::
+(C{proxy:}, C{admin:}, C{store:}, C{resolver:}, C{tracing:}, C{limits:}) are
+ignored with a note::
 
     gateway validate gateway.yaml            # offline checks, no network
     gateway apply gateway.yaml --dry-run     # what would change, as a diff
     gateway apply gateway.yaml --prune       # make the admin match the file
     gateway export -o gateway.yaml           # the admin's state, as a file
+    gateway cache purge users                # drop the API's cached answers
 
 C{apply} reads the admin's resources in one request (C{GET /api/v1/config})
 and sends its whole plan as one batch (C{POST /api/v1/batch}): the admin
@@ -18,7 +21,7 @@ read; 10,000 APIs take seconds, not the quarter of an hour that one request
 per resource took.  (To an older admin without them, one request per
 resource, as before.)
 
-C{apply} and C{export} only speak the admin REST API (C{--admin URL},
+C{apply}, C{export} and C{cache purge} only speak the admin REST API (C{--admin URL},
 default C{$GATEWAY_ADMIN} or C{http://127.0.0.1:9090}, with the bearer
 token C{--token}, default C{$GATEWAY_TOKEN}), so they work the same
 whatever store the gateway uses.
@@ -217,6 +220,31 @@ def cmdExport(args: argparse.Namespace, output: _Output, stdin: Optional[TextIO]
     return OK
 
 
+def cmdCachePurge(args: argparse.Namespace, output: _Output, stdin: Optional[TextIO]) -> int:
+    """
+    C{gateway cache purge API}: drop an API's cached answers, in every
+    proxy process of the gateway and, with Redis, of the fleet.
+    """
+    client = _client(args)
+    answer = client.purgeCache(args.api)
+    processes = answer.get("processes", 0)
+    line = (
+        f"purged the cache of API {args.api!r}: {answer.get('entries', 0)} entries in memory"
+        f" in {processes} proxy process{'es' if processes != 1 else ''} of {client.url}"
+    )
+    if not answer.get("complete", True):
+        line += " (not every proxy process confirmed in time)"
+    output.say(line)
+    if answer.get("redis"):
+        output.say(
+            f"and in Redis, for every gateway (generation {answer.get('generation')}); the"
+            " memory of the other gateways follows within proxy.cache.purgePoll seconds"
+        )
+    else:
+        output.say("no Redis (limits.store): other gateways were not reached")
+    return OK
+
+
 def _adminURL(value: str) -> str:
     try:
         return normaliseAdminURL(value)
@@ -243,7 +271,8 @@ def makeParser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="Validate, apply and export the gateway's resources (servers, clusters,"
-        " apis, routings) as a YAML file, through the admin REST API.",
+        " apis, routings) as a YAML file, and purge the response cache of an API, through"
+        " the admin REST API.",
         epilog="Run 'gateway COMMAND --help' for a command's options."
         " The gateway itself runs with: twistd -n gateway --config gateway.yaml",
     )
@@ -310,6 +339,24 @@ def makeParser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     export.set_defaults(run=cmdExport)
+
+    cache = commands.add_parser(
+        "cache",
+        help="act on the response cache",
+        description="Act on the response cache of the gateway's APIs.",
+    )
+    cacheCommands = cache.add_subparsers(dest="cacheCommand", metavar="ACTION")
+    cacheCommands.required = True
+    purge = cacheCommands.add_parser(
+        "purge",
+        parents=[admin],
+        help="drop an API's cached answers",
+        description="Drop an API's cached answers: in the memory of every proxy process of"
+        " the gateway and, when the gateways share a Redis (limits.store), in Redis and in"
+        " every other gateway's memory too.",
+    )
+    purge.add_argument("api", metavar="API", help="the API's name")
+    purge.set_defaults(run=cmdCachePurge)
     return parser
 
 

@@ -21,11 +21,32 @@ from typing import (
 import attrs
 
 from gateway.cli.problems import AdminError, CLIError, Problem
-from gateway.cli.resources import JSONResources, _jsonCopy, jsonEqual, normalise, shown
+from gateway.cli.resources import (
+    JSONResources,
+    _jsonCopy,
+    jsonEqual,
+    normalise,
+    shown,
+)
 from gateway.model.schema import ValidationError
 from gateway.store import KINDS
 
 _SYMBOLS = {"create": "+", "update": "~", "delete": "-"}
+
+
+#: What a diff shows of a write-only field (a certificate's key) that is
+#: set: never the secret itself.
+HIDDEN = "(write-only, not shown)"
+
+
+def _shown(kind: str, value: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    if value is None:
+        return None
+    out: Dict[str, Any] = shown(kind, value)
+    for name in value:
+        if name not in out:
+            out[name] = None if value[name] is None else HIDDEN
+    return out
 
 
 @attrs.frozen
@@ -66,12 +87,15 @@ class Step:
         """
         if self.action != "update":
             return []
-        shownBefore, shownAfter = shown(self.kind, self.before), shown(self.kind, self.after)
-        before = json.dumps(shownBefore, indent=2, ensure_ascii=False).splitlines()
-        after = json.dumps(shownAfter, indent=2, ensure_ascii=False).splitlines()
+        before = json.dumps(_shown(self.kind, self.before), indent=2, ensure_ascii=False)
+        after = json.dumps(_shown(self.kind, self.after), indent=2, ensure_ascii=False)
         return list(
             difflib.unified_diff(
-                before, after, f"{self.ref} (admin)", f"{self.ref} (file)", lineterm=""
+                before.splitlines(),
+                after.splitlines(),
+                f"{self.ref} (admin)",
+                f"{self.ref} (file)",
+                lineterm="",
             )
         )
 
@@ -82,8 +106,8 @@ class Plan:
     What makes the admin's state match a file.
 
     @ivar steps: the changes, in an order that never breaks a reference:
-        creates and updates of servers, clusters, apis, routings, then
-        deletes of routings, apis, clusters, servers.
+        creates and updates of certificates, servers, clusters, apis, routings, then
+        deletes of routings, apis, clusters, servers, certificates.
     @ivar unchanged: how many resources of the file the admin already has.
     @ivar unmanaged: C{kind/name} of the admin's resources that are not in
         the file and are kept (no C{--prune}).

@@ -1,11 +1,14 @@
 """
-Resource files: the four lists of a gateway config file (C{servers:},
-C{clusters:}, C{apis:}, C{routings:}) read, parsed and normalised.
+Resource files: the lists of a gateway config file (C{certificates:},
+C{servers:}, C{clusters:}, C{apis:}, C{routings:}) read, parsed and
+normalised.  A certificate may name PEM files (C{certFile}, C{keyFile},
+relative to the resource file) instead of holding their text.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import (
     Any,
@@ -21,10 +24,11 @@ import attrs
 import yaml
 
 from gateway.cli.problems import FileError, Problem
+from gateway.model.certificates import inlineCertificateFiles
 from gateway.model.config import loadYAML
 from gateway.model.consumers import SECRET_FIELDS, publicConsumer
-from gateway.model.resources import parseResource
-from gateway.model.schema import NAME_RE, ValidationError, displayKey, toJSON
+from gateway.model.resources import RESOURCE_CLASSES, parseResource
+from gateway.model.schema import NAME_RE, ValidationError, displayKey, toJSON, writeOnlyFields
 from gateway.store import KINDS
 
 #: Keys of a gateway config file that configure the process, not resources.
@@ -32,7 +36,7 @@ from gateway.store import KINDS
 JSONResources = Mapping[str, Mapping[str, Any]]
 
 
-IGNORED_KEYS = ("proxy", "admin", "store")
+IGNORED_KEYS = ("proxy", "admin", "store", "resolver", "tracing", "limits")
 
 
 def _jsonCopy(value: Any) -> Any:
@@ -50,15 +54,29 @@ def normalise(kind: str, value: Any) -> Dict[str, Any]:
     return _jsonCopy(toJSON(parseResource(kind, value)))
 
 
+def withoutSecrets(kind: str, value: Mapping[str, Any]) -> Dict[str, Any]:
+    """
+    @return: a resource's JSON without its write-only fields (a
+        certificate's key), which the admin never shows: two descriptions
+        compare on the rest (a certificate's key changes only with its
+        cert, which is compared).
+    """
+    secrets = writeOnlyFields(RESOURCE_CLASSES[kind])
+    return {k: v for k, v in value.items() if k not in secrets}
+
+
 def shown(kind: str, value: Any) -> Any:
     """
     @return: a normalised resource as plans compare and show it: a
         consumer's credentials without their secrets and hashes (type, id,
-        fingerprint, user name, issuer), as the admin answers them.
+        fingerprint, user name, issuer), as the admin answers them; any
+        resource without its write-only fields (a certificate's key).
     """
-    if kind == "consumers" and isinstance(value, dict):
-        return publicConsumer(value)
-    return value
+    if not isinstance(value, dict):
+        return value
+    if kind == "consumers":
+        value = publicConsumer(value)
+    return withoutSecrets(kind, value)
 
 
 def keptCredentials(value: Any) -> List[Tuple[int, str, str]]:
@@ -138,13 +156,14 @@ def _join(where: str, fieldName: str) -> str:
     return f"{where}.{fieldName}" if fieldName else where
 
 
-def parseResourceFile(data: Any, source: str) -> ResourceFile:
+def parseResourceFile(data: Any, source: str, baseDirectory: Optional[str] = None) -> ResourceFile:
     """
     Check the parsed YAML of a resource file: its shape, each resource
     against the model, and that no name is given twice.  References
     between resources are checked by L{checkResources}.
 
     @param data: what the YAML loader gave.
+    @param baseDirectory: where the paths of certificate files start.
     @raise FileError: listing every problem found.
     """
     if data is None:
@@ -179,6 +198,8 @@ def parseResourceFile(data: Any, source: str) -> ResourceFile:
         for position, item in enumerate(items):
             where = _itemLabel(kind, position, item)
             try:
+                if kind == "certificates":
+                    item = inlineCertificateFiles(item, baseDirectory)
                 obj = parseResource(kind, item)
             except ValidationError as e:
                 problems.extend(
@@ -229,4 +250,5 @@ def loadResourceFile(path: str, stdin: Optional[TextIO] = None) -> ResourceFile:
         raise FileError(source, [Problem("", f"invalid YAML{where}: {what}")])
     except yaml.YAMLError as e:
         raise FileError(source, [Problem("", f"invalid YAML: {e}")])
-    return parseResourceFile(data, source)
+    baseDirectory = None if path == "-" else os.path.dirname(os.path.abspath(path))
+    return parseResourceFile(data, source, baseDirectory)

@@ -136,8 +136,17 @@ def _ceilSeconds(seconds: float) -> int:
 def _rejection(buckets: Sequence[TokenBucket], wait: Optional[float] = None) -> EarlyResponse:
     """
     @return: the C{429} answer for a request the buckets turned away,
-        naming the bucket that holds it back longest.
+        naming the bucket that holds it back longest; C{503} when a bucket
+        refused because the fleet's store of buckets is away
+        (C{limits.onFailure: closed}, L{gateway.protection.redisbuckets}).
     """
+    # -- cluster-wide limits (limits.store): a refusal for want of Redis ---
+    for bucket in buckets:
+        if bucket.unavailable:
+            return EarlyResponse.error(
+                503, "rate limits unavailable (limits.store)", {_RETRY_AFTER: [b"1"]}
+            )
+    # -- end cluster-wide limits ---
     worst = buckets[0]
     worstWait = worst.retryAfter()
     for bucket in buckets[1:]:

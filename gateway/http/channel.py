@@ -54,6 +54,12 @@ still sends is read and dropped for L{GatewayHTTPChannel.lingerTimeout}
 seconds, so that a client still sending its body reads the answer instead
 of a connection reset.
 
+A request answered C{101 Switching Protocols} (a WebSocket handshake the
+proxy relays) hands the connection over for good:
+L{GatewayHTTPChannel.switchProtocols} writes the 101 head and gives the
+transport to another protocol (a L{gateway.http.tunnel.Tunnel}'s side), to
+which every byte and the client's half-close then go.
+
 Use L{LimitedSite} (or set C{protocol = GatewayHTTPChannel} and a C{limits}
 attribute on a L{twisted.web.server.Site}).  The channel speaks HTTP/1.1
 only: it does not offer HTTP/2 through ALPN, which would bypass these
@@ -84,7 +90,9 @@ from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
     IDelayedCall,
+    IHalfCloseableProtocol,
     IProducer,
+    IProtocol,
     IPullProducer,
     IPushProducer,
     IReactorTime,
@@ -97,7 +105,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import INonQueuedRequestFactory
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from gateway.http.bodystream import BodyStream, RequestBodyError
 from gateway.http.chunked import ChunkedDecoder, ChunkedError
@@ -342,6 +350,7 @@ _BUSY = 2  # a request is being answered; what arrives is buffered
 
 _DONE = 3  # refused or closing: what arrives is dropped
 _DRAIN = 4  # a streamed body failed: what arrives is dropped until the answer is out
+_SWITCHED = 5  # answered 101: the connection speaks another protocol (switchProtocols)
 
 
 _EXPECT = headerKey(b"expect")
@@ -450,6 +459,7 @@ class GatewayHTTPChannel(Protocol):
     _bodyPaused = False
     _bodyPausedAt: Optional[float] = None
     _bodyPausedFor = 0.0
+    _switchedTo: Optional[IProtocol] = None
 
     def __init__(self) -> None:
         self.requests: List[http.Request] = []
@@ -484,6 +494,12 @@ class GatewayHTTPChannel(Protocol):
         self._armTimer(self.limits.headerTimeout)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        switchedTo = self._switchedTo
+        if switchedTo is not None:
+            self._switchedTo = None
+            self._state = _DONE
+            switchedTo.connectionLost(reason)
+            return
         self._close()
         stream = self._stream
         if stream is not None:
@@ -504,7 +520,15 @@ class GatewayHTTPChannel(Protocol):
         is answered.
         """
         state = self._state
-        if state == _DONE or state == _DRAIN:
+        if state >= _DONE:  # _DONE, _DRAIN, _SWITCHED
+            switchedTo = self._switchedTo
+            if switchedTo is not None:
+                if self._busyReceiving:
+                    # (Called back while the head that switched is being
+                    # handled: after what followed it.)
+                    self._buffer += data
+                else:
+                    switchedTo.dataReceived(data)
             return
         if state == _BUSY or self._busyReceiving:
             # Pipelined, or called back from within the loop below: kept
@@ -554,6 +578,13 @@ class GatewayHTTPChannel(Protocol):
                 self._buffer = data + self._buffer
                 return
             else:
+                switchedTo = self._switchedTo
+                if switchedTo is not None:
+                    # Switched while its head was handled: what followed is
+                    # the new protocol's.
+                    data += self._buffer
+                    self._buffer = b""
+                    switchedTo.dataReceived(data)
                 return
             if self._buffer:
                 # Arrived meanwhile (a callback wrote to the channel), or
@@ -810,7 +841,7 @@ class GatewayHTTPChannel(Protocol):
         if not requests or request is not requests[0]:
             raise TypeError(f"{request!r} is not this channel's current request")
         del requests[0]
-        if self._state == _DONE:
+        if self._state == _DONE or self._state == _SWITCHED:
             return
         if self._state == _BODY or self._state == _DRAIN:
             # Answered before its (streamed) body all arrived: the rest of
@@ -824,6 +855,20 @@ class GatewayHTTPChannel(Protocol):
             self._closeLingering()
             return
         self._nextRequest()
+
+    def closesAfterAnswer(self) -> bool:
+        """
+        Called as an answer's head is about to be written: tell whether the
+        connection closes after this answer, which the head then says
+        (C{Connection: close}).  It does when the request asked for it, in
+        HTTP/1.0, and when the request's body has not all arrived (or
+        failed): the rest of it could not be told from a next request, so a
+        client that kept the connection for its next request would find it
+        closed under it.
+        """
+        if self._state == _BODY or self._state == _DRAIN:
+            self.persistent = False
+        return not self.persistent
 
     def _nextRequest(self) -> None:
         """
@@ -899,6 +944,94 @@ class GatewayHTTPChannel(Protocol):
 
     def isSecure(self) -> bool:
         return ISSLTransport(self.transport, None) is not None
+
+    # -- switching protocols (WebSocket: gateway.http.tunnel) ---------------------
+
+    def switchProtocols(self, request: http.Request, protocol: IProtocol) -> None:
+        """
+        Answer C{request} with its C{101 Switching Protocols} head and hand
+        the connection over to C{protocol}: from then on the channel parses
+        no HTTP and enforces none of its limits or timeouts.
+
+        The head is the request's C{code_message} and C{responseHeaders}
+        (no body framing: none follows); the request is then finished (its
+        end hooks run).  C{protocol.makeConnection} gets the connection's
+        transport, which no longer has the channel as its producer; then
+        C{protocol.dataReceived} gets what the client sent after the
+        request head and everything it sends next, C{readConnectionLost}
+        its half-close (when C{protocol} provides
+        L{IHalfCloseableProtocol}) and C{connectionLost} the end of the
+        connection.
+
+        @param request: the request being answered: the connection's only
+            one, whose answer has not started, whose body (if any) has all
+            arrived.
+        @raise RuntimeError: when the request cannot be answered so.
+        """
+        if (
+            self._state != _BUSY
+            or not self.requests
+            or self.requests[0] is not request
+            or len(self.requests) != 1
+            or request.startedWriting
+        ):
+            raise RuntimeError(f"{request!r} cannot switch protocols on this connection")
+        transport = self.transport
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+        self._state = _SWITCHED
+        if self._busyReceiving:
+            # Switched while its head is handled: the parsing loop hands
+            # the new protocol what followed it, and what came meanwhile.
+            buffered = b""
+        else:
+            buffered, self._buffer = self._buffer, b""
+        self.persistent = False
+        if self._registered:
+            self._registered = False
+            transport.unregisterProducer()
+        self._readPaused = self._writeBlocked = self._bodyPaused = False
+        self.writeHeaders(
+            request.clientproto,
+            b"101",
+            request.code_message,
+            request.responseHeaders,
+        )
+        # Written: finishing adds nothing, and requestDone leaves the
+        # channel be (it is no longer parsing).
+        request.startedWriting = 1
+        request.finish()
+        self._switchedTo = protocol
+        if IHalfCloseableProtocol.providedBy(protocol):
+            # So that the transport reports the client's half-close
+            # (readConnectionLost) rather than ending the connection.
+            alsoProvides(self, IHalfCloseableProtocol)
+        if self._transportPaused:
+            # (Before the protocol has it: pausing is the protocol's now.)
+            self._transportPaused = False
+            transport.resumeProducing()
+        protocol.makeConnection(transport)
+        if buffered and self._switchedTo is protocol:
+            protocol.dataReceived(buffered)
+
+    def readConnectionLost(self) -> None:
+        """
+        The client half-closed a switched connection (this is called only
+        once its protocol is L{IHalfCloseableProtocol}).
+        """
+        switchedTo = self._switchedTo
+        if switchedTo is None:
+            self.transport.loseConnection()
+        else:
+            cast(IHalfCloseableProtocol, switchedTo).readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        switchedTo = self._switchedTo
+        if switchedTo is not None:
+            cast(IHalfCloseableProtocol, switchedTo).writeConnectionLost()
 
     def loseConnection(self) -> None:
         """
@@ -1007,7 +1140,7 @@ class GatewayHTTPChannel(Protocol):
         its pipelined requests waits.
         """
         transport = self.transport
-        if transport is None or self._state == _DONE:
+        if transport is None or self._state == _DONE or self._state == _SWITCHED:
             return
         pause = (
             self._readPaused or self._bodyPaused or (self._writeBlocked and self._state != _BUSY)
@@ -1237,7 +1370,7 @@ class GatewayHTTPChannel(Protocol):
         for L{lingerTimeout} seconds.
         """
         state = self._state
-        if state == _DONE or state == _DRAIN:
+        if state >= _DONE:  # _DONE, _DRAIN, _SWITCHED
             return
         stream = self._stream
         if state == _BODY and stream is not None and not self._dispatchPending:

@@ -14,7 +14,11 @@ Message framing follows RFC 9112 section 6: no body for C{HEAD}, 1xx, 204
 and 304; C{Transfer-Encoding: chunked} (which wins over C{Content-Length});
 C{Content-Length}; otherwise the body ends when the connection closes.
 Interim 1xx answers are skipped.  A connection goes back to the pool only
-after a complete, well-framed answer to a fully sent request.
+after a complete, well-framed answer to a fully sent request.  A C{101
+Switching Protocols} is accepted only for a request sent with
+L{HTTP11UpstreamClient.upgrade} (a WebSocket handshake): its connection then
+leaves HTTP and the pool for good, handed over to the caller's protocol
+(L{gateway.interfaces.ISwitchedResponse}).
 
 L{UpstreamAgent} puts an L{IAgent} face on the client, so that treq can
 drive it (C{treq.client.HTTPClient(UpstreamAgent(client))}).
@@ -57,8 +61,14 @@ from gateway.http.errors import (
     UpstreamTimeout,
 )
 from gateway.http.headers import RAW_HEADERS
+from gateway.http.tls import UpstreamTLS, upstreamTLSFailure
 from gateway.http.writesoon import writeSoon
-from gateway.interfaces import IUpstreamClient, IUpstreamRequest
+from gateway.interfaces import (
+    ISwitchedResponse,
+    IUpstreamClient,
+    IUpstreamRequest,
+    IUpstreamUpgrader,
+)
 
 # Re-exported: the default of the config (proxy.upstreamKeepalive) and of the client.
 from gateway.model.limits import DEFAULT_MAX_IDLE as DEFAULT_MAX_IDLE
@@ -123,6 +133,12 @@ class UpstreamAddress(typing.Protocol):
         The TCP port to connect to.
         """
 
+    @property
+    def tls(self) -> Optional[UpstreamTLS]:
+        """
+        How to speak TLS to it, or L{None} for plain HTTP.
+        """
+
 
 #: Methods that carry a body by definition: without one they get
 #: C{Content-Length: 0}.
@@ -164,6 +180,9 @@ _UNTIL_CLOSE = 7  # a body that ends when the connection closes
 
 
 _DEAD = 8  # closing or closed: everything received is ignored
+
+
+_SWITCHED = 9  # a 101 to an upgrade request: the connection speaks another protocol
 
 
 class _Malformed(UpstreamBroken):
@@ -668,6 +687,7 @@ class _Request:
         "conn",
         "connecting",
         "finished",
+        "upgrade",
     )
 
     def __init__(self, method: bytes) -> None:
@@ -687,6 +707,8 @@ class _Request:
         self.conn: Optional[_Connection] = None
         self.connecting: Optional[Deferred[IProtocol]] = None
         self.finished = False
+        #: Whether a 101 hands the connection over (L{HTTP11UpstreamClient.upgrade}).
+        self.upgrade = False
 
     def cancel(self) -> None:
         """
@@ -731,7 +753,7 @@ class _Request:
             conn.req = None
             conn.abort()
 
-    def succeed(self, response: _Response) -> None:
+    def succeed(self, response: Union[_Response, _SwitchedResponse]) -> None:
         self.finished = True
         self.conn = None
         onResponse, args = self.onResponse, self.args
@@ -797,6 +819,8 @@ class _Connection(Protocol):
         self.inPool = False
         self.idleSince = 0.0
         self.onLost: Optional[Deferred[None]] = None
+        #: The 101 answer whose protocol the connection now speaks.
+        self.switched: Optional[_SwitchedResponse] = None
 
     # -- sending ----------------------------------------------------------------
 
@@ -902,6 +926,11 @@ class _Connection(Protocol):
         state = self.state
         self.dead = True
         self.state = _DEAD
+        switched = self.switched
+        if switched is not None:
+            self.switched = None
+            switched._lost(reason)
+            return
         self._stopBody()
         if self.inPool:
             self.pool.remove(self)
@@ -926,7 +955,11 @@ class _Connection(Protocol):
             elif self.got:
                 req.fail(UpstreamBroken("upstream closed the connection in the response head"))
             else:
-                req.fail(UpstreamBroken("upstream closed the connection without answering"))
+                # (Over TLS, a handshake that failed ends here too.)
+                req.fail(
+                    upstreamTLSFailure(reason)
+                    or UpstreamBroken("upstream closed the connection without answering")
+                )
 
     def _responseDone(self, rest: bytes) -> None:
         """
@@ -992,6 +1025,11 @@ class _Connection(Protocol):
                 # close, garbage), the connection cannot be trusted.
                 self.abort()
                 return
+            elif state == _SWITCHED:
+                switched = self.switched
+                assert switched is not None  # (set with the state)
+                switched._received(data)
+                return
             else:
                 return
 
@@ -1026,7 +1064,10 @@ class _Connection(Protocol):
         assert req is not None  # (a head is awaited only for a request)
         if code < 200:
             if code == 101:
-                raise _Malformed("upstream switched protocols, which is not supported")
+                if not req.upgrade:
+                    raise _Malformed("upstream switched protocols, which was not asked for")
+                self._switch(version, phrase, headers, rest)
+                return None
             return rest  # an interim answer: wait for the final one
         if connection is None:
             keepAlive = version[2] == 1
@@ -1088,6 +1129,24 @@ class _Connection(Protocol):
         if self.dead or self.response is not response:
             return None  # its callbacks aborted it: connectionLost ends it
         return rest
+
+    # -- switching protocols (L{HTTP11UpstreamClient.upgrade}) ---------------------
+
+    def _switch(self, version: Version, phrase: bytes, headers: Headers, rest: bytes) -> None:
+        """
+        A 101 to an upgrade request: the connection leaves HTTP (and the
+        pool) for good.  It reads nothing more until the answer's
+        L{_SwitchedResponse.switchProtocols} gives it its new protocol.
+        """
+        req = self.req
+        assert req is not None  # (a head is awaited only for a request)
+        self.req = None
+        self.state = _SWITCHED
+        switched = self.switched = _SwitchedResponse(self, version, phrase, headers, rest)
+        if not self.transportPaused:
+            self.transportPaused = True
+            self.transport.pauseProducing()
+        req.succeed(switched)
 
     def _sizedBody(self, data: bytes, state: int) -> Optional[bytes]:
         response = self.response
@@ -1171,6 +1230,109 @@ class _Connection(Protocol):
             if not line or line == b"\r":
                 self._responseDone(data)
                 return None
+
+
+@implementer(IPushProducer)
+class _NoBody:
+    """
+    The "transport" of a dropped 101's body protocol: there is nothing to
+    control.
+    """
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(ISwitchedResponse)
+class _SwitchedResponse:
+    """
+    A 101 answer to an upgrade request, whose connection waits (paused) to
+    be taken with L{switchProtocols} or dropped with L{deliverBody}.
+    """
+
+    code = 101
+    length = 0
+    body = None
+    request: Optional[IClientRequest] = None
+    previousResponse: Optional[IResponse] = None
+
+    def __init__(
+        self, conn: _Connection, version: Version, phrase: bytes, headers: Headers, rest: bytes
+    ) -> None:
+        self.version = version
+        self.phrase = phrase
+        self.headers = headers
+        self._conn = conn
+        self._held: List[bytes] = [rest] if rest else []
+        self._protocol: Optional[IProtocol] = None
+        self._dropped = False
+        self._end: Optional[Failure] = None
+
+    def __repr__(self) -> str:
+        return f"<SwitchedResponse 101 {self.phrase!r}>"
+
+    def setPreviousResponse(self, response: IResponse) -> None:
+        self.previousResponse = response
+
+    def switchProtocols(self, protocol: IProtocol) -> None:
+        """
+        See L{ISwitchedResponse.switchProtocols}.
+
+        @raise RuntimeError: when the connection was taken or dropped
+            already.
+        """
+        conn = self._conn
+        if self._dropped or self._protocol is not None:
+            raise RuntimeError("the connection of a 101 answer can be taken only once")
+        self._protocol = protocol
+        end = self._end
+        if conn.transportPaused and end is None:
+            # (Before the protocol has it: pausing is the protocol's now.)
+            conn.transportPaused = False
+            conn.transport.resumeProducing()
+        protocol.makeConnection(conn.transport)
+        held, self._held = self._held, []
+        for data in held:
+            protocol.dataReceived(data)
+        if end is not None:
+            self._end = None
+            protocol.connectionLost(end)
+
+    def deliverBody(self, protocol: IProtocol) -> None:
+        """
+        See L{ISwitchedResponse.deliverBody}: the connection is closed.
+        """
+        if not self._dropped and self._protocol is None:
+            self._dropped = True
+            self._held = []
+            conn = self._conn
+            conn.switched = None
+            conn.abort()
+        protocol.makeConnection(_NoBody())  # type: ignore[arg-type]
+        _notifyLost(protocol, _RESPONSE_DONE)
+
+    # -- from the connection ----------------------------------------------------
+
+    def _received(self, data: bytes) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            # (Paused: one read's worth at most.)
+            self._held.append(data)
+        else:
+            protocol.dataReceived(data)
+
+    def _lost(self, reason: Failure) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            self._end = reason
+        else:
+            protocol.connectionLost(reason)
 
 
 class _ConnectionFactory(Factory):
@@ -1350,14 +1512,15 @@ class _Address:
     An L{UpstreamAddress} of L{UpstreamAgent}'s.
     """
 
-    __slots__ = ("host", "port")
+    __slots__ = ("host", "port", "tls")
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls: Optional[UpstreamTLS] = None) -> None:
         self.host = host
         self.port = port
+        self.tls = tls
 
 
-@implementer(IUpstreamClient)
+@implementer(IUpstreamClient, IUpstreamUpgrader)
 class HTTP11UpstreamClient:
     """
     L{IUpstreamClient} with a parser and keep-alive pool of its own.
@@ -1368,7 +1531,8 @@ class HTTP11UpstreamClient:
     L{UpstreamBroken} when the connection broke before the head or the
     answer is not valid HTTP/1.1 (bad status line or fields, head over
     L{MAX_HEAD}, conflicting C{Content-Length}, a transfer coding other
-    than chunked, a 101).  A body that breaks after the head ends its
+    than chunked, a 101 to a request that did not ask to upgrade).  A body
+    that breaks after the head ends its
     protocol with L{ResponseFailed}.
 
     A request whose reused connection broke before any byte of the answer
@@ -1396,20 +1560,20 @@ class HTTP11UpstreamClient:
         self._endpoints = CachedEndpointFactory(reactor, connectTimeout)
         self._maxIdle = maxIdlePerBackend
         self._idleTimeout = idleTimeout
-        self._pools: Dict[Tuple[str, int], _HostPool] = {}
+        self._pools: Dict[Tuple[str, int, Optional[UpstreamTLS]], _HostPool] = {}
         self._deadlines: Dict[float, _Deadlines] = {}
         self._closed = False
 
-    def _newPool(self, host: str, port: int) -> _HostPool:
+    def _newPool(self, host: str, port: int, tls: Optional[UpstreamTLS]) -> _HostPool:
         try:
             hostBytes = host.encode("ascii")
         except UnicodeEncodeError:
             hostBytes = host.encode("idna")
-        endpoint = self._endpoints.endpointFor(hostBytes, port)
+        endpoint = self._endpoints.endpointFor(hostBytes, port, tls)
         authority = b"[" + hostBytes + b"]" if b":" in hostBytes else hostBytes
-        if port != 80:
+        if port != (80 if tls is None else 443):
             authority += b":%d" % (port,)
-        pool = self._pools[(host, port)] = _HostPool(
+        pool = self._pools[(host, port, tls)] = _HostPool(
             self, endpoint, b"Host: " + authority + b"\r\n"
         )
         return pool
@@ -1443,9 +1607,11 @@ class HTTP11UpstreamClient:
         req.onResponse = onResponse
         req.onFailure = onFailure
         req.args = args
-        pool = self._pools.get((backend.host, backend.port))
+        # (A backend over TLS is pooled apart, by its TLS settings.)
+        tls = getattr(backend, "tls", None)
+        pool = self._pools.get((backend.host, backend.port, tls))
         if pool is None:
-            pool = self._newPool(backend.host, backend.port)
+            pool = self._newPool(backend.host, backend.port, tls)
         # Host goes first (RFC 9112 3.2), unless the caller gave one.
         parts = [method, b" ", uri, b" HTTP/1.1\r\n", pool.hostLine]
         extend = parts.extend
@@ -1490,10 +1656,31 @@ class HTTP11UpstreamClient:
             pool.connect(req)
         return req
 
+    def upgrade(
+        self,
+        backend: UpstreamAddress,
+        method: bytes,
+        uri: bytes,
+        headers: Headers,
+        timeout: Optional[float],
+        onResponse: Callable[..., object],
+        onFailure: Callable[..., object],
+        *args: object,
+    ) -> _Request:
+        """
+        See L{IUpstreamUpgrader.upgrade}: a 101 answer is a
+        L{_SwitchedResponse}, whose connection leaves the pool for good.
+        """
+        req = self.send(backend, method, uri, headers, None, timeout, onResponse, onFailure, *args)
+        # Read when the answer's head arrives, which is never within send.
+        req.upgrade = True
+        return req
+
     def close(self) -> Deferred[None]:
         """
         Close every idle connection; connections in use are closed when
-        their request ends.
+        their request ends (switched ones, L{upgrade}'s, belong to whoever
+        took them).
 
         @return: a Deferred that fires when the idle ones are closed.
         """

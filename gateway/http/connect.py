@@ -1,18 +1,20 @@
 """
-How the engine connects to a backend: one endpoint per (host, port), built
-once (L{CachedEndpointFactory}).
+How the engine connects to a backend: one endpoint per (host, port, TLS
+settings), built once (L{CachedEndpointFactory}).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.web.client import URI
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
+
+from gateway.http.tls import UpstreamTLS
 
 
 @implementer(IAgentEndpointFactory)
@@ -35,7 +37,7 @@ class CachedEndpointFactory:
     def __init__(self, reactor: IReactorTime, connectTimeout: float = 5.0) -> None:
         self._reactor = reactor
         self._connectTimeout = connectTimeout
-        self._endpoints: Dict[Tuple[bytes, int], IStreamClientEndpoint] = {}
+        self._endpoints: Dict[Tuple[bytes, int, Optional[UpstreamTLS]], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         """
@@ -44,17 +46,23 @@ class CachedEndpointFactory:
         """
         return self.endpointFor(uri.host, uri.port)
 
-    def endpointFor(self, host: bytes, port: int) -> IStreamClientEndpoint:
+    def endpointFor(
+        self, host: bytes, port: int, tls: Optional[UpstreamTLS] = None
+    ) -> IStreamClientEndpoint:
         """
         @param host: a host name (IDNA-encoded) or an IP address.
         @param port: the TCP port.
-        @return: the endpoint that connects to C{host} and C{port}, the same
-            one every time.
+        @param tls: how to speak TLS over the connection, or L{None}.
+        @return: the endpoint that connects to C{host} and C{port} (over
+            TLS when C{tls} is given), the same one every time.
         """
-        key = (host, port)
+        key = (host, port, tls)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = self._endpoints[key] = self._makeEndpoint(host, port)
+            endpoint = self._makeEndpoint(host, port)
+            if tls is not None:
+                endpoint = tls.wrap(endpoint, self._reactor)
+            self._endpoints[key] = endpoint
         return endpoint
 
     def _makeEndpoint(self, host: bytes, port: int) -> IStreamClientEndpoint:

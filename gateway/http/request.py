@@ -313,6 +313,9 @@ class GatewayRequest(PhrasedRequest):
                 else:
                     self.channel.write(data)
             return
+        closes = getattr(self.channel, "closesAfterAnswer", None)
+        if closes is not None and closes() and self.clientproto == b"HTTP/1.1":
+            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
         if (
             self.finished
             or self._disconnected

@@ -1,4 +1,5 @@
 """
-The model: the schema toolkit, the resources (servers, clusters, apis,
-routings), the config file, URL patterns.  Imports no transport.
+The model: the schema toolkit, the resources (certificates, servers,
+clusters, apis, routings), the config file, URL patterns.  Imports no
+transport.
 """

@@ -3,18 +3,25 @@ The gateway's config file (C{twistd gateway --config gateway.yaml}).
 
 The file says which roles the process runs (C{proxy:}, C{admin:} or both),
 where each listens (Twisted endpoint strings), which store holds the
-resources, and may seed resources (C{servers:}, C{clusters:}, C{apis:},
-C{routings:} in their REST form)::
+resources, and may seed resources (C{certificates:}, C{servers:},
+C{clusters:}, C{apis:}, C{routings:} in their REST form; a certificate may
+name PEM files, C{certFile} and C{keyFile}, relative to the file)::
 
     proxy:
       listen: tcp:8080:interface=127.0.0.1
-      filters: [request-id, {name: access-log, config: {}}]
+      tlsListen: [tcp:8443:interface=127.0.0.1]
+      tlsDefaultCertificate: main
+      http2: true                 # h2 by ALPN on tlsListen
+      h2c: false                  # HTTP/2 with prior knowledge on listen
+      filters: [request-id]
       trustedProxies: [10.0.0.0/8]
-      accessLog: true
+      accessLog: {path: /var/log/gateway/access.log}   # or true / false
     admin:
       listen: tcp:9090:interface=127.0.0.1
       token: change-me
     store: file:./gateway-data.json
+    resolver: {nameservers: ["127.0.0.1:5353"], timeout: 2}
+    limits: {store: "redis://127.0.0.1:6379/0", onFailure: local}
     servers: [{name: s1, addr: "127.0.0.1:9001"}]
 
 Everything is checked before the gateway starts: a missing, unreadable or
@@ -24,22 +31,41 @@ invalid file raises L{ConfigError}, which names the key at fault
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import os
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import attrs
 import yaml
 
+from gateway.model import patterns
+from gateway.model.accesslog import AccessLogConfig, AccessLogSetting
+from gateway.model.cache import CacheSettings
+from gateway.model.certificates import inlineCertificateFiles
 from gateway.model.consumers import keepCredentials
 from gateway.model.endpoints import isLoopbackEndpoint
 from gateway.model.limits import DEFAULT_MAX_IDLE, HTTPLimits
-from gateway.model.resources import KINDS, Catalog, FilterSpec, parseResource
+from gateway.model.resources import KINDS, Catalog, FilterSpec, missingSecrets, parseResource
 from gateway.model.schema import (
     Bool,
+    Enum,
     Int,
     Name,
     Nullable,
     Num,
     Obj,
+    Rule,
+    Seconds,
     Spec,
     Str,
     ValidationError,
@@ -48,6 +74,8 @@ from gateway.model.schema import (
     fromJSON,
 )
 from gateway.model.schema import List as ListOf
+from gateway.model.sharedlimits import LimitsConfig
+from gateway.model.tracing import TracingConfig
 
 DEFAULT_STORE = "file:gateway-data.json"
 
@@ -116,6 +144,56 @@ def _checkEndpoint(description: str) -> None:
         raise ValueError(f"port {port} is out of range (0 to 65535)")
 
 
+def _checkPlainEndpoint(description: str) -> None:
+    if description.strip().lower().startswith("ssl:"):
+        raise ValueError(
+            f"{description!r} is a TLS endpoint: tlsListen takes a plain one (e.g."
+            " tcp:8443:interface=127.0.0.1), to which the gateway adds TLS with the"
+            " certificates of its store"
+        )
+    _checkEndpoint(description)
+
+
+def endpointTuple(value: Any) -> Tuple[str, ...]:
+    """
+    @return: endpoint strings as a tuple (one given alone, or several).
+    """
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@attrs.frozen
+class Endpoints(Spec):
+    """
+    One Twisted endpoint string, or a list of them: parsed to a tuple.
+    """
+
+    check: Any = _checkEndpoint
+    minItems: int = 1
+
+    def _item(self) -> Str:
+        return Str(check=self.check, minLength=1)
+
+    def parse(self, value: Any, path: str) -> Tuple[str, ...]:
+        if isinstance(value, str):
+            return (self._item().parse(value, path),)
+        if isinstance(value, list):
+            parsed: Tuple[str, ...] = ListOf(
+                self._item(), minItems=self.minItems, maxItems=64, unique=True
+            ).parse(value, path)
+            return parsed
+        kind = "null" if value is None else type(value).__name__
+        raise ValidationError(
+            path, f"must be a string (an endpoint) or a list of strings, not {kind}"
+        )
+
+    def dump(self, value: Any) -> Any:
+        return list(value)
+
+    def schema(self) -> dict:
+        item = self._item().schema()
+        return {"anyOf": [item, {"type": "array", "items": item, "minItems": self.minItems}]}
+
+
 def _checkHostPort(hostPort: str, url: str) -> None:
     host, _, port = hostPort.rpartition(":")
     if not host:
@@ -162,14 +240,56 @@ class ProxyConfig:
     The C{proxy:} section: the gateway's public side.
     """
 
-    listen: str = field(Str(check=_checkEndpoint, minLength=1), doc="Twisted endpoint string")
+    listen: Tuple[str, ...] = field(
+        Endpoints(minItems=0),
+        (),
+        doc="Twisted endpoint string of plain HTTP, or a list of them",
+        converter=endpointTuple,
+    )
+    tlsListen: Tuple[str, ...] = field(
+        Endpoints(check=_checkPlainEndpoint, minItems=0),
+        (),
+        converter=endpointTuple,
+        doc=(
+            "endpoint string (tcp:8443) where the proxy serves HTTPS with the certificates"
+            " of the store, chosen by SNI; or a list of them"
+        ),
+    )
+    tlsDefaultCertificate: Optional[str] = field(
+        Nullable(Name()),
+        None,
+        doc=(
+            "the certificate served to TLS clients whose name (SNI) no certificate serves;"
+            " null = their handshakes fail"
+        ),
+    )
+    http2: bool = field(
+        Bool(),
+        True,
+        doc="offer HTTP/2 (h2) besides HTTP/1.1 by ALPN on the tlsListen endpoints",
+    )
+    h2c: bool = field(
+        Bool(),
+        False,
+        doc=(
+            "accept HTTP/2 without TLS on the listen endpoints from clients that start with"
+            " its connection preface (prior knowledge)"
+        ),
+    )
     filters: Tuple[FilterSpec, ...] = field(
         ListOf(_FilterRef()), (), doc="global filters, by plugin name, run for every API"
     )
     trustedProxies: Tuple[str, ...] = field(
         ListOf(Str(check=checkCIDR)), (), doc="CIDRs whose X-Forwarded-For is believed"
     )
-    accessLog: bool = field(Bool(), True)
+    accessLog: Union[bool, AccessLogConfig] = field(
+        AccessLogSetting(),
+        attrs.Factory(AccessLogConfig),
+        doc=(
+            "true: JSON lines on the standard output; false: none; or an object: "
+            "{path, format, fields, flushInterval, bufferSize, maxPending, facility, tag}"
+        ),
+    )
     workers: Optional[int] = field(
         Nullable(Int(0, 256)),
         None,
@@ -191,6 +311,11 @@ class ProxyConfig:
         Obj(HTTPLimits),
         attrs.Factory(HTTPLimits),
         doc="request size limits and client timeouts (413, 414, 431, 408)",
+    )
+    cache: CacheSettings = field(
+        Obj(CacheSettings),
+        attrs.Factory(CacheSettings),
+        doc="the response cache of each proxy process: its memory, its calls to Redis",
     )
 
 
@@ -219,6 +344,95 @@ class AdminConfig:
     )
 
 
+#: The choices of C{resolver.family} (as Envoy's C{dns_lookup_family}).
+ADDRESS_FAMILIES = ("v4-preferred", "v6-preferred", "v4-only", "v6-only", "all")
+
+
+#: A DNS server: an IP address, with an optional port (53 by default).
+_NAMESERVER = (
+    rf"^({patterns.IPV4}(:[0-9]{{1,5}})?|\[{patterns.IPV6}\](:[0-9]{{1,5}})?|{patterns.IPV6})$"
+)
+
+
+def parseNameserver(value: str) -> Tuple[str, int]:
+    """
+    @param value: a C{resolver.nameservers} entry: C{10.0.0.2},
+        C{10.0.0.2:5353}, C{::1} or C{[::1]:5353}.
+    @return: C{(ip, port)}.
+    @raise ValueError: when the port is out of range.
+    """
+    if value.startswith("["):
+        host, _, port = value[1:].partition("]")
+        port = port[1:]
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, ""
+    number = int(port) if port else 53
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} is out of range (1 to 65535)")
+    return host, number
+
+
+def _checkNameserver(value: str) -> None:
+    parseNameserver(value)
+
+
+def _ttlBounds(values: Mapping[str, Any]) -> Any:
+    if values["minTTL"] > values["maxTTL"]:
+        yield "minTTL", "must not be above maxTTL"
+
+
+@attrs.frozen
+class ResolverConfig:
+    """
+    The C{resolver:} section: how the gateway looks up the host names of
+    servers and the SRV records of clusters' C{discovery}
+    (L{gateway.discovery}).
+    """
+
+    nameservers: Tuple[str, ...] = field(
+        ListOf(
+            Str(
+                pattern=_NAMESERVER,
+                check=_checkNameserver,
+                patternHint="must be an IP address with an optional port: 10.0.0.2,"
+                " 127.0.0.1:5353, ::1 or [::1]:5353",
+            ),
+            maxItems=16,
+            unique=True,
+        ),
+        (),
+        doc="the DNS servers to ask, in order; empty = those of /etc/resolv.conf",
+    )
+    timeout: float = field(
+        Seconds(60), 2.0, doc="seconds to wait for each DNS server's answer before the next"
+    )
+    hosts: str = field(
+        Str(),
+        "/etc/hosts",
+        doc='a hosts file whose names are answered before the DNS; "" = none',
+    )
+    family: str = field(
+        Enum(ADDRESS_FAMILIES),
+        "v4-preferred",
+        doc=(
+            "which addresses of a host name are servers: v4-preferred (its IPv4 ones, or its"
+            " IPv6 ones when it has none), v6-preferred, v4-only, v6-only, or all"
+        ),
+    )
+    minTTL: float = field(
+        Seconds(3600), 1.0, doc="seconds: a name is not looked up again sooner than this"
+    )
+    maxTTL: float = field(
+        Seconds(86400), 300.0, doc="seconds: a name is looked up again at least this often"
+    )
+
+    rules: ClassVar[Tuple[Rule, ...]] = (
+        Rule(("minTTL", "maxTTL"), _ttlBounds, doc="minTTL is at most maxTTL."),
+    )
+
+
 @attrs.frozen
 class GatewayConfig:
     """
@@ -230,6 +444,11 @@ class GatewayConfig:
     @ivar seed: C{{kind: (resource, ...)}} for every kind in
         L{gateway.store.KINDS}, parsed model objects in file order.
     @ivar path: where the config came from (the file's path).
+    @ivar resolver: the L{ResolverConfig}.
+    @ivar tracing: the C{tracing:} section (L{TracingConfig}), or L{None}
+        when nothing is traced.
+    @ivar limits: the C{limits:} section (limits held by the fleet on
+        Redis), or L{None}.
     """
 
     proxy: Optional[ProxyConfig]
@@ -237,19 +456,31 @@ class GatewayConfig:
     store: str = DEFAULT_STORE
     seed: Mapping[str, Tuple[Any, ...]] = attrs.Factory(lambda: {kind: () for kind in KINDS})
     path: Optional[str] = None
+    resolver: ResolverConfig = ResolverConfig()
+    tracing: Optional[TracingConfig] = None
+    limits: Optional[LimitsConfig] = None
 
 
-_SECTIONS = {"proxy": ProxyConfig, "admin": AdminConfig}
+_SECTIONS = {
+    "proxy": ProxyConfig,
+    "admin": AdminConfig,
+    "tracing": TracingConfig,
+    "limits": LimitsConfig,
+}
 
 
-_TOP_KEYS = ("proxy", "admin", "store") + KINDS
+_TOP_KEYS = ("proxy", "admin", "store", "resolver", "tracing", "limits") + KINDS
 
 
-def _parseSeed(data: Mapping[str, Any]) -> Dict[str, Tuple[Any, ...]]:
+def _parseSeed(
+    data: Mapping[str, Any], baseDirectory: Optional[str] = None
+) -> Dict[str, Tuple[Any, ...]]:
     """
+    @param baseDirectory: where the paths of certificate files start
+        (C{certFile}, C{keyFile}: the config file's directory).
     @raise ValidationError: gathering every error of the seed resources:
         each invalid one, each name given twice, each reference to a
-        resource that is not seeded.
+        resource that is not seeded, each certificate without its key.
     """
     seed: Dict[str, Tuple[Any, ...]] = {}
     index: Dict[Tuple[str, str], int] = {}
@@ -266,11 +497,16 @@ def _parseSeed(data: Mapping[str, Any]) -> Dict[str, Tuple[Any, ...]]:
         parsed: List[Any] = []
         for i, item in enumerate(items):
             try:
+                if kind == "certificates":
+                    item = inlineCertificateFiles(item, baseDirectory)
                 resource = parseResource(kind, item)
                 if kind == "consumers":
                     # A config file has no stored credential to keep: each
                     # needs its secret.
                     keepCredentials(resource, None)
+                missing = missingSecrets(resource)
+                if missing:
+                    raise ValidationError.collect(missing)
             except ValidationError as e:
                 errors.append(e.within(f"{kind}[{i}]"))
                 continue
@@ -301,6 +537,12 @@ def _parseSeed(data: Mapping[str, Any]) -> Dict[str, Tuple[Any, ...]]:
     if errors:
         raise ValidationError.collect(errors)
     return seed
+
+
+def _directoryOf(source: str) -> Optional[str]:
+    if source.startswith("<"):
+        return None
+    return os.path.dirname(os.path.abspath(source))
 
 
 def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
@@ -338,12 +580,20 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
         store = Str(check=_checkStore, minLength=1).parse(data.get("store", DEFAULT_STORE), "store")
     except ValidationError as e:
         errors.append(e)
+    resolver = ResolverConfig()
+    if data.get("resolver") is not None:
+        try:
+            resolver = fromJSON(ResolverConfig, data["resolver"], "resolver")
+        except ValidationError as e:
+            errors.append(e)
     seed: Dict[str, Tuple[Any, ...]] = {kind: () for kind in KINDS}
     try:
-        seed = _parseSeed(data)
+        seed = _parseSeed(data, _directoryOf(source))
     except ValidationError as e:
         errors.append(e)
     proxy, admin = sections["proxy"], sections["admin"]
+    if proxy is not None and not proxy.listen and not proxy.tlsListen:
+        errors.append(ValidationError("proxy.listen", "is required (or proxy.tlsListen)"))
     if admin is not None and admin.token is None and not isLoopbackEndpoint(admin.listen):
         errors.append(
             ValidationError(
@@ -352,16 +602,30 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
                 "(anyone who reaches the port would control the gateway)",
             )
         )
-    if proxy is not None and admin is not None and proxy.listen == admin.listen:
-        errors.append(ValidationError("admin.listen", "is the same endpoint as proxy.listen"))
+    if proxy is not None:
+        for i, endpoint in enumerate(proxy.tlsListen):
+            if endpoint in proxy.listen:
+                errors.append(
+                    ValidationError(
+                        _listKey("proxy.tlsListen", proxy.tlsListen, i),
+                        "is also an endpoint of proxy.listen",
+                    )
+                )
+    if proxy is not None and admin is not None:
+        for key, endpoints in (
+            ("proxy.listen", proxy.listen),
+            ("proxy.tlsListen", proxy.tlsListen),
+        ):
+            if admin.listen in endpoints:
+                errors.append(ValidationError("admin.listen", f"is the same endpoint as {key}"))
     if proxy is not None and proxy.workers is not None and proxy.workers != 1:
-        if not proxy.listen.startswith(_SHARED_ENDPOINTS):
+        if not all(e.startswith(_SHARED_ENDPOINTS) for e in proxyEndpoints(proxy)):
             errors.append(
                 ValidationError(
-                    "proxy.workers", "several workers need a tcp: or tcp6: listen endpoint"
+                    "proxy.workers", "several workers need tcp: or tcp6: listen endpoints"
                 )
             )
-        elif not workersCanShare(proxy.listen, store):
+        elif not workersCanShare(proxyEndpoints(proxy), store):
             errors.append(
                 ValidationError(
                     "proxy.workers", "several workers need a shared store (file: or etcd://)"
@@ -369,20 +633,61 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
             )
     if errors:
         raise ConfigError.fromValidation(ValidationError.collect(errors), source)
-    return GatewayConfig(proxy=proxy, admin=admin, store=store, seed=seed, path=source)
+    return GatewayConfig(
+        proxy=proxy,
+        admin=admin,
+        store=store,
+        seed=seed,
+        path=source,
+        resolver=resolver,
+        tracing=sections["tracing"],
+        limits=sections["limits"],
+    )
 
 
 #: Listen endpoints several worker processes can each bind (SO_REUSEPORT).
 _SHARED_ENDPOINTS = ("tcp:", "tcp6:")
 
 
-def workersCanShare(listen: str, store: str) -> bool:
+def _listKey(key: str, values: Sequence[str], index: int) -> str:
+    return key if len(values) == 1 else f"{key}[{index}]"
+
+
+def proxyEndpoints(proxy: ProxyConfig) -> Tuple[str, ...]:
     """
-    @return: whether several proxy workers can share the listen endpoint
+    @return: every endpoint the proxy listens on: C{listen}, then
+        C{tlsListen}.
+    """
+    return tuple(proxy.listen) + tuple(proxy.tlsListen)
+
+
+def listenSettings(proxy: ProxyConfig) -> List[Tuple[str, str, bool]]:
+    """
+    @return: C{(setting, endpoint, tls)} of every endpoint the proxy
+        listens on, C{setting} naming it for messages (C{proxy.listen},
+        C{proxy.tlsListen[1]}).
+    """
+    out = []
+    for key, values, tls in (
+        ("proxy.listen", proxy.listen, False),
+        ("proxy.tlsListen", proxy.tlsListen, True),
+    ):
+        for i, endpoint in enumerate(values):
+            out.append((_listKey(key, values, i), endpoint, tls))
+    return out
+
+
+def workersCanShare(listen: Any, store: str) -> bool:
+    """
+    @param listen: an endpoint string, or several.
+    @return: whether several proxy workers can share the listen endpoints
         C{listen} and the store C{store} (not C{memory:}, which lives in
         one process).
     """
-    return listen.startswith(_SHARED_ENDPOINTS) and not store.startswith("memory:")
+    endpoints = (listen,) if isinstance(listen, str) else tuple(listen)
+    return all(e.startswith(_SHARED_ENDPOINTS) for e in endpoints) and not store.startswith(
+        "memory:"
+    )
 
 
 if TYPE_CHECKING:

@@ -344,6 +344,14 @@ class Consumer:
         ),
     )
 
+    @staticmethod
+    def publicJSON(value: Mapping[str, Any]) -> Dict[str, Any]:
+        """
+        @return: a consumer's JSON as the admin answers it (see
+            L{publicConsumer}).
+        """
+        return publicConsumer(value)
+
 
 def publicCredential(value: Mapping[str, Any]) -> Dict[str, Any]:
     """

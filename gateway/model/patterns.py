@@ -19,6 +19,7 @@ from gateway.model.schema import PATH_EXCLUDED
 __all__ = [
     "ADDR",
     "CIDR",
+    "DNS_NAME",
     "HEADER_NAME",
     "HOST",
     "IPV4",
@@ -74,6 +75,11 @@ _PORT = "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][
 ADDR = rf"^(\[{IPV6}(%[A-Za-z0-9._~-]+)?\]|[A-Za-z0-9._-]+):{_PORT}$"
 
 _LABEL = "[A-Za-z0-9_-]+"
+
+#: A name to look up in the DNS (C{users.internal},
+#: C{_http._tcp.users.service.internal}): labels of letters, digits, C{-}
+#: and C{_} separated by dots, one trailing dot allowed.
+DNS_NAME = rf"^{_LABEL}(\.{_LABEL})*\.?$"
 
 #: A route's host: a DNS name (optionally C{*.} for any subdomain), C{*},
 #: an IPv4 address or C{[IPv6]}; no port; one trailing dot allowed.

@@ -1,5 +1,6 @@
 """
-The gateway's resources: servers, clusters, consumers, apis and routings.
+The gateway's resources: certificates, servers, clusters, consumers, apis and
+routings.
 
 Field names are those of the REST contract (DESIGN.md).  Each class is a
 frozen attrs class built from L{gateway.model.schema} fields, so
@@ -20,6 +21,15 @@ from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
 import attrs
 
 from gateway.model import patterns
+from gateway.model.cache import Cache
+from gateway.model.certificates import (
+    MAX_PEM,
+    SNI,
+    certificateInfo,
+    keyMatches,
+    loadChain,
+    loadKey,
+)
 from gateway.model.consumers import ACL, Auth, Consumer, consumerConflicts
 from gateway.model.cors import CORS
 from gateway.model.headeredits import Transform, transformTemplates
@@ -43,13 +53,14 @@ from gateway.model.schema import (
     field,
     fromJSON,
     toJSON,
+    writeOnlyFields,
 )
 from gateway.model.schema import List as ListOf
 
 #: The kinds of resource, in the order in which they may refer to each other
-#: (a cluster names servers, an api names clusters and consumers, a routing
-#: names both).
-KINDS = ("servers", "clusters", "consumers", "apis", "routings")
+#: (a server names a certificate, a cluster names servers, an api names
+#: clusters and consumers, a routing names both).
+KINDS = ("certificates", "servers", "clusters", "consumers", "apis", "routings")
 
 LOAD_BALANCERS = (
     "round-robin",
@@ -59,6 +70,10 @@ LOAD_BALANCERS = (
     "random",
     "p2c-ewma",
 )
+
+
+#: The record types a cluster's C{discovery} may look up.
+DISCOVERY_TYPES = ("SRV",)
 
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -167,6 +182,167 @@ class PassiveHealth:
     ejectTime: float = field(Seconds(86400), 30.0, doc="seconds")
 
 
+def _checkChain(value: str) -> None:
+    loadChain(value)
+
+
+def _checkKey(value: str) -> None:
+    loadKey(value)
+
+
+def PEM(what: str, check: Any) -> Str:
+    """
+    PEM text (C{-----BEGIN ...}): lines of printable ASCII, checked by
+    C{check}.
+    """
+    return Str(
+        pattern=r"^[\t\n\r -~]*$",
+        minLength=1,
+        maxLength=MAX_PEM,
+        controls=True,
+        check=check,
+        description=what,
+        patternHint="must be PEM text: lines of printable ASCII",
+    )
+
+
+def _lowerCase(values: Tuple[str, ...]) -> Tuple[str, ...]:
+    return tuple(v.lower() for v in values)
+
+
+def _keyMatchesCert(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    key = values["key"]
+    if key is None:
+        return
+    try:
+        chain = loadChain(values["cert"])
+        private = loadKey(key)
+    except ValueError:
+        return  # (each field's own error says why)
+    if not keyMatches(chain[0], private):
+        yield "key", "does not match cert: it is not the private key of its first certificate"
+
+
+def _snisUnique(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    seen = set()
+    for i, sni in enumerate(values["snis"]):
+        if sni.lower() in seen:
+            yield f"snis[{i}]", f"duplicate {sni!r}"
+        seen.add(sni.lower())
+
+
+@attrs.frozen
+class Certificate:
+    """
+    A TLS certificate the proxy's TLS listeners serve to the clients that
+    ask for one of its C{snis}, or that a server's C{tls.clientCertificate}
+    presents to a backend.  The private key is write-only: it is kept, and
+    never answered, exported or logged; a write without it keeps the one
+    stored (a renewed certificate of the same key).
+    """
+
+    name: str = field(Name())
+    cert: str = field(
+        PEM("certificate chain", _checkChain),
+        doc="PEM: the certificate, then the intermediates that sign it",
+    )
+    key: Optional[str] = field(
+        Nullable(PEM("private key", _checkKey)),
+        None,
+        doc=(
+            "PEM private key of cert, unencrypted (RSA of 2048 bits or more, EC, Ed25519,"
+            " Ed448). Write-only: never answered. Required to create a certificate; left"
+            " out, a write keeps the stored key"
+        ),
+        access="writeOnly",
+        # (Never in a repr, so never in a log line or a traceback's text.)
+        repr=False,
+    )
+    snis: Tuple[str, ...] = field(
+        ListOf(
+            Str(
+                pattern=SNI,
+                maxLength=253,
+                patternHint="must be a host name (api.example.com) or *. and one"
+                " (*.example.org), in its ASCII form (xn-- for other letters), without a port",
+            ),
+            maxItems=1000,
+        ),
+        (),
+        doc="server names this certificate is served for: exact, or *. for any one label",
+        converter=_lowerCase,
+    )
+
+    rules: ClassVar[Tuple[Rule, ...]] = (
+        Rule(("cert", "key"), _keyMatchesCert, doc="The key is the private key of cert."),
+        Rule(("snis",), _snisUnique, doc="The snis are distinct (ignoring case)."),
+    )
+
+    #: What the admin shows of the certificate in its answers, computed
+    #: from C{cert}; ignored when sent.
+    derived: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "subject": {"type": "string", "description": "subject of the certificate (RFC 4514)"},
+        "issuer": {"type": "string", "description": "issuer of the certificate (RFC 4514)"},
+        "sans": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "the DNS names and IP addresses of its subjectAltName",
+        },
+        "notBefore": {"type": "string", "description": "valid from (ISO 8601, UTC)"},
+        "notAfter": {"type": "string", "description": "valid until (ISO 8601, UTC)"},
+        "expiresAt": {"type": "integer", "description": "notAfter, in seconds since the epoch"},
+        "fingerprint": {"type": "string", "description": "SHA-256 fingerprint (AB:CD:...)"},
+        "chain": {"type": "integer", "description": "how many certificates cert holds"},
+    }
+
+    @staticmethod
+    def publicJSON(value: Mapping[str, Any]) -> Dict[str, Any]:
+        """
+        @return: a certificate's JSON as the admin answers it: without its
+            key, with what L{derived} describes.
+        """
+        out = {k: v for k, v in value.items() if k != "key"}
+        try:
+            out.update(certificateInfo(value["cert"]))
+        except (KeyError, TypeError, ValueError):
+            pass
+        return out
+
+
+@attrs.frozen
+class UpstreamTLS:
+    """
+    How the proxy speaks TLS to a server: verified by default (the chain
+    up to C{ca}, or the system's trusted authorities, and the name), with
+    a client certificate when C{clientCertificate} names one.
+    """
+
+    verify: bool = field(
+        Bool(),
+        True,
+        doc="verify the server's certificate chain and name; false trusts any certificate",
+    )
+    ca: Optional[str] = field(
+        Nullable(PEM("CA certificates", _checkChain)),
+        None,
+        doc="PEM certificates of the authorities to trust; null = the system's",
+    )
+    serverName: Optional[str] = field(
+        Nullable(
+            Str(
+                pattern=SNI,
+                maxLength=253,
+                patternHint="must be a host name (api.internal), in its ASCII form",
+            )
+        ),
+        None,
+        doc="the name sent by SNI and verified; null = the host of addr",
+    )
+    clientCertificate: Optional[str] = field(
+        Nullable(Name()), None, doc="a certificate to present (mutual TLS), by name"
+    )
+
+
 @attrs.frozen
 class Server:
     """
@@ -180,24 +356,87 @@ class Server:
             maxLength=300,
             patternHint="must be host:port",
         ),
-        doc="host:port",
+        doc="host:port; a host name is looked up in the DNS, and each of its addresses is a"
+        " server of its own",
     )
     weight: int = field(Int(0, 10000), 1, doc="share for weighted balancing; 0 = drain")
     maxQPS: int = field(Int(0, 10_000_000), 0, doc="requests per second, 0 = no limit")
     healthCheck: Optional[HealthCheck] = field(Nullable(Obj(HealthCheck)), None)
     circuitBreaker: Optional[CircuitBreaker] = field(Nullable(Obj(CircuitBreaker)), None)
     passiveHealth: Optional[PassiveHealth] = field(Nullable(Obj(PassiveHealth)), None)
+    tls: Optional[UpstreamTLS] = field(
+        Nullable(Obj(UpstreamTLS)),
+        None,
+        doc="speak HTTPS to this server (requests, health checks, aggregation calls)",
+    )
+
+
+@attrs.frozen
+class Discovery:
+    """
+    Where a cluster finds its servers in the DNS: the SRV records of a name
+    (RFC 2782), kept current on their TTL.  Each record's target is resolved
+    to its addresses, and each address (with the record's port) is a server
+    of the cluster, with the settings given here; the records of the lowest
+    priority serve while any of them is available, and their weights are
+    the servers' weights.
+    """
+
+    dns: str = field(
+        Str(
+            pattern=patterns.DNS_NAME,
+            minLength=1,
+            maxLength=253,
+            patternHint="must be a DNS name: labels of letters, digits, - and _ separated by dots",
+        ),
+        doc="the DNS name to look up, e.g. _http._tcp.users.service.internal",
+    )
+    type: str = field(Enum(DISCOVERY_TYPES), "SRV", doc="the record type: SRV")
+    maxQPS: int = field(
+        Int(0, 10_000_000), 0, doc="requests per second of each discovered server, 0 = no limit"
+    )
+    healthCheck: Optional[HealthCheck] = field(
+        Nullable(Obj(HealthCheck)), None, doc="checks each discovered server"
+    )
+    circuitBreaker: Optional[CircuitBreaker] = field(
+        Nullable(Obj(CircuitBreaker)), None, doc="one breaker per discovered server"
+    )
+    passiveHealth: Optional[PassiveHealth] = field(Nullable(Obj(PassiveHealth)), None)
+
+
+def _serversOrDiscovery(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["discovery"] is not None and values["servers"]:
+        yield "servers", "must be empty when the cluster has discovery (its servers are found)"
+
+
+#: A cluster's servers are listed or discovered, not both (JSON Schema can
+#: say it).
+_SERVERS_OR_DISCOVERY = {
+    "anyOf": [
+        {"not": {"required": ["discovery"]}},
+        {"properties": {"discovery": {"nullable": True, "enum": [None]}}},
+        {"properties": {"servers": {"maxItems": 0}}},
+    ]
+}
 
 
 @attrs.frozen
 class Cluster:
     """
-    A named set of servers that serve the same thing, and how to pick one.
+    A named set of servers that serve the same thing, and how to pick one:
+    the servers are listed (C{servers}) or found in the DNS (C{discovery}).
     """
 
     name: str = field(Name())
     servers: Tuple[str, ...] = field(ListOf(Name(), unique=True), ())
     loadBalance: str = field(Enum(LOAD_BALANCERS), "round-robin")
+    discovery: Optional[Discovery] = field(
+        Nullable(Obj(Discovery)), None, doc="find the servers in the DNS instead of listing them"
+    )
+
+    rules: ClassVar[Tuple[Rule, ...]] = (
+        Rule(("servers", "discovery"), _serversOrDiscovery, schema=_SERVERS_OR_DISCOVERY),
+    )
 
 
 def _defaultOptional(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
@@ -359,6 +598,28 @@ _NODES_OR_RESPONSE = {
 }
 
 
+def _websocketOneNode(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if not values["websocket"]:
+        return
+    if values["response"] is not None:
+        yield "websocket", "a WebSocket is relayed to a node: an API with a mock response cannot"
+    elif len(values["nodes"]) > 1:
+        yield "websocket", "an API with several nodes aggregates: it cannot relay a WebSocket"
+
+
+#: A websocket API has one node, and no mock response (JSON Schema can say
+#: it; a null websocket in a body is the default, false).
+_WEBSOCKET_ONE_NODE = {
+    "anyOf": [
+        {"properties": {"websocket": {"enum": [False, None]}}},
+        {
+            "properties": {"nodes": {"maxItems": 1}},
+            "not": {"required": ["response"], "properties": {"response": {"type": "object"}}},
+        },
+    ]
+}
+
+
 def _transformParams(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
     transform = values["transform"]
     if transform is None:
@@ -383,6 +644,24 @@ def _aclNeedsAuth(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
     rateLimit = values["rateLimit"]
     if rateLimit is not None and rateLimit.key == "consumer" and values["auth"] is None:
         yield "rateLimit.key", "consumer needs auth: without it no request has a consumer"
+    cache = values["cache"]
+    if cache is not None and values["auth"] is None and "consumer" in cache.varyOn:
+        i = cache.varyOn.index("consumer")
+        yield f"cache.varyOn[{i}]", "consumer needs auth: without it no request has a consumer"
+
+
+def _cacheOneNode(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["cache"] is None:
+        return
+    if values["response"] is not None:
+        yield "cache", "a mock response is not cached: it costs nothing to make"
+    elif len(values["nodes"]) > 1:
+        yield "cache", "an aggregation (several nodes) is not cached: cache its nodes' APIs"
+
+
+def _websocketMethod(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    if values["websocket"] and values["method"].upper() not in ("*", "GET"):
+        yield "method", "must be GET or * for a websocket API (a handshake is a GET)"
 
 
 def _upperMethod(value: str) -> str:
@@ -462,6 +741,35 @@ class API:
         None,
         doc="a mock: the gateway answers this itself, after the filters (instead of nodes)",
     )
+    httpsOnly: bool = field(
+        Bool(),
+        False,
+        doc="plain-HTTP requests get a 308 redirect to the same URL over HTTPS",
+    )
+    # -- WebSocket pass-through (README: WebSocket) --
+    websocket: bool = field(
+        Bool(),
+        False,
+        doc="relay WebSocket handshakes (GET with Upgrade: websocket) to the backend, then"
+        " the connection both ways as a byte tunnel; false: Upgrade is stripped",
+    )
+    websocketIdleTimeout: float = field(
+        Num(0, 604800),
+        300.0,
+        doc="seconds a WebSocket tunnel may carry no byte either way before it is closed;"
+        " 0 = never",
+    )
+    maxWebsockets: int = field(
+        Int(0, 10_000_000),
+        0,
+        doc="open WebSocket tunnels at most, per proxy process; more handshakes get 503;"
+        " 0 = no limit",
+    )
+    cache: Optional[Cache] = field(
+        Nullable(Obj(Cache)),
+        None,
+        doc="a response cache for GET and HEAD (RFC 9111, shared); null: none",
+    )
 
     rules: ClassVar[Tuple[Rule, ...]] = (
         Rule(("nodes",), _attrNamesGiven, schema=_ATTR_NAMES_GIVEN),
@@ -473,9 +781,20 @@ class API:
             doc="A transform's $param.NAME names a parameter of the URL pattern.",
         ),
         Rule(
-            ("acl", "auth", "rateLimit"),
+            ("acl", "auth", "rateLimit", "cache"),
             _aclNeedsAuth,
-            doc="An acl, and a rateLimit keyed by consumer, need auth.",
+            doc="An acl, a rateLimit keyed by consumer and a cache varying on consumer need auth.",
+        ),
+        Rule(
+            ("cache", "nodes", "response"),
+            _cacheOneNode,
+            doc="A cache is for an API of one node (not an aggregation, nor a mock).",
+        ),
+        Rule(("websocket", "nodes", "response"), _websocketOneNode, schema=_WEBSOCKET_ONE_NODE),
+        Rule(
+            ("websocket", "method"),
+            _websocketMethod,
+            doc="A websocket API takes GET (or any method, *): a handshake is a GET.",
         ),
     )
 
@@ -596,6 +915,7 @@ class Routing:
 
 
 RESOURCE_CLASSES: Dict[str, type] = {
+    "certificates": Certificate,
     "servers": Server,
     "clusters": Cluster,
     "consumers": Consumer,
@@ -629,6 +949,32 @@ def parseResource(kind: str, data: Any, name: Optional[str] = None) -> Any:
     return resource
 
 
+def publicJSON(kind: str, value: Mapping[str, Any]) -> Dict[str, Any]:
+    """
+    @return: a resource's stored JSON as the admin answers it: without its
+        write-only fields (a certificate's key), with its derived ones (a
+        certificate's expiry).
+    """
+    view = getattr(RESOURCE_CLASSES[kind], "publicJSON", None)
+    if view is None:
+        return dict(value)
+    out: Dict[str, Any] = view(value)
+    return out
+
+
+def missingSecrets(resource: Any) -> List[ValidationError]:
+    """
+    @return: an error for each write-only field a resource lacks (a
+        certificate without its key cannot serve; only a write to one that
+        is stored may leave it out).
+    """
+    return [
+        ValidationError(name, "is required (write-only: it is never shown, so send it)")
+        for name in writeOnlyFields(type(resource))
+        if getattr(resource, name) is None
+    ]
+
+
 class ReferenceError(ValidationError):
     """
     A resource names one that does not exist, or a resource that is still
@@ -642,6 +988,7 @@ class Catalog:
     One consistent set of resources, parsed, keyed by name per kind.
     """
 
+    certificates: Mapping[str, Certificate] = attrs.Factory(dict)
     servers: Mapping[str, Server] = attrs.Factory(dict)
     clusters: Mapping[str, Cluster] = attrs.Factory(dict)
     apis: Mapping[str, API] = attrs.Factory(dict)
@@ -682,6 +1029,15 @@ class Catalog:
         @return: every reference as C{(kind, name, field, targetKind,
             targetName)}.
         """
+        for name, backend in self.servers.items():
+            if backend.tls is not None and backend.tls.clientCertificate is not None:
+                yield (
+                    "servers",
+                    name,
+                    "tls.clientCertificate",
+                    "certificates",
+                    backend.tls.clientCertificate,
+                )
         for name, cluster in self.clusters.items():
             for i, server in enumerate(cluster.servers):
                 yield "clusters", name, f"servers[{i}]", "servers", server
@@ -703,8 +1059,25 @@ class Catalog:
             return list(self._broken)
         broken = []
         servers, clusters, apis = self.servers, self.clusters, self.apis
+        certificates = self.certificates
         # References are checked before their field name is made: with
         # 10,000 APIs, nearly all of them are fine.
+        for name, backend in servers.items():
+            tls = backend.tls
+            if (
+                tls is not None
+                and tls.clientCertificate is not None
+                and tls.clientCertificate not in certificates
+            ):
+                broken.append(
+                    (
+                        "servers",
+                        name,
+                        "tls.clientCertificate",
+                        "certificates",
+                        tls.clientCertificate,
+                    )
+                )
         for name, cluster in clusters.items():
             for i, server in enumerate(cluster.servers):
                 if server not in servers:
@@ -734,7 +1107,8 @@ class Catalog:
 
     def check(self) -> None:
         """
-        @raise ReferenceError: for the first reference to a missing resource.
+        @raise ReferenceError: for the first reference to a missing resource,
+            or the first server name (SNI) two certificates claim.
         """
         for kind, name, fieldName, targetKind, target in self.brokenReferences():
             raise ReferenceError(
@@ -742,6 +1116,32 @@ class Catalog:
             )
         for name, fieldName, message in consumerConflicts(self.consumers):
             raise ReferenceError(f"consumers/{name}:{fieldName}", message)
+        for name, i, sni, other in self.sniConflicts():
+            raise ReferenceError(
+                f"certificates/{name}:snis[{i}]",
+                f"{sni!r} is an SNI of certificate {other!r} already",
+            )
+
+    def sniConflicts(self, last: Optional[str] = None) -> List[Tuple[str, int, str, str]]:
+        """
+        @param last: the certificate whose SNIs are looked at last (the
+            one being written: its own SNIs are the ones at fault).
+        @return: C{(name, index, sni, other)} for each SNI of a certificate
+            that certificate C{other} (earlier by name, or any other than
+            C{last}) claims too: a client asking for it would get either.
+        """
+        owners: Dict[str, str] = {}
+        conflicts = []
+        names = sorted(self.certificates)
+        if last is not None and last in self.certificates:
+            names.remove(last)
+            names.append(last)
+        for name in names:
+            for i, sni in enumerate(self.certificates[name].snis):
+                other = owners.setdefault(sni, name)
+                if other != name:
+                    conflicts.append((name, i, sni, other))
+        return conflicts
 
     def toResources(self) -> Dict[str, Dict[str, dict]]:
         """

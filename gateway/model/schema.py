@@ -641,6 +641,24 @@ def field(
     return attrs.field(default=default, metadata=metadata, **kw)
 
 
+def writeOnlyFields(cls: type) -> Tuple[str, ...]:
+    """
+    @return: the names of the write-only fields of a resource class: sent
+        to the admin, kept by the store, never answered, exported or
+        logged.
+    """
+    return tuple(a.name for a in attrs.fields(cls) if a.metadata.get("access") == "writeOnly")
+
+
+def derivedFields(cls: type) -> Mapping[str, Mapping[str, Any]]:
+    """
+    @return: C{{name: JSON Schema}} of the read-only fields of a resource
+        class (its C{derived} attribute): computed for the admin's
+        answers (a certificate's expiry), ignored when sent back.
+    """
+    return getattr(cls, "derived", {})
+
+
 def _default(a: Any) -> Any:
     default = a.default
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
@@ -653,7 +671,9 @@ def fromJSON(cls: type, data: Any, path: str = "") -> Any:
     Parse a JSON object into an instance of the resource class C{cls}.
 
     A field that is absent, or C{null} when it has a default, takes its
-    default.  Unknown keys are refused, so a typo never passes silently.
+    default.  Unknown keys are refused, so a typo never passes silently;
+    the class's read-only fields (L{derivedFields}), which the admin's
+    answers carry, are ignored.
 
     @raise ValidationError: gathering every error of the object (see
         L{ValidationError.collect}): each field is checked, then each
@@ -679,8 +699,9 @@ def fromJSON(cls: type, data: Any, path: str = "") -> Any:
             errors.append(ValidationError(fieldPath, "is required"))
         else:
             values[a.name] = _default(a)
+    derived = derivedFields(cls)
     for key in data:
-        if key not in known:
+        if key not in known and key not in derived:
             errors.append(ValidationError(_join(path, displayKey(key)), "is not a known field"))
     for rule in rulesOf(cls):
         if all(name in values for name in rule.fields):
@@ -731,6 +752,8 @@ def jsonSchema(cls: type) -> dict:
         elif not isinstance(a.default, attrs.Factory) and a.default is not None:  # type: ignore[arg-type]
             s["default"] = spec.dump(a.default)
         properties[a.name] = s
+    for name, derived in derivedFields(cls).items():
+        properties[name] = dict(copy.deepcopy(dict(derived)), readOnly=True)
     out: dict = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         out["required"] = required

@@ -102,8 +102,10 @@ class Exchange:
         its server (see L{gateway.balancing.backend.Backend.isFailureStatus}).
     @ivar outcome: how the request ended when no upstream answered it, as
         stats record it: C{"reject:FILTER"} (a filter answered early),
-        C{timeout}, C{refused}, C{unavailable}, C{broken}, ...; L{None} for
-        an answer from upstream.
+        C{timeout}, C{refused}, C{unavailable}, C{broken}, ...,
+        C{redirect:https} (an C{httpsOnly} API asked over HTTP); L{None} for
+        an answer from upstream.  A filter that answers early may set it in
+        C{before} (else it is C{"reject:FILTER"}).
     @ivar error: what went wrong upstream, in words, or L{None}.
     @ivar status: the status sent to the client, once known.
     @ivar requestId: the request's id (L{bytes}), when the C{request-id}
@@ -123,7 +125,11 @@ class Exchange:
         filter authenticated it (a L{gateway.auth.index.ConsumerEntry}:
         its C{name}, C{customId}, C{groups}); L{None} before, and on APIs
         without C{auth}.
+    @ivar cache: the request's L{gateway.cache.engine.Ticket} on an API
+        with a C{cache} (once the cache is consulted), else L{None}.
     @ivar attributes: per-request state of filters, by a key each owns.
+    @ivar upgrade: the L{gateway.pipeline.websocket.Handshake} when the
+        request is a WebSocket handshake being relayed, else L{None}.
     """
 
     __slots__ = (
@@ -153,7 +159,9 @@ class Exchange:
         "jsonBody",
         "_body",
         "consumer",
+        "cache",
         "attributes",
+        "upgrade",
     )
 
     def __init__(
@@ -192,7 +200,9 @@ class Exchange:
         self.jsonBody: Optional[Tuple[int, bool, Any]] = None
         self._body: Optional[RequestBody] = None
         self.consumer: Optional[ConsumerEntry] = None
+        self.cache: Optional[Any] = None
         self.attributes: Dict[Hashable, Any] = {}
+        self.upgrade: Optional[Any] = None
 
     @property
     def body(self) -> RequestBody:

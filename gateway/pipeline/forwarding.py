@@ -91,8 +91,14 @@ _RESPONSE_SKIP_KEYS = frozenset(headerKey(name) for name in RESPONSE_SKIP)
 _NO_TOKENS: FrozenSet[bytes] = frozenset()
 
 #: What this hop adds to C{Via}: the protocol version and a pseudonym
-#: (RFC 9110 7.6.3), rather than a host name.
+#: (RFC 9110 7.6.3), rather than a host name; the version is the one the
+#: message was received in (a request that came over HTTP/2: L{VIA_HTTP2}).
 VIA = b"1.1 gateway"
+
+#: What this hop adds to the C{Via} of a request received over HTTP/2.
+VIA_HTTP2 = b"2 gateway"
+
+_HTTP2 = b"HTTP/2.0"
 
 
 def _tokens(values: Optional[Sequence[bytes]]) -> FrozenSet[bytes]:
@@ -316,8 +322,9 @@ class ClientAddresses:
         out = rawHeadersOf(headers)
         if out is None or raw is None:
             return self._forwardSlowly(request, incoming, headers, hop, address, trusted)
+        hopVia = VIA if request.clientproto != _HTTP2 else VIA_HTTP2
         via = raw.get(_VIA)
-        out[_VIA] = via + [VIA] if via else [VIA]
+        out[_VIA] = via + [hopVia] if via else [hopVia]
         if not trusted:
             out[_X_FORWARDED_FOR] = [hop.xForwardedFor]
             out[_X_FORWARDED_PROTO] = [hop.proto]
@@ -352,7 +359,8 @@ class ClientAddresses:
     ) -> Tuple[str, Headers]:
         # The same through Headers' public API, for a Twisted whose Headers
         # cannot be used as a dict (see gateway.http.headers.RAW_HEADERS).
-        headers.setRawHeaders(b"via", list(incoming.getRawHeaders(b"via") or []) + [VIA])
+        hopVia = VIA if request.clientproto != _HTTP2 else VIA_HTTP2
+        headers.setRawHeaders(b"via", list(incoming.getRawHeaders(b"via") or []) + [hopVia])
         client = self._believed(request, address) if trusted else address
         if trusted:
             for name, value in (

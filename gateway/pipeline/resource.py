@@ -14,6 +14,10 @@ order; an upstream failure first passes their C{error} hooks.  Besides
 mocks (and a filter's early answers), gateway-made answers are JSON
 errors: 404 (no API), 502 (refused, broken), 503 (no healthy server, not
 ready), 504 (timeout).
+
+A WebSocket handshake to an API with C{websocket} goes the same way,
+through the upgrading client; its C{101} then turns both connections into
+a tunnel (L{gateway.pipeline.websocket}).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 
 from gateway.balancing.backend import startRequest
+from gateway.cache.engine import ResponseCache
 from gateway.http.body import CLEAN_ENDS
 from gateway.http.bodystream import RequestBodyError
 from gateway.http.errors import UpstreamBroken, UpstreamConnectError, UpstreamError
@@ -45,10 +50,13 @@ from gateway.pipeline.errors import (
     outcomeOf,
 )
 from gateway.pipeline.exchange import EarlyResponse, Exchange, ResponseInfo
-from gateway.pipeline.forwarding import _HOST, ClientAddresses, copyResponseHeaders
+from gateway.pipeline.forwarding import _HOST, VIA, ClientAddresses, copyResponseHeaders
+from gateway.pipeline.https import HTTPSRedirect
 from gateway.pipeline.mirror import Mirror
 from gateway.pipeline.retry import RetryBudget
+from gateway.pipeline.websocket import BadSwitch, WebSockets, checkSwitch, switchedHeaders
 from gateway.routing.rules import JSON_BODY_LIMIT, decideRoutings
+from gateway.telemetry.tracing import ITracer
 
 log = Logger()
 
@@ -119,6 +127,43 @@ class _StreamBody(Protocol):
             request.channel.transport.abortConnection()
 
 
+class _CachingStreamBody(_StreamBody):
+    """
+    Streams an upstream response body to the client, and tees it into
+    the cache's entry (L{gateway.cache.engine.Ticket.bodyComplete}), up to
+    the API's C{maxBodySize}: past that the body is not stored, and still
+    streams on.  The client's answer is never held back for the copy.
+    """
+
+    def __init__(self, proxy: GatewayResource, exchange: Exchange, stream: bool) -> None:
+        super().__init__(proxy, exchange, stream)
+        ticket: Any = exchange.cache
+        self._ticket = ticket
+        self._parts: Optional[List[bytes]] = []
+        self._size = 0
+        self._limit = ticket.policy.maxBodySize
+
+    def dataReceived(self, data: bytes) -> None:
+        self._request.write(data)
+        parts = self._parts
+        if parts is not None:
+            self._size += len(data)
+            if self._size > self._limit:
+                self._parts = None
+                self._ticket.bodyAbandoned("too-large")
+            else:
+                parts.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        parts, self._parts = self._parts, None
+        if parts is not None:
+            if isinstance(reason.value, CLEAN_ENDS) and not self._exchange.gone:
+                self._ticket.bodyComplete(b"".join(parts))
+            else:
+                self._ticket.bodyAbandoned("broken")
+        super().connectionLost(reason)
+
+
 class _Discard(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         pass
@@ -145,6 +190,19 @@ class GatewayResource(Resource):
     @param random: where retries' jitter comes from.
     @param stats: told of every answer once, as C{stats.record(exchange,
         code, outcome)} (see L{Exchange.outcome}).
+    @param httpsPort: the port the redirects of C{httpsOnly} APIs name
+        (see L{gateway.pipeline.https.httpsPort}), or L{None} for 443.
+    @param tracer: the L{gateway.telemetry.tracing.ITracer} told of every
+        request, or L{None} when nothing is traced.
+    @param websockets: relays the WebSocket handshakes of APIs with
+        C{websocket} and keeps their tunnels (a
+        L{gateway.pipeline.websocket.WebSockets}), or L{None}: upgrade
+        headers are then always stripped.
+    @param accessLog: told of every request once it is over, as
+        C{accessLog.log(exchange)} (a
+        L{gateway.telemetry.accesslog.IAccessLog}), or L{None}.
+    @param cache: the L{gateway.cache.engine.ResponseCache} of the APIs
+        that have a C{cache}, or L{None} (they are then not cached).
     """
 
     isLeaf = True
@@ -160,9 +218,15 @@ class GatewayResource(Resource):
         retryBudget: Optional[RetryBudget] = None,
         stats: Any = None,
         random: Optional[Random] = None,
+        httpsPort: Optional[int] = None,
+        tracer: Optional[ITracer] = None,
+        websockets: Optional[WebSockets] = None,
+        accessLog: Any = None,
+        cache: Optional[ResponseCache] = None,
     ) -> None:
         super().__init__()
         self._manager = manager
+        self._httpsRedirect: Tuple[IFilter, ...] = (HTTPSRedirect(httpsPort),)
         self._client = client
         self._reactor = reactor
         self._clients = clientAddresses or ClientAddresses()
@@ -171,6 +235,10 @@ class GatewayResource(Resource):
         self._retryBudget = retryBudget or RetryBudget(reactor)
         self._stats = stats
         self._random = random or Random()
+        self._tracer = tracer
+        self._websockets = websockets
+        self._accessLog = accessLog
+        self._cache = cache
         #: Requests being served now.
         self.inFlight = 0
         self._draining = False
@@ -209,16 +277,27 @@ class GatewayResource(Resource):
             self._reactor.seconds(),
             headers,
         )
-        if match is not None and match.value.filters:
-            chain = chain + match.value.filters
+        if match is not None:
+            api = match.value
+            if api.httpsOnly and not request.isSecure():
+                # Its own filters run on the HTTPS request that follows.
+                chain = tuple(chain) + self._httpsRedirect
+            else:
+                if api.filters:
+                    chain = chain + api.filters
+                if api.config.websocket and self._websockets is not None:
+                    self._websockets.handshake(exchange)
         self.inFlight += 1
+        # Tracing (issue 19): this one check is all it costs when it is off.
+        if self._tracer is not None:
+            self._tracer.requestStarted(exchange)
         notifyDone = getattr(request, "notifyDone", None)
         if notifyDone is not None:
             notifyDone(self._requestOver, exchange)
         else:
             request.notifyFinish().addErrback(self._clientGone, exchange).addBoth(
-                self._requestEnded, request
-            )
+                self._requestEnded, request, exchange
+            ).addBoth(self._closeTicket, exchange)
         self._runBefore(exchange, chain, 0)
         return server.NOT_DONE_YET
 
@@ -243,9 +322,10 @@ class GatewayResource(Resource):
                     errbackArgs=(exchange, chain, i),
                 )
                 return
-            if result.code >= 400:
+            if exchange.outcome is None and result.code >= 400:
                 # (An early success, such as a CORS preflight's 204, is no
-                # reject.)
+                # reject; a filter whose early answer is no rejection may
+                # also say so itself.)
                 exchange.outcome = "reject:" + chain[i].name
             self._answer(exchange, chain[:i], result)
             return
@@ -263,7 +343,7 @@ class GatewayResource(Resource):
         if result is None:
             self._runBefore(exchange, chain, i + 1)
         else:
-            if result.code >= 400:
+            if exchange.outcome is None and result.code >= 400:
                 exchange.outcome = "reject:" + chain[i].name
             self._answer(exchange, chain[:i], result)
 
@@ -276,6 +356,10 @@ class GatewayResource(Resource):
         self._answer(exchange, chain[:i], _internalError())
 
     def _runAfter(self, exchange: Exchange, chain: Chain, info: ResponseInfo) -> None:
+        ticket = exchange.cache
+        if ticket is not None:
+            # Cache-Status, before the filters: they may see it.
+            ticket.annotate(info.headers)
         for f in reversed(chain):
             try:
                 f.after(exchange, info)
@@ -363,16 +447,18 @@ class GatewayResource(Resource):
         """
         api = exchange.api
         snapshot = exchange.snapshot
+        mirrors: Sequence[Any] = ()
         if api.routings and exchange.cluster is None:
             decision = decideRoutings(api.routings, exchange)
             split = decision.split
             if split is not None:
                 exchange.cluster = snapshot.clusters[split.routing.cluster]
                 exchange.routing = split.routing.name
-            if decision.mirrors and self._mirror is not None:
-                for mirrored in decision.mirrors:
-                    self._mirror.send(exchange, snapshot.clusters[mirrored.routing.cluster])
+            # (A WebSocket handshake is not mirrored: a copy cannot be a tunnel.)
+            if exchange.upgrade is None:
+                mirrors = decision.mirrors
         if api.aggregate:
+            self._sendMirrors(exchange, mirrors)
             if self._aggregator is None:
                 self._answer(
                     exchange, chain, EarlyResponse.error(501, "aggregation is not enabled")
@@ -394,8 +480,106 @@ class GatewayResource(Resource):
             exchange.upstreamURI = (
                 node.rewrite.expand(exchange.params, request) if node.rewrite else request.uri
             )
+        if exchange.upgrade is not None:
+            refused = self._websockets.admit(exchange)  # type: ignore[union-attr]
+            if refused is not None:
+                exchange.outcome = "reject:max-websockets"
+                self._answer(exchange, chain, refused)
+                return
+        policy = api.cache
+        if policy is not None and self._cache is not None and exchange.upgrade is None:
+            self._consultCache(exchange, chain, node, mirrors, policy)
+            return
+        self._forward(exchange, chain, node, mirrors)
+
+    def _sendMirrors(self, exchange: Exchange, mirrors: Sequence[Any]) -> None:
+        if mirrors and self._mirror is not None:
+            clusters = exchange.snapshot.clusters
+            for mirrored in mirrors:
+                self._mirror.send(exchange, clusters[mirrored.routing.cluster])
+
+    def _forward(self, exchange: Exchange, chain: Chain, node: Any, mirrors: Sequence[Any]) -> None:
+        """
+        Send the request upstream (and its mirror copies).
+        """
+        self._sendMirrors(exchange, mirrors)
+        ticket = exchange.cache
+        if ticket is not None:
+            ticket.forwarding(exchange.upstreamHeaders)
         self._retryBudget.requestSent()
+        cluster: Any = exchange.cluster
         self._send(exchange, chain, node, cluster.choose(exchange.clientIP), ())
+
+    # -- the response cache -------------------------------------------------------
+
+    def _consultCache(
+        self, exchange: Exchange, chain: Chain, node: Any, mirrors: Sequence[Any], policy: Any
+    ) -> None:
+        """
+        Ask the cache: answer from it, or forward (see
+        L{gateway.cache.engine}).
+        """
+        cache: Any = self._cache
+        ticket = exchange.cache = cache.begin(exchange, policy)
+        waiting = ticket.decide()
+        if waiting is None:
+            self._cacheDecided(exchange, chain, node, mirrors)
+            return
+        exchange.waiting = waiting
+        waiting.addCallbacks(
+            self._cacheDecidedLater,
+            self._cacheFailed,
+            callbackArgs=(exchange, chain, node, mirrors),
+            errbackArgs=(exchange,),
+        )
+
+    def _cacheDecidedLater(
+        self, _: Any, exchange: Exchange, chain: Chain, node: Any, mirrors: Sequence[Any]
+    ) -> None:
+        exchange.waiting = None
+        if exchange.gone:
+            return
+        try:
+            self._cacheDecided(exchange, chain, node, mirrors)
+        except Exception:
+            self._bug(Failure(), exchange)
+
+    def _cacheFailed(self, failure: Failure, exchange: Exchange) -> None:
+        exchange.waiting = None
+        if not exchange.gone:
+            self._bug(failure, exchange)
+
+    def _cacheDecided(
+        self, exchange: Exchange, chain: Chain, node: Any, mirrors: Sequence[Any]
+    ) -> None:
+        ticket: Any = exchange.cache
+        entry = ticket.serve
+        if entry is not None:
+            self._answerEntry(exchange, chain, entry)
+            return
+        self._forward(exchange, chain, node, mirrors)
+
+    def _answerEntry(self, exchange: Exchange, chain: Chain, entry: Any) -> None:
+        """
+        Answer from a cache entry, through the C{after} hooks.
+        """
+        request = exchange.request
+        ticket: Any = exchange.cache
+        code, phrase, body = ticket.compose(entry, request.responseHeaders, VIA)
+        info = ResponseInfo(code, request.responseHeaders)
+        self._runAfter(exchange, chain, info)
+        if info.code == code:
+            request.setResponseCode(code, phrase)
+        else:
+            request.setResponseCode(info.code)
+        if body:
+            request.write(body)
+        request.finish()
+
+    def _closeTicket(self, _: Any, exchange: Exchange) -> None:
+        ticket = exchange.cache
+        if ticket is not None:
+            ticket.close()
 
     def _aggregated(self, answer: EarlyResponse, exchange: Exchange, chain: Chain) -> None:
         exchange.waiting = None
@@ -417,7 +601,9 @@ class GatewayResource(Resource):
         exchange.backend = backend
         exchange.sentAt = self._reactor.seconds()
         tried = tried + (backend,)
-        sent = self._client.send(
+        # (A WebSocket handshake goes through the upgrading client.)
+        client: Any = self._client if exchange.upgrade is None else self._websockets
+        sent = client.send(
             backend,
             exchange.request.method,
             exchange.upstreamURI,
@@ -484,6 +670,19 @@ class GatewayResource(Resource):
             response.deliverBody(_Discard())
             self._upstreamDone(exchange, None)
             return
+        if response.code == 101:
+            # (Only a WebSocket handshake's: the client refuses any other.)
+            self._switched(response, exchange, chain)
+            return
+        ticket = exchange.cache
+        if ticket is not None:
+            refreshed = ticket.response(response)
+            if refreshed is not None:
+                # A 304 refreshed the stale entry: it answers.
+                response.deliverBody(_Discard())
+                self._upstreamDone(exchange)
+                self._answerEntry(exchange, chain, refreshed)
+                return
         copyResponseHeaders(response.headers, request.responseHeaders)
         info = ResponseInfo(response.code, request.responseHeaders)
         self._runAfter(exchange, chain, info)
@@ -494,6 +693,8 @@ class GatewayResource(Resource):
         if request.method == b"HEAD" or response.code in (204, 304):
             response.deliverBody(_Discard())
             self._upstreamDone(exchange)
+            if ticket is not None and ticket.storing:
+                ticket.bodyComplete(b"")
             request.finish()
             return
         body = getattr(response, "body", None)
@@ -501,13 +702,49 @@ class GatewayResource(Resource):
             # The whole body came with the head (L{HTTP11UpstreamClient}
             # says so of small answers): nothing to stream.
             self._upstreamDone(exchange)
+            if ticket is not None and ticket.storing:
+                ticket.bodyComplete(body)
             if body:
                 request.write(body)
             request.finish()
             return
         length = getattr(response, "length", UNKNOWN_LENGTH)
         stream = not isinstance(length, int) or length > _SMALL_RESPONSE
-        response.deliverBody(_StreamBody(self, exchange, stream))
+        if ticket is not None and ticket.storing:
+            response.deliverBody(_CachingStreamBody(self, exchange, stream))
+        else:
+            response.deliverBody(_StreamBody(self, exchange, stream))
+
+    def _switched(self, response: Any, exchange: Exchange, chain: Chain) -> None:
+        """
+        The backend switched a WebSocket handshake: check its 101, let the
+        C{after} hooks see it, answer it, and open the tunnel.
+        """
+        request = exchange.request
+        problem = checkSwitch(request, response)
+        if problem is not None:
+            response.deliverBody(_Discard())
+            exchange.upstreamOK = False
+            self._upstreamDone(exchange)
+            self._failed(Failure(BadSwitch(problem)), exchange, chain)
+            return
+        headers = request.responseHeaders
+        copyResponseHeaders(response.headers, headers)
+        switchedHeaders(headers)
+        info = ResponseInfo(101, headers)
+        self._runAfter(exchange, chain, info)
+        self._upstreamDone(exchange)
+        if info.code != 101:
+            # A filter answered otherwise: the backend's connection is dropped.
+            response.deliverBody(_Discard())
+            for name in (b"upgrade", b"connection", b"sec-websocket-accept"):
+                headers.removeHeader(name)
+            headers.setRawHeaders(b"content-length", [b"0"])
+            request.setResponseCode(info.code)
+            request.finish()
+            return
+        request.setResponseCode(101, response.phrase)
+        self._websockets.switch(exchange, response)  # type: ignore[union-attr]
 
     def _retryAnswer(
         self,
@@ -647,7 +884,9 @@ class GatewayResource(Resource):
         else:
             log.failure("unexpected upstream failure", failure)
             code, message = 502, "upstream error"
-        extra = {"api": exchange.api.name}
+        extra: Dict[str, Any] = {"api": exchange.api.name}
+        if isinstance(error, UpstreamError):
+            extra.update(error.details)
         if exchange.backend is not None:
             extra["server"] = exchange.backend.name
         self._answer(exchange, chain, EarlyResponse.error(code, message, headers, **extra))
@@ -659,10 +898,19 @@ class GatewayResource(Resource):
         """
         if reason is not None:
             self._clientGone(reason, exchange)
-        self._requestEnded(None, exchange.request)
+        ticket = exchange.cache
+        if ticket is not None:
+            ticket.close()
+        if exchange.upgrade is not None and self._websockets.handshakeOver(exchange):  # type: ignore[union-attr]
+            # Switched to a tunnel: its connection is the tunnel's now.
+            self._requestEnded(None, None, exchange)
+            return
+        self._requestEnded(None, exchange.request, exchange)
 
-    def _requestEnded(self, _: Any, request: Any) -> None:
+    def _requestEnded(self, _: Any, request: Any, exchange: Optional[Exchange] = None) -> None:
         self.inFlight -= 1
+        if self._accessLog is not None and exchange is not None:
+            self._accessLog.log(exchange)
         if self._draining:
             # Tell keep-alive clients to go elsewhere: close the connection
             # once this answer is out.  (The request has let go of its
@@ -677,19 +925,29 @@ class GatewayResource(Resource):
 
     def drain(self, timeout: float) -> defer.Deferred[int]:
         """
-        Stop keeping connections alive and wait for the requests in flight.
+        Stop keeping connections alive and wait for the requests in flight,
+        then for the WebSocket tunnels (those still open after C{timeout}
+        are closed: see L{WebSockets.drain}).
 
         @param timeout: seconds to wait at most.
         @return: a Deferred that fires with the number of requests still in
             flight when it gave up (0 when all finished).
         """
         self._draining = True
+        websockets = self._websockets
+        if websockets is not None:
+            websockets.drain(timeout)
         if self.inFlight == 0:
-            return defer.succeed(0)
-        d: defer.Deferred[int] = defer.Deferred()
-        self._drained.append(d)
-        d.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda result, t: self.inFlight)
-        return d.addCallback(lambda _: self.inFlight)
+            d = defer.succeed(0)
+        else:
+            d = defer.Deferred()
+            self._drained.append(d)
+            d.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda result, t: self.inFlight)
+            d.addCallback(lambda _: self.inFlight)
+        if websockets is None:
+            return d
+        # (Once the requests are over, no handshake can open a tunnel.)
+        return d.addCallback(lambda left: websockets.whenDrained().addCallback(lambda _: left))
 
     def _clientGone(self, failure: Failure, exchange: Exchange) -> None:
         """

@@ -119,8 +119,10 @@ class ListenService(Service):
 
 class ProxyService(ListenService):
     """
-    The proxy's L{ListenService}: when it stops, it stops accepting, then
-    waits (up to C{drainTimeout} seconds) for the requests in flight.
+    The proxy's L{ListenService}: when it stops, it stops accepting, tells
+    its HTTP/2 connections to go away (C{GOAWAY}: their clients open no more
+    streams on them), then waits (up to C{drainTimeout} seconds) for the
+    requests in flight.
     """
 
     def __init__(
@@ -129,11 +131,14 @@ class ProxyService(ListenService):
         resource: Any,
         drainTimeout: float,
         advice: Optional[str] = None,
+        site: Any = None,
         **kwargs: Any,
     ) -> None:
         """
         @param resource: the L{gateway.pipeline.resource.GatewayResource}
             it serves.
+        @param site: the L{gateway.http.site.LimitedSite} it serves (whose
+            HTTP/2 connections go away when it stops), or L{None}.
         @param drainTimeout: seconds to wait for requests in flight.
         @param advice: a warning to log when it starts (see
             L{gateway.process.interpreter.nurseryAdvice}), or L{None}.
@@ -142,6 +147,7 @@ class ProxyService(ListenService):
         self.resource = resource
         self._drainTimeout = drainTimeout
         self._advice = advice
+        self._site = site
 
     def startService(self) -> None:
         super().startService()
@@ -156,6 +162,9 @@ class ProxyService(ListenService):
         await super().stopService()
         if not wasListening:
             return
+        goAway = getattr(self._site, "goAway", None)
+        if goAway is not None:
+            goAway()
         left = await self.resource.drain(self._drainTimeout)
         if left:
             log.warn("stopping with {n} request(s) still in flight", n=left)

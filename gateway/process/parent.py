@@ -4,7 +4,9 @@ A worker's side of its control channel (see L{gateway.process.pool}).
 L{ParentLink} is the service of a proxy worker that talks to the gateway
 process that started it: it gives the store states the parent relays to the
 worker's L{gateway.store.relayed.RelayedStore}, confirms each revision the
-worker then serves, applies the servers' health the parent's checks see,
+worker then serves, applies the servers' health the parent's checks see
+and what the parent's DNS discovery found, drops the cache entries of the
+APIs the admin purges,
 reports the worker's stats every second, and stops the worker when the
 parent goes away.
 """
@@ -16,6 +18,7 @@ from typing import Any, Callable, Dict, Optional
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from gateway.discovery.records import Discovered
 from gateway.process.pool import ControlChannel, adoptChannel
 from gateway.store.relayed import RelayedStateError, RelayedStore
 
@@ -39,6 +42,9 @@ class ParentLink(Service):
         manager: Any,
         stats: Callable[[], Dict[str, Any]],
         statsInterval: float = 1.0,
+        onGateways: Optional[Callable[[int], None]] = None,
+        onReopen: Optional[Callable[[], None]] = None,
+        onPurge: Optional[Callable[[str], int]] = None,
     ) -> None:
         """
         @param reactor: the worker's reactor.
@@ -50,6 +56,13 @@ class ParentLink(Service):
             view of the servers' health.
         @param stats: returns the worker's stats.
         @param statsInterval: how often they are reported, in seconds.
+        @param onGateways: called with the count of live gateways the
+            parent relays (the fleet's limits divide by it), or L{None}.
+        @param onReopen: called when the parent says to open the log files
+            again (C{{"reopenLogs": true}}, see
+            L{gateway.process.pool.WorkerPool.reopenLogs}), or L{None}.
+        @param onPurge: called with the name of an API whose cache entries
+            to drop; returns how many it dropped (L{None}: no cache).
         """
         self._reactor = reactor
         self._fd = fd
@@ -57,6 +70,9 @@ class ParentLink(Service):
         self._manager = manager
         self._stats = stats
         self._statsInterval = statsInterval
+        self._onGateways = onGateways
+        self._onReopen = onReopen
+        self._onPurge = onPurge
         self._health: Dict[str, bool] = {}
         self._statsCall: Optional[Any] = None
         self.channel: Optional[ControlChannel] = None
@@ -82,6 +98,15 @@ class ParentLink(Service):
         if isinstance(health, dict):
             self._health = dict(health)
             self._applyHealth()
+        if "discovery" in message:
+            self._rediscover(message["discovery"])
+        gateways = message.get("gateways")
+        if self._onGateways is not None and isinstance(gateways, int) and gateways > 0:
+            self._onGateways(gateways)
+        purge = message.get("purge")
+        if isinstance(purge, dict) and isinstance(purge.get("api"), str):
+            entries = self._onPurge(purge["api"]) if self._onPurge is not None else 0
+            self._send({"purged": {"id": purge.get("id"), "entries": entries}})
         if "state" in message:
             try:
                 taken = self._store.receive(message["state"])
@@ -90,6 +115,16 @@ class ParentLink(Service):
                 taken = False
             if not taken:
                 self._send({"resync": True})
+        if message.get("reopenLogs") is True and self._onReopen is not None:
+            self._onReopen()
+
+    def _rediscover(self, data: Any) -> None:
+        try:
+            discovered = Discovered.fromJSON(data)
+        except ValueError as e:
+            log.error("the parent relayed a discovery this worker cannot take: {error}", error=e)
+            return
+        self._manager.rediscover(discovered)
 
     def _swapped(self, snapshot: Any) -> None:
         # Health comes from the parent: keep it across snapshot swaps.

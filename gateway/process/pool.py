@@ -14,9 +14,21 @@ Parent and worker talk over a socketpair, one JSON object per line:
                                          state first, then what changed
                       {"health": {...}}  the servers' health (workers run no
                                          health checks of their own)
+                      {"discovery": ...} what DNS discovery found (workers
+                                         look nothing up: see L{relayDiscovery})
+                      {"gateways": N}    the live gateways (the fleet's
+                                         limits divide by it, see
+                                         L{gateway.protection.redisbuckets})
+                      {"reopenLogs": true} open the access log again (the
+                                         parent got SIGUSR1)
+                      {"purge": {"api": NAME, "id": N}}
+                                         drop the API's cache entries
+                                         (see L{WorkerPool.purgeCache})
     worker -> parent  {"serving": N}     the worker serves store revision N
                       {"resync": true}   send the whole state again
                       {"stats": {...}}   its statistics, every second
+                      {"purged": {"id": N, "entries": K}}
+                                         purge N done, K entries dropped
 
 Workers do not read the store: the parent relays every state it takes to
 each of them, and each confirms the revision it then serves, so that the
@@ -36,7 +48,7 @@ import json
 import os
 import socket
 import sys
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer, error
@@ -225,8 +237,16 @@ class WorkerPool(Service):
         self._healthCall: Optional[Any] = None
         #: The last state relayed, and the workers that hold it.
         self._relayed: Optional[StoreState] = None
+        #: The last discovery relayed (its message), or None.
+        self._discovery: Optional[bytes] = None
         self._synced: Set[int] = set()
+        #: What every worker is told, started now or later (L{broadcast}).
+        self._told: Dict[str, Any] = {}
         self.restarts = 0
+        #: The cache purges under way, by id: the workers yet to confirm,
+        #: the entries dropped so far, the Deferred of the caller.
+        self._purges: Dict[int, Tuple[Set[int], List[int], defer.Deferred]] = {}
+        self._lastPurge = 0
 
     def startService(self) -> None:
         super().startService()
@@ -266,6 +286,11 @@ class WorkerPool(Service):
         self._synced.discard(index)
         if self._healthSource is not None:
             channel.send({"health": self._healthSource()})
+        if self._discovery is not None:
+            # Before the state: the worker's first snapshot has its backends.
+            channel.sendEncoded(self._discovery)
+        if self._told:
+            channel.send(dict(self._told))
         if self._relayed is not None:
             self._sendWhole(index)
         transport = process.transport
@@ -286,12 +311,76 @@ class WorkerPool(Service):
         serving = message.get("serving")
         if isinstance(serving, int) and not isinstance(serving, bool):
             self.served.serving(index, serving)
+        purged = message.get("purged")
+        if isinstance(purged, dict):
+            self._purged(index, purged.get("id"), purged.get("entries"))
         if message.get("resync") and self._relayed is not None:
             self._sendWhole(index)
 
     def _lost(self, process: _WorkerProcess) -> None:
         if self._current(process):
             self.served.gone(process.index)
+            # (A worker gone holds no entry to wait for.)
+            for purgeId in list(self._purges):
+                self._purged(process.index, purgeId, 0)
+
+    def purgeCache(self, api: str, timeout: float) -> defer.Deferred:
+        """
+        Have every worker drop its cache entries of an API.
+
+        @param timeout: seconds to wait for the workers' confirmations.
+        @return: a Deferred of C{(entries, processes, complete)}: the
+            entries dropped, the workers that confirmed, whether all did.
+        """
+        self._lastPurge += 1
+        purgeId = self._lastPurge
+        waiting = set(self._channels)
+        d: defer.Deferred = defer.Deferred()
+        counts = [0, 0]
+        self._purges[purgeId] = (waiting, counts, d)
+        line = encodeMessage({"purge": {"api": api, "id": purgeId}})
+        for channel in list(self._channels.values()):
+            channel.sendEncoded(line)
+        timer = self._reactor.callLater(timeout, self._purgeOver, purgeId)
+        if not waiting:
+            self._purgeOver(purgeId)
+
+        def cancelTimer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(cancelTimer)
+
+    def _purged(self, index: int, purgeId: Any, entries: Any) -> None:
+        purge = self._purges.get(purgeId) if isinstance(purgeId, int) else None
+        if purge is None:
+            return
+        waiting, counts, _ = purge
+        if index not in waiting:
+            return
+        waiting.discard(index)
+        if isinstance(entries, int) and not isinstance(entries, bool):
+            counts[0] += entries
+        counts[1] += 1
+        if not waiting:
+            self._purgeOver(purgeId)
+
+    def _purgeOver(self, purgeId: int) -> None:
+        purge = self._purges.pop(purgeId, None)
+        if purge is not None:
+            waiting, counts, d = purge
+            d.callback((counts[0], counts[1], not waiting))
+
+    def broadcast(self, message: Dict[str, Any]) -> None:
+        """
+        Tell every worker C{message} now, and every worker started later
+        (the latest value of each key).
+        """
+        self._told.update(message)
+        line = encodeMessage(message)
+        for channel in self._channels.values():
+            channel.sendEncoded(line)
 
     # -- the store's states -----------------------------------------------------
 
@@ -315,12 +404,39 @@ class WorkerPool(Service):
                 delta = encodeMessage({"state": deltaMessage(previous, state)})
             channel.sendEncoded(delta)
 
+    def relayDiscovery(self, discovered: Any) -> None:
+        """
+        Send what DNS discovery found to every worker, and to every worker
+        started later.
+
+        The gateway process looks the names up and its workers take what it
+        found, rather than each worker looking them up: the workers' backends
+        are then the parent's, by name, so the health the parent's checks
+        see (sent by backend name) is the health of the same addresses; and
+        a fleet asks its DNS servers once per name and TTL, not once per
+        worker.
+
+        @param discovered: a L{gateway.discovery.records.Discovered}.
+        """
+        self._discovery = encodeMessage({"discovery": discovered.toJSON()})
+        for channel in list(self._channels.values()):
+            channel.sendEncoded(self._discovery)
+
     def _sendWhole(self, index: int) -> None:
         channel = self._channels.get(index)
         if channel is None or self._relayed is None:
             return
         channel.send({"state": fullMessage(self._relayed)})
         self._synced.add(index)
+
+    def reopenLogs(self) -> None:
+        """
+        Tell every worker to open its access log again (the gateway got
+        C{SIGUSR1}: logrotate renamed the file).
+        """
+        message = encodeMessage({"reopenLogs": True})
+        for channel in self._channels.values():
+            channel.sendEncoded(message)
 
     def pids(self) -> Dict[int, Optional[int]]:
         """

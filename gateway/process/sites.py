@@ -12,8 +12,8 @@ from gateway.http.site import LimitedSite
 
 class GatewaySite(LimitedSite):
     """
-    The proxy's site: L{GatewayRequest}s, and no access log of its own (the
-    C{access-log} filter writes a structured one when configured).
+    The proxy's site: L{GatewayRequest}s, and no access log of its own
+    (the proxy writes one, see L{gateway.telemetry.accesslog}).
     """
 
     # Declared, or mypy checks GatewayRequest's constructor against
@@ -53,14 +53,10 @@ class AdminSite(LimitedSite):
 
 def globalFilterSpecs(proxyConfig: Any) -> List[Any]:
     """
-    @return: the global filter chain of a proxy: C{access-log} first when
-        C{accessLog} is on (so its C{after} hook runs last and sees the
-        final answer), then the configured filters.
+    @return: the global filter chain of a proxy: the configured filters.
+        (The access log, C{proxy.accessLog}, is no filter: the proxy writes
+        it when a request is over, see L{gateway.telemetry.accesslog}.)
     """
     if proxyConfig is None:
         return []
-    specs = list(proxyConfig.filters)
-    names = [spec if isinstance(spec, str) else spec.name for spec in specs]
-    if proxyConfig.accessLog and "access-log" not in names:
-        specs.insert(0, "access-log")
-    return specs
+    return list(proxyConfig.filters)

@@ -9,7 +9,9 @@ import datetime
 from typing import Any, Dict, List, Optional
 
 import gateway
+from gateway.model.config import proxyEndpoints
 from gateway.process.propagation import ServedRevisions
+from gateway.telemetry.certificates import certificateStats
 from gateway.telemetry.report import mergeReport
 from gateway.telemetry.stats import mergeSnapshots
 
@@ -33,6 +35,7 @@ class GatewayStatus:
         health: Optional[Any] = None,
         pool: Optional[Any] = None,
         shared: Optional[Any] = None,
+        discovery: Optional[Any] = None,
     ) -> None:
         """
         @param reactor: an L{IReactorTime}.
@@ -47,6 +50,8 @@ class GatewayStatus:
             the proxy serves in this process (or there is none).
         @param shared: the store when it provides
             L{gateway.interfaces.ISharedStore}, or L{None}.
+        @param discovery: the L{gateway.discovery.service.DNSDiscovery}, or
+            L{None}.
         """
         self._config = config
         self._manager = manager
@@ -56,16 +61,20 @@ class GatewayStatus:
         self._health = health
         self._pool = pool
         self._shared = shared
+        self._discovery = discovery
         self._workerStats: Dict[int, dict] = {}
+        self._reactor = reactor
         self.startedAt = datetime.datetime.fromtimestamp(
             reactor.seconds(), datetime.timezone.utc
         ).isoformat()
 
     def ready(self) -> bool:
         """
-        @return: whether this gateway serves its first configuration.
+        @return: whether this gateway serves its first configuration (its
+            names looked up once, when it discovers servers).
         """
-        return bool(self._store.ready)
+        discovery = self._discovery
+        return bool(self._store.ready) and (discovery is None or discovery.settled)
 
     def workerReported(self, index: int, stats: dict) -> None:
         """
@@ -114,7 +123,7 @@ class GatewayStatus:
         if self._config.proxy is None:
             return []
         record: Dict[str, Any] = {
-            "addr": self._config.proxy.listen,
+            "addr": proxyEndpoints(self._config.proxy)[0],
             "version": gateway.__version__,
             "startedAt": self.startedAt,
             "ready": self.ready(),
@@ -130,18 +139,24 @@ class GatewayStatus:
             and each worker's under C{"proxies"}.
         """
         own = self._counters.snapshot(self._manager, self._health)
+        own["certificates"] = certificateStats(self._manager.snapshot, self._reactor.seconds())
+        if self._discovery is not None:
+            own["discovery"] = self._discovery.status()
         if self._pool is None:
             return own
         workers = [self._workerStats[i] for i in sorted(self._workerStats)]
         if not workers:
             return own
         merged = mergeSnapshots(workers)
+        merged["certificates"] = own["certificates"]
         # Live server state (health, breakers) is the parent's view.
         for name, ownServer in own.get("servers", {}).items():
             mergedServer = merged.setdefault("servers", {}).setdefault(name, {})
-            for key in ("health", "healthy", "addr"):
+            for key in ("health", "healthy", "addr", "discovered"):
                 if key in ownServer:
                     mergedServer[key] = ownServer[key]
+        if "discovery" in own:
+            merged["discovery"] = own["discovery"]
         merged["proxies"] = [
             {"worker": i, "stats": self._workerStats[i]} for i in sorted(self._workerStats)
         ]

@@ -61,6 +61,12 @@ class TokenBucket:
     #: by processes (L{gateway.protection.sharedbuckets.SharedTokenBucket}).
     lock: Any = None
 
+    #: Whether a refusal is the absence of the store that holds the bucket
+    #: (C{limits.onFailure: closed}, answered with 503), not the limit
+    #: (429): never, for a bucket of this process or of the workers
+    #: (L{gateway.protection.redisbuckets.LeasedBucket} may say so).
+    unavailable = False
+
     def __init__(self, rate: float, burst: float, clock: Any) -> None:
         """
         @param rate: tokens per second, above zero.

@@ -13,6 +13,13 @@ count, latency, health, breaker), a cluster whose definition did not change
 keeps its balancer (and so its round-robin position), and an API whose
 filters did not change keeps its filter objects (and their rate-limit
 buckets).
+
+DNS discovery changes the backends outside the store: a server that names
+a host has one backend per address, a cluster with C{discovery} the
+servers of its SRV records (L{gateway.discovery.records.expand}).  When
+what discovery finds changes, L{SnapshotManager.rediscover} swaps in a
+snapshot of the running one's compiled catalog over it, the same way: the
+backends of addresses that stayed keep their live state.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from twisted.logger import Logger
 
 from gateway.auth.index import EMPTY, ConsumerIndex, compileConsumers
 from gateway.balancing.backend import Backend
-from gateway.balancing.balancers import makeBalancer
+from gateway.balancing.balancers import makeTieredBalancer
+from gateway.cache.policy import CachePolicy
+from gateway.discovery.records import A, Discovered, expand
 from gateway.model.mock import CompiledMock
 from gateway.model.resources import API, Catalog, CatalogParser, Cluster, Node, ReferenceError
 from gateway.model.schema import ValidationError
@@ -35,6 +44,7 @@ from gateway.protection.ratelimit import LOCAL
 from gateway.routing.rewrite import Rewrite
 from gateway.routing.router import Route, RouteConflict, Router
 from gateway.routing.rules import applicableRoutings, compileRouting, orderRoutings
+from gateway.routing.tls import TLSCompiler
 
 log = Logger()
 
@@ -42,27 +52,52 @@ log = Logger()
 class ClusterRuntime:
     """
     A cluster as the proxy uses it: its backends and its balancer.
+
+    The backends may come in tiers, tried in order (the priorities of
+    discovered SRV records): the balancer then picks from the first tier
+    that has an available backend.
     """
 
-    __slots__ = ("name", "config", "backends", "balancer", "_serverConfigs")
+    __slots__ = ("name", "config", "backends", "balancer", "_serverConfigs", "_tierSizes")
 
-    def __init__(self, config: Cluster, backends: Sequence[Backend], rng: Any) -> None:
+    def __init__(
+        self,
+        config: Cluster,
+        backends: Sequence[Backend],
+        rng: Any,
+        tiers: Optional[Sequence[Sequence[Backend]]] = None,
+    ) -> None:
+        """
+        @param backends: its backends (in one tier, unless C{tiers} is given).
+        @param tiers: its backends in tiers, the first tier first; then
+            C{backends} is ignored.
+        """
+        tiers = _tiersOf(backends, tiers)
         self.name = config.name
         self.config = config
-        self.backends = tuple(backends)
+        self.backends = tuple(b for tier in tiers for b in tier)
         self._serverConfigs = tuple(b.config for b in self.backends)
-        self.balancer = makeBalancer(config.loadBalance, self.backends, rng)
+        self._tierSizes = tuple(len(tier) for tier in tiers)
+        self.balancer = makeTieredBalancer(config.loadBalance, tiers, rng)
 
-    def sameAs(self, config: Cluster, backends: Sequence[Backend]) -> bool:
+    def sameAs(
+        self,
+        config: Cluster,
+        backends: Sequence[Backend],
+        tiers: Optional[Sequence[Sequence[Backend]]] = None,
+    ) -> bool:
         """
         @return: whether this runtime can serve C{config} over C{backends}
-            as it is (so its balancer's state is kept).
+            (or C{tiers}) as it is (so its balancer's state is kept).
         """
+        tiers = _tiersOf(backends, tiers)
+        flat = [b for tier in tiers for b in tier]
         return (
             config == self.config
-            and len(backends) == len(self.backends)
-            and all(a is b for a, b in zip(backends, self.backends))
-            and tuple(b.config for b in backends) == self._serverConfigs
+            and len(flat) == len(self.backends)
+            and all(a is b for a, b in zip(flat, self.backends))
+            and tuple(len(tier) for tier in tiers) == self._tierSizes
+            and tuple(b.config for b in flat) == self._serverConfigs
         )
 
     def choose(self, key: Optional[str] = None) -> Optional[Backend]:
@@ -116,6 +151,7 @@ class CompiledAPI:
     @ivar batches: its nodes grouped by C{batch}, in ascending order.
     @ivar mock: its mock response, encoded (a
         L{gateway.model.mock.CompiledMock}), or L{None} when it has nodes.
+    @ivar cache: its L{gateway.cache.policy.CachePolicy}, or L{None}.
     """
 
     __slots__ = (
@@ -129,6 +165,8 @@ class CompiledAPI:
         "aggregate",
         "batches",
         "mock",
+        "httpsOnly",
+        "cache",
     )
 
     def __init__(
@@ -149,11 +187,13 @@ class CompiledAPI:
         #: then has the body before it decides).
         self.routingReadsBody = any(r.usesBody for r in routings)
         self.aggregate = len(nodes) > 1
+        self.httpsOnly = config.httpsOnly
         grouped: Dict[int, List[CompiledNode]] = {}
         for node in nodes:
             grouped.setdefault(node.batch, []).append(node)
         self.batches = tuple(tuple(grouped[n]) for n in sorted(grouped))
         self.mock = CompiledMock(config.response) if config.response is not None else None
+        self.cache = CachePolicy(config.name, config.cache) if config.cache is not None else None
 
 
 class Snapshot:
@@ -162,6 +202,8 @@ class Snapshot:
 
     @ivar consumers: the revision's consumers, a L{ConsumerIndex} (what the
         API's C{auth} filters look credentials up in).
+    @ivar certificates: the L{gateway.http.tls.ServerCertificate} of each
+        certificate, by name: what the TLS listeners serve.
     """
 
     def __init__(
@@ -174,6 +216,7 @@ class Snapshot:
         backends: Mapping[str, Backend],
         filters: Tuple[Any, ...],
         consumers: ConsumerIndex = EMPTY,
+        certificates: Optional[Mapping[str, Any]] = None,
     ) -> None:
         self.consumers = consumers
         self.revision = revision
@@ -183,6 +226,7 @@ class Snapshot:
         self.clusters = clusters
         self.backends = backends
         self.filters = filters
+        self.certificates = certificates if certificates is not None else {}
 
     def match(self, method: str, host: Optional[str], path: str) -> Any:
         """
@@ -209,6 +253,14 @@ class Snapshot:
         return match
 
 
+def _tiersOf(
+    backends: Sequence[Backend], tiers: Optional[Sequence[Sequence[Backend]]]
+) -> Tuple[Tuple[Backend, ...], ...]:
+    if tiers is None:
+        return (tuple(backends),)
+    return tuple(tuple(tier) for tier in tiers) or ((),)
+
+
 def _filterKey(apiName: str, spec: Any) -> Tuple[str, str, str]:
     return (apiName, spec.name, json.dumps(spec.config, sort_keys=True, default=str))
 
@@ -220,7 +272,8 @@ class SnapshotManager:
     @ivar snapshot: the snapshot serving requests now, or L{None} before the
         first successful build.
     @ivar backends: the live L{Backend} of every server of the current
-        snapshot, by name.
+        snapshot, by name (a discovered address is a backend of its own:
+        C{users@10.0.0.5}).
     """
 
     def __init__(
@@ -230,11 +283,22 @@ class SnapshotManager:
         globalFilters: Sequence[Any] = (),
         random: Optional[_random.Random] = None,
         buckets: Any = LOCAL,
+        tls: Optional[TLSCompiler] = None,
+        discovery: bool = False,
     ) -> None:
         """
         @param buckets: what makes the buckets of the APIs' and servers'
             limits: L{LOCAL} (this process's), or the workers'
             L{gateway.protection.sharedbuckets.SharedBuckets}.
+        @param tls: the L{TLSCompiler} of certificates and upstream TLS
+            (offline checks pass one that accepts certificates without
+            their keys).
+        @param discovery: whether host names and SRV records are looked up
+            (L{rediscover} gives what was found): a server that names a host
+            then has one backend per address of the host, and only once it
+            has been looked up.  Without, a server is one backend whose host
+            name is resolved when connecting, and a cluster with
+            C{discovery} has no server.
         """
         self._buckets = buckets
         self._filters = filterRegistry
@@ -243,6 +307,8 @@ class SnapshotManager:
         self.globalFilters = filterRegistry.makeFilters(globalFilters, reactor)
         self.snapshot: Optional[Snapshot] = None
         self.backends: Dict[str, Backend] = {}
+        #: What DNS discovery found (L{None} when it is off).
+        self.discovered: Optional[Discovered] = Discovered() if discovery else None
         self._apiFilters: Dict[Tuple[str, str, str], Any] = {}
         self._listeners: List[Callable[[Snapshot], None]] = []
         #: The L{CatalogParser} of store states (shared with the admin).
@@ -256,6 +322,11 @@ class SnapshotManager:
         #: How many APIs this manager compiled (validating or applying),
         #: since it was made: what a change cost, in APIs.
         self.compiledAPIs = 0
+        #: The TLS objects of the certificates and servers.
+        self._tls = tls if tls is not None else TLSCompiler()
+        #: The L{UpstreamTLS} of each server that speaks TLS, by name (of
+        #: the last catalog applied).
+        self._upstreamTLS: Mapping[str, Any] = {}
         #: The routes by API name of the routers made, while they live.
         self._routesOf: weakref.WeakKeyDictionary[Router, Dict[str, Route]] = (
             weakref.WeakKeyDictionary()
@@ -307,33 +378,92 @@ class SnapshotManager:
             snapshot and every live object are untouched.
         """
         catalog = self.parser.parse(state.resources)
-        apis, router, pendingFilters = self._compile(catalog)
+        apis, router, pendingFilters, certificates, upstreamTLS = self._compile(catalog)
 
         # Nothing below can fail on valid input: only now touch the state
         # that outlives snapshots.
         previous = self.snapshot
-        backends: Dict[str, Backend] = {}
-        for name, server in catalog.servers.items():
-            backend = self.backends.get(name)
-            if backend is None:
-                backend = Backend(server, self._reactor, self._random, self._buckets)
-            else:
-                backend.configure(server)
-            backends[name] = backend
-        clusters: Dict[str, ClusterRuntime] = {}
-        for name, cluster in catalog.clusters.items():
-            members = [backends[s] for s in cluster.servers]
-            old = previous.clusters.get(name) if previous is not None else None
-            if old is not None and old.sameAs(cluster, members):
-                clusters[name] = old
-            else:
-                clusters[name] = ClusterRuntime(cluster, members, self._random)
-
         consumers = compileConsumers(
             catalog.consumers, previous.consumers if previous is not None else None
         )
+        self._upstreamTLS = upstreamTLS
+        snapshot, backends = self._assemble(
+            state.revision, catalog, router, apis, consumers, certificates
+        )
+        self._apiFilters = pendingFilters
+        self._swap(snapshot, backends)
+        return snapshot
+
+    # -- discovery: a delimited part, see gateway.discovery ----------------------
+
+    def rediscover(self, discovered: Discovered) -> Optional[Snapshot]:
+        """
+        Take what DNS discovery found, and swap in a snapshot of the last
+        store state over it: the backends of addresses that stayed keep
+        their live state, and clusters whose backends did not change keep
+        their balancers.  Nothing is compiled again (the routes, the APIs
+        and their filters are the running snapshot's).
+
+        @return: the new snapshot, or L{None} before the first store state
+            (which will be built over C{discovered}).
+        """
+        self.discovered = discovered
+        current = self.snapshot
+        if current is None:
+            return None
+        snapshot, backends = self._assemble(
+            current.revision,
+            current.catalog,
+            current.router,
+            current.apis,
+            current.consumers,
+            current.certificates,
+        )
+        self._swap(snapshot, backends)
+        return snapshot
+
+    def _assemble(
+        self,
+        revision: int,
+        catalog: Catalog,
+        router: Router,
+        apis: Mapping[str, CompiledAPI],
+        consumers: ConsumerIndex,
+        certificates: Mapping[str, Any],
+    ) -> Tuple[Snapshot, Dict[str, Backend]]:
+        """
+        The snapshot of a compiled catalog over what discovery found: its
+        backends (those that exist already updated in place, with the
+        upstream TLS of their servers) and clusters.
+
+        @return: the snapshot and its backends.
+        """
+        previous = self.snapshot
+        expansion = expand(catalog, self.discovered)
+        backends: Dict[str, Backend] = {}
+        for name, (server, origin) in expansion.servers.items():
+            backend = self.backends.get(name)
+            # (An address of a server's host name speaks the TLS of that
+            # server, verifying the host name.)
+            tls = self._upstreamTLS.get(
+                origin.owner if origin is not None and origin.type == A else name
+            )
+            if backend is None:
+                backend = Backend(server, self._reactor, self._random, self._buckets, tls)
+            else:
+                backend.configure(server, tls)
+            backend.origin = origin
+            backends[name] = backend
+        clusters: Dict[str, ClusterRuntime] = {}
+        for name, cluster in catalog.clusters.items():
+            tiers = [[backends[b] for b in tier] for tier in expansion.tiers[name]]
+            old = previous.clusters.get(name) if previous is not None else None
+            if old is not None and old.sameAs(cluster, (), tiers):
+                clusters[name] = old
+            else:
+                clusters[name] = ClusterRuntime(cluster, (), self._random, tiers)
         snapshot = Snapshot(
-            state.revision,
+            revision,
             catalog,
             router,
             apis,
@@ -341,16 +471,20 @@ class SnapshotManager:
             backends,
             self.globalFilters,
             consumers,
+            certificates,
         )
+        return snapshot, backends
+
+    # -- end of discovery -------------------------------------------------------
+
+    def _swap(self, snapshot: Snapshot, backends: Dict[str, Backend]) -> None:
         self.backends = backends
-        self._apiFilters = pendingFilters
         self.snapshot = snapshot
         for listener in self._listeners:
             try:
                 listener(snapshot)
             except Exception:
                 log.failure("snapshot listener {listener!r} failed", listener=listener)
-        return snapshot
 
     def update(self, state: Any) -> bool:
         """
@@ -375,11 +509,19 @@ class SnapshotManager:
         log.info("serving store revision {revision}", revision=state.revision)
         return True
 
-    def _compile(self, catalog: Catalog) -> Tuple[Dict[str, CompiledAPI], Router, Dict]:
+    def _compile(
+        self, catalog: Catalog
+    ) -> Tuple[Dict[str, CompiledAPI], Router, Dict, Dict[str, Any], Dict[str, Any]]:
         """
         Everything of a build that can fail, touching no live state.
+
+        @return: C{(apis, router, filters, certificates, upstreamTLS)}: the
+            compiled APIs, their router, the filters they made, the
+            certificates to serve and the TLS of the servers that speak it.
         """
         catalog.check()
+        certificates = self._tls.certificates(catalog)
+        upstreamTLS = self._tls.upstream(catalog)
         routingCache = {}
         for name, routing in catalog.routings.items():
             cached = self._compiledRoutings.get(name)
@@ -436,7 +578,7 @@ class SnapshotManager:
             blamed = [r for r in e.routes if r is not previous.get(r.value.name, (None,) * 5)[4]]
             name = (blamed or [e.routes[1]])[-1].value.name
             raise ReferenceError(f"apis/{name}:urlPattern", str(e))
-        return apis, router, pendingFilters
+        return apis, router, pendingFilters, certificates, upstreamTLS
 
     def _route(self, routes: Dict[str, Route]) -> Router:
         """

@@ -1,5 +1,8 @@
 """
-The store: where servers, clusters, apis and routings live.
+The store: where certificates, servers, clusters, apis and routings live.
+A certificate's private key is kept as it was written (in clear, as the
+rest): the file store's file is readable by its owner only, and an etcd
+store is as private as etcd's own access control makes it.
 
 A store provides L{gateway.interfaces.IStore}.  This module holds the values
 every store speaks in, and L{storeFromURL}, which picks a store from the

@@ -30,13 +30,42 @@ Metrics::
   gateway_circuit_breaker_state{server,state}      1 for the current state, 0 others
   gateway_api_circuit_breaker_state{api,state}     the same for an API's own breaker
   gateway_send_timeouts_total                      clients cut off for not reading
+  gateway_websocket_open_tunnels{api}              WebSocket tunnels open now
+  gateway_websocket_tunnels_opened_total{api}      tunnels opened (handshakes answered 101)
+  gateway_websocket_over_cap_total{api}            handshakes refused over maxWebsockets
+  gateway_websocket_bytes_total{api,direction}     bytes relayed: up (client to server), down
+  gateway_access_log_lines_total                   access log lines written
+  gateway_access_log_dropped_total                 access log lines dropped (full disk, slow pipe)
   gateway_snapshot_revision                        store revision being served
+  gateway_tracing_spans_exported_total             spans the trace collector took
+  gateway_tracing_spans_dropped_total{reason}      queue-full, export-failed
+  gateway_tracing_spans_queued                     finished spans waiting for export
+  gateway_limits_mode{mode}                        proxy processes deciding the fleet's
+                                                   limits in each mode (shared, local,
+                                                   open, closed): with limits.store only
+  gateway_limits_switches_total{mode}              switches to each mode
+  gateway_limits_gateways                          live gateways a limit is divided by
+                                                   while Redis is away
+  gateway_limits_redis_calls_total                 calls to Redis (leases, returns)
+  gateway_limits_redis_timeouts_total              calls Redis did not answer in time
+  gateway_limits_redis_errors_total                calls that failed otherwise
+  gateway_cache_requests_total{api,result}        answers of a cached API by what the
+                                                   cache did: hit, collapsed, stale,
+                                                   revalidated, miss, bypass
+  gateway_cache_stored_total{api}                  answers stored
+  gateway_cache_memory_bytes                       bytes the memory stores hold
+  gateway_cache_memory_limit_bytes                 their bound (proxy.cache.memoryBytes
+                                                   per proxy process)
+  gateway_cache_memory_entries                     entries they hold
+  gateway_cache_evictions_total                    entries dropped to make room
   gateway_info{version}
+
+(The C{gateway_tracing_*} metrics only when the config has C{tracing:}.)
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 from prometheus_client.metrics_core import (
@@ -50,6 +79,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.web.resource import IResource, Resource
 
 import gateway
+from gateway.telemetry.certificates import certificateStats
 from gateway.telemetry.stats import (
     BUCKETS_SECONDS,
     ERROR_KINDS,
@@ -72,6 +102,15 @@ def _histogramBuckets(counters: Counters) -> List[Tuple[str, float]]:
 def _breakerStates(family: GaugeMetricFamily, labels: List[str], state: str) -> None:
     for s in BREAKER_STATES:
         family.add_metric(labels + [s], 1.0 if s == state else 0.0)
+
+
+#: The HTTP/2 counters (L{gateway.telemetry.stats.HTTP2_COUNTS}) as metrics.
+_HTTP2_METRICS = (
+    ("connections", "HTTP/2 connections made"),
+    ("streams", "HTTP/2 streams opened (one request each)"),
+    ("resets", "HTTP/2 streams the client reset before their answer was complete"),
+    ("floods", "HTTP/2 connections ended for a flood of frames (GOAWAY ENHANCE_YOUR_CALM)"),
+)
 
 
 class GatewayCollector(Collector):
@@ -115,6 +154,35 @@ class GatewayCollector(Collector):
         )
         sendTimeouts.add_metric([], getattr(stats, "sendTimeouts", 0))
         yield sendTimeouts
+        tracingCounts = getattr(stats, "tracingCounts", None)
+        tracing = tracingCounts() if tracingCounts is not None else None
+        if tracing is not None:
+            yield from _tracingMetrics(tracing)
+        limits = getattr(stats, "limits", None)
+        if limits is not None:
+            yield from _limitsMetrics(limits.snapshot())
+        yield from self._websockets(getattr(stats, "websockets", {}))
+        accessLog = getattr(stats, "accessLog", None)
+        written = CounterMetricFamily(
+            "gateway_access_log_lines", "Access log lines written (0 when the access log is off)"
+        )
+        written.add_metric([], accessLog.written if accessLog is not None else 0)
+        yield written
+        dropped = CounterMetricFamily(
+            "gateway_access_log_dropped",
+            "Access log lines dropped: the output refused them (a full disk) or could not"
+            " keep up (a full pipe)",
+        )
+        dropped.add_metric([], accessLog.dropped if accessLog is not None else 0)
+        yield dropped
+        http2 = getattr(stats, "http2", None) or {}
+        for what, doc in _HTTP2_METRICS:
+            family = CounterMetricFamily(f"gateway_http2_{what}", doc)
+            family.add_metric([], http2.get(what, 0))
+            yield family
+        cache = getattr(stats, "cache", None)
+        if cache is not None:
+            yield from _cacheMetrics(cache.snapshot())
         info = InfoMetricFamily("gateway", "Gateway version")
         info.add_metric([], {"version": gateway.__version__})
         yield info
@@ -150,6 +218,40 @@ class GatewayCollector(Collector):
         if rejects:
             yield rejected
         yield duration
+
+    def _websockets(self, entries: Any) -> Iterator[Metric]:
+        """
+        The WebSocket tunnels of each API with C{websocket: true}.
+        """
+        openNow = GaugeMetricFamily(
+            "gateway_websocket_open_tunnels", "WebSocket tunnels open now", labels=["api"]
+        )
+        opened = CounterMetricFamily(
+            "gateway_websocket_tunnels_opened",
+            "WebSocket tunnels opened (handshakes the backend answered 101)",
+            labels=["api"],
+        )
+        overCap = CounterMetricFamily(
+            "gateway_websocket_over_cap",
+            "WebSocket handshakes refused (503) because maxWebsockets tunnels were open",
+            labels=["api"],
+        )
+        relayed = CounterMetricFamily(
+            "gateway_websocket_bytes",
+            "Bytes WebSocket tunnels relayed: up (client to server) and down (server to client)",
+            labels=["api", "direction"],
+        )
+        for name in sorted(entries):
+            counters = entries[name]
+            openNow.add_metric([name], counters.open)
+            opened.add_metric([name], counters.opened)
+            overCap.add_metric([name], counters.overCap)
+            relayed.add_metric([name, "up"], counters.bytesUp)
+            relayed.add_metric([name, "down"], counters.bytesDown)
+        yield openNow
+        yield opened
+        yield overCap
+        yield relayed
 
     def _live(self) -> Iterator[Metric]:
         manager = self._manager
@@ -224,11 +326,120 @@ class GatewayCollector(Collector):
             yield checked
         yield breakers
         yield apiBreakers
+        expiry = GaugeMetricFamily(
+            "gateway_certificate_expiry_seconds",
+            "When a certificate expires (its notAfter), in seconds since the epoch",
+            labels=["certificate"],
+        )
+        if snapshot is not None:
+            for name, info in certificateStats(snapshot, now).items():
+                expiry.add_metric([name], info["expiresAt"])
+        yield expiry
         revision = GaugeMetricFamily(
             "gateway_snapshot_revision", "The store revision the proxy serves (-1: none yet)"
         )
         revision.add_metric([], snapshot.revision if snapshot is not None else -1)
         yield revision
+
+
+def _tracingMetrics(counts: Mapping[str, int]) -> Iterator[Metric]:
+    """
+    @param counts: see L{gateway.telemetry.stats.Stats.tracingCounts}.
+    """
+    exported = CounterMetricFamily(
+        "gateway_tracing_spans_exported", "Spans the trace collector took"
+    )
+    exported.add_metric([], counts.get("exported", 0))
+    yield exported
+    dropped = CounterMetricFamily(
+        "gateway_tracing_spans_dropped",
+        "Spans lost: queue-full (the export queue was full), export-failed (the collector "
+        "was away, too slow, answered an error or rejected them)",
+        labels=["reason"],
+    )
+    dropped.add_metric(["queue-full"], counts.get("dropped", 0))
+    dropped.add_metric(["export-failed"], counts.get("failed", 0))
+    yield dropped
+    queued = GaugeMetricFamily(
+        "gateway_tracing_spans_queued", "Finished spans waiting to be exported"
+    )
+    queued.add_metric([], counts.get("queued", 0))
+    yield queued
+
+
+def _limitsMetrics(limits: Any) -> Iterator[Metric]:
+    """
+    The fleet's limits (C{limits.store}): see the module's documentation.
+    """
+    modes = GaugeMetricFamily(
+        "gateway_limits_mode",
+        "Proxy processes deciding the fleet's limits in each mode: shared (Redis) or"
+        " limits.onFailure's (local, open, closed) while Redis is away",
+        labels=["mode"],
+    )
+    for mode, count in sorted((limits.get("modes") or {}).items()):
+        modes.add_metric([mode], count)
+    yield modes
+    switches = CounterMetricFamily(
+        "gateway_limits_switches", "Switches of the fleet's limits to each mode", labels=["mode"]
+    )
+    for mode, count in sorted((limits.get("switches") or {}).items()):
+        switches.add_metric([mode], count)
+    yield switches
+    gateways = GaugeMetricFamily(
+        "gateway_limits_gateways", "Live gateways a limit is divided by while Redis is away"
+    )
+    gateways.add_metric([], limits.get("gateways") or 1)
+    yield gateways
+    for key, doc in (
+        ("calls", "Calls to Redis for the fleet's limits (leases, returns)"),
+        ("timeouts", "Calls to Redis not answered within limits.timeout"),
+        ("errors", "Calls to Redis that failed otherwise"),
+    ):
+        family = CounterMetricFamily(f"gateway_limits_redis_{key}", doc)
+        family.add_metric([], limits.get(key) or 0)
+        yield family
+
+
+def _cacheMetrics(cache: Mapping[str, Any]) -> Iterator[Metric]:
+    """
+    The response cache: see the module's documentation.
+    """
+    from gateway.cache.engine import RESULTS
+
+    requests = CounterMetricFamily(
+        "gateway_cache_requests",
+        "Answers of a cached API by what the cache did: hit (from the cache), collapsed (from"
+        " another request's forward), stale (forwarded to revalidate), revalidated (a 304"
+        " refreshed the entry; also counted as stale), miss (forwarded), bypass (not looked"
+        " up: a method not cached, Redis away)",
+        labels=["api", "result"],
+    )
+    stored = CounterMetricFamily(
+        "gateway_cache_stored", "Answers stored in the cache", labels=["api"]
+    )
+    for name, counts in sorted((cache.get("apis") or {}).items()):
+        for result in RESULTS:
+            requests.add_metric([name, result], counts.get(result, 0))
+        stored.add_metric([name], counts.get("stored", 0))
+    yield requests
+    yield stored
+    memory = cache.get("memory") or {}
+    for key, name, doc in (
+        ("bytes", "gateway_cache_memory_bytes", "Bytes of entries the memory stores hold"),
+        (
+            "limit",
+            "gateway_cache_memory_limit_bytes",
+            "The memory stores' bound (proxy.cache.memoryBytes per proxy process)",
+        ),
+        ("entries", "gateway_cache_memory_entries", "Entries the memory stores hold"),
+    ):
+        gauge = GaugeMetricFamily(name, doc)
+        gauge.add_metric([], memory.get(key) or 0)
+        yield gauge
+    evictions = CounterMetricFamily("gateway_cache_evictions", "Entries dropped to make room")
+    evictions.add_metric([], memory.get("evictions") or 0)
+    yield evictions
 
 
 def metricsRegistry(stats: Any, manager: Any, health: Any, reactor: Any) -> CollectorRegistry:

@@ -16,14 +16,30 @@ last one sent are left out too.
 
 A report that holds only changes says C{"delta": true}, and names the
 APIs and servers that are gone (C{"removed": {"apis": [...], "servers":
-[...]}}).
+[...]}}).  What changes without a request is looked at every time too: an
+API's breaker, its WebSocket tunnels, its response cache's counts
+(L{EXTRAS}); the rest of a snapshot (C{totals}, C{http2}, C{accessLog},
+C{tracing}, C{limits}, the cache's memory store) is small and sent whole
+in every report.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from gateway.telemetry.stats import apiBreaker
+
+#: The parts of an API's entry that change without a request: its
+#: breaker (with time, and with its configuration), its WebSocket tunnels
+#: (their bytes, and their closing, long after the handshake's request),
+#: and its response cache's counts (an answer stored after the request was
+#: counted).
+EXTRAS = ("breaker", "websocket", "cache")
+
+
+def _extras(entry: Mapping[str, Any]) -> Optional[Tuple[Any, ...]]:
+    values = tuple(entry.get(key) for key in EXTRAS)
+    return None if values == (None,) * len(EXTRAS) else values
 
 
 class StatsReport:
@@ -40,9 +56,9 @@ class StatsReport:
         self._manager = manager
         #: The request counts of the APIs when last reported.
         self._requests: Dict[str, int] = {}
-        #: The breakers of the APIs that have one, and the entries of the
+        #: The L{EXTRAS} of the APIs that have any, and the entries of the
         #: servers, as last reported.
-        self._breakers: Dict[str, Any] = {}
+        self._extras: Dict[str, Tuple[Any, ...]] = {}
         self._servers: Dict[str, Any] = {}
         #: The APIs with a breaker of their own, and the snapshot they are
         #: of.
@@ -58,6 +74,12 @@ class StatsReport:
             self._withBreakers = [n for n, c in apis.items() if apiBreaker(c) is not None]
         return self._withBreakers
 
+    def _cachedAPIs(self) -> Iterable[str]:
+        cache = getattr(self._stats, "cache", None)
+        if cache is None:
+            return ()
+        return list(cache.countedAPIs())
+
     def __call__(self) -> Dict[str, Any]:
         """
         @return: the next report: a whole snapshot the first time, then
@@ -72,28 +94,30 @@ class StatsReport:
                 for name, entry in counters.items()
                 if self._requests.get(name) != entry.requests
             ]
-            # An API's breaker changes with time too, and may come or go
-            # with its configuration.
-            changed.extend(n for n in self._breakerAPIs() if n in counters)
-            changed.extend(n for n in self._breakers if n in counters)
-        names = None if changed is None else set(changed)
+            # What changes without a request: breakers (which may come or
+            # go with the configuration), tunnels, cache counts.
+            changed.extend(self._breakerAPIs())
+            changed.extend(self._stats.websockets)
+            changed.extend(self._cachedAPIs())
+            changed.extend(self._extras)
+        names = None if changed is None else {n for n in changed if n in counters}
         snapshot = self._stats.snapshot(self._manager, None, apis=names)
         apis = snapshot["apis"]
         for name in list(apis):
             entry = apis[name]
-            breaker = entry.get("breaker")
+            extras = _extras(entry)
             if (
                 self._reported
                 and self._requests.get(name) == entry["requests"]
-                and self._breakers.get(name) == breaker
+                and self._extras.get(name) == extras
             ):
                 del apis[name]
                 continue
             self._requests[name] = entry["requests"]
-            if breaker is None:
-                self._breakers.pop(name, None)
+            if extras is None:
+                self._extras.pop(name, None)
             else:
-                self._breakers[name] = breaker
+                self._extras[name] = extras
         servers = snapshot["servers"]
         sent = {}
         for name, entry in list(servers.items()):
@@ -111,7 +135,7 @@ class StatsReport:
             }
             for name in removedAPIs:
                 del self._requests[name]
-                self._breakers.pop(name, None)
+                self._extras.pop(name, None)
         self._servers = sent
         return snapshot
 
@@ -123,18 +147,19 @@ def mergeReport(previous: Optional[Mapping[str, Any]], report: Mapping[str, Any]
     @param previous: the worker's snapshot so far (what this returned
         last time), or L{None}.
     @param report: its new report (a whole snapshot, or a delta).
-    @return: its whole snapshot now.
+    @return: its whole snapshot now: the C{apis} and C{servers} of both,
+        less those removed; every other key as the report has it (a delta
+        holds them all: C{totals}, C{http2}, C{accessLog}, C{tracing},
+        C{limits}, C{cache}..., so one that it lacks is gone).
     """
     if previous is None or not report.get("delta"):
         return {k: v for k, v in report.items() if k not in ("delta", "removed")}
-    merged = dict(previous)
-    for key, value in report.items():
-        if key in ("apis", "servers"):
-            entries = dict(previous.get(key) or {})
-            entries.update(value or {})
-            for name in (report.get("removed") or {}).get(key, ()):
-                entries.pop(name, None)
-            merged[key] = entries
-        elif key not in ("delta", "removed"):
-            merged[key] = value
+    merged = {k: v for k, v in report.items() if k not in ("delta", "removed")}
+    removed = report.get("removed") or {}
+    for key in ("apis", "servers"):
+        entries = dict(previous.get(key) or {})
+        entries.update(report.get(key) or {})
+        for name in removed.get(key, ()):
+            entries.pop(name, None)
+        merged[key] = entries
     return merged

@@ -33,6 +33,11 @@ milliseconds in the JSON.  Requests that match no API (the proxy's own
 404) are not recorded at all: there is no API to count them under, and a
 per-path count would let clients create labels at will.
 
+The WebSocket tunnels of an API with C{websocket: true} have counters of
+their own (L{WebSocketCounters}: open now, opened, refused over
+C{maxWebsockets}, bytes each way), under the API's C{websocket} key; the
+handshake itself is an answer like any other (its status 101).
+
 Cardinality is bounded by the configuration: after the first L{prune}
 (called with every new snapshot, see L{Stats.follow}) only the APIs and
 servers of the current configuration have entries, never anything taken
@@ -44,6 +49,9 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from gateway.cache.engine import withRatio
+from gateway.http.tunnel import TunnelMeter
 
 #: Upper bounds of the latency buckets, in milliseconds; a last bucket
 #: (C{"+Inf"}) takes the rest.
@@ -110,6 +118,12 @@ def classify(code: int, outcome: Optional[str]) -> Tuple[Optional[str], Optional
     return None, None
 
 
+#: What the stats count of HTTP/2 (L{Stats.countHTTP2}): connections made,
+#: streams opened (each one request), streams the clients reset, and
+#: connections ended for a flood (C{GOAWAY ENHANCE_YOUR_CALM}).
+HTTP2_COUNTS = ("connections", "streams", "resets", "floods")
+
+
 class Counters:
     """
     The counters of one API, one server, or all of them.
@@ -165,6 +179,37 @@ class Counters:
             "rejects": dict(self.rejects),
             "latency": latencyJSON(self.cumulativeBuckets(), self.latencySum * 1000.0),
         }
+
+
+class WebSocketCounters(TunnelMeter):
+    """
+    The WebSocket tunnels of one API (the meter its tunnels count their
+    bytes in, see L{gateway.http.tunnel}).
+
+    @ivar open: tunnels open now.
+    @ivar opened: tunnels opened so far.
+    @ivar overCap: handshakes refused (503) because C{maxWebsockets}
+        tunnels were open.
+    @ivar bytesUp: bytes relayed from clients to servers.
+    @ivar bytesDown: bytes relayed from servers to clients.
+    """
+
+    __slots__ = ("open", "opened", "overCap")
+
+    #: The keys of L{toJSON}, in order.
+    FIELDS: Tuple[str, ...] = ("open", "opened", "overCap", "bytesUp", "bytesDown")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = 0
+        self.opened = 0
+        self.overCap = 0
+
+    def toJSON(self) -> Dict[str, int]:
+        """
+        @return: C{{"open", "opened", "overCap", "bytesUp", "bytesDown"}}.
+        """
+        return {name: getattr(self, name) for name in self.FIELDS}
 
 
 def percentile(cumulative: Sequence[int], q: float) -> Optional[float]:
@@ -225,9 +270,25 @@ class Stats:
         and retries included, is in the server's C{upstreamRequests}).
     @ivar sendTimeouts: clients cut off for reading nothing of their answer
         for C{proxy.limits.sendTimeout} seconds (see L{countSendTimeout}).
+    @ivar websockets: C{{name: L{WebSocketCounters}}} per API with
+        C{websocket: true}.
+    @ivar accessLog: the proxy's L{gateway.telemetry.accesslog.IAccessLog},
+        whose counts the snapshot shows, or L{None}.
+    @ivar http2: C{{what: count}} of HTTP/2 (see L{HTTP2_COUNTS} and
+        L{countHTTP2}).
     """
 
     sendTimeouts = 0
+    accessLog: Any = None
+
+    #: The fleet's limits of this proxy (L{gateway.protection.redisbuckets.RedisBuckets},
+    #: whose C{snapshot()} is under C{"limits"}), or L{None}.
+    limits: Any = None
+
+    #: The response cache of this proxy (L{gateway.cache.engine.ResponseCache}):
+    #: each cached API's counts under its C{"cache"}, the memory store's
+    #: figures under C{"cache"}; or L{None}.
+    cache: Any = None
 
     def __init__(self, clock: Any) -> None:
         """
@@ -236,13 +297,16 @@ class Stats:
         """
         self._clock = clock
         self.totals = Counters()
+        self.http2: Dict[str, int] = dict.fromkeys(HTTP2_COUNTS, 0)
         self.apis: Dict[str, Counters] = {}
         self.servers: Dict[str, Counters] = {}
+        self.websockets: Dict[str, WebSocketCounters] = {}
         # The configured names, once known: entries are made for these
         # only.  None until the first prune (anything the proxy hands us
         # comes from its configuration anyway).
         self._apiNames: Optional[frozenset] = None
         self._serverNames: Optional[frozenset] = None
+        self._tracing: Optional[Callable[[], Dict[str, int]]] = None
 
     def record(self, context: Any, code: int, outcome: Optional[str]) -> None:
         """
@@ -292,6 +356,33 @@ class Stats:
         calls this, see L{gateway.http.site.LimitedSite.stats}).
         """
         self.sendTimeouts += 1
+
+    def followTracing(self, counts: Callable[[], Dict[str, int]]) -> None:
+        """
+        Report the counters of tracing's export (C{tracing} in the
+        L{snapshot}, see L{tracingCounts}).
+
+        @param counts: gives them, see
+            L{gateway.telemetry.tracing.export.ReactorSpanProcessor.counts}.
+        """
+        self._tracing = counts
+
+    def tracingCounts(self) -> Optional[Dict[str, int]]:
+        """
+        @return: the counters of tracing's export (C{exported}, C{dropped},
+            C{failed}, C{queued} spans), or L{None} when nothing is traced.
+        """
+        counts = self._tracing
+        return counts() if counts is not None else None
+
+    def countHTTP2(self, what: str) -> None:
+        """
+        Count one HTTP/2 event (the engine's HTTP/2 connections call this,
+        see L{gateway.http.site.LimitedSite.stats}).
+
+        @param what: one of L{HTTP2_COUNTS}.
+        """
+        self.http2[what] = self.http2.get(what, 0) + 1
 
     def recordUpstream(
         self, server: str, code: Optional[int], outcome: Optional[str], latency: float
@@ -351,6 +442,35 @@ class Stats:
         L{gateway.routing.snapshot.SnapshotManager} listener.
         """
         self.prune(snapshot.apis, snapshot.backends)
+        self.pruneWebSockets(name for name, api in snapshot.apis.items() if api.config.websocket)
+
+    def pruneWebSockets(self, apiNames: Iterable[str]) -> None:
+        """
+        Keep WebSocket counters for these APIs only, and make the missing
+        ones.  (Tunnels of an API dropped meanwhile count on in counters no
+        longer shown.)
+        """
+        names = frozenset(apiNames)
+        websockets = self.websockets
+        for name in list(websockets):
+            if name not in names:
+                del websockets[name]
+        for name in names:
+            if name not in websockets:
+                websockets[name] = WebSocketCounters()
+
+    def websocketCounters(self, api: str) -> WebSocketCounters:
+        """
+        @return: the L{WebSocketCounters} of an API, made when missing
+            (unless the API is not configured: then counters shown
+            nowhere).
+        """
+        counters = self.websockets.get(api)
+        if counters is None:
+            counters = WebSocketCounters()
+            if self._apiNames is None or api in self._apiNames:
+                self.websockets[api] = counters
+        return counters
 
     def follow(self, manager: Any) -> None:
         """
@@ -390,17 +510,27 @@ class Stats:
         @return: the statistics as JSON: C{totals} C{{"requests", "errors",
             "rejects"}} (numbers, and the C{"latency"} of every answer),
             C{apis} C{{name: {"requests", "errors", "rejects", "latency",
-            "breaker"?}}}, C{servers} C{{name:
+            "breaker"?, "websocket"? (L{WebSocketCounters.toJSON}),
+            "cache"?}}} (C{cache}: see
+            L{gateway.cache.engine.ResponseCache.snapshot}), C{servers} C{{name:
             {"requests", "errors", "rejects", "latency", and with a manager
             "addr", "active", "latencyEWMA" (seconds, as the backend keeps
             it), "healthy", "ejected", "upstreamRequests",
             "upstreamFailures", "health", "breaker"}}},
-            C{sendTimeouts} (see L{countSendTimeout}), C{revision} (of the
-            snapshot, or L{None}) and C{at} (clock seconds).  See L{latencyJSON} for C{latency}.
+            C{sendTimeouts} (see L{countSendTimeout}), C{http2} (see
+            L{HTTP2_COUNTS}), C{accessLog}
+            C{{"written", "dropped"}} (lines; zeros when it is off),
+            C{revision} (of the snapshot, or L{None}) and C{at} (clock
+            seconds), and when requests are traced C{tracing} (see
+            L{tracingCounts}), and with a
+            response cache C{cache} (its memory store: C{bytes}, C{limit},
+            C{entries}, C{evictions}).  See L{latencyJSON} for C{latency}.
         """
         now = self._clock.seconds()
         current = manager.snapshot if manager is not None else None
         entries: Dict[str, Any] = {}
+        cache = self.cache.snapshot() if self.cache is not None else None
+        cached = cache["apis"] if cache is not None else {}
         for name in sorted(self.apis if apis is None else apis):
             counters = self.apis.get(name)
             if counters is None:
@@ -411,6 +541,12 @@ class Stats:
                 breaker = apiBreaker(compiled)
                 if breaker is not None:
                     entry["breaker"] = breaker.snapshot()
+            websocket = self.websockets.get(name)
+            if websocket is not None:
+                entry["websocket"] = websocket.toJSON()
+            counts = cached.get(name)
+            if counts is not None:
+                entry["cache"] = counts
             entries[name] = entry
         backends: Mapping[str, Any] = manager.backends if manager is not None else {}
         servers: Dict[str, Any] = {}
@@ -421,14 +557,34 @@ class Stats:
             if backend is not None:
                 entry.update(backendJSON(backend, now, health))
             servers[name] = entry
-        return {
+        result = {
             "totals": self.totalsJSON(),
             "apis": entries,
             "servers": servers,
             "sendTimeouts": self.sendTimeouts,
+            "accessLog": accessLogJSON(self.accessLog),
+            "http2": dict(self.http2),
             "revision": current.revision if current is not None else None,
             "at": now,
         }
+        tracing = self.tracingCounts()
+        if tracing is not None:
+            result["tracing"] = tracing
+        if self.limits is not None:
+            result["limits"] = self.limits.snapshot()
+        if cache is not None:
+            result["cache"] = cache["memory"]
+        return result
+
+
+def accessLogJSON(accessLog: Any) -> Dict[str, int]:
+    """
+    @return: C{{"written", "dropped"}}: the lines an access log wrote and
+        dropped so far (zeros for L{None}, no access log).
+    """
+    if accessLog is None:
+        return {"written": 0, "dropped": 0}
+    return {"written": accessLog.written, "dropped": accessLog.dropped}
 
 
 def apiBreaker(compiled: Any) -> Any:
@@ -444,10 +600,11 @@ def apiBreaker(compiled: Any) -> Any:
 
 def backendJSON(backend: Any, now: float, health: Any = None) -> Dict[str, Any]:
     """
-    @return: the live state of a L{gateway.balancing.backend.Backend} for the stats.
+    @return: the live state of a L{gateway.balancing.backend.Backend} for the
+        stats; C{discovered} says how DNS discovery found it (when it did).
     """
     breaker = backend.breaker
-    return {
+    entry = {
         "addr": f"{backend.host}:{backend.port}",
         "active": backend.active,
         "latencyEWMA": backend.ewma,
@@ -458,6 +615,11 @@ def backendJSON(backend: Any, now: float, health: Any = None) -> Dict[str, Any]:
         "health": health.status(backend.name) if health is not None else None,
         "breaker": breaker.snapshot() if breaker is not None else None,
     }
+    origin = getattr(backend, "origin", None)
+    if origin is not None:
+        # Found by DNS discovery: how (the server or cluster, the name).
+        entry["discovered"] = origin.toJSON()
+    return entry
 
 
 def _addCounts(into: Dict[str, Any], entry: Mapping[str, Any]) -> None:
@@ -503,7 +665,12 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     its snapshot.
 
     @return: a snapshot of the same shape; C{at} is the latest of theirs,
-        C{revision} the highest, C{sendTimeouts} their sum.
+        C{revision} the highest, C{sendTimeouts}, C{http2} and C{accessLog}'s counts
+        their sums, and so are the counters of C{tracing} (when any of them
+        has it), the APIs'
+        C{cache} counts (their C{hitRatio} computed again) and the memory
+        store figures of C{cache} (each process has a store of its own:
+        their bytes, limits, entries and evictions add up).
     """
     totals: Dict[str, Any] = {"requests": 0, "errors": 0, "rejects": 0}
     totalLatency: Dict[str, Any] = {}
@@ -513,8 +680,20 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     at = None
     revision = None
     sendTimeouts = 0
+    tracing: Optional[Dict[str, int]] = None
+    accessLog = accessLogJSON(None)
+    http2: Dict[str, int] = dict.fromkeys(HTTP2_COUNTS, 0)
     for snap in snapshots:
         sendTimeouts += snap.get("sendTimeouts") or 0
+        for key, count in (snap.get("http2") or {}).items():
+            http2[key] = http2.get(key, 0) + count
+        if snap.get("tracing"):
+            tracing = tracing if tracing is not None else {}
+            for key, n in snap["tracing"].items():
+                tracing[key] = tracing.get(key, 0) + n
+        theirs = snap.get("accessLog") or {}
+        for key in accessLog:
+            accessLog[key] += theirs.get(key) or 0
         for key in totals:
             totals[key] += (snap.get("totals") or {}).get(key, 0)
         _addLatency(totalLatency, (snap.get("totals") or {}).get("latency"))
@@ -525,9 +704,19 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         for name, entry in (snap.get("apis") or {}).items():
             merged = apis.setdefault(name, {})
             _addCounts(merged, entry)
+            if entry.get("cache"):
+                mine = merged.setdefault("cache", {})
+                for key, n in entry["cache"].items():
+                    if key != "hitRatio":
+                        mine[key] = mine.get(key, 0) + n
             breaker = entry.get("breaker")
             if breaker is not None:
                 merged["breaker"] = _worseBreaker(merged.get("breaker"), breaker)
+            websocket = entry.get("websocket")
+            if websocket is not None:
+                mine = merged.setdefault("websocket", dict.fromkeys(WebSocketCounters.FIELDS, 0))
+                for key in WebSocketCounters.FIELDS:
+                    mine[key] += websocket.get(key) or 0
         for name, entry in (snap.get("servers") or {}).items():
             merged = servers.setdefault(name, {})
             _addCounts(merged, entry)
@@ -544,17 +733,70 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     for entries in (apis, servers):
         for entry in entries.values():
             _finishLatency(entry)
+    for entry in apis.values():
+        if "cache" in entry:
+            withRatio(entry["cache"])
     totals["latency"] = totalLatency
     _finishLatency(totals)
     for name, values in ewmas.items():
         servers[name]["latencyEWMA"] = sum(values) / len(values)
-    return {
+    merged = {
         "totals": totals,
         "apis": {name: apis[name] for name in sorted(apis)},
         "servers": {name: servers[name] for name in sorted(servers)},
         "sendTimeouts": sendTimeouts,
+        "accessLog": accessLog,
+        "http2": http2,
         "revision": revision,
         "at": at,
+    }
+    if tracing is not None:
+        merged["tracing"] = tracing
+    limits = [snap["limits"] for snap in snapshots if snap.get("limits")]
+    if limits:
+        merged["limits"] = mergeLimits(limits)
+    memories = [snap["cache"] for snap in snapshots if snap.get("cache")]
+    if memories:
+        merged["cache"] = {
+            key: sum(m.get(key) or 0 for m in memories)
+            for key in ("bytes", "limit", "entries", "evictions")
+        }
+    return merged
+
+
+def mergeLimits(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """
+    Sum the fleet's limits of several proxy processes (the C{"limits"} of
+    their snapshots, see L{gateway.protection.redisbuckets.RedisBuckets.snapshot}).
+
+    @return: the same shape: C{modes} (processes in each mode),
+        C{switches}, C{calls}, C{timeouts}, C{errors} and C{leases} summed;
+        C{mode} the one mode of them all, or the fallback mode while any
+        process is in it; C{redis} C{up} only when it is for every one;
+        C{gateways} the largest count, C{since} the latest switch.
+    """
+    first = snapshots[0]
+    modes: Dict[str, int] = {}
+    switches: Dict[str, int] = {}
+    for snap in snapshots:
+        for mode, n in (snap.get("modes") or {}).items():
+            modes[mode] = modes.get(mode, 0) + n
+        for mode, n in (snap.get("switches") or {}).items():
+            switches[mode] = switches.get(mode, 0) + n
+    away = [s["mode"] for s in snapshots if s.get("mode") != "shared"]
+    return {
+        "store": first.get("store"),
+        "onFailure": first.get("onFailure"),
+        "mode": away[0] if away else "shared",
+        "modes": modes,
+        "since": max(s.get("since") or 0 for s in snapshots),
+        "gateways": max(s.get("gateways") or 1 for s in snapshots),
+        "switches": switches,
+        "redis": "up" if all(s.get("redis") == "up" for s in snapshots) else "down",
+        "calls": sum(s.get("calls") or 0 for s in snapshots),
+        "timeouts": sum(s.get("timeouts") or 0 for s in snapshots),
+        "errors": sum(s.get("errors") or 0 for s in snapshots),
+        "leases": sum(s.get("leases") or 0 for s in snapshots),
     }
 
 
@@ -588,6 +830,13 @@ class _SnapshotCounters:
         return self._buckets or [0] * len(BUCKETS_MS) + [0]
 
 
+def _webSocketCounters(entry: Mapping[str, Any]) -> WebSocketCounters:
+    counters = WebSocketCounters()
+    for key in WebSocketCounters.FIELDS:
+        setattr(counters, key, int(entry.get(key) or 0))
+    return counters
+
+
 class SnapshotStats:
     """
     A read-only L{Stats} look-alike over snapshots made elsewhere (the
@@ -609,5 +858,78 @@ class SnapshotStats:
         return {n: _SnapshotCounters(e) for n, e in self._source().get("servers", {}).items()}
 
     @property
+    def websockets(self) -> Dict[str, WebSocketCounters]:
+        return {
+            n: _webSocketCounters(e["websocket"])
+            for n, e in self._source().get("apis", {}).items()
+            if e.get("websocket") is not None
+        }
+
+    @property
     def sendTimeouts(self) -> int:
         return int(self._source().get("sendTimeouts") or 0)
+
+    def tracingCounts(self) -> Optional[Dict[str, int]]:
+        """
+        @return: the workers' tracing counters, summed (see
+            L{Stats.tracingCounts}), or L{None}.
+        """
+        tracing: Optional[Dict[str, int]] = self._source().get("tracing")
+        return tracing
+
+    @property
+    def limits(self) -> Any:
+        """
+        The fleet's limits of the snapshot, as L{Stats.limits} has them
+        (something with a C{snapshot()}), or L{None}.
+        """
+        limits = self._source().get("limits")
+        return _Frozen(limits) if limits else None
+
+    @property
+    def accessLog(self) -> Any:
+        counts = self._source().get("accessLog") or {}
+        return _AccessLogCounts(int(counts.get("written") or 0), int(counts.get("dropped") or 0))
+
+    @property
+    def http2(self) -> Dict[str, int]:
+        return dict(self._source().get("http2") or {})
+
+    @property
+    def cache(self) -> Any:
+        """
+        The response cache of the snapshot, as L{Stats.cache} has it
+        (something with a C{snapshot()}), or L{None}.
+        """
+        source = self._source()
+        apis = {
+            name: entry["cache"]
+            for name, entry in (source.get("apis") or {}).items()
+            if entry.get("cache")
+        }
+        memory = source.get("cache")
+        if memory is None and not apis:
+            return None
+        return _Frozen({"apis": apis, "memory": memory or {}})
+
+
+class _Frozen:
+    """
+    A snapshot's part read back: its C{snapshot()} gives it.
+    """
+
+    def __init__(self, data: Dict[str, Any]) -> None:
+        self._data = data
+
+    def snapshot(self) -> Dict[str, Any]:
+        return self._data
+
+
+class _AccessLogCounts:
+    """
+    An access log's counts read back from a snapshot's JSON.
+    """
+
+    def __init__(self, written: int, dropped: int) -> None:
+        self.written = written
+        self.dropped = dropped

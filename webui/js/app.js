@@ -14,6 +14,7 @@ import { renderApiList, renderApiForm } from "./pages/apis.js";
 import { renderConsumerList, renderConsumerForm, renderConsumerCreated } from "./pages/consumers.js";
 import { renderRoutingList, renderRoutingForm } from "./pages/routings.js";
 import { renderProxies } from "./pages/proxies.js";
+import { renderCertificateList, renderCertificateForm } from "./pages/certificates.js";
 
 const NAV = [
   ["dashboard", "Dashboard", "#/"],
@@ -22,6 +23,7 @@ const NAV = [
   ["consumers", "Consumers", "#/consumers"],
   ["apis", "APIs", "#/apis"],
   ["routings", "Routings", "#/routings"],
+  ["certificates", "Certificates", "#/certificates"],
   ["proxies", "Proxies", "#/proxies"],
 ];
 
@@ -49,6 +51,10 @@ const routes = [
   { path: "/routings/new", title: "New routing", nav: "routings", render: renderRoutingForm },
   { path: "/routings/:name/edit", title: "Edit routing", nav: "routings", render: renderRoutingForm },
   { path: "/routings/:name", title: "Edit routing", nav: "routings", render: renderRoutingForm },
+  { path: "/certificates", title: "Certificates", nav: "certificates", render: renderCertificateList },
+  { path: "/certificates/new", title: "New certificate", nav: "certificates", render: renderCertificateForm },
+  { path: "/certificates/:name/edit", title: "Edit certificate", nav: "certificates", render: renderCertificateForm },
+  { path: "/certificates/:name", title: "Edit certificate", nav: "certificates", render: renderCertificateForm },
   { path: "/proxies", title: "Proxies", nav: "proxies", render: renderProxies },
 ];
 

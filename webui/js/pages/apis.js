@@ -2,11 +2,12 @@
 // is plain proxying; several are an aggregation run in batches).
 
 import { resources } from "../api.js";
-import { h, mount, uniqueId, fmtRate, fmtPct, fmtMs, badge, DASH } from "../dom.js";
+import { h, mount, uniqueId, fmtRate, fmtPct, fmtMs, fmtNum, isNum, badge, DASH } from "../dom.js";
 import { poller } from "../stats.js";
 import {
   inputField,
   numberField,
+  checkboxField,
   selectField,
   selectInput,
   textareaField,
@@ -22,6 +23,7 @@ import { pageHeader, loading, errorState, linkButton, emptyState, resourceTable,
 import { breakerSection } from "./servers.js";
 import { corsSection, transformSection, mockSection } from "./apiedge.js";
 import { authSections } from "./apiauth.js";
+import { cacheSection } from "./apicache.js";
 
 const METHODS = ["*", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
@@ -61,6 +63,7 @@ export async function renderApiList(outlet) {
           cell: (a) => [
             a.response ? badge(`mock ${a.response.status}`, "info") : null,
             (a.nodes || []).length > 1 ? badge(`aggregation \u00D7${a.nodes.length}`, "info") : null,
+            a.websocket ? badge("WebSocket", "info", "relays WebSocket connections") : null,
             " ",
             chips([...new Set((a.nodes || []).map((n) => n.cluster))], (c) => `#/clusters/${encodeURIComponent(c)}/edit`),
           ],
@@ -75,12 +78,16 @@ export async function renderApiList(outlet) {
             if (a.circuitBreaker) marks.push(badge("breaker", "muted"));
             if (a.cors) marks.push(badge("CORS", "muted"));
             if (a.transform) marks.push(badge("transform", "muted"));
+            if (a.cache) marks.push(badge(`cache ${a.cache.ttl}s${a.cache.store === "redis" ? " (Redis)" : ""}`, "muted", "response cache"));
             return marks.length ? h("span", { class: "chips" }, marks) : h("span", { class: "muted" }, "none");
           },
         },
         { label: "Requests/s", cell: (a) => liveCell(a.name, "rps"), className: "num" },
         { label: "Error rate", cell: (a) => liveCell(a.name, "errors"), className: "num" },
         { label: "p99", cell: (a) => liveCell(a.name, "p99"), className: "num" },
+        // -- WebSocket pass-through: the API's tunnels (only when one has websocket) --
+        ...(apis.some((a) => a.websocket) ? [{ label: "WebSockets", cell: (a) => liveCell(a.name, "ws"), className: "num" }] : []),
+        { label: "Cache hits", cell: (a) => liveCell(a.name, "hits"), className: "num" },
       ],
     }),
   );
@@ -91,8 +98,60 @@ export async function renderApiList(outlet) {
       live[a.name].rps.textContent = fmtRate(r?.rps);
       live[a.name].errors.textContent = fmtPct(r?.errorRate);
       live[a.name].p99.textContent = fmtMs(r?.p99 ?? c?.latency.p99);
+      if (live[a.name].ws) wsCell(live[a.name].ws, p, a.name);
+      const ratio = p.latest?.data?.apis?.[a.name]?.cache?.hitRatio;
+      live[a.name].hits.textContent = a.cache && typeof ratio === "number" ? fmtPct(ratio * 100) : DASH;
     }
   });
+}
+
+// -- WebSocket pass-through ------------------------------------------------------------
+
+/** "12 KB/s", "3.4 MB/s": a byte rate for humans. */
+function fmtBytesRate(x) {
+  if (!isNum(x)) return DASH;
+  const units = ["B", "KB", "MB", "GB"];
+  let i = 0;
+  while (x >= 1000 && i < units.length - 1) {
+    x /= 1000;
+    i += 1;
+  }
+  return `${fmtNum(x, x < 10 ? 1 : 0)} ${units[i]}/s`;
+}
+
+/** The open tunnels of an API, with the bytes each way per second as the title. */
+function wsCell(el, p, name) {
+  const samples = p.samples || [];
+  const cur = samples[samples.length - 1];
+  const prev = samples[samples.length - 2];
+  const ws = cur?.data?.apis?.[name]?.websocket;
+  const before = prev?.data?.apis?.[name]?.websocket;
+  el.textContent = ws ? fmtNum(ws.open) : DASH;
+  const dt = cur && prev ? cur.t - prev.t : 0;
+  const rate = (key) => (ws && before && dt > 0 && ws[key] >= before[key] ? (ws[key] - before[key]) / dt : undefined);
+  el.title = ws
+    ? `open tunnels; ${fmtNum(ws.opened)} opened, ${fmtNum(ws.overCap)} refused over the cap; ` +
+      `up ${fmtBytesRate(rate("bytesUp"))}, down ${fmtBytesRate(rate("bytesDown"))}`
+    : "";
+}
+
+/** The API form's WebSocket fields. */
+function websocketSection(item) {
+  const on = checkboxField({ label: "Relay WebSocket connections", field: "websocket", checked: !!item?.websocket, help: "Handshakes (Upgrade: websocket) go to the backend; after its 101, bytes flow both ways. Off: Upgrade is stripped." });
+  const idle = numberField({ label: "Idle timeout (s)", field: "websocketIdleTimeout", value: item?.websocketIdleTimeout ?? 300, help: "without a byte either way; 0 = never" });
+  const max = numberField({ label: "Max open", field: "maxWebsockets", value: item?.maxWebsockets ?? 0, help: "tunnels per proxy process; 0 = no limit" });
+  const sync = () => {
+    idle.el.hidden = max.el.hidden = !on.input.checked;
+  };
+  on.input.addEventListener("change", sync);
+  sync();
+  const el = section("WebSocket", null, on.el, idle.el, max.el);
+  const collect = (out) => {
+    out.websocket = on.input.checked;
+    assign(out, "websocketIdleTimeout", readNumber(idle.input));
+    assign(out, "maxWebsockets", readNumber(max.input));
+  };
+  return { el, collect };
 }
 
 // -- the node editor ---------------------------------------------------------------
@@ -400,14 +459,18 @@ export function renderApiForm(outlet, params) {
       const mock = mockSection(item?.response, (on) => (nodes.el.hidden = on));
       nodes.el.hidden = mock.enabled;
       const authUI = authSections(item);
+      const websocket = websocketSection(item);
+      const cache = cacheSection(item);
 
       const fields = [
         section("Route", null, name.el, pattern.el, method.el, host.el, maxQPS.el),
         nodes.el,
         mock.el,
+        websocket.el,
         h("details", { class: "more", open: !!(item?.rateLimit || item?.ipAccess || item?.circuitBreaker || (item?.filters || []).length) }, h("summary", null, "Protection and filters"), rate.el, access.el, breaker.el, filters.el),
         h("details", { class: "more", open: !!(item?.auth || item?.acl) }, h("summary", null, "Authentication and ACL"), ...authUI.els),
         h("details", { class: "more", open: !!(item?.cors || item?.transform) }, h("summary", null, "CORS and header transformation"), cors.el, transform.el),
+        h("details", { class: "more", open: !!item?.cache }, h("summary", null, "Response cache"), cache.el),
       ];
       const collect = () => {
         const out = clone(item);
@@ -442,6 +505,8 @@ export function renderApiForm(outlet, params) {
         authUI.collect(out);
         out.cors = cors.collect();
         out.transform = transform.collect();
+        websocket.collect(out);
+        out.cache = cache.collect();
         return out;
       };
       return { fields, collect };

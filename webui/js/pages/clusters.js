@@ -1,10 +1,13 @@
-// Clusters: the list and the form (a checklist of servers, a balancer).
+// Clusters: the list and the form (a checklist of servers or a DNS
+// discovery, a balancer).
 
 import { resources } from "../api.js";
 import { h, mount, uniqueId, DASH } from "../dom.js";
 import { poller } from "../stats.js";
-import { inputField, selectField, section, readText, assign } from "../forms.js";
+import { inputField, numberField, selectField, section, optionalSection, readText, readNumber, assign } from "../forms.js";
 import { pageHeader, loading, errorState, linkButton, emptyState, resourceTable, formPage, clone, chips } from "./common.js";
+import { breakerSection } from "./servers.js";
+import { discoveredOf, discoveredChips, discoveredTable, lookupLine, worstTone } from "./discovered.js";
 
 export const LOAD_BALANCERS = [
   ["round-robin", "Round robin"],
@@ -16,8 +19,10 @@ export const LOAD_BALANCERS = [
 ];
 
 function serverTone(name) {
-  const s = poller.latest?.data?.servers?.[name];
-  if (!s) return null;
+  const data = poller.latest?.data;
+  const s = data?.servers?.[name];
+  // A server that names a host: the worst of its addresses.
+  if (!s) return worstTone(discoveredOf(data, { server: name }));
   if (s.healthy === false || s.breaker?.state === "open") return "chip-bad";
   if (s.ejected || s.breaker?.state === "half-open") return "chip-warn";
   return "chip-ok";
@@ -47,6 +52,13 @@ export async function renderClusterList(outlet) {
     ...routings.filter((r) => r.cluster === name).map((r) => ["routings", r.name]),
   ];
   const balancer = Object.fromEntries(LOAD_BALANCERS);
+  // The servers of a cluster with DNS discovery, kept live.
+  const found = {};
+  const discoveredCell = (c) => {
+    const slot = h("div", null, discoveredChips(discoveredOf(poller.latest?.data, { cluster: c.name })));
+    found[c.name] = slot;
+    return h("div", null, h("div", { class: "small" }, "DNS SRV ", h("code", null, c.discovery.dns)), slot);
+  };
   mount(
     outlet,
     header,
@@ -56,7 +68,7 @@ export async function renderClusterList(outlet) {
       columns: [
         { label: "Name", cell: (c) => h("a", { class: "strong", href: `#/clusters/${encodeURIComponent(c.name)}/edit` }, c.name) },
         { label: "Load balancing", cell: (c) => balancer[c.loadBalance] || c.loadBalance || DASH },
-        { label: "Servers", cell: (c) => chips(c.servers, (s) => `#/servers/${encodeURIComponent(s)}`, serverTone) },
+        { label: "Servers", cell: (c) => (c.discovery ? discoveredCell(c) : chips(c.servers, (s) => `#/servers/${encodeURIComponent(s)}`, serverTone)) },
         {
           label: "Used by",
           cell: (c) => {
@@ -68,6 +80,11 @@ export async function renderClusterList(outlet) {
       ],
     }),
   );
+  return poller.subscribe((p) => {
+    for (const [name, slot] of Object.entries(found)) {
+      slot.replaceChildren(discoveredChips(discoveredOf(p.latest?.data, { cluster: name })));
+    }
+  });
 }
 
 export function renderClusterForm(outlet, params) {
@@ -102,14 +119,70 @@ export function renderClusterForm(outlet, params) {
         boxes.length ? h("div", { class: "check-grid" }, boxes.map((b) => b.el)) : h("p", { class: "muted" }, "No servers yet: ", h("a", { href: "#/servers/new" }, "create one first"), "."),
         h("p", { class: "field-error", id: errId, hidden: true }),
       );
-      const fields = [section("Cluster", null, name.el, lb.el, serverList)];
+      const d = item?.discovery;
+      const df = {
+        dns: inputField({ label: "DNS name (SRV)", field: "discovery.dns", value: d?.dns, placeholder: "_http._tcp.users.service.internal", help: "its SRV records are the servers: the lowest priority serves, their weights share the traffic (with a weighted balancer)", wide: true }),
+        maxQPS: numberField({ label: "Max QPS of each server", field: "discovery.maxQPS", value: d?.maxQPS ?? 0, help: "0 = no limit" }),
+        hcPath: inputField({ label: "Health check path", field: "discovery.healthCheck.path", value: d?.healthCheck?.path, placeholder: "/health", help: "empty: no active health check" }),
+        hcInterval: numberField({ label: "Check interval (s)", field: "discovery.healthCheck.interval", value: d?.healthCheck?.interval ?? 10 }),
+        hcTimeout: numberField({ label: "Check timeout (s)", field: "discovery.healthCheck.timeout", value: d?.healthCheck?.timeout ?? 5 }),
+      };
+      const breaker = breakerSection("discovery.circuitBreaker", d?.circuitBreaker, "each discovered server");
+      const discovery = optionalSection({
+        title: "DNS discovery",
+        field: "discovery",
+        enabled: !!d,
+        description: "Find the servers in the DNS instead of listing them: each address of each SRV target is a server, health-checked and protected on its own, kept current on the records' TTL.",
+        children: [...Object.values(df).map((x) => x.el), breaker.el],
+      });
+      serverList.hidden = !!d;
+      discovery.toggle.addEventListener("change", () => {
+        serverList.hidden = discovery.enabled;
+      });
+      const fields = [section("Cluster", null, name.el, lb.el, serverList), discovery.el];
+      if (d && item?.name) {
+        const live = h("div", null, discoveredTable(discoveredOf(poller.latest?.data, { cluster: item.name }), { srv: true }));
+        const lookup = h("span", null, lookupLine(poller.latest?.data, "services", d.dns));
+        fields.push(h("section", { class: "card", "aria-labelledby": "found-h" }, h("h2", { id: "found-h" }, "Discovered servers"), h("p", null, "SRV ", h("code", null, d.dns), " \u00B7 ", lookup), live));
+        // Until the page is left (the form is shown after this build).
+        let shown = false;
+        const stop = poller.subscribe((p) => {
+          if (!live.isConnected) {
+            if (shown) stop();
+            return;
+          }
+          shown = true;
+          live.replaceChildren(discoveredTable(discoveredOf(p.latest?.data, { cluster: item.name }), { srv: true }));
+          lookup.replaceChildren(lookupLine(p.latest?.data, "services", d.dns));
+        });
+      }
       const collect = () => {
         const out = clone(item);
         assign(out, "name", readText(name.input));
         assign(out, "loadBalance", lb.input.value);
+        for (const b of boxes) b.box.dataset.field = "";
+        if (discovery.enabled) {
+          const v = clone(item?.discovery);
+          assign(v, "dns", readText(df.dns.input));
+          assign(v, "maxQPS", readNumber(df.maxQPS.input));
+          const path = readText(df.hcPath.input);
+          if (path !== undefined) {
+            const hc = clone(item?.discovery?.healthCheck);
+            assign(hc, "path", path);
+            assign(hc, "interval", readNumber(df.hcInterval.input));
+            assign(hc, "timeout", readNumber(df.hcTimeout.input));
+            v.healthCheck = hc;
+          } else {
+            v.healthCheck = null;
+          }
+          v.circuitBreaker = breaker.collect(item?.discovery?.circuitBreaker);
+          out.discovery = v;
+          out.servers = [];
+          return out;
+        }
+        out.discovery = null;
         out.servers = boxes.filter((b) => b.box.checked).map((b) => b.name);
         // The API names servers by their index in the list sent.
-        for (const b of boxes) b.box.dataset.field = "";
         out.servers.forEach((n, i) => {
           boxes.find((b) => b.name === n).box.dataset.field = `servers[${i}]`;
         });

@@ -5,7 +5,7 @@ import { resources } from "../api.js";
 import { h, mount, badge, confirmDialog, toast, DASH, isNum, fmtPct, fmtTime } from "../dom.js";
 import { FormErrors, errorBanner, LocalError } from "../forms.js";
 
-export const KIND_LABEL = { servers: "server", clusters: "cluster", consumers: "consumer", apis: "API", routings: "routing" };
+export const KIND_LABEL = { certificates: "certificate", servers: "server", clusters: "cluster", consumers: "consumer", apis: "API", routings: "routing" };
 
 /** The h1 of a page, with action buttons on the right. */
 export function pageHeader(title, { subtitle, actions = [], crumbs = [] } = {}) {
@@ -68,6 +68,17 @@ export function breakerBadge(s) {
 }
 
 /**
+ * Where a server of the stats has its page: its own, or, for one DNS
+ * discovery found ("users@10.0.0.5"), the server or cluster it comes from.
+ */
+export function serverHref(name, s) {
+  const d = s?.discovered;
+  if (d?.server) return `#/servers/${encodeURIComponent(d.server)}`;
+  if (d?.cluster) return `#/clusters/${encodeURIComponent(d.cluster)}/edit`;
+  return `#/servers/${encodeURIComponent(name)}`;
+}
+
+/**
  * What needs attention now: open breakers, unhealthy or ejected servers,
  * failing APIs.
  * @returns {Array<{level: "bad"|"warn", title: string, detail: string, href?: string}>}
@@ -77,7 +88,7 @@ export function alertsOf(sample) {
   if (!sample) return alerts;
   const servers = sample.data?.servers || {};
   for (const [name, s] of Object.entries(servers)) {
-    const href = `#/servers/${encodeURIComponent(name)}`;
+    const href = serverHref(name, s);
     const b = s?.breaker;
     if (b && b.state === "open") {
       const rate = isNum(b.failureRate) ? ` · failure rate ${fmtPct(b.failureRate)}` : "";

@@ -5,7 +5,7 @@ import { fetchProxies } from "../api.js";
 import { h, mount, fmtNum, fmtRate, fmtPct, fmtMs, badge, isNum, DASH } from "../dom.js";
 import { poller } from "../stats.js";
 import { LineChart, COLORS } from "../charts.js";
-import { pageHeader, alertsOf, alertList, healthBadge, breakerBadge } from "./common.js";
+import { pageHeader, alertsOf, alertList, healthBadge, breakerBadge, serverHref } from "./common.js";
 
 /** Column headings; a leading "#" marks a numeric (right-aligned) column. */
 function headings(names) {
@@ -46,6 +46,55 @@ export function proxiesTable(proxies) {
   );
 }
 
+// -- cluster-wide limits (limits.store) ---
+const LIMIT_MODES = {
+  shared: ["shared on Redis", "ok", "Every limit holds for the whole fleet: its bucket is in Redis."],
+  local: ["local share", "warn", "Redis is away: each gateway holds its share of each limit (the limit divided by the live gateways)."],
+  open: ["open", "warn", "Redis is away and limits.onFailure is open: limits are not enforced."],
+  closed: ["closed (503)", "bad", "Redis is away and limits.onFailure is closed: limited requests are refused with 503."],
+};
+
+/** The fleet's limits (the "limits" of /api/v1/stats): who decides, and how it went. */
+export function fleetLimitsView(limits) {
+  const [label, tone, title] = LIMIT_MODES[limits.mode] || [limits.mode, "muted", ""];
+  const modes = Object.entries(limits.modes || {}).filter(([, n]) => n > 0).map(([m, n]) => `${n} ${m}`).join(", ");
+  const switches = Object.entries(limits.switches || {}).filter(([, n]) => n > 0).map(([m, n]) => `${n} to ${m}`).join(", ");
+  const row = (name, value) => h("tr", null, h("th", { scope: "row" }, name), h("td", null, value));
+  return h(
+    "div",
+    { dataset: { limitsMode: limits.mode } },
+    h("p", null, badge(label, tone, title), " ", h("span", { class: "muted" }, title)),
+    h(
+      "table",
+      { class: "table table-compact" },
+      h(
+        "tbody",
+        null,
+        row("Store", h("code", null, limits.store || DASH)),
+        row("While Redis is away", limits.onFailure || DASH),
+        row("Redis", limits.redis === "up" ? badge("up", "ok") : badge("down", "bad")),
+        row("Live gateways", fmtNum(limits.gateways)),
+        row("Proxy processes", modes || DASH),
+        row("Switches", switches || "none"),
+        row("Redis calls", `${fmtNum(limits.calls)} (${fmtNum(limits.timeouts)} timed out, ${fmtNum(limits.errors)} failed)`),
+      ),
+    ),
+  );
+}
+// -- end cluster-wide limits ---
+
+/** An API's cache hit ratio (its stats' "cache"), as a percentage; a dash without a cache. */
+function cacheRatio(counts) {
+  return counts && isNum(counts.hitRatio) ? fmtPct(counts.hitRatio * 100) : DASH;
+}
+
+function fmtBytes(n) {
+  if (!isNum(n)) return DASH;
+  if (n >= 1024 * 1024) return `${fmtNum(n / (1024 * 1024), 1)} MiB`;
+  if (n >= 1024) return `${fmtNum(n / 1024, 1)} KiB`;
+  return `${fmtNum(n)} B`;
+}
+
 export function renderDashboard(outlet) {
   const kpis = {
     rps: kpi("Requests/s", "rps", "last 2 s"),
@@ -54,7 +103,11 @@ export function renderDashboard(outlet) {
     p99: kpi("Latency p99", "p99", ""),
     requests: kpi("Requests", "requests", "since start"),
     rejects: kpi("Rejected", "rejects", "rate limit, breaker, access"),
+    websockets: kpi("WebSockets", "websockets", ""),
+    cache: kpi("Cache memory", "cache", "response cache"),
   };
+  kpis.cache.el.hidden = true;
+  kpis.websockets.el.hidden = true;
   const traffic = new LineChart({
     title: "Traffic",
     series: [
@@ -84,12 +137,16 @@ export function renderDashboard(outlet) {
   const apisBody = h("tbody");
   const proxiesBody = h("div", null, h("p", { class: "muted" }, "Loading\u2026"));
   const freshness = h("span", { class: "muted" });
+  const limitsBody = h("div");
+  const limitsCard = h("section", { class: "card", "aria-labelledby": "limits-h", dataset: { card: "limits" } }, h("h2", { id: "limits-h" }, "Fleet limits"), limitsBody);
+  limitsCard.hidden = true;
 
   mount(
     outlet,
     pageHeader("Dashboard", { subtitle: h("span", null, "Live, from every proxy. ", freshness) }),
     h("section", { class: "kpis", "aria-label": "Live figures" }, Object.values(kpis).map((k) => k.el)),
     h("section", { class: "card", "aria-labelledby": "alerts-h" }, h("h2", { id: "alerts-h" }, "Alerts"), alerts),
+    limitsCard,
     h("div", { class: "grid-3" }, h("div", { class: "card" }, traffic.el), h("div", { class: "card" }, errors.el), h("div", { class: "card" }, latency.el)),
     h(
       "div",
@@ -104,7 +161,7 @@ export function renderDashboard(outlet) {
         "section",
         { class: "card card-flush", "aria-labelledby": "apis-h" },
         h("h2", { id: "apis-h", class: "card-title" }, "APIs"),
-        h("div", { class: "table-scroll" }, h("table", { class: "table table-compact" }, h("thead", null, h("tr", null, headings(["API", "#Requests", "#Req/s", "#Errors", "#Rejects", "#p50 (all)", "#p99 (all)"]))), apisBody)),
+        h("div", { class: "table-scroll" }, h("table", { class: "table table-compact" }, h("thead", null, h("tr", null, headings(["API", "#Requests", "#Req/s", "#Errors", "#Rejects", "#p50 (all)", "#p99 (all)", "#Cache hits"]))), apisBody)),
       ),
     ),
     h("section", { class: "card", "aria-labelledby": "proxies-h" }, h("h2", { id: "proxies-h" }, "Proxies"), proxiesBody),
@@ -146,8 +203,23 @@ export function renderDashboard(outlet) {
     kpis.requests.value.textContent = fmtNum(sample.cum.total.requests);
     kpis.rejects.value.textContent = fmtNum(sample.cum.total.rejects);
     kpis.requests.sub.textContent = `${fmtNum(sample.cum.total.errors)} errors since start`;
+    // WebSocket pass-through: open tunnels over every API that relays them.
+    const tunnels = Object.values(sample.data?.apis || {}).map((a) => a.websocket).filter(Boolean);
+    kpis.websockets.el.hidden = !tunnels.length;
+    kpis.websockets.value.textContent = fmtNum(tunnels.reduce((n, w) => n + (w.open || 0), 0));
+    kpis.websockets.sub.textContent = `open; ${fmtNum(tunnels.reduce((n, w) => n + (w.opened || 0), 0))} since start`;
+
+    const memory = sample.data?.cache;
+    kpis.cache.el.hidden = !memory;
+    if (memory) {
+      kpis.cache.value.textContent = fmtBytes(memory.bytes);
+      kpis.cache.sub.textContent = `of ${fmtBytes(memory.limit)}, ${fmtNum(memory.entries)} entries, ${fmtNum(memory.evictions)} evicted`;
+    }
 
     mount(alerts, alertList(alertsOf(sample)));
+    const limits = sample.data?.limits;
+    limitsCard.hidden = !limits;
+    if (limits) mount(limitsBody, fleetLimitsView(limits));
     const points = p.samples.map((x) => ({ t: x.t, ...x.total }));
     traffic.update(points);
     errors.update(points);
@@ -162,7 +234,7 @@ export function renderDashboard(outlet) {
             return h(
               "tr",
               { dataset: { server: name } },
-              h("td", null, h("a", { href: `#/servers/${encodeURIComponent(name)}`, class: "strong" }, name), h("div", { class: "muted small" }, s.addr || "")),
+              h("td", null, h("a", { href: serverHref(name, s), class: "strong" }, name), h("div", { class: "muted small" }, s.addr || "")),
               h("td", null, healthBadge(s)),
               h("td", null, breakerBadge(s)),
               h("td", { class: "num" }, fmtNum(s.active)),
@@ -189,9 +261,10 @@ export function renderDashboard(outlet) {
               h("td", { class: "num" }, fmtNum(c.rejects)),
               h("td", { class: "num" }, fmtMs(c.latency?.p50)),
               h("td", { class: "num" }, fmtMs(c.latency?.p99)),
+              h("td", { class: "num", dataset: { col: "cacheHits" } }, cacheRatio(sample.data.apis[name]?.cache)),
             );
           })
-        : h("tr", null, h("td", { colspan: 7, class: "muted" }, sample.data?.apis ? "No API has served a request yet." : "The gateway does not report per-API statistics.")),
+        : h("tr", null, h("td", { colspan: 8, class: "muted" }, sample.data?.apis ? "No API has served a request yet." : "The gateway does not report per-API statistics.")),
     );
   });
 

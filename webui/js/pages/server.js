@@ -6,6 +6,7 @@ import { h, mount, fmtNum, fmtRate, fmtMs, fmtPct, fmtTime, fmtDuration, badge, 
 import { poller } from "../stats.js";
 import { LineChart, COLORS } from "../charts.js";
 import { pageHeader, loading, errorState, linkButton, healthBadge, breakerBadge, deleteResource, chips } from "./common.js";
+import { discoveredOf, discoveredTable, lookupLine } from "./discovered.js";
 
 function dl(pairs) {
   return h(
@@ -15,9 +16,40 @@ function dl(pairs) {
   );
 }
 
+function tlsText(tls) {
+  if (!tls) return "none (plain HTTP)";
+  const parts = [tls.verify === false ? "HTTPS, certificate not verified" : `HTTPS, verified against ${tls.ca ? "the CA given" : "the system's authorities"}`];
+  if (tls.serverName) parts.push(`as ${tls.serverName}`);
+  if (tls.clientCertificate) parts.push(h("span", null, "client certificate ", h("a", { href: `#/certificates/${encodeURIComponent(tls.clientCertificate)}/edit` }, tls.clientCertificate)));
+  return h("span", null, parts.flatMap((p, i) => (i ? [", ", p] : [p])));
+}
+
 function stat(label, key) {
   const value = h("div", { class: "kpi-value", dataset: { kpi: key } }, DASH);
   return { el: h("div", { class: "kpi" }, h("div", { class: "kpi-label" }, label), value), value };
+}
+
+/**
+ * The rates of several servers together (the addresses of a host name):
+ * requests and errors summed, the latency averaged by traffic (percentiles
+ * of several servers cannot be added: left out).
+ */
+function sumRates(list) {
+  const out = { rps: 0, errorsPs: 0 };
+  let weighted = 0;
+  let weight = 0;
+  for (const r of list) {
+    if (!r) continue;
+    out.rps += r.rps || 0;
+    out.errorsPs += r.errorsPs || 0;
+    if (isNum(r.ewmaMs)) {
+      weighted += r.ewmaMs * (r.rps || 1);
+      weight += r.rps || 1;
+    }
+  }
+  out.errorRate = out.rps > 0 ? Math.min(100, (out.errorsPs * 100) / out.rps) : 0;
+  out.ewmaMs = weight ? weighted / weight : undefined;
+  return out;
 }
 
 export async function renderServer(outlet, params) {
@@ -70,6 +102,11 @@ export async function renderServer(outlet, params) {
     format: fmtMs,
   });
 
+  // A host name: its addresses are servers of their own (DNS discovery).
+  const host = server.addr.replace(/:\d+$/, "");
+  const named = !/^\[|^\d+\.\d+\.\d+\.\d+$/.test(host);
+  const foundBody = h("div");
+  const lookupSlot = h("span");
   const breakerBody = h("div");
   const healthBody = h("div");
   const cb = server.circuitBreaker;
@@ -87,12 +124,22 @@ export async function renderServer(outlet, params) {
       h("section", { class: "card", "aria-labelledby": "breaker-h" }, h("h2", { id: "breaker-h" }, "Circuit breaker"), breakerBody),
       h("section", { class: "card", "aria-labelledby": "health-h" }, h("h2", { id: "health-h" }, "Health"), healthBody),
     ),
+    named
+      ? h(
+          "section",
+          { class: "card", "aria-labelledby": "found-h" },
+          h("h2", { id: "found-h" }, "Addresses (DNS)"),
+          h("p", null, "Each address of ", h("code", null, host), " is a server of its own, checked and protected on its own (the figures above are theirs together). ", lookupSlot),
+          foundBody,
+        )
+      : null,
     h(
       "section",
       { class: "card", "aria-labelledby": "config-h" },
       h("h2", { id: "config-h" }, "Configuration"),
       dl([
         ["Address", h("code", null, server.addr)],
+        ["TLS", tlsText(server.tls)],
         ["Weight", fmtNum(server.weight)],
         ["Max QPS", server.maxQPS ? fmtNum(server.maxQPS) : "no limit"],
         ["Clusters", chips(memberOf, (c) => `#/clusters/${encodeURIComponent(c)}/edit`)],
@@ -184,6 +231,32 @@ export async function renderServer(outlet, params) {
   const unsubscribe = poller.subscribe((p) => {
     const sample = p.latest;
     const s = sample?.data?.servers?.[name];
+    const found = named && !s ? discoveredOf(sample?.data, { server: name }) : [];
+    if (named) {
+      foundBody.replaceChildren(discoveredTable(found));
+      lookupSlot.replaceChildren(lookupLine(sample?.data, "hosts", host));
+    }
+    if (found.length) {
+      // A host name: the figures of its addresses together.
+      const names = found.map(([n]) => n);
+      const r = sumRates(names.map((n) => sample.servers[n]));
+      const healthy = found.filter(([, x]) => x.healthy !== false && !x.ejected).length;
+      healthSlot.replaceChildren(badge(`${healthy}/${found.length} healthy`, healthy === found.length ? "ok" : healthy ? "warn" : "bad"));
+      const open = found.filter(([, x]) => x.breaker?.state === "open").length;
+      breakerSlot.replaceChildren(found.some(([, x]) => x.breaker) ? badge(`${open}/${found.length} open`, open ? "bad" : "ok") : badge("no breaker", "muted"));
+      kpis.rps.value.textContent = fmtRate(r.rps);
+      kpis.errorRate.value.textContent = fmtPct(r.errorRate);
+      kpis.latency.value.textContent = fmtMs(r.ewmaMs);
+      kpis.active.value.textContent = fmtNum(found.reduce((sum, [, x]) => sum + (x.active || 0), 0));
+      kpis.requests.value.textContent = fmtNum(found.reduce((sum, [, x]) => sum + (x.requests || 0), 0));
+      mount(breakerBody, h("p", { class: "muted" }, "Each address has its own: see Addresses (DNS) below."));
+      mount(healthBody, h("p", { class: "muted" }, "Each address is checked on its own: see Addresses (DNS) below."));
+      lastTransitionsKey = lastHealthKey = "";
+      const points = p.samples.filter((x) => names.some((n) => x.servers[n])).map((x) => ({ t: x.t, ...sumRates(names.map((n) => x.servers[n])) }));
+      trafficChart.update(points);
+      latencyChart.update(points);
+      return;
+    }
     const r = sample?.servers?.[name];
     healthSlot.replaceChildren(healthBadge(s));
     breakerSlot.replaceChildren(breakerBadge(s));

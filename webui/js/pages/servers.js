@@ -1,10 +1,11 @@
 // Servers: the list (with live health and breaker state) and the form.
 
 import { resources } from "../api.js";
-import { h, mount, fmtNum, fmtRate, fmtMs, DASH } from "../dom.js";
+import { h, mount, fmtNum, fmtRate, fmtMs, badge, DASH } from "../dom.js";
 import { poller } from "../stats.js";
-import { inputField, numberField, optionalSection, section, readText, readNumber, readList, assign, LocalError } from "../forms.js";
+import { inputField, numberField, checkboxField, selectField, textareaField, optionalSection, section, readText, readNumber, readList, assign, LocalError } from "../forms.js";
 import { pageHeader, loading, errorState, linkButton, emptyState, resourceTable, healthBadge, breakerBadge, formPage, clone } from "./common.js";
+import { discoveredOf } from "./discovered.js";
 
 export async function renderServerList(outlet) {
   const header = pageHeader("Servers", {
@@ -26,7 +27,7 @@ export async function renderServerList(outlet) {
   const live = {};
   const cellOf = (name, key) => {
     live[name] = live[name] || {};
-    const cell = h("span", { class: key === "rps" || key === "latency" ? "num" : "" }, DASH);
+    const cell = h(key === "found" ? "div" : "span", { class: key === "rps" || key === "latency" ? "num" : key === "found" ? "muted small" : "" }, key === "found" ? "" : DASH);
     live[name][key] = cell;
     return cell;
   };
@@ -35,7 +36,7 @@ export async function renderServerList(outlet) {
     items: servers,
     columns: [
       { label: "Name", cell: (s) => h("a", { href: `#/servers/${encodeURIComponent(s.name)}`, class: "strong" }, s.name) },
-      { label: "Address", cell: (s) => h("code", null, s.addr) },
+      { label: "Address", cell: (s) => h("div", null, h("code", null, s.addr), cellOf(s.name, "found")) },
       { label: "Weight", cell: (s) => fmtNum(s.weight), className: "num" },
       { label: "Max QPS", cell: (s) => (s.maxQPS ? fmtNum(s.maxQPS) : "\u221E"), className: "num" },
       { label: "Health", cell: (s) => cellOf(s.name, "health") },
@@ -51,6 +52,19 @@ export async function renderServerList(outlet) {
       const stats = sample?.data?.servers?.[s.name];
       const rates = sample?.servers?.[s.name];
       const cells = live[s.name];
+      const found = stats ? [] : discoveredOf(sample?.data, { server: s.name });
+      if (found.length) {
+        // A host name: one server per address the DNS gives.
+        cells.found.textContent = `\u2192 ${found.map(([, x]) => x.discovered.address).join(", ")}`;
+        const healthy = found.filter(([, x]) => x.healthy !== false && !x.ejected).length;
+        cells.health.replaceChildren(badge(`${healthy}/${found.length} healthy`, healthy === found.length ? "ok" : healthy ? "warn" : "bad"));
+        const open = found.filter(([, x]) => x.breaker?.state === "open").length;
+        cells.breaker.replaceChildren(found.some(([, x]) => x.breaker) ? badge(open ? `${open} open` : "closed", open ? "bad" : "ok") : badge("no breaker", "muted"));
+        cells.rps.textContent = fmtRate(found.reduce((sum, [n]) => sum + (sample?.servers?.[n]?.rps || 0), 0));
+        cells.latency.textContent = DASH;
+        continue;
+      }
+      cells.found.textContent = "";
       cells.health.replaceChildren(healthBadge(stats));
       cells.breaker.replaceChildren(breakerBadge(stats));
       cells.rps.textContent = fmtRate(rates?.rps);
@@ -108,10 +122,11 @@ export function renderServerForm(outlet, params) {
     name: params.name,
     description: "One backend address and how the gateway protects it.",
     after: (saved) => `#/servers/${encodeURIComponent(saved.name)}`,
-    build(item) {
+    loadExtra: async () => ({ certificates: await resources.list("certificates") }),
+    build(item, extra) {
       const editing = !!item;
       const name = inputField({ label: "Name", field: "name", value: item?.name, required: true, disabled: editing, help: editing ? "The name cannot change." : "Letters, digits, - _ and ." });
-      const addr = inputField({ label: "Address", field: "addr", value: item?.addr, required: true, placeholder: "10.0.0.5:8080", help: "host:port" });
+      const addr = inputField({ label: "Address", field: "addr", value: item?.addr, required: true, placeholder: "10.0.0.5:8080", help: "host:port (a host name: a server per address)" });
       const weight = numberField({ label: "Weight", field: "weight", value: item?.weight ?? 1, help: "share for weighted balancing; 0 drains it" });
       const maxQPS = numberField({ label: "Max QPS", field: "maxQPS", value: item?.maxQPS ?? 0, help: "0 = no limit" });
 
@@ -145,7 +160,27 @@ export function renderServerForm(outlet, params) {
         description: "Takes the server out of rotation after proxied requests fail in a row.",
         children: Object.values(pf).map((x) => x.el),
       });
-      const fields = [section("Server", null, name.el, addr.el, weight.el, maxQPS.el), health.el, breaker.el, passive.el];
+      const t = item?.tls || { verify: true };
+      const tf = {
+        verify: checkboxField({ label: "Verify the server's certificate", field: "tls.verify", checked: t.verify !== false, help: "its chain and its name; off trusts any certificate" }),
+        serverName: inputField({ label: "Server name", field: "tls.serverName", value: t.serverName, placeholder: "users.internal", help: "sent by SNI and verified; empty = the host of the address" }),
+        clientCertificate: selectField({
+          label: "Client certificate",
+          field: "tls.clientCertificate",
+          value: t.clientCertificate || "",
+          options: [["", "none"], ...extra.certificates.map((c) => [c.name, c.name])],
+          help: "presented to the server (mutual TLS)",
+        }),
+        ca: textareaField({ label: "Trusted CA certificates (PEM)", field: "tls.ca", value: t.ca, rows: 4, placeholder: "-----BEGIN CERTIFICATE-----", help: "empty = the system's authorities" }),
+      };
+      const tls = optionalSection({
+        title: "TLS",
+        field: "tls",
+        enabled: !!item?.tls,
+        description: "Speak HTTPS to this server: requests, health checks and aggregation calls. A certificate that does not verify is a 502 saying why, never a fallback to plain HTTP.",
+        children: Object.values(tf).map((x) => x.el),
+      });
+      const fields = [section("Server", null, name.el, addr.el, weight.el, maxQPS.el), tls.el, health.el, breaker.el, passive.el];
       const collect = () => {
         const out = clone(item);
         assign(out, "name", readText(name.input));
@@ -160,6 +195,16 @@ export function renderServerForm(outlet, params) {
           out.healthCheck = v;
         } else {
           out.healthCheck = null;
+        }
+        if (tls.enabled) {
+          const v = clone(item?.tls);
+          v.verify = tf.verify.input.checked;
+          assign(v, "serverName", readText(tf.serverName.input) ?? null);
+          assign(v, "clientCertificate", tf.clientCertificate.input.value || null);
+          assign(v, "ca", readText(tf.ca.input) ? tf.ca.input.value : null);
+          out.tls = v;
+        } else {
+          out.tls = null;
         }
         out.circuitBreaker = breaker.collect(item?.circuitBreaker);
         if (passive.enabled) {
