@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import pytest
 import yaml
 from harness import REPO, GatewayProcess, freePort, subprocessEnv
+from tlsfixtures import CertificateAuthority, writePEM
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.cli.checks import checkResources
@@ -1571,4 +1572,57 @@ class CLIIntegrationTests:
         assert done.returncode == 0, done.stderr
         assert adminState(gateway)["clusters"]["c3"] == normalise(
             "clusters", partial["clusters"][0]
+        )
+
+    def test_certificatesAndConsumersInOneBatch(self, gateways: Any, tmp_path: Path) -> None:
+        """
+        C{apply} sends certificates (their PEM files inlined) and consumers
+        in its one batch; C{export} leaves out their keys and secrets;
+        applying the export back is no change; an edited export (a
+        certificate's SNIs, a consumer's groups) applies as one batch that
+        keeps the stored key and secret.
+        """
+        gateway = startEmptyGateway(gateways)
+        assert gateway.configPath is not None
+        admin = ["--admin", gateway.adminURL, "--token", TOKEN]
+        issued = CertificateAuthority().issue(["api.example.com"])
+        writePEM(tmp_path, issued, "api")
+        secret = "k7Rj2Qw9Lx4Pz8Vn3Ts6Ym1B"
+        resources = {
+            "certificates": [
+                {"name": "api", "certFile": "api.crt", "keyFile": "api.key", "snis": ["api.test"]}
+            ],
+            "consumers": [{"name": "app", "credentials": [{"type": "key", "key": secret}]}],
+        }
+        done = cli("apply", writeFile(tmp_path, "tls.yaml", resources), *admin)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[:2] == ["created certificates/api", "created consumers/app"]
+        assert "applied 2 change(s)" in done.stdout
+
+        exportPath = tmp_path / "exported.yaml"
+        done = cli("export", *admin, "-o", str(exportPath))
+        assert done.returncode == 0, done.stderr
+        text = exportPath.read_text(encoding="utf-8")
+        assert "PRIVATE KEY" not in text and secret not in text
+        done = cli("apply", str(exportPath), *admin)
+        assert done.returncode == 0, done.stderr
+        assert "no changes (2 resources up to date)" in done.stdout
+        storePath = gateway.configPath.parent / "data.json"
+        before = json.loads(storePath.read_text())["resources"]
+
+        exported = yaml.safe_load(text)
+        exported["certificates"][0]["snis"] = ["www.test"]
+        exported["consumers"][0]["groups"] = ["gold"]
+        done = cli("apply", writeFile(tmp_path, "edited.yaml", exported), *admin, "--dry-run")
+        assert done.returncode == 0, done.stderr
+        assert issued.keyBody()[:40] not in done.stdout
+        done = cli("apply", writeFile(tmp_path, "edited.yaml", exported), *admin)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[:2] == ["updated certificates/api", "updated consumers/app"]
+        assert adminState(gateway)["certificates"]["api"]["snis"] == ["www.test"]
+        stored = json.loads(storePath.read_text())["resources"]
+        assert stored["certificates"]["api"]["key"] == issued.keyPEM
+        assert stored["consumers"]["app"]["groups"] == ["gold"]
+        assert (
+            stored["consumers"]["app"]["credentials"] == before["consumers"]["app"]["credentials"]
         )

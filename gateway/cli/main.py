@@ -126,12 +126,22 @@ def _client(args: argparse.Namespace) -> AdminClient:
 
 def missingSecrets(current: JSONResources, resourceFile: ResourceFile) -> List[Problem]:
     """
-    @return: a problem for each credential of the file's consumers that
-        holds no secret and that the admin's consumer does not have (of
-        that id and type) to keep: such a file came from another gateway's
-        export, and needs its secrets again.
+    @return: a problem for each certificate of the file without its key
+        that the admin does not have, and for each credential of the
+        file's consumers that holds no secret and that the admin's consumer
+        does not have (of that id and type) to keep: such a file came from
+        another gateway's export, and needs its keys and secrets again.
     """
     problems = []
+    for name, value in sorted(resourceFile.resources["certificates"].items()):
+        if value.get("key") is None and name not in current["certificates"]:
+            problems.append(
+                Problem(
+                    f"{resourceFile.label('certificates', name)}.key",
+                    f"is left out, and the admin has no certificate {name!r} whose key to"
+                    " keep: add key or keyFile to the file (an export holds no key)",
+                )
+            )
     for name, value in sorted(resourceFile.resources["consumers"].items()):
         have = current["consumers"].get(name) or {}
         stored = {(c.get("type"), c.get("id")) for c in have.get("credentials") or ()}
