@@ -457,6 +457,26 @@ class CLITests(SynchronousTestCase):
         self.assertNotIn(API_CERT.keyBody()[:20], diff)
         self.assertEqual(step.after["key"], API_CERT.keyPEM)
 
+    def test_missingKeyRefusedBeforeAnyChange(self) -> None:
+        """
+        C{apply}'s checks before any change refuse a certificate of the
+        file without its key that the admin does not hold (an export of
+        another gateway), naming its C{key}; one the admin holds keeps its
+        stored key, and one with its key is taken.
+        """
+        from gateway.cli.main import missingSecrets
+
+        keyless = {"name": "api", "cert": API_CERT.chain}
+        resourceFile = parseResourceFile(
+            {"certificates": [keyless, OTHER_CERT.resource("other")]}, "f"
+        )
+        empty: Dict[str, Dict[str, Any]] = {"certificates": {}, "consumers": {}}
+        problems = missingSecrets(empty, resourceFile)
+        self.assertEqual([p.where for p in problems], ["certificates[0] (api).key"])
+        self.assertIn("add key or keyFile", problems[0].message)
+        held = dict(empty, certificates={"api": publicJSON("certificates", keyless)})
+        self.assertEqual(missingSecrets(held, resourceFile), [])
+
     def test_resourceFileReadsPEMFiles(self) -> None:
         """
         A resource file's certificate may name PEM files, relative to the

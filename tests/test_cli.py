@@ -21,13 +21,22 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import pytest
 import yaml
 from harness import REPO, GatewayProcess, freePort, subprocessEnv
+from tlsfixtures import CertificateAuthority, writePEM
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.cli.checks import checkResources
 from gateway.cli.client import DEFAULT_ADMIN, AdminClient, normaliseAdminURL
 from gateway.cli.export import compactResource, exportDocument
 from gateway.cli.main import makeParser, run
-from gateway.cli.plan import Plan, Step, applyPlan, computePlan, renderPlan
+from gateway.cli.plan import (
+    Plan,
+    Step,
+    applyBatch,
+    applyPlan,
+    batchTimeout,
+    computePlan,
+    renderPlan,
+)
 from gateway.cli.problems import AdminError, CLIError, Problem
 from gateway.cli.resources import jsonEqual, normalise, parseResourceFile
 from gateway.store import KINDS
@@ -686,6 +695,23 @@ class FakeClient:
         self._call("DELETE", kind, name, None)
 
 
+class FakeBatchClient:
+    """
+    Records the batches of L{applyBatch}; raises C{error} when given one.
+    """
+
+    def __init__(self, error: Optional[AdminError] = None) -> None:
+        self.calls: List[Tuple[Any, Any, float]] = []
+        self.error = error
+        self.propagation = "complete"
+
+    def batch(self, changes: Any, revision: Any, timeout: float) -> Tuple[Any, Any]:
+        if self.error is not None:
+            raise self.error
+        self.calls.append((changes, revision, timeout))
+        return {}, {"X-Gateway-Propagation": self.propagation}
+
+
 class ApplyPlanTests(SynchronousTestCase):
     """
     L{applyPlan} makes one request per step, in the plan's order, and stops
@@ -727,6 +753,86 @@ class ApplyPlanTests(SynchronousTestCase):
         )
         self.assertEqual([call[1] for call in client.calls], ["servers/s2"])
         self.assertEqual(lines, ["updated servers/s2"])
+
+    def test_batch(self) -> None:
+        """
+        L{applyBatch} sends every step as one batch in the plan's order
+        (creates and updates as puts of the file's normalised JSON, deletes
+        as deletes), with the revision the plan was made from, waiting
+        L{batchTimeout}; once it is done, a line for each step; it says
+        whether the change serves on every proxy process.
+        """
+        client, lines = FakeBatchClient(), []
+        self.assertTrue(applyBatch(client, self.plan, 12, 30.0, lines.append))
+        self.assertEqual(
+            client.calls,
+            [
+                (
+                    [
+                        {
+                            "op": "put",
+                            "kind": "servers",
+                            "name": "s2",
+                            "value": normalise("servers", edited()["servers"][1]),
+                        },
+                        {
+                            "op": "put",
+                            "kind": "apis",
+                            "name": "a-orders",
+                            "value": normalise("apis", edited()["apis"][2]),
+                        },
+                        {"op": "delete", "kind": "routings", "name": "r-mirror"},
+                    ],
+                    12,
+                    30.0,
+                )
+            ],
+        )
+        self.assertEqual(
+            lines, ["updated servers/s2", "created apis/a-orders", "deleted routings/r-mirror"]
+        )
+        client.propagation = "incomplete"
+        self.assertFalse(applyBatch(client, self.plan, 12, 30.0, lines.append))
+
+    def test_batchRefused(self) -> None:
+        """
+        A refused batch raises L{CLIError} with the admin's status and
+        every error, each field of a change named by its step's resource,
+        saying that nothing was changed; no line is written.
+        """
+        error = AdminError(
+            "409 cluster 'c9' does not exist (field changes[1].value.nodes[0].cluster)",
+            409,
+            "changes[1].value.nodes[0].cluster",
+            [
+                Problem("changes[1].value.nodes[0].cluster", "cluster 'c9' does not exist"),
+                Problem("changes[2]", "api 'x' is still used by routings/r (api)"),
+            ],
+            "cluster 'c9' does not exist",
+        )
+        client, lines = FakeBatchClient(error), []
+        refused = self.assertRaises(
+            CLIError, applyBatch, client, self.plan, None, 30.0, lines.append
+        )
+        self.assertEqual(
+            refused.message,
+            "cannot apply the 3 change(s): 409\n"
+            "  apis/a-orders.nodes[0].cluster: cluster 'c9' does not exist\n"
+            "  routings/r-mirror: api 'x' is still used by routings/r (api)\n"
+            "nothing was changed (the admin makes all of a plan's changes or none)",
+        )
+        self.assertEqual(lines, [])
+        client = FakeBatchClient(AdminError("409 the configuration changed", 409, "revision"))
+        refused = self.assertRaises(CLIError, applyBatch, client, self.plan, 3, 30.0, lines.append)
+        self.assertIn("  revision: 409 the configuration changed\n", refused.message)
+
+    def test_batchTimeout(self) -> None:
+        """
+        A batch waits the command's timeout plus a second per 200 changes.
+        """
+        self.assertEqual(batchTimeout(10.0, self.plan), 10.0 + 3 / 200)
+        many = Plan(tuple(Step("create", "apis", f"a{i}", None, {}) for i in range(10_000)))
+        self.assertEqual(batchTimeout(10.0, many), 60.0)
 
     def test_stepDescribe(self) -> None:
         """
@@ -837,10 +943,18 @@ class FakeAnswer:
     What L{urllib.request.urlopen} returns.
     """
 
-    def __init__(self, status: int, body: bytes, contentType: str = "application/json") -> None:
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        contentType: str = "application/json",
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> None:
         self.status = status
         self.headers = email.message.Message()
         self.headers["Content-Type"] = contentType
+        for name, value in (headers or {}).items():
+            self.headers[name] = value
         self._body = body
 
     def read(self) -> bytes:
@@ -919,11 +1033,61 @@ class AdminClientTests(SynchronousTestCase):
         )
         self.assertIsNone(delete.data)
 
+    def test_config(self) -> None:
+        """
+        L{AdminClient.config} reads every resource in one request, C{GET
+        /api/v1/config}, keyed by kind and name, with the revision it read
+        (C{X-Gateway-Revision}); a kind the admin leaves out has none.
+        """
+        body = {"servers": [{"name": "s1", "addr": "h:1"}], "apis": []}
+        client, urlopen = self.client(
+            FakeAnswer(200, json.dumps(body).encode(), headers={"X-Gateway-Revision": "41"})
+        )
+        state, revision = client.config()
+        self.assertEqual(
+            state, {kind: {} for kind in KINDS} | {"servers": {"s1": body["servers"][0]}}
+        )
+        self.assertEqual(revision, 41)
+        ((request, _),) = urlopen.requests
+        self.assertEqual(
+            (request.method, request.full_url), ("GET", "http://admin.test:9090/api/v1/config")
+        )
+
+    def test_configNotAConfiguration(self) -> None:
+        """
+        An answer to C{GET /api/v1/config} that is not a list of resources
+        per kind is an L{AdminError} that asks whether the URL is the
+        admin's.
+        """
+        client, _ = self.client(FakeAnswer(200, b'{"servers": [1]}'))
+        error = self.assertRaises(AdminError, client.config)
+        self.assertIn("the answer is not a configuration", error.message)
+
+    def test_batch(self) -> None:
+        """
+        L{AdminClient.batch} posts the changes and the revision to C{POST
+        /api/v1/batch} with the timeout given, and gives the answer and its
+        headers.
+        """
+        answer = FakeAnswer(200, b'{"created": 1}', headers={"X-Gateway-Propagation": "complete"})
+        client, urlopen = self.client(answer)
+        changes = [{"op": "delete", "kind": "apis", "name": "a"}]
+        body, headers = client.batch(changes, 7, 42.0)
+        self.assertEqual(body, {"created": 1})
+        self.assertEqual(headers.get("X-Gateway-Propagation"), "complete")
+        ((request, timeout),) = urlopen.requests
+        self.assertEqual(request.full_url, "http://admin.test:9090/api/v1/batch")
+        self.assertEqual(json.loads(request.data), {"changes": changes, "revision": 7})
+        self.assertEqual(timeout, 42.0)
+
     def test_state(self) -> None:
         """
-        L{AdminClient.state} reads every collection, keyed by name.
+        From an admin without C{GET /api/v1/config} (404: an older
+        gateway), L{AdminClient.config} and L{AdminClient.state} read
+        every collection instead, keyed by name, and know no revision.
         """
         client, urlopen = self.client(
+            httpError(404, b'{"error": "no such resource"}'),
             FakeAnswer(200, b"[]"),
             FakeAnswer(200, b'[{"name": "s1", "addr": "h:1"}]'),
             FakeAnswer(200, b"[]"),
@@ -932,17 +1096,22 @@ class AdminClientTests(SynchronousTestCase):
             FakeAnswer(200, b"[]"),
         )
         self.assertEqual(
-            client.state(),
-            {
-                "certificates": {},
-                "servers": {"s1": {"name": "s1", "addr": "h:1"}},
-                "clusters": {},
-                "consumers": {},
-                "apis": {},
-                "routings": {},
-            },
+            client.config(),
+            (
+                {
+                    "certificates": {},
+                    "servers": {"s1": {"name": "s1", "addr": "h:1"}},
+                    "clusters": {},
+                    "consumers": {},
+                    "apis": {},
+                    "routings": {},
+                },
+                None,
+            ),
         )
-        self.assertEqual([r.full_url.rsplit("/", 1)[1] for r, _ in urlopen.requests], list(KINDS))
+        self.assertEqual(
+            [r.full_url.rsplit("/", 1)[1] for r, _ in urlopen.requests], ["config", *KINDS]
+        )
 
     def test_noTokenNoHeader(self) -> None:
         """
@@ -1080,21 +1249,26 @@ class AdminClientTests(SynchronousTestCase):
 
     def test_applyShowsEveryError(self) -> None:
         """
-        C{gateway apply} stopped by an invalid resource prints each of the
-        admin's errors for it.
+        C{gateway apply} whose batch the admin refuses prints each of the
+        admin's errors, each field named by the resource it is about, and
+        says that nothing was changed.
         """
         body = json.dumps(
             {
-                "error": "duplicate 'x'",
-                "field": "urlPattern",
+                "error": "has the parameter 'id' twice",
+                "field": "changes[0].value.urlPattern",
                 "errors": [
-                    {"field": "urlPattern", "error": "has the parameter 'id' twice"},
-                    {"field": "nodes[1].attrName", "error": "duplicate 'x'"},
+                    {
+                        "field": "changes[0].value.urlPattern",
+                        "error": "has the parameter 'id' twice",
+                    },
+                    {"field": "changes[0].value.nodes[1].attrName", "error": "duplicate 'x'"},
+                    {"field": "revision", "error": "must be an integer >= 0"},
                 ],
             }
         ).encode()
-        empty = FakeAnswer(200, b"[]")
-        urlopen = FakeURLOpen(empty, empty, empty, empty, empty, empty, httpError(400, body))
+        empty = FakeAnswer(200, b"{}", headers={"X-Gateway-Revision": "3"})
+        urlopen = FakeURLOpen(empty, httpError(400, body))
         import gateway.cli.main as main
 
         self.patch(
@@ -1108,11 +1282,55 @@ class AdminClientTests(SynchronousTestCase):
         code, out, err = runInProcess(["apply", writeFile(directory, "r.yaml", resources)])
         self.assertEqual(code, 1)
         self.assertIn(
-            "cannot create servers/s1: 400: 2 errors\n"
-            "  urlPattern: has the parameter 'id' twice\n"
-            "  nodes[1].attrName: duplicate 'x'\n",
+            "cannot apply the 1 change(s): 400\n"
+            "  servers/s1.urlPattern: has the parameter 'id' twice\n"
+            "  servers/s1.nodes[1].attrName: duplicate 'x'\n"
+            "  revision: must be an integer >= 0\n"
+            "nothing was changed (the admin makes all of a plan's changes or none)\n",
             err,
         )
+        self.assertEqual(out, "")
+        batch = json.loads(urlopen.requests[1][0].data)
+        self.assertEqual(batch["revision"], 3)
+        self.assertEqual(
+            batch["changes"],
+            [
+                {
+                    "op": "put",
+                    "kind": "servers",
+                    "name": "s1",
+                    "value": normalise("servers", resources["servers"][0]),
+                }
+            ],
+        )
+
+    def test_applyOlderAdmin(self) -> None:
+        """
+        To an admin without C{/api/v1/config} and C{/api/v1/batch} (an
+        older gateway), C{gateway apply} reads the collections and writes
+        one resource a request, as before.
+        """
+        empty = FakeAnswer(200, b"[]")
+        urlopen = FakeURLOpen(
+            httpError(404, b'{"error": "no such resource"}'),
+            *[empty for _ in KINDS],
+            FakeAnswer(201, b"{}"),
+        )
+        import gateway.cli.main as main
+
+        self.patch(
+            main,
+            "AdminClient",
+            lambda url, token, timeout: AdminClient(url, token, timeout, urlopen),
+        )
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        resources = {"servers": [{"name": "s1", "addr": "127.0.0.1:1"}]}
+        code, out, err = runInProcess(["apply", writeFile(directory, "r.yaml", resources)])
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("created servers/s1\n", out)
+        put = urlopen.requests[-1][0]
+        self.assertEqual((put.method, put.full_url.rsplit("/", 2)[1:]), ("PUT", ["servers", "s1"]))
 
     def test_notFoundCollection(self) -> None:
         """
@@ -1303,13 +1521,13 @@ class CLIIntegrationTests:
         assert done.returncode == 0, done.stderr
         assert adminState(gateway) == normalisedState(BASE)
 
-    def test_stopsAtFirstAdminError(self, gateways: Any, tmp_path: Path) -> None:
+    def test_refusedChangeChangesNothing(self, gateways: Any, tmp_path: Path) -> None:
         """
         When the admin refuses a change (here an API naming a filter plugin
         the gateway lacks, which the command only warns about: 400, a rule
-        the schema states in words only), apply stops
-        there with the admin's message and field, exits 1, and what came
-        before it stays applied.
+        the schema states in words only), apply exits 1 with the admin's
+        message and the field, named by its resource, and nothing was
+        changed: the admin applies a plan's changes all or none.
         """
         gateway = startEmptyGateway(gateways)
         data = copy.deepcopy(BASE)
@@ -1324,21 +1542,13 @@ class CLIIntegrationTests:
         )
         assert done.returncode == 1
         assert "no filter plugin named 'no-such-filter' is installed here" in done.stderr
+        assert "error: cannot apply the 9 change(s): 400\n" in done.stderr
         assert (
-            "error: cannot create apis/a-overview: 400 no filter plugin named 'no-such-filter'"
+            "  apis/a-overview.filters[0].name: no filter plugin named 'no-such-filter'"
             in done.stderr
         )
-        assert "(field filters[0].name)" in done.stderr
-        assert "stopped after 5 of 9 change(s); the rest were not made" in done.stderr
-        state = adminState(gateway)
-        assert {kind: sorted(items) for kind, items in state.items()} == {
-            "certificates": [],
-            "servers": ["s1", "s2", "s3"],
-            "clusters": ["c1", "c2"],
-            "consumers": [],
-            "apis": [],
-            "routings": [],
-        }
+        assert "nothing was changed" in done.stderr
+        assert adminState(gateway) == {kind: {} for kind in KINDS}
 
     def test_referencesCheckedBeforeAnyChange(self, gateways: Any, tmp_path: Path) -> None:
         """
@@ -1362,4 +1572,57 @@ class CLIIntegrationTests:
         assert done.returncode == 0, done.stderr
         assert adminState(gateway)["clusters"]["c3"] == normalise(
             "clusters", partial["clusters"][0]
+        )
+
+    def test_certificatesAndConsumersInOneBatch(self, gateways: Any, tmp_path: Path) -> None:
+        """
+        C{apply} sends certificates (their PEM files inlined) and consumers
+        in its one batch; C{export} leaves out their keys and secrets;
+        applying the export back is no change; an edited export (a
+        certificate's SNIs, a consumer's groups) applies as one batch that
+        keeps the stored key and secret.
+        """
+        gateway = startEmptyGateway(gateways)
+        assert gateway.configPath is not None
+        admin = ["--admin", gateway.adminURL, "--token", TOKEN]
+        issued = CertificateAuthority().issue(["api.example.com"])
+        writePEM(tmp_path, issued, "api")
+        secret = "k7Rj2Qw9Lx4Pz8Vn3Ts6Ym1B"
+        resources = {
+            "certificates": [
+                {"name": "api", "certFile": "api.crt", "keyFile": "api.key", "snis": ["api.test"]}
+            ],
+            "consumers": [{"name": "app", "credentials": [{"type": "key", "key": secret}]}],
+        }
+        done = cli("apply", writeFile(tmp_path, "tls.yaml", resources), *admin)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[:2] == ["created certificates/api", "created consumers/app"]
+        assert "applied 2 change(s)" in done.stdout
+
+        exportPath = tmp_path / "exported.yaml"
+        done = cli("export", *admin, "-o", str(exportPath))
+        assert done.returncode == 0, done.stderr
+        text = exportPath.read_text(encoding="utf-8")
+        assert "PRIVATE KEY" not in text and secret not in text
+        done = cli("apply", str(exportPath), *admin)
+        assert done.returncode == 0, done.stderr
+        assert "no changes (2 resources up to date)" in done.stdout
+        storePath = gateway.configPath.parent / "data.json"
+        before = json.loads(storePath.read_text())["resources"]
+
+        exported = yaml.safe_load(text)
+        exported["certificates"][0]["snis"] = ["www.test"]
+        exported["consumers"][0]["groups"] = ["gold"]
+        done = cli("apply", writeFile(tmp_path, "edited.yaml", exported), *admin, "--dry-run")
+        assert done.returncode == 0, done.stderr
+        assert issued.keyBody()[:40] not in done.stdout
+        done = cli("apply", writeFile(tmp_path, "edited.yaml", exported), *admin)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[:2] == ["updated certificates/api", "updated consumers/app"]
+        assert adminState(gateway)["certificates"]["api"]["snis"] == ["www.test"]
+        stored = json.loads(storePath.read_text())["resources"]
+        assert stored["certificates"]["api"]["key"] == issued.keyPEM
+        assert stored["consumers"]["app"]["groups"] == ["gold"]
+        assert (
+            stored["consumers"]["app"]["credentials"] == before["consumers"]["app"]["credentials"]
         )

@@ -56,7 +56,8 @@ class SnapshotManagerTests(SynchronousTestCase):
         """
         update() refuses a state that does not compile (a dangling cluster,
         a route conflict, an unknown filter) and the running snapshot serves
-        on; apply() raises with the field.
+        on; apply() raises with the field (a route conflict names the API
+        whose route is new).
         """
         first = self.manager.apply(state([api("u", "/users")]))
         bad = [
@@ -69,7 +70,7 @@ class SnapshotManagerTests(SynchronousTestCase):
             self.assertIs(self.manager.snapshot, first)
         with self.assertRaises(ReferenceError) as e:
             self.manager.apply(bad[1])
-        self.assertEqual(e.exception.field, "urlPattern")
+        self.assertEqual(e.exception.field, "apis/v:urlPattern")
         with self.assertRaises(ValidationError) as e2:
             self.manager.apply(bad[2])
         self.assertEqual(e2.exception.field, "apis/u:filters[0].name")

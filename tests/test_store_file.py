@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import pytest
+from tlsfixtures import CertificateAuthority
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -150,8 +151,8 @@ class FileStoreTests(SynchronousTestCase):
 
     def test_fileFormat(self) -> None:
         """
-        The file is pretty-printed JSON with sorted keys, holding the format
-        number, the revision and every kind.
+        The file is JSON with sorted keys, holding the format number, the
+        revision and every kind, each resource on a line of its own.
         """
         store = self.store()
         self.commit(store, [Change("servers", "s1", {"name": "s1", "b": 1, "a": 2})])
@@ -173,7 +174,66 @@ class FileStoreTests(SynchronousTestCase):
                 },
             },
         )
-        self.assertEqual(text, json.dumps(document, indent=2, sort_keys=True) + "\n")
+        self.assertEqual(
+            text,
+            "{\n"
+            '  "format": 1,\n'
+            '  "resources": {\n'
+            '    "apis": {},\n'
+            '    "certificates": {},\n'
+            '    "clusters": {},\n'
+            '    "consumers": {},\n'
+            '    "routings": {},\n'
+            '    "servers": {\n'
+            '      "s1": {"a": 2, "b": 1, "name": "s1"}\n'
+            "    }\n"
+            "  },\n"
+            '  "revision": 1\n'
+            "}\n",
+        )
+
+    def test_certificatesLineByLine(self) -> None:
+        """
+        Certificates are stored as every kind is, one resource a line,
+        their multi-line PEM text (and the write-only key, which the store
+        keeps) escaped within it: the file reads back the same resources,
+        and a commit that changes another kind leaves their lines as they
+        were.
+        """
+        issued = CertificateAuthority().issue(["api.example.com"])
+        first = issued.resource("api", ["api.example.com"])
+        second = issued.resource("www", ["www.example.com"])
+        store = self.store()
+        self.commit(
+            store,
+            [
+                Change("certificates", "api", first),
+                Change("certificates", "www", second),
+                Change("servers", "s1", SERVER),
+            ],
+        )
+        with open(self.path, encoding="utf-8") as f:
+            before = f.read().splitlines()
+        lines = [line.strip() for line in before]
+        for name, value in (("api", first), ("www", second)):
+            row = json.dumps(name) + ": " + json.dumps(value, sort_keys=True)
+            self.assertTrue(row in lines or row + "," in lines, name)
+        self.commit(store, [Change("servers", "s1", dict(SERVER, weight=2))])
+        with open(self.path, encoding="utf-8") as f:
+            after = f.read().splitlines()
+        self.assertEqual(
+            [line for line in after if '"cert"' in line],
+            [line for line in before if '"cert"' in line],
+        )
+        # Only the server's line and the revision's changed.
+        serverLine = next(i for i, line in enumerate(before) if line.strip().startswith('"s1"'))
+        self.assertEqual(
+            [i for i, (a, b) in enumerate(zip(before, after)) if a != b],
+            [serverLine, len(before) - 2],
+        )
+        reopened = self.successResultOf(FileStore(self.path).load())
+        self.assertEqual(dict(reopened.resources["certificates"]), {"api": first, "www": second})
+        self.assertEqual(reopened.get("certificates", "api")["key"], issued.keyPEM)
 
     def test_createsDirectoryOnWrite(self) -> None:
         """

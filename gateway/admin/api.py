@@ -6,7 +6,8 @@ proxies and their statistics.
 A write-only field (a certificate's private key) is stored and never
 answered: every answer shows a resource through
 L{gateway.model.resources.publicJSON}, and a write that leaves the field out
-keeps the stored one (L{AdminAPI._withSecrets}).
+keeps the stored one (L{gateway.admin.batch.keepStored}, for single writes
+and batches alike).
 
 Every write follows one path: read the store, parse and check the new
 resource, check the references between resources and the caller's validator
@@ -48,19 +49,18 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from zope.interface import implementer
 
+from gateway.admin import batch as many
 from gateway.admin.openapi import openAPIDocument
 from gateway.interfaces import IPropagation
-from gateway.model.consumers import consumerConflicts, keepCredentials
+from gateway.model.consumers import consumerConflicts
 from gateway.model.resources import (
-    RESOURCE_CLASSES,
     Catalog,
     CatalogParser,
-    missingSecrets,
     parseResource,
     publicJSON,
 )
 from gateway.model.resources import ReferenceError as ModelReferenceError
-from gateway.model.schema import ValidationError, toJSON, writeOnlyFields
+from gateway.model.schema import ValidationError, toJSON
 from gateway.redis.client import RedisError
 from gateway.store import KINDS, Change, ConflictError, StoreError, StoreState
 
@@ -73,6 +73,14 @@ REVISION_HEADER = b"X-Gateway-Revision"
 PROPAGATION_HEADER = b"X-Gateway-Propagation"
 
 _KIND = "<any(" + ", ".join(KINDS) + "):kind>"
+
+#: The paths of the writes of many resources at once, whose bodies may be
+#: larger than one resource's (see L{bodyLimitFor}).
+BATCH_PATHS = (PREFIX + "/batch", PREFIX + "/config")
+
+#: The largest body of a write of many resources, by default, in bytes:
+#: 10,000 APIs with their clusters and servers are about 5 MB of JSON.
+MAX_BATCH_BODY = 64 * 1024 * 1024
 _JSON = b"application/json"
 _REALM = b'Bearer realm="gateway"'
 
@@ -270,6 +278,7 @@ class AdminAPI:
         propagation: Optional[Any] = None,
         propagationTimeout: float = 2.0,
         runInThread: Optional[Callable[..., Deferred]] = None,
+        maxBatchBodySize: int = MAX_BATCH_BODY,
         purgeCache: Optional[Callable[[str], Deferred]] = None,
     ) -> None:
         """
@@ -304,12 +313,16 @@ class AdminAPI:
             consumer whose credentials hold passwords is parsed there
             (bcrypt takes tens of milliseconds a password).  By default it
             is run in the reactor thread.
+        @param maxBatchBodySize: the largest body of C{POST /api/v1/batch}
+            and C{PUT /api/v1/config}, in bytes (the site must let such
+            bodies through: L{bodyLimitFor}).
         @param purgeCache: C{purgeCache(name)} drops an API's response
             cache entries (see L{gateway.cache.purges}) and returns a
             Deferred of what it did, a JSON object; it fails with
             L{gateway.redis.client.RedisError} when the fleet's Redis
             could not be told.  By default there is no cache to purge.
         """
+        self._maxBatchBodySize = maxBatchBodySize
         self._runInThread = runInThread if runInThread is not None else _inline
         self._reactor = reactor
         self._propagation = propagation if propagation is not None else _Unwatched()
@@ -324,6 +337,17 @@ class AdminAPI:
         self._parser = parser if parser is not None else CatalogParser()
         self._ready = ready if ready is not None else (lambda: True)
         self._purgeCache = purgeCache
+
+    def bodyLimitFor(self, method: bytes, host: Optional[bytes], path: bytes) -> Optional[int]:
+        """
+        The body limit of an admin request, as the site's channel asks for
+        it before it reads a body (a L{gateway.http.channel.BodyLimitFor}):
+        C{maxBatchBodySize} for the writes of many resources, the site's
+        own limit (L{None}) for any other.
+        """
+        if path.decode("latin-1") in BATCH_PATHS:
+            return self._maxBatchBodySize
+        return None
 
     def resource(self) -> IResource:
         """
@@ -373,7 +397,8 @@ class AdminAPI:
         request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
         return body
 
-    def _readBody(self, request: IRequest) -> Dict[str, Any]:
+    def _readBody(self, request: IRequest, maxSize: Optional[int] = None) -> Dict[str, Any]:
+        maxBodySize = self._maxBodySize if maxSize is None else maxSize
         contentType = request.getHeader(b"content-type")
         if contentType is not None and not _isJSONType(contentType):
             mediaType = contentType.split(b";", 1)[0].strip().decode("latin-1")
@@ -381,14 +406,14 @@ class AdminAPI:
                 415,
                 f"the body must be JSON (Content-Type: application/json), not {mediaType!r}",
             )
-        tooLarge = APIError(413, f"request body is larger than {self._maxBodySize} bytes")
+        tooLarge = APIError(413, f"request body is larger than {maxBodySize} bytes")
         length = request.getHeader(b"content-length")
-        if length is not None and length.strip().isdigit() and int(length) > self._maxBodySize:
+        if length is not None and length.strip().isdigit() and int(length) > maxBodySize:
             raise tooLarge
         content = request.content
         content.seek(0)
-        data = content.read(self._maxBodySize + 1)
-        if len(data) > self._maxBodySize:
+        data = content.read(maxBodySize + 1)
+        if len(data) > maxBodySize:
             raise tooLarge
         try:
             value = json.loads(data.decode("utf-8"), parse_constant=_refuseConstant)
@@ -409,7 +434,9 @@ class AdminAPI:
             self.log.error("the store holds an invalid resource: {error}", error=e)
             raise APIError(500, f"the store holds an invalid resource: {e.message}", e.field)
 
-    async def _check(self, catalog: Catalog, written: str = "") -> None:
+    async def _check(
+        self, catalog: Catalog, written: str = "", rename: Optional[Callable[[str], str]] = None
+    ) -> None:
         """
         @param written: C{"kind/name"} of the resource being written, or
             empty for a delete.  An error about one of its own fields names
@@ -419,23 +446,30 @@ class AdminAPI:
             compiled.  An error
             about another resource keeps its C{kind/name:} prefix; after a
             delete it is a conflict with what remains (409).
+        @param rename: for a write of several resources, names each field
+            as the body sent does, instead of C{written}.
         """
+        # A resource written is at fault for what does not compile; a delete
+        # is in conflict with what remains.
+        blamed = bool(written) or rename is not None
+        if rename is None:
+            rename = functools.partial(_relativeField, written=written)
         try:
             await maybeDeferred(self._validate, catalog)
         except ModelReferenceError as e:
-            raise APIError(409, e.message, _relativeField(e.field, written))
+            raise APIError(409, e.message, rename(e.field))
         except ValidationError as e:
-            if not written:
+            if not blamed:
                 raise APIError(409, e.message, e.field)
             # The validator's errors are all beyond the document's schema.
             leaves = [type(leaf)(leaf.field, leaf.message, True) for leaf in e.errors]
-            raise APIError.invalid(
-                ValidationError.collect(leaves), lambda field: _relativeField(field, written)
-            )
+            raise APIError.invalid(ValidationError.collect(leaves), rename)
         except ValueError as e:
             raise APIError(409, str(e))
 
-    async def _commit(self, attempt: Callable[[StoreState], Any], everywhere: bool) -> _Answer:
+    async def _commit(
+        self, attempt: Callable[[StoreState], Any], everywhere: bool, since: Optional[int] = None
+    ) -> _Answer:
         """
         Run one write: C{attempt(state)} returns C{(answer, changes)} for the
         state read, and the changes are committed against it; a lost race
@@ -444,6 +478,9 @@ class AdminAPI:
 
         @param everywhere: wait for every proxy of a shared store, not only
             for this gateway's proxy processes.
+        @param since: the revision the caller read, when nothing may have
+            changed since: the changes are committed against it, and a
+            lost race is answered 409 (field C{revision}), not run again.
         """
         for _ in range(self.maxRetries + 1):
             state = await self._store.load()
@@ -456,8 +493,17 @@ class AdminAPI:
                 # Nothing changed, nothing to wait for.
                 return _withHeaders(answer, _revision(state.revision))
             try:
-                revision = await self._store.commit(changes, state.revision)
-            except ConflictError:
+                revision = await self._store.commit(
+                    changes, state.revision if since is None else since
+                )
+            except ConflictError as e:
+                if since is not None:
+                    raise APIError(
+                        409,
+                        f"the configuration changed since revision {since}: read it again ({e})",
+                        "revision",
+                        headers=_revision(state.revision),
+                    )
                 continue
             return await self._propagated(answer, revision, everywhere)
         raise APIError(409, "concurrent modification, retry")
@@ -696,13 +742,10 @@ class AdminAPI:
             existing = state.get(kind, name)
             if existing is not None and createOnly:
                 raise APIError(409, f"{kind[:-1]} {name!r} already exists", "name")
-            resource = self._withSecrets(kind, sent, body, existing)
-            if kind == "consumers":
-                stored = self._catalogOf(state).consumers.get(name)
-                try:
-                    resource = keepCredentials(resource, stored)
-                except ValidationError as e:
-                    raise APIError.invalid(e)
+            try:
+                resource = many.keepStored(kind, sent, self._catalogOf(state))
+            except ValidationError as e:
+                raise APIError.invalid(e)
             value = _normalise(toJSON(resource))
             shown = publicJSON(kind, value)
             if existing is not None and _normalise(existing) == value:
@@ -730,54 +773,6 @@ class AdminAPI:
 
         return await self._commit(attempt, everywhere)
 
-    def _withSecrets(
-        self, kind: str, sent: Any, body: Dict[str, Any], existing: Optional[Any]
-    ) -> Any:
-        """
-        A write may leave out a write-only field (a certificate's key: it
-        is never shown, so an exported resource lacks it): the stored one
-        is kept, and the resource checked again with it (a renewed
-        certificate must still match the stored key).
-
-        @param sent: the resource as parsed from C{body}.
-        @param existing: the stored JSON of the resource, or L{None}.
-        @return: the resource to store.
-        @raise APIError: 400 when a write-only field is neither sent nor
-            stored, or the stored one does not fit what was sent.
-        """
-        secrets = writeOnlyFields(RESOURCE_CLASSES[kind])
-        kept = {
-            field: existing[field]
-            for field in secrets
-            if getattr(sent, field) is None
-            and existing is not None
-            and existing.get(field) is not None
-        }
-        resource = sent
-        if kept:
-            data = dict(body, name=sent.name)
-            data.update(kept)
-            try:
-                resource = parseResource(kind, data)
-            except ValidationError as e:
-                leaves = [
-                    type(leaf)(
-                        leaf.field,
-                        leaf.message + " (the stored one, as none was sent)"
-                        if leaf.field in kept
-                        else leaf.message,
-                        leaf.semantic,
-                    )
-                    for leaf in e.errors
-                ]
-                raise APIError.invalid(ValidationError.collect(leaves))
-        missing = missingSecrets(resource)
-        if missing:
-            raise APIError.invalid(
-                ValidationError.collect([type(e)(e.field, e.message, True) for e in missing])
-            )
-        return resource
-
     async def _delete(self, kind: str, name: str, everywhere: bool) -> _Answer:
         """
         Delete one resource, unless others still name it.
@@ -800,3 +795,115 @@ class AdminAPI:
             return _Answer(204, None), [Change(kind, name, None)]
 
         return await self._commit(attempt, everywhere)
+
+    # -- many resources at once (POST /api/v1/batch, GET and PUT /api/v1/config) --
+
+    @app.route(PREFIX + "/batch", methods=["POST"])
+    @_jsonEndpoint()
+    async def batch(self, request: IRequest) -> _Answer:
+        """
+        C{POST /api/v1/batch}: put and delete many resources of any kinds
+        in one revision, all or none (see L{gateway.admin.batch.readBatch}).
+        """
+        everywhere = self._everywhere(request)
+        body = self._readBody(request, self._maxBatchBodySize)
+        try:
+            batch = many.readBatch(body)
+        except ValidationError as e:
+            raise APIError.invalid(e)
+        return await self._writeMany(batch, everywhere)
+
+    @app.route(PREFIX + "/config", methods=["GET", "PUT"])
+    @_jsonEndpoint()
+    async def config(self, request: IRequest) -> _Answer:
+        """
+        C{GET /api/v1/config}: every resource, a list per kind, at one
+        revision; C{PUT /api/v1/config}: replace them all with the body's
+        (what it leaves out is deleted), in one revision, all or none.
+        """
+        if request.method == b"PUT":
+            everywhere = self._everywhere(request)
+            body = self._readBody(request, self._maxBatchBodySize)
+            try:
+                batch = many.readConfig(body)
+            except ValidationError as e:
+                raise APIError.invalid(e)
+            return await self._writeMany(batch, everywhere)
+        state = await self._store.load()
+        config = {
+            kind: [publicJSON(kind, value) for value in values]
+            for kind, values in many.configOf(state.resources).items()
+        }
+        return _Answer(200, config, _revision(state.revision))
+
+    async def _writeMany(self, batch: many.Batch, everywhere: bool) -> _Answer:
+        """
+        Parse, check and commit a write of many resources as one revision:
+        every resource parsed once, then the whole proposed catalog
+        checked once (references, credentials, what the proxies compile).
+        """
+        try:
+            if many.hasPassword(batch):
+                parsed = await self._runInThread(many.parseItems, batch)
+            else:
+                parsed = many.parseItems(batch)
+        except ValidationError as e:
+            raise APIError.invalid(e)
+        rename = many.fieldNamer(parsed)
+
+        async def attempt(state: StoreState) -> Tuple[_Answer, List[Change]]:
+            catalog = self._catalogOf(state)
+            try:
+                plan = many.planChanges(state, catalog, batch, parsed)
+            except ValidationError as e:
+                raise APIError.invalid(e)
+            if plan.missing:
+                item = plan.missing[0]
+                raise APIError(
+                    404, f"{item.kind[:-1]} {item.name!r} does not exist", f"{item.where}.name"
+                )
+            broken = many.brokenReferences(plan, parsed)
+            if broken:
+                raise _conflicts(broken)
+            conflicts = [
+                (rename(f"consumers/{name}:{field}"), message)
+                for name, field, message in consumerConflicts(plan.catalog.consumers)
+            ] + [
+                (
+                    rename(f"certificates/{name}:snis[{i}]"),
+                    f"{sni!r} is an SNI of certificate {other!r} already",
+                )
+                for name, i, sni, other in plan.catalog.sniConflicts()
+            ]
+            if conflicts:
+                raise _conflicts(conflicts)
+            await self._check(plan.catalog, rename=rename)
+            counts = {action: 0 for action in (many.CREATED, many.UPDATED, many.DELETED)}
+            for _, _, action in plan.actions:
+                counts[action] += 1
+            body = dict(
+                counts,
+                unchanged=plan.unchanged,
+                changes=[
+                    {"kind": kind, "name": name, "action": action}
+                    for kind, name, action in plan.actions
+                ],
+            )
+            changes = [Change(kind, name, value) for kind, name, value in plan.changes]
+            return _Answer(200, body), changes
+
+        return await self._commit(attempt, everywhere, since=batch.revision)
+
+
+def _conflicts(problems: List[Tuple[str, str]]) -> APIError:
+    """
+    @return: a 409 naming the first of C{(field, message)} problems, and
+        all of them (up to a thousand) in C{errors}.
+    """
+    field, message = problems[0]
+    return APIError(
+        409,
+        message,
+        field,
+        errors=[{"field": f, "error": m} for f, m in problems[:1000]],
+    )

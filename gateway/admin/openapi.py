@@ -572,7 +572,8 @@ def _otherSchemas() -> Dict[str, Dict[str, Any]]:
                     "description": (
                         "on 400: every error of the body, the first one being error and"
                         " field; those that break a rule the schema states in words only"
-                        " (not the schema itself) are marked rule: true"
+                        " (not the schema itself) are marked rule: true. On a refused"
+                        " batch or configuration (409): every reference it breaks"
                     ),
                     "minItems": 1,
                     "items": {
@@ -989,8 +990,15 @@ descriptions say which), each marked `"rule": true`.  A path that exists
 answers a method it does not take with 405 and an `Allow` header; any other
 path, 404.  A refused write
 changes nothing.  Before any operation, the HTTP server refuses a request
-it cannot take with 400 (malformed), 408 (too slow), 413 (body over 1 MB),
-414 (request line too long) or 431 (headers too large).
+it cannot take with 400 (malformed), 408 (too slow), 413 (body over 1 MB,
+64 MB for /batch and /config), 414 (request line too long) or 431 (headers
+too large).
+
+Many resources at once: `POST /api/v1/batch` puts and deletes resources
+of any kinds, `PUT /api/v1/config` replaces them all (the way Kong's
+declarative `/config` does), each as one revision, all or none, checked in
+proportion to what it changes; `GET /api/v1/config` reads them all at one
+revision.  `gateway apply` sends its plan as one batch.
 
 A write answers once its change serves on every proxy process of this
 gateway (`?wait=proxies`: on every proxy of a shared etcd store too), or
@@ -998,6 +1006,165 @@ after `admin.propagationTimeout` seconds with
 `X-Gateway-Propagation: incomplete`.  Every answer that read or wrote the
 store carries `X-Gateway-Revision`, the revision it read or made.
 """
+
+
+# -- many resources at once: POST /api/v1/batch, GET and PUT /api/v1/config --------
+
+MANY_DESCRIPTION = (
+    "One revision, all or none: every resource is parsed, then the whole proposed"
+    " configuration is checked once (references, credentials, route conflicts, what the"
+    " proxies compile), then every change is committed at once (on etcd, in as many"
+    " transactions as its limits need, readers seeing all of them or none). Errors name"
+    " the fields as the body does: `changes[3].value.urlPattern`, `apis[12].urlPattern`."
+    " Bodies may be up to 64 MB (10,000 APIs with their clusters and servers are about"
+    " 5 MB). "
+)
+
+
+def _manySchemas() -> Dict[str, Dict[str, Any]]:
+    name = toOpenAPI30(jsonSchema(RESOURCE_CLASSES["servers"]))["properties"]["name"]
+    puts = [
+        {
+            "type": "object",
+            "description": f"Create or replace a {singular} (its name may be left out of value).",
+            "properties": {
+                "op": {"type": "string", "enum": ["put"]},
+                "kind": {"type": "string", "enum": [kind]},
+                "name": name,
+                "value": _ref(schemaName + "Replace"),
+            },
+            "required": ["op", "kind", "name", "value"],
+            "additionalProperties": False,
+        }
+        for kind, (schemaName, singular, _) in KIND_NAMES.items()
+    ]
+    delete = {
+        "type": "object",
+        "description": "Delete a resource (404 when it does not exist).",
+        "properties": {
+            "op": {"type": "string", "enum": ["delete"]},
+            "kind": {"type": "string", "enum": list(KIND_NAMES)},
+            "name": name,
+        },
+        "required": ["op", "kind", "name"],
+        "additionalProperties": False,
+    }
+    count = {"type": "integer", "minimum": 0}
+    return {
+        "Batch": {
+            "type": "object",
+            "description": "Changes of any kinds, made as one revision, in any order.",
+            "properties": {
+                "changes": {"type": "array", "items": _ref("BatchChange")},
+                "revision": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "the store revision the changes were worked out from"
+                    " (X-Gateway-Revision of GET /api/v1/config): when another write was"
+                    " committed since, nothing is changed and the answer is 409 (field"
+                    " revision)",
+                },
+            },
+            "required": ["changes"],
+            "additionalProperties": False,
+        },
+        "BatchChange": {"oneOf": puts + [delete]},
+        "Config": {
+            "type": "object",
+            "description": "Every resource, a list per kind sorted by name, as the lists of"
+            " a resource file, each as its own GET answers it (certificates without their keys,"
+            " consumers without their secrets).",
+            "properties": {
+                kind: {"type": "array", "items": _ref(schemaName)}
+                for kind, (schemaName, _, _) in KIND_NAMES.items()
+            },
+            "required": list(KIND_NAMES),
+        },
+        "ConfigReplace": {
+            "type": "object",
+            "description": "The whole configuration: a list per kind; a kind left out has no"
+            " resources. A certificate sent without its key, or a consumer's credential"
+            " without its secret, keeps the stored one (the round trip of GET"
+            " /api/v1/config).",
+            "properties": {
+                kind: {"type": "array", "items": _ref(schemaName + "Create")}
+                for kind, (schemaName, _, _) in KIND_NAMES.items()
+            },
+            "additionalProperties": False,
+        },
+        "ManyResult": {
+            "type": "object",
+            "description": "What the write changed.",
+            "properties": {
+                "created": count,
+                "updated": count,
+                "deleted": count,
+                "unchanged": dict(count, description="puts that changed nothing"),
+                "changes": {
+                    "type": "array",
+                    "description": "each resource changed (unchanged ones left out)",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "kind": {"type": "string", "enum": list(KIND_NAMES)},
+                            "name": {"type": "string"},
+                            "action": {"type": "string", "enum": ["created", "updated", "deleted"]},
+                        },
+                        "required": ["kind", "name", "action"],
+                    },
+                },
+            },
+            "required": ["created", "updated", "deleted", "unchanged", "changes"],
+        },
+    }
+
+
+def _manyPaths() -> Dict[str, Dict[str, Any]]:
+    errors = _writeErrors()
+    written = _ok(
+        "Done (or nothing to do: no X-Gateway-Propagation then).",
+        _ref("ManyResult"),
+        _headers(propagation=None),
+    )
+    return {
+        PREFIX + "/batch": {
+            "post": {
+                "tags": ["Configuration"],
+                "operationId": "batch",
+                "summary": "Put and delete many resources of any kinds in one revision",
+                "description": MANY_DESCRIPTION + WRITE_DESCRIPTION,
+                "parameters": [WAIT_PARAMETER],
+                "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("Batch")}}},
+                "responses": {"200": written, "404": _use("NotFound"), **errors},
+            }
+        },
+        PREFIX + "/config": {
+            "get": {
+                "tags": ["Configuration"],
+                "operationId": "getConfig",
+                "summary": "Every resource, at one revision",
+                "responses": {
+                    "200": _ok("The configuration.", _ref("Config"), _headers()),
+                    "401": _use("Unauthorized"),
+                    "503": _use("StoreUnavailable"),
+                },
+            },
+            "put": {
+                "tags": ["Configuration"],
+                "operationId": "replaceConfig",
+                "summary": "Replace every resource in one revision (declarative)",
+                "description": MANY_DESCRIPTION
+                + "What the body leaves out is deleted. "
+                + WRITE_DESCRIPTION,
+                "parameters": [WAIT_PARAMETER],
+                "requestBody": {
+                    "required": True,
+                    "content": {_JSON: {"schema": _ref("ConfigReplace")}},
+                },
+                "responses": {"200": written, **errors},
+            },
+        },
+    }
 
 
 def openAPIDocument() -> Dict[str, Any]:
@@ -1008,6 +1175,7 @@ def openAPIDocument() -> Dict[str, Any]:
     schemas.update(resourceSchemas())
     schemas.update(_statsSchemas())
     schemas.update(_otherSchemas())
+    schemas.update(_manySchemas())
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -1018,8 +1186,11 @@ def openAPIDocument() -> Dict[str, Any]:
         "tags": [
             {"name": tag, "description": f"The {kind}."} for kind, (_, _, tag) in KIND_NAMES.items()
         ]
-        + [{"name": "Status", "description": "Health, proxies, statistics and metrics."}],
-        "paths": _paths(),
+        + [
+            {"name": "Status", "description": "Health, proxies, statistics and metrics."},
+            {"name": "Configuration", "description": "Many resources of any kinds at once."},
+        ],
+        "paths": dict(_paths(), **_manyPaths()),
         "components": {
             "schemas": schemas,
             "responses": _responses(),

@@ -34,7 +34,7 @@ error, never a wait beyond the timeout.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
@@ -323,6 +323,13 @@ class ResponseCache:
         """
         for name in [n for n in self._counts if n not in snapshot.apis]:
             del self._counts[name]
+
+    def countedAPIs(self) -> Iterable[str]:
+        """
+        @return: the names of the APIs with counts (those that asked the
+            cache since they were configured).
+        """
+        return self._counts.keys()
 
     def snapshot(self) -> Dict[str, Any]:
         """

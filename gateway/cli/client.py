@@ -17,6 +17,7 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Tuple,
 )
 
 import attrs
@@ -86,6 +87,19 @@ class AdminClient:
             in time, refuses the token, answers with something that is not
             JSON, or answers with an error (its message and field).
         """
+        return self.call(method, path, body)[0]
+
+    def call(
+        self, method: str, path: str, body: Any = None, timeout: Optional[float] = None
+    ) -> Tuple[Any, Any]:
+        """
+        Make one request and read its JSON answer, as L{request}.
+
+        @param timeout: how long to wait for the answer, in seconds; by
+            default C{self.timeout}.
+        @return: C{(decoded JSON, the answer's headers)}.
+        """
+        timeout = self.timeout if timeout is None else timeout
         target = self.url + _API_PREFIX + path
         data = None if body is None else json.dumps(body).encode("utf-8")
         request = urllib.request.Request(target, data=data, method=method)
@@ -96,7 +110,7 @@ class AdminClient:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
             try:
-                with self.urlopen(request, timeout=self.timeout) as answer:
+                with self.urlopen(request, timeout=timeout) as answer:
                     status, headers, raw = answer.status, answer.headers, answer.read()
             except urllib.error.HTTPError as e:
                 status, headers = e.code, e.headers
@@ -106,21 +120,21 @@ class AdminClient:
                     e.close()
         except urllib.error.URLError as e:
             if isinstance(e.reason, socket.timeout):
-                raise self._timedOut()
+                raise self._timedOut(timeout)
             raise AdminError(
                 f"cannot reach the admin at {self.url}: {_describeReason(e.reason)}"
                 " (is the gateway's admin running there? see --admin or $GATEWAY_ADMIN)"
             )
         except socket.timeout:
-            raise self._timedOut()
+            raise self._timedOut(timeout)
         except (OSError, http.client.HTTPException) as e:
             raise AdminError(
                 f"the connection to the admin at {self.url} failed: {_describeReason(e)}"
             )
-        return self._decode(method, path, status, headers, raw)
+        return self._decode(method, path, status, headers, raw), headers
 
-    def _timedOut(self) -> AdminError:
-        return AdminError(f"the admin at {self.url} did not answer within {self.timeout:g} s")
+    def _timedOut(self, timeout: float) -> AdminError:
+        return AdminError(f"the admin at {self.url} did not answer within {timeout:g} s")
 
     def _decode(self, method: str, path: str, status: int, headers: Any, raw: bytes) -> Any:
         if status == 401:
@@ -141,10 +155,11 @@ class AdminClient:
                 status,
             )
         if status >= 400:
-            message, fieldName = str(status), ""
+            message, fieldName, error = str(status), "", ""
             problems: List[Problem] = []
             if isinstance(value, dict):
-                message = f"{status} {value.get('error', '')}".rstrip()
+                error = str(value.get("error", ""))
+                message = f"{status} {error}".rstrip()
                 fieldName = str(value.get("field") or "")
                 problems = _problems(value.get("errors"))
             if len(problems) > 1:
@@ -156,7 +171,7 @@ class AdminClient:
                 message += f" (field {fieldName})"
             if status == 404 and method == "GET" and path.count("/") == 1:
                 message += f"; is {self.url} the gateway's admin?"
-            raise AdminError(message, status, fieldName, problems)
+            raise AdminError(message, status, fieldName, problems, error)
         return value
 
     def listKind(self, kind: str) -> List[Dict[str, Any]]:
@@ -177,7 +192,56 @@ class AdminClient:
         """
         @return: C{{kind: {name: JSON}}} of every resource the admin holds.
         """
-        return {kind: {item["name"]: item for item in self.listKind(kind)} for kind in KINDS}
+        return self.config()[0]
+
+    def config(self) -> Tuple[Dict[str, Dict[str, Dict[str, Any]]], Optional[int]]:
+        """
+        Read every resource the admin holds, in one request at one store
+        revision (C{GET /api/v1/config}); from an admin without it (an
+        older gateway), one request per kind.
+
+        @return: C{({kind: {name: JSON}}, the store revision read)}; the
+            revision is L{None} from an older admin.
+        """
+        try:
+            value, headers = self.call("GET", "/config")
+        except AdminError as e:
+            if e.status != 404:
+                raise
+            state = {kind: {item["name"]: item for item in self.listKind(kind)} for kind in KINDS}
+            return state, None
+        if not isinstance(value, dict) or not all(
+            isinstance(value.get(kind, []), list)
+            and all(
+                isinstance(item, dict) and isinstance(item.get("name"), str)
+                for item in value.get(kind, [])
+            )
+            for kind in KINDS
+        ):
+            raise AdminError(
+                f"GET {self.url}{_API_PREFIX}/config: the answer is not a configuration;"
+                f" is {self.url} the gateway's admin?"
+            )
+        revision = headers.get("X-Gateway-Revision") if headers is not None else None
+        state = {kind: {item["name"]: item for item in value.get(kind, [])} for kind in KINDS}
+        return state, int(revision) if revision and revision.isdigit() else None
+
+    def batch(
+        self, changes: List[Dict[str, Any]], revision: Optional[int], timeout: float
+    ) -> Tuple[Any, Any]:
+        """
+        Put and delete many resources in one revision, all or none
+        (C{POST /api/v1/batch}), provided nothing changed since
+        C{revision} (when given).
+
+        @param changes: C{{"op": "put"|"delete", "kind", "name"[, "value"]}}.
+        @param timeout: how long to wait for the answer, in seconds.
+        @return: C{(the admin's answer, its headers)}.
+        """
+        body: Dict[str, Any] = {"changes": changes}
+        if revision is not None:
+            body["revision"] = revision
+        return self.call("POST", "/batch", body, timeout)
 
     def _itemPath(self, kind: str, name: str) -> str:
         return f"/{kind}/{urllib.parse.quote(name, safe='')}"

@@ -1,12 +1,14 @@
 """
 C{gateway apply}: the plan that takes the admin from its state to a
-file's, shown as a diff and applied step by step.
+file's, shown as a diff and applied as one batch (or, to an older admin,
+step by step).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import re
 from typing import (
     Any,
     Callable,
@@ -18,7 +20,7 @@ from typing import (
 
 import attrs
 
-from gateway.cli.problems import AdminError, CLIError
+from gateway.cli.problems import AdminError, CLIError, Problem
 from gateway.cli.resources import (
     JSONResources,
     _jsonCopy,
@@ -128,7 +130,12 @@ def _lenientNormalise(kind: str, value: Any) -> Any:
         return _jsonCopy(value)
 
 
-def computePlan(current: JSONResources, desired: JSONResources, prune: bool = False) -> Plan:
+def computePlan(
+    current: JSONResources,
+    desired: JSONResources,
+    prune: bool = False,
+    desiredNormalised: bool = False,
+) -> Plan:
     """
     Compare two states, both normalised first so that a default written out
     on one side and left out on the other is no change.
@@ -136,6 +143,8 @@ def computePlan(current: JSONResources, desired: JSONResources, prune: bool = Fa
     @param current: C{{kind: {name: JSON}}} the admin holds.
     @param desired: C{{kind: {name: JSON}}} the file describes.
     @param prune: delete what the admin holds and the file does not.
+    @param desiredNormalised: whether C{desired} is normalised already (a
+        L{ResourceFile}'s resources are).
     @return: the L{Plan}.
     """
     writes: List[Step] = []
@@ -143,18 +152,31 @@ def computePlan(current: JSONResources, desired: JSONResources, prune: bool = Fa
     unchanged = 0
     unmanaged: List[str] = []
     for kind in KINDS:
-        have = {name: _lenientNormalise(kind, v) for name, v in current.get(kind, {}).items()}
-        want = {name: normalise(kind, v) for name, v in desired.get(kind, {}).items()}
+        # What the admin holds is normalised by the admin: it is normalised
+        # here only when it differs (an admin of another version may fill
+        # in other defaults).
+        have = dict(current.get(kind, {}))
+        want = {
+            name: v if desiredNormalised else normalise(kind, v)
+            for name, v in desired.get(kind, {}).items()
+        }
         for name in sorted(want):
             if name not in have:
                 writes.append(Step("create", kind, name, None, want[name]))
-            elif not jsonEqual(shown(kind, have[name]), shown(kind, want[name])):
+                continue
+            if jsonEqual(shown(kind, have[name]), shown(kind, want[name])):
+                unchanged += 1
+                continue
+            have[name] = _lenientNormalise(kind, have[name])
+            if not jsonEqual(shown(kind, have[name]), shown(kind, want[name])):
                 writes.append(Step("update", kind, name, have[name], want[name]))
             else:
                 unchanged += 1
         for name in sorted(set(have) - set(want)):
             if prune:
-                deletes.append(Step("delete", kind, name, have[name], None))
+                deletes.append(
+                    Step("delete", kind, name, _lenientNormalise(kind, have[name]), None)
+                )
             else:
                 unmanaged.append(f"{kind}/{name}")
     order = {kind: i for i, kind in enumerate(KINDS)}
@@ -196,10 +218,74 @@ def _unmanagedNote(plan: Plan) -> List[str]:
 
 _PAST = {"create": "created", "update": "updated", "delete": "deleted"}
 
+#: How the admin names a field of a batch's change: C{changes[3]},
+#: C{changes[3].name}, C{changes[3].value.nodes[0].cluster}.
+_CHANGE_FIELD = re.compile(r"^changes\[(\d+)\](?:\.value)?(?:\.(.*))?$")
+
+
+def batchTimeout(timeout: float, plan: Plan) -> float:
+    """
+    @return: how long to wait for the admin's answer to a plan's batch:
+        C{timeout}, plus a second for every 200 changes (10,000 APIs are
+        parsed, checked, committed and compiled by the admin before it
+        answers).
+    """
+    return timeout + len(plan.steps) / 200
+
+
+def _stepField(field: str, steps: Tuple[Step, ...]) -> str:
+    match = _CHANGE_FIELD.match(field)
+    if match is None or int(match.group(1)) >= len(steps):
+        return field
+    ref = steps[int(match.group(1))].ref
+    return f"{ref}.{match.group(2)}" if match.group(2) else ref
+
+
+def applyBatch(
+    client: Any, plan: Plan, revision: Optional[int], timeout: float, write: Callable[[str], Any]
+) -> bool:
+    """
+    Carry out a plan in one request: its steps as one batch, which the
+    admin applies as one revision, all or none, provided the admin's
+    resources did not change since C{revision} (the one the plan was
+    made from).
+
+    @param client: an L{AdminClient} (or anything with its C{batch}).
+    @param revision: the store revision the plan was made from, or L{None}.
+    @param write: called with one line per step, once all are done.
+    @return: whether the change serves on every proxy process of the
+        gateway (the admin's C{X-Gateway-Propagation}).
+    @raise CLIError: when the admin refuses the batch, with its errors,
+        each field named by the resource it is about; nothing was changed.
+    """
+    changes: List[Dict[str, Any]] = []
+    for step in plan.steps:
+        if step.action == "delete":
+            changes.append({"op": "delete", "kind": step.kind, "name": step.name})
+        else:
+            changes.append({"op": "put", "kind": step.kind, "name": step.name, "value": step.after})
+    try:
+        _, headers = client.batch(changes, revision, timeout)
+    except AdminError as e:
+        if e.status is None or e.status == 401:
+            raise
+        problems = e.errors or [Problem(e.field, e.error or e.message)]
+        lines = [f"cannot apply the {len(plan.steps)} change(s): {e.status}"]
+        for problem in problems:
+            where = _stepField(problem.where, plan.steps)
+            lines.append(f"  {where}: {problem.message}" if where else f"  {problem.message}")
+        lines.append("nothing was changed (the admin makes all of a plan's changes or none)")
+        raise CLIError("\n".join(lines))
+    for step in plan.steps:
+        write(f"{_PAST[step.action]} {step.ref}")
+    propagation = headers.get("X-Gateway-Propagation") if headers is not None else None
+    return propagation != "incomplete"
+
 
 def applyPlan(client: Any, plan: Plan, write: Callable[[str], Any]) -> int:
     """
-    Carry out a plan, one request per step, in its order.
+    Carry out a plan, one request per step, in its order: for an admin
+    without C{POST /api/v1/batch} (an older gateway; see L{applyBatch}).
 
     @param client: an L{AdminClient} (or anything with its C{put} and
         C{delete}).

@@ -67,6 +67,7 @@ class AdminError(CLIError):
     @ivar field: the field the admin named as at fault, if any.
     @ivar errors: every error of an invalid resource, as L{Problem}s (the
         admin's C{errors}); empty for other errors.
+    @ivar error: the admin's own C{error} text, when it answered one.
     """
 
     def __init__(
@@ -75,8 +76,10 @@ class AdminError(CLIError):
         status: Optional[int] = None,
         field: str = "",
         errors: Sequence[Problem] = (),
+        error: str = "",
     ) -> None:
         super().__init__(message)
         self.status = status
         self.field = field
         self.errors = list(errors)
+        self.error = error

@@ -117,12 +117,16 @@ class ResourceFile:
         L{KINDS}.
     @ivar index: C{{(kind, name): position in its list}}, for messages.
     @ivar ignored: the top-level keys that were ignored (C{proxy}, ...).
+    @ivar parsed: C{{(kind, name): (normalised JSON, model object)}}: each
+        resource as parsed once, for the checks (L{checkResources
+        <gateway.cli.checks.checkResources>}'s C{known}).
     """
 
     source: str
     resources: Mapping[str, Mapping[str, Dict[str, Any]]]
     index: Mapping[Tuple[str, str], int] = attrs.Factory(dict)
     ignored: Tuple[str, ...] = ()
+    parsed: Mapping[Tuple[str, str], Tuple[Dict[str, Any], Any]] = attrs.Factory(dict)
 
     def label(self, kind: str, name: str) -> str:
         """
@@ -183,6 +187,7 @@ def parseResourceFile(data: Any, source: str, baseDirectory: Optional[str] = Non
         problems.append(Problem("", f"has none of the lists {known}"))
     resources: Dict[str, Dict[str, Dict[str, Any]]] = {kind: {} for kind in KINDS}
     index: Dict[Tuple[str, str], int] = {}
+    parsed: Dict[Tuple[str, str], Tuple[Dict[str, Any], Any]] = {}
     for kind in KINDS:
         items = data.get(kind)
         if items is None:
@@ -195,12 +200,13 @@ def parseResourceFile(data: Any, source: str, baseDirectory: Optional[str] = Non
             try:
                 if kind == "certificates":
                     item = inlineCertificateFiles(item, baseDirectory)
-                value = normalise(kind, item)
+                obj = parseResource(kind, item)
             except ValidationError as e:
                 problems.extend(
                     Problem(_join(where, leaf.field), leaf.message) for leaf in e.errors
                 )
                 continue
+            value = _jsonCopy(toJSON(obj))
             name = value["name"]
             if (kind, name) in index:
                 first = index[(kind, name)]
@@ -210,10 +216,11 @@ def parseResourceFile(data: Any, source: str, baseDirectory: Optional[str] = Non
                 continue
             index[(kind, name)] = position
             resources[kind][name] = value
+            parsed[(kind, name)] = (value, obj)
     if problems:
         raise FileError(source, problems)
     ignored = tuple(str(key) for key in data if key in IGNORED_KEYS)
-    return ResourceFile(source, resources, index, ignored)
+    return ResourceFile(source, resources, index, ignored, parsed)
 
 
 def loadResourceFile(path: str, stdin: Optional[TextIO] = None) -> ResourceFile:

@@ -13,7 +13,9 @@ checks the references between them.
 from __future__ import annotations
 
 import copy
+import json
 import re
+from types import MappingProxyType
 from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import attrs
@@ -992,6 +994,11 @@ class Catalog:
     apis: Mapping[str, API] = attrs.Factory(dict)
     consumers: Mapping[str, Consumer] = attrs.Factory(dict)
     routings: Mapping[str, Routing] = attrs.Factory(dict)
+    #: L{brokenReferences}, once worked out (the admin, then the snapshot
+    #: it validates with, ask one catalog).
+    _broken: Optional[Tuple[Tuple[str, str, str, str, str], ...]] = attrs.field(
+        default=None, init=False, eq=False, repr=False
+    )
 
     @classmethod
     def fromResources(cls, resources: Mapping[str, Mapping[str, Any]]) -> Catalog:
@@ -1048,6 +1055,8 @@ class Catalog:
         """
         @return: the references whose target does not exist.
         """
+        if self._broken is not None:
+            return list(self._broken)
         broken = []
         servers, clusters, apis = self.servers, self.clusters, self.apis
         certificates = self.certificates
@@ -1086,6 +1095,7 @@ class Catalog:
                 broken.append(("routings", name, "cluster", "clusters", routing.cluster))
             if routing.api is not None and routing.api not in apis:
                 broken.append(("routings", name, "api", "apis", routing.api))
+        object.__setattr__(self, "_broken", tuple(broken))
         return broken
 
     def usersOf(self, kind: str, name: str) -> List[Tuple[str, str, str]]:
@@ -1143,6 +1153,15 @@ class Catalog:
         }
 
 
+def _privateCopy(data: Mapping[str, Any]) -> Any:
+    # The JSON of a store state, copied: through the JSON encoder and
+    # decoder, twice as fast as copy.deepcopy.
+    try:
+        return json.loads(json.dumps(data))
+    except (TypeError, ValueError):
+        return copy.deepcopy(dict(data))
+
+
 class CatalogParser:
     """
     Parses store states into L{Catalog}s, parsing only what changed: a
@@ -1161,11 +1180,25 @@ class CatalogParser:
         #: (kind, name): (a copy of the JSON parsed, the parsed object, the
         #: JSON object it came from).
         self._cache: Dict[Tuple[str, str], Tuple[Any, Any, Any]] = {}
+        #: The resources parsed last, and their catalog: the admin reads
+        #: the very state its proxy compiled (one pass over 10,000 APIs
+        #: less per write).
+        self._last: Tuple[Any, Optional[Catalog]] = (None, None)
 
     def parse(self, resources: Mapping[str, Mapping[str, Any]]) -> Catalog:
         """
         @raise ValidationError: as L{Catalog.fromResources}.
         """
+        last, catalog = self._last
+        if resources is last and catalog is not None:
+            return catalog
+        catalog = self._parse(resources)
+        # Only a store state's read-only resources are known by identity.
+        if isinstance(resources, MappingProxyType):
+            self._last = (resources, catalog)
+        return catalog
+
+    def _parse(self, resources: Mapping[str, Mapping[str, Any]]) -> Catalog:
         cache = self._cache
         fresh: Dict[Tuple[str, str], Tuple[Any, Any, Any]] = {}
         parsed = {}
@@ -1182,7 +1215,7 @@ class CatalogParser:
                     obj = parseResource(kind, dict(data), name)
                 except ValidationError as e:
                     raise e.renamed(f"{kind}/{name}:".__add__)
-                fresh[key] = (copy.deepcopy(dict(data)), obj, data)
+                fresh[key] = (_privateCopy(data), obj, data)
                 items[name] = obj
             parsed[kind] = items
         self._cache = fresh

@@ -72,6 +72,7 @@ from gateway.store import storeFromURL
 from gateway.store.etcd.registry import advertisedAddress
 from gateway.store.relayed import RelayedStore
 from gateway.telemetry.metrics import metricsResource
+from gateway.telemetry.report import StatsReport
 from gateway.telemetry.stats import SnapshotStats, Stats
 
 
@@ -495,7 +496,12 @@ def makeGatewayService(
             ),
             purgeCache=_cachePurger(config, reactor, redis, cache, pool),
         )
-        adminSite = AdminSite(withWebUI(admin.resource()), limits=ADMIN_LIMITS, reactor=reactor)
+        adminSite = AdminSite(
+            withWebUI(admin.resource()),
+            limits=ADMIN_LIMITS,
+            bodyLimitFor=admin.bodyLimitFor,
+            reactor=reactor,
+        )
         ListenService(
             "admin",
             "admin.listen",
@@ -598,7 +604,7 @@ def makeWorkerService(
         worker.controlFD,
         store,
         manager,
-        stats=lambda: counters.snapshot(manager, None),
+        stats=StatsReport(counters, manager),
         onGateways=fleet.buckets.setGateways if fleet is not None else None,
         onReopen=accessLog.reopen if accessLog is not None else None,
         onPurge=cache.purgeLocal,

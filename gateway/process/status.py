@@ -12,6 +12,7 @@ import gateway
 from gateway.model.config import proxyEndpoints
 from gateway.process.propagation import ServedRevisions
 from gateway.telemetry.certificates import certificateStats
+from gateway.telemetry.report import mergeReport
 from gateway.telemetry.stats import mergeSnapshots
 
 
@@ -77,9 +78,10 @@ class GatewayStatus:
 
     def workerReported(self, index: int, stats: dict) -> None:
         """
-        Keep the stats a worker reported.
+        Keep the stats a worker reported (a whole snapshot, or what changed
+        since its report before: L{gateway.telemetry.report}).
         """
-        self._workerStats[index] = stats
+        self._workerStats[index] = mergeReport(self._workerStats.get(index), stats)
 
     def _workers(self) -> List[Dict[str, Any]]:
         assert self._pool is not None
@@ -93,13 +95,23 @@ class GatewayStatus:
         """
         @return: the live part of this gateway's proxy record: whether it is
             ready, the revision every proxy process serves, each worker's,
-            and the stats.
+            and the stats' totals.  Only the totals: a record is one etcd
+            value, rewritten whenever the revision served changes, and
+            per-API stats would make it grow with the catalog (10,000 APIs
+            of two workers are megabytes, more than etcd takes in one
+            request); the details are each gateway's C{/api/v1/stats}.
         """
         record: Dict[str, Any] = {"ready": self.ready(), "revision": self._served.lowest()}
         if self._pool is not None:
             record["workers"] = self._workers()
-        record["stats"] = self.stats()
+        record["stats"] = {"totals": self._totals()}
         return record
+
+    def _totals(self) -> Dict[str, Any]:
+        if self._pool is None or not self._workerStats:
+            return self._counters.totalsJSON()
+        workers = [{"totals": stats.get("totals")} for stats in self._workerStats.values()]
+        return mergeSnapshots(workers)["totals"]
 
     def proxies(self) -> Any:
         """

@@ -23,10 +23,15 @@ from twisted.python.failure import Failure
 
 from gateway.model.resources import Catalog
 from gateway.model.schema import toJSON
-from gateway.process.interpreter import collectorPaused
+from gateway.process.interpreter import collectorPaused, settleCollector
 from gateway.store import Change, ConflictError, StoreError, StoreState
 
 log = Logger()
+
+#: After how many APIs compiled since it was last settled the cycle
+#: collector is settled again (see L{settleCollector}): a large change
+#: leaves as many new long-lived objects as a start.
+SETTLE_AFTER = 1000
 
 #: How many times the seed is worked out and committed again when another
 #: gateway wrote to the store meanwhile (seeding the same file, maybe).
@@ -68,6 +73,7 @@ class StoreService(Service):
         reactor: IReactorTime,
         seed: Optional[Dict[str, Any]] = None,
         relay: Optional[Callable[[StoreState], None]] = None,
+        settle: Callable[[], Any] = settleCollector,
     ) -> None:
         """
         @param store: the L{gateway.interfaces.IStore}.
@@ -82,7 +88,12 @@ class StoreService(Service):
             process that only reads (a proxy worker).
         @param relay: called with every state taken (the gateway process
             relays them to its workers), or L{None}.
+        @param settle: settles the cycle collector (L{settleCollector}):
+            once the first snapshot serves, and again whenever the manager
+            compiled L{SETTLE_AFTER} APIs more.
         """
+        self._settle = settle
+        self._settledAt = 0
         self.store = store
         self._manager = manager
         self._abort = abort
@@ -135,6 +146,12 @@ class StoreService(Service):
         if self._relay is not None:
             self._relay(state)
         self._manager.update(state)
+        if self.ready and self._manager.compiledAPIs - self._settledAt >= SETTLE_AFTER:
+            self._settleNow()
+
+    def _settleNow(self) -> None:
+        self._settle()
+        self._settledAt = self._manager.compiledAPIs
 
     async def _loadAndSeed(self) -> None:
         # What is read and compiled now lives on: the cycle collector would
@@ -153,6 +170,7 @@ class StoreService(Service):
         if current is None or current.revision < self.state.revision:
             with collectorPaused():
                 self._manager.apply(self.state)
+        self._settleNow()
         self.ready = True
         log.info("serving store revision {revision}", revision=self.state.revision)
         waiters, self._readyWaiters = self._readyWaiters, []

@@ -319,6 +319,9 @@ class SnapshotManager:
         self._compiledRoutings: Dict[str, Tuple[Any, Any]] = {}
         self._compiledAPIs: Dict[str, Tuple[API, Tuple[Any, ...], CompiledAPI, Dict, Route]] = {}
         self._everyAPI: Tuple[Any, ...] = ()
+        #: How many APIs this manager compiled (validating or applying),
+        #: since it was made: what a change cost, in APIs.
+        self.compiledAPIs = 0
         #: The TLS objects of the certificates and servers.
         self._tls = tls if tls is not None else TLSCompiler()
         #: The L{UpstreamTLS} of each server that speaks TLS, by name (of
@@ -571,7 +574,10 @@ class SnapshotManager:
         try:
             router = self._route(routes)
         except RouteConflict as e:
-            raise ReferenceError("urlPattern", str(e))
+            # Blame the API whose route is new (the one being written).
+            blamed = [r for r in e.routes if r is not previous.get(r.value.name, (None,) * 5)[4]]
+            name = (blamed or [e.routes[1]])[-1].value.name
+            raise ReferenceError(f"apis/{name}:urlPattern", str(e))
         return apis, router, pendingFilters, certificates, upstreamTLS
 
     def _route(self, routes: Dict[str, Route]) -> Router:
@@ -616,6 +622,7 @@ class SnapshotManager:
         return filters
 
     def _compileAPI(self, api: API, scoped: Tuple[Any, ...], pendingFilters: Dict) -> CompiledAPI:
+        self.compiledAPIs += 1
         pattern = parsePattern(api.urlPattern)
         nodes = []
         for i, node in enumerate(api.nodes):

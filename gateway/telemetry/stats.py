@@ -484,11 +484,29 @@ class Stats:
 
     # -- reading ----------------------------------------------------------------
 
-    def snapshot(self, manager: Any = None, health: Any = None) -> Dict[str, Any]:
+    def totalsJSON(self) -> Dict[str, Any]:
+        """
+        @return: the C{totals} of L{snapshot} alone (what costs nothing
+            however many APIs there are).
+        """
+        totals = self.totals
+        return {
+            "requests": totals.requests,
+            "errors": sum(totals.errors.values()),
+            "rejects": sum(totals.rejects.values()),
+            "latency": latencyJSON(totals.cumulativeBuckets(), totals.latencySum * 1000.0),
+        }
+
+    def snapshot(
+        self, manager: Any = None, health: Any = None, apis: Optional[Iterable[str]] = None
+    ) -> Dict[str, Any]:
         """
         @param manager: the L{gateway.routing.snapshot.SnapshotManager}, for the live
             state of servers (and the API breakers), or L{None}.
         @param health: the L{gateway.balancing.health.HealthChecker}, or L{None}.
+        @param apis: the names of the APIs whose entries to give, when not
+            all (a worker reports the APIs whose counters changed, see
+            L{gateway.telemetry.report}).
         @return: the statistics as JSON: C{totals} C{{"requests", "errors",
             "rejects"}} (numbers, and the C{"latency"} of every answer),
             C{apis} C{{name: {"requests", "errors", "rejects", "latency",
@@ -504,18 +522,20 @@ class Stats:
             C{{"written", "dropped"}} (lines; zeros when it is off),
             C{revision} (of the snapshot, or L{None}) and C{at} (clock
             seconds), and when requests are traced C{tracing} (see
-            L{tracingCounts})., with a
+            L{tracingCounts}), and with a
             response cache C{cache} (its memory store: C{bytes}, C{limit},
             C{entries}, C{evictions}).  See L{latencyJSON} for C{latency}.
         """
         now = self._clock.seconds()
-        totals = self.totals
-        apis: Dict[str, Any] = {}
         current = manager.snapshot if manager is not None else None
+        entries: Dict[str, Any] = {}
         cache = self.cache.snapshot() if self.cache is not None else None
         cached = cache["apis"] if cache is not None else {}
-        for name in sorted(self.apis):
-            entry = self.apis[name].toJSON()
+        for name in sorted(self.apis if apis is None else apis):
+            counters = self.apis.get(name)
+            if counters is None:
+                continue
+            entry = counters.toJSON()
             compiled = current.apis.get(name) if current is not None else None
             if compiled is not None:
                 breaker = apiBreaker(compiled)
@@ -527,7 +547,7 @@ class Stats:
             counts = cached.get(name)
             if counts is not None:
                 entry["cache"] = counts
-            apis[name] = entry
+            entries[name] = entry
         backends: Mapping[str, Any] = manager.backends if manager is not None else {}
         servers: Dict[str, Any] = {}
         for name in sorted(set(self.servers) | set(backends)):
@@ -538,13 +558,8 @@ class Stats:
                 entry.update(backendJSON(backend, now, health))
             servers[name] = entry
         result = {
-            "totals": {
-                "requests": totals.requests,
-                "errors": sum(totals.errors.values()),
-                "rejects": sum(totals.rejects.values()),
-                "latency": latencyJSON(totals.cumulativeBuckets(), totals.latencySum * 1000.0),
-            },
-            "apis": apis,
+            "totals": self.totalsJSON(),
+            "apis": entries,
             "servers": servers,
             "sendTimeouts": self.sendTimeouts,
             "accessLog": accessLogJSON(self.accessLog),
