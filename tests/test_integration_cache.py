@@ -24,6 +24,7 @@ from redisserver import redis  # noqa: F401  (fixtures)
 from test_cli import cli
 
 from gateway.cache.redisstore import LOOKUP_SCRIPT, PURGE_SCRIPT, STORE_SCRIPT
+from gateway.process.interpreter import PYPY
 
 pytestmark = pytest.mark.integration
 
@@ -226,20 +227,29 @@ def test_memoryBound(backends, gateways):
     gateway.proxy("GET", "/bytes/200000?warm")
     before = peakRSS(gateway.pid)
     connection = http.client.HTTPConnection("127.0.0.1", int(gateway.proxyURL.rsplit(":", 1)[1]))
+    peaks = []
     try:
         for i in range(600):
             connection.request("GET", f"/bytes/200000?key={i}")
             answer = connection.getresponse()
             assert len(answer.read()) == 200_000
             assert answer.getheader("Cache-Status") == "gateway; fwd=uri-miss; stored"
+            if i in (299, 599):
+                peaks.append(peakRSS(gateway.pid))
     finally:
         connection.close()
     memory = _stats(gateway)["cache"]
     assert memory["limit"] == 2 * 1024 * 1024, memory
     assert 0 < memory["bytes"] <= memory["limit"], memory
     assert memory["entries"] <= 10 and memory["evictions"] >= 590, memory
-    grown = peakRSS(gateway.pid) - before
-    assert grown < 40 * 1024 * 1024, grown
+    # The peak levels off: the second 60 MB passed add next to nothing
+    # (a store that kept them would add all of it).  PyPy's collector
+    # lets the heap grow further before it collects than CPython's
+    # reference counting does: its bound on the whole is larger.
+    half, whole = peaks
+    assert whole - half < 20 * 1024 * 1024, (before, half, whole)
+    bound = 100 if PYPY else 40
+    assert whole - before < bound * 1024 * 1024, (before, half, whole)
     # The most recent entries are there; the first are gone.
     assert "hit" in cacheStatus(gateway.proxy("GET", "/bytes/200000?key=599"))
     assert "uri-miss" in cacheStatus(gateway.proxy("GET", "/bytes/200000?key=0"))
