@@ -1598,6 +1598,25 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual((first["api"], first["cache"], first["server"]), ("cached", "miss", "s1"))
         self.assertEqual((second["cache"], second["server"], second["status"]), ("hit", None, 200))
 
+    def test_refusedByTheEngine(self) -> None:
+        """
+        A request the engine refuses before the pipeline sees it (here a
+        malformed header) has its line: the status, C{refused} and why,
+        the client, the bytes of the answer; nothing of its head.
+        """
+        self.site.accessLog = self.accessLog
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /plain HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n")
+        self.assertIn(b"HTTP/1.1 400 Bad Request", transport.value())
+        [line] = self.lines()
+        self.assertEqual(
+            (line["status"], line["outcome"], line["client"]), (400, "refused", "192.0.2.7")
+        )
+        self.assertIsInstance(line["error"], str)
+        self.assertIn(line["error"].encode(), transport.value())
+        self.assertEqual((line["method"], line["uri"], line["api"]), ("-", "-", None))
+        self.assertEqual(line["bytes"], len(transport.value().split(b"\r\n\r\n", 1)[1]))
+
     def test_timedWhenOver(self) -> None:
         """
         The line is written when the request is over: its duration runs

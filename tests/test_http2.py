@@ -340,6 +340,24 @@ class RefusalTests(HTTP2TestCase):
         body = self.assertRefused(400, path=b"/a/../admin")
         self.assertEqual(body["error"], "dot segment in path")
 
+    def test_accessLogged(self) -> None:
+        """
+        A refused request is told to the site's access log, with its
+        status, why, the client and the bytes of the answer.
+        """
+        told: List[Any] = []
+
+        class AccessLog:
+            def refused(self, code: int, message: str, peer: Any, sent: int) -> None:
+                told.append((code, message, peer.host, sent))
+
+        self.site.accessLog = AccessLog()
+        self.assertRefused(400, path=b"/a/../admin")
+        [(code, message, host, sent)] = told
+        self.assertEqual((code, message), (400, "dot segment in path"))
+        self.assertEqual(host, "192.0.2.7")
+        self.assertGreater(sent, len(message))
+
     def test_encodedSlash(self) -> None:
         """
         An encoded slash is refused 400.

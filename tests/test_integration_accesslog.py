@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -355,3 +356,32 @@ def test_config_error_names_the_path(gateways, tmp_path):
     )
     assert code != 0
     assert "proxy.accessLog.path: cannot open" in output
+
+
+def test_refused_requests_logged(backends, gateways, tmp_path):
+    """
+    A request the engine refuses before any API sees it (a malformed
+    header, from a worker) has its line too, as nginx logs its 400s.
+    """
+    path = tmp_path / "access.log"
+    gateway = gateways(config(backends("b1"), {"path": str(path)}, workers=2))
+    host, port = gateway.proxyURL.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"GET /echo/x HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"\n") or b"\r\n\r\n" not in answer:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+
+    def refused() -> List[Dict[str, Any]]:
+        if not path.exists():
+            return []
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        return [line for line in lines if line.get("status") == 400]
+
+    [line] = waitFor(refused, 5, what="the refused request's line")
+    assert (line["method"], line["uri"], line["api"]) == ("-", "-", None), line
+    assert line["client"] == "127.0.0.1", line

@@ -1381,13 +1381,18 @@ class GatewayHTTPChannel(Protocol):
         if transport is None:
             return
         self._countRejection(code)
+        accessLog = getattr(self.site, "accessLog", None)
         if state == _BUSY:
             # Never interleave with an answer being written.
+            if accessLog is not None:
+                accessLog.refused(code, message, transport.getPeer(), 0)
             transport.abortConnection()
             return
         body = dict(self._errorFields)
         body["error"] = message
         payload = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+        if accessLog is not None:
+            accessLog.refused(code, message, transport.getPeer(), len(payload))
         phrase = reasonPhrase(code)
         transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"

@@ -478,7 +478,10 @@ class H2ServerConnection(Protocol):
             counts[code] = counts.get(code, 0) + 1
         self._receiving.discard(stream)
         stream.awaitingBody = False
-        stream.refuse(code, message, self._errorFields)
+        sent = stream.refuse(code, message, self._errorFields)
+        accessLog = getattr(self.site, "accessLog", None)
+        if accessLog is not None:
+            accessLog.refused(code, message, self.transport.getPeer(), sent)
 
     def _refuseBody(self, stream: H2Stream, code: int, message: str) -> None:
         """

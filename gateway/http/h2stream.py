@@ -381,10 +381,12 @@ class H2Stream:
 
     # -- what the connection does with it -------------------------------------------
 
-    def refuse(self, code: int, message: str, errorFields: Mapping[str, object]) -> None:
+    def refuse(self, code: int, message: str, errorFields: Mapping[str, object]) -> int:
         """
         Answer C{code} with a JSON error, as the HTTP/1.1 channel refuses a
         request, before the request reached its resource.
+
+        @return: the bytes of the answer's body.
         """
         body = dict(errorFields)
         body["error"] = message
@@ -405,6 +407,7 @@ class H2Stream:
             message=message,
         )
         self._connection.streamWrote(self)
+        return len(payload)
 
     def lost(self, reason: Failure) -> None:
         """

@@ -48,7 +48,12 @@ class LimitedSite(server.Site):
         (L{gateway.http.tls.ServerTLS}).
     @ivar http2Connections: the HTTP/2 connections open now (for
         L{goAway}).
+    @ivar accessLog: told of every request the channels refuse before the
+        resource sees it (C{accessLog.refused(code, message, peer, sent)},
+        see L{gateway.telemetry.accesslog.IAccessLog.refused}), or L{None}.
     """
+
+    accessLog: Any = None
 
     # The channel itself, not HTTPFactory's HTTP/1.1-or-HTTP/2 wrapper: an
     # HTTP/2 connection would bypass these checks.  (HTTPFactory declares

@@ -199,6 +199,8 @@ def _proxySite(
         reactor=reactor,
         h2c=proxyConfig.h2c,
     )
+    # Requests the engine refuses before the pipeline sees them are logged too.
+    site.accessLog = accessLog
     return resource, site
 
 

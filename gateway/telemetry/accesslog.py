@@ -33,6 +33,7 @@ from typing import Any, Callable, List, Optional
 
 from twisted.internet.interfaces import IReactorFDSet, IWriteDescriptor
 from twisted.logger import Logger
+from twisted.web.http_headers import Headers
 from zope.interface import Attribute, Interface, implementer
 
 from gateway.model.accesslog import AccessLogConfig
@@ -61,6 +62,18 @@ class IAccessLog(Interface):
         L{gateway.pipeline.exchange.Exchange}); never raises.
         """
 
+    def refused(code: int, message: str, peer: Any, sent: int) -> None:
+        """
+        Write the line of a request the engine refused before the pipeline
+        saw it (a malformed head, a header block too large, a body too
+        slow...); never raises.
+
+        @param code: the status answered (or cut off with).
+        @param message: why.
+        @param peer: the client's address (an L{IAddress}).
+        @param sent: bytes of the answer's body sent.
+        """
+
     def flush() -> None:
         """
         Write the lines buffered now.
@@ -70,6 +83,53 @@ class IAccessLog(Interface):
         """
         Open the output again (a file renamed by logrotate).
         """
+
+
+# -- requests the engine refused ---------------------------------------------
+
+
+class _RefusedRequest:
+    """
+    What the line of a refused request reads of its request: nothing of
+    the head is believed (it may be what made the engine refuse it).
+    """
+
+    method = b"-"
+    uri = b"-"
+    path = b"-"
+    clientproto = b"-"
+
+    def __init__(self, code: int, sent: int) -> None:
+        self.code = code
+        self.sentLength = sent
+        self.requestHeaders = Headers()
+
+
+class _Refused:
+    """
+    An exchange as the access log reads it, for a request the engine
+    refused: no API, no upstream; C{outcome} C{refused}, C{error} why.
+    """
+
+    api = None
+    cluster = None
+    backend = None
+    routing = None
+    retries = 0
+    upstreamLatency = None
+    requestId = None
+    cache = None
+    gone = False
+    outcome = "refused"
+
+    def __init__(
+        self, code: int, message: str, client: Optional[str], sent: int, now: float
+    ) -> None:
+        self.request = _RefusedRequest(code, sent)
+        self.status = code
+        self.error = message
+        self.clientIP = client if client is not None else "-"
+        self.startTime = now
 
 
 # -- the log ------------------------------------------------------------------
@@ -189,6 +249,10 @@ class AccessLog:
             )
 
     # -- the request path ---------------------------------------------------
+
+    def refused(self, code: int, message: str, peer: Any, sent: int) -> None:
+        now = self._reactor.seconds()
+        self.log(_Refused(code, message, getattr(peer, "host", None), sent, now))
 
     def log(self, exchange: Any) -> None:
         if self._size >= self._maxPending:
