@@ -297,3 +297,35 @@ def test_a_reset_is_a_lost_connection(r: Any) -> None:
     client.transport.abortConnection()
     turn(r, lambda: bool(server.lost))
     assert not server.lost[0].check(ConnectionDone)
+
+
+def test_a_handler_raising_connection_done_loses_the_connection_whole(r: Any) -> None:
+    """
+    A half-closeable protocol whose C{dataReceived} raises C{ConnectionDone}
+    loses its connection whole (C{connectionLost}), as with Twisted's
+    reactor, not only its reading side: only the peer's end of its data is a
+    half-close.
+    """
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from zope.interface import implementer
+
+    @implementer(IHalfCloseableProtocol)
+    class HalfCloseable(Collect):
+        def __init__(self) -> None:
+            super().__init__()
+            self.readLost = 0
+
+        def dataReceived(self, data: bytes) -> None:
+            raise ConnectionDone("from the handler")
+
+        def readConnectionLost(self) -> None:
+            self.readLost += 1
+
+        def writeConnectionLost(self) -> None:
+            pass
+
+    server = HalfCloseable()
+    client = connectedPair(r, server)
+    client.transport.write(b"x")
+    turn(r, lambda: bool(server.lost))
+    assert server.readLost == 0

@@ -183,7 +183,10 @@ if AVAILABLE:
                             else:
                                 why = _CONNECTION_DONE
                 except BaseException:
+                    # (As when doRead raises: the connection is lost whole,
+                    # never half-closed.)
                     why = sys.exc_info()[1]
+                    inRead = False
                     legacyLog.err(system=_prefixOf(selectable))
             elif event & self._POLL_DISCONNECTED and not (event & self._POLL_IN):
                 # Hung up with nothing left to read: a clean end if we were
