@@ -175,7 +175,10 @@ def _serveGateway(configPath: str, channel: str) -> None:
     service.privilegedStartService()
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    port = int(config.proxy.listen.split(":")[1])
+    listen = config.proxy.listen
+    # (One endpoint string, or a tuple of them since several may be given.)
+    first = listen if isinstance(listen, str) else listen[0]
+    port = int(first.split(":")[1])
     reactor.callWhenRunning(print, f"READY {port}", flush=True)
 
 

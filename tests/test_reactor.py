@@ -243,3 +243,89 @@ def test_loading_the_config_installs_no_reactor() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "GatewayReactor"
+
+
+@pytest.mark.parametrize("recvInto", [True, False])
+def test_reads_are_whole_and_their_own(r: Any, monkeypatch: Any, recvInto: bool) -> None:
+    """
+    What a TCP connection reads reaches its protocol in order and whole,
+    each piece L{bytes} of its own (not a view of the reactor's read
+    buffer, which the next read overwrites), whether the reactor reads
+    into its buffer (as on PyPy) or with C{recv}.
+    """
+    monkeypatch.setattr(gatewayreactor, "_RECV_INTO", recvInto)
+    server = Collect()
+    client = connectedPair(r, server)
+    sent = bytes(range(256)) * 800  # 200 KiB: several reads
+    client.transport.write(sent)
+    turn(r, lambda: sum(len(d) for d in server.data) == len(sent), turns=2000)
+    assert all(type(d) is bytes for d in server.data)
+    assert len(server.data) > 1
+    assert b"".join(server.data) == sent
+
+
+def test_a_connection_reading_more_at_a_time_reads_it(r: Any) -> None:
+    """
+    A connection whose C{bufferSize} is larger than the reactor's read
+    buffer reads that much at a time all the same.
+    """
+    server = Collect()
+    client = connectedPair(r, server)
+    server.transport.bufferSize = 4 * gatewayreactor._READ_BUFFER
+    sent = b"z" * (3 * gatewayreactor._READ_BUFFER)
+    client.transport.write(sent)
+    turn(r, lambda: sum(len(d) for d in server.data) == len(sent), turns=2000)
+    assert b"".join(server.data) == sent
+
+
+def test_a_reset_is_a_lost_connection(r: Any) -> None:
+    """
+    A peer that resets the connection ends it with C{ConnectionLost}, not
+    the clean C{ConnectionDone} of a close.
+    """
+    import socket
+    import struct
+
+    server = Collect()
+    client = connectedPair(r, server)
+    client.transport.write(b"bye")
+    turn(r, lambda: b"".join(server.data) == b"bye")
+    # SO_LINGER with a zero timeout: close sends a RST.
+    client.transport.getHandle().setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
+    client.transport.abortConnection()
+    turn(r, lambda: bool(server.lost))
+    assert not server.lost[0].check(ConnectionDone)
+
+
+def test_a_handler_raising_connection_done_loses_the_connection_whole(r: Any) -> None:
+    """
+    A half-closeable protocol whose C{dataReceived} raises C{ConnectionDone}
+    loses its connection whole (C{connectionLost}), as with Twisted's
+    reactor, not only its reading side: only the peer's end of its data is a
+    half-close.
+    """
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from zope.interface import implementer
+
+    @implementer(IHalfCloseableProtocol)
+    class HalfCloseable(Collect):
+        def __init__(self) -> None:
+            super().__init__()
+            self.readLost = 0
+
+        def dataReceived(self, data: bytes) -> None:
+            raise ConnectionDone("from the handler")
+
+        def readConnectionLost(self) -> None:
+            self.readLost += 1
+
+        def writeConnectionLost(self) -> None:
+            pass
+
+    server = HalfCloseable()
+    client = connectedPair(r, server)
+    client.transport.write(b"x")
+    turn(r, lambda: bool(server.lost))
+    assert server.readLost == 0

@@ -228,11 +228,43 @@ def ambiguousPath(path: bytes) -> Optional[str]:
     return None
 
 
+#: Lines shorter than this are kept in L{_LINES} and L{_REQUEST_LINES} once
+#: parsed: a client cannot fill them with large lines.
+_CACHED_LINE = 256
+
+
+#: How many lines L{_LINES} and each of L{_REQUEST_LINES} keep; emptied when
+#: full (lines that vary, such as ids and dates, fill them now and then).
+_MAX_LINES = 1024
+
+
+#: Request line -> C{(method, target, version)}, one dict for each value of
+#: C{rejectAmbiguousPaths} (index 0: false, 1: true): a client asks for the
+#: same few targets again and again.  Only lines that were accepted are
+#: kept: the result is a function of the line alone.
+_REQUEST_LINES: Tuple[Dict[bytes, Tuple[bytes, bytes, bytes]], ...] = ({}, {})
+
+
 def _parseRequestLine(line: bytes, checkPath: bool) -> Tuple[bytes, bytes, bytes]:
     """
     @return: C{(method, target, version)}.
     @raise _Refused: when the line is malformed or asks for what the
         gateway does not serve.
+    """
+    known = _REQUEST_LINES[checkPath]
+    parsed = known.get(line)
+    if parsed is None:
+        parsed = _checkRequestLine(line, checkPath)
+        if len(line) < _CACHED_LINE:
+            if len(known) >= _MAX_LINES:
+                known.clear()
+            known[line] = parsed
+    return parsed
+
+
+def _checkRequestLine(line: bytes, checkPath: bool) -> Tuple[bytes, bytes, bytes]:
+    """
+    L{_parseRequestLine}, every time.
     """
     parts = line.split(b" ")
     if len(parts) != 3:
@@ -273,6 +305,39 @@ def _connectionTokens(values: Optional[Sequence[bytes]]) -> List[bytes]:
 _FRAMING = {b"content-length": 0, b"transfer-encoding": 1, b"host": 2}
 
 
+#: Header line -> C{((name, value), kind)}: the kind is where
+#: L{_parseHeaders} keeps a framing header's value (L{_FRAMING}), -1 for any
+#: other.  A client sends most of its lines (C{Host}, C{User-Agent},
+#: C{Accept}, ...) the same on every request.  Only lines that were accepted
+#: are kept: the result is a function of the line alone (what is checked
+#: across lines, such as a second C{Host}, is checked on every head).
+_LINES: Dict[bytes, Tuple[Tuple[bytes, bytes], int]] = {}
+
+
+def _parseHeaderLine(line: bytes) -> Tuple[Tuple[bytes, bytes], int]:
+    """
+    Parse and check one header line, alone.
+
+    @return: C{((name, value), kind)}, as L{_LINES} keeps them.
+    @raise _Refused: when the line is malformed.
+    """
+    name, colon, value = line.partition(b":")
+    if not colon or not _TOKEN.match(name):
+        if line[:1] in (b" ", b"\t"):
+            raise _Refused(400, "obsolete header line folding is not accepted")
+        raise _Refused(400, "malformed header line")
+    value = value.strip(b" \t")
+    if value.translate(None, _NOT_IN_VALUE) != value:
+        raise _Refused(400, "invalid character in a header value")
+    lower = name.lower()
+    kind = _FRAMING.get(lower)
+    if kind is None:
+        if 0x5F in lower and lower.replace(b"_", b"-") in _UNDERSCORE_LOOKALIKES:  # "_"
+            raise _Refused(400, "header name with an underscore for a dash")
+        kind = -1
+    return (name, value), kind
+
+
 def _parseHeaders(
     lines: List[bytes], version: bytes
 ) -> Tuple[List[Tuple[bytes, bytes]], Optional[int], bool, Optional[bytes]]:
@@ -288,24 +353,20 @@ def _parseHeaders(
     """
     headers = []
     framing: List[List[bytes]] = [[], [], []]
-    isToken = _TOKEN.match
+    known = _LINES
     for i in range(1, len(lines)):
         line = lines[i]
-        name, colon, value = line.partition(b":")
-        if not colon or not isToken(name):
-            if line[:1] in (b" ", b"\t"):
-                raise _Refused(400, "obsolete header line folding is not accepted")
-            raise _Refused(400, "malformed header line")
-        value = value.strip(b" \t")
-        if value.translate(None, _NOT_IN_VALUE) != value:
-            raise _Refused(400, "invalid character in a header value")
-        headers.append((name, value))
-        lower = name.lower()
-        kind = _FRAMING.get(lower)
-        if kind is not None:
-            framing[kind].append(value)
-        elif 0x5F in lower and lower.replace(b"_", b"-") in _UNDERSCORE_LOOKALIKES:  # "_"
-            raise _Refused(400, "header name with an underscore for a dash")
+        parsed = known.get(line)
+        if parsed is None:
+            parsed = _parseHeaderLine(line)
+            if len(line) < _CACHED_LINE:
+                if len(known) >= _MAX_LINES:
+                    known.clear()
+                known[line] = parsed
+        field, kind = parsed
+        headers.append(field)
+        if kind >= 0:
+            framing[kind].append(field[1])
     lengths, encodings, hosts = framing
     host = None
     if len(hosts) > 1:
@@ -354,6 +415,9 @@ _SWITCHED = 5  # answered 101: the connection speaks another protocol (switchPro
 
 
 _EXPECT = headerKey(b"expect")
+
+
+_CONNECTION = headerKey(b"connection")
 
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -623,13 +687,12 @@ class GatewayHTTPChannel(Protocol):
             self._scanFrom = max(0, len(buffer) - 3)
             self._buffer = buffer
             return None
-        lineEnd = buffer.find(b"\r\n", 0, min(end, limits.maxRequestLineLength) + 2)
-        if lineEnd == -1 or lineEnd > limits.maxRequestLineLength:
+        lines = buffer[:end].split(b"\r\n")
+        if len(lines[0]) > limits.maxRequestLineLength:
             raise _Refused(414, "request line too long")
         if end + 4 > limits.maxHeadersSize:
             raise _Refused(431, "request header fields too large")
         self._scanFrom = 0
-        lines = buffer[:end].split(b"\r\n")
         method, target, version = _parseRequestLine(lines[0], limits.rejectAmbiguousPaths)
         if len(lines) > limits.maxHeaderCount + 1:
             raise _Refused(431, "too many header fields")
@@ -746,7 +809,12 @@ class GatewayHTTPChannel(Protocol):
         """
         if version != b"HTTP/1.1":
             return False
-        connection = request.requestHeaders.getRawHeaders(b"connection")
+        headers = request.requestHeaders
+        raw = rawHeadersOf(headers)
+        if raw is None:
+            connection = headers.getRawHeaders(b"connection")
+        else:
+            connection = raw.get(_CONNECTION)
         if connection and b"close" in _connectionTokens(connection):
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
             return False
