@@ -396,10 +396,15 @@ class _Builder:
         return f"{b''.join(fmt)!r} % (" + ", ".join(args) + ",)"
 
 
-def _jsonField(b: _Builder, name: str, first: bool) -> None:
+def _field(b: _Builder, name: str, label: bytes, fmt: str, absent: bytes) -> None:
+    """
+    Write field C{name}: C{label}, then its value as format C{fmt} writes
+    it (C{"json"} or C{"clf"}: the prefix of the escaping functions and
+    caches of the renderer's namespace), C{absent} for a missing value.
+    """
     kind = _SOURCES[name][0]
     var = b.value(name)
-    b.lit((b"" if first else b",") + b'"' + name.encode("ascii") + b'":')
+    b.lit(label)
     if kind == "time":
         b.lit(b'"')
         b.time()
@@ -409,59 +414,34 @@ def _jsonField(b: _Builder, name: str, first: bool) -> None:
     elif kind == "ms":
         b.millis(var, None)
     elif kind == "optms":
-        b.millis(var, b"null")
+        b.millis(var, absent)
     elif kind == "bytes":
         b.lit(b'"')
-        b.add("bytes", f"({var} if {b.clean(var)} else _jsonEscape({var}))")
+        b.add("bytes", f"({var} if {b.clean(var)} else _{fmt}Escape({var}))")
         b.lit(b'"')
     elif kind == "optbytes":
         b.add(
             "bytes",
-            f'(b"null" if {var} is None else b\'"\' + ({var} if {b.clean(var)} '
-            f"else _jsonEscape({var})) + b'\"')",
+            f"({absent!r} if {var} is None else b'\"' + ({var} if {b.clean(var)} "
+            f"else _{fmt}Escape({var})) + b'\"')",
         )
     elif kind == "name":
-        b.add("bytes", f"(_jsonNames.get({var}) or _jsonName({var}))")
+        b.add("bytes", f"(_{fmt}Names.get({var}) or _{fmt}Name({var}))")
     elif kind == "token":
-        b.add("bytes", f"(_jsonTokens.get({var}) or _jsonToken({var}))")
+        b.add("bytes", f"(_{fmt}Tokens.get({var}) or _{fmt}Token({var}))")
     elif kind == "text":
-        b.add("bytes", f"_jsonText({var})")
+        b.add("bytes", f"_{fmt}Text({var})")
     else:  # pragma: no cover
         raise AssertionError(kind)
+
+
+def _jsonField(b: _Builder, name: str, first: bool) -> None:
+    label = (b"" if first else b",") + b'"' + name.encode("ascii") + b'":'
+    _field(b, name, label, "json", b"null")
 
 
 def _clfField(b: _Builder, name: str) -> None:
-    kind = _SOURCES[name][0]
-    var = b.value(name)
-    b.lit(b" " + name.encode("ascii") + b"=")
-    if kind == "time":
-        b.lit(b'"')
-        b.time()
-        b.lit(b'Z"')
-    elif kind in ("int", "status"):
-        b.add("int", var)
-    elif kind == "ms":
-        b.millis(var, None)
-    elif kind == "optms":
-        b.millis(var, b"-")
-    elif kind == "bytes":
-        b.lit(b'"')
-        b.add("bytes", f"({var} if {b.clean(var)} else _clfEscape({var}))")
-        b.lit(b'"')
-    elif kind == "optbytes":
-        b.add(
-            "bytes",
-            f'(b"-" if {var} is None else b\'"\' + ({var} if {b.clean(var)} '
-            f"else _clfEscape({var})) + b'\"')",
-        )
-    elif kind == "name":
-        b.add("bytes", f"(_clfNames.get({var}) or _clfName({var}))")
-    elif kind == "token":
-        b.add("bytes", f"(_clfTokens.get({var}) or _clfToken({var}))")
-    elif kind == "text":
-        b.add("bytes", f"_clfText({var})")
-    else:  # pragma: no cover
-        raise AssertionError(kind)
+    _field(b, name, b" " + name.encode("ascii") + b"=", "clf", b"-")
 
 
 def _clfPrefix(b: _Builder) -> None:
