@@ -2751,18 +2751,8 @@ class Bench:
             (f"http://{HOST}:{on[1]}/plain", on[0].pid),
             (f"http://{HOST}:{off[1]}/plain", off[0].pid),
         ]
-        ons: List[float] = []
-        offs: List[float] = []
         try:
-            for order in pairedTurns(self.options.runs):
-                figures = {}
-                for i in order:
-                    url, pid = targets[i]
-                    figures[i] = measure(self.wrk, url, pid, 1, 0)["cpuUsPerReq"]
-                if figures[0] is None or figures[1] is None:
-                    raise BenchError("a run completed no request")
-                ons.append(figures[0])
-                offs.append(figures[1])
+            ons, offs = self.measureInTurn(targets)
         except (BenchError, OSError) as e:
             result["error"] = str(e)
             self.log(f"  failed: {e}")
@@ -2783,6 +2773,27 @@ class Bench:
             }
         )
         self.log(f"  {result['detail']}")
+
+    def measureInTurn(self, targets: List[Tuple[str, int]]) -> Tuple[List[float], List[float]]:
+        """
+        Two targets (URL, pid of the process to count) measured in turn, run
+        for run, each going first by turns (L{pairedTurns}).
+
+        @return: the CPU per request of each run of the first and the second.
+        @raise BenchError: when a run completed no request.
+        """
+        firsts: List[float] = []
+        seconds: List[float] = []
+        for order in pairedTurns(self.options.runs):
+            figures = {}
+            for i in order:
+                url, pid = targets[i]
+                figures[i] = measure(self.wrk, url, pid, 1, 0)["cpuUsPerReq"]
+            if figures[0] is None or figures[1] is None:
+                raise BenchError("a run completed no request")
+            firsts.append(figures[0])
+            seconds.append(figures[1])
+        return firsts, seconds
 
     def wanted(self, group: str) -> bool:
         """
@@ -2809,18 +2820,9 @@ class Bench:
             agentURL = f"http://{HOST}:{agentPort}/"
             gatewayURL = f"http://{HOST}:{port}/plain"
             warmUp(self.wrk, agentURL, self.options.warmup, self.options.warmup)
-            gateways: List[float] = []
-            agents: List[float] = []
-            targets = ((gatewayURL, gateway.pid), (agentURL, agent.pid))
-            for order in pairedTurns(self.options.runs):
-                figures = {}
-                for i in order:
-                    url, pid = targets[i]
-                    figures[i] = measure(self.wrk, url, pid, 1, 0)["cpuUsPerReq"]
-                if figures[0] is None or figures[1] is None:
-                    raise BenchError("a run completed no request")
-                gateways.append(figures[0])
-                agents.append(figures[1])
+            gateways, agents = self.measureInTurn(
+                [(gatewayURL, gateway.pid), (agentURL, agent.pid)]
+            )
         except (BenchError, OSError) as e:
             result["error"] = str(e)
             self.log(f"  failed: {e}")
