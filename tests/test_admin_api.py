@@ -537,6 +537,13 @@ class AuthTests(APITestCase):
         )
         self.assertEqual(self.snapshot()[0], 0)
 
+    def test_noField(self) -> None:
+        """
+        A 401 is about no field of the request: its JSON has no C{field}
+        key (not an empty one).
+        """
+        self.assertError(self.call("GET", "/servers", token="wrong"), 401, field="")
+
     def test_right(self) -> None:
         """
         The right token passes, whatever the case of the scheme.
