@@ -632,7 +632,17 @@ def _microGateway(options: argparse.Namespace, accessLog: bool) -> Any:
         # fire the flush timer).
         logFile = tempfile.NamedTemporaryFile(prefix="gateway-micro-access-", suffix=".log")
         setting = {"path": logFile.name}
-    data = benchrun.gatewayConfig(8080, 8081, workers=1, where="proxy", accessLog=setting)
+    setups = benchrun.authSetups() if options.auth else []
+    data = benchrun.gatewayConfig(
+        8080,
+        8081,
+        workers=1,
+        where="proxy",
+        accessLog=setting,
+        extraApis=tuple(api for _, _, api, _ in setups),
+    )
+    if options.auth:
+        data["consumers"] = [benchrun.authConsumer()]
     data["store"] = "memory:"
     if options.tracing is not None:
         # Spans made and queued; never exported (the memory reactor's clock
@@ -671,7 +681,10 @@ def _microGateway(options: argparse.Namespace, accessLog: bool) -> Any:
         peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
     )
     channel.makeConnection(transport)
-    head = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n" % (options.path.encode(),)
+    extra = b"".join(
+        h.encode() + b"\r\n" for key, _, _, sent in setups if key == options.auth for h in sent
+    )
+    head = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n%s\r\n" % (options.path.encode(), extra)
 
     def one() -> None:
         channel.dataReceived(head)
@@ -701,6 +714,42 @@ def _microGateway(options: argparse.Namespace, accessLog: bool) -> Any:
     return one
 
 
+def _microAuth(options: argparse.Namespace) -> int:
+    """
+    C{--auth KEY}: C{/plain} and the authentication row C{KEY}'s API
+    (L{benchrun.authSetups}) served by turns, round for round, by two
+    in-process gateways with the same configuration, both sent the same
+    credential header; prints their medians and the median of the rounds'
+    ratios.
+    """
+    (path,) = (api["urlPattern"] for key, _, api, _ in benchrun.authSetups() if key == options.auth)
+    log = options.access_log == "on"
+    gateways = {
+        "plain": _microGateway(argparse.Namespace(**dict(vars(options), path="/plain")), log),
+        options.auth: _microGateway(argparse.Namespace(**dict(vars(options), path=path)), log),
+    }
+    rounds: dict = {name: [] for name in gateways}
+    names = list(gateways)
+    for turn in range(options.runs):
+        for name in names if turn % 2 == 0 else names[::-1]:
+            one = gateways[name]
+            started = time.process_time()
+            for _ in range(options.requests):
+                one()
+            rounds[name].append((time.process_time() - started) / options.requests * 1e6)
+    for one in gateways.values():
+        one.check()
+    ratios = sorted(a / b for a, b in zip(rounds[options.auth], rounds["plain"]))
+    plain, auth = (benchrun.median(rounds[name]) for name in names)
+    print(
+        f"in-process, {path} ({options.auth} auth) vs /plain by turns, access log "
+        f"{options.access_log}: {auth:.2f} vs {plain:.2f} µs/req (medians of {options.runs} x "
+        f"{options.requests}); ratio {ratios[len(ratios) // 2]:.3f} (median of the rounds'; "
+        f"from {ratios[0]:.3f} to {ratios[-1]:.3f})"
+    )
+    return 0
+
+
 def micro(options: argparse.Namespace) -> int:
     """
     Serve requests through the gateway's site, resource and upstream
@@ -715,6 +764,8 @@ def micro(options: argparse.Namespace) -> int:
     """
     _useChannel(options.channel)
     count = options.requests
+    if options.auth:
+        return _microAuth(options)
     if options.access_log == "ab":
         gateways = {"on": _microGateway(options, True), "off": _microGateway(options, False)}
         rounds: dict = {"on": [], "off": []}
@@ -802,6 +853,12 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         help="micro: the gateway, or a constant answer from GatewaySite or twisted's Site",
     )
     parser.add_argument("--show", action="store_true", help="micro: print the first answer")
+    parser.add_argument(
+        "--auth",
+        choices=("key", "hs256", "rs256"),
+        help="micro: that authentication row's API (bench/run.py) against /plain, by turns, "
+        "its credential header sent to both",
+    )
     parser.add_argument(
         "--tracing",
         type=float,

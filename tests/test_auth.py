@@ -679,6 +679,54 @@ class AuthFilterTests(SynchronousTestCase):
         self.assertEqual(context.upstreamHeaders.getRawHeaders(b"x-consumer-groups"), [b"silver"])
         self.assertEqual(context.upstreamHeaders.getRawHeaders(b"x-consumer-name"), [b"bob"])
 
+    def test_presentedKeyRemembered(self) -> None:
+        """
+        A key found once is remembered as presented, and the next request
+        presenting it is not hashed again; a key not found is never
+        remembered (so unknown keys cannot fill the memory); a change of
+        the consumers (a new index) forgets every key, so a revoked key
+        stops working with the revision that revokes it.
+        """
+        from gateway.filters import auth as authModule
+
+        f = makeAuthFilter(self.clock, methods=["key"])
+        hashed: List[bytes] = []
+        real = authModule._sha256
+
+        def counting(data: bytes) -> Any:
+            hashed.append(data)
+            return real(data)
+
+        self.patch(authModule, "_sha256", counting)
+        for _ in range(3):
+            context = makeContext(self.index, {b"apikey": [API_KEY.encode()]})
+            self.assertIsNone(f.before(context))
+            self.assertEqual(nameOf(context.consumer), "alice")
+        self.assertEqual(hashed, [API_KEY.encode()])
+        self.assertEqual(list(self.index.presented), [API_KEY.encode()])
+        for _ in range(2):
+            answer = f.before(makeContext(self.index, {b"apikey": [b"not-a-key-of-anyone"]}))
+            self.assertEqual(answer.code, 401)
+        self.assertEqual(len(hashed), 3)
+        self.assertEqual(list(self.index.presented), [API_KEY.encode()])
+        revoked = consumers(dict(ALICE, credentials=[]), BOB, GUEST)
+        answer = f.before(makeContext(revoked, {b"apikey": [API_KEY.encode()]}))
+        self.assertEqual(answer.code, 401)
+
+    def test_presentedKeysBounded(self) -> None:
+        """
+        The index remembers at most L{PRESENTED_KEYS} keys, emptied when
+        full.
+        """
+        from gateway.auth import index as indexModule
+
+        self.patch(indexModule, "PRESENTED_KEYS", 2)
+        entry = self.index.byName("alice")
+        assert entry is not None
+        for key in (b"a", b"b", b"c"):
+            self.index.rememberKey(key, entry)
+        self.assertEqual(list(self.index.presented), [b"c"])
+
     def test_keyInQuery(self) -> None:
         """
         An API key in the query authenticates, and is taken out of the

@@ -74,6 +74,10 @@ class JWTKey:
             self.key = checkPublicKey(credential.algorithm, credential.publicKey)
 
 
+#: The most API keys a L{ConsumerIndex} remembers as presented.
+PRESENTED_KEYS = 4096
+
+
 class ConsumerIndex:
     """
     The consumers of a snapshot, by everything a request may name them by.
@@ -81,6 +85,9 @@ class ConsumerIndex:
     @ivar consumers: the catalog's consumers it was built from, by name.
     @ivar keys: the consumers by the SHA-256 digest of their API keys
         (read-only; the hot path of key authentication reads it directly).
+    @ivar presented: the consumers by the API keys requests presented and
+        L{keys} found, as presented (see L{rememberKey}): the hot path looks
+        here first and hashes only what it does not find.
     """
 
     def __init__(self, consumers: Mapping[str, Consumer]) -> None:
@@ -88,6 +95,7 @@ class ConsumerIndex:
         self._byName: Dict[str, ConsumerEntry] = {}
         self._byCustomId: Dict[str, ConsumerEntry] = {}
         self.keys: Dict[bytes, ConsumerEntry] = {}
+        self.presented: Dict[bytes, ConsumerEntry] = {}
         self._byUsername: Dict[str, Tuple[ConsumerEntry, Credential]] = {}
         self._byIssuer: Dict[str, List[JWTKey]] = {}
         self._byKid: Dict[str, List[JWTKey]] = {}
@@ -136,6 +144,21 @@ class ConsumerIndex:
             (L{gateway.model.secrets.keyDigest}).
         """
         return self.keys.get(digest)
+
+    def rememberKey(self, key: bytes, consumer: ConsumerEntry) -> None:
+        """
+        Remember that the API key C{key}, as a request presented it, is
+        C{consumer}'s (its SHA-256 digest was found in L{keys}), so that the
+        next request presenting it is not hashed again.  Only keys found
+        are remembered: at most the consumers' own keys, and never more than
+        L{PRESENTED_KEYS} (emptied when full).  The memory goes with this
+        index, which a change of any consumer replaces: a revoked key is
+        forgotten with the revision that revokes it.
+        """
+        presented = self.presented
+        if len(presented) >= PRESENTED_KEYS:
+            presented.clear()
+        presented[key] = consumer
 
     def byUsername(self, username: str) -> Optional[Tuple[ConsumerEntry, Credential]]:
         return self._byUsername.get(username)

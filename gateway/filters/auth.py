@@ -7,7 +7,9 @@ C{auth} tries the API's methods in order; the first that finds a
 credential in the request decides:
 
   - C{key}: the first of C{keyNames} (C{header:NAME}, C{query:NAME}) the
-    request carries; its SHA-256 names the consumer (one dict lookup);
+    request carries; its SHA-256 names the consumer (one dict lookup; a
+    key found once is then looked up as presented, without hashing it:
+    L{gateway.auth.index.ConsumerIndex.rememberKey});
   - C{jwt}: C{Authorization: Bearer TOKEN} (L{gateway.auth.tokens});
   - C{basic}: C{Authorization: Basic ...}, the password checked with
     bcrypt off the reactor thread, the outcome cached briefly
@@ -173,9 +175,13 @@ class AuthFilter:
                         values = incoming.getRawHeaders(name)
                     if not values:
                         continue
-                    consumer = index.keys.get(_sha256(values[0]).digest())
+                    presented = values[0]
+                    consumer = index.presented.get(presented)
                     if consumer is None:
-                        return _INVALID
+                        consumer = index.keys.get(_sha256(presented).digest())
+                        if consumer is None:
+                            return _INVALID
+                        index.rememberKey(presented, consumer)
                     context.consumer = consumer
                     upstream = rawHeadersOf(context.upstreamHeaders)
                     if upstream is None or not inHeader:
