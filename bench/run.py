@@ -629,11 +629,13 @@ def measure(
     warmup: float,
     warmupMost: Optional[float] = None,
     headers: Sequence[str] = (),
+    duration: Optional[float] = None,
 ) -> Dict[str, Any]:
     """
     Warm up (L{warmUp}: C{warmup} seconds, on up to C{warmupMost} while
-    the rate climbs), then run wrk C{runs} times against C{url}, reading the
-    CPU time of the process tree of C{pid} around each run.
+    the rate climbs), then run wrk C{runs} times against C{url} (for
+    C{duration} seconds each, by default wrk's), reading the CPU time of
+    the process tree of C{pid} around each run.
 
     @return: the medians (C{reqPerSec}, C{p50Ms}, C{p99Ms}, C{cpuUsPerReq}),
         every run's figures under C{runs}, the warm-up under C{warmup}.
@@ -646,7 +648,7 @@ def measure(
     for _ in range(runs):
         before = treeCPU(pid) if pid else None
         machineBefore = machineCPU()
-        result = wrk.run(url, headers=headers)
+        result = wrk.run(url, duration, headers=headers)
         machineAfter = machineCPU()
         if pid:
             used = treeCPU(pid) - before
@@ -2698,12 +2700,24 @@ class Bench:
                 warmUp(self.wrk, plainURL, least, most, headers)
                 targets = ((plainURL, headers), (url, headers))
                 figures: Dict[int, List[Dict[str, Any]]] = {0: [], 1: []}
-                # At least four turns: a ratio of a few per cent needs more
-                # than one pair on a shared machine.
-                for order in pairedTurns(max(3, self.options.runs)):
+                # Eight turns or more, each half wrk's duration: a ratio of a
+                # few per cent is the median of eight pairs (four pairs on a
+                # shared machine gave medians two points apart), in the time
+                # four full pairs took.
+                for order in pairedTurns(max(8, 2 * self.options.runs)):
                     for i in order:
                         target, sent = targets[i]
-                        figures[i].append(measure(self.wrk, target, child.pid, 1, 0, headers=sent))
+                        figures[i].append(
+                            measure(
+                                self.wrk,
+                                target,
+                                child.pid,
+                                1,
+                                0,
+                                headers=sent,
+                                duration=self.wrk.duration / 2,
+                            )
+                        )
                 plain = [f["cpuUsPerReq"] for f in figures[0]]
                 auth = [f["cpuUsPerReq"] for f in figures[1]]
                 if None in plain or None in auth:
