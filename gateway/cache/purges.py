@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.polling import PollingService
 from gateway.redis.client import RedisError
 
 __all__ = ["PurgeFollower"]
@@ -34,7 +34,7 @@ __all__ = ["PurgeFollower"]
 log = Logger()
 
 
-class PurgeFollower(Service):
+class PurgeFollower(PollingService):
     """
     Follows the fleet's purges in Redis for one proxy process's memory
     store (see the module's documentation).
@@ -50,37 +50,18 @@ class PurgeFollower(Service):
             with a Redis store.
         @param interval: seconds between two looks.
         """
+        super().__init__(reactor, interval)
         self._cache = cache
-        self._reactor = reactor
-        self._interval = interval
-        self._call: Optional[Any] = None
-        self._reading: Optional[Deferred] = None
         #: The count of purges last read (L{None} before the first read).
         self._count: Optional[bytes] = None
         self._generations: Optional[Dict[str, int]] = None
         self.purged = 0
 
-    def startService(self) -> None:
-        super().startService()
-        self._call = self._reactor.callLater(0, self._look)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        if self._reading is not None:
-            self._reading.cancel()
-
-    def _look(self) -> None:
-        self._call = None
+    def poll(self) -> Optional[Deferred[None]]:
         redis = self._cache.redis
         if redis is None or not redis.available:
-            self._next(None)
-            return
-        self._reading = Deferred.fromCoroutine(self._read(redis))
-        self._reading.addErrback(self._failed)
-        self._reading.addBoth(self._next)
+            return None
+        return Deferred.fromCoroutine(self._read(redis))
 
     async def _read(self, redis: Any) -> None:
         count = await redis.purges()
@@ -101,11 +82,6 @@ class PurgeFollower(Service):
                     dropped=dropped,
                 )
 
-    def _failed(self, failure: Failure) -> None:
+    def pollFailed(self, failure: Failure) -> None:
         failure.trap(RedisError)
         log.debug("reading the fleet's cache purges failed: {error}", error=failure.value)
-
-    def _next(self, _: Any) -> None:
-        self._reading = None
-        if self.running:
-            self._call = self._reactor.callLater(self._interval, self._look)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.model.sharedlimits import LimitsConfig, parseRedisURL, redactedURL
+from gateway.polling import PollingService
 from gateway.protection.redisbuckets import RedisBuckets
 from gateway.redis.client import RedisClient
 
@@ -94,7 +96,7 @@ def fleetLimits(
     return FleetLimits(config.limits, reactor, local, client)
 
 
-class GatewayCounter(Service):
+class GatewayCounter(PollingService):
     """
     Counts the live gateways in the proxy registry of a shared store every
     C{interval} seconds, and says so when the count changes (at least 1).
@@ -109,31 +111,16 @@ class GatewayCounter(Service):
         @param shared: the L{gateway.interfaces.ISharedStore}.
         @param onCount: called with the count when it changes.
         """
+        super().__init__(reactor, interval)
         self._shared = shared
-        self._reactor = reactor
         self._onCount = onCount
-        self._interval = interval
-        self._call: Optional[Any] = None
-        self._reading: Optional[Deferred] = None
         self.count: Optional[int] = None
 
-    def startService(self) -> None:
-        super().startService()
-        self._call = self._reactor.callLater(0, self._read)
+    def poll(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._count())
 
-    def stopService(self) -> None:
-        super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        if self._reading is not None:
-            self._reading.cancel()
-
-    def _read(self) -> None:
-        self._call = None
-        self._reading = Deferred.fromCoroutine(self._count())
-        self._reading.addErrback(lambda f: log.debug("counting gateways: {f}", f=f.value))
-        self._reading.addBoth(self._next)
+    def pollFailed(self, failure: Failure) -> None:
+        log.debug("counting gateways: {f}", f=failure.value)
 
     async def _count(self) -> None:
         records = await self._shared.listProxies()
@@ -141,8 +128,3 @@ class GatewayCounter(Service):
         if count != self.count:
             self.count = count
             self._onCount(count)
-
-    def _next(self, _: Any) -> None:
-        self._reading = None
-        if self.running:
-            self._call = self._reactor.callLater(self._interval, self._read)
