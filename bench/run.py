@@ -2704,7 +2704,8 @@ class Bench:
                 # few per cent is the median of eight pairs (four pairs on a
                 # shared machine gave medians two points apart), in the time
                 # four full pairs took.
-                for order in pairedTurns(max(8, 2 * self.options.runs)):
+                pairs = self.options.pairs or max(8, 2 * self.options.runs)
+                for order in pairedTurns(pairs):
                     for i in order:
                         target, sent = targets[i]
                         figures[i].append(
@@ -2736,7 +2737,8 @@ class Bench:
                         "socketErrors": sum(f["socketErrors"] for f in figures[1]),
                         "notes": [
                             f"{statistics.median(ratios) * 100:+.1f} % CPU/request vs /plain "
-                            f"({median(plain):.1f} µs), measured in turn"
+                            f"({median(plain):.1f} µs), measured in turn (median of {len(ratios)} "
+                            f"pairs, from {min(ratios) * 100:+.1f} to {max(ratios) * 100:+.1f} %)"
                         ],
                     }
                 )
@@ -3497,6 +3499,12 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         default="",
         help="comma-separated groups: direct,nginx,twisted,agent,treq,gateway,auth,tls,tracing,"
         "fleetlimits,websocket,http2,cache",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        help="pairs of half-length runs per authentication row (at least 8; more narrow the "
+        "median of their ratios)",
     )
     parser.add_argument("--skip-extras", action="store_true", help="no large body, no 10k APIs")
     parser.add_argument("--large-bytes", type=int, default=GIB, help="bytes streamed (1 GiB)")
