@@ -714,6 +714,95 @@ def _microGateway(options: argparse.Namespace, accessLog: bool) -> Any:
     return one
 
 
+def _countedRun(options: argparse.Namespace, path: str, count: int, env: dict) -> int:
+    """
+    @return: the machine instructions (user space) a child process spends
+        building an in-process gateway and serving C{count} requests to
+        C{path} through it (L{_countOnly}), under callgrind, with the
+        address space not randomised.
+    """
+    argv = [
+        "setarch",
+        "-R",
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--mode",
+        "micro",
+        "--path",
+        path,
+        "--access-log",
+        options.access_log,
+        "--count-only",
+        str(count),
+    ]
+    if options.auth:
+        argv += ["--auth", options.auth]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    for line in done.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.split(":")[-1].strip())
+    raise SystemExit(f"callgrind counted nothing ({path}):\n{done.stderr[-2000:]}")
+
+
+def _instructions(options: argparse.Namespace) -> int:
+    """
+    C{--instructions}: machine instructions per request, counted by
+    callgrind (which does not vary from run to run as times do): for each
+    path (C{--path}, and with C{--auth} the authentication row's API too),
+    two child processes serve 1,500 and 3,500 requests after the same
+    set-up, the cycle collector off; the difference over 2,000 is the cost
+    of a request, the set-up and warm-up cancelled out.  Slow (a minute).
+    """
+    paths = [options.path]
+    if options.auth:
+        (authPath,) = (
+            api["urlPattern"] for key, _, api, _ in benchrun.authSetups() if key == options.auth
+        )
+        paths.append(authPath)
+    with tempfile.TemporaryDirectory(prefix="gateway-count-") as folder:
+        from cryptography.hazmat.primitives import serialization
+
+        pem = Path(folder) / "rsa.pem"
+        pem.write_bytes(
+            benchrun._benchRSA().private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        env = dict(os.environ, PYTHONHASHSEED="0", GATEWAY_BENCH_RSA=str(pem))
+        perRequest = {}
+        for path in paths:
+            few, many = (_countedRun(options, path, n, env) for n in (1500, 3500))
+            perRequest[path] = (many - few) / 2000
+            print(f"{path}: {perRequest[path]:,.0f} instructions per request")
+    if len(paths) == 2:
+        base, other = (perRequest[p] for p in paths)
+        print(
+            f"{paths[1]} against {paths[0]}: {other - base:+,.0f} "
+            f"({(other / base - 1) * 100:+.1f} %)"
+        )
+    return 0
+
+
+def _countOnly(options: argparse.Namespace) -> int:
+    """
+    C{--count-only N}: build the in-process gateway, serve C{N} requests,
+    the cycle collector off (what L{_instructions} counts).
+    """
+    import gc
+
+    one = _microGateway(options, options.access_log == "on")
+    gc.collect()
+    gc.disable()
+    for _ in range(options.count_only):
+        one()
+    return 0
+
+
 def _microAuth(options: argparse.Namespace) -> int:
     """
     C{--auth KEY}: C{/plain} and the authentication row C{KEY}'s API
@@ -764,6 +853,10 @@ def micro(options: argparse.Namespace) -> int:
     """
     _useChannel(options.channel)
     count = options.requests
+    if options.count_only:
+        return _countOnly(options)
+    if options.instructions:
+        return _instructions(options)
     if options.auth:
         return _microAuth(options)
     if options.access_log == "ab":
@@ -853,6 +946,13 @@ def parseArgs(argv: Optional[List[str]]) -> argparse.Namespace:
         help="micro: the gateway, or a constant answer from GatewaySite or twisted's Site",
     )
     parser.add_argument("--show", action="store_true", help="micro: print the first answer")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="micro: machine instructions per request, counted by callgrind (needs Debian's "
+        "valgrind), with --auth for the authentication row's API too",
+    )
+    parser.add_argument("--count-only", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--auth",
         choices=("key", "hs256", "rs256"),

@@ -1150,8 +1150,17 @@ BENCH_SECRET = "bench-hs256-secret-0123456789abcdefghij"
 
 @functools.cache
 def _benchRSA() -> Any:
+    """
+    @return: the RS256 key of the authentication rows: made afresh, or read
+        from the PEM file C{GATEWAY_BENCH_RSA} names (so that processes that
+        count machine instructions all do the same work).
+    """
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
+    path = os.environ.get("GATEWAY_BENCH_RSA")
+    if path:
+        return serialization.load_pem_private_key(Path(path).read_bytes(), None)
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
