@@ -153,6 +153,12 @@ _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE
 #: Caller headers that describe message framing, which the client sets itself.
 _FRAMING = frozenset([b"Content-Length", b"Transfer-Encoding"])
 
+#: The request header names L{HTTP11UpstreamClient.send} does not copy as
+#: they are: the framing ones (true: left out, the client frames the body
+#: itself) and C{Host} (false: it replaces the pool's own).
+_SPECIAL = dict.fromkeys(_FRAMING, True)
+_SPECIAL[b"Host"] = False
+
 
 # Parser states of a connection.
 _IDLE = 0  # no request in flight
@@ -1616,12 +1622,16 @@ class HTTP11UpstreamClient:
         parts = [method, b" ", uri, b" HTTP/1.1\r\n", pool.hostLine]
         extend = parts.extend
         for name, values in headers.getAllRawHeaders():
-            if name in _FRAMING:
-                continue
-            if name == b"Host":
+            if name in _SPECIAL:
+                if _SPECIAL[name]:
+                    continue
                 parts[4] = b""
-            for value in values:
-                extend((name, b": ", value, b"\r\n"))
+            if len(values) == 1:
+                # (Most headers have one value: no inner loop.)
+                extend((name, b": ", values[0], b"\r\n"))
+            else:
+                for value in values:
+                    extend((name, b": ", value, b"\r\n"))
         if bodyProducer is None:
             parts.append(b"Content-Length: 0\r\n\r\n" if method in _BODY_METHODS else b"\r\n")
             req.retryable = method in _IDEMPOTENT

@@ -85,6 +85,10 @@ _COOKIE = headerKey(b"cookie")
 
 _CHUNKED = [b"chunked"]
 
+#: The status codes as a status line has them, spaces around (formatting
+#: one costs more than looking it up).
+_CODES = {code: b" %d " % (code,) for code in range(100, 600)}
+
 
 _NO_BODY_CODES = NO_BODY_CODES
 
@@ -371,11 +375,18 @@ class GatewayRequest(PhrasedRequest):
             headers.setRawHeaders(b"ETag", [self.etag])
         if self.cookies:
             headers.setRawHeaders(b"Set-Cookie", self.cookies)
-        head = [version, b" %d " % (code,), self.code_message, b"\r\n"]
+        codeBytes = _CODES.get(code)
+        if codeBytes is None:
+            codeBytes = b" %d " % (code,)
+        head = [version, codeBytes, self.code_message, b"\r\n"]
         extend = head.extend
         for name, values in headers.getAllRawHeaders():
-            for value in values:
-                extend((name, b": ", value, b"\r\n"))
+            if len(values) == 1:
+                # (Most headers have one value: no inner loop.)
+                extend((name, b": ", values[0], b"\r\n"))
+            else:
+                for value in values:
+                    extend((name, b": ", value, b"\r\n"))
         head.append(b"\r\n")
         if method == b"HEAD" or code in _NO_BODY_CODES:
             # No body may follow: later writes are dropped by this instance
