@@ -358,6 +358,20 @@ class JSONLineTests(SynchronousTestCase):
             },
         )
 
+    def test_shownURI(self) -> None:
+        """
+        The C{uri} field, in both formats, is the exchange's C{shownURI}
+        when it has one (the target without an API key the C{auth} filter
+        found in its query).
+        """
+        exchange = exchangeFor(StubRequest())
+        exchange.shownURI = b"/plain?a=1"
+        exchange.request.uri = b"/plain?a=1&apikey=secret-key-0123456789"
+        self.assertEqual(renderJSON(exchange)["uri"], "/plain?a=1")
+        combined = render(exchange, format="combined")
+        self.assertIn(b'"GET /plain?a=1 HTTP/1.1"', combined)
+        self.assertNotIn(b"secret", combined)
+
     def test_absent(self) -> None:
         """
         What is not known is C{null}: no API (a 404), no server, no

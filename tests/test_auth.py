@@ -740,6 +740,27 @@ class AuthFilterTests(SynchronousTestCase):
         self.assertEqual(context.request.uri, b"/a?x=1&y=2")
         self.assertNotIn(b"apikey", context.request.args)
 
+    def test_queryKeyNeverShown(self) -> None:
+        """
+        An API key found in the query is never in what logs and traces
+        show of the target (C{shownURI}): not when it goes upstream
+        (C{hideCredentials} off), nor when it is refused.
+        """
+        key = API_KEY.encode()
+        kept = makeAuthFilter(
+            self.clock, methods=["key"], keyNames=["query:apikey"], hideCredentials=False
+        )
+        context = makeContext(self.index, uri=b"/a?x=1&apikey=" + key)
+        self.assertIsNone(kept.before(context))
+        self.assertEqual(context.request.uri, b"/a?x=1&apikey=" + key)
+        self.assertEqual(context.shownURI, b"/a?x=1")
+        refused = makeContext(self.index, uri=b"/a?apikey=not-a-key-of-anyone&y=2")
+        self.assertEqual(kept.before(refused).code, 401)
+        self.assertEqual(refused.shownURI, b"/a?y=2")
+        inHeader = makeContext(self.index, {b"apikey": [key]}, uri=b"/a?x=1")
+        self.assertIsNone(makeAuthFilter(self.clock, methods=["key"]).before(inHeader))
+        self.assertIsNone(inHeader.shownURI)
+
     def test_keepCredentials(self) -> None:
         """
         With hideCredentials off, the key goes upstream.

@@ -323,7 +323,12 @@ class Pipeline:
         )
         self.testCase = testCase
 
-    def serve(self, apis: Dict[str, Any], routings: Optional[Dict[str, Any]] = None) -> None:
+    def serve(
+        self,
+        apis: Dict[str, Any],
+        routings: Optional[Dict[str, Any]] = None,
+        consumers: Optional[Dict[str, Any]] = None,
+    ) -> None:
         manager = SnapshotManager(FilterRegistry({}), self.clock)
         manager.apply(
             StoreState(
@@ -333,6 +338,7 @@ class Pipeline:
                     "clusters": CLUSTERS,
                     "apis": apis,
                     "routings": routings or {},
+                    "consumers": consumers or {},
                 },
             )
         )
@@ -396,6 +402,36 @@ class PipelineSpanTests(SynchronousTestCase):
         pipeline = Pipeline(self)
         verifyObject(ITracer, pipeline.tracing.tracer)
         verifyObject(IUpstreamClient, pipeline.tracing.wrap(pipeline.client))
+
+    def test_queryKeyNotRecorded(self) -> None:
+        """
+        An API key in the query, sent on upstream (C{hideCredentials}
+        off), is in neither span: the server span's C{url.query} lacks it,
+        the client span's C{url.full} is the target's path alone.
+        """
+        key = "k-0123456789abcdef0123456789"
+        pipeline = Pipeline(self)
+        api = {
+            "name": "a",
+            "urlPattern": "/a",
+            "nodes": [{"cluster": "main"}],
+            "auth": {"methods": ["key"], "keyNames": ["query:apikey"], "hideCredentials": False},
+        }
+        pipeline.serve(
+            {"a": api},
+            consumers={"c": {"name": "c", "credentials": [{"type": "key", "key": key}]}},
+        )
+        transport, _ = pipeline.request(f"/a?x=1&apikey={key}", {"traceparent": SAMPLED_PARENT})
+        [(server, uri, headers, _)] = pipeline.client.calls
+        self.assertEqual(uri, f"/a?x=1&apikey={key}".encode())
+        pipeline.client.answer(0, 200)
+        self.assertEqual(pipeline.status(transport), 200)
+        self.assertEqual(pipeline.serverSpan().attributes["url.query"], "x=1")
+        [client] = pipeline.clientSpans()
+        port = 9001 if server == "s1" else 9002
+        self.assertEqual(client.attributes["url.full"], f"http://127.0.0.1:{port}/a")
+        for span in pipeline.spans():
+            self.assertNotIn(key, repr(dict(span.attributes)))
 
     def test_continuesTheClientsTrace(self) -> None:
         """

@@ -169,6 +169,9 @@ class AuthFilter:
                 for inHeader, name in self._keySources:
                     if not inHeader:
                         values = request.args.get(name)
+                        if values:
+                            # Logs and traces never show it, taken or not.
+                            context.shownURI = _removeQuery(request.uri, name)
                     elif raw is not None:
                         values = raw.get(name)
                     else:

@@ -125,6 +125,10 @@ class Exchange:
         filter authenticated it (a L{gateway.auth.index.ConsumerEntry}:
         its C{name}, C{customId}, C{groups}); L{None} before, and on APIs
         without C{auth}.
+    @ivar shownURI: the request target as the access log and traces show
+        it, when it is not C{request.uri}: without the API key the C{auth}
+        filter found in its query (a credential is never logged, whether it
+        goes upstream or not); L{None} otherwise.
     @ivar cache: the request's L{gateway.cache.engine.Ticket} on an API
         with a C{cache} (once the cache is consulted), else L{None}.
     @ivar attributes: per-request state of filters, by a key each owns.
@@ -159,6 +163,7 @@ class Exchange:
         "jsonBody",
         "_body",
         "consumer",
+        "shownURI",
         "cache",
         "attributes",
         "upgrade",
@@ -200,6 +205,7 @@ class Exchange:
         self.jsonBody: Optional[Tuple[int, bool, Any]] = None
         self._body: Optional[RequestBody] = None
         self.consumer: Optional[ConsumerEntry] = None
+        self.shownURI: Optional[bytes] = None
         self.cache: Optional[Any] = None
         self.attributes: Dict[Hashable, Any] = {}
         self.upgrade: Optional[Any] = None

@@ -22,7 +22,8 @@ The formats:
 The fields (L{gateway.model.accesslog.FIELDS}): C{time} (when the request
 was over, ISO 8601 UTC to the millisecond), C{client} (the client's
 address as the gateway trusts it), C{method}, C{uri} (the request target
-as received, its query string included), C{path} (the target without its
+as received, its query string included, but for an API key the C{auth}
+filter found there: C{exchange.shownURI}), C{path} (the target without its
 query string: for a log that must not hold what clients put there),
 C{protocol}, C{host} (the C{Host} header), C{status} (sent to
 the client; 499 when the client left before its answer's head), C{bytes}
@@ -234,7 +235,7 @@ _SOURCES: Dict[str, Tuple[str, str]] = {
     # that may not, checked for escapes each time.)
     "client": ("name", "x.clientIP"),
     "method": ("token", "request.method"),
-    "uri": ("bytes", "request.uri"),
+    "uri": ("bytes", "(x.shownURI or request.uri)"),
     "path": ("bytes", "request.path"),
     "protocol": ("token", "request.clientproto"),
     "host": ("token", "(raw.get(_K_host) or _NONE)[0]"),

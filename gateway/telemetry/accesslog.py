@@ -118,6 +118,7 @@ class _Refused:
     retries = 0
     upstreamLatency = None
     requestId = None
+    shownURI = None
     cache = None
     gone = False
     outcome = "refused"

@@ -403,7 +403,7 @@ class Tracer:
         request = exchange.request
         attributes: Dict[str, Any] = {}
         _method(request.method, attributes)
-        path, _, query = request.uri.partition(b"?")
+        path, _, query = (exchange.shownURI or request.uri).partition(b"?")
         attributes["url.path"] = path.decode("utf-8", "replace")
         if query:
             attributes["url.query"] = query.decode("utf-8", "replace")
@@ -555,6 +555,10 @@ class TracingClient:
         attributes["server.address"] = host
         attributes["server.port"] = port
         hostPart = f"[{host}]" if ":" in host else host
+        if exchange is not None and exchange.shownURI is not None:
+            # The target carries an API key (sent on: hideCredentials off):
+            # the span keeps its path alone.
+            uri = uri.partition(b"?")[0]
         attributes["url.full"] = f"http://{hostPart}:{port}" + uri.decode("utf-8", "replace")
         attributes["network.protocol.version"] = "1.1"
         serverName = getattr(backend, "name", None)
