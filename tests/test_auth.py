@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Any, Dict, List, Optional
 
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwtkeys import (
     HS_SECRET,
     ecKey,
@@ -84,6 +85,25 @@ ALICE = {
 }
 BOB = {"name": "bob", "groups": ["silver"], "credentials": []}
 GUEST = {"name": "guest", "groups": ["anonymous"]}
+CAROL = {
+    "name": "carol",
+    "credentials": [
+        {
+            "type": "jwt",
+            "id": "carol-es-1",
+            "issuer": "carol-es",
+            "algorithm": "ES256",
+            "publicKey": publicPEM(ecKey()),
+        },
+        {
+            "type": "jwt",
+            "id": "carol-ed-1",
+            "issuer": "carol-ed",
+            "algorithm": "EdDSA",
+            "publicKey": publicPEM(edKey()),
+        },
+    ],
+}
 
 
 def nameOf(outcome: Any) -> str:
@@ -290,6 +310,77 @@ class TokenFailureTests(SynchronousTestCase):
         """
         jws = token(HS_SECRET, "HS256", claims(iss="nobody"))
         self.assertInvalid(self.verifier(), jws, "no credential for this issuer or kid")
+
+
+class AsymmetricCredentialTests(SynchronousTestCase):
+    """
+    A consumer's own ES256 and EdDSA credentials: tokens signed with their
+    private keys name the consumer; another key of the same algorithm, or
+    another algorithm than the credential's, is refused.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.index = consumers(ALICE, BOB, CAROL)
+        self.verifier = TokenVerifier(self.clock)
+
+    def outcome(self, jws: str) -> Any:
+        return self.verifier.verify(jws.encode(), self.index)
+
+    def test_valid(self) -> None:
+        """
+        A token signed with the consumer's ES256 key, or with its Ed25519
+        key (EdDSA), found by its issuer or by the credential's id as kid,
+        authenticates that consumer.
+        """
+        for key, algorithm, issuer in [
+            (ecKey(), "ES256", "carol-es"),
+            (edKey(), "EdDSA", "carol-ed"),
+        ]:
+            body = claims(iss=issuer, sub="carol")
+            self.assertEqual(nameOf(self.outcome(token(key, algorithm, body))), "carol", algorithm)
+            byKid = token(key, algorithm, body, kid=issuer + "-1")
+            self.assertEqual(nameOf(self.outcome(byKid)), "carol", algorithm)
+
+    def test_otherKey(self) -> None:
+        """
+        A token naming the credential (by issuer or by kid) but signed by
+        another key of the same algorithm is refused: bad signature.
+        """
+        others = [
+            (ec.generate_private_key(ec.SECP256R1()), "ES256", "carol-es"),
+            (ed25519.Ed25519PrivateKey.generate(), "EdDSA", "carol-ed"),
+        ]
+        for key, algorithm, issuer in others:
+            body = claims(iss=issuer, sub="carol")
+            for jws in (
+                token(key, algorithm, body),
+                token(key, algorithm, body, kid=issuer + "-1"),
+            ):
+                self.assertEqual(reasonOf(self.outcome(jws)), "bad signature", algorithm)
+
+    def test_onlyItsAlgorithm(self) -> None:
+        """
+        The credential's algorithm is the only one its tokens may use: with
+        the ES256 credential's issuer, a token signed EdDSA (even with the
+        consumer's own Ed25519 key), HS256 (with an HMAC secret, or with
+        the ES256 public key's PEM as one: algorithm confusion) or RS256
+        is refused; and so is an ES256 token naming the EdDSA credential.
+        """
+        es = claims(iss="carol-es", sub="carol")
+        refused = [
+            token(edKey(), "EdDSA", es),
+            token(HS_SECRET, "HS256", es),
+            hmacWith(publicPEM(ecKey()).encode("ascii"), es),
+            hmacWith(publicPEM(ecKey()).encode("ascii"), es, kid="carol-es-1"),
+            token(rsaKey(), "RS256", es),
+            token(ecKey(), "ES256", claims(iss="carol-ed", sub="carol")),
+            hmacWith(publicPEM(edKey()).encode("ascii"), claims(iss="carol-ed", sub="carol")),
+        ]
+        for i, jws in enumerate(refused):
+            self.assertEqual(reasonOf(self.outcome(jws)), "algorithm not allowed", i)
+        self.assertEqual(self.verifier.verifications, len(refused))
 
 
 class TokenCacheTests(SynchronousTestCase):

@@ -305,6 +305,46 @@ class ValidateTests(SynchronousTestCase):
             ],
         )
 
+    def test_authReferences(self) -> None:
+        """
+        An API's C{auth.anonymous} naming a consumer the file does not
+        have, and an C{acl} on an API without C{auth}, are each refused
+        with exit status 1 and an error naming the field; the file with
+        both fixed (the consumer given, the API given C{auth}) passes.
+        """
+        anonymous = copy.deepcopy(BASE)
+        anonymous["apis"].append(
+            {
+                "name": "a-guest",
+                "urlPattern": "/guest",
+                "nodes": [{"cluster": "c1"}],
+                "auth": {"methods": ["key"], "anonymous": "ghost"},
+            }
+        )
+        self.assertErrors(
+            anonymous,
+            ["apis[2] (a-guest).auth.anonymous: names consumer 'ghost', which does not exist"],
+        )
+        acl = copy.deepcopy(BASE)
+        acl["apis"].append(
+            {
+                "name": "a-gold",
+                "urlPattern": "/gold",
+                "nodes": [{"cluster": "c1"}],
+                "acl": {"allow": ["gold"]},
+            }
+        )
+        self.assertErrors(
+            acl,
+            ["apis[2] (a-gold).acl: needs auth: an ACL decides by the consumer's groups"],
+        )
+        fixed = copy.deepcopy(anonymous)
+        fixed["consumers"] = [{"name": "ghost", "groups": ["gold"]}]
+        fixed["apis"].append(dict(acl["apis"][2], auth={"methods": ["key"]}))
+        code, out, err = self.validate(fixed)
+        self.assertEqual((code, err), (0, ""))
+        self.assertRegex(out, r"resources\.yaml: OK \(.*, 1 consumers, 4 apis, 2 routings\)\n$")
+
     def test_routeConflict(self) -> None:
         """
         Two APIs with the same pattern, method and host are refused, as the

@@ -13,17 +13,20 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from jwtkeys import HS_SECRET, publicPEM, rsaKey
+from test_auth import makeAuthFilter, makeContext
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.admin import AdminAPI
+from gateway.filters import FilterRegistry
 from gateway.model.config import ConfigError, parseConfig
 from gateway.model.consumers import keepCredentials, publicConsumer
 from gateway.model.resources import Catalog, parseResource
 from gateway.model.schema import ValidationError, toJSON
-from gateway.model.secrets import checkPassword, keyHash
+from gateway.model.secrets import checkPassword, keyDigest, keyHash
+from gateway.routing.snapshot import SnapshotManager
 from gateway.store.file import FileStore
 
 TOKEN = "admin-token"
@@ -365,6 +368,46 @@ class AdminTests(SynchronousTestCase):
         code, error = self.call("DELETE", "/consumers/guest")
         self.assertEqual(code, 409)
         self.assertEqual(error["users"], [{"kind": "apis", "name": "a", "field": "auth.anonymous"}])
+
+    def test_deleted(self) -> None:
+        """
+        A consumer deleted through the admin (204) is gone: GET answers
+        404, the list is empty and the store file no longer holds its key
+        hash.  The snapshot the proxy compiles from the store afterwards
+        has none of its key, user name or JWT issuer, and its API key,
+        which authenticated through the C{auth} filter before the delete
+        (and was remembered as presented), is refused with a 401 by that
+        same filter after it.
+        """
+        manager = SnapshotManager(FilterRegistry.fromPlugins(), Clock())
+        self.store.load().addCallback(manager.apply)
+        self.store.watch(manager.update)
+        code, created = self.call("POST", "/consumers", ALICE)
+        self.assertEqual(code, 201, created)
+        auth = makeAuthFilter(Clock(), methods=["key"])
+        before = manager.snapshot.consumers
+        self.assertEqual(before.byKeyDigest(keyDigest(KEY.encode())).name, "alice")
+        context = makeContext(before, {b"apikey": [KEY.encode()]})
+        self.assertIsNone(auth.before(context))
+        self.assertEqual(context.consumer.name, "alice")
+        self.assertIn(KEY.encode(), before.presented)
+
+        code, body = self.call("DELETE", "/consumers/alice")
+        self.assertEqual((code, body), (204, None))
+        code, error = self.call("GET", "/consumers/alice")
+        self.assertEqual(code, 404, error)
+        self.assertEqual(self.call("GET", "/consumers"), (200, []))
+        self.assertNotIn(keyHash(KEY).encode(), self.storeBytes())
+
+        after = manager.snapshot.consumers
+        self.assertIsNot(after, before)
+        self.assertIsNone(after.byName("alice"))
+        self.assertIsNone(after.byKeyDigest(keyDigest(KEY.encode())))
+        self.assertNotIn(KEY.encode(), after.presented)
+        self.assertIsNone(after.byUsername("alice"))
+        self.assertEqual(list(after.jwtKeys("alice-iss", None)), [])
+        answer = auth.before(makeContext(after, {b"apikey": [KEY.encode()]}))
+        self.assertEqual((answer.code, answer.body), (401, {"error": "invalid credentials"}))
 
 
 class CLITests(SynchronousTestCase):
