@@ -297,6 +297,18 @@ class TokenFailureTests(SynchronousTestCase):
         rs = token(rsaKey(), "RS256", claims())
         self.assertInvalid(self.verifier(), rs, "algorithm not allowed")
 
+    def test_keyNotFittingItsAlgorithm(self) -> None:
+        """
+        A key that does not fit the algorithm it is used for (PyJWT's
+        C{InvalidKeyError}: here an HMAC secret given for RS256, which the
+        credentials' own checks keep from happening) refuses the token
+        rather than failing the request.
+        """
+        rs = token(rsaKey(), "RS256", claims())
+        outcome = self.verifier()._check(rs, b"an-hmac-secret", "RS256")
+        self.assertIsInstance(outcome, Invalid)
+        self.assertTrue(outcome.reason.startswith("invalid key"), outcome.reason)  # type: ignore[union-attr]
+
     def test_malformed(self) -> None:
         """
         What is not a JWS at all is refused.

@@ -260,6 +260,11 @@ class TokenVerifier:
             return Invalid(f"missing claim {e.claim}")
         except (jwt.InvalidTokenError, ValueError, TypeError) as e:
             return Invalid(f"invalid: {e}")
+        except jwt.PyJWTError as e:
+            # (InvalidKeyError: a key that does not fit the algorithm; each
+            # key is checked against its one algorithm when it is read, so
+            # only a change there could bring it here.)
+            return Invalid(f"invalid key: {e}")
         now = self._reactor.seconds()
         try:
             exp = _number(payload, "exp")
