@@ -99,7 +99,8 @@ class Answer:
 
 class MemoryGateway:
     """
-    A proxy with one cluster C{c} (server C{s}) and the APIs given.
+    A proxy with one cluster C{c} (server C{s}) and the APIs and consumers
+    given.
 
     @ivar client: the L{RecordingClient}.
     @ivar stats: the L{Stats} the proxy records answers in.
@@ -110,12 +111,13 @@ class MemoryGateway:
         apis: Sequence[Dict[str, Any]],
         registry: Optional[FilterRegistry] = None,
         globalFilters: Sequence[Any] = (),
+        consumers: Sequence[Dict[str, Any]] = (),
     ) -> None:
         self.clock = Clock()
         self.client = RecordingClient()
         self.manager = SnapshotManager(registry or FilterRegistry({}), self.clock, globalFilters)
         self.revision = 0
-        self.apply(apis)
+        self.apply(apis, consumers)
         self.stats = Stats(self.clock)
         resource = GatewayResource(
             self.manager,
@@ -126,7 +128,9 @@ class MemoryGateway:
         )
         self.site = LimitedSite(resource, reactor=self.clock, requestFactory=GatewayRequest)
 
-    def apply(self, apis: Sequence[Dict[str, Any]]) -> None:
+    def apply(
+        self, apis: Sequence[Dict[str, Any]], consumers: Sequence[Dict[str, Any]] = ()
+    ) -> None:
         self.revision += 1
         self.manager.apply(
             StoreState(
@@ -134,6 +138,7 @@ class MemoryGateway:
                 {
                     "servers": {"s": {"name": "s", "addr": "127.0.0.1:1"}},
                     "clusters": {"c": {"name": "c", "servers": ["s"]}},
+                    "consumers": {c["name"]: c for c in consumers},
                     "apis": {api["name"]: api for api in apis},
                     "routings": {},
                 },

@@ -22,12 +22,15 @@ from jwtkeys import (
     token,
     unsignedToken,
 )
+from memorygateway import MemoryGateway
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import server
 from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyChannel
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gateway.auth.index import ConsumerIndex, compileConsumers
@@ -37,7 +40,7 @@ from gateway.auth.tokens import Invalid, TokenVerifier
 from gateway.filters import FilterRegistry
 from gateway.filters.auth import ACLFilter, AuthFilter, AuthServices
 from gateway.filters.ratelimit import makeRateLimitFilter
-from gateway.interfaces import IFilter
+from gateway.interfaces import IFilter, IFilterFactory
 from gateway.model.consumers import Auth, JWTSettings
 from gateway.model.resources import parseResource
 from gateway.model.schema import fromJSON
@@ -1037,6 +1040,109 @@ class OrderTests(SynchronousTestCase):
             for _, make in FilterRegistry({}).apiFilterSpecs(plain, clock, None, _LocalBuckets())
         ]
         self.assertEqual([m for m in made if m is not None], [])
+
+    def test_afterInReverse(self) -> None:
+        """
+        On one request through the proxy the C{before} hooks run in the
+        documented order and the C{after} hooks in the reverse order: the
+        users' filters (C{a} then C{b}) see the consumer C{auth} found and
+        the header the C{transform} set upstream; C{b}'s C{after} runs
+        before C{a}'s, both before the built-in filters' C{after} (neither
+        sees the transform's or CORS's response headers yet); and the
+        transform's C{after} runs before CORS's, which adds C{Origin} to
+        the C{Vary} the transform set.
+        """
+        log: List[Any] = []
+        factory = _OrderRecorderFactory(log)
+        gateway = MemoryGateway(
+            [
+                {
+                    "name": "a",
+                    "urlPattern": "/a",
+                    "nodes": [{"cluster": "c"}],
+                    "cors": {"origins": ["https://app.example.com"]},
+                    "auth": {"methods": ["key"]},
+                    "transform": {
+                        "request": {"set": {"X-Req": "$consumer.name"}},
+                        "response": {"set": {"Vary": "Accept", "X-T": "t"}},
+                    },
+                    "filters": [
+                        {"name": "order", "config": {"label": "a"}},
+                        {"name": "order", "config": {"label": "b"}},
+                    ],
+                }
+            ],
+            registry=FilterRegistry({"order": factory}),
+            consumers=[{"name": "alice", "credentials": [{"type": "key", "key": API_KEY}]}],
+        )
+        answer = gateway.request(
+            "GET", "/a", [("Origin", "https://app.example.com"), ("apikey", API_KEY)]
+        )
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(
+            log,
+            [
+                ("a", "before", "alice", [b"alice"]),
+                ("b", "before", "alice", [b"alice"]),
+                ("b", "after", None, None, None),
+                ("a", "after", None, None, None),
+            ],
+        )
+        self.assertEqual(answer.header("x-t"), "t")
+        self.assertEqual(answer.header("access-control-allow-origin"), "https://app.example.com")
+        self.assertEqual(answer.headers["vary"], ["Accept", "Origin"])
+
+
+@implementer(IFilter)
+class _OrderRecorder:
+    """
+    A user's filter that records, in a log shared with others, what its
+    hooks see of the built-in filters' work.
+    """
+
+    name = "order"
+
+    def __init__(self, label: str, log: List[Any]) -> None:
+        self.label = label
+        self.log = log
+
+    def before(self, context: Any) -> None:
+        consumer = context.consumer
+        self.log.append(
+            (
+                self.label,
+                "before",
+                consumer.name if consumer is not None else None,
+                context.upstreamHeaders.getRawHeaders(b"x-req"),
+            )
+        )
+
+    def after(self, context: Any, response: Any) -> None:
+        headers = response.headers
+        self.log.append(
+            (
+                self.label,
+                "after",
+                headers.getRawHeaders(b"x-t"),
+                headers.getRawHeaders(b"access-control-allow-origin"),
+                headers.getRawHeaders(b"vary"),
+            )
+        )
+
+    def error(self, context: Any, failure: Any) -> None:
+        self.log.append((self.label, "error"))
+
+
+@implementer(IPlugin, IFilterFactory)
+class _OrderRecorderFactory:
+    name = "order"
+    description = "records the order of its hooks"
+
+    def __init__(self, log: List[Any]) -> None:
+        self.log = log
+
+    def makeFilter(self, config: Any, reactor: Any) -> _OrderRecorder:
+        return _OrderRecorder(config["label"], self.log)
 
 
 def _LocalBuckets() -> Any:

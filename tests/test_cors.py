@@ -23,6 +23,8 @@ from gateway.model.schema import ValidationError, fromJSON
 from gateway.pipeline.exchange import ResponseInfo
 
 APP = "https://app.example.com"
+API_KEY = "alice-key-0123456789abcdef"
+ALICE = {"name": "alice", "credentials": [{"type": "key", "key": API_KEY}]}
 
 
 def corsAPI(cors: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
@@ -388,6 +390,41 @@ class PreflightTests(SynchronousTestCase):
         )
         self.assertEqual(sum(stats.errors.values()), 0)
 
+    def test_withoutCredentials(self) -> None:
+        """
+        A preflight to an API that needs authentication is answered 204
+        with the C{Access-Control-Allow-*} headers without any credential
+        (a browser never sends one on a preflight), and no backend is
+        called; the actual request without a credential still gets 401,
+        and with the consumer's key reaches the backend.
+        """
+        gateway = MemoryGateway(
+            [
+                corsAPI(
+                    {"origins": [APP], "headers": ["apikey"]},
+                    method="PUT",
+                    auth={"methods": ["key"]},
+                )
+            ],
+            consumers=[ALICE],
+        )
+        answer = gateway.request("OPTIONS", "/x", preflight(method="PUT", headers="apikey"))
+        self.assertEqual(answer.code, 204)
+        self.assertEqual(answer.header("access-control-allow-origin"), APP)
+        self.assertEqual(answer.header("access-control-allow-methods"), "PUT")
+        self.assertEqual(answer.header("access-control-allow-headers"), "apikey")
+        self.assertIsNone(answer.header("www-authenticate"))
+        self.assertEqual(answer.body, b"")
+        self.assertEqual(gateway.client.sent, [])
+        answer = gateway.request("PUT", "/x", [("Origin", APP)])
+        self.assertEqual((answer.code, answer.json()), (401, {"error": "authentication required"}))
+        self.assertEqual(answer.header("access-control-allow-origin"), APP)
+        self.assertEqual(gateway.client.sent, [])
+        answer = gateway.request("PUT", "/x", [("Origin", APP), ("apikey", API_KEY)])
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(len(gateway.client.sent), 1)
+        self.assertEqual(gateway.stats.apis["x"].rejects["auth"], 1)
+
 
 class ActualRequestTests(SynchronousTestCase):
     """
@@ -419,6 +456,22 @@ class ActualRequestTests(SynchronousTestCase):
         self.assertEqual(answer.header("vary"), "Origin")
         self.assertIsNone(answer.header("access-control-allow-methods"))
         self.assertEqual(len(gateway.client.sent), 1)
+
+    def test_anyOriginWithCredentials(self) -> None:
+        """
+        With C{origins: ["*"]} and credentials, a request from an origin
+        gets that origin in C{Access-Control-Allow-Origin}, never C{*}
+        (which a browser refuses with credentials), with
+        C{Access-Control-Allow-Credentials} and C{Vary: Origin}.
+        """
+        gateway = MemoryGateway([corsAPI({"origins": ["*"], "credentials": True})])
+        for origin in (APP, "http://localhost:3000", "https://a.b.example.org"):
+            answer = gateway.request("GET", "/x", [("Origin", origin)])
+            self.assertEqual(answer.code, 200, origin)
+            self.assertEqual(answer.headers["access-control-allow-origin"], [origin])
+            self.assertEqual(answer.header("access-control-allow-credentials"), "true")
+            self.assertEqual(answer.header("vary"), "Origin")
+        self.assertEqual(len(gateway.client.sent), 3)
 
     def test_otherOrigins(self) -> None:
         """

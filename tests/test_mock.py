@@ -214,6 +214,38 @@ class MockTests(SynchronousTestCase):
         self.assertEqual(stats.rejects["rateLimit"], 1)
         self.assertEqual(stats.rejects["other"], 1)
 
+    def test_authenticated(self) -> None:
+        """
+        A mock API with the built-in C{auth} (key) answers 401 with a
+        C{WWW-Authenticate} challenge without a key and 401 with a wrong
+        one, and the mock's status, headers and body to a consumer's key;
+        no backend is ever called.
+        """
+        key = "alice-key-0123456789abcdef"
+        gateway = MemoryGateway(
+            [
+                mockAPI(
+                    {"status": 202, "headers": {"X-Mock": "yes"}, "body": {"hello": "alice"}},
+                    auth={"methods": ["key"]},
+                )
+            ],
+            consumers=[{"name": "alice", "credentials": [{"type": "key", "key": key}]}],
+        )
+        answer = gateway.request("GET", "/m")
+        self.assertEqual((answer.code, answer.json()), (401, {"error": "authentication required"}))
+        self.assertIsNotNone(answer.header("www-authenticate"))
+        self.assertIsNone(answer.header("x-mock"))
+        answer = gateway.request("GET", "/m", [("apikey", "not-" + key)])
+        self.assertEqual((answer.code, answer.json()), (401, {"error": "invalid credentials"}))
+        answer = gateway.request("GET", "/m", [("apikey", key)])
+        self.assertEqual(answer.code, 202)
+        self.assertEqual(answer.json(), {"hello": "alice"})
+        self.assertEqual(answer.header("content-type"), "application/json")
+        self.assertEqual(answer.header("x-mock"), "yes")
+        self.assertEqual(gateway.client.sent, [])
+        stats = gateway.stats.apis["m"]
+        self.assertEqual((stats.requests, stats.rejects["auth"]), (3, 2))
+
     def test_routingsIgnored(self) -> None:
         """
         A mock API answers itself even when the API had nodes before: a

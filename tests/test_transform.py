@@ -361,6 +361,57 @@ class PipelineTests(SynchronousTestCase):
         self.assertEqual(sent["x-header"], ["Bearer tok"])
         self.assertEqual(sent["x-consumer"], ["[|]"])
 
+    def test_consumerFromAuth(self) -> None:
+        """
+        C{$consumer.name} and C{$consumer.id} take the values of the
+        consumer the built-in C{auth} filter (key) found on the same
+        request: the backend receives the transformed headers with that
+        consumer's name and customId (in request and response edits), and
+        not the key; a consumer without customId gives an empty id.
+        """
+        gateway = MemoryGateway(
+            [
+                transformAPI(
+                    {
+                        "request": {
+                            "set": {
+                                "X-User": "user=$consumer.name",
+                                "X-User-Id": "id=$consumer.id",
+                            },
+                            "add": {"X-Both": "${consumer.name}/${consumer.id}"},
+                        },
+                        "response": {"set": {"X-Served-To": "$consumer.name"}},
+                    },
+                    auth={"methods": ["key"]},
+                )
+            ],
+            consumers=[
+                {
+                    "name": "alice",
+                    "customId": "c-42",
+                    "credentials": [{"type": "key", "key": "alice-key-0123456789abcdef"}],
+                },
+                {
+                    "name": "bob",
+                    "credentials": [{"type": "key", "key": "bob-key-0123456789abcdef"}],
+                },
+            ],
+        )
+        answer = gateway.request(
+            "GET", "/t/1", [("apikey", "alice-key-0123456789abcdef"), ("X-User", "mallory")]
+        )
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(answer.header("x-served-to"), "alice")
+        sent = sentHeaders(gateway)
+        self.assertEqual(sent["x-user"], ["user=alice"])
+        self.assertEqual(sent["x-user-id"], ["id=c-42"])
+        self.assertEqual(sent["x-both"], ["alice/c-42"])
+        self.assertNotIn("apikey", sent)
+        gateway.request("GET", "/t/1", [("apikey", "bob-key-0123456789abcdef")])
+        sent = sentHeaders(gateway)
+        self.assertEqual((sent["x-user"], sent["x-user-id"]), (["user=bob"], ["id="]))
+        self.assertEqual(sent["x-both"], ["bob/"])
+
     def test_editsInOrder(self) -> None:
         """
         Request edits: removals, then sets (replacing every value of the
