@@ -298,6 +298,44 @@ def test_noSecretStoredOrExported(gateways: Any, backends: Any, tmp_path: Path) 
     )
 
 
+def test_noSecretLoggedOrCounted(gateways: Any, backends: Any, tmp_path: Path) -> None:
+    """
+    After requests carrying keys (in the header, in the query: hidden,
+    sent on with C{hideCredentials} off, refused) and a password, neither
+    the gateway's output (its own log and the access log's lines), nor
+    the admin's stats, nor C{/metrics} hold any of them.
+    """
+    gateway = setUp(gateways, backends, None, tmp_path)
+    kept = {
+        "name": "kept",
+        "urlPattern": "/echo/kept",
+        "nodes": [{"cluster": "c1"}],
+        "auth": {"methods": ["key"], "hideCredentials": False},
+    }
+    assert gateway.admin("PUT", "/api/v1/apis/kept", kept).status in (200, 201)
+    wrongKey = "not-a-key-of-anyone-0123456789"
+    seen = echo(gateway, "/echo/kept?apikey=" + ALICE_KEY + "&x=1", {})
+    assert seen["query"]["apikey"] == [ALICE_KEY]
+    echo(gateway, "/echo/all?apikey=" + ALICE_KEY, {})
+    echo(gateway, "/echo/all", {"apikey": BOB_KEY})
+    echo(gateway, "/echo/all", {"Authorization": basic("alice", PASSWORD)})
+    assert gateway.proxy("GET", "/echo/all?apikey=" + wrongKey).status == 401
+    assert gateway.proxy("GET", "/echo/all", headers={"apikey": wrongKey}).status == 401
+    # The access log's lines are written within ~100 ms.
+    waitFor(
+        lambda: gateway.logPath.read_text(encoding="utf-8", errors="replace").count("/echo/") >= 6,
+        what="the access log's lines",
+    )
+    output = gateway.logPath.read_text(encoding="utf-8", errors="replace")
+    assert "/echo/kept?x=1" in output
+    stats = gateway.admin("GET", "/api/v1/stats").text
+    metrics = gateway.admin("GET", "/metrics").text
+    secrets = (ALICE_KEY, BOB_KEY, PASSWORD, wrongKey, basic("alice", PASSWORD).split()[1])
+    for text in (output, stats, metrics):
+        for secret in secrets:
+            assert secret not in text
+
+
 def test_jwksRotation(gateways: Any, backends: Any, provider: Provider, tmp_path: Path) -> None:
     """
     Tokens of an OpenID Connect provider are verified against its JWKS,
