@@ -180,6 +180,37 @@ class GatewayConfigTests(SynchronousTestCase):
         self.assertEqual(run.FEATURE_HEADERS["/cors"], (f"Origin: {run.CORS_ORIGIN}",))
         self.assertIsNotNone(apis["transform"].transform)
 
+    def test_authRows(self) -> None:
+        """
+        The authentication rows' gateway config is valid, and each row's
+        credential header authenticates the rows' consumer on its API (the
+        key, the HS256 and the RS256 token), through the real C{auth}
+        filter: the rows measure authentication, not 401s.
+        """
+        from test_auth import makeContext
+        from twisted.internet.task import Clock
+
+        from gateway.auth.index import compileConsumers
+        from gateway.filters.auth import AuthFilter, AuthServices
+
+        setups = run.authSetups()
+        data = run.gatewayConfig(8080, 8081, extraApis=tuple(api for _, _, api, _ in setups))
+        data["consumers"] = [run.authConsumer()]
+        config = parseConfig(data)
+        apis = {api.name: api for api in config.seed["apis"]}
+        index = compileConsumers({c.name: c for c in config.seed["consumers"]})
+        self.assertEqual([key for key, _, _, _ in setups], ["key", "hs256", "rs256"])
+        for _, _, api, headers in setups:
+            compiled = apis[api["name"]]
+            auth = AuthFilter(compiled.auth, AuthServices(Clock()))
+            sent = {}
+            for line in headers:
+                name, _, value = line.partition(": ")
+                sent[name.lower().encode()] = [value.encode()]
+            context = makeContext(index, sent)
+            self.assertIsNone(auth.before(context), api["name"])
+            self.assertEqual(context.consumer.name, "bench")  # type: ignore[union-attr]
+
     def test_accessLogOff(self) -> None:
         """
         The access log off rows' gateways have none.
