@@ -980,7 +980,8 @@ class BrowserTests:
         A consumer is created through its page with a generated API key and
         a password: each secret is shown once after saving (not on a second
         visit), the admin holds neither, the key authenticates through the
-        proxy; revoking the key on the edit page makes the proxy refuse it.
+        proxy; revoking the key on the edit page makes the proxy refuse it;
+        a key added there is shown once and taken.
         """
         page, gateway = browser.page, browser.gateway
         gateway.admin("PUT", "/api/v1/servers/c1", {"addr": browser.backends["ok"].addr})
@@ -1045,6 +1046,31 @@ class BrowserTests:
             10.0,
             0.1,
             "the revoked key to be refused",
+        )
+
+        # A credential added to the existing consumer: its secret shown once,
+        # then it authenticates.
+        browser.go("/consumers/ui-alice/edit")
+        page.locator('tr.credential[data-type="basic"]').wait_for()
+        page.get_by_role("button", name="Generate").first.click()
+        newKey = page.get_by_label("API key").input_value()
+        assert len(newKey) == 48 and newKey != key
+        page.get_by_role("button", name="Add credential").click()
+        assert page.locator("tr.credential").count() == 2
+        browser.submit("Save changes")
+        page.get_by_role("heading", name="Consumer ui-alice saved").wait_for()
+        assert page.locator(".secret-value").all_inner_texts() == [newKey]
+        later = gateway.admin("GET", "/api/v1/consumers/ui-alice")
+        assert [c["type"] for c in later["credentials"]] == ["basic", "key"]
+        assert newKey not in json.dumps(later)
+        waitFor(
+            lambda: (
+                request("GET", gateway.proxyURL + "/echo/keyed", headers={"apikey": newKey}).status
+                == 200
+            ),
+            10.0,
+            0.1,
+            "the added key to be taken",
         )
         browser.screenshot("consumers")
 
