@@ -245,9 +245,13 @@ def test_memoryBound(backends, gateways):
     # The peak levels off: the second 60 MB passed add next to nothing
     # (a store that kept them would add all of it).  PyPy's collector
     # lets the heap grow further before it collects than CPython's
-    # reference counting does: its bound on the whole is larger.
+    # reference counting does, in steps (a major collection when the heap
+    # has grown by a factor since the last): its bounds are larger, the
+    # second half's still well under the 60 MB a store keeping them adds
+    # (one PyPy run: 23.9 MB).
     half, whole = peaks
-    assert whole - half < 20 * 1024 * 1024, (before, half, whole)
+    levelOff = 40 if PYPY else 20
+    assert whole - half < levelOff * 1024 * 1024, (before, half, whole)
     bound = 100 if PYPY else 40
     assert whole - before < bound * 1024 * 1024, (before, half, whole)
     # The most recent entries are there; the first are gone.
