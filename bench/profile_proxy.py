@@ -803,6 +803,30 @@ def _countOnly(options: argparse.Namespace) -> int:
     return 0
 
 
+def _byTurns(gateways: dict, runs: int, count: int) -> Tuple[dict, List[float]]:
+    """
+    Two in-process gateways (C{name: one}, L{_microGateway}) served by
+    turns, C{count} requests a round, C{runs} rounds, each round's order
+    alternating.
+
+    @return: each one's CPU µs per request of every round, and the rounds'
+        ratios of the first to the second, sorted.
+    """
+    names = list(gateways)
+    rounds: dict = {name: [] for name in names}
+    for turn in range(runs):
+        for name in names if turn % 2 == 0 else names[::-1]:
+            one = gateways[name]
+            started = time.process_time()
+            for _ in range(count):
+                one()
+            rounds[name].append((time.process_time() - started) / count * 1e6)
+    for one in gateways.values():
+        one.check()
+    first, second = names
+    return rounds, sorted(a / b for a, b in zip(rounds[first], rounds[second]))
+
+
 def _microAuth(options: argparse.Namespace) -> int:
     """
     C{--auth KEY}: C{/plain} and the authentication row C{KEY}'s API
@@ -814,22 +838,12 @@ def _microAuth(options: argparse.Namespace) -> int:
     (path,) = (api["urlPattern"] for key, _, api, _ in benchrun.authSetups() if key == options.auth)
     log = options.access_log == "on"
     gateways = {
-        "plain": _microGateway(argparse.Namespace(**dict(vars(options), path="/plain")), log),
         options.auth: _microGateway(argparse.Namespace(**dict(vars(options), path=path)), log),
+        "plain": _microGateway(argparse.Namespace(**dict(vars(options), path="/plain")), log),
     }
-    rounds: dict = {name: [] for name in gateways}
     names = list(gateways)
-    for turn in range(options.runs):
-        for name in names if turn % 2 == 0 else names[::-1]:
-            one = gateways[name]
-            started = time.process_time()
-            for _ in range(options.requests):
-                one()
-            rounds[name].append((time.process_time() - started) / options.requests * 1e6)
-    for one in gateways.values():
-        one.check()
-    ratios = sorted(a / b for a, b in zip(rounds[options.auth], rounds["plain"]))
-    plain, auth = (benchrun.median(rounds[name]) for name in names)
+    rounds, ratios = _byTurns(gateways, options.runs, options.requests)
+    auth, plain = (benchrun.median(rounds[name]) for name in names)
     print(
         f"in-process, {path} ({options.auth} auth) vs /plain by turns, access log "
         f"{options.access_log}: {auth:.2f} vs {plain:.2f} µs/req (medians of {options.runs} x "
@@ -861,17 +875,7 @@ def micro(options: argparse.Namespace) -> int:
         return _microAuth(options)
     if options.access_log == "ab":
         gateways = {"on": _microGateway(options, True), "off": _microGateway(options, False)}
-        rounds: dict = {"on": [], "off": []}
-        for turn in range(options.runs):
-            for name in ("on", "off") if turn % 2 == 0 else ("off", "on"):
-                one = gateways[name]
-                started = time.process_time()
-                for _ in range(count):
-                    one()
-                rounds[name].append((time.process_time() - started) / count * 1e6)
-        for one in gateways.values():
-            one.check()
-        ratios = sorted(a / b for a, b in zip(rounds["on"], rounds["off"]))
+        rounds, ratios = _byTurns(gateways, options.runs, count)
         on, off = (benchrun.median(rounds[name]) for name in ("on", "off"))
         print(
             f"in-process, channel {options.channel}, {options.resource}, access log on vs off "

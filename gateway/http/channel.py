@@ -255,11 +255,20 @@ def _parseRequestLine(line: bytes, checkPath: bool) -> Tuple[bytes, bytes, bytes
     parsed = known.get(line)
     if parsed is None:
         parsed = _checkRequestLine(line, checkPath)
-        if len(line) < _CACHED_LINE:
-            if len(known) >= _MAX_LINES:
-                known.clear()
-            known[line] = parsed
+        _keepLine(known, line, parsed)
     return parsed
+
+
+def _keepLine(known: Dict[bytes, Any], line: bytes, parsed: Any) -> None:
+    """
+    Keep what an accepted C{line} parsed into in the bounded cache
+    C{known} (L{_REQUEST_LINES}, L{_LINES}): only short lines, and the cache
+    emptied when full.
+    """
+    if len(line) < _CACHED_LINE:
+        if len(known) >= _MAX_LINES:
+            known.clear()
+        known[line] = parsed
 
 
 def _checkRequestLine(line: bytes, checkPath: bool) -> Tuple[bytes, bytes, bytes]:
@@ -359,10 +368,7 @@ def _parseHeaders(
         parsed = known.get(line)
         if parsed is None:
             parsed = _parseHeaderLine(line)
-            if len(line) < _CACHED_LINE:
-                if len(known) >= _MAX_LINES:
-                    known.clear()
-                known[line] = parsed
+            _keepLine(known, line, parsed)
         field, kind = parsed
         headers.append(field)
         if kind >= 0:
