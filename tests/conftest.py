@@ -15,6 +15,7 @@ network, a real reactor or another process is an integration test.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -153,3 +154,31 @@ def harness() -> Iterator[Any]:
     h = Harness()
     yield h
     pytest_twisted.blockon(defer.ensureDeferred(h.stop()))
+
+
+#: The skips that stay skips under C{GATEWAY_NO_SKIPS}: what no install can
+#: change on the machine the tests run on.
+ALLOWED_SKIPS = ("root reads any file",)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
+    """
+    With C{GATEWAY_NO_SKIPS=1} (set by C{scripts/test.sh}, which installs
+    every tool and server the tests use), a test that skips fails instead,
+    naming why it skipped, unless the reason is in L{ALLOWED_SKIPS}.
+    """
+    outcome: Any = yield
+    report = outcome.get_result()
+    if os.environ.get("GATEWAY_NO_SKIPS") != "1" or not report.skipped:
+        return
+    if hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+    if any(allowed in reason for allowed in ALLOWED_SKIPS):
+        return
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped where scripts/test.sh installed everything (GATEWAY_NO_SKIPS=1): {reason}"
+    )
