@@ -330,6 +330,41 @@ class BatchTests(BatchTestCase):
         self.assertIn("have the same URL pattern", body["error"])
         self.assertUnchanged(before)
 
+    def test_everyCompileErrorAtOnce(self) -> None:
+        """
+        A batch with two APIs that do not compile and two that claim one
+        route is refused with all three errors, each at its own change's
+        field (the conflict found among the APIs that compiled); nothing
+        is committed.
+        """
+        self.batch(put("servers", SERVER), put("clusters", CLUSTER))
+        before = self.snapshot()
+        code, _, body = self.batch(
+            put("apis", dict(API, name="a1", nodes=[{"cluster": "c1", "urlRewrite": "/{no}"}])),
+            put("apis", dict(API, name="a2", urlPattern="/two/{id}")),
+            put("apis", dict(API, name="a3", urlPattern="/two/{x}")),
+            put(
+                "apis",
+                dict(
+                    API,
+                    name="a4",
+                    urlPattern="/four",
+                    nodes=[{"cluster": "c1", "urlRewrite": "/{y}"}],
+                ),
+            ),
+        )
+        self.assertEqual(code, 400, body)
+        self.assertEqual(
+            [error["field"] for error in body["errors"]],
+            [
+                "changes[0].value.nodes[0].urlRewrite",
+                "changes[3].value.nodes[0].urlRewrite",
+                "changes[2].value.urlPattern",
+            ],
+        )
+        self.assertIn("have the same URL pattern", body["errors"][2]["error"])
+        self.assertUnchanged(before)
+
     def test_routeConflictOfOnePut(self) -> None:
         """
         A single PUT whose route another API has is still a 409 at its own

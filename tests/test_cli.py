@@ -345,6 +345,61 @@ class ValidateTests(SynchronousTestCase):
         self.assertEqual((code, err), (0, ""))
         self.assertRegex(out, r"resources\.yaml: OK \(.*, 1 consumers, 4 apis, 2 routings\)\n$")
 
+    def test_everyProblemInOnePass(self) -> None:
+        """
+        A resource that is not valid, a reference to a missing resource and
+        a route conflict are all reported by one run: the resources that
+        name the invalid one are not reported as naming a missing one (it
+        exists), and those that cannot be compiled (they name what is
+        missing or invalid) are left out of the compilation, the rest
+        compiled.
+        """
+        data = copy.deepcopy(BASE)
+        # Not valid: a bad address.
+        data["servers"].append({"name": "s4", "addr": "nowhere"})
+        # Names the invalid server: not a broken reference.
+        data["clusters"].append({"name": "c3", "servers": ["s4"]})
+        data["apis"] += [
+            # Names a cluster that does not exist.
+            {"name": "a-lost", "urlPattern": "/lost", "nodes": [{"cluster": "c9"}]},
+            # Names the cluster of the invalid server: not compiled, so
+            # its bad rewrite is not reported until that server is fixed.
+            {
+                "name": "a-later",
+                "urlPattern": "/later",
+                "nodes": [{"cluster": "c3", "urlRewrite": "/{nope}"}],
+            },
+            # Conflicts with a-users, both valid: compiled, refused.
+            {
+                "name": "a-users2",
+                "method": "GET",
+                "urlPattern": "/users/{uid}",
+                "nodes": [{"cluster": "c1"}],
+            },
+        ]
+        conflict = (
+            "apis[4] (a-users2).urlPattern: 'a-users' and 'a-users2' have the same"
+            " URL pattern /users/{}, method GET and host any host"
+        )
+        self.assertErrors(
+            data,
+            [
+                "servers[3] (s4).addr: must be host:port",
+                "apis[2] (a-lost).nodes[0].cluster: names cluster 'c9', which does not exist",
+                conflict,
+            ],
+        )
+        data["servers"][3]["addr"] = "127.0.0.1:9004"
+        self.assertErrors(
+            data,
+            [
+                "apis[2] (a-lost).nodes[0].cluster: names cluster 'c9', which does not exist",
+                "apis[3] (a-later).nodes[0].urlRewrite: {nope} is not a parameter of the URL"
+                " pattern",
+                conflict,
+            ],
+        )
+
     def test_routeConflict(self) -> None:
         """
         Two APIs with the same pattern, method and host are refused, as the

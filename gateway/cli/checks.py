@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from typing import (
+    AbstractSet,
     Any,
     Callable,
     Dict,
@@ -121,12 +122,15 @@ def checkResources(
     resources: JSONResources,
     label: Callable[[str, str], str],
     known: Optional[Mapping[Tuple[str, str], Tuple[Any, Any]]] = None,
+    invalid: AbstractSet[Tuple[str, str]] = frozenset(),
 ) -> Tuple[List[Problem], List[Problem]]:
     """
     Check a whole set of resources as the gateway would before it accepts
     them: every reference names an existing resource, no two APIs claim the
     same route, and each API compiles (URL rewrites, filter configs).  No
-    network: filters are checked with the plugins installed here.
+    network: filters are checked with the plugins installed here.  All in
+    one pass: the resources that name a missing one (or one that names a
+    missing one) are left out of the compilation, the rest compiled.
 
     @param resources: C{{kind: {name: JSON}}}, valid resources.
     @param label: names a resource in messages, e.g.
@@ -134,6 +138,10 @@ def checkResources(
     @param known: C{{(kind, name): (JSON, model object)}} of resources
         parsed already (L{ResourceFile.parsed}): one whose JSON is that
         very object is not parsed again.
+    @param invalid: C{(kind, name)} of resources that exist but are not
+        valid (their problems are reported already,
+        L{ResourceFile.invalid <gateway.cli.resources.ResourceFile.invalid>}):
+        a reference to one is not reported, and its user is not compiled.
     @return: C{(errors, warnings)}; the set is usable when there are no
         errors.
     """
@@ -164,8 +172,15 @@ def checkResources(
             f"names {targetKind[:-1]} {target!r}, which does not exist",
         )
         for kind, name, fieldName, targetKind, target in catalog.brokenReferences()
+        if (targetKind, target) not in invalid
     ]
-    if errors:
-        return errors, []
+    broken = catalog.brokenReferences()
+    while broken:
+        # Users of what is missing cannot be compiled, nor their users.
+        for kind, name, _, _, _ in broken:
+            parsed[kind].pop(name, None)
+        catalog = Catalog(**parsed)
+        broken = catalog.brokenReferences()
     # Route conflicts too: the snapshot names the later API's urlPattern.
-    return _compileProblems(catalog, label)
+    compileErrors, warnings = _compileProblems(catalog, label)
+    return errors + compileErrors, warnings

@@ -99,11 +99,14 @@ def cmdValidate(args: argparse.Namespace, output: _Output, stdin: Optional[TextI
     """
     C{gateway validate FILE}: check a resource file offline.
     """
-    resourceFile = loadResourceFile(args.file, stdin)
+    # Every problem at once: those of single resources, then the
+    # references and the compilation of the others.
+    resourceFile = loadResourceFile(args.file, stdin, lenient=True)
     _noteIgnored(resourceFile, output)
     errors, warnings = checkResources(
-        resourceFile.resources, resourceFile.label, resourceFile.parsed
+        resourceFile.resources, resourceFile.label, resourceFile.parsed, resourceFile.invalid
     )
+    errors = [*resourceFile.problems, *errors]
     for name, value in sorted(resourceFile.resources["consumers"].items()):
         for i, kind, credentialId in keptCredentials(value):
             warnings.append(

@@ -13,6 +13,7 @@ import sys
 from typing import (
     Any,
     Dict,
+    FrozenSet,
     List,
     Mapping,
     Optional,
@@ -120,6 +121,12 @@ class ResourceFile:
     @ivar parsed: C{{(kind, name): (normalised JSON, model object)}}: each
         resource as parsed once, for the checks (L{checkResources
         <gateway.cli.checks.checkResources>}'s C{known}).
+    @ivar problems: what is wrong with the file's resources, when it was
+        read leniently (L{parseResourceFile}'s C{lenient}); those resources
+        are not in C{resources}.
+    @ivar invalid: C{(kind, name)} of each resource of the file that has a
+        name but is not valid (so not in C{resources}): references to it
+        are not broken, the resource is.
     """
 
     source: str
@@ -127,6 +134,8 @@ class ResourceFile:
     index: Mapping[Tuple[str, str], int] = attrs.Factory(dict)
     ignored: Tuple[str, ...] = ()
     parsed: Mapping[Tuple[str, str], Tuple[Dict[str, Any], Any]] = attrs.Factory(dict)
+    problems: Tuple[Problem, ...] = ()
+    invalid: FrozenSet[Tuple[str, str]] = frozenset()
 
     def label(self, kind: str, name: str) -> str:
         """
@@ -156,7 +165,9 @@ def _join(where: str, fieldName: str) -> str:
     return f"{where}.{fieldName}" if fieldName else where
 
 
-def parseResourceFile(data: Any, source: str, baseDirectory: Optional[str] = None) -> ResourceFile:
+def parseResourceFile(
+    data: Any, source: str, baseDirectory: Optional[str] = None, lenient: bool = False
+) -> ResourceFile:
     """
     Check the parsed YAML of a resource file: its shape, each resource
     against the model, and that no name is given twice.  References
@@ -164,7 +175,11 @@ def parseResourceFile(data: Any, source: str, baseDirectory: Optional[str] = Non
 
     @param data: what the YAML loader gave.
     @param baseDirectory: where the paths of certificate files start.
-    @raise FileError: listing every problem found.
+    @param lenient: keep the problems of single resources in the result
+        (L{ResourceFile.problems}, without those resources) rather than
+        raise them, so that the rest of the file can be checked too.
+    @raise FileError: listing every problem found; when C{lenient}, only
+        for a file that is not a mapping of resource lists.
     """
     if data is None:
         raise FileError(source, [Problem("", "the file is empty")])
@@ -185,15 +200,19 @@ def parseResourceFile(data: Any, source: str, baseDirectory: Optional[str] = Non
             )
     if not problems and not any(kind in data for kind in KINDS):
         problems.append(Problem("", f"has none of the lists {known}"))
+    # A file that is not a set of resource lists is refused as a whole.
+    shapeWrong = bool(problems)
     resources: Dict[str, Dict[str, Dict[str, Any]]] = {kind: {} for kind in KINDS}
     index: Dict[Tuple[str, str], int] = {}
     parsed: Dict[Tuple[str, str], Tuple[Dict[str, Any], Any]] = {}
+    invalid = set()
     for kind in KINDS:
         items = data.get(kind)
         if items is None:
             continue
         if not isinstance(items, list):
             problems.append(Problem(kind, "must be a list of resources"))
+            shapeWrong = True
             continue
         for position, item in enumerate(items):
             where = _itemLabel(kind, position, item)
@@ -205,6 +224,9 @@ def parseResourceFile(data: Any, source: str, baseDirectory: Optional[str] = Non
                 problems.extend(
                     Problem(_join(where, leaf.field), leaf.message) for leaf in e.errors
                 )
+                name = item.get("name") if isinstance(item, dict) else None
+                if isinstance(name, str):
+                    invalid.add((kind, name))
                 continue
             value = _jsonCopy(toJSON(obj))
             name = value["name"]
@@ -217,19 +239,25 @@ def parseResourceFile(data: Any, source: str, baseDirectory: Optional[str] = Non
             index[(kind, name)] = position
             resources[kind][name] = value
             parsed[(kind, name)] = (value, obj)
-    if problems:
+    if problems and (shapeWrong or not lenient):
         raise FileError(source, problems)
     ignored = tuple(str(key) for key in data if key in IGNORED_KEYS)
-    return ResourceFile(source, resources, index, ignored, parsed)
+    return ResourceFile(
+        source, resources, index, ignored, parsed, tuple(problems), frozenset(invalid)
+    )
 
 
-def loadResourceFile(path: str, stdin: Optional[TextIO] = None) -> ResourceFile:
+def loadResourceFile(
+    path: str, stdin: Optional[TextIO] = None, lenient: bool = False
+) -> ResourceFile:
     """
     Read and parse a resource file (YAML, or JSON, which is YAML too).
 
     @param path: the file, or C{-} for C{stdin}.
+    @param lenient: as L{parseResourceFile}'s.
     @raise FileError: when it cannot be read, is not valid YAML (the
-        problem names the line) or holds invalid resources.
+        problem names the line) or holds invalid resources (unless
+        C{lenient}).
     """
     source = "<stdin>" if path == "-" else path
     try:
@@ -251,4 +279,4 @@ def loadResourceFile(path: str, stdin: Optional[TextIO] = None) -> ResourceFile:
     except yaml.YAMLError as e:
         raise FileError(source, [Problem("", f"invalid YAML: {e}")])
     baseDirectory = None if path == "-" else os.path.dirname(os.path.abspath(path))
-    return parseResourceFile(data, source, baseDirectory)
+    return parseResourceFile(data, source, baseDirectory, lenient)

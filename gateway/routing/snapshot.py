@@ -265,6 +265,19 @@ def _filterKey(apiName: str, spec: Any) -> Tuple[str, str, str]:
     return (apiName, spec.name, json.dumps(spec.config, sort_keys=True, default=str))
 
 
+def _conflictError(
+    conflict: RouteConflict, previous: Mapping[str, Tuple[Any, ...]]
+) -> ReferenceError:
+    """
+    @param previous: the compiled APIs of the last build, by name.
+    @return: the error of a route conflict, blaming the API whose route is
+        new (the one being written).
+    """
+    blamed = [r for r in conflict.routes if r is not previous.get(r.value.name, (None,) * 5)[4]]
+    name = (blamed or [conflict.routes[1]])[-1].value.name
+    return ReferenceError(f"apis/{name}:urlPattern", str(conflict))
+
+
 class SnapshotManager:
     """
     Builds snapshots from store states and holds the current one.
@@ -544,6 +557,7 @@ class SnapshotManager:
         self._everyAPI = everyAPI
         named = {r.routing.api for r in compiledRoutings if r.routing.api is not None}
         previous = self._compiledAPIs
+        failed: List[ValidationError] = []
         for name, api in catalog.apis.items():
             hit = previous.get(name)
             if name in named:
@@ -564,20 +578,27 @@ class SnapshotManager:
                 try:
                     compiled = self._compileAPI(api, scoped, filters)
                 except ValidationError as e:
-                    raise type(e)(f"apis/{name}:{e.field}", e.message)
+                    # Every API's error at once: the others are compiled too.
+                    failed.append(e.renamed(f"apis/{name}:".__add__))
+                    continue
                 route = Route(compiled.pattern, api.method, api.host, compiled)
             pendingFilters.update(filters)
             apiCache[name] = (api, scoped, compiled, filters, route)
             apis[name] = compiled
             routes[name] = route
+        if failed:
+            # And a route conflict among those that compiled, found by a
+            # router of their own (nothing of this build is kept).
+            try:
+                Router(routes.values())
+            except RouteConflict as e:
+                failed.append(_conflictError(e, previous))
+            raise ValidationError.collect(failed)
         self._compiledAPIs = apiCache
         try:
             router = self._route(routes)
         except RouteConflict as e:
-            # Blame the API whose route is new (the one being written).
-            blamed = [r for r in e.routes if r is not previous.get(r.value.name, (None,) * 5)[4]]
-            name = (blamed or [e.routes[1]])[-1].value.name
-            raise ReferenceError(f"apis/{name}:urlPattern", str(e))
+            raise _conflictError(e, previous)
         return apis, router, pendingFilters, certificates, upstreamTLS
 
     def _route(self, routes: Dict[str, Route]) -> Router:
