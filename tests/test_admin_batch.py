@@ -388,6 +388,30 @@ class BatchTests(BatchTestCase):
         self.assertEqual(code, 409, body)
         self.assertTrue(body["field"].startswith("changes[1].value.credentials[0]"), body)
 
+    def test_conflictsWithCompileErrors(self) -> None:
+        """
+        A credential two consumers hold does not hide an API of the same
+        batch that cannot compile: one 400 lists both, each at its change;
+        nothing is committed.
+        """
+        self.batch(put("servers", SERVER), put("clusters", CLUSTER))
+        before = self.snapshot()
+        first = {
+            "name": "c-a",
+            "credentials": [{"type": "key", "id": "k", "key": "the-same-key-0123456789"}],
+        }
+        code, _, body = self.batch(
+            put("consumers", first),
+            put("consumers", dict(first, name="c-b")),
+            put("apis", dict(API, nodes=[{"cluster": "c1", "urlRewrite": "/{no}"}])),
+        )
+        self.assertEqual(code, 400, body)
+        fields = [error["field"] for error in body["errors"]]
+        self.assertEqual(len(fields), 2, body)
+        self.assertTrue(fields[0].startswith("changes[1].value.credentials[0]"), body)
+        self.assertEqual(fields[1], "changes[2].value.nodes[0].urlRewrite")
+        self.assertUnchanged(before)
+
     def test_atomicOnStoreFailure(self) -> None:
         """
         A batch the store cannot commit is answered 503 and changes

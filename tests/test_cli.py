@@ -17,6 +17,7 @@ import sys
 import urllib.error
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
+from unittest.mock import ANY
 
 import pytest
 import yaml
@@ -399,6 +400,26 @@ class ValidateTests(SynchronousTestCase):
                 conflict,
             ],
         )
+
+    def test_conflictsWithCompileErrors(self) -> None:
+        """
+        Two consumers holding one API key and an API whose rewrite cannot
+        compile are reported by one run.
+        """
+        data = copy.deepcopy(BASE)
+        key = {"type": "key", "id": "k", "key": "the-same-key-0123456789"}
+        data["consumers"] = [
+            {"name": "u1", "credentials": [key]},
+            {"name": "u2", "credentials": [key]},
+        ]
+        data["apis"][0]["nodes"][0]["urlRewrite"] = "/v1/users/{idd}"
+        errors = self.assertErrors(data, [ANY, ANY])
+        self.assertIn(
+            "consumers[1] (u2).credentials[0]: the API key is already a credential of"
+            " consumer 'u1'",
+            errors,
+        )
+        self.assertIn("apis[0] (a-users).nodes[0].urlRewrite: {idd} is not a parameter", errors)
 
     def test_routeConflict(self) -> None:
         """

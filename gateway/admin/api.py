@@ -457,7 +457,7 @@ class AdminAPI:
         try:
             await maybeDeferred(self._validate, catalog)
         except ModelReferenceError as e:
-            raise APIError(409, e.message, rename(e.field))
+            raise _conflicts([(rename(leaf.field), leaf.message) for leaf in e.errors])
         except ValidationError as e:
             if not blamed:
                 raise APIError(409, e.message, e.field)
@@ -865,18 +865,8 @@ class AdminAPI:
             broken = many.brokenReferences(plan, parsed)
             if broken:
                 raise _conflicts(broken)
-            conflicts = [
-                (rename(f"consumers/{name}:{field}"), message)
-                for name, field, message in consumerConflicts(plan.catalog.consumers)
-            ] + [
-                (
-                    rename(f"certificates/{name}:snis[{i}]"),
-                    f"{sni!r} is an SNI of certificate {other!r} already",
-                )
-                for name, i, sni, other in plan.catalog.sniConflicts()
-            ]
-            if conflicts:
-                raise _conflicts(conflicts)
+            # Credentials and SNIs claimed twice, and what does not compile,
+            # all at once (a 409 when all are conflicts).
             await self._check(plan.catalog, rename=rename)
             counts = {action: 0 for action in (many.CREATED, many.UPDATED, many.DELETED)}
             for _, _, action in plan.actions:

@@ -1107,20 +1107,41 @@ class Catalog:
 
     def check(self) -> None:
         """
-        @raise ReferenceError: for the first reference to a missing resource,
-            or the first server name (SNI) two certificates claim.
+        @raise ReferenceError: for the first reference to a missing resource
+            (L{checkReferences}); else for every conflict (L{conflicts}),
+            all in one.
+        """
+        self.checkReferences()
+        conflicts = self.conflicts()
+        if conflicts:
+            raise ReferenceError.collect(conflicts)
+
+    def checkReferences(self) -> None:
+        """
+        @raise ReferenceError: for the first reference to a missing resource.
         """
         for kind, name, fieldName, targetKind, target in self.brokenReferences():
             raise ReferenceError(
                 fieldName, f"{kind}/{name} names {targetKind[:-1]} {target!r}, which does not exist"
             )
-        for name, fieldName, message in consumerConflicts(self.consumers):
-            raise ReferenceError(f"consumers/{name}:{fieldName}", message)
-        for name, i, sni, other in self.sniConflicts():
-            raise ReferenceError(
+
+    def conflicts(self) -> List[ReferenceError]:
+        """
+        @return: an error for each credential two consumers hold and each
+            server name (SNI) two certificates claim.
+        """
+        errors = [
+            ReferenceError(f"consumers/{name}:{fieldName}", message)
+            for name, fieldName, message in consumerConflicts(self.consumers)
+        ]
+        errors.extend(
+            ReferenceError(
                 f"certificates/{name}:snis[{i}]",
                 f"{sni!r} is an SNI of certificate {other!r} already",
             )
+            for name, i, sni, other in self.sniConflicts()
+        )
+        return errors
 
     def sniConflicts(self, last: Optional[str] = None) -> List[Tuple[str, int, str, str]]:
         """

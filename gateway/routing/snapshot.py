@@ -532,9 +532,20 @@ class SnapshotManager:
             compiled APIs, their router, the filters they made, the
             certificates to serve and the TLS of the servers that speak it.
         """
-        catalog.check()
-        certificates = self._tls.certificates(catalog)
-        upstreamTLS = self._tls.upstream(catalog)
+        catalog.checkReferences()
+        # Every error of the build at once: the conflicts, the
+        # certificates, then each API's (the others compiled all the same).
+        failed: List[ValidationError] = list(catalog.conflicts())
+        certificates: Dict[str, Any] = {}
+        upstreamTLS: Dict[str, Any] = {}
+        try:
+            certificates = self._tls.certificates(catalog)
+        except ValidationError as e:
+            failed.append(e)
+        try:
+            upstreamTLS = self._tls.upstream(catalog)
+        except ValidationError as e:
+            failed.append(e)
         routingCache = {}
         for name, routing in catalog.routings.items():
             cached = self._compiledRoutings.get(name)
@@ -557,7 +568,6 @@ class SnapshotManager:
         self._everyAPI = everyAPI
         named = {r.routing.api for r in compiledRoutings if r.routing.api is not None}
         previous = self._compiledAPIs
-        failed: List[ValidationError] = []
         for name, api in catalog.apis.items():
             hit = previous.get(name)
             if name in named:
@@ -578,7 +588,6 @@ class SnapshotManager:
                 try:
                     compiled = self._compileAPI(api, scoped, filters)
                 except ValidationError as e:
-                    # Every API's error at once: the others are compiled too.
                     failed.append(e.renamed(f"apis/{name}:".__add__))
                     continue
                 route = Route(compiled.pattern, api.method, api.host, compiled)
@@ -593,7 +602,11 @@ class SnapshotManager:
                 Router(routes.values())
             except RouteConflict as e:
                 failed.append(_conflictError(e, previous))
-            raise ValidationError.collect(failed)
+            # A 409 when every error is a conflict, else a 400.
+            leaves = [leaf for error in failed for leaf in error.errors]
+            if all(isinstance(leaf, ReferenceError) for leaf in leaves):
+                raise ReferenceError.collect(leaves)
+            raise ValidationError.collect(leaves)
         self._compiledAPIs = apiCache
         try:
             router = self._route(routes)
