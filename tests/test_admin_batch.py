@@ -447,6 +447,20 @@ class BatchTests(BatchTestCase):
         )
         self.assertUnchanged(before)
 
+    def test_staleRevisionBeforeItsErrors(self) -> None:
+        """
+        A batch made against an older revision is a 409 at C{revision} even
+        when, against the state now, it would be refused otherwise (a
+        delete of what was deleted since is not a 404): its errors may be
+        stale.  At the current revision the same batch gets its 404.
+        """
+        self.batch(put("servers", SERVER))
+        self.batch(delete("servers", "s1"))
+        code, _, body = self.batch(delete("servers", "s1"), revision=1)
+        self.assertEqual((code, body["field"]), (409, "revision"), body)
+        code, _, body = self.batch(delete("servers", "s1"), revision=2)
+        self.assertEqual((code, body["field"]), (404, "changes[0].name"), body)
+
     def test_costFollowsTheChange(self) -> None:
         """
         Checking a batch compiles the APIs it changes, not the catalog:

@@ -500,7 +500,11 @@ class ValidateTests(SynchronousTestCase):
         self.assertErrors({"servers": {"s1": {}}}, ["servers: must be a list of resources"])
         self.assertErrors("", ["the file is empty"])
         self.assertErrors(
-            "- a\n- b\n", ["must be a mapping with servers:, clusters:, apis:, routings:"]
+            "- a\n- b\n",
+            [
+                "must be a mapping of resource lists: certificates:, servers:, clusters:,"
+                " consumers:, apis:, routings:"
+            ],
         )
         self.assertErrors(
             {"store": "memory:"},

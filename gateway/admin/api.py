@@ -487,6 +487,10 @@ class AdminAPI:
             try:
                 answer, changes = await attempt(state)
             except APIError as e:
+                if since is not None and since != state.revision:
+                    # Made against another state: its errors may be stale
+                    # (a 404 for what was there when it was read).
+                    raise _changedSince(since, state.revision, "")
                 e.headers.update(_revision(state.revision))
                 raise
             if not changes:
@@ -498,12 +502,7 @@ class AdminAPI:
                 )
             except ConflictError as e:
                 if since is not None:
-                    raise APIError(
-                        409,
-                        f"the configuration changed since revision {since}: read it again ({e})",
-                        "revision",
-                        headers=_revision(state.revision),
-                    )
+                    raise _changedSince(since, state.revision, f" ({e})")
                 continue
             return await self._propagated(answer, revision, everywhere)
         raise APIError(409, "concurrent modification, retry")
@@ -883,6 +882,19 @@ class AdminAPI:
             return _Answer(200, body), changes
 
         return await self._commit(attempt, everywhere, since=batch.revision)
+
+
+def _changedSince(since: int, revision: int, why: str) -> APIError:
+    """
+    @return: the 409 of a write made against revision C{since} of a store
+        now at C{revision}.
+    """
+    return APIError(
+        409,
+        f"the configuration changed since revision {since}: read it again{why}",
+        "revision",
+        headers=_revision(revision),
+    )
 
 
 def _conflicts(problems: List[Tuple[str, str]]) -> APIError:

@@ -185,7 +185,12 @@ def parseResourceFile(
         raise FileError(source, [Problem("", "the file is empty")])
     if not isinstance(data, dict):
         raise FileError(
-            source, [Problem("", "must be a mapping with servers:, clusters:, apis:, routings:")]
+            source,
+            [
+                Problem(
+                    "", "must be a mapping of resource lists: " + ", ".join(f"{k}:" for k in KINDS)
+                )
+            ],
         )
     problems: List[Problem] = []
     known = ", ".join(KINDS)
