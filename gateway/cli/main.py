@@ -284,8 +284,8 @@ def makeParser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="Validate, apply and export the gateway's resources (certificates,"
-        " servers, clusters, consumers, apis, routings) as a YAML file, and purge the response cache of an API, through"
-        " the admin REST API.",
+        " servers, clusters, consumers, apis, routings) as a YAML file, and purge the"
+        " response cache of an API, through the admin REST API.",
         epilog="Run 'gateway COMMAND --help' for a command's options."
         " The gateway itself runs with: twistd -n gateway --config gateway.yaml",
     )
