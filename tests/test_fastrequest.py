@@ -26,6 +26,7 @@ from zope.interface import implementer
 from gateway.filters import FilterRegistry
 from gateway.http.headers import RAW_HEADERS, headerKey, httpDate, rawHeadersOf
 from gateway.http.request import GatewayRequest
+from gateway.http.status import SERVER_NAME
 from gateway.pipeline.resource import GatewayResource
 from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
@@ -98,7 +99,8 @@ def serve(
     """
     @return: what a site's channel wrote for C{data}, without C{Date}
         header lines (C{twisted.web} dates with the wall clock), the
-        channel and its transport.
+        channel and its transport.  Twisted's C{Server} is given as the
+        gateway's (L{SERVER_NAME}): the one difference between them.
     """
     channel = site.buildProtocol(PEER)
     if transport is None:
@@ -106,6 +108,8 @@ def serve(
     channel.makeConnection(transport)
     channel.dataReceived(data)
     lines = transport.value().split(b"\r\n")
+    twisted = b"Server: " + server.version
+    lines = [b"Server: " + SERVER_NAME if line == twisted else line for line in lines]
     return (
         b"\r\n".join(line for line in lines if not line.startswith(b"Date: ")),
         channel,

@@ -73,6 +73,19 @@ def statusLine(site: Any, data: bytes, clock: Optional[Clock] = None, wait: floa
     return transport.value().split(b"\r\n", 1)[0]
 
 
+def answerHead(site: Any, data: bytes) -> List[bytes]:
+    """
+    Send C{data} on a new connection to C{site}.
+
+    @return: the lines of the first answer's head.
+    """
+    channel = site.buildProtocol(PEER)
+    transport = StringTransport(hostAddress=HOST, peerAddress=PEER)
+    channel.makeConnection(transport)
+    channel.dataReceived(data)
+    return transport.value().split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
 def get(target: bytes, *headers: bytes) -> bytes:
     return b"\r\n".join([b"GET " + target + b" HTTP/1.1", b"Host: gw", *headers]) + b"\r\n\r\n"
 
@@ -245,6 +258,17 @@ class ProxyStatusTests(SynchronousTestCase):
             line = statusLine(self.site, get(target))
             self.assertEqual(line, b"HTTP/1.1 %d %s" % (code, RFC9110[code]), target)
 
+    def test_serverNamed(self) -> None:
+        """
+        The proxy's own answers say C{Server: gateway}, and the channel's
+        refusals no C{Server} at all: never Twisted's version.
+        """
+        head = answerHead(self.site, get(b"/nothing"))
+        self.assertIn(b"Server: gateway", head)
+        for data in (get(b"/nothing"), b"GET / HTTP/2.0\r\nHost: gw\r\n\r\n"):
+            head = answerHead(self.site, data)
+            self.assertFalse([line for line in head if b"Twisted" in line], head)
+
 
 class AdminStatusTests(SynchronousTestCase):
     """
@@ -271,6 +295,10 @@ class AdminStatusTests(SynchronousTestCase):
                 lines.append(b"Content-Length: %d" % (len(data),))
             return statusLine(site, b"\r\n".join(lines) + b"\r\n\r\n" + data)
 
+        head = answerHead(site, b"GET /api/v1/servers HTTP/1.1\r\nHost: gw\r\n\r\n")
+        self.assertEqual(head[0], b"HTTP/1.1 401 Unauthorized")
+        self.assertIn(b"Server: gateway", head)
+        self.assertFalse([line for line in head if b"Twisted" in line], head)
         server = {"name": "s1", "addr": "127.0.0.1:1"}
         seen: List[bytes] = [
             call(b"POST", b"/servers", server),

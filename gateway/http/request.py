@@ -37,7 +37,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
 from twisted.web.http import (
     NO_BODY_CODES,
     NO_CONTENT,
@@ -54,7 +53,7 @@ from twisted.web.resource import IResource, _IEncodingResource
 
 from gateway.http.bodystream import BodyStream
 from gateway.http.headers import RAW_HEADERS, headerKey, httpDate, rawHeadersOf
-from gateway.http.status import PhrasedRequest
+from gateway.http.status import SERVER_NAME, PhrasedRequest
 
 log = Logger()
 
@@ -270,10 +269,10 @@ class GatewayRequest(PhrasedRequest):
         date = httpDate(site.reactor.seconds())
         raw = rawHeadersOf(self.responseHeaders)
         if raw is None:
-            self.setHeader(b"Server", server.version)
+            self.setHeader(b"Server", SERVER_NAME)
             self.setHeader(b"Date", date)
         else:
-            raw[_SERVER] = [server.version]
+            raw[_SERVER] = [SERVER_NAME]
             raw[_DATE] = [date]
         self.prepath = []
         self._postpath = None

@@ -7,7 +7,7 @@ timeouts.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Set
+from typing import Any, Dict, Mapping, Optional, Set, Type
 
 from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
@@ -17,7 +17,7 @@ from twisted.web.resource import IResource
 from gateway.http.channel import BodyLimitFor, GatewayHTTPChannel
 from gateway.http.h2connection import H2ServerConnection
 from gateway.http.negotiate import ProtocolChoice
-from gateway.http.status import PhrasedRequest
+from gateway.http.status import NamedRequest, PhrasedRequest
 from gateway.model.limits import HTTPLimits
 
 log = Logger()
@@ -60,7 +60,7 @@ class LimitedSite(server.Site):
     # that wrapper's type for this attribute, not a protocol factory.)
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
     # Status lines with the phrases of RFC 9110 (Twisted's table lacks 429).
-    requestFactory = PhrasedRequest
+    requestFactory: Type[PhrasedRequest] = NamedRequest
     errorFields: Mapping[str, object] = {}
 
     def __init__(

@@ -11,7 +11,7 @@ L{PhrasedRequest} is a L{server.Request} that uses it.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 from twisted.web import server
 
@@ -110,6 +110,12 @@ def reasonPhrase(code: int) -> bytes:
     return phrase
 
 
+#: The C{Server} of the gateway's own answers: a name, no version (Twisted's
+#: C{server.version} would tell a client which Twisted, and so which fixes,
+#: it runs).  A proxied answer carries its backend's, as it came.
+SERVER_NAME = b"gateway"
+
+
 class PhrasedRequest(server.Request):
     """
     A L{server.Request} whose status line carries the phrase of
@@ -118,3 +124,15 @@ class PhrasedRequest(server.Request):
 
     def setResponseCode(self, code: int, message: Optional[bytes] = None) -> None:
         super().setResponseCode(code, message or reasonPhrase(code))
+
+
+class NamedRequest(PhrasedRequest):
+    """
+    A L{PhrasedRequest} whose C{Server} header is L{SERVER_NAME}, not
+    Twisted's version (the admin's requests).
+    """
+
+    def setHeader(self, name: Union[str, bytes], value: Union[str, bytes]) -> None:
+        if value is server.version:
+            value = SERVER_NAME
+        super().setHeader(name, value)
