@@ -303,14 +303,41 @@ class RequestLineTests(ServerTestCase):
 
     def test_other_targets(self) -> None:
         """
-        C{OPTIONS *} (which twisted.web answers itself) and absolute-form
-        targets are accepted (the router matches no absolute-form target,
-        so the proxy answers them 404).
+        C{OPTIONS *} (which twisted.web answers itself) is accepted, and so
+        are absolute-form targets (RFC 9112 3.2.2), served as their path
+        on the host they name (which stands for the C{Host} header).
         """
         answers, _ = self.exchange(b"OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n")
         self.assertEqual([a.status for a in answers], [200])
         self.assertServed(get(b"http://gw/a"))
-        self.assertEqual(self.resource.seen[0][1], b"http://gw/a")
+        self.assertEqual(self.resource.seen[0][1], b"/a")
+        for target, path in [
+            (b"HTTP://other:8080/a/b?x=1", b"/a/b?x=1"),
+            (b"https://other", b"/"),
+            (b"http://other?x=1", b"/?x=1"),
+        ]:
+            self.resource.seen = []
+            self.assertServed(get(target))
+            self.assertEqual(self.resource.seen[0][1], path, target)
+            host = target.split(b"/")[2].split(b"?")[0]
+            self.assertEqual(self.resource.seen[0][3].requestHeaders.getRawHeaders(b"host"), [host])
+
+    def test_absolute_targets_checked(self) -> None:
+        """
+        An absolute-form target's path is checked as any path (dot
+        segments, encoded slashes), and its host as a C{Host} header; user
+        information in it is refused.
+        """
+        for target in [
+            b"http://gw/a/../admin",
+            b"http://gw/a%2Fb",
+            b"http://user@gw/a",
+            b"http:///a",
+            b"http://:80/a",
+            b"http://g w/a",
+            b"http://gw\\a/",
+        ]:
+            self.assertRefused(get(target), 400)
 
     def test_long_line(self) -> None:
         """

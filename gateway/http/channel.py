@@ -238,16 +238,25 @@ _CACHED_LINE = 256
 _MAX_LINES = 1024
 
 
-#: Request line -> C{(method, target, version)}, one dict for each value of
+#: What a request line parses into: C{(method, target, version, authority)}
+#: (see L{_parseRequestLine}).
+_RequestLine = Tuple[bytes, bytes, bytes, Optional[bytes]]
+
+
+#: Request line -> L{_RequestLine}, one dict for each value of
 #: C{rejectAmbiguousPaths} (index 0: false, 1: true): a client asks for the
 #: same few targets again and again.  Only lines that were accepted are
 #: kept: the result is a function of the line alone.
-_REQUEST_LINES: Tuple[Dict[bytes, Tuple[bytes, bytes, bytes]], ...] = ({}, {})
+_REQUEST_LINES: Tuple[Dict[bytes, _RequestLine], ...] = ({}, {})
 
 
-def _parseRequestLine(line: bytes, checkPath: bool) -> Tuple[bytes, bytes, bytes]:
+def _parseRequestLine(line: bytes, checkPath: bool) -> _RequestLine:
     """
-    @return: C{(method, target, version)}.
+    @return: C{(method, target, version, authority)}: a target in
+        absolute form (C{http://host/path?query}, RFC 9112 3.2.2) is given
+        in origin form (C{/path?query}), and its C{host[:port]} as
+        C{authority}, which stands for the C{Host} header; C{authority} is
+        L{None} for the other forms.
     @raise _Refused: when the line is malformed or asks for what the
         gateway does not serve.
     """
@@ -271,7 +280,7 @@ def _keepLine(known: Dict[bytes, Any], line: bytes, parsed: Any) -> None:
         known[line] = parsed
 
 
-def _checkRequestLine(line: bytes, checkPath: bool) -> Tuple[bytes, bytes, bytes]:
+def _checkRequestLine(line: bytes, checkPath: bool) -> _RequestLine:
     """
     L{_parseRequestLine}, every time.
     """
@@ -291,17 +300,41 @@ def _checkRequestLine(line: bytes, checkPath: bool) -> Tuple[bytes, bytes, bytes
         raise _Refused(400, "a request target has no fragment")
     if method == b"CONNECT":
         raise _Refused(501, "CONNECT is not supported")
-    if target[0:1] == b"/":
-        if checkPath:
-            reason = ambiguousPath(target.split(b"?", 1)[0])
-            if reason is not None:
-                raise _Refused(400, reason)
-    elif target == b"*":
-        if method != b"OPTIONS":
-            raise _Refused(400, "the * target is only for OPTIONS")
-    elif not _ABSOLUTE.match(target):
-        raise _Refused(400, "the request target must be a path")
-    return method, target, version
+    authority = None
+    if target[0:1] != b"/":
+        if target == b"*":
+            if method != b"OPTIONS":
+                raise _Refused(400, "the * target is only for OPTIONS")
+            return method, target, version, None
+        absolute = _ABSOLUTE.match(target)
+        if absolute is None:
+            raise _Refused(400, "the request target must be a path")
+        target, authority = _originForm(target[absolute.end() :])
+    if checkPath:
+        reason = ambiguousPath(target.split(b"?", 1)[0])
+        if reason is not None:
+            raise _Refused(400, reason)
+    return method, target, version, authority
+
+
+def _originForm(rest: bytes) -> Tuple[bytes, bytes]:
+    """
+    @param rest: an absolute-form target after its C{http://}.
+    @return: C{(target in origin form, authority)}.
+    @raise _Refused: when the authority is not a valid host (with a port),
+        or holds user information (RFC 9110 4.2.4).
+    """
+    end = len(rest)
+    for separator in (0x2F, 0x3F):  # "/", "?"
+        at = rest.find(separator)
+        if 0 <= at < end:
+            end = at
+    authority, target = rest[:end], rest[end:]
+    if not authority or authority[0] == 0x3A or 0x40 in authority or not _HOST.match(authority):
+        raise _Refused(400, "invalid host in the request target")
+    if target[0:1] != b"/":
+        target = b"/" + target
+    return target, authority
 
 
 def _connectionTokens(values: Optional[Sequence[bytes]]) -> List[bytes]:
@@ -699,10 +732,17 @@ class GatewayHTTPChannel(Protocol):
         if end + 4 > limits.maxHeadersSize:
             raise _Refused(431, "request header fields too large")
         self._scanFrom = 0
-        method, target, version = _parseRequestLine(lines[0], limits.rejectAmbiguousPaths)
+        method, target, version, authority = _parseRequestLine(
+            lines[0], limits.rejectAmbiguousPaths
+        )
         if len(lines) > limits.maxHeaderCount + 1:
             raise _Refused(431, "too many header fields")
         headers, length, chunked, host = _parseHeaders(lines, version)
+        if authority is not None:
+            # RFC 9112 3.2.2: the target's host, not the Host header.
+            host = authority
+            headers = [(n, v) for n, v in headers if n.lower() != b"host"]
+            headers.append((b"Host", authority))
         self._headStartedAt = None
         self._idleSince = None
         self._leadingEmptyLine = False
