@@ -65,6 +65,7 @@ from gateway.model.resources import Catalog, parseResource
 from gateway.model.schema import ValidationError
 from gateway.process.parent import ParentLink
 from gateway.process.pool import WorkerPool
+from gateway.process.propagation import ServedRevisions
 from gateway.process.status import GatewayStatus
 from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
@@ -1587,8 +1588,8 @@ class StatusTests(SynchronousTestCase):
             manager,
             counters,
             Store(),
-            None,
-            discovery=discovery,  # type: ignore[arg-type]
+            ServedRevisions(),
+            discovery=discovery,
         )
         self.assertFalse(status.ready())
         resolver.answerHost("a.test", ["10.0.0.1"])

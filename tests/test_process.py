@@ -431,6 +431,29 @@ class ListenServiceTests(SynchronousTestCase):
         self.successResultOf(other.stopService())
         self.assertEqual(endpoint.factories, ["f"])
 
+    def test_whenListening(self) -> None:
+        """
+        C{whenListening} fires with the port once it listens (at once when
+        it does already), and never when the port cannot be bound.
+        """
+        ready: Deferred = Deferred()
+        port = Port()
+        service = ListenService(
+            "proxy", "proxy.listen", Endpoint(port), "f", self.fail, lambda: ready
+        )
+        service.startService()
+        waiting = service.whenListening()
+        self.assertNoResult(waiting)
+        ready.callback(None)
+        self.assertIs(self.successResultOf(waiting), port)
+        self.assertIs(self.successResultOf(service.whenListening()), port)
+
+        error = CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use"))
+        failing = ListenService("proxy", "proxy.listen", Endpoint(error), "f", lambda m: None)
+        never = failing.whenListening()
+        failing.startService()
+        self.assertNoResult(never)
+
     def test_proxyDrains(self) -> None:
         """
         The proxy, stopping, closes its port, then waits for the requests

@@ -73,6 +73,33 @@ class ServedRevisionsTests(SynchronousTestCase):
         self.successResultOf(waiting)
         self.assertEqual(served.revisions(), {0: 2})
 
+    def test_expectedMemberIsWaitedFor(self) -> None:
+        """
+        An expected member (a configured worker) that serves nothing, not
+        yet or no more (restarting), holds every wait until it serves the
+        revision, and L{ServedRevisions.missing} names it meanwhile.
+        """
+        served = ServedRevisions()
+        served.expect(0)
+        served.expect(1)
+        self.assertEqual(served.missing(), {0, 1})
+        waiting = served.whenServed(1)
+        served.serving(0, 1)
+        self.assertNoResult(waiting)
+        self.assertEqual(served.missing(), {1})
+        self.assertFalse(served.serves(1))
+        served.serving(1, 1)
+        self.successResultOf(waiting)
+        self.assertEqual(served.missing(), set())
+        self.assertTrue(served.serves(1))
+
+        served.gone(1)
+        self.assertEqual(served.missing(), {1})
+        again = served.whenServed(1)
+        self.assertNoResult(again)
+        served.serving(1, 2)
+        self.successResultOf(again)
+
     def test_newMemberJoinsLaterWaits(self) -> None:
         """
         A member that joins while a wait lasts is waited for too.
@@ -198,6 +225,23 @@ class PropagationTests(SynchronousTestCase):
         self.assertEqual(shared.reads, 2)
         self.successResultOf(waiting)
 
+    def test_everywhereWaitsForProxiesNotReady(self) -> None:
+        """
+        A proxy that serves a revision but is not ready (one of its workers
+        serves nothing: restarting, or unable to start) is waited for until
+        it is ready; one still starting (serving nothing) is not.
+        """
+        shared = SharedStore(
+            [record(5, ready=False), record(None, ready=False)],
+            [record(5), record(None, ready=False)],
+        )
+        propagation = Propagation(self.clock, self.served, shared)
+        waiting = propagation.whenServed(5, everywhere=True)
+        self.assertEqual(shared.reads, 1)
+        self.assertNoResult(waiting)
+        self.clock.advance(propagation.pollInterval)
+        self.successResultOf(waiting)
+
     def test_unreadableRecords(self) -> None:
         """
         Records that cannot be read (etcd away) are read again later.
@@ -313,19 +357,41 @@ class AdminPropagationTests(SynchronousTestCase):
 
     def test_workerDiesWhileWaited(self) -> None:
         """
-        A worker that dies while a write waits for it ends the wait: the
-        answer comes at once, complete (the worker that replaces it loads
-        the current state).
+        A worker that dies while a write waits for it still holds the wait
+        (it is a configured worker): the answer comes, complete, once the
+        worker that replaces it serves (it loads the current state first).
         """
+        self.served.expect(0)
+        self.served.expect(1)
         self.served.serving(0, 0)
         self.served.serving(1, 0)
         pending = self.send("POST", "/servers", SERVER)
         self.served.serving(0, 1)
+        self.served.gone(1)
+        self.stub.flush()
+        self.clock.advance(1.0)
         self.stub.flush()
         self.assertNoResult(pending)
-        self.served.gone(1)
+        self.served.serving(1, 1)
         code, headers, _ = self.answer(pending)
         self.assertEqual((code, headers["x-gateway-propagation"]), (201, "complete"))
+
+    def test_workerNotServingIsIncomplete(self) -> None:
+        """
+        A configured worker that serves nothing (it could not start, or is
+        restarting) makes every write answer C{incomplete} once the bound
+        passed, never C{complete}.
+        """
+        self.served.expect(0)
+        self.served.expect(1)
+        self.served.serving(0, 0)
+        pending = self.send("PUT", "/servers/s1", SERVER)
+        self.served.serving(0, 1)
+        self.stub.flush()
+        self.assertNoResult(pending)
+        self.clock.advance(2.0)
+        code, headers, _ = self.answer(pending)
+        self.assertEqual((code, headers["x-gateway-propagation"]), (201, "incomplete"))
 
     def test_deleteWaits(self) -> None:
         """

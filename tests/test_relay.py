@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -20,8 +20,9 @@ from zope.interface.verify import verifyObject
 from gateway.filters import FilterRegistry
 from gateway.interfaces import IStore
 from gateway.process.parent import ParentLink
-from gateway.process.pool import ControlChannel, WorkerPool, encodeMessage
+from gateway.process.pool import CANNOT_START, ControlChannel, WorkerPool, encodeMessage
 from gateway.process.propagation import ServedRevisions
+from gateway.process.status import GatewayStatus
 from gateway.process.storeservice import StoreService
 from gateway.routing.snapshot import SnapshotManager
 from gateway.store import Change, StoreError, StoreState
@@ -32,6 +33,7 @@ from gateway.store.relayed import (
     deltaMessage,
     fullMessage,
 )
+from gateway.telemetry.stats import Stats
 
 S1 = {"name": "s1", "addr": "127.0.0.1:9001"}
 S2 = {"name": "s2", "addr": "127.0.0.1:9002"}
@@ -342,6 +344,158 @@ class PoolRelayTests(SynchronousTestCase):
         self.assertEqual(self.served.revisions(), {})
 
 
+def ended(process: Any, exitCode: int) -> None:
+    """
+    End a pretend worker process with an exit status.
+    """
+    process.processEnded(Failure(ProcessTerminated(exitCode=exitCode)))
+
+
+class PoolStartTests(SynchronousTestCase):
+    """
+    What L{WorkerPool} does with a worker that cannot start (it exits with
+    L{CANNOT_START}) or crashes, before and after every worker has served
+    once.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = PoolReactor()
+        self.served = ServedRevisions()
+        self.cannotStart: List[str] = []
+        self.pool = WorkerPool(
+            self.reactor,
+            2,
+            ["python", "-m", "worker"],
+            served=self.served,
+            onCannotStart=self.cannotStart.append,
+        )
+        self.pool.startService()
+        self.addCleanup(self.pool.stopService)
+
+    def serve(self, channel: int, revision: int = 1) -> None:
+        self.reactor.channels[channel][0].dataReceived(encodeMessage({"serving": revision}) + b"\n")
+
+    def test_cannotStartEndsTheStart(self) -> None:
+        """
+        A worker that cannot start while the gateway starts (the other one
+        serves already) ends the gateway's start, naming the worker: it is
+        not started again, nor is any other that ends afterwards.
+        """
+        self.serve(0)
+        self.assertFalse(self.pool.started)
+        ended(self.reactor.spawned[1], CANNOT_START)
+        self.assertEqual(len(self.cannotStart), 1)
+        self.assertIn("proxy worker 1", self.cannotStart[0])
+        self.assertIn(str(CANNOT_START), self.cannotStart[0])
+        self.assertTrue(self.pool.failed)
+        ended(self.reactor.spawned[0], 1)
+        self.reactor.advance(self.pool.maxRestartDelay * 2)
+        self.assertEqual(len(self.reactor.spawned), 2)
+        self.assertEqual(self.pool.restarts, 0)
+        self.assertEqual(len(self.cannotStart), 1)
+
+    def test_crashWhileStartingIsRestarted(self) -> None:
+        """
+        A worker that crashes (any other exit) while the gateway starts is
+        started again after the back-off, as before: it does not end the
+        start.
+        """
+        ended(self.reactor.spawned[0], 1)
+        self.assertEqual(self.cannotStart, [])
+        self.reactor.advance(self.pool.restartDelay * 2)
+        self.assertEqual(len(self.reactor.spawned), 3)
+
+    def test_cannotStartLaterIsRetried(self) -> None:
+        """
+        Once every worker served once, a worker that crashes and then
+        cannot start (its port taken meanwhile) is started again, each
+        time after a longer back-off, and is reported not serving until
+        it serves again; the gateway does not stop.
+        """
+        self.serve(0)
+        self.serve(1)
+        self.assertTrue(self.pool.started)
+        self.assertTrue(self.pool.serving(0))
+        ended(self.reactor.spawned[0], 1)
+        self.assertFalse(self.pool.serving(0))
+        self.assertEqual(self.served.missing(), {0})
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.reactor.spawned), 3)
+        ended(self.reactor.spawned[2], CANNOT_START)
+        self.reactor.advance(1.9)
+        self.assertEqual(len(self.reactor.spawned), 3)
+        self.reactor.advance(0.1)
+        self.assertEqual(len(self.reactor.spawned), 4)
+        ended(self.reactor.spawned[3], CANNOT_START)
+        self.reactor.advance(3.9)
+        self.assertEqual(len(self.reactor.spawned), 4)
+        self.reactor.advance(0.1)
+        self.assertEqual(len(self.reactor.spawned), 5)
+        self.assertEqual(self.cannotStart, [])
+        self.assertFalse(self.pool.failed)
+        self.assertEqual(self.served.missing(), {0})
+        self.serve(4, 2)
+        self.assertTrue(self.pool.serving(0))
+        self.assertEqual(self.served.missing(), set())
+
+    def test_workersAreExpected(self) -> None:
+        """
+        Every configured worker is expected to serve from the start: a
+        wait for a revision holds until each serves it.
+        """
+        waiting = self.served.whenServed(1)
+        self.serve(0)
+        self.assertNoResult(waiting)
+        self.serve(1)
+        self.successResultOf(waiting)
+
+
+class WorkerStatusTests(SynchronousTestCase):
+    """
+    L{GatewayStatus} with workers: ready only while every configured
+    worker serves; C{/api/v1/proxies} lists each, serving or not.
+    """
+
+    def test_readyOnlyWhileEveryWorkerServes(self) -> None:
+        """
+        A gateway whose store is ready is not ready while a worker serves
+        nothing (not started yet, restarting); its record lists every
+        configured worker, with C{ready} false and no pid or revision for
+        one that does not run.
+        """
+
+        class Store:
+            ready = True
+
+        class Config:
+            proxy = None
+
+        reactor = PoolReactor()
+        served = ServedRevisions()
+        pool = WorkerPool(reactor, 2, ["python", "-m", "worker"], served=served)
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        manager = SnapshotManager(FilterRegistry({}), reactor)
+        status = GatewayStatus(
+            reactor, Config(), manager, Stats(reactor), Store(), served, pool=pool
+        )
+        self.assertFalse(status.ready())
+        for index in (0, 1):
+            reactor.channels[index][0].dataReceived(b'{"serving":3}\n')
+        self.assertTrue(status.ready())
+        ended(reactor.spawned[1], 1)
+        self.assertFalse(status.ready())
+        record = status.describe()
+        self.assertFalse(record["ready"])
+        self.assertEqual(
+            record["workers"],
+            [
+                {"worker": 0, "pid": 1000, "revision": 3, "ready": True},
+                {"worker": 1, "pid": None, "revision": None, "ready": False},
+            ],
+        )
+
+
 class ParentLinkTests(SynchronousTestCase):
     """
     The worker's side: L{ParentLink} feeds the relayed store, confirms
@@ -378,6 +532,34 @@ class ParentLinkTests(SynchronousTestCase):
         self.send({"state": deltaMessage(first, first.withChanges([], 2))})
         self.assertEqual(sent(self.transport), [{"serving": 2}])
         self.assertTrue(self.storeService.ready)
+
+    def test_confirmsOnceListening(self) -> None:
+        """
+        With C{listening}, no revision is confirmed before the proxy
+        listens: then the one served at that time, and every later one.
+        """
+        self.link.stopService()
+        listening: Deferred = Deferred()
+        link = ParentLink(
+            self.reactor,
+            3,
+            self.store,
+            self.manager,
+            stats=lambda: {},
+            listening=lambda: listening,
+        )
+        link.startService()
+        self.addCleanup(link.stopService)
+        protocol, transport = self.reactor.channels[1]
+        first = state(1, servers={"s1": S1})
+        protocol.dataReceived(encodeMessage({"state": fullMessage(first)}) + b"\n")
+        self.assertEqual(self.manager.snapshot.revision, 1)
+        self.assertEqual(sent(transport), [])
+        listening.callback(None)
+        self.assertEqual(sent(transport), [{"serving": 1}])
+        second = first.withChanges([], 2)
+        protocol.dataReceived(encodeMessage({"state": deltaMessage(first, second)}) + b"\n")
+        self.assertEqual(sent(transport), [{"serving": 2}])
 
     def test_resync(self) -> None:
         """

@@ -332,6 +332,8 @@ class _Ready:
 
 
 class _Pool:
+    count = 2
+
     def pids(self) -> Dict[int, Optional[int]]:
         return {0: 100, 1: 101}
 

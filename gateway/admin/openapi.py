@@ -618,16 +618,34 @@ def _otherSchemas() -> Dict[str, Dict[str, Any]]:
                     "nullable": True,
                     "description": "the store revision every proxy process of it serves",
                 },
-                "ready": {"type": "boolean"},
+                "ready": {
+                    "type": "boolean",
+                    "description": (
+                        "it serves its configuration, and with workers every worker serves"
+                    ),
+                },
                 "workers": {
                     "type": "array",
-                    "description": "with proxy workers: each one, and the revision it serves",
+                    "description": (
+                        "with proxy workers: each configured one, and the revision it serves"
+                    ),
                     "items": {
                         "type": "object",
                         "properties": {
                             "worker": {"type": "integer"},
-                            "pid": {"type": "integer", "nullable": True},
+                            "pid": {
+                                "type": "integer",
+                                "nullable": True,
+                                "description": "null while it is restarted",
+                            },
                             "revision": {"type": "integer", "nullable": True},
+                            "ready": {
+                                "type": "boolean",
+                                "description": (
+                                    "it listens and serves (false while it starts, is"
+                                    " restarted or cannot start)"
+                                ),
+                            },
                         },
                     },
                 },
@@ -867,7 +885,11 @@ def _paths() -> Dict[str, Dict[str, Any]]:
                 "security": public,
                 "responses": {
                     "200": _ok("Ready.", _ref("Readiness")),
-                    "503": _ok("Still starting.", _ref("Readiness")),
+                    "503": _ok(
+                        "Still starting, or a proxy worker is not serving (restarting,"
+                        " or it cannot start).",
+                        _ref("Readiness"),
+                    ),
                 },
             }
         },

@@ -7,7 +7,7 @@ proxy's, also lets the requests in flight finish when it stops.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
@@ -74,6 +74,7 @@ class ListenService(Service):
         self._abort = abort
         self._after = after
         self._listening: Optional[Deferred] = None
+        self._listenWaiters: List[Deferred] = []
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -93,8 +94,23 @@ class ListenService(Service):
         self._listening = d
         d.addCallbacks(self._listened, self._failed)
 
+    def whenListening(self) -> Deferred:
+        """
+        @return: a Deferred firing with the port once it listens (at once
+            when it does already); it never fires when the port cannot be
+            bound (the process ends then).
+        """
+        if self.port is not None:
+            return succeed(self.port)
+        d: Deferred = Deferred()
+        self._listenWaiters.append(d)
+        return d
+
     def _listened(self, port: Any) -> None:
         self.port = port
+        waiters, self._listenWaiters = self._listenWaiters, []
+        for d in waiters:
+            d.callback(port)
 
     def _failed(self, failure: Failure) -> None:
         if failure.check(CancelledError):

@@ -8,7 +8,8 @@ worker then serves, applies the servers' health the parent's checks see
 and what the parent's DNS discovery found, drops the cache entries of the
 APIs the admin purges,
 reports the worker's stats every second, and stops the worker when the
-parent goes away.
+parent goes away.  It confirms no revision before the worker's proxy
+listens: the parent counts a worker that confirmed as ready.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ParentLink(Service):
         onGateways: Optional[Callable[[int], None]] = None,
         onReopen: Optional[Callable[[], None]] = None,
         onPurge: Optional[Callable[[str], int]] = None,
+        listening: Optional[Callable[[], Any]] = None,
     ) -> None:
         """
         @param reactor: the worker's reactor.
@@ -63,6 +65,10 @@ class ParentLink(Service):
             L{gateway.process.pool.WorkerPool.reopenLogs}), or L{None}.
         @param onPurge: called with the name of an API whose cache entries
             to drop; returns how many it dropped (L{None}: no cache).
+        @param listening: returns a Deferred firing once the worker's proxy
+            listens (on every endpoint): no revision is confirmed before,
+            then the one served then and every later one.  L{None}: it
+            confirms each at once.
         """
         self._reactor = reactor
         self._fd = fd
@@ -73,6 +79,8 @@ class ParentLink(Service):
         self._onGateways = onGateways
         self._onReopen = onReopen
         self._onPurge = onPurge
+        self._listening = listening
+        self._listens = listening is None
         self._health: Dict[str, bool] = {}
         self._statsCall: Optional[Any] = None
         self.channel: Optional[ControlChannel] = None
@@ -84,6 +92,14 @@ class ParentLink(Service):
             self._reactor, self._fd, ControlChannel(self._received, self._parentGone)
         )
         self._statsCall = self._reactor.callLater(self._statsInterval, self._reportStats)
+        if self._listening is not None:
+            self._listening().addCallback(self._nowListening)
+
+    def _nowListening(self, _: Any) -> None:
+        self._listens = True
+        snapshot = self._manager.snapshot
+        if snapshot is not None:
+            self._send({"serving": snapshot.revision})
 
     def stopService(self) -> None:
         super().stopService()
@@ -129,7 +145,8 @@ class ParentLink(Service):
     def _swapped(self, snapshot: Any) -> None:
         # Health comes from the parent: keep it across snapshot swaps.
         self._applyHealth()
-        self._send({"serving": snapshot.revision})
+        if self._listens:
+            self._send({"serving": snapshot.revision})
 
     def _applyHealth(self) -> None:
         if not self._health:

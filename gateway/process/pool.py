@@ -40,6 +40,15 @@ one table of shared memory the parent makes and passes to each
 together.  A worker that dies is started again, with a back-off when it
 keeps dying; the parent stops them all (SIGTERM, then SIGKILL after a grace
 period) when it stops.  A worker whose parent is gone stops too.
+
+A worker confirms a revision (C{serving}) only once its proxy listens: a
+worker is ready from its first confirmation until it ends.  One that cannot
+start (its port cannot be bound, its access log cannot be opened) exits
+with L{CANNOT_START}.  While the gateway starts (until every worker has
+served once) that ends the gateway, as a one-process gateway whose port
+cannot be bound ends (no restarts that could never succeed); later (a
+worker that crashed and finds its port taken meanwhile) it is started
+again with the same back-off, and stays not ready until it serves.
 """
 
 from __future__ import annotations
@@ -65,6 +74,10 @@ log = Logger()
 
 #: Where a worker finds the workers' shared buckets.
 SHARED_BUCKETS_FD = 4
+
+#: The exit status of a worker that cannot start (C{EX_CONFIG} of
+#: C{sysexits.h}): it said why on its standard error.
+CANNOT_START = 78
 
 
 def workerCount(configured: Optional[int], shareable: bool = True) -> int:
@@ -201,8 +214,15 @@ class WorkerPool(Service):
         starts (it closes them when it stops): each worker gets them as its
         descriptor C{SHARED_BUCKETS_FD} (with C{--buckets-fd}).  L{None}:
         none.
-    @param served: where the revision each worker serves is kept.
+    @param served: where the revision each worker serves is kept (each
+        worker is expected there: L{ServedRevisions.expect}).
+    @param onCannotStart: called with a message when a worker cannot start
+        (it exited with L{CANNOT_START}) before every worker has served
+        once: the gateway's start failed (a L{gateway.process.startup.Abort}).
+        L{None}: such a worker is started again, as one that crashed.
     @ivar buckets: the workers' shared buckets while the pool runs.
+    @ivar started: whether every worker has served once (the gateway's
+        start is over).
     """
 
     restartDelay = 0.5
@@ -219,6 +239,7 @@ class WorkerPool(Service):
         onStats: Optional[Callable[[int, dict], None]] = None,
         makeBuckets: Optional[Callable[[], Any]] = None,
         served: Optional[ServedRevisions] = None,
+        onCannotStart: Optional[Callable[[str], None]] = None,
     ) -> None:
         self.setName("workers")
         self._reactor = reactor
@@ -229,7 +250,14 @@ class WorkerPool(Service):
         self._argv = argv
         self._healthSource = healthSource
         self._onStats = onStats
+        self._onCannotStart = onCannotStart
         self.processes: Dict[int, _WorkerProcess] = {}
+        #: The workers that have served once (any of their processes).
+        self._servedOnce: Set[int] = set()
+        self.started = False
+        #: Whether a worker could not start while the gateway started: it
+        #: stops, and no worker is started again.
+        self.failed = False
         self._channels: Dict[int, ControlChannel] = {}
         self._delays: Dict[int, float] = {}
         self._pendingRestarts: Dict[int, Any] = {}
@@ -253,6 +281,7 @@ class WorkerPool(Service):
         if self._makeBuckets is not None and self.buckets is None:
             self.buckets = self._makeBuckets()
         for index in range(self.count):
+            self.served.expect(index)
             self._spawn(index)
         if self._healthSource is not None:
             self._healthCall = self._reactor.callLater(self.healthInterval, self._pushHealth)
@@ -311,6 +340,9 @@ class WorkerPool(Service):
         serving = message.get("serving")
         if isinstance(serving, int) and not isinstance(serving, bool):
             self.served.serving(index, serving)
+            self._servedOnce.add(index)
+            if not self.started and len(self._servedOnce) == self.count:
+                self.started = True
         purged = message.get("purged")
         if isinstance(purged, dict):
             self._purged(index, purged.get("id"), purged.get("entries"))
@@ -438,6 +470,13 @@ class WorkerPool(Service):
         for channel in self._channels.values():
             channel.sendEncoded(message)
 
+    def serving(self, index: int) -> bool:
+        """
+        @return: whether worker C{index} serves: it runs and has confirmed
+            a revision (which it does once its proxy listens).
+        """
+        return self.served.serves(index)
+
     def pids(self) -> Dict[int, Optional[int]]:
         """
         @return: C{{index: pid}} of the workers running now.
@@ -464,7 +503,22 @@ class WorkerPool(Service):
             self._channels.pop(index, None)
             self._synced.discard(index)
             self.served.gone(index)
-        if not self.running:
+        if not self.running or self.failed:
+            return
+        cannotStart = getattr(reason, "exitCode", None) == CANNOT_START
+        if cannotStart and not self.started and self._onCannotStart is not None:
+            # The gateway's start failed: what failed would fail again.
+            self.failed = True
+            log.critical(
+                "proxy worker {index} cannot start (exit status {status}; its message"
+                " above says why): stopping the gateway",
+                index=index,
+                status=CANNOT_START,
+            )
+            self._onCannotStart(
+                f"proxy worker {index} exited with status {CANNOT_START}"
+                " (its message above says why)"
+            )
             return
         uptime = self._reactor.seconds() - process.startedAt
         delay = self._delays.get(index, self.restartDelay)
@@ -473,12 +527,20 @@ class WorkerPool(Service):
         delay = self.restartDelay if uptime > 60 else min(delay * 2, self.maxRestartDelay)
         self._delays[index] = delay
         self.restarts += 1
-        log.error(
-            "proxy worker {index} ended ({reason}); restarting in {delay:.1f}s",
-            index=index,
-            reason=reason,
-            delay=delay,
-        )
+        if cannotStart:
+            log.error(
+                "proxy worker {index} cannot start (its message above says why);"
+                " trying again in {delay:.1f}s (not ready until it serves)",
+                index=index,
+                delay=delay,
+            )
+        else:
+            log.error(
+                "proxy worker {index} ended ({reason}); restarting in {delay:.1f}s",
+                index=index,
+                reason=reason,
+                delay=delay,
+            )
         self._pendingRestarts[index] = self._reactor.callLater(delay, self._spawn, index)
 
     def signalAll(self, signal: str) -> None:

@@ -6,10 +6,14 @@ own proxy when it serves in the gateway process, each worker over its
 control channel (L{gateway.process.pool}).  L{ServedRevisions} holds what
 they said; a worker that ends leaves it, and one that starts joins once it
 serves (it loads the current state before it does, so it never serves an
-older one).  L{Propagation} is what the admin waits on before it answers a
-write: until every proxy process of this gateway serves the write's
-revision, and, when asked, until every proxy registered in a shared store
-does too (their registry records carry the revision they serve).
+older one).  The workers are I{expected} members: one that does not serve
+(not started yet, restarting, unable to start) holds every wait until it
+serves, so that no answer says a change serves everywhere while a
+configured worker serves nothing.  L{Propagation} is what the admin waits
+on before it answers a write: until every proxy process of this gateway
+serves the write's revision, and, when asked, until every proxy registered
+in a shared store does too (their registry records carry the revision they
+serve).
 
 Waiting is never bounded here: the admin bounds it, by cancelling
 (C{addTimeout}), and answers anyway, saying that the change has not
@@ -18,7 +22,7 @@ reached every proxy yet.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
@@ -36,11 +40,14 @@ class ServedRevisions:
     The store revision each proxy process of this gateway serves.
 
     Members are named by whoever reports for them: C{"proxy"} for the
-    gateway process's own proxy, a worker's index for a worker.
+    gateway process's own proxy, a worker's index for a worker.  An
+    expected member (L{expect}: a configured worker) is waited for even
+    while it serves nothing.
     """
 
     def __init__(self) -> None:
         self._members: Dict[Hashable, int] = {}
+        self._expected: Set[Hashable] = set()
         self._waiters: List[Tuple[int, Deferred]] = []
         self._listeners: List[Callable[[], None]] = []
 
@@ -53,9 +60,18 @@ class ServedRevisions:
         self._members[member] = revision
         self._changed()
 
+    def expect(self, member: Hashable) -> None:
+        """
+        C{member} is one of the proxy processes (a configured worker):
+        while it serves nothing, every wait waits for it and L{missing}
+        names it.
+        """
+        self._expected.add(member)
+
     def gone(self, member: Hashable) -> None:
         """
-        C{member} serves no more (a worker ended): no wait waits for it.
+        C{member} serves no more (a worker ended): no wait waits for it,
+        unless it is expected (then they wait for it to serve again).
         """
         if self._members.pop(member, None) is not None:
             self._changed()
@@ -65,6 +81,18 @@ class ServedRevisions:
         @return: C{{member: revision}} of the members serving now.
         """
         return dict(self._members)
+
+    def serves(self, member: Hashable) -> bool:
+        """
+        @return: whether C{member} serves a revision now.
+        """
+        return member in self._members
+
+    def missing(self) -> Set[Hashable]:
+        """
+        @return: the expected members that serve nothing now.
+        """
+        return self._expected - self._members.keys()
 
     def lowest(self) -> Optional[int]:
         """
@@ -81,14 +109,17 @@ class ServedRevisions:
         self._listeners.append(listener)
 
     def _servedBy(self, revision: int) -> bool:
+        if not self._expected.issubset(self._members):
+            return False
         return all(served >= revision for served in self._members.values())
 
     def whenServed(self, revision: int) -> Deferred:
         """
         @return: a Deferred firing with L{None} once every member serves
-            C{revision} or a later one (at once when they do already, or
-            when none serves: a process that starts serving later loads
-            the current state first); cancelling it stops the wait.
+            C{revision} or a later one, and every expected member serves
+            (at once when they do already, or when none serves and none is
+            expected: a process that starts serving later loads the
+            current state first); cancelling it stops the wait.
         """
         if self._servedBy(revision):
             return succeed(None)
@@ -114,11 +145,21 @@ class ServedRevisions:
 
 
 def _recordServes(record: Any, revision: int) -> bool:
-    if not isinstance(record, dict) or not record.get("ready"):
-        # A proxy still starting loads the current state before it serves.
+    if not isinstance(record, dict):
         return True
     served = record.get("revision")
-    return isinstance(served, int) and not isinstance(served, bool) and served >= revision
+    if not record.get("ready") and served is None:
+        # A proxy still starting, serving nothing yet, loads the current
+        # state before it serves.
+        return True
+    # A proxy that serves but is not ready (a worker of it does not serve)
+    # is waited for until it is.
+    return (
+        bool(record.get("ready"))
+        and isinstance(served, int)
+        and not isinstance(served, bool)
+        and served >= revision
+    )
 
 
 @implementer(IPropagation)

@@ -21,11 +21,11 @@ the reactor; nothing below them imports Twisted's global one.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 
@@ -214,7 +214,7 @@ def _proxyServices(
     abort: Abort,
     endpointFor: Callable[[str], Any],
     **kwargs: Any,
-) -> None:
+) -> List[ProxyService]:
     """
     Listen on every endpoint of the proxy: C{proxy.listen} (plain HTTP)
     and C{proxy.tlsListen} (HTTPS, with the certificates of the current
@@ -223,17 +223,19 @@ def _proxyServices(
 
     @param endpointFor: makes the server endpoint of an endpoint string.
     @param kwargs: passed to each L{ProxyService}.
+    @return: the services, in order.
     """
     tlsFactory = None
     if proxyConfig.tlsListen:
         serverTLS = ServerTLS(reactor, http2=proxyConfig.http2)
         manager.addListener(CertificateFollower(serverTLS, proxyConfig.tlsDefaultCertificate))
         tlsFactory = serverTLS.wrap(site)
+    services = []
     for i, (setting, endpoint, tls) in enumerate(listenSettings(proxyConfig)):
         if i:
             # (Said once, by the first.)
             kwargs.pop("advice", None)
-        ProxyService(
+        service = ProxyService(
             "proxy" if i == 0 else f"proxy-{i}",
             setting,
             endpointFor(endpoint),
@@ -243,7 +245,10 @@ def _proxyServices(
             drainTimeout=proxyConfig.drainTimeout,
             site=site,
             **kwargs,
-        ).setServiceParent(root)
+        )
+        service.setServiceParent(root)
+        services.append(service)
+    return services
 
 
 def _discovery(
@@ -425,6 +430,7 @@ def makeGatewayService(
             onStats=lambda index, stats: status.workerReported(index, stats),
             makeBuckets=SharedBuckets.create,
             served=served,
+            onCannotStart=abort,
         )
     storeService = StoreService(
         store,
@@ -601,6 +607,7 @@ def makeWorkerService(
     if client is None:
         client = _upstreamClient(reactor, proxyConfig)
     storeService = StoreService(store, manager, abort, reactor)
+    proxies: List[ProxyService] = []
     ParentLink(
         reactor,
         worker.controlFD,
@@ -610,6 +617,8 @@ def makeWorkerService(
         onGateways=fleet.buckets.setGateways if fleet is not None else None,
         onReopen=accessLog.reopen if accessLog is not None else None,
         onPurge=cache.purgeLocal,
+        # (The parent counts a worker that confirms a revision as serving.)
+        listening=lambda: gatherResults([proxy.whenListening() for proxy in proxies]),
     ).setServiceParent(root)
     storeService.setServiceParent(root)
     UpstreamService(client).setServiceParent(root)
@@ -618,7 +627,7 @@ def makeWorkerService(
     resource, site = _proxySite(
         proxyConfig, reactor, manager, client, counters, tracing, accessLog, cache
     )
-    _proxyServices(
+    proxies += _proxyServices(
         root,
         proxyConfig,
         reactor,

@@ -33,7 +33,7 @@ class Abort:
     Ends a process whose start failed.
 
     @ivar status: the exit status the process must end with: L{None} while
-        nothing failed, then 1.
+        nothing failed, then 1 (or the status given).
     @ivar messages: what failed, in order.
     """
 
@@ -43,6 +43,7 @@ class Abort:
         whenStopped: Optional[Callable[[int], None]] = None,
         stderr: Optional[TextIO] = None,
         prefix: str = "gateway: cannot start: ",
+        status: int = 1,
     ) -> None:
         """
         @param reactor: the process's reactor (an L{IReactorCore}).
@@ -52,11 +53,15 @@ class Abort:
             reactor stopped).
         @param stderr: where the message goes; C{sys.stderr} by default.
         @param prefix: put before every message.
+        @param status: the exit status of a failed start (a proxy worker's
+            is L{gateway.process.pool.CANNOT_START}, so that its parent
+            tells it from a crash).
         """
         self._reactor = reactor
         self._whenStopped = whenStopped
         self._stderr = stderr
         self._prefix = prefix
+        self._failedStatus = status
         self.status: Optional[int] = None
         self.messages: List[str] = []
 
@@ -73,7 +78,7 @@ class Abort:
         stderr.flush()
         if self.status is not None:
             return
-        self.status = 1
+        self.status = self._failedStatus
         if self._reactor.running:
             self._reactor.stop()
             if self._whenStopped is not None:

@@ -71,10 +71,15 @@ class GatewayStatus:
     def ready(self) -> bool:
         """
         @return: whether this gateway serves its first configuration (its
-            names looked up once, when it discovers servers).
+            names looked up once, when it discovers servers), with every
+            worker serving (none starting, restarting or unable to start).
         """
         discovery = self._discovery
-        return bool(self._store.ready) and (discovery is None or discovery.settled)
+        return (
+            bool(self._store.ready)
+            and (discovery is None or discovery.settled)
+            and not self._served.missing()
+        )
 
     def workerReported(self, index: int, stats: dict) -> None:
         """
@@ -86,9 +91,16 @@ class GatewayStatus:
     def _workers(self) -> List[Dict[str, Any]]:
         assert self._pool is not None
         revisions = self._served.revisions()
+        pids = self._pool.pids()
+        # Every configured worker, running or not (restarting: no pid).
         return [
-            {"worker": index, "pid": pid, "revision": revisions.get(index)}
-            for index, pid in self._pool.pids().items()
+            {
+                "worker": index,
+                "pid": pids.get(index),
+                "revision": revisions.get(index),
+                "ready": index in revisions,
+            }
+            for index in range(self._pool.count)
         ]
 
     def describe(self) -> Dict[str, Any]:

@@ -11,6 +11,11 @@ reports its stats, and stops when the parent goes away.  With
 C{--buckets-fd N} its limits keep their buckets in the workers' shared
 table (L{gateway.protection.sharedbuckets}), so they hold for all the
 workers together.
+
+A worker that cannot start (its proxy port cannot be bound, its access log
+cannot be opened, its config is refused) says why on its standard error
+and exits with L{gateway.process.pool.CANNOT_START}, which its parent tells
+from a crash (L{gateway.process.pool.WorkerPool}).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     Run one proxy worker until its parent stops it (or goes away).
 
-    @return: the exit status: 0, or 1 when it could not start.
+    @return: the exit status: 0, or L{CANNOT_START} when it could not
+        start.
     """
     parser = argparse.ArgumentParser(prog="gateway.process.worker")
     parser.add_argument("--config", required=True)
@@ -55,6 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from gateway.filters import FilterRegistry
     from gateway.model.config import ConfigError, loadConfig
     from gateway.process.interpreter import collectorPaused, tuneGC
+    from gateway.process.pool import CANNOT_START
     from gateway.process.root import WorkerRole, makeService
     from gateway.process.startup import Abort
     from gateway.protection.sharedbuckets import SharedBuckets
@@ -72,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     globalLogBeginner.beginLoggingTo(
         [FileLogObserver(sys.stdout, format)], redirectStandardIO=False
     )
-    abort = Abort(reactor, prefix=f"{prefix} cannot start: ")
+    abort = Abort(reactor, prefix=f"{prefix} cannot start: ", status=CANNOT_START)
     try:
         buckets = SharedBuckets.fromFD(args.buckets_fd) if args.buckets_fd is not None else None
         with collectorPaused():
@@ -87,9 +94,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         service.privilegedStartService()
     except (ConfigError, ValueError, OSError) as e:
         sys.stderr.write(f"{prefix} cannot start: {e}\n")
-        return 1
+        return CANNOT_START
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 1
+        return e.code if isinstance(e.code, int) else CANNOT_START
 
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
