@@ -882,6 +882,73 @@ class MediaTypeTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.store.load()).revision, 0)
 
 
+def patternedStrings(cls: type, path: str = "") -> Iterator[Tuple[str, Str]]:
+    """
+    @return: C{(path, spec)} of every string field of a resource class
+        (and of the objects it holds) that has a pattern.
+    """
+    for a in attrs.fields(cls):
+        spec = a.metadata.get("spec")
+        where = f"{path}.{a.name}" if path else a.name
+        while isinstance(spec, (Nullable, ListSpec)):
+            spec = spec.inner if isinstance(spec, Nullable) else spec.item
+        if isinstance(spec, Obj):
+            yield from patternedStrings(spec.cls, where)
+        elif isinstance(spec, Str) and spec.pattern is not None:
+            yield where, spec
+
+
+class MessageTests(SynchronousTestCase):
+    """
+    Errors say what a value must be in words, not as a regular expression
+    or a bare "too short".
+    """
+
+    def test_everyPatternHinted(self) -> None:
+        """
+        Every string field of every resource with a pattern has a hint, so
+        that no error reads C{must match ^(...)$}.
+        """
+        bare = [
+            f"{kind}.{where}"
+            for kind, cls in RESOURCE_CLASSES.items()
+            for where, spec in patternedStrings(cls)
+            if not spec.patternHint
+        ]
+        self.assertEqual(bare, [])
+
+    def test_words(self) -> None:
+        """
+        The rate limit's key, a routing's C{hashOn} and a too short API
+        key are refused in words, with the minimum length.
+        """
+        api = {"name": "a", "urlPattern": "/a", "nodes": [{"cluster": "c"}]}
+        cases = [
+            (
+                "apis",
+                dict(api, rateLimit={"rate": 1, "key": "bogus"}),
+                "rateLimit.key",
+                "must be none, ip, consumer or header:NAME",
+            ),
+            (
+                "routings",
+                {"name": "r", "cluster": "c", "trafficRate": 10, "hashOn": "x"},
+                "hashOn",
+                "must be ip, header:NAME or cookie:NAME",
+            ),
+            (
+                "consumers",
+                {"name": "u", "credentials": [{"type": "key", "key": "short"}]},
+                "credentials[0].key",
+                "must be at least 16 characters",
+            ),
+        ]
+        for kind, value, field, message in cases:
+            with self.assertRaises(ValidationError) as caught:
+                parseResource(kind, value)
+            self.assertIn((field, message), [(e.field, e.message) for e in caught.exception.errors])
+
+
 class NoEmptyFieldTests(SynchronousTestCase):
     """
     An error that names no field has no C{field} key.

@@ -89,6 +89,10 @@ def _exposeStar(values: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
                 )
 
 
+_METHOD_HINT = "must be * or a method name (letters, digits and !#$%&'*+.^_`|~-)"
+_HEADER_HINT = "must be * or a header name (letters, digits and !#$%&'*+.^_`|~-)"
+
+
 @attrs.frozen
 class CORS:
     """
@@ -116,18 +120,24 @@ class CORS:
         " any depth, same scheme and port), or *",
     )
     methods: Tuple[str, ...] = field(
-        ListOf(Str(pattern=patterns.HEADER_NAME, maxLength=64), maxItems=64),
+        ListOf(
+            Str(pattern=patterns.HEADER_NAME, maxLength=64, patternHint=_METHOD_HINT), maxItems=64
+        ),
         (),
         doc="methods a preflight allows, or *; empty: the API's method (any, for an API of"
         " every method); GET, HEAD and POST are always allowed",
     )
     headers: Tuple[str, ...] = field(
-        ListOf(Str(pattern=patterns.HEADER_NAME, maxLength=256), maxItems=256),
+        ListOf(
+            Str(pattern=patterns.HEADER_NAME, maxLength=256, patternHint=_HEADER_HINT), maxItems=256
+        ),
         (),
         doc="request headers a preflight allows, or *; empty: whatever it asks for",
     )
     exposeHeaders: Tuple[str, ...] = field(
-        ListOf(Str(pattern=patterns.HEADER_NAME, maxLength=256), maxItems=256),
+        ListOf(
+            Str(pattern=patterns.HEADER_NAME, maxLength=256, patternHint=_HEADER_HINT), maxItems=256
+        ),
         (),
         doc="response headers scripts may read (Access-Control-Expose-Headers)",
     )

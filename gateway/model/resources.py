@@ -509,7 +509,10 @@ class RateLimit:
     rate: float = field(Num(0.001, 10_000_000), doc="requests per second, at least 0.001")
     burst: Optional[int] = field(Nullable(Int(1, 10_000_000)), None, doc="default: rate")
     key: str = field(
-        Str(pattern=r"^(none|ip|consumer|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+)$"),
+        Str(
+            pattern=r"^(none|ip|consumer|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+)$",
+            patternHint="must be none, ip, consumer or header:NAME",
+        ),
         "none",
         doc="none | ip | consumer (the API's auth names it) | header:NAME",
     )
@@ -908,7 +911,12 @@ class Routing:
     strategy: str = field(Enum(("split", "mirror")), "split")
     trafficRate: float = field(Num(0, 100), 100.0, doc="% of matching requests")
     hashOn: Optional[str] = field(
-        Nullable(Str(pattern=r"^(ip|header:[A-Za-z0-9_-]+|cookie:[A-Za-z0-9_.-]+)$")),
+        Nullable(
+            Str(
+                pattern=r"^(ip|header:[A-Za-z0-9_-]+|cookie:[A-Za-z0-9_.-]+)$",
+                patternHint="must be ip, header:NAME or cookie:NAME",
+            )
+        ),
         None,
         doc="sticky split key: ip | header:NAME | cookie:NAME",
     )

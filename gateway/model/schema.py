@@ -296,7 +296,10 @@ class Str(Spec):
                 )
         if len(value) < self.minLength:
             raise ValidationError(
-                path, "must not be empty" if self.minLength == 1 else "is too short"
+                path,
+                "must not be empty"
+                if self.minLength == 1
+                else f"must be at least {self.minLength} characters",
             )
         if len(value) > self.maxLength:
             raise ValidationError(path, f"must be at most {self.maxLength} characters")
