@@ -22,7 +22,7 @@ from unittest.mock import ANY
 import pytest
 import yaml
 from harness import REPO, GatewayProcess, freePort, subprocessEnv
-from tlsfixtures import CertificateAuthority, writePEM
+from tlsfixtures import CertificateAuthority, selfSigned, writePEM
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.cli.checks import checkResources
@@ -1046,6 +1046,16 @@ class ExportTests(SynchronousTestCase):
         self.assertEqual(data["servers"][0], {"name": "s1", "addr": "127.0.0.1:9001"})
         self.assertIn("servers: [s1, s2]", document)
         self.assertEqual(parseResourceFile(data, "export").resources, state)
+
+        # A certificate's PEM is a literal block, line for line, and reads
+        # back the same.
+        issued = selfSigned(["api.example.com"])
+        withCertificate = dict(
+            state, certificates={"c": {"name": "c", "cert": issued.cert, "snis": []}}
+        )
+        document = exportDocument(withCertificate)
+        self.assertIn("  cert: |\n    -----BEGIN CERTIFICATE-----\n", document)
+        self.assertEqual(yaml.safe_load(document)["certificates"][0]["cert"], issued.cert)
 
         empty = yaml.safe_load(exportDocument({kind: {} for kind in KINDS}))
         self.assertEqual(empty, {kind: [] for kind in KINDS})

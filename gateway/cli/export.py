@@ -93,14 +93,25 @@ SECRETS_NOTE = """\
 class _ExportDumper(yaml.SafeDumper):
     """
     Writes short lists of plain values on one line (C{servers: [a, b]}),
-    everything else in block style.
+    everything else in block style; text of several lines (a certificate's
+    PEM) as a literal block (C{|}), line for line, where YAML can hold it
+    so (else as YAML chooses).
     """
+
+    def represent_str(self, data: str) -> Any:
+        if "\n" in data:
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style="|")
+        return super().represent_str(data)
 
     def represent_list(self, data: Any) -> Any:
         flow = len(data) <= 8 and all(
             isinstance(v, (str, int, float, bool)) or v is None for v in data
         )
         return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_ExportDumper.add_representer(list, _ExportDumper.represent_list)
+_ExportDumper.add_representer(str, _ExportDumper.represent_str)
 
 
 def exportDocument(state: JSONResources, source: str = "") -> str:

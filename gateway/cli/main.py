@@ -48,7 +48,7 @@ import attrs
 
 from gateway.cli.checks import checkResources
 from gateway.cli.client import DEFAULT_ADMIN, DEFAULT_TIMEOUT, AdminClient, normaliseAdminURL
-from gateway.cli.export import _ExportDumper, exportDocument
+from gateway.cli.export import exportDocument
 from gateway.cli.plan import (
     _unmanagedNote,
     applyBatch,
@@ -63,9 +63,6 @@ from gateway.store import KINDS
 
 # Exit statuses: success, invalid input or a failed request, usage error.
 OK, FAILED, USAGE = 0, 1, 2
-
-
-_ExportDumper.add_representer(list, _ExportDumper.represent_list)
 
 
 @attrs.define
