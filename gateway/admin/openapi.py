@@ -663,8 +663,8 @@ def _responses() -> Dict[str, Dict[str, Any]]:
             " schema refuses, or a body that fits the schema but breaks a rule it states in"
             " words only (such errors marked rule: true): a name other than the URL's, a URL"
             " pattern naming a parameter twice or holding a regular expression the linear"
-            " engine refuses, a rewrite naming a parameter the pattern lacks, two nodes with"
-            " one attrName, a filter that refuses its config..."
+            " engine refuses, a rewrite naming a parameter the pattern lacks or a variable it"
+            " does not know, two nodes with one attrName, a filter that refuses its config..."
         ),
         "BadPath": _error(
             "A path the server refuses before any operation: an encoded slash or backslash,"
