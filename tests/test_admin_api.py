@@ -419,6 +419,22 @@ class BadInputTests(APITestCase):
         self.assertError(self.call("POST", "/servers", dict(SERVER, name="a b")), 400, "name")
         self.assertError(self.call("PUT", "/servers/a%20b", {"addr": "1.2.3.4:5"}), 400, "name")
 
+    def test_dotNames(self) -> None:
+        """
+        C{.} and C{..} are refused as names (no URL reaches them: they are
+        dot segments), with the rule in the message, in a batch too.  (Names
+        holding dots among other characters: L{test_validation.DotNameTests}.)
+        """
+        for name in (".", ".."):
+            code, _, body = self.call("POST", "/servers", dict(SERVER, name=name))
+            self.assertEqual((code, body["field"]), (400, "name"), body)
+            self.assertIn("not . or ..", body["error"])
+        code, _, body = self.batch([{"op": "delete", "kind": "servers", "name": ".."}])
+        self.assertEqual((code, body["field"]), (400, "changes[0].name"), body)
+
+    def batch(self, changes: Any) -> Tuple[int, Any, Any]:
+        return self.call("POST", "/batch", {"changes": changes})
+
     def test_invalidJSON(self) -> None:
         """
         A body that is not JSON is refused with C{invalid JSON}.
