@@ -485,6 +485,90 @@ class BadInputTests(APITestCase):
         return transport.value()
 
 
+class QueryParameterTests(APITestCase):
+    """
+    A query parameter a route does not take is refused, before anything is
+    done, naming it and what the route takes.
+    """
+
+    def test_guessedDryRun(self) -> None:
+        """
+        C{PUT /servers/s2?dryRun=true} is a 400 naming C{dryRun} and
+        C{wait}, and commits nothing (it used to answer 200 and commit); so
+        is a C{POST}, a C{DELETE}, a batch and a whole configuration.
+        """
+        self.seed("servers")
+        before = self.snapshot()
+        for method, path, body in [
+            ("PUT", "/servers/s2?dryRun=true", {"addr": "127.0.0.1:19002"}),
+            ("POST", "/servers?wait=workers&dryRun=1", dict(SERVER, name="s2")),
+            ("DELETE", "/servers/s1?dryRun", None),
+            ("POST", "/batch?dryRun=true", {"changes": []}),
+            ("PUT", "/config?dryRun=true", {"servers": []}),
+        ]:
+            code, _, answer = self.call(method, path, body)
+            self.assertEqual(code, 400, answer)
+            self.assertEqual(answer["field"], "dryRun")
+            self.assertEqual(
+                answer["error"],
+                f"unknown query parameter 'dryRun': {method} /api/v1{path.split('?')[0]}"
+                " takes only wait",
+            )
+        self.assertEqual(self.snapshot(), before)
+
+    def test_reads(self) -> None:
+        """
+        Reads take no query parameter: C{wait} and anything else on a
+        C{GET} is refused, on the public routes too.
+        """
+        self.seed("servers")
+        for path, name in [
+            ("/servers?wait=proxies", "wait"),
+            ("/servers/s1?fields=addr", "fields"),
+            ("/stats?api=a1", "api"),
+            ("/proxies?x", "x"),
+            ("/config?revision=1", "revision"),
+            ("/openapi.json?v=1", "v"),
+        ]:
+            code, _, answer = self.call("GET", path)
+            self.assertEqual((code, answer.get("field")), (400, name), (path, answer))
+            self.assertTrue(answer["error"].endswith(" takes none"), answer)
+        code, _, answer = self.call(
+            "GET", "/healthz?probe=1", token=None, base="http://admin.example"
+        )
+        self.assertEqual((code, answer.get("field")), (400, "probe"), answer)
+
+    def test_unauthorizedFirst(self) -> None:
+        """
+        A caller without the token learns nothing from a parameter: 401.
+        """
+        code, _, _ = self.call("PUT", "/servers/s2?dryRun=true", {"addr": "1.2.3.4:5"}, token=None)
+        self.assertEqual(code, 401)
+
+    def test_metrics(self) -> None:
+        """
+        C{/metrics} takes no query parameter either.
+        """
+        from twisted.web.resource import Resource
+
+        self.stub = StubTreq(self.makeAPI(metrics=Resource()).resource())
+        code, _, answer = self.call("GET", "/metrics?name[]=x", base="http://admin.example")
+        self.assertEqual((code, answer.get("field")), (400, "name[]"), answer)
+
+    def test_takenStillWork(self) -> None:
+        """
+        C{?wait=workers} and C{?wait=proxies} still work on every write.
+        """
+        code, _, body = self.call("POST", "/servers?wait=workers", SERVER)
+        self.assertEqual(code, 201, body)
+        code, _, body = self.call("PUT", "/servers/s1?wait=proxies", dict(SERVER, weight=2))
+        self.assertEqual(code, 200, body)
+        code, _, body = self.call("POST", "/batch?wait=proxies", {"changes": []})
+        self.assertEqual(code, 200, body)
+        code, _, body = self.call("DELETE", "/servers/s1?wait=workers")
+        self.assertEqual(code, 204, body)
+
+
 class NotFoundTests(APITestCase):
     """
     Unknown paths and methods get JSON errors.
