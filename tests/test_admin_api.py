@@ -538,6 +538,17 @@ class QueryParameterTests(APITestCase):
         )
         self.assertEqual((code, answer.get("field")), (400, "probe"), answer)
 
+    def test_errorsFirst(self) -> None:
+        """
+        A path that does not exist is a 404, a method a path does not take
+        a 405, whatever the query.
+        """
+        code, _, _ = self.call("GET", "/nothing?dryRun=true")
+        self.assertEqual(code, 404)
+        code, headers, _ = self.call("PATCH", "/servers/s1?dryRun=true", {"addr": "1.2.3.4:5"})
+        self.assertEqual(code, 405)
+        self.assertEqual(headers.getRawHeaders(b"allow"), [b"DELETE, GET, HEAD, PUT"])
+
     def test_unauthorizedFirst(self) -> None:
         """
         A caller without the token learns nothing from a parameter: 401.

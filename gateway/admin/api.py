@@ -269,9 +269,13 @@ def checkQuery(request: IRequest, accepted: Mapping[str, Tuple[str, ...]]) -> No
             )
 
 
+#: The query parameters of a route that takes none.
+_NO_PARAMETERS: Mapping[str, Tuple[str, ...]] = {}
+
+
 def _jsonEndpoint(
     authenticated: bool = True,
-    query: Optional[Mapping[str, Tuple[str, ...]]] = None,
+    query: Optional[Mapping[str, Tuple[str, ...]]] = _NO_PARAMETERS,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """
     Turn a coroutine method returning an L{_Answer} into a Klein route
@@ -279,9 +283,9 @@ def _jsonEndpoint(
 
     @param query: the query parameters the route takes, by method (see
         L{checkQuery}); by default none.  They are the operation's
-        parameters in the OpenAPI document.
+        parameters in the OpenAPI document.  L{None} for an error handler,
+        which answers its error whatever the query.
     """
-    accepted: Mapping[str, Tuple[str, ...]] = query or {}
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
@@ -289,7 +293,8 @@ def _jsonEndpoint(
             try:
                 if authenticated:
                     self._authorize(request)
-                checkQuery(request, accepted)
+                if query is not None:
+                    checkQuery(request, query)
                 answer = await f(self, request, *args, **kwargs)
             except CancelledError:
                 raise
@@ -754,7 +759,7 @@ class AdminAPI:
         return self._metrics
 
     @app.handle_errors(NotFound)
-    @_jsonEndpoint(authenticated=False)
+    @_jsonEndpoint(authenticated=False, query=None)
     async def notFound(self, request: IRequest, failure: Any) -> _Answer:
         """
         Any other path: 404, once the caller is known for C{/api/v1} paths
@@ -764,7 +769,7 @@ class AdminAPI:
         return _Answer(404, {"error": "no such resource"})
 
     @app.handle_errors(MethodNotAllowed)
-    @_jsonEndpoint(authenticated=False)
+    @_jsonEndpoint(authenticated=False, query=None)
     async def methodNotAllowed(self, request: IRequest, failure: Any) -> _Answer:
         """
         A known path with a method it does not take: 405 with C{Allow}.
