@@ -419,6 +419,22 @@ class BadInputTests(APITestCase):
         self.assertError(self.call("POST", "/servers", dict(SERVER, name="a b")), 400, "name")
         self.assertError(self.call("PUT", "/servers/a%20b", {"addr": "1.2.3.4:5"}), 400, "name")
 
+    def test_dotNames(self) -> None:
+        """
+        C{.} and C{..} are refused as names (no URL reaches them: they are
+        dot segments), with the rule in the message, in a batch too.  (Names
+        holding dots among other characters: L{test_validation.DotNameTests}.)
+        """
+        for name in (".", ".."):
+            code, _, body = self.call("POST", "/servers", dict(SERVER, name=name))
+            self.assertEqual((code, body["field"]), (400, "name"), body)
+            self.assertIn("not . or ..", body["error"])
+        code, _, body = self.batch([{"op": "delete", "kind": "servers", "name": ".."}])
+        self.assertEqual((code, body["field"]), (400, "changes[0].name"), body)
+
+    def batch(self, changes: Any) -> Tuple[int, Any, Any]:
+        return self.call("POST", "/batch", {"changes": changes})
+
     def test_invalidJSON(self) -> None:
         """
         A body that is not JSON is refused with C{invalid JSON}.
@@ -467,6 +483,101 @@ class BadInputTests(APITestCase):
         )
         channel.connectionLost(None)
         return transport.value()
+
+
+class QueryParameterTests(APITestCase):
+    """
+    A query parameter a route does not take is refused, before anything is
+    done, naming it and what the route takes.
+    """
+
+    def test_guessedDryRun(self) -> None:
+        """
+        C{PUT /servers/s2?dryRun=true} is a 400 naming C{dryRun} and
+        C{wait}, and commits nothing (it used to answer 200 and commit); so
+        is a C{POST}, a C{DELETE}, a batch and a whole configuration.
+        """
+        self.seed("servers")
+        before = self.snapshot()
+        for method, path, body in [
+            ("PUT", "/servers/s2?dryRun=true", {"addr": "127.0.0.1:19002"}),
+            ("POST", "/servers?wait=workers&dryRun=1", dict(SERVER, name="s2")),
+            ("DELETE", "/servers/s1?dryRun", None),
+            ("POST", "/batch?dryRun=true", {"changes": []}),
+            ("PUT", "/config?dryRun=true", {"servers": []}),
+        ]:
+            code, _, answer = self.call(method, path, body)
+            self.assertEqual(code, 400, answer)
+            self.assertEqual(answer["field"], "dryRun")
+            self.assertEqual(
+                answer["error"],
+                f"unknown query parameter 'dryRun': {method} /api/v1{path.split('?')[0]}"
+                " takes only wait",
+            )
+        self.assertEqual(self.snapshot(), before)
+
+    def test_reads(self) -> None:
+        """
+        Reads take no query parameter: C{wait} and anything else on a
+        C{GET} is refused, on the public routes too.
+        """
+        self.seed("servers")
+        for path, name in [
+            ("/servers?wait=proxies", "wait"),
+            ("/servers/s1?fields=addr", "fields"),
+            ("/stats?api=a1", "api"),
+            ("/proxies?x", "x"),
+            ("/config?revision=1", "revision"),
+            ("/openapi.json?v=1", "v"),
+        ]:
+            code, _, answer = self.call("GET", path)
+            self.assertEqual((code, answer.get("field")), (400, name), (path, answer))
+            self.assertTrue(answer["error"].endswith(" takes none"), answer)
+        code, _, answer = self.call(
+            "GET", "/healthz?probe=1", token=None, base="http://admin.example"
+        )
+        self.assertEqual((code, answer.get("field")), (400, "probe"), answer)
+
+    def test_errorsFirst(self) -> None:
+        """
+        A path that does not exist is a 404, a method a path does not take
+        a 405, whatever the query.
+        """
+        code, _, _ = self.call("GET", "/nothing?dryRun=true")
+        self.assertEqual(code, 404)
+        code, headers, _ = self.call("PATCH", "/servers/s1?dryRun=true", {"addr": "1.2.3.4:5"})
+        self.assertEqual(code, 405)
+        self.assertEqual(headers.getRawHeaders(b"allow"), [b"DELETE, GET, HEAD, PUT"])
+
+    def test_unauthorizedFirst(self) -> None:
+        """
+        A caller without the token learns nothing from a parameter: 401.
+        """
+        code, _, _ = self.call("PUT", "/servers/s2?dryRun=true", {"addr": "1.2.3.4:5"}, token=None)
+        self.assertEqual(code, 401)
+
+    def test_metrics(self) -> None:
+        """
+        C{/metrics} takes no query parameter either.
+        """
+        from twisted.web.resource import Resource
+
+        self.stub = StubTreq(self.makeAPI(metrics=Resource()).resource())
+        code, _, answer = self.call("GET", "/metrics?name[]=x", base="http://admin.example")
+        self.assertEqual((code, answer.get("field")), (400, "name[]"), answer)
+
+    def test_takenStillWork(self) -> None:
+        """
+        C{?wait=workers} and C{?wait=proxies} still work on every write.
+        """
+        code, _, body = self.call("POST", "/servers?wait=workers", SERVER)
+        self.assertEqual(code, 201, body)
+        code, _, body = self.call("PUT", "/servers/s1?wait=proxies", dict(SERVER, weight=2))
+        self.assertEqual(code, 200, body)
+        code, _, body = self.call("POST", "/batch?wait=proxies", {"changes": []})
+        self.assertEqual(code, 200, body)
+        code, _, body = self.call("DELETE", "/servers/s1?wait=workers")
+        self.assertEqual(code, 204, body)
 
 
 class NotFoundTests(APITestCase):

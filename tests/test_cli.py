@@ -458,6 +458,33 @@ class ValidateTests(SynchronousTestCase):
             ],
         )
 
+    def test_urlRewriteVariables(self) -> None:
+        """
+        A rewrite using a variable it does not know (one of the header
+        transformations', or none at all) is refused, naming the field and
+        the variable, as the admin refuses it.
+        """
+        data = copy.deepcopy(BASE)
+        known = (
+            "; a urlRewrite knows {NAME} and {*} (of the URL pattern), $param.NAME,"
+            " $query.NAME, $header.NAME, $depend.ATTR.FIELD, each also as ${...}; write %24"
+            " for a $ before a letter"
+        )
+        data["apis"][0]["nodes"][0]["urlRewrite"] = "/v1/users/{id}?r=$requestId"
+        self.assertErrors(
+            data,
+            [
+                "apis[0] (a-users).nodes[0].urlRewrite: $requestId is a header transformation"
+                " variable, not a urlRewrite one (send it in a header with"
+                " transform.request.set)" + known
+            ],
+        )
+        data["apis"][0]["nodes"][0]["urlRewrite"] = "/v1/$nope.z/{id}"
+        self.assertErrors(
+            data,
+            ["apis[0] (a-users).nodes[0].urlRewrite: unknown variable $nope.z" + known],
+        )
+
     def test_filters(self) -> None:
         """
         A filter whose plugin is installed has its config checked; one whose

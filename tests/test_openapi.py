@@ -281,6 +281,62 @@ class PropagationDocumentTests(SynchronousTestCase):
         self.assertIn("X-Gateway-Revision", proxies["headers"])
 
 
+class QueryParameterTests(SynchronousTestCase):
+    """
+    Each operation takes the query parameters the document lists for it,
+    and is refused (400, documented) one it does not list.
+    """
+
+    def test_documentedAndEnforced(self) -> None:
+        """
+        For every documented operation, through the admin's app: a
+        parameter the document lists is taken (no answer names it at
+        fault; the writes are sent without a body, so they fail on that
+        instead); one it does not list is a 400 naming it, which the
+        operation documents; C{wait} on a read is such a parameter.
+        """
+        from treq.testing import StubTreq
+        from twisted.internet.task import Clock
+        from twisted.web.resource import Resource
+
+        from gateway.store.file import FileStore
+
+        metrics = Resource()
+        admin = AdminAPI(FileStore(None), None, reactor=Clock(), metrics=metrics)
+        stub = StubTreq(admin.resource())
+        document = openAPIDocument()
+        checked = 0
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                if method not in _METHODS:
+                    continue
+                listed = [
+                    p["name"]
+                    for p in item.get("parameters", []) + operation.get("parameters", [])
+                    if p["in"] == "query"
+                ]
+                url = "http://admin.example" + path.replace("{name}", "n1")
+                self.assertIn("400", operation["responses"], (path, method))
+                for name in listed:
+                    value = operation["parameters"][0]["schema"]["enum"][0]
+                    response = self.successResultOf(
+                        stub.request(method.upper(), f"{url}?{name}={value}")
+                    )
+                    body = self.successResultOf(response.content())
+                    answer = json.loads(body) if body.startswith(b"{") else {}
+                    self.assertNotEqual(answer.get("field"), name, (path, method, answer))
+                for name in ["dryRun"] + (["wait"] if not listed else []):
+                    response = self.successResultOf(
+                        stub.request(method.upper(), f"{url}?{name}=true")
+                    )
+                    answer = json.loads(self.successResultOf(response.content()))
+                    self.assertEqual((response.code, answer.get("field")), (400, name), path)
+                    takes = f"only {', '.join(listed)}" if listed else "none"
+                    self.assertTrue(answer["error"].endswith(f" takes {takes}"), answer)
+                    checked += 1
+        self.assertEqual(checked, 60)
+
+
 class ExpandRuleTests(SynchronousTestCase):
     def test_expand(self) -> None:
         """

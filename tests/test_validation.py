@@ -949,6 +949,58 @@ class MessageTests(SynchronousTestCase):
             self.assertIn((field, message), [(e.field, e.message) for e in caught.exception.errors])
 
 
+class DotNameTests(SynchronousTestCase):
+    """
+    Names are reachable by URL: C{.} and C{..} are refused at write; a name
+    holding dots among other characters is read and deleted through the
+    admin's site (its channel refuses dot segments only).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = FileStore(None)
+        api = AdminAPI(self.store, TOKEN, reactor=self.clock)
+        self.site = AdminSite(api.resource(), limits=ADMIN_LIMITS, reactor=self.clock)
+
+    def send(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> bytes:
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        data = b"" if body is None else json.dumps(body).encode()
+        channel.dataReceived(
+            f"{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        return transport.value()
+
+    def test_refused(self) -> None:
+        """
+        A C{POST} naming C{.} or C{..} is a 400 naming C{name}, and nothing
+        is stored (before, 201: and then every URL of it was a 400).
+        """
+        for name in (".", ".."):
+            raw = self.send("POST", "/api/v1/servers", {"name": name, "addr": "127.0.0.1:19001"})
+            self.assertTrue(raw.startswith(b"HTTP/1.1 400 "), raw)
+            self.assertIn(b'"field":"name"', raw)
+        self.assertEqual(self.successResultOf(self.store.load()).revision, 0)
+
+    def test_reachable(self) -> None:
+        """
+        C{..bad}, C{...}, C{a.b} and C{.a} are created, read and deleted by
+        their URLs.
+        """
+        for name in ("..bad", "...", "a.b", ".a"):
+            raw = self.send("POST", "/api/v1/servers", {"name": name, "addr": "127.0.0.1:19001"})
+            self.assertTrue(raw.startswith(b"HTTP/1.1 201 "), raw)
+            raw = self.send("GET", f"/api/v1/servers/{name}")
+            self.assertTrue(raw.startswith(b"HTTP/1.1 200 "), raw)
+            self.assertIn(f'"name":"{name}"'.encode(), raw)
+            raw = self.send("DELETE", f"/api/v1/servers/{name}")
+            self.assertTrue(raw.startswith(b"HTTP/1.1 204 "), raw)
+        self.assertEqual(self.successResultOf(self.store.load()).resources["servers"], {})
+
+
 class NoEmptyFieldTests(SynchronousTestCase):
     """
     An error that names no field has no C{field} key.
@@ -1043,7 +1095,8 @@ class DocumentAgreesTests(SynchronousTestCase):
         C{null} for an enumerated field with a default is allowed by both; a
         URL pattern without its C{/}, several nodes without an C{attrName},
         a C{json} condition without a name, a surrogate-free CR LF in an
-        address are refused by both.
+        address, a name (or a reference) C{.} or C{..} are refused by both;
+        C{..bad} and C{...} are names for both.
         """
         api = {"name": "a", "urlPattern": "/a", "nodes": [{"cluster": "c"}]}
         cases: List[Tuple[str, Dict[str, Any], bool]] = [
@@ -1081,6 +1134,11 @@ class DocumentAgreesTests(SynchronousTestCase):
             ("servers", {"name": "s", "addr": "a\r\n:1"}, False),
             ("servers", {"name": "s", "addr": "[::1]:8080"}, True),
             ("servers", {"name": "s", "addr": "h:65536"}, False),
+            ("servers", {"name": ".", "addr": "h:1"}, False),
+            ("servers", {"name": "..", "addr": "h:1"}, False),
+            ("servers", {"name": "..bad", "addr": "h:1"}, True),
+            ("servers", {"name": "...", "addr": "h:1"}, True),
+            ("clusters", {"name": "c", "servers": [".."]}, False),
         ]
         for kind, body, valid in cases:
             self.agree(kind, body, valid)

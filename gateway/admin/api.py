@@ -20,6 +20,11 @@ C{propagationTimeout} passed, saying then that it has not reached them all
 (C{X-Gateway-Propagation: incomplete}).  Every answer that read or wrote the
 store carries the revision it read or made (C{X-Gateway-Revision}).
 
+Every route takes only the query parameters its OpenAPI operation lists
+(C{wait} on the writes, none elsewhere): any other is answered 400 naming
+it in C{field}, before anything is done (a guessed C{?dryRun=true} must not
+be ignored while the write goes ahead).
+
 Every answer, errors included, is JSON, never a Twisted HTML page.  An
 error is C{{"error": "...", "field": "..."}}, C{field} naming the field at
 fault (left out when no field is); an invalid resource (400) adds
@@ -37,7 +42,8 @@ from __future__ import annotations
 import functools
 import hmac
 import json
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import unquote_to_bytes
 
 import attrs
 from klein import Klein
@@ -208,12 +214,77 @@ def _describeRefs(refs: List[Tuple[str, str, str]]) -> str:
     return ", ".join(f"{k}/{n} ({f})" for k, n, f in refs)
 
 
+#: The query parameter of the writes (see L{AdminAPI._everywhere}).
+WAIT = "wait"
+
+#: The query parameters of a write of one resource or of many, by method.
+_WRITES = {"POST": (WAIT,), "PUT": (WAIT,), "DELETE": (WAIT,)}
+
+
+def queryItems(request: IRequest) -> List[Tuple[bytes, bytes]]:
+    """
+    @return: every C{(name, value)} of the request's query, decoded, in
+        order; a name without C{=} too (C{?dryRun}), with an empty value,
+        which C{request.args} leaves out.
+    """
+    uri = request.uri
+    start = uri.find(b"?")
+    if start < 0:
+        return []
+    items = []
+    for item in uri[start + 1 :].replace(b";", b"&").split(b"&"):
+        if item:
+            key, _, value = item.partition(b"=")
+            items.append(
+                (
+                    unquote_to_bytes(key.replace(b"+", b" ")),
+                    unquote_to_bytes(value.replace(b"+", b" ")),
+                )
+            )
+    return items
+
+
+def checkQuery(request: IRequest, accepted: Mapping[str, Tuple[str, ...]]) -> None:
+    """
+    Refuse a query parameter the route does not take: an operator who
+    guesses one (C{?dryRun=true}) must not see it ignored while the write
+    goes ahead.
+
+    @param accepted: the names of the query parameters the route takes,
+        by method; a method left out takes none.
+    @raise APIError: 400 naming the first parameter the request's method
+        does not take in C{field}, and those it takes in the message.
+    """
+    method = request.method.decode("ascii", "replace")
+    names = accepted.get(method, ())
+    for key, _ in queryItems(request):
+        name = key.decode("utf-8", "backslashreplace")
+        if name not in names:
+            path = request.path.decode("utf-8", "backslashreplace")
+            takes = f"only {', '.join(names)}" if names else "none"
+            raise APIError(
+                400,
+                f"unknown query parameter {name!r}: {method} {path} takes {takes}",
+                name,
+            )
+
+
+#: The query parameters of a route that takes none.
+_NO_PARAMETERS: Mapping[str, Tuple[str, ...]] = {}
+
+
 def _jsonEndpoint(
     authenticated: bool = True,
+    query: Optional[Mapping[str, Tuple[str, ...]]] = _NO_PARAMETERS,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """
     Turn a coroutine method returning an L{_Answer} into a Klein route
     handler that writes JSON, and every exception into a JSON error.
+
+    @param query: the query parameters the route takes, by method (see
+        L{checkQuery}); by default none.  They are the operation's
+        parameters in the OpenAPI document.  L{None} for an error handler,
+        which answers its error whatever the query.
     """
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -222,6 +293,8 @@ def _jsonEndpoint(
             try:
                 if authenticated:
                     self._authorize(request)
+                if query is not None:
+                    checkQuery(request, query)
                 answer = await f(self, request, *args, **kwargs)
             except CancelledError:
                 raise
@@ -536,14 +609,14 @@ class AdminAPI:
             (C{?wait=proxies}) or only for this gateway's (C{?wait=workers},
             the default).
         """
-        values = request.args.get(b"wait")
+        values = [v for k, v in queryItems(request) if k == WAIT.encode("ascii")]
         if not values:
             return False
         if values == [b"proxies"]:
             return True
         if values == [b"workers"]:
             return False
-        raise APIError(400, "must be 'workers' or 'proxies', given once", "wait")
+        raise APIError(400, "must be 'workers' or 'proxies', given once", WAIT)
 
     def _serving(self) -> Dict[bytes, bytes]:
         revision = self._propagation.serving()
@@ -560,7 +633,7 @@ class AdminAPI:
         return _Answer(200, {"status": "ok"})
 
     @app.route(PREFIX + "/" + _KIND, methods=["GET", "POST"])
-    @_jsonEndpoint()
+    @_jsonEndpoint(query=_WRITES)
     async def collection(self, request: IRequest, kind: str) -> _Answer:
         """
         C{GET /api/v1/KIND} lists the resources of a kind, sorted by name;
@@ -578,7 +651,7 @@ class AdminAPI:
         )
 
     @app.route(PREFIX + "/" + _KIND + "/<name>", methods=["GET", "PUT", "DELETE"])
-    @_jsonEndpoint()
+    @_jsonEndpoint(query=_WRITES)
     async def item(self, request: IRequest, kind: str, name: str) -> _Answer:
         """
         C{GET}, C{PUT} (create or replace) and C{DELETE} one resource.
@@ -677,6 +750,7 @@ class AdminAPI:
         """
         try:
             self._authorize(request)
+            checkQuery(request, {})
         except APIError as e:
             return self._write(request, self._errorAnswer(e))
         if self._metrics is None:
@@ -684,7 +758,7 @@ class AdminAPI:
         return self._metrics
 
     @app.handle_errors(NotFound)
-    @_jsonEndpoint(authenticated=False)
+    @_jsonEndpoint(authenticated=False, query=None)
     async def notFound(self, request: IRequest, failure: Any) -> _Answer:
         """
         Any other path: 404, once the caller is known for C{/api/v1} paths
@@ -694,7 +768,7 @@ class AdminAPI:
         return _Answer(404, {"error": "no such resource"})
 
     @app.handle_errors(MethodNotAllowed)
-    @_jsonEndpoint(authenticated=False)
+    @_jsonEndpoint(authenticated=False, query=None)
     async def methodNotAllowed(self, request: IRequest, failure: Any) -> _Answer:
         """
         A known path with a method it does not take: 405 with C{Allow}.
@@ -798,7 +872,7 @@ class AdminAPI:
     # -- many resources at once (POST /api/v1/batch, GET and PUT /api/v1/config) --
 
     @app.route(PREFIX + "/batch", methods=["POST"])
-    @_jsonEndpoint()
+    @_jsonEndpoint(query=_WRITES)
     async def batch(self, request: IRequest) -> _Answer:
         """
         C{POST /api/v1/batch}: put and delete many resources of any kinds
@@ -813,7 +887,7 @@ class AdminAPI:
         return await self._writeMany(batch, everywhere)
 
     @app.route(PREFIX + "/config", methods=["GET", "PUT"])
-    @_jsonEndpoint()
+    @_jsonEndpoint(query=_WRITES)
     async def config(self, request: IRequest) -> _Answer:
         """
         C{GET /api/v1/config}: every resource, a list per kind, at one

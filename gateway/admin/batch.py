@@ -134,7 +134,7 @@ def readBatch(body: Mapping[str, Any]) -> Batch:
             errors.append(
                 _schemaError(
                     f"{where}.name",
-                    "is required: 1 to 128 letters, digits, '.', '_' or '-'",
+                    "is required: 1 to 128 letters, digits, '.', '_' or '-', not '.' or '..'",
                 )
             )
         value = change.get("value")

@@ -91,6 +91,12 @@ def _headers(
     return headers
 
 
+#: The 400 of a query parameter, which every operation may get.
+BAD_QUERY = (
+    "a query parameter the operation does not take (field names it; an operation takes"
+    " only the parameters it lists), or a bad value of one it takes."
+)
+
 #: The C{wait} query parameter of the writes.
 WAIT_PARAMETER = {
     "name": "wait",
@@ -681,13 +687,15 @@ def _responses() -> Dict[str, Dict[str, Any]]:
             " schema refuses, or a body that fits the schema but breaks a rule it states in"
             " words only (such errors marked rule: true): a name other than the URL's, a URL"
             " pattern naming a parameter twice or holding a regular expression the linear"
-            " engine refuses, a rewrite naming a parameter the pattern lacks, two nodes with"
-            " one attrName, a filter that refuses its config..."
+            " engine refuses, a rewrite naming a parameter the pattern lacks or a variable it"
+            " does not know, two nodes with one attrName, a filter that refuses its config...;"
+            " or " + BAD_QUERY
         ),
         "BadPath": _error(
             "A path the server refuses before any operation: an encoded slash or backslash,"
-            " a dot segment, an empty segment (a name cannot hold them)."
+            " a dot segment, an empty segment (a name cannot hold them); or " + BAD_QUERY
         ),
+        "BadQuery": _error(BAD_QUERY[0].upper() + BAD_QUERY[1:]),
         "UnsupportedMediaType": _error("The body is not sent as JSON (Content-Type)."),
         "InternalError": _error(
             "The store holds a resource this gateway cannot read, or a provider of the"
@@ -1189,6 +1197,19 @@ def _manyPaths() -> Dict[str, Dict[str, Any]]:
     }
 
 
+def _badQueries(paths: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """
+    @return: C{paths}, every operation that documents no 400 given the one
+        of a query parameter it does not take (those that do say so in
+        theirs).
+    """
+    for item in paths.values():
+        for method, operation in item.items():
+            if method in ("get", "put", "post", "delete"):
+                operation["responses"].setdefault("400", _use("BadQuery"))
+    return paths
+
+
 def openAPIDocument() -> Dict[str, Any]:
     """
     @return: the OpenAPI 3.0.3 document of the admin API, as JSON.
@@ -1212,7 +1233,7 @@ def openAPIDocument() -> Dict[str, Any]:
             {"name": "Status", "description": "Health, proxies, statistics and metrics."},
             {"name": "Configuration", "description": "Many resources of any kinds at once."},
         ],
-        "paths": dict(_paths(), **_manyPaths()),
+        "paths": _badQueries(dict(_paths(), **_manyPaths())),
         "components": {
             "schemas": schemas,
             "responses": _responses(),

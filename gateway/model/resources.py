@@ -463,7 +463,11 @@ class Node:
     urlRewrite: Optional[str] = field(
         Nullable(Path()),
         None,
-        doc="new path and query; may use {param}, $query.x, $header.x",
+        doc=(
+            "new path and query; may use {param} or $param.x (of the URL pattern), {*},"
+            " $query.x, $header.x, $depend.attr.field (aggregation), each also as ${...};"
+            " a $ before a letter or { must start one of these (%24 for a literal one)"
+        ),
     )
     attrName: Optional[str] = field(
         Nullable(Str(minLength=1, maxLength=128)), None, doc="key of this node in an aggregation"

@@ -18,7 +18,15 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple
 
 import attrs
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+#: A resource name: 1 to 128 letters, digits, C{.}, C{_} or C{-}, but not
+#: C{.} or C{..}, which no URL can hold as a path segment (clients and the
+#: admin's channel take them for dot segments), so such a resource could
+#: never be read or deleted.  (The lookahead is a JSON Schema C{pattern}
+#: too: ECMA-262 has it.)
+NAME_RE = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$")
+
+#: How a name that does not match L{NAME_RE} is told.
+NAME_HINT = "must be 1 to 128 letters, digits, -, _ or ., and not . or .."
 
 #: Control characters: C0, DEL and C1.  Refused in every string field but
 #: free text (L{Str} with C{controls=True}).
@@ -334,13 +342,14 @@ class Str(Spec):
 
 def Name() -> Str:
     """
-    A resource name: letters, digits, C{-}, C{_}, C{.}.
+    A resource name: letters, digits, C{-}, C{_}, C{.}; not C{.} or C{..}
+    (see L{NAME_RE}).
     """
     return Str(
         pattern=NAME_RE.pattern,
         minLength=1,
         maxLength=128,
-        patternHint="must be 1 to 128 letters, digits, -, _ or .",
+        patternHint=NAME_HINT,
     )
 
 
