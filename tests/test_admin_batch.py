@@ -227,6 +227,28 @@ class BatchTests(BatchTestCase):
             ],
         )
 
+    def test_shapeWithValues(self) -> None:
+        """
+        A change of a bad shape does not hide the errors of the other
+        changes' values: one 400 lists them all, the shape's first; nothing
+        is committed.  The same for a whole configuration.
+        """
+        before = self.snapshot()
+        code, _, body = self.batch(
+            put("servers", dict(SERVER, addr="nope")),
+            {"op": "put", "kind": "bogus", "name": "x", "value": {}},
+            put("apis", dict(API, urlPattern="no-slash")),
+        )
+        self.assertEqual(code, 400, body)
+        self.assertEqual(
+            [e["field"] for e in body["errors"]],
+            ["changes[1].kind", "changes[0].value.addr", "changes[2].value.urlPattern"],
+        )
+        code, _, body = self.call("PUT", "/config", {"servers": [dict(SERVER, addr="nope"), "x"]})
+        self.assertEqual(code, 400, body)
+        self.assertEqual([e["field"] for e in body["errors"]], ["servers[1]", "servers[0].addr"])
+        self.assertUnchanged(before)
+
     def test_nameMustMatch(self) -> None:
         """
         A put's value may leave its name out (it is the change's); a name

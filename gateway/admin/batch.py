@@ -72,11 +72,16 @@ class Batch:
         L{None}.
     @ivar replaceAll: whether every resource not among the items is
         deleted (a whole configuration).
+    @ivar errors: what is wrong with the shape of single changes (an
+        unknown C{op}, a value that is no object): those changes are not
+        among the items, and L{parseItems} reports these errors with those
+        of the others' resources, all at once.
     """
 
     items: Tuple[Item, ...]
     revision: Optional[int] = None
     replaceAll: bool = False
+    errors: Tuple[ValidationError, ...] = ()
 
 
 def _schemaError(field: str, message: str) -> ValidationError:
@@ -101,8 +106,9 @@ def readBatch(body: Mapping[str, Any]) -> Batch:
                      {"op": "delete", "kind": "servers", "name": "s"}],
          "revision": 41}
 
-    @raise ValidationError: gathering every error of its shape (the
-        resources themselves are parsed by L{parseItems}).
+    @raise ValidationError: gathering every error of the body's shape;
+        the errors of single changes are kept for L{parseItems}
+        (L{Batch.errors}), which parses the resources.
     """
     errors: List[ValidationError] = []
     for key in body:
@@ -114,6 +120,8 @@ def readBatch(body: Mapping[str, Any]) -> Batch:
     if not isinstance(changes, list):
         errors.append(_schemaError("changes", "is required: a list of changes"))
         changes = []
+    if errors:
+        raise ValidationError.collect(errors)
     for i, change in enumerate(changes):
         where = f"changes[{i}]"
         if not isinstance(change, dict):
@@ -153,9 +161,7 @@ def readBatch(body: Mapping[str, Any]) -> Batch:
                     len(items),
                 )
             )
-    if errors:
-        raise ValidationError.collect(errors)
-    return Batch(tuple(items), revision)
+    return Batch(tuple(items), revision, errors=tuple(errors))
 
 
 def readConfig(body: Mapping[str, Any]) -> Batch:
@@ -164,7 +170,9 @@ def readConfig(body: Mapping[str, Any]) -> Batch:
     kind (C{{"servers": [...], "clusters": [...], ...}}), the whole
     configuration: a kind left out has no resources.
 
-    @raise ValidationError: gathering every error of its shape.
+    @raise ValidationError: gathering every error of its shape; a
+        resource that is not an object is kept for L{parseItems}
+        (L{Batch.errors}).
     """
     errors: List[ValidationError] = []
     items: List[Item] = []
@@ -175,6 +183,7 @@ def readConfig(body: Mapping[str, Any]) -> Batch:
                     displayKey(key), "is not a kind of resource; kinds: " + ", ".join(KINDS)
                 )
             )
+    itemErrors: List[ValidationError] = []
     for kind in KINDS:
         if kind not in body:
             continue
@@ -185,12 +194,12 @@ def readConfig(body: Mapping[str, Any]) -> Batch:
         for i, resource in enumerate(resources):
             where = f"{kind}[{i}]"
             if not isinstance(resource, dict):
-                errors.append(_schemaError(where, "must be an object"))
+                itemErrors.append(_schemaError(where, "must be an object"))
                 continue
             items.append(Item(kind, None, resource, where, where, len(items)))
     if errors:
-        raise ValidationError.collect(errors)
-    return Batch(tuple(items), replaceAll=True)
+        raise ValidationError.collect(errors + itemErrors)
+    return Batch(tuple(items), replaceAll=True, errors=tuple(itemErrors))
 
 
 def configOf(resources: Mapping[str, Mapping[str, Any]]) -> Dict[str, List[Any]]:
@@ -242,10 +251,11 @@ def parseItems(batch: Batch) -> Parsed:
     twice.
 
     @raise ValidationError: gathering every error of every resource, each
-        field under its item (C{apis[12].urlPattern}); a name given twice
-        is an error of the later item's C{name}, marked as a rule.
+        field under its item (C{apis[12].urlPattern}), after those of the
+        changes' shape (L{Batch.errors}); a name given twice is an error of
+        the later item's C{name}, marked as a rule.
     """
-    errors: List[ValidationError] = []
+    errors: List[ValidationError] = list(batch.errors)
     puts: Dict[Tuple[str, str], Tuple[Item, Any]] = {}
     deletes: Dict[Tuple[str, str], Item] = {}
     seen: Dict[Tuple[str, str], Item] = {}
