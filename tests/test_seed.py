@@ -11,13 +11,15 @@ from typing import Any, List
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.filters import FilterRegistry
 from gateway.model.config import parseConfig
+from gateway.model.schema import toJSON
 from gateway.process.storeservice import SEED_ATTEMPTS, StoreService
 from gateway.routing.snapshot import SnapshotManager
-from gateway.store import ConflictError, StoreError, StoreState, emptyState
+from gateway.store import KINDS, ConflictError, StoreError, StoreState, emptyState
 
 CONFIG = {
     "proxy": {"listen": "tcp:0:interface=127.0.0.1", "accessLog": False},
@@ -96,6 +98,29 @@ class SeedTests(SynchronousTestCase):
         d.callback(5)
         self.assertTrue(self.service.ready)
         self.assertEqual(self.aborted, [])
+
+    def test_differingSeedNamed(self) -> None:
+        """
+        Seed resources the store has with another definition are left as
+        the store has them, and named in a warning (an edit of the config
+        file's seed does not apply to them); one the store has the same is
+        not named, and one it lacks is created.
+        """
+        seen: List[Any] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        seed = dict(parseConfig(CONFIG).seed)
+        servers = {obj.name: toJSON(obj) for obj in seed["servers"]}
+        servers["s1"] = dict(servers["s1"], addr="127.0.0.1:9999")
+        resources = {kind: {} for kind in KINDS}
+        resources["servers"] = servers
+        self.store.loads[0].callback(StoreState(3, resources))
+        [(changes, base, d)] = self.store.commits
+        self.assertEqual([(c.kind, c.name) for c in changes], [("clusters", "c1")])
+        warnings = [formatEvent(e) for e in seen if "differ from the store" in formatEvent(e)]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("1 resource(s) of the config file's seed", warnings[0])
+        self.assertTrue(warnings[0].endswith(": servers/s1"), warnings[0])
 
     def test_seedRefusedStopsTheStart(self) -> None:
         """

@@ -54,6 +54,22 @@ def seedChanges(state: StoreState, seed: Dict[str, Any]) -> List[Change]:
     return changes
 
 
+def seedDiffers(state: StoreState, seed: Dict[str, Any]) -> List[str]:
+    """
+    @return: C{kind/name} of each seed resource that the store has with
+        another definition: the store's wins (an operator's change through
+        the admin survives a restart), so an edit of the config file's seed
+        does not apply to it.
+    """
+    differ = []
+    for kind, objects in seed.items():
+        for obj in objects:
+            stored = state.get(kind, obj.name)
+            if stored is not None and stored != toJSON(obj):
+                differ.append(f"{kind}/{obj.name}")
+    return differ
+
+
 class StoreService(Service):
     """
     Loads, seeds and follows a store while the service runs, and closes it
@@ -187,6 +203,18 @@ class StoreService(Service):
         @return: the state with the seed in it.
         @raise StoreError: naming the seed, when the store refused it.
         """
+        differ = seedDiffers(state, self._seed or {})
+        if differ:
+            shown = ", ".join(differ[:10])
+            if len(differ) > 10:
+                shown += f" and {len(differ) - 10} more"
+            log.warn(
+                "{n} resource(s) of the config file's seed differ from the store's, which"
+                " win (the seed only creates what the store lacks; change them through the"
+                " admin or gateway apply): {names}",
+                n=len(differ),
+                names=shown,
+            )
         attempt = 0
         while True:
             changes = seedChanges(state, self._seed or {})
