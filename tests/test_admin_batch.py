@@ -482,6 +482,9 @@ class BatchTests(BatchTestCase):
         self.assertEqual((code, body["field"]), (409, "revision"), body)
         code, _, body = self.batch(delete("servers", "s1"), revision=2)
         self.assertEqual((code, body["field"]), (404, "changes[0].name"), body)
+        code, _, body = self.batch(put("servers", SERVER), revision=99)
+        self.assertEqual((code, body["field"]), (409, "revision"), body)
+        self.assertEqual(body["error"], "revision 99 is newer than the store's (2): read it again")
 
     def test_costFollowsTheChange(self) -> None:
         """

@@ -963,12 +963,11 @@ def _changedSince(since: int, revision: int, why: str) -> APIError:
     @return: the 409 of a write made against revision C{since} of a store
         now at C{revision}.
     """
-    return APIError(
-        409,
-        f"the configuration changed since revision {since}: read it again{why}",
-        "revision",
-        headers=_revision(revision),
-    )
+    if since > revision:
+        message = f"revision {since} is newer than the store's ({revision}): read it again"
+    else:
+        message = f"the configuration changed since revision {since}: read it again{why}"
+    return APIError(409, message, "revision", headers=_revision(revision))
 
 
 def _conflicts(problems: List[Tuple[str, str]]) -> APIError:
