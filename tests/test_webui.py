@@ -1226,6 +1226,39 @@ class BrowserTests:
             "clientCertificate": "ui-cert",
         }
 
+    def test_proxiesShowWorkers(self, browser: Browser) -> None:
+        """
+        The Proxies page shows this gateway as serving, and, for a gateway
+        of workers, how many serve: all of them plainly; one restarting (or
+        unable to start) as a warning naming it, the gateway not ready.
+        (The second answer is a worker gateway's, as the admin gives it,
+        served to the page in place of this one-process gateway's.)
+        """
+        page = browser.page
+        browser.login()
+        browser.nav("Proxies")
+        page.get_by_role("heading", name="Proxies", level=1).wait_for()
+        page.get_by_text("serving", exact=True).wait_for()
+        workers = [
+            {"worker": 0, "pid": 4242, "revision": 7, "ready": True},
+            {"worker": 1, "pid": None, "revision": None, "ready": False},
+        ]
+        record = {"addr": "127.0.0.1:8080", "version": "0.1.0", "ready": False, "revision": 7}
+        record["workers"] = workers
+        page.route(
+            "**/api/v1/proxies",
+            lambda route: route.fulfill(
+                status=200, content_type="application/json", body=json.dumps([record])
+            ),
+        )
+        browser.go("/")
+        browser.nav("Proxies")
+        cell = page.locator('[data-workers="some"]')
+        cell.wait_for()
+        assert cell.inner_text() == "1 of 2 serving", cell.inner_text()
+        assert "worker 1" in (cell.locator(".badge").get_attribute("title") or "")
+        assert page.get_by_text("not ready", exact=True).is_visible()
+
     def test_websocketAPI(self, browser: Browser, tmp_path: Path) -> None:
         """
         WebSocket pass-through in the UI: an API made a WebSocket one

@@ -18,6 +18,20 @@ function kpi(label, key, hint) {
   return { el: h("div", { class: "kpi" }, h("div", { class: "kpi-label" }, label), value, sub), value, sub };
 }
 
+/** A gateway's workers: how many serve, and which do not (restarting, or cannot start). */
+function workersCell(workers) {
+  if (!workers || !workers.length) return DASH;
+  const serving = workers.filter((w) => w.ready).length;
+  const down = workers.filter((w) => !w.ready).map((w) => `worker ${w.worker}`);
+  const text = `${serving} of ${workers.length} serving`;
+  if (!down.length) return h("span", { dataset: { workers: "all" } }, text);
+  return h(
+    "span",
+    { dataset: { workers: "some" } },
+    badge(text, "warn", `Not serving (restarting, or cannot start: see the gateway's log): ${down.join(", ")}`),
+  );
+}
+
 export function proxiesTable(proxies) {
   if (!proxies.length) return h("p", { class: "muted" }, "No proxy has reported yet.");
   return h(
@@ -26,7 +40,7 @@ export function proxiesTable(proxies) {
     h(
     "table",
     { class: "table table-compact" },
-    h("thead", null, h("tr", null, headings(["Address", "Version", "Started", "#Store revision", "State"]))),
+    h("thead", null, h("tr", null, headings(["Address", "Version", "Started", "#Store revision", "Workers", "State"]))),
     h(
       "tbody",
       null,
@@ -38,7 +52,8 @@ export function proxiesTable(proxies) {
           h("td", null, p.version ?? DASH),
           h("td", null, p.startedAt ? new Date(p.startedAt).toLocaleString(undefined, { hour12: false }) : DASH),
           h("td", { class: "num" }, p.revision ?? DASH),
-          h("td", null, p.ready === false ? badge("starting", "warn") : badge("serving", "ok")),
+          h("td", null, workersCell(p.workers)),
+          h("td", null, p.ready === false ? badge(p.revision == null ? "starting" : "not ready", "warn") : badge("serving", "ok")),
         ),
       ),
     ),
