@@ -452,16 +452,18 @@ class PoolStartTests(SynchronousTestCase):
 
 class WorkerStatusTests(SynchronousTestCase):
     """
-    L{GatewayStatus} with workers: ready only while every configured
-    worker serves; C{/api/v1/proxies} lists each, serving or not.
+    L{GatewayStatus} with workers: ready once every configured worker
+    served, then while one serves; C{/api/v1/proxies} lists each, serving
+    or not.
     """
 
-    def test_readyOnlyWhileEveryWorkerServes(self) -> None:
+    def test_readyWhileAWorkerServes(self) -> None:
         """
-        A gateway whose store is ready is not ready while a worker serves
-        nothing (not started yet, restarting); its record lists every
-        configured worker, with C{ready} false and no pid or revision for
-        one that does not run.
+        A gateway whose store is ready is not ready until every worker
+        serves (its start); then it stays ready while one worker at least
+        serves (another restarting), and is not when none does; its record
+        lists every configured worker, with C{ready} false and no pid or
+        revision for one that does not run.
         """
 
         class Store:
@@ -480,13 +482,14 @@ class WorkerStatusTests(SynchronousTestCase):
             reactor, Config(), manager, Stats(reactor), Store(), served, pool=pool
         )
         self.assertFalse(status.ready())
-        for index in (0, 1):
-            reactor.channels[index][0].dataReceived(b'{"serving":3}\n')
+        reactor.channels[0][0].dataReceived(b'{"serving":3}\n')
+        self.assertFalse(status.ready())
+        reactor.channels[1][0].dataReceived(b'{"serving":3}\n')
         self.assertTrue(status.ready())
         ended(reactor.spawned[1], 1)
-        self.assertFalse(status.ready())
+        self.assertTrue(status.ready())
         record = status.describe()
-        self.assertFalse(record["ready"])
+        self.assertTrue(record["ready"])
         self.assertEqual(
             record["workers"],
             [
@@ -494,6 +497,8 @@ class WorkerStatusTests(SynchronousTestCase):
                 {"worker": 1, "pid": None, "revision": None, "ready": False},
             ],
         )
+        ended(reactor.spawned[0], 1)
+        self.assertFalse(status.ready())
 
 
 class ParentLinkTests(SynchronousTestCase):

@@ -627,7 +627,8 @@ def _otherSchemas() -> Dict[str, Dict[str, Any]]:
                 "ready": {
                     "type": "boolean",
                     "description": (
-                        "it serves its configuration, and with workers every worker serves"
+                        "it serves its configuration: with workers, every worker once it"
+                        " started, then one at least (see each worker's own)"
                     ),
                 },
                 "workers": {
@@ -894,8 +895,8 @@ def _paths() -> Dict[str, Dict[str, Any]]:
                 "responses": {
                     "200": _ok("Ready.", _ref("Readiness")),
                     "503": _ok(
-                        "Still starting, or a proxy worker is not serving (restarting,"
-                        " or it cannot start).",
+                        "Still starting (with workers: until every worker serves), or no"
+                        " proxy worker serves (all restarting, or unable to start).",
                         _ref("Readiness"),
                     ),
                 },

@@ -71,15 +71,22 @@ class GatewayStatus:
     def ready(self) -> bool:
         """
         @return: whether this gateway serves its first configuration (its
-            names looked up once, when it discovers servers), with every
-            worker serving (none starting, restarting or unable to start).
+            names looked up once, when it discovers servers): on every
+            worker while it starts; once started, on one worker at least (a
+            worker restarting, or unable to start again, leaves its share
+            of the connections to the others, which the kernel gives them:
+            taking the gateway out of a load balancer's rotation then would
+            refuse what they serve; C{/api/v1/proxies} shows that worker
+            not ready).
         """
         discovery = self._discovery
-        return (
-            bool(self._store.ready)
-            and (discovery is None or discovery.settled)
-            and not self._served.missing()
-        )
+        if not self._store.ready or (discovery is not None and not discovery.settled):
+            return False
+        missing = self._served.missing()
+        if not missing:
+            return True
+        pool = self._pool
+        return pool is not None and pool.started and len(missing) < pool.count
 
     def workerReported(self, index: int, stats: dict) -> None:
         """
