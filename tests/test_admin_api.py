@@ -443,6 +443,24 @@ class BadInputTests(APITestCase):
             error = self.assertError(self.call("PUT", "/servers/s1", raw=raw), 400, "")
             self.assertTrue(error["error"].startswith("invalid JSON"), (raw, error))
 
+    def test_duplicateKeys(self) -> None:
+        """
+        A key given twice in one object (parsers disagree on which wins) is
+        refused, at any depth, and nothing is stored; the same key in two
+        objects is not a duplicate (here the inner one is refused as a
+        field healthCheck does not have, nothing else).
+        """
+        for raw in [
+            b'{"name": "n1", "addr": "127.0.0.1:1", "name": "n2"}',
+            b'{"addr": "127.0.0.1:1", "healthCheck": {"path": "/a", "path": "/b"}}',
+        ]:
+            error = self.assertError(self.call("POST", "/servers", raw=raw), 400, "")
+            self.assertIn("is given twice in an object", error["error"])
+        # (Nothing stored: the class's tearDown compares the store.)
+        raw = b'{"name": "s1", "addr": "127.0.0.1:1", "healthCheck": {"path": "/", "name": "s1"}}'
+        error = self.assertError(self.call("PUT", "/servers/s1", raw=raw), 400, "healthCheck.name")
+        self.assertNotIn("twice", error["error"])
+
     def test_notAnObject(self) -> None:
         """
         A JSON body that is not an object is refused.

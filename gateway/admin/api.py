@@ -162,6 +162,21 @@ def _refuseConstant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _uniqueKeys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """
+    A JSON object whose keys are all different: one given twice (which
+    parsers read differently, the first or the last) is refused.
+    """
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key!r} is given twice in an object")
+            seen.add(key)
+    return value
+
+
 def _badRequest(message: str) -> APIError:
     # A body that cannot be read as a resource at all: no field.
     return APIError(400, message, errors=[{"error": message}])
@@ -489,7 +504,9 @@ class AdminAPI:
         if len(data) > maxBodySize:
             raise tooLarge
         try:
-            value = json.loads(data.decode("utf-8"), parse_constant=_refuseConstant)
+            value = json.loads(
+                data.decode("utf-8"), parse_constant=_refuseConstant, object_pairs_hook=_uniqueKeys
+            )
         except RecursionError:
             raise _badRequest("invalid JSON: nested too deeply")
         except ValueError as e:
