@@ -511,6 +511,38 @@ class ValidateTests(SynchronousTestCase):
             err,
         )
 
+    def test_unworkableWarned(self) -> None:
+        """
+        A valid file whose cluster has no server (and no discovery), or
+        whose certificate claims an SNI that is none of its names, passes
+        with a warning naming each; SNIs its names cover (exactly, or by
+        its wildcard) are not warned of.
+        """
+        data = copy.deepcopy(BASE)
+        data["clusters"].append({"name": "c-empty", "servers": []})
+        issued = CertificateAuthority().issue(["api.example.com", "*.example.org"])
+        data["certificates"] = [
+            {
+                "name": "cert",
+                "cert": issued.chain,
+                "key": issued.keyPEM,
+                "snis": ["api.example.com", "x.example.org", "*.example.org", "other.example.com"],
+            }
+        ]
+        code, out, err = self.validate(data)
+        self.assertEqual(code, 0, err)
+        self.assertIn("OK", out)
+        warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+        self.assertEqual(len(warnings), 2, err)
+        self.assertIn(
+            "clusters[2] (c-empty).servers: is empty and the cluster has no discovery", warnings[0]
+        )
+        self.assertIn(
+            "certificates[0] (cert).snis[3]: 'other.example.com' is not a name of the"
+            " certificate (it has: api.example.com, *.example.org)",
+            warnings[1],
+        )
+
     def test_fileShape(self) -> None:
         """
         An unknown top-level key (a typo), a kind that is not a list, an

@@ -183,4 +183,44 @@ def checkResources(
         broken = catalog.brokenReferences()
     # Route conflicts too: the snapshot names the later API's urlPattern.
     compileErrors, warnings = _compileProblems(catalog, label)
-    return errors + compileErrors, warnings
+    return errors + compileErrors, _unworkable(catalog, label) + warnings
+
+
+def _unworkable(catalog: Catalog, label: Callable[[str, str], str]) -> List[Problem]:
+    """
+    @return: a warning for each resource that is valid but cannot work as
+        meant: a cluster with no server to send to (its requests are all
+        answered 503), a certificate SNI that is none of the certificate's
+        names (clients asking for it refuse the certificate).
+    """
+    from gateway.model.certificates import loadChain, sniMatches, subjectNames
+
+    warnings = []
+    for name, cluster in sorted(catalog.clusters.items()):
+        if not cluster.servers and cluster.discovery is None:
+            warnings.append(
+                Problem(
+                    f"{label('clusters', name)}.servers",
+                    "is empty and the cluster has no discovery: its requests are answered 503",
+                )
+            )
+    for name, certificate in sorted(catalog.certificates.items()):
+        try:
+            names = subjectNames(loadChain(certificate.cert)[0])
+        except (ValueError, IndexError):
+            continue
+        for i, sni in enumerate(certificate.snis):
+            sni = sni.lower()
+            covered = any(
+                san.lower() == sni if sni.startswith("*.") else sniMatches(san, sni)
+                for san in names
+            )
+            if not covered:
+                warnings.append(
+                    Problem(
+                        f"{label('certificates', name)}.snis[{i}]",
+                        f"{sni!r} is not a name of the certificate (it has: "
+                        f"{', '.join(names) or 'none'}): clients asking for it refuse it",
+                    )
+                )
+    return warnings
