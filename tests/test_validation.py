@@ -818,6 +818,23 @@ class EveryErrorTests(SynchronousTestCase):
         self.assertIn(f"{path}: servers[0].addr: must be host:port", str(error))
         self.assertIn(f"{path}: servers[0].weight: must be an integer", str(error))
 
+    def test_twistdGlobalFilters(self) -> None:
+        """
+        A global filter no plugin provides is reported with the config's
+        other errors, not only once they are fixed.
+        """
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                "proxy:\n  listen: tcp:8080:interface=127.0.0.1\n  filters: [request-id, nope]\n"
+                "servers:\n  - {name: s1, addr: nowhere}\n"
+            )
+        self.patch(tap, "_twistdExitsZeroOnUsageError", False)
+        error = self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["-c", path])
+        self.assertIn(f"{path}: 2 errors", str(error))
+        self.assertIn(f"{path}: proxy.filters[1]: no filter plugin named 'nope'", str(error))
+        self.assertIn(f"{path}: servers[0].addr: must be host:port", str(error))
+
 
 class MediaTypeTests(SynchronousTestCase):
     """

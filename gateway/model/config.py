@@ -36,6 +36,7 @@ from typing import (
     TYPE_CHECKING,
     Any,
     ClassVar,
+    Collection,
     Dict,
     List,
     Mapping,
@@ -545,13 +546,18 @@ def _directoryOf(source: str) -> Optional[str]:
     return os.path.dirname(os.path.abspath(source))
 
 
-def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
+def parseConfig(
+    data: object, source: str = "<config>", filterNames: Optional[Collection[str]] = None
+) -> GatewayConfig:
     """
     Check the parsed YAML (or JSON) of a config file.
 
     @param data: what C{yaml.safe_load} gave.
     @param source: where C{data} came from, for error messages and
         L{GatewayConfig.path}.
+    @param filterNames: the filter plugins installed, when the global
+        filters (C{proxy.filters}) are to be checked against them with
+        every other error; L{None}: not checked.
     @raise ConfigError: naming every key at fault (L{ConfigError.errors}),
         the first one in C{key}.
     """
@@ -618,6 +624,17 @@ def parseConfig(data: object, source: str = "<config>") -> GatewayConfig:
         ):
             if admin.listen in endpoints:
                 errors.append(ValidationError("admin.listen", f"is the same endpoint as {key}"))
+    if proxy is not None and filterNames is not None:
+        for i, spec in enumerate(proxy.filters):
+            name = spec if isinstance(spec, str) else spec.name
+            if name not in filterNames:
+                errors.append(
+                    ValidationError(
+                        f"proxy.filters[{i}]",
+                        f"no filter plugin named {name!r} (known: "
+                        f"{', '.join(sorted(filterNames)) or 'none'})",
+                    )
+                )
     if proxy is not None and proxy.workers is not None and proxy.workers != 1:
         if not all(e.startswith(_SHARED_ENDPOINTS) for e in proxyEndpoints(proxy)):
             errors.append(
@@ -761,11 +778,12 @@ def loadYAML(text: str) -> Any:
     return yaml.load(text, Loader=UniqueKeyLoader)
 
 
-def loadConfig(path: str) -> GatewayConfig:
+def loadConfig(path: str, filterNames: Optional[Collection[str]] = None) -> GatewayConfig:
     """
     Read and check a config file.
 
     @param path: the YAML file.
+    @param filterNames: as L{parseConfig}'s.
     @raise ConfigError: when the file is missing, unreadable, not valid
         YAML (the message gives the line) or not a valid config (the key
         names what is wrong).
@@ -785,4 +803,4 @@ def loadConfig(path: str) -> GatewayConfig:
         raise ConfigError("", f"invalid YAML{where}: {what}", path)
     except yaml.YAMLError as e:
         raise ConfigError("", f"invalid YAML: {e}", path)
-    return parseConfig(data, path)
+    return parseConfig(data, path, filterNames)

@@ -64,23 +64,15 @@ class Options(usage.Options):
         if not self["config"]:
             raise usage.UsageError("--config FILE is required")
         try:
-            with collectorPaused():
-                config = loadConfig(self["config"])
-        except ConfigError as e:
-            raise usage.UsageError(str(e))
-        try:
             registry = FilterRegistry.fromPlugins()
         except FilterError as e:
             raise usage.UsageError(str(e))
-        if config.proxy is not None:
-            known = set(registry.names())
-            for i, spec in enumerate(config.proxy.filters):
-                name = spec if isinstance(spec, str) else spec.name
-                if name not in known:
-                    raise usage.UsageError(
-                        f"{self['config']}: proxy.filters[{i}]: no filter plugin named "
-                        f"{name!r} (known: {', '.join(sorted(known)) or 'none'})"
-                    )
+        try:
+            with collectorPaused():
+                # The global filters checked with every other error.
+                config = loadConfig(self["config"], filterNames=frozenset(registry.names()))
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
         self["gatewayConfig"] = config
         self["filterRegistry"] = registry
 
