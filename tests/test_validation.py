@@ -802,38 +802,42 @@ class EveryErrorTests(SynchronousTestCase):
         )
         self.assertEqual([key for key, _ in error.errors], ["admin.token", "apis[0].urlPattern"])
 
+    def twistdRefusal(self, text: str) -> Tuple[str, str]:
+        """
+        @return: the path of a config file of C{text}, and the usage error
+            C{twistd gateway -c} gives for it.
+        """
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        self.patch(tap, "_twistdExitsZeroOnUsageError", False)
+        error = self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["-c", path])
+        return path, str(error)
+
     def test_twistd(self) -> None:
         """
         C{twistd gateway} refuses to start on a config file with several
         errors, and says all of them.
         """
-        path = self.mktemp()
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(
-                "admin:\n  listen: tcp:9090:interface=127.0.0.1\n"
-                "servers:\n  - {name: s1, addr: nope, weight: heavy}\n"
-            )
-        self.patch(tap, "_twistdExitsZeroOnUsageError", False)
-        error = self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["-c", path])
-        self.assertIn(f"{path}: servers[0].addr: must be host:port", str(error))
-        self.assertIn(f"{path}: servers[0].weight: must be an integer", str(error))
+        path, error = self.twistdRefusal(
+            "admin:\n  listen: tcp:9090:interface=127.0.0.1\n"
+            "servers:\n  - {name: s1, addr: nope, weight: heavy}\n"
+        )
+        self.assertIn(f"{path}: servers[0].addr: must be host:port", error)
+        self.assertIn(f"{path}: servers[0].weight: must be an integer", error)
 
     def test_twistdGlobalFilters(self) -> None:
         """
         A global filter no plugin provides is reported with the config's
         other errors, not only once they are fixed.
         """
-        path = self.mktemp()
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(
-                "proxy:\n  listen: tcp:8080:interface=127.0.0.1\n  filters: [request-id, nope]\n"
-                "servers:\n  - {name: s1, addr: nowhere}\n"
-            )
-        self.patch(tap, "_twistdExitsZeroOnUsageError", False)
-        error = self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["-c", path])
-        self.assertIn(f"{path}: 2 errors", str(error))
-        self.assertIn(f"{path}: proxy.filters[1]: no filter plugin named 'nope'", str(error))
-        self.assertIn(f"{path}: servers[0].addr: must be host:port", str(error))
+        path, error = self.twistdRefusal(
+            "proxy:\n  listen: tcp:8080:interface=127.0.0.1\n  filters: [request-id, nope]\n"
+            "servers:\n  - {name: s1, addr: nowhere}\n"
+        )
+        self.assertIn(f"{path}: 2 errors", error)
+        self.assertIn(f"{path}: proxy.filters[1]: no filter plugin named 'nope'", error)
+        self.assertIn(f"{path}: servers[0].addr: must be host:port", error)
 
 
 class MediaTypeTests(SynchronousTestCase):
