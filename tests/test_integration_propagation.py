@@ -33,6 +33,19 @@ def live(cluster: Cluster, target: str, query: str = "") -> Any:
     return answer
 
 
+def waitForServing(cluster: Any, count: int) -> None:
+    """
+    Wait until C{count} proxies are registered and each serves a revision:
+    a proxy that serves nothing yet is starting, and no write waits for it.
+    """
+
+    def serving() -> bool:
+        proxies = cluster.admin.admin("GET", "/api/v1/proxies").json()
+        return len(proxies) == count and all(p["revision"] is not None for p in proxies)
+
+    waitFor(serving, 30, what=f"{count} proxies registered and serving")
+
+
 def test_waitForProxies(etcd, backends, gateways):  # noqa: F811
     """
     With C{?wait=proxies}, a write answers once every registered proxy (and
@@ -42,11 +55,7 @@ def test_waitForProxies(etcd, backends, gateways):  # noqa: F811
     """
     b1, b2 = backends("b1"), backends("b2")
     cluster = Cluster(gateways, storeURL([etcd.endpoint]), [b1, b2])
-    waitFor(
-        lambda: len(cluster.admin.admin("GET", "/api/v1/proxies").json()) == 2,
-        15,
-        what="both proxies registered",
-    )
+    waitForServing(cluster, 2)
     for target, backend in (("c2", "b2"), ("c1", "b1"), ("c2", "b2")):
         answer = live(cluster, target, "?wait=proxies")
         assert answer.header("X-Gateway-Propagation") == "complete"
@@ -69,11 +78,7 @@ def test_waitForProxiesIsBounded(etcd, backends, gateways):  # noqa: F811
     """
     b1, b2 = backends("b1"), backends("b2")
     cluster = Cluster(gateways, storeURL([etcd.endpoint]), [b1, b2])
-    waitFor(
-        lambda: len(cluster.admin.admin("GET", "/api/v1/proxies").json()) == 2,
-        15,
-        what="both proxies registered",
-    )
+    waitForServing(cluster, 2)
     stopped = cluster.proxies[0]
     os.kill(stopped.pid, signal.SIGSTOP)
     try:

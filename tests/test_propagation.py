@@ -355,6 +355,35 @@ class AdminPropagationTests(SynchronousTestCase):
         self.assertEqual(headers["x-gateway-propagation"], "incomplete")
         self.assertEqual(self.served._waiters, [])
 
+    def test_boundedWhateverTheWaitDoes(self) -> None:
+        """
+        The answer comes at C{propagationTimeout}, saying C{incomplete},
+        even when the wait does not end on being cancelled (as a read of
+        the proxies' records in flight did: its retry swallowed the
+        cancellation), and the late end of the wait is ignored.
+        """
+        stuck: Deferred = Deferred()
+        stuck.cancel = lambda: None  # type: ignore[method-assign]
+        cancelled: List[bool] = []
+
+        def whenServed(revision: int, everywhere: bool) -> Deferred:
+            waiting: Deferred = Deferred(lambda d: cancelled.append(True))
+            waiting.callback(None)
+            waiting.addCallback(lambda _: stuck)  # (waits on stuck)
+            return waiting
+
+        self.patch(self.propagation, "whenServed", whenServed)
+        pending = self.send("PUT", "/servers/s1", SERVER)
+        self.stub.flush()
+        self.clock.advance(1.9)
+        self.stub.flush()
+        self.assertNoResult(pending)
+        self.clock.advance(0.1)
+        code, headers, _ = self.answer(pending)
+        self.assertEqual((code, headers["x-gateway-propagation"]), (201, "incomplete"))
+        stuck.callback(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_workerDiesWhileWaited(self) -> None:
         """
         A worker that dies while a write waits for it still holds the wait

@@ -47,9 +47,9 @@ from urllib.parse import unquote_to_bytes
 
 import attrs
 from klein import Klein
-from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -603,10 +603,25 @@ class AdminAPI:
         seconds), then say in the answer whether it does.
         """
         waiting = self._propagation.whenServed(revision, everywhere)
-        waiting.addTimeout(self._propagationTimeout, self._reactor)
-        try:
-            await waiting
-        except defer.TimeoutError:
+        # The bound holds whatever the wait does when cancelled (a read of
+        # the proxies' records in flight may not end at once): the answer
+        # is decided by whichever comes first, the wait or the timer.
+        decided: Deferred[bool] = Deferred()
+
+        def served(result: object) -> None:
+            if not decided.called:
+                timer.cancel()
+                decided.callback(not isinstance(result, Failure))
+
+        def late() -> None:
+            decided.callback(False)
+            waiting.cancel()
+
+        timer = self._reactor.callLater(self._propagationTimeout, late)
+        waiting.addBoth(served)
+        if await decided:
+            propagation = b"complete"
+        else:
             self.log.warn(
                 "revision {revision} did not serve on every {what} within {timeout}s",
                 revision=revision,
@@ -614,8 +629,6 @@ class AdminAPI:
                 timeout=self._propagationTimeout,
             )
             propagation = b"incomplete"
-        else:
-            propagation = b"complete"
         headers = _revision(revision)
         headers[PROPAGATION_HEADER] = propagation
         return _withHeaders(answer, headers)
