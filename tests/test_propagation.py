@@ -343,17 +343,24 @@ class AdminPropagationTests(SynchronousTestCase):
         does not serve everywhere yet, and the wait is forgotten.
         """
         self.served.serving(0, 0)
-        pending = self.send("PUT", "/servers/s1", SERVER)
+        code, headers = self.answeredAtTheBound(self.send("PUT", "/servers/s1", SERVER))
+        self.assertEqual(code, 201)
+        self.assertEqual(headers["x-gateway-revision"], "1")
+        self.assertEqual(headers["x-gateway-propagation"], "incomplete")
+        self.assertEqual(self.served._waiters, [])
+
+    def answeredAtTheBound(self, pending: Deferred) -> Tuple[int, Dict[str, str]]:
+        """
+        @return: the status and headers of the answer of C{pending}, which
+            comes at C{propagationTimeout} (2 s), not before.
+        """
         self.stub.flush()
         self.clock.advance(1.9)
         self.stub.flush()
         self.assertNoResult(pending)
         self.clock.advance(0.1)
         code, headers, _ = self.answer(pending)
-        self.assertEqual(code, 201)
-        self.assertEqual(headers["x-gateway-revision"], "1")
-        self.assertEqual(headers["x-gateway-propagation"], "incomplete")
-        self.assertEqual(self.served._waiters, [])
+        return code, headers
 
     def test_boundedWhateverTheWaitDoes(self) -> None:
         """
@@ -364,22 +371,13 @@ class AdminPropagationTests(SynchronousTestCase):
         """
         stuck: Deferred = Deferred()
         stuck.cancel = lambda: None  # type: ignore[method-assign]
-        cancelled: List[bool] = []
 
         def whenServed(revision: int, everywhere: bool) -> Deferred:
-            waiting: Deferred = Deferred(lambda d: cancelled.append(True))
-            waiting.callback(None)
-            waiting.addCallback(lambda _: stuck)  # (waits on stuck)
-            return waiting
+            # Fired, and waiting on stuck: its cancel() goes to stuck's.
+            return succeed(None).addCallback(lambda _: stuck)
 
         self.patch(self.propagation, "whenServed", whenServed)
-        pending = self.send("PUT", "/servers/s1", SERVER)
-        self.stub.flush()
-        self.clock.advance(1.9)
-        self.stub.flush()
-        self.assertNoResult(pending)
-        self.clock.advance(0.1)
-        code, headers, _ = self.answer(pending)
+        code, headers = self.answeredAtTheBound(self.send("PUT", "/servers/s1", SERVER))
         self.assertEqual((code, headers["x-gateway-propagation"]), (201, "incomplete"))
         stuck.callback(None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
