@@ -43,13 +43,20 @@ import functools
 import hmac
 import json
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    FailureGroup,
+    maybeDeferred,
+    race,
+    succeed,
+)
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -242,21 +249,8 @@ def queryItems(request: IRequest) -> List[Tuple[bytes, bytes]]:
         order; a name without C{=} too (C{?dryRun}), with an empty value,
         which C{request.args} leaves out.
     """
-    uri = request.uri
-    start = uri.find(b"?")
-    if start < 0:
-        return []
-    items = []
-    for item in uri[start + 1 :].replace(b";", b"&").split(b"&"):
-        if item:
-            key, _, value = item.partition(b"=")
-            items.append(
-                (
-                    unquote_to_bytes(key.replace(b"+", b" ")),
-                    unquote_to_bytes(value.replace(b"+", b" ")),
-                )
-            )
-    return items
+    _, _, query = request.uri.partition(b"?")
+    return parse_qsl(query, keep_blank_values=True)
 
 
 def checkQuery(request: IRequest, accepted: Mapping[str, Tuple[str, ...]]) -> None:
@@ -603,23 +597,15 @@ class AdminAPI:
         seconds), then say in the answer whether it does.
         """
         waiting = self._propagation.whenServed(revision, everywhere)
-        # The bound holds whatever the wait does when cancelled (a read of
-        # the proxies' records in flight may not end at once): the answer
-        # is decided by whichever comes first, the wait or the timer.
-        decided: Deferred[bool] = Deferred()
-
-        def served(result: object) -> None:
-            if not decided.called:
-                timer.cancel()
-                decided.callback(not isinstance(result, Failure))
-
-        def late() -> None:
-            decided.callback(False)
-            waiting.cancel()
-
-        timer = self._reactor.callLater(self._propagationTimeout, late)
-        waiting.addBoth(served)
-        if await decided:
+        # The first of the wait and the bound decides, whatever the loser
+        # does when cancelled (a read of the proxies' records in flight may
+        # not end at once: an addTimeout on the wait would wait for it).
+        bound = deferLater(self._reactor, self._propagationTimeout, lambda: None)
+        try:
+            first, _ = await race([waiting, bound])
+        except FailureGroup:
+            first = 1
+        if first == 0:
             propagation = b"complete"
         else:
             self.log.warn(

@@ -15,9 +15,9 @@ serves the write's revision, and, when asked, until every proxy registered
 in a shared store does too (their registry records carry the revision they
 serve).
 
-Waiting is never bounded here: the admin bounds it, by cancelling
-(C{addTimeout}), and answers anyway, saying that the change has not
-reached every proxy yet.
+Waiting is never bounded here: the admin bounds it (the first of the wait
+and a timer answers, the wait then cancelled), and answers anyway, saying
+that the change has not reached every proxy yet.
 """
 
 from __future__ import annotations
