@@ -43,7 +43,7 @@ import functools
 import hmac
 import json
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 import attrs
 from klein import Klein
@@ -249,8 +249,21 @@ def queryItems(request: IRequest) -> List[Tuple[bytes, bytes]]:
         order; a name without C{=} too (C{?dryRun}), with an empty value,
         which C{request.args} leaves out.
     """
-    _, _, query = request.uri.partition(b"?")
-    return parse_qsl(query, keep_blank_values=True)
+    uri = request.uri
+    start = uri.find(b"?")
+    if start < 0:
+        return []
+    items = []
+    for item in uri[start + 1 :].replace(b";", b"&").split(b"&"):
+        if item:
+            key, _, value = item.partition(b"=")
+            items.append(
+                (
+                    unquote_to_bytes(key.replace(b"+", b" ")),
+                    unquote_to_bytes(value.replace(b"+", b" ")),
+                )
+            )
+    return items
 
 
 def checkQuery(request: IRequest, accepted: Mapping[str, Tuple[str, ...]]) -> None:
