@@ -592,6 +592,41 @@ class VaryTests(SynchronousTestCase):
         self.assertEqual(refused.code, 401)
         self.assertIsNone(refused.header("cache-status"))
 
+    def test_consumersKeptApart(self) -> None:
+        """
+        Without varyOn consumer, an answer made for a consumer the API's
+        auth authenticated (the credential hidden from the backend, which
+        is told the consumer's name) is that consumer's own, as one to a
+        request carrying Authorization: it is not stored, so another
+        consumer never gets it; unless the backend says it may be shared
+        (public).  A request acting as the anonymous consumer presents no
+        credential: its answers are stored as any.
+        """
+        consumers = [
+            {"name": "alice", "credentials": [{"type": "key", "key": "alice-secret-key-1"}]},
+            {"name": "bob", "credentials": [{"type": "key", "key": "bob-secret-key-22"}]},
+            {"name": "guest"},
+        ]
+        api = cachedAPI(
+            {"ttl": 10},
+            auth={"methods": ["key"], "keyNames": ["header:apikey"], "anonymous": "guest"},
+        )
+        gw = CacheGateway([api], consumers)
+        gw.backend.auto = lambda call: call.answer(200, call.header(b"x-consumer-name") or b"?")
+        alice = [("apikey", "alice-secret-key-1")]
+        bob = [("apikey", "bob-secret-key-22")]
+        first = gw.request("GET", "/a/x", alice)
+        self.assertEqual(first.body, b"alice")
+        self.assertEqual(status(first), "gateway; fwd=uri-miss; detail=authorization")
+        self.assertEqual(gw.request("GET", "/a/x", bob).body, b"bob")
+        self.assertEqual(gw.request("GET", "/a/x").body, b"guest")
+        self.assertEqual(len(gw.backend.calls), 3)
+        self.assertEqual(status(gw.request("GET", "/a/guest")), "gateway; fwd=uri-miss; stored")
+        self.assertIn("hit", status(gw.request("GET", "/a/guest")))
+        gw.backend.auto = lambda call: call.answer(200, b"shared", {b"cache-control": b"public"})
+        self.assertEqual(gw.request("GET", "/a/y", alice).body, b"shared")
+        self.assertIn("hit", status(gw.request("GET", "/a/y", bob)))
+
     def test_consumerNeedsAuth(self) -> None:
         """
         varyOn consumer without auth is refused, naming the entry.

@@ -9,8 +9,10 @@ final and neither 206 (ranges are not cached) nor 304, without
 C{no-store} or C{private} (this cache is shared; a C{private="field"}
 counts as C{private}), without C{Set-Cookie}, without C{Vary: *}, and:
 
-  - when the request sent upstream carried C{Authorization}, only with
-    C{public}, C{s-maxage} or C{must-revalidate} (RFC 9111 3.5);
+  - when the request sent upstream carried C{Authorization}, or the
+    API's C{auth} authenticated it with a credential and the entries are
+    not kept per consumer (L{gateway.cache.policy.CachePolicy.personal}),
+    only with C{public}, C{s-maxage} or C{must-revalidate} (RFC 9111 3.5);
   - its freshness lifetime is C{s-maxage}, else C{max-age}, else
     C{Expires} minus C{Date}; without any, the API's C{ttl} (the
     operator's heuristic), for the statuses RFC 9110 15.1 calls
@@ -219,7 +221,7 @@ def storable(
 
     @param headers: its headers, C{{lower-case name: [values]}}.
     @param authorized: whether its request carried C{Authorization}
-        upstream.
+        upstream, or was otherwise a consumer's own.
     @return: L{None} when it may be, else why not, as a C{Cache-Status}
         C{detail} token.
     """

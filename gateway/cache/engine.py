@@ -606,7 +606,10 @@ class Ticket:
         for name, value in headers:
             lines.setdefault(name, []).append(value)
         directives = cacheControl(lines.get(b"cache-control"))
-        authorized = self.exchange.upstreamHeaders.hasHeader(b"authorization")
+        exchange = self.exchange
+        authorized = exchange.upstreamHeaders.hasHeader(b"authorization") or self.policy.personal(
+            exchange.consumer
+        )
         reason = storable(status, directives, lines, authorized)
         if reason is not None:
             return reason

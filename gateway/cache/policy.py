@@ -86,9 +86,14 @@ class CachePolicy:
         "_headers",
         "_queries",
         "_consumer",
+        "_anonymous",
     )
 
-    def __init__(self, api: str, config: Cache) -> None:
+    def __init__(self, api: str, config: Cache, anonymous: Optional[str] = None) -> None:
+        """
+        @param anonymous: the consumer the API's C{auth} lets a request
+            without a credential act as (its C{anonymous}), or L{None}.
+        """
         self.api = api
         self.config = config
         self.ttl = float(config.ttl)
@@ -112,6 +117,19 @@ class CachePolicy:
         self._headers = tuple(headers)
         self._queries = tuple(queries)
         self._consumer = consumer
+        self._anonymous = anonymous
+
+    def personal(self, consumer: Any) -> bool:
+        """
+        Whether an answer made for C{consumer} is that consumer's own, as
+        one to a request carrying C{Authorization} is (RFC 9111 3.5): the
+        API's C{auth} authenticated it by a credential (hidden from the
+        backend or not: the backend is told who it is), and the key does
+        not keep consumers apart (no C{consumer} in C{varyOn}).
+
+        @param consumer: the request's C{exchange.consumer}.
+        """
+        return consumer is not None and not self._consumer and consumer.name != self._anonymous
 
     def primaryKey(self, exchange: Any, uri: bytes) -> bytes:
         """

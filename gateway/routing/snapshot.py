@@ -193,7 +193,15 @@ class CompiledAPI:
             grouped.setdefault(node.batch, []).append(node)
         self.batches = tuple(tuple(grouped[n]) for n in sorted(grouped))
         self.mock = CompiledMock(config.response) if config.response is not None else None
-        self.cache = CachePolicy(config.name, config.cache) if config.cache is not None else None
+        self.cache = (
+            CachePolicy(
+                config.name,
+                config.cache,
+                config.auth.anonymous if config.auth is not None else None,
+            )
+            if config.cache is not None
+            else None
+        )
 
 
 class Snapshot:
