@@ -229,6 +229,24 @@ class TokenFailureTests(SynchronousTestCase):
             self.verifier(), token(HS_SECRET, "HS256", {"iss": "alice-iss"}), "no exp"
         )
 
+    def test_notANumber(self) -> None:
+        """
+        An exp or nbf that is not a finite number (NaN or Infinity, which
+        Python's JSON reader takes though JSON has no such numbers, or an
+        integer too large for a float) is refused: a NaN exp compares as
+        never passed, and the token would be valid (and cached) forever;
+        the too large integer raised out of the verification.
+        """
+        verifier = self.verifier()
+        for bad in (float("nan"), float("inf"), float("-inf"), 10**400):
+            self.assertInvalid(
+                verifier, token(HS_SECRET, "HS256", claims(exp=bad)), "exp is not a number"
+            )
+            self.assertInvalid(
+                verifier, token(HS_SECRET, "HS256", claims(nbf=bad)), "nbf is not a number"
+            )
+        self.assertEqual(verifier._cache, {})
+
     def test_notYetValid(self) -> None:
         """
         A token whose nbf is further than the leeway ahead is refused.

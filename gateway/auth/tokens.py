@@ -20,6 +20,7 @@ never past C{exp}.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Union
 
@@ -72,7 +73,15 @@ def _number(payload: Dict[str, Any], name: str) -> Optional[float]:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} is not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is not a number") from None
+    if not math.isfinite(number):
+        # (Python's JSON reader takes NaN and Infinity; a NaN exp would
+        # never pass.)
+        raise ValueError(f"{name} is not a number")
+    return number
 
 
 class TokenVerifier:
