@@ -293,6 +293,42 @@ class FailureTests(SynchronousTestCase):
         self.assertTrue(any("Redis is away" in t for t in texts))
         self.assertTrue(any("Redis is back" in t for t in texts))
 
+    def test_errorReplies(self) -> None:
+        """
+        Redis that answers the lease script with an error (out of memory,
+        here) cannot decide: C{onFailure} decides at once, as when Redis is
+        away (C{closed}: 503, not a 429 for every request), with one
+        warning, no traceback per call; the script is tried again every
+        probe interval, and the buckets are shared again once it grants a
+        lease.
+        """
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        buckets, server, _, clock = fleet("closed")
+        limit = makeRateLimitFilter(api(maxQPS=100), clock, buckets=buckets)
+        assert limit is not None
+        oom = "OOM command not allowed when used memory > 'maxmemory'."
+        server.errors[b"EVALSHA"] = oom
+        answers = [limit.before(_Context()) for _ in range(3)]
+        self.assertEqual(buckets.mode, "closed")
+        refused = limit.before(_Context())
+        self.assertIsInstance(refused, EarlyResponse)
+        self.assertEqual(refused.code, 503)
+        clock.advance(PROBE)
+        self.assertEqual(buckets.mode, "closed")
+        del server.errors[b"EVALSHA"]
+        clock.advance(PROBE)
+        self.assertEqual(buckets.mode, "shared")
+        self.assertIsNone(limit.before(_Context()))
+        self.assertIsNone(answers[0])
+        self.assertEqual(buckets.switches["closed"], 1)
+        self.assertEqual(buckets.switches["shared"], 2)
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+        warned = [e for e in events if "Redis is away" in e.get("log_format", "")]
+        self.assertEqual(len(warned), 1)
+        self.assertIn("OOM", warned[0]["reason"])
+
     def test_connectionRefused(self) -> None:
         """
         Redis gone (connection lost, then refused) switches at once, and

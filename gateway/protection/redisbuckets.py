@@ -19,8 +19,9 @@ with M{H} the tokens held in leases and M{K} the processes' credit, each
 at most a lease: M{3} leases per process in all).
 
 When Redis does not answer a call within C{limits.timeout} (a few
-milliseconds), or the connection is gone, every bucket decides at once
-without it, as C{limits.onFailure} says:
+milliseconds), or the connection is gone, or it answers the lease script
+with an error (out of memory, writes stopped after a failed save, ...),
+every bucket decides at once without it, as C{limits.onFailure} says:
 
   - C{local}: each gateway holds the limit divided by the live gateways
     (C{limits.gateways}, or the proxies of the etcd registry): its own
@@ -35,7 +36,8 @@ without it, as C{limits.onFailure} says:
   - C{closed}: every request is refused with C{503} (L{LeasedBucket.unavailable}).
 
 The client probes Redis a few times a second; the first answer in time
-brings the shared buckets back.  Each switch is logged and counted
+brings the shared buckets back (after error replies: the first lease the
+script grants again, tried as often).  Each switch is logged and counted
 (L{RedisBuckets.snapshot}, which the stats, C{/metrics} and the web UI
 show).
 """
@@ -52,6 +54,7 @@ from twisted.python.failure import Failure
 from gateway.protection.leases import Lease
 from gateway.protection.ratelimit import LOCAL
 from gateway.redis.client import IRedisClient, RedisUnavailable, Script
+from gateway.redis.protocol import ReplyError
 
 __all__ = ["LEASE_SCRIPT", "LeasedBucket", "LeasedKeyedBuckets", "RedisBuckets"]
 
@@ -354,6 +357,9 @@ class RedisBuckets:
         self._drained: Set[Tuple[str, Hashable]] = set()
         self._watched: Set[LeasedBucket] = set()
         self._sweepCall: Optional[Any] = None
+        #: While Redis answers the lease script with errors: the call that
+        #: tries it again.
+        self._retryCall: Optional[Any] = None
         client.registerScript(LEASE_SCRIPT)
         client.addListener(self._availabilityChanged)
 
@@ -495,8 +501,50 @@ class RedisBuckets:
     def _failed(self, failure: Failure, bucket: LeasedBucket) -> None:
         bucket.lease.failed(self._reactor.seconds())
         self.fetchFailures += 1
-        if not failure.check(RedisUnavailable):
-            log.failure("limits: a lease call failed", failure)
+        if failure.check(RedisUnavailable):
+            return
+        if failure.check(ReplyError):
+            self._refused(failure.getErrorMessage())
+            return
+        log.failure("limits: a lease call failed", failure)
+
+    # -- a Redis that answers with errors ---------------------------------------------
+
+    def _refused(self, error: str) -> None:
+        """
+        Redis answered a lease call with an error (out of memory, writes
+        stopped by a failed save, a script killed, a key of another type):
+        it answers, but cannot decide, so the limits decide without it as
+        C{onFailure} says, as when it is away, until the lease script runs
+        again (L{_retry}, every C{probeInterval}).  Without this, every
+        limited request was refused with 429 (no lease, no token) and each
+        call logged a traceback.
+        """
+        if self.mode == "shared":
+            self._availabilityChanged(False, f"Redis answers the lease script with: {error}")
+        if self._retryCall is None:
+            self._retryCall = self._reactor.callLater(self.probeInterval, self._retry)
+
+    def _retry(self) -> None:
+        self._retryCall = None
+        if self.mode == "shared" or not self._client.available:
+            # (Back already; or away, and the client's probes say when it
+            # is back.)
+            return
+        # A lease of a token of a bucket of its own: the script's write
+        # is what fails while Redis refuses writes.
+        d = self._client.evalScript(LEASE_SCRIPT, (self.prefix + "probe",), ("1000", "1", 1, 0, 0))
+        d.addCallbacks(self._retried, self._retryFailed)
+
+    def _retried(self, reply: Any) -> None:
+        if self.mode != "shared":
+            self._availabilityChanged(True, "Redis runs the lease script again")
+
+    def _retryFailed(self, failure: Failure) -> None:
+        if failure.check(ReplyError):
+            self._refused(failure.getErrorMessage())
+        elif not failure.check(RedisUnavailable):
+            log.failure("limits: trying the lease script again failed", failure)
 
     # -- idle leases ------------------------------------------------------------------
 
@@ -529,9 +577,10 @@ class RedisBuckets:
         """
         Stop sweeping (the process stops).
         """
-        if self._sweepCall is not None and self._sweepCall.active():
-            self._sweepCall.cancel()
-        self._sweepCall = None
+        for call in (self._sweepCall, self._retryCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._sweepCall = self._retryCall = None
 
     # -- reading ----------------------------------------------------------------------
 
