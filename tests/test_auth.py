@@ -1237,3 +1237,45 @@ class IndexTests(SynchronousTestCase):
             [k.credential.id for k in index.jwtKeys("alice-rsa", "alice-rs")], ["alice-rs"]
         )
         self.assertEqual(nameOf(index.byClaim("c-1")), "alice")
+
+
+class ClientConsumerHeadersTests(SynchronousTestCase):
+    """
+    The consumer headers reach a backend only from an API's auth.
+    """
+
+    def test_neverFromTheClient(self) -> None:
+        """
+        Through an API without auth, the X-Consumer-* headers a client sends
+        (in any case) do not reach the backend, which would believe them;
+        through one with auth the backend gets the authenticated consumer's.
+        """
+        from cachegateway import CacheGateway
+
+        apis = [
+            {"name": "open", "urlPattern": "/open/*", "nodes": [{"cluster": "c"}]},
+            {
+                "name": "closed",
+                "urlPattern": "/closed/*",
+                "nodes": [{"cluster": "c"}],
+                "auth": {"methods": ["key"], "keyNames": ["header:apikey"]},
+            },
+        ]
+        bob = dict(BOB, credentials=[{"type": "key", "key": "bob-key-0123456789abcdef"}])
+        gw = CacheGateway(apis, [bob])
+        gw.backend.auto = lambda call: call.answer(200, b"ok")
+        spoofed = [
+            ("X-Consumer-Name", "alice"),
+            ("x-consumer-id", "a-1"),
+            ("X-CONSUMER-GROUPS", "admin"),
+        ]
+        self.assertEqual(gw.request("GET", "/open/x", spoofed).code, 200)
+        seen = gw.backend.calls[-1]
+        for name in (b"x-consumer-name", b"x-consumer-id", b"x-consumer-groups"):
+            self.assertIsNone(seen.header(name))
+        key = [("apikey", "bob-key-0123456789abcdef")]
+        self.assertEqual(gw.request("GET", "/closed/x", spoofed + key).code, 200)
+        seen = gw.backend.calls[-1]
+        self.assertEqual(seen.header(b"x-consumer-name"), b"bob")
+        self.assertIsNone(seen.header(b"x-consumer-id"))
+        self.assertEqual(seen.header(b"x-consumer-groups"), b"silver")

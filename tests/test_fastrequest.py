@@ -579,14 +579,19 @@ class CopyHeadersTests(SynchronousTestCase):
             (b"Accept", b"a"),
             (b"accept", b"b"),
             (b"X-Kept", b"yes"),
+            (b"X-Consumer-Name", b"admin"),
+            (b"x-consumer-id", b"0"),
+            (b"X-CONSUMER-GROUPS", b"gold"),
         ]:
             headers.addRawHeader(name, value)
         return headers
 
     def test_request_headers(self) -> None:
         """
-        Hop-by-hop headers, those C{Connection} names, and those the upstream
-        client sets are dropped; the rest is copied, not shared.
+        Hop-by-hop headers, those C{Connection} names, those the upstream
+        client sets, and the consumer headers only an API's auth sets (in
+        any case, from a trusted peer too) are dropped; the rest is copied,
+        not shared.
         """
         from gateway.pipeline.forwarding import copyRequestHeaders
 
@@ -597,6 +602,13 @@ class CopyHeadersTests(SynchronousTestCase):
             sorted(name for name, _ in fast.getAllRawHeaders()), [b"Accept", b"X-Kept"]
         )
         incoming = self.sample(Headers)
+        for trusted in (False, True):
+            for kind in (Headers, self.Slow):
+                names = [
+                    n.lower()
+                    for n, _ in copyRequestHeaders(self.sample(kind), trusted).getAllRawHeaders()
+                ]
+                self.assertEqual([n for n in names if n.startswith(b"x-consumer")], [])
         copied = copyRequestHeaders(incoming)
         copied.addRawHeader(b"accept", b"c")
         self.assertEqual(incoming.getRawHeaders(b"accept"), [b"a", b"b"])

@@ -13,6 +13,11 @@ What a proxy forwards and what it does not.
     from a trusted one they are kept, C{X-Forwarded-For} and C{Forwarded}
     extended with this hop, the others filled in when missing.
   - C{Via} (RFC 9110 7.6.3) is extended with this hop both ways.
+  - The consumer headers (C{X-Consumer-Name}, C{-Id}, C{-Groups}) are
+    never taken from a request, whatever its peer: only an API's C{auth}
+    sets them, for the consumer it authenticated, and a backend believes
+    them (a client's own reached the backend through an API without
+    C{auth}).
 """
 
 from __future__ import annotations
@@ -75,6 +80,11 @@ TRUSTED_REQUEST_SKIP: FrozenSet[bytes] = HOP_BY_HOP | frozenset(
         # the whole body: forwarding it would only draw an interim answer
         # upstream.
         b"expect",
+        # Only the API's auth says who the consumer is (never a client, nor
+        # a proxy in front, which passes on what clients send).
+        b"x-consumer-name",
+        b"x-consumer-id",
+        b"x-consumer-groups",
     ]
 )
 
