@@ -514,9 +514,11 @@ class ValidateTests(SynchronousTestCase):
     def test_unworkableWarned(self) -> None:
         """
         A valid file whose cluster has no server (and no discovery), or
-        whose certificate claims an SNI that is none of its names, passes
-        with a warning naming each; SNIs its names cover (exactly, or by
-        its wildcard) are not warned of.
+        whose certificate claims an SNI that is none of its names, or whose
+        API allows every origin with credentials by CORS, passes with a
+        warning naming each; SNIs its names cover (exactly, or by its
+        wildcard), and CORS for every origin without credentials or for
+        listed origins with them, are not warned of.
         """
         data = copy.deepcopy(BASE)
         data["clusters"].append({"name": "c-empty", "servers": []})
@@ -529,11 +531,21 @@ class ValidateTests(SynchronousTestCase):
                 "snis": ["api.example.com", "x.example.org", "*.example.org", "other.example.com"],
             }
         ]
+        data["apis"][0]["cors"] = {"origins": ["*"], "credentials": True}
+        data["apis"][1]["cors"] = {"origins": ["*"]}
+        data["apis"].append(
+            {
+                "name": "a-listed",
+                "urlPattern": "/listed",
+                "nodes": [{"cluster": "c1"}],
+                "cors": {"origins": ["https://app.example.com"], "credentials": True},
+            }
+        )
         code, out, err = self.validate(data)
         self.assertEqual(code, 0, err)
         self.assertIn("OK", out)
         warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
-        self.assertEqual(len(warnings), 2, err)
+        self.assertEqual(len(warnings), 3, err)
         self.assertIn(
             "clusters[2] (c-empty).servers: is empty and the cluster has no discovery", warnings[0]
         )
@@ -541,6 +553,10 @@ class ValidateTests(SynchronousTestCase):
             "certificates[0] (cert).snis[3]: 'other.example.com' is not a name of the"
             " certificate (it has: api.example.com, *.example.org)",
             warnings[1],
+        )
+        self.assertIn(
+            "apis[0] (a-users).cors.origins: allows every origin (*) with credentials",
+            warnings[2],
         )
 
     def test_fileShape(self) -> None:

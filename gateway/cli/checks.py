@@ -191,7 +191,10 @@ def _unworkable(catalog: Catalog, label: Callable[[str, str], str]) -> List[Prob
     @return: a warning for each resource that is valid but cannot work as
         meant: a cluster with no server to send to (its requests are all
         answered 503), a certificate SNI that is none of the certificate's
-        names (clients asking for it refuse the certificate).
+        names (clients asking for it refuse the certificate); and one that
+        works but is likely a mistake: CORS allowing every origin (C{*})
+        with credentials (any web site a user opens can then call the API
+        with the user's cookies and read the answers).
     """
     from gateway.model.certificates import loadChain, sniMatches, subjectNames
 
@@ -223,4 +226,15 @@ def _unworkable(catalog: Catalog, label: Callable[[str, str], str]) -> List[Prob
                         f"{', '.join(names) or 'none'}): clients asking for it refuse it",
                     )
                 )
+    for name, api in sorted(catalog.apis.items()):
+        cors = api.cors
+        if cors is not None and cors.credentials and "*" in cors.origins:
+            warnings.append(
+                Problem(
+                    f"{label('apis', name)}.cors.origins",
+                    "allows every origin (*) with credentials: any web site a user opens can"
+                    " call this API with the user's cookies and read its answers; list the"
+                    " origins instead",
+                )
+            )
     return warnings
