@@ -76,6 +76,20 @@ class OriginPolicyTests(SynchronousTestCase):
         self.assertTrue(policy.allows(b"http://b.example"))
         self.assertFalse(policy.allows(b"http://a.example"))
 
+    def test_defaultPortSent(self) -> None:
+        """
+        An origin sent with its scheme's default port is the origin
+        without it, for exact origins and wildcards alike; another port,
+        or the other scheme's default, is not.
+        """
+        policy = OriginPolicy(["https://a.example", "http://b.example", "https://*.example.org"])
+        self.assertTrue(policy.allows(b"https://a.example:443"))
+        self.assertTrue(policy.allows(b"http://b.example:80"))
+        self.assertTrue(policy.allows(b"https://x.example.org:443"))
+        self.assertFalse(policy.allows(b"https://a.example:80"))
+        self.assertFalse(policy.allows(b"https://a.example:8443"))
+        self.assertFalse(policy.allows(b"http://b.example:443"))
+
     def test_wildcardSubdomains(self) -> None:
         """
         C{https://*.example.org} allows subdomains at any depth, but not

@@ -53,6 +53,10 @@ _SUBDOMAINS = re.compile(SUBDOMAINS.pattern.encode("ascii"))
 WILDCARD_CACHE = 1024
 
 
+#: How an origin given with its scheme's default port ends.
+_DEFAULT_PORTS = (b":443", b":80")
+
+
 class OriginPolicy:
     """
     Which origins are allowed (see L{gateway.model.cors} for the rules).
@@ -90,6 +94,12 @@ class OriginPolicy:
         lower = origin.lower()
         if lower in self._exact:
             return True
+        if lower.endswith(_DEFAULT_PORTS):
+            # (Browsers never send a default port; a client that does means
+            # the same origin.)
+            lower = normaliseOrigin(lower.decode("latin-1")).encode("latin-1")
+            if lower in self._exact:
+                return True
         if not self._wildcards:
             return False
         decided = self._decided
