@@ -667,6 +667,20 @@ class JWKSTests(SynchronousTestCase):
         self.assertEqual([k.kid for k in parseJWKS(document)], ["k1"])
         self.assertRaises(ValueError, parseJWKS, b'{"no": "keys"}')
 
+    def test_nestedTooDeeply(self) -> None:
+        """
+        A document nested too deeply for the JSON reader is not a JWKS (a
+        C{ValueError}, which the cache logs, keeping its keys), not an
+        error that escaped unlogged.
+        """
+        self.assertRaises(
+            ValueError, parseJWKS, b'{"keys": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+        )
+        d = self.verifier.verify(self.providerToken(), self.index)
+        self.fetch.calls[0].callback(b"[" * 200_000)
+        self.assertIsInstance(self.successResultOf(d), Invalid)
+        self.assertEqual(self.cache.fetches, 1)
+
 
 class PasswordTests(SynchronousTestCase):
     """

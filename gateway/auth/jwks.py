@@ -70,7 +70,10 @@ def parseJWKS(document: bytes) -> List[JWK]:
     from jwt import PyJWK
     from jwt.exceptions import PyJWTError
 
-    data = json.loads(document.decode("utf-8"))
+    try:
+        data = json.loads(document.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("not a JWKS: nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError("not a JWKS: no keys list")
     keys = []
