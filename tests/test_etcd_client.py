@@ -24,7 +24,7 @@ import pytest_twisted
 from etcdserver import etcd, etcdCluster  # noqa: F401  (fixtures)
 from harness import freePort
 from twisted.internet import reactor, task, threads
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
@@ -675,6 +675,55 @@ class WatchTests(SynchronousTestCase):
         self.assertEqual(len(self.treq.requests), 2)
         self.clock.advance(0.1)
         self.assertEqual(len(self.treq.requests), 3)
+
+    def test_resumesAsSoonAsAnOutageEnds(self) -> None:
+        """
+        A watch waiting out an outage (every endpoint refused it, its
+        back-off grew to 0.8 s) opens its next stream as soon as another
+        request through the client gets an answer, not a whole back-off
+        later: a change committed once etcd is back is followed at once.
+        A wait that is not under an outage is not cut short.
+        """
+        stream = StreamResponse()
+        self.treq.answers = {"a:1": [REFUSED, REFUSED, OK, stream], "b:2": [REFUSED, REFUSED]}
+        watch = startWatch(self.client, "/w/", self.record, prefix=True, startRevision=5)
+        for delay in (0.1, 0.2, 0.4):
+            self.clock.advance(delay)
+        self.assertEqual(len(self.treq.requests), 4)
+        self.assertFalse(self.client.availability.available)
+        # Waiting 0.8 s now; a read gets an answer after 0.1 s of it.
+        self.clock.advance(0.1)
+        self.successResultOf(self.client.range(b"/k"))
+        self.assertEqual(len(self.treq.requests), 6)
+        where, body = self.treq.requests[-1]
+        self.assertEqual((where, body["create_request"]["start_revision"]), ("a:1 /v3/watch", "5"))
+        stream.send(created(8))
+        self.assertTrue(watch.connected)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_sleepCancelled(self) -> None:
+        """
+        Cancelling a L{EtcdClient.sleep} stops its timer; an outage ending
+        later does not fire it again.
+        """
+        d = self.client.sleep(3)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.client.endpointFailed("a:1", REFUSED)
+        self.client.endpointFailed("b:2", REFUSED)
+        self.client.endpointAnswered("a:1")
+
+    def test_sleepNotCutShortWithoutOutage(self) -> None:
+        """
+        An answer while etcd is not in an outage leaves a back-off wait as
+        it is.
+        """
+        d = self.client.sleep(3)
+        self.client.endpointAnswered("a:1")
+        self.assertNoResult(d)
+        self.clock.advance(3)
+        self.successResultOf(d)
 
     def test_closingTheClientStopsTheWatch(self) -> None:
         """

@@ -95,14 +95,15 @@ class OptionsMakeServiceTests(SynchronousTestCase):
     def test_oneProcess(self) -> None:
         """
         With the proxy in the gateway process, the service is a
-        L{MultiService} of the store, the DNS discovery, the upstream
+        L{MultiService} of the SIGHUP notice, the store, the DNS discovery, the upstream
         client, the health checks, the admin and the proxy, in that order
         (the order they start in).
         """
         service = tap.makeService(self.options(gatewayConfig()))
         self.assertIsInstance(service, MultiService)
         self.assertEqual(
-            childNames(service), ["store", "discovery", "upstream", "health", "admin", "proxy"]
+            childNames(service),
+            ["hangup", "store", "discovery", "upstream", "health", "admin", "proxy"],
         )
         self.assertIsInstance(service.getServiceNamed("proxy").factory, GatewaySite)
         self.assertIsInstance(service.getServiceNamed("admin").factory, AdminSite)
@@ -115,7 +116,8 @@ class OptionsMakeServiceTests(SynchronousTestCase):
         config["proxy"]["workers"] = 2
         service = tap.makeService(self.options(config))
         self.assertEqual(
-            childNames(service), ["store", "discovery", "upstream", "health", "admin", "workers"]
+            childNames(service),
+            ["hangup", "store", "discovery", "upstream", "health", "admin", "workers"],
         )
         pool = service.getServiceNamed("workers")
         self.assertEqual((pool.count, pool.processes, pool.buckets), (2, {}, None))
@@ -128,7 +130,16 @@ class OptionsMakeServiceTests(SynchronousTestCase):
         service = tap.makeService(self.options(gatewayConfig(store="etcd://127.0.0.1:1/gw")))
         self.assertEqual(
             childNames(service),
-            ["store", "discovery", "upstream", "health", "proxy-registry", "admin", "proxy"],
+            [
+                "hangup",
+                "store",
+                "discovery",
+                "upstream",
+                "health",
+                "proxy-registry",
+                "admin",
+                "proxy",
+            ],
         )
         self.assertTrue(ISharedStore.providedBy(service.getServiceNamed("store").store))
 
@@ -188,9 +199,9 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_worker(self) -> None:
         """
-        A worker is its link to the parent, a relayed store, the upstream
-        client and the proxy; its proxy waits for the first state before
-        it listens.
+        A worker is its SIGHUP notice (ignoring it), its link to the
+        parent, a relayed store, the upstream client and the proxy; its
+        proxy waits for the first state before it listens.
         """
         endpoints: List[Endpoint] = []
 
@@ -201,7 +212,7 @@ class MakeServiceTests(SynchronousTestCase):
 
         self.patch(root, "reusePortEndpoint", reusePortEndpoint)
         service = self.make(gatewayConfig(), worker=WorkerRole(0, 3, None))
-        self.assertEqual(childNames(service), ["parent", "store", "upstream", "proxy"])
+        self.assertEqual(childNames(service), ["hangup", "parent", "store", "upstream", "proxy"])
         store = service.getServiceNamed("store")
         self.assertIsInstance(store.store, RelayedStore)
         # (Not the parent link: it would adopt descriptor 3.)

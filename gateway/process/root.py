@@ -55,6 +55,7 @@ from gateway.pipeline.resource import GatewayResource
 from gateway.pipeline.websocket import WebSockets
 from gateway.process.accesslog import AccessLogService, ReopenOnSignal, accessLogFor
 from gateway.process.fleetlimits import GatewayCounter, fleetLimits, redisClient
+from gateway.process.hangup import HangupNotice
 from gateway.process.interpreter import nurseryAdvice
 from gateway.process.listening import ListenService, ProxyService
 from gateway.process.parent import ParentLink
@@ -382,7 +383,8 @@ def makeGatewayService(
     config: Any, reactor: Any, filterRegistry: Any, abort: Abort, client: Any = None
 ) -> ProcessService:
     """
-    Put the gateway process together: its children are C{store},
+    Put the gateway process together: its children are C{hangup}
+    (L{HangupNotice}), C{store},
     C{discovery} (with a proxy), C{upstream}, C{health}, C{proxy-registry}
     (with a shared store and a proxy), C{admin} (with an admin), and
     C{proxy} (the proxy in this process) or C{workers} (several proxy
@@ -391,6 +393,7 @@ def makeGatewayService(
     See L{makeService} for the parameters.
     """
     root = ProcessService(abort)
+    HangupNotice(reactor).setServiceParent(root)
     proxyConfig = config.proxy
     workers = (
         workerCount(proxyConfig.workers, workersCanShare(proxyEndpoints(proxyConfig), config.store))
@@ -575,7 +578,8 @@ def makeWorkerService(
     client: Any = None,
 ) -> ProcessService:
     """
-    Put a proxy worker together: its children are C{parent} (the control
+    Put a proxy worker together: its children are C{hangup} (ignoring
+    C{SIGHUP}), C{parent} (the control
     channel), C{store} (the states the parent relays), C{upstream} and
     C{proxy} (on an C{SO_REUSEPORT} socket, bound once the first state
     serves).
@@ -583,6 +587,7 @@ def makeWorkerService(
     See L{makeService} for the parameters.
     """
     root = ProcessService(abort)
+    HangupNotice(reactor, worker=True).setServiceParent(root)
     proxyConfig = config.proxy
     store = RelayedStore()
     local = worker.buckets if worker.buckets is not None else LOCAL

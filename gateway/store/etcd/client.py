@@ -38,7 +38,6 @@ from treq.client import HTTPClient
 from twisted.application.internet import backoffPolicy
 from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, RequestNotSent
@@ -536,6 +535,8 @@ class EtcdClient:
         self.availability = Availability(self.endpoints, reactor)
         self._onClose: List[Callable[[], Any]] = []
         self._closed = False
+        #: The back-off waits under way (L{sleep}), with their timers.
+        self._sleeping: Dict[Deferred, Any] = {}
 
     # -- endpoints -------------------------------------------------------------------
 
@@ -579,8 +580,15 @@ class EtcdClient:
     def endpointAnswered(self, endpoint: str) -> None:
         """
         Say that C{endpoint} answered (ending an outage, if there was one).
+        An outage that ends wakes the back-off waits under way (L{sleep}):
+        etcd answers again, so every retry loop tries again now, rather
+        than up to a whole back-off later.
         """
+        outage = not self.availability.available
         self.availability.succeeded(endpoint)
+        if outage:
+            for waiter in list(self._sleeping):
+                self._wake(waiter)
 
     # -- requests ------------------------------------------------------------------
 
@@ -685,10 +693,30 @@ class EtcdClient:
 
     def sleep(self, seconds: float) -> Deferred:
         """
-        @return: a Deferred that fires after C{seconds}; cancelling it stops
-            the wait.
+        Wait between two attempts of a retry loop.
+
+        @return: a Deferred that fires after C{seconds}, or sooner when an
+            outage ends (another request got an answer after every
+            endpoint had failed: see L{endpointAnswered}), so that a watch
+            waiting out an outage resumes as soon as etcd answers, not up
+            to a whole back-off later; cancelling it stops the wait.
         """
-        return deferLater(self._reactor, seconds, lambda: None)
+
+        def cancel(waiter: Deferred) -> None:
+            timer = self._sleeping.pop(waiter, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+
+        waiter: Deferred = Deferred(cancel)
+        self._sleeping[waiter] = self._reactor.callLater(seconds, self._wake, waiter)
+        return waiter
+
+    def _wake(self, waiter: Deferred) -> None:
+        timer = self._sleeping.pop(waiter, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not waiter.called:
+            waiter.callback(None)
 
     def retrying(self, operation: Callable[[], Any], what: str = "etcd request") -> Deferred:
         """
