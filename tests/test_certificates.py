@@ -104,8 +104,7 @@ class CertificateModelTests(SynchronousTestCase):
 
     def test_snis(self) -> None:
         """
-        SNIs are host names or C{*.} and one, without ports, IP addresses
-        are allowed only as names that look like them (no): a wildcard in
+        SNIs are host names or C{*.} and one, without ports: a wildcard in
         the middle, a port, a space or a duplicate (ignoring case) is
         refused.
         """
@@ -115,6 +114,38 @@ class CertificateModelTests(SynchronousTestCase):
             self.assertEqual(errors[0][0], "snis[0]", bad)
         errors = errorsOf("certificates", dict(good, snis=["a.example.com", "A.example.com"]))
         self.assertEqual(errors, [("snis[1]", "duplicate 'A.example.com'", True)])
+
+    def test_ipAddressNoSNI(self) -> None:
+        """
+        An IP address is no SNI (RFC 6066: clients connecting by address
+        send none, so it would never choose the certificate): IPv4 as IPv6,
+        refused naming the SNI and saying what serves such clients.
+        """
+        good = API_CERT.resource("api")
+        for address in ("10.1.2.3", "127.0.0.1", "::1"):
+            errors = errorsOf("certificates", dict(good, snis=["api.example.com", address]))
+            self.assertEqual(len(errors), 1, errors)
+            self.assertEqual(errors[0][0], "snis[1]", address)
+            self.assertIn("IP address", errors[0][1])
+            self.assertIn("tlsDefaultCertificate", errors[0][1])
+        # Names with digits stay names.
+        parseResource("certificates", dict(good, snis=["10.example.com", "*.1.example.org"]))
+
+    def test_serverNameNoWildcard(self) -> None:
+        """
+        A server's C{tls.serverName} is the one name the gateway asks its
+        backend for and verifies: a host name or an IPv4 address, never a
+        wildcard (which no certificate can be verified for: the backend's
+        every request failed with an unhandled error in the log).
+        """
+        server = {"name": "s", "addr": "10.0.0.5:8443"}
+        for bad in ("*.example.com", "*", "a.*.example.com", "b.example.com:443"):
+            errors = errorsOf("servers", dict(server, tls={"serverName": bad}))
+            self.assertEqual([e[0] for e in errors], ["tls.serverName"], bad)
+            self.assertIn("without a wildcard", errors[0][1])
+        for good in ("users.internal", "Users.Internal", "10.0.0.5"):
+            parsed = parseResource("servers", dict(server, tls={"serverName": good}))
+            self.assertEqual(parsed.tls.serverName, good)
 
     def test_keyOptional(self) -> None:
         """

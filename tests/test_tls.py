@@ -420,6 +420,17 @@ class UpstreamTLSTests(SynchronousTestCase):
             self.assertEqual(error.details, {"tls": kind})
             self.assertEqual(error.status, 502)
 
+    def test_unverifiableName(self) -> None:
+        """
+        A name no certificate can be verified for (a wildcard, which the
+        model refuses as C{serverName}) fails the handshake as a name
+        mismatch, never with an unhandled error out of the TLS connection.
+        """
+        client = UpstreamTLS("*.b.internal", True, [self.ca.certificate])
+        error = self.refusal(self.ca.issue(["*.b.internal", "x.b.internal"]), client)
+        self.assertEqual(error.kind, "name-mismatch")
+        self.assertIn("not valid for '*.b.internal'", error.reason)
+
     def test_notVerified(self) -> None:
         """
         With C{verify} off, any certificate goes.

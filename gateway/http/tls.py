@@ -545,7 +545,11 @@ class UpstreamTLS:
                     verify_certificate_ip_address(leaf, self.serverName)
                 else:
                     verify_certificate_hostname(leaf, self.serverName)
-            except (VerificationError, CertificateError):
+            except (VerificationError, CertificateError, ValueError):
+                # (ValueError: service_identity refuses a name it cannot
+                # verify a certificate for, such as a wildcard; the model
+                # refuses those, but a name must never end a handshake
+                # with an unhandled error.)
                 raise CertificateVerifyError(
                     f"certificate name mismatch: it is not valid for {self.serverName!r}"
                     f" ({_namesOf(leaf)})",

@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from gateway.model.schema import ValidationError
 
 __all__ = [
+    "HOST_NAME",
     "SNI",
+    "checkSNI",
     "certificateInfo",
     "inlineCertificateFiles",
     "keyMatches",
@@ -36,6 +38,14 @@ __all__ = [
 #: stands for any one label in front of C{example.org}.
 SNI = (
     r"^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$"
+)
+
+#: A host name in its ASCII form, without a wildcard: what the gateway asks
+#: a backend for by SNI and verifies its certificate with (L{SNI} without
+#: its C{*.}).
+HOST_NAME = (
+    r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
     r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$"
 )
 
@@ -231,6 +241,21 @@ def sniMatches(pattern: str, name: str) -> bool:
         head, dot, rest = name.partition(".")
         return bool(head) and bool(dot) and rest == pattern[2:]
     return pattern == name
+
+
+def checkSNI(value: str) -> None:
+    """
+    Refuse what L{SNI}'s pattern lets through but no client asks for: an
+    IP address (RFC 6066 3: a client that connects to an address sends no
+    server name, so the certificate would never be chosen for it).
+
+    @raise ValueError: saying so.
+    """
+    if isIPAddress(value):
+        raise ValueError(
+            "is an IP address, which clients never send by SNI (RFC 6066): clients"
+            " that connect by address get proxy.tlsDefaultCertificate"
+        )
 
 
 def isIPAddress(host: str) -> bool:

@@ -23,9 +23,11 @@ import attrs
 from gateway.model import patterns
 from gateway.model.cache import Cache
 from gateway.model.certificates import (
+    HOST_NAME,
     MAX_PEM,
     SNI,
     certificateInfo,
+    checkSNI,
     keyMatches,
     loadChain,
     loadKey,
@@ -263,6 +265,7 @@ class Certificate:
             Str(
                 pattern=SNI,
                 maxLength=253,
+                check=checkSNI,
                 patternHint="must be a host name (api.example.com) or *. and one"
                 " (*.example.org), in its ASCII form (xn-- for other letters), without a port",
             ),
@@ -330,9 +333,10 @@ class UpstreamTLS:
     serverName: Optional[str] = field(
         Nullable(
             Str(
-                pattern=SNI,
+                pattern=HOST_NAME,
                 maxLength=253,
-                patternHint="must be a host name (api.internal), in its ASCII form",
+                patternHint="must be a host name (api.internal) or an IPv4 address, in its"
+                " ASCII form, without a wildcard or a port",
             )
         ),
         None,
