@@ -244,6 +244,31 @@ class RequestTests(HTTP2TestCase):
         for name in (b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"):
             self.assertNotIn(name, names)
 
+    def test_noContentWithoutLength(self) -> None:
+        """
+        A C{204} goes out without C{Content-Length} even when its resource
+        (a backend's answer relayed) set one (RFC 9110 8.6: HTTP/2 clients
+        such as curl refused the stream as malformed); a C{304} keeps its
+        length (that of the representation, allowed).
+        """
+        self.resource.hold = True
+        peer = self.connect()
+        noContent = peer.request(path=b"/204")
+        notModified = peer.request(path=b"/304")
+        for request, code in zip(self.resource.requests, (204, 304)):
+            request.setResponseCode(code)
+            request.setHeader(b"Content-Length", b"5")
+            request.setHeader(b"X-Kept", b"yes")
+            request.finish()
+        peer.pump()
+        answer = peer.answer(noContent)
+        self.assertEqual((answer.status, answer.body, answer.ended), (204, b"", True))
+        self.assertIsNone(answer.header(b"content-length"))
+        self.assertEqual(answer.header(b"x-kept"), b"yes")
+        answer = peer.answer(notModified)
+        self.assertEqual((answer.status, answer.ended), (304, True))
+        self.assertEqual(answer.header(b"content-length"), b"5")
+
     def test_cookiesJoined(self) -> None:
         """
         Cookie fields split by the client come to the request as one
