@@ -42,6 +42,14 @@ OTHER_CERT = CA.issue(["other.example.com"])
 CLIENT_CERT = CA.issue([], common="client", client=True)
 
 
+def _blocks(chain: str) -> List[str]:
+    """
+    @return: the PEM blocks of a chain, each with its END line.
+    """
+    end = "-----END CERTIFICATE-----\n"
+    return [block + end for block in chain.split(end) if block.strip()]
+
+
 def errorsOf(kind: str, body: Dict[str, Any]) -> List[Any]:
     try:
         parseResource(kind, body)
@@ -114,6 +122,34 @@ class CertificateModelTests(SynchronousTestCase):
             self.assertEqual(errors[0][0], "snis[0]", bad)
         errors = errorsOf("certificates", dict(good, snis=["a.example.com", "A.example.com"]))
         self.assertEqual(errors, [("snis[1]", "duplicate 'A.example.com'", True)])
+
+    def test_chainInOrder(self) -> None:
+        """
+        C{cert} is the certificate, then each intermediate after the one it
+        signs: a chain through two intermediates (and the root after them)
+        parses; intermediates swapped, or one that signs nothing of the
+        chain, are refused naming C{cert} and the certificate out of place;
+        so is a chain that starts with its intermediate.
+        """
+        middle = CertificateAuthority("Middle CA", parent=CA)
+        lower = CertificateAuthority("Lower CA", parent=middle)
+        issued = lower.issue(["api.example.com"])
+        leaf, lowerPEM, middlePEM = _blocks(issued.chain)
+        good = issued.resource("api", ["api.example.com"])
+        parseResource("certificates", good)
+        parseResource("certificates", dict(good, cert=issued.chain + CA.pem))
+        cases = [
+            (leaf + middlePEM + lowerPEM, "certificate 2 of the chain (CN=Middle CA)"),
+            (leaf + lowerPEM + OTHER_CERT.chain, "certificate 3 of the chain"),
+            (leaf + OTHER_CERT.chain, "issued by CN=Lower CA"),
+            (lowerPEM + leaf, "(CN=api.example.com) did not sign certificate 1"),
+        ]
+        for cert, words in cases:
+            errors = errorsOf("certificates", dict(good, cert=cert))
+            self.assertEqual([e[0] for e in errors], ["cert"], words)
+            self.assertIn("is not in order", errors[0][1])
+            self.assertIn(words, errors[0][1])
+            self.assertTrue(errors[0][2])
 
     def test_ipAddressNoSNI(self) -> None:
         """

@@ -15,7 +15,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
@@ -26,6 +26,7 @@ __all__ = [
     "SNI",
     "checkSNI",
     "certificateInfo",
+    "checkChainOrder",
     "inlineCertificateFiles",
     "keyMatches",
     "loadChain",
@@ -98,6 +99,27 @@ def loadChain(text: str) -> List[x509.Certificate]:
     if not certificates:
         raise ValueError("holds no certificate")
     return certificates
+
+
+def checkChainOrder(chain: Sequence[x509.Certificate]) -> None:
+    """
+    Check that a chain a listener serves is in order: each certificate
+    after the first is the one that signed the certificate before it (RFC
+    8446 4.4.2; what TLS 1.2 clients and some libraries still require).
+
+    @raise ValueError: naming the first certificate out of place.
+    """
+    for i in range(1, len(chain)):
+        child, parent = chain[i - 1], chain[i]
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ValueError(
+                f"is not in order: certificate {i + 1} of the chain"
+                f" ({parent.subject.rfc4514_string() or 'no subject'}) did not sign"
+                f" certificate {i} (issued by {child.issuer.rfc4514_string() or 'no one'}):"
+                " give the certificate first, then each intermediate after the one it signs"
+            )
 
 
 def loadKey(text: str) -> Any:

@@ -27,6 +27,7 @@ from gateway.model.certificates import (
     MAX_PEM,
     SNI,
     certificateInfo,
+    checkChainOrder,
     checkSNI,
     keyMatches,
     loadChain,
@@ -188,6 +189,10 @@ def _checkChain(value: str) -> None:
     loadChain(value)
 
 
+def _checkServedChain(value: str) -> None:
+    checkChainOrder(loadChain(value))
+
+
 def _checkKey(value: str) -> None:
     loadKey(value)
 
@@ -245,8 +250,8 @@ class Certificate:
 
     name: str = field(Name())
     cert: str = field(
-        PEM("certificate chain", _checkChain),
-        doc="PEM: the certificate, then the intermediates that sign it",
+        PEM("certificate chain", _checkServedChain),
+        doc="PEM: the certificate, then the intermediates that sign it, in order",
     )
     key: Optional[str] = field(
         Nullable(PEM("private key", _checkKey)),
