@@ -398,6 +398,64 @@ class AdminCertificateTests(APITestCase):
         self.assertIn("servers/s", answer["error"])
 
 
+class AdminExpiredCertificateTests(APITestCase):
+    """
+    The admin refuses a certificate that has expired when it is written,
+    by itself or in a batch; one stored before it expired stays writable
+    with the same C{cert}.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock.advance(API_CERT.certificate.not_valid_before_utc.timestamp() + 60)
+        self.expired = CA.issue(["old.example.com"], expired=True)
+
+    def assertExpiredRefused(self, code: int, answer: Any, fieldName: str) -> None:
+        self.assertEqual(code, 400, answer)
+        self.assertEqual(answer["field"], fieldName)
+        self.assertIn("expired on ", answer["error"])
+        notAfter = self.expired.certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.assertIn(notAfter, answer["error"])
+        self.assertTrue(answer["errors"][0]["rule"])
+        self.assertEqual(self.call("GET", "/certificates")[2], [])
+
+    def test_refused(self) -> None:
+        """
+        A C{PUT}, a C{POST} and a batch of an expired certificate are each
+        a 400 naming C{cert} (with its C{notAfter}), and store nothing.
+        """
+        body = self.expired.resource("old", ["old.example.com"])
+        code, _, answer = self.call("PUT", "/certificates/old", body)
+        self.assertExpiredRefused(code, answer, "cert")
+        code, _, answer = self.call("POST", "/certificates", body)
+        self.assertExpiredRefused(code, answer, "cert")
+        code, _, answer = self.call(
+            "POST",
+            "/batch",
+            {"changes": [{"op": "put", "kind": "certificates", "name": "old", "value": body}]},
+        )
+        self.assertExpiredRefused(code, answer, "changes[0].value.cert")
+
+    def test_storedStaysWritable(self) -> None:
+        """
+        A certificate that expired in the store may be written again with
+        the same C{cert} (its SNIs changed), and replaced by its renewal.
+        """
+        body = API_CERT.resource("api", ["api.example.com"])
+        code, _, answer = self.call("PUT", "/certificates/api", body)
+        self.assertEqual(code, 201, answer)
+        self.clock.advance(
+            API_CERT.certificate.not_valid_after_utc.timestamp() + 60 - self.clock.seconds()
+        )
+        del body["key"]
+        code, _, answer = self.call("PUT", "/certificates/api", dict(body, snis=["a.example.com"]))
+        self.assertEqual(code, 200, answer)
+        self.assertEqual(answer["snis"], ["a.example.com"])
+        code, _, answer = self.call("PUT", "/certificates/api", OTHER_CERT.resource("api"))
+        self.assertEqual(code, 400, answer)
+        self.assertIn("expired on", answer["error"])
+
+
 class ConfigTLSTests(SynchronousTestCase):
     """
     The config's TLS keys: C{proxy.listen} and C{proxy.tlsListen} as
