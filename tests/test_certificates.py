@@ -615,6 +615,34 @@ class CLITests(SynchronousTestCase):
         )
         self.assertEqual(parsed.resources["certificates"]["c"]["cert"], API_CERT.chain)
 
+    def test_validateWarnsOfExpired(self) -> None:
+        """
+        C{gateway validate} warns of a certificate that has expired (naming
+        its C{cert} and its C{notAfter}), and of none that has not; the
+        file stays valid (an export holds what the admin has).
+        """
+        from test_cli import runInProcess
+
+        expired = CA.issue(["old.example.com"], expired=True)
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "resources.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "certificates": [
+                        expired.resource("old", ["old.example.com"]),
+                        API_CERT.resource("api", ["api.example.com"]),
+                    ]
+                }
+            )
+        )
+        code, out, err = runInProcess(["validate", str(path)])
+        self.assertEqual(code, 0, err)
+        notAfter = expired.certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+        [warning] = [line for line in err.splitlines() if line.startswith("warning:")]
+        self.assertIn("certificates[0] (old).cert: expired on " + notAfter, warning)
+
 
 class SnapshotTLSTests(SynchronousTestCase):
     """
