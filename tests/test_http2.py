@@ -557,6 +557,8 @@ class RefusalTests(HTTP2TestCase):
             ({"pseudo": usual + [(b":status", b"200")]}, "unknown pseudo-header field"),
             ({"pseudo": usual + [(b":path", b"/b")]}, "repeated pseudo-header field"),
             ({"pseudo": [], "headers": [(b"x-a", b"b")] + usual}, "a pseudo-header field after"),
+            # A head that ends the stream, declaring a body all the same.
+            ({"headers": [(b"content-length", b"5")]}, "content-length but no body"),
         ]
         for request, why in cases:
             self.resource.requests.clear()

@@ -357,6 +357,11 @@ class H2ServerConnection(Protocol):
         """
         head = readRequestHead(headers, self.limits)
         length = head.length
+        if ended and length:
+            # Its body is over before a byte of what content-length
+            # declares (RFC 9113 8.1.1): malformed, as a body that is
+            # shorter or longer is (h2 checks those once DATA came).
+            raise _Refused(400, "malformed HTTP/2 request: content-length but no body")
         if not ended and length != 0:
             limit = self._limitFor(head.method, head.host, head.path)
             if limit is not None and length is not None and length > limit:
