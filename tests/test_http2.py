@@ -1610,28 +1610,70 @@ class InterfaceTests(HTTP2TestCase):
         verifyObject(IConsumer, self.resource.requests[0].channel)
         verifyObject(IHandshakeListener, ProtocolChoice(self.site, PEER, byALPN=True))
 
+    def ignoringTheLimit(self, peer: H2Peer) -> H2Peer:
+        """
+        Make the client of C{peer} ignore the limit of concurrent streams
+        the server's SETTINGS said.
+        """
+        settings = peer.client.remote_settings
+        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 1000
+        settings.acknowledge()
+        return peer
+
     def test_tooManyStreams(self) -> None:
         """
-        A client that opens more streams than C{maxConcurrentStreams} (it
-        ignored the SETTINGS that said so) ends its connection.
+        A stream opened over C{maxConcurrentStreams} is refused alone
+        (C{REFUSED_STREAM}: a stream error, RFC 9113 5.1.2; the client may
+        send it again), the others served and the connection kept; once a
+        stream is over, a new one is taken.
         """
         self.limits = limits(maxConcurrentStreams=2)
         self.site = self.makeSite()
         self.resource.hold = True
-        peer = self.connect()
-        frames = b""
-        for streamId in (1, 3, 5):
-            frame = HeadersFrame(streamId, flags=["END_HEADERS", "END_STREAM"])
-            frame.data = peer.client.encoder.encode(
-                [
-                    (b":method", b"GET"),
-                    (b":scheme", b"https"),
-                    (b":authority", b"gw"),
-                    (b":path", b"/"),
-                ]
-            )
-            frames += frame.serialize()
-        peer.sendRaw(frames)
-        self.clock.advance(0)
+        peer = self.ignoringTheLimit(self.connect())
+        ids = [peer.request(path=b"/%d" % i, pump=False) for i in range(4)]
+        peer.pump()
+        self.assertIsNone(peer.terminated)
+        self.assertEqual([peer.answer(i).reset for i in ids[2:]], [ErrorCodes.REFUSED_STREAM] * 2)
+        first, _ = self.resource.requests
+        self.assertEqual([r.path for r in self.resource.requests], [b"/0", b"/1"])
+        first.finish()
+        peer.pump()
+        self.assertTrue(peer.answer(ids[0]).ended)
+        again = peer.request(path=b"/again")
+        self.assertEqual(self.resource.requests[-1].path, b"/again")
+        self.assertIsNone(peer.answer(again).reset)
+
+    def test_firstFlightOverTheLimit(self) -> None:
+        """
+        A client that opens more streams than the limit before it could
+        read the SETTINGS saying it (a first flight) loses the extra
+        streams alone: they are refused, the first ones served.  (The
+        connection was ended, with every request of the flight.)
+        """
+        self.limits = limits(maxConcurrentStreams=2)
+        self.site = self.makeSite()
+        peer = self.connect(autoPump=False)
+        ids = [peer.request(path=b"/%d" % i, pump=False) for i in range(5)]
+        peer.pump()
+        self.assertIsNone(peer.terminated)
+        self.assertEqual([peer.answer(i).status for i in ids[:2]], [200, 200])
+        self.assertEqual([peer.answer(i).reset for i in ids[2:]], [ErrorCodes.REFUSED_STREAM] * 3)
+
+    def test_keepsOpeningOverTheLimit(self) -> None:
+        """
+        A client that keeps opening streams over the limit is a flood:
+        each refusal spends the reset budget, and past it the connection
+        ends with C{GOAWAY ENHANCE_YOUR_CALM}.
+        """
+        self.limits = limits(maxConcurrentStreams=2, resetBudget=5)
+        self.site = self.makeSite()
+        self.resource.hold = True
+        peer = self.ignoringTheLimit(self.connect())
+        for i in range(8):
+            peer.request(path=b"/%d" % i, pump=False)
+        peer.pump()
+        assert peer.terminated is not None
+        self.assertEqual(peer.terminated.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertEqual(self.stats.http2["floods"], 1)
         self.assertTrue(peer.transport.disconnecting)
-        self.assertIn(b"Max inbound streams", peer.transport.value())
