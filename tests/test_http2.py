@@ -566,6 +566,27 @@ class RefusalTests(HTTP2TestCase):
             self.assertIn(why, body["error"])
             self.site.rejections.clear()
 
+    def test_authorityAndHostCompared(self) -> None:
+        """
+        C{:authority} and C{Host} are compared as RFC 3986 6.2 (and RFC
+        9113 8.3.1) ask: the host's case and the scheme's default port do
+        not make them differ; the request keeps its C{Host}.
+        """
+        peer = self.connect()
+        for authority, host in (
+            (b"API.example.com", b"api.example.com"),
+            (b"api.example.com:443", b"api.example.com"),
+            (b"api.example.com", b"Api.Example.com:443"),
+        ):
+            streamId = peer.request(authority=authority, headers=[(b"host", host)])
+            self.assertEqual(peer.answer(streamId).status, 200, (authority, host))
+            request = self.resource.requests[-1]
+            self.assertEqual(request.requestHeaders.getRawHeaders(b"host"), [host])
+        streamId = peer.request(
+            authority=b"api.example.com:8443", headers=[(b"host", b"api.example.com")]
+        )
+        self.assertEqual(peer.answer(streamId).status, 400)
+
     def test_trailersIgnored(self) -> None:
         """
         Trailers of a request body end it; they are not passed on.
