@@ -42,6 +42,14 @@ OTHER_CERT = CA.issue(["other.example.com"])
 CLIENT_CERT = CA.issue([], common="client", client=True)
 
 
+def _blocks(chain: str) -> List[str]:
+    """
+    @return: the PEM blocks of a chain, each with its END line.
+    """
+    end = "-----END CERTIFICATE-----\n"
+    return [block + end for block in chain.split(end) if block.strip()]
+
+
 def errorsOf(kind: str, body: Dict[str, Any]) -> List[Any]:
     try:
         parseResource(kind, body)
@@ -104,8 +112,7 @@ class CertificateModelTests(SynchronousTestCase):
 
     def test_snis(self) -> None:
         """
-        SNIs are host names or C{*.} and one, without ports, IP addresses
-        are allowed only as names that look like them (no): a wildcard in
+        SNIs are host names or C{*.} and one, without ports: a wildcard in
         the middle, a port, a space or a duplicate (ignoring case) is
         refused.
         """
@@ -115,6 +122,66 @@ class CertificateModelTests(SynchronousTestCase):
             self.assertEqual(errors[0][0], "snis[0]", bad)
         errors = errorsOf("certificates", dict(good, snis=["a.example.com", "A.example.com"]))
         self.assertEqual(errors, [("snis[1]", "duplicate 'A.example.com'", True)])
+
+    def test_chainInOrder(self) -> None:
+        """
+        C{cert} is the certificate, then each intermediate after the one it
+        signs: a chain through two intermediates (and the root after them)
+        parses; intermediates swapped, or one that signs nothing of the
+        chain, are refused naming C{cert} and the certificate out of place;
+        so is a chain that starts with its intermediate.
+        """
+        middle = CertificateAuthority("Middle CA", parent=CA)
+        lower = CertificateAuthority("Lower CA", parent=middle)
+        issued = lower.issue(["api.example.com"])
+        leaf, lowerPEM, middlePEM = _blocks(issued.chain)
+        good = issued.resource("api", ["api.example.com"])
+        parseResource("certificates", good)
+        parseResource("certificates", dict(good, cert=issued.chain + CA.pem))
+        cases = [
+            (leaf + middlePEM + lowerPEM, "certificate 2 of the chain (CN=Middle CA)"),
+            (leaf + lowerPEM + OTHER_CERT.chain, "certificate 3 of the chain"),
+            (leaf + OTHER_CERT.chain, "issued by CN=Lower CA"),
+            (lowerPEM + leaf, "(CN=api.example.com) did not sign certificate 1"),
+        ]
+        for cert, words in cases:
+            errors = errorsOf("certificates", dict(good, cert=cert))
+            self.assertEqual([e[0] for e in errors], ["cert"], words)
+            self.assertIn("is not in order", errors[0][1])
+            self.assertIn(words, errors[0][1])
+            self.assertTrue(errors[0][2])
+
+    def test_ipAddressNoSNI(self) -> None:
+        """
+        An IP address is no SNI (RFC 6066: clients connecting by address
+        send none, so it would never choose the certificate): IPv4 as IPv6,
+        refused naming the SNI and saying what serves such clients.
+        """
+        good = API_CERT.resource("api")
+        for address in ("10.1.2.3", "127.0.0.1", "::1"):
+            errors = errorsOf("certificates", dict(good, snis=["api.example.com", address]))
+            self.assertEqual(len(errors), 1, errors)
+            self.assertEqual(errors[0][0], "snis[1]", address)
+            self.assertIn("IP address", errors[0][1])
+            self.assertIn("tlsDefaultCertificate", errors[0][1])
+        # Names with digits stay names.
+        parseResource("certificates", dict(good, snis=["10.example.com", "*.1.example.org"]))
+
+    def test_serverNameNoWildcard(self) -> None:
+        """
+        A server's C{tls.serverName} is the one name the gateway asks its
+        backend for and verifies: a host name or an IPv4 address, never a
+        wildcard (which no certificate can be verified for: the backend's
+        every request failed with an unhandled error in the log).
+        """
+        server = {"name": "s", "addr": "10.0.0.5:8443"}
+        for bad in ("*.example.com", "*", "a.*.example.com", "b.example.com:443"):
+            errors = errorsOf("servers", dict(server, tls={"serverName": bad}))
+            self.assertEqual([e[0] for e in errors], ["tls.serverName"], bad)
+            self.assertIn("without a wildcard", errors[0][1])
+        for good in ("users.internal", "Users.Internal", "10.0.0.5"):
+            parsed = parseResource("servers", dict(server, tls={"serverName": good}))
+            self.assertEqual(parsed.tls.serverName, good)
 
     def test_keyOptional(self) -> None:
         """
@@ -331,6 +398,64 @@ class AdminCertificateTests(APITestCase):
         self.assertIn("servers/s", answer["error"])
 
 
+class AdminExpiredCertificateTests(APITestCase):
+    """
+    The admin refuses a certificate that has expired when it is written,
+    by itself or in a batch; one stored before it expired stays writable
+    with the same C{cert}.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock.advance(API_CERT.certificate.not_valid_before_utc.timestamp() + 60)
+        self.expired = CA.issue(["old.example.com"], expired=True)
+
+    def assertExpiredRefused(self, code: int, answer: Any, fieldName: str) -> None:
+        self.assertEqual(code, 400, answer)
+        self.assertEqual(answer["field"], fieldName)
+        self.assertIn("expired on ", answer["error"])
+        notAfter = self.expired.certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.assertIn(notAfter, answer["error"])
+        self.assertTrue(answer["errors"][0]["rule"])
+        self.assertEqual(self.call("GET", "/certificates")[2], [])
+
+    def test_refused(self) -> None:
+        """
+        A C{PUT}, a C{POST} and a batch of an expired certificate are each
+        a 400 naming C{cert} (with its C{notAfter}), and store nothing.
+        """
+        body = self.expired.resource("old", ["old.example.com"])
+        code, _, answer = self.call("PUT", "/certificates/old", body)
+        self.assertExpiredRefused(code, answer, "cert")
+        code, _, answer = self.call("POST", "/certificates", body)
+        self.assertExpiredRefused(code, answer, "cert")
+        code, _, answer = self.call(
+            "POST",
+            "/batch",
+            {"changes": [{"op": "put", "kind": "certificates", "name": "old", "value": body}]},
+        )
+        self.assertExpiredRefused(code, answer, "changes[0].value.cert")
+
+    def test_storedStaysWritable(self) -> None:
+        """
+        A certificate that expired in the store may be written again with
+        the same C{cert} (its SNIs changed), and replaced by its renewal.
+        """
+        body = API_CERT.resource("api", ["api.example.com"])
+        code, _, answer = self.call("PUT", "/certificates/api", body)
+        self.assertEqual(code, 201, answer)
+        self.clock.advance(
+            API_CERT.certificate.not_valid_after_utc.timestamp() + 60 - self.clock.seconds()
+        )
+        del body["key"]
+        code, _, answer = self.call("PUT", "/certificates/api", dict(body, snis=["a.example.com"]))
+        self.assertEqual(code, 200, answer)
+        self.assertEqual(answer["snis"], ["a.example.com"])
+        code, _, answer = self.call("PUT", "/certificates/api", OTHER_CERT.resource("api"))
+        self.assertEqual(code, 400, answer)
+        self.assertIn("expired on", answer["error"])
+
+
 class ConfigTLSTests(SynchronousTestCase):
     """
     The config's TLS keys: C{proxy.listen} and C{proxy.tlsListen} as
@@ -489,6 +614,34 @@ class CLITests(SynchronousTestCase):
             {"certificates": [{"name": "c", "certFile": "c.pem"}]}, "f.yaml", str(directory)
         )
         self.assertEqual(parsed.resources["certificates"]["c"]["cert"], API_CERT.chain)
+
+    def test_validateWarnsOfExpired(self) -> None:
+        """
+        C{gateway validate} warns of a certificate that has expired (naming
+        its C{cert} and its C{notAfter}), and of none that has not; the
+        file stays valid (an export holds what the admin has).
+        """
+        from test_cli import runInProcess
+
+        expired = CA.issue(["old.example.com"], expired=True)
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "resources.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "certificates": [
+                        expired.resource("old", ["old.example.com"]),
+                        API_CERT.resource("api", ["api.example.com"]),
+                    ]
+                }
+            )
+        )
+        code, out, err = runInProcess(["validate", str(path)])
+        self.assertEqual(code, 0, err)
+        notAfter = expired.certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+        [warning] = [line for line in err.splitlines() if line.startswith("warning:")]
+        self.assertIn("certificates[0] (old).cert: expired on " + notAfter, warning)
 
 
 class SnapshotTLSTests(SynchronousTestCase):

@@ -244,6 +244,31 @@ class RequestTests(HTTP2TestCase):
         for name in (b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"):
             self.assertNotIn(name, names)
 
+    def test_noContentWithoutLength(self) -> None:
+        """
+        A C{204} goes out without C{Content-Length} even when its resource
+        (a backend's answer relayed) set one (RFC 9110 8.6: HTTP/2 clients
+        such as curl refused the stream as malformed); a C{304} keeps its
+        length (that of the representation, allowed).
+        """
+        self.resource.hold = True
+        peer = self.connect()
+        noContent = peer.request(path=b"/204")
+        notModified = peer.request(path=b"/304")
+        for request, code in zip(self.resource.requests, (204, 304)):
+            request.setResponseCode(code)
+            request.setHeader(b"Content-Length", b"5")
+            request.setHeader(b"X-Kept", b"yes")
+            request.finish()
+        peer.pump()
+        answer = peer.answer(noContent)
+        self.assertEqual((answer.status, answer.body, answer.ended), (204, b"", True))
+        self.assertIsNone(answer.header(b"content-length"))
+        self.assertEqual(answer.header(b"x-kept"), b"yes")
+        answer = peer.answer(notModified)
+        self.assertEqual((answer.status, answer.ended), (304, True))
+        self.assertEqual(answer.header(b"content-length"), b"5")
+
     def test_cookiesJoined(self) -> None:
         """
         Cookie fields split by the client come to the request as one
@@ -532,12 +557,35 @@ class RefusalTests(HTTP2TestCase):
             ({"pseudo": usual + [(b":status", b"200")]}, "unknown pseudo-header field"),
             ({"pseudo": usual + [(b":path", b"/b")]}, "repeated pseudo-header field"),
             ({"pseudo": [], "headers": [(b"x-a", b"b")] + usual}, "a pseudo-header field after"),
+            # A head that ends the stream, declaring a body all the same.
+            ({"headers": [(b"content-length", b"5")]}, "content-length but no body"),
         ]
         for request, why in cases:
             self.resource.requests.clear()
             body = self.assertRefused(400, **request)
             self.assertIn(why, body["error"])
             self.site.rejections.clear()
+
+    def test_authorityAndHostCompared(self) -> None:
+        """
+        C{:authority} and C{Host} are compared as RFC 3986 6.2 (and RFC
+        9113 8.3.1) ask: the host's case and the scheme's default port do
+        not make them differ; the request keeps its C{Host}.
+        """
+        peer = self.connect()
+        for authority, host in (
+            (b"API.example.com", b"api.example.com"),
+            (b"api.example.com:443", b"api.example.com"),
+            (b"api.example.com", b"Api.Example.com:443"),
+        ):
+            streamId = peer.request(authority=authority, headers=[(b"host", host)])
+            self.assertEqual(peer.answer(streamId).status, 200, (authority, host))
+            request = self.resource.requests[-1]
+            self.assertEqual(request.requestHeaders.getRawHeaders(b"host"), [host])
+        streamId = peer.request(
+            authority=b"api.example.com:8443", headers=[(b"host", b"api.example.com")]
+        )
+        self.assertEqual(peer.answer(streamId).status, 400)
 
     def test_trailersIgnored(self) -> None:
         """
@@ -1583,28 +1631,70 @@ class InterfaceTests(HTTP2TestCase):
         verifyObject(IConsumer, self.resource.requests[0].channel)
         verifyObject(IHandshakeListener, ProtocolChoice(self.site, PEER, byALPN=True))
 
+    def ignoringTheLimit(self, peer: H2Peer) -> H2Peer:
+        """
+        Make the client of C{peer} ignore the limit of concurrent streams
+        the server's SETTINGS said.
+        """
+        settings = peer.client.remote_settings
+        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 1000
+        settings.acknowledge()
+        return peer
+
     def test_tooManyStreams(self) -> None:
         """
-        A client that opens more streams than C{maxConcurrentStreams} (it
-        ignored the SETTINGS that said so) ends its connection.
+        A stream opened over C{maxConcurrentStreams} is refused alone
+        (C{REFUSED_STREAM}: a stream error, RFC 9113 5.1.2; the client may
+        send it again), the others served and the connection kept; once a
+        stream is over, a new one is taken.
         """
         self.limits = limits(maxConcurrentStreams=2)
         self.site = self.makeSite()
         self.resource.hold = True
-        peer = self.connect()
-        frames = b""
-        for streamId in (1, 3, 5):
-            frame = HeadersFrame(streamId, flags=["END_HEADERS", "END_STREAM"])
-            frame.data = peer.client.encoder.encode(
-                [
-                    (b":method", b"GET"),
-                    (b":scheme", b"https"),
-                    (b":authority", b"gw"),
-                    (b":path", b"/"),
-                ]
-            )
-            frames += frame.serialize()
-        peer.sendRaw(frames)
-        self.clock.advance(0)
+        peer = self.ignoringTheLimit(self.connect())
+        ids = [peer.request(path=b"/%d" % i, pump=False) for i in range(4)]
+        peer.pump()
+        self.assertIsNone(peer.terminated)
+        self.assertEqual([peer.answer(i).reset for i in ids[2:]], [ErrorCodes.REFUSED_STREAM] * 2)
+        first, _ = self.resource.requests
+        self.assertEqual([r.path for r in self.resource.requests], [b"/0", b"/1"])
+        first.finish()
+        peer.pump()
+        self.assertTrue(peer.answer(ids[0]).ended)
+        again = peer.request(path=b"/again")
+        self.assertEqual(self.resource.requests[-1].path, b"/again")
+        self.assertIsNone(peer.answer(again).reset)
+
+    def test_firstFlightOverTheLimit(self) -> None:
+        """
+        A client that opens more streams than the limit before it could
+        read the SETTINGS saying it (a first flight) loses the extra
+        streams alone: they are refused, the first ones served.  (The
+        connection was ended, with every request of the flight.)
+        """
+        self.limits = limits(maxConcurrentStreams=2)
+        self.site = self.makeSite()
+        peer = self.connect(autoPump=False)
+        ids = [peer.request(path=b"/%d" % i, pump=False) for i in range(5)]
+        peer.pump()
+        self.assertIsNone(peer.terminated)
+        self.assertEqual([peer.answer(i).status for i in ids[:2]], [200, 200])
+        self.assertEqual([peer.answer(i).reset for i in ids[2:]], [ErrorCodes.REFUSED_STREAM] * 3)
+
+    def test_keepsOpeningOverTheLimit(self) -> None:
+        """
+        A client that keeps opening streams over the limit is a flood:
+        each refusal spends the reset budget, and past it the connection
+        ends with C{GOAWAY ENHANCE_YOUR_CALM}.
+        """
+        self.limits = limits(maxConcurrentStreams=2, resetBudget=5)
+        self.site = self.makeSite()
+        self.resource.hold = True
+        peer = self.ignoringTheLimit(self.connect())
+        for i in range(8):
+            peer.request(path=b"/%d" % i, pump=False)
+        peer.pump()
+        assert peer.terminated is not None
+        self.assertEqual(peer.terminated.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertEqual(self.stats.http2["floods"], 1)
         self.assertTrue(peer.transport.disconnecting)
-        self.assertIn(b"Max inbound streams", peer.transport.value())

@@ -31,7 +31,9 @@ from gateway.http.tls import (
     HTTP11_ONLY,
     CertificateVerifyError,
     ServerTLS,
+    UpstreamHandshakeTimeout,
     UpstreamTLS,
+    _UpstreamTLSFactory,
     loadServerCertificate,
     selectProtocol,
     upstreamTLSFailure,
@@ -420,6 +422,17 @@ class UpstreamTLSTests(SynchronousTestCase):
             self.assertEqual(error.details, {"tls": kind})
             self.assertEqual(error.status, 502)
 
+    def test_unverifiableName(self) -> None:
+        """
+        A name no certificate can be verified for (a wildcard, which the
+        model refuses as C{serverName}) fails the handshake as a name
+        mismatch, never with an unhandled error out of the TLS connection.
+        """
+        client = UpstreamTLS("*.b.internal", True, [self.ca.certificate])
+        error = self.refusal(self.ca.issue(["*.b.internal", "x.b.internal"]), client)
+        self.assertEqual(error.kind, "name-mismatch")
+        self.assertIn("not valid for '*.b.internal'", error.reason)
+
     def test_notVerified(self) -> None:
         """
         With C{verify} off, any certificate goes.
@@ -450,6 +463,101 @@ class UpstreamTLSTests(SynchronousTestCase):
         """
         one, other = self.ca.issue(["a"], client=True), self.ca.issue(["b"], client=True)
         self.assertRaises(ValueError, UpstreamTLS, "x", True, None, ([one.certificate], other.key))
+
+
+class HandshakeTimeoutTests(SynchronousTestCase):
+    """
+    A backend must complete the TLS handshake within the endpoint's
+    handshake timeout (the engine's connect timeout): one that does not
+    speak TLS fails its connection then, with a reason of its own.
+    """
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.ca = CertificateAuthority()
+
+    def pair(self, serverProtocol: Protocol, clock: Clock) -> Tuple[Recorder, Any, Any]:
+        recorder = Recorder()
+        clientFactory = _UpstreamTLSFactory(
+            UpstreamTLS("b.internal", True, [self.ca.certificate]),
+            Factory.forProtocol(lambda: recorder),
+            clock,
+            5.0,
+        )
+        clientTLS = clientFactory.buildProtocol(None)
+        pump = connect(
+            serverProtocol,
+            FakeTransport(serverProtocol, isServer=True),
+            clientTLS,
+            FakeTransport(clientTLS, isServer=False),
+            greet=False,
+        )
+        pump.flush()
+        return recorder, clientTLS, pump
+
+    def test_silentServer(self) -> None:
+        """
+        A server that takes the ClientHello and says nothing (a plain HTTP
+        server waits for a request line) fails the connection after the
+        timeout, which L{upstreamTLSFailure} reports as a C{handshake}
+        failure naming the wait.
+        """
+        clock = Clock()
+        silent = Recorder()
+        recorder, _, pump = self.pair(silent, clock)
+        clock.advance(4.9)
+        pump.flush()
+        self.assertIsNone(recorder.reason)
+        clock.advance(0.2)
+        pump.flush()
+        self.assertTrue(silent.received.startswith(b"\x16\x03"))
+        assert recorder.reason is not None
+        self.assertIsInstance(recorder.reason.value, UpstreamHandshakeTimeout)
+        error = upstreamTLSFailure(recorder.reason)
+        assert error is not None
+        self.assertEqual(error.kind, "handshake")
+        self.assertIn("no TLS answer within 5 s", error.reason)
+
+    def test_completedHandshakeKept(self) -> None:
+        """
+        A connection whose handshake completed is not touched when the
+        timeout comes: it goes on carrying bytes.
+        """
+        clock = Clock()
+        server = ServerTLS(clock)
+        server.update([served(self.ca.issue(["b.internal"]), "s", [])], "s")
+        serverTLS = server.wrap(Factory.forProtocol(Echo)).buildProtocol(None)
+        recorder, clientTLS, pump = self.pair(serverTLS, clock)
+        clock.advance(60)
+        pump.flush()
+        clientTLS.write(b"GET")
+        pump.flush()
+        self.assertIsNone(recorder.reason)
+        self.assertEqual(recorder.received, b"GET")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_throughTheClient(self) -> None:
+        """
+        Through the upstream client, a request to a backend that never
+        answers the handshake fails with an L{UpstreamTLSError} of kind
+        C{handshake} after the connect timeout (not at its own timeout, as
+        a timeout).
+        """
+        reactor = MemoryReactorClock()
+        client = HTTP11UpstreamClient(reactor, connectTimeout=3.0)
+        d = request(
+            client, _Backend(UpstreamTLS("a.internal")), b"GET", b"/x", Headers(), timeout=30.0
+        )
+        protocol = reactor.tcpClients[0][2].buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertNoResult(d)
+        reactor.advance(3)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionError("aborted")))
+        failure = self.failureResultOf(d, UpstreamTLSError)
+        self.assertEqual(failure.value.kind, "handshake")
+        self.assertIn("no TLS answer within 3 s", failure.value.reason)
 
 
 class _Backend:

@@ -75,13 +75,20 @@ class CertificateAuthority:
     A certificate authority for the tests.
     """
 
-    def __init__(self, name: str = "Gateway Test CA") -> None:
+    def __init__(
+        self, name: str = "Gateway Test CA", parent: Optional[CertificateAuthority] = None
+    ) -> None:
+        """
+        @param parent: the authority that signs this one (an intermediate,
+            whose certificates' chains hold it after them), or L{None} for
+            a root.
+        """
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(_UTC)
         self.certificate = (
             x509.CertificateBuilder()
             .subject_name(_name(name))
-            .issuer_name(_name(name))
+            .issuer_name(_name(name) if parent is None else parent.certificate.subject)
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
@@ -101,9 +108,12 @@ class CertificateAuthority:
                 ),
                 critical=True,
             )
-            .sign(self.key, hashes.SHA256())
+            .sign(self.key if parent is None else parent.key, hashes.SHA256())
         )
         self.pem = _pem(self.certificate)
+        #: What follows a certificate it issues in its chain: nothing for a
+        #: root, this intermediate (and its own parents') otherwise.
+        self.intermediates = "" if parent is None else self.pem + parent.intermediates
 
     def issue(
         self,
@@ -147,7 +157,7 @@ class CertificateAuthority:
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         certificate = builder.sign(self.key, hashes.SHA256())
-        return Issued(certificate, key, _pem(certificate))
+        return Issued(certificate, key, _pem(certificate) + self.intermediates)
 
 
 def selfSigned(names: Sequence[str]) -> Issued:

@@ -845,7 +845,9 @@ class AdminAPI:
             if existing is not None and createOnly:
                 raise APIError(409, f"{kind[:-1]} {name!r} already exists", "name")
             try:
-                resource = many.keepStored(kind, sent, self._catalogOf(state))
+                resource = many.keepStored(
+                    kind, sent, self._catalogOf(state), self._reactor.seconds()
+                )
             except ValidationError as e:
                 raise APIError.invalid(e)
             value = _normalise(toJSON(resource))
@@ -956,7 +958,7 @@ class AdminAPI:
         async def attempt(state: StoreState) -> Tuple[_Answer, List[Change]]:
             catalog = self._catalogOf(state)
             try:
-                plan = many.planChanges(state, catalog, batch, parsed)
+                plan = many.planChanges(state, catalog, batch, parsed, self._reactor.seconds())
             except ValidationError as e:
                 raise APIError.invalid(e)
             if plan.missing:

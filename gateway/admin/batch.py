@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import attrs
 
+from gateway.model.certificates import certificateInfo
 from gateway.model.consumers import keepCredentials
 from gateway.model.resources import (
     KINDS,
@@ -289,7 +290,31 @@ def parseItems(batch: Batch) -> Parsed:
     return Parsed(puts, deletes)
 
 
-def keepStored(kind: str, obj: Any, catalog: Catalog) -> Any:
+def refuseExpired(kind: str, obj: Any, catalog: Catalog, now: float) -> None:
+    """
+    Refuse a certificate written with a C{cert} that has already expired:
+    every client would refuse it.  A certificate stored before it expired
+    may still be written with the same C{cert} (its SNIs changed while its
+    renewal is on the way): only a new C{cert} is judged.
+
+    @param now: the time, in seconds since the epoch.
+    @raise ValidationError: naming C{cert}, with its expiry.
+    """
+    if kind != "certificates":
+        return
+    stored = catalog.certificates.get(obj.name)
+    if stored is not None and stored.cert == obj.cert:
+        return
+    info = certificateInfo(obj.cert)
+    if info["expiresAt"] < now:
+        raise ValidationError(
+            "cert",
+            f"expired on {info['notAfter']}: every client would refuse it (give its renewal)",
+            semantic=True,
+        )
+
+
+def keepStored(kind: str, obj: Any, catalog: Catalog, now: Optional[float] = None) -> Any:
     """
     The resource to write for C{obj}: the same, but keeping the write-only
     secrets of the stored one that it leaves out.  A write-only field of
@@ -301,10 +326,14 @@ def keepStored(kind: str, obj: Any, catalog: Catalog) -> Any:
     single writes and batches both ask it.
 
     @param catalog: the catalog of the state written to.
+    @param now: the time, to refuse a certificate that has expired
+        (L{refuseExpired}); L{None} skips that.
     @raise ValidationError: when a secret left out has no stored one to
         keep, or the stored one does not fit what was sent (each error
         names the resource's own field: C{key}, C{credentials[0]}).
     """
+    if now is not None:
+        refuseExpired(kind, obj, catalog, now)
     secrets = writeOnlyFields(RESOURCE_CLASSES[kind])
     if secrets:
         stored = catalog.kind(kind).get(obj.name)
@@ -361,12 +390,15 @@ class Plan:
     missing: List[Item]
 
 
-def planChanges(state: Any, catalog: Catalog, batch: Batch, parsed: Parsed) -> Plan:
+def planChanges(
+    state: Any, catalog: Catalog, batch: Batch, parsed: Parsed, now: Optional[float] = None
+) -> Plan:
     """
     Work out what a parsed batch changes in a store state.
 
     @param state: the L{gateway.store.StoreState} read.
     @param catalog: that state's catalog.
+    @param now: the time, as for L{keepStored}.
     @raise ValidationError: when a consumer leaves a credential's secret
         out (to keep the stored one) and the stored consumer has no such
         credential, its field under its item.
@@ -393,7 +425,7 @@ def planChanges(state: Any, catalog: Catalog, batch: Batch, parsed: Parsed) -> P
         actions.append((kind, name, DELETED))
     for (kind, name), (item, obj) in parsed.puts.items():
         try:
-            obj = keepStored(kind, obj, catalog)
+            obj = keepStored(kind, obj, catalog, now)
         except ValidationError as e:
             errors.append(e.within(item.valueAt))
             continue

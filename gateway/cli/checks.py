@@ -123,6 +123,7 @@ def checkResources(
     label: Callable[[str, str], str],
     known: Optional[Mapping[Tuple[str, str], Tuple[Any, Any]]] = None,
     invalid: AbstractSet[Tuple[str, str]] = frozenset(),
+    now: Optional[float] = None,
 ) -> Tuple[List[Problem], List[Problem]]:
     """
     Check a whole set of resources as the gateway would before it accepts
@@ -138,6 +139,8 @@ def checkResources(
     @param known: C{{(kind, name): (JSON, model object)}} of resources
         parsed already (L{ResourceFile.parsed}): one whose JSON is that
         very object is not parsed again.
+    @param now: the time, in seconds since the epoch, to warn of the
+        certificates that have expired; L{None} does not look.
     @param invalid: C{(kind, name)} of resources that exist but are not
         valid (their problems are reported already,
         L{ResourceFile.invalid <gateway.cli.resources.ResourceFile.invalid>}):
@@ -183,20 +186,23 @@ def checkResources(
         broken = catalog.brokenReferences()
     # Route conflicts too: the snapshot names the later API's urlPattern.
     compileErrors, warnings = _compileProblems(catalog, label)
-    return errors + compileErrors, _unworkable(catalog, label) + warnings
+    return errors + compileErrors, _unworkable(catalog, label, now) + warnings
 
 
-def _unworkable(catalog: Catalog, label: Callable[[str, str], str]) -> List[Problem]:
+def _unworkable(
+    catalog: Catalog, label: Callable[[str, str], str], now: Optional[float] = None
+) -> List[Problem]:
     """
     @return: a warning for each resource that is valid but cannot work as
         meant: a cluster with no server to send to (its requests are all
         answered 503), a certificate SNI that is none of the certificate's
-        names (clients asking for it refuse the certificate); and one that
-        works but is likely a mistake: CORS allowing every origin (C{*})
-        with credentials (any web site a user opens can then call the API
-        with the user's cookies and read the answers).
+        names (clients asking for it refuse the certificate), a
+        certificate that has expired at C{now} (every client refuses it);
+        and one that works but is likely a mistake: CORS allowing every
+        origin (C{*}) with credentials (any web site a user opens can then
+        call the API with the user's cookies and read the answers).
     """
-    from gateway.model.certificates import loadChain, sniMatches, subjectNames
+    from gateway.model.certificates import certificateInfo, loadChain, sniMatches, subjectNames
 
     warnings = []
     for name, cluster in sorted(catalog.clusters.items()):
@@ -212,6 +218,15 @@ def _unworkable(catalog: Catalog, label: Callable[[str, str], str]) -> List[Prob
             names = subjectNames(loadChain(certificate.cert)[0])
         except (ValueError, IndexError):
             continue
+        info = certificateInfo(certificate.cert)
+        if now is not None and info["expiresAt"] < now:
+            warnings.append(
+                Problem(
+                    f"{label('certificates', name)}.cert",
+                    f"expired on {info['notAfter']}: every client refuses it"
+                    " (the admin refuses it unless it holds this very certificate)",
+                )
+            )
         for i, sni in enumerate(certificate.snis):
             sni = sni.lower()
             covered = any(

@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from typing import (
     List,
     Mapping,
@@ -101,7 +102,11 @@ def cmdValidate(args: argparse.Namespace, output: _Output, stdin: Optional[TextI
     resourceFile = loadResourceFile(args.file, stdin, lenient=True)
     _noteIgnored(resourceFile, output)
     errors, warnings = checkResources(
-        resourceFile.resources, resourceFile.label, resourceFile.parsed, resourceFile.invalid
+        resourceFile.resources,
+        resourceFile.label,
+        resourceFile.parsed,
+        resourceFile.invalid,
+        now=time.time(),
     )
     errors = [*resourceFile.problems, *errors]
     for name, value in sorted(resourceFile.resources["consumers"].items()):

@@ -31,7 +31,8 @@ class CachedEndpointFactory:
         L{IReactorTime} (for the connect timeout) that is also an
         L{IReactorTCP}, and an L{IReactorPluggableNameResolver} for host
         names.
-    @param connectTimeout: seconds to wait for a connection.
+    @param connectTimeout: seconds to wait for a connection (and, over
+        TLS, for its handshake too).
     """
 
     def __init__(self, reactor: IReactorTime, connectTimeout: float = 5.0) -> None:
@@ -61,7 +62,7 @@ class CachedEndpointFactory:
         if endpoint is None:
             endpoint = self._makeEndpoint(host, port)
             if tls is not None:
-                endpoint = tls.wrap(endpoint, self._reactor)
+                endpoint = tls.wrap(endpoint, self._reactor, self._connectTimeout)
             self._endpoints[key] = endpoint
         return endpoint
 

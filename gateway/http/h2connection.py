@@ -95,6 +95,13 @@ _ENHANCE_YOUR_CALM = int(ErrorCodes.ENHANCE_YOUR_CALM)
 #: The window every connection starts with (RFC 9113 6.9.2).
 _DEFAULT_WINDOW = 65535
 
+#: Streams beyond C{maxConcurrentStreams} that the C{h2} state machine
+#: lets be open before it ends the connection itself.  The gateway refuses
+#: the streams over the limit one by one (C{REFUSED_STREAM}, which closes
+#: them); the state machine's ceiling only bounds the streams the gateway
+#: is done with that the client leaves open (half-closed).
+_STREAM_SLACK = 100
+
 #: Seconds a connection that was told to go has to close before it is cut.
 _ABORT_TIMEOUT = 2.0
 
@@ -232,6 +239,16 @@ class H2ServerConnection(Protocol):
         h2.local_settings = Settings(client=False, initial_values=settings)
         h2.decoder = _CappedDecoder(2 * limits.maxHeaderListSize)
         h2.initiate_connection()
+        # The client is told maxConcurrentStreams (above); the state
+        # machine, which would end the connection at the first stream over
+        # it (even one the client opened before it could read the limit),
+        # holds a ceiling above it instead, and the streams over the limit
+        # are refused one by one (_requestReceived: a stream error, RFC
+        # 9113 5.1.2).
+        h2.local_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = (
+            limits.maxConcurrentStreams + _STREAM_SLACK
+        )
+        h2.local_settings.acknowledge()
         window = min(MAX_WINDOW, limits.maxConcurrentStreams * limits.initialWindowSize)
         if window > _DEFAULT_WINDOW:
             h2.increment_flow_control_window(window - _DEFAULT_WINDOW)
@@ -309,6 +326,16 @@ class H2ServerConnection(Protocol):
             # Opened after GOAWAY: refused, so the client may send it again.
             self._h2.reset_stream(streamId, _REFUSED_STREAM)
             return
+        if len(self._streams) >= self.limits.http2.maxConcurrentStreams:
+            # Over the limit: refused, so the client may send it again once
+            # a stream is over; each refusal is taken from the reset budget
+            # (a client that keeps opening streams over the limit is a
+            # flood as one that keeps resetting them).
+            self._h2.reset_stream(streamId, _REFUSED_STREAM)
+            flood = self._guard.refused()
+            if flood is not None:
+                self._flood(flood)
+            return
         stream = H2Stream(self, streamId)
         self._streams[streamId] = stream
         self._requests += 1
@@ -357,6 +384,11 @@ class H2ServerConnection(Protocol):
         """
         head = readRequestHead(headers, self.limits)
         length = head.length
+        if ended and length:
+            # Its body is over before a byte of what content-length
+            # declares (RFC 9113 8.1.1): malformed, as a body that is
+            # shorter or longer is (h2 checks those once DATA came).
+            raise _Refused(400, "malformed HTTP/2 request: content-length but no body")
         if not ended and length != 0:
             limit = self._limitFor(head.method, head.host, head.path)
             if limit is not None and length is not None and length > limit:

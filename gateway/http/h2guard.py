@@ -154,6 +154,18 @@ class FrameGuard:
         self._skip = at - size
         return None
 
+    def refused(self) -> Optional[str]:
+        """
+        Account for a stream the server refused (opened over the limit of
+        concurrent streams): it spends the reset budget, as a stream the
+        client resets does.
+
+        @return: why the connection must end (a flood), or L{None}.
+        """
+        if self._resets.take():
+            return None
+        return "too many streams opened over the limit of concurrent streams"
+
     def _frame(self, kind: int, flags: int, length: int) -> Optional[str]:
         """
         Account for one frame.

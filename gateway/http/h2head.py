@@ -42,6 +42,22 @@ _CONNECTION_SPECIFIC = frozenset(
 _PSEUDO = frozenset([b":method", b":scheme", b":authority", b":path"])
 
 
+#: The port a scheme's authority may leave out.
+_DEFAULT_PORTS = {b"https": b":443", b"http": b":80"}
+
+
+def _normalAuthority(authority: bytes, scheme: bytes) -> bytes:
+    """
+    @return: an authority as RFC 3986 6.2 compares it: the host in lower
+        case, without the scheme's default port.
+    """
+    authority = authority.lower()
+    default = _DEFAULT_PORTS.get(scheme)
+    if default is not None and authority.endswith(default):
+        authority = authority[: -len(default)]
+    return authority
+
+
 def _malformed(why: str) -> _Refused:
     return _Refused(400, "malformed HTTP/2 request: " + why)
 
@@ -170,7 +186,11 @@ def readRequestHead(headers: Sequence[Tuple[bytes, bytes]], limits: HTTPLimits) 
             raise _Refused(400, "a request needs :authority or Host")
         host = authority
         fields.append((b"host", host))
-    elif authority is not None and authority != host:
+    elif (
+        authority is not None
+        and authority != host
+        and _normalAuthority(authority, scheme) != _normalAuthority(host, scheme)
+    ):
         raise _malformed(":authority and Host differ")
     if not _HOST.match(host):
         raise _Refused(400, "invalid Host header")

@@ -75,6 +75,13 @@ _CONNECTION_SPECIFIC = frozenset(
     [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
 )
 
+#: What a C{204} answer does not send either: a C{Content-Length} (RFC 9110
+#: 8.6), which some backends set all the same; HTTP/2 clients (nghttp2,
+#: curl) refuse a 204 whose length is not zero as malformed.
+_NO_CONTENT_SKIP = _CONNECTION_SPECIFIC | frozenset([b"content-length"])
+
+_NO_CONTENT = b"204"
+
 #: Header name as a request or L{Headers} spells it -> lower case (HTTP/2's).
 _lower: Dict[bytes, bytes] = {}
 
@@ -190,12 +197,13 @@ class H2Stream:
     ) -> None:
         """
         Write the answer's head: its status and headers, without those
-        HTTP/2 forbids (sent with the first body bytes, or alone at the end
-        of the reactor's turn).
+        HTTP/2 forbids, nor a C{204}'s C{Content-Length} (sent with the
+        first body bytes, or alone at the end of the reactor's turn).
         """
         if self.closed:
             return
         head = [(b":status", code)]
+        skip = _NO_CONTENT_SKIP if code == _NO_CONTENT else _CONNECTION_SPECIFIC
         if isinstance(headers, Headers):
             pairs: Iterable[Tuple[bytes, bytes]] = (
                 (name, value) for name, values in headers.getAllRawHeaders() for value in values
@@ -204,7 +212,7 @@ class H2Stream:
             pairs = headers
         for name, value in pairs:
             lower = _lowerName(name)
-            if lower not in _CONNECTION_SPECIFIC:
+            if lower not in skip:
                 head.append((lower, value))
         self.head = head
         self._connection.streamWrote(self)

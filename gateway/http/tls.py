@@ -54,6 +54,7 @@ from service_identity.cryptography import (
 )
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IDelayedCall,
     ILoggingContext,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
@@ -63,6 +64,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     IStreamClientEndpoint,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -77,6 +79,7 @@ __all__ = [
     "CertificateVerifyError",
     "ServerCertificate",
     "ServerTLS",
+    "UpstreamHandshakeTimeout",
     "UpstreamTLS",
     "loadServerCertificate",
     "sealContext",
@@ -102,6 +105,10 @@ TLS12_CIPHERS = (
     b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
+
+#: Seconds a backend has to complete the TLS handshake once connected, by
+#: default (the engine gives its connect timeout).
+HANDSHAKE_TIMEOUT = 5.0
 
 #: Seconds a TLS session may be resumed (tickets and the session cache).
 SESSION_LIFETIME = 3600
@@ -545,7 +552,11 @@ class UpstreamTLS:
                     verify_certificate_ip_address(leaf, self.serverName)
                 else:
                     verify_certificate_hostname(leaf, self.serverName)
-            except (VerificationError, CertificateError):
+            except (VerificationError, CertificateError, ValueError):
+                # (ValueError: service_identity refuses a name it cannot
+                # verify a certificate for, such as a wildcard; the model
+                # refuses those, but a name must never end a handshake
+                # with an unhandled error.)
                 raise CertificateVerifyError(
                     f"certificate name mismatch: it is not valid for {self.serverName!r}"
                     f" ({_namesOf(leaf)})",
@@ -563,13 +574,21 @@ class UpstreamTLS:
         connection.set_alpn_protos(UPSTREAM_ALPN)
         return connection
 
-    def wrap(self, endpoint: IStreamClientEndpoint, clock: IReactorTime) -> IStreamClientEndpoint:
+    def wrap(
+        self,
+        endpoint: IStreamClientEndpoint,
+        clock: IReactorTime,
+        handshakeTimeout: float = HANDSHAKE_TIMEOUT,
+    ) -> IStreamClientEndpoint:
         """
         @param endpoint: the backend's TCP endpoint.
         @param clock: the reactor the TLS connections' timers use.
+        @param handshakeTimeout: seconds a backend has to complete the
+            handshake once connected; past them the connection fails
+            with L{UpstreamHandshakeTimeout}.
         @return: an endpoint whose connections speak TLS to the backend.
         """
-        return _TLSClientEndpoint(self, endpoint, clock)
+        return _TLSClientEndpoint(self, endpoint, clock, handshakeTimeout)
 
 
 def _namesOf(certificate: x509.Certificate) -> str:
@@ -592,18 +611,93 @@ class _TLSClientEndpoint:
     """
 
     def __init__(
-        self, creator: UpstreamTLS, endpoint: IStreamClientEndpoint, clock: IReactorTime
+        self,
+        creator: UpstreamTLS,
+        endpoint: IStreamClientEndpoint,
+        clock: IReactorTime,
+        handshakeTimeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self._creator = creator
         self._endpoint = endpoint
         self._clock = clock
+        self._handshakeTimeout = handshakeTimeout
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        tls = TLSMemoryBIOFactory(self._creator, True, protocolFactory, self._clock)
-        # Each request goes out in one write: nothing to gather (Twisted's
-        # default protocol holds small writes back for a reactor turn).
-        tls.protocol = _SoonTLSProtocol
+        tls = _UpstreamTLSFactory(
+            self._creator, protocolFactory, self._clock, self._handshakeTimeout
+        )
         return self._endpoint.connect(tls).addCallback(_wrappedProtocol)
+
+
+class _UpstreamTLSFactory(TLSMemoryBIOFactory):
+    """
+    The factory of the TLS connections to one backend.
+
+    @ivar handshakeClock: what times their handshakes.
+    @ivar handshakeTimeout: seconds each has to complete its handshake.
+    """
+
+    def __init__(
+        self,
+        creator: UpstreamTLS,
+        wrappedFactory: IProtocolFactory,
+        clock: IReactorTime,
+        handshakeTimeout: float,
+    ) -> None:
+        super().__init__(creator, True, wrappedFactory, clock)
+        self.handshakeClock = clock
+        self.handshakeTimeout = handshakeTimeout
+
+
+class _UpstreamTLSProtocol(_SoonTLSProtocol):
+    """
+    A TLS connection to a backend, whose handshake must be over within its
+    factory's C{handshakeTimeout}: a server that does not speak TLS mostly
+    waits for a request line that never comes, and the request would only
+    fail at its own timeout, as a timeout rather than as what it is.
+    """
+
+    _handshakeCall: Optional[IDelayedCall] = None
+    factory: _UpstreamTLSFactory
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        factory = self.factory
+        self._handshakeCall = factory.handshakeClock.callLater(
+            factory.handshakeTimeout, self._handshakeTimedOut
+        )
+
+    def _handshakeTimedOut(self) -> None:
+        self._handshakeCall = None
+        connection = self.getHandle()
+        if connection.get_finished() is None or connection.get_peer_finished() is None:
+            # (Both Finished messages, sent and received: the handshake is
+            # over, whichever side spoke last.)
+            self.failVerification(Failure(UpstreamHandshakeTimeout(self.factory.handshakeTimeout)))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        call = self._handshakeCall
+        if call is not None:
+            self._handshakeCall = None
+            if call.active():
+                call.cancel()
+        super().connectionLost(reason)
+
+
+_UpstreamTLSFactory.protocol = _UpstreamTLSProtocol
+
+
+class UpstreamHandshakeTimeout(SSL.Error):
+    """
+    A backend did not complete the TLS handshake in time (it does not
+    speak TLS, or does not answer).
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.message = (
+            f"handshake failed: no TLS answer within {timeout:g} s (does the server speak TLS?)"
+        )
+        super().__init__([("gateway", "handshake", self.message)])
 
 
 def _wrappedProtocol(protocol: IProtocol) -> IProtocol:
@@ -621,6 +715,8 @@ def upstreamTLSFailure(reason: Failure) -> Optional[UpstreamTLSError]:
     error = reason.value
     if isinstance(error, CertificateVerifyError):
         return UpstreamTLSError(error.message, error.kind)
+    if isinstance(error, UpstreamHandshakeTimeout):
+        return UpstreamTLSError(error.message, "handshake")
     if isinstance(error, SSL.Error):
         return UpstreamTLSError("handshake failed: " + _opensslReason(error), "handshake")
     return None

@@ -15,15 +15,18 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from gateway.model.schema import ValidationError
 
 __all__ = [
+    "HOST_NAME",
     "SNI",
+    "checkSNI",
     "certificateInfo",
+    "checkChainOrder",
     "inlineCertificateFiles",
     "keyMatches",
     "loadChain",
@@ -36,6 +39,14 @@ __all__ = [
 #: stands for any one label in front of C{example.org}.
 SNI = (
     r"^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$"
+)
+
+#: A host name in its ASCII form, without a wildcard: what the gateway asks
+#: a backend for by SNI and verifies its certificate with (L{SNI} without
+#: its C{*.}).
+HOST_NAME = (
+    r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
     r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$"
 )
 
@@ -88,6 +99,27 @@ def loadChain(text: str) -> List[x509.Certificate]:
     if not certificates:
         raise ValueError("holds no certificate")
     return certificates
+
+
+def checkChainOrder(chain: Sequence[x509.Certificate]) -> None:
+    """
+    Check that a chain a listener serves is in order: each certificate
+    after the first is the one that signed the certificate before it (RFC
+    8446 4.4.2; what TLS 1.2 clients and some libraries still require).
+
+    @raise ValueError: naming the first certificate out of place.
+    """
+    for i in range(1, len(chain)):
+        child, parent = chain[i - 1], chain[i]
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ValueError(
+                f"is not in order: certificate {i + 1} of the chain"
+                f" ({parent.subject.rfc4514_string() or 'no subject'}) did not sign"
+                f" certificate {i} (issued by {child.issuer.rfc4514_string() or 'no one'}):"
+                " give the certificate first, then each intermediate after the one it signs"
+            )
 
 
 def loadKey(text: str) -> Any:
@@ -231,6 +263,21 @@ def sniMatches(pattern: str, name: str) -> bool:
         head, dot, rest = name.partition(".")
         return bool(head) and bool(dot) and rest == pattern[2:]
     return pattern == name
+
+
+def checkSNI(value: str) -> None:
+    """
+    Refuse what L{SNI}'s pattern lets through but no client asks for: an
+    IP address (RFC 6066 3: a client that connects to an address sends no
+    server name, so the certificate would never be chosen for it).
+
+    @raise ValueError: saying so.
+    """
+    if isIPAddress(value):
+        raise ValueError(
+            "is an IP address, which clients never send by SNI (RFC 6066): clients"
+            " that connect by address get proxy.tlsDefaultCertificate"
+        )
 
 
 def isIPAddress(host: str) -> bool:

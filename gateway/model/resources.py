@@ -23,9 +23,12 @@ import attrs
 from gateway.model import patterns
 from gateway.model.cache import Cache
 from gateway.model.certificates import (
+    HOST_NAME,
     MAX_PEM,
     SNI,
     certificateInfo,
+    checkChainOrder,
+    checkSNI,
     keyMatches,
     loadChain,
     loadKey,
@@ -186,6 +189,10 @@ def _checkChain(value: str) -> None:
     loadChain(value)
 
 
+def _checkServedChain(value: str) -> None:
+    checkChainOrder(loadChain(value))
+
+
 def _checkKey(value: str) -> None:
     loadKey(value)
 
@@ -243,8 +250,8 @@ class Certificate:
 
     name: str = field(Name())
     cert: str = field(
-        PEM("certificate chain", _checkChain),
-        doc="PEM: the certificate, then the intermediates that sign it",
+        PEM("certificate chain", _checkServedChain),
+        doc="PEM: the certificate, then the intermediates that sign it, in order",
     )
     key: Optional[str] = field(
         Nullable(PEM("private key", _checkKey)),
@@ -263,6 +270,7 @@ class Certificate:
             Str(
                 pattern=SNI,
                 maxLength=253,
+                check=checkSNI,
                 patternHint="must be a host name (api.example.com) or *. and one"
                 " (*.example.org), in its ASCII form (xn-- for other letters), without a port",
             ),
@@ -330,9 +338,10 @@ class UpstreamTLS:
     serverName: Optional[str] = field(
         Nullable(
             Str(
-                pattern=SNI,
+                pattern=HOST_NAME,
                 maxLength=253,
-                patternHint="must be a host name (api.internal), in its ASCII form",
+                patternHint="must be a host name (api.internal) or an IPv4 address, in its"
+                " ASCII form, without a wildcard or a port",
             )
         ),
         None,
