@@ -669,23 +669,24 @@ class FramingTests(ClientTestCase):
         self.failureResultOf(d, UpstreamBroken)
         self.assertTrue(upstream.transport.disconnected)
 
-    def test_chunkedWinsOverContentLength(self) -> None:
+    def test_contentLengthWithTransferEncoding(self) -> None:
         """
-        With both C{Transfer-Encoding: chunked} and C{Content-Length},
-        chunked frames the body, C{Content-Length} is removed from the
-        headers (it would lie to the client), and the connection is not
-        reused.
+        An answer with both C{Transfer-Encoding: chunked} and
+        C{Content-Length} (in either order, whatever their values) fails
+        the request with L{UpstreamBroken} (a 502 to the client: never
+        passed on) and drops the connection (RFC 9112 6.3: a message to
+        handle as an error).
         """
-        response, collect, upstream = self.exchange(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5\r\nhello\r\n0\r\n\r\n"
-        )
-        self.assertEqual(collect.body, b"hello")
-        self.assertIs(response.length, UNKNOWN_LENGTH)
-        self.assertFalse(response.headers.hasHeader(b"content-length"))
-        collect.reason.trap(ResponseDone)
+        for fields in [
+            b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+            b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        ]:
+            d = self.request()
+            upstream = self.connect()
+            upstream.send(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n5\r\nhello\r\n0\r\n\r\n")
+            self.assertIn("both", self.failureResultOf(d, UpstreamBroken).getErrorMessage())
+            self.assertTrue(upstream.transport.disconnected)
         self.assertEqual(self.idle(), 0)
-        self.assertTrue(upstream.transport.disconnecting)
 
     def test_unsupportedTransferEncoding(self) -> None:
         """

@@ -11,8 +11,9 @@ C{Content-Length} and C{Connection}, so that the proxy can strip hop-by-hop
 headers itself.
 
 Message framing follows RFC 9112 section 6: no body for C{HEAD}, 1xx, 204
-and 304; C{Transfer-Encoding: chunked} (which wins over C{Content-Length});
-C{Content-Length}; otherwise the body ends when the connection closes.
+and 304; C{Transfer-Encoding: chunked} (with C{Content-Length} too, the
+answer is refused as malformed); C{Content-Length}; otherwise the body ends
+when the connection closes.
 Interim 1xx answers are skipped.  A connection goes back to the pool only
 after a complete, well-framed answer to a fully sent request.  A C{101
 Switching Protocols} is accepted only for a request sent with
@@ -1092,9 +1093,10 @@ class _Connection(Protocol):
             if _tokens(transferEncoding) != [b"chunked"]:
                 raise _Malformed("upstream sent an unsupported Transfer-Encoding")
             if contentLength is not None:
-                # RFC 9112 6.3: chunked wins, and the message was suspect.
-                headers.removeHeader(b"content-length")
-                keepAlive = False
+                # RFC 9112 6.3: such a message "ought to be handled as an
+                # error" (a smuggling attempt, or a backend whose two
+                # layers disagree); as nginx and Envoy do, it is one.
+                raise _Malformed("upstream sent both Content-Length and Transfer-Encoding")
             length = -1
             state = _CHUNK_SIZE
         elif contentLength is not None:
@@ -1537,7 +1539,8 @@ class HTTP11UpstreamClient:
     L{UpstreamBroken} when the connection broke before the head or the
     answer is not valid HTTP/1.1 (bad status line or fields, head over
     L{MAX_HEAD}, conflicting C{Content-Length}, a transfer coding other
-    than chunked, a 101 to a request that did not ask to upgrade).  A body
+    than chunked, both C{Transfer-Encoding} and C{Content-Length}, a 101 to
+    a request that did not ask to upgrade).  A body
     that breaks after the head ends its
     protocol with L{ResponseFailed}.
 
