@@ -10,7 +10,7 @@ import hashlib
 import io
 import json
 import socket
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import pytest
 import pytest_twisted
@@ -669,23 +669,24 @@ class FramingTests(ClientTestCase):
         self.failureResultOf(d, UpstreamBroken)
         self.assertTrue(upstream.transport.disconnected)
 
-    def test_chunkedWinsOverContentLength(self) -> None:
+    def test_contentLengthWithTransferEncoding(self) -> None:
         """
-        With both C{Transfer-Encoding: chunked} and C{Content-Length},
-        chunked frames the body, C{Content-Length} is removed from the
-        headers (it would lie to the client), and the connection is not
-        reused.
+        An answer with both C{Transfer-Encoding: chunked} and
+        C{Content-Length} (in either order, whatever their values) fails
+        the request with L{UpstreamBroken} (a 502 to the client: never
+        passed on) and drops the connection (RFC 9112 6.3: a message to
+        handle as an error).
         """
-        response, collect, upstream = self.exchange(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5\r\nhello\r\n0\r\n\r\n"
-        )
-        self.assertEqual(collect.body, b"hello")
-        self.assertIs(response.length, UNKNOWN_LENGTH)
-        self.assertFalse(response.headers.hasHeader(b"content-length"))
-        collect.reason.trap(ResponseDone)
+        for fields in [
+            b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+            b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        ]:
+            d = self.request()
+            upstream = self.connect()
+            upstream.send(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n5\r\nhello\r\n0\r\n\r\n")
+            self.assertIn("both", self.failureResultOf(d, UpstreamBroken).getErrorMessage())
+            self.assertTrue(upstream.transport.disconnected)
         self.assertEqual(self.idle(), 0)
-        self.assertTrue(upstream.transport.disconnecting)
 
     def test_unsupportedTransferEncoding(self) -> None:
         """
@@ -1066,7 +1067,7 @@ class RequestWritingTests(ClientTestCase):
         self.request(b"POST", body=producer)
         upstream = self.connect()
         self.assertIn(b"\r\nTransfer-Encoding: chunked\r\n\r\n", upstream.received())
-        self.assertIs(upstream.transport.producer, producer)
+        self.assertIs(upstream.transport.producer.producer, producer)
         self.assertTrue(upstream.transport.streaming)
         producer.consumer.write(b"hello")
         producer.consumer.write(b"")
@@ -1678,6 +1679,123 @@ class TimeoutTests(ClientTestCase):
         d = self.request()
         self.reactor.tcpClients[0][2].clientConnectionFailed(None, Failure(error.TimeoutError()))
         self.failureResultOf(d, UpstreamTimeout)
+
+
+class StreamedBodyTimeoutTests(ClientTestCase):
+    """
+    With a body that streams (a producer), C{timeout} counts from when the
+    body was all sent; while it is being sent, the request times out only
+    when the upstream held it back and took none of it for C{timeout}
+    seconds.  A slow client is not the upstream's fault.
+    """
+
+    def start(self, timeout: float = 2) -> Tuple[defer.Deferred, ControlledProducer, Upstream]:
+        producer = ControlledProducer(10)
+        d = self.request(b"PUT", body=producer, timeout=timeout)
+        upstream = self.connect()
+        upstream.received()
+        return d, producer, upstream
+
+    def test_slowClientIsNoTimeout(self) -> None:
+        """
+        A body that arrives slowly (its producer writes now and then, or
+        not at all for longer than the timeout while the transport does not
+        hold it back) gets time; the timeout then counts from its last byte.
+        """
+        d, producer, upstream = self.start()
+        for _ in range(5):
+            self.reactor.advance(1.5)
+            producer.consumer.write(b"a")
+        self.reactor.advance(5)  # (waiting for the client, nothing held back)
+        self.assertNoResult(d)
+        producer.consumer.write(b"bcdef")
+        producer.finished.callback(None)
+        self.assertEqual(upstream.received(), b"aaaaabcdef")
+        self.reactor.advance(1.9)
+        self.assertNoResult(d)
+        upstream.send(SIMPLE)
+        self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_timeoutFromTheBodyEnd(self) -> None:
+        """
+        Once the body was all sent, the upstream has C{timeout} seconds for
+        its head, however long the body took.
+        """
+        d, producer, upstream = self.start()
+        self.reactor.advance(1.5)
+        producer.consumer.write(b"0123456789")
+        producer.finished.callback(None)
+        self.reactor.advance(1.9)
+        self.assertNoResult(d)
+        self.reactor.advance(0.1)
+        self.failureResultOf(d, UpstreamTimeout)
+        self.assertTrue(upstream.transport.disconnected)
+        self.assertTrue(producer.stopped or producer.finished.called)
+
+    def test_upstreamNotReading(self) -> None:
+        """
+        An upstream that takes none of the body (the transport pauses it)
+        for C{timeout} seconds times the request out; the body's producer is
+        stopped.
+        """
+        d, producer, upstream = self.start()
+        producer.consumer.write(b"01234")
+        upstream.transport.producer.pauseProducing()
+        self.assertTrue(producer.paused)
+        self.reactor.advance(2)
+        self.assertNoResult(d)  # (bytes were written since the start)
+        self.reactor.advance(1.9)
+        self.assertNoResult(d)
+        self.reactor.advance(0.1)
+        self.failureResultOf(d, UpstreamTimeout)
+        self.assertTrue(producer.stopped)
+        self.assertTrue(upstream.transport.disconnected)
+
+    def test_heldBackThenTaken(self) -> None:
+        """
+        An upstream that takes the body slowly (paused, then resumed, more
+        written) is not timed out while it makes progress.
+        """
+        d, producer, upstream = self.start()
+        for _ in range(5):
+            producer.consumer.write(b"ab")
+            upstream.transport.producer.pauseProducing()
+            self.reactor.advance(1.5)
+            upstream.transport.producer.resumeProducing()
+            self.assertFalse(producer.paused)
+        producer.finished.callback(None)
+        self.assertNoResult(d)
+        upstream.send(SIMPLE)
+        self.successResultOf(d)
+
+    def test_othersKeepTheirDeadlines(self) -> None:
+        """
+        A request given more time does not hold up the deadlines of others
+        with the same timeout, before or after it.
+        """
+        d, producer, upstream = self.start(timeout=2)
+        self.reactor.advance(1)
+        other = self.request(timeout=2)
+        self.connect()
+        self.reactor.advance(1)  # the streamed request is given more time
+        self.assertNoResult(d)
+        self.assertNoResult(other)
+        later = self.request(timeout=2)
+        self.connect()
+        self.reactor.advance(1)
+        self.failureResultOf(other, UpstreamTimeout)
+        producer.consumer.write(b"0123456789")
+        producer.finished.callback(None)
+        self.reactor.advance(0.5)
+        self.assertNoResult(d)
+        self.reactor.advance(0.5)
+        self.failureResultOf(later, UpstreamTimeout)
+        self.assertNoResult(d)
+        self.reactor.advance(1)
+        self.failureResultOf(d, UpstreamTimeout)
+        self.client.close()
+        self.assertEqual(self.client._deadlines[2].later, [])
+        self.assertIsNone(self.client._deadlines[2].timer)
 
 
 class CancelTests(ClientTestCase):

@@ -11,8 +11,9 @@ C{Content-Length} and C{Connection}, so that the proxy can strip hop-by-hop
 headers itself.
 
 Message framing follows RFC 9112 section 6: no body for C{HEAD}, 1xx, 204
-and 304; C{Transfer-Encoding: chunked} (which wins over C{Content-Length});
-C{Content-Length}; otherwise the body ends when the connection closes.
+and 304; C{Transfer-Encoding: chunked} (with C{Content-Length} too, the
+answer is refused as malformed); C{Content-Length}; otherwise the body ends
+when the connection closes.
 Interim 1xx answers are skipped.  A connection goes back to the pool only
 after a complete, well-framed answer to a fully sent request.  A C{101
 Switching Protocols} is accepted only for a request sent with
@@ -26,6 +27,7 @@ drive it (C{treq.client.HTTPClient(UpstreamAgent(client))}).
 
 from __future__ import annotations
 
+import heapq
 import typing
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union, cast
@@ -634,14 +636,18 @@ def _notifyLost(protocol: IProtocol, reason: Failure) -> None:
         log.failure("response body protocol {protocol} failed in connectionLost", protocol=protocol)
 
 
-@implementer(IConsumer)
+@implementer(IConsumer, IPushProducer)
 class _BodyConsumer:
     """
     Takes a request body from its producer and writes it to the
     connection, chunk-encoded or counted against the promised length.
+
+    It is registered with the transport in the body producer's place, and
+    passes the transport's pauses on, knowing so whether the upstream holds
+    the body back (C{heldBack}: see L{_Request.moreTime}).
     """
 
-    __slots__ = ("conn", "producer", "chunked", "remaining")
+    __slots__ = ("conn", "producer", "chunked", "remaining", "written", "heldBack")
 
     def __init__(
         self, conn: _Connection, producer: IBodyProducer, chunked: bool, length: int
@@ -650,11 +656,16 @@ class _BodyConsumer:
         self.producer = producer
         self.chunked = chunked
         self.remaining = length
+        #: Body bytes written so far (see L{_Request.moreTime}).
+        self.written = 0
+        #: Whether the transport paused the body (its buffer is full).
+        self.heldBack = False
 
     def write(self, data: bytes) -> None:
         conn = self.conn
         if conn is None or not data:
             return
+        self.written += len(data)
         if self.chunked:
             conn.transport.writeSequence((b"%x\r\n" % (len(data),), data, b"\r\n"))
             return
@@ -670,6 +681,19 @@ class _BodyConsumer:
 
     def unregisterProducer(self) -> None:
         pass
+
+    # -- the transport's producer -------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.heldBack = True
+        self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.heldBack = False
+        self.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.producer.stopProducing()
 
 
 @implementer(IUpstreamRequest)
@@ -694,6 +718,8 @@ class _Request:
         "connecting",
         "finished",
         "upgrade",
+        "bodySentAt",
+        "writtenAtLook",
     )
 
     def __init__(self, method: bytes) -> None:
@@ -715,6 +741,10 @@ class _Request:
         self.finished = False
         #: Whether a 101 hands the connection over (L{HTTP11UpstreamClient.upgrade}).
         self.upgrade = False
+        #: When a streamed body (C{producer}) was all sent, or L{None}.
+        self.bodySentAt: Optional[float] = None
+        #: The body bytes written when L{moreTime} last looked.
+        self.writtenAtLook = 0
 
     def cancel(self) -> None:
         """
@@ -725,6 +755,37 @@ class _Request:
             self.finished = True
             self._stop()
             self._failWith(Failure(defer.CancelledError()))
+
+    def moreTime(self, now: float, timeout: float) -> Optional[float]:
+        """
+        The deadline of a request whose body streams (C{producer}) has
+        come: tell whether the upstream is to blame yet.  Its C{timeout}
+        counts from when the body was all sent (the upstream can hardly
+        answer before); while the body is being sent, the request times out
+        only when none of it was written for C{timeout} seconds while the
+        transport holds it back (a backend that stops reading).  Waiting for a slow
+        client is the server channel's to bound (L{gateway.http.channel}:
+        C{bodyTimeout}, C{minBodyRate}), with a status of its own.
+
+        @return: the new deadline, or L{None} when the request times out
+            now.
+        """
+        conn = self.conn
+        if conn is None:
+            return None  # (still connecting)
+        sentAt = self.bodySentAt
+        if sentAt is not None:
+            deadline = sentAt + timeout
+            return deadline if deadline > now else None
+        consumer = conn.consumer
+        if consumer is None:
+            return None
+        written = consumer.written
+        if written != self.writtenAtLook or not consumer.heldBack:
+            # Taken as it came, or waiting for more of it (from the client).
+            self.writtenAtLook = written
+            return now + timeout
+        return None
 
     def timedOut(self) -> None:
         if not self.finished:
@@ -840,7 +901,7 @@ class _Connection(Protocol):
         producer = req.producer
         if producer is not None:
             consumer = self.consumer = _BodyConsumer(self, producer, req.chunked, req.length)
-            self.transport.registerProducer(producer, True)
+            self.transport.registerProducer(consumer, True)
             try:
                 d = producer.startProducing(consumer)
             except Exception:
@@ -854,6 +915,10 @@ class _Connection(Protocol):
             return
         self.consumer = None
         consumer.conn = None
+        req = self.req
+        if req is not None:
+            # (The request's timeout counts from here: see _Request.moreTime.)
+            req.bodySentAt = self.pool.client._reactor.seconds()
         self.transport.unregisterProducer()
         if consumer.chunked:
             self.transport.write(b"0\r\n\r\n")
@@ -1092,9 +1157,10 @@ class _Connection(Protocol):
             if _tokens(transferEncoding) != [b"chunked"]:
                 raise _Malformed("upstream sent an unsupported Transfer-Encoding")
             if contentLength is not None:
-                # RFC 9112 6.3: chunked wins, and the message was suspect.
-                headers.removeHeader(b"content-length")
-                keepAlive = False
+                # RFC 9112 6.3: such a message "ought to be handled as an
+                # error" (a smuggling attempt, or a backend whose two
+                # layers disagree); as nginx and Envoy do, it is one.
+                raise _Malformed("upstream sent both Content-Length and Transfer-Encoding")
             length = -1
             state = _CHUNK_SIZE
         elif contentLength is not None:
@@ -1449,9 +1515,13 @@ class _Deadlines:
     that ends is only marked C{finished}, and dropped when it reaches the
     front of the queue (or when the queue is compacted, should a slow
     request hold up the front).
+
+    A request whose body streams may get more time when its deadline comes
+    (L{_Request.moreTime}): it then waits in a heap of its own, C{later},
+    ordered by its new deadline.
     """
 
-    __slots__ = ("reactor", "timeout", "queue", "limit", "timer")
+    __slots__ = ("reactor", "timeout", "queue", "limit", "timer", "later", "counter")
 
     def __init__(self, reactor: IReactorTime, timeout: float) -> None:
         self.reactor = reactor
@@ -1460,6 +1530,9 @@ class _Deadlines:
         #: The length past which the queue is compacted.
         self.limit = _COMPACT_AT
         self.timer: Optional[IDelayedCall] = None
+        #: C{(deadline, n, request)}: the requests given more time.
+        self.later: List[Tuple[float, int, _Request]] = []
+        self.counter = 0
 
     def add(self, req: _Request) -> None:
         req.deadline = self.reactor.seconds() + self.timeout
@@ -1486,20 +1559,46 @@ class _Deadlines:
                 queue.popleft()
             elif req.deadline <= now:
                 queue.popleft()
-                req.timedOut()
+                self._due(req, now)
                 queue = self.queue  # (compacted by a request its failure sent)
             else:
                 break
-        if queue and self.timer is None:
-            self.timer = self.reactor.callLater(queue[0].deadline - now, self._expire)
+        later = self.later
+        while later and (later[0][2].finished or later[0][0] <= now):
+            req = heapq.heappop(later)[2]
+            if not req.finished:
+                self._due(req, now)
+        if self.timer is None:
+            soonest = queue[0].deadline if queue else None
+            if later and (soonest is None or later[0][0] < soonest):
+                soonest = later[0][0]
+            if soonest is not None:
+                self.timer = self.reactor.callLater(soonest - now, self._expire)
+
+    def _due(self, req: _Request, now: float) -> None:
+        """
+        A request's deadline came: it times out, unless its body streams
+        and it gets more time (L{_Request.moreTime}).
+        """
+        if req.producer is not None:
+            deadline = req.moreTime(now, self.timeout)
+            if deadline is not None and deadline > now:
+                req.deadline = deadline
+                self.counter += 1
+                heapq.heappush(self.later, (deadline, self.counter, req))
+                return
+        req.timedOut()
 
     def stopIfDone(self) -> None:
         """
         Stop the timer now if every request has ended (rather than let it
         lapse).
         """
-        if all(req.finished for req in self.queue):
+        if all(req.finished for req in self.queue) and all(
+            entry[2].finished for entry in self.later
+        ):
             self.queue.clear()
+            del self.later[:]
             timer, self.timer = self.timer, None
             if timer is not None:
                 timer.cancel()
@@ -1537,7 +1636,8 @@ class HTTP11UpstreamClient:
     L{UpstreamBroken} when the connection broke before the head or the
     answer is not valid HTTP/1.1 (bad status line or fields, head over
     L{MAX_HEAD}, conflicting C{Content-Length}, a transfer coding other
-    than chunked, a 101 to a request that did not ask to upgrade).  A body
+    than chunked, both C{Transfer-Encoding} and C{Content-Length}, a 101 to
+    a request that did not ask to upgrade).  A body
     that breaks after the head ends its
     protocol with L{ResponseFailed}.
 

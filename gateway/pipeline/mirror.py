@@ -6,15 +6,19 @@ The client's response never waits for or depends on a mirror: the copy is
 sent next to the real request, errors are only counted, and at most
 C{maxInFlight} copies are outstanding at once (beyond that, copies are
 dropped and counted), so a slow or dead mirror can cost neither latency
-nor memory.  Bodies up to C{maxBody} bytes are mirrored; a request with a
-larger body is not mirrored at all.
+nor memory.  A copy is outstanding until its answer's body has been read
+to its end, and no longer than C{timeout} seconds in all (its connection is
+then cut): a mirror that answers its heads and then trickles or stalls its
+bodies holds C{maxInFlight} connections at most.  Bodies up to C{maxBody}
+bytes are mirrored; a request with a larger body is not mirrored at all.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,11 +33,51 @@ log = Logger()
 
 class _Drain(Protocol):
     """
-    Reads a mirror's answer to the end, so its connection can be reused.
+    Reads a mirror's answer to the end, so its connection can be reused,
+    and tells C{over} once, when the body ended or was cut at the copy's
+    deadline (L{expire}).
+
+    @ivar timer: the call of L{expire} at the copy's deadline, or L{None}.
     """
+
+    transport: Any = None
+
+    def __init__(self, over: Callable[[bool], None]) -> None:
+        self._over: Optional[Callable[[bool], None]] = over
+        self.timer: Optional[IDelayedCall] = None
+
+    @property
+    def ended(self) -> bool:
+        """
+        Whether the body is over (ended, or cut).
+        """
+        return self._over is None
 
     def dataReceived(self, data: bytes) -> None:
         pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._end(True)
+
+    def expire(self) -> None:
+        """
+        The copy's deadline: stop reading its body (the connection is
+        aborted, not reused).
+        """
+        self.timer = None
+        if self.ended:
+            return
+        self._end(False)
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def _end(self, complete: bool) -> None:
+        over, self._over = self._over, None
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if over is not None:
+            over(complete)
 
 
 class Mirror:
@@ -109,30 +153,45 @@ class Mirror:
         self.inFlight += 1
         self.sent += 1
         producer = BytesBodyProducer(body) if body else None
-        sentAt = self._reactor.seconds()
+        reactor = self._reactor
+        sentAt = reactor.seconds()
         d = upstreamRequest(
             self._client, backend, request.method, uri, headers, producer, self._timeout
         )
         stats = self._stats
 
         def answered(response: Any) -> None:
-            response.deliverBody(_Drain())
             if stats is not None:
-                stats.recordUpstream(
-                    backend.name, response.code, None, self._reactor.seconds() - sentAt
-                )
+                stats.recordUpstream(backend.name, response.code, None, reactor.seconds() - sentAt)
+            drain = _Drain(bodyOver)
+            response.deliverBody(drain)
+            if not drain.ended:
+                # The copy's timeout bounds its body too: one that trickles
+                # or stalls would otherwise hold its connection for good.
+                left = max(0.0, sentAt + self._timeout - reactor.seconds())
+                drain.timer = reactor.callLater(left, drain.expire)
+
+        def bodyOver(complete: bool) -> None:
+            if not complete:
+                self.failed += 1
+                log.debug("mirror to {backend}: body cut at the timeout", backend=backend.name)
+            done()
 
         def failed(failure: Any) -> None:
             self.failed += 1
             log.debug("mirror to {backend} failed: {e}", backend=backend.name, e=failure.value)
             if stats is not None:
                 stats.recordUpstream(
-                    backend.name, None, outcomeOf(failure.value), self._reactor.seconds() - sentAt
+                    backend.name, None, outcomeOf(failure.value), reactor.seconds() - sentAt
                 )
+            done()
 
-        def done(_: Any) -> None:
+        def done() -> None:
             self.inFlight -= 1
             # Mirrors are best effort: their outcome does not judge servers.
             backend.requestFinished(None, None)
 
-        d.addCallbacks(answered, failed).addBoth(done)
+        d.addCallbacks(answered, failed).addErrback(self._bug)
+
+    def _bug(self, failure: Failure) -> None:
+        log.failure("mirror copy failed unexpectedly", failure)

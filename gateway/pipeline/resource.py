@@ -691,6 +691,11 @@ class GatewayResource(Resource):
         else:
             request.setResponseCode(info.code)
         if request.method == b"HEAD" or response.code in (204, 304):
+            if response.code == 204:
+                # RFC 9110 8.6: never in a 204 (a 304's, and a HEAD's, is the
+                # length a GET's answer would have, and is kept).  A client
+                # that believed it would wait for a body that never comes.
+                request.responseHeaders.removeHeader(b"content-length")
             response.deliverBody(_Discard())
             self._upstreamDone(exchange)
             if ticket is not None and ticket.storing:
