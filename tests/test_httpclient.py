@@ -1557,19 +1557,114 @@ class TimeoutTests(ClientTestCase):
         upstream.lose(error.ConnectionAborted())
         self.assertEqual(self.idle(), 0)
 
-    def test_notForTheBody(self) -> None:
+    def test_slowBodyNotCut(self) -> None:
         """
-        Once the head arrived the timer is gone: a slow body is not cut.
+        Once the head arrived, the body is not held to the head's deadline:
+        a body whose pieces keep coming, each within the timeout, is read
+        whole however long it takes.
+        """
+        d = self.request(timeout=2)
+        upstream = self.connect()
+        upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nh")
+        collect = Collect()
+        self.successResultOf(d).deliverBody(collect)
+        for piece in (b"e", b"l", b"l"):
+            self.reactor.advance(1.5)
+            upstream.send(piece)
+        self.reactor.advance(1.5)
+        upstream.send(b"o")
+        self.assertEqual(collect.body, b"hello")
+        collect.reason.trap(ResponseDone)
+        deadlines = self.client._deadlines[2]
+        self.reactor.advance(10)
+        self.assertIsNone(deadlines.timer)
+        self.assertEqual(deadlines.later, [])
+
+    def test_stalledBodyCut(self) -> None:
+        """
+        An upstream that stops sending a body after its head (here: after
+        two of its five bytes) has it cut once none of it came for the
+        request's timeout (within twice the timeout): the body fails with
+        L{UpstreamTimeout} and the connection is dropped, not pooled.
+        Without this a stalled upstream held the client, and the
+        connection, for good.
         """
         d = self.request(timeout=2)
         upstream = self.connect()
         upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe")
         collect = Collect()
         self.successResultOf(d).deliverBody(collect)
-        self.reactor.advance(10)
+        self.reactor.advance(1)
+        self.assertIsNone(collect.reason)
+        for _ in range(4):
+            self.reactor.advance(1)
+        self.assertIsNotNone(collect.reason)
+        collect.reason.trap(ResponseFailed)
+        self.assertIsInstance(collect.reason.value.reasons[0].value, UpstreamTimeout)
+        self.assertTrue(upstream.transport.disconnecting)
+        self.assertEqual(self.idle(), 0)
+
+    def test_chunkedAndCloseDelimitedBodiesCut(self) -> None:
+        """
+        The same holds for a chunked body and for one that ends when the
+        upstream closes.
+        """
+        for head in (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhe",
+        ):
+            d = self.request(timeout=2)
+            upstream = self.connect()
+            upstream.send(head)
+            collect = Collect()
+            self.successResultOf(d).deliverBody(collect)
+            self.reactor.advance(2)
+            self.reactor.advance(2)
+            self.assertEqual(collect.body, b"he")
+            collect.reason.trap(ResponseFailed)
+
+    def test_heldBackBodyNotCut(self) -> None:
+        """
+        While the body's reader holds the upstream back (the gateway's own
+        client reads slowly), the time does not count against the
+        upstream.
+        """
+        d = self.request(timeout=2)
+        upstream = self.connect()
+        upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe")
+        collect = Collect()
+        self.successResultOf(d).deliverBody(collect)
+        collect.transport.pauseProducing()
+        for _ in range(10):
+            self.reactor.advance(1)
+        self.assertIsNone(collect.reason)
+        collect.transport.resumeProducing()
         upstream.send(b"llo")
         self.assertEqual(collect.body, b"hello")
         collect.reason.trap(ResponseDone)
+
+    def test_endedBodiesLetGo(self) -> None:
+        """
+        The bodies that ended are not kept until their deadline: behind
+        one that is still read, the queue of bodies stays bounded.
+        """
+        slow = self.request(timeout=2)
+        upstream = self.connect()
+        upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe")
+        self.successResultOf(slow).deliverBody(Collect())
+        deadlines = self.client._deadlines[2]
+        other: Optional[Upstream] = None
+        for _ in range(4 * httpclient._COMPACT_AT):
+            d = self.request(timeout=2)
+            if other is None:
+                # (The slow answer holds its connection: the others share
+                # one, each answered in two reads, so that its body is
+                # watched.)
+                other = self.connect()
+            other.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+            other.send(b"ok")
+            self.successResultOf(d).deliverBody(Collect())
+        self.assertLessEqual(len(deadlines.later), httpclient._COMPACT_AT + 1)
 
     def test_timerShared(self) -> None:
         """

@@ -2,8 +2,8 @@
 The real C{twistd -n gateway} process in front of a backend that
 misbehaves on purpose (a raw-socket server scripted per path, in the test),
 everything on 127.0.0.1: framing an upstream gets wrong is never passed
-on, a slow upload is no upstream timeout, and a mirror that stalls its
-answers holds a bounded number of connections.
+on, a slow upload is no upstream timeout, a body that stalls is cut, and
+a mirror that stalls its answers holds a bounded number of connections.
 """
 
 from __future__ import annotations
@@ -264,3 +264,40 @@ def test_stalling_mirror_holds_few_connections(backend: ScriptedBackend, gateway
         assert mirror.mostOpen <= 64, mirror.mostOpen
     finally:
         mirror.stop()
+
+
+def test_stalled_body_cut(backend: ScriptedBackend, gateways: Any) -> None:
+    """
+    A backend that sends a head and part of the body, then nothing, has
+    its answer cut once none of the body came for the node's timeout: the
+    client sees the answer end short (the connection closed before the
+    length it was told) within about twice the timeout, instead of being
+    held for as long as the backend likes.
+    """
+    gateway = gateways(config(backend, {"timeout": 0.5}))
+    assert gateway.proxyURL is not None
+    port = int(gateway.proxyURL.rsplit(":", 1)[1])
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection((HOST, port), timeout=20) as s:
+        s.sendall(b"GET /stall HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except ConnectionResetError:
+            pass  # (cut: what a proxy does to an answer it cannot finish)
+    took = time.monotonic() - started
+    code, headers, body = headOf(answer)
+    assert code == 200
+    assert headers["content-length"] == "10"
+    assert body == b"ab"
+    assert took < 5, took
+    waitFor(
+        lambda: (
+            "broke mid-body: upstream sent none of the answer's body in time" in gateway.output()
+        ),
+        timeout=5,
+    )

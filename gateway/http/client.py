@@ -524,6 +524,7 @@ class _Response:
         "_pendingSize",
         "_reason",
         "_done",
+        "received",
     )
 
     def __init__(
@@ -549,6 +550,9 @@ class _Response:
         self._pendingSize = 0
         self._reason: Optional[Failure] = None
         self._done = False
+        #: The pieces of the body read from the upstream so far (its
+        #: idle timeout looks at it: L{_BodyWatch}).
+        self.received = 0
 
     def __repr__(self) -> str:
         return f"<Response {self.code} {self.phrase!r} length={self.length!r}>"
@@ -591,6 +595,7 @@ class _Response:
             conn.updatePause()
 
     def _data(self, data: bytes) -> None:
+        self.received += 1
         protocol = self._protocol
         if protocol is not None:
             protocol.dataReceived(data)
@@ -720,6 +725,7 @@ class _Request:
         "upgrade",
         "bodySentAt",
         "writtenAtLook",
+        "deadlines",
     )
 
     def __init__(self, method: bytes) -> None:
@@ -745,6 +751,9 @@ class _Request:
         self.bodySentAt: Optional[float] = None
         #: The body bytes written when L{moreTime} last looked.
         self.writtenAtLook = 0
+        #: The queue of deadlines it waits in, if it has a timeout: the
+        #: answer's body is timed by it too (L{_BodyWatch}).
+        self.deadlines: Optional[_Deadlines] = None
 
     def cancel(self) -> None:
         """
@@ -770,6 +779,8 @@ class _Request:
         @return: the new deadline, or L{None} when the request times out
             now.
         """
+        if self.producer is None:
+            return None
         conn = self.conn
         if conn is None:
             return None  # (still connecting)
@@ -1197,6 +1208,10 @@ class _Connection(Protocol):
             self.remaining = length
         elif state == _CHUNK_SIZE:
             self.trailerSize = 0
+        deadlines = req.deadlines
+        if deadlines is not None:
+            # The body comes later: its pieces are timed too.
+            deadlines.watch(_BodyWatch(response))
         req.succeed(response)
         if self.dead or self.response is not response:
             return None  # its callbacks aborted it: connectionLost ends it
@@ -1521,7 +1536,7 @@ class _Deadlines:
     ordered by its new deadline.
     """
 
-    __slots__ = ("reactor", "timeout", "queue", "limit", "timer", "later", "counter")
+    __slots__ = ("reactor", "timeout", "queue", "limit", "timer", "later", "laterLimit", "counter")
 
     def __init__(self, reactor: IReactorTime, timeout: float) -> None:
         self.reactor = reactor
@@ -1530,12 +1545,16 @@ class _Deadlines:
         #: The length past which the queue is compacted.
         self.limit = _COMPACT_AT
         self.timer: Optional[IDelayedCall] = None
-        #: C{(deadline, n, request)}: the requests given more time.
-        self.later: List[Tuple[float, int, _Request]] = []
+        #: C{(deadline, n, request)}: the requests given more time, and the
+        #: bodies being read (L{_BodyWatch}).
+        self.later: List[Tuple[float, int, Union[_Request, _BodyWatch]]] = []
+        #: The length past which C{later} is compacted (as C{queue} is).
+        self.laterLimit = _COMPACT_AT
         self.counter = 0
 
     def add(self, req: _Request) -> None:
         req.deadline = self.reactor.seconds() + self.timeout
+        req.deadlines = self
         queue = self.queue
         while queue and queue[0].finished:
             queue.popleft()
@@ -1565,9 +1584,9 @@ class _Deadlines:
                 break
         later = self.later
         while later and (later[0][2].finished or later[0][0] <= now):
-            req = heapq.heappop(later)[2]
-            if not req.finished:
-                self._due(req, now)
+            waiting = heapq.heappop(later)[2]
+            if not waiting.finished:
+                self._due(waiting, now)
         if self.timer is None:
             soonest = queue[0].deadline if queue else None
             if later and (soonest is None or later[0][0] < soonest):
@@ -1575,19 +1594,41 @@ class _Deadlines:
             if soonest is not None:
                 self.timer = self.reactor.callLater(soonest - now, self._expire)
 
-    def _due(self, req: _Request, now: float) -> None:
+    def _due(self, req: Union[_Request, _BodyWatch], now: float) -> None:
         """
         A request's deadline came: it times out, unless its body streams
-        and it gets more time (L{_Request.moreTime}).
+        and it gets more time (L{_Request.moreTime}); or the deadline of an
+        answer's body came (L{_BodyWatch}).
         """
-        if req.producer is not None:
-            deadline = req.moreTime(now, self.timeout)
-            if deadline is not None and deadline > now:
-                req.deadline = deadline
-                self.counter += 1
-                heapq.heappush(self.later, (deadline, self.counter, req))
-                return
+        deadline = req.moreTime(now, self.timeout)
+        if deadline is not None and deadline > now:
+            self._later(req, deadline)
+            return
         req.timedOut()
+
+    def _later(self, req: Union[_Request, _BodyWatch], deadline: float) -> None:
+        req.deadline = deadline
+        self.counter += 1
+        heapq.heappush(self.later, (deadline, self.counter, req))
+
+    def watch(self, body: _BodyWatch) -> None:
+        """
+        Time the body of an answer whose head came: it is cut when no piece
+        of it came from the upstream for C{timeout} seconds (but while the
+        gateway itself holds the upstream back).
+        """
+        later = self.later
+        while later and later[0][2].finished:
+            heapq.heappop(later)
+        if len(later) > self.laterLimit:
+            # Bodies that ended wait behind one still being read: they go
+            # now (as in add, O(1) per body on the whole).
+            later[:] = [entry for entry in later if not entry[2].finished]
+            heapq.heapify(later)
+            self.laterLimit = max(_COMPACT_AT, 2 * len(later))
+        self._later(body, self.reactor.seconds() + self.timeout)
+        if self.timer is None:
+            self.timer = self.reactor.callLater(self.timeout, self._expire)
 
     def stopIfDone(self) -> None:
         """
@@ -1602,6 +1643,51 @@ class _Deadlines:
             timer, self.timer = self.timer, None
             if timer is not None:
                 timer.cancel()
+
+
+class _BodyWatch:
+    """
+    The idle timeout of an answer's body, read after its head (see
+    L{_Deadlines.watch}): the request's C{timeout} bounds each wait for
+    the next piece of it, as nginx's C{proxy_read_timeout} does, so that
+    an upstream that stalls mid-body cannot hold the client and the
+    connection for good.  The time the gateway itself holds the upstream
+    back (its client reads slowly: the server channel's C{sendTimeout}
+    bounds that) does not count.
+    """
+
+    __slots__ = ("response", "seen", "deadline")
+
+    def __init__(self, response: _Response) -> None:
+        self.response = response
+        self.seen = 0
+        self.deadline = 0.0
+
+    @property
+    def finished(self) -> bool:
+        """
+        Whether the body ended (nothing left to time).
+        """
+        return self.response._done
+
+    def moreTime(self, now: float, timeout: float) -> Optional[float]:
+        """
+        @return: the next deadline when a piece of the body came since the
+            last look, or the upstream is held back; else L{None}.
+        """
+        response = self.response
+        conn = response._conn
+        if conn is None:
+            return None
+        if response.received != self.seen or conn.transportPaused:
+            self.seen = response.received
+            return now + timeout
+        return None
+
+    def timedOut(self) -> None:
+        conn = self.response._conn
+        if conn is not None:
+            conn.fail(UpstreamTimeout("upstream sent none of the answer's body in time"))
 
 
 def _nothing(*args: object) -> None:

@@ -122,7 +122,7 @@ class _StreamBody(Protocol):
             log.warn(
                 "upstream {backend} broke mid-body: {reason}",
                 backend=exchange.backend.name if exchange.backend else None,
-                reason=reason.getErrorMessage(),
+                reason=_why(reason),
             )
             request.channel.transport.abortConnection()
 
@@ -976,6 +976,18 @@ class GatewayResource(Resource):
 #: The back-off before a retry of an answer: C{retryDelay}.
 RETRY_BASE = 0.025
 RETRY_CAP = 0.25
+
+
+def _why(reason: Failure) -> str:
+    """
+    @return: what ended a body, in words: the first reason of a
+        C{ResponseFailed} (whose own message is the list of the failures'
+        reprs).
+    """
+    reasons = getattr(reason.value, "reasons", None)
+    if reasons:
+        return "; ".join(r.getErrorMessage() for r in reasons)
+    return reason.getErrorMessage()
 
 
 def retryDelay(attempt: int, random: Any) -> float:
