@@ -349,7 +349,7 @@ class WorkerMetricsTests(SynchronousTestCase):
         self.assertEqual(value(samples, "gateway_server_active_requests", server="s1"), 2)
         self.assertEqual(value(samples, "gateway_server_ejected", server="s2"), 1)
         self.assertEqual(value(samples, "gateway_server_ejected", server="s1"), 0)
-        self.assertEqual(stats["servers"]["s1"]["breaker"], {"state": "open"})
+        self.assertEqual(stats["servers"]["s1"]["breaker"]["state"], "open")
         self.assertEqual(
             value(samples, "gateway_circuit_breaker_state", server="s1", state="open"), 1
         )

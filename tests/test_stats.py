@@ -428,6 +428,37 @@ class MergeTests(SynchronousTestCase):
         self.assertEqual(s1["breaker"], {"state": "open"})
         self.assertEqual(merged["at"], clock.seconds())
 
+    def test_merge_keeps_the_worst_breaker_whole(self) -> None:
+        """
+        Of the proxies' breakers of one server (and of one API), the merge
+        keeps the whole snapshot of the one in the worst state: since when,
+        the failure rate that opened it and its transitions, which the web
+        UI shows (it showed an open breaker "since -" with "no transition
+        yet: the breaker has stayed closed").
+        """
+        opened = {
+            "state": "open",
+            "since": 12.5,
+            "failureRate": 80.0,
+            "requests": 20,
+            "transitions": [{"from": "closed", "to": "open", "at": 12.5}],
+            "counters": {"successes": 4, "failures": 16},
+            "retryAfter": 17.5,
+        }
+        closed = {"state": "closed", "since": None, "transitions": [], "requests": 3}
+        snapshots = []
+        for breaker in (closed, opened, dict(closed)):
+            snapshots.append(
+                {
+                    "servers": {"s1": {"addr": "h:1", "breaker": breaker}},
+                    "apis": {"a": {"requests": 0, "breaker": breaker}},
+                }
+            )
+        merged = mergeSnapshots(snapshots)
+        self.assertEqual(merged["servers"]["s1"]["breaker"], opened)
+        self.assertEqual(merged["apis"]["a"]["breaker"], opened)
+        self.assertEqual(mergeSnapshots(snapshots[:1])["servers"]["s1"]["breaker"], closed)
+
     def test_merge_nothing(self) -> None:
         """
         Merging no snapshot gives empty statistics, not an error.

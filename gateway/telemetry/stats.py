@@ -744,10 +744,11 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     C{upstreamRequests} and C{upstreamFailures} are summed, C{latencyEWMA}
     is the mean of the proxies', C{healthy} is whether every proxy finds
     the server healthy, C{ejected} whether any ejected it, C{breaker} is
-    C{{"state": ...}} with the worst state any proxy has (open, then
-    half-open), and C{health} is dropped (L{None}): each proxy's own is in
-    its snapshot.  One of them may be the L{retiredCounts} of proxies that
-    ended: their counters are added, and they have no live state.
+    the breaker of the proxy whose breaker is in the worst state (open,
+    then half-open; see L{_worseBreaker}), and C{health} is dropped
+    (L{None}): each proxy's own is in its snapshot.  One of them may be
+    the L{retiredCounts} of proxies that ended: their counters are added,
+    and they have no live state.
 
     @return: a snapshot of the same shape; C{at} is the latest of theirs,
         C{revision} the highest, C{sendTimeouts}, C{http2} and C{accessLog}'s counts
@@ -979,13 +980,21 @@ def retiredCounts(
 def _worseBreaker(
     current: Optional[Mapping[str, Any]], other: Optional[Mapping[str, Any]]
 ) -> Optional[Dict[str, Any]]:
+    """
+    @return: of two proxies' breakers of one server or API (each proxy's
+        breaker sees its own traffic), the whole snapshot of the one in the
+        worse state (open, then half-open; the first of equals): when it
+        opened, the failure rate that opened it and its transitions, not
+        the state alone (the web UI showed an open breaker "since -" with
+        "no transition yet").
+    """
     if other is None:
         return dict(current) if current is not None else None
     state = other.get("state", "closed")
     if current is None or _BREAKER_SEVERITY.get(state, 0) > _BREAKER_SEVERITY.get(
         current.get("state", "closed"), 0
     ):
-        return {"state": state}
+        return dict(other)
     return dict(current)
 
 
