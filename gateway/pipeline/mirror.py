@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.balancing.backend import startRequest
@@ -23,8 +22,6 @@ from gateway.http.body import BytesBodyProducer
 from gateway.http.client import request as upstreamRequest
 from gateway.pipeline.errors import outcomeOf
 from gateway.pipeline.exchange import Exchange
-
-log = Logger()
 
 
 class _Drain(Protocol):
@@ -124,7 +121,6 @@ class Mirror:
 
         def failed(failure: Any) -> None:
             self.failed += 1
-            log.debug("mirror to {backend} failed: {e}", backend=backend.name, e=failure.value)
             if stats is not None:
                 stats.recordUpstream(
                     backend.name, None, outcomeOf(failure.value), self._reactor.seconds() - sentAt
