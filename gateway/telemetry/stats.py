@@ -15,12 +15,11 @@ filter chain name it):
     or C{5xx} when its status is one, else nothing more than a request;
   - C{timeout}, C{refused}, C{broken}, C{unavailable}: an error of that
     kind (and not also C{5xx}).  C{unavailable} is every "no server to
-    send it to" answer, including when every server's breaker is open:
-    the breaker shows up in the server's C{breaker} state, not as a
-    reject;
+    send it to" answer but one: when every server's breaker is open;
   - C{reject:rate-limit} (an API's limit) and C{reject:server-limit}
     (every server at its C{maxQPS}): a reject C{rateLimit};
-    C{reject:circuit-breaker} (an API's own breaker): C{breaker};
+    C{reject:circuit-breaker} (an API's own breaker, or every server's
+    breaker open: L{gateway.pipeline.errors.CircuitOpen}): C{breaker};
     C{reject:ip-access} and C{reject:cors} (a preflight from an origin, or
     for a method or a header, not allowed): C{access}; any other filter's
     C{reject:NAME}: C{other}.  Rejects are not errors.  (A filter's early
