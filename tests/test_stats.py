@@ -459,6 +459,22 @@ class MergeTests(SynchronousTestCase):
         self.assertEqual(merged["apis"]["a"]["breaker"], opened)
         self.assertEqual(mergeSnapshots(snapshots[:1])["servers"]["s1"]["breaker"], closed)
 
+    def test_merge_ewma_of_proxies_that_sent(self) -> None:
+        """
+        A server's merged latency average is the mean of the proxies that
+        timed an answer of it: a proxy that sent it nothing (its average
+        0.0, "no sample") does not pull it down (one worker of four that
+        sent to it showed a quarter of its latency).
+        """
+        snapshots = [
+            {"servers": {"s1": {"addr": "h:1", "latencyEWMA": ewma}}}
+            for ewma in (0.0, 0.2, 0.0, 0.4)
+        ]
+        merged = mergeSnapshots(snapshots)
+        self.assertAlmostEqual(merged["servers"]["s1"]["latencyEWMA"], 0.3)
+        none = mergeSnapshots(snapshots[:1] + snapshots[2:3])
+        self.assertEqual(none["servers"]["s1"]["latencyEWMA"], 0.0)
+
     def test_merge_nothing(self) -> None:
         """
         Merging no snapshot gives empty statistics, not an error.

@@ -741,9 +741,10 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     Counters and histograms are added up and the percentiles computed again
     from the summed buckets.  Of the live server state: C{active},
     C{upstreamRequests} and C{upstreamFailures} are summed, C{latencyEWMA}
-    is the mean of the proxies', C{healthy} is whether every proxy finds
-    the server healthy, C{ejected} whether any ejected it, C{breaker} is
-    the breaker of the proxy whose breaker is in the worst state (open,
+    is the mean of those of the proxies that timed an answer of it (0:
+    none), C{healthy} is whether every proxy finds the server healthy,
+    C{ejected} whether any ejected it, C{breaker} is the breaker of the
+    proxy whose breaker is in the worst state (open,
     then half-open; see L{_worseBreaker}), and C{health} is dropped
     (L{None}): each proxy's own is in its snapshot.  One of them may be
     the L{retiredCounts} of proxies that ended: their counters are added,
@@ -812,7 +813,12 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
                 continue
             merged.setdefault("addr", entry["addr"])
             merged["active"] = merged.get("active", 0) + entry.get("active", 0)
-            ewmas.setdefault(name, []).append(entry.get("latencyEWMA", 0.0))
+            values = ewmas.setdefault(name, [])
+            ewma = entry.get("latencyEWMA") or 0.0
+            if ewma > 0.0:
+                # 0.0 is a backend's "no answer timed yet" (a worker that
+                # sent it nothing): no sample to average in.
+                values.append(ewma)
             merged["healthy"] = merged.get("healthy", True) and bool(entry.get("healthy"))
             merged["ejected"] = merged.get("ejected", False) or bool(entry.get("ejected"))
             merged["health"] = None
@@ -826,7 +832,7 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     totals["latency"] = totalLatency
     _finishLatency(totals)
     for name, values in ewmas.items():
-        servers[name]["latencyEWMA"] = sum(values) / len(values)
+        servers[name]["latencyEWMA"] = sum(values) / len(values) if values else 0.0
     merged = {
         "totals": totals,
         "apis": {name: apis[name] for name in sorted(apis)},
