@@ -29,8 +29,8 @@ filter chain name it):
 Latency is the time from the request's arrival to the moment its answer's
 status is known (C{record} is called before the body is streamed), in
 milliseconds in the JSON.  Requests that match no API (the proxy's own
-404) are not recorded at all: there is no API to count them under, and a
-per-path count would let clients create labels at will.
+404) are counted in the C{totals} only: there is no API to count them
+under, and a per-path count would let clients create labels at will.
 
 The WebSocket tunnels of an API with C{websocket: true} have counters of
 their own (L{WebSocketCounters}: open now, opened, refused over
