@@ -441,6 +441,44 @@ class WorkerMetricsTests(SynchronousTestCase):
         self.report()
         self.assertEqual(value(self.scrape(), "gateway_requests_total", api="a"), 7)
 
+    def test_endedWorkerLeavesItsCountsOnly(self) -> None:
+        """
+        When a worker's process ends, what it counted stays in the sums
+        and what it had live goes: its requests in flight and its open
+        breaker, even if it is not started again; a report of it read after
+        its end is not counted again, and the worker started in its place
+        adds to the sums.
+        """
+        first, second = self.workers
+        first.answer(1)
+        first.answer(1)
+        first.manager.backends["s1"].requestStarted()
+        for _ in range(20):
+            first.manager.backends["s1"].breaker.record(False)
+        second.answer(1)
+        self.report()
+        samples = self.scrape()
+        self.assertEqual(value(samples, "gateway_server_active_requests", server="s1"), 1)
+        self.assertEqual(
+            value(samples, "gateway_circuit_breaker_state", server="s1", state="open"), 1
+        )
+        first.answer(1)
+        late = first.report()
+        self.status.workerEnded(0)
+        self.status.workerReported(0, late)
+        samples = self.scrape()
+        self.assertEqual(value(samples, "gateway_requests_total", api="a"), 3)
+        self.assertEqual(value(samples, "gateway_upstream_requests_total", server="s1"), 1)
+        self.assertEqual(value(samples, "gateway_server_active_requests", server="s1"), 0)
+        self.assertEqual(
+            value(samples, "gateway_circuit_breaker_state", server="s1", state="closed"), 1
+        )
+        self.workers[0] = _Worker(self.clock, _state())
+        self.workers[0].answer(1)
+        self.report()
+        self.assertEqual(value(self.scrape(), "gateway_requests_total", api="a"), 4)
+        self.assertEqual(self.status.stats()["totals"]["requests"], 4)
+
     def test_retiredCountsOfRemovedNames(self) -> None:
         """
         The counts kept from ended workers are those of the APIs and

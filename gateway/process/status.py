@@ -102,10 +102,27 @@ class GatewayStatus:
         that the gateway's counters only ever go up.
         """
         previous = self._workerStats.get(index)
-        if previous is not None and not stats.get("delta"):
+        if not stats.get("delta"):
+            # (Should the end of the process before it not have been told.)
+            self.workerEnded(index)
+            previous = None
+        elif previous is None:
+            # A report of a process whose end was told already (read after
+            # it): what it counted is in the retired counts.
+            return
+        self._workerStats[index] = mergeReport(previous, stats)
+
+    def workerEnded(self, index: int) -> None:
+        """
+        A worker's process ended: what it counted stays in the sums
+        (L{retiredCounts}), what it had live (requests in flight, open
+        tunnels, its breakers) is gone with it, whether or not it is
+        started again.
+        """
+        previous = self._workerStats.pop(index, None)
+        if previous is not None:
             ended = [previous] if self._retired is None else [previous, self._retired]
             self._retired = self._retiredNow(mergeSnapshots(ended))
-        self._workerStats[index] = mergeReport(previous, stats)
 
     def _retiredNow(self, snapshot: Dict[str, Any]) -> Dict[str, Any]:
         """
