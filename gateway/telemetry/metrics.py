@@ -15,6 +15,7 @@ Metrics::
 
   gateway_requests_total{api}                      answers per API
   gateway_errors_total{api,kind}                   4xx 5xx timeout refused broken unavailable
+                                                   aborted (the client left: 499)
   gateway_rejects_total{api,reason}                rateLimit breaker access other
   gateway_request_duration_seconds{api}            histogram, arrival to status
   gateway_server_requests_total{server}            answers whose request went to it last

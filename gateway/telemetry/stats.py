@@ -14,7 +14,10 @@ filter chain name it):
   - C{None} (an answer from upstream, or an aggregation): an error C{4xx}
     or C{5xx} when its status is one, else nothing more than a request;
   - C{timeout}, C{refused}, C{broken}, C{unavailable}: an error of that
-    kind (and not also C{5xx}).  C{unavailable} is every "no server to
+    kind (and not also C{5xx});
+  - C{aborted}: the client left before its answer's head (the access
+    log's 499), counted when the request is over, its latency the time the
+    client waited: an error C{aborted} (and not also C{4xx}).  C{unavailable} is every "no server to
     send it to" answer but one: when every server's breaker is open;
   - C{reject:rate-limit} (an API's limit) and C{reject:server-limit}
     (every server at its C{maxQPS}): a reject C{rateLimit};
@@ -77,7 +80,15 @@ INF = "+Inf"
 
 
 #: Error kinds, in the order they are shown.
-ERROR_KINDS: Tuple[str, ...] = ("4xx", "5xx", "timeout", "refused", "broken", "unavailable")
+ERROR_KINDS: Tuple[str, ...] = (
+    "4xx",
+    "5xx",
+    "timeout",
+    "refused",
+    "broken",
+    "unavailable",
+    "aborted",
+)
 
 
 #: Reject reasons, in the order they are shown.
@@ -89,6 +100,7 @@ _FAILURES = {
     "refused": "refused",
     "broken": "broken",
     "unavailable": "unavailable",
+    "aborted": "aborted",
 }
 
 
