@@ -557,7 +557,7 @@ async def test_scrape_after_sequence(harness):
     configured = {"up", "slow", "dead", "limited", "denied", "drained", "guarded", "blocked"}
     servers = {"b1", "b2", "dead"}
     fixed = {
-        "kind": {"4xx", "5xx", "timeout", "refused", "broken", "unavailable"},
+        "kind": {"4xx", "5xx", "timeout", "refused", "broken", "unavailable", "aborted"},
         "reason": {"rateLimit", "breaker", "access", "auth", "other"},
         "state": {"closed", "open", "half-open"},
         "version": {gateway.__version__},
