@@ -1544,6 +1544,7 @@ class ProxyTests(SynchronousTestCase):
                 },
             )
         )
+        self.manager = manager
         self.upstream = Upstream()
         config = AccessLogConfig(fields=FIELDS)
         self.accessLog = AccessLog(config, self.clock, lambda c: self.sink)
@@ -1674,6 +1675,36 @@ class ProxyTests(SynchronousTestCase):
         channel.connectionLost(Failure(ConnectionDone()))
         [line] = self.lines()
         self.assertEqual((line["status"], line["bytes"]), (499, 0))
+
+    def test_clientGoneCounted(self) -> None:
+        """
+        A client that leaves before its answer's head is counted in the
+        stats too, once, as an error C{aborted} of its API and server, with
+        the time it waited as its latency (a backend so slow that every
+        client gives up showed no request at all); one that leaves after
+        its answer is counted as answered only.
+        """
+        stats = Stats(self.clock)
+        stats.follow(self.manager)
+        resource = GatewayResource(
+            self.manager, self.upstream, self.clock, stats=stats, accessLog=self.accessLog
+        )
+        self.site = GatewaySite(resource, reactor=self.clock)
+        channel, transport = self.connect()
+        self.upstream.answers.append(Deferred())
+        channel.dataReceived(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(2.5)
+        channel.connectionLost(Failure(ConnectionDone()))
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b'{"ok":true}', transport.value())
+        channel.connectionLost(Failure(ConnectionDone()))
+        api = stats.apis["plain"]
+        self.assertEqual((api.requests, api.errors["aborted"], api.errors["4xx"]), (2, 1, 0))
+        self.assertAlmostEqual(api.latencySum, 2.5)
+        self.assertEqual(stats.servers["s1"].errors["aborted"], 1)
+        self.assertEqual(stats.totals.requests, 2)
+        self.assertEqual([line["status"] for line in self.lines()], [499, 200])
 
     def test_off(self) -> None:
         """

@@ -1029,6 +1029,26 @@ class ApplyPlanTests(SynchronousTestCase):
         many = Plan(tuple(Step("create", "apis", f"a{i}", None, {}) for i in range(10_000)))
         self.assertEqual(batchTimeout(10.0, many), 60.0)
 
+    def test_diffShowsOnlyWhatChanged(self) -> None:
+        """
+        An update's diff shows the fields that differ only: a number the
+        admin holds as written (C{50}) and the file's default of the same
+        value (C{50.0}) is no changed line (the diff showed C{- 50} and
+        C{+ 50.0} beside the real change).
+        """
+        breaker = {"failureRateToOpen": 50, "minRequests": 3, "openTimeout": 600}
+        before = normalise("servers", {"name": "s", "addr": "h:1", "circuitBreaker": breaker})
+        before["circuitBreaker"]["failureRateToOpen"] = 50
+        exported = {"minRequests": 3, "openTimeout": 601}
+        after = normalise("servers", {"name": "s", "addr": "h:1", "circuitBreaker": exported})
+        self.assertEqual(repr(after["circuitBreaker"]["failureRateToOpen"]), "50.0")
+        changed = [
+            line
+            for line in Step("update", "servers", "s", before, after).diff()
+            if line[:1] in "+-" and not line.startswith(("---", "+++"))
+        ]
+        self.assertEqual(changed, ['-    "openTimeout": 600,', '+    "openTimeout": 601,'])
+
     def test_stepDescribe(self) -> None:
         """
         Steps show as C{+}, C{~} and C{-} lines; only updates have a diff.

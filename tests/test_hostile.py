@@ -1814,3 +1814,39 @@ class ChannelInterfaceTests(ServerTestCase):
         channel, _ = self.connect()
         self.assertTrue(verifyObject(IPushProducer, channel))
         self.assertTrue(verifyObject(IConsumer, channel))
+
+
+# -- the gateway's own log ---------------------------------------------------------
+
+
+class OwnLogTests(ServerTestCase):
+    """
+    Refusing a client's request writes nothing to the gateway's own log
+    (twistd's, written blocking, with no level filter): the access log has
+    the refusal; a line each would let a client fill the log, and stall the
+    gateway on a standard output nobody reads, at will.
+    """
+
+    limits = HTTPLimits(headerTimeout=10, maxHeaderCount=5)
+
+    def test_refusalsNotLogged(self) -> None:
+        """
+        A malformed request line, a header block too large, a bad header
+        and a head too slow are each refused (and counted) without an event
+        on the global log publisher.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.exchange(b"GARBAGE\r\n\r\n")
+        self.exchange(get(b"/", *[b"X-%d: 1" % (i,) for i in range(10)]))
+        self.exchange(b"GET / HTTP/1.1\r\nHost: gw\r\nBad Header\r\n\r\n")
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HT")
+        self.clock.advance(10)
+        self.assertEqual(self.site.rejections, {400: 2, 431: 1, 408: 1})
+        self.assertEqual(
+            [e for e in events if e.get("log_namespace", "").startswith("gateway")], []
+        )

@@ -383,6 +383,21 @@ class RefusalTests(HTTP2TestCase):
         self.assertEqual(host, "192.0.2.7")
         self.assertGreater(sent, len(message))
 
+    def test_notInTheGatewaysLog(self) -> None:
+        """
+        A refused stream writes nothing to the gateway's own log (the access
+        log has it): a client could fill the log with them at will.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.assertRefused(400, path=b"/a/../admin")
+        self.assertEqual(
+            [e for e in events if e.get("log_namespace", "").startswith("gateway")], []
+        )
+
     def test_encodedSlash(self) -> None:
         """
         An encoded slash is refused 400.

@@ -166,6 +166,19 @@ def test_workers_share_the_port_and_are_restarted(backends, gateways):
         10,
         what="the killed worker to be replaced",
     )
+    # What the killed worker counted stays in the gateway's counters: they
+    # never go down (Prometheus would take it for a reset), once the worker
+    # started in its place has reported (every second) too.
+    waitFor(
+        lambda: all(
+            w["ready"] for w in gateway.admin("GET", "/api/v1/proxies").json()[0]["workers"]
+        ),
+        10,
+        what="the new worker serving",
+    )
+    time.sleep(2.5)
+    assert 'gateway_requests_total{api="echo"} 350.0' in gateway.admin("GET", "/metrics").text
+    assert gateway.admin("GET", "/api/v1/stats").json()["totals"]["requests"] == 350
 
     changed = gateway.admin(
         "PUT",

@@ -5,13 +5,13 @@ C{prometheus_client.parser}.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import pytest_twisted
 import treq
 from inprocess import listen
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import REGISTRY
 from test_stats import SEQUENCE, _Context, runSequence
@@ -22,10 +22,13 @@ from twisted.web.test.requesthelper import DummyRequest
 
 import gateway
 from gateway.filters import FilterRegistry
+from gateway.process.propagation import ServedRevisions
+from gateway.process.status import GatewayStatus
 from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
 from gateway.telemetry.metrics import GatewayCollector, metricsRegistry, metricsResource
-from gateway.telemetry.stats import Stats
+from gateway.telemetry.report import StatsReport
+from gateway.telemetry.stats import SnapshotStats, Stats
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
@@ -252,6 +255,251 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(value(samples, "gateway_requests_total", api="a"), 1)
 
 
+class _Config:
+    proxy = None
+
+
+class _Ready:
+    ready = True
+
+
+class _Pool:
+    count = 2
+
+    def pids(self) -> Dict[int, Optional[int]]:
+        return {0: 100, 1: 101}
+
+
+class _Worker:
+    """
+    A proxy worker of a test: its own snapshot manager (so its own
+    backends and breakers), stats and reports, as a worker process has.
+    """
+
+    def __init__(self, clock: Clock, state: StoreState) -> None:
+        self.clock = clock
+        self.manager = SnapshotManager(FilterRegistry({}), clock)
+        self.manager.apply(state)
+        self.stats = Stats(clock)
+        self.stats.follow(self.manager)
+        self.report = StatsReport(self.stats, self.manager)
+
+    def answer(self, ms: float, code: int = 200, outcome: Any = None) -> None:
+        self.clock.rightNow = ms / 1000.0
+        self.stats.record(_Context("a", 0.0, "s1"), code, outcome)
+
+
+class WorkerMetricsTests(SynchronousTestCase):
+    """
+    C{/metrics} of a gateway whose proxy runs in workers: the admin's
+    process sends nothing itself, its metrics are the workers' reports
+    (L{SnapshotStats} over L{GatewayStatus.stats}).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.manager = SnapshotManager(FilterRegistry({}), self.clock)
+        self.manager.apply(_state())
+        counters = Stats(self.clock)
+        counters.follow(self.manager)
+        served = ServedRevisions()
+        served.serving(0, 3)
+        served.serving(1, 3)
+        self.status = GatewayStatus(
+            self.clock, _Config(), self.manager, counters, _Ready(), served, pool=_Pool()
+        )
+        self.workers: List[_Worker] = [_Worker(self.clock, _state()) for _ in range(2)]
+
+    def report(self) -> None:
+        for index, worker in enumerate(self.workers):
+            self.status.workerReported(index, worker.report())
+
+    def scrape(self) -> Samples:
+        registry = metricsRegistry(
+            SnapshotStats(self.status.stats, self.clock), self.manager, None, self.clock
+        )
+        return parse(generate_latest(registry).decode("utf-8"))
+
+    def test_liveStateOfTheWorkers(self) -> None:
+        """
+        The servers' live state is the workers': the requests they sent and
+        that failed (summed), those in flight, passive ejection, and the
+        worst state of their breakers, a server's and an API's, as
+        C{/api/v1/stats} shows them; not the admin process's own backends,
+        which never send anything (it showed 0 requests and every breaker
+        closed while the workers' were open).
+        """
+        first, second = self.workers
+        s1 = first.manager.backends["s1"]
+        for _ in range(20):
+            s1.requestStarted()
+            s1.requestFinished(0.01, False)
+        s1.requestStarted()
+        for _ in range(20):
+            s1.breaker.record(False)
+        second.manager.backends["s1"].requestStarted()
+        second.manager.backends["s2"].ejectedUntil = self.clock.seconds() + 10
+        second.manager.snapshot.apis["a"].filters[0].breaker.record(False)
+        self.report()
+        samples = self.scrape()
+        stats = self.status.stats()
+        self.assertEqual(stats["servers"]["s1"]["upstreamRequests"], 22)
+        self.assertEqual(value(samples, "gateway_upstream_requests_total", server="s1"), 22)
+        self.assertEqual(value(samples, "gateway_upstream_failures_total", server="s1"), 20)
+        self.assertEqual(value(samples, "gateway_server_active_requests", server="s1"), 2)
+        self.assertEqual(value(samples, "gateway_server_ejected", server="s2"), 1)
+        self.assertEqual(value(samples, "gateway_server_ejected", server="s1"), 0)
+        self.assertEqual(stats["servers"]["s1"]["breaker"]["state"], "open")
+        self.assertEqual(
+            value(samples, "gateway_circuit_breaker_state", server="s1", state="open"), 1
+        )
+        self.assertEqual(
+            value(samples, "gateway_circuit_breaker_state", server="s1", state="closed"), 0
+        )
+        self.assertEqual(
+            value(samples, "gateway_api_circuit_breaker_state", api="a", state="open"), 1
+        )
+
+    def test_healthFromTheAdminProcess(self) -> None:
+        """
+        Active health checks run in the admin's process: whether a server
+        is healthy and checked is its view, with the workers' counters.
+        """
+
+        class Health:
+            def status(self, name: str) -> Dict[str, Any]:
+                return {"checked": name == "s1", "healthy": name == "s1"}
+
+        self.status = GatewayStatus(
+            self.clock,
+            _Config(),
+            self.manager,
+            Stats(self.clock),
+            _Ready(),
+            ServedRevisions(),
+            health=Health(),
+            pool=_Pool(),
+        )
+        self.manager.backends["s2"].healthy = False
+        self.report()
+        registry = metricsRegistry(
+            SnapshotStats(self.status.stats, self.clock), self.manager, Health(), self.clock
+        )
+        samples = parse(generate_latest(registry).decode("utf-8"))
+        self.assertEqual(value(samples, "gateway_server_healthy", server="s1"), 1)
+        self.assertEqual(value(samples, "gateway_server_healthy", server="s2"), 0)
+        self.assertEqual(value(samples, "gateway_server_health_checked", server="s1"), 1)
+        self.assertEqual(value(samples, "gateway_server_health_checked", server="s2"), 0)
+
+    def test_countersSurviveARestart(self) -> None:
+        """
+        A worker that dies and is started again counts from zero; what the
+        one before it counted stays in the gateway's sums, so that no
+        counter goes down (Prometheus would take it for a reset and count
+        it all again): requests, errors, histograms, the servers' requests
+        sent, in C{/metrics} and C{/api/v1/stats} alike.  What was live in
+        the dead worker (requests in flight) is not kept.
+        """
+        first, second = self.workers
+        for _ in range(3):
+            first.answer(30)
+        first.answer(5, 502, "refused")
+        second.answer(1)
+        first.manager.backends["s1"].requestStarted()
+        first.manager.backends["s1"].requestFinished(0.01, True)
+        first.manager.backends["s1"].requestStarted()
+        self.report()
+        before = self.scrape()
+        self.assertEqual(value(before, "gateway_requests_total", api="a"), 5)
+        # Worker 0 is started again: new counters, a whole first report.
+        self.workers[0] = _Worker(self.clock, _state())
+        self.workers[0].answer(1)
+        self.report()
+        after = self.scrape()
+        for name, labels, expected in (
+            ("gateway_requests_total", {"api": "a"}, 6),
+            ("gateway_errors_total", {"api": "a", "kind": "refused"}, 1),
+            ("gateway_server_requests_total", {"server": "s1"}, 6),
+            ("gateway_request_duration_seconds_count", {"api": "a"}, 6),
+            ("gateway_request_duration_seconds_bucket", {"api": "a", "le": "0.005"}, 3),
+            ("gateway_request_duration_seconds_bucket", {"api": "a", "le": "+Inf"}, 6),
+            ("gateway_upstream_requests_total", {"server": "s1"}, 2),
+            ("gateway_server_active_requests", {"server": "s1"}, 0),
+        ):
+            self.assertEqual(value(after, name, **labels), expected, (name, labels))
+        self.assertAlmostEqual(value(after, "gateway_request_duration_seconds_sum", api="a"), 0.097)
+        for key, v in before.items():
+            if key[0].endswith(("_total", "_count", "_bucket", "_sum")):
+                self.assertGreaterEqual(after[key], v, key)
+        stats = self.status.stats()
+        self.assertEqual(stats["totals"]["requests"], 6)
+        self.assertEqual(stats["apis"]["a"]["requests"], 6)
+        self.assertEqual(stats["apis"]["a"]["latency"]["count"], 6)
+        self.assertEqual(self.status.describe()["stats"]["totals"]["requests"], 6)
+        # The worker that took over reports deltas as usual: counted once.
+        self.workers[0].answer(1)
+        self.report()
+        self.assertEqual(value(self.scrape(), "gateway_requests_total", api="a"), 7)
+
+    def test_endedWorkerLeavesItsCountsOnly(self) -> None:
+        """
+        When a worker's process ends, what it counted stays in the sums
+        and what it had live goes: its requests in flight and its open
+        breaker, even if it is not started again; a report of it read after
+        its end is not counted again, and the worker started in its place
+        adds to the sums.
+        """
+        first, second = self.workers
+        first.answer(1)
+        first.answer(1)
+        first.manager.backends["s1"].requestStarted()
+        for _ in range(20):
+            first.manager.backends["s1"].breaker.record(False)
+        second.answer(1)
+        self.report()
+        samples = self.scrape()
+        self.assertEqual(value(samples, "gateway_server_active_requests", server="s1"), 1)
+        self.assertEqual(
+            value(samples, "gateway_circuit_breaker_state", server="s1", state="open"), 1
+        )
+        first.answer(1)
+        late = first.report()
+        self.status.workerEnded(0)
+        self.status.workerReported(0, late)
+        samples = self.scrape()
+        self.assertEqual(value(samples, "gateway_requests_total", api="a"), 3)
+        self.assertEqual(value(samples, "gateway_upstream_requests_total", server="s1"), 1)
+        self.assertEqual(value(samples, "gateway_server_active_requests", server="s1"), 0)
+        self.assertEqual(
+            value(samples, "gateway_circuit_breaker_state", server="s1", state="closed"), 1
+        )
+        self.workers[0] = _Worker(self.clock, _state())
+        self.workers[0].answer(1)
+        self.report()
+        self.assertEqual(value(self.scrape(), "gateway_requests_total", api="a"), 4)
+        self.assertEqual(self.status.stats()["totals"]["requests"], 4)
+
+    def test_retiredCountsOfRemovedNames(self) -> None:
+        """
+        The counts kept from ended workers are those of the APIs and
+        servers configured now: an API deleted since shows nowhere.
+        """
+        self.workers[0].answer(1)
+        self.report()
+        self.workers[0] = _Worker(self.clock, _state())
+        self.report()
+        resources = {kind: dict(items) for kind, items in _state().resources.items()}
+        del resources["apis"]["a"]
+        changed = StoreState(4, resources)
+        self.manager.apply(changed)
+        for worker in self.workers:
+            worker.manager.apply(changed)
+        self.report()
+        self.assertNotIn("a", self.status.stats()["apis"])
+        self.assertNotIn(("gateway_requests_total", (("api", "a"),)), self.scrape())
+        self.assertEqual(self.status.stats()["totals"]["requests"], 1)
+
+
 # Real sockets on 127.0.0.1 and the real reactor: an integration test.
 @pytest.mark.integration
 @pytest_twisted.ensureDeferred
@@ -309,7 +557,7 @@ async def test_scrape_after_sequence(harness):
     configured = {"up", "slow", "dead", "limited", "denied", "drained", "guarded", "blocked"}
     servers = {"b1", "b2", "dead"}
     fixed = {
-        "kind": {"4xx", "5xx", "timeout", "refused", "broken", "unavailable"},
+        "kind": {"4xx", "5xx", "timeout", "refused", "broken", "unavailable", "aborted"},
         "reason": {"rateLimit", "breaker", "access", "auth", "other"},
         "state": {"closed", "open", "half-open"},
         "version": {gateway.__version__},

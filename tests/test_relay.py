@@ -501,6 +501,30 @@ class WorkerStatusTests(SynchronousTestCase):
         self.assertFalse(status.ready())
 
 
+class PoolEndedTests(SynchronousTestCase):
+    """
+    L{WorkerPool} tells when a worker's process ended.
+    """
+
+    def test_onEnded(self) -> None:
+        """
+        C{onEnded} is called with the index of each worker whose process
+        ended, once per process, before it is started again.
+        """
+        reactor = PoolReactor()
+        told: List[int] = []
+        pool = WorkerPool(reactor, 2, ["python", "-m", "worker"], onEnded=told.append)
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        ended(reactor.spawned[1], 1)
+        self.assertEqual(told, [1])
+        reactor.advance(pool.maxRestartDelay)
+        self.assertEqual(len(reactor.spawned), 3)
+        ended(reactor.spawned[2], 1)
+        ended(reactor.spawned[0], 1)
+        self.assertEqual(told, [1, 1, 0])
+
+
 class ParentLinkTests(SynchronousTestCase):
     """
     The worker's side: L{ParentLink} feeds the relayed store, confirms

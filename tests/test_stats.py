@@ -34,6 +34,7 @@ from gateway.telemetry.stats import (
     classify,
     mergeSnapshots,
     percentile,
+    retiredCounts,
 )
 
 
@@ -427,6 +428,141 @@ class MergeTests(SynchronousTestCase):
         self.assertFalse(s1["ejected"])
         self.assertEqual(s1["breaker"], {"state": "open"})
         self.assertEqual(merged["at"], clock.seconds())
+
+    def test_merge_keeps_the_worst_breaker_whole(self) -> None:
+        """
+        Of the proxies' breakers of one server (and of one API), the merge
+        keeps the whole snapshot of the one in the worst state: since when,
+        the failure rate that opened it and its transitions, which the web
+        UI shows (it showed an open breaker "since -" with "no transition
+        yet: the breaker has stayed closed").
+        """
+        opened = {
+            "state": "open",
+            "since": 12.5,
+            "failureRate": 80.0,
+            "requests": 20,
+            "transitions": [{"from": "closed", "to": "open", "at": 12.5}],
+            "counters": {"successes": 4, "failures": 16},
+            "retryAfter": 17.5,
+        }
+        closed = {"state": "closed", "since": None, "transitions": [], "requests": 3}
+        snapshots = []
+        for breaker in (closed, opened, dict(closed)):
+            snapshots.append(
+                {
+                    "servers": {"s1": {"addr": "h:1", "breaker": breaker}},
+                    "apis": {"a": {"requests": 0, "breaker": breaker}},
+                }
+            )
+        merged = mergeSnapshots(snapshots)
+        self.assertEqual(merged["servers"]["s1"]["breaker"], opened)
+        self.assertEqual(merged["apis"]["a"]["breaker"], opened)
+        self.assertEqual(mergeSnapshots(snapshots[:1])["servers"]["s1"]["breaker"], closed)
+
+    def test_merge_ewma_of_proxies_that_sent(self) -> None:
+        """
+        A server's merged latency average is the mean of the proxies that
+        timed an answer of it: a proxy that sent it nothing (its average
+        0.0, "no sample") does not pull it down (one worker of four that
+        sent to it showed a quarter of its latency).
+        """
+        snapshots = [
+            {"servers": {"s1": {"addr": "h:1", "latencyEWMA": ewma}}}
+            for ewma in (0.0, 0.2, 0.0, 0.4)
+        ]
+        merged = mergeSnapshots(snapshots)
+        self.assertAlmostEqual(merged["servers"]["s1"]["latencyEWMA"], 0.3)
+        none = mergeSnapshots(snapshots[:1] + snapshots[2:3])
+        self.assertEqual(none["servers"]["s1"]["latencyEWMA"], 0.0)
+
+    def test_retired_counts_keep_what_only_goes_up(self) -> None:
+        """
+        Of an ended proxy's snapshot, L{retiredCounts} keeps the counters
+        (WebSocket tunnels opened and bytes, cache counts and evictions,
+        tracing's exported and lost spans, the fleet limits' calls) and
+        drops what was live in it (tunnels open, spans queued, the cache's
+        memory, the limits' mode): merged with a live proxy's, the counters
+        add up and the live figures are the live proxy's alone.
+        """
+        ended = {
+            "totals": {"requests": 3, "errors": 1, "rejects": 0},
+            "apis": {
+                "a": {
+                    "requests": 3,
+                    "breaker": {"state": "open"},
+                    "websocket": {
+                        "open": 2,
+                        "opened": 5,
+                        "overCap": 1,
+                        "bytesUp": 10,
+                        "bytesDown": 20,
+                    },
+                    "cache": {"hit": 4, "miss": 1, "stored": 1, "hitRatio": 0.8},
+                },
+                "gone": {"requests": 9},
+            },
+            "servers": {"s1": {"requests": 3, "addr": "h:1", "active": 2, "upstreamRequests": 4}},
+            "sendTimeouts": 1,
+            "accessLog": {"written": 3, "dropped": 1},
+            "http2": {"streams": 2},
+            "tracing": {"exported": 6, "dropped": 1, "failed": 2, "queued": 7},
+            "cache": {"bytes": 100, "limit": 1000, "entries": 1, "evictions": 3},
+            "limits": {
+                "mode": "local",
+                "modes": {"local": 1},
+                "switches": {"local": 1},
+                "calls": 8,
+                "timeouts": 1,
+                "errors": 0,
+                "redis": "down",
+            },
+            "revision": 4,
+        }
+        retired = retiredCounts(ended, apis={"a"}, servers={"s1"})
+        self.assertNotIn("gone", retired["apis"])
+        live = {
+            "totals": {"requests": 1, "errors": 0, "rejects": 0},
+            "apis": {"a": {"requests": 1, "websocket": {"open": 1, "opened": 1}}},
+            "servers": {"s1": {"requests": 1, "addr": "h:1", "active": 1, "upstreamRequests": 1}},
+            "tracing": {"exported": 1, "dropped": 0, "failed": 0, "queued": 2},
+            "cache": {"bytes": 50, "limit": 1000, "entries": 1, "evictions": 0},
+            "limits": {
+                "mode": "shared",
+                "modes": {"shared": 1},
+                "switches": {},
+                "calls": 2,
+                "timeouts": 0,
+                "errors": 0,
+                "redis": "up",
+            },
+            "revision": 5,
+        }
+        merged = mergeSnapshots([live, retired])
+        a = merged["apis"]["a"]
+        self.assertEqual(a["requests"], 4)
+        self.assertNotIn("breaker", a)
+        self.assertEqual(
+            a["websocket"],
+            {"open": 1, "opened": 6, "overCap": 1, "bytesUp": 10, "bytesDown": 20},
+        )
+        self.assertEqual((a["cache"]["hit"], a["cache"]["miss"]), (4, 1))
+        s1 = merged["servers"]["s1"]
+        self.assertEqual((s1["requests"], s1["active"], s1["upstreamRequests"]), (4, 1, 5))
+        self.assertEqual(merged["totals"]["requests"], 4)
+        self.assertEqual(merged["accessLog"], {"written": 3, "dropped": 1})
+        self.assertEqual(merged["tracing"], {"exported": 7, "dropped": 1, "failed": 2, "queued": 2})
+        self.assertEqual(
+            merged["cache"], {"bytes": 50, "limit": 1000, "entries": 1, "evictions": 3}
+        )
+        limits = merged["limits"]
+        self.assertEqual(
+            (limits["mode"], limits["redis"], limits["modes"]), ("shared", "up", {"shared": 1})
+        )
+        self.assertEqual(
+            (limits["calls"], limits["timeouts"], limits["switches"]), (10, 1, {"local": 1})
+        )
+        self.assertEqual(merged["revision"], 5)
 
     def test_merge_nothing(self) -> None:
         """

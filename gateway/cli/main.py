@@ -288,8 +288,10 @@ def makeParser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         description="Validate, apply and export the gateway's resources (certificates,"
         " servers, clusters, consumers, apis, routings) as a YAML file, and purge the"
         " response cache of an API, through the admin REST API.",
-        epilog="Run 'gateway COMMAND --help' for a command's options."
-        " The gateway itself runs with: twistd -n gateway --config gateway.yaml",
+        epilog="Run 'gateway COMMAND --help' for a command's options. Exit status: 0"
+        " done (a dry run too), 1 an invalid file or a refused or failed request (errors"
+        " on stderr), 2 a usage error. The gateway itself runs with: twistd -n gateway"
+        " --config gateway.yaml",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True

@@ -49,6 +49,22 @@ def _shown(kind: str, value: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any
     return out
 
 
+def _sameNumbers(value: Any) -> Any:
+    """
+    @return: C{value} with every float that holds a whole number (C{50.0})
+        as that integer, for a diff: the admin keeps a number as it was
+        written (C{50}) while a file's default is the model's (C{50.0}),
+        the same value (L{jsonEqual}), which a diff showed as a change.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _sameNumbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_sameNumbers(v) for v in value]
+    return value
+
+
 @attrs.frozen
 class Step:
     """
@@ -87,8 +103,12 @@ class Step:
         """
         if self.action != "update":
             return []
-        before = json.dumps(_shown(self.kind, self.before), indent=2, ensure_ascii=False)
-        after = json.dumps(_shown(self.kind, self.after), indent=2, ensure_ascii=False)
+        before = json.dumps(
+            _sameNumbers(_shown(self.kind, self.before)), indent=2, ensure_ascii=False
+        )
+        after = json.dumps(
+            _sameNumbers(_shown(self.kind, self.after)), indent=2, ensure_ascii=False
+        )
         return list(
             difflib.unified_diff(
                 before.splitlines(),

@@ -1451,7 +1451,8 @@ class GatewayHTTPChannel(Protocol):
             self._close()
             self.transport.abortConnection()
             return
-        log.debug("refused a streamed request body: {code} {message}", code=code, message=message)
+        # No line in the gateway's own log: one per request (a client can
+        # send thousands) in a log written blocking; the access log has it.
         stream.fail(Failure(RequestBodyError(code, message)))
 
     def _closeLingering(self) -> None:
@@ -1513,12 +1514,9 @@ class GatewayHTTPChannel(Protocol):
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
             % (code, phrase, len(payload), payload)
         )
-        log.debug(
-            "refused a request from {peer}: {code} {message}",
-            peer=transport.getPeer(),
-            code=code,
-            message=message,
-        )
+        # The access log has the refusal (outcome refused, error); a line
+        # per refused request in the gateway's own log, written blocking,
+        # was a client's to multiply at will.
         if self._registered:
             self._registered = False
             transport.unregisterProducer()

@@ -48,7 +48,6 @@ from twisted.internet.interfaces import (
     IPullProducer,
     IPushProducer,
 )
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http_headers import Headers
@@ -56,12 +55,10 @@ from zope.interface import implementer
 
 from gateway.http.bodystream import BodyStream, RequestBodyError
 from gateway.http.headers import headerKey, rawHeadersOf
-from gateway.http.status import reasonPhrase
 
 if TYPE_CHECKING:
     from gateway.http.h2connection import H2ServerConnection
 
-log = Logger()
 
 __all__ = ["H2Stream", "HTTP2_VERSION"]
 
@@ -408,12 +405,8 @@ class H2Stream:
         self.pendingSize += len(payload)
         self.ended = True
         self.dropBody = True
-        log.debug(
-            "refused an HTTP/2 request ({phrase}): {code} {message}",
-            phrase=reasonPhrase(code).decode("latin-1"),
-            code=code,
-            message=message,
-        )
+        # The access log has it; nothing in the gateway's own log (see
+        # GatewayHTTPChannel's refusals).
         self._connection.streamWrote(self)
         return len(payload)
 

@@ -28,8 +28,6 @@ from gateway.http.client import request as upstreamRequest
 from gateway.pipeline.errors import outcomeOf
 from gateway.pipeline.exchange import Exchange
 
-log = Logger()
-
 
 class _Drain(Protocol):
     """
@@ -173,13 +171,13 @@ class Mirror:
 
         def bodyOver(complete: bool) -> None:
             if not complete:
+                # (Counted, not logged: a line per copy would let a stalling
+                # mirror fill the gateway's own log.)
                 self.failed += 1
-                log.debug("mirror to {backend}: body cut at the timeout", backend=backend.name)
             done()
 
         def failed(failure: Any) -> None:
             self.failed += 1
-            log.debug("mirror to {backend} failed: {e}", backend=backend.name, e=failure.value)
             if stats is not None:
                 stats.recordUpstream(
                     backend.name, None, outcomeOf(failure.value), reactor.seconds() - sentAt

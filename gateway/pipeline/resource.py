@@ -914,8 +914,14 @@ class GatewayResource(Resource):
 
     def _requestEnded(self, _: Any, request: Any, exchange: Optional[Exchange] = None) -> None:
         self.inFlight -= 1
-        if self._accessLog is not None and exchange is not None:
-            self._accessLog.log(exchange)
+        if exchange is not None:
+            if exchange.gone and exchange.status is None and self._stats is not None:
+                # The client left before its answer's head: counted all the
+                # same (the access log's 499), else a backend so slow that
+                # every client gives up would show no request at all.
+                self._stats.record(exchange, 499, "aborted")
+            if self._accessLog is not None:
+                self._accessLog.log(exchange)
         if self._draining:
             # Tell keep-alive clients to go elsewhere: close the connection
             # once this answer is out.  (The request has let go of its

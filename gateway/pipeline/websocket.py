@@ -335,7 +335,6 @@ class WebSockets:
     def _tunnelEnded(self, _: object, handshake: Handshake, backend: Any) -> None:
         tunnel = handshake.tunnel
         assert tunnel is not None  # (set before this is called back)
-        log.debug("WebSocket tunnel closed ({why}): {tunnel}", why=tunnel.closedBy, tunnel=tunnel)
         self.tunnels.discard(tunnel)
         backend.active -= 1
         self._release(handshake.api)

@@ -216,6 +216,8 @@ class WorkerPool(Service):
         none.
     @param served: where the revision each worker serves is kept (each
         worker is expected there: L{ServedRevisions.expect}).
+    @param onEnded: called with a worker's index when its process ended
+        (before it is started again, if it is).
     @param onCannotStart: called with a message when a worker cannot start
         (it exited with L{CANNOT_START}) before every worker has served
         once: the gateway's start failed (a L{gateway.process.startup.Abort}).
@@ -240,6 +242,7 @@ class WorkerPool(Service):
         makeBuckets: Optional[Callable[[], Any]] = None,
         served: Optional[ServedRevisions] = None,
         onCannotStart: Optional[Callable[[str], None]] = None,
+        onEnded: Optional[Callable[[int], None]] = None,
     ) -> None:
         self.setName("workers")
         self._reactor = reactor
@@ -251,6 +254,7 @@ class WorkerPool(Service):
         self._healthSource = healthSource
         self._onStats = onStats
         self._onCannotStart = onCannotStart
+        self._onEnded = onEnded
         self.processes: Dict[int, _WorkerProcess] = {}
         #: The workers that have served once (any of their processes).
         self._servedOnce: Set[int] = set()
@@ -503,6 +507,8 @@ class WorkerPool(Service):
             self._channels.pop(index, None)
             self._synced.discard(index)
             self.served.gone(index)
+            if self._onEnded is not None:
+                self._onEnded(index)
         if not self.running or self.failed:
             return
         cannotStart = getattr(reason, "exitCode", None) == CANNOT_START

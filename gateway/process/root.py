@@ -431,6 +431,7 @@ def makeGatewayService(
             workerCommand(config.path, reactor),
             healthSource=lambda: {name: b.healthy for name, b in manager.backends.items()},
             onStats=lambda index, stats: status.workerReported(index, stats),
+            onEnded=lambda index: status.workerEnded(index),
             makeBuckets=SharedBuckets.create,
             served=served,
             onCannotStart=abort,

@@ -13,7 +13,7 @@ from gateway.model.config import proxyEndpoints
 from gateway.process.propagation import ServedRevisions
 from gateway.telemetry.certificates import certificateStats
 from gateway.telemetry.report import mergeReport
-from gateway.telemetry.stats import mergeSnapshots
+from gateway.telemetry.stats import mergeSnapshots, retiredCounts
 
 
 class GatewayStatus:
@@ -63,6 +63,9 @@ class GatewayStatus:
         self._shared = shared
         self._discovery = discovery
         self._workerStats: Dict[int, dict] = {}
+        #: The counters of the workers that ended (L{retiredCounts}), or
+        #: L{None} before any did.
+        self._retired: Optional[Dict[str, Any]] = None
         self._reactor = reactor
         self.startedAt = datetime.datetime.fromtimestamp(
             reactor.seconds(), datetime.timezone.utc
@@ -92,8 +95,55 @@ class GatewayStatus:
         """
         Keep the stats a worker reported (a whole snapshot, or what changed
         since its report before: L{gateway.telemetry.report}).
+
+        A whole snapshot after others is the first report of a new process
+        (the worker died and was started again): what the one before it
+        counted is kept apart (L{retiredCounts}) and stays in the sums, so
+        that the gateway's counters only ever go up.
         """
-        self._workerStats[index] = mergeReport(self._workerStats.get(index), stats)
+        previous = self._workerStats.get(index)
+        if not stats.get("delta"):
+            # (Should the end of the process before it not have been told.)
+            self.workerEnded(index)
+            previous = None
+        elif previous is None:
+            # A report of a process whose end was told already (read after
+            # it): what it counted is in the retired counts.
+            return
+        self._workerStats[index] = mergeReport(previous, stats)
+
+    def workerEnded(self, index: int) -> None:
+        """
+        A worker's process ended: what it counted stays in the sums
+        (L{retiredCounts}), what it had live (requests in flight, open
+        tunnels, its breakers) is gone with it, whether or not it is
+        started again.
+        """
+        previous = self._workerStats.pop(index, None)
+        if previous is not None:
+            ended = [previous] if self._retired is None else [previous, self._retired]
+            self._retired = self._retiredNow(mergeSnapshots(ended))
+
+    def _retiredNow(self, snapshot: Dict[str, Any]) -> Dict[str, Any]:
+        """
+        @return: the counters of C{snapshot} (L{retiredCounts}) of the APIs
+            and servers configured now.
+        """
+        current = self._manager.snapshot
+        if current is None:
+            return retiredCounts(snapshot)
+        return retiredCounts(snapshot, current.apis, current.backends)
+
+    def _workerSnapshots(self) -> List[Dict[str, Any]]:
+        """
+        @return: the workers' stats, and the counters of those that ended
+            (of what is configured now) last.
+        """
+        workers = [self._workerStats[i] for i in sorted(self._workerStats)]
+        if self._retired is not None and workers:
+            self._retired = self._retiredNow(self._retired)
+            workers.append(self._retired)
+        return workers
 
     def _workers(self) -> List[Dict[str, Any]]:
         assert self._pool is not None
@@ -129,7 +179,7 @@ class GatewayStatus:
     def _totals(self) -> Dict[str, Any]:
         if self._pool is None or not self._workerStats:
             return self._counters.totalsJSON()
-        workers = [{"totals": stats.get("totals")} for stats in self._workerStats.values()]
+        workers = [{"totals": stats.get("totals")} for stats in self._workerSnapshots()]
         return mergeSnapshots(workers)["totals"]
 
     def proxies(self) -> Any:
@@ -163,7 +213,7 @@ class GatewayStatus:
             own["discovery"] = self._discovery.status()
         if self._pool is None:
             return own
-        workers = [self._workerStats[i] for i in sorted(self._workerStats)]
+        workers = self._workerSnapshots()
         if not workers:
             return own
         merged = mergeSnapshots(workers)

@@ -15,6 +15,7 @@ Metrics::
 
   gateway_requests_total{api}                      answers per API
   gateway_errors_total{api,kind}                   4xx 5xx timeout refused broken unavailable
+                                                   aborted (the client left: 499)
   gateway_rejects_total{api,reason}                rateLimit breaker access other
   gateway_request_duration_seconds{api}            histogram, arrival to status
   gateway_server_requests_total{server}            answers whose request went to it last
@@ -85,7 +86,6 @@ from gateway.telemetry.stats import (
     ERROR_KINDS,
     REJECT_REASONS,
     Counters,
-    apiBreaker,
 )
 
 #: The states a circuit breaker can be in, as labels.
@@ -133,6 +133,10 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
+        frozen = getattr(stats, "frozen", None)
+        if frozen is not None:
+            # The workers' reports, merged once for the whole scrape.
+            stats = frozen()
         yield from self._counters(
             "gateway",
             "api",
@@ -146,7 +150,7 @@ class GatewayCollector(Collector):
             "Answers per server, by the server the request was last sent to",
             rejects=False,
         )
-        yield from self._live()
+        yield from self._live(stats)
         sendTimeouts = CounterMetricFamily(
             "gateway_send_timeouts",
             "Clients cut off for reading nothing of their answer for proxy.limits.sendTimeout"
@@ -253,11 +257,14 @@ class GatewayCollector(Collector):
         yield overCap
         yield relayed
 
-    def _live(self) -> Iterator[Metric]:
+    def _live(self, stats: Any) -> Iterator[Metric]:
+        """
+        The live state of the servers and breakers, as C{stats} gives it:
+        this process's backends when it proxies, the workers' (summed) when
+        they do.
+        """
         manager = self._manager
-        backends = manager.backends if manager is not None else {}
         snapshot = manager.snapshot if manager is not None else None
-        now = self._clock.seconds()
         upstream = CounterMetricFamily(
             "gateway_upstream_requests",
             "Requests sent to a server (retries, aggregation nodes and mirrors included)",
@@ -300,26 +307,20 @@ class GatewayCollector(Collector):
             labels=["api", "state"],
         )
         health = self._health
-        for name in sorted(backends):
-            backend = backends[name]
-            upstream.add_metric([name], backend.requests)
-            failures.add_metric([name], backend.failures)
-            active.add_metric([name], backend.active)
-            ewma.add_metric([name], backend.ewma)
-            healthy.add_metric([name], 1.0 if backend.healthy else 0.0)
-            out = bool(backend.ejectedUntil and now < backend.ejectedUntil)
-            ejected.add_metric([name], 1.0 if out else 0.0)
-            if health is not None:
-                checked.add_metric([name], 1.0 if health.status(name)["checked"] else 0.0)
-            breaker = backend.breaker
-            if breaker is not None:
-                # snapshot() moves an open breaker to half-open when due.
-                _breakerStates(breakers, [name], breaker.snapshot()["state"])
-        if snapshot is not None:
-            for name in sorted(snapshot.apis):
-                breaker = apiBreaker(snapshot.apis[name])
-                if breaker is not None:
-                    _breakerStates(apiBreakers, [name], breaker.snapshot()["state"])
+        for state in stats.serverStates(manager, health):
+            name = state.name
+            upstream.add_metric([name], state.upstreamRequests)
+            failures.add_metric([name], state.upstreamFailures)
+            active.add_metric([name], state.active)
+            ewma.add_metric([name], state.latencyEWMA)
+            healthy.add_metric([name], 1.0 if state.healthy else 0.0)
+            ejected.add_metric([name], 1.0 if state.ejected else 0.0)
+            if state.checked is not None:
+                checked.add_metric([name], 1.0 if state.checked else 0.0)
+            if state.breaker is not None:
+                _breakerStates(breakers, [name], state.breaker)
+        for name, breakerState in stats.apiBreakerStates(manager):
+            _breakerStates(apiBreakers, [name], breakerState)
         families: Sequence[Metric] = (upstream, failures, active, ewma, healthy, ejected)
         yield from families
         if health is not None:
@@ -332,7 +333,7 @@ class GatewayCollector(Collector):
             labels=["certificate"],
         )
         if snapshot is not None:
-            for name, info in certificateStats(snapshot, now).items():
+            for name, info in certificateStats(snapshot, self._clock.seconds()).items():
                 expiry.add_metric([name], info["expiresAt"])
         yield expiry
         revision = GaugeMetricFamily(

@@ -14,13 +14,15 @@ filter chain name it):
   - C{None} (an answer from upstream, or an aggregation): an error C{4xx}
     or C{5xx} when its status is one, else nothing more than a request;
   - C{timeout}, C{refused}, C{broken}, C{unavailable}: an error of that
-    kind (and not also C{5xx}).  C{unavailable} is every "no server to
-    send it to" answer, including when every server's breaker is open:
-    the breaker shows up in the server's C{breaker} state, not as a
-    reject;
+    kind (and not also C{5xx});
+  - C{aborted}: the client left before its answer's head (the access
+    log's 499), counted when the request is over, its latency the time the
+    client waited: an error C{aborted} (and not also C{4xx}).  C{unavailable} is every "no server to
+    send it to" answer but one: when every server's breaker is open;
   - C{reject:rate-limit} (an API's limit) and C{reject:server-limit}
     (every server at its C{maxQPS}): a reject C{rateLimit};
-    C{reject:circuit-breaker} (an API's own breaker): C{breaker};
+    C{reject:circuit-breaker} (an API's own breaker, or every server's
+    breaker open: L{gateway.pipeline.errors.CircuitOpen}): C{breaker};
     C{reject:ip-access} and C{reject:cors} (a preflight from an origin, or
     for a method or a header, not allowed): C{access}; any other filter's
     C{reject:NAME}: C{other}.  Rejects are not errors.  (A filter's early
@@ -30,8 +32,8 @@ filter chain name it):
 Latency is the time from the request's arrival to the moment its answer's
 status is known (C{record} is called before the body is streamed), in
 milliseconds in the JSON.  Requests that match no API (the proxy's own
-404) are not recorded at all: there is no API to count them under, and a
-per-path count would let clients create labels at will.
+404) are counted in the C{totals} only: there is no API to count them
+under, and a per-path count would let clients create labels at will.
 
 The WebSocket tunnels of an API with C{websocket: true} have counters of
 their own (L{WebSocketCounters}: open now, opened, refused over
@@ -48,7 +50,18 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from gateway.cache.engine import withRatio
 from gateway.http.tunnel import TunnelMeter
@@ -67,7 +80,15 @@ INF = "+Inf"
 
 
 #: Error kinds, in the order they are shown.
-ERROR_KINDS: Tuple[str, ...] = ("4xx", "5xx", "timeout", "refused", "broken", "unavailable")
+ERROR_KINDS: Tuple[str, ...] = (
+    "4xx",
+    "5xx",
+    "timeout",
+    "refused",
+    "broken",
+    "unavailable",
+    "aborted",
+)
 
 
 #: Reject reasons, in the order they are shown.
@@ -79,6 +100,7 @@ _FAILURES = {
     "refused": "refused",
     "broken": "broken",
     "unavailable": "unavailable",
+    "aborted": "aborted",
 }
 
 
@@ -210,6 +232,32 @@ class WebSocketCounters(TunnelMeter):
         @return: C{{"open", "opened", "overCap", "bytesUp", "bytesDown"}}.
         """
         return {name: getattr(self, name) for name in self.FIELDS}
+
+
+class ServerState(NamedTuple):
+    """
+    The live state of one server, as the metrics show it (see
+    L{Stats.serverStates}).
+    """
+
+    #: The server's name.
+    name: str
+    #: Requests sent to it (retries, aggregation nodes, mirrors included).
+    upstreamRequests: int
+    #: Those that failed.
+    upstreamFailures: int
+    #: Requests in flight to it.
+    active: int
+    #: The moving average of its response time, in seconds.
+    latencyEWMA: float
+    #: Whether its active health check finds it healthy.
+    healthy: bool
+    #: Whether passive health checking keeps it out of rotation now.
+    ejected: bool
+    #: Whether it has an active health check (L{None}: no checker to ask).
+    checked: Optional[bool]
+    #: Its circuit breaker's state, or L{None} without a breaker.
+    breaker: Optional[str]
 
 
 def percentile(cumulative: Sequence[int], q: float) -> Optional[float]:
@@ -484,6 +532,53 @@ class Stats:
 
     # -- reading ----------------------------------------------------------------
 
+    def serverStates(self, manager: Any, health: Any) -> List[ServerState]:
+        """
+        @param manager: the L{gateway.routing.snapshot.SnapshotManager} whose
+            backends this proxy sends to, or L{None}.
+        @param health: the L{gateway.balancing.health.HealthChecker}, or
+            L{None}.
+        @return: the live state of each server, by name.
+        """
+        if manager is None:
+            return []
+        now = self._clock.seconds()
+        backends = manager.backends
+        states = []
+        for name in sorted(backends):
+            backend = backends[name]
+            breaker = backend.breaker
+            states.append(
+                ServerState(
+                    name,
+                    backend.requests,
+                    backend.failures,
+                    backend.active,
+                    backend.ewma,
+                    bool(backend.healthy),
+                    bool(backend.ejectedUntil and now < backend.ejectedUntil),
+                    None if health is None else bool(health.status(name)["checked"]),
+                    # snapshot() moves an open breaker to half-open when due.
+                    None if breaker is None else breaker.snapshot()["state"],
+                )
+            )
+        return states
+
+    def apiBreakerStates(self, manager: Any) -> List[Tuple[str, str]]:
+        """
+        @return: C{(api, state)} of each API with a circuit breaker of its
+            own, by name.
+        """
+        snapshot = manager.snapshot if manager is not None else None
+        if snapshot is None:
+            return []
+        states = []
+        for name in sorted(snapshot.apis):
+            breaker = apiBreaker(snapshot.apis[name])
+            if breaker is not None:
+                states.append((name, breaker.snapshot()["state"]))
+        return states
+
     def totalsJSON(self) -> Dict[str, Any]:
         """
         @return: the C{totals} of L{snapshot} alone (what costs nothing
@@ -658,11 +753,14 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     Counters and histograms are added up and the percentiles computed again
     from the summed buckets.  Of the live server state: C{active},
     C{upstreamRequests} and C{upstreamFailures} are summed, C{latencyEWMA}
-    is the mean of the proxies', C{healthy} is whether every proxy finds
-    the server healthy, C{ejected} whether any ejected it, C{breaker} is
-    C{{"state": ...}} with the worst state any proxy has (open, then
-    half-open), and C{health} is dropped (L{None}): each proxy's own is in
-    its snapshot.
+    is the mean of those of the proxies that timed an answer of it (0:
+    none), C{healthy} is whether every proxy finds the server healthy,
+    C{ejected} whether any ejected it, C{breaker} is the breaker of the
+    proxy whose breaker is in the worst state (open,
+    then half-open; see L{_worseBreaker}), and C{health} is dropped
+    (L{None}): each proxy's own is in its snapshot.  One of them may be
+    the L{retiredCounts} of proxies that ended: their counters are added,
+    and they have no live state.
 
     @return: a snapshot of the same shape; C{at} is the latest of theirs,
         C{revision} the highest, C{sendTimeouts}, C{http2} and C{accessLog}'s counts
@@ -720,12 +818,19 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         for name, entry in (snap.get("servers") or {}).items():
             merged = servers.setdefault(name, {})
             _addCounts(merged, entry)
+            for key in ("upstreamRequests", "upstreamFailures"):
+                if key in entry:
+                    merged[key] = merged.get(key, 0) + entry[key]
             if "addr" not in entry:
                 continue
             merged.setdefault("addr", entry["addr"])
-            for key in ("active", "upstreamRequests", "upstreamFailures"):
-                merged[key] = merged.get(key, 0) + entry.get(key, 0)
-            ewmas.setdefault(name, []).append(entry.get("latencyEWMA", 0.0))
+            merged["active"] = merged.get("active", 0) + entry.get("active", 0)
+            values = ewmas.setdefault(name, [])
+            ewma = entry.get("latencyEWMA") or 0.0
+            if ewma > 0.0:
+                # 0.0 is a backend's "no answer timed yet" (a worker that
+                # sent it nothing): no sample to average in.
+                values.append(ewma)
             merged["healthy"] = merged.get("healthy", True) and bool(entry.get("healthy"))
             merged["ejected"] = merged.get("ejected", False) or bool(entry.get("ejected"))
             merged["health"] = None
@@ -739,7 +844,7 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     totals["latency"] = totalLatency
     _finishLatency(totals)
     for name, values in ewmas.items():
-        servers[name]["latencyEWMA"] = sum(values) / len(values)
+        servers[name]["latencyEWMA"] = sum(values) / len(values) if values else 0.0
     merged = {
         "totals": totals,
         "apis": {name: apis[name] for name in sorted(apis)},
@@ -753,8 +858,9 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     if tracing is not None:
         merged["tracing"] = tracing
     limits = [snap["limits"] for snap in snapshots if snap.get("limits")]
-    if limits:
-        merged["limits"] = mergeLimits(limits)
+    live = [entry for entry in limits if "mode" in entry]
+    if live:
+        merged["limits"] = mergeLimits(live, [entry for entry in limits if "mode" not in entry])
     memories = [snap["cache"] for snap in snapshots if snap.get("cache")]
     if memories:
         merged["cache"] = {
@@ -764,11 +870,16 @@ def mergeSnapshots(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     return merged
 
 
-def mergeLimits(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+def mergeLimits(
+    snapshots: Sequence[Mapping[str, Any]], retired: Sequence[Mapping[str, Any]] = ()
+) -> Dict[str, Any]:
     """
     Sum the fleet's limits of several proxy processes (the C{"limits"} of
     their snapshots, see L{gateway.protection.redisbuckets.RedisBuckets.snapshot}).
 
+    @param retired: the counters of processes that ended (see
+        L{retiredCounts}): their C{switches}, C{calls}, C{timeouts} and
+        C{errors} are added to the live ones'.
     @return: the same shape: C{modes} (processes in each mode),
         C{switches}, C{calls}, C{timeouts}, C{errors} and C{leases} summed;
         C{mode} the one mode of them all, or the fallback mode while any
@@ -781,8 +892,10 @@ def mergeLimits(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     for snap in snapshots:
         for mode, n in (snap.get("modes") or {}).items():
             modes[mode] = modes.get(mode, 0) + n
+    for snap in list(snapshots) + list(retired):
         for mode, n in (snap.get("switches") or {}).items():
             switches[mode] = switches.get(mode, 0) + n
+    everyone = list(snapshots) + list(retired)
     away = [s["mode"] for s in snapshots if s.get("mode") != "shared"]
     return {
         "store": first.get("store"),
@@ -793,23 +906,112 @@ def mergeLimits(snapshots: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "gateways": max(s.get("gateways") or 1 for s in snapshots),
         "switches": switches,
         "redis": "up" if all(s.get("redis") == "up" for s in snapshots) else "down",
-        "calls": sum(s.get("calls") or 0 for s in snapshots),
-        "timeouts": sum(s.get("timeouts") or 0 for s in snapshots),
-        "errors": sum(s.get("errors") or 0 for s in snapshots),
+        "calls": sum(s.get("calls") or 0 for s in everyone),
+        "timeouts": sum(s.get("timeouts") or 0 for s in everyone),
+        "errors": sum(s.get("errors") or 0 for s in everyone),
         "leases": sum(s.get("leases") or 0 for s in snapshots),
     }
+
+
+#: What L{retiredCounts} keeps of a server's entry: its counters.
+_SERVER_COUNTERS = (
+    "requests",
+    "errors",
+    "rejects",
+    "latency",
+    "upstreamRequests",
+    "upstreamFailures",
+)
+
+
+#: What it keeps of an API's entry (its C{websocket} and C{cache} counters
+#: apart).
+_API_COUNTERS = ("requests", "errors", "rejects", "latency")
+
+
+def retiredCounts(
+    snapshot: Mapping[str, Any], apis: Any = None, servers: Any = None
+) -> Dict[str, Any]:
+    """
+    The counters of a proxy process that ended (a worker that died and
+    was started again), to be added to the live ones' for good: a counter
+    of the gateway, summed over its workers, must never go down (Prometheus
+    takes a counter that goes down for a reset, and C{rate()} then counts
+    the whole of the counter again).
+
+    @param snapshot: the process's last snapshot (L{Stats.snapshot}, or
+        a L{mergeSnapshots} of several).
+    @param apis: the names of the APIs to keep (those configured now), or
+        L{None} for all; likewise C{servers}.
+    @return: a snapshot for L{mergeSnapshots} holding only what goes up:
+        requests, errors, rejects and latency histograms; of the servers,
+        the requests sent and failed; of the APIs, the WebSocket tunnels
+        opened (not those open: they closed with the process) and bytes, the
+        cache's counts; C{sendTimeouts}, C{accessLog}, C{http2}, the
+        tracing counters (not the queue), the cache's evictions (not its
+        memory) and the fleet limits' C{switches}, C{calls}, C{timeouts},
+        C{errors}.  Nothing live: no C{addr}, breaker, health, gauge,
+        C{revision} nor C{at}.
+    """
+    kept: Dict[str, Any] = {
+        "totals": snapshot.get("totals") or {},
+        "sendTimeouts": snapshot.get("sendTimeouts") or 0,
+        "accessLog": dict(snapshot.get("accessLog") or {}),
+        "http2": dict(snapshot.get("http2") or {}),
+    }
+    entries: Dict[str, Any] = {}
+    for name, entry in (snapshot.get("apis") or {}).items():
+        if apis is not None and name not in apis:
+            continue
+        api = {key: entry[key] for key in _API_COUNTERS if key in entry}
+        websocket = entry.get("websocket")
+        if websocket is not None:
+            api["websocket"] = dict(websocket, open=0)
+        cache = entry.get("cache")
+        if cache:
+            api["cache"] = {k: n for k, n in cache.items() if k != "hitRatio"}
+        entries[name] = api
+    kept["apis"] = entries
+    kept["servers"] = {
+        name: {key: entry[key] for key in _SERVER_COUNTERS if key in entry}
+        for name, entry in (snapshot.get("servers") or {}).items()
+        if servers is None or name in servers
+    }
+    tracing = snapshot.get("tracing")
+    if tracing:
+        kept["tracing"] = {k: n for k, n in tracing.items() if k != "queued"}
+    memory = snapshot.get("cache")
+    if memory:
+        kept["cache"] = {"evictions": memory.get("evictions") or 0}
+    limits = snapshot.get("limits")
+    if limits:
+        kept["limits"] = {
+            "switches": dict(limits.get("switches") or {}),
+            "calls": limits.get("calls") or 0,
+            "timeouts": limits.get("timeouts") or 0,
+            "errors": limits.get("errors") or 0,
+        }
+    return kept
 
 
 def _worseBreaker(
     current: Optional[Mapping[str, Any]], other: Optional[Mapping[str, Any]]
 ) -> Optional[Dict[str, Any]]:
+    """
+    @return: of two proxies' breakers of one server or API (each proxy's
+        breaker sees its own traffic), the whole snapshot of the one in the
+        worse state (open, then half-open; the first of equals): when it
+        opened, the failure rate that opened it and its transitions, not
+        the state alone (the web UI showed an open breaker "since -" with
+        "no transition yet").
+    """
     if other is None:
         return dict(current) if current is not None else None
     state = other.get("state", "closed")
     if current is None or _BREAKER_SEVERITY.get(state, 0) > _BREAKER_SEVERITY.get(
         current.get("state", "closed"), 0
     ):
-        return {"state": state}
+        return dict(other)
     return dict(current)
 
 
@@ -848,6 +1050,60 @@ class SnapshotStats:
     def __init__(self, source: Callable[[], Dict[str, Any]], clock: Any) -> None:
         self._source = source
         self._clock = clock
+
+    def frozen(self) -> SnapshotStats:
+        """
+        @return: these stats as they are now: one snapshot, read once (a
+            scrape reads it for every family; merging the workers' reports
+            again for each of them cost as many merges).
+        """
+        snapshot = self._source()
+        return SnapshotStats(lambda: snapshot, self._clock)
+
+    def serverStates(self, manager: Any, health: Any) -> List[ServerState]:
+        """
+        The live state of the servers as the snapshot has it: the workers'
+        (requests sent and failed, in flight, ejected, the worst breaker
+        state), the health checks' of the process that runs them (see
+        L{gateway.process.status.GatewayStatus.stats}); not the
+        C{manager}'s backends, which send nothing when workers do.
+
+        @param manager: ignored (see L{Stats.serverStates}).
+        @param health: the L{gateway.balancing.health.HealthChecker}, or
+            L{None} (then C{checked} is L{None}).
+        """
+        states = []
+        for name, entry in sorted((self._source().get("servers") or {}).items()):
+            if "addr" not in entry:
+                # Counters only (a server no worker reported live state of).
+                continue
+            checks = entry.get("health") or {}
+            breaker = entry.get("breaker")
+            states.append(
+                ServerState(
+                    name,
+                    int(entry.get("upstreamRequests") or 0),
+                    int(entry.get("upstreamFailures") or 0),
+                    int(entry.get("active") or 0),
+                    float(entry.get("latencyEWMA") or 0.0),
+                    bool(entry.get("healthy")),
+                    bool(entry.get("ejected")),
+                    None if health is None else bool(checks.get("checked")),
+                    None if breaker is None else breaker.get("state", "closed"),
+                )
+            )
+        return states
+
+    def apiBreakerStates(self, manager: Any) -> List[Tuple[str, str]]:
+        """
+        @return: C{(api, state)} of each API with a breaker of its own, as
+            the snapshot has it (the worst of the workers').
+        """
+        return [
+            (name, entry["breaker"].get("state", "closed"))
+            for name, entry in sorted((self._source().get("apis") or {}).items())
+            if entry.get("breaker") is not None
+        ]
 
     @property
     def apis(self) -> Dict[str, _SnapshotCounters]:
