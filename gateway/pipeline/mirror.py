@@ -28,6 +28,8 @@ from gateway.http.client import request as upstreamRequest
 from gateway.pipeline.errors import outcomeOf
 from gateway.pipeline.exchange import Exchange
 
+log = Logger()
+
 
 class _Drain(Protocol):
     """
