@@ -36,12 +36,24 @@ class GatewaySite(LimitedSite):
         pass
 
 
+#: Methods whose successful requests the admin does not log.
+_QUIET_METHODS = frozenset([b"GET", b"HEAD"])
+
+
 class AdminSite(LimitedSite):
     """
-    The admin's site.
+    The admin's site.  Its log line (twisted.web's, in the gateway's own
+    log) is written for every request that changes something or fails,
+    not for reads that succeed: the web UI polls every few seconds and
+    Prometheus scrapes C{/metrics}, which would bury the writes.
     """
 
     displayTracebacks = False
+
+    def log(self, request: Any) -> None:
+        if request.method in _QUIET_METHODS and request.code < 400:
+            return
+        super().log(request)
 
     def __init__(self, resource: Any, **kwargs: Any) -> None:
         # The admin reads its JSON bodies itself and answers other media
