@@ -463,7 +463,8 @@ class WorkerStatusTests(SynchronousTestCase):
         serves (its start); then it stays ready while one worker at least
         serves (another restarting), and is not when none does; its record
         lists every configured worker, with C{ready} false and no pid or
-        revision for one that does not run.
+        revision for one that does not run.  Its readiness says which:
+        C{starting}, C{ready}, or C{unavailable} once started.
         """
 
         class Store:
@@ -482,10 +483,13 @@ class WorkerStatusTests(SynchronousTestCase):
             reactor, Config(), manager, Stats(reactor), Store(), served, pool=pool
         )
         self.assertFalse(status.ready())
+        self.assertEqual(status.readiness(), "starting")
         reactor.channels[0][0].dataReceived(b'{"serving":3}\n')
         self.assertFalse(status.ready())
+        self.assertEqual(status.readiness(), "starting")
         reactor.channels[1][0].dataReceived(b'{"serving":3}\n')
         self.assertTrue(status.ready())
+        self.assertEqual(status.readiness(), "ready")
         ended(reactor.spawned[1], 1)
         self.assertTrue(status.ready())
         record = status.describe()
@@ -499,6 +503,7 @@ class WorkerStatusTests(SynchronousTestCase):
         )
         ended(reactor.spawned[0], 1)
         self.assertFalse(status.ready())
+        self.assertEqual(status.readiness(), "unavailable")
 
 
 class PoolEndedTests(SynchronousTestCase):

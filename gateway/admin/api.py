@@ -369,6 +369,7 @@ class AdminAPI:
         maxBodySize: int = 1_048_576,
         metrics: Optional[IResource] = None,
         ready: Optional[Callable[[], bool]] = None,
+        readiness: Optional[Callable[[], str]] = None,
         parser: Optional[CatalogParser] = None,
         propagation: Optional[Any] = None,
         propagationTimeout: float = 2.0,
@@ -430,7 +431,13 @@ class AdminAPI:
         self._maxBodySize = maxBodySize
         self._metrics = metrics
         self._parser = parser if parser is not None else CatalogParser()
-        self._ready = ready if ready is not None else (lambda: True)
+        if readiness is None:
+            isReady = ready if ready is not None else (lambda: True)
+
+            def readiness() -> str:
+                return "ready" if isReady() else "starting"
+
+        self._readiness = readiness
         self._purgeCache = purgeCache
 
     def bodyLimitFor(self, method: bytes, host: Optional[bytes], path: bytes) -> Optional[int]:
@@ -754,11 +761,12 @@ class AdminAPI:
     async def readyz(self, request: IRequest) -> _Answer:
         """
         C{GET /readyz}: 200 once this gateway has loaded its configuration
-        and serves it, 503 before (for load balancers and orchestrators).
+        and serves it (for load balancers and orchestrators); 503 with
+        C{starting} before, or C{unavailable} when, once started, none of
+        its workers serves (see L{gateway.process.status.GatewayStatus.readiness}).
         """
-        if self._ready():
-            return _Answer(200, {"status": "ready"})
-        return _Answer(503, {"status": "starting"})
+        status = self._readiness()
+        return _Answer(200 if status == "ready" else 503, {"status": status})
 
     @app.route(PREFIX + "/openapi.json", methods=["GET"])
     @_jsonEndpoint(authenticated=False)

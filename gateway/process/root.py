@@ -494,7 +494,7 @@ def makeGatewayService(
             parser=manager.parser,
             proxies=status.proxies,
             stats=status.stats,
-            ready=status.ready,
+            readiness=status.readiness,
             metrics=metricsResource(
                 counters if pool is None else SnapshotStats(status.stats, reactor),
                 manager,

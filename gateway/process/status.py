@@ -91,6 +91,19 @@ class GatewayStatus:
         pool = self._pool
         return pool is not None and pool.started and len(missing) < pool.count
 
+    def readiness(self) -> str:
+        """
+        @return: C{ready} when L{ready}; else C{starting} until the gateway
+            has served on every worker once, C{unavailable} afterwards (no
+            worker serves now: each one is restarting, or cannot start).
+        """
+        if self.ready():
+            return "ready"
+        pool = self._pool
+        if pool is not None and pool.started and self._store.ready:
+            return "unavailable"
+        return "starting"
+
     def workerReported(self, index: int, stats: dict) -> None:
         """
         Keep the stats a worker reported (a whole snapshot, or what changed
