@@ -665,7 +665,9 @@ def _otherSchemas() -> Dict[str, Dict[str, Any]]:
         },
         "Readiness": {
             "type": "object",
-            "properties": {"status": {"type": "string", "enum": ["ready", "starting", "unavailable"]}},
+            "properties": {
+                "status": {"type": "string", "enum": ["ready", "starting", "unavailable"]}
+            },
             "required": ["status"],
         },
     }
