@@ -636,3 +636,46 @@ class CopyHeadersTests(SynchronousTestCase):
         self.assertNotIn(b"Upgrade", names)
         self.assertIn(b"X-Forwarded-For", names)
         self.assertEqual(dict(results[0])[b"Server"], [b"nginx"])
+
+
+class ClientAddressTests(SynchronousTestCase):
+    """
+    L{gateway.pipeline.forwarding.ClientAddresses}: who the client is
+    behind trusted proxies.
+    """
+
+    def clientOf(self, forwardedFor: List[bytes], peer: str = "10.0.0.2") -> str:
+        from twisted.internet.address import IPv4Address
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from gateway.pipeline.forwarding import ClientAddresses
+
+        request = DummyRequest([b""])
+        for value in forwardedFor:
+            request.requestHeaders.addRawHeader(b"x-forwarded-for", value)
+        return ClientAddresses(["10.0.0.0/8"]).clientOf(
+            request, IPv4Address("TCP", peer, 40000)
+        )
+
+    def test_rightMostUntrusted(self) -> None:
+        """
+        The right-most hop that is no trusted proxy is the client; hops
+        with a port (as some proxies write them) are read without it.
+        """
+        self.assertEqual(self.clientOf([b"1.1.1.1, 2.2.2.2, 10.0.0.9"]), "2.2.2.2")
+        self.assertEqual(self.clientOf([b"1.1.1.1", b"2.2.2.2:4711"]), "2.2.2.2")
+        self.assertEqual(self.clientOf([b"[2001:db8::1]:443, 10.0.0.9"]), "2001:db8::1")
+        self.assertEqual(self.clientOf([b"10.0.0.7, 10.0.0.9"]), "10.0.0.2")
+        self.assertEqual(self.clientOf([], peer="192.0.2.1"), "192.0.2.1")
+
+    def test_notAnAddress(self) -> None:
+        """
+        A hop that is no IP address is not believed, nor anything left of
+        it: the last trusted hop (or the peer) is the client, never the
+        text a client wrote (which would give it a rate limit key, an
+        access log address, of its choosing).
+        """
+        self.assertEqual(self.clientOf([b"anything, 10.0.0.9"]), "10.0.0.9")
+        self.assertEqual(self.clientOf([b"1.1.1.1, unknown"]), "10.0.0.2")
+        self.assertEqual(self.clientOf([b"2.2.2.2:port"]), "10.0.0.2")
+        self.assertEqual(self.clientOf([b"[2001:db8::1"]), "10.0.0.2")

@@ -23,7 +23,7 @@ What a proxy forwards and what it does not.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 from twisted.web.http_headers import Headers
 
@@ -257,6 +257,30 @@ class _Hop:
         self.forwarded = element + b";proto=" + proto
 
 
+def _hopAddress(hop: str) -> Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
+    """
+    @return: the IP address of an C{X-Forwarded-For} hop (C{1.2.3.4},
+        C{2001:db8::1}; some proxies add a port: C{1.2.3.4:80},
+        C{[2001:db8::1]:80}), or L{None} for anything else.
+    """
+    try:
+        return ipaddress.ip_address(hop)
+    except ValueError:
+        pass
+    if hop.startswith("["):
+        inner, sep, _ = hop[1:].partition("]")
+    else:
+        inner, sep, port = hop.partition(":")
+        if not port.isdigit():
+            return None
+    if not sep:
+        return None
+    try:
+        return ipaddress.ip_address(inner)
+    except ValueError:
+        return None
+
+
 class ClientAddresses:
     """
     Decides which address is the client's, and what the request forwarded
@@ -294,13 +318,24 @@ class ClientAddresses:
         return self._believed(request, address)
 
     def _believed(self, request: Any, address: str) -> str:
+        """
+        @return: the right-most C{X-Forwarded-For} hop that is not a trusted
+            proxy; when a hop is no IP address (with or without a port),
+            what the proxies handed on is not believed past it: the last
+            trusted hop (or the peer) is the client.
+        """
         forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
         hops: List[str] = [
             h.strip() for v in forwarded for h in v.decode("latin-1").split(",") if h.strip()
         ]
+        last = address
         for hop in reversed(hops):
-            if not self._isTrusted(hop):
-                return hop
+            ip = _hopAddress(hop)
+            if ip is None:
+                return last
+            if not any(ip in network for network in self._trusted):
+                return str(ip)
+            last = str(ip)
         return address
 
     def _hop(self, peer: str, host: Optional[bytes], secure: bool, port: int) -> _Hop:
