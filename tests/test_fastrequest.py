@@ -653,9 +653,7 @@ class ClientAddressTests(SynchronousTestCase):
         request = DummyRequest([b""])
         for value in forwardedFor:
             request.requestHeaders.addRawHeader(b"x-forwarded-for", value)
-        return ClientAddresses(["10.0.0.0/8"]).clientOf(
-            request, IPv4Address("TCP", peer, 40000)
-        )
+        return ClientAddresses(["10.0.0.0/8"]).clientOf(request, IPv4Address("TCP", peer, 40000))
 
     def test_rightMostUntrusted(self) -> None:
         """
