@@ -21,6 +21,7 @@ from typing import Any, Callable, List, Optional
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from gateway.process.signals import SignalService
 from gateway.telemetry.accesslog import AccessLog
 
 log = Logger()
@@ -29,7 +30,7 @@ log = Logger()
 REOPEN_SIGNAL = _signal.SIGUSR1
 
 
-class ReopenOnSignal(Service):
+class ReopenOnSignal(SignalService):
     """
     Calls functions in the reactor's thread when the process gets
     L{REOPEN_SIGNAL}, while the service runs; the signal's previous
@@ -53,35 +54,19 @@ class ReopenOnSignal(Service):
         @param signals: the L{signal} module (or a stand-in, for tests).
         @param signum: the signal.
         """
+        super().__init__(signum, signals)
         self._reactor = reactor
         self._targets = targets
-        self._signals = signals
-        self._signum = signum
-        self._previous: Any = None
-        self._installed = False
 
-    def startService(self) -> None:
-        super().startService()
-        try:
-            self._previous = self._signals.signal(self._signum, self._handle)
-        except ValueError:
-            # Not the main thread (an embedding program's): no signal here.
-            log.warn("cannot handle SIGUSR1 outside the main thread: no log reopening")
-            return
-        self._installed = True
+    def handler(self) -> Any:
+        return self._handle
 
-    def stopService(self) -> None:
-        super().stopService()
-        if self._installed:
-            self._installed = False
-            previous = self._previous
-            self._signals.signal(
-                self._signum, previous if previous is not None else self._signals.SIG_DFL
-            )
+    def notInstalled(self) -> None:
+        log.warn("cannot handle SIGUSR1 outside the main thread: no log reopening")
 
     def _handle(self, signum: int, frame: Any) -> None:
         self._reactor.callFromThread(self.reopen)
-        previous = self._previous
+        previous = self.previous
         if callable(previous):
             previous(signum, frame)
 

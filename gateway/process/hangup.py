@@ -18,13 +18,14 @@ from __future__ import annotations
 import signal as _signal
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.logger import Logger
+
+from gateway.process.signals import SignalService
 
 log = Logger()
 
 
-class HangupNotice(Service):
+class HangupNotice(SignalService):
     """
     Handles C{SIGHUP} while the service runs (the previous handler is put
     back when it stops): logged in a gateway process, ignored in a worker.
@@ -40,30 +41,12 @@ class HangupNotice(Service):
             is then ignored without a word).
         @param signals: the L{signal} module (or a stand-in, for tests).
         """
+        super().__init__(signals.SIGHUP, signals)
         self._reactor = reactor
         self._worker = worker
-        self._signals = signals
-        self._previous: Any = None
-        self._installed = False
 
-    def startService(self) -> None:
-        super().startService()
-        handler = self._signals.SIG_IGN if self._worker else self._handle
-        try:
-            self._previous = self._signals.signal(self._signals.SIGHUP, handler)
-        except ValueError:
-            # Not the main thread (an embedding program's): its business.
-            return
-        self._installed = True
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._installed:
-            self._installed = False
-            previous = self._previous
-            self._signals.signal(
-                self._signals.SIGHUP, previous if previous is not None else self._signals.SIG_DFL
-            )
+    def handler(self) -> Any:
+        return self._signals.SIG_IGN if self._worker else self._handle
 
     def _handle(self, signum: int, frame: Any) -> None:
         self._reactor.callFromThread(self.notice)
