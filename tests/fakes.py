@@ -4,7 +4,7 @@ Test doubles shared by the unit tests.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -75,3 +75,31 @@ class ScriptedUpstreamClient:
         d: Deferred = Deferred()
         d.callback(None)
         return d
+
+
+class NoProxyConfig:
+    """
+    A gateway config without a C{proxy} section, for L{GatewayStatus}.
+    """
+
+    proxy = None
+
+
+class ReadyStore:
+    """
+    A store that is ready, for L{GatewayStatus}.
+    """
+
+    ready = True
+
+
+class TwoWorkers:
+    """
+    A worker pool of two running workers (pids 100 and 101), for
+    L{GatewayStatus}.
+    """
+
+    count = 2
+
+    def pids(self) -> Dict[int, Optional[int]]:
+        return {0: 100, 1: 101}

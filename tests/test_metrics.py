@@ -5,11 +5,12 @@ C{prometheus_client.parser}.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 import pytest_twisted
 import treq
+from fakes import NoProxyConfig, ReadyStore, TwoWorkers
 from inprocess import listen
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -255,21 +256,6 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(value(samples, "gateway_requests_total", api="a"), 1)
 
 
-class _Config:
-    proxy = None
-
-
-class _Ready:
-    ready = True
-
-
-class _Pool:
-    count = 2
-
-    def pids(self) -> Dict[int, Optional[int]]:
-        return {0: 100, 1: 101}
-
-
 class _Worker:
     """
     A proxy worker of a test: its own snapshot manager (so its own
@@ -306,7 +292,13 @@ class WorkerMetricsTests(SynchronousTestCase):
         served.serving(0, 3)
         served.serving(1, 3)
         self.status = GatewayStatus(
-            self.clock, _Config(), self.manager, counters, _Ready(), served, pool=_Pool()
+            self.clock,
+            NoProxyConfig(),
+            self.manager,
+            counters,
+            ReadyStore(),
+            served,
+            pool=TwoWorkers(),
         )
         self.workers: List[_Worker] = [_Worker(self.clock, _state()) for _ in range(2)]
 
@@ -372,13 +364,13 @@ class WorkerMetricsTests(SynchronousTestCase):
 
         self.status = GatewayStatus(
             self.clock,
-            _Config(),
+            NoProxyConfig(),
             self.manager,
             Stats(self.clock),
-            _Ready(),
+            ReadyStore(),
             ServedRevisions(),
             health=Health(),
-            pool=_Pool(),
+            pool=TwoWorkers(),
         )
         self.manager.backends["s2"].healthy = False
         self.report()

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from types import MappingProxyType
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from fakeetcd import FakeEtcd, FakeEtcdClient
+from fakes import NoProxyConfig, ReadyStore, TwoWorkers
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -323,21 +324,6 @@ class StoreServiceSettleTests(SynchronousTestCase):
 # -- proxy registry records ---------------------------------------------------------
 
 
-class _Config:
-    proxy = None
-
-
-class _Ready:
-    ready = True
-
-
-class _Pool:
-    count = 2
-
-    def pids(self) -> Dict[int, Optional[int]]:
-        return {0: 100, 1: 101}
-
-
 class DescribeTests(SynchronousTestCase):
     def status(self, apis: int) -> GatewayStatus:
         clock = Clock()
@@ -348,7 +334,9 @@ class DescribeTests(SynchronousTestCase):
         served = ServedRevisions()
         served.serving(0, 3)
         served.serving(1, 3)
-        status = GatewayStatus(clock, _Config(), manager, counters, _Ready(), served, pool=_Pool())
+        status = GatewayStatus(
+            clock, NoProxyConfig(), manager, counters, ReadyStore(), served, pool=TwoWorkers()
+        )
         for index in (0, 1):
             worker = Stats(clock)
             worker.follow(manager)
