@@ -242,8 +242,31 @@ class MemoryStoreTests(SynchronousTestCase):
         store.put(b"2", "b", self.entry(100))
         store.put(b"3", "a", self.entry(100, b"v"))
         self.assertEqual(store.purge("a"), 2)
-        self.assertEqual(store.bytes, self.entry(100).size)
+        self.assertEqual(store.bytes, self.entry(100).size + len(b"2"))
         self.assertEqual(len(store), 1)
+
+    def test_keysCounted(self) -> None:
+        """
+        The keys count in the bound: entries with small bodies under long
+        keys (a client's long targets) do not hold many times the bound,
+        and dropping an entry, a record or an API gives their bytes back.
+        """
+        store = MemoryStore(100_000)
+        for i in range(1000):
+            store.put(b"%08d" % (i,) + b"/" * 8000, "a", self.entry(10))
+        held = sum(
+            len(k) + sum(e.size for e in r.variants.values()) for k, r in store._records.items()
+        )
+        self.assertLessEqual(held, 100_000)
+        self.assertEqual(store.bytes, held)
+        store.purge("a")
+        self.assertEqual(store.bytes, 0)
+        gone = Entry(200, b"OK", [], b"x", 0.0, 0.0, 1.0, 0.0)
+        store.put(b"k" * 100, "a", gone)
+        self.assertEqual(store.lookup(b"k" * 100, lambda names: b"", 10.0), ("uri-miss", None))
+        self.assertEqual(store.bytes, 0)
+        self.assertFalse(store.put(b"k" * 100_000, "a", self.entry(10)))
+        self.assertEqual(store.bytes, 0)
 
 
 class HitAndMissTests(SynchronousTestCase):
