@@ -116,4 +116,3 @@ def parseTracestate(values: Sequence[bytes]) -> Optional[List[Tuple[str, str]]]:
             if len(members) > MAX_TRACESTATE_MEMBERS:
                 return None
     return members
-
