@@ -32,6 +32,7 @@ from twisted.logger import capturedLogs
 from twisted.names import dns
 from twisted.names.error import DNSNameError, DNSQueryRefusedError, DNSServerError
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
 from gateway.balancing.backend import Backend
@@ -66,6 +67,7 @@ from gateway.model.schema import ValidationError
 from gateway.process.parent import ParentLink
 from gateway.process.pool import WorkerPool
 from gateway.process.propagation import ServedRevisions
+from gateway.process.root import makeUpstreamClient
 from gateway.process.status import GatewayStatus
 from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
@@ -1351,6 +1353,26 @@ class RediscoverTests(SynchronousTestCase):
             ["users@10.0.0.6", "users@10.0.0.7"],
         )
         self.assertEqual(len(self.swaps), 3)
+
+    def test_goneAddressesForgottenByTheClient(self) -> None:
+        """
+        The process's HTTP client forgets an address that left the DNS at
+        the swap: its idle connections closed, its pool and endpoint
+        dropped (addresses come and go for good: what it kept of each grew
+        for as long as the process ran); the address that stayed keeps
+        its pool.
+        """
+        reactor = MemoryReactorClock()
+        client = makeUpstreamClient(reactor, None, self.manager)
+        self.manager.apply(
+            storeState(servers=[USERS], clusters=[{"name": "c", "servers": ["users"]}])
+        )
+        self.manager.rediscover(Discovered({"users.test": ("10.0.0.5", "10.0.0.6")}))
+        for backend in self.manager.backends.values():
+            client.send(backend, b"GET", b"/", Headers(), None, None, lambda *a: None, print)
+        self.assertEqual(len(client._pools), 2)
+        self.manager.rediscover(Discovered({"users.test": ("10.0.0.6",)}))
+        self.assertEqual(list(client._pools), [("10.0.0.6", 8080, None)])
 
     def test_addressesSpeakTheServersTLS(self) -> None:
         """
