@@ -333,6 +333,33 @@ class HitAndMissTests(SynchronousTestCase):
             answer = gw.send("GET", "/a/x", host=host).answer()
             self.assertIn(expected, status(answer), host)
 
+    def test_schemeKeys(self) -> None:
+        """
+        The scheme the request came with is part of the key (RFC 9111 2:
+        the target URI's): what a backend answered to C{http}, such as a
+        redirect to C{https}, is never served to an C{https} client, where
+        it would loop.
+        """
+        gw = CacheGateway([cachedAPI({"ttl": 10})])
+
+        def answer(call: Any) -> None:
+            if call.header(b"x-forwarded-proto") == b"https":
+                call.answer(200, b"hello")
+            else:
+                call.answer(301, b"", {b"location": b"https://gw/a/x"}, b"Moved Permanently")
+
+        gw.backend.auto = answer
+        self.assertEqual(gw.send("GET", "/a/x").answer().code, 301)
+        self.assertIn("hit", status(gw.send("GET", "/a/x").answer()))
+        secure = gw.send("GET", "/a/x", secure=True).answer()
+        self.assertEqual(
+            (secure.code, secure.body, status(secure)[:21]),
+            (200, b"hello", "gateway; fwd=uri-miss"),
+        )
+        self.assertIn("hit", status(gw.send("GET", "/a/x", secure=True).answer()))
+        self.assertEqual(gw.send("GET", "/a/x").answer().code, 301)
+        self.assertEqual(len(gw.backend.calls), 2)
+
     def test_backendLifetime(self) -> None:
         """
         The backend's s-maxage (else max-age) wins over the API's ttl; its
