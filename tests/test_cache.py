@@ -338,7 +338,8 @@ class HitAndMissTests(SynchronousTestCase):
         The scheme the request came with is part of the key (RFC 9111 2:
         the target URI's): what a backend answered to C{http}, such as a
         redirect to C{https}, is never served to an C{https} client, where
-        it would loop.
+        it would loop.  A change (an unsafe method that succeeded) through
+        either scheme drops the entries of both.
         """
         gw = CacheGateway([cachedAPI({"ttl": 10})])
 
@@ -359,6 +360,11 @@ class HitAndMissTests(SynchronousTestCase):
         self.assertIn("hit", status(gw.send("GET", "/a/x", secure=True).answer()))
         self.assertEqual(gw.send("GET", "/a/x").answer().code, 301)
         self.assertEqual(len(gw.backend.calls), 2)
+        # A change through either scheme drops the entries of both.
+        gw.backend.auto = ok()
+        self.assertEqual(gw.send("POST", "/a/x", secure=True).answer().code, 200)
+        self.assertIn("fwd=uri-miss", status(gw.send("GET", "/a/x").answer()))
+        self.assertIn("fwd=uri-miss", status(gw.send("GET", "/a/x", secure=True).answer()))
 
     def test_backendLifetime(self) -> None:
         """

@@ -285,15 +285,18 @@ class ResponseCache:
     def invalidate(self, ticket: Ticket) -> None:
         """
         Drop what a key holds (an unsafe method succeeded on its URI, RFC
-        9111 4.4).
+        9111 4.4), for both schemes: the resource changed for the clients
+        of either.
         """
         policy = ticket.policy
-        if policy.store == "memory":
-            self.memory.delete(ticket.key)
-        elif self.redis is not None and self.redis.available:
-            self.redis.delete(policy.api, ticket.key).addErrback(
-                _ignoreRedis, "invalidating an entry"
-            )
+        exchange = ticket.exchange
+        other = not exchange.request.isSecure()
+        keys = (ticket.key, policy.primaryKey(exchange, exchange.upstreamURI, secure=other))
+        for key in keys:
+            if policy.store == "memory":
+                self.memory.delete(key)
+            elif self.redis is not None and self.redis.available:
+                self.redis.delete(policy.api, key).addErrback(_ignoreRedis, "invalidating an entry")
 
     def purgeLocal(self, api: str) -> int:
         """

@@ -137,17 +137,21 @@ class CachePolicy:
         """
         return consumer is not None and not self._consumer and consumer.name != self._anonymous
 
-    def primaryKey(self, exchange: Any, uri: bytes) -> bytes:
+    def primaryKey(self, exchange: Any, uri: bytes, secure: Optional[bool] = None) -> bytes:
         """
         @param exchange: the request's L{gateway.pipeline.exchange.Exchange}.
         @param uri: the target sent upstream.
+        @param secure: the scheme to key with (C{https} when true); by
+            default the request's own.
         @return: the key of its entries (see the module's documentation).
         """
         request = exchange.request
         host = request.requestHeaders.getRawHeaders(b"host")
+        if secure is None:
+            secure = request.isSecure()
         parts = [
             self.api.encode("utf-8"),
-            _HTTPS if request.isSecure() else _HTTP,
+            _HTTPS if secure else _HTTP,
             _hostName(host[0]) if host else b"",
             exchange.cluster.name.encode("utf-8") if exchange.routing is not None else b"",
             uri,
