@@ -814,6 +814,24 @@ class CollapsingTests(SynchronousTestCase):
         self.assertEqual(len(gw.backend.calls), 5)
         del later
 
+    def test_uncacheableKeysBounded(self) -> None:
+        """
+        The keys found uncacheable are remembered in a few bytes each, not
+        as the keys themselves: those hold the request's target, as long
+        as a client makes it, and up to 10,000 of them are remembered
+        outside the memory store's bound.  They still pass.
+        """
+        gw = CacheGateway([cachedAPI({"ttl": 10})])
+        gw.backend.auto = ok(set_cookie=b"session=1")
+        for i in range(50):
+            gw.send("GET", f"/a/{i}?{'q' * 4000}").answer()
+        self.assertEqual(len(gw.cache._passes), 50)
+        self.assertLessEqual(sum(len(k) for k in gw.cache._passes), 50 * 16)
+        gw.backend.auto = None
+        gw.send("GET", f"/a/7?{'q' * 4000}")
+        gw.send("GET", f"/a/7?{'q' * 4000}")
+        self.assertEqual(len(gw.backend.calls), 52)
+
     def test_timeout(self) -> None:
         """
         A request waits at most collapseTimeout for the first one's answer,
