@@ -13,12 +13,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from fakes import ScriptedUpstreamClient
 from memorygateway import PEER, Answer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
+from zope.interface import implementer
 
 from gateway.cache.engine import ResponseCache
 from gateway.filters import FilterRegistry
@@ -145,6 +147,16 @@ class Backend(ScriptedUpstreamClient):
         return call.d
 
 
+@implementer(ISSLTransport)
+class TLSTransport(StringTransport):
+    """
+    The transport of a connection over TLS, as the channel asks it.
+    """
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+
 class Client:
     """
     One request on a connection of its own.
@@ -240,12 +252,16 @@ class CacheGateway:
         target: str,
         headers: Sequence[Tuple[str, str]] = (),
         host: str = "gw",
+        secure: bool = False,
     ) -> Client:
         """
         Send a request on a new connection; its answer may come later.
+
+        @param secure: whether the connection is over TLS (an HTTPS
+            listener's).
         """
         channel = self.site.buildProtocol(PEER)
-        transport = StringTransport(peerAddress=PEER)
+        transport = (TLSTransport if secure else StringTransport)(peerAddress=PEER)
         channel.makeConnection(transport)
         lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
         lines += [f"{name}: {value}" for name, value in headers]

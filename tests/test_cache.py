@@ -242,8 +242,31 @@ class MemoryStoreTests(SynchronousTestCase):
         store.put(b"2", "b", self.entry(100))
         store.put(b"3", "a", self.entry(100, b"v"))
         self.assertEqual(store.purge("a"), 2)
-        self.assertEqual(store.bytes, self.entry(100).size)
+        self.assertEqual(store.bytes, self.entry(100).size + len(b"2"))
         self.assertEqual(len(store), 1)
+
+    def test_keysCounted(self) -> None:
+        """
+        The keys count in the bound: entries with small bodies under long
+        keys (a client's long targets) do not hold many times the bound,
+        and dropping an entry, a record or an API gives their bytes back.
+        """
+        store = MemoryStore(100_000)
+        for i in range(1000):
+            store.put(b"%08d" % (i,) + b"/" * 8000, "a", self.entry(10))
+        held = sum(
+            len(k) + sum(e.size for e in r.variants.values()) for k, r in store._records.items()
+        )
+        self.assertLessEqual(held, 100_000)
+        self.assertEqual(store.bytes, held)
+        store.purge("a")
+        self.assertEqual(store.bytes, 0)
+        gone = Entry(200, b"OK", [], b"x", 0.0, 0.0, 1.0, 0.0)
+        store.put(b"k" * 100, "a", gone)
+        self.assertEqual(store.lookup(b"k" * 100, lambda names: b"", 10.0), ("uri-miss", None))
+        self.assertEqual(store.bytes, 0)
+        self.assertFalse(store.put(b"k" * 100_000, "a", self.entry(10)))
+        self.assertEqual(store.bytes, 0)
 
 
 class HitAndMissTests(SynchronousTestCase):
@@ -309,6 +332,39 @@ class HitAndMissTests(SynchronousTestCase):
         for host, expected in requests:
             answer = gw.send("GET", "/a/x", host=host).answer()
             self.assertIn(expected, status(answer), host)
+
+    def test_schemeKeys(self) -> None:
+        """
+        The scheme the request came with is part of the key (RFC 9111 2:
+        the target URI's): what a backend answered to C{http}, such as a
+        redirect to C{https}, is never served to an C{https} client, where
+        it would loop.  A change (an unsafe method that succeeded) through
+        either scheme drops the entries of both.
+        """
+        gw = CacheGateway([cachedAPI({"ttl": 10})])
+
+        def answer(call: Any) -> None:
+            if call.header(b"x-forwarded-proto") == b"https":
+                call.answer(200, b"hello")
+            else:
+                call.answer(301, b"", {b"location": b"https://gw/a/x"}, b"Moved Permanently")
+
+        gw.backend.auto = answer
+        self.assertEqual(gw.send("GET", "/a/x").answer().code, 301)
+        self.assertIn("hit", status(gw.send("GET", "/a/x").answer()))
+        secure = gw.send("GET", "/a/x", secure=True).answer()
+        self.assertEqual(
+            (secure.code, secure.body, status(secure)[:21]),
+            (200, b"hello", "gateway; fwd=uri-miss"),
+        )
+        self.assertIn("hit", status(gw.send("GET", "/a/x", secure=True).answer()))
+        self.assertEqual(gw.send("GET", "/a/x").answer().code, 301)
+        self.assertEqual(len(gw.backend.calls), 2)
+        # A change through either scheme drops the entries of both.
+        gw.backend.auto = ok()
+        self.assertEqual(gw.send("POST", "/a/x", secure=True).answer().code, 200)
+        self.assertIn("fwd=uri-miss", status(gw.send("GET", "/a/x").answer()))
+        self.assertIn("fwd=uri-miss", status(gw.send("GET", "/a/x", secure=True).answer()))
 
     def test_backendLifetime(self) -> None:
         """
@@ -757,6 +813,24 @@ class CollapsingTests(SynchronousTestCase):
         later = [gw.send("GET", "/a/x") for _ in range(2)]
         self.assertEqual(len(gw.backend.calls), 5)
         del later
+
+    def test_uncacheableKeysBounded(self) -> None:
+        """
+        The keys found uncacheable are remembered in a few bytes each, not
+        as the keys themselves: those hold the request's target, as long
+        as a client makes it, and up to 10,000 of them are remembered
+        outside the memory store's bound.  They still pass.
+        """
+        gw = CacheGateway([cachedAPI({"ttl": 10})])
+        gw.backend.auto = ok(set_cookie=b"session=1")
+        for i in range(50):
+            gw.send("GET", f"/a/{i}?{'q' * 4000}").answer()
+        self.assertEqual(len(gw.cache._passes), 50)
+        self.assertLessEqual(sum(len(k) for k in gw.cache._passes), 50 * 16)
+        gw.backend.auto = None
+        gw.send("GET", f"/a/7?{'q' * 4000}")
+        gw.send("GET", f"/a/7?{'q' * 4000}")
+        self.assertEqual(len(gw.backend.calls), 52)
 
     def test_timeout(self) -> None:
         """

@@ -32,6 +32,7 @@ from twisted.logger import capturedLogs
 from twisted.names import dns
 from twisted.names.error import DNSNameError, DNSQueryRefusedError, DNSServerError
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
 from gateway.balancing.backend import Backend
@@ -56,7 +57,7 @@ from gateway.discovery.records import (
     sortRecords,
     wantedNames,
 )
-from gateway.discovery.resolver import StubResolver
+from gateway.discovery.resolver import ReferralError, StubResolver
 from gateway.discovery.service import RETRY_MAX, DNSDiscovery
 from gateway.filters import FilterRegistry
 from gateway.interfaces import ILoadBalancer
@@ -66,6 +67,7 @@ from gateway.model.schema import ValidationError
 from gateway.process.parent import ParentLink
 from gateway.process.pool import WorkerPool
 from gateway.process.propagation import ServedRevisions
+from gateway.process.root import makeUpstreamClient
 from gateway.process.status import GatewayStatus
 from gateway.routing.snapshot import SnapshotManager
 from gateway.store import StoreState
@@ -707,6 +709,7 @@ def reply(
     answers: List[dns.RRHeader] = (),  # type: ignore[assignment]
     rCode: int = dns.OK,
     trunc: bool = False,
+    authority: List[dns.RRHeader] = (),  # type: ignore[assignment]
 ) -> bytes:
     """
     @return: the bytes of an answer to the query message C{query}.
@@ -716,6 +719,7 @@ def reply(
     message = dns.Message(id=asked.id, answer=1, rCode=rCode, trunc=trunc)
     message.queries = asked.queries
     message.answers = list(answers)
+    message.authority = list(authority)
     return message.toStr()
 
 
@@ -803,6 +807,37 @@ class StubResolverTests(SynchronousTestCase):
         self.assertEqual(address, self.SERVERS[1])
         self.deliver(reply(query, rCode=dns.EREFUSED), address)
         self.failureResultOf(d, DNSQueryRefusedError)
+
+    def test_referralThenNextServer(self) -> None:
+        """
+        A server that answers with a referral (no record of the type, name
+        servers to ask and no SOA: it does not recurse) gave no answer,
+        not an empty one (RFC 2308 2.2): the next server is asked, and
+        when none answers the lookup fails, so that discovery keeps the
+        addresses it had.  An empty answer with an SOA is an answer.
+        """
+        ns = dns.RRHeader("test", dns.NS, dns.IN, 300, dns.Record_NS("ns.test", 300))
+        cname = dns.RRHeader("users.test", dns.CNAME, dns.IN, 30, dns.Record_CNAME("x.other", 30))
+        d = self.resolver.lookupAddress("users.test")
+        query, address = self.lastQuery()
+        self.deliver(reply(query, authority=[ns]), address)
+        query, address = self.lastQuery()
+        self.assertEqual(address, self.SERVERS[1])
+        self.deliver(reply(query, [cname], authority=[ns]), address)
+        failure = self.failureResultOf(d, ReferralError)
+        resolver = ScriptedResolver()
+        lookup = Deferred.fromCoroutine(lookupFamily(resolver, "users.test", dns.A))
+        resolver.fail("users.test", "A", failure.value)
+        self.assertEqual(
+            self.failureResultOf(lookup, LookupFailed).getErrorMessage(),
+            "the DNS server gave a referral, not an answer (it does not recurse)",
+        )
+
+        d = self.resolver.lookupAddress("empty.test")
+        query, address = self.lastQuery()
+        self.deliver(reply(query, authority=[soaRecord(30, 30), ns]), address)
+        answers, authority, _ = self.successResultOf(d)
+        self.assertEqual((answers, len(authority)), ([], 2))
 
     def test_truncatedAskedOverTCP(self) -> None:
         """
@@ -1318,6 +1353,26 @@ class RediscoverTests(SynchronousTestCase):
             ["users@10.0.0.6", "users@10.0.0.7"],
         )
         self.assertEqual(len(self.swaps), 3)
+
+    def test_goneAddressesForgottenByTheClient(self) -> None:
+        """
+        The process's HTTP client forgets an address that left the DNS at
+        the swap: its idle connections closed, its pool and endpoint
+        dropped (addresses come and go for good: what it kept of each grew
+        for as long as the process ran); the address that stayed keeps
+        its pool.
+        """
+        reactor = MemoryReactorClock()
+        client = makeUpstreamClient(reactor, None, self.manager)
+        self.manager.apply(
+            storeState(servers=[USERS], clusters=[{"name": "c", "servers": ["users"]}])
+        )
+        self.manager.rediscover(Discovered({"users.test": ("10.0.0.5", "10.0.0.6")}))
+        for backend in self.manager.backends.values():
+            client.send(backend, b"GET", b"/", Headers(), None, None, lambda *a: None, print)
+        self.assertEqual(len(client._pools), 2)
+        self.manager.rediscover(Discovered({"users.test": ("10.0.0.6",)}))
+        self.assertEqual(list(client._pools), [("10.0.0.6", 8080, None)])
 
     def test_addressesSpeakTheServersTLS(self) -> None:
         """

@@ -1253,6 +1253,40 @@ class PoolTests(ClientTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 2)
         self.assertEqual(self.reactor.tcpClients[1][:2], ("127.0.0.2", 8080))
 
+    def test_retainOnly(self) -> None:
+        """
+        L{HTTP11UpstreamClient.retainOnly} forgets the addresses that are
+        no backend's any more (DNS discovery's addresses come and go for
+        good): their idle connections are closed and their pools and
+        endpoints dropped, so nothing of them stays; a connection in use
+        serves its request to the end, and is then closed rather than
+        kept.  The addresses kept keep their idle connections, and a
+        forgotten address used again gets a pool of its own.
+        """
+        _, _, kept = self.exchange(SIMPLE)
+        self.backend = FakeBackend("127.0.0.2", 8080)
+        _, _, gone = self.exchange(SIMPLE)
+        self.backend = FakeBackend("127.0.0.3", 8080)
+        d = self.request()
+        busy = self.connect()
+        self.assertEqual(len(self.client._pools), 3)
+
+        self.assertEqual(self.client.retainOnly({("127.0.0.1", 8080)}), 2)
+        self.assertEqual(list(self.client._pools), [("127.0.0.1", 8080, None)])
+        self.assertEqual(len(self.client._endpoints._endpoints), 1)
+        self.assertTrue(gone.transport.disconnecting)
+        self.assertFalse(kept.transport.disconnecting)
+        self.assertFalse(busy.transport.disconnecting)
+        busy.received()
+        busy.send(SIMPLE)
+        self.successResultOf(d).deliverBody(Collect())
+        self.assertTrue(busy.transport.disconnecting)
+        self.assertEqual(self.idle(), 1)
+
+        self.request()
+        self.assertEqual(self.reactor.tcpClients[-1][:2], ("127.0.0.3", 8080))
+        self.assertEqual(len(self.client._pools), 2)
+
     def test_idleTimeout(self) -> None:
         """
         An idle connection is closed after C{idleTimeout} seconds; one used

@@ -13,6 +13,8 @@ share 127.0.0.1.
 from __future__ import annotations
 
 import collections
+import socket
+import threading
 import time
 from typing import Any, Dict, List, Optional
 
@@ -181,6 +183,73 @@ def test_servicePriorityAndWeight(dnsServer: DNSServer, backends: Any, gateways:
     servedUntil(gateway, lambda names: names == {"backup"}, 5, "the next priority")
     light.control("health/up")
     servedUntil(gateway, lambda names: names == {"light"}, 5, "the lowest priority back")
+
+
+def connectionsTo(host: str, port: int) -> int:
+    """
+    @return: the established TCP connections of this machine to
+        C{host:port} (an IPv4 address), from C{/proc/net/tcp}.
+    """
+    address = int.from_bytes(socket.inet_aton(host), "little")
+    remote = f"{address:08X}:{port:04X}"
+    with open("/proc/net/tcp", encoding="ascii") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for row in rows if row[2] == remote and row[3] == "01")
+
+
+def test_addressesChangeUnderLoad(dnsServer: DNSServer, backends: Any, gateways: Any) -> None:  # noqa: F811
+    """
+    Addresses that come and go while requests keep coming fail none of
+    them, and the gateway's kept-alive connections to an address that
+    left the DNS are closed at once (not after the idle timeout, 60 s:
+    with discovery, such an address is gone for good).
+    """
+    port = freePort()
+    backends("b1", port=port, host="127.0.0.2")
+    backends("b2", port=port, host="127.0.0.3")
+    backends("b3", port=port, host="127.0.0.4")
+    dnsServer.setRecords({"users.test": {"A": ["127.0.0.2"], "ttl": TTL}})
+    gateway = gateways(
+        gatewayConfig(
+            dnsServer,
+            servers=[{"name": "users", "addr": f"users.test:{port}"}],
+            clusters=[{"name": "c", "servers": ["users"]}],
+        )
+    )
+    ready(gateway)
+    failed: List[Any] = []
+    seen = set()
+    stop = time.monotonic() + 6
+    lock = threading.Lock()
+
+    def load() -> None:
+        while time.monotonic() < stop:
+            answer = gateway.proxy("GET", "/echo")
+            with lock:
+                if answer.status != 200:
+                    failed.append(answer)
+                else:
+                    seen.add(answer.json()["server"])
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for addresses in (["127.0.0.3"], ["127.0.0.2", "127.0.0.4"], ["127.0.0.3"]):
+            time.sleep(1.5)
+            dnsServer.setRecords({"users.test": {"A": addresses, "ttl": TTL}})
+    finally:
+        for thread in threads:
+            thread.join(30)
+    assert failed == []
+    assert seen == {"b1", "b2", "b3"}
+    servedUntil(gateway, lambda names: names == {"b2"}, TTL + 5, "the last addresses")
+    waitFor(
+        lambda: connectionsTo("127.0.0.2", port) + connectionsTo("127.0.0.4", port) == 0,
+        10,
+        what="the connections to the addresses gone to close",
+    )
+    assert connectionsTo("127.0.0.3", port) > 0
 
 
 def test_resolverFailureKeepsLastGood(

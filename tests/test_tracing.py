@@ -9,6 +9,7 @@ C{/metrics}.
 
 from __future__ import annotations
 
+import logging
 from random import Random
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -58,7 +59,13 @@ from gateway.store import StoreState
 from gateway.telemetry.metrics import metricsRegistry
 from gateway.telemetry.stats import SnapshotStats, Stats, mergeSnapshots
 from gateway.telemetry.tracing import ITracer, makeTracing
-from gateway.telemetry.tracing.context import SAMPLED, hexTraceId, parseTraceparent, traceparent
+from gateway.telemetry.tracing.context import (
+    SAMPLED,
+    hexTraceId,
+    parseTraceparent,
+    parseTracestate,
+    traceparent,
+)
 from gateway.telemetry.tracing.export import (
     ExportFailed,
     OTLPHTTPExporter,
@@ -135,6 +142,45 @@ class TraceparentTests(SynchronousTestCase):
 # -- the config -------------------------------------------------------------------
 
 PROXY = {"listen": "tcp:8080:interface=127.0.0.1"}
+
+
+class TracestateTests(SynchronousTestCase):
+    """
+    L{parseTracestate}: the rules of W3C Trace Context, section 3.3.
+    """
+
+    def test_valid(self) -> None:
+        """
+        Members of every line, in order, optional whitespace and empty
+        members left out; simple and multi-tenant keys.
+        """
+        self.assertEqual(
+            parseTracestate([b"vendor=opaque , t0@sys=a b", b",,other=1 "]),
+            [("vendor", "opaque"), ("t0@sys", "a b"), ("other", "1")],
+        )
+        self.assertEqual(parseTracestate([b""]), [])
+        members = ",".join(f"k{i}=v" for i in range(32)).encode()
+        self.assertEqual(len(parseTracestate([members]) or []), 32)
+
+    def test_invalid(self) -> None:
+        """
+        A member that is not C{key=value} by the rules (upper case, a
+        space in the key, a C{=} or a trailing space in the value, no
+        value), a key given twice or more than 32 members make the whole
+        header invalid.
+        """
+        for value in [
+            b"Vendor=1",
+            b"a b=1",
+            b"a=1=2",
+            b"a=",
+            b"a",
+            b"a=1,a=2",
+            b"a=\xe9",
+            b"k" * 257 + b"=1",
+            ",".join(f"k{i}=v" for i in range(33)).encode(),
+        ]:
+            self.assertIsNone(parseTracestate([value]), value)
 
 
 class TracingConfigTests(SynchronousTestCase):
@@ -546,6 +592,37 @@ class PipelineSpanTests(SynchronousTestCase):
         self.assertIsNone(span.parent)
         self.assertEqual(sentTraceparent(headers)[0], span.context.trace_id)
         self.assertIsNone(headers.getRawHeaders(b"tracestate"))
+
+    def test_invalidTracestateQuietly(self) -> None:
+        """
+        A valid C{traceparent} with a C{tracestate} that breaks the rules
+        (a member that is not C{key=value}, a key twice, more than 32
+        members) continues the trace with no trace state on its spans, the
+        header passed upstream as it came, and writes nothing to the log:
+        a client chooses it, on every request.
+        """
+        records: List[logging.LogRecord] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                records.append(record)
+
+        handler = Keep()
+        root = logging.getLogger()
+        root.addHandler(handler)
+        self.addCleanup(root.removeHandler, handler)
+        many = ",".join(f"k{i}=v" for i in range(33))
+        for state in ["a=1,BAD KEY=2", "a=1,a=2", many, "x" * 600]:
+            pipeline = Pipeline(self)
+            pipeline.serve(PLAIN)
+            pipeline.request("/a", {"traceparent": SAMPLED_PARENT, "tracestate": state})
+            [(_, _, headers, _)] = pipeline.client.calls
+            pipeline.client.answer(0)
+            span = pipeline.serverSpan()
+            self.assertEqual(span.parent.span_id, int(CLIENT_SPAN, 16))
+            self.assertEqual(len(span.context.trace_state), 0, state)
+            self.assertEqual(headers.getRawHeaders(b"tracestate"), [state.encode()])
+        self.assertEqual([r.getMessage() for r in records], [])
 
     def test_notSampledStillPropagates(self) -> None:
         """

@@ -33,6 +33,7 @@ error, never a wait beyond the timeout.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -233,18 +234,20 @@ class ResponseCache:
             last answer could not be stored (their waiting would only
             delay them).
         """
-        until = self._passes.get(key)
+        digest = _passKey(key)
+        until = self._passes.get(digest)
         if until is None:
             return False
         if until <= now:
-            del self._passes[key]
+            del self._passes[digest]
             return False
         return True
 
     def _pass(self, key: bytes, policy: CachePolicy, now: float) -> None:
         passes = self._passes
-        passes[key] = now + min(policy.ttl, PASS_TIME)
-        passes.move_to_end(key)
+        digest = _passKey(key)
+        passes[digest] = now + min(policy.ttl, PASS_TIME)
+        passes.move_to_end(digest)
         while len(passes) > MAX_PASSES:
             passes.popitem(last=False)
 
@@ -285,15 +288,18 @@ class ResponseCache:
     def invalidate(self, ticket: Ticket) -> None:
         """
         Drop what a key holds (an unsafe method succeeded on its URI, RFC
-        9111 4.4).
+        9111 4.4), for both schemes: the resource changed for the clients
+        of either.
         """
         policy = ticket.policy
-        if policy.store == "memory":
-            self.memory.delete(ticket.key)
-        elif self.redis is not None and self.redis.available:
-            self.redis.delete(policy.api, ticket.key).addErrback(
-                _ignoreRedis, "invalidating an entry"
-            )
+        exchange = ticket.exchange
+        other = not exchange.request.isSecure()
+        keys = (ticket.key, policy.primaryKey(exchange, exchange.upstreamURI, secure=other))
+        for key in keys:
+            if policy.store == "memory":
+                self.memory.delete(key)
+            elif self.redis is not None and self.redis.available:
+                self.redis.delete(policy.api, key).addErrback(_ignoreRedis, "invalidating an entry")
 
     def purgeLocal(self, api: str) -> int:
         """
@@ -341,6 +347,16 @@ class ResponseCache:
             "apis": {name: counts.toJSON() for name, counts in sorted(self._counts.items())},
             "memory": self.memory.snapshot(),
         }
+
+
+def _passKey(key: bytes) -> bytes:
+    """
+    @return: what the keys found uncacheable are remembered by: a digest,
+        since a key holds the request's target and C{varyOn} headers, as
+        long as the client makes them (L{MAX_PASSES} of them would hold
+        that many targets outside the memory store's bound).
+    """
+    return hashlib.blake2b(key, digest_size=16).digest()
 
 
 def _ignoreRedis(failure: Failure, what: str) -> None:

@@ -4,7 +4,9 @@ the least recently used dropped first.
 
 Entries are kept by key (L{gateway.cache.policy.CachePolicy.primaryKey})
 in records, each holding the variants of one C{Vary} (at most
-L{MAX_VARIANTS}); a record is used, counted and dropped as a whole.
+L{MAX_VARIANTS}); a record is used, counted and dropped as a whole, its
+key counted with its entries (a key holds the request's target, which a
+client makes as long as the request line allows).
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ MAX_VARIANTS = 16
 class _Record:
     __slots__ = ("api", "varyNames", "variants", "size")
 
-    def __init__(self, api: str, varyNames: Tuple[bytes, ...]) -> None:
+    def __init__(self, api: str, varyNames: Tuple[bytes, ...], keySize: int) -> None:
         self.api = api
         self.varyNames = varyNames
         self.variants: Dict[bytes, Entry] = {}
-        self.size = 0
+        self.size = keySize
 
 
 class MemoryStore:
     """
     Entries in this process's memory, at most C{maxBytes} of them (see
-    L{gateway.cache.entry.Entry.size}).
+    L{gateway.cache.entry.Entry.size}; the keys are counted too).
 
     @ivar bytes: bytes held now.
     @ivar evictions: records dropped to make room.
@@ -86,7 +88,7 @@ class MemoryStore:
         @return: whether it is kept (an entry larger than the whole store
             is not).
         """
-        if entry.size > self.maxBytes:
+        if entry.size + len(key) > self.maxBytes:
             self.delete(key)
             return False
         record = self._records.get(key)
@@ -96,7 +98,8 @@ class MemoryStore:
             or (entry.variant not in record.variants and len(record.variants) >= MAX_VARIANTS)
         ):
             self.delete(key)
-            record = self._records[key] = _Record(api, entry.varyNames)
+            record = self._records[key] = _Record(api, entry.varyNames, len(key))
+            self.bytes += record.size
         else:
             self._records.move_to_end(key)
         old = record.variants.get(entry.variant)
@@ -134,6 +137,7 @@ class MemoryStore:
         self._count -= 1
         if not record.variants:
             del self._records[key]
+            self.bytes -= record.size
 
     def purge(self, api: str) -> int:
         """

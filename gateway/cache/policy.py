@@ -3,8 +3,11 @@ An API's cache settings made ready for requests (L{CachePolicy}): what
 keys an entry, and how a request's headers select among the variants a
 C{Vary} makes.
 
-An entry's key (L{CachePolicy.primaryKey}) is the API, the host name of
-the request's C{Host} (without its port), the cluster a C{split} routing
+An entry's key (L{CachePolicy.primaryKey}) is the API, the scheme the
+request came with (C{http} or C{https}: RFC 9111 2 keys by the target URI,
+and a backend told C{X-Forwarded-Proto} may answer them apart, e.g. with a
+redirect to C{https} that would loop when served to an C{https} client),
+the host name of the request's C{Host} (without its port), the cluster a C{split} routing
 chose (when one did), the target sent upstream (path and query, after any
 rewrite) and the values of the API's C{varyOn}: C{header:NAME} (the
 client's header, all its lines), C{query:NAME} (the client's query
@@ -26,6 +29,9 @@ __all__ = ["CachePolicy", "variantOf"]
 _SEP = b"\x1f"
 
 _ABSENT = b"\x00"
+
+_HTTP = b"http"
+_HTTPS = b"https"
 
 
 def _joined(values: Optional[Sequence[bytes]]) -> bytes:
@@ -131,16 +137,21 @@ class CachePolicy:
         """
         return consumer is not None and not self._consumer and consumer.name != self._anonymous
 
-    def primaryKey(self, exchange: Any, uri: bytes) -> bytes:
+    def primaryKey(self, exchange: Any, uri: bytes, secure: Optional[bool] = None) -> bytes:
         """
         @param exchange: the request's L{gateway.pipeline.exchange.Exchange}.
         @param uri: the target sent upstream.
+        @param secure: the scheme to key with (C{https} when true); by
+            default the request's own.
         @return: the key of its entries (see the module's documentation).
         """
         request = exchange.request
         host = request.requestHeaders.getRawHeaders(b"host")
+        if secure is None:
+            secure = request.isSecure()
         parts = [
             self.api.encode("utf-8"),
+            _HTTPS if secure else _HTTP,
             _hostName(host[0]) if host else b"",
             exchange.cluster.name.encode("utf-8") if exchange.routing is not None else b"",
             uri,

@@ -135,6 +135,7 @@ def _describe(failure: Failure) -> str:
             "DNSQueryRefusedError": "the DNS server refused the query (REFUSED)",
             "DNSFormatError": "the DNS server could not read the query (FORMERR)",
             "DNSNotImplementedError": "the DNS server does not do this query (NOTIMP)",
+            "ReferralError": "the DNS server gave a referral, not an answer (it does not recurse)",
         }.get(name, f"the DNS server answered with an error ({name})")
     if name == "TimeoutError":
         return "no DNS server answered in time"

@@ -10,14 +10,16 @@ the resolver of Envoy and curl, does), renewed after L{QUERIES_PER_SOCKET}
 queries so that its source port moves; each query has a random ID, and a
 datagram is taken only from the configured servers (with Twisted 26 or
 later, an answer only from the server its query went to).  Servers are asked
-in order, each given C{timeout} seconds; a server that fails or refuses
-passes the question to the next one; an answer truncated to UDP's size is
+in order, each given C{timeout} seconds; a server that fails, refuses
+or answers with a referral (it does not recurse) passes the question to
+the next one; an answer truncated to UDP's size is
 asked again over TCP.  A hosts file, when given, is read first.
 
 Its lookups answer as L{twisted.names.client.Resolver}'s do: C{(answers,
 authority, additional)}, or a failure with
 L{twisted.names.error.DNSNameError} (NXDOMAIN), another
-L{twisted.names.error.DomainError} (the server failed, refused, ...) or
+L{twisted.names.error.DomainError} (the server failed, refused, gave a
+referral: L{ReferralError}, ...) or
 L{twisted.internet.defer.TimeoutError} (no server answered).
 """
 
@@ -53,6 +55,22 @@ _ERRORS = {
 }
 
 Sections = Tuple[List[Any], List[Any], List[Any]]
+
+
+class ReferralError(DomainError):
+    """
+    A server answered with a referral: no record of the type asked for,
+    and name servers to ask instead (RFC 2308 2.2: not a negative answer,
+    which has an SOA record, or no NS record).  It does not recurse, so it
+    cannot serve a stub resolver; the next server is asked.
+    """
+
+
+def _isReferral(message: dns.Message, recordType: int) -> bool:
+    if any(r.type == recordType for r in message.answers):
+        return False
+    kinds = {r.type for r in message.authority}
+    return dns.NS in kinds and dns.SOA not in kinds
 
 
 class _FromServers(dns.DNSDatagramProtocol):
@@ -192,7 +210,14 @@ class StubResolver:
             if message.trunc:
                 message = await self._askOverTCP(server, query)
             if message.rCode == dns.OK:
-                return list(message.answers), list(message.authority), list(message.additional)
+                if not _isReferral(message, query.type):
+                    return (
+                        list(message.answers),
+                        list(message.authority),
+                        list(message.additional),
+                    )
+                error = ReferralError(message)
+                continue
             if message.rCode == dns.ENAME:
                 raise DNSNameError(message)
             # A server that failed or refused: the next one may answer.

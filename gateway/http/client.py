@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 import typing
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union, cast
+from typing import AbstractSet, Any, Callable, Deque, Dict, List, Optional, Tuple, Union, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, error
@@ -1441,7 +1441,7 @@ class _HostPool:
     queue, where one timer per pool closes them after the idle timeout.
     """
 
-    __slots__ = ("client", "endpoint", "hostLine", "idle", "factory", "timer")
+    __slots__ = ("client", "endpoint", "hostLine", "idle", "factory", "timer", "retired")
 
     def __init__(
         self, client: HTTP11UpstreamClient, endpoint: IStreamClientEndpoint, hostLine: bytes
@@ -1452,6 +1452,9 @@ class _HostPool:
         self.idle: Deque[_Connection] = deque()
         self.factory = _ConnectionFactory(self)
         self.timer: Optional[IDelayedCall] = None
+        #: Whether the client forgot it (its address is no backend's any
+        #: more): a connection that ends its request is closed, not kept.
+        self.retired = False
 
     def connect(self, req: _Request) -> None:
         d = self.endpoint.connect(self.factory)
@@ -1460,7 +1463,7 @@ class _HostPool:
 
     def release(self, conn: _Connection) -> None:
         client = self.client
-        if len(self.idle) >= client._maxIdle:
+        if len(self.idle) >= client._maxIdle or self.retired:
             conn.dead = True
             conn.state = _DEAD
             conn.transport.loseConnection()
@@ -1711,6 +1714,17 @@ class _Address:
         self.tls = tls
 
 
+def _hostBytes(host: str) -> bytes:
+    """
+    @return: a backend's host as its endpoint takes it (IDNA for a name
+        that is not ASCII).
+    """
+    try:
+        return host.encode("ascii")
+    except UnicodeEncodeError:
+        return host.encode("idna")
+
+
 @implementer(IUpstreamClient, IUpstreamUpgrader)
 class HTTP11UpstreamClient:
     """
@@ -1757,10 +1771,7 @@ class HTTP11UpstreamClient:
         self._closed = False
 
     def _newPool(self, host: str, port: int, tls: Optional[UpstreamTLS]) -> _HostPool:
-        try:
-            hostBytes = host.encode("ascii")
-        except UnicodeEncodeError:
-            hostBytes = host.encode("idna")
+        hostBytes = _hostBytes(host)
         endpoint = self._endpoints.endpointFor(hostBytes, port, tls)
         authority = b"[" + hostBytes + b"]" if b":" in hostBytes else hostBytes
         if port != (80 if tls is None else 443):
@@ -1871,6 +1882,28 @@ class HTTP11UpstreamClient:
         # Read when the answer's head arrives, which is never within send.
         req.upgrade = True
         return req
+
+    def retainOnly(self, addresses: AbstractSet[Tuple[str, int]]) -> int:
+        """
+        Forget the backend addresses that are not in C{addresses}: close
+        their idle connections, and drop their pools and endpoints (with
+        DNS discovery, addresses come and go for good: what was kept of
+        each would otherwise grow for as long as the process runs).  Their
+        connections in use serve their requests to the end, and are then
+        closed.  A request sent to such an address later makes its pool
+        again.
+
+        @param addresses: C{(host, port)} of every backend in use.
+        @return: how many pools were dropped.
+        """
+        gone = [key for key in self._pools if (key[0], key[1]) not in addresses]
+        for key in gone:
+            pool = self._pools.pop(key)
+            pool.retired = True
+            pool.closeIdle()
+            host, port, tls = key
+            self._endpoints.forget(_hostBytes(host), port, tls)
+        return len(gone)
 
     def close(self) -> Deferred[None]:
         """

@@ -148,13 +148,27 @@ def _accessLogServices(root: ProcessService, accessLog: Any, reactor: Any, abort
     ReopenOnSignal(reactor, [accessLog.reopen]).setServiceParent(root)
 
 
-def _upstreamClient(reactor: Any, proxyConfig: Any) -> HTTP11UpstreamClient:
-    return HTTP11UpstreamClient(
+def makeUpstreamClient(
+    reactor: Any, proxyConfig: Any, manager: SnapshotManager
+) -> HTTP11UpstreamClient:
+    """
+    The process's HTTP client, which forgets the addresses of the backends
+    that are gone at every snapshot swap (DNS discovery's addresses that
+    left, a server given another C{addr}): their idle connections are
+    closed, and nothing of them is kept for good.
+    """
+    client = HTTP11UpstreamClient(
         reactor,
         maxIdlePerBackend=(
             proxyConfig.upstreamKeepalive if proxyConfig is not None else DEFAULT_MAX_IDLE
         ),
     )
+
+    def swapped(snapshot: Any) -> None:
+        client.retainOnly({(b.host, b.port) for b in snapshot.backends.values()})
+
+    manager.addListener(swapped)
+    return client
 
 
 def _proxySite(
@@ -421,7 +435,7 @@ def makeGatewayService(
     counters.follow(manager)
     served = ServedRevisions()
     if client is None:
-        client = _upstreamClient(reactor, proxyConfig)
+        client = makeUpstreamClient(reactor, proxyConfig, manager)
 
     pool: Optional[WorkerPool] = None
     if proxyConfig is not None and workers > 1:
@@ -611,7 +625,7 @@ def makeWorkerService(
     accessLog = counters.accessLog = accessLogFor(proxyConfig, reactor)
     cache = _responseCache(config, reactor, root, manager, counters, redis)
     if client is None:
-        client = _upstreamClient(reactor, proxyConfig)
+        client = makeUpstreamClient(reactor, proxyConfig, manager)
     storeService = StoreService(store, manager, abort, reactor)
     proxies: List[ProxyService] = []
     ParentLink(

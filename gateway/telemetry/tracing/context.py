@@ -34,6 +34,16 @@ _ZERO_SPAN = b"0" * 16
 #: The C{sampled} bit of the flags.
 SAMPLED = 0x01
 
+#: A C{tracestate} list member (section 3.3.1): a simple or multi-tenant
+#: key, C{=}, a value.
+_MEMBER_RE = re.compile(
+    r"([a-z][_0-9a-z*/-]{0,255}|[a-z0-9][_0-9a-z*/-]{0,240}@[a-z][_0-9a-z*/-]{0,13})"
+    r"=([\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e])"
+)
+
+#: The most members a C{tracestate} has (section 3.3.1.1).
+MAX_TRACESTATE_MEMBERS = 32
+
 
 def parseTraceparent(values: Optional[Sequence[bytes]]) -> Optional[Tuple[bytes, bytes, int]]:
     """
@@ -75,9 +85,34 @@ def hexTraceId(traceId: int) -> bytes:
     return b"%032x" % (traceId,)
 
 
-def tracestateOf(values: Sequence[bytes]) -> List[str]:
+def parseTracestate(values: Sequence[bytes]) -> Optional[List[Tuple[str, str]]]:
     """
-    @return: the C{tracestate} values as text (several headers are one
-        list, RFC 9110 5.3).
+    Read C{tracestate} header lines (several lines are one list, RFC 9110
+    5.3), quietly: the SDK's own C{TraceState.from_header} logs a warning,
+    with the member, for each invalid header, which would give a client a
+    line of the gateway's log per request.
+
+    @return: the C{(key, value)} members, in order, or L{None} when the
+        header breaks the rules of the specification (section 3.3: a
+        member that is not C{key=value}, a key given twice, more than
+        L{MAX_TRACESTATE_MEMBERS} members): all of it is then left out,
+        as the SDK does.
     """
-    return [v.decode("latin-1") for v in values]
+    members: List[Tuple[str, str]] = []
+    keys = set()
+    for line in values:
+        for member in line.decode("latin-1").split(","):
+            member = member.strip(" \t")
+            if not member:
+                continue
+            match = _MEMBER_RE.fullmatch(member)
+            if match is None:
+                return None
+            key, value = match.groups()
+            if key in keys:
+                return None
+            keys.add(key)
+            members.append((key, value))
+            if len(members) > MAX_TRACESTATE_MEMBERS:
+                return None
+    return members

@@ -71,8 +71,8 @@ from gateway.telemetry.tracing.context import (
     TRACESTATE,
     hexTraceId,
     parseTraceparent,
+    parseTracestate,
     traceparent,
-    tracestateOf,
 )
 from gateway.telemetry.tracing.export import OTLPHTTPExporter, ReactorSpanProcessor
 
@@ -323,7 +323,9 @@ class Tracer:
         parentContext = None
         if parent is not None:
             if stateValues:
-                state = TraceState.from_header(tracestateOf(stateValues))
+                members = parseTracestate(stateValues)
+                if members:
+                    state = TraceState(members)
             parentContext = SpanContext(traceId, int(parentHex, 16), True, TraceFlags(flags), state)
         api = exchange.api
         name = _METHODS.get(request.method) or "HTTP"
