@@ -600,7 +600,8 @@ class LookupTests(SynchronousTestCase):
     def test_services(self) -> None:
         """
         SRV records, lowest priority first and heaviest first within one;
-        targets normalised; a target of "." (no service there) left out.
+        targets normalised; a target of "." (no service there) and a
+        record of port 0 left out.
         """
         d = self.lookUp(lookupServices(self.resolver, "_http._tcp.svc.test"))
         name = "_http._tcp.svc.test"
@@ -612,6 +613,7 @@ class LookupTests(SynchronousTestCase):
                 srvRecord(name, 10, 1, 81, "a.test", 30),
                 srvRecord(name, 10, 9, 82, "b.test", 50),
                 srvRecord(name, 0, 0, 0, "", 50),
+                srvRecord(name, 10, 5, 0, "zero.test", 50),
             ],
         )
         answer = self.successResultOf(d)

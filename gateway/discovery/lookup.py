@@ -165,7 +165,8 @@ async def lookupFamily(resolver: Any, name: str, recordType: int) -> Answer:
 async def lookupServices(resolver: Any, name: str) -> Answer:
     """
     Look up the SRV records of a name; a target of C{.} (the service is
-    not offered there, RFC 2782) is left out.
+    not offered there, RFC 2782) is left out, and so is a record of port 0
+    (nothing can be reached there).
 
     @raise LookupFailed: when no answer came.
     """
@@ -175,7 +176,7 @@ async def lookupServices(resolver: Any, name: str) -> Answer:
     for record in records:
         payload = record.payload
         target = normalName(payload.target.name.decode("ascii", "replace"))
-        if not target:
+        if not target or not payload.port:
             continue
         found.append(ServiceRecord(payload.priority, payload.weight, payload.port, target))
     return Answer(sortRecords(found), ttl)
