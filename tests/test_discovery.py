@@ -581,6 +581,18 @@ class LookupTests(SynchronousTestCase):
         self.resolver.fail("bare.test", "A", nxdomain())
         self.assertEqual(self.successResultOf(d).ttl, None)
 
+    def test_topBitTTL(self) -> None:
+        """
+        A TTL with its top bit set is 0 (RFC 2181 8), in an answer and in a
+        negative answer's SOA, not 68 years.
+        """
+        d = self.lookUp(lookupFamily(self.resolver, "odd.test", dns.A))
+        self.resolver.answer("odd.test", "A", [aRecord("odd.test", "10.0.0.1", 0x80000001)])
+        self.assertEqual(self.successResultOf(d).ttl, 0.0)
+        d = self.lookUp(lookupFamily(self.resolver, "gone.test", dns.A))
+        self.resolver.fail("gone.test", "A", nxdomain([soaRecord(0xFFFFFFFF, 0xFFFFFFFF)]))
+        self.assertEqual(self.successResultOf(d).ttl, 0.0)
+
     def test_failures(self) -> None:
         """
         No answer, a server failure, a refusal: L{LookupFailed}, saying

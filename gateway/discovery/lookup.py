@@ -90,12 +90,20 @@ def makeResolver(settings: ResolverConfig, reactor: Any) -> StubResolver:
     return StubResolver(servers, settings.timeout, reactor, hostsFile=settings.hosts or None)
 
 
+def _ttl(value: int) -> int:
+    """
+    @return: a TTL as RFC 2181 8 reads it: a value with the top bit set is
+        0 (not some 68 years).
+    """
+    return 0 if value >= 0x80000000 else value
+
+
 def _negativeTTL(authority: Sequence[Any]) -> Optional[float]:
     # RFC 2308 5: a negative answer holds for the lesser of the SOA
     # record's TTL and its MINIMUM field.
     for record in authority:
         if record.type == dns.SOA:
-            return float(min(record.ttl, record.payload.minimum))
+            return float(min(_ttl(record.ttl), _ttl(record.payload.minimum)))
     return None
 
 
@@ -122,7 +130,7 @@ def _records(
     records = [r for r in answers if r.type in types]
     if records:
         # A CNAME chain holds no longer than its shortest link.
-        return records, float(min(r.ttl for r in answers))
+        return records, float(min(_ttl(r.ttl) for r in answers))
     return [], _negativeTTL(authority)
 
 
