@@ -71,7 +71,7 @@ from gateway.telemetry.tracing.export import (
     OTLPHTTPExporter,
     ReactorSpanProcessor,
 )
-from gateway.telemetry.tracing.spans import TracingClient
+from gateway.telemetry.tracing.spans import ATTRIBUTE_LENGTH, TracingClient
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -403,8 +403,10 @@ class Pipeline:
         channel = self.site.buildProtocol(PEER)
         transport = StringTransport(peerAddress=PEER)
         channel.makeConnection(transport)
-        lines = [f"GET {path} HTTP/1.1", "Host: gw.example:8080", "User-Agent: tester/1"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        headers = dict(headers or {})
+        headers.setdefault("User-Agent", "tester/1")
+        lines = [f"GET {path} HTTP/1.1", "Host: gw.example:8080"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
         channel.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode())
         return transport, channel
 
@@ -478,6 +480,26 @@ class PipelineSpanTests(SynchronousTestCase):
         self.assertEqual(client.attributes["url.full"], f"http://127.0.0.1:{port}/a")
         for span in pipeline.spans():
             self.assertNotIn(key, repr(dict(span.attributes)))
+
+    def test_longTextsCut(self) -> None:
+        """
+        A request's long texts (query, user agent, the upstream URL) are
+        cut to L{ATTRIBUTE_LENGTH} characters in the spans: a span waiting
+        in the export queue holds no more than that of what a client sent.
+        """
+        pipeline = Pipeline(self)
+        pipeline.serve(PLAIN)
+        query = "q=" + "x" * 5000
+        transport, _ = pipeline.request(
+            "/a?" + query, {"traceparent": SAMPLED_PARENT, "User-Agent": "u" * 5000}
+        )
+        pipeline.client.answer(0, 200)
+        self.assertEqual(pipeline.status(transport), 200)
+        attributes = pipeline.serverSpan().attributes
+        self.assertEqual(attributes["url.query"], query[:ATTRIBUTE_LENGTH])
+        self.assertEqual(attributes["user_agent.original"], "u" * ATTRIBUTE_LENGTH)
+        [client] = pipeline.clientSpans()
+        self.assertEqual(len(client.attributes["url.full"]), ATTRIBUTE_LENGTH)
 
     def test_continuesTheClientsTrace(self) -> None:
         """

@@ -87,6 +87,16 @@ _METHODS = {
 _HOST = b"Host"
 _USER_AGENT = b"User-Agent"
 
+#: The longest a span's text taken from a request (its path, query, user
+#: agent, the upstream URL) may be, in characters; longer ones are cut
+#: (OpenTelemetry's attribute value length limit): a span waiting in the
+#: export queue (C{maxQueueSize} of them) holds no more than a few of these.
+ATTRIBUTE_LENGTH = 1024
+
+
+def _limited(text: str) -> str:
+    return text if len(text) <= ATTRIBUTE_LENGTH else text[:ATTRIBUTE_LENGTH]
+
 _RECORDED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
 _ERROR = Status(StatusCode.ERROR)
@@ -406,9 +416,9 @@ class Tracer:
         attributes: Dict[str, Any] = {}
         _method(request.method, attributes)
         path, _, query = (exchange.shownURI or request.uri).partition(b"?")
-        attributes["url.path"] = path.decode("utf-8", "replace")
+        attributes["url.path"] = _limited(path.decode("utf-8", "replace"))
         if query:
-            attributes["url.query"] = query.decode("utf-8", "replace")
+            attributes["url.query"] = _limited(query.decode("utf-8", "replace"))
         attributes["url.scheme"] = "https" if request.isSecure() else "http"
         headers = request.requestHeaders
         host = headers.getRawHeaders(_HOST)
@@ -422,7 +432,7 @@ class Tracer:
             attributes["network.peer.port"] = getattr(peer, "port", 0)
         agent = headers.getRawHeaders(_USER_AGENT)
         if agent:
-            attributes["user_agent.original"] = agent[0].decode("latin-1")
+            attributes["user_agent.original"] = _limited(agent[0].decode("latin-1"))
         version = request.clientproto
         if version.startswith(b"HTTP/"):
             attributes["network.protocol.version"] = (
@@ -561,7 +571,9 @@ class TracingClient:
             # The target carries an API key (sent on: hideCredentials off):
             # the span keeps its path alone.
             uri = uri.partition(b"?")[0]
-        attributes["url.full"] = f"http://{hostPart}:{port}" + uri.decode("utf-8", "replace")
+        attributes["url.full"] = _limited(
+            f"http://{hostPart}:{port}" + uri.decode("utf-8", "replace")
+        )
         attributes["network.protocol.version"] = "1.1"
         serverName = getattr(backend, "name", None)
         if serverName is not None:
