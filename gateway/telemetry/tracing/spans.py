@@ -97,6 +97,7 @@ ATTRIBUTE_LENGTH = 1024
 def _limited(text: str) -> str:
     return text if len(text) <= ATTRIBUTE_LENGTH else text[:ATTRIBUTE_LENGTH]
 
+
 _RECORDED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
 _ERROR = Status(StatusCode.ERROR)
