@@ -556,6 +556,26 @@ class RateLimitFilterTests(SynchronousTestCase):
         self.assertIsNone(f.before(makeContext("10.0.0.1")))
         self.assertIsInstance(f.before(makeContext("10.0.0.2")), EarlyResponse)
 
+    def test_keyHeaderLongValuesKeptSmall(self) -> None:
+        """
+        A long header value (up to C{proxy.limits.maxHeadersSize}, 32 KiB)
+        is not kept as the key of its bucket: the buckets hold a short
+        digest, so many distinct long values cannot hold gigabytes, and
+        values that differ in their last byte still get buckets of their
+        own.
+        """
+        f = self.makeFilter(rateLimit={"rate": 1, "burst": 1, "key": "header:X-Api-Key"})
+        long1 = b"k" * 30000 + b"1"
+        long2 = b"k" * 30000 + b"2"
+        self.assertIsNone(f.before(makeContext(headers={b"x-api-key": [long1]})))
+        self.assertIsInstance(f.before(makeContext(headers={b"x-api-key": [long1]})), EarlyResponse)
+        self.assertIsNone(f.before(makeContext(headers={b"x-api-key": [long2]})))
+        self.assertIsNone(f.before(makeContext(headers={b"x-api-key": [b"short"]})))
+        keyed = f._limits[0]._keyed
+        self.assertEqual(len(keyed), 3)
+        self.assertIn(b"short", keyed)
+        self.assertEqual(sorted(len(key) for key in keyed._buckets), [5, 17, 17])
+
     def test_maxQPSAndRateLimit(self) -> None:
         """
         With both C{maxQPS} and C{rateLimit}, a request must pass both: the

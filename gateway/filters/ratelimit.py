@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from hashlib import blake2b
 from typing import Any, Deque, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
@@ -29,6 +30,11 @@ _RESET = b"RateLimit-Reset"
 
 
 _RETRY_AFTER = b"Retry-After"
+
+
+#: Header values longer than this are kept as a digest in the keyed
+#: buckets (see L{_Limit.keyOf}).
+_KEY_BYTES = 64
 
 
 class _Limit:
@@ -87,7 +93,17 @@ class _Limit:
         values = context.request.requestHeaders.getRawHeaders(self._header)
         # Requests without the header share one bucket: leaving them
         # unlimited would make the header a way around the limit.
-        return values[0] if values else b""
+        if not values:
+            return b""
+        value = values[0]
+        if len(value) > _KEY_BYTES:
+            # The buckets keep their keys (up to maxKeys of them): a value
+            # of up to proxy.limits.maxHeadersSize would let a client hold
+            # a gigabyte per worker with distinct keys.  A 128-bit digest
+            # keeps keys apart as well; the NUL that starts it is in no
+            # header value, so it is no short value's key either.
+            return b"\x00" + blake2b(value, digest_size=16).digest()
+        return value
 
     def bucketFor(self, key: Hashable) -> TokenBucket:
         single = self._single
