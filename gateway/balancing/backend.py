@@ -123,12 +123,17 @@ class Backend:
             else:
                 from gateway.protection.ratelimit import LOCAL
 
+                old = self.limiter if previous is not None else None
                 self.limiter = (self._buckets or LOCAL).bucket(
                     f"server/{config.name}/maxQPS/{config.maxQPS}",
                     config.maxQPS,
                     config.maxQPS,
                     self._reactor,
                 )
+                if old is not None:
+                    # A changed maxQPS neither resets nor doubles the
+                    # server's budget: the bucket starts at the old level.
+                    self.limiter.takeOver(old)
         if previous is not None and previous.passiveHealth != config.passiveHealth:
             self.ejectedUntil = 0.0
             self.consecutiveFailures = 0
