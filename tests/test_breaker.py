@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
+from gateway.balancing.backend import Backend
 from gateway.filters.breaker import APIBreakerFilter, makeAPIBreakerFilter
 from gateway.http.errors import UpstreamTimeout
 from gateway.interfaces import IFilter
@@ -359,6 +360,91 @@ class HalfOpenTests(SynchronousTestCase):
         self.assertIn("2 of 3 trial requests failed", breaker.transitions[-1]["reason"])
 
 
+class StaleOutcomeTests(SynchronousTestCase):
+    """
+    In half-open only the trial requests judge the server: a request sent
+    while the breaker was closed, whose outcome comes after it turned
+    half-open, neither judges nor frees a trial's slot.
+    """
+
+    def makeBackend(self) -> Tuple[Backend, task.Clock]:
+        clock = task.Clock()
+        server = parseResource(
+            "servers",
+            {
+                "name": "s",
+                "addr": "127.0.0.1:1",
+                "circuitBreaker": {
+                    "failureRateToOpen": 50,
+                    "minRequests": 2,
+                    "window": 10,
+                    "openTimeout": 5,
+                    "halfOpenTrafficRate": 100,
+                    "halfOpenRequests": 1,
+                    "successRateToClose": 100,
+                },
+            },
+        )
+        return Backend(server, clock, Random(3)), clock
+
+    def test_serverTrialsOnly(self) -> None:
+        """
+        A slow request sent before the breaker opened succeeds while the
+        one trial is in flight: the breaker stays half-open, lets no second
+        trial through, and the trial's failure opens it again.
+        """
+        backend, clock = self.makeBackend()
+        self.assertTrue(backend.requestStarted())
+        slowSentAt = clock.seconds()
+        for _ in range(2):
+            self.assertTrue(backend.requestStarted())
+            backend.requestFinished(None, False, clock.seconds())
+        breaker = backend.breaker
+        assert breaker is not None
+        self.assertEqual(breaker.state, OPEN)
+        clock.advance(5)
+        self.assertTrue(backend.available())
+        self.assertEqual(breaker.state, HALF_OPEN)
+        self.assertTrue(backend.requestStarted())
+        trialSentAt = clock.seconds()
+        clock.advance(1)
+        backend.requestFinished(6.0, True, slowSentAt)
+        self.assertEqual(breaker.state, HALF_OPEN)
+        self.assertFalse(backend.available())
+        self.assertEqual(
+            breaker.snapshot()["trials"], {"successes": 0, "failures": 0, "inFlight": 1}
+        )
+        self.assertEqual(breaker.counters["ignored"], 1)
+        backend.requestFinished(None, False, trialSentAt)
+        self.assertEqual(breaker.state, OPEN)
+
+    def test_apiTrialsOnly(self) -> None:
+        """
+        The same holds for an API's breaker: a request its filter let
+        through while closed, answered once it is half-open, is no trial.
+        """
+        made, clock = makeFilter(
+            minRequests=1,
+            openTimeout=5.0,
+            halfOpenTrafficRate=100.0,
+            halfOpenRequests=1,
+            successRateToClose=100.0,
+        )
+        slow = makeContext()
+        self.assertIsNone(made.before(slow))
+        failing = makeContext()
+        self.assertIsNone(made.before(failing))
+        made.after(failing, ResponseInfo(503, Headers()))
+        self.assertEqual(made.breaker.state, OPEN)
+        clock.advance(5)
+        trial = makeContext()
+        self.assertIsNone(made.before(trial))
+        made.after(slow, ResponseInfo(200, Headers()))
+        self.assertEqual(made.breaker.state, HALF_OPEN)
+        made.after(trial, ResponseInfo(200, Headers()))
+        self.assertEqual(made.breaker.state, CLOSED)
+
+
 class RecordsTests(SynchronousTestCase):
     """
     Transitions are kept, logged and reported.
@@ -523,7 +609,7 @@ class APIBreakerFilterTests(SynchronousTestCase):
         for code in (200, 500, 404, 503):
             context = makeContext()
             self.assertIsNone(made.before(context))
-            self.assertTrue(context.attributes[made])
+            self.assertIn(made, context.attributes)
             made.after(context, ResponseInfo(code, Headers()))
         # 2 of 4 failed.
         self.assertEqual(made.breaker.state, OPEN)

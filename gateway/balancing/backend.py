@@ -191,18 +191,23 @@ class Backend:
             self.breaker.requestStarted()
         return True
 
-    def requestFinished(self, latency: Optional[float], ok: Optional[bool] = True) -> None:
+    def requestFinished(
+        self, latency: Optional[float], ok: Optional[bool] = True, sentAt: Optional[float] = None
+    ) -> None:
         """
         @param latency: seconds to the response headers, or L{None} when the
             request failed before any answer.
         @param ok: whether it succeeded, as the breaker and passive health
             checking count success (see L{isFailureStatus}); L{None} when the
             outcome says nothing about the server (the client went away).
+        @param sentAt: the clock time the request was started, when known:
+            a half-open breaker judges only the requests sent as its trials
+            (see L{gateway.protection.breaker.CircuitBreaker.record}).
         """
         self.active -= 1
         if ok is None:
             if self.breaker is not None:
-                self.breaker.record(None)
+                self.breaker.record(None, sentAt)
             return
         if latency is not None:
             if self.ewma == 0.0:
@@ -210,7 +215,7 @@ class Backend:
             else:
                 self.ewma += EWMA_ALPHA * (latency - self.ewma)
         if self.breaker is not None:
-            self.breaker.record(ok)
+            self.breaker.record(ok, sentAt)
         if ok:
             self.consecutiveFailures = 0
             return

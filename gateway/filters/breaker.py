@@ -56,21 +56,23 @@ class APIBreakerFilter:
                 {b"retry-after": _retryAfterHeader(breaker.retryAfter())},
                 api=context.api.name,
             )
-        breaker.requestStarted()
-        # Counted until recorded, once (see after and error).
-        context.attributes[self] = True
+        # Counted until recorded, once (see after and error); when it was
+        # let through, for a half-open breaker to tell its trials.
+        context.attributes[self] = breaker.requestStarted()
         return None
 
     def after(self, context: Any, response: Any) -> None:
-        if context.attributes.pop(self, False):
-            self.breaker.record(response.code not in self._failureStatuses)
+        sentAt = context.attributes.pop(self, None)
+        if sentAt is not None:
+            self.breaker.record(response.code not in self._failureStatuses, sentAt)
         return None
 
     def error(self, context: Any, failure: Any) -> None:
         # (The gateway's own error answer passes after() next: popping the
         # mark keeps it from counting the request a second time.)
-        if context.attributes.pop(self, False):
-            self.breaker.record(False)
+        sentAt = context.attributes.pop(self, None)
+        if sentAt is not None:
+            self.breaker.record(False, sentAt)
         return None
 
 
