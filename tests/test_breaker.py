@@ -445,6 +445,110 @@ class StaleOutcomeTests(SynchronousTestCase):
         self.assertEqual(made.breaker.state, CLOSED)
 
 
+class ChangedSettingsTests(SynchronousTestCase):
+    """
+    A breaker whose settings change goes on from the old breaker's state
+    (L{CircuitBreaker.takeOver}): a change does not close an open breaker.
+    """
+
+    def serverConfig(self, openTimeout: float, **more: Any) -> Any:
+        return parseResource(
+            "servers",
+            {
+                "name": "s",
+                "addr": "127.0.0.1:1",
+                "circuitBreaker": dict(
+                    {"failureRateToOpen": 50, "minRequests": 2, "openTimeout": openTimeout},
+                    **more,
+                ),
+            },
+        )
+
+    def test_serverStaysOpen(self) -> None:
+        """
+        A server whose breaker is open stays out of rotation when its
+        breaker's settings change: until the new C{openTimeout} after it
+        opened, then half-open; its transitions and counters go on.
+        """
+        clock = task.Clock()
+        backend = Backend(self.serverConfig(30), clock, Random(1))
+        for _ in range(2):
+            self.assertTrue(backend.requestStarted())
+            backend.requestFinished(None, False, clock.seconds())
+        old = backend.breaker
+        assert old is not None
+        self.assertEqual(old.state, OPEN)
+        clock.advance(5)
+        backend.configure(self.serverConfig(10, halfOpenTrafficRate=100))
+        breaker = backend.breaker
+        assert breaker is not None
+        self.assertIsNot(breaker, old)
+        self.assertEqual((breaker.state, breaker.since), (OPEN, 0.0))
+        self.assertFalse(backend.available())
+        self.assertEqual(breaker.counters, old.counters)
+        self.assertEqual(list(breaker.transitions), list(old.transitions))
+        self.assertEqual(breaker.retryAfter(), 5.0)
+        clock.advance(5)
+        self.assertTrue(backend.available())
+        self.assertEqual(breaker.state, HALF_OPEN)
+
+    def test_halfOpenJudgesAnew(self) -> None:
+        """
+        A half-open breaker stays half-open under new settings; the trial
+        in flight keeps its slot, and the new C{halfOpenRequests} decide.
+        """
+        old, clock = halfOpenBreaker(halfOpenRequests=5)
+        old.requestStarted()
+        recordAll(old, "ss")
+        new = CircuitBreaker(
+            CircuitBreakerConfig(halfOpenRequests=1, halfOpenTrafficRate=100.0), clock, Random(2)
+        )
+        new.takeOver(old)
+        self.assertEqual(new.state, HALF_OPEN)
+        self.assertEqual(new.snapshot()["trials"], {"successes": 0, "failures": 0, "inFlight": 0})
+        self.assertTrue(new.allows())
+        new.requestStarted()
+        self.assertFalse(new.allows())
+        new.record(True, clock.seconds())
+        self.assertEqual(new.state, CLOSED)
+
+    def test_closedStartsAnew(self) -> None:
+        """
+        A closed breaker's new settings start a new window.
+        """
+        old, clock = makeBreaker(minRequests=4)
+        recordAll(old, "fff")
+        new = CircuitBreaker(CircuitBreakerConfig(minRequests=4), clock, Random(2))
+        new.takeOver(old)
+        self.assertEqual(recordAll(new, "f"), [CLOSED])
+        self.assertEqual(new.counters["failures"], 4)
+
+    def test_apiStaysOpen(self) -> None:
+        """
+        An API whose breaker is open keeps answering 503 when its breaker's
+        settings change (the snapshot gives the new filter the old one).
+        """
+        made, clock = makeFilter(minRequests=1, openTimeout=30.0)
+        context = makeContext()
+        self.assertIsNone(made.before(context))
+        made.after(context, ResponseInfo(503, Headers()))
+        self.assertEqual(made.breaker.state, OPEN)
+        api = parseResource(
+            "apis",
+            {
+                "name": "orders",
+                "urlPattern": "/x",
+                "nodes": [{"cluster": "c"}],
+                "circuitBreaker": {"minRequests": 1, "openTimeout": 20.0},
+            },
+        )
+        new = makeAPIBreakerFilter(api, clock, Random(3), previous=made)
+        assert new is not None
+        answer = new.before(makeContext())
+        assert answer is not None
+        self.assertEqual(answer.code, 503)
+
+
 class RecordsTests(SynchronousTestCase):
     """
     Transitions are kept, logged and reported.

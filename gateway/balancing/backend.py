@@ -114,9 +114,13 @@ class Backend:
             else:
                 from gateway.protection.breaker import CircuitBreaker
 
+                oldBreaker = self.breaker
                 self.breaker = CircuitBreaker(
                     breakerConfig, self._reactor, self._random, name=f"server/{config.name}"
                 )
+                if oldBreaker is not None:
+                    # New settings, same server: an open breaker stays open.
+                    self.breaker.takeOver(oldBreaker)
         if previous is None or previous.maxQPS != config.maxQPS:
             if config.maxQPS <= 0:
                 self.limiter = None

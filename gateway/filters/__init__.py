@@ -156,7 +156,8 @@ class FilterRegistry:
             and its state (a breaker, buckets), while the key stays.
             C{previous} is the API's filter of the same kind (C{key[0]})
             before its settings changed, or L{None}: the rate limits carry
-            their buckets' levels over from it.
+            their buckets' levels over from it, the circuit breaker its
+            state.
         """
         from gateway.filters.auth import makeACLFilter, makeAuthFilter
         from gateway.filters.breaker import makeAPIBreakerFilter
@@ -194,7 +195,7 @@ class FilterRegistry:
         specs.append(
             (
                 ("circuit-breaker", api.name, repr(api.circuitBreaker)),
-                lambda previous=None: makeAPIBreakerFilter(api, reactor, random),
+                lambda previous=None: makeAPIBreakerFilter(api, reactor, random, previous),
             )
         )
         specs.append(

@@ -77,17 +77,24 @@ class APIBreakerFilter:
 
 
 def makeAPIBreakerFilter(
-    api: API, clock: Any, random: Optional[_random.Random] = None
+    api: API,
+    clock: Any,
+    random: Optional[_random.Random] = None,
+    previous: Optional[APIBreakerFilter] = None,
 ) -> Optional[APIBreakerFilter]:
     """
     @param api: the API, with its C{circuitBreaker} settings.
     @param clock: an L{IReactorTime} provider.
     @param random: the L{random.Random} for half-open draws.
+    @param previous: the API's breaker filter before its settings changed:
+        the new breaker goes on from its state (see
+        L{CircuitBreaker.takeOver}).
     @return: the API's breaker filter, or L{None} when it has no
         C{circuitBreaker}.
     """
     if api.circuitBreaker is None:
         return None
-    return APIBreakerFilter(
-        CircuitBreaker(api.circuitBreaker, clock, random, name=f"api/{api.name}")
-    )
+    breaker = CircuitBreaker(api.circuitBreaker, clock, random, name=f"api/{api.name}")
+    if isinstance(previous, APIBreakerFilter):
+        breaker.takeOver(previous.breaker)
+    return APIBreakerFilter(breaker)

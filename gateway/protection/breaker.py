@@ -120,6 +120,28 @@ class CircuitBreaker:
         self._trialFailures = 0
         self._trialsInFlight: Deque[float] = collections.deque()
 
+    def takeOver(self, old: CircuitBreaker) -> None:
+        """
+        Go on from the state of C{old}, the breaker of the same server or
+        API before its settings changed: an open breaker stays open (until
+        the new C{openTimeout} after it opened), a half-open one stays
+        half-open and judges anew (the trials in flight hold their slots,
+        and count), and the transitions and counters go on; a closed one
+        starts a new window.  (A changed setting closed an
+        open breaker, sending traffic at once to the server it kept away.)
+
+        @param old: the breaker this one replaces.
+        """
+        self.transitions.extend(old.transitions)
+        self.counters = dict(old.counters)
+        self.since = old.since
+        if old.state == CLOSED:
+            return
+        self.state = old.state
+        self._openedAt = old._openedAt
+        self._openingRate = old._openingRate
+        self._trialsInFlight = collections.deque(old._trialsInFlight)
+
     # -- the closed state's rolling window ----------------------------------
 
     def _epochAt(self, now: float) -> int:
