@@ -492,6 +492,31 @@ class ChangedSettingsTests(SynchronousTestCase):
         self.assertTrue(backend.available())
         self.assertEqual(breaker.state, HALF_OPEN)
 
+    def test_ejectionSurvivesChange(self) -> None:
+        """
+        A server that passive health checks ejected stays ejected when
+        their settings change (for the time it was given), and is back at
+        once when they are removed.
+        """
+
+        def config(passive: Any) -> Any:
+            return parseResource(
+                "servers", {"name": "s", "addr": "127.0.0.1:1", "passiveHealth": passive}
+            )
+
+        clock = task.Clock()
+        backend = Backend(config({"consecutiveFailures": 2, "ejectTime": 60}), clock)
+        for _ in range(2):
+            self.assertTrue(backend.requestStarted())
+            backend.requestFinished(None, False, clock.seconds())
+        self.assertEqual(backend.unavailableReason(), "ejected")
+        backend.configure(config({"consecutiveFailures": 3, "ejectTime": 30}))
+        self.assertEqual(backend.unavailableReason(), "ejected")
+        clock.advance(59)
+        self.assertFalse(backend.available())
+        backend.configure(config(None))
+        self.assertTrue(backend.available())
+
     def test_halfOpenJudgesAnew(self) -> None:
         """
         A half-open breaker stays half-open under new settings; the trial

@@ -139,8 +139,11 @@ class Backend:
                     # server's budget: the bucket starts at the old level.
                     self.limiter.takeOver(old)
         if previous is not None and previous.passiveHealth != config.passiveHealth:
-            self.ejectedUntil = 0.0
+            # New settings count anew; an ejected server stays out for the
+            # time it was given, unless passive checks are off now.
             self.consecutiveFailures = 0
+            if config.passiveHealth is None:
+                self.ejectedUntil = 0.0
 
     def available(self) -> bool:
         """
