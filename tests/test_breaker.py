@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
+from gateway.balancing.backend import Backend
 from gateway.filters.breaker import APIBreakerFilter, makeAPIBreakerFilter
 from gateway.http.errors import UpstreamTimeout
 from gateway.interfaces import IFilter
@@ -359,6 +360,220 @@ class HalfOpenTests(SynchronousTestCase):
         self.assertIn("2 of 3 trial requests failed", breaker.transitions[-1]["reason"])
 
 
+class StaleOutcomeTests(SynchronousTestCase):
+    """
+    In half-open only the trial requests judge the server: a request sent
+    while the breaker was closed, whose outcome comes after it turned
+    half-open, neither judges nor frees a trial's slot.
+    """
+
+    def makeBackend(self) -> Tuple[Backend, task.Clock]:
+        clock = task.Clock()
+        server = parseResource(
+            "servers",
+            {
+                "name": "s",
+                "addr": "127.0.0.1:1",
+                "circuitBreaker": {
+                    "failureRateToOpen": 50,
+                    "minRequests": 2,
+                    "window": 10,
+                    "openTimeout": 5,
+                    "halfOpenTrafficRate": 100,
+                    "halfOpenRequests": 1,
+                    "successRateToClose": 100,
+                },
+            },
+        )
+        return Backend(server, clock, Random(3)), clock
+
+    def test_serverTrialsOnly(self) -> None:
+        """
+        A slow request sent before the breaker opened succeeds while the
+        one trial is in flight: the breaker stays half-open, lets no second
+        trial through, and the trial's failure opens it again.
+        """
+        backend, clock = self.makeBackend()
+        self.assertTrue(backend.requestStarted())
+        slowSentAt = clock.seconds()
+        for _ in range(2):
+            self.assertTrue(backend.requestStarted())
+            backend.requestFinished(None, False, clock.seconds())
+        breaker = backend.breaker
+        assert breaker is not None
+        self.assertEqual(breaker.state, OPEN)
+        clock.advance(5)
+        self.assertTrue(backend.available())
+        self.assertEqual(breaker.state, HALF_OPEN)
+        self.assertTrue(backend.requestStarted())
+        trialSentAt = clock.seconds()
+        clock.advance(1)
+        backend.requestFinished(6.0, True, slowSentAt)
+        self.assertEqual(breaker.state, HALF_OPEN)
+        self.assertFalse(backend.available())
+        self.assertEqual(
+            breaker.snapshot()["trials"], {"successes": 0, "failures": 0, "inFlight": 1}
+        )
+        self.assertEqual(breaker.counters["ignored"], 1)
+        backend.requestFinished(None, False, trialSentAt)
+        self.assertEqual(breaker.state, OPEN)
+
+    def test_apiTrialsOnly(self) -> None:
+        """
+        The same holds for an API's breaker: a request its filter let
+        through while closed, answered once it is half-open, is no trial.
+        """
+        made, clock = makeFilter(
+            minRequests=1,
+            openTimeout=5.0,
+            halfOpenTrafficRate=100.0,
+            halfOpenRequests=1,
+            successRateToClose=100.0,
+        )
+        slow = makeContext()
+        self.assertIsNone(made.before(slow))
+        failing = makeContext()
+        self.assertIsNone(made.before(failing))
+        made.after(failing, ResponseInfo(503, Headers()))
+        self.assertEqual(made.breaker.state, OPEN)
+        clock.advance(5)
+        trial = makeContext()
+        self.assertIsNone(made.before(trial))
+        made.after(slow, ResponseInfo(200, Headers()))
+        self.assertEqual(made.breaker.state, HALF_OPEN)
+        made.after(trial, ResponseInfo(200, Headers()))
+        self.assertEqual(made.breaker.state, CLOSED)
+
+
+class ChangedSettingsTests(SynchronousTestCase):
+    """
+    A breaker whose settings change goes on from the old breaker's state
+    (L{CircuitBreaker.takeOver}): a change does not close an open breaker.
+    """
+
+    def serverConfig(self, openTimeout: float, **more: Any) -> Any:
+        return parseResource(
+            "servers",
+            {
+                "name": "s",
+                "addr": "127.0.0.1:1",
+                "circuitBreaker": dict(
+                    {"failureRateToOpen": 50, "minRequests": 2, "openTimeout": openTimeout},
+                    **more,
+                ),
+            },
+        )
+
+    def test_serverStaysOpen(self) -> None:
+        """
+        A server whose breaker is open stays out of rotation when its
+        breaker's settings change: until the new C{openTimeout} after it
+        opened, then half-open; its transitions and counters go on.
+        """
+        clock = task.Clock()
+        backend = Backend(self.serverConfig(30), clock, Random(1))
+        for _ in range(2):
+            self.assertTrue(backend.requestStarted())
+            backend.requestFinished(None, False, clock.seconds())
+        old = backend.breaker
+        assert old is not None
+        self.assertEqual(old.state, OPEN)
+        clock.advance(5)
+        backend.configure(self.serverConfig(10, halfOpenTrafficRate=100))
+        breaker = backend.breaker
+        assert breaker is not None
+        self.assertIsNot(breaker, old)
+        self.assertEqual((breaker.state, breaker.since), (OPEN, 0.0))
+        self.assertFalse(backend.available())
+        self.assertEqual(breaker.counters, old.counters)
+        self.assertEqual(list(breaker.transitions), list(old.transitions))
+        self.assertEqual(breaker.retryAfter(), 5.0)
+        clock.advance(5)
+        self.assertTrue(backend.available())
+        self.assertEqual(breaker.state, HALF_OPEN)
+
+    def test_ejectionSurvivesChange(self) -> None:
+        """
+        A server that passive health checks ejected stays ejected when
+        their settings change (for the time it was given), and is back at
+        once when they are removed.
+        """
+
+        def config(passive: Any) -> Any:
+            return parseResource(
+                "servers", {"name": "s", "addr": "127.0.0.1:1", "passiveHealth": passive}
+            )
+
+        clock = task.Clock()
+        backend = Backend(config({"consecutiveFailures": 2, "ejectTime": 60}), clock)
+        for _ in range(2):
+            self.assertTrue(backend.requestStarted())
+            backend.requestFinished(None, False, clock.seconds())
+        self.assertEqual(backend.unavailableReason(), "ejected")
+        backend.configure(config({"consecutiveFailures": 3, "ejectTime": 30}))
+        self.assertEqual(backend.unavailableReason(), "ejected")
+        clock.advance(59)
+        self.assertFalse(backend.available())
+        backend.configure(config(None))
+        self.assertTrue(backend.available())
+
+    def test_halfOpenJudgesAnew(self) -> None:
+        """
+        A half-open breaker stays half-open under new settings; the trial
+        in flight keeps its slot, and the new C{halfOpenRequests} decide.
+        """
+        old, clock = halfOpenBreaker(halfOpenRequests=5)
+        old.requestStarted()
+        recordAll(old, "ss")
+        new = CircuitBreaker(
+            CircuitBreakerConfig(halfOpenRequests=1, halfOpenTrafficRate=100.0), clock, Random(2)
+        )
+        new.takeOver(old)
+        self.assertEqual(new.state, HALF_OPEN)
+        self.assertEqual(new.snapshot()["trials"], {"successes": 0, "failures": 0, "inFlight": 0})
+        self.assertTrue(new.allows())
+        new.requestStarted()
+        self.assertFalse(new.allows())
+        new.record(True, clock.seconds())
+        self.assertEqual(new.state, CLOSED)
+
+    def test_closedStartsAnew(self) -> None:
+        """
+        A closed breaker's new settings start a new window.
+        """
+        old, clock = makeBreaker(minRequests=4)
+        recordAll(old, "fff")
+        new = CircuitBreaker(CircuitBreakerConfig(minRequests=4), clock, Random(2))
+        new.takeOver(old)
+        self.assertEqual(recordAll(new, "f"), [CLOSED])
+        self.assertEqual(new.counters["failures"], 4)
+
+    def test_apiStaysOpen(self) -> None:
+        """
+        An API whose breaker is open keeps answering 503 when its breaker's
+        settings change (the snapshot gives the new filter the old one).
+        """
+        made, clock = makeFilter(minRequests=1, openTimeout=30.0)
+        context = makeContext()
+        self.assertIsNone(made.before(context))
+        made.after(context, ResponseInfo(503, Headers()))
+        self.assertEqual(made.breaker.state, OPEN)
+        api = parseResource(
+            "apis",
+            {
+                "name": "orders",
+                "urlPattern": "/x",
+                "nodes": [{"cluster": "c"}],
+                "circuitBreaker": {"minRequests": 1, "openTimeout": 20.0},
+            },
+        )
+        new = makeAPIBreakerFilter(api, clock, Random(3), previous=made)
+        assert new is not None
+        answer = new.before(makeContext())
+        assert answer is not None
+        self.assertEqual(answer.code, 503)
+
+
 class RecordsTests(SynchronousTestCase):
     """
     Transitions are kept, logged and reported.
@@ -523,7 +738,7 @@ class APIBreakerFilterTests(SynchronousTestCase):
         for code in (200, 500, 404, 503):
             context = makeContext()
             self.assertIsNone(made.before(context))
-            self.assertTrue(context.attributes[made])
+            self.assertIn(made, context.attributes)
             made.after(context, ResponseInfo(code, Headers()))
         # 2 of 4 failed.
         self.assertEqual(made.breaker.state, OPEN)

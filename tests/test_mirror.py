@@ -42,7 +42,9 @@ class FakeBackend:
         self.active += 1
         return True
 
-    def requestFinished(self, latency: Optional[float], ok: Optional[bool] = True) -> None:
+    def requestFinished(
+        self, latency: Optional[float], ok: Optional[bool] = True, sentAt: Optional[float] = None
+    ) -> None:
         self.active -= 1
 
 

@@ -355,6 +355,90 @@ class TokenBucketTests(SynchronousTestCase):
                 self.assertTrue(bucket.take())
 
 
+class TakeOverTests(SynchronousTestCase):
+    """
+    Tests for L{TokenBucket.takeOver} and L{KeyedBuckets.takeOver}: the
+    bucket of a changed limit starts at the old bucket's level.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(100)
+
+    def test_tightened(self) -> None:
+        """
+        A limit lowered after its clients spent the burst hands out no new
+        burst: the new bucket is as empty as the old, and fills at the new
+        rate.
+        """
+        old = TokenBucket(10, 10, self.clock)
+        self.assertTrue(old.take(10))
+        new = TokenBucket(5, 5, self.clock)
+        new.takeOver(old)
+        self.assertFalse(new.allows())
+        self.assertAlmostEqual(new.retryAfter(), 0.2)
+        self.clock.advance(1)
+        self.assertEqual(new.remaining(), 5)
+
+    def test_loosened(self) -> None:
+        """
+        A faster rate with the same burst gives no second burst either: the
+        client waits for the new rate's tokens.
+        """
+        old = TokenBucket(1, 100, self.clock)
+        self.assertTrue(old.take(100))
+        new = TokenBucket(2, 100, self.clock)
+        new.takeOver(old)
+        self.assertEqual(new.remaining(), 0)
+        self.clock.advance(1.5)
+        self.assertEqual(new.remaining(), 3)
+
+    def test_levelKeptUpToBurst(self) -> None:
+        """
+        The tokens left are kept, whole ones exactly, at most the new burst.
+        """
+        old = TokenBucket(1, 10, self.clock)
+        self.assertTrue(old.take(7))
+        new = TokenBucket(1, 20, self.clock)
+        new.takeOver(old)
+        self.assertEqual(new.remaining(), 3)
+        smaller = TokenBucket(1, 2, self.clock)
+        smaller.takeOver(old)
+        self.assertEqual(smaller.remaining(), 2)
+        fullOld = TokenBucket(1, 10, self.clock)
+        full = TokenBucket(1, 5, self.clock)
+        full.takeOver(fullOld)
+        self.assertEqual((full.remaining(), full.resetAfter()), (5, 0.0))
+
+    def test_neverMoreThanItHolds(self) -> None:
+        """
+        Taking over from a fuller bucket gives a bucket nothing.
+        """
+        new = TokenBucket(1, 5, self.clock)
+        self.assertTrue(new.take(4))
+        new.takeOver(TokenBucket(1, 5, self.clock))
+        self.assertEqual(new.remaining(), 1)
+
+    def test_keyed(self) -> None:
+        """
+        Each key's new bucket takes over that key's old level when first
+        used; once every old bucket would be full again (C{burst / rate}
+        seconds), the old buckets are let go.
+        """
+        old = KeyedBuckets(1, 2, self.clock)
+        self.assertTrue(old.get("a").take(2))
+        self.assertTrue(old.get("b").take(1))
+        new = KeyedBuckets(1, 4, self.clock)
+        new.takeOver(old)
+        self.assertEqual(new.get("a").remaining(), 0)
+        self.assertEqual(new.get("b").remaining(), 1)
+        self.assertEqual(new.get("c").remaining(), 4)
+        self.assertTrue(old.get("d").take(2))
+        self.clock.advance(2)
+        self.assertEqual(new.get("d").remaining(), 4)
+        self.assertIsNone(new._previous)
+
+
 class KeyedBucketsTests(SynchronousTestCase):
     """
     Tests for L{KeyedBuckets}.
@@ -555,6 +639,26 @@ class RateLimitFilterTests(SynchronousTestCase):
         self.assertIsNone(f.before(makeContext(headers={b"x-api-key": [b"k2"]})))
         self.assertIsNone(f.before(makeContext("10.0.0.1")))
         self.assertIsInstance(f.before(makeContext("10.0.0.2")), EarlyResponse)
+
+    def test_keyHeaderLongValuesKeptSmall(self) -> None:
+        """
+        A long header value (up to C{proxy.limits.maxHeadersSize}, 32 KiB)
+        is not kept as the key of its bucket: the buckets hold a short
+        digest, so many distinct long values cannot hold gigabytes, and
+        values that differ in their last byte still get buckets of their
+        own.
+        """
+        f = self.makeFilter(rateLimit={"rate": 1, "burst": 1, "key": "header:X-Api-Key"})
+        long1 = b"k" * 30000 + b"1"
+        long2 = b"k" * 30000 + b"2"
+        self.assertIsNone(f.before(makeContext(headers={b"x-api-key": [long1]})))
+        self.assertIsInstance(f.before(makeContext(headers={b"x-api-key": [long1]})), EarlyResponse)
+        self.assertIsNone(f.before(makeContext(headers={b"x-api-key": [long2]})))
+        self.assertIsNone(f.before(makeContext(headers={b"x-api-key": [b"short"]})))
+        keyed = f._limits[0]._keyed
+        self.assertEqual(len(keyed), 3)
+        self.assertIn(b"short", keyed)
+        self.assertEqual(sorted(len(key) for key in keyed._buckets), [5, 17, 17])
 
     def test_maxQPSAndRateLimit(self) -> None:
         """

@@ -220,6 +220,66 @@ class SharedBucketsTests(SynchronousTestCase):
         self.assertIsNone(startRequest(Cluster, mine[0]))
         self.assertIsNone(startRequest(Cluster, None))
 
+    def test_changedLimitAcrossWorkers(self) -> None:
+        """
+        When an API's limits change, the new buckets start at the old ones'
+        levels (capped at the new burst), whichever worker makes them first
+        and however many workers make them: a client that spent its burst
+        gets no new one, the client of a keyed limit neither, and a client
+        with tokens left keeps them.
+        """
+
+        def api(rate: int, burst: int, maxQPS: int) -> object:
+            return parseResource(
+                "apis",
+                {
+                    "name": "x",
+                    "urlPattern": "/x",
+                    "nodes": [{"cluster": "c"}],
+                    "maxQPS": maxQPS,
+                    "rateLimit": {"rate": rate, "burst": burst, "key": "ip"},
+                },
+            )
+
+        old = [
+            makeRateLimitFilter(api(1, 4, 100), self.clock, buckets=table)
+            for table in (self.first, self.second)
+        ]
+        # Client 1 spends its burst of 4 in both workers, client 2 one token.
+        self.assertEqual([f.before(_Context()) is None for f in old * 3], [True] * 4 + [False] * 2)
+        self.assertIsNone(old[0].before(_Context("10.0.0.2")))
+        new = [
+            makeRateLimitFilter(api(2, 3, 50), self.clock, buckets=table, previous=previous)
+            for table, previous in zip((self.first, self.second), old)
+        ]
+        self.assertEqual([f.before(_Context()) is None for f in new], [False, False])
+        # Client 2 had 3 of 4 left: as many as the new burst.
+        admitted = [f.before(_Context("10.0.0.2")) is None for f in new * 2]
+        self.assertEqual(admitted, [True, True, True, False])
+        # The API's maxQPS: 100 - 5 taken is more than 50: the new bucket
+        # is full, 50 - 3 tokens are left.
+        self.assertEqual(new[0]._limits[1]._single.remaining(), 47)
+        self.clock.advance(0.5)
+        self.assertEqual([f.before(_Context()) is None for f in new], [True, False])
+
+    def test_changedServerMaxQPSAcrossWorkers(self) -> None:
+        """
+        A server whose maxQPS changes keeps the level of its old bucket in
+        every worker: its budget is not handed out a second time.
+        """
+        before = parseResource("servers", {"name": "s", "addr": "127.0.0.1:1", "maxQPS": 4})
+        after = parseResource("servers", {"name": "s", "addr": "127.0.0.1:1", "maxQPS": 3})
+        backends = [Backend(before, self.clock, buckets=t) for t in (self.first, self.second)]
+        for backend in backends * 2:
+            self.assertTrue(backend.requestStarted())
+        self.assertFalse(backends[0].available())
+        for backend in backends:
+            backend.configure(after)
+        self.assertEqual([b.available() for b in backends], [False, False])
+        self.clock.advance(1 / 3)
+        self.assertTrue(backends[1].requestStarted())
+        self.assertFalse(backends[0].available())
+
     def test_localByDefault(self) -> None:
         """
         Without a shared table, buckets are this process's alone.

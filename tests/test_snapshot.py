@@ -185,6 +185,29 @@ class SnapshotManagerTests(SynchronousTestCase):
         )
         self.assertIsNot(third.apis["u"].filters[0], first.apis["u"].filters[0])
 
+    def test_changedRateLimitKeepsLevel(self) -> None:
+        """
+        When an API's limits change, its new rate-limit filter starts from
+        the old buckets' levels: the burst its clients spent is not handed
+        out again, and the new rate applies from the change on.
+        """
+
+        class Context:
+            clientIP = "10.0.0.1"
+            attributes: dict = {}
+
+        limited = api("u", "/users", rateLimit={"rate": 1, "burst": 3})
+        first = self.manager.apply(state([limited]))
+        old = first.apis["u"].filters[0]
+        self.assertEqual([old.before(Context()) is None for _ in range(4)], [True] * 3 + [False])
+        changed = api("u", "/users", rateLimit={"rate": 2, "burst": 3})
+        second = self.manager.apply(state([changed], revision=2))
+        new = second.apis["u"].filters[0]
+        self.assertIsNot(new, old)
+        self.assertEqual(new.before(Context()).code, 429)
+        self.clock.advance(0.5)
+        self.assertEqual([new.before(Context()) is None for _ in range(2)], [True, False])
+
     def test_listenersCalled(self) -> None:
         """
         Listeners hear of every swap; one that raises does not stop the swap.

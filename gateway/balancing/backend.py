@@ -114,24 +114,36 @@ class Backend:
             else:
                 from gateway.protection.breaker import CircuitBreaker
 
+                oldBreaker = self.breaker
                 self.breaker = CircuitBreaker(
                     breakerConfig, self._reactor, self._random, name=f"server/{config.name}"
                 )
+                if oldBreaker is not None:
+                    # New settings, same server: an open breaker stays open.
+                    self.breaker.takeOver(oldBreaker)
         if previous is None or previous.maxQPS != config.maxQPS:
             if config.maxQPS <= 0:
                 self.limiter = None
             else:
                 from gateway.protection.ratelimit import LOCAL
 
+                old = self.limiter if previous is not None else None
                 self.limiter = (self._buckets or LOCAL).bucket(
                     f"server/{config.name}/maxQPS/{config.maxQPS}",
                     config.maxQPS,
                     config.maxQPS,
                     self._reactor,
                 )
+                if old is not None:
+                    # A changed maxQPS neither resets nor doubles the
+                    # server's budget: the bucket starts at the old level.
+                    self.limiter.takeOver(old)
         if previous is not None and previous.passiveHealth != config.passiveHealth:
-            self.ejectedUntil = 0.0
+            # New settings count anew; an ejected server stays out for the
+            # time it was given, unless passive checks are off now.
             self.consecutiveFailures = 0
+            if config.passiveHealth is None:
+                self.ejectedUntil = 0.0
 
     def available(self) -> bool:
         """
@@ -186,18 +198,23 @@ class Backend:
             self.breaker.requestStarted()
         return True
 
-    def requestFinished(self, latency: Optional[float], ok: Optional[bool] = True) -> None:
+    def requestFinished(
+        self, latency: Optional[float], ok: Optional[bool] = True, sentAt: Optional[float] = None
+    ) -> None:
         """
         @param latency: seconds to the response headers, or L{None} when the
             request failed before any answer.
         @param ok: whether it succeeded, as the breaker and passive health
             checking count success (see L{isFailureStatus}); L{None} when the
             outcome says nothing about the server (the client went away).
+        @param sentAt: the clock time the request was started, when known:
+            a half-open breaker judges only the requests sent as its trials
+            (see L{gateway.protection.breaker.CircuitBreaker.record}).
         """
         self.active -= 1
         if ok is None:
             if self.breaker is not None:
-                self.breaker.record(None)
+                self.breaker.record(None, sentAt)
             return
         if latency is not None:
             if self.ewma == 0.0:
@@ -205,7 +222,7 @@ class Backend:
             else:
                 self.ewma += EWMA_ALPHA * (latency - self.ewma)
         if self.breaker is not None:
-            self.breaker.record(ok)
+            self.breaker.record(ok, sentAt)
         if ok:
             self.consecutiveFailures = 0
             return

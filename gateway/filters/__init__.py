@@ -127,7 +127,7 @@ class FilterRegistry:
 
     def apiFilterSpecs(
         self, api: Any, reactor: Any, random: Any, buckets: Any
-    ) -> List[Tuple[Hashable, Callable[[], Optional[Any]]]]:
+    ) -> List[Tuple[Hashable, Callable[..., Optional[Any]]]]:
         """
         The built-in filters an API's own settings ask for, in the order
         they run, in front of its plugin filters (README.md, "Filters and
@@ -150,10 +150,14 @@ class FilterRegistry:
         @param buckets: what makes the buckets of the rate limits
             (L{gateway.protection.ratelimit.LOCAL}, or the workers'
             L{gateway.protection.sharedbuckets.SharedBuckets}).
-        @return: C{(key, make)} pairs: C{make()} makes the filter (or
-            L{None} when the settings ask for none); C{key} changes when the
-            settings do, so a snapshot keeps the filter made for a key, and
-            its state (a breaker, buckets), while the key stays.
+        @return: C{(key, make)} pairs: C{make(previous)} makes the filter
+            (or L{None} when the settings ask for none); C{key} changes when
+            the settings do, so a snapshot keeps the filter made for a key,
+            and its state (a breaker, buckets), while the key stays.
+            C{previous} is the API's filter of the same kind (C{key[0]})
+            before its settings changed, or L{None}: the rate limits carry
+            their buckets' levels over from it, the circuit breaker its
+            state.
         """
         from gateway.filters.auth import makeACLFilter, makeAuthFilter
         from gateway.filters.breaker import makeAPIBreakerFilter
@@ -162,47 +166,51 @@ class FilterRegistry:
         from gateway.filters.ratelimit import makeRateLimitFilter
         from gateway.filters.transform import makeTransformFilter
 
-        specs: List[Tuple[Hashable, Callable[[], Optional[Any]]]] = []
+        specs: List[Tuple[Hashable, Callable[..., Optional[Any]]]] = []
         if api.ipAccess is not None:
             specs.append(
                 (
                     ("ip-access", api.name, repr(api.ipAccess)),
-                    lambda: makeIPAccessFilter(api.ipAccess),
+                    lambda previous=None: makeIPAccessFilter(api.ipAccess),
                 )
             )
         if api.cors is not None:
             specs.append(
                 (
                     ("cors", api.name, repr(api.cors), api.method),
-                    lambda: makeCORSFilter(api),
+                    lambda previous=None: makeCORSFilter(api),
                 )
             )
         if api.auth is not None:
             specs.append(
                 (
                     ("auth", api.name, repr(api.auth)),
-                    lambda: makeAuthFilter(api, lambda: self._authServices(reactor)),
+                    lambda previous=None: makeAuthFilter(api, lambda: self._authServices(reactor)),
                 )
             )
         if api.acl is not None:
-            specs.append((("acl", api.name, repr(api.acl)), lambda: makeACLFilter(api)))
+            specs.append(
+                (("acl", api.name, repr(api.acl)), lambda previous=None: makeACLFilter(api))
+            )
         specs.append(
             (
                 ("circuit-breaker", api.name, repr(api.circuitBreaker)),
-                lambda: makeAPIBreakerFilter(api, reactor, random),
+                lambda previous=None: makeAPIBreakerFilter(api, reactor, random, previous),
             )
         )
         specs.append(
             (
                 ("rate-limit", api.name, repr((api.maxQPS, api.rateLimit))),
-                lambda: makeRateLimitFilter(api, reactor, buckets=buckets),
+                lambda previous=None: makeRateLimitFilter(
+                    api, reactor, buckets=buckets, previous=previous
+                ),
             )
         )
         if api.transform is not None:
             specs.append(
                 (
                     ("transform", api.name, repr(api.transform)),
-                    lambda: makeTransformFilter(api),
+                    lambda previous=None: makeTransformFilter(api),
                 )
             )
         return specs

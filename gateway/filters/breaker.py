@@ -56,36 +56,45 @@ class APIBreakerFilter:
                 {b"retry-after": _retryAfterHeader(breaker.retryAfter())},
                 api=context.api.name,
             )
-        breaker.requestStarted()
-        # Counted until recorded, once (see after and error).
-        context.attributes[self] = True
+        # Counted until recorded, once (see after and error); when it was
+        # let through, for a half-open breaker to tell its trials.
+        context.attributes[self] = breaker.requestStarted()
         return None
 
     def after(self, context: Any, response: Any) -> None:
-        if context.attributes.pop(self, False):
-            self.breaker.record(response.code not in self._failureStatuses)
+        sentAt = context.attributes.pop(self, None)
+        if sentAt is not None:
+            self.breaker.record(response.code not in self._failureStatuses, sentAt)
         return None
 
     def error(self, context: Any, failure: Any) -> None:
         # (The gateway's own error answer passes after() next: popping the
         # mark keeps it from counting the request a second time.)
-        if context.attributes.pop(self, False):
-            self.breaker.record(False)
+        sentAt = context.attributes.pop(self, None)
+        if sentAt is not None:
+            self.breaker.record(False, sentAt)
         return None
 
 
 def makeAPIBreakerFilter(
-    api: API, clock: Any, random: Optional[_random.Random] = None
+    api: API,
+    clock: Any,
+    random: Optional[_random.Random] = None,
+    previous: Optional[APIBreakerFilter] = None,
 ) -> Optional[APIBreakerFilter]:
     """
     @param api: the API, with its C{circuitBreaker} settings.
     @param clock: an L{IReactorTime} provider.
     @param random: the L{random.Random} for half-open draws.
+    @param previous: the API's breaker filter before its settings changed:
+        the new breaker goes on from its state (see
+        L{CircuitBreaker.takeOver}).
     @return: the API's breaker filter, or L{None} when it has no
         C{circuitBreaker}.
     """
     if api.circuitBreaker is None:
         return None
-    return APIBreakerFilter(
-        CircuitBreaker(api.circuitBreaker, clock, random, name=f"api/{api.name}")
-    )
+    breaker = CircuitBreaker(api.circuitBreaker, clock, random, name=f"api/{api.name}")
+    if isinstance(previous, APIBreakerFilter):
+        breaker.takeOver(previous.breaker)
+    return APIBreakerFilter(breaker)

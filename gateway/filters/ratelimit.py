@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from hashlib import blake2b
 from typing import Any, Deque, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
@@ -31,12 +32,17 @@ _RESET = b"RateLimit-Reset"
 _RETRY_AFTER = b"Retry-After"
 
 
+#: Header values longer than this are kept as a digest in the keyed
+#: buckets (see L{_Limit.keyOf}).
+_KEY_BYTES = 64
+
+
 class _Limit:
     """
     One limit of an API: a bucket, or a bucket per key.
     """
 
-    __slots__ = ("rate", "burst", "key", "_header", "_consumer", "_single", "_keyed")
+    __slots__ = ("rate", "burst", "key", "kind", "_header", "_consumer", "_single", "_keyed")
 
     def __init__(
         self,
@@ -47,15 +53,19 @@ class _Limit:
         maxKeys: int,
         buckets: Any = LOCAL,
         name: str = "",
+        kind: str = "rateLimit",
     ) -> None:
         """
         @param buckets: what makes the buckets: L{LOCAL}, or the
             L{gateway.protection.sharedbuckets.SharedBuckets} of the workers.
         @param name: what the limit is, the same in every worker.
+        @param kind: which setting of the API it is: C{rateLimit} or
+            C{maxQPS}.
         """
         self.rate = float(rate)
         self.burst = float(burst)
         self.key = key
+        self.kind = kind
         self._header: Optional[bytes] = None
         self._consumer = False
         self._single: Optional[TokenBucket] = None
@@ -87,7 +97,30 @@ class _Limit:
         values = context.request.requestHeaders.getRawHeaders(self._header)
         # Requests without the header share one bucket: leaving them
         # unlimited would make the header a way around the limit.
-        return values[0] if values else b""
+        if not values:
+            return b""
+        value = values[0]
+        if len(value) > _KEY_BYTES:
+            # The buckets keep their keys (up to maxKeys of them): a value
+            # of up to proxy.limits.maxHeadersSize would let a client hold
+            # a gigabyte per worker with distinct keys.  A 128-bit digest
+            # keeps keys apart as well; the NUL that starts it is in no
+            # header value, so it is no short value's key either.
+            return b"\x00" + blake2b(value, digest_size=16).digest()
+        return value
+
+    def takeOver(self, old: _Limit) -> None:
+        """
+        Carry the levels of C{old}, this limit before its settings changed,
+        over to this one, when both count the same thing by the same key
+        (see L{TokenBucket.takeOver}).
+        """
+        if old.kind != self.kind or old.key != self.key:
+            return
+        if self._single is not None and old._single is not None:
+            self._single.takeOver(old._single)
+        elif self._keyed is not None and old._keyed is not None:
+            self._keyed.takeOver(old._keyed)
 
     def bucketFor(self, key: Hashable) -> TokenBucket:
         single = self._single
@@ -391,7 +424,11 @@ def _takeAll(buckets: Sequence[TokenBucket]) -> bool:
 
 
 def makeRateLimitFilter(
-    api: Any, clock: Any, maxKeys: int = MAX_KEYS, buckets: Any = LOCAL
+    api: Any,
+    clock: Any,
+    maxKeys: int = MAX_KEYS,
+    buckets: Any = LOCAL,
+    previous: Optional[RateLimitFilter] = None,
 ) -> Optional[RateLimitFilter]:
     """
     Build the traffic control of an API.
@@ -409,6 +446,9 @@ def makeRateLimitFilter(
     @param buckets: what makes the buckets: L{LOCAL} in a gateway with one
         proxy process, the workers' L{gateway.protection.sharedbuckets.SharedBuckets}
         otherwise (the limits then hold for all of them together).
+    @param previous: the filter of the API before its limits changed: the
+        new buckets start from its buckets' levels (a limit that changes
+        neither resets nor doubles what its clients may send).
     @return: the filter, or L{None} when the API has no limit.
     """
     limits: List[_Limit] = []
@@ -419,9 +459,15 @@ def makeRateLimitFilter(
         limits.append(_Limit(rateLimit.rate, burst, rateLimit.key, clock, maxKeys, buckets, name))
     if api.maxQPS > 0:
         name = f"api/{api.name}/maxQPS/{api.maxQPS}"
-        limits.append(_Limit(api.maxQPS, api.maxQPS, "none", clock, maxKeys, buckets, name))
+        limits.append(
+            _Limit(api.maxQPS, api.maxQPS, "none", clock, maxKeys, buckets, name, "maxQPS")
+        )
     if not limits:
         return None
+    if isinstance(previous, RateLimitFilter):
+        for limit in limits:
+            for old in previous._limits:
+                limit.takeOver(old)
     queueing = rateLimit is not None and rateLimit.onLimit == "queue"
     return RateLimitFilter(
         limits, clock, queueing=queueing, maxWait=rateLimit.maxWait if queueing else 0.0

@@ -191,22 +191,22 @@ class _NodeCall(Protocol):
         elapsed = self._reactor.seconds() - self._sentAt
         name = self._backend.name
         if failure is None:
-            self._backend.requestFinished(self._latency, True)
+            self._backend.requestFinished(self._latency, True, self._sentAt)
             if stats is not None:
                 stats.recordUpstream(name, self._code, None, elapsed)
             aggregation._nodeAnswered(value, raw, index)
             return
         if aggregation._timedOut[index]:
-            self._backend.requestFinished(self._latency, False)
+            self._backend.requestFinished(self._latency, False, self._sentAt)
             failure = Failure(UpstreamTimeout(f"no complete answer within {self._node.timeout:g}s"))
             if stats is not None:
                 stats.recordUpstream(name, None, "timeout", elapsed)
         elif self._cancelled:
             # Stopped by us (the client left, a sibling failed): not the
             # server's fault, and not counted for it.
-            self._backend.requestFinished(self._latency, None)
+            self._backend.requestFinished(self._latency, None, self._sentAt)
         else:
-            self._backend.requestFinished(self._latency, False)
+            self._backend.requestFinished(self._latency, False, self._sentAt)
             if stats is not None:
                 code = self._code or None
                 # (An answer that is no 2xx JSON is counted by its status;

@@ -189,7 +189,7 @@ class Mirror:
         def done() -> None:
             self.inFlight -= 1
             # Mirrors are best effort: their outcome does not judge servers.
-            backend.requestFinished(None, None)
+            backend.requestFinished(None, None, sentAt)
 
         d.addCallbacks(answered, failed).addErrback(self._bug)
 

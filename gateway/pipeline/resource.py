@@ -774,7 +774,9 @@ class GatewayResource(Resource):
         exchange.pending = None
         backend: Any = exchange.backend
         backend.requestFinished(
-            self._reactor.seconds() - exchange.sentAt, not backend.isFailureStatus(response.code)
+            self._reactor.seconds() - exchange.sentAt,
+            not backend.isFailureStatus(response.code),
+            exchange.sentAt,
         )
         response.deliverBody(_Discard())
         delay = retryDelay(len(tried), self._random)
@@ -828,7 +830,7 @@ class GatewayResource(Resource):
         if backend is not None:
             if ok:
                 ok = exchange.upstreamOK
-            backend.requestFinished(exchange.upstreamLatency, ok)
+            backend.requestFinished(exchange.upstreamLatency, ok, exchange.sentAt)
 
     def _upstreamFailed(
         self,
@@ -843,15 +845,15 @@ class GatewayResource(Resource):
         backend: Any = exchange.backend
         if exchange.gone and failure.check(defer.CancelledError):
             # The client left: not the server's fault, so not judged.
-            backend.requestFinished(None, None)
+            backend.requestFinished(None, None, exchange.sentAt)
             return
         if failure.check(RequestBodyError):
             # The client's body failed (too slow, too large): not the
             # server's fault either; answered with the body's status.
-            backend.requestFinished(None, None)
+            backend.requestFinished(None, None, exchange.sentAt)
             self._failed(failure, exchange, chain)
             return
-        backend.requestFinished(None, False)
+        backend.requestFinished(None, False, exchange.sentAt)
         if failure.check(UpstreamConnectError, UpstreamBroken) and self._mayRetry(
             exchange, node, tried
         ):

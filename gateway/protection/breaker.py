@@ -19,7 +19,9 @@ A L{CircuitBreaker} has three states:
     C{successRateToClose} at 100 %, any failure does).
 
 Outcomes recorded while open come from requests that were in flight when it
-opened: they change nothing.
+opened: they change nothing.  Nor do such outcomes that come in half-open
+(a request sent before the trials began, told by its C{sentAt}): only the
+trial requests judge the server, and each frees its own trial slot.
 
 L{APIBreakerFilter} puts a breaker in front of a whole API, as a filter
 that answers C{503} while it is open.
@@ -71,7 +73,8 @@ class CircuitBreaker:
     @ivar transitions: the last transitions, oldest first, each a L{dict}
         C{{"at", "from", "to", "reason"}}.
     @ivar counters: totals since creation: C{successes} and C{failures}
-        judged, C{ignored} outcomes (recorded while open), C{opened} (times
+        judged, C{ignored} outcomes (of requests sent before it opened,
+        recorded while open or half-open), C{opened} (times
         it opened).
     """
 
@@ -116,6 +119,28 @@ class CircuitBreaker:
         self._trialSuccesses = 0
         self._trialFailures = 0
         self._trialsInFlight: Deque[float] = collections.deque()
+
+    def takeOver(self, old: CircuitBreaker) -> None:
+        """
+        Go on from the state of C{old}, the breaker of the same server or
+        API before its settings changed: an open breaker stays open (until
+        the new C{openTimeout} after it opened), a half-open one stays
+        half-open and judges anew (the trials in flight hold their slots,
+        and count), and the transitions and counters go on; a closed one
+        starts a new window.  (A changed setting closed an
+        open breaker, sending traffic at once to the server it kept away.)
+
+        @param old: the breaker this one replaces.
+        """
+        self.transitions.extend(old.transitions)
+        self.counters = dict(old.counters)
+        self.since = old.since
+        if old.state == CLOSED:
+            return
+        self.state = old.state
+        self._openedAt = old._openedAt
+        self._openingRate = old._openingRate
+        self._trialsInFlight = collections.deque(old._trialsInFlight)
 
     # -- the closed state's rolling window ----------------------------------
 
@@ -214,23 +239,30 @@ class CircuitBreaker:
             return False
         return self._random.random() * 100.0 < config.halfOpenTrafficRate
 
-    def requestStarted(self) -> None:
+    def requestStarted(self) -> float:
         """
         A request that L{allows} let through was sent.  In half-open it
         takes one of the C{halfOpenRequests} trial slots until its outcome
         is recorded, so no more trials than that are ever in flight.
         (Optional: without it, trials are limited by judged outcomes only.)
-        """
-        if self.state == HALF_OPEN:
-            self._trialsInFlight.append(self._clock.seconds())
 
-    def record(self, ok: Optional[bool]) -> None:
+        @return: the clock time now, the C{sentAt} to give L{record}.
+        """
+        now = self._clock.seconds()
+        if self.state == HALF_OPEN:
+            self._trialsInFlight.append(now)
+        return now
+
+    def record(self, ok: Optional[bool], sentAt: Optional[float] = None) -> None:
         """
         Count the outcome of a request.
 
         @param ok: L{True} for a success, L{False} for a failure, L{None}
             when the outcome says nothing about the upstream (the client
             went away): it only frees a half-open trial slot.
+        @param sentAt: the clock time the request was let through (by
+            L{allows}), when known: in half-open, the outcome of a request
+            sent before the trials began is no trial's, and is ignored.
         """
         now = self._clock.seconds()
         state = self.state
@@ -268,6 +300,12 @@ class CircuitBreaker:
                 self.counters["ignored"] += 1
             return
         # Half-open.
+        if sentAt is not None and sentAt < self.since:
+            # Sent while it was closed, slower than openTimeout: its answer
+            # says how the server was then, and it holds no trial slot.
+            if ok is not None:
+                self.counters["ignored"] += 1
+            return
         if self._trialsInFlight:
             self._trialsInFlight.popleft()
         if ok is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from fractions import Fraction
-from typing import Any, Hashable, Tuple
+from typing import Any, Hashable, Optional, Tuple
 
 #: After this many tokens taken without the bucket ever filling up again,
 #: the bucket moves its reference point forward (see L{TokenBucket._rebase}),
@@ -169,6 +169,45 @@ class TokenBucket:
         self._taken = float(math.ceil(Fraction(self.burst) - available))
         self._anchor = now
 
+    def _available(self, now: float) -> Fraction:
+        """
+        @return: the tokens at C{now} (not before the latest reading seen),
+            capped at C{burst}, exactly.
+        """
+        now = max(now, self._last)
+        if self._taken == 0.0:
+            return Fraction(self.burst)
+        available = (
+            (Fraction(now) - Fraction(self._anchor)) * Fraction(self.rate)
+            + Fraction(self.burst)
+            - Fraction(self._taken)
+        )
+        return min(available, Fraction(self.burst))
+
+    def _holdAtMost(self, now: float, tokens: Fraction) -> None:
+        """
+        Hold at most C{tokens} from C{now} on, rounding down to keep
+        C{taken} an integer (as L{_rebase}): the bucket never gains.
+        """
+        if tokens >= self._available(now):
+            return
+        self._anchor = now
+        self._last = max(self._last, now)
+        self._taken = float(max(0, math.ceil(Fraction(self.burst) - tokens)))
+
+    def takeOver(self, old: TokenBucket) -> None:
+        """
+        Carry the level of C{old}, the bucket of the same limit before its
+        settings changed, over to this one: from now on it holds no more
+        tokens than C{old} holds now (nor than it holds itself), so that a
+        changed limit neither hands its clients a new burst nor forgets what
+        they took.
+
+        @param old: the bucket this one replaces.
+        """
+        now = self._now()
+        self._holdAtMost(now, old._available(now))
+
     # -- decisions (exact) ------------------------------------------------------
 
     def allows(self, n: int = 1) -> bool:
@@ -298,7 +337,7 @@ class KeyedBuckets:
     rate} seconds; a bucket costs a few hundred bytes.
     """
 
-    __slots__ = ("rate", "burst", "maxKeys", "_clock", "_buckets")
+    __slots__ = ("rate", "burst", "maxKeys", "_clock", "_buckets", "_previous", "_previousUntil")
 
     def __init__(self, rate: float, burst: float, clock: Any, maxKeys: int = 10000) -> None:
         if maxKeys < 1:
@@ -310,6 +349,42 @@ class KeyedBuckets:
         self.maxKeys = maxKeys
         self._clock = clock
         self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
+        self._previous: Optional[KeyedBuckets] = None
+        self._previousUntil = 0.0
+
+    def takeOver(self, old: KeyedBuckets) -> None:
+        """
+        Carry the levels of C{old}, the buckets of the same limit before its
+        settings changed, over to these: a key's bucket, when first made
+        here, takes over the level of the key's bucket in C{old} (see
+        L{TokenBucket.takeOver}).  After C{old.burst / old.rate} seconds
+        every bucket of C{old} would be full again, and C{old} is let go.
+
+        @param old: the buckets these replace.
+        """
+        # Only one generation back: the one before that is let go.
+        old._previous = None
+        self._previous = old
+        self._previousUntil = float(self._clock.seconds()) + old.burst / old.rate
+
+    def _inherited(self, key: Hashable) -> Optional[TokenBucket]:
+        """
+        @return: the bucket of C{key} that a new bucket of C{key} takes
+            over from, if there is one.
+        """
+        previous = self._previous
+        if previous is None:
+            return None
+        if self._clock.seconds() >= self._previousUntil:
+            self._previous = None
+            return None
+        return previous._existing(key)
+
+    def _existing(self, key: Hashable) -> Optional[TokenBucket]:
+        """
+        @return: the bucket of C{key}, when there is one.
+        """
+        return self._buckets.get(key)
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -327,6 +402,10 @@ class KeyedBuckets:
             bucket = buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
             if len(buckets) > self.maxKeys:
                 buckets.popitem(last=False)
+            if self._previous is not None:
+                old = self._inherited(key)
+                if old is not None:
+                    bucket.takeOver(old)
         else:
             buckets.move_to_end(key)
         return bucket

@@ -255,6 +255,12 @@ class LeasedBucket:
     def resetAfter(self) -> float:
         return self.status()[1]
 
+    def takeOver(self, old: Any) -> None:
+        """
+        Nothing: a changed limit is a new bucket in Redis, which starts
+        full (the fleet's buckets are named by their settings).
+        """
+
 
 class LeasedKeyedBuckets:
     """
@@ -283,6 +289,11 @@ class LeasedKeyedBuckets:
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._buckets
+
+    def takeOver(self, old: Any) -> None:
+        """
+        Nothing: see L{LeasedBucket.takeOver}.
+        """
 
     def get(self, key: Hashable) -> LeasedBucket:
         buckets = self._buckets

@@ -39,7 +39,7 @@ import mmap
 import os
 import struct
 import tempfile
-from typing import Any, Hashable, Tuple
+from typing import Any, Hashable, Optional, Tuple
 
 from gateway.protection.ratelimit import KeyedBuckets, TokenBucket
 
@@ -188,6 +188,32 @@ class SharedBuckets:
         _SLOT.pack_into(table, oldest, nameHash, now, 0.0, now)
         return oldest
 
+    def find(self, nameHash: int) -> Optional[int]:
+        """
+        @return: the offset of the slot of the bucket C{nameHash}, or
+            L{None} when it has none (none is given).  Call with the lock
+            held.
+        """
+        table = self._map
+        slots = self.slots
+        start = nameHash % slots
+        for i in range(min(PROBES, slots)):
+            offset = _HEADER + ((start + i) % slots) * _SLOT.size
+            found = _HASH.unpack_from(table, offset)[0]
+            if found == nameHash:
+                return offset
+            if found == 0:
+                return None
+        return None
+
+    def state(self, offset: int) -> Tuple[float, float, float]:
+        """
+        @return: C{(anchor, taken, last)} of the bucket in the slot at
+            C{offset} (from L{find}).  Call with the lock held.
+        """
+        anchor, taken, last = _STATE.unpack_from(self._map, offset + 8)
+        return anchor, taken, last
+
     def read(self, nameHash: int, now: float) -> Tuple[int, float, float, float]:
         """
         Read the state of the bucket C{nameHash} (full at C{now} when it is
@@ -293,6 +319,32 @@ class SharedTokenBucket(TokenBucket):
         # One read and write of the slot for both.
         return (TokenBucket.take(self, n),) + TokenBucket.status(self)
 
+    def takeOver(self, old: TokenBucket) -> None:
+        """
+        L{TokenBucket.takeOver}, on the table: the first worker that makes
+        the changed limit's bucket gives it the level of the old one; the
+        others find it made, and leave it with no more than either holds.
+        An old bucket that has no slot (none took from it lately, or its
+        slot was given away) carries nothing over.
+        """
+        if not isinstance(old, SharedTokenBucket) or old._table is not self._table:
+            return
+        table = self._table
+        table.acquire()
+        try:
+            oldOffset = table.find(old._hash)
+            if oldOffset is None:
+                return
+            old._anchor, old._taken, old._last = table.state(oldOffset)
+            offset, self._anchor, self._taken, self._last = table.read(
+                self._hash, float(self._clock.seconds())
+            )
+            now = self._now()
+            self._holdAtMost(now, old._available(now))
+            table.write(offset, self._anchor, self._taken, self._last)
+        finally:
+            table.release()
+
     takeStatus = _locked(_takeStatus)
     allows = _locked(TokenBucket.allows)
     take = _locked(TokenBucket.take)
@@ -317,6 +369,22 @@ class SharedKeyedBuckets(KeyedBuckets):
         self._table = table
         self._prefix = name.encode("utf-8") + b"\x00"
 
+    def _make(self, key: Hashable) -> SharedTokenBucket:
+        return SharedTokenBucket(
+            self.rate,
+            self.burst,
+            self._clock,
+            self._table,
+            _nameHash(self._prefix + _keyBytes(key)),
+        )
+
+    def _existing(self, key: Hashable) -> Optional[TokenBucket]:
+        """
+        @return: the L{SharedTokenBucket} of C{key} (its slot, if it has
+            one, is what it holds).
+        """
+        return self._make(key)
+
     def get(self, key: Hashable) -> TokenBucket:
         """
         @return: the L{SharedTokenBucket} of C{key}.
@@ -328,11 +396,9 @@ class SharedKeyedBuckets(KeyedBuckets):
                 # The objects only point at the table: dropping them loses
                 # nothing.
                 buckets.clear()
-            bucket = buckets[key] = SharedTokenBucket(
-                self.rate,
-                self.burst,
-                self._clock,
-                self._table,
-                _nameHash(self._prefix + _keyBytes(key)),
-            )
+            bucket = buckets[key] = self._make(key)
+            if self._previous is not None:
+                old = self._inherited(key)
+                if old is not None:
+                    bucket.takeOver(old)
         return bucket

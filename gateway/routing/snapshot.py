@@ -594,7 +594,9 @@ class SnapshotManager:
             else:
                 filters = {}
                 try:
-                    compiled = self._compileAPI(api, scoped, filters)
+                    compiled = self._compileAPI(
+                        api, scoped, filters, hit[3] if hit is not None else None
+                    )
                 except ValidationError as e:
                     failed.append(e.renamed(f"apis/{name}:".__add__))
                     continue
@@ -645,25 +647,43 @@ class SnapshotManager:
         self._routesOf[router] = routes
         return router
 
-    def _protectionFilters(self, api: API, pendingFilters: Dict) -> List[Any]:
+    def _protectionFilters(
+        self, api: API, pendingFilters: Dict, previousFilters: Optional[Dict] = None
+    ) -> List[Any]:
         """
         The built-in filters an API's own settings ask for (the filter
         registry's L{apiFilterSpecs<gateway.filters.FilterRegistry.apiFilterSpecs>},
         in its order), in front of its plugin filters; each kept across
         snapshots while its settings stay.
+
+        @param previousFilters: the filters the API's last compilation
+            made, by key: a filter made anew is given the one of its kind
+            there (which a rate limit takes its buckets' levels from).
         """
         filters: List[Any] = []
         specs = self._filters.apiFilterSpecs(api, self._reactor, self._random, self._buckets)
         for key, make in specs:
             made = pendingFilters.get(key) or self._apiFilters.get(key)
             if made is None:
-                made = make()
+                previous = None
+                if previousFilters:
+                    for oldKey, old in previousFilters.items():
+                        if oldKey[0] == key[0] and oldKey[1] == key[1]:
+                            previous = old
+                            break
+                made = make(previous)
             if made is not None:
                 pendingFilters[key] = made
                 filters.append(made)
         return filters
 
-    def _compileAPI(self, api: API, scoped: Tuple[Any, ...], pendingFilters: Dict) -> CompiledAPI:
+    def _compileAPI(
+        self,
+        api: API,
+        scoped: Tuple[Any, ...],
+        pendingFilters: Dict,
+        previousFilters: Optional[Dict] = None,
+    ) -> CompiledAPI:
         self.compiledAPIs += 1
         pattern = parsePattern(api.urlPattern)
         nodes = []
@@ -682,7 +702,7 @@ class SnapshotManager:
                             f"$depend.{attr} must name a node of an earlier batch",
                         )
             nodes.append(CompiledNode(node, rewrite))
-        filters = self._protectionFilters(api, pendingFilters)
+        filters = self._protectionFilters(api, pendingFilters, previousFilters)
         for i, spec in enumerate(api.filters):
             key = _filterKey(api.name, spec)
             made = pendingFilters.get(key) or self._apiFilters.get(key)
