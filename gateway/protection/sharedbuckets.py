@@ -164,10 +164,12 @@ class SharedBuckets:
 
     # -- slots ------------------------------------------------------------------
 
-    def _slotOf(self, nameHash: int, now: float) -> int:
+    def _probe(self, nameHash: int) -> Tuple[Optional[int], int]:
         """
-        @return: the offset of the slot of the bucket C{nameHash}, given to
-            it (full at C{now}) when it has none.  Call with the lock held.
+        @return: C{(the offset of the slot of the bucket C{nameHash}, or
+            L{None} when it has none; the slot to give it: the first empty
+            one probed, else the least recently used)}.  Call with the lock
+            held.
         """
         table = self._map
         slots = self.slots
@@ -178,15 +180,24 @@ class SharedBuckets:
             offset = _HEADER + ((start + i) % slots) * _SLOT.size
             found = _HASH.unpack_from(table, offset)[0]
             if found == nameHash:
-                return offset
+                return offset, offset
             if found == 0:
-                oldest = offset
-                break
+                return None, offset
             last = _LAST.unpack_from(table, offset + 24)[0]
             if last < oldestLast:
                 oldest, oldestLast = offset, last
-        _SLOT.pack_into(table, oldest, nameHash, now, 0.0, now)
-        return oldest
+        return None, oldest
+
+    def _slotOf(self, nameHash: int, now: float) -> int:
+        """
+        @return: the offset of the slot of the bucket C{nameHash}, given to
+            it (full at C{now}) when it has none.  Call with the lock held.
+        """
+        found, free = self._probe(nameHash)
+        if found is not None:
+            return found
+        _SLOT.pack_into(self._map, free, nameHash, now, 0.0, now)
+        return free
 
     def find(self, nameHash: int) -> Optional[int]:
         """
@@ -194,17 +205,7 @@ class SharedBuckets:
             L{None} when it has none (none is given).  Call with the lock
             held.
         """
-        table = self._map
-        slots = self.slots
-        start = nameHash % slots
-        for i in range(min(PROBES, slots)):
-            offset = _HEADER + ((start + i) % slots) * _SLOT.size
-            found = _HASH.unpack_from(table, offset)[0]
-            if found == nameHash:
-                return offset
-            if found == 0:
-                return None
-        return None
+        return self._probe(nameHash)[0]
 
     def state(self, offset: int) -> Tuple[float, float, float]:
         """
