@@ -81,6 +81,24 @@ def servedUntil(gateway: GatewayProcess, predicate: Any, timeout: float, what: s
     return time.monotonic() - start
 
 
+def usersGateway(dns: DNSServer, gateways: Any, port: int) -> GatewayProcess:
+    """
+    A gateway whose server C{users} is the name C{users.test} (port
+    C{port}), which the DNS server gives the address 127.0.0.2 for now;
+    returned once it serves.
+    """
+    dns.setRecords({"users.test": {"A": ["127.0.0.2"], "ttl": TTL}})
+    gateway: GatewayProcess = gateways(
+        gatewayConfig(
+            dns,
+            servers=[{"name": "users", "addr": f"users.test:{port}"}],
+            clusters=[{"name": "c", "servers": ["users"]}],
+        )
+    )
+    ready(gateway)
+    return gateway
+
+
 def test_followsAddresses(dnsServer: DNSServer, backends: Any, gateways: Any) -> None:  # noqa: F811
     """
     A server that names a host has a backend per address, each named
@@ -90,15 +108,7 @@ def test_followsAddresses(dnsServer: DNSServer, backends: Any, gateways: Any) ->
     port = freePort()
     b1 = backends("b1", port=port, host="127.0.0.2")
     b2 = backends("b2", port=port, host="127.0.0.3")
-    dnsServer.setRecords({"users.test": {"A": ["127.0.0.2"], "ttl": TTL}})
-    gateway = gateways(
-        gatewayConfig(
-            dnsServer,
-            servers=[{"name": "users", "addr": f"users.test:{port}"}],
-            clusters=[{"name": "c", "servers": ["users"]}],
-        )
-    )
-    ready(gateway)
+    gateway = usersGateway(dnsServer, gateways, port)
     assert set(served(gateway, 6)) == {"b1"}
 
     dnsServer.setRecords({"users.test": {"A": ["127.0.0.2", "127.0.0.3"], "ttl": TTL}})
@@ -208,15 +218,7 @@ def test_addressesChangeUnderLoad(dnsServer: DNSServer, backends: Any, gateways:
     backends("b1", port=port, host="127.0.0.2")
     backends("b2", port=port, host="127.0.0.3")
     backends("b3", port=port, host="127.0.0.4")
-    dnsServer.setRecords({"users.test": {"A": ["127.0.0.2"], "ttl": TTL}})
-    gateway = gateways(
-        gatewayConfig(
-            dnsServer,
-            servers=[{"name": "users", "addr": f"users.test:{port}"}],
-            clusters=[{"name": "c", "servers": ["users"]}],
-        )
-    )
-    ready(gateway)
+    gateway = usersGateway(dnsServer, gateways, port)
     failed: List[Any] = []
     seen = set()
     stop = time.monotonic() + 6
