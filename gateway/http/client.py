@@ -1610,7 +1610,6 @@ class _Deadlines:
         req.timedOut()
 
     def _later(self, req: Union[_Request, _BodyWatch], deadline: float) -> None:
-        req.deadline = deadline
         self.counter += 1
         heapq.heappush(self.later, (deadline, self.counter, req))
 
@@ -1659,12 +1658,11 @@ class _BodyWatch:
     bounds that) does not count.
     """
 
-    __slots__ = ("response", "seen", "deadline")
+    __slots__ = ("response", "seen")
 
     def __init__(self, response: _Response) -> None:
         self.response = response
         self.seen = 0
-        self.deadline = 0.0
 
     @property
     def finished(self) -> bool:

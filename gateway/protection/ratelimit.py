@@ -367,18 +367,20 @@ class KeyedBuckets:
         self._previous = old
         self._previousUntil = float(self._clock.seconds()) + old.burst / old.rate
 
-    def _inherited(self, key: Hashable) -> Optional[TokenBucket]:
+    def _inherit(self, key: Hashable, bucket: TokenBucket) -> None:
         """
-        @return: the bucket of C{key} that a new bucket of C{key} takes
-            over from, if there is one.
+        A new bucket of C{key}: it takes over the level of C{key}'s bucket
+        in the buckets these replaced (L{takeOver}), while they are kept.
         """
         previous = self._previous
         if previous is None:
-            return None
+            return
         if self._clock.seconds() >= self._previousUntil:
             self._previous = None
-            return None
-        return previous._existing(key)
+            return
+        old = previous._existing(key)
+        if old is not None:
+            bucket.takeOver(old)
 
     def _existing(self, key: Hashable) -> Optional[TokenBucket]:
         """
@@ -403,9 +405,7 @@ class KeyedBuckets:
             if len(buckets) > self.maxKeys:
                 buckets.popitem(last=False)
             if self._previous is not None:
-                old = self._inherited(key)
-                if old is not None:
-                    bucket.takeOver(old)
+                self._inherit(key, bucket)
         else:
             buckets.move_to_end(key)
         return bucket

@@ -399,7 +399,5 @@ class SharedKeyedBuckets(KeyedBuckets):
                 buckets.clear()
             bucket = buckets[key] = self._make(key)
             if self._previous is not None:
-                old = self._inherited(key)
-                if old is not None:
-                    bucket.takeOver(old)
+                self._inherit(key, bucket)
         return bucket

@@ -892,10 +892,10 @@ def mergeLimits(
     for snap in snapshots:
         for mode, n in (snap.get("modes") or {}).items():
             modes[mode] = modes.get(mode, 0) + n
-    for snap in list(snapshots) + list(retired):
+    everyone = list(snapshots) + list(retired)
+    for snap in everyone:
         for mode, n in (snap.get("switches") or {}).items():
             switches[mode] = switches.get(mode, 0) + n
-    everyone = list(snapshots) + list(retired)
     away = [s["mode"] for s in snapshots if s.get("mode") != "shared"]
     return {
         "store": first.get("store"),
